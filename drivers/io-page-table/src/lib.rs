@@ -1,0 +1,2 @@
+//! Native IO page-table formats of VT-d, AMD-Vi and ARM SMMUv3: one walk algorithm, per-format accessors.
+#![no_std]

@@ -1,0 +1,2 @@
+//! The contract every IOMMU driver implements: units, domains, attach, flush, faults, raw hardware info.
+#![no_std]

@@ -1,0 +1,2 @@
+//! PCI ECAM configuration space, enumeration, BAR assignment and capabilities.
+#![no_std]

@@ -36,8 +36,8 @@ extern "C" fn kernel_entry(dtb: u64) -> ! {
 fn boot_info_from_device_tree(dtb_addr: u64) -> BootInfo {
     // SAFETY: the DTB header lies in identity-mapped RAM (the boot map covers
     // 1-4 GiB); only its 40-byte header is read here.
-    let header = unsafe { core::slice::from_raw_parts(dtb_addr as *const u8, firmware::devicetree::HEADER_SIZE) };
-    let size = firmware::devicetree::total_size(header).expect("no device tree at the RAM base");
+    let header = unsafe { core::slice::from_raw_parts(dtb_addr as *const u8, firmware::devicetree::FDT_HEADER_SIZE) };
+    let size = firmware::devicetree::dtb_size_of(header).expect("no device tree at the RAM base");
     // SAFETY: the header says the blob is `size` bytes long; it stays in
     // place forever because its range is reserved below.
     let dtb: &'static [u8] = unsafe { core::slice::from_raw_parts(dtb_addr as *const u8, size) };
@@ -49,7 +49,8 @@ fn boot_info_from_device_tree(dtb_addr: u64) -> BootInfo {
     }
     let mut reserved = heapless::Vec::new();
     let _ = reserved.push(MemoryRegion { base: dtb_addr, size: size as u64 });
-    for region in &platform.reserved {
+    for reservation in &platform.reserved {
+        let region = reservation.region;
         let _ = reserved.push(MemoryRegion { base: region.base, size: region.size });
     }
     let cmdline = CMDLINE.call_once(|| platform.bootargs.clone().unwrap_or_default());

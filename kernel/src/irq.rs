@@ -77,11 +77,13 @@ pub fn init(platform: &crate::platform::Platform) {
 /// x86_64: takes a free vector and installs `handler` for it.
 #[cfg(target_arch = "x86_64")]
 pub fn alloc_vector(handler: Handler) -> Option<u8> {
-    let vector = crate::arch::interrupts::ALLOCATABLE.find(|&vector| {
-        HANDLERS[vector as usize]
-            .compare_exchange(0, handler as usize, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    })?;
+    let vector = crate::arch::interrupts::ALLOCATABLE
+        .clone()
+        .find(|&vector| {
+            HANDLERS[vector as usize]
+                .compare_exchange(0, handler as usize, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })?;
     Some(vector as u8)
 }
 

@@ -32,8 +32,6 @@ const CPU0_TARGET: u32 = 0x01;
 /// GICC_IAR interrupt ID field and the "no pending interrupt" ID.
 const IAR_INTERRUPT_ID_MASK: u32 = 0x3FF;
 const SPURIOUS_INTID: u32 = 1023;
-/// INTIDs 32..1019 are SPIs.
-pub const FIRST_SPI: u32 = 32;
 
 /// GICv2m MSI frame registers.
 const V2M_MSI_TYPER: Reg32 = Reg32(0x008);

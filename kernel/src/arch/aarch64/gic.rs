@@ -86,8 +86,13 @@ pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
     unsafe { core::arch::asm!("msr daifclr, #2") };
 }
 
-fn gic() -> &'static Gic {
-    GIC.get().expect("GIC used before init")
+/// The interrupt controller is absent when the device tree described none
+/// this kernel drives (e.g. a GICv3): interrupt users then get an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoInterruptController;
+
+fn gic() -> Result<&'static Gic, NoInterruptController> {
+    GIC.get().ok_or(NoInterruptController)
 }
 
 fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
@@ -98,8 +103,8 @@ fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
 }
 
 /// Configures SPI `intid` (edge or level), routes it to CPU 0 and enables it.
-pub fn enable_spi(intid: u32, edge: bool) {
-    let distributor = &gic().distributor;
+pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
+    let distributor = &gic()?.distributor;
     set_byte_field(distributor, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
     set_byte_field(distributor, GICD_ITARGETSR, intid, CPU0_TARGET);
     // GICD_ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.

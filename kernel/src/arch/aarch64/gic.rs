@@ -123,10 +123,12 @@ pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
         Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
         1 << (intid % 32),
     );
+    Ok(())
 }
 
 pub fn disable(intid: u32) {
-    gic().distributor.write32(
+    let Ok(gic) = gic() else { return };
+    gic.distributor.write32(
         Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
         1 << (intid % 32),
     );
@@ -134,7 +136,7 @@ pub fn disable(intid: u32) {
 
 /// Takes the next SPI of the v2m frame: returns (doorbell address, data, INTID).
 pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
-    let (base, frame) = gic().v2m.as_ref()?;
+    let (base, frame) = gic().ok()?.v2m.as_ref()?;
     let typer = frame.read32(V2M_MSI_TYPER);
     let first = (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK;
     let count = typer & V2M_TYPER_FIELD_MASK;
@@ -147,7 +149,8 @@ pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
 
 /// Handles one pending interrupt (called from the IRQ vector).
 pub fn handle_irq() {
-    let cpu = &gic().cpu;
+    let Ok(gic) = gic() else { return };
+    let cpu = &gic.cpu;
     let iar = cpu.read32(GICC_IAR);
     let intid = iar & IAR_INTERRUPT_ID_MASK;
     if intid == SPURIOUS_INTID {

@@ -71,7 +71,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
 }
 
 fn print_configs() {
-    println!("{:<14} {:<8} {:<44} QEMU machine", "name", "arch", "what");
+    println!("{:<14} {:<8} {:<48} QEMU machine", "name", "arch", "what");
     for config in CONFIGS {
         let default = if config.name == DEFAULT_RUN_CONFIG {
             " (run default)"
@@ -79,7 +79,7 @@ fn print_configs() {
             ""
         };
         println!(
-            "{:<14} {:<8} {:<44} {}",
+            "{:<14} {:<8} {:<48} {}",
             config.name,
             config.arch.to_string(),
             format!("{}{default}", config.about),

@@ -1,8 +1,46 @@
 //! The IOMMU unikernel.
+//!
+//! Boot order: the `boot` crate's entry code calls `arch::<arch>::kernel_entry`,
+//! which brings up the console and exception vectors and hands a [`BootInfo`]
+//! to [`kernel_main`]; that sets up memory, discovers the platform (ACPI or
+//! device tree) and PCI, then runs the demo or the registered tests according
+//! to the command line, and exits QEMU.
 #![no_std]
 #![no_main]
 
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+extern crate alloc;
+
+#[macro_use]
+mod console;
+mod arch;
+mod boot_info;
+mod cmdline;
+mod demo;
+mod devices;
+mod memory;
+mod panic;
+mod platform;
+#[macro_use]
+mod testing;
+mod tests;
+mod time;
+
+use boot_info::BootInfo;
+use cmdline::Mode;
+
+/// The architecture-independent start of the kernel.
+fn kernel_main(boot: BootInfo) -> ! {
+    let cmdline = cmdline::Cmdline::parse(boot.cmdline());
+    memory::init(&boot);
+    let platform = match platform::discover(&boot) {
+        Ok(platform) => platform,
+        Err(err) => panic!("platform discovery failed: {err}"),
+    };
+    devices::init(&platform);
+
+    let failed = match cmdline.mode {
+        Mode::Demo => demo::run(&platform),
+        Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
+    };
+    arch::exit(if failed == 0 { arch::ExitCode::Success } else { arch::ExitCode::Failure })
 }

@@ -1,0 +1,1 @@
+//! ACPI tables (placeholder until the ACPI parsers land).

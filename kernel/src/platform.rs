@@ -1,0 +1,116 @@
+//! What the firmware says the machine has: PCI host bridges and (later) the
+//! IOMMUs, from ACPI on x86_64 and the device tree on aarch64.
+
+use alloc::format;
+use alloc::string::String;
+use core::ptr::NonNull;
+
+use pci::{Ecam, MemoryWindow};
+
+use crate::boot_info::{BootInfo, FirmwareTables};
+
+/// The PCI segment the kernel drives (QEMU's machines have one).
+pub struct PciHost {
+    pub ecam: Ecam,
+    /// Where BARs may be placed when no firmware assigned them (aarch64).
+    pub bar_window: Option<MemoryWindow>,
+}
+
+pub struct Platform {
+    pub pci: PciHost,
+    pub firmware: Firmware,
+}
+
+/// The parsed firmware description, kept for the drivers.
+pub enum Firmware {
+    #[cfg(target_arch = "x86_64")]
+    Acpi(firmware::acpi::AcpiInfo),
+    #[cfg(target_arch = "aarch64")]
+    DeviceTree(firmware::devicetree::Platform),
+}
+
+impl Platform {
+    pub fn summary(&self) -> String {
+        let buses = self.pci.ecam.buses();
+        let tables = match self.firmware {
+            #[cfg(target_arch = "x86_64")]
+            Firmware::Acpi(_) => "ACPI",
+            #[cfg(target_arch = "aarch64")]
+            Firmware::DeviceTree(_) => "device tree",
+        };
+        format!("{tables}, PCI buses {:#04x}-{:#04x}", buses.start(), buses.end())
+    }
+}
+
+#[derive(Debug)]
+pub enum DiscoveryError {
+    Firmware(firmware::FirmwareError),
+    NoPciHost,
+}
+
+impl core::fmt::Display for DiscoveryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DiscoveryError::Firmware(err) => write!(f, "firmware tables: {err:?}"),
+            DiscoveryError::NoPciHost => write!(f, "no PCI host bridge described"),
+        }
+    }
+}
+
+impl From<firmware::FirmwareError> for DiscoveryError {
+    fn from(err: firmware::FirmwareError) -> Self {
+        DiscoveryError::Firmware(err)
+    }
+}
+
+/// # Safety contract of the ECAM mapping
+/// Both architectures identity-map the ECAM window as uncached device memory
+/// in their boot page tables (x86_64: the low 4 GiB, uncached above
+/// 0xB000_0000; aarch64: the 0x40_0000_0000 GiB slot as Device-nGnRnE).
+fn ecam_at(base: u64, buses: core::ops::RangeInclusive<u8>) -> Result<Ecam, DiscoveryError> {
+    let base = NonNull::new(base as *mut u8).ok_or(DiscoveryError::NoPciHost)?;
+    // SAFETY: see the function comment: the window is mapped uncached for
+    // the kernel's lifetime and used only through this Ecam.
+    Ok(unsafe { Ecam::new(base, buses) })
+}
+
+pub fn discover(boot: &BootInfo) -> Result<Platform, DiscoveryError> {
+    match boot.firmware {
+        #[cfg(target_arch = "x86_64")]
+        FirmwareTables::Acpi { rsdp } => discover_acpi(rsdp),
+        #[cfg(target_arch = "aarch64")]
+        FirmwareTables::DeviceTree { dtb } => discover_device_tree(dtb),
+        #[allow(unreachable_patterns)]
+        _ => Err(DiscoveryError::NoPciHost),
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+fn discover_device_tree(dtb: &[u8]) -> Result<Platform, DiscoveryError> {
+    use firmware::devicetree::PciSpace;
+
+    let tree = firmware::devicetree::Platform::parse(dtb)?;
+    let host = tree.pcie_host().ok_or(DiscoveryError::NoPciHost)?;
+    let ecam = ecam_at(host.ecam_base, host.bus_start..=host.bus_end)?;
+    let bar_window = host.window(PciSpace::Mem32).map(|range| MemoryWindow {
+        pci_base: range.pci_addr,
+        cpu_base: range.cpu_addr,
+        size: range.size,
+    });
+    Ok(Platform {
+        pci: PciHost { ecam, bar_window },
+        firmware: Firmware::DeviceTree(tree),
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
+    let info = firmware::acpi::discover(rsdp as usize, IdentityMapped)?;
+    let region = info.ecam.first().ok_or(DiscoveryError::NoPciHost)?;
+    let ecam = ecam_at(region.base, region.bus_start..=region.bus_end)?;
+    crate::arch::set_acpi_ports(info.pm1a_control_port(), info.pm_timer_port());
+    Ok(Platform {
+        pci: PciHost { ecam, bar_window: None },
+        firmware: Firmware::Acpi(info),
+    })
+}

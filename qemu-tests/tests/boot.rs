@@ -5,8 +5,8 @@
 
 macro_rules! boot_tests {
     ($($test:ident => $config:literal),* $(,)?) => {
-        /// `cargo xtask test` runs the host tests with `--skip qemu_boot::` and boots
-        /// the configurations itself, so keep the boots in this module.
+        /// `cargo xtask test` runs the host tests with `--skip qemu_boot` and boots
+        /// the configurations itself: every test that boots has `qemu_boot` in its name.
         mod qemu_boot {
             $(
                 #[test]
@@ -45,6 +45,26 @@ fn boot_and_check(name: &str) {
         ),
         Err(failure) => panic!("{failure}"),
     }
+}
+
+/// The harness itself: a boot that never finishes (QEMU started paused with `-S`)
+/// is killed at the deadline and reported as a timeout, with its log kept.
+#[test]
+fn qemu_boot_harness_kills_a_hung_boot() {
+    let config = qemu_tests::config("none-arm").unwrap();
+    let kernel = qemu_tests::kernel_for(config.arch).unwrap_or_else(|e| panic!("{e}"));
+    let ws = qemu_tests::workspace().unwrap();
+    let options = qemu_tests::BootOptions {
+        cmdline: "test".into(),
+        timeout: std::time::Duration::from_secs(2),
+        extra_args: vec!["-S".into()],
+        log_dir: ws.log_dir().join("harness"),
+    };
+    let outcome = qemu_tests::boot(config, &kernel, &options);
+    assert_eq!(outcome.exit, qemu_tests::Exit::TimedOut(options.timeout));
+    assert!(outcome.log_path.is_file());
+    let failure = qemu_tests::judge(outcome, 1).unwrap_err();
+    assert_eq!(failure.problems, ["timed out after 2 s (hung, killed)"]);
 }
 
 #[test]

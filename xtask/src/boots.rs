@@ -82,14 +82,14 @@ pub fn boot_all(
                 loop {
                     let next = queue.lock().ok().and_then(|mut queue| queue.next());
                     let Some((index, config)) = next else { break };
-                    println!(
-                        "[{:>2}/{}] {:<14} booting",
-                        index + 1,
-                        configs.len(),
-                        config.name
-                    );
                     let booted = match &kernels[&config.arch] {
                         Ok(kernel) => {
+                            println!(
+                                "[{:>2}/{}] {:<14} booting",
+                                index + 1,
+                                configs.len(),
+                                config.name
+                            );
                             Booted::Ran(Box::new(qemu_tests::boot(config, kernel, options)))
                         }
                         Err(why) => Booted::NotRun(format!(

@@ -19,9 +19,9 @@ pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     let mut failures = Vec::new();
     if args.host {
         step("host tests (the workspace's default members; QEMU boots come next)");
-        // The boot tests live in qemu-tests' `qemu_boot` module; they run below,
+        // Every boot test's name has `qemu_boot` in it; they run below,
         // with progress, instead of inside cargo test.
-        if let Err(error) = shell::run(&mut ws.cargo(["test", "--", "--skip", "qemu_boot::"])) {
+        if let Err(error) = shell::run(&mut ws.cargo(["test", "--", "--skip", "qemu_boot"])) {
             failures.push(format!("host tests: {error}"));
         }
     }

@@ -175,7 +175,7 @@ fn qemu_benches(ws: &Workspace, args: &BenchArgs) -> Result<(Vec<QemuResult>, Ve
     let mut results = Vec::new();
     let mut broken = Vec::new();
     let booted = boots::boot_all(
-        ws,
+        ws.log_dir().join("bench"),
         &configs,
         &kernels,
         &cmdline,

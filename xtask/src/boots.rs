@@ -55,10 +55,10 @@ pub enum Booted {
 }
 
 /// Boots each configuration with `cmdline`, at most [`MAX_PARALLEL_QEMUS`] at once,
-/// calling `finished` (on this thread, in completion order) as each one ends.
-/// Returns the results in `configs` order.
+/// keeping the serial logs in `log_dir` and calling `finished` (on this thread, in
+/// completion order) as each one ends. Returns the results in `configs` order.
 pub fn boot_all(
-    ws: &Workspace,
+    log_dir: PathBuf,
     configs: &[&'static Config],
     kernels: &HashMap<Arch, Result<PathBuf, String>>,
     cmdline: &str,
@@ -71,7 +71,7 @@ pub fn boot_all(
         cmdline: cmdline.to_string(),
         timeout,
         extra_args: Vec::<OsString>::new(),
-        log_dir: ws.log_dir(),
+        log_dir,
     };
     let mut results: Vec<Option<Booted>> = configs.iter().map(|_| None).collect();
     thread::scope(|scope| {

@@ -1,5 +1,6 @@
 //! Running commands where the user can see them.
 
+use std::path::Path;
 use std::process::Command;
 
 use crate::error::Error;
@@ -14,17 +15,22 @@ pub fn display(command: &Command) -> String {
     let env = command.get_envs().filter_map(|(key, value)| {
         value.map(|value| format!("{}={}", key.to_string_lossy(), value.to_string_lossy()))
     });
-    env.chain(std::iter::once(
-        command.get_program().to_string_lossy().into_owned(),
-    ))
-    .chain(
-        command
-            .get_args()
-            .map(|arg| arg.to_string_lossy().into_owned()),
-    )
-    .map(|word| qemu_tests::shell_quote(&word))
-    .collect::<Vec<_>>()
-    .join(" ")
+    // `$CARGO` is a long toolchain path; `cargo` says the same to a reader.
+    let program = Path::new(command.get_program());
+    let program = if program.file_name().is_some_and(|name| name == "cargo") {
+        "cargo".to_string()
+    } else {
+        program.to_string_lossy().into_owned()
+    };
+    env.chain(std::iter::once(program))
+        .chain(
+            command
+                .get_args()
+                .map(|arg| arg.to_string_lossy().into_owned()),
+        )
+        .map(|word| qemu_tests::shell_quote(&word))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Prints `command`, runs it with the terminal attached, and fails unless it succeeds.

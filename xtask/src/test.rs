@@ -58,7 +58,7 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
     let total = configs.len();
     let mut verdicts: Vec<Option<Verdict>> = configs.iter().map(|_| None).collect();
     boots::boot_all(
-        ws,
+        ws.log_dir(),
         &configs,
         &kernels,
         &cmdline,

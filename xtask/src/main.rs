@@ -55,7 +55,11 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Build { configs } => build(ws, &configs),
         Command::Run(args) => run(ws, args),
         Command::Test(args) => {
-            setup::ensure(ws)?;
+            if args.boot {
+                setup::ensure(ws)?;
+            } else {
+                setup::ensure_rust(ws)?;
+            }
             test::test(ws, args)
         }
         Command::Lint => {

@@ -17,6 +17,7 @@ mod boot_info;
 mod cmdline;
 mod demo;
 mod devices;
+mod iommu;
 mod memory;
 mod panic;
 mod platform;

@@ -48,10 +48,11 @@ macro_rules! ensure_eq {
 }
 
 /// Runs every test the filter selects; returns the number that failed.
-pub fn run_all(tests: &[Test], cmdline: &Cmdline, platform: &Platform) -> usize {
+pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> usize {
     let selected = || {
-        tests
+        groups
             .iter()
+            .flat_map(|group| group.iter())
             .filter(move |test| cmdline.filter.is_none_or(|filter| test.name.contains(filter)))
     };
     println!("running {} tests", selected().count());

@@ -3,6 +3,7 @@
 //! Memory is identity-mapped (physical == virtual) for the kernel on both
 //! architectures, so a frame's physical address is also its kernel address.
 
+pub mod dma;
 pub mod frames;
 mod heap;
 

@@ -1,0 +1,3 @@
+//! The IOMMU units the kernel drives: each vendor module finds its units in
+//! the firmware tables, brings them up and hands them out behind the
+//! `iommu::IommuUnit` contract.

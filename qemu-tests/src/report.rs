@@ -1,8 +1,9 @@
 //! Reading the kernel's report from its serial log.
 //!
 //! In test mode the kernel prints `running N tests`, then one line per test,
-//! `test NAME ... ok` or `test NAME ... FAILED: why`, and closes with
-//! `N passed, M failed`. A panic prints a line with `KERNEL PANIC:`; in bench mode
+//! `test NAME ... ok`, `test NAME ... FAILED: why` or `test NAME ... ignored, why`
+//! (a test that does not apply to this machine), and closes with
+//! `N passed, M failed` (optionally followed by `, K skipped`). A panic prints a line with `KERNEL PANIC:`; in bench mode
 //! the kernel prints `bench NAME VALUE UNIT` lines. Everything else is ignored.
 
 /// What one test run said about itself.
@@ -32,13 +33,34 @@ pub enum TestOutcome {
     Ok,
     /// The reason the kernel gave (may be empty).
     Failed(String),
+    /// Not run here (e.g. hardware this configuration lacks); the reason.
+    Ignored(String),
 }
 
-/// The closing `N passed, M failed` line.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The closing `N passed, M failed[, K skipped]` line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
     pub passed: u32,
     pub failed: u32,
+    /// 0 when the line does not say.
+    pub skipped: u32,
+}
+
+impl Summary {
+    /// Every test the line accounts for.
+    pub fn total(&self) -> u64 {
+        u64::from(self.passed) + u64::from(self.failed) + u64::from(self.skipped)
+    }
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} passed, {} failed", self.passed, self.failed)?;
+        if self.skipped != 0 {
+            write!(f, ", {} skipped", self.skipped)?;
+        }
+        Ok(())
+    }
 }
 
 /// One `bench NAME VALUE UNIT` line: a counter the kernel read inside QEMU.
@@ -121,9 +143,18 @@ fn parse_verdict(verdict: &str) -> Option<TestOutcome> {
     if verdict == "ok" || verdict.starts_with("ok ") {
         return Some(TestOutcome::Ok);
     }
-    let why = verdict.strip_prefix("FAILED")?;
-    (why.is_empty() || why.starts_with([':', ' ']))
-        .then(|| TestOutcome::Failed(why.trim_start_matches(':').trim().to_string()))
+    let reason = |rest: &str| rest.trim_start_matches([':', ',']).trim().to_string();
+    for (word, outcome) in [
+        ("FAILED", TestOutcome::Failed as fn(String) -> TestOutcome),
+        ("ignored", TestOutcome::Ignored),
+    ] {
+        if let Some(rest) = verdict.strip_prefix(word)
+            && (rest.is_empty() || rest.starts_with([':', ',', ' ']))
+        {
+            return Some(outcome(reason(rest)));
+        }
+    }
+    None
 }
 
 fn parse_announcement(line: &str) -> Option<u32> {
@@ -134,17 +165,22 @@ fn parse_announcement(line: &str) -> Option<u32> {
     count.parse().ok()
 }
 
-/// `N passed, M failed`, possibly followed by more (`, K skipped`).
+/// `N passed, M failed`, possibly followed by `, K skipped` (or other clauses).
 fn parse_summary(line: &str) -> Option<Summary> {
     let (passed, rest) = line.split_once(" passed, ")?;
-    let failed = rest.split([' ', ',']).next()?;
-    let rest = rest.strip_prefix(failed)?;
-    if !(rest == " failed" || rest.starts_with(" failed,") || rest.starts_with(" failed ")) {
+    let (failed, rest) = rest.split_once(" failed")?;
+    if !(rest.is_empty() || rest.starts_with([',', ' '])) {
         return None;
     }
+    let skipped = rest
+        .strip_prefix(", ")
+        .and_then(|rest| rest.strip_suffix(" skipped"))
+        .and_then(|count| count.parse().ok())
+        .unwrap_or(0);
     Some(Summary {
         passed: passed.parse().ok()?,
         failed: failed.parse().ok()?,
+        skipped,
     })
 }
 
@@ -165,19 +201,21 @@ fn parse_bench(line: &str) -> Option<BenchSample> {
 mod tests {
     use super::*;
 
+    fn summary(passed: u32, failed: u32, skipped: u32) -> Summary {
+        Summary {
+            passed,
+            failed,
+            skipped,
+        }
+    }
+
     #[test]
     fn a_passing_run() {
         let log = "boot: x86_64 q35\r\nrunning 3 tests\r\ntest alloc::boxes ... ok\r\n\
                    test pci::enumerate ... ok\r\ntest edu::dma_roundtrip ... ok\r\n3 passed, 0 failed\r\n";
         let report = Report::parse(log);
         assert_eq!(report.announced, Some(3));
-        assert_eq!(
-            report.summary,
-            Some(Summary {
-                passed: 3,
-                failed: 0
-            })
-        );
+        assert_eq!(report.summary, Some(summary(3, 0, 0)));
         assert_eq!(report.passed_count(), 3);
         assert_eq!(report.tests[1].name, "pci::enumerate");
         assert_eq!(report.panic, None);
@@ -197,13 +235,7 @@ mod tests {
             TestOutcome::Failed("expected Err(TooLarge), got Ok(())".into())
         );
         assert_eq!(failed[1].outcome, TestOutcome::Failed(String::new()));
-        assert_eq!(
-            report.summary,
-            Some(Summary {
-                passed: 1,
-                failed: 2
-            })
-        );
+        assert_eq!(report.summary, Some(summary(1, 2, 0)));
     }
 
     #[test]
@@ -237,17 +269,11 @@ mod tests {
     fn summary_line_variants() {
         assert_eq!(
             parse_summary("0 passed, 0 failed"),
-            Some(Summary {
-                passed: 0,
-                failed: 0
-            })
+            Some(Summary::default())
         );
         assert_eq!(
             parse_summary("12 passed, 1 failed, 2 skipped"),
-            Some(Summary {
-                passed: 12,
-                failed: 1
-            })
+            Some(summary(12, 1, 2))
         );
         assert_eq!(parse_summary("x passed, 0 failed"), None);
         assert_eq!(parse_summary("1 passed, 0 failedx"), None);
@@ -256,15 +282,24 @@ mod tests {
     }
 
     #[test]
+    fn ignored_tests_keep_their_reason_and_count_as_skipped() {
+        let log = "running 3 tests\ntest a ... ok\ntest vtd::fault ... ignored, not applicable: no VT-d\n\
+                   test b ... ignored\n1 passed, 0 failed, 2 skipped\n";
+        let report = Report::parse(log);
+        assert_eq!(
+            report.tests[1].outcome,
+            TestOutcome::Ignored("not applicable: no VT-d".into())
+        );
+        assert_eq!(report.tests[2].outcome, TestOutcome::Ignored(String::new()));
+        assert_eq!(report.summary, Some(summary(1, 0, 2)));
+        assert_eq!(report.unfinished, None);
+        assert_eq!(parse_verdict("ignoredly"), None);
+    }
+
+    #[test]
     fn the_last_summary_wins() {
         let report = Report::parse("1 passed, 0 failed\n2 passed, 1 failed\n");
-        assert_eq!(
-            report.summary,
-            Some(Summary {
-                passed: 2,
-                failed: 1
-            })
-        );
+        assert_eq!(report.summary, Some(summary(2, 1, 0)));
     }
 
     #[test]
@@ -278,7 +313,7 @@ mod tests {
     fn ok_with_a_trailer_is_ok_but_other_words_are_not_verdicts() {
         assert_eq!(parse_verdict("ok (12 ms)"), Some(TestOutcome::Ok));
         assert_eq!(parse_verdict("okay"), None);
-        assert_eq!(parse_verdict("ignored"), None);
+        assert_eq!(parse_verdict("skipping"), None);
         assert_eq!(parse_verdict("FAILEDX"), None);
         assert_eq!(
             parse_verdict("FAILED why"),

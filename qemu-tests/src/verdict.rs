@@ -187,11 +187,10 @@ pub fn problems(outcome: &BootOutcome, min_tests: u32) -> Vec<String> {
                     .push("the kernel never printed its closing `N passed, M failed` line".into());
             }
         }
-        Some(Summary { passed, failed }) => {
+        Some(summary) => {
+            let Summary { passed, failed, .. } = summary;
             if failed != 0 {
-                problems.push(format!(
-                    "the kernel reported {passed} passed, {failed} failed"
-                ));
+                problems.push(format!("the kernel reported {summary}"));
             }
             if passed < min_tests {
                 problems.push(format!(
@@ -200,18 +199,18 @@ pub fn problems(outcome: &BootOutcome, min_tests: u32) -> Vec<String> {
                 ));
             }
             let lines = report.tests.len() as u64;
-            if u64::from(passed) + u64::from(failed) != lines {
+            if summary.total() != lines {
                 problems.push(format!(
                     "the closing line counts {} tests but the log has {lines} test lines",
-                    u64::from(passed) + u64::from(failed)
+                    summary.total()
                 ));
             }
             if let Some(announced) = report.announced
-                && u64::from(announced) != u64::from(passed) + u64::from(failed)
+                && u64::from(announced) != summary.total()
             {
                 problems.push(format!(
                     "the kernel announced {announced} tests but finished {}",
-                    u64::from(passed) + u64::from(failed)
+                    summary.total()
                 ));
             }
         }
@@ -274,6 +273,14 @@ pub fn judge(outcome: BootOutcome, min_tests: u32) -> Result<(Summary, BootOutco
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn summary(passed: u32, failed: u32, skipped: u32) -> Summary {
+        Summary {
+            passed,
+            failed,
+            skipped,
+        }
+    }
     use crate::config::config;
     use crate::report::Report;
     use std::path::PathBuf;
@@ -296,14 +303,8 @@ mod tests {
 
     #[test]
     fn a_clean_run_passes() {
-        let (summary, _) = judge(outcome("vtd", Exit::Code(0), GOOD), 2).unwrap();
-        assert_eq!(
-            summary,
-            Summary {
-                passed: 2,
-                failed: 0
-            }
-        );
+        let (closing, _) = judge(outcome("vtd", Exit::Code(0), GOOD), 2).unwrap();
+        assert_eq!(closing, summary(2, 0, 0));
     }
 
     #[test]
@@ -376,6 +377,19 @@ mod tests {
         assert_eq!(
             failure.problems,
             ["timed out after 180 s (hung, killed) inside test dma::forever"]
+        );
+    }
+
+    #[test]
+    fn skipped_tests_are_accounted_for_but_never_count_as_passed() {
+        let log = "running 3 tests\ntest a ... ok\ntest b ... ok\ntest c ... ignored, not applicable: no IOMMU\n\
+                   2 passed, 0 failed, 1 skipped\n";
+        let (summary, _) = judge(outcome("none-x86", Exit::Code(0), log), 2).unwrap();
+        assert_eq!(summary.to_string(), "2 passed, 0 failed, 1 skipped");
+        let failure = judge(outcome("none-x86", Exit::Code(0), log), 3).unwrap_err();
+        assert_eq!(
+            failure.problems,
+            ["only 2 tests passed; none-x86 is known to have at least 3"]
         );
     }
 

@@ -99,26 +99,22 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
         }
     }
     step("boot test summary");
-    let (mut passed, mut failed, mut broken) = (0u64, 0u64, Vec::new());
+    let (mut passed, mut failed, mut skipped, mut broken) = (0u64, 0u64, 0u64, Vec::new());
     for (config, verdict) in configs.iter().zip(&verdicts) {
         match verdict {
             Verdict::Passed(summary) => {
                 passed += u64::from(summary.passed);
-                println!(
-                    "  ok      {:<14} {} passed, {} failed",
-                    config.name, summary.passed, summary.failed
-                );
+                skipped += u64::from(summary.skipped);
+                println!("  ok      {:<14} {summary}", config.name);
             }
             Verdict::Failed(failure) => {
                 let counted = failure
                     .outcome
                     .as_ref()
                     .and_then(|outcome| outcome.report.summary)
-                    .unwrap_or(Summary {
-                        passed: 0,
-                        failed: 0,
-                    });
+                    .unwrap_or_default();
                 passed += u64::from(counted.passed);
+                skipped += u64::from(counted.skipped);
                 // A config that failed without a failing test (panic, hang, too few
                 // tests, bad exit) still counts as one failure.
                 failed += u64::from(counted.failed.max(1));
@@ -139,7 +135,11 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
             args.filter
         );
     }
-    println!("qemu-tests: {passed} passed, {failed} failed");
+    if skipped == 0 {
+        println!("qemu-tests: {passed} passed, {failed} failed");
+    } else {
+        println!("qemu-tests: {passed} passed, {failed} failed, {skipped} skipped");
+    }
     if broken.is_empty() {
         Ok(())
     } else {
@@ -152,16 +152,13 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
 
 fn one_line(verdict: &Verdict, booted: &Booted) -> String {
     match verdict {
-        Verdict::Passed(summary) => format!(
-            "ok      {} passed, {} failed",
-            summary.passed, summary.failed
-        ),
+        Verdict::Passed(summary) => format!("ok      {summary}"),
         Verdict::Failed(failure) => {
             let closing = match booted {
                 Booted::Ran(outcome) => outcome
                     .report
                     .summary
-                    .map(|s| format!("{} passed, {} failed; ", s.passed, s.failed))
+                    .map(|summary| format!("{summary}; "))
                     .unwrap_or_default(),
                 Booted::NotRun(_) => String::new(),
             };

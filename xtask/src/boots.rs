@@ -18,8 +18,14 @@ pub fn select(names: &[String]) -> Result<Vec<&'static Config>, Error> {
     if names.is_empty() {
         return Ok(qemu_tests::CONFIGS.iter().collect());
     }
-    names
-        .iter()
+    let mut unique: Vec<&String> = Vec::new();
+    for name in names {
+        if !unique.contains(&name) {
+            unique.push(name);
+        }
+    }
+    unique
+        .into_iter()
         .map(|name| {
             qemu_tests::config(name).ok_or_else(|| {
                 Error::Usage(format!(

@@ -33,7 +33,9 @@ const MAIR_VALUE: u64 = (0x00 << (8 * MAIR_DEVICE_NGNRNE))
     | (0x44 << (8 * MAIR_NORMAL_NC));
 
 const DEVICE_BLOCK: u64 = DESC_BLOCK | (MAIR_DEVICE_NGNRNE << ATTR_INDEX_SHIFT) | AF | PXN | UXN;
-const NORMAL_BLOCK: u64 = DESC_BLOCK | (MAIR_NORMAL_WB << ATTR_INDEX_SHIFT) | SH_INNER | AF;
+/// Kernel RAM: AP[2:1] = 00 gives EL0 no data access, and UXN keeps EL0 from
+/// executing it (AP does not govern EL0 instruction fetch).
+const NORMAL_BLOCK: u64 = DESC_BLOCK | (MAIR_NORMAL_WB << ATTR_INDEX_SHIFT) | SH_INNER | AF | UXN;
 const GIB: u64 = 1 << 30;
 /// The L1 slot of the PCIe high ECAM window at 0x40_1000_0000 (256 GiB + 256 MiB).
 const HIGH_ECAM_L1_INDEX: u64 = 0x40_0000_0000 / GIB;

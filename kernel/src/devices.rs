@@ -28,10 +28,17 @@ pub fn init(platform: &Platform) {
         for function in pci::enumerate(config, config.buses()) {
             let mut bars = bar::probe_all(config, function.bdf);
             if let Some(allocator) = allocator.as_mut() {
-                for bar in bars.iter_mut().filter(|bar| matches!(bar, Bar::Memory { .. })) {
+                for bar in bars
+                    .iter_mut()
+                    .filter(|bar| matches!(bar, Bar::Memory { .. }))
+                {
                     match allocator.assign(config, function.bdf, *bar) {
                         Ok(assigned) => *bar = assigned,
-                        Err(err) => println!("pci: {} BAR{}: not assigned: {err:?}", function.bdf, bar.index()),
+                        Err(err) => println!(
+                            "pci: {} BAR{}: not assigned: {err:?}",
+                            function.bdf,
+                            bar.index()
+                        ),
                     }
                 }
             }
@@ -47,9 +54,9 @@ pub fn all() -> &'static [PciDevice] {
 
 /// The edu functions, in BDF order.
 pub fn edus() -> impl Iterator<Item = &'static PciDevice> {
-    all()
-        .iter()
-        .filter(|device| device.function.vendor_id == edu::VENDOR_ID && device.function.device_id == edu::DEVICE_ID)
+    all().iter().filter(|device| {
+        device.function.vendor_id == edu::VENDOR_ID && device.function.device_id == edu::DEVICE_ID
+    })
 }
 
 /// Errors opening an edu device.
@@ -64,13 +71,20 @@ pub enum OpenError {
 pub fn open_edu(platform: &Platform, device: &PciDevice) -> Result<Edu<'static>, OpenError> {
     let config = &platform.pci.ecam;
     let bdf = device.function.bdf;
-    let Some(Bar::Memory { address, .. }) = device.bars.iter().find(|bar| bar.index() == 0).copied() else {
+    let Some(Bar::Memory { address, .. }) =
+        device.bars.iter().find(|bar| bar.index() == 0).copied()
+    else {
         return Err(OpenError::NoBar0);
     };
     // BARs hold bus addresses; on both machines the 32-bit window is
     // identity-mapped between bus and CPU.
-    let cpu_address = platform.pci.bar_window.map_or(address, |window| address - window.pci_base + window.cpu_base);
-    config.set_command(bdf, config.command(bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let cpu_address = platform.pci.bar_window.map_or(address, |window| {
+        address - window.pci_base + window.cpu_base
+    });
+    config.set_command(
+        bdf,
+        config.command(bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,
+    );
     let base = NonNull::new(cpu_address as *mut u8).ok_or(OpenError::NoBar0)?;
     // SAFETY: BAR0 of an edu is 1 MiB of registers, identity-mapped uncached
     // by the boot page tables (x86_64: PCI hole; aarch64: first GiB as Device).

@@ -18,6 +18,7 @@ mod cmdline;
 mod demo;
 mod devices;
 mod iommu;
+mod irq;
 mod memory;
 mod panic;
 mod platform;
@@ -37,11 +38,16 @@ fn kernel_main(boot: BootInfo) -> ! {
         Ok(platform) => platform,
         Err(err) => panic!("platform discovery failed: {err}"),
     };
+    irq::init(&platform);
     devices::init(&platform);
 
     let failed = match cmdline.mode {
         Mode::Demo => demo::run(&platform),
         Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
     };
-    arch::exit(if failed == 0 { arch::ExitCode::Success } else { arch::ExitCode::Failure })
+    arch::exit(if failed == 0 {
+        arch::ExitCode::Success
+    } else {
+        arch::ExitCode::Failure
+    })
 }

@@ -38,7 +38,11 @@ impl Platform {
             #[cfg(target_arch = "aarch64")]
             Firmware::DeviceTree(_) => "device tree",
         };
-        format!("{tables}, PCI buses {:#04x}-{:#04x}", buses.start(), buses.end())
+        format!(
+            "{tables}, PCI buses {:#04x}-{:#04x}",
+            buses.start(),
+            buses.end()
+        )
     }
 }
 
@@ -110,7 +114,10 @@ fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
     let ecam = ecam_at(region.base, region.bus_start..=region.bus_end)?;
     crate::arch::set_acpi_ports(info.pm1a_control_port(), info.pm_timer_port());
     Ok(Platform {
-        pci: PciHost { ecam, bar_window: None },
+        pci: PciHost {
+            ecam,
+            bar_window: None,
+        },
         firmware: Firmware::Acpi(info),
     })
 }

@@ -53,7 +53,11 @@ pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> us
         groups
             .iter()
             .flat_map(|group| group.iter())
-            .filter(move |test| cmdline.filter.is_none_or(|filter| test.name.contains(filter)))
+            .filter(move |test| {
+                cmdline
+                    .filter
+                    .is_none_or(|filter| test.name.contains(filter))
+            })
     };
     println!("running {} tests", selected().count());
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);

@@ -109,7 +109,13 @@ impl<'a> Edu<'a> {
 
     /// Copies `len` bytes between bus address `bus_address` and the device
     /// buffer at `buffer_offset`, waiting (bounded) for completion.
-    pub fn dma(&self, direction: Direction, bus_address: u64, buffer_offset: usize, len: usize) -> Result<(), EduError> {
+    pub fn dma(
+        &self,
+        direction: Direction,
+        bus_address: u64,
+        buffer_offset: usize,
+        len: usize,
+    ) -> Result<(), EduError> {
         self.start_dma(direction, bus_address, buffer_offset, len, false)?;
         self.wait_dma()
     }
@@ -126,8 +132,14 @@ impl<'a> Edu<'a> {
         if len == 0 {
             return Err(EduError::Empty);
         }
-        if buffer_offset.checked_add(len).is_none_or(|end| end > BUFFER_SIZE) {
-            return Err(EduError::OutsideBuffer { offset: buffer_offset, len });
+        if buffer_offset
+            .checked_add(len)
+            .is_none_or(|end| end > BUFFER_SIZE)
+        {
+            return Err(EduError::OutsideBuffer {
+                offset: buffer_offset,
+                len,
+            });
         }
         if self.is_busy() {
             return Err(EduError::Busy);
@@ -141,7 +153,8 @@ impl<'a> Edu<'a> {
         self.regs.write64(regs::DMA_DESTINATION, destination);
         self.regs.write64(regs::DMA_COUNT, len as u64);
         let irq = if raise_irq { DMA_RAISE_IRQ } else { 0 };
-        self.regs.write64(regs::DMA_COMMAND, DMA_RUN | direction_bit | irq);
+        self.regs
+            .write64(regs::DMA_COMMAND, DMA_RUN | direction_bit | irq);
         Ok(())
     }
 
@@ -151,7 +164,8 @@ impl<'a> Edu<'a> {
 
     /// Waits (bounded) for the running transfer to finish.
     pub fn wait_dma(&self) -> Result<(), EduError> {
-        wait_until(self.clock, DMA_TIMEOUT, || (!self.is_busy()).then_some(())).map_err(EduError::Timeout)
+        wait_until(self.clock, DMA_TIMEOUT, || (!self.is_busy()).then_some(()))
+            .map_err(EduError::Timeout)
     }
 
     pub fn interrupt_status(&self) -> u32 {
@@ -202,7 +216,12 @@ mod tests {
     fn refuses_a_device_that_is_not_an_edu() {
         let clock = FastClock(Cell::new(0));
         let (_block, mmio) = fake_registers(0x1234_5678);
-        assert_eq!(Edu::new(mmio, &clock).err(), Some(EduError::NotAnEdu { identification: 0x1234_5678 }));
+        assert_eq!(
+            Edu::new(mmio, &clock).err(),
+            Some(EduError::NotAnEdu {
+                identification: 0x1234_5678
+            })
+        );
     }
 
     #[test]
@@ -210,14 +229,36 @@ mod tests {
         let clock = FastClock(Cell::new(0));
         let (block, mmio) = fake_registers(0x0100_00ED);
         let edu = Edu::new(mmio, &clock).unwrap();
-        assert_eq!(edu.dma(Direction::ToDevice, 0x1000, 0, 4097), Err(EduError::OutsideBuffer { offset: 0, len: 4097 }));
+        assert_eq!(
+            edu.dma(Direction::ToDevice, 0x1000, 0, 4097),
+            Err(EduError::OutsideBuffer {
+                offset: 0,
+                len: 4097
+            })
+        );
         assert_eq!(
             edu.dma(Direction::ToRam, 0x1000, 4000, 100),
-            Err(EduError::OutsideBuffer { offset: 4000, len: 100 })
+            Err(EduError::OutsideBuffer {
+                offset: 4000,
+                len: 100
+            })
         );
-        assert_eq!(edu.dma(Direction::ToRam, 0x1000, usize::MAX, 2), Err(EduError::OutsideBuffer { offset: usize::MAX, len: 2 }));
-        assert_eq!(edu.dma(Direction::ToRam, 0x1000, 0, 0), Err(EduError::Empty));
-        assert_eq!(block[0x98 / 8], 0, "a refused transfer must not start the engine");
+        assert_eq!(
+            edu.dma(Direction::ToRam, 0x1000, usize::MAX, 2),
+            Err(EduError::OutsideBuffer {
+                offset: usize::MAX,
+                len: 2
+            })
+        );
+        assert_eq!(
+            edu.dma(Direction::ToRam, 0x1000, 0, 0),
+            Err(EduError::Empty)
+        );
+        assert_eq!(
+            block[0x98 / 8],
+            0,
+            "a refused transfer must not start the engine"
+        );
     }
 
     #[test]
@@ -225,13 +266,17 @@ mod tests {
         let clock = FastClock(Cell::new(0));
         let (block, mmio) = fake_registers(0x0100_00ED);
         let edu = Edu::new(mmio, &clock).unwrap();
-        edu.start_dma(Direction::ToRam, 0x1_2345_6000, 0x10, 64, true).unwrap();
+        edu.start_dma(Direction::ToRam, 0x1_2345_6000, 0x10, 64, true)
+            .unwrap();
         assert_eq!(block[0x80 / 8], BUFFER_DEVICE_ADDRESS + 0x10);
         assert_eq!(block[0x88 / 8], 0x1_2345_6000);
         assert_eq!(block[0x90 / 8], 64);
         assert_eq!(block[0x98 / 8], DMA_RUN | DMA_TO_RAM | DMA_RAISE_IRQ);
         // The engine is "running" and never finishes: busy, then a bounded timeout.
-        assert_eq!(edu.start_dma(Direction::ToDevice, 0, 0, 1, false), Err(EduError::Busy));
+        assert_eq!(
+            edu.start_dma(Direction::ToDevice, 0, 0, 1, false),
+            Err(EduError::Busy)
+        );
         assert!(matches!(edu.wait_dma(), Err(EduError::Timeout(_))));
     }
 }

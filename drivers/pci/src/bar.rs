@@ -16,8 +16,18 @@ const BAR_IO_ADDRESS_MASK: u32 = !0x3;
 /// A decoded BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bar {
-    Memory { index: u8, address: u64, size: u64, is_64bit: bool, prefetchable: bool },
-    Io { index: u8, address: u32, size: u32 },
+    Memory {
+        index: u8,
+        address: u64,
+        size: u64,
+        is_64bit: bool,
+        prefetchable: bool,
+    },
+    Io {
+        index: u8,
+        address: u32,
+        size: u32,
+    },
 }
 
 impl Bar {
@@ -88,7 +98,8 @@ pub fn probe(config: &dyn ConfigSpace, bdf: Bdf, index: u8) -> Result<Bar, BarEr
             } else {
                 Ok(Bar::Memory {
                     index,
-                    address: (u64::from(upper_original) << 32) | u64::from(original & BAR_MEM_ADDRESS_MASK),
+                    address: (u64::from(upper_original) << 32)
+                        | u64::from(original & BAR_MEM_ADDRESS_MASK),
                     size: (!full_mask).wrapping_add(1),
                     is_64bit: true,
                     prefetchable: original & BAR_MEM_PREFETCHABLE != 0,
@@ -120,7 +131,11 @@ pub fn probe_all(config: &dyn ConfigSpace, bdf: Bdf) -> alloc::vec::Vec<Bar> {
     while index < BAR_COUNT {
         match probe(config, bdf, index) {
             Ok(bar) => {
-                index += if matches!(bar, Bar::Memory { is_64bit: true, .. }) { 2 } else { 1 };
+                index += if matches!(bar, Bar::Memory { is_64bit: true, .. }) {
+                    2
+                } else {
+                    1
+                };
                 bars.push(bar);
             }
             Err(_) => index += 1,
@@ -149,16 +164,34 @@ pub struct BarAllocator {
 
 impl BarAllocator {
     pub fn new(window: MemoryWindow) -> Self {
-        BarAllocator { window, next: window.pci_base }
+        BarAllocator {
+            window,
+            next: window.pci_base,
+        }
     }
 
     /// Gives memory BAR `bar` an address in the window and writes it; returns
     /// the BAR with its new (bus) address.
-    pub fn assign(&mut self, config: &dyn ConfigSpace, bdf: Bdf, bar: Bar) -> Result<Bar, BarError> {
-        let Bar::Memory { index, size, is_64bit, prefetchable, .. } = bar else {
+    pub fn assign(
+        &mut self,
+        config: &dyn ConfigSpace,
+        bdf: Bdf,
+        bar: Bar,
+    ) -> Result<Bar, BarError> {
+        let Bar::Memory {
+            index,
+            size,
+            is_64bit,
+            prefetchable,
+            ..
+        } = bar
+        else {
             return Err(BarError::NoSuchBar);
         };
-        let address = self.next.checked_next_multiple_of(size).ok_or(BarError::WindowFull)?;
+        let address = self
+            .next
+            .checked_next_multiple_of(size)
+            .ok_or(BarError::WindowFull)?;
         let end = address.checked_add(size).ok_or(BarError::WindowFull)?;
         if end > self.window.pci_base + self.window.size {
             return Err(BarError::WindowFull);
@@ -176,7 +209,13 @@ impl BarAllocator {
         }
         config.set_command(bdf, command);
         self.next = end;
-        Ok(Bar::Memory { index, address, size, is_64bit, prefetchable })
+        Ok(Bar::Memory {
+            index,
+            address,
+            size,
+            is_64bit,
+            prefetchable,
+        })
     }
 
     /// The CPU physical address of bus address `pci_address` in this window.

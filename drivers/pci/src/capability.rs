@@ -34,12 +34,23 @@ pub struct Capabilities<'a> {
 impl<'a> Capabilities<'a> {
     pub fn new(config: &'a dyn ConfigSpace, bdf: Bdf) -> Self {
         let has_list = config.read16(bdf, offsets::STATUS) & STATUS_CAPABILITIES_LIST != 0;
-        let next = if has_list { config.read8(bdf, offsets::CAPABILITIES_POINTER) & POINTER_MASK } else { 0 };
-        Capabilities { config, bdf, next, remaining: MAX_CAPABILITIES }
+        let next = if has_list {
+            config.read8(bdf, offsets::CAPABILITIES_POINTER) & POINTER_MASK
+        } else {
+            0
+        };
+        Capabilities {
+            config,
+            bdf,
+            next,
+            remaining: MAX_CAPABILITIES,
+        }
     }
 
     pub fn offset_of(config: &'a dyn ConfigSpace, bdf: Bdf, id: CapabilityId) -> Option<u16> {
-        Capabilities::new(config, bdf).find(|&(found, _)| found == id).map(|(_, offset)| offset)
+        Capabilities::new(config, bdf)
+            .find(|&(found, _)| found == id)
+            .map(|(_, offset)| offset)
     }
 }
 
@@ -80,7 +91,11 @@ impl Msi {
     pub fn find(config: &dyn ConfigSpace, bdf: Bdf) -> Option<Msi> {
         let offset = Capabilities::offset_of(config, bdf, CapabilityId::MSI)?;
         let control = config.read16(bdf, offset + MSI_CONTROL);
-        Some(Msi { bdf, offset, is_64bit: control & MSI_CONTROL_64BIT != 0 })
+        Some(Msi {
+            bdf,
+            offset,
+            is_64bit: control & MSI_CONTROL_64BIT != 0,
+        })
     }
 
     /// Programs the message (one vector) and enables MSI.
@@ -89,7 +104,11 @@ impl Msi {
         let control = config.read16(self.bdf, control_offset);
         config.write32(self.bdf, self.offset + MSI_ADDRESS_LOW, address as u32);
         if self.is_64bit {
-            config.write32(self.bdf, self.offset + MSI_ADDRESS_HIGH, (address >> 32) as u32);
+            config.write32(
+                self.bdf,
+                self.offset + MSI_ADDRESS_HIGH,
+                (address >> 32) as u32,
+            );
             config.write16(self.bdf, self.offset + MSI_DATA_64, data);
         } else {
             config.write16(self.bdf, self.offset + MSI_DATA_32, data);

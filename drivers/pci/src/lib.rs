@@ -8,7 +8,6 @@
 
 extern crate alloc;
 
-
 mod capability;
 mod config;
 mod ecam;
@@ -33,7 +32,11 @@ pub struct Bdf {
 
 impl Bdf {
     pub const fn new(bus: u8, device: u8, function: u8) -> Self {
-        Bdf { bus, device, function }
+        Bdf {
+            bus,
+            device,
+            function,
+        }
     }
 
     /// The 16-bit requester ID (PCIe Base 6.0 §2.2.6.2): bus[15:8], device[7:3], function[2:0].
@@ -44,7 +47,11 @@ impl Bdf {
     }
 
     pub const fn from_requester_id(rid: u16) -> Self {
-        Bdf::new((rid >> 8) as u8, ((rid >> 3) & 0x1F) as u8, (rid & 0x7) as u8)
+        Bdf::new(
+            (rid >> 8) as u8,
+            ((rid >> 3) & 0x1F) as u8,
+            (rid & 0x7) as u8,
+        )
     }
 }
 
@@ -83,8 +90,13 @@ pub fn enumerate(config: &dyn ConfigSpace, buses: core::ops::RangeInclusive<u8>)
             if config.read16(first, offsets::VENDOR_ID) == NO_DEVICE {
                 continue;
             }
-            let multi_function = HeaderType::from_raw(config.read8(first, offsets::HEADER_TYPE)).multi_function;
-            let functions = if multi_function { FUNCTIONS_PER_DEVICE } else { 1 };
+            let multi_function =
+                HeaderType::from_raw(config.read8(first, offsets::HEADER_TYPE)).multi_function;
+            let functions = if multi_function {
+                FUNCTIONS_PER_DEVICE
+            } else {
+                1
+            };
             for function in 0..functions {
                 let bdf = Bdf::new(bus, device, function);
                 let vendor_id = config.read16(bdf, offsets::VENDOR_ID);
@@ -135,14 +147,27 @@ mod tests {
     fn enumerate_finds_single_and_multi_function_devices_in_order() {
         let model = Model::with(vec![
             (Bdf::new(0, 4, 0), edu()),
-            (Bdf::new(0, 0x1F, 0), ModelFunction::new(0x8086, 0x2918, 0x060100).with_multi_function()),
-            (Bdf::new(0, 0x1F, 3), ModelFunction::new(0x8086, 0x2930, 0x0C0500)),
+            (
+                Bdf::new(0, 0x1F, 0),
+                ModelFunction::new(0x8086, 0x2918, 0x060100).with_multi_function(),
+            ),
+            (
+                Bdf::new(0, 0x1F, 3),
+                ModelFunction::new(0x8086, 0x2930, 0x0C0500),
+            ),
             // Function 5 of a single-function device must not be reported.
             (Bdf::new(0, 4, 5), ModelFunction::new(0xDEAD, 0xBEEF, 0)),
         ]);
         let found = enumerate(&model, 0..=0);
         let bdfs: std::vec::Vec<_> = found.iter().map(|f| f.bdf).collect();
-        assert_eq!(bdfs, vec![Bdf::new(0, 4, 0), Bdf::new(0, 0x1F, 0), Bdf::new(0, 0x1F, 3)]);
+        assert_eq!(
+            bdfs,
+            vec![
+                Bdf::new(0, 4, 0),
+                Bdf::new(0, 0x1F, 0),
+                Bdf::new(0, 0x1F, 3)
+            ]
+        );
         assert_eq!(found[0].vendor_id, EDU_VENDOR);
         assert_eq!(found[0].device_id, EDU_DEVICE);
         assert_eq!(found[0].class, 0x00FF00);
@@ -153,20 +178,45 @@ mod tests {
     fn bar_probe_sizes_32_and_64_bit_bars_and_restores_them() {
         let bdf = Bdf::new(0, 1, 0);
         let model = Model::with(vec![(bdf, edu().with_mem64_bar(2, 1 << 33))]);
-        model.functions.borrow_mut().get_mut(&bdf).unwrap().set32(0x04, u32::from(Command::MEMORY_SPACE.bits()));
+        model
+            .functions
+            .borrow_mut()
+            .get_mut(&bdf)
+            .unwrap()
+            .set32(0x04, u32::from(Command::MEMORY_SPACE.bits()));
         let bars = bar::probe_all(&model, bdf);
         assert_eq!(
             bars,
             vec![
-                Bar::Memory { index: 0, address: 0, size: 1 << 20, is_64bit: false, prefetchable: false },
-                Bar::Memory { index: 2, address: 0, size: 1 << 33, is_64bit: true, prefetchable: false },
+                Bar::Memory {
+                    index: 0,
+                    address: 0,
+                    size: 1 << 20,
+                    is_64bit: false,
+                    prefetchable: false
+                },
+                Bar::Memory {
+                    index: 2,
+                    address: 0,
+                    size: 1 << 33,
+                    is_64bit: true,
+                    prefetchable: false
+                },
             ]
         );
         // Decoding was switched off around sizing and restored after.
         assert_eq!(model.command(bdf), Command::MEMORY_SPACE);
-        let sizing_writes: std::vec::Vec<_> =
-            model.writes.borrow().iter().filter(|w| w.1 == offsets::COMMAND).map(|w| w.2).collect();
-        assert!(sizing_writes.contains(&0), "memory decode not disabled while sizing");
+        let sizing_writes: std::vec::Vec<_> = model
+            .writes
+            .borrow()
+            .iter()
+            .filter(|w| w.1 == offsets::COMMAND)
+            .map(|w| w.2)
+            .collect();
+        assert!(
+            sizing_writes.contains(&0),
+            "memory decode not disabled while sizing"
+        );
     }
 
     #[test]
@@ -174,29 +224,66 @@ mod tests {
         let first = Bdf::new(0, 1, 0);
         let second = Bdf::new(0, 2, 0);
         let model = Model::with(vec![
-            (first, ModelFunction::new(1, 1, 0).with_mem32_bar(0, 0x1000, false)),
+            (
+                first,
+                ModelFunction::new(1, 1, 0).with_mem32_bar(0, 0x1000, false),
+            ),
             (second, edu()),
         ]);
-        let window = MemoryWindow { pci_base: 0x1000_0000, cpu_base: 0x1000_0000, size: 0x20_0000 };
+        let window = MemoryWindow {
+            pci_base: 0x1000_0000,
+            cpu_base: 0x1000_0000,
+            size: 0x20_0000,
+        };
         let mut allocator = BarAllocator::new(window);
-        let small = allocator.assign(&model, first, bar::probe(&model, first, 0).unwrap()).unwrap();
-        let big = allocator.assign(&model, second, bar::probe(&model, second, 0).unwrap()).unwrap();
-        assert!(matches!(small, Bar::Memory { address: 0x1000_0000, .. }));
-        assert!(matches!(big, Bar::Memory { address: 0x1010_0000, size: 0x10_0000, .. }));
+        let small = allocator
+            .assign(&model, first, bar::probe(&model, first, 0).unwrap())
+            .unwrap();
+        let big = allocator
+            .assign(&model, second, bar::probe(&model, second, 0).unwrap())
+            .unwrap();
+        assert!(matches!(
+            small,
+            Bar::Memory {
+                address: 0x1000_0000,
+                ..
+            }
+        ));
+        assert!(matches!(
+            big,
+            Bar::Memory {
+                address: 0x1010_0000,
+                size: 0x10_0000,
+                ..
+            }
+        ));
         assert_eq!(model.read32(second, offsets::BAR0), 0x1010_0000);
         // A third 1 MiB BAR no longer fits in the 2 MiB window.
-        assert_eq!(allocator.assign(&model, second, big), Err(BarError::WindowFull));
+        assert_eq!(
+            allocator.assign(&model, second, big),
+            Err(BarError::WindowFull)
+        );
     }
 
     #[test]
     fn capability_walk_finds_msi_and_stops_on_a_loop() {
         let bdf = Bdf::new(0, 4, 0);
-        let model = Model::with(vec![(bdf, edu().with_capabilities(&[(0x40, 0x05, 0x50), (0x50, 0x10, 0x40)]))]);
+        let model = Model::with(vec![(
+            bdf,
+            edu().with_capabilities(&[(0x40, 0x05, 0x50), (0x50, 0x10, 0x40)]),
+        )]);
         let caps: std::vec::Vec<_> = Capabilities::new(&model, bdf).collect();
-        assert_eq!(caps.len(), 48, "a looping list must be cut at the maximum possible length");
+        assert_eq!(
+            caps.len(),
+            48,
+            "a looping list must be cut at the maximum possible length"
+        );
         assert_eq!(caps[0], (CapabilityId::MSI, 0x40));
         assert_eq!(caps[1], (CapabilityId::PCI_EXPRESS, 0x50));
-        assert_eq!(Capabilities::offset_of(&model, bdf, CapabilityId::MSI_X), None);
+        assert_eq!(
+            Capabilities::offset_of(&model, bdf, CapabilityId::MSI_X),
+            None
+        );
     }
 
     #[test]

@@ -23,7 +23,10 @@ impl ModelFunction {
         space[0..2].copy_from_slice(&vendor.to_le_bytes());
         space[2..4].copy_from_slice(&device.to_le_bytes());
         space[9..12].copy_from_slice(&class.to_le_bytes()[..3]);
-        ModelFunction { space, bars: [None; 6] }
+        ModelFunction {
+            space,
+            bars: [None; 6],
+        }
     }
 
     pub fn set32(&mut self, offset: usize, value: u32) {
@@ -75,14 +78,19 @@ pub struct Model {
 
 impl Model {
     pub fn with(functions: Vec<(Bdf, ModelFunction)>) -> Self {
-        Model { functions: RefCell::new(functions.into_iter().collect()), writes: RefCell::new(vec![]) }
+        Model {
+            functions: RefCell::new(functions.into_iter().collect()),
+            writes: RefCell::new(vec![]),
+        }
     }
 }
 
 impl ConfigSpace for Model {
     fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
         let functions = self.functions.borrow();
-        let Some(function) = functions.get(&bdf) else { return u32::MAX };
+        let Some(function) = functions.get(&bdf) else {
+            return u32::MAX;
+        };
         let offset = offset as usize;
         if offset + 4 > function.space.len() {
             return 0;
@@ -93,7 +101,9 @@ impl ConfigSpace for Model {
     fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
         self.writes.borrow_mut().push((bdf, offset, value));
         let mut functions = self.functions.borrow_mut();
-        let Some(function) = functions.get_mut(&bdf) else { return };
+        let Some(function) = functions.get_mut(&bdf) else {
+            return;
+        };
         let offset = offset as usize;
         if (0x10..0x28).contains(&offset) {
             let (writable, read_only) = function.bars[(offset - 0x10) / 4].unwrap_or((0, 0));

@@ -65,14 +65,20 @@ impl Bitmap {
     }
 
     fn frames_of(region: MemoryRegion) -> core::ops::Range<usize> {
-        let first = region.base.div_ceil(FRAME_SIZE as u64).min(MAX_FRAMES as u64);
+        let first = region
+            .base
+            .div_ceil(FRAME_SIZE as u64)
+            .min(MAX_FRAMES as u64);
         let end = (region.end() / FRAME_SIZE as u64).min(MAX_FRAMES as u64);
         first as usize..end.max(first) as usize
     }
 
     fn frames_touching(region: MemoryRegion) -> core::ops::Range<usize> {
         let first = (region.base / FRAME_SIZE as u64).min(MAX_FRAMES as u64);
-        let end = region.end().div_ceil(FRAME_SIZE as u64).min(MAX_FRAMES as u64);
+        let end = region
+            .end()
+            .div_ceil(FRAME_SIZE as u64)
+            .min(MAX_FRAMES as u64);
         first as usize..end.max(first) as usize
     }
 
@@ -143,7 +149,11 @@ pub fn free(frames: Frames) {
     let first = (frames.phys / FRAME_SIZE as u64) as usize;
     let mut bitmap = FRAMES.lock();
     for frame in first..first + frames.count {
-        assert!(!bitmap.is_free(frame), "double free of frame {:#x}", frame * FRAME_SIZE);
+        assert!(
+            !bitmap.is_free(frame),
+            "double free of frame {:#x}",
+            frame * FRAME_SIZE
+        );
         bitmap.set(frame, true);
     }
 }

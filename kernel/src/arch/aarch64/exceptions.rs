@@ -108,7 +108,12 @@ pub fn init() {
 }
 
 fn vector_name(kind: u64) -> (&'static str, &'static str) {
-    const ORIGINS: [&str; 4] = ["current EL with SP_EL0", "current EL with SP_ELx", "lower EL (AArch64)", "lower EL (AArch32)"];
+    const ORIGINS: [&str; 4] = [
+        "current EL with SP_EL0",
+        "current EL with SP_ELx",
+        "lower EL (AArch64)",
+        "lower EL (AArch32)",
+    ];
     const TYPES: [&str; 4] = ["synchronous", "IRQ", "FIQ", "SError"];
     (TYPES[(kind % 4) as usize], ORIGINS[(kind / 4 % 4) as usize])
 }
@@ -116,6 +121,13 @@ fn vector_name(kind: u64) -> (&'static str, &'static str) {
 #[unsafe(no_mangle)]
 extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
     let class = frame.esr >> ESR_EC_SHIFT;
+    const SYNCHRONOUS: u64 = 0;
+    const IRQ: u64 = 1;
+    if frame.kind % 4 == IRQ {
+        super::gic::handle_irq();
+        return;
+    }
+    let _ = SYNCHRONOUS;
     match (frame.kind % 4, class) {
         // Synchronous exceptions taken at EL1.
         (0, EC_BRK_AARCH64) => {

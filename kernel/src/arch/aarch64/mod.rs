@@ -2,13 +2,16 @@
 //! generic-timer clock, exit through semihosting.
 
 mod exceptions;
+pub mod gic;
 mod pl011;
 
 use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
-pub use exceptions::{breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen};
+pub use exceptions::{
+    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+};
 pub use pl011::Pl011 as Serial;
 
 pub const ARCH_NAME: &str = "aarch64";
@@ -36,7 +39,9 @@ extern "C" fn kernel_entry(dtb: u64) -> ! {
 fn boot_info_from_device_tree(dtb_addr: u64) -> BootInfo {
     // SAFETY: the DTB header lies in identity-mapped RAM (the boot map covers
     // 1-4 GiB); only its 40-byte header is read here.
-    let header = unsafe { core::slice::from_raw_parts(dtb_addr as *const u8, firmware::devicetree::FDT_HEADER_SIZE) };
+    let header = unsafe {
+        core::slice::from_raw_parts(dtb_addr as *const u8, firmware::devicetree::FDT_HEADER_SIZE)
+    };
     let size = firmware::devicetree::dtb_size_of(header).expect("no device tree at the RAM base");
     // SAFETY: the header says the blob is `size` bytes long; it stays in
     // place forever because its range is reserved below.
@@ -45,13 +50,22 @@ fn boot_info_from_device_tree(dtb_addr: u64) -> BootInfo {
 
     let mut ram = heapless::Vec::new();
     for region in &platform.memory {
-        let _ = ram.push(MemoryRegion { base: region.base, size: region.size });
+        let _ = ram.push(MemoryRegion {
+            base: region.base,
+            size: region.size,
+        });
     }
     let mut reserved = heapless::Vec::new();
-    let _ = reserved.push(MemoryRegion { base: dtb_addr, size: size as u64 });
+    let _ = reserved.push(MemoryRegion {
+        base: dtb_addr,
+        size: size as u64,
+    });
     for reservation in &platform.reserved {
         let region = reservation.region;
-        let _ = reserved.push(MemoryRegion { base: region.base, size: region.size });
+        let _ = reserved.push(MemoryRegion {
+            base: region.base,
+            size: region.size,
+        });
     }
     let cmdline = CMDLINE.call_once(|| platform.bootargs.clone().unwrap_or_default());
     BootInfo {

@@ -27,7 +27,9 @@ impl Pl011 {
     pub unsafe fn new(base: usize) -> Self {
         let base = NonNull::new(base as *mut u8).expect("PL011 at address 0");
         // SAFETY: forwarded from the caller's contract.
-        Pl011 { regs: unsafe { Mmio::new(base, REGISTER_BLOCK_SIZE) } }
+        Pl011 {
+            regs: unsafe { Mmio::new(base, REGISTER_BLOCK_SIZE) },
+        }
     }
 
     fn put(&mut self, byte: u8) {

@@ -3,6 +3,7 @@
 
 mod exceptions;
 mod exit;
+pub mod interrupts;
 mod time;
 
 use core::sync::atomic::{AtomicU16, Ordering};
@@ -11,7 +12,9 @@ use boot::pvh::{MEMMAP_TYPE_RAM, MemmapEntry, START_INFO_MAGIC, StartInfo};
 
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
-pub use exceptions::{breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen};
+pub use exceptions::{
+    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+};
 pub use exit::exit;
 pub use time::now_ns;
 
@@ -61,15 +64,29 @@ fn boot_info_from_pvh(start_info_phys: u64) -> BootInfo {
     // been allocated over it yet.
     let start_info = unsafe { core::ptr::read_unaligned(start_info_phys as *const StartInfo) };
     assert_eq!(start_info.magic, START_INFO_MAGIC, "not booted through PVH");
-    assert!(start_info.version >= 1, "PVH start_info version 0 has no memory map");
+    assert!(
+        start_info.version >= 1,
+        "PVH start_info version 0 has no memory map"
+    );
 
     let mut ram = heapless::Vec::new();
     for index in 0..start_info.memmap_entries as usize {
-        let entry_addr = start_info.memmap_paddr + (index * core::mem::size_of::<MemmapEntry>()) as u64;
+        let entry_addr =
+            start_info.memmap_paddr + (index * core::mem::size_of::<MemmapEntry>()) as u64;
         // SAFETY: memmap_entries entries follow memmap_paddr (PVH protocol).
         let entry = unsafe { core::ptr::read_unaligned(entry_addr as *const MemmapEntry) };
-        if entry.kind == MEMMAP_TYPE_RAM && ram.push(MemoryRegion { base: entry.addr, size: entry.size }).is_err() {
-            println!("boot: more than {} RAM ranges; ignoring the rest", ram.capacity());
+        if entry.kind == MEMMAP_TYPE_RAM
+            && ram
+                .push(MemoryRegion {
+                    base: entry.addr,
+                    size: entry.size,
+                })
+                .is_err()
+        {
+            println!(
+                "boot: more than {} RAM ranges; ignoring the rest",
+                ram.capacity()
+            );
         }
     }
 
@@ -77,7 +94,9 @@ fn boot_info_from_pvh(start_info_phys: u64) -> BootInfo {
         let mut text = heapless::String::new();
         if start_info.cmdline_paddr != 0 {
             // SAFETY: the loader stores a NUL-terminated string there.
-            let raw = unsafe { core::ffi::CStr::from_ptr(start_info.cmdline_paddr as *const core::ffi::c_char) };
+            let raw = unsafe {
+                core::ffi::CStr::from_ptr(start_info.cmdline_paddr as *const core::ffi::c_char)
+            };
             for ch in raw.to_str().unwrap_or("").chars() {
                 if text.push(ch).is_err() {
                     break;

@@ -123,6 +123,26 @@ impl Report {
             .filter(|test| matches!(test.outcome, TestOutcome::Failed(_)))
     }
 
+    /// The closing line, or when there is none (a panic or hang cut the run short)
+    /// what the test lines so far add up to.
+    pub fn summary_or_count(&self) -> Summary {
+        self.summary.unwrap_or_else(|| {
+            let count = |wanted: fn(&TestOutcome) -> bool| {
+                let n = self
+                    .tests
+                    .iter()
+                    .filter(|test| wanted(&test.outcome))
+                    .count();
+                u32::try_from(n).unwrap_or(u32::MAX)
+            };
+            Summary {
+                passed: count(|outcome| *outcome == TestOutcome::Ok),
+                failed: count(|outcome| matches!(outcome, TestOutcome::Failed(_))),
+                skipped: count(|outcome| matches!(outcome, TestOutcome::Ignored(_))),
+            }
+        })
+    }
+
     pub fn passed_count(&self) -> usize {
         self.tests
             .iter()
@@ -249,6 +269,7 @@ mod tests {
         assert_eq!(report.unfinished.as_deref(), Some("traps::breakpoint"));
         assert_eq!(report.summary, None);
         assert_eq!(report.tests.len(), 1);
+        assert_eq!(report.summary_or_count(), summary(1, 0, 0));
     }
 
     #[test]

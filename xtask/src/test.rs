@@ -111,7 +111,7 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
                 let counted = failure
                     .outcome
                     .as_ref()
-                    .and_then(|outcome| outcome.report.summary)
+                    .map(|outcome| outcome.report.summary_or_count())
                     .unwrap_or_default();
                 passed += u64::from(counted.passed);
                 skipped += u64::from(counted.skipped);

@@ -17,6 +17,17 @@ pub struct Cmdline<'a> {
     pub filter: Option<&'a str>,
     /// Seed for randomised tests (the fuzzer); printed so a run can be replayed.
     pub seed: Option<u64>,
+    /// Crash on purpose after boot, to prove the crash path reports and fails.
+    pub crash: Option<Crash>,
+}
+
+/// A deliberate crash (`crash=panic` or `crash=fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    /// `panic!`: message and location, non-zero exit.
+    Panic,
+    /// A load from unmapped memory: the exception handler's report, then a panic.
+    Fault,
 }
 
 impl<'a> Cmdline<'a> {
@@ -25,6 +36,7 @@ impl<'a> Cmdline<'a> {
             mode: Mode::Demo,
             filter: None,
             seed: None,
+            crash: None,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -32,6 +44,8 @@ impl<'a> Cmdline<'a> {
                 None if word == "demo" => cmdline.mode = Mode::Demo,
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),
+                Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
+                Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
                 _ => println!("cmdline: ignoring unknown word {word:?}"),
             }
         }

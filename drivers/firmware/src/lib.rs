@@ -15,3 +15,13 @@ pub mod devicetree;
 mod error;
 
 pub use error::FirmwareError;
+
+/// Property-test case count: modest by default to keep CI fast; set
+/// `FIRMWARE_FUZZ_CASES` for a deep run.
+#[cfg(test)]
+fn test_cases() -> u32 {
+    std::env::var("FIRMWARE_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256)
+}

@@ -60,7 +60,7 @@ pub enum DeviceScopeType {
 }
 
 impl DeviceScopeType {
-    fn from_raw(raw: u8) -> Self {
+    pub(crate) fn from_raw(raw: u8) -> Self {
         match raw {
             1 => Self::PciEndpoint,
             2 => Self::PciSubHierarchy,

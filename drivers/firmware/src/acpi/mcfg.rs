@@ -43,11 +43,16 @@ impl EcamRegion {
         self.base.checked_add(offset)
     }
 
-    /// The bytes of physical address space this window decodes.
-    pub fn window(&self) -> (u64, u64) {
-        let start = self.base + (u64::from(self.bus_start) << ECAM_BUS_SHIFT);
-        let size = (u64::from(self.bus_end) - u64::from(self.bus_start) + 1) << ECAM_BUS_SHIFT;
-        (start, size)
+    /// The (start, size) of physical address space this window decodes; `None` for a
+    /// region that [`parse_mcfg`] would have rejected.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        let start = self
+            .base
+            .checked_add(u64::from(self.bus_start) << ECAM_BUS_SHIFT)?;
+        let buses = u64::from(self.bus_end).checked_sub(u64::from(self.bus_start))? + 1;
+        let size = buses << ECAM_BUS_SHIFT;
+        start.checked_add(size)?;
+        Some((start, size))
     }
 }
 

@@ -1,12 +1,13 @@
 //! ACPI: RSDP → RSDT/XSDT walk (ACPI 6.5 §5.2.5–§5.2.8) and the tables an IOMMU
 //! kernel needs: MCFG (PCI Firmware Spec 3.3 §4.1.2), DMAR (Intel VT-d spec ch. 8) and
-//! IVRS (AMD IOMMU spec §5.2).
+//! IVRS (AMD IOMMU spec §5.2), plus the MADT (ACPI 6.5 §5.2.12) for the I/O APICs.
 //!
 //! The pure parsers take a whole table (header included) and verify its checksum;
 //! [`discover`] reads the tables out of physical memory through a [`PhysMemory`].
 
 pub mod dmar;
 pub mod ivrs;
+pub mod madt;
 pub mod mcfg;
 mod sdt;
 
@@ -15,6 +16,7 @@ use alloc::vec::Vec;
 
 pub use dmar::{Dmar, parse_dmar};
 pub use ivrs::{Ivrs, parse_ivrs};
+pub use madt::{Madt, parse_madt};
 pub use mcfg::{EcamRegion, parse_mcfg};
 pub use sdt::{SDT_HEADER_SIZE, SdtHeader, checked_table};
 
@@ -130,6 +132,7 @@ pub struct AcpiInfo {
     pub ecam: Vec<EcamRegion>,
     pub dmar: Option<Dmar>,
     pub ivrs: Option<Ivrs>,
+    pub madt: Option<Madt>,
 }
 
 fn sum(bytes: &[u8]) -> u8 {
@@ -231,6 +234,7 @@ pub fn discover(
         ecam: Vec::new(),
         dmar: None,
         ivrs: None,
+        madt: None,
     };
     let mut have_mcfg = false;
     for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
@@ -260,6 +264,9 @@ pub fn discover(
             }
             b"IVRS" if info.ivrs.is_none() => {
                 info.ivrs = Some(parse_ivrs(&read_table(mem, phys)?)?)
+            }
+            b"APIC" if info.madt.is_none() => {
+                info.madt = Some(parse_madt(&read_table(mem, phys)?)?)
             }
             _ => {}
         }

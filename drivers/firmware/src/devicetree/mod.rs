@@ -224,7 +224,10 @@ impl IdMapEntry {
     /// The (phandle, ID) that `rid` maps to through this entry.
     pub fn translate(&self, rid: u16) -> Option<(u32, u32)> {
         let offset = u32::from(rid).checked_sub(self.rid_base)?;
-        (offset < self.length).then(|| (self.target, self.target_base + offset))
+        if offset >= self.length {
+            return None;
+        }
+        Some((self.target, self.target_base.checked_add(offset)?))
     }
 }
 

@@ -903,7 +903,7 @@ fn mutate(base: &[u8], truncate: usize, flips: &[(usize, u8)], field: (usize, u3
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(crate::test_cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -935,6 +935,45 @@ proptest! {
                     prop_assert!(u64::from(e.rid_base) + u64::from(e.length) <= 0x1_0000);
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::test_cases()))]
+
+    /// iommu-map model: disjoint RID windows; lookups agree with a linear scan.
+    #[test]
+    fn iommu_map_round_trips(
+        windows in proptest::collection::btree_set(0..256u32, 1..8),
+        lens in proptest::collection::vec(1..=256u32, 8),
+        targets in proptest::collection::vec((1..4u32, any::<u16>()), 8),
+        rids in proptest::collection::vec(any::<u16>(), 16),
+    ) {
+        // Window i starts at a multiple of 256 RIDs, so lengths up to 256 never overlap.
+        let model: Vec<IdMapEntry> = windows
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| IdMapEntry {
+                rid_base: w << 8,
+                target: targets[i].0,
+                target_base: u32::from(targets[i].1),
+                length: lens[i],
+            })
+            .collect();
+        let cells: Vec<u32> = model.iter().flat_map(|e| [e.rid_base, e.target, e.target_base, e.length]).collect();
+        let p = Platform::parse(&board(|b| {
+            b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000]).cells("iommu-map", &cells);
+        }))
+        .unwrap();
+        let pci = &p.pcie[0];
+        prop_assert_eq!(&pci.iommu_map, &model);
+        for rid in rids {
+            let expected = model.iter().find_map(|e| {
+                let r = u32::from(rid);
+                (r >= e.rid_base && r < e.rid_base + e.length).then(|| (e.target, e.target_base + (r - e.rid_base)))
+            });
+            prop_assert_eq!(pci.iommu_for_rid(rid), expected);
         }
     }
 }

@@ -8,7 +8,7 @@ use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le32, le64, slice, u8_at};
 
-/// VT-d §8.1 Table 8-1 "DMA Remapping Reporting Structure" offsets.
+/// VT-d §8.1 "DMA Remapping Reporting Structure" offsets.
 const HOST_ADDRESS_WIDTH: usize = 36;
 const FLAGS: usize = 37;
 /// 10 reserved bytes follow the flags; the remapping structures start here.
@@ -47,7 +47,7 @@ impl DmarFlags {
     }
 }
 
-/// VT-d §8.3.1 Table 8-4 device scope entry types.
+/// VT-d §8.3.1 device scope entry types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceScopeType {
     PciEndpoint,
@@ -79,7 +79,7 @@ pub struct PathEntry {
     pub function: u8,
 }
 
-/// VT-d §8.3.1 Table 8-3 Device Scope Structure.
+/// VT-d §8.3.1 Device Scope Structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceScope {
     pub scope_type: DeviceScopeType,
@@ -92,7 +92,7 @@ pub struct DeviceScope {
     pub path: Vec<PathEntry>,
 }
 
-/// VT-d §8.3.1 Table 8-3 offsets.
+/// VT-d §8.3.1 offsets.
 const SCOPE_HEADER_SIZE: usize = 6;
 const SCOPE_TYPE: usize = 0;
 const SCOPE_LENGTH: usize = 1;
@@ -125,7 +125,7 @@ impl DeviceScope {
     }
 }
 
-/// VT-d §8.3 Table 8-2 DMA Remapping Hardware Unit Definition.
+/// VT-d §8.3 DMA Remapping Hardware Unit Definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drhd {
     /// Bit 0 INCLUDE_PCI_ALL: this unit covers every device of the segment not
@@ -154,7 +154,7 @@ impl Drhd {
     }
 }
 
-/// VT-d §8.4 Table 8-5 Reserved Memory Region Reporting.
+/// VT-d §8.4 Reserved Memory Region Reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rmrr {
     pub segment: u16,
@@ -164,7 +164,7 @@ pub struct Rmrr {
     pub scopes: Vec<DeviceScope>,
 }
 
-/// VT-d §8.5 Table 8-6 Root Port ATS Capability Reporting.
+/// VT-d §8.5 Root Port ATS Capability Reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Atsr {
     /// Bit 0 ALL_PORTS: every root port of the segment supports ATS.
@@ -177,21 +177,21 @@ impl Atsr {
     pub const ALL_PORTS: u8 = 1 << 0;
 }
 
-/// VT-d §8.6 Table 8-7 Remapping Hardware Static Affinity.
+/// VT-d §8.6 Remapping Hardware Static Affinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rhsa {
     pub register_base: u64,
     pub proximity_domain: u32,
 }
 
-/// VT-d §8.7 Table 8-8 ACPI Name-space Device Declaration.
+/// VT-d §8.7 ACPI Name-space Device Declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Andd {
     pub device_number: u8,
     pub object_name: String,
 }
 
-/// VT-d §8.8 Table 8-9 SoC Integrated Address Translation Cache.
+/// VT-d §8.8 SoC Integrated Address Translation Cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Satc {
     /// Bit 0 ATC_REQUIRED.
@@ -299,7 +299,7 @@ fn parse_scopes(bytes: &[u8], base: usize) -> Result<Vec<DeviceScope>, FirmwareE
     Ok(scopes)
 }
 
-/// Minimum lengths of the fixed part of each structure (VT-d Tables 8-2, 8-5..8-9).
+/// Minimum lengths of the fixed part of each structure (VT-d §8.3–§8.8).
 const DRHD_FIXED: usize = 16;
 const RMRR_FIXED: usize = 24;
 const ATSR_FIXED: usize = 8;

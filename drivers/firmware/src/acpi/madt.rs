@@ -8,20 +8,20 @@ use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le32, le64, slice, u8_at};
 
-/// ACPI 6.5 Table 5.19 offsets.
+/// ACPI 6.5 §5.2.12 MADT offsets.
 const LOCAL_APIC_ADDRESS: usize = 36;
 const FLAGS: usize = 40;
 const STRUCTURES_OFFSET: usize = 44;
 /// Every interrupt controller structure starts with Type (u8) and Length (u8).
 const STRUCT_HEADER_SIZE: usize = 2;
 
-/// ACPI 6.5 Table 5.21 interrupt controller structure types.
+/// ACPI 6.5 §5.2.12 interrupt controller structure types.
 const TYPE_LOCAL_APIC: u8 = 0;
 const TYPE_IO_APIC: u8 = 1;
 const TYPE_INTERRUPT_OVERRIDE: u8 = 2;
 const TYPE_LOCAL_APIC_ADDRESS_OVERRIDE: u8 = 5;
 const TYPE_LOCAL_X2APIC: u8 = 9;
-/// Table 5.22, 5.24, 5.25, 5.29, 5.37 structure lengths.
+/// ACPI 6.5 §5.2.12.2, .3, .5, .8, .12 structure lengths.
 const LOCAL_APIC_SIZE: usize = 8;
 const IO_APIC_SIZE: usize = 12;
 const INTERRUPT_OVERRIDE_SIZE: usize = 10;
@@ -51,7 +51,7 @@ pub struct InterruptOverride {
     pub bus: u8,
     pub source: u8,
     pub gsi: u32,
-    /// MPS INTI flags (Table 5.26): bits 1:0 polarity, bits 3:2 trigger mode.
+    /// MPS INTI flags (§5.2.12.5): bits 1:0 polarity, bits 3:2 trigger mode.
     pub flags: u16,
 }
 

@@ -1,5 +1,5 @@
 //! MCFG: PCI Express memory-mapped configuration space (PCI Firmware Specification
-//! 3.3 §4.1.2, Table 4-2 and Table 4-3).
+//! 3.3 §4.1.2 "MCFG Table Description").
 
 use alloc::vec::Vec;
 
@@ -7,9 +7,9 @@ use super::sdt::{SDT_HEADER_SIZE, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le64, u8_at};
 
-/// PCI FW 3.3 Table 4-2: 8 reserved bytes follow the header.
+/// PCI FW §4.1.2: 8 reserved bytes follow the header.
 const ENTRIES_OFFSET: usize = SDT_HEADER_SIZE + 8;
-/// PCI FW 3.3 Table 4-3: one configuration space base address allocation structure.
+/// PCI FW §4.1.2: one "configuration space base address allocation" structure.
 const ENTRY_SIZE: usize = 16;
 const ENTRY_BASE: usize = 0;
 const ENTRY_SEGMENT: usize = 8;
@@ -20,7 +20,7 @@ const ECAM_BUS_SHIFT: u32 = 20;
 const ECAM_DEVICE_SHIFT: u32 = 15;
 const ECAM_FUNCTION_SHIFT: u32 = 12;
 
-/// One ECAM window (PCI FW 3.3 Table 4-3).
+/// One ECAM window (PCI FW §4.1.2 base address allocation structure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EcamRegion {
     /// ECAM base for bus 0 of the segment (even when `bus_start` is not 0).

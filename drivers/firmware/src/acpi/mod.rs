@@ -104,6 +104,8 @@ mod rsdp {
     /// Revision 0 (ACPI 1.0) covers only the first 20 bytes.
     pub const V1_SIZE: usize = 20;
     pub const V2_SIZE: usize = 36;
+    /// Later revisions may grow the structure; anything beyond a page is corrupt.
+    pub const MAX_SIZE: usize = 4096;
     pub const REVISION: usize = 15;
     pub const RSDT_ADDRESS: usize = 16;
     pub const LENGTH: usize = 20;
@@ -183,7 +185,7 @@ fn read_rsdp(
     if revision >= 2 {
         let v2 = read_vec(mem, rsdp_phys, rsdp::V2_SIZE)?;
         let length = le32(&v2, rsdp::LENGTH).unwrap_or(0) as usize;
-        if length < rsdp::V2_SIZE {
+        if !(rsdp::V2_SIZE..=rsdp::MAX_SIZE).contains(&length) {
             return Err(FirmwareError::BadLength {
                 what: "RSDP length",
                 offset: rsdp::LENGTH,
@@ -191,7 +193,7 @@ fn read_rsdp(
             });
         }
         // ACPI 6.5 §5.2.5.3: the extended checksum covers the whole structure.
-        if sum(&read_vec(mem, rsdp_phys, length.min(MAX_TABLE_SIZE))?) != 0 {
+        if sum(&read_vec(mem, rsdp_phys, length)?) != 0 {
             return Err(FirmwareError::BadChecksum {
                 what: "RSDP extended",
             });

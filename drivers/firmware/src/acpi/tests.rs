@@ -317,6 +317,85 @@ fn malformed_madt() {
     );
 }
 
+/// Rebuilds the q35 image as ACPI 2.0+: an RSDP revision 2 pointing at an XSDT with
+/// the RSDT's entries widened to 64 bits.
+fn acpi2_image(mutate_rsdp: impl FnOnce(&mut Vec<u8>)) -> (u64, Vec<(u64, Vec<u8>)>) {
+    let (_, mut segments) = load_image(VTD_IMAGE);
+    let rsdt = segments[1].1.clone();
+    let xsdt_body: Vec<u8> = rsdt[36..]
+        .chunks_exact(4)
+        .flat_map(|e| u64::from(u32::from_le_bytes(e.try_into().unwrap())).to_le_bytes())
+        .collect();
+    let xsdt = table(b"XSDT", &xsdt_body);
+    let xsdt_phys = 0x1000u64;
+    let mut rsdp = b"RSD PTR ".to_vec();
+    rsdp.push(0); // checksum
+    rsdp.extend_from_slice(b"TESTOE");
+    rsdp.push(2); // revision
+    rsdp.extend_from_slice(&0u32.to_le_bytes()); // no RSDT
+    rsdp.extend_from_slice(&36u32.to_le_bytes());
+    rsdp.extend_from_slice(&xsdt_phys.to_le_bytes());
+    rsdp.extend_from_slice(&[0; 4]); // extended checksum + reserved
+    let sum = |b: &[u8]| b.iter().fold(0u8, |a, &x| a.wrapping_add(x));
+    rsdp[8] = 0u8.wrapping_sub(sum(&rsdp[..20]));
+    rsdp[32] = 0u8.wrapping_sub(sum(&rsdp));
+    mutate_rsdp(&mut rsdp);
+    segments[0] = (0xf_0000, rsdp);
+    segments[1] = (xsdt_phys, xsdt);
+    (0xf_0000, segments)
+}
+
+fn discover_segments(rsdp: u64, segments: &[(u64, Vec<u8>)]) -> Result<AcpiInfo, FirmwareError> {
+    let mem: Vec<(u64, &[u8])> = segments.iter().map(|(a, b)| (*a, b.as_slice())).collect();
+    discover(rsdp, mem.as_slice())
+}
+
+#[test]
+fn discover_through_an_xsdt() {
+    let (rsdp, segments) = acpi2_image(|_| {});
+    let info = discover_segments(rsdp, &segments).unwrap();
+    assert_eq!(info.rsdp_revision, 2);
+    assert_eq!(info.root_table, 0x1000);
+    assert_eq!(info.tables.len(), 6);
+    assert_eq!(info.dmar, Some(parse_dmar(VTD_DMAR).unwrap()));
+    assert_eq!(info.ecam, q35_ecam());
+    // Extended checksum wrong (the first 20 bytes still sum to zero).
+    let (rsdp, segments) = acpi2_image(|r| r[33] = 1);
+    assert_eq!(
+        discover_segments(rsdp, &segments),
+        Err(FirmwareError::BadChecksum {
+            what: "RSDP extended"
+        })
+    );
+    // Length smaller than the 2.0 structure, and absurdly large.
+    for bad_length in [20u32, 0x10_0000] {
+        let (rsdp, segments) = acpi2_image(|r| {
+            r[20..24].copy_from_slice(&bad_length.to_le_bytes());
+            r[8] = 0;
+            let s = r[..20].iter().fold(0u8, |a, &x| a.wrapping_add(x));
+            r[8] = 0u8.wrapping_sub(s);
+        });
+        assert!(matches!(
+            discover_segments(rsdp, &segments),
+            Err(FirmwareError::BadLength {
+                what: "RSDP length",
+                ..
+            })
+        ));
+    }
+    // No XSDT and no RSDT.
+    let (rsdp, segments) = acpi2_image(|r| {
+        r[24..32].fill(0);
+        r[32] = 0;
+        let s = r.iter().fold(0u8, |a, &x| a.wrapping_add(x));
+        r[32] = 0u8.wrapping_sub(s);
+    });
+    assert_eq!(
+        discover_segments(rsdp, &segments),
+        Err(FirmwareError::Missing { what: "RSDT" })
+    );
+}
+
 #[test]
 fn find_rsdp_in_bios_area() {
     let (rsdp, segments) = load_image(VTD_IMAGE);

@@ -17,6 +17,9 @@ pub const FDT_HEADER_SIZE: usize = 40;
 const FDT_VERSION: u32 = 17;
 /// DTSpec §5.2: version 16 is the oldest whose layout (and `size_dt_strings`) we read.
 const FDT_OLDEST_READABLE: u32 = 16;
+/// Largest DTB accepted (the Linux arm64 boot protocol's limit); a corrupt header must
+/// not make [`super::dtb_size`] callers map gigabytes.
+pub const MAX_DTB_SIZE: usize = 2 << 20;
 /// Nodes nest at most this deep; real trees use fewer than 10 levels.
 pub const MAX_DEPTH: usize = 64;
 
@@ -41,7 +44,7 @@ mod header {
 }
 
 /// The total size of a DTB from its header (DTSpec §5.2 `totalsize`), after checking the
-/// magic and that the size can hold the header.
+/// magic and that the size lies between the header size and [`MAX_DTB_SIZE`].
 pub fn total_size(header_bytes: &[u8]) -> Result<usize, FirmwareError> {
     let truncated = |offset| FirmwareError::Truncated {
         what: "DTB header",
@@ -55,7 +58,7 @@ pub fn total_size(header_bytes: &[u8]) -> Result<usize, FirmwareError> {
     let total = usize::try_from(total).map_err(|_| FirmwareError::Overflow {
         what: "DTB totalsize",
     })?;
-    if total < FDT_HEADER_SIZE {
+    if !(FDT_HEADER_SIZE..=MAX_DTB_SIZE).contains(&total) {
         return Err(FirmwareError::BadLength {
             what: "DTB totalsize",
             offset: header::TOTALSIZE,

@@ -11,7 +11,7 @@ mod fdt;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-pub use fdt::{FDT_HEADER_SIZE, FDT_MAGIC, Fdt, NodeId, Property};
+pub use fdt::{FDT_HEADER_SIZE, FDT_MAGIC, Fdt, MAX_DTB_SIZE, NodeId, Property};
 
 use crate::FirmwareError;
 use crate::bytes::be32;
@@ -26,6 +26,21 @@ pub unsafe fn dtb_size(ptr: *const u8) -> Result<usize, FirmwareError> {
     // alignment requirement and every bit pattern is a valid u8.
     let header = unsafe { core::slice::from_raw_parts(ptr, FDT_HEADER_SIZE) };
     fdt::total_size(header)
+}
+
+/// Parses the DTB at `ptr` (for example the address the boot loader passed in x0).
+///
+/// # Safety
+/// `ptr` must be valid for reads of [`FDT_HEADER_SIZE`] bytes, and of the header's
+/// `totalsize` bytes (at most [`MAX_DTB_SIZE`]) once that is known, for the duration
+/// of the call, with no concurrent writes.
+pub unsafe fn parse_at(ptr: *const u8) -> Result<Platform, FirmwareError> {
+    // SAFETY: forwarded from this function's contract.
+    let size = unsafe { dtb_size(ptr) }?;
+    // SAFETY: the contract covers `size` readable bytes; dtb_size bounded `size` by
+    // MAX_DTB_SIZE, and the slice does not outlive this call.
+    let dtb = unsafe { core::slice::from_raw_parts(ptr, size) };
+    Platform::parse(dtb)
 }
 
 /// The total size recorded in a DTB header held in a slice.
@@ -58,7 +73,7 @@ impl MemRegion {
 pub enum ReservationSource {
     /// DTSpec §5.3 memory reservation block (`/memreserve/`).
     MemReserve,
-    /// A child of `/reserved-memory` (DTSpec §3.5.4); `no_map` forbids mapping it at all.
+    /// A child of `/reserved-memory` (DTSpec §3.5); `no_map` forbids mapping it at all.
     ReservedMemory { no_map: bool },
 }
 

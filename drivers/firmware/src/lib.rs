@@ -13,6 +13,7 @@ pub mod acpi;
 mod bytes;
 pub mod devicetree;
 mod error;
+mod overlap;
 
 pub use error::FirmwareError;
 

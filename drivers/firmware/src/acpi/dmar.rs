@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le32, le64, slice, u8_at};
+use crate::overlap;
 
 /// VT-d §8.1 "DMA Remapping Reporting Structure" offsets.
 const HOST_ADDRESS_WIDTH: usize = 36;
@@ -434,41 +435,42 @@ pub fn parse_dmar(bytes: &[u8]) -> Result<Dmar, FirmwareError> {
 
 /// Cross-structure rules of VT-d §8.3 and §8.4.
 fn validate(dmar: &Dmar) -> Result<(), FirmwareError> {
-    for (i, d) in dmar.drhds.iter().enumerate() {
+    let mut registers = Vec::with_capacity(dmar.drhds.len());
+    for d in &dmar.drhds {
+        // Callers compute base + size, so that must not wrap either.
         let end = d
             .register_base
             .checked_add(d.register_size())
             .ok_or(FirmwareError::Overflow { what: "DMAR DRHD" })?;
-        let later = &dmar.drhds[i + 1..];
-        if later.iter().any(|o| {
-            o.register_base < end
-                && d.register_base < o.register_base.saturating_add(o.register_size())
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "DMAR DRHD register ranges",
-            });
-        }
-        // §8.3: at most one INCLUDE_PCI_ALL unit per segment.
-        if d.include_pci_all()
-            && later
-                .iter()
-                .any(|o| o.include_pci_all() && o.segment == d.segment)
-        {
-            return Err(FirmwareError::Malformed {
-                what: "DMAR: two INCLUDE_PCI_ALL units in one segment",
-                offset: 0,
-            });
-        }
+        registers.push((0, d.register_base, end - 1));
     }
-    for (i, r) in dmar.rmrrs.iter().enumerate() {
-        if dmar.rmrrs[i + 1..]
-            .iter()
-            .any(|o| o.segment == r.segment && o.base <= r.limit && r.base <= o.limit)
-        {
-            return Err(FirmwareError::Overlap {
-                what: "DMAR RMRR ranges",
-            });
-        }
+    if overlap::any_overlap(registers) {
+        return Err(FirmwareError::Overlap {
+            what: "DMAR DRHD register ranges",
+        });
+    }
+    // §8.3: at most one INCLUDE_PCI_ALL unit per segment.
+    let catch_all = dmar
+        .drhds
+        .iter()
+        .filter(|d| d.include_pci_all())
+        .map(|d| (0, u64::from(d.segment), u64::from(d.segment)))
+        .collect();
+    if overlap::any_overlap(catch_all) {
+        return Err(FirmwareError::Malformed {
+            what: "DMAR: two INCLUDE_PCI_ALL units in one segment",
+            offset: 0,
+        });
+    }
+    let reserved = dmar
+        .rmrrs
+        .iter()
+        .map(|r| (u64::from(r.segment), r.base, r.limit))
+        .collect();
+    if overlap::any_overlap(reserved) {
+        return Err(FirmwareError::Overlap {
+            what: "DMAR RMRR ranges",
+        });
     }
     Ok(())
 }

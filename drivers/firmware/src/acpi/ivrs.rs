@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{bytes_at, le16, le32, le64, slice, u8_at};
+use crate::overlap;
 
 /// AMD IOMMU §5.2 IVRS header: IVinfo follows the SDT header, then 8
 /// reserved bytes; the IVDB blocks start at 48.
@@ -563,16 +564,24 @@ pub fn parse_ivrs(bytes: &[u8]) -> Result<Ivrs, FirmwareError> {
         at += length;
     }
     // Within one IVHD type, two blocks describing the same IOMMU (or register range) are contradictory.
-    for (i, h) in ivrs.ivhds.iter().enumerate() {
-        if ivrs.ivhds[i + 1..].iter().any(|o| {
-            o.ivhd_type == h.ivhd_type
-                && ((o.segment == h.segment && o.iommu_device_id == h.iommu_device_id)
-                    || o.base_address == h.base_address)
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "IVHD blocks of one type",
-            });
-        }
+    let group = |h: &Ivhd| h.ivhd_type as u64;
+    let ids = ivrs
+        .ivhds
+        .iter()
+        .map(|h| {
+            let id = (u64::from(h.segment) << 16) | u64::from(h.iommu_device_id);
+            (group(h), id, id)
+        })
+        .collect();
+    let bases = ivrs
+        .ivhds
+        .iter()
+        .map(|h| (group(h), h.base_address, h.base_address))
+        .collect();
+    if overlap::any_overlap(ids) || overlap::any_overlap(bases) {
+        return Err(FirmwareError::Overlap {
+            what: "IVHD blocks of one type",
+        });
     }
     Ok(ivrs)
 }

@@ -7,6 +7,7 @@ use alloc::vec::Vec;
 use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le32, le64, slice, u8_at};
+use crate::overlap;
 
 /// ACPI 6.5 §5.2.12 MADT offsets.
 const LOCAL_APIC_ADDRESS: usize = 36;
@@ -160,15 +161,20 @@ pub fn parse_madt(bytes: &[u8]) -> Result<Madt, FirmwareError> {
         }
         at += length;
     }
-    for (i, a) in madt.io_apics.iter().enumerate() {
-        if madt.io_apics[i + 1..]
-            .iter()
-            .any(|b| b.id == a.id || b.address == a.address)
-        {
-            return Err(FirmwareError::Overlap {
-                what: "MADT I/O APICs",
-            });
-        }
+    let ids = madt
+        .io_apics
+        .iter()
+        .map(|a| (0, u64::from(a.id), u64::from(a.id)))
+        .collect();
+    let addresses = madt
+        .io_apics
+        .iter()
+        .map(|a| (0, u64::from(a.address), u64::from(a.address)))
+        .collect();
+    if overlap::any_overlap(ids) || overlap::any_overlap(addresses) {
+        return Err(FirmwareError::Overlap {
+            what: "MADT I/O APICs",
+        });
     }
     Ok(madt)
 }

@@ -6,6 +6,7 @@ use alloc::vec::Vec;
 use super::sdt::{SDT_HEADER_SIZE, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le64, u8_at};
+use crate::overlap;
 
 /// PCI FW §4.1.2: 8 reserved bytes follow the header.
 const ENTRIES_OFFSET: usize = SDT_HEADER_SIZE + 8;
@@ -95,16 +96,22 @@ pub fn parse_mcfg(bytes: &[u8]) -> Result<Vec<EcamRegion>, FirmwareError> {
             .base
             .checked_add((u64::from(region.bus_end) + 1) << ECAM_BUS_SHIFT)
             .ok_or(FirmwareError::Overflow { what: "MCFG entry" })?;
-        if regions.iter().any(|r| {
-            r.segment == region.segment
-                && r.bus_start <= region.bus_end
-                && region.bus_start <= r.bus_end
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "MCFG bus ranges",
-            });
-        }
         regions.push(region);
+    }
+    let buses = regions
+        .iter()
+        .map(|r| {
+            (
+                u64::from(r.segment),
+                u64::from(r.bus_start),
+                u64::from(r.bus_end),
+            )
+        })
+        .collect();
+    if overlap::any_overlap(buses) {
+        return Err(FirmwareError::Overlap {
+            what: "MCFG bus ranges",
+        });
     }
     Ok(regions)
 }

@@ -15,6 +15,7 @@ pub use fdt::{FDT_HEADER_SIZE, FDT_MAGIC, Fdt, MAX_DTB_SIZE, NodeId, Property};
 
 use crate::FirmwareError;
 use crate::bytes::be32;
+use crate::overlap;
 
 /// Reads the total size of the DTB at `ptr` from its header (DTSpec §5.2 `totalsize`),
 /// checking the magic first, so the caller can build the slice for [`Platform::parse`].
@@ -451,13 +452,12 @@ fn memory(fdt: &Fdt<'_>) -> Result<Vec<MemRegion>, FirmwareError> {
 }
 
 fn check_disjoint(regions: &[MemRegion], what: &'static str) -> Result<(), FirmwareError> {
-    for (i, a) in regions.iter().enumerate() {
-        if regions[i + 1..]
-            .iter()
-            .any(|b| a.base < b.end() && b.base < a.end())
-        {
-            return Err(FirmwareError::Overlap { what });
-        }
+    let spans = regions
+        .iter()
+        .filter_map(|r| Some((0, r.base, overlap::last(r.base, r.size)?)))
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what });
     }
     Ok(())
 }
@@ -649,14 +649,17 @@ fn id_map(
             .target_base
             .checked_add(entry.length - 1)
             .ok_or(FirmwareError::Overflow { what: name })?;
-        let end = entry.rid_base + entry.length;
-        if entries
-            .iter()
-            .any(|e| entry.rid_base < e.rid_base + e.length && e.rid_base < end)
-        {
-            return Err(FirmwareError::Overlap { what: name });
-        }
         entries.push(entry);
+    }
+    let spans = entries
+        .iter()
+        .map(|e| {
+            let first = u64::from(e.rid_base);
+            (0, first, first + u64::from(e.length) - 1)
+        })
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what: name });
     }
     Ok(entries)
 }
@@ -700,7 +703,7 @@ fn pci_ranges(fdt: &Fdt<'_>, node: NodeId) -> Result<Vec<PciRange>, FirmwareErro
                 length: 0,
             });
         }
-        let cpu_end = range
+        range
             .cpu_addr
             .checked_add(range.size)
             .ok_or(FirmwareError::Overflow { what: "pci ranges" })?;
@@ -708,13 +711,14 @@ fn pci_ranges(fdt: &Fdt<'_>, node: NodeId) -> Result<Vec<PciRange>, FirmwareErro
             .pci_addr
             .checked_add(range.size)
             .ok_or(FirmwareError::Overflow { what: "pci ranges" })?;
-        if ranges
-            .iter()
-            .any(|r| range.cpu_addr < r.cpu_addr + r.size && r.cpu_addr < cpu_end)
-        {
-            return Err(FirmwareError::Overlap { what: "pci ranges" });
-        }
         ranges.push(range);
+    }
+    let spans = ranges
+        .iter()
+        .filter_map(|r| Some((0, r.cpu_addr, overlap::last(r.cpu_addr, r.size)?)))
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what: "pci ranges" });
     }
     Ok(ranges)
 }

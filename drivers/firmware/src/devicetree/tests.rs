@@ -846,6 +846,60 @@ fn malformed_header_is_rejected() {
 }
 
 #[test]
+fn node_and_property_limits() {
+    let mut b = Builder::default();
+    b.begin("");
+    for _ in 0..fdt::MAX_NODES {
+        b.begin("n").end();
+    }
+    b.end();
+    assert_eq!(
+        Fdt::parse(&b.finish()).unwrap_err(),
+        FirmwareError::TooMany {
+            what: "DTB nodes",
+            limit: fdt::MAX_NODES
+        }
+    );
+    let mut b = Builder::default();
+    b.begin("");
+    for _ in 0..=fdt::MAX_PROPERTIES_PER_NODE {
+        b.prop("p", &[]);
+    }
+    b.end();
+    assert_eq!(
+        Fdt::parse(&b.finish()).unwrap_err(),
+        FirmwareError::TooMany {
+            what: "DTB properties of one node",
+            limit: fdt::MAX_PROPERTIES_PER_NODE
+        }
+    );
+}
+
+#[test]
+fn a_huge_iommu_map_is_checked_in_reasonable_time() {
+    // 65536 one-RID windows (1 MiB of cells): a pairwise overlap check would take 2^31 steps.
+    let cells: Vec<u32> = (0..0x1_0000u32)
+        .flat_map(|rid| [rid, 7, rid ^ 0x5555, 1])
+        .collect();
+    let p = parse_board(|b| {
+        b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000])
+            .cells("iommu-map", &cells);
+    })
+    .unwrap();
+    assert_eq!(p.pcie[0].iommu_map.len(), 0x1_0000);
+    assert_eq!(p.pcie[0].iommu_for_rid(0x1234), Some((7, 0x1234 ^ 0x5555)));
+    let mut overlapping = cells.clone();
+    overlapping.extend_from_slice(&[0xffff, 7, 0, 1]);
+    assert_eq!(
+        parse_board(|b| {
+            b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000])
+                .cells("iommu-map", &overlapping);
+        }),
+        Err(FirmwareError::Overlap { what: "iommu-map" })
+    );
+}
+
+#[test]
 fn overlapping_memory_nodes_are_rejected() {
     let mut b = Builder::default();
     b.begin("")

@@ -41,9 +41,11 @@ pub struct IdentityMapped {
 
 impl IdentityMapped {
     /// # Safety
-    /// Every physical address in `0..limit` must be readable at virtual address
-    /// `phys + virt_offset` for as long as this value is used, with no side effects
-    /// (RAM or ROM, not MMIO).
+    /// Every physical address in `0..limit` must be mapped readable at virtual address
+    /// `phys + virt_offset` for as long as this value is used. Reads go only where the
+    /// RSDP and the tables point; since corrupt tables may point anywhere below
+    /// `limit`, plain byte loads from any of it must be harmless (no read-sensitive
+    /// MMIO, or a `limit` that excludes it).
     pub unsafe fn new(virt_offset: u64, limit: u64) -> Self {
         Self { virt_offset, limit }
     }

@@ -435,18 +435,16 @@ impl<'a> Fdt<'a> {
         }
     }
 
-    /// The strings of a string-list property (e.g. `compatible`); malformed lists are empty.
+    /// The strings of a string-list property (e.g. `compatible`, DTSpec §2.2.4
+    /// `<stringlist>`): NUL-terminated strings back to back. A list that does not end
+    /// in NUL is malformed and yields nothing.
     pub fn string_list(&self, node: NodeId, name: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let value = self.property(node, name).unwrap_or(&[]);
-        // A valid list ends in NUL; anything after the last NUL is not a complete string.
-        let complete = match value.iter().rposition(|&b| b == 0) {
-            Some(last) => &value[..last],
-            None => &[][..],
+        let body = match self.property(node, name).and_then(<[u8]>::split_last) {
+            Some((0, body)) => Some(body),
+            _ => None,
         };
-        let has_any = value.contains(&0);
-        complete
-            .split(|&b| b == 0)
-            .filter(move |_| has_any)
+        body.into_iter()
+            .flat_map(|b| b.split(|&c| c == 0))
             .filter_map(|s| core::str::from_utf8(s).ok())
     }
 

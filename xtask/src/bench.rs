@@ -85,7 +85,10 @@ fn host_benches(ws: &Workspace, args: &BenchArgs) -> Result<Vec<HostResult>, Err
     }
     step(format!("host benches: {}", with_benches.join(", ")));
     let started = SystemTime::now();
+    let criterion_dir = ws.target_dir.join("criterion");
     let mut command = ws.cargo(["bench"]);
+    // Criterion finds this itself, but saying it makes the place certain.
+    command.env("CRITERION_HOME", &criterion_dir);
     for package in &with_benches {
         command.args(["--package", package]);
     }
@@ -95,10 +98,7 @@ fn host_benches(ws: &Workspace, args: &BenchArgs) -> Result<Vec<HostResult>, Err
     shell::run(&mut command)?;
     // Results of benches that no longer exist stay in target/criterion: only keep
     // what this run wrote.
-    Ok(collect_criterion(
-        &ws.target_dir.join("criterion"),
-        Some(started),
-    ))
+    Ok(collect_criterion(&criterion_dir, Some(started)))
 }
 
 /// Every `<...>/new/estimates.json` under `dir` (written at or after `since`).

@@ -1,4 +1,4 @@
-//! The kernel command line: `demo` (the default) or `test`, plus `key=value`
+//! The kernel command line: `demo` (the default), `test` or `bench`, plus `key=value`
 //! options. QEMU passes it through `-append` (PVH cmdline on x86_64,
 //! `/chosen/bootargs` on aarch64).
 
@@ -7,6 +7,8 @@
 pub enum Mode {
     Demo,
     Test,
+    /// Print `bench NAME VALUE UNIT` counters for `cargo xtask bench`.
+    Bench,
 }
 
 /// The parsed command line; borrowed strings point into the boot copy.
@@ -42,6 +44,7 @@ impl<'a> Cmdline<'a> {
             match word.split_once('=') {
                 None if word == "test" => cmdline.mode = Mode::Test,
                 None if word == "demo" => cmdline.mode = Mode::Demo,
+                None if word == "bench" => cmdline.mode = Mode::Bench,
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),

@@ -13,6 +13,7 @@ extern crate alloc;
 #[macro_use]
 mod console;
 mod arch;
+mod bench;
 mod boot_info;
 mod cmdline;
 mod demo;
@@ -47,6 +48,7 @@ fn kernel_main(boot: BootInfo) -> ! {
     let failed = match cmdline.mode {
         Mode::Demo => demo::run(&platform),
         Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
+        Mode::Bench => bench::run_all(&platform, cmdline.filter),
     };
     arch::exit(if failed == 0 {
         arch::ExitCode::Success

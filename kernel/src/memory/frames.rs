@@ -82,18 +82,51 @@ impl Bitmap {
         first as usize..end.max(first) as usize
     }
 
+    /// The first free frame at or after `from`, a word at a time.
+    fn next_free(&self, from: usize) -> Option<usize> {
+        let mut word = from / 64;
+        let mut bits = *self.free.get(word)? & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+            word += 1;
+            bits = *self.free.get(word)?;
+        }
+    }
+
+    /// The first taken frame in `from..to`, a word at a time.
+    fn next_taken(&self, from: usize, to: usize) -> Option<usize> {
+        let mut word = from / 64;
+        let mut bits = !self.free[word] & (u64::MAX << (from % 64));
+        loop {
+            if bits != 0 {
+                let frame = word * 64 + bits.trailing_zeros() as usize;
+                return (frame < to).then_some(frame);
+            }
+            word += 1;
+            if word * 64 >= to {
+                return None;
+            }
+            bits = !self.free[word];
+        }
+    }
+
     fn find_run(&self, count: usize, align_frames: usize) -> Option<usize> {
-        let search = |from: usize, to: usize| {
-            let mut start = from.next_multiple_of(align_frames);
-            while start + count <= to {
-                match (start..start + count).find(|&f| !self.is_free(f)) {
+        let search = |from: usize| {
+            let mut start = from;
+            loop {
+                start = self.next_free(start)?.next_multiple_of(align_frames);
+                if start + count > MAX_FRAMES {
+                    return None;
+                }
+                match self.next_taken(start, start + count) {
                     None => return Some(start),
-                    Some(taken) => start = (taken + 1).next_multiple_of(align_frames),
+                    Some(taken) => start = taken + 1,
                 }
             }
-            None
         };
-        search(self.cursor, MAX_FRAMES).or_else(|| search(0, MAX_FRAMES))
+        search(self.cursor).or_else(|| search(0))
     }
 }
 

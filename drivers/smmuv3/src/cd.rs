@@ -126,8 +126,8 @@ mod tests {
             mair: DEFAULT_MAIR,
         })
         .unwrap();
-        let expected = 16              // T0SZ = 64 - 48
-            | (0 << 6)                 // TG0 4K
+        // T0SZ = 64 - 48 = 16, TG0 = 0 (4K).
+        let expected = 16
             | (1 << 8) | (1 << 10)     // IR0, OR0 write-back
             | (3 << 12)                // SH0 inner shareable
             | (1 << 30)                // EPD1

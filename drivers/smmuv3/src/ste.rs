@@ -257,13 +257,13 @@ mod tests {
         };
         let ste = Ste::translate(None, Some(&s2)).unwrap();
         assert_eq!(ste.0[0], 0xD);
+        // S2TG = 0 (4K).
         let expected = 7
             | (24 << 32)          // S2T0SZ = 64 - 40
             | (1 << 38)           // SL0 = 1: level 1 for 4K
             | (1 << 40)           // S2IR0 WB
             | (1 << 42)           // S2OR0 WB
             | (3 << 44)           // S2SH0 inner shareable
-            | (0 << 46)           // S2TG 4K
             | (4 << 48)           // S2PS 44 bits
             | (1 << 51)           // S2AA64
             | (1 << 58); // S2R

@@ -17,6 +17,7 @@ pub mod queue;
 pub mod regs;
 pub mod smmu;
 pub mod ste;
+pub mod unit;
 
 pub use cd::{Cd, Stage1Config};
 pub use command::{Command, RawCommand};
@@ -24,3 +25,4 @@ pub use event::{Event, EventKind, Fault, Stage};
 pub use regs::Granule;
 pub use smmu::{Counters, Error, Features, Smmu, StreamTableFormat};
 pub use ste::{Stage2Config, Ste, StreamConfig};
+pub use unit::SmmuUnit;

@@ -1,0 +1,133 @@
+//! The SMMUv3 of the aarch64 `virt` machine: found in the device tree, brought
+//! up on first use (so that the foundation tests, which DMA at physical
+//! addresses, run before any stream is blocked), and shared behind a lock.
+
+use alloc::format;
+use alloc::string::String;
+use core::ptr::NonNull;
+
+use firmware::devicetree::SmmuV3;
+use iommu::{IommuUnit, IovaRange, UnitId};
+use os_services::mmio::Mmio;
+use smmuv3::{Smmu, SmmuUnit, StreamTableFormat};
+
+use crate::memory::dma::DMA;
+use crate::platform::{Firmware, Platform};
+use crate::time::CLOCK;
+
+/// The unit, once brought up.
+pub struct Shared(pub SmmuUnit<'static>);
+
+// SAFETY: the kernel runs on one CPU and touches the unit only from thread
+// context under `UNIT`'s lock; the register block (the only !Send part) is
+// identity-mapped device memory valid from any context.
+unsafe impl Send for Shared {}
+
+static UNIT: spin::Mutex<Option<Shared>> = spin::Mutex::new(None);
+
+/// The GICv2m frame's doorbell page (GICv2m MSI_SETSPI_NS at offset 0x40).
+const MSI_FRAME_PAGE: u64 = 0x1000;
+
+/// The first SMMUv3 the device tree describes.
+pub fn description(platform: &Platform) -> Option<&SmmuV3> {
+    let Firmware::DeviceTree(tree) = &platform.firmware;
+    tree.smmus.first()
+}
+
+/// The StreamID of PCI function `bdf`, through the host's `iommu-map`, if it
+/// is behind the SMMU [`description`] returns.
+pub fn stream_id(platform: &Platform, bdf: pci::Bdf) -> Option<u32> {
+    let Firmware::DeviceTree(tree) = &platform.firmware;
+    let smmu = description(platform)?;
+    let (phandle, sid) = tree.pcie_host()?.iommu_for_rid(bdf.requester_id())?;
+    (smmu.phandle == Some(phandle)).then_some(sid)
+}
+
+/// The MSI doorbell page PCI devices write to: the GICv2m frame (or the ITS
+/// translation page on GICv3). MSI writes go through the SMMU.
+pub fn msi_doorbell(platform: &Platform) -> Option<IovaRange> {
+    let Firmware::DeviceTree(tree) = &platform.firmware;
+    let gic = tree.gic.as_ref()?;
+    let frame = gic.v2m_frames.first().or(gic.its.first())?;
+    IovaRange::from_len(
+        frame.base,
+        MSI_FRAME_PAGE.min(frame.size.max(MSI_FRAME_PAGE)),
+    )
+}
+
+/// Brings the SMMU up (again) with a fresh stream table of `format`; any
+/// previous instance is shut down and its memory returned first.
+pub fn bring_up(platform: &Platform, format: StreamTableFormat) -> Result<(), String> {
+    let description = description(platform).ok_or("no SMMUv3 in the device tree")?;
+    let mut unit = UNIT.lock();
+    // Dropping the old instance disables it before freeing its tables.
+    drop(unit.take());
+    let base = NonNull::new(description.base as *mut u8).ok_or("SMMU at address 0")?;
+    let len = (description.size as usize).min(smmuv3::regs::REGISTER_SPAN);
+    // SAFETY: the SMMU's registers lie in the first GiB, which the aarch64 boot
+    // tables map as Device memory for the kernel's lifetime; only this unit
+    // touches them.
+    let regs = unsafe { Mmio::new(base, len) };
+    let smmu = Smmu::new(regs, &CLOCK, &DMA, format).map_err(|err| format!("bring-up: {err:?}"))?;
+    *unit = Some(Shared(SmmuUnit::new(
+        smmu,
+        UnitId(0),
+        msi_doorbell(platform),
+    )));
+    Ok(())
+}
+
+/// Runs `f` on the unit, bringing it up first (format chosen by the driver)
+/// if nothing did yet.
+pub fn with_unit<R>(
+    platform: &Platform,
+    f: impl FnOnce(&mut SmmuUnit<'static>) -> R,
+) -> Result<R, String> {
+    if UNIT.lock().is_none() {
+        bring_up(platform, StreamTableFormat::Auto)?;
+    }
+    let mut unit = UNIT.lock();
+    let shared = unit.as_mut().ok_or("SMMU not up")?;
+    Ok(f(&mut shared.0))
+}
+
+/// What the demo shows: the unit, its ID registers and the command counts.
+#[allow(dead_code, reason = "the kernel demo calls it once it lists the units")]
+pub fn demo(platform: &Platform) {
+    let Some(description) = description(platform) else {
+        println!("smmuv3: none in this machine");
+        return;
+    };
+    println!(
+        "smmuv3 @ {:#x}: eventq SPI {:?}, gerror SPI {:?}",
+        description.base,
+        description.eventq.and_then(|irq| irq.intid()),
+        description.gerror.and_then(|irq| irq.intid())
+    );
+    let result = with_unit(platform, |unit| {
+        let features = *unit.smmu.features();
+        println!(
+            "  IDR0-5 {:08x?} IIDR {:#x} AIDR {:#x}; stage 1 {}, stage 2 {}, RIL {}, {} stream table over {} SID bits",
+            features.idr,
+            features.iidr,
+            features.aidr,
+            features.stage1(),
+            features.stage2(),
+            features.range_invalidation(),
+            if unit.smmu.is_two_level() {
+                "2-level"
+            } else {
+                "linear"
+            },
+            unit.smmu.sid_bits()
+        );
+        println!(
+            "  reserved: {:?}",
+            unit.reserved_regions(iommu::DeviceId(0))
+        );
+        println!("  counters: {:?}", unit.smmu.counters());
+    });
+    if let Err(why) = result {
+        println!("  smmuv3: {why}");
+    }
+}

@@ -13,6 +13,7 @@ extern crate std;
 pub mod cd;
 pub mod command;
 pub mod event;
+pub mod invalidation;
 pub mod queue;
 pub mod regs;
 pub mod smmu;

@@ -5,6 +5,7 @@
 use alloc::format;
 use alloc::string::String;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use firmware::devicetree::SmmuV3;
 use iommu::{IommuUnit, IovaRange, UnitId};
@@ -75,6 +76,44 @@ pub fn bring_up(platform: &Platform, format: StreamTableFormat) -> Result<(), St
         msi_doorbell(platform),
     )));
     Ok(())
+}
+
+/// Set by the event queue interrupt; the owner drains in thread context (the
+/// handler cannot take the unit's lock: it may interrupt its holder).
+pub static EVENTS_PENDING: AtomicBool = AtomicBool::new(false);
+/// Set by the global error interrupt.
+pub static GERROR_PENDING: AtomicBool = AtomicBool::new(false);
+
+fn on_eventq() {
+    EVENTS_PENDING.store(true, Ordering::SeqCst);
+}
+
+fn on_gerror() {
+    GERROR_PENDING.store(true, Ordering::SeqCst);
+}
+
+/// The GIC INTIDs of the event queue and global error lines.
+pub fn interrupt_ids(platform: &Platform) -> Option<(u32, u32)> {
+    let description = description(platform)?;
+    Some((
+        description.eventq.and_then(|irq| irq.intid())?,
+        description.gerror.and_then(|irq| irq.intid())?,
+    ))
+}
+
+/// Routes the wired event queue and global error interrupts (QEMU's SMMU has
+/// no MSI, QEMU-NOTES §3) to the kernel and enables them in the SMMU.
+pub fn enable_interrupts(platform: &Platform) -> Result<(u32, u32), String> {
+    let description = description(platform).ok_or("no SMMUv3")?;
+    let (eventq, gerror) = interrupt_ids(platform).ok_or("SMMU interrupts not described")?;
+    let edge = |irq: Option<firmware::devicetree::GicInterrupt>| irq.is_some_and(|i| i.is_edge());
+    crate::irq::enable_spi(eventq, edge(description.eventq), on_eventq)
+        .map_err(|err| format!("eventq SPI: {err:?}"))?;
+    crate::irq::enable_spi(gerror, edge(description.gerror), on_gerror)
+        .map_err(|err| format!("gerror SPI: {err:?}"))?;
+    with_unit(platform, |unit| unit.smmu.enable_interrupts(true, true))?
+        .map_err(|err| format!("IRQ_CTRL: {err:?}"))?;
+    Ok((eventq, gerror))
 }
 
 /// Runs `f` on the unit, bringing it up first (format chosen by the driver)

@@ -7,6 +7,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::time::Duration;
 
 use iommu::{DeviceId, DomainKind, HwInfo, IommuUnit, ReservedKind};
 use smmuv3::event::EventKind;
@@ -39,6 +40,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "smmuv3::event_queue_overflow_is_detected_and_recovered",
         run: event_queue_overflow_is_detected_and_recovered,
+    },
+    Test {
+        name: "smmuv3::eventq_and_gerror_wired_interrupts_fire",
+        run: eventq_and_gerror_wired_interrupts_fire,
     },
     Test {
         name: "smmuv3::two_level_table_carries_dma_and_blocks_the_other_stream",
@@ -356,5 +361,41 @@ fn msi_doorbell_is_a_reserved_region(platform: &Platform) -> TestResult {
         "{doorbell:?} not reserved: {regions:?}"
     );
     ensure_eq!(doorbell.start, 0x0802_0000, "GICv2m frame");
+    Ok(Outcome::Passed)
+}
+
+fn eventq_and_gerror_wired_interrupts_fire(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
+    let (eventq, gerror) = glue::enable_interrupts(platform)?;
+    ensure_eq!((eventq, gerror), (74 + 32, 77 + 32), "INTIDs");
+    let (device, _) = edus(platform)?[1];
+    let seen = crate::irq::count(eventq);
+    glue::EVENTS_PENDING.store(false, core::sync::atomic::Ordering::SeqCst);
+    ensure!(
+        !to_ram_lands(platform, device, SMALL_DMA)?,
+        "DMA of an unattached stream landed"
+    );
+    let delivered = crate::irq::wait_for(eventq, seen, Duration::from_secs(1));
+    let faults = glue::with_unit(platform, |unit| unit.take_unowned_faults())?;
+    ensure!(delivered, "no event queue interrupt");
+    ensure!(
+        glue::EVENTS_PENDING.load(core::sync::atomic::Ordering::SeqCst),
+        "the handler did not run"
+    );
+    ensure_eq!(faults.len(), 1, "faults drained after the interrupt");
+
+    let seen = crate::irq::count(gerror);
+    let rejected = glue::with_unit(platform, |unit| {
+        unit.smmu
+            .submit_raw(&[RawCommand([0x7F, 0])])
+            .and_then(|()| unit.smmu.sync())
+    })?;
+    ensure!(rejected.is_err(), "illegal command accepted");
+    ensure!(
+        crate::irq::wait_for(gerror, seen, Duration::from_secs(1)),
+        "no global error interrupt"
+    );
     Ok(Outcome::Passed)
 }

@@ -72,6 +72,7 @@ pub fn bring_up(platform: &Platform, format: StreamTableFormat) -> Result<(), St
     let smmu = Smmu::new(regs, &CLOCK, &DMA, format).map_err(|err| format!("bring-up: {err:?}"))?;
     *unit = Some(Shared(SmmuUnit::new(
         smmu,
+        &DMA,
         UnitId(0),
         msi_doorbell(platform),
     )));

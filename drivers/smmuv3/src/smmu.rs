@@ -564,6 +564,16 @@ impl<'a> Smmu<'a> {
         self.wait_cmdq_drained()
     }
 
+    /// Submits `commands` and a CMD_SYNC behind one doorbell write, then waits
+    /// for completion as [`Smmu::sync`] does (command batching).
+    pub fn execute(&mut self, commands: &[Command]) -> Result<(), Error> {
+        let mut batch = Vec::with_capacity(commands.len() + 1);
+        batch.extend_from_slice(commands);
+        batch.push(Command::Sync);
+        self.submit(&batch)?;
+        self.wait_cmdq_drained()
+    }
+
     fn wait_cmdq_drained(&mut self) -> Result<(), Error> {
         let mut rejected = None;
         let start = self.clock.now_ns();
@@ -698,16 +708,14 @@ impl<'a> Smmu<'a> {
                         slot.write_word(i, target.0[i]);
                     }
                 }
-                self.submit(&[cfgi])?;
-                self.sync()
+                self.execute(&[cfgi])
             }
             SteUpdate::ThroughAbort => {
                 {
                     let slot = self.ste_slot(sid)?;
                     slot.write_word(0, Ste::abort().0[0]);
                 }
-                self.submit(&[cfgi])?;
-                self.sync()?;
+                self.execute(&[cfgi])?;
                 {
                     let slot = self.ste_slot(sid)?;
                     for i in 1..8 {
@@ -716,8 +724,7 @@ impl<'a> Smmu<'a> {
                     fence(Ordering::SeqCst);
                     slot.write_word(0, target.0[0]);
                 }
-                self.submit(&[cfgi])?;
-                self.sync()
+                self.execute(&[cfgi])
             }
         }
     }

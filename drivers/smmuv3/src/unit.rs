@@ -592,8 +592,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             _ => None,
         };
         if let Some(command) = wide {
-            self.smmu.submit(&[command])?;
-            self.smmu.sync()?;
+            self.smmu.execute(&[command])?;
         }
         if let Some(domain) = self.domains[handle.0 as usize].take() {
             match domain.state {
@@ -669,8 +668,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         };
         let commands = invalidation::plan(tag, caps, gather);
         if let Some((Command::Sync, invalidations)) = commands.split_last() {
-            self.smmu.submit(invalidations)?;
-            self.smmu.sync()?;
+            self.smmu.execute(invalidations)?;
         }
         // Table pages unlinked before this flush are unreachable now.
         if let Ok(domain) = self.domain_mut(domain)

@@ -818,30 +818,70 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
             "no IDR3.RIL (per-leaf cost is host-tested)",
         ));
     }
-    let domain = unit(platform, |u| u.alloc_domain(DomainKind::Paging))?
-        .map_err(|err| format!("alloc: {err:?}"))?;
-    let pages = frames::alloc_contiguous(16, 16 * 4096).ok_or("no 16 frames")?;
-    let result = (|| -> Result<(), String> {
-        for k in 0..=4u32 {
-            let len = 4096u64 << k;
-            let iova = 0x5000_0000 + (u64::from(k) << 20);
-            map(platform, domain, iova, pages.phys, len, rw())?;
-            let before = unit(platform, |u| u.smmu.counters())?;
-            unmap(platform, domain, iova, len)?;
-            let after = unit(platform, |u| u.smmu.counters())?;
-            ensure_eq!(
-                (after.tlbi - before.tlbi, after.syncs - before.syncs),
-                (1, 1),
-                alloc::format!("(TLBI, CMD_SYNC) for a 2^{k}-page unmap")
-            );
-            ensure_eq!(after.commands - before.commands, 2, "commands per unmap");
-        }
-        Ok(())
-    })();
-    let freed = unit(platform, |u| u.free_domain(domain))?;
-    frames::free(pages);
-    result?;
-    freed.map_err(|err| format!("free: {err:?}"))?;
+    let free_before = frames::free_count();
+    let costs = glue::unmap_costs(platform, &[0, 1, 2, 3, 4, 5, 9])?;
+    for cost in &costs {
+        ensure_eq!(
+            (cost.tlbi, cost.syncs, cost.commands, cost.mmio_writes),
+            (1, 1, 2, 1),
+            alloc::format!(
+                "(TLBI, CMD_SYNC, commands, MMIO writes) for {} pages",
+                cost.pages
+            )
+        );
+    }
+    // Without RIL: one per leaf up to the limit, then one ASID-wide.
+    // (512 pages are one 2 MiB block: one leaf, one TLBI.)
+    let without: Vec<(u64, u64, bool)> = costs
+        .iter()
+        .map(|c| (c.pages, c.tlbi_without_ril, c.context_wide_without_ril))
+        .collect();
+    ensure_eq!(
+        without,
+        [
+            (1, 1, false),
+            (2, 2, false),
+            (4, 4, false),
+            (8, 8, false),
+            (16, 16, false),
+            (32, 1, true),
+            (512, 1, false)
+        ],
+        "planned TLBIs without RIL"
+    );
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+
+    // Attach costs: from abort one hitless switch (1 CFGI + 1 SYNC); between
+    // two stage-1 domains only the CD pointer (word 0) changes: hitless too.
+    let sid = edus(platform)?[0].1;
+    let costs = unit(
+        platform,
+        |u| -> Result<(u64, u64, u64), iommu::IommuError> {
+            let a = u.alloc_domain(DomainKind::Paging)?;
+            let b = u.alloc_domain(DomainKind::Paging)?;
+            let c0 = u.smmu.counters();
+            u.attach(DeviceId(sid), a)?;
+            let c1 = u.smmu.counters();
+            u.attach(DeviceId(sid), b)?;
+            let c2 = u.smmu.counters();
+            u.detach(DeviceId(sid));
+            let c3 = u.smmu.counters();
+            u.free_domain(a)?;
+            u.free_domain(b)?;
+            Ok((
+                c1.commands - c0.commands,
+                c2.commands - c1.commands,
+                c3.commands - c2.commands,
+            ))
+        },
+    )?
+    .map_err(|err| format!("attach costs: {err:?}"))?;
+    let stage1 = unit(platform, |u| {
+        u.paging_stage() == smmuv3::unit::PagingStage::Stage1
+    })?;
+    // Stage 2 -> stage 2 changes the VMID (word 2) and S2TTB (word 3): through abort.
+    let switch = if stage1 { 2 } else { 4 };
+    ensure_eq!(costs, (2, switch, 4), "commands for attach, switch, detach");
     glue::demo(platform);
     Ok(Outcome::Passed)
 }

@@ -10,7 +10,6 @@ extern crate alloc;
 extern crate std;
 
 pub mod acpi;
-#[allow(dead_code)] // The ACPI readers land next.
 mod bytes;
 pub mod devicetree;
 mod error;

@@ -1,0 +1,639 @@
+//! Host tests of the unit against a register-level model of the hardware
+//! that records every GCMD write and every descriptor the driver queues.
+//! They prove what QEMU cannot show: invalidations QEMU would not miss
+//! (PASID cache, interrupt-entry cache, caching mode, RWBF), GCMD discipline
+//! and bounded waits.
+
+extern crate std;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use iommu::{DeviceId, DomainKind, Gather, IommuError, IommuUnit, UnitId};
+use os_services::mmio::{Reg32, Reg64};
+use os_services::{Clock, DmaMemory, DmaRegion};
+use proptest::prelude::*;
+
+use crate::discovery::UnitDescription;
+use crate::interrupt::Irte;
+use crate::invalidation::{Descriptor, DescriptorType, PasidGranularity};
+use crate::regs::{self, Cap, Ecap, Global, Granularity};
+use crate::unit::{Environment, Error, Mode, Options, Registers, Vtd, page_selective_mask};
+
+const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
+const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;
+const CAP_RWBF: u64 = CAP_DEFAULT | (1 << 4);
+const ECAP_LEGACY: u64 = 0x0000_0000_00f0_0f4a;
+const ECAP_NO_QI: u64 = ECAP_LEGACY & !(1 << 1) & !(1 << 3);
+const ECAP_SCALABLE_SL: u64 = 0x0000_4800_80f0_0f4a;
+const ECAP_SCALABLE_FL: u64 = 0x0000_8800_00f0_0f4a;
+
+const EDU_A: u16 = 0x20;
+const EDU_B: u16 = 0x28;
+
+/// Host DMA memory: phys == virt; counts live allocations for leak checks.
+struct HostDma {
+    live: Cell<isize>,
+}
+
+// SAFETY: the tests are single-threaded; the cell is never shared across threads.
+unsafe impl Sync for HostDma {}
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let len = len.div_ceil(4096) * 4096;
+        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
+        // SAFETY: non-zero size layout.
+        let virt = unsafe { alloc_zeroed(layout) };
+        self.live.set(self.live.get() + 1);
+        Some(DmaRegion {
+            phys: virt as u64,
+            virt,
+            len,
+        })
+    }
+
+    fn free(&self, region: DmaRegion) {
+        self.live.set(self.live.get() - 1);
+        let layout = Layout::from_size_align(region.len, 4096).unwrap();
+        // SAFETY: allocated by `alloc` above with this size and alignment.
+        unsafe { dealloc(region.virt, layout) }
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+        phys as *mut u8
+    }
+}
+
+/// Every read advances time by 1 µs, so a 100 ms bound is 100 000 polls.
+struct SteppingClock {
+    now: Cell<u64>,
+}
+
+// SAFETY: single-threaded tests.
+unsafe impl Sync for SteppingClock {}
+
+impl Clock for SteppingClock {
+    fn now_ns(&self) -> u64 {
+        let now = self.now.get();
+        self.now.set(now + 1_000);
+        now
+    }
+}
+
+fn no_flush(_: *const u8, _: usize) {}
+
+/// A register-level model of a VT-d unit, close to QEMU 10.0.2's behaviour.
+struct Model {
+    cap: u64,
+    ecap: u64,
+    gsts: Cell<u32>,
+    gcmd_writes: RefCell<Vec<u32>>,
+    iqa: Cell<u64>,
+    iqh: Cell<u64>,
+    descriptors: RefCell<Vec<Descriptor>>,
+    register_invalidations: RefCell<Vec<(usize, u64)>>,
+    /// When set, wait descriptors never write their status (a hung unit).
+    stalled: Cell<bool>,
+    fault: Cell<(u64, u64)>,
+    other: RefCell<std::collections::BTreeMap<usize, u64>>,
+}
+
+impl Model {
+    fn new(cap: u64, ecap: u64) -> Self {
+        Self {
+            cap,
+            ecap,
+            gsts: Cell::new(0),
+            gcmd_writes: RefCell::new(Vec::new()),
+            iqa: Cell::new(0),
+            iqh: Cell::new(0),
+            descriptors: RefCell::new(Vec::new()),
+            register_invalidations: RefCell::new(Vec::new()),
+            stalled: Cell::new(false),
+            fault: Cell::new((0, 0)),
+            other: RefCell::new(Default::default()),
+        }
+    }
+
+    fn wide(&self) -> bool {
+        self.iqa.get() & regs::IQA_WIDE != 0
+    }
+
+    fn process_queue(&self, tail: u64) {
+        let base = self.iqa.get() & !0xFFF;
+        let slot = if self.wide() { 32 } else { 16 };
+        let slots = 4096 / slot;
+        let mut head = self.iqh.get() / slot;
+        let tail = tail / slot;
+        while head != tail {
+            let address = base + head * slot;
+            let mut words = [0u64; 4];
+            for (index, word) in words.iter_mut().enumerate().take(slot as usize / 8) {
+                // SAFETY: the queue page is host memory the driver allocated (phys == virt).
+                *word =
+                    unsafe { core::ptr::read_volatile((address + index as u64 * 8) as *const u64) };
+            }
+            let descriptor = Descriptor(words);
+            if descriptor.kind() == Some(DescriptorType::Wait) {
+                assert_ne!(words[0] & 0x30, 0x30, "QEMU aborts on a wait with SW|IF");
+                if words[0] & 0x20 != 0 && !self.stalled.get() {
+                    // SAFETY: the status word is host memory the driver allocated.
+                    unsafe {
+                        core::ptr::write_volatile(words[1] as *mut u32, (words[0] >> 32) as u32)
+                    };
+                }
+            }
+            self.descriptors.borrow_mut().push(descriptor);
+            head = (head + 1) % slots;
+        }
+        self.iqh.set(head * slot);
+    }
+
+    fn queue_enabled(&self) -> bool {
+        self.gsts.get() & Global::QUEUED_INVALIDATION.bits() != 0
+    }
+
+    fn take_descriptors(&self) -> Vec<Descriptor> {
+        core::mem::take(&mut *self.descriptors.borrow_mut())
+    }
+}
+
+impl Registers for &Model {
+    fn read32(&self, reg: Reg32) -> u32 {
+        match reg {
+            regs::GSTS => self.gsts.get(),
+            regs::FSTS => {
+                if self.fault.get().1 & (1 << 63) != 0 {
+                    0x2
+                } else {
+                    0
+                }
+            }
+            Reg32(offset) => *self.other.borrow().get(&offset).unwrap_or(&0) as u32,
+        }
+    }
+
+    fn write32(&self, reg: Reg32, value: u32) {
+        match reg {
+            regs::GCMD => {
+                self.gcmd_writes.borrow_mut().push(value);
+                let command = Global::from_bits_retain(value);
+                let mut status = Global::from_bits_retain(value) & Global::PERSISTENT;
+                if command.contains(Global::ROOT_TABLE_POINTER)
+                    || Global::from_bits_retain(self.gsts.get())
+                        .contains(Global::ROOT_TABLE_POINTER)
+                {
+                    // QEMU keeps RTPS set once a root pointer was set.
+                    status |= Global::ROOT_TABLE_POINTER;
+                }
+                if command.contains(Global::IRT_POINTER)
+                    || Global::from_bits_retain(self.gsts.get()).contains(Global::IRT_POINTER)
+                {
+                    status |= Global::IRT_POINTER;
+                }
+                self.gsts.set(status.bits());
+            }
+            Reg32(0x22C) => {
+                if value & (1 << 31) != 0 {
+                    let (low, high) = self.fault.get();
+                    self.fault.set((low, high & !(1 << 63)));
+                }
+            }
+            Reg32(offset) => {
+                self.other.borrow_mut().insert(offset, u64::from(value));
+            }
+        }
+    }
+
+    fn read64(&self, reg: Reg64) -> u64 {
+        match reg {
+            regs::CAP => self.cap,
+            regs::ECAP => self.ecap,
+            regs::IQH => self.iqh.get(),
+            Reg64(0x220) => self.fault.get().0,
+            Reg64(0x228) => self.fault.get().1,
+            Reg64(offset) => *self.other.borrow().get(&offset).unwrap_or(&0),
+        }
+    }
+
+    fn write64(&self, reg: Reg64, value: u64) {
+        match reg {
+            regs::IQA => self.iqa.set(value),
+            regs::IQT => self.process_queue(value),
+            regs::CCMD | Reg64(0xF8) => {
+                self.register_invalidations
+                    .borrow_mut()
+                    .push((reg.0, value));
+                // QEMU ignores register-based invalidation while QI is on, and
+                // the busy bit then never clears.
+                let stored = if self.queue_enabled() {
+                    value
+                } else {
+                    value & !(1 << 63)
+                };
+                self.other.borrow_mut().insert(reg.0, stored);
+            }
+            Reg64(offset) => {
+                self.other.borrow_mut().insert(offset, value);
+            }
+        }
+    }
+}
+
+struct Rig {
+    dma: HostDma,
+    clock: SteppingClock,
+}
+
+impl Rig {
+    fn new() -> Self {
+        Self {
+            dma: HostDma { live: Cell::new(0) },
+            clock: SteppingClock { now: Cell::new(0) },
+        }
+    }
+
+    fn env(&self) -> Environment<'_> {
+        Environment {
+            dma: &self.dma,
+            clock: &self.clock,
+            flush_cache: no_flush,
+        }
+    }
+
+    fn unit<'a>(&'a self, model: &'a Model) -> Vtd<'a, &'a Model> {
+        Vtd::new(
+            UnitId(0),
+            model,
+            self.env(),
+            description(),
+            Options::default(),
+        )
+        .unwrap()
+    }
+}
+
+fn description() -> UnitDescription {
+    UnitDescription {
+        segment: 0,
+        register_base: 0xFED9_0000,
+        register_size: 4096,
+        include_all: false,
+        devices: vec![EDU_A, EDU_B],
+        reserved: vec![],
+    }
+}
+
+fn kinds(descriptors: &[Descriptor]) -> Vec<DescriptorType> {
+    descriptors.iter().filter_map(Descriptor::kind).collect()
+}
+
+#[test]
+fn bring_up_sets_root_then_queue_then_remapping_then_translation() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let unit = rig.unit(&model);
+    assert_eq!(unit.mode(), Mode::Legacy);
+    assert!(unit.uses_queued_invalidation() && unit.interrupt_remapping_enabled());
+    assert_eq!(
+        *model.gcmd_writes.borrow(),
+        vec![
+            0x4000_0000, // SRTP
+            0x0400_0000, // QIE
+            0x0500_0000, // QIE kept + SIRTP
+            0x0680_0000, // QIE + IRE + CFI
+            0x8680_0000, // + TE
+        ]
+    );
+    // One-shot bits are never written back even though GSTS keeps RTPS/IRTPS.
+    assert!(
+        model.gcmd_writes.borrow()[1..]
+            .iter()
+            .all(|value| value & Global::ROOT_TABLE_POINTER.bits() == 0)
+    );
+    assert_eq!(
+        kinds(&model.take_descriptors()),
+        vec![
+            DescriptorType::ContextCache,
+            DescriptorType::Iotlb,
+            DescriptorType::Wait,
+            DescriptorType::InterruptEntryCache,
+            DescriptorType::Wait,
+        ]
+    );
+    assert!(model.register_invalidations.borrow().is_empty());
+    drop(unit);
+    assert_eq!(rig.dma.live.get(), 0, "tables leaked");
+}
+
+#[test]
+fn every_domain_gets_its_own_domain_id() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let a = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let b = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let c = unit.alloc_domain(DomainKind::Blocked).unwrap();
+    let ids = [a, b, c].map(|d| unit.domain_id(d).unwrap());
+    assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2]);
+    assert!(
+        ids.iter().all(|&id| id != 0),
+        "DID 0 is reserved under caching mode"
+    );
+}
+
+#[test]
+fn detach_invalidates_context_and_iotlb_of_the_old_domain() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    // Not present → present needs nothing without caching mode.
+    assert!(model.take_descriptors().is_empty());
+    unit.detach(DeviceId(EDU_A.into()));
+    let stream = model.take_descriptors();
+    assert_eq!(
+        stream[0],
+        Descriptor::context_cache(Granularity::Selective, did, EDU_A)
+    );
+    assert_eq!(
+        stream[1],
+        Descriptor::iotlb(Granularity::Domain, did, 0, 0, false)
+    );
+    assert_eq!(stream[2].kind(), Some(DescriptorType::Wait));
+    assert_eq!(stream.len(), 3);
+    assert_eq!(unit.free_domain(domain), Ok(()));
+}
+
+#[test]
+fn caching_mode_invalidates_not_present_to_present() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_CACHING_MODE, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    let stream = model.take_descriptors();
+    assert_eq!(
+        stream,
+        vec![
+            Descriptor::context_cache(Granularity::Selective, 0, EDU_A),
+            Descriptor::iotlb(Granularity::Domain, did, 0, 0, false),
+            stream[2],
+        ]
+    );
+    assert_eq!(stream[2].kind(), Some(DescriptorType::Wait));
+}
+
+#[test]
+fn write_buffer_flush_when_cap_requires_it() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_RWBF, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let before = model.gcmd_writes.borrow().len();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    let writes = model.gcmd_writes.borrow()[before..].to_vec();
+    assert_eq!(
+        writes,
+        vec![0x8680_0000 | Global::WRITE_BUFFER_FLUSH.bits()]
+    );
+}
+
+#[test]
+fn scalable_detach_adds_pasid_cache_invalidation() {
+    for (ecap, iotlb) in [
+        (ECAP_SCALABLE_SL, DescriptorType::Iotlb),
+        (ECAP_SCALABLE_FL, DescriptorType::PasidIotlb),
+    ] {
+        let rig = Rig::new();
+        let model = Model::new(CAP_DEFAULT, ecap);
+        let mut unit = rig.unit(&model);
+        assert!(unit.mode().is_scalable());
+        assert!(model.wide(), "PASID descriptors need 256-bit slots");
+        let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+        let did = unit.domain_id(domain).unwrap();
+        unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+        model.take_descriptors();
+        unit.detach(DeviceId(EDU_B.into()));
+        let stream = model.take_descriptors();
+        assert_eq!(
+            kinds(&stream),
+            vec![
+                DescriptorType::ContextCache,
+                DescriptorType::PasidCache,
+                iotlb,
+                DescriptorType::Wait
+            ]
+        );
+        assert_eq!(stream[1], Descriptor::pasid_cache(did, 0));
+        if iotlb == DescriptorType::PasidIotlb {
+            assert_eq!(
+                stream[2],
+                Descriptor::pasid_iotlb(PasidGranularity::Pasid, did, 0, 0, 0, false)
+            );
+        }
+        drop(unit);
+        assert_eq!(rig.dma.live.get(), 0);
+    }
+}
+
+#[test]
+fn aligned_unmap_costs_one_psi_one_wait_one_tail_write() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    for k in [0u8, 1, 4, 9] {
+        let mut gather = Gather::default();
+        let base = 0x4000_0000u64;
+        for page in 0..(1u64 << k) {
+            gather.add_leaf(base + page * 4096, 4096);
+        }
+        let before = unit.counters();
+        unit.flush(domain, &gather).unwrap();
+        let cost = unit.counters().since(&before);
+        assert_eq!(
+            (cost.invalidations, cost.waits, cost.mmio_writes),
+            (1, 1, 1)
+        );
+        let stream = model.take_descriptors();
+        assert_eq!(
+            stream[0],
+            Descriptor::iotlb(Granularity::Selective, did, base, k, true)
+        );
+        assert_eq!(stream.len(), 2);
+    }
+}
+
+#[test]
+fn invalidation_falls_back_to_domain_past_mamv() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    // 2^19 pages: one more than MAMV = 18 allows.
+    let gather = Gather {
+        start: 0,
+        last: (1 << 31) - 1,
+        leaf_sizes: 1 << 21,
+        freed_tables: true,
+    };
+    unit.flush(domain, &gather).unwrap();
+    assert_eq!(
+        model.take_descriptors()[0],
+        Descriptor::iotlb(Granularity::Domain, did, 0, 0, false)
+    );
+    // An empty gather owes nothing.
+    unit.flush(domain, &Gather::default()).unwrap();
+    assert!(model.take_descriptors().is_empty());
+}
+
+#[test]
+fn first_stage_uses_pasid_based_page_invalidation() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_SCALABLE_FL);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    let mut gather = Gather::default();
+    gather.add_leaf(0x20_0000, 0x20_0000);
+    unit.flush(domain, &gather).unwrap();
+    assert_eq!(
+        model.take_descriptors()[0],
+        Descriptor::pasid_iotlb(PasidGranularity::Page, did, 0, 0x20_0000, 9, true)
+    );
+}
+
+#[test]
+fn irte_changes_invalidate_the_interrupt_entry_cache() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let index = unit.alloc_interrupt().unwrap();
+    model.take_descriptors();
+    unit.set_interrupt(index, Irte::remapped(0x40, 0, EDU_A))
+        .unwrap();
+    unit.clear_interrupt(index).unwrap();
+    let stream = model.take_descriptors();
+    let iec = Descriptor::interrupt_entry_cache(Some(index));
+    assert_eq!(
+        kinds(&stream),
+        vec![
+            DescriptorType::InterruptEntryCache,
+            DescriptorType::Wait,
+            DescriptorType::InterruptEntryCache,
+            DescriptorType::Wait
+        ]
+    );
+    assert_eq!((stream[0], stream[2]), (iec, iec));
+    assert_eq!(
+        unit.set_interrupt(200, Irte::default()),
+        Err(Error::Invalid)
+    );
+}
+
+#[test]
+fn register_based_invalidation_without_qi() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_NO_QI);
+    let mut unit = rig.unit(&model);
+    assert!(!unit.uses_queued_invalidation() && !unit.interrupt_remapping_enabled());
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.register_invalidations.borrow_mut().clear();
+    let mut gather = Gather::default();
+    gather.add_leaf(0x1000, 4096);
+    unit.flush(domain, &gather).unwrap();
+    assert_eq!(
+        *model.register_invalidations.borrow(),
+        vec![(0xF8, regs::iotlb_command(Granularity::Selective, did))]
+    );
+    assert_eq!(
+        *model.other.borrow().get(&0xF0).unwrap(),
+        regs::invalidate_address(0x1000, 0, true)
+    );
+    assert!(model.descriptors.borrow().is_empty());
+}
+
+#[test]
+fn a_hung_unit_is_a_timeout_not_a_hang() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    model.stalled.set(true);
+    let mut gather = Gather::default();
+    gather.add_leaf(0x1000, 4096);
+    assert_eq!(unit.flush(domain, &gather), Err(IommuError::Timeout));
+    assert_eq!(
+        unit.invalidate(domain, &gather),
+        Err(Error::Timeout("invalidation wait"))
+    );
+}
+
+#[test]
+fn faults_are_drained_cleared_and_decoded() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    model.fault.set((0x0b00_0000, 0xc0ff_ff06_0000_0020));
+    let mut records = Vec::new();
+    assert_eq!(unit.drain_faults(&mut records), 1);
+    assert_eq!(records[0].iova, 0x0b00_0000);
+    assert_eq!(records[0].requester, DeviceId(0x20));
+    assert_eq!(model.fault.get().1 >> 63, 0, "F not cleared");
+    assert_eq!(unit.drain_faults(&mut records), 0);
+}
+
+#[test]
+fn devices_outside_the_scope_are_refused() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    assert_eq!(
+        unit.attach(DeviceId(0x30), domain),
+        Err(IommuError::Invalid)
+    );
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    assert_eq!(unit.free_domain(domain), Err(IommuError::Busy));
+}
+
+#[test]
+fn capability_decoders_agree_with_model() {
+    assert!(Cap(CAP_RWBF).required_write_buffer_flush());
+    assert!(!Ecap(ECAP_NO_QI).queued_invalidation());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// The PSI block covers the range, is naturally aligned, and is the
+    /// smallest such block (its half containing `start` would miss `last`).
+    #[test]
+    fn psi_mask_is_the_smallest_aligned_cover(start in 0u64..(1 << 40), len in 1u64..(1 << 32)) {
+        let last = start + len - 1;
+        let (base, mask) = page_selective_mask(start, last).unwrap();
+        let size = 4096u64 << mask;
+        prop_assert_eq!(base % size, 0);
+        prop_assert!(base <= start && last < base + size);
+        if mask > 0 {
+            let half = size / 2;
+            let lower = base + if start - base >= half { half } else { 0 };
+            prop_assert!(last >= lower + half);
+        }
+    }
+}

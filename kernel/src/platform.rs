@@ -32,11 +32,16 @@ pub enum Firmware {
 impl Platform {
     pub fn summary(&self) -> String {
         let buses = self.pci.ecam.buses();
-        let tables = match self.firmware {
+        let tables = match &self.firmware {
             #[cfg(target_arch = "x86_64")]
-            Firmware::Acpi(_) => "ACPI",
+            Firmware::Acpi(info) => format!(
+                "ACPI ({} tables; DMAR: {}, IVRS: {})",
+                info.tables.len(),
+                if info.dmar.is_some() { "yes" } else { "no" },
+                if info.ivrs.is_some() { "yes" } else { "no" }
+            ),
             #[cfg(target_arch = "aarch64")]
-            Firmware::DeviceTree(_) => "device tree",
+            Firmware::DeviceTree(tree) => format!("device tree ({} SMMUv3)", tree.smmus.len()),
         };
         format!(
             "{tables}, PCI buses {:#04x}-{:#04x}",
@@ -84,8 +89,6 @@ pub fn discover(boot: &BootInfo) -> Result<Platform, DiscoveryError> {
         FirmwareTables::Acpi { rsdp } => discover_acpi(rsdp),
         #[cfg(target_arch = "aarch64")]
         FirmwareTables::DeviceTree { dtb } => discover_device_tree(dtb),
-        #[allow(unreachable_patterns)]
-        _ => Err(DiscoveryError::NoPciHost),
     }
 }
 
@@ -109,10 +112,19 @@ fn discover_device_tree(dtb: &[u8]) -> Result<Platform, DiscoveryError> {
 
 #[cfg(target_arch = "x86_64")]
 fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
-    let info = firmware::acpi::discover(rsdp as usize, IdentityMapped)?;
+    /// The boot map identity-maps the low 4 GiB, where firmware puts its tables.
+    const IDENTITY_MAPPED_LIMIT: u64 = 4 << 30;
+    // SAFETY: physical memory below 4 GiB is identity-mapped; discover only
+    // reads the ACPI tables, which live in RAM/ROM (no side effects).
+    let memory = unsafe { firmware::acpi::IdentityMapped::new(0, IDENTITY_MAPPED_LIMIT) };
+    let info = firmware::acpi::discover(rsdp, &memory)?;
     let region = info.ecam.first().ok_or(DiscoveryError::NoPciHost)?;
-    let ecam = ecam_at(region.base, region.bus_start..=region.bus_end)?;
-    crate::arch::set_acpi_ports(info.pm1a_control_port(), info.pm_timer_port());
+    // MCFG gives the address of bus 0 even when decoding starts at a later bus.
+    let first_bus = region.base + (u64::from(region.bus_start) << 20);
+    let ecam = ecam_at(first_bus, region.bus_start..=region.bus_end)?;
+    if let Some(fadt) = info.fadt {
+        crate::arch::set_acpi_ports(fadt.pm1a_control_port, fadt.pm_timer_port);
+    }
     Ok(Platform {
         pci: PciHost {
             ecam,

@@ -3,8 +3,14 @@
 //! (e.g. the VT-d tests on a machine without VT-d), never "ok".
 
 mod foundation;
+#[cfg(target_arch = "x86_64")]
+mod vtd;
 
 use crate::testing::Test;
 
 /// Every test group, in the order they run.
-pub static ALL: &[&[Test]] = &[foundation::TESTS];
+pub static ALL: &[&[Test]] = &[
+    foundation::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    vtd::TESTS,
+];

@@ -304,8 +304,8 @@ fn bring_up_sets_root_then_queue_then_remapping_then_translation() {
             0x4000_0000, // SRTP
             0x0400_0000, // QIE
             0x0500_0000, // QIE kept + SIRTP
-            0x0680_0000, // QIE + IRE + CFI
-            0x8680_0000, // + TE
+            0x0600_0000, // QIE + IRE (CFI stays clear)
+            0x8600_0000, // + TE
         ]
     );
     // One-shot bits are never written back even though GSTS keeps RTPS/IRTPS.
@@ -403,7 +403,7 @@ fn write_buffer_flush_when_cap_requires_it() {
     let writes = model.gcmd_writes.borrow()[before..].to_vec();
     assert_eq!(
         writes,
-        vec![0x8680_0000 | Global::WRITE_BUFFER_FLUSH.bits()]
+        vec![0x8600_0000 | Global::WRITE_BUFFER_FLUSH.bits()]
     );
 }
 

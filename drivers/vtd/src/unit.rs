@@ -327,6 +327,18 @@ impl<'a, R: Registers> Vtd<'a, R> {
         } else {
             TableMode::Legacy
         };
+        // Context tables (all entries non-present) for the buses of the listed
+        // devices, so that a blocked device reports "context not present".
+        let mut buses: Vec<u8> = self
+            .description
+            .devices
+            .iter()
+            .map(|sid| (sid >> 8) as u8)
+            .collect();
+        buses.dedup();
+        for bus in buses {
+            self.context_table(bus)?;
+        }
         self.flush_cache(self.root);
         self.write64(
             regs::RTADDR,
@@ -380,11 +392,9 @@ impl<'a, R: Registers> Vtd<'a, R> {
         });
         self.global_command(Global::IRT_POINTER, true)?;
         self.submit(&[Descriptor::interrupt_entry_cache(None)])?;
-        // CFI: the kernel's other drivers still send compatibility-format MSIs.
-        self.global_command(
-            Global::INTERRUPT_REMAPPING | Global::COMPATIBILITY_FORMAT,
-            true,
-        )
+        // CFI stays clear: compatibility-format interrupts would bypass the
+        // table (§5.1.2.1); QEMU does not model CFI either way.
+        self.global_command(Global::INTERRUPT_REMAPPING, true)
     }
 
     // ---- registers --------------------------------------------------------
@@ -425,7 +435,17 @@ impl<'a, R: Registers> Vtd<'a, R> {
             };
             complete.then_some(())
         };
-        wait_until(self.env.clock, HARDWARE_TIMEOUT, done).map_err(|_| Error::Timeout("GSTS"))
+        wait_until(self.env.clock, HARDWARE_TIMEOUT, done).map_err(|_| {
+            Error::Timeout(match command {
+                Global::TRANSLATION => "GSTS.TES",
+                Global::ROOT_TABLE_POINTER => "GSTS.RTPS",
+                Global::QUEUED_INVALIDATION => "GSTS.QIES",
+                Global::INTERRUPT_REMAPPING => "GSTS.IRES",
+                Global::IRT_POINTER => "GSTS.IRTPS",
+                Global::WRITE_BUFFER_FLUSH => "GSTS.WBFS",
+                _ => "GSTS",
+            })
+        })
     }
 
     /// §6.8: flush the write buffer after table updates when CAP.RWBF asks for it.
@@ -844,6 +864,16 @@ impl<'a, R: Registers> Vtd<'a, R> {
     }
 
     // ---- accessors ----------------------------------------------------------
+
+    /// GSTS as the hardware reports it now.
+    pub fn global_status(&self) -> Global {
+        self.status()
+    }
+
+    /// CAP and ECAP read from the registers again (to check what `hw_info` cached).
+    pub fn read_capabilities(&self) -> (u64, u64) {
+        (self.regs.read64(regs::CAP), self.regs.read64(regs::ECAP))
+    }
 
     pub fn counters(&self) -> Counters {
         self.counters

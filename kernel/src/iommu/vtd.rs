@@ -89,6 +89,11 @@ static FAULT_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
 /// queued invalidation and interrupt remapping when offered, and its fault
 /// event on a kernel vector. `None` when the machine has no VT-d.
 pub fn bring_up(platform: &Platform) -> Result<Option<Unit>, String> {
+    bring_up_with(platform, Options::default())
+}
+
+/// [`bring_up`] with explicit options (e.g. register-based invalidation).
+pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Unit>, String> {
     let Some(description) = descriptions(platform)?.into_iter().next() else {
         return Ok(None);
     };
@@ -101,7 +106,7 @@ pub fn bring_up(platform: &Platform) -> Result<Option<Unit>, String> {
         UnitRegisters(mmio),
         environment(),
         description,
-        Options::default(),
+        options,
     )
     .map_err(|err| format!("VT-d bring-up: {err:?}"))?;
     if let Some(vector) = *FAULT_VECTOR.call_once(|| crate::irq::alloc_vector(note_fault_event)) {

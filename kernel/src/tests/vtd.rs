@@ -16,7 +16,7 @@ use vtd::interrupt::{Irte, remappable_msi_address};
 use vtd::regs::Global;
 
 use crate::devices::{self, PciDevice};
-use crate::iommu::vtd::{Unit, bring_up, fault_events};
+use crate::iommu::vtd::{Unit, bring_up_with, fault_events};
 use crate::memory::frames::{self, Frames};
 use crate::platform::Platform;
 use crate::testing::{Outcome, Test, TestResult};
@@ -29,6 +29,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "vtd::identity_domain_carries_dma_and_detach_blocks_it_again",
         run: identity_domain_carries_dma_and_detach_blocks_it,
+    },
+    Test {
+        name: "vtd::register_based_invalidation_makes_detach_visible_without_the_queue",
+        run: register_based_invalidation_makes_detach_visible,
     },
     Test {
         name: "vtd::devices_have_separate_contexts_and_domain_ids",
@@ -116,8 +120,18 @@ fn expect_one_fault(
 }
 
 fn with_unit(platform: &Platform, body: impl FnOnce(&mut Unit) -> TestResult) -> TestResult {
+    with_unit_options(platform, vtd::Options::default(), body)
+}
+
+/// Brings a unit up, runs `body`, tears the unit down and checks that every
+/// frame came back.
+fn with_unit_options(
+    platform: &Platform,
+    options: vtd::Options,
+    body: impl FnOnce(&mut Unit) -> TestResult,
+) -> TestResult {
     let free_before = frames::free_count();
-    let Some(mut unit) = bring_up(platform)? else {
+    let Some(mut unit) = bring_up_with(platform, options)? else {
         return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR"));
     };
     let outcome = body(&mut unit);
@@ -192,7 +206,33 @@ fn blocked_dma_is_dropped_and_faults_once(platform: &Platform) -> TestResult {
 }
 
 fn identity_domain_carries_dma_and_detach_blocks_it(platform: &Platform) -> TestResult {
-    with_unit(platform, |unit| {
+    with_unit(platform, |unit| attach_dma_detach_dma(platform, unit))
+}
+
+/// Same scenario with queued invalidation off: QEMU then honours CCMD and
+/// the IOTLB register, and the detach must still be seen by the next DMA.
+fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> TestResult {
+    let options = vtd::Options {
+        queued_invalidation: false,
+        interrupt_remapping: false,
+    };
+    with_unit_options(platform, options, |unit| {
+        ensure!(!unit.uses_queued_invalidation(), "the queue is in use");
+        let before = unit.counters();
+        let outcome = attach_dma_detach_dma(platform, unit)?;
+        let cost = unit.counters().since(&before);
+        // Detach: one context-cache and one IOTLB invalidation, no waits.
+        ensure_eq!(
+            (cost.invalidations, cost.waits),
+            (2, 0),
+            "register invalidations"
+        );
+        Ok(outcome)
+    })
+}
+
+fn attach_dma_detach_dma(platform: &Platform, unit: &mut Unit) -> TestResult {
+    {
         if !unit.ecap().pass_through() {
             return Ok(Outcome::NotApplicable("no ECAP.PT"));
         }
@@ -235,7 +275,7 @@ fn identity_domain_carries_dma_and_detach_blocks_it(platform: &Platform) -> Test
         unit.free_domain(domain)
             .map_err(|err| format!("free: {err:?}"))?;
         Ok(Outcome::Passed)
-    })
+    }
 }
 
 fn devices_have_separate_contexts_and_domain_ids(platform: &Platform) -> TestResult {

@@ -21,4 +21,7 @@ pub mod unit;
 #[cfg(test)]
 mod tests;
 
-pub use unit::{Counters, Environment, Error, Mode, Options, Registers, Vtd};
+pub use unit::{
+    Counters, DomainTable, Environment, Error, Mode, Options, Registers, TableFactory, TableFormat,
+    Vtd,
+};

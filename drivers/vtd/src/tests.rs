@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 
-use iommu::{DeviceId, DomainKind, Gather, IommuError, IommuUnit, UnitId};
+use iommu::{DeviceId, DomainKind, Gather, IommuError, IommuUnit, Prot, UnitId};
 use os_services::mmio::{Reg32, Reg64};
 use os_services::{Clock, DmaMemory, DmaRegion};
 use proptest::prelude::*;
@@ -20,7 +20,11 @@ use crate::discovery::UnitDescription;
 use crate::interrupt::Irte;
 use crate::invalidation::{Descriptor, DescriptorType, PasidGranularity};
 use crate::regs::{self, Cap, Ecap, Global, Granularity};
-use crate::unit::{Environment, Error, Mode, Options, Registers, Vtd, page_selective_mask};
+use crate::tables::{ContextEntry, PasidEntry};
+use crate::unit::{
+    DomainTable, Environment, Error, Mode, Options, Registers, TableFormat, Vtd,
+    page_selective_mask,
+};
 
 const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
 const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;
@@ -84,6 +88,55 @@ impl Clock for SteppingClock {
 }
 
 fn no_flush(_: *const u8, _: usize) {}
+
+/// Root address the fake tables report (never walked: the model does no DMA).
+const FAKE_ROOT: u64 = 0x0123_4000;
+
+/// A reference model of a page table: page → (phys, prot); gathers as a
+/// real table reports them. Stands in for io-page-table's formats.
+struct ModelTable {
+    pages: std::collections::BTreeMap<u64, u64>,
+}
+
+impl DomainTable for ModelTable {
+    fn root(&self) -> u64 {
+        FAKE_ROOT
+    }
+
+    fn map(&mut self, iova: u64, phys: u64, len: u64, _prot: Prot) -> Result<Gather, IommuError> {
+        let mut gather = Gather::default();
+        for offset in (0..len).step_by(4096) {
+            if self.pages.insert(iova + offset, phys + offset).is_some() {
+                return Err(IommuError::Invalid);
+            }
+            gather.add_leaf(iova + offset, 4096);
+        }
+        Ok(gather)
+    }
+
+    fn unmap(&mut self, iova: u64, len: u64) -> Gather {
+        let mut gather = Gather::default();
+        for offset in (0..len).step_by(4096) {
+            if self.pages.remove(&(iova + offset)).is_some() {
+                gather.add_leaf(iova + offset, 4096);
+            }
+        }
+        gather
+    }
+}
+
+fn model_table(format: TableFormat) -> Option<alloc::boxed::Box<dyn DomainTable>> {
+    // Only 4-level second stage and first stage exist on the modelled unit.
+    matches!(
+        format,
+        TableFormat::SecondStage { levels: 4 } | TableFormat::FirstStage
+    )
+    .then(|| {
+        alloc::boxed::Box::new(ModelTable {
+            pages: Default::default(),
+        }) as alloc::boxed::Box<dyn DomainTable>
+    })
+}
 
 /// A register-level model of a VT-d unit, close to QEMU 10.0.2's behaviour.
 struct Model {
@@ -261,6 +314,7 @@ impl Rig {
             dma: &self.dma,
             clock: &self.clock,
             flush_cache: no_flush,
+            new_table: model_table,
         }
     }
 
@@ -610,6 +664,144 @@ fn devices_outside_the_scope_are_refused() {
     );
     unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
     assert_eq!(unit.free_domain(domain), Err(IommuError::Busy));
+}
+
+impl Model {
+    /// Reads the (legacy) context entry of `sid` through RTADDR → root → context.
+    fn context_entry(&self, sid: u16) -> ContextEntry {
+        let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
+        let [bus, devfn] = sid.to_be_bytes();
+        // SAFETY: host memory the driver allocated (phys == virt).
+        unsafe {
+            let root_low = core::ptr::read_volatile((root + u64::from(bus) * 16) as *const u64);
+            core::ptr::read_volatile(
+                ((root_low & !0xFFF) + u64::from(devfn) * 16) as *const ContextEntry,
+            )
+        }
+    }
+
+    /// Reads the RID_PASID entry of `sid` in scalable mode.
+    fn rid_pasid_entry(&self, sid: u16) -> PasidEntry {
+        let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
+        let [bus, devfn] = sid.to_be_bytes();
+        // SAFETY: host memory the driver allocated (phys == virt).
+        unsafe {
+            let root_entry = (root + u64::from(bus) * 16) as *const u64;
+            let (table, slot) = if devfn >= 128 {
+                (core::ptr::read_volatile(root_entry.add(1)), devfn - 128)
+            } else {
+                (core::ptr::read_volatile(root_entry), devfn)
+            };
+            let context = ((table & !0xFFF) + u64::from(slot) * 32) as *const u64;
+            let context_low = core::ptr::read_volatile(context);
+            if context_low & 1 == 0 {
+                // Context not present: the device is blocked before any PASID lookup.
+                return PasidEntry::default();
+            }
+            let directory = context_low & !0xFFF;
+            let pasid_table = core::ptr::read_volatile(directory as *const u64) & !0xFFF;
+            core::ptr::read_volatile(pasid_table as *const PasidEntry)
+        }
+    }
+}
+
+#[test]
+fn paging_domain_context_names_its_table_and_domain() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    assert!(
+        !model.context_entry(EDU_A).is_present(),
+        "blocked before attach"
+    );
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    assert_eq!(
+        model.context_entry(EDU_A),
+        ContextEntry::new(
+            crate::tables::TranslationType::Translated,
+            FAKE_ROOT,
+            2,
+            did
+        )
+    );
+    unit.detach(DeviceId(EDU_A.into()));
+    assert!(
+        !model.context_entry(EDU_A).is_present(),
+        "blocked after detach"
+    );
+}
+
+#[test]
+fn scalable_paging_domains_fill_the_rid_pasid_entry() {
+    for (ecap, first_stage) in [(ECAP_SCALABLE_SL, false), (ECAP_SCALABLE_FL, true)] {
+        let rig = Rig::new();
+        let model = Model::new(CAP_DEFAULT, ecap);
+        let mut unit = rig.unit(&model);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let did = unit.domain_id(domain).unwrap();
+        unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+        let expected = if first_stage {
+            PasidEntry::first_stage(FAKE_ROOT, did)
+        } else {
+            PasidEntry::second_stage(FAKE_ROOT, 2, did)
+        };
+        assert_eq!(model.rid_pasid_entry(EDU_B), expected);
+        unit.detach(DeviceId(EDU_B.into()));
+        assert!(!model.rid_pasid_entry(EDU_B).is_present());
+        assert_eq!(unit.free_domain(domain), Ok(()));
+        drop(unit);
+        assert_eq!(rig.dma.live.get(), 0);
+    }
+}
+
+#[test]
+fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
+    for (cap, caching) in [(CAP_DEFAULT, false), (CAP_CACHING_MODE, true)] {
+        let rig = Rig::new();
+        let model = Model::new(cap, ECAP_LEGACY);
+        let mut unit = rig.unit(&model);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let did = unit.domain_id(domain).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        model.take_descriptors();
+        let prot = Prot {
+            read: true,
+            write: true,
+        };
+        let before = unit.counters();
+        let gather = unit
+            .map(domain, 0x10_0000, 0x20_0000, 0x4000, prot)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        let cost = unit.counters().since(&before);
+        if caching {
+            assert_eq!(
+                (cost.invalidations, cost.waits, cost.mmio_writes),
+                (1, 1, 1)
+            );
+            assert_eq!(
+                model.take_descriptors()[0],
+                Descriptor::iotlb(Granularity::Selective, did, 0x10_0000, 2, true)
+            );
+        } else {
+            assert_eq!(cost, Default::default(), "a map owes no invalidation");
+        }
+        let before = unit.counters();
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        unit.flush(domain, &gather).unwrap();
+        let cost = unit.counters().since(&before);
+        assert_eq!(
+            (cost.invalidations, cost.waits, cost.mmio_writes),
+            (1, 1, 1)
+        );
+        let stream = model.take_descriptors();
+        assert_eq!(
+            stream[0],
+            Descriptor::iotlb(Granularity::Selective, did, 0x10_0000, 2, true)
+        );
+    }
 }
 
 #[test]

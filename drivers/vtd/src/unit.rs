@@ -6,6 +6,7 @@
 //! every device it was not told about blocked, and bounds every wait on the
 //! hardware by a timeout that turns into an error.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
@@ -61,6 +62,29 @@ impl Registers for Mmio {
     }
 }
 
+/// Which page-table format a paging domain needs on this unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// VT-d 3.4 §9.8 second-stage format with `levels` levels (3 or 4,
+    /// from CAP.SAGAW).
+    SecondStage { levels: u8 },
+    /// VT-d 3.4 §9.7 first-stage (x86-64, 4-level) format; QEMU treats every
+    /// request as a user request, so every entry needs U/S = 1.
+    FirstStage,
+}
+
+/// A paging domain's I/O page table. The formats live in `io-page-table`;
+/// the unit only needs the root and the map/unmap gathers.
+pub trait DomainTable: Send {
+    /// Physical address of the top-level table.
+    fn root(&self) -> u64;
+    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
+    fn unmap(&mut self, iova: u64, len: u64) -> Gather;
+}
+
+/// Creates an empty table of a format (None: format not available).
+pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
+
 /// The OS services a unit uses.
 #[derive(Clone, Copy)]
 pub struct Environment<'a> {
@@ -69,6 +93,8 @@ pub struct Environment<'a> {
     /// Writes CPU cache lines covering `[virt, virt + len)` back to memory;
     /// called after table updates when walks do not snoop (ECAP.C = 0).
     pub flush_cache: fn(*const u8, usize),
+    /// Where paging domains get their tables.
+    pub new_table: TableFactory,
 }
 
 /// Why the unit refused or failed.
@@ -190,12 +216,15 @@ enum Invalidator {
 enum Translation {
     Blocked,
     PassThrough,
+    /// Through the domain's table with this root.
+    Paging(u64),
 }
 
 struct Domain {
     did: u16,
     translation: Translation,
     devices: usize,
+    table: Option<Box<dyn DomainTable>>,
 }
 
 /// Per-device scalable-mode structures: PASID directory and the table
@@ -750,7 +779,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
         if translation == Translation::Blocked {
             return Ok(());
         }
-        if !self.ecap.pass_through() {
+        if translation == Translation::PassThrough && !self.ecap.pass_through() {
             return Err(Error::Unsupported("ECAP.PT"));
         }
         let [bus, devfn] = sid.to_be_bytes();
@@ -758,7 +787,15 @@ impl<'a, R: Registers> Vtd<'a, R> {
         let offset = self.context_offset(devfn);
         if self.mode.is_scalable() {
             let (directory, pasid_table) = self.pasid_tables(sid)?;
-            let entry = PasidEntry::pass_through(self.address_width, did);
+            let entry = match (translation, self.mode) {
+                (Translation::Paging(root), Mode::ScalableFirstStage) => {
+                    PasidEntry::first_stage(root, did)
+                }
+                (Translation::Paging(root), _) => {
+                    PasidEntry::second_stage(root, self.address_width, did)
+                }
+                _ => PasidEntry::pass_through(self.address_width, did),
+            };
             // Present bit (word 0) last.
             for (index, word) in entry.words.iter().enumerate().rev() {
                 pasid_table.write(index * 8, *word);
@@ -769,7 +806,12 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 table.write(offset + index * 8, *word);
             }
         } else {
-            let entry = ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did);
+            let entry = match translation {
+                Translation::Paging(root) => {
+                    ContextEntry::new(TranslationType::Translated, root, self.address_width, did)
+                }
+                _ => ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did),
+            };
             table.write(offset + 8, entry.high);
             fence(Ordering::SeqCst);
             table.write(offset, entry.low);
@@ -864,6 +906,16 @@ impl<'a, R: Registers> Vtd<'a, R> {
     }
 
     // ---- accessors ----------------------------------------------------------
+
+    /// The table format paging domains of this unit use.
+    pub fn table_format(&self) -> TableFormat {
+        match self.mode {
+            Mode::ScalableFirstStage => TableFormat::FirstStage,
+            _ => TableFormat::SecondStage {
+                levels: self.address_width + 2,
+            },
+        }
+    }
 
     /// GSTS as the hardware reports it now.
     pub fn global_status(&self) -> Global {
@@ -987,14 +1039,19 @@ impl<R: Registers> IommuUnit for Vtd<'_, R> {
     }
 
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
-        let translation = match kind {
-            DomainKind::Blocked => Translation::Blocked,
-            DomainKind::Identity if self.ecap.pass_through() => Translation::PassThrough,
-            _ => return Err(IommuError::Unsupported),
-        };
         if u32::from(self.next_did) >= self.cap.domain_count() {
             return Err(IommuError::NoMemory);
         }
+        let (translation, table) = match kind {
+            DomainKind::Blocked => (Translation::Blocked, None),
+            DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
+            DomainKind::Paging | DomainKind::NestParent => {
+                let table =
+                    (self.env.new_table)(self.table_format()).ok_or(IommuError::Unsupported)?;
+                (Translation::Paging(table.root()), Some(table))
+            }
+            _ => return Err(IommuError::Unsupported),
+        };
         let handle = self.next_handle;
         self.next_handle += 1;
         let did = self.next_did;
@@ -1005,6 +1062,7 @@ impl<R: Registers> IommuUnit for Vtd<'_, R> {
                 did,
                 translation,
                 devices: 0,
+                table,
             },
         );
         Ok(DomainHandle(handle))
@@ -1019,22 +1077,36 @@ impl<R: Registers> IommuUnit for Vtd<'_, R> {
         Ok(())
     }
 
+    /// Under caching mode the returned gather names the new range (a
+    /// not-present → present change must be invalidated, §6.1); otherwise it
+    /// is empty and the following `flush` costs nothing.
     fn map(
         &mut self,
         domain: DomainHandle,
-        _iova: u64,
-        _phys: u64,
-        _len: u64,
-        _prot: Prot,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
     ) -> Result<Gather, IommuError> {
-        match self.domains.get(&domain.0) {
-            None => Err(IommuError::Invalid),
-            Some(_) => Err(IommuError::Unsupported),
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        let table = entry.table.as_mut().ok_or(IommuError::Invalid)?;
+        let gather = table.map(iova, phys, len, prot)?;
+        if self.cap.caching_mode() {
+            return Ok(gather);
         }
+        self.flush_write_buffer()?;
+        Ok(Gather::default())
     }
 
-    fn unmap(&mut self, _domain: DomainHandle, _iova: u64, _len: u64) -> Gather {
-        Gather::default()
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        match self
+            .domains
+            .get_mut(&domain.0)
+            .and_then(|entry| entry.table.as_mut())
+        {
+            Some(table) => table.unmap(iova, len),
+            None => Gather::default(),
+        }
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {

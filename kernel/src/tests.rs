@@ -13,4 +13,6 @@ pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    vtd::PAGING_TESTS,
 ];

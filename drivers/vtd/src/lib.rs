@@ -14,6 +14,7 @@ pub mod discovery;
 pub mod fault;
 pub mod interrupt;
 pub mod invalidation;
+pub mod paging;
 pub mod regs;
 pub mod tables;
 pub mod unit;

@@ -161,8 +161,11 @@ impl PasidEntry {
     }
 
     /// PGTT = first stage: `table` is a 4-level x86-64-format root (FLPM = 0).
-    pub fn first_stage(table: u64, did: u16) -> Self {
+    /// AW still names the input width: QEMU derives the canonical-address
+    /// check from it (as Linux, which fills it for first stage too).
+    pub fn first_stage(table: u64, address_width: u8, did: u16) -> Self {
         let mut entry = Self::with(PasidTranslation::FirstStage, did);
+        entry.words[0] |= u64::from(address_width & 0x7) << 2;
         entry.words[2] = table & ADDRESS_MASK;
         entry
     }
@@ -239,8 +242,8 @@ mod tests {
         assert_eq!(second.words[1], 9);
         assert_eq!(&second.words[2..], &[0; 6]);
 
-        let first = PasidEntry::first_stage(0x0060_0000, 3);
-        assert_eq!(first.words[0], (1 << 6) | 1);
+        let first = PasidEntry::first_stage(0x0060_0000, 2, 3);
+        assert_eq!(first.words[0], (1 << 6) | (2 << 2) | 1);
         assert_eq!(first.words[1], 3);
         assert_eq!(first.words[2], 0x0060_0000);
 

@@ -314,7 +314,7 @@ impl Rig {
             dma: &self.dma,
             clock: &self.clock,
             flush_cache: no_flush,
-            new_table: model_table,
+            new_table: Some(model_table),
         }
     }
 
@@ -743,7 +743,7 @@ fn scalable_paging_domains_fill_the_rid_pasid_entry() {
         let did = unit.domain_id(domain).unwrap();
         unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
         let expected = if first_stage {
-            PasidEntry::first_stage(FAKE_ROOT, did)
+            PasidEntry::first_stage(FAKE_ROOT, 2, did)
         } else {
             PasidEntry::second_stage(FAKE_ROOT, 2, did)
         };

@@ -80,6 +80,9 @@ pub trait DomainTable: Send {
     fn root(&self) -> u64;
     fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
     fn unmap(&mut self, iova: u64, len: u64) -> Gather;
+    /// Frees the table pages earlier unmaps unlinked; called once the
+    /// invalidation covering them has completed.
+    fn release_unlinked(&mut self) {}
 }
 
 /// Creates an empty table of a format (None: format not available).
@@ -93,8 +96,9 @@ pub struct Environment<'a> {
     /// Writes CPU cache lines covering `[virt, virt + len)` back to memory;
     /// called after table updates when walks do not snoop (ECAP.C = 0).
     pub flush_cache: fn(*const u8, usize),
-    /// Where paging domains get their tables.
-    pub new_table: TableFactory,
+    /// Where paging domains get their tables: `None` = `io-page-table` in
+    /// pages from `dma` (a factory replaces it in tests).
+    pub new_table: Option<TableFactory>,
 }
 
 /// Why the unit refused or failed.
@@ -220,11 +224,11 @@ enum Translation {
     Paging(u64),
 }
 
-struct Domain {
+struct Domain<'a> {
     did: u16,
     translation: Translation,
     devices: usize,
-    table: Option<Box<dyn DomainTable>>,
+    table: Option<Box<dyn DomainTable + 'a>>,
 }
 
 /// Per-device scalable-mode structures: PASID directory and the table
@@ -255,7 +259,7 @@ pub struct Vtd<'a, R: Registers> {
     context_tables: BTreeMap<u8, Page>,
     pasid_tables: BTreeMap<u16, PasidTables>,
     invalidator: Invalidator,
-    domains: BTreeMap<u32, Domain>,
+    domains: BTreeMap<u32, Domain<'a>>,
     attached: BTreeMap<u16, u32>,
     next_handle: u32,
     next_did: u16,
@@ -789,7 +793,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             let (directory, pasid_table) = self.pasid_tables(sid)?;
             let entry = match (translation, self.mode) {
                 (Translation::Paging(root), Mode::ScalableFirstStage) => {
-                    PasidEntry::first_stage(root, did)
+                    PasidEntry::first_stage(root, self.address_width, did)
                 }
                 (Translation::Paging(root), _) => {
                     PasidEntry::second_stage(root, self.address_width, did)
@@ -957,9 +961,18 @@ impl<'a, R: Registers> Vtd<'a, R> {
     }
 
     /// Invalidates the IOTLB for `gather` in `domain` (the work `flush` does).
+    /// Table pages that unmaps unlinked are freed only after it completed.
     pub fn invalidate(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), Error> {
         let did = self.domain_id(domain).ok_or(Error::Invalid)?;
-        self.invalidate_range(did, gather)
+        self.invalidate_range(did, gather)?;
+        if let Some(table) = self
+            .domains
+            .get_mut(&domain.0)
+            .and_then(|entry| entry.table.as_mut())
+        {
+            table.release_unlinked();
+        }
+        Ok(())
     }
 
     fn requester(&self, device: DeviceId) -> Result<u16, Error> {
@@ -990,7 +1003,7 @@ pub fn page_selective_mask(start: u64, last: u64) -> Option<(u64, u8)> {
     Some((base_page << PAGE_SHIFT, mask))
 }
 
-impl<R: Registers> IommuUnit for Vtd<'_, R> {
+impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
     fn info(&self) -> UnitInfo {
         let width = match self.address_width {
             1 => 39,
@@ -1046,8 +1059,15 @@ impl<R: Registers> IommuUnit for Vtd<'_, R> {
             DomainKind::Blocked => (Translation::Blocked, None),
             DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
             DomainKind::Paging | DomainKind::NestParent => {
-                let table =
-                    (self.env.new_table)(self.table_format()).ok_or(IommuError::Unsupported)?;
+                let table: Box<dyn DomainTable + 'a> = match self.env.new_table {
+                    Some(factory) => factory(self.table_format()).ok_or(IommuError::Unsupported)?,
+                    None => crate::paging::new_table(
+                        self.table_format(),
+                        self.cap,
+                        self.ecap,
+                        &self.env,
+                    )?,
+                };
                 (Translation::Paging(table.root()), Some(table))
             }
             _ => return Err(IommuError::Unsupported),
@@ -1073,7 +1093,13 @@ impl<R: Registers> IommuUnit for Vtd<'_, R> {
         if entry.devices != 0 {
             return Err(IommuError::Busy);
         }
-        self.domains.remove(&domain.0);
+        if let Some(mut removed) = self.domains.remove(&domain.0)
+            && let Some(table) = removed.table.as_mut()
+        {
+            // No device walks it any more and its domain id is never reused,
+            // so nothing can still use the unlinked pages.
+            table.release_unlinked();
+        }
         Ok(())
     }
 

@@ -2,7 +2,6 @@
 //! brings one up with the kernel's services, and routes its fault event to
 //! a kernel vector. Policy (which device goes where) belongs to the callers.
 
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use core::ptr::NonNull;
@@ -11,7 +10,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use ::iommu::UnitId;
 use os_services::mmio::Mmio;
 use vtd::discovery::{self, UnitDescription};
-use vtd::{DomainTable, Environment, Options, Registers, TableFormat, Vtd};
+use vtd::{Environment, Options, Registers, Vtd};
 
 use crate::platform::{Firmware, Platform};
 
@@ -55,18 +54,13 @@ fn flush_cache(start: *const u8, len: usize) {
     unsafe { core::arch::x86_64::_mm_sfence() };
 }
 
-/// Page tables for paging domains. `io-page-table` has no VT-d format yet,
-/// so paging domains are refused (`Unsupported`) until it does.
-fn new_table(_format: TableFormat) -> Option<Box<dyn DomainTable>> {
-    None
-}
-
 fn environment() -> Environment<'static> {
     Environment {
         dma: &crate::memory::dma::DMA,
         clock: &crate::time::CLOCK,
         flush_cache,
-        new_table,
+        // Paging domains get io-page-table tables in DMA frames.
+        new_table: None,
     }
 }
 

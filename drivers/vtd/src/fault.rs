@@ -24,10 +24,11 @@ pub mod reason {
     pub const IRTE_NOT_PRESENT: u8 = 0x22;
     /// Scalable mode: context entry not present.
     pub const SCALABLE_CONTEXT_NOT_PRESENT: u8 = 0x50;
-    /// First stage: entry not present.
-    pub const FIRST_STAGE_NOT_PRESENT: u8 = 0x70;
-    /// First stage: write to a read-only entry... reported on the leaf.
-    pub const FIRST_STAGE_WRITE: u8 = 0x73;
+    /// First stage: a paging entry is not present (seen from QEMU 10.0.2).
+    pub const FIRST_STAGE_NOT_PRESENT: u8 = 0x71;
+    /// Scalable mode: write to a leaf without write permission (seen from
+    /// QEMU 10.0.2 with first-stage tables).
+    pub const SCALABLE_WRITE: u8 = 0x85;
 }
 
 /// One decoded fault recording register (VT-d 3.4 §11.4.14).
@@ -82,7 +83,7 @@ impl Fault {
             reason::ADDRESS_BEYOND_WIDTH => FaultReason::AddressSize,
             // VT-d reports a non-present leaf as missing read/write permission
             // (an absent entry has R = W = 0), so both are "not permitted".
-            reason::WRITE | reason::READ | reason::FIRST_STAGE_WRITE => FaultReason::Permission,
+            reason::WRITE | reason::READ | reason::SCALABLE_WRITE => FaultReason::Permission,
             reason::FIRST_STAGE_NOT_PRESENT => FaultReason::NotPresent,
             other => FaultReason::Other(u32::from(other)),
         };

@@ -527,7 +527,7 @@ fn holds(frame: &Frames, value: u8) -> bool {
 /// missing read/write permission (§7.1.3: R = W = 0), first stage its own code.
 fn no_leaf_reasons(unit: &Unit, is_read: bool) -> &'static [u8] {
     match (unit.mode(), is_read) {
-        (vtd::Mode::ScalableFirstStage, _) => &[0x70, 0x71, 0x72],
+        (vtd::Mode::ScalableFirstStage, _) => &[reason::FIRST_STAGE_NOT_PRESENT],
         (_, true) => &[reason::READ],
         (_, false) => &[reason::WRITE],
     }
@@ -641,7 +641,7 @@ fn device_write_into_read_only_mapping_is_blocked(platform: &Platform) -> TestRe
         dma(edu, edu::Direction::ToRam, IOVA_IN)?;
         ensure!(holds(&frames[0], 0x10), "a device wrote a read-only page");
         let reasons: &[u8] = match unit.mode() {
-            vtd::Mode::ScalableFirstStage => &[0x73, 0x85],
+            vtd::Mode::ScalableFirstStage => &[reason::SCALABLE_WRITE],
             _ => &[reason::WRITE],
         };
         expect_fault(unit, "write to read-only", sid, IOVA_IN, false, reasons)

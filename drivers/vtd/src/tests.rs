@@ -98,12 +98,18 @@ struct ModelTable {
     pages: std::collections::BTreeMap<u64, u64>,
 }
 
+std::thread_local! {
+    /// Every map call any model table saw: (iova, phys, len).
+    static MAPPED: RefCell<Vec<(u64, u64, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
 impl DomainTable for ModelTable {
     fn root(&self) -> u64 {
         FAKE_ROOT
     }
 
     fn map(&mut self, iova: u64, phys: u64, len: u64, _prot: Prot) -> Result<Gather, IommuError> {
+        MAPPED.with(|mapped| mapped.borrow_mut().push((iova, phys, len)));
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
             if self.pages.insert(iova + offset, phys + offset).is_some() {
@@ -802,6 +808,52 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
             Descriptor::iotlb(Granularity::Selective, did, 0x10_0000, 2, true)
         );
     }
+}
+
+#[test]
+fn rmrr_ranges_are_identity_mapped_for_their_device_and_reported() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut description = description();
+    let range = iommu::IovaRange {
+        start: 0xE_0000,
+        last: 0xE_FFFF,
+    };
+    description.reserved.push(crate::discovery::DirectRegion {
+        requester: EDU_B,
+        range,
+    });
+    let mut unit = Vtd::new(
+        UnitId(0),
+        &model,
+        rig.env(),
+        description,
+        Options::default(),
+    )
+    .unwrap();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    MAPPED.with(|mapped| mapped.borrow_mut().clear());
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    assert!(
+        MAPPED.with(|mapped| mapped.borrow().is_empty()),
+        "edu A has no RMRR"
+    );
+    unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+    assert_eq!(
+        MAPPED.with(|mapped| mapped.borrow().clone()),
+        vec![(0xE_0000, 0xE_0000, 0x1_0000)]
+    );
+    let regions = unit.reserved_regions(DeviceId(EDU_B.into()));
+    assert!(
+        regions
+            .iter()
+            .any(|r| r.range == range && r.kind == iommu::ReservedKind::Direct)
+    );
+    assert!(
+        unit.reserved_regions(DeviceId(EDU_A.into()))
+            .iter()
+            .all(|r| r.kind != iommu::ReservedKind::Direct)
+    );
 }
 
 #[test]

@@ -229,6 +229,8 @@ struct Domain<'a> {
     translation: Translation,
     devices: usize,
     table: Option<Box<dyn DomainTable + 'a>>,
+    /// RMRR ranges already identity-mapped into `table`.
+    direct: Vec<IovaRange>,
 }
 
 /// Per-device scalable-mode structures: PASID directory and the table
@@ -824,6 +826,39 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.invalidate_new_context(sid, did)
     }
 
+    /// Identity-maps the device's RMRRs (VT-d 3.4 §8.4) into a paging
+    /// domain, once per domain and range.
+    fn map_direct_regions(&mut self, sid: u16, handle: u32) -> Result<(), IommuError> {
+        let ranges: Vec<IovaRange> = self
+            .description
+            .reserved
+            .iter()
+            .filter(|region| region.requester == sid)
+            .map(|region| region.range)
+            .collect();
+        let domain = self.domains.get_mut(&handle).ok_or(IommuError::Invalid)?;
+        let Some(table) = domain.table.as_mut() else {
+            return Ok(());
+        };
+        for range in ranges {
+            if domain.direct.contains(&range) {
+                continue;
+            }
+            let read_write = Prot {
+                read: true,
+                write: true,
+            };
+            table.map(
+                range.start,
+                range.start,
+                range.last - range.start + 1,
+                read_write,
+            )?;
+            domain.direct.push(range);
+        }
+        Ok(())
+    }
+
     // ---- faults -------------------------------------------------------------
 
     /// Moves every pending fault record into `out` (raw), clears the records
@@ -1083,6 +1118,7 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 translation,
                 devices: 0,
                 table,
+                direct: Vec::new(),
             },
         );
         Ok(DomainHandle(handle))
@@ -1147,6 +1183,9 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if previous == Some(domain.0) {
             return Ok(());
         }
+        // Before the switch, so that the device never runs without them and a
+        // failure leaves it where it was.
+        self.map_direct_regions(sid, domain.0)?;
         if let Some(old) = previous.and_then(|handle| self.domains.get(&handle)) {
             let (old_did, old_translation) = (old.did, old.translation);
             if old_translation != Translation::Blocked {

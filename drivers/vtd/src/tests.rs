@@ -92,10 +92,28 @@ fn no_flush(_: *const u8, _: usize) {}
 /// Root address the fake tables report (never walked: the model does no DMA).
 const FAKE_ROOT: u64 = 0x0123_4000;
 
-/// A reference model of a page table: page → (phys, prot); gathers as a
-/// real table reports them. Stands in for io-page-table's formats.
+std::thread_local! {
+    /// Live model tables by root: page → phys. Shared with the shadow cache model.
+    static TABLES: RefCell<std::collections::BTreeMap<u64, std::collections::BTreeMap<u64, u64>>> =
+        const { RefCell::new(std::collections::BTreeMap::new()) };
+    /// The root the next model table gets.
+    static NEXT_ROOT: Cell<u64> = const { Cell::new(FAKE_ROOT) };
+}
+
+/// A reference model of a page table: page → phys in [`TABLES`]; gathers as
+/// a real table reports them. Stands in for io-page-table's formats.
 struct ModelTable {
-    pages: std::collections::BTreeMap<u64, u64>,
+    root: u64,
+}
+
+impl Drop for ModelTable {
+    fn drop(&mut self) {
+        TABLES.with(|tables| tables.borrow_mut().remove(&self.root));
+    }
+}
+
+fn with_pages<T>(root: u64, f: impl FnOnce(&mut std::collections::BTreeMap<u64, u64>) -> T) -> T {
+    TABLES.with(|tables| f(tables.borrow_mut().entry(root).or_default()))
 }
 
 std::thread_local! {
@@ -105,14 +123,18 @@ std::thread_local! {
 
 impl DomainTable for ModelTable {
     fn root(&self) -> u64 {
-        FAKE_ROOT
+        self.root
     }
 
     fn map(&mut self, iova: u64, phys: u64, len: u64, _prot: Prot) -> Result<Gather, IommuError> {
         MAPPED.with(|mapped| mapped.borrow_mut().push((iova, phys, len)));
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
-            if self.pages.insert(iova + offset, phys + offset).is_some() {
+            if with_pages(self.root, |pages| {
+                pages.insert(iova + offset, phys + offset)
+            })
+            .is_some()
+            {
                 return Err(IommuError::Invalid);
             }
             gather.add_leaf(iova + offset, 4096);
@@ -123,7 +145,7 @@ impl DomainTable for ModelTable {
     fn unmap(&mut self, iova: u64, len: u64) -> Gather {
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
-            if self.pages.remove(&(iova + offset)).is_some() {
+            if with_pages(self.root, |pages| pages.remove(&(iova + offset))).is_some() {
                 gather.add_leaf(iova + offset, 4096);
             }
         }
@@ -138,9 +160,9 @@ fn model_table(format: TableFormat) -> Option<alloc::boxed::Box<dyn DomainTable>
         TableFormat::SecondStage { levels: 4 } | TableFormat::FirstStage
     )
     .then(|| {
-        alloc::boxed::Box::new(ModelTable {
-            pages: Default::default(),
-        }) as alloc::boxed::Box<dyn DomainTable>
+        let root = NEXT_ROOT.with(|next| next.replace(next.get() + 0x1000));
+        with_pages(root, |_| ());
+        alloc::boxed::Box::new(ModelTable { root }) as alloc::boxed::Box<dyn DomainTable>
     })
 }
 
@@ -158,6 +180,8 @@ struct Model {
     stalled: Cell<bool>,
     fault: Cell<(u64, u64)>,
     other: RefCell<std::collections::BTreeMap<usize, u64>>,
+    /// What a worst-case implementation may hold in its caches.
+    shadow: RefCell<Shadow>,
 }
 
 impl Model {
@@ -174,6 +198,10 @@ impl Model {
             stalled: Cell::new(false),
             fault: Cell::new((0, 0)),
             other: RefCell::new(Default::default()),
+            shadow: RefCell::new(Shadow {
+                scalable: Ecap(ecap).scalable_mode(),
+                ..Shadow::default()
+            }),
         }
     }
 
@@ -205,6 +233,7 @@ impl Model {
                     };
                 }
             }
+            self.shadow.borrow_mut().apply(&descriptor);
             self.descriptors.borrow_mut().push(descriptor);
             head = (head + 1) % slots;
         }
@@ -309,6 +338,7 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
+        NEXT_ROOT.with(|next| next.set(FAKE_ROOT));
         Self {
             dma: HostDma { live: Cell::new(0) },
             clock: SteppingClock { now: Cell::new(0) },
@@ -879,5 +909,315 @@ proptest! {
             let lower = base + if start - base >= half { half } else { 0 };
             prop_assert!(last >= lower + half);
         }
+    }
+}
+
+// ---- shadow model of the hardware caches ----------------------------------
+//
+// A worst-case VT-d keeps whatever it once walked: context entries by
+// requester, RID_PASID entries by (requester, DID), translations by (DID,
+// page), and under caching mode not-present entries too. Only invalidation
+// descriptors remove them, each exactly as far as its granularity reaches
+// (a type-2 IOTLB invalidation does not touch first-stage entries, §6.5.2.3).
+// After every driver operation each cached item must equal what the tables
+// in memory say: a stale item is a missing invalidation QEMU would not show.
+
+/// What a context (legacy) or RID_PASID entry (scalable) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct View {
+    did: u16,
+    /// Table root, or `None` for pass-through.
+    root: Option<u64>,
+}
+
+#[derive(Default)]
+struct Shadow {
+    scalable: bool,
+    /// Legacy: requester → cached context (`None` = cached not-present).
+    /// Scalable: requester → cached context present bit, as a view with DID 0.
+    contexts: std::collections::BTreeMap<u16, Option<View>>,
+    /// Scalable: (requester, DID) → cached RID_PASID entry.
+    pasids: std::collections::BTreeMap<(u16, u16), View>,
+    /// (DID, page) → (root, phys or cached not-present, first-stage tag).
+    iotlb: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>, bool)>,
+}
+
+impl Shadow {
+    fn apply(&mut self, descriptor: &Descriptor) {
+        let low = descriptor.0[0];
+        let granularity = (low >> 4) & 3;
+        let did = (low >> 16) as u16;
+        let range = |high: u64| {
+            let mask = high & 0x3F;
+            let start = (high & !0xFFF) >> 12 << 12;
+            (start, start + (4096u64 << mask))
+        };
+        match descriptor.kind() {
+            Some(DescriptorType::ContextCache) => match granularity {
+                1 => self.contexts.clear(),
+                3 => {
+                    let sid = (low >> 32) as u16;
+                    let matches = match self.contexts.get(&sid) {
+                        // Scalable-mode context entries carry no DID (it is
+                        // in the PASID entry): the requester alone selects.
+                        Some(Some(view)) if self.scalable => true,
+                        Some(Some(view)) => view.did == did,
+                        // Not-present entries are tagged with DID 0 (§6.1).
+                        Some(None) => did == 0,
+                        None => false,
+                    };
+                    if matches {
+                        self.contexts.remove(&sid);
+                    }
+                }
+                _ => panic!("unexpected context-cache granularity {granularity}"),
+            },
+            Some(DescriptorType::Iotlb) => {
+                let high = descriptor.0[1];
+                self.iotlb
+                    .retain(|&(entry_did, page), &mut (_, _, first_stage)| {
+                        let hit = match granularity {
+                            1 => true,
+                            2 => entry_did == did && !first_stage,
+                            3 => {
+                                let (start, end) = range(high);
+                                entry_did == did && !first_stage && (start..end).contains(&page)
+                            }
+                            _ => false,
+                        };
+                        !hit
+                    });
+            }
+            Some(DescriptorType::PasidIotlb) => {
+                let high = descriptor.0[1];
+                self.iotlb.retain(|&(entry_did, page), _| {
+                    let hit = match granularity {
+                        2 => entry_did == did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did == did && (start..end).contains(&page)
+                        }
+                        _ => false,
+                    };
+                    !hit
+                });
+            }
+            Some(DescriptorType::PasidCache) => {
+                self.pasids.retain(|&(_, entry_did), _| entry_did != did);
+            }
+            _ => {}
+        }
+    }
+}
+
+const SHADOW_PAGES: [u64; 4] = [0x10_0000, 0x10_1000, 0x10_2000, 0x20_0000];
+
+impl Model {
+    fn scalable(&self) -> bool {
+        Ecap(self.ecap).scalable_mode()
+    }
+
+    fn caching(&self) -> bool {
+        Cap(self.cap).caching_mode()
+    }
+
+    /// The context-present bit of `sid` in memory (scalable mode).
+    fn scalable_context_present(&self, sid: u16) -> bool {
+        // A present context leads to a present RID_PASID entry in this driver
+        // (written first); a cleared context hides it.
+        self.rid_pasid_entry(sid) != PasidEntry::default()
+    }
+
+    /// What memory says about `sid` now.
+    fn truth(&self, sid: u16) -> Option<View> {
+        if self.scalable() {
+            let entry = self.rid_pasid_entry(sid);
+            if !entry.is_present() {
+                return None;
+            }
+            let root = match (entry.words[0] >> 6) & 7 {
+                1 => Some(entry.words[2] & !0xFFF),
+                2 => Some(entry.words[0] & !0xFFF),
+                _ => None,
+            };
+            Some(View {
+                did: entry.did(),
+                root,
+            })
+        } else {
+            let entry = self.context_entry(sid);
+            if !entry.is_present() {
+                return None;
+            }
+            let pass_through = (entry.low >> 2) & 3 == 2;
+            Some(View {
+                did: entry.did(),
+                root: (!pass_through).then_some(entry.low & !0xFFF),
+            })
+        }
+    }
+
+    /// The hardware walks everything reachable now and caches it.
+    fn fill(&self, devices: &[u16]) {
+        let first_stage = Ecap(self.ecap).first_stage();
+        let mut shadow = self.shadow.borrow_mut();
+        for &sid in devices {
+            let truth = self.truth(sid);
+            if self.scalable() {
+                let present = self.scalable_context_present(sid);
+                if present || self.caching() {
+                    shadow
+                        .contexts
+                        .insert(sid, present.then_some(View { did: 0, root: None }));
+                }
+                if let Some(view) = truth {
+                    shadow.pasids.insert((sid, view.did), view);
+                }
+            } else if truth.is_some() || self.caching() {
+                shadow.contexts.insert(sid, truth);
+            }
+            let Some(View {
+                did,
+                root: Some(root),
+            }) = truth
+            else {
+                continue;
+            };
+            for page in SHADOW_PAGES {
+                let phys = TABLES.with(|tables| {
+                    tables
+                        .borrow()
+                        .get(&root)
+                        .and_then(|pages| pages.get(&page).copied())
+                });
+                if phys.is_some() || self.caching() {
+                    shadow.iotlb.insert((did, page), (root, phys, first_stage));
+                }
+            }
+        }
+    }
+
+    /// Every cached item still agrees with memory.
+    fn check_no_stale_cache(&self, devices: &[u16]) -> Result<(), std::string::String> {
+        let shadow = self.shadow.borrow();
+        for &sid in devices {
+            if let Some(cached) = shadow.contexts.get(&sid) {
+                let memory = if self.scalable() {
+                    self.scalable_context_present(sid)
+                        .then_some(View { did: 0, root: None })
+                } else {
+                    self.truth(sid)
+                };
+                if *cached != memory {
+                    return Err(std::format!(
+                        "stale context of {sid:#x}: cached {cached:?}, memory {memory:?}"
+                    ));
+                }
+            }
+        }
+        for (&(sid, did), view) in &shadow.pasids {
+            if self.truth(sid) != Some(*view) {
+                return Err(std::format!(
+                    "stale PASID entry of {sid:#x} (DID {did}): cached {view:?}, memory {:?}",
+                    self.truth(sid)
+                ));
+            }
+        }
+        for (&(did, page), &(root, phys, _)) in &shadow.iotlb {
+            let memory = TABLES.with(|tables| {
+                tables
+                    .borrow()
+                    .get(&root)
+                    .map(|pages| pages.get(&page).copied())
+            });
+            // A freed table's DID is never reused: its entries are unreachable.
+            if let Some(memory) = memory
+                && memory != phys
+            {
+                return Err(std::format!(
+                    "stale IOTLB entry DID {did} page {page:#x}: cached {phys:x?}, memory {memory:x?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Op {
+    Attach(usize, usize),
+    Detach(usize),
+    Map(usize, usize),
+    Unmap(usize, usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        (0..2usize, 0..3usize).prop_map(|(device, domain)| Op::Attach(device, domain)),
+        (0..2usize).prop_map(Op::Detach),
+        (0..2usize, 0..SHADOW_PAGES.len()).prop_map(|(domain, page)| Op::Map(domain, page)),
+        (0..2usize, 0..SHADOW_PAGES.len()).prop_map(|(domain, page)| Op::Unmap(domain, page)),
+    ]
+}
+
+fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string::String> {
+    let rig = Rig::new();
+    let model = Model::new(cap, ecap);
+    let mut unit = rig.unit(&model);
+    let devices = [EDU_A, EDU_B];
+    let domains = [
+        unit.alloc_domain(DomainKind::Paging).unwrap(),
+        unit.alloc_domain(DomainKind::Paging).unwrap(),
+        unit.alloc_domain(DomainKind::Identity).unwrap(),
+    ];
+    let read_write = Prot {
+        read: true,
+        write: true,
+    };
+    model.fill(&devices);
+    for (step, op) in ops.iter().enumerate() {
+        match *op {
+            Op::Attach(device, domain) => {
+                unit.attach(DeviceId(devices[device].into()), domains[domain])
+                    .map_err(|err| std::format!("attach: {err:?}"))?;
+            }
+            Op::Detach(device) => unit.detach(DeviceId(devices[device].into())),
+            Op::Map(domain, page) => {
+                let iova = SHADOW_PAGES[page];
+                if let Ok(gather) =
+                    unit.map(domains[domain], iova, 0x8000_0000 + iova, 4096, read_write)
+                {
+                    unit.flush(domains[domain], &gather)
+                        .map_err(|err| std::format!("flush: {err:?}"))?;
+                }
+            }
+            Op::Unmap(domain, page) => {
+                let gather = unit.unmap(domains[domain], SHADOW_PAGES[page], 4096);
+                unit.flush(domains[domain], &gather)
+                    .map_err(|err| std::format!("flush: {err:?}"))?;
+            }
+        }
+        model
+            .check_no_stale_cache(&devices)
+            .map_err(|err| std::format!("after step {step} {op:?} of {ops:?}: {err}"))?;
+        model.fill(&devices);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Legacy, caching mode, scalable second and first stage: no sequence
+    /// of attach/detach/map/unmap leaves a stale cached entry behind.
+    #[test]
+    fn no_operation_sequence_leaves_a_stale_cache_entry(
+        config in 0..6usize,
+        ops in proptest::collection::vec(op(), 1..24),
+    ) {
+        let cap = [CAP_DEFAULT, CAP_CACHING_MODE][config % 2];
+        let ecap = [ECAP_LEGACY, ECAP_SCALABLE_SL, ECAP_SCALABLE_FL][config / 2];
+        let result = run_against_shadow(cap, ecap, &ops);
+        prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

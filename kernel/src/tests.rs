@@ -5,6 +5,8 @@
 mod foundation;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
+#[cfg(target_arch = "x86_64")]
+mod vtd;
 
 use crate::testing::Test;
 
@@ -13,4 +15,8 @@ pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "aarch64")]
     smmuv3::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    vtd::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    vtd::PAGING_TESTS,
 ];

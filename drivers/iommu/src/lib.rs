@@ -1,2 +1,365 @@
-//! The contract every IOMMU driver implements: units, domains, attach, flush, faults, raw hardware info.
+//! The contract every IOMMU driver implements: units, domains, attach, flush, faults,
+//! raw hardware info.
+//!
+//! A *unit* is one IOMMU instance (a VT-d DRHD, an SMMUv3, an AMD-Vi IVHD). It owns
+//! *domains* (translation contexts) that the caller names by [`DomainHandle`], and
+//! places each device it translates in exactly one domain. Everything here is
+//! hardware-independent; registers and in-memory formats live in the drivers.
+//!
+//! Rules every implementation keeps:
+//! - A device is never bypassed: before its first attach and after `detach` it is
+//!   in the blocking state, and `attach` switches domains without a bypass window.
+//! - `map` and `unmap` change only the page table and return the [`Gather`] of what
+//!   they changed; the IOTLB is invalidated only by `flush`, which returns once the
+//!   invalidation has completed (range invalidation plus sync). Callers release the
+//!   memory behind an unmapped range only after that flush.
+//! - `unmap` of a range that a successful `map` created never allocates, so it
+//!   cannot fail.
 #![no_std]
+
+extern crate alloc;
+
+use alloc::vec::Vec;
+
+pub use io_page_table::Gather;
+
+/// Index of a unit in the kernel's unit list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitId(pub u32);
+
+/// The requester a unit sees in DMA transactions: PCI requester id (segment, bus,
+/// devfn) on VT-d and AMD-Vi, StreamID on SMMUv3.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeviceId(pub u32);
+
+/// A domain allocated by a unit; meaningful only to that unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DomainHandle(pub u32);
+
+/// An inclusive IOVA range, so that a range ending at `u64::MAX` is expressible.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IovaRange {
+    pub start: u64,
+    pub last: u64,
+}
+
+impl IovaRange {
+    /// The range `[start, start + len)`, or `None` when empty or wrapping.
+    pub fn from_len(start: u64, len: u64) -> Option<Self> {
+        let last = start.checked_add(len.checked_sub(1)?)?;
+        Some(Self { start, last })
+    }
+
+    /// Every IOVA.
+    pub const FULL: Self = Self {
+        start: 0,
+        last: u64::MAX,
+    };
+
+    pub fn intersects(&self, other: &Self) -> bool {
+        self.start <= other.last && other.start <= self.last
+    }
+
+    pub fn contains(&self, other: &Self) -> bool {
+        self.start <= other.start && other.last <= self.last
+    }
+}
+
+/// Which hardware architecture a unit implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitKind {
+    IntelVtd,
+    ArmSmmuV3,
+    AmdVi,
+    /// A unit implemented in software (test doubles).
+    Software,
+}
+
+/// Why a range of IOVA cannot hold user mappings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservedKind {
+    /// Interrupt window: x86 0xFEE0_0000..=0xFEEF_FFFF, ARM MSI doorbell (ITS
+    /// GITS_TRANSLATER page).
+    Msi,
+    /// Firmware-mandated identity mapping the device keeps using (VT-d RMRR,
+    /// AMD-Vi IVMD).
+    Direct,
+    /// Simply unusable (hardware hole).
+    Reserved,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservedRegion {
+    pub range: IovaRange,
+    pub kind: ReservedKind,
+}
+
+/// The vendor format of a task-owned first-stage table that a nested domain uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedFormat {
+    /// VT-d first-stage table (x86-64 format) behind a scalable-mode PASID entry.
+    VtdS1,
+    /// SMMUv3 stage-1 context descriptor table named by a guest STE.
+    ArmSmmuV3,
+    /// AMD-Vi v2 (guest) table named by a guest DTE.
+    AmdViV2,
+}
+
+/// What a unit offers for nesting; `None` in [`UnitInfo::nesting`] when it cannot nest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NestingInfo {
+    pub format: NestedFormat,
+}
+
+/// What a unit reports at discovery.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub name: &'static str,
+    pub kind: UnitKind,
+    /// Input addresses the unit translates; everything outside is reserved.
+    pub aperture: IovaRange,
+    /// Supported leaf sizes, bit `n` = `1 << n` bytes (never 0).
+    pub page_sizes: u64,
+    pub nesting: Option<NestingInfo>,
+}
+
+impl UnitInfo {
+    /// The smallest leaf the unit maps: the IOVA alignment it imposes.
+    pub fn min_page_size(&self) -> u64 {
+        1u64 << self.page_sizes.trailing_zeros()
+    }
+}
+
+/// Task-owned first-stage configuration of a nested domain, decoded from the user's
+/// vendor data; the driver validates the fields against its hardware.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedData {
+    /// VT-d scalable-mode first stage: root table address, address width, flags
+    /// (VT-d 3.4 §9.6 PASID entry, first-stage fields).
+    VtdS1 {
+        flags: u64,
+        pgtbl_addr: u64,
+        addr_width: u32,
+    },
+    /// SMMUv3 guest STE words 0-1 (SMMUv3 §5.2 STE: Config, S1ContextPtr, S1CDMax).
+    ArmSmmuV3 { ste: [u64; 2] },
+    /// AMD-Vi guest DTE (AMD IOMMU §2.2.2.1 DTE: GV, GLX, GCR3 root pointer).
+    AmdViV2 { dte: [u64; 4] },
+}
+
+impl NestedData {
+    pub fn format(&self) -> NestedFormat {
+        match self {
+            Self::VtdS1 { .. } => NestedFormat::VtdS1,
+            Self::ArmSmmuV3 { .. } => NestedFormat::ArmSmmuV3,
+            Self::AmdViV2 { .. } => NestedFormat::AmdViV2,
+        }
+    }
+}
+
+/// One user-requested invalidation of a nested (task-owned) table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NestedInvalidation {
+    /// VT-d first-stage IOTLB invalidation of `npages` 4 KiB pages from `addr`
+    /// (`npages == u64::MAX` means all); flags bit 0 = leaf only.
+    VtdS1 { addr: u64, npages: u64, flags: u32 },
+    /// One SMMUv3 command (SMMUv3 §4.4 TLBI/CFGI commands), as the guest wrote it.
+    ArmSmmuV3 { cmd: [u64; 2] },
+    /// One AMD-Vi INVALIDATE_IOMMU_PAGES command (AMD IOMMU §2.4.3).
+    AmdViV2 { cmd: [u64; 2] },
+}
+
+/// What kind of domain to allocate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainKind {
+    /// A kernel-owned page table the caller fills with `map`/`unmap`.
+    Paging,
+    /// A paging domain that nested domains may use as their second stage.
+    NestParent,
+    /// A task-owned first stage over `parent` (a `NestParent` domain of this unit).
+    Nested {
+        parent: DomainHandle,
+        data: NestedData,
+    },
+    /// Translates nothing: every DMA faults.
+    Blocked,
+    /// IOVA = physical address (kernel use only, never handed to tasks).
+    Identity,
+}
+
+/// Permission of a mapping; at least one of `read`/`write`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prot {
+    pub read: bool,
+    pub write: bool,
+}
+
+/// The access that faulted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+    Execute,
+}
+
+/// Why a translation failed, in the vendors' common terms; the raw code is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FaultReason {
+    /// No valid leaf for the IOVA (VT-d F_PTE not present, SMMUv3 F_TRANSLATION,
+    /// AMD-Vi IO_PAGE_FAULT with PR=0).
+    NotPresent,
+    /// The leaf forbids the access (VT-d write/read fault, SMMUv3 F_PERMISSION).
+    Permission,
+    /// The IOVA is outside the domain's address size (SMMUv3 F_ADDR_SIZE, VT-d AW).
+    AddressSize,
+    /// The device is blocked or its context/STE/DTE is invalid.
+    Blocked,
+    /// Anything else, with the vendor's raw reason code.
+    Other(u32),
+}
+
+/// One translation fault drained from a unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FaultRecord {
+    pub unit: UnitId,
+    pub requester: DeviceId,
+    pub iova: u64,
+    pub access: Access,
+    pub reason: FaultReason,
+}
+
+/// Raw identification registers, as the hardware reports them, for `get_hw_info`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HwInfo {
+    /// VT-d 3.4 §11.4.2 CAP_REG and §11.4.3 ECAP_REG.
+    IntelVtd { cap: u64, ecap: u64 },
+    /// SMMUv3 §6.3.1-6.3.6 SMMU_IDR0-5, §6.3.7 SMMU_IIDR, §6.3.8 SMMU_AIDR.
+    ArmSmmuV3 { idr: [u32; 6], iidr: u32, aidr: u32 },
+    /// AMD IOMMU §3.4.12 Extended Feature Register and EFR2.
+    AmdVi { efr: u64, efr2: u64 },
+    /// Nothing to report (software units).
+    None,
+}
+
+/// Why a driver refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IommuError {
+    /// Out of memory for tables, domain ids or queue slots.
+    NoMemory,
+    /// The unit cannot do this (domain kind, nesting format, page size).
+    Unsupported,
+    /// The request is malformed for this unit (bad vendor data, unaligned range,
+    /// unknown device, domain of another unit).
+    Invalid,
+    /// The domain is still in use (attached devices or nested children).
+    Busy,
+    /// The hardware did not complete in time (invalidation or command timeout).
+    Timeout,
+}
+
+/// One IOMMU instance. The core calls it with `&mut self` under its own lock.
+pub trait IommuUnit {
+    fn info(&self) -> UnitInfo;
+
+    /// Reserved regions that apply to `device` behind this unit (unit-wide ones
+    /// such as the interrupt window included).
+    fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion>;
+
+    fn hw_info(&self) -> HwInfo;
+
+    fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError>;
+
+    /// Frees a domain no device is attached to and no nested domain uses.
+    fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError>;
+
+    /// Maps `[iova, iova + len)` to the physically contiguous `[phys, phys + len)`.
+    /// All or nothing: on error nothing of this call stays mapped. `iova`, `phys`
+    /// and `len` are multiples of the smallest page size.
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError>;
+
+    /// Unmaps `[iova, iova + len)`, which must consist of whole ranges earlier
+    /// mapped; returns what changed (for one `flush`).
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather;
+
+    /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError>;
+
+    /// Puts `device` into `domain`, replacing its current domain without passing
+    /// through bypass. On error the device stays where it was.
+    fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError>;
+
+    /// Puts `device` into the blocking state (never bypass); cannot fail.
+    fn detach(&mut self, device: DeviceId);
+
+    /// Moves pending fault records into `out`; returns how many were added.
+    fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize;
+
+    /// Carries out user-requested invalidations of nested `domain`'s task-owned
+    /// tables in order, stopping at the first error; returns how many completed.
+    fn invalidate_nested(
+        &mut self,
+        domain: DomainHandle,
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iova_range_from_len_rejects_empty_and_wrapping() {
+        assert_eq!(IovaRange::from_len(0, 0), None);
+        assert_eq!(IovaRange::from_len(u64::MAX, 2), None);
+        assert_eq!(
+            IovaRange::from_len(u64::MAX, 1),
+            Some(IovaRange {
+                start: u64::MAX,
+                last: u64::MAX
+            })
+        );
+        assert_eq!(
+            IovaRange::from_len(0x1000, 0x1000).map(|r| r.last),
+            Some(0x1fff)
+        );
+    }
+
+    #[test]
+    fn iova_range_intersects_and_contains() {
+        let a = IovaRange {
+            start: 10,
+            last: 20,
+        };
+        let b = IovaRange {
+            start: 20,
+            last: 30,
+        };
+        let c = IovaRange {
+            start: 21,
+            last: 30,
+        };
+        assert!(a.intersects(&b));
+        assert!(!a.intersects(&c));
+        assert!(IovaRange::FULL.contains(&a));
+        assert!(!a.contains(&b));
+    }
+
+    #[test]
+    fn min_page_size_is_lowest_bit() {
+        let info = UnitInfo {
+            name: "x",
+            kind: UnitKind::Software,
+            aperture: IovaRange::FULL,
+            page_sizes: (1 << 12) | (1 << 21),
+            nesting: None,
+        };
+        assert_eq!(info.min_page_size(), 4096);
+    }
+}

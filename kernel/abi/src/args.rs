@@ -1,0 +1,671 @@
+//! The argument structs of the iommufd syscalls. Each starts with `size: u32`; user
+//! pointers are `u64` so the layout is the same for every task ABI. Field order and
+//! meaning follow Linux `include/uapi/linux/iommufd.h` where Linux has the call;
+//! the attach calls that Linux leaves to VFIO are ours.
+
+use crate::Errno;
+use crate::version::{AbiStruct, Pod};
+use bitflags::bitflags;
+use core::mem::size_of;
+
+/// Implements `Pod` for a struct and asserts its size (which proves no padding
+/// when the size equals the sum of its fields).
+macro_rules! pod {
+    ($($ty:ty = $size:expr),* $(,)?) => {$(
+        const _: () = assert!(size_of::<$ty>() == $size);
+        // SAFETY: `#[repr(C)]`, only integer fields/arrays, and the size assert
+        // above equals the sum of the field sizes, so there is no padding.
+        unsafe impl Pod for $ty {}
+    )*};
+}
+
+fn reserved_zero(fields: &[u64]) -> Result<(), Errno> {
+    if fields.iter().any(|f| *f != 0) {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(())
+}
+
+fn known_flags(flags: u32, known: u32) -> Result<(), Errno> {
+    if flags & !known != 0 {
+        return Err(Errno::EOPNOTSUPP);
+    }
+    Ok(())
+}
+
+/// An inclusive IOVA range element (`iova_ranges`, `allow_iovas`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IovaRangeEntry {
+    pub start: u64,
+    pub last: u64,
+}
+
+/// `ioas_alloc`: creates an empty IOAS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasAlloc {
+    pub size: u32,
+    /// No flags are defined: must be 0.
+    pub flags: u32,
+    pub out_ioas_id: u32,
+}
+
+/// `destroy`: destroys any destroyable object by id.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Destroy {
+    pub size: u32,
+    pub id: u32,
+}
+
+/// `ioas_iova_ranges`: reports the usable IOVA ranges and the alignment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasIovaRanges {
+    pub size: u32,
+    pub ioas_id: u32,
+    /// In: capacity of `allowed_iovas`; out: the number of ranges (also on EMSGSIZE).
+    pub num_iovas: u32,
+    pub reserved: u32,
+    /// User pointer to an array of [`IovaRangeEntry`].
+    pub allowed_iovas: u64,
+    pub out_iova_alignment: u64,
+}
+
+/// `ioas_allow_iovas`: replaces the set of IOVA ranges automatic allocation may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasAllowIovas {
+    pub size: u32,
+    pub ioas_id: u32,
+    pub num_iovas: u32,
+    pub reserved: u32,
+    /// User pointer to an array of [`IovaRangeEntry`].
+    pub allowed_iovas: u64,
+}
+
+bitflags! {
+    /// Flags of `ioas_map` and `ioas_copy`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct MapFlags: u32 {
+        /// `iova` is an input; otherwise the kernel chooses and returns it.
+        const FIXED_IOVA = 1 << 0;
+        const WRITEABLE = 1 << 1;
+        const READABLE = 1 << 2;
+    }
+}
+
+/// `ioas_map`: pins `[user_va, user_va + length)` and maps it at `iova`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasMap {
+    pub size: u32,
+    /// [`MapFlags`].
+    pub flags: u32,
+    pub ioas_id: u32,
+    pub reserved: u32,
+    pub user_va: u64,
+    pub length: u64,
+    /// In with `FIXED_IOVA`, out otherwise.
+    pub iova: u64,
+}
+
+/// `ioas_unmap`: removes whole areas in `[iova, iova + length)`; (0, u64::MAX) is all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasUnmap {
+    pub size: u32,
+    pub ioas_id: u32,
+    pub iova: u64,
+    /// In: bytes to unmap; out: bytes unmapped.
+    pub length: u64,
+}
+
+/// `ioas_copy`: maps the pages behind a source range into another IOAS.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IoasCopy {
+    pub size: u32,
+    /// [`MapFlags`].
+    pub flags: u32,
+    pub dst_ioas_id: u32,
+    pub src_ioas_id: u32,
+    pub length: u64,
+    /// In with `FIXED_IOVA`, out otherwise.
+    pub dst_iova: u64,
+    pub src_iova: u64,
+}
+
+bitflags! {
+    /// Flags of `hwpt_alloc`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct HwptAllocFlags: u32 {
+        /// The HWPT may be the parent (second stage) of nested HWPTs.
+        const NEST_PARENT = 1 << 0;
+    }
+}
+
+/// Vendor data type of `hwpt_alloc` (Linux `enum iommu_hwpt_data_type` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HwptDataType {
+    /// A paging HWPT over an IOAS; no data.
+    None = 0,
+    /// [`HwptVtdS1`].
+    VtdS1 = 1,
+    /// [`HwptArmSmmuV3`].
+    ArmSmmuV3 = 2,
+    /// [`HwptAmdViV2`].
+    AmdViV2 = 3,
+}
+
+impl HwptDataType {
+    pub fn from_raw(raw: u32) -> Result<Self, Errno> {
+        Ok(match raw {
+            0 => Self::None,
+            1 => Self::VtdS1,
+            2 => Self::ArmSmmuV3,
+            3 => Self::AmdViV2,
+            _ => return Err(Errno::EOPNOTSUPP),
+        })
+    }
+}
+
+/// `hwpt_alloc`: a paging HWPT over the IOAS `pt_id`, or a nested HWPT over the
+/// NEST_PARENT HWPT `pt_id`, for device `dev_id`'s unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptAlloc {
+    pub size: u32,
+    /// [`HwptAllocFlags`].
+    pub flags: u32,
+    pub dev_id: u32,
+    pub pt_id: u32,
+    pub out_hwpt_id: u32,
+    pub reserved: u32,
+    /// [`HwptDataType`].
+    pub data_type: u32,
+    pub data_len: u32,
+    pub data_uptr: u64,
+}
+
+/// Invalidation entry type of `hwpt_invalidate` (Linux
+/// `enum iommu_hwpt_invalidate_data_type` values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum InvalidateDataType {
+    /// [`InvalidateVtdS1`].
+    VtdS1 = 0,
+    /// [`InvalidateArmSmmuV3`].
+    ArmSmmuV3 = 1,
+    /// [`InvalidateAmdViV2`].
+    AmdViV2 = 2,
+}
+
+impl InvalidateDataType {
+    pub fn from_raw(raw: u32) -> Result<Self, Errno> {
+        Ok(match raw {
+            0 => Self::VtdS1,
+            1 => Self::ArmSmmuV3,
+            2 => Self::AmdViV2,
+            _ => return Err(Errno::EOPNOTSUPP),
+        })
+    }
+}
+
+/// `hwpt_invalidate`: an array of `entry_num` entries of `entry_len` bytes each.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptInvalidate {
+    pub size: u32,
+    pub hwpt_id: u32,
+    pub data_uptr: u64,
+    /// [`InvalidateDataType`].
+    pub data_type: u32,
+    pub entry_len: u32,
+    /// In: entries passed; out: entries processed (also on error).
+    pub entry_num: u32,
+    pub reserved: u32,
+}
+
+/// Raw hardware info type of `get_hw_info` (Linux `enum iommu_hw_info_type` values,
+/// AMD as in Linux 6.16).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum HwInfoType {
+    None = 0,
+    /// [`HwInfoVtd`].
+    IntelVtd = 1,
+    /// [`HwInfoArmSmmuV3`].
+    ArmSmmuV3 = 2,
+    /// [`HwInfoAmdVi`].
+    AmdVi = 3,
+}
+
+bitflags! {
+    /// Capabilities `get_hw_info` reports besides the raw registers.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct HwCapabilities: u64 {
+        /// The unit can nest (NEST_PARENT HWPTs and nested HWPTs are available).
+        const NESTING = 1 << 0;
+    }
+}
+
+/// `get_hw_info`: the raw registers of the unit behind `dev_id`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GetHwInfo {
+    pub size: u32,
+    pub flags: u32,
+    pub dev_id: u32,
+    /// In: length of the user buffer; out: length of the kernel's data.
+    pub data_len: u32,
+    pub data_uptr: u64,
+    /// [`HwInfoType`].
+    pub out_data_type: u32,
+    pub reserved: u32,
+    /// [`HwCapabilities`].
+    pub out_capabilities: u64,
+}
+
+bitflags! {
+    /// The access of a fault record.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct FaultAccess: u32 {
+        const READ = 1 << 0;
+        const WRITE = 1 << 1;
+        const EXEC = 1 << 2;
+    }
+}
+
+/// Why a fault record was generated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum FaultReasonCode {
+    NotPresent = 1,
+    Permission = 2,
+    AddressSize = 3,
+    Blocked = 4,
+    /// Vendor-specific: `FaultRecord::vendor_reason` holds the raw code.
+    Other = 5,
+}
+
+/// One element of the array `fault_read` fills.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FaultRecord {
+    pub iova: u64,
+    /// Requester id / StreamID as the unit saw it.
+    pub requester: u32,
+    /// Index of the unit that reported it.
+    pub unit: u32,
+    /// The device object of the requester.
+    pub dev_id: u32,
+    /// [`FaultAccess`].
+    pub access: u32,
+    /// [`FaultReasonCode`].
+    pub reason: u32,
+    pub vendor_reason: u32,
+    /// Records dropped because the queue was full since the previous delivered record.
+    pub dropped_before: u32,
+    pub reserved: u32,
+}
+
+/// `fault_read`: moves up to `num` records of the HWPT's fault queue to the user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct FaultRead {
+    pub size: u32,
+    pub hwpt_id: u32,
+    /// In: capacity; out: records written.
+    pub num: u32,
+    /// Bytes per record in the user array (size-versioned like a struct).
+    pub record_len: u32,
+    pub records_uptr: u64,
+    /// Records dropped and not yet reported in a delivered record.
+    pub out_dropped: u32,
+    pub reserved: u32,
+}
+
+/// `device_attach` and `device_replace`: put `dev_id` behind an IOAS or a HWPT.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceAttach {
+    pub size: u32,
+    pub flags: u32,
+    pub dev_id: u32,
+    /// IOAS or HWPT id.
+    pub pt_id: u32,
+    /// The HWPT the device ended up in (an automatic one for an IOAS).
+    pub out_hwpt_id: u32,
+    pub reserved: u32,
+}
+
+/// `device_detach`: blocks the device's DMA.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceDetach {
+    pub size: u32,
+    pub dev_id: u32,
+}
+
+/// `device_list`: the devices a task may open.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceList {
+    pub size: u32,
+    /// In: capacity; out: number of devices (also on EMSGSIZE).
+    pub num: u32,
+    /// User pointer to an array of [`DeviceListEntry`].
+    pub entries_uptr: u64,
+}
+
+bitflags! {
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct DeviceListFlags: u32 {
+        /// Another task has opened it.
+        const CLAIMED = 1 << 0;
+        /// A unit translates it (otherwise it cannot be opened).
+        const TRANSLATED = 1 << 1;
+    }
+}
+
+/// One element of `device_list`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceListEntry {
+    /// PCI segment << 16 | bus << 8 | devfn.
+    pub pci_address: u32,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    /// Index of the unit translating it.
+    pub unit: u32,
+    /// [`DeviceListFlags`].
+    pub flags: u32,
+}
+
+/// VT-d nested first stage (`HwptDataType::VtdS1`): VT-d 3.4 §9.6 PASID entry
+/// first-stage fields.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptVtdS1 {
+    /// Bit 0: SRE, bit 1: EAFE, bit 2: WPE (as Linux `IOMMU_VTD_S1_*`).
+    pub flags: u64,
+    /// Physical (guest-physical) address of the first-stage root table.
+    pub pgtbl_addr: u64,
+    /// 48 or 57.
+    pub addr_width: u32,
+    pub reserved: u32,
+}
+
+/// SMMUv3 nested stage 1 (`HwptDataType::ArmSmmuV3`): STE words 0-1 (SMMUv3 §5.2).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptArmSmmuV3 {
+    pub ste: [u64; 2],
+}
+
+/// AMD-Vi nested v2 table (`HwptDataType::AmdViV2`): guest DTE (AMD IOMMU §2.2.2.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptAmdViV2 {
+    pub dte: [u64; 4],
+}
+
+/// VT-d first-stage invalidation entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct InvalidateVtdS1 {
+    pub addr: u64,
+    /// Number of 4 KiB pages; `u64::MAX` for all.
+    pub npages: u64,
+    /// Bit 0: leaf only.
+    pub flags: u32,
+    pub reserved: u32,
+}
+
+/// SMMUv3 invalidation entry: one command (SMMUv3 §4.4).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct InvalidateArmSmmuV3 {
+    pub cmd: [u64; 2],
+}
+
+/// AMD-Vi invalidation entry: one INVALIDATE_IOMMU_PAGES command (AMD IOMMU §2.4.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct InvalidateAmdViV2 {
+    pub cmd: [u64; 2],
+}
+
+/// `get_hw_info` data for VT-d (`HwInfoType::IntelVtd`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwInfoVtd {
+    pub flags: u32,
+    pub reserved: u32,
+    /// VT-d 3.4 §11.4.2 CAP_REG.
+    pub cap_reg: u64,
+    /// VT-d 3.4 §11.4.3 ECAP_REG.
+    pub ecap_reg: u64,
+}
+
+/// `get_hw_info` data for SMMUv3 (`HwInfoType::ArmSmmuV3`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwInfoArmSmmuV3 {
+    pub flags: u32,
+    pub reserved: u32,
+    /// SMMUv3 §6.3.1-6.3.6 SMMU_IDR0..5.
+    pub idr: [u32; 6],
+    /// SMMUv3 §6.3.7 SMMU_IIDR.
+    pub iidr: u32,
+    /// SMMUv3 §6.3.8 SMMU_AIDR.
+    pub aidr: u32,
+}
+
+/// `get_hw_info` data for AMD-Vi (`HwInfoType::AmdVi`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwInfoAmdVi {
+    /// AMD IOMMU §3.4.12 Extended Feature Register.
+    pub efr: u64,
+    /// Extended Feature 2 Register.
+    pub efr2: u64,
+}
+
+pod! {
+    IovaRangeEntry = 16,
+    IoasAlloc = 12,
+    Destroy = 8,
+    IoasIovaRanges = 32,
+    IoasAllowIovas = 24,
+    IoasMap = 40,
+    IoasUnmap = 24,
+    IoasCopy = 40,
+    HwptAlloc = 40,
+    HwptInvalidate = 32,
+    GetHwInfo = 40,
+    FaultRecord = 40,
+    FaultRead = 32,
+    DeviceAttach = 24,
+    DeviceDetach = 8,
+    DeviceList = 16,
+    DeviceListEntry = 16,
+    HwptVtdS1 = 24,
+    HwptArmSmmuV3 = 16,
+    HwptAmdViV2 = 32,
+    InvalidateVtdS1 = 24,
+    InvalidateArmSmmuV3 = 16,
+    InvalidateAmdViV2 = 16,
+    HwInfoVtd = 24,
+    HwInfoArmSmmuV3 = 40,
+    HwInfoAmdVi = 16,
+}
+
+impl AbiStruct for IovaRangeEntry {}
+impl AbiStruct for Destroy {}
+impl AbiStruct for IoasUnmap {}
+impl AbiStruct for DeviceDetach {}
+impl AbiStruct for DeviceList {}
+impl AbiStruct for DeviceListEntry {}
+impl AbiStruct for HwptArmSmmuV3 {}
+impl AbiStruct for HwptAmdViV2 {}
+impl AbiStruct for InvalidateArmSmmuV3 {}
+impl AbiStruct for InvalidateAmdViV2 {}
+impl AbiStruct for HwInfoVtd {}
+impl AbiStruct for HwInfoArmSmmuV3 {}
+impl AbiStruct for HwInfoAmdVi {}
+
+impl AbiStruct for IoasAlloc {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)
+    }
+}
+
+impl AbiStruct for IoasIovaRanges {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for IoasAllowIovas {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for IoasMap {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, MapFlags::all().bits())?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for IoasCopy {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, MapFlags::all().bits())
+    }
+}
+
+impl AbiStruct for HwptAlloc {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, HwptAllocFlags::all().bits())?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for HwptInvalidate {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for GetHwInfo {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for FaultRecord {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for FaultRead {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for DeviceAttach {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for HwptVtdS1 {
+    fn validate(&self) -> Result<(), Errno> {
+        /// SRE | EAFE | WPE.
+        const KNOWN: u64 = 0b111;
+        reserved_zero(&[self.flags & !KNOWN, self.reserved.into()])
+    }
+}
+
+impl AbiStruct for InvalidateVtdS1 {
+    fn validate(&self) -> Result<(), Errno> {
+        /// Leaf only.
+        const KNOWN: u32 = 0b1;
+        known_flags(self.flags, KNOWN)?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::version::{as_bytes, copy_in, decode};
+
+    #[test]
+    fn abi_ioas_map_unknown_flag_is_eopnotsupp() {
+        let m = IoasMap {
+            size: 40,
+            flags: 1 << 3,
+            ..Default::default()
+        };
+        assert_eq!(copy_in::<IoasMap>(as_bytes(&m)), Err(Errno::EOPNOTSUPP));
+    }
+
+    #[test]
+    fn abi_ioas_map_nonzero_reserved_is_eopnotsupp() {
+        let m = IoasMap {
+            size: 40,
+            reserved: 1,
+            ..Default::default()
+        };
+        assert_eq!(copy_in::<IoasMap>(as_bytes(&m)), Err(Errno::EOPNOTSUPP));
+    }
+
+    #[test]
+    fn abi_ioas_map_round_trips() {
+        let m = IoasMap {
+            size: 40,
+            flags: (MapFlags::READABLE | MapFlags::FIXED_IOVA).bits(),
+            ioas_id: 3,
+            reserved: 0,
+            user_va: 0x1000,
+            length: 0x2000,
+            iova: 0x4000,
+        };
+        assert_eq!(copy_in::<IoasMap>(as_bytes(&m)), Ok(m));
+    }
+
+    #[test]
+    fn abi_hwpt_vtd_s1_unknown_flag_is_eopnotsupp() {
+        let d = HwptVtdS1 {
+            flags: 1 << 5,
+            ..Default::default()
+        };
+        assert_eq!(decode::<HwptVtdS1>(as_bytes(&d)), Err(Errno::EOPNOTSUPP));
+    }
+
+    #[test]
+    fn abi_vendor_data_short_is_einval() {
+        let d = HwptArmSmmuV3 { ste: [1, 2] };
+        assert_eq!(
+            decode::<HwptArmSmmuV3>(&as_bytes(&d)[..8]),
+            Err(Errno::EINVAL)
+        );
+    }
+
+    #[test]
+    fn abi_data_type_unknown_is_eopnotsupp() {
+        assert_eq!(HwptDataType::from_raw(9), Err(Errno::EOPNOTSUPP));
+        assert_eq!(InvalidateDataType::from_raw(9), Err(Errno::EOPNOTSUPP));
+        assert_eq!(HwptDataType::from_raw(2), Ok(HwptDataType::ArmSmmuV3));
+    }
+}

@@ -1,0 +1,40 @@
+//! The user/kernel ABI of the iommufd syscalls: errno codes, the size-versioned
+//! `#[repr(C)]` argument structs and the copy-in/out rule they obey.
+//!
+//! Shared by the kernel (which validates every argument with [`copy_in`]) and by user
+//! programs (which build the structs). Nothing here allocates.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+mod args;
+mod errno;
+mod version;
+
+pub use args::*;
+pub use errno::Errno;
+pub use version::{AbiStruct, Pod, as_bytes, copy_in, copy_out, copy_out_bytes, decode, read_size};
+
+/// The iommufd syscalls. Numbers are reserved here; the kernel's syscall layer
+/// assigns the dispatch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Command {
+    Destroy = 0x80,
+    IoasAlloc = 0x81,
+    IoasIovaRanges = 0x82,
+    IoasAllowIovas = 0x83,
+    IoasMap = 0x84,
+    IoasUnmap = 0x85,
+    IoasCopy = 0x86,
+    HwptAlloc = 0x87,
+    HwptInvalidate = 0x88,
+    GetHwInfo = 0x89,
+    FaultRead = 0x8a,
+    DeviceList = 0x8b,
+    DeviceOpen = 0x8c,
+    DeviceAttach = 0x8d,
+    DeviceReplace = 0x8e,
+    DeviceDetach = 0x8f,
+}

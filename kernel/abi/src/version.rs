@@ -1,0 +1,217 @@
+//! The size-versioning rule of every struct that crosses the boundary (as Linux
+//! iommufd's `ucmd` handling): the struct starts with `size`, the bytes the caller
+//! really passes.
+//!
+//! - shorter than the mandatory part → `EINVAL`;
+//! - longer than the kernel's struct with a non-zero byte in the unknown tail → `E2BIG`
+//!   (a zero tail is accepted, so old kernels run new programs that do not use the
+//!   new fields);
+//! - unknown flags or non-zero reserved fields → `EOPNOTSUPP` (checked by
+//!   [`AbiStruct::validate`]);
+//! - copy-out to a shorter buffer writes a prefix, to a longer one zeroes the tail.
+
+use crate::Errno;
+use core::mem::{MaybeUninit, size_of};
+
+/// Plain old data: a `#[repr(C)]` struct of integers (or arrays of them) with no
+/// padding, for which every bit pattern is a valid value.
+///
+/// # Safety
+/// Implementors must be `#[repr(C)]`, contain only integer fields or arrays of
+/// integers, and have no padding bytes (checked by a size assert next to each
+/// struct).
+pub unsafe trait Pod: Copy + 'static {}
+
+/// Views a `Pod` value as its bytes.
+pub fn as_bytes<T: Pod>(value: &T) -> &[u8] {
+    // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes are initialised,
+    // and the slice borrows `value` for its lifetime.
+    unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+}
+
+/// An argument or element struct with its version rule.
+pub trait AbiStruct: Pod {
+    /// Bytes of the mandatory part (the first published version of the struct).
+    const MIN_SIZE: usize = size_of::<Self>();
+
+    /// Rejects unknown flags and non-zero reserved fields with `EOPNOTSUPP`.
+    fn validate(&self) -> Result<(), Errno> {
+        Ok(())
+    }
+}
+
+/// Decodes an element of length `raw.len()` (array entries whose length the
+/// caller passes separately), applying the size rule and `validate`.
+pub fn decode<T: AbiStruct>(raw: &[u8]) -> Result<T, Errno> {
+    if raw.len() < T::MIN_SIZE {
+        return Err(Errno::EINVAL);
+    }
+    let known = raw.len().min(size_of::<T>());
+    if raw[known..].iter().any(|b| *b != 0) {
+        return Err(Errno::E2BIG);
+    }
+    let mut value = MaybeUninit::<T>::zeroed();
+    // SAFETY: `known <= size_of::<T>()` and `known <= raw.len()`, the regions do not
+    // overlap (`value` is a fresh local), and any byte pattern is a valid `T: Pod`,
+    // so the zero-filled, partially overwritten value is initialised.
+    let value = unsafe {
+        core::ptr::copy_nonoverlapping(raw.as_ptr(), value.as_mut_ptr().cast::<u8>(), known);
+        value.assume_init()
+    };
+    value.validate()?;
+    Ok(value)
+}
+
+/// Decodes a struct whose first `u32` is its `size`; `raw` holds the bytes the
+/// kernel copied from the task, which must be exactly `size` bytes.
+pub fn copy_in<T: AbiStruct>(raw: &[u8]) -> Result<T, Errno> {
+    let size = read_size(raw)?;
+    if size as usize != raw.len() {
+        return Err(Errno::EINVAL);
+    }
+    decode(raw)
+}
+
+/// The leading `size` field of a raw argument (`EINVAL` when not even that fits).
+pub fn read_size(raw: &[u8]) -> Result<u32, Errno> {
+    let head: [u8; 4] = raw
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .ok_or(Errno::EINVAL)?;
+    Ok(u32::from_ne_bytes(head))
+}
+
+/// Writes `value` into a caller buffer of any length: a prefix when shorter, the
+/// whole struct and a zeroed tail when longer. Returns the bytes of `value` written.
+pub fn copy_out<T: Pod>(value: &T, out: &mut [u8]) -> usize {
+    copy_out_bytes(as_bytes(value), out)
+}
+
+/// [`copy_out`] for data already in bytes (raw hardware-info blobs).
+pub fn copy_out_bytes(data: &[u8], out: &mut [u8]) -> usize {
+    let n = data.len().min(out.len());
+    out[..n].copy_from_slice(&data[..n]);
+    out[n..].fill(0);
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    #[repr(C)]
+    struct Probe {
+        size: u32,
+        flags: u32,
+        value: u64,
+    }
+    const _: () = assert!(size_of::<Probe>() == 16);
+    // SAFETY: repr(C), integer fields, no padding (size assert above).
+    unsafe impl Pod for Probe {}
+    impl AbiStruct for Probe {
+        const MIN_SIZE: usize = 8;
+        fn validate(&self) -> Result<(), Errno> {
+            if self.flags & !1 != 0 {
+                return Err(Errno::EOPNOTSUPP);
+            }
+            Ok(())
+        }
+    }
+
+    fn raw(size: u32, flags: u32, value: u64, tail: &[u8]) -> std::vec::Vec<u8> {
+        let mut v = std::vec::Vec::new();
+        v.extend_from_slice(&size.to_ne_bytes());
+        v.extend_from_slice(&flags.to_ne_bytes());
+        v.extend_from_slice(&value.to_ne_bytes());
+        v.extend_from_slice(tail);
+        v.truncate(size as usize);
+        v
+    }
+
+    #[test]
+    fn abi_size_rule_exact_size_decodes() {
+        let p: Probe = copy_in(&raw(16, 1, 7, &[])).unwrap();
+        assert_eq!(
+            p,
+            Probe {
+                size: 16,
+                flags: 1,
+                value: 7
+            }
+        );
+    }
+
+    #[test]
+    fn abi_size_rule_shorter_than_mandatory_is_einval() {
+        assert_eq!(copy_in::<Probe>(&raw(4, 0, 0, &[])), Err(Errno::EINVAL));
+        assert_eq!(copy_in::<Probe>(&[1, 0]), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn abi_size_rule_mandatory_prefix_zero_fills_new_fields() {
+        let p: Probe = copy_in(&raw(8, 1, 99, &[])).unwrap();
+        assert_eq!(
+            p,
+            Probe {
+                size: 8,
+                flags: 1,
+                value: 0
+            }
+        );
+    }
+
+    #[test]
+    fn abi_size_rule_longer_with_zero_tail_is_accepted() {
+        let p: Probe = copy_in(&raw(24, 0, 5, &[0; 8])).unwrap();
+        assert_eq!(p.value, 5);
+    }
+
+    #[test]
+    fn abi_size_rule_longer_with_nonzero_tail_is_e2big() {
+        assert_eq!(
+            copy_in::<Probe>(&raw(24, 0, 5, &[0, 0, 0, 1, 0, 0, 0, 0])),
+            Err(Errno::E2BIG)
+        );
+    }
+
+    #[test]
+    fn abi_size_rule_unknown_flags_are_eopnotsupp() {
+        assert_eq!(
+            copy_in::<Probe>(&raw(16, 2, 0, &[])),
+            Err(Errno::EOPNOTSUPP)
+        );
+    }
+
+    #[test]
+    fn abi_size_rule_size_field_must_match_bytes() {
+        let mut r = raw(16, 0, 0, &[]);
+        r.push(0);
+        assert_eq!(copy_in::<Probe>(&r), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn abi_copy_out_shorter_buffer_gets_prefix() {
+        let p = Probe {
+            size: 16,
+            flags: 1,
+            value: 0x1122,
+        };
+        let mut out = [0xAAu8; 6];
+        assert_eq!(copy_out(&p, &mut out), 6);
+        assert_eq!(out, as_bytes(&p)[..6]);
+    }
+
+    #[test]
+    fn abi_copy_out_longer_buffer_has_tail_zeroed() {
+        let p = Probe {
+            size: 16,
+            flags: 1,
+            value: 0x1122,
+        };
+        let mut out = [0xAAu8; 24];
+        assert_eq!(copy_out(&p, &mut out), 16);
+        assert_eq!(&out[..16], as_bytes(&p));
+        assert_eq!(&out[16..], &[0u8; 8]);
+    }
+}

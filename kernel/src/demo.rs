@@ -8,7 +8,10 @@ use crate::platform::Platform;
 pub fn run(platform: &Platform) -> usize {
     println!("== IOMMU unikernel on {} ==", crate::arch::ARCH_NAME);
     println!("platform: {}", platform.summary());
-    println!("free memory: {} MiB", (frames::free_count() * frames::FRAME_SIZE) >> 20);
+    println!(
+        "free memory: {} MiB",
+        (frames::free_count() * frames::FRAME_SIZE) >> 20
+    );
     println!("PCI functions:");
     for device in crate::devices::all() {
         let function = &device.function;
@@ -24,7 +27,10 @@ pub fn run(platform: &Platform) -> usize {
     let mut failed = 0;
     for device in crate::devices::edus() {
         match edu_round_trip(platform, device) {
-            Ok(()) => println!("edu {}: 4096 bytes RAM -> device -> RAM at physical addresses: identical", device.function.bdf),
+            Ok(()) => println!(
+                "edu {}: 4096 bytes RAM -> device -> RAM at physical addresses: identical",
+                device.function.bdf
+            ),
             Err(why) => {
                 failed += 1;
                 println!("edu {}: DMA round trip FAILED: {why}", device.function.bdf);
@@ -35,8 +41,12 @@ pub fn run(platform: &Platform) -> usize {
     failed
 }
 
-fn edu_round_trip(platform: &Platform, device: &crate::devices::PciDevice) -> Result<(), alloc::string::String> {
-    let edu = crate::devices::open_edu(platform, device).map_err(|err| alloc::format!("{err:?}"))?;
+fn edu_round_trip(
+    platform: &Platform,
+    device: &crate::devices::PciDevice,
+) -> Result<(), alloc::string::String> {
+    let edu =
+        crate::devices::open_edu(platform, device).map_err(|err| alloc::format!("{err:?}"))?;
     let source = frames::alloc().ok_or("out of frames")?;
     let destination = frames::alloc().ok_or("out of frames")?;
     // SAFETY: both frames belong to this function and are identity-mapped.
@@ -55,8 +65,13 @@ fn edu_round_trip(platform: &Platform, device: &crate::devices::PciDevice) -> Re
         .map_err(|err| alloc::format!("{err:?}"))
         // SAFETY: volatile reads of memory the device wrote.
         .and_then(|()| {
-            let same = (0..edu::BUFFER_SIZE).all(|i| unsafe { core::ptr::read_volatile(&dst[i]) } == src[i]);
-            if same { Ok(()) } else { Err("bytes differ".into()) }
+            let same = (0..edu::BUFFER_SIZE)
+                .all(|i| unsafe { core::ptr::read_volatile(&dst[i]) } == src[i]);
+            if same {
+                Ok(())
+            } else {
+                Err("bytes differ".into())
+            }
         });
     frames::free(source);
     frames::free(destination);

@@ -109,10 +109,19 @@ fn discover_device_tree(dtb: &[u8]) -> Result<Platform, DiscoveryError> {
 
 #[cfg(target_arch = "x86_64")]
 fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
-    let info = firmware::acpi::discover(rsdp as usize, IdentityMapped)?;
+    /// The boot map identity-maps the low 4 GiB, where firmware puts its tables.
+    const IDENTITY_MAPPED_LIMIT: u64 = 4 << 30;
+    // SAFETY: physical memory below 4 GiB is identity-mapped; discover only
+    // reads the ACPI tables, which live in RAM/ROM (no side effects).
+    let memory = unsafe { firmware::acpi::IdentityMapped::new(0, IDENTITY_MAPPED_LIMIT) };
+    let info = firmware::acpi::discover(rsdp, &memory)?;
     let region = info.ecam.first().ok_or(DiscoveryError::NoPciHost)?;
-    let ecam = ecam_at(region.base, region.bus_start..=region.bus_end)?;
-    crate::arch::set_acpi_ports(info.pm1a_control_port(), info.pm_timer_port());
+    // MCFG gives the address of bus 0 even when decoding starts at a later bus.
+    let first_bus = region.base + (u64::from(region.bus_start) << 20);
+    let ecam = ecam_at(first_bus, region.bus_start..=region.bus_end)?;
+    if let Some(fadt) = info.fadt {
+        crate::arch::set_acpi_ports(fadt.pm1a_control_port, fadt.pm_timer_port);
+    }
     Ok(Platform {
         pci: PciHost {
             ecam,

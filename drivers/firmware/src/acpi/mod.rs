@@ -6,6 +6,7 @@
 //! [`discover`] reads the tables out of physical memory through a [`PhysMemory`].
 
 pub mod dmar;
+pub mod fadt;
 pub mod ivrs;
 pub mod mcfg;
 mod sdt;
@@ -14,6 +15,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 pub use dmar::{Dmar, parse_dmar};
+pub use fadt::{Fadt, parse_fadt};
 pub use ivrs::{Ivrs, parse_ivrs};
 pub use mcfg::{EcamRegion, parse_mcfg};
 pub use sdt::{SDT_HEADER_SIZE, SdtHeader, checked_table};
@@ -130,6 +132,7 @@ pub struct AcpiInfo {
     pub ecam: Vec<EcamRegion>,
     pub dmar: Option<Dmar>,
     pub ivrs: Option<Ivrs>,
+    pub fadt: Option<Fadt>,
 }
 
 fn sum(bytes: &[u8]) -> u8 {
@@ -231,6 +234,7 @@ pub fn discover(
         ecam: Vec::new(),
         dmar: None,
         ivrs: None,
+        fadt: None,
     };
     let mut have_mcfg = false;
     for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
@@ -257,6 +261,9 @@ pub fn discover(
             }
             b"DMAR" if info.dmar.is_none() => {
                 info.dmar = Some(parse_dmar(&read_table(mem, phys)?)?)
+            }
+            b"FACP" if info.fadt.is_none() => {
+                info.fadt = Some(parse_fadt(&read_table(mem, phys)?)?)
             }
             b"IVRS" if info.ivrs.is_none() => {
                 info.ivrs = Some(parse_ivrs(&read_table(mem, phys)?)?)

@@ -2,9 +2,15 @@
 //! does not apply to this machine returns `NotApplicable` from its tests
 //! (e.g. the VT-d tests on a machine without VT-d), never "ok".
 
+#[cfg(target_arch = "x86_64")]
+mod amdvi;
 mod foundation;
 
 use crate::testing::Test;
 
 /// Every test group, in the order they run.
-pub static ALL: &[&[Test]] = &[foundation::TESTS];
+pub static ALL: &[&[Test]] = &[
+    foundation::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    amdvi::TESTS,
+];

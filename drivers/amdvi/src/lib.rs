@@ -28,5 +28,8 @@ pub mod regs;
 pub mod ring;
 pub mod unit;
 
+#[cfg(test)]
+mod model;
+
 pub use discovery::{DiscoveryError, UnitDescription};
 pub use unit::{AmdVi, Counters, UnitError};

@@ -138,11 +138,11 @@ pub trait V1PageTable {
 }
 
 /// Makes page tables for paging domains (None when the kernel has no provider).
-pub type PageTableFactory = fn() -> Option<alloc::boxed::Box<dyn V1PageTable + Send>>;
+pub type PageTableFactory = fn() -> Option<alloc::boxed::Box<dyn V1PageTable>>;
 
 enum DomainBacking {
     Blocked,
-    Paging(alloc::boxed::Box<dyn V1PageTable + Send>),
+    Paging(alloc::boxed::Box<dyn V1PageTable>),
 }
 
 struct Domain {
@@ -475,6 +475,7 @@ impl AmdVi {
         let tail_pointer = self.command_ring.pointer(self.command_tail);
         self.write_reg(regs::COMMAND_HEAD, tail_pointer);
         self.set_control(running);
+        let _ = self.wait_status(Status::CMD_BUF_RUN, true);
         UnitError::CommandTimeout {
             stopped,
             illegal_at,
@@ -911,6 +912,312 @@ impl IommuUnit for AmdVi {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::discovery::Requester;
+    use crate::dte::FirmwareSetting;
+    use crate::event::EventFlags;
+    use crate::model::{HOST_DMA, Model};
+    use firmware::acpi::ivrs::IvhdType;
+    use iommu::FaultReason;
+    use std::boxed::Box;
+    use std::vec;
+
+    const EDU_A: u16 = 0x20;
+    const EDU_B: u16 = 0x28;
+
+    fn description() -> UnitDescription {
+        UnitDescription {
+            ivhd_type: IvhdType::Type11,
+            segment: 0,
+            iommu_device_id: 0x08,
+            capability_offset: 0x40,
+            mmio_base: 0xFED8_0000,
+            efr_image: Some(0x29d3),
+            requesters: [0x00, 0x08, EDU_A, EDU_B, 0xA0]
+                .map(|device_id| Requester {
+                    device_id,
+                    setting: FirmwareSetting(if device_id == 0xA0 { 0x40 } else { 0 }),
+                })
+                .to_vec(),
+            unity: vec![],
+        }
+    }
+
+    fn unit_with(np_cache: bool) -> (AmdVi, &'static Model) {
+        let (model, regs) = Model::new();
+        // SAFETY: the model's register block, owned by this unit from here on.
+        let mmio = unsafe { Mmio::new(regs, regs::MMIO_SIZE) };
+        let header = CapabilityHeader(if np_cache { 0x1f03_000f } else { 0x1b03_000f });
+        let unit = AmdVi::new(UnitId(0), description(), mmio, header, &HOST_DMA, model).unwrap();
+        (unit, model)
+    }
+
+    fn opcodes(commands: &[Command]) -> Vec<Option<Opcode>> {
+        commands.iter().map(Command::opcode).collect()
+    }
+
+    #[test]
+    fn bring_up_blocks_every_requester_and_invalidates_everything() {
+        let (unit, model) = unit_with(true);
+        // DeviceIDs up to 0xA0 need 161 entries: two pages, 256 entries.
+        assert_eq!(unit.device_table_entries, 256);
+        for id in 0..256u16 {
+            let dte = unit.dte(id).unwrap();
+            assert!(dte.blocks_dma(), "{id:#x}");
+            assert_eq!(dte.int_ctl(), 0);
+        }
+        // Firmware's Lint0Pass (IVHD setting bit 6) is copied for the IOAPIC's entry.
+        assert_eq!(unit.dte(0xA0).unwrap().0[2], 1 | 1 << 62);
+        assert_eq!(
+            opcodes(&model.take_executed()),
+            [
+                Some(Opcode::InvalidateIommuAll),
+                Some(Opcode::CompletionWait)
+            ]
+        );
+        assert_eq!(unit.counters().tail_writes, 1);
+    }
+
+    /// A page-table double: records calls, reports one 4 KiB leaf per page.
+    struct FakeTable {
+        root: DmaRegion,
+    }
+
+    impl V1PageTable for FakeTable {
+        fn root(&self) -> u64 {
+            self.root.phys
+        }
+        fn levels(&self) -> u8 {
+            4
+        }
+        fn map(
+            &mut self,
+            iova: u64,
+            _phys: u64,
+            len: u64,
+            _prot: Prot,
+        ) -> Result<Gather, IommuError> {
+            let mut gather = Gather::default();
+            for page in (0..len).step_by(4096) {
+                gather.add_leaf(iova + page, 4096);
+            }
+            Ok(gather)
+        }
+        fn unmap(&mut self, iova: u64, len: u64) -> Gather {
+            let mut gather = Gather::default();
+            for page in (0..len).step_by(4096) {
+                gather.add_leaf(iova + page, 4096);
+            }
+            gather
+        }
+        fn destroy(&mut self) {
+            HOST_DMA.free(self.root);
+        }
+    }
+
+    fn fake_table() -> Option<Box<dyn V1PageTable>> {
+        Some(Box::new(FakeTable {
+            root: HOST_DMA.alloc(4096, 4096)?,
+        }))
+    }
+
+    #[test]
+    fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
+        let (mut unit, model) = unit_with(true);
+        unit.set_page_tables(fake_table);
+        // The IOMMU has cached both devices' DTEs (they did DMA).
+        model.fetch_dte(EDU_A);
+        model.fetch_dte(EDU_B);
+        model.take_executed();
+
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let a_id = unit.domains[&a.0].id;
+        unit.attach(DeviceId(EDU_A.into()), a).unwrap();
+        assert!(model.stale_dtes().is_empty(), "{:?}", model.stale_dtes());
+        let dte = unit.dte(EDU_A).unwrap();
+        assert_eq!((dte.mode(), dte.domain()), (4, a_id));
+        assert!(dte.readable() && dte.writable() && dte.int_ctl() == 0);
+        assert_eq!(
+            model.take_executed(),
+            [
+                Command::invalidate_devtab_entry(EDU_A),
+                Command::completion_wait(unit.completion.phys, unit.sequence)
+            ]
+        );
+
+        // Moving to another domain also drops the old domain's IOTLB entries.
+        unit.attach(DeviceId(EDU_A.into()), b).unwrap();
+        assert!(model.stale_dtes().is_empty());
+        let executed = model.take_executed();
+        assert_eq!(
+            executed[..2],
+            [
+                Command::invalidate_devtab_entry(EDU_A),
+                Command::invalidate_iommu_pages(a_id, PageRange::ALL, true)
+            ]
+        );
+        assert_eq!(unit.free_domain(b), Err(IommuError::Busy));
+
+        unit.detach(DeviceId(EDU_A.into()));
+        assert!(model.stale_dtes().is_empty());
+        assert!(unit.dte(EDU_A).unwrap().blocks_dma());
+        unit.free_domain(a).unwrap();
+        unit.free_domain(b).unwrap();
+
+        // Interrupt remapping changes are invalidated too.
+        let target = crate::irte::Target {
+            vector: 0x40,
+            destination: 0,
+            int_type: crate::irte::IntType::Fixed,
+        };
+        model.take_executed();
+        unit.remap_interrupt(EDU_B, 3, target).unwrap();
+        assert!(model.stale_dtes().is_empty());
+        assert_eq!(
+            opcodes(&model.take_executed()),
+            [
+                Some(Opcode::InvalidateDevtabEntry),
+                Some(Opcode::InvalidateInterruptTable),
+                Some(Opcode::CompletionWait)
+            ]
+        );
+        let table = unit.dte(EDU_B).unwrap().interrupt_table();
+        // SAFETY: host memory of the unit's interrupt table.
+        let irte = unsafe { core::ptr::read_volatile((table + 12) as *const u32) };
+        assert_eq!(irte, Irte32::remapped(target).unwrap().0);
+        unit.block_interrupts(EDU_B).unwrap();
+        assert!(model.stale_dtes().is_empty());
+        assert_eq!(unit.dte(EDU_B).unwrap().int_ctl(), 0);
+    }
+
+    #[test]
+    fn np_cache_decides_whether_a_new_mapping_is_invalidated() {
+        for np_cache in [true, false] {
+            let (mut unit, model) = unit_with(np_cache);
+            unit.set_page_tables(fake_table);
+            let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+            model.take_executed();
+            let gather = unit
+                .map(
+                    domain,
+                    0x10_0000,
+                    0x5000_0000,
+                    0x4000,
+                    Prot {
+                        read: true,
+                        write: true,
+                    },
+                )
+                .unwrap();
+            unit.flush(domain, &gather).unwrap();
+            let expected = if np_cache {
+                vec![
+                    Some(Opcode::InvalidateIommuPages),
+                    Some(Opcode::CompletionWait),
+                ]
+            } else {
+                vec![]
+            };
+            assert_eq!(
+                opcodes(&model.take_executed()),
+                expected,
+                "NpCache={np_cache}"
+            );
+            // Unmap is always invalidated: one command + one wait for 2^k pages.
+            let before = unit.counters();
+            let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+            unit.flush(domain, &gather).unwrap();
+            let cost = unit.counters().since(&before);
+            assert_eq!(
+                (
+                    cost.invalidate_iommu_pages,
+                    cost.completion_waits,
+                    cost.tail_writes
+                ),
+                (1, 1, 1)
+            );
+            let executed = model.take_executed();
+            assert_eq!(executed[0].0[1], 0x10_1001);
+        }
+    }
+
+    #[test]
+    fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
+        let (mut unit, model) = unit_with(true);
+        model.state.lock().unwrap().halt_on_illegal = true;
+        let slot = unit.command_buffer.phys + unit.command_ring.pointer(unit.command_tail);
+        let err = unit.run(&[Command::illegal()]).unwrap_err();
+        assert_eq!(
+            err,
+            UnitError::CommandTimeout {
+                stopped: true,
+                illegal_at: Some(slot)
+            }
+        );
+        assert_eq!(unit.counters().command_errors, 1);
+        // The buffer runs again and the ILLEGAL_COMMAND event is in the unit's list.
+        unit.run(&[Command::invalidate_all()]).unwrap();
+        assert!(
+            unit.take_unit_events()
+                .contains(&Event::IllegalCommand { address: slot })
+        );
+        assert!(unit.probe_event_log().unwrap());
+    }
+
+    #[test]
+    fn illegal_command_on_a_buffer_that_keeps_going_is_still_an_error() {
+        let (mut unit, _model) = unit_with(true);
+        let slot = unit.command_buffer.phys + unit.command_ring.pointer(unit.command_tail);
+        assert_eq!(
+            unit.run(&[Command::invalidate_all(), Command::illegal()]),
+            Err(UnitError::IllegalCommand { address: slot + 16 })
+        );
+        unit.run(&[]).unwrap();
+    }
+
+    #[test]
+    fn command_ring_wraps() {
+        let (mut unit, model) = unit_with(true);
+        for _ in 0..200 {
+            unit.run(&[Command::invalidate_devtab_entry(EDU_A)])
+                .unwrap();
+        }
+        assert_eq!(model.take_executed().len(), 2 + 400);
+        assert_eq!(unit.command_tail, (2 + 400) % 256);
+    }
+
+    #[test]
+    fn faults_go_to_the_owning_domain_and_overflow_restarts_the_log() {
+        let (mut unit, model) = unit_with(true);
+        let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        let fault = |n: u64| RawEvent::encode(2, EDU_A, 1, EventFlags::RW, n << 12);
+        for n in 0..300 {
+            model.raise_event(fault(n));
+        }
+        model.raise_event(RawEvent::encode(2, EDU_B, 0, EventFlags::empty(), 0x9000));
+        model.step();
+        assert_eq!(model.state.lock().unwrap().dropped_events, 46);
+        let mut out = Vec::new();
+        assert_eq!(unit.drain_domain_faults(domain, &mut out), 255);
+        assert_eq!(out[0].iova, 0);
+        assert_eq!(out[254].iova, 254 << 12);
+        assert!(
+            out.iter()
+                .all(|r| r.access == iommu::Access::Write && r.reason == FaultReason::NotPresent)
+        );
+        assert_eq!(unit.counters().event_overflows, 1);
+        // Logging runs again after the restart.
+        model.raise_event(RawEvent::encode(2, EDU_B, 0, EventFlags::empty(), 0xA000));
+        model.step();
+        out.clear();
+        assert_eq!(unit.drain_faults(&mut out), 1);
+        assert_eq!(
+            (out[0].requester, out[0].iova),
+            (DeviceId(EDU_B.into()), 0xA000)
+        );
+        assert!(unit.status().contains(Status::EVENT_LOG_RUN));
+    }
 
     #[test]
     fn gather_to_invalidation() {

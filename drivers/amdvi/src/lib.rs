@@ -11,6 +11,7 @@
 //! - [`event`]: event-log entries (§2.5) and the ring reader.
 //! - [`irte`]: interrupt remapping table entries (§2.2.5).
 //! - [`ring`]: head/tail arithmetic shared by the command buffer and the event log.
+//! - [`tables`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
 //! - [`unit`]: one live IOMMU: bring-up, command submission, faults, domains.
 #![no_std]
@@ -26,6 +27,7 @@ pub mod event;
 pub mod irte;
 pub mod regs;
 pub mod ring;
+pub mod tables;
 pub mod unit;
 
 #[cfg(test)]

@@ -124,25 +124,20 @@ impl Counters {
     }
 }
 
-/// A page-table provider for paging domains: the AMD v1 format (§2.2.3) comes from
-/// the `io-page-table` crate; the unit only needs its root, depth and the map/unmap
-/// entry points.
-pub trait V1PageTable {
-    fn root(&self) -> u64;
-    /// Number of levels (DTE Mode).
-    fn levels(&self) -> u8;
-    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
-    fn unmap(&mut self, iova: u64, len: u64) -> Gather;
-    /// Frees every table page.
-    fn destroy(&mut self);
-}
+/// Page-table levels of paging domains: 4 levels translate 48-bit IOVAs (§2.2.3).
+const PAGING_LEVELS: u32 = 4;
+/// Output address bits of v1 leaves (§2.2.3: addresses in bits 51:12).
+const OUTPUT_BITS: u32 = 52;
 
-/// Makes page tables for paging domains (None when the kernel has no provider).
-pub type PageTableFactory = fn() -> Option<alloc::boxed::Box<dyn V1PageTable>>;
+type V1Table = io_page_table::PageTable<io_page_table::AmdV1, crate::tables::DmaTableAlloc>;
 
 enum DomainBacking {
     Blocked,
-    Paging(alloc::boxed::Box<dyn V1PageTable>),
+    Paging {
+        table: alloc::boxed::Box<V1Table>,
+        /// Table pages unlinked by `unmap`, released after the next `flush`.
+        unlinked: Vec<io_page_table::FreedTables>,
+    },
 }
 
 struct Domain {
@@ -187,7 +182,6 @@ pub struct AmdVi {
     /// Faults from requesters in no domain, and command-side events.
     unowned_faults: Vec<FaultRecord>,
     unit_events: Vec<Event>,
-    page_tables: Option<PageTableFactory>,
 }
 
 // SAFETY: the unit owns its register block and DMA regions exclusively; the kernel
@@ -258,15 +252,9 @@ impl AmdVi {
             interrupt_tables: BTreeMap::new(),
             unowned_faults: Vec::new(),
             unit_events: Vec::new(),
-            page_tables: None,
         };
         unit.bring_up()?;
         Ok(unit)
-    }
-
-    /// Gives the unit a source of AMD v1 page tables for paging domains.
-    pub fn set_page_tables(&mut self, factory: PageTableFactory) {
-        self.page_tables = Some(factory);
     }
 
     fn write_reg(&mut self, reg: os_services::mmio::Reg64, value: u64) {
@@ -693,6 +681,60 @@ impl AmdVi {
         fence(Ordering::SeqCst);
     }
 
+    /// Identity-maps the IVMD unity ranges (§5.2.3) that apply to `device_id` in a
+    /// paging `domain`; what NpCache requires to be invalidated is returned.
+    fn map_unity_ranges(
+        &mut self,
+        device_id: u16,
+        domain: DomainHandle,
+    ) -> Result<Gather, IommuError> {
+        let np_cache = self.np_cache();
+        let ranges: Vec<_> = self
+            .description
+            .unity
+            .iter()
+            .filter(|unity| unity.applies_to(device_id))
+            .copied()
+            .collect();
+        let mut owed = Gather::default();
+        let Some(Domain {
+            backing: DomainBacking::Paging { table, .. },
+            ..
+        }) = self.domains.get_mut(&domain.0)
+        else {
+            return Ok(owed);
+        };
+        for unity in ranges {
+            let mut prot = io_page_table::Prot::empty();
+            prot.set(io_page_table::Prot::READ, unity.read);
+            prot.set(io_page_table::Prot::WRITE, unity.write);
+            if prot.is_empty() {
+                continue;
+            }
+            let len = unity.last - unity.start + 1;
+            match table.map(unity.start, unity.start, len, prot) {
+                Ok(gather) if np_cache && !gather.is_empty() => {
+                    owed.add_leaf(gather.start, 4096);
+                    owed.add_leaf(gather.last & !0xFFF, 4096);
+                }
+                Ok(_) => {}
+                // Another device of the domain already has it.
+                Err(io_page_table::MapError::AlreadyMapped { .. }) => {}
+                Err(io_page_table::MapError::NoMemory) => return Err(IommuError::NoMemory),
+                Err(_) => return Err(IommuError::Invalid),
+            }
+        }
+        Ok(owed)
+    }
+
+    /// Translates `iova` through `domain`'s page table (for tests and debugging).
+    pub fn iova_to_phys(&self, domain: DomainHandle, iova: u64) -> Option<u64> {
+        match &self.domains.get(&domain.0)?.backing {
+            DomainBacking::Paging { table, .. } => table.iova_to_phys(iova),
+            DomainBacking::Blocked => None,
+        }
+    }
+
     /// The INVALIDATE_IOMMU_PAGES command covering `gather` in `domain_id`.
     pub fn invalidation_for(domain_id: u16, gather: &Gather) -> Option<Command> {
         if gather.is_empty() {
@@ -710,6 +752,20 @@ impl AmdVi {
             gather.freed_tables,
         ))
     }
+}
+
+fn page_prot(prot: Prot) -> Result<io_page_table::Prot, IommuError> {
+    let mut out = io_page_table::Prot::empty();
+    if prot.read {
+        out |= io_page_table::Prot::READ;
+    }
+    if prot.write {
+        out |= io_page_table::Prot::WRITE;
+    }
+    if out.is_empty() {
+        return Err(IommuError::Invalid);
+    }
+    Ok(out)
 }
 
 impl IommuUnit for AmdVi {
@@ -766,8 +822,21 @@ impl IommuUnit for AmdVi {
         let backing = match kind {
             DomainKind::Blocked => DomainBacking::Blocked,
             DomainKind::Paging => {
-                let factory = self.page_tables.ok_or(IommuError::Unsupported)?;
-                DomainBacking::Paging(factory().ok_or(IommuError::NoMemory)?)
+                let format = io_page_table::AmdV1::new(io_page_table::AmdV1Config {
+                    levels: PAGING_LEVELS,
+                    output_bits: OUTPUT_BITS,
+                })
+                .map_err(|_| IommuError::Unsupported)?;
+                let table = io_page_table::PageTable::new(
+                    format,
+                    crate::tables::DmaTableAlloc::new(self.dma),
+                    io_page_table::Coherence::Coherent,
+                )
+                .map_err(|_| IommuError::NoMemory)?;
+                DomainBacking::Paging {
+                    table: alloc::boxed::Box::new(table),
+                    unlinked: Vec::new(),
+                }
             }
             _ => return Err(IommuError::Unsupported),
         };
@@ -795,10 +864,17 @@ impl IommuUnit for AmdVi {
         if !entry.devices.is_empty() {
             return Err(IommuError::Busy);
         }
-        if let Some(mut removed) = self.domains.remove(&domain.0)
-            && let DomainBacking::Paging(table) = &mut removed.backing
+        // Dropping the table frees its pages: no device uses them any more, and the
+        // last detach invalidated the domain's IOTLB entries (PDE included).
+        if let Some(removed) = self.domains.remove(&domain.0)
+            && let DomainBacking::Paging {
+                mut table,
+                unlinked,
+            } = removed.backing
         {
-            table.destroy();
+            for freed in unlinked {
+                table.release(freed);
+            }
         }
         Ok(())
     }
@@ -813,10 +889,15 @@ impl IommuUnit for AmdVi {
     ) -> Result<Gather, IommuError> {
         let np_cache = self.np_cache();
         let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
-        let DomainBacking::Paging(table) = &mut entry.backing else {
+        let DomainBacking::Paging { table, .. } = &mut entry.backing else {
             return Err(IommuError::Invalid);
         };
-        let gather = table.map(iova, phys, len, prot)?;
+        let gather = table
+            .map(iova, phys, len, page_prot(prot)?)
+            .map_err(|err| match err {
+                io_page_table::MapError::NoMemory => IommuError::NoMemory,
+                _ => IommuError::Invalid,
+            })?;
         // Without NpCache the IOMMU never caches a not-present entry, so a new mapping
         // owes no invalidation (§3.2.1).
         Ok(if np_cache { gather } else { Gather::default() })
@@ -824,28 +905,51 @@ impl IommuUnit for AmdVi {
 
     fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
         match self.domains.get_mut(&domain.0).map(|d| &mut d.backing) {
-            Some(DomainBacking::Paging(table)) => table.unmap(iova, len),
+            Some(DomainBacking::Paging { table, unlinked }) => match table.unmap(iova, len) {
+                Ok(unmapped) => {
+                    unlinked.push(unmapped.freed);
+                    unmapped.gather
+                }
+                // A range no successful map created: nothing changed.
+                Err(_) => Gather::default(),
+            },
             _ => Gather::default(),
         }
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
         let id = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?.id;
-        match Self::invalidation_for(id, gather) {
-            Some(command) => self.run(&[command]).map_err(IommuError::from),
-            None => Ok(()),
+        if let Some(command) = Self::invalidation_for(id, gather) {
+            self.run(&[command]).map_err(IommuError::from)?;
         }
+        // The IOMMU no longer walks tables unlinked before this flush.
+        if let Some(Domain {
+            backing: DomainBacking::Paging { table, unlinked },
+            ..
+        }) = self.domains.get_mut(&domain.0)
+        {
+            for freed in unlinked.drain(..) {
+                table.release(freed);
+            }
+        }
+        Ok(())
     }
 
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         let device_id = self.device_id(device)?;
+        let unity_gather = self.map_unity_ranges(device_id, domain)?;
         let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
+        let new_id = entry.id;
         let dte = match &entry.backing {
             DomainBacking::Blocked => self.blocked_dte(device_id),
-            DomainBacking::Paging(table) => {
-                Dte::translated(table.root(), table.levels(), entry.id, true, true)
-                    .map_err(|_| IommuError::Invalid)?
-            }
+            DomainBacking::Paging { table, .. } => Dte::translated(
+                table.root_phys(),
+                table.format().dte_mode(),
+                entry.id,
+                true,
+                true,
+            )
+            .map_err(|_| IommuError::Invalid)?,
         };
         // The IOTLB of QEMU 10.0.2 is keyed by requester, not domain: the previous
         // domain's translations for this device must go too (harmless on hardware).
@@ -857,6 +961,9 @@ impl IommuUnit for AmdVi {
                 PageRange::ALL,
                 true,
             ));
+        }
+        if let Some(command) = Self::invalidation_for(new_id, &unity_gather) {
+            extra.push(command);
         }
         self.install_dma_config(device_id, dte, &extra)?;
         if let Some(old) = previous.and_then(|h| self.domains.get_mut(&h)) {
@@ -918,7 +1025,6 @@ mod tests {
     use crate::model::{HOST_DMA, Model};
     use firmware::acpi::ivrs::IvhdType;
     use iommu::FaultReason;
-    use std::boxed::Box;
     use std::vec;
 
     const EDU_A: u16 = 0x20;
@@ -943,11 +1049,15 @@ mod tests {
     }
 
     fn unit_with(np_cache: bool) -> (AmdVi, &'static Model) {
+        unit_described(np_cache, description())
+    }
+
+    fn unit_described(np_cache: bool, description: UnitDescription) -> (AmdVi, &'static Model) {
         let (model, regs) = Model::new();
         // SAFETY: the model's register block, owned by this unit from here on.
         let mmio = unsafe { Mmio::new(regs, regs::MMIO_SIZE) };
         let header = CapabilityHeader(if np_cache { 0x1f03_000f } else { 0x1b03_000f });
-        let unit = AmdVi::new(UnitId(0), description(), mmio, header, &HOST_DMA, model).unwrap();
+        let unit = AmdVi::new(UnitId(0), description, mmio, header, &HOST_DMA, model).unwrap();
         (unit, model)
     }
 
@@ -977,53 +1087,9 @@ mod tests {
         assert_eq!(unit.counters().tail_writes, 1);
     }
 
-    /// A page-table double: records calls, reports one 4 KiB leaf per page.
-    struct FakeTable {
-        root: DmaRegion,
-    }
-
-    impl V1PageTable for FakeTable {
-        fn root(&self) -> u64 {
-            self.root.phys
-        }
-        fn levels(&self) -> u8 {
-            4
-        }
-        fn map(
-            &mut self,
-            iova: u64,
-            _phys: u64,
-            len: u64,
-            _prot: Prot,
-        ) -> Result<Gather, IommuError> {
-            let mut gather = Gather::default();
-            for page in (0..len).step_by(4096) {
-                gather.add_leaf(iova + page, 4096);
-            }
-            Ok(gather)
-        }
-        fn unmap(&mut self, iova: u64, len: u64) -> Gather {
-            let mut gather = Gather::default();
-            for page in (0..len).step_by(4096) {
-                gather.add_leaf(iova + page, 4096);
-            }
-            gather
-        }
-        fn destroy(&mut self) {
-            HOST_DMA.free(self.root);
-        }
-    }
-
-    fn fake_table() -> Option<Box<dyn V1PageTable>> {
-        Some(Box::new(FakeTable {
-            root: HOST_DMA.alloc(4096, 4096)?,
-        }))
-    }
-
     #[test]
     fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
         let (mut unit, model) = unit_with(true);
-        unit.set_page_tables(fake_table);
         // The IOMMU has cached both devices' DTEs (they did DMA).
         model.fetch_dte(EDU_A);
         model.fetch_dte(EDU_B);
@@ -1094,7 +1160,6 @@ mod tests {
     fn np_cache_decides_whether_a_new_mapping_is_invalidated() {
         for np_cache in [true, false] {
             let (mut unit, model) = unit_with(np_cache);
-            unit.set_page_tables(fake_table);
             let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
             model.take_executed();
             let gather = unit
@@ -1139,6 +1204,68 @@ mod tests {
             let executed = model.take_executed();
             assert_eq!(executed[0].0[1], 0x10_1001);
         }
+    }
+
+    #[test]
+    fn unity_ranges_are_identity_mapped_on_attach_and_reported_reserved() {
+        let mut described = description();
+        described.unity.push(crate::discovery::UnityRange {
+            first_device: EDU_A,
+            last_device: EDU_A,
+            start: 0xA_0000,
+            last: 0xA_1FFF,
+            read: true,
+            write: true,
+        });
+        let (mut unit, model) = unit_described(true, described);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        model.take_executed();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        assert_eq!(unit.iova_to_phys(domain, 0xA_1234), Some(0xA_1234));
+        assert_eq!(unit.iova_to_phys(domain, 0xA_2000), None);
+        // NpCache: the new entries are invalidated with the DTE.
+        assert_eq!(
+            opcodes(&model.take_executed()),
+            [
+                Some(Opcode::InvalidateDevtabEntry),
+                Some(Opcode::InvalidateIommuPages),
+                Some(Opcode::CompletionWait)
+            ]
+        );
+        let regions = unit.reserved_regions(DeviceId(EDU_A.into()));
+        assert!(regions.contains(&ReservedRegion {
+            range: IovaRange {
+                start: 0xA_0000,
+                last: 0xA_1FFF
+            },
+            kind: ReservedKind::Direct
+        }));
+        assert_eq!(unit.reserved_regions(DeviceId(EDU_B.into())).len(), 1);
+    }
+
+    #[test]
+    fn paging_domain_tables_are_freed_after_the_flush_and_with_the_domain() {
+        let (mut unit, _model) = unit_with(false);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let rw = Prot {
+            read: true,
+            write: true,
+        };
+        let gather = unit
+            .map(domain, 0x4000_0000, 0x8000_0000, 0x20_0000, rw)
+            .unwrap();
+        assert!(gather.is_empty(), "no NpCache: a new mapping owes nothing");
+        assert_eq!(unit.iova_to_phys(domain, 0x4010_0000), Some(0x8010_0000));
+        let gather = unit.unmap(domain, 0x4000_0000, 0x20_0000);
+        assert_eq!(gather.leaf_sizes, 1 << 21, "one 2 MiB leaf");
+        unit.flush(domain, &gather).unwrap();
+        assert_eq!(unit.iova_to_phys(domain, 0x4010_0000), None);
+        unit.free_domain(domain).unwrap();
+        assert_eq!(
+            unit.map(domain, 0, 0, 4096, rw),
+            Err(IommuError::Invalid),
+            "a freed domain is gone"
+        );
     }
 
     #[test]

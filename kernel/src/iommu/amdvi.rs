@@ -6,9 +6,9 @@ use alloc::format;
 use alloc::string::String;
 use core::ptr::NonNull;
 
-use ::iommu::{DeviceId, DomainKind, Gather, IommuUnit, UnitId};
+use ::iommu::{DeviceId, DomainKind, IommuUnit, Prot, UnitId};
 use amdvi::regs::{self, CapabilityHeader};
-use amdvi::{AmdVi, DiscoveryError, UnitError};
+use amdvi::{AmdVi, Counters, DiscoveryError, UnitError};
 use os_services::mmio::Mmio;
 use pci::{Bdf, ConfigSpace};
 
@@ -73,7 +73,10 @@ pub fn device_id(bdf: Bdf) -> DeviceId {
 }
 
 /// Prints what the unit is and what its operations cost in commands.
-#[allow(dead_code, reason = "the demo calls it once wired in")]
+#[allow(
+    dead_code,
+    reason = "the demo calls it once wired in; tests use `demo_lines`"
+)]
 pub fn demo(platform: &Platform) {
     match demo_lines(platform) {
         Ok(lines) => print!("{lines}"),
@@ -81,8 +84,57 @@ pub fn demo(platform: &Platform) {
     }
 }
 
-#[allow(dead_code, reason = "used by `demo`")]
-fn demo_lines(platform: &Platform) -> Result<String, String> {
+/// Attach, map and unmap of 16 aligned pages (no DMA), with what each cost.
+pub fn command_figures(
+    unit: &mut AmdVi,
+    device: DeviceId,
+    domain: ::iommu::DomainHandle,
+) -> Result<alloc::vec::Vec<(&'static str, Counters)>, String> {
+    const IOVA: u64 = 0x10_0000;
+    const LEN: u64 = 16 * 4096;
+    // Backed by nothing the device will touch: no DMA happens here.
+    const PHYS: u64 = 0x100_0000;
+    let mut figures = alloc::vec::Vec::new();
+    let before = unit.counters();
+    unit.attach(device, domain)
+        .map_err(|err| format!("attach: {err:?}"))?;
+    figures.push(("attach", unit.counters().since(&before)));
+    let before = unit.counters();
+    let gather = unit
+        .map(
+            domain,
+            IOVA,
+            PHYS,
+            LEN,
+            Prot {
+                read: true,
+                write: true,
+            },
+        )
+        .map_err(|err| format!("map: {err:?}"))?;
+    unit.flush(domain, &gather)
+        .map_err(|err| format!("flush: {err:?}"))?;
+    figures.push((
+        if unit.np_cache() {
+            "map of 16 aligned pages (NpCache: flushed)"
+        } else {
+            "map of 16 aligned pages (no NpCache: nothing owed)"
+        },
+        unit.counters().since(&before),
+    ));
+    let before = unit.counters();
+    let gather = unit.unmap(domain, IOVA, LEN);
+    unit.flush(domain, &gather)
+        .map_err(|err| format!("flush: {err:?}"))?;
+    figures.push(("unmap of 16 aligned pages", unit.counters().since(&before)));
+    let before = unit.counters();
+    unit.detach(device);
+    figures.push(("detach", unit.counters().since(&before)));
+    Ok(figures)
+}
+
+/// The lines `demo` prints.
+pub fn demo_lines(platform: &Platform) -> Result<String, String> {
     let unit = unit(platform).map_err(|absent| format!("no unit: {absent:?}"))?;
     let mut unit = unit.lock();
     let mut out = String::new();
@@ -109,38 +161,23 @@ fn demo_lines(platform: &Platform) -> Result<String, String> {
     let edu = crate::devices::edus().next().ok_or("no edu")?;
     let device = device_id(edu.function.bdf);
     let domain = unit
-        .alloc_domain(DomainKind::Blocked)
+        .alloc_domain(DomainKind::Paging)
         .map_err(|err| format!("{err:?}"))?;
-    let before = unit.counters();
-    unit.attach(device, domain)
-        .map_err(|err| format!("{err:?}"))?;
-    let attach = unit.counters().since(&before);
-    let mut gather = Gather::default();
-    for page in 0..16u64 {
-        gather.add_leaf(0x10_0000 + page * 4096, 4096);
-    }
-    let before = unit.counters();
-    unit.flush(domain, &gather)
-        .map_err(|err| format!("{err:?}"))?;
-    let flush = unit.counters().since(&before);
-    let before = unit.counters();
+    let figures = command_figures(&mut unit, device, domain);
     unit.detach(device);
-    let detach = unit.counters().since(&before);
-    unit.free_domain(domain).map_err(|err| format!("{err:?}"))?;
-    out += &format!(
-        "amd-vi: attach: {} INVALIDATE_DEVTAB_ENTRY + {} COMPLETION_WAIT, {} tail write\n",
-        attach.invalidate_devtab_entry, attach.completion_waits, attach.tail_writes
-    );
-    out += &format!(
-        "amd-vi: unmap of 16 aligned pages: {} INVALIDATE_IOMMU_PAGES (S=1) + {} COMPLETION_WAIT, {} tail write, {} MMIO write\n",
-        flush.invalidate_iommu_pages, flush.completion_waits, flush.tail_writes, flush.mmio_writes
-    );
-    out += &format!(
-        "amd-vi: detach: {} INVALIDATE_DEVTAB_ENTRY + {} INVALIDATE_IOMMU_PAGES + {} COMPLETION_WAIT, {} tail write\n",
-        detach.invalidate_devtab_entry,
-        detach.invalidate_iommu_pages,
-        detach.completion_waits,
-        detach.tail_writes
-    );
+    let freed = unit.free_domain(domain);
+    let figures = figures?;
+    freed.map_err(|err| format!("free_domain: {err:?}"))?;
+    for (what, cost) in figures {
+        out += &format!(
+            "amd-vi: {what}: {} INVALIDATE_DEVTAB_ENTRY + {} INVALIDATE_IOMMU_PAGES + {} COMPLETION_WAIT = {} commands, {} tail write(s), {} MMIO write(s)\n",
+            cost.invalidate_devtab_entry,
+            cost.invalidate_iommu_pages,
+            cost.completion_waits,
+            cost.commands,
+            cost.tail_writes,
+            cost.mmio_writes
+        );
+    }
     Ok(out)
 }

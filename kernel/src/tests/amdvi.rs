@@ -40,8 +40,8 @@ pub static TESTS: &[Test] = &[
         run: illegal_command_does_not_wedge_the_command_buffer,
     },
     Test {
-        name: "amdvi::blocked_dma_is_recorded_as_io_page_fault",
-        run: blocked_dma_is_recorded_as_io_page_fault,
+        name: "amdvi::unmapped_dma_is_recorded_as_io_page_fault",
+        run: unmapped_dma_is_recorded_as_io_page_fault,
     },
     Test {
         name: "amdvi::edu_msi_arrives_through_its_irte",
@@ -50,6 +50,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "amdvi::aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write",
         run: aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write,
+    },
+    Test {
+        name: "amdvi::demo_reports_the_command_costs",
+        run: demo_reports_the_command_costs,
     },
     Test {
         name: "amdvi::mapped_dma_lands_both_ways",
@@ -317,7 +321,7 @@ fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> Tes
     Ok(Outcome::Passed)
 }
 
-fn blocked_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult {
+fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
     let works = unit
         .lock()
@@ -328,21 +332,71 @@ fn blocked_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult {
             "this IOMMU never writes its event log (QEMU 10.0.2, QEMU-NOTES §2)",
         ));
     }
-    let device = edus()[0];
-    let mut drained: Vec<FaultRecord> = Vec::new();
-    unit.lock().drain_faults(&mut drained);
-    drained.clear();
-    ensure!(
-        dma_write_is_blocked(platform, device)?,
-        "blocked DMA landed"
-    );
-    unit.lock().drain_faults(&mut drained);
-    let id = glue::device_id(device.function.bdf);
-    ensure!(
-        drained
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let id = glue::device_id(device.function.bdf);
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        let mut records: Vec<FaultRecord> = Vec::new();
+        s.unit.lock().drain_faults(&mut records);
+        records.clear();
+        let victim = s.frame(0xA5)?;
+        dma_to_ram(&edu, victim.phys)?;
+        if !frame_holds(&victim, 0xA5) {
+            return Err("DMA to an unmapped IOVA landed".into());
+        }
+        s.unit.lock().drain_domain_faults(domain, &mut records);
+        let expected = records.iter().any(|r| {
+            r.requester == id
+                && r.access == Access::Write
+                && r.iova & !0xFFF == victim.phys
+                && r.reason == ::iommu::FaultReason::NotPresent
+        });
+        if !expected {
+            return Err(format!(
+                "no not-present write fault at {:#x} from {id:?} in the domain's queue: {records:?}",
+                victim.phys
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let device = glue::device_id(edus()[0].function.bdf);
+    let figures = {
+        let mut unit = unit.lock();
+        let domain = unit
+            .alloc_domain(DomainKind::Paging)
+            .map_err(|err| format!("{err:?}"))?;
+        let figures = glue::command_figures(&mut unit, device, domain);
+        let _ = unit.free_domain(domain);
+        figures?
+    };
+    let cost = |what: &str| {
+        figures
             .iter()
-            .any(|r| r.requester == id && r.access == Access::Write),
-        "no write fault from {id:?}: {drained:?}"
+            .find(|(name, _)| name.starts_with(what))
+            .map(|(_, c)| {
+                (
+                    c.invalidate_devtab_entry,
+                    c.invalidate_iommu_pages,
+                    c.completion_waits,
+                    c.tail_writes,
+                )
+            })
+    };
+    ensure_eq!(cost("attach"), Some((1, 0, 1, 1)), "attach");
+    // QEMU's IOMMU advertises NpCache: a new mapping is invalidated like an unmap.
+    ensure_eq!(cost("map"), Some((0, 1, 1, 1)), "map with NpCache");
+    ensure_eq!(cost("unmap"), Some((0, 1, 1, 1)), "aligned 16-page unmap");
+    ensure_eq!(cost("detach"), Some((1, 1, 1, 1)), "detach");
+    let lines = glue::demo_lines(platform)?;
+    ensure!(
+        lines.contains("unmap of 16 aligned pages: 0 INVALIDATE_DEVTAB_ENTRY + 1 INVALIDATE_IOMMU_PAGES + 1 COMPLETION_WAIT = 2 commands, 1 tail write(s), 1 MMIO write(s)"),
+        "demo output: {lines}"
     );
     Ok(Outcome::Passed)
 }

@@ -423,14 +423,18 @@ impl AmdVi {
         });
         let batch = first_slot..first_slot + u64::from(total * ENTRY_SIZE);
         if done.is_err() {
-            return Err(self.recover_command_buffer());
+            return Err(self.recover_command_buffer(batch));
         }
         // An IOMMU that keeps going after an illegal command (QEMU does) still logs it.
+        // Only events logged for this batch count: ring slots are reused.
+        let seen = self.unit_events.len();
         self.poll_events();
-        let illegal = self.unit_events.iter().find_map(|event| match *event {
-            Event::IllegalCommand { address } if batch.contains(&address) => Some(address),
-            _ => None,
-        });
+        let illegal = self.unit_events[seen..]
+            .iter()
+            .find_map(|event| match *event {
+                Event::IllegalCommand { address } if batch.contains(&address) => Some(address),
+                _ => None,
+            });
         match illegal {
             Some(address) => {
                 self.counters.command_errors += 1;
@@ -444,19 +448,21 @@ impl AmdVi {
     /// stops fetching commands (Status.CmdBufRun=0) with COMMAND_HEAD on the bad
     /// entry. Recovery: read the log, disable the buffer, drop every pending command
     /// (head = tail) and enable it again. The caller's batch did not complete.
-    fn recover_command_buffer(&mut self) -> UnitError {
+    fn recover_command_buffer(&mut self, batch: core::ops::Range<u64>) -> UnitError {
         self.counters.command_errors += 1;
         let stopped = !self.status().contains(Status::CMD_BUF_RUN);
+        let seen = self.unit_events.len();
         self.poll_events();
-        let illegal_at =
-            self.unit_events
-                .iter()
-                .rev()
-                .find_map(|event| match *event {
-                    Event::IllegalCommand { address }
-                    | Event::CommandHardwareError { address, .. } => Some(address),
-                    _ => None,
-                });
+        let illegal_at = self.unit_events[seen..]
+            .iter()
+            .find_map(|event| match *event {
+                Event::IllegalCommand { address } | Event::CommandHardwareError { address, .. }
+                    if batch.contains(&address) =>
+                {
+                    Some(address)
+                }
+                _ => None,
+            });
         let running = self.control;
         self.set_control(running - Control::CMD_BUF_EN);
         let _ = self.wait_status(Status::CMD_BUF_RUN, false);
@@ -1300,6 +1306,18 @@ mod tests {
             Err(UnitError::IllegalCommand { address: slot + 16 })
         );
         unit.run(&[]).unwrap();
+    }
+
+    #[test]
+    fn an_old_illegal_command_event_does_not_fail_later_batches_in_its_slot() {
+        let (mut unit, _model) = unit_with(true);
+        assert!(unit.run(&[Command::illegal()]).is_err());
+        // Well past one lap of the 256-entry ring: every slot is reused.
+        for _ in 0..300 {
+            unit.run(&[Command::invalidate_devtab_entry(EDU_A)])
+                .unwrap();
+        }
+        assert_eq!(unit.counters().command_errors, 1);
     }
 
     #[test]

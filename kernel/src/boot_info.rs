@@ -17,8 +17,10 @@ impl MemoryRegion {
 #[derive(Clone, Copy, Debug)]
 pub enum FirmwareTables {
     /// x86_64: the ACPI RSDP's physical address.
+    #[cfg(target_arch = "x86_64")]
     Acpi { rsdp: u64 },
-    /// aarch64: the device-tree blob, copied into kernel memory.
+    /// aarch64: the device-tree blob, which stays where the loader put it (reserved).
+    #[cfg(target_arch = "aarch64")]
     DeviceTree { dtb: &'static [u8] },
 }
 

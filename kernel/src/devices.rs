@@ -66,6 +66,15 @@ pub enum OpenError {
     Driver(edu::EduError),
 }
 
+impl core::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            OpenError::NoBar0 => write!(f, "no memory BAR0"),
+            OpenError::Driver(err) => write!(f, "edu driver: {err:?}"),
+        }
+    }
+}
+
 /// Enables memory decoding and bus mastering on `device` and binds the edu
 /// driver to its BAR0.
 pub fn open_edu(platform: &Platform, device: &PciDevice) -> Result<Edu<'static>, OpenError> {

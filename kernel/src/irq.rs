@@ -77,11 +77,13 @@ pub fn init(platform: &crate::platform::Platform) {
 /// x86_64: takes a free vector and installs `handler` for it.
 #[cfg(target_arch = "x86_64")]
 pub fn alloc_vector(handler: Handler) -> Option<u8> {
-    let vector = crate::arch::interrupts::ALLOCATABLE.find(|&vector| {
-        HANDLERS[vector as usize]
-            .compare_exchange(0, handler as usize, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    })?;
+    let vector = crate::arch::interrupts::ALLOCATABLE
+        .clone()
+        .find(|&vector| {
+            HANDLERS[vector as usize]
+                .compare_exchange(0, handler as usize, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })?;
     Some(vector as u8)
 }
 
@@ -93,16 +95,20 @@ pub fn msi_message(vector: u8) -> (u64, u32) {
 
 /// aarch64: enables SPI `intid` with `handler`.
 #[cfg(target_arch = "aarch64")]
-pub fn enable_spi(intid: u32, edge: bool, handler: Handler) {
+pub fn enable_spi(
+    intid: u32,
+    edge: bool,
+    handler: Handler,
+) -> Result<(), crate::arch::gic::NoInterruptController> {
     register(intid, Some(handler));
-    crate::arch::gic::enable_spi(intid, edge);
+    crate::arch::gic::enable_spi(intid, edge)
 }
 
 /// aarch64: an MSI through the GICv2m frame: (doorbell address, data, INTID).
 #[cfg(target_arch = "aarch64")]
 pub fn alloc_msi(handler: Handler) -> Option<(u64, u32, u32)> {
     let (doorbell, data, intid) = crate::arch::gic::alloc_msi_spi()?;
-    enable_spi(intid, true, handler);
+    enable_spi(intid, true, handler).ok()?;
     Some((doorbell, data, intid))
 }
 

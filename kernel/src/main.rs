@@ -13,6 +13,7 @@ extern crate alloc;
 #[macro_use]
 mod console;
 mod arch;
+mod bench;
 mod boot_info;
 mod cmdline;
 mod demo;
@@ -40,14 +41,36 @@ fn kernel_main(boot: BootInfo) -> ! {
     };
     irq::init(&platform);
     devices::init(&platform);
+    if let Some(crash) = cmdline.crash {
+        crash_on_purpose(crash);
+    }
 
     let failed = match cmdline.mode {
         Mode::Demo => demo::run(&platform),
         Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
+        Mode::Bench => bench::run_all(&platform, cmdline.filter),
     };
     arch::exit(if failed == 0 {
         arch::ExitCode::Success
     } else {
         arch::ExitCode::Failure
     })
+}
+
+/// An address no page table maps on either architecture: above the 4 GiB
+/// identity map and below the user region.
+const UNMAPPED_ADDRESS: usize = 0x10_0000_0000;
+
+fn crash_on_purpose(crash: cmdline::Crash) -> ! {
+    match crash {
+        cmdline::Crash::Panic => panic!("deliberate panic requested on the command line"),
+        cmdline::Crash::Fault => {
+            // SAFETY: not sound, on purpose: the load faults and the exception
+            // handler reports it and ends the run.
+            let value = unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) };
+            panic!(
+                "a load from unmapped {UNMAPPED_ADDRESS:#x} returned {value:#x} instead of faulting"
+            )
+        }
+    }
 }

@@ -32,11 +32,16 @@ pub enum Firmware {
 impl Platform {
     pub fn summary(&self) -> String {
         let buses = self.pci.ecam.buses();
-        let tables = match self.firmware {
+        let tables = match &self.firmware {
             #[cfg(target_arch = "x86_64")]
-            Firmware::Acpi(_) => "ACPI",
+            Firmware::Acpi(info) => format!(
+                "ACPI ({} tables; DMAR: {}, IVRS: {})",
+                info.tables.len(),
+                if info.dmar.is_some() { "yes" } else { "no" },
+                if info.ivrs.is_some() { "yes" } else { "no" }
+            ),
             #[cfg(target_arch = "aarch64")]
-            Firmware::DeviceTree(_) => "device tree",
+            Firmware::DeviceTree(tree) => format!("device tree ({} SMMUv3)", tree.smmus.len()),
         };
         format!(
             "{tables}, PCI buses {:#04x}-{:#04x}",
@@ -84,8 +89,6 @@ pub fn discover(boot: &BootInfo) -> Result<Platform, DiscoveryError> {
         FirmwareTables::Acpi { rsdp } => discover_acpi(rsdp),
         #[cfg(target_arch = "aarch64")]
         FirmwareTables::DeviceTree { dtb } => discover_device_tree(dtb),
-        #[allow(unreachable_patterns)]
-        _ => Err(DiscoveryError::NoPciHost),
     }
 }
 

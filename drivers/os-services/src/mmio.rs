@@ -46,7 +46,7 @@ impl Mmio {
 
     fn ptr<T>(&self, offset: usize) -> VolatilePtr<'_, T> {
         assert!(
-            offset % core::mem::size_of::<T>() == 0
+            offset.is_multiple_of(core::mem::size_of::<T>())
                 && offset + core::mem::size_of::<T>() <= self.len,
             "register offset {offset:#x} outside its block or misaligned"
         );

@@ -36,7 +36,10 @@ impl Ecam {
     }
 
     fn address(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
-        if !self.buses.contains(&bdf.bus) || offset >= FUNCTION_CONFIG_SIZE || offset % 4 != 0 {
+        if !self.buses.contains(&bdf.bus)
+            || offset >= FUNCTION_CONFIG_SIZE
+            || !offset.is_multiple_of(4)
+        {
             return None;
         }
         let index = (usize::from(bdf.bus - self.buses.start()) << BUS_SHIFT)

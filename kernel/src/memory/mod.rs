@@ -11,8 +11,6 @@ pub use heap::used as heap_used;
 
 use crate::boot_info::{BootInfo, MemoryRegion};
 
-pub use frames::{FRAME_SIZE, Frames};
-
 /// Lowest physical address handed out: the first MiB holds firmware data
 /// (x86 BIOS areas, PVH start info) we may still need.
 const LOWEST_USABLE: u64 = 1 << 20;

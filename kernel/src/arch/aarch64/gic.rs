@@ -32,8 +32,6 @@ const CPU0_TARGET: u32 = 0x01;
 /// GICC_IAR interrupt ID field and the "no pending interrupt" ID.
 const IAR_INTERRUPT_ID_MASK: u32 = 0x3FF;
 const SPURIOUS_INTID: u32 = 1023;
-/// INTIDs 32..1019 are SPIs.
-pub const FIRST_SPI: u32 = 32;
 
 /// GICv2m MSI frame registers.
 const V2M_MSI_TYPER: Reg32 = Reg32(0x008);
@@ -88,8 +86,13 @@ pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
     unsafe { core::arch::asm!("msr daifclr, #2") };
 }
 
-fn gic() -> &'static Gic {
-    GIC.get().expect("GIC used before init")
+/// The interrupt controller is absent when the device tree described none
+/// this kernel drives (e.g. a GICv3): interrupt users then get an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoInterruptController;
+
+fn gic() -> Result<&'static Gic, NoInterruptController> {
+    GIC.get().ok_or(NoInterruptController)
 }
 
 fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
@@ -100,8 +103,8 @@ fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
 }
 
 /// Configures SPI `intid` (edge or level), routes it to CPU 0 and enables it.
-pub fn enable_spi(intid: u32, edge: bool) {
-    let distributor = &gic().distributor;
+pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
+    let distributor = &gic()?.distributor;
     set_byte_field(distributor, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
     set_byte_field(distributor, GICD_ITARGETSR, intid, CPU0_TARGET);
     // GICD_ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.
@@ -120,10 +123,12 @@ pub fn enable_spi(intid: u32, edge: bool) {
         Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
         1 << (intid % 32),
     );
+    Ok(())
 }
 
 pub fn disable(intid: u32) {
-    gic().distributor.write32(
+    let Ok(gic) = gic() else { return };
+    gic.distributor.write32(
         Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
         1 << (intid % 32),
     );
@@ -131,7 +136,7 @@ pub fn disable(intid: u32) {
 
 /// Takes the next SPI of the v2m frame: returns (doorbell address, data, INTID).
 pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
-    let (base, frame) = gic().v2m.as_ref()?;
+    let (base, frame) = gic().ok()?.v2m.as_ref()?;
     let typer = frame.read32(V2M_MSI_TYPER);
     let first = (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK;
     let count = typer & V2M_TYPER_FIELD_MASK;
@@ -144,7 +149,8 @@ pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
 
 /// Handles one pending interrupt (called from the IRQ vector).
 pub fn handle_irq() {
-    let cpu = &gic().cpu;
+    let Ok(gic) = gic() else { return };
+    let cpu = &gic.cpu;
     let iar = cpu.read32(GICC_IAR);
     let intid = iar & IAR_INTERRUPT_ID_MASK;
     if intid == SPURIOUS_INTID {

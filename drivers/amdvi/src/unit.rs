@@ -1275,6 +1275,38 @@ mod tests {
     }
 
     #[test]
+    fn unmap_that_frees_a_table_invalidates_with_pde() {
+        let (mut unit, model) = unit_with(false);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let rw = Prot {
+            read: true,
+            write: true,
+        };
+        // 512 separate 4 KiB leaves (phys not 2 MiB aligned) fill one level-1 table.
+        let gather = unit
+            .map(domain, 0x20_0000, 0x8000_1000, 0x20_0000, rw)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        model.take_executed();
+        let gather = unit.unmap(domain, 0x20_0000, 0x20_0000);
+        assert!(gather.freed_tables && gather.leaf_sizes == 4096);
+        unit.flush(domain, &gather).unwrap();
+        let executed = model.take_executed();
+        assert_eq!(executed.len(), 2);
+        // S=1 over the 2 MiB block at 0x20_0000, PDE=1.
+        assert_eq!(executed[0].0[1], 0x2F_F000 | 0b11);
+        // Partial unmaps keep the table: PDE=0.
+        let gather = unit
+            .map(domain, 0x20_0000, 0x8000_1000, 0x4000, rw)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        model.take_executed();
+        let gather = unit.unmap(domain, 0x20_0000, 0x4000);
+        unit.flush(domain, &gather).unwrap();
+        assert_eq!(model.take_executed()[0].0[1], 0x20_1000 | 0b01);
+    }
+
+    #[test]
     fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
         let (mut unit, model) = unit_with(true);
         model.state.lock().unwrap().halt_on_illegal = true;

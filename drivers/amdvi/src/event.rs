@@ -1,8 +1,8 @@
 //! Event-log entries (AMD IOMMU §2.5 "Event Logging", 128 bits each) and the ring
 //! reader.
 //!
-//! Common layout (§2.5.1): DeviceID in bits 15:0, PASID[19:16] in 19:16, a DomainID or
-//! PASID[15:0] in 47:32, event flags in 59:48, EventCode in 63:60; bits 127:64 hold
+//! Common layout (§2.5.1): DeviceID in bits 15:0, PASID bits 19:16 in 19:16, a DomainID or
+//! PASID bits 15:0 in 47:32, event flags in 59:48, EventCode in 63:60; bits 127:64 hold
 //! the address the event is about.
 
 use alloc::vec::Vec;
@@ -73,7 +73,7 @@ pub enum Event {
         address: u64,
     },
     /// §2.5.3 IO_PAGE_FAULT: a translation or permission failure. `domain` is the
-    /// DomainID (or PASID[15:0] when GN).
+    /// DomainID (or PASID bits 15:0 when GN).
     IoPageFault {
         device_id: u16,
         domain: u16,

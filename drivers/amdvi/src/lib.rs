@@ -13,7 +13,7 @@
 //! - [`ring`]: head/tail arithmetic shared by the command buffer and the event log.
 //! - [`tables`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
-//! - [`unit`]: one live IOMMU: bring-up, command submission, faults, domains.
+//! - [`mod@unit`]: one live IOMMU: bring-up, command submission, faults, domains.
 //!
 //! # What is proven where
 //! QEMU 10.0.2's `amd-iommu,pt=off` translates and caches translations, so DMA

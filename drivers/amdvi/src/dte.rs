@@ -96,6 +96,17 @@ impl Dte {
         Self([field::V | field::TV, 0, field::IV, 0])
     }
 
+    /// V=1, TV=1, Mode=0 with IR=IW=1: DMA passes untranslated (IOVA = physical
+    /// address, §2.2.2.1 Mode 000b) under DomainID `domain`; interrupts aborted.
+    pub const fn identity(domain: u16) -> Self {
+        Self([
+            field::V | field::TV | field::IR | field::IW,
+            domain as u64,
+            field::IV,
+            0,
+        ])
+    }
+
     /// V=1, TV=1, DMA translated by a `levels`-level v1 table at `root` (§2.2.3) with
     /// DomainID `domain`; `read`/`write` are the DTE-level IR/IW permissions.
     pub fn translated(
@@ -219,6 +230,14 @@ mod tests {
         assert!(!dte.blocks_dma());
         let read_only = Dte::translated(0x1000, 4, 1, true, false).unwrap();
         assert_eq!(read_only.0[0], 0x2000_0000_0000_1803);
+    }
+
+    #[test]
+    fn identity_dte_golden() {
+        // V, TV, Mode 0, IR (61) + IW (62); DomainID 9.
+        let dte = Dte::identity(9);
+        assert_eq!(dte.0, [0x6000_0000_0000_0003, 9, 1, 0]);
+        assert!(!dte.blocks_dma() && dte.mode() == 0);
     }
 
     #[test]

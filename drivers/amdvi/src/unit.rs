@@ -133,6 +133,8 @@ type V1Table = io_page_table::PageTable<io_page_table::AmdV1, crate::tables::Dma
 
 enum DomainBacking {
     Blocked,
+    /// IOVA = physical address (DTE Mode 0 with IR/IW), for the kernel only.
+    Identity,
     Paging {
         table: alloc::boxed::Box<V1Table>,
         /// Table pages unlinked by `unmap`, released after the next `flush`.
@@ -738,6 +740,7 @@ impl AmdVi {
         match &self.domains.get(&domain.0)?.backing {
             DomainBacking::Paging { table, .. } => table.iova_to_phys(iova),
             DomainBacking::Blocked => None,
+            DomainBacking::Identity => Some(iova),
         }
     }
 
@@ -779,13 +782,13 @@ impl IommuUnit for AmdVi {
         UnitInfo {
             name: "amd-vi",
             kind: UnitKind::AmdVi,
+            // Paging domains use PAGING_LEVELS-level tables (§2.2.3: 9 bits a level
+            // above the 12-bit page offset), within what EFR.HATS allows.
             aperture: IovaRange {
                 start: 0,
-                // Six levels translate 64 bits; four translate 48 (§2.2.3).
-                last: match self.efr.host_levels() {
-                    Some(levels) if levels >= 6 => u64::MAX,
-                    Some(5) => (1 << 57) - 1,
-                    _ => (1 << 48) - 1,
+                last: {
+                    let levels = PAGING_LEVELS.min(u32::from(self.efr.host_levels().unwrap_or(4)));
+                    (1u64 << (12 + 9 * levels)) - 1
                 },
             },
             // v1 leaves at 4 KiB, 2 MiB and 1 GiB (§2.2.3, NextLevel=0 at levels 1-3).
@@ -827,6 +830,7 @@ impl IommuUnit for AmdVi {
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
         let backing = match kind {
             DomainKind::Blocked => DomainBacking::Blocked,
+            DomainKind::Identity => DomainBacking::Identity,
             DomainKind::Paging => {
                 let format = io_page_table::AmdV1::new(io_page_table::AmdV1Config {
                     levels: PAGING_LEVELS,
@@ -948,6 +952,7 @@ impl IommuUnit for AmdVi {
         let new_id = entry.id;
         let dte = match &entry.backing {
             DomainBacking::Blocked => self.blocked_dte(device_id),
+            DomainBacking::Identity => Dte::identity(entry.id),
             DomainBacking::Paging { table, .. } => Dte::translated(
                 table.root_phys(),
                 table.format().dte_mode(),
@@ -1272,6 +1277,19 @@ mod tests {
             Err(IommuError::Invalid),
             "a freed domain is gone"
         );
+    }
+
+    #[test]
+    fn identity_domain_passes_dma_untranslated_and_aperture_matches_the_tables() {
+        let (mut unit, _model) = unit_with(true);
+        let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+        unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+        let dte = unit.dte(EDU_B).unwrap();
+        assert_eq!(dte.0[0], 0x6000_0000_0000_0003);
+        assert_eq!(unit.iova_to_phys(domain, 0x1234_5000), Some(0x1234_5000));
+        assert_eq!(unit.info().aperture.last, (1 << 48) - 1);
+        unit.detach(DeviceId(EDU_B.into()));
+        unit.free_domain(domain).unwrap();
     }
 
     #[test]

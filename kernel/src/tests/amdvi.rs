@@ -91,6 +91,10 @@ pub static TESTS: &[Test] = &[
         name: "amdvi::iova_above_4gib_works",
         run: iova_above_4gib_works,
     },
+    Test {
+        name: "amdvi::identity_domain_passes_dma_at_physical_addresses",
+        run: identity_domain_passes_dma_at_physical_addresses,
+    },
 ];
 
 /// The unit, or the reason the test does not apply / failed to start.
@@ -952,6 +956,30 @@ fn iova_above_4gib_works(platform: &Platform) -> TestResult {
         dma_to_ram(&edu, high_target)?;
         if !holds_pattern(&target, 0, 0xAA) {
             return Err("DMA through IOVAs above 4 GiB did not land".into());
+        }
+        Ok(())
+    })
+}
+
+fn identity_domain_passes_dma_at_physical_addresses(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[1];
+        let edu = open(platform, device)?;
+        let domain = s
+            .unit
+            .lock()
+            .alloc_domain(DomainKind::Identity)
+            .map_err(|err| format!("{err:?}"))?;
+        s.domains.push(domain);
+        s.attach(device, domain)?;
+        let source = s.frame(0)?;
+        fill_pattern(&source, 0xBB);
+        let target = s.frame(0xA5)?;
+        edu.dma(edu::Direction::ToDevice, source.phys, 0, PAGE as usize)
+            .map_err(|err| format!("DMA to device: {err:?}"))?;
+        dma_to_ram(&edu, target.phys)?;
+        if !holds_pattern(&target, 0, 0xBB) {
+            return Err("identity domain: DMA at physical addresses did not land".into());
         }
         Ok(())
     })

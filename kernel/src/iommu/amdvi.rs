@@ -181,3 +181,44 @@ pub fn demo_lines(platform: &Platform) -> Result<String, String> {
     }
     Ok(out)
 }
+
+/// Bench-mode figures (`bench NAME VALUE UNIT`): commands, tail writes and MMIO
+/// writes per attach, map, unmap and detach of 16 aligned pages. For
+/// `crate::bench::ALL` once registered there.
+#[allow(dead_code, reason = "registered in the bench list by the lead")]
+pub fn bench(platform: &Platform) {
+    let Ok(unit) = unit(platform) else {
+        return;
+    };
+    let Some(edu) = crate::devices::edus().next() else {
+        return;
+    };
+    let mut unit = unit.lock();
+    let Ok(domain) = unit.alloc_domain(DomainKind::Paging) else {
+        return;
+    };
+    let figures = command_figures(&mut unit, device_id(edu.function.bdf), domain);
+    let _ = unit.free_domain(domain);
+    let Ok(figures) = figures else { return };
+    for (what, cost) in figures {
+        let name = match what.split(' ').next().unwrap_or(what) {
+            op @ ("map" | "unmap") => format!("amdvi::{op}_16_pages"),
+            op => format!("amdvi::{op}"),
+        };
+        crate::bench::report(
+            &format!("{name}_commands"),
+            cost.commands as f64,
+            "commands",
+        );
+        crate::bench::report(
+            &format!("{name}_tail_writes"),
+            cost.tail_writes as f64,
+            "writes",
+        );
+        crate::bench::report(
+            &format!("{name}_mmio_writes"),
+            cost.mmio_writes as f64,
+            "writes",
+        );
+    }
+}

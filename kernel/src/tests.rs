@@ -2,6 +2,8 @@
 //! does not apply to this machine returns `NotApplicable` from its tests
 //! (e.g. the VT-d tests on a machine without VT-d), never "ok".
 
+#[cfg(target_arch = "x86_64")]
+mod amdvi;
 mod foundation;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
@@ -19,4 +21,6 @@ pub static ALL: &[&[Test]] = &[
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::PAGING_TESTS,
+    #[cfg(target_arch = "x86_64")]
+    amdvi::TESTS,
 ];

@@ -6,3 +6,5 @@
 pub mod smmuv3;
 #[cfg(target_arch = "x86_64")]
 pub mod vtd;
+#[cfg(target_arch = "x86_64")]
+pub mod amdvi;

@@ -1,4 +1,4 @@
-//! The kernel console: `println!` over the architecture's serial port.
+//! The kernel console: `print!`/`println!` over the architecture's serial port.
 
 use core::fmt::{self, Write};
 
@@ -30,6 +30,11 @@ pub fn _print(args: fmt::Arguments) {
     if let Some(serial) = guard.as_mut() {
         let _ = serial.write_fmt(args);
     }
+}
+
+#[allow(unused_macros, reason = "only the x86_64 drivers' demo output uses it")]
+macro_rules! print {
+    ($($arg:tt)*) => ($crate::console::_print(format_args!($($arg)*)));
 }
 
 macro_rules! println {

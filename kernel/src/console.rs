@@ -1,4 +1,4 @@
-//! The kernel console: `print!`/`println!` over the architecture's serial port.
+//! The kernel console: `println!` over the architecture's serial port.
 
 use core::fmt::{self, Write};
 
@@ -32,11 +32,7 @@ pub fn _print(args: fmt::Arguments) {
     }
 }
 
-macro_rules! print {
-    ($($arg:tt)*) => ($crate::console::_print(format_args!($($arg)*)));
-}
-
 macro_rules! println {
-    () => ($crate::print!("\n"));
+    () => ($crate::console::_print(format_args!("\n")));
     ($($arg:tt)*) => ($crate::console::_print(format_args!("{}\n", format_args!($($arg)*))));
 }

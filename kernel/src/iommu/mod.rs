@@ -4,3 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod amdvi;
+#[cfg(target_arch = "aarch64")]
+pub mod smmuv3;
+#[cfg(target_arch = "x86_64")]
+pub mod vtd;

@@ -11,7 +11,10 @@ mod fdt;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-pub use fdt::{FDT_HEADER_SIZE, FDT_MAGIC, Fdt, MAX_DTB_SIZE, NodeId, Property};
+pub use fdt::{
+    FDT_HEADER_SIZE, FDT_MAGIC, Fdt, MAX_DEPTH, MAX_DTB_SIZE, MAX_NODES, MAX_PROPERTIES_PER_NODE,
+    NodeId, Property,
+};
 
 use crate::FirmwareError;
 use crate::bytes::be32;

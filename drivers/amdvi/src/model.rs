@@ -61,6 +61,8 @@ pub struct State {
     /// Index of the next command to fetch.
     pub head: u32,
     pub halt_on_illegal: bool,
+    /// The command processor does nothing (a hung IOMMU).
+    pub stalled: bool,
     pub halted: bool,
     /// Every command fetched, in order.
     pub executed: Vec<Command>,
@@ -178,7 +180,7 @@ impl Model {
         status.set(Status::EVENT_LOG_RUN, logging);
         s.status = status.bits();
 
-        if cmd_on && !s.halted {
+        if cmd_on && !s.halted && !s.stalled {
             let ring = Ring::new(8);
             let base = self.reg(regs::COMMAND_BUFFER_BASE) & regs::BASE_ADDRESS_MASK;
             let tail = ring.index(self.reg(regs::COMMAND_TAIL)).unwrap_or(0);

@@ -976,7 +976,14 @@ impl IommuUnit for AmdVi {
         if let Some(command) = Self::invalidation_for(new_id, &unity_gather) {
             extra.push(command);
         }
-        self.install_dma_config(device_id, dte, &extra)?;
+        let before = self.dte(device_id).ok_or(IommuError::Invalid)?;
+        if let Err(err) = self.install_dma_config(device_id, dte, &extra) {
+            // The device stays where it was: the old entry goes back (best effort:
+            // the command buffer has just failed).
+            self.store_dte(device_id, before);
+            let _ = self.run(&[Command::invalidate_devtab_entry(device_id)]);
+            return Err(err.into());
+        }
         if let Some(old) = previous.and_then(|h| self.domains.get_mut(&h)) {
             old.devices.remove(&device_id);
         }
@@ -1356,6 +1363,24 @@ mod tests {
             Err(UnitError::IllegalCommand { address: slot + 16 })
         );
         unit.run(&[]).unwrap();
+    }
+
+    #[test]
+    fn a_failed_attach_leaves_the_device_where_it_was() {
+        let (mut unit, model) = unit_with(true);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let before = unit.dte(EDU_A).unwrap();
+        model.state.lock().unwrap().stalled = true;
+        assert_eq!(
+            unit.attach(DeviceId(EDU_A.into()), domain),
+            Err(IommuError::Timeout)
+        );
+        assert_eq!(unit.dte(EDU_A), Some(before));
+        assert_eq!(unit.free_domain(domain), Ok(()), "the domain has no device");
+        model.state.lock().unwrap().stalled = false;
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        assert!(!unit.dte(EDU_A).unwrap().blocks_dma());
     }
 
     #[test]

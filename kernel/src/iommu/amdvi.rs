@@ -79,7 +79,11 @@ pub fn device_id(bdf: Bdf) -> DeviceId {
 )]
 pub fn demo(platform: &Platform) {
     match demo_lines(platform) {
-        Ok(lines) => print!("{lines}"),
+        Ok(lines) => {
+            for line in lines.lines() {
+                println!("{line}");
+            }
+        }
         Err(why) => println!("amd-vi: {why}"),
     }
 }

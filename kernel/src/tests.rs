@@ -5,6 +5,8 @@
 mod foundation;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
+#[cfg(target_arch = "aarch64")]
+mod smmuv3;
 
 use crate::testing::Test;
 
@@ -15,4 +17,6 @@ pub static ALL: &[&[Test]] = &[
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::PAGING_TESTS,
+    #[cfg(target_arch = "aarch64")]
+    smmuv3::TESTS,
 ];

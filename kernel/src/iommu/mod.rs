@@ -4,3 +4,5 @@
 
 #[cfg(target_arch = "x86_64")]
 pub mod vtd;
+#[cfg(target_arch = "aarch64")]
+pub mod smmuv3;

@@ -674,6 +674,22 @@ fn register_based_invalidation_without_qi() {
 }
 
 #[test]
+fn scalable_mode_refuses_to_run_without_the_queue() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_SCALABLE_SL & !(1 << 1));
+    let result = Vtd::new(
+        UnitId(0),
+        &model,
+        rig.env(),
+        description(),
+        Options::default(),
+    );
+    assert!(matches!(result, Err(Error::Unsupported(_))));
+    drop(result);
+    assert_eq!(rig.dma.live.get(), 0, "a failed bring-up leaked");
+}
+
+#[test]
 fn a_hung_unit_is_a_timeout_not_a_hang() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);

@@ -370,6 +370,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             .iter()
             .map(|sid| (sid >> 8) as u8)
             .collect();
+        buses.sort_unstable();
         buses.dedup();
         for bus in buses {
             self.context_table(bus)?;
@@ -395,6 +396,12 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 sequence: 0,
             };
             self.global_command(Global::QUEUED_INVALIDATION, true)?;
+        } else if self.mode.is_scalable() {
+            // Scalable mode has no register-based invalidation (§6.5): the
+            // PASID-cache and PASID-based IOTLB exist only as descriptors.
+            return Err(Error::Unsupported(
+                "scalable mode without queued invalidation",
+            ));
         }
         self.invalidate_all()?;
 
@@ -1228,9 +1235,14 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if previous == Some(domain.0) {
             return Ok(());
         }
-        // Before the switch, so that the device never runs without them and a
-        // failure leaves it where it was.
+        // Everything that can fail for want of memory happens before the
+        // switch, so that a failure leaves the device where it was; the RMRRs
+        // are mapped first so that the device never runs without them.
         self.map_direct_regions(sid, domain.0)?;
+        self.context_table((sid >> 8) as u8)?;
+        if self.mode.is_scalable() && translation != Translation::Blocked {
+            self.pasid_tables(sid)?;
+        }
         if let Some(old) = previous.and_then(|handle| self.domains.get(&handle)) {
             let (old_did, old_translation) = (old.did, old.translation);
             if old_translation != Translation::Blocked {

@@ -3,10 +3,10 @@
 //! (e.g. the VT-d tests on a machine without VT-d), never "ok".
 
 mod foundation;
-#[cfg(target_arch = "x86_64")]
-mod vtd;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
+#[cfg(target_arch = "x86_64")]
+mod vtd;
 
 use crate::testing::Test;
 

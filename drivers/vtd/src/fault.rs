@@ -22,6 +22,8 @@ pub mod reason {
     pub const READ: u8 = 0x6;
     /// Interrupt remapping: IRTE not present.
     pub const IRTE_NOT_PRESENT: u8 = 0x22;
+    /// Interrupt remapping: the requester is not the one the IRTE names (SVT).
+    pub const IRTE_SOURCE_ID: u8 = 0x26;
     /// Scalable mode: context entry not present.
     pub const SCALABLE_CONTEXT_NOT_PRESENT: u8 = 0x50;
     /// First stage: a paging entry is not present (seen from QEMU 10.0.2).

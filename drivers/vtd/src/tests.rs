@@ -182,6 +182,8 @@ struct Model {
     other: RefCell<std::collections::BTreeMap<usize, u64>>,
     /// What a worst-case implementation may hold in its caches.
     shadow: RefCell<Shadow>,
+    /// FSTS PFO / IQE.
+    fsts_sticky: Cell<u32>,
 }
 
 impl Model {
@@ -198,6 +200,7 @@ impl Model {
             stalled: Cell::new(false),
             fault: Cell::new((0, 0)),
             other: RefCell::new(Default::default()),
+            fsts_sticky: Cell::new(0),
             shadow: RefCell::new(Shadow {
                 scalable: Ecap(ecap).scalable_mode(),
                 ..Shadow::default()
@@ -215,7 +218,8 @@ impl Model {
         let slots = 4096 / slot;
         let mut head = self.iqh.get() / slot;
         let tail = tail / slot;
-        while head != tail {
+        // Like QEMU: nothing is fetched while IQE is set.
+        while head != tail && self.fsts_sticky.get() & 0x10 == 0 {
             let address = base + head * slot;
             let mut words = [0u64; 4];
             for (index, word) in words.iter_mut().enumerate().take(slot as usize / 8) {
@@ -224,6 +228,11 @@ impl Model {
                     unsafe { core::ptr::read_volatile((address + index as u64 * 8) as *const u64) };
             }
             let descriptor = Descriptor(words);
+            if descriptor.kind().is_none() {
+                // Unknown type: IQE, and the head stays on the bad descriptor.
+                self.fsts_sticky.set(self.fsts_sticky.get() | 0x10);
+                break;
+            }
             if descriptor.kind() == Some(DescriptorType::Wait) {
                 assert_ne!(words[0] & 0x30, 0x30, "QEMU aborts on a wait with SW|IF");
                 if words[0] & 0x20 != 0 && !self.stalled.get() {
@@ -254,11 +263,12 @@ impl Registers for &Model {
         match reg {
             regs::GSTS => self.gsts.get(),
             regs::FSTS => {
-                if self.fault.get().1 & (1 << 63) != 0 {
+                let pending = if self.fault.get().1 & (1 << 63) != 0 {
                     0x2
                 } else {
                     0
-                }
+                };
+                pending | self.fsts_sticky.get()
             }
             Reg32(offset) => *self.other.borrow().get(&offset).unwrap_or(&0) as u32,
         }
@@ -283,6 +293,11 @@ impl Registers for &Model {
                     status |= Global::IRT_POINTER;
                 }
                 self.gsts.set(status.bits());
+            }
+            regs::FSTS => {
+                // PFO and IQE are write-1-to-clear.
+                self.fsts_sticky
+                    .set(self.fsts_sticky.get() & !(value & 0x71));
             }
             Reg32(0x22C) => {
                 if value & (1 << 31) != 0 {
@@ -659,6 +674,22 @@ fn register_based_invalidation_without_qi() {
 }
 
 #[test]
+fn scalable_mode_refuses_to_run_without_the_queue() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_SCALABLE_SL & !(1 << 1));
+    let result = Vtd::new(
+        UnitId(0),
+        &model,
+        rig.env(),
+        description(),
+        Options::default(),
+    );
+    assert!(matches!(result, Err(Error::Unsupported(_))));
+    drop(result);
+    assert_eq!(rig.dma.live.get(), 0, "a failed bring-up leaked");
+}
+
+#[test]
 fn a_hung_unit_is_a_timeout_not_a_hang() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
@@ -686,6 +717,39 @@ fn faults_are_drained_cleared_and_decoded() {
     assert_eq!(records[0].requester, DeviceId(0x20));
     assert_eq!(model.fault.get().1 >> 63, 0, "F not cleared");
     assert_eq!(unit.drain_faults(&mut records), 0);
+}
+
+#[test]
+fn fault_overflow_is_cleared_with_the_records() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    model.fault.set((0x2000, 0xc000_0005_0000_0028));
+    model.fsts_sticky.set(0x1);
+    let mut records = Vec::new();
+    assert_eq!(unit.drain_faults(&mut records), 1);
+    assert_eq!(records[0].access, iommu::Access::Read);
+    assert_eq!(model.fsts_sticky.get() & 0x1, 0, "PFO not cleared");
+}
+
+#[test]
+fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    model.take_descriptors();
+    assert_eq!(
+        unit.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
+        Err(Error::QueueError)
+    );
+    assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE not cleared");
+    let mut gather = Gather::default();
+    gather.add_leaf(0x1000, 4096);
+    unit.flush(domain, &gather).unwrap();
+    let kinds = kinds(&model.take_descriptors());
+    assert_eq!(kinds.last(), Some(&DescriptorType::Wait));
+    assert!(kinds.contains(&DescriptorType::Iotlb));
 }
 
 #[test]

@@ -370,6 +370,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             .iter()
             .map(|sid| (sid >> 8) as u8)
             .collect();
+        buses.sort_unstable();
         buses.dedup();
         for bus in buses {
             self.context_table(bus)?;
@@ -395,6 +396,12 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 sequence: 0,
             };
             self.global_command(Global::QUEUED_INVALIDATION, true)?;
+        } else if self.mode.is_scalable() {
+            // Scalable mode has no register-based invalidation (§6.5): the
+            // PASID-cache and PASID-based IOTLB exist only as descriptors.
+            return Err(Error::Unsupported(
+                "scalable mode without queued invalidation",
+            ));
         }
         self.invalidate_all()?;
 
@@ -547,9 +554,42 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 .then_some(Err(Error::QueueError))
         });
         match result {
+            Ok(Err(Error::QueueError)) => {
+                self.recover_queue();
+                Err(Error::QueueError)
+            }
             Ok(outcome) => outcome,
             Err(_) => Err(Error::Timeout("invalidation wait")),
         }
+    }
+
+    /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
+    /// replace it with a wait that writes nothing, then clear IQE so that the
+    /// queue runs again from there.
+    fn recover_queue(&mut self) {
+        let Invalidator::Queue {
+            ring_page, ring, ..
+        } = &self.invalidator
+        else {
+            return;
+        };
+        let slot = ring.head_slot(self.regs.read64(regs::IQH));
+        let offset = slot * ring.slot_bytes();
+        let harmless = Descriptor([crate::invalidation::DescriptorType::Wait as u64, 0, 0, 0]);
+        let words = if ring.is_wide() { 4 } else { 2 };
+        for (index, word) in harmless.0[..words].iter().enumerate() {
+            ring_page.write(offset + index * 8, *word);
+        }
+        let ring_page = *ring_page;
+        self.flush_cache(ring_page);
+        fence(Ordering::SeqCst);
+        self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
+    }
+
+    /// Queues raw descriptors (tests inject malformed ones through this).
+    #[cfg(test)]
+    pub(crate) fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        self.submit(descriptors)
     }
 
     /// Register-based context-cache invalidation (§6.5.1.1).
@@ -1045,9 +1085,21 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
             _ => 48,
         }
         .min(self.cap.max_guest_address_width());
+        // The leaves io-page-table will use for this unit's format: second
+        // stage per CAP.SLLPS, first stage 2 MiB always and 1 GiB per CAP.FS1GP.
         let mut page_sizes = 1u64 << 12;
-        if self.cap.second_stage_large_pages() & 1 != 0 || self.mode == Mode::ScalableFirstStage {
+        let (large_2m, large_1g) = match self.mode {
+            Mode::ScalableFirstStage => (true, self.cap.first_stage_1g_pages()),
+            _ => {
+                let sllps = self.cap.second_stage_large_pages();
+                (sllps & 1 != 0, sllps & 2 != 0)
+            }
+        };
+        if large_2m {
             page_sizes |= 1 << 21;
+        }
+        if large_1g {
+            page_sizes |= 1 << 30;
         }
         UnitInfo {
             name: "intel-vtd",
@@ -1183,9 +1235,14 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if previous == Some(domain.0) {
             return Ok(());
         }
-        // Before the switch, so that the device never runs without them and a
-        // failure leaves it where it was.
+        // Everything that can fail for want of memory happens before the
+        // switch, so that a failure leaves the device where it was; the RMRRs
+        // are mapped first so that the device never runs without them.
         self.map_direct_regions(sid, domain.0)?;
+        self.context_table((sid >> 8) as u8)?;
+        if self.mode.is_scalable() && translation != Translation::Blocked {
+            self.pasid_tables(sid)?;
+        }
         if let Some(old) = previous.and_then(|handle| self.domains.get(&handle)) {
             let (old_did, old_translation) = (old.did, old.translation);
             if old_translation != Translation::Blocked {

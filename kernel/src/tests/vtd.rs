@@ -43,6 +43,10 @@ pub static TESTS: &[Test] = &[
         run: edu_msi_arrives_through_its_irte_and_stops_when_cleared,
     },
     Test {
+        name: "vtd::an_msi_from_another_requester_than_the_irte_names_is_blocked_and_reported",
+        run: msi_from_the_wrong_requester_is_blocked,
+    },
+    Test {
         name: "vtd::aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write",
         run: aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write,
     },
@@ -212,6 +216,16 @@ fn identity_domain_carries_dma_and_detach_blocks_it(platform: &Platform) -> Test
 /// Same scenario with queued invalidation off: QEMU then honours CCMD and
 /// the IOTLB register, and the detach must still be seen by the next DMA.
 fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> TestResult {
+    // Scalable mode has only queued invalidation (VT-d 3.4 §6.5).
+    match bring_up_with(platform, vtd::Options::default())? {
+        None => return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR")),
+        Some(unit) if unit.mode().is_scalable() => {
+            return Ok(Outcome::NotApplicable(
+                "scalable mode has no register-based invalidation",
+            ));
+        }
+        Some(_) => {}
+    }
     let options = vtd::Options {
         queued_invalidation: false,
         interrupt_remapping: false,
@@ -373,6 +387,46 @@ fn edu_msi_arrives_through_its_irte_and_stops_when_cleared(platform: &Platform) 
             let faults = drain(unit);
             ensure_eq!(faults.len(), 1, format!("fault records {faults:x?}"));
             ensure_eq!(faults[0].reason, reason::IRTE_NOT_PRESENT, "reason");
+            ensure_eq!(faults[0].source_id, requester(a), "source id");
+            ensure_eq!(faults[0].interrupt_index(), index, "interrupt index");
+            Ok(())
+        })();
+        msi.disable(config);
+        crate::irq::free(irq);
+        let freed = unit.free_interrupt(index);
+        run?;
+        freed.map_err(|err| format!("free IRTE: {err:?}"))?;
+        Ok(Outcome::Passed)
+    })
+}
+
+/// The IRTE verifies the requester (SVT = 01): edu A sending through an
+/// entry made for edu B is blocked and reported as a source-id fault.
+fn msi_from_the_wrong_requester_is_blocked(platform: &Platform) -> TestResult {
+    with_unit(platform, |unit| {
+        if !unit.interrupt_remapping_enabled() {
+            return Ok(Outcome::NotApplicable("no interrupt remapping (ECAP.IR)"));
+        }
+        let (a, b) = edu_pair()?;
+        let edu = open(platform, a)?;
+        let config = &platform.pci.ecam;
+        let msi = pci::Msi::find(config, a.function.bdf).ok_or("edu has no MSI capability")?;
+        let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
+        let irq = u32::from(vector);
+        let apic_id = ((crate::irq::msi_message(vector).0 >> 12) & 0xFF) as u8;
+        let index = unit.alloc_interrupt().ok_or("no free IRTE")?;
+        let run = (|| -> Fallible {
+            unit.set_interrupt(index, Irte::remapped(vector, apic_id, requester(b)))
+                .map_err(|err| format!("IRTE: {err:?}"))?;
+            msi.enable(config, remappable_msi_address(index), 0);
+            let seen = crate::irq::count(irq);
+            edu.raise_interrupt(1);
+            let delivered = crate::irq::wait_for(irq, seen, Duration::from_millis(100));
+            edu.acknowledge_interrupt(1);
+            ensure!(!delivered, "an MSI from the wrong requester was delivered");
+            let faults = drain(unit);
+            ensure_eq!(faults.len(), 1, format!("fault records {faults:x?}"));
+            ensure_eq!(faults[0].reason, reason::IRTE_SOURCE_ID, "reason");
             ensure_eq!(faults[0].source_id, requester(a), "source id");
             ensure_eq!(faults[0].interrupt_index(), index, "interrupt index");
             Ok(())

@@ -181,6 +181,13 @@ fn linear_table_blocks_unattached_dma_and_reports_bad_ste(platform: &Platform) -
     })?;
     ensure!(!two_level, "asked for a linear table");
     ensure_eq!(sid_bits, 8, "linear table StreamID bits");
+    let (gbpa, cr0ack) = glue::with_unit(platform, |unit| (unit.smmu.gbpa(), unit.smmu.cr0ack()))?;
+    ensure!(
+        gbpa.contains(smmuv3::regs::Gbpa::ABORT),
+        "GBPA {gbpa:?}: unknown traffic would bypass while SMMUEN = 0"
+    );
+    use smmuv3::regs::Cr0;
+    ensure_eq!(cr0ack, Cr0::SMMUEN | Cr0::EVENTQEN | Cr0::CMDQEN, "CR0ACK");
     ensure!(
         !to_ram_lands(platform, device, SMALL_DMA)?,
         "DMA from unattached {} landed",
@@ -465,19 +472,6 @@ fn map(
     .map_err(|err| format!("map {iova:#x}: {err:?}"))
 }
 
-fn unmap(
-    platform: &Platform,
-    domain: iommu::DomainHandle,
-    iova: u64,
-    len: u64,
-) -> Result<(), String> {
-    unit(platform, |u| {
-        let gather = u.unmap(domain, iova, len);
-        u.flush(domain, &gather)
-    })?
-    .map_err(|err| format!("unmap {iova:#x}: {err:?}"))
-}
-
 fn attach(platform: &Platform, sid: u32, domain: iommu::DomainHandle) -> Result<(), String> {
     unit(platform, |u| u.attach(DeviceId(sid), domain))?
         .map_err(|err| format!("attach {sid:#x}: {err:?}"))
@@ -607,8 +601,18 @@ fn paging_domain_dma_matrix(platform: &Platform) -> TestResult {
             false,
         )?;
 
-        // Unmap (TLBI + SYNC) then DMA: blocked although the entry was cached.
-        unmap(platform, a, IOVA_DESTINATION, 4096)?;
+        // Unmap then DMA. Control first: with the PTE gone but no TLBI the
+        // cached translation still carries the DMA (so the check below can
+        // fail); after the flush (TLBI + CMD_SYNC) it is blocked.
+        let gather = unit(platform, |u| u.unmap(a, IOVA_DESTINATION, 4096))?;
+        ensure!(!gather.is_empty(), "unmap changed nothing");
+        fill(&destination, SMALL_DMA, |_| UNTOUCHED);
+        dma(&edu, edu::Direction::ToRam, IOVA_DESTINATION, SMALL_DMA)?;
+        ensure!(
+            bytes(&destination, SMALL_DMA) == before,
+            "without a TLBI the cached entry was not used: the test below proves nothing"
+        );
+        unit(platform, |u| u.flush(a, &gather))?.map_err(|err| format!("flush: {err:?}"))?;
         fill(&destination, SMALL_DMA, |_| UNTOUCHED);
         dma(&edu, edu::Direction::ToRam, IOVA_DESTINATION, SMALL_DMA)?;
         ensure!(

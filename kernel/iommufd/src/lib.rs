@@ -1,2 +1,595 @@
-//! Hardware-independent iommufd object model: IOAS, HWPT, devices, IOVA allocation, faults.
+//! Hardware-independent iommufd object model: IOAS, HWPT, devices, IOVA allocation,
+//! pinning, faults.
+//!
+//! The semantics are Linux iommufd's (`drivers/iommu/iommufd/`), with the device
+//! attach calls Linux leaves to VFIO. Every operation is all-or-nothing: it either
+//! completes or returns an [`Errno`] with the state exactly as before (the fail-nth
+//! tests check this at every allocation point). Hardware is reached only through
+//! the [`iommu::IommuUnit`] contract; task memory only through [`Services`].
+//!
+//! Objects live in a per-owner (per-task) table with `u32` ids from 1, the lowest
+//! free id first (as Linux's xarray allocation).
 #![no_std]
+
+extern crate alloc;
+
+mod fault;
+mod hwpt;
+mod ioas;
+pub mod iova;
+pub mod testing;
+
+use abi::Errno;
+use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::vec::Vec;
+use iommu::{DeviceId, DomainHandle, Gather, IommuError, IommuUnit, IovaRange, Prot, UnitId};
+use iova::IovaSpace;
+
+pub use fault::FaultReadReply;
+pub use hwpt::{HwInfoReply, decode_hwpt_data, decode_invalidations};
+pub use ioas::IovaRanges;
+
+/// An object id in an owner's table.
+pub type ObjId = u32;
+
+/// The task (or other principal) whose object table an operation works on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OwnerId(pub u64);
+
+/// A physically contiguous piece of pinned memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PhysRun {
+    pub phys: u64,
+    pub len: u64,
+}
+
+/// The core's own allocation points, charged through [`Services::charge`] before
+/// the allocation happens (so that a refusal leaves nothing half-done).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resource {
+    /// A new object in an owner's table.
+    ObjectSlot,
+    /// Nodes of the IOVA hole index (a split, or a rebuild).
+    IovaNode,
+    /// A new area in an IOAS.
+    Area,
+    /// Reserved-range entries of an IOAS.
+    Reservation,
+    /// The record of a pinned range.
+    PinnedPages,
+}
+
+/// What the kernel provides: pinning of task memory and an allocation gate.
+pub trait Services {
+    /// Pins `[va, va + len)` of `owner`'s address space (page aligned) and returns
+    /// its physical pages in order. `write` asks for writable memory.
+    /// `EFAULT` when not mapped (or not writable), `ENOMEM` when out of memory.
+    fn pin(
+        &mut self,
+        owner: OwnerId,
+        va: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<Vec<PhysRun>, Errno>;
+
+    /// Releases a range pinned by `pin`; called only after every IOTLB that could
+    /// hold a translation to it has been flushed.
+    fn unpin(&mut self, owner: OwnerId, va: u64, len: u64, runs: &[PhysRun]);
+
+    /// Asks whether the core may allocate for `resource` (quota or fault
+    /// injection); `Err(ENOMEM)` refuses.
+    fn charge(&mut self, resource: Resource) -> Result<(), Errno> {
+        let _ = resource;
+        Ok(())
+    }
+}
+
+/// The granule of pinning and the smallest IOVA alignment.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Records a HWPT's fault queue holds before it drops (and counts) new ones.
+pub const FAULT_QUEUE_DEPTH: usize = 32;
+
+fn errno(e: IommuError) -> Errno {
+    match e {
+        IommuError::NoMemory => Errno::ENOMEM,
+        IommuError::Unsupported => Errno::EOPNOTSUPP,
+        IommuError::Invalid => Errno::EINVAL,
+        IommuError::Busy => Errno::EBUSY,
+        IommuError::Timeout => Errno::EIO,
+    }
+}
+
+/// Adds `other` to `into` (one gather may cover several unmaps of one call).
+fn merge_gather(into: &mut Gather, other: &Gather) {
+    if other.is_empty() {
+        return;
+    }
+    if into.is_empty() {
+        *into = *other;
+        return;
+    }
+    into.start = into.start.min(other.start);
+    into.last = into.last.max(other.last);
+    into.leaf_sizes |= other.leaf_sizes;
+    into.freed_tables |= other.freed_tables;
+}
+
+/// Pinned pages shared by the areas that map them (`copy` shares).
+#[derive(Debug)]
+struct Pages {
+    owner: OwnerId,
+    va: u64,
+    len: u64,
+    runs: Vec<PhysRun>,
+    refs: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Area {
+    last: u64,
+    pages: u64,
+    /// Byte offset of the area's first IOVA in its pages.
+    offset: u64,
+    prot: Prot,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResvOwner {
+    /// The outside of a HWPT's unit aperture.
+    Hwpt(ObjId),
+    /// A device's reserved regions while it is attached.
+    Device(ObjId),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Reservation {
+    range: IovaRange,
+    owner: ResvOwner,
+}
+
+#[derive(Debug)]
+struct Ioas {
+    areas: BTreeMap<u64, Area>,
+    /// Sorted, disjoint; empty means everything.
+    allowed: Vec<IovaRange>,
+    reserved: Vec<Reservation>,
+    space: IovaSpace,
+    /// Paging HWPTs (automatic and explicit) that mirror every area.
+    domains: Vec<ObjId>,
+    alignment: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HwptKind {
+    Paging {
+        ioas: ObjId,
+        auto: bool,
+        nest_parent: bool,
+    },
+    Nested {
+        parent: ObjId,
+    },
+}
+
+#[derive(Debug)]
+struct FaultQueue {
+    records: VecDeque<abi::FaultRecord>,
+    /// Dropped since the last record that was queued.
+    dropped: u32,
+}
+
+#[derive(Debug)]
+struct Hwpt {
+    kind: HwptKind,
+    unit: UnitId,
+    domain: DomainHandle,
+    min_page: u64,
+    devices: u32,
+    children: u32,
+    faults: FaultQueue,
+}
+
+#[derive(Debug)]
+struct Device {
+    unit: UnitId,
+    requester: DeviceId,
+    attached: Option<ObjId>,
+}
+
+#[derive(Debug)]
+enum Object {
+    Ioas(Ioas),
+    Hwpt(Hwpt),
+    Device(Device),
+}
+
+#[derive(Debug, Default)]
+struct Owner {
+    objects: BTreeMap<ObjId, Object>,
+    free_ids: BTreeSet<ObjId>,
+    next_id: ObjId,
+}
+
+impl Owner {
+    fn peek_id(&self) -> Result<ObjId, Errno> {
+        match self.free_ids.first() {
+            Some(id) => Ok(*id),
+            None if self.next_id == ObjId::MAX => Err(Errno::ENOSPC),
+            None => Ok(self.next_id.max(1)),
+        }
+    }
+
+    /// Inserts `object` under the id `peek_id` returned.
+    fn insert(&mut self, object: Object) -> ObjId {
+        let id = match self.free_ids.pop_first() {
+            Some(id) => id,
+            None => {
+                self.next_id = self.next_id.max(1);
+                let id = self.next_id;
+                self.next_id += 1;
+                id
+            }
+        };
+        self.objects.insert(id, object);
+        id
+    }
+
+    fn remove(&mut self, id: ObjId) -> Option<Object> {
+        let object = self.objects.remove(&id)?;
+        if id + 1 == self.next_id {
+            self.next_id = id;
+            while let Some(&last) = self.free_ids.last() {
+                if last + 1 != self.next_id {
+                    break;
+                }
+                self.free_ids.pop_last();
+                self.next_id = last;
+            }
+        } else {
+            self.free_ids.insert(id);
+        }
+        Some(object)
+    }
+
+    fn ioas(&self, id: ObjId) -> Result<&Ioas, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Ioas(i)) => Ok(i),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn ioas_mut(&mut self, id: ObjId) -> Result<&mut Ioas, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Ioas(i)) => Ok(i),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn hwpt(&self, id: ObjId) -> Result<&Hwpt, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Hwpt(h)) => Ok(h),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn hwpt_mut(&mut self, id: ObjId) -> Result<&mut Hwpt, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Hwpt(h)) => Ok(h),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn device(&self, id: ObjId) -> Result<&Device, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Device(d)) => Ok(d),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn device_mut(&mut self, id: ObjId) -> Result<&mut Device, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Device(d)) => Ok(d),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    /// The IOAS whose areas a HWPT translates (its own, or its parent's).
+    fn hwpt_ioas(&self, id: ObjId) -> Result<ObjId, Errno> {
+        match self.hwpt(id)?.kind {
+            HwptKind::Paging { ioas, .. } => Ok(ioas),
+            HwptKind::Nested { parent } => self.hwpt_ioas(parent),
+        }
+    }
+}
+
+/// The iommufd core: every owner's objects over the kernel's IOMMU units.
+pub struct Iommufd<U: IommuUnit, S: Services> {
+    units: Vec<U>,
+    services: S,
+    owners: BTreeMap<OwnerId, Owner>,
+    pages: BTreeMap<u64, Pages>,
+    next_pages: u64,
+    /// Which owner's device object holds each (unit, requester).
+    claimed: BTreeMap<(UnitId, DeviceId), (OwnerId, ObjId)>,
+    /// Pages whose IOTLB flush failed: never released (a device may still reach them).
+    quarantined: Vec<Pages>,
+    unrouted_faults: u64,
+    fault_scratch: Vec<iommu::FaultRecord>,
+}
+
+impl<U: IommuUnit, S: Services> Iommufd<U, S> {
+    /// A core over `units` (indexed by `UnitId`).
+    pub fn new(units: Vec<U>, services: S) -> Self {
+        Self {
+            units,
+            services,
+            owners: BTreeMap::new(),
+            pages: BTreeMap::new(),
+            next_pages: 0,
+            claimed: BTreeMap::new(),
+            quarantined: Vec::new(),
+            unrouted_faults: 0,
+            fault_scratch: Vec::new(),
+        }
+    }
+
+    pub fn units(&self) -> &[U] {
+        &self.units
+    }
+
+    pub fn unit_mut(&mut self, unit: UnitId) -> Option<&mut U> {
+        self.units.get_mut(unit.0 as usize)
+    }
+
+    pub fn services(&self) -> &S {
+        &self.services
+    }
+
+    pub fn services_mut(&mut self) -> &mut S {
+        &mut self.services
+    }
+
+    /// Objects `owner` holds.
+    pub fn object_count(&self, owner: OwnerId) -> usize {
+        self.owners.get(&owner).map_or(0, |o| o.objects.len())
+    }
+
+    /// Distinct pinned ranges alive (shared ranges count once).
+    pub fn pinned_ranges(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// Bytes pinned in all owners.
+    pub fn pinned_bytes(&self) -> u64 {
+        self.pages.values().map(|p| p.len).sum()
+    }
+
+    /// Pinned ranges kept forever because their IOTLB flush failed.
+    pub fn quarantined_ranges(&self) -> usize {
+        self.quarantined.len()
+    }
+
+    /// Faults that arrived for devices no task holds (or that are blocked).
+    pub fn unrouted_faults(&self) -> u64 {
+        self.unrouted_faults
+    }
+
+    /// A textual image of the whole object state, for tests that check an
+    /// operation failed without changing anything.
+    pub fn state_digest(&self) -> alloc::string::String {
+        alloc::format!(
+            "{:?}|{:?}|{:?}|{}|{:?}",
+            self.owners,
+            self.pages,
+            self.claimed,
+            self.next_pages,
+            self.quarantined
+        )
+    }
+
+    fn owner(&self, owner: OwnerId) -> Result<&Owner, Errno> {
+        self.owners.get(&owner).ok_or(Errno::ENOENT)
+    }
+
+    fn owner_mut(&mut self, owner: OwnerId) -> Result<&mut Owner, Errno> {
+        self.owners.get_mut(&owner).ok_or(Errno::ENOENT)
+    }
+
+    fn unit(&mut self, unit: UnitId) -> &mut U {
+        &mut self.units[unit.0 as usize]
+    }
+
+    /// Binds a device behind `unit` to `owner` (the kernel's `device_open`):
+    /// a device object in blocked state. `EBUSY` if any owner holds it already.
+    pub fn bind_device(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        requester: DeviceId,
+    ) -> Result<ObjId, Errno> {
+        if unit.0 as usize >= self.units.len() {
+            return Err(Errno::EINVAL);
+        }
+        if self.claimed.contains_key(&(unit, requester)) {
+            return Err(Errno::EBUSY);
+        }
+        self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
+        self.services.charge(Resource::ObjectSlot)?;
+        // A freshly bound device must not inherit anybody's translation.
+        self.unit(unit).detach(requester);
+        let id = self
+            .owners
+            .entry(owner)
+            .or_default()
+            .insert(Object::Device(Device {
+                unit,
+                requester,
+                attached: None,
+            }));
+        self.claimed.insert((unit, requester), (owner, id));
+        Ok(id)
+    }
+
+    /// Destroys an object that nothing references: `EBUSY` while an IOAS has HWPTs,
+    /// a HWPT has devices or nested children, or a device is attached.
+    pub fn destroy(&mut self, owner: OwnerId, id: ObjId) -> Result<(), Errno> {
+        let o = self.owner(owner)?;
+        match o.objects.get(&id).ok_or(Errno::ENOENT)? {
+            Object::Ioas(ioas) => {
+                if !ioas.domains.is_empty() {
+                    return Err(Errno::EBUSY);
+                }
+                self.destroy_ioas(owner, id)
+            }
+            Object::Hwpt(hwpt) => {
+                if hwpt.devices != 0 || hwpt.children != 0 {
+                    return Err(Errno::EBUSY);
+                }
+                self.destroy_hwpt(owner, id);
+                Ok(())
+            }
+            Object::Device(device) => {
+                if device.attached.is_some() {
+                    return Err(Errno::EBUSY);
+                }
+                let key = (device.unit, device.requester);
+                self.claimed.remove(&key);
+                self.owner_mut(owner)?.remove(id);
+                Ok(())
+            }
+        }
+    }
+
+    /// Destroys everything `owner` holds, leaf first: devices are detached
+    /// (blocked) and released, then nested HWPTs, paging HWPTs, IOASes (whose
+    /// pages are unpinned). Nothing of the owner remains.
+    pub fn teardown(&mut self, owner: OwnerId) {
+        let Some(o) = self.owners.get(&owner) else {
+            return;
+        };
+        let ids: Vec<(ObjId, u8)> = o
+            .objects
+            .iter()
+            .map(|(&id, obj)| {
+                let rank = match obj {
+                    Object::Device(_) => 0,
+                    Object::Hwpt(Hwpt {
+                        kind: HwptKind::Nested { .. },
+                        ..
+                    }) => 1,
+                    Object::Hwpt(_) => 2,
+                    Object::Ioas(_) => 3,
+                };
+                (id, rank)
+            })
+            .collect();
+        for rank in 0..4 {
+            for &(id, r) in &ids {
+                if r != rank {
+                    continue;
+                }
+                if rank == 0 {
+                    // Detach cannot fail; an already detached device is fine.
+                    let _ = self.device_detach(owner, id);
+                }
+                // Automatic HWPTs vanish with their last device; skip ids gone.
+                if self
+                    .owners
+                    .get(&owner)
+                    .is_some_and(|o| o.objects.contains_key(&id))
+                {
+                    let destroyed = self.destroy(owner, id);
+                    debug_assert!(destroyed.is_ok(), "leaf-first teardown left a reference");
+                }
+            }
+        }
+        self.owners.remove(&owner);
+    }
+
+    /// Drops one reference to pinned pages, unpinning them at the last one. Only
+    /// call after the IOTLB flush covering every mapping of them completed.
+    fn put_pages(&mut self, pages: u64) {
+        let Some(p) = self.pages.get_mut(&pages) else {
+            debug_assert!(false, "area without pages");
+            return;
+        };
+        p.refs -= 1;
+        if p.refs == 0
+            && let Some(p) = self.pages.remove(&pages)
+        {
+            self.services.unpin(p.owner, p.va, p.len, &p.runs);
+        }
+    }
+
+    /// Keeps pages forever: their flush failed, so a device may still reach them.
+    fn quarantine_pages(&mut self, pages: u64) {
+        if let Some(p) = self.pages.get_mut(&pages) {
+            p.refs -= 1;
+            if p.refs == 0
+                && let Some(p) = self.pages.remove(&pages)
+            {
+                self.quarantined.push(p);
+            }
+        }
+    }
+}
+
+/// Calls `f(phys, len)` for the pieces of `runs` covering `[offset, offset + len)`.
+fn for_each_piece(
+    runs: &[PhysRun],
+    mut offset: u64,
+    mut len: u64,
+    mut f: impl FnMut(u64, u64) -> Result<(), IommuError>,
+) -> Result<(), IommuError> {
+    for run in runs {
+        if len == 0 {
+            break;
+        }
+        if offset >= run.len {
+            offset -= run.len;
+            continue;
+        }
+        let piece = (run.len - offset).min(len);
+        f(run.phys + offset, piece)?;
+        len -= piece;
+        offset = 0;
+    }
+    Ok(())
+}
+
+/// Maps `len` bytes of `runs` from `offset` at `iova` in `domain`, all or nothing
+/// (a failure unmaps and flushes what this call mapped). Returns the gather of
+/// what must be flushed (non-empty only for units that cache non-present entries).
+fn map_pieces<U: IommuUnit>(
+    unit: &mut U,
+    domain: DomainHandle,
+    iova: u64,
+    runs: &[PhysRun],
+    offset: u64,
+    len: u64,
+    prot: Prot,
+) -> Result<Gather, IommuError> {
+    let mut gather = Gather::default();
+    let mut done = 0u64;
+    let result = for_each_piece(runs, offset, len, |phys, piece| {
+        let g = unit.map(domain, iova + done, phys, piece, prot)?;
+        merge_gather(&mut gather, &g);
+        done += piece;
+        Ok(())
+    });
+    match result {
+        Ok(()) => Ok(gather),
+        Err(e) => {
+            if done != 0 {
+                let g = unit.unmap(domain, iova, done);
+                merge_gather(&mut gather, &g);
+            }
+            if !gather.is_empty() && unit.flush(domain, &gather).is_err() {
+                // The caller must not release these pages: report the flush failure.
+                return Err(IommuError::Timeout);
+            }
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,623 @@
+//! IOAS operations: allocation, ranges, allowed IOVAs, map, unmap, copy.
+
+use crate::iova::IovaSpace;
+use crate::{
+    Area, Ioas, Iommufd, ObjId, Object, OwnerId, PAGE_SIZE, Pages, PhysRun, Reservation, Resource,
+    Services, errno, map_pieces, merge_gather,
+};
+use abi::Errno;
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use iommu::{DomainHandle, Gather, IommuUnit, IovaRange, Prot, UnitId};
+
+/// What `ioas_iova_ranges` reports: the usable ranges and the IOVA alignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IovaRanges {
+    pub ranges: Vec<IovaRange>,
+    pub alignment: u64,
+}
+
+impl IovaRanges {
+    /// Writes the ranges into the caller's array; `EMSGSIZE` when it is too small
+    /// (the caller reports `ranges.len()` back in either case).
+    pub fn copy_to(&self, out: &mut [abi::IovaRangeEntry]) -> Result<u32, Errno> {
+        let count = u32::try_from(self.ranges.len()).map_err(|_| Errno::EOVERFLOW)?;
+        if out.len() < self.ranges.len() {
+            return Err(Errno::EMSGSIZE);
+        }
+        for (slot, r) in out.iter_mut().zip(&self.ranges) {
+            *slot = abi::IovaRangeEntry {
+                start: r.start,
+                last: r.last,
+            };
+        }
+        Ok(count)
+    }
+}
+
+/// A run of an area: `len` bytes at `iova` backed by `pages` from `offset`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub iova: u64,
+    pub len: u64,
+    pub pages: u64,
+    pub offset: u64,
+}
+
+/// The largest power of two not above `len`, at least `min`: automatic IOVAs are
+/// aligned to it so that the biggest leaf the mapping allows can be used.
+fn natural_alignment(len: u64, min: u64) -> u64 {
+    (1u64 << (63 - len.leading_zeros())).max(min)
+}
+
+/// Sorts and merges ranges (touching ranges merge).
+fn normalize(mut ranges: Vec<IovaRange>) -> Vec<IovaRange> {
+    ranges.sort_unstable();
+    let mut out: Vec<IovaRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match out.last_mut() {
+            Some(prev) if prev.last.checked_add(1).is_none_or(|next| r.start <= next) => {
+                prev.last = prev.last.max(r.last);
+            }
+            _ => out.push(r),
+        }
+    }
+    out
+}
+
+/// `allowed` (everything when empty) minus every reserved range.
+pub(crate) fn usable_ranges(allowed: &[IovaRange], reserved: &[Reservation]) -> Vec<IovaRange> {
+    let base = if allowed.is_empty() {
+        alloc::vec![IovaRange::FULL]
+    } else {
+        normalize(allowed.to_vec())
+    };
+    let holes = normalize(reserved.iter().map(|r| r.range).collect());
+    let mut out = Vec::new();
+    for b in base {
+        let mut cursor = Some(b.start);
+        for h in holes.iter().filter(|h| h.intersects(&b)) {
+            let Some(c) = cursor else { break };
+            if h.start > c {
+                out.push(IovaRange {
+                    start: c,
+                    last: h.start - 1,
+                });
+            }
+            cursor = h.last.checked_add(1);
+        }
+        if let Some(c) = cursor
+            && c <= b.last
+        {
+            out.push(IovaRange {
+                start: c,
+                last: b.last,
+            });
+        }
+    }
+    out
+}
+
+impl Ioas {
+    pub(crate) fn new() -> Self {
+        Self {
+            areas: BTreeMap::new(),
+            allowed: Vec::new(),
+            reserved: Vec::new(),
+            space: IovaSpace::build(&[IovaRange::FULL], core::iter::empty()),
+            domains: Vec::new(),
+            alignment: PAGE_SIZE,
+        }
+    }
+
+    fn area_ranges(&self) -> impl Iterator<Item = IovaRange> + Clone + '_ {
+        self.areas.iter().map(|(&start, a)| IovaRange {
+            start,
+            last: a.last,
+        })
+    }
+
+    /// Recomputes the hole index after the allowed or reserved ranges changed.
+    pub(crate) fn rebuild(&mut self) {
+        let usable = usable_ranges(&self.allowed, &self.reserved);
+        self.space = IovaSpace::build(&usable, self.area_ranges());
+    }
+
+    pub(crate) fn overlaps_area(&self, r: IovaRange) -> bool {
+        // Areas are disjoint: the last one starting at or before `r.last` reaches
+        // furthest among those that could intersect.
+        self.areas
+            .range(..=r.last)
+            .next_back()
+            .is_some_and(|(_, a)| a.last >= r.start)
+    }
+
+    pub(crate) fn overlaps_reserved(&self, r: IovaRange) -> bool {
+        self.reserved.iter().any(|x| x.range.intersects(&r))
+    }
+
+    pub(crate) fn overlaps_allowed(&self, r: IovaRange) -> bool {
+        self.allowed.iter().any(|x| x.intersects(&r))
+    }
+
+    /// Validates a caller-chosen IOVA range (Linux `iopt_check_iova`).
+    fn check_fixed(&self, iova: u64, len: u64) -> Result<IovaRange, Errno> {
+        if !iova.is_multiple_of(self.alignment) {
+            return Err(Errno::EINVAL);
+        }
+        let range = IovaRange::from_len(iova, len).ok_or(Errno::EOVERFLOW)?;
+        if self.overlaps_reserved(range) {
+            return Err(Errno::EINVAL);
+        }
+        if self.overlaps_area(range) {
+            return Err(Errno::EEXIST);
+        }
+        Ok(range)
+    }
+
+    /// Claims the IOVA for a new mapping: checks a fixed one, or allocates.
+    fn claim_iova(&mut self, fixed: Option<u64>, len: u64) -> Result<u64, Errno> {
+        match fixed {
+            Some(iova) => {
+                let range = self.check_fixed(iova, len)?;
+                self.space.take(range);
+                Ok(iova)
+            }
+            None => self
+                .space
+                .alloc(len, natural_alignment(len, self.alignment))
+                .ok_or(Errno::ENOSPC),
+        }
+    }
+}
+
+fn check_prot(prot: Prot) -> Result<(), Errno> {
+    if !prot.read && !prot.write {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+impl<U: IommuUnit, S: Services> Iommufd<U, S> {
+    /// Creates an empty IOAS (no geometry: the attached units give it one).
+    pub fn ioas_alloc(&mut self, owner: OwnerId) -> Result<ObjId, Errno> {
+        self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
+        self.services.charge(Resource::ObjectSlot)?;
+        self.services.charge(Resource::IovaNode)?;
+        Ok(self
+            .owners
+            .entry(owner)
+            .or_default()
+            .insert(Object::Ioas(Ioas::new())))
+    }
+
+    /// Removes an IOAS no HWPT uses; its areas are in no domain, so their pages
+    /// can be unpinned at once.
+    pub(crate) fn destroy_ioas(&mut self, owner: OwnerId, id: ObjId) -> Result<(), Errno> {
+        let Some(Object::Ioas(ioas)) = self.owner_mut(owner)?.remove(id) else {
+            return Err(Errno::ENOENT);
+        };
+        for area in ioas.areas.values() {
+            self.put_pages(area.pages);
+        }
+        Ok(())
+    }
+
+    /// The usable IOVA ranges (allowed, or everything, minus reserved) and the
+    /// alignment every mapping must respect.
+    pub fn ioas_iova_ranges(&self, owner: OwnerId, id: ObjId) -> Result<IovaRanges, Errno> {
+        let ioas = self.owner(owner)?.ioas(id)?;
+        Ok(IovaRanges {
+            ranges: usable_ranges(&ioas.allowed, &ioas.reserved),
+            alignment: ioas.alignment,
+        })
+    }
+
+    /// The areas of an IOAS as (iova, length), in order.
+    pub fn ioas_areas(&self, owner: OwnerId, id: ObjId) -> Result<Vec<(u64, u64)>, Errno> {
+        let ioas = self.owner(owner)?.ioas(id)?;
+        Ok(ioas
+            .areas
+            .iter()
+            .map(|(&s, a)| (s, a.last - s + 1))
+            .collect())
+    }
+
+    /// The free IOVA holes of an IOAS (usable minus areas), in order.
+    pub fn ioas_holes(&self, owner: OwnerId, id: ObjId) -> Result<Vec<IovaRange>, Errno> {
+        Ok(self.owner(owner)?.ioas(id)?.space.holes().collect())
+    }
+
+    /// Replaces the ranges automatic allocation may use (empty = everything).
+    /// `EINVAL` for an empty (start > last) or overlapping range, `EADDRINUSE` when
+    /// one intersects a reserved range; nothing changes on error.
+    pub fn ioas_allow_iovas(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        ranges: &[IovaRange],
+    ) -> Result<(), Errno> {
+        let ioas = self.owner(owner)?.ioas(id)?;
+        if ranges.iter().any(|r| r.start > r.last) {
+            return Err(Errno::EINVAL);
+        }
+        let mut sorted = ranges.to_vec();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0].last >= w[1].start) {
+            return Err(Errno::EINVAL);
+        }
+        if sorted.iter().any(|r| ioas.overlaps_reserved(*r)) {
+            return Err(Errno::EADDRINUSE);
+        }
+        self.services.charge(Resource::IovaNode)?;
+        let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+        ioas.allowed = sorted;
+        ioas.rebuild();
+        Ok(())
+    }
+
+    pub(crate) fn ioas_domains(
+        &self,
+        owner: OwnerId,
+        id: ObjId,
+    ) -> Result<Vec<(UnitId, DomainHandle)>, Errno> {
+        let o = self.owner(owner)?;
+        o.ioas(id)?
+            .domains
+            .iter()
+            .map(|&h| o.hwpt(h).map(|h| (h.unit, h.domain)))
+            .collect()
+    }
+
+    /// Maps `pieces` into every domain, all or nothing. On error the second value
+    /// tells whether the rollback flushes completed (if not, the pages behind the
+    /// pieces must never be released).
+    pub(crate) fn map_all(
+        &mut self,
+        domains: &[(UnitId, DomainHandle)],
+        pieces: &[Piece],
+        prot: Prot,
+    ) -> Result<(), (Errno, bool)> {
+        for (done_domains, &(unit, domain)) in domains.iter().enumerate() {
+            let u = &mut self.units[unit.0 as usize];
+            let mut gather = Gather::default();
+            let mut failed = None;
+            for (i, p) in pieces.iter().enumerate() {
+                let runs: &[PhysRun] = self.pages.get(&p.pages).map_or(&[], |p| &p.runs);
+                match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
+                    Ok(g) => merge_gather(&mut gather, &g),
+                    Err(e) => {
+                        failed = Some((i, e));
+                        break;
+                    }
+                }
+            }
+            if failed.is_none()
+                && !gather.is_empty()
+                && let Err(e) = u.flush(domain, &gather)
+            {
+                failed = Some((pieces.len(), e));
+            }
+            if let Some((mapped, e)) = failed {
+                let mut clean = e != iommu::IommuError::Timeout;
+                clean &= self.unmap_pieces(unit, domain, &pieces[..mapped]);
+                for &(unit, domain) in &domains[..done_domains] {
+                    clean &= self.unmap_pieces(unit, domain, pieces);
+                }
+                return Err((errno(e), clean));
+            }
+        }
+        Ok(())
+    }
+
+    /// Unmaps whole pieces from a domain and flushes; false if the flush failed.
+    pub(crate) fn unmap_pieces(
+        &mut self,
+        unit: UnitId,
+        domain: DomainHandle,
+        pieces: &[Piece],
+    ) -> bool {
+        let u = &mut self.units[unit.0 as usize];
+        let mut gather = Gather::default();
+        for p in pieces {
+            merge_gather(&mut gather, &u.unmap(domain, p.iova, p.len));
+        }
+        gather.is_empty() || u.flush(domain, &gather).is_ok()
+    }
+
+    /// Pins `[user_va, user_va + len)` and maps it at `iova` (or at an automatic
+    /// IOVA, naturally aligned, never 0) in every domain of the IOAS.
+    /// Returns the IOVA.
+    pub fn ioas_map(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        user_va: u64,
+        len: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
+        check_prot(prot)?;
+        let ioas = self.owner(owner)?.ioas(id)?;
+        if len == 0 || !len.is_multiple_of(ioas.alignment) || !user_va.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        user_va.checked_add(len - 1).ok_or(Errno::EOVERFLOW)?;
+        if let Some(iova) = iova {
+            ioas.check_fixed(iova, len)?;
+        }
+        let domains = self.ioas_domains(owner, id)?;
+        self.services.charge(Resource::Area)?;
+        self.services.charge(Resource::IovaNode)?;
+        self.services.charge(Resource::PinnedPages)?;
+        let iova = self.owner_mut(owner)?.ioas_mut(id)?.claim_iova(iova, len)?;
+        let range = IovaRange {
+            start: iova,
+            last: iova + (len - 1),
+        };
+        let runs = match self.services.pin(owner, user_va, len, prot.write) {
+            Ok(runs) => runs,
+            Err(e) => {
+                self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+                return Err(e);
+            }
+        };
+        let pages = self.next_pages;
+        self.pages.insert(
+            pages,
+            Pages {
+                owner,
+                va: user_va,
+                len,
+                runs,
+                refs: 1,
+            },
+        );
+        let piece = Piece {
+            iova,
+            len,
+            pages,
+            offset: 0,
+        };
+        if let Err((e, clean)) = self.map_all(&domains, &[piece], prot) {
+            self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+            if clean {
+                self.put_pages(pages);
+            } else {
+                self.quarantine_pages(pages);
+                self.next_pages += 1;
+            }
+            return Err(e);
+        }
+        self.next_pages += 1;
+        self.owner_mut(owner)?.ioas_mut(id)?.areas.insert(
+            iova,
+            Area {
+                last: range.last,
+                pages,
+                offset: 0,
+                prot,
+            },
+        );
+        Ok(iova)
+    }
+
+    /// Unmaps the whole areas inside `[iova, iova + len)`; `(0, u64::MAX)` unmaps
+    /// everything (and succeeds on an empty IOAS). `ENOENT` when nothing is mapped
+    /// there or the range cuts an area. Pages are released after the flush.
+    /// Returns the bytes unmapped.
+    pub fn ioas_unmap(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        iova: u64,
+        len: u64,
+    ) -> Result<u64, Errno> {
+        let all = iova == 0 && len == u64::MAX;
+        let range = if all {
+            IovaRange::FULL
+        } else if len == 0 {
+            return Err(Errno::EINVAL);
+        } else {
+            IovaRange::from_len(iova, len).ok_or(Errno::EOVERFLOW)?
+        };
+        let ioas = self.owner(owner)?.ioas(id)?;
+        if let Some((_, before)) = ioas.areas.range(..range.start).next_back()
+            && before.last >= range.start
+        {
+            return Err(Errno::ENOENT);
+        }
+        let victims: Vec<(u64, Area)> = ioas
+            .areas
+            .range(range.start..=range.last)
+            .map(|(&s, a)| (s, *a))
+            .collect();
+        match victims.last() {
+            None if all => return Ok(0),
+            None => return Err(Errno::ENOENT),
+            Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
+            Some(_) => {}
+        }
+        let domains = self.ioas_domains(owner, id)?;
+        let mut flushed = true;
+        for &(unit, domain) in &domains {
+            let u = &mut self.units[unit.0 as usize];
+            let mut gather = Gather::default();
+            for (start, area) in &victims {
+                merge_gather(&mut gather, &u.unmap(domain, *start, area.last - start + 1));
+            }
+            if !gather.is_empty() {
+                flushed &= u.flush(domain, &gather).is_ok();
+            }
+        }
+        let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+        let mut bytes = 0u64;
+        for (start, area) in &victims {
+            ioas.areas.remove(start);
+            ioas.space.release(IovaRange {
+                start: *start,
+                last: area.last,
+            });
+            bytes = bytes.wrapping_add(area.last - start + 1);
+        }
+        for (_, area) in &victims {
+            if flushed {
+                self.put_pages(area.pages);
+            } else {
+                self.quarantine_pages(area.pages);
+            }
+        }
+        if !flushed {
+            return Err(Errno::EIO);
+        }
+        Ok(bytes)
+    }
+
+    /// Maps the pages behind `[src_iova, src_iova + len)` of `src` into `dst` at
+    /// `dst_iova` (or an automatic IOVA), sharing the pins. `ENOENT` when the source
+    /// range has a hole. Returns the destination IOVA.
+    #[allow(clippy::too_many_arguments)]
+    pub fn ioas_copy(
+        &mut self,
+        owner: OwnerId,
+        src: ObjId,
+        src_iova: u64,
+        len: u64,
+        dst: ObjId,
+        dst_iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64, Errno> {
+        check_prot(prot)?;
+        if len == 0 {
+            return Err(Errno::EINVAL);
+        }
+        let src_range = IovaRange::from_len(src_iova, len).ok_or(Errno::EOVERFLOW)?;
+        let o = self.owner(owner)?;
+        let src_ioas = o.ioas(src)?;
+        let dst_ioas = o.ioas(dst)?;
+        // The source pieces, which must cover the range without a hole.
+        let mut pieces = Vec::new();
+        let first = src_ioas
+            .areas
+            .range(..=src_range.start)
+            .next_back()
+            .filter(|(_, a)| a.last >= src_range.start)
+            .ok_or(Errno::ENOENT)?;
+        let mut cursor = src_range.start;
+        let mut covered = false;
+        for (&start, area) in core::iter::once(first).chain(
+            src_ioas
+                .areas
+                .range(src_range.start.saturating_add(1)..=src_range.last),
+        ) {
+            if start > cursor {
+                return Err(Errno::ENOENT);
+            }
+            let last = area.last.min(src_range.last);
+            pieces.push(Piece {
+                iova: cursor - src_range.start,
+                len: last - cursor + 1,
+                pages: area.pages,
+                offset: area.offset + (cursor - start),
+            });
+            if last == src_range.last {
+                covered = true;
+                break;
+            }
+            cursor = last + 1;
+        }
+        if !covered {
+            return Err(Errno::ENOENT);
+        }
+        if !len.is_multiple_of(dst_ioas.alignment)
+            || pieces.iter().any(|p| p.len % dst_ioas.alignment != 0)
+        {
+            return Err(Errno::EINVAL);
+        }
+        if let Some(iova) = dst_iova {
+            dst_ioas.check_fixed(iova, len)?;
+        }
+        let domains = self.ioas_domains(owner, dst)?;
+        self.services.charge(Resource::Area)?;
+        self.services.charge(Resource::IovaNode)?;
+        let base = self
+            .owner_mut(owner)?
+            .ioas_mut(dst)?
+            .claim_iova(dst_iova, len)?;
+        let dst_range = IovaRange {
+            start: base,
+            last: base + (len - 1),
+        };
+        for p in &mut pieces {
+            p.iova += base;
+        }
+        if let Err((e, clean)) = self.map_all(&domains, &pieces, prot) {
+            self.owner_mut(owner)?
+                .ioas_mut(dst)?
+                .space
+                .release(dst_range);
+            if !clean {
+                // A device may still reach the shared pages: leak one reference
+                // each so that they stay pinned for good.
+                for p in &pieces {
+                    if let Some(pages) = self.pages.get_mut(&p.pages) {
+                        pages.refs += 1;
+                    }
+                }
+            }
+            return Err(e);
+        }
+        for p in &pieces {
+            if let Some(pages) = self.pages.get_mut(&p.pages) {
+                pages.refs += 1;
+            }
+        }
+        let ioas = self.owner_mut(owner)?.ioas_mut(dst)?;
+        for p in &pieces {
+            ioas.areas.insert(
+                p.iova,
+                Area {
+                    last: p.iova + (p.len - 1),
+                    pages: p.pages,
+                    offset: p.offset,
+                    prot,
+                },
+            );
+        }
+        Ok(base)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ResvOwner;
+
+    fn r(start: u64, last: u64) -> IovaRange {
+        IovaRange { start, last }
+    }
+
+    #[test]
+    fn usable_ranges_subtract_reserved_from_allowed() {
+        let resv = [Reservation {
+            range: r(0xfee0_0000, 0xfeef_ffff),
+            owner: ResvOwner::Device(1),
+        }];
+        assert_eq!(
+            usable_ranges(&[], &resv),
+            [r(0, 0xfedf_ffff), r(0xfef0_0000, u64::MAX)]
+        );
+        assert_eq!(
+            usable_ranges(&[r(0x1000, 0xfee0_0fff)], &resv),
+            [r(0x1000, 0xfedf_ffff)]
+        );
+    }
+
+    #[test]
+    fn natural_alignment_is_largest_power_of_two_not_above() {
+        assert_eq!(natural_alignment(0x1000, 0x1000), 0x1000);
+        assert_eq!(natural_alignment(0x3000, 0x1000), 0x2000);
+        assert_eq!(natural_alignment(0x20_0000, 0x1000), 0x20_0000);
+        assert_eq!(natural_alignment(0x1000, 0x1_0000), 0x1_0000);
+    }
+}

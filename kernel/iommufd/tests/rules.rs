@@ -1,0 +1,1066 @@
+//! One test per rule of the iommufd object model (issue 4), error paths included.
+//! Every test ends with `invariants`: no stale IOTLB entry, no stale translation
+//! used, no page unpinned while an IOTLB still translated to it.
+
+use abi::{Errno, HwptAllocFlags};
+use iommu::{Access, DeviceId, IovaRange, NestedData, NestedInvalidation, Prot, UnitId};
+use iommufd::testing::{Event, SoftConfig, SoftCore, soft_core};
+use iommufd::{FAULT_QUEUE_DEPTH, OwnerId, decode_hwpt_data, decode_invalidations};
+
+const O: OwnerId = OwnerId(1);
+const RW: Prot = Prot {
+    read: true,
+    write: true,
+};
+const DEV_A: DeviceId = DeviceId(0x10);
+const DEV_B: DeviceId = DeviceId(0x18);
+const U0: UnitId = UnitId(0);
+const U1: UnitId = UnitId(1);
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+
+fn vtd() -> SoftCore {
+    soft_core(&[SoftConfig::vtd_like()]).0
+}
+
+fn r(start: u64, last: u64) -> IovaRange {
+    IovaRange { start, last }
+}
+
+fn invariants(fd: &SoftCore) {
+    for u in fd.units() {
+        assert_eq!(
+            u.stale_entries(),
+            0,
+            "IOTLB holds a translation the table lost"
+        );
+        assert_eq!(u.stale_uses(), 0, "a stale translation was used");
+    }
+    assert_eq!(
+        fd.services().violations,
+        0,
+        "pages unpinned before their flush"
+    );
+}
+
+/// An IOAS with device A (unit 0) attached through an automatic HWPT.
+fn attached() -> (SoftCore, u32, u32, u32) {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let hwpt = fd.device_attach(O, dev, ioas).unwrap();
+    (fd, ioas, dev, hwpt)
+}
+
+// ---- object table ----
+
+#[test]
+fn object_ids_start_at_1_per_owner_and_reuse_the_lowest_free() {
+    let mut fd = vtd();
+    assert_eq!(fd.ioas_alloc(O).unwrap(), 1);
+    assert_eq!(fd.ioas_alloc(O).unwrap(), 2);
+    assert_eq!(fd.ioas_alloc(OwnerId(2)).unwrap(), 1);
+    assert_eq!(fd.ioas_alloc(O).unwrap(), 3);
+    fd.destroy(O, 1).unwrap();
+    assert_eq!(fd.ioas_alloc(O).unwrap(), 1);
+    fd.destroy(O, 3).unwrap();
+    fd.destroy(O, 2).unwrap();
+    assert_eq!(fd.ioas_alloc(O).unwrap(), 2);
+}
+
+#[test]
+fn destroy_unknown_id_is_enoent() {
+    let mut fd = vtd();
+    assert_eq!(fd.destroy(O, 1), Err(Errno::ENOENT));
+    fd.ioas_alloc(O).unwrap();
+    assert_eq!(fd.destroy(O, 7), Err(Errno::ENOENT));
+    assert_eq!(fd.destroy(OwnerId(9), 1), Err(Errno::ENOENT));
+}
+
+#[test]
+fn destroy_ioas_with_attached_device_is_ebusy() {
+    let (mut fd, ioas, dev, hwpt) = attached();
+    assert_eq!(fd.destroy(O, ioas), Err(Errno::EBUSY));
+    assert_eq!(fd.destroy(O, hwpt), Err(Errno::EBUSY));
+    fd.device_detach(O, dev).unwrap();
+    // The automatic HWPT went with its last device.
+    assert_eq!(fd.destroy(O, hwpt), Err(Errno::ENOENT));
+    fd.destroy(O, ioas).unwrap();
+    invariants(&fd);
+}
+
+#[test]
+fn destroy_ioas_with_explicit_hwpt_is_ebusy() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let hwpt = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::empty(), None)
+        .unwrap();
+    assert_eq!(fd.destroy(O, ioas), Err(Errno::EBUSY));
+    fd.destroy(O, hwpt).unwrap();
+    fd.destroy(O, ioas).unwrap();
+}
+
+#[test]
+fn destroy_hwpt_with_nested_children_is_ebusy() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let parent = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::NEST_PARENT, None)
+        .unwrap();
+    let nested = fd
+        .hwpt_alloc(O, dev, parent, HwptAllocFlags::empty(), Some(vtd_s1()))
+        .unwrap();
+    assert_eq!(fd.destroy(O, parent), Err(Errno::EBUSY));
+    fd.device_attach(O, dev, nested).unwrap();
+    assert_eq!(fd.destroy(O, nested), Err(Errno::EBUSY));
+    fd.device_detach(O, dev).unwrap();
+    fd.destroy(O, nested).unwrap();
+    fd.destroy(O, parent).unwrap();
+    assert_eq!(fd.units()[0].domain_count(), 0);
+}
+
+#[test]
+fn destroy_attached_device_is_ebusy_and_detached_device_is_released() {
+    let (mut fd, _ioas, dev, _) = attached();
+    assert_eq!(fd.destroy(O, dev), Err(Errno::EBUSY));
+    fd.device_detach(O, dev).unwrap();
+    fd.destroy(O, dev).unwrap();
+    // Released: another owner may bind it now.
+    assert!(fd.bind_device(OwnerId(2), U0, DEV_A).is_ok());
+}
+
+#[test]
+fn bind_device_claimed_by_anyone_is_ebusy() {
+    let mut fd = vtd();
+    fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.bind_device(OwnerId(2), U0, DEV_A), Err(Errno::EBUSY));
+    assert_eq!(fd.bind_device(O, U0, DEV_A), Err(Errno::EBUSY));
+    assert_eq!(fd.bind_device(O, UnitId(5), DEV_B), Err(Errno::EINVAL));
+}
+
+#[test]
+fn teardown_owner_destroys_leaf_first_and_leaves_nothing() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let ioas2 = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U0, DEV_B).unwrap();
+    let parent = fd
+        .hwpt_alloc(O, a, ioas2, HwptAllocFlags::NEST_PARENT, None)
+        .unwrap();
+    let nested = fd
+        .hwpt_alloc(O, a, parent, HwptAllocFlags::empty(), Some(vtd_s1()))
+        .unwrap();
+    fd.device_attach(O, a, ioas).unwrap();
+    fd.device_attach(O, b, nested).unwrap();
+    let iova = fd.ioas_map(O, ioas, 0x10_0000, 4 * K4, None, RW).unwrap();
+    fd.ioas_copy(O, ioas, iova, 4 * K4, ioas2, None, RW)
+        .unwrap();
+    fd.ioas_map(O, ioas2, 0x40_0000, M2, None, RW).unwrap();
+    // Another owner's state must survive.
+    let other = fd.ioas_alloc(OwnerId(2)).unwrap();
+    fd.ioas_map(OwnerId(2), other, 0, K4, None, RW).unwrap();
+
+    fd.teardown(O);
+    assert_eq!(fd.object_count(O), 0);
+    assert_eq!(fd.units()[0].device_domain(DEV_A), None);
+    assert_eq!(fd.units()[0].device_domain(DEV_B), None);
+    assert_eq!(fd.units()[0].domain_count(), 0);
+    assert_eq!(fd.units()[0].table_pages(), 0);
+    assert_eq!(fd.pinned_ranges(), 1);
+    assert_eq!(fd.services().pinned_ranges(), 1);
+    assert_eq!(fd.object_count(OwnerId(2)), 1);
+    invariants(&fd);
+    fd.teardown(OwnerId(2));
+    assert_eq!(fd.services().pinned_ranges(), 0);
+    assert_eq!(fd.pinned_ranges(), 0);
+}
+
+// ---- IOAS ranges ----
+
+#[test]
+fn ioas_iova_ranges_report_aperture_minus_reserved_and_alignment() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let empty = fd.ioas_iova_ranges(O, ioas).unwrap();
+    assert_eq!(empty.ranges, [IovaRange::FULL]);
+    assert_eq!(empty.alignment, K4);
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    fd.device_attach(O, dev, ioas).unwrap();
+    let ranges = fd.ioas_iova_ranges(O, ioas).unwrap();
+    assert_eq!(
+        ranges.ranges,
+        [r(0, 0xfedf_ffff), r(0xfef0_0000, (1 << 48) - 1)]
+    );
+    assert_eq!(ranges.alignment, K4);
+}
+
+#[test]
+fn ioas_iova_ranges_too_small_array_is_emsgsize() {
+    let (fd, ioas, _, _) = attached();
+    let ranges = fd.ioas_iova_ranges(O, ioas).unwrap();
+    let mut small = [abi::IovaRangeEntry::default(); 1];
+    assert_eq!(ranges.copy_to(&mut small), Err(Errno::EMSGSIZE));
+    assert_eq!(ranges.ranges.len(), 2);
+    let mut big = [abi::IovaRangeEntry::default(); 3];
+    assert_eq!(ranges.copy_to(&mut big), Ok(2));
+    assert_eq!(big[1].start, 0xfef0_0000);
+}
+
+#[test]
+fn ioas_iova_alignment_is_the_largest_smallest_page_of_attached_units() {
+    let (mut fd, _) = soft_core(&[SoftConfig::vtd_like(), SoftConfig::small_64k()]);
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U1, DEV_B).unwrap();
+    fd.device_attach(O, a, ioas).unwrap();
+    fd.device_attach(O, b, ioas).unwrap();
+    let ranges = fd.ioas_iova_ranges(O, ioas).unwrap();
+    assert_eq!(ranges.alignment, 0x1_0000);
+    // The 64K unit's 32-bit aperture bounds the usable space.
+    assert_eq!(ranges.ranges.last().unwrap().last, u32::MAX as u64);
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, None, RW),
+        Err(Errno::EINVAL),
+        "length below the IOVA alignment"
+    );
+    fd.device_detach(O, b).unwrap();
+    assert_eq!(fd.ioas_iova_ranges(O, ioas).unwrap().alignment, K4);
+}
+
+#[test]
+fn allow_iovas_intersecting_reserved_is_eaddrinuse() {
+    let (mut fd, ioas, _, _) = attached();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_allow_iovas(O, ioas, &[r(0x1000, 0xffff), r(0xfe00_0000, 0xfeff_ffff)]),
+        Err(Errno::EADDRINUSE)
+    );
+    assert_eq!(fd.state_digest(), before);
+}
+
+#[test]
+fn allow_iovas_empty_or_overlapping_is_einval_atomically() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_allow_iovas(O, ioas, &[r(0x10_0000, 0x1f_ffff)])
+        .unwrap();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_allow_iovas(O, ioas, &[r(0x2000, 0x1000)]),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        fd.ioas_allow_iovas(O, ioas, &[r(0x1000, 0x2fff), r(0x2000, 0x3fff)]),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(
+        fd.ioas_iova_ranges(O, ioas).unwrap().ranges,
+        [r(0x10_0000, 0x1f_ffff)]
+    );
+}
+
+#[test]
+fn allow_iovas_bound_automatic_allocation() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_allow_iovas(O, ioas, &[r(0x30_0000, 0x30_3fff)])
+        .unwrap();
+    let a = fd.ioas_map(O, ioas, 0, 2 * K4, None, RW).unwrap();
+    let b = fd.ioas_map(O, ioas, 0, 2 * K4, None, RW).unwrap();
+    assert_eq!([a.min(b), a.max(b)], [0x30_0000, 0x30_2000]);
+    assert_eq!(fd.ioas_map(O, ioas, 0, K4, None, RW), Err(Errno::ENOSPC));
+    // A fixed IOVA outside the allowed ranges is still fine (Linux semantics).
+    assert_eq!(fd.ioas_map(O, ioas, 0, K4, Some(0x1000), RW), Ok(0x1000));
+    // Empty set: everything allowed again.
+    fd.ioas_allow_iovas(O, ioas, &[]).unwrap();
+    assert!(fd.ioas_map(O, ioas, 0, K4, None, RW).is_ok());
+}
+
+// ---- map ----
+
+#[test]
+fn map_fixed_unaligned_iova_is_einval() {
+    let (mut fd, ioas, _, _) = attached();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, Some(0x1800), RW),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0x800, K4, None, RW),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(fd.ioas_map(O, ioas, 0, 0x800, None, RW), Err(Errno::EINVAL));
+    assert_eq!(fd.ioas_map(O, ioas, 0, 0, None, RW), Err(Errno::EINVAL));
+}
+
+#[test]
+fn map_without_read_or_write_is_einval() {
+    let (mut fd, ioas, _, _) = attached();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, None, Prot::default()),
+        Err(Errno::EINVAL)
+    );
+}
+
+#[test]
+fn map_fixed_wrapping_is_eoverflow() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, 2 * K4, Some(u64::MAX - 0xfff), RW),
+        Err(Errno::EOVERFLOW)
+    );
+}
+
+#[test]
+fn map_fixed_in_reserved_range_is_einval() {
+    let (mut fd, ioas, _, _) = attached();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, 2 * K4, Some(0xfedf_f000), RW),
+        Err(Errno::EINVAL)
+    );
+    // Outside the aperture is reserved too.
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, Some(1 << 48), RW),
+        Err(Errno::EINVAL)
+    );
+}
+
+#[test]
+fn map_fixed_overlapping_area_is_eexist() {
+    let (mut fd, ioas, _, _) = attached();
+    fd.ioas_map(O, ioas, 0, 4 * K4, Some(0x10_0000), RW)
+        .unwrap();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, 2 * K4, Some(0x10_3000), RW),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, 2 * K4, Some(0x0f_f000), RW),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, Some(0x10_4000), RW),
+        Ok(0x10_4000)
+    );
+}
+
+#[test]
+fn map_of_unbacked_user_memory_is_efault_and_leaves_nothing() {
+    let (mut fd, ioas, _, _) = attached();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 1 << 39, K4, None, RW),
+        Err(Errno::EFAULT)
+    );
+    assert_eq!(fd.state_digest(), before);
+}
+
+#[test]
+fn map_auto_iova_is_never_zero_and_naturally_aligned() {
+    let (mut fd, ioas, _, _) = attached();
+    let a = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    assert_ne!(a, 0);
+    let b = fd.ioas_map(O, ioas, 0, M2, None, RW).unwrap();
+    assert_eq!(b % M2, 0);
+    let c = fd.ioas_map(O, ioas, 0, 3 * K4, None, RW).unwrap();
+    assert_eq!(c % (2 * K4), 0);
+    // The 2 MiB mapping became one 2 MiB leaf.
+    let domain = fd.units()[0].device_domain(DEV_A).unwrap();
+    assert!(fd.units()[0].log.iter().any(|e| matches!(e,
+        Event::Map { domain: d, iova, len, .. } if *d == domain && *iova == b && *len == M2)));
+    assert_eq!(fd.units()[0].leaf_count(), 1 + 1 + 3);
+    invariants(&fd);
+}
+
+#[test]
+fn map_auto_iova_avoids_reserved_and_reports_enospc_when_nothing_fits() {
+    let (mut fd, ioas, _, _) = attached();
+    fd.ioas_allow_iovas(O, ioas, &[r(0xfed0_0000, 0xfedf_ffff)])
+        .unwrap();
+    let a = fd.ioas_map(O, ioas, 0, 0x10_0000, None, RW).unwrap();
+    assert_eq!(a, 0xfed0_0000);
+    assert_eq!(fd.ioas_map(O, ioas, 0, K4, None, RW), Err(Errno::ENOSPC));
+}
+
+#[test]
+fn map_is_all_or_nothing_across_every_domain() {
+    let (mut fd, gate) = soft_core(&[SoftConfig::vtd_like(), SoftConfig::smmu_like()]);
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U1, DEV_B).unwrap();
+    fd.device_attach(O, a, ioas).unwrap();
+    fd.device_attach(O, b, ioas).unwrap();
+    // Count the gated allocations of a map, then fail the last one: the second
+    // domain's table page.
+    gate.count();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    let calls = gate.calls();
+    fd.ioas_unmap(O, ioas, iova, K4).unwrap();
+    let before = fd.state_digest();
+    gate.arm(calls);
+    assert_eq!(fd.ioas_map(O, ioas, 0, K4, None, RW), Err(Errno::ENOMEM));
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.units()[0].leaf_count(), 0);
+    assert_eq!(fd.units()[1].leaf_count(), 0);
+    assert_eq!(fd.services().pinned_ranges(), 0);
+    invariants(&fd);
+}
+
+// ---- unmap ----
+
+#[test]
+fn unmap_removes_whole_areas_and_a_cut_is_enoent() {
+    let (mut fd, ioas, _, _) = attached();
+    fd.ioas_map(O, ioas, 0, 4 * K4, Some(0x10_0000), RW)
+        .unwrap();
+    fd.ioas_map(O, ioas, 0, 4 * K4, Some(0x10_4000), RW)
+        .unwrap();
+    assert_eq!(fd.ioas_unmap(O, ioas, 0x10_1000, K4), Err(Errno::ENOENT));
+    assert_eq!(
+        fd.ioas_unmap(O, ioas, 0x10_0000, 5 * K4),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fd.ioas_unmap(O, ioas, 0x0f_f000, 2 * K4),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(fd.ioas_areas(O, ioas).unwrap().len(), 2);
+    // A range covering both whole areas (and the hole before) unmaps both.
+    assert_eq!(
+        fd.ioas_unmap(O, ioas, 0x0f_0000, 0x1_0000 + 8 * K4),
+        Ok(8 * K4)
+    );
+    assert!(fd.ioas_areas(O, ioas).unwrap().is_empty());
+    invariants(&fd);
+}
+
+#[test]
+fn unmap_of_nothing_is_enoent_and_bad_ranges_are_rejected() {
+    let (mut fd, ioas, _, _) = attached();
+    assert_eq!(fd.ioas_unmap(O, ioas, 0x10_0000, K4), Err(Errno::ENOENT));
+    assert_eq!(fd.ioas_unmap(O, ioas, 0x10_0000, 0), Err(Errno::EINVAL));
+    assert_eq!(fd.ioas_unmap(O, ioas, u64::MAX, 2), Err(Errno::EOVERFLOW));
+}
+
+#[test]
+fn unmap_all_succeeds_on_empty_ioas_and_returns_bytes() {
+    let (mut fd, ioas, _, _) = attached();
+    assert_eq!(fd.ioas_unmap(O, ioas, 0, u64::MAX), Ok(0));
+    fd.ioas_map(O, ioas, 0, 4 * K4, None, RW).unwrap();
+    fd.ioas_map(O, ioas, 0, M2, None, RW).unwrap();
+    assert_eq!(fd.ioas_unmap(O, ioas, 0, u64::MAX), Ok(4 * K4 + M2));
+    assert_eq!(fd.services().pinned_ranges(), 0);
+    assert_eq!(fd.units()[0].leaf_count(), 0);
+    invariants(&fd);
+}
+
+#[test]
+fn unmap_releases_pages_only_after_the_flush_completed() {
+    let (mut fd, ioas, _, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0x5000, 8 * K4, None, RW).unwrap();
+    // The device used the mapping: it is in the IOTLB.
+    assert!(
+        fd.unit_mut(U0)
+            .unwrap()
+            .dma(DEV_A, iova, Access::Write)
+            .is_some()
+    );
+    fd.ioas_unmap(O, ioas, iova, 8 * K4).unwrap();
+    let log = &fd.units()[0].log;
+    let unmap_at = log
+        .iter()
+        .rposition(|e| matches!(e, Event::Unmap { .. }))
+        .unwrap();
+    let flush_at = log
+        .iter()
+        .rposition(|e| matches!(e, Event::Flush { .. }))
+        .unwrap();
+    assert!(flush_at > unmap_at);
+    assert_eq!(fd.services().unpins, 1);
+    // After the unmap the device faults instead of reaching the freed pages.
+    assert_eq!(
+        fd.unit_mut(U0).unwrap().dma(DEV_A, iova, Access::Write),
+        None
+    );
+    invariants(&fd);
+}
+
+#[test]
+fn unmap_with_failed_flush_is_eio_and_quarantines_the_pages() {
+    let (mut fd, ioas, _, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    fd.unit_mut(U0).unwrap().fail_flush = true;
+    assert_eq!(fd.ioas_unmap(O, ioas, iova, K4), Err(Errno::EIO));
+    assert_eq!(
+        fd.services().unpins,
+        0,
+        "never released after a failed flush"
+    );
+    assert_eq!(fd.quarantined_ranges(), 1);
+    assert_eq!(fd.services().violations, 0);
+}
+
+#[test]
+fn unmap_of_aligned_power_of_two_range_is_one_range_invalidation_and_one_sync() {
+    for k in 12..=30u32 {
+        let (mut fd, ioas, _, _) = attached();
+        let len = 1u64 << k;
+        let iova = fd.ioas_map(O, ioas, 0, len, None, RW).unwrap();
+        assert_eq!(iova % len, 0);
+        let before = fd.units()[0].stats;
+        fd.ioas_unmap(O, ioas, iova, len).unwrap();
+        let after = fd.units()[0].stats;
+        assert_eq!(
+            after.range_invalidations - before.range_invalidations,
+            1,
+            "k={k}"
+        );
+        assert_eq!(after.syncs - before.syncs, 1, "k={k}");
+        invariants(&fd);
+    }
+}
+
+// ---- copy ----
+
+#[test]
+fn copy_shares_the_pinned_pages() {
+    let (mut fd, ioas, _, _) = attached();
+    let dst = fd.ioas_alloc(O).unwrap();
+    let src = fd.ioas_map(O, ioas, 0x8000, 4 * K4, None, RW).unwrap();
+    let d = fd.ioas_copy(O, ioas, src, 4 * K4, dst, None, RW).unwrap();
+    assert_ne!(d, 0);
+    assert_eq!(fd.services().pins, 1);
+    fd.ioas_unmap(O, ioas, src, 4 * K4).unwrap();
+    assert_eq!(fd.services().unpins, 0, "the copy still holds the pages");
+    fd.ioas_unmap(O, dst, d, 4 * K4).unwrap();
+    assert_eq!(fd.services().unpins, 1);
+    invariants(&fd);
+}
+
+#[test]
+fn copy_maps_the_same_physical_pages_into_the_destination_domain() {
+    let (mut fd, ioas, _, _) = attached();
+    let dst = fd.ioas_alloc(O).unwrap();
+    let b = fd.bind_device(O, U0, DEV_B).unwrap();
+    fd.device_attach(O, b, dst).unwrap();
+    fd.ioas_map(O, ioas, 0x8000, 2 * K4, Some(0x10_0000), RW)
+        .unwrap();
+    fd.ioas_map(O, ioas, 0x20_0000, 2 * K4, Some(0x10_2000), RW)
+        .unwrap();
+    // A sub-range spanning both areas.
+    let d = fd
+        .ioas_copy(O, ioas, 0x10_1000, 2 * K4, dst, Some(0x50_0000), RW)
+        .unwrap();
+    assert_eq!(d, 0x50_0000);
+    let pa = fd.unit_mut(U0).unwrap().dma(DEV_B, 0x50_0000, Access::Read);
+    let pb = fd.unit_mut(U0).unwrap().dma(DEV_B, 0x50_1000, Access::Read);
+    let mem = fd.services();
+    assert_eq!(pa, Some(mem.phys_of(O, 0x9000)));
+    assert_eq!(pb, Some(mem.phys_of(O, 0x20_0000)));
+    invariants(&fd);
+}
+
+#[test]
+fn copy_of_a_source_range_with_a_hole_is_enoent() {
+    let (mut fd, ioas, _, _) = attached();
+    let dst = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(0x10_0000), RW).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(0x10_2000), RW).unwrap();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_copy(O, ioas, 0x10_0000, 3 * K4, dst, None, RW),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fd.ioas_copy(O, ioas, 0x20_0000, K4, dst, None, RW),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fd.ioas_copy(O, ioas, 0x10_0000, 2 * K4, dst, None, RW),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(fd.state_digest(), before);
+}
+
+// ---- attach / replace / detach ----
+
+#[test]
+fn attach_to_ioas_reuses_the_compatible_automatic_hwpt() {
+    let (mut fd, ioas, _, hwpt) = attached();
+    let b = fd.bind_device(O, U0, DEV_B).unwrap();
+    assert_eq!(fd.device_attach(O, b, ioas), Ok(hwpt));
+    assert_eq!(fd.units()[0].domain_count(), 1);
+    assert_eq!(
+        fd.units()[0].device_domain(DEV_A),
+        fd.units()[0].device_domain(DEV_B)
+    );
+}
+
+#[test]
+fn attach_of_a_new_domain_fills_it_with_every_mapping() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let iova = fd.ioas_map(O, ioas, 0x3000, 2 * K4, None, RW).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    fd.device_attach(O, dev, ioas).unwrap();
+    let phys = fd.unit_mut(U0).unwrap().dma(DEV_A, iova + K4, Access::Read);
+    assert_eq!(phys, Some(fd.services().phys_of(O, 0x4000)));
+    invariants(&fd);
+}
+
+#[test]
+fn attach_when_reserved_region_conflicts_with_an_area_is_eaddrinuse() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(0xfee0_0000), RW).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let before = fd.state_digest();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EADDRINUSE));
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.units()[0].device_domain(DEV_A), None);
+    assert_eq!(fd.units()[0].domain_count(), 0);
+}
+
+#[test]
+fn attach_when_aperture_conflicts_with_an_area_is_eaddrinuse() {
+    let (mut fd, _) = soft_core(&[SoftConfig::smmu_like()]);
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(1 << 45), RW).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EADDRINUSE));
+    assert_eq!(fd.units()[0].domain_count(), 0);
+}
+
+#[test]
+fn attach_when_reserved_region_conflicts_with_allowed_ranges_is_eaddrinuse() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_allow_iovas(O, ioas, &[r(0xfe00_0000, 0xfeff_ffff)])
+        .unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EADDRINUSE));
+}
+
+#[test]
+fn attach_of_an_attached_device_is_ebusy() {
+    let (mut fd, ioas, dev, _) = attached();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EBUSY));
+}
+
+#[test]
+fn attach_to_a_hwpt_of_another_unit_is_einval() {
+    let (mut fd, _) = soft_core(&[SoftConfig::vtd_like(), SoftConfig::smmu_like()]);
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U1, DEV_B).unwrap();
+    let hwpt = fd.device_attach(O, a, ioas).unwrap();
+    assert_eq!(fd.device_attach(O, b, hwpt), Err(Errno::EINVAL));
+    assert_eq!(fd.device_attach(O, b, a), Err(Errno::EINVAL));
+    assert_eq!(fd.device_attach(O, b, 99), Err(Errno::ENOENT));
+}
+
+#[test]
+fn attach_failure_in_hardware_moves_nothing() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0, 4 * K4, None, RW).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let before = fd.state_digest();
+    fd.unit_mut(U0).unwrap().fail_next_attach = true;
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EINVAL));
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.units()[0].domain_count(), 0);
+    assert_eq!(fd.units()[0].table_pages(), 0);
+    invariants(&fd);
+}
+
+#[test]
+fn replace_switches_the_device_atomically() {
+    let (mut fd, ioas, dev, old) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    let ioas2 = fd.ioas_alloc(O).unwrap();
+    let iova2 = fd.ioas_map(O, ioas2, 0x7000, K4, None, RW).unwrap();
+    let new = fd.device_replace(O, dev, ioas2).unwrap();
+    assert_ne!(new, old);
+    assert_eq!(fd.device_hwpt(O, dev), Ok(Some(new)));
+    // The old automatic HWPT went away with its last device; the old IOAS lost
+    // the device's reserved regions.
+    assert_eq!(fd.destroy(O, old), Err(Errno::ENOENT));
+    assert_eq!(
+        fd.ioas_iova_ranges(O, ioas).unwrap().ranges,
+        [IovaRange::FULL]
+    );
+    // No bypass window: the log shows a direct attach, no detach in between.
+    let log = &fd.units()[0].log;
+    assert!(
+        !log.iter()
+            .rev()
+            .take(6)
+            .any(|e| matches!(e, Event::Detach { .. }))
+    );
+    let phys = fd.unit_mut(U0).unwrap().dma(DEV_A, iova2, Access::Read);
+    assert_eq!(phys, Some(fd.services().phys_of(O, 0x7000)));
+    if iova != iova2 {
+        assert_eq!(
+            fd.unit_mut(U0).unwrap().dma(DEV_A, iova, Access::Read),
+            None
+        );
+    }
+    invariants(&fd);
+}
+
+#[test]
+fn replace_failure_changes_nothing() {
+    let (mut fd, _ioas, dev, old) = attached();
+    let ioas2 = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas2, 0, K4, Some(0xfee0_0000), RW).unwrap();
+    let before = fd.state_digest();
+    let domain = fd.units()[0].device_domain(DEV_A);
+    assert_eq!(fd.device_replace(O, dev, ioas2), Err(Errno::EADDRINUSE));
+    let ioas3 = fd.ioas_alloc(O).unwrap();
+    let before3 = fd.state_digest();
+    fd.unit_mut(U0).unwrap().fail_next_attach = true;
+    assert_eq!(fd.device_replace(O, dev, ioas3), Err(Errno::EINVAL));
+    assert_eq!(fd.state_digest(), before3);
+    fd.destroy(O, ioas3).unwrap();
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.device_hwpt(O, dev), Ok(Some(old)));
+    assert_eq!(fd.units()[0].device_domain(DEV_A), domain);
+    assert_eq!(fd.units()[0].domain_count(), 1);
+}
+
+#[test]
+fn replace_of_a_detached_device_is_einval() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.device_replace(O, dev, ioas), Err(Errno::EINVAL));
+}
+
+#[test]
+fn detach_leaves_the_device_blocked_never_bypassing() {
+    let (mut fd, ioas, dev, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    fd.device_detach(O, dev).unwrap();
+    assert_eq!(fd.units()[0].device_domain(DEV_A), None);
+    assert_eq!(
+        fd.unit_mut(U0).unwrap().dma(DEV_A, iova, Access::Read),
+        None
+    );
+    assert_eq!(fd.device_detach(O, dev), Err(Errno::EINVAL));
+    // Freshly bound devices start blocked too.
+    fd.bind_device(O, U0, DEV_B).unwrap();
+    assert_eq!(fd.units()[0].device_domain(DEV_B), None);
+    assert!(fd.units()[0].log.contains(&Event::Detach { device: DEV_B }));
+    invariants(&fd);
+}
+
+// ---- HWPT ----
+
+fn vtd_s1() -> NestedData {
+    NestedData::VtdS1 {
+        flags: 0,
+        pgtbl_addr: 0x1234_5000,
+        addr_width: 48,
+    }
+}
+
+#[test]
+fn hwpt_paging_from_ioas_is_filled_and_mirrors_later_maps() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(0x1000), RW).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let hwpt = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::empty(), None)
+        .unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(0x2000), RW).unwrap();
+    assert_eq!(fd.units()[0].leaf_count(), 2);
+    fd.device_attach(O, dev, hwpt).unwrap();
+    assert!(
+        fd.unit_mut(U0)
+            .unwrap()
+            .dma(DEV_A, 0x2000, Access::Read)
+            .is_some()
+    );
+    // The explicit HWPT survives detach.
+    fd.device_detach(O, dev).unwrap();
+    fd.destroy(O, hwpt).unwrap();
+    invariants(&fd);
+}
+
+#[test]
+fn hwpt_alloc_on_wrong_object_is_einval_or_enoent() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, dev, HwptAllocFlags::empty(), None),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, 77, HwptAllocFlags::empty(), None),
+        Err(Errno::ENOENT)
+    );
+    assert_eq!(
+        fd.hwpt_alloc(O, ioas, ioas, HwptAllocFlags::empty(), None),
+        Err(Errno::ENOENT)
+    );
+}
+
+#[test]
+fn hwpt_nest_parent_on_a_unit_without_nesting_is_eopnotsupp() {
+    let (mut fd, _) = soft_core(&[SoftConfig::small_64k()]);
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, ioas, HwptAllocFlags::NEST_PARENT, None),
+        Err(Errno::EOPNOTSUPP)
+    );
+}
+
+#[test]
+fn hwpt_nested_over_nest_parent_with_vendor_data() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let plain = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::empty(), None)
+        .unwrap();
+    let parent = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::NEST_PARENT, None)
+        .unwrap();
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, plain, HwptAllocFlags::empty(), Some(vtd_s1())),
+        Err(Errno::EINVAL),
+        "parent without NEST_PARENT"
+    );
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, parent, HwptAllocFlags::NEST_PARENT, Some(vtd_s1())),
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(
+        fd.hwpt_alloc(
+            O,
+            dev,
+            parent,
+            HwptAllocFlags::empty(),
+            Some(NestedData::ArmSmmuV3 { ste: [1, 0] })
+        ),
+        Err(Errno::EOPNOTSUPP),
+        "format the unit does not nest"
+    );
+    assert_eq!(
+        fd.hwpt_alloc(
+            O,
+            dev,
+            parent,
+            HwptAllocFlags::empty(),
+            Some(NestedData::VtdS1 {
+                flags: 0,
+                pgtbl_addr: 0x1000,
+                addr_width: 39
+            })
+        ),
+        Err(Errno::EINVAL),
+        "vendor data the driver rejects"
+    );
+    let nested = fd
+        .hwpt_alloc(O, dev, parent, HwptAllocFlags::empty(), Some(vtd_s1()))
+        .unwrap();
+    fd.device_attach(O, dev, nested).unwrap();
+    assert_eq!(fd.device_hwpt(O, dev), Ok(Some(nested)));
+}
+
+#[test]
+fn hwpt_vendor_data_unknown_type_is_eopnotsupp_and_short_data_einval() {
+    let data = abi::HwptVtdS1 {
+        flags: 0,
+        pgtbl_addr: 0x5000,
+        addr_width: 48,
+        reserved: 0,
+    };
+    let bytes = abi::as_bytes(&data);
+    assert_eq!(decode_hwpt_data(42, bytes), Err(Errno::EOPNOTSUPP));
+    assert_eq!(decode_hwpt_data(1, &bytes[..16]), Err(Errno::EINVAL));
+    assert_eq!(decode_hwpt_data(0, bytes), Err(Errno::EINVAL));
+    assert_eq!(decode_hwpt_data(0, &[]), Ok(None));
+    assert_eq!(
+        decode_hwpt_data(1, bytes),
+        Ok(Some(NestedData::VtdS1 {
+            flags: 0,
+            pgtbl_addr: 0x5000,
+            addr_width: 48
+        }))
+    );
+    let mut long = bytes.to_vec();
+    long.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+    assert_eq!(decode_hwpt_data(1, &long), Err(Errno::E2BIG));
+}
+
+#[test]
+fn hwpt_invalidate_reports_how_many_entries_were_processed() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let parent = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::NEST_PARENT, None)
+        .unwrap();
+    let nested = fd
+        .hwpt_alloc(O, dev, parent, HwptAllocFlags::empty(), Some(vtd_s1()))
+        .unwrap();
+    let entry = |npages| abi::InvalidateVtdS1 {
+        addr: 0x1000,
+        npages,
+        flags: 0,
+        reserved: 0,
+    };
+    let mut raw = Vec::new();
+    for n in [1, 2, 0, 4] {
+        raw.extend_from_slice(abi::as_bytes(&entry(n)));
+    }
+    let (reqs, decoded) = decode_invalidations(0, 24, 4, &raw);
+    assert_eq!(decoded, Ok(()));
+    assert_eq!(
+        fd.hwpt_invalidate(O, nested, &reqs),
+        (2, Err(Errno::EINVAL))
+    );
+    assert_eq!(fd.hwpt_invalidate(O, nested, &reqs[..2]), (2, Ok(())));
+    assert_eq!(
+        fd.hwpt_invalidate(O, parent, &reqs[..1]),
+        (0, Err(Errno::EINVAL)),
+        "only nested HWPTs have task-owned tables"
+    );
+    // Decode stops at a bad entry and reports the prefix.
+    let mut bad = raw.clone();
+    bad[24 + 20] = 1; // reserved field of the second entry
+    let (reqs, decoded) = decode_invalidations(0, 24, 4, &bad);
+    assert_eq!((reqs.len(), decoded), (1, Err(Errno::EOPNOTSUPP)));
+    assert_eq!(
+        decode_invalidations(7, 24, 4, &raw).1,
+        Err(Errno::EOPNOTSUPP)
+    );
+    assert_eq!(decode_invalidations(0, 16, 1, &raw).1, Err(Errno::EINVAL));
+    assert_eq!(decode_invalidations(0, 24, 5, &raw).1, Err(Errno::EINVAL));
+    assert_eq!(
+        decode_invalidations(0, 24, 1, &raw).0,
+        [NestedInvalidation::VtdS1 {
+            addr: 0x1000,
+            npages: 1,
+            flags: 0
+        }]
+    );
+}
+
+// ---- hardware info ----
+
+#[test]
+fn get_hw_info_copies_out_a_prefix_or_zeroes_the_tail() {
+    let mut fd = vtd();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let mut full = [0xAAu8; 32];
+    let reply = fd.get_hw_info(O, dev, &mut full).unwrap();
+    assert_eq!(reply.data_type, abi::HwInfoType::IntelVtd);
+    assert_eq!(reply.data_len, 24);
+    assert!(reply.capabilities.contains(abi::HwCapabilities::NESTING));
+    let iommu::HwInfo::IntelVtd { cap, ecap } = SoftConfig::vtd_like().hw_info else {
+        unreachable!()
+    };
+    assert_eq!(full[8..16], cap.to_ne_bytes());
+    assert_eq!(full[16..24], ecap.to_ne_bytes());
+    assert_eq!(full[24..], [0; 8]);
+    let mut short = [0xAAu8; 12];
+    fd.get_hw_info(O, dev, &mut short).unwrap();
+    assert_eq!(short, full[..12]);
+    assert_eq!(fd.get_hw_info(O, 99, &mut short), Err(Errno::ENOENT));
+
+    let (mut fd, _) = soft_core(&[SoftConfig::smmu_like()]);
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let mut buf = [0u8; 40];
+    let reply = fd.get_hw_info(O, dev, &mut buf).unwrap();
+    assert_eq!(reply.data_type, abi::HwInfoType::ArmSmmuV3);
+    assert_eq!(reply.data_len, 40);
+    assert_eq!(buf[8..12], 0x0f0c_f0afu32.to_ne_bytes());
+}
+
+// ---- faults ----
+
+#[test]
+fn faults_land_in_the_queue_of_the_attached_hwpt() {
+    let (mut fd, _ioas, dev, hwpt) = attached();
+    assert_eq!(
+        fd.unit_mut(U0)
+            .unwrap()
+            .dma(DEV_A, 0xdead_0000, Access::Write),
+        None
+    );
+    // A fault from a device nobody holds is not routed to anyone.
+    fd.unit_mut(U0)
+        .unwrap()
+        .inject_fault(DeviceId(0x99), 0x1000, Access::Read);
+    assert_eq!(fd.dispatch_faults(), 1);
+    assert_eq!(fd.unrouted_faults(), 1);
+    let mut out = [abi::FaultRecord::default(); 4];
+    let reply = fd.fault_read(O, hwpt, &mut out).unwrap();
+    assert_eq!((reply.num, reply.dropped), (1, 0));
+    assert_eq!(out[0].iova, 0xdead_0000);
+    assert_eq!(out[0].requester, DEV_A.0);
+    assert_eq!(out[0].unit, 0);
+    assert_eq!(out[0].dev_id, dev);
+    assert_eq!(out[0].access, abi::FaultAccess::WRITE.bits());
+    assert_eq!(out[0].reason, abi::FaultReasonCode::NotPresent as u32);
+    assert_eq!(fd.fault_read(O, hwpt, &mut out).unwrap().num, 0);
+}
+
+#[test]
+fn fault_queue_full_counts_drops_and_says_so_in_the_next_record() {
+    let (mut fd, _ioas, _dev, hwpt) = attached();
+    let extra = 5;
+    for i in 0..(FAULT_QUEUE_DEPTH as u64 + extra) {
+        fd.unit_mut(U0)
+            .unwrap()
+            .inject_fault(DEV_A, i * K4, Access::Read);
+    }
+    fd.dispatch_faults();
+    let mut out = vec![abi::FaultRecord::default(); FAULT_QUEUE_DEPTH + 8];
+    let reply = fd.fault_read(O, hwpt, &mut out).unwrap();
+    assert_eq!(reply.num as usize, FAULT_QUEUE_DEPTH);
+    assert_eq!(reply.dropped, extra as u32);
+    assert!(
+        out[..FAULT_QUEUE_DEPTH]
+            .iter()
+            .all(|r| r.dropped_before == 0)
+    );
+    fd.unit_mut(U0)
+        .unwrap()
+        .inject_fault(DEV_A, 0x77_7000, Access::Read);
+    fd.dispatch_faults();
+    let reply = fd.fault_read(O, hwpt, &mut out).unwrap();
+    assert_eq!((reply.num, reply.dropped), (1, 0));
+    assert_eq!(out[0].iova, 0x77_7000);
+    assert_eq!(out[0].dropped_before, extra as u32);
+}
+
+// ---- scattered pages ----
+
+#[test]
+fn map_of_scattered_pages_maps_each_run() {
+    let (mut fd, ioas, _, _) = attached();
+    fd.services_mut().scattered = true;
+    let iova = fd.ioas_map(O, ioas, 0x10_0000, 4 * K4, None, RW).unwrap();
+    for i in 0..4 {
+        let pa = fd
+            .unit_mut(U0)
+            .unwrap()
+            .dma(DEV_A, iova + i * K4, Access::Read);
+        assert_eq!(pa, Some(fd.services().phys_of(O, 0x10_0000 + i * K4)));
+    }
+    fd.ioas_unmap(O, ioas, 0, u64::MAX).unwrap();
+    invariants(&fd);
+}

@@ -435,6 +435,8 @@ impl<'a> SmmuUnit<'a> {
     /// its stream.
     pub fn collect_faults(&mut self) {
         self.smmu.drain_events();
+        // Any other global error is acknowledged (and counted) here too.
+        self.smmu.handle_global_errors();
         for fault in self.smmu.take_faults() {
             let owner = self.attached.get(&fault.event.sid).copied();
             match owner.and_then(|h| self.domains.get_mut(h.0 as usize)?.as_mut()) {

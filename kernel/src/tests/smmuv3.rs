@@ -104,6 +104,16 @@ fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
     Ok(list)
 }
 
+/// Free frames once the unit is up and the level-2 stream tables of both edu
+/// StreamIDs exist (both are allocated once per bring-up, not per test).
+fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
+    for (_, sid) in edus(platform)? {
+        glue::with_unit(platform, |unit| unit.smmu.read_ste(sid))?
+            .map_err(|err| format!("STE of {sid:#x}: {err:?}"))?;
+    }
+    Ok(frames::free_count())
+}
+
 fn bytes(frame: &Frames, len: usize) -> Vec<u8> {
     // SAFETY: the frame is owned by the test and identity-mapped; volatile
     // because a device may have written it.
@@ -209,7 +219,7 @@ fn identity_domain_moves_bytes_and_detach_aborts_silently(platform: &Platform) -
         return Ok(outcome);
     }
     let (device, sid) = edus(platform)?[0];
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let domain = glue::with_unit(platform, |unit| unit.alloc_domain(DomainKind::Identity))?
         .map_err(|err| format!("alloc identity: {err:?}"))?;
     let before = glue::with_unit(platform, |unit| unit.smmu.counters())?;
@@ -518,7 +528,7 @@ fn paging_domain_dma_matrix(platform: &Platform) -> TestResult {
     }
     let pair = edus(platform)?;
     let ((device, sid), (other, other_sid)) = (pair[0], pair[1]);
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let granule = unit(platform, |u| {
         u.set_granule(smmuv3::Granule::K4).map(|()| u.granule())
     })?
@@ -728,7 +738,7 @@ fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
     let granules: Vec<smmuv3::Granule> =
         unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
     ensure!(!granules.is_empty(), "IDR5 offers no granule");
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     for granule in granules {
         let size = granule.size();
         let page = frames::alloc_contiguous((size / 4096) as usize, size as usize)
@@ -822,7 +832,7 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
             "no IDR3.RIL (per-leaf cost is host-tested)",
         ));
     }
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let costs = glue::unmap_costs(platform, &[0, 1, 2, 3, 4, 5, 9])?;
     for cost in &costs {
         ensure_eq!(
@@ -910,7 +920,7 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
     let (device, sid) = edus(platform)?[0];
     let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;
     let ram = *tree.memory.first().ok_or("no RAM in the device tree")?;
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let parent = unit(platform, |u| u.alloc_domain(DomainKind::NestParent))?
         .map_err(|err| format!("nest parent: {err:?}"))?;
     let buffer = frames::alloc().ok_or("no frame")?;
@@ -994,6 +1004,25 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
                 "stage of the second fault"
             );
             ensure_eq!(s2[0].event.ipa, IPA_HOLE, "faulting IPA");
+            // The kernel withdraws the IPA window from stage 2: the flush of a
+            // nest parent must also drop the combined IOVA -> PA entries the
+            // first DMA cached, so the task's IOVA faults at stage 2 now.
+            let gather = unit(platform, |u| u.unmap(parent, IPA_WINDOW, 4096))?;
+            unit(platform, |u| u.flush(parent, &gather))?
+                .map_err(|err| format!("parent flush: {err:?}"))?;
+            fill(&buffer, SMALL_DMA, |_| UNTOUCHED);
+            dma(&edu, edu::Direction::ToRam, 0x7000_0000, SMALL_DMA)?;
+            ensure!(
+                bytes(&buffer, SMALL_DMA).iter().all(|&b| b == UNTOUCHED),
+                "nested DMA landed after its stage-2 mapping was removed"
+            );
+            let withdrawn = faults_of(platform, nested)?;
+            expect_one_fault(&withdrawn, sid, 0x7000_0000, EventKind::Translation, false)?;
+            ensure_eq!(
+                withdrawn[0].event.stage,
+                smmuv3::Stage::Stage2,
+                "stage of the withdrawn-window fault"
+            );
             // A task invalidation is confined to its VMID and accepted.
             let tlbi = Command::TlbiNhAsid {
                 vmid: 0xFFFF,

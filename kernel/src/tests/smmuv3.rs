@@ -38,6 +38,10 @@ pub static TESTS: &[Test] = &[
         run: illegal_command_is_skipped_and_acknowledged_through_gerrorn,
     },
     Test {
+        name: "smmuv3::command_queue_wraps_and_a_batch_larger_than_it_completes",
+        run: command_queue_wraps_and_a_batch_larger_than_it_completes,
+    },
+    Test {
         name: "smmuv3::event_queue_overflow_is_detected_and_recovered",
         run: event_queue_overflow_is_detected_and_recovered,
     },
@@ -1053,5 +1057,26 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
     result?;
     freed.map_err(|err| format!("free parent: {err:?}"))?;
     ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn command_queue_wraps_and_a_batch_larger_than_it_completes(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
+    // The driver's command queue holds 256 entries (or fewer, per IDR1.CMDQS):
+    // 300 commands in one batch must wait for room mid-batch, and three more
+    // batches take the producer index around the ring again.
+    let (results, issued) = unit(platform, |u| {
+        let before = u.smmu.counters().commands;
+        let batch = alloc::vec![Command::CFGI_ALL; 300];
+        let results: Vec<_> = (0..4).map(|_| u.smmu.execute(&batch)).collect();
+        (results, u.smmu.counters().commands - before)
+    })?;
+    ensure!(
+        results.iter().all(Result::is_ok),
+        "batches failed: {results:?}"
+    );
+    ensure_eq!(issued, 4 * 301, "commands issued (with one CMD_SYNC each)");
     Ok(Outcome::Passed)
 }

@@ -361,3 +361,203 @@ fn drop_disables_before_freeing() {
     assert_eq!(rig.model.read(regs::CR0.0), 0);
     assert!(rig.dma.live.borrow().is_empty(), "every region returned");
 }
+
+mod unit {
+    use super::*;
+    use iommu::{
+        DeviceId, DomainKind, FaultReason, IommuError, IommuUnit, IovaRange, NestedData,
+        NestedInvalidation, Prot, UnitId,
+    };
+    use smmuv3::{SmmuUnit, StreamConfig};
+
+    const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
+
+    fn unit(rig: &Rig) -> SmmuUnit<'static> {
+        let doorbell = IovaRange::from_len(0x0802_0000, 0x1000);
+        SmmuUnit::new(
+            smmu(rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            doorbell,
+        )
+    }
+
+    fn since(rig: &Rig, skip: usize) -> Vec<[u64; 2]> {
+        rig.model.log.borrow()[skip..].to_vec()
+    }
+
+    #[test]
+    fn paging_domain_attach_map_unmap_flush() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let ste = unit.smmu.read_ste(8).unwrap();
+        assert_eq!(ste.config(), Some(StreamConfig::Stage1));
+        // The CD the STE names is valid and carries ASID 1.
+        let cd_ptr = (ste.0[0] & (((1 << 52) - 1) & !0x3F)) as *const u64;
+        // SAFETY: the CD the driver allocated from HostDma.
+        let cd0 = unsafe { *cd_ptr };
+        assert_ne!(cd0 & (1 << 31), 0, "CD.V");
+        assert_eq!(cd0 >> 48, 1, "CD.ASID");
+        let gather = unit
+            .map(domain, 0x10_0000, 0x4000_0000, 0x4000, RW)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        let skip = rig.model.log.borrow().len();
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        assert_eq!((gather.start, gather.last), (0x10_0000, 0x10_3FFF));
+        unit.flush(domain, &gather).unwrap();
+        let log = since(&rig, skip);
+        assert_eq!(log.len(), 2, "one ranged TLBI + one CMD_SYNC: {log:x?}");
+        assert_eq!(
+            log[0],
+            Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                addr: 0x10_0000,
+                leaf: true,
+                range: Some(smmuv3::command::TlbiRange {
+                    granule: smmuv3::Granule::K4,
+                    num: 0,
+                    scale: 2
+                })
+            }
+            .encode()
+            .0
+        );
+        assert_eq!(unit.free_domain(domain), Err(IommuError::Busy));
+        unit.detach(DeviceId(8));
+        assert_eq!(unit.smmu.read_ste(8).unwrap(), Ste::abort());
+        assert_eq!(unit.free_domain(domain), Ok(()));
+        assert_eq!(unit.free_domain(domain), Err(IommuError::Invalid));
+    }
+
+    #[test]
+    fn nested_domains_validate_the_guest_ste_and_confine_invalidations() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let plain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let parent = unit.alloc_domain(DomainKind::NestParent).unwrap();
+        let guest = |word0: u64| DomainKind::Nested {
+            parent,
+            data: NestedData::ArmSmmuV3 { ste: [word0, 0] },
+        };
+        let cd_ipa = 0x4123_4000;
+        // Bypass config, invalid, substreams, or a parent that is no nest parent.
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b100 << 1) | 1)),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b101 << 1))),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b101 << 1) | 1 | (1 << 59))),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(DomainKind::Nested {
+                parent: plain,
+                data: NestedData::ArmSmmuV3 {
+                    ste: [cd_ipa | (0b101 << 1) | 1, 0]
+                },
+            }),
+            Err(IommuError::Invalid)
+        );
+        let nested = unit.alloc_domain(guest(cd_ipa | (0b101 << 1) | 1)).unwrap();
+        unit.attach(DeviceId(0x10), nested).unwrap();
+        let ste = unit.smmu.read_ste(0x10).unwrap();
+        assert_eq!(ste.config(), Some(StreamConfig::Nested));
+        assert_eq!(ste.0[0] & !0xF, cd_ipa, "S1ContextPtr is the task's CD");
+        let vmid = ste.vmid();
+        assert_ne!(vmid, 0);
+        // A TLBI naming another VMID is rewritten to the parent's.
+        let skip = rig.model.log.borrow().len();
+        let foreign = Command::TlbiNhAsid {
+            vmid: 0x7777,
+            asid: 5,
+        }
+        .encode();
+        let cfgi_cd = Command::CfgiCdAll { sid: 0xBEEF }.encode();
+        let (done, result) = unit.invalidate_nested(
+            nested,
+            &[
+                NestedInvalidation::ArmSmmuV3 { cmd: foreign.0 },
+                NestedInvalidation::ArmSmmuV3 { cmd: cfgi_cd.0 },
+            ],
+        );
+        assert_eq!((done, result), (2, Ok(())));
+        let log = since(&rig, skip);
+        assert_eq!(
+            log[0],
+            Command::TlbiNhAsid { vmid, asid: 5 }.encode().0,
+            "VMID confined"
+        );
+        assert_eq!(
+            log[2],
+            Command::CfgiCdAll { sid: 0x10 }.encode().0,
+            "SID confined"
+        );
+        // Stream table invalidation is the kernel's business.
+        let cfgi_ste = Command::CfgiSte { sid: 8, leaf: true }.encode();
+        assert_eq!(
+            unit.invalidate_nested(nested, &[NestedInvalidation::ArmSmmuV3 { cmd: cfgi_ste.0 }]),
+            (0, Err(IommuError::Invalid))
+        );
+        assert_eq!(
+            unit.free_domain(parent),
+            Err(IommuError::Busy),
+            "nested child"
+        );
+        unit.detach(DeviceId(0x10));
+        unit.free_domain(nested).unwrap();
+        unit.free_domain(parent).unwrap();
+    }
+
+    #[test]
+    fn faults_go_to_the_owning_domain() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        for chunk in 0..16u64 {
+            rig.model
+                .inject_event([(8 << 32) | 0x13, 1 << 41, 0x2000 + 4 * chunk, 0]);
+        }
+        rig.model.inject_event([(0x10 << 32) | 0x04, 0, 0, 0]);
+        let mine = unit.take_domain_faults(domain);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(
+            (mine[0].event.kind, mine[0].count),
+            (EventKind::Permission, 16)
+        );
+        let unowned = unit.take_unowned_faults();
+        assert_eq!(unowned.len(), 1);
+        let record = smmuv3::unit::fault_record(UnitId(0), &mine[0]);
+        assert_eq!(record.reason, FaultReason::Permission);
+        assert_eq!(record.iova, 0x2000);
+        assert_eq!(record.requester, DeviceId(8));
+    }
+
+    #[test]
+    fn reserved_region_and_doorbell_mapping() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let regions = unit.reserved_regions(DeviceId(8));
+        assert_eq!(regions.len(), 1);
+        assert_eq!(regions[0].range.start, 0x0802_0000);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        // The doorbell page is taken: mapping over it is refused.
+        assert_eq!(
+            unit.map(domain, 0x0802_0000, 0x4000_0000, 0x1000, RW),
+            Err(IommuError::Invalid)
+        );
+        assert!(unit.info().nesting.is_some());
+        unit.free_domain(domain).unwrap();
+    }
+}

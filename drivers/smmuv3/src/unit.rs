@@ -663,6 +663,10 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.domain(domain)?;
+        if gather.is_empty() {
+            return Ok(());
+        }
         let (tag, granule) = self.tlb_tag(domain)?;
         let caps = InvalidationCaps {
             range: self.smmu.features().range_invalidation(),

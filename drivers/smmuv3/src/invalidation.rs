@@ -203,4 +203,73 @@ mod tests {
     fn empty_gather_needs_nothing() {
         assert!(plan(S1, RIL_4K, &Gather::default()).is_empty());
     }
+
+    /// A shadow TLB: cached leaves (ASID, start, size).
+    fn apply(tlb: &mut Vec<(u16, u64, u64)>, command: &Command) {
+        tlb.retain(|&(asid, start, size)| {
+            let hit = match *command {
+                Command::TlbiNhAsid { asid: a, .. } => a == asid,
+                Command::TlbiNhVa {
+                    asid: a,
+                    addr,
+                    range,
+                    ..
+                } => {
+                    let (first, len) = match range {
+                        Some(r) => (addr, r.pages() << r.granule.shift()),
+                        None => (addr, 1),
+                    };
+                    a == asid && first < start + size && start < first + len
+                }
+                _ => false,
+            };
+            !hit
+        });
+    }
+
+    /// The leaves the generator keeps: slot n is a 4 KiB page at
+    /// n * 2 MiB + n * 4 KiB or the 2 MiB block n; overlapping ones are dropped.
+    fn leaves_of(slots: &std::collections::BTreeSet<(u64, bool)>) -> Vec<(u64, u64)> {
+        let mut kept: Vec<(u64, u64)> = Vec::new();
+        for &(slot, block) in slots {
+            let (iova, size) = if block {
+                (slot << 21, 1u64 << 21)
+            } else {
+                ((slot << 21) + (slot << 12), 4096)
+            };
+            if !kept.iter().any(|&(s, z)| s < iova + size && iova < s + z) {
+                kept.push((iova, size));
+            }
+        }
+        kept
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Against a shadow TLB holding every leaf of the gather (and the same
+        /// leaves under another ASID): after the planned commands no leaf of
+        /// the range survives, and the other ASID is untouched.
+        #[test]
+        fn plan_leaves_no_stale_leaf(
+            slots in proptest::collection::btree_set((0u64..64, proptest::bool::ANY), 1..24),
+            ril in proptest::bool::ANY,
+        ) {
+            let leaves = leaves_of(&slots);
+            let mut gather = Gather::default();
+            let mut tlb = Vec::new();
+            for &(iova, size) in &leaves {
+                gather.add_leaf(iova, size);
+                tlb.push((1, iova, size));
+                tlb.push((2, iova, size));
+            }
+            let caps = InvalidationCaps { range: ril, granule: Granule::K4 };
+            let commands = plan(S1, caps, &gather);
+            proptest::prop_assert_eq!(commands.last(), Some(&Command::Sync));
+            for command in &commands {
+                apply(&mut tlb, command);
+            }
+            proptest::prop_assert!(tlb.iter().all(|&(asid, _, _)| asid == 2), "stale: {:?}", tlb);
+            proptest::prop_assert_eq!(tlb.len(), leaves.len());
+        }
+    }
 }

@@ -598,6 +598,16 @@ impl<'a> Smmu<'a> {
         }
     }
 
+    /// SMMU_GBPA as read back (§6.3.14).
+    pub fn gbpa(&self) -> Gbpa {
+        Gbpa::from_bits_retain(self.regs.read32(regs::GBPA))
+    }
+
+    /// SMMU_CR0ACK as read back (§6.3.10).
+    pub fn cr0ack(&self) -> Cr0 {
+        Cr0::from_bits_retain(self.regs.read32(regs::CR0ACK))
+    }
+
     /// GERROR bits that are active: different from GERRORN (§6.3.18).
     pub fn active_gerror(&self) -> Gerror {
         Gerror::from_bits_retain(self.regs.read32(regs::GERROR) ^ self.regs.read32(regs::GERRORN))

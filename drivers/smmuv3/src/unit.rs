@@ -435,6 +435,8 @@ impl<'a> SmmuUnit<'a> {
     /// its stream.
     pub fn collect_faults(&mut self) {
         self.smmu.drain_events();
+        // Any other global error is acknowledged (and counted) here too.
+        self.smmu.handle_global_errors();
         for fault in self.smmu.take_faults() {
             let owner = self.attached.get(&fault.event.sid).copied();
             match owner.and_then(|h| self.domains.get_mut(h.0 as usize)?.as_mut()) {
@@ -661,6 +663,10 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.domain(domain)?;
+        if gather.is_empty() {
+            return Ok(());
+        }
         let (tag, granule) = self.tlb_tag(domain)?;
         let caps = InvalidationCaps {
             range: self.smmu.features().range_invalidation(),

@@ -38,6 +38,10 @@ pub static TESTS: &[Test] = &[
         run: illegal_command_is_skipped_and_acknowledged_through_gerrorn,
     },
     Test {
+        name: "smmuv3::command_queue_wraps_and_a_batch_larger_than_it_completes",
+        run: command_queue_wraps_and_a_batch_larger_than_it_completes,
+    },
+    Test {
         name: "smmuv3::event_queue_overflow_is_detected_and_recovered",
         run: event_queue_overflow_is_detected_and_recovered,
     },
@@ -102,6 +106,16 @@ fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
         list.len()
     );
     Ok(list)
+}
+
+/// Free frames once the unit is up and the level-2 stream tables of both edu
+/// StreamIDs exist (both are allocated once per bring-up, not per test).
+fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
+    for (_, sid) in edus(platform)? {
+        glue::with_unit(platform, |unit| unit.smmu.read_ste(sid))?
+            .map_err(|err| format!("STE of {sid:#x}: {err:?}"))?;
+    }
+    Ok(frames::free_count())
 }
 
 fn bytes(frame: &Frames, len: usize) -> Vec<u8> {
@@ -181,6 +195,13 @@ fn linear_table_blocks_unattached_dma_and_reports_bad_ste(platform: &Platform) -
     })?;
     ensure!(!two_level, "asked for a linear table");
     ensure_eq!(sid_bits, 8, "linear table StreamID bits");
+    let (gbpa, cr0ack) = glue::with_unit(platform, |unit| (unit.smmu.gbpa(), unit.smmu.cr0ack()))?;
+    ensure!(
+        gbpa.contains(smmuv3::regs::Gbpa::ABORT),
+        "GBPA {gbpa:?}: unknown traffic would bypass while SMMUEN = 0"
+    );
+    use smmuv3::regs::Cr0;
+    ensure_eq!(cr0ack, Cr0::SMMUEN | Cr0::EVENTQEN | Cr0::CMDQEN, "CR0ACK");
     ensure!(
         !to_ram_lands(platform, device, SMALL_DMA)?,
         "DMA from unattached {} landed",
@@ -202,7 +223,7 @@ fn identity_domain_moves_bytes_and_detach_aborts_silently(platform: &Platform) -
         return Ok(outcome);
     }
     let (device, sid) = edus(platform)?[0];
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let domain = glue::with_unit(platform, |unit| unit.alloc_domain(DomainKind::Identity))?
         .map_err(|err| format!("alloc identity: {err:?}"))?;
     let before = glue::with_unit(platform, |unit| unit.smmu.counters())?;
@@ -465,19 +486,6 @@ fn map(
     .map_err(|err| format!("map {iova:#x}: {err:?}"))
 }
 
-fn unmap(
-    platform: &Platform,
-    domain: iommu::DomainHandle,
-    iova: u64,
-    len: u64,
-) -> Result<(), String> {
-    unit(platform, |u| {
-        let gather = u.unmap(domain, iova, len);
-        u.flush(domain, &gather)
-    })?
-    .map_err(|err| format!("unmap {iova:#x}: {err:?}"))
-}
-
 fn attach(platform: &Platform, sid: u32, domain: iommu::DomainHandle) -> Result<(), String> {
     unit(platform, |u| u.attach(DeviceId(sid), domain))?
         .map_err(|err| format!("attach {sid:#x}: {err:?}"))
@@ -524,7 +532,7 @@ fn paging_domain_dma_matrix(platform: &Platform) -> TestResult {
     }
     let pair = edus(platform)?;
     let ((device, sid), (other, other_sid)) = (pair[0], pair[1]);
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let granule = unit(platform, |u| {
         u.set_granule(smmuv3::Granule::K4).map(|()| u.granule())
     })?
@@ -607,8 +615,18 @@ fn paging_domain_dma_matrix(platform: &Platform) -> TestResult {
             false,
         )?;
 
-        // Unmap (TLBI + SYNC) then DMA: blocked although the entry was cached.
-        unmap(platform, a, IOVA_DESTINATION, 4096)?;
+        // Unmap then DMA. Control first: with the PTE gone but no TLBI the
+        // cached translation still carries the DMA (so the check below can
+        // fail); after the flush (TLBI + CMD_SYNC) it is blocked.
+        let gather = unit(platform, |u| u.unmap(a, IOVA_DESTINATION, 4096))?;
+        ensure!(!gather.is_empty(), "unmap changed nothing");
+        fill(&destination, SMALL_DMA, |_| UNTOUCHED);
+        dma(&edu, edu::Direction::ToRam, IOVA_DESTINATION, SMALL_DMA)?;
+        ensure!(
+            bytes(&destination, SMALL_DMA) == before,
+            "without a TLBI the cached entry was not used: the test below proves nothing"
+        );
+        unit(platform, |u| u.flush(a, &gather))?.map_err(|err| format!("flush: {err:?}"))?;
         fill(&destination, SMALL_DMA, |_| UNTOUCHED);
         dma(&edu, edu::Direction::ToRam, IOVA_DESTINATION, SMALL_DMA)?;
         ensure!(
@@ -724,7 +742,7 @@ fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
     let granules: Vec<smmuv3::Granule> =
         unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
     ensure!(!granules.is_empty(), "IDR5 offers no granule");
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     for granule in granules {
         let size = granule.size();
         let page = frames::alloc_contiguous((size / 4096) as usize, size as usize)
@@ -818,7 +836,7 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
             "no IDR3.RIL (per-leaf cost is host-tested)",
         ));
     }
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let costs = glue::unmap_costs(platform, &[0, 1, 2, 3, 4, 5, 9])?;
     for cost in &costs {
         ensure_eq!(
@@ -882,7 +900,6 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
     // Stage 2 -> stage 2 changes the VMID (word 2) and S2TTB (word 3): through abort.
     let switch = if stage1 { 2 } else { 4 };
     ensure_eq!(costs, (2, switch, 4), "commands for attach, switch, detach");
-    glue::demo(platform);
     Ok(Outcome::Passed)
 }
 
@@ -907,7 +924,7 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
     let (device, sid) = edus(platform)?[0];
     let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;
     let ram = *tree.memory.first().ok_or("no RAM in the device tree")?;
-    let free_before = frames::free_count();
+    let free_before = settled_free_frames(platform)?;
     let parent = unit(platform, |u| u.alloc_domain(DomainKind::NestParent))?
         .map_err(|err| format!("nest parent: {err:?}"))?;
     let buffer = frames::alloc().ok_or("no frame")?;
@@ -991,6 +1008,25 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
                 "stage of the second fault"
             );
             ensure_eq!(s2[0].event.ipa, IPA_HOLE, "faulting IPA");
+            // The kernel withdraws the IPA window from stage 2: the flush of a
+            // nest parent must also drop the combined IOVA -> PA entries the
+            // first DMA cached, so the task's IOVA faults at stage 2 now.
+            let gather = unit(platform, |u| u.unmap(parent, IPA_WINDOW, 4096))?;
+            unit(platform, |u| u.flush(parent, &gather))?
+                .map_err(|err| format!("parent flush: {err:?}"))?;
+            fill(&buffer, SMALL_DMA, |_| UNTOUCHED);
+            dma(&edu, edu::Direction::ToRam, 0x7000_0000, SMALL_DMA)?;
+            ensure!(
+                bytes(&buffer, SMALL_DMA).iter().all(|&b| b == UNTOUCHED),
+                "nested DMA landed after its stage-2 mapping was removed"
+            );
+            let withdrawn = faults_of(platform, nested)?;
+            expect_one_fault(&withdrawn, sid, 0x7000_0000, EventKind::Translation, false)?;
+            ensure_eq!(
+                withdrawn[0].event.stage,
+                smmuv3::Stage::Stage2,
+                "stage of the withdrawn-window fault"
+            );
             // A task invalidation is confined to its VMID and accepted.
             let tlbi = Command::TlbiNhAsid {
                 vmid: 0xFFFF,
@@ -1021,5 +1057,26 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
     result?;
     freed.map_err(|err| format!("free parent: {err:?}"))?;
     ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn command_queue_wraps_and_a_batch_larger_than_it_completes(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
+    // The driver's command queue holds 256 entries (or fewer, per IDR1.CMDQS):
+    // 300 commands in one batch must wait for room mid-batch, and three more
+    // batches take the producer index around the ring again.
+    let (results, issued) = unit(platform, |u| {
+        let before = u.smmu.counters().commands;
+        let batch = alloc::vec![Command::CFGI_ALL; 300];
+        let results: Vec<_> = (0..4).map(|_| u.smmu.execute(&batch)).collect();
+        (results, u.smmu.counters().commands - before)
+    })?;
+    ensure!(
+        results.iter().all(Result::is_ok),
+        "batches failed: {results:?}"
+    );
+    ensure_eq!(issued, 4 * 301, "commands issued (with one CMD_SYNC each)");
     Ok(Outcome::Passed)
 }

@@ -27,6 +27,16 @@ pub static ALL: &[Bench] = &[
         name: "edu",
         run: edu_dma_latency,
     },
+    #[cfg(target_arch = "x86_64")]
+    Bench {
+        name: "amdvi",
+        run: crate::iommu::amdvi::bench,
+    },
+    #[cfg(target_arch = "aarch64")]
+    Bench {
+        name: "smmuv3",
+        run: crate::iommu::smmuv3::bench,
+    },
 ];
 
 /// Runs every group whose name contains `filter` (all without one).

@@ -37,6 +37,9 @@ pub fn run(platform: &Platform) -> usize {
             }
         }
     }
+    // Last: bringing an IOMMU up blocks every device that is not attached,
+    // so the physical-address round trips above must come first.
+    iommu_demos(platform);
     println!("== demo done ==");
     failed
 }
@@ -76,4 +79,28 @@ fn edu_round_trip(
     frames::free(source);
     frames::free(destination);
     result
+}
+
+/// Each IOMMU driver's demo: what the unit is and what map and unmap cost.
+fn iommu_demos(platform: &Platform) {
+    match &platform.firmware {
+        #[cfg(target_arch = "x86_64")]
+        crate::platform::Firmware::Acpi(info) => {
+            if info.dmar.is_some() {
+                println!("-- Intel VT-d --");
+                crate::iommu::vtd::demo(platform);
+            }
+            if info.ivrs.is_some() {
+                println!("-- AMD-Vi --");
+                crate::iommu::amdvi::demo(platform);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        crate::platform::Firmware::DeviceTree(tree) => {
+            if !tree.smmus.is_empty() {
+                println!("-- ARM SMMUv3 --");
+                crate::iommu::smmuv3::demo(platform);
+            }
+        }
+    }
 }

@@ -73,10 +73,6 @@ pub fn device_id(bdf: Bdf) -> DeviceId {
 }
 
 /// Prints what the unit is and what its operations cost in commands.
-#[allow(
-    dead_code,
-    reason = "the demo calls it once wired in; tests use `demo_lines`"
-)]
 pub fn demo(platform: &Platform) {
     match demo_lines(platform) {
         Ok(lines) => {
@@ -189,7 +185,6 @@ pub fn demo_lines(platform: &Platform) -> Result<String, String> {
 /// Bench-mode figures (`bench NAME VALUE UNIT`): commands, tail writes and MMIO
 /// writes per attach, map, unmap and detach of 16 aligned pages. For
 /// `crate::bench::ALL` once registered there.
-#[allow(dead_code, reason = "registered in the bench list by the lead")]
 pub fn bench(platform: &Platform) {
     let Ok(unit) = unit(platform) else {
         return;

@@ -233,7 +233,6 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
 }
 
 /// What the demo shows: the unit, its ID registers and the command counts.
-#[allow(dead_code, reason = "the kernel demo calls it once it lists the units")]
 pub fn demo(platform: &Platform) {
     let Some(description) = description(platform) else {
         println!("smmuv3: none in this machine");
@@ -295,10 +294,6 @@ pub fn demo(platform: &Platform) {
 }
 
 /// Bench hook: the unmap figures as `bench` lines (`cargo xtask bench`).
-#[allow(
-    dead_code,
-    reason = "registered in the bench list by the kernel's owner"
-)]
 pub fn bench(platform: &Platform) {
     if description(platform).is_none() {
         return;

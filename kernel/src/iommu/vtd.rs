@@ -121,7 +121,6 @@ pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Uni
 /// Prints what the driver costs per operation (the demo's VT-d figures):
 /// invalidation descriptors, wait descriptors and MMIO writes per map and
 /// per unmap of an aligned 2^k-page range in a paging domain.
-#[allow(dead_code, reason = "the lead calls it from the demo")]
 pub fn demo(platform: &Platform) {
     use ::iommu::IommuUnit;
     let mut unit = match bring_up(platform) {

@@ -3,8 +3,9 @@
 //! (e.g. the VT-d tests on a machine without VT-d), never "ok".
 
 mod foundation;
+mod tasks;
 
 use crate::testing::Test;
 
 /// Every test group, in the order they run.
-pub static ALL: &[&[Test]] = &[foundation::TESTS];
+pub static ALL: &[&[Test]] = &[foundation::TESTS, tasks::TESTS];

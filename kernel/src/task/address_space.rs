@@ -81,11 +81,6 @@ impl AddressSpace {
         self.pages.get(&va).copied()
     }
 
-    /// Number of user pages mapped.
-    pub fn page_count(&self) -> usize {
-        self.pages.len()
-    }
-
     /// Maps a fresh zeroed frame at `va` (page-aligned, in the user region,
     /// not yet mapped) and returns its physical address.
     pub fn map_new(&mut self, va: u64, access: Access) -> Result<u64, Errno> {

@@ -264,22 +264,25 @@ impl Task {
             Some(allocation) if allocation.pages == pages => {}
             _ => return Err(Errno::EINVAL),
         }
-        self.memory.allocations.remove(&address);
+        let allocation = self.memory.allocations.remove(&address);
         self.memory.pages -= pages;
-        self.unmap_and_free(address, pages);
+        let freed = self.unmap_and_free(address, pages);
+        debug_assert_eq!(Some(freed), allocation.map(|a| a.frames));
         Ok(())
     }
 
-    fn unmap_and_free(&mut self, start: u64, pages: u64) {
+    /// Unmaps `pages` pages from `start` and frees their frames; returns them.
+    fn unmap_and_free(&mut self, start: u64, pages: u64) -> Vec<u64> {
         let frames: Vec<u64> = (0..pages)
             .filter_map(|page| self.space.unmap(start + page * PAGE_SIZE))
             .collect();
         // Syscalls run with the task's tables active: drop its stale
         // translations before the frames can be reused.
         arch::flush_tlb();
-        for phys in frames {
+        for &phys in &frames {
             crate::memory::frames::free(crate::memory::frames::Frames { phys, count: 1 });
         }
+        frames
     }
 }
 

@@ -78,7 +78,10 @@ fn run() -> Result<(), i32> {
     expect(
         8,
         "free the program's own code",
-        syscall(nr::MEM_FREE, [main as usize as u64 & !0xfff, 1, 0, 0, 0, 0]),
+        syscall(
+            nr::MEM_FREE,
+            [main as *const () as u64 & !0xfff, 1, 0, 0, 0, 0],
+        ),
         Errno::EINVAL,
     )?;
     // A valid write still works after all of that.

@@ -151,15 +151,13 @@ impl UserContext {
         UserContext { frame }
     }
 
-    pub fn pc(&self) -> u64 {
-        self.frame.elr
-    }
-
     /// The trap that ended the last [`run`].
     pub fn trap(&self) -> Trap {
         let f = &self.frame;
         let class = f.esr >> ESR_EC_SHIFT;
-        let synchronous = f.kind % 4 == 0;
+        // Each group of four vectors starts with its synchronous one.
+        const SYNCHRONOUS: u64 = 0;
+        let synchronous = f.kind % 4 == SYNCHRONOUS;
         if synchronous && class == EC_SVC_AARCH64 {
             return Trap::Syscall {
                 number: f.x[SYSCALL_NUMBER_REGISTER],

@@ -149,10 +149,6 @@ impl UserContext {
         }
     }
 
-    pub fn pc(&self) -> u64 {
-        self.frame.rip
-    }
-
     /// The trap that ended the last [`run`].
     pub fn trap(&self) -> crate::task::Trap {
         use crate::task::Trap;

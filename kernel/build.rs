@@ -20,6 +20,8 @@ const PROGRAMS: &[&str] = &[
     "use-after-free",
     "ping",
     "pong",
+    "private-a",
+    "private-b",
 ];
 
 fn main() {
@@ -80,8 +82,10 @@ fn build_user_programs(workspace: &Path, target: &str, arch: &str, out: &Path) {
         }
     }
     // Small images: no debug info in the embedded programs. On x86_64 the
-    // target's default (kernel) code model cannot address the user region at
-    // 512 GiB with 32-bit absolute relocations: position-independent code can.
+    // kernel's static relocation model (.cargo/config.toml) with the target's
+    // kernel code model cannot address the user region at 512 GiB with 32-bit
+    // absolute relocations; position-independent code (linked --no-pie at its
+    // fixed address, so nothing is left to relocate) can.
     command
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo");

@@ -45,6 +45,10 @@ pub static TESTS: &[Test] = &[
         run: two_tasks_take_turns_through_yield,
     },
     Test {
+        name: "tasks::same_address_in_two_tasks_is_two_pages",
+        run: same_address_in_two_tasks_is_two_pages,
+    },
+    Test {
         name: "tasks::malformed_images_are_rejected",
         run: malformed_images_are_rejected,
     },
@@ -212,6 +216,20 @@ fn two_tasks_take_turns_through_yield(_: &Platform) -> TestResult {
         "ping 0\n", "pong 0\n", "ping 1\n", "pong 1\n", "ping 2\n", "pong 2\n",
     ];
     ensure_eq!(order.as_slice(), expected.as_slice(), "interleaving");
+    Ok(Outcome::Passed)
+}
+
+fn same_address_in_two_tasks_is_two_pages(_: &Platform) -> TestResult {
+    let run = run_checked(&["private-a", "private-b"])?;
+    for report in &run.reports {
+        ensure_eq!(report.exit, Exit::Code(0), report.name);
+    }
+    let address = |output: &str| output.split_whitespace().nth(1).map(String::from);
+    let (a, b) = (&run.reports[0].output, &run.reports[1].output);
+    ensure!(
+        address(a).is_some() && address(a) == address(b),
+        "the tasks did not use the same address: {a:?} / {b:?}"
+    );
     Ok(Outcome::Passed)
 }
 

@@ -145,6 +145,8 @@ pub struct Allocation {
     pub pages: u64,
     /// Physical address of each page, in order.
     pub frames: Vec<u64>,
+    /// How many pins (DMA mappings) cover it; it cannot be freed while pinned.
+    pub pins: u32,
 }
 
 /// A task's memory from `mem_alloc`, by start address.
@@ -252,15 +254,23 @@ impl Task {
         }
         self.memory.next = next;
         self.memory.pages += pages;
-        self.memory
-            .allocations
-            .insert(start, Allocation { pages, frames });
+        self.memory.allocations.insert(
+            start,
+            Allocation {
+                pages,
+                frames,
+                pins: 0,
+            },
+        );
         Ok(start)
     }
 
     /// `mem_free`: exactly one earlier allocation, same address and size.
     pub fn free(&mut self, address: u64, pages: u64) -> Result<(), Errno> {
         match self.memory.allocations.get(&address) {
+            Some(allocation) if allocation.pages == pages && allocation.pins > 0 => {
+                return Err(Errno::EBUSY);
+            }
             Some(allocation) if allocation.pages == pages => {}
             _ => return Err(Errno::EINVAL),
         }
@@ -269,6 +279,72 @@ impl Task {
         let freed = self.unmap_and_free(address, pages);
         debug_assert_eq!(Some(freed), allocation.map(|a| a.frames));
         Ok(())
+    }
+
+    /// Pins the frames behind `[address, address + len)` for DMA (the hook of
+    /// `ioas_map`): the range must be page-aligned and lie inside `mem_alloc`
+    /// allocations (the only memory a task may hand to a device), else
+    /// `EFAULT`. Returns the frames in order; [`Task::unpin`] undoes it.
+    pub fn pin(&mut self, address: u64, len: u64) -> Result<Vec<u64>, Errno> {
+        let covering = self.allocations_covering(address, len)?;
+        let mut frames = Vec::with_capacity((len / PAGE_SIZE) as usize);
+        for start in &covering {
+            let allocation = &self.memory.allocations[start];
+            let first = address.max(*start);
+            let end = (address + len).min(start + allocation.pages * PAGE_SIZE);
+            let pages =
+                ((first - start) / PAGE_SIZE) as usize..((end - start) / PAGE_SIZE) as usize;
+            frames.extend_from_slice(&allocation.frames[pages]);
+        }
+        for start in covering {
+            if let Some(allocation) = self.memory.allocations.get_mut(&start) {
+                allocation.pins += 1;
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Releases one [`Task::pin`] of exactly the same range.
+    pub fn unpin(&mut self, address: u64, len: u64) -> Result<(), Errno> {
+        let covering = self.allocations_covering(address, len)?;
+        if covering
+            .iter()
+            .any(|start| self.memory.allocations[start].pins == 0)
+        {
+            return Err(Errno::EINVAL);
+        }
+        for start in covering {
+            if let Some(allocation) = self.memory.allocations.get_mut(&start) {
+                allocation.pins -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The start addresses of the allocations that together cover the range
+    /// without a gap.
+    fn allocations_covering(&self, address: u64, len: u64) -> Result<Vec<u64>, Errno> {
+        let end = address.checked_add(len).ok_or(Errno::EFAULT)?;
+        if len == 0 || !address.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let mut covering = Vec::new();
+        let mut at = address;
+        while at < end {
+            let (&start, allocation) = self
+                .memory
+                .allocations
+                .range(..=at)
+                .next_back()
+                .ok_or(Errno::EFAULT)?;
+            let allocation_end = start + allocation.pages * PAGE_SIZE;
+            if at >= allocation_end {
+                return Err(Errno::EFAULT);
+            }
+            covering.push(start);
+            at = allocation_end;
+        }
+        Ok(covering)
     }
 
     /// Unmaps `pages` pages from `start` and frees their frames; returns them.

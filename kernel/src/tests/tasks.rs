@@ -49,6 +49,10 @@ pub static TESTS: &[Test] = &[
         run: same_address_in_two_tasks_is_two_pages,
     },
     Test {
+        name: "tasks::pinned_memory_cannot_be_freed",
+        run: pinned_memory_cannot_be_freed,
+    },
+    Test {
         name: "tasks::malformed_images_are_rejected",
         run: malformed_images_are_rejected,
     },
@@ -230,6 +234,65 @@ fn same_address_in_two_tasks_is_two_pages(_: &Platform) -> TestResult {
         address(a).is_some() && address(a) == address(b),
         "the tasks did not use the same address: {a:?} / {b:?}"
     );
+    Ok(Outcome::Passed)
+}
+
+/// The hook `ioas_map` will use: only `mem_alloc` memory can be pinned, and
+/// pinned memory cannot be freed until unpinned.
+fn pinned_memory_cannot_be_freed(_: &Platform) -> TestResult {
+    use abi::Errno;
+    const PAGE: u64 = abi::syscall::PAGE_SIZE;
+    let before = frames::free_count();
+    {
+        let mut task = task::Task::spawn("hello", task::kernel_root())
+            .map_err(|err| format!("spawn: {err:?}"))?;
+        let first = task
+            .allocate(2)
+            .map_err(|err| format!("allocate: {err:?}"))?;
+        let second = task
+            .allocate(1)
+            .map_err(|err| format!("allocate: {err:?}"))?;
+        let pinned = task
+            .pin(first + PAGE, PAGE)
+            .map_err(|err| format!("pin: {err:?}"))?;
+        ensure_eq!(pinned.len(), 1, "frames pinned");
+        ensure!(
+            pinned[0] % PAGE == 0 && pinned[0] != 0,
+            "frame {:#x}",
+            pinned[0]
+        );
+        ensure_eq!(task.free(first, 2), Err(Errno::EBUSY), "free while pinned");
+        // The guard page between allocations is not task memory.
+        ensure_eq!(
+            task.pin(first, 4 * PAGE),
+            Err(Errno::EFAULT),
+            "pin across the guard"
+        );
+        ensure_eq!(
+            task.pin(first + 1, PAGE),
+            Err(Errno::EINVAL),
+            "unaligned pin"
+        );
+        ensure_eq!(
+            task.pin(abi::syscall::USER_BASE, PAGE),
+            Err(Errno::EFAULT),
+            "pin program code"
+        );
+        ensure_eq!(task.unpin(first + PAGE, PAGE), Ok(()), "unpin");
+        ensure_eq!(
+            task.unpin(first + PAGE, PAGE),
+            Err(Errno::EINVAL),
+            "second unpin"
+        );
+        ensure_eq!(task.free(first, 2), Ok(()), "free after unpin");
+        ensure_eq!(
+            task.pin(second, PAGE).map(|f| f.len()),
+            Ok(1),
+            "pin left pinned at exit"
+        );
+        // Dropping the task (as an exit or a kill does) returns everything.
+    }
+    ensure_eq!(frames::free_count(), before, "free frames");
     Ok(Outcome::Passed)
 }
 

@@ -22,6 +22,7 @@ const PROGRAMS: &[&str] = &[
     "pong",
     "private-a",
     "private-b",
+    "spin",
 ];
 
 fn main() {

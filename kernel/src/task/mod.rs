@@ -1,13 +1,16 @@
 //! User tasks: programs embedded in the kernel image (see [`programs`]), each
 //! started by name in its own address space, run in ring 3 / EL0.
 //!
-//! Scheduling is cooperative and run-to-trap: [`run`] keeps a FIFO of runnable
-//! tasks; the task at its head runs until it makes a system call or faults.
-//! Most calls return to the same task at once; `yield` moves it to the back of
-//! the queue; `exit` and a fault end it. Device interrupts are taken while a
-//! task runs and resume it. A task that never traps is not preempted (there is
-//! no timer tick yet); a task that loops over system calls is killed after
-//! [`SYSCALL_BUDGET`] of them, so a test cannot hang on it.
+//! Scheduling is round-robin and run-to-trap: [`run`] keeps a FIFO of
+//! runnable tasks; the task at its head runs until it makes a system call,
+//! faults or uses up its [`TIME_SLICE_MS`] time slice (a one-shot timer: the
+//! local APIC timer on x86_64, the EL1 virtual timer on aarch64). Most calls
+//! return to the same task at once; `yield` and the end of a slice move it to
+//! the back of the queue; `exit` and a fault end it. Device interrupts are
+//! taken while a task runs and resume it. A task that runs longer than its
+//! CPU budget ([`Limits`]) or makes more than [`SYSCALL_BUDGET`] calls is
+//! killed, so a runaway program cannot hang the kernel or a test. Without a
+//! timer (aarch64 without a GICv2) scheduling falls back to cooperative.
 //!
 //! User region layout (all in top-level slot 1, see `abi::syscall`):
 //! `USER_BASE..IMAGE_END` the program's segments, `HEAP_BASE..HEAP_END` memory
@@ -43,6 +46,24 @@ pub const MAX_ALLOCATION_PAGES: u64 = 4096;
 pub const MAX_TASK_PAGES: u64 = 16384;
 /// System calls one task may make in one [`run`].
 pub const SYSCALL_BUDGET: u64 = 1_000_000;
+/// How long a task runs before the others get their turn.
+pub const TIME_SLICE_MS: u64 = 10;
+
+/// Resource limits of one [`run_limited`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// CPU time (in user mode, interrupts included) one task may use.
+    pub cpu_ms: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits { cpu_ms: 10_000 };
+}
+
+/// Whether running tasks can be preempted on this machine.
+pub fn preemption_available() -> bool {
+    arch::preemption_available()
+}
 
 /// What a page allows the task to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,6 +100,8 @@ pub enum Trap {
         number: u64,
         args: [u64; 6],
     },
+    /// The time slice ended.
+    Preempted,
     Fault {
         what: &'static str,
         /// The faulting data or instruction address, when the CPU reports one.
@@ -163,6 +186,7 @@ pub struct Task {
     pub context: UserContext,
     pub memory: TaskMemory,
     syscalls: u64,
+    cpu_ns: u64,
 }
 
 impl Task {
@@ -222,6 +246,7 @@ impl Task {
                 ..TaskMemory::default()
             },
             syscalls: 0,
+            cpu_ns: 0,
         })
     }
 
@@ -393,12 +418,17 @@ static KERNEL_ROOT: spin::Once<u64> = spin::Once::new();
 /// one has exited or been killed; every frame they used is free again when
 /// this returns.
 pub fn run(names: &[&str], output: Output) -> Result<Run, SpawnError> {
+    run_limited(names, output, Limits::DEFAULT)
+}
+
+/// [`run`] with explicit limits.
+pub fn run_limited(names: &[&str], output: Output, limits: Limits) -> Result<Run, SpawnError> {
     let kernel_root = *KERNEL_ROOT.call_once(arch::current_root);
     let mut tasks = Vec::new();
     for name in names {
         tasks.push(Some(Task::spawn(name, kernel_root)?));
     }
-    Ok(run_tasks(tasks, output, kernel_root))
+    Ok(run_tasks(tasks, output, kernel_root, limits))
 }
 
 /// The kernel's own tables, for callers that spawn from an image.
@@ -407,7 +437,12 @@ pub fn kernel_root() -> u64 {
 }
 
 /// Runs already-spawned tasks to completion.
-pub fn run_tasks(mut tasks: Vec<Option<Task>>, output: Output, kernel_root: u64) -> Run {
+pub fn run_tasks(
+    mut tasks: Vec<Option<Task>>,
+    output: Output,
+    kernel_root: u64,
+    limits: Limits,
+) -> Run {
     let mut result = Run {
         reports: tasks
             .iter()
@@ -432,8 +467,22 @@ pub fn run_tasks(mut tasks: Vec<Option<Task>>, output: Output, kernel_root: u64)
         // SAFETY: the task's root copies the kernel entries of the boot tables.
         unsafe { arch::switch_root(task.space.root()) };
         let ended = loop {
+            arch::arm_preemption(TIME_SLICE_MS);
+            let started = crate::arch::now_ns();
             arch::run(&mut task.context);
+            task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
+            arch::disarm_preemption();
+            if task.cpu_ns > limits.cpu_ms * 1_000_000 {
+                break Some(Exit::Killed(format!(
+                    "task {} killed: used more than {} ms of CPU time",
+                    task.name, limits.cpu_ms
+                )));
+            }
             match task.context.trap() {
+                Trap::Preempted => {
+                    queue.push_back(index);
+                    break None;
+                }
                 Trap::Syscall { number, args } => {
                     task.syscalls += 1;
                     if task.syscalls > SYSCALL_BUDGET {

@@ -53,6 +53,10 @@ pub static TESTS: &[Test] = &[
         run: pinned_memory_cannot_be_freed,
     },
     Test {
+        name: "tasks::a_spinning_task_is_preempted_and_killed_at_its_budget",
+        run: a_spinning_task_is_preempted_and_killed_at_its_budget,
+    },
+    Test {
         name: "tasks::malformed_images_are_rejected",
         run: malformed_images_are_rejected,
     },
@@ -293,6 +297,51 @@ fn pinned_memory_cannot_be_freed(_: &Platform) -> TestResult {
         // Dropping the task (as an exit or a kill does) returns everything.
     }
     ensure_eq!(frames::free_count(), before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn a_spinning_task_is_preempted_and_killed_at_its_budget(_: &Platform) -> TestResult {
+    if !task::preemption_available() {
+        return Ok(Outcome::NotApplicable("no timer interrupt for preemption"));
+    }
+    const BUDGET_MS: u64 = 200;
+    let before = frames::free_count();
+    let started = crate::arch::now_ns();
+    // The spinner goes first: `hello` only runs if the spinner is preempted.
+    let run = task::run_limited(
+        &["spin", "hello"],
+        Output::Capture,
+        task::Limits { cpu_ms: BUDGET_MS },
+    )
+    .map_err(|err| format!("spawn: {err:?}"))?;
+    let elapsed_ms = (crate::arch::now_ns() - started) / 1_000_000;
+    ensure_eq!(frames::free_count(), before, "free frames after the run");
+    let line = killed_line(&run.reports[0].exit)?;
+    ensure!(
+        line.contains("CPU time"),
+        "spin was killed for another reason: {line:?}"
+    );
+    ensure_eq!(run.reports[1].exit, Exit::Code(0), "hello");
+    ensure_eq!(
+        run.reports[1].output.as_str(),
+        "hello from user mode\n",
+        "hello's output"
+    );
+    // hello ran while spin was still alive: its line comes before the kill report.
+    let position = |needle: &str| {
+        run.transcript
+            .iter()
+            .position(|(_, text)| text.contains(needle))
+    };
+    ensure!(
+        position("hello from user mode") < position("killed"),
+        "hello only ran after the spinner died: {:?}",
+        run.transcript
+    );
+    ensure!(
+        (BUDGET_MS..20 * BUDGET_MS).contains(&elapsed_ms),
+        "the run took {elapsed_ms} ms for a {BUDGET_MS} ms budget"
+    );
     Ok(Outcome::Passed)
 }
 

@@ -203,10 +203,12 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
     const IRQ: u64 = 1;
     if frame.kind % 4 == IRQ {
         super::gic::handle_irq();
+        super::user::preempt_if_due(frame);
         return;
     }
     // Anything else from EL0 (a system call, a fault) goes back to the
-    // scheduler; a task's IRQs were handled above and resume it.
+    // scheduler; a task's IRQs were handled above and resume it unless the
+    // preemption tick ended its slice.
     if frame.kind >= super::user::FIRST_LOWER_EL_VECTOR {
         super::user::trap_from_user(frame);
     }

@@ -10,7 +10,7 @@
 //! in ordinary kernel context.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::exceptions::TrapFrame;
 use crate::task::{Access, Trap};
@@ -157,7 +157,11 @@ impl UserContext {
         let class = f.esr >> ESR_EC_SHIFT;
         // Each group of four vectors starts with its synchronous one.
         const SYNCHRONOUS: u64 = 0;
+        const IRQ: u64 = 1;
         let synchronous = f.kind % 4 == SYNCHRONOUS;
+        if f.kind % 4 == IRQ {
+            return Trap::Preempted;
+        }
         if synchronous && class == EC_SVC_AARCH64 {
             return Trap::Syscall {
                 number: f.x[SYSCALL_NUMBER_REGISTER],
@@ -320,4 +324,72 @@ pub fn sync_instruction_cache(phys: u64, len: usize) {
     }
     // SAFETY: cache maintenance only.
     unsafe { core::arch::asm!("dsb ish", "ic ialluis", "dsb ish", "isb", options(nostack)) };
+}
+
+/// The EL1 virtual timer's interrupt: PPI 11, INTID 27 (Arm Base System
+/// Architecture, PPI assignments; QEMU virt `ARCH_TIMER_VIRT_IRQ`).
+const VIRTUAL_TIMER_INTID: u32 = 27;
+/// CNTV_CTL_EL0 (ARM ARM D19.12.17): ENABLE, and IMASK to silence it.
+const CNTV_CTL_ENABLE: u64 = 1 << 0;
+const CNTV_CTL_IMASK: u64 = 1 << 1;
+
+/// Whether the timer interrupt could be enabled (needs a GICv2).
+static PREEMPTION_TIMER: spin::Once<bool> = spin::Once::new();
+/// Set by the timer interrupt; an IRQ from EL0 with it set ends the run.
+static PREEMPT: AtomicBool = AtomicBool::new(false);
+
+fn set_timer_control(value: u64) {
+    // SAFETY: writing the EL1 virtual timer's control only (de)arms it.
+    unsafe { core::arch::asm!("msr cntv_ctl_el0, {}", "isb", in(reg) value, options(nostack)) };
+}
+
+fn on_timer_tick() {
+    // The interrupt is level-sensitive: silence the timer before the EOI.
+    set_timer_control(CNTV_CTL_IMASK);
+    PREEMPT.store(true, Ordering::SeqCst);
+}
+
+fn preemption_timer() -> bool {
+    *PREEMPTION_TIMER.call_once(|| {
+        set_timer_control(CNTV_CTL_IMASK);
+        crate::irq::enable_spi(VIRTUAL_TIMER_INTID, false, on_timer_tick).is_ok()
+    })
+}
+
+/// Arms a one-shot interrupt `slice_ms` from now that ends the task's run
+/// (a [`Trap::Preempted`]); false when there is no timer to do it with.
+pub fn arm_preemption(slice_ms: u64) -> bool {
+    PREEMPT.store(false, Ordering::SeqCst);
+    if !preemption_timer() {
+        return false;
+    }
+    let frequency: u64;
+    // SAFETY: reading CNTFRQ_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) frequency, options(nomem, nostack)) };
+    // CNTV_TVAL_EL0 is a signed 32-bit down-counter.
+    let ticks = (frequency.saturating_mul(slice_ms) / 1000).clamp(1, i32::MAX as u64);
+    // SAFETY: programming the EL1 virtual timer's countdown only.
+    unsafe { core::arch::asm!("msr cntv_tval_el0, {}", in(reg) ticks, options(nostack)) };
+    set_timer_control(CNTV_CTL_ENABLE);
+    true
+}
+
+/// Whether tasks can be preempted (the timer's interrupt could be enabled).
+pub fn preemption_available() -> bool {
+    preemption_timer()
+}
+
+/// Stops the preemption timer.
+pub fn disarm_preemption() {
+    if preemption_timer() {
+        set_timer_control(CNTV_CTL_IMASK);
+    }
+}
+
+/// Called after an IRQ was handled: if it came from EL0 and was the
+/// preemption tick, the task's run ends here.
+pub fn preempt_if_due(frame: &TrapFrame) {
+    if frame.kind >= FIRST_LOWER_EL_VECTOR && PREEMPT.swap(false, Ordering::SeqCst) {
+        trap_from_user(frame);
+    }
 }

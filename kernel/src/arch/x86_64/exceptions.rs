@@ -1471,7 +1471,8 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
             )
         }
         vector if vector >= FIRST_INTERRUPT_VECTOR as u64 => {
-            super::interrupts::dispatch(vector as u8)
+            super::interrupts::dispatch(vector as u8);
+            super::user::preempt_if_due(frame);
         }
         // int3 is a trap: RIP already points past it, so just resume.
         VECTOR_BREAKPOINT => {

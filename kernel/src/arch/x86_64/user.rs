@@ -13,7 +13,9 @@
 //! x87, so the general registers are the whole user state.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+
+use os_services::mmio::Reg32;
 
 use super::exceptions::{TrapFrame, exception_name};
 use super::gdt;
@@ -21,6 +23,7 @@ use super::gdt;
 /// The syscall gate (an interrupt gate with DPL 3).
 pub const SYSCALL_VECTOR: u8 = abi::syscall::X86_SYSCALL_VECTOR;
 const VECTOR_PAGE_FAULT: u64 = 14;
+const FIRST_INTERRUPT_VECTOR: u64 = super::exceptions::FIRST_INTERRUPT_VECTOR as u64;
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3): device interrupts stay on in ring 3.
 const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS bit 1 is reserved and always 1.
@@ -152,6 +155,11 @@ impl UserContext {
     /// The trap that ended the last [`run`].
     pub fn trap(&self) -> crate::task::Trap {
         use crate::task::Trap;
+        if self.frame.vector >= FIRST_INTERRUPT_VECTOR
+            && self.frame.vector != u64::from(SYSCALL_VECTOR)
+        {
+            return Trap::Preempted;
+        }
         if self.frame.vector == u64::from(SYSCALL_VECTOR) {
             let f = &self.frame;
             return Trap::Syscall {
@@ -255,3 +263,90 @@ pub fn flush_tlb() {
 /// Makes freshly written code visible to instruction fetch: x86 keeps the
 /// instruction cache coherent by itself.
 pub fn sync_instruction_cache(_phys: u64, _len: usize) {}
+
+/// Local APIC timer registers (SDM Vol. 3A §11.5.4, Table 11-1).
+const LAPIC_LVT_TIMER: Reg32 = Reg32(0x320);
+const LAPIC_TIMER_INITIAL_COUNT: Reg32 = Reg32(0x380);
+const LAPIC_TIMER_CURRENT_COUNT: Reg32 = Reg32(0x390);
+const LAPIC_TIMER_DIVIDE: Reg32 = Reg32(0x3E0);
+/// LVT timer: bit 16 masks it; mode bits 18:17 = 01 is periodic.
+const LVT_MASKED: u32 = 1 << 16;
+const LVT_PERIODIC: u32 = 1 << 17;
+/// Divide configuration 0b1011: divide by 1.
+const TIMER_DIVIDE_BY_1: u32 = 0b1011;
+/// Calibration window of the timer against the TSC clock.
+const CALIBRATION_NS: u64 = 10_000_000;
+/// Period of the tick while a task runs.
+const TICK_MS: u64 = 1;
+
+/// The timer's vector and its ticks per millisecond, set up on first use.
+static PREEMPTION_TIMER: spin::Once<Option<(u8, u64)>> = spin::Once::new();
+/// Set by the timer interrupt; a trap from ring 3 with it set ends the run.
+static PREEMPT: AtomicBool = AtomicBool::new(false);
+/// When the running task's slice ends, in `now_ns` time. The tick compares
+/// against it, so a badly calibrated timer only makes slices coarser.
+static SLICE_END_NS: AtomicU64 = AtomicU64::new(u64::MAX);
+
+fn on_timer_tick() {
+    if super::now_ns() >= SLICE_END_NS.load(Ordering::SeqCst) {
+        PREEMPT.store(true, Ordering::SeqCst);
+    }
+}
+
+fn preemption_timer() -> Option<(u8, u64)> {
+    *PREEMPTION_TIMER.call_once(|| {
+        let vector = crate::irq::alloc_vector(on_timer_tick)?;
+        let lapic = super::interrupts::lapic();
+        lapic.write32(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+        lapic.write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
+        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, u32::MAX);
+        let start = super::now_ns();
+        while super::now_ns() - start < CALIBRATION_NS {
+            core::hint::spin_loop();
+        }
+        let elapsed = u32::MAX - lapic.read32(LAPIC_TIMER_CURRENT_COUNT);
+        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, 0);
+        let per_ms = u64::from(elapsed) * 1_000_000 / CALIBRATION_NS;
+        (per_ms > 0).then_some((vector, per_ms))
+    })
+}
+
+/// Ends the task's run (a [`Trap::Preempted`]) at the first tick after
+/// `slice_ms` from now; false when there is no timer to do it with.
+pub fn arm_preemption(slice_ms: u64) -> bool {
+    PREEMPT.store(false, Ordering::SeqCst);
+    let Some((vector, per_ms)) = preemption_timer() else {
+        return false;
+    };
+    SLICE_END_NS.store(
+        super::now_ns().saturating_add(slice_ms.saturating_mul(1_000_000)),
+        Ordering::SeqCst,
+    );
+    let lapic = super::interrupts::lapic();
+    let ticks = u32::try_from(per_ms.saturating_mul(TICK_MS)).unwrap_or(u32::MAX);
+    lapic.write32(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
+    lapic.write32(LAPIC_TIMER_INITIAL_COUNT, ticks.max(1));
+    true
+}
+
+/// Whether tasks can be preempted (a timer vector was free and calibrated).
+pub fn preemption_available() -> bool {
+    preemption_timer().is_some()
+}
+
+/// Stops the preemption timer.
+pub fn disarm_preemption() {
+    if let Some((vector, _)) = preemption_timer() {
+        let lapic = super::interrupts::lapic();
+        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, 0);
+        lapic.write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
+    }
+}
+
+/// Called after an interrupt from ring 3 was handled: if it was the
+/// preemption tick, the task's run ends here.
+pub fn preempt_if_due(frame: &TrapFrame) {
+    if from_user(frame) && PREEMPT.swap(false, Ordering::SeqCst) {
+        trap_from_user(frame);
+    }
+}

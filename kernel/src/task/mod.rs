@@ -18,7 +18,6 @@
 //! [`STACK_PAGES`]-page stack below `STACK_TOP` with an unmapped guard below.
 
 mod address_space;
-pub mod elf;
 pub mod programs;
 
 use alloc::collections::{BTreeMap, VecDeque};
@@ -33,6 +32,13 @@ pub use address_space::AddressSpace;
 
 use crate::arch::user::{self as arch, UserContext};
 
+/// The ELF machine of the programs this kernel runs.
+#[cfg(target_arch = "x86_64")]
+const ELF_MACHINE: u16 = static_elf::EM_X86_64;
+#[cfg(target_arch = "aarch64")]
+const ELF_MACHINE: u16 = static_elf::EM_AARCH64;
+// The reader's page (segments never share one) is the task's page.
+const _: () = assert!(static_elf::PAGE_SIZE == PAGE_SIZE);
 /// One past the last address a program image may use.
 pub const IMAGE_END: u64 = USER_BASE + (1 << 30);
 /// Where `mem_alloc` hands out memory.
@@ -46,7 +52,7 @@ pub const MAX_ALLOCATION_PAGES: u64 = 4096;
 pub const MAX_TASK_PAGES: u64 = 16384;
 /// System calls one task may make in one [`run`].
 pub const SYSCALL_BUDGET: u64 = 1_000_000;
-/// How long a task runs before the others get their turn.
+/// How long a task runs before the others get their turn (by default).
 pub const TIME_SLICE_MS: u64 = 10;
 
 /// Resource limits of one [`run_limited`].
@@ -54,10 +60,15 @@ pub const TIME_SLICE_MS: u64 = 10;
 pub struct Limits {
     /// CPU time (in user mode, interrupts included) one task may use.
     pub cpu_ms: u64,
+    /// How long a task runs before the next one gets its turn.
+    pub slice_ms: u64,
 }
 
 impl Limits {
-    pub const DEFAULT: Limits = Limits { cpu_ms: 10_000 };
+    pub const DEFAULT: Limits = Limits {
+        cpu_ms: 10_000,
+        slice_ms: TIME_SLICE_MS,
+    };
 }
 
 /// Whether running tasks can be preempted on this machine.
@@ -116,7 +127,7 @@ pub enum Trap {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpawnError {
     UnknownProgram(String),
-    Elf(elf::ElfError),
+    Elf(static_elf::ElfError),
     OutOfMemory,
 }
 
@@ -199,18 +210,28 @@ impl Task {
         Self::spawn_image(name, image, kernel_root)
     }
 
-    /// Loads an ELF image (validated by [`elf::parse`]).
+    /// Loads an ELF image (validated by [`static_elf::parse`] for this
+    /// machine and the image part of the user region).
     pub fn spawn_image(
         name: &'static str,
         image: &[u8],
         kernel_root: u64,
     ) -> Result<Task, SpawnError> {
-        let image = elf::parse(image).map_err(SpawnError::Elf)?;
+        let target = static_elf::Target {
+            machine: ELF_MACHINE,
+            region: USER_BASE..IMAGE_END,
+        };
+        let image = static_elf::parse(image, &target).map_err(SpawnError::Elf)?;
         // On any error below, dropping `space` returns what was mapped so far.
         let mut space = AddressSpace::new(kernel_root)?;
         for segment in &image.segments {
+            let access = Access {
+                read: segment.permissions.read,
+                write: segment.permissions.write,
+                execute: segment.permissions.execute,
+            };
             for page in segment.pages().step_by(PAGE_SIZE as usize) {
-                let phys = space.map_new(page, segment.access)?;
+                let phys = space.map_new(page, access)?;
                 // Copy the part of the file bytes that falls into this page.
                 let page_end = page + PAGE_SIZE;
                 let data_end = segment.vaddr + segment.data.len() as u64;
@@ -229,7 +250,7 @@ impl Task {
                         )
                     };
                 }
-                if segment.access.execute {
+                if access.execute {
                     arch::sync_instruction_cache(phys, PAGE_SIZE as usize);
                 }
             }
@@ -467,7 +488,7 @@ pub fn run_tasks(
         // SAFETY: the task's root copies the kernel entries of the boot tables.
         unsafe { arch::switch_root(task.space.root()) };
         let ended = loop {
-            arch::arm_preemption(TIME_SLICE_MS);
+            arch::arm_preemption(limits.slice_ms);
             let started = crate::arch::now_ns();
             arch::run(&mut task.context);
             task.cpu_ns += crate::arch::now_ns().saturating_sub(started);

@@ -8,7 +8,9 @@ use alloc::vec::Vec;
 
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Output, Run, SpawnError, elf::ElfError};
+use static_elf::ElfError;
+
+use crate::task::{self, Exit, Output, Run, SpawnError};
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -207,7 +209,16 @@ fn freed_memory_is_unmapped(_: &Platform) -> TestResult {
 }
 
 fn two_tasks_take_turns_through_yield(_: &Platform) -> TestResult {
-    let run = run_checked(&["ping", "pong"])?;
+    // Slices far longer than the programs run: only `yield` switches tasks,
+    // so the order is exact.
+    let before = frames::free_count();
+    let limits = task::Limits {
+        slice_ms: 60_000,
+        ..task::Limits::DEFAULT
+    };
+    let run = task::run_limited(&["ping", "pong"], Output::Capture, limits)
+        .map_err(|err| format!("spawn: {err:?}"))?;
+    ensure_eq!(frames::free_count(), before, "free frames after the run");
     for report in &run.reports {
         ensure_eq!(report.exit, Exit::Code(0), report.name);
     }
@@ -311,7 +322,10 @@ fn a_spinning_task_is_preempted_and_killed_at_its_budget(_: &Platform) -> TestRe
     let run = task::run_limited(
         &["spin", "hello"],
         Output::Capture,
-        task::Limits { cpu_ms: BUDGET_MS },
+        task::Limits {
+            cpu_ms: BUDGET_MS,
+            ..task::Limits::DEFAULT
+        },
     )
     .map_err(|err| format!("spawn: {err:?}"))?;
     let elapsed_ms = (crate::arch::now_ns() - started) / 1_000_000;

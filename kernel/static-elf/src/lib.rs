@@ -1,13 +1,24 @@
-//! A strict reader of the statically linked ELF64 executables the kernel
-//! embeds (System V gABI, "ELF Header" and "Program Header" chapters).
+//! A strict reader of statically linked ELF64 executables (System V gABI,
+//! "ELF Header" and "Program Header" chapters), for the user programs the
+//! kernel embeds.
 //!
-//! Every field the loader relies on is checked; anything unexpected is an
-//! [`ElfError`], never a panic, so a malformed image can only fail its spawn.
+//! Every field a loader relies on is checked against the [`Target`] (the
+//! machine and the address range the image may occupy); anything unexpected
+//! is an [`ElfError`], never a panic, so a malformed image can only fail its
+//! load. Nothing here allocates beyond the segment list.
+#![no_std]
+
+extern crate alloc;
 
 use alloc::vec::Vec;
+use core::ops::Range;
 
-use super::{Access, IMAGE_END};
-use abi::syscall::{PAGE_SIZE, USER_BASE};
+/// Pages are 4 KiB: two segments may not share one (they may need different
+/// permissions).
+pub const PAGE_SIZE: u64 = 4096;
+/// e_machine values (gABI, "Machine" table).
+pub const EM_X86_64: u16 = 62;
+pub const EM_AARCH64: u16 = 183;
 
 /// gABI e_ident: magic, class, data encoding, version.
 const ELF_MAGIC: [u8; 4] = [0x7F, b'E', b'L', b'F'];
@@ -16,11 +27,6 @@ const ELFDATA2LSB: u8 = 1;
 const EV_CURRENT: u8 = 1;
 /// e_type: an executable (not relocatable, not shared).
 const ET_EXEC: u16 = 2;
-/// e_machine for this kernel's architecture.
-#[cfg(target_arch = "x86_64")]
-const EM_HOST: u16 = 62;
-#[cfg(target_arch = "aarch64")]
-const EM_HOST: u16 = 183;
 const ELF_HEADER_SIZE: usize = 64;
 const PROGRAM_HEADER_SIZE: usize = 56;
 /// More segments than any of our programs has (code, rodata, data, stack note).
@@ -68,13 +74,30 @@ pub enum ElfError {
     NoLoadableSegment,
 }
 
+/// What the image must fit.
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// The e_machine value the image must carry.
+    pub machine: u16,
+    /// Every loadable byte must lie in this range.
+    pub region: Range<u64>,
+}
+
+/// What a segment's pages allow (p_flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Permissions {
+    pub read: bool,
+    pub write: bool,
+    pub execute: bool,
+}
+
 /// A loadable segment: `data` is copied to `vaddr`, the rest of `mem_size` is zero.
 #[derive(Debug)]
 pub struct Segment<'a> {
     pub vaddr: u64,
     pub mem_size: u64,
     pub data: &'a [u8],
-    pub access: Access,
+    pub permissions: Permissions,
 }
 
 impl Segment<'_> {
@@ -112,8 +135,9 @@ fn u64_at(bytes: &[u8], offset: usize) -> Option<u64> {
     ))
 }
 
-/// Checks `file` and returns its entry point and loadable segments.
-pub fn parse(file: &[u8]) -> Result<Image<'_>, ElfError> {
+/// Checks `file` against `target` and returns its entry point and loadable
+/// segments.
+pub fn parse<'a>(file: &'a [u8], target: &Target) -> Result<Image<'a>, ElfError> {
     if file.len() < ELF_HEADER_SIZE {
         return Err(ElfError::Truncated);
     }
@@ -136,7 +160,7 @@ pub fn parse(file: &[u8]) -> Result<Image<'_>, ElfError> {
     if e_version != u32::from(EV_CURRENT) {
         return Err(ElfError::WrongFormat);
     }
-    if e_machine != EM_HOST {
+    if e_machine != target.machine {
         return Err(ElfError::WrongMachine(e_machine));
     }
     if e_type != ET_EXEC {
@@ -179,7 +203,7 @@ pub fn parse(file: &[u8]) -> Result<Image<'_>, ElfError> {
         let end = vaddr
             .checked_add(mem_size)
             .ok_or(ElfError::SegmentOutsideImage)?;
-        if vaddr < USER_BASE || end > IMAGE_END {
+        if vaddr < target.region.start || end > target.region.end {
             return Err(ElfError::SegmentOutsideImage);
         }
         if mem_size == 0 {
@@ -192,7 +216,7 @@ pub fn parse(file: &[u8]) -> Result<Image<'_>, ElfError> {
             vaddr,
             mem_size,
             data,
-            access: Access {
+            permissions: Permissions {
                 read: flags & PF_R != 0,
                 write: flags & PF_W != 0,
                 execute: flags & PF_X != 0,
@@ -211,7 +235,7 @@ pub fn parse(file: &[u8]) -> Result<Image<'_>, ElfError> {
         return Err(ElfError::NoLoadableSegment);
     }
     let entry_ok = segments.iter().any(|segment| {
-        segment.access.execute
+        segment.permissions.execute
             && (segment.vaddr..segment.vaddr + segment.mem_size).contains(&e_entry)
     });
     if !entry_ok {

@@ -32,11 +32,12 @@ pub fn _print(args: fmt::Arguments) {
     }
 }
 
+#[allow(unused_macros, reason = "only the x86_64 drivers' demo output uses it")]
 macro_rules! print {
     ($($arg:tt)*) => ($crate::console::_print(format_args!($($arg)*)));
 }
 
 macro_rules! println {
-    () => ($crate::print!("\n"));
+    () => ($crate::console::_print(format_args!("\n")));
     ($($arg:tt)*) => ($crate::console::_print(format_args!("{}\n", format_args!($($arg)*))));
 }

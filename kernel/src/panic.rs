@@ -6,6 +6,9 @@ use crate::arch;
 
 #[panic_handler]
 fn panic(info: &PanicInfo) -> ! {
+    if let Some(test) = crate::testing::running_test() {
+        println!("test {test} ... FAILED: kernel panic (below)");
+    }
     match info.location() {
         Some(location) => println!(
             "KERNEL PANIC: {} at {}:{}:{}",

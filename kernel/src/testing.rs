@@ -54,6 +54,14 @@ macro_rules! ensure_eq {
     }};
 }
 
+/// The test running now, for the panic report.
+static RUNNING: spin::Mutex<Option<&'static str>> = spin::Mutex::new(None);
+
+/// The name of the test running now, if any (read by the panic handler).
+pub fn running_test() -> Option<&'static str> {
+    RUNNING.try_lock().and_then(|running| *running)
+}
+
 /// Runs every test the filter selects; returns the number that failed.
 pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> usize {
     let selected = || {
@@ -69,19 +77,24 @@ pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> us
     println!("running {} tests", selected().count());
     let (mut passed, mut failed, mut skipped) = (0, 0, 0);
     for test in selected() {
-        print!("test {} ... ", test.name);
-        match (test.run)(platform) {
+        // The verdict line is printed whole after the test, so that anything
+        // the test prints lands above it instead of splitting it; a panic
+        // names the running test instead.
+        *RUNNING.lock() = Some(test.name);
+        let result = (test.run)(platform);
+        *RUNNING.lock() = None;
+        match result {
             Ok(Outcome::Passed) => {
                 passed += 1;
-                println!("ok");
+                println!("test {} ... ok", test.name);
             }
             Ok(Outcome::NotApplicable(why)) => {
                 skipped += 1;
-                println!("ignored, not applicable: {why}");
+                println!("test {} ... ignored, not applicable: {why}", test.name);
             }
             Err(why) => {
                 failed += 1;
-                println!("FAILED: {why}");
+                println!("test {} ... FAILED: {why}", test.name);
             }
         }
     }

@@ -27,19 +27,20 @@ pub struct Package {
 impl Workspace {
     /// Asks `cargo metadata` about the workspace that contains this crate.
     pub fn locate() -> Result<Workspace, String> {
-        let output = cargo()
-            .args(["metadata", "--format-version", "1", "--no-deps"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .map_err(|e| format!("cannot run cargo metadata: {e}"))?;
-        if !output.status.success() {
-            return Err(format!(
-                "cargo metadata failed: {}",
-                String::from_utf8_lossy(&output.stderr)
-            ));
-        }
-        let text = String::from_utf8_lossy(&output.stdout);
-        Workspace::from_metadata(&text)
+        // Inside a member's directory cargo reports that member as the only default
+        // member, so ask from the workspace root.
+        let manifest = run_cargo(
+            &["locate-project", "--workspace", "--message-format", "plain"],
+            Path::new(env!("CARGO_MANIFEST_DIR")),
+        )?;
+        let manifest = PathBuf::from(manifest.trim());
+        let root = manifest
+            .parent()
+            .ok_or_else(|| format!("{} has no directory", manifest.display()))?;
+        Workspace::from_metadata(&run_cargo(
+            &["metadata", "--format-version", "1", "--no-deps"],
+            root,
+        )?)
     }
 
     /// Reads the JSON that `cargo metadata --format-version 1 --no-deps` prints.
@@ -123,6 +124,24 @@ impl Workspace {
     }
 }
 
+/// What `cargo ARGS` prints when run in `dir`.
+fn run_cargo(args: &[&str], dir: &Path) -> Result<String, String> {
+    let output = cargo()
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .map_err(|e| format!("cannot run cargo {}: {e}", args[0]))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "cargo {} failed: {}",
+            args[0],
+            String::from_utf8_lossy(&output.stderr)
+        ))
+    }
+}
+
 /// The cargo that runs us (cargo sets `CARGO` for `cargo run` and `cargo test`).
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
@@ -176,10 +195,18 @@ mod tests {
     #[test]
     fn the_real_workspace_has_this_crate_as_a_default_member() {
         let ws = Workspace::locate().unwrap();
-        let me = ws.packages.iter().find(|p| p.name == "qemu-tests").unwrap();
-        assert!(me.default_member);
+        let default = |name: &str| {
+            ws.packages
+                .iter()
+                .find(|p| p.name == name)
+                .unwrap_or_else(|| panic!("no package {name}"))
+                .default_member
+        };
+        assert!(default("qemu-tests"));
+        // Not just the package whose directory cargo ran in.
+        assert!(default("xtask"));
+        assert!(!default("kernel"));
+        assert!(!default("boot"));
         assert!(ws.root.join("Cargo.toml").is_file());
-        let kernel = ws.packages.iter().find(|p| p.name == "kernel").unwrap();
-        assert!(!kernel.default_member);
     }
 }

@@ -5,8 +5,9 @@
 
 macro_rules! boot_tests {
     ($($test:ident => $config:literal),* $(,)?) => {
-        /// `cargo xtask test` runs the host tests with `--skip qemu_boot` and boots
-        /// the configurations itself: every test that boots has `qemu_boot` in its name.
+        /// `cargo xtask test` boots the configurations itself (with progress lines),
+        /// then runs qemu-tests' other integration tests with `--skip qemu_boot::`:
+        /// keep the per-configuration boots, and only them, in this module.
         mod qemu_boot {
             $(
                 #[test]
@@ -47,7 +48,7 @@ fn boot_and_check(name: &str) {
 /// The harness itself: a boot that never finishes (QEMU started paused with `-S`)
 /// is killed at the deadline and reported as a timeout, with its log kept.
 #[test]
-fn qemu_boot_harness_kills_a_hung_boot() {
+fn harness_kills_a_hung_boot() {
     let config = qemu_tests::config("none-arm").unwrap();
     let kernel = qemu_tests::kernel_for(config.arch).unwrap_or_else(|e| panic!("{e}"));
     let ws = qemu_tests::workspace().unwrap();

@@ -73,32 +73,39 @@ pub fn bench(ws: &Workspace, args: BenchArgs) -> Result<(), Error> {
 }
 
 fn host_benches(ws: &Workspace, args: &BenchArgs) -> Result<Vec<HostResult>, Error> {
-    let with_benches: Vec<&str> = ws
+    let with_benches: Vec<_> = ws
         .packages
         .iter()
         .filter(|package| !package.benches.is_empty())
-        .map(|package| package.name.as_str())
         .collect();
     if with_benches.is_empty() {
         step("host benches: no workspace crate has benches yet");
         return Ok(Vec::new());
     }
-    step(format!("host benches: {}", with_benches.join(", ")));
     let started = SystemTime::now();
-    let mut command = ws.cargo(["bench"]);
-    for package in &with_benches {
-        command.args(["--package", package]);
+    let criterion_dir = ws.target_dir.join("criterion");
+    for package in with_benches {
+        step(format!(
+            "host benches: {} ({})",
+            package.name,
+            package.benches.join(", ")
+        ));
+        // Only the bench targets: the library's own libtest harness would reject
+        // criterion's arguments.
+        let mut command = ws.cargo(["bench", "--package", &package.name]);
+        for bench in &package.benches {
+            command.args(["--bench", bench]);
+        }
+        // Criterion finds this itself, but saying it makes the place certain.
+        command.env("CRITERION_HOME", &criterion_dir);
+        if !args.criterion_args.is_empty() {
+            command.arg("--").args(&args.criterion_args);
+        }
+        shell::run(&mut command)?;
     }
-    if !args.criterion_args.is_empty() {
-        command.arg("--").args(&args.criterion_args);
-    }
-    shell::run(&mut command)?;
     // Results of benches that no longer exist stay in target/criterion: only keep
     // what this run wrote.
-    Ok(collect_criterion(
-        &ws.target_dir.join("criterion"),
-        Some(started),
-    ))
+    Ok(collect_criterion(&criterion_dir, Some(started)))
 }
 
 /// Every `<...>/new/estimates.json` under `dir` (written at or after `since`).
@@ -164,7 +171,6 @@ fn read_criterion_result(
 /// Returns the counters and the configurations that failed to boot cleanly.
 fn qemu_benches(ws: &Workspace, args: &BenchArgs) -> Result<(Vec<QemuResult>, Vec<String>), Error> {
     let configs = boots::select(&args.configs)?;
-    crate::setup::ensure(ws)?;
     let kernels = boots::build_kernels(ws, &configs);
     let cmdline = KernelCmdline::new("bench").to_string();
     let timeout = args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT);

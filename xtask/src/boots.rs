@@ -90,12 +90,10 @@ pub fn boot_all(
                     let Some((index, config)) = next else { break };
                     let booted = match &kernels[&config.arch] {
                         Ok(kernel) => {
-                            println!(
-                                "[{:>2}/{}] {:<14} booting",
-                                index + 1,
-                                configs.len(),
-                                config.name
-                            );
+                            // The main thread prints, so lines come out in order.
+                            if report.send((index, None)).is_err() {
+                                break;
+                            }
                             Booted::Ran(Box::new(qemu_tests::boot(config, kernel, options)))
                         }
                         Err(why) => Booted::NotRun(format!(
@@ -103,7 +101,7 @@ pub fn boot_all(
                             config.arch
                         )),
                     };
-                    if report.send((index, booted)).is_err() {
+                    if report.send((index, Some(booted))).is_err() {
                         break;
                     }
                 }
@@ -111,8 +109,18 @@ pub fn boot_all(
         }
         drop(report);
         for (index, booted) in reports {
-            finished(index, configs[index], &booted);
-            results[index] = Some(booted);
+            match booted {
+                None => println!(
+                    "[{:>2}/{}] {:<14} booting",
+                    index + 1,
+                    configs.len(),
+                    configs[index].name
+                ),
+                Some(booted) => {
+                    finished(index, configs[index], &booted);
+                    results[index] = Some(booted);
+                }
+            }
         }
     });
     results

@@ -67,7 +67,11 @@ fn dispatch(command: Command) -> Result<(), Error> {
             lint(ws)
         }
         Command::Bench(args) => {
-            setup::ensure_rust(ws)?;
+            if args.qemu {
+                setup::ensure(ws)?;
+            } else {
+                setup::ensure_rust(ws)?;
+            }
             bench::bench(ws, args)
         }
         Command::Help | Command::Configs => Ok(()),

@@ -15,18 +15,21 @@ enum Verdict {
     Failed(Box<Failure>),
 }
 
+/// The package whose integration tests boot QEMU.
+const BOOT_TEST_PACKAGE: &str = "qemu-tests";
+
 pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     let mut failures = Vec::new();
     if args.host {
-        step("host tests (the workspace's default members; QEMU boots come next)");
-        // Every boot test's name has `qemu_boot` in it; they run below,
-        // with progress, instead of inside cargo test.
-        if let Err(error) = shell::run(&mut ws.cargo(["test", "--", "--skip", "qemu_boot"])) {
-            failures.push(format!("host tests: {error}"));
+        step("host tests: every default workspace member (qemu-tests: its library only)");
+        for mut command in host_test_commands(ws) {
+            if let Err(error) = shell::run(&mut command) {
+                failures.push(format!("host tests: {error}"));
+            }
         }
     }
     if args.boot
-        && let Err(error) = boot_tests(ws, &args)
+        && let Err(error) = boot_tests(ws, &args, &mut failures)
     {
         failures.push(error.to_string());
     }
@@ -37,7 +40,29 @@ pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     }
 }
 
-fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
+/// `cargo test` over the default members, except that qemu-tests contributes only
+/// its library's unit tests (its integration tests boot QEMU).
+fn host_test_commands(ws: &Workspace) -> Vec<std::process::Command> {
+    let mut all_but_boots = ws.cargo(["test", "--workspace"]);
+    for package in &ws.packages {
+        if !package.default_member || package.name == BOOT_TEST_PACKAGE {
+            all_but_boots.args(["--exclude", &package.name]);
+        }
+    }
+    let boot_library = ws.cargo(["test", "--package", BOOT_TEST_PACKAGE, "--lib"]);
+    vec![all_but_boots, boot_library]
+}
+
+/// qemu-tests' integration tests other than the per-configuration boots (crash
+/// reporting, the harness itself); `xtask` boots the configurations itself.
+fn other_qemu_tests(ws: &Workspace) -> Result<(), Error> {
+    step("other QEMU tests: qemu-tests' integration tests besides the per-configuration boots");
+    let mut command = ws.cargo(["test", "--package", BOOT_TEST_PACKAGE, "--test", "*"]);
+    command.args(["--", "--skip", "qemu_boot::"]);
+    shell::run(&mut command)
+}
+
+fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Result<(), Error> {
     let configs = boots::select(&args.configs)?;
     let options = TestOptions {
         filter: args.filter.clone(),
@@ -46,6 +71,12 @@ fn boot_tests(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
     };
     let cmdline = options.cmdline().map_err(Error::Usage)?.to_string();
     let kernels = boots::build_kernels(ws, &configs);
+    // Only a full run needs them; they go first so that the closing line of the
+    // per-configuration boots ends the output.
+    let full_run = args.configs.is_empty() && args.filter.is_none() && args.seed.is_none();
+    if full_run && let Err(error) = other_qemu_tests(ws) {
+        failures.push(format!("other QEMU tests: {error}"));
+    }
     step(format!(
         "boot tests: {} configuration{}, {} at a time, timeout {} s, kernel command line {:?}, logs in {}",
         configs.len(),

@@ -28,6 +28,8 @@ pub enum FirmwareError {
     Overlap { what: &'static str },
     /// A node nests deeper than the parser allows.
     TooDeep { limit: usize },
+    /// More items than the parser allows (keeps work on hostile input bounded).
+    TooMany { what: &'static str, limit: usize },
     /// A table or node that the caller needs does not exist.
     Missing { what: &'static str },
 }
@@ -56,6 +58,7 @@ impl fmt::Display for FirmwareError {
             Self::Overflow { what } => write!(f, "{what}: address arithmetic overflows"),
             Self::Overlap { what } => write!(f, "{what}: overlapping ranges"),
             Self::TooDeep { limit } => write!(f, "device tree nests deeper than {limit}"),
+            Self::TooMany { what, limit } => write!(f, "{what}: more than {limit}"),
             Self::Missing { what } => write!(f, "{what}: not present"),
         }
     }

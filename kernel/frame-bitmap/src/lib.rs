@@ -47,6 +47,17 @@ impl<const WORDS: usize> FrameBitmap<WORDS> {
         self.free_count
     }
 
+    /// The highest free frame, if any.
+    pub fn last_free(&self) -> Option<usize> {
+        let (word, bits) = self
+            .free
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, bits)| **bits != 0)?;
+        Some(word * 64 + 63 - bits.leading_zeros() as usize)
+    }
+
     pub fn is_free(&self, frame: usize) -> bool {
         frame < Self::CAPACITY && self.free[frame / 64] & (1 << (frame % 64)) != 0
     }
@@ -185,6 +196,16 @@ mod tests {
         // Crossing a word boundary.
         assert_eq!(bitmap.alloc(70, 64), Some(64));
         assert_eq!(bitmap.free_count(), 255 - 2 - 2 - 16 - 70);
+    }
+
+    #[test]
+    fn last_free_finds_the_highest_free_frame() {
+        let mut bitmap = Small::new();
+        assert_eq!(bitmap.last_free(), None);
+        bitmap.add_free(5..130);
+        assert_eq!(bitmap.last_free(), Some(129));
+        bitmap.reserve(100..130);
+        assert_eq!(bitmap.last_free(), Some(99));
     }
 
     #[test]

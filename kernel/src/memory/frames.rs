@@ -7,9 +7,11 @@ use spin::Mutex;
 use crate::boot_info::MemoryRegion;
 
 pub const FRAME_SIZE: usize = 4096;
-/// Highest physical address the allocator manages (QEMU runs with 256 MiB to
-/// a few GiB; RAM above this is ignored, not misused).
-const MAX_PHYS: u64 = 8 << 30;
+/// Highest physical address the allocator manages: the end of the boot
+/// identity map on both architectures (the kernel reaches a frame through
+/// that map to zero it). RAM above it, as QEMU gives with `-m` over ~2 GiB,
+/// is ignored rather than handed out unreachable.
+const MAX_PHYS: u64 = 4 << 30;
 const WORDS: usize = (MAX_PHYS / FRAME_SIZE as u64 / 64) as usize;
 
 /// A run of physically contiguous frames.
@@ -88,6 +90,17 @@ pub fn free(frames: Frames) {
     if let Err(err) = FRAMES.lock().free(first, frames.count) {
         panic!("double free of frame {:#x}", err.frame * FRAME_SIZE);
     }
+}
+
+/// The end of the boot identity map: every frame handed out lies below it.
+pub const MANAGED_LIMIT: u64 = MAX_PHYS;
+
+/// Physical address of the highest free frame.
+pub fn highest_free() -> Option<u64> {
+    FRAMES
+        .lock()
+        .last_free()
+        .map(|frame| (frame * FRAME_SIZE) as u64)
 }
 
 /// Number of free frames: the leak check of every test that allocates.

@@ -26,6 +26,10 @@ pub static TESTS: &[Test] = &[
         run: heap_allocates_and_frees,
     },
     Test {
+        name: "memory::every_free_frame_is_reachable_through_the_identity_map",
+        run: every_free_frame_is_reachable_through_the_identity_map,
+    },
+    Test {
         name: "memory::dma_regions_are_aligned_zeroed_and_returned",
         run: dma_regions_are_aligned_zeroed_and_returned,
     },
@@ -148,6 +152,19 @@ fn dma_regions_are_aligned_zeroed_and_returned(_: &Platform) -> TestResult {
     ensure_eq!(frames::free_count(), free_before - 4, "frames taken");
     dma.free(region);
     ensure_eq!(frames::free_count(), free_before, "frames after free");
+    Ok(Outcome::Passed)
+}
+
+fn every_free_frame_is_reachable_through_the_identity_map(_: &Platform) -> TestResult {
+    let highest = frames::highest_free().ok_or("no free frame at all")?;
+    ensure!(
+        highest + frames::FRAME_SIZE as u64 <= frames::MANAGED_LIMIT,
+        "free frame at {highest:#x} lies beyond the identity map ({:#x})",
+        frames::MANAGED_LIMIT
+    );
+    // Reading it proves the map covers it (a fault would end the run).
+    // SAFETY: a volatile read of free RAM inside the identity map has no effect.
+    let _ = unsafe { core::ptr::read_volatile(highest as *const u64) };
     Ok(Outcome::Passed)
 }
 

@@ -7,8 +7,9 @@ use alloc::vec::Vec;
 use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le32, le64, slice, u8_at};
+use crate::overlap;
 
-/// VT-d §8.1 Table 8-1 "DMA Remapping Reporting Structure" offsets.
+/// VT-d §8.1 "DMA Remapping Reporting Structure" offsets.
 const HOST_ADDRESS_WIDTH: usize = 36;
 const FLAGS: usize = 37;
 /// 10 reserved bytes follow the flags; the remapping structures start here.
@@ -47,7 +48,7 @@ impl DmarFlags {
     }
 }
 
-/// VT-d §8.3.1 Table 8-4 device scope entry types.
+/// VT-d §8.3.1 device scope entry types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceScopeType {
     PciEndpoint,
@@ -60,7 +61,7 @@ pub enum DeviceScopeType {
 }
 
 impl DeviceScopeType {
-    fn from_raw(raw: u8) -> Self {
+    pub(crate) fn from_raw(raw: u8) -> Self {
         match raw {
             1 => Self::PciEndpoint,
             2 => Self::PciSubHierarchy,
@@ -79,7 +80,7 @@ pub struct PathEntry {
     pub function: u8,
 }
 
-/// VT-d §8.3.1 Table 8-3 Device Scope Structure.
+/// VT-d §8.3.1 Device Scope Structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceScope {
     pub scope_type: DeviceScopeType,
@@ -92,7 +93,7 @@ pub struct DeviceScope {
     pub path: Vec<PathEntry>,
 }
 
-/// VT-d §8.3.1 Table 8-3 offsets.
+/// VT-d §8.3.1 offsets.
 const SCOPE_HEADER_SIZE: usize = 6;
 const SCOPE_TYPE: usize = 0;
 const SCOPE_LENGTH: usize = 1;
@@ -125,7 +126,7 @@ impl DeviceScope {
     }
 }
 
-/// VT-d §8.3 Table 8-2 DMA Remapping Hardware Unit Definition.
+/// VT-d §8.3 DMA Remapping Hardware Unit Definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Drhd {
     /// Bit 0 INCLUDE_PCI_ALL: this unit covers every device of the segment not
@@ -154,7 +155,7 @@ impl Drhd {
     }
 }
 
-/// VT-d §8.4 Table 8-5 Reserved Memory Region Reporting.
+/// VT-d §8.4 Reserved Memory Region Reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rmrr {
     pub segment: u16,
@@ -164,7 +165,7 @@ pub struct Rmrr {
     pub scopes: Vec<DeviceScope>,
 }
 
-/// VT-d §8.5 Table 8-6 Root Port ATS Capability Reporting.
+/// VT-d §8.5 Root Port ATS Capability Reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Atsr {
     /// Bit 0 ALL_PORTS: every root port of the segment supports ATS.
@@ -177,21 +178,21 @@ impl Atsr {
     pub const ALL_PORTS: u8 = 1 << 0;
 }
 
-/// VT-d §8.6 Table 8-7 Remapping Hardware Static Affinity.
+/// VT-d §8.6 Remapping Hardware Static Affinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rhsa {
     pub register_base: u64,
     pub proximity_domain: u32,
 }
 
-/// VT-d §8.7 Table 8-8 ACPI Name-space Device Declaration.
+/// VT-d §8.7 ACPI Name-space Device Declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Andd {
     pub device_number: u8,
     pub object_name: String,
 }
 
-/// VT-d §8.8 Table 8-9 SoC Integrated Address Translation Cache.
+/// VT-d §8.8 SoC Integrated Address Translation Cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Satc {
     /// Bit 0 ATC_REQUIRED.
@@ -299,7 +300,7 @@ fn parse_scopes(bytes: &[u8], base: usize) -> Result<Vec<DeviceScope>, FirmwareE
     Ok(scopes)
 }
 
-/// Minimum lengths of the fixed part of each structure (VT-d Tables 8-2, 8-5..8-9).
+/// Minimum lengths of the fixed part of each structure (VT-d §8.3–§8.8).
 const DRHD_FIXED: usize = 16;
 const RMRR_FIXED: usize = 24;
 const ATSR_FIXED: usize = 8;
@@ -434,41 +435,42 @@ pub fn parse_dmar(bytes: &[u8]) -> Result<Dmar, FirmwareError> {
 
 /// Cross-structure rules of VT-d §8.3 and §8.4.
 fn validate(dmar: &Dmar) -> Result<(), FirmwareError> {
-    for (i, d) in dmar.drhds.iter().enumerate() {
+    let mut registers = Vec::with_capacity(dmar.drhds.len());
+    for d in &dmar.drhds {
+        // Callers compute base + size, so that must not wrap either.
         let end = d
             .register_base
             .checked_add(d.register_size())
             .ok_or(FirmwareError::Overflow { what: "DMAR DRHD" })?;
-        let later = &dmar.drhds[i + 1..];
-        if later.iter().any(|o| {
-            o.register_base < end
-                && d.register_base < o.register_base.saturating_add(o.register_size())
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "DMAR DRHD register ranges",
-            });
-        }
-        // §8.3: at most one INCLUDE_PCI_ALL unit per segment.
-        if d.include_pci_all()
-            && later
-                .iter()
-                .any(|o| o.include_pci_all() && o.segment == d.segment)
-        {
-            return Err(FirmwareError::Malformed {
-                what: "DMAR: two INCLUDE_PCI_ALL units in one segment",
-                offset: 0,
-            });
-        }
+        registers.push((0, d.register_base, end - 1));
     }
-    for (i, r) in dmar.rmrrs.iter().enumerate() {
-        if dmar.rmrrs[i + 1..]
-            .iter()
-            .any(|o| o.segment == r.segment && o.base <= r.limit && r.base <= o.limit)
-        {
-            return Err(FirmwareError::Overlap {
-                what: "DMAR RMRR ranges",
-            });
-        }
+    if overlap::any_overlap(registers) {
+        return Err(FirmwareError::Overlap {
+            what: "DMAR DRHD register ranges",
+        });
+    }
+    // §8.3: at most one INCLUDE_PCI_ALL unit per segment.
+    let catch_all = dmar
+        .drhds
+        .iter()
+        .filter(|d| d.include_pci_all())
+        .map(|d| (0, u64::from(d.segment), u64::from(d.segment)))
+        .collect();
+    if overlap::any_overlap(catch_all) {
+        return Err(FirmwareError::Malformed {
+            what: "DMAR: two INCLUDE_PCI_ALL units in one segment",
+            offset: 0,
+        });
+    }
+    let reserved = dmar
+        .rmrrs
+        .iter()
+        .map(|r| (u64::from(r.segment), r.base, r.limit))
+        .collect();
+    if overlap::any_overlap(reserved) {
+        return Err(FirmwareError::Overlap {
+            what: "DMAR RMRR ranges",
+        });
     }
     Ok(())
 }

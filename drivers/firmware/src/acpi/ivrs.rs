@@ -1,18 +1,19 @@
 //! IVRS: I/O Virtualization Reporting Structure (AMD I/O Virtualization Technology
-//! (IOMMU) Specification rev 3.10, §5.2 "IOMMU ACPI Tables").
+//! (IOMMU) Specification, pub. 48882 rev 3.x, §5.2 "IVRS").
 
 use alloc::vec::Vec;
 
 use super::sdt::{SdtHeader, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{bytes_at, le16, le32, le64, slice, u8_at};
+use crate::overlap;
 
-/// AMD IOMMU §5.2.1 Table 91 "IVRS header": IVinfo follows the SDT header, then 8
+/// AMD IOMMU §5.2 IVRS header: IVinfo follows the SDT header, then 8
 /// reserved bytes; the IVDB blocks start at 48.
 const IVINFO: usize = 36;
 const BLOCKS_OFFSET: usize = 48;
 
-/// AMD IOMMU §5.2.1 IVinfo field.
+/// AMD IOMMU §5.2 IVRS header, IVinfo field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IvInfo(pub u32);
 
@@ -43,7 +44,7 @@ impl IvInfo {
     }
 }
 
-/// AMD IOMMU §5.2.2 IVHD types.
+/// AMD IOMMU §5.2 IVHD block types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum IvhdType {
     /// 10h: legacy IVHD, 24-byte header, "IOMMU Feature Reporting" field.
@@ -63,13 +64,13 @@ const TYPE_IVMD_RANGE: u8 = 0x22;
 
 /// Every IVDB starts with Type (u8), Flags (u8) and Length (u16).
 const BLOCK_HEADER_SIZE: usize = 4;
-/// §5.2.2.1 Table 92 (type 10h) and Table 93 (11h/40h) header lengths.
+/// AMD IOMMU §5.2 IVHD block header lengths: type 10h, types 11h/40h.
 const IVHD_10_HEADER: usize = 24;
 const IVHD_11_HEADER: usize = 40;
-/// §5.2.3 Table 101 IVMD length.
+/// AMD IOMMU §5.2 IVMD block length.
 const IVMD_SIZE: usize = 32;
 
-/// The "DTE setting" byte of a device entry (§5.2.2.2 Table 96): which interrupts pass
+/// The "DTE setting" byte of a device entry (AMD IOMMU §5.2, IVHD device entries): which interrupts pass
 /// untranslated and the SysMgt setting, copied into the DTE by system software.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DteSetting(pub u8);
@@ -88,7 +89,7 @@ impl DteSetting {
     }
 }
 
-/// §5.2.2.2 type 48h `Variety`.
+/// AMD IOMMU §5.2 IVHD device entry 48h `Variety`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialVariety {
     IoApic,
@@ -96,7 +97,7 @@ pub enum SpecialVariety {
     Reserved(u8),
 }
 
-/// §5.2.2.2 Table 100: ACPI _UID of an F0h entry.
+/// AMD IOMMU §5.2 IVHD device entry F0h: the ACPI _UID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcpiUid {
     None,
@@ -140,11 +141,11 @@ pub struct DeviceEntry {
     pub extended: Option<u32>,
 }
 
-/// One IVHD block (§5.2.2.1).
+/// One IVHD block (AMD IOMMU §5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ivhd {
     pub ivhd_type: IvhdType,
-    /// Byte 1 flags (Table 92: HtTunEn, PassPW, ResPassPW, Isoc, IotlbSup, Coherent, PreFSup, PPRSup).
+    /// Byte 1 flags (HtTunEn, PassPW, ResPassPW, Isoc, IotlbSup, Coherent, PreFSup, PPRSup).
     pub flags: u8,
     /// The IOMMU's own PCI DeviceID (bus << 8 | devfn).
     pub iommu_device_id: u16,
@@ -165,7 +166,7 @@ pub struct Ivhd {
 
 impl Ivhd {
     /// The setting that applies to `device_id`: the last matching select/range entry,
-    /// else an All entry (§5.2.2.2: more specific entries refine the All setting).
+    /// else an All entry (IVHD device entries: more specific entries refine the All setting).
     pub fn entry_for(&self, device_id: u16) -> Option<&DeviceEntry> {
         let specific = self.devices.iter().rev().find(|e| match e.target {
             DeviceTarget::Device(d) => d == device_id,
@@ -176,7 +177,7 @@ impl Ivhd {
     }
 }
 
-/// §5.2.3 IVMD block type.
+/// AMD IOMMU §5.2 IVMD block types 20h-22h.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IvmdTarget {
     /// 20h: every peripheral.
@@ -187,7 +188,7 @@ pub enum IvmdTarget {
     Range { start: u16, end: u16 },
 }
 
-/// §5.2.3 Table 101 IVMD block: memory that must stay mapped (unity) or excluded.
+/// AMD IOMMU §5.2 IVMD block: memory that must stay mapped (unity) or excluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ivmd {
     pub target: IvmdTarget,
@@ -217,7 +218,7 @@ pub struct Ivrs {
 
 impl Ivrs {
     /// The IVHDs of the newest type present. Firmware describes each IOMMU once per
-    /// IVHD type it supports (§5.2.2); software uses the highest type it understands.
+    /// IVHD type it supports (§5.2); software uses the highest type it understands.
     pub fn preferred_ivhds(&self) -> impl Iterator<Item = &Ivhd> {
         let best = self.ivhds.iter().map(|h| h.ivhd_type).max();
         self.ivhds.iter().filter(move |h| Some(h.ivhd_type) == best)
@@ -231,7 +232,7 @@ fn truncated(offset: usize) -> FirmwareError {
     }
 }
 
-/// §5.2.2.2 device entry types.
+/// AMD IOMMU §5.2 IVHD device entry types.
 mod entry {
     pub const PAD4: u8 = 0x00;
     pub const ALL: u8 = 0x01;
@@ -401,7 +402,7 @@ fn parse_device_entries(
             // Reserved 4- and 8-byte types: skipped by their class length.
             _ => {}
         }
-        // §5.2.2.2: only the end-of-range entry may follow a start-of-range entry.
+        // IVHD device entries: only the end-of-range entry may follow a start-of-range entry.
         if in_range && kind != entry::RANGE_END && open.is_some() {
             return Err(range_error);
         }
@@ -563,16 +564,24 @@ pub fn parse_ivrs(bytes: &[u8]) -> Result<Ivrs, FirmwareError> {
         at += length;
     }
     // Within one IVHD type, two blocks describing the same IOMMU (or register range) are contradictory.
-    for (i, h) in ivrs.ivhds.iter().enumerate() {
-        if ivrs.ivhds[i + 1..].iter().any(|o| {
-            o.ivhd_type == h.ivhd_type
-                && ((o.segment == h.segment && o.iommu_device_id == h.iommu_device_id)
-                    || o.base_address == h.base_address)
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "IVHD blocks of one type",
-            });
-        }
+    let group = |h: &Ivhd| h.ivhd_type as u64;
+    let ids = ivrs
+        .ivhds
+        .iter()
+        .map(|h| {
+            let id = (u64::from(h.segment) << 16) | u64::from(h.iommu_device_id);
+            (group(h), id, id)
+        })
+        .collect();
+    let bases = ivrs
+        .ivhds
+        .iter()
+        .map(|h| (group(h), h.base_address, h.base_address))
+        .collect();
+    if overlap::any_overlap(ids) || overlap::any_overlap(bases) {
+        return Err(FirmwareError::Overlap {
+            what: "IVHD blocks of one type",
+        });
     }
     Ok(ivrs)
 }

@@ -1,15 +1,16 @@
 //! MCFG: PCI Express memory-mapped configuration space (PCI Firmware Specification
-//! 3.3 §4.1.2, Table 4-2 and Table 4-3).
+//! 3.3 §4.1.2 "MCFG Table Description").
 
 use alloc::vec::Vec;
 
 use super::sdt::{SDT_HEADER_SIZE, checked_table};
 use crate::FirmwareError;
 use crate::bytes::{le16, le64, u8_at};
+use crate::overlap;
 
-/// PCI FW 3.3 Table 4-2: 8 reserved bytes follow the header.
+/// PCI FW §4.1.2: 8 reserved bytes follow the header.
 const ENTRIES_OFFSET: usize = SDT_HEADER_SIZE + 8;
-/// PCI FW 3.3 Table 4-3: one configuration space base address allocation structure.
+/// PCI FW §4.1.2: one "configuration space base address allocation" structure.
 const ENTRY_SIZE: usize = 16;
 const ENTRY_BASE: usize = 0;
 const ENTRY_SEGMENT: usize = 8;
@@ -20,7 +21,7 @@ const ECAM_BUS_SHIFT: u32 = 20;
 const ECAM_DEVICE_SHIFT: u32 = 15;
 const ECAM_FUNCTION_SHIFT: u32 = 12;
 
-/// One ECAM window (PCI FW 3.3 Table 4-3).
+/// One ECAM window (PCI FW §4.1.2 base address allocation structure).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EcamRegion {
     /// ECAM base for bus 0 of the segment (even when `bus_start` is not 0).
@@ -43,11 +44,16 @@ impl EcamRegion {
         self.base.checked_add(offset)
     }
 
-    /// The bytes of physical address space this window decodes.
-    pub fn window(&self) -> (u64, u64) {
-        let start = self.base + (u64::from(self.bus_start) << ECAM_BUS_SHIFT);
-        let size = (u64::from(self.bus_end) - u64::from(self.bus_start) + 1) << ECAM_BUS_SHIFT;
-        (start, size)
+    /// The (start, size) of physical address space this window decodes; `None` for a
+    /// region that [`parse_mcfg`] would have rejected.
+    pub fn window(&self) -> Option<(u64, u64)> {
+        let start = self
+            .base
+            .checked_add(u64::from(self.bus_start) << ECAM_BUS_SHIFT)?;
+        let buses = u64::from(self.bus_end).checked_sub(u64::from(self.bus_start))? + 1;
+        let size = buses << ECAM_BUS_SHIFT;
+        start.checked_add(size)?;
+        Some((start, size))
     }
 }
 
@@ -90,16 +96,22 @@ pub fn parse_mcfg(bytes: &[u8]) -> Result<Vec<EcamRegion>, FirmwareError> {
             .base
             .checked_add((u64::from(region.bus_end) + 1) << ECAM_BUS_SHIFT)
             .ok_or(FirmwareError::Overflow { what: "MCFG entry" })?;
-        if regions.iter().any(|r| {
-            r.segment == region.segment
-                && r.bus_start <= region.bus_end
-                && region.bus_start <= r.bus_end
-        }) {
-            return Err(FirmwareError::Overlap {
-                what: "MCFG bus ranges",
-            });
-        }
         regions.push(region);
+    }
+    let buses = regions
+        .iter()
+        .map(|r| {
+            (
+                u64::from(r.segment),
+                u64::from(r.bus_start),
+                u64::from(r.bus_end),
+            )
+        })
+        .collect();
+    if overlap::any_overlap(buses) {
+        return Err(FirmwareError::Overlap {
+            what: "MCFG bus ranges",
+        });
     }
     Ok(regions)
 }

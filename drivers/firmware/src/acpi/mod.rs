@@ -1,6 +1,6 @@
 //! ACPI: RSDP → RSDT/XSDT walk (ACPI 6.5 §5.2.5–§5.2.8) and the tables an IOMMU
 //! kernel needs: MCFG (PCI Firmware Spec 3.3 §4.1.2), DMAR (Intel VT-d spec ch. 8) and
-//! IVRS (AMD IOMMU spec §5.2).
+//! IVRS (AMD IOMMU spec §5.2), plus the MADT (ACPI 6.5 §5.2.12) for the I/O APICs.
 //!
 //! The pure parsers take a whole table (header included) and verify its checksum;
 //! [`discover`] reads the tables out of physical memory through a [`PhysMemory`].
@@ -8,6 +8,7 @@
 pub mod dmar;
 pub mod fadt;
 pub mod ivrs;
+pub mod madt;
 pub mod mcfg;
 mod sdt;
 
@@ -17,6 +18,7 @@ use alloc::vec::Vec;
 pub use dmar::{Dmar, parse_dmar};
 pub use fadt::{Fadt, parse_fadt};
 pub use ivrs::{Ivrs, parse_ivrs};
+pub use madt::{Madt, parse_madt};
 pub use mcfg::{EcamRegion, parse_mcfg};
 pub use sdt::{SDT_HEADER_SIZE, SdtHeader, checked_table};
 
@@ -41,9 +43,11 @@ pub struct IdentityMapped {
 
 impl IdentityMapped {
     /// # Safety
-    /// Every physical address in `0..limit` must be readable at virtual address
-    /// `phys + virt_offset` for as long as this value is used, with no side effects
-    /// (RAM or ROM, not MMIO).
+    /// Every physical address in `0..limit` must be mapped readable at virtual address
+    /// `phys + virt_offset` for as long as this value is used. Reads go only where the
+    /// RSDP and the tables point; since corrupt tables may point anywhere below
+    /// `limit`, plain byte loads from any of it must be harmless (no read-sensitive
+    /// MMIO, or a `limit` that excludes it).
     pub unsafe fn new(virt_offset: u64, limit: u64) -> Self {
         Self { virt_offset, limit }
     }
@@ -104,6 +108,8 @@ mod rsdp {
     /// Revision 0 (ACPI 1.0) covers only the first 20 bytes.
     pub const V1_SIZE: usize = 20;
     pub const V2_SIZE: usize = 36;
+    /// Later revisions may grow the structure; anything beyond a page is corrupt.
+    pub const MAX_SIZE: usize = 4096;
     pub const REVISION: usize = 15;
     pub const RSDT_ADDRESS: usize = 16;
     pub const LENGTH: usize = 20;
@@ -133,6 +139,7 @@ pub struct AcpiInfo {
     pub dmar: Option<Dmar>,
     pub ivrs: Option<Ivrs>,
     pub fadt: Option<Fadt>,
+    pub madt: Option<Madt>,
 }
 
 fn sum(bytes: &[u8]) -> u8 {
@@ -183,7 +190,7 @@ fn read_rsdp(
     if revision >= 2 {
         let v2 = read_vec(mem, rsdp_phys, rsdp::V2_SIZE)?;
         let length = le32(&v2, rsdp::LENGTH).unwrap_or(0) as usize;
-        if length < rsdp::V2_SIZE {
+        if !(rsdp::V2_SIZE..=rsdp::MAX_SIZE).contains(&length) {
             return Err(FirmwareError::BadLength {
                 what: "RSDP length",
                 offset: rsdp::LENGTH,
@@ -191,7 +198,7 @@ fn read_rsdp(
             });
         }
         // ACPI 6.5 §5.2.5.3: the extended checksum covers the whole structure.
-        if sum(&read_vec(mem, rsdp_phys, length.min(MAX_TABLE_SIZE))?) != 0 {
+        if sum(&read_vec(mem, rsdp_phys, length)?) != 0 {
             return Err(FirmwareError::BadChecksum {
                 what: "RSDP extended",
             });
@@ -235,6 +242,7 @@ pub fn discover(
         dmar: None,
         ivrs: None,
         fadt: None,
+        madt: None,
     };
     let mut have_mcfg = false;
     for (i, entry) in entries.chunks_exact(entry_size).enumerate() {
@@ -267,6 +275,9 @@ pub fn discover(
             }
             b"IVRS" if info.ivrs.is_none() => {
                 info.ivrs = Some(parse_ivrs(&read_table(mem, phys)?)?)
+            }
+            b"APIC" if info.madt.is_none() => {
+                info.madt = Some(parse_madt(&read_table(mem, phys)?)?)
             }
             _ => {}
         }

@@ -3,7 +3,7 @@
 use crate::FirmwareError;
 use crate::bytes::{bytes_at, le32, u8_at};
 
-/// ACPI 6.5 §5.2.6 Table 5.4: the header is 36 bytes.
+/// ACPI 6.5 §5.2.6: the header is 36 bytes.
 pub const SDT_HEADER_SIZE: usize = 36;
 
 pub(crate) const SIGNATURE: usize = 0;

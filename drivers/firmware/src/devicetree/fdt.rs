@@ -4,6 +4,7 @@
 //! The structure block is decoded once into a flat list of nodes and properties that
 //! borrow from the blob; every token, offset and string is bounds-checked first.
 
+use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 
 use crate::FirmwareError;
@@ -17,6 +18,14 @@ pub const FDT_HEADER_SIZE: usize = 40;
 const FDT_VERSION: u32 = 17;
 /// DTSpec §5.2: version 16 is the oldest whose layout (and `size_dt_strings`) we read.
 const FDT_OLDEST_READABLE: u32 = 16;
+/// Largest DTB accepted (the Linux arm64 boot protocol's limit); a corrupt header must
+/// not make [`super::dtb_size`] callers map gigabytes.
+pub const MAX_DTB_SIZE: usize = 2 << 20;
+/// Node and per-node property limits. Real trees have a few thousand nodes and fewer
+/// than a hundred properties per node; the limits keep every lookup on a hostile tree
+/// bounded (no quadratic blow-up on a 2 MiB blob).
+pub const MAX_NODES: usize = 32 * 1024;
+pub const MAX_PROPERTIES_PER_NODE: usize = 1024;
 /// Nodes nest at most this deep; real trees use fewer than 10 levels.
 pub const MAX_DEPTH: usize = 64;
 
@@ -41,7 +50,7 @@ mod header {
 }
 
 /// The total size of a DTB from its header (DTSpec §5.2 `totalsize`), after checking the
-/// magic and that the size can hold the header.
+/// magic and that the size lies between the header size and [`MAX_DTB_SIZE`].
 pub fn total_size(header_bytes: &[u8]) -> Result<usize, FirmwareError> {
     let truncated = |offset| FirmwareError::Truncated {
         what: "DTB header",
@@ -55,7 +64,7 @@ pub fn total_size(header_bytes: &[u8]) -> Result<usize, FirmwareError> {
     let total = usize::try_from(total).map_err(|_| FirmwareError::Overflow {
         what: "DTB totalsize",
     })?;
-    if total < FDT_HEADER_SIZE {
+    if !(FDT_HEADER_SIZE..=MAX_DTB_SIZE).contains(&total) {
         return Err(FirmwareError::BadLength {
             what: "DTB totalsize",
             offset: header::TOTALSIZE,
@@ -78,6 +87,8 @@ pub struct Property<'a> {
 struct Node<'a> {
     name: &'a str,
     parent: Option<usize>,
+    first_child: Option<usize>,
+    next_sibling: Option<usize>,
     first_prop: usize,
     prop_count: usize,
 }
@@ -92,6 +103,10 @@ pub struct Fdt<'a> {
     nodes: Vec<Node<'a>>,
     props: Vec<Property<'a>>,
     reservations: Vec<(u64, u64)>,
+    /// phandle → node (the first node claiming a phandle wins).
+    phandles: BTreeMap<u32, usize>,
+    /// Per node: the `interrupt-parent` phandle in effect (own or inherited).
+    interrupt_parents: Vec<Option<u32>>,
 }
 
 fn block<'a>(
@@ -172,8 +187,11 @@ impl<'a> Fdt<'a> {
             nodes: Vec::new(),
             props: Vec::new(),
             reservations,
+            phandles: BTreeMap::new(),
+            interrupt_parents: Vec::new(),
         };
         fdt.parse_structure(structure, strings)?;
+        fdt.build_indexes();
         Ok(fdt)
     }
 
@@ -214,8 +232,9 @@ impl<'a> Fdt<'a> {
         structure: &'a [u8],
         strings: &'a [u8],
     ) -> Result<(), FirmwareError> {
-        // Per open node: its index and whether a child was seen (no properties after that).
-        let mut stack: Vec<(usize, bool)> = Vec::new();
+        // Per open node: its index and its last child so far (once a child was seen,
+        // no more properties may follow).
+        let mut stack: Vec<(usize, Option<usize>)> = Vec::new();
         let mut offset = 0usize;
         let mut root_closed = false;
         loop {
@@ -242,18 +261,30 @@ impl<'a> Fdt<'a> {
                             offset,
                         });
                     }
-                    let parent = stack.last_mut().map(|(index, seen_child)| {
-                        *seen_child = true;
-                        *index
-                    });
                     let index = self.nodes.len();
+                    if index >= MAX_NODES {
+                        return Err(FirmwareError::TooMany {
+                            what: "DTB nodes",
+                            limit: MAX_NODES,
+                        });
+                    }
+                    let mut parent = None;
+                    if let Some((parent_index, last_child)) = stack.last_mut() {
+                        match last_child.replace(index) {
+                            Some(previous) => self.nodes[previous].next_sibling = Some(index),
+                            None => self.nodes[*parent_index].first_child = Some(index),
+                        }
+                        parent = Some(*parent_index);
+                    }
                     self.nodes.push(Node {
                         name,
                         parent,
+                        first_child: None,
+                        next_sibling: None,
                         first_prop: self.props.len(),
                         prop_count: 0,
                     });
-                    stack.push((index, false));
+                    stack.push((index, None));
                     offset = align4(body + name.len() + 1)
                         .ok_or(FirmwareError::Overflow { what: "DTB offset" })?;
                 }
@@ -266,12 +297,12 @@ impl<'a> Fdt<'a> {
                     offset = body;
                 }
                 FDT_PROP => {
-                    let &mut (node, seen_child) =
+                    let &mut (node, last_child) =
                         stack.last_mut().ok_or(FirmwareError::Malformed {
                             what: "DTB property outside a node",
                             offset,
                         })?;
-                    if seen_child {
+                    if last_child.is_some() {
                         return Err(FirmwareError::Malformed {
                             what: "DTB property after a child node",
                             offset,
@@ -290,6 +321,12 @@ impl<'a> Fdt<'a> {
                             length: len,
                         })?;
                     let name = c_str(strings, name_offset, "DTB property name")?;
+                    if self.nodes[node].prop_count >= MAX_PROPERTIES_PER_NODE {
+                        return Err(FirmwareError::TooMany {
+                            what: "DTB properties of one node",
+                            limit: MAX_PROPERTIES_PER_NODE,
+                        });
+                    }
                     self.props.push(Property { name, value });
                     self.nodes[node].prop_count += 1;
                     offset = align4(body + 8 + len)
@@ -340,8 +377,10 @@ impl<'a> Fdt<'a> {
     }
 
     pub fn children(&self, node: NodeId) -> impl Iterator<Item = NodeId> + '_ {
-        self.nodes()
-            .filter(move |&n| self.nodes[n.0].parent == Some(node.0))
+        core::iter::successors(self.nodes[node.0].first_child, |&c| {
+            self.nodes[c].next_sibling
+        })
+        .map(NodeId)
     }
 
     pub fn properties(&self, node: NodeId) -> &[Property<'a>] {
@@ -396,18 +435,16 @@ impl<'a> Fdt<'a> {
         }
     }
 
-    /// The strings of a string-list property (e.g. `compatible`); malformed lists are empty.
+    /// The strings of a string-list property (e.g. `compatible`, DTSpec §2.2.4
+    /// `<stringlist>`): NUL-terminated strings back to back. A list that does not end
+    /// in NUL is malformed and yields nothing.
     pub fn string_list(&self, node: NodeId, name: &str) -> impl Iterator<Item = &'a str> + 'a {
-        let value = self.property(node, name).unwrap_or(&[]);
-        // A valid list ends in NUL; anything after the last NUL is not a complete string.
-        let complete = match value.iter().rposition(|&b| b == 0) {
-            Some(last) => &value[..last],
-            None => &[][..],
+        let body = match self.property(node, name).and_then(<[u8]>::split_last) {
+            Some((0, body)) => Some(body),
+            _ => None,
         };
-        let has_any = value.contains(&0);
-        complete
-            .split(|&b| b == 0)
-            .filter(move |_| has_any)
+        body.into_iter()
+            .flat_map(|b| b.split(|&c| c == 0))
             .filter_map(|s| core::str::from_utf8(s).ok())
     }
 
@@ -443,8 +480,7 @@ impl<'a> Fdt<'a> {
     }
 
     pub fn by_phandle(&self, phandle: u32) -> Option<NodeId> {
-        self.nodes()
-            .find(|&n| matches!(self.phandle(n), Ok(Some(p)) if p == phandle))
+        self.phandles.get(&phandle).copied().map(NodeId)
     }
 
     /// Resolves an absolute path such as `/pl011@9000000`; a component without `@`
@@ -526,19 +562,32 @@ impl<'a> Fdt<'a> {
 
     /// DTSpec §2.4.1 `interrupt-parent`, inherited from the nearest ancestor that has one.
     pub fn interrupt_parent(&self, node: NodeId) -> Result<Option<NodeId>, FirmwareError> {
-        let mut current = Some(node);
-        while let Some(n) = current {
-            if let Some(phandle) = self.u32_property(n, "interrupt-parent")? {
-                return self
-                    .by_phandle(phandle)
-                    .map(Some)
-                    .ok_or(FirmwareError::Missing {
-                        what: "interrupt-parent phandle",
-                    });
-            }
-            current = self.parent(n);
+        match self.interrupt_parents[node.0] {
+            None => Ok(None),
+            Some(phandle) => self
+                .by_phandle(phandle)
+                .map(Some)
+                .ok_or(FirmwareError::Missing {
+                    what: "interrupt-parent phandle",
+                }),
         }
-        Ok(None)
+    }
+
+    /// Builds the phandle map and resolves inherited `interrupt-parent`s in one pass
+    /// (parents precede children in document order). Malformed values are left out
+    /// here and reported by the accessors that need them.
+    fn build_indexes(&mut self) {
+        let mut interrupt_parents = Vec::with_capacity(self.nodes.len());
+        for index in 0..self.nodes.len() {
+            let node = NodeId(index);
+            if let Ok(Some(phandle)) = self.phandle(node) {
+                self.phandles.entry(phandle).or_insert(index);
+            }
+            let own = self.u32_property(node, "interrupt-parent").ok().flatten();
+            let inherited = self.nodes[index].parent.and_then(|p| interrupt_parents[p]);
+            interrupt_parents.push(own.or(inherited));
+        }
+        self.interrupt_parents = interrupt_parents;
     }
 }
 

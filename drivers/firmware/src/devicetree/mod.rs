@@ -11,10 +11,14 @@ mod fdt;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 
-pub use fdt::{FDT_HEADER_SIZE, FDT_MAGIC, Fdt, NodeId, Property};
+pub use fdt::{
+    FDT_HEADER_SIZE, FDT_MAGIC, Fdt, MAX_DEPTH, MAX_DTB_SIZE, MAX_NODES, MAX_PROPERTIES_PER_NODE,
+    NodeId, Property,
+};
 
 use crate::FirmwareError;
 use crate::bytes::be32;
+use crate::overlap;
 
 /// Reads the total size of the DTB at `ptr` from its header (DTSpec §5.2 `totalsize`),
 /// checking the magic first, so the caller can build the slice for [`Platform::parse`].
@@ -26,6 +30,21 @@ pub unsafe fn dtb_size(ptr: *const u8) -> Result<usize, FirmwareError> {
     // alignment requirement and every bit pattern is a valid u8.
     let header = unsafe { core::slice::from_raw_parts(ptr, FDT_HEADER_SIZE) };
     fdt::total_size(header)
+}
+
+/// Parses the DTB at `ptr` (for example the address the boot loader passed in x0).
+///
+/// # Safety
+/// `ptr` must be valid for reads of [`FDT_HEADER_SIZE`] bytes, and of the header's
+/// `totalsize` bytes (at most [`MAX_DTB_SIZE`]) once that is known, for the duration
+/// of the call, with no concurrent writes.
+pub unsafe fn parse_at(ptr: *const u8) -> Result<Platform, FirmwareError> {
+    // SAFETY: forwarded from this function's contract.
+    let size = unsafe { dtb_size(ptr) }?;
+    // SAFETY: the contract covers `size` readable bytes; dtb_size bounded `size` by
+    // MAX_DTB_SIZE, and the slice does not outlive this call.
+    let dtb = unsafe { core::slice::from_raw_parts(ptr, size) };
+    Platform::parse(dtb)
 }
 
 /// The total size recorded in a DTB header held in a slice.
@@ -58,7 +77,7 @@ impl MemRegion {
 pub enum ReservationSource {
     /// DTSpec §5.3 memory reservation block (`/memreserve/`).
     MemReserve,
-    /// A child of `/reserved-memory` (DTSpec §3.5.4); `no_map` forbids mapping it at all.
+    /// A child of `/reserved-memory` (DTSpec §3.5); `no_map` forbids mapping it at all.
     ReservedMemory { no_map: bool },
 }
 
@@ -224,7 +243,10 @@ impl IdMapEntry {
     /// The (phandle, ID) that `rid` maps to through this entry.
     pub fn translate(&self, rid: u16) -> Option<(u32, u32)> {
         let offset = u32::from(rid).checked_sub(self.rid_base)?;
-        (offset < self.length).then(|| (self.target, self.target_base + offset))
+        if offset >= self.length {
+            return None;
+        }
+        Some((self.target, self.target_base.checked_add(offset)?))
     }
 }
 
@@ -433,13 +455,12 @@ fn memory(fdt: &Fdt<'_>) -> Result<Vec<MemRegion>, FirmwareError> {
 }
 
 fn check_disjoint(regions: &[MemRegion], what: &'static str) -> Result<(), FirmwareError> {
-    for (i, a) in regions.iter().enumerate() {
-        if regions[i + 1..]
-            .iter()
-            .any(|b| a.base < b.end() && b.base < a.end())
-        {
-            return Err(FirmwareError::Overlap { what });
-        }
+    let spans = regions
+        .iter()
+        .filter_map(|r| Some((0, r.base, overlap::last(r.base, r.size)?)))
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what });
     }
     Ok(())
 }
@@ -631,14 +652,17 @@ fn id_map(
             .target_base
             .checked_add(entry.length - 1)
             .ok_or(FirmwareError::Overflow { what: name })?;
-        let end = entry.rid_base + entry.length;
-        if entries
-            .iter()
-            .any(|e| entry.rid_base < e.rid_base + e.length && e.rid_base < end)
-        {
-            return Err(FirmwareError::Overlap { what: name });
-        }
         entries.push(entry);
+    }
+    let spans = entries
+        .iter()
+        .map(|e| {
+            let first = u64::from(e.rid_base);
+            (0, first, first + u64::from(e.length) - 1)
+        })
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what: name });
     }
     Ok(entries)
 }
@@ -682,7 +706,7 @@ fn pci_ranges(fdt: &Fdt<'_>, node: NodeId) -> Result<Vec<PciRange>, FirmwareErro
                 length: 0,
             });
         }
-        let cpu_end = range
+        range
             .cpu_addr
             .checked_add(range.size)
             .ok_or(FirmwareError::Overflow { what: "pci ranges" })?;
@@ -690,13 +714,14 @@ fn pci_ranges(fdt: &Fdt<'_>, node: NodeId) -> Result<Vec<PciRange>, FirmwareErro
             .pci_addr
             .checked_add(range.size)
             .ok_or(FirmwareError::Overflow { what: "pci ranges" })?;
-        if ranges
-            .iter()
-            .any(|r| range.cpu_addr < r.cpu_addr + r.size && r.cpu_addr < cpu_end)
-        {
-            return Err(FirmwareError::Overlap { what: "pci ranges" });
-        }
         ranges.push(range);
+    }
+    let spans = ranges
+        .iter()
+        .filter_map(|r| Some((0, r.cpu_addr, overlap::last(r.cpu_addr, r.size)?)))
+        .collect();
+    if overlap::any_overlap(spans) {
+        return Err(FirmwareError::Overlap { what: "pci ranges" });
     }
     Ok(ranges)
 }

@@ -846,6 +846,60 @@ fn malformed_header_is_rejected() {
 }
 
 #[test]
+fn node_and_property_limits() {
+    let mut b = Builder::default();
+    b.begin("");
+    for _ in 0..fdt::MAX_NODES {
+        b.begin("n").end();
+    }
+    b.end();
+    assert_eq!(
+        Fdt::parse(&b.finish()).unwrap_err(),
+        FirmwareError::TooMany {
+            what: "DTB nodes",
+            limit: fdt::MAX_NODES
+        }
+    );
+    let mut b = Builder::default();
+    b.begin("");
+    for _ in 0..=fdt::MAX_PROPERTIES_PER_NODE {
+        b.prop("p", &[]);
+    }
+    b.end();
+    assert_eq!(
+        Fdt::parse(&b.finish()).unwrap_err(),
+        FirmwareError::TooMany {
+            what: "DTB properties of one node",
+            limit: fdt::MAX_PROPERTIES_PER_NODE
+        }
+    );
+}
+
+#[test]
+fn a_huge_iommu_map_is_checked_in_reasonable_time() {
+    // 65536 one-RID windows (1 MiB of cells): a pairwise overlap check would take 2^31 steps.
+    let cells: Vec<u32> = (0..0x1_0000u32)
+        .flat_map(|rid| [rid, 7, rid ^ 0x5555, 1])
+        .collect();
+    let p = parse_board(|b| {
+        b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000])
+            .cells("iommu-map", &cells);
+    })
+    .unwrap();
+    assert_eq!(p.pcie[0].iommu_map.len(), 0x1_0000);
+    assert_eq!(p.pcie[0].iommu_for_rid(0x1234), Some((7, 0x1234 ^ 0x5555)));
+    let mut overlapping = cells.clone();
+    overlapping.extend_from_slice(&[0xffff, 7, 0, 1]);
+    assert_eq!(
+        parse_board(|b| {
+            b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000])
+                .cells("iommu-map", &overlapping);
+        }),
+        Err(FirmwareError::Overlap { what: "iommu-map" })
+    );
+}
+
+#[test]
 fn overlapping_memory_nodes_are_rejected() {
     let mut b = Builder::default();
     b.begin("")
@@ -903,7 +957,7 @@ fn mutate(base: &[u8], truncate: usize, flips: &[(usize, u8)], field: (usize, u3
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(ProptestConfig::with_cases(crate::test_cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..512)) {
@@ -935,6 +989,45 @@ proptest! {
                     prop_assert!(u64::from(e.rid_base) + u64::from(e.length) <= 0x1_0000);
                 }
             }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(crate::test_cases()))]
+
+    /// iommu-map model: disjoint RID windows; lookups agree with a linear scan.
+    #[test]
+    fn iommu_map_round_trips(
+        windows in proptest::collection::btree_set(0..256u32, 1..8),
+        lens in proptest::collection::vec(1..=256u32, 8),
+        targets in proptest::collection::vec((1..4u32, any::<u16>()), 8),
+        rids in proptest::collection::vec(any::<u16>(), 16),
+    ) {
+        // Window i starts at a multiple of 256 RIDs, so lengths up to 256 never overlap.
+        let model: Vec<IdMapEntry> = windows
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| IdMapEntry {
+                rid_base: w << 8,
+                target: targets[i].0,
+                target_base: u32::from(targets[i].1),
+                length: lens[i],
+            })
+            .collect();
+        let cells: Vec<u32> = model.iter().flat_map(|e| [e.rid_base, e.target, e.target_base, e.length]).collect();
+        let p = Platform::parse(&board(|b| {
+            b.cells("reg", &[0, 0x3f00_0000, 0, 0x100_0000]).cells("iommu-map", &cells);
+        }))
+        .unwrap();
+        let pci = &p.pcie[0];
+        prop_assert_eq!(&pci.iommu_map, &model);
+        for rid in rids {
+            let expected = model.iter().find_map(|e| {
+                let r = u32::from(rid);
+                (r >= e.rid_base && r < e.rid_base + e.length).then(|| (e.target, e.target_base + (r - e.rid_base)))
+            });
+            prop_assert_eq!(pci.iommu_for_rid(rid), expected);
         }
     }
 }

@@ -7,6 +7,7 @@ mod amdvi;
 mod foundation;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
+mod tasks;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
 
@@ -23,4 +24,5 @@ pub static ALL: &[&[Test]] = &[
     vtd::PAGING_TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
+    tasks::TESTS,
 ];

@@ -261,6 +261,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
             return Err(MapError::InvalidProt);
         }
+        if let Some(done) = self.map_within_leaf_table(iova, phys, last, prot) {
+            return done;
+        }
         let mut attrs = [0u64; MAX_LEVELS];
         for level in 0..self.geo.levels {
             if self.geo.leaf_allowed(level) {
@@ -319,6 +322,71 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         );
         debug_assert!(stash.is_empty(), "plan and install disagree");
         Ok(gather)
+    }
+
+    /// The level-0 table holding `[iova, last]`, when the range lies inside one
+    /// level-1 slot smaller than it (so only smallest leaves can be used) and the
+    /// walk there meets only table links. `Err(())` when the walk meets a hole or
+    /// a leaf first.
+    #[inline(always)]
+    fn leaf_table_of(&self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
+        let slot_shift = self.geo.shift(1);
+        if slot_shift < 64
+            && (iova >> slot_shift != last >> slot_shift || last - iova >= low(slot_shift))
+        {
+            return None;
+        }
+        let mut table = self.root;
+        let mut level = self.geo.levels - 1;
+        while level > 0 {
+            let pte = Self::read(self.entries(table), self.index(iova, level));
+            if pte == 0 || !self.format.is_table(level, pte) {
+                return Some(Err(()));
+            }
+            table = self.format.table_addr(pte);
+            level -= 1;
+        }
+        Some(Ok(table))
+    }
+
+    /// Single-walk `map` for the common case of smallest leaves in a table that
+    /// exists already. `None`: take the general path.
+    fn map_within_leaf_table(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        last: u64,
+        prot: Prot,
+    ) -> Option<Result<Gather, MapError>> {
+        let Some(Ok(table)) = self.leaf_table_of(iova, last) else {
+            return None;
+        };
+        let shift = self.geo.granule_shift;
+        let t = self.entries(table);
+        let first = self.index(iova, 0);
+        let count = ((last - iova) >> shift) as usize + 1;
+        for i in first..first + count {
+            if Self::read(t, i) != 0 {
+                let at = iova + (((i - first) as u64) << shift);
+                return Some(Err(MapError::AlreadyMapped { iova: at }));
+            }
+        }
+        let bits = match self.format.leaf_attrs(0, prot) {
+            Ok(bits) => bits,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut pte = phys | bits;
+        for i in first..first + count {
+            Self::write(t, i, pte);
+            pte += 1 << shift;
+        }
+        self.clean(t, first, first + count - 1);
+        Some(Ok(Gather {
+            start: iova,
+            last,
+            leaf_sizes: 1 << shift,
+            freed_tables: false,
+        }))
     }
 
     /// Whether a leaf at `level` may start at `iova` for `phys` (the caller checks
@@ -518,6 +586,31 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             RangeError::Misaligned => UnmapError::Misaligned,
             RangeError::OutOfRange => UnmapError::IovaOutOfRange,
         })?;
+        match self.leaf_table_of(iova, last) {
+            // Nothing mapped on the way: nothing to do.
+            Some(Err(())) if self.lookup(iova).is_none() => {
+                return Ok(Unmapped {
+                    bytes: 0,
+                    gather: Gather::default(),
+                    freed: FreedTables::default(),
+                });
+            }
+            Some(Ok(table)) => {
+                // Only smallest leaves here: nothing to split, no table covered.
+                let mut acc = Clearing {
+                    bytes: 0,
+                    gather: Gather::default(),
+                    freed: Vec::new(),
+                };
+                self.clear(table, 0, iova, last, false, &mut acc);
+                return Ok(Unmapped {
+                    bytes: acc.bytes,
+                    gather: acc.gather,
+                    freed: FreedTables::default(),
+                });
+            }
+            _ => {}
+        }
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;

@@ -412,9 +412,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let mut idx = self.index(iova, level);
         if level == 0 {
             let count = ((last - iova) >> shift) as usize + 1;
-            for i in 0..count {
-                if Self::read(t, idx + i) != 0 {
-                    return Err(iova + ((i as u64) << shift));
+            // Branch-free scan first: the common answer is "all empty".
+            let mut any = 0;
+            for i in idx..idx + count {
+                // SAFETY: as in `read`. A plain load (the compiler may widen
+                // these): only "all zero or not" is asked.
+                any |= unsafe { t.add(i).read() };
+            }
+            if any != 0 {
+                for i in 0..count {
+                    if Self::read(t, idx + i) != 0 {
+                        return Err(iova + ((i as u64) << shift));
+                    }
                 }
             }
             return Ok(0);
@@ -512,6 +521,27 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
                 let run = (whole.min((entries - idx) as u64)) as usize;
                 let mut wrote_leaf = false;
+                if level == 0 {
+                    // No tables below level 0, and plan found these slots empty.
+                    let mut pte = phys | leaf_bits;
+                    for i in idx..idx + run {
+                        // SAFETY: as in `write`. Plain stores so that long runs
+                        // vectorize; the slots are empty (no live translation
+                        // depends on their order), and vector stores of 64-bit
+                        // lanes still write each aligned entry in one piece.
+                        unsafe { t.add(i).write(pte) };
+                        pte = pte.wrapping_add(size);
+                    }
+                    let advance = (run as u64) << shift;
+                    iova = iova.wrapping_add(advance);
+                    phys = phys.wrapping_add(advance);
+                    gather.leaf_sizes |= size;
+                    idx += run;
+                    if iova.wrapping_sub(size) | mask == last {
+                        break;
+                    }
+                    continue;
+                }
                 for i in idx..idx + run {
                     let pte = Self::read(t, i);
                     if pte == 0 {

@@ -245,6 +245,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// Refuses (changing nothing) if any page in the range is already mapped. The
     /// returned gather covers the range and the leaf sizes written: IOMMUs that
     /// cache non-present entries (VT-d caching mode) need it flushed.
+    #[inline]
     pub fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => MapError::ZeroLength,
@@ -264,6 +265,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if let Some(done) = self.map_within_leaf_table(iova, phys, last, prot) {
             return done;
         }
+        self.map_general(iova, phys, last, prot)
+    }
+
+    /// Plan, preallocate, install.
+    #[inline(never)]
+    fn map_general(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        last: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
         let mut attrs = [0u64; MAX_LEVELS];
         for level in 0..self.geo.levels {
             if self.geo.leaf_allowed(level) {
@@ -351,6 +364,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
 
     /// Single-walk `map` for the common case of smallest leaves in a table that
     /// exists already. `None`: take the general path.
+    #[inline(always)]
     fn map_within_leaf_table(
         &mut self,
         iova: u64,
@@ -389,6 +403,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         }))
     }
 
+    /// Whether entries `from..from + count` of `t` are all zero (plain loads that
+    /// the compiler may widen: only "all zero or not" is asked).
+    #[inline(always)]
+    fn all_empty(t: *mut u64, from: usize, count: usize) -> bool {
+        let mut any = 0;
+        for i in from..from + count {
+            // SAFETY: as in `read`; callers bound the range by the table size.
+            any |= unsafe { t.add(i).read() };
+        }
+        any == 0
+    }
+
     /// Whether a leaf at `level` may start at `iova` for `phys` (the caller checks
     /// that the whole slot is covered).
     #[inline(always)]
@@ -413,13 +439,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if level == 0 {
             let count = ((last - iova) >> shift) as usize + 1;
             // Branch-free scan first: the common answer is "all empty".
-            let mut any = 0;
-            for i in idx..idx + count {
-                // SAFETY: as in `read`. A plain load (the compiler may widen
-                // these): only "all zero or not" is asked.
-                any |= unsafe { t.add(i).read() };
-            }
-            if any != 0 {
+            if !Self::all_empty(t, idx, count) {
                 for i in 0..count {
                     if Self::read(t, idx + i) != 0 {
                         return Err(iova + ((i as u64) << shift));
@@ -429,7 +449,24 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             return Ok(0);
         }
         let mut needed = 0usize;
+        let entries = 1usize << self.geo.index_bits(level);
         loop {
+            let remaining = last - iova;
+            if self.leafable(level, iova, phys) && remaining >= mask {
+                // Whole aligned slots that are all empty become leaves: no tables.
+                let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
+                let run = whole.min((entries - idx) as u64) as usize;
+                if Self::all_empty(t, idx, run) {
+                    let advance = (run as u64) << shift;
+                    if iova.wrapping_add(advance).wrapping_sub(1) == last {
+                        return Ok(needed);
+                    }
+                    iova = iova.wrapping_add(advance);
+                    phys = phys.wrapping_add(advance);
+                    idx += run;
+                    continue;
+                }
+            }
             let slot_last = iova | mask;
             let chunk_last = slot_last.min(last);
             let pte = Self::read(t, idx);
@@ -521,8 +558,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
                 let run = (whole.min((entries - idx) as u64)) as usize;
                 let mut wrote_leaf = false;
-                if level == 0 {
-                    // No tables below level 0, and plan found these slots empty.
+                if level == 0 || Self::all_empty(t, idx, run) {
+                    // No tables below level 0 (plan found these slots empty),
+                    // or no tables in this run: leaves only.
                     let mut pte = phys | leaf_bits;
                     for i in idx..idx + run {
                         // SAFETY: as in `write`. Plain stores so that long runs
@@ -610,6 +648,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// starting or ending inside a leaf is refused (nothing changes): leaves are
     /// never split. Table pages whose whole span lies in the range are unlinked
     /// and returned in [`Unmapped::freed`].
+    #[inline]
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => UnmapError::ZeroLength,
@@ -641,6 +680,12 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             _ => {}
         }
+        self.unmap_general(iova, last)
+    }
+
+    /// Boundary checks, then a clearing walk from the root.
+    #[inline(never)]
+    fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;

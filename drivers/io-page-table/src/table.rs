@@ -391,7 +391,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         };
         let mut pte = phys | bits;
         for i in first..first + count {
-            Self::write(t, i, pte);
+            // SAFETY: as in `write`; plain stores into empty slots, as in the
+            // level-0 runs of `install`.
+            unsafe { t.add(i).write(pte) };
             pte += 1 << shift;
         }
         self.clean(t, first, first + count - 1);
@@ -666,21 +668,54 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             Some(Ok(table)) => {
                 // Only smallest leaves here: nothing to split, no table covered.
-                let mut acc = Clearing {
-                    bytes: 0,
-                    gather: Gather::default(),
-                    freed: Vec::new(),
-                };
-                self.clear(table, 0, iova, last, false, &mut acc);
-                return Ok(Unmapped {
-                    bytes: acc.bytes,
-                    gather: acc.gather,
-                    freed: FreedTables::default(),
-                });
+                return Ok(self.clear_leaf_run(table, iova, last));
             }
             _ => {}
         }
         self.unmap_general(iova, last)
+    }
+
+    /// Clears the level-0 entries for `[iova, last]` in `table`: find the first
+    /// and last leaf, then zero everything between with single 64-bit stores
+    /// (a live entry must never be seen half cleared).
+    #[inline(always)]
+    fn clear_leaf_run(&mut self, table: u64, iova: u64, last: u64) -> Unmapped {
+        let shift = self.geo.granule_shift;
+        let t = self.entries(table);
+        let first = self.index(iova, 0);
+        let end = first + ((last - iova) >> shift) as usize + 1;
+        let mut lo = first;
+        while lo < end && Self::read(t, lo) == 0 {
+            lo += 1;
+        }
+        if lo == end {
+            return Unmapped {
+                bytes: 0,
+                gather: Gather::default(),
+                freed: FreedTables::default(),
+            };
+        }
+        let mut hi = end - 1;
+        while Self::read(t, hi) == 0 {
+            hi -= 1;
+        }
+        let mut leaves = 0u64;
+        for i in lo..=hi {
+            leaves += u64::from(Self::read(t, i) != 0);
+            Self::write(t, i, 0);
+        }
+        self.clean(t, lo, hi);
+        let base = iova - ((first as u64) << shift);
+        Unmapped {
+            bytes: leaves << shift,
+            gather: Gather {
+                start: base + ((lo as u64) << shift),
+                last: base + ((hi as u64) << shift) + low(shift),
+                leaf_sizes: 1 << shift,
+                freed_tables: false,
+            },
+            freed: FreedTables::default(),
+        }
     }
 
     /// Boundary checks, then a clearing walk from the root.

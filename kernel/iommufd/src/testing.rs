@@ -725,7 +725,8 @@ pub struct FakeMemory {
     gate: FailGate,
     pub limit: u64,
     pub scattered: bool,
-    pinned: BTreeMap<(OwnerId, u64), u64>,
+    /// (owner, va) → (length, times pinned).
+    pinned: BTreeMap<(OwnerId, u64), (u64, u64)>,
     watched: Vec<Rc<RefCell<Shadow>>>,
     /// Unpins of pages an IOTLB still translated to: must stay 0.
     pub violations: u64,
@@ -755,6 +756,16 @@ impl FakeMemory {
     /// Ranges pinned now.
     pub fn pinned_ranges(&self) -> usize {
         self.pinned.len()
+    }
+
+    /// Whether some live pin still covers the physical page `phys`.
+    fn still_pinned(&self, phys: u64) -> bool {
+        let owner = OwnerId(phys >> 40);
+        let low = phys & ((1 << 40) - 1);
+        let va = if self.scattered { low ^ PAGE_SIZE } else { low };
+        self.pinned
+            .range((owner, 0)..=(owner, va))
+            .any(|(&(_, start), &(len, _))| va - start < len)
     }
 
     pub fn phys_of(&self, owner: OwnerId, va: u64) -> u64 {
@@ -791,25 +802,35 @@ impl Services for FakeMemory {
                 len,
             }]
         };
-        *self.pinned.entry((owner, va)).or_default() += 1;
+        let entry = self.pinned.entry((owner, va)).or_insert((len, 0));
+        entry.0 = entry.0.max(len);
+        entry.1 += 1;
         self.pins += 1;
         Ok(runs)
     }
 
     fn unpin(&mut self, owner: OwnerId, va: u64, _len: u64, runs: &[PhysRun]) {
-        for shadow in &self.watched {
-            let shadow = shadow.borrow();
-            if runs.iter().any(|r| shadow.holds_phys(r.phys, r.len)) {
-                self.violations += 1;
-            }
-        }
-        if let Some(count) = self.pinned.get_mut(&(owner, va)) {
+        if let Some((_, count)) = self.pinned.get_mut(&(owner, va)) {
             *count -= 1;
             if *count == 0 {
                 self.pinned.remove(&(owner, va));
             }
         }
         self.unpins += 1;
+        // A violation is an IOTLB entry reaching a page that no pin holds any more
+        // (the same memory may legitimately be pinned by several ranges).
+        let mut violations = 0;
+        for shadow in &self.watched {
+            let shadow = shadow.borrow();
+            for run in runs {
+                for page in (run.phys..run.phys + run.len).step_by(PAGE_SIZE as usize) {
+                    if shadow.holds_phys(page, PAGE_SIZE) && !self.still_pinned(page) {
+                        violations += 1;
+                    }
+                }
+            }
+        }
+        self.violations += violations;
     }
 
     fn charge(&mut self, _resource: Resource) -> Result<(), Errno> {

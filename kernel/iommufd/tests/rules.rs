@@ -1064,3 +1064,29 @@ fn map_of_scattered_pages_maps_each_run() {
     fd.ioas_unmap(O, ioas, 0, u64::MAX).unwrap();
     invariants(&fd);
 }
+
+// ---- the test double itself ----
+
+#[test]
+fn shadow_iotlb_flags_a_translation_used_or_released_without_flush() {
+    use iommu::{DomainKind, IommuUnit};
+    use iommufd::Services;
+    use iommufd::testing::{FailGate, FakeMemory, SoftUnit};
+    let gate = FailGate::new();
+    let mut unit = SoftUnit::new(U0, SoftConfig::vtd_like(), gate.clone());
+    let mut mem = FakeMemory::new(gate);
+    mem.watch(unit.shadow());
+    let runs = mem.pin(O, 0x1000, K4, true).unwrap();
+    let d = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DEV_A, d).unwrap();
+    unit.map(d, 0x5000, runs[0].phys, K4, RW).unwrap();
+    let g = unit.unmap(d, 0x5000, K4);
+    assert_eq!(unit.stale_entries(), 1);
+    assert!(unit.dma(DEV_A, 0x5000, Access::Read).is_some());
+    assert_eq!(unit.stale_uses(), 1);
+    mem.unpin(O, 0x1000, K4, &runs);
+    assert_eq!(mem.violations, 1);
+    unit.flush(d, &g).unwrap();
+    assert_eq!(unit.stale_entries(), 0);
+    assert_eq!(unit.dma(DEV_A, 0x5000, Access::Read), None);
+}

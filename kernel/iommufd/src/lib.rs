@@ -21,6 +21,7 @@ pub mod testing;
 
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use iommu::{DeviceId, DomainHandle, Gather, IommuError, IommuUnit, IovaRange, Prot, UnitId};
 use iova::IovaSpace;
@@ -157,6 +158,8 @@ struct Ioas {
     space: IovaSpace,
     /// Paging HWPTs (automatic and explicit) that mirror every area.
     domains: Vec<ObjId>,
+    /// The same HWPTs' (unit, domain), shared so that a map takes no copy.
+    handles: Arc<[(UnitId, DomainHandle)]>,
     alignment: u64,
 }
 

@@ -417,9 +417,7 @@ impl SoftUnit {
             return;
         };
         let last = iova + (len - 1);
-        let victims: Vec<(u64, Leaf)> =
-            d.leaves.range(iova..=last).map(|(&a, l)| (a, *l)).collect();
-        for (at, leaf) in victims {
+        while let Some((&at, &leaf)) = d.leaves.range(iova..=last).next() {
             d.leaves.remove(&at);
             gather.add_leaf(at, leaf.size);
             for key in table_keys(at, leaf.size) {
@@ -644,9 +642,17 @@ impl IommuUnit for SoftUnit {
         if !gather.is_empty() {
             self.stats.range_invalidations += 1;
             let (start, last) = (gather.start, gather.last);
-            self.shadow.borrow_mut().iotlb.retain(|&(dom, at), leaf| {
-                dom != domain.0 || at > last || at + (leaf.size - 1) < start
-            });
+            // Leaves are at most 1 GiB: only entries from there on can overlap.
+            let from = (domain.0, start.saturating_sub((1 << 30) - 1));
+            let mut shadow = self.shadow.borrow_mut();
+            while let Some(key) = shadow
+                .iotlb
+                .range(from..=(domain.0, last))
+                .find(|&(&(_, at), leaf)| at + (leaf.size - 1) >= start)
+                .map(|(k, _)| *k)
+            {
+                shadow.iotlb.remove(&key);
+            }
         }
         self.stats.syncs += 1;
         Ok(())

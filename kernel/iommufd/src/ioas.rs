@@ -189,7 +189,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .owners
             .entry(owner)
             .or_default()
-            .insert(Object::Ioas(Ioas::new())))
+            .insert(Object::Ioas(alloc::boxed::Box::new(Ioas::new()))))
     }
 
     /// Removes an IOAS no HWPT uses; its areas are in no domain, so their pages

@@ -67,8 +67,8 @@ fn bin(start: u64, len: u64) -> Option<usize> {
     (len.is_power_of_two()
         && (CACHE_MIN_ORDER..=CACHE_MAX_ORDER).contains(&order)
         && start != 0
-        && start % len == 0)
-        .then(|| (order - CACHE_MIN_ORDER) as usize)
+        && start.is_multiple_of(len))
+    .then(|| (order - CACHE_MIN_ORDER) as usize)
 }
 
 fn align_up(value: u64, align: u64) -> Option<u64> {
@@ -224,7 +224,11 @@ impl IovaSpace {
         let need = len_m1.checked_add(align);
         let sure = need.and_then(|need| self.by_size.range((need, 0)..).next().copied());
         let (start, last, at) = match sure {
-            Some((size, start)) => (start, start + size, fit(start, start + size, len_m1, align)?),
+            Some((size, start)) => (
+                start,
+                start + size,
+                fit(start, start + size, len_m1, align)?,
+            ),
             None => self
                 .by_size
                 .range((len_m1, 0)..)

@@ -202,7 +202,8 @@ struct Device {
 
 #[derive(Debug)]
 enum Object {
-    Ioas(Ioas),
+    /// Boxed: an IOAS carries its IOVA caches.
+    Ioas(alloc::boxed::Box<Ioas>),
     Hwpt(Hwpt),
     Device(Device),
 }
@@ -257,14 +258,14 @@ impl Owner {
 
     fn ioas(&self, id: ObjId) -> Result<&Ioas, Errno> {
         match self.objects.get(&id) {
-            Some(Object::Ioas(i)) => Ok(i),
+            Some(Object::Ioas(i)) => Ok(&**i),
             _ => Err(Errno::ENOENT),
         }
     }
 
     fn ioas_mut(&mut self, id: ObjId) -> Result<&mut Ioas, Errno> {
         match self.objects.get_mut(&id) {
-            Some(Object::Ioas(i)) => Ok(i),
+            Some(Object::Ioas(i)) => Ok(&mut **i),
             _ => Err(Errno::ENOENT),
         }
     }

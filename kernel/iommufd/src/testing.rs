@@ -268,6 +268,9 @@ pub struct SoftUnit {
     pub fail_next_attach: bool,
     /// Makes flushes fail with `Timeout` (tests of quarantine).
     pub fail_flush: bool,
+    /// Whether the shadow IOTLB caches every new translation at once (the
+    /// hostile device; off only in benchmarks of the core's own cost).
+    pub prefetch: bool,
 }
 
 impl SoftUnit {
@@ -288,6 +291,7 @@ impl SoftUnit {
             stats: Stats::default(),
             fail_next_attach: false,
             fail_flush: false,
+            prefetch: true,
         }
     }
 
@@ -420,6 +424,8 @@ impl SoftUnit {
         while let Some((&at, &leaf)) = d.leaves.range(iova..=last).next() {
             d.leaves.remove(&at);
             gather.add_leaf(at, leaf.size);
+            // Emptied tables are freed at once, so that a rolled-back map leaves
+            // exactly the table pages there were before.
             for key in table_keys(at, leaf.size) {
                 if let Some(count) = d.tables.get_mut(&key) {
                     *count -= 1;
@@ -566,12 +572,12 @@ impl IommuUnit for SoftUnit {
             let size = (0..64)
                 .rev()
                 .map(|bit| 1u64 << bit)
-                .find(|&s| sizes & s != 0 && s <= rest && (at | pa) % s == 0)
+                .find(|&s| sizes & s != 0 && s <= rest && (at | pa).is_multiple_of(s))
                 .unwrap_or(min);
             let Some(d) = self.domains.get_mut(&domain.0) else {
                 return Err(IommuError::Invalid);
             };
-            let mut failed = false;
+            let mut referenced = 0;
             for key in table_keys(at, size) {
                 match d.tables.get_mut(&key) {
                     Some(count) => *count += 1,
@@ -579,22 +585,18 @@ impl IommuUnit for SoftUnit {
                         d.tables.insert(key, 1);
                         self.table_pages += 1;
                     }
-                    None => {
-                        failed = true;
-                        break;
-                    }
+                    None => break,
                 }
+                referenced += 1;
             }
-            if failed {
-                // Undo this leaf's table references, then every earlier leaf.
-                for key in table_keys(at, size) {
-                    match d.tables.get_mut(&key) {
-                        Some(count) if *count > 1 => *count -= 1,
-                        Some(_) => {
+            if referenced != table_keys(at, size).count() {
+                for key in table_keys(at, size).take(referenced) {
+                    if let Some(count) = d.tables.get_mut(&key) {
+                        *count -= 1;
+                        if *count == 0 {
                             d.tables.remove(&key);
                             self.table_pages -= 1;
                         }
-                        None => break,
                     }
                 }
                 if done != 0 {
@@ -606,6 +608,7 @@ impl IommuUnit for SoftUnit {
                         .iotlb
                         .retain(|&(dom, a), _| dom != domain.0 || a < iova || a > last);
                 }
+
                 return Err(IommuError::NoMemory);
             }
             let leaf = Leaf {
@@ -614,8 +617,10 @@ impl IommuUnit for SoftUnit {
                 prot,
             };
             d.leaves.insert(at, leaf);
-            // The hostile device: it caches every new translation at once.
-            self.shadow.borrow_mut().iotlb.insert((domain.0, at), leaf);
+            if self.prefetch {
+                // The hostile device: it caches every new translation at once.
+                self.shadow.borrow_mut().iotlb.insert((domain.0, at), leaf);
+            }
             done += size;
         }
         Ok(Gather::default())

@@ -396,15 +396,24 @@ fn map_is_all_or_nothing_across_every_domain() {
     let b = fd.bind_device(O, U1, DEV_B).unwrap();
     fd.device_attach(O, a, ioas).unwrap();
     fd.device_attach(O, b, ioas).unwrap();
-    // Count the gated allocations of a map, then fail the last one: the second
-    // domain's table page.
+    // Count the gated allocations of a map into fresh table pages, then fail
+    // the last one (the second domain's last table page) for a map elsewhere.
     gate.count();
-    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(1 << 40), RW).unwrap();
     let calls = gate.calls();
-    fd.ioas_unmap(O, ioas, iova, K4).unwrap();
+    fd.ioas_unmap(O, ioas, 1 << 40, K4).unwrap();
     let before = fd.state_digest();
+    let tables = [fd.units()[0].table_pages(), fd.units()[1].table_pages()];
     gate.arm(calls);
-    assert_eq!(fd.ioas_map(O, ioas, 0, K4, None, RW), Err(Errno::ENOMEM));
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, Some(2 << 40), RW),
+        Err(Errno::ENOMEM)
+    );
+    assert!(gate.tripped());
+    assert_eq!(
+        [fd.units()[0].table_pages(), fd.units()[1].table_pages()],
+        tables
+    );
     assert_eq!(fd.state_digest(), before);
     assert_eq!(fd.units()[0].leaf_count(), 0);
     assert_eq!(fd.units()[1].leaf_count(), 0);

@@ -162,6 +162,20 @@ fn cpu_report() {
     }
 }
 
+/// Times 100 000 allocations alone (the frees afterwards are not timed).
+fn alloc_only(name: &str, space: &mut IovaSpace, len: u64) {
+    let mut taken = Vec::with_capacity(100_000);
+    cpu_per_op(name, 100_000, || {
+        taken.push(space.alloc(black_box(len), len).unwrap())
+    });
+    for iova in taken {
+        space.release(IovaRange {
+            start: iova,
+            last: iova + len - 1,
+        });
+    }
+}
+
 fn iova_cpu_report(n: u64) {
     let mut cached = IovaSpace::build(&[IovaRange::FULL], std::iter::empty());
     cpu_per_op("iova_alloc_free_4k_cached", n, || {
@@ -188,6 +202,7 @@ fn iova_cpu_report(n: u64) {
             last: iova + PAGE - 1,
         });
     });
+    alloc_only("iova_alloc_only_4k_1e6_live_tree_tight", &mut tight, PAGE);
     drop(tight);
     let mut roomy = fragmented(u64::MAX);
     cpu_per_op("iova_alloc_free_64k_1e6_live_tree_roomy", n / 4, || {
@@ -197,6 +212,11 @@ fn iova_cpu_report(n: u64) {
             last: iova + 16 * PAGE - 1,
         });
     });
+    alloc_only(
+        "iova_alloc_only_64k_1e6_live_tree_roomy",
+        &mut roomy,
+        16 * PAGE,
+    );
     roomy.set_caching(true);
     cpu_per_op("iova_alloc_free_64k_1e6_live_cached", n, || {
         let iova = roomy.alloc(black_box(16 * PAGE), 16 * PAGE).unwrap();

@@ -243,12 +243,18 @@ impl IovaSpace {
 
     /// Removes `[at, at_last]` from the hole `[start, last]` that contains it.
     fn split(&mut self, start: u64, last: u64, at: u64, at_last: u64) {
-        self.remove_hole(start, last);
+        self.by_size.remove(&(last - start, start));
+        if at_last < last {
+            // The tail keeps the hole's `last` key: update it in place.
+            if let Some(s) = self.holes.get_mut(&last) {
+                *s = at_last + 1;
+            }
+            self.by_size.insert((last - (at_last + 1), at_last + 1));
+        } else {
+            self.holes.remove(&last);
+        }
         if start < at {
             self.insert_hole(start, at - 1);
-        }
-        if at_last < last {
-            self.insert_hole(at_last + 1, last);
         }
     }
 
@@ -294,7 +300,7 @@ impl IovaSpace {
     }
 
     /// Inserts the free `[start, last]` into the hole index, merging neighbours.
-    fn release_to_holes(&mut self, mut start: u64, mut last: u64) {
+    fn release_to_holes(&mut self, mut start: u64, last: u64) {
         if let Some(before) = start.checked_sub(1)
             && let Some(&left) = self.holes.get(&before)
         {
@@ -302,11 +308,14 @@ impl IovaSpace {
             start = left;
         }
         if let Some(after) = last.checked_add(1)
-            && let Some((&right_last, &right)) = self.holes.range(after..).next()
-            && right == after
+            && let Some((&right_last, right)) = self.holes.range_mut(after..).next()
+            && *right == after
         {
-            self.remove_hole(right, right_last);
-            last = right_last;
+            // Grow the right neighbour downwards: its `last` key stays.
+            *right = start;
+            self.by_size.remove(&(right_last - after, after));
+            self.by_size.insert((right_last - start, start));
+            return;
         }
         self.insert_hole(start, last);
     }

@@ -91,6 +91,18 @@ pub const PAGE_SIZE: u64 = 4096;
 /// Records a HWPT's fault queue holds before it drops (and counts) new ones.
 pub const FAULT_QUEUE_DEPTH: usize = 32;
 
+/// The permission and the fixed-IOVA choice of `ioas_map`/`ioas_copy` flags:
+/// `(prot, fixed)`.
+pub fn map_flags(flags: abi::MapFlags) -> (Prot, bool) {
+    (
+        Prot {
+            read: flags.contains(abi::MapFlags::READABLE),
+            write: flags.contains(abi::MapFlags::WRITEABLE),
+        },
+        flags.contains(abi::MapFlags::FIXED_IOVA),
+    )
+}
+
 fn errno(e: IommuError) -> Errno {
     match e {
         IommuError::NoMemory => Errno::ENOMEM,

@@ -1099,3 +1099,19 @@ fn shadow_iotlb_flags_a_translation_used_or_released_without_flush() {
     assert_eq!(unit.stale_entries(), 0);
     assert_eq!(unit.dma(DEV_A, 0x5000, Access::Read), None);
 }
+
+#[test]
+fn abi_map_flags_give_permission_and_fixed_iova() {
+    use abi::MapFlags;
+    let (prot, fixed) = iommufd::map_flags(MapFlags::READABLE | MapFlags::FIXED_IOVA);
+    assert_eq!(
+        prot,
+        Prot {
+            read: true,
+            write: false
+        }
+    );
+    assert!(fixed);
+    let (prot, fixed) = iommufd::map_flags(MapFlags::WRITEABLE);
+    assert!(prot.write && !prot.read && !fixed);
+}

@@ -309,8 +309,16 @@ impl IommuUnit for CountingUnit {
 struct IdentityPins;
 
 impl Services for IdentityPins {
-    fn pin(&mut self, _: OwnerId, va: u64, len: u64, _: bool) -> Result<Vec<PhysRun>, abi::Errno> {
-        Ok(vec![PhysRun { phys: va, len }])
+    fn pin(
+        &mut self,
+        _: OwnerId,
+        va: u64,
+        len: u64,
+        _: bool,
+        runs: &mut Vec<PhysRun>,
+    ) -> Result<(), abi::Errno> {
+        runs.push(PhysRun { phys: va, len });
+        Ok(())
     }
     fn unpin(&mut self, _: OwnerId, _: u64, _: u64, _: &[PhysRun]) {}
 }

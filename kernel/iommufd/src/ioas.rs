@@ -279,7 +279,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             let mut gather = Gather::default();
             let mut failed = None;
             for (i, p) in pieces.iter().enumerate() {
-                let runs: &[PhysRun] = self.pages.get(&p.pages).map_or(&[], |p| &p.runs);
+                let runs: &[PhysRun] = self.pages.get(p.pages).map_or(&[], |p| &p.runs);
                 match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
                     Ok(g) => merge_gather(&mut gather, &g),
                     Err(e) => {
@@ -351,24 +351,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             start: iova,
             last: iova + (len - 1),
         };
-        let runs = match self.services.pin(owner, user_va, len, prot.write) {
-            Ok(runs) => runs,
-            Err(e) => {
-                self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
-                return Err(e);
-            }
-        };
-        let pages = self.next_pages;
-        self.pages.insert(
-            pages,
-            Pages {
-                owner,
-                va: user_va,
-                len,
-                runs,
-                refs: 1,
-            },
-        );
+        let mut runs = self.spare_runs.pop().unwrap_or_default();
+        if let Err(e) = self
+            .services
+            .pin(owner, user_va, len, prot.write, &mut runs)
+        {
+            runs.clear();
+            self.spare_runs.push(runs);
+            self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+            return Err(e);
+        }
+        let pages = self.pages.insert(Pages {
+            owner,
+            va: user_va,
+            len,
+            runs,
+            refs: 1,
+        });
         let piece = Piece {
             iova,
             len,
@@ -381,11 +380,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 self.put_pages(pages);
             } else {
                 self.quarantine_pages(pages);
-                self.next_pages += 1;
             }
             return Err(e);
         }
-        self.next_pages += 1;
         self.owner_mut(owner)?.ioas_mut(id)?.areas.insert(
             iova,
             Area {
@@ -559,7 +556,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 // A device may still reach the shared pages: leak one reference
                 // each so that they stay pinned for good.
                 for p in &pieces {
-                    if let Some(pages) = self.pages.get_mut(&p.pages) {
+                    if let Some(pages) = self.pages.get_mut(p.pages) {
                         pages.refs += 1;
                     }
                 }
@@ -567,7 +564,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(e);
         }
         for p in &pieces {
-            if let Some(pages) = self.pages.get_mut(&p.pages) {
+            if let Some(pages) = self.pages.get_mut(p.pages) {
                 pages.refs += 1;
             }
         }

@@ -792,7 +792,8 @@ impl Services for FakeMemory {
         va: u64,
         len: u64,
         _write: bool,
-    ) -> Result<Vec<PhysRun>, Errno> {
+        runs: &mut Vec<PhysRun>,
+    ) -> Result<(), Errno> {
         let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
         if end > self.limit {
             return Err(Errno::EFAULT);
@@ -800,24 +801,22 @@ impl Services for FakeMemory {
         if !self.gate.allow() {
             return Err(Errno::ENOMEM);
         }
-        let runs = if self.scattered {
-            (0..len / PAGE_SIZE)
-                .map(|i| PhysRun {
-                    phys: self.phys_of(owner, va + i * PAGE_SIZE),
-                    len: PAGE_SIZE,
-                })
-                .collect()
+        if self.scattered {
+            runs.extend((0..len / PAGE_SIZE).map(|i| PhysRun {
+                phys: self.phys_of(owner, va + i * PAGE_SIZE),
+                len: PAGE_SIZE,
+            }));
         } else {
-            alloc::vec![PhysRun {
+            runs.push(PhysRun {
                 phys: self.phys_of(owner, va),
                 len,
-            }]
-        };
+            });
+        }
         let entry = self.pinned.entry((owner, va)).or_insert((len, 0));
         entry.0 = entry.0.max(len);
         entry.1 += 1;
         self.pins += 1;
-        Ok(runs)
+        Ok(())
     }
 
     fn unpin(&mut self, owner: OwnerId, va: u64, _len: u64, runs: &[PhysRun]) {

@@ -1085,7 +1085,8 @@ fn shadow_iotlb_flags_a_translation_used_or_released_without_flush() {
     let mut unit = SoftUnit::new(U0, SoftConfig::vtd_like(), gate.clone());
     let mut mem = FakeMemory::new(gate);
     mem.watch(unit.shadow());
-    let runs = mem.pin(O, 0x1000, K4, true).unwrap();
+    let mut runs = Vec::new();
+    mem.pin(O, 0x1000, K4, true, &mut runs).unwrap();
     let d = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DEV_A, d).unwrap();
     unit.map(d, 0x5000, runs[0].phys, K4, RW).unwrap();

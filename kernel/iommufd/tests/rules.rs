@@ -996,6 +996,22 @@ fn get_hw_info_copies_out_a_prefix_or_zeroes_the_tail() {
     assert_eq!(reply.data_type, abi::HwInfoType::ArmSmmuV3);
     assert_eq!(reply.data_len, 40);
     assert_eq!(buf[8..12], 0x0f0c_f0afu32.to_ne_bytes());
+
+    let mut amd = SoftConfig::small_64k();
+    amd.hw_info = iommu::HwInfo::AmdVi {
+        efr: 0x1122_3344_5566_7788,
+        efr2: 0x99,
+    };
+    let (mut fd, _) = soft_core(&[amd]);
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let mut buf = [0xAAu8; 20];
+    let reply = fd.get_hw_info(O, dev, &mut buf).unwrap();
+    assert_eq!(reply.data_type, abi::HwInfoType::AmdVi);
+    assert_eq!(reply.data_len, 16);
+    assert!(reply.capabilities.is_empty());
+    assert_eq!(buf[..8], 0x1122_3344_5566_7788u64.to_ne_bytes());
+    assert_eq!(buf[8..16], 0x99u64.to_ne_bytes());
+    assert_eq!(buf[16..], [0; 4]);
 }
 
 // ---- faults ----

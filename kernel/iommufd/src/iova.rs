@@ -408,3 +408,125 @@ mod tests {
         assert_eq!(s.alloc(0x1000, 0x1000), Some(0x2000));
     }
 }
+
+#[cfg(test)]
+mod model {
+    extern crate std;
+    use super::*;
+    use proptest::prelude::*;
+    use std::vec;
+
+    const PAGE: u64 = 0x1000;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Alloc { pages: u64 },
+        Take { page: u64, pages: u64 },
+        Release { pick: usize },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (1u64..20).prop_map(|pages| Op::Alloc { pages }),
+            2 => (0u64..300, 1u64..10).prop_map(|(page, pages)| Op::Take { page, pages }),
+            3 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+        ]
+    }
+
+    /// `usable` minus `used`, merged.
+    fn free(usable: &[IovaRange], used: &[IovaRange]) -> Vec<IovaRange> {
+        let mut out = vec![];
+        for u in usable {
+            let mut cursor = u.start;
+            let mut inside: Vec<&IovaRange> = used.iter().filter(|r| r.intersects(u)).collect();
+            inside.sort();
+            for r in inside {
+                if r.start > cursor {
+                    out.push(IovaRange {
+                        start: cursor,
+                        last: r.start - 1,
+                    });
+                }
+                cursor = cursor.max(r.last + 1);
+            }
+            if cursor <= u.last {
+                out.push(IovaRange {
+                    start: cursor,
+                    last: u.last,
+                });
+            }
+        }
+        let mut merged: Vec<IovaRange> = vec![];
+        for r in out {
+            match merged.last_mut() {
+                Some(p) if p.last + 1 == r.start => p.last = r.last,
+                _ => merged.push(r),
+            }
+        }
+        merged
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn iova_space_matches_brute_force(
+            cuts in proptest::collection::vec((0u64..300, 1u64..40), 1..4),
+            caching in any::<bool>(),
+            ops in proptest::collection::vec(op(), 1..60),
+        ) {
+            let mut usable: Vec<IovaRange> = cuts
+                .iter()
+                .map(|&(p, n)| IovaRange { start: p * PAGE, last: (p + n) * PAGE - 1 })
+                .collect();
+            usable.sort();
+            usable.dedup_by(|b, a| {
+                if b.start <= a.last + 1 {
+                    a.last = a.last.max(b.last);
+                    true
+                } else {
+                    false
+                }
+            });
+            let mut s = IovaSpace::build(&usable, core::iter::empty());
+            s.set_caching(caching);
+            let mut used: Vec<IovaRange> = vec![];
+            for op in ops {
+                match op {
+                    Op::Alloc { pages } => {
+                        let len = pages * PAGE;
+                        let align = 1u64 << (63 - len.leading_zeros());
+                        let fits = free(&usable, &used).iter().any(|h| {
+                            let at = h.start.max(1).div_ceil(align) * align;
+                            at + len - 1 <= h.last
+                        });
+                        match s.alloc(len, align) {
+                            Some(at) => {
+                                prop_assert!(fits);
+                                prop_assert!(at != 0 && at % align == 0);
+                                let r = IovaRange { start: at, last: at + len - 1 };
+                                prop_assert!(free(&usable, &used).iter().any(|h| h.contains(&r)));
+                                used.push(r);
+                            }
+                            None => prop_assert!(!fits, "ENOSPC although a hole fits"),
+                        }
+                    }
+                    Op::Take { page, pages } => {
+                        let r = IovaRange { start: page * PAGE, last: (page + pages) * PAGE - 1 };
+                        if used.iter().all(|u| !u.intersects(&r)) {
+                            s.take(r);
+                            used.push(r);
+                        }
+                    }
+                    Op::Release { pick } => {
+                        if !used.is_empty() {
+                            let r = used.swap_remove(pick % used.len());
+                            s.release(r);
+                        }
+                    }
+                }
+                prop_assert_eq!(s.holes().collect::<Vec<_>>(), free(&usable, &used));
+            }
+        }
+    }
+}

@@ -18,6 +18,7 @@ mod hwpt;
 mod ioas;
 pub mod iova;
 pub mod testing;
+pub mod uapi;
 
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -29,6 +30,7 @@ use iova::IovaSpace;
 pub use fault::FaultReadReply;
 pub use hwpt::{HwInfoReply, decode_hwpt_data, decode_invalidations};
 pub use ioas::IovaRanges;
+pub use uapi::UserMemory;
 
 /// An object id in an owner's table.
 pub type ObjId = u32;

@@ -1,8 +1,78 @@
 //! The IOMMU unikernel.
+//!
+//! Boot order: the `boot` crate's entry code calls `arch::<arch>::kernel_entry`,
+//! which brings up the console and exception vectors and hands a [`BootInfo`]
+//! to [`kernel_main`]; that sets up memory, discovers the platform (ACPI or
+//! device tree) and PCI, then runs the demo or the registered tests according
+//! to the command line, and exits QEMU.
 #![no_std]
 #![no_main]
 
-#[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+extern crate alloc;
+
+#[macro_use]
+mod console;
+mod arch;
+mod bench;
+mod boot_info;
+mod cmdline;
+mod demo;
+mod devices;
+mod iommu;
+mod irq;
+mod memory;
+mod panic;
+mod platform;
+mod syscall;
+mod task;
+#[macro_use]
+mod testing;
+mod tests;
+mod time;
+
+use boot_info::BootInfo;
+use cmdline::Mode;
+
+/// The architecture-independent start of the kernel.
+fn kernel_main(boot: BootInfo) -> ! {
+    let cmdline = cmdline::Cmdline::parse(boot.cmdline());
+    memory::init(&boot);
+    let platform = match platform::discover(&boot) {
+        Ok(platform) => platform,
+        Err(err) => panic!("platform discovery failed: {err}"),
+    };
+    irq::init(&platform);
+    devices::init(&platform);
+    if let Some(crash) = cmdline.crash {
+        crash_on_purpose(crash);
+    }
+
+    let failed = match cmdline.mode {
+        Mode::Demo => demo::run(&platform) + cmdline.tasks.map_or(0, task::demo),
+        Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
+        Mode::Bench => bench::run_all(&platform, cmdline.filter),
+    };
+    arch::exit(if failed == 0 {
+        arch::ExitCode::Success
+    } else {
+        arch::ExitCode::Failure
+    })
+}
+
+/// An address no page table maps on either architecture: above the 4 GiB
+/// identity map and below the user region.
+const UNMAPPED_ADDRESS: usize = 0x10_0000_0000;
+
+fn crash_on_purpose(crash: cmdline::Crash) -> ! {
+    match crash {
+        cmdline::Crash::Panic => panic!("deliberate panic requested on the command line"),
+        cmdline::Crash::Fault => {
+            // SAFETY: not sound, on purpose: the load faults and the exception
+            // handler reports it and ends the run.
+            let value = unsafe { core::ptr::read_volatile(UNMAPPED_ADDRESS as *const u64) };
+            panic!(
+                "a load from unmapped {UNMAPPED_ADDRESS:#x} returned {value:#x} instead of faulting"
+            )
+        }
+    }
 }

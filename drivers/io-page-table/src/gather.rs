@@ -54,3 +54,18 @@ impl Gather {
         (self.leaf_sizes != 0).then(|| 1u64 << self.leaf_sizes.trailing_zeros())
     }
 }
+
+impl Gather {
+    /// Records that the table covering `[start, last]` was unlinked: the walk
+    /// caches for that range must go too.
+    pub fn add_freed_table(&mut self, start: u64, last: u64) {
+        if self.is_empty() {
+            self.start = start;
+            self.last = last;
+        } else {
+            self.start = self.start.min(start);
+            self.last = self.last.max(last);
+        }
+        self.freed_tables = true;
+    }
+}

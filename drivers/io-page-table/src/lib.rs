@@ -1,7 +1,119 @@
 //! Native IO page-table formats of VT-d, AMD-Vi and ARM SMMUv3: one walk algorithm,
-//! per-format accessors.
+//! per-format accessors (after Linux's `drivers/iommu/generic_pt`).
+//!
+//! # Formats
+//! | type | tables of | configured by |
+//! |------|-----------|---------------|
+//! | [`VtdSecondStage`] | VT-d second stage, 3/4/5 levels, R/W/SNP, 2M/1G by SLLPS | [`VtdSsConfig`] |
+//! | [`X86_64`] | VT-d first stage, AMD-Vi v2: x86-64 4/5-level | [`X86Config`] |
+//! | [`AmdV1`] | AMD-Vi v1 host tables, 1..6 levels | [`AmdV1Config`] |
+//! | [`ArmLpae`] | SMMUv3 stage 1/2, 4K/16K/64K granules | [`ArmConfig`] |
+//!
+//! The hardware-facing values come from the format: [`PageTable::root_phys`],
+//! [`PageTable::levels`], [`VtdSecondStage::context_aw`], [`X86_64::vtd_flpm`],
+//! [`AmdV1::dte_mode`], [`ArmLpae::stage1_fields`] (T0SZ, TG0, IPS, MAIR),
+//! [`ArmLpae::stage2_fields`] (S2T0SZ, S2SL0, S2TG, S2PS), [`ArmLpae::walk_attrs`].
+//!
+//! # Use
+//! ```
+//! use io_page_table::{PageTable, Prot, Coherence, heap::HeapTableAlloc};
+//! use io_page_table::format::vtd_ss::{VtdSecondStage, VtdSsConfig, SLLPS_2M};
+//!
+//! let format = VtdSecondStage::new(VtdSsConfig { levels: 4, sllps: SLLPS_2M, snoop: false, output_bits: 48 })?;
+//! let mut pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).expect("root page");
+//! pt.map(0x20_0000, 0x4000_0000, 0x20_0000, Prot::RW)?;            // one 2 MiB leaf
+//! assert_eq!(pt.iova_to_phys(0x20_1234), Some(0x4000_1234));
+//! let unmapped = pt.unmap(0x20_0000, 0x20_0000).expect("whole leaf");
+//! assert_eq!(unmapped.bytes, 0x20_0000);
+//! // ... flush the IOTLB for `unmapped.gather`, then:
+//! pt.release(unmapped.freed);
+//! # Ok::<(), Box<dyn core::error::Error>>(())
+//! ```
+//!
+//! # Semantics
+//! - `map` uses the largest leaf that the alignment of `iova` and `phys`, the
+//!   remaining length and the format allow; it never overwrites: any mapped page in
+//!   the range refuses the whole call. Errors (including the allocator running
+//!   out) leave the tables bit for bit unchanged: a read-only plan pass counts the
+//!   table pages needed and they are all allocated before anything is written.
+//! - `unmap` removes whole leaves only, skipping holes; a range that starts or ends
+//!   inside a leaf is refused. Tables whose whole span lies inside the range are
+//!   unlinked and handed back in [`Unmapped::freed`] to [`PageTable::release`] after
+//!   the caller's flush. As in Linux, a table that merely becomes empty stays
+//!   (it is reused by the next map there, and freed by a covering unmap or drop).
+//! - Non-coherent walkers: with [`Coherence::NonCoherent`] every modified range of
+//!   entries (and every new table, before it is linked) goes through
+//!   [`TableAlloc::clean_for_device`]. The driver's own barrier before its
+//!   invalidation command orders the cleaned lines with the IOMMU.
+//! - Table pages come only from the [`TableAlloc`] and are reached only through
+//!   its `phys_to_virt`: nothing assumes an identity map.
 #![no_std]
 
-pub mod gather;
+extern crate alloc;
 
+pub mod error;
+pub mod format;
+pub mod gather;
+pub mod heap;
+pub mod prot;
+pub mod table;
+pub mod table_alloc;
+
+pub use error::{AllocError, ConfigError, MapError, UnmapError};
+pub use format::amd_v1::{AmdV1, AmdV1Config};
+pub use format::arm::{ArmConfig, ArmLpae, Granule, Stage};
+pub use format::vtd_ss::{VtdSecondStage, VtdSsConfig};
+pub use format::x86_64::{X86_64, X86Config};
+pub use format::{Format, Geometry};
 pub use gather::Gather;
+pub use prot::Prot;
+pub use table::{EntryKind, FreedTables, PageTable, Translation, Unmapped, WalkEntry};
+pub use table_alloc::{Coherence, TableAlloc};
+
+/// The object-safe face of a [`PageTable`], for owners that hold tables of
+/// different formats (`Box<dyn IoPageTable>`).
+pub trait IoPageTable {
+    /// See [`PageTable::map`].
+    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError>;
+    /// See [`PageTable::unmap`].
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError>;
+    /// See [`PageTable::release`].
+    fn release(&mut self, freed: FreedTables);
+    /// See [`PageTable::iova_to_phys`].
+    fn iova_to_phys(&self, iova: u64) -> Option<u64>;
+    /// See [`PageTable::root_phys`].
+    fn root_phys(&self) -> u64;
+    /// See [`PageTable::levels`].
+    fn levels(&self) -> u32;
+    /// See [`PageTable::page_sizes`].
+    fn page_sizes(&self) -> u64;
+    /// See [`PageTable::dump`].
+    fn dump(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result;
+}
+
+impl<F: Format, A: TableAlloc> IoPageTable for PageTable<F, A> {
+    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
+        PageTable::map(self, iova, phys, len, prot)
+    }
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
+        PageTable::unmap(self, iova, len)
+    }
+    fn release(&mut self, freed: FreedTables) {
+        PageTable::release(self, freed)
+    }
+    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+        PageTable::iova_to_phys(self, iova)
+    }
+    fn root_phys(&self) -> u64 {
+        PageTable::root_phys(self)
+    }
+    fn levels(&self) -> u32 {
+        PageTable::levels(self)
+    }
+    fn page_sizes(&self) -> u64 {
+        PageTable::page_sizes(self)
+    }
+    fn dump(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        PageTable::dump(self, out)
+    }
+}

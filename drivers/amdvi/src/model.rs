@@ -1,0 +1,269 @@
+//! A software model of an AMD-Vi IOMMU for host tests of [`crate::unit`]: registers in
+//! ordinary memory, and a "hardware step" that runs whenever the driver waits (the
+//! model is the driver's [`Clock`], and `wait_until` calls `relax` while polling).
+//!
+//! The step implements the spec's behaviour where QEMU 10.0.2 differs or shows
+//! nothing: commands are fetched from COMMAND_HEAD to COMMAND_TAIL; an illegal
+//! command is logged as ILLEGAL_COMMAND_ERROR and (optionally, as real hardware does)
+//! halts the buffer with CmdBufRun=0; DTEs are cached until INVALIDATE_DEVTAB_ENTRY;
+//! the event log overflows with EventOverflow=1 and EventLogRun=0 until software
+//! restarts it.
+
+use alloc::collections::BTreeMap;
+use alloc::vec::Vec;
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::boxed::Box;
+use std::sync::Mutex;
+
+use os_services::{Clock, DmaMemory, DmaRegion};
+
+use crate::command::{Command, Opcode};
+use crate::dte::Dte;
+use crate::event::RawEvent;
+use crate::regs::{self, Control, Status};
+use crate::ring::{ENTRY_SIZE, Ring};
+
+/// Host memory standing in for physical memory: phys == virt.
+pub struct HostDma;
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let len = len.next_multiple_of(4096).max(4096);
+        if align > 4096 {
+            return None;
+        }
+        let layout = Layout::from_size_align(len, 4096).ok()?;
+        // SAFETY: non-zero size layout.
+        let virt = unsafe { alloc_zeroed(layout) };
+        (!virt.is_null()).then_some(DmaRegion {
+            phys: virt as u64,
+            virt,
+            len,
+        })
+    }
+
+    fn free(&self, region: DmaRegion) {
+        let layout = Layout::from_size_align(region.len, 4096).unwrap();
+        // SAFETY: allocated by `alloc` with exactly this size and alignment.
+        unsafe { dealloc(region.virt, layout) }
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+        phys as *mut u8
+    }
+}
+
+pub static HOST_DMA: HostDma = HostDma;
+
+#[derive(Default)]
+pub struct State {
+    pub now: u64,
+    /// Index of the next command to fetch.
+    pub head: u32,
+    pub halt_on_illegal: bool,
+    /// The command processor does nothing (a hung IOMMU).
+    pub stalled: bool,
+    pub halted: bool,
+    /// Every command fetched, in order.
+    pub executed: Vec<Command>,
+    /// The DTE cache: DeviceID -> the entry as last fetched.
+    pub dte_cache: BTreeMap<u16, Dte>,
+    status: u64,
+    previous_control: u64,
+    event_tail: u32,
+    /// Events waiting to be logged at the next step.
+    pub pending_events: Vec<RawEvent>,
+    pub dropped_events: usize,
+    head_written: u64,
+}
+
+pub struct Model {
+    regs: usize,
+    pub state: Mutex<State>,
+}
+
+// SAFETY: the register memory is only touched by the test thread (the driver and the
+// model's step both run inside the driver's calls).
+unsafe impl Sync for Model {}
+unsafe impl Send for Model {}
+
+impl Model {
+    /// A leaked model and the register block the driver maps.
+    pub fn new() -> (&'static Model, core::ptr::NonNull<u8>) {
+        let regs = HOST_DMA.alloc(regs::MMIO_SIZE, 4096).unwrap();
+        // EFR like QEMU 10.0.2's (IASup set).
+        // SAFETY: inside the fresh, aligned register block.
+        unsafe { core::ptr::write(regs.virt.add(0x30).cast::<u64>(), 0x29d3) };
+        let model = Box::leak(Box::new(Model {
+            regs: regs.virt as usize,
+            state: Mutex::new(State::default()),
+        }));
+        (model, core::ptr::NonNull::new(regs.virt).unwrap())
+    }
+
+    fn reg(&self, reg: os_services::mmio::Reg64) -> u64 {
+        // SAFETY: offsets are the driver's register constants, inside the block.
+        unsafe { core::ptr::read_volatile((self.regs + reg.0) as *const u64) }
+    }
+
+    fn set_reg(&self, reg: os_services::mmio::Reg64, value: u64) {
+        // SAFETY: as for `reg`.
+        unsafe { core::ptr::write_volatile((self.regs + reg.0) as *mut u64, value) }
+    }
+
+    fn read_phys(addr: u64) -> u64 {
+        // SAFETY: host "physical" addresses are pointers into HostDma allocations.
+        unsafe { core::ptr::read_volatile(addr as *const u64) }
+    }
+
+    fn write_phys(addr: u64, value: u64) {
+        // SAFETY: as for `read_phys`.
+        unsafe { core::ptr::write_volatile(addr as *mut u64, value) }
+    }
+
+    fn dte_in_memory(&self, device_id: u16) -> Dte {
+        let base = self.reg(regs::DEVICE_TABLE_BASE) & regs::BASE_ADDRESS_MASK;
+        let at = base + u64::from(device_id) * 32;
+        Dte([0, 8, 16, 24].map(|o| Self::read_phys(at + o)))
+    }
+
+    /// The IOMMU fetches a device's DTE (e.g. on a DMA) into its cache.
+    pub fn fetch_dte(&self, device_id: u16) {
+        let dte = self.dte_in_memory(device_id);
+        self.state.lock().unwrap().dte_cache.insert(device_id, dte);
+    }
+
+    /// Devices whose cached DTE differs from memory (a missing invalidation).
+    pub fn stale_dtes(&self) -> Vec<u16> {
+        let cache = self.state.lock().unwrap().dte_cache.clone();
+        cache
+            .into_iter()
+            .filter(|(id, dte)| self.dte_in_memory(*id) != *dte)
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    /// Queues an event for the next step.
+    pub fn raise_event(&self, event: RawEvent) {
+        self.state.lock().unwrap().pending_events.push(event);
+    }
+
+    /// One hardware step.
+    pub fn step(&self) {
+        let mut s = self.state.lock().unwrap();
+        // STATUS: software writes are write-1-to-clear.
+        let seen = self.reg(regs::STATUS);
+        if seen != s.status {
+            s.status &= !seen;
+        }
+        let control = Control::from_bits_retain(self.reg(regs::CONTROL));
+        let previous = Control::from_bits_retain(s.previous_control);
+        s.previous_control = control.bits();
+        let on = control.contains(Control::IOMMU_EN);
+        let cmd_on = on && control.contains(Control::CMD_BUF_EN);
+        // Software may rewrite COMMAND_HEAD only while the buffer is stopped (disabled
+        // or halted); a rewrite with the buffer enabled again restarts it.
+        let head_register = self.reg(regs::COMMAND_HEAD);
+        if !cmd_on || (s.halted && head_register != s.head_written) {
+            s.halted = false;
+            let ring = Ring::new(8);
+            s.head = ring.index(self.reg(regs::COMMAND_HEAD)).unwrap_or(0);
+        }
+        let evt_on = on && control.contains(Control::EVENT_LOG_EN);
+        if evt_on && !previous.contains(Control::EVENT_LOG_EN) {
+            s.event_tail = Ring::new(8).index(self.reg(regs::EVENT_TAIL)).unwrap_or(0);
+        }
+        let overflow = s.status & Status::EVENT_OVERFLOW.bits() != 0;
+        let logging = evt_on && !(overflow && previous.contains(Control::EVENT_LOG_EN));
+        let mut status = Status::from_bits_retain(s.status);
+        status.set(Status::CMD_BUF_RUN, cmd_on && !s.halted);
+        status.set(Status::EVENT_LOG_RUN, logging);
+        s.status = status.bits();
+
+        if cmd_on && !s.halted && !s.stalled {
+            let ring = Ring::new(8);
+            let base = self.reg(regs::COMMAND_BUFFER_BASE) & regs::BASE_ADDRESS_MASK;
+            let tail = ring.index(self.reg(regs::COMMAND_TAIL)).unwrap_or(0);
+            while s.head != tail {
+                let at = base + ring.pointer(s.head);
+                let command = Command([Self::read_phys(at), Self::read_phys(at + 8)]);
+                s.executed.push(command);
+                match command.opcode() {
+                    Some(Opcode::CompletionWait) => {
+                        Self::write_phys(command.0[0] & 0x000F_FFFF_FFFF_FFF8, command.0[1])
+                    }
+                    Some(Opcode::InvalidateDevtabEntry) => {
+                        let id = command.device_id();
+                        if s.dte_cache.contains_key(&id) {
+                            let fresh = self.dte_in_memory(id);
+                            s.dte_cache.insert(id, fresh);
+                        }
+                    }
+                    Some(Opcode::InvalidateIommuAll) => s.dte_cache.clear(),
+                    Some(_) => {}
+                    None => {
+                        s.pending_events.push(RawEvent::encode(
+                            5,
+                            0,
+                            0,
+                            crate::event::EventFlags::empty(),
+                            at,
+                        ));
+                        if s.halt_on_illegal {
+                            s.halted = true;
+                            let status = s.status & !Status::CMD_BUF_RUN.bits();
+                            s.status = status;
+                            break;
+                        }
+                    }
+                }
+                s.head = ring.next(s.head);
+            }
+            let head = ring.pointer(s.head);
+            s.head_written = head;
+            self.set_reg(regs::COMMAND_HEAD, head);
+        }
+
+        let pending = core::mem::take(&mut s.pending_events);
+        for event in pending {
+            let ring = Ring::new(8);
+            let head = ring.index(self.reg(regs::EVENT_HEAD)).unwrap_or(0);
+            let running = s.status & Status::EVENT_LOG_RUN.bits() != 0;
+            if !running {
+                s.dropped_events += 1;
+                continue;
+            }
+            if ring.next(s.event_tail) == head {
+                s.dropped_events += 1;
+                s.status |= Status::EVENT_OVERFLOW.bits();
+                s.status &= !Status::EVENT_LOG_RUN.bits();
+                continue;
+            }
+            let base = self.reg(regs::EVENT_LOG_BASE) & regs::BASE_ADDRESS_MASK;
+            let at = base + u64::from(s.event_tail * ENTRY_SIZE);
+            Self::write_phys(at, event.0[0]);
+            Self::write_phys(at + 8, event.0[1]);
+            s.event_tail = ring.next(s.event_tail);
+            self.set_reg(regs::EVENT_TAIL, ring.pointer(s.event_tail));
+        }
+        let status = s.status;
+        self.set_reg(regs::STATUS, status);
+    }
+
+    /// Commands executed since the last call.
+    pub fn take_executed(&self) -> Vec<Command> {
+        core::mem::take(&mut self.state.lock().unwrap().executed)
+    }
+}
+
+impl Clock for Model {
+    fn now_ns(&self) -> u64 {
+        let mut s = self.state.lock().unwrap();
+        s.now += 1_000;
+        s.now
+    }
+
+    fn relax(&self) {
+        self.step();
+    }
+}

@@ -1,0 +1,793 @@
+//! The one walk algorithm, generic over [`Format`] and [`TableAlloc`].
+//!
+//! `map` is two passes so that no error can leave anything behind: a read-only
+//! *plan* pass checks that nothing in the range is mapped and counts the table
+//! pages the install will need; all of them are then allocated up front (any
+//! failure frees them again, with the tables untouched); the *install* pass
+//! cannot fail. `unmap` checks its two boundary leaves first, then clears.
+
+use alloc::vec::Vec;
+use core::fmt;
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+
+use crate::error::{AllocError, MapError, UnmapError};
+use crate::format::{Format, Geometry, MAX_LEVELS};
+use crate::gather::Gather;
+use crate::prot::Prot;
+use crate::table_alloc::{Coherence, TableAlloc};
+
+/// Table pages unlinked by an `unmap`. The hardware may still walk them until the
+/// caller has invalidated the IOMMU's caches for the unmap's [`Gather`]; only then
+/// hand them to [`PageTable::release`].
+#[must_use = "freed table pages must be released after the IOTLB flush, or they leak"]
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FreedTables {
+    pages: Vec<u64>,
+}
+
+impl FreedTables {
+    /// Number of table pages waiting for release.
+    pub fn len(&self) -> usize {
+        self.pages.len()
+    }
+
+    /// True when nothing waits for release.
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// Physical addresses of the pages.
+    pub fn pages(&self) -> &[u64] {
+        &self.pages
+    }
+}
+
+/// What an `unmap` removed.
+#[must_use = "the gather must be flushed and the freed tables released"]
+#[derive(Debug, PartialEq, Eq)]
+pub struct Unmapped {
+    /// Bytes of leaves removed (holes in the range count nothing).
+    pub bytes: u64,
+    /// The invalidation the caller owes before reusing the IOVAs or the freed tables.
+    pub gather: Gather,
+    /// Table pages to [`PageTable::release`] after that invalidation.
+    pub freed: FreedTables,
+}
+
+/// One entry found by [`PageTable::walk`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkEntry {
+    /// Level of the entry (0 = smallest pages).
+    pub level: u32,
+    /// First IOVA the entry covers.
+    pub iova: u64,
+    /// Bytes the entry covers.
+    pub size: u64,
+    /// The raw entry.
+    pub pte: u64,
+    /// What it points to.
+    pub kind: EntryKind,
+}
+
+/// A present entry: a link to a table, or a leaf.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// Links the table page at this physical address.
+    Table(u64),
+    /// Maps `size` bytes at this physical address.
+    Leaf(u64),
+}
+
+/// A translation found by [`PageTable::lookup`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    /// Physical address the IOVA translates to.
+    pub phys: u64,
+    /// First IOVA of the leaf holding it.
+    pub leaf_iova: u64,
+    /// Size of that leaf.
+    pub leaf_size: u64,
+    /// Level of that leaf.
+    pub level: u32,
+    /// The raw leaf entry.
+    pub pte: u64,
+}
+
+/// An IO page table of format `F` whose pages come from `A`.
+pub struct PageTable<F: Format, A: TableAlloc> {
+    format: F,
+    alloc: A,
+    geo: Geometry,
+    root: u64,
+    coherence: Coherence,
+}
+
+/// Bytes/leaf accounting of one `unmap`.
+struct Clearing {
+    bytes: u64,
+    gather: Gather,
+    freed: Vec<u64>,
+}
+
+impl<F: Format, A: TableAlloc> PageTable<F, A> {
+    /// An empty table (a zeroed root) of `format`, with pages from `alloc`.
+    pub fn new(format: F, mut alloc: A, coherence: Coherence) -> Result<Self, AllocError> {
+        let geo = format.geometry();
+        let top = geo.levels - 1;
+        let root = alloc.alloc_table(geo.table_bytes(top)).ok_or(AllocError)?;
+        let table = Self {
+            format,
+            alloc,
+            geo,
+            root,
+            coherence,
+        };
+        table.clean_table(root, top);
+        Ok(table)
+    }
+
+    /// Physical address of the root table (to program into the context entry,
+    /// PASID entry, DTE, CD.TTB0 or STE.S2TTB).
+    pub fn root_phys(&self) -> u64 {
+        self.root
+    }
+
+    /// Number of levels, root included.
+    pub fn levels(&self) -> u32 {
+        self.geo.levels
+    }
+
+    /// The format and its hardware-facing configuration values.
+    pub fn format(&self) -> &F {
+        &self.format
+    }
+
+    /// The tree's shape.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geo
+    }
+
+    /// Bitmap of leaf sizes this table uses (bit n = 2^n bytes).
+    pub fn page_sizes(&self) -> u64 {
+        self.geo.page_sizes()
+    }
+
+    /// The table-page allocator (host tests read its counters).
+    pub fn allocator(&self) -> &A {
+        &self.alloc
+    }
+
+    /// The table-page allocator, mutably (e.g. to inject failures in tests). Pages
+    /// can only be freed through its `unsafe` method, so the tree stays sound.
+    pub fn allocator_mut(&mut self) -> &mut A {
+        &mut self.alloc
+    }
+
+    /// Whether table changes are cleaned from the CPU caches.
+    pub fn coherence(&self) -> Coherence {
+        self.coherence
+    }
+
+    // ---- memory access -------------------------------------------------------
+
+    #[inline(always)]
+    fn entries(&self, table: u64) -> *mut u64 {
+        self.alloc.phys_to_virt(table).as_ptr().cast::<u64>()
+    }
+
+    #[inline(always)]
+    fn read(t: *mut u64, idx: usize) -> u64 {
+        // SAFETY: `t` is a live table page from the allocator (it is the root or was
+        // linked by this crate) and every caller bounds `idx` by the table's entry
+        // count; the page is 8-byte aligned, so the access does not tear.
+        unsafe { t.add(idx).read_volatile() }
+    }
+
+    #[inline(always)]
+    fn write(t: *mut u64, idx: usize, pte: u64) {
+        // SAFETY: as in `read`; this crate is the only CPU writer of its tables
+        // (`&mut self`), and a single aligned 64-bit store is what the IOMMU expects.
+        unsafe { t.add(idx).write_volatile(pte) }
+    }
+
+    /// Cleans entries `lo..=hi` of table `t` for a non-snooping walker.
+    #[inline(always)]
+    fn clean(&self, t: *mut u64, lo: usize, hi: usize) {
+        if self.coherence == Coherence::NonCoherent && lo <= hi {
+            // SAFETY: `lo` is within the table (see `read`).
+            let start = unsafe { t.add(lo) };
+            if let Some(virt) = NonNull::new(start.cast::<u8>()) {
+                self.alloc.clean_for_device(virt, (hi - lo + 1) * 8);
+            }
+        }
+    }
+
+    fn clean_table(&self, table: u64, level: u32) {
+        if self.coherence == Coherence::NonCoherent {
+            let bytes = self.geo.table_bytes(level);
+            self.alloc
+                .clean_for_device(self.alloc.phys_to_virt(table), bytes);
+        }
+    }
+
+    #[inline(always)]
+    fn index(&self, iova: u64, level: u32) -> usize {
+        ((iova >> self.geo.shift(level)) & ((1u64 << self.geo.index_bits(level)) - 1)) as usize
+    }
+
+    // ---- argument checks -----------------------------------------------------
+
+    fn granule_mask(&self) -> u64 {
+        (1u64 << self.geo.granule_shift) - 1
+    }
+
+    /// Last IOVA of `[iova, iova + len)`, if the range is valid.
+    fn iova_last(&self, iova: u64, len: u64) -> Result<u64, RangeError> {
+        if len == 0 {
+            return Err(RangeError::Zero);
+        }
+        if (iova | len) & self.granule_mask() != 0 {
+            return Err(RangeError::Misaligned);
+        }
+        let last = iova.checked_add(len - 1).ok_or(RangeError::OutOfRange)?;
+        if last > self.geo.max_iova() {
+            return Err(RangeError::OutOfRange);
+        }
+        Ok(last)
+    }
+
+    // ---- map -----------------------------------------------------------------
+
+    /// Maps `[iova, iova + len)` to `[phys, phys + len)` with `prot`, using the
+    /// largest leaves that alignment and the format allow.
+    ///
+    /// Refuses (changing nothing) if any page in the range is already mapped. The
+    /// returned gather covers the range and the leaf sizes written: IOMMUs that
+    /// cache non-present entries (VT-d caching mode) need it flushed.
+    pub fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
+        let last = self.iova_last(iova, len).map_err(|e| match e {
+            RangeError::Zero => MapError::ZeroLength,
+            RangeError::Misaligned => MapError::Misaligned,
+            RangeError::OutOfRange => MapError::IovaOutOfRange,
+        })?;
+        if phys & self.granule_mask() != 0 {
+            return Err(MapError::Misaligned);
+        }
+        match phys.checked_add(len - 1) {
+            Some(phys_last) if phys_last <= self.geo.max_phys() => {}
+            _ => return Err(MapError::PhysOutOfRange),
+        }
+        if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
+            return Err(MapError::InvalidProt);
+        }
+        let mut attrs = [0u64; MAX_LEVELS];
+        for level in 0..self.geo.levels {
+            if self.geo.leaf_allowed(level) {
+                attrs[level as usize] = self.format.leaf_attrs(level, prot)?;
+            }
+        }
+
+        let top = self.geo.levels - 1;
+        let needed = self
+            .plan(self.root, top, iova, phys, last)
+            .map_err(|conflict| MapError::AlreadyMapped { iova: conflict })?;
+
+        let mut stash = Vec::new();
+        if needed > 0 {
+            stash
+                .try_reserve_exact(needed)
+                .map_err(|_| MapError::NoMemory)?;
+            let bytes = 1usize << self.geo.granule_shift;
+            for _ in 0..needed {
+                match self.alloc.alloc_table(bytes) {
+                    Some(page) => stash.push(page),
+                    None => {
+                        for page in stash.drain(..) {
+                            // SAFETY: the page came from `alloc_table(bytes)` just
+                            // now and was never linked, so no walker can see it.
+                            unsafe { self.alloc.free_table(page, bytes) };
+                        }
+                        return Err(MapError::NoMemory);
+                    }
+                }
+            }
+            // Handed out by `pop`: reversed so tables are linked in allocation order.
+            stash.reverse();
+            // New tables must reach memory zeroed before any link to them does.
+            for &page in &stash {
+                self.clean_table(page, 0);
+            }
+            fence(Ordering::Release);
+        }
+
+        let mut gather = Gather {
+            start: iova,
+            last,
+            leaf_sizes: 0,
+            freed_tables: false,
+        };
+        self.install(
+            self.root,
+            top,
+            iova,
+            phys,
+            last,
+            &attrs,
+            &mut stash,
+            &mut gather,
+        );
+        debug_assert!(stash.is_empty(), "plan and install disagree");
+        Ok(gather)
+    }
+
+    /// Whether a leaf at `level` may start at `iova` for `phys` (the caller checks
+    /// that the whole slot is covered).
+    #[inline(always)]
+    fn leafable(&self, level: u32, iova: u64, phys: u64) -> bool {
+        self.geo.leaf_allowed(level) && (iova | phys) & low(self.geo.shift(level)) == 0
+    }
+
+    /// Read-only pass: `Err(iova)` if something in `[iova, last]` under `table`
+    /// is mapped, else the number of table pages `install` will allocate.
+    fn plan(
+        &self,
+        table: u64,
+        level: u32,
+        mut iova: u64,
+        mut phys: u64,
+        last: u64,
+    ) -> Result<usize, u64> {
+        let t = self.entries(table);
+        let shift = self.geo.shift(level);
+        let mask = low(shift);
+        let mut idx = self.index(iova, level);
+        if level == 0 {
+            let count = ((last - iova) >> shift) as usize + 1;
+            for i in 0..count {
+                if Self::read(t, idx + i) != 0 {
+                    return Err(iova + ((i as u64) << shift));
+                }
+            }
+            return Ok(0);
+        }
+        let mut needed = 0usize;
+        loop {
+            let slot_last = iova | mask;
+            let chunk_last = slot_last.min(last);
+            let pte = Self::read(t, idx);
+            if pte == 0 {
+                needed += self.slot_cost(level, iova, phys, chunk_last);
+            } else if self.format.is_table(level, pte) {
+                needed += self.plan(
+                    self.format.table_addr(pte),
+                    level - 1,
+                    iova,
+                    phys,
+                    chunk_last,
+                )?;
+            } else {
+                return Err(iova);
+            }
+            if chunk_last == last {
+                return Ok(needed);
+            }
+            phys += chunk_last - iova + 1;
+            iova = chunk_last + 1;
+            idx += 1;
+        }
+    }
+
+    /// Tables `install` allocates for `[iova, last]` inside one empty slot at `level`.
+    fn slot_cost(&self, level: u32, iova: u64, phys: u64, last: u64) -> usize {
+        let full =
+            iova & low(self.geo.shift(level)) == 0 && last == iova | low(self.geo.shift(level));
+        if full && self.leafable(level, iova, phys) {
+            0
+        } else {
+            1 + self.new_tables(level - 1, iova, phys, last)
+        }
+    }
+
+    /// Tables needed below a new, empty table at `level` to map `[iova, last]`.
+    /// Closed form: every interior slot of a level costs the same, because
+    /// leafability only depends on `phys - iova` there.
+    fn new_tables(&self, level: u32, iova: u64, phys: u64, last: u64) -> usize {
+        if level == 0 {
+            return 0;
+        }
+        let shift = self.geo.shift(level);
+        let mask = low(shift);
+        let first_slot = iova >> shift;
+        let last_slot = last >> shift;
+        let mut needed = self.slot_cost(level, iova, phys, (iova | mask).min(last));
+        if last_slot > first_slot {
+            let tail = last_slot << shift;
+            needed += self.slot_cost(level, tail, phys + (tail - iova), last);
+            let interior = last_slot - first_slot - 1;
+            if interior > 0 {
+                let start = (first_slot + 1) << shift;
+                let each = self.slot_cost(level, start, phys + (start - iova), start | mask);
+                needed = needed.saturating_add((interior as usize).saturating_mul(each));
+            }
+        }
+        needed
+    }
+
+    /// Infallible pass: writes the leaves of `[iova, last]` under `table`, linking
+    /// tables from `stash` where `plan` said they were needed.
+    #[allow(clippy::too_many_arguments)]
+    fn install(
+        &mut self,
+        table: u64,
+        level: u32,
+        mut iova: u64,
+        mut phys: u64,
+        last: u64,
+        attrs: &[u64; MAX_LEVELS],
+        stash: &mut Vec<u64>,
+        gather: &mut Gather,
+    ) {
+        let t = self.entries(table);
+        let shift = self.geo.shift(level);
+        let size = 1u64 << shift;
+        let mask = size - 1;
+        let leaf_bits = attrs[level as usize];
+        let entries = 1usize << self.geo.index_bits(level);
+        let first_idx = self.index(iova, level);
+        let mut idx = first_idx;
+        loop {
+            let remaining = last - iova;
+            if self.leafable(level, iova, phys) && remaining >= mask {
+                // A run of whole, aligned slots: leaves, except where a table
+                // already sits (plan checked it is free of leaves in the range).
+                let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
+                let run = (whole.min((entries - idx) as u64)) as usize;
+                let mut wrote_leaf = false;
+                for i in idx..idx + run {
+                    let pte = Self::read(t, i);
+                    if pte == 0 {
+                        Self::write(t, i, phys | leaf_bits);
+                        wrote_leaf = true;
+                    } else {
+                        let child = self.format.table_addr(pte);
+                        self.install(
+                            child,
+                            level - 1,
+                            iova,
+                            phys,
+                            iova | mask,
+                            attrs,
+                            stash,
+                            gather,
+                        );
+                    }
+                    iova = iova.wrapping_add(size);
+                    phys = phys.wrapping_add(size);
+                }
+                if wrote_leaf {
+                    gather.leaf_sizes |= size;
+                }
+                idx += run;
+                if (iova.wrapping_sub(size)) | mask == last {
+                    break;
+                }
+                continue;
+            }
+            let chunk_last = (iova | mask).min(last);
+            let pte = Self::read(t, idx);
+            let child = if pte == 0 {
+                let Some(child) = stash.pop() else {
+                    debug_assert!(false, "plan undercounted tables");
+                    break;
+                };
+                Self::write(t, idx, child | self.format.table_attrs(level));
+                child
+            } else {
+                self.format.table_addr(pte)
+            };
+            self.install(
+                child,
+                level - 1,
+                iova,
+                phys,
+                chunk_last,
+                attrs,
+                stash,
+                gather,
+            );
+            idx += 1;
+            if chunk_last == last {
+                break;
+            }
+            phys += chunk_last - iova + 1;
+            iova = chunk_last + 1;
+        }
+        self.clean(t, first_idx, idx - 1);
+    }
+
+    // ---- unmap ---------------------------------------------------------------
+
+    /// Unmaps every leaf in `[iova, iova + len)`; holes are skipped. A range
+    /// starting or ending inside a leaf is refused (nothing changes): leaves are
+    /// never split. Table pages whose whole span lies in the range are unlinked
+    /// and returned in [`Unmapped::freed`].
+    pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
+        let last = self.iova_last(iova, len).map_err(|e| match e {
+            RangeError::Zero => UnmapError::ZeroLength,
+            RangeError::Misaligned => UnmapError::Misaligned,
+            RangeError::OutOfRange => UnmapError::IovaOutOfRange,
+        })?;
+        for (at, is_start) in [(iova, true), (last, false)] {
+            let Some(leaf) = self.lookup(at) else {
+                continue;
+            };
+            let split = if is_start {
+                leaf.leaf_iova != iova
+            } else {
+                leaf.leaf_iova + (leaf.leaf_size - 1) != last
+            };
+            if split {
+                return Err(UnmapError::SplitsLeaf {
+                    leaf_iova: leaf.leaf_iova,
+                    leaf_size: leaf.leaf_size,
+                });
+            }
+        }
+        let mut acc = Clearing {
+            bytes: 0,
+            gather: Gather::default(),
+            freed: Vec::new(),
+        };
+        self.clear(self.root, self.geo.levels - 1, iova, last, false, &mut acc);
+        Ok(Unmapped {
+            bytes: acc.bytes,
+            gather: acc.gather,
+            freed: FreedTables { pages: acc.freed },
+        })
+    }
+
+    /// Clears `[iova, last]` under `table`. `doomed`: the table itself is being
+    /// unlinked, so its entries need not be written.
+    fn clear(
+        &mut self,
+        table: u64,
+        level: u32,
+        mut iova: u64,
+        last: u64,
+        doomed: bool,
+        acc: &mut Clearing,
+    ) {
+        let t = self.entries(table);
+        let shift = self.geo.shift(level);
+        let size = 1u64 << shift;
+        let mask = size - 1;
+        let first_idx = self.index(iova, level);
+        let mut idx = first_idx;
+        if level == 0 {
+            let count = ((last - iova) >> shift) as usize + 1;
+            let mut first_leaf = None;
+            let mut last_leaf = 0;
+            let mut cleared = 0u64;
+            for i in first_idx..first_idx + count {
+                if Self::read(t, i) != 0 {
+                    cleared += 1;
+                    first_leaf.get_or_insert(i);
+                    last_leaf = i;
+                    if !doomed {
+                        Self::write(t, i, 0);
+                    }
+                }
+            }
+            if let Some(first) = first_leaf {
+                let base = iova - ((first_idx as u64) << shift);
+                acc.gather.add_leaf(base + ((first as u64) << shift), size);
+                acc.gather
+                    .add_leaf(base + ((last_leaf as u64) << shift), size);
+                acc.bytes += cleared << shift;
+                if !doomed {
+                    self.clean(t, first, last_leaf);
+                }
+            }
+            return;
+        }
+        let (mut lo, mut hi) = (usize::MAX, 0usize);
+        loop {
+            let slot_start = iova & !mask;
+            let slot_last = iova | mask;
+            let chunk_last = slot_last.min(last);
+            let pte = Self::read(t, idx);
+            if pte != 0 {
+                if self.format.is_table(level, pte) {
+                    let child = self.format.table_addr(pte);
+                    let covered = iova == slot_start && chunk_last == slot_last;
+                    self.clear(child, level - 1, iova, chunk_last, covered, acc);
+                    if covered {
+                        if !doomed {
+                            Self::write(t, idx, 0);
+                            lo = lo.min(idx);
+                            hi = hi.max(idx);
+                        }
+                        acc.freed.push(child);
+                        acc.gather.add_freed_table(slot_start, slot_last);
+                    }
+                } else {
+                    acc.bytes += size;
+                    acc.gather.add_leaf(slot_start, size);
+                    if !doomed {
+                        Self::write(t, idx, 0);
+                        lo = lo.min(idx);
+                        hi = hi.max(idx);
+                    }
+                }
+            }
+            if chunk_last == last {
+                break;
+            }
+            iova = chunk_last + 1;
+            idx += 1;
+        }
+        if lo <= hi {
+            self.clean(t, lo, hi);
+        }
+    }
+
+    /// Returns table pages from an earlier `unmap`, once the caller has completed
+    /// the IOTLB / walk-cache invalidation for its gather.
+    pub fn release(&mut self, freed: FreedTables) {
+        let bytes = 1usize << self.geo.granule_shift;
+        for page in freed.pages {
+            // SAFETY: the page was a non-root table of this tree (granule-sized),
+            // unlinked by `unmap`, and the caller has flushed the IOMMU since.
+            unsafe { self.alloc.free_table(page, bytes) };
+        }
+    }
+
+    // ---- lookups and walks ---------------------------------------------------
+
+    /// The leaf translating `iova`, if any.
+    pub fn lookup(&self, iova: u64) -> Option<Translation> {
+        if iova > self.geo.max_iova() {
+            return None;
+        }
+        let mut table = self.root;
+        let mut level = self.geo.levels - 1;
+        loop {
+            let pte = Self::read(self.entries(table), self.index(iova, level));
+            if pte == 0 {
+                return None;
+            }
+            if level > 0 && self.format.is_table(level, pte) {
+                table = self.format.table_addr(pte);
+                level -= 1;
+                continue;
+            }
+            let shift = self.geo.shift(level);
+            let base = self.format.leaf_addr(level, pte);
+            return Some(Translation {
+                phys: base + (iova & low(shift)),
+                leaf_iova: iova & !low(shift),
+                leaf_size: 1u64 << shift,
+                level,
+                pte,
+            });
+        }
+    }
+
+    /// The physical address `iova` translates to, if mapped.
+    pub fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+        self.lookup(iova).map(|t| t.phys)
+    }
+
+    /// Calls `visit` for every present entry, depth first in IOVA order (a table
+    /// entry before its contents).
+    pub fn walk(&self, mut visit: impl FnMut(&WalkEntry)) {
+        self.walk_table(self.root, self.geo.levels - 1, 0, &mut visit);
+    }
+
+    fn walk_table(&self, table: u64, level: u32, base: u64, visit: &mut impl FnMut(&WalkEntry)) {
+        let t = self.entries(table);
+        let shift = self.geo.shift(level);
+        for idx in 0..1usize << self.geo.index_bits(level) {
+            let pte = Self::read(t, idx);
+            if pte == 0 {
+                continue;
+            }
+            let iova = base + ((idx as u64) << shift);
+            let table_link = level > 0 && self.format.is_table(level, pte);
+            let kind = if table_link {
+                EntryKind::Table(self.format.table_addr(pte))
+            } else {
+                EntryKind::Leaf(self.format.leaf_addr(level, pte))
+            };
+            visit(&WalkEntry {
+                level,
+                iova,
+                size: 1u64 << shift,
+                pte,
+                kind,
+            });
+            if let EntryKind::Table(child) = kind {
+                self.walk_table(child, level - 1, iova, visit);
+            }
+        }
+    }
+
+    /// Writes the tree, one present entry a line, indented by depth.
+    pub fn dump(&self, out: &mut dyn fmt::Write) -> fmt::Result {
+        writeln!(
+            out,
+            "{} page table: root {:#x}, {} levels",
+            F::NAME,
+            self.root,
+            self.geo.levels
+        )?;
+        let top = self.geo.levels - 1;
+        let mut result = Ok(());
+        self.walk(|e| {
+            if result.is_err() {
+                return;
+            }
+            let indent = 2 * (top - e.level + 1) as usize;
+            result = match e.kind {
+                EntryKind::Table(phys) => writeln!(
+                    out,
+                    "{:indent$}L{} {:#x} +{:#x} table {:#x} pte {:#018x}",
+                    "", e.level, e.iova, e.size, phys, e.pte
+                ),
+                EntryKind::Leaf(phys) => writeln!(
+                    out,
+                    "{:indent$}L{} {:#x} +{:#x} -> {:#x} pte {:#018x}",
+                    "", e.level, e.iova, e.size, phys, e.pte
+                ),
+            };
+        });
+        result
+    }
+
+    /// Number of table pages in the tree, root included.
+    pub fn table_pages(&self) -> usize {
+        let mut pages = 1;
+        self.walk(|e| {
+            if matches!(e.kind, EntryKind::Table(_)) {
+                pages += 1;
+            }
+        });
+        pages
+    }
+
+    fn free_subtree(&mut self, table: u64, level: u32) {
+        if level > 0 {
+            let t = self.entries(table);
+            for idx in 0..1usize << self.geo.index_bits(level) {
+                let pte = Self::read(t, idx);
+                if pte != 0 && self.format.is_table(level, pte) {
+                    self.free_subtree(self.format.table_addr(pte), level - 1);
+                }
+            }
+        }
+        // SAFETY: every page of the tree came from `alloc_table(table_bytes)`; the
+        // table is being dropped, so the caller has detached it from the hardware.
+        unsafe { self.alloc.free_table(table, self.geo.table_bytes(level)) };
+    }
+}
+
+impl<F: Format, A: TableAlloc> Drop for PageTable<F, A> {
+    /// Frees every table page. The owner must have detached the table from all
+    /// devices and flushed the IOMMU first.
+    fn drop(&mut self) {
+        self.free_subtree(self.root, self.geo.levels - 1);
+    }
+}
+
+enum RangeError {
+    Zero,
+    Misaligned,
+    OutOfRange,
+}
+
+/// `2^shift - 1`.
+#[inline(always)]
+const fn low(shift: u32) -> u64 {
+    crate::format::low_mask(shift)
+}

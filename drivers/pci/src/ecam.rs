@@ -1,0 +1,70 @@
+//! ECAM: memory-mapped configuration space (PCIe Base 6.0 §7.2.2).
+
+use core::ops::RangeInclusive;
+use core::ptr::NonNull;
+
+use crate::{Bdf, ConfigSpace};
+
+/// ECAM address bits: bus[27:20], device[19:15], function[14:12], offset[11:0].
+const BUS_SHIFT: usize = 20;
+const DEVICE_SHIFT: usize = 15;
+const FUNCTION_SHIFT: usize = 12;
+const FUNCTION_CONFIG_SIZE: u16 = 4096;
+
+/// One ECAM window covering `buses`.
+#[derive(Debug)]
+pub struct Ecam {
+    base: NonNull<u8>,
+    buses: RangeInclusive<u8>,
+}
+
+// SAFETY: configuration accesses are single volatile loads/stores; callers
+// serialise read-modify-write sequences themselves.
+unsafe impl Send for Ecam {}
+unsafe impl Sync for Ecam {}
+
+impl Ecam {
+    /// # Safety
+    /// `base` must map (uncached) the ECAM window of `buses`, i.e.
+    /// `(buses.end - buses.start + 1) << 20` bytes, for as long as the value lives.
+    pub unsafe fn new(base: NonNull<u8>, buses: RangeInclusive<u8>) -> Self {
+        Ecam { base, buses }
+    }
+
+    pub fn buses(&self) -> RangeInclusive<u8> {
+        self.buses.clone()
+    }
+
+    fn address(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
+        if !self.buses.contains(&bdf.bus)
+            || offset >= FUNCTION_CONFIG_SIZE
+            || !offset.is_multiple_of(4)
+        {
+            return None;
+        }
+        let index = (usize::from(bdf.bus - self.buses.start()) << BUS_SHIFT)
+            | (usize::from(bdf.device & 0x1F) << DEVICE_SHIFT)
+            | (usize::from(bdf.function & 0x7) << FUNCTION_SHIFT)
+            | usize::from(offset);
+        // SAFETY: index is inside the window `new` was given.
+        Some(unsafe { self.base.as_ptr().add(index) }.cast::<u32>())
+    }
+}
+
+impl ConfigSpace for Ecam {
+    fn read32(&self, bdf: Bdf, offset: u16) -> u32 {
+        match self.address(bdf, offset) {
+            // SAFETY: a valid, aligned address inside the ECAM window.
+            Some(address) => unsafe { address.read_volatile() },
+            // Outside the window behaves like an absent function.
+            None => u32::MAX,
+        }
+    }
+
+    fn write32(&self, bdf: Bdf, offset: u16, value: u32) {
+        if let Some(address) = self.address(bdf, offset) {
+            // SAFETY: a valid, aligned address inside the ECAM window.
+            unsafe { address.write_volatile(value) }
+        }
+    }
+}

@@ -1,0 +1,791 @@
+//! The SMMU behind the `iommu` driver contract: domains, attach/detach through
+//! STEs, fault routing to the owning domain.
+
+use alloc::collections::BTreeMap;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use core::ptr::NonNull;
+use core::sync::atomic::{Ordering, fence};
+
+use io_page_table::{
+    ArmConfig, ArmLpae, Coherence, FreedTables, Granule as PtGranule, MapError, PageTable,
+    Prot as PtProt, Stage as PtStage, TableAlloc,
+};
+use iommu::{
+    Access, DeviceId, DomainHandle, DomainKind, FaultReason, FaultRecord, Gather, HwInfo,
+    IommuError, IommuUnit, IovaRange, NestedData, NestedFormat, NestedInvalidation, NestingInfo,
+    Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
+};
+use os_services::{DmaMemory, DmaRegion};
+
+use crate::cd::{Cd, Stage1Config};
+use crate::command::{Command, RawCommand, opcode};
+use crate::event::{EventKind, Fault};
+use crate::invalidation::{self, InvalidationCaps, TlbTag};
+use crate::regs::Granule;
+use crate::smmu::{Error, Smmu};
+use crate::ste::{Stage2Config, Ste};
+
+/// Table pages for `io-page-table`, from the OS's DMA memory.
+pub struct DmaTables<'a> {
+    dma: &'a dyn DmaMemory,
+    regions: BTreeMap<u64, DmaRegion>,
+}
+
+impl<'a> DmaTables<'a> {
+    pub fn new(dma: &'a dyn DmaMemory) -> Self {
+        Self {
+            dma,
+            regions: BTreeMap::new(),
+        }
+    }
+}
+
+// SAFETY: `DmaMemory::alloc` returns zeroed, exclusively owned memory aligned as
+// asked (`bytes`), reachable through `phys_to_virt`; pages are returned only
+// through `free_table`. SMMUs driven here snoop (IDR0.COHACC), so cleaning is a
+// no-op.
+unsafe impl TableAlloc for DmaTables<'_> {
+    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+        let region = self.dma.alloc(bytes, bytes)?;
+        self.regions.insert(region.phys, region);
+        Some(region.phys)
+    }
+
+    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
+        if let Some(region) = self.regions.remove(&phys) {
+            self.dma.free(region);
+        }
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
+        NonNull::new(self.dma.phys_to_virt(phys)).unwrap_or(NonNull::dangling())
+    }
+}
+
+/// A kernel-owned LPAE table.
+type Table<'a> = PageTable<ArmLpae, DmaTables<'a>>;
+
+/// Which stage a paging domain's table is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagingStage {
+    Stage1,
+    Stage2,
+}
+
+/// What a domain translates with.
+enum DomainState<'a> {
+    Blocked,
+    Identity,
+    /// Stage 1: a CD with `asid` pointing at `table`.
+    Stage1 {
+        asid: u16,
+        cd: DmaRegion,
+        table: Table<'a>,
+        pending: Vec<FreedTables>,
+    },
+    /// Stage 2 under `vmid`; `nest_parent` when nested domains may use it.
+    Stage2 {
+        vmid: u16,
+        nest_parent: bool,
+        table: Table<'a>,
+        pending: Vec<FreedTables>,
+    },
+    /// A task-owned stage 1 (CD at IPA `cd_ipa`) over `parent`'s stage 2.
+    Nested {
+        parent: DomainHandle,
+        cd_ipa: u64,
+    },
+}
+
+struct Domain<'a> {
+    state: DomainState<'a>,
+    /// StreamIDs attached.
+    streams: Vec<u32>,
+    /// Faults of this domain's streams, drained and not yet taken.
+    faults: Vec<Fault>,
+}
+
+/// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
+/// tables (covers RAM and the MSI doorbell; QEMU caps the IPA at the OAS).
+const STAGE1_INPUT_BITS: u32 = 48;
+const STAGE2_INPUT_BITS: u32 = 40;
+
+/// SMMUv3 §5.2 STE word 0 of a guest: V[0], Config[3:1], S1Fmt[5:4],
+/// S1ContextPtr[51:6], S1CDMax[63:59].
+const GUEST_STE_V: u64 = 1;
+const GUEST_STE_CONFIG_MASK: u64 = 0b1110;
+const GUEST_STE_CONFIG_S1: u64 = 0b101 << 1;
+const GUEST_STE_S1FMT_MASK: u64 = 0b11 << 4;
+const GUEST_STE_CD_MASK: u64 = ((1 << 52) - 1) & !0x3F;
+const GUEST_STE_S1CDMAX_SHIFT: u32 = 59;
+
+/// One SMMUv3 as an [`IommuUnit`].
+pub struct SmmuUnit<'a> {
+    pub smmu: Smmu<'a>,
+    id: UnitId,
+    dma: &'a dyn DmaMemory,
+    domains: Vec<Option<Domain<'a>>>,
+    next_asid: u16,
+    next_vmid: u16,
+    /// Granule of new paging domains.
+    granule: Granule,
+    attached: BTreeMap<u32, DomainHandle>,
+    /// The MSI doorbell page devices write to (GICv2m frame / ITS translater).
+    msi_doorbell: Option<IovaRange>,
+    /// Faults of streams that belong to no domain.
+    unowned: Vec<Fault>,
+}
+
+impl From<Error> for IommuError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::NoMemory => IommuError::NoMemory,
+            Error::Timeout(_) => IommuError::Timeout,
+            Error::Unsupported(_) => IommuError::Unsupported,
+            Error::BadStreamId(_) | Error::Encoding | Error::CommandRejected { .. } => {
+                IommuError::Invalid
+            }
+        }
+    }
+}
+
+/// The contract's view of one coalesced fault.
+pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
+    let event = &fault.event;
+    FaultRecord {
+        unit,
+        requester: DeviceId(event.sid),
+        iova: event.input_addr,
+        access: if event.read {
+            Access::Read
+        } else {
+            Access::Write
+        },
+        reason: match event.kind {
+            EventKind::Translation => FaultReason::NotPresent,
+            EventKind::Permission | EventKind::AccessFlag => FaultReason::Permission,
+            EventKind::AddressSize => FaultReason::AddressSize,
+            EventKind::BadSte | EventKind::BadStreamId | EventKind::StreamDisabled => {
+                FaultReason::Blocked
+            }
+            EventKind::Other(code) => FaultReason::Other(u32::from(code)),
+            other => FaultReason::Other(event_code(other)),
+        },
+    }
+}
+
+fn event_code(kind: EventKind) -> u32 {
+    match kind {
+        EventKind::UnsupportedTransaction => 0x01,
+        EventKind::BadStreamId => 0x02,
+        EventKind::SteFetch => 0x03,
+        EventKind::BadSte => 0x04,
+        EventKind::StreamDisabled => 0x06,
+        EventKind::BadSubstreamId => 0x08,
+        EventKind::CdFetch => 0x09,
+        EventKind::BadCd => 0x0A,
+        EventKind::WalkExternalAbort => 0x0B,
+        EventKind::Translation => 0x10,
+        EventKind::AddressSize => 0x11,
+        EventKind::AccessFlag => 0x12,
+        EventKind::Permission => 0x13,
+        EventKind::TlbConflict => 0x20,
+        EventKind::ConfigConflict => 0x21,
+        EventKind::Other(code) => u32::from(code),
+    }
+}
+
+impl<'a> SmmuUnit<'a> {
+    pub fn new(
+        smmu: Smmu<'a>,
+        dma: &'a dyn DmaMemory,
+        id: UnitId,
+        msi_doorbell: Option<IovaRange>,
+    ) -> Self {
+        let granule = smmu
+            .features()
+            .idr5()
+            .granules()
+            .next()
+            .unwrap_or(Granule::K4);
+        Self {
+            smmu,
+            id,
+            dma,
+            domains: Vec::new(),
+            next_asid: 1,
+            next_vmid: 1,
+            granule,
+            attached: BTreeMap::new(),
+            msi_doorbell,
+            unowned: Vec::new(),
+        }
+    }
+
+    fn domain(&self, handle: DomainHandle) -> Result<&Domain<'a>, IommuError> {
+        self.domains
+            .get(handle.0 as usize)
+            .and_then(Option::as_ref)
+            .ok_or(IommuError::Invalid)
+    }
+
+    fn domain_mut(&mut self, handle: DomainHandle) -> Result<&mut Domain<'a>, IommuError> {
+        self.domains
+            .get_mut(handle.0 as usize)
+            .and_then(Option::as_mut)
+            .ok_or(IommuError::Invalid)
+    }
+
+    fn stage2_config(&self, vmid: u16, table: &Table<'a>) -> Stage2Config {
+        let config = table.format();
+        Stage2Config {
+            vmid,
+            root: table.root_phys(),
+            granule: granule_of(config.config().granule),
+            ias_bits: config.config().input_bits,
+            start_level: config.start_level(),
+            ps_encoding: self.smmu.features().idr5().oas_encoding(),
+        }
+    }
+
+    fn ste_for(&self, handle: DomainHandle) -> Result<Ste, IommuError> {
+        let ste = match &self.domain(handle)?.state {
+            DomainState::Blocked => Ste::abort(),
+            DomainState::Identity => Ste::bypass(),
+            DomainState::Stage1 { cd, .. } => Ste::translate(Some(cd.phys), None)?,
+            DomainState::Stage2 { vmid, table, .. } => {
+                Ste::translate(None, Some(&self.stage2_config(*vmid, table)))?
+            }
+            DomainState::Nested { parent, cd_ipa } => {
+                let DomainState::Stage2 { vmid, table, .. } = &self.domain(*parent)?.state else {
+                    return Err(IommuError::Invalid);
+                };
+                Ste::translate(Some(*cd_ipa), Some(&self.stage2_config(*vmid, table)))?
+            }
+        };
+        Ok(ste)
+    }
+
+    /// Granule of paging domains allocated from now on (one IDR5 offers).
+    pub fn set_granule(&mut self, granule: Granule) -> Result<(), IommuError> {
+        if !self.smmu.features().idr5().supports(granule) {
+            return Err(IommuError::Unsupported);
+        }
+        self.granule = granule;
+        Ok(())
+    }
+
+    pub fn granule(&self) -> Granule {
+        self.granule
+    }
+
+    /// The stage plain paging domains use: stage 1 when implemented (like
+    /// Linux), else stage 2.
+    pub fn paging_stage(&self) -> PagingStage {
+        if self.smmu.features().stage1() {
+            PagingStage::Stage1
+        } else {
+            PagingStage::Stage2
+        }
+    }
+
+    fn new_table(&self, stage: PagingStage) -> Result<Table<'a>, IommuError> {
+        let output_bits = self
+            .smmu
+            .features()
+            .idr5()
+            .output_bits()
+            .ok_or(IommuError::Unsupported)?
+            .min(48);
+        let format = ArmLpae::new(ArmConfig {
+            stage: match stage {
+                PagingStage::Stage1 => PtStage::Stage1,
+                PagingStage::Stage2 => PtStage::Stage2,
+            },
+            granule: pt_granule(self.granule),
+            input_bits: match stage {
+                PagingStage::Stage1 => STAGE1_INPUT_BITS,
+                PagingStage::Stage2 => STAGE2_INPUT_BITS,
+            },
+            output_bits,
+        })
+        .map_err(|_| IommuError::Unsupported)?;
+        let mut table = PageTable::new(format, DmaTables::new(self.dma), Coherence::Coherent)
+            .map_err(|_| IommuError::NoMemory)?;
+        // Every domain a device may signal from maps the MSI doorbell, IOVA =
+        // PA, as Device memory (its reserved region).
+        if let Some(doorbell) = self.msi_doorbell {
+            let page = self.granule.size();
+            let start = doorbell.start & !(page - 1);
+            table
+                .map(
+                    start,
+                    start,
+                    page,
+                    PtProt::WRITE | PtProt::MMIO | PtProt::NOEXEC,
+                )
+                .map_err(|_| IommuError::NoMemory)?;
+        }
+        Ok(table)
+    }
+
+    fn alloc_stage1(&mut self) -> Result<DomainState<'a>, IommuError> {
+        if !self.smmu.features().stage1() {
+            return Err(IommuError::Unsupported);
+        }
+        let table = self.new_table(PagingStage::Stage1)?;
+        let asid = self.next_asid;
+        self.next_asid = self.next_asid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        let fields = table.format().stage1_fields();
+        let cd = Cd::stage1(&Stage1Config {
+            asid,
+            root: table.root_phys(),
+            granule: self.granule,
+            ias_bits: STAGE1_INPUT_BITS,
+            ips_encoding: u32::from(fields.ips),
+            mair: fields.mair,
+        })
+        .map_err(|_| IommuError::Invalid)?;
+        let region = self.dma.alloc(64, 64).ok_or(IommuError::NoMemory)?;
+        write_cd(&region, &cd);
+        Ok(DomainState::Stage1 {
+            asid,
+            cd: region,
+            table,
+            pending: Vec::new(),
+        })
+    }
+
+    fn alloc_stage2(&mut self, nest_parent: bool) -> Result<DomainState<'a>, IommuError> {
+        if !self.smmu.features().stage2() {
+            return Err(IommuError::Unsupported);
+        }
+        let table = self.new_table(PagingStage::Stage2)?;
+        let vmid = self.next_vmid;
+        self.next_vmid = self.next_vmid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        Ok(DomainState::Stage2 {
+            vmid,
+            nest_parent,
+            table,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Validates a guest STE (SMMUv3 §5.2): valid, Config = stage-1 translate,
+    /// linear single CD (S1Fmt = 0, S1CDMax = 0: QEMU has no substreams).
+    fn alloc_nested(
+        &mut self,
+        parent: DomainHandle,
+        ste: [u64; 2],
+    ) -> Result<DomainState<'a>, IommuError> {
+        match &self.domain(parent)?.state {
+            DomainState::Stage2 {
+                nest_parent: true, ..
+            } => {}
+            _ => return Err(IommuError::Invalid),
+        }
+        let word0 = ste[0];
+        let valid = word0 & GUEST_STE_V != 0
+            && word0 & GUEST_STE_CONFIG_MASK == GUEST_STE_CONFIG_S1
+            && word0 & GUEST_STE_S1FMT_MASK == 0
+            && word0 >> GUEST_STE_S1CDMAX_SHIFT == 0;
+        if !valid {
+            return Err(IommuError::Invalid);
+        }
+        Ok(DomainState::Nested {
+            parent,
+            cd_ipa: word0 & GUEST_STE_CD_MASK,
+        })
+    }
+
+    /// Counts of commands the last `flush` issued are in [`Smmu::counters`].
+    fn tlb_tag(&self, domain: DomainHandle) -> Result<(TlbTag, Granule), IommuError> {
+        match &self.domain(domain)?.state {
+            DomainState::Stage1 { asid, table, .. } => Ok((
+                TlbTag::Stage1 {
+                    asid: *asid,
+                    vmid: 0,
+                },
+                granule_of(table.format().config().granule),
+            )),
+            DomainState::Stage2 {
+                vmid,
+                nest_parent,
+                table,
+                ..
+            } => Ok((
+                TlbTag::Stage2 {
+                    vmid: *vmid,
+                    nest_parent: *nest_parent,
+                },
+                granule_of(table.format().config().granule),
+            )),
+            _ => Err(IommuError::Invalid),
+        }
+    }
+
+    /// The domain `sid` is attached to.
+    pub fn domain_of(&self, sid: u32) -> Option<DomainHandle> {
+        self.attached.get(&sid).copied()
+    }
+
+    /// Drains the event queue and files each fault with the domain that owns
+    /// its stream.
+    pub fn collect_faults(&mut self) {
+        self.smmu.drain_events();
+        // Any other global error is acknowledged (and counted) here too.
+        self.smmu.handle_global_errors();
+        for fault in self.smmu.take_faults() {
+            let owner = self.attached.get(&fault.event.sid).copied();
+            match owner.and_then(|h| self.domains.get_mut(h.0 as usize)?.as_mut()) {
+                Some(domain) => domain.faults.push(fault),
+                None => self.unowned.push(fault),
+            }
+        }
+    }
+
+    /// Takes the coalesced faults of `domain` (with their event counts).
+    pub fn take_domain_faults(&mut self, domain: DomainHandle) -> Vec<Fault> {
+        self.collect_faults();
+        self.domain_mut(domain)
+            .map(|d| core::mem::take(&mut d.faults))
+            .unwrap_or_default()
+    }
+
+    /// Takes the coalesced faults of streams no domain owns.
+    pub fn take_unowned_faults(&mut self) -> Vec<Fault> {
+        self.collect_faults();
+        core::mem::take(&mut self.unowned)
+    }
+}
+
+fn granule_of(granule: PtGranule) -> Granule {
+    match granule {
+        PtGranule::K4 => Granule::K4,
+        PtGranule::K16 => Granule::K16,
+        PtGranule::K64 => Granule::K64,
+    }
+}
+
+fn pt_granule(granule: Granule) -> PtGranule {
+    match granule {
+        Granule::K4 => PtGranule::K4,
+        Granule::K16 => PtGranule::K16,
+        Granule::K64 => PtGranule::K64,
+    }
+}
+
+/// Writes a CD with V (word 0) last, so the SMMU never sees a valid torn CD.
+fn write_cd(region: &DmaRegion, cd: &Cd) {
+    let words = region.virt.cast::<u64>();
+    for i in (1..8).chain(core::iter::once(0)) {
+        if i == 0 {
+            fence(Ordering::SeqCst);
+        }
+        // SAFETY: the region is at least 64 bytes (one frame), owned by the
+        // domain and 8-byte aligned; volatile because the SMMU reads it.
+        unsafe { core::ptr::write_volatile(words.add(i), cd.0[i]) };
+    }
+    fence(Ordering::SeqCst);
+}
+
+impl From<crate::ste::SteError> for IommuError {
+    fn from(_: crate::ste::SteError) -> Self {
+        IommuError::Invalid
+    }
+}
+
+impl<'a> IommuUnit for SmmuUnit<'a> {
+    fn info(&self) -> UnitInfo {
+        let ias = self.smmu.features().idr5().output_bits().unwrap_or(32);
+        let page_sizes = self
+            .smmu
+            .features()
+            .idr5()
+            .granules()
+            .fold(0, |sizes, g| sizes | g.size());
+        UnitInfo {
+            name: "arm-smmu-v3",
+            kind: UnitKind::ArmSmmuV3,
+            aperture: IovaRange {
+                start: 0,
+                last: (1u64 << ias.min(48)) - 1,
+            },
+            page_sizes: if page_sizes == 0 { 1 << 12 } else { page_sizes },
+            nesting: (self.smmu.features().stage1() && self.smmu.features().stage2()).then_some(
+                NestingInfo {
+                    format: NestedFormat::ArmSmmuV3,
+                },
+            ),
+        }
+    }
+
+    fn reserved_regions(&self, _device: DeviceId) -> Vec<ReservedRegion> {
+        self.msi_doorbell
+            .map(|range| {
+                vec![ReservedRegion {
+                    range,
+                    kind: ReservedKind::Msi,
+                }]
+            })
+            .unwrap_or_default()
+    }
+
+    fn hw_info(&self) -> HwInfo {
+        let features = self.smmu.features();
+        HwInfo::ArmSmmuV3 {
+            idr: features.idr,
+            iidr: features.iidr,
+            aidr: features.aidr,
+        }
+    }
+
+    fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
+        let state = match kind {
+            DomainKind::Blocked => DomainState::Blocked,
+            DomainKind::Identity => DomainState::Identity,
+            DomainKind::Paging => match self.paging_stage() {
+                PagingStage::Stage1 => self.alloc_stage1()?,
+                PagingStage::Stage2 => self.alloc_stage2(false)?,
+            },
+            DomainKind::NestParent => self.alloc_stage2(true)?,
+            DomainKind::Nested {
+                parent,
+                data: NestedData::ArmSmmuV3 { ste },
+            } => self.alloc_nested(parent, ste)?,
+            DomainKind::Nested { .. } => return Err(IommuError::Unsupported),
+        };
+        let domain = Domain {
+            state,
+            streams: Vec::new(),
+            faults: Vec::new(),
+        };
+        let index = match self.domains.iter().position(Option::is_none) {
+            Some(free) => {
+                self.domains[free] = Some(domain);
+                free
+            }
+            None => {
+                self.domains.push(Some(domain));
+                self.domains.len() - 1
+            }
+        };
+        Ok(DomainHandle(index as u32))
+    }
+
+    fn free_domain(&mut self, handle: DomainHandle) -> Result<(), IommuError> {
+        if !self.domain(handle)?.streams.is_empty() {
+            return Err(IommuError::Busy);
+        }
+        let is_parent_of = |d: &Domain<'a>| matches!(d.state, DomainState::Nested { parent, .. } if parent == handle);
+        if self.domains.iter().flatten().any(is_parent_of) {
+            return Err(IommuError::Busy);
+        }
+        // Nothing is attached, but the TLB may still hold the domain's tags:
+        // drop them before the ASID/VMID and the tables can be reused.
+        let wide = match &self.domain(handle)?.state {
+            DomainState::Stage1 { asid, .. } => Some(Command::TlbiNhAsid {
+                vmid: 0,
+                asid: *asid,
+            }),
+            DomainState::Stage2 { vmid, .. } => Some(Command::TlbiS12Vmall { vmid: *vmid }),
+            _ => None,
+        };
+        if let Some(command) = wide {
+            self.smmu.execute(&[command])?;
+        }
+        if let Some(domain) = self.domains[handle.0 as usize].take() {
+            match domain.state {
+                DomainState::Stage1 {
+                    cd,
+                    mut table,
+                    pending,
+                    ..
+                } => {
+                    for freed in pending {
+                        table.release(freed);
+                    }
+                    self.dma.free(cd);
+                }
+                DomainState::Stage2 {
+                    mut table, pending, ..
+                } => {
+                    for freed in pending {
+                        table.release(freed);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        let mut flags = PtProt::CACHE | PtProt::NOEXEC;
+        flags.set(PtProt::READ, prot.read);
+        flags.set(PtProt::WRITE, prot.write);
+        let table = match &mut self.domain_mut(domain)?.state {
+            DomainState::Stage1 { table, .. } | DomainState::Stage2 { table, .. } => table,
+            _ => return Err(IommuError::Invalid),
+        };
+        table.map(iova, phys, len, flags).map_err(|err| match err {
+            MapError::NoMemory => IommuError::NoMemory,
+            _ => IommuError::Invalid,
+        })
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        let Ok(domain) = self.domain_mut(domain) else {
+            return Gather::default();
+        };
+        match &mut domain.state {
+            DomainState::Stage1 { table, pending, .. }
+            | DomainState::Stage2 { table, pending, .. } => match table.unmap(iova, len) {
+                Ok(unmapped) => {
+                    if !unmapped.freed.is_empty() {
+                        pending.push(unmapped.freed);
+                    }
+                    unmapped.gather
+                }
+                Err(_) => Gather::default(),
+            },
+            _ => Gather::default(),
+        }
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.domain(domain)?;
+        if gather.is_empty() {
+            return Ok(());
+        }
+        let (tag, granule) = self.tlb_tag(domain)?;
+        let caps = InvalidationCaps {
+            range: self.smmu.features().range_invalidation(),
+            granule,
+        };
+        let commands = invalidation::plan(tag, caps, gather);
+        if let Some((Command::Sync, invalidations)) = commands.split_last() {
+            self.smmu.execute(invalidations)?;
+        }
+        // Table pages unlinked before this flush are unreachable now.
+        if let Ok(domain) = self.domain_mut(domain)
+            && let DomainState::Stage1 { table, pending, .. }
+            | DomainState::Stage2 { table, pending, .. } = &mut domain.state
+        {
+            for freed in pending.drain(..) {
+                table.release(freed);
+            }
+        }
+        Ok(())
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
+        let sid = device.0;
+        let ste = self.ste_for(domain)?;
+        self.smmu.write_ste(sid, &ste)?;
+        if let Some(old) = self.attached.insert(sid, domain)
+            && let Ok(old) = self.domain_mut(old)
+        {
+            old.streams.retain(|&s| s != sid);
+        }
+        self.domain_mut(domain)?.streams.push(sid);
+        Ok(())
+    }
+
+    fn detach(&mut self, device: DeviceId) {
+        let sid = device.0;
+        // Abort (V = 1, Config = 0) is silent, unlike the V = 0 of a stream
+        // never attached: a detached device is expected to be quiet.
+        if self.smmu.write_ste(sid, &Ste::abort()).is_err() {
+            return;
+        }
+        if let Some(old) = self.attached.remove(&sid)
+            && let Ok(old) = self.domain_mut(old)
+        {
+            old.streams.retain(|&s| s != sid);
+        }
+    }
+
+    fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize {
+        self.collect_faults();
+        let before = out.len();
+        let id = self.id;
+        for domain in self.domains.iter_mut().flatten() {
+            out.extend(domain.faults.drain(..).map(|f| fault_record(id, &f)));
+        }
+        out.extend(self.unowned.drain(..).map(|f| fault_record(id, &f)));
+        out.len() - before
+    }
+
+    fn invalidate_nested(
+        &mut self,
+        domain: DomainHandle,
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        let vmid = match self.domain(domain).map(|d| &d.state) {
+            Ok(DomainState::Nested { parent, .. }) => {
+                match self.domain(*parent).map(|d| &d.state) {
+                    Ok(DomainState::Stage2 { vmid, .. }) => *vmid,
+                    _ => return (0, Err(IommuError::Invalid)),
+                }
+            }
+            _ => return (0, Err(IommuError::Invalid)),
+        };
+        let streams = self
+            .domain(domain)
+            .map(|d| d.streams.clone())
+            .unwrap_or_default();
+        let mut done = 0;
+        for request in requests {
+            let NestedInvalidation::ArmSmmuV3 { cmd } = request else {
+                return (done, Err(IommuError::Invalid));
+            };
+            let commands = match confine_guest_command(*cmd, vmid, &streams) {
+                Some(commands) => commands,
+                None => return (done, Err(IommuError::Invalid)),
+            };
+            let result = self
+                .smmu
+                .submit_raw(&commands)
+                .and_then(|()| self.smmu.sync());
+            if let Err(err) = result {
+                return (done, Err(err.into()));
+            }
+            done += 1;
+        }
+        (done, Ok(()))
+    }
+}
+
+/// Rewrites a task's stage-1 invalidation so it can only touch its own
+/// context: TLBI_NH_* get the parent's VMID, CFGI_CD* get each of the
+/// domain's StreamIDs; anything else is refused (SMMUv3 §4.3, §4.4).
+fn confine_guest_command(cmd: [u64; 2], vmid: u16, streams: &[u32]) -> Option<Vec<RawCommand>> {
+    const VMID_FIELD: u64 = 0xFFFF << 32;
+    const SID_FIELD: u64 = 0xFFFF_FFFF << 32;
+    let op = (cmd[0] & 0xFF) as u8;
+    match op {
+        opcode::TLBI_NH_ALL | opcode::TLBI_NH_ASID | opcode::TLBI_NH_VA | opcode::TLBI_NH_VAA => {
+            Some(vec![RawCommand([
+                (cmd[0] & !VMID_FIELD) | (u64::from(vmid) << 32),
+                cmd[1],
+            ])])
+        }
+        opcode::CFGI_CD | opcode::CFGI_CD_ALL => Some(
+            streams
+                .iter()
+                .map(|&sid| RawCommand([(cmd[0] & !SID_FIELD) | (u64::from(sid) << 32), cmd[1]]))
+                .collect(),
+        ),
+        _ => None,
+    }
+}

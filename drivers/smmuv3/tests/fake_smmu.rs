@@ -1,0 +1,563 @@
+//! The driver against a software model of an SMMUv3 register block: the
+//! model runs whenever the driver polls (through the clock's `relax`), mirrors
+//! CR0 into CR0ACK, applies GBPA updates, consumes the command queue (logging
+//! every command and rejecting unknown opcodes with CERROR_ILL, SMMUv3 §7.1)
+//! and lets the test inject event records.
+
+use std::alloc::Layout;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::rc::Rc;
+
+use os_services::mmio::Mmio;
+use os_services::{Clock, DmaMemory, DmaRegion};
+use smmuv3::command::opcode;
+use smmuv3::event::EventKind;
+use smmuv3::regs::{self, CommandError, Cr0, Gbpa, Gerror};
+use smmuv3::smmu::StreamTableFormat;
+use smmuv3::{Command, Error, RawCommand, Smmu, Ste};
+
+/// QEMU's stage-1+2 SMMU identification (QEMU-NOTES §3).
+const IDR: [u32; 6] = [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74];
+
+/// Heap-backed "physical" memory: phys == virt.
+#[derive(Default)]
+struct HostDma {
+    live: RefCell<HashMap<u64, Layout>>,
+}
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let len = len.next_multiple_of(4096).max(4096);
+        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        self.live.borrow_mut().insert(ptr as u64, layout);
+        Some(DmaRegion {
+            phys: ptr as u64,
+            virt: ptr,
+            len,
+        })
+    }
+
+    fn free(&self, region: DmaRegion) {
+        let layout = self
+            .live
+            .borrow_mut()
+            .remove(&region.phys)
+            .expect("double free");
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(region.virt, layout) };
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+        phys as *mut u8
+    }
+}
+
+/// The register block and the model's state.
+struct Model {
+    regs: *mut u8,
+    log: RefCell<Vec<[u64; 2]>>,
+    /// Opcodes the model rejects with CERROR_ILL.
+    illegal: u8,
+}
+
+impl Model {
+    fn read(&self, offset: usize) -> u32 {
+        // SAFETY: offsets are inside the 128 KiB block the test owns.
+        unsafe { self.regs.add(offset).cast::<u32>().read_volatile() }
+    }
+    fn write(&self, offset: usize, value: u32) {
+        // SAFETY: as above.
+        unsafe { self.regs.add(offset).cast::<u32>().write_volatile(value) }
+    }
+    fn read64(&self, offset: usize) -> u64 {
+        // SAFETY: as above.
+        unsafe { self.regs.add(offset).cast::<u64>().read_volatile() }
+    }
+
+    fn step(&self) {
+        self.write(regs::CR0ACK.0, self.read(regs::CR0.0));
+        self.write(regs::IRQ_CTRLACK.0, self.read(regs::IRQ_CTRL.0));
+        self.write(regs::GBPA.0, self.read(regs::GBPA.0) & !Gbpa::UPDATE.bits());
+        let cr0 = Cr0::from_bits_retain(self.read(regs::CR0.0));
+        let pending = self.read(regs::GERROR.0) ^ self.read(regs::GERRORN.0);
+        if !cr0.contains(Cr0::CMDQEN) || pending & Gerror::CMDQ_ERR.bits() != 0 {
+            return;
+        }
+        let base = self.read64(regs::CMDQ_BASE.0);
+        let log2 = (base & 0x1F) as u32;
+        let entries = (base & regs::QUEUE_BASE_ADDR_MASK) as *const u64;
+        let wrap_mask = (2u32 << log2) - 1;
+        let prod = self.read(regs::CMDQ_PROD.0) & wrap_mask;
+        let mut cons = self.read(regs::CMDQ_CONS.0) & wrap_mask;
+        while cons != prod {
+            let slot = (cons & ((1 << log2) - 1)) as usize;
+            // SAFETY: the queue lies in memory the driver allocated from HostDma.
+            let command = unsafe { [*entries.add(slot * 2), *entries.add(slot * 2 + 1)] };
+            if (command[0] & 0xFF) as u8 == self.illegal {
+                // CERROR_ILL in CONS.ERR, CMDQ_ERR toggled, queue stopped.
+                self.write(regs::CMDQ_CONS.0, cons | (1 << 24));
+                self.write(
+                    regs::GERROR.0,
+                    self.read(regs::GERROR.0) ^ Gerror::CMDQ_ERR.bits(),
+                );
+                return;
+            }
+            self.log.borrow_mut().push(command);
+            cons = (cons + 1) & wrap_mask;
+        }
+        self.write(regs::CMDQ_CONS.0, cons);
+    }
+
+    /// Places an event record at EVENTQ_PROD and advances it.
+    fn inject_event(&self, record: [u64; 4]) {
+        let base = self.read64(regs::EVENTQ_BASE.0);
+        let log2 = (base & 0x1F) as u32;
+        let entries = (base & regs::QUEUE_BASE_ADDR_MASK) as *mut u64;
+        let prod = self.read(regs::EVENTQ_PROD.0);
+        let slot = (prod & ((1 << log2) - 1)) as usize;
+        for (i, word) in record.iter().enumerate() {
+            // SAFETY: the event queue lies in memory the driver allocated.
+            unsafe { *entries.add(slot * 4 + i) = *word };
+        }
+        let next = ((prod & ((2 << log2) - 1)) + 1) & ((2 << log2) - 1);
+        self.write(regs::EVENTQ_PROD.0, next | (prod & (1 << 31)));
+    }
+}
+
+/// A clock whose polls run the model.
+struct ModelClock {
+    now: Cell<u64>,
+    model: Rc<Model>,
+}
+
+impl Clock for ModelClock {
+    fn now_ns(&self) -> u64 {
+        let now = self.now.get() + 1_000;
+        self.now.set(now);
+        now
+    }
+    fn relax(&self) {
+        self.model.step();
+    }
+}
+
+struct Rig {
+    _regs: Vec<u64>,
+    model: Rc<Model>,
+    clock: &'static ModelClock,
+    dma: &'static HostDma,
+}
+
+fn rig() -> Rig {
+    let mut regs = vec![0u64; regs::REGISTER_SPAN / 8];
+    let base = regs.as_mut_ptr().cast::<u8>();
+    let model = Rc::new(Model {
+        regs: base,
+        log: RefCell::new(Vec::new()),
+        illegal: 0x7F,
+    });
+    for (i, value) in IDR.iter().enumerate() {
+        model.write(i * 4, *value);
+    }
+    model.write(regs::GBPA.0, 0x1000);
+    let clock = Box::leak(Box::new(ModelClock {
+        now: Cell::new(0),
+        model: model.clone(),
+    }));
+    let dma = Box::leak(Box::new(HostDma::default()));
+    Rig {
+        _regs: regs,
+        model,
+        clock,
+        dma,
+    }
+}
+
+fn smmu(rig: &Rig, format: StreamTableFormat) -> Smmu<'static> {
+    // SAFETY: the block is the rig's heap buffer, alive as long as the rig,
+    // and only the driver and the model touch it.
+    let mmio = unsafe { Mmio::new(NonNull::new(rig.model.regs).unwrap(), regs::REGISTER_SPAN) };
+    Smmu::new(mmio, rig.clock, rig.dma, format).expect("bring-up")
+}
+
+fn opcodes(log: &[[u64; 2]]) -> Vec<u8> {
+    log.iter().map(|c| (c[0] & 0xFF) as u8).collect()
+}
+
+#[test]
+fn bring_up_aborts_unknown_traffic_and_enables_last() {
+    let rig = rig();
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let model = &rig.model;
+    assert!(Gbpa::from_bits_retain(model.read(regs::GBPA.0)).contains(Gbpa::ABORT));
+    assert_eq!(
+        Cr0::from_bits_retain(model.read(regs::CR0.0)),
+        Cr0::SMMUEN | Cr0::EVENTQEN | Cr0::CMDQEN
+    );
+    // Linear, LOG2SIZE 8; the table is zeroed (every STE V = 0).
+    assert_eq!(model.read(regs::STRTAB_BASE_CFG.0), 8);
+    let table = (model.read64(regs::STRTAB_BASE.0) & regs::STRTAB_BASE_ADDR_MASK) as *const u64;
+    // SAFETY: 256 STEs of 8 words the driver allocated.
+    assert!((0..256 * 8).all(|i| unsafe { *table.add(i) } == 0));
+    // Stale configuration and TLB entries are dropped before SMMUEN.
+    assert_eq!(
+        opcodes(&model.log.borrow()),
+        [
+            opcode::CFGI_STE_RANGE,
+            opcode::TLBI_S12_VMALL,
+            opcode::TLBI_NSNH_ALL,
+            opcode::CMD_SYNC
+        ]
+    );
+    assert!(!smmu.is_two_level());
+}
+
+#[test]
+fn two_level_table_gets_its_level_2_table_on_first_use() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::TwoLevel);
+    let model = &rig.model;
+    assert_eq!(
+        model.read(regs::STRTAB_BASE_CFG.0),
+        (1 << 16) | (8 << 6) | 16
+    );
+    smmu.write_ste(0x10, &Ste::bypass()).unwrap();
+    let l1 = (model.read64(regs::STRTAB_BASE.0) & regs::STRTAB_BASE_ADDR_MASK) as *const u64;
+    // SAFETY: the L1 table has 256 descriptors.
+    let desc = unsafe { *l1 };
+    assert_eq!(desc & 0x1F, 9, "span = SPLIT + 1");
+    let l2 = (desc & !0x3F) as *const u64;
+    // SAFETY: STE 0x10 of the level-2 table.
+    let ste: Vec<u64> = (0..8).map(|i| unsafe { *l2.add(0x10 * 8 + i) }).collect();
+    assert_eq!(ste, Ste::bypass().0);
+    assert_eq!(smmu.read_ste(0x10).unwrap(), Ste::bypass());
+    assert_eq!(smmu.read_ste(0x1_0000), Err(Error::BadStreamId(0x1_0000)));
+}
+
+#[test]
+fn ste_switch_between_domains_goes_through_abort_with_two_syncs() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let skip = rig.model.log.borrow().len();
+    smmu.write_ste(8, &Ste::bypass()).unwrap();
+    let first = opcodes(&rig.model.log.borrow()[skip..]);
+    assert_eq!(
+        first,
+        [opcode::CFGI_STE, opcode::CMD_SYNC],
+        "hitless from invalid"
+    );
+    let stage1 = Ste::translate(Some(0x4000_0000), None).unwrap();
+    let skip = rig.model.log.borrow().len();
+    smmu.write_ste(8, &stage1).unwrap();
+    let switch = opcodes(&rig.model.log.borrow()[skip..]);
+    assert_eq!(
+        switch,
+        [
+            opcode::CFGI_STE,
+            opcode::CMD_SYNC,
+            opcode::CFGI_STE,
+            opcode::CMD_SYNC
+        ],
+        "bypass -> stage 1 changes words 0 and 1"
+    );
+    assert_eq!(smmu.read_ste(8).unwrap(), stage1);
+    assert_eq!(rig.model.log.borrow().last().unwrap()[0] & 0xFF, 0x46);
+    let cfgi = rig.model.log.borrow()[skip];
+    assert_eq!(cfgi[0] >> 32, 8, "CFGI_STE names the StreamID");
+}
+
+#[test]
+fn illegal_command_is_replaced_and_the_queue_resumes() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    smmu.submit_raw(&[RawCommand([0x7F, 0])]).unwrap();
+    assert_eq!(
+        smmu.sync(),
+        Err(Error::CommandRejected {
+            error: CommandError::Illegal,
+            opcode: 0x7F
+        })
+    );
+    assert!(smmu.active_gerror().is_empty(), "CMDQ_ERR acknowledged");
+    assert_eq!(smmu.counters().command_errors, 1);
+    assert_eq!(smmu.execute(&[Command::TlbiNsnhAll]), Ok(()));
+    let log = rig.model.log.borrow();
+    // The bad slot ran as a CMD_SYNC, then the sync, then the new batch.
+    assert_eq!(
+        opcodes(&log[log.len() - 4..]),
+        [
+            opcode::CMD_SYNC,
+            opcode::CMD_SYNC,
+            opcode::TLBI_NSNH_ALL,
+            opcode::CMD_SYNC
+        ]
+    );
+}
+
+#[test]
+fn command_queue_wraps_under_large_batches() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let skip = rig.model.log.borrow().len();
+    let batch = vec![Command::CfgiSte { sid: 3, leaf: true }; 700];
+    smmu.execute(&batch).unwrap();
+    smmu.execute(&batch).unwrap();
+    let log = rig.model.log.borrow();
+    assert_eq!(
+        log.len() - skip,
+        2 * 701,
+        "every command consumed once, in order"
+    );
+    assert!(log[skip..skip + 700].iter().all(|c| c[0] & 0xFF == 0x03));
+}
+
+#[test]
+fn events_are_drained_coalesced_and_overflow_is_counted() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    for chunk in 0..16u64 {
+        rig.model
+            .inject_event([(8 << 32) | 0x10, 1 << 41, 0x9000 + 4 * chunk, 0]);
+    }
+    rig.model.inject_event([(0x10 << 32) | 0x04, 0, 0, 0]);
+    assert_eq!(smmu.drain_events(), 17);
+    let faults = smmu.take_faults();
+    assert_eq!(faults.len(), 2);
+    assert_eq!(
+        (faults[0].event.kind, faults[0].count),
+        (EventKind::Translation, 16)
+    );
+    assert_eq!(
+        (faults[1].event.kind, faults[1].event.sid),
+        (EventKind::BadSte, 0x10)
+    );
+    assert_eq!(
+        rig.model.read(regs::EVENTQ_CONS.0),
+        rig.model.read(regs::EVENTQ_PROD.0),
+        "CONS caught up"
+    );
+    // Overflow flag: counted and acknowledged through OVACKFLG.
+    let prod = rig.model.read(regs::EVENTQ_PROD.0);
+    rig.model.write(regs::EVENTQ_PROD.0, prod | (1 << 31));
+    assert_eq!(smmu.drain_events(), 0);
+    assert_eq!(smmu.counters().event_overflows, 1);
+    assert_eq!(rig.model.read(regs::EVENTQ_CONS.0) >> 31, 1);
+    assert_eq!(smmu.drain_events(), 0);
+    assert_eq!(smmu.counters().event_overflows, 1, "acknowledged once");
+}
+
+#[test]
+fn drop_disables_before_freeing() {
+    let rig = rig();
+    let smmu = smmu(&rig, StreamTableFormat::TwoLevel);
+    drop(smmu);
+    assert_eq!(rig.model.read(regs::CR0.0), 0);
+    assert!(rig.dma.live.borrow().is_empty(), "every region returned");
+}
+
+mod unit {
+    use super::*;
+    use iommu::{
+        DeviceId, DomainKind, FaultReason, IommuError, IommuUnit, IovaRange, NestedData,
+        NestedInvalidation, Prot, UnitId,
+    };
+    use smmuv3::{SmmuUnit, StreamConfig};
+
+    const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
+
+    fn unit(rig: &Rig) -> SmmuUnit<'static> {
+        let doorbell = IovaRange::from_len(0x0802_0000, 0x1000);
+        SmmuUnit::new(
+            smmu(rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            doorbell,
+        )
+    }
+
+    fn since(rig: &Rig, skip: usize) -> Vec<[u64; 2]> {
+        rig.model.log.borrow()[skip..].to_vec()
+    }
+
+    #[test]
+    fn paging_domain_attach_map_unmap_flush() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let ste = unit.smmu.read_ste(8).unwrap();
+        assert_eq!(ste.config(), Some(StreamConfig::Stage1));
+        // The CD the STE names is valid and carries ASID 1.
+        let cd_ptr = (ste.0[0] & (((1 << 52) - 1) & !0x3F)) as *const u64;
+        // SAFETY: the CD the driver allocated from HostDma.
+        let cd0 = unsafe { *cd_ptr };
+        assert_ne!(cd0 & (1 << 31), 0, "CD.V");
+        assert_eq!(cd0 >> 48, 1, "CD.ASID");
+        let gather = unit
+            .map(domain, 0x10_0000, 0x4000_0000, 0x4000, RW)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        let skip = rig.model.log.borrow().len();
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        assert_eq!((gather.start, gather.last), (0x10_0000, 0x10_3FFF));
+        unit.flush(domain, &gather).unwrap();
+        let log = since(&rig, skip);
+        assert_eq!(log.len(), 2, "one ranged TLBI + one CMD_SYNC: {log:x?}");
+        assert_eq!(
+            log[0],
+            Command::TlbiNhVa {
+                vmid: 0,
+                asid: 1,
+                addr: 0x10_0000,
+                leaf: true,
+                range: Some(smmuv3::command::TlbiRange {
+                    granule: smmuv3::Granule::K4,
+                    num: 0,
+                    scale: 2
+                })
+            }
+            .encode()
+            .0
+        );
+        assert_eq!(unit.free_domain(domain), Err(IommuError::Busy));
+        unit.detach(DeviceId(8));
+        assert_eq!(unit.smmu.read_ste(8).unwrap(), Ste::abort());
+        assert_eq!(unit.free_domain(domain), Ok(()));
+        assert_eq!(unit.free_domain(domain), Err(IommuError::Invalid));
+    }
+
+    #[test]
+    fn nested_domains_validate_the_guest_ste_and_confine_invalidations() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let plain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let parent = unit.alloc_domain(DomainKind::NestParent).unwrap();
+        let guest = |word0: u64| DomainKind::Nested {
+            parent,
+            data: NestedData::ArmSmmuV3 { ste: [word0, 0] },
+        };
+        let cd_ipa = 0x4123_4000;
+        // Bypass config, invalid, substreams, or a parent that is no nest parent.
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b100 << 1) | 1)),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b101 << 1))),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(guest(cd_ipa | (0b101 << 1) | 1 | (1 << 59))),
+            Err(IommuError::Invalid)
+        );
+        assert_eq!(
+            unit.alloc_domain(DomainKind::Nested {
+                parent: plain,
+                data: NestedData::ArmSmmuV3 {
+                    ste: [cd_ipa | (0b101 << 1) | 1, 0]
+                },
+            }),
+            Err(IommuError::Invalid)
+        );
+        let nested = unit.alloc_domain(guest(cd_ipa | (0b101 << 1) | 1)).unwrap();
+        unit.attach(DeviceId(0x10), nested).unwrap();
+        let ste = unit.smmu.read_ste(0x10).unwrap();
+        assert_eq!(ste.config(), Some(StreamConfig::Nested));
+        assert_eq!(ste.0[0] & !0xF, cd_ipa, "S1ContextPtr is the task's CD");
+        let vmid = ste.vmid();
+        assert_ne!(vmid, 0);
+        // A TLBI naming another VMID is rewritten to the parent's.
+        let skip = rig.model.log.borrow().len();
+        let foreign = Command::TlbiNhAsid {
+            vmid: 0x7777,
+            asid: 5,
+        }
+        .encode();
+        let cfgi_cd = Command::CfgiCdAll { sid: 0xBEEF }.encode();
+        let (done, result) = unit.invalidate_nested(
+            nested,
+            &[
+                NestedInvalidation::ArmSmmuV3 { cmd: foreign.0 },
+                NestedInvalidation::ArmSmmuV3 { cmd: cfgi_cd.0 },
+            ],
+        );
+        assert_eq!((done, result), (2, Ok(())));
+        let log = since(&rig, skip);
+        assert_eq!(
+            log[0],
+            Command::TlbiNhAsid { vmid, asid: 5 }.encode().0,
+            "VMID confined"
+        );
+        assert_eq!(
+            log[2],
+            Command::CfgiCdAll { sid: 0x10 }.encode().0,
+            "SID confined"
+        );
+        // Stream table invalidation is the kernel's business.
+        let cfgi_ste = Command::CfgiSte { sid: 8, leaf: true }.encode();
+        assert_eq!(
+            unit.invalidate_nested(nested, &[NestedInvalidation::ArmSmmuV3 { cmd: cfgi_ste.0 }]),
+            (0, Err(IommuError::Invalid))
+        );
+        assert_eq!(
+            unit.free_domain(parent),
+            Err(IommuError::Busy),
+            "nested child"
+        );
+        unit.detach(DeviceId(0x10));
+        unit.free_domain(nested).unwrap();
+        unit.free_domain(parent).unwrap();
+    }
+
+    #[test]
+    fn faults_go_to_the_owning_domain() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        for chunk in 0..16u64 {
+            rig.model
+                .inject_event([(8 << 32) | 0x13, 1 << 41, 0x2000 + 4 * chunk, 0]);
+        }
+        rig.model.inject_event([(0x10 << 32) | 0x04, 0, 0, 0]);
+        let mine = unit.take_domain_faults(domain);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(
+            (mine[0].event.kind, mine[0].count),
+            (EventKind::Permission, 16)
+        );
+        let unowned = unit.take_unowned_faults();
+        assert_eq!(unowned.len(), 1);
+        let record = smmuv3::unit::fault_record(UnitId(0), &mine[0]);
+        assert_eq!(record.reason, FaultReason::Permission);
+        assert_eq!(record.iova, 0x2000);
+        assert_eq!(record.requester, DeviceId(8));
+    }
+
+    #[test]
+    fn reserved_region_and_doorbell_mapping() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let regions = unit.reserved_regions(DeviceId(8));
+        assert_eq!(regions.len(), 1);
+        assert_eq!(regions[0].range.start, 0x0802_0000);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        // The doorbell page is taken: mapping over it is refused.
+        assert_eq!(
+            unit.map(domain, 0x0802_0000, 0x4000_0000, 0x1000, RW),
+            Err(IommuError::Invalid)
+        );
+        assert!(unit.info().nesting.is_some());
+        unit.free_domain(domain).unwrap();
+    }
+}

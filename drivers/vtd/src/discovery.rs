@@ -1,0 +1,247 @@
+//! Remapping units from the ACPI DMAR (VT-d 3.4 chapter 8): one description
+//! per DRHD, with the RMRRs of the devices it covers.
+
+use alloc::vec::Vec;
+
+use firmware::acpi::dmar::{DeviceScope, DeviceScopeType, Dmar};
+use iommu::IovaRange;
+
+/// One DRHD (VT-d 3.4 §8.3) as the driver needs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitDescription {
+    pub segment: u16,
+    /// Register base (4 KiB aligned).
+    pub register_base: u64,
+    pub register_size: u64,
+    /// INCLUDE_PCI_ALL: every device of the segment not listed elsewhere.
+    pub include_all: bool,
+    /// Requester ids of the endpoints the scope lists (single-hop paths).
+    pub devices: Vec<u16>,
+    /// RMRRs (§8.4) for devices of this unit: identity-mapped for them and
+    /// reported as reserved regions.
+    pub reserved: Vec<DirectRegion>,
+}
+
+/// A VT-d 3.4 §8.4 Reserved Memory Region for one device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectRegion {
+    pub requester: u16,
+    pub range: IovaRange,
+}
+
+/// Why the DMAR cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmarError {
+    /// No DRHD at all.
+    NoUnits,
+    /// A DRHD register base that is zero or not 4 KiB aligned.
+    BadRegisterBase(u64),
+    /// An RMRR whose base/limit are unaligned or inverted (§8.4: base 4 KiB
+    /// aligned, limit + 1 4 KiB aligned).
+    BadReservedRegion { base: u64, limit: u64 },
+    /// A device scope whose path needs a bridge walk the driver does not do.
+    UnresolvedScope,
+    /// Two DRHDs of one segment both claim INCLUDE_PCI_ALL.
+    DuplicateIncludeAll(u16),
+}
+
+fn requester(bus: u8, device: u8, function: u8) -> u16 {
+    (u16::from(bus) << 8) | (u16::from(device & 0x1F) << 3) | u16::from(function & 0x7)
+}
+
+fn endpoint_requesters(scopes: &[DeviceScope]) -> Result<Vec<u16>, DmarError> {
+    scopes
+        .iter()
+        .filter(|scope| scope.scope_type == DeviceScopeType::PciEndpoint)
+        .map(|scope| {
+            scope
+                .bdf()
+                .map(|(bus, device, function)| requester(bus, device, function))
+                .ok_or(DmarError::UnresolvedScope)
+        })
+        .collect()
+}
+
+/// Every remapping unit the DMAR describes, validated.
+pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
+    if dmar.drhds.is_empty() {
+        return Err(DmarError::NoUnits);
+    }
+    let mut reserved = Vec::new();
+    for rmrr in &dmar.rmrrs {
+        let aligned = rmrr.base % 4096 == 0 && rmrr.limit.wrapping_add(1) % 4096 == 0;
+        if !aligned || rmrr.limit < rmrr.base {
+            return Err(DmarError::BadReservedRegion {
+                base: rmrr.base,
+                limit: rmrr.limit,
+            });
+        }
+        for device in endpoint_requesters(&rmrr.scopes)? {
+            reserved.push((
+                rmrr.segment,
+                DirectRegion {
+                    requester: device,
+                    range: IovaRange {
+                        start: rmrr.base,
+                        last: rmrr.limit,
+                    },
+                },
+            ));
+        }
+    }
+    let mut units: Vec<UnitDescription> = Vec::new();
+    for drhd in &dmar.drhds {
+        if drhd.register_base == 0 || drhd.register_base % 4096 != 0 {
+            return Err(DmarError::BadRegisterBase(drhd.register_base));
+        }
+        if drhd.include_pci_all()
+            && units
+                .iter()
+                .any(|unit| unit.include_all && unit.segment == drhd.segment)
+        {
+            return Err(DmarError::DuplicateIncludeAll(drhd.segment));
+        }
+        units.push(UnitDescription {
+            segment: drhd.segment,
+            register_base: drhd.register_base,
+            register_size: drhd.register_size(),
+            include_all: drhd.include_pci_all(),
+            devices: endpoint_requesters(&drhd.scopes)?,
+            reserved: Vec::new(),
+        });
+    }
+    // An RMRR belongs to the unit that translates its device.
+    for (segment, region) in reserved {
+        let owner = units
+            .iter()
+            .position(|unit| unit.segment == segment && unit.devices.contains(&region.requester))
+            .or_else(|| {
+                units
+                    .iter()
+                    .position(|unit| unit.segment == segment && unit.include_all)
+            });
+        if let Some(owner) = owner {
+            units[owner].reserved.push(region);
+        }
+    }
+    Ok(units)
+}
+
+impl UnitDescription {
+    /// Whether this unit translates `requester` (listed, or covered by INCLUDE_PCI_ALL).
+    pub fn covers(&self, requester: u16) -> bool {
+        self.include_all || self.devices.contains(&requester)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use firmware::acpi::dmar::{Drhd, PathEntry, Rmrr};
+
+    fn endpoint(bus: u8, device: u8, function: u8) -> DeviceScope {
+        DeviceScope {
+            scope_type: DeviceScopeType::PciEndpoint,
+            flags: 0,
+            enumeration_id: 0,
+            start_bus: bus,
+            path: vec![PathEntry { device, function }],
+        }
+    }
+
+    /// The DMAR QEMU 10.0.2 builds for q35 + intel-iommu (dumped from a run).
+    const QEMU_DMAR: &[u8] = include_bytes!("../../firmware/fixtures/q35-vtd-DMAR.bin");
+
+    /// The QEMU table with its DRHDs and RMRRs replaced.
+    fn dmar(drhds: Vec<Drhd>, rmrrs: Vec<Rmrr>) -> Dmar {
+        let mut table = firmware::acpi::parse_dmar(QEMU_DMAR).unwrap();
+        table.drhds = drhds;
+        table.rmrrs = rmrrs;
+        table
+    }
+
+    #[test]
+    fn describes_the_real_qemu_table() {
+        let table = firmware::acpi::parse_dmar(QEMU_DMAR).unwrap();
+        let units = units(&table).unwrap();
+        assert_eq!(units.len(), 1);
+        assert_eq!(units[0].register_base, 0xFED9_0000);
+        assert!(!units[0].include_all);
+        // Both edu devices (00:04.0, 00:05.0) are listed, 00:06.0 is not.
+        assert_eq!(units[0].devices, vec![0x00, 0x20, 0x28, 0xF8, 0xFA, 0xFB]);
+        assert!(units[0].covers(0x20) && units[0].covers(0x28) && !units[0].covers(0x30));
+        assert!(units[0].reserved.is_empty());
+    }
+
+    fn drhd(base: u64, flags: u8, scopes: Vec<DeviceScope>) -> Drhd {
+        Drhd {
+            flags,
+            size: 0,
+            segment: 0,
+            register_base: base,
+            scopes,
+        }
+    }
+
+    #[test]
+    fn describes_qemu_like_unit_with_rmrr() {
+        let table = dmar(
+            vec![drhd(
+                0xFED9_0000,
+                0,
+                vec![endpoint(0, 4, 0), endpoint(0, 5, 0)],
+            )],
+            vec![Rmrr {
+                segment: 0,
+                base: 0x000E_0000,
+                limit: 0x000E_FFFF,
+                scopes: vec![endpoint(0, 5, 0)],
+            }],
+        );
+        let units = units(&table).unwrap();
+        assert_eq!(units.len(), 1);
+        assert_eq!(units[0].register_base, 0xFED9_0000);
+        assert_eq!(units[0].devices, vec![0x20, 0x28]);
+        assert!(units[0].covers(0x28) && !units[0].covers(0x30));
+        assert_eq!(
+            units[0].reserved,
+            vec![DirectRegion {
+                requester: 0x28,
+                range: IovaRange {
+                    start: 0xE_0000,
+                    last: 0xE_FFFF
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_tables() {
+        assert_eq!(units(&dmar(vec![], vec![])), Err(DmarError::NoUnits));
+        assert_eq!(
+            units(&dmar(vec![drhd(0xFED9_0010, 0, vec![])], vec![])),
+            Err(DmarError::BadRegisterBase(0xFED9_0010))
+        );
+        let bad_rmrr = Rmrr {
+            segment: 0,
+            base: 0x2000,
+            limit: 0x1FFF,
+            scopes: vec![],
+        };
+        assert_eq!(
+            units(&dmar(vec![drhd(0x1000, 1, vec![])], vec![bad_rmrr])),
+            Err(DmarError::BadReservedRegion {
+                base: 0x2000,
+                limit: 0x1FFF
+            })
+        );
+        assert_eq!(
+            units(&dmar(
+                vec![drhd(0x1000, 1, vec![]), drhd(0x2000, 1, vec![])],
+                vec![]
+            )),
+            Err(DmarError::DuplicateIncludeAll(0))
+        );
+    }
+}

@@ -1,0 +1,156 @@
+//! Paging-domain tables from `io-page-table`: the VT-d second-stage format
+//! (VT-d 3.4 §9.8) and the first-stage x86-64 format (§9.7), in table pages
+//! from the unit's DMA memory.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::ptr::NonNull;
+
+use io_page_table::format::vtd_ss::{VtdSecondStage, VtdSsConfig};
+use io_page_table::format::x86_64::{X86_64, X86Config};
+use io_page_table::{Coherence, FreedTables, IoPageTable, MapError, PageTable, TableAlloc};
+use iommu::{Gather, IommuError, Prot};
+use os_services::{DmaMemory, DmaRegion};
+
+use crate::regs::{Cap, Ecap};
+use crate::unit::{DomainTable, Environment, TableFormat};
+
+/// Output (physical) address bits the unit's tables may name; QEMU's q35
+/// reports a 48-bit host address width in the DMAR.
+const OUTPUT_BITS: u32 = 48;
+
+/// Table pages from the unit's [`DmaMemory`], cleaned through the unit's
+/// cache hook when walks do not snoop.
+pub struct DmaTableAlloc<'a> {
+    dma: &'a (dyn DmaMemory + Sync),
+    clean: fn(*const u8, usize),
+}
+
+// SAFETY: pages come zeroed, naturally aligned (the alignment asked for is
+// their size) and exclusively owned from `DmaMemory::alloc`; `phys_to_virt`
+// is the memory service's own translation; `clean_for_device` writes the
+// lines back through the kernel's hook.
+unsafe impl TableAlloc for DmaTableAlloc<'_> {
+    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+        self.dma.alloc(bytes, bytes).map(|region| region.phys)
+    }
+
+    unsafe fn free_table(&mut self, phys: u64, bytes: usize) {
+        self.dma.free(DmaRegion {
+            phys,
+            virt: self.dma.phys_to_virt(phys),
+            len: bytes,
+        });
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
+        // Table pages are mapped memory the service handed out: never null.
+        NonNull::new(self.dma.phys_to_virt(phys)).unwrap_or(NonNull::dangling())
+    }
+
+    fn clean_for_device(&self, virt: NonNull<u8>, bytes: usize) {
+        (self.clean)(virt.as_ptr(), bytes)
+    }
+}
+
+/// A domain's `io-page-table` table and the table pages its unmaps unlinked,
+/// held until the invalidation that covers them has completed.
+struct IoTable<T> {
+    table: T,
+    unlinked: Vec<FreedTables>,
+}
+
+fn table_prot(prot: Prot) -> io_page_table::Prot {
+    let mut out = io_page_table::Prot::empty();
+    if prot.read {
+        out |= io_page_table::Prot::READ;
+    }
+    if prot.write {
+        out |= io_page_table::Prot::WRITE;
+    }
+    out
+}
+
+impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
+    fn root(&self) -> u64 {
+        self.table.root_phys()
+    }
+
+    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError> {
+        self.table
+            .map(iova, phys, len, table_prot(prot))
+            .map_err(|err| match err {
+                MapError::NoMemory => IommuError::NoMemory,
+                _ => IommuError::Invalid,
+            })
+    }
+
+    fn unmap(&mut self, iova: u64, len: u64) -> Gather {
+        match self.table.unmap(iova, len) {
+            Ok(unmapped) => {
+                self.unlinked.push(unmapped.freed);
+                unmapped.gather
+            }
+            // A range that splits a leaf or is malformed changes nothing.
+            Err(_) => Gather::default(),
+        }
+    }
+
+    fn release_unlinked(&mut self) {
+        for freed in self.unlinked.drain(..) {
+            self.table.release(freed);
+        }
+    }
+}
+
+/// A new, empty table of `format` for a unit with `cap`/`ecap`.
+pub fn new_table<'a>(
+    format: TableFormat,
+    cap: Cap,
+    ecap: Ecap,
+    env: &Environment<'a>,
+) -> Result<Box<dyn DomainTable + 'a>, IommuError> {
+    let alloc = DmaTableAlloc {
+        dma: env.dma,
+        clean: env.flush_cache,
+    };
+    let coherence = if ecap.coherent() {
+        Coherence::Coherent
+    } else {
+        Coherence::NonCoherent
+    };
+    Ok(match format {
+        TableFormat::SecondStage { levels } => {
+            let format = VtdSecondStage::new(VtdSsConfig {
+                levels: u32::from(levels),
+                sllps: cap.second_stage_large_pages(),
+                snoop: false,
+                output_bits: OUTPUT_BITS,
+            })
+            .map_err(|_| IommuError::Unsupported)?;
+            let table =
+                PageTable::new(format, alloc, coherence).map_err(|_| IommuError::NoMemory)?;
+            Box::new(IoTable {
+                table,
+                unlinked: Vec::new(),
+            })
+        }
+        TableFormat::FirstStage => {
+            let format = X86_64::new(X86Config {
+                levels: 4,
+                // QEMU treats every DMA as a user access (fault 0x81 otherwise).
+                user: true,
+                nx: false,
+                leaf_1g: cap.first_stage_1g_pages(),
+                output_bits: OUTPUT_BITS,
+            })
+            .map_err(|_| IommuError::Unsupported)?;
+            let table =
+                PageTable::new(format, alloc, coherence).map_err(|_| IommuError::NoMemory)?;
+            Box::new(IoTable {
+                table,
+                unlinked: Vec::new(),
+            })
+        }
+    })
+}

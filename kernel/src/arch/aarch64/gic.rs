@@ -1,0 +1,161 @@
+//! The GICv2 distributor and CPU interface (Arm GIC Architecture Specification
+//! v2, IHI 0048B, §4.3 and §4.4) and the GICv2m MSI frame (Arm Server Base
+//! System Architecture, GICv2m appendix): an MSI is a write of the SPI number
+//! to the frame's MSI_SETSPI_NS register.
+
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, Ordering};
+
+use os_services::mmio::{Mmio, Reg32};
+
+/// IHI 0048B §4.3 distributor registers.
+const GICD_CTLR: Reg32 = Reg32(0x000);
+const GICD_ISENABLER: usize = 0x100;
+const GICD_ICENABLER: usize = 0x180;
+const GICD_IPRIORITYR: usize = 0x400;
+const GICD_ITARGETSR: usize = 0x800;
+const GICD_ICFGR: usize = 0xC00;
+const GICD_CTLR_ENABLE: u32 = 1;
+const DISTRIBUTOR_SIZE: usize = 0x1000;
+
+/// IHI 0048B §4.4 CPU interface registers.
+const GICC_CTLR: Reg32 = Reg32(0x000);
+const GICC_PMR: Reg32 = Reg32(0x004);
+const GICC_IAR: Reg32 = Reg32(0x00C);
+const GICC_EOIR: Reg32 = Reg32(0x010);
+const GICC_CTLR_ENABLE: u32 = 1;
+const CPU_INTERFACE_SIZE: usize = 0x2000;
+/// Let every priority through.
+const PRIORITY_MASK_ALL: u32 = 0xFF;
+const DEFAULT_PRIORITY: u32 = 0xA0;
+const CPU0_TARGET: u32 = 0x01;
+/// GICC_IAR interrupt ID field and the "no pending interrupt" ID.
+const IAR_INTERRUPT_ID_MASK: u32 = 0x3FF;
+const SPURIOUS_INTID: u32 = 1023;
+
+/// GICv2m MSI frame registers.
+const V2M_MSI_TYPER: Reg32 = Reg32(0x008);
+const V2M_MSI_SETSPI_NS: u64 = 0x040;
+const V2M_FRAME_SIZE: usize = 0x1000;
+const V2M_TYPER_BASE_SHIFT: u32 = 16;
+const V2M_TYPER_FIELD_MASK: u32 = 0x3FF;
+
+struct Gic {
+    distributor: Mmio,
+    cpu: Mmio,
+    v2m: Option<(u64, Mmio)>,
+}
+
+// SAFETY: one CPU; registers are accessed by single volatile operations, and
+// read-modify-write sequences run with interrupts masked by the callers
+// (kernel code runs with IRQs masked only inside handlers; configuration
+// happens from thread context before the interrupt is enabled).
+unsafe impl Sync for Gic {}
+// SAFETY: as above.
+unsafe impl Send for Gic {}
+
+static GIC: spin::Once<Gic> = spin::Once::new();
+static NEXT_MSI_SPI: AtomicU32 = AtomicU32::new(0);
+
+/// # Safety of the mappings
+/// The boot map covers 0-1 GiB as Device memory, where QEMU `virt` puts the
+/// GIC (0x0800_0000..) and the v2m frame.
+fn map(base: u64, size: usize) -> Mmio {
+    let base = NonNull::new(base as *mut u8).expect("GIC register block at 0");
+    // SAFETY: see the function comment.
+    unsafe { Mmio::new(base, size) }
+}
+
+pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
+    let gic = GIC.call_once(|| Gic {
+        distributor: map(distributor, DISTRIBUTOR_SIZE),
+        cpu: map(cpu_interface, CPU_INTERFACE_SIZE),
+        v2m: v2m_frame.map(|base| (base, map(base, V2M_FRAME_SIZE))),
+    });
+    if let Some((_, frame)) = &gic.v2m {
+        let typer = frame.read32(V2M_MSI_TYPER);
+        NEXT_MSI_SPI.store(
+            (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK,
+            Ordering::Relaxed,
+        );
+    }
+    gic.distributor.write32(GICD_CTLR, GICD_CTLR_ENABLE);
+    gic.cpu.write32(GICC_PMR, PRIORITY_MASK_ALL);
+    gic.cpu.write32(GICC_CTLR, GICC_CTLR_ENABLE);
+    // SAFETY: unmasking IRQs: the vectors and the GIC are set up.
+    unsafe { core::arch::asm!("msr daifclr, #2") };
+}
+
+/// The interrupt controller is absent when the device tree described none
+/// this kernel drives (e.g. a GICv3): interrupt users then get an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoInterruptController;
+
+fn gic() -> Result<&'static Gic, NoInterruptController> {
+    GIC.get().ok_or(NoInterruptController)
+}
+
+fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
+    let reg = Reg32(array_base + (intid as usize & !3));
+    let shift = (intid % 4) * 8;
+    let old = regs.read32(reg);
+    regs.write32(reg, (old & !(0xFF << shift)) | (value << shift));
+}
+
+/// Configures SPI `intid` (edge or level), routes it to CPU 0 and enables it.
+pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
+    let distributor = &gic()?.distributor;
+    set_byte_field(distributor, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
+    set_byte_field(distributor, GICD_ITARGETSR, intid, CPU0_TARGET);
+    // GICD_ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.
+    let config = Reg32(GICD_ICFGR + (intid as usize / 16) * 4);
+    let edge_bit = 1 << ((intid % 16) * 2 + 1);
+    let old = distributor.read32(config);
+    distributor.write32(
+        config,
+        if edge {
+            old | edge_bit
+        } else {
+            old & !edge_bit
+        },
+    );
+    distributor.write32(
+        Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
+        1 << (intid % 32),
+    );
+    Ok(())
+}
+
+pub fn disable(intid: u32) {
+    let Ok(gic) = gic() else { return };
+    gic.distributor.write32(
+        Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
+        1 << (intid % 32),
+    );
+}
+
+/// Takes the next SPI of the v2m frame: returns (doorbell address, data, INTID).
+pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
+    let (base, frame) = gic().ok()?.v2m.as_ref()?;
+    let typer = frame.read32(V2M_MSI_TYPER);
+    let first = (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK;
+    let count = typer & V2M_TYPER_FIELD_MASK;
+    let spi = NEXT_MSI_SPI.fetch_add(1, Ordering::Relaxed);
+    if spi >= first + count {
+        return None;
+    }
+    Some((base + V2M_MSI_SETSPI_NS, spi, spi))
+}
+
+/// Handles one pending interrupt (called from the IRQ vector).
+pub fn handle_irq() {
+    let Ok(gic) = gic() else { return };
+    let cpu = &gic.cpu;
+    let iar = cpu.read32(GICC_IAR);
+    let intid = iar & IAR_INTERRUPT_ID_MASK;
+    if intid == SPURIOUS_INTID {
+        return;
+    }
+    crate::irq::handle(intid);
+    cpu.write32(GICC_EOIR, iar);
+}

@@ -1,0 +1,109 @@
+//! aarch64 (`virt`): device-tree hand-off, PL011 console, exception vectors,
+//! generic-timer clock, exit through semihosting.
+
+mod exceptions;
+pub mod gic;
+mod pl011;
+pub mod user;
+
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
+
+use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
+
+pub use exceptions::{
+    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+};
+pub use pl011::Pl011 as Serial;
+
+pub const ARCH_NAME: &str = "aarch64";
+
+/// QEMU `virt` puts UART0 here (hw/arm/virt.c `VIRT_UART`). The console
+/// starts on it before the device tree is read, like Linux's earlycon, so that
+/// a failure to parse the device tree is still reported.
+const EARLY_UART_BASE: usize = 0x0900_0000;
+/// QEMU's ELF boot leaves x0 = 0 and the DTB at the RAM base (QEMU-NOTES §5).
+const DTB_AT_RAM_BASE: u64 = 0x4000_0000;
+
+/// Called by `boot`'s entry code at EL1 with the MMU on.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_entry(dtb: u64) -> ! {
+    // SAFETY: the boot identity map covers the UART as Device memory and
+    // nothing else drives it.
+    crate::console::init(unsafe { Serial::new(EARLY_UART_BASE) });
+    exceptions::init();
+    crate::memory::init_heap();
+    let dtb_addr = if dtb != 0 { dtb } else { DTB_AT_RAM_BASE };
+    let boot = boot_info_from_device_tree(dtb_addr);
+    crate::kernel_main(boot)
+}
+
+fn boot_info_from_device_tree(dtb_addr: u64) -> BootInfo {
+    // SAFETY: the DTB header lies in identity-mapped RAM (the boot map covers
+    // 1-4 GiB); only its 40-byte header is read here.
+    let header = unsafe {
+        core::slice::from_raw_parts(dtb_addr as *const u8, firmware::devicetree::FDT_HEADER_SIZE)
+    };
+    let size = firmware::devicetree::dtb_size_of(header).expect("no device tree at the RAM base");
+    // SAFETY: the header says the blob is `size` bytes long; it stays in
+    // place forever because its range is reserved below.
+    let dtb: &'static [u8] = unsafe { core::slice::from_raw_parts(dtb_addr as *const u8, size) };
+    let platform = firmware::devicetree::Platform::parse(dtb).expect("malformed device tree");
+
+    let mut ram = heapless::Vec::new();
+    for region in &platform.memory {
+        let _ = ram.push(MemoryRegion {
+            base: region.base,
+            size: region.size,
+        });
+    }
+    let mut reserved = heapless::Vec::new();
+    let _ = reserved.push(MemoryRegion {
+        base: dtb_addr,
+        size: size as u64,
+    });
+    for reservation in &platform.reserved {
+        let region = reservation.region;
+        let _ = reserved.push(MemoryRegion {
+            base: region.base,
+            size: region.size,
+        });
+    }
+    let cmdline = CMDLINE.call_once(|| platform.bootargs.clone().unwrap_or_default());
+    BootInfo {
+        ram,
+        reserved,
+        cmdline: cmdline.as_str(),
+        firmware: FirmwareTables::DeviceTree { dtb },
+    }
+}
+
+static CMDLINE: spin::Once<alloc::string::String> = spin::Once::new();
+
+/// Nanoseconds from the generic timer's physical count.
+pub fn now_ns() -> u64 {
+    let hz = CNTFRQ_EL0.get().max(1);
+    (u128::from(CNTPCT_EL0.get()) * 1_000_000_000 / u128::from(hz)) as u64
+}
+
+/// Arm semihosting (IHI 0073) SYS_EXIT with the extended AArch64 parameter
+/// block; QEMU needs `-semihosting` and exits with the given status.
+const SEMIHOSTING_SYS_EXIT: u32 = 0x18;
+const ADP_STOPPED_APPLICATION_EXIT: u64 = 0x20026;
+
+pub fn exit(code: crate::arch::ExitCode) -> ! {
+    let status: u64 = match code {
+        crate::arch::ExitCode::Success => 0,
+        crate::arch::ExitCode::Failure => 1,
+        crate::arch::ExitCode::Panic => 2,
+    };
+    let block = [ADP_STOPPED_APPLICATION_EXIT, status];
+    // SAFETY: the semihosting call reads the two-word block and ends the VM;
+    // without `-semihosting` it is an undefined instruction (the host's
+    // timeout then ends the run).
+    unsafe {
+        core::arch::asm!("hlt #0xf000", in("w0") SEMIHOSTING_SYS_EXIT, in("x1") block.as_ptr(), options(nostack));
+    }
+    loop {
+        aarch64_cpu::asm::wfe();
+    }
+}

@@ -1,0 +1,97 @@
+//! The local APIC (xAPIC, Intel SDM Vol. 3A §11) and MSI message composition.
+//! The legacy 8259 PICs are masked: every interrupt the kernel uses is an MSI
+//! (edu, the VT-d fault event, AMD-Vi's own MSI).
+
+use core::ptr::NonNull;
+
+use os_services::mmio::{Mmio, Reg32};
+use x86_64::instructions::port::Port;
+
+/// IA32_APIC_BASE MSR (SDM Vol. 3A §11.4.4): base address in bits 12..51.
+const IA32_APIC_BASE: u32 = 0x1B;
+const APIC_BASE_ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+const APIC_REGISTER_BLOCK: usize = 0x1000;
+/// Local APIC registers (SDM Vol. 3A Table 11-1).
+const LAPIC_ID: Reg32 = Reg32(0x020);
+const LAPIC_TPR: Reg32 = Reg32(0x080);
+const LAPIC_EOI: Reg32 = Reg32(0x0B0);
+const LAPIC_SVR: Reg32 = Reg32(0x0F0);
+/// SVR bit 8: APIC software enable.
+const SVR_APIC_ENABLE: u32 = 1 << 8;
+pub const SPURIOUS_VECTOR: u8 = 0xFF;
+const LAPIC_ID_SHIFT: u32 = 24;
+
+/// MSI address format (SDM Vol. 3A §11.11.1): 0xFEEx_xxxx with the
+/// destination APIC ID in bits 19:12; data bits 7:0 carry the vector, with
+/// fixed delivery and edge trigger when the upper bits are zero.
+const MSI_ADDRESS_BASE: u64 = 0xFEE0_0000;
+const MSI_DESTINATION_SHIFT: u64 = 12;
+
+/// 8259A command/data ports; 0xFF masks all lines.
+const PIC1_DATA: u16 = 0x21;
+const PIC2_DATA: u16 = 0xA1;
+
+struct Lapic(Mmio);
+
+// SAFETY: the local APIC is per-CPU and the kernel runs on one CPU; its
+// registers are accessed with single 32-bit volatile operations.
+unsafe impl Sync for Lapic {}
+// SAFETY: as above.
+unsafe impl Send for Lapic {}
+
+static LAPIC: spin::Once<Lapic> = spin::Once::new();
+
+pub(super) fn lapic() -> &'static Mmio {
+    &LAPIC
+        .get()
+        .expect("local APIC used before interrupts::init")
+        .0
+}
+
+pub fn init() {
+    // SAFETY: masking the legacy PICs only stops their (unused) interrupts.
+    unsafe {
+        Port::<u8>::new(PIC1_DATA).write(0xFF);
+        Port::<u8>::new(PIC2_DATA).write(0xFF);
+    }
+    // SAFETY: reading IA32_APIC_BASE has no side effects.
+    let base = unsafe { x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read() }
+        & APIC_BASE_ADDRESS_MASK;
+    let lapic = LAPIC.call_once(|| {
+        // SAFETY: the APIC page (0xFEE0_0000 on q35) lies in the identity map's
+        // uncached part and is used only through this Mmio.
+        Lapic(unsafe {
+            Mmio::new(
+                NonNull::new(base as *mut u8).expect("APIC base 0"),
+                APIC_REGISTER_BLOCK,
+            )
+        })
+    });
+    let lapic = &lapic.0;
+    lapic.write32(LAPIC_TPR, 0);
+    lapic.write32(LAPIC_SVR, SVR_APIC_ENABLE | u32::from(SPURIOUS_VECTOR));
+    x86_64::instructions::interrupts::enable();
+}
+
+/// Called from the interrupt stubs for vectors 32..=255.
+pub fn dispatch(vector: u8) {
+    if vector == SPURIOUS_VECTOR {
+        // Spurious interrupts must not be acknowledged (SDM §11.9).
+        return;
+    }
+    crate::irq::handle(u32::from(vector));
+    lapic().write32(LAPIC_EOI, 0);
+}
+
+/// The MSI (address, data) that delivers `vector` to this CPU.
+pub fn msi_message(vector: u8) -> (u64, u32) {
+    let apic_id = u64::from(lapic().read32(LAPIC_ID) >> LAPIC_ID_SHIFT);
+    (
+        MSI_ADDRESS_BASE | (apic_id << MSI_DESTINATION_SHIFT),
+        u32::from(vector),
+    )
+}
+
+/// Interrupt numbers the kernel may hand out: above the exceptions, below
+/// the spurious vector.
+pub const ALLOCATABLE: core::ops::Range<u32> = 0x30..0xF0;

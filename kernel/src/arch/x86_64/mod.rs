@@ -1,0 +1,120 @@
+//! x86_64 (q35): PVH hand-off, COM1 console, IDT, TSC clock, exit through
+//! ACPI S5 (status 0) or isa-debug-exit (non-zero).
+
+mod exceptions;
+mod exit;
+mod gdt;
+pub mod interrupts;
+mod time;
+pub mod user;
+
+use core::sync::atomic::{AtomicU16, Ordering};
+
+use boot::pvh::{MEMMAP_TYPE_RAM, MemmapEntry, START_INFO_MAGIC, StartInfo};
+
+use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
+
+pub use exceptions::{
+    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+};
+pub use exit::exit;
+pub use time::now_ns;
+
+/// The console: COM1, a 16550 at I/O port 0x3F8.
+pub type Serial = uart_16550::Uart16550Tty<uart_16550::backend::PioBackend>;
+const COM1: u16 = 0x3F8;
+
+/// Name printed in reports.
+pub const ARCH_NAME: &str = "x86_64";
+
+/// ACPI fixed-hardware ports the FADT tells us (defaults: q35 with SeaBIOS,
+/// PM base 0x600). Set by platform discovery before they are needed.
+static PM1A_CONTROL_PORT: AtomicU16 = AtomicU16::new(0x604);
+static PM_TIMER_PORT: AtomicU16 = AtomicU16::new(0x608);
+
+/// Records the ACPI PM1a control and PM timer ports from the FADT.
+pub fn set_acpi_ports(pm1a_control: Option<u16>, pm_timer: Option<u16>) {
+    if let Some(port) = pm1a_control {
+        PM1A_CONTROL_PORT.store(port, Ordering::Relaxed);
+    }
+    if let Some(port) = pm_timer {
+        PM_TIMER_PORT.store(port, Ordering::Relaxed);
+    }
+}
+
+/// Storage for the command line: the PVH copy lives in low memory that the
+/// kernel may reuse.
+static CMDLINE: spin::Once<heapless::String<1024>> = spin::Once::new();
+
+/// Called by `boot`'s PVH entry code in long mode with the start_info address.
+#[unsafe(no_mangle)]
+extern "C" fn kernel_entry(start_info: u64) -> ! {
+    // SAFETY: COM1 exists on q35 and nothing else drives it.
+    let serial = unsafe { Serial::new_port(COM1, uart_16550::Config::default()) };
+    if let Ok(serial) = serial {
+        crate::console::init(serial);
+    }
+    gdt::init();
+    exceptions::init();
+    crate::memory::init_heap();
+    let boot = boot_info_from_pvh(start_info);
+    crate::kernel_main(boot)
+}
+
+fn boot_info_from_pvh(start_info_phys: u64) -> BootInfo {
+    // SAFETY: the PVH loader passes the physical address of a valid
+    // hvm_start_info; the low 4 GiB are identity-mapped and nothing has
+    // been allocated over it yet.
+    let start_info = unsafe { core::ptr::read_unaligned(start_info_phys as *const StartInfo) };
+    assert_eq!(start_info.magic, START_INFO_MAGIC, "not booted through PVH");
+    assert!(
+        start_info.version >= 1,
+        "PVH start_info version 0 has no memory map"
+    );
+
+    let mut ram = heapless::Vec::new();
+    for index in 0..start_info.memmap_entries as usize {
+        let entry_addr =
+            start_info.memmap_paddr + (index * core::mem::size_of::<MemmapEntry>()) as u64;
+        // SAFETY: memmap_entries entries follow memmap_paddr (PVH protocol).
+        let entry = unsafe { core::ptr::read_unaligned(entry_addr as *const MemmapEntry) };
+        if entry.kind == MEMMAP_TYPE_RAM
+            && ram
+                .push(MemoryRegion {
+                    base: entry.addr,
+                    size: entry.size,
+                })
+                .is_err()
+        {
+            println!(
+                "boot: more than {} RAM ranges; ignoring the rest",
+                ram.capacity()
+            );
+        }
+    }
+
+    let cmdline = CMDLINE.call_once(|| {
+        let mut text = heapless::String::new();
+        if start_info.cmdline_paddr != 0 {
+            // SAFETY: the loader stores a NUL-terminated string there.
+            let raw = unsafe {
+                core::ffi::CStr::from_ptr(start_info.cmdline_paddr as *const core::ffi::c_char)
+            };
+            for ch in raw.to_str().unwrap_or("").chars() {
+                if text.push(ch).is_err() {
+                    break;
+                }
+            }
+        }
+        text
+    });
+
+    BootInfo {
+        ram,
+        reserved: heapless::Vec::new(),
+        cmdline: cmdline.as_str(),
+        firmware: FirmwareTables::Acpi {
+            rsdp: start_info.rsdp_paddr,
+        },
+    }
+}

@@ -1,0 +1,86 @@
+//! Bench mode (`-append bench`): counters measured inside QEMU, printed as
+//! `bench NAME VALUE UNIT` lines that `cargo xtask bench` collects. Timing
+//! under TCG says little about hardware; counts (commands, descriptors, MMIO
+//! writes per operation) are the figures that carry over.
+
+use crate::memory::frames;
+use crate::platform::Platform;
+
+/// One counter group: runs and reports its figures.
+pub struct Bench {
+    pub name: &'static str,
+    pub run: fn(&Platform),
+}
+
+/// Prints one figure in the format the host collects.
+pub fn report(name: &str, value: f64, unit: &str) {
+    println!("bench {name} {value:.1} {unit}");
+}
+
+/// Every bench group, in the order they run.
+pub static ALL: &[Bench] = &[
+    Bench {
+        name: "frames",
+        run: frames_alloc_free,
+    },
+    Bench {
+        name: "edu",
+        run: edu_dma_latency,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Bench {
+        name: "amdvi",
+        run: crate::iommu::amdvi::bench,
+    },
+    #[cfg(target_arch = "aarch64")]
+    Bench {
+        name: "smmuv3",
+        run: crate::iommu::smmuv3::bench,
+    },
+];
+
+/// Runs every group whose name contains `filter` (all without one).
+pub fn run_all(platform: &Platform, filter: Option<&str>) -> usize {
+    for bench in ALL
+        .iter()
+        .filter(|bench| filter.is_none_or(|filter| bench.name.contains(filter)))
+    {
+        (bench.run)(platform);
+    }
+    0
+}
+
+const FRAME_ROUNDS: u32 = 10_000;
+
+fn frames_alloc_free(_: &Platform) {
+    let start = crate::arch::now_ns();
+    for _ in 0..FRAME_ROUNDS {
+        if let Some(frame) = frames::alloc() {
+            frames::free(frame);
+        }
+    }
+    let elapsed = crate::arch::now_ns() - start;
+    report(
+        "frames::alloc_free_4k",
+        elapsed as f64 / f64::from(FRAME_ROUNDS),
+        "ns",
+    );
+}
+
+fn edu_dma_latency(platform: &Platform) {
+    let Some(device) = crate::devices::edus().next() else {
+        return;
+    };
+    let Ok(edu) = crate::devices::open_edu(platform, device) else {
+        return;
+    };
+    let Some(frame) = frames::alloc() else { return };
+    let start = crate::arch::now_ns();
+    let done = edu.dma(edu::Direction::ToDevice, frame.phys, 0, edu::BUFFER_SIZE);
+    let elapsed = crate::arch::now_ns() - start;
+    frames::free(frame);
+    if done.is_ok() {
+        // QEMU completes every edu transfer 100 ms of virtual time after it starts.
+        report("edu::dma_4k_to_device", elapsed as f64 / 1e6, "ms");
+    }
+}

@@ -1,0 +1,61 @@
+//! The kernel command line: `demo` (the default), `test` or `bench`, plus `key=value`
+//! options. QEMU passes it through `-append` (PVH cmdline on x86_64,
+//! `/chosen/bootargs` on aarch64).
+
+/// What the kernel does after boot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Demo,
+    Test,
+    /// Print `bench NAME VALUE UNIT` counters for `cargo xtask bench`.
+    Bench,
+}
+
+/// The parsed command line; borrowed strings point into the boot copy.
+#[derive(Clone, Copy, Debug)]
+pub struct Cmdline<'a> {
+    pub mode: Mode,
+    /// Only tests whose name contains this run.
+    pub filter: Option<&'a str>,
+    /// Seed for randomised tests (the fuzzer); printed so a run can be replayed.
+    pub seed: Option<u64>,
+    /// Crash on purpose after boot, to prove the crash path reports and fails.
+    pub crash: Option<Crash>,
+    /// User programs to run in demo mode, comma-separated (`tasks=hello,ping`).
+    pub tasks: Option<&'a str>,
+}
+
+/// A deliberate crash (`crash=panic` or `crash=fault`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Crash {
+    /// `panic!`: message and location, non-zero exit.
+    Panic,
+    /// A load from unmapped memory: the exception handler's report, then a panic.
+    Fault,
+}
+
+impl<'a> Cmdline<'a> {
+    pub fn parse(text: &'a str) -> Self {
+        let mut cmdline = Cmdline {
+            mode: Mode::Demo,
+            filter: None,
+            seed: None,
+            crash: None,
+            tasks: None,
+        };
+        for word in text.split_ascii_whitespace() {
+            match word.split_once('=') {
+                None if word == "test" => cmdline.mode = Mode::Test,
+                None if word == "demo" => cmdline.mode = Mode::Demo,
+                None if word == "bench" => cmdline.mode = Mode::Bench,
+                Some(("filter", value)) => cmdline.filter = Some(value),
+                Some(("seed", value)) => cmdline.seed = value.parse().ok(),
+                Some(("tasks", value)) => cmdline.tasks = Some(value),
+                Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
+                Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
+                _ => println!("cmdline: ignoring unknown word {word:?}"),
+            }
+        }
+        cmdline
+    }
+}

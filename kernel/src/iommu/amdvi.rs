@@ -1,0 +1,223 @@
+//! AMD-Vi on this machine: finds the IOMMU in the ACPI IVRS, brings it up once (every
+//! requester blocked) and hands it out behind a lock. Policy only; the hardware
+//! access lives in the `amdvi` crate.
+
+use alloc::format;
+use alloc::string::String;
+use core::ptr::NonNull;
+
+use ::iommu::{DeviceId, DomainKind, IommuUnit, Prot, UnitId};
+use amdvi::regs::{self, CapabilityHeader};
+use amdvi::{AmdVi, Counters, DiscoveryError, UnitError};
+use os_services::mmio::Mmio;
+use pci::{Bdf, ConfigSpace};
+
+use crate::platform::{Firmware, Platform};
+
+/// Why this machine has no usable AMD-Vi unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Absent {
+    /// No IVRS: not an AMD-Vi machine (e.g. the VT-d configurations).
+    NoIvrs,
+    /// The IVRS is there but unusable.
+    Discovery(DiscoveryError),
+    /// The IOMMU's PCI function does not carry the IOMMU capability (§3.2.1).
+    NoCapability,
+    /// Bring-up failed.
+    BringUp(UnitError),
+}
+
+static UNIT: spin::Once<Result<spin::Mutex<AmdVi>, Absent>> = spin::Once::new();
+
+/// The machine's first AMD-Vi unit, brought up on first use.
+pub fn unit(platform: &Platform) -> Result<&'static spin::Mutex<AmdVi>, Absent> {
+    UNIT.call_once(|| bring_up(platform).map(spin::Mutex::new))
+        .as_ref()
+        .map_err(|absent| *absent)
+}
+
+fn bring_up(platform: &Platform) -> Result<AmdVi, Absent> {
+    let Firmware::Acpi(info) = &platform.firmware;
+    let ivrs = info.ivrs.as_ref().ok_or(Absent::NoIvrs)?;
+    let description = amdvi::discovery::describe(ivrs)
+        .map_err(Absent::Discovery)?
+        .swap_remove(0);
+    let config = &platform.pci.ecam;
+    let bdf = Bdf::from_requester_id(description.iommu_device_id);
+    let capability = CapabilityHeader(config.read32(bdf, description.capability_offset));
+    if capability.cap_id() != CapabilityHeader::CAP_ID
+        || capability.cap_type() != CapabilityHeader::CAP_TYPE_IOMMU
+    {
+        return Err(Absent::NoCapability);
+    }
+    let base = NonNull::new(description.mmio_base as *mut u8)
+        .ok_or(Absent::Discovery(DiscoveryError::BadBase(0)))?;
+    // SAFETY: the IVHD names this 16 KiB block as the IOMMU's registers; the x86
+    // boot page tables map it uncached (identity, above 0xB000_0000), and only this
+    // unit touches it.
+    let regs = unsafe { Mmio::new(base, regs::MMIO_SIZE) };
+    AmdVi::new(
+        UnitId(0),
+        description,
+        regs,
+        capability,
+        &crate::memory::dma::DMA,
+        &crate::time::CLOCK,
+    )
+    .map_err(Absent::BringUp)
+}
+
+/// The AMD-Vi DeviceID of a PCI function (segment 0).
+pub fn device_id(bdf: Bdf) -> DeviceId {
+    DeviceId(u32::from(bdf.requester_id()))
+}
+
+/// Prints what the unit is and what its operations cost in commands.
+pub fn demo(platform: &Platform) {
+    match demo_lines(platform) {
+        Ok(lines) => {
+            for line in lines.lines() {
+                println!("{line}");
+            }
+        }
+        Err(why) => println!("amd-vi: {why}"),
+    }
+}
+
+/// Attach, map and unmap of 16 aligned pages (no DMA), with what each cost.
+pub fn command_figures(
+    unit: &mut AmdVi,
+    device: DeviceId,
+    domain: ::iommu::DomainHandle,
+) -> Result<alloc::vec::Vec<(&'static str, Counters)>, String> {
+    const IOVA: u64 = 0x10_0000;
+    const LEN: u64 = 16 * 4096;
+    // Backed by nothing the device will touch: no DMA happens here.
+    const PHYS: u64 = 0x100_0000;
+    let mut figures = alloc::vec::Vec::new();
+    let before = unit.counters();
+    unit.attach(device, domain)
+        .map_err(|err| format!("attach: {err:?}"))?;
+    figures.push(("attach", unit.counters().since(&before)));
+    let before = unit.counters();
+    let gather = unit
+        .map(
+            domain,
+            IOVA,
+            PHYS,
+            LEN,
+            Prot {
+                read: true,
+                write: true,
+            },
+        )
+        .map_err(|err| format!("map: {err:?}"))?;
+    unit.flush(domain, &gather)
+        .map_err(|err| format!("flush: {err:?}"))?;
+    figures.push((
+        if unit.np_cache() {
+            "map of 16 aligned pages (NpCache: flushed)"
+        } else {
+            "map of 16 aligned pages (no NpCache: nothing owed)"
+        },
+        unit.counters().since(&before),
+    ));
+    let before = unit.counters();
+    let gather = unit.unmap(domain, IOVA, LEN);
+    unit.flush(domain, &gather)
+        .map_err(|err| format!("flush: {err:?}"))?;
+    figures.push(("unmap of 16 aligned pages", unit.counters().since(&before)));
+    let before = unit.counters();
+    unit.detach(device);
+    figures.push(("detach", unit.counters().since(&before)));
+    Ok(figures)
+}
+
+/// The lines `demo` prints.
+pub fn demo_lines(platform: &Platform) -> Result<String, String> {
+    let unit = unit(platform).map_err(|absent| format!("no unit: {absent:?}"))?;
+    let mut unit = unit.lock();
+    let mut out = String::new();
+    let description = unit.description().clone();
+    out += &format!(
+        "amd-vi: registers at {:#x}, IOMMU function {}, {} requesters, EFR {:#x}, NpCache {}\n",
+        description.mmio_base,
+        Bdf::from_requester_id(description.iommu_device_id),
+        description.requesters.len(),
+        unit.extended_features().0,
+        unit.np_cache()
+    );
+    let event_log = unit
+        .probe_event_log()
+        .map_err(|err| format!("event-log probe: {err:?}"))?;
+    out += &format!(
+        "amd-vi: event log {} (probed with an illegal command)\n",
+        if event_log {
+            "records events"
+        } else {
+            "never written (QEMU 10.0.2)"
+        }
+    );
+    let edu = crate::devices::edus().next().ok_or("no edu")?;
+    let device = device_id(edu.function.bdf);
+    let domain = unit
+        .alloc_domain(DomainKind::Paging)
+        .map_err(|err| format!("{err:?}"))?;
+    let figures = command_figures(&mut unit, device, domain);
+    unit.detach(device);
+    let freed = unit.free_domain(domain);
+    let figures = figures?;
+    freed.map_err(|err| format!("free_domain: {err:?}"))?;
+    for (what, cost) in figures {
+        out += &format!(
+            "amd-vi: {what}: {} INVALIDATE_DEVTAB_ENTRY + {} INVALIDATE_IOMMU_PAGES + {} COMPLETION_WAIT = {} commands, {} tail write(s), {} MMIO write(s)\n",
+            cost.invalidate_devtab_entry,
+            cost.invalidate_iommu_pages,
+            cost.completion_waits,
+            cost.commands,
+            cost.tail_writes,
+            cost.mmio_writes
+        );
+    }
+    Ok(out)
+}
+
+/// Bench-mode figures (`bench NAME VALUE UNIT`): commands, tail writes and MMIO
+/// writes per attach, map, unmap and detach of 16 aligned pages. For
+/// `crate::bench::ALL` once registered there.
+pub fn bench(platform: &Platform) {
+    let Ok(unit) = unit(platform) else {
+        return;
+    };
+    let Some(edu) = crate::devices::edus().next() else {
+        return;
+    };
+    let mut unit = unit.lock();
+    let Ok(domain) = unit.alloc_domain(DomainKind::Paging) else {
+        return;
+    };
+    let figures = command_figures(&mut unit, device_id(edu.function.bdf), domain);
+    let _ = unit.free_domain(domain);
+    let Ok(figures) = figures else { return };
+    for (what, cost) in figures {
+        let name = match what.split(' ').next().unwrap_or(what) {
+            op @ ("map" | "unmap") => format!("amdvi::{op}_16_pages"),
+            op => format!("amdvi::{op}"),
+        };
+        crate::bench::report(
+            &format!("{name}_commands"),
+            cost.commands as f64,
+            "commands",
+        );
+        crate::bench::report(
+            &format!("{name}_tail_writes"),
+            cost.tail_writes as f64,
+            "writes",
+        );
+        crate::bench::report(
+            &format!("{name}_mmio_writes"),
+            cost.mmio_writes as f64,
+            "writes",
+        );
+    }
+}

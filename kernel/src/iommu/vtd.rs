@@ -1,0 +1,181 @@
+//! Kernel glue for Intel VT-d: finds the remapping units in the ACPI DMAR,
+//! brings one up with the kernel's services, and routes its fault event to
+//! a kernel vector. Policy (which device goes where) belongs to the callers.
+
+use alloc::format;
+use alloc::string::String;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+use ::iommu::UnitId;
+use os_services::mmio::Mmio;
+use vtd::discovery::{self, UnitDescription};
+use vtd::{Environment, Options, Registers, Vtd};
+
+use crate::platform::{Firmware, Platform};
+
+/// The unit's register block, owned by exactly one [`Unit`].
+pub struct UnitRegisters(Mmio);
+
+// SAFETY: the MMIO window is identity-mapped for the kernel's lifetime and
+// only the owning `Unit` (kept behind a lock by its users) touches it.
+unsafe impl Send for UnitRegisters {}
+
+impl Registers for UnitRegisters {
+    fn read32(&self, reg: os_services::mmio::Reg32) -> u32 {
+        self.0.read32(reg)
+    }
+    fn write32(&self, reg: os_services::mmio::Reg32, value: u32) {
+        self.0.write32(reg, value)
+    }
+    fn read64(&self, reg: os_services::mmio::Reg64) -> u64 {
+        self.0.read64(reg)
+    }
+    fn write64(&self, reg: os_services::mmio::Reg64, value: u64) {
+        self.0.write64(reg, value)
+    }
+}
+
+/// A brought-up VT-d unit.
+pub type Unit = Vtd<'static, UnitRegisters>;
+
+/// Writes back the cache lines of a table update: VT-d walks that do not
+/// snoop (ECAP.C = 0) read memory, not the CPU caches.
+fn flush_cache(start: *const u8, len: usize) {
+    const LINE: usize = 64;
+    let mut line = start as usize & !(LINE - 1);
+    while line < start as usize + len {
+        // SAFETY: clflush only writes back/evicts a line of mapped memory the
+        // driver just wrote; it has no other effect.
+        unsafe { core::arch::x86_64::_mm_clflush(line as *const u8) };
+        line += LINE;
+    }
+    // SAFETY: a store fence orders the flushes before the following MMIO write.
+    unsafe { core::arch::x86_64::_mm_sfence() };
+}
+
+fn environment() -> Environment<'static> {
+    Environment {
+        dma: &crate::memory::dma::DMA,
+        clock: &crate::time::CLOCK,
+        flush_cache,
+        // Paging domains get io-page-table tables in DMA frames.
+        new_table: None,
+    }
+}
+
+/// The remapping units the DMAR describes (empty without a DMAR).
+pub fn descriptions(platform: &Platform) -> Result<alloc::vec::Vec<UnitDescription>, String> {
+    let Firmware::Acpi(acpi) = &platform.firmware;
+    match &acpi.dmar {
+        None => Ok(alloc::vec::Vec::new()),
+        Some(dmar) => discovery::units(dmar).map_err(|err| format!("DMAR: {err:?}")),
+    }
+}
+
+/// Fault events delivered to the kernel since boot.
+static FAULT_EVENTS: AtomicUsize = AtomicUsize::new(0);
+
+fn note_fault_event() {
+    FAULT_EVENTS.fetch_add(1, Ordering::SeqCst);
+}
+
+pub fn fault_events() -> usize {
+    FAULT_EVENTS.load(Ordering::SeqCst)
+}
+
+/// The vector the fault event is routed to (allocated once).
+static FAULT_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
+
+/// Brings up the first unit with translation on and every device blocked,
+/// queued invalidation and interrupt remapping when offered, and its fault
+/// event on a kernel vector. `None` when the machine has no VT-d.
+pub fn bring_up(platform: &Platform) -> Result<Option<Unit>, String> {
+    bring_up_with(platform, Options::default())
+}
+
+/// [`bring_up`] with explicit options (e.g. register-based invalidation).
+pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Unit>, String> {
+    let Some(description) = descriptions(platform)?.into_iter().next() else {
+        return Ok(None);
+    };
+    let base = NonNull::new(description.register_base as *mut u8).ok_or("DRHD base 0")?;
+    // SAFETY: the DRHD register page is identity-mapped uncached (the low
+    // 4 GiB above 0xB000_0000 are) and this unit is its only user.
+    let mmio = unsafe { Mmio::new(base, description.register_size as usize) };
+    let mut unit = Vtd::new(
+        UnitId(0),
+        UnitRegisters(mmio),
+        environment(),
+        description,
+        options,
+    )
+    .map_err(|err| format!("VT-d bring-up: {err:?}"))?;
+    if let Some(vector) = *FAULT_VECTOR.call_once(|| crate::irq::alloc_vector(note_fault_event)) {
+        let (address, data) = crate::irq::msi_message(vector);
+        unit.enable_fault_interrupt(address, data);
+    }
+    Ok(Some(unit))
+}
+
+/// Prints what the driver costs per operation (the demo's VT-d figures):
+/// invalidation descriptors, wait descriptors and MMIO writes per map and
+/// per unmap of an aligned 2^k-page range in a paging domain.
+pub fn demo(platform: &Platform) {
+    use ::iommu::IommuUnit;
+    let mut unit = match bring_up(platform) {
+        Ok(Some(unit)) => unit,
+        Ok(None) => return println!("vtd: no DMAR remapping unit"),
+        Err(err) => return println!("vtd: {err}"),
+    };
+    let ::iommu::HwInfo::IntelVtd { cap, ecap } = unit.hw_info() else {
+        return;
+    };
+    println!(
+        "vtd: {:?} mode, CAP {cap:#018x} ECAP {ecap:#018x}, caching mode {}, {} invalidation",
+        unit.mode(),
+        unit.cap().caching_mode(),
+        if unit.uses_queued_invalidation() {
+            "queued"
+        } else {
+            "register"
+        }
+    );
+    let Ok(domain) = unit.alloc_domain(::iommu::DomainKind::Paging) else {
+        return println!("vtd: no paging domain");
+    };
+    let Some(frame) = crate::memory::frames::alloc() else {
+        return println!("vtd: no frame");
+    };
+    let prot = ::iommu::Prot {
+        read: true,
+        write: false,
+    };
+    for k in [0u32, 4, 9] {
+        let pages = 1u64 << k;
+        let iova = 0x4000_0000;
+        let before = unit.counters();
+        for page in 0..pages {
+            if let Ok(gather) = unit.map(domain, iova + page * 4096, frame.phys, 4096, prot) {
+                let _ = unit.flush(domain, &gather);
+            }
+        }
+        let map = unit.counters().since(&before);
+        let before = unit.counters();
+        let gather = unit.unmap(domain, iova, pages * 4096);
+        let flushed = unit.flush(domain, &gather);
+        let unmap = unit.counters().since(&before);
+        println!(
+            "vtd: 2^{k:<2} pages: per map {}/{}/{} (invalidations/waits/MMIO writes), unmap {}/{}/{} {:?}",
+            map.invalidations / pages,
+            map.waits / pages,
+            map.mmio_writes / pages,
+            unmap.invalidations,
+            unmap.waits,
+            unmap.mmio_writes,
+            flushed
+        );
+    }
+    let _ = unit.free_domain(domain);
+    crate::memory::frames::free(frame);
+}

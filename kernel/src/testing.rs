@@ -1,0 +1,103 @@
+//! The in-kernel test runner.
+//!
+//! Tests are plain functions registered in [`crate::tests::ALL`]. Each returns
+//! `Ok`, a failure with its reason, or "not applicable here" with the reason
+//! (for hardware that this configuration does not have: never counted as
+//! passed). Output follows libtest's shape so that the host can check it:
+//! `running N tests`, `test NAME ... ok|FAILED: why|ignored, not applicable: why`
+//! and a closing `N passed, M failed, K skipped`.
+
+use alloc::string::String;
+
+use crate::cmdline::Cmdline;
+use crate::platform::Platform;
+
+/// What one test concluded.
+pub enum Outcome {
+    Passed,
+    /// The configuration lacks the hardware the test is about.
+    #[cfg_attr(
+        target_arch = "x86_64",
+        allow(
+            dead_code,
+            reason = "only the aarch64 MSI test and the IOMMU groups report it"
+        )
+    )]
+    NotApplicable(&'static str),
+}
+
+/// A test's result: `Err` carries the failure reason.
+pub type TestResult = Result<Outcome, String>;
+
+/// A registered test.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(&Platform) -> TestResult,
+}
+
+/// Fails the current test with a formatted reason when the condition is false.
+macro_rules! ensure {
+    ($cond:expr, $($reason:tt)*) => {
+        if !$cond {
+            return Err(alloc::format!($($reason)*));
+        }
+    };
+}
+
+/// Fails the current test unless both sides are equal, showing both.
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $what:expr) => {{
+        let (left, right) = (&$left, &$right);
+        if left != right {
+            return Err(alloc::format!("{}: {:?} != {:?}", $what, left, right));
+        }
+    }};
+}
+
+/// The test running now, for the panic report.
+static RUNNING: spin::Mutex<Option<&'static str>> = spin::Mutex::new(None);
+
+/// The name of the test running now, if any (read by the panic handler).
+pub fn running_test() -> Option<&'static str> {
+    RUNNING.try_lock().and_then(|running| *running)
+}
+
+/// Runs every test the filter selects; returns the number that failed.
+pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> usize {
+    let selected = || {
+        groups
+            .iter()
+            .flat_map(|group| group.iter())
+            .filter(move |test| {
+                cmdline
+                    .filter
+                    .is_none_or(|filter| test.name.contains(filter))
+            })
+    };
+    println!("running {} tests", selected().count());
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for test in selected() {
+        // The verdict line is printed whole after the test, so that anything
+        // the test prints lands above it instead of splitting it; a panic
+        // names the running test instead.
+        *RUNNING.lock() = Some(test.name);
+        let result = (test.run)(platform);
+        *RUNNING.lock() = None;
+        match result {
+            Ok(Outcome::Passed) => {
+                passed += 1;
+                println!("test {} ... ok", test.name);
+            }
+            Ok(Outcome::NotApplicable(why)) => {
+                skipped += 1;
+                println!("test {} ... ignored, not applicable: {why}", test.name);
+            }
+            Err(why) => {
+                failed += 1;
+                println!("test {} ... FAILED: {why}", test.name);
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed, {skipped} skipped");
+    failed
+}

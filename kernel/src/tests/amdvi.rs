@@ -1,0 +1,986 @@
+//! AMD-Vi in QEMU (configuration `amdvi`: q35 + `amd-iommu,pt=off`, two edu devices).
+//! On machines without an IVRS every test reports "not applicable".
+
+use alloc::format;
+use alloc::vec::Vec;
+use core::time::Duration;
+
+use ::iommu::{
+    Access, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuUnit, Prot, ReservedKind,
+};
+use alloc::string::String;
+use amdvi::AmdVi;
+use amdvi::irte;
+use amdvi::regs::{self};
+
+use crate::iommu::amdvi::{self as glue, Absent};
+use crate::memory::frames;
+use crate::platform::Platform;
+use crate::testing::{Outcome, Test, TestResult};
+
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "amdvi::unit_is_discovered_from_the_ivrs",
+        run: unit_is_discovered_from_the_ivrs,
+    },
+    Test {
+        name: "amdvi::bring_up_runs_the_command_buffer_and_event_log",
+        run: bring_up_runs_the_command_buffer_and_event_log,
+    },
+    Test {
+        name: "amdvi::unattached_device_dma_is_blocked",
+        run: unattached_device_dma_is_blocked,
+    },
+    Test {
+        name: "amdvi::blocked_domain_attach_and_detach_keep_dma_blocked",
+        run: blocked_domain_attach_and_detach_keep_dma_blocked,
+    },
+    Test {
+        name: "amdvi::illegal_command_does_not_wedge_the_command_buffer",
+        run: illegal_command_does_not_wedge_the_command_buffer,
+    },
+    Test {
+        name: "amdvi::unmapped_dma_is_recorded_as_io_page_fault",
+        run: unmapped_dma_is_recorded_as_io_page_fault,
+    },
+    Test {
+        name: "amdvi::edu_msi_arrives_through_its_irte",
+        run: edu_msi_arrives_through_its_irte,
+    },
+    Test {
+        name: "amdvi::aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write",
+        run: aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write,
+    },
+    Test {
+        name: "amdvi::demo_reports_the_command_costs",
+        run: demo_reports_the_command_costs,
+    },
+    Test {
+        name: "amdvi::mapped_dma_lands_both_ways",
+        run: mapped_dma_lands_both_ways,
+    },
+    Test {
+        name: "amdvi::unmapped_iova_is_blocked",
+        run: unmapped_iova_is_blocked,
+    },
+    Test {
+        name: "amdvi::device_write_into_read_only_mapping_is_blocked",
+        run: device_write_into_read_only_mapping_is_blocked,
+    },
+    Test {
+        name: "amdvi::unmap_then_dma_is_blocked_only_after_the_flush",
+        run: unmap_then_dma_is_blocked_only_after_the_flush,
+    },
+    Test {
+        name: "amdvi::remap_sees_the_new_page",
+        run: remap_sees_the_new_page,
+    },
+    Test {
+        name: "amdvi::two_devices_are_isolated",
+        run: two_devices_are_isolated,
+    },
+    Test {
+        name: "amdvi::detach_blocks_dma",
+        run: detach_blocks_dma,
+    },
+    Test {
+        name: "amdvi::two_mib_mapping_carries_a_dma",
+        run: two_mib_mapping_carries_a_dma,
+    },
+    Test {
+        name: "amdvi::iova_above_4gib_works",
+        run: iova_above_4gib_works,
+    },
+    Test {
+        name: "amdvi::identity_domain_passes_dma_at_physical_addresses",
+        run: identity_domain_passes_dma_at_physical_addresses,
+    },
+];
+
+/// The unit, or the reason the test does not apply / failed to start.
+macro_rules! unit_or_skip {
+    ($platform:expr) => {
+        match glue::unit($platform) {
+            Ok(unit) => unit,
+            Err(Absent::NoIvrs) => {
+                return Ok(Outcome::NotApplicable("no AMD-Vi IVRS on this machine"))
+            }
+            Err(other) => return Err(format!("AMD-Vi unit unusable: {other:?}")),
+        }
+    };
+}
+
+fn edus() -> Vec<&'static crate::devices::PciDevice> {
+    crate::devices::edus().collect()
+}
+
+fn open(
+    platform: &Platform,
+    device: &crate::devices::PciDevice,
+) -> Result<edu::Edu<'static>, alloc::string::String> {
+    crate::devices::open_edu(platform, device).map_err(|err| format!("{err:?}"))
+}
+
+/// A frame filled with `byte`.
+fn filled_frame(byte: u8) -> Result<frames::Frames, &'static str> {
+    let frame = frames::alloc().ok_or("no frame")?;
+    // SAFETY: the frame was just allocated to the caller and is identity-mapped.
+    unsafe { core::ptr::write_bytes(frame.as_mut_ptr(), byte, frame.len()) };
+    Ok(frame)
+}
+
+/// True when every byte of `frame` still reads `byte` (volatile: a device may have
+/// written it).
+fn frame_holds(frame: &frames::Frames, byte: u8) -> bool {
+    // SAFETY: the frame belongs to the test; volatile reads of DMA-visible memory.
+    (0..frame.len()).all(|i| unsafe { core::ptr::read_volatile(frame.as_mut_ptr().add(i)) } == byte)
+}
+
+fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let unit = unit.lock();
+    let description = unit.description();
+    ensure_eq!(
+        description.mmio_base,
+        0xFED8_0000,
+        "register base from the IVHD"
+    );
+    for device in edus() {
+        let id = device.function.bdf.requester_id();
+        ensure!(
+            description.translates(id),
+            "IVHD does not list edu {} ({id:#x})",
+            device.function.bdf
+        );
+    }
+    // The live EFR matches the IVHD 11h image and is reported raw.
+    ensure_eq!(
+        Some(unit.extended_features().0),
+        description.efr_image,
+        "EFR register vs IVHD image"
+    );
+    match unit.hw_info() {
+        HwInfo::AmdVi { efr, .. } => ensure_eq!(efr, unit.extended_features().0, "hw_info EFR"),
+        other => return Err(format!("hw_info: {other:?}")),
+    }
+    let edu_id = glue::device_id(edus()[0].function.bdf);
+    let regions = unit.reserved_regions(edu_id);
+    ensure!(
+        regions
+            .iter()
+            .any(|r| r.kind == ReservedKind::Msi && r.range.start == 0xFEE0_0000),
+        "interrupt window not reserved: {regions:?}"
+    );
+    Ok(Outcome::Passed)
+}
+
+fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let mut unit = unit.lock();
+    // SAFETY: reading the status register the unit owns; reads have no side effects.
+    let status = {
+        let base = unit.description().mmio_base as *const u8;
+        unsafe { core::ptr::read_volatile(base.add(0x2020).cast::<u64>()) }
+    };
+    let status = regs::Status::from_bits_retain(status);
+    ensure!(
+        status.contains(regs::Status::CMD_BUF_RUN | regs::Status::EVENT_LOG_RUN),
+        "status {status:?}"
+    );
+    for device in edus() {
+        let dte = unit
+            .dte(device.function.bdf.requester_id())
+            .ok_or("edu outside the device table")?;
+        ensure!(
+            dte.blocks_dma(),
+            "edu {} DTE not blocked: {dte:x?}",
+            device.function.bdf
+        );
+        ensure_eq!(
+            dte.int_ctl(),
+            amdvi::dte::IntCtl::Abort as u8,
+            "IntCtl of an unattached edu"
+        );
+    }
+    // An empty batch is exactly one COMPLETION_WAIT and one tail write, and completes.
+    let before = unit.counters();
+    unit.run(&[])
+        .map_err(|err| format!("COMPLETION_WAIT: {err:?}"))?;
+    let cost = unit.counters().since(&before);
+    ensure_eq!(
+        (cost.commands, cost.completion_waits, cost.tail_writes),
+        (1, 1, 1),
+        "commands, waits, tail writes"
+    );
+    Ok(Outcome::Passed)
+}
+
+/// A device write to RAM from an unattached (blocked) edu leaves memory unchanged.
+fn dma_write_is_blocked(
+    platform: &Platform,
+    device: &crate::devices::PciDevice,
+) -> Result<bool, alloc::string::String> {
+    let edu = open(platform, device)?;
+    let target = filled_frame(0xA5)?;
+    let result = edu.dma(edu::Direction::ToRam, target.phys, 0, edu::BUFFER_SIZE);
+    let unchanged = frame_holds(&target, 0xA5);
+    frames::free(target);
+    result.map_err(|err| format!("edu DMA: {err:?}"))?;
+    Ok(unchanged)
+}
+
+fn unattached_device_dma_is_blocked(platform: &Platform) -> TestResult {
+    let _unit = unit_or_skip!(platform);
+    let free_before = frames::free_count();
+    for device in edus() {
+        ensure!(
+            dma_write_is_blocked(platform, device)?,
+            "edu {} wrote RAM through a blocked DTE",
+            device.function.bdf
+        );
+    }
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let free_before = frames::free_count();
+    let device = edus()[1];
+    let id = glue::device_id(device.function.bdf);
+    let domain = {
+        let mut unit = unit.lock();
+        let domain = unit
+            .alloc_domain(DomainKind::Blocked)
+            .map_err(|err| format!("{err:?}"))?;
+        let before = unit.counters();
+        unit.attach(id, domain)
+            .map_err(|err| format!("attach: {err:?}"))?;
+        let cost = unit.counters().since(&before);
+        ensure_eq!(
+            (
+                cost.invalidate_devtab_entry,
+                cost.completion_waits,
+                cost.tail_writes
+            ),
+            (1, 1, 1),
+            "attach: INVALIDATE_DEVTAB_ENTRY, COMPLETION_WAIT, tail writes"
+        );
+        ensure!(
+            unit.dte(id.0 as u16).is_some_and(|dte| dte.blocks_dma()),
+            "DTE not blocked after attaching to a blocked domain"
+        );
+        ensure_eq!(
+            unit.free_domain(domain),
+            Err(::iommu::IommuError::Busy),
+            "freeing an attached domain"
+        );
+        domain
+    };
+    ensure!(
+        dma_write_is_blocked(platform, device)?,
+        "DMA landed while attached to a blocked domain"
+    );
+    {
+        let mut unit = unit.lock();
+        let before = unit.counters();
+        unit.detach(id);
+        let cost = unit.counters().since(&before);
+        // The old domain's IOTLB entries go too (QEMU keys its IOTLB by requester).
+        ensure_eq!(
+            (
+                cost.invalidate_devtab_entry,
+                cost.invalidate_iommu_pages,
+                cost.completion_waits
+            ),
+            (1, 1, 1),
+            "detach: INVALIDATE_DEVTAB_ENTRY, INVALIDATE_IOMMU_PAGES, COMPLETION_WAIT"
+        );
+        unit.free_domain(domain)
+            .map_err(|err| format!("free: {err:?}"))?;
+    }
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let mut unit = unit.lock();
+    let before = unit.counters();
+    let logged = unit
+        .probe_event_log()
+        .map_err(|err| format!("illegal command probe: {err:?}"))?;
+    if logged {
+        // The error was surfaced as IllegalCommand (or a recovered timeout) and counted.
+        ensure!(
+            unit.counters().since(&before).command_errors >= 1,
+            "an illegal command the event log recorded was not counted as an error"
+        );
+    }
+    // Whatever the IOMMU did with it, the next batch completes.
+    for _ in 0..3 {
+        unit.run(&[amdvi::command::Command::invalidate_all()])
+            .map_err(|err| format!("command after the illegal one: {err:?}"))?;
+    }
+    Ok(Outcome::Passed)
+}
+
+fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let works = unit
+        .lock()
+        .probe_event_log()
+        .map_err(|err| format!("probe: {err:?}"))?;
+    if !works {
+        return Ok(Outcome::NotApplicable(
+            "this IOMMU never writes its event log (QEMU 10.0.2, QEMU-NOTES §2)",
+        ));
+    }
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let id = glue::device_id(device.function.bdf);
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        let mut records: Vec<FaultRecord> = Vec::new();
+        s.unit.lock().drain_faults(&mut records);
+        records.clear();
+        let victim = s.frame(0xA5)?;
+        dma_to_ram(&edu, victim.phys)?;
+        if !frame_holds(&victim, 0xA5) {
+            return Err("DMA to an unmapped IOVA landed".into());
+        }
+        s.unit.lock().drain_domain_faults(domain, &mut records);
+        let expected = records.iter().any(|r| {
+            r.requester == id
+                && r.access == Access::Write
+                && r.iova & !0xFFF == victim.phys
+                && r.reason == ::iommu::FaultReason::NotPresent
+        });
+        if !expected {
+            return Err(format!(
+                "no not-present write fault at {:#x} from {id:?} in the domain's queue: {records:?}",
+                victim.phys
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let device = glue::device_id(edus()[0].function.bdf);
+    let figures = {
+        let mut unit = unit.lock();
+        let domain = unit
+            .alloc_domain(DomainKind::Paging)
+            .map_err(|err| format!("{err:?}"))?;
+        let figures = glue::command_figures(&mut unit, device, domain);
+        let _ = unit.free_domain(domain);
+        figures?
+    };
+    let cost = |what: &str| {
+        figures
+            .iter()
+            .find(|(name, _)| name.starts_with(what))
+            .map(|(_, c)| {
+                (
+                    c.invalidate_devtab_entry,
+                    c.invalidate_iommu_pages,
+                    c.completion_waits,
+                    c.tail_writes,
+                )
+            })
+    };
+    ensure_eq!(cost("attach"), Some((1, 0, 1, 1)), "attach");
+    // QEMU's IOMMU advertises NpCache: a new mapping is invalidated like an unmap.
+    ensure_eq!(cost("map"), Some((0, 1, 1, 1)), "map with NpCache");
+    ensure_eq!(cost("unmap"), Some((0, 1, 1, 1)), "aligned 16-page unmap");
+    ensure_eq!(cost("detach"), Some((1, 1, 1, 1)), "detach");
+    let lines = glue::demo_lines(platform)?;
+    ensure!(
+        lines.contains("unmap of 16 aligned pages: 0 INVALIDATE_DEVTAB_ENTRY + 1 INVALIDATE_IOMMU_PAGES + 1 COMPLETION_WAIT = 2 commands, 1 tail write(s), 1 MMIO write(s)"),
+        "demo output: {lines}"
+    );
+    Ok(Outcome::Passed)
+}
+
+fn note_interrupt() {}
+
+fn edu_msi_arrives_through_its_irte(platform: &Platform) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let free_before = frames::free_count();
+    let device = edus()[0];
+    let id = device.function.bdf.requester_id();
+    let edu = open(platform, device)?;
+    let config = &platform.pci.ecam;
+    let msi = pci::Msi::find(config, device.function.bdf).ok_or("edu has no MSI capability")?;
+    let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
+    let irq = u32::from(vector);
+    let (compat_address, compat_data) = crate::irq::msi_message(vector);
+    let wait = Duration::from_millis(200);
+    let raise = |edu: &edu::Edu| {
+        let seen = crate::irq::count(irq);
+        edu.raise_interrupt(1);
+        let delivered = crate::irq::wait_for(irq, seen, wait);
+        edu.acknowledge_interrupt(1);
+        delivered
+    };
+
+    // Unattached: IntCtl=abort, so even a well-formed compatibility MSI is dropped.
+    msi.enable(config, compat_address, compat_data as u16);
+    let leaked = raise(&edu);
+
+    // Remapped: the device sends IRTE index 5; the IRTE names the vector.
+    const INDEX: u16 = 5;
+    let (address, data) = irte::remappable_msi(INDEX).ok_or("index")?;
+    let target = irte::target_of_compat_msi(compat_address, compat_data);
+    let setup = {
+        let mut unit = unit.lock();
+        let before = unit.counters();
+        let result = unit.remap_interrupt(id, INDEX, target);
+        (result, unit.counters().since(&before))
+    };
+    msi.enable(config, address, data as u16);
+    let remapped = setup.0.is_ok() && raise(&edu);
+
+    // RemapEn=0 on that IRTE: aborted again.
+    let disabled = unit.lock().disable_interrupt(id, INDEX);
+    let after_disable = raise(&edu);
+
+    msi.disable(config);
+    let blocked = unit.lock().block_interrupts(id);
+    crate::irq::free(irq);
+
+    ensure!(!leaked, "an MSI got through a DTE with IntCtl=abort");
+    setup.0.map_err(|err| format!("remap: {err:?}"))?;
+    ensure_eq!(
+        (
+            setup.1.invalidate_devtab_entry,
+            setup.1.invalidate_interrupt_table,
+            setup.1.completion_waits
+        ),
+        (1, 1, 1),
+        "remap: INVALIDATE_DEVTAB_ENTRY, INVALIDATE_INTERRUPT_TABLE, COMPLETION_WAIT"
+    );
+    ensure!(
+        remapped,
+        "no MSI on vector {vector:#x} through IRTE {INDEX}"
+    );
+    disabled.map_err(|err| format!("disable: {err:?}"))?;
+    ensure!(!after_disable, "an MSI got through an IRTE with RemapEn=0");
+    blocked.map_err(|err| format!("block: {err:?}"))?;
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+fn aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write(
+    platform: &Platform,
+) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let mut unit = unit.lock();
+    let domain = unit
+        .alloc_domain(DomainKind::Blocked)
+        .map_err(|err| format!("{err:?}"))?;
+    let mut result = Ok(Outcome::Passed);
+    for k in [0u32, 4, 9] {
+        let mut gather = Gather::default();
+        let base = 0x4000_0000u64;
+        for page in 0..(1u64 << k) {
+            gather.add_leaf(base + page * 4096, 4096);
+        }
+        let before = unit.counters();
+        if let Err(err) = unit.flush(domain, &gather) {
+            result = Err(format!("flush 2^{k} pages: {err:?}"));
+            break;
+        }
+        let cost = unit.counters().since(&before);
+        let got = (
+            cost.invalidate_iommu_pages,
+            cost.completion_waits,
+            cost.tail_writes,
+            cost.commands,
+            cost.mmio_writes,
+        );
+        if got != (1, 1, 1, 2, 1) {
+            result = Err(format!(
+                "2^{k}-page unmap: (INVALIDATE_IOMMU_PAGES, COMPLETION_WAIT, tail writes, commands, MMIO writes) = {got:?}"
+            ));
+            break;
+        }
+    }
+    let _ = unit.free_domain(domain);
+    result
+}
+
+// ---------------------------------------------------------------------------
+// The DMA matrix through paging domains (AMD v1 tables from io-page-table).
+
+const PAGE: u64 = 4096;
+const READ_ONLY: Prot = Prot {
+    read: true,
+    write: false,
+};
+const READ_WRITE: Prot = Prot {
+    read: true,
+    write: true,
+};
+/// IOVAs of the matrix: away from identity so that a bypass would miss its target.
+const IOVA_SOURCE: u64 = 0x1000_0000;
+const IOVA_TARGET: u64 = 0x2000_0000;
+
+fn pattern(seed: u8) -> impl Iterator<Item = u8> {
+    (0..PAGE as usize).map(move |i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+}
+
+fn fill_pattern(frame: &frames::Frames, seed: u8) {
+    for (i, byte) in pattern(seed).enumerate() {
+        // SAFETY: the frame belongs to the test; the first page is written.
+        unsafe { core::ptr::write_volatile(frame.as_mut_ptr().add(i), byte) };
+    }
+}
+
+fn holds_pattern(frame: &frames::Frames, offset: usize, seed: u8) -> bool {
+    // SAFETY: the frame belongs to the test; volatile reads of DMA-visible memory.
+    pattern(seed)
+        .enumerate()
+        .all(|(i, b)| unsafe { core::ptr::read_volatile(frame.as_mut_ptr().add(offset + i)) } == b)
+}
+
+fn refill(frame: &frames::Frames, byte: u8) {
+    // SAFETY: the frame belongs to the test.
+    unsafe { core::ptr::write_bytes(frame.as_mut_ptr(), byte, frame.len()) };
+}
+
+/// Domains, attachments, mappings and frames of one test, undone on drop (also when
+/// the test fails half-way), so that later tests start from blocked devices.
+struct Scenario {
+    unit: &'static spin::Mutex<AmdVi>,
+    domains: Vec<DomainHandle>,
+    attached: Vec<::iommu::DeviceId>,
+    mappings: Vec<(DomainHandle, u64, u64)>,
+    frames: Vec<frames::Frames>,
+}
+
+impl Scenario {
+    fn new(unit: &'static spin::Mutex<AmdVi>) -> Self {
+        Self {
+            unit,
+            domains: Vec::new(),
+            attached: Vec::new(),
+            mappings: Vec::new(),
+            frames: Vec::new(),
+        }
+    }
+
+    fn domain(&mut self) -> Result<DomainHandle, String> {
+        let domain = self
+            .unit
+            .lock()
+            .alloc_domain(DomainKind::Paging)
+            .map_err(|err| format!("alloc_domain: {err:?}"))?;
+        self.domains.push(domain);
+        Ok(domain)
+    }
+
+    fn attach(
+        &mut self,
+        device: &crate::devices::PciDevice,
+        domain: DomainHandle,
+    ) -> Result<(), String> {
+        let id = glue::device_id(device.function.bdf);
+        self.unit
+            .lock()
+            .attach(id, domain)
+            .map_err(|err| format!("attach {}: {err:?}", device.function.bdf))?;
+        if !self.attached.contains(&id) {
+            self.attached.push(id);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self, device: &crate::devices::PciDevice) {
+        let id = glue::device_id(device.function.bdf);
+        self.unit.lock().detach(id);
+        self.attached.retain(|d| *d != id);
+    }
+
+    /// Maps and flushes what the unit says a new mapping owes (NpCache).
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<(), String> {
+        let mut unit = self.unit.lock();
+        let gather = unit
+            .map(domain, iova, phys, len, prot)
+            .map_err(|err| format!("map {iova:#x}: {err:?}"))?;
+        unit.flush(domain, &gather)
+            .map_err(|err| format!("flush after map: {err:?}"))?;
+        self.mappings.push((domain, iova, len));
+        Ok(())
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        self.mappings
+            .retain(|m| !(m.0 == domain && m.1 == iova && m.2 == len));
+        self.unit.lock().unmap(domain, iova, len)
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), String> {
+        self.unit
+            .lock()
+            .flush(domain, gather)
+            .map_err(|err| format!("flush: {err:?}"))
+    }
+
+    fn frame(&mut self, fill: u8) -> Result<frames::Frames, String> {
+        let frame = filled_frame(fill)?;
+        self.frames.push(frame);
+        Ok(frame)
+    }
+
+    /// A frame holding `pattern(seed)`, mapped read-only at `iova`, read by `edu`
+    /// into its buffer.
+    fn load_buffer(
+        &mut self,
+        edu: &edu::Edu,
+        domain: DomainHandle,
+        iova: u64,
+        seed: u8,
+    ) -> Result<(), String> {
+        let source = self.frame(0)?;
+        fill_pattern(&source, seed);
+        self.map(domain, iova, source.phys, PAGE, READ_ONLY)?;
+        edu.dma(edu::Direction::ToDevice, iova, 0, PAGE as usize)
+            .map_err(|err| format!("DMA to device: {err:?}"))
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let mut unit = self.unit.lock();
+        for id in self.attached.drain(..) {
+            unit.detach(id);
+        }
+        for (domain, iova, len) in self.mappings.drain(..) {
+            let gather = unit.unmap(domain, iova, len);
+            let _ = unit.flush(domain, &gather);
+        }
+        for domain in self.domains.drain(..) {
+            let _ = unit.free_domain(domain);
+        }
+        for frame in self.frames.drain(..) {
+            frames::free(frame);
+        }
+    }
+}
+
+/// Runs `body` with a scenario and checks that nothing leaked afterwards.
+fn with_scenario(
+    platform: &Platform,
+    body: impl FnOnce(&mut Scenario, &Platform) -> Result<(), String>,
+) -> TestResult {
+    let unit = unit_or_skip!(platform);
+    let free_before = frames::free_count();
+    let result = {
+        let mut scenario = Scenario::new(unit);
+        body(&mut scenario, platform)
+    };
+    result?;
+    ensure_eq!(
+        frames::free_count(),
+        free_before,
+        "free frames after the scenario"
+    );
+    Ok(Outcome::Passed)
+}
+
+fn dma_to_ram(edu: &edu::Edu, iova: u64) -> Result<(), String> {
+    edu.dma(edu::Direction::ToRam, iova, 0, PAGE as usize)
+        .map_err(|err| format!("DMA to RAM at {iova:#x}: {err:?}"))
+}
+
+fn mapped_dma_lands_both_ways(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x11)?;
+        let target = s.frame(0xA5)?;
+        s.map(domain, IOVA_TARGET, target.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&target, 0, 0x11) {
+            return Err("RAM -> device -> RAM through IOVAs: bytes differ".into());
+        }
+        Ok(())
+    })
+}
+
+fn unmapped_iova_is_blocked(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x22)?;
+        // The IOVA is the frame's own physical address: only a bypass reaches it.
+        let victim = s.frame(0xA5)?;
+        dma_to_ram(&edu, victim.phys)?;
+        if !frame_holds(&victim, 0xA5) {
+            return Err(format!("DMA to unmapped IOVA {:#x} landed", victim.phys));
+        }
+        Ok(())
+    })
+}
+
+fn device_write_into_read_only_mapping_is_blocked(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        // The read-only page is readable (load_buffer reads through READ_ONLY) ...
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x33)?;
+        let check = s.frame(0xA5)?;
+        s.map(domain, IOVA_TARGET, check.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&check, 0, 0x33) {
+            return Err("read through a read-only mapping failed".into());
+        }
+        // ... but not writable.
+        let read_only = s.frame(0xA5)?;
+        s.map(
+            domain,
+            IOVA_TARGET + 0x10_0000,
+            read_only.phys,
+            PAGE,
+            READ_ONLY,
+        )?;
+        dma_to_ram(&edu, IOVA_TARGET + 0x10_0000)?;
+        if !frame_holds(&read_only, 0xA5) {
+            return Err("device wrote into a read-only mapping".into());
+        }
+        Ok(())
+    })
+}
+
+fn unmap_then_dma_is_blocked_only_after_the_flush(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x44)?;
+        let target = s.frame(0xA5)?;
+        s.map(domain, IOVA_TARGET, target.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&target, 0, 0x44) {
+            return Err("mapped DMA did not land".into());
+        }
+        // Unmapped but not yet flushed: the IOTLB still holds the translation.
+        refill(&target, 0xA5);
+        let gather = s.unmap(domain, IOVA_TARGET, PAGE);
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        let stale = holds_pattern(&target, 0, 0x44);
+        // The flush: one INVALIDATE_IOMMU_PAGES + one COMPLETION_WAIT + one tail write.
+        refill(&target, 0xA5);
+        let before = s.unit.lock().counters();
+        s.flush(domain, &gather)?;
+        let cost = s.unit.lock().counters().since(&before);
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !frame_holds(&target, 0xA5) {
+            return Err("DMA landed after unmap + flush".into());
+        }
+        if !stale {
+            return Err(
+                "the IOTLB did not keep the unmapped translation, so this run cannot show \
+                 that the flush is what blocks"
+                    .into(),
+            );
+        }
+        let got = (
+            cost.invalidate_iommu_pages,
+            cost.completion_waits,
+            cost.tail_writes,
+        );
+        if got != (1, 1, 1) {
+            return Err(format!("unmap flush cost {got:?}, want (1, 1, 1)"));
+        }
+        Ok(())
+    })
+}
+
+fn remap_sees_the_new_page(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x55)?;
+        let first = s.frame(0xA5)?;
+        let second = s.frame(0xA5)?;
+        s.map(domain, IOVA_TARGET, first.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&first, 0, 0x55) {
+            return Err("first mapping: DMA did not land".into());
+        }
+        refill(&first, 0xA5);
+        let gather = s.unmap(domain, IOVA_TARGET, PAGE);
+        s.flush(domain, &gather)?;
+        s.map(domain, IOVA_TARGET, second.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&second, 0, 0x55) {
+            return Err("the new page did not receive the DMA".into());
+        }
+        if !frame_holds(&first, 0xA5) {
+            return Err("the old page received the DMA after the remap".into());
+        }
+        Ok(())
+    })
+}
+
+fn two_devices_are_isolated(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let devices = edus();
+        let (a, b) = (devices[0], devices[1]);
+        let (edu_a, edu_b) = (open(platform, a)?, open(platform, b)?);
+        let (domain_a, domain_b) = (s.domain()?, s.domain()?);
+        s.attach(a, domain_a)?;
+        s.attach(b, domain_b)?;
+        s.load_buffer(&edu_a, domain_a, IOVA_SOURCE, 0x66)?;
+        s.load_buffer(&edu_b, domain_b, IOVA_SOURCE, 0x77)?;
+        // The same IOVA names a different page in each domain.
+        let (page_a, page_b) = (s.frame(0xA5)?, s.frame(0xA5)?);
+        s.map(domain_a, IOVA_TARGET, page_a.phys, PAGE, READ_WRITE)?;
+        s.map(domain_b, IOVA_TARGET, page_b.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu_b, IOVA_TARGET)?;
+        if !holds_pattern(&page_b, 0, 0x77) || !frame_holds(&page_a, 0xA5) {
+            return Err("device B's DMA did not land in (only) its own domain's page".into());
+        }
+        dma_to_ram(&edu_a, IOVA_TARGET)?;
+        if !holds_pattern(&page_a, 0, 0x66) || !holds_pattern(&page_b, 0, 0x77) {
+            return Err("device A's DMA did not land in (only) its own domain's page".into());
+        }
+        // An IOVA mapped only in A is blocked for B.
+        let only_a = s.frame(0xA5)?;
+        s.map(
+            domain_a,
+            IOVA_TARGET + 0x10_0000,
+            only_a.phys,
+            PAGE,
+            READ_WRITE,
+        )?;
+        dma_to_ram(&edu_b, IOVA_TARGET + 0x10_0000)?;
+        if !frame_holds(&only_a, 0xA5) {
+            return Err("device B reached a page mapped only in A's domain".into());
+        }
+        Ok(())
+    })
+}
+
+fn detach_blocks_dma(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[1];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x88)?;
+        let target = s.frame(0xA5)?;
+        s.map(domain, IOVA_TARGET, target.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !holds_pattern(&target, 0, 0x88) {
+            return Err("attached: DMA did not land".into());
+        }
+        refill(&target, 0xA5);
+        s.detach(device);
+        let id = device.function.bdf.requester_id();
+        if !s.unit.lock().dte(id).is_some_and(|dte| dte.blocks_dma()) {
+            return Err("DTE not blocked after detach".into());
+        }
+        dma_to_ram(&edu, IOVA_TARGET)?;
+        if !frame_holds(&target, 0xA5) {
+            return Err("DMA landed after detach".into());
+        }
+        Ok(())
+    })
+}
+
+fn two_mib_mapping_carries_a_dma(platform: &Platform) -> TestResult {
+    const HUGE: u64 = 2 << 20;
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x99)?;
+        let block = frames::alloc_contiguous((HUGE / PAGE) as usize, HUGE as usize)
+            .ok_or("no 2 MiB-aligned 2 MiB run")?;
+        s.frames.push(block);
+        refill(&block, 0xA5);
+        let iova = 0x4000_0000;
+        s.map(domain, iova, block.phys, HUGE, READ_WRITE)?;
+        let offset = 0x12_3000;
+        dma_to_ram(&edu, iova + offset)?;
+        if !holds_pattern(&block, offset as usize, 0x99) {
+            return Err("DMA into the 2 MiB mapping did not land at its offset".into());
+        }
+        // The mapping was one 2 MiB leaf.
+        let gather = s.unmap(domain, iova, HUGE);
+        s.flush(domain, &gather)?;
+        if gather.leaf_sizes != HUGE {
+            return Err(format!(
+                "leaf sizes {:#x}, want one 2 MiB leaf",
+                gather.leaf_sizes
+            ));
+        }
+        Ok(())
+    })
+}
+
+fn iova_above_4gib_works(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[1];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        let high_source = 0x1_2345_6000;
+        s.load_buffer(&edu, domain, high_source, 0xAA)?;
+        let target = s.frame(0xA5)?;
+        let high_target = 0x7F_0000_0000;
+        s.map(domain, high_target, target.phys, PAGE, READ_WRITE)?;
+        dma_to_ram(&edu, high_target)?;
+        if !holds_pattern(&target, 0, 0xAA) {
+            return Err("DMA through IOVAs above 4 GiB did not land".into());
+        }
+        Ok(())
+    })
+}
+
+fn identity_domain_passes_dma_at_physical_addresses(platform: &Platform) -> TestResult {
+    with_scenario(platform, |s, platform| {
+        let device = edus()[1];
+        let edu = open(platform, device)?;
+        let domain = s
+            .unit
+            .lock()
+            .alloc_domain(DomainKind::Identity)
+            .map_err(|err| format!("{err:?}"))?;
+        s.domains.push(domain);
+        s.attach(device, domain)?;
+        let source = s.frame(0)?;
+        fill_pattern(&source, 0xBB);
+        let target = s.frame(0xA5)?;
+        edu.dma(edu::Direction::ToDevice, source.phys, 0, PAGE as usize)
+            .map_err(|err| format!("DMA to device: {err:?}"))?;
+        dma_to_ram(&edu, target.phys)?;
+        if !holds_pattern(&target, 0, 0xBB) {
+            return Err("identity domain: DMA at physical addresses did not land".into());
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,46 @@
+//! The foundation suite on machine variants the configurations do not cover:
+//! entry at EL2 (aarch64 drops to EL1 itself) and RAM beyond the 4 GiB the
+//! kernel identity-maps (x86_64 must not hand out frames it cannot reach).
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use qemu_tests::{BootOptions, Exit};
+
+fn boot_variant(config: &str, label: &str, extra: &[&str]) -> String {
+    let config = qemu_tests::config(config).expect("a configuration from the table");
+    let kernel = qemu_tests::kernel_for(config.arch).unwrap_or_else(|e| panic!("{e}"));
+    let ws = qemu_tests::workspace().unwrap();
+    let options = BootOptions {
+        cmdline: "test filter=memory".into(),
+        timeout: Duration::from_secs(120),
+        extra_args: extra.iter().map(OsString::from).collect(),
+        log_dir: ws.log_dir().join(format!("variant-{label}")),
+    };
+    let outcome = qemu_tests::boot(config, &kernel, &options);
+    assert_eq!(outcome.exit, Exit::Code(0), "{}", outcome.serial);
+    assert!(
+        outcome.serial.contains(" passed, 0 failed"),
+        "{}",
+        outcome.serial
+    );
+    outcome.serial
+}
+
+#[test]
+fn variant_aarch64_entered_at_el2_drops_to_el1() {
+    let log = boot_variant("none-arm", "el2", &["-machine", "virtualization=on"]);
+    assert!(
+        log.contains("test memory::frames_allocate_aligned_zeroed_and_return ... ok"),
+        "{log}"
+    );
+}
+
+#[test]
+fn variant_x86_64_with_ram_above_4gib() {
+    let log = boot_variant("none-x86", "5g", &["-m", "5G"]);
+    assert!(
+        log.contains("test memory::every_free_frame_is_reachable_through_the_identity_map ... ok"),
+        "{log}"
+    );
+}

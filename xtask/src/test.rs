@@ -1,0 +1,202 @@
+//! `cargo xtask test`: host tests, then every configuration booted in test mode.
+
+use std::time::Duration;
+
+use qemu_tests::{Failure, Summary, TestOptions, Workspace};
+
+use crate::boots::{self, Booted};
+use crate::cli::TestArgs;
+use crate::error::Error;
+use crate::shell::{self, step};
+
+/// How one configuration ended, for the closing table.
+enum Verdict {
+    Passed(Summary),
+    Failed(Box<Failure>),
+}
+
+/// The package whose integration tests boot QEMU.
+const BOOT_TEST_PACKAGE: &str = "qemu-tests";
+
+pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
+    let mut failures = Vec::new();
+    if args.host {
+        step("host tests: every default workspace member (qemu-tests: its library only)");
+        for mut command in host_test_commands(ws) {
+            if let Err(error) = shell::run(&mut command) {
+                failures.push(format!("host tests: {error}"));
+            }
+        }
+    }
+    if args.boot
+        && let Err(error) = boot_tests(ws, &args, &mut failures)
+    {
+        failures.push(error.to_string());
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!("FAILED: {}", failures.join("; "))))
+    }
+}
+
+/// `cargo test` over the default members, except that qemu-tests contributes only
+/// its library's unit tests (its integration tests boot QEMU).
+fn host_test_commands(ws: &Workspace) -> Vec<std::process::Command> {
+    let mut all_but_boots = ws.cargo(["test", "--workspace"]);
+    for package in &ws.packages {
+        if !package.default_member || package.name == BOOT_TEST_PACKAGE {
+            all_but_boots.args(["--exclude", &package.name]);
+        }
+    }
+    let boot_library = ws.cargo(["test", "--package", BOOT_TEST_PACKAGE, "--lib"]);
+    vec![all_but_boots, boot_library]
+}
+
+/// qemu-tests' integration tests other than the per-configuration boots (crash
+/// reporting, the harness itself); `xtask` boots the configurations itself.
+fn other_qemu_tests(ws: &Workspace) -> Result<(), Error> {
+    step("other QEMU tests: qemu-tests' integration tests besides the per-configuration boots");
+    let mut command = ws.cargo(["test", "--package", BOOT_TEST_PACKAGE, "--test", "*"]);
+    command.args(["--", "--skip", "qemu_boot::"]);
+    shell::run(&mut command)
+}
+
+fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Result<(), Error> {
+    let configs = boots::select(&args.configs)?;
+    let options = TestOptions {
+        filter: args.filter.clone(),
+        seed: args.seed,
+        timeout: args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT),
+    };
+    let cmdline = options.cmdline().map_err(Error::Usage)?.to_string();
+    let kernels = boots::build_kernels(ws, &configs);
+    // Only a full run needs them; they go first so that the closing line of the
+    // per-configuration boots ends the output.
+    let full_run = args.configs.is_empty() && args.filter.is_none() && args.seed.is_none();
+    if full_run && let Err(error) = other_qemu_tests(ws) {
+        failures.push(format!("other QEMU tests: {error}"));
+    }
+    step(format!(
+        "boot tests: {} configuration{}, {} at a time, timeout {} s, kernel command line {:?}, logs in {}",
+        configs.len(),
+        if configs.len() == 1 { "" } else { "s" },
+        qemu_tests::MAX_PARALLEL_QEMUS,
+        options.timeout.as_secs(),
+        cmdline,
+        ws.log_dir().display()
+    ));
+    let total = configs.len();
+    let mut verdicts: Vec<Option<Verdict>> = configs.iter().map(|_| None).collect();
+    boots::boot_all(
+        ws.log_dir(),
+        &configs,
+        &kernels,
+        &cmdline,
+        options.timeout,
+        |index, config, booted| {
+            let verdict = match booted {
+                Booted::NotRun(why) => Verdict::Failed(Box::new(Failure {
+                    config: config.name,
+                    problems: vec![why.clone()],
+                    outcome: None,
+                })),
+                Booted::Ran(outcome) => {
+                    match qemu_tests::judge((**outcome).clone(), options.min_tests(config)) {
+                        Ok((summary, _)) => Verdict::Passed(summary),
+                        Err(failure) => Verdict::Failed(Box::new(failure)),
+                    }
+                }
+            };
+            let elapsed = match booted {
+                Booted::Ran(outcome) => outcome.elapsed,
+                Booted::NotRun(_) => Duration::ZERO,
+            };
+            println!(
+                "[{:>2}/{total}] {:<14} {}  ({:.1} s)",
+                index + 1,
+                config.name,
+                one_line(&verdict, booted),
+                elapsed.as_secs_f64()
+            );
+            verdicts[index] = Some(verdict);
+        },
+    );
+
+    let verdicts: Vec<Verdict> = verdicts.into_iter().flatten().collect();
+    for verdict in &verdicts {
+        if let Verdict::Failed(failure) = verdict {
+            println!("\n{failure}");
+        }
+    }
+    step("boot test summary");
+    let (mut passed, mut failed, mut skipped, mut broken) = (0u64, 0u64, 0u64, Vec::new());
+    for (config, verdict) in configs.iter().zip(&verdicts) {
+        match verdict {
+            Verdict::Passed(summary) => {
+                passed += u64::from(summary.passed);
+                skipped += u64::from(summary.skipped);
+                println!("  ok      {:<14} {summary}", config.name);
+            }
+            Verdict::Failed(failure) => {
+                let counted = failure
+                    .outcome
+                    .as_ref()
+                    .map(|outcome| outcome.report.summary_or_count())
+                    .unwrap_or_default();
+                passed += u64::from(counted.passed);
+                skipped += u64::from(counted.skipped);
+                // A config that failed without a failing test (panic, hang, too few
+                // tests, bad exit) still counts as one failure.
+                failed += u64::from(counted.failed.max(1));
+                broken.push(config.name);
+                println!(
+                    "  FAILED  {:<14} {}",
+                    config.name,
+                    failure.problems.first().map_or("", String::as_str)
+                );
+            }
+        }
+    }
+    if args.filter.is_some() && passed == 0 && failed == 0 {
+        failed = 1;
+        broken.push("(filter)");
+        println!(
+            "  FAILED  the filter {:?} matched no test in any configuration",
+            args.filter
+        );
+    }
+    if skipped == 0 {
+        println!("qemu-tests: {passed} passed, {failed} failed");
+    } else {
+        println!("qemu-tests: {passed} passed, {failed} failed, {skipped} skipped");
+    }
+    if broken.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Failed(format!(
+            "boot tests failed: {}",
+            broken.join(", ")
+        )))
+    }
+}
+
+fn one_line(verdict: &Verdict, booted: &Booted) -> String {
+    match verdict {
+        Verdict::Passed(summary) => format!("ok      {summary}"),
+        Verdict::Failed(failure) => {
+            let closing = match booted {
+                Booted::Ran(outcome) => outcome
+                    .report
+                    .summary
+                    .map(|summary| format!("{summary}; "))
+                    .unwrap_or_default(),
+                Booted::NotRun(_) => String::new(),
+            };
+            format!(
+                "FAILED  {closing}{}",
+                failure.problems.first().map_or("", String::as_str)
+            )
+        }
+    }
+}

@@ -1132,3 +1132,24 @@ fn abi_map_flags_give_permission_and_fixed_iova() {
     let (prot, fixed) = iommufd::map_flags(MapFlags::WRITEABLE);
     assert!(prot.write && !prot.read && !fixed);
 }
+
+#[test]
+fn boxed_units_of_different_drivers_share_one_core() {
+    use iommu::IommuUnit;
+    use iommufd::testing::{FailGate, FakeMemory, SoftUnit};
+    let gate = FailGate::new();
+    let units: Vec<Box<dyn IommuUnit>> = vec![
+        Box::new(SoftUnit::new(U0, SoftConfig::vtd_like(), gate.clone())),
+        Box::new(SoftUnit::new(U1, SoftConfig::smmu_like(), gate.clone())),
+    ];
+    let mut fd = iommufd::Iommufd::new(units, FakeMemory::new(gate));
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U1, DEV_B).unwrap();
+    let ha = fd.device_attach(O, a, ioas).unwrap();
+    let hb = fd.device_attach(O, b, ioas).unwrap();
+    assert_ne!(ha, hb, "one automatic HWPT per unit");
+    assert!(fd.ioas_map(O, ioas, 0, K4, None, RW).is_ok());
+    fd.teardown(O);
+    assert_eq!(fd.pinned_ranges(), 0);
+}

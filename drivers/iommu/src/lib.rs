@@ -269,7 +269,9 @@ pub trait IommuUnit {
 
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError>;
 
-    /// Frees a domain no device is attached to and no nested domain uses.
+    /// Frees a domain no device is attached to and no nested domain uses. The
+    /// driver invalidates every cached translation tagged with the domain (its
+    /// tables may still map pages the caller keeps pinned) before reusing its tag.
     fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError>;
 
     /// Maps `[iova, iova + len)` to the physically contiguous `[phys, phys + len)`.
@@ -308,6 +310,69 @@ pub trait IommuUnit {
         domain: DomainHandle,
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
+}
+
+/// A boxed unit is a unit, so that the kernel can hold units of different
+/// drivers behind `Box<dyn IommuUnit + Send>`.
+impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
+    fn info(&self) -> UnitInfo {
+        (**self).info()
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion> {
+        (**self).reserved_regions(device)
+    }
+
+    fn hw_info(&self) -> HwInfo {
+        (**self).hw_info()
+    }
+
+    fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
+        (**self).alloc_domain(kind)
+    }
+
+    fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError> {
+        (**self).free_domain(domain)
+    }
+
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        (**self).map(domain, iova, phys, len, prot)
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        (**self).unmap(domain, iova, len)
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        (**self).flush(domain, gather)
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
+        (**self).attach(device, domain)
+    }
+
+    fn detach(&mut self, device: DeviceId) {
+        (**self).detach(device)
+    }
+
+    fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize {
+        (**self).drain_faults(out)
+    }
+
+    fn invalidate_nested(
+        &mut self,
+        domain: DomainHandle,
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        (**self).invalidate_nested(domain, requests)
+    }
 }
 
 #[cfg(test)]

@@ -276,7 +276,9 @@ pub trait IommuUnit {
 
     /// Maps `[iova, iova + len)` to the physically contiguous `[phys, phys + len)`.
     /// All or nothing: on error nothing of this call stays mapped. `iova`, `phys`
-    /// and `len` are multiples of the smallest page size.
+    /// and `len` are multiples of the smallest page size. The returned gather is
+    /// what must be flushed before the mapping is reliably seen: empty unless the
+    /// hardware may cache non-present entries (VT-d caching mode).
     fn map(
         &mut self,
         domain: DomainHandle,
@@ -291,6 +293,7 @@ pub trait IommuUnit {
     fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather;
 
     /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
+    /// Table pages that earlier unmaps unlinked may be released from here on.
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError>;
 
     /// Puts `device` into `domain`, replacing its current domain without passing

@@ -41,13 +41,30 @@ fn config() -> SoftConfig {
 
 #[derive(Clone, Debug)]
 enum Op {
-    MapFixed { page: u64, pages: u64 },
-    MapAuto { pages: u64 },
-    Unmap { page: u64, pages: u64 },
+    MapFixed {
+        page: u64,
+        pages: u64,
+    },
+    MapAuto {
+        pages: u64,
+    },
+    Unmap {
+        page: u64,
+        pages: u64,
+    },
     UnmapAll,
-    Allow { ranges: Vec<(u64, u64)> },
+    Allow {
+        ranges: Vec<(u64, u64)>,
+    },
     Attach,
     Detach,
+    /// Copies a range of the first IOAS to an automatic IOVA of the second.
+    Copy {
+        page: u64,
+        pages: u64,
+    },
+    /// Unmaps everything of the second IOAS.
+    UnmapAll2,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -60,6 +77,8 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|ranges| Op::Allow { ranges }),
         2 => Just(Op::Attach),
         1 => Just(Op::Detach),
+        3 => (0u64..2200, 1u64..16).prop_map(|(page, pages)| Op::Copy { page, pages }),
+        1 => Just(Op::UnmapAll2),
     ]
 }
 
@@ -71,6 +90,11 @@ struct Model {
     va: BTreeMap<u64, u64>,
     allowed: Vec<IovaRange>,
     attached: bool,
+    /// The pin behind each area of the first IOAS.
+    pin_of: BTreeMap<u64, u64>,
+    next_pin: u64,
+    /// Areas of the second IOAS: iova → (length, pin).
+    copies: BTreeMap<u64, (u64, u64)>,
 }
 
 impl Model {
@@ -85,6 +109,20 @@ impl Model {
                 last: u64::MAX,
             },
         ]
+    }
+
+    /// Distinct pins some area still uses.
+    fn live_pins(&self) -> usize {
+        let mut pins: Vec<u64> = self.pin_of.values().copied().collect();
+        pins.extend(self.copies.values().map(|&(_, p)| p));
+        pins.sort_unstable();
+        pins.dedup();
+        pins.len()
+    }
+
+    fn new_pin(&mut self, iova: u64) {
+        self.pin_of.insert(iova, self.next_pin);
+        self.next_pin += 1;
     }
 
     fn overlaps_area(&self, r: IovaRange) -> bool {
@@ -163,7 +201,7 @@ fn natural(len: u64) -> u64 {
     (1u64 << (63 - len.leading_zeros())).max(PAGE)
 }
 
-fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
+fn step(fd: &mut SoftCore, model: &mut Model, (ioas, ioas2): (u32, u32), dev: u32, op: &Op) {
     match op {
         Op::MapFixed { page, pages } => {
             let (iova, len) = (page * PAGE, pages * PAGE);
@@ -182,6 +220,7 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
             if expect.is_ok() {
                 model.areas.insert(iova, len);
                 model.va.insert(iova, page * PAGE);
+                model.new_pin(iova);
             }
         }
         Op::MapAuto { pages } => {
@@ -200,6 +239,7 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
                     );
                     model.areas.insert(iova, len);
                     model.va.insert(iova, 0x100_0000);
+                    model.new_pin(iova);
                 }
                 Err(e) => {
                     assert_eq!(e, Errno::ENOSPC);
@@ -228,6 +268,7 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
                 for (s, _) in inside {
                     model.areas.remove(&s);
                     model.va.remove(&s);
+                    model.pin_of.remove(&s);
                 }
             }
         }
@@ -236,6 +277,7 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
             assert_eq!(fd.ioas_unmap(O, ioas, 0, u64::MAX), Ok(total));
             model.areas.clear();
             model.va.clear();
+            model.pin_of.clear();
         }
         Op::Allow { ranges } => {
             let ranges: Vec<IovaRange> = ranges
@@ -282,6 +324,56 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
                 model.attached = true;
             }
         }
+        Op::Copy { page, pages } => {
+            let range = IovaRange::from_len(page * PAGE, pages * PAGE).unwrap();
+            // The source pieces, which must cover the range without a hole.
+            let mut pieces = vec![];
+            let mut cursor = range.start;
+            for (&s, &l) in &model.areas {
+                let last = s + (l - 1);
+                if last < cursor || s > range.last {
+                    continue;
+                }
+                if s > cursor {
+                    break;
+                }
+                let end = last.min(range.last);
+                pieces.push((cursor - range.start, end - cursor + 1, model.pin_of[&s]));
+                cursor = end + 1;
+                if end == range.last {
+                    break;
+                }
+            }
+            let covered = cursor == range.last + 1;
+            match fd.ioas_copy(O, ioas, range.start, pages * PAGE, ioas2, None, RW) {
+                Ok(dst) => {
+                    assert!(covered, "copy of a range with a hole succeeded");
+                    assert_ne!(dst, 0);
+                    assert_eq!(dst % natural(pages * PAGE), 0);
+                    for (offset, len, pin) in pieces {
+                        let at = dst + offset;
+                        assert!(
+                            model
+                                .copies
+                                .range(..at + len)
+                                .next_back()
+                                .is_none_or(|(&s, &(l, _))| s + l <= at),
+                            "copy overlaps an existing area"
+                        );
+                        model.copies.insert(at, (len, pin));
+                    }
+                }
+                Err(e) => {
+                    assert!(!covered, "copy failed: {e:?}");
+                    assert_eq!(e, Errno::ENOENT);
+                }
+            }
+        }
+        Op::UnmapAll2 => {
+            let total: u64 = model.copies.values().map(|&(l, _)| l).sum();
+            assert_eq!(fd.ioas_unmap(O, ioas2, 0, u64::MAX), Ok(total));
+            model.copies.clear();
+        }
         Op::Detach => {
             let result = fd.device_detach(O, dev);
             if model.attached {
@@ -294,14 +386,16 @@ fn step(fd: &mut SoftCore, model: &mut Model, ioas: u32, dev: u32, op: &Op) {
     }
 }
 
-fn check(fd: &mut SoftCore, model: &Model, ioas: u32) {
+fn check(fd: &mut SoftCore, model: &Model, (ioas, ioas2): (u32, u32)) {
+    let copies: Vec<(u64, u64)> = model.copies.iter().map(|(&s, &(l, _))| (s, l)).collect();
+    assert_eq!(fd.ioas_areas(O, ioas2).unwrap(), copies);
     let areas: Vec<(u64, u64)> = model.areas.iter().map(|(&s, &l)| (s, l)).collect();
     assert_eq!(fd.ioas_areas(O, ioas).unwrap(), areas);
     assert_eq!(fd.ioas_holes(O, ioas).unwrap(), model.holes());
     assert_eq!(fd.ioas_iova_ranges(O, ioas).unwrap().ranges, model.usable());
-    assert_eq!(fd.pinned_ranges(), model.areas.len());
+    assert_eq!(fd.pinned_ranges(), model.live_pins());
     let m = fd.services();
-    assert_eq!((m.pins - m.unpins) as usize, model.areas.len());
+    assert_eq!((m.pins - m.unpins) as usize, model.live_pins());
     let unit = &fd.units()[0];
     assert_eq!(unit.stale_entries(), 0);
     assert_eq!(unit.stale_uses(), 0);
@@ -343,11 +437,12 @@ proptest! {
     fn ioas_matches_reference_model(ops in proptest::collection::vec(op(), 1..40)) {
         let (mut fd, _) = soft_core(&[config()]);
         let ioas = fd.ioas_alloc(O).unwrap();
+        let ioas2 = fd.ioas_alloc(O).unwrap();
         let dev = fd.bind_device(O, UnitId(0), DEV).unwrap();
         let mut model = Model::default();
         for op in &ops {
-            step(&mut fd, &mut model, ioas, dev, op);
-            check(&mut fd, &model, ioas);
+            step(&mut fd, &mut model, (ioas, ioas2), dev, op);
+            check(&mut fd, &model, (ioas, ioas2));
         }
         fd.teardown(O);
         prop_assert_eq!(fd.services().pinned_ranges(), 0);

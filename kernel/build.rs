@@ -23,6 +23,7 @@ const PROGRAMS: &[&str] = &[
     "private-a",
     "private-b",
     "spin",
+    "syscall-fuzz",
 ];
 
 fn main() {

@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+mod robust_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;
@@ -25,4 +26,5 @@ pub static ALL: &[&[Test]] = &[
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
     tasks::TESTS,
+    robust_syscalls::TESTS,
 ];

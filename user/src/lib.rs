@@ -31,7 +31,8 @@ unsafe extern "C" {
 }
 
 // The kernel enters at `_start` with the stack pointer at the (16-byte
-// aligned) top of the task's stack and every other register zero.
+// aligned) top of the task's stack, the first-argument register (rdi / x0)
+// holding the task's argument and every other register zero.
 #[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(
     r#"
@@ -55,8 +56,18 @@ _start:
 "#
 );
 
+/// The value the kernel passed to this task's entry (0 unless it set one).
+static ARGUMENT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// The argument the kernel started this task with (`Task::set_argument`).
+pub fn argument() -> u64 {
+    ARGUMENT.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// Entered from `_start` with the kernel's first-argument register untouched.
 #[unsafe(no_mangle)]
-extern "C" fn user_start() -> ! {
+extern "C" fn user_start(argument: u64) -> ! {
+    ARGUMENT.store(argument, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `user_main` is defined by the program through `entry!`.
     let code = unsafe { user_main() };
     exit(code)

@@ -271,6 +271,12 @@ impl Task {
         })
     }
 
+    /// Passes `value` to the program's entry as its first argument
+    /// (`user_programs::argument()`): a seed, a mode.
+    pub fn set_argument(&mut self, value: u64) {
+        self.context.set_argument(value);
+    }
+
     /// `mem_alloc`: maps `pages` fresh pages, records them, returns the address.
     pub fn allocate(&mut self, pages: u64) -> Result<u64, Errno> {
         if pages == 0 {

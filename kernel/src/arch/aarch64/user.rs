@@ -142,6 +142,11 @@ unsafe extern "C" {
 }
 
 impl UserContext {
+    /// Sets the value the program's entry receives as its first argument (x0).
+    pub fn set_argument(&mut self, value: u64) {
+        self.frame.x[0] = value;
+    }
+
     /// A task about to start at `entry` with its stack pointer at `stack_top`.
     pub fn new(entry: u64, stack_top: u64) -> Self {
         let mut frame = TrapFrame::zeroed();

@@ -152,6 +152,12 @@ impl UserContext {
         }
     }
 
+    /// Sets the value the program's entry receives as its first argument
+    /// (rdi, the System V first-argument register).
+    pub fn set_argument(&mut self, value: u64) {
+        self.frame.rdi = value;
+    }
+
     /// The trap that ended the last [`run`].
     pub fn trap(&self) -> crate::task::Trap {
         use crate::task::Trap;

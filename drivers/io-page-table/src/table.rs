@@ -7,6 +7,7 @@
 //! cannot fail. `unmap` checks its two boundary leaves first, then clears.
 
 use alloc::vec::Vec;
+use core::cell::Cell;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{Ordering, fence};
@@ -101,7 +102,14 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     geo: Geometry,
     root: u64,
     coherence: Coherence,
+    /// Software walk cache: (level-1 slot number, level-0 table linked there) of
+    /// the last fast-path walk. Reset whenever an unmap may unlink tables.
+    last_leaf_table: Cell<(u64, u64)>,
 }
+
+/// `last_leaf_table` key meaning "nothing cached" (no IOVA has this slot number
+/// with a level-1 span of at least 2^12).
+const NO_SLOT: u64 = u64::MAX;
 
 /// Bytes/leaf accounting of one `unmap`.
 struct Clearing {
@@ -122,6 +130,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             geo,
             root,
             coherence,
+            last_leaf_table: Cell::new((NO_SLOT, 0)),
         };
         table.clean_table(root, top);
         Ok(table)
@@ -349,6 +358,15 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         {
             return None;
         }
+        let slot = if slot_shift < 64 {
+            iova >> slot_shift
+        } else {
+            0
+        };
+        let (cached_slot, cached_table) = self.last_leaf_table.get();
+        if cached_slot == slot {
+            return Some(Ok(cached_table));
+        }
         let mut table = self.root;
         let mut level = self.geo.levels - 1;
         while level > 0 {
@@ -359,6 +377,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             table = self.format.table_addr(pte);
             level -= 1;
         }
+        self.last_leaf_table.set((slot, table));
         Some(Ok(table))
     }
 
@@ -721,6 +740,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// Boundary checks, then a clearing walk from the root.
     #[inline(never)]
     fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
+        // Tables may be unlinked below: forget the cached leaf table.
+        self.last_leaf_table.set((NO_SLOT, 0));
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;

@@ -7,7 +7,6 @@
 //! cannot fail. `unmap` checks its two boundary leaves first, then clears.
 
 use alloc::vec::Vec;
-use core::cell::Cell;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{Ordering, fence};
@@ -104,7 +103,7 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     coherence: Coherence,
     /// Software walk cache: (level-1 slot number, level-0 table linked there) of
     /// the last fast-path walk. Reset whenever an unmap may unlink tables.
-    last_leaf_table: Cell<(u64, u64)>,
+    last_leaf_table: (u64, u64),
 }
 
 /// `last_leaf_table` key meaning "nothing cached" (no IOVA has this slot number
@@ -130,7 +129,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             geo,
             root,
             coherence,
-            last_leaf_table: Cell::new((NO_SLOT, 0)),
+            last_leaf_table: (NO_SLOT, 0),
         };
         table.clean_table(root, top);
         Ok(table)
@@ -351,7 +350,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// walk there meets only table links. `Err(())` when the walk meets a hole or
     /// a leaf first.
     #[inline(always)]
-    fn leaf_table_of(&self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
+    fn leaf_table_of(&mut self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
         let slot_shift = self.geo.shift(1);
         if slot_shift < 64
             && (iova >> slot_shift != last >> slot_shift || last - iova >= low(slot_shift))
@@ -363,7 +362,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         } else {
             0
         };
-        let (cached_slot, cached_table) = self.last_leaf_table.get();
+        let (cached_slot, cached_table) = self.last_leaf_table;
         if cached_slot == slot {
             return Some(Ok(cached_table));
         }
@@ -377,7 +376,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             table = self.format.table_addr(pte);
             level -= 1;
         }
-        self.last_leaf_table.set((slot, table));
+        self.last_leaf_table = (slot, table);
         Some(Ok(table))
     }
 
@@ -741,7 +740,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     #[inline(never)]
     fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
         // Tables may be unlinked below: forget the cached leaf table.
-        self.last_leaf_table.set((NO_SLOT, 0));
+        self.last_leaf_table = (NO_SLOT, 0);
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;

@@ -212,6 +212,10 @@ unsafe impl TableAlloc for HeapTableAlloc {
     }
 }
 
+// SAFETY: the allocator exclusively owns its chunks (the raw pointers are the
+// only handles to them), so moving it to another thread moves that ownership.
+unsafe impl Send for HeapTableAlloc {}
+
 impl Drop for HeapTableAlloc {
     fn drop(&mut self) {
         let layout = Self::chunk_layout();

@@ -995,6 +995,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     }
 }
 
+impl<F: Format, A: TableAlloc> fmt::Debug for PageTable<F, A> {
+    /// The header only; [`PageTable::dump`] prints the tree.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PageTable")
+            .field("format", &F::NAME)
+            .field("root", &format_args!("{:#x}", self.root))
+            .field("levels", &self.geo.levels)
+            .field("coherence", &self.coherence)
+            .finish()
+    }
+}
+
 impl<F: Format, A: TableAlloc> Drop for PageTable<F, A> {
     /// Frees every table page. The owner must have detached the table from all
     /// devices and flushed the IOMMU first.

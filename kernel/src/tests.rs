@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+mod iommufd_syscalls;
 mod robust_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
@@ -27,4 +28,5 @@ pub static ALL: &[&[Test]] = &[
     amdvi::TESTS,
     tasks::TESTS,
     robust_syscalls::TESTS,
+    iommufd_syscalls::TESTS,
 ];

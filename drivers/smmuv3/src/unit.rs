@@ -21,7 +21,7 @@ use os_services::{DmaMemory, DmaRegion};
 
 use crate::cd::{Cd, Stage1Config};
 use crate::command::{Command, RawCommand, opcode};
-use crate::event::{EventKind, Fault};
+use crate::event::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::regs::Granule;
 use crate::smmu::{Error, Smmu};
@@ -104,7 +104,7 @@ struct Domain<'a> {
     /// StreamIDs attached.
     streams: Vec<u32>,
     /// Faults of this domain's streams, drained and not yet taken.
-    faults: Vec<Fault>,
+    faults: FaultQueue,
 }
 
 /// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
@@ -135,8 +135,14 @@ pub struct SmmuUnit<'a> {
     /// The MSI doorbell page devices write to (GICv2m frame / ITS translater).
     msi_doorbell: Option<IovaRange>,
     /// Faults of streams that belong to no domain.
-    unowned: Vec<Fault>,
+    unowned: FaultQueue,
+    /// Faults each domain keeps between two takes.
+    fault_capacity: usize,
 }
+
+/// `FaultReason::Other` code of the driver's [`EventKind::Lost`] record:
+/// outside the 8-bit SMMU event types.
+pub const LOST_RECORD_CODE: u32 = 0x100;
 
 impl From<Error> for IommuError {
     fn from(err: Error) -> Self {
@@ -171,6 +177,7 @@ pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
                 FaultReason::Blocked
             }
             EventKind::Other(code) => FaultReason::Other(u32::from(code)),
+            EventKind::Lost { .. } => FaultReason::Other(LOST_RECORD_CODE),
             other => FaultReason::Other(event_code(other)),
         },
     }
@@ -194,6 +201,7 @@ fn event_code(kind: EventKind) -> u32 {
         EventKind::TlbConflict => 0x20,
         EventKind::ConfigConflict => 0x21,
         EventKind::Other(code) => u32::from(code),
+        EventKind::Lost { .. } => LOST_RECORD_CODE,
     }
 }
 
@@ -220,7 +228,38 @@ impl<'a> SmmuUnit<'a> {
             granule,
             attached: BTreeMap::new(),
             msi_doorbell,
-            unowned: Vec::new(),
+            unowned: FaultQueue::new(DEFAULT_FAULT_CAPACITY),
+            fault_capacity: DEFAULT_FAULT_CAPACITY,
+        }
+    }
+
+    /// How many faults each domain (and the unowned sink) keeps until its
+    /// owner takes them; more are counted in the `Lost` record.
+    pub fn set_fault_capacity(&mut self, capacity: usize) {
+        self.fault_capacity = capacity;
+        for domain in self.domains.iter_mut().flatten() {
+            domain.faults.set_capacity(capacity);
+        }
+        self.unowned.set_capacity(capacity);
+    }
+
+    pub fn fault_capacity(&self) -> usize {
+        self.fault_capacity
+    }
+
+    /// Where new domains get their table pages and CDs from (existing
+    /// domains keep theirs): lets a test inject allocation failures.
+    pub fn set_dma(&mut self, dma: &'a dyn DmaMemory) {
+        self.dma = dma;
+    }
+
+    /// Physical addresses of a paging domain's root table and, for stage 1,
+    /// its CD: memory no device may reach.
+    pub fn table_phys(&self, handle: DomainHandle) -> Option<(u64, Option<u64>)> {
+        match &self.domain(handle).ok()?.state {
+            DomainState::Stage1 { cd, table, .. } => Some((table.root_phys(), Some(cd.phys))),
+            DomainState::Stage2 { table, .. } => Some((table.root_phys(), None)),
+            _ => None,
         }
     }
 
@@ -434,6 +473,7 @@ impl<'a> SmmuUnit<'a> {
     /// Drains the event queue and files each fault with the domain that owns
     /// its stream.
     pub fn collect_faults(&mut self) {
+        let overflows_before = self.smmu.counters().event_overflows;
         self.smmu.drain_events();
         // Any other global error is acknowledged (and counted) here too.
         self.smmu.handle_global_errors();
@@ -444,20 +484,31 @@ impl<'a> SmmuUnit<'a> {
                 None => self.unowned.push(fault),
             }
         }
+        // The SMMU does not say whose records it discarded: every domain with
+        // a stream attached may have lost some, so each owner is told.
+        let overflows = self.smmu.counters().event_overflows - overflows_before;
+        if overflows > 0 {
+            let times = u32::try_from(overflows).unwrap_or(u32::MAX);
+            for domain in self.domains.iter_mut().flatten() {
+                if let Some(&sid) = domain.streams.first() {
+                    domain.faults.note_overflows(times, sid);
+                }
+            }
+        }
     }
 
     /// Takes the coalesced faults of `domain` (with their event counts).
     pub fn take_domain_faults(&mut self, domain: DomainHandle) -> Vec<Fault> {
         self.collect_faults();
         self.domain_mut(domain)
-            .map(|d| core::mem::take(&mut d.faults))
+            .map(|d| d.faults.take())
             .unwrap_or_default()
     }
 
     /// Takes the coalesced faults of streams no domain owns.
     pub fn take_unowned_faults(&mut self) -> Vec<Fault> {
         self.collect_faults();
-        core::mem::take(&mut self.unowned)
+        self.unowned.take()
     }
 }
 
@@ -560,7 +611,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         let domain = Domain {
             state,
             streams: Vec::new(),
-            faults: Vec::new(),
+            faults: FaultQueue::new(self.fault_capacity),
         };
         let index = match self.domains.iter().position(Option::is_none) {
             Some(free) => {
@@ -720,9 +771,9 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         let before = out.len();
         let id = self.id;
         for domain in self.domains.iter_mut().flatten() {
-            out.extend(domain.faults.drain(..).map(|f| fault_record(id, &f)));
+            out.extend(domain.faults.take().iter().map(|f| fault_record(id, f)));
         }
-        out.extend(self.unowned.drain(..).map(|f| fault_record(id, &f)));
+        out.extend(self.unowned.take().iter().map(|f| fault_record(id, f)));
         out.len() - before
     }
 

@@ -561,3 +561,98 @@ mod unit {
         unit.free_domain(domain).unwrap();
     }
 }
+
+mod lost {
+    use super::*;
+    use iommu::{DeviceId, DomainKind, FaultReason, IommuUnit, IovaRange, UnitId};
+    use smmuv3::SmmuUnit;
+    use smmuv3::unit::LOST_RECORD_CODE;
+
+    fn unit(rig: &Rig) -> SmmuUnit<'static> {
+        SmmuUnit::new(
+            smmu(rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        )
+    }
+
+    fn translation_fault(rig: &Rig, sid: u64, page: u64) {
+        rig.model
+            .inject_event([(sid << 32) | 0x10, 1 << 41, page * 0x1000, 0]);
+    }
+
+    #[test]
+    fn an_event_queue_overflow_reaches_every_attached_owner_once() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let idle = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), a).unwrap();
+        unit.attach(DeviceId(0x10), b).unwrap();
+        translation_fault(&rig, 8, 1);
+        let prod = rig.model.read(regs::EVENTQ_PROD.0);
+        rig.model.write(regs::EVENTQ_PROD.0, prod | (1 << 31));
+        unit.collect_faults();
+        let mine = unit.take_domain_faults(a);
+        assert_eq!(mine.len(), 2, "{mine:?}");
+        assert_eq!(mine[0].event.kind, EventKind::Translation);
+        assert_eq!(
+            mine[1].event.kind,
+            EventKind::Lost {
+                overflows: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(mine[1].event.sid, 8);
+        let theirs = unit.take_domain_faults(b);
+        assert_eq!(theirs.len(), 1, "B had no fault but may have lost some");
+        assert_eq!(theirs[0].event.sid, 0x10);
+        assert!(
+            unit.take_domain_faults(idle).is_empty(),
+            "no stream attached"
+        );
+        // Reported once: the next take is clean.
+        assert!(unit.take_domain_faults(a).is_empty());
+        // Through the contract: one record with the driver's code.
+        let prod = rig.model.read(regs::EVENTQ_PROD.0);
+        rig.model.write(regs::EVENTQ_PROD.0, prod & !(1 << 31));
+        unit.collect_faults();
+        let mut out = Vec::new();
+        unit.drain_faults(&mut out);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|r| r.reason == FaultReason::Other(LOST_RECORD_CODE))
+        );
+    }
+
+    #[test]
+    fn a_full_domain_queue_counts_what_it_dropped() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        unit.set_fault_capacity(3);
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), a).unwrap();
+        for page in 0..10 {
+            translation_fault(&rig, 8, page);
+            // Drained one at a time, as an interrupt-driven owner would.
+            unit.collect_faults();
+        }
+        let faults = unit.take_domain_faults(a);
+        assert_eq!(faults.len(), 4);
+        let pages: Vec<u64> = faults[..3].iter().map(|f| f.event.input_addr).collect();
+        assert_eq!(pages, [0, 0x1000, 0x2000], "the oldest are kept");
+        assert_eq!(
+            (faults[3].event.kind, faults[3].count),
+            (
+                EventKind::Lost {
+                    overflows: 0,
+                    dropped: 7
+                },
+                7
+            )
+        );
+    }
+}

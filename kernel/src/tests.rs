@@ -6,6 +6,8 @@
 mod amdvi;
 mod foundation;
 #[cfg(target_arch = "aarch64")]
+mod robust_smmuv3;
+#[cfg(target_arch = "aarch64")]
 mod smmuv3;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
@@ -17,6 +19,8 @@ pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "aarch64")]
     smmuv3::TESTS,
+    #[cfg(target_arch = "aarch64")]
+    robust_smmuv3::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]

@@ -666,6 +666,9 @@ fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
     Ok(Outcome::Passed)
 }
 
+/// What one 4 KiB last-level table maps.
+const LAST_LEVEL_SPAN: u64 = 2 << 20;
+
 /// What the kernel writes into the reused page.
 const REUSE_BYTE: u8 = 0x3C;
 
@@ -687,9 +690,10 @@ fn page_reuse_after_invalidation_is_safe(platform: &Platform) -> TestResult {
             bytes(&page, SMALL_DMA).iter().any(|&b| b != UNTOUCHED),
             "mapped DMA did not land"
         );
-        // Unmap. The table pages it unlinks stay allocated until the flush.
+        // Unmap the whole 2 MiB the last-level table covers, so that the
+        // table page is unlinked too: it must stay allocated until the flush.
         let free_mapped = frames::free_count();
-        let gather = unit(platform, |u| u.unmap(a, IOVA_REUSE, 4096))?;
+        let gather = unit(platform, |u| u.unmap(a, IOVA_REUSE, LAST_LEVEL_SPAN))?;
         ensure!(!gather.is_empty(), "unmap changed nothing");
         ensure_eq!(
             frames::free_count(),
@@ -707,6 +711,10 @@ fn page_reuse_after_invalidation_is_safe(platform: &Platform) -> TestResult {
         );
         unit(platform, |u| u.flush(a, &gather))?.map_err(|err| format!("flush: {err:?}"))?;
         let tables_freed = frames::free_count() - free_mapped;
+        ensure!(
+            tables_freed >= 1,
+            "the flush released no table page: the check above proves nothing"
+        );
         // Only now may P have a new owner. The frame allocator is next-fit
         // and would not hand P out again soon, so the kernel takes P over
         // directly: the worst case the allocator could produce.

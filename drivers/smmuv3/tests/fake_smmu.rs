@@ -302,6 +302,44 @@ fn illegal_command_is_replaced_and_the_queue_resumes() {
 }
 
 #[test]
+fn a_hung_queue_times_out_and_restart_keeps_the_tables() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::TwoLevel);
+    smmu.enable_interrupts(true, true).unwrap();
+    smmu.write_ste(8, &Ste::bypass()).unwrap();
+    let ste_phys = smmu.ste_phys(8).unwrap();
+    // Queues off: nothing consumes the command, the bound expires.
+    smmu.shutdown().unwrap();
+    assert_eq!(
+        smmu.execute(&[Command::TlbiNsnhAll]),
+        Err(Error::Timeout("CMD_SYNC"))
+    );
+    assert_ne!(
+        rig.model.read(regs::CMDQ_PROD.0),
+        rig.model.read(regs::CMDQ_CONS.0)
+    );
+    smmu.restart().unwrap();
+    assert_eq!(
+        Cr0::from_bits_retain(rig.model.read(regs::CR0.0)),
+        Cr0::SMMUEN | Cr0::EVENTQEN | Cr0::CMDQEN
+    );
+    assert_eq!(
+        rig.model.read(regs::IRQ_CTRL.0),
+        0b101,
+        "interrupts restored"
+    );
+    // Same stream table, same STE, and the queue runs again.
+    assert_eq!(smmu.ste_phys(8), Some(ste_phys));
+    assert_eq!(smmu.read_ste(8).unwrap(), Ste::bypass());
+    assert_eq!(smmu.execute(&[Command::TlbiNsnhAll]), Ok(()));
+    let log = rig.model.log.borrow();
+    assert_eq!(
+        opcodes(&log[log.len() - 2..]),
+        [opcode::TLBI_NSNH_ALL, opcode::CMD_SYNC]
+    );
+}
+
+#[test]
 fn command_queue_wraps_under_large_batches() {
     let rig = rig();
     let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });

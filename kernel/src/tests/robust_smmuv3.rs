@@ -34,6 +34,10 @@ pub static TESTS: &[Test] = &[
         run: hostile_dma_is_blocked_and_reported,
     },
     Test {
+        name: "robust::smmuv3::task_stage1_aimed_at_kernel_memory_is_stopped_by_the_kernel_stage2",
+        run: task_stage1_aimed_at_kernel_memory_is_stopped,
+    },
+    Test {
         name: "robust::smmuv3::fault_storm_overflows_the_event_queue_every_owner_learns_the_loss_and_dma_recovers",
         run: fault_storm_is_survived_and_counted,
     },
@@ -263,6 +267,140 @@ fn hostile_dma_is_blocked_and_reported(platform: &Platform) -> TestResult {
         "    hostile DMA: {targets} targets x 2 directions blocked, {} faults reported",
         targets * 2
     );
+    Ok(Outcome::Passed)
+}
+
+/// What the kernel keeps in the frame a hostile task aims at.
+const KERNEL_BYTE: u8 = 0x96;
+
+/// A task-owned stage 1 (nested domain) whose CD or page table points at
+/// kernel memory: every access the task's tables make goes through the
+/// kernel's stage 2, which maps only the task's own CD page, so the SMMU
+/// cannot even read kernel memory as a table, let alone DMA to it.
+fn task_stage1_aimed_at_kernel_memory_is_stopped(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
+    let (stage1, stage2) = unit(platform, |u| {
+        (u.smmu.features().stage1(), u.smmu.features().stage2())
+    })?;
+    if !(stage1 && stage2) {
+        return Ok(Outcome::NotApplicable(
+            "nesting needs both stages (configuration smmuv3-nested)",
+        ));
+    }
+    let (device, sid) = edus(platform)?[0];
+    let free_before = settled_free_frames(platform)?;
+    let parent = unit(platform, |u| u.alloc_domain(DomainKind::NestParent))?
+        .map_err(|err| format!("nest parent: {err:?}"))?;
+    let kernel = frames::alloc().ok_or("no frame")?;
+    let cd_page = frames::alloc().ok_or("no frame")?;
+    let result = (|| -> Result<usize, String> {
+        fill(&kernel, 4096, |_| KERNEL_BYTE);
+        // Stage 2 gives the task its CD page (IPA = PA) and nothing else.
+        map(platform, parent, cd_page.phys, cd_page.phys, 4096, rw())?;
+        let format = io_page_table::ArmLpae::new(io_page_table::ArmConfig {
+            stage: io_page_table::Stage::Stage1,
+            granule: io_page_table::Granule::K4,
+            input_bits: 48,
+            output_bits: 44,
+        })
+        .map_err(|err| format!("stage-1 format: {err:?}"))?;
+        let fields = format.stage1_fields();
+        // The task's CD names the kernel frame as its level-0 table.
+        let cd = smmuv3::Cd::stage1(&smmuv3::Stage1Config {
+            asid: 99,
+            root: kernel.phys,
+            granule: smmuv3::Granule::K4,
+            ias_bits: 48,
+            ips_encoding: u32::from(fields.ips),
+            mair: fields.mair,
+        })
+        .map_err(|err| format!("CD: {err:?}"))?;
+        for (i, word) in cd.0.iter().enumerate() {
+            // SAFETY: the CD page is owned by this test; volatile for the SMMU.
+            unsafe { core::ptr::write_volatile(cd_page.as_mut_ptr().cast::<u64>().add(i), *word) };
+        }
+        // Guest STEs (SMMUv3 §5.2 word 0: V, Config = stage-1 translate,
+        // S1ContextPtr): one at the task's CD, one at kernel memory as a CD.
+        const GUEST_S1: u64 = (0b101 << 1) | 1;
+        // The SMMU's first read for a stage-2 lookup: the kernel frame, as the
+        // level-0 table (entry 0 for the IOVA below) or as the CD.
+        let cases = [
+            (
+                "task table root at kernel memory",
+                cd_page.phys,
+                smmuv3::event::FaultClass::TableWalk,
+            ),
+            (
+                "task CD at kernel memory",
+                kernel.phys,
+                smmuv3::event::FaultClass::ContextDescriptor,
+            ),
+        ];
+        let edu = open(platform, device)?;
+        let mut blocked = 0;
+        for (what, cd_ipa, class) in cases {
+            let nested = unit(platform, |u| {
+                u.alloc_domain(DomainKind::Nested {
+                    parent,
+                    data: iommu::NestedData::ArmSmmuV3 {
+                        ste: [cd_ipa | GUEST_S1, 0],
+                    },
+                })
+            })?
+            .map_err(|err| format!("{what}: nested: {err:?}"))?;
+            let run = (|| -> Result<(), String> {
+                attach(platform, sid, nested)?;
+                // The IOVA a hostile table would translate to the kernel frame.
+                for direction in [edu::Direction::ToRam, edu::Direction::ToDevice] {
+                    dma(&edu, direction, IOVA_SCRATCH, SMALL_DMA)?;
+                    ensure!(
+                        bytes(&kernel, 4096).iter().all(|&b| b == KERNEL_BYTE),
+                        "{what}: the kernel frame changed"
+                    );
+                    let faults = faults_of(platform, nested)?;
+                    ensure_eq!(
+                        faults.len(),
+                        1,
+                        format!("{what}: {direction:?}: {faults:?}")
+                    );
+                    let e = &faults[0].event;
+                    ensure_eq!(
+                        (e.kind, e.sid, e.stage, e.class, e.input_addr, e.ipa),
+                        (
+                            EventKind::Translation,
+                            sid,
+                            smmuv3::Stage::Stage2,
+                            class,
+                            IOVA_SCRATCH,
+                            kernel.phys
+                        ),
+                        format!("{what}: {direction:?}: (type, sid, stage, class, IOVA, IPA)")
+                    );
+                    ensure_eq!(faults[0].count as usize, SMALL_DMA / 4, "events coalesced");
+                    blocked += 1;
+                }
+                Ok(())
+            })();
+            let freed = unit(platform, |u| {
+                u.detach(DeviceId(sid));
+                u.collect_faults();
+                u.take_domain_faults(nested);
+                u.free_domain(nested)
+            })?;
+            run?;
+            freed.map_err(|err| format!("free nested: {err:?}"))?;
+        }
+        Ok(blocked)
+    })();
+    let freed = unit(platform, |u| u.free_domain(parent))?;
+    frames::free(kernel);
+    frames::free(cd_page);
+    let blocked = result?;
+    freed.map_err(|err| format!("free parent: {err:?}"))?;
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    println!("    nested: {blocked} DMAs through a hostile task stage 1 blocked at stage 2");
     Ok(Outcome::Passed)
 }
 

@@ -129,6 +129,10 @@ pub struct SmmuUnit<'a> {
     domains: Vec<Option<Domain<'a>>>,
     next_asid: u16,
     next_vmid: u16,
+    /// ASIDs and VMIDs of freed domains, whose TLB entries were invalidated
+    /// when the domain was freed: reused before new ones are taken.
+    free_asids: Vec<u16>,
+    free_vmids: Vec<u16>,
     /// Granule of new paging domains.
     granule: Granule,
     attached: BTreeMap<u32, DomainHandle>,
@@ -225,6 +229,8 @@ impl<'a> SmmuUnit<'a> {
             domains: Vec::new(),
             next_asid: 1,
             next_vmid: 1,
+            free_asids: Vec::new(),
+            free_vmids: Vec::new(),
             granule,
             attached: BTreeMap::new(),
             msi_doorbell,
@@ -375,8 +381,7 @@ impl<'a> SmmuUnit<'a> {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage1)?;
-        let asid = self.next_asid;
-        self.next_asid = self.next_asid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        let asid = take_id(&mut self.free_asids, &mut self.next_asid)?;
         let fields = table.format().stage1_fields();
         let cd = Cd::stage1(&Stage1Config {
             asid,
@@ -386,8 +391,19 @@ impl<'a> SmmuUnit<'a> {
             ips_encoding: u32::from(fields.ips),
             mair: fields.mair,
         })
-        .map_err(|_| IommuError::Invalid)?;
-        let region = self.dma.alloc(64, 64).ok_or(IommuError::NoMemory)?;
+        .map_err(|_| IommuError::Invalid);
+        let region = self.dma.alloc(64, 64);
+        let (cd, region) = match (cd, region) {
+            (Ok(cd), Some(region)) => (cd, region),
+            (cd, region) => {
+                // Nothing was published: the ASID and the CD page go back.
+                self.free_asids.push(asid);
+                if let Some(region) = region {
+                    self.dma.free(region);
+                }
+                return Err(cd.err().unwrap_or(IommuError::NoMemory));
+            }
+        };
         write_cd(&region, &cd);
         Ok(DomainState::Stage1 {
             asid,
@@ -402,8 +418,7 @@ impl<'a> SmmuUnit<'a> {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage2)?;
-        let vmid = self.next_vmid;
-        self.next_vmid = self.next_vmid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        let vmid = take_id(&mut self.free_vmids, &mut self.next_vmid)?;
         Ok(DomainState::Stage2 {
             vmid,
             nest_parent,
@@ -510,6 +525,16 @@ impl<'a> SmmuUnit<'a> {
         self.collect_faults();
         self.unowned.take()
     }
+}
+
+/// A recycled ASID/VMID, else the next never used one (0 stays reserved).
+fn take_id(free: &mut Vec<u16>, next: &mut u16) -> Result<u16, IommuError> {
+    if let Some(id) = free.pop() {
+        return Ok(id);
+    }
+    let id = *next;
+    *next = next.checked_add(1).ok_or(IommuError::NoMemory)?;
+    Ok(id)
 }
 
 fn granule_of(granule: PtGranule) -> Granule {
@@ -650,7 +675,20 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         if let Some(domain) = self.domains[handle.0 as usize].take() {
             match domain.state {
                 DomainState::Stage1 {
+                    asid,
                     cd,
+                    mut table,
+                    pending,
+                } => {
+                    for freed in pending {
+                        table.release(freed);
+                    }
+                    self.dma.free(cd);
+                    // Its TLB entries went with the TLBI above.
+                    self.free_asids.push(asid);
+                }
+                DomainState::Stage2 {
+                    vmid,
                     mut table,
                     pending,
                     ..
@@ -658,14 +696,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     for freed in pending {
                         table.release(freed);
                     }
-                    self.dma.free(cd);
-                }
-                DomainState::Stage2 {
-                    mut table, pending, ..
-                } => {
-                    for freed in pending {
-                        table.release(freed);
-                    }
+                    self.free_vmids.push(vmid);
                 }
                 _ => {}
             }

@@ -694,3 +694,42 @@ mod lost {
         );
     }
 }
+
+mod ids {
+    use super::*;
+    use iommu::{DomainKind, IommuUnit, IovaRange, UnitId};
+    use smmuv3::SmmuUnit;
+
+    /// More domains than there are 16-bit ASIDs, allocated and freed one
+    /// after the other: freed ASIDs are reused, so the space never runs out.
+    #[test]
+    fn freed_asids_are_reused_and_the_id_space_does_not_run_out() {
+        let rig = rig();
+        let mut unit = SmmuUnit::new(
+            smmu(&rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        );
+        let held = unit.alloc_domain(DomainKind::Paging).unwrap();
+        for round in 0..(u16::MAX as u32 + 10) {
+            let domain = unit
+                .alloc_domain(DomainKind::Paging)
+                .unwrap_or_else(|err| panic!("round {round}: {err:?}"));
+            unit.free_domain(domain).unwrap();
+        }
+        // The freed ASID was invalidated before reuse: the last free's TLBI
+        // names the same ASID as the first one did.
+        let log = rig.model.log.borrow();
+        let asids: Vec<u64> = log
+            .iter()
+            .filter(|c| (c[0] & 0xFF) as u8 == opcode::TLBI_NH_ASID)
+            .map(|c| c[0] >> 48)
+            .collect();
+        assert_eq!(asids.len(), u16::MAX as usize + 10, "one TLBI per free");
+        // ASID 1 is held; every other domain got ASID 2 back.
+        assert!(asids.iter().all(|&a| a == 2), "one ASID recycled");
+        drop(log);
+        unit.free_domain(held).unwrap();
+    }
+}

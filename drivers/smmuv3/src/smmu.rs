@@ -791,6 +791,27 @@ impl<'a> Smmu<'a> {
         }
     }
 
+    /// Writes the abort configuration into word 0 of the STE of `sid` without
+    /// telling the SMMU (no CFGI_STE): for when the command queue is hung
+    /// and an STE update may have stopped half-way. Abort reads only word 0
+    /// (§5.2), so the entry is whole whatever the other words hold.
+    pub fn abort_ste_unsynced(&mut self, sid: u32) {
+        if let Some(phys) = self.ste_phys(sid) {
+            let slot = match &self.strtab {
+                StreamTable::Linear { region, .. } => Some(region),
+                StreamTable::TwoLevel { l2, .. } => l2
+                    .get((sid >> TWO_LEVEL_SPLIT) as usize)
+                    .and_then(Option::as_ref),
+            };
+            if let Some(region) = slot {
+                let word = ((phys - region.0.phys) / 8) as usize;
+                fence(Ordering::SeqCst);
+                region.write(word, Ste::abort().0[0]);
+                fence(Ordering::SeqCst);
+            }
+        }
+    }
+
     /// Reads every pending event record, coalesces them into faults and
     /// detects overflow (§7.4 EVENTQ_PROD.OVFLG; QEMU reports a full queue as
     /// GERROR.EVENTQ_ABT_ERR). Returns the number of records read.

@@ -773,7 +773,23 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         let sid = device.0;
         let ste = self.ste_for(domain)?;
-        self.smmu.write_ste(sid, &ste)?;
+        if let Err(err) = self.smmu.write_ste(sid, &ste) {
+            if matches!(err, Error::Timeout(_) | Error::CommandRejected { .. }) {
+                // The STE in memory may be the old, the new or the abort one,
+                // and the SMMU may not have seen the change: fail closed. The
+                // stream aborts from its next STE fetch on (at the latest
+                // after `Smmu::restart`) and belongs to no domain, so neither
+                // domain is handed to it by mistake; the old domain cannot be
+                // freed before the queue works again (its TLBI would fail).
+                self.smmu.abort_ste_unsynced(sid);
+                if let Some(old) = self.attached.remove(&sid)
+                    && let Ok(old) = self.domain_mut(old)
+                {
+                    old.streams.retain(|&s| s != sid);
+                }
+            }
+            return Err(err.into());
+        }
         if let Some(old) = self.attached.insert(sid, domain)
             && let Ok(old) = self.domain_mut(old)
         {

@@ -695,6 +695,32 @@ mod lost {
     }
 }
 
+#[test]
+fn an_attach_on_a_hung_queue_fails_closed() {
+    use iommu::{DeviceId, DomainKind, IommuError, IommuUnit, IovaRange, UnitId};
+    let rig = rig();
+    let mut unit = smmuv3::SmmuUnit::new(
+        smmu(&rig, StreamTableFormat::TwoLevel),
+        rig.dma,
+        UnitId(0),
+        IovaRange::from_len(0x0802_0000, 0x1000),
+    );
+    let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(8), a).unwrap();
+    unit.smmu.shutdown().unwrap();
+    assert_eq!(unit.attach(DeviceId(8), b), Err(IommuError::Timeout));
+    assert_eq!(unit.domain_of(8), None, "attached to neither");
+    // Abort reads only word 0; the others may hold the half-written target.
+    assert_eq!(unit.smmu.read_ste(8).unwrap().0[0], Ste::abort().0[0]);
+    // A cannot go while the queue is hung (its TLBI fails); after a restart
+    // both can.
+    assert_eq!(unit.free_domain(a), Err(IommuError::Timeout));
+    unit.smmu.restart().unwrap();
+    assert_eq!(unit.free_domain(a), Ok(()));
+    assert_eq!(unit.free_domain(b), Ok(()));
+}
+
 mod ids {
     use super::*;
     use iommu::{DomainKind, IommuUnit, IovaRange, UnitId};

@@ -573,7 +573,8 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
     if let Some(outcome) = not_here(platform) {
         return Ok(outcome);
     }
-    let (device, sid) = edus(platform)?[0];
+    let pair = edus(platform)?;
+    let ((device, sid), (other, other_sid)) = (pair[0], pair[1]);
     let free_before = settled_free_frames(platform)?;
     let a = paging_domain(platform)?;
     let gone = frames::alloc().ok_or("no frame")?;
@@ -634,6 +635,15 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
             free_after_unmap,
             "table pages released before their invalidation completed"
         );
+        // An attach on the hung queue fails and fails closed: the stream
+        // belongs to no domain and its STE aborts.
+        let attached = unit(platform, |u| u.attach(DeviceId(other_sid), a))?;
+        ensure_eq!(attached, Err(IommuError::Timeout), "attach on a hung queue");
+        ensure_eq!(
+            unit(platform, |u| u.domain_of(other_sid))?,
+            None,
+            "stream recorded as attached after a failed attach"
+        );
         // Off means blocked (GBPA.ABORT), never bypass: a mapped DMA does not land.
         fill(&kept, SMALL_DMA, |_| UNTOUCHED);
         dma(&edu, edu::Direction::ToRam, IOVA_LAND, SMALL_DMA)?;
@@ -654,6 +664,15 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
             EventKind::Translation,
             false,
         )?;
+        // The stream whose attach failed aborts (silently), though its STE
+        // may have been written before the queue hung.
+        let other_edu = open(platform, other)?;
+        fill(&kept, SMALL_DMA, |_| UNTOUCHED);
+        dma(&other_edu, edu::Direction::ToRam, IOVA_LAND, SMALL_DMA)?;
+        ensure!(
+            bytes(&kept, SMALL_DMA).iter().all(|&b| b == UNTOUCHED),
+            "the stream of the failed attach reached the domain"
+        );
         dma(&edu, edu::Direction::ToRam, IOVA_LAND, SMALL_DMA)?;
         ensure!(
             bytes(&kept, SMALL_DMA).iter().any(|&b| b != UNTOUCHED),
@@ -662,7 +681,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
         map(platform, a, IOVA_SCRATCH, gone.phys, 4096, rw())?;
         Ok(waited_ms)
     })();
-    let freed = release(platform, &[sid], &[a])?;
+    let freed = release(platform, &[sid, other_sid], &[a])?;
     frames::free(gone);
     frames::free(kept);
     let waited_ms = result?;

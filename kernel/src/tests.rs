@@ -8,6 +8,8 @@ mod foundation;
 mod iommufd_syscalls;
 mod robust_syscalls;
 #[cfg(target_arch = "aarch64")]
+mod robust_smmuv3;
+#[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;
 #[cfg(target_arch = "x86_64")]
@@ -20,6 +22,8 @@ pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "aarch64")]
     smmuv3::TESTS,
+    #[cfg(target_arch = "aarch64")]
+    robust_smmuv3::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]

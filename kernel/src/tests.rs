@@ -6,9 +6,9 @@
 mod amdvi;
 mod foundation;
 mod iommufd_syscalls;
-mod robust_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod robust_smmuv3;
+mod robust_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;

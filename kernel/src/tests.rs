@@ -5,6 +5,8 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+#[cfg(target_arch = "x86_64")]
+mod robust_vtd;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 #[cfg(target_arch = "x86_64")]
@@ -21,6 +23,8 @@ pub static ALL: &[&[Test]] = &[
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::PAGING_TESTS,
+    #[cfg(target_arch = "x86_64")]
+    robust_vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
 ];

@@ -151,6 +151,16 @@ pub struct Counters {
     pub mmio_writes: u64,
 }
 
+/// What fault draining saw, for the robustness figures: records moved out
+/// of the recording registers, and how often FSTS.PFO said that faults
+/// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
+/// lost; the hardware does not say how many).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub records: u64,
+    pub overflows: u64,
+}
+
 impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
@@ -267,6 +277,7 @@ pub struct Vtd<'a, R: Registers> {
     next_did: u16,
     interrupts: Option<InterruptTable>,
     counters: Counters,
+    fault_stats: FaultStats,
 }
 
 /// What bring-up should enable.
@@ -340,6 +351,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             next_did: 1,
             interrupts: None,
             counters: Counters::default(),
+            fault_stats: FaultStats::default(),
         };
         unit.bring_up(options)?;
         Ok(unit)
@@ -564,18 +576,23 @@ impl<'a, R: Registers> Vtd<'a, R> {
     }
 
     /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
-    /// replace it with a wait that writes nothing, then clear IQE so that the
-    /// queue runs again from there.
+    /// replace it with a harmless wait, then clear IQE so that the queue runs
+    /// again from there. The wait writes the failed submission's own token
+    /// (nobody waits for it any more): QEMU rejects a wait descriptor with
+    /// neither SW nor IF, which would stop the queue again at the same slot.
     fn recover_queue(&mut self) {
         let Invalidator::Queue {
-            ring_page, ring, ..
+            ring_page,
+            ring,
+            status,
+            sequence,
         } = &self.invalidator
         else {
             return;
         };
         let slot = ring.head_slot(self.regs.read64(regs::IQH));
         let offset = slot * ring.slot_bytes();
-        let harmless = Descriptor([crate::invalidation::DescriptorType::Wait as u64, 0, 0, 0]);
+        let harmless = Descriptor::wait(status.phys, *sequence);
         let words = if ring.is_wide() { 4 } else { 2 };
         for (index, word) in harmless.0[..words].iter().enumerate() {
             ring_page.write(offset + index * 8, *word);
@@ -586,9 +603,9 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
     }
 
-    /// Queues raw descriptors (tests inject malformed ones through this).
-    #[cfg(test)]
-    pub(crate) fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+    /// Queues raw descriptors plus a wait, like every invalidation does;
+    /// tests inject malformed ones through this to provoke FSTS.IQE.
+    pub fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
         self.submit(descriptors)
     }
 
@@ -922,8 +939,10 @@ impl<'a, R: Registers> Vtd<'a, R> {
         }
         let sticky = status & FaultStatus::OVERFLOW;
         if !sticky.is_empty() {
+            self.fault_stats.overflows += 1;
             self.write32(regs::FSTS, sticky.bits());
         }
+        self.fault_stats.records += (out.len() - before) as u64;
         out.len() - before
     }
 
@@ -1008,6 +1027,50 @@ impl<'a, R: Registers> Vtd<'a, R> {
 
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// Records drained and overflows seen since bring-up.
+    pub fn fault_stats(&self) -> FaultStats {
+        self.fault_stats
+    }
+
+    /// FSTS as the hardware reports it now.
+    pub fn fault_status(&self) -> FaultStatus {
+        FaultStatus::from_bits_retain(self.regs.read32(regs::FSTS))
+    }
+
+    /// Physical addresses of the unit's own in-memory structures (root and
+    /// context tables, PASID structures, invalidation queue and its status
+    /// page, interrupt-remapping table), named, so that tests can aim a
+    /// device at them.
+    pub fn structure_pages(&self) -> Vec<(&'static str, u64)> {
+        let mut pages = alloc::vec![("root table", self.root.phys)];
+        pages.extend(
+            self.context_tables
+                .values()
+                .map(|table| ("context table", table.phys)),
+        );
+        for tables in self.pasid_tables.values() {
+            pages.push(("PASID directory", tables.directory.phys));
+            pages.push(("PASID table", tables.table.phys));
+        }
+        if let Invalidator::Queue {
+            ring_page, status, ..
+        } = &self.invalidator
+        {
+            pages.push(("invalidation queue", ring_page.phys));
+            pages.push(("invalidation wait status", status.phys));
+        }
+        if let Some(table) = &self.interrupts {
+            pages.push(("interrupt-remapping table", table.page.phys));
+        }
+        pages
+    }
+
+    /// Physical address of a paging domain's top-level I/O page table.
+    pub fn domain_table_root(&self, domain: DomainHandle) -> Option<u64> {
+        let table = self.domains.get(&domain.0)?.table.as_ref()?;
+        Some(table.root())
     }
 
     pub fn mode(&self) -> Mode {

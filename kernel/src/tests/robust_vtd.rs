@@ -48,6 +48,10 @@ pub static TESTS: &[Test] = &[
         run: hung_register_invalidation_times_out_and_recovers,
     },
     Test {
+        name: "robust::vtd::a_hung_invalidation_queue_times_out_to_the_caller_and_the_unit_recovers",
+        run: hung_invalidation_queue_times_out_and_recovers,
+    },
+    Test {
         name: "robust::vtd::table_pages_running_out_fail_cleanly_leak_nothing_and_the_unit_recovers",
         run: table_page_exhaustion_fails_cleanly,
     },
@@ -452,9 +456,10 @@ fn raw_registers(platform: &Platform) -> Fallible<os_services::mmio::Mmio> {
         .next()
         .ok_or("no DRHD")?;
     let base = NonNull::new(description.register_base as *mut u8).ok_or("DRHD base 0")?;
-    // SAFETY: the register page is identity-mapped uncached; the test writes
-    // only GCMD, IQA and IQT, which the register-based unit under test never
-    // uses, and restores them before it ends.
+    // SAFETY: the register page is identity-mapped uncached. The tests
+    // write only GCMD (one enable bit, the others preserved), IQA and IQT,
+    // to play a hung unit, and put QIE back as the unit expects before
+    // they end.
     Ok(unsafe { os_services::mmio::Mmio::new(base, description.register_size as usize) })
 }
 
@@ -491,26 +496,10 @@ fn hung_register_invalidation_times_out_and_recovers(platform: &Platform) -> Tes
         queued_invalidation: false,
         interrupt_remapping: false,
     };
-    with_unit_options(platform, options, |unit| {
-        let Some(domain) = paging_domain(unit)? else {
-            return Ok(Outcome::NotApplicable("no paging domain"));
-        };
-        let (a, _) = edu_pair()?;
-        let edu_a = open(platform, a)?;
-        let pattern = filled_frame(PATTERN)?;
-        let check = filled_frame(0xEE)?;
-        // The ring QEMU reads while the test holds QIE on.
-        let ring = filled_frame(0)?;
+    let ring = filled_frame(0)?;
+    let outcome = with_unit_options(platform, options, |unit| {
         let registers = raw_registers(platform)?;
-        let result = (|| -> Fallible {
-            unit.attach(device(a), domain)
-                .map_err(|err| format!("attach: {err:?}"))?;
-            map(unit, domain, PATTERN_IOVA, pattern.phys, 4096, READ_ONLY)?;
-            map(unit, domain, CHECK_IOVA, check.phys, 4096, READ_WRITE)?;
-            dma(&edu_a, Direction::ToDevice, PATTERN_IOVA, 0, DMA_LEN)?;
-            dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
-            ensure!(holds(&check, PATTERN), "DMA before the hang did not land");
-
+        let hang = || -> Fallible {
             registers.write64(regs::IQT, 0);
             registers.write64(regs::IQA, regs::queue_address(ring.phys, false, 0));
             set_queue_enable(&registers, true)?;
@@ -524,54 +513,104 @@ fn hung_register_invalidation_times_out_and_recovers(platform: &Platform) -> Tes
                 core::ptr::write_volatile((ring.as_mut_ptr() as *mut u64).add(1), wait.0[1]);
             }
             registers.write64(regs::IQT, 16);
-
-            let gather = unit.unmap(domain, CHECK_IOVA, 4096);
-            let started = crate::time::CLOCK.now_ns();
-            let hung = unit.flush(domain, &gather);
-            let waited_ms = (crate::time::CLOCK.now_ns() - started) / 1_000_000;
+            Ok(())
+        };
+        let unhang = || -> Fallible {
             set_queue_enable(&registers, false)?;
             registers.write64(regs::IQT, 0);
-            ensure_eq!(hung, Err(IommuError::Timeout), "flush on a hung unit");
-            ensure!(
-                (100..1000).contains(&waited_ms),
-                "the bounded wait took {waited_ms} ms"
-            );
-            // Hardware back: the caller retries the same flush.
-            unit.flush(domain, &gather)
-                .map_err(|err| format!("flush after recovery: {err:?}"))?;
-            // SAFETY: the check frame belongs to this test.
-            unsafe { core::ptr::write_bytes(check.as_mut_ptr(), 0x77, 4096) };
-            dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
-            ensure!(
-                holds(&check, 0x77),
-                "the unmap was not invalidated after recovery"
-            );
-            let sid = requester(a);
-            expect_fault(
-                unit,
-                "after recovery",
-                sid,
-                CHECK_IOVA,
-                false,
-                no_leaf_reasons(unit, false),
-            )?;
-            map(unit, domain, CHECK_IOVA, check.phys, 4096, READ_WRITE)?;
-            dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
-            ensure!(holds(&check, PATTERN), "DMA after recovery did not land");
-            println!(
-                "robust::vtd: hung IOTLB register: flush gave up after {waited_ms} ms, retry ok"
-            );
             Ok(())
-        })();
-        unit.detach(device(a));
-        let freed = unit.free_domain(domain);
-        for frame in [pattern, check, ring] {
-            frames::free(frame);
+        };
+        hang_flush_recover(platform, unit, "IOTLB register", hang, unhang)
+    });
+    frames::free(ring);
+    outcome
+}
+
+/// Queued invalidation: the test turns QIE off behind the unit's back, so
+/// QEMU takes the tail write but runs nothing and the wait's status never
+/// comes. The flush must give up after its bound with `IommuError::Timeout`;
+/// once QIE is back on (QEMU then runs the ring from its start to the
+/// tail), the same flush succeeds and the unmap is seen by the next DMA.
+fn hung_invalidation_queue_times_out_and_recovers(platform: &Platform) -> TestResult {
+    with_unit(platform, |unit| {
+        if !unit.uses_queued_invalidation() {
+            return Ok(Outcome::NotApplicable("no queued invalidation"));
         }
-        result?;
-        freed.map_err(|err| format!("free domain: {err:?}"))?;
-        Ok(Outcome::Passed)
+        let registers = raw_registers(platform)?;
+        let hang = || set_queue_enable(&registers, false);
+        let unhang = || set_queue_enable(&registers, true);
+        hang_flush_recover(platform, unit, "invalidation queue", hang, unhang)
     })
+}
+
+/// Edu A in a paging domain, a mapped page the DMA reaches (so QEMU caches
+/// it), then `hang`, an unmap whose flush must time out within its bound,
+/// `unhang`, the same flush again, and DMAs proving the unmap took effect
+/// and the unit maps again.
+fn hang_flush_recover(
+    platform: &Platform,
+    unit: &mut Unit,
+    what: &str,
+    hang: impl FnOnce() -> Fallible,
+    unhang: impl FnOnce() -> Fallible,
+) -> TestResult {
+    let Some(domain) = paging_domain(unit)? else {
+        return Ok(Outcome::NotApplicable("no paging domain"));
+    };
+    let (a, _) = edu_pair()?;
+    let edu_a = open(platform, a)?;
+    let sid = requester(a);
+    let pattern = filled_frame(PATTERN)?;
+    let check = filled_frame(0xEE)?;
+    let result = (|| -> Fallible {
+        unit.attach(device(a), domain)
+            .map_err(|err| format!("attach: {err:?}"))?;
+        map(unit, domain, PATTERN_IOVA, pattern.phys, 4096, READ_ONLY)?;
+        map(unit, domain, CHECK_IOVA, check.phys, 4096, READ_WRITE)?;
+        dma(&edu_a, Direction::ToDevice, PATTERN_IOVA, 0, DMA_LEN)?;
+        dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
+        ensure!(holds(&check, PATTERN), "DMA before the hang did not land");
+
+        hang()?;
+        let gather = unit.unmap(domain, CHECK_IOVA, 4096);
+        let started = crate::time::CLOCK.now_ns();
+        let hung = unit.flush(domain, &gather);
+        let waited_ms = (crate::time::CLOCK.now_ns() - started) / 1_000_000;
+        unhang()?;
+        ensure_eq!(
+            hung,
+            Err(IommuError::Timeout),
+            format!("flush on a hung {what}")
+        );
+        ensure!(
+            (100..1000).contains(&waited_ms),
+            "the bounded wait took {waited_ms} ms"
+        );
+        // Hardware back: the caller retries the same flush.
+        unit.flush(domain, &gather)
+            .map_err(|err| format!("flush after recovery: {err:?}"))?;
+        // SAFETY: the check frame belongs to this test.
+        unsafe { core::ptr::write_bytes(check.as_mut_ptr(), 0x77, 4096) };
+        dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
+        ensure!(
+            holds(&check, 0x77),
+            "the unmap was not invalidated after recovery"
+        );
+        let reasons = no_leaf_reasons(unit, false);
+        expect_fault(unit, "after recovery", sid, CHECK_IOVA, false, reasons)?;
+        map(unit, domain, CHECK_IOVA, check.phys, 4096, READ_WRITE)?;
+        dma(&edu_a, Direction::ToRam, CHECK_IOVA, 0, DMA_LEN)?;
+        ensure!(holds(&check, PATTERN), "DMA after recovery did not land");
+        println!("robust::vtd: hung {what}: flush gave up after {waited_ms} ms, retry ok");
+        Ok(())
+    })();
+    unit.detach(device(a));
+    let freed = unit.free_domain(domain);
+    frames::free(pattern);
+    frames::free(check);
+    result?;
+    freed.map_err(|err| format!("free domain: {err:?}"))?;
+    Ok(Outcome::Passed)
 }
 
 // ---- 4. resource exhaustion -------------------------------------------------

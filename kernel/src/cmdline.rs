@@ -21,6 +21,8 @@ pub struct Cmdline<'a> {
     pub seed: Option<u64>,
     /// Crash on purpose after boot, to prove the crash path reports and fails.
     pub crash: Option<Crash>,
+    /// User programs to run in demo mode, comma-separated (`tasks=hello,ping`).
+    pub tasks: Option<&'a str>,
 }
 
 /// A deliberate crash (`crash=panic` or `crash=fault`).
@@ -39,6 +41,7 @@ impl<'a> Cmdline<'a> {
             filter: None,
             seed: None,
             crash: None,
+            tasks: None,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -47,6 +50,7 @@ impl<'a> Cmdline<'a> {
                 None if word == "bench" => cmdline.mode = Mode::Bench,
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),
+                Some(("tasks", value)) => cmdline.tasks = Some(value),
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
                 Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
                 _ => println!("cmdline: ignoring unknown word {word:?}"),

@@ -23,6 +23,8 @@ mod irq;
 mod memory;
 mod panic;
 mod platform;
+mod syscall;
+mod task;
 #[macro_use]
 mod testing;
 mod tests;
@@ -46,7 +48,7 @@ fn kernel_main(boot: BootInfo) -> ! {
     }
 
     let failed = match cmdline.mode {
-        Mode::Demo => demo::run(&platform),
+        Mode::Demo => demo::run(&platform) + cmdline.tasks.map_or(0, task::demo),
         Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
         Mode::Bench => bench::run_all(&platform, cmdline.filter),
     };

@@ -54,6 +54,14 @@ macro_rules! ensure_eq {
     }};
 }
 
+/// The `seed=` of the command line, for randomised tests.
+static SEED: spin::Once<Option<u64>> = spin::Once::new();
+
+/// The seed the command line gave, if any.
+pub fn seed() -> Option<u64> {
+    SEED.get().copied().flatten()
+}
+
 /// The test running now, for the panic report.
 static RUNNING: spin::Mutex<Option<&'static str>> = spin::Mutex::new(None);
 
@@ -64,6 +72,7 @@ pub fn running_test() -> Option<&'static str> {
 
 /// Runs every test the filter selects; returns the number that failed.
 pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> usize {
+    SEED.call_once(|| cmdline.seed);
     let selected = || {
         groups
             .iter()

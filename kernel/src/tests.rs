@@ -5,10 +5,12 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+mod robust_syscalls;
 #[cfg(target_arch = "x86_64")]
 mod robust_vtd;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
+mod tasks;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
 
@@ -27,4 +29,6 @@ pub static ALL: &[&[Test]] = &[
     robust_vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
+    tasks::TESTS,
+    robust_syscalls::TESTS,
 ];

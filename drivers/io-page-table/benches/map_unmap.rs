@@ -1,1 +1,608 @@
-fn main() {}
+//! `cargo bench -p io-page-table`: this crate against the naive per-page walk and
+//! the `x86_64` crate's `OffsetPageTable`, on host memory. Results and targets are
+//! tabulated in BENCHMARKS.md at the repository root.
+
+mod support;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{
+    BenchmarkGroup, Criterion, criterion_group, criterion_main, measurement::WallTime,
+};
+use io_page_table::heap::HeapTableAlloc;
+use io_page_table::{
+    Coherence, Format, PageTable, Prot, VtdSecondStage, VtdSsConfig, X86_64, X86Config,
+};
+use support::{Naive, X86Crate};
+
+const K4: u64 = 0x1000;
+const M2: u64 = 0x20_0000;
+const G1: u64 = 0x4000_0000;
+/// Where the benchmarks map: 1 GiB-aligned, away from zero.
+const BASE: u64 = 0x40_0000_0000;
+/// A physical address that is 4 KiB but not 2 MiB aligned: forces 4 KiB leaves.
+const PHYS_4K: u64 = 0x1_0000_1000;
+
+type Table<F> = PageTable<F, HeapTableAlloc>;
+
+fn x86() -> Table<X86_64> {
+    let f = X86_64::new(X86Config {
+        levels: 4,
+        user: true,
+        nx: false,
+        leaf_1g: true,
+        output_bits: 52,
+    })
+    .unwrap();
+    PageTable::new(f, HeapTableAlloc::new(), Coherence::Coherent).unwrap()
+}
+
+fn vtd(sllps: u8) -> Table<VtdSecondStage> {
+    let f = VtdSecondStage::new(VtdSsConfig {
+        levels: 4,
+        sllps,
+        snoop: false,
+        output_bits: 48,
+    })
+    .unwrap();
+    PageTable::new(f, HeapTableAlloc::new(), Coherence::Coherent).unwrap()
+}
+
+fn unmap_release<F: Format>(pt: &mut Table<F>, iova: u64, len: u64) {
+    let un = pt.unmap(iova, len).unwrap();
+    pt.release(un.freed);
+}
+
+/// Unmaps `[iova, iova + len)` without freeing any table: every 2 MiB table is
+/// cut in two pieces, so no unmap covers it whole.
+fn unmap_keep_tables<F: Format>(pt: &mut Table<F>, iova: u64, len: u64) {
+    let mut at = iova;
+    while at < iova + len {
+        let chunk = (M2 - (at & (M2 - 1))).min(iova + len - at);
+        if chunk == M2 {
+            for (a, l) in [(at, M2 - K4), (at + M2 - K4, K4)] {
+                let un = pt.unmap(a, l).unwrap();
+                pt.release(un.freed);
+            }
+        } else {
+            let un = pt.unmap(at, chunk).unwrap();
+            pt.release(un.freed);
+        }
+        at += chunk;
+    }
+}
+
+/// Runs `op(k)` for `iters` operations in batches of `batch`, timing only the ops;
+/// `undo(k)` restores the state between batches, untimed.
+fn batched<S>(
+    state: &mut S,
+    iters: u64,
+    batch: u64,
+    op: impl Fn(&mut S, u64),
+    undo: impl Fn(&mut S, u64),
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    while done < iters {
+        let n = batch.min(iters - done);
+        let start = Instant::now();
+        for k in 0..n {
+            op(state, k);
+        }
+        total += start.elapsed();
+        for k in 0..n {
+            undo(state, k);
+        }
+        done += n;
+    }
+    total
+}
+
+/// A group with short warm-up and measurement, so the whole run takes minutes.
+fn quick<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
+    let mut g = c.benchmark_group(name);
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1200))
+        .sample_size(20);
+    g
+}
+
+fn map_1x4k(c: &mut Criterion) {
+    let mut g = quick(c, "map_1x4k");
+    g.bench_function("crate", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, M2, Prot::RW).unwrap();
+        unmap_keep_tables(&mut pt, BASE, M2);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                256,
+                |pt, k| {
+                    black_box(pt.map(BASE + k * K4, PHYS_4K + k * K4, K4, Prot::RW)).unwrap();
+                },
+                |pt, k| unmap_release(pt, BASE + k * K4, K4),
+            )
+        })
+    });
+    g.bench_function("naive", |b| {
+        let mut n = Naive::new();
+        n.map_4k(BASE, 0);
+        b.iter_custom(|iters| {
+            batched(
+                &mut n,
+                iters,
+                256,
+                |n, k| assert!(n.map_4k(BASE + (k + 1) * K4, k * K4)),
+                |n, k| {
+                    n.unmap_4k(BASE + (k + 1) * K4);
+                },
+            )
+        })
+    });
+    g.bench_function("x86_64_crate", |b| {
+        let mut x = X86Crate::new(64);
+        x.map_4k(BASE, 0);
+        b.iter_custom(|iters| {
+            batched(
+                &mut x,
+                iters,
+                256,
+                |x, k| x.map_4k(BASE + (k + 1) * K4, k * K4),
+                |x, k| x.unmap_4k(BASE + (k + 1) * K4),
+            )
+        })
+    });
+    g.finish();
+}
+
+fn unmap_1x4k(c: &mut Criterion) {
+    let mut g = quick(c, "unmap_1x4k");
+    g.bench_function("crate", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, M2, Prot::RW).unwrap();
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                256,
+                |pt, k| {
+                    let un = black_box(pt.unmap(BASE + k * K4, K4)).unwrap();
+                    debug_assert!(un.freed.is_empty());
+                },
+                |pt, k| {
+                    pt.map(BASE + k * K4, PHYS_4K + k * K4, K4, Prot::RW)
+                        .unwrap();
+                },
+            )
+        })
+    });
+    g.bench_function("naive", |b| {
+        let mut n = Naive::new();
+        for k in 0..257 {
+            n.map_4k(BASE + k * K4, k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut n,
+                iters,
+                256,
+                |n, k| assert!(n.unmap_4k(BASE + (k + 1) * K4)),
+                |n, k| {
+                    n.map_4k(BASE + (k + 1) * K4, k * K4);
+                },
+            )
+        })
+    });
+    g.bench_function("x86_64_crate", |b| {
+        let mut x = X86Crate::new(64);
+        for k in 0..257 {
+            x.map_4k(BASE + k * K4, k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut x,
+                iters,
+                256,
+                |x, k| x.unmap_4k(BASE + (k + 1) * K4),
+                |x, k| x.map_4k(BASE + (k + 1) * K4, k * K4),
+            )
+        })
+    });
+    g.finish();
+}
+
+/// 256 × 4 KiB = 1 MiB; batches use 16 distinct, warm 1 MiB regions.
+const R256: u64 = 256 * K4;
+
+fn map_256x4k(c: &mut Criterion) {
+    let mut g = quick(c, "map_256x4k");
+    g.bench_function("crate", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, 16 * R256, Prot::RW).unwrap();
+        unmap_keep_tables(&mut pt, BASE, 16 * R256);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                16,
+                |pt, k| {
+                    black_box(pt.map(BASE + k * R256, PHYS_4K, R256, Prot::RW)).unwrap();
+                },
+                |pt, k| unmap_release(pt, BASE + k * R256, R256),
+            )
+        })
+    });
+    g.bench_function("crate_per_page", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, 16 * R256, Prot::RW).unwrap();
+        unmap_keep_tables(&mut pt, BASE, 16 * R256);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                16,
+                |pt, k| {
+                    for p in 0..256 {
+                        pt.map(BASE + k * R256 + p * K4, PHYS_4K + p * K4, K4, Prot::RW)
+                            .unwrap();
+                    }
+                },
+                |pt, k| unmap_release(pt, BASE + k * R256, R256),
+            )
+        })
+    });
+    g.bench_function("naive", |b| {
+        let mut n = Naive::new();
+        for k in 0..16 * 256 {
+            n.map_4k(BASE + k * K4, k * K4);
+        }
+        for k in 0..16 * 256 {
+            n.unmap_4k(BASE + k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut n,
+                iters,
+                16,
+                |n, k| {
+                    for p in 0..256 {
+                        assert!(n.map_4k(BASE + k * R256 + p * K4, p * K4));
+                    }
+                },
+                |n, k| {
+                    for p in 0..256 {
+                        n.unmap_4k(BASE + k * R256 + p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("x86_64_crate", |b| {
+        let mut x = X86Crate::new(64);
+        for k in 0..16 * 256 {
+            x.map_4k(BASE + k * K4, k * K4);
+        }
+        for k in 0..16 * 256 {
+            x.unmap_4k(BASE + k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut x,
+                iters,
+                16,
+                |x, k| {
+                    for p in 0..256 {
+                        x.map_4k(BASE + k * R256 + p * K4, p * K4);
+                    }
+                },
+                |x, k| {
+                    for p in 0..256 {
+                        x.unmap_4k(BASE + k * R256 + p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn unmap_256x4k(c: &mut Criterion) {
+    let mut g = quick(c, "unmap_256x4k");
+    g.bench_function("crate", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, 16 * R256, Prot::RW).unwrap();
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                16,
+                |pt, k| {
+                    let un = black_box(pt.unmap(BASE + k * R256, R256)).unwrap();
+                    debug_assert!(un.freed.is_empty());
+                },
+                |pt, k| {
+                    pt.map(BASE + k * R256, PHYS_4K, R256, Prot::RW).unwrap();
+                },
+            )
+        })
+    });
+    g.bench_function("naive", |b| {
+        let mut n = Naive::new();
+        for k in 0..16 * 256 {
+            n.map_4k(BASE + k * K4, k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut n,
+                iters,
+                16,
+                |n, k| {
+                    for p in 0..256 {
+                        assert!(n.unmap_4k(BASE + k * R256 + p * K4));
+                    }
+                },
+                |n, k| {
+                    for p in 0..256 {
+                        n.map_4k(BASE + k * R256 + p * K4, p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("x86_64_crate", |b| {
+        let mut x = X86Crate::new(64);
+        for k in 0..16 * 256 {
+            x.map_4k(BASE + k * K4, k * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut x,
+                iters,
+                16,
+                |x, k| {
+                    for p in 0..256 {
+                        x.unmap_4k(BASE + k * R256 + p * K4);
+                    }
+                },
+                |x, k| {
+                    for p in 0..256 {
+                        x.map_4k(BASE + k * R256 + p * K4, p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+fn map_1g(c: &mut Criterion) {
+    let mut g = quick(c, "map_1g");
+    g.sample_size(10).measurement_time(Duration::from_secs(2));
+    g.bench_function("crate_4k_warm", |b| {
+        let mut pt = x86();
+        pt.map(BASE, PHYS_4K, G1, Prot::RW).unwrap();
+        unmap_keep_tables(&mut pt, BASE, G1);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                1,
+                |pt, _| {
+                    black_box(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
+                },
+                |pt, _| unmap_keep_tables(pt, BASE, G1),
+            )
+        })
+    });
+    g.bench_function("crate_4k_cold", |b| {
+        let mut pt = x86();
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                1,
+                |pt, _| {
+                    black_box(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
+                },
+                |pt, _| unmap_release(pt, BASE, G1),
+            )
+        })
+    });
+    g.bench_function("naive_4k_warm", |b| {
+        let mut n = Naive::new();
+        for p in 0..G1 / K4 {
+            n.map_4k(BASE + p * K4, p * K4);
+        }
+        for p in 0..G1 / K4 {
+            n.unmap_4k(BASE + p * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut n,
+                iters,
+                1,
+                |n, _| {
+                    for p in 0..G1 / K4 {
+                        n.map_4k(BASE + p * K4, p * K4);
+                    }
+                },
+                |n, _| {
+                    for p in 0..G1 / K4 {
+                        n.unmap_4k(BASE + p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.bench_function("x86_64_crate_4k_warm", |b| {
+        let mut x = X86Crate::new(600);
+        for p in 0..G1 / K4 {
+            x.map_4k(BASE + p * K4, p * K4);
+        }
+        for p in 0..G1 / K4 {
+            x.unmap_4k(BASE + p * K4);
+        }
+        b.iter_custom(|iters| {
+            batched(
+                &mut x,
+                iters,
+                1,
+                |x, _| {
+                    for p in 0..G1 / K4 {
+                        x.map_4k(BASE + p * K4, p * K4);
+                    }
+                },
+                |x, _| {
+                    for p in 0..G1 / K4 {
+                        x.unmap_4k(BASE + p * K4);
+                    }
+                },
+            )
+        })
+    });
+    g.finish();
+
+    let mut g = quick(c, "map_1g_promoted");
+    g.bench_function("crate_512x2m", |b| {
+        let mut pt = vtd(0b01);
+        let before = pt.allocator().live_pages();
+        pt.map(BASE, 0, G1, Prot::RW).unwrap();
+        let mut leaves = 0;
+        pt.walk(|e| leaves += usize::from(matches!(e.kind, io_page_table::EntryKind::Leaf(_))));
+        assert_eq!((leaves, pt.allocator().live_pages() - before), (512, 2));
+        let undo = |pt: &mut Table<VtdSecondStage>, _| {
+            for (a, l) in [(BASE, G1 - M2), (BASE + G1 - M2, M2)] {
+                let un = pt.unmap(a, l).unwrap();
+                pt.release(un.freed);
+            }
+        };
+        undo(&mut pt, 0);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                1,
+                |pt, _| {
+                    black_box(pt.map(BASE, 0, G1, Prot::RW)).unwrap();
+                },
+                undo,
+            )
+        })
+    });
+    g.bench_function("crate_1x1g", |b| {
+        let mut pt = vtd(0b11);
+        pt.map(BASE, 0, G1, Prot::RW).unwrap();
+        assert_eq!(pt.lookup(BASE).unwrap().leaf_size, G1);
+        unmap_release(&mut pt, BASE, G1);
+        b.iter_custom(|iters| {
+            batched(
+                &mut pt,
+                iters,
+                64,
+                |pt, k| {
+                    black_box(pt.map(BASE + k * G1, 0, G1, Prot::RW)).unwrap();
+                },
+                |pt, k| unmap_release(pt, BASE + k * G1, G1),
+            )
+        })
+    });
+    g.finish();
+}
+
+/// 4096 distinct pages scattered over 4 GiB (deterministic xorshift).
+fn scattered() -> Vec<u64> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4096 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        seen.insert(state % (4 * G1 / K4));
+    }
+    let mut pages: Vec<u64> = seen.into_iter().collect();
+    // Shuffle the order too.
+    for i in (1..pages.len()).rev() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        pages.swap(i, (state % (i as u64 + 1)) as usize);
+    }
+    pages
+}
+
+fn map_random(c: &mut Criterion) {
+    let pages = scattered();
+    let mut g = quick(c, "map_random_4k");
+    g.bench_function("crate", |b| {
+        let mut pt = x86();
+        for &p in &pages {
+            pt.map(BASE + p * K4, PHYS_4K, K4, Prot::RW).unwrap();
+        }
+        for &p in &pages {
+            unmap_release(&mut pt, BASE + p * K4, K4);
+        }
+        let mut state = (pt, pages.clone());
+        b.iter_custom(|iters| {
+            batched(
+                &mut state,
+                iters,
+                4096,
+                |(pt, pages), k| {
+                    black_box(pt.map(BASE + pages[k as usize] * K4, PHYS_4K, K4, Prot::RW))
+                        .unwrap();
+                },
+                |(pt, pages), k| unmap_release(pt, BASE + pages[k as usize] * K4, K4),
+            )
+        })
+    });
+    g.bench_function("naive", |b| {
+        let mut n = Naive::new();
+        for &p in &pages {
+            n.map_4k(BASE + p * K4, 0);
+            n.unmap_4k(BASE + p * K4);
+        }
+        let mut state = (n, pages.clone());
+        b.iter_custom(|iters| {
+            batched(
+                &mut state,
+                iters,
+                4096,
+                |(n, pages), k| {
+                    n.map_4k(BASE + pages[k as usize] * K4, 0);
+                },
+                |(n, pages), k| {
+                    n.unmap_4k(BASE + pages[k as usize] * K4);
+                },
+            )
+        })
+    });
+    g.finish();
+}
+
+/// Not a timing: table memory for 1 GiB of contiguous 4 KiB pages.
+fn table_memory(_: &mut Criterion) {
+    let mut pt = x86();
+    let before = pt.allocator().live_pages();
+    pt.map(BASE, PHYS_4K, G1, Prot::RW).unwrap();
+    let added = pt.allocator().live_pages() - before;
+    println!(
+        "table memory for 1 GiB of 4 KiB pages (x86-64 4-level): {added} pages added = {:.4} MiB ({} pages = {:.4} MiB with the root)",
+        (added * 4096) as f64 / (1 << 20) as f64,
+        added + before,
+        ((added + before) * 4096) as f64 / (1 << 20) as f64,
+    );
+}
+
+criterion_group!(
+    benches,
+    map_1x4k,
+    map_256x4k,
+    unmap_1x4k,
+    unmap_256x4k,
+    map_1g,
+    map_random,
+    table_memory
+);
+criterion_main!(benches);

@@ -22,11 +22,13 @@ pub struct Gather {
 
 impl Gather {
     /// True when nothing was touched and no invalidation is owed.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.leaf_sizes == 0 && !self.freed_tables
     }
 
     /// Records a leaf of `size` bytes (a power of two) at `iova`.
+    #[inline]
     pub fn add_leaf(&mut self, iova: u64, size: u64) {
         debug_assert!(size.is_power_of_two());
         let last = iova + (size - 1);
@@ -41,6 +43,7 @@ impl Gather {
     }
 
     /// Number of bytes the covered range spans (saturating for the full 2^64 range).
+    #[inline]
     pub fn span(&self) -> u64 {
         if self.is_empty() {
             0
@@ -50,6 +53,7 @@ impl Gather {
     }
 
     /// The smallest leaf size seen, or `None` for an empty gather.
+    #[inline]
     pub fn min_leaf_size(&self) -> Option<u64> {
         (self.leaf_sizes != 0).then(|| 1u64 << self.leaf_sizes.trailing_zeros())
     }
@@ -58,6 +62,7 @@ impl Gather {
 impl Gather {
     /// Records that the table covering `[start, last]` was unlinked: the walk
     /// caches for that range must go too.
+    #[inline]
     pub fn add_freed_table(&mut self, start: u64, last: u64) {
         if self.is_empty() {
             self.start = start;

@@ -14,6 +14,16 @@
 //! [`AmdV1::dte_mode`], [`ArmLpae::stage1_fields`] (T0SZ, TG0, IPS, MAIR),
 //! [`ArmLpae::stage2_fields`] (S2T0SZ, S2SL0, S2TG, S2PS), [`ArmLpae::walk_attrs`].
 //!
+//! ARM memory types follow one MAIR convention ([`ArmLpae::mair`]): AttrIndx 0 =
+//! Normal write-back (`Prot::CACHE`), 1 = Normal non-cacheable (default), 2 =
+//! Device-nGnRE (`Prot::MMIO`, e.g. an MSI doorbell). Stage 2 writes the matching
+//! MemAttr directly. x86-64 leaves and links preset A (and D on writable leaves) so
+//! the walker never writes back; `X86Config::user` sets US everywhere (QEMU's VT-d
+//! first stage requires it).
+//!
+//! Levels are numbered from the leaf: level 0 holds the smallest pages (ARM
+//! level 3, AMD level 1).
+//!
 //! # Use
 //! ```
 //! use io_page_table::{PageTable, Prot, Coherence, heap::HeapTableAlloc};
@@ -45,6 +55,13 @@
 //!   entries (and every new table, before it is linked) goes through
 //!   [`TableAlloc::clean_for_device`]. The driver's own barrier before its
 //!   invalidation command orders the cleaned lines with the IOMMU.
+//! - `map` and `unmap` inside one existing leaf table (the common small case) walk
+//!   once; everything else plans from the root. Leaves are written with single
+//!   aligned 64-bit stores (vectorised only for empty slots), so the IOMMU never
+//!   sees half an entry.
+//! - Not implemented: AMD-Vi Next Level 7 pages and level skipping, ARM contiguous
+//!   hint and 52-bit output addresses, splitting of large leaves (never done, by
+//!   design).
 //! - Table pages come only from the [`TableAlloc`] and are reached only through
 //!   its `phys_to_virt`: nothing assumes an identity map.
 #![no_std]

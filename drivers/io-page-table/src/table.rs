@@ -245,6 +245,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// Refuses (changing nothing) if any page in the range is already mapped. The
     /// returned gather covers the range and the leaf sizes written: IOMMUs that
     /// cache non-present entries (VT-d caching mode) need it flushed.
+    #[inline]
     pub fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => MapError::ZeroLength,
@@ -261,6 +262,21 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
             return Err(MapError::InvalidProt);
         }
+        if let Some(done) = self.map_within_leaf_table(iova, phys, last, prot) {
+            return done;
+        }
+        self.map_general(iova, phys, last, prot)
+    }
+
+    /// Plan, preallocate, install.
+    #[inline(never)]
+    fn map_general(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        last: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
         let mut attrs = [0u64; MAX_LEVELS];
         for level in 0..self.geo.levels {
             if self.geo.leaf_allowed(level) {
@@ -321,6 +337,86 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         Ok(gather)
     }
 
+    /// The level-0 table holding `[iova, last]`, when the range lies inside one
+    /// level-1 slot smaller than it (so only smallest leaves can be used) and the
+    /// walk there meets only table links. `Err(())` when the walk meets a hole or
+    /// a leaf first.
+    #[inline(always)]
+    fn leaf_table_of(&self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
+        let slot_shift = self.geo.shift(1);
+        if slot_shift < 64
+            && (iova >> slot_shift != last >> slot_shift || last - iova >= low(slot_shift))
+        {
+            return None;
+        }
+        let mut table = self.root;
+        let mut level = self.geo.levels - 1;
+        while level > 0 {
+            let pte = Self::read(self.entries(table), self.index(iova, level));
+            if pte == 0 || !self.format.is_table(level, pte) {
+                return Some(Err(()));
+            }
+            table = self.format.table_addr(pte);
+            level -= 1;
+        }
+        Some(Ok(table))
+    }
+
+    /// Single-walk `map` for the common case of smallest leaves in a table that
+    /// exists already. `None`: take the general path.
+    #[inline(always)]
+    fn map_within_leaf_table(
+        &mut self,
+        iova: u64,
+        phys: u64,
+        last: u64,
+        prot: Prot,
+    ) -> Option<Result<Gather, MapError>> {
+        let Some(Ok(table)) = self.leaf_table_of(iova, last) else {
+            return None;
+        };
+        let shift = self.geo.granule_shift;
+        let t = self.entries(table);
+        let first = self.index(iova, 0);
+        let count = ((last - iova) >> shift) as usize + 1;
+        for i in first..first + count {
+            if Self::read(t, i) != 0 {
+                let at = iova + (((i - first) as u64) << shift);
+                return Some(Err(MapError::AlreadyMapped { iova: at }));
+            }
+        }
+        let bits = match self.format.leaf_attrs(0, prot) {
+            Ok(bits) => bits,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut pte = phys | bits;
+        for i in first..first + count {
+            // SAFETY: as in `write`; plain stores into empty slots, as in the
+            // level-0 runs of `install`.
+            unsafe { t.add(i).write(pte) };
+            pte += 1 << shift;
+        }
+        self.clean(t, first, first + count - 1);
+        Some(Ok(Gather {
+            start: iova,
+            last,
+            leaf_sizes: 1 << shift,
+            freed_tables: false,
+        }))
+    }
+
+    /// Whether entries `from..from + count` of `t` are all zero (plain loads that
+    /// the compiler may widen: only "all zero or not" is asked).
+    #[inline(always)]
+    fn all_empty(t: *mut u64, from: usize, count: usize) -> bool {
+        let mut any = 0;
+        for i in from..from + count {
+            // SAFETY: as in `read`; callers bound the range by the table size.
+            any |= unsafe { t.add(i).read() };
+        }
+        any == 0
+    }
+
     /// Whether a leaf at `level` may start at `iova` for `phys` (the caller checks
     /// that the whole slot is covered).
     #[inline(always)]
@@ -344,15 +440,35 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let mut idx = self.index(iova, level);
         if level == 0 {
             let count = ((last - iova) >> shift) as usize + 1;
-            for i in 0..count {
-                if Self::read(t, idx + i) != 0 {
-                    return Err(iova + ((i as u64) << shift));
+            // Branch-free scan first: the common answer is "all empty".
+            if !Self::all_empty(t, idx, count) {
+                for i in 0..count {
+                    if Self::read(t, idx + i) != 0 {
+                        return Err(iova + ((i as u64) << shift));
+                    }
                 }
             }
             return Ok(0);
         }
         let mut needed = 0usize;
+        let entries = 1usize << self.geo.index_bits(level);
         loop {
+            let remaining = last - iova;
+            if self.leafable(level, iova, phys) && remaining >= mask {
+                // Whole aligned slots that are all empty become leaves: no tables.
+                let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
+                let run = whole.min((entries - idx) as u64) as usize;
+                if Self::all_empty(t, idx, run) {
+                    let advance = (run as u64) << shift;
+                    if iova.wrapping_add(advance).wrapping_sub(1) == last {
+                        return Ok(needed);
+                    }
+                    iova = iova.wrapping_add(advance);
+                    phys = phys.wrapping_add(advance);
+                    idx += run;
+                    continue;
+                }
+            }
             let slot_last = iova | mask;
             let chunk_last = slot_last.min(last);
             let pte = Self::read(t, idx);
@@ -444,6 +560,28 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 let whole = (remaining >> shift) + u64::from(remaining & mask == mask);
                 let run = (whole.min((entries - idx) as u64)) as usize;
                 let mut wrote_leaf = false;
+                if level == 0 || Self::all_empty(t, idx, run) {
+                    // No tables below level 0 (plan found these slots empty),
+                    // or no tables in this run: leaves only.
+                    let mut pte = phys | leaf_bits;
+                    for i in idx..idx + run {
+                        // SAFETY: as in `write`. Plain stores so that long runs
+                        // vectorize; the slots are empty (no live translation
+                        // depends on their order), and vector stores of 64-bit
+                        // lanes still write each aligned entry in one piece.
+                        unsafe { t.add(i).write(pte) };
+                        pte = pte.wrapping_add(size);
+                    }
+                    let advance = (run as u64) << shift;
+                    iova = iova.wrapping_add(advance);
+                    phys = phys.wrapping_add(advance);
+                    gather.leaf_sizes |= size;
+                    idx += run;
+                    if iova.wrapping_sub(size) | mask == last {
+                        break;
+                    }
+                    continue;
+                }
                 for i in idx..idx + run {
                     let pte = Self::read(t, i);
                     if pte == 0 {
@@ -512,12 +650,77 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// starting or ending inside a leaf is refused (nothing changes): leaves are
     /// never split. Table pages whose whole span lies in the range are unlinked
     /// and returned in [`Unmapped::freed`].
+    #[inline]
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => UnmapError::ZeroLength,
             RangeError::Misaligned => UnmapError::Misaligned,
             RangeError::OutOfRange => UnmapError::IovaOutOfRange,
         })?;
+        match self.leaf_table_of(iova, last) {
+            // Nothing mapped on the way: nothing to do.
+            Some(Err(())) if self.lookup(iova).is_none() => {
+                return Ok(Unmapped {
+                    bytes: 0,
+                    gather: Gather::default(),
+                    freed: FreedTables::default(),
+                });
+            }
+            Some(Ok(table)) => {
+                // Only smallest leaves here: nothing to split, no table covered.
+                return Ok(self.clear_leaf_run(table, iova, last));
+            }
+            _ => {}
+        }
+        self.unmap_general(iova, last)
+    }
+
+    /// Clears the level-0 entries for `[iova, last]` in `table`: find the first
+    /// and last leaf, then zero everything between with single 64-bit stores
+    /// (a live entry must never be seen half cleared).
+    #[inline(always)]
+    fn clear_leaf_run(&mut self, table: u64, iova: u64, last: u64) -> Unmapped {
+        let shift = self.geo.granule_shift;
+        let t = self.entries(table);
+        let first = self.index(iova, 0);
+        let end = first + ((last - iova) >> shift) as usize + 1;
+        let mut lo = first;
+        while lo < end && Self::read(t, lo) == 0 {
+            lo += 1;
+        }
+        if lo == end {
+            return Unmapped {
+                bytes: 0,
+                gather: Gather::default(),
+                freed: FreedTables::default(),
+            };
+        }
+        let mut hi = end - 1;
+        while Self::read(t, hi) == 0 {
+            hi -= 1;
+        }
+        let mut leaves = 0u64;
+        for i in lo..=hi {
+            leaves += u64::from(Self::read(t, i) != 0);
+            Self::write(t, i, 0);
+        }
+        self.clean(t, lo, hi);
+        let base = iova - ((first as u64) << shift);
+        Unmapped {
+            bytes: leaves << shift,
+            gather: Gather {
+                start: base + ((lo as u64) << shift),
+                last: base + ((hi as u64) << shift) + low(shift),
+                leaf_sizes: 1 << shift,
+                freed_tables: false,
+            },
+            freed: FreedTables::default(),
+        }
+    }
+
+    /// Boundary checks, then a clearing walk from the root.
+    #[inline(never)]
+    fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;

@@ -459,3 +459,28 @@ fn argument_errors() {
     assert_eq!(pt.unmap(1 << 39, 0x1000), Err(UnmapError::IovaOutOfRange));
     assert_eq!(pt.allocator().live_pages(), 1);
 }
+
+#[test]
+fn table_memory_for_1gib_of_4k_pages() {
+    let f = X86_64::new(X86Config {
+        levels: 4,
+        user: true,
+        nx: false,
+        leaf_1g: true,
+        output_bits: 52,
+    })
+    .unwrap();
+    let mut pt = table(f);
+    // 4 KiB-aligned but not 2 MiB-aligned phys: 2^18 leaves of 4 KiB.
+    pt.map(0x40_0000_0000, 0x1000, 1 << 30, Prot::RW).unwrap();
+    // 512 leaf tables + one page directory + one PDPT, beside the root: 2.0078 MiB.
+    assert_eq!(pt.allocator().live_pages(), 1 + 514);
+    assert_eq!(pt.table_pages(), 515);
+    let un = pt.unmap(0x40_0000_0000, 1 << 30).unwrap();
+    assert_eq!(un.bytes, 1 << 30);
+    assert_eq!(un.gather.leaf_sizes, 0x1000);
+    // The PDPT's only entry is the unmapped GiB: it spans 512 GiB, so it stays.
+    assert_eq!(un.freed.len(), 513);
+    pt.release(un.freed);
+    assert_eq!(pt.allocator().live_pages(), 2);
+}

@@ -269,12 +269,16 @@ pub trait IommuUnit {
 
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError>;
 
-    /// Frees a domain no device is attached to and no nested domain uses.
+    /// Frees a domain no device is attached to and no nested domain uses. The
+    /// driver invalidates every cached translation tagged with the domain (its
+    /// tables may still map pages the caller keeps pinned) before reusing its tag.
     fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError>;
 
     /// Maps `[iova, iova + len)` to the physically contiguous `[phys, phys + len)`.
     /// All or nothing: on error nothing of this call stays mapped. `iova`, `phys`
-    /// and `len` are multiples of the smallest page size.
+    /// and `len` are multiples of the smallest page size. The returned gather is
+    /// what must be flushed before the mapping is reliably seen: empty unless the
+    /// hardware may cache non-present entries (VT-d caching mode).
     fn map(
         &mut self,
         domain: DomainHandle,
@@ -289,6 +293,7 @@ pub trait IommuUnit {
     fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather;
 
     /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
+    /// Table pages that earlier unmaps unlinked may be released from here on.
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError>;
 
     /// Puts `device` into `domain`, replacing its current domain without passing
@@ -308,6 +313,69 @@ pub trait IommuUnit {
         domain: DomainHandle,
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
+}
+
+/// A boxed unit is a unit, so that the kernel can hold units of different
+/// drivers behind `Box<dyn IommuUnit + Send>`.
+impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
+    fn info(&self) -> UnitInfo {
+        (**self).info()
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion> {
+        (**self).reserved_regions(device)
+    }
+
+    fn hw_info(&self) -> HwInfo {
+        (**self).hw_info()
+    }
+
+    fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
+        (**self).alloc_domain(kind)
+    }
+
+    fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError> {
+        (**self).free_domain(domain)
+    }
+
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        (**self).map(domain, iova, phys, len, prot)
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        (**self).unmap(domain, iova, len)
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        (**self).flush(domain, gather)
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
+        (**self).attach(device, domain)
+    }
+
+    fn detach(&mut self, device: DeviceId) {
+        (**self).detach(device)
+    }
+
+    fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize {
+        (**self).drain_faults(out)
+    }
+
+    fn invalidate_nested(
+        &mut self,
+        domain: DomainHandle,
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        (**self).invalidate_nested(domain, requests)
+    }
 }
 
 #[cfg(test)]

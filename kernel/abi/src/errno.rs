@@ -24,6 +24,8 @@ pub enum Errno {
     EINVAL = 22,
     /// No IOVA hole fits the request.
     ENOSPC = 28,
+    /// No system call has this number.
+    ENOSYS = 38,
     /// `iova + length` wraps.
     EOVERFLOW = 75,
     /// The caller's array is too small; the count needed is reported.
@@ -48,7 +50,7 @@ impl Errno {
     }
 }
 
-const ALL: [Errno; 14] = [
+const ALL: [Errno; 15] = [
     Errno::EPERM,
     Errno::ENOENT,
     Errno::EIO,
@@ -59,6 +61,7 @@ const ALL: [Errno; 14] = [
     Errno::EEXIST,
     Errno::EINVAL,
     Errno::ENOSPC,
+    Errno::ENOSYS,
     Errno::EOVERFLOW,
     Errno::EMSGSIZE,
     Errno::EOPNOTSUPP,

@@ -10,6 +10,7 @@ extern crate std;
 
 mod args;
 mod errno;
+pub mod syscall;
 mod version;
 
 pub use args::*;

@@ -233,6 +233,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         debug_assert_eq!(id, plan.id);
         if let Ok(ioas) = o.ioas_mut(plan.ioas) {
             ioas.domains.push(id);
+            let mut handles = ioas.handles.to_vec();
+            handles.push((plan.unit, domain));
+            ioas.handles = handles.into();
             ioas.alignment = plan.alignment;
             ioas.reserved.extend(plan.reservations);
             ioas.rebuild();
@@ -350,6 +353,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                     .fold(crate::PAGE_SIZE, u64::max);
                 if let Ok(i) = o.ioas_mut(ioas) {
                     i.domains = others;
+                    i.handles = i
+                        .handles
+                        .iter()
+                        .copied()
+                        .filter(|&(u, d)| (u, d) != (hwpt.unit, hwpt.domain))
+                        .collect();
                     i.alignment = alignment;
                     i.reserved.retain(|r| r.owner != ResvOwner::Hwpt(id));
                     i.rebuild();

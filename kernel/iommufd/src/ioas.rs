@@ -106,6 +106,7 @@ impl Ioas {
             reserved: Vec::new(),
             space: IovaSpace::build(&[IovaRange::FULL], core::iter::empty()),
             domains: Vec::new(),
+            handles: alloc::sync::Arc::from([]),
             alignment: PAGE_SIZE,
         }
     }
@@ -188,7 +189,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .owners
             .entry(owner)
             .or_default()
-            .insert(Object::Ioas(Ioas::new())))
+            .insert(Object::Ioas(alloc::boxed::Box::new(Ioas::new()))))
     }
 
     /// Removes an IOAS no HWPT uses; its areas are in no domain, so their pages
@@ -260,13 +261,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         &self,
         owner: OwnerId,
         id: ObjId,
-    ) -> Result<Vec<(UnitId, DomainHandle)>, Errno> {
-        let o = self.owner(owner)?;
-        o.ioas(id)?
-            .domains
-            .iter()
-            .map(|&h| o.hwpt(h).map(|h| (h.unit, h.domain)))
-            .collect()
+    ) -> Result<alloc::sync::Arc<[(UnitId, DomainHandle)]>, Errno> {
+        Ok(self.owner(owner)?.ioas(id)?.handles.clone())
     }
 
     /// Maps `pieces` into every domain, all or nothing. On error the second value
@@ -283,7 +279,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             let mut gather = Gather::default();
             let mut failed = None;
             for (i, p) in pieces.iter().enumerate() {
-                let runs: &[PhysRun] = self.pages.get(&p.pages).map_or(&[], |p| &p.runs);
+                let runs: &[PhysRun] = self.pages.get(p.pages).map_or(&[], |p| &p.runs);
                 match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
                     Ok(g) => merge_gather(&mut gather, &g),
                     Err(e) => {
@@ -355,24 +351,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             start: iova,
             last: iova + (len - 1),
         };
-        let runs = match self.services.pin(owner, user_va, len, prot.write) {
-            Ok(runs) => runs,
-            Err(e) => {
-                self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
-                return Err(e);
-            }
-        };
-        let pages = self.next_pages;
-        self.pages.insert(
-            pages,
-            Pages {
-                owner,
-                va: user_va,
-                len,
-                runs,
-                refs: 1,
-            },
-        );
+        let mut runs = self.spare_runs.pop().unwrap_or_default();
+        if let Err(e) = self
+            .services
+            .pin(owner, user_va, len, prot.write, &mut runs)
+        {
+            runs.clear();
+            self.spare_runs.push(runs);
+            self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+            return Err(e);
+        }
+        let pages = self.pages.insert(Pages {
+            owner,
+            va: user_va,
+            len,
+            runs,
+            refs: 1,
+        });
         let piece = Piece {
             iova,
             len,
@@ -385,11 +380,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 self.put_pages(pages);
             } else {
                 self.quarantine_pages(pages);
-                self.next_pages += 1;
             }
             return Err(e);
         }
-        self.next_pages += 1;
         self.owner_mut(owner)?.ioas_mut(id)?.areas.insert(
             iova,
             Area {
@@ -427,40 +420,43 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         {
             return Err(Errno::ENOENT);
         }
-        let victims: Vec<(u64, Area)> = ioas
-            .areas
-            .range(range.start..=range.last)
-            .map(|(&s, a)| (s, *a))
-            .collect();
-        match victims.last() {
+        match ioas.areas.range(range.start..=range.last).next_back() {
             None if all => return Ok(0),
             None => return Err(Errno::ENOENT),
             Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
             Some(_) => {}
         }
-        let domains = self.ioas_domains(owner, id)?;
+        let domains = ioas.handles.clone();
         let mut flushed = true;
-        for &(unit, domain) in &domains {
+        for &(unit, domain) in domains.iter() {
             let u = &mut self.units[unit.0 as usize];
             let mut gather = Gather::default();
-            for (start, area) in &victims {
-                merge_gather(&mut gather, &u.unmap(domain, *start, area.last - start + 1));
+            for (&start, area) in self
+                .owners
+                .get(&owner)
+                .and_then(|o| o.ioas(id).ok())
+                .into_iter()
+                .flat_map(|i| i.areas.range(range.start..=range.last))
+            {
+                merge_gather(&mut gather, &u.unmap(domain, start, area.last - start + 1));
             }
             if !gather.is_empty() {
                 flushed &= u.flush(domain, &gather).is_ok();
             }
         }
-        let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+        // Every IOTLB is clean now: drop the areas and release their pages.
         let mut bytes = 0u64;
-        for (start, area) in &victims {
-            ioas.areas.remove(start);
+        loop {
+            let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+            let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
+                break;
+            };
+            ioas.areas.remove(&start);
             ioas.space.release(IovaRange {
-                start: *start,
+                start,
                 last: area.last,
             });
             bytes = bytes.wrapping_add(area.last - start + 1);
-        }
-        for (_, area) in &victims {
             if flushed {
                 self.put_pages(area.pages);
             } else {
@@ -560,7 +556,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 // A device may still reach the shared pages: leak one reference
                 // each so that they stay pinned for good.
                 for p in &pieces {
-                    if let Some(pages) = self.pages.get_mut(&p.pages) {
+                    if let Some(pages) = self.pages.get_mut(p.pages) {
                         pages.refs += 1;
                     }
                 }
@@ -568,7 +564,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(e);
         }
         for p in &pieces {
-            if let Some(pages) = self.pages.get_mut(&p.pages) {
+            if let Some(pages) = self.pages.get_mut(p.pages) {
                 pages.refs += 1;
             }
         }

@@ -18,9 +18,11 @@ mod hwpt;
 mod ioas;
 pub mod iova;
 pub mod testing;
+pub mod uapi;
 
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use iommu::{DeviceId, DomainHandle, Gather, IommuError, IommuUnit, IovaRange, Prot, UnitId};
 use iova::IovaSpace;
@@ -28,6 +30,7 @@ use iova::IovaSpace;
 pub use fault::FaultReadReply;
 pub use hwpt::{HwInfoReply, decode_hwpt_data, decode_invalidations};
 pub use ioas::IovaRanges;
+pub use uapi::UserMemory;
 
 /// An object id in an owner's table.
 pub type ObjId = u32;
@@ -61,16 +64,18 @@ pub enum Resource {
 
 /// What the kernel provides: pinning of task memory and an allocation gate.
 pub trait Services {
-    /// Pins `[va, va + len)` of `owner`'s address space (page aligned) and returns
-    /// its physical pages in order. `write` asks for writable memory.
-    /// `EFAULT` when not mapped (or not writable), `ENOMEM` when out of memory.
+    /// Pins `[va, va + len)` of `owner`'s address space (page aligned) and appends
+    /// its physical pages, in order, to `runs` (an empty, recycled buffer).
+    /// `write` asks for writable memory. `EFAULT` when not mapped (or not
+    /// writable), `ENOMEM` when out of memory; on error nothing stays pinned.
     fn pin(
         &mut self,
         owner: OwnerId,
         va: u64,
         len: u64,
         write: bool,
-    ) -> Result<Vec<PhysRun>, Errno>;
+        runs: &mut Vec<PhysRun>,
+    ) -> Result<(), Errno>;
 
     /// Releases a range pinned by `pin`; called only after every IOTLB that could
     /// hold a translation to it has been flushed.
@@ -89,6 +94,18 @@ pub const PAGE_SIZE: u64 = 4096;
 
 /// Records a HWPT's fault queue holds before it drops (and counts) new ones.
 pub const FAULT_QUEUE_DEPTH: usize = 32;
+
+/// The permission and the fixed-IOVA choice of `ioas_map`/`ioas_copy` flags:
+/// `(prot, fixed)`.
+pub fn map_flags(flags: abi::MapFlags) -> (Prot, bool) {
+    (
+        Prot {
+            read: flags.contains(abi::MapFlags::READABLE),
+            write: flags.contains(abi::MapFlags::WRITEABLE),
+        },
+        flags.contains(abi::MapFlags::FIXED_IOVA),
+    )
+}
 
 fn errno(e: IommuError) -> Errno {
     match e {
@@ -114,6 +131,63 @@ fn merge_gather(into: &mut Gather, other: &Gather) {
     into.leaf_sizes |= other.leaf_sizes;
     into.freed_tables |= other.freed_tables;
 }
+
+/// Pinned ranges by id, in reusable slots (no tree walk on the map/unmap path).
+#[derive(Default)]
+struct PagesTable {
+    slots: Vec<Option<Pages>>,
+    free: Vec<u64>,
+    live: usize,
+}
+
+impl PagesTable {
+    fn insert(&mut self, pages: Pages) -> u64 {
+        self.live += 1;
+        match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(pages);
+                id
+            }
+            None => {
+                self.slots.push(Some(pages));
+                (self.slots.len() - 1) as u64
+            }
+        }
+    }
+
+    fn get(&self, id: u64) -> Option<&Pages> {
+        self.slots.get(id as usize)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Pages> {
+        self.slots.get_mut(id as usize)?.as_mut()
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Pages> {
+        let pages = self.slots.get_mut(id as usize)?.take()?;
+        self.live -= 1;
+        self.free.push(id);
+        Some(pages)
+    }
+
+    fn len(&self) -> usize {
+        self.live
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Pages> {
+        self.slots.iter().flatten()
+    }
+}
+
+impl core::fmt::Debug for PagesTable {
+    /// The live ranges only: which slot a range sits in is not state.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_list().entries(self.values()).finish()
+    }
+}
+
+/// Spare run buffers kept for reuse by later pins.
+const SPARE_RUN_BUFFERS: usize = 64;
 
 /// Pinned pages shared by the areas that map them (`copy` shares).
 #[derive(Debug)]
@@ -157,6 +231,8 @@ struct Ioas {
     space: IovaSpace,
     /// Paging HWPTs (automatic and explicit) that mirror every area.
     domains: Vec<ObjId>,
+    /// The same HWPTs' (unit, domain), shared so that a map takes no copy.
+    handles: Arc<[(UnitId, DomainHandle)]>,
     alignment: u64,
 }
 
@@ -199,7 +275,8 @@ struct Device {
 
 #[derive(Debug)]
 enum Object {
-    Ioas(Ioas),
+    /// Boxed: an IOAS carries its IOVA caches.
+    Ioas(alloc::boxed::Box<Ioas>),
     Hwpt(Hwpt),
     Device(Device),
 }
@@ -254,14 +331,14 @@ impl Owner {
 
     fn ioas(&self, id: ObjId) -> Result<&Ioas, Errno> {
         match self.objects.get(&id) {
-            Some(Object::Ioas(i)) => Ok(i),
+            Some(Object::Ioas(i)) => Ok(&**i),
             _ => Err(Errno::ENOENT),
         }
     }
 
     fn ioas_mut(&mut self, id: ObjId) -> Result<&mut Ioas, Errno> {
         match self.objects.get_mut(&id) {
-            Some(Object::Ioas(i)) => Ok(i),
+            Some(Object::Ioas(i)) => Ok(&mut **i),
             _ => Err(Errno::ENOENT),
         }
     }
@@ -308,8 +385,8 @@ pub struct Iommufd<U: IommuUnit, S: Services> {
     units: Vec<U>,
     services: S,
     owners: BTreeMap<OwnerId, Owner>,
-    pages: BTreeMap<u64, Pages>,
-    next_pages: u64,
+    pages: PagesTable,
+    spare_runs: Vec<Vec<PhysRun>>,
     /// Which owner's device object holds each (unit, requester).
     claimed: BTreeMap<(UnitId, DeviceId), (OwnerId, ObjId)>,
     /// Pages whose IOTLB flush failed: never released (a device may still reach them).
@@ -325,8 +402,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             units,
             services,
             owners: BTreeMap::new(),
-            pages: BTreeMap::new(),
-            next_pages: 0,
+            pages: PagesTable::default(),
+            spare_runs: Vec::new(),
             claimed: BTreeMap::new(),
             quarantined: Vec::new(),
             unrouted_faults: 0,
@@ -379,11 +456,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// operation failed without changing anything.
     pub fn state_digest(&self) -> alloc::string::String {
         alloc::format!(
-            "{:?}|{:?}|{:?}|{}|{:?}",
+            "{:?}|{:?}|{:?}|{:?}",
             self.owners,
             self.pages,
             self.claimed,
-            self.next_pages,
             self.quarantined
         )
     }
@@ -510,24 +586,28 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Drops one reference to pinned pages, unpinning them at the last one. Only
     /// call after the IOTLB flush covering every mapping of them completed.
     fn put_pages(&mut self, pages: u64) {
-        let Some(p) = self.pages.get_mut(&pages) else {
+        let Some(p) = self.pages.get_mut(pages) else {
             debug_assert!(false, "area without pages");
             return;
         };
         p.refs -= 1;
         if p.refs == 0
-            && let Some(p) = self.pages.remove(&pages)
+            && let Some(mut p) = self.pages.remove(pages)
         {
             self.services.unpin(p.owner, p.va, p.len, &p.runs);
+            if self.spare_runs.len() < SPARE_RUN_BUFFERS {
+                p.runs.clear();
+                self.spare_runs.push(p.runs);
+            }
         }
     }
 
     /// Keeps pages forever: their flush failed, so a device may still reach them.
     fn quarantine_pages(&mut self, pages: u64) {
-        if let Some(p) = self.pages.get_mut(&pages) {
+        if let Some(p) = self.pages.get_mut(pages) {
             p.refs -= 1;
             if p.refs == 0
-                && let Some(p) = self.pages.remove(&pages)
+                && let Some(p) = self.pages.remove(pages)
             {
                 self.quarantined.push(p);
             }

@@ -268,6 +268,9 @@ pub struct SoftUnit {
     pub fail_next_attach: bool,
     /// Makes flushes fail with `Timeout` (tests of quarantine).
     pub fail_flush: bool,
+    /// Whether the shadow IOTLB caches every new translation at once (the
+    /// hostile device; off only in benchmarks of the core's own cost).
+    pub prefetch: bool,
 }
 
 impl SoftUnit {
@@ -288,6 +291,7 @@ impl SoftUnit {
             stats: Stats::default(),
             fail_next_attach: false,
             fail_flush: false,
+            prefetch: true,
         }
     }
 
@@ -417,11 +421,11 @@ impl SoftUnit {
             return;
         };
         let last = iova + (len - 1);
-        let victims: Vec<(u64, Leaf)> =
-            d.leaves.range(iova..=last).map(|(&a, l)| (a, *l)).collect();
-        for (at, leaf) in victims {
+        while let Some((&at, &leaf)) = d.leaves.range(iova..=last).next() {
             d.leaves.remove(&at);
             gather.add_leaf(at, leaf.size);
+            // Emptied tables are freed at once, so that a rolled-back map leaves
+            // exactly the table pages there were before.
             for key in table_keys(at, leaf.size) {
                 if let Some(count) = d.tables.get_mut(&key) {
                     *count -= 1;
@@ -568,12 +572,12 @@ impl IommuUnit for SoftUnit {
             let size = (0..64)
                 .rev()
                 .map(|bit| 1u64 << bit)
-                .find(|&s| sizes & s != 0 && s <= rest && (at | pa) % s == 0)
+                .find(|&s| sizes & s != 0 && s <= rest && (at | pa).is_multiple_of(s))
                 .unwrap_or(min);
             let Some(d) = self.domains.get_mut(&domain.0) else {
                 return Err(IommuError::Invalid);
             };
-            let mut failed = false;
+            let mut referenced = 0;
             for key in table_keys(at, size) {
                 match d.tables.get_mut(&key) {
                     Some(count) => *count += 1,
@@ -581,22 +585,18 @@ impl IommuUnit for SoftUnit {
                         d.tables.insert(key, 1);
                         self.table_pages += 1;
                     }
-                    None => {
-                        failed = true;
-                        break;
-                    }
+                    None => break,
                 }
+                referenced += 1;
             }
-            if failed {
-                // Undo this leaf's table references, then every earlier leaf.
-                for key in table_keys(at, size) {
-                    match d.tables.get_mut(&key) {
-                        Some(count) if *count > 1 => *count -= 1,
-                        Some(_) => {
+            if referenced != table_keys(at, size).count() {
+                for key in table_keys(at, size).take(referenced) {
+                    if let Some(count) = d.tables.get_mut(&key) {
+                        *count -= 1;
+                        if *count == 0 {
                             d.tables.remove(&key);
                             self.table_pages -= 1;
                         }
-                        None => break,
                     }
                 }
                 if done != 0 {
@@ -608,6 +608,7 @@ impl IommuUnit for SoftUnit {
                         .iotlb
                         .retain(|&(dom, a), _| dom != domain.0 || a < iova || a > last);
                 }
+
                 return Err(IommuError::NoMemory);
             }
             let leaf = Leaf {
@@ -616,8 +617,10 @@ impl IommuUnit for SoftUnit {
                 prot,
             };
             d.leaves.insert(at, leaf);
-            // The hostile device: it caches every new translation at once.
-            self.shadow.borrow_mut().iotlb.insert((domain.0, at), leaf);
+            if self.prefetch {
+                // The hostile device: it caches every new translation at once.
+                self.shadow.borrow_mut().iotlb.insert((domain.0, at), leaf);
+            }
             done += size;
         }
         Ok(Gather::default())
@@ -644,9 +647,17 @@ impl IommuUnit for SoftUnit {
         if !gather.is_empty() {
             self.stats.range_invalidations += 1;
             let (start, last) = (gather.start, gather.last);
-            self.shadow.borrow_mut().iotlb.retain(|&(dom, at), leaf| {
-                dom != domain.0 || at > last || at + (leaf.size - 1) < start
-            });
+            // Leaves are at most 1 GiB: only entries from there on can overlap.
+            let from = (domain.0, start.saturating_sub((1 << 30) - 1));
+            let mut shadow = self.shadow.borrow_mut();
+            while let Some(key) = shadow
+                .iotlb
+                .range(from..=(domain.0, last))
+                .find(|&(&(_, at), leaf)| at + (leaf.size - 1) >= start)
+                .map(|(k, _)| *k)
+            {
+                shadow.iotlb.remove(&key);
+            }
         }
         self.stats.syncs += 1;
         Ok(())
@@ -725,7 +736,8 @@ pub struct FakeMemory {
     gate: FailGate,
     pub limit: u64,
     pub scattered: bool,
-    pinned: BTreeMap<(OwnerId, u64), u64>,
+    /// (owner, va) → (length, times pinned).
+    pinned: BTreeMap<(OwnerId, u64), (u64, u64)>,
     watched: Vec<Rc<RefCell<Shadow>>>,
     /// Unpins of pages an IOTLB still translated to: must stay 0.
     pub violations: u64,
@@ -757,6 +769,16 @@ impl FakeMemory {
         self.pinned.len()
     }
 
+    /// Whether some live pin still covers the physical page `phys`.
+    fn still_pinned(&self, phys: u64) -> bool {
+        let owner = OwnerId(phys >> 40);
+        let low = phys & ((1 << 40) - 1);
+        let va = if self.scattered { low ^ PAGE_SIZE } else { low };
+        self.pinned
+            .range((owner, 0)..=(owner, va))
+            .any(|(&(_, start), &(len, _))| va - start < len)
+    }
+
     pub fn phys_of(&self, owner: OwnerId, va: u64) -> u64 {
         let va = if self.scattered { va ^ PAGE_SIZE } else { va };
         (owner.0 << 40) | va
@@ -770,7 +792,8 @@ impl Services for FakeMemory {
         va: u64,
         len: u64,
         _write: bool,
-    ) -> Result<Vec<PhysRun>, Errno> {
+        runs: &mut Vec<PhysRun>,
+    ) -> Result<(), Errno> {
         let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
         if end > self.limit {
             return Err(Errno::EFAULT);
@@ -778,38 +801,46 @@ impl Services for FakeMemory {
         if !self.gate.allow() {
             return Err(Errno::ENOMEM);
         }
-        let runs = if self.scattered {
-            (0..len / PAGE_SIZE)
-                .map(|i| PhysRun {
-                    phys: self.phys_of(owner, va + i * PAGE_SIZE),
-                    len: PAGE_SIZE,
-                })
-                .collect()
+        if self.scattered {
+            runs.extend((0..len / PAGE_SIZE).map(|i| PhysRun {
+                phys: self.phys_of(owner, va + i * PAGE_SIZE),
+                len: PAGE_SIZE,
+            }));
         } else {
-            alloc::vec![PhysRun {
+            runs.push(PhysRun {
                 phys: self.phys_of(owner, va),
                 len,
-            }]
-        };
-        *self.pinned.entry((owner, va)).or_default() += 1;
+            });
+        }
+        let entry = self.pinned.entry((owner, va)).or_insert((len, 0));
+        entry.0 = entry.0.max(len);
+        entry.1 += 1;
         self.pins += 1;
-        Ok(runs)
+        Ok(())
     }
 
     fn unpin(&mut self, owner: OwnerId, va: u64, _len: u64, runs: &[PhysRun]) {
-        for shadow in &self.watched {
-            let shadow = shadow.borrow();
-            if runs.iter().any(|r| shadow.holds_phys(r.phys, r.len)) {
-                self.violations += 1;
-            }
-        }
-        if let Some(count) = self.pinned.get_mut(&(owner, va)) {
+        if let Some((_, count)) = self.pinned.get_mut(&(owner, va)) {
             *count -= 1;
             if *count == 0 {
                 self.pinned.remove(&(owner, va));
             }
         }
         self.unpins += 1;
+        // A violation is an IOTLB entry reaching a page that no pin holds any more
+        // (the same memory may legitimately be pinned by several ranges).
+        let mut violations = 0;
+        for shadow in &self.watched {
+            let shadow = shadow.borrow();
+            for run in runs {
+                for page in (run.phys..run.phys + run.len).step_by(PAGE_SIZE as usize) {
+                    if shadow.holds_phys(page, PAGE_SIZE) && !self.still_pinned(page) {
+                        violations += 1;
+                    }
+                }
+            }
+        }
+        self.violations += violations;
     }
 
     fn charge(&mut self, _resource: Resource) -> Result<(), Errno> {

@@ -396,15 +396,24 @@ fn map_is_all_or_nothing_across_every_domain() {
     let b = fd.bind_device(O, U1, DEV_B).unwrap();
     fd.device_attach(O, a, ioas).unwrap();
     fd.device_attach(O, b, ioas).unwrap();
-    // Count the gated allocations of a map, then fail the last one: the second
-    // domain's table page.
+    // Count the gated allocations of a map into fresh table pages, then fail
+    // the last one (the second domain's last table page) for a map elsewhere.
     gate.count();
-    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    fd.ioas_map(O, ioas, 0, K4, Some(1 << 40), RW).unwrap();
     let calls = gate.calls();
-    fd.ioas_unmap(O, ioas, iova, K4).unwrap();
+    fd.ioas_unmap(O, ioas, 1 << 40, K4).unwrap();
     let before = fd.state_digest();
+    let tables = [fd.units()[0].table_pages(), fd.units()[1].table_pages()];
     gate.arm(calls);
-    assert_eq!(fd.ioas_map(O, ioas, 0, K4, None, RW), Err(Errno::ENOMEM));
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0, K4, Some(2 << 40), RW),
+        Err(Errno::ENOMEM)
+    );
+    assert!(gate.tripped());
+    assert_eq!(
+        [fd.units()[0].table_pages(), fd.units()[1].table_pages()],
+        tables
+    );
     assert_eq!(fd.state_digest(), before);
     assert_eq!(fd.units()[0].leaf_count(), 0);
     assert_eq!(fd.units()[1].leaf_count(), 0);
@@ -987,6 +996,22 @@ fn get_hw_info_copies_out_a_prefix_or_zeroes_the_tail() {
     assert_eq!(reply.data_type, abi::HwInfoType::ArmSmmuV3);
     assert_eq!(reply.data_len, 40);
     assert_eq!(buf[8..12], 0x0f0c_f0afu32.to_ne_bytes());
+
+    let mut amd = SoftConfig::small_64k();
+    amd.hw_info = iommu::HwInfo::AmdVi {
+        efr: 0x1122_3344_5566_7788,
+        efr2: 0x99,
+    };
+    let (mut fd, _) = soft_core(&[amd]);
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let mut buf = [0xAAu8; 20];
+    let reply = fd.get_hw_info(O, dev, &mut buf).unwrap();
+    assert_eq!(reply.data_type, abi::HwInfoType::AmdVi);
+    assert_eq!(reply.data_len, 16);
+    assert!(reply.capabilities.is_empty());
+    assert_eq!(buf[..8], 0x1122_3344_5566_7788u64.to_ne_bytes());
+    assert_eq!(buf[8..16], 0x99u64.to_ne_bytes());
+    assert_eq!(buf[16..], [0; 4]);
 }
 
 // ---- faults ----
@@ -1063,4 +1088,68 @@ fn map_of_scattered_pages_maps_each_run() {
     }
     fd.ioas_unmap(O, ioas, 0, u64::MAX).unwrap();
     invariants(&fd);
+}
+
+// ---- the test double itself ----
+
+#[test]
+fn shadow_iotlb_flags_a_translation_used_or_released_without_flush() {
+    use iommu::{DomainKind, IommuUnit};
+    use iommufd::Services;
+    use iommufd::testing::{FailGate, FakeMemory, SoftUnit};
+    let gate = FailGate::new();
+    let mut unit = SoftUnit::new(U0, SoftConfig::vtd_like(), gate.clone());
+    let mut mem = FakeMemory::new(gate);
+    mem.watch(unit.shadow());
+    let mut runs = Vec::new();
+    mem.pin(O, 0x1000, K4, true, &mut runs).unwrap();
+    let d = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DEV_A, d).unwrap();
+    unit.map(d, 0x5000, runs[0].phys, K4, RW).unwrap();
+    let g = unit.unmap(d, 0x5000, K4);
+    assert_eq!(unit.stale_entries(), 1);
+    assert!(unit.dma(DEV_A, 0x5000, Access::Read).is_some());
+    assert_eq!(unit.stale_uses(), 1);
+    mem.unpin(O, 0x1000, K4, &runs);
+    assert_eq!(mem.violations, 1);
+    unit.flush(d, &g).unwrap();
+    assert_eq!(unit.stale_entries(), 0);
+    assert_eq!(unit.dma(DEV_A, 0x5000, Access::Read), None);
+}
+
+#[test]
+fn abi_map_flags_give_permission_and_fixed_iova() {
+    use abi::MapFlags;
+    let (prot, fixed) = iommufd::map_flags(MapFlags::READABLE | MapFlags::FIXED_IOVA);
+    assert_eq!(
+        prot,
+        Prot {
+            read: true,
+            write: false
+        }
+    );
+    assert!(fixed);
+    let (prot, fixed) = iommufd::map_flags(MapFlags::WRITEABLE);
+    assert!(prot.write && !prot.read && !fixed);
+}
+
+#[test]
+fn boxed_units_of_different_drivers_share_one_core() {
+    use iommu::IommuUnit;
+    use iommufd::testing::{FailGate, FakeMemory, SoftUnit};
+    let gate = FailGate::new();
+    let units: Vec<Box<dyn IommuUnit>> = vec![
+        Box::new(SoftUnit::new(U0, SoftConfig::vtd_like(), gate.clone())),
+        Box::new(SoftUnit::new(U1, SoftConfig::smmu_like(), gate.clone())),
+    ];
+    let mut fd = iommufd::Iommufd::new(units, FakeMemory::new(gate));
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device(O, U0, DEV_A).unwrap();
+    let b = fd.bind_device(O, U1, DEV_B).unwrap();
+    let ha = fd.device_attach(O, a, ioas).unwrap();
+    let hb = fd.device_attach(O, b, ioas).unwrap();
+    assert_ne!(ha, hb, "one automatic HWPT per unit");
+    assert!(fd.ioas_map(O, ioas, 0, K4, None, RW).is_ok());
+    fd.teardown(O);
+    assert_eq!(fd.pinned_ranges(), 0);
 }

@@ -21,15 +21,15 @@ pub const ARM_BLOCK: u64 = 0b01;
 pub const ARM_TYPE_TABLE: u64 = 1 << 1;
 /// Stage 1 lower attributes bits 4:2: AttrIndx, the MAIR byte to use.
 pub const ARM_S1_ATTRINDX_SHIFT: u32 = 2;
-/// Stage 1 bit 6: AP[1], EL0 (unprivileged) access allowed.
+/// Stage 1 bit 6: `AP[1]`, EL0 (unprivileged) access allowed.
 pub const ARM_S1_AP_EL0: u64 = 1 << 6;
-/// Stage 1 bit 7: AP[2], read-only.
+/// Stage 1 bit 7: `AP[2]`, read-only.
 pub const ARM_S1_AP_RDONLY: u64 = 1 << 7;
 /// Stage 2 bits 5:2: MemAttr.
 pub const ARM_S2_MEMATTR_SHIFT: u32 = 2;
-/// Stage 2 bit 6: S2AP[0], reads allowed.
+/// Stage 2 bit 6: `S2AP[0]`, reads allowed.
 pub const ARM_S2_AP_READ: u64 = 1 << 6;
-/// Stage 2 bit 7: S2AP[1], writes allowed.
+/// Stage 2 bit 7: `S2AP[1]`, writes allowed.
 pub const ARM_S2_AP_WRITE: u64 = 1 << 7;
 /// Bits 9:8: SH, shareability.
 pub const ARM_SH_SHIFT: u32 = 8;
@@ -43,7 +43,7 @@ pub const ARM_AF: u64 = 1 << 10;
 pub const ARM_S1_NG: u64 = 1 << 11;
 /// Stage 1 bit 53: PXN.
 pub const ARM_S1_PXN: u64 = 1 << 53;
-/// Stage 1 bit 54: UXN/XN; stage 2 bit 54: XN[1] (not executable at any EL).
+/// Stage 1 bit 54: UXN/XN; stage 2 bit 54: `XN[1]` (not executable at any EL).
 pub const ARM_XN: u64 = 1 << 54;
 /// Bits 47:12 hold the output address (the granule's low bits are zero).
 pub const ARM_ADDR: u64 = bits(47, 12);

@@ -13,9 +13,11 @@ const EC_BRK_AARCH64: u64 = 0x3C;
 const ESR_EC_SHIFT: u64 = 26;
 const INSTRUCTION_LEN: u64 = 4;
 
-/// The state the vectors save, lowest address first.
+/// The state the vectors save, lowest address first. It is also a task's
+/// saved user state (see `super::user`), so it holds everything EL0 can see:
+/// the general registers, SP_EL0 and the FP/SIMD registers.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct TrapFrame {
     pub x: [u64; 31],
     pub elr: u64,
@@ -24,9 +26,37 @@ pub struct TrapFrame {
     pub far: u64,
     /// Which of the 16 vectors was taken (ARM ARM Table D1-5 order).
     pub kind: u64,
+    pub sp_el0: u64,
+    _pad: u64,
+    /// V0-V31 (ARM ARM B1.2.1): the kernel's own code uses them too, so an
+    /// exception must not leak its values into the code it interrupted.
+    pub q: [u128; 32],
+    pub fpcr: u64,
+    pub fpsr: u64,
 }
-const TRAP_FRAME_SIZE: usize = 36 * 8;
+const TRAP_FRAME_SIZE: usize = 832;
 const _: () = assert!(core::mem::size_of::<TrapFrame>() == TRAP_FRAME_SIZE);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, sp_el0) == 288);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, q) == 304);
+const _: () = assert!(core::mem::offset_of!(TrapFrame, fpcr) == 816);
+
+impl TrapFrame {
+    pub const fn zeroed() -> Self {
+        TrapFrame {
+            x: [0; 31],
+            elr: 0,
+            spsr: 0,
+            esr: 0,
+            far: 0,
+            kind: 0,
+            sp_el0: 0,
+            _pad: 0,
+            q: [0; 32],
+            fpcr: 0,
+            fpsr: 0,
+        }
+    }
+}
 
 global_asm!(
     r#"
@@ -66,12 +96,60 @@ exception_common:
     mrs x1, esr_el1
     mrs x2, far_el1
     stp x1, x2, [sp, #264]
-    str x0, [sp, #280]
+    mrs x1, sp_el0
+    stp x0, x1, [sp, #280]
+    stp q0, q1, [sp, #304]
+    stp q2, q3, [sp, #336]
+    stp q4, q5, [sp, #368]
+    stp q6, q7, [sp, #400]
+    stp q8, q9, [sp, #432]
+    stp q10, q11, [sp, #464]
+    stp q12, q13, [sp, #496]
+    stp q14, q15, [sp, #528]
+    stp q16, q17, [sp, #560]
+    stp q18, q19, [sp, #592]
+    stp q20, q21, [sp, #624]
+    stp q22, q23, [sp, #656]
+    stp q24, q25, [sp, #688]
+    stp q26, q27, [sp, #720]
+    stp q28, q29, [sp, #752]
+    stp q30, q31, [sp, #784]
+    mrs x1, fpcr
+    mrs x2, fpsr
+    str x1, [sp, #816]
+    str x2, [sp, #824]
     mov x0, sp
     bl aarch64_exception_handler
+
+    // Restores the frame at sp, pops it and returns from the exception.
+    // `super::user` enters a task through here with its saved state.
+    .global exception_return
+exception_return:
     ldp x1, x2, [sp, #248]
     msr elr_el1, x1
     msr spsr_el1, x2
+    ldr x1, [sp, #288]
+    msr sp_el0, x1
+    ldr x1, [sp, #816]
+    ldr x2, [sp, #824]
+    msr fpcr, x1
+    msr fpsr, x2
+    ldp q0, q1, [sp, #304]
+    ldp q2, q3, [sp, #336]
+    ldp q4, q5, [sp, #368]
+    ldp q6, q7, [sp, #400]
+    ldp q8, q9, [sp, #432]
+    ldp q10, q11, [sp, #464]
+    ldp q12, q13, [sp, #496]
+    ldp q14, q15, [sp, #528]
+    ldp q16, q17, [sp, #560]
+    ldp q18, q19, [sp, #592]
+    ldp q20, q21, [sp, #624]
+    ldp q22, q23, [sp, #656]
+    ldp q24, q25, [sp, #688]
+    ldp q26, q27, [sp, #720]
+    ldp q28, q29, [sp, #752]
+    ldp q30, q31, [sp, #784]
     ldp x2, x3, [sp, #16]
     ldp x4, x5, [sp, #32]
     ldp x6, x7, [sp, #48]
@@ -125,7 +203,14 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
     const IRQ: u64 = 1;
     if frame.kind % 4 == IRQ {
         super::gic::handle_irq();
+        super::user::preempt_if_due(frame);
         return;
+    }
+    // Anything else from EL0 (a system call, a fault) goes back to the
+    // scheduler; a task's IRQs were handled above and resume it unless the
+    // preemption tick ended its slice.
+    if frame.kind >= super::user::FIRST_LOWER_EL_VECTOR {
+        super::user::trap_from_user(frame);
     }
     let _ = SYNCHRONOUS;
     match (frame.kind % 4, class) {

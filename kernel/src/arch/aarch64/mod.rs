@@ -4,6 +4,7 @@
 mod exceptions;
 pub mod gic;
 mod pl011;
+pub mod user;
 
 use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 

@@ -23,7 +23,7 @@ const UD2_LEN: u64 = 2;
 
 /// The state the stubs save, lowest address first.
 #[repr(C)]
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 pub struct TrapFrame {
     pub r15: u64,
     pub r14: u64,
@@ -1412,13 +1412,22 @@ pub fn init() {
             for vector in FIRST_INTERRUPT_VECTOR..VECTORS {
                 idt[vector as u8].set_handler_addr(stub(vector));
             }
+            // Tasks enter the kernel through this gate (`int`), so ring 3 may use it.
+            idt[super::user::SYSCALL_VECTOR]
+                .set_handler_addr(stub(usize::from(super::user::SYSCALL_VECTOR)))
+                .set_privilege_level(x86_64::PrivilegeLevel::Ring3);
+            // A double fault runs on its own stack: the one that faulted may
+            // be gone. gdt::init put that stack in the TSS's IST.
+            idt.double_fault
+                .set_handler_addr(stub(8))
+                .set_stack_index(super::gdt::DOUBLE_FAULT_IST_INDEX);
         }
         idt
     });
     idt.load();
 }
 
-fn exception_name(vector: u64) -> &'static str {
+pub(super) fn exception_name(vector: u64) -> &'static str {
     const NAMES: [&str; 22] = [
         "divide error",
         "debug",
@@ -1448,9 +1457,22 @@ fn exception_name(vector: u64) -> &'static str {
 
 #[unsafe(no_mangle)]
 extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
+    // A task's system call or fault goes back to the scheduler; its device
+    // interrupts are handled below like any other and resume it.
+    let syscall = frame.vector == u64::from(super::user::SYSCALL_VECTOR);
+    if super::user::from_user(frame) && (syscall || frame.vector < FIRST_INTERRUPT_VECTOR as u64) {
+        super::user::trap_from_user(frame);
+    }
     match frame.vector {
+        vector if vector == u64::from(super::user::SYSCALL_VECTOR) => {
+            panic!(
+                "system call gate used from the kernel at rip {:#x}",
+                frame.rip
+            )
+        }
         vector if vector >= FIRST_INTERRUPT_VECTOR as u64 => {
-            super::interrupts::dispatch(vector as u8)
+            super::interrupts::dispatch(vector as u8);
+            super::user::preempt_if_due(frame);
         }
         // int3 is a trap: RIP already points past it, so just resume.
         VECTOR_BREAKPOINT => {

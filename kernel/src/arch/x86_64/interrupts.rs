@@ -41,7 +41,7 @@ unsafe impl Send for Lapic {}
 
 static LAPIC: spin::Once<Lapic> = spin::Once::new();
 
-fn lapic() -> &'static Mmio {
+pub(super) fn lapic() -> &'static Mmio {
     &LAPIC
         .get()
         .expect("local APIC used before interrupts::init")

@@ -3,8 +3,10 @@
 
 mod exceptions;
 mod exit;
+mod gdt;
 pub mod interrupts;
 mod time;
+pub mod user;
 
 use core::sync::atomic::{AtomicU16, Ordering};
 
@@ -52,6 +54,7 @@ extern "C" fn kernel_entry(start_info: u64) -> ! {
     if let Ok(serial) = serial {
         crate::console::init(serial);
     }
+    gdt::init();
     exceptions::init();
     crate::memory::init_heap();
     let boot = boot_info_from_pvh(start_info);

@@ -1,0 +1,390 @@
+//! The syscall layer's hardware-independent half: copies a command's argument
+//! struct in from the task with the size-versioning rule, calls the core, and
+//! copies the results out (Linux `iommufd_ucmd` semantics). The kernel provides
+//! only [`UserMemory`] (and handles `device_list` / `device_open`, which need its
+//! PCI view).
+
+use crate::{Iommufd, ObjId, OwnerId, Services, decode_hwpt_data, decode_invalidations, map_flags};
+use abi::{AbiStruct, Command, Errno, HwptAllocFlags, Pod};
+use alloc::vec;
+use alloc::vec::Vec;
+use core::mem::size_of;
+use iommu::{IommuUnit, IovaRange};
+
+/// Access to a task's memory by its virtual addresses; `EFAULT` when a byte is not
+/// mapped with the needed permission.
+pub trait UserMemory {
+    fn read(&mut self, owner: OwnerId, va: u64, out: &mut [u8]) -> Result<(), Errno>;
+    fn write(&mut self, owner: OwnerId, va: u64, data: &[u8]) -> Result<(), Errno>;
+}
+
+/// Largest count of array elements one call moves (ranges, invalidations, faults).
+pub const MAX_ARRAY_ENTRIES: u32 = 4096;
+/// Largest element / vendor-data / hw-info buffer, in bytes.
+pub const MAX_ELEMENT_BYTES: u32 = 256;
+
+/// A copied-in argument and where it goes back.
+struct Arg<T> {
+    va: u64,
+    /// The caller's `size`.
+    size: u32,
+    value: T,
+}
+
+/// Reads the struct at `va`: `size` first, then the known prefix, then checks that
+/// any longer tail is zero.
+fn copy_in<T: AbiStruct, M: UserMemory>(
+    mem: &mut M,
+    owner: OwnerId,
+    va: u64,
+) -> Result<Arg<T>, Errno> {
+    let mut head = [0u8; 4];
+    mem.read(owner, va, &mut head)?;
+    let size = u32::from_ne_bytes(head);
+    if (size as usize) < T::MIN_SIZE {
+        return Err(Errno::EINVAL);
+    }
+    let known = (size as usize).min(size_of::<T>());
+    let mut raw = vec![0u8; known];
+    mem.read(owner, va, &mut raw)?;
+    check_zero_tail(mem, owner, va, known as u64, u64::from(size))?;
+    Ok(Arg {
+        va,
+        size,
+        value: abi::decode(&raw)?,
+    })
+}
+
+/// `E2BIG` unless the user bytes `[va + from, va + to)` are all zero.
+fn check_zero_tail<M: UserMemory>(
+    mem: &mut M,
+    owner: OwnerId,
+    va: u64,
+    from: u64,
+    to: u64,
+) -> Result<(), Errno> {
+    let mut chunk = [0u8; 64];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(chunk.len());
+        let addr = va.checked_add(at).ok_or(Errno::EFAULT)?;
+        mem.read(owner, addr, &mut chunk[..n])?;
+        if chunk[..n].iter().any(|b| *b != 0) {
+            return Err(Errno::E2BIG);
+        }
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes the (updated) struct back: as many bytes as both sides know.
+fn copy_back<T: Pod, M: UserMemory>(
+    mem: &mut M,
+    owner: OwnerId,
+    arg: &Arg<T>,
+) -> Result<(), Errno> {
+    let bytes = abi::as_bytes(&arg.value);
+    let n = (arg.size as usize).min(bytes.len());
+    mem.write(owner, arg.va, &bytes[..n])
+}
+
+/// Reads `count` elements of `len` bytes each from `va`.
+fn read_array<M: UserMemory>(
+    mem: &mut M,
+    owner: OwnerId,
+    va: u64,
+    len: u32,
+    count: u32,
+) -> Result<Vec<u8>, Errno> {
+    if count > MAX_ARRAY_ENTRIES || len > MAX_ELEMENT_BYTES {
+        return Err(Errno::EINVAL);
+    }
+    let mut raw = vec![0u8; len as usize * count as usize];
+    if !raw.is_empty() {
+        mem.read(owner, va, &mut raw)?;
+    }
+    Ok(raw)
+}
+
+impl<U: IommuUnit, S: Services> Iommufd<U, S> {
+    /// Runs one iommufd command whose argument struct is at task address `arg`.
+    /// Returns `None` for the commands the kernel handles itself (`DeviceList`,
+    /// `DeviceOpen`).
+    pub fn ioctl<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        command: Command,
+        arg: u64,
+    ) -> Option<Result<(), Errno>> {
+        Some(match command {
+            Command::Destroy => self.cmd_destroy(mem, owner, arg),
+            Command::IoasAlloc => self.cmd_ioas_alloc(mem, owner, arg),
+            Command::IoasIovaRanges => self.cmd_iova_ranges(mem, owner, arg),
+            Command::IoasAllowIovas => self.cmd_allow_iovas(mem, owner, arg),
+            Command::IoasMap => self.cmd_map(mem, owner, arg),
+            Command::IoasUnmap => self.cmd_unmap(mem, owner, arg),
+            Command::IoasCopy => self.cmd_copy(mem, owner, arg),
+            Command::HwptAlloc => self.cmd_hwpt_alloc(mem, owner, arg),
+            Command::HwptInvalidate => self.cmd_hwpt_invalidate(mem, owner, arg),
+            Command::GetHwInfo => self.cmd_get_hw_info(mem, owner, arg),
+            Command::FaultRead => self.cmd_fault_read(mem, owner, arg),
+            Command::DeviceAttach => self.cmd_attach(mem, owner, arg, false),
+            Command::DeviceReplace => self.cmd_attach(mem, owner, arg, true),
+            Command::DeviceDetach => self.cmd_detach(mem, owner, arg),
+            Command::DeviceList | Command::DeviceOpen => return None,
+        })
+    }
+
+    fn cmd_destroy<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let a: Arg<abi::Destroy> = copy_in(mem, owner, arg)?;
+        self.destroy(owner, a.value.id)
+    }
+
+    /// Copies a new object's id out; a failed copy destroys the object again so
+    /// that the task never holds an id it did not learn.
+    fn publish<T: Pod, M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: &Arg<T>,
+        id: ObjId,
+    ) -> Result<(), Errno> {
+        copy_back(mem, owner, arg).inspect_err(|_| {
+            let _ = self.destroy(owner, id);
+        })
+    }
+
+    fn cmd_ioas_alloc<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IoasAlloc> = copy_in(mem, owner, arg)?;
+        let id = self.ioas_alloc(owner)?;
+        a.value.out_ioas_id = id;
+        self.publish(mem, owner, &a, id)
+    }
+
+    fn cmd_iova_ranges<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IoasIovaRanges> = copy_in(mem, owner, arg)?;
+        let ranges = self.ioas_iova_ranges(owner, a.value.ioas_id)?;
+        let capacity = a.value.num_iovas as usize;
+        a.value.num_iovas = u32::try_from(ranges.ranges.len()).map_err(|_| Errno::EOVERFLOW)?;
+        a.value.out_iova_alignment = ranges.alignment;
+        if ranges.ranges.len() > capacity {
+            copy_back(mem, owner, &a)?;
+            return Err(Errno::EMSGSIZE);
+        }
+        for (i, r) in ranges.ranges.iter().enumerate() {
+            let entry = abi::IovaRangeEntry {
+                start: r.start,
+                last: r.last,
+            };
+            let va = a.value.allowed_iovas + (i * size_of::<abi::IovaRangeEntry>()) as u64;
+            mem.write(owner, va, abi::as_bytes(&entry))?;
+        }
+        copy_back(mem, owner, &a)
+    }
+
+    fn cmd_allow_iovas<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let a: Arg<abi::IoasAllowIovas> = copy_in(mem, owner, arg)?;
+        let len = size_of::<abi::IovaRangeEntry>() as u32;
+        let raw = read_array(mem, owner, a.value.allowed_iovas, len, a.value.num_iovas)?;
+        let ranges = raw
+            .chunks_exact(len as usize)
+            .map(|c| {
+                abi::decode::<abi::IovaRangeEntry>(c).map(|e| IovaRange {
+                    start: e.start,
+                    last: e.last,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.ioas_allow_iovas(owner, a.value.ioas_id, &ranges)
+    }
+
+    fn cmd_map<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IoasMap> = copy_in(mem, owner, arg)?;
+        let (prot, fixed) = map_flags(abi::MapFlags::from_bits_retain(a.value.flags));
+        let v = a.value;
+        let iova = self.ioas_map(
+            owner,
+            v.ioas_id,
+            v.user_va,
+            v.length,
+            fixed.then_some(v.iova),
+            prot,
+        )?;
+        a.value.iova = iova;
+        copy_back(mem, owner, &a).inspect_err(|_| {
+            let _ = self.ioas_unmap(owner, v.ioas_id, iova, v.length);
+        })
+    }
+
+    fn cmd_unmap<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IoasUnmap> = copy_in(mem, owner, arg)?;
+        a.value.length = self.ioas_unmap(owner, a.value.ioas_id, a.value.iova, a.value.length)?;
+        copy_back(mem, owner, &a)
+    }
+
+    fn cmd_copy<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IoasCopy> = copy_in(mem, owner, arg)?;
+        let (prot, fixed) = map_flags(abi::MapFlags::from_bits_retain(a.value.flags));
+        let v = a.value;
+        let iova = self.ioas_copy(
+            owner,
+            v.src_ioas_id,
+            v.src_iova,
+            v.length,
+            v.dst_ioas_id,
+            fixed.then_some(v.dst_iova),
+            prot,
+        )?;
+        a.value.dst_iova = iova;
+        copy_back(mem, owner, &a).inspect_err(|_| {
+            let _ = self.ioas_unmap(owner, v.dst_ioas_id, iova, v.length);
+        })
+    }
+
+    fn cmd_hwpt_alloc<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::HwptAlloc> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let data = read_array(mem, owner, v.data_uptr, v.data_len, 1)?;
+        let nested = decode_hwpt_data(v.data_type, &data)?;
+        let flags = HwptAllocFlags::from_bits_retain(v.flags);
+        let id = self.hwpt_alloc(owner, v.dev_id, v.pt_id, flags, nested)?;
+        a.value.out_hwpt_id = id;
+        self.publish(mem, owner, &a, id)
+    }
+
+    fn cmd_hwpt_invalidate<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::HwptInvalidate> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let raw = read_array(mem, owner, v.data_uptr, v.entry_len, v.entry_num)?;
+        let (requests, decoded) = decode_invalidations(v.data_type, v.entry_len, v.entry_num, &raw);
+        let (done, result) = if requests.is_empty() && decoded.is_err() {
+            (0, Ok(()))
+        } else {
+            self.hwpt_invalidate(owner, v.hwpt_id, &requests)
+        };
+        a.value.entry_num = done;
+        copy_back(mem, owner, &a)?;
+        result.and(decoded)
+    }
+
+    fn cmd_get_hw_info<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::GetHwInfo> = copy_in(mem, owner, arg)?;
+        if a.value.data_len > MAX_ELEMENT_BYTES {
+            return Err(Errno::EINVAL);
+        }
+        let mut data = vec![0u8; a.value.data_len as usize];
+        let reply = self.get_hw_info(owner, a.value.dev_id, &mut data)?;
+        if !data.is_empty() {
+            mem.write(owner, a.value.data_uptr, &data)?;
+        }
+        a.value.data_len = reply.data_len;
+        a.value.out_data_type = reply.data_type as u32;
+        a.value.out_capabilities = reply.capabilities.bits();
+        copy_back(mem, owner, &a)
+    }
+
+    fn cmd_fault_read<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::FaultRead> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        if (v.record_len as usize) < <abi::FaultRecord as AbiStruct>::MIN_SIZE {
+            return Err(Errno::EINVAL);
+        }
+        if v.record_len > MAX_ELEMENT_BYTES || v.num > MAX_ARRAY_ENTRIES {
+            return Err(Errno::EINVAL);
+        }
+        let mut records = vec![abi::FaultRecord::default(); v.num as usize];
+        let reply = self.fault_read(owner, v.hwpt_id, &mut records)?;
+        let mut slot = vec![0u8; v.record_len as usize];
+        for (i, r) in records.iter().take(reply.num as usize).enumerate() {
+            abi::copy_out(r, &mut slot);
+            let va = v.records_uptr + i as u64 * u64::from(v.record_len);
+            mem.write(owner, va, &slot)?;
+        }
+        a.value.num = reply.num;
+        a.value.out_dropped = reply.dropped;
+        copy_back(mem, owner, &a)
+    }
+
+    fn cmd_attach<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+        replace: bool,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::DeviceAttach> = copy_in(mem, owner, arg)?;
+        let hwpt = if replace {
+            self.device_replace(owner, a.value.dev_id, a.value.pt_id)?
+        } else {
+            self.device_attach(owner, a.value.dev_id, a.value.pt_id)?
+        };
+        a.value.out_hwpt_id = hwpt;
+        copy_back(mem, owner, &a)
+    }
+
+    fn cmd_detach<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let a: Arg<abi::DeviceDetach> = copy_in(mem, owner, arg)?;
+        self.device_detach(owner, a.value.dev_id)
+    }
+}

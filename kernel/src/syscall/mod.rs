@@ -1,0 +1,135 @@
+//! The system call layer: one dispatch table for both architectures.
+//!
+//! `arch::user` decodes the number and six arguments from the trapped
+//! registers (convention in `abi::syscall`); [`dispatch`] looks the number up
+//! in [`TABLE`] and runs the handler in ordinary kernel context with the
+//! task's address space active. Every pointer and length is checked against
+//! the task's own pages before use (`EFAULT` otherwise), and user memory is
+//! reached through the kernel's identity map of the frames behind it, never
+//! through the user address, so a bad argument cannot fault the kernel.
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abi::Errno;
+use abi::syscall as nr;
+
+use crate::task::{Access, Sink, Task};
+
+/// What the scheduler does after a call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Resume the task with this result in its return register.
+    Return(i64),
+    /// Run the other tasks first (the call returns 0).
+    Yield,
+    /// End the task.
+    Exit(i32),
+}
+
+/// Everything a handler may touch.
+pub struct Call<'a, 'b> {
+    pub task: &'a mut Task,
+    pub index: usize,
+    pub sink: &'a mut Sink<'b>,
+}
+
+type Handler = fn(&mut Call, &[u64; nr::MAX_ARGS]) -> Result<Action, Errno>;
+
+/// The dispatch table: (number, name, handler). The iommufd calls
+/// (`abi::syscall::DESTROY..=IRQ_WAIT`) are not wired in yet: `ENOSYS`.
+pub static TABLE: &[(u64, &str, Handler)] = &[
+    (nr::WRITE, "write", write),
+    (nr::EXIT, "exit", exit),
+    (nr::YIELD, "yield", yield_now),
+    (nr::MEM_ALLOC, "mem_alloc", mem_alloc),
+    (nr::MEM_FREE, "mem_free", mem_free),
+];
+
+/// Runs system call `number` for task `index`.
+pub fn dispatch(
+    task: &mut Task,
+    index: usize,
+    sink: &mut Sink,
+    number: u64,
+    args: &[u64; nr::MAX_ARGS],
+) -> Action {
+    let Some((_, _, handler)) = TABLE.iter().find(|(n, _, _)| *n == number) else {
+        return Action::Return(Errno::ENOSYS.to_syscall_return());
+    };
+    let mut call = Call { task, index, sink };
+    match handler(&mut call, args) {
+        Ok(action) => action,
+        Err(errno) => Action::Return(errno.to_syscall_return()),
+    }
+}
+
+/// Largest single `write` (bytes): more is `EINVAL` rather than a long stall.
+pub const MAX_WRITE: u64 = 64 * 1024;
+
+/// Copies `[address, address + len)` of the task's memory into a new buffer.
+pub fn copy_from_user(task: &Task, address: u64, len: u64) -> Result<Vec<u8>, Errno> {
+    let pieces = task.space.user_range(address, len, Access::READ)?;
+    let mut bytes = Vec::with_capacity(len as usize);
+    for (phys, piece_len) in pieces {
+        // SAFETY: `user_range` returned pieces of frames this task owns,
+        // identity-mapped for the kernel; nothing else writes them now (the
+        // task is stopped in this call).
+        bytes.extend_from_slice(unsafe {
+            core::slice::from_raw_parts(phys as *const u8, piece_len)
+        });
+    }
+    Ok(bytes)
+}
+
+/// Copies `bytes` into the task's memory at `address` (which must be writable).
+#[expect(
+    dead_code,
+    reason = "the iommufd calls return their structs through it"
+)]
+pub fn copy_to_user(task: &Task, address: u64, bytes: &[u8]) -> Result<(), Errno> {
+    let pieces = task
+        .space
+        .user_range(address, bytes.len() as u64, Access::READ_WRITE)?;
+    let mut from = 0;
+    for (phys, piece_len) in pieces {
+        // SAFETY: as in `copy_from_user`, for writable pages of the task.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes[from..].as_ptr(), phys as *mut u8, piece_len)
+        };
+        from += piece_len;
+    }
+    Ok(())
+}
+
+fn write(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    let (address, len) = (args[0], args[1]);
+    // The range is checked before the size cap, so a bad pointer with a huge
+    // length is a fault, as Linux reports it.
+    call.task.space.user_range(address, len, Access::READ)?;
+    if len > MAX_WRITE {
+        return Err(Errno::EINVAL);
+    }
+    let bytes = copy_from_user(call.task, address, len)?;
+    call.sink
+        .write(call.index, String::from_utf8_lossy(&bytes).into_owned());
+    Ok(Action::Return(len as i64))
+}
+
+fn exit(_: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    Ok(Action::Exit(args[0] as u32 as i32))
+}
+
+fn yield_now(_: &mut Call, _: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    Ok(Action::Yield)
+}
+
+fn mem_alloc(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    let address = call.task.allocate(args[0])?;
+    Ok(Action::Return(address as i64))
+}
+
+fn mem_free(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    call.task.free(args[0], args[1])?;
+    Ok(Action::Return(0))
+}

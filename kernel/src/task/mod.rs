@@ -1,0 +1,595 @@
+//! User tasks: programs embedded in the kernel image (see [`programs`]), each
+//! started by name in its own address space, run in ring 3 / EL0.
+//!
+//! Scheduling is round-robin and run-to-trap: [`run`] keeps a FIFO of
+//! runnable tasks; the task at its head runs until it makes a system call,
+//! faults or uses up its [`TIME_SLICE_MS`] time slice (a one-shot timer: the
+//! local APIC timer on x86_64, the EL1 virtual timer on aarch64). Most calls
+//! return to the same task at once; `yield` and the end of a slice move it to
+//! the back of the queue; `exit` and a fault end it. Device interrupts are
+//! taken while a task runs and resume it. A task that runs longer than its
+//! CPU budget ([`Limits`]) or makes more than [`SYSCALL_BUDGET`] calls is
+//! killed, so a runaway program cannot hang the kernel or a test. Without a
+//! timer (aarch64 without a GICv2) scheduling falls back to cooperative.
+//!
+//! User region layout (all in top-level slot 1, see `abi::syscall`):
+//! `USER_BASE..IMAGE_END` the program's segments, `HEAP_BASE..HEAP_END` memory
+//! from `mem_alloc` (one guard page after each allocation), and a
+//! [`STACK_PAGES`]-page stack below `STACK_TOP` with an unmapped guard below.
+
+mod address_space;
+pub mod programs;
+
+use alloc::collections::{BTreeMap, VecDeque};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use abi::Errno;
+use abi::syscall::{PAGE_SIZE, USER_BASE, USER_END};
+
+pub use address_space::AddressSpace;
+
+use crate::arch::user::{self as arch, UserContext};
+
+/// The ELF machine of the programs this kernel runs.
+#[cfg(target_arch = "x86_64")]
+const ELF_MACHINE: u16 = static_elf::EM_X86_64;
+#[cfg(target_arch = "aarch64")]
+const ELF_MACHINE: u16 = static_elf::EM_AARCH64;
+// The reader's page (segments never share one) is the task's page.
+const _: () = assert!(static_elf::PAGE_SIZE == PAGE_SIZE);
+/// One past the last address a program image may use.
+pub const IMAGE_END: u64 = USER_BASE + (1 << 30);
+/// Where `mem_alloc` hands out memory.
+pub const HEAP_BASE: u64 = USER_BASE + (64 << 30);
+pub const HEAP_END: u64 = USER_BASE + (256 << 30);
+/// The stack grows down from here (16 MiB below the end of the region).
+pub const STACK_TOP: u64 = USER_END - (16 << 20);
+pub const STACK_PAGES: u64 = 16;
+/// Largest single `mem_alloc` and most memory one task may hold (pages).
+pub const MAX_ALLOCATION_PAGES: u64 = 4096;
+pub const MAX_TASK_PAGES: u64 = 16384;
+/// System calls one task may make in one [`run`].
+pub const SYSCALL_BUDGET: u64 = 1_000_000;
+/// How long a task runs before the others get their turn (by default).
+pub const TIME_SLICE_MS: u64 = 10;
+
+/// Resource limits of one [`run_limited`].
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// CPU time (in user mode, interrupts included) one task may use.
+    pub cpu_ms: u64,
+    /// How long a task runs before the next one gets its turn.
+    pub slice_ms: u64,
+}
+
+impl Limits {
+    pub const DEFAULT: Limits = Limits {
+        cpu_ms: 10_000,
+        slice_ms: TIME_SLICE_MS,
+    };
+}
+
+/// Whether running tasks can be preempted on this machine.
+pub fn preemption_available() -> bool {
+    arch::preemption_available()
+}
+
+/// What a page allows the task to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub read: bool,
+    pub write: bool,
+    pub execute: bool,
+}
+
+impl Access {
+    pub const READ: Access = Access {
+        read: true,
+        write: false,
+        execute: false,
+    };
+    pub const READ_WRITE: Access = Access {
+        read: true,
+        write: true,
+        execute: false,
+    };
+
+    /// True when every right `wanted` asks for is granted.
+    pub fn allows(self, wanted: Access) -> bool {
+        (self.read || !wanted.read)
+            && (self.write || !wanted.write)
+            && (self.execute || !wanted.execute)
+    }
+}
+
+/// Why a task's run stopped, decoded from its saved registers by `arch::user`.
+#[derive(Clone, Copy, Debug)]
+pub enum Trap {
+    Syscall {
+        number: u64,
+        args: [u64; 6],
+    },
+    /// The time slice ended.
+    Preempted,
+    Fault {
+        what: &'static str,
+        /// The faulting data or instruction address, when the CPU reports one.
+        address: Option<u64>,
+        /// Error code (x86) or ESR ISS (aarch64).
+        code: u64,
+        pc: u64,
+    },
+}
+
+/// Why a task could not be started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SpawnError {
+    UnknownProgram(String),
+    Elf(static_elf::ElfError),
+    OutOfMemory,
+}
+
+impl From<Errno> for SpawnError {
+    fn from(_: Errno) -> Self {
+        SpawnError::OutOfMemory
+    }
+}
+
+/// Where a task's `write`s and the kernel's reports about it go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Straight to the console (the demo).
+    Console,
+    /// Into the [`Run`]'s transcript only (the tests, whose console lines the
+    /// host parses).
+    Capture,
+}
+
+/// How a task ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// Killed by the kernel; the report line says why.
+    Killed(String),
+}
+
+/// One task's result.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub name: &'static str,
+    pub exit: Exit,
+    /// Everything the task wrote.
+    pub output: String,
+}
+
+/// The result of [`run`].
+#[derive(Debug, Default)]
+pub struct Run {
+    pub reports: Vec<Report>,
+    /// Every write and kernel report line in the order they happened, with the
+    /// index of the task in [`Run::reports`].
+    pub transcript: Vec<(usize, String)>,
+}
+
+/// One `mem_alloc` allocation: the frames a later `ioas_map` pins.
+#[derive(Debug)]
+pub struct Allocation {
+    pub pages: u64,
+    /// Physical address of each page, in order.
+    pub frames: Vec<u64>,
+    /// How many pins (DMA mappings) cover it; it cannot be freed while pinned.
+    pub pins: u32,
+}
+
+/// A task's memory from `mem_alloc`, by start address.
+#[derive(Debug, Default)]
+pub struct TaskMemory {
+    pub allocations: BTreeMap<u64, Allocation>,
+    next: u64,
+    pages: u64,
+}
+
+pub struct Task {
+    pub name: &'static str,
+    pub space: AddressSpace,
+    pub context: UserContext,
+    pub memory: TaskMemory,
+    syscalls: u64,
+    cpu_ns: u64,
+}
+
+impl Task {
+    /// Loads the embedded program `name` into a new address space.
+    pub fn spawn(name: &str, kernel_root: u64) -> Result<Task, SpawnError> {
+        let (name, image) = programs::PROGRAMS
+            .iter()
+            .find(|(program, _)| *program == name)
+            .ok_or_else(|| SpawnError::UnknownProgram(name.into()))?;
+        Self::spawn_image(name, image, kernel_root)
+    }
+
+    /// Loads an ELF image (validated by [`static_elf::parse`] for this
+    /// machine and the image part of the user region).
+    pub fn spawn_image(
+        name: &'static str,
+        image: &[u8],
+        kernel_root: u64,
+    ) -> Result<Task, SpawnError> {
+        let target = static_elf::Target {
+            machine: ELF_MACHINE,
+            region: USER_BASE..IMAGE_END,
+        };
+        let image = static_elf::parse(image, &target).map_err(SpawnError::Elf)?;
+        // On any error below, dropping `space` returns what was mapped so far.
+        let mut space = AddressSpace::new(kernel_root)?;
+        for segment in &image.segments {
+            let access = Access {
+                read: segment.permissions.read,
+                write: segment.permissions.write,
+                execute: segment.permissions.execute,
+            };
+            for page in segment.pages().step_by(PAGE_SIZE as usize) {
+                let phys = space.map_new(page, access)?;
+                // Copy the part of the file bytes that falls into this page.
+                let page_end = page + PAGE_SIZE;
+                let data_end = segment.vaddr + segment.data.len() as u64;
+                let from = segment.vaddr.max(page);
+                let to = data_end.min(page_end);
+                if from < to {
+                    let source = &segment.data
+                        [(from - segment.vaddr) as usize..(to - segment.vaddr) as usize];
+                    // SAFETY: `phys` is the fresh frame just mapped, identity-
+                    // mapped for the kernel; the piece fits in the page.
+                    unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            source.as_ptr(),
+                            (phys + (from - page)) as *mut u8,
+                            source.len(),
+                        )
+                    };
+                }
+                if access.execute {
+                    arch::sync_instruction_cache(phys, PAGE_SIZE as usize);
+                }
+            }
+        }
+        for page in 1..=STACK_PAGES {
+            space.map_new(STACK_TOP - page * PAGE_SIZE, Access::READ_WRITE)?;
+        }
+        Ok(Task {
+            name,
+            space,
+            context: UserContext::new(image.entry, STACK_TOP),
+            memory: TaskMemory {
+                next: HEAP_BASE,
+                ..TaskMemory::default()
+            },
+            syscalls: 0,
+            cpu_ns: 0,
+        })
+    }
+
+    /// Passes `value` to the program's entry as its first argument
+    /// (`user_programs::argument()`): a seed, a mode.
+    pub fn set_argument(&mut self, value: u64) {
+        self.context.set_argument(value);
+    }
+
+    /// `mem_alloc`: maps `pages` fresh pages, records them, returns the address.
+    pub fn allocate(&mut self, pages: u64) -> Result<u64, Errno> {
+        if pages == 0 {
+            return Err(Errno::EINVAL);
+        }
+        if pages > MAX_ALLOCATION_PAGES || self.memory.pages + pages > MAX_TASK_PAGES {
+            return Err(Errno::ENOMEM);
+        }
+        let start = self.memory.next;
+        // One unmapped guard page after the allocation.
+        let next = start + (pages + 1) * PAGE_SIZE;
+        if next > HEAP_END {
+            return Err(Errno::ENOMEM);
+        }
+        let mut frames = Vec::with_capacity(pages as usize);
+        for page in 0..pages {
+            match self
+                .space
+                .map_new(start + page * PAGE_SIZE, Access::READ_WRITE)
+            {
+                Ok(phys) => frames.push(phys),
+                Err(err) => {
+                    self.unmap_and_free(start, page);
+                    return Err(err);
+                }
+            }
+        }
+        self.memory.next = next;
+        self.memory.pages += pages;
+        self.memory.allocations.insert(
+            start,
+            Allocation {
+                pages,
+                frames,
+                pins: 0,
+            },
+        );
+        Ok(start)
+    }
+
+    /// `mem_free`: exactly one earlier allocation, same address and size.
+    pub fn free(&mut self, address: u64, pages: u64) -> Result<(), Errno> {
+        match self.memory.allocations.get(&address) {
+            Some(allocation) if allocation.pages == pages && allocation.pins > 0 => {
+                return Err(Errno::EBUSY);
+            }
+            Some(allocation) if allocation.pages == pages => {}
+            _ => return Err(Errno::EINVAL),
+        }
+        let allocation = self.memory.allocations.remove(&address);
+        self.memory.pages -= pages;
+        let freed = self.unmap_and_free(address, pages);
+        debug_assert_eq!(Some(freed), allocation.map(|a| a.frames));
+        Ok(())
+    }
+
+    /// Pins the frames behind `[address, address + len)` for DMA (the hook of
+    /// `ioas_map`): the range must be page-aligned and lie inside `mem_alloc`
+    /// allocations (the only memory a task may hand to a device), else
+    /// `EFAULT`. Returns the frames in order; [`Task::unpin`] undoes it.
+    pub fn pin(&mut self, address: u64, len: u64) -> Result<Vec<u64>, Errno> {
+        let covering = self.allocations_covering(address, len)?;
+        let mut frames = Vec::with_capacity((len / PAGE_SIZE) as usize);
+        for start in &covering {
+            let allocation = &self.memory.allocations[start];
+            let first = address.max(*start);
+            let end = (address + len).min(start + allocation.pages * PAGE_SIZE);
+            let pages =
+                ((first - start) / PAGE_SIZE) as usize..((end - start) / PAGE_SIZE) as usize;
+            frames.extend_from_slice(&allocation.frames[pages]);
+        }
+        for start in covering {
+            if let Some(allocation) = self.memory.allocations.get_mut(&start) {
+                allocation.pins += 1;
+            }
+        }
+        Ok(frames)
+    }
+
+    /// Releases one [`Task::pin`] of exactly the same range.
+    pub fn unpin(&mut self, address: u64, len: u64) -> Result<(), Errno> {
+        let covering = self.allocations_covering(address, len)?;
+        if covering
+            .iter()
+            .any(|start| self.memory.allocations[start].pins == 0)
+        {
+            return Err(Errno::EINVAL);
+        }
+        for start in covering {
+            if let Some(allocation) = self.memory.allocations.get_mut(&start) {
+                allocation.pins -= 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// The start addresses of the allocations that together cover the range
+    /// without a gap.
+    fn allocations_covering(&self, address: u64, len: u64) -> Result<Vec<u64>, Errno> {
+        let end = address.checked_add(len).ok_or(Errno::EFAULT)?;
+        if len == 0 || !address.is_multiple_of(PAGE_SIZE) || !len.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno::EINVAL);
+        }
+        let mut covering = Vec::new();
+        let mut at = address;
+        while at < end {
+            let (&start, allocation) = self
+                .memory
+                .allocations
+                .range(..=at)
+                .next_back()
+                .ok_or(Errno::EFAULT)?;
+            let allocation_end = start + allocation.pages * PAGE_SIZE;
+            if at >= allocation_end {
+                return Err(Errno::EFAULT);
+            }
+            covering.push(start);
+            at = allocation_end;
+        }
+        Ok(covering)
+    }
+
+    /// Unmaps `pages` pages from `start` and frees their frames; returns them.
+    fn unmap_and_free(&mut self, start: u64, pages: u64) -> Vec<u64> {
+        let frames: Vec<u64> = (0..pages)
+            .filter_map(|page| self.space.unmap(start + page * PAGE_SIZE))
+            .collect();
+        // Syscalls run with the task's tables active: drop its stale
+        // translations before the frames can be reused.
+        arch::flush_tlb();
+        for &phys in &frames {
+            crate::memory::frames::free(crate::memory::frames::Frames { phys, count: 1 });
+        }
+        frames
+    }
+}
+
+/// The scheduler's view of the output while tasks run.
+pub struct Sink<'a> {
+    mode: Output,
+    run: &'a mut Run,
+}
+
+impl Sink<'_> {
+    /// Records (and in console mode prints) what task `index` wrote.
+    pub fn write(&mut self, index: usize, text: String) {
+        if self.mode == Output::Console {
+            print!("{text}");
+        }
+        self.run.reports[index].output.push_str(&text);
+        self.run.transcript.push((index, text));
+    }
+
+    fn report(&mut self, index: usize, line: String) {
+        if self.mode == Output::Console {
+            println!("{line}");
+        }
+        self.run.transcript.push((index, line));
+    }
+}
+
+/// The boot tables, which every task's tables copy for the kernel half.
+static KERNEL_ROOT: spin::Once<u64> = spin::Once::new();
+
+/// Starts the programs `names` (in that order) and runs them until every
+/// one has exited or been killed; every frame they used is free again when
+/// this returns.
+pub fn run(names: &[&str], output: Output) -> Result<Run, SpawnError> {
+    run_limited(names, output, Limits::DEFAULT)
+}
+
+/// [`run`] with explicit limits.
+pub fn run_limited(names: &[&str], output: Output, limits: Limits) -> Result<Run, SpawnError> {
+    let kernel_root = *KERNEL_ROOT.call_once(arch::current_root);
+    let mut tasks = Vec::new();
+    for name in names {
+        tasks.push(Some(Task::spawn(name, kernel_root)?));
+    }
+    Ok(run_tasks(tasks, output, kernel_root, limits))
+}
+
+/// The kernel's own tables, for callers that spawn from an image.
+pub fn kernel_root() -> u64 {
+    *KERNEL_ROOT.call_once(arch::current_root)
+}
+
+/// Runs already-spawned tasks to completion.
+pub fn run_tasks(
+    mut tasks: Vec<Option<Task>>,
+    output: Output,
+    kernel_root: u64,
+    limits: Limits,
+) -> Run {
+    let mut result = Run {
+        reports: tasks
+            .iter()
+            .flatten()
+            .map(|task| Report {
+                name: task.name,
+                exit: Exit::Code(0),
+                output: String::new(),
+            })
+            .collect(),
+        transcript: Vec::new(),
+    };
+    let mut queue: VecDeque<usize> = (0..tasks.len()).collect();
+    let mut sink = Sink {
+        mode: output,
+        run: &mut result,
+    };
+    while let Some(index) = queue.pop_front() {
+        let Some(task) = tasks[index].as_mut() else {
+            continue;
+        };
+        // SAFETY: the task's root copies the kernel entries of the boot tables.
+        unsafe { arch::switch_root(task.space.root()) };
+        let ended = loop {
+            arch::arm_preemption(limits.slice_ms);
+            let started = crate::arch::now_ns();
+            arch::run(&mut task.context);
+            task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
+            arch::disarm_preemption();
+            if task.cpu_ns > limits.cpu_ms * 1_000_000 {
+                break Some(Exit::Killed(format!(
+                    "task {} killed: used more than {} ms of CPU time",
+                    task.name, limits.cpu_ms
+                )));
+            }
+            match task.context.trap() {
+                Trap::Preempted => {
+                    queue.push_back(index);
+                    break None;
+                }
+                Trap::Syscall { number, args } => {
+                    task.syscalls += 1;
+                    if task.syscalls > SYSCALL_BUDGET {
+                        break Some(Exit::Killed(format!(
+                            "task {} killed: more than {SYSCALL_BUDGET} system calls",
+                            task.name
+                        )));
+                    }
+                    match crate::syscall::dispatch(task, index, &mut sink, number, &args) {
+                        crate::syscall::Action::Return(value) => {
+                            task.context.set_syscall_result(value)
+                        }
+                        crate::syscall::Action::Yield => {
+                            task.context.set_syscall_result(0);
+                            queue.push_back(index);
+                            break None;
+                        }
+                        crate::syscall::Action::Exit(code) => break Some(Exit::Code(code)),
+                    }
+                }
+                Trap::Fault {
+                    what,
+                    address,
+                    code,
+                    pc,
+                } => {
+                    let address = address.map_or(String::new(), |a| format!(" at {a:#x}"));
+                    break Some(Exit::Killed(format!(
+                        "task {} killed: {what}{address} (pc {pc:#x}, code {code:#x})",
+                        task.name
+                    )));
+                }
+            }
+        };
+        // SAFETY: the boot tables map the kernel.
+        unsafe { arch::switch_root(kernel_root) };
+        if let Some(exit) = ended {
+            if let Exit::Killed(line) = &exit {
+                sink.report(index, line.clone());
+            }
+            sink.run.reports[index].exit = exit;
+            // Dropping the task returns its memory and tables.
+            tasks[index] = None;
+        }
+    }
+    result
+}
+
+/// The demo of `tasks=a,b` on the command line: runs the named programs
+/// together with their output on the console, then reports how each ended.
+/// Returns the number of problems (unknown program, leaked frames).
+pub fn demo(list: &str) -> usize {
+    let names: Vec<&str> = list.split(',').filter(|name| !name.is_empty()).collect();
+    let frames_before = crate::memory::frames::free_count();
+    println!("tasks: starting {}", names.join(", "));
+    let run = match run(&names, Output::Console) {
+        Ok(run) => run,
+        Err(err) => {
+            let known: Vec<&str> = programs::names().collect();
+            println!(
+                "tasks: cannot start: {err:?} (programs: {})",
+                known.join(", ")
+            );
+            return 1;
+        }
+    };
+    for report in &run.reports {
+        match &report.exit {
+            Exit::Code(code) => println!("tasks: {} exited with code {code}", report.name),
+            Exit::Killed(_) => println!("tasks: {} was killed", report.name),
+        }
+    }
+    let frames_after = crate::memory::frames::free_count();
+    if frames_after != frames_before {
+        println!(
+            "tasks: {} frames not returned",
+            frames_before.abs_diff(frames_after)
+        );
+        return 1;
+    }
+    println!("tasks: all frames returned ({frames_after} free)");
+    0
+}

@@ -1,0 +1,51 @@
+//! The syscall fuzzer (robustness issue): a task makes 10,000 seeded calls
+//! with valid, boundary and garbage arguments and checks every answer against
+//! its model; the kernel checks that it survived and that every frame and
+//! heap byte came back.
+
+use alloc::format;
+
+use crate::memory::frames;
+use crate::platform::Platform;
+use crate::task::{self, Exit, Output};
+use crate::testing::{Outcome, Test, TestResult};
+
+pub static TESTS: &[Test] = &[Test {
+    name: "robust::syscalls::fuzzer_agrees_with_its_model_and_leaks_nothing",
+    run: fuzzer_agrees_with_its_model_and_leaks_nothing,
+}];
+
+/// Seed used when the command line gives none (`seed=N` replays another).
+const DEFAULT_SEED: u64 = 0x1005_eed5_f022_5eed;
+
+fn fuzzer_agrees_with_its_model_and_leaks_nothing(_: &Platform) -> TestResult {
+    let seed = crate::testing::seed().unwrap_or(DEFAULT_SEED);
+    let frames_before = frames::free_count();
+    let mut fuzzer = task::Task::spawn("syscall-fuzz", task::kernel_root())
+        .map_err(|err| format!("spawn: {err:?}"))?;
+    fuzzer.set_argument(seed);
+    let run = task::run_tasks(
+        alloc::vec![Some(fuzzer)],
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    );
+    let report = run.reports.first().ok_or("no report")?;
+    println!("syscall fuzzer: seed {seed:#x} (replay with `cargo xtask test --seed {seed}`)");
+    ensure_eq!(
+        report.exit,
+        Exit::Code(0),
+        format!("fuzzer exit; it said {:?}", report.output)
+    );
+    ensure!(
+        report.output.contains("10000 calls"),
+        "fuzzer output: {:?}",
+        report.output
+    );
+    ensure_eq!(
+        frames::free_count(),
+        frames_before,
+        "free frames after the run"
+    );
+    Ok(Outcome::Passed)
+}

@@ -1,0 +1,104 @@
+//! Hands the kernel bad arguments: each must come back as an error code, never
+//! a crash. The exit code is the number of the first check that failed (0 =
+//! all held).
+#![no_std]
+#![no_main]
+
+use user_programs::abi::syscall as nr;
+use user_programs::abi::{Errno, syscall::USER_END};
+use user_programs::{check, entry, println, syscall};
+
+entry!(main);
+
+#[cfg(target_arch = "x86_64")]
+const KERNEL_IMAGE: u64 = 0x20_0000;
+#[cfg(target_arch = "aarch64")]
+const KERNEL_IMAGE: u64 = 0x4020_0000;
+
+/// A user address the program never maps (just below the top of the region).
+const UNMAPPED: u64 = USER_END - 0x10_0000;
+
+fn expect(number: i32, what: &str, result: i64, expected: Errno) -> Result<(), i32> {
+    match check(result) {
+        Err(errno) if errno == expected => {
+            println!("{what}: {errno:?} as expected");
+            Ok(())
+        }
+        other => {
+            println!("{what}: expected {expected:?}, got {other:?}");
+            Err(number)
+        }
+    }
+}
+
+fn run() -> Result<(), i32> {
+    let message = b"valid";
+    expect(
+        1,
+        "write from kernel memory",
+        syscall(nr::WRITE, [KERNEL_IMAGE, 16, 0, 0, 0, 0]),
+        Errno::EFAULT,
+    )?;
+    expect(
+        2,
+        "write from unmapped user memory",
+        syscall(nr::WRITE, [UNMAPPED, 16, 0, 0, 0, 0]),
+        Errno::EFAULT,
+    )?;
+    expect(
+        3,
+        "write whose length wraps the address space",
+        syscall(nr::WRITE, [message.as_ptr() as u64, u64::MAX, 0, 0, 0, 0]),
+        Errno::EFAULT,
+    )?;
+    expect(
+        4,
+        "write running off the end of the user region",
+        syscall(nr::WRITE, [USER_END - 8, 16, 0, 0, 0, 0]),
+        Errno::EFAULT,
+    )?;
+    expect(
+        5,
+        "unknown system call",
+        syscall(0x7fff_ffff, [0; 6]),
+        Errno::ENOSYS,
+    )?;
+    expect(
+        6,
+        "allocate zero pages",
+        syscall(nr::MEM_ALLOC, [0; 6]),
+        Errno::EINVAL,
+    )?;
+    expect(
+        7,
+        "free memory that was never allocated",
+        syscall(nr::MEM_FREE, [UNMAPPED, 1, 0, 0, 0, 0]),
+        Errno::EINVAL,
+    )?;
+    expect(
+        8,
+        "free the program's own code",
+        syscall(
+            nr::MEM_FREE,
+            [main as *const () as u64 & !0xfff, 1, 0, 0, 0, 0],
+        ),
+        Errno::EINVAL,
+    )?;
+    // A valid write still works after all of that.
+    if check(syscall(
+        nr::WRITE,
+        [message.as_ptr() as u64, message.len() as u64, 0, 0, 0, 0],
+    )) != Ok(message.len() as u64)
+    {
+        return Err(9);
+    }
+    println!();
+    Ok(())
+}
+
+fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(failed) => failed,
+    }
+}

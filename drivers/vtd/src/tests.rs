@@ -780,6 +780,61 @@ fn fault_stats_count_records_and_overflows_across_a_storm() {
     assert_eq!((expected_records, expected_overflows), (32, 24));
 }
 
+/// CAP.ND = 6 gives 2^16 domain ids, 0 reserved: exactly 65,535 live
+/// domains, each with its own id, then `NoMemory` (never a wrapped id that
+/// another live domain holds). A freed id comes back only after a
+/// domain-selective IOTLB invalidation, and alloc/free cycles past the id
+/// space keep working.
+#[test]
+fn domain_ids_run_out_cleanly_and_come_back_invalidated() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let mut live = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        match unit.alloc_domain(DomainKind::Blocked) {
+            Ok(domain) => {
+                let did = unit.domain_id(domain).unwrap();
+                assert_ne!(did, 0, "domain id 0 handed out");
+                assert!(seen.insert(did), "domain id {did} handed out twice");
+                live.push(domain);
+            }
+            Err(error) => {
+                assert_eq!(error, IommuError::NoMemory);
+                break;
+            }
+        }
+        assert!(live.len() <= 65_535, "more live domains than ids");
+    }
+    assert_eq!(live.len(), 65_535);
+    model.take_descriptors();
+    let freed = live.swap_remove(1234);
+    let freed_did = unit.domain_id(freed).unwrap();
+    unit.free_domain(freed).unwrap();
+    assert!(model.take_descriptors().is_empty(), "free costs nothing");
+    let again = unit.alloc_domain(DomainKind::Blocked).unwrap();
+    assert_eq!(unit.domain_id(again), Some(freed_did));
+    let issued = model.take_descriptors();
+    let domain_iotlb = Descriptor::iotlb(Granularity::Domain, freed_did, 0, 0, false);
+    assert!(
+        issued.contains(&domain_iotlb),
+        "recycled id not invalidated: {issued:x?}"
+    );
+    assert_eq!(
+        unit.alloc_domain(DomainKind::Blocked),
+        Err(IommuError::NoMemory)
+    );
+    for domain in live.drain(..) {
+        unit.free_domain(domain).unwrap();
+    }
+    unit.free_domain(again).unwrap();
+    for _ in 0..70_000 {
+        let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.free_domain(domain).unwrap();
+    }
+}
+
 #[test]
 fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
     let rig = Rig::new();

@@ -274,7 +274,10 @@ pub struct Vtd<'a, R: Registers> {
     domains: BTreeMap<u32, Domain<'a>>,
     attached: BTreeMap<u16, u32>,
     next_handle: u32,
-    next_did: u16,
+    /// The lowest domain id never handed out (u32: it may reach 2^16).
+    next_did: u32,
+    /// Ids of freed domains; each is invalidated before it is handed out again.
+    free_dids: Vec<u16>,
     interrupts: Option<InterruptTable>,
     counters: Counters,
     fault_stats: FaultStats,
@@ -349,6 +352,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             next_handle: 1,
             // DID 0 is reserved under caching mode (§6.1); skip it always.
             next_did: 1,
+            free_dids: Vec::new(),
             interrupts: None,
             counters: Counters::default(),
             fault_stats: FaultStats::default(),
@@ -1113,6 +1117,60 @@ impl<'a, R: Registers> Vtd<'a, R> {
         Ok(())
     }
 
+    /// A domain id for a new domain, and whether it was used before: a freed
+    /// one, after a domain-selective IOTLB invalidation removed whatever the
+    /// hardware still caches under it (§6.5.2.3), or else the lowest id never
+    /// handed out. `NoMemory` once CAP.ND's ids are all live.
+    fn take_domain_id(&mut self) -> Result<(u16, bool), IommuError> {
+        if let Some(did) = self.free_dids.pop() {
+            let invalidated = match self.invalidator {
+                Invalidator::Queue { .. } => {
+                    let descriptor = self.domain_iotlb_descriptor(did);
+                    self.submit(&[descriptor])
+                }
+                Invalidator::Registers => {
+                    self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+                }
+            };
+            if let Err(error) = invalidated {
+                self.free_dids.push(did);
+                return Err(error.into());
+            }
+            return Ok((did, true));
+        }
+        let limit = self.cap.domain_count().min(1 << 16);
+        let did = u16::try_from(self.next_did)
+            .ok()
+            .filter(|_| self.next_did < limit)
+            .ok_or(IommuError::NoMemory)?;
+        self.next_did += 1;
+        Ok((did, false))
+    }
+
+    /// The translation and table of a new domain of `kind` (checked by the caller).
+    fn build_domain(
+        &mut self,
+        kind: DomainKind,
+    ) -> Result<(Translation, Option<Box<dyn DomainTable + 'a>>), IommuError> {
+        Ok(match kind {
+            DomainKind::Blocked => (Translation::Blocked, None),
+            DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
+            DomainKind::Paging | DomainKind::NestParent => {
+                let table: Box<dyn DomainTable + 'a> = match self.env.new_table {
+                    Some(factory) => factory(self.table_format()).ok_or(IommuError::Unsupported)?,
+                    None => crate::paging::new_table(
+                        self.table_format(),
+                        self.cap,
+                        self.ecap,
+                        &self.env,
+                    )?,
+                };
+                (Translation::Paging(table.root()), Some(table))
+            }
+            _ => return Err(IommuError::Unsupported),
+        })
+    }
+
     fn requester(&self, device: DeviceId) -> Result<u16, Error> {
         let sid = u16::try_from(device.0).map_err(|_| Error::Invalid)?;
         if self.description.covers(sid) {
@@ -1202,30 +1260,26 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
     }
 
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
-        if u32::from(self.next_did) >= self.cap.domain_count() {
-            return Err(IommuError::NoMemory);
-        }
-        let (translation, table) = match kind {
-            DomainKind::Blocked => (Translation::Blocked, None),
-            DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
-            DomainKind::Paging | DomainKind::NestParent => {
-                let table: Box<dyn DomainTable + 'a> = match self.env.new_table {
-                    Some(factory) => factory(self.table_format()).ok_or(IommuError::Unsupported)?,
-                    None => crate::paging::new_table(
-                        self.table_format(),
-                        self.cap,
-                        self.ecap,
-                        &self.env,
-                    )?,
-                };
-                (Translation::Paging(table.root()), Some(table))
-            }
+        match kind {
+            DomainKind::Blocked | DomainKind::Paging | DomainKind::NestParent => {}
+            DomainKind::Identity if self.ecap.pass_through() => {}
             _ => return Err(IommuError::Unsupported),
+        }
+        let (did, recycled) = self.take_domain_id()?;
+        let built = self.build_domain(kind);
+        let (translation, table) = match built {
+            Ok(built) => built,
+            Err(error) => {
+                if recycled {
+                    self.free_dids.push(did);
+                } else {
+                    self.next_did -= 1;
+                }
+                return Err(error);
+            }
         };
         let handle = self.next_handle;
         self.next_handle += 1;
-        let did = self.next_did;
-        self.next_did += 1;
         self.domains.insert(
             handle,
             Domain {
@@ -1244,12 +1298,14 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if entry.devices != 0 {
             return Err(IommuError::Busy);
         }
-        if let Some(mut removed) = self.domains.remove(&domain.0)
-            && let Some(table) = removed.table.as_mut()
-        {
-            // No device walks it any more and its domain id is never reused,
-            // so nothing can still use the unlinked pages.
-            table.release_unlinked();
+        if let Some(mut removed) = self.domains.remove(&domain.0) {
+            if let Some(table) = removed.table.as_mut() {
+                // No device walks it any more, and its domain id is
+                // invalidated before another domain gets it, so nothing can
+                // still use the unlinked pages.
+                table.release_unlinked();
+            }
+            self.free_dids.push(removed.did);
         }
         Ok(())
     }

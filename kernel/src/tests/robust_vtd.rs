@@ -671,7 +671,8 @@ fn far_iova(region: u64) -> u64 {
 /// into an empty region fails with `NoMemory`, the device stays blocked
 /// there, and (scalable mode) an attach that needs PASID tables fails and
 /// leaves the device blocked. Once the ration is lifted everything works,
-/// and after teardown every frame is back.
+/// and after teardown every frame is back. Domain ids are recycled: more
+/// alloc/free cycles than the unit has ids all succeed.
 fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
     let free_before = frames::free_count();
     RATIONED.unlimited();
@@ -790,6 +791,22 @@ fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
         println!(
             "robust::vtd: table-page exhaustion: {refused_maps} maps and 1 domain refused cleanly, {} allocations refused",
             RATIONED.refused.load(Ordering::SeqCst) - refused_before
+        );
+        // Domain ids: more alloc/free cycles than CAP.ND has ids; each
+        // freed id is invalidated before it is handed out again.
+        let ids = unit.cap().domain_count() as usize;
+        let started = crate::time::CLOCK.now_ns();
+        for cycle in 0..ids + 16 {
+            let blocked = unit
+                .alloc_domain(DomainKind::Blocked)
+                .map_err(|err| format!("domain id cycle {cycle}: {err:?}"))?;
+            unit.free_domain(blocked)
+                .map_err(|err| format!("free in cycle {cycle}: {err:?}"))?;
+        }
+        println!(
+            "robust::vtd: {} domain alloc/free cycles over {ids} ids in {} ms",
+            ids + 16,
+            (crate::time::CLOCK.now_ns() - started) / 1_000_000
         );
         Ok(())
     })();

@@ -24,6 +24,7 @@ const PROGRAMS: &[&str] = &[
     "private-b",
     "spin",
     "syscall-fuzz",
+    "ioas-semantics",
 ];
 
 fn main() {

@@ -19,6 +19,7 @@ mod cmdline;
 mod demo;
 mod devices;
 mod iommu;
+mod iommufd_service;
 mod irq;
 mod memory;
 mod panic;

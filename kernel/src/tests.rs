@@ -5,9 +5,12 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+mod iommufd_syscalls;
 mod robust_syscalls;
 #[cfg(target_arch = "x86_64")]
 mod robust_vtd;
+#[cfg(target_arch = "aarch64")]
+mod robust_smmuv3;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;
@@ -21,6 +24,8 @@ pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "aarch64")]
     smmuv3::TESTS,
+    #[cfg(target_arch = "aarch64")]
+    robust_smmuv3::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
@@ -31,4 +36,5 @@ pub static ALL: &[&[Test]] = &[
     amdvi::TESTS,
     tasks::TESTS,
     robust_syscalls::TESTS,
+    iommufd_syscalls::TESTS,
 ];

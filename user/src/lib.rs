@@ -177,6 +177,16 @@ pub unsafe fn mem_free(address: *mut u8, pages: usize) -> Result<(), Errno> {
     .map(|_| ())
 }
 
+/// Runs iommufd `command` on the argument struct `arg`, which starts with its
+/// `size` (the kernel copies it in and the results back out).
+pub fn iommufd<T>(command: abi::Command, arg: &mut T) -> Result<(), Errno> {
+    check(syscall(
+        command as u64,
+        [arg as *mut T as u64, 0, 0, 0, 0, 0],
+    ))
+    .map(|_| ())
+}
+
 /// The console as a [`fmt::Write`] sink.
 pub struct Console;
 

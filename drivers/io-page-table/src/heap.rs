@@ -147,11 +147,13 @@ impl HeapTableAlloc {
     }
 }
 
-// SAFETY: pages are zeroed (fresh chunks are zeroed, recycled pages are cleared),
-// aligned to their size (bump offsets are rounded up, chunks are 64 KiB aligned
-// and sizes ≤ 1 MiB divide 2 MiB... sizes above 64 KiB are aligned within the
-// chunk because the bump offset is rounded to the size and chunks are only used
-// from offset 0), exclusive until freed, and reachable through `phys_to_virt`.
+// SAFETY: pages are zeroed (fresh chunks come from `alloc_zeroed`, recycled
+// pages are cleared in `alloc_table`); aligned to their size (chunks are 64 KiB
+// aligned in memory and 2 MiB aligned in the fake physical space, and the bump
+// offset is rounded up to the size, so both views are aligned for every size up
+// to 64 KiB, and the physical view for sizes up to 1 MiB); exclusive until freed;
+// and reachable through `phys_to_virt` because chunks are never released before
+// the allocator is dropped.
 unsafe impl TableAlloc for HeapTableAlloc {
     fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
         let call = self.allocs;
@@ -209,6 +211,10 @@ unsafe impl TableAlloc for HeapTableAlloc {
         }
     }
 }
+
+// SAFETY: the allocator exclusively owns its chunks (the raw pointers are the
+// only handles to them), so moving it to another thread moves that ownership.
+unsafe impl Send for HeapTableAlloc {}
 
 impl Drop for HeapTableAlloc {
     fn drop(&mut self) {

@@ -8,8 +8,9 @@ use core::ptr::NonNull;
 /// # Safety
 ///
 /// Implementers promise that:
-/// - `alloc_table(bytes)` returns the physical address of `bytes` of zeroed memory,
-///   aligned to `bytes`, owned exclusively by the page table until `free_table`;
+/// - `alloc_table(bytes)` returns the physical address, a multiple of `bytes`, of
+///   `bytes` of zeroed memory owned exclusively by the page table until `free_table`
+///   (its CPU mapping need only be 8-byte aligned);
 /// - `phys_to_virt(phys)` returns a CPU pointer through which every byte of every
 ///   page currently allocated can be read and written, for any `phys` inside it;
 /// - `clean_for_device` makes the CPU's writes to the given bytes visible to a

@@ -484,3 +484,36 @@ fn table_memory_for_1gib_of_4k_pages() {
     pt.release(un.freed);
     assert_eq!(pt.allocator().live_pages(), 2);
 }
+
+#[test]
+fn freed_leaf_table_is_not_reused_by_the_fast_path() {
+    let mut pt = table(vtd(4, 0b11, false));
+    pt.map(0x20_0000, 0x1000, 0x1000, Prot::RW).unwrap(); // creates the leaf table
+    pt.map(0x20_1000, 0x2000, 0x1000, Prot::RW).unwrap(); // single-table fast path
+    let un = pt.unmap(0x20_0000, 0x20_0000).unwrap(); // covers it: unlinked
+    assert_eq!(un.freed.len(), 1);
+    pt.release(un.freed);
+    pt.map(0x20_3000, 0x3000, 0x1000, Prot::RW).unwrap();
+    assert_eq!(pt.iova_to_phys(0x20_3000), Some(0x3000));
+    let mut leaves = 0;
+    pt.walk(|e| leaves += usize::from(matches!(e.kind, EntryKind::Leaf(_))));
+    assert_eq!(leaves, 1);
+}
+
+#[test]
+fn tables_can_move_between_threads() {
+    fn assert_send<T: Send>(_: &T) {}
+    let mut pt = table(vtd(4, 0b11, false));
+    assert_send(&pt);
+    pt.map(0x1000, 0x1000, 0x1000, Prot::RW).unwrap();
+    let pt = std::thread::spawn(move || {
+        let mut pt = pt;
+        pt.map(0x2000, 0x2000, 0x1000, Prot::RW).unwrap();
+        pt
+    })
+    .join()
+    .unwrap();
+    assert_eq!(pt.iova_to_phys(0x2000), Some(0x2000));
+    let boxed: Box<dyn io_page_table::IoPageTable + Send> = Box::new(pt);
+    assert_eq!(boxed.iova_to_phys(0x1000), Some(0x1000));
+}

@@ -44,6 +44,11 @@ enum Op {
     UnmapRange {
         n: usize,
     },
+    /// Unmap the whole level-1 slot around the n-th model range's start (frees
+    /// its leaf table).
+    UnmapSlot {
+        n: usize,
+    },
     /// Map with the allocator failing at every call in turn.
     MapFailing {
         at: [u64; 3],
@@ -167,6 +172,14 @@ impl<F: Format> Subject<F> {
                 let iova = scale(&u, at) & max_iova;
                 let len = scale(&u, len).max(u[0]);
                 self.unmap_checked(iova, len);
+            }
+            Op::UnmapSlot { n } => {
+                if self.model.is_empty() {
+                    return;
+                }
+                let (&iova, _) = self.model.iter().nth(n % self.model.len()).unwrap();
+                let size = u[1].max(u[0]);
+                self.unmap_checked(iova & !(size - 1), size);
             }
             Op::UnmapRange { n } => {
                 if self.model.is_empty() {
@@ -395,6 +408,7 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(at, len, delta, prot)| Op::Map { at, len, delta, prot }),
         2 => (at.clone(), len.clone()).prop_map(|(at, len)| Op::Unmap { at, len }),
         2 => any::<usize>().prop_map(|n| Op::UnmapRange { n }),
+        1 => any::<usize>().prop_map(|n| Op::UnmapSlot { n }),
         1 => (at, len, delta).prop_map(|(at, len, delta)| Op::MapFailing { at, len, delta }),
     ]
 }
@@ -518,4 +532,22 @@ proptest! {
         let stage = if s2 { Stage::Stage2 } else { Stage::Stage1 };
         run(arm(stage, granule, ias, coherence(nc)), &ops);
     }
+}
+
+/// A fixed sequence through the model harness: a fast-path map after the leaf
+/// table it last used was freed must walk again.
+#[test]
+fn fast_path_after_freed_table() {
+    let map = |a0, a1| Op::Map {
+        at: [a0, a1, 0],
+        len: [1, 0, 0],
+        delta: [0, 0, 0],
+        prot: 0,
+    };
+    let ops = [map(1, 1), map(2, 1), Op::UnmapSlot { n: 0 }, map(3, 1)];
+    run(vtd(4, Coherence::Coherent), &ops);
+    run(
+        arm(Stage::Stage1, Granule::K16, 48, Coherence::NonCoherent),
+        &ops,
+    );
 }

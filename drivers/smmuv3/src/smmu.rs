@@ -255,6 +255,8 @@ pub struct Smmu<'a> {
     faults: Vec<Fault>,
     last_command_error: Option<CommandError>,
     enabled: bool,
+    /// Interrupts the owner enabled, restored by [`Smmu::restart`].
+    irq: IrqCtrl,
 }
 
 impl<'a> Smmu<'a> {
@@ -339,6 +341,7 @@ impl<'a> Smmu<'a> {
             faults: Vec::new(),
             last_command_error: None,
             enabled: false,
+            irq: IrqCtrl::empty(),
         };
         smmu.bring_up()?;
         Ok(smmu)
@@ -491,11 +494,60 @@ impl<'a> Smmu<'a> {
         self.set_cr0(Cr0::empty())
     }
 
+    /// Recovers from a hung or disabled SMMU (a command that never completed,
+    /// queues turned off): turns it off, rewinds both queues and brings it up
+    /// again over the same stream table, so every installed STE and domain
+    /// stays valid (CFGI_ALL makes the SMMU refetch them). Commands pending
+    /// in the old queue are discarded: the caller retries what failed.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        self.enabled = false;
+        self.set_cr0(Cr0::empty())?;
+        self.cmdq.prod = QueueIndex::new(self.cmdq.log2);
+        self.cmdq.cons = QueueIndex::new(self.cmdq.log2);
+        self.eventq.prod = QueueIndex::new(self.eventq.log2);
+        self.eventq.cons = QueueIndex::new(self.eventq.log2);
+        self.bring_up()?;
+        if !self.irq.is_empty() {
+            let irq = self.irq;
+            self.enable_interrupts(
+                irq.contains(IrqCtrl::EVENTQ_IRQEN),
+                irq.contains(IrqCtrl::GERROR_IRQEN),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Physical address of the command queue (memory no device may reach).
+    pub fn command_queue_phys(&self) -> u64 {
+        self.cmdq.region.0.phys
+    }
+
+    /// Physical address of the event queue.
+    pub fn event_queue_phys(&self) -> u64 {
+        self.eventq.region.0.phys
+    }
+
+    /// Physical address of the STE of `sid`, if its table exists.
+    pub fn ste_phys(&self, sid: u32) -> Option<u64> {
+        if sid >= 1 << self.strtab.sid_bits() {
+            return None;
+        }
+        let (region, index) = match &self.strtab {
+            StreamTable::Linear { region, .. } => (region, sid as usize),
+            StreamTable::TwoLevel { l2, .. } => (
+                l2.get((sid >> TWO_LEVEL_SPLIT) as usize)?.as_ref()?,
+                sid as usize & ((1 << TWO_LEVEL_SPLIT) - 1),
+            ),
+        };
+        Some(region.0.phys + (index * STE_BYTES) as u64)
+    }
+
     /// Enables the wired interrupts (§6.3.16): event queue and global errors.
     pub fn enable_interrupts(&mut self, eventq: bool, gerror: bool) -> Result<(), Error> {
         let mut value = IrqCtrl::empty();
         value.set(IrqCtrl::EVENTQ_IRQEN, eventq);
         value.set(IrqCtrl::GERROR_IRQEN, gerror);
+        self.irq = value;
         self.write32(regs::IRQ_CTRL, value.bits());
         let regs = &self.regs;
         wait_until(self.clock, HW_TIMEOUT, || {
@@ -735,6 +787,27 @@ impl<'a> Smmu<'a> {
                     slot.write_word(0, target.0[0]);
                 }
                 self.execute(&[cfgi])
+            }
+        }
+    }
+
+    /// Writes the abort configuration into word 0 of the STE of `sid` without
+    /// telling the SMMU (no CFGI_STE): for when the command queue is hung
+    /// and an STE update may have stopped half-way. Abort reads only word 0
+    /// (§5.2), so the entry is whole whatever the other words hold.
+    pub fn abort_ste_unsynced(&mut self, sid: u32) {
+        if let Some(phys) = self.ste_phys(sid) {
+            let slot = match &self.strtab {
+                StreamTable::Linear { region, .. } => Some(region),
+                StreamTable::TwoLevel { l2, .. } => l2
+                    .get((sid >> TWO_LEVEL_SPLIT) as usize)
+                    .and_then(Option::as_ref),
+            };
+            if let Some(region) = slot {
+                let word = ((phys - region.0.phys) / 8) as usize;
+                fence(Ordering::SeqCst);
+                region.write(word, Ste::abort().0[0]);
+                fence(Ordering::SeqCst);
             }
         }
     }

@@ -21,7 +21,7 @@ use os_services::{DmaMemory, DmaRegion};
 
 use crate::cd::{Cd, Stage1Config};
 use crate::command::{Command, RawCommand, opcode};
-use crate::event::{EventKind, Fault};
+use crate::event::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::regs::Granule;
 use crate::smmu::{Error, Smmu};
@@ -104,7 +104,7 @@ struct Domain<'a> {
     /// StreamIDs attached.
     streams: Vec<u32>,
     /// Faults of this domain's streams, drained and not yet taken.
-    faults: Vec<Fault>,
+    faults: FaultQueue,
 }
 
 /// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
@@ -129,14 +129,24 @@ pub struct SmmuUnit<'a> {
     domains: Vec<Option<Domain<'a>>>,
     next_asid: u16,
     next_vmid: u16,
+    /// ASIDs and VMIDs of freed domains, whose TLB entries were invalidated
+    /// when the domain was freed: reused before new ones are taken.
+    free_asids: Vec<u16>,
+    free_vmids: Vec<u16>,
     /// Granule of new paging domains.
     granule: Granule,
     attached: BTreeMap<u32, DomainHandle>,
     /// The MSI doorbell page devices write to (GICv2m frame / ITS translater).
     msi_doorbell: Option<IovaRange>,
     /// Faults of streams that belong to no domain.
-    unowned: Vec<Fault>,
+    unowned: FaultQueue,
+    /// Faults each domain keeps between two takes.
+    fault_capacity: usize,
 }
+
+/// `FaultReason::Other` code of the driver's [`EventKind::Lost`] record:
+/// outside the 8-bit SMMU event types.
+pub const LOST_RECORD_CODE: u32 = 0x100;
 
 impl From<Error> for IommuError {
     fn from(err: Error) -> Self {
@@ -171,6 +181,7 @@ pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
                 FaultReason::Blocked
             }
             EventKind::Other(code) => FaultReason::Other(u32::from(code)),
+            EventKind::Lost { .. } => FaultReason::Other(LOST_RECORD_CODE),
             other => FaultReason::Other(event_code(other)),
         },
     }
@@ -194,6 +205,7 @@ fn event_code(kind: EventKind) -> u32 {
         EventKind::TlbConflict => 0x20,
         EventKind::ConfigConflict => 0x21,
         EventKind::Other(code) => u32::from(code),
+        EventKind::Lost { .. } => LOST_RECORD_CODE,
     }
 }
 
@@ -217,10 +229,43 @@ impl<'a> SmmuUnit<'a> {
             domains: Vec::new(),
             next_asid: 1,
             next_vmid: 1,
+            free_asids: Vec::new(),
+            free_vmids: Vec::new(),
             granule,
             attached: BTreeMap::new(),
             msi_doorbell,
-            unowned: Vec::new(),
+            unowned: FaultQueue::new(DEFAULT_FAULT_CAPACITY),
+            fault_capacity: DEFAULT_FAULT_CAPACITY,
+        }
+    }
+
+    /// How many faults each domain (and the unowned sink) keeps until its
+    /// owner takes them; more are counted in the `Lost` record.
+    pub fn set_fault_capacity(&mut self, capacity: usize) {
+        self.fault_capacity = capacity;
+        for domain in self.domains.iter_mut().flatten() {
+            domain.faults.set_capacity(capacity);
+        }
+        self.unowned.set_capacity(capacity);
+    }
+
+    pub fn fault_capacity(&self) -> usize {
+        self.fault_capacity
+    }
+
+    /// Where new domains get their table pages and CDs from (existing
+    /// domains keep theirs): lets a test inject allocation failures.
+    pub fn set_dma(&mut self, dma: &'a dyn DmaMemory) {
+        self.dma = dma;
+    }
+
+    /// Physical addresses of a paging domain's root table and, for stage 1,
+    /// its CD: memory no device may reach.
+    pub fn table_phys(&self, handle: DomainHandle) -> Option<(u64, Option<u64>)> {
+        match &self.domain(handle).ok()?.state {
+            DomainState::Stage1 { cd, table, .. } => Some((table.root_phys(), Some(cd.phys))),
+            DomainState::Stage2 { table, .. } => Some((table.root_phys(), None)),
+            _ => None,
         }
     }
 
@@ -336,8 +381,7 @@ impl<'a> SmmuUnit<'a> {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage1)?;
-        let asid = self.next_asid;
-        self.next_asid = self.next_asid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        let asid = take_id(&mut self.free_asids, &mut self.next_asid)?;
         let fields = table.format().stage1_fields();
         let cd = Cd::stage1(&Stage1Config {
             asid,
@@ -347,8 +391,19 @@ impl<'a> SmmuUnit<'a> {
             ips_encoding: u32::from(fields.ips),
             mair: fields.mair,
         })
-        .map_err(|_| IommuError::Invalid)?;
-        let region = self.dma.alloc(64, 64).ok_or(IommuError::NoMemory)?;
+        .map_err(|_| IommuError::Invalid);
+        let region = self.dma.alloc(64, 64);
+        let (cd, region) = match (cd, region) {
+            (Ok(cd), Some(region)) => (cd, region),
+            (cd, region) => {
+                // Nothing was published: the ASID and the CD page go back.
+                self.free_asids.push(asid);
+                if let Some(region) = region {
+                    self.dma.free(region);
+                }
+                return Err(cd.err().unwrap_or(IommuError::NoMemory));
+            }
+        };
         write_cd(&region, &cd);
         Ok(DomainState::Stage1 {
             asid,
@@ -363,8 +418,7 @@ impl<'a> SmmuUnit<'a> {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage2)?;
-        let vmid = self.next_vmid;
-        self.next_vmid = self.next_vmid.checked_add(1).ok_or(IommuError::NoMemory)?;
+        let vmid = take_id(&mut self.free_vmids, &mut self.next_vmid)?;
         Ok(DomainState::Stage2 {
             vmid,
             nest_parent,
@@ -434,6 +488,7 @@ impl<'a> SmmuUnit<'a> {
     /// Drains the event queue and files each fault with the domain that owns
     /// its stream.
     pub fn collect_faults(&mut self) {
+        let overflows_before = self.smmu.counters().event_overflows;
         self.smmu.drain_events();
         // Any other global error is acknowledged (and counted) here too.
         self.smmu.handle_global_errors();
@@ -444,21 +499,42 @@ impl<'a> SmmuUnit<'a> {
                 None => self.unowned.push(fault),
             }
         }
+        // The SMMU does not say whose records it discarded: every domain with
+        // a stream attached may have lost some, so each owner is told.
+        let overflows = self.smmu.counters().event_overflows - overflows_before;
+        if overflows > 0 {
+            let times = u32::try_from(overflows).unwrap_or(u32::MAX);
+            for domain in self.domains.iter_mut().flatten() {
+                if let Some(&sid) = domain.streams.first() {
+                    domain.faults.note_overflows(times, sid);
+                }
+            }
+        }
     }
 
     /// Takes the coalesced faults of `domain` (with their event counts).
     pub fn take_domain_faults(&mut self, domain: DomainHandle) -> Vec<Fault> {
         self.collect_faults();
         self.domain_mut(domain)
-            .map(|d| core::mem::take(&mut d.faults))
+            .map(|d| d.faults.take())
             .unwrap_or_default()
     }
 
     /// Takes the coalesced faults of streams no domain owns.
     pub fn take_unowned_faults(&mut self) -> Vec<Fault> {
         self.collect_faults();
-        core::mem::take(&mut self.unowned)
+        self.unowned.take()
     }
+}
+
+/// A recycled ASID/VMID, else the next never used one (0 stays reserved).
+fn take_id(free: &mut Vec<u16>, next: &mut u16) -> Result<u16, IommuError> {
+    if let Some(id) = free.pop() {
+        return Ok(id);
+    }
+    let id = *next;
+    *next = next.checked_add(1).ok_or(IommuError::NoMemory)?;
+    Ok(id)
 }
 
 fn granule_of(granule: PtGranule) -> Granule {
@@ -560,7 +636,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         let domain = Domain {
             state,
             streams: Vec::new(),
-            faults: Vec::new(),
+            faults: FaultQueue::new(self.fault_capacity),
         };
         let index = match self.domains.iter().position(Option::is_none) {
             Some(free) => {
@@ -599,7 +675,20 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         if let Some(domain) = self.domains[handle.0 as usize].take() {
             match domain.state {
                 DomainState::Stage1 {
+                    asid,
                     cd,
+                    mut table,
+                    pending,
+                } => {
+                    for freed in pending {
+                        table.release(freed);
+                    }
+                    self.dma.free(cd);
+                    // Its TLB entries went with the TLBI above.
+                    self.free_asids.push(asid);
+                }
+                DomainState::Stage2 {
+                    vmid,
                     mut table,
                     pending,
                     ..
@@ -607,14 +696,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     for freed in pending {
                         table.release(freed);
                     }
-                    self.dma.free(cd);
-                }
-                DomainState::Stage2 {
-                    mut table, pending, ..
-                } => {
-                    for freed in pending {
-                        table.release(freed);
-                    }
+                    self.free_vmids.push(vmid);
                 }
                 _ => {}
             }
@@ -691,7 +773,23 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         let sid = device.0;
         let ste = self.ste_for(domain)?;
-        self.smmu.write_ste(sid, &ste)?;
+        if let Err(err) = self.smmu.write_ste(sid, &ste) {
+            if matches!(err, Error::Timeout(_) | Error::CommandRejected { .. }) {
+                // The STE in memory may be the old, the new or the abort one,
+                // and the SMMU may not have seen the change: fail closed. The
+                // stream aborts from its next STE fetch on (at the latest
+                // after `Smmu::restart`) and belongs to no domain, so neither
+                // domain is handed to it by mistake; the old domain cannot be
+                // freed before the queue works again (its TLBI would fail).
+                self.smmu.abort_ste_unsynced(sid);
+                if let Some(old) = self.attached.remove(&sid)
+                    && let Ok(old) = self.domain_mut(old)
+                {
+                    old.streams.retain(|&s| s != sid);
+                }
+            }
+            return Err(err.into());
+        }
         if let Some(old) = self.attached.insert(sid, domain)
             && let Ok(old) = self.domain_mut(old)
         {
@@ -720,9 +818,9 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         let before = out.len();
         let id = self.id;
         for domain in self.domains.iter_mut().flatten() {
-            out.extend(domain.faults.drain(..).map(|f| fault_record(id, &f)));
+            out.extend(domain.faults.take().iter().map(|f| fault_record(id, f)));
         }
-        out.extend(self.unowned.drain(..).map(|f| fault_record(id, &f)));
+        out.extend(self.unowned.take().iter().map(|f| fault_record(id, f)));
         out.len() - before
     }
 

@@ -302,6 +302,44 @@ fn illegal_command_is_replaced_and_the_queue_resumes() {
 }
 
 #[test]
+fn a_hung_queue_times_out_and_restart_keeps_the_tables() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::TwoLevel);
+    smmu.enable_interrupts(true, true).unwrap();
+    smmu.write_ste(8, &Ste::bypass()).unwrap();
+    let ste_phys = smmu.ste_phys(8).unwrap();
+    // Queues off: nothing consumes the command, the bound expires.
+    smmu.shutdown().unwrap();
+    assert_eq!(
+        smmu.execute(&[Command::TlbiNsnhAll]),
+        Err(Error::Timeout("CMD_SYNC"))
+    );
+    assert_ne!(
+        rig.model.read(regs::CMDQ_PROD.0),
+        rig.model.read(regs::CMDQ_CONS.0)
+    );
+    smmu.restart().unwrap();
+    assert_eq!(
+        Cr0::from_bits_retain(rig.model.read(regs::CR0.0)),
+        Cr0::SMMUEN | Cr0::EVENTQEN | Cr0::CMDQEN
+    );
+    assert_eq!(
+        rig.model.read(regs::IRQ_CTRL.0),
+        0b101,
+        "interrupts restored"
+    );
+    // Same stream table, same STE, and the queue runs again.
+    assert_eq!(smmu.ste_phys(8), Some(ste_phys));
+    assert_eq!(smmu.read_ste(8).unwrap(), Ste::bypass());
+    assert_eq!(smmu.execute(&[Command::TlbiNsnhAll]), Ok(()));
+    let log = rig.model.log.borrow();
+    assert_eq!(
+        opcodes(&log[log.len() - 2..]),
+        [opcode::TLBI_NSNH_ALL, opcode::CMD_SYNC]
+    );
+}
+
+#[test]
 fn command_queue_wraps_under_large_batches() {
     let rig = rig();
     let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
@@ -559,5 +597,165 @@ mod unit {
         );
         assert!(unit.info().nesting.is_some());
         unit.free_domain(domain).unwrap();
+    }
+}
+
+mod lost {
+    use super::*;
+    use iommu::{DeviceId, DomainKind, FaultReason, IommuUnit, IovaRange, UnitId};
+    use smmuv3::SmmuUnit;
+    use smmuv3::unit::LOST_RECORD_CODE;
+
+    fn unit(rig: &Rig) -> SmmuUnit<'static> {
+        SmmuUnit::new(
+            smmu(rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        )
+    }
+
+    fn translation_fault(rig: &Rig, sid: u64, page: u64) {
+        rig.model
+            .inject_event([(sid << 32) | 0x10, 1 << 41, page * 0x1000, 0]);
+    }
+
+    #[test]
+    fn an_event_queue_overflow_reaches_every_attached_owner_once() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let idle = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), a).unwrap();
+        unit.attach(DeviceId(0x10), b).unwrap();
+        translation_fault(&rig, 8, 1);
+        let prod = rig.model.read(regs::EVENTQ_PROD.0);
+        rig.model.write(regs::EVENTQ_PROD.0, prod | (1 << 31));
+        unit.collect_faults();
+        let mine = unit.take_domain_faults(a);
+        assert_eq!(mine.len(), 2, "{mine:?}");
+        assert_eq!(mine[0].event.kind, EventKind::Translation);
+        assert_eq!(
+            mine[1].event.kind,
+            EventKind::Lost {
+                overflows: 1,
+                dropped: 0
+            }
+        );
+        assert_eq!(mine[1].event.sid, 8);
+        let theirs = unit.take_domain_faults(b);
+        assert_eq!(theirs.len(), 1, "B had no fault but may have lost some");
+        assert_eq!(theirs[0].event.sid, 0x10);
+        assert!(
+            unit.take_domain_faults(idle).is_empty(),
+            "no stream attached"
+        );
+        // Reported once: the next take is clean.
+        assert!(unit.take_domain_faults(a).is_empty());
+        // Through the contract: one record with the driver's code.
+        let prod = rig.model.read(regs::EVENTQ_PROD.0);
+        rig.model.write(regs::EVENTQ_PROD.0, prod & !(1 << 31));
+        unit.collect_faults();
+        let mut out = Vec::new();
+        unit.drain_faults(&mut out);
+        assert_eq!(out.len(), 2);
+        assert!(
+            out.iter()
+                .all(|r| r.reason == FaultReason::Other(LOST_RECORD_CODE))
+        );
+    }
+
+    #[test]
+    fn a_full_domain_queue_counts_what_it_dropped() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        unit.set_fault_capacity(3);
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), a).unwrap();
+        for page in 0..10 {
+            translation_fault(&rig, 8, page);
+            // Drained one at a time, as an interrupt-driven owner would.
+            unit.collect_faults();
+        }
+        let faults = unit.take_domain_faults(a);
+        assert_eq!(faults.len(), 4);
+        let pages: Vec<u64> = faults[..3].iter().map(|f| f.event.input_addr).collect();
+        assert_eq!(pages, [0, 0x1000, 0x2000], "the oldest are kept");
+        assert_eq!(
+            (faults[3].event.kind, faults[3].count),
+            (
+                EventKind::Lost {
+                    overflows: 0,
+                    dropped: 7
+                },
+                7
+            )
+        );
+    }
+}
+
+#[test]
+fn an_attach_on_a_hung_queue_fails_closed() {
+    use iommu::{DeviceId, DomainKind, IommuError, IommuUnit, IovaRange, UnitId};
+    let rig = rig();
+    let mut unit = smmuv3::SmmuUnit::new(
+        smmu(&rig, StreamTableFormat::TwoLevel),
+        rig.dma,
+        UnitId(0),
+        IovaRange::from_len(0x0802_0000, 0x1000),
+    );
+    let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(8), a).unwrap();
+    unit.smmu.shutdown().unwrap();
+    assert_eq!(unit.attach(DeviceId(8), b), Err(IommuError::Timeout));
+    assert_eq!(unit.domain_of(8), None, "attached to neither");
+    // Abort reads only word 0; the others may hold the half-written target.
+    assert_eq!(unit.smmu.read_ste(8).unwrap().0[0], Ste::abort().0[0]);
+    // A cannot go while the queue is hung (its TLBI fails); after a restart
+    // both can.
+    assert_eq!(unit.free_domain(a), Err(IommuError::Timeout));
+    unit.smmu.restart().unwrap();
+    assert_eq!(unit.free_domain(a), Ok(()));
+    assert_eq!(unit.free_domain(b), Ok(()));
+}
+
+mod ids {
+    use super::*;
+    use iommu::{DomainKind, IommuUnit, IovaRange, UnitId};
+    use smmuv3::SmmuUnit;
+
+    /// More domains than there are 16-bit ASIDs, allocated and freed one
+    /// after the other: freed ASIDs are reused, so the space never runs out.
+    #[test]
+    fn freed_asids_are_reused_and_the_id_space_does_not_run_out() {
+        let rig = rig();
+        let mut unit = SmmuUnit::new(
+            smmu(&rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        );
+        let held = unit.alloc_domain(DomainKind::Paging).unwrap();
+        for round in 0..(u16::MAX as u32 + 10) {
+            let domain = unit
+                .alloc_domain(DomainKind::Paging)
+                .unwrap_or_else(|err| panic!("round {round}: {err:?}"));
+            unit.free_domain(domain).unwrap();
+        }
+        // The freed ASID was invalidated before reuse: the last free's TLBI
+        // names the same ASID as the first one did.
+        let log = rig.model.log.borrow();
+        let asids: Vec<u64> = log
+            .iter()
+            .filter(|c| (c[0] & 0xFF) as u8 == opcode::TLBI_NH_ASID)
+            .map(|c| c[0] >> 48)
+            .collect();
+        assert_eq!(asids.len(), u16::MAX as usize + 10, "one TLBI per free");
+        // ASID 1 is held; every other domain got ASID 2 back.
+        assert!(asids.iter().all(|&a| a == 2), "one ASID recycled");
+        drop(log);
+        unit.free_domain(held).unwrap();
     }
 }

@@ -39,3 +39,32 @@ pub enum Command {
     DeviceReplace = 0x8e,
     DeviceDetach = 0x8f,
 }
+
+impl Command {
+    /// Every command, in number order.
+    pub const ALL: [Command; 16] = [
+        Command::Destroy,
+        Command::IoasAlloc,
+        Command::IoasIovaRanges,
+        Command::IoasAllowIovas,
+        Command::IoasMap,
+        Command::IoasUnmap,
+        Command::IoasCopy,
+        Command::HwptAlloc,
+        Command::HwptInvalidate,
+        Command::GetHwInfo,
+        Command::FaultRead,
+        Command::DeviceList,
+        Command::DeviceOpen,
+        Command::DeviceAttach,
+        Command::DeviceReplace,
+        Command::DeviceDetach,
+    ];
+
+    /// The command whose syscall number is `number`.
+    pub fn from_number(number: u64) -> Option<Command> {
+        Command::ALL
+            .into_iter()
+            .find(|command| *command as u64 == number)
+    }
+}

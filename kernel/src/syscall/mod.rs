@@ -37,7 +37,8 @@ pub struct Call<'a, 'b> {
 type Handler = fn(&mut Call, &[u64; nr::MAX_ARGS]) -> Result<Action, Errno>;
 
 /// The dispatch table: (number, name, handler). The iommufd calls
-/// (`abi::syscall::DESTROY..=IRQ_WAIT`) are not wired in yet: `ENOSYS`.
+/// (`abi::syscall::DESTROY..=DEVICE_DETACH`) go to `crate::iommufd_service`
+/// before this table is consulted; `IRQ_WAIT` is not wired in yet: `ENOSYS`.
 pub static TABLE: &[(u64, &str, Handler)] = &[
     (nr::WRITE, "write", write),
     (nr::EXIT, "exit", exit),
@@ -54,6 +55,12 @@ pub fn dispatch(
     number: u64,
     args: &[u64; nr::MAX_ARGS],
 ) -> Action {
+    if abi::Command::from_number(number).is_some() {
+        return match crate::iommufd_service::call(task, number, args[0]) {
+            Ok(()) => Action::Return(0),
+            Err(errno) => Action::Return(errno.to_syscall_return()),
+        };
+    }
     let Some((_, _, handler)) = TABLE.iter().find(|(n, _, _)| *n == number) else {
         return Action::Return(Errno::ENOSYS.to_syscall_return());
     };
@@ -83,10 +90,6 @@ pub fn copy_from_user(task: &Task, address: u64, len: u64) -> Result<Vec<u8>, Er
 }
 
 /// Copies `bytes` into the task's memory at `address` (which must be writable).
-#[expect(
-    dead_code,
-    reason = "the iommufd calls return their structs through it"
-)]
 pub fn copy_to_user(task: &Task, address: u64, bytes: &[u8]) -> Result<(), Errno> {
     let pieces = task
         .space

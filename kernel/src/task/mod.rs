@@ -193,6 +193,8 @@ pub struct TaskMemory {
 
 pub struct Task {
     pub name: &'static str,
+    /// Unique per task ever started: the task's owner id in the iommufd core.
+    pub owner: u64,
     pub space: AddressSpace,
     pub context: UserContext,
     pub memory: TaskMemory,
@@ -259,6 +261,7 @@ impl Task {
             space.map_new(STACK_TOP - page * PAGE_SIZE, Access::READ_WRITE)?;
         }
         Ok(Task {
+            owner: NEXT_OWNER.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
             name,
             space,
             context: UserContext::new(image.entry, STACK_TOP),
@@ -438,6 +441,9 @@ impl Sink<'_> {
     }
 }
 
+/// The next task's owner id (iommufd object tables are per owner).
+static NEXT_OWNER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(1);
+
 /// The boot tables, which every task's tables copy for the kernel half.
 static KERNEL_ROOT: spin::Once<u64> = spin::Once::new();
 
@@ -551,7 +557,12 @@ pub fn run_tasks(
                 sink.report(index, line.clone());
             }
             sink.run.reports[index].exit = exit;
-            // Dropping the task returns its memory and tables.
+            // Its iommufd objects go first (devices blocked, pinned pages
+            // released after the IOTLB flush); dropping the task then returns
+            // its memory and tables.
+            if let Some(task) = tasks[index].as_mut() {
+                crate::iommufd_service::release(task);
+            }
             tasks[index] = None;
         }
     }

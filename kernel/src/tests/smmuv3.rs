@@ -81,18 +81,18 @@ pub static TESTS: &[Test] = &[
 
 /// Bytes per faulting transfer: QEMU records one event per 4-byte chunk, so
 /// 64 bytes give 16 events and stay well inside the 128-entry event queue.
-const SMALL_DMA: usize = 64;
+pub(crate) const SMALL_DMA: usize = 64;
 /// A byte no transfer in these tests writes.
-const UNTOUCHED: u8 = 0x5A;
+pub(crate) const UNTOUCHED: u8 = 0x5A;
 
-fn not_here(platform: &Platform) -> Option<Outcome> {
+pub(crate) fn not_here(platform: &Platform) -> Option<Outcome> {
     glue::description(platform)
         .is_none()
         .then_some(Outcome::NotApplicable("no SMMUv3 in this machine"))
 }
 
 /// The two edu devices with their StreamIDs.
-fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
+pub(crate) fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
     let list: Vec<_> = crate::devices::edus()
         .map(|device| {
             glue::stream_id(platform, device.function.bdf)
@@ -110,7 +110,7 @@ fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
 
 /// Free frames once the unit is up and the level-2 stream tables of both edu
 /// StreamIDs exist (both are allocated once per bring-up, not per test).
-fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
+pub(crate) fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
     for (_, sid) in edus(platform)? {
         glue::with_unit(platform, |unit| unit.smmu.read_ste(sid))?
             .map_err(|err| format!("STE of {sid:#x}: {err:?}"))?;
@@ -118,7 +118,7 @@ fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
     Ok(frames::free_count())
 }
 
-fn bytes(frame: &Frames, len: usize) -> Vec<u8> {
+pub(crate) fn bytes(frame: &Frames, len: usize) -> Vec<u8> {
     // SAFETY: the frame is owned by the test and identity-mapped; volatile
     // because a device may have written it.
     (0..len)
@@ -126,19 +126,23 @@ fn bytes(frame: &Frames, len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn fill(frame: &Frames, len: usize, value: impl Fn(usize) -> u8) {
+pub(crate) fn fill(frame: &Frames, len: usize, value: impl Fn(usize) -> u8) {
     for i in 0..len {
         // SAFETY: as in `bytes`.
         unsafe { core::ptr::write_volatile(frame.as_mut_ptr().add(i), value(i)) };
     }
 }
 
-fn open(platform: &Platform, device: &PciDevice) -> Result<edu::Edu<'static>, String> {
+pub(crate) fn open(platform: &Platform, device: &PciDevice) -> Result<edu::Edu<'static>, String> {
     crate::devices::open_edu(platform, device).map_err(|err| format!("{err:?}"))
 }
 
 /// The device writes its buffer to `frame`; true when anything landed.
-fn to_ram_lands(platform: &Platform, device: &PciDevice, len: usize) -> Result<bool, String> {
+pub(crate) fn to_ram_lands(
+    platform: &Platform,
+    device: &PciDevice,
+    len: usize,
+) -> Result<bool, String> {
     let edu = open(platform, device)?;
     let frame = frames::alloc().ok_or("no frame")?;
     fill(&frame, len, |_| UNTOUCHED);
@@ -449,7 +453,7 @@ const IOVA_READ_ONLY: u64 = 0x1020_0000;
 const IOVA_BLOCK: u64 = 0x4000_0000;
 const BLOCK_SIZE: u64 = 2 << 20;
 
-fn rw() -> iommu::Prot {
+pub(crate) fn rw() -> iommu::Prot {
     iommu::Prot {
         read: true,
         write: true,
@@ -463,14 +467,14 @@ fn read_only() -> iommu::Prot {
     }
 }
 
-fn unit<R>(
+pub(crate) fn unit<R>(
     platform: &Platform,
     f: impl FnOnce(&mut smmuv3::SmmuUnit<'static>) -> R,
 ) -> Result<R, String> {
     glue::with_unit(platform, f)
 }
 
-fn map(
+pub(crate) fn map(
     platform: &Platform,
     domain: iommu::DomainHandle,
     iova: u64,
@@ -486,12 +490,16 @@ fn map(
     .map_err(|err| format!("map {iova:#x}: {err:?}"))
 }
 
-fn attach(platform: &Platform, sid: u32, domain: iommu::DomainHandle) -> Result<(), String> {
+pub(crate) fn attach(
+    platform: &Platform,
+    sid: u32,
+    domain: iommu::DomainHandle,
+) -> Result<(), String> {
     unit(platform, |u| u.attach(DeviceId(sid), domain))?
         .map_err(|err| format!("attach {sid:#x}: {err:?}"))
 }
 
-fn faults_of(
+pub(crate) fn faults_of(
     platform: &Platform,
     domain: iommu::DomainHandle,
 ) -> Result<Vec<smmuv3::Fault>, String> {
@@ -499,7 +507,7 @@ fn faults_of(
 }
 
 /// One fault of `kind` at `iova` from `sid`, coalesced from its chunk events.
-fn expect_one_fault(
+pub(crate) fn expect_one_fault(
     faults: &[smmuv3::Fault],
     sid: u32,
     iova: u64,
@@ -521,7 +529,12 @@ fn expect_one_fault(
     Ok(())
 }
 
-fn dma(edu: &edu::Edu<'_>, direction: edu::Direction, iova: u64, len: usize) -> Result<(), String> {
+pub(crate) fn dma(
+    edu: &edu::Edu<'_>,
+    direction: edu::Direction,
+    iova: u64,
+    len: usize,
+) -> Result<(), String> {
     edu.dma(direction, iova, 0, len)
         .map_err(|err| format!("edu DMA at {iova:#x}: {err:?}"))
 }

@@ -1,0 +1,54 @@
+//! The iommufd system calls from a user task (issue: user tasks and the
+//! syscall layer): the IOAS rules through real syscalls, and teardown at exit.
+
+use crate::iommufd_service;
+use crate::memory::frames;
+use crate::platform::Platform;
+use crate::task::{self, Exit, Output};
+use crate::testing::{Outcome, Test, TestResult};
+
+pub static TESTS: &[Test] = &[Test {
+    name: "iommufd::ioas_rules_hold_through_syscalls_and_exit_releases_everything",
+    run: ioas_rules_hold_through_syscalls_and_exit_releases_everything,
+}];
+
+fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -> TestResult {
+    let frames_before = frames::free_count();
+    let pinned_before = iommufd_service::pinned_bytes();
+    let program = task::Task::spawn("ioas-semantics", task::kernel_root())
+        .map_err(|err| alloc::format!("spawn: {err:?}"))?;
+    let owner = program.owner;
+    let run = task::run_tasks(
+        alloc::vec![Some(program)],
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    );
+    let report = run.reports.first().ok_or("no report")?;
+    ensure_eq!(
+        report.exit,
+        Exit::Code(0),
+        alloc::format!("exit (failed check); it said {:?}", report.output)
+    );
+    ensure!(
+        report.output.contains("30 checks held"),
+        "output: {:?}",
+        report.output
+    );
+    ensure_eq!(
+        iommufd_service::object_count(owner),
+        0,
+        "objects left after the task exited"
+    );
+    ensure_eq!(
+        iommufd_service::pinned_bytes(),
+        pinned_before,
+        "pinned bytes after the task exited"
+    );
+    ensure_eq!(
+        frames::free_count(),
+        frames_before,
+        "free frames after the run"
+    );
+    Ok(Outcome::Passed)
+}

@@ -1,0 +1,276 @@
+//! The IOAS rules through real system calls: every success and error code of
+//! ioas_alloc / iova_ranges / map / unmap / copy / destroy and the
+//! size-versioning rule, on this task's own memory. It exits while still
+//! holding an IOAS with a mapping, so the kernel's teardown is exercised too.
+//! Exit code 0 = every check held; otherwise the number of the failed check.
+#![no_std]
+#![no_main]
+
+use user_programs::abi::{
+    Command, Destroy, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IoasMap, IoasUnmap,
+    IovaRangeEntry, MapFlags,
+};
+use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
+
+entry!(main);
+
+const PAGE: u64 = 4096;
+
+fn size_of<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+fn ioas_alloc() -> Result<u32, Errno> {
+    let mut arg = IoasAlloc {
+        size: size_of::<IoasAlloc>(),
+        ..Default::default()
+    };
+    iommufd(Command::IoasAlloc, &mut arg).map(|()| arg.out_ioas_id)
+}
+
+fn map(ioas_id: u32, user_va: u64, length: u64, iova: Option<u64>) -> Result<u64, Errno> {
+    let mut flags = MapFlags::READABLE | MapFlags::WRITEABLE;
+    if iova.is_some() {
+        flags |= MapFlags::FIXED_IOVA;
+    }
+    let mut arg = IoasMap {
+        size: size_of::<IoasMap>(),
+        flags: flags.bits(),
+        ioas_id,
+        user_va,
+        length,
+        iova: iova.unwrap_or(0),
+        ..Default::default()
+    };
+    iommufd(Command::IoasMap, &mut arg).map(|()| arg.iova)
+}
+
+fn unmap(ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
+    let mut arg = IoasUnmap {
+        size: size_of::<IoasUnmap>(),
+        ioas_id,
+        iova,
+        length,
+    };
+    iommufd(Command::IoasUnmap, &mut arg).map(|()| arg.length)
+}
+
+fn destroy(id: u32) -> Result<(), Errno> {
+    let mut arg = Destroy {
+        size: size_of::<Destroy>(),
+        id,
+    };
+    iommufd(Command::Destroy, &mut arg)
+}
+
+/// Fails check `number` unless `got` equals `expected`.
+fn expect<T: PartialEq + core::fmt::Debug>(
+    number: i32,
+    what: &str,
+    got: T,
+    expected: T,
+) -> Result<(), i32> {
+    if got == expected {
+        Ok(())
+    } else {
+        println!("check {number} ({what}): got {got:?}, expected {expected:?}");
+        Err(number)
+    }
+}
+
+fn run() -> Result<(), i32> {
+    let first = ioas_alloc().map_err(|_| 1)?;
+    let second = ioas_alloc().map_err(|_| 2)?;
+    expect(
+        3,
+        "object ids start at 1 and differ",
+        first != 0 && second != first,
+        true,
+    )?;
+
+    // iova_ranges: reported, with EMSGSIZE and the count when the array is too small.
+    let mut ranges = [IovaRangeEntry::default(); 4];
+    let mut arg = IoasIovaRanges {
+        size: size_of::<IoasIovaRanges>(),
+        ioas_id: first,
+        num_iovas: 0,
+        allowed_iovas: ranges.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    expect(
+        4,
+        "iova_ranges into a zero-length array",
+        iommufd(Command::IoasIovaRanges, &mut arg),
+        Err(Errno::EMSGSIZE),
+    )?;
+    expect(5, "count reported with EMSGSIZE", arg.num_iovas >= 1, true)?;
+    arg.num_iovas = ranges.len() as u32;
+    expect(
+        6,
+        "iova_ranges",
+        iommufd(Command::IoasIovaRanges, &mut arg),
+        Ok(()),
+    )?;
+    expect(
+        7,
+        "alignment is a power of two",
+        arg.out_iova_alignment.is_power_of_two(),
+        true,
+    )?;
+
+    let pages = 8;
+    let buffer = mem_alloc(pages).map_err(|_| 8)? as u64;
+    let fixed = 0x10_0000;
+    expect(
+        9,
+        "fixed map",
+        map(first, buffer, 2 * PAGE, Some(fixed)),
+        Ok(fixed),
+    )?;
+    expect(
+        10,
+        "overlapping map",
+        map(first, buffer, PAGE, Some(fixed + PAGE)),
+        Err(Errno::EEXIST),
+    )?;
+    expect(
+        11,
+        "unaligned IOVA",
+        map(first, buffer, PAGE, Some(fixed + 0x800)),
+        Err(Errno::EINVAL),
+    )?;
+    expect(
+        12,
+        "wrapping IOVA",
+        map(first, buffer, 2 * PAGE, Some(u64::MAX - PAGE + 1)),
+        Err(Errno::EOVERFLOW),
+    )?;
+    expect(
+        13,
+        "kernel memory as the source",
+        map(first, 0x20_0000, PAGE, None),
+        Err(Errno::EFAULT),
+    )?;
+    let auto = map(first, buffer + 4 * PAGE, 4 * PAGE, None).map_err(|_| 14)?;
+    expect(
+        15,
+        "automatic IOVA: not 0, naturally aligned",
+        auto != 0 && auto % (4 * PAGE) == 0,
+        true,
+    )?;
+
+    // SAFETY: the call must fail (pinned); nothing is freed.
+    expect(
+        16,
+        "freeing pinned memory",
+        unsafe { mem_free(buffer as *mut u8, pages) },
+        Err(Errno::EBUSY),
+    )?;
+    expect(
+        17,
+        "unmap cutting an area",
+        unmap(first, fixed, PAGE),
+        Err(Errno::ENOENT),
+    )?;
+    expect(
+        18,
+        "unmap of a whole area",
+        unmap(first, fixed, 2 * PAGE),
+        Ok(2 * PAGE),
+    )?;
+    expect(
+        19,
+        "unmap of nothing",
+        unmap(first, fixed, 2 * PAGE),
+        Err(Errno::ENOENT),
+    )?;
+
+    // copy shares the pages into the other IOAS; a hole in the source is ENOENT.
+    let mut copy = IoasCopy {
+        size: size_of::<IoasCopy>(),
+        flags: (MapFlags::READABLE | MapFlags::FIXED_IOVA).bits(),
+        dst_ioas_id: second,
+        src_ioas_id: first,
+        length: 4 * PAGE,
+        dst_iova: 0x20_0000,
+        src_iova: auto,
+    };
+    expect(20, "copy", iommufd(Command::IoasCopy, &mut copy), Ok(()))?;
+    copy.src_iova = fixed;
+    copy.dst_iova = 0x40_0000;
+    expect(
+        21,
+        "copy from a hole",
+        iommufd(Command::IoasCopy, &mut copy),
+        Err(Errno::ENOENT),
+    )?;
+    expect(
+        22,
+        "unmap everything",
+        unmap(second, 0, u64::MAX),
+        Ok(4 * PAGE),
+    )?;
+    expect(
+        23,
+        "unmap everything of an empty IOAS",
+        unmap(second, 0, u64::MAX),
+        Ok(0),
+    )?;
+    expect(24, "destroy", destroy(second), Ok(()))?;
+    expect(25, "destroy twice", destroy(second), Err(Errno::ENOENT))?;
+    expect(26, "destroy id 0", destroy(0), Err(Errno::ENOENT))?;
+
+    // The size rule: shorter than the struct, longer with a non-zero tail, unknown flags.
+    let mut short = IoasAlloc {
+        size: 4,
+        ..Default::default()
+    };
+    expect(
+        27,
+        "short struct",
+        iommufd(Command::IoasAlloc, &mut short),
+        Err(Errno::EINVAL),
+    )?;
+    let mut long = [0u32; 4];
+    long[0] = 16;
+    long[3] = 1;
+    expect(
+        28,
+        "long struct with a non-zero tail",
+        iommufd(Command::IoasAlloc, &mut long),
+        Err(Errno::E2BIG),
+    )?;
+    let mut flagged = IoasAlloc {
+        size: size_of::<IoasAlloc>(),
+        flags: 1,
+        ..Default::default()
+    };
+    expect(
+        29,
+        "unknown flags",
+        iommufd(Command::IoasAlloc, &mut flagged),
+        Err(Errno::EOPNOTSUPP),
+    )?;
+    // SAFETY: a pointer into the kernel: the kernel must refuse it, not use it.
+    let bad = unsafe { &mut *(0x20_0000 as *mut IoasAlloc) };
+    expect(
+        30,
+        "argument struct in kernel memory",
+        iommufd(Command::IoasAlloc, bad),
+        Err(Errno::EFAULT),
+    )?;
+
+    // Leave `first` with its automatic mapping: the kernel tears it down at exit.
+    println!(
+        "ioas-semantics: 30 checks held; exiting with an IOAS still mapping {} pages",
+        4
+    );
+    Ok(())
+}
+
+fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}

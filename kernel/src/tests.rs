@@ -6,11 +6,11 @@
 mod amdvi;
 mod foundation;
 mod iommufd_syscalls;
+#[cfg(target_arch = "aarch64")]
+mod robust_smmuv3;
 mod robust_syscalls;
 #[cfg(target_arch = "x86_64")]
 mod robust_vtd;
-#[cfg(target_arch = "aarch64")]
-mod robust_smmuv3;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;

@@ -9,6 +9,8 @@ mod iommufd_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod robust_smmuv3;
 mod robust_syscalls;
+#[cfg(target_arch = "x86_64")]
+mod robust_vtd;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod tasks;
@@ -28,6 +30,8 @@ pub static ALL: &[&[Test]] = &[
     vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     vtd::PAGING_TESTS,
+    #[cfg(target_arch = "x86_64")]
+    robust_vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
     tasks::TESTS,

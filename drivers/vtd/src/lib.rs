@@ -23,6 +23,6 @@ pub mod unit;
 mod tests;
 
 pub use unit::{
-    Counters, DomainTable, Environment, Error, Mode, Options, Registers, TableFactory, TableFormat,
-    Vtd,
+    Counters, DomainTable, Environment, Error, FaultStats, Mode, Options, Registers, TableFactory,
+    TableFormat, Vtd,
 };

@@ -235,6 +235,11 @@ impl Model {
             }
             if descriptor.kind() == Some(DescriptorType::Wait) {
                 assert_ne!(words[0] & 0x30, 0x30, "QEMU aborts on a wait with SW|IF");
+                if words[0] & 0x30 == 0 {
+                    // Like QEMU 10.0.2: a wait with neither SW nor IF is invalid.
+                    self.fsts_sticky.set(self.fsts_sticky.get() | 0x10);
+                    break;
+                }
                 if words[0] & 0x20 != 0 && !self.stalled.get() {
                     // SAFETY: the status word is host memory the driver allocated.
                     unsafe {
@@ -732,6 +737,104 @@ fn fault_overflow_is_cleared_with_the_records() {
     assert_eq!(model.fsts_sticky.get() & 0x1, 0, "PFO not cleared");
 }
 
+/// A fault storm against the model's single record: the first fault of a
+/// window fills the record, every later one only sets PFO (VT-d 3.4
+/// §7.1.3). The statistics count one record and one overflow per drained
+/// window, nothing while the record is empty, and stay put across drains
+/// that find nothing.
+#[test]
+fn fault_stats_count_records_and_overflows_across_a_storm() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    assert_eq!(unit.fault_stats(), crate::FaultStats::default());
+    let (mut expected_records, mut expected_overflows) = (0u64, 0u64);
+    let mut records = Vec::new();
+    for window in 0..40u64 {
+        // Window w brings w % 5 faults (0 to 4) before it is drained.
+        let faults = window % 5;
+        for fault in 0..faults {
+            if model.fault.get().1 >> 63 == 0 {
+                model
+                    .fault
+                    .set((0x1000 * (fault + 1), 0xc000_0006_0000_0020));
+            } else {
+                model.fsts_sticky.set(model.fsts_sticky.get() | 0x1);
+            }
+        }
+        expected_records += u64::from(faults > 0);
+        expected_overflows += u64::from(faults > 1);
+        let drained = unit.drain_faults(&mut records);
+        assert_eq!(drained, usize::from(faults > 0), "window {window}");
+        assert_eq!(model.fsts_sticky.get() & 0x1, 0, "PFO left set");
+        assert_eq!(
+            unit.fault_stats(),
+            crate::FaultStats {
+                records: expected_records,
+                overflows: expected_overflows,
+            },
+            "window {window}"
+        );
+    }
+    assert_eq!(records.len() as u64, expected_records);
+    assert_eq!((expected_records, expected_overflows), (32, 24));
+}
+
+/// CAP.ND = 6 gives 2^16 domain ids, 0 reserved: exactly 65,535 live
+/// domains, each with its own id, then `NoMemory` (never a wrapped id that
+/// another live domain holds). A freed id comes back only after a
+/// domain-selective IOTLB invalidation, and alloc/free cycles past the id
+/// space keep working.
+#[test]
+fn domain_ids_run_out_cleanly_and_come_back_invalidated() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let mut live = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    loop {
+        match unit.alloc_domain(DomainKind::Blocked) {
+            Ok(domain) => {
+                let did = unit.domain_id(domain).unwrap();
+                assert_ne!(did, 0, "domain id 0 handed out");
+                assert!(seen.insert(did), "domain id {did} handed out twice");
+                live.push(domain);
+            }
+            Err(error) => {
+                assert_eq!(error, IommuError::NoMemory);
+                break;
+            }
+        }
+        assert!(live.len() <= 65_535, "more live domains than ids");
+    }
+    assert_eq!(live.len(), 65_535);
+    model.take_descriptors();
+    let freed = live.swap_remove(1234);
+    let freed_did = unit.domain_id(freed).unwrap();
+    unit.free_domain(freed).unwrap();
+    assert!(model.take_descriptors().is_empty(), "free costs nothing");
+    let again = unit.alloc_domain(DomainKind::Blocked).unwrap();
+    assert_eq!(unit.domain_id(again), Some(freed_did));
+    let issued = model.take_descriptors();
+    let domain_iotlb = Descriptor::iotlb(Granularity::Domain, freed_did, 0, 0, false);
+    assert!(
+        issued.contains(&domain_iotlb),
+        "recycled id not invalidated: {issued:x?}"
+    );
+    assert_eq!(
+        unit.alloc_domain(DomainKind::Blocked),
+        Err(IommuError::NoMemory)
+    );
+    for domain in live.drain(..) {
+        unit.free_domain(domain).unwrap();
+    }
+    unit.free_domain(again).unwrap();
+    for _ in 0..70_000 {
+        let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.free_domain(domain).unwrap();
+    }
+}
+
 #[test]
 fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
     let rig = Rig::new();
@@ -744,6 +847,15 @@ fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
         Err(Error::QueueError)
     );
     assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE not cleared");
+    // Errors in a row, more than the ring holds: each is the caller's
+    // error alone, and the ring never fills with stuck descriptors.
+    for _ in 0..300 {
+        assert_eq!(
+            unit.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
+            Err(Error::QueueError)
+        );
+        assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE not cleared");
+    }
     let mut gather = Gather::default();
     gather.add_leaf(0x1000, 4096);
     unit.flush(domain, &gather).unwrap();

@@ -151,6 +151,16 @@ pub struct Counters {
     pub mmio_writes: u64,
 }
 
+/// What fault draining saw, for the robustness figures: records moved out
+/// of the recording registers, and how often FSTS.PFO said that faults
+/// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
+/// lost; the hardware does not say how many).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub records: u64,
+    pub overflows: u64,
+}
+
 impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
@@ -264,9 +274,13 @@ pub struct Vtd<'a, R: Registers> {
     domains: BTreeMap<u32, Domain<'a>>,
     attached: BTreeMap<u16, u32>,
     next_handle: u32,
-    next_did: u16,
+    /// The lowest domain id never handed out (u32: it may reach 2^16).
+    next_did: u32,
+    /// Ids of freed domains; each is invalidated before it is handed out again.
+    free_dids: Vec<u16>,
     interrupts: Option<InterruptTable>,
     counters: Counters,
+    fault_stats: FaultStats,
 }
 
 /// What bring-up should enable.
@@ -338,8 +352,10 @@ impl<'a, R: Registers> Vtd<'a, R> {
             next_handle: 1,
             // DID 0 is reserved under caching mode (§6.1); skip it always.
             next_did: 1,
+            free_dids: Vec::new(),
             interrupts: None,
             counters: Counters::default(),
+            fault_stats: FaultStats::default(),
         };
         unit.bring_up(options)?;
         Ok(unit)
@@ -564,18 +580,23 @@ impl<'a, R: Registers> Vtd<'a, R> {
     }
 
     /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
-    /// replace it with a wait that writes nothing, then clear IQE so that the
-    /// queue runs again from there.
+    /// replace it with a harmless wait, then clear IQE so that the queue runs
+    /// again from there. The wait writes the failed submission's own token
+    /// (nobody waits for it any more): QEMU rejects a wait descriptor with
+    /// neither SW nor IF, which would stop the queue again at the same slot.
     fn recover_queue(&mut self) {
         let Invalidator::Queue {
-            ring_page, ring, ..
+            ring_page,
+            ring,
+            status,
+            sequence,
         } = &self.invalidator
         else {
             return;
         };
         let slot = ring.head_slot(self.regs.read64(regs::IQH));
         let offset = slot * ring.slot_bytes();
-        let harmless = Descriptor([crate::invalidation::DescriptorType::Wait as u64, 0, 0, 0]);
+        let harmless = Descriptor::wait(status.phys, *sequence);
         let words = if ring.is_wide() { 4 } else { 2 };
         for (index, word) in harmless.0[..words].iter().enumerate() {
             ring_page.write(offset + index * 8, *word);
@@ -586,9 +607,9 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
     }
 
-    /// Queues raw descriptors (tests inject malformed ones through this).
-    #[cfg(test)]
-    pub(crate) fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+    /// Queues raw descriptors plus a wait, like every invalidation does;
+    /// tests inject malformed ones through this to provoke FSTS.IQE.
+    pub fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
         self.submit(descriptors)
     }
 
@@ -922,8 +943,10 @@ impl<'a, R: Registers> Vtd<'a, R> {
         }
         let sticky = status & FaultStatus::OVERFLOW;
         if !sticky.is_empty() {
+            self.fault_stats.overflows += 1;
             self.write32(regs::FSTS, sticky.bits());
         }
+        self.fault_stats.records += (out.len() - before) as u64;
         out.len() - before
     }
 
@@ -1010,6 +1033,50 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.counters
     }
 
+    /// Records drained and overflows seen since bring-up.
+    pub fn fault_stats(&self) -> FaultStats {
+        self.fault_stats
+    }
+
+    /// FSTS as the hardware reports it now.
+    pub fn fault_status(&self) -> FaultStatus {
+        FaultStatus::from_bits_retain(self.regs.read32(regs::FSTS))
+    }
+
+    /// Physical addresses of the unit's own in-memory structures (root and
+    /// context tables, PASID structures, invalidation queue and its status
+    /// page, interrupt-remapping table), named, so that tests can aim a
+    /// device at them.
+    pub fn structure_pages(&self) -> Vec<(&'static str, u64)> {
+        let mut pages = alloc::vec![("root table", self.root.phys)];
+        pages.extend(
+            self.context_tables
+                .values()
+                .map(|table| ("context table", table.phys)),
+        );
+        for tables in self.pasid_tables.values() {
+            pages.push(("PASID directory", tables.directory.phys));
+            pages.push(("PASID table", tables.table.phys));
+        }
+        if let Invalidator::Queue {
+            ring_page, status, ..
+        } = &self.invalidator
+        {
+            pages.push(("invalidation queue", ring_page.phys));
+            pages.push(("invalidation wait status", status.phys));
+        }
+        if let Some(table) = &self.interrupts {
+            pages.push(("interrupt-remapping table", table.page.phys));
+        }
+        pages
+    }
+
+    /// Physical address of a paging domain's top-level I/O page table.
+    pub fn domain_table_root(&self, domain: DomainHandle) -> Option<u64> {
+        let table = self.domains.get(&domain.0)?.table.as_ref()?;
+        Some(table.root())
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }
@@ -1048,6 +1115,60 @@ impl<'a, R: Registers> Vtd<'a, R> {
             table.release_unlinked();
         }
         Ok(())
+    }
+
+    /// A domain id for a new domain, and whether it was used before: a freed
+    /// one, after a domain-selective IOTLB invalidation removed whatever the
+    /// hardware still caches under it (§6.5.2.3), or else the lowest id never
+    /// handed out. `NoMemory` once CAP.ND's ids are all live.
+    fn take_domain_id(&mut self) -> Result<(u16, bool), IommuError> {
+        if let Some(did) = self.free_dids.pop() {
+            let invalidated = match self.invalidator {
+                Invalidator::Queue { .. } => {
+                    let descriptor = self.domain_iotlb_descriptor(did);
+                    self.submit(&[descriptor])
+                }
+                Invalidator::Registers => {
+                    self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+                }
+            };
+            if let Err(error) = invalidated {
+                self.free_dids.push(did);
+                return Err(error.into());
+            }
+            return Ok((did, true));
+        }
+        let limit = self.cap.domain_count().min(1 << 16);
+        let did = u16::try_from(self.next_did)
+            .ok()
+            .filter(|_| self.next_did < limit)
+            .ok_or(IommuError::NoMemory)?;
+        self.next_did += 1;
+        Ok((did, false))
+    }
+
+    /// The translation and table of a new domain of `kind` (checked by the caller).
+    fn build_domain(
+        &mut self,
+        kind: DomainKind,
+    ) -> Result<(Translation, Option<Box<dyn DomainTable + 'a>>), IommuError> {
+        Ok(match kind {
+            DomainKind::Blocked => (Translation::Blocked, None),
+            DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
+            DomainKind::Paging | DomainKind::NestParent => {
+                let table: Box<dyn DomainTable + 'a> = match self.env.new_table {
+                    Some(factory) => factory(self.table_format()).ok_or(IommuError::Unsupported)?,
+                    None => crate::paging::new_table(
+                        self.table_format(),
+                        self.cap,
+                        self.ecap,
+                        &self.env,
+                    )?,
+                };
+                (Translation::Paging(table.root()), Some(table))
+            }
+            _ => return Err(IommuError::Unsupported),
+        })
     }
 
     fn requester(&self, device: DeviceId) -> Result<u16, Error> {
@@ -1139,30 +1260,26 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
     }
 
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
-        if u32::from(self.next_did) >= self.cap.domain_count() {
-            return Err(IommuError::NoMemory);
-        }
-        let (translation, table) = match kind {
-            DomainKind::Blocked => (Translation::Blocked, None),
-            DomainKind::Identity if self.ecap.pass_through() => (Translation::PassThrough, None),
-            DomainKind::Paging | DomainKind::NestParent => {
-                let table: Box<dyn DomainTable + 'a> = match self.env.new_table {
-                    Some(factory) => factory(self.table_format()).ok_or(IommuError::Unsupported)?,
-                    None => crate::paging::new_table(
-                        self.table_format(),
-                        self.cap,
-                        self.ecap,
-                        &self.env,
-                    )?,
-                };
-                (Translation::Paging(table.root()), Some(table))
-            }
+        match kind {
+            DomainKind::Blocked | DomainKind::Paging | DomainKind::NestParent => {}
+            DomainKind::Identity if self.ecap.pass_through() => {}
             _ => return Err(IommuError::Unsupported),
+        }
+        let (did, recycled) = self.take_domain_id()?;
+        let built = self.build_domain(kind);
+        let (translation, table) = match built {
+            Ok(built) => built,
+            Err(error) => {
+                if recycled {
+                    self.free_dids.push(did);
+                } else {
+                    self.next_did -= 1;
+                }
+                return Err(error);
+            }
         };
         let handle = self.next_handle;
         self.next_handle += 1;
-        let did = self.next_did;
-        self.next_did += 1;
         self.domains.insert(
             handle,
             Domain {
@@ -1181,12 +1298,14 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if entry.devices != 0 {
             return Err(IommuError::Busy);
         }
-        if let Some(mut removed) = self.domains.remove(&domain.0)
-            && let Some(table) = removed.table.as_mut()
-        {
-            // No device walks it any more and its domain id is never reused,
-            // so nothing can still use the unlinked pages.
-            table.release_unlinked();
+        if let Some(mut removed) = self.domains.remove(&domain.0) {
+            if let Some(table) = removed.table.as_mut() {
+                // No device walks it any more, and its domain id is
+                // invalidated before another domain gets it, so nothing can
+                // still use the unlinked pages.
+                table.release_unlinked();
+            }
+            self.free_dids.push(removed.did);
         }
         Ok(())
     }

@@ -54,9 +54,9 @@ fn flush_cache(start: *const u8, len: usize) {
     unsafe { core::arch::x86_64::_mm_sfence() };
 }
 
-fn environment() -> Environment<'static> {
+fn environment(dma: &'static (dyn os_services::DmaMemory + Sync)) -> Environment<'static> {
     Environment {
-        dma: &crate::memory::dma::DMA,
+        dma,
         clock: &crate::time::CLOCK,
         flush_cache,
         // Paging domains get io-page-table tables in DMA frames.
@@ -96,6 +96,16 @@ pub fn bring_up(platform: &Platform) -> Result<Option<Unit>, String> {
 
 /// [`bring_up`] with explicit options (e.g. register-based invalidation).
 pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Unit>, String> {
+    bring_up_in(platform, options, &crate::memory::dma::DMA)
+}
+
+/// [`bring_up_with`] taking every table page from `dma` (the robustness
+/// tests hand it a memory service that runs dry on demand).
+pub fn bring_up_in(
+    platform: &Platform,
+    options: Options,
+    dma: &'static (dyn os_services::DmaMemory + Sync),
+) -> Result<Option<Unit>, String> {
     let Some(description) = descriptions(platform)?.into_iter().next() else {
         return Ok(None);
     };
@@ -106,7 +116,7 @@ pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Uni
     let mut unit = Vtd::new(
         UnitId(0),
         UnitRegisters(mmio),
-        environment(),
+        environment(dma),
         description,
         options,
     )

@@ -52,42 +52,43 @@ pub static TESTS: &[Test] = &[
     },
 ];
 
-const DMA_LEN: usize = 256;
+pub(crate) const DMA_LEN: usize = 256;
 
-fn edu_pair() -> Result<(&'static PciDevice, &'static PciDevice), alloc::string::String> {
+pub(crate) fn edu_pair() -> Result<(&'static PciDevice, &'static PciDevice), alloc::string::String>
+{
     let mut edus = devices::edus();
     let a = edus.next().ok_or("no edu")?;
     let b = edus.next().ok_or("no second edu")?;
     Ok((a, b))
 }
 
-fn requester(device: &PciDevice) -> u16 {
+pub(crate) fn requester(device: &PciDevice) -> u16 {
     device.function.bdf.requester_id()
 }
 
 /// A frame filled with `fill`, and its bytes.
-fn filled_frame(fill: u8) -> Result<Frames, alloc::string::String> {
+pub(crate) fn filled_frame(fill: u8) -> Result<Frames, alloc::string::String> {
     let frame = frames::alloc().ok_or("no frame")?;
     // SAFETY: the frame was just allocated to this test and is identity-mapped.
     unsafe { core::ptr::write_bytes(frame.as_mut_ptr(), fill, 4096) };
     Ok(frame)
 }
 
-fn bytes(frame: &Frames) -> Vec<u8> {
+pub(crate) fn bytes(frame: &Frames) -> Vec<u8> {
     (0..DMA_LEN)
         // SAFETY: a volatile read of a frame this test owns; a device may have written it.
         .map(|i| unsafe { core::ptr::read_volatile(frame.as_mut_ptr().add(i)) })
         .collect()
 }
 
-fn open(
+pub(crate) fn open(
     platform: &Platform,
     device: &PciDevice,
 ) -> Result<edu::Edu<'static>, alloc::string::String> {
     devices::open_edu(platform, device).map_err(|err| format!("{err:?}"))
 }
 
-fn drain(unit: &mut Unit) -> Vec<Fault> {
+pub(crate) fn drain(unit: &mut Unit) -> Vec<Fault> {
     let mut faults = Vec::new();
     unit.drain_raw_faults(&mut faults);
     faults
@@ -123,13 +124,16 @@ fn expect_one_fault(
     Ok(())
 }
 
-fn with_unit(platform: &Platform, body: impl FnOnce(&mut Unit) -> TestResult) -> TestResult {
+pub(crate) fn with_unit(
+    platform: &Platform,
+    body: impl FnOnce(&mut Unit) -> TestResult,
+) -> TestResult {
     with_unit_options(platform, vtd::Options::default(), body)
 }
 
 /// Brings a unit up, runs `body`, tears the unit down and checks that every
 /// frame came back.
-fn with_unit_options(
+pub(crate) fn with_unit_options(
     platform: &Platform,
     options: vtd::Options,
     body: impl FnOnce(&mut Unit) -> TestResult,
@@ -522,11 +526,11 @@ pub static PAGING_TESTS: &[Test] = &[
     },
 ];
 
-const READ_WRITE: ::iommu::Prot = ::iommu::Prot {
+pub(crate) const READ_WRITE: ::iommu::Prot = ::iommu::Prot {
     read: true,
     write: true,
 };
-const READ_ONLY: ::iommu::Prot = ::iommu::Prot {
+pub(crate) const READ_ONLY: ::iommu::Prot = ::iommu::Prot {
     read: true,
     write: false,
 };
@@ -535,10 +539,10 @@ const IOVA_IN: u64 = 0x0010_0000;
 const IOVA_OUT: u64 = 0x0020_0000;
 const IOVA_HOLE: u64 = 0x0030_0000;
 
-type Fallible<T = ()> = Result<T, alloc::string::String>;
+pub(crate) type Fallible<T = ()> = Result<T, alloc::string::String>;
 
 /// A paging domain, or `None` when this kernel has no table format for the unit.
-fn paging_domain(unit: &mut Unit) -> Fallible<Option<::iommu::DomainHandle>> {
+pub(crate) fn paging_domain(unit: &mut Unit) -> Fallible<Option<::iommu::DomainHandle>> {
     match unit.alloc_domain(DomainKind::Paging) {
         Ok(domain) => Ok(Some(domain)),
         Err(::iommu::IommuError::Unsupported) => Ok(None),
@@ -546,7 +550,7 @@ fn paging_domain(unit: &mut Unit) -> Fallible<Option<::iommu::DomainHandle>> {
     }
 }
 
-fn map(
+pub(crate) fn map(
     unit: &mut Unit,
     domain: ::iommu::DomainHandle,
     iova: u64,
@@ -561,7 +565,12 @@ fn map(
         .map_err(|err| format!("flush after map: {err:?}"))
 }
 
-fn unmap(unit: &mut Unit, domain: ::iommu::DomainHandle, iova: u64, len: u64) -> Fallible {
+pub(crate) fn unmap(
+    unit: &mut Unit,
+    domain: ::iommu::DomainHandle,
+    iova: u64,
+    len: u64,
+) -> Fallible {
     let gather = unit.unmap(domain, iova, len);
     ensure!(!gather.is_empty(), "unmap of {iova:#x} changed nothing");
     unit.flush(domain, &gather)
@@ -573,13 +582,13 @@ fn dma(edu: &edu::Edu<'_>, direction: edu::Direction, iova: u64) -> Fallible {
         .map_err(|err| format!("edu DMA at {iova:#x}: {err:?}"))
 }
 
-fn holds(frame: &Frames, value: u8) -> bool {
+pub(crate) fn holds(frame: &Frames, value: u8) -> bool {
     bytes(frame).iter().all(|&b| b == value)
 }
 
 /// Fault reason of a DMA that found no leaf: legacy and second stage report
 /// missing read/write permission (§7.1.3: R = W = 0), first stage its own code.
-fn no_leaf_reasons(unit: &Unit, is_read: bool) -> &'static [u8] {
+pub(crate) fn no_leaf_reasons(unit: &Unit, is_read: bool) -> &'static [u8] {
     match (unit.mode(), is_read) {
         (vtd::Mode::ScalableFirstStage, _) => &[reason::FIRST_STAGE_NOT_PRESENT],
         (_, true) => &[reason::READ],
@@ -587,7 +596,7 @@ fn no_leaf_reasons(unit: &Unit, is_read: bool) -> &'static [u8] {
     }
 }
 
-fn expect_fault(
+pub(crate) fn expect_fault(
     unit: &mut Unit,
     what: &str,
     source: u16,

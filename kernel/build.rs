@@ -25,6 +25,7 @@ const PROGRAMS: &[&str] = &[
     "spin",
     "syscall-fuzz",
     "ioas-semantics",
+    "edu-dma",
 ];
 
 fn main() {

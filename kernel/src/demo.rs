@@ -104,3 +104,15 @@ fn iommu_demos(platform: &Platform) {
         }
     }
 }
+
+/// The user programs the demo runs when the command line names none: the
+/// user-space edu driver wherever an IOMMU can translate for it.
+pub fn default_tasks(platform: &Platform) -> &'static str {
+    let has_iommu = match &platform.firmware {
+        #[cfg(target_arch = "x86_64")]
+        crate::platform::Firmware::Acpi(info) => info.dmar.is_some() || info.ivrs.is_some(),
+        #[cfg(target_arch = "aarch64")]
+        crate::platform::Firmware::DeviceTree(tree) => !tree.smmus.is_empty(),
+    };
+    if has_iommu { "edu-dma" } else { "" }
+}

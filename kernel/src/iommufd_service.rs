@@ -7,9 +7,10 @@
 //! task ends, [`release`] tears its objects down (devices detached first,
 //! pinned pages released after the IOTLB flush) before its memory is freed.
 //!
-//! The IOMMU units join the core with `device_open` (claiming a PCI device and
-//! mapping its BARs into the task), which comes next; until then `device_list`
-//! and `device_open` answer ENOSYS and the IOAS calls work on areas alone.
+//! The platform's IOMMU unit joins the core the first time a task makes an
+//! iommufd call (after boot, so the drivers' own tests ran first);
+//! `device_list` and `device_open` are this module's: they need the kernel's
+//! PCI view and map the device's BAR 0 into the task.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -19,10 +20,11 @@ use abi::{Command, Errno};
 use iommufd::uapi::UserMemory;
 use iommufd::{Iommufd, OwnerId, PhysRun, Services};
 
+use crate::platform::Platform;
 use crate::task::Task;
 
 /// The unit type the core holds: any driver behind the contract.
-type Unit = Box<dyn iommu::IommuUnit + Send>;
+type Unit = Box<dyn iommu::IommuUnit>;
 
 /// The task a call (or a teardown) is working for, set for its duration.
 #[derive(Default)]
@@ -88,22 +90,57 @@ impl UserMemory for TaskAccess {
 
 type Core = Iommufd<Unit, TaskAccess>;
 
-static CORE: spin::Mutex<Option<Core>> = spin::Mutex::new(None);
+/// The core and how the platform's unit names PCI functions.
+struct State {
+    core: Core,
+    device_id: Option<fn(&'static Platform, pci::Bdf) -> Option<iommu::DeviceId>>,
+}
+
+// SAFETY: one CPU; the state is only reached under CORE's lock, from thread
+// context (syscalls and task teardown), never from interrupt handlers.
+unsafe impl Send for State {}
+
+static CORE: spin::Mutex<Option<State>> = spin::Mutex::new(None);
+
+fn new_state() -> State {
+    match crate::iommu::platform_unit(crate::platform::get()) {
+        Some(platform_unit) => State {
+            core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
+            device_id: Some(platform_unit.device_id),
+        },
+        None => State {
+            core: Iommufd::new(Vec::new(), TaskAccess::default()),
+            device_id: None,
+        },
+    }
+}
+
+fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R {
+    let mut guard = CORE.lock();
+    let state = guard.get_or_insert_with(new_state);
+    state.core.services_mut().task = Some(NonNull::from(&mut *task));
+    let owner = OwnerId(task.owner);
+    let result = f(state, owner);
+    state.core.services_mut().task = None;
+    result
+}
 
 fn with_core<R>(task: &mut Task, f: impl FnOnce(&mut Core, OwnerId) -> R) -> R {
-    let mut guard = CORE.lock();
-    let core = guard.get_or_insert_with(|| Iommufd::new(Vec::new(), TaskAccess::default()));
-    core.services_mut().task = Some(NonNull::from(&mut *task));
-    let owner = OwnerId(task.owner);
-    let result = f(core, owner);
-    core.services_mut().task = None;
-    result
+    with_state(task, |state, owner| f(&mut state.core, owner))
 }
 
 /// Runs iommufd command `number` with the argument struct at `arg`.
 pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
     let command = Command::from_number(number).ok_or(Errno::ENOSYS)?;
+    match command {
+        Command::DeviceList => return device_list(task, arg),
+        Command::DeviceOpen => return device_open(task, arg),
+        _ => {}
+    }
     with_core(task, |core, owner| {
+        if command == Command::FaultRead {
+            core.dispatch_faults();
+        }
         // The core needs the task for memory and pinning through two traits;
         // both go through the same pointer, one access at a time.
         let mut memory = TaskAccess {
@@ -115,7 +152,12 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
 }
 
 /// Tears down everything `task` owns in the core (before its memory goes).
+/// A task that never made an iommufd call owns nothing, and the core (with
+/// the IOMMU unit it brings up) is not created for it.
 pub fn release(task: &mut Task) {
+    if CORE.lock().is_none() {
+        return;
+    }
     with_core(task, |core, owner| core.teardown(owner));
 }
 
@@ -123,10 +165,147 @@ pub fn release(task: &mut Task) {
 pub fn object_count(owner: u64) -> usize {
     CORE.lock()
         .as_ref()
-        .map_or(0, |core| core.object_count(OwnerId(owner)))
+        .map_or(0, |state| state.core.object_count(OwnerId(owner)))
 }
 
 /// Bytes of task memory pinned for DMA, over all tasks (leak checks).
 pub fn pinned_bytes() -> u64 {
-    CORE.lock().as_ref().map_or(0, |core| core.pinned_bytes())
+    CORE.lock()
+        .as_ref()
+        .map_or(0, |state| state.core.pinned_bytes())
+}
+
+/// Largest argument struct these two calls read (bigger ones must have a zero tail).
+const MAX_ARGUMENT: u32 = 256;
+
+/// Copies in a size-versioned argument struct: its `size` first, then that many
+/// bytes (the size rule of `abi::copy_in`).
+fn read_argument<T: abi::AbiStruct>(task: &Task, arg: u64) -> Result<(T, u32), Errno> {
+    let head = crate::syscall::copy_from_user(task, arg, 4)?;
+    let size = abi::read_size(&head)?;
+    if size > MAX_ARGUMENT {
+        return Err(Errno::E2BIG);
+    }
+    let raw = crate::syscall::copy_from_user(task, arg, u64::from(size))?;
+    Ok((abi::copy_in::<T>(&raw)?, size))
+}
+
+/// Writes the struct back, as many bytes as the task's `size` says.
+fn write_argument<T: abi::Pod>(task: &Task, arg: u64, value: &T, size: u32) -> Result<(), Errno> {
+    let mut out = alloc::vec![0u8; size as usize];
+    abi::copy_out(value, &mut out);
+    crate::syscall::copy_to_user(task, arg, &out)
+}
+
+/// The `device_list` address of a function: segment 0, bus, devfn.
+fn pci_address(bdf: pci::Bdf) -> u32 {
+    u32::from(bdf.requester_id())
+}
+
+/// `device_list`: every PCI function, with whether the platform's IOMMU
+/// translates it (only those can be opened).
+fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
+    let (mut list, size) = read_argument::<abi::DeviceList>(task, arg)?;
+    let device_id = with_state(task, |state, _| state.device_id);
+    let platform = crate::platform::get();
+    let devices = crate::devices::all();
+    let capacity = list.num as usize;
+    list.num = devices.len() as u32;
+    if capacity < devices.len() {
+        write_argument(task, arg, &list, size)?;
+        return Err(Errno::EMSGSIZE);
+    }
+    for (index, device) in devices.iter().enumerate() {
+        let bdf = device.function.bdf;
+        let translated = device_id.is_some_and(|id| id(platform, bdf).is_some());
+        let entry = abi::DeviceListEntry {
+            pci_address: pci_address(bdf),
+            vendor_id: device.function.vendor_id,
+            device_id: device.function.device_id,
+            unit: 0,
+            flags: if translated {
+                abi::DeviceListFlags::TRANSLATED.bits()
+            } else {
+                0
+            },
+        };
+        let at = list.entries_uptr + (index * core::mem::size_of::<abi::DeviceListEntry>()) as u64;
+        crate::syscall::copy_to_user(task, at, abi::as_bytes(&entry))?;
+    }
+    write_argument(task, arg, &list, size)
+}
+
+/// `device_open`: claims a translated PCI function for the task (blocked until
+/// attached), turns on its memory decoding and bus mastering, and maps BAR 0.
+fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
+    let (mut open, size) = read_argument::<abi::DeviceOpen>(task, arg)?;
+    let platform = crate::platform::get();
+    let device = crate::devices::all()
+        .iter()
+        .find(|device| pci_address(device.function.bdf) == open.pci_address)
+        .ok_or(Errno::ENOENT)?;
+    let bdf = device.function.bdf;
+    let bar0 = device.bars.iter().find_map(|bar| match *bar {
+        pci::Bar::Memory {
+            index: 0,
+            address,
+            size,
+            ..
+        } => Some((address, size)),
+        _ => None,
+    });
+    let id = with_state(task, |state, owner| {
+        let requester = state
+            .device_id
+            .and_then(|id| id(platform, bdf))
+            .ok_or(Errno::EINVAL)?;
+        state.core.bind_device(owner, iommu::UnitId(0), requester)
+    })?;
+    let mapped = match bar0 {
+        Some((bus_address, len)) => {
+            let cpu = platform.pci.bar_window.map_or(bus_address, |window| {
+                bus_address - window.pci_base + window.cpu_base
+            });
+            task.map_device(cpu, len).map(|va| (va, len))
+        }
+        None => Ok((0, 0)),
+    };
+    let (va, len) = match mapped {
+        Ok(mapping) => mapping,
+        Err(errno) => {
+            // Give the claim back: the call failed as a whole.
+            let _ = with_core(task, |core, owner| core.destroy(owner, id));
+            return Err(errno);
+        }
+    };
+    use pci::ConfigSpace;
+    let config = &platform.pci.ecam;
+    config.set_command(
+        bdf,
+        config.command(bdf) | pci::Command::MEMORY_SPACE | pci::Command::BUS_MASTER,
+    );
+    open.out_dev_id = id;
+    open.out_bar0_va = va;
+    open.out_bar0_len = len;
+    write_argument(task, arg, &open, size)
+}
+
+/// Brings the iommufd core (and with it the platform's IOMMU unit) up now and
+/// puts every device it translates into the blocked state, so that the unit's
+/// per-device structures (e.g. an SMMUv3 level-2 stream table) exist before a
+/// leak check around a task run starts counting.
+pub fn prepare() {
+    let mut guard = CORE.lock();
+    let state = guard.get_or_insert_with(new_state);
+    let Some(device_id) = state.device_id else {
+        return;
+    };
+    let platform = crate::platform::get();
+    for device in crate::devices::all() {
+        if let Some(requester) = device_id(platform, device.function.bdf)
+            && let Some(unit) = state.core.unit_mut(iommu::UnitId(0))
+        {
+            unit.detach(requester);
+        }
+    }
 }

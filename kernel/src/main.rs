@@ -38,20 +38,22 @@ use cmdline::Mode;
 fn kernel_main(boot: BootInfo) -> ! {
     let cmdline = cmdline::Cmdline::parse(boot.cmdline());
     memory::init(&boot);
-    let platform = match platform::discover(&boot) {
+    let platform = match platform::discover_once(&boot) {
         Ok(platform) => platform,
         Err(err) => panic!("platform discovery failed: {err}"),
     };
-    irq::init(&platform);
-    devices::init(&platform);
+    irq::init(platform);
+    devices::init(platform);
     if let Some(crash) = cmdline.crash {
         crash_on_purpose(crash);
     }
 
     let failed = match cmdline.mode {
-        Mode::Demo => demo::run(&platform) + cmdline.tasks.map_or(0, task::demo),
-        Mode::Test => testing::run_all(tests::ALL, &cmdline, &platform),
-        Mode::Bench => bench::run_all(&platform, cmdline.filter),
+        Mode::Demo => {
+            demo::run(platform) + task::demo(cmdline.tasks.unwrap_or(demo::default_tasks(platform)))
+        }
+        Mode::Test => testing::run_all(tests::ALL, &cmdline, platform),
+        Mode::Bench => bench::run_all(platform, cmdline.filter),
     };
     arch::exit(if failed == 0 {
         arch::ExitCode::Success

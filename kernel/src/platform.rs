@@ -83,6 +83,24 @@ fn ecam_at(base: u64, buses: core::ops::RangeInclusive<u8>) -> Result<Ecam, Disc
     Ok(unsafe { Ecam::new(base, buses) })
 }
 
+static PLATFORM: spin::Once<Platform> = spin::Once::new();
+
+/// Discovers the platform once; later calls return the same description.
+pub fn discover_once(boot: &BootInfo) -> Result<&'static Platform, DiscoveryError> {
+    if let Some(platform) = PLATFORM.get() {
+        return Ok(platform);
+    }
+    let platform = discover(boot)?;
+    Ok(PLATFORM.call_once(|| platform))
+}
+
+/// The platform, for code that runs after boot (syscalls, the iommufd core).
+pub fn get() -> &'static Platform {
+    PLATFORM
+        .get()
+        .expect("the platform is discovered before anything asks for it")
+}
+
 pub fn discover(boot: &BootInfo) -> Result<Platform, DiscoveryError> {
     match boot.firmware {
         #[cfg(target_arch = "x86_64")]

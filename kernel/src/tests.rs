@@ -5,6 +5,7 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+mod iommufd_devices;
 mod iommufd_syscalls;
 #[cfg(target_arch = "aarch64")]
 mod robust_smmuv3;
@@ -37,4 +38,5 @@ pub static ALL: &[&[Test]] = &[
     tasks::TESTS,
     robust_syscalls::TESTS,
     iommufd_syscalls::TESTS,
+    iommufd_devices::TESTS,
 ];

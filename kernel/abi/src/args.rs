@@ -371,6 +371,23 @@ bitflags! {
     }
 }
 
+/// `device_open`: claims the PCI function at `pci_address` for the calling
+/// task (exclusively, in the blocked state) and maps its BAR 0 into the task,
+/// uncached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct DeviceOpen {
+    pub size: u32,
+    /// No flags are defined: must be 0.
+    pub flags: u32,
+    /// PCI segment << 16 | bus << 8 | devfn, as `device_list` reports it.
+    pub pci_address: u32,
+    pub out_dev_id: u32,
+    /// Where BAR 0 is mapped in the task (0 when the function has none).
+    pub out_bar0_va: u64,
+    pub out_bar0_len: u64,
+}
+
 /// One element of `device_list`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -492,6 +509,7 @@ pod! {
     DeviceAttach = 24,
     DeviceDetach = 8,
     DeviceList = 16,
+    DeviceOpen = 32,
     DeviceListEntry = 16,
     HwptVtdS1 = 24,
     HwptArmSmmuV3 = 16,
@@ -517,6 +535,12 @@ impl AbiStruct for InvalidateAmdViV2 {}
 impl AbiStruct for HwInfoVtd {}
 impl AbiStruct for HwInfoArmSmmuV3 {}
 impl AbiStruct for HwInfoAmdVi {}
+
+impl AbiStruct for DeviceOpen {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)
+    }
+}
 
 impl AbiStruct for IoasAlloc {
     fn validate(&self) -> Result<(), Errno> {

@@ -8,3 +8,165 @@ pub mod amdvi;
 pub mod smmuv3;
 #[cfg(target_arch = "x86_64")]
 pub mod vtd;
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+
+use iommu::{
+    DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
+    NestedInvalidation, Prot, ReservedRegion, UnitInfo,
+};
+
+use crate::platform::Platform;
+
+/// The platform's IOMMU unit behind the contract, for the iommufd core.
+pub struct PlatformUnit {
+    pub unit: Box<dyn IommuUnit>,
+    /// The unit's name for a PCI function; `None` when it does not translate it.
+    pub device_id: fn(&'static Platform, pci::Bdf) -> Option<DeviceId>,
+}
+
+/// Brings up (or takes over) the platform's IOMMU unit, if it has one.
+pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
+    match &platform.firmware {
+        #[cfg(target_arch = "x86_64")]
+        crate::platform::Firmware::Acpi(info) => {
+            if info.dmar.is_some() {
+                let unit = vtd::bring_up(platform).ok()??;
+                return Some(PlatformUnit {
+                    unit: Box::new(unit),
+                    device_id: |_, bdf| Some(DeviceId(u32::from(bdf.requester_id()))),
+                });
+            }
+            if info.ivrs.is_some() {
+                fn with_amdvi(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                    if let Ok(unit) = amdvi::unit(crate::platform::get()) {
+                        f(&mut *unit.lock());
+                    }
+                }
+                return Some(PlatformUnit {
+                    unit: Box::new(Shared::new(with_amdvi)?),
+                    device_id: |_, bdf| Some(amdvi::device_id(bdf)),
+                });
+            }
+            None
+        }
+        #[cfg(target_arch = "aarch64")]
+        crate::platform::Firmware::DeviceTree(tree) => {
+            if tree.smmus.is_empty() {
+                return None;
+            }
+            fn with_smmu(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                let _ = smmuv3::with_unit(crate::platform::get(), |unit| f(unit));
+            }
+            Some(PlatformUnit {
+                unit: Box::new(Shared::new(with_smmu)?),
+                device_id: |platform, bdf| smmuv3::stream_id(platform, bdf).map(DeviceId),
+            })
+        }
+    }
+}
+
+/// Runs a closure on a unit that lives in its driver glue's static, if it is up.
+type WithUnit = fn(&mut dyn FnMut(&mut dyn IommuUnit));
+
+/// A unit that lives in its driver glue's static (shared with the driver's
+/// own tests) rather than in the iommufd core: every call reaches it through
+/// `with`, which runs the closure on the unit when it is up.
+struct Shared {
+    with: WithUnit,
+    /// Fixed at bring-up, so kept rather than asked again.
+    info: UnitInfo,
+    hw_info: HwInfo,
+}
+
+impl Shared {
+    fn new(with: WithUnit) -> Option<Self> {
+        let mut found = None;
+        with(&mut |unit| found = Some((unit.info(), unit.hw_info())));
+        let (info, hw_info) = found?;
+        Some(Shared {
+            with,
+            info,
+            hw_info,
+        })
+    }
+
+    /// Runs `f` on the unit; `absent` when it is not there.
+    fn call<R>(&self, absent: R, mut f: impl FnMut(&mut dyn IommuUnit) -> R) -> R {
+        let mut result = None;
+        (self.with)(&mut |unit| result = Some(f(unit)));
+        result.unwrap_or(absent)
+    }
+}
+
+impl IommuUnit for Shared {
+    fn info(&self) -> UnitInfo {
+        self.info.clone()
+    }
+
+    fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion> {
+        self.call(Vec::new(), |unit| unit.reserved_regions(device))
+    }
+
+    fn hw_info(&self) -> HwInfo {
+        self.hw_info
+    }
+
+    fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| unit.alloc_domain(kind))
+    }
+
+    fn free_domain(&mut self, domain: DomainHandle) -> Result<(), IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.free_domain(domain)
+        })
+    }
+
+    fn map(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.map(domain, iova, phys, len, prot)
+        })
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+        self.call(Gather::default(), |unit| unit.unmap(domain, iova, len))
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.flush(domain, gather)
+        })
+    }
+
+    fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.attach(device, domain)
+        })
+    }
+
+    fn detach(&mut self, device: DeviceId) {
+        self.call((), |unit| unit.detach(device));
+    }
+
+    fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize {
+        self.call(0, |unit| unit.drain_faults(out))
+    }
+
+    fn invalidate_nested(
+        &mut self,
+        domain: DomainHandle,
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        self.call((0, Err(IommuError::Unsupported)), |unit| {
+            unit.invalidate_nested(domain, requests)
+        })
+    }
+}

@@ -37,6 +37,10 @@ pub struct AddressSpace {
     tables: Vec<u64>,
     /// Every user page, by virtual address; the space owns their frames.
     pages: BTreeMap<u64, Page>,
+    /// Device registers mapped into the space, by virtual address. The space
+    /// does not own them (they are never freed), and they are not in `pages`,
+    /// so the kernel never copies from or to them on a task's behalf.
+    devices: BTreeMap<u64, u64>,
 }
 
 fn table(phys: u64) -> *mut u64 {
@@ -69,6 +73,7 @@ impl AddressSpace {
             root,
             tables: Vec::new(),
             pages: BTreeMap::new(),
+            devices: BTreeMap::new(),
         })
     }
 
@@ -97,6 +102,23 @@ impl AddressSpace {
         unsafe { *table(leaf_table).add(index(va, LEVELS - 1)) = arch::page_entry(phys, access) };
         self.pages.insert(va, Page { phys, access });
         Ok(phys)
+    }
+
+    /// Maps the device registers at `phys` (a page) at `va`, uncached.
+    pub fn map_device(&mut self, va: u64, phys: u64) -> Result<(), Errno> {
+        if !va.is_multiple_of(PAGE_SIZE)
+            || !phys.is_multiple_of(PAGE_SIZE)
+            || !(USER_BASE..USER_END).contains(&va)
+            || self.pages.contains_key(&va)
+            || self.devices.contains_key(&va)
+        {
+            return Err(Errno::EINVAL);
+        }
+        let leaf_table = self.leaf_table(va)?;
+        // SAFETY: `leaf_table` is a table of this space and the slot is free.
+        unsafe { *table(leaf_table).add(index(va, LEVELS - 1)) = arch::device_page_entry(phys) };
+        self.devices.insert(va, phys);
+        Ok(())
     }
 
     /// Removes the mapping at `va` and returns its frame, which the caller

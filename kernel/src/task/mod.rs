@@ -44,6 +44,8 @@ pub const IMAGE_END: u64 = USER_BASE + (1 << 30);
 /// Where `mem_alloc` hands out memory.
 pub const HEAP_BASE: u64 = USER_BASE + (64 << 30);
 pub const HEAP_END: u64 = USER_BASE + (256 << 30);
+/// Device registers opened with `device_open` are mapped from here on.
+pub const DEVICE_BASE: u64 = HEAP_END;
 /// The stack grows down from here (16 MiB below the end of the region).
 pub const STACK_TOP: u64 = USER_END - (16 << 20);
 pub const STACK_PAGES: u64 = 16;
@@ -195,6 +197,8 @@ pub struct Task {
     pub name: &'static str,
     /// Unique per task ever started: the task's owner id in the iommufd core.
     pub owner: u64,
+    /// Where the next device mapping goes.
+    next_device: u64,
     pub space: AddressSpace,
     pub context: UserContext,
     pub memory: TaskMemory,
@@ -262,6 +266,7 @@ impl Task {
         }
         Ok(Task {
             owner: NEXT_OWNER.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+            next_device: DEVICE_BASE,
             name,
             space,
             context: UserContext::new(image.entry, STACK_TOP),
@@ -272,6 +277,25 @@ impl Task {
             syscalls: 0,
             cpu_ns: 0,
         })
+    }
+
+    /// Maps `len` bytes of device registers at `phys` (page-aligned) into the
+    /// task, uncached; returns the address. The frames are not the task's:
+    /// they are never freed.
+    pub fn map_device(&mut self, phys: u64, len: u64) -> Result<u64, Errno> {
+        let pages = len.div_ceil(PAGE_SIZE);
+        let start = self.next_device;
+        let end = start
+            .checked_add(pages * PAGE_SIZE)
+            .filter(|&end| end <= USER_END)
+            .ok_or(Errno::ENOMEM)?;
+        for page in 0..pages {
+            self.space
+                .map_device(start + page * PAGE_SIZE, phys + page * PAGE_SIZE)?;
+        }
+        // One unmapped guard page between device windows.
+        self.next_device = end + PAGE_SIZE;
+        Ok(start)
     }
 
     /// Passes `value` to the program's entry as its first argument
@@ -574,6 +598,10 @@ pub fn run_tasks(
 /// Returns the number of problems (unknown program, leaked frames).
 pub fn demo(list: &str) -> usize {
     let names: Vec<&str> = list.split(',').filter(|name| !name.is_empty()).collect();
+    if names.is_empty() {
+        return 0;
+    }
+    crate::iommufd_service::prepare();
     let frames_before = crate::memory::frames::free_count();
     println!("tasks: starting {}", names.join(", "));
     let run = match run(&names, Output::Console) {

@@ -13,6 +13,7 @@ pub static TESTS: &[Test] = &[Test {
 }];
 
 fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -> TestResult {
+    iommufd_service::prepare();
     let frames_before = frames::free_count();
     let pinned_before = iommufd_service::pinned_bytes();
     let program = task::Task::spawn("ioas-semantics", task::kernel_root())

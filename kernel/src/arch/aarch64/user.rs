@@ -42,6 +42,8 @@ const DESC_VALID: u64 = 1 << 0;
 const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
 /// AttrIndx[4:2]: MAIR_EL1 index 1, Normal write-back (boot/src/aarch64.rs).
 const ATTR_NORMAL_WB: u64 = 1 << 2;
+/// AttrIndx = 0: the boot MAIR's Device-nGnRnE attribute.
+const ATTR_DEVICE: u64 = 0;
 /// AP[2:1] (bits 7:6): 0b01 = read/write at EL1 and EL0, 0b11 = read-only at both.
 const AP_READ_WRITE_ANY_EL: u64 = 0b01 << 6;
 const AP_READ_ONLY_ANY_EL: u64 = 0b11 << 6;
@@ -258,6 +260,20 @@ pub fn page_entry(phys: u64, access: Access) -> u64 {
         entry |= UXN;
     }
     entry
+}
+
+/// A level-3 page descriptor for device registers mapped into a task:
+/// Device-nGnRnE (MAIR index 0 of the boot MAIR), never executable.
+pub fn device_page_entry(phys: u64) -> u64 {
+    (phys & DESC_ADDRESS_MASK)
+        | DESC_VALID
+        | DESC_TABLE_OR_PAGE
+        | ATTR_DEVICE
+        | AF
+        | NOT_GLOBAL
+        | AP_READ_WRITE_ANY_EL
+        | PXN
+        | UXN
 }
 
 pub fn entry_address(entry: u64) -> u64 {

@@ -34,6 +34,9 @@ const PTE_PRESENT: u64 = 1 << 0;
 const PTE_WRITABLE: u64 = 1 << 1;
 const PTE_USER: u64 = 1 << 2;
 const PTE_NO_EXECUTE: u64 = 1 << 63;
+/// PWT and PCD (SDM Vol. 3A Table 4-19): uncached, for device registers.
+const PTE_WRITE_THROUGH: u64 = 1 << 3;
+const PTE_CACHE_DISABLE: u64 = 1 << 4;
 /// Bits 51:12 of an entry hold the physical address.
 const PTE_ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
@@ -233,6 +236,17 @@ pub fn page_entry(phys: u64, access: crate::task::Access) -> u64 {
         entry |= PTE_NO_EXECUTE;
     }
     entry
+}
+
+/// A 4 KiB user page over device registers: uncached, never executable.
+pub fn device_page_entry(phys: u64) -> u64 {
+    (phys & PTE_ADDRESS_MASK)
+        | PTE_PRESENT
+        | PTE_USER
+        | PTE_WRITABLE
+        | PTE_WRITE_THROUGH
+        | PTE_CACHE_DISABLE
+        | PTE_NO_EXECUTE
 }
 
 pub fn entry_address(entry: u64) -> u64 {

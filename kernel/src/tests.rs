@@ -5,6 +5,8 @@
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
 mod foundation;
+#[cfg(target_arch = "x86_64")]
+mod robust_amdvi;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 #[cfg(target_arch = "x86_64")]
@@ -23,4 +25,6 @@ pub static ALL: &[&[Test]] = &[
     vtd::PAGING_TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    robust_amdvi::TESTS,
 ];

@@ -1531,6 +1531,10 @@ mod tests {
             counters.dropped_faults > 0,
             "the bounded queue was exercised"
         );
+        // The 256-entry log holds 255 per round; every fifth round's drain finds
+        // 5 x 255 records of which the queue kept 1024.
+        assert_eq!(counters.events, ROUNDS * 255);
+        assert_eq!(counters.dropped_faults, (ROUNDS / 5) * (5 * 255 - 1024));
         // After the storm: logging runs again and a single fault arrives intact.
         model.raise_event(RawEvent::encode(2, EDU_A, 0, EventFlags::empty(), 0x5000));
         model.step();

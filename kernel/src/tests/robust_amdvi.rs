@@ -164,10 +164,7 @@ fn hostile_dma_into_kernel_memory_is_blocked(platform: &Platform) -> TestResult 
         let heap = vec![0xC3u8; PAGE as usize].into_boxed_slice();
         let owned = s.frame(0x96)?;
         let targets = [
-            (
-                "a kernel static",
-                &KERNEL_STATIC as *const KernelPage as u64,
-            ),
+            ("a kernel static", KERNEL_STATIC.0.as_ptr() as u64),
             (
                 "kernel code",
                 hostile_dma_into_kernel_memory_is_blocked as *const () as u64 & !0xFFF,

@@ -7,6 +7,8 @@ mod amdvi;
 mod foundation;
 mod iommufd_devices;
 mod iommufd_syscalls;
+#[cfg(target_arch = "x86_64")]
+mod robust_amdvi;
 #[cfg(target_arch = "aarch64")]
 mod robust_smmuv3;
 mod robust_syscalls;
@@ -35,6 +37,8 @@ pub static ALL: &[&[Test]] = &[
     robust_vtd::TESTS,
     #[cfg(target_arch = "x86_64")]
     amdvi::TESTS,
+    #[cfg(target_arch = "x86_64")]
+    robust_amdvi::TESTS,
     tasks::TESTS,
     robust_syscalls::TESTS,
     iommufd_syscalls::TESTS,

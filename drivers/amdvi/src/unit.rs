@@ -45,6 +45,10 @@ const MSI_WINDOW: IovaRange = IovaRange {
 const DOMAIN_IDS: core::ops::RangeInclusive<u16> = 1..=255;
 /// Entries of a per-device interrupt remapping table (IntTabLen = 8).
 const IRT_LOG2: u8 = 8;
+/// Fault records a domain's queue (and the unit's queue of unowned faults) holds
+/// until software drains it: a device faulting in a loop must not grow the heap
+/// without bound. Records beyond this are counted in `Counters::dropped_faults`.
+pub const FAULT_QUEUE_CAPACITY: usize = 1024;
 
 /// Why the unit failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,6 +106,8 @@ pub struct Counters {
     pub events: u64,
     pub event_overflows: u64,
     pub command_errors: u64,
+    /// Fault records discarded because their queue held `FAULT_QUEUE_CAPACITY`.
+    pub dropped_faults: u64,
 }
 
 impl Counters {
@@ -120,6 +126,7 @@ impl Counters {
             events: self.events - earlier.events,
             event_overflows: self.event_overflows - earlier.event_overflows,
             command_errors: self.command_errors - earlier.command_errors,
+            dropped_faults: self.dropped_faults - earlier.dropped_faults,
         }
     }
 }
@@ -159,6 +166,8 @@ pub struct AmdVi {
     id: UnitId,
     regs: Mmio,
     dma: &'static (dyn DmaMemory + Sync),
+    /// Where new paging domains take their table pages (normally `dma`).
+    table_dma: &'static (dyn DmaMemory + Sync),
     clock: &'static (dyn Clock + Sync),
     description: UnitDescription,
     capability: CapabilityHeader,
@@ -231,6 +240,7 @@ impl AmdVi {
             id,
             regs,
             dma,
+            table_dma: dma,
             clock,
             device_table_entries: (table_bytes / core::mem::size_of::<Dte>()) as u32,
             description,
@@ -523,9 +533,14 @@ impl AmdVi {
             .device_id()
             .and_then(|device| self.attached.get(&device))
             .and_then(|handle| self.domains.get_mut(handle));
-        match owner {
-            Some(domain) => domain.faults.push(record),
-            None => self.unowned_faults.push(record),
+        let queue = match owner {
+            Some(domain) => &mut domain.faults,
+            None => &mut self.unowned_faults,
+        };
+        if queue.len() < FAULT_QUEUE_CAPACITY {
+            queue.push(record);
+        } else {
+            self.counters.dropped_faults += 1;
         }
     }
 
@@ -584,6 +599,42 @@ impl AmdVi {
 
     /// Physical address of the COMPLETION_WAIT store word and the command buffer (for
     /// tests that check where the IOMMU wrote).
+    /// Physical address of the device table (§2.2.2), e.g. as a DMA target a
+    /// hostile device must not reach.
+    pub fn device_table_phys(&self) -> u64 {
+        self.device_table.phys
+    }
+
+    /// Physical address of the event log (§2.5).
+    pub fn event_log_phys(&self) -> u64 {
+        self.event_log.phys
+    }
+
+    /// Physical address of the COMPLETION_WAIT store page.
+    pub fn completion_phys(&self) -> u64 {
+        self.completion.phys
+    }
+
+    /// Physical address of a paging domain's root table page (§2.2.3).
+    pub fn page_table_root(&self, domain: DomainHandle) -> Option<u64> {
+        match &self.domains.get(&domain.0)?.backing {
+            DomainBacking::Paging { table, .. } => Some(table.root_phys()),
+            _ => None,
+        }
+    }
+
+    /// Sets where paging domains allocated from now on take their table pages and
+    /// returns the previous source. A domain keeps the source it was created with
+    /// (its pages go back there), so `memory` must hand out the same kind of
+    /// memory as the unit's own `DmaMemory` (tests pass a wrapper that refuses
+    /// after a budget, to exhaust table pages on demand).
+    pub fn set_table_memory(
+        &mut self,
+        memory: &'static (dyn DmaMemory + Sync),
+    ) -> &'static (dyn DmaMemory + Sync) {
+        core::mem::replace(&mut self.table_dma, memory)
+    }
+
     pub fn command_buffer_phys(&self) -> u64 {
         self.command_buffer.phys
     }
@@ -839,7 +890,7 @@ impl IommuUnit for AmdVi {
                 .map_err(|_| IommuError::Unsupported)?;
                 let table = io_page_table::PageTable::new(
                     format,
-                    crate::tables::DmaTableAlloc::new(self.dma),
+                    crate::tables::DmaTableAlloc::new(self.table_dma),
                     io_page_table::Coherence::Coherent,
                 )
                 .map_err(|_| IommuError::NoMemory)?;
@@ -1047,6 +1098,10 @@ mod tests {
 
     const EDU_A: u16 = 0x20;
     const EDU_B: u16 = 0x28;
+    const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
 
     fn description() -> UnitDescription {
         UnitDescription {
@@ -1437,6 +1492,158 @@ mod tests {
             (DeviceId(EDU_B.into()), 0xA000)
         );
         assert!(unit.status().contains(Status::EVENT_LOG_RUN));
+    }
+
+    /// Issue 9, fault storm (host half: QEMU 10.0.2 never writes its event log):
+    /// rounds of far more events than the 256-entry log holds. Every overflow is
+    /// seen and the log restarted; what reached the log is delivered (up to the
+    /// bounded queue, the rest counted as dropped); nothing is invented.
+    #[test]
+    fn fault_storm_overflows_are_counted_and_the_log_keeps_recovering() {
+        let (mut unit, model) = unit_with(true);
+        let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        const ROUNDS: u64 = 20;
+        const PER_ROUND: u64 = 1000;
+        let mut delivered = 0u64;
+        for round in 0..ROUNDS {
+            for n in 0..PER_ROUND {
+                let iova = (round * PER_ROUND + n) << 12;
+                model.raise_event(RawEvent::encode(2, EDU_A, 1, EventFlags::RW, iova));
+            }
+            model.step();
+            // Drain every fifth round: 5 x 255 logged records overfill the queue.
+            if round % 5 == 4 {
+                let mut out = Vec::new();
+                delivered += unit.drain_domain_faults(domain, &mut out) as u64;
+                assert!(out.len() <= FAULT_QUEUE_CAPACITY);
+                assert!(out.iter().all(|r| r.requester == DeviceId(EDU_A.into())));
+            } else {
+                unit.poll_events();
+            }
+        }
+        let counters = unit.counters();
+        let dropped_by_hardware = model.state.lock().unwrap().dropped_events as u64;
+        assert_eq!(counters.event_overflows, ROUNDS, "one overflow per round");
+        assert_eq!(counters.events + dropped_by_hardware, ROUNDS * PER_ROUND);
+        assert_eq!(delivered + counters.dropped_faults, counters.events);
+        assert!(
+            counters.dropped_faults > 0,
+            "the bounded queue was exercised"
+        );
+        // The 256-entry log holds 255 per round; every fifth round's drain finds
+        // 5 x 255 records of which the queue kept 1024.
+        assert_eq!(counters.events, ROUNDS * 255);
+        assert_eq!(counters.dropped_faults, (ROUNDS / 5) * (5 * 255 - 1024));
+        // After the storm: logging runs again and a single fault arrives intact.
+        model.raise_event(RawEvent::encode(2, EDU_A, 0, EventFlags::empty(), 0x5000));
+        model.step();
+        assert!(unit.status().contains(Status::EVENT_LOG_RUN));
+        let mut out = Vec::new();
+        assert_eq!(unit.drain_domain_faults(domain, &mut out), 1);
+        assert_eq!(out[0].iova, 0x5000);
+        // Commands still run.
+        unit.run(&[Command::invalidate_all()]).unwrap();
+    }
+
+    /// Issue 9, misprogrammed hardware (host half: QEMU keeps going after an
+    /// illegal command): many illegal commands on an IOMMU that halts on each.
+    /// Every one is an error to the caller, every halt is recovered, and the
+    /// valid batch after each completes.
+    #[test]
+    fn illegal_command_storm_is_reported_and_recovered_every_time() {
+        let (mut unit, model) = unit_with(true);
+        model.state.lock().unwrap().halt_on_illegal = true;
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        const ROUNDS: u64 = 100;
+        for round in 0..ROUNDS {
+            let err = unit.run(&[Command::illegal()]).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    UnitError::CommandTimeout {
+                        stopped: true,
+                        illegal_at: Some(_)
+                    }
+                ),
+                "round {round}: {err:?}"
+            );
+            let iova = 0x10_0000 + round * 4096;
+            let gather = unit.map(domain, iova, 0x20_0000, 4096, RW).unwrap();
+            unit.flush(domain, &gather).unwrap();
+            let gather = unit.unmap(domain, iova, 4096);
+            unit.flush(domain, &gather).unwrap();
+        }
+        assert_eq!(unit.counters().command_errors, ROUNDS);
+        assert!(unit.status().contains(Status::CMD_BUF_RUN));
+        assert!(model.stale_dtes().is_empty());
+    }
+
+    /// A `DmaMemory` that refuses once its budget of allocations is spent and
+    /// counts what is still allocated.
+    struct Budgeted {
+        remaining: core::sync::atomic::AtomicUsize,
+        live: core::sync::atomic::AtomicUsize,
+    }
+
+    impl DmaMemory for Budgeted {
+        fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+            use core::sync::atomic::Ordering::SeqCst;
+            self.remaining
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .ok()?;
+            let region = HOST_DMA.alloc(len, align)?;
+            self.live.fetch_add(1, SeqCst);
+            Some(region)
+        }
+        fn free(&self, region: DmaRegion) {
+            self.live.fetch_sub(1, core::sync::atomic::Ordering::SeqCst);
+            HOST_DMA.free(region)
+        }
+        fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+            HOST_DMA.phys_to_virt(phys)
+        }
+    }
+
+    /// Issue 9, resource exhaustion: with no pages for tables, alloc_domain and map
+    /// fail with NoMemory, leave nothing allocated and nothing mapped, and work once
+    /// pages are there again.
+    #[test]
+    fn table_page_exhaustion_fails_cleanly_and_recovers() {
+        use core::sync::atomic::Ordering::SeqCst;
+        let (mut unit, _model) = unit_with(true);
+        let budget: &'static Budgeted = std::boxed::Box::leak(std::boxed::Box::new(Budgeted {
+            remaining: 0.into(),
+            live: 0.into(),
+        }));
+        let previous = unit.set_table_memory(budget);
+        assert_eq!(
+            unit.alloc_domain(DomainKind::Paging),
+            Err(IommuError::NoMemory)
+        );
+        assert_eq!(budget.live.load(SeqCst), 0);
+        // Root only: the first map needs three more levels.
+        for pages in 1..4 {
+            budget.remaining.store(pages, SeqCst);
+            let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+            assert_eq!(
+                unit.map(domain, 0x4000_0000, 0x20_0000, 4096, RW),
+                Err(IommuError::NoMemory),
+                "{pages} page(s)"
+            );
+            assert_eq!(unit.iova_to_phys(domain, 0x4000_0000), None);
+            unit.free_domain(domain).unwrap();
+            assert_eq!(budget.live.load(SeqCst), 0, "{pages} page(s): leaked");
+        }
+        budget.remaining.store(4, SeqCst);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.map(domain, 0x4000_0000, 0x20_0000, 4096, RW).unwrap();
+        assert_eq!(unit.iova_to_phys(domain, 0x4000_0123), Some(0x20_0123));
+        unit.free_domain(domain).unwrap();
+        assert_eq!(budget.live.load(SeqCst), 0);
+        let _ = unit.set_table_memory(previous);
+        assert!(unit.alloc_domain(DomainKind::Paging).is_ok());
     }
 
     #[test]

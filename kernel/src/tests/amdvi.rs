@@ -109,12 +109,13 @@ macro_rules! unit_or_skip {
         }
     };
 }
+pub(super) use unit_or_skip;
 
-fn edus() -> Vec<&'static crate::devices::PciDevice> {
+pub(super) fn edus() -> Vec<&'static crate::devices::PciDevice> {
     crate::devices::edus().collect()
 }
 
-fn open(
+pub(super) fn open(
     platform: &Platform,
     device: &crate::devices::PciDevice,
 ) -> Result<edu::Edu<'static>, alloc::string::String> {
@@ -122,7 +123,7 @@ fn open(
 }
 
 /// A frame filled with `byte`.
-fn filled_frame(byte: u8) -> Result<frames::Frames, &'static str> {
+pub(super) fn filled_frame(byte: u8) -> Result<frames::Frames, &'static str> {
     let frame = frames::alloc().ok_or("no frame")?;
     // SAFETY: the frame was just allocated to the caller and is identity-mapped.
     unsafe { core::ptr::write_bytes(frame.as_mut_ptr(), byte, frame.len()) };
@@ -131,7 +132,7 @@ fn filled_frame(byte: u8) -> Result<frames::Frames, &'static str> {
 
 /// True when every byte of `frame` still reads `byte` (volatile: a device may have
 /// written it).
-fn frame_holds(frame: &frames::Frames, byte: u8) -> bool {
+pub(super) fn frame_holds(frame: &frames::Frames, byte: u8) -> bool {
     // SAFETY: the frame belongs to the test; volatile reads of DMA-visible memory.
     (0..frame.len()).all(|i| unsafe { core::ptr::read_volatile(frame.as_mut_ptr().add(i)) } == byte)
 }
@@ -516,50 +517,50 @@ fn aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write(
 // ---------------------------------------------------------------------------
 // The DMA matrix through paging domains (AMD v1 tables from io-page-table).
 
-const PAGE: u64 = 4096;
-const READ_ONLY: Prot = Prot {
+pub(super) const PAGE: u64 = 4096;
+pub(super) const READ_ONLY: Prot = Prot {
     read: true,
     write: false,
 };
-const READ_WRITE: Prot = Prot {
+pub(super) const READ_WRITE: Prot = Prot {
     read: true,
     write: true,
 };
 /// IOVAs of the matrix: away from identity so that a bypass would miss its target.
-const IOVA_SOURCE: u64 = 0x1000_0000;
-const IOVA_TARGET: u64 = 0x2000_0000;
+pub(super) const IOVA_SOURCE: u64 = 0x1000_0000;
+pub(super) const IOVA_TARGET: u64 = 0x2000_0000;
 
 fn pattern(seed: u8) -> impl Iterator<Item = u8> {
     (0..PAGE as usize).map(move |i| (i as u8).wrapping_mul(31).wrapping_add(seed))
 }
 
-fn fill_pattern(frame: &frames::Frames, seed: u8) {
+pub(super) fn fill_pattern(frame: &frames::Frames, seed: u8) {
     for (i, byte) in pattern(seed).enumerate() {
         // SAFETY: the frame belongs to the test; the first page is written.
         unsafe { core::ptr::write_volatile(frame.as_mut_ptr().add(i), byte) };
     }
 }
 
-fn holds_pattern(frame: &frames::Frames, offset: usize, seed: u8) -> bool {
+pub(super) fn holds_pattern(frame: &frames::Frames, offset: usize, seed: u8) -> bool {
     // SAFETY: the frame belongs to the test; volatile reads of DMA-visible memory.
     pattern(seed)
         .enumerate()
         .all(|(i, b)| unsafe { core::ptr::read_volatile(frame.as_mut_ptr().add(offset + i)) } == b)
 }
 
-fn refill(frame: &frames::Frames, byte: u8) {
+pub(super) fn refill(frame: &frames::Frames, byte: u8) {
     // SAFETY: the frame belongs to the test.
     unsafe { core::ptr::write_bytes(frame.as_mut_ptr(), byte, frame.len()) };
 }
 
 /// Domains, attachments, mappings and frames of one test, undone on drop (also when
 /// the test fails half-way), so that later tests start from blocked devices.
-struct Scenario {
-    unit: &'static spin::Mutex<AmdVi>,
+pub(super) struct Scenario {
+    pub(super) unit: &'static spin::Mutex<AmdVi>,
     domains: Vec<DomainHandle>,
     attached: Vec<::iommu::DeviceId>,
     mappings: Vec<(DomainHandle, u64, u64)>,
-    frames: Vec<frames::Frames>,
+    pub(super) frames: Vec<frames::Frames>,
 }
 
 impl Scenario {
@@ -573,7 +574,7 @@ impl Scenario {
         }
     }
 
-    fn domain(&mut self) -> Result<DomainHandle, String> {
+    pub(super) fn domain(&mut self) -> Result<DomainHandle, String> {
         let domain = self
             .unit
             .lock()
@@ -583,7 +584,7 @@ impl Scenario {
         Ok(domain)
     }
 
-    fn attach(
+    pub(super) fn attach(
         &mut self,
         device: &crate::devices::PciDevice,
         domain: DomainHandle,
@@ -599,14 +600,14 @@ impl Scenario {
         Ok(())
     }
 
-    fn detach(&mut self, device: &crate::devices::PciDevice) {
+    pub(super) fn detach(&mut self, device: &crate::devices::PciDevice) {
         let id = glue::device_id(device.function.bdf);
         self.unit.lock().detach(id);
         self.attached.retain(|d| *d != id);
     }
 
     /// Maps and flushes what the unit says a new mapping owes (NpCache).
-    fn map(
+    pub(super) fn map(
         &mut self,
         domain: DomainHandle,
         iova: u64,
@@ -624,20 +625,20 @@ impl Scenario {
         Ok(())
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+    pub(super) fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
         self.mappings
             .retain(|m| !(m.0 == domain && m.1 == iova && m.2 == len));
         self.unit.lock().unmap(domain, iova, len)
     }
 
-    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), String> {
+    pub(super) fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), String> {
         self.unit
             .lock()
             .flush(domain, gather)
             .map_err(|err| format!("flush: {err:?}"))
     }
 
-    fn frame(&mut self, fill: u8) -> Result<frames::Frames, String> {
+    pub(super) fn frame(&mut self, fill: u8) -> Result<frames::Frames, String> {
         let frame = filled_frame(fill)?;
         self.frames.push(frame);
         Ok(frame)
@@ -645,7 +646,7 @@ impl Scenario {
 
     /// A frame holding `pattern(seed)`, mapped read-only at `iova`, read by `edu`
     /// into its buffer.
-    fn load_buffer(
+    pub(super) fn load_buffer(
         &mut self,
         edu: &edu::Edu,
         domain: DomainHandle,
@@ -680,7 +681,7 @@ impl Drop for Scenario {
 }
 
 /// Runs `body` with a scenario and checks that nothing leaked afterwards.
-fn with_scenario(
+pub(super) fn with_scenario(
     platform: &Platform,
     body: impl FnOnce(&mut Scenario, &Platform) -> Result<(), String>,
 ) -> TestResult {
@@ -699,7 +700,7 @@ fn with_scenario(
     Ok(Outcome::Passed)
 }
 
-fn dma_to_ram(edu: &edu::Edu, iova: u64) -> Result<(), String> {
+pub(super) fn dma_to_ram(edu: &edu::Edu, iova: u64) -> Result<(), String> {
     edu.dma(edu::Direction::ToRam, iova, 0, PAGE as usize)
         .map_err(|err| format!("DMA to RAM at {iova:#x}: {err:?}"))
 }

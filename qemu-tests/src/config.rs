@@ -200,15 +200,15 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 27),
-    ("vtd", 44),
-    ("vtd-cm", 44),
-    ("vtd-sm", 43),
-    ("vtd-fs", 43),
-    ("amdvi", 45),
+    ("vtd", 52),
+    ("vtd-cm", 52),
+    ("vtd-sm", 50),
+    ("vtd-fs", 50),
+    ("amdvi", 53),
     ("none-arm", 27),
-    ("smmuv3", 45),
-    ("smmuv3-s2", 45),
-    ("smmuv3-nested", 47),
+    ("smmuv3", 46),
+    ("smmuv3-s2", 46),
+    ("smmuv3-nested", 48),
 ];
 
 /// The configuration called `name`.

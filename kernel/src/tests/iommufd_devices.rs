@@ -12,10 +12,19 @@ use crate::platform::Platform;
 use crate::task::{self, Exit, Output};
 use crate::testing::{Outcome, Test, TestResult};
 
-pub static TESTS: &[Test] = &[Test {
-    name: "iommufd::user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap",
-    run: user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap,
-}];
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "iommufd::user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap",
+        run: user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap,
+    },
+    Test {
+        name: "iommufd::a_device_is_opened_by_one_task_at_a_time",
+        run: a_device_is_opened_by_one_task_at_a_time,
+    },
+];
+
+/// The program's exit code when `device_open` failed (its step 2).
+const OPEN_FAILED: i32 = 2;
 
 /// The edu-dma program's exit code when no edu sits behind an IOMMU.
 const NO_DEVICE: i32 = 77;
@@ -102,6 +111,61 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
         pinned_before,
         "pinned bytes after the task exited"
     );
+    ensure_eq!(
+        frames::free_count(),
+        frames_before,
+        "free frames after the run"
+    );
+    Ok(Outcome::Passed)
+}
+
+/// Two copies of edu-dma go for the same (first translated) edu: the first
+/// opens it, the second's device_open fails with EBUSY while the first holds
+/// it, and nothing is left behind by either.
+fn a_device_is_opened_by_one_task_at_a_time(_: &Platform) -> TestResult {
+    iommufd_service::prepare();
+    // Warm-up, as in the test above: the unit's per-device structures exist
+    // after one run and are not counted against the two tasks.
+    let (exit, output, _) = run_edu_dma()?;
+    if exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    ensure_eq!(
+        exit,
+        Exit::Code(0),
+        format!("warm-up run; it said {output:?}")
+    );
+    let frames_before = frames::free_count();
+    let first = task::Task::spawn("edu-dma", task::kernel_root())
+        .map_err(|err| format!("spawn: {err:?}"))?;
+    let second = task::Task::spawn("edu-dma", task::kernel_root())
+        .map_err(|err| format!("spawn: {err:?}"))?;
+    let owners = [first.owner, second.owner];
+    let run = task::run_tasks(
+        alloc::vec![Some(first), Some(second)],
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    );
+    let [a, b] = [&run.reports[0], &run.reports[1]];
+    ensure_eq!(
+        a.exit,
+        Exit::Code(0),
+        format!("first task; it said {:?}", a.output)
+    );
+    ensure_eq!(
+        b.exit,
+        Exit::Code(OPEN_FAILED),
+        format!("second task; it said {:?}", b.output)
+    );
+    ensure!(
+        b.output.contains("device_open) failed: EBUSY"),
+        "second task: {:?}",
+        b.output
+    );
+    for owner in owners {
+        ensure_eq!(iommufd_service::object_count(owner), 0, "objects left");
+    }
     ensure_eq!(
         frames::free_count(),
         frames_before,

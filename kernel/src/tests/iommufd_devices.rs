@@ -101,21 +101,7 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
             "no fault record for IOVA {iova}: {output:?}"
         );
     }
-    ensure_eq!(
-        iommufd_service::object_count(owner),
-        0,
-        "objects left after the task exited"
-    );
-    ensure_eq!(
-        iommufd_service::pinned_bytes(),
-        pinned_before,
-        "pinned bytes after the task exited"
-    );
-    ensure_eq!(
-        frames::free_count(),
-        frames_before,
-        "free frames after the run"
-    );
+    super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
     Ok(Outcome::Passed)
 }
 

@@ -4,7 +4,9 @@
 //! both ways through IOVAs; then unmaps, shows that a DMA to the old IOVA no
 //! longer reaches memory, and reads the fault record the IOMMU reported.
 //!
-//! Exit codes: 0 = every step held, 77 = no edu behind an IOMMU here,
+//! The task's argument picks which translated edu (0 = the first).
+//!
+//! Exit codes: 0 = every step held, 77 = no such edu behind an IOMMU here,
 //! otherwise the number of the step that failed.
 #![no_std]
 #![no_main]
@@ -13,7 +15,7 @@ use user_programs::abi::{
     Command, DeviceAttach, DeviceList, DeviceListEntry, DeviceListFlags, DeviceOpen, Errno,
     FaultRead, FaultRecord, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
-use user_programs::{entry, iommufd, mem_alloc, println};
+use user_programs::{argument, entry, iommufd, mem_alloc, println};
 
 entry!(main);
 
@@ -87,11 +89,12 @@ fn find_edu() -> Result<Option<u32>, Errno> {
     iommufd(Command::DeviceList, &mut list)?;
     Ok(entries[..list.num as usize]
         .iter()
-        .find(|e| {
+        .filter(|e| {
             e.vendor_id == EDU_VENDOR
                 && e.device_id == EDU_DEVICE
                 && DeviceListFlags::from_bits_retain(e.flags).contains(DeviceListFlags::TRANSLATED)
         })
+        .nth(argument() as usize)
         .map(|e| e.pci_address))
 }
 

@@ -85,6 +85,10 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
         format!("edu-dma exit (failed step); it said {output:?}")
     );
     ensure!(
+        output.contains("edu-dma: hw info type ") && !output.contains("hw info type 0 "),
+        "no raw hardware info: {output:?}"
+    );
+    ensure!(
         output.contains("through the IOMMU: identical"),
         "output: {output:?}"
     );

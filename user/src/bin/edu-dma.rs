@@ -13,7 +13,7 @@
 
 use user_programs::abi::{
     Command, DeviceAttach, DeviceList, DeviceListEntry, DeviceListFlags, DeviceOpen, Errno,
-    FaultRead, FaultRecord, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
+    FaultRead, FaultRecord, GetHwInfo, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
 use user_programs::{argument, entry, iommufd, mem_alloc, println};
 
@@ -126,6 +126,21 @@ fn run() -> Result<(), i32> {
         pci_address & 7,
         open.out_dev_id,
         open.out_bar0_va
+    );
+
+    // The native path: the unit's raw identification registers.
+    let mut raw = [0u64; 8];
+    let mut info = GetHwInfo {
+        size: size_of::<GetHwInfo>(),
+        dev_id: open.out_dev_id,
+        data_len: core::mem::size_of_val(&raw) as u32,
+        data_uptr: raw.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    step(14, "get_hw_info", iommufd(Command::GetHwInfo, &mut info))?;
+    println!(
+        "edu-dma: hw info type {} ({} bytes): {:#018x} {:#018x}",
+        info.out_data_type, info.data_len, raw[0], raw[1]
     );
 
     let mut alloc = IoasAlloc {

@@ -36,9 +36,12 @@ const NO_DEVICE: i32 = 77;
 /// at the first automatic IOVA).
 const BLOCKED_IOVA_LINE: &str = "was blocked (memory unchanged)";
 
-fn run_edu_dma() -> Result<(Exit, String, u64), String> {
-    let program = task::Task::spawn("edu-dma", task::kernel_root())
+/// Runs one edu-dma task on the `index`th translated edu; returns how it
+/// ended, what it wrote and its owner id.
+fn run_edu_dma(index: u64) -> Result<(Exit, String, u64), String> {
+    let mut program = task::Task::spawn("edu-dma", task::kernel_root())
         .map_err(|err| format!("spawn: {err:?}"))?;
+    program.set_argument(index);
     let owner = program.owner;
     let run = task::run_tasks(
         alloc::vec![Some(program)],
@@ -67,7 +70,7 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
     // A first run lets the unit build what it keeps per device for good
     // (VT-d scalable mode's PASID directory and table, for one); the second
     // run is measured: it must give back every frame it takes.
-    let (exit, output, _) = run_edu_dma()?;
+    let (exit, output, _) = run_edu_dma(0)?;
     if exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
     }
@@ -78,7 +81,7 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
     );
     let pinned_before = iommufd_service::pinned_bytes();
     let frames_before = frames::free_count();
-    let (exit, output, owner) = run_edu_dma()?;
+    let (exit, output, owner) = run_edu_dma(0)?;
     ensure_eq!(
         exit,
         Exit::Code(0),
@@ -120,7 +123,7 @@ fn a_device_is_opened_by_one_task_at_a_time(_: &Platform) -> TestResult {
     iommufd_service::prepare();
     // Warm-up, as in the test above: the unit's per-device structures exist
     // after one run and are not counted against the two tasks.
-    let (exit, output, _) = run_edu_dma()?;
+    let (exit, output, _) = run_edu_dma(0)?;
     if exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
     }
@@ -179,25 +182,16 @@ fn two_tasks_drive_two_devices_through_separate_ioases(_: &Platform) -> TestResu
     iommufd_service::prepare();
     // Warm-up on each edu: the unit builds what it keeps per device for good.
     for index in 0..2 {
-        let mut program = task::Task::spawn("edu-dma", task::kernel_root())
-            .map_err(|err| format!("spawn: {err:?}"))?;
-        program.set_argument(index);
-        let run = task::run_tasks(
-            alloc::vec![Some(program)],
-            Output::Capture,
-            task::kernel_root(),
-            task::Limits::DEFAULT,
-        );
-        let report = run.reports.first().ok_or("no report")?;
-        if report.exit == Exit::Code(NO_DEVICE) {
+        let (exit, output, _) = run_edu_dma(index)?;
+        if exit == Exit::Code(NO_DEVICE) {
             return Ok(Outcome::NotApplicable(
                 "fewer than two edus behind an IOMMU here",
             ));
         }
         ensure_eq!(
-            report.exit,
+            exit,
             Exit::Code(0),
-            format!("warm-up run {index}; it said {:?}", report.output)
+            format!("warm-up run {index}; it said {output:?}")
         );
     }
     let pinned_before = iommufd_service::pinned_bytes();

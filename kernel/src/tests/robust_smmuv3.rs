@@ -278,16 +278,8 @@ const KERNEL_BYTE: u8 = 0x96;
 /// kernel's stage 2, which maps only the task's own CD page, so the SMMU
 /// cannot even read kernel memory as a table, let alone DMA to it.
 fn task_stage1_aimed_at_kernel_memory_is_stopped(platform: &Platform) -> TestResult {
-    if let Some(outcome) = not_here(platform) {
+    if let Some(outcome) = super::smmuv3::nesting_unavailable(platform)? {
         return Ok(outcome);
-    }
-    let (stage1, stage2) = unit(platform, |u| {
-        (u.smmu.features().stage1(), u.smmu.features().stage2())
-    })?;
-    if !(stage1 && stage2) {
-        return Ok(Outcome::NotApplicable(
-            "nesting needs both stages (configuration smmuv3-nested)",
-        ));
     }
     let (device, sid) = edus(platform)?[0];
     let free_before = settled_free_frames(platform)?;

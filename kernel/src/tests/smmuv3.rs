@@ -922,17 +922,22 @@ const IPA_WINDOW: u64 = 0xC0_0000_0000 >> 4;
 /// An IPA stage 2 does not map.
 const IPA_HOLE: u64 = 0xD0_0000_0000 >> 4;
 
-fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
+/// Why a nesting test cannot run here (no SMMU, or not both stages), if so.
+pub(crate) fn nesting_unavailable(platform: &Platform) -> Result<Option<Outcome>, String> {
     if let Some(outcome) = not_here(platform) {
-        return Ok(outcome);
+        return Ok(Some(outcome));
     }
     let (stage1, stage2) = unit(platform, |u| {
         (u.smmu.features().stage1(), u.smmu.features().stage2())
     })?;
-    if !(stage1 && stage2) {
-        return Ok(Outcome::NotApplicable(
-            "the SMMU does not implement both stages",
-        ));
+    Ok((!(stage1 && stage2)).then_some(Outcome::NotApplicable(
+        "the SMMU does not implement both stages",
+    )))
+}
+
+fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
+    if let Some(outcome) = nesting_unavailable(platform)? {
+        return Ok(outcome);
     }
     let (device, sid) = edus(platform)?[0];
     let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;

@@ -9,25 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The programs the kernel embeds (the `[[bin]]`s of `user/Cargo.toml`).
-const PROGRAMS: &[&str] = &[
-    "hello",
-    "touch-kernel",
-    "jump-kernel",
-    "undefined",
-    "bad-args",
-    "memory",
-    "use-after-free",
-    "ping",
-    "pong",
-    "private-a",
-    "private-b",
-    "spin",
-    "syscall-fuzz",
-    "ioas-semantics",
-    "edu-dma",
-];
-
 fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").expect("cargo sets CARGO_CFG_TARGET_ARCH");
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
@@ -106,8 +87,8 @@ fn build_user_programs(workspace: &Path, target: &str, arch: &str, out: &Path) {
         "/// The embedded user programs: (name, ELF image).\n\
          pub static PROGRAMS: &[(&str, &[u8])] = &[\n",
     );
-    for name in PROGRAMS {
-        let path = release.join(name);
+    for name in program_names(workspace) {
+        let path = release.join(&name);
         table.push_str(&format!(
             "    ({name:?}, include_bytes!({:?})),\n",
             path.display().to_string()
@@ -115,4 +96,29 @@ fn build_user_programs(workspace: &Path, target: &str, arch: &str, out: &Path) {
     }
     table.push_str("];\n");
     std::fs::write(out.join("user_programs.rs"), table).expect("writing user_programs.rs");
+}
+
+/// The programs the kernel embeds: the `[[bin]]` tables of `user/Cargo.toml`,
+/// which stays the one list (Cargo needs it there for the per-binary settings).
+fn program_names(workspace: &Path) -> Vec<String> {
+    let manifest = workspace.join("user").join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).expect("reading user/Cargo.toml");
+    let mut names = Vec::new();
+    let mut in_bin_table = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_bin_table = line == "[[bin]]";
+            continue;
+        }
+        if !in_bin_table {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=')
+            && key.trim() == "name"
+        {
+            names.push(value.trim().trim_matches('"').to_string());
+        }
+    }
+    assert!(!names.is_empty(), "user/Cargo.toml declares no [[bin]]");
+    names
 }

@@ -200,10 +200,10 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 27),
-    ("vtd", 54),
-    ("vtd-cm", 54),
-    ("vtd-sm", 52),
-    ("vtd-fs", 52),
+    ("vtd", 55),
+    ("vtd-cm", 55),
+    ("vtd-sm", 53),
+    ("vtd-fs", 53),
     ("amdvi", 55),
     ("none-arm", 27),
     ("smmuv3", 48),

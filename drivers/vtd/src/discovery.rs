@@ -112,19 +112,26 @@ pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
     }
     // An RMRR belongs to the unit that translates its device.
     for (segment, region) in reserved {
-        let owner = units
-            .iter()
-            .position(|unit| unit.segment == segment && unit.devices.contains(&region.requester))
-            .or_else(|| {
-                units
-                    .iter()
-                    .position(|unit| unit.segment == segment && unit.include_all)
-            });
-        if let Some(owner) = owner {
+        if let Some(owner) = unit_for(&units, segment, region.requester) {
             units[owner].reserved.push(region);
         }
     }
     Ok(units)
+}
+
+/// Index of the unit in `units` that translates `requester` of `segment`: the
+/// one whose device scope lists it, else the segment's INCLUDE_PCI_ALL unit,
+/// which covers only what no other unit lists (VT-d 3.4 §8.3). `None`: the
+/// function is not behind any remapping unit and its DMA is untranslated.
+pub fn unit_for(units: &[UnitDescription], segment: u16, requester: u16) -> Option<usize> {
+    units
+        .iter()
+        .position(|unit| unit.segment == segment && unit.devices.contains(&requester))
+        .or_else(|| {
+            units
+                .iter()
+                .position(|unit| unit.segment == segment && unit.include_all)
+        })
 }
 
 impl UnitDescription {
@@ -214,6 +221,32 @@ mod tests {
                 }
             }]
         );
+    }
+
+    #[test]
+    fn a_listed_device_belongs_to_its_unit_not_to_the_include_all_one() {
+        let table = dmar(
+            vec![
+                drhd(0xFED9_0000, Drhd::INCLUDE_PCI_ALL, vec![]),
+                drhd(0xFED9_1000, 0, vec![endpoint(0, 5, 0)]),
+            ],
+            vec![],
+        );
+        let units = units(&table).unwrap();
+        assert_eq!(unit_for(&units, 0, 0x28), Some(1));
+        assert_eq!(unit_for(&units, 0, 0x20), Some(0));
+        assert_eq!(unit_for(&units, 1, 0x20), None, "no unit on segment 1");
+        let listed_only = units_of(vec![drhd(0xFED9_0000, 0, vec![endpoint(0, 4, 0)])]);
+        assert_eq!(unit_for(&listed_only, 0, 0x20), Some(0));
+        assert_eq!(
+            unit_for(&listed_only, 0, 0x30),
+            None,
+            "00:06.0 is not listed"
+        );
+    }
+
+    fn units_of(drhds: Vec<Drhd>) -> Vec<UnitDescription> {
+        units(&dmar(drhds, vec![])).unwrap()
     }
 
     #[test]

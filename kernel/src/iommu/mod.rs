@@ -35,7 +35,7 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
                 let unit = vtd::bring_up(platform).ok()??;
                 return Some(PlatformUnit {
                     unit: Box::new(unit),
-                    device_id: |_, bdf| Some(DeviceId(u32::from(bdf.requester_id()))),
+                    device_id: vtd::device_id,
                 });
             }
             if info.ivrs.is_some() {

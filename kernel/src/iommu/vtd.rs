@@ -73,6 +73,16 @@ pub fn descriptions(platform: &Platform) -> Result<alloc::vec::Vec<UnitDescripti
     }
 }
 
+/// The name the brought-up unit (the first DRHD) gives `bdf`, or `None` when
+/// the DMAR puts the function behind another unit or behind none, so its DMA
+/// is not this unit's to translate.
+pub fn device_id(platform: &Platform, bdf: pci::Bdf) -> Option<::iommu::DeviceId> {
+    let requester = bdf.requester_id();
+    let units = descriptions(platform).ok()?;
+    (discovery::unit_for(&units, 0, requester) == Some(0))
+        .then_some(::iommu::DeviceId(u32::from(requester)))
+}
+
 /// Fault events delivered to the kernel since boot.
 static FAULT_EVENTS: AtomicUsize = AtomicUsize::new(0);
 

@@ -50,6 +50,10 @@ pub static TESTS: &[Test] = &[
         name: "vtd::aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write",
         run: aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write,
     },
+    Test {
+        name: "vtd::only_functions_the_dmar_puts_behind_the_unit_are_named_for_it",
+        run: only_functions_behind_the_unit_are_named_for_it,
+    },
 ];
 
 pub(crate) const DMA_LEN: usize = 256;
@@ -880,4 +884,40 @@ fn map_and_unmap_costs(platform: &Platform) -> TestResult {
         }
         Ok(())
     })
+}
+
+/// The kernel names a PCI function for the unit (so tasks can attach it) only
+/// when the DMAR's device scopes put it behind that unit. The expectation comes
+/// from the firmware crate's own scope lookup, not the driver's: QEMU lists
+/// every bus-0 function it creates (both edus), and nothing at 00:06.0.
+fn only_functions_behind_the_unit_are_named_for_it(platform: &Platform) -> TestResult {
+    let crate::platform::Firmware::Acpi(acpi) = &platform.firmware;
+    let Some(dmar) = &acpi.dmar else {
+        return Ok(Outcome::NotApplicable("no DMAR"));
+    };
+    let Some(first) = dmar.drhds.first() else {
+        return Ok(Outcome::NotApplicable("no DRHD in the DMAR"));
+    };
+    let absent = pci::Bdf::new(0, 6, 0);
+    let functions = devices::all().iter().map(|device| device.function.bdf);
+    for bdf in functions.chain([absent]) {
+        let behind_first = dmar
+            .drhd_for(0, bdf.bus, bdf.device, bdf.function)
+            .is_some_and(|drhd| drhd.register_base == first.register_base);
+        let named = crate::iommu::vtd::device_id(platform, bdf);
+        let expected = behind_first.then_some(DeviceId(u32::from(bdf.requester_id())));
+        ensure_eq!(named, expected, format!("name of {bdf:?}"));
+    }
+    ensure!(
+        crate::iommu::vtd::device_id(platform, absent).is_none(),
+        "00:06.0 is outside every device scope"
+    );
+    for edu in devices::edus() {
+        ensure!(
+            crate::iommu::vtd::device_id(platform, edu.function.bdf).is_some(),
+            "edu {:?} is behind the unit",
+            edu.function.bdf
+        );
+    }
+    Ok(Outcome::Passed)
 }

@@ -239,9 +239,32 @@ fn two_tasks_take_turns_through_yield(_: &Platform) -> TestResult {
 }
 
 fn same_address_in_two_tasks_is_two_pages(_: &Platform) -> TestResult {
-    let run = run_checked(&["private-a", "private-b"])?;
-    for report in &run.reports {
+    const MARKERS: [u8; 2] = [0xA5, 0x5A];
+    let before = frames::free_count();
+    let mut tasks = Vec::new();
+    for marker in MARKERS {
+        let mut private = task::Task::spawn("private", task::kernel_root())
+            .map_err(|err| format!("spawn: {err:?}"))?;
+        private.set_argument(u64::from(marker));
+        tasks.push(Some(private));
+    }
+    let run = task::run_tasks(
+        tasks,
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    );
+    ensure_eq!(frames::free_count(), before, "free frames after the run");
+    for (report, marker) in run.reports.iter().zip(MARKERS) {
         ensure_eq!(report.exit, Exit::Code(0), report.name);
+        ensure!(
+            report
+                .output
+                .trim_end()
+                .ends_with(&format!("kept {marker:#x}")),
+            "task output {:?}",
+            report.output
+        );
     }
     let address = |output: &str| output.split_whitespace().nth(1).map(String::from);
     let (a, b) = (&run.reports[0].output, &run.reports[1].output);

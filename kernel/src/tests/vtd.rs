@@ -359,52 +359,102 @@ fn devices_have_separate_contexts_and_domain_ids(platform: &Platform) -> TestRes
 
 fn note_interrupt() {}
 
+/// An MSI of `device` that goes through a fresh IRTE made for requester
+/// `source` (which the entry verifies). `body` gets the unit, the device and
+/// the interrupt; the MSI, the vector and the IRTE are given back whatever
+/// `body` returned.
+fn with_remapped_msi(
+    platform: &Platform,
+    unit: &mut Unit,
+    device: &PciDevice,
+    source: u16,
+    body: impl FnOnce(&mut Unit, &edu::Edu, RemappedMsi) -> Fallible,
+) -> TestResult {
+    let edu = open(platform, device)?;
+    let config = &platform.pci.ecam;
+    let msi = pci::Msi::find(config, device.function.bdf).ok_or("edu has no MSI capability")?;
+    let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
+    let (compat_address, _) = crate::irq::msi_message(vector);
+    let apic_id = ((compat_address >> 12) & 0xFF) as u8;
+    let Some(index) = unit.alloc_interrupt() else {
+        crate::irq::free(u32::from(vector));
+        return Err("no free IRTE".into());
+    };
+    let interrupt = RemappedMsi {
+        irq: u32::from(vector),
+        index,
+    };
+    let run = unit
+        .set_interrupt(index, Irte::remapped(vector, apic_id, source))
+        .map_err(|err| format!("IRTE: {err:?}"))
+        .and_then(|()| {
+            msi.enable(config, remappable_msi_address(index), 0);
+            body(unit, &edu, interrupt)
+        });
+    msi.disable(config);
+    crate::irq::free(interrupt.irq);
+    let freed = unit.free_interrupt(index);
+    run?;
+    freed.map_err(|err| format!("free IRTE: {err:?}"))?;
+    Ok(Outcome::Passed)
+}
+
+/// The interrupt of [`with_remapped_msi`]: kernel vector and IRTE index.
+#[derive(Clone, Copy)]
+struct RemappedMsi {
+    irq: u32,
+    index: u16,
+}
+
+impl RemappedMsi {
+    /// Has the edu raise its interrupt; whether it arrived within `timeout`
+    /// (exactly once).
+    fn raise(self, edu: &edu::Edu, timeout: Duration) -> Fallible<bool> {
+        let seen = crate::irq::count(self.irq);
+        edu.raise_interrupt(1);
+        let delivered = crate::irq::wait_for(self.irq, seen, timeout);
+        edu.acknowledge_interrupt(1);
+        ensure!(
+            crate::irq::count(self.irq) <= seen + 1,
+            "one raise delivered {} interrupts",
+            crate::irq::count(self.irq) - seen
+        );
+        Ok(delivered)
+    }
+
+    /// The unit recorded exactly one interrupt-remapping fault for this
+    /// entry, with `expected` reason, from `source`.
+    fn expect_fault(self, unit: &mut Unit, expected: u8, source: u16) -> Fallible {
+        let faults = drain(unit);
+        ensure_eq!(faults.len(), 1, format!("fault records {faults:x?}"));
+        ensure_eq!(faults[0].reason, expected, "reason");
+        ensure_eq!(faults[0].source_id, source, "source id");
+        ensure_eq!(faults[0].interrupt_index(), self.index, "interrupt index");
+        Ok(())
+    }
+}
+
 fn edu_msi_arrives_through_its_irte_and_stops_when_cleared(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
         if !unit.interrupt_remapping_enabled() {
             return Ok(Outcome::NotApplicable("no interrupt remapping (ECAP.IR)"));
         }
         let (a, _) = edu_pair()?;
-        let edu = open(platform, a)?;
-        let config = &platform.pci.ecam;
-        let msi = pci::Msi::find(config, a.function.bdf).ok_or("edu has no MSI capability")?;
-        let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
-        let irq = u32::from(vector);
-        let (compat_address, _) = crate::irq::msi_message(vector);
-        let apic_id = ((compat_address >> 12) & 0xFF) as u8;
-        let index = unit.alloc_interrupt().ok_or("no free IRTE")?;
-        let run = (|| -> Result<(), alloc::string::String> {
-            unit.set_interrupt(index, Irte::remapped(vector, apic_id, requester(a)))
-                .map_err(|err| format!("IRTE: {err:?}"))?;
-            msi.enable(config, remappable_msi_address(index), 0);
-            let seen = crate::irq::count(irq);
-            edu.raise_interrupt(1);
-            let delivered = crate::irq::wait_for(irq, seen, Duration::from_millis(500));
-            edu.acknowledge_interrupt(1);
-            ensure!(delivered, "no MSI through IRTE {index}");
-            ensure_eq!(crate::irq::count(irq), seen + 1, "deliveries");
+        with_remapped_msi(platform, unit, a, requester(a), |unit, edu, msi| {
+            ensure!(
+                msi.raise(edu, Duration::from_millis(500))?,
+                "no MSI through IRTE {}",
+                msi.index
+            );
             ensure!(drain(unit).is_empty(), "faults from a good interrupt");
-
-            unit.clear_interrupt(index)
+            unit.clear_interrupt(msi.index)
                 .map_err(|err| format!("clear IRTE: {err:?}"))?;
-            let seen = crate::irq::count(irq);
-            edu.raise_interrupt(1);
-            let delivered = crate::irq::wait_for(irq, seen, Duration::from_millis(100));
-            edu.acknowledge_interrupt(1);
-            ensure!(!delivered, "MSI delivered through a non-present IRTE");
-            let faults = drain(unit);
-            ensure_eq!(faults.len(), 1, format!("fault records {faults:x?}"));
-            ensure_eq!(faults[0].reason, reason::IRTE_NOT_PRESENT, "reason");
-            ensure_eq!(faults[0].source_id, requester(a), "source id");
-            ensure_eq!(faults[0].interrupt_index(), index, "interrupt index");
-            Ok(())
-        })();
-        msi.disable(config);
-        crate::irq::free(irq);
-        let freed = unit.free_interrupt(index);
-        run?;
-        freed.map_err(|err| format!("free IRTE: {err:?}"))?;
-        Ok(Outcome::Passed)
+            ensure!(
+                !msi.raise(edu, Duration::from_millis(100))?,
+                "MSI delivered through a non-present IRTE"
+            );
+            msi.expect_fault(unit, reason::IRTE_NOT_PRESENT, requester(a))
+        })
     })
 }
 
@@ -416,35 +466,13 @@ fn msi_from_the_wrong_requester_is_blocked(platform: &Platform) -> TestResult {
             return Ok(Outcome::NotApplicable("no interrupt remapping (ECAP.IR)"));
         }
         let (a, b) = edu_pair()?;
-        let edu = open(platform, a)?;
-        let config = &platform.pci.ecam;
-        let msi = pci::Msi::find(config, a.function.bdf).ok_or("edu has no MSI capability")?;
-        let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
-        let irq = u32::from(vector);
-        let apic_id = ((crate::irq::msi_message(vector).0 >> 12) & 0xFF) as u8;
-        let index = unit.alloc_interrupt().ok_or("no free IRTE")?;
-        let run = (|| -> Fallible {
-            unit.set_interrupt(index, Irte::remapped(vector, apic_id, requester(b)))
-                .map_err(|err| format!("IRTE: {err:?}"))?;
-            msi.enable(config, remappable_msi_address(index), 0);
-            let seen = crate::irq::count(irq);
-            edu.raise_interrupt(1);
-            let delivered = crate::irq::wait_for(irq, seen, Duration::from_millis(100));
-            edu.acknowledge_interrupt(1);
-            ensure!(!delivered, "an MSI from the wrong requester was delivered");
-            let faults = drain(unit);
-            ensure_eq!(faults.len(), 1, format!("fault records {faults:x?}"));
-            ensure_eq!(faults[0].reason, reason::IRTE_SOURCE_ID, "reason");
-            ensure_eq!(faults[0].source_id, requester(a), "source id");
-            ensure_eq!(faults[0].interrupt_index(), index, "interrupt index");
-            Ok(())
-        })();
-        msi.disable(config);
-        crate::irq::free(irq);
-        let freed = unit.free_interrupt(index);
-        run?;
-        freed.map_err(|err| format!("free IRTE: {err:?}"))?;
-        Ok(Outcome::Passed)
+        with_remapped_msi(platform, unit, a, requester(b), |unit, edu, msi| {
+            ensure!(
+                !msi.raise(edu, Duration::from_millis(100))?,
+                "an MSI from the wrong requester was delivered"
+            );
+            msi.expect_fault(unit, reason::IRTE_SOURCE_ID, requester(a))
+        })
     })
 }
 

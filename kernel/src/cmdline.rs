@@ -25,13 +25,17 @@ pub struct Cmdline<'a> {
     pub tasks: Option<&'a str>,
 }
 
-/// A deliberate crash (`crash=panic` or `crash=fault`).
+/// A deliberate crash (`crash=panic|fault|user-read|user-exec`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Crash {
     /// `panic!`: message and location, non-zero exit.
     Panic,
     /// A load from unmapped memory: the exception handler's report, then a panic.
     Fault,
+    /// A kernel load from a mapped user page (SMAP / PAN must fault it).
+    UserRead,
+    /// A kernel jump to a mapped user code page (SMEP / PXN must fault it).
+    UserExecute,
 }
 
 impl<'a> Cmdline<'a> {
@@ -53,6 +57,8 @@ impl<'a> Cmdline<'a> {
                 Some(("tasks", value)) => cmdline.tasks = Some(value),
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
                 Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
+                Some(("crash", "user-read")) => cmdline.crash = Some(Crash::UserRead),
+                Some(("crash", "user-exec")) => cmdline.crash = Some(Crash::UserExecute),
                 _ => println!("cmdline: ignoring unknown word {word:?}"),
             }
         }

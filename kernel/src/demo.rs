@@ -8,6 +8,13 @@ use crate::platform::Platform;
 pub fn run(platform: &Platform) -> usize {
     println!("== IOMMU unikernel on {} ==", crate::arch::ARCH_NAME);
     println!("platform: {}", platform.summary());
+    let protection = crate::arch::user_memory_protection();
+    let on_off = |on: bool| if on { "on" } else { "OFF (CPU lacks it)" };
+    println!(
+        "kernel cannot execute user pages: {}; cannot access them: {}",
+        on_off(protection.no_execute),
+        on_off(protection.no_access)
+    );
     println!(
         "free memory: {} MiB",
         (frames::free_count() * frames::FRAME_SIZE) >> 20

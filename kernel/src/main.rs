@@ -38,6 +38,7 @@ use cmdline::Mode;
 fn kernel_main(boot: BootInfo) -> ! {
     let cmdline = cmdline::Cmdline::parse(boot.cmdline());
     memory::init(&boot);
+    arch::user_memory_protection();
     let platform = match platform::discover_once(&boot) {
         Ok(platform) => platform,
         Err(err) => panic!("platform discovery failed: {err}"),
@@ -76,6 +77,27 @@ fn crash_on_purpose(crash: cmdline::Crash) -> ! {
             panic!(
                 "a load from unmapped {UNMAPPED_ADDRESS:#x} returned {value:#x} instead of faulting"
             )
+        }
+        cmdline::Crash::UserRead | cmdline::Crash::UserExecute => {
+            let mut victim =
+                task::Task::spawn("hello", task::kernel_root()).expect("the hello program spawns");
+            let data = victim.allocate(1).expect("one page of task memory");
+            let code = victim.context.resume_address();
+            // SAFETY: the task's root copies the kernel entries of the boot
+            // tables, so the kernel keeps running with it installed.
+            unsafe { arch::user::switch_root(victim.space.root()) };
+            println!("touching user page {data:#x} / code {code:#x} from the kernel");
+            if crash == cmdline::Crash::UserRead {
+                // SAFETY: not sound, on purpose: the page is mapped for the
+                // task, and SMAP / PAN must fault a kernel load from it.
+                let value = unsafe { core::ptr::read_volatile(data as *const u64) };
+                panic!("a kernel load from user page {data:#x} returned {value:#x}");
+            }
+            // SAFETY: not sound, on purpose: SMEP / PXN must fault the fetch
+            // before any user instruction runs at kernel privilege.
+            let jump: extern "C" fn() = unsafe { core::mem::transmute(code as usize) };
+            jump();
+            panic!("the kernel executed user code at {code:#x}");
         }
     }
 }

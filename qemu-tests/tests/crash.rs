@@ -1,6 +1,8 @@
 //! The crash path: a kernel panic and an unhandled exception are reported on the
 //! console with their details and end the run with a failing status, on both
-//! architectures (the kernel's `crash=panic|fault` command-line words).
+//! architectures (the kernel's `crash=panic|fault` command-line words). The
+//! kernel touching a user page (`crash=user-read|user-exec`) is such a crash:
+//! SMAP/SMEP on x86_64 and PAN/PXN on aarch64 fault it.
 
 use std::time::Duration;
 
@@ -68,4 +70,58 @@ fn crash_fault_reports_esr_far_and_elr_aarch64() {
     let log = crash("none-arm", "fault");
     // EC 0x25: data abort taken without a change of exception level.
     assert!(log.contains("(EC 0x25), FAR 0x1000000000, ELR 0x"), "{log}");
+}
+
+#[test]
+fn kernel_load_from_a_user_page_faults_smap_x86_64() {
+    let log = crash("none-x86", "user-read");
+    // Error code 0x1: a protection violation on a present page, by a
+    // supervisor-mode read.
+    assert!(
+        log.contains("page fault (vector 14), error code 0x1,"),
+        "{log}"
+    );
+    assert!(!log.contains("returned"), "the load completed:\n{log}");
+}
+
+#[test]
+fn kernel_jump_to_user_code_faults_smep_x86_64() {
+    let log = crash("none-x86", "user-exec");
+    // Error code 0x11: present page, instruction fetch, supervisor mode.
+    assert!(
+        log.contains("page fault (vector 14), error code 0x11,"),
+        "{log}"
+    );
+    assert!(!log.contains("executed user code"), "{log}");
+}
+
+/// The fault status code of a data or instruction abort (ESR ISS bits 5:0)
+/// in the crash report's ESR.
+fn fault_status(log: &str) -> (u64, u64) {
+    let esr = log
+        .split("ESR 0x")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|hex| u64::from_str_radix(hex, 16).ok())
+        .unwrap_or_else(|| panic!("no ESR in the report:\n{log}"));
+    (esr >> 26, esr & 0x3F)
+}
+
+#[test]
+fn kernel_load_from_a_user_page_faults_pan_aarch64() {
+    let log = crash("none-arm", "user-read");
+    let (class, status) = fault_status(&log);
+    // EC 0x25: data abort from EL1; DFSC 0b0011xx: permission fault.
+    assert_eq!(class, 0x25, "{log}");
+    assert_eq!(status & 0x3C, 0x0C, "not a permission fault:\n{log}");
+    assert!(!log.contains("returned"), "the load completed:\n{log}");
+}
+
+#[test]
+fn kernel_jump_to_user_code_faults_pxn_aarch64() {
+    let log = crash("none-arm", "user-exec");
+    let (class, status) = fault_status(&log);
+    // EC 0x21: instruction abort from EL1; IFSC 0b0011xx: permission fault.
+    assert_eq!(class, 0x21, "{log}");
+    assert_eq!(status & 0x3C, 0x0C, "not a permission fault:\n{log}");
 }

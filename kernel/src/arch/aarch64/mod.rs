@@ -3,6 +3,7 @@
 
 mod exceptions;
 pub mod gic;
+mod hardening;
 mod pl011;
 pub mod user;
 
@@ -13,6 +14,7 @@ use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 pub use exceptions::{
     breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
 };
+pub use hardening::protect_user_memory;
 pub use pl011::Pl011 as Serial;
 
 pub const ARCH_NAME: &str = "aarch64";

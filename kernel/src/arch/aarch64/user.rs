@@ -149,6 +149,11 @@ impl UserContext {
         self.frame.x[0] = value;
     }
 
+    /// Where the task resumes (its entry point before it first runs).
+    pub fn resume_address(&self) -> u64 {
+        self.frame.elr
+    }
+
     /// A task about to start at `entry` with its stack pointer at `stack_top`.
     pub fn new(entry: u64, stack_top: u64) -> Self {
         let mut frame = TrapFrame::zeroed();

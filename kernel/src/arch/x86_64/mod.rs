@@ -4,6 +4,7 @@
 mod exceptions;
 mod exit;
 mod gdt;
+mod hardening;
 pub mod interrupts;
 mod time;
 pub mod user;
@@ -18,6 +19,7 @@ pub use exceptions::{
     breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
 };
 pub use exit::exit;
+pub use hardening::protect_user_memory;
 pub use time::now_ns;
 
 /// The console: COM1, a 16550 at I/O port 0x3F8.

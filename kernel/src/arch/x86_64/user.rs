@@ -161,6 +161,11 @@ impl UserContext {
         self.frame.rdi = value;
     }
 
+    /// Where the task resumes (its entry point before it first runs).
+    pub fn resume_address(&self) -> u64 {
+        self.frame.rip
+    }
+
     /// The trap that ended the last [`run`].
     pub fn trap(&self) -> crate::task::Trap {
         use crate::task::Trap;

@@ -1,0 +1,40 @@
+//! Supervisor-mode protections against user memory (Intel SDM Vol. 3A
+//! §4.6.1): SMEP (CR4 bit 20) faults an instruction fetch from a user page
+//! in ring 0, SMAP (CR4 bit 21) a data access to one while EFLAGS.AC is clear
+//! (the kernel never sets it: it has no user-access window).
+
+use core::arch::x86_64::__cpuid_count;
+
+use x86_64::registers::control::{Cr4, Cr4Flags};
+
+use crate::arch::UserMemoryProtection;
+
+/// CPUID.(EAX=07H, ECX=0):EBX feature bits (SDM Vol. 2A, CPUID).
+const CPUID_STRUCTURED_FEATURES: u32 = 7;
+const CPUID_EBX_SMEP: u32 = 1 << 7;
+const CPUID_EBX_SMAP: u32 = 1 << 20;
+
+/// Turns on SMEP and SMAP where the CPU has them.
+pub fn protect_user_memory() -> UserMemoryProtection {
+    let max_leaf = __cpuid_count(0, 0).eax;
+    let features = if max_leaf >= CPUID_STRUCTURED_FEATURES {
+        __cpuid_count(CPUID_STRUCTURED_FEATURES, 0).ebx
+    } else {
+        0
+    };
+    let mut wanted = Cr4Flags::empty();
+    if features & CPUID_EBX_SMEP != 0 {
+        wanted |= Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION;
+    }
+    if features & CPUID_EBX_SMAP != 0 {
+        wanted |= Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION;
+    }
+    // SAFETY: only bits CPUID reports are set; the kernel never executes or
+    // touches user pages through user addresses, so nothing it does faults.
+    unsafe { Cr4::update(|flags| flags.insert(wanted)) };
+    let now = Cr4::read();
+    UserMemoryProtection {
+        no_execute: now.contains(Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION),
+        no_access: now.contains(Cr4Flags::SUPERVISOR_MODE_ACCESS_PREVENTION),
+    }
+}

@@ -168,6 +168,14 @@ pub fn object_count(owner: u64) -> usize {
         .map_or(0, |state| state.core.object_count(OwnerId(owner)))
 }
 
+/// The raw identification registers of the platform's unit as `get_hw_info`
+/// reports them, once the core exists (what tests compare a task's view with).
+pub fn unit_hw_info() -> Option<iommu::HwInfo> {
+    CORE.lock()
+        .as_ref()
+        .and_then(|state| state.core.units().first().map(|unit| unit.hw_info()))
+}
+
 /// Bytes of task memory pinned for DMA, over all tasks (leak checks).
 pub fn pinned_bytes() -> u64 {
     CORE.lock()

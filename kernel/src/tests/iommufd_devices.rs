@@ -87,9 +87,22 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
         Exit::Code(0),
         format!("edu-dma exit (failed step); it said {output:?}")
     );
+    let expected_hw_info = match crate::iommufd_service::unit_hw_info() {
+        Some(iommu::HwInfo::IntelVtd { cap, ecap }) => {
+            format!("hw info: VT-d CAP {cap:#018x} ECAP {ecap:#018x}")
+        }
+        Some(iommu::HwInfo::ArmSmmuV3 { idr, iidr, aidr }) => format!(
+            "hw info: SMMUv3 IDR0 {:#010x} IDR1 {:#010x} IDR3 {:#010x} IDR5 {:#010x} IIDR {iidr:#010x} AIDR {aidr:#x}",
+            idr[0], idr[1], idr[3], idr[5]
+        ),
+        Some(iommu::HwInfo::AmdVi { efr, efr2 }) => {
+            format!("hw info: AMD-Vi EFR {efr:#018x} EFR2 {efr2:#018x}")
+        }
+        other => return Err(format!("the unit reports no raw hardware info: {other:?}")),
+    };
     ensure!(
-        output.contains("edu-dma: hw info type ") && !output.contains("hw info type 0 "),
-        "no raw hardware info: {output:?}"
+        output.contains(&expected_hw_info),
+        "the task's raw hardware info differs from the unit's {expected_hw_info:?}: {output:?}"
     );
     ensure!(
         output.contains("through the IOMMU: identical"),

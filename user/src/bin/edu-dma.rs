@@ -12,8 +12,9 @@
 #![no_main]
 
 use user_programs::abi::{
-    Command, DeviceAttach, DeviceList, DeviceListEntry, DeviceListFlags, DeviceOpen, Errno,
-    FaultRead, FaultRecord, GetHwInfo, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
+    self, Command, DeviceAttach, DeviceList, DeviceListEntry, DeviceListFlags, DeviceOpen, Errno,
+    FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType, HwInfoVtd,
+    IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
 use user_programs::{argument, entry, iommufd, mem_alloc, println};
 
@@ -129,18 +130,18 @@ fn run() -> Result<(), i32> {
     );
 
     // The native path: the unit's raw identification registers.
-    let mut raw = [0u64; 8];
+    let mut raw = [0u8; 64];
     let mut info = GetHwInfo {
         size: size_of::<GetHwInfo>(),
         dev_id: open.out_dev_id,
-        data_len: core::mem::size_of_val(&raw) as u32,
+        data_len: raw.len() as u32,
         data_uptr: raw.as_mut_ptr() as u64,
         ..Default::default()
     };
     step(14, "get_hw_info", iommufd(Command::GetHwInfo, &mut info))?;
-    println!(
-        "edu-dma: hw info type {} ({} bytes): {:#018x} {:#018x}",
-        info.out_data_type, info.data_len, raw[0], raw[1]
+    print_hw_info(
+        info.out_data_type,
+        &raw[..(info.data_len as usize).min(raw.len())],
     );
 
     let mut alloc = IoasAlloc {
@@ -234,5 +235,36 @@ fn main() -> i32 {
     match run() {
         Ok(()) => 0,
         Err(code) => code,
+    }
+}
+
+/// Prints the unit's identification registers by their spec names.
+fn print_hw_info(data_type: u32, data: &[u8]) {
+    if data_type == HwInfoType::IntelVtd as u32
+        && let Ok(vtd) = abi::decode::<HwInfoVtd>(data)
+    {
+        println!(
+            "edu-dma: hw info: VT-d CAP {:#018x} ECAP {:#018x}",
+            vtd.cap_reg, vtd.ecap_reg
+        );
+    } else if data_type == HwInfoType::ArmSmmuV3 as u32
+        && let Ok(smmu) = abi::decode::<HwInfoArmSmmuV3>(data)
+    {
+        println!(
+            "edu-dma: hw info: SMMUv3 IDR0 {:#010x} IDR1 {:#010x} IDR3 {:#010x} IDR5 {:#010x} IIDR {:#010x} AIDR {:#x}",
+            smmu.idr[0], smmu.idr[1], smmu.idr[3], smmu.idr[5], smmu.iidr, smmu.aidr
+        );
+    } else if data_type == HwInfoType::AmdVi as u32
+        && let Ok(amd) = abi::decode::<HwInfoAmdVi>(data)
+    {
+        println!(
+            "edu-dma: hw info: AMD-Vi EFR {:#018x} EFR2 {:#018x}",
+            amd.efr, amd.efr2
+        );
+    } else {
+        println!(
+            "edu-dma: hw info type {data_type} ({} bytes) not decoded",
+            data.len()
+        );
     }
 }

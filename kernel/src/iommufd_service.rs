@@ -94,7 +94,26 @@ type Core = Iommufd<Unit, TaskAccess>;
 struct State {
     core: Core,
     device_id: Option<fn(&'static Platform, pci::Bdf) -> Option<iommu::DeviceId>>,
+    /// The interrupts of the devices tasks opened.
+    interrupts: Vec<DeviceInterrupt>,
 }
+
+/// The interrupt of a device a task opened: its MSI, routed through the
+/// unit's interrupt remapping to a kernel interrupt the task waits for with
+/// `irq_wait`.
+struct DeviceInterrupt {
+    owner: OwnerId,
+    dev_id: u32,
+    bdf: pci::Bdf,
+    requester: iommu::DeviceId,
+    /// `None`: the device has no MSI capability.
+    irq: Option<u32>,
+    /// `irq::count(irq)` when the task last collected its interrupts.
+    collected: usize,
+}
+
+/// Interrupts are counted by `irq`; the waiting task is found by polling.
+fn note_device_interrupt() {}
 
 // SAFETY: one CPU; the state is only reached under CORE's lock, from thread
 // context (syscalls and task teardown), never from interrupt handlers.
@@ -107,10 +126,12 @@ fn new_state() -> State {
         Some(platform_unit) => State {
             core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
             device_id: Some(platform_unit.device_id),
+            interrupts: Vec::new(),
         },
         None => State {
             core: Iommufd::new(Vec::new(), TaskAccess::default()),
             device_id: None,
+            interrupts: Vec::new(),
         },
     }
 }
@@ -137,7 +158,8 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         Command::DeviceOpen => return device_open(task, arg),
         _ => {}
     }
-    with_core(task, |core, owner| {
+    with_state(task, |state, owner| {
+        let core = &mut state.core;
         if command == Command::FaultRead {
             core.dispatch_faults();
         }
@@ -146,7 +168,15 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         let mut memory = TaskAccess {
             task: core.services_mut().task,
         };
-        core.ioctl(&mut memory, owner, command, arg)
+        let result = core.ioctl(&mut memory, owner, command, arg);
+        if command == Command::Destroy && result == Some(Ok(())) {
+            // A destroyed device object gives its interrupt back.
+            release_interrupts(state, |core, entry| {
+                core.device_holder(iommu::UnitId(0), entry.requester)
+                    != Some((entry.owner, entry.dev_id))
+            });
+        }
+        result
     })
     .unwrap_or(Err(Errno::ENOSYS))
 }
@@ -158,7 +188,11 @@ pub fn release(task: &mut Task) {
     if CORE.lock().is_none() {
         return;
     }
-    with_core(task, |core, owner| core.teardown(owner));
+    with_state(task, |state, owner| {
+        // The device stops signalling before its domain goes.
+        release_interrupts(state, |_, entry| entry.owner == owner);
+        state.core.teardown(owner);
+    });
 }
 
 /// Objects the core holds for the task with owner id `owner` (leak checks).
@@ -174,6 +208,17 @@ pub fn unit_hw_info() -> Option<iommu::HwInfo> {
     CORE.lock()
         .as_ref()
         .and_then(|state| state.core.units().first().map(|unit| unit.hw_info()))
+}
+
+/// Device interrupts routed for the task with owner id `owner` (leak checks).
+pub fn device_interrupts(owner: u64) -> usize {
+    CORE.lock().as_ref().map_or(0, |state| {
+        state
+            .interrupts
+            .iter()
+            .filter(|entry| entry.owner == OwnerId(owner))
+            .count()
+    })
 }
 
 /// Bytes of task memory pinned for DMA, over all tasks (leak checks).
@@ -278,10 +323,14 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         }
         None => Ok((0, 0)),
     };
-    let (va, len) = match mapped {
+    let routed = mapped.and_then(|mapping| {
+        with_state(task, |state, owner| route_interrupt(state, owner, id, bdf)).map(|()| mapping)
+    });
+    let (va, len) = match routed {
         Ok(mapping) => mapping,
         Err(errno) => {
-            // Give the claim back: the call failed as a whole.
+            // Give the claim back: the call failed as a whole (the BAR
+            // mapping goes with the task's address space).
             let _ = with_core(task, |core, owner| core.destroy(owner, id));
             return Err(errno);
         }
@@ -296,6 +345,98 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
     open.out_bar0_va = va;
     open.out_bar0_len = len;
     write_argument(task, arg, &open, size)
+}
+
+/// Routes the MSI of device `dev_id` (function `bdf`, just bound by `owner`)
+/// to a kernel interrupt through the unit. A device without MSI gets none
+/// (`irq_wait` says `ENODEV`).
+fn route_interrupt(
+    state: &mut State,
+    owner: OwnerId,
+    dev_id: u32,
+    bdf: pci::Bdf,
+) -> Result<(), Errno> {
+    let config = &crate::platform::get().pci.ecam;
+    let requester = state
+        .device_id
+        .and_then(|id| id(crate::platform::get(), bdf))
+        .ok_or(Errno::EINVAL)?;
+    let Some(msi) = pci::Msi::find(config, bdf) else {
+        state.interrupts.push(DeviceInterrupt {
+            owner,
+            dev_id,
+            bdf,
+            requester,
+            irq: None,
+            collected: 0,
+        });
+        return Ok(());
+    };
+    let (irq, message) =
+        crate::irq::alloc_device_msi(note_device_interrupt).ok_or(Errno::ENOSPC)?;
+    let routed = state
+        .core
+        .unit_mut(iommu::UnitId(0))
+        .ok_or(Errno::EINVAL)
+        .and_then(|unit| unit.route_msi(requester, message).map_err(iommufd::errno));
+    let routed = match routed {
+        Ok(routed) => routed,
+        Err(errno) => {
+            crate::irq::free(irq);
+            return Err(errno);
+        }
+    };
+    msi.enable(config, routed.address, routed.data as u16);
+    state.interrupts.push(DeviceInterrupt {
+        owner,
+        dev_id,
+        bdf,
+        requester,
+        irq: Some(irq),
+        collected: crate::irq::count(irq),
+    });
+    Ok(())
+}
+
+/// Takes the interrupts of the entries `doomed` picks away: the device's MSI
+/// off first, then its remapping entry, then the kernel interrupt.
+fn release_interrupts(state: &mut State, doomed: impl Fn(&Core, &DeviceInterrupt) -> bool) {
+    let config = &crate::platform::get().pci.ecam;
+    let mut index = 0;
+    while index < state.interrupts.len() {
+        if !doomed(&state.core, &state.interrupts[index]) {
+            index += 1;
+            continue;
+        }
+        let entry = state.interrupts.swap_remove(index);
+        let Some(irq) = entry.irq else { continue };
+        if let Some(msi) = pci::Msi::find(config, entry.bdf) {
+            msi.disable(config);
+        }
+        if let Some(unit) = state.core.unit_mut(iommu::UnitId(0)) {
+            unit.unroute_msi(entry.requester);
+        }
+        crate::irq::free(irq);
+    }
+}
+
+/// `irq_wait`'s collection step: how many interrupts device `dev_id` of
+/// `owner` raised since the last collection (0: none yet). `ENOENT`: the
+/// owner holds no such device; `ENODEV`: it has no MSI.
+pub fn collect_interrupts(owner: u64, dev_id: u32) -> Result<u64, Errno> {
+    let mut guard = CORE.lock();
+    let state = guard.as_mut().ok_or(Errno::ENOENT)?;
+    let owner = OwnerId(owner);
+    let entry = state
+        .interrupts
+        .iter_mut()
+        .find(|entry| entry.owner == owner && entry.dev_id == dev_id)
+        .ok_or(Errno::ENOENT)?;
+    let irq = entry.irq.ok_or(Errno::ENODEV)?;
+    let now = crate::irq::count(irq);
+    let new = now.wrapping_sub(entry.collected);
+    entry.collected = now;
+    Ok(new as u64)
 }
 
 /// Brings the iommufd core (and with it the platform's IOMMU unit) up now and

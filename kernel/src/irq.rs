@@ -36,6 +36,14 @@ fn register(irq: u32, handler: Option<Handler>) {
     HANDLERS[irq as usize].store(handler.map_or(0, |h| h as usize), Ordering::SeqCst);
 }
 
+/// Interrupts with a handler installed (leak checks).
+pub fn handlers_in_use() -> usize {
+    HANDLERS
+        .iter()
+        .filter(|handler| handler.load(Ordering::SeqCst) != 0)
+        .count()
+}
+
 /// How many times `irq` has been delivered since boot.
 pub fn count(irq: u32) -> usize {
     COUNTS
@@ -110,6 +118,23 @@ pub fn alloc_msi(handler: Handler) -> Option<(u64, u32, u32)> {
     let (doorbell, data, intid) = crate::arch::gic::alloc_msi_spi()?;
     enable_spi(intid, true, handler).ok()?;
     Some((doorbell, data, intid))
+}
+
+/// An interrupt for a device's MSI with `handler`: its number (for [`count`]
+/// and [`free`]) and the message that raises it without interrupt remapping
+/// (x86 compatibility format to this CPU; aarch64 a GICv2m doorbell write).
+pub fn alloc_device_msi(handler: Handler) -> Option<(u32, iommu::MsiMessage)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let vector = alloc_vector(handler)?;
+        let (address, data) = msi_message(vector);
+        Some((u32::from(vector), iommu::MsiMessage { address, data }))
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let (address, data, intid) = alloc_msi(handler)?;
+        Some((intid, iommu::MsiMessage { address, data }))
+    }
 }
 
 /// Removes the handler of `irq` (and, on aarch64, disables it).

@@ -160,6 +160,15 @@ pub fn yield_now() {
     syscall(nr::YIELD, [0; 6]);
 }
 
+/// Waits for the interrupt of opened device `device` (see
+/// `abi::syscall::IRQ_WAIT`); returns how many arrived since the last call.
+pub fn irq_wait(device: u32, timeout_ns: u64) -> Result<u64, Errno> {
+    check(syscall(
+        nr::IRQ_WAIT,
+        [u64::from(device), timeout_ns, 0, 0, 0, 0],
+    ))
+}
+
 /// Maps `pages` zeroed pages; returns their first address.
 pub fn mem_alloc(pages: usize) -> Result<*mut u8, Errno> {
     check(syscall(nr::MEM_ALLOC, [pages as u64, 0, 0, 0, 0, 0])).map(|addr| addr as *mut u8)

@@ -13,7 +13,8 @@ use core::time::Duration;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    IovaRange, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
+    IovaRange, MsiMessage, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId,
+    UnitInfo, UnitKind,
 };
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
@@ -1083,7 +1084,35 @@ impl IommuUnit for AmdVi {
     ) -> (usize, Result<(), IommuError>) {
         (0, Err(IommuError::Unsupported))
     }
+
+    /// The device's MSI goes through IRTE [`MSI_ROUTE_INDEX`] of its own
+    /// interrupt remapping table (§2.2.5), which names the vector and
+    /// destination of `message`; the device sends the index as its data.
+    fn route_msi(
+        &mut self,
+        device: DeviceId,
+        message: MsiMessage,
+    ) -> Result<MsiMessage, IommuError> {
+        let device_id = self.device_id(device)?;
+        let target = crate::irte::target_of_compat_msi(message.address, message.data);
+        let (address, data) =
+            crate::irte::remappable_msi(MSI_ROUTE_INDEX).ok_or(IommuError::Invalid)?;
+        self.remap_interrupt(device_id, MSI_ROUTE_INDEX, target)?;
+        Ok(MsiMessage { address, data })
+    }
+
+    fn unroute_msi(&mut self, device: DeviceId) {
+        if let Ok(device_id) = self.device_id(device) {
+            // The DTE is back to IntCtl=abort in memory even if the
+            // invalidation fails; that shows up in the unit's counters.
+            let _ = self.block_interrupts(device_id);
+        }
+    }
 }
+
+/// The IRTE a routed device MSI uses (one MSI per device: the table is the
+/// device's own, so every device can use the same index).
+pub const MSI_ROUTE_INDEX: u16 = 0;
 
 #[cfg(test)]
 mod tests {

@@ -241,6 +241,27 @@ pub enum HwInfo {
     None,
 }
 
+/// A message-signalled interrupt as a device writes it: `data` to `address`
+/// (PCI Local Bus 3.0 §6.8 MSI capability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiMessage {
+    pub address: u64,
+    pub data: u32,
+}
+
+impl MsiMessage {
+    /// x86 compatibility format (Intel SDM Vol. 3A §11.11.1-2): the vector, in
+    /// data bits 7:0.
+    pub fn x86_vector(&self) -> u8 {
+        self.data as u8
+    }
+
+    /// x86 compatibility format: the destination APIC ID, in address bits 19:12.
+    pub fn x86_destination(&self) -> u8 {
+        (self.address >> 12) as u8
+    }
+}
+
 /// Why a driver refused a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IommuError {
@@ -313,6 +334,27 @@ pub trait IommuUnit {
         domain: DomainHandle,
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
+
+    /// Interrupt remapping: makes `device`'s MSI deliver the interrupt that
+    /// `message` (what the kernel would program without remapping) names, and
+    /// returns the message to program instead. One route per device; a new
+    /// route replaces the old. A unit that does not remap interrupts returns
+    /// `message` unchanged (SMMUv3: an MSI is a DMA write to the doorbell page,
+    /// which the driver maps in every domain).
+    fn route_msi(
+        &mut self,
+        device: DeviceId,
+        message: MsiMessage,
+    ) -> Result<MsiMessage, IommuError> {
+        let _ = device;
+        Ok(message)
+    }
+
+    /// Ends `device`'s route: where the unit remaps interrupts, its MSIs are
+    /// blocked again and the remapping entry is freed.
+    fn unroute_msi(&mut self, device: DeviceId) {
+        let _ = device;
+    }
 }
 
 /// A boxed unit is a unit, so that the kernel can hold units of different
@@ -375,6 +417,18 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>) {
         (**self).invalidate_nested(domain, requests)
+    }
+
+    fn route_msi(
+        &mut self,
+        device: DeviceId,
+        message: MsiMessage,
+    ) -> Result<MsiMessage, IommuError> {
+        (**self).route_msi(device, message)
+    }
+
+    fn unroute_msi(&mut self, device: DeviceId) {
+        (**self).unroute_msi(device)
     }
 }
 

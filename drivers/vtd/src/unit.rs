@@ -14,14 +14,15 @@ use core::time::Duration;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    IovaRange, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
+    IovaRange, MsiMessage, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId,
+    UnitInfo, UnitKind,
 };
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
 use crate::discovery::UnitDescription;
 use crate::fault::{Fault, RECORD_VALID_TOP};
-use crate::interrupt::{Irte, TABLE_ENTRIES_LOG2};
+use crate::interrupt::{Irte, TABLE_ENTRIES_LOG2, remappable_msi_address};
 use crate::invalidation::{Descriptor, PasidGranularity, Ring};
 use crate::regs::{self, Cap, Ecap, FaultControl, FaultStatus, Global, Granularity, TableMode};
 use crate::tables::{
@@ -254,6 +255,8 @@ struct PasidTables {
 struct InterruptTable {
     page: Page,
     used: Vec<bool>,
+    /// The IRTE index each requester's MSI goes through ([`IommuUnit::route_msi`]).
+    routes: BTreeMap<u16, u16>,
 }
 
 /// One VT-d remapping unit.
@@ -447,6 +450,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.interrupts = Some(InterruptTable {
             page,
             used: alloc::vec![false; entries],
+            routes: BTreeMap::new(),
         });
         self.global_command(Global::IRT_POINTER, true)?;
         self.submit(&[Descriptor::interrupt_entry_cache(None)])?;
@@ -1415,6 +1419,49 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         _requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>) {
         (0, Err(IommuError::Unsupported))
+    }
+
+    /// With remapping on, the MSI goes through a fresh IRTE that verifies the
+    /// requester (§9.10 SVT) and the device sends the remappable format
+    /// (§5.1.5.2). With remapping off, compatibility-format MSIs are not
+    /// translated (§5.1.2.1) and `message` is returned as it is.
+    fn route_msi(
+        &mut self,
+        device: DeviceId,
+        message: MsiMessage,
+    ) -> Result<MsiMessage, IommuError> {
+        let requester = u16::try_from(device.0).map_err(|_| IommuError::Invalid)?;
+        if self.interrupts.is_none() {
+            return Ok(message);
+        }
+        self.unroute_msi(device);
+        let index = self.alloc_interrupt().ok_or(IommuError::NoMemory)?;
+        let entry = Irte::remapped(message.x86_vector(), message.x86_destination(), requester);
+        if let Err(error) = self.set_interrupt(index, entry) {
+            let _ = self.free_interrupt(index);
+            return Err(error.into());
+        }
+        if let Some(table) = self.interrupts.as_mut() {
+            table.routes.insert(requester, index);
+        }
+        Ok(MsiMessage {
+            address: remappable_msi_address(index),
+            data: 0,
+        })
+    }
+
+    fn unroute_msi(&mut self, device: DeviceId) {
+        let Ok(requester) = u16::try_from(device.0) else {
+            return;
+        };
+        let index = self
+            .interrupts
+            .as_mut()
+            .and_then(|table| table.routes.remove(&requester));
+        if let Some(index) = index {
+            // A failed invalidation leaves the entry non-present in memory.
+            let _ = self.free_interrupt(index);
+        }
     }
 }
 

@@ -18,6 +18,8 @@ pub enum Errno {
     EFAULT = 14,
     /// The object is referenced (attached devices, nested children, used IOAS).
     EBUSY = 16,
+    /// The device cannot do this (`irq_wait` on a device without MSI).
+    ENODEV = 19,
     /// The IOVA range overlaps an existing area.
     EEXIST = 17,
     /// Malformed argument: misaligned, empty, short struct, wrong object type.
@@ -35,6 +37,8 @@ pub enum Errno {
     /// The range intersects a reserved range, or an attach conflicts with areas
     /// or allowed ranges.
     EADDRINUSE = 98,
+    /// `irq_wait`'s timeout passed without an interrupt.
+    ETIMEDOUT = 110,
 }
 
 impl Errno {
@@ -50,7 +54,7 @@ impl Errno {
     }
 }
 
-const ALL: [Errno; 15] = [
+const ALL: [Errno; 17] = [
     Errno::EPERM,
     Errno::ENOENT,
     Errno::EIO,
@@ -58,6 +62,7 @@ const ALL: [Errno; 15] = [
     Errno::ENOMEM,
     Errno::EFAULT,
     Errno::EBUSY,
+    Errno::ENODEV,
     Errno::EEXIST,
     Errno::EINVAL,
     Errno::ENOSPC,
@@ -66,6 +71,7 @@ const ALL: [Errno; 15] = [
     Errno::EMSGSIZE,
     Errno::EOPNOTSUPP,
     Errno::EADDRINUSE,
+    Errno::ETIMEDOUT,
 ];
 
 #[cfg(test)]
@@ -87,6 +93,8 @@ mod tests {
         assert_eq!(Errno::EMSGSIZE as i32, 90);
         assert_eq!(Errno::EOPNOTSUPP as i32, 95);
         assert_eq!(Errno::EADDRINUSE as i32, 98);
+        assert_eq!(Errno::ENODEV as i32, 19);
+        assert_eq!(Errno::ETIMEDOUT as i32, 110);
     }
 
     #[test]

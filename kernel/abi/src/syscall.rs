@@ -60,9 +60,15 @@ pub const DEVICE_OPEN: u64 = 0x8c;
 pub const DEVICE_ATTACH: u64 = 0x8d;
 pub const DEVICE_REPLACE: u64 = 0x8e;
 pub const DEVICE_DETACH: u64 = 0x8f;
-/// `irq_wait(device_id: u32, timeout_ns: u64) -> interrupts seen`: blocks
-/// until the task's device raises its interrupt.
+/// `irq_wait(device_id: u32, timeout_ns: u64) -> interrupts`: the number of
+/// interrupts the task's opened device raised since the previous `irq_wait`
+/// on it returned (or since `device_open`); blocks, while there are none,
+/// until one arrives or `timeout_ns` passes (`ETIMEDOUT`; 0 only polls; the
+/// kernel caps the wait at [`IRQ_WAIT_MAX_NS`]). `ENOENT`: not a device the
+/// task opened; `ENODEV`: the device has no MSI.
 pub const IRQ_WAIT: u64 = 0x90;
+/// Longest single `irq_wait` (a longer timeout is cut to this).
+pub const IRQ_WAIT_MAX_NS: u64 = 10_000_000_000;
 
 /// Number of arguments a call may take.
 pub const MAX_ARGS: usize = 6;

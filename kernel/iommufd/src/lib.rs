@@ -107,7 +107,8 @@ pub fn map_flags(flags: abi::MapFlags) -> (Prot, bool) {
     )
 }
 
-fn errno(e: IommuError) -> Errno {
+/// The errno a driver error becomes at the syscall boundary.
+pub fn errno(e: IommuError) -> Errno {
     match e {
         IommuError::NoMemory => Errno::ENOMEM,
         IommuError::Unsupported => Errno::EOPNOTSUPP,
@@ -505,6 +506,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             }));
         self.claimed.insert((unit, requester), (owner, id));
         Ok(id)
+    }
+
+    /// Who holds `requester` of `unit` (the owner and its device object id),
+    /// if some owner bound it.
+    pub fn device_holder(&self, unit: UnitId, requester: DeviceId) -> Option<(OwnerId, ObjId)> {
+        self.claimed.get(&(unit, requester)).copied()
     }
 
     /// Destroys an object that nothing references: `EBUSY` while an IOAS has HWPTs,

@@ -128,6 +128,7 @@ fn destroy_attached_device_is_ebusy_and_detached_device_is_released() {
     assert_eq!(fd.destroy(O, dev), Err(Errno::EBUSY));
     fd.device_detach(O, dev).unwrap();
     fd.destroy(O, dev).unwrap();
+    assert_eq!(fd.device_holder(U0, DEV_A), None);
     // Released: another owner may bind it now.
     assert!(fd.bind_device(OwnerId(2), U0, DEV_A).is_ok());
 }
@@ -135,7 +136,9 @@ fn destroy_attached_device_is_ebusy_and_detached_device_is_released() {
 #[test]
 fn bind_device_claimed_by_anyone_is_ebusy() {
     let mut fd = vtd();
-    fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.device_holder(U0, DEV_A), None);
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_eq!(fd.device_holder(U0, DEV_A), Some((O, dev)));
     assert_eq!(fd.bind_device(OwnerId(2), U0, DEV_A), Err(Errno::EBUSY));
     assert_eq!(fd.bind_device(O, U0, DEV_A), Err(Errno::EBUSY));
     assert_eq!(fd.bind_device(O, UnitId(5), DEV_B), Err(Errno::EINVAL));

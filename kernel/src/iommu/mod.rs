@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    NestedInvalidation, Prot, ReservedRegion, UnitInfo,
+    MsiMessage, NestedInvalidation, Prot, ReservedRegion, UnitInfo,
 };
 
 use crate::platform::Platform;
@@ -168,5 +168,19 @@ impl IommuUnit for Shared {
         self.call((0, Err(IommuError::Unsupported)), |unit| {
             unit.invalidate_nested(domain, requests)
         })
+    }
+
+    fn route_msi(
+        &mut self,
+        device: DeviceId,
+        message: MsiMessage,
+    ) -> Result<MsiMessage, IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.route_msi(device, message)
+        })
+    }
+
+    fn unroute_msi(&mut self, device: DeviceId) {
+        self.call((), |unit| unit.unroute_msi(device))
     }
 }

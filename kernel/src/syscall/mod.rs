@@ -25,6 +25,30 @@ pub enum Action {
     Yield,
     /// End the task.
     Exit(i32),
+    /// Take the task off the CPU until its device interrupts or the wait
+    /// times out (`irq_wait`); the other tasks run meanwhile.
+    WaitForInterrupt(InterruptWait),
+}
+
+/// A task blocked in `irq_wait`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InterruptWait {
+    pub dev_id: u32,
+    /// `arch::now_ns` time after which the call fails with `ETIMEDOUT`.
+    pub deadline_ns: u64,
+}
+
+impl InterruptWait {
+    /// The call's result once the task may run again, or `None` while it
+    /// still waits.
+    pub fn poll(&self, owner: u64) -> Option<i64> {
+        match crate::iommufd_service::collect_interrupts(owner, self.dev_id) {
+            Ok(0) if crate::arch::now_ns() < self.deadline_ns => None,
+            Ok(0) => Some(Errno::ETIMEDOUT.to_syscall_return()),
+            Ok(count) => Some(count as i64),
+            Err(errno) => Some(errno.to_syscall_return()),
+        }
+    }
 }
 
 /// Everything a handler may touch.
@@ -38,13 +62,14 @@ type Handler = fn(&mut Call, &[u64; nr::MAX_ARGS]) -> Result<Action, Errno>;
 
 /// The dispatch table: (number, name, handler). The iommufd calls
 /// (`abi::syscall::DESTROY..=DEVICE_DETACH`) go to `crate::iommufd_service`
-/// before this table is consulted; `IRQ_WAIT` is not wired in yet: `ENOSYS`.
+/// before this table is consulted.
 pub static TABLE: &[(u64, &str, Handler)] = &[
     (nr::WRITE, "write", write),
     (nr::EXIT, "exit", exit),
     (nr::YIELD, "yield", yield_now),
     (nr::MEM_ALLOC, "mem_alloc", mem_alloc),
     (nr::MEM_FREE, "mem_free", mem_free),
+    (nr::IRQ_WAIT, "irq_wait", irq_wait),
 ];
 
 /// Runs system call `number` for task `index`.
@@ -135,4 +160,20 @@ fn mem_alloc(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errn
 fn mem_free(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     call.task.free(args[0], args[1])?;
     Ok(Action::Return(0))
+}
+
+fn irq_wait(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    let dev_id = u32::try_from(args[0]).map_err(|_| Errno::EINVAL)?;
+    let timeout_ns = args[1].min(nr::IRQ_WAIT_MAX_NS);
+    let pending = crate::iommufd_service::collect_interrupts(call.task.owner, dev_id)?;
+    if pending > 0 {
+        return Ok(Action::Return(pending as i64));
+    }
+    if timeout_ns == 0 {
+        return Err(Errno::ETIMEDOUT);
+    }
+    Ok(Action::WaitForInterrupt(InterruptWait {
+        dev_id,
+        deadline_ns: crate::arch::now_ns().saturating_add(timeout_ns),
+    }))
 }

@@ -6,8 +6,10 @@
 //! faults or uses up its [`TIME_SLICE_MS`] time slice (a one-shot timer: the
 //! local APIC timer on x86_64, the EL1 virtual timer on aarch64). Most calls
 //! return to the same task at once; `yield` and the end of a slice move it to
-//! the back of the queue; `exit` and a fault end it. Device interrupts are
-//! taken while a task runs and resume it. A task that runs longer than its
+//! the back of the queue; `exit` and a fault end it; `irq_wait` takes it off
+//! the queue until its device's interrupt arrives or the wait times out (when
+//! every task waits, the CPU sleeps until an interrupt). Device interrupts
+//! are taken while a task runs and resume it. A task that runs longer than its
 //! CPU budget ([`Limits`]) or makes more than [`SYSCALL_BUDGET`] calls is
 //! killed, so a runaway program cannot hang the kernel or a test. Without a
 //! timer (aarch64 without a GICv2) scheduling falls back to cooperative.
@@ -56,6 +58,8 @@ pub const MAX_TASK_PAGES: u64 = 16384;
 pub const SYSCALL_BUDGET: u64 = 1_000_000;
 /// How long a task runs before the others get their turn (by default).
 pub const TIME_SLICE_MS: u64 = 10;
+/// Longest sleep while every task waits in `irq_wait` (the deadlines' grain).
+const IDLE_TICK_MS: u64 = 1;
 
 /// Resource limits of one [`run_limited`].
 #[derive(Clone, Copy, Debug)]
@@ -513,11 +517,31 @@ pub fn run_tasks(
         transcript: Vec::new(),
     };
     let mut queue: VecDeque<usize> = (0..tasks.len()).collect();
+    let mut waiting: Vec<(usize, crate::syscall::InterruptWait)> = Vec::new();
     let mut sink = Sink {
         mode: output,
         run: &mut result,
     };
-    while let Some(index) = queue.pop_front() {
+    loop {
+        waiting.retain(|&(index, wait)| {
+            let Some(task) = tasks[index].as_mut() else {
+                return false;
+            };
+            let Some(result) = wait.poll(task.owner) else {
+                return true;
+            };
+            task.context.set_syscall_result(result);
+            queue.push_back(index);
+            false
+        });
+        let Some(index) = queue.pop_front() else {
+            if waiting.is_empty() {
+                break;
+            }
+            // Everybody waits for a device: sleep until an interrupt.
+            arch::idle(IDLE_TICK_MS);
+            continue;
+        };
         let Some(task) = tasks[index].as_mut() else {
             continue;
         };
@@ -558,6 +582,10 @@ pub fn run_tasks(
                             break None;
                         }
                         crate::syscall::Action::Exit(code) => break Some(Exit::Code(code)),
+                        crate::syscall::Action::WaitForInterrupt(wait) => {
+                            waiting.push((index, wait));
+                            break None;
+                        }
                     }
                 }
                 Trap::Fault {

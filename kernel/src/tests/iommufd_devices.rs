@@ -81,11 +81,24 @@ fn user_edu_driver_dmas_through_its_ioas_and_is_blocked_after_unmap(
     );
     let pinned_before = iommufd_service::pinned_bytes();
     let frames_before = frames::free_count();
+    let handlers_before = crate::irq::handlers_in_use();
     let (exit, output, owner) = run_edu_dma(0)?;
     ensure_eq!(
         exit,
         Exit::Code(0),
         format!("edu-dma exit (failed step); it said {output:?}")
+    );
+    // The DMAs completed through irq_wait: the device's MSI reached the task
+    // through the unit's interrupt remapping (or the SMMU's doorbell mapping).
+    ensure!(
+        output.contains("irq_wait with nothing pending timed out")
+            && output.contains("each DMA completion arrived as one interrupt through irq_wait"),
+        "irq_wait: {output:?}"
+    );
+    ensure_eq!(
+        crate::irq::handlers_in_use(),
+        handlers_before,
+        "interrupt handlers after the task exited"
     );
     let expected_hw_info = match crate::iommufd_service::unit_hw_info() {
         Some(iommu::HwInfo::IntelVtd { cap, ecap }) => {

@@ -58,6 +58,11 @@ pub(super) fn released_everything(
         "pinned bytes after the task exited"
     );
     ensure_eq!(
+        iommufd_service::device_interrupts(owner),
+        0,
+        "device interrupts still routed for the task"
+    );
+    ensure_eq!(
         frames::free_count(),
         frames_before,
         "free frames after the run"

@@ -176,6 +176,10 @@ fn bad_pointers_and_numbers_are_error_codes(_: &Platform) -> TestResult {
         "output: {output:?}"
     );
     ensure!(
+        output.contains("irq_wait on a device the task never opened: ENOENT"),
+        "output: {output:?}"
+    );
+    ensure!(
         output.ends_with("valid\n"),
         "the final valid write is missing: {output:?}"
     );

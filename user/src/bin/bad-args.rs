@@ -84,6 +84,18 @@ fn run() -> Result<(), i32> {
         ),
         Errno::EINVAL,
     )?;
+    expect(
+        10,
+        "irq_wait on a device the task never opened",
+        syscall(nr::IRQ_WAIT, [1, 1_000_000, 0, 0, 0, 0]),
+        Errno::ENOENT,
+    )?;
+    expect(
+        11,
+        "irq_wait on a device id wider than 32 bits",
+        syscall(nr::IRQ_WAIT, [1 << 40, 0, 0, 0, 0, 0]),
+        Errno::EINVAL,
+    )?;
     // A valid write still works after all of that.
     if check(syscall(
         nr::WRITE,

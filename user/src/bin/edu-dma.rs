@@ -3,6 +3,9 @@
 //! IOAS, attaches the device, maps a buffer of its own memory and runs DMA
 //! both ways through IOVAs; then unmaps, shows that a DMA to the old IOVA no
 //! longer reaches memory, and reads the fault record the IOMMU reported.
+//! Every DMA completion is awaited with `irq_wait`: the edu raises its MSI
+//! when a transfer ends, and the kernel routes it (through the IOMMU's
+//! interrupt remapping where it has one) to this task.
 //!
 //! The task's argument picks which translated edu (0 = the first).
 //!
@@ -16,7 +19,7 @@ use user_programs::abi::{
     FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType, HwInfoVtd,
     IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
-use user_programs::{argument, entry, iommufd, mem_alloc, println};
+use user_programs::{argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
 
@@ -30,10 +33,17 @@ const DMA_COUNT: usize = 0x90;
 const DMA_COMMAND: usize = 0x98;
 const DMA_RUN: u64 = 1;
 const DMA_TO_RAM: u64 = 2;
+/// Command bit: raise the interrupt (status [`DMA_DONE`]) when the transfer ends.
+const DMA_IRQ: u64 = 4;
+const DMA_DONE: u32 = 0x100;
+/// Interrupt acknowledge register (32-bit).
+const INTERRUPT_ACK: usize = 0x64;
 const EDU_BUFFER: u64 = 0x40000;
-/// Polls of the command register before the device counts as hung (each DMA
-/// completes 100 ms of virtual time after it starts).
-const POLL_LIMIT: u32 = 2_000_000;
+/// How long a transfer may take (each completes 100 ms of virtual time after
+/// it starts).
+const DMA_TIMEOUT_NS: u64 = 2_000_000_000;
+/// The wait that shows `irq_wait` times out when nothing is pending.
+const QUIET_WAIT_NS: u64 = 20_000_000;
 const NO_DEVICE: i32 = 77;
 
 fn size_of<T>() -> u32 {
@@ -42,6 +52,8 @@ fn size_of<T>() -> u32 {
 
 struct Edu {
     registers: *mut u8,
+    /// The device's id from `device_open`, for `irq_wait`.
+    id: u32,
 }
 
 impl Edu {
@@ -51,12 +63,18 @@ impl Edu {
         unsafe { (self.registers.add(offset) as *mut u64).write_volatile(value) }
     }
 
+    fn write32(&self, offset: usize, value: u32) {
+        // SAFETY: as in `write`, for edu's 4-byte registers below 0x80.
+        unsafe { (self.registers.add(offset) as *mut u32).write_volatile(value) }
+    }
+
     fn read(&self, offset: usize) -> u64 {
         // SAFETY: as in `write`.
         unsafe { (self.registers.add(offset) as *const u64).read_volatile() }
     }
 
-    /// One transfer of a page between `iova` and the device buffer; waits for it.
+    /// One transfer of a page between `iova` and the device buffer; sleeps in
+    /// `irq_wait` until the device's completion interrupt.
     fn dma(&self, iova: u64, to_ram: bool) -> Result<(), ()> {
         let (source, destination) = if to_ram {
             (EDU_BUFFER, iova)
@@ -66,17 +84,19 @@ impl Edu {
         self.write(DMA_SOURCE, source);
         self.write(DMA_DESTINATION, destination);
         self.write(DMA_COUNT, PAGE as u64);
-        self.write(DMA_COMMAND, DMA_RUN | if to_ram { DMA_TO_RAM } else { 0 });
-        for _ in 0..POLL_LIMIT {
-            if self.read(DMA_COMMAND) & DMA_RUN == 0 {
-                return Ok(());
-            }
-            // Leave QEMU's device timers room between two register reads.
-            for _ in 0..200 {
-                core::hint::spin_loop();
+        self.write(
+            DMA_COMMAND,
+            DMA_RUN | DMA_IRQ | if to_ram { DMA_TO_RAM } else { 0 },
+        );
+        let interrupts = irq_wait(self.id, DMA_TIMEOUT_NS);
+        self.write32(INTERRUPT_ACK, DMA_DONE);
+        match interrupts {
+            Ok(1) if self.read(DMA_COMMAND) & DMA_RUN == 0 => Ok(()),
+            other => {
+                println!("edu-dma: DMA completion: irq_wait said {other:?}");
+                Err(())
             }
         }
-        Err(())
     }
 }
 
@@ -119,6 +139,7 @@ fn run() -> Result<(), i32> {
     step(2, "device_open", iommufd(Command::DeviceOpen, &mut open))?;
     let edu = Edu {
         registers: open.out_bar0_va as *mut u8,
+        id: open.out_dev_id,
     };
     println!(
         "edu-dma: opened edu {:02x}:{:02x}.{} as device {}, BAR 0 at {:#x}",
@@ -161,6 +182,17 @@ fn run() -> Result<(), i32> {
         iommufd(Command::DeviceAttach, &mut attach),
     )?;
 
+    // Nothing raised yet: a poll and a short wait both time out.
+    let quiet = (irq_wait(edu.id, 0), irq_wait(edu.id, QUIET_WAIT_NS));
+    if quiet != (Err(Errno::ETIMEDOUT), Err(Errno::ETIMEDOUT)) {
+        println!("edu-dma: irq_wait with nothing pending said {quiet:?}");
+        return Err(15);
+    }
+    println!(
+        "edu-dma: irq_wait with nothing pending timed out ({} ms)",
+        QUIET_WAIT_NS / 1_000_000
+    );
+
     let buffer = step(5, "mem_alloc", mem_alloc(2))?;
     let mut map = IoasMap {
         size: size_of::<IoasMap>(),
@@ -189,6 +221,7 @@ fn run() -> Result<(), i32> {
         return Err(9);
     }
     println!("edu-dma: 4096 bytes task -> device -> task through the IOMMU: identical");
+    println!("edu-dma: each DMA completion arrived as one interrupt through irq_wait");
 
     let mut unmap = IoasUnmap {
         size: size_of::<IoasUnmap>(),

@@ -400,6 +400,19 @@ pub fn arm_preemption(slice_ms: u64) -> bool {
     true
 }
 
+/// Sleeps until the next interrupt: a device's, or the timer's after about
+/// `max_ms`. Without a timer it only pauses briefly, so the caller polls.
+pub fn idle(max_ms: u64) {
+    if arm_preemption(max_ms) {
+        // SAFETY: WFI only waits; a pending interrupt (the timer at the
+        // latest) ends it.
+        unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+        disarm_preemption();
+    } else {
+        os_services::Clock::relax(&crate::time::CLOCK);
+    }
+}
+
 /// Whether tasks can be preempted (the timer's interrupt could be enabled).
 pub fn preemption_available() -> bool {
     preemption_timer()

@@ -354,6 +354,18 @@ pub fn arm_preemption(slice_ms: u64) -> bool {
     true
 }
 
+/// Sleeps until the next interrupt: a device's, or the timer's within about
+/// `max_ms`. Without a timer it only pauses briefly, so the caller polls.
+pub fn idle(max_ms: u64) {
+    if arm_preemption(max_ms) {
+        // Interrupts are enabled in the kernel: the periodic tick ends the halt.
+        x86_64::instructions::hlt();
+        disarm_preemption();
+    } else {
+        os_services::Clock::relax(&crate::time::CLOCK);
+    }
+}
+
 /// Whether tasks can be preempted (a timer vector was free and calibrated).
 pub fn preemption_available() -> bool {
     preemption_timer().is_some()

@@ -256,31 +256,47 @@ fn pci_address(bdf: pci::Bdf) -> u32 {
 }
 
 /// `device_list`: every PCI function, with whether the platform's IOMMU
-/// translates it (only those can be opened).
+/// translates it (only those can be opened) and whether the caller or another
+/// task holds it.
 fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     let (mut list, size) = read_argument::<abi::DeviceList>(task, arg)?;
-    let device_id = with_state(task, |state, _| state.device_id);
     let platform = crate::platform::get();
     let devices = crate::devices::all();
+    // Who holds what, read once under the lock (the list is a snapshot).
+    let flags: Vec<abi::DeviceListFlags> = with_state(task, |state, caller| {
+        devices
+            .iter()
+            .map(|device| {
+                let Some(requester) = state
+                    .device_id
+                    .and_then(|id| id(platform, device.function.bdf))
+                else {
+                    return abi::DeviceListFlags::empty();
+                };
+                let holder = state.core.device_holder(iommu::UnitId(0), requester);
+                let mut flags = abi::DeviceListFlags::TRANSLATED;
+                match holder {
+                    Some((owner, _)) if owner == caller => flags |= abi::DeviceListFlags::OPENED,
+                    Some(_) => flags |= abi::DeviceListFlags::CLAIMED,
+                    None => {}
+                }
+                flags
+            })
+            .collect()
+    });
     let capacity = list.num as usize;
     list.num = devices.len() as u32;
     if capacity < devices.len() {
         write_argument(task, arg, &list, size)?;
         return Err(Errno::EMSGSIZE);
     }
-    for (index, device) in devices.iter().enumerate() {
-        let bdf = device.function.bdf;
-        let translated = device_id.is_some_and(|id| id(platform, bdf).is_some());
+    for (index, (device, flags)) in devices.iter().zip(flags).enumerate() {
         let entry = abi::DeviceListEntry {
-            pci_address: pci_address(bdf),
+            pci_address: pci_address(device.function.bdf),
             vendor_id: device.function.vendor_id,
             device_id: device.function.device_id,
             unit: 0,
-            flags: if translated {
-                abi::DeviceListFlags::TRANSLATED.bits()
-            } else {
-                0
-            },
+            flags: flags.bits(),
         };
         let at = list.entries_uptr + (index * core::mem::size_of::<abi::DeviceListEntry>()) as u64;
         crate::syscall::copy_to_user(task, at, abi::as_bytes(&entry))?;

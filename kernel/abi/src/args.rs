@@ -368,6 +368,8 @@ bitflags! {
         const CLAIMED = 1 << 0;
         /// A unit translates it (otherwise it cannot be opened).
         const TRANSLATED = 1 << 1;
+        /// The calling task has opened it.
+        const OPENED = 1 << 2;
     }
 }
 

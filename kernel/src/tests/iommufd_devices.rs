@@ -190,6 +190,17 @@ fn a_device_is_opened_by_one_task_at_a_time(_: &Platform) -> TestResult {
         "the other task: {:?}",
         loser.output
     );
+    // device_list tells each who holds the device.
+    ensure!(
+        loser.output.contains(" claimed by another task\n"),
+        "the other task's device_list: {:?}",
+        loser.output
+    );
+    ensure!(
+        winner.output.contains(" opened by this task\n"),
+        "the opener's device_list: {:?}",
+        winner.output
+    );
     for owner in owners {
         ensure_eq!(iommufd_service::object_count(owner), 0, "objects left");
     }

@@ -100,15 +100,20 @@ impl Edu {
     }
 }
 
-fn find_edu() -> Result<Option<u32>, Errno> {
-    let mut entries = [DeviceListEntry::default(); 32];
+/// The machine's PCI functions as `device_list` reports them.
+fn device_list(entries: &mut [DeviceListEntry; 32]) -> Result<&[DeviceListEntry], Errno> {
     let mut list = DeviceList {
         size: size_of::<DeviceList>(),
         num: entries.len() as u32,
         entries_uptr: entries.as_mut_ptr() as u64,
     };
     iommufd(Command::DeviceList, &mut list)?;
-    Ok(entries[..list.num as usize]
+    Ok(&entries[..list.num as usize])
+}
+
+fn find_edu() -> Result<Option<u32>, Errno> {
+    let mut entries = [DeviceListEntry::default(); 32];
+    Ok(device_list(&mut entries)?
         .iter()
         .filter(|e| {
             e.vendor_id == EDU_VENDOR
@@ -117,6 +122,22 @@ fn find_edu() -> Result<Option<u32>, Errno> {
         })
         .nth(argument() as usize)
         .map(|e| e.pci_address))
+}
+
+/// Who holds the function at `pci_address`, as `device_list` says now.
+fn holder(pci_address: u32) -> &'static str {
+    let mut entries = [DeviceListEntry::default(); 32];
+    let flags = device_list(&mut entries).ok().and_then(|list| {
+        list.iter()
+            .find(|e| e.pci_address == pci_address)
+            .map(|e| DeviceListFlags::from_bits_retain(e.flags))
+    });
+    match flags {
+        Some(flags) if flags.contains(DeviceListFlags::OPENED) => "opened by this task",
+        Some(flags) if flags.contains(DeviceListFlags::CLAIMED) => "claimed by another task",
+        Some(_) => "free",
+        None => "not listed",
+    }
 }
 
 fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
@@ -136,7 +157,15 @@ fn run() -> Result<(), i32> {
         pci_address,
         ..Default::default()
     };
-    step(2, "device_open", iommufd(Command::DeviceOpen, &mut open))?;
+    let opened = iommufd(Command::DeviceOpen, &mut open);
+    println!(
+        "edu-dma: device_list: {:02x}:{:02x}.{} {}",
+        pci_address >> 8,
+        (pci_address >> 3) & 0x1F,
+        pci_address & 7,
+        holder(pci_address)
+    );
+    step(2, "device_open", opened)?;
     let edu = Edu {
         registers: open.out_bar0_va as *mut u8,
         id: open.out_dev_id,

@@ -5,6 +5,8 @@
 //! with [`entry!`]; returning from it exits the task with that code.
 #![no_std]
 
+pub mod edu;
+
 use core::fmt;
 
 use abi::Errno;

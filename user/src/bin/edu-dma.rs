@@ -15,129 +15,21 @@
 #![no_main]
 
 use user_programs::abi::{
-    self, Command, DeviceAttach, DeviceList, DeviceListEntry, DeviceListFlags, DeviceOpen, Errno,
-    FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType, HwInfoVtd,
-    IoasAlloc, IoasMap, IoasUnmap, MapFlags,
+    self, Command, DeviceAttach, Errno, FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi,
+    HwInfoArmSmmuV3, HwInfoType, HwInfoVtd, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
+use user_programs::edu::{self, DmaError, Edu};
 use user_programs::{argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
 
 const PAGE: usize = 4096;
-const EDU_VENDOR: u16 = 0x1234;
-const EDU_DEVICE: u16 = 0x11E8;
-/// edu BAR 0 registers (QEMU docs/specs/edu.rst) and its buffer.
-const DMA_SOURCE: usize = 0x80;
-const DMA_DESTINATION: usize = 0x88;
-const DMA_COUNT: usize = 0x90;
-const DMA_COMMAND: usize = 0x98;
-const DMA_RUN: u64 = 1;
-const DMA_TO_RAM: u64 = 2;
-/// Command bit: raise the interrupt (status [`DMA_DONE`]) when the transfer ends.
-const DMA_IRQ: u64 = 4;
-const DMA_DONE: u32 = 0x100;
-/// Interrupt acknowledge register (32-bit).
-const INTERRUPT_ACK: usize = 0x64;
-const EDU_BUFFER: u64 = 0x40000;
-/// How long a transfer may take (each completes 100 ms of virtual time after
-/// it starts).
-const DMA_TIMEOUT_NS: u64 = 2_000_000_000;
+const NO_DEVICE: i32 = 77;
 /// The wait that shows `irq_wait` times out when nothing is pending.
 const QUIET_WAIT_NS: u64 = 20_000_000;
-const NO_DEVICE: i32 = 77;
 
 fn size_of<T>() -> u32 {
     core::mem::size_of::<T>() as u32
-}
-
-struct Edu {
-    registers: *mut u8,
-    /// The device's id from `device_open`, for `irq_wait`.
-    id: u32,
-}
-
-impl Edu {
-    fn write(&self, offset: usize, value: u64) {
-        // SAFETY: BAR 0 (1 MiB) is mapped into this task by device_open; the
-        // offsets are edu's 8-byte DMA registers.
-        unsafe { (self.registers.add(offset) as *mut u64).write_volatile(value) }
-    }
-
-    fn write32(&self, offset: usize, value: u32) {
-        // SAFETY: as in `write`, for edu's 4-byte registers below 0x80.
-        unsafe { (self.registers.add(offset) as *mut u32).write_volatile(value) }
-    }
-
-    fn read(&self, offset: usize) -> u64 {
-        // SAFETY: as in `write`.
-        unsafe { (self.registers.add(offset) as *const u64).read_volatile() }
-    }
-
-    /// One transfer of a page between `iova` and the device buffer; sleeps in
-    /// `irq_wait` until the device's completion interrupt.
-    fn dma(&self, iova: u64, to_ram: bool) -> Result<(), ()> {
-        let (source, destination) = if to_ram {
-            (EDU_BUFFER, iova)
-        } else {
-            (iova, EDU_BUFFER)
-        };
-        self.write(DMA_SOURCE, source);
-        self.write(DMA_DESTINATION, destination);
-        self.write(DMA_COUNT, PAGE as u64);
-        self.write(
-            DMA_COMMAND,
-            DMA_RUN | DMA_IRQ | if to_ram { DMA_TO_RAM } else { 0 },
-        );
-        let interrupts = irq_wait(self.id, DMA_TIMEOUT_NS);
-        self.write32(INTERRUPT_ACK, DMA_DONE);
-        match interrupts {
-            Ok(1) if self.read(DMA_COMMAND) & DMA_RUN == 0 => Ok(()),
-            other => {
-                println!("edu-dma: DMA completion: irq_wait said {other:?}");
-                Err(())
-            }
-        }
-    }
-}
-
-/// The machine's PCI functions as `device_list` reports them.
-fn device_list(entries: &mut [DeviceListEntry; 32]) -> Result<&[DeviceListEntry], Errno> {
-    let mut list = DeviceList {
-        size: size_of::<DeviceList>(),
-        num: entries.len() as u32,
-        entries_uptr: entries.as_mut_ptr() as u64,
-    };
-    iommufd(Command::DeviceList, &mut list)?;
-    Ok(&entries[..list.num as usize])
-}
-
-fn find_edu() -> Result<Option<u32>, Errno> {
-    let mut entries = [DeviceListEntry::default(); 32];
-    Ok(device_list(&mut entries)?
-        .iter()
-        .filter(|e| {
-            e.vendor_id == EDU_VENDOR
-                && e.device_id == EDU_DEVICE
-                && DeviceListFlags::from_bits_retain(e.flags).contains(DeviceListFlags::TRANSLATED)
-        })
-        .nth(argument() as usize)
-        .map(|e| e.pci_address))
-}
-
-/// Who holds the function at `pci_address`, as `device_list` says now.
-fn holder(pci_address: u32) -> &'static str {
-    let mut entries = [DeviceListEntry::default(); 32];
-    let flags = device_list(&mut entries).ok().and_then(|list| {
-        list.iter()
-            .find(|e| e.pci_address == pci_address)
-            .map(|e| DeviceListFlags::from_bits_retain(e.flags))
-    });
-    match flags {
-        Some(flags) if flags.contains(DeviceListFlags::OPENED) => "opened by this task",
-        Some(flags) if flags.contains(DeviceListFlags::CLAIMED) => "claimed by another task",
-        Some(_) => "free",
-        None => "not listed",
-    }
 }
 
 fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
@@ -147,43 +39,32 @@ fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> 
     })
 }
 
+fn dma_step(number: i32, result: Result<(), DmaError>) -> Result<(), i32> {
+    result.map_err(|error| {
+        println!("edu-dma: step {number} (DMA) failed: {error:?}");
+        number
+    })
+}
+
 fn run() -> Result<(), i32> {
-    let Some(pci_address) = step(1, "device_list", find_edu())? else {
+    let Some(address) = step(1, "device_list", edu::find_translated(argument() as usize))? else {
         println!("edu-dma: no edu behind an IOMMU here");
         return Err(NO_DEVICE);
     };
-    let mut open = DeviceOpen {
-        size: size_of::<DeviceOpen>(),
-        pci_address,
-        ..Default::default()
-    };
-    let opened = iommufd(Command::DeviceOpen, &mut open);
+    let opened = Edu::open(address);
+    println!("edu-dma: device_list: {address} {}", edu::holder(address));
+    let edu = step(2, "device_open", opened)?;
     println!(
-        "edu-dma: device_list: {:02x}:{:02x}.{} {}",
-        pci_address >> 8,
-        (pci_address >> 3) & 0x1F,
-        pci_address & 7,
-        holder(pci_address)
-    );
-    step(2, "device_open", opened)?;
-    let edu = Edu {
-        registers: open.out_bar0_va as *mut u8,
-        id: open.out_dev_id,
-    };
-    println!(
-        "edu-dma: opened edu {:02x}:{:02x}.{} as device {}, BAR 0 at {:#x}",
-        pci_address >> 8,
-        (pci_address >> 3) & 0x1F,
-        pci_address & 7,
-        open.out_dev_id,
-        open.out_bar0_va
+        "edu-dma: opened edu {address} as device {}, BAR 0 at {:#x}",
+        edu.id,
+        edu.registers() as u64
     );
 
     // The native path: the unit's raw identification registers.
     let mut raw = [0u8; 64];
     let mut info = GetHwInfo {
         size: size_of::<GetHwInfo>(),
-        dev_id: open.out_dev_id,
+        dev_id: edu.id,
         data_len: raw.len() as u32,
         data_uptr: raw.as_mut_ptr() as u64,
         ..Default::default()
@@ -201,7 +82,7 @@ fn run() -> Result<(), i32> {
     step(3, "ioas_alloc", iommufd(Command::IoasAlloc, &mut alloc))?;
     let mut attach = DeviceAttach {
         size: size_of::<DeviceAttach>(),
-        dev_id: open.out_dev_id,
+        dev_id: edu.id,
         pt_id: alloc.out_ioas_id,
         ..Default::default()
     };
@@ -241,8 +122,8 @@ fn run() -> Result<(), i32> {
     for (index, byte) in source.iter_mut().enumerate() {
         *byte = (index % 253) as u8 ^ 0x5A;
     }
-    edu.dma(iova, false).map_err(|()| 7)?;
-    edu.dma(iova + PAGE as u64, true).map_err(|()| 8)?;
+    dma_step(7, edu.dma(iova, false))?;
+    dma_step(8, edu.dma(iova + PAGE as u64, true))?;
     // SAFETY: volatile reads: the device wrote this memory.
     let same = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == source[i]);
     if !same {
@@ -260,7 +141,7 @@ fn run() -> Result<(), i32> {
     };
     step(10, "ioas_unmap", iommufd(Command::IoasUnmap, &mut unmap))?;
     destination.fill(0xEE);
-    edu.dma(iova + PAGE as u64, true).map_err(|()| 11)?;
+    dma_step(11, edu.dma(iova + PAGE as u64, true))?;
     // SAFETY: as above.
     let untouched = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == 0xEE);
     if !untouched {

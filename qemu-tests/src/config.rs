@@ -204,15 +204,15 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 27),
-    ("vtd", 55),
-    ("vtd-cm", 55),
-    ("vtd-sm", 53),
-    ("vtd-fs", 53),
-    ("amdvi", 55),
+    ("vtd", 56),
+    ("vtd-cm", 56),
+    ("vtd-sm", 54),
+    ("vtd-fs", 54),
+    ("amdvi", 56),
     ("none-arm", 27),
-    ("smmuv3", 48),
-    ("smmuv3-s2", 48),
-    ("smmuv3-nested", 50),
+    ("smmuv3", 49),
+    ("smmuv3-s2", 49),
+    ("smmuv3-nested", 51),
 ];
 
 /// The configuration called `name`.

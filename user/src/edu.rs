@@ -31,6 +31,8 @@ pub const TRANSFER: u64 = 4096;
 /// How long a transfer may take (each completes 100 ms of virtual time after
 /// it starts).
 const DMA_TIMEOUT_NS: u64 = 2_000_000_000;
+/// Polls of the command register before a polled transfer counts as hung.
+const POLL_LIMIT: u32 = 2_000_000;
 
 /// A PCI function as `device_list` names it: segment << 16 | bus << 8 | devfn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,9 +144,7 @@ impl Edu {
         unsafe { (self.registers.add(offset) as *const u64).read_volatile() }
     }
 
-    /// One transfer of a page between `iova` and the device buffer; sleeps in
-    /// `irq_wait` until the device's completion interrupt.
-    pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), DmaError> {
+    fn start(&self, iova: u64, to_ram: bool, interrupt: bool) {
         let (source, destination) = if to_ram {
             (BUFFER, iova)
         } else {
@@ -153,10 +153,37 @@ impl Edu {
         self.write(DMA_SOURCE, source);
         self.write(DMA_DESTINATION, destination);
         self.write(DMA_COUNT, TRANSFER);
-        self.write(
-            DMA_COMMAND,
-            DMA_RUN | DMA_IRQ | if to_ram { DMA_TO_RAM } else { 0 },
-        );
+        let mut command = DMA_RUN;
+        if to_ram {
+            command |= DMA_TO_RAM;
+        }
+        if interrupt {
+            command |= DMA_IRQ;
+        }
+        self.write(DMA_COMMAND, command);
+    }
+
+    /// One transfer without a completion interrupt, its end found by polling
+    /// the command register (for a device whose MSI the task's own stage-1
+    /// table would have to translate).
+    pub fn dma_polled(&self, iova: u64, to_ram: bool) -> Result<(), DmaError> {
+        self.start(iova, to_ram, false);
+        for _ in 0..POLL_LIMIT {
+            if self.read(DMA_COMMAND) & DMA_RUN == 0 {
+                return Ok(());
+            }
+            // Leave QEMU's device timers room between two register reads.
+            for _ in 0..200 {
+                core::hint::spin_loop();
+            }
+        }
+        Err(DmaError::StillRunning)
+    }
+
+    /// One transfer of a page between `iova` and the device buffer; sleeps in
+    /// `irq_wait` until the device's completion interrupt.
+    pub fn dma(&self, iova: u64, to_ram: bool) -> Result<(), DmaError> {
+        self.start(iova, to_ram, true);
         let interrupts = irq_wait(self.id, DMA_TIMEOUT_NS);
         self.write32(INTERRUPT_ACK, DMA_DONE);
         match interrupts {

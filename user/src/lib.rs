@@ -5,7 +5,10 @@
 //! with [`entry!`]; returning from it exits the task with that code.
 #![no_std]
 
+extern crate alloc;
+
 pub mod edu;
+mod heap;
 
 use core::fmt;
 

@@ -121,6 +121,17 @@ impl Ste {
         ste
     }
 
+    /// Words 0-1 of the STE a task hands `hwpt_alloc` for a nested stage 1
+    /// it owns (as Linux `iommu_hwpt_arm_smmuv3`): V, Config = stage 1
+    /// translates, S1ContextPtr = the stage-2 input address (IPA) of its one
+    /// CD (S1Fmt = 0, S1CDMax = 0).
+    pub fn guest_stage1(cd_ipa: u64) -> Result<[u64; 2], SteError> {
+        if cd_ipa & !STE0_S1_CONTEXT_PTR_MASK != 0 {
+            return Err(SteError::Misaligned);
+        }
+        Ok([Ste::valid(StreamConfig::Stage1).0[0] | cd_ipa, 0])
+    }
+
     /// Valid, Config = abort: silent termination (§5.2 Config 0b000).
     pub fn abort() -> Ste {
         Ste::valid(StreamConfig::Abort)
@@ -243,6 +254,14 @@ mod tests {
         assert_eq!(ste.0[1], (1 << 44) | 0b1101_0100);
         assert_eq!(ste.0[2], 0);
         assert_eq!(ste.config(), Some(StreamConfig::Stage1));
+    }
+
+    #[test]
+    fn guest_stage1_golden() {
+        // V | Config 0b101 << 1 = 0xB, S1ContextPtr = the CD's IPA; word 1 zero.
+        assert_eq!(Ste::guest_stage1(0x1_0000_2000), Ok([0x1_0000_200B, 0]));
+        assert_eq!(Ste::guest_stage1(0x1020), Err(SteError::Misaligned));
+        assert_eq!(Ste::guest_stage1(1 << 52), Err(SteError::Misaligned));
     }
 
     #[test]

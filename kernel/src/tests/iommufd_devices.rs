@@ -25,6 +25,10 @@ pub static TESTS: &[Test] = &[
         name: "iommufd::two_tasks_drive_two_devices_through_separate_ioases",
         run: two_tasks_drive_two_devices_through_separate_ioases,
     },
+    Test {
+        name: "iommufd::hwpt_alloc_attach_replace_detach_and_a_task_owned_nested_stage1",
+        run: hwpt_calls_and_a_task_owned_nested_stage1,
+    },
 ];
 
 /// The program's exit code when `device_open` failed (its step 2).
@@ -39,8 +43,13 @@ const BLOCKED_IOVA_LINE: &str = "was blocked (memory unchanged)";
 /// Runs one edu-dma task on the `index`th translated edu; returns how it
 /// ended, what it wrote and its owner id.
 fn run_edu_dma(index: u64) -> Result<(Exit, String, u64), String> {
-    let mut program = task::Task::spawn("edu-dma", task::kernel_root())
-        .map_err(|err| format!("spawn: {err:?}"))?;
+    run_program("edu-dma", index)
+}
+
+/// Runs program `name` alone with argument `index` (the edu it drives).
+fn run_program(name: &str, index: u64) -> Result<(Exit, String, u64), String> {
+    let mut program =
+        task::Task::spawn(name, task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
     program.set_argument(index);
     let owner = program.owner;
     let run = task::run_tasks(
@@ -275,4 +284,71 @@ fn two_tasks_drive_two_devices_through_separate_ioases(_: &Platform) -> TestResu
         super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
     }
     Ok(Outcome::Passed)
+}
+
+/// The `nested` program's exit code when the unit offers no SMMUv3 nesting
+/// (after its generic HWPT part held).
+const NO_NESTING: i32 = 78;
+
+/// The `nested` program: hwpt_alloc (paging), attach, EBUSY destroy,
+/// replace, detach on every IOMMU; on SMMUv3 with both stages, a stage-1
+/// table and CD built in task memory, installed with a nested hwpt_alloc over
+/// a NEST_PARENT HWPT, DMA through both stages, a stage-1 move made visible
+/// with hwpt_invalidate, a stage-1 fault read from the nested HWPT, and the
+/// vendor-data errors. Elsewhere the nested step must be refused with
+/// EOPNOTSUPP. Nothing is left behind.
+fn hwpt_calls_and_a_task_owned_nested_stage1(platform: &Platform) -> TestResult {
+    iommufd_service::prepare();
+    let (exit, output, _) = run_program("nested", 0)?;
+    if exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    ensure!(
+        matches!(exit, Exit::Code(0) | Exit::Code(NO_NESTING)),
+        "warm-up run: {exit:?}; it said {output:?}"
+    );
+    let pinned_before = iommufd_service::pinned_bytes();
+    let frames_before = frames::free_count();
+    let handlers_before = crate::irq::handlers_in_use();
+    let (exit, output, owner) = run_program("nested", 0)?;
+    ensure!(
+        output.contains("EBUSY while attached, replaced by HWPT")
+            && output.contains("detached: DMA blocked"),
+        "the paging HWPT part: {exit:?}, {output:?}"
+    );
+    let nesting = nesting_offered(platform);
+    if nesting {
+        ensure_eq!(exit, Exit::Code(0), format!("it said {output:?}"));
+        for line in [
+            "short vendor data: EINVAL as expected",
+            "unknown data type: EOPNOTSUPP as expected",
+            "after the move and hwpt_invalidate wrote page B",
+            "fault at stage-1 IOVA 0x71000000 reported to the nested HWPT",
+        ] {
+            ensure!(output.contains(line), "no {line:?} in {output:?}");
+        }
+    } else {
+        ensure_eq!(exit, Exit::Code(NO_NESTING), format!("it said {output:?}"));
+        ensure!(output.contains("EOPNOTSUPP"), "{output:?}");
+    }
+    ensure_eq!(
+        crate::irq::handlers_in_use(),
+        handlers_before,
+        "interrupt handlers after the task exited"
+    );
+    super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
+    Ok(Outcome::Passed)
+}
+
+/// Whether the platform's unit can nest an SMMUv3 stage 1 over stage 2.
+fn nesting_offered(platform: &Platform) -> bool {
+    #[cfg(target_arch = "aarch64")]
+    {
+        matches!(super::smmuv3::nesting_unavailable(platform), Ok(None))
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        let _ = platform;
+        false
+    }
 }

@@ -988,8 +988,8 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
             // SAFETY: the CD page is owned by this test; volatile for the SMMU.
             unsafe { core::ptr::write_volatile(cd_page.as_mut_ptr().cast::<u64>().add(i), *word) };
         }
-        // Guest STE: V, Config = stage-1 translate, S1ContextPtr = CD's IPA.
-        let guest_ste = [cd_page.phys | (0b101 << 1) | 1, 0];
+        let guest_ste =
+            smmuv3::Ste::guest_stage1(cd_page.phys).map_err(|err| format!("guest STE: {err:?}"))?;
         let nested = unit(platform, |u| {
             u.alloc_domain(DomainKind::Nested {
                 parent,

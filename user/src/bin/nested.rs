@@ -1,0 +1,440 @@
+//! A task that owns its device's stage-1 translation (SMMUv3 nesting,
+//! SMMUv3 §3.3.2 and §5.4): it builds an ARM VMSAv8-64 stage-1 table and
+//! the Context Descriptor that points to it in its own memory, maps that
+//! memory into a NEST_PARENT HWPT's IOAS (the kernel's stage 2, which
+//! translates the stage-1 output: IPA = IOVA of the parent), installs the
+//! table with `hwpt_alloc` (vendor data: the guest STE words) and DMAs
+//! through both stages; then moves a stage-1 mapping, invalidates it with
+//! `hwpt_invalidate` and shows the device follows, and reads the stage-1
+//! fault of an address it never mapped.
+//!
+//! Before nesting, on every IOMMU: an explicit paging HWPT (`hwpt_alloc`),
+//! `device_attach` to it, `destroy` refused while attached, `device_replace`
+//! back to the IOAS, `device_detach` (DMA blocked again), and the vendor-data
+//! errors of a nested `hwpt_alloc`.
+//!
+//! The task's argument picks the edu. Exit codes: 0 = all held, 77 = no edu
+//! behind an IOMMU, 78 = the generic part held and the unit offers no SMMUv3
+//! nesting, otherwise the number of the failed step.
+#![no_std]
+#![no_main]
+
+use core::ptr::NonNull;
+
+use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
+use user_programs::abi::{
+    Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
+    HwptAllocFlags, HwptArmSmmuV3, HwptDataType, HwptInvalidate, InvalidateArmSmmuV3,
+    InvalidateDataType, IoasAlloc, IoasMap, MapFlags,
+};
+use user_programs::edu::{self, Edu};
+use user_programs::{argument, entry, iommufd, mem_alloc, println};
+
+entry!(main);
+
+const NO_DEVICE: i32 = 77;
+const NO_NESTING: i32 = 78;
+const PAGE: u64 = 4096;
+/// Stage-1 input addresses the task gives its device.
+const S1_IOVA: u64 = 0x7000_0000;
+const S1_UNMAPPED: u64 = 0x7100_0000;
+/// The address space id of the task's stage 1 (its own choice: the
+/// kernel's stage 2 confines it to the nested domain's VMID).
+const ASID: u16 = 1;
+/// Pages of task memory the nested part uses: two data pages, the CD, and
+/// stage-1 table pages.
+const POOL_PAGES: usize = 12;
+const DATA_A: usize = 0;
+const DATA_B: usize = 1;
+const CD_PAGE: usize = 2;
+const FIRST_TABLE_PAGE: usize = 3;
+/// Bytes the device's DMA must carry through.
+const PATTERN: u8 = 0xA7;
+const UNTOUCHED: u8 = 0xEE;
+
+fn size_of<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
+    result.map_err(|errno| {
+        println!("nested: step {number} ({what}) failed: {errno:?}");
+        number
+    })
+}
+
+fn expect(number: i32, what: &str, result: Result<(), Errno>, expected: Errno) -> Result<(), i32> {
+    if result == Err(expected) {
+        println!("nested: {what}: {expected:?} as expected");
+        Ok(())
+    } else {
+        println!("nested: {what}: expected {expected:?}, got {result:?}");
+        Err(number)
+    }
+}
+
+fn dma_step(number: i32, result: Result<(), edu::DmaError>) -> Result<(), i32> {
+    result.map_err(|error| {
+        println!("nested: step {number} (DMA) failed: {error:?}");
+        number
+    })
+}
+
+/// A page of task memory the device reads or writes.
+fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
+    // SAFETY: `base` is a mem_alloc region of POOL_PAGES (or more) writable
+    // pages owned by this task, and each index names a different page.
+    unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
+}
+
+/// Every byte of `memory` equals `value` (volatile: the device wrote it).
+fn all(memory: &[u8], value: u8) -> bool {
+    // SAFETY: reading bytes of a live slice.
+    memory
+        .iter()
+        .all(|byte| unsafe { core::ptr::read_volatile(byte) } == value)
+}
+
+fn hwpt_alloc(
+    flags: HwptAllocFlags,
+    dev_id: u32,
+    pt_id: u32,
+    vendor: Option<(u32, &[u8])>,
+) -> Result<u32, Errno> {
+    let (data_type, data) = vendor.unwrap_or((HwptDataType::None as u32, &[]));
+    let mut alloc = HwptAlloc {
+        size: size_of::<HwptAlloc>(),
+        flags: flags.bits(),
+        dev_id,
+        pt_id,
+        data_type,
+        data_len: data.len() as u32,
+        data_uptr: data.as_ptr() as u64,
+        ..Default::default()
+    };
+    iommufd(Command::HwptAlloc, &mut alloc)?;
+    Ok(alloc.out_hwpt_id)
+}
+
+/// Attaches (or with `replace`, moves) the device; returns its HWPT.
+fn attach(command: Command, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+    let mut attach = DeviceAttach {
+        size: size_of::<DeviceAttach>(),
+        dev_id,
+        pt_id,
+        ..Default::default()
+    };
+    iommufd(command, &mut attach)?;
+    Ok(attach.out_hwpt_id)
+}
+
+fn destroy(id: u32) -> Result<(), Errno> {
+    let mut destroy = Destroy {
+        size: size_of::<Destroy>(),
+        id,
+    };
+    iommufd(Command::Destroy, &mut destroy)
+}
+
+/// Maps `pages` pages of task memory at `va` into the IOAS; the kernel
+/// chooses the IOVA.
+fn map(ioas: u32, va: *mut u8, pages: usize) -> Result<u64, Errno> {
+    let mut map = IoasMap {
+        size: size_of::<IoasMap>(),
+        flags: (MapFlags::READABLE | MapFlags::WRITEABLE).bits(),
+        ioas_id: ioas,
+        user_va: va as u64,
+        length: pages as u64 * PAGE,
+        ..Default::default()
+    };
+    iommufd(Command::IoasMap, &mut map)?;
+    Ok(map.iova)
+}
+
+fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+fn run() -> Result<(), i32> {
+    let Some(address) = step(1, "device_list", edu::find_translated(argument() as usize))? else {
+        println!("nested: no edu behind an IOMMU here");
+        return Err(NO_DEVICE);
+    };
+    let edu = step(2, "device_open", Edu::open(address))?;
+    let mut ioas = IoasAlloc {
+        size: size_of::<IoasAlloc>(),
+        ..Default::default()
+    };
+    step(3, "ioas_alloc", iommufd(Command::IoasAlloc, &mut ioas))?;
+    let ioas = ioas.out_ioas_id;
+    paging_hwpt_lifecycle(&edu, ioas)?;
+    nested_stage1(&edu, ioas)
+}
+
+/// An explicit paging HWPT from the IOAS carries DMA, cannot be destroyed
+/// while the device is attached, gives way to the IOAS's own HWPT through
+/// `device_replace`, and after `device_detach` the device is blocked.
+fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
+    let data = step(4, "mem_alloc", mem_alloc(1))?;
+    let data_page = page(data, 0);
+    data_page.fill(PATTERN);
+    let iova = step(5, "ioas_map", map(ioas, data, 1))?;
+    let paging = step(
+        6,
+        "hwpt_alloc (paging)",
+        hwpt_alloc(HwptAllocFlags::empty(), edu.id, ioas, None),
+    )?;
+    let attached = step(
+        7,
+        "device_attach",
+        attach(Command::DeviceAttach, edu.id, paging),
+    )?;
+    if attached != paging {
+        println!("nested: attached to HWPT {attached}, not {paging}");
+        return Err(7);
+    }
+    dma_step(8, edu.dma(iova, false))?;
+    expect(9, "destroy an attached HWPT", destroy(paging), Errno::EBUSY)?;
+    let automatic = step(
+        10,
+        "device_replace",
+        attach(Command::DeviceReplace, edu.id, ioas),
+    )?;
+    if automatic == paging {
+        println!("nested: replace left the device in HWPT {paging}");
+        return Err(10);
+    }
+    step(11, "destroy the detached HWPT", destroy(paging))?;
+    // The device buffer holds PATTERN now; a blocked DMA must not write it.
+    data_page.fill(UNTOUCHED);
+    let mut detach = DeviceDetach {
+        size: size_of::<DeviceDetach>(),
+        dev_id: edu.id,
+    };
+    step(
+        12,
+        "device_detach",
+        iommufd(Command::DeviceDetach, &mut detach),
+    )?;
+    // Blocked, the device's completion MSI would be dropped too: poll.
+    dma_step(13, edu.dma_polled(iova, true))?;
+    if !all(data_page, UNTOUCHED) {
+        println!("nested: a detached device's DMA reached memory");
+        return Err(13);
+    }
+    println!(
+        "nested: paging HWPT {paging} carried DMA, EBUSY while attached, replaced by HWPT {automatic}, destroyed; detached: DMA blocked"
+    );
+    Ok(())
+}
+
+/// Stage-1 table pages for io-page-table: pages of the task's pool, whose
+/// "physical" addresses are their IPAs (their IOVAs in the parent IOAS).
+struct PoolTables {
+    va: *mut u8,
+    ipa: u64,
+    used: [bool; POOL_PAGES],
+}
+
+// SAFETY: every page handed out is a zeroed (memset here) page of this
+// task's pool, used by nothing else until it is freed; phys_to_virt maps an
+// IPA inside the pool back to its task address; the SMMU walks coherently.
+unsafe impl TableAlloc for PoolTables {
+    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+        if bytes != PAGE as usize {
+            return None;
+        }
+        let index = (FIRST_TABLE_PAGE..POOL_PAGES).find(|&i| !self.used[i])?;
+        self.used[index] = true;
+        page(self.va, index).fill(0);
+        Some(self.ipa + index as u64 * PAGE)
+    }
+
+    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
+        let index = ((phys - self.ipa) / PAGE) as usize;
+        self.used[index] = false;
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
+        // SAFETY: `phys` lies in the pool (the table only asks about pages
+        // it was given), so the offset stays inside the pool's mapping.
+        let va = unsafe { self.va.add((phys - self.ipa) as usize) };
+        NonNull::new(va).unwrap_or(NonNull::dangling())
+    }
+}
+
+fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
+    // The kernel's stage 2: a NEST_PARENT HWPT over the IOAS.
+    let parent = match hwpt_alloc(HwptAllocFlags::NEST_PARENT, edu.id, ioas, None) {
+        Ok(parent) => parent,
+        Err(Errno::EOPNOTSUPP) => {
+            println!("nested: the unit offers no nesting parent: EOPNOTSUPP");
+            return Err(NO_NESTING);
+        }
+        Err(errno) => return step(20, "hwpt_alloc (NEST_PARENT)", Err(errno)),
+    };
+    let pool = step(21, "mem_alloc (pool)", mem_alloc(POOL_PAGES))?;
+    let ipa = step(22, "ioas_map (pool)", map(ioas, pool, POOL_PAGES))?;
+    page(pool, DATA_A).fill(PATTERN);
+    page(pool, DATA_B).fill(UNTOUCHED);
+
+    // The task's stage 1, in its own memory, addressed by IPA.
+    let format = ArmLpae::new(ArmConfig {
+        stage: Stage::Stage1,
+        granule: Granule::K4,
+        input_bits: 48,
+        output_bits: 44,
+    })
+    .map_err(|_| 23)?;
+    let tables = PoolTables {
+        va: pool,
+        ipa,
+        used: [false; POOL_PAGES],
+    };
+    let mut table = PageTable::new(format, tables, Coherence::Coherent).map_err(|_| 23)?;
+    let rw = Prot::READ | Prot::WRITE | Prot::CACHE;
+    let ipa_of = |index: usize| ipa + index as u64 * PAGE;
+    table
+        .map(S1_IOVA, ipa_of(DATA_A), PAGE, rw)
+        .map_err(|_| 24)?;
+    let fields = table.format().stage1_fields();
+    let cd = smmuv3::Cd::stage1(&smmuv3::Stage1Config {
+        asid: ASID,
+        root: table.root_phys(),
+        granule: smmuv3::Granule::K4,
+        ias_bits: 48,
+        ips_encoding: u32::from(fields.ips),
+        mair: fields.mair,
+    })
+    .map_err(|_| 25)?;
+    let cd_words = page(pool, CD_PAGE).as_mut_ptr().cast::<u64>();
+    for (index, word) in cd.0.iter().enumerate() {
+        // SAFETY: the CD page is this task's, 8-byte aligned, 4 KiB long.
+        unsafe { cd_words.add(index).write_volatile(*word) };
+    }
+    let ste = smmuv3::Ste::guest_stage1(ipa_of(CD_PAGE)).map_err(|_| 25)?;
+    let vendor = HwptArmSmmuV3 { ste };
+    let vendor_bytes = user_programs::abi::as_bytes(&vendor);
+    let arm = HwptDataType::ArmSmmuV3 as u32;
+
+    // Vendor data the kernel must refuse before it builds anything.
+    expect(
+        26,
+        "nested hwpt_alloc with short vendor data",
+        hwpt_alloc(
+            HwptAllocFlags::empty(),
+            edu.id,
+            parent,
+            Some((arm, &vendor_bytes[..8])),
+        )
+        .map(|_| ()),
+        Errno::EINVAL,
+    )?;
+    expect(
+        27,
+        "nested hwpt_alloc with an unknown data type",
+        hwpt_alloc(
+            HwptAllocFlags::empty(),
+            edu.id,
+            parent,
+            Some((99, vendor_bytes)),
+        )
+        .map(|_| ()),
+        Errno::EOPNOTSUPP,
+    )?;
+    let nested = match hwpt_alloc(
+        HwptAllocFlags::empty(),
+        edu.id,
+        parent,
+        Some((arm, vendor_bytes)),
+    ) {
+        Ok(nested) => nested,
+        Err(Errno::EOPNOTSUPP) => {
+            println!("nested: the unit does not take an SMMUv3 stage 1: EOPNOTSUPP");
+            return Err(NO_NESTING);
+        }
+        Err(errno) => return step(28, "hwpt_alloc (nested)", Err(errno)),
+    };
+    step(
+        29,
+        "device_attach (nested)",
+        attach(Command::DeviceAttach, edu.id, nested),
+    )?;
+
+    // IOVA -> (task's stage 1) -> IPA of page A -> (kernel's stage 2) -> PA.
+    dma_step(30, edu.dma_polled(S1_IOVA, false))?;
+    // The task moves its mapping to page B and invalidates its own ASID.
+    let unmapped = table.unmap(S1_IOVA, PAGE).map_err(|_| 31)?;
+    table
+        .map(S1_IOVA, ipa_of(DATA_B), PAGE, rw)
+        .map_err(|_| 31)?;
+    let command = smmuv3::Command::TlbiNhVa {
+        vmid: 0,
+        asid: ASID,
+        addr: S1_IOVA,
+        leaf: true,
+        range: None,
+    }
+    .encode();
+    let entries = [InvalidateArmSmmuV3 { cmd: command.0 }];
+    let mut invalidate = HwptInvalidate {
+        size: size_of::<HwptInvalidate>(),
+        hwpt_id: nested,
+        data_uptr: entries.as_ptr() as u64,
+        data_type: InvalidateDataType::ArmSmmuV3 as u32,
+        entry_len: size_of::<InvalidateArmSmmuV3>(),
+        entry_num: entries.len() as u32,
+        ..Default::default()
+    };
+    step(
+        32,
+        "hwpt_invalidate",
+        iommufd(Command::HwptInvalidate, &mut invalidate),
+    )?;
+    if invalidate.entry_num != 1 {
+        println!(
+            "nested: hwpt_invalidate processed {} entries",
+            invalidate.entry_num
+        );
+        return Err(32);
+    }
+    table.release(unmapped.freed);
+    dma_step(33, edu.dma_polled(S1_IOVA, true))?;
+    if !all(page(pool, DATA_B), PATTERN) || !all(page(pool, DATA_A), PATTERN) {
+        println!("nested: after the stage-1 move the data did not land in page B only");
+        return Err(33);
+    }
+    println!(
+        "nested: stage 1 in task memory (CD at IPA {:#x}, root at IPA {:#x}) over stage-2 HWPT {parent}: DMA at IOVA {S1_IOVA:#x} read page A, and after the move and hwpt_invalidate wrote page B",
+        ipa_of(CD_PAGE),
+        table.root_phys()
+    );
+
+    // An IOVA the task never mapped faults at stage 1, in the nested HWPT.
+    dma_step(34, edu.dma_polled(S1_UNMAPPED, true))?;
+    let mut records = [FaultRecord::default(); 4];
+    let mut read = FaultRead {
+        size: size_of::<FaultRead>(),
+        hwpt_id: nested,
+        num: records.len() as u32,
+        record_len: size_of::<FaultRecord>(),
+        records_uptr: records.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    step(35, "fault_read", iommufd(Command::FaultRead, &mut read))?;
+    match records[..read.num as usize].first() {
+        Some(record) if record.iova == S1_UNMAPPED => println!(
+            "nested: fault at stage-1 IOVA {:#x} reported to the nested HWPT",
+            record.iova
+        ),
+        other => {
+            println!("nested: expected a fault at {S1_UNMAPPED:#x}, read {other:?}");
+            return Err(35);
+        }
+    }
+    println!("nested: done");
+    Ok(())
+}

@@ -191,6 +191,10 @@ pub fn release(task: &mut Task) {
     with_state(task, |state, owner| {
         // The device stops signalling before its domain goes.
         release_interrupts(state, |_, entry| entry.owner == owner);
+        // Empty the unit's fault log now: a record left pending there (VT-d
+        // keeps one per fault-recording register until software clears it)
+        // would keep the next task's faults from being recorded at all.
+        state.core.dispatch_faults();
         state.core.teardown(owner);
     });
 }
@@ -456,9 +460,10 @@ pub fn collect_interrupts(owner: u64, dev_id: u32) -> Result<u64, Errno> {
 }
 
 /// Brings the iommufd core (and with it the platform's IOMMU unit) up now and
-/// puts every device it translates into the blocked state, so that the unit's
-/// per-device structures (e.g. an SMMUv3 level-2 stream table) exist before a
-/// leak check around a task run starts counting.
+/// puts every device it translates through one attach to a paging domain and
+/// back into the blocked state, so that the unit's per-device structures (an
+/// SMMUv3 level-2 stream table, VT-d scalable mode's PASID directory and
+/// table) exist before a leak check around a task run starts counting.
 pub fn prepare() {
     let mut guard = CORE.lock();
     let state = guard.get_or_insert_with(new_state);
@@ -466,10 +471,26 @@ pub fn prepare() {
         return;
     };
     let platform = crate::platform::get();
-    for device in crate::devices::all() {
-        if let Some(requester) = device_id(platform, device.function.bdf)
-            && let Some(unit) = state.core.unit_mut(iommu::UnitId(0))
-        {
+    // Devices a task holds are left alone.
+    let free: Vec<iommu::DeviceId> = crate::devices::all()
+        .iter()
+        .filter_map(|device| device_id(platform, device.function.bdf))
+        .filter(|&requester| {
+            state
+                .core
+                .device_holder(iommu::UnitId(0), requester)
+                .is_none()
+        })
+        .collect();
+    let Some(unit) = state.core.unit_mut(iommu::UnitId(0)) else {
+        return;
+    };
+    for requester in free {
+        if let Ok(domain) = unit.alloc_domain(iommu::DomainKind::Paging) {
+            let _ = unit.attach(requester, domain);
+            unit.detach(requester);
+            let _ = unit.free_domain(domain);
+        } else {
             unit.detach(requester);
         }
     }

@@ -7,6 +7,7 @@ mod amdvi;
 mod foundation;
 mod iommufd_devices;
 mod iommufd_syscalls;
+mod isolation;
 #[cfg(target_arch = "x86_64")]
 mod robust_amdvi;
 #[cfg(target_arch = "aarch64")]
@@ -43,4 +44,5 @@ pub static ALL: &[&[Test]] = &[
     robust_syscalls::TESTS,
     iommufd_syscalls::TESTS,
     iommufd_devices::TESTS,
+    isolation::TESTS,
 ];

@@ -204,15 +204,15 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 27),
-    ("vtd", 56),
-    ("vtd-cm", 56),
-    ("vtd-sm", 54),
-    ("vtd-fs", 54),
-    ("amdvi", 56),
+    ("vtd", 58),
+    ("vtd-cm", 58),
+    ("vtd-sm", 56),
+    ("vtd-fs", 56),
+    ("amdvi", 58),
     ("none-arm", 27),
-    ("smmuv3", 49),
-    ("smmuv3-s2", 49),
-    ("smmuv3-nested", 51),
+    ("smmuv3", 51),
+    ("smmuv3-s2", 51),
+    ("smmuv3-nested", 53),
 ];
 
 /// The configuration called `name`.

@@ -1,0 +1,226 @@
+//! Isolation between tasks through the IOMMU (the `isolation` program): a
+//! task's device cannot reach another task's memory (not even by physical
+//! address), open its device or name its objects, and a task killed with its
+//! device attached is torn down without disturbing the other, its device
+//! left blocked.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::iommufd_service;
+use crate::memory::frames;
+use crate::platform::Platform;
+use crate::task::{self, Exit, Output, Run, Task};
+use crate::testing::{Outcome, Test, TestResult};
+
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "isolation::a_task_cannot_reach_another_tasks_memory_device_or_objects",
+        run: a_task_cannot_reach_another_tasks_memory_device_or_objects,
+    },
+    Test {
+        name: "isolation::a_task_killed_with_its_device_attached_leaves_the_other_working",
+        run: a_task_killed_with_its_device_attached_leaves_the_other_working,
+    },
+];
+
+/// Roles of the `isolation` program (its argument's top byte).
+const OWNER: u64 = 1;
+const PROBER: u64 = 2;
+const VICTIM: u64 = 3;
+const WORKER: u64 = 4;
+/// The program's exit code when no edu sits behind an IOMMU.
+const NO_DEVICE: i32 = 77;
+
+fn argument(role: u64, edu: u64, address: u64) -> u64 {
+    (role << 56) | (edu << 48) | address
+}
+
+fn spawn(role: u64, edu: u64, address: u64) -> Result<Task, String> {
+    let mut program =
+        Task::spawn("isolation", task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
+    program.set_argument(argument(role, edu, address));
+    Ok(program)
+}
+
+fn run(tasks: Vec<Task>) -> Run {
+    task::run_tasks(
+        tasks.into_iter().map(Some).collect(),
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    )
+}
+
+/// What every test checks after its tasks are gone.
+struct Baseline {
+    frames: usize,
+    pinned: u64,
+    handlers: usize,
+}
+
+impl Baseline {
+    fn now() -> Self {
+        // The scheduler's timer takes its interrupt on first use, for good.
+        task::preemption_available();
+        Baseline {
+            frames: frames::free_count(),
+            pinned: iommufd_service::pinned_bytes(),
+            handlers: crate::irq::handlers_in_use(),
+        }
+    }
+
+    fn check(&self, owners: &[u64]) -> Result<(), String> {
+        for &owner in owners {
+            ensure_eq!(iommufd_service::object_count(owner), 0, "objects left");
+            ensure_eq!(
+                iommufd_service::device_interrupts(owner),
+                0,
+                "device interrupts left"
+            );
+        }
+        ensure_eq!(iommufd_service::pinned_bytes(), self.pinned, "pinned bytes");
+        ensure_eq!(crate::irq::handlers_in_use(), self.handlers, "handlers");
+        ensure_eq!(frames::free_count(), self.frames, "free frames");
+        Ok(())
+    }
+}
+
+/// Whether the unit reports blocked DMA as fault records (QEMU 10.0.2's
+/// AMD-Vi never writes its event log).
+fn faults_reported(platform: &Platform) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        !matches!(&platform.firmware, crate::platform::Firmware::Acpi(info) if info.ivrs.is_some())
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let _ = platform;
+        true
+    }
+}
+
+fn a_task_cannot_reach_another_tasks_memory_device_or_objects(platform: &Platform) -> TestResult {
+    iommufd_service::prepare();
+    if crate::devices::edus().count() < 2 {
+        return Ok(Outcome::NotApplicable("needs two edu devices"));
+    }
+    let baseline = Baseline::now();
+    let mut owner = spawn(OWNER, 0, 0)?;
+    // The owner's buffer: allocated before it starts, so the prober can be
+    // told its physical address.
+    let va = owner
+        .allocate(1)
+        .map_err(|err| format!("allocate: {err:?}"))?;
+    let phys = owner.memory.allocations[&va].frames[0];
+    owner.set_argument(argument(OWNER, 0, va));
+    let prober = spawn(PROBER, 1, phys)?;
+    let owners = [owner.owner, prober.owner];
+    let run = run(alloc::vec![owner, prober]);
+    let (owner, prober) = (&run.reports[0], &run.reports[1]);
+    if owner.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    ensure_eq!(
+        owner.exit,
+        Exit::Code(0),
+        format!("owner: {:?}", owner.output)
+    );
+    ensure_eq!(
+        prober.exit,
+        Exit::Code(0),
+        format!("prober: {:?}", prober.output)
+    );
+    for (output, line) in [
+        (
+            &owner.output,
+            "owner: buffer, objects and DMA intact after the prober",
+        ),
+        (&prober.output, "opening the owner's edu: EBUSY"),
+        (&prober.output, ": ENOENT"),
+        (&prober.output, "blocked both ways"),
+    ] {
+        ensure!(output.contains(line), "no {line:?} in {output:?}");
+    }
+    if faults_reported(platform) {
+        ensure!(
+            prober.output.contains("one at that address: true"),
+            "the hostile DMA at {phys:#x} was not reported: {:?}",
+            prober.output
+        );
+    }
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+fn a_task_killed_with_its_device_attached_leaves_the_other_working(
+    platform: &Platform,
+) -> TestResult {
+    iommufd_service::prepare();
+    let Some(victim_edu) = crate::devices::edus().next() else {
+        return Ok(Outcome::NotApplicable("no edu device"));
+    };
+    if crate::devices::edus().count() < 2 {
+        return Ok(Outcome::NotApplicable("needs two edu devices"));
+    }
+    let baseline = Baseline::now();
+    let victim = spawn(VICTIM, 0, 0)?;
+    let worker = spawn(WORKER, 1, 0)?;
+    let owners = [victim.owner, worker.owner];
+    let run = run(alloc::vec![victim, worker]);
+    let (victim, worker) = (&run.reports[0], &run.reports[1]);
+    if victim.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    let Exit::Killed(report) = &victim.exit else {
+        return Err(format!(
+            "the victim was not killed: {:?}, {:?}",
+            victim.exit, victim.output
+        ));
+    };
+    ensure!(
+        victim.output.contains("now faulting on purpose"),
+        "the victim died before attaching: {report}; {:?}",
+        victim.output
+    );
+    ensure_eq!(
+        worker.exit,
+        Exit::Code(0),
+        format!("worker: {:?}", worker.output)
+    );
+    ensure!(
+        worker
+            .output
+            .contains("DMA works after the victim was killed"),
+        "worker: {:?}",
+        worker.output
+    );
+    baseline.check(&owners)?;
+    // The dead task's device was left blocked, not in bypass: its DMA to a
+    // kernel page (IOVA = the page's physical address) changes nothing.
+    let page = frames::alloc().ok_or("no frame")?;
+    let result = (|| -> Result<(), String> {
+        // SAFETY: a fresh frame owned by this test, identity-mapped.
+        unsafe { core::ptr::write_bytes(page.as_mut_ptr(), 0x3C, 4096) };
+        let edu = crate::devices::open_edu(platform, victim_edu)
+            .map_err(|err| format!("open edu: {err:?}"))?;
+        edu.dma(edu::Direction::ToRam, page.phys, 0, 4096)
+            .map_err(|err| format!("edu DMA: {err:?}"))?;
+        // SAFETY: as above; the device may have written it.
+        let bytes = unsafe { core::slice::from_raw_parts(page.as_mut_ptr(), 4096) };
+        ensure!(
+            bytes.iter().all(|&b| b == 0x3C),
+            "the dead task's device wrote kernel memory"
+        );
+        Ok(())
+    })();
+    frames::free(page);
+    result?;
+    ensure_eq!(
+        frames::free_count(),
+        baseline.frames,
+        "free frames at the end"
+    );
+    Ok(Outcome::Passed)
+}

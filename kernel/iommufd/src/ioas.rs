@@ -406,6 +406,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: u64,
         len: u64,
     ) -> Result<u64, Errno> {
+        // The IOAS first, as Linux's iommufd_ioas_unmap looks it up before it
+        // checks the range.
+        let ioas = self.owner(owner)?.ioas(id)?;
         let all = iova == 0 && len == u64::MAX;
         let range = if all {
             IovaRange::FULL
@@ -414,7 +417,6 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         } else {
             IovaRange::from_len(iova, len).ok_or(Errno::EOVERFLOW)?
         };
-        let ioas = self.owner(owner)?.ioas(id)?;
         if let Some((_, before)) = ioas.areas.range(..range.start).next_back()
             && before.last >= range.start
         {

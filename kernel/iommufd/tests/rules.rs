@@ -461,6 +461,14 @@ fn unmap_of_nothing_is_enoent_and_bad_ranges_are_rejected() {
 }
 
 #[test]
+fn unmap_looks_the_ioas_up_before_it_checks_the_range_as_linux() {
+    let (mut fd, ioas, _, _) = attached();
+    let missing = ioas + 100;
+    assert_eq!(fd.ioas_unmap(O, missing, 0x10_0000, 0), Err(Errno::ENOENT));
+    assert_eq!(fd.ioas_unmap(O, missing, u64::MAX, 2), Err(Errno::ENOENT));
+}
+
+#[test]
 fn unmap_all_succeeds_on_empty_ioas_and_returns_bytes() {
     let (mut fd, ioas, _, _) = attached();
     assert_eq!(fd.ioas_unmap(O, ioas, 0, u64::MAX), Ok(0));

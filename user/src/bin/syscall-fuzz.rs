@@ -1,5 +1,9 @@
 //! A seeded stream of system calls with valid, boundary and garbage arguments,
 //! each checked against a reference model of what the kernel must answer.
+//! About half of them are iommufd calls on IOASes (alloc, destroy, map with a
+//! fixed or automatic IOVA, unmap, iova_ranges, truncated, oversized and
+//! misplaced argument structs), checked step by step against a model of the
+//! IOAS semantics written from the rules (object ids, areas, pins).
 //!
 //! The seed is the task's argument (0 picks a fixed default); the number of
 //! calls is [`CALLS`]. On the first disagreement the program prints the step,
@@ -8,8 +12,11 @@
 #![no_std]
 #![no_main]
 
-use user_programs::abi::Errno;
 use user_programs::abi::syscall::{self as nr, PAGE_SIZE, USER_BASE, USER_END};
+use user_programs::abi::{
+    self, Command, Destroy, Errno, IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, IovaRangeEntry,
+    MapFlags,
+};
 use user_programs::{argument, check, entry, println, syscall};
 
 entry!(main);
@@ -49,6 +56,8 @@ struct Allocation {
     pages: u64,
     /// Byte written at the start, checked later: memory stays private and intact.
     tag: u8,
+    /// IOAS areas that pin it (it cannot be freed while pinned: EBUSY).
+    pins: u32,
 }
 
 struct Model {
@@ -56,6 +65,10 @@ struct Model {
     pages: u64,
     /// Last freed allocation: freeing it again must fail.
     freed: Option<Allocation>,
+    ioases: [Option<IoasModel>; IOASES],
+    /// The id of the last destroyed IOAS (naming it again is ENOENT unless a
+    /// new object took the id).
+    stale_id: u32,
 }
 
 impl Model {
@@ -131,7 +144,11 @@ fn raw(number: u64, a: u64, b: u64) -> Answer {
     check(syscall(number, [a, b, 0, 0, 0, 0]))
 }
 
-fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 2]) -> Result<(), Mismatch> {
+fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    if rng.below(2) == 0 {
+        counts[2] += 1;
+        return iommufd_step(rng, model, counts);
+    }
     match rng.below(6) {
         // mem_alloc with a size from every class.
         0 => {
@@ -199,6 +216,7 @@ fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 2]) -> Result<(), M
                 address,
                 pages,
                 tag,
+                pins: 0,
             });
             model.pages += pages;
             counts[0] += 1;
@@ -228,6 +246,10 @@ fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 2]) -> Result<(), M
             let got = raw(nr::MEM_FREE, address, pages);
             let args = [address, pages];
             match valid {
+                Some(index) if model.live[index].is_some_and(|a| a.pins > 0) => {
+                    counts[1] += 1;
+                    expect_err("mem_free (pinned)", args, got, Errno::EBUSY)
+                }
                 Some(index) => {
                     if got != Ok(0) {
                         return Err(Mismatch {
@@ -345,9 +367,12 @@ fn main() -> i32 {
         live: [None; SLOTS],
         pages: 0,
         freed: None,
+        ioases: [None; IOASES],
+        stale_id: 0,
     };
-    // [calls answered with success, calls answered with the expected error]
-    let mut counts = [0u32; 2];
+    // [calls answered with success, calls answered with the expected error,
+    //  of all of them iommufd calls]
+    let mut counts = [0u32; 3];
     for index in 0..CALLS {
         if let Err(m) = step(&mut rng, &mut model, &mut counts) {
             println!(
@@ -357,6 +382,12 @@ fn main() -> i32 {
             return 1;
         }
     }
+    for ioas in model.ioases.iter_mut().filter_map(Option::take) {
+        if destroy(ioas.id) != Ok(0) {
+            println!("syscall-fuzz: final destroy of IOAS {} failed", ioas.id);
+            return 2;
+        }
+    }
     for a in model.live.iter_mut().filter_map(Option::take) {
         if raw(nr::MEM_FREE, a.address, a.pages) != Ok(0) {
             println!("syscall-fuzz: final free of {:#x} failed", a.address);
@@ -364,8 +395,603 @@ fn main() -> i32 {
         }
     }
     println!(
-        "syscall-fuzz: seed {seed:#x}: {CALLS} calls, {} answered as success and {} with the expected error",
-        counts[0], counts[1]
+        "syscall-fuzz: seed {seed:#x}: {CALLS} calls ({} iommufd), {} answered as success and {} with the expected error",
+        counts[2], counts[0], counts[1]
     );
     0
+}
+
+// ---- iommufd --------------------------------------------------------------
+
+/// IOASes and areas per IOAS the model tracks at once.
+const IOASES: usize = 4;
+const AREAS: usize = 8;
+/// Where fixed IOVAs are chosen (page-aligned, far from the automatic ones).
+const FIXED_BASE: u64 = 1 << 32;
+/// A flag bit `MapFlags` does not define.
+const UNKNOWN_MAP_FLAG: u32 = 1 << 20;
+
+#[derive(Clone, Copy)]
+struct Area {
+    iova: u64,
+    len: u64,
+    /// The allocation it pins.
+    slot: usize,
+}
+
+impl Area {
+    fn last(&self) -> u64 {
+        self.iova + (self.len - 1)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct IoasModel {
+    id: u32,
+    areas: [Option<Area>; AREAS],
+}
+
+impl Model {
+    /// The id the kernel must hand out next: the lowest free one from 1.
+    fn next_id(&self) -> u32 {
+        (1..)
+            .find(|id| !self.ioases.iter().flatten().any(|ioas| ioas.id == *id))
+            .unwrap_or(1)
+    }
+
+    fn pick_ioas(&self, rng: &mut Rng) -> Option<usize> {
+        let live: u64 = self.ioases.iter().flatten().count() as u64;
+        if live == 0 {
+            return None;
+        }
+        let nth = rng.below(live) as usize;
+        self.ioases
+            .iter()
+            .enumerate()
+            .filter(|(_, ioas)| ioas.is_some())
+            .nth(nth)
+            .map(|(index, _)| index)
+    }
+
+    /// An id that names nothing of this task's.
+    fn garbage_id(&self, rng: &mut Rng) -> u32 {
+        let candidates = [0, self.stale_id, 1000 + rng.below(1000) as u32, u32::MAX];
+        let id = candidates[rng.below(4) as usize];
+        if self.ioases.iter().flatten().any(|ioas| ioas.id == id) {
+            u32::MAX
+        } else {
+            id
+        }
+    }
+
+    /// Drops an IOAS's areas (unmapped or destroyed): their pins go.
+    fn unpin(&mut self, area: Area) {
+        if let Some(allocation) = self.live[area.slot].as_mut() {
+            allocation.pins -= 1;
+        }
+    }
+}
+
+/// An argument struct as raw bytes: its size field can lie, and bytes after
+/// it can be garbage.
+struct RawArg {
+    bytes: [u64; 16],
+}
+
+impl RawArg {
+    fn of<T: abi::Pod>(value: &T) -> RawArg {
+        let mut raw = RawArg { bytes: [0; 16] };
+        let from = abi::as_bytes(value);
+        raw.as_bytes_mut()[..from.len()].copy_from_slice(from);
+        raw
+    }
+
+    fn as_bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: the u64 array is 128 plain bytes, borrowed mutably here.
+        unsafe { core::slice::from_raw_parts_mut(self.bytes.as_mut_ptr().cast::<u8>(), 128) }
+    }
+
+    fn set_size(&mut self, size: u32) {
+        self.as_bytes_mut()[..4].copy_from_slice(&size.to_ne_bytes());
+    }
+
+    fn call(&mut self, command: Command) -> Answer {
+        raw(command as u64, self.bytes.as_mut_ptr() as u64, 0)
+    }
+
+    fn read<T: abi::Pod + Default>(&mut self) -> T {
+        let mut value = T::default();
+        let size = core::mem::size_of::<T>();
+        // SAFETY: `T: Pod` accepts any bytes; `size` <= 128 for the structs used.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.bytes.as_ptr().cast::<u8>(),
+                (&mut value as *mut T).cast::<u8>(),
+                size,
+            )
+        };
+        value
+    }
+}
+
+fn size_of<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+fn destroy(id: u32) -> Answer {
+    RawArg::of(&Destroy {
+        size: size_of::<Destroy>(),
+        id,
+    })
+    .call(Command::Destroy)
+}
+
+fn mismatch(call: &'static str, args: [u64; 2], expected: &'static str, got: Answer) -> Mismatch {
+    Mismatch {
+        call,
+        args,
+        expected: Expected::Success(expected),
+        got,
+    }
+}
+
+fn iommufd_step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    match rng.below(7) {
+        0 => fuzz_ioas_alloc(rng, model, counts),
+        1 => fuzz_destroy(rng, model, counts),
+        2 | 3 => fuzz_map(rng, model, counts),
+        4 | 5 => fuzz_unmap(rng, model, counts),
+        _ => fuzz_iova_ranges(rng, model, counts),
+    }
+}
+
+/// Struct-level defects every command shares, on `arg` (a valid struct).
+/// Returns the errno the defect must give, after making the call.
+fn struct_defect(rng: &mut Rng, arg: &mut RawArg, command: Command, size: u32) -> (Answer, Errno) {
+    match rng.below(4) {
+        // Shorter than the first version of the struct.
+        0 => {
+            arg.set_size(rng.below(u64::from(size.min(8))) as u32);
+            (arg.call(command), Errno::EINVAL)
+        }
+        // Longer, with a non-zero byte the kernel does not know.
+        1 => {
+            arg.set_size(size + 8);
+            arg.as_bytes_mut()[size as usize + 3] = 0x5A;
+            (arg.call(command), Errno::E2BIG)
+        }
+        // The struct pointer names kernel memory, or nothing.
+        2 => (raw(command as u64, KERNEL_ADDRESS, 0), Errno::EFAULT),
+        _ => (raw(command as u64, USER_END - 2, 0), Errno::EFAULT),
+    }
+}
+
+fn fuzz_ioas_alloc(
+    rng: &mut Rng,
+    model: &mut Model,
+    counts: &mut [u32; 3],
+) -> Result<(), Mismatch> {
+    let mut arg = RawArg::of(&IoasAlloc {
+        size: size_of::<IoasAlloc>(),
+        ..Default::default()
+    });
+    match rng.below(6) {
+        0 => {
+            let (got, errno) =
+                struct_defect(rng, &mut arg, Command::IoasAlloc, size_of::<IoasAlloc>());
+            counts[1] += 1;
+            return expect_err("ioas_alloc (bad struct)", [0, 0], got, errno);
+        }
+        1 => {
+            arg = RawArg::of(&IoasAlloc {
+                size: size_of::<IoasAlloc>(),
+                flags: 1 << rng.below(32),
+                ..Default::default()
+            });
+            counts[1] += 1;
+            return expect_err(
+                "ioas_alloc (flags)",
+                [0, 0],
+                arg.call(Command::IoasAlloc),
+                Errno::EOPNOTSUPP,
+            );
+        }
+        _ => {}
+    }
+    let Some(slot) = model.ioases.iter().position(Option::is_none) else {
+        return Ok(());
+    };
+    let expected = model.next_id();
+    let got = arg.call(Command::IoasAlloc);
+    let id = arg.read::<IoasAlloc>().out_ioas_id;
+    if got != Ok(0) || id != expected {
+        return Err(Mismatch {
+            call: "ioas_alloc",
+            args: [u64::from(expected), u64::from(id)],
+            expected: Expected::Success("the lowest free id"),
+            got,
+        });
+    }
+    model.ioases[slot] = Some(IoasModel {
+        id,
+        areas: [None; AREAS],
+    });
+    counts[0] += 1;
+    Ok(())
+}
+
+fn fuzz_destroy(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    let picked = model.pick_ioas(rng);
+    match (rng.below(3), picked) {
+        (0, Some(index)) => {
+            let Some(ioas) = model.ioases[index].take() else {
+                return Ok(());
+            };
+            let got = destroy(ioas.id);
+            // Destroying an IOAS unmaps its areas: their pins go too.
+            for area in ioas.areas.iter().flatten() {
+                model.unpin(*area);
+            }
+            model.stale_id = ioas.id;
+            counts[0] += 1;
+            if got == Ok(0) {
+                Ok(())
+            } else {
+                Err(mismatch("destroy", [u64::from(ioas.id), 0], "0", got))
+            }
+        }
+        (1, _) => {
+            let mut arg = RawArg::of(&Destroy {
+                size: size_of::<Destroy>(),
+                id: model.garbage_id(rng),
+            });
+            let (got, errno) = struct_defect(rng, &mut arg, Command::Destroy, size_of::<Destroy>());
+            counts[1] += 1;
+            expect_err("destroy (bad struct)", [0, 0], got, errno)
+        }
+        _ => {
+            let id = model.garbage_id(rng);
+            counts[1] += 1;
+            expect_err("destroy", [u64::from(id), 0], destroy(id), Errno::ENOENT)
+        }
+    }
+}
+
+fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    let Some(index) = model.pick_ioas(rng) else {
+        return fuzz_ioas_alloc(rng, model, counts);
+    };
+    let Some(slot) = model.pick(rng) else {
+        return Ok(());
+    };
+    let (Some(ioas), Some(allocation)) = (model.ioases[index], model.live[slot]) else {
+        return Ok(());
+    };
+    let Some(area_slot) = ioas.areas.iter().position(Option::is_none) else {
+        return fuzz_unmap(rng, model, counts);
+    };
+    let first_page = rng.below(allocation.pages);
+    let pages = 1 + rng.below(allocation.pages - first_page);
+    let va = allocation.address + first_page * PAGE_SIZE;
+    let len = pages * PAGE_SIZE;
+    let rw = (MapFlags::READABLE | MapFlags::WRITEABLE).bits();
+    let mut map = IoasMap {
+        size: size_of::<IoasMap>(),
+        flags: rw,
+        ioas_id: ioas.id,
+        user_va: va,
+        length: len,
+        ..Default::default()
+    };
+    let free_fixed = |rng: &mut Rng| -> u64 {
+        let iova = FIXED_BASE + rng.below(1 << 20) * PAGE_SIZE;
+        let overlaps = ioas
+            .areas
+            .iter()
+            .flatten()
+            .any(|a| iova <= a.last() && a.iova <= iova + (len - 1));
+        if overlaps { 0 } else { iova }
+    };
+    // One defect at a time (or none), so the answer is never a matter of
+    // which check runs first.
+    let defect: Option<(&'static str, Errno)> = match rng.below(14) {
+        0 => {
+            map.ioas_id = model.garbage_id(rng);
+            Some(("unknown IOAS", Errno::ENOENT))
+        }
+        1 => {
+            map.length = 0;
+            Some(("zero length", Errno::EINVAL))
+        }
+        2 => {
+            map.length = len - 1 - rng.below(PAGE_SIZE - 1);
+            Some(("unaligned length", Errno::EINVAL))
+        }
+        3 => {
+            map.user_va = va + 1 + rng.below(PAGE_SIZE - 1);
+            Some(("unaligned address", Errno::EINVAL))
+        }
+        4 => {
+            map.user_va = [KERNEL_ADDRESS, USER_END - PAGE_SIZE, 0][rng.below(3) as usize];
+            map.length = PAGE_SIZE;
+            Some(("memory the task does not own", Errno::EFAULT))
+        }
+        5 => {
+            map.flags = 0;
+            Some(("neither READ nor WRITE", Errno::EINVAL))
+        }
+        6 => {
+            map.flags = rw | UNKNOWN_MAP_FLAG;
+            Some(("an unknown flag", Errno::EOPNOTSUPP))
+        }
+        7 => {
+            map.reserved = 1 + rng.below(u64::from(u32::MAX)) as u32;
+            Some(("a reserved field set", Errno::EOPNOTSUPP))
+        }
+        8 => match ioas.areas.iter().flatten().next() {
+            Some(area) => {
+                map.flags = rw | MapFlags::FIXED_IOVA.bits();
+                map.iova = area.iova + rng.below(area.len / PAGE_SIZE) * PAGE_SIZE;
+                Some(("a fixed IOVA over an area", Errno::EEXIST))
+            }
+            None => None,
+        },
+        9 => {
+            map.flags = rw | MapFlags::FIXED_IOVA.bits();
+            map.iova = FIXED_BASE + 1 + rng.below(PAGE_SIZE - 1);
+            Some(("an unaligned fixed IOVA", Errno::EINVAL))
+        }
+        10 if pages > 1 => {
+            map.flags = rw | MapFlags::FIXED_IOVA.bits();
+            map.iova = !(PAGE_SIZE - 1);
+            Some(("a fixed IOVA range that wraps", Errno::EOVERFLOW))
+        }
+        11 => {
+            let mut arg = RawArg::of(&map);
+            let (got, errno) = struct_defect(rng, &mut arg, Command::IoasMap, size_of::<IoasMap>());
+            counts[1] += 1;
+            return expect_err("ioas_map (bad struct)", [va, len], got, errno);
+        }
+        12 => {
+            let iova = free_fixed(rng);
+            if iova == 0 {
+                return Ok(());
+            }
+            map.flags = rw | MapFlags::FIXED_IOVA.bits();
+            map.iova = iova;
+            None
+        }
+        _ => None,
+    };
+    let mut arg = RawArg::of(&map);
+    let got = arg.call(Command::IoasMap);
+    if let Some((what, errno)) = defect {
+        counts[1] += 1;
+        return expect_err(what, [va, len], got, errno).map_err(|mut m| {
+            m.call = "ioas_map";
+            m
+        });
+    }
+    let iova = arg.read::<IoasMap>().iova;
+    let fixed = map.flags & MapFlags::FIXED_IOVA.bits() != 0;
+    // Automatic IOVAs: never 0, aligned to the largest power of two that is
+    // not above the length, inside no other area.
+    let alignment = 1u64 << (63 - len.leading_zeros());
+    let overlaps = ioas
+        .areas
+        .iter()
+        .flatten()
+        .any(|a| iova <= a.last() && a.iova <= iova.wrapping_add(len - 1));
+    let good = got == Ok(0)
+        && !overlaps
+        && iova.checked_add(len - 1).is_some()
+        && if fixed {
+            iova == map.iova
+        } else {
+            iova != 0 && iova.is_multiple_of(alignment)
+        };
+    if !good {
+        return Err(mismatch(
+            "ioas_map",
+            [va, len],
+            "a fresh, aligned, non-zero IOVA range",
+            got.map(|_| iova),
+        ));
+    }
+    if let Some(ioas) = model.ioases[index].as_mut() {
+        ioas.areas[area_slot] = Some(Area { iova, len, slot });
+    }
+    if let Some(allocation) = model.live[slot].as_mut() {
+        allocation.pins += 1;
+    }
+    counts[0] += 1;
+    Ok(())
+}
+
+fn fuzz_unmap(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    let Some(index) = model.pick_ioas(rng) else {
+        return fuzz_ioas_alloc(rng, model, counts);
+    };
+    let Some(ioas) = model.ioases[index] else {
+        return Ok(());
+    };
+    let areas: [Option<Area>; AREAS] = ioas.areas;
+    let some_area = areas
+        .iter()
+        .flatten()
+        .nth(rng.below(AREAS as u64) as usize % areas.iter().flatten().count().max(1));
+    // A range from the interesting boundaries: exactly an area, cutting one,
+    // spanning several, over nothing, everything, empty, wrapping.
+    let (iova, len) = match (rng.below(8), some_area) {
+        (0 | 1, Some(a)) => (a.iova, a.len),
+        (2, Some(a)) if a.len > PAGE_SIZE => (a.iova, a.len - PAGE_SIZE),
+        (3, Some(a)) if a.len > PAGE_SIZE => (a.iova + PAGE_SIZE, a.len - PAGE_SIZE),
+        (4, Some(a)) => (a.iova & !((1 << 24) - 1), 1 << 28),
+        (5, _) => (0, u64::MAX),
+        (6, _) => (
+            FIXED_BASE + rng.below(1 << 20) * PAGE_SIZE,
+            PAGE_SIZE * (1 + rng.below(4)),
+        ),
+        _ => match rng.below(3) {
+            0 => (PAGE_SIZE, 0),
+            1 => (u64::MAX - (PAGE_SIZE - 1), 2 * PAGE_SIZE),
+            _ => (FIXED_BASE, PAGE_SIZE),
+        },
+    };
+    let id = if rng.below(10) == 0 {
+        model.garbage_id(rng)
+    } else {
+        ioas.id
+    };
+    let mut arg = RawArg::of(&IoasUnmap {
+        size: size_of::<IoasUnmap>(),
+        ioas_id: id,
+        iova,
+        length: len,
+    });
+    let got = arg
+        .call(Command::IoasUnmap)
+        .map(|_| arg.read::<IoasUnmap>().length);
+    let args = [iova, len];
+    // The model's answer.
+    let all = iova == 0 && len == u64::MAX;
+    let expected: Result<u64, Errno> = if id != ioas.id {
+        Err(Errno::ENOENT)
+    } else if all {
+        Ok(areas.iter().flatten().map(|a| a.len).sum())
+    } else if len == 0 {
+        Err(Errno::EINVAL)
+    } else if iova.checked_add(len - 1).is_none() {
+        Err(Errno::EOVERFLOW)
+    } else {
+        let last = iova + (len - 1);
+        let cut = areas
+            .iter()
+            .flatten()
+            .any(|a| a.iova <= last && iova <= a.last() && (a.iova < iova || a.last() > last));
+        let inside: u64 = areas
+            .iter()
+            .flatten()
+            .filter(|a| iova <= a.iova && a.last() <= last)
+            .map(|a| a.len)
+            .sum();
+        if cut || inside == 0 {
+            Err(Errno::ENOENT)
+        } else {
+            Ok(inside)
+        }
+    };
+    if got != expected {
+        return Err(Mismatch {
+            call: "ioas_unmap",
+            args,
+            expected: match expected {
+                Ok(_) => Expected::Success("the bytes of the whole areas inside"),
+                Err(errno) => Expected::Error(errno),
+            },
+            got,
+        });
+    }
+    if expected.is_ok() {
+        let last = if all { u64::MAX } else { iova + (len - 1) };
+        for (area_slot, area) in areas.iter().enumerate() {
+            let Some(area) = *area else {
+                continue;
+            };
+            if iova <= area.iova && area.last() <= last {
+                model.unpin(area);
+                if let Some(ioas) = model.ioases[index].as_mut() {
+                    ioas.areas[area_slot] = None;
+                }
+            }
+        }
+        counts[0] += 1;
+    } else {
+        counts[1] += 1;
+    }
+    Ok(())
+}
+
+fn fuzz_iova_ranges(
+    rng: &mut Rng,
+    model: &mut Model,
+    counts: &mut [u32; 3],
+) -> Result<(), Mismatch> {
+    let Some(index) = model.pick_ioas(rng) else {
+        return fuzz_ioas_alloc(rng, model, counts);
+    };
+    let Some(ioas) = model.ioases[index] else {
+        return Ok(());
+    };
+    let mut entries = [IovaRangeEntry::default(); 8];
+    let mut ranges = IoasIovaRanges {
+        size: size_of::<IoasIovaRanges>(),
+        ioas_id: ioas.id,
+        num_iovas: entries.len() as u32,
+        allowed_iovas: entries.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let defect = match rng.below(6) {
+        0 => {
+            ranges.num_iovas = 0;
+            Some(Errno::EMSGSIZE)
+        }
+        1 => {
+            ranges.allowed_iovas = KERNEL_ADDRESS;
+            Some(Errno::EFAULT)
+        }
+        2 => {
+            ranges.ioas_id = model.garbage_id(rng);
+            Some(Errno::ENOENT)
+        }
+        3 => {
+            ranges.reserved = 1;
+            Some(Errno::EOPNOTSUPP)
+        }
+        _ => None,
+    };
+    let mut arg = RawArg::of(&ranges);
+    let got = arg.call(Command::IoasIovaRanges);
+    let out = arg.read::<IoasIovaRanges>();
+    if let Some(errno) = defect {
+        counts[1] += 1;
+        expect_err(
+            "ioas_iova_ranges",
+            [u64::from(ranges.num_iovas), 0],
+            got,
+            errno,
+        )?;
+        // EMSGSIZE still says how many there are.
+        if errno == Errno::EMSGSIZE && out.num_iovas == 0 {
+            return Err(mismatch(
+                "ioas_iova_ranges",
+                [0, 0],
+                "the count with EMSGSIZE",
+                got,
+            ));
+        }
+        return Ok(());
+    }
+    let n = out.num_iovas as usize;
+    let listed = &entries[..n.min(entries.len())];
+    // Sorted, disjoint, non-empty ranges; a power-of-two alignment of at
+    // least a page (4 KiB while no device is attached).
+    let sorted = listed.windows(2).all(|w| w[0].last < w[1].start);
+    let good = got == Ok(0)
+        && n >= 1
+        && n <= entries.len()
+        && sorted
+        && listed.iter().all(|r| r.start <= r.last)
+        && out.out_iova_alignment == PAGE_SIZE;
+    counts[0] += 1;
+    if good {
+        Ok(())
+    } else {
+        Err(mismatch(
+            "ioas_iova_ranges",
+            [n as u64, out.out_iova_alignment],
+            "sorted disjoint ranges, 4 KiB alignment",
+            got,
+        ))
+    }
 }

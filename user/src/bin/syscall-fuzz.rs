@@ -2,8 +2,9 @@
 //! each checked against a reference model of what the kernel must answer.
 //! About half of them are iommufd calls on IOASes (alloc, destroy, map with a
 //! fixed or automatic IOVA, unmap, iova_ranges, truncated, oversized and
-//! misplaced argument structs), checked step by step against a model of the
-//! IOAS semantics written from the rules (object ids, areas, pins).
+//! misplaced argument structs, ids of no object or of the task's device),
+//! checked step by step against a model of the IOAS semantics written from
+//! the rules (object ids, areas, pins).
 //!
 //! The seed is the task's argument (0 picks a fixed default); the number of
 //! calls is [`CALLS`]. On the first disagreement the program prints the step,
@@ -69,6 +70,9 @@ struct Model {
     /// The id of the last destroyed IOAS (naming it again is ENOENT unless a
     /// new object took the id).
     stale_id: u32,
+    /// The id of an edu the task opened, if an IOMMU translates one: an
+    /// object of another type, which the IOAS calls must not accept.
+    device: Option<u32>,
 }
 
 impl Model {
@@ -369,6 +373,13 @@ fn main() -> i32 {
         freed: None,
         ioases: [None; IOASES],
         stale_id: 0,
+        // An edu, opened (not attached) if an IOMMU translates one here.
+        device: match user_programs::edu::find_translated(0) {
+            Ok(Some(address)) => user_programs::edu::Edu::open(address)
+                .ok()
+                .map(|edu| edu.id),
+            _ => None,
+        },
     };
     // [calls answered with success, calls answered with the expected error,
     //  of all of them iommufd calls]
@@ -381,6 +392,12 @@ fn main() -> i32 {
             );
             return 1;
         }
+    }
+    if let Some(device) = model.device.take()
+        && destroy(device) != Ok(0)
+    {
+        println!("syscall-fuzz: final destroy of device {device} failed");
+        return 2;
     }
     for ioas in model.ioases.iter_mut().filter_map(Option::take) {
         if destroy(ioas.id) != Ok(0) {
@@ -435,7 +452,9 @@ impl Model {
     /// The id the kernel must hand out next: the lowest free one from 1.
     fn next_id(&self) -> u32 {
         (1..)
-            .find(|id| !self.ioases.iter().flatten().any(|ioas| ioas.id == *id))
+            .find(|id| {
+                self.device != Some(*id) && !self.ioases.iter().flatten().any(|ioas| ioas.id == *id)
+            })
             .unwrap_or(1)
     }
 
@@ -453,14 +472,23 @@ impl Model {
             .map(|(index, _)| index)
     }
 
-    /// An id that names nothing of this task's.
-    fn garbage_id(&self, rng: &mut Rng) -> u32 {
+    /// An id that names no object of this task's.
+    fn unused_id(&self, rng: &mut Rng) -> u32 {
         let candidates = [0, self.stale_id, 1000 + rng.below(1000) as u32, u32::MAX];
         let id = candidates[rng.below(4) as usize];
-        if self.ioases.iter().flatten().any(|ioas| ioas.id == id) {
+        if self.device == Some(id) || self.ioases.iter().flatten().any(|ioas| ioas.id == id) {
             u32::MAX
         } else {
             id
+        }
+    }
+
+    /// An id that names no IOAS of this task's: unused, or its device (an
+    /// object of another type is ENOENT too, as Linux's iommufd_get_object).
+    fn garbage_id(&self, rng: &mut Rng) -> u32 {
+        match self.device {
+            Some(device) if rng.below(4) == 0 => device,
+            _ => self.unused_id(rng),
         }
     }
 
@@ -643,14 +671,14 @@ fn fuzz_destroy(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Resu
         (1, _) => {
             let mut arg = RawArg::of(&Destroy {
                 size: size_of::<Destroy>(),
-                id: model.garbage_id(rng),
+                id: model.unused_id(rng),
             });
             let (got, errno) = struct_defect(rng, &mut arg, Command::Destroy, size_of::<Destroy>());
             counts[1] += 1;
             expect_err("destroy (bad struct)", [0, 0], got, errno)
         }
         _ => {
-            let id = model.garbage_id(rng);
+            let id = model.unused_id(rng);
             counts[1] += 1;
             expect_err("destroy", [u64::from(id), 0], destroy(id), Errno::ENOENT)
         }

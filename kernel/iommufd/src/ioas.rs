@@ -446,23 +446,37 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 flushed &= u.flush(domain, &gather).is_ok();
             }
         }
-        // Every IOTLB is clean now: drop the areas and release their pages.
+        // Every IOTLB is clean now: drop the areas and release their pages,
+        // a batch of areas per lookup of the IOAS (usually the only batch).
+        const BATCH: usize = 8;
         let mut bytes = 0u64;
         loop {
             let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
-            let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
+            let mut batch = [0u64; BATCH];
+            let mut taken = 0;
+            while taken < BATCH {
+                let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next()
+                else {
+                    break;
+                };
+                ioas.areas.remove(&start);
+                ioas.space.release(IovaRange {
+                    start,
+                    last: area.last,
+                });
+                bytes = bytes.wrapping_add(area.last - start + 1);
+                batch[taken] = area.pages;
+                taken += 1;
+            }
+            for &pages in &batch[..taken] {
+                if flushed {
+                    self.put_pages(pages);
+                } else {
+                    self.quarantine_pages(pages);
+                }
+            }
+            if taken < BATCH {
                 break;
-            };
-            ioas.areas.remove(&start);
-            ioas.space.release(IovaRange {
-                start,
-                last: area.last,
-            });
-            bytes = bytes.wrapping_add(area.last - start + 1);
-            if flushed {
-                self.put_pages(area.pages);
-            } else {
-                self.quarantine_pages(area.pages);
             }
         }
         if !flushed {

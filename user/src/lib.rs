@@ -9,6 +9,7 @@ extern crate alloc;
 
 pub mod edu;
 mod heap;
+pub mod iommu;
 
 use core::fmt;
 

@@ -15,10 +15,11 @@
 #![no_main]
 
 use user_programs::abi::{
-    self, Command, DeviceAttach, Errno, FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi,
-    HwInfoArmSmmuV3, HwInfoType, HwInfoVtd, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
+    self, Command, Errno, FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3,
+    HwInfoType, HwInfoVtd, IoasUnmap,
 };
 use user_programs::edu::{self, DmaError, Edu};
+use user_programs::iommu::{arg_size, device_attach, ioas_alloc, ioas_map};
 use user_programs::{argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
@@ -27,10 +28,6 @@ const PAGE: usize = 4096;
 const NO_DEVICE: i32 = 77;
 /// The wait that shows `irq_wait` times out when nothing is pending.
 const QUIET_WAIT_NS: u64 = 20_000_000;
-
-fn size_of<T>() -> u32 {
-    core::mem::size_of::<T>() as u32
-}
 
 fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
     result.map_err(|errno| {
@@ -63,7 +60,7 @@ fn run() -> Result<(), i32> {
     // The native path: the unit's raw identification registers.
     let mut raw = [0u8; 64];
     let mut info = GetHwInfo {
-        size: size_of::<GetHwInfo>(),
+        size: arg_size::<GetHwInfo>(),
         dev_id: edu.id,
         data_len: raw.len() as u32,
         data_uptr: raw.as_mut_ptr() as u64,
@@ -75,22 +72,8 @@ fn run() -> Result<(), i32> {
         &raw[..(info.data_len as usize).min(raw.len())],
     );
 
-    let mut alloc = IoasAlloc {
-        size: size_of::<IoasAlloc>(),
-        ..Default::default()
-    };
-    step(3, "ioas_alloc", iommufd(Command::IoasAlloc, &mut alloc))?;
-    let mut attach = DeviceAttach {
-        size: size_of::<DeviceAttach>(),
-        dev_id: edu.id,
-        pt_id: alloc.out_ioas_id,
-        ..Default::default()
-    };
-    step(
-        4,
-        "device_attach",
-        iommufd(Command::DeviceAttach, &mut attach),
-    )?;
+    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
+    let hwpt = step(4, "device_attach", device_attach(edu.id, ioas))?;
 
     // Nothing raised yet: a poll and a short wait both time out.
     let quiet = (irq_wait(edu.id, 0), irq_wait(edu.id, QUIET_WAIT_NS));
@@ -104,16 +87,7 @@ fn run() -> Result<(), i32> {
     );
 
     let buffer = step(5, "mem_alloc", mem_alloc(2))?;
-    let mut map = IoasMap {
-        size: size_of::<IoasMap>(),
-        flags: (MapFlags::READABLE | MapFlags::WRITEABLE).bits(),
-        ioas_id: alloc.out_ioas_id,
-        user_va: buffer as u64,
-        length: 2 * PAGE as u64,
-        ..Default::default()
-    };
-    step(6, "ioas_map", iommufd(Command::IoasMap, &mut map))?;
-    let iova = map.iova;
+    let iova = step(6, "ioas_map", ioas_map(ioas, buffer, 2 * PAGE as u64, None))?;
     println!("edu-dma: 2 pages of task memory at IOVA {iova:#x}");
 
     // SAFETY: mem_alloc mapped two writable pages at `buffer`.
@@ -134,8 +108,8 @@ fn run() -> Result<(), i32> {
     println!("edu-dma: each DMA completion arrived as one interrupt through irq_wait");
 
     let mut unmap = IoasUnmap {
-        size: size_of::<IoasUnmap>(),
-        ioas_id: alloc.out_ioas_id,
+        size: arg_size::<IoasUnmap>(),
+        ioas_id: ioas,
         iova,
         length: 2 * PAGE as u64,
     };
@@ -155,10 +129,10 @@ fn run() -> Result<(), i32> {
 
     let mut records = [FaultRecord::default(); 4];
     let mut read = FaultRead {
-        size: size_of::<FaultRead>(),
-        hwpt_id: attach.out_hwpt_id,
+        size: arg_size::<FaultRead>(),
+        hwpt_id: hwpt,
         num: records.len() as u32,
-        record_len: size_of::<FaultRecord>(),
+        record_len: arg_size::<FaultRecord>(),
         records_uptr: records.as_mut_ptr() as u64,
         ..Default::default()
     };

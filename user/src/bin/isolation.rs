@@ -21,11 +21,9 @@
 #![no_std]
 #![no_main]
 
-use user_programs::abi::{
-    Command, Destroy, DeviceAttach, Errno, FaultRead, FaultRecord, IoasAlloc, IoasIovaRanges,
-    IoasMap, MapFlags,
-};
+use user_programs::abi::{Command, Errno, FaultRead, FaultRecord, IoasIovaRanges};
 use user_programs::edu::{self, Edu, PciAddress};
+use user_programs::iommu::{all_bytes_are, arg_size, destroy, device_attach, ioas_alloc, ioas_map};
 use user_programs::{argument, entry, iommufd, mem_alloc, println, yield_now};
 
 entry!(main);
@@ -49,10 +47,6 @@ const WAIT_YIELDS: u32 = 200_000;
 const KERNEL_ADDRESS: u64 = 0x20_0000;
 #[cfg(target_arch = "aarch64")]
 const KERNEL_ADDRESS: u64 = 0x4020_0000;
-
-fn size_of<T>() -> u32 {
-    core::mem::size_of::<T>() as u32
-}
 
 fn step<T, E: core::fmt::Debug>(number: i32, what: &str, result: Result<T, E>) -> Result<T, i32> {
     result.map_err(|error| {
@@ -88,54 +82,20 @@ fn setup(index: usize) -> Result<Setup, i32> {
         return Err(NO_DEVICE);
     };
     let edu = step(2, "device_open", Edu::open(address))?;
-    let mut ioas = IoasAlloc {
-        size: size_of::<IoasAlloc>(),
-        ..Default::default()
-    };
-    step(3, "ioas_alloc", iommufd(Command::IoasAlloc, &mut ioas))?;
-    let mut attach = DeviceAttach {
-        size: size_of::<DeviceAttach>(),
-        dev_id: edu.id,
-        pt_id: ioas.out_ioas_id,
-        ..Default::default()
-    };
-    step(
-        4,
-        "device_attach",
-        iommufd(Command::DeviceAttach, &mut attach),
-    )?;
+    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
+    let hwpt = step(4, "device_attach", device_attach(edu.id, ioas))?;
     Ok(Setup {
         edu,
         address,
-        ioas: ioas.out_ioas_id,
-        hwpt: attach.out_hwpt_id,
+        ioas,
+        hwpt,
     })
-}
-
-fn map(ioas: u32, va: *mut u8) -> Result<u64, Errno> {
-    let mut map = IoasMap {
-        size: size_of::<IoasMap>(),
-        flags: (MapFlags::READABLE | MapFlags::WRITEABLE).bits(),
-        ioas_id: ioas,
-        user_va: va as u64,
-        length: PAGE as u64,
-        ..Default::default()
-    };
-    iommufd(Command::IoasMap, &mut map)?;
-    Ok(map.iova)
 }
 
 fn buffer(va: *mut u8) -> &'static mut [u8] {
     // SAFETY: `va` is a page of this task's memory (mem_alloc, or the page
     // the kernel allocated for it before it started).
     unsafe { core::slice::from_raw_parts_mut(va, PAGE) }
-}
-
-fn all(memory: &[u8], value: u8) -> bool {
-    // SAFETY: reading bytes of a live slice; volatile because a device wrote it.
-    memory
-        .iter()
-        .all(|byte| unsafe { core::ptr::read_volatile(byte) } == value)
 }
 
 /// Yields until the other task has held the edu at `address` and let it go
@@ -160,7 +120,7 @@ fn round_trip(setup: &Setup, va: *mut u8, iova: u64, number: i32) -> Result<(), 
     step(number, "DMA to the device", setup.edu.dma(iova, false))?;
     buffer(va).fill(0);
     step(number, "DMA back", setup.edu.dma(iova, true))?;
-    if !all(buffer(va), PATTERN) {
+    if !all_bytes_are(buffer(va), PATTERN) {
         println!("isolation: the round trip through IOVA {iova:#x} lost data");
         return Err(number);
     }
@@ -183,19 +143,10 @@ fn run(role: u64, index: usize, address: u64) -> Result<(), i32> {
 fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
     let setup = setup(index)?;
     buffer(va).fill(PATTERN);
-    let iova = step(5, "ioas_map", map(setup.ioas, va))?;
+    let iova = step(5, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
     let mut extra = [0u32; EXTRA_IOASES as usize];
     for id in &mut extra {
-        let mut ioas = IoasAlloc {
-            size: size_of::<IoasAlloc>(),
-            ..Default::default()
-        };
-        step(
-            6,
-            "ioas_alloc (extra)",
-            iommufd(Command::IoasAlloc, &mut ioas),
-        )?;
-        *id = ioas.out_ioas_id;
+        *id = step(6, "ioas_alloc (extra)", ioas_alloc())?;
     }
     round_trip(&setup, va, iova, 7)?;
     println!(
@@ -207,14 +158,14 @@ fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
         return Err(8);
     };
     wait_for_other_task(other)?;
-    if !all(buffer(va), PATTERN) {
+    if !all_bytes_are(buffer(va), PATTERN) {
         println!("isolation: the owner's buffer changed while the prober ran");
         return Err(9);
     }
     round_trip(&setup, va, iova, 10)?;
     for id in extra {
         let mut ranges = IoasIovaRanges {
-            size: size_of::<IoasIovaRanges>(),
+            size: arg_size::<IoasIovaRanges>(),
             ioas_id: id,
             ..Default::default()
         };
@@ -223,15 +174,7 @@ fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
             println!("isolation: the owner's IOAS {id} is gone");
             return Err(11);
         }
-        let mut destroy = Destroy {
-            size: size_of::<Destroy>(),
-            id,
-        };
-        step(
-            12,
-            "destroy (extra)",
-            iommufd(Command::Destroy, &mut destroy),
-        )?;
+        step(12, "destroy (extra)", destroy(id))?;
     }
     println!("isolation: owner: buffer, objects and DMA intact after the prober");
     Ok(())
@@ -241,7 +184,7 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
     let setup = setup(index)?;
     let own = step(5, "mem_alloc", mem_alloc(1))?;
     buffer(own).fill(0x5B);
-    let own_iova = step(6, "ioas_map", map(setup.ioas, own))?;
+    let own_iova = step(6, "ioas_map", ioas_map(setup.ioas, own, PAGE as u64, None))?;
     // The owner's edu is taken.
     let owner_edu = step(7, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(7)?;
     match Edu::open(owner_edu) {
@@ -262,18 +205,11 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
             continue;
         }
         let mut ranges = IoasIovaRanges {
-            size: size_of::<IoasIovaRanges>(),
+            size: arg_size::<IoasIovaRanges>(),
             ioas_id: id,
             ..Default::default()
         };
-        let mut destroy = Destroy {
-            size: size_of::<Destroy>(),
-            id,
-        };
-        let results = (
-            iommufd(Command::IoasIovaRanges, &mut ranges),
-            iommufd(Command::Destroy, &mut destroy),
-        );
+        let results = (iommufd(Command::IoasIovaRanges, &mut ranges), destroy(id));
         if results != (Err(Errno::ENOENT), Err(Errno::ENOENT)) {
             println!("isolation: id {id} named something: {results:?}");
             return Err(8);
@@ -291,17 +227,17 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
         step(10, "hostile DMA from RAM", setup.edu.dma(target, false))?;
         buffer(own).fill(0xCC);
         step(10, "DMA to its own page", setup.edu.dma(own_iova, true))?;
-        if !all(buffer(own), 0) {
+        if !all_bytes_are(buffer(own), 0) {
             println!("isolation: the device read something at {target:#x}");
             return Err(10);
         }
     }
     let mut records = [FaultRecord::default(); 8];
     let mut read = FaultRead {
-        size: size_of::<FaultRead>(),
+        size: arg_size::<FaultRead>(),
         hwpt_id: setup.hwpt,
         num: records.len() as u32,
-        record_len: size_of::<FaultRecord>(),
+        record_len: arg_size::<FaultRecord>(),
         records_uptr: records.as_mut_ptr() as u64,
         ..Default::default()
     };
@@ -321,7 +257,7 @@ fn victim(index: usize) -> Result<(), i32> {
     let setup = setup(index)?;
     let va = step(5, "mem_alloc", mem_alloc(1))?;
     buffer(va).fill(PATTERN);
-    let iova = step(6, "ioas_map", map(setup.ioas, va))?;
+    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
     round_trip(&setup, va, iova, 7)?;
     println!("isolation: victim: attached, buffer at IOVA {iova:#x}; now faulting on purpose");
     // SAFETY: not sound, on purpose: the kernel is not mapped for the task,
@@ -335,7 +271,7 @@ fn worker(index: usize) -> Result<(), i32> {
     let setup = setup(index)?;
     let va = step(5, "mem_alloc", mem_alloc(1))?;
     buffer(va).fill(PATTERN);
-    let iova = step(6, "ioas_map", map(setup.ioas, va))?;
+    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
     let victim_edu = step(7, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(7)?;
     wait_for_other_task(victim_edu)?;
     round_trip(&setup, va, iova, 8)?;

@@ -23,11 +23,14 @@ use core::ptr::NonNull;
 
 use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
 use user_programs::abi::{
-    Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
-    HwptAllocFlags, HwptArmSmmuV3, HwptDataType, HwptInvalidate, InvalidateArmSmmuV3,
-    InvalidateDataType, IoasAlloc, IoasMap, MapFlags,
+    Command, Errno, FaultRead, FaultRecord, HwptAlloc, HwptAllocFlags, HwptArmSmmuV3, HwptDataType,
+    HwptInvalidate, InvalidateArmSmmuV3, InvalidateDataType,
 };
 use user_programs::edu::{self, Edu};
+use user_programs::iommu::{
+    all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, ioas_alloc,
+    ioas_map,
+};
 use user_programs::{argument, entry, iommufd, mem_alloc, println};
 
 entry!(main);
@@ -51,10 +54,6 @@ const FIRST_TABLE_PAGE: usize = 3;
 /// Bytes the device's DMA must carry through.
 const PATTERN: u8 = 0xA7;
 const UNTOUCHED: u8 = 0xEE;
-
-fn size_of<T>() -> u32 {
-    core::mem::size_of::<T>() as u32
-}
 
 fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
     result.map_err(|errno| {
@@ -87,14 +86,6 @@ fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
     unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
 }
 
-/// Every byte of `memory` equals `value` (volatile: the device wrote it).
-fn all(memory: &[u8], value: u8) -> bool {
-    // SAFETY: reading bytes of a live slice.
-    memory
-        .iter()
-        .all(|byte| unsafe { core::ptr::read_volatile(byte) } == value)
-}
-
 fn hwpt_alloc(
     flags: HwptAllocFlags,
     dev_id: u32,
@@ -103,7 +94,7 @@ fn hwpt_alloc(
 ) -> Result<u32, Errno> {
     let (data_type, data) = vendor.unwrap_or((HwptDataType::None as u32, &[]));
     let mut alloc = HwptAlloc {
-        size: size_of::<HwptAlloc>(),
+        size: arg_size::<HwptAlloc>(),
         flags: flags.bits(),
         dev_id,
         pt_id,
@@ -114,41 +105,6 @@ fn hwpt_alloc(
     };
     iommufd(Command::HwptAlloc, &mut alloc)?;
     Ok(alloc.out_hwpt_id)
-}
-
-/// Attaches (or with `replace`, moves) the device; returns its HWPT.
-fn attach(command: Command, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
-    let mut attach = DeviceAttach {
-        size: size_of::<DeviceAttach>(),
-        dev_id,
-        pt_id,
-        ..Default::default()
-    };
-    iommufd(command, &mut attach)?;
-    Ok(attach.out_hwpt_id)
-}
-
-fn destroy(id: u32) -> Result<(), Errno> {
-    let mut destroy = Destroy {
-        size: size_of::<Destroy>(),
-        id,
-    };
-    iommufd(Command::Destroy, &mut destroy)
-}
-
-/// Maps `pages` pages of task memory at `va` into the IOAS; the kernel
-/// chooses the IOVA.
-fn map(ioas: u32, va: *mut u8, pages: usize) -> Result<u64, Errno> {
-    let mut map = IoasMap {
-        size: size_of::<IoasMap>(),
-        flags: (MapFlags::READABLE | MapFlags::WRITEABLE).bits(),
-        ioas_id: ioas,
-        user_va: va as u64,
-        length: pages as u64 * PAGE,
-        ..Default::default()
-    };
-    iommufd(Command::IoasMap, &mut map)?;
-    Ok(map.iova)
 }
 
 fn main() -> i32 {
@@ -164,12 +120,7 @@ fn run() -> Result<(), i32> {
         return Err(NO_DEVICE);
     };
     let edu = step(2, "device_open", Edu::open(address))?;
-    let mut ioas = IoasAlloc {
-        size: size_of::<IoasAlloc>(),
-        ..Default::default()
-    };
-    step(3, "ioas_alloc", iommufd(Command::IoasAlloc, &mut ioas))?;
-    let ioas = ioas.out_ioas_id;
+    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
     paging_hwpt_lifecycle(&edu, ioas)?;
     nested_stage1(&edu, ioas)
 }
@@ -181,28 +132,20 @@ fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
     let data = step(4, "mem_alloc", mem_alloc(1))?;
     let data_page = page(data, 0);
     data_page.fill(PATTERN);
-    let iova = step(5, "ioas_map", map(ioas, data, 1))?;
+    let iova = step(5, "ioas_map", ioas_map(ioas, data, PAGE, None))?;
     let paging = step(
         6,
         "hwpt_alloc (paging)",
         hwpt_alloc(HwptAllocFlags::empty(), edu.id, ioas, None),
     )?;
-    let attached = step(
-        7,
-        "device_attach",
-        attach(Command::DeviceAttach, edu.id, paging),
-    )?;
+    let attached = step(7, "device_attach", device_attach(edu.id, paging))?;
     if attached != paging {
         println!("nested: attached to HWPT {attached}, not {paging}");
         return Err(7);
     }
     dma_step(8, edu.dma(iova, false))?;
     expect(9, "destroy an attached HWPT", destroy(paging), Errno::EBUSY)?;
-    let automatic = step(
-        10,
-        "device_replace",
-        attach(Command::DeviceReplace, edu.id, ioas),
-    )?;
+    let automatic = step(10, "device_replace", device_replace(edu.id, ioas))?;
     if automatic == paging {
         println!("nested: replace left the device in HWPT {paging}");
         return Err(10);
@@ -210,18 +153,10 @@ fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
     step(11, "destroy the detached HWPT", destroy(paging))?;
     // The device buffer holds PATTERN now; a blocked DMA must not write it.
     data_page.fill(UNTOUCHED);
-    let mut detach = DeviceDetach {
-        size: size_of::<DeviceDetach>(),
-        dev_id: edu.id,
-    };
-    step(
-        12,
-        "device_detach",
-        iommufd(Command::DeviceDetach, &mut detach),
-    )?;
+    step(12, "device_detach", device_detach(edu.id))?;
     // Blocked, the device's completion MSI would be dropped too: poll.
     dma_step(13, edu.dma_polled(iova, true))?;
-    if !all(data_page, UNTOUCHED) {
+    if !all_bytes_are(data_page, UNTOUCHED) {
         println!("nested: a detached device's DMA reached memory");
         return Err(13);
     }
@@ -277,7 +212,11 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         Err(errno) => return step(20, "hwpt_alloc (NEST_PARENT)", Err(errno)),
     };
     let pool = step(21, "mem_alloc (pool)", mem_alloc(POOL_PAGES))?;
-    let ipa = step(22, "ioas_map (pool)", map(ioas, pool, POOL_PAGES))?;
+    let ipa = step(
+        22,
+        "ioas_map (pool)",
+        ioas_map(ioas, pool, POOL_PAGES as u64 * PAGE, None),
+    )?;
     page(pool, DATA_A).fill(PATTERN);
     page(pool, DATA_B).fill(UNTOUCHED);
 
@@ -358,11 +297,7 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         }
         Err(errno) => return step(28, "hwpt_alloc (nested)", Err(errno)),
     };
-    step(
-        29,
-        "device_attach (nested)",
-        attach(Command::DeviceAttach, edu.id, nested),
-    )?;
+    step(29, "device_attach (nested)", device_attach(edu.id, nested))?;
 
     // IOVA -> (task's stage 1) -> IPA of page A -> (kernel's stage 2) -> PA.
     dma_step(30, edu.dma_polled(S1_IOVA, false))?;
@@ -381,11 +316,11 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     .encode();
     let entries = [InvalidateArmSmmuV3 { cmd: command.0 }];
     let mut invalidate = HwptInvalidate {
-        size: size_of::<HwptInvalidate>(),
+        size: arg_size::<HwptInvalidate>(),
         hwpt_id: nested,
         data_uptr: entries.as_ptr() as u64,
         data_type: InvalidateDataType::ArmSmmuV3 as u32,
-        entry_len: size_of::<InvalidateArmSmmuV3>(),
+        entry_len: arg_size::<InvalidateArmSmmuV3>(),
         entry_num: entries.len() as u32,
         ..Default::default()
     };
@@ -403,7 +338,7 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     }
     table.release(unmapped.freed);
     dma_step(33, edu.dma_polled(S1_IOVA, true))?;
-    if !all(page(pool, DATA_B), PATTERN) || !all(page(pool, DATA_A), PATTERN) {
+    if !all_bytes_are(page(pool, DATA_B), PATTERN) || !all_bytes_are(page(pool, DATA_A), PATTERN) {
         println!("nested: after the stage-1 move the data did not land in page B only");
         return Err(33);
     }
@@ -417,10 +352,10 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     dma_step(34, edu.dma_polled(S1_UNMAPPED, true))?;
     let mut records = [FaultRecord::default(); 4];
     let mut read = FaultRead {
-        size: size_of::<FaultRead>(),
+        size: arg_size::<FaultRead>(),
         hwpt_id: nested,
         num: records.len() as u32,
-        record_len: size_of::<FaultRecord>(),
+        record_len: arg_size::<FaultRecord>(),
         records_uptr: records.as_mut_ptr() as u64,
         ..Default::default()
     };

@@ -1,0 +1,94 @@
+//! Typed wrappers over the iommufd calls the programs make most, for the
+//! common case (every field they do not name left at its default). The raw
+//! call with a hand-built struct stays available as [`crate::iommufd`], for
+//! programs that test the kernel with odd structs.
+
+use abi::{Command, Destroy, DeviceAttach, DeviceDetach, Errno, IoasAlloc, IoasMap, MapFlags};
+
+use crate::iommufd;
+
+/// The `size` field of argument struct `T`: its full length.
+pub fn arg_size<T>() -> u32 {
+    core::mem::size_of::<T>() as u32
+}
+
+/// A new, empty IOAS.
+pub fn ioas_alloc() -> Result<u32, Errno> {
+    let mut alloc = IoasAlloc {
+        size: arg_size::<IoasAlloc>(),
+        ..Default::default()
+    };
+    iommufd(Command::IoasAlloc, &mut alloc)?;
+    Ok(alloc.out_ioas_id)
+}
+
+/// Destroys object `id`.
+pub fn destroy(id: u32) -> Result<(), Errno> {
+    let mut destroy = Destroy {
+        size: arg_size::<Destroy>(),
+        id,
+    };
+    iommufd(Command::Destroy, &mut destroy)
+}
+
+/// Maps `len` bytes of task memory at `va` into `ioas`, readable and
+/// writable by the device, at `iova` or where the kernel chooses; returns
+/// the IOVA.
+pub fn ioas_map(ioas: u32, va: *mut u8, len: u64, iova: Option<u64>) -> Result<u64, Errno> {
+    let mut flags = MapFlags::READABLE | MapFlags::WRITEABLE;
+    if iova.is_some() {
+        flags |= MapFlags::FIXED_IOVA;
+    }
+    let mut map = IoasMap {
+        size: arg_size::<IoasMap>(),
+        flags: flags.bits(),
+        ioas_id: ioas,
+        user_va: va as u64,
+        length: len,
+        iova: iova.unwrap_or(0),
+        ..Default::default()
+    };
+    iommufd(Command::IoasMap, &mut map)?;
+    Ok(map.iova)
+}
+
+/// Attaches device `dev_id` to IOAS or HWPT `pt_id`; returns the HWPT it
+/// ended up in (an automatic one for an IOAS).
+pub fn device_attach(dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+    attach_or_replace(Command::DeviceAttach, dev_id, pt_id)
+}
+
+/// Moves an attached device to IOAS or HWPT `pt_id` in one step; returns
+/// its new HWPT.
+pub fn device_replace(dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+    attach_or_replace(Command::DeviceReplace, dev_id, pt_id)
+}
+
+fn attach_or_replace(command: Command, dev_id: u32, pt_id: u32) -> Result<u32, Errno> {
+    let mut attach = DeviceAttach {
+        size: arg_size::<DeviceAttach>(),
+        dev_id,
+        pt_id,
+        ..Default::default()
+    };
+    iommufd(command, &mut attach)?;
+    Ok(attach.out_hwpt_id)
+}
+
+/// Puts the device back into the blocked state.
+pub fn device_detach(dev_id: u32) -> Result<(), Errno> {
+    let mut detach = DeviceDetach {
+        size: arg_size::<DeviceDetach>(),
+        dev_id,
+    };
+    iommufd(Command::DeviceDetach, &mut detach)
+}
+
+/// Every byte of `memory` equals `value`, read with volatile loads (a device
+/// may have written it behind the compiler's back).
+pub fn all_bytes_are(memory: &[u8], value: u8) -> bool {
+    // SAFETY: each pointer comes from a live element of the slice.
+    memory
+        .iter()
+        .all(|byte| unsafe { core::ptr::read_volatile(byte) } == value)
+}

@@ -1259,6 +1259,38 @@ mod tests {
     }
 
     #[test]
+    fn route_msi_remaps_through_the_devices_own_table_and_unroute_blocks_again() {
+        let (mut unit, model) = unit_with(true);
+        let device = DeviceId(EDU_B.into());
+        // Compatibility format: vector 0x45 to APIC 2.
+        let compat = MsiMessage {
+            address: 0xFEE0_2000,
+            data: 0x45,
+        };
+        let routed = unit.route_msi(device, compat).unwrap();
+        let (address, data) = crate::irte::remappable_msi(MSI_ROUTE_INDEX).unwrap();
+        assert_eq!(routed, MsiMessage { address, data });
+        let table = unit.dte(EDU_B).unwrap().interrupt_table();
+        let offset = usize::from(MSI_ROUTE_INDEX) * core::mem::size_of::<Irte32>();
+        // SAFETY: host memory of the unit's interrupt table, entry in bounds.
+        let irte = unsafe { core::ptr::read_volatile((table as usize + offset) as *const u32) };
+        let target = crate::irte::target_of_compat_msi(compat.address, compat.data);
+        assert_eq!(irte, Irte32::remapped(target).unwrap().0);
+        assert!(model.stale_dtes().is_empty());
+        unit.unroute_msi(device);
+        assert_eq!(
+            unit.dte(EDU_B).unwrap().int_ctl(),
+            0,
+            "interrupts not blocked"
+        );
+        assert!(model.stale_dtes().is_empty());
+        assert_eq!(
+            unit.route_msi(DeviceId(0x1_0000), compat),
+            Err(IommuError::Invalid)
+        );
+    }
+
+    #[test]
     fn np_cache_decides_whether_a_new_mapping_is_invalidated() {
         for np_cache in [true, false] {
             let (mut unit, model) = unit_with(np_cache);

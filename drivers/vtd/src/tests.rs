@@ -656,6 +656,50 @@ fn irte_changes_invalidate_the_interrupt_entry_cache() {
 }
 
 #[test]
+fn route_msi_goes_through_a_fresh_irte_that_unroute_frees() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let device = DeviceId(EDU_A.into());
+    // Compatibility format: vector 0x41 to APIC 1.
+    let compat = iommu::MsiMessage {
+        address: 0xFEE0_1000,
+        data: 0x41,
+    };
+    model.take_descriptors();
+    let routed = unit.route_msi(device, compat).unwrap();
+    assert_eq!(
+        routed,
+        iommu::MsiMessage {
+            address: crate::interrupt::remappable_msi_address(0),
+            data: 0
+        }
+    );
+    assert_eq!(
+        kinds(&model.take_descriptors()),
+        vec![DescriptorType::InterruptEntryCache, DescriptorType::Wait]
+    );
+    // A new route replaces the old one (whose entry is freed first).
+    assert_eq!(unit.route_msi(device, compat), Ok(routed));
+    unit.unroute_msi(device);
+    assert_eq!(unit.alloc_interrupt(), Some(0), "the entry was not freed");
+}
+
+#[test]
+fn route_msi_without_interrupt_remapping_keeps_the_message() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_NO_QI);
+    let mut unit = rig.unit(&model);
+    assert!(!unit.interrupt_remapping_enabled());
+    let compat = iommu::MsiMessage {
+        address: 0xFEE0_0000,
+        data: 0x30,
+    };
+    assert_eq!(unit.route_msi(DeviceId(EDU_A.into()), compat), Ok(compat));
+    unit.unroute_msi(DeviceId(EDU_A.into()));
+}
+
+#[test]
 fn register_based_invalidation_without_qi() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_NO_QI);

@@ -1,7 +1,7 @@
 //! A seeded stream of system calls with valid, boundary and garbage arguments,
 //! each checked against a reference model of what the kernel must answer.
 //! About half of them are iommufd calls on IOASes (alloc, destroy, map with a
-//! fixed or automatic IOVA, unmap, iova_ranges, truncated, oversized and
+//! fixed or automatic IOVA, unmap, iova_ranges, irq_wait, truncated, oversized and
 //! misplaced argument structs, ids of no object or of the task's device),
 //! checked step by step against a model of the IOAS semantics written from
 //! the rules (object ids, areas, pins).
@@ -564,13 +564,36 @@ fn mismatch(call: &'static str, args: [u64; 2], expected: &'static str, got: Ans
 }
 
 fn iommufd_step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
-    match rng.below(7) {
+    match rng.below(8) {
         0 => fuzz_ioas_alloc(rng, model, counts),
         1 => fuzz_destroy(rng, model, counts),
         2 | 3 => fuzz_map(rng, model, counts),
         4 | 5 => fuzz_unmap(rng, model, counts),
+        6 => fuzz_irq_wait(rng, model, counts),
         _ => fuzz_iova_ranges(rng, model, counts),
     }
+}
+
+/// `irq_wait` on ids that name no device of this task (ENOENT), ids that do
+/// not fit 32 bits (EINVAL), and this task's own edu, which never raises its
+/// interrupt here: a poll times out at once (ETIMEDOUT).
+fn fuzz_irq_wait(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    counts[1] += 1;
+    let (device, timeout, expected) = match (rng.below(3), model.device) {
+        (0, Some(device)) => (u64::from(device), 0, Errno::ETIMEDOUT),
+        (1, _) => ((1 << 32) + rng.below(1 << 20), rng.next(), Errno::EINVAL),
+        _ => (
+            u64::from(model.unused_id(rng)),
+            rng.below(1000),
+            Errno::ENOENT,
+        ),
+    };
+    expect_err(
+        "irq_wait",
+        [device, timeout],
+        raw(nr::IRQ_WAIT, device, timeout),
+        expected,
+    )
 }
 
 /// Struct-level defects every command shares, on `arg` (a valid struct).

@@ -274,36 +274,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         pieces: &[Piece],
         prot: Prot,
     ) -> Result<(), (Errno, bool)> {
-        for (done_domains, &(unit, domain)) in domains.iter().enumerate() {
-            let u = &mut self.units[unit.0 as usize];
-            let mut gather = Gather::default();
-            let mut failed = None;
-            for (i, p) in pieces.iter().enumerate() {
-                let runs: &[PhysRun] = self.pages.get(p.pages).map_or(&[], |p| &p.runs);
-                match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
-                    Ok(g) => merge_gather(&mut gather, &g),
-                    Err(e) => {
-                        failed = Some((i, e));
-                        break;
-                    }
-                }
-            }
-            if failed.is_none()
-                && !gather.is_empty()
-                && let Err(e) = u.flush(domain, &gather)
-            {
-                failed = Some((pieces.len(), e));
-            }
-            if let Some((mapped, e)) = failed {
-                let mut clean = e != iommu::IommuError::Timeout;
-                clean &= self.unmap_pieces(unit, domain, &pieces[..mapped]);
-                for &(unit, domain) in &domains[..done_domains] {
-                    clean &= self.unmap_pieces(unit, domain, pieces);
-                }
-                return Err((errno(e), clean));
-            }
-        }
-        Ok(())
+        map_into_domains(&mut self.units, &self.pages, domains, pieces, prot)
     }
 
     /// Unmaps whole pieces from a domain and flushes; false if the flush failed.
@@ -313,12 +284,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         domain: DomainHandle,
         pieces: &[Piece],
     ) -> bool {
-        let u = &mut self.units[unit.0 as usize];
-        let mut gather = Gather::default();
-        for p in pieces {
-            merge_gather(&mut gather, &u.unmap(domain, p.iova, p.len));
-        }
-        gather.is_empty() || u.flush(domain, &gather).is_ok()
+        unmap_from_domain(&mut self.units[unit.0 as usize], domain, pieces)
     }
 
     /// Pins `[user_va, user_va + len)` and maps it at `iova` (or at an automatic
@@ -334,7 +300,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         prot: Prot,
     ) -> Result<u64, Errno> {
         check_prot(prot)?;
-        let ioas = self.owner(owner)?.ioas(id)?;
+        // One lookup of the IOAS serves the whole call: the other fields of
+        // the core (services, pages, units) are borrowed beside it.
+        let ioas = self
+            .owners
+            .get_mut(&owner)
+            .ok_or(Errno::ENOENT)?
+            .ioas_mut(id)?;
         if len == 0 || !len.is_multiple_of(ioas.alignment) || !user_va.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
@@ -342,11 +314,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if let Some(iova) = iova {
             ioas.check_fixed(iova, len)?;
         }
-        let domains = self.ioas_domains(owner, id)?;
         self.services.charge(Resource::Area)?;
         self.services.charge(Resource::IovaNode)?;
         self.services.charge(Resource::PinnedPages)?;
-        let iova = self.owner_mut(owner)?.ioas_mut(id)?.claim_iova(iova, len)?;
+        let iova = ioas.claim_iova(iova, len)?;
         let range = IovaRange {
             start: iova,
             last: iova + (len - 1),
@@ -358,7 +329,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         {
             runs.clear();
             self.spare_runs.push(runs);
-            self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+            ioas.space.release(range);
             return Err(e);
         }
         let pages = self.pages.insert(Pages {
@@ -374,8 +345,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             pages,
             offset: 0,
         };
-        if let Err((e, clean)) = self.map_all(&domains, &[piece], prot) {
-            self.owner_mut(owner)?.ioas_mut(id)?.space.release(range);
+        if let Err((e, clean)) =
+            map_into_domains(&mut self.units, &self.pages, &ioas.handles, &[piece], prot)
+        {
+            ioas.space.release(range);
             if clean {
                 self.put_pages(pages);
             } else {
@@ -383,7 +356,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             }
             return Err(e);
         }
-        self.owner_mut(owner)?.ioas_mut(id)?.areas.insert(
+        ioas.areas.insert(
             iova,
             Area {
                 last: range.last,
@@ -407,8 +380,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         len: u64,
     ) -> Result<u64, Errno> {
         // The IOAS first, as Linux's iommufd_ioas_unmap looks it up before it
-        // checks the range.
-        let ioas = self.owner(owner)?.ioas(id)?;
+        // checks the range; the one lookup serves the flushes and the first
+        // batch of areas (the other fields of the core are borrowed beside it).
+        let ioas = self
+            .owners
+            .get_mut(&owner)
+            .ok_or(Errno::ENOENT)?
+            .ioas_mut(id)?;
         let all = iova == 0 && len == u64::MAX;
         let range = if all {
             IovaRange::FULL
@@ -428,18 +406,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
             Some(_) => {}
         }
-        let domains = ioas.handles.clone();
         let mut flushed = true;
-        for &(unit, domain) in domains.iter() {
+        for &(unit, domain) in ioas.handles.iter() {
             let u = &mut self.units[unit.0 as usize];
             let mut gather = Gather::default();
-            for (&start, area) in self
-                .owners
-                .get(&owner)
-                .and_then(|o| o.ioas(id).ok())
-                .into_iter()
-                .flat_map(|i| i.areas.range(range.start..=range.last))
-            {
+            for (&start, area) in ioas.areas.range(range.start..=range.last) {
                 merge_gather(&mut gather, &u.unmap(domain, start, area.last - start + 1));
             }
             if !gather.is_empty() {
@@ -447,27 +418,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             }
         }
         // Every IOTLB is clean now: drop the areas and release their pages,
-        // a batch of areas per lookup of the IOAS (usually the only batch).
-        const BATCH: usize = 8;
+        // a batch of areas at a time (usually the only batch).
         let mut bytes = 0u64;
+        let mut batch = [0u64; UNMAP_BATCH];
+        let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);
         loop {
-            let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
-            let mut batch = [0u64; BATCH];
-            let mut taken = 0;
-            while taken < BATCH {
-                let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next()
-                else {
-                    break;
-                };
-                ioas.areas.remove(&start);
-                ioas.space.release(IovaRange {
-                    start,
-                    last: area.last,
-                });
-                bytes = bytes.wrapping_add(area.last - start + 1);
-                batch[taken] = area.pages;
-                taken += 1;
-            }
             for &pages in &batch[..taken] {
                 if flushed {
                     self.put_pages(pages);
@@ -475,9 +430,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                     self.quarantine_pages(pages);
                 }
             }
-            if taken < BATCH {
+            if taken < UNMAP_BATCH {
                 break;
             }
+            let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+            taken = take_areas(ioas, range, &mut batch, &mut bytes);
         }
         if !flushed {
             return Err(Errno::EIO);
@@ -598,6 +555,85 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
         Ok(base)
     }
+}
+
+/// [`Iommufd::map_all`] on the fields it needs, so that a caller can hold an
+/// IOAS of `owners` across it.
+fn map_into_domains<U: IommuUnit>(
+    units: &mut [U],
+    pages: &crate::PagesTable,
+    domains: &[(UnitId, DomainHandle)],
+    pieces: &[Piece],
+    prot: Prot,
+) -> Result<(), (Errno, bool)> {
+    for (done_domains, &(unit, domain)) in domains.iter().enumerate() {
+        let u = &mut units[unit.0 as usize];
+        let mut gather = Gather::default();
+        let mut failed = None;
+        for (i, p) in pieces.iter().enumerate() {
+            let runs: &[PhysRun] = pages.get(p.pages).map_or(&[], |p| &p.runs);
+            match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
+                Ok(g) => merge_gather(&mut gather, &g),
+                Err(e) => {
+                    failed = Some((i, e));
+                    break;
+                }
+            }
+        }
+        if failed.is_none()
+            && !gather.is_empty()
+            && let Err(e) = u.flush(domain, &gather)
+        {
+            failed = Some((pieces.len(), e));
+        }
+        if let Some((mapped, e)) = failed {
+            let mut clean = e != iommu::IommuError::Timeout;
+            clean &= unmap_from_domain(u, domain, &pieces[..mapped]);
+            for &(unit, domain) in &domains[..done_domains] {
+                clean &= unmap_from_domain(&mut units[unit.0 as usize], domain, pieces);
+            }
+            return Err((errno(e), clean));
+        }
+    }
+    Ok(())
+}
+
+/// Unmaps whole pieces from one domain and flushes; false if the flush failed.
+fn unmap_from_domain<U: IommuUnit>(unit: &mut U, domain: DomainHandle, pieces: &[Piece]) -> bool {
+    let mut gather = Gather::default();
+    for p in pieces {
+        merge_gather(&mut gather, &unit.unmap(domain, p.iova, p.len));
+    }
+    gather.is_empty() || unit.flush(domain, &gather).is_ok()
+}
+
+/// Areas one step of an unmap removes before their pages are released.
+const UNMAP_BATCH: usize = 8;
+
+/// Removes up to [`UNMAP_BATCH`] areas of `ioas` inside `range` (their IOVAs
+/// go back to the free space), adds their bytes to `bytes` and their pages
+/// to `batch`; returns how many it took.
+fn take_areas(
+    ioas: &mut Ioas,
+    range: IovaRange,
+    batch: &mut [u64; UNMAP_BATCH],
+    bytes: &mut u64,
+) -> usize {
+    let mut taken = 0;
+    while taken < UNMAP_BATCH {
+        let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
+            break;
+        };
+        ioas.areas.remove(&start);
+        ioas.space.release(IovaRange {
+            start,
+            last: area.last,
+        });
+        *bytes = bytes.wrapping_add(area.last - start + 1);
+        batch[taken] = area.pages;
+        taken += 1;
+    }
+    taken
 }
 
 #[cfg(test)]

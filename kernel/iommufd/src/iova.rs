@@ -40,6 +40,10 @@ pub struct IovaSpace {
     /// Per-order caches of free, naturally aligned ranges (not in `holes`).
     cache: [Magazine; CACHE_BINS],
     caching: bool,
+    /// `(start, last)` of the usable range the last cached release fell in
+    /// (empty at first). Usable ranges never change after `build`, so it stays
+    /// true, and the fast path skips the tree lookup while it holds.
+    usable_hint: (u64, u64),
 }
 
 impl PartialEq for IovaSpace {
@@ -88,6 +92,7 @@ impl IovaSpace {
     pub fn build(usable: &[IovaRange], occupied: impl Iterator<Item = IovaRange> + Clone) -> Self {
         let mut space = Self {
             caching: true,
+            usable_hint: (1, 0),
             ..Self::default()
         };
         for r in usable {
@@ -275,11 +280,7 @@ impl IovaSpace {
         if self.caching
             && let Some(b) = bin(range.start, len)
             && self.cache[b].len < CACHE_DEPTH
-            && self
-                .usable
-                .range(range.start..)
-                .next()
-                .is_some_and(|(&last, &start)| start <= range.start && range.last <= last)
+            && self.inside_usable(range)
         {
             let m = &mut self.cache[b];
             m.iovas[m.len] = range.start;
@@ -296,6 +297,21 @@ impl IovaSpace {
                 Some(next) if last < range.last => from = next,
                 _ => break,
             }
+        }
+    }
+
+    /// Whether `range` lies inside one usable range (the hint first).
+    fn inside_usable(&mut self, range: IovaRange) -> bool {
+        let (start, last) = self.usable_hint;
+        if start <= range.start && range.last <= last {
+            return true;
+        }
+        match self.usable.range(range.start..).next() {
+            Some((&last, &start)) if start <= range.start && range.last <= last => {
+                self.usable_hint = (start, last);
+                true
+            }
+            _ => false,
         }
     }
 

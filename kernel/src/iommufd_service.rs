@@ -199,6 +199,26 @@ pub fn release(task: &mut Task) {
     });
 }
 
+/// The fault-interrupt count at the last drain.
+static FAULT_SIGNALS_SEEN: core::sync::atomic::AtomicUsize =
+    core::sync::atomic::AtomicUsize::new(0);
+
+/// Moves the unit's fault records into their owners' queues when the unit
+/// signalled a fault since the last time. The scheduler calls it between
+/// task runs: a record left in the unit (VT-d keeps one per fault-recording
+/// register until software clears it) would keep every later fault, of any
+/// task, from being recorded.
+pub fn dispatch_pending_faults() {
+    use core::sync::atomic::Ordering;
+    let signals = crate::iommu::fault_signals();
+    if FAULT_SIGNALS_SEEN.swap(signals, Ordering::SeqCst) == signals {
+        return;
+    }
+    if let Some(state) = CORE.lock().as_mut() {
+        state.core.dispatch_faults();
+    }
+}
+
 /// Objects the core holds for the task with owner id `owner` (leak checks).
 pub fn object_count(owner: u64) -> usize {
     CORE.lock()

@@ -67,6 +67,21 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
     }
 }
 
+/// Fault interrupts the platform's IOMMU has raised since boot. Their
+/// handlers only count: draining the records needs the unit, which only
+/// thread context may lock (see `iommufd_service::dispatch_pending_faults`).
+/// QEMU's AMD-Vi writes no event log, so it raises none.
+pub fn fault_signals() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        vtd::fault_events()
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        smmuv3::event_interrupts()
+    }
+}
+
 /// Runs a closure on a unit that lives in its driver glue's static, if it is up.
 type WithUnit = fn(&mut dyn FnMut(&mut dyn IommuUnit));
 

@@ -6,7 +6,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use firmware::devicetree::SmmuV3;
 use iommu::{IommuUnit, IovaRange, UnitId};
@@ -86,8 +86,17 @@ pub static EVENTS_PENDING: AtomicBool = AtomicBool::new(false);
 /// Set by the global error interrupt.
 pub static GERROR_PENDING: AtomicBool = AtomicBool::new(false);
 
+/// Event queue interrupts since boot (the iommufd service drains on a change).
+static EVENT_INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
+
 fn on_eventq() {
+    EVENT_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
     EVENTS_PENDING.store(true, Ordering::SeqCst);
+}
+
+/// Event queue interrupts the SMMU raised since boot.
+pub fn event_interrupts() -> usize {
+    EVENT_INTERRUPTS.load(Ordering::SeqCst)
 }
 
 fn on_gerror() {

@@ -523,6 +523,7 @@ pub fn run_tasks(
         run: &mut result,
     };
     loop {
+        crate::iommufd_service::dispatch_pending_faults();
         waiting.retain(|&(index, wait)| {
             let Some(task) = tasks[index].as_mut() else {
                 return false;

@@ -23,6 +23,10 @@ pub static TESTS: &[Test] = &[
         name: "isolation::a_task_killed_with_its_device_attached_leaves_the_other_working",
         run: a_task_killed_with_its_device_attached_leaves_the_other_working,
     },
+    Test {
+        name: "isolation::faults_a_task_leaves_unread_do_not_hide_another_tasks_faults",
+        run: faults_a_task_leaves_unread_do_not_hide_another_tasks_faults,
+    },
 ];
 
 /// Roles of the `isolation` program (its argument's top byte).
@@ -30,6 +34,7 @@ const OWNER: u64 = 1;
 const PROBER: u64 = 2;
 const VICTIM: u64 = 3;
 const WORKER: u64 = 4;
+const FAULTER: u64 = 5;
 /// The program's exit code when no edu sits behind an IOMMU.
 const NO_DEVICE: i32 = 77;
 
@@ -222,5 +227,54 @@ fn a_task_killed_with_its_device_attached_leaves_the_other_working(
         baseline.frames,
         "free frames at the end"
     );
+    Ok(Outcome::Passed)
+}
+
+/// A task whose device faulted and which never reads the record stays alive
+/// while another task's device faults: the other task still finds its own
+/// record (the kernel drains the unit between task runs; VT-d keeps one
+/// fault-recording register and records nothing more while it is full).
+fn faults_a_task_leaves_unread_do_not_hide_another_tasks_faults(platform: &Platform) -> TestResult {
+    iommufd_service::prepare();
+    if crate::devices::edus().count() < 2 {
+        return Ok(Outcome::NotApplicable("needs two edu devices"));
+    }
+    if !faults_reported(platform) {
+        return Ok(Outcome::NotApplicable(
+            "the unit reports no faults here (QEMU's AMD-Vi writes no event log)",
+        ));
+    }
+    let baseline = Baseline::now();
+    let faulter = spawn(FAULTER, 0, 0)?;
+    let mut reader =
+        Task::spawn("edu-dma", task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
+    reader.set_argument(1);
+    let owners = [faulter.owner, reader.owner];
+    let run = run(alloc::vec![faulter, reader]);
+    let (faulter, reader) = (&run.reports[0], &run.reports[1]);
+    if faulter.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    ensure_eq!(
+        faulter.exit,
+        Exit::Code(0),
+        format!("faulter: {:?}", faulter.output)
+    );
+    ensure_eq!(
+        reader.exit,
+        Exit::Code(0),
+        format!("edu-dma: {:?}", reader.output)
+    );
+    ensure!(
+        faulter.output.contains("not reading it"),
+        "faulter: {:?}",
+        faulter.output
+    );
+    ensure!(
+        reader.output.contains("first: IOVA"),
+        "the second task's fault was not recorded: {:?}",
+        reader.output
+    );
+    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }

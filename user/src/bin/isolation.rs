@@ -15,6 +15,9 @@
 //!   (it touches kernel memory) and is killed with its device attached.
 //! - WORKER: waits until the VICTIM's edu is free (its teardown is over),
 //!   then shows its own DMA still works.
+//! - FAULTER: makes its edu fault once and never reads the record; stays
+//!   alive until the other task has held its edu and let it go (the other
+//!   task's own faults must still be recorded meanwhile).
 //!
 //! Exit codes: 0 = everything held, 77 = no edu behind an IOMMU, otherwise
 //! the number of the failed step.
@@ -32,6 +35,7 @@ const OWNER: u64 = 1;
 const PROBER: u64 = 2;
 const VICTIM: u64 = 3;
 const WORKER: u64 = 4;
+const FAULTER: u64 = 5;
 const NO_DEVICE: i32 = 77;
 const PAGE: usize = 4096;
 const PATTERN: u8 = 0xA1;
@@ -133,6 +137,7 @@ fn run(role: u64, index: usize, address: u64) -> Result<(), i32> {
         PROBER => prober(index, address),
         VICTIM => victim(index),
         WORKER => worker(index),
+        FAULTER => faulter(index),
         _ => {
             println!("isolation: unknown role {role}");
             Err(99)
@@ -276,5 +281,18 @@ fn worker(index: usize) -> Result<(), i32> {
     wait_for_other_task(victim_edu)?;
     round_trip(&setup, va, iova, 8)?;
     println!("isolation: worker: DMA works after the victim was killed");
+    Ok(())
+}
+
+fn faulter(index: usize) -> Result<(), i32> {
+    let setup = setup(index)?;
+    let va = step(5, "mem_alloc", mem_alloc(1))?;
+    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
+    // An IOVA nothing maps: blocked, and a fault the task leaves unread.
+    let unmapped = iova + 64 * PAGE as u64;
+    step(7, "DMA to an unmapped IOVA", setup.edu.dma(unmapped, true))?;
+    println!("isolation: faulter: DMA to IOVA {unmapped:#x} faulted; not reading it");
+    let other = step(8, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(8)?;
+    wait_for_other_task(other)?;
     Ok(())
 }

@@ -376,7 +376,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
 
     /// Attaches a detached device to an IOAS (reusing its compatible automatic HWPT
     /// or creating one filled with every area) or to a HWPT. Returns the HWPT.
-    /// `EBUSY` if already attached (use replace); `EADDRINUSE` if the device's
+    /// An attached device: `EBUSY` when it is already there, `EINVAL` anywhere
+    /// else (use replace), as Linux; `EADDRINUSE` if the device's
     /// reserved regions or the unit's aperture conflict with areas or allowed
     /// ranges. Nothing moves on error.
     pub fn device_attach(
@@ -432,7 +433,14 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             attached: current,
         } = o.device(dev_id)?;
         match (replace, current) {
-            (false, Some(_)) => return Err(Errno::EBUSY),
+            // As Linux: attaching where the device already is (its HWPT, or an
+            // IOAS that HWPT maps) is EBUSY; anywhere else it is EINVAL, and
+            // moving a device is `replace`'s job.
+            (false, Some(cur)) => {
+                let here = pt_id == cur
+                    || matches!(o.hwpt(cur), Ok(Hwpt { kind: HwptKind::Paging { ioas, .. }, .. }) if *ioas == pt_id);
+                return Err(if here { Errno::EBUSY } else { Errno::EINVAL });
+            }
             (true, None) => return Err(Errno::EINVAL),
             _ => {}
         }

@@ -668,9 +668,14 @@ fn attach_when_reserved_region_conflicts_with_allowed_ranges_is_eaddrinuse() {
 }
 
 #[test]
-fn attach_of_an_attached_device_is_ebusy() {
-    let (mut fd, ioas, dev, _) = attached();
+fn attach_of_an_attached_device_is_ebusy_where_it_is_and_einval_elsewhere() {
+    let (mut fd, ioas, dev, hwpt) = attached();
     assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EBUSY));
+    assert_eq!(fd.device_attach(O, dev, hwpt), Err(Errno::EBUSY));
+    // Linux's iommufd_hw_pagetable_attach: a device in another HWPT is EINVAL.
+    let other = fd.ioas_alloc(O).unwrap();
+    assert_eq!(fd.device_attach(O, dev, other), Err(Errno::EINVAL));
+    assert_eq!(fd.device_replace(O, dev, other).map(|_| ()), Ok(()));
 }
 
 #[test]

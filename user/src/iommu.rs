@@ -3,7 +3,10 @@
 //! call with a hand-built struct stays available as [`crate::iommufd`], for
 //! programs that test the kernel with odd structs.
 
-use abi::{Command, Destroy, DeviceAttach, DeviceDetach, Errno, IoasAlloc, IoasMap, MapFlags};
+use abi::{
+    Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, IoasAlloc,
+    IoasMap, MapFlags,
+};
 
 use crate::iommufd;
 
@@ -82,6 +85,21 @@ pub fn device_detach(dev_id: u32) -> Result<(), Errno> {
         dev_id,
     };
     iommufd(Command::DeviceDetach, &mut detach)
+}
+
+/// Reads the fault records queued for HWPT `hwpt` into `records`; returns
+/// how many it wrote.
+pub fn fault_read(hwpt: u32, records: &mut [FaultRecord]) -> Result<usize, Errno> {
+    let mut read = FaultRead {
+        size: arg_size::<FaultRead>(),
+        hwpt_id: hwpt,
+        num: records.len() as u32,
+        record_len: arg_size::<FaultRecord>(),
+        records_uptr: records.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    iommufd(Command::FaultRead, &mut read)?;
+    Ok((read.num as usize).min(records.len()))
 }
 
 /// Every byte of `memory` equals `value`, read with volatile loads (a device

@@ -15,11 +15,11 @@
 #![no_main]
 
 use user_programs::abi::{
-    self, Command, Errno, FaultRead, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3,
-    HwInfoType, HwInfoVtd, IoasUnmap,
+    self, Command, Errno, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType,
+    HwInfoVtd, IoasUnmap,
 };
 use user_programs::edu::{self, DmaError, Edu};
-use user_programs::iommu::{arg_size, device_attach, ioas_alloc, ioas_map};
+use user_programs::iommu::{arg_size, device_attach, fault_read, ioas_alloc, ioas_map};
 use user_programs::{argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
@@ -128,19 +128,11 @@ fn run() -> Result<(), i32> {
     );
 
     let mut records = [FaultRecord::default(); 4];
-    let mut read = FaultRead {
-        size: arg_size::<FaultRead>(),
-        hwpt_id: hwpt,
-        num: records.len() as u32,
-        record_len: arg_size::<FaultRecord>(),
-        records_uptr: records.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    step(13, "fault_read", iommufd(Command::FaultRead, &mut read))?;
-    match records[..read.num as usize].first() {
+    let read = step(13, "fault_read", fault_read(hwpt, &mut records))?;
+    match records[..read].first() {
         Some(record) => println!(
             "edu-dma: fault records: {}; first: IOVA {:#x}, requester {:#x}, access {}, reason {}",
-            read.num, record.iova, record.requester, record.access, record.reason
+            read, record.iova, record.requester, record.access, record.reason
         ),
         None => println!("edu-dma: fault records: 0"),
     }

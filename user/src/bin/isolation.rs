@@ -24,9 +24,11 @@
 #![no_std]
 #![no_main]
 
-use user_programs::abi::{Command, Errno, FaultRead, FaultRecord, IoasIovaRanges};
+use user_programs::abi::{Command, Errno, FaultRecord, IoasIovaRanges};
 use user_programs::edu::{self, Edu, PciAddress};
-use user_programs::iommu::{all_bytes_are, arg_size, destroy, device_attach, ioas_alloc, ioas_map};
+use user_programs::iommu::{
+    all_bytes_are, arg_size, destroy, device_attach, fault_read, ioas_alloc, ioas_map,
+};
 use user_programs::{argument, entry, iommufd, mem_alloc, println, yield_now};
 
 entry!(main);
@@ -238,21 +240,13 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
         }
     }
     let mut records = [FaultRecord::default(); 8];
-    let mut read = FaultRead {
-        size: arg_size::<FaultRead>(),
-        hwpt_id: setup.hwpt,
-        num: records.len() as u32,
-        record_len: arg_size::<FaultRecord>(),
-        records_uptr: records.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    step(11, "fault_read", iommufd(Command::FaultRead, &mut read))?;
-    let reported = records[..read.num as usize]
+    let read = step(11, "fault_read", fault_read(setup.hwpt, &mut records))?;
+    let reported = records[..read]
         .iter()
         .any(|record| record.iova == owner_phys);
     println!(
         "isolation: prober: DMA at the owner's physical page {owner_phys:#x} blocked both ways; fault records: {}, one at that address: {reported}",
-        read.num
+        read
     );
     let _ = setup.address;
     Ok(())

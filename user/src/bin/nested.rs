@@ -23,13 +23,13 @@ use core::ptr::NonNull;
 
 use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
 use user_programs::abi::{
-    Command, Errno, FaultRead, FaultRecord, HwptAlloc, HwptAllocFlags, HwptArmSmmuV3, HwptDataType,
+    Command, Errno, FaultRecord, HwptAlloc, HwptAllocFlags, HwptArmSmmuV3, HwptDataType,
     HwptInvalidate, InvalidateArmSmmuV3, InvalidateDataType,
 };
 use user_programs::edu::{self, Edu};
 use user_programs::iommu::{
-    all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, ioas_alloc,
-    ioas_map,
+    all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, fault_read,
+    ioas_alloc, ioas_map,
 };
 use user_programs::{argument, entry, iommufd, mem_alloc, println};
 
@@ -351,16 +351,8 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     // An IOVA the task never mapped faults at stage 1, in the nested HWPT.
     dma_step(34, edu.dma_polled(S1_UNMAPPED, true))?;
     let mut records = [FaultRecord::default(); 4];
-    let mut read = FaultRead {
-        size: arg_size::<FaultRead>(),
-        hwpt_id: nested,
-        num: records.len() as u32,
-        record_len: arg_size::<FaultRecord>(),
-        records_uptr: records.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    step(35, "fault_read", iommufd(Command::FaultRead, &mut read))?;
-    match records[..read.num as usize].first() {
+    let read = step(35, "fault_read", fault_read(nested, &mut records))?;
+    match records[..read].first() {
         Some(record) if record.iova == S1_UNMAPPED => println!(
             "nested: fault at stage-1 IOVA {:#x} reported to the nested HWPT",
             record.iova

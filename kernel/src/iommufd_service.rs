@@ -384,7 +384,16 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
     open.out_dev_id = id;
     open.out_bar0_va = va;
     open.out_bar0_len = len;
-    write_argument(task, arg, &open, size)
+    let written = write_argument(task, arg, &open, size);
+    if written.is_err() {
+        // The task never learns the id: give the device back, as the core
+        // does for objects it cannot publish.
+        with_state(task, |state, owner| {
+            release_interrupts(state, |_, entry| entry.owner == owner && entry.dev_id == id);
+            let _ = state.core.destroy(owner, id);
+        });
+    }
+    written
 }
 
 /// Routes the MSI of device `dev_id` (function `bdf`, just bound by `owner`)

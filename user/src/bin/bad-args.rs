@@ -5,7 +5,8 @@
 #![no_main]
 
 use user_programs::abi::syscall as nr;
-use user_programs::abi::{Errno, syscall::USER_END};
+use user_programs::abi::{DeviceOpen, Errno, syscall::USER_END};
+use user_programs::edu;
 use user_programs::{check, entry, println, syscall};
 
 entry!(main);
@@ -17,6 +18,25 @@ const KERNEL_IMAGE: u64 = 0x4020_0000;
 
 /// A user address the program never maps (just below the top of the region).
 const UNMAPPED: u64 = USER_END - 0x10_0000;
+
+/// `device_open` arguments for every function of bus 0, in read-only memory
+/// (a `static` without interior mutability lands in the program's rodata).
+static READ_ONLY_OPENS: [DeviceOpen; 256] = {
+    let mut all = [DeviceOpen {
+        size: core::mem::size_of::<DeviceOpen>() as u32,
+        flags: 0,
+        pci_address: 0,
+        out_dev_id: 0,
+        out_bar0_va: 0,
+        out_bar0_len: 0,
+    }; 256];
+    let mut devfn = 0;
+    while devfn < all.len() {
+        all[devfn].pci_address = devfn as u32;
+        devfn += 1;
+    }
+    all
+};
 
 fn expect(number: i32, what: &str, result: i64, expected: Errno) -> Result<(), i32> {
     match check(result) {
@@ -96,6 +116,30 @@ fn run() -> Result<(), i32> {
         syscall(nr::IRQ_WAIT, [1 << 40, 0, 0, 0, 0, 0]),
         Errno::EINVAL,
     )?;
+    // device_open whose struct the kernel can read but not write back: the
+    // call fails and the device is not left claimed (the task never learnt
+    // its id). Only where an IOMMU translates an edu.
+    if let Ok(Some(address)) = edu::find_translated(0)
+        && let Some(open) = READ_ONLY_OPENS.get(address.0 as usize)
+    {
+        expect(
+            12,
+            "device_open with a read-only argument struct",
+            syscall(
+                nr::DEVICE_OPEN,
+                [open as *const DeviceOpen as u64, 0, 0, 0, 0, 0],
+            ),
+            Errno::EFAULT,
+        )?;
+        if edu::holder(address) != "free" {
+            println!(
+                "device_open with a read-only argument left {address} {}",
+                edu::holder(address)
+            );
+            return Err(12);
+        }
+        println!("device_open with a read-only argument left {address} free");
+    }
     // A valid write still works after all of that.
     if check(syscall(
         nr::WRITE,

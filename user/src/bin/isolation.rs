@@ -8,7 +8,7 @@
 //!   until the other task's edu is free again (the PROBER exited), then
 //!   checks that its buffer, objects and DMA path are intact.
 //! - PROBER: aims its own edu at the OWNER's buffer (the address is its
-//!   physical address; the same IOVA the OWNER uses is tried too), in both
+//!   physical address; an IOVA its own IOAS leaves unmapped is tried too), in both
 //!   directions, names ids that exist only in the OWNER's object table, and
 //!   tries to open the OWNER's edu: every attempt must fail or be blocked.
 //! - VICTIM: attaches its edu, maps a buffer, DMAs, then faults on purpose
@@ -77,7 +77,6 @@ fn main() -> i32 {
 /// An opened edu in a fresh IOAS of its own, attached.
 struct Setup {
     edu: Edu,
-    address: PciAddress,
     ioas: u32,
     hwpt: u32,
 }
@@ -90,12 +89,7 @@ fn setup(index: usize) -> Result<Setup, i32> {
     let edu = step(2, "device_open", Edu::open(address))?;
     let ioas = step(3, "ioas_alloc", ioas_alloc())?;
     let hwpt = step(4, "device_attach", device_attach(edu.id, ioas))?;
-    Ok(Setup {
-        edu,
-        address,
-        ioas,
-        hwpt,
-    })
+    Ok(Setup { edu, ioas, hwpt })
 }
 
 fn buffer(va: *mut u8) -> &'static mut [u8] {
@@ -248,7 +242,6 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
         "isolation: prober: DMA at the owner's physical page {owner_phys:#x} blocked both ways; fault records: {}, one at that address: {reported}",
         read
     );
-    let _ = setup.address;
     Ok(())
 }
 

@@ -115,6 +115,14 @@ struct DeviceInterrupt {
 /// Interrupts are counted by `irq`; the waiting task is found by polling.
 fn note_device_interrupt() {}
 
+impl State {
+    /// The unit's name for PCI function `bdf`, if the unit translates it.
+    fn requester(&self, bdf: pci::Bdf) -> Option<iommu::DeviceId> {
+        self.device_id
+            .and_then(|id| id(crate::platform::get(), bdf))
+    }
+}
+
 // SAFETY: one CPU; the state is only reached under CORE's lock, from thread
 // context (syscalls and task teardown), never from interrupt handlers.
 unsafe impl Send for State {}
@@ -170,11 +178,7 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         };
         let result = core.ioctl(&mut memory, owner, command, arg);
         if command == Command::Destroy && result == Some(Ok(())) {
-            // A destroyed device object gives its interrupt back.
-            release_interrupts(state, |core, entry| {
-                core.device_holder(iommu::UnitId(0), entry.requester)
-                    != Some((entry.owner, entry.dev_id))
-            });
+            release_interrupts_of_destroyed_devices(state);
         }
         result
     })
@@ -284,17 +288,13 @@ fn pci_address(bdf: pci::Bdf) -> u32 {
 /// task holds it.
 fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     let (mut list, size) = read_argument::<abi::DeviceList>(task, arg)?;
-    let platform = crate::platform::get();
     let devices = crate::devices::all();
     // Who holds what, read once under the lock (the list is a snapshot).
     let flags: Vec<abi::DeviceListFlags> = with_state(task, |state, caller| {
         devices
             .iter()
             .map(|device| {
-                let Some(requester) = state
-                    .device_id
-                    .and_then(|id| id(platform, device.function.bdf))
-                else {
+                let Some(requester) = state.requester(device.function.bdf) else {
                     return abi::DeviceListFlags::empty();
                 };
                 let holder = state.core.device_holder(iommu::UnitId(0), requester);
@@ -347,12 +347,10 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         } => Some((address, size)),
         _ => None,
     });
-    let id = with_state(task, |state, owner| {
-        let requester = state
-            .device_id
-            .and_then(|id| id(platform, bdf))
-            .ok_or(Errno::EINVAL)?;
-        state.core.bind_device(owner, iommu::UnitId(0), requester)
+    let (id, requester) = with_state(task, |state, owner| {
+        let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
+        let id = state.core.bind_device(owner, iommu::UnitId(0), requester)?;
+        Ok::<_, Errno>((id, requester))
     })?;
     let mapped = match bar0 {
         Some((bus_address, len)) => {
@@ -364,7 +362,10 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         None => Ok((0, 0)),
     };
     let routed = mapped.and_then(|mapping| {
-        with_state(task, |state, owner| route_interrupt(state, owner, id, bdf)).map(|()| mapping)
+        with_state(task, |state, owner| {
+            route_interrupt(state, owner, id, bdf, requester)
+        })
+        .map(|()| mapping)
     });
     let (va, len) = match routed {
         Ok(mapping) => mapping,
@@ -389,27 +390,24 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         // The task never learns the id: give the device back, as the core
         // does for objects it cannot publish.
         with_state(task, |state, owner| {
-            release_interrupts(state, |_, entry| entry.owner == owner && entry.dev_id == id);
             let _ = state.core.destroy(owner, id);
+            release_interrupts_of_destroyed_devices(state);
         });
     }
     written
 }
 
-/// Routes the MSI of device `dev_id` (function `bdf`, just bound by `owner`)
-/// to a kernel interrupt through the unit. A device without MSI gets none
-/// (`irq_wait` says `ENODEV`).
+/// Routes the MSI of device `dev_id` (function `bdf`, the unit's
+/// `requester`, just bound by `owner`) to a kernel interrupt through the
+/// unit. A device without MSI gets none (`irq_wait` says `ENODEV`).
 fn route_interrupt(
     state: &mut State,
     owner: OwnerId,
     dev_id: u32,
     bdf: pci::Bdf,
+    requester: iommu::DeviceId,
 ) -> Result<(), Errno> {
     let config = &crate::platform::get().pci.ecam;
-    let requester = state
-        .device_id
-        .and_then(|id| id(crate::platform::get(), bdf))
-        .ok_or(Errno::EINVAL)?;
     let Some(msi) = pci::Msi::find(config, bdf) else {
         state.interrupts.push(DeviceInterrupt {
             owner,
@@ -469,6 +467,14 @@ fn release_interrupts(state: &mut State, doomed: impl Fn(&Core, &DeviceInterrupt
     }
 }
 
+/// Gives back the interrupts of device objects the core no longer holds
+/// (destroyed by the task, or by the kernel when `device_open` failed late).
+fn release_interrupts_of_destroyed_devices(state: &mut State) {
+    release_interrupts(state, |core, entry| {
+        core.device_holder(iommu::UnitId(0), entry.requester) != Some((entry.owner, entry.dev_id))
+    });
+}
+
 /// `irq_wait`'s collection step: how many interrupts device `dev_id` of
 /// `owner` raised since the last collection (0: none yet). `ENOENT`: the
 /// owner holds no such device; `ENODEV`: it has no MSI.
@@ -496,14 +502,10 @@ pub fn collect_interrupts(owner: u64, dev_id: u32) -> Result<u64, Errno> {
 pub fn prepare() {
     let mut guard = CORE.lock();
     let state = guard.get_or_insert_with(new_state);
-    let Some(device_id) = state.device_id else {
-        return;
-    };
-    let platform = crate::platform::get();
     // Devices a task holds are left alone.
     let free: Vec<iommu::DeviceId> = crate::devices::all()
         .iter()
-        .filter_map(|device| device_id(platform, device.function.bdf))
+        .filter_map(|device| state.requester(device.function.bdf))
         .filter(|&requester| {
             state
                 .core

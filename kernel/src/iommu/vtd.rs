@@ -77,9 +77,11 @@ pub fn descriptions(platform: &Platform) -> Result<alloc::vec::Vec<UnitDescripti
 /// the DMAR puts the function behind another unit or behind none, so its DMA
 /// is not this unit's to translate.
 pub fn device_id(platform: &Platform, bdf: pci::Bdf) -> Option<::iommu::DeviceId> {
+    // The DMAR does not change: parse it once, not for every function asked.
+    static UNITS: spin::Once<alloc::vec::Vec<UnitDescription>> = spin::Once::new();
+    let units = UNITS.call_once(|| descriptions(platform).unwrap_or_default());
     let requester = bdf.requester_id();
-    let units = descriptions(platform).ok()?;
-    (discovery::unit_for(&units, 0, requester) == Some(0))
+    (discovery::unit_for(units, 0, requester) == Some(0))
         .then_some(::iommu::DeviceId(u32::from(requester)))
 }
 

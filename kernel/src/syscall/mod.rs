@@ -162,18 +162,17 @@ fn mem_free(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno
     Ok(Action::Return(0))
 }
 
+/// Answers at once what the scheduler's poll would (pending interrupts, an
+/// error, or a timeout of 0 expired), else takes the task off the CPU.
 fn irq_wait(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     let dev_id = u32::try_from(args[0]).map_err(|_| Errno::EINVAL)?;
     let timeout_ns = args[1].min(nr::IRQ_WAIT_MAX_NS);
-    let pending = crate::iommufd_service::collect_interrupts(call.task.owner, dev_id)?;
-    if pending > 0 {
-        return Ok(Action::Return(pending as i64));
-    }
-    if timeout_ns == 0 {
-        return Err(Errno::ETIMEDOUT);
-    }
-    Ok(Action::WaitForInterrupt(InterruptWait {
+    let wait = InterruptWait {
         dev_id,
         deadline_ns: crate::arch::now_ns().saturating_add(timeout_ns),
-    }))
+    };
+    Ok(match wait.poll(call.task.owner) {
+        Some(result) => Action::Return(result),
+        None => Action::WaitForInterrupt(wait),
+    })
 }

@@ -5,7 +5,7 @@
 
 use abi::{
     Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, IoasAlloc,
-    IoasMap, MapFlags,
+    IoasMap, IoasUnmap, MapFlags,
 };
 
 use crate::iommufd;
@@ -37,7 +37,7 @@ pub fn destroy(id: u32) -> Result<(), Errno> {
 /// Maps `len` bytes of task memory at `va` into `ioas`, readable and
 /// writable by the device, at `iova` or where the kernel chooses; returns
 /// the IOVA.
-pub fn ioas_map(ioas: u32, va: *mut u8, len: u64, iova: Option<u64>) -> Result<u64, Errno> {
+pub fn ioas_map(ioas: u32, va: u64, len: u64, iova: Option<u64>) -> Result<u64, Errno> {
     let mut flags = MapFlags::READABLE | MapFlags::WRITEABLE;
     if iova.is_some() {
         flags |= MapFlags::FIXED_IOVA;
@@ -46,13 +46,26 @@ pub fn ioas_map(ioas: u32, va: *mut u8, len: u64, iova: Option<u64>) -> Result<u
         size: arg_size::<IoasMap>(),
         flags: flags.bits(),
         ioas_id: ioas,
-        user_va: va as u64,
+        user_va: va,
         length: len,
         iova: iova.unwrap_or(0),
         ..Default::default()
     };
     iommufd(Command::IoasMap, &mut map)?;
     Ok(map.iova)
+}
+
+/// Unmaps the whole areas inside `[iova, iova + len)` of `ioas`
+/// (`(0, u64::MAX)`: all of them); returns the bytes unmapped.
+pub fn ioas_unmap(ioas: u32, iova: u64, len: u64) -> Result<u64, Errno> {
+    let mut unmap = IoasUnmap {
+        size: arg_size::<IoasUnmap>(),
+        ioas_id: ioas,
+        iova,
+        length: len,
+    };
+    iommufd(Command::IoasUnmap, &mut unmap)?;
+    Ok(unmap.length)
 }
 
 /// Attaches device `dev_id` to IOAS or HWPT `pt_id`; returns the HWPT it

@@ -202,6 +202,24 @@ pub fn iommufd<T>(command: abi::Command, arg: &mut T) -> Result<(), Errno> {
     .map(|_| ())
 }
 
+/// A program's numbered steps: a step that fails prints what failed, under
+/// the program's name, and its number becomes the program's exit code.
+pub struct Steps(pub &'static str);
+
+impl Steps {
+    pub fn check<T, E: fmt::Debug>(
+        &self,
+        number: i32,
+        what: &str,
+        result: Result<T, E>,
+    ) -> Result<T, i32> {
+        result.map_err(|error| {
+            println!("{}: step {number} ({what}) failed: {error:?}", self.0);
+            number
+        })
+    }
+}
+
 /// The console as a [`fmt::Write`] sink.
 pub struct Console;
 

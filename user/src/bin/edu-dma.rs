@@ -18,39 +18,28 @@ use user_programs::abi::{
     self, Command, Errno, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType,
     HwInfoVtd, IoasUnmap,
 };
-use user_programs::edu::{self, DmaError, Edu};
+use user_programs::edu::{self, Edu};
 use user_programs::iommu::{arg_size, device_attach, fault_read, ioas_alloc, ioas_map};
-use user_programs::{argument, entry, iommufd, irq_wait, mem_alloc, println};
+use user_programs::{Steps, argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
+
+const STEPS: Steps = Steps("edu-dma");
 
 const PAGE: usize = 4096;
 const NO_DEVICE: i32 = 77;
 /// The wait that shows `irq_wait` times out when nothing is pending.
 const QUIET_WAIT_NS: u64 = 20_000_000;
 
-fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
-    result.map_err(|errno| {
-        println!("edu-dma: step {number} ({what}) failed: {errno:?}");
-        number
-    })
-}
-
-fn dma_step(number: i32, result: Result<(), DmaError>) -> Result<(), i32> {
-    result.map_err(|error| {
-        println!("edu-dma: step {number} (DMA) failed: {error:?}");
-        number
-    })
-}
-
 fn run() -> Result<(), i32> {
-    let Some(address) = step(1, "device_list", edu::find_translated(argument() as usize))? else {
+    let Some(address) = STEPS.check(1, "device_list", edu::find_translated(argument() as usize))?
+    else {
         println!("edu-dma: no edu behind an IOMMU here");
         return Err(NO_DEVICE);
     };
     let opened = Edu::open(address);
     println!("edu-dma: device_list: {address} {}", edu::holder(address));
-    let edu = step(2, "device_open", opened)?;
+    let edu = STEPS.check(2, "device_open", opened)?;
     println!(
         "edu-dma: opened edu {address} as device {}, BAR 0 at {:#x}",
         edu.id,
@@ -66,14 +55,14 @@ fn run() -> Result<(), i32> {
         data_uptr: raw.as_mut_ptr() as u64,
         ..Default::default()
     };
-    step(14, "get_hw_info", iommufd(Command::GetHwInfo, &mut info))?;
+    STEPS.check(14, "get_hw_info", iommufd(Command::GetHwInfo, &mut info))?;
     print_hw_info(
         info.out_data_type,
         &raw[..(info.data_len as usize).min(raw.len())],
     );
 
-    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
-    let hwpt = step(4, "device_attach", device_attach(edu.id, ioas))?;
+    let ioas = STEPS.check(3, "ioas_alloc", ioas_alloc())?;
+    let hwpt = STEPS.check(4, "device_attach", device_attach(edu.id, ioas))?;
 
     // Nothing raised yet: a poll and a short wait both time out.
     let quiet = (irq_wait(edu.id, 0), irq_wait(edu.id, QUIET_WAIT_NS));
@@ -86,8 +75,12 @@ fn run() -> Result<(), i32> {
         QUIET_WAIT_NS / 1_000_000
     );
 
-    let buffer = step(5, "mem_alloc", mem_alloc(2))?;
-    let iova = step(6, "ioas_map", ioas_map(ioas, buffer, 2 * PAGE as u64, None))?;
+    let buffer = STEPS.check(5, "mem_alloc", mem_alloc(2))?;
+    let iova = STEPS.check(
+        6,
+        "ioas_map",
+        ioas_map(ioas, buffer as u64, 2 * PAGE as u64, None),
+    )?;
     println!("edu-dma: 2 pages of task memory at IOVA {iova:#x}");
 
     // SAFETY: mem_alloc mapped two writable pages at `buffer`.
@@ -96,8 +89,8 @@ fn run() -> Result<(), i32> {
     for (index, byte) in source.iter_mut().enumerate() {
         *byte = (index % 253) as u8 ^ 0x5A;
     }
-    dma_step(7, edu.dma(iova, false))?;
-    dma_step(8, edu.dma(iova + PAGE as u64, true))?;
+    STEPS.check(7, "DMA", edu.dma(iova, false))?;
+    STEPS.check(8, "DMA", edu.dma(iova + PAGE as u64, true))?;
     // SAFETY: volatile reads: the device wrote this memory.
     let same = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == source[i]);
     if !same {
@@ -113,9 +106,9 @@ fn run() -> Result<(), i32> {
         iova,
         length: 2 * PAGE as u64,
     };
-    step(10, "ioas_unmap", iommufd(Command::IoasUnmap, &mut unmap))?;
+    STEPS.check(10, "ioas_unmap", iommufd(Command::IoasUnmap, &mut unmap))?;
     destination.fill(0xEE);
-    dma_step(11, edu.dma(iova + PAGE as u64, true))?;
+    STEPS.check(11, "DMA", edu.dma(iova + PAGE as u64, true))?;
     // SAFETY: as above.
     let untouched = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == 0xEE);
     if !untouched {
@@ -128,7 +121,7 @@ fn run() -> Result<(), i32> {
     );
 
     let mut records = [FaultRecord::default(); 4];
-    let read = step(13, "fault_read", fault_read(hwpt, &mut records))?;
+    let read = STEPS.check(13, "fault_read", fault_read(hwpt, &mut records))?;
     match records[..read].first() {
         Some(record) => println!(
             "edu-dma: fault records: {}; first: IOVA {:#x}, requester {:#x}, access {}, reason {}",

@@ -7,61 +7,14 @@
 #![no_main]
 
 use user_programs::abi::{
-    Command, Destroy, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IoasMap, IoasUnmap,
-    IovaRangeEntry, MapFlags,
+    Command, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IovaRangeEntry, MapFlags,
 };
+use user_programs::iommu::{arg_size, destroy, ioas_alloc, ioas_map, ioas_unmap};
 use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
 
 entry!(main);
 
 const PAGE: u64 = 4096;
-
-fn size_of<T>() -> u32 {
-    core::mem::size_of::<T>() as u32
-}
-
-fn ioas_alloc() -> Result<u32, Errno> {
-    let mut arg = IoasAlloc {
-        size: size_of::<IoasAlloc>(),
-        ..Default::default()
-    };
-    iommufd(Command::IoasAlloc, &mut arg).map(|()| arg.out_ioas_id)
-}
-
-fn map(ioas_id: u32, user_va: u64, length: u64, iova: Option<u64>) -> Result<u64, Errno> {
-    let mut flags = MapFlags::READABLE | MapFlags::WRITEABLE;
-    if iova.is_some() {
-        flags |= MapFlags::FIXED_IOVA;
-    }
-    let mut arg = IoasMap {
-        size: size_of::<IoasMap>(),
-        flags: flags.bits(),
-        ioas_id,
-        user_va,
-        length,
-        iova: iova.unwrap_or(0),
-        ..Default::default()
-    };
-    iommufd(Command::IoasMap, &mut arg).map(|()| arg.iova)
-}
-
-fn unmap(ioas_id: u32, iova: u64, length: u64) -> Result<u64, Errno> {
-    let mut arg = IoasUnmap {
-        size: size_of::<IoasUnmap>(),
-        ioas_id,
-        iova,
-        length,
-    };
-    iommufd(Command::IoasUnmap, &mut arg).map(|()| arg.length)
-}
-
-fn destroy(id: u32) -> Result<(), Errno> {
-    let mut arg = Destroy {
-        size: size_of::<Destroy>(),
-        id,
-    };
-    iommufd(Command::Destroy, &mut arg)
-}
 
 /// Fails check `number` unless `got` equals `expected`.
 fn expect<T: PartialEq + core::fmt::Debug>(
@@ -91,7 +44,7 @@ fn run() -> Result<(), i32> {
     // iova_ranges: reported, with EMSGSIZE and the count when the array is too small.
     let mut ranges = [IovaRangeEntry::default(); 4];
     let mut arg = IoasIovaRanges {
-        size: size_of::<IoasIovaRanges>(),
+        size: arg_size::<IoasIovaRanges>(),
         ioas_id: first,
         num_iovas: 0,
         allowed_iovas: ranges.as_mut_ptr() as u64,
@@ -124,34 +77,34 @@ fn run() -> Result<(), i32> {
     expect(
         9,
         "fixed map",
-        map(first, buffer, 2 * PAGE, Some(fixed)),
+        ioas_map(first, buffer, 2 * PAGE, Some(fixed)),
         Ok(fixed),
     )?;
     expect(
         10,
         "overlapping map",
-        map(first, buffer, PAGE, Some(fixed + PAGE)),
+        ioas_map(first, buffer, PAGE, Some(fixed + PAGE)),
         Err(Errno::EEXIST),
     )?;
     expect(
         11,
         "unaligned IOVA",
-        map(first, buffer, PAGE, Some(fixed + 0x800)),
+        ioas_map(first, buffer, PAGE, Some(fixed + 0x800)),
         Err(Errno::EINVAL),
     )?;
     expect(
         12,
         "wrapping IOVA",
-        map(first, buffer, 2 * PAGE, Some(u64::MAX - PAGE + 1)),
+        ioas_map(first, buffer, 2 * PAGE, Some(u64::MAX - PAGE + 1)),
         Err(Errno::EOVERFLOW),
     )?;
     expect(
         13,
         "kernel memory as the source",
-        map(first, 0x20_0000, PAGE, None),
+        ioas_map(first, 0x20_0000, PAGE, None),
         Err(Errno::EFAULT),
     )?;
-    let auto = map(first, buffer + 4 * PAGE, 4 * PAGE, None).map_err(|_| 14)?;
+    let auto = ioas_map(first, buffer + 4 * PAGE, 4 * PAGE, None).map_err(|_| 14)?;
     expect(
         15,
         "automatic IOVA: not 0, naturally aligned",
@@ -169,25 +122,25 @@ fn run() -> Result<(), i32> {
     expect(
         17,
         "unmap cutting an area",
-        unmap(first, fixed, PAGE),
+        ioas_unmap(first, fixed, PAGE),
         Err(Errno::ENOENT),
     )?;
     expect(
         18,
         "unmap of a whole area",
-        unmap(first, fixed, 2 * PAGE),
+        ioas_unmap(first, fixed, 2 * PAGE),
         Ok(2 * PAGE),
     )?;
     expect(
         19,
         "unmap of nothing",
-        unmap(first, fixed, 2 * PAGE),
+        ioas_unmap(first, fixed, 2 * PAGE),
         Err(Errno::ENOENT),
     )?;
 
     // copy shares the pages into the other IOAS; a hole in the source is ENOENT.
     let mut copy = IoasCopy {
-        size: size_of::<IoasCopy>(),
+        size: arg_size::<IoasCopy>(),
         flags: (MapFlags::READABLE | MapFlags::FIXED_IOVA).bits(),
         dst_ioas_id: second,
         src_ioas_id: first,
@@ -207,13 +160,13 @@ fn run() -> Result<(), i32> {
     expect(
         22,
         "unmap everything",
-        unmap(second, 0, u64::MAX),
+        ioas_unmap(second, 0, u64::MAX),
         Ok(4 * PAGE),
     )?;
     expect(
         23,
         "unmap everything of an empty IOAS",
-        unmap(second, 0, u64::MAX),
+        ioas_unmap(second, 0, u64::MAX),
         Ok(0),
     )?;
     expect(24, "destroy", destroy(second), Ok(()))?;
@@ -241,7 +194,7 @@ fn run() -> Result<(), i32> {
         Err(Errno::E2BIG),
     )?;
     let mut flagged = IoasAlloc {
-        size: size_of::<IoasAlloc>(),
+        size: arg_size::<IoasAlloc>(),
         flags: 1,
         ..Default::default()
     };

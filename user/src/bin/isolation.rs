@@ -29,9 +29,11 @@ use user_programs::edu::{self, Edu, PciAddress};
 use user_programs::iommu::{
     all_bytes_are, arg_size, destroy, device_attach, fault_read, ioas_alloc, ioas_map,
 };
-use user_programs::{argument, entry, iommufd, mem_alloc, println, yield_now};
+use user_programs::{Steps, argument, entry, iommufd, mem_alloc, println, yield_now};
 
 entry!(main);
+
+const STEPS: Steps = Steps("isolation");
 
 const OWNER: u64 = 1;
 const PROBER: u64 = 2;
@@ -54,13 +56,6 @@ const KERNEL_ADDRESS: u64 = 0x20_0000;
 #[cfg(target_arch = "aarch64")]
 const KERNEL_ADDRESS: u64 = 0x4020_0000;
 
-fn step<T, E: core::fmt::Debug>(number: i32, what: &str, result: Result<T, E>) -> Result<T, i32> {
-    result.map_err(|error| {
-        println!("isolation: step {number} ({what}) failed: {error:?}");
-        number
-    })
-}
-
 fn main() -> i32 {
     let arg = argument();
     let (role, index, address) = (
@@ -82,13 +77,13 @@ struct Setup {
 }
 
 fn setup(index: usize) -> Result<Setup, i32> {
-    let Some(address) = step(1, "device_list", edu::find_translated(index))? else {
+    let Some(address) = STEPS.check(1, "device_list", edu::find_translated(index))? else {
         println!("isolation: no edu behind an IOMMU here");
         return Err(NO_DEVICE);
     };
-    let edu = step(2, "device_open", Edu::open(address))?;
-    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
-    let hwpt = step(4, "device_attach", device_attach(edu.id, ioas))?;
+    let edu = STEPS.check(2, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(3, "ioas_alloc", ioas_alloc())?;
+    let hwpt = STEPS.check(4, "device_attach", device_attach(edu.id, ioas))?;
     Ok(Setup { edu, ioas, hwpt })
 }
 
@@ -117,9 +112,9 @@ fn wait_for_other_task(address: PciAddress) -> Result<(), i32> {
 
 /// DMA both ways through `iova`: the page must come back as it went.
 fn round_trip(setup: &Setup, va: *mut u8, iova: u64, number: i32) -> Result<(), i32> {
-    step(number, "DMA to the device", setup.edu.dma(iova, false))?;
+    STEPS.check(number, "DMA to the device", setup.edu.dma(iova, false))?;
     buffer(va).fill(0);
-    step(number, "DMA back", setup.edu.dma(iova, true))?;
+    STEPS.check(number, "DMA back", setup.edu.dma(iova, true))?;
     if !all_bytes_are(buffer(va), PATTERN) {
         println!("isolation: the round trip through IOVA {iova:#x} lost data");
         return Err(number);
@@ -144,10 +139,14 @@ fn run(role: u64, index: usize, address: u64) -> Result<(), i32> {
 fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
     let setup = setup(index)?;
     buffer(va).fill(PATTERN);
-    let iova = step(5, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
+    let iova = STEPS.check(
+        5,
+        "ioas_map",
+        ioas_map(setup.ioas, va as u64, PAGE as u64, None),
+    )?;
     let mut extra = [0u32; EXTRA_IOASES as usize];
     for id in &mut extra {
-        *id = step(6, "ioas_alloc (extra)", ioas_alloc())?;
+        *id = STEPS.check(6, "ioas_alloc (extra)", ioas_alloc())?;
     }
     round_trip(&setup, va, iova, 7)?;
     println!(
@@ -155,7 +154,7 @@ fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
         extra[extra.len() - 1]
     );
     // Let the prober do its worst; it holds the other edu until it exits.
-    let Some(other) = step(8, "device_list", edu::find_translated(1 - index.min(1)))? else {
+    let Some(other) = STEPS.check(8, "device_list", edu::find_translated(1 - index.min(1)))? else {
         return Err(8);
     };
     wait_for_other_task(other)?;
@@ -175,7 +174,7 @@ fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
             println!("isolation: the owner's IOAS {id} is gone");
             return Err(11);
         }
-        step(12, "destroy (extra)", destroy(id))?;
+        STEPS.check(12, "destroy (extra)", destroy(id))?;
     }
     println!("isolation: owner: buffer, objects and DMA intact after the prober");
     Ok(())
@@ -183,11 +182,17 @@ fn owner(index: usize, va: *mut u8) -> Result<(), i32> {
 
 fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
     let setup = setup(index)?;
-    let own = step(5, "mem_alloc", mem_alloc(1))?;
+    let own = STEPS.check(5, "mem_alloc", mem_alloc(1))?;
     buffer(own).fill(0x5B);
-    let own_iova = step(6, "ioas_map", ioas_map(setup.ioas, own, PAGE as u64, None))?;
+    let own_iova = STEPS.check(
+        6,
+        "ioas_map",
+        ioas_map(setup.ioas, own as u64, PAGE as u64, None),
+    )?;
     // The owner's edu is taken.
-    let owner_edu = step(7, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(7)?;
+    let owner_edu = STEPS
+        .check(7, "device_list", edu::find_translated(1 - index.min(1)))?
+        .ok_or(7)?;
     match Edu::open(owner_edu) {
         Err(Errno::EBUSY) => println!("isolation: opening the owner's edu: EBUSY"),
         other => {
@@ -222,19 +227,19 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
     let targets = [owner_phys, own_iova + 16 * PAGE as u64];
     for target in targets {
         // Write: the device buffer holds 0x5B... from the task's own page.
-        step(9, "DMA from its own page", setup.edu.dma(own_iova, false))?;
-        step(9, "hostile DMA to RAM", setup.edu.dma(target, true))?;
+        STEPS.check(9, "DMA from its own page", setup.edu.dma(own_iova, false))?;
+        STEPS.check(9, "hostile DMA to RAM", setup.edu.dma(target, true))?;
         // Read: what the device fetches from there comes back to its own page.
-        step(10, "hostile DMA from RAM", setup.edu.dma(target, false))?;
+        STEPS.check(10, "hostile DMA from RAM", setup.edu.dma(target, false))?;
         buffer(own).fill(0xCC);
-        step(10, "DMA to its own page", setup.edu.dma(own_iova, true))?;
+        STEPS.check(10, "DMA to its own page", setup.edu.dma(own_iova, true))?;
         if !all_bytes_are(buffer(own), 0) {
             println!("isolation: the device read something at {target:#x}");
             return Err(10);
         }
     }
     let mut records = [FaultRecord::default(); 8];
-    let read = step(11, "fault_read", fault_read(setup.hwpt, &mut records))?;
+    let read = STEPS.check(11, "fault_read", fault_read(setup.hwpt, &mut records))?;
     let reported = records[..read]
         .iter()
         .any(|record| record.iova == owner_phys);
@@ -247,9 +252,13 @@ fn prober(index: usize, owner_phys: u64) -> Result<(), i32> {
 
 fn victim(index: usize) -> Result<(), i32> {
     let setup = setup(index)?;
-    let va = step(5, "mem_alloc", mem_alloc(1))?;
+    let va = STEPS.check(5, "mem_alloc", mem_alloc(1))?;
     buffer(va).fill(PATTERN);
-    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
+    let iova = STEPS.check(
+        6,
+        "ioas_map",
+        ioas_map(setup.ioas, va as u64, PAGE as u64, None),
+    )?;
     round_trip(&setup, va, iova, 7)?;
     println!("isolation: victim: attached, buffer at IOVA {iova:#x}; now faulting on purpose");
     // SAFETY: not sound, on purpose: the kernel is not mapped for the task,
@@ -261,10 +270,16 @@ fn victim(index: usize) -> Result<(), i32> {
 
 fn worker(index: usize) -> Result<(), i32> {
     let setup = setup(index)?;
-    let va = step(5, "mem_alloc", mem_alloc(1))?;
+    let va = STEPS.check(5, "mem_alloc", mem_alloc(1))?;
     buffer(va).fill(PATTERN);
-    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
-    let victim_edu = step(7, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(7)?;
+    let iova = STEPS.check(
+        6,
+        "ioas_map",
+        ioas_map(setup.ioas, va as u64, PAGE as u64, None),
+    )?;
+    let victim_edu = STEPS
+        .check(7, "device_list", edu::find_translated(1 - index.min(1)))?
+        .ok_or(7)?;
     wait_for_other_task(victim_edu)?;
     round_trip(&setup, va, iova, 8)?;
     println!("isolation: worker: DMA works after the victim was killed");
@@ -273,13 +288,19 @@ fn worker(index: usize) -> Result<(), i32> {
 
 fn faulter(index: usize) -> Result<(), i32> {
     let setup = setup(index)?;
-    let va = step(5, "mem_alloc", mem_alloc(1))?;
-    let iova = step(6, "ioas_map", ioas_map(setup.ioas, va, PAGE as u64, None))?;
+    let va = STEPS.check(5, "mem_alloc", mem_alloc(1))?;
+    let iova = STEPS.check(
+        6,
+        "ioas_map",
+        ioas_map(setup.ioas, va as u64, PAGE as u64, None),
+    )?;
     // An IOVA nothing maps: blocked, and a fault the task leaves unread.
     let unmapped = iova + 64 * PAGE as u64;
-    step(7, "DMA to an unmapped IOVA", setup.edu.dma(unmapped, true))?;
+    STEPS.check(7, "DMA to an unmapped IOVA", setup.edu.dma(unmapped, true))?;
     println!("isolation: faulter: DMA to IOVA {unmapped:#x} faulted; not reading it");
-    let other = step(8, "device_list", edu::find_translated(1 - index.min(1)))?.ok_or(8)?;
+    let other = STEPS
+        .check(8, "device_list", edu::find_translated(1 - index.min(1)))?
+        .ok_or(8)?;
     wait_for_other_task(other)?;
     Ok(())
 }

@@ -31,9 +31,11 @@ use user_programs::iommu::{
     all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, fault_read,
     ioas_alloc, ioas_map,
 };
-use user_programs::{argument, entry, iommufd, mem_alloc, println};
+use user_programs::{Steps, argument, entry, iommufd, mem_alloc, println};
 
 entry!(main);
+
+const STEPS: Steps = Steps("nested");
 
 const NO_DEVICE: i32 = 77;
 const NO_NESTING: i32 = 78;
@@ -55,13 +57,6 @@ const FIRST_TABLE_PAGE: usize = 3;
 const PATTERN: u8 = 0xA7;
 const UNTOUCHED: u8 = 0xEE;
 
-fn step<T>(number: i32, what: &str, result: Result<T, Errno>) -> Result<T, i32> {
-    result.map_err(|errno| {
-        println!("nested: step {number} ({what}) failed: {errno:?}");
-        number
-    })
-}
-
 fn expect(number: i32, what: &str, result: Result<(), Errno>, expected: Errno) -> Result<(), i32> {
     if result == Err(expected) {
         println!("nested: {what}: {expected:?} as expected");
@@ -70,13 +65,6 @@ fn expect(number: i32, what: &str, result: Result<(), Errno>, expected: Errno) -
         println!("nested: {what}: expected {expected:?}, got {result:?}");
         Err(number)
     }
-}
-
-fn dma_step(number: i32, result: Result<(), edu::DmaError>) -> Result<(), i32> {
-    result.map_err(|error| {
-        println!("nested: step {number} (DMA) failed: {error:?}");
-        number
-    })
 }
 
 /// A page of task memory the device reads or writes.
@@ -115,12 +103,13 @@ fn main() -> i32 {
 }
 
 fn run() -> Result<(), i32> {
-    let Some(address) = step(1, "device_list", edu::find_translated(argument() as usize))? else {
+    let Some(address) = STEPS.check(1, "device_list", edu::find_translated(argument() as usize))?
+    else {
         println!("nested: no edu behind an IOMMU here");
         return Err(NO_DEVICE);
     };
-    let edu = step(2, "device_open", Edu::open(address))?;
-    let ioas = step(3, "ioas_alloc", ioas_alloc())?;
+    let edu = STEPS.check(2, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(3, "ioas_alloc", ioas_alloc())?;
     paging_hwpt_lifecycle(&edu, ioas)?;
     nested_stage1(&edu, ioas)
 }
@@ -129,33 +118,33 @@ fn run() -> Result<(), i32> {
 /// while the device is attached, gives way to the IOAS's own HWPT through
 /// `device_replace`, and after `device_detach` the device is blocked.
 fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
-    let data = step(4, "mem_alloc", mem_alloc(1))?;
+    let data = STEPS.check(4, "mem_alloc", mem_alloc(1))?;
     let data_page = page(data, 0);
     data_page.fill(PATTERN);
-    let iova = step(5, "ioas_map", ioas_map(ioas, data, PAGE, None))?;
-    let paging = step(
+    let iova = STEPS.check(5, "ioas_map", ioas_map(ioas, data as u64, PAGE, None))?;
+    let paging = STEPS.check(
         6,
         "hwpt_alloc (paging)",
         hwpt_alloc(HwptAllocFlags::empty(), edu.id, ioas, None),
     )?;
-    let attached = step(7, "device_attach", device_attach(edu.id, paging))?;
+    let attached = STEPS.check(7, "device_attach", device_attach(edu.id, paging))?;
     if attached != paging {
         println!("nested: attached to HWPT {attached}, not {paging}");
         return Err(7);
     }
-    dma_step(8, edu.dma(iova, false))?;
+    STEPS.check(8, "DMA", edu.dma(iova, false))?;
     expect(9, "destroy an attached HWPT", destroy(paging), Errno::EBUSY)?;
-    let automatic = step(10, "device_replace", device_replace(edu.id, ioas))?;
+    let automatic = STEPS.check(10, "device_replace", device_replace(edu.id, ioas))?;
     if automatic == paging {
         println!("nested: replace left the device in HWPT {paging}");
         return Err(10);
     }
-    step(11, "destroy the detached HWPT", destroy(paging))?;
+    STEPS.check(11, "destroy the detached HWPT", destroy(paging))?;
     // The device buffer holds PATTERN now; a blocked DMA must not write it.
     data_page.fill(UNTOUCHED);
-    step(12, "device_detach", device_detach(edu.id))?;
+    STEPS.check(12, "device_detach", device_detach(edu.id))?;
     // Blocked, the device's completion MSI would be dropped too: poll.
-    dma_step(13, edu.dma_polled(iova, true))?;
+    STEPS.check(13, "DMA", edu.dma_polled(iova, true))?;
     if !all_bytes_are(data_page, UNTOUCHED) {
         println!("nested: a detached device's DMA reached memory");
         return Err(13);
@@ -209,13 +198,13 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
             println!("nested: the unit offers no nesting parent: EOPNOTSUPP");
             return Err(NO_NESTING);
         }
-        Err(errno) => return step(20, "hwpt_alloc (NEST_PARENT)", Err(errno)),
+        Err(errno) => return STEPS.check(20, "hwpt_alloc (NEST_PARENT)", Err(errno)),
     };
-    let pool = step(21, "mem_alloc (pool)", mem_alloc(POOL_PAGES))?;
-    let ipa = step(
+    let pool = STEPS.check(21, "mem_alloc (pool)", mem_alloc(POOL_PAGES))?;
+    let ipa = STEPS.check(
         22,
         "ioas_map (pool)",
-        ioas_map(ioas, pool, POOL_PAGES as u64 * PAGE, None),
+        ioas_map(ioas, pool as u64, POOL_PAGES as u64 * PAGE, None),
     )?;
     page(pool, DATA_A).fill(PATTERN);
     page(pool, DATA_B).fill(UNTOUCHED);
@@ -295,12 +284,12 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
             println!("nested: the unit does not take an SMMUv3 stage 1: EOPNOTSUPP");
             return Err(NO_NESTING);
         }
-        Err(errno) => return step(28, "hwpt_alloc (nested)", Err(errno)),
+        Err(errno) => return STEPS.check(28, "hwpt_alloc (nested)", Err(errno)),
     };
-    step(29, "device_attach (nested)", device_attach(edu.id, nested))?;
+    STEPS.check(29, "device_attach (nested)", device_attach(edu.id, nested))?;
 
     // IOVA -> (task's stage 1) -> IPA of page A -> (kernel's stage 2) -> PA.
-    dma_step(30, edu.dma_polled(S1_IOVA, false))?;
+    STEPS.check(30, "DMA", edu.dma_polled(S1_IOVA, false))?;
     // The task moves its mapping to page B and invalidates its own ASID.
     let unmapped = table.unmap(S1_IOVA, PAGE).map_err(|_| 31)?;
     table
@@ -324,7 +313,7 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         entry_num: entries.len() as u32,
         ..Default::default()
     };
-    step(
+    STEPS.check(
         32,
         "hwpt_invalidate",
         iommufd(Command::HwptInvalidate, &mut invalidate),
@@ -337,7 +326,7 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         return Err(32);
     }
     table.release(unmapped.freed);
-    dma_step(33, edu.dma_polled(S1_IOVA, true))?;
+    STEPS.check(33, "DMA", edu.dma_polled(S1_IOVA, true))?;
     if !all_bytes_are(page(pool, DATA_B), PATTERN) || !all_bytes_are(page(pool, DATA_A), PATTERN) {
         println!("nested: after the stage-1 move the data did not land in page B only");
         return Err(33);
@@ -349,9 +338,9 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     );
 
     // An IOVA the task never mapped faults at stage 1, in the nested HWPT.
-    dma_step(34, edu.dma_polled(S1_UNMAPPED, true))?;
+    STEPS.check(34, "DMA", edu.dma_polled(S1_UNMAPPED, true))?;
     let mut records = [FaultRecord::default(); 4];
-    let read = step(35, "fault_read", fault_read(nested, &mut records))?;
+    let read = STEPS.check(35, "fault_read", fault_read(nested, &mut records))?;
     match records[..read].first() {
         Some(record) if record.iova == S1_UNMAPPED => println!(
             "nested: fault at stage-1 IOVA {:#x} reported to the nested HWPT",

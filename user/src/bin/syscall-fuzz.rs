@@ -18,6 +18,7 @@ use user_programs::abi::{
     self, Command, Destroy, Errno, IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, IovaRangeEntry,
     MapFlags,
 };
+use user_programs::iommu::arg_size;
 use user_programs::{argument, check, entry, println, syscall};
 
 entry!(main);
@@ -542,16 +543,8 @@ impl RawArg {
     }
 }
 
-fn size_of<T>() -> u32 {
-    core::mem::size_of::<T>() as u32
-}
-
 fn destroy(id: u32) -> Answer {
-    RawArg::of(&Destroy {
-        size: size_of::<Destroy>(),
-        id,
-    })
-    .call(Command::Destroy)
+    user_programs::iommu::destroy(id).map(|()| 0)
 }
 
 fn mismatch(call: &'static str, args: [u64; 2], expected: &'static str, got: Answer) -> Mismatch {
@@ -623,19 +616,19 @@ fn fuzz_ioas_alloc(
     counts: &mut [u32; 3],
 ) -> Result<(), Mismatch> {
     let mut arg = RawArg::of(&IoasAlloc {
-        size: size_of::<IoasAlloc>(),
+        size: arg_size::<IoasAlloc>(),
         ..Default::default()
     });
     match rng.below(6) {
         0 => {
             let (got, errno) =
-                struct_defect(rng, &mut arg, Command::IoasAlloc, size_of::<IoasAlloc>());
+                struct_defect(rng, &mut arg, Command::IoasAlloc, arg_size::<IoasAlloc>());
             counts[1] += 1;
             return expect_err("ioas_alloc (bad struct)", [0, 0], got, errno);
         }
         1 => {
             arg = RawArg::of(&IoasAlloc {
-                size: size_of::<IoasAlloc>(),
+                size: arg_size::<IoasAlloc>(),
                 flags: 1 << rng.below(32),
                 ..Default::default()
             });
@@ -693,10 +686,11 @@ fn fuzz_destroy(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Resu
         }
         (1, _) => {
             let mut arg = RawArg::of(&Destroy {
-                size: size_of::<Destroy>(),
+                size: arg_size::<Destroy>(),
                 id: model.unused_id(rng),
             });
-            let (got, errno) = struct_defect(rng, &mut arg, Command::Destroy, size_of::<Destroy>());
+            let (got, errno) =
+                struct_defect(rng, &mut arg, Command::Destroy, arg_size::<Destroy>());
             counts[1] += 1;
             expect_err("destroy (bad struct)", [0, 0], got, errno)
         }
@@ -727,7 +721,7 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
     let len = pages * PAGE_SIZE;
     let rw = (MapFlags::READABLE | MapFlags::WRITEABLE).bits();
     let mut map = IoasMap {
-        size: size_of::<IoasMap>(),
+        size: arg_size::<IoasMap>(),
         flags: rw,
         ioas_id: ioas.id,
         user_va: va,
@@ -799,7 +793,8 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
         }
         11 => {
             let mut arg = RawArg::of(&map);
-            let (got, errno) = struct_defect(rng, &mut arg, Command::IoasMap, size_of::<IoasMap>());
+            let (got, errno) =
+                struct_defect(rng, &mut arg, Command::IoasMap, arg_size::<IoasMap>());
             counts[1] += 1;
             return expect_err("ioas_map (bad struct)", [va, len], got, errno);
         }
@@ -895,7 +890,7 @@ fn fuzz_unmap(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result
         ioas.id
     };
     let mut arg = RawArg::of(&IoasUnmap {
-        size: size_of::<IoasUnmap>(),
+        size: arg_size::<IoasUnmap>(),
         ioas_id: id,
         iova,
         length: len,
@@ -976,7 +971,7 @@ fn fuzz_iova_ranges(
     };
     let mut entries = [IovaRangeEntry::default(); 8];
     let mut ranges = IoasIovaRanges {
-        size: size_of::<IoasIovaRanges>(),
+        size: arg_size::<IoasIovaRanges>(),
         ioas_id: ioas.id,
         num_iovas: entries.len() as u32,
         allowed_iovas: entries.as_mut_ptr() as u64,

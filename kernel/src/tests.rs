@@ -21,7 +21,30 @@ mod tasks;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::task::{self, Output, Run, Task};
 use crate::testing::Test;
+
+/// Loads program `name` with `argument` in its first-argument register.
+fn spawn_program(name: &str, argument: u64) -> Result<Task, String> {
+    let mut program = Task::spawn(name, task::kernel_root())
+        .map_err(|err| alloc::format!("spawn {name}: {err:?}"))?;
+    program.set_argument(argument);
+    Ok(program)
+}
+
+/// Runs spawned tasks together to the end with the default limits, their
+/// output captured for the test to check.
+fn run_captured(tasks: Vec<Task>) -> Run {
+    task::run_tasks(
+        tasks.into_iter().map(Some).collect(),
+        Output::Capture,
+        task::kernel_root(),
+        task::Limits::DEFAULT,
+    )
+}
 
 /// Every test group, in the order they run.
 pub static ALL: &[&[Test]] = &[

@@ -9,7 +9,7 @@ use alloc::string::String;
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Output};
+use crate::task::Exit;
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -48,16 +48,9 @@ fn run_edu_dma(index: u64) -> Result<(Exit, String, u64), String> {
 
 /// Runs program `name` alone with argument `index` (the edu it drives).
 fn run_program(name: &str, index: u64) -> Result<(Exit, String, u64), String> {
-    let mut program =
-        task::Task::spawn(name, task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
-    program.set_argument(index);
+    let program = super::spawn_program(name, index)?;
     let owner = program.owner;
-    let run = task::run_tasks(
-        alloc::vec![Some(program)],
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(alloc::vec![program]);
     let report = run.reports.first().ok_or("no report")?;
     Ok((report.exit.clone(), report.output.clone(), owner))
 }
@@ -168,17 +161,10 @@ fn a_device_is_opened_by_one_task_at_a_time(_: &Platform) -> TestResult {
         format!("warm-up run; it said {output:?}")
     );
     let frames_before = frames::free_count();
-    let first = task::Task::spawn("edu-dma", task::kernel_root())
-        .map_err(|err| format!("spawn: {err:?}"))?;
-    let second = task::Task::spawn("edu-dma", task::kernel_root())
-        .map_err(|err| format!("spawn: {err:?}"))?;
+    let first = super::spawn_program("edu-dma", 0)?;
+    let second = super::spawn_program("edu-dma", 0)?;
     let owners = [first.owner, second.owner];
-    let run = task::run_tasks(
-        alloc::vec![Some(first), Some(second)],
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(alloc::vec![first, second]);
     // Whichever the scheduler lets open first holds it; the other is refused.
     let (winner, loser) = match (&run.reports[0], &run.reports[1]) {
         (a, b) if a.exit == Exit::Code(0) => (a, b),
@@ -245,18 +231,11 @@ fn two_tasks_drive_two_devices_through_separate_ioases(_: &Platform) -> TestResu
     let mut tasks = alloc::vec::Vec::new();
     let mut owners = alloc::vec::Vec::new();
     for index in 0..2 {
-        let mut program = task::Task::spawn("edu-dma", task::kernel_root())
-            .map_err(|err| format!("spawn: {err:?}"))?;
-        program.set_argument(index);
+        let program = super::spawn_program("edu-dma", index)?;
         owners.push(program.owner);
-        tasks.push(Some(program));
+        tasks.push(program);
     }
-    let run = task::run_tasks(
-        tasks,
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(tasks);
     for report in &run.reports {
         ensure_eq!(
             report.exit,

@@ -4,7 +4,7 @@
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Output};
+use crate::task::Exit;
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[Test {
@@ -16,15 +16,9 @@ fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -
     iommufd_service::prepare();
     let frames_before = frames::free_count();
     let pinned_before = iommufd_service::pinned_bytes();
-    let program = task::Task::spawn("ioas-semantics", task::kernel_root())
-        .map_err(|err| alloc::format!("spawn: {err:?}"))?;
+    let program = super::spawn_program("ioas-semantics", 0)?;
     let owner = program.owner;
-    let run = task::run_tasks(
-        alloc::vec![Some(program)],
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(alloc::vec![program]);
     let report = run.reports.first().ok_or("no report")?;
     ensure_eq!(
         report.exit,

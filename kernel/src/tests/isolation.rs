@@ -6,12 +6,11 @@
 
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Output, Run, Task};
+use crate::task::{self, Exit, Task};
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -43,19 +42,7 @@ fn argument(role: u64, edu: u64, address: u64) -> u64 {
 }
 
 fn spawn(role: u64, edu: u64, address: u64) -> Result<Task, String> {
-    let mut program =
-        Task::spawn("isolation", task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
-    program.set_argument(argument(role, edu, address));
-    Ok(program)
-}
-
-fn run(tasks: Vec<Task>) -> Run {
-    task::run_tasks(
-        tasks.into_iter().map(Some).collect(),
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    )
+    super::spawn_program("isolation", argument(role, edu, address))
 }
 
 /// What every test checks after its tasks are gone.
@@ -122,7 +109,7 @@ fn a_task_cannot_reach_another_tasks_memory_device_or_objects(platform: &Platfor
     owner.set_argument(argument(OWNER, 0, va));
     let prober = spawn(PROBER, 1, phys)?;
     let owners = [owner.owner, prober.owner];
-    let run = run(alloc::vec![owner, prober]);
+    let run = super::run_captured(alloc::vec![owner, prober]);
     let (owner, prober) = (&run.reports[0], &run.reports[1]);
     if owner.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
@@ -173,7 +160,7 @@ fn a_task_killed_with_its_device_attached_leaves_the_other_working(
     let victim = spawn(VICTIM, 0, 0)?;
     let worker = spawn(WORKER, 1, 0)?;
     let owners = [victim.owner, worker.owner];
-    let run = run(alloc::vec![victim, worker]);
+    let run = super::run_captured(alloc::vec![victim, worker]);
     let (victim, worker) = (&run.reports[0], &run.reports[1]);
     if victim.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
@@ -246,11 +233,9 @@ fn faults_a_task_leaves_unread_do_not_hide_another_tasks_faults(platform: &Platf
     }
     let baseline = Baseline::now();
     let faulter = spawn(FAULTER, 0, 0)?;
-    let mut reader =
-        Task::spawn("edu-dma", task::kernel_root()).map_err(|err| format!("spawn: {err:?}"))?;
-    reader.set_argument(1);
+    let reader = super::spawn_program("edu-dma", 1)?;
     let owners = [faulter.owner, reader.owner];
-    let run = run(alloc::vec![faulter, reader]);
+    let run = super::run_captured(alloc::vec![faulter, reader]);
     let (faulter, reader) = (&run.reports[0], &run.reports[1]);
     if faulter.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));

@@ -7,7 +7,7 @@ use alloc::format;
 
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Output};
+use crate::task::Exit;
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[Test {
@@ -24,16 +24,9 @@ fn fuzzer_agrees_with_its_model_and_leaks_nothing(_: &Platform) -> TestResult {
     crate::iommufd_service::prepare();
     let frames_before = frames::free_count();
     let pinned_before = crate::iommufd_service::pinned_bytes();
-    let mut fuzzer = task::Task::spawn("syscall-fuzz", task::kernel_root())
-        .map_err(|err| format!("spawn: {err:?}"))?;
-    fuzzer.set_argument(seed);
+    let fuzzer = super::spawn_program("syscall-fuzz", seed)?;
     let owner = fuzzer.owner;
-    let run = task::run_tasks(
-        alloc::vec![Some(fuzzer)],
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(alloc::vec![fuzzer]);
     let report = run.reports.first().ok_or("no report")?;
     println!("syscall fuzzer: seed {seed:#x} (replay with `cargo xtask test --seed {seed}`)");
     ensure_eq!(

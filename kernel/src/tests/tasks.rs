@@ -259,17 +259,9 @@ fn same_address_in_two_tasks_is_two_pages(_: &Platform) -> TestResult {
     let before = frames::free_count();
     let mut tasks = Vec::new();
     for marker in MARKERS {
-        let mut private = task::Task::spawn("private", task::kernel_root())
-            .map_err(|err| format!("spawn: {err:?}"))?;
-        private.set_argument(u64::from(marker));
-        tasks.push(Some(private));
+        tasks.push(super::spawn_program("private", u64::from(marker))?);
     }
-    let run = task::run_tasks(
-        tasks,
-        Output::Capture,
-        task::kernel_root(),
-        task::Limits::DEFAULT,
-    );
+    let run = super::run_captured(tasks);
     ensure_eq!(frames::free_count(), before, "free frames after the run");
     for (report, marker) in run.reports.iter().zip(MARKERS) {
         ensure_eq!(report.exit, Exit::Code(0), report.name);

@@ -75,6 +75,7 @@ pub mod heap;
 pub mod prot;
 pub mod table;
 pub mod table_alloc;
+mod walk_cache;
 
 pub use error::{AllocError, ConfigError, MapError, UnmapError};
 pub use format::amd_v1::{AmdV1, AmdV1Config};

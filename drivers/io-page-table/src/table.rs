@@ -16,6 +16,7 @@ use crate::format::{Format, Geometry, MAX_LEVELS};
 use crate::gather::Gather;
 use crate::prot::Prot;
 use crate::table_alloc::{Coherence, TableAlloc};
+use crate::walk_cache::WalkCache;
 
 /// Table pages unlinked by an `unmap`. The hardware may still walk them until the
 /// caller has invalidated the IOMMU's caches for the unmap's [`Gather`]; only then
@@ -101,14 +102,43 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     geo: Geometry,
     root: u64,
     coherence: Coherence,
-    /// Software walk cache: (level-1 slot number, level-0 table linked there) of
-    /// the last fast-path walk. Reset whenever an unmap may unlink tables.
-    last_leaf_table: (u64, u64),
+    /// Tables of the last fast-path walk. Emptied whenever an unmap may unlink tables.
+    walk_cache: WalkCache,
+    /// What every call checks against, computed once from `geo`.
+    limits: Limits,
 }
 
-/// `last_leaf_table` key meaning "nothing cached" (no IOVA has this slot number
-/// with a level-1 span of at least 2^12).
-const NO_SLOT: u64 = u64::MAX;
+/// The geometry's values on the hot paths, precomputed so that a single-page
+/// `map` or `unmap` spends its instructions on the tables, not on the shape.
+struct Limits {
+    granule_mask: u64,
+    max_iova: u64,
+    max_phys: u64,
+    /// log2 of the span of a level-1 entry, i.e. of one level-0 table.
+    leaf_table_shift: u32,
+    /// Per level: the shift and mask that extract the entry index from an IOVA.
+    index_shift: [u32; MAX_LEVELS],
+    index_mask: [u64; MAX_LEVELS],
+}
+
+impl Limits {
+    fn new(geo: &Geometry) -> Self {
+        let mut index_shift = [0; MAX_LEVELS];
+        let mut index_mask = [0; MAX_LEVELS];
+        for level in 0..geo.levels {
+            index_shift[level as usize] = geo.shift(level);
+            index_mask[level as usize] = low(geo.index_bits(level));
+        }
+        Self {
+            granule_mask: low(geo.granule_shift),
+            max_iova: geo.max_iova(),
+            max_phys: geo.max_phys(),
+            leaf_table_shift: geo.shift(1),
+            index_shift,
+            index_mask,
+        }
+    }
+}
 
 /// Bytes/leaf accounting of one `unmap`.
 struct Clearing {
@@ -129,7 +159,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             geo,
             root,
             coherence,
-            last_leaf_table: (NO_SLOT, 0),
+            walk_cache: WalkCache::new(&geo, root),
+            limits: Limits::new(&geo),
         };
         table.clean_table(root, top);
         Ok(table)
@@ -221,25 +252,22 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
 
     #[inline(always)]
     fn index(&self, iova: u64, level: u32) -> usize {
-        ((iova >> self.geo.shift(level)) & ((1u64 << self.geo.index_bits(level)) - 1)) as usize
+        let level = level as usize;
+        ((iova >> self.limits.index_shift[level]) & self.limits.index_mask[level]) as usize
     }
 
     // ---- argument checks -----------------------------------------------------
-
-    fn granule_mask(&self) -> u64 {
-        (1u64 << self.geo.granule_shift) - 1
-    }
 
     /// Last IOVA of `[iova, iova + len)`, if the range is valid.
     fn iova_last(&self, iova: u64, len: u64) -> Result<u64, RangeError> {
         if len == 0 {
             return Err(RangeError::Zero);
         }
-        if (iova | len) & self.granule_mask() != 0 {
+        if (iova | len) & self.limits.granule_mask != 0 {
             return Err(RangeError::Misaligned);
         }
         let last = iova.checked_add(len - 1).ok_or(RangeError::OutOfRange)?;
-        if last > self.geo.max_iova() {
+        if last > self.limits.max_iova {
             return Err(RangeError::OutOfRange);
         }
         Ok(last)
@@ -260,11 +288,11 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             RangeError::Misaligned => MapError::Misaligned,
             RangeError::OutOfRange => MapError::IovaOutOfRange,
         })?;
-        if phys & self.granule_mask() != 0 {
+        if phys & self.limits.granule_mask != 0 {
             return Err(MapError::Misaligned);
         }
         match phys.checked_add(len - 1) {
-            Some(phys_last) if phys_last <= self.geo.max_phys() => {}
+            Some(phys_last) if phys_last <= self.limits.max_phys => {}
             _ => return Err(MapError::PhysOutOfRange),
         }
         if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
@@ -351,32 +379,22 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// a leaf first.
     #[inline(always)]
     fn leaf_table_of(&mut self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
-        let slot_shift = self.geo.shift(1);
-        if slot_shift < 64
-            && (iova >> slot_shift != last >> slot_shift || last - iova >= low(slot_shift))
-        {
+        let span_shift = self.limits.leaf_table_shift;
+        if iova >> span_shift != last >> span_shift || last - iova >= low(span_shift) {
             return None;
         }
-        let slot = if slot_shift < 64 {
-            iova >> slot_shift
-        } else {
-            0
-        };
-        let (cached_slot, cached_table) = self.last_leaf_table;
-        if cached_slot == slot {
-            return Some(Ok(cached_table));
-        }
-        let mut table = self.root;
-        let mut level = self.geo.levels - 1;
+        let (mut level, mut table) = self.walk_cache.start(iova);
         while level > 0 {
             let pte = Self::read(self.entries(table), self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
+                self.walk_cache.record(iova, level, table);
                 return Some(Err(()));
             }
             table = self.format.table_addr(pte);
             level -= 1;
+            self.walk_cache.set(level, table);
         }
-        self.last_leaf_table = (slot, table);
+        self.walk_cache.record(iova, 0, table);
         Some(Ok(table))
     }
 
@@ -397,22 +415,29 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let t = self.entries(table);
         let first = self.index(iova, 0);
         let count = ((last - iova) >> shift) as usize + 1;
-        for i in first..first + count {
-            if Self::read(t, i) != 0 {
-                let at = iova + (((i - first) as u64) << shift);
-                return Some(Err(MapError::AlreadyMapped { iova: at }));
-            }
-        }
         let bits = match self.format.leaf_attrs(0, prot) {
             Ok(bits) => bits,
             Err(e) => return Some(Err(e)),
         };
-        let mut pte = phys | bits;
-        for i in first..first + count {
-            // SAFETY: as in `write`; plain stores into empty slots, as in the
-            // level-0 runs of `install`.
-            unsafe { t.add(i).write(pte) };
-            pte += 1 << shift;
+        if count == 1 {
+            // The most common call of all: one page, one entry, no loops.
+            if Self::read(t, first) != 0 {
+                return Some(Err(MapError::AlreadyMapped { iova }));
+            }
+            Self::write(t, first, phys | bits);
+        } else {
+            if !Self::all_empty(t, first, count) {
+                let taken = (first..first + count).find(|&i| Self::read(t, i) != 0)?;
+                let at = iova + (((taken - first) as u64) << shift);
+                return Some(Err(MapError::AlreadyMapped { iova: at }));
+            }
+            let mut pte = phys | bits;
+            for i in first..first + count {
+                // SAFETY: as in `write`; plain stores into empty slots, as in the
+                // level-0 runs of `install`.
+                unsafe { t.add(i).write(pte) };
+                pte += 1 << shift;
+            }
         }
         self.clean(t, first, first + count - 1);
         Some(Ok(Gather {
@@ -702,38 +727,52 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let t = self.entries(table);
         let first = self.index(iova, 0);
         let end = first + ((last - iova) >> shift) as usize + 1;
-        let mut lo = first;
-        while lo < end && Self::read(t, lo) == 0 {
-            lo += 1;
-        }
-        if lo == end {
+        let nothing = Unmapped {
+            bytes: 0,
+            gather: Gather::default(),
+            freed: FreedTables::default(),
+        };
+        if end - first == 1 {
+            // The most common call of all: one page, one entry, no loops.
+            if Self::read(t, first) == 0 {
+                return nothing;
+            }
+            Self::write(t, first, 0);
+            self.clean(t, first, first);
             return Unmapped {
-                bytes: 0,
-                gather: Gather::default(),
+                bytes: 1 << shift,
+                gather: Gather {
+                    start: iova,
+                    last,
+                    leaf_sizes: 1 << shift,
+                    freed_tables: false,
+                },
                 freed: FreedTables::default(),
             };
         }
-        let mut hi = end - 1;
-        while Self::read(t, hi) == 0 {
-            hi -= 1;
-        }
-        // Four loads, then four stores: lets the loads overlap instead of each
-        // waiting behind the previous store (twice as fast as one at a time).
-        let mut leaves = 0u64;
+        let Some(lo) = (first..end).find(|&i| Self::read(t, i) != 0) else {
+            return nothing;
+        };
+        let hi = (lo..end).rfind(|&i| Self::read(t, i) != 0).unwrap_or(lo);
+        // One pass, CLEAR_UNROLL loads then as many stores: the loads do not wait
+        // behind the stores, and the counts go to separate sums so that no
+        // add waits for the previous one.
+        let mut present = [0u64; CLEAR_UNROLL];
         let mut i = lo;
-        while i + 4 <= hi + 1 {
-            let present = [0, 1, 2, 3].map(|k| u64::from(Self::read(t, i + k) != 0));
-            leaves += present.iter().sum::<u64>();
-            for k in 0..4 {
+        while i + CLEAR_UNROLL <= hi + 1 {
+            let ptes: [u64; CLEAR_UNROLL] = core::array::from_fn(|k| Self::read(t, i + k));
+            for k in 0..CLEAR_UNROLL {
+                present[k] += u64::from(ptes[k] != 0);
                 Self::write(t, i + k, 0);
             }
-            i += 4;
+            i += CLEAR_UNROLL;
         }
         while i <= hi {
-            leaves += u64::from(Self::read(t, i) != 0);
+            present[0] += u64::from(Self::read(t, i) != 0);
             Self::write(t, i, 0);
             i += 1;
         }
+        let leaves: u64 = present.iter().sum();
         self.clean(t, lo, hi);
         let base = iova - ((first as u64) << shift);
         Unmapped {
@@ -751,8 +790,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// Boundary checks, then a clearing walk from the root.
     #[inline(never)]
     fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
-        // Tables may be unlinked below: forget the cached leaf table.
-        self.last_leaf_table = (NO_SLOT, 0);
+        // Tables may be unlinked below.
+        self.walk_cache.forget();
         for (at, is_start) in [(iova, true), (last, false)] {
             let Some(leaf) = self.lookup(at) else {
                 continue;
@@ -1026,6 +1065,10 @@ impl<F: Format, A: TableAlloc> Drop for PageTable<F, A> {
         self.free_subtree(self.root, self.geo.levels - 1);
     }
 }
+
+/// Entries cleared per step of a leaf run: enough independent stores for the
+/// CPU's store ports, each still one aligned 64-bit write.
+const CLEAR_UNROLL: usize = 8;
 
 enum RangeError {
     Zero,

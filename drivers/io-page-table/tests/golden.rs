@@ -501,6 +501,28 @@ fn freed_leaf_table_is_not_reused_by_the_fast_path() {
 }
 
 #[test]
+fn freed_upper_tables_are_not_reused_by_the_fast_path() {
+    let mut pt = table(vtd(4, 0b11, false));
+    pt.map(0x4000_0000, 0x1000, 0x1000, Prot::RW).unwrap(); // page directory + leaf table
+    pt.map(0x4000_1000, 0x2000, 0x1000, Prot::RW).unwrap(); // fast path: walk cached
+    let un = pt.unmap(0x4000_0000, 0x4000_0000).unwrap(); // the whole GiB: both unlinked
+    assert_eq!(un.freed.len(), 2);
+    pt.release(un.freed);
+    // One call over two leaf tables of another GiB takes the freed pages back for
+    // a new page directory and its first leaf table.
+    pt.map(0x8000_0000, 0x10_0000, 0x20_1000, Prot::RW).unwrap();
+    // A walk starting at the cached (freed, now reused) page directory would land
+    // in the other GiB's second leaf table.
+    pt.map(0x4020_0000, 0x3000, 0x1000, Prot::RW).unwrap();
+    assert_eq!(pt.iova_to_phys(0x4020_0000), Some(0x3000));
+    assert_eq!(pt.iova_to_phys(0x8020_0000), Some(0x30_0000));
+    assert_eq!(pt.iova_to_phys(0x4000_0000), None);
+    let mut leaves = 0;
+    pt.walk(|e| leaves += usize::from(matches!(e.kind, EntryKind::Leaf(_))));
+    assert_eq!(leaves, 513 + 1);
+}
+
+#[test]
 fn tables_can_move_between_threads() {
     fn assert_send<T: Send>(_: &T) {}
     let mut pt = table(vtd(4, 0b11, false));

@@ -887,6 +887,7 @@ impl IommuUnit for AmdVi {
                 let format = io_page_table::AmdV1::new(io_page_table::AmdV1Config {
                     levels: PAGING_LEVELS,
                     output_bits: OUTPUT_BITS,
+                    nl7_pages: false,
                 })
                 .map_err(|_| IommuError::Unsupported)?;
                 let table = io_page_table::PageTable::new(

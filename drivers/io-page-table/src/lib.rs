@@ -59,9 +59,17 @@
 //!   once; everything else plans from the root. Leaves are written with single
 //!   aligned 64-bit stores (vectorised only for empty slots), so the IOMMU never
 //!   sees half an entry.
-//! - Not implemented: AMD-Vi Next Level 7 pages and level skipping, ARM contiguous
-//!   hint and 52-bit output addresses, splitting of large leaves (never done, by
-//!   design).
+//! - Contiguous runs: where the format offers them ([`ArmConfig::contiguous`],
+//!   [`AmdV1Config::nl7_pages`]), an aligned run of `2^k` entries holds one leaf
+//!   (ARM Contiguous bit: each entry keeps its own output address; AMD-Vi Next
+//!   Level 7: the same PTE in every entry, the size in its address field). `map`
+//!   takes the longest run that alignment allows below the level's own leaf;
+//!   runs are leaves for every rule above (never cut, [`Translation::leaf_size`]
+//!   is the run's); [`PageTable::page_sizes`] lists their sizes. A gather reports
+//!   a run's entries at their entry size, since an IOMMU may have cached them
+//!   entry by entry.
+//! - Not implemented: AMD-Vi level skipping, ARM 52-bit output addresses,
+//!   splitting of large leaves (never done, by design).
 //! - Table pages come only from the [`TableAlloc`] and are reached only through
 //!   its `phys_to_virt`: nothing assumes an identity map.
 #![no_std]

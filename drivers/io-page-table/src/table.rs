@@ -65,6 +65,9 @@ pub struct WalkEntry {
     pub iova: u64,
     /// Bytes the entry covers.
     pub size: u64,
+    /// Bytes of the leaf the entry is part of: `size`, or the whole run for an
+    /// entry of a contiguous run (ARM contiguous hint, AMD-Vi Next Level 7).
+    pub leaf_size: u64,
     /// The raw entry.
     pub pte: u64,
     /// What it points to.
@@ -76,7 +79,8 @@ pub struct WalkEntry {
 pub enum EntryKind {
     /// Links the table page at this physical address.
     Table(u64),
-    /// Maps `size` bytes at this physical address.
+    /// Maps `size` bytes at this physical address (this entry's part of its
+    /// leaf, for an entry of a run).
     Leaf(u64),
 }
 
@@ -87,7 +91,7 @@ pub struct Translation {
     pub phys: u64,
     /// First IOVA of the leaf holding it.
     pub leaf_iova: u64,
-    /// Size of that leaf.
+    /// Size of that leaf (a whole run, for an entry of one).
     pub leaf_size: u64,
     /// Level of that leaf.
     pub level: u32,
@@ -119,15 +123,22 @@ struct Limits {
     /// Per level: the shift and mask that extract the entry index from an IOVA.
     index_shift: [u32; MAX_LEVELS],
     index_mask: [u64; MAX_LEVELS],
+    /// Per level: [`Format::leaf_runs`], less the runs longer than the level's
+    /// tables.
+    runs: [u32; MAX_LEVELS],
 }
 
 impl Limits {
-    fn new(geo: &Geometry) -> Self {
+    fn new(geo: &Geometry, format: &impl Format) -> Self {
         let mut index_shift = [0; MAX_LEVELS];
         let mut index_mask = [0; MAX_LEVELS];
+        let mut runs = [0; MAX_LEVELS];
         for level in 0..geo.levels {
             index_shift[level as usize] = geo.shift(level);
             index_mask[level as usize] = low(geo.index_bits(level));
+            // Bit 0 would be a run of one: a plain leaf.
+            let fits = (low(geo.index_bits(level) + 1) as u32) & !1;
+            runs[level as usize] = format.leaf_runs(level) & fits;
         }
         Self {
             granule_mask: low(geo.granule_shift),
@@ -136,6 +147,7 @@ impl Limits {
             leaf_table_shift: geo.shift(1),
             index_shift,
             index_mask,
+            runs,
         }
     }
 }
@@ -153,6 +165,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let geo = format.geometry();
         let top = geo.levels - 1;
         let root = alloc.alloc_table(geo.table_bytes(top)).ok_or(AllocError)?;
+        let limits = Limits::new(&geo, &format);
         let table = Self {
             format,
             alloc,
@@ -160,7 +173,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             root,
             coherence,
             walk_cache: WalkCache::new(&geo, root),
-            limits: Limits::new(&geo),
+            limits,
         };
         table.clean_table(root, top);
         Ok(table)
@@ -187,9 +200,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         &self.geo
     }
 
-    /// Bitmap of leaf sizes this table uses (bit n = 2^n bytes).
+    /// Bitmap of leaf sizes this table uses (bit n = 2^n bytes), runs included.
     pub fn page_sizes(&self) -> u64 {
-        self.geo.page_sizes()
+        let mut sizes = self.geo.page_sizes();
+        for level in 0..self.geo.levels {
+            let mut runs = self.limits.runs[level as usize];
+            while runs != 0 {
+                let k = runs.trailing_zeros();
+                sizes |= 1u64 << (self.geo.shift(level) + k);
+                runs &= runs - 1;
+            }
+        }
+        sizes
     }
 
     /// The table-page allocator (host tests read its counters).
@@ -431,13 +453,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 let at = iova + (((taken - first) as u64) << shift);
                 return Some(Err(MapError::AlreadyMapped { iova: at }));
             }
-            let mut pte = phys | bits;
-            for i in first..first + count {
-                // SAFETY: as in `write`; plain stores into empty slots, as in the
-                // level-0 runs of `install`.
-                unsafe { t.add(i).write(pte) };
-                pte += 1 << shift;
-            }
+            self.write_leaves(t, 0, first, count, iova, phys, bits);
         }
         self.clean(t, first, first + count - 1);
         Some(Ok(Gather {
@@ -458,6 +474,60 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             any |= unsafe { t.add(i).read() };
         }
         any == 0
+    }
+
+    /// Writes leaves into the empty entries `idx..idx + count` of `t` at `level`,
+    /// mapping `iova` onward to `phys` onward: as runs wherever the format has
+    /// them and the addresses are aligned for one, else one leaf an entry.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn write_leaves(
+        &self,
+        t: *mut u64,
+        level: u32,
+        idx: usize,
+        count: usize,
+        iova: u64,
+        phys: u64,
+        attrs: u64,
+    ) {
+        let shift = self.limits.index_shift[level as usize];
+        let runs = self.limits.runs[level as usize];
+        if runs == 0 {
+            let mut pte = phys | attrs;
+            for i in idx..idx + count {
+                // SAFETY: as in `write`. Plain stores so that long runs
+                // vectorize; the slots are empty (no live translation depends
+                // on their order), and vector stores of 64-bit lanes still
+                // write each aligned entry in one piece.
+                unsafe { t.add(i).write(pte) };
+                pte = pte.wrapping_add(1 << shift);
+            }
+            return;
+        }
+        let mut done = 0;
+        while done < count {
+            let offset = (done as u64) << shift;
+            let run_phys = phys.wrapping_add(offset);
+            // The longest run both addresses are aligned for that still fits.
+            let aligned = ((iova.wrapping_add(offset) | run_phys) >> shift).trailing_zeros();
+            let fits = (count - done).ilog2();
+            let k = match runs & (low(aligned.min(fits) + 1) as u32) {
+                0 => 0,
+                usable => usable.ilog2(),
+            };
+            for j in 0..1usize << k {
+                let entry_phys = run_phys.wrapping_add((j as u64) << shift);
+                let pte = if k == 0 {
+                    entry_phys | attrs
+                } else {
+                    self.format.run_entry(level, k, run_phys, entry_phys, attrs)
+                };
+                // SAFETY: as above.
+                unsafe { t.add(idx + done + j).write(pte) };
+            }
+            done += 1 << k;
+        }
     }
 
     /// Whether a leaf at `level` may start at `iova` for `phys` (the caller checks
@@ -606,15 +676,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 if level == 0 || Self::all_empty(t, idx, run) {
                     // No tables below level 0 (plan found these slots empty),
                     // or no tables in this run: leaves only.
-                    let mut pte = phys | leaf_bits;
-                    for i in idx..idx + run {
-                        // SAFETY: as in `write`. Plain stores so that long runs
-                        // vectorize; the slots are empty (no live translation
-                        // depends on their order), and vector stores of 64-bit
-                        // lanes still write each aligned entry in one piece.
-                        unsafe { t.add(i).write(pte) };
-                        pte = pte.wrapping_add(size);
-                    }
+                    self.write_leaves(t, level, idx, run, iova, phys, leaf_bits);
                     let advance = (run as u64) << shift;
                     iova = iova.wrapping_add(advance);
                     phys = phys.wrapping_add(advance);
@@ -625,26 +687,36 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                     }
                     continue;
                 }
-                for i in idx..idx + run {
+                let mut i = idx;
+                while i < idx + run {
                     let pte = Self::read(t, i);
                     if pte == 0 {
-                        Self::write(t, i, phys | leaf_bits);
+                        // A stretch of empty slots between tables: leaves.
+                        let empty = (i..idx + run)
+                            .take_while(|&j| Self::read(t, j) == 0)
+                            .count();
+                        self.write_leaves(t, level, i, empty, iova, phys, leaf_bits);
                         wrote_leaf = true;
-                    } else {
-                        let child = self.format.table_addr(pte);
-                        self.install(
-                            child,
-                            level - 1,
-                            iova,
-                            phys,
-                            iova | mask,
-                            attrs,
-                            stash,
-                            gather,
-                        );
+                        let advance = (empty as u64) << shift;
+                        iova = iova.wrapping_add(advance);
+                        phys = phys.wrapping_add(advance);
+                        i += empty;
+                        continue;
                     }
+                    let child = self.format.table_addr(pte);
+                    self.install(
+                        child,
+                        level - 1,
+                        iova,
+                        phys,
+                        iova | mask,
+                        attrs,
+                        stash,
+                        gather,
+                    );
                     iova = iova.wrapping_add(size);
                     phys = phys.wrapping_add(size);
+                    i += 1;
                 }
                 if wrote_leaf {
                     gather.leaf_sizes |= size;
@@ -710,7 +782,11 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 });
             }
             Some(Ok(table)) => {
-                // Only smallest leaves here: nothing to split, no table covered.
+                // Only smallest leaves here, no table covered; only runs of
+                // them can be cut.
+                if self.limits.runs[0] != 0 {
+                    self.refuse_cut_runs(table, iova, last)?;
+                }
                 return Ok(self.clear_leaf_run(table, iova, last));
             }
             _ => {}
@@ -787,25 +863,28 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         }
     }
 
+    /// The level-0 runs of `table` holding either end of `[iova, last]` must lie
+    /// inside it.
+    fn refuse_cut_runs(&self, table: u64, iova: u64, last: u64) -> Result<(), UnmapError> {
+        let t = self.entries(table);
+        for at in [iova, last] {
+            let pte = Self::read(t, self.index(at, 0));
+            if pte != 0 {
+                let run_shift = self.geo.granule_shift + self.format.leaf_run(0, pte);
+                refuse_cut(at & !low(run_shift), 1 << run_shift, iova, last)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Boundary checks, then a clearing walk from the root.
     #[inline(never)]
     fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
         // Tables may be unlinked below.
         self.walk_cache.forget();
-        for (at, is_start) in [(iova, true), (last, false)] {
-            let Some(leaf) = self.lookup(at) else {
-                continue;
-            };
-            let split = if is_start {
-                leaf.leaf_iova != iova
-            } else {
-                leaf.leaf_iova + (leaf.leaf_size - 1) != last
-            };
-            if split {
-                return Err(UnmapError::SplitsLeaf {
-                    leaf_iova: leaf.leaf_iova,
-                    leaf_size: leaf.leaf_size,
-                });
+        for at in [iova, last] {
+            if let Some(leaf) = self.lookup(at) {
+                refuse_cut(leaf.leaf_iova, leaf.leaf_size, iova, last)?;
             }
         }
         let mut acc = Clearing {
@@ -936,8 +1015,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 level -= 1;
                 continue;
             }
-            let shift = self.geo.shift(level);
-            let base = self.format.leaf_addr(level, pte);
+            let shift = self.geo.shift(level) + self.format.leaf_run(level, pte);
+            let base = self.format.leaf_addr(level, pte) & !low(shift);
             return Some(Translation {
                 phys: base + (iova & low(shift)),
                 leaf_iova: iova & !low(shift),
@@ -969,15 +1048,19 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             let iova = base + ((idx as u64) << shift);
             let table_link = level > 0 && self.format.is_table(level, pte);
-            let kind = if table_link {
-                EntryKind::Table(self.format.table_addr(pte))
+            let (kind, leaf_size) = if table_link {
+                (EntryKind::Table(self.format.table_addr(pte)), 1u64 << shift)
             } else {
-                EntryKind::Leaf(self.format.leaf_addr(level, pte))
+                let leaf_shift = shift + self.format.leaf_run(level, pte);
+                let leaf_base = self.format.leaf_addr(level, pte) & !low(leaf_shift);
+                let part = leaf_base + (iova & low(leaf_shift));
+                (EntryKind::Leaf(part), 1u64 << leaf_shift)
             };
             visit(&WalkEntry {
                 level,
                 iova,
                 size: 1u64 << shift,
+                leaf_size,
                 pte,
                 kind,
             });
@@ -1008,6 +1091,11 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                     out,
                     "{:indent$}L{} {:#x} +{:#x} table {:#x} pte {:#018x}",
                     "", e.level, e.iova, e.size, phys, e.pte
+                ),
+                EntryKind::Leaf(phys) if e.leaf_size != e.size => writeln!(
+                    out,
+                    "{:indent$}L{} {:#x} +{:#x} -> {:#x} pte {:#018x} (run of {:#x})",
+                    "", e.level, e.iova, e.size, phys, e.pte, e.leaf_size
                 ),
                 EntryKind::Leaf(phys) => writeln!(
                     out,
@@ -1069,6 +1157,18 @@ impl<F: Format, A: TableAlloc> Drop for PageTable<F, A> {
 /// Entries cleared per step of a leaf run: enough independent stores for the
 /// CPU's store ports, each still one aligned 64-bit write.
 const CLEAR_UNROLL: usize = 8;
+
+/// Refuses an unmap of `[iova, last]` that would cut the leaf at
+/// `[leaf_iova, leaf_iova + leaf_size)`, which holds one of its ends.
+fn refuse_cut(leaf_iova: u64, leaf_size: u64, iova: u64, last: u64) -> Result<(), UnmapError> {
+    if leaf_iova < iova || leaf_iova + (leaf_size - 1) > last {
+        return Err(UnmapError::SplitsLeaf {
+            leaf_iova,
+            leaf_size,
+        });
+    }
+    Ok(())
+}
 
 enum RangeError {
     Zero,

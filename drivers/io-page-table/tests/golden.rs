@@ -154,6 +154,7 @@ fn amd_v1_bits() {
     let f = AmdV1::new(AmdV1Config {
         levels: 3,
         output_bits: 52,
+        nl7_pages: false,
     })
     .unwrap();
     assert_eq!(f.dte_mode(), 3);
@@ -183,6 +184,7 @@ fn amd_v1_level_limits() {
         AmdV1::new(AmdV1Config {
             levels: 1,
             output_bits: 52,
+            nl7_pages: false,
         })
         .unwrap(),
     );
@@ -197,6 +199,7 @@ fn amd_v1_level_limits() {
         AmdV1::new(AmdV1Config {
             levels: 6,
             output_bits: 52,
+            nl7_pages: false,
         })
         .unwrap(),
     );
@@ -212,12 +215,127 @@ fn amd_v1_level_limits() {
     assert_eq!(pt.allocator().live_pages(), 1);
 }
 
+#[test]
+fn amd_v1_next_level_7_pages() {
+    let mut pt = table(
+        AmdV1::new(AmdV1Config {
+            levels: 3,
+            output_bits: 52,
+            nl7_pages: true,
+        })
+        .unwrap(),
+    );
+    // 4K, 8K..1M, 2M, 4M..512M, 1G, 2G..256G: every power of two from 4 KiB up
+    // to half of the 512 GiB that three levels cover.
+    assert_eq!(pt.page_sizes(), 0x7f_ffff_f000);
+    // 32 KiB at 0x1234_8000: §2.2.3 NL=7 (0xe00), address bits 13:12 set and bit
+    // 14 clear encode the size, IR | IW | PR; replicated in all eight entries.
+    pt.map(0x10_8000, 0x1234_8000, 0x8000, Prot::RW).unwrap();
+    let pte = 0x6000_0000_1234_be01;
+    let leaves: Vec<_> = entries(&pt).into_iter().filter(|e| e.0 == 0).collect();
+    assert_eq!(
+        leaves,
+        (0..8)
+            .map(|i| (0, 0x10_8000 + i * 0x1000, pte))
+            .collect::<Vec<_>>()
+    );
+    let t = pt.lookup(0x10_d123).unwrap();
+    assert_eq!(
+        (t.phys, t.leaf_iova, t.leaf_size),
+        (0x1234_d123, 0x10_8000, 0x8000)
+    );
+    // Beside it: 8 KiB has bit 12 clear; 4 MiB at level 2 sets bits 20:12.
+    pt.map(0x10_2000, 0x5000_2000, 0x2000, Prot::READ).unwrap();
+    assert_eq!(pt.lookup(0x10_3000).unwrap().pte, 0x2000_0000_5000_2e01);
+    pt.map(0x80_0000, 0x4040_0000, 0x40_0000, Prot::WRITE)
+        .unwrap();
+    assert_eq!(pt.lookup(0x9f_f000).unwrap().pte, 0x4000_0000_405f_fe01);
+    assert_eq!(pt.iova_to_phys(0x9f_f123), Some(0x405f_f123));
+    // A page is never cut, from either end; whole, it goes at once.
+    let cut = UnmapError::SplitsLeaf {
+        leaf_iova: 0x10_8000,
+        leaf_size: 0x8000,
+    };
+    assert_eq!(pt.unmap(0x10_8000, 0x4000), Err(cut));
+    assert_eq!(pt.unmap(0x10_c000, 0x4000), Err(cut));
+    assert_eq!(pt.unmap(0x10_9000, 0x1000), Err(cut));
+    let un = pt.unmap(0x10_8000, 0x8000).unwrap();
+    assert_eq!(
+        (un.bytes, un.gather.start, un.gather.last),
+        (0x8000, 0x10_8000, 0x10_ffff)
+    );
+    // Invalidation granule: the entry size, as an IOMMU may cache it per entry.
+    assert_eq!(un.gather.leaf_sizes, 0x1000);
+    assert_eq!(pt.iova_to_phys(0x10_8000), None);
+    // IOVA and output an odd number of pages apart: no two pages align together,
+    // so plain PTEs.
+    pt.map(0x20_1000, 0x4000, 0x3000, Prot::RW).unwrap();
+    assert_eq!(pt.lookup(0x20_2000).unwrap().pte, 0x6000_0000_0000_5001);
+}
+
+#[test]
+fn arm_contiguous_runs() {
+    let f = ArmLpae::new(ArmConfig {
+        stage: Stage::Stage1,
+        granule: Granule::K4,
+        input_bits: 48,
+        output_bits: 44,
+        contiguous: true,
+    })
+    .unwrap();
+    let mut pt = table(f);
+    // D8.6.1 with the 4K granule: 16 pages (64K), 16 blocks of 2M (32M) and of
+    // 1G (16G), beside the plain 4K, 2M and 1G.
+    assert_eq!(
+        pt.page_sizes(),
+        (1 << 12) | (1 << 16) | (1 << 21) | (1 << 25) | (1 << 30) | (1 << 34)
+    );
+    // 64 KiB + 4 KiB at 0x7_0000 -> 0x9_0000: a run of 16 pages, each with its
+    // own output address, the Contiguous bit (52) beside the bits of
+    // arm_stage1_4k_bits' cached RW page (0xf43), then one plain page.
+    pt.map(0x7_0000, 0x9_0000, 0x1_1000, Prot::RW | Prot::CACHE)
+        .unwrap();
+    let leaves: Vec<_> = entries(&pt).into_iter().filter(|e| e.0 == 0).collect();
+    let mut expected: Vec<_> = (0..16)
+        .map(|i| (0, 0x7_0000 + i * 0x1000, 0x0010_0000_0009_0f43 + i * 0x1000))
+        .collect();
+    expected.push((0, 0x8_0000, 0xa_0f43));
+    assert_eq!(leaves, expected);
+    let t = pt.lookup(0x7_f000).unwrap();
+    assert_eq!(
+        (t.phys, t.leaf_iova, t.leaf_size),
+        (0x9_f000, 0x7_0000, 0x1_0000)
+    );
+    assert_eq!(pt.lookup(0x8_0000).unwrap().leaf_size, 0x1000);
+    assert_eq!(
+        pt.unmap(0x7_8000, 0x9000),
+        Err(UnmapError::SplitsLeaf {
+            leaf_iova: 0x7_0000,
+            leaf_size: 0x1_0000
+        })
+    );
+    // Output 64K-misaligned: no run.
+    pt.map(0x10_0000, 0x1_1000, 0x1_0000, Prot::RW).unwrap();
+    assert_eq!(pt.lookup(0x10_0000).unwrap().pte & (1 << 52), 0);
+    // 32 MiB of 2 MiB blocks: one run at level 1.
+    pt.map(0x200_0000, 0x400_0000, 0x200_0000, Prot::RW)
+        .unwrap();
+    let t = pt.lookup(0x3ff_f000).unwrap();
+    assert_eq!(
+        (t.level, t.leaf_size, t.pte),
+        (1, 0x200_0000, 0x0010_0000_05e0_0e45)
+    );
+    let un = pt.unmap(0x7_0000, 0x1_1000).unwrap();
+    assert_eq!((un.bytes, un.gather.leaf_sizes), (0x1_1000, 0x1000));
+}
+
 fn arm(stage: Stage, granule: Granule, input_bits: u32) -> ArmLpae {
     ArmLpae::new(ArmConfig {
         stage,
         granule,
         input_bits,
         output_bits: 44,
+        contiguous: false,
     })
     .unwrap()
 }

@@ -31,14 +31,14 @@ struct Subject<F: Format> {
 enum Op {
     /// Map at unit-based offsets (scaled by the format's level sizes).
     Map {
-        at: [u64; 3],
-        len: [u64; 3],
-        delta: [u64; 3],
+        at: [u64; UNITS],
+        len: [u64; UNITS],
+        delta: [u64; UNITS],
         prot: u8,
     },
     Unmap {
-        at: [u64; 3],
-        len: [u64; 3],
+        at: [u64; UNITS],
+        len: [u64; UNITS],
     },
     /// Unmap the n-th model range exactly.
     UnmapRange {
@@ -51,26 +51,34 @@ enum Op {
     },
     /// Map with the allocator failing at every call in turn.
     MapFailing {
-        at: [u64; 3],
-        len: [u64; 3],
-        delta: [u64; 3],
+        at: [u64; UNITS],
+        len: [u64; UNITS],
+        delta: [u64; UNITS],
     },
 }
 
-fn units<F: Format>(format: &F) -> [u64; 3] {
-    let g = format.geometry();
-    let mut u = [0u64; 3];
-    for (level, unit) in u.iter_mut().enumerate() {
-        let level = (level as u32).min(g.levels.saturating_sub(1));
-        *unit = 1u64 << g.shift(level).min(40);
-    }
-    u
+/// Offsets and lengths are sums of these units: the smallest page, the smallest
+/// contiguous run of them (the page again where there is none), the level-1 and
+/// the level-2 entry.
+const UNITS: usize = 4;
+
+fn units<F: Format>(pt: &PageTable<F, HeapTableAlloc>) -> [u64; UNITS] {
+    let g = pt.geometry();
+    let level_size = |level: u32| 1u64 << g.shift(level.min(g.levels.saturating_sub(1))).min(40);
+    let page = level_size(0);
+    let between = pt.page_sizes() & !((page << 1) - 1) & (level_size(1) - 1);
+    let run = if between == 0 {
+        page
+    } else {
+        1 << between.trailing_zeros()
+    };
+    [page, run, level_size(1), level_size(2)]
 }
 
-fn scale(u: &[u64; 3], k: &[u64; 3]) -> u64 {
-    u[0].wrapping_mul(k[0])
-        .wrapping_add(u[1].wrapping_mul(k[1]))
-        .wrapping_add(u[2].wrapping_mul(k[2]))
+fn scale(u: &[u64; UNITS], k: &[u64; UNITS]) -> u64 {
+    u.iter()
+        .zip(k)
+        .fold(0u64, |sum, (u, k)| sum.wrapping_add(u.wrapping_mul(*k)))
 }
 
 fn prot_of(p: u8) -> Prot {
@@ -125,7 +133,7 @@ impl<F: Format> Subject<F> {
     }
 
     fn apply(&mut self, op: &Op) {
-        let u = units(self.pt.format());
+        let u = units(&self.pt);
         let g = *self.pt.geometry();
         let max_iova = g.max_iova();
         match op {
@@ -178,7 +186,7 @@ impl<F: Format> Subject<F> {
                     return;
                 }
                 let (&iova, _) = self.model.iter().nth(n % self.model.len()).unwrap();
-                let size = u[1].max(u[0]);
+                let size = u[2].max(u[0]);
                 self.unmap_checked(iova & !(size - 1), size);
             }
             Op::UnmapRange { n } => {
@@ -397,12 +405,12 @@ impl<F: Format> Subject<F> {
 }
 
 fn op() -> impl Strategy<Value = Op> {
-    let at = [0u64..6, 0u64..4, 0u64..3];
+    let at = [0u64..6, 0u64..3, 0u64..4, 0u64..3];
     // Whole top-unit lengths (1 GiB at 4K) are rare: with a misaligned phys they
     // are 2^18 leaves, slow to check in a debug build.
     let big = prop_oneof![12 => Just(0u64), 1 => Just(1u64)];
-    let len = (0u64..5, 0u64..3, big).prop_map(|(a, b, c)| [a, b, c]);
-    let delta = [0u64..3, 0u64..2, 0u64..2];
+    let len = (0u64..5, 0u64..3, 0u64..3, big).prop_map(|(a, r, b, c)| [a, r, b, c]);
+    let delta = [0u64..3, 0u64..2, 0u64..2, 0u64..2];
     prop_oneof![
         4 => (at.clone(), len.clone(), delta.clone(), any::<u8>())
             .prop_map(|(at, len, delta, prot)| Op::Map { at, len, delta, prot }),
@@ -455,10 +463,11 @@ fn x86(levels: u32, coherence: Coherence) -> Subject<X86_64> {
     )
 }
 
-fn amd(levels: u32, coherence: Coherence) -> Subject<AmdV1> {
+fn amd(levels: u32, nl7_pages: bool, coherence: Coherence) -> Subject<AmdV1> {
     let f = AmdV1::new(AmdV1Config {
         levels,
         output_bits: 52,
+        nl7_pages,
     })
     .unwrap();
     Subject::new(
@@ -470,12 +479,19 @@ fn amd(levels: u32, coherence: Coherence) -> Subject<AmdV1> {
     )
 }
 
-fn arm(stage: Stage, granule: Granule, input_bits: u32, coherence: Coherence) -> Subject<ArmLpae> {
+fn arm(
+    stage: Stage,
+    granule: Granule,
+    input_bits: u32,
+    contiguous: bool,
+    coherence: Coherence,
+) -> Subject<ArmLpae> {
     let f = ArmLpae::new(ArmConfig {
         stage,
         granule,
         input_bits,
         output_bits: 44,
+        contiguous,
     })
     .unwrap();
     let (s, tg, t0sz, sl0) = match stage {
@@ -508,7 +524,7 @@ fn coherence(nc: bool) -> Coherence {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     #[test]
     fn vtd_second_stage(levels in 3u32..=5, nc in any::<bool>(), ops in prop::collection::vec(op(), 1..20)) {
@@ -521,16 +537,18 @@ proptest! {
     }
 
     #[test]
-    fn amd_v1_format(levels in 1u32..=6, nc in any::<bool>(), ops in prop::collection::vec(op(), 1..20)) {
-        run(amd(levels, coherence(nc)), &ops);
+    fn amd_v1_format(levels in 1u32..=6, nl7 in any::<bool>(), nc in any::<bool>(),
+                     ops in prop::collection::vec(op(), 1..20)) {
+        run(amd(levels, nl7, coherence(nc)), &ops);
     }
 
     #[test]
     fn arm_lpae(s2 in any::<bool>(), g in 0u8..3, ias in prop::sample::select(vec![32u32, 39, 40, 44, 48]),
-                nc in any::<bool>(), ops in prop::collection::vec(op(), 1..20)) {
+                contiguous in any::<bool>(), nc in any::<bool>(),
+                ops in prop::collection::vec(op(), 1..20)) {
         let granule = [Granule::K4, Granule::K16, Granule::K64][g as usize];
         let stage = if s2 { Stage::Stage2 } else { Stage::Stage1 };
-        run(arm(stage, granule, ias, coherence(nc)), &ops);
+        run(arm(stage, granule, ias, contiguous, coherence(nc)), &ops);
     }
 }
 
@@ -539,15 +557,21 @@ proptest! {
 #[test]
 fn fast_path_after_freed_table() {
     let map = |a0, a1| Op::Map {
-        at: [a0, a1, 0],
-        len: [1, 0, 0],
-        delta: [0, 0, 0],
+        at: [a0, 0, a1, 0],
+        len: [1, 0, 0, 0],
+        delta: [0, 0, 0, 0],
         prot: 0,
     };
     let ops = [map(1, 1), map(2, 1), Op::UnmapSlot { n: 0 }, map(3, 1)];
     run(vtd(4, Coherence::Coherent), &ops);
     run(
-        arm(Stage::Stage1, Granule::K16, 48, Coherence::NonCoherent),
+        arm(
+            Stage::Stage1,
+            Granule::K16,
+            48,
+            false,
+            Coherence::NonCoherent,
+        ),
         &ops,
     );
 }

@@ -355,6 +355,7 @@ impl<'a> SmmuUnit<'a> {
                 PagingStage::Stage2 => STAGE2_INPUT_BITS,
             },
             output_bits,
+            contiguous: false,
         })
         .map_err(|_| IommuError::Unsupported)?;
         let mut table = PageTable::new(format, DmaTables::new(self.dma), Coherence::Coherent)

@@ -296,6 +296,7 @@ fn task_stage1_aimed_at_kernel_memory_is_stopped(platform: &Platform) -> TestRes
             granule: io_page_table::Granule::K4,
             input_bits: 48,
             output_bits: 44,
+            contiguous: false,
         })
         .map_err(|err| format!("stage-1 format: {err:?}"))?;
         let fields = format.stage1_fields();

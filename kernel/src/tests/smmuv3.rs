@@ -952,6 +952,7 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
         granule: io_page_table::Granule::K4,
         input_bits: 48,
         output_bits: 44,
+        contiguous: false,
     })
     .map_err(|err| format!("stage-1 format: {err:?}"))?;
     let mut task_table = io_page_table::PageTable::new(

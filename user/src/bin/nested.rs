@@ -215,6 +215,7 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         granule: Granule::K4,
         input_bits: 48,
         output_bits: 44,
+        contiguous: false,
     })
     .map_err(|_| 23)?;
     let tables = PoolTables {

@@ -6,8 +6,11 @@
 //! Level 0 and maps the size of the level it sits in (4 KiB at level 1, 2 MiB at
 //! level 2, 1 GiB at level 3). IR/IW are checked at every level.
 //!
-//! Not generated: level skipping and Next Level = 7 (non-native page sizes); the
-//! tables stay valid for hardware that supports them.
+//! With [`AmdV1Config::nl7_pages`], pages between the native sizes (8 KiB to
+//! 1 MiB at level 1, 4 MiB to 512 MiB at level 2, 2 GiB to 256 GiB at level 3)
+//! use Next Level = 7: the address field encodes the page size (bits 12 up to
+//! one below the size's log2 set, the next bit clear) and the PTE is replicated
+//! in every entry the page spans. Not generated: level skipping.
 
 use super::{Format, Geometry, bits};
 use crate::error::{ConfigError, MapError};
@@ -19,6 +22,13 @@ pub const AMD_PR: u64 = 1 << 0;
 pub const AMD_NEXT_LEVEL: u64 = bits(11, 9);
 /// Shift of the Next Level field.
 pub const AMD_NEXT_LEVEL_SHIFT: u32 = 9;
+/// Next Level = 7: a PTE whose page size is encoded in its address field.
+pub const AMD_NEXT_LEVEL_SIZED: u64 = 7 << AMD_NEXT_LEVEL_SHIFT;
+/// The smallest Next Level 7 page holds two entries of its level: its size is
+/// 2^(13 + the number of consecutive ones from address bit 12) at level 1.
+const SIZED_MIN_SHIFT: u32 = 13;
+/// Sized pages take 2 to 256 entries (one less than a whole table of the level).
+const SIZED_RUNS: u32 = 0b1_1111_1110;
 /// Bits 51:12: next table or page address.
 pub const AMD_ADDR: u64 = bits(51, 12);
 /// Bit 60: FC, force coherent (snooped) DMA for the page.
@@ -35,6 +45,9 @@ pub struct AmdV1Config {
     pub levels: u32,
     /// Output address bits (at most 52).
     pub output_bits: u32,
+    /// Map the power-of-two sizes between the native ones as Next Level 7 pages
+    /// (replicated PTEs), as Linux's AMD v1 tables do.
+    pub nl7_pages: bool,
 }
 
 /// The AMD-Vi v1 host format.
@@ -63,6 +76,13 @@ impl AmdV1 {
     /// DTE Mode field: the number of levels (§2.2.2.1 DTE bits 11:9).
     pub fn dte_mode(&self) -> u8 {
         self.config.levels as u8
+    }
+
+    /// log2 of the size of the Next Level 7 page `pte` (§2.2.3 page size
+    /// encoding: 8 KiB when address bit 12 is clear, doubling with each
+    /// consecutive one above it).
+    fn sized_page_shift(pte: u64) -> u32 {
+        SIZED_MIN_SHIFT + ((pte & AMD_ADDR) >> 12).trailing_ones()
     }
 }
 
@@ -105,7 +125,8 @@ impl Format for AmdV1 {
     }
 
     fn is_table(&self, _level: u32, pte: u64) -> bool {
-        pte & AMD_NEXT_LEVEL != 0
+        let next_level = pte & AMD_NEXT_LEVEL;
+        next_level != 0 && next_level != AMD_NEXT_LEVEL_SIZED
     }
 
     fn table_addr(&self, pte: u64) -> u64 {
@@ -113,6 +134,34 @@ impl Format for AmdV1 {
     }
 
     fn leaf_addr(&self, level: u32, pte: u64) -> u64 {
-        pte & AMD_ADDR & !super::low_mask(12 + 9 * level)
+        let size_shift = if pte & AMD_NEXT_LEVEL == AMD_NEXT_LEVEL_SIZED {
+            Self::sized_page_shift(pte)
+        } else {
+            12 + 9 * level
+        };
+        pte & AMD_ADDR & !super::low_mask(size_shift)
+    }
+
+    fn leaf_runs(&self, level: u32) -> u32 {
+        if self.config.nl7_pages && self.geometry().leaf_allowed(level) {
+            SIZED_RUNS
+        } else {
+            0
+        }
+    }
+
+    fn run_entry(&self, level: u32, k: u32, run_phys: u64, _entry_phys: u64, attrs: u64) -> u64 {
+        // Every entry of the page is the same PTE: the walker may land on any.
+        let size_shift = 12 + 9 * level + k;
+        let size_code = super::low_mask(size_shift - 1) & !super::low_mask(12);
+        run_phys | size_code | attrs | AMD_NEXT_LEVEL_SIZED
+    }
+
+    fn leaf_run(&self, level: u32, pte: u64) -> u32 {
+        if pte & AMD_NEXT_LEVEL == AMD_NEXT_LEVEL_SIZED {
+            Self::sized_page_shift(pte) - (12 + 9 * level)
+        } else {
+            0
+        }
     }
 }

@@ -4,8 +4,10 @@
 //! ARM ARM (DDI 0487) D8.3 "Translation table descriptor formats" and D8.2
 //! "Translation table walk" (level ranges per granule and input size); SMMUv3
 //! spec (IHI 0070) §5.4 CD (T0SZ, TG0, IPS, IR0/OR0/SH0) and §5.2 STE (S2T0SZ,
-//! S2SL0, S2TG, S2PS). Output addresses up to 48 bits (no FEAT_LPA/LPA2), no
-//! contiguous hint (bonus not taken). Our level 0 is ARM level 3.
+//! S2SL0, S2TG, S2PS). Output addresses up to 48 bits (no FEAT_LPA/LPA2). With
+//! [`ArmConfig::contiguous`], aligned runs of pages or blocks carry the
+//! Contiguous bit (D8.6.1), so an SMMU that honours it holds each run in one TLB
+//! entry. Our level 0 is ARM level 3.
 
 use super::{Format, Geometry, bits};
 use crate::error::{ConfigError, MapError};
@@ -47,6 +49,9 @@ pub const ARM_S1_PXN: u64 = 1 << 53;
 pub const ARM_XN: u64 = 1 << 54;
 /// Bits 47:12 hold the output address (the granule's low bits are zero).
 pub const ARM_ADDR: u64 = bits(47, 12);
+/// Block and page descriptors bit 52: Contiguous, one of an aligned run of
+/// entries with the same attributes and adjacent output addresses (D8.6.1).
+pub const ARM_CONTIGUOUS: u64 = 1 << 52;
 
 /// MAIR attribute index for Normal write-back read/write-allocate memory.
 pub const MAIR_IDX_CACHED: u64 = 0;
@@ -119,6 +124,10 @@ pub struct ArmConfig {
     pub input_bits: u32,
     /// Output address bits (32, 36, 40, 42, 44 or 48; ≤ SMMU_IDR5.OAS).
     pub output_bits: u32,
+    /// Set the Contiguous bit on aligned runs of leaves (D8.6.1: 16 entries
+    /// at every level with the 4K granule; 128 pages or 32 blocks with 16K; 32
+    /// with 64K), so that a run may take one TLB entry.
+    pub contiguous: bool,
 }
 
 /// Walk-cacheability and shareability of the table walk itself (CD IR0/OR0/SH0,
@@ -368,5 +377,36 @@ impl Format for ArmLpae {
     fn leaf_addr(&self, level: u32, pte: u64) -> u64 {
         let g = self.config.granule.shift();
         pte & ARM_ADDR & !super::low_mask(g + (g - 3) * level)
+    }
+
+    fn leaf_runs(&self, level: u32) -> u32 {
+        if !self.config.contiguous || !self.geometry().leaf_allowed(level) {
+            return 0;
+        }
+        1 << self.contiguous_run(level)
+    }
+
+    fn run_entry(&self, _level: u32, _k: u32, _run_phys: u64, entry_phys: u64, attrs: u64) -> u64 {
+        // Each entry keeps its own output address; the bit says the run is one.
+        entry_phys | attrs | ARM_CONTIGUOUS
+    }
+
+    fn leaf_run(&self, level: u32, pte: u64) -> u32 {
+        if pte & ARM_CONTIGUOUS != 0 {
+            self.contiguous_run(level)
+        } else {
+            0
+        }
+    }
+}
+
+impl ArmLpae {
+    /// log2 of the entries in a contiguous run at `level` (D8.6.1).
+    fn contiguous_run(&self, level: u32) -> u32 {
+        match (self.config.granule, level) {
+            (Granule::K4, _) => 4,
+            (Granule::K16, 0) => 7,
+            (Granule::K16, _) | (Granule::K64, _) => 5,
+        }
     }
 }

@@ -130,6 +130,33 @@ pub trait Format {
     /// Physical address of the table linked by the table entry `pte`.
     fn table_addr(&self, pte: u64) -> u64;
 
-    /// Output address of the leaf `pte` at `level` (the leaf's first byte).
+    /// Output address of the leaf `pte` at `level` (the leaf's first byte; for an
+    /// entry of a run, this entry's first byte or the run's).
     fn leaf_addr(&self, level: u32, pte: u64) -> u64;
+
+    /// The contiguous runs a leaf at `level` may take: bit `k` set means `2^k`
+    /// entries, aligned in the table and in both address spaces, together hold
+    /// one leaf of `2^k` times the level's size (ARM contiguous hint, AMD-Vi
+    /// Next Level 7 pages). Runs are whole leaves: never split, always written
+    /// and cleared entry by entry.
+    fn leaf_runs(&self, level: u32) -> u32 {
+        let _ = level;
+        0
+    }
+
+    /// One entry of a run of `2^k` entries at `level` whose leaf starts at output
+    /// address `run_phys`; this entry's part of it starts at `entry_phys`.
+    /// `attrs` came from [`Format::leaf_attrs`] for the same level. Only called
+    /// for a `k` that [`Format::leaf_runs`] offers.
+    fn run_entry(&self, level: u32, k: u32, run_phys: u64, entry_phys: u64, attrs: u64) -> u64 {
+        let _ = (level, k, run_phys);
+        entry_phys | attrs
+    }
+
+    /// log2 of the number of entries in the run the leaf `pte` at `level`
+    /// belongs to (0: a leaf on its own).
+    fn leaf_run(&self, level: u32, pte: u64) -> u32 {
+        let _ = (level, pte);
+        0
+    }
 }

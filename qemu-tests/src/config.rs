@@ -208,11 +208,11 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-cm", 59),
     ("vtd-sm", 57),
     ("vtd-fs", 57),
-    ("amdvi", 58),
+    ("amdvi", 59),
     ("none-arm", 27),
-    ("smmuv3", 52),
-    ("smmuv3-s2", 52),
-    ("smmuv3-nested", 54),
+    ("smmuv3", 53),
+    ("smmuv3-s2", 53),
+    ("smmuv3-nested", 55),
 ];
 
 /// The configuration called `name`.

@@ -796,6 +796,19 @@ impl AmdVi {
         }
     }
 
+    /// The leaf of `domain`'s page table that translates `iova`: its raw PTE,
+    /// level and size (for tests and debugging).
+    pub fn translation(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+    ) -> Option<io_page_table::Translation> {
+        match &self.domains.get(&domain.0)?.backing {
+            DomainBacking::Paging { table, .. } => table.lookup(iova),
+            _ => None,
+        }
+    }
+
     /// The INVALIDATE_IOMMU_PAGES command covering `gather` in `domain_id`.
     pub fn invalidation_for(domain_id: u16, gather: &Gather) -> Option<Command> {
         if gather.is_empty() {
@@ -887,7 +900,9 @@ impl IommuUnit for AmdVi {
                 let format = io_page_table::AmdV1::new(io_page_table::AmdV1Config {
                     levels: PAGING_LEVELS,
                     output_bits: OUTPUT_BITS,
-                    nl7_pages: false,
+                    // Pages between the native sizes, as Linux's v1 tables
+                    // (QEMU decodes Next Level 7).
+                    nl7_pages: true,
                 })
                 .map_err(|_| IommuError::Unsupported)?;
                 let table = io_page_table::PageTable::new(

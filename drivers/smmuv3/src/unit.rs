@@ -269,6 +269,21 @@ impl<'a> SmmuUnit<'a> {
         }
     }
 
+    /// The leaf of a paging domain's table that translates `iova`: its raw
+    /// descriptor, level and size (for tests and debugging).
+    pub fn translation(
+        &self,
+        handle: DomainHandle,
+        iova: u64,
+    ) -> Option<io_page_table::Translation> {
+        match &self.domain(handle).ok()?.state {
+            DomainState::Stage1 { table, .. } | DomainState::Stage2 { table, .. } => {
+                table.lookup(iova)
+            }
+            _ => None,
+        }
+    }
+
     fn domain(&self, handle: DomainHandle) -> Result<&Domain<'a>, IommuError> {
         self.domains
             .get(handle.0 as usize)
@@ -355,7 +370,8 @@ impl<'a> SmmuUnit<'a> {
                 PagingStage::Stage2 => STAGE2_INPUT_BITS,
             },
             output_bits,
-            contiguous: false,
+            // One TLB entry per aligned run on SMMUs that honour the hint.
+            contiguous: true,
         })
         .map_err(|_| IommuError::Unsupported)?;
         let mut table = PageTable::new(format, DmaTables::new(self.dma), Coherence::Coherent)

@@ -88,6 +88,10 @@ pub static TESTS: &[Test] = &[
         run: two_mib_mapping_carries_a_dma,
     },
     Test {
+        name: "amdvi::next_level_7_page_carries_a_dma_and_goes_only_whole",
+        run: next_level_7_page_carries_a_dma_and_goes_only_whole,
+    },
+    Test {
         name: "amdvi::iova_above_4gib_works",
         run: iova_above_4gib_works,
     },
@@ -938,6 +942,69 @@ fn two_mib_mapping_carries_a_dma(platform: &Platform) -> TestResult {
                 "leaf sizes {:#x}, want one 2 MiB leaf",
                 gather.leaf_sizes
             ));
+        }
+        Ok(())
+    })
+}
+
+/// A 32 KiB page between the native sizes: one Next Level 7 PTE replicated in
+/// eight level-1 entries (AMD IOMMU §2.2.3), which QEMU decodes by its address
+/// bits. A DMA into any part lands at its offset; an unmap of a part changes
+/// nothing; the whole page unmapped and flushed blocks the DMA.
+fn next_level_7_page_carries_a_dma_and_goes_only_whole(platform: &Platform) -> TestResult {
+    const SIZE: u64 = 32 << 10;
+    // 32 KiB-aligned, not 64 KiB-aligned: exactly one 32 KiB page.
+    const IOVA: u64 = 0x5000_8000;
+    with_scenario(platform, |s, platform| {
+        let device = edus()[0];
+        let edu = open(platform, device)?;
+        let domain = s.domain()?;
+        s.attach(device, domain)?;
+        s.load_buffer(&edu, domain, IOVA_SOURCE, 0x77)?;
+        let block = frames::alloc_contiguous((SIZE / PAGE) as usize, SIZE as usize)
+            .ok_or("no 32 KiB-aligned 32 KiB run")?;
+        s.frames.push(block);
+        refill(&block, 0xA5);
+        s.map(domain, IOVA, block.phys, SIZE, READ_WRITE)?;
+        for part in 0..SIZE / PAGE {
+            let leaf = s
+                .unit
+                .lock()
+                .translation(domain, IOVA + part * PAGE)
+                .ok_or("no leaf")?;
+            let next_level = (leaf.pte >> 9) & 7;
+            ensure_eq!(
+                (next_level, leaf.leaf_iova, leaf.leaf_size),
+                (7, IOVA, SIZE),
+                "leaf of part {part} (Next Level, page, size)"
+            );
+        }
+        let offset = 0x5000;
+        dma_to_ram(&edu, IOVA + offset)?;
+        if !holds_pattern(&block, offset as usize, 0x77) {
+            return Err("DMA into the Next Level 7 page did not land at its offset".into());
+        }
+        let cut = s.unit.lock().unmap(domain, IOVA + SIZE - PAGE, PAGE);
+        ensure!(
+            cut.is_empty(),
+            "an unmap of a part changed something: {cut:?}"
+        );
+        refill(&block, 0xA5);
+        dma_to_ram(&edu, IOVA + SIZE - PAGE)?;
+        if !holds_pattern(&block, (SIZE - PAGE) as usize, 0x77) {
+            return Err("the page stopped translating after a refused unmap of a part".into());
+        }
+        let gather = s.unmap(domain, IOVA, SIZE);
+        ensure_eq!(
+            (gather.start, gather.last),
+            (IOVA, IOVA + SIZE - 1),
+            "gather of the whole page"
+        );
+        s.flush(domain, &gather)?;
+        refill(&block, 0xA5);
+        dma_to_ram(&edu, IOVA + offset)?;
+        if !frame_holds(&block, 0xA5) {
+            return Err("DMA landed after the page was unmapped and flushed".into());
         }
         Ok(())
     })

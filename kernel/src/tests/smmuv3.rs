@@ -66,6 +66,10 @@ pub static TESTS: &[Test] = &[
         run: every_granule_idr5_offers_carries_dma,
     },
     Test {
+        name: "smmuv3::contiguous_runs_carry_dma_and_go_only_whole_in_every_granule",
+        run: contiguous_runs_carry_dma_and_go_only_whole_in_every_granule,
+    },
+    Test {
         name: "smmuv3::edu_msi_reaches_the_gic_through_a_paging_domain",
         run: edu_msi_reaches_the_gic_through_a_paging_domain,
     },
@@ -793,6 +797,110 @@ fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
             Ok(())
         })();
         frames::free(page);
+        result?;
+    }
+    unit(platform, |u| u.set_granule(smmuv3::Granule::K4))?.map_err(|err| format!("{err:?}"))?;
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+/// For every granule IDR5 offers, one aligned run of pages with the Contiguous
+/// bit (D8.6.1: 16 x 4K, 128 x 16K, 32 x 64K): a DMA into its last page lands
+/// at its offset, an unmap of one page of it changes nothing, and the whole run
+/// unmapped and flushed blocks the DMA with one translation fault.
+fn contiguous_runs_carry_dma_and_go_only_whole_in_every_granule(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
+    let (device, sid) = edus(platform)?[0];
+    let granules: Vec<smmuv3::Granule> =
+        unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
+    let free_before = settled_free_frames(platform)?;
+    for granule in granules {
+        let page = granule.size();
+        let entries: u64 = match granule {
+            smmuv3::Granule::K4 => 16,
+            smmuv3::Granule::K16 => 128,
+            smmuv3::Granule::K64 => 32,
+        };
+        let size = page * entries;
+        // Aligned for the run, not for the next level's block.
+        let iova = 0x3000_0000 + size;
+        let run = frames::alloc_contiguous((size / 4096) as usize, size as usize)
+            .ok_or("no run-sized, run-aligned memory")?;
+        let result = (|| -> Result<(), String> {
+            unit(platform, |u| u.set_granule(granule))?
+                .map_err(|err| format!("{granule:?}: {err:?}"))?;
+            let domain = unit(platform, |u| u.alloc_domain(DomainKind::Paging))?
+                .map_err(|err| format!("{granule:?} domain: {err:?}"))?;
+            let checked = (|| -> Result<(), String> {
+                map(platform, domain, iova, run.phys, size, rw())?;
+                for i in 0..entries {
+                    let leaf = unit(platform, |u| u.translation(domain, iova + i * page))?
+                        .ok_or("no leaf")?;
+                    ensure_eq!(
+                        (
+                            leaf.pte & io_page_table::format::arm::ARM_CONTIGUOUS != 0,
+                            leaf.leaf_iova,
+                            leaf.leaf_size
+                        ),
+                        (true, iova, size),
+                        alloc::format!("{granule:?} entry {i} (Contiguous, run, size)")
+                    );
+                }
+                attach(platform, sid, domain)?;
+                let edu = open(platform, device)?;
+                let last_page = size - page;
+                // SAFETY: inside the run this test owns.
+                let target = unsafe { run.as_mut_ptr().add(last_page as usize) };
+                let landed = |edu: &edu::Edu<'_>| -> Result<bool, String> {
+                    for i in 0..SMALL_DMA {
+                        // SAFETY: as above.
+                        unsafe { core::ptr::write_volatile(target.add(i), UNTOUCHED) };
+                    }
+                    dma(edu, edu::Direction::ToRam, iova + last_page, SMALL_DMA)?;
+                    // SAFETY: as above.
+                    Ok((0..SMALL_DMA)
+                        .any(|i| unsafe { core::ptr::read_volatile(target.add(i)) } != UNTOUCHED))
+                };
+                ensure!(landed(&edu)?, "{granule:?}: DMA into the run did not land");
+                let cut = unit(platform, |u| u.unmap(domain, iova + last_page, page))?;
+                ensure!(
+                    cut.is_empty(),
+                    "{granule:?}: unmap of one page changed {cut:?}"
+                );
+                ensure!(
+                    landed(&edu)?,
+                    "{granule:?}: the run stopped translating after a refused unmap"
+                );
+                let gather = unit(platform, |u| u.unmap(domain, iova, size))?;
+                ensure_eq!(
+                    (gather.start, gather.last),
+                    (iova, iova + size - 1),
+                    alloc::format!("{granule:?} gather of the whole run")
+                );
+                unit(platform, |u| u.flush(domain, &gather))?
+                    .map_err(|err| format!("flush: {err:?}"))?;
+                ensure!(
+                    !landed(&edu)?,
+                    "{granule:?}: DMA landed after the run was unmapped and flushed"
+                );
+                expect_one_fault(
+                    &faults_of(platform, domain)?,
+                    sid,
+                    iova + last_page,
+                    EventKind::Translation,
+                    false,
+                )
+            })();
+            let freed = unit(platform, |u| {
+                u.detach(DeviceId(sid));
+                u.free_domain(domain)
+            })?;
+            checked?;
+            freed.map_err(|err| format!("free: {err:?}"))
+        })();
+        frames::free(run);
         result?;
     }
     unit(platform, |u| u.set_granule(smmuv3::Granule::K4))?.map_err(|err| format!("{err:?}"))?;

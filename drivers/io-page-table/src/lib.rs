@@ -56,9 +56,11 @@
 //!   [`TableAlloc::clean_for_device`]. The driver's own barrier before its
 //!   invalidation command orders the cleaned lines with the IOMMU.
 //! - `map` and `unmap` inside one existing leaf table (the common small case) walk
-//!   once; everything else plans from the root. Leaves are written with single
-//!   aligned 64-bit stores (vectorised only for empty slots), so the IOMMU never
-//!   sees half an entry.
+//!   once, starting at the deepest table the last such walk shares with them (a
+//!   software walk cache, emptied by any unmap that may unlink tables);
+//!   everything else plans from the root. Leaves are written with single aligned
+//!   64-bit stores (vectorised only for empty slots), so the IOMMU never sees
+//!   half an entry.
 //! - Contiguous runs: where the format offers them ([`ArmConfig::contiguous`],
 //!   [`AmdV1Config::nl7_pages`]), an aligned run of `2^k` entries holds one leaf
 //!   (ARM Contiguous bit: each entry keeps its own output address; AMD-Vi Next
@@ -81,6 +83,7 @@ pub mod format;
 pub mod gather;
 pub mod heap;
 pub mod prot;
+mod run_clear;
 pub mod table;
 pub mod table_alloc;
 mod walk_cache;

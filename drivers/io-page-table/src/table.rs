@@ -15,6 +15,7 @@ use crate::error::{AllocError, MapError, UnmapError};
 use crate::format::{Format, Geometry, MAX_LEVELS};
 use crate::gather::Gather;
 use crate::prot::Prot;
+use crate::run_clear::{clear_counting, pair_stores_are_atomic};
 use crate::table_alloc::{Coherence, TableAlloc};
 use crate::walk_cache::WalkCache;
 
@@ -126,6 +127,8 @@ struct Limits {
     /// Per level: [`Format::leaf_runs`], less the runs longer than the level's
     /// tables.
     runs: [u32; MAX_LEVELS],
+    /// Whether runs of entries may be cleared two to a store.
+    pair_stores: bool,
 }
 
 impl Limits {
@@ -148,6 +151,7 @@ impl Limits {
             index_shift,
             index_mask,
             runs,
+            pair_stores: pair_stores_are_atomic(),
         }
     }
 }
@@ -830,25 +834,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             return nothing;
         };
         let hi = (lo..end).rfind(|&i| Self::read(t, i) != 0).unwrap_or(lo);
-        // One pass, CLEAR_UNROLL loads then as many stores: the loads do not wait
-        // behind the stores, and the counts go to separate sums so that no
-        // add waits for the previous one.
-        let mut present = [0u64; CLEAR_UNROLL];
-        let mut i = lo;
-        while i + CLEAR_UNROLL <= hi + 1 {
-            let ptes: [u64; CLEAR_UNROLL] = core::array::from_fn(|k| Self::read(t, i + k));
-            for k in 0..CLEAR_UNROLL {
-                present[k] += u64::from(ptes[k] != 0);
-                Self::write(t, i + k, 0);
-            }
-            i += CLEAR_UNROLL;
-        }
-        while i <= hi {
-            present[0] += u64::from(Self::read(t, i) != 0);
-            Self::write(t, i, 0);
-            i += 1;
-        }
-        let leaves: u64 = present.iter().sum();
+        // SAFETY: `t` is a live table page of this tree, `hi < end` is within it,
+        // and this crate alone writes it (`&mut self`).
+        let leaves = unsafe { clear_counting(t, lo, hi, self.limits.pair_stores, F::VALID) };
         self.clean(t, lo, hi);
         let base = iova - ((first as u64) << shift);
         Unmapped {
@@ -1153,10 +1141,6 @@ impl<F: Format, A: TableAlloc> Drop for PageTable<F, A> {
         self.free_subtree(self.root, self.geo.levels - 1);
     }
 }
-
-/// Entries cleared per step of a leaf run: enough independent stores for the
-/// CPU's store ports, each still one aligned 64-bit write.
-const CLEAR_UNROLL: usize = 8;
 
 /// Refuses an unmap of `[iova, last]` that would cut the leaf at
 /// `[leaf_iova, leaf_iova + leaf_size)`, which holds one of its ends.

@@ -88,6 +88,7 @@ impl AmdV1 {
 
 impl Format for AmdV1 {
     const NAME: &'static str = "amd-v1";
+    const VALID: Option<u64> = Some(AMD_PR);
 
     fn geometry(&self) -> Geometry {
         let levels = self.config.levels;

@@ -288,6 +288,7 @@ pub const fn ps_encoding(bits: u32) -> Option<u8> {
 
 impl Format for ArmLpae {
     const NAME: &'static str = "arm-lpae";
+    const VALID: Option<u64> = Some(ARM_VALID);
 
     fn geometry(&self) -> Geometry {
         let g = self.config.granule.shift();

@@ -114,6 +114,10 @@ pub trait Format {
     /// Short name for dumps ("vtd-ss", "x86-64", "amd-v1", "arm-s1", "arm-s2").
     const NAME: &'static str;
 
+    /// The format's valid/present bit, where it has one: set in every entry the
+    /// format makes, so counting live entries is summing it.
+    const VALID: Option<u64> = None;
+
     /// The tree's shape.
     fn geometry(&self) -> Geometry;
 

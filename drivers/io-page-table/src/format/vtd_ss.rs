@@ -75,6 +75,7 @@ impl VtdSecondStage {
 
 impl Format for VtdSecondStage {
     const NAME: &'static str = "vtd-ss";
+    // No single valid bit: an entry is live when R or W is set (§9.8).
 
     fn geometry(&self) -> Geometry {
         let mut leaf_levels = 1;

@@ -77,6 +77,7 @@ impl X86_64 {
 
 impl Format for X86_64 {
     const NAME: &'static str = "x86-64";
+    const VALID: Option<u64> = Some(X86_P);
 
     fn geometry(&self) -> Geometry {
         let leaf_levels = if self.config.leaf_1g { 0b111 } else { 0b011 };

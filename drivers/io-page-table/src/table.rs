@@ -119,8 +119,10 @@ struct Limits {
     granule_mask: u64,
     max_iova: u64,
     max_phys: u64,
-    /// log2 of the span of a level-1 entry, i.e. of one level-0 table.
+    /// log2 of the span of a level-1 entry, i.e. of one level-0 table, and
+    /// that span less one.
     leaf_table_shift: u32,
+    leaf_table_mask: u64,
     /// Per level: the shift and mask that extract the entry index from an IOVA.
     index_shift: [u32; MAX_LEVELS],
     index_mask: [u64; MAX_LEVELS],
@@ -148,6 +150,7 @@ impl Limits {
             max_iova: geo.max_iova(),
             max_phys: geo.max_phys(),
             leaf_table_shift: geo.shift(1),
+            leaf_table_mask: low(geo.shift(1)),
             index_shift,
             index_mask,
             runs,
@@ -406,7 +409,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     #[inline(always)]
     fn leaf_table_of(&mut self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
         let span_shift = self.limits.leaf_table_shift;
-        if iova >> span_shift != last >> span_shift || last - iova >= low(span_shift) {
+        if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
         }
         let (mut level, mut table) = self.walk_cache.start(iova);

@@ -642,6 +642,15 @@ impl Scenario {
             .map_err(|err| format!("flush: {err:?}"))
     }
 
+    /// `size` bytes of frames aligned to `size` (a power of two), filled with 0xA5.
+    pub(super) fn aligned_block(&mut self, size: u64) -> Result<frames::Frames, String> {
+        let block = frames::alloc_contiguous((size / PAGE) as usize, size as usize)
+            .ok_or(format!("no {size:#x}-aligned run of {size:#x} bytes"))?;
+        self.frames.push(block);
+        refill(&block, 0xA5);
+        Ok(block)
+    }
+
     pub(super) fn frame(&mut self, fill: u8) -> Result<frames::Frames, String> {
         let frame = filled_frame(fill)?;
         self.frames.push(frame);
@@ -923,10 +932,7 @@ fn two_mib_mapping_carries_a_dma(platform: &Platform) -> TestResult {
         let domain = s.domain()?;
         s.attach(device, domain)?;
         s.load_buffer(&edu, domain, IOVA_SOURCE, 0x99)?;
-        let block = frames::alloc_contiguous((HUGE / PAGE) as usize, HUGE as usize)
-            .ok_or("no 2 MiB-aligned 2 MiB run")?;
-        s.frames.push(block);
-        refill(&block, 0xA5);
+        let block = s.aligned_block(HUGE)?;
         let iova = 0x4000_0000;
         s.map(domain, iova, block.phys, HUGE, READ_WRITE)?;
         let offset = 0x12_3000;
@@ -961,10 +967,7 @@ fn next_level_7_page_carries_a_dma_and_goes_only_whole(platform: &Platform) -> T
         let domain = s.domain()?;
         s.attach(device, domain)?;
         s.load_buffer(&edu, domain, IOVA_SOURCE, 0x77)?;
-        let block = frames::alloc_contiguous((SIZE / PAGE) as usize, SIZE as usize)
-            .ok_or("no 32 KiB-aligned 32 KiB run")?;
-        s.frames.push(block);
-        refill(&block, 0xA5);
+        let block = s.aligned_block(SIZE)?;
         s.map(domain, IOVA, block.phys, SIZE, READ_WRITE)?;
         for part in 0..SIZE / PAGE {
             let leaf = s

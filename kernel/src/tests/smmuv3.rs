@@ -751,148 +751,33 @@ fn to_ram_lands_at(
     Ok(bytes(frame, SMALL_DMA).iter().any(|&b| b != UNTOUCHED))
 }
 
-fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
+/// Runs `body` once for every granule IDR5 offers, with a paging domain of that
+/// granule and `bytes(granule)` of memory aligned to its size; detaches the
+/// first edu, frees the domain and the memory after each, puts the 4K granule
+/// back and checks that no frame leaked.
+fn with_each_granule(
+    platform: &Platform,
+    bytes: impl Fn(smmuv3::Granule) -> u64,
+    mut body: impl FnMut(smmuv3::Granule, iommu::DomainHandle, &Frames) -> Result<(), String>,
+) -> TestResult {
     if let Some(outcome) = not_here(platform) {
         return Ok(outcome);
     }
-    let (device, sid) = edus(platform)?[0];
+    let (_, sid) = edus(platform)?[0];
     let granules: Vec<smmuv3::Granule> =
         unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
     ensure!(!granules.is_empty(), "IDR5 offers no granule");
     let free_before = settled_free_frames(platform)?;
     for granule in granules {
-        let size = granule.size();
-        let page = frames::alloc_contiguous((size / 4096) as usize, size as usize)
-            .ok_or("no granule-sized page")?;
+        let size = bytes(granule);
+        let memory = frames::alloc_contiguous((size / 4096) as usize, size as usize)
+            .ok_or(alloc::format!("{granule:?}: no {size:#x} aligned bytes"))?;
         let result = (|| -> Result<(), String> {
             unit(platform, |u| u.set_granule(granule))?
                 .map_err(|err| format!("{granule:?}: {err:?}"))?;
             let domain = unit(platform, |u| u.alloc_domain(DomainKind::Paging))?
                 .map_err(|err| format!("{granule:?} domain: {err:?}"))?;
-            let iova = 0x3000_0000;
-            let run = (|| -> Result<bool, String> {
-                map(platform, domain, iova, page.phys, size, rw())?;
-                attach(platform, sid, domain)?;
-                // Land in the last 4 KiB of the page: the offset bits of the
-                // granule must pass through.
-                let offset = size - 4096;
-                let edu = open(platform, device)?;
-                // SAFETY: inside the page this test owns.
-                let target = unsafe { page.as_mut_ptr().add(offset as usize) };
-                for i in 0..SMALL_DMA {
-                    // SAFETY: as above.
-                    unsafe { core::ptr::write_volatile(target.add(i), UNTOUCHED) };
-                }
-                dma(&edu, edu::Direction::ToRam, iova + offset, SMALL_DMA)?;
-                // SAFETY: as above.
-                Ok((0..SMALL_DMA)
-                    .any(|i| unsafe { core::ptr::read_volatile(target.add(i)) } != UNTOUCHED))
-            })();
-            let freed = unit(platform, |u| {
-                u.detach(DeviceId(sid));
-                u.free_domain(domain)
-            })?;
-            ensure!(run?, "{granule:?}: DMA did not land");
-            freed.map_err(|err| format!("free: {err:?}"))?;
-            Ok(())
-        })();
-        frames::free(page);
-        result?;
-    }
-    unit(platform, |u| u.set_granule(smmuv3::Granule::K4))?.map_err(|err| format!("{err:?}"))?;
-    ensure_eq!(frames::free_count(), free_before, "free frames");
-    Ok(Outcome::Passed)
-}
-
-/// For every granule IDR5 offers, one aligned run of pages with the Contiguous
-/// bit (D8.6.1: 16 x 4K, 128 x 16K, 32 x 64K): a DMA into its last page lands
-/// at its offset, an unmap of one page of it changes nothing, and the whole run
-/// unmapped and flushed blocks the DMA with one translation fault.
-fn contiguous_runs_carry_dma_and_go_only_whole_in_every_granule(platform: &Platform) -> TestResult {
-    if let Some(outcome) = not_here(platform) {
-        return Ok(outcome);
-    }
-    let (device, sid) = edus(platform)?[0];
-    let granules: Vec<smmuv3::Granule> =
-        unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
-    let free_before = settled_free_frames(platform)?;
-    for granule in granules {
-        let page = granule.size();
-        let entries: u64 = match granule {
-            smmuv3::Granule::K4 => 16,
-            smmuv3::Granule::K16 => 128,
-            smmuv3::Granule::K64 => 32,
-        };
-        let size = page * entries;
-        // Aligned for the run, not for the next level's block.
-        let iova = 0x3000_0000 + size;
-        let run = frames::alloc_contiguous((size / 4096) as usize, size as usize)
-            .ok_or("no run-sized, run-aligned memory")?;
-        let result = (|| -> Result<(), String> {
-            unit(platform, |u| u.set_granule(granule))?
-                .map_err(|err| format!("{granule:?}: {err:?}"))?;
-            let domain = unit(platform, |u| u.alloc_domain(DomainKind::Paging))?
-                .map_err(|err| format!("{granule:?} domain: {err:?}"))?;
-            let checked = (|| -> Result<(), String> {
-                map(platform, domain, iova, run.phys, size, rw())?;
-                for i in 0..entries {
-                    let leaf = unit(platform, |u| u.translation(domain, iova + i * page))?
-                        .ok_or("no leaf")?;
-                    ensure_eq!(
-                        (
-                            leaf.pte & io_page_table::format::arm::ARM_CONTIGUOUS != 0,
-                            leaf.leaf_iova,
-                            leaf.leaf_size
-                        ),
-                        (true, iova, size),
-                        alloc::format!("{granule:?} entry {i} (Contiguous, run, size)")
-                    );
-                }
-                attach(platform, sid, domain)?;
-                let edu = open(platform, device)?;
-                let last_page = size - page;
-                // SAFETY: inside the run this test owns.
-                let target = unsafe { run.as_mut_ptr().add(last_page as usize) };
-                let landed = |edu: &edu::Edu<'_>| -> Result<bool, String> {
-                    for i in 0..SMALL_DMA {
-                        // SAFETY: as above.
-                        unsafe { core::ptr::write_volatile(target.add(i), UNTOUCHED) };
-                    }
-                    dma(edu, edu::Direction::ToRam, iova + last_page, SMALL_DMA)?;
-                    // SAFETY: as above.
-                    Ok((0..SMALL_DMA)
-                        .any(|i| unsafe { core::ptr::read_volatile(target.add(i)) } != UNTOUCHED))
-                };
-                ensure!(landed(&edu)?, "{granule:?}: DMA into the run did not land");
-                let cut = unit(platform, |u| u.unmap(domain, iova + last_page, page))?;
-                ensure!(
-                    cut.is_empty(),
-                    "{granule:?}: unmap of one page changed {cut:?}"
-                );
-                ensure!(
-                    landed(&edu)?,
-                    "{granule:?}: the run stopped translating after a refused unmap"
-                );
-                let gather = unit(platform, |u| u.unmap(domain, iova, size))?;
-                ensure_eq!(
-                    (gather.start, gather.last),
-                    (iova, iova + size - 1),
-                    alloc::format!("{granule:?} gather of the whole run")
-                );
-                unit(platform, |u| u.flush(domain, &gather))?
-                    .map_err(|err| format!("flush: {err:?}"))?;
-                ensure!(
-                    !landed(&edu)?,
-                    "{granule:?}: DMA landed after the run was unmapped and flushed"
-                );
-                expect_one_fault(
-                    &faults_of(platform, domain)?,
-                    sid,
-                    iova + last_page,
-                    EventKind::Translation,
-                    false,
-                )
-            })();
+            let checked = body(granule, domain, &memory);
             let freed = unit(platform, |u| {
                 u.detach(DeviceId(sid));
                 u.free_domain(domain)
@@ -900,12 +785,114 @@ fn contiguous_runs_carry_dma_and_go_only_whole_in_every_granule(platform: &Platf
             checked?;
             freed.map_err(|err| format!("free: {err:?}"))
         })();
-        frames::free(run);
+        frames::free(memory);
         result?;
     }
     unit(platform, |u| u.set_granule(smmuv3::Granule::K4))?.map_err(|err| format!("{err:?}"))?;
     ensure_eq!(frames::free_count(), free_before, "free frames");
     Ok(Outcome::Passed)
+}
+
+/// The device writes its buffer to `iova`; true when anything landed at
+/// `offset` in `memory`.
+fn lands_at(edu: &edu::Edu<'_>, iova: u64, memory: &Frames, offset: u64) -> Result<bool, String> {
+    // SAFETY: inside memory the test owns.
+    let target = unsafe { memory.as_mut_ptr().add(offset as usize) };
+    for i in 0..SMALL_DMA {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(target.add(i), UNTOUCHED) };
+    }
+    dma(edu, edu::Direction::ToRam, iova, SMALL_DMA)?;
+    // SAFETY: as above.
+    Ok((0..SMALL_DMA).any(|i| unsafe { core::ptr::read_volatile(target.add(i)) } != UNTOUCHED))
+}
+
+fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
+    with_each_granule(platform, smmuv3::Granule::size, |granule, domain, page| {
+        let (device, sid) = edus(platform)?[0];
+        let size = granule.size();
+        let iova = 0x3000_0000;
+        map(platform, domain, iova, page.phys, size, rw())?;
+        attach(platform, sid, domain)?;
+        // Land in the last 4 KiB of the page: the offset bits of the granule
+        // must pass through.
+        let offset = size - 4096;
+        let edu = open(platform, device)?;
+        ensure!(
+            lands_at(&edu, iova + offset, page, offset)?,
+            "{granule:?}: DMA did not land"
+        );
+        Ok(())
+    })
+}
+
+/// Pages in one contiguous run (D8.6.1).
+fn contiguous_run_entries(granule: smmuv3::Granule) -> u64 {
+    match granule {
+        smmuv3::Granule::K4 => 16,
+        smmuv3::Granule::K16 => 128,
+        smmuv3::Granule::K64 => 32,
+    }
+}
+
+/// For every granule IDR5 offers, one aligned run of pages with the Contiguous
+/// bit (D8.6.1: 16 x 4K, 128 x 16K, 32 x 64K): a DMA into its last page lands
+/// at its offset, an unmap of one page of it changes nothing, and the whole run
+/// unmapped and flushed blocks the DMA with one translation fault.
+fn contiguous_runs_carry_dma_and_go_only_whole_in_every_granule(platform: &Platform) -> TestResult {
+    let run_bytes = |granule: smmuv3::Granule| granule.size() * contiguous_run_entries(granule);
+    with_each_granule(platform, run_bytes, |granule, domain, run| {
+        let (device, sid) = edus(platform)?[0];
+        let page = granule.size();
+        let size = run_bytes(granule);
+        // Aligned for the run, not for the next level's block.
+        let iova = 0x3000_0000 + size;
+        map(platform, domain, iova, run.phys, size, rw())?;
+        for i in 0..contiguous_run_entries(granule) {
+            let leaf =
+                unit(platform, |u| u.translation(domain, iova + i * page))?.ok_or("no leaf")?;
+            let contiguous = leaf.pte & io_page_table::format::arm::ARM_CONTIGUOUS != 0;
+            ensure_eq!(
+                (contiguous, leaf.leaf_iova, leaf.leaf_size),
+                (true, iova, size),
+                alloc::format!("{granule:?} entry {i} (Contiguous, run, size)")
+            );
+        }
+        attach(platform, sid, domain)?;
+        let edu = open(platform, device)?;
+        let last_page = size - page;
+        ensure!(
+            lands_at(&edu, iova + last_page, run, last_page)?,
+            "{granule:?}: DMA into the run did not land"
+        );
+        let cut = unit(platform, |u| u.unmap(domain, iova + last_page, page))?;
+        ensure!(
+            cut.is_empty(),
+            "{granule:?}: unmap of one page changed {cut:?}"
+        );
+        ensure!(
+            lands_at(&edu, iova + last_page, run, last_page)?,
+            "{granule:?}: the run stopped translating after a refused unmap"
+        );
+        let gather = unit(platform, |u| u.unmap(domain, iova, size))?;
+        ensure_eq!(
+            (gather.start, gather.last),
+            (iova, iova + size - 1),
+            alloc::format!("{granule:?} gather of the whole run")
+        );
+        unit(platform, |u| u.flush(domain, &gather))?.map_err(|err| format!("flush: {err:?}"))?;
+        ensure!(
+            !lands_at(&edu, iova + last_page, run, last_page)?,
+            "{granule:?}: DMA landed after the run was unmapped and flushed"
+        );
+        expect_one_fault(
+            &faults_of(platform, domain)?,
+            sid,
+            iova + last_page,
+            EventKind::Translation,
+            false,
+        )
+    })
 }
 
 fn note_msi() {}

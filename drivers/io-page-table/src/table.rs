@@ -19,6 +19,17 @@ use crate::run_clear::{clear_counting, pair_stores_are_atomic};
 use crate::table_alloc::{Coherence, TableAlloc};
 use crate::walk_cache::WalkCache;
 
+impl Unmapped {
+    /// An unmap that found nothing to remove.
+    fn nothing() -> Self {
+        Self {
+            bytes: 0,
+            gather: Gather::default(),
+            freed: FreedTables::default(),
+        }
+    }
+}
+
 /// Table pages unlinked by an `unmap`. The hardware may still walk them until the
 /// caller has invalidated the IOMMU's caches for the unmap's [`Gather`]; only then
 /// hand them to [`PageTable::release`].
@@ -416,14 +427,14 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         while level > 0 {
             let pte = Self::read(self.entries(table), self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
-                self.walk_cache.record(iova, level, table);
+                self.walk_cache.record(iova, level);
                 return Some(Err(()));
             }
             table = self.format.table_addr(pte);
             level -= 1;
             self.walk_cache.set(level, table);
         }
-        self.walk_cache.record(iova, 0, table);
+        self.walk_cache.record(iova, 0);
         Some(Ok(table))
     }
 
@@ -781,13 +792,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         })?;
         match self.leaf_table_of(iova, last) {
             // Nothing mapped on the way: nothing to do.
-            Some(Err(())) if self.lookup(iova).is_none() => {
-                return Ok(Unmapped {
-                    bytes: 0,
-                    gather: Gather::default(),
-                    freed: FreedTables::default(),
-                });
-            }
+            Some(Err(())) if self.lookup(iova).is_none() => return Ok(Unmapped::nothing()),
             Some(Ok(table)) => {
                 // Only smallest leaves here, no table covered; only runs of
                 // them can be cut.
@@ -810,15 +815,10 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let t = self.entries(table);
         let first = self.index(iova, 0);
         let end = first + ((last - iova) >> shift) as usize + 1;
-        let nothing = Unmapped {
-            bytes: 0,
-            gather: Gather::default(),
-            freed: FreedTables::default(),
-        };
         if end - first == 1 {
             // The most common call of all: one page, one entry, no loops.
             if Self::read(t, first) == 0 {
-                return nothing;
+                return Unmapped::nothing();
             }
             Self::write(t, first, 0);
             self.clean(t, first, first);
@@ -834,7 +834,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             };
         }
         let Some(lo) = (first..end).find(|&i| Self::read(t, i) != 0) else {
-            return nothing;
+            return Unmapped::nothing();
         };
         let hi = (lo..end).rfind(|&i| Self::read(t, i) != 0).unwrap_or(lo);
         // SAFETY: `t` is a live table page of this tree, `hi < end` is within it,
@@ -861,8 +861,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         for at in [iova, last] {
             let pte = Self::read(t, self.index(at, 0));
             if pte != 0 {
-                let run_shift = self.geo.granule_shift + self.format.leaf_run(0, pte);
-                refuse_cut(at & !low(run_shift), 1 << run_shift, iova, last)?;
+                let (leaf_shift, _) = self.leaf_extent(0, pte);
+                refuse_cut(at & !low(leaf_shift), 1 << leaf_shift, iova, last)?;
             }
         }
         Ok(())
@@ -1006,8 +1006,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 level -= 1;
                 continue;
             }
-            let shift = self.geo.shift(level) + self.format.leaf_run(level, pte);
-            let base = self.format.leaf_addr(level, pte) & !low(shift);
+            let (shift, base) = self.leaf_extent(level, pte);
             return Some(Translation {
                 phys: base + (iova & low(shift)),
                 leaf_iova: iova & !low(shift),
@@ -1016,6 +1015,14 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 pte,
             });
         }
+    }
+
+    /// The leaf that the leaf entry `pte` at `level` is part of: log2 of its size
+    /// (a whole run, for an entry of one) and its first output byte.
+    #[inline(always)]
+    fn leaf_extent(&self, level: u32, pte: u64) -> (u32, u64) {
+        let shift = self.geo.shift(level) + self.format.leaf_run(level, pte);
+        (shift, self.format.leaf_addr(level, pte) & !low(shift))
     }
 
     /// The physical address `iova` translates to, if mapped.
@@ -1042,8 +1049,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             let (kind, leaf_size) = if table_link {
                 (EntryKind::Table(self.format.table_addr(pte)), 1u64 << shift)
             } else {
-                let leaf_shift = shift + self.format.leaf_run(level, pte);
-                let leaf_base = self.format.leaf_addr(level, pte) & !low(leaf_shift);
+                let (leaf_shift, leaf_base) = self.leaf_extent(level, pte);
                 let part = leaf_base + (iova & low(leaf_shift));
                 (EntryKind::Leaf(part), 1u64 << leaf_shift)
             };

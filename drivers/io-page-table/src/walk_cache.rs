@@ -50,17 +50,16 @@ impl WalkCache {
         (level, self.tables[level as usize])
     }
 
-    /// Records a walk for `iova` that reached `tables[level..]`: the entries at
-    /// levels at or above the walk's start are the ones `start` returned, so
-    /// they still hold for `iova`.
+    /// Ends a walk for `iova` that reached `tables[level..]`: the tables below
+    /// its start were `set` on the way down, those from the start up are the
+    /// ones `start` returned, so all of them hold for `iova`.
     #[inline(always)]
-    pub(crate) fn record(&mut self, iova: u64, level: u32, table: u64) {
-        self.tables[level as usize] = table;
+    pub(crate) fn record(&mut self, iova: u64, level: u32) {
         self.iova = iova;
         self.deepest = level;
     }
 
-    /// Sets the table at `level` on the current walk (`record` ends the walk).
+    /// Sets the table at `level` on the current walk.
     #[inline(always)]
     pub(crate) fn set(&mut self, level: u32, table: u64) {
         self.tables[level as usize] = table;
@@ -102,7 +101,8 @@ mod tests {
         let iova = 0x40_1234_5000;
         cache.set(2, 0x2000);
         cache.set(1, 0x3000);
-        cache.record(iova, 0, 0x4000);
+        cache.set(0, 0x4000);
+        cache.record(iova, 0);
         // Same 2 MiB: the leaf table. Same 1 GiB: the page directory. Same
         // 512 GiB: the PDPT. Elsewhere: the root.
         assert_eq!(cache.start(iova), (0, 0x4000));
@@ -117,7 +117,8 @@ mod tests {
     #[test]
     fn a_walk_that_stopped_early_is_reused_only_down_to_where_it_stopped() {
         let mut cache = WalkCache::new(&x86_4level(), 0x1000);
-        cache.record(0x40_0000_0000, 2, 0x2000);
+        cache.set(2, 0x2000);
+        cache.record(0x40_0000_0000, 2);
         assert_eq!(cache.start(0x40_0000_0000), (2, 0x2000));
         cache.forget();
         assert_eq!(cache.start(0x40_0000_0000), (3, 0x1000));
@@ -133,7 +134,7 @@ mod tests {
         };
         let mut cache = WalkCache::new(&geo, 0x1000);
         assert_eq!(cache.start(0x1f_f000), (0, 0x1000));
-        cache.record(0x1000, 0, 0x1000);
+        cache.record(0x1000, 0);
         assert_eq!(cache.start(0), (0, 0x1000));
     }
 }

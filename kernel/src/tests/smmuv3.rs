@@ -752,18 +752,23 @@ fn to_ram_lands_at(
 }
 
 /// Runs `body` once for every granule IDR5 offers, with a paging domain of that
-/// granule and `bytes(granule)` of memory aligned to its size; detaches the
-/// first edu, frees the domain and the memory after each, puts the 4K granule
-/// back and checks that no frame leaked.
+/// granule, `bytes(granule)` of memory aligned to its size and the first edu with
+/// its StreamID; detaches that edu, frees the domain and the memory after each,
+/// puts the 4K granule back and checks that no frame leaked.
 fn with_each_granule(
     platform: &Platform,
     bytes: impl Fn(smmuv3::Granule) -> u64,
-    mut body: impl FnMut(smmuv3::Granule, iommu::DomainHandle, &Frames) -> Result<(), String>,
+    mut body: impl FnMut(
+        smmuv3::Granule,
+        iommu::DomainHandle,
+        &Frames,
+        (&PciDevice, u32),
+    ) -> Result<(), String>,
 ) -> TestResult {
     if let Some(outcome) = not_here(platform) {
         return Ok(outcome);
     }
-    let (_, sid) = edus(platform)?[0];
+    let (device, sid) = edus(platform)?[0];
     let granules: Vec<smmuv3::Granule> =
         unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
     ensure!(!granules.is_empty(), "IDR5 offers no granule");
@@ -777,7 +782,7 @@ fn with_each_granule(
                 .map_err(|err| format!("{granule:?}: {err:?}"))?;
             let domain = unit(platform, |u| u.alloc_domain(DomainKind::Paging))?
                 .map_err(|err| format!("{granule:?} domain: {err:?}"))?;
-            let checked = body(granule, domain, &memory);
+            let checked = body(granule, domain, &memory, (device, sid));
             let freed = unit(platform, |u| {
                 u.detach(DeviceId(sid));
                 u.free_domain(domain)
@@ -808,22 +813,25 @@ fn lands_at(edu: &edu::Edu<'_>, iova: u64, memory: &Frames, offset: u64) -> Resu
 }
 
 fn every_granule_idr5_offers_carries_dma(platform: &Platform) -> TestResult {
-    with_each_granule(platform, smmuv3::Granule::size, |granule, domain, page| {
-        let (device, sid) = edus(platform)?[0];
-        let size = granule.size();
-        let iova = 0x3000_0000;
-        map(platform, domain, iova, page.phys, size, rw())?;
-        attach(platform, sid, domain)?;
-        // Land in the last 4 KiB of the page: the offset bits of the granule
-        // must pass through.
-        let offset = size - 4096;
-        let edu = open(platform, device)?;
-        ensure!(
-            lands_at(&edu, iova + offset, page, offset)?,
-            "{granule:?}: DMA did not land"
-        );
-        Ok(())
-    })
+    with_each_granule(
+        platform,
+        smmuv3::Granule::size,
+        |granule, domain, page, (device, sid)| {
+            let size = granule.size();
+            let iova = 0x3000_0000;
+            map(platform, domain, iova, page.phys, size, rw())?;
+            attach(platform, sid, domain)?;
+            // Land in the last 4 KiB of the page: the offset bits of the granule
+            // must pass through.
+            let offset = size - 4096;
+            let edu = open(platform, device)?;
+            ensure!(
+                lands_at(&edu, iova + offset, page, offset)?,
+                "{granule:?}: DMA did not land"
+            );
+            Ok(())
+        },
+    )
 }
 
 /// Pages in one contiguous run (D8.6.1).
@@ -841,58 +849,62 @@ fn contiguous_run_entries(granule: smmuv3::Granule) -> u64 {
 /// unmapped and flushed blocks the DMA with one translation fault.
 fn contiguous_runs_carry_dma_and_go_only_whole_in_every_granule(platform: &Platform) -> TestResult {
     let run_bytes = |granule: smmuv3::Granule| granule.size() * contiguous_run_entries(granule);
-    with_each_granule(platform, run_bytes, |granule, domain, run| {
-        let (device, sid) = edus(platform)?[0];
-        let page = granule.size();
-        let size = run_bytes(granule);
-        // Aligned for the run, not for the next level's block.
-        let iova = 0x3000_0000 + size;
-        map(platform, domain, iova, run.phys, size, rw())?;
-        for i in 0..contiguous_run_entries(granule) {
-            let leaf =
-                unit(platform, |u| u.translation(domain, iova + i * page))?.ok_or("no leaf")?;
-            let contiguous = leaf.pte & io_page_table::format::arm::ARM_CONTIGUOUS != 0;
-            ensure_eq!(
-                (contiguous, leaf.leaf_iova, leaf.leaf_size),
-                (true, iova, size),
-                alloc::format!("{granule:?} entry {i} (Contiguous, run, size)")
+    with_each_granule(
+        platform,
+        run_bytes,
+        |granule, domain, run, (device, sid)| {
+            let page = granule.size();
+            let size = run_bytes(granule);
+            // Aligned for the run, not for the next level's block.
+            let iova = 0x3000_0000 + size;
+            map(platform, domain, iova, run.phys, size, rw())?;
+            for i in 0..contiguous_run_entries(granule) {
+                let leaf =
+                    unit(platform, |u| u.translation(domain, iova + i * page))?.ok_or("no leaf")?;
+                let contiguous = leaf.pte & io_page_table::format::arm::ARM_CONTIGUOUS != 0;
+                ensure_eq!(
+                    (contiguous, leaf.leaf_iova, leaf.leaf_size),
+                    (true, iova, size),
+                    alloc::format!("{granule:?} entry {i} (Contiguous, run, size)")
+                );
+            }
+            attach(platform, sid, domain)?;
+            let edu = open(platform, device)?;
+            let last_page = size - page;
+            ensure!(
+                lands_at(&edu, iova + last_page, run, last_page)?,
+                "{granule:?}: DMA into the run did not land"
             );
-        }
-        attach(platform, sid, domain)?;
-        let edu = open(platform, device)?;
-        let last_page = size - page;
-        ensure!(
-            lands_at(&edu, iova + last_page, run, last_page)?,
-            "{granule:?}: DMA into the run did not land"
-        );
-        let cut = unit(platform, |u| u.unmap(domain, iova + last_page, page))?;
-        ensure!(
-            cut.is_empty(),
-            "{granule:?}: unmap of one page changed {cut:?}"
-        );
-        ensure!(
-            lands_at(&edu, iova + last_page, run, last_page)?,
-            "{granule:?}: the run stopped translating after a refused unmap"
-        );
-        let gather = unit(platform, |u| u.unmap(domain, iova, size))?;
-        ensure_eq!(
-            (gather.start, gather.last),
-            (iova, iova + size - 1),
-            alloc::format!("{granule:?} gather of the whole run")
-        );
-        unit(platform, |u| u.flush(domain, &gather))?.map_err(|err| format!("flush: {err:?}"))?;
-        ensure!(
-            !lands_at(&edu, iova + last_page, run, last_page)?,
-            "{granule:?}: DMA landed after the run was unmapped and flushed"
-        );
-        expect_one_fault(
-            &faults_of(platform, domain)?,
-            sid,
-            iova + last_page,
-            EventKind::Translation,
-            false,
-        )
-    })
+            let cut = unit(platform, |u| u.unmap(domain, iova + last_page, page))?;
+            ensure!(
+                cut.is_empty(),
+                "{granule:?}: unmap of one page changed {cut:?}"
+            );
+            ensure!(
+                lands_at(&edu, iova + last_page, run, last_page)?,
+                "{granule:?}: the run stopped translating after a refused unmap"
+            );
+            let gather = unit(platform, |u| u.unmap(domain, iova, size))?;
+            ensure_eq!(
+                (gather.start, gather.last),
+                (iova, iova + size - 1),
+                alloc::format!("{granule:?} gather of the whole run")
+            );
+            unit(platform, |u| u.flush(domain, &gather))?
+                .map_err(|err| format!("flush: {err:?}"))?;
+            ensure!(
+                !lands_at(&edu, iova + last_page, run, last_page)?,
+                "{granule:?}: DMA landed after the run was unmapped and flushed"
+            );
+            expect_one_fault(
+                &faults_of(platform, domain)?,
+                sid,
+                iova + last_page,
+                EventKind::Translation,
+                false,
+            )
+        },
+    )
 }
 
 fn note_msi() {}

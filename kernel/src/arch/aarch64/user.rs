@@ -403,10 +403,24 @@ pub fn arm_preemption(slice_ms: u64) -> bool {
 /// Sleeps until the next interrupt: a device's, or the timer's after about
 /// `max_ms`. Without a timer it only pauses briefly, so the caller polls.
 pub fn idle(max_ms: u64) {
-    if arm_preemption(max_ms) {
+    // IRQs stay masked from arming the one-shot timer to the WFI: a tick taken
+    // in between would be silenced by `on_timer_tick` and leave the WFI waiting
+    // for an interrupt that may never come. An IRQ pending while masked is
+    // still a WFI wake-up event (ARM ARM, "Wait For Interrupt"), and restoring
+    // the masks then takes it.
+    let daif: u64;
+    // SAFETY: saving the interrupt masks and masking IRQs on this CPU only
+    // defers them; no `nomem`, so memory accesses stay on their side.
+    unsafe { core::arch::asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack)) };
+    let armed = arm_preemption(max_ms);
+    if armed {
         // SAFETY: WFI only waits; a pending interrupt (the timer at the
         // latest) ends it.
         unsafe { core::arch::asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
+    // SAFETY: puts back the masks saved above; a pending interrupt is taken here.
+    unsafe { core::arch::asm!("msr daif, {}", in(reg) daif, options(nostack)) };
+    if armed {
         disarm_preemption();
     } else {
         os_services::Clock::relax(&crate::time::CLOCK);

@@ -80,23 +80,94 @@ impl core::fmt::Display for OpenError {
 pub fn open_edu(platform: &Platform, device: &PciDevice) -> Result<Edu<'static>, OpenError> {
     let config = &platform.pci.ecam;
     let bdf = device.function.bdf;
+    config.set_command(
+        bdf,
+        config.command(bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,
+    );
+    bind_edu(platform, device)
+}
+
+/// Binds the kernel's edu driver to `device`'s BAR0 through the kernel's
+/// identity map (memory decoding must be on).
+fn bind_edu(platform: &Platform, device: &PciDevice) -> Result<Edu<'static>, OpenError> {
     let Some(Bar::Memory { address, .. }) =
         device.bars.iter().find(|bar| bar.index() == 0).copied()
     else {
         return Err(OpenError::NoBar0);
     };
-    // BARs hold bus addresses; on both machines the 32-bit window is
-    // identity-mapped between bus and CPU.
-    let cpu_address = platform.pci.bar_window.map_or(address, |window| {
-        address - window.pci_base + window.cpu_base
-    });
-    config.set_command(
-        bdf,
-        config.command(bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,
-    );
-    let base = NonNull::new(cpu_address as *mut u8).ok_or(OpenError::NoBar0)?;
+    let base = NonNull::new(cpu_address(platform, address) as *mut u8).ok_or(OpenError::NoBar0)?;
     // SAFETY: BAR0 of an edu is 1 MiB of registers, identity-mapped uncached
     // by the boot page tables (x86_64: PCI hole; aarch64: first GiB as Device).
     let regs = unsafe { Mmio::new(base, edu::BAR0_SIZE) };
     Edu::new(regs, &CLOCK).map_err(OpenError::Driver)
+}
+
+/// The CPU address of bus address `bus_address` in the host bridge's memory
+/// window. BARs hold bus addresses; on both machines the 32-bit window is
+/// identity-mapped between bus and CPU.
+pub fn cpu_address(platform: &Platform, bus_address: u64) -> u64 {
+    platform.pci.bar_window.map_or(bus_address, |window| {
+        bus_address - window.pci_base + window.cpu_base
+    })
+}
+
+fn is_edu(device: &PciDevice) -> bool {
+    device.function.vendor_id == edu::VENDOR_ID && device.function.device_id == edu::DEVICE_ID
+}
+
+/// Why a device could not be quiesced or scrubbed.
+#[derive(Debug)]
+pub struct StuckDevice(pub OpenError);
+
+/// Stops `device` issuing DMA on behalf of an owner that let it go (VFIO's
+/// `vfio_pci_core_disable`): bus mastering off at once, then the device's own
+/// hook waits out work in flight, then memory decoding off. The device then
+/// neither reaches memory nor answers its registers until it is opened again.
+///
+/// The edu hook waits for its DMA engine to go idle: a transfer started by
+/// the old owner finishes with bus mastering off, so it reaches nobody's
+/// memory, rather than 100 ms later in the next owner's domain.
+pub fn quiesce(platform: &Platform, device: &PciDevice) -> Result<(), StuckDevice> {
+    let config = &platform.pci.ecam;
+    let bdf = device.function.bdf;
+    let command = config.command(bdf);
+    config.set_command(bdf, command - Command::BUS_MASTER);
+    let drained = if is_edu(device) && command.contains(Command::MEMORY_SPACE) {
+        bind_edu(platform, device)
+            .and_then(|edu| edu.wait_dma().map_err(OpenError::Driver))
+            .map_err(StuckDevice)
+    } else {
+        Ok(())
+    };
+    config.set_command(
+        bdf,
+        config.command(bdf) - (Command::MEMORY_SPACE | Command::BUS_MASTER),
+    );
+    drained
+}
+
+/// Whether `device` keeps data of its owner's that survives [`quiesce`] and
+/// that [`scrub`] knows how to overwrite (edu: its 4 KiB DMA buffer).
+pub fn holds_residue(device: &PciDevice) -> bool {
+    is_edu(device)
+}
+
+/// Overwrites what an earlier owner left in `device`: the edu copies
+/// [`edu::BUFFER_SIZE`] bytes from `zeros` (a bus address the caller made
+/// read zeros) over its buffer. Decoding and bus mastering are off again
+/// afterwards.
+pub fn scrub(platform: &Platform, device: &PciDevice, zeros: u64) -> Result<(), StuckDevice> {
+    if !is_edu(device) {
+        return Ok(());
+    }
+    let config = &platform.pci.ecam;
+    let bdf = device.function.bdf;
+    let command = config.command(bdf);
+    config.set_command(bdf, command | Command::MEMORY_SPACE | Command::BUS_MASTER);
+    let copied = bind_edu(platform, device).and_then(|edu| {
+        edu.dma(edu::Direction::ToDevice, zeros, 0, edu::BUFFER_SIZE)
+            .map_err(OpenError::Driver)
+    });
+    config.set_command(bdf, command - (Command::MEMORY_SPACE | Command::BUS_MASTER));
+    copied.map_err(StuckDevice)
 }

@@ -20,6 +20,9 @@ use abi::{Command, Errno};
 use iommufd::uapi::UserMemory;
 use iommufd::{Iommufd, OwnerId, PhysRun, Services};
 
+use crate::device_policy::{self, Refusal};
+use crate::devices::PciDevice;
+use crate::memory::frames;
 use crate::platform::Platform;
 use crate::task::Task;
 
@@ -94,19 +97,26 @@ type Core = Iommufd<Unit, TaskAccess>;
 struct State {
     core: Core,
     device_id: Option<fn(&'static Platform, pci::Bdf) -> Option<iommu::DeviceId>>,
-    /// The interrupts of the devices tasks opened.
-    interrupts: Vec<DeviceInterrupt>,
+    /// The devices tasks opened.
+    devices: Vec<OpenDevice>,
+    /// Functions whose memory may still hold data of the owner that last let
+    /// them go; scrubbed before another owner gets them.
+    residue: Vec<(pci::Bdf, OwnerId)>,
 }
 
-/// The interrupt of a device a task opened: its MSI, routed through the
-/// unit's interrupt remapping to a kernel interrupt the task waits for with
-/// `irq_wait`.
-struct DeviceInterrupt {
+/// A device a task opened: what `device_open` gave it beyond the core's
+/// device object, all of it taken back by [`release_device`].
+struct OpenDevice {
     owner: OwnerId,
     dev_id: u32,
     bdf: pci::Bdf,
     requester: iommu::DeviceId,
-    /// `None`: the device has no MSI capability.
+    /// Where BAR 0 is mapped in the owner (the start `Task::map_device`
+    /// returned), once it is.
+    window: Option<u64>,
+    /// The MSI, routed through the unit's interrupt remapping to a kernel
+    /// interrupt the task waits for with `irq_wait`. `None`: not routed (yet),
+    /// or the device has no MSI capability.
     irq: Option<u32>,
     /// `irq::count(irq)` when the task last collected its interrupts.
     collected: usize,
@@ -121,6 +131,24 @@ impl State {
         self.device_id
             .and_then(|id| id(crate::platform::get(), bdf))
     }
+
+    /// Why no task may own `device`, if so.
+    fn refusal(&self, device: &PciDevice) -> Option<Refusal> {
+        let requester = self.requester(device.function.bdf);
+        let firmware_dma = requester.is_some_and(|requester| {
+            self.core.units().first().is_some_and(|unit| {
+                unit.reserved_regions(requester)
+                    .iter()
+                    .any(|region| region.kind == iommu::ReservedKind::Direct)
+            })
+        });
+        device_policy::refusal(
+            device,
+            crate::devices::all(),
+            requester.is_some(),
+            firmware_dma,
+        )
+    }
 }
 
 // SAFETY: one CPU; the state is only reached under CORE's lock, from thread
@@ -134,12 +162,14 @@ fn new_state() -> State {
         Some(platform_unit) => State {
             core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
             device_id: Some(platform_unit.device_id),
-            interrupts: Vec::new(),
+            devices: Vec::new(),
+            residue: Vec::new(),
         },
         None => State {
             core: Iommufd::new(Vec::new(), TaskAccess::default()),
             device_id: None,
-            interrupts: Vec::new(),
+            devices: Vec::new(),
+            residue: Vec::new(),
         },
     }
 }
@@ -152,10 +182,6 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
     let result = f(state, owner);
     state.core.services_mut().task = None;
     result
-}
-
-fn with_core<R>(task: &mut Task, f: impl FnOnce(&mut Core, OwnerId) -> R) -> R {
-    with_state(task, |state, owner| f(&mut state.core, owner))
 }
 
 /// Runs iommufd command `number` with the argument struct at `arg`.
@@ -178,7 +204,7 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         };
         let result = core.ioctl(&mut memory, owner, command, arg);
         if command == Command::Destroy && result == Some(Ok(())) {
-            release_interrupts_of_destroyed_devices(state);
+            release_destroyed_devices(state, owner);
         }
         result
     })
@@ -193,8 +219,9 @@ pub fn release(task: &mut Task) {
         return;
     }
     with_state(task, |state, owner| {
-        // The device stops signalling before its domain goes.
-        release_interrupts(state, |_, entry| entry.owner == owner);
+        // The devices stop (interrupts, registers, DMA in flight) before
+        // their domains go and the memory they reached is unpinned.
+        release_devices(state, |_, entry| entry.owner == owner);
         // Empty the unit's fault log now: a record left pending there (VT-d
         // keeps one per fault-recording register until software clears it)
         // would keep the next task's faults from being recorded at all.
@@ -238,11 +265,11 @@ pub fn unit_hw_info() -> Option<iommu::HwInfo> {
         .and_then(|state| state.core.units().first().map(|unit| unit.hw_info()))
 }
 
-/// Device interrupts routed for the task with owner id `owner` (leak checks).
+/// Devices the task with owner id `owner` holds open (leak checks).
 pub fn device_interrupts(owner: u64) -> usize {
     CORE.lock().as_ref().map_or(0, |state| {
         state
-            .interrupts
+            .devices
             .iter()
             .filter(|entry| entry.owner == OwnerId(owner))
             .count()
@@ -284,8 +311,8 @@ fn pci_address(bdf: pci::Bdf) -> u32 {
 }
 
 /// `device_list`: every PCI function, with whether the platform's IOMMU
-/// translates it (only those can be opened) and whether the caller or another
-/// task holds it.
+/// translates it, whether the kernel refuses it to tasks and why
+/// (`device_policy`), and whether the caller or another task holds it.
 fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     let (mut list, size) = read_argument::<abi::DeviceList>(task, arg)?;
     let devices = crate::devices::all();
@@ -294,11 +321,14 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
         devices
             .iter()
             .map(|device| {
+                let refused = state
+                    .refusal(device)
+                    .map_or(abi::DeviceListFlags::empty(), Refusal::flags);
                 let Some(requester) = state.requester(device.function.bdf) else {
-                    return abi::DeviceListFlags::empty();
+                    return refused;
                 };
                 let holder = state.core.device_holder(iommu::UnitId(0), requester);
-                let mut flags = abi::DeviceListFlags::TRANSLATED;
+                let mut flags = abi::DeviceListFlags::TRANSLATED | refused;
                 match holder {
                     Some((owner, _)) if owner == caller => flags |= abi::DeviceListFlags::OPENED,
                     Some(_) => flags |= abi::DeviceListFlags::CLAIMED,
@@ -329,7 +359,9 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
 }
 
 /// `device_open`: claims a translated PCI function for the task (blocked until
-/// attached), turns on its memory decoding and bus mastering, and maps BAR 0.
+/// attached), scrubs what an earlier owner left in it, maps BAR 0 into the
+/// task, routes its MSI and turns on memory decoding and bus mastering. Any
+/// failure gives everything back through the one release path.
 fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
     let (mut open, size) = read_argument::<abi::DeviceOpen>(task, arg)?;
     let platform = crate::platform::get();
@@ -347,32 +379,44 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         } => Some((address, size)),
         _ => None,
     });
-    let (id, requester) = with_state(task, |state, owner| {
+    let id = with_state(task, |state, owner| {
+        if let Some(refusal) = state.refusal(device) {
+            return Err(refusal.errno());
+        }
         let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
         let id = state.core.bind_device(owner, iommu::UnitId(0), requester)?;
-        Ok::<_, Errno>((id, requester))
+        state.devices.push(OpenDevice {
+            owner,
+            dev_id: id,
+            bdf,
+            requester,
+            window: None,
+            irq: None,
+            collected: 0,
+        });
+        Ok::<_, Errno>(id)
     })?;
-    let mapped = match bar0 {
-        Some((bus_address, len)) => {
-            let cpu = platform.pci.bar_window.map_or(bus_address, |window| {
-                bus_address - window.pci_base + window.cpu_base
-            });
-            task.map_device(cpu, len).map(|va| (va, len))
-        }
-        None => Ok((0, 0)),
-    };
-    let routed = mapped.and_then(|mapping| {
-        with_state(task, |state, owner| {
-            route_interrupt(state, owner, id, bdf, requester)
-        })
-        .map(|()| mapping)
+    let opened = with_state(task, |state, owner| {
+        scrub_residue(state, owner, device)?;
+        let window = match bar0 {
+            Some((bus_address, len)) => {
+                let cpu = crate::devices::cpu_address(platform, bus_address);
+                let va = state
+                    .core
+                    .services_mut()
+                    .with_task(|task| task.map_device(cpu, len))??;
+                state.open_device(owner, id).window = Some(va);
+                (va, len)
+            }
+            None => (0, 0),
+        };
+        route_interrupt(state, owner, id)?;
+        Ok::<_, Errno>(window)
     });
-    let (va, len) = match routed {
-        Ok(mapping) => mapping,
+    let (va, len) = match opened {
+        Ok(window) => window,
         Err(errno) => {
-            // Give the claim back: the call failed as a whole (the BAR
-            // mapping goes with the task's address space).
-            let _ = with_core(task, |core, owner| core.destroy(owner, id));
+            abandon_open(task, id);
             return Err(errno);
         }
     };
@@ -389,34 +433,107 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
     if written.is_err() {
         // The task never learns the id: give the device back, as the core
         // does for objects it cannot publish.
-        with_state(task, |state, owner| {
-            let _ = state.core.destroy(owner, id);
-            release_interrupts_of_destroyed_devices(state);
-        });
+        abandon_open(task, id);
     }
     written
 }
 
-/// Routes the MSI of device `dev_id` (function `bdf`, the unit's
-/// `requester`, just bound by `owner`) to a kernel interrupt through the
-/// unit. A device without MSI gets none (`irq_wait` says `ENODEV`).
-fn route_interrupt(
-    state: &mut State,
-    owner: OwnerId,
-    dev_id: u32,
-    bdf: pci::Bdf,
-    requester: iommu::DeviceId,
-) -> Result<(), Errno> {
-    let config = &crate::platform::get().pci.ecam;
-    let Some(msi) = pci::Msi::find(config, bdf) else {
-        state.interrupts.push(DeviceInterrupt {
-            owner,
-            dev_id,
-            bdf,
-            requester,
-            irq: None,
-            collected: 0,
+/// Gives back device `id`, which `device_open` bound for `task` but could not
+/// hand over: the claim and everything taken for it.
+fn abandon_open(task: &mut Task, id: u32) {
+    with_state(task, |state, owner| {
+        let _ = state.core.destroy(owner, id);
+        release_destroyed_devices(state, owner);
+    });
+}
+
+impl State {
+    /// The bookkeeping of device `dev_id` that `owner` is opening.
+    fn open_device(&mut self, owner: OwnerId, dev_id: u32) -> &mut OpenDevice {
+        self.devices
+            .iter_mut()
+            .find(|entry| entry.owner == owner && entry.dev_id == dev_id)
+            .expect("device_open records the device before it maps or routes anything")
+    }
+}
+
+/// Where the zero page sits in the scrub domain: above the first MiB, clear
+/// of the interrupt windows (x86 0xFEE0_0000, the ARM MSI doorbell pages).
+const SCRUB_IOVA: u64 = 1 << 20;
+
+/// Overwrites what the owner that last let `device` go left in it, if that
+/// was not `owner` (VFIO resets a device between owners; edu has no reset,
+/// so its buffer is overwritten by DMA). The device is put into a kernel
+/// domain that maps one zeroed page read-only at [`SCRUB_IOVA`], copies it,
+/// and goes back to blocked; the domain goes with the flush.
+fn scrub_residue(state: &mut State, owner: OwnerId, device: &PciDevice) -> Result<(), Errno> {
+    let bdf = device.function.bdf;
+    let Some(position) = state.residue.iter().position(|&(at, _)| at == bdf) else {
+        return Ok(());
+    };
+    if state.residue[position].1 == owner || !crate::devices::holds_residue(device) {
+        state.residue.swap_remove(position);
+        return Ok(());
+    }
+    let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
+    let unit = state.core.unit_mut(iommu::UnitId(0)).ok_or(Errno::EINVAL)?;
+    let info = unit.info();
+    let len = info.min_page_size().max(abi::syscall::PAGE_SIZE);
+    let iova = info.aperture.start.max(SCRUB_IOVA).next_multiple_of(len);
+    let pages = (len / abi::syscall::PAGE_SIZE) as usize;
+    let zeros = frames::alloc_contiguous(pages, len as usize).ok_or(Errno::ENOMEM)?;
+    let domain = match unit.alloc_domain(iommu::DomainKind::Paging) {
+        Ok(domain) => domain,
+        Err(err) => {
+            frames::free(zeros);
+            return Err(iommufd::errno(err));
+        }
+    };
+    let read_only = iommu::Prot {
+        read: true,
+        write: false,
+    };
+    let mut mapped = false;
+    let copied = unit
+        .map(domain, iova, zeros.phys, len, read_only)
+        .and_then(|gather| {
+            mapped = true;
+            unit.flush(domain, &gather)
+        })
+        .and_then(|()| unit.attach(requester, domain))
+        .map_err(iommufd::errno)
+        .and_then(|()| {
+            let copied = crate::devices::scrub(crate::platform::get(), device, iova);
+            unit.detach(requester);
+            copied.map_err(|_| Errno::EIO)
         });
+    let unmapped = if mapped {
+        let gather = unit.unmap(domain, iova, len);
+        unit.flush(domain, &gather)
+    } else {
+        Ok(())
+    };
+    match unmapped.and_then(|()| unit.free_domain(domain)) {
+        Ok(()) => frames::free(zeros),
+        // The unit may still cache the page: it stays out of the allocator
+        // (it only ever held zeros, readable by the device).
+        Err(err) => {
+            println!("device_open: {bdf}: scrub domain not released ({err:?}); its page is kept")
+        }
+    }
+    copied?;
+    state.residue.swap_remove(position);
+    Ok(())
+}
+
+/// Routes the MSI of device `dev_id` that `owner` is opening to a kernel
+/// interrupt through the unit. A device without MSI gets none (`irq_wait`
+/// says `ENODEV`).
+fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(), Errno> {
+    let config = &crate::platform::get().pci.ecam;
+    let entry = state.open_device(owner, dev_id);
+    let (bdf, requester) = (entry.bdf, entry.requester);
+    let Some(msi) = pci::Msi::find(config, bdf) else {
         return Ok(());
     };
     let (irq, message) =
@@ -434,29 +551,36 @@ fn route_interrupt(
         }
     };
     msi.enable(config, routed.address, routed.data as u16);
-    state.interrupts.push(DeviceInterrupt {
-        owner,
-        dev_id,
-        bdf,
-        requester,
-        irq: Some(irq),
-        collected: crate::irq::count(irq),
-    });
+    let entry = state.open_device(owner, dev_id);
+    entry.irq = Some(irq);
+    entry.collected = crate::irq::count(irq);
     Ok(())
 }
 
-/// Takes the interrupts of the entries `doomed` picks away: the device's MSI
-/// off first, then its remapping entry, then the kernel interrupt.
-fn release_interrupts(state: &mut State, doomed: impl Fn(&Core, &DeviceInterrupt) -> bool) {
-    let config = &crate::platform::get().pci.ecam;
+/// Releases the devices `doomed` picks (all of the task the state is
+/// working for).
+fn release_devices(state: &mut State, doomed: impl Fn(&Core, &OpenDevice) -> bool) {
     let mut index = 0;
-    while index < state.interrupts.len() {
-        if !doomed(&state.core, &state.interrupts[index]) {
+    while index < state.devices.len() {
+        if !doomed(&state.core, &state.devices[index]) {
             index += 1;
             continue;
         }
-        let entry = state.interrupts.swap_remove(index);
-        let Some(irq) = entry.irq else { continue };
+        let entry = state.devices.swap_remove(index);
+        release_device(state, entry);
+    }
+}
+
+/// Takes back everything `device_open` gave the owner of `entry`, in the
+/// order VFIO's release uses: the interrupt first (MSI off, remapping entry,
+/// kernel interrupt), then the owner's mapping of the registers (a later
+/// access is a page fault), then the device is quiesced (bus mastering off,
+/// work in flight waited out, decoding off). Only after this may the
+/// memory the device reached be unpinned, or another owner open it.
+fn release_device(state: &mut State, entry: OpenDevice) {
+    let platform = crate::platform::get();
+    let config = &platform.pci.ecam;
+    if let Some(irq) = entry.irq {
         if let Some(msi) = pci::Msi::find(config, entry.bdf) {
             msi.disable(config);
         }
@@ -465,13 +589,39 @@ fn release_interrupts(state: &mut State, doomed: impl Fn(&Core, &DeviceInterrupt
         }
         crate::irq::free(irq);
     }
+    if let Some(window) = entry.window {
+        // The window is the calling task's: only a task's own call or its
+        // teardown releases its devices.
+        let unmapped = state
+            .core
+            .services_mut()
+            .with_task(|task| task.unmap_device(window));
+        debug_assert_eq!(
+            unmapped,
+            Ok(Ok(())),
+            "a device window not mapped in its owner"
+        );
+    }
+    let Some(device) = crate::devices::all()
+        .iter()
+        .find(|device| device.function.bdf == entry.bdf)
+    else {
+        return;
+    };
+    if let Err(stuck) = crate::devices::quiesce(platform, device) {
+        println!("device release: {}: not quiesced: {}", entry.bdf, stuck.0);
+    }
+    state.residue.retain(|&(bdf, _)| bdf != entry.bdf);
+    state.residue.push((entry.bdf, entry.owner));
 }
 
-/// Gives back the interrupts of device objects the core no longer holds
-/// (destroyed by the task, or by the kernel when `device_open` failed late).
-fn release_interrupts_of_destroyed_devices(state: &mut State) {
-    release_interrupts(state, |core, entry| {
-        core.device_holder(iommu::UnitId(0), entry.requester) != Some((entry.owner, entry.dev_id))
+/// Releases the devices of `owner` that the core no longer holds (destroyed
+/// by the task, or by the kernel when `device_open` failed late).
+fn release_destroyed_devices(state: &mut State, owner: OwnerId) {
+    release_devices(state, |core, entry| {
+        entry.owner == owner
+            && core.device_holder(iommu::UnitId(0), entry.requester)
+                != Some((entry.owner, entry.dev_id))
     });
 }
 
@@ -483,7 +633,7 @@ pub fn collect_interrupts(owner: u64, dev_id: u32) -> Result<u64, Errno> {
     let state = guard.as_mut().ok_or(Errno::ENOENT)?;
     let owner = OwnerId(owner);
     let entry = state
-        .interrupts
+        .devices
         .iter_mut()
         .find(|entry| entry.owner == owner && entry.dev_id == dev_id)
         .ok_or(Errno::ENOENT)?;

@@ -113,11 +113,22 @@ pub fn enable_spi(
 }
 
 /// aarch64: an MSI through the GICv2m frame: (doorbell address, data, INTID).
+/// The SPI is the frame's lowest one without a handler, so that a freed
+/// one is taken again.
 #[cfg(target_arch = "aarch64")]
 pub fn alloc_msi(handler: Handler) -> Option<(u64, u32, u32)> {
-    let (doorbell, data, intid) = crate::arch::gic::alloc_msi_spi()?;
-    enable_spi(intid, true, handler).ok()?;
-    Some((doorbell, data, intid))
+    let (doorbell, spis) = crate::arch::gic::msi_spis()?;
+    let intid = spis.clone().find(|&intid| {
+        HANDLERS.get(intid as usize).is_some_and(|slot| {
+            slot.compare_exchange(0, handler as usize, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        })
+    })?;
+    if crate::arch::gic::enable_spi(intid, true).is_err() {
+        register(intid, None);
+        return None;
+    }
+    Some((doorbell, intid, intid))
 }
 
 /// An interrupt for a device's MSI with `handler`: its number (for [`count`]

@@ -17,6 +17,7 @@ mod bench;
 mod boot_info;
 mod cmdline;
 mod demo;
+mod device_policy;
 mod devices;
 mod iommu;
 mod iommufd_service;

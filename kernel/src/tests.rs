@@ -8,6 +8,7 @@ mod foundation;
 mod iommufd_devices;
 mod iommufd_syscalls;
 mod isolation;
+mod ownership;
 #[cfg(target_arch = "x86_64")]
 mod robust_amdvi;
 #[cfg(target_arch = "aarch64")]
@@ -46,6 +47,52 @@ fn run_captured(tasks: Vec<Task>) -> Run {
     )
 }
 
+/// What every test checks after its tasks are gone.
+struct Baseline {
+    frames: usize,
+    pinned: u64,
+    handlers: usize,
+}
+
+impl Baseline {
+    fn now() -> Self {
+        // The scheduler's timer takes its interrupt on first use, for good.
+        task::preemption_available();
+        Baseline {
+            frames: crate::memory::frames::free_count(),
+            pinned: crate::iommufd_service::pinned_bytes(),
+            handlers: crate::irq::handlers_in_use(),
+        }
+    }
+
+    fn check(&self, owners: &[u64]) -> Result<(), String> {
+        for &owner in owners {
+            ensure_eq!(
+                crate::iommufd_service::object_count(owner),
+                0,
+                "objects left"
+            );
+            ensure_eq!(
+                crate::iommufd_service::device_interrupts(owner),
+                0,
+                "device interrupts left"
+            );
+        }
+        ensure_eq!(
+            crate::iommufd_service::pinned_bytes(),
+            self.pinned,
+            "pinned bytes"
+        );
+        ensure_eq!(crate::irq::handlers_in_use(), self.handlers, "handlers");
+        ensure_eq!(
+            crate::memory::frames::free_count(),
+            self.frames,
+            "free frames"
+        );
+        Ok(())
+    }
+}
+
 /// Every test group, in the order they run.
 pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
@@ -68,4 +115,5 @@ pub static ALL: &[&[Test]] = &[
     iommufd_syscalls::TESTS,
     iommufd_devices::TESTS,
     isolation::TESTS,
+    ownership::TESTS,
 ];

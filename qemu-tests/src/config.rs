@@ -204,15 +204,15 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 28),
-    ("vtd", 60),
-    ("vtd-cm", 60),
-    ("vtd-sm", 58),
-    ("vtd-fs", 58),
-    ("amdvi", 60),
+    ("vtd", 65),
+    ("vtd-cm", 65),
+    ("vtd-sm", 63),
+    ("vtd-fs", 63),
+    ("amdvi", 65),
     ("none-arm", 28),
-    ("smmuv3", 54),
-    ("smmuv3-s2", 54),
-    ("smmuv3-nested", 56),
+    ("smmuv3", 59),
+    ("smmuv3-s2", 59),
+    ("smmuv3-nested", 61),
 ];
 
 /// The configuration called `name`.

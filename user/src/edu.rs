@@ -51,6 +51,32 @@ impl fmt::Display for PciAddress {
     }
 }
 
+/// `device_open` arguments for every function of bus 0, in read-only memory
+/// (a `static` without interior mutability lands in the program's rodata).
+static READ_ONLY_OPENS: [DeviceOpen; 256] = {
+    let mut all = [DeviceOpen {
+        size: core::mem::size_of::<DeviceOpen>() as u32,
+        flags: 0,
+        pci_address: 0,
+        out_dev_id: 0,
+        out_bar0_va: 0,
+        out_bar0_len: 0,
+    }; 256];
+    let mut devfn = 0;
+    while devfn < all.len() {
+        all[devfn].pci_address = devfn as u32;
+        devfn += 1;
+    }
+    all
+};
+
+/// A `device_open` argument struct for the bus-0 function at `address` that
+/// the kernel can read but not write its answer into (the call must fail
+/// with `EFAULT` and give everything back).
+pub fn read_only_open(address: PciAddress) -> Option<&'static DeviceOpen> {
+    READ_ONLY_OPENS.get(address.0 as usize)
+}
+
 /// The machine's PCI functions as `device_list` reports them.
 pub fn device_list(entries: &mut [DeviceListEntry; 32]) -> Result<&[DeviceListEntry], Errno> {
     let mut list = DeviceList {
@@ -144,6 +170,34 @@ impl Edu {
         unsafe { (self.registers.add(offset) as *const u64).read_volatile() }
     }
 
+    /// Starts one page transfer without a completion interrupt and returns
+    /// at once (the transfer ends 100 ms later, whatever the task does).
+    pub fn start_polled(&self, iova: u64, to_ram: bool) {
+        self.start(iova, to_ram, false);
+    }
+
+    /// Copies `count` bytes from the device buffer (at `offset`) to bus
+    /// address `destination`, without a completion interrupt, and waits for
+    /// the engine by polling.
+    pub fn send_polled(&self, offset: u64, destination: u64, count: u64) -> Result<(), DmaError> {
+        self.start_send(offset, destination, count);
+        self.wait_polled()
+    }
+
+    /// Starts what [`Edu::send_polled`] does and returns at once.
+    pub fn start_send(&self, offset: u64, destination: u64, count: u64) {
+        self.write(DMA_SOURCE, BUFFER + offset);
+        self.write(DMA_DESTINATION, destination);
+        self.write(DMA_COUNT, count);
+        self.write(DMA_COMMAND, DMA_RUN | DMA_TO_RAM);
+    }
+
+    /// The identification register (0x010000ED on QEMU's edu).
+    pub fn identification(&self) -> u32 {
+        // SAFETY: as in `write`, for the 4-byte register at offset 0.
+        unsafe { (self.registers as *const u32).read_volatile() }
+    }
+
     fn start(&self, iova: u64, to_ram: bool, interrupt: bool) {
         let (source, destination) = if to_ram {
             (BUFFER, iova)
@@ -168,6 +222,11 @@ impl Edu {
     /// table would have to translate).
     pub fn dma_polled(&self, iova: u64, to_ram: bool) -> Result<(), DmaError> {
         self.start(iova, to_ram, false);
+        self.wait_polled()
+    }
+
+    /// Waits, polling the command register, until the engine is idle.
+    pub fn wait_polled(&self) -> Result<(), DmaError> {
         for _ in 0..POLL_LIMIT {
             if self.read(DMA_COMMAND) & DMA_RUN == 0 {
                 return Ok(());

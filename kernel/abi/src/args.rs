@@ -370,6 +370,20 @@ bitflags! {
         const TRANSLATED = 1 << 1;
         /// The calling task has opened it.
         const OPENED = 1 << 2;
+        /// The kernel does not hand it to tasks (`device_open` fails); the
+        /// bits below (or a missing TRANSLATED) say why.
+        const REFUSED = 1 << 3;
+        /// A host bridge or a bridge to other buses.
+        const BRIDGE = 1 << 4;
+        /// The IOMMU's own PCI function.
+        const IOMMU_FUNCTION = 1 << 5;
+        /// Firmware keeps DMA going to memory it names (VT-d RMRR, AMD-Vi IVMD).
+        const FIRMWARE_DMA = 1 << 6;
+        /// BAR 0 is smaller than a page, so its page holds other registers too.
+        const SHARED_PAGE = 1 << 7;
+        /// Its isolation group holds other functions (a multi-function device
+        /// without ACS), and groups are not handed out whole.
+        const SHARED_GROUP = 1 << 8;
     }
 }
 

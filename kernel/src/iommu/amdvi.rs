@@ -67,9 +67,28 @@ fn bring_up(platform: &Platform) -> Result<AmdVi, Absent> {
     .map_err(Absent::BringUp)
 }
 
-/// The AMD-Vi DeviceID of a PCI function (segment 0).
-pub fn device_id(bdf: Bdf) -> DeviceId {
+/// The AMD-Vi DeviceID of a PCI function of segment 0: its requester ID
+/// (AMD IOMMU §2.2.1), whether a unit translates it or not.
+pub fn device_id_of(bdf: Bdf) -> DeviceId {
     DeviceId(u32::from(bdf.requester_id()))
+}
+
+/// The AMD-Vi DeviceID of a PCI function (segment 0), if the unit the IVRS
+/// describes translates it (its IVHD device entries name it, AMD IOMMU
+/// §5.2.2.2): a function the table leaves out is not behind this unit.
+pub fn device_id(platform: &Platform, bdf: Bdf) -> Option<DeviceId> {
+    // The IVRS does not change: describe it once, not for every function asked.
+    static DESCRIPTION: spin::Once<Option<amdvi::discovery::UnitDescription>> = spin::Once::new();
+    let description = DESCRIPTION.call_once(|| {
+        let Firmware::Acpi(info) = &platform.firmware;
+        let ivrs = info.ivrs.as_ref()?;
+        amdvi::discovery::describe(ivrs).ok()?.into_iter().next()
+    });
+    let id = bdf.requester_id();
+    description
+        .as_ref()
+        .is_some_and(|unit| unit.translates(id))
+        .then(|| device_id_of(bdf))
 }
 
 /// Prints what the unit is and what its operations cost in commands.
@@ -159,7 +178,7 @@ pub fn demo_lines(platform: &Platform) -> Result<String, String> {
         }
     );
     let edu = crate::devices::edus().next().ok_or("no edu")?;
-    let device = device_id(edu.function.bdf);
+    let device = device_id(platform, edu.function.bdf).ok_or("the IVRS leaves the edu out")?;
     let domain = unit
         .alloc_domain(DomainKind::Paging)
         .map_err(|err| format!("{err:?}"))?;
@@ -189,14 +208,17 @@ pub fn bench(platform: &Platform) {
     let Ok(unit) = unit(platform) else {
         return;
     };
-    let Some(edu) = crate::devices::edus().next() else {
+    let Some(device) = crate::devices::edus()
+        .next()
+        .and_then(|edu| device_id(platform, edu.function.bdf))
+    else {
         return;
     };
     let mut unit = unit.lock();
     let Ok(domain) = unit.alloc_domain(DomainKind::Paging) else {
         return;
     };
-    let figures = command_figures(&mut unit, device_id(edu.function.bdf), domain);
+    let figures = command_figures(&mut unit, device, domain);
     let _ = unit.free_domain(domain);
     let Ok(figures) = figures else { return };
     for (what, cost) in figures {

@@ -46,7 +46,7 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
                 }
                 return Some(PlatformUnit {
                     unit: Box::new(Shared::new(with_amdvi)?),
-                    device_id: |_, bdf| Some(amdvi::device_id(bdf)),
+                    device_id: amdvi::device_id,
                 });
             }
             None

@@ -125,6 +125,22 @@ impl AddressSpace {
     /// frees once stale translations are flushed.
     pub fn unmap(&mut self, va: u64) -> Option<u64> {
         let page = self.pages.remove(&va)?;
+        self.clear_leaf(va);
+        Some(page.phys)
+    }
+
+    /// Removes the device page mapped at `va` and returns its physical
+    /// address. The caller flushes the TLB before the page may be handed to
+    /// anybody else (another task's device window).
+    pub fn unmap_device(&mut self, va: u64) -> Option<u64> {
+        let phys = self.devices.remove(&va)?;
+        self.clear_leaf(va);
+        Some(phys)
+    }
+
+    /// Clears the leaf entry of `va`, a page this space maps (every level
+    /// of its walk is present).
+    fn clear_leaf(&mut self, va: u64) {
         let mut level_table = self.root;
         for level in 0..LEVELS - 1 {
             // SAFETY: the walk follows tables of this space (the page exists,
@@ -134,7 +150,6 @@ impl AddressSpace {
         }
         // SAFETY: the leaf slot of a page this space mapped.
         unsafe { *table(level_table).add(index(va, LEVELS - 1)) = 0 };
-        Some(page.phys)
     }
 
     /// The last-level table for `va`, creating the levels on the way.

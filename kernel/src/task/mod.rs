@@ -201,8 +201,9 @@ pub struct Task {
     pub name: &'static str,
     /// Unique per task ever started: the task's owner id in the iommufd core.
     pub owner: u64,
-    /// Where the next device mapping goes.
-    next_device: u64,
+    /// The device register windows mapped into the task (`device_open`):
+    /// start address → pages. A closed window's addresses are reused.
+    device_windows: BTreeMap<u64, u64>,
     pub space: AddressSpace,
     pub context: UserContext,
     pub memory: TaskMemory,
@@ -270,7 +271,7 @@ impl Task {
         }
         Ok(Task {
             owner: NEXT_OWNER.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
-            next_device: DEVICE_BASE,
+            device_windows: BTreeMap::new(),
             name,
             space,
             context: UserContext::new(image.entry, STACK_TOP),
@@ -284,22 +285,55 @@ impl Task {
     }
 
     /// Maps `len` bytes of device registers at `phys` (page-aligned) into the
-    /// task, uncached; returns the address. The frames are not the task's:
-    /// they are never freed.
+    /// task, uncached, at the lowest free window address (an unmapped guard
+    /// page after each window); returns the address. The frames are not the
+    /// task's: they are never freed. On error nothing stays mapped.
     pub fn map_device(&mut self, phys: u64, len: u64) -> Result<u64, Errno> {
         let pages = len.div_ceil(PAGE_SIZE);
-        let start = self.next_device;
-        let end = start
-            .checked_add(pages * PAGE_SIZE)
-            .filter(|&end| end <= USER_END)
-            .ok_or(Errno::ENOMEM)?;
-        for page in 0..pages {
-            self.space
-                .map_device(start + page * PAGE_SIZE, phys + page * PAGE_SIZE)?;
+        if pages == 0 {
+            return Err(Errno::EINVAL);
         }
-        // One unmapped guard page between device windows.
-        self.next_device = end + PAGE_SIZE;
+        let span = (pages + 1) * PAGE_SIZE;
+        let mut start = DEVICE_BASE;
+        for (&window, &window_pages) in &self.device_windows {
+            if start + span <= window {
+                break;
+            }
+            start = window + (window_pages + 1) * PAGE_SIZE;
+        }
+        if start.checked_add(span).is_none_or(|end| end > USER_END) {
+            return Err(Errno::ENOMEM);
+        }
+        for page in 0..pages {
+            if let Err(errno) = self
+                .space
+                .map_device(start + page * PAGE_SIZE, phys + page * PAGE_SIZE)
+            {
+                self.unmap_device_pages(start, page);
+                return Err(errno);
+            }
+        }
+        self.device_windows.insert(start, pages);
         Ok(start)
+    }
+
+    /// Revokes the device window that [`Task::map_device`] returned as
+    /// `start`: its pages are unmapped and the TLB flushed, so a later access
+    /// is a page fault. `EINVAL` if no window starts there.
+    pub fn unmap_device(&mut self, start: u64) -> Result<(), Errno> {
+        let pages = self.device_windows.remove(&start).ok_or(Errno::EINVAL)?;
+        self.unmap_device_pages(start, pages);
+        Ok(())
+    }
+
+    fn unmap_device_pages(&mut self, start: u64, pages: u64) {
+        for page in 0..pages {
+            self.space.unmap_device(start + page * PAGE_SIZE);
+        }
+        // The task's tables may be the active ones (a system call): its
+        // cached translations of the registers go before the device can
+        // change hands.
+        arch::flush_tlb();
     }
 
     /// Passes `value` to the program's entry as its first argument

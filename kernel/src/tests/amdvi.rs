@@ -168,7 +168,7 @@ fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
         HwInfo::AmdVi { efr, .. } => ensure_eq!(efr, unit.extended_features().0, "hw_info EFR"),
         other => return Err(format!("hw_info: {other:?}")),
     }
-    let edu_id = glue::device_id(edus()[0].function.bdf);
+    let edu_id = glue::device_id_of(edus()[0].function.bdf);
     let regions = unit.reserved_regions(edu_id);
     ensure!(
         regions
@@ -252,7 +252,7 @@ fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> Tes
     let unit = unit_or_skip!(platform);
     let free_before = frames::free_count();
     let device = edus()[1];
-    let id = glue::device_id(device.function.bdf);
+    let id = glue::device_id_of(device.function.bdf);
     let domain = {
         let mut unit = unit.lock();
         let domain = unit
@@ -343,7 +343,7 @@ fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult 
     }
     with_scenario(platform, |s, platform| {
         let device = edus()[0];
-        let id = glue::device_id(device.function.bdf);
+        let id = glue::device_id_of(device.function.bdf);
         let edu = open(platform, device)?;
         let domain = s.domain()?;
         s.attach(device, domain)?;
@@ -374,7 +374,7 @@ fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult 
 
 fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let device = glue::device_id(edus()[0].function.bdf);
+    let device = glue::device_id_of(edus()[0].function.bdf);
     let figures = {
         let mut unit = unit.lock();
         let domain = unit
@@ -593,7 +593,7 @@ impl Scenario {
         device: &crate::devices::PciDevice,
         domain: DomainHandle,
     ) -> Result<(), String> {
-        let id = glue::device_id(device.function.bdf);
+        let id = glue::device_id_of(device.function.bdf);
         self.unit
             .lock()
             .attach(id, domain)
@@ -605,7 +605,7 @@ impl Scenario {
     }
 
     pub(super) fn detach(&mut self, device: &crate::devices::PciDevice) {
-        let id = glue::device_id(device.function.bdf);
+        let id = glue::device_id_of(device.function.bdf);
         self.unit.lock().detach(id);
         self.attached.retain(|d| *d != id);
     }

@@ -7,10 +7,11 @@
 use alloc::format;
 use alloc::string::String;
 
+use super::Baseline;
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
-use crate::task::{self, Exit, Task};
+use crate::task::{Exit, Task};
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -43,40 +44,6 @@ fn argument(role: u64, edu: u64, address: u64) -> u64 {
 
 fn spawn(role: u64, edu: u64, address: u64) -> Result<Task, String> {
     super::spawn_program("isolation", argument(role, edu, address))
-}
-
-/// What every test checks after its tasks are gone.
-struct Baseline {
-    frames: usize,
-    pinned: u64,
-    handlers: usize,
-}
-
-impl Baseline {
-    fn now() -> Self {
-        // The scheduler's timer takes its interrupt on first use, for good.
-        task::preemption_available();
-        Baseline {
-            frames: frames::free_count(),
-            pinned: iommufd_service::pinned_bytes(),
-            handlers: crate::irq::handlers_in_use(),
-        }
-    }
-
-    fn check(&self, owners: &[u64]) -> Result<(), String> {
-        for &owner in owners {
-            ensure_eq!(iommufd_service::object_count(owner), 0, "objects left");
-            ensure_eq!(
-                iommufd_service::device_interrupts(owner),
-                0,
-                "device interrupts left"
-            );
-        }
-        ensure_eq!(iommufd_service::pinned_bytes(), self.pinned, "pinned bytes");
-        ensure_eq!(crate::irq::handlers_in_use(), self.handlers, "handlers");
-        ensure_eq!(frames::free_count(), self.frames, "free frames");
-        Ok(())
-    }
 }
 
 /// Whether the unit reports blocked DMA as fault records (QEMU 10.0.2's

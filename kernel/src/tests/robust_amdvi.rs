@@ -97,7 +97,7 @@ fn hostile_dmas(
         .lock()
         .probe_event_log()
         .map_err(|err| format!("event-log probe: {err:?}"))?;
-    let requester = glue::device_id(device.function.bdf);
+    let requester = glue::device_id_of(device.function.bdf);
     let mut blocked = 0;
     for &(what, phys) in targets {
         edu.dma(edu::Direction::ToDevice, IOVA_SOURCE, 0, PAGE as usize)

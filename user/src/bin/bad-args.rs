@@ -19,25 +19,6 @@ const KERNEL_IMAGE: u64 = 0x4020_0000;
 /// A user address the program never maps (just below the top of the region).
 const UNMAPPED: u64 = USER_END - 0x10_0000;
 
-/// `device_open` arguments for every function of bus 0, in read-only memory
-/// (a `static` without interior mutability lands in the program's rodata).
-static READ_ONLY_OPENS: [DeviceOpen; 256] = {
-    let mut all = [DeviceOpen {
-        size: core::mem::size_of::<DeviceOpen>() as u32,
-        flags: 0,
-        pci_address: 0,
-        out_dev_id: 0,
-        out_bar0_va: 0,
-        out_bar0_len: 0,
-    }; 256];
-    let mut devfn = 0;
-    while devfn < all.len() {
-        all[devfn].pci_address = devfn as u32;
-        devfn += 1;
-    }
-    all
-};
-
 fn expect(number: i32, what: &str, result: i64, expected: Errno) -> Result<(), i32> {
     match check(result) {
         Err(errno) if errno == expected => {
@@ -120,7 +101,7 @@ fn run() -> Result<(), i32> {
     // call fails and the device is not left claimed (the task never learnt
     // its id). Only where an IOMMU translates an edu.
     if let Ok(Some(address)) = edu::find_translated(0)
-        && let Some(open) = READ_ONLY_OPENS.get(address.0 as usize)
+        && let Some(open) = edu::read_only_open(address)
     {
         expect(
             12,

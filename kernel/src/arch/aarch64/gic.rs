@@ -4,7 +4,6 @@
 //! to the frame's MSI_SETSPI_NS register.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU32, Ordering};
 
 use os_services::mmio::{Mmio, Reg32};
 
@@ -55,7 +54,6 @@ unsafe impl Sync for Gic {}
 unsafe impl Send for Gic {}
 
 static GIC: spin::Once<Gic> = spin::Once::new();
-static NEXT_MSI_SPI: AtomicU32 = AtomicU32::new(0);
 
 /// # Safety of the mappings
 /// The boot map covers 0-1 GiB as Device memory, where QEMU `virt` puts the
@@ -72,13 +70,6 @@ pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
         cpu: map(cpu_interface, CPU_INTERFACE_SIZE),
         v2m: v2m_frame.map(|base| (base, map(base, V2M_FRAME_SIZE))),
     });
-    if let Some((_, frame)) = &gic.v2m {
-        let typer = frame.read32(V2M_MSI_TYPER);
-        NEXT_MSI_SPI.store(
-            (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK,
-            Ordering::Relaxed,
-        );
-    }
     gic.distributor.write32(GICD_CTLR, GICD_CTLR_ENABLE);
     gic.cpu.write32(GICC_PMR, PRIORITY_MASK_ALL);
     gic.cpu.write32(GICC_CTLR, GICC_CTLR_ENABLE);
@@ -134,17 +125,15 @@ pub fn disable(intid: u32) {
     );
 }
 
-/// Takes the next SPI of the v2m frame: returns (doorbell address, data, INTID).
-pub fn alloc_msi_spi() -> Option<(u64, u32, u32)> {
+/// The v2m frame's MSI doorbell and the SPIs it can raise (GICv2m
+/// architecture: MSI_TYPER gives the first SPI and how many; a write of an
+/// SPI number to MSI_SETSPI_NS raises it).
+pub fn msi_spis() -> Option<(u64, core::ops::Range<u32>)> {
     let (base, frame) = gic().ok()?.v2m.as_ref()?;
     let typer = frame.read32(V2M_MSI_TYPER);
     let first = (typer >> V2M_TYPER_BASE_SHIFT) & V2M_TYPER_FIELD_MASK;
     let count = typer & V2M_TYPER_FIELD_MASK;
-    let spi = NEXT_MSI_SPI.fetch_add(1, Ordering::Relaxed);
-    if spi >= first + count {
-        return None;
-    }
-    Some((base + V2M_MSI_SETSPI_NS, spi, spi))
+    Some((base + V2M_MSI_SETSPI_NS, first..first + count))
 }
 
 /// Handles one pending interrupt (called from the IRQ vector).

@@ -5,16 +5,26 @@
 //! assembly: each pushes a dummy error code where the CPU does not (Intel SDM
 //! Vol. 3A §6.13, Table 6-1) and its vector number, then a common path saves the
 //! general registers and calls [`x86_exception_handler`] with the frame.
+//!
+//! A device can send any vector from 16 up as a message (a DMA write to
+//! 0xFEEx_xxxx that no interrupt remapping stopped): the handler tells those
+//! from exceptions and system calls by the local APIC's in-service bit,
+//! acknowledges and drops them, and counts them ([`stray_interrupts`]).
+//! Vectors 17, 21, 29 and 30 are exceptions with an error code, but only
+//! where alignment checking (CR0.AM), CET or SEV-ES is on, none of which this
+//! kernel turns on: their stubs push a dummy code like an interrupt's, so a
+//! device that sends them leaves a well-formed frame.
 
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use x86_64::VirtAddr;
-use x86_64::structures::idt::InterruptDescriptorTable;
+use x86_64::structures::idt::{Entry, HandlerFunc, InterruptDescriptorTable};
 
 /// Vectors below this are exceptions; the rest are interrupts (SDM Vol. 3A §6.2).
 pub const FIRST_INTERRUPT_VECTOR: usize = 32;
 const VECTORS: usize = 256;
+const VECTOR_NMI: u64 = 2;
 const VECTOR_BREAKPOINT: u64 = 3;
 const VECTOR_INVALID_OPCODE: u64 = 6;
 const VECTOR_PAGE_FAULT: u64 = 14;
@@ -154,6 +164,7 @@ isr_16:
     push 16
     jmp isr_common
 isr_17:
+    push 0
     push 17
     jmp isr_common
 isr_18:
@@ -169,6 +180,7 @@ isr_20:
     push 20
     jmp isr_common
 isr_21:
+    push 0
     push 21
     jmp isr_common
 isr_22:
@@ -200,9 +212,11 @@ isr_28:
     push 28
     jmp isr_common
 isr_29:
+    push 0
     push 29
     jmp isr_common
 isr_30:
+    push 0
     push 30
     jmp isr_common
 isr_31:
@@ -1376,6 +1390,7 @@ static IDT: spin::Once<InterruptDescriptorTable> = spin::Once::new();
 static BREAKPOINTS: AtomicUsize = AtomicUsize::new(0);
 static UNDEFINED_INSTRUCTIONS: AtomicUsize = AtomicUsize::new(0);
 static EXPECT_UNDEFINED_INSTRUCTION: AtomicBool = AtomicBool::new(false);
+static STRAY_INTERRUPTS: AtomicUsize = AtomicUsize::new(0);
 
 pub fn init() {
     let idt = IDT.call_once(|| {
@@ -1412,6 +1427,11 @@ pub fn init() {
             for vector in FIRST_INTERRUPT_VECTOR..VECTORS {
                 idt[vector as u8].set_handler_addr(stub(vector));
             }
+            // Vectors the CPU never raises here still need a gate: a device
+            // can send them, and a missing gate is a #NP in whatever ran.
+            for vector in UNUSED_EXCEPTION_VECTORS {
+                every_gate(&mut idt)[vector].set_handler_addr(stub(vector));
+            }
             // Tasks enter the kernel through this gate (`int`), so ring 3 may use it.
             idt[super::user::SYSCALL_VECTOR]
                 .set_handler_addr(stub(usize::from(super::user::SYSCALL_VECTOR)))
@@ -1425,6 +1445,23 @@ pub fn init() {
         idt
     });
     idt.load();
+}
+
+/// Exception vectors without a field of their own in the `x86_64` crate's
+/// table (coprocessor overrun, reserved, hypervisor injection): none of them
+/// is raised by the CPU this kernel runs on, and none pushes an error code.
+const UNUSED_EXCEPTION_VECTORS: [usize; 10] = [9, 15, 22, 23, 24, 25, 26, 27, 28, 31];
+
+/// The table as its 256 gates in vector order.
+fn every_gate(idt: &mut InterruptDescriptorTable) -> &mut [Entry<HandlerFunc>; VECTORS] {
+    const _: () = assert!(
+        core::mem::size_of::<InterruptDescriptorTable>()
+            == VECTORS * core::mem::size_of::<Entry<HandlerFunc>>()
+    );
+    // SAFETY: the table is `#[repr(C)]`: the 256 gates of SDM Vol. 3A §6.14.1
+    // in vector order (the size assert above), and every `Entry<F>` has the
+    // same layout (`F` only appears in a `PhantomData`).
+    unsafe { &mut *(idt as *mut InterruptDescriptorTable).cast::<[Entry<HandlerFunc>; VECTORS]>() }
 }
 
 pub(super) fn exception_name(vector: u64) -> &'static str {
@@ -1457,9 +1494,25 @@ pub(super) fn exception_name(vector: u64) -> &'static str {
 
 #[unsafe(no_mangle)]
 extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
+    // Nothing in this kernel sends NMIs: one is a device's message (delivery
+    // mode NMI) or the platform's. It is counted and whatever ran resumes.
+    if frame.vector == VECTOR_NMI {
+        STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    let syscall = frame.vector == u64::from(super::user::SYSCALL_VECTOR);
+    // An exception vector or the system call gate that the local APIC
+    // delivered is a device's message, not a fault or a call of the task.
+    if (syscall || frame.vector < FIRST_INTERRUPT_VECTOR as u64)
+        && super::interrupts::in_service(frame.vector as u8)
+    {
+        STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        super::interrupts::end_of_interrupt();
+        super::user::preempt_if_due(frame);
+        return;
+    }
     // A task's system call or fault goes back to the scheduler; its device
     // interrupts are handled below like any other and resume it.
-    let syscall = frame.vector == u64::from(super::user::SYSCALL_VECTOR);
     if super::user::from_user(frame) && (syscall || frame.vector < FIRST_INTERRUPT_VECTOR as u64) {
         super::user::trap_from_user(frame);
     }
@@ -1499,6 +1552,12 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
             );
         }
     }
+}
+
+/// Device messages with an exception or system-call vector, and NMIs, that
+/// the handler dropped since boot.
+pub fn stray_interrupts() -> usize {
+    STRAY_INTERRUPTS.load(Ordering::SeqCst)
 }
 
 /// Executes `int3`; the handler counts it and execution resumes after it.

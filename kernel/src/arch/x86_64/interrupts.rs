@@ -16,6 +16,10 @@ const LAPIC_ID: Reg32 = Reg32(0x020);
 const LAPIC_TPR: Reg32 = Reg32(0x080);
 const LAPIC_EOI: Reg32 = Reg32(0x0B0);
 const LAPIC_SVR: Reg32 = Reg32(0x0F0);
+/// In-Service Register: eight 32-bit registers 16 bytes apart, bit `v % 32`
+/// of register `v / 32` set while vector `v` is being serviced.
+const LAPIC_ISR_BASE: usize = 0x100;
+const LAPIC_ISR_STRIDE: usize = 0x10;
 /// SVR bit 8: APIC software enable.
 const SVR_APIC_ENABLE: u32 = 1 << 8;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
@@ -75,11 +79,28 @@ pub fn init() {
 
 /// Called from the interrupt stubs for vectors 32..=255.
 pub fn dispatch(vector: u8) {
-    if vector == SPURIOUS_VECTOR {
-        // Spurious interrupts must not be acknowledged (SDM §11.9).
+    // A spurious interrupt must not be acknowledged (SDM §11.9); it never
+    // sets its in-service bit. A device's message with the spurious vector
+    // does, and left unacknowledged it would block every interrupt.
+    if vector == SPURIOUS_VECTOR && !in_service(vector) {
         return;
     }
     crate::irq::handle(u32::from(vector));
+    end_of_interrupt();
+}
+
+/// Whether the local APIC is servicing `vector` (its ISR bit, SDM §11.8.4):
+/// set for an interrupt it delivered, never for an exception or an `int n`.
+/// Before the APIC is set up nothing is in service.
+pub fn in_service(vector: u8) -> bool {
+    let register = Reg32(LAPIC_ISR_BASE + usize::from(vector / 32) * LAPIC_ISR_STRIDE);
+    LAPIC
+        .get()
+        .is_some_and(|lapic| lapic.0.read32(register) & (1 << (vector % 32)) != 0)
+}
+
+/// Ends the highest-priority interrupt in service (SDM §11.8.5).
+pub fn end_of_interrupt() {
     lapic().write32(LAPIC_EOI, 0);
 }
 

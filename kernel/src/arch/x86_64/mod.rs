@@ -16,7 +16,8 @@ use boot::pvh::{MEMMAP_TYPE_RAM, MemmapEntry, START_INFO_MAGIC, StartInfo};
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
 pub use exceptions::{
-    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+    breakpoint, breakpoints_seen, stray_interrupts, undefined_instruction,
+    undefined_instructions_seen,
 };
 pub use exit::exit;
 pub use hardening::protect_user_memory;

@@ -1,0 +1,105 @@
+//! Which PCI functions a task may own, and why not the others.
+//!
+//! A task gets a function only where owning it reaches nothing beyond it:
+//! Linux decides the same with `iommu_group`s (`pci_device_group`: functions
+//! that can reach each other without the IOMMU seeing it share a group) and
+//! VFIO's viability rules (a group is given out only whole, never with a
+//! bridge or a function the kernel keeps). This is the policy half; the PCI
+//! topology comes from `devices`, the translation facts from the unit.
+
+use abi::DeviceListFlags;
+
+use crate::devices::PciDevice;
+
+/// PCI class codes (PCI Code and ID Assignment Specification §1): base class
+/// in bits 23:16, subclass in 15:8 of `Function::class`.
+const CLASS_BRIDGE: u32 = 0x06;
+const CLASS_SYSTEM_PERIPHERAL: u32 = 0x08;
+const SUBCLASS_IOMMU: u32 = 0x06;
+
+/// Why `device_open` refuses a function.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// No unit translates it: its DMA would reach all of memory.
+    NotTranslated,
+    /// A host bridge or a bridge to other buses: it stands for the platform
+    /// or forwards other devices' traffic; it is not a device of its own.
+    Bridge,
+    /// The IOMMU's own function (class 08h/06h): its owner could reprogram
+    /// the isolation itself.
+    IommuFunction,
+    /// Firmware keeps DMA going to memory it names (VT-d RMRR, AMD-Vi IVMD):
+    /// that memory stays identity-mapped in the device's domain.
+    FirmwareDma,
+    /// BAR 0 is smaller than a page: the task would map its neighbours'
+    /// registers too.
+    SharedPage,
+    /// Another function shares its isolation group (the functions of a
+    /// multi-function device without ACS may reach each other
+    /// peer-to-peer); groups are not handed out whole yet.
+    SharedGroup,
+}
+
+impl Refusal {
+    /// The `device_list` flags that report it.
+    pub fn flags(self) -> DeviceListFlags {
+        DeviceListFlags::REFUSED
+            | match self {
+                Refusal::NotTranslated => DeviceListFlags::empty(),
+                Refusal::Bridge => DeviceListFlags::BRIDGE,
+                Refusal::IommuFunction => DeviceListFlags::IOMMU_FUNCTION,
+                Refusal::FirmwareDma => DeviceListFlags::FIRMWARE_DMA,
+                Refusal::SharedPage => DeviceListFlags::SHARED_PAGE,
+                Refusal::SharedGroup => DeviceListFlags::SHARED_GROUP,
+            }
+    }
+
+    /// What `device_open` answers: `EINVAL` for a function no unit names
+    /// (nothing to open), `EPERM` where the kernel keeps it on purpose (as
+    /// VFIO does for a group that is not viable).
+    pub fn errno(self) -> abi::Errno {
+        match self {
+            Refusal::NotTranslated => abi::Errno::EINVAL,
+            _ => abi::Errno::EPERM,
+        }
+    }
+}
+
+/// Whether a task may own `device`, of the machine's functions `all`;
+/// `translated`: a unit names it; `firmware_dma`: the unit reports direct
+/// (identity) regions for it.
+pub fn refusal(
+    device: &PciDevice,
+    all: &[PciDevice],
+    translated: bool,
+    firmware_dma: bool,
+) -> Option<Refusal> {
+    let function = &device.function;
+    let (class, subclass) = (function.class >> 16, (function.class >> 8) & 0xFF);
+    if !translated {
+        return Some(Refusal::NotTranslated);
+    }
+    if class == CLASS_BRIDGE || function.header_type.layout != pci::HeaderType::ENDPOINT {
+        return Some(Refusal::Bridge);
+    }
+    if class == CLASS_SYSTEM_PERIPHERAL && subclass == SUBCLASS_IOMMU {
+        return Some(Refusal::IommuFunction);
+    }
+    if firmware_dma {
+        return Some(Refusal::FirmwareDma);
+    }
+    if device.bars.iter().any(|bar| {
+        matches!(*bar, pci::Bar::Memory { index: 0, size, .. } if size < abi::syscall::PAGE_SIZE)
+    }) {
+        return Some(Refusal::SharedPage);
+    }
+    let bdf = function.bdf;
+    if all.iter().any(|other| {
+        other.function.bdf != bdf
+            && other.function.bdf.bus == bdf.bus
+            && other.function.bdf.device == bdf.device
+    }) {
+        return Some(Refusal::SharedGroup);
+    }
+    None
+}

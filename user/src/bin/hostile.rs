@@ -1,0 +1,259 @@
+//! Attacks on device ownership, each the way a hostile task would try it;
+//! the kernel must make every one fail. The task argument says which attack
+//! (bits 63:56) on which translated edu (bits 55:48).
+//!
+//! - STALE_BAR: opens its edu, destroys the device object, and reads the
+//!   registers again through the old BAR window. The window must be gone:
+//!   the read is a page fault that kills the task (exit 10 if it reads).
+//! - LEAVE_DMA: opens its edu, loads a secret into the device's buffer by
+//!   DMA, starts a transfer of the buffer to an IOVA and exits at once,
+//!   leaving the transfer in flight and the secret in the device.
+//! - HEIR: run after LEAVE_DMA, opens the same edu and maps its own zeroed
+//!   pages at that IOVA. Neither the transfer in flight (exit 20) nor the
+//!   device's buffer (exit 21) may bring it the secret.
+//! - CYCLES: opens and destroys its edu many times, with a failed open (a
+//!   read-only argument struct) first: every open must succeed and land in
+//!   the same register window (the kernel reuses it, exit 31), and nothing
+//!   may run out (interrupt numbers, exit 30).
+//! - INJECT_FROM_USER / INJECT_FROM_KERNEL: aims its edu at the x86
+//!   interrupt window (0xFEE0_0000) with messages of its choosing: the
+//!   system-call vector, the spurious vector, exception vectors 16-31 and an
+//!   NMI, each landing while the task polls in user mode or while the kernel
+//!   idles in its `irq_wait`. The task must live on, unharmed (exit 0), and
+//!   so must the kernel; the kernel counts what it dropped.
+//! - OPEN_EVERYTHING: tries to open every function that is not an edu
+//!   (host bridges, the LPC bridge and its AHCI and SMBus siblings, the
+//!   AMD-Vi's own function): each open must fail, and `device_list` must
+//!   call each one refused (exit 40/41), while the edus stay openable.
+//!
+//! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
+//! otherwise the number of the failed step.
+#![no_std]
+#![no_main]
+
+use user_programs::abi::syscall as nr;
+use user_programs::abi::{DeviceListEntry, DeviceListFlags, DeviceOpen, Errno};
+use user_programs::edu::{self, Edu, PciAddress};
+use user_programs::iommu::{all_bytes_are, destroy, device_attach, ioas_alloc, ioas_map};
+use user_programs::{Steps, argument, check, entry, irq_wait, mem_alloc, println, syscall};
+
+entry!(main);
+
+const STEPS: Steps = Steps("hostile");
+
+const STALE_BAR: u64 = 1;
+const LEAVE_DMA: u64 = 2;
+const HEIR: u64 = 3;
+const CYCLES: u64 = 4;
+const INJECT_FROM_USER: u64 = 5;
+const INJECT_FROM_KERNEL: u64 = 6;
+const OPEN_EVERYTHING: u64 = 7;
+const NO_DEVICE: i32 = 77;
+const PAGE: usize = 4096;
+/// What LEAVE_DMA leaves behind.
+const SECRET: u8 = 0x5E;
+/// The IOVA both LEAVE_DMA and HEIR map their first page at.
+const IOVA: u64 = 16 << 20;
+/// Longer than one edu transfer (100 ms of virtual time).
+const SETTLE_NS: u64 = 400_000_000;
+/// More opens than the GICv2m frame has SPIs (64 on QEMU's `virt`).
+const OPEN_CYCLES: u32 = 80;
+/// The edu identification register's low byte.
+const EDU_MAGIC: u32 = 0xED;
+
+fn main() -> i32 {
+    let arg = argument();
+    let (attack, index) = (arg >> 56, ((arg >> 48) & 0xFF) as usize);
+    let Ok(Some(address)) = edu::find_translated(index) else {
+        println!("hostile: no edu behind an IOMMU here");
+        return NO_DEVICE;
+    };
+    let result = match attack {
+        STALE_BAR => stale_bar(address),
+        LEAVE_DMA => leave_dma(address),
+        HEIR => heir(address),
+        CYCLES => cycles(address),
+        INJECT_FROM_USER => inject(address, false),
+        INJECT_FROM_KERNEL => inject(address, true),
+        OPEN_EVERYTHING => open_everything(),
+        _ => {
+            println!("hostile: unknown attack {attack}");
+            Err(99)
+        }
+    };
+    match result {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+fn page(va: *mut u8) -> &'static mut [u8] {
+    // SAFETY: `va` is a page of this task's memory from mem_alloc.
+    unsafe { core::slice::from_raw_parts_mut(va, PAGE) }
+}
+
+fn stale_bar(address: PciAddress) -> Result<(), i32> {
+    let edu = STEPS.check(1, "device_open", Edu::open(address))?;
+    let id = edu.identification();
+    if id & 0xFF != EDU_MAGIC {
+        println!("hostile: the open edu reads id {id:#x}");
+        return Err(2);
+    }
+    STEPS.check(3, "destroy", destroy(edu.id))?;
+    println!(
+        "hostile: device destroyed; reading its registers at {:#x}",
+        edu.registers() as u64
+    );
+    let stale = edu.identification();
+    println!("hostile: the destroyed device's registers still answer: id {stale:#x}");
+    Err(10)
+}
+
+/// An opened edu attached to a fresh IOAS that maps `pages` zeroed pages
+/// from [`IOVA`] on; returns the edu and the first page.
+fn attached(address: PciAddress, pages: usize) -> Result<(Edu, *mut u8), i32> {
+    let edu = STEPS.check(1, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(2, "ioas_alloc", ioas_alloc())?;
+    let va = STEPS.check(3, "mem_alloc", mem_alloc(pages))?;
+    STEPS.check(
+        4,
+        "ioas_map",
+        ioas_map(ioas, va as u64, (pages * PAGE) as u64, Some(IOVA)),
+    )?;
+    STEPS.check(5, "device_attach", device_attach(edu.id, ioas))?;
+    Ok((edu, va))
+}
+
+fn leave_dma(address: PciAddress) -> Result<(), i32> {
+    let (edu, va) = attached(address, 1)?;
+    page(va).fill(SECRET);
+    STEPS.check(6, "DMA of the secret to the device", edu.dma(IOVA, false))?;
+    page(va).fill(0);
+    edu.start_polled(IOVA, true);
+    println!("hostile: secret in the device, a transfer in flight; exiting");
+    Ok(())
+}
+
+fn heir(address: PciAddress) -> Result<(), i32> {
+    let (edu, va) = attached(address, 2)?;
+    let second = va.wrapping_add(PAGE);
+    // Let anything the previous owner left running finish.
+    match irq_wait(edu.id, SETTLE_NS) {
+        Err(Errno::ETIMEDOUT) => {}
+        other => println!("hostile: heir: an interrupt it never asked for: {other:?}"),
+    }
+    if !all_bytes_are(page(va), 0) {
+        println!("hostile: heir: the previous owner's transfer in flight landed here");
+        return Err(20);
+    }
+    STEPS.check(7, "DMA from the device", edu.dma(IOVA + PAGE as u64, true))?;
+    if page(second).contains(&SECRET) {
+        println!("hostile: heir: the device still holds the previous owner's data");
+        return Err(21);
+    }
+    println!("hostile: heir: nothing of the previous owner reached this task");
+    Ok(())
+}
+
+fn cycles(address: PciAddress) -> Result<(), i32> {
+    if let Some(open) = edu::read_only_open(address) {
+        let result = check(syscall(
+            nr::DEVICE_OPEN,
+            [open as *const DeviceOpen as u64, 0, 0, 0, 0, 0],
+        ));
+        if result != Err(Errno::EFAULT) {
+            println!("hostile: device_open with a read-only struct: {result:?}");
+            return Err(29);
+        }
+    }
+    let mut window = None;
+    for cycle in 0..OPEN_CYCLES {
+        let edu = match Edu::open(address) {
+            Ok(edu) => edu,
+            Err(errno) => {
+                println!("hostile: open {cycle} failed: {errno:?}");
+                return Err(30);
+            }
+        };
+        let at = edu.registers() as u64;
+        if *window.get_or_insert(at) != at {
+            println!("hostile: open {cycle} mapped the registers at {at:#x}, not {window:#x?}");
+            return Err(31);
+        }
+        if edu.identification() & 0xFF != EDU_MAGIC {
+            println!("hostile: open {cycle} reads a wrong id");
+            return Err(32);
+        }
+        STEPS.check(33, "destroy", destroy(edu.id))?;
+    }
+    println!("hostile: {OPEN_CYCLES} opens and destroys, all in one register window");
+    Ok(())
+}
+
+/// The x86 interrupt window: an MSI is a 4-byte write here (Intel SDM Vol.
+/// 3A §11.11.1; destination APIC 0 in bits 19:12).
+const MSI_WINDOW: u64 = 0xFEE0_0000;
+/// MSI data: the vector in bits 7:0, the delivery mode in bits 10:8
+/// (SDM Vol. 3A §11.11.2; 0b100 = NMI).
+const DELIVERY_NMI: u32 = 0b100 << 8;
+/// What the hostile device sends: the system-call gate, the spurious vector,
+/// exception vectors (with and without a CPU error code) and an NMI.
+const MESSAGES: [u32; 10] = [0xF0, 0xFF, 16, 17, 18, 21, 29, 30, 31, DELIVERY_NMI | 2];
+
+fn inject(address: PciAddress, wait_in_kernel: bool) -> Result<(), i32> {
+    let (edu, va) = attached(address, 1)?;
+    let words = va as *mut u32;
+    for (index, message) in MESSAGES.iter().enumerate() {
+        // SAFETY: the page is this task's and holds all the messages.
+        unsafe { words.add(index).write_volatile(*message) };
+    }
+    STEPS.check(6, "DMA of the messages to the device", edu.dma(IOVA, false))?;
+    for (index, message) in MESSAGES.iter().enumerate() {
+        let offset = (index * 4) as u64;
+        let sent = if wait_in_kernel {
+            edu.start_send(offset, MSI_WINDOW, 4);
+            // The message lands while the kernel idles for this task.
+            let _ = irq_wait(edu.id, SETTLE_NS);
+            edu.wait_polled()
+        } else {
+            edu.send_polled(offset, MSI_WINDOW, 4)
+        };
+        STEPS.check(7, "DMA of a message to the interrupt window", sent)?;
+        println!("hostile: sent message {message:#x}; still running");
+    }
+    println!("hostile: every message sent; this task and the kernel live on");
+    Ok(())
+}
+
+fn open_everything() -> Result<(), i32> {
+    let mut entries = [DeviceListEntry::default(); 32];
+    let list = STEPS.check(1, "device_list", edu::device_list(&mut entries))?;
+    let mut refused = 0;
+    for entry in list {
+        let address = PciAddress(entry.pci_address);
+        let flags = DeviceListFlags::from_bits_retain(entry.flags);
+        let is_edu = entry.vendor_id == edu::VENDOR_ID && entry.device_id == edu::DEVICE_ID;
+        if is_edu {
+            if flags.contains(DeviceListFlags::REFUSED) {
+                println!("hostile: the edu at {address} is refused: {flags:?}");
+                return Err(42);
+            }
+            continue;
+        }
+        if let Ok(opened) = Edu::open(address) {
+            println!(
+                "hostile: opened {address} ({:04x}:{:04x}) as device {}",
+                entry.vendor_id, entry.device_id, opened.id
+            );
+            return Err(40);
+        }
+        if !flags.contains(DeviceListFlags::REFUSED) {
+            println!("hostile: {address} cannot be opened but is not listed as refused");
+            return Err(41);
+        }
+        println!("hostile: {address} refused: {flags:?}");
+        refused += 1;
+    }
+    println!("hostile: all {refused} functions that are not edus refused");
+    Ok(())
+}

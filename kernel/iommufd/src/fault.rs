@@ -100,18 +100,41 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         hwpt_id: ObjId,
         out: &mut [abi::FaultRecord],
     ) -> Result<FaultReadReply, Errno> {
-        let queue = &mut self.owner_mut(owner)?.hwpt_mut(hwpt_id)?.faults;
+        let reply = self.fault_peek(owner, hwpt_id, out)?;
+        self.fault_consume(owner, hwpt_id, reply.num as usize)?;
+        Ok(reply)
+    }
+
+    /// Copies up to `out.len()` records of a HWPT's fault queue to `out`
+    /// and leaves them queued: a reader that cannot deliver them (its buffer
+    /// faults) must not lose them, so they go only with [`Self::fault_consume`].
+    pub(crate) fn fault_peek(
+        &self,
+        owner: OwnerId,
+        hwpt_id: ObjId,
+        out: &mut [abi::FaultRecord],
+    ) -> Result<FaultReadReply, Errno> {
+        let queue = &self.owner(owner)?.hwpt(hwpt_id)?.faults;
         let mut num = 0;
-        for slot in out.iter_mut() {
-            let Some(r) = queue.records.pop_front() else {
-                break;
-            };
-            *slot = r;
+        for (slot, record) in out.iter_mut().zip(&queue.records) {
+            *slot = *record;
             num += 1;
         }
         Ok(FaultReadReply {
             num,
             dropped: queue.dropped,
         })
+    }
+
+    /// Drops the `count` oldest records of a HWPT's fault queue (delivered).
+    pub(crate) fn fault_consume(
+        &mut self,
+        owner: OwnerId,
+        hwpt_id: ObjId,
+        count: usize,
+    ) -> Result<(), Errno> {
+        let queue = &mut self.owner_mut(owner)?.hwpt_mut(hwpt_id)?.faults;
+        queue.records.drain(..count.min(queue.records.len()));
+        Ok(())
     }
 }

@@ -457,7 +457,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         prot: Prot,
     ) -> Result<u64, Errno> {
         check_prot(prot)?;
-        if len == 0 {
+        // The copy maps the source's pages from the offset `src_iova` names:
+        // the same rule as `ioas_map`'s user address (a page boundary), or
+        // the destination would hold an area no domain can map.
+        if len == 0 || !src_iova.is_multiple_of(PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         let src_range = IovaRange::from_len(src_iova, len).ok_or(Errno::EOVERFLOW)?;

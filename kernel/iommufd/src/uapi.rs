@@ -349,7 +349,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(Errno::EINVAL);
         }
         let mut records = vec![abi::FaultRecord::default(); v.num as usize];
-        let reply = self.fault_read(owner, v.hwpt_id, &mut records)?;
+        // Records leave the queue only once the task has them all: a
+        // buffer that faults part-way (EFAULT) loses nothing.
+        let reply = self.fault_peek(owner, v.hwpt_id, &mut records)?;
         let mut slot = vec![0u8; v.record_len as usize];
         for (i, r) in records.iter().take(reply.num as usize).enumerate() {
             abi::copy_out(r, &mut slot);
@@ -358,7 +360,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
         a.value.num = reply.num;
         a.value.out_dropped = reply.dropped;
-        copy_back(mem, owner, &a)
+        copy_back(mem, owner, &a)?;
+        self.fault_consume(owner, v.hwpt_id, reply.num as usize)
     }
 
     fn cmd_attach<M: UserMemory>(

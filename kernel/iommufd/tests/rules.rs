@@ -608,6 +608,24 @@ fn copy_of_a_source_range_with_a_hole_is_enoent() {
     assert_eq!(fd.state_digest(), before);
 }
 
+#[test]
+fn copy_from_an_iova_off_a_page_boundary_is_einval_as_a_map_from_such_an_address_is() {
+    let (mut fd, ioas, _, _) = attached();
+    let dst = fd.ioas_alloc(O).unwrap();
+    fd.ioas_map(O, ioas, 0x8000, 2 * K4, Some(0x10_0000), RW)
+        .unwrap();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_copy(O, ioas, 0x10_0001, K4, dst, None, RW),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(fd.state_digest(), before);
+    // The destination can still take a device.
+    let b = fd.bind_device(O, U0, DEV_B).unwrap();
+    fd.device_attach(O, b, dst).unwrap();
+    invariants(&fd);
+}
+
 // ---- attach / replace / detach ----
 
 #[test]

@@ -401,6 +401,23 @@ fn uapi_nested_hwpt_invalidate_and_fault_read() {
         .unwrap()
         .inject_fault(DeviceId(3), 0x5000, Access::Write);
     fd.dispatch_faults();
+    // Records the task cannot take stay queued: EFAULT consumes nothing.
+    task.put(
+        ARG,
+        &abi::FaultRead {
+            size: 32,
+            hwpt_id: nested,
+            num: 2,
+            record_len: 48,
+            records_uptr: 1 << 40,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        ioctl(&mut fd, &mut task, Command::FaultRead),
+        Err(Errno::EFAULT),
+        "records into unmapped memory"
+    );
     // Records longer than the kernel's get a zeroed tail.
     task.put_bytes(BUF, &[0xAA; 96]);
     task.put(

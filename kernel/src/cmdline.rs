@@ -23,6 +23,11 @@ pub struct Cmdline<'a> {
     pub crash: Option<Crash>,
     /// User programs to run in demo mode, comma-separated (`tasks=hello,ping`).
     pub tasks: Option<&'a str>,
+    /// `allow_unsafe_interrupts`: tasks may own MSI devices even where no
+    /// unit or interrupt controller isolates their interrupts (Linux VFIO's
+    /// `allow_unsafe_interrupts`): such a device can raise other devices'
+    /// interrupts.
+    pub allow_unsafe_interrupts: bool,
 }
 
 /// A deliberate crash (`crash=panic|fault|user-read|user-exec`).
@@ -46,12 +51,14 @@ impl<'a> Cmdline<'a> {
             seed: None,
             crash: None,
             tasks: None,
+            allow_unsafe_interrupts: false,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
                 None if word == "test" => cmdline.mode = Mode::Test,
                 None if word == "demo" => cmdline.mode = Mode::Demo,
                 None if word == "bench" => cmdline.mode = Mode::Bench,
+                None if word == "allow_unsafe_interrupts" => cmdline.allow_unsafe_interrupts = true,
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),
                 Some(("tasks", value)) => cmdline.tasks = Some(value),

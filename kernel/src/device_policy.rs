@@ -38,6 +38,11 @@ pub enum Refusal {
     /// multi-function device without ACS may reach each other
     /// peer-to-peer); groups are not handed out whole yet.
     SharedGroup,
+    /// It signals MSIs and nothing isolates them (no interrupt remapping, a
+    /// GICv2m doorbell that takes any SPI): its owner could raise other
+    /// devices' interrupts. The command line can allow it
+    /// (`allow_unsafe_interrupts`).
+    UnsafeInterrupts,
 }
 
 impl Refusal {
@@ -51,6 +56,7 @@ impl Refusal {
                 Refusal::FirmwareDma => DeviceListFlags::FIRMWARE_DMA,
                 Refusal::SharedPage => DeviceListFlags::SHARED_PAGE,
                 Refusal::SharedGroup => DeviceListFlags::SHARED_GROUP,
+                Refusal::UnsafeInterrupts => DeviceListFlags::UNSAFE_INTERRUPTS,
             }
     }
 
@@ -65,18 +71,23 @@ impl Refusal {
     }
 }
 
-/// Whether a task may own `device`, of the machine's functions `all`;
-/// `translated`: a unit names it; `firmware_dma`: the unit reports direct
-/// (identity) regions for it.
-pub fn refusal(
-    device: &PciDevice,
-    all: &[PciDevice],
-    translated: bool,
-    firmware_dma: bool,
-) -> Option<Refusal> {
+/// What the platform says about one function, for [`refusal`].
+#[derive(Clone, Copy, Debug)]
+pub struct Facts {
+    /// A unit names (and so translates) it.
+    pub translated: bool,
+    /// The unit reports direct (identity) regions for it.
+    pub firmware_dma: bool,
+    /// It has an MSI capability and nothing isolates its messages, nor did
+    /// the command line allow that.
+    pub unsafe_interrupts: bool,
+}
+
+/// Whether a task may own `device`, one of the machine's functions `all`.
+pub fn refusal(device: &PciDevice, all: &[PciDevice], facts: Facts) -> Option<Refusal> {
     let function = &device.function;
     let (class, subclass) = (function.class >> 16, (function.class >> 8) & 0xFF);
-    if !translated {
+    if !facts.translated {
         return Some(Refusal::NotTranslated);
     }
     if class == CLASS_BRIDGE || function.header_type.layout != pci::HeaderType::ENDPOINT {
@@ -85,7 +96,7 @@ pub fn refusal(
     if class == CLASS_SYSTEM_PERIPHERAL && subclass == SUBCLASS_IOMMU {
         return Some(Refusal::IommuFunction);
     }
-    if firmware_dma {
+    if facts.firmware_dma {
         return Some(Refusal::FirmwareDma);
     }
     if device.bars.iter().any(|bar| {
@@ -100,6 +111,9 @@ pub fn refusal(
             && other.function.bdf.device == bdf.device
     }) {
         return Some(Refusal::SharedGroup);
+    }
+    if facts.unsafe_interrupts {
+        return Some(Refusal::UnsafeInterrupts);
     }
     None
 }

@@ -135,19 +135,22 @@ impl State {
     /// Why no task may own `device`, if so.
     fn refusal(&self, device: &PciDevice) -> Option<Refusal> {
         let requester = self.requester(device.function.bdf);
-        let firmware_dma = requester.is_some_and(|requester| {
-            self.core.units().first().is_some_and(|unit| {
-                unit.reserved_regions(requester)
-                    .iter()
-                    .any(|region| region.kind == iommu::ReservedKind::Direct)
-            })
+        let unit = self.core.units().first();
+        let firmware_dma = requester.zip(unit).is_some_and(|(requester, unit)| {
+            unit.reserved_regions(requester)
+                .iter()
+                .any(|region| region.kind == iommu::ReservedKind::Direct)
         });
-        device_policy::refusal(
-            device,
-            crate::devices::all(),
-            requester.is_some(),
+        let msi = pci::Msi::find(&crate::platform::get().pci.ecam, device.function.bdf).is_some();
+        let isolated = unit.is_some_and(|unit| unit.isolates_msi());
+        let facts = device_policy::Facts {
+            translated: requester.is_some(),
             firmware_dma,
-        )
+            unsafe_interrupts: msi
+                && !isolated
+                && !UNSAFE_INTERRUPTS_ALLOWED.load(core::sync::atomic::Ordering::SeqCst),
+        };
+        device_policy::refusal(device, crate::devices::all(), facts)
     }
 }
 
@@ -228,6 +231,27 @@ pub fn release(task: &mut Task) {
         state.core.dispatch_faults();
         state.core.teardown(owner);
     });
+}
+
+/// The command line's `allow_unsafe_interrupts`.
+static UNSAFE_INTERRUPTS_ALLOWED: core::sync::atomic::AtomicBool =
+    core::sync::atomic::AtomicBool::new(false);
+
+/// Whether tasks may own MSI devices whose interrupts nothing isolates
+/// (the command line's `allow_unsafe_interrupts`); returns the old setting.
+pub fn allow_unsafe_interrupts(allowed: bool) -> bool {
+    UNSAFE_INTERRUPTS_ALLOWED.swap(allowed, core::sync::atomic::Ordering::SeqCst)
+}
+
+/// Whether the platform's unit isolates device MSIs (once the core exists).
+pub fn msis_isolated() -> bool {
+    CORE.lock().as_ref().is_some_and(|state| {
+        state
+            .core
+            .units()
+            .first()
+            .is_some_and(|unit| unit.isolates_msi())
+    })
 }
 
 /// The fault-interrupt count at the last drain.

@@ -46,6 +46,7 @@ fn kernel_main(boot: BootInfo) -> ! {
     };
     irq::init(platform);
     devices::init(platform);
+    iommufd_service::allow_unsafe_interrupts(cmdline.allow_unsafe_interrupts);
     if let Some(crash) = cmdline.crash {
         crash_on_purpose(crash);
     }

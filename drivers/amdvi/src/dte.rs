@@ -133,13 +133,20 @@ impl Dte {
     }
 
     /// Replaces the interrupt fields (quad 2 IV, IntTabLen, root, IntCtl).
+    /// Blocking keeps firmware's pass bits (the IOAPIC's LINT0, say);
+    /// remapping drops them: a device whose interrupts the kernel routes
+    /// (for a task) sends only what its remapping table allows, never an
+    /// INIT, ExtInt, NMI or LINT passed through untranslated (§2.2.5).
     pub fn with_interrupts(mut self, interrupts: Interrupts) -> Result<Self, DteError> {
-        let keep = self.0[2]
-            & (field::INIT_PASS
-                | field::EINT_PASS
-                | field::NMI_PASS
-                | field::LINT0_PASS
-                | field::LINT1_PASS);
+        let passes = field::INIT_PASS
+            | field::EINT_PASS
+            | field::NMI_PASS
+            | field::LINT0_PASS
+            | field::LINT1_PASS;
+        let keep = match interrupts {
+            Interrupts::Blocked => self.0[2] & passes,
+            Interrupts::Remapped { .. } => 0,
+        };
         self.0[2] = keep
             | match interrupts {
                 Interrupts::Blocked => field::IV | (IntCtl::Abort as u64) << field::INT_CTL_SHIFT,
@@ -291,6 +298,26 @@ mod tests {
     }
 
     #[test]
+    fn remapped_interrupts_drop_every_pass_bit_and_blocking_keeps_them() {
+        let passing = Dte::blocked().with_firmware_setting(FirmwareSetting(0xC7));
+        let remapped = passing
+            .with_interrupts(Interrupts::Remapped {
+                table: 0x1000,
+                log2_len: 1,
+            })
+            .unwrap();
+        let passes = field::INIT_PASS
+            | field::EINT_PASS
+            | field::NMI_PASS
+            | field::LINT0_PASS
+            | field::LINT1_PASS;
+        assert_eq!(passing.0[2] & passes, passes);
+        assert_eq!(remapped.0[2] & passes, 0);
+        let blocked = passing.with_interrupts(Interrupts::Blocked).unwrap();
+        assert_eq!(blocked.0[2] & passes, passes);
+    }
+
+    #[test]
     fn firmware_setting_copies_pass_bits_and_sysmgt() {
         // All pass bits + SysMgt=11b.
         let dte = Dte::blocked().with_firmware_setting(FirmwareSetting(0xF7));
@@ -299,16 +326,14 @@ mod tests {
             0x1 | 0x0700_0000_0000_0000 | 0xC000_0000_0000_0000
         );
         assert_eq!(dte.0[1], 0x3 << 40);
-        // They survive an interrupt-field update.
+        // A remapping update drops them (the interrupts are a task's now):
+        // IntCtl=remapped, the table root and IV only.
         let remapped = dte
             .with_interrupts(Interrupts::Remapped {
                 table: 0x2000,
                 log2_len: 0,
             })
             .unwrap();
-        assert_eq!(
-            remapped.0[2],
-            0xC700_0000_0000_0000 | 0x2000_0000_0000_0000 | 0x2000 | 1
-        );
+        assert_eq!(remapped.0[2], 0x2000_0000_0000_0000 | 0x2000 | 1);
     }
 }

@@ -1117,6 +1117,13 @@ impl IommuUnit for AmdVi {
         Ok(MsiMessage { address, data })
     }
 
+    /// Every routed device has its own interrupt table and passes nothing
+    /// through untranslated (`Dte::with_interrupts`), and the interrupt
+    /// window of an unrouted one aborts (IntCtl=abort).
+    fn isolates_msi(&self) -> bool {
+        true
+    }
+
     fn unroute_msi(&mut self, device: DeviceId) {
         if let Ok(device_id) = self.device_id(device) {
             // The DTE is back to IntCtl=abort in memory even if the

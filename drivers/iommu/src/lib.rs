@@ -355,6 +355,16 @@ pub trait IommuUnit {
     fn unroute_msi(&mut self, device: DeviceId) {
         let _ = device;
     }
+
+    /// Whether the unit's interrupt remapping isolates the MSIs of the
+    /// devices it routes: such a device raises only the interrupt its route
+    /// names, nothing of its own choosing (Linux `IRQ_DOMAIN_FLAG_ISOLATED_MSI`,
+    /// which VFIO requires unless `allow_unsafe_interrupts`). A unit that
+    /// does not remap interrupts says no; the platform's interrupt controller
+    /// may still isolate them (a GICv3 ITS).
+    fn isolates_msi(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed unit is a unit, so that the kernel can hold units of different
@@ -429,6 +439,10 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
 
     fn unroute_msi(&mut self, device: DeviceId) {
         (**self).unroute_msi(device)
+    }
+
+    fn isolates_msi(&self) -> bool {
+        (**self).isolates_msi()
     }
 }
 

@@ -30,7 +30,9 @@ const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
 const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;
 const CAP_RWBF: u64 = CAP_DEFAULT | (1 << 4);
 const ECAP_LEGACY: u64 = 0x0000_0000_00f0_0f4a;
-const ECAP_NO_QI: u64 = ECAP_LEGACY & !(1 << 1) & !(1 << 3);
+const ECAP_NO_QI: u64 = ECAP_LEGACY & !(1 << 1) & !ECAP_IR;
+/// ECAP.IR (bit 3): interrupt remapping.
+const ECAP_IR: u64 = 1 << 3;
 const ECAP_SCALABLE_SL: u64 = 0x0000_4800_80f0_0f4a;
 const ECAP_SCALABLE_FL: u64 = 0x0000_8800_00f0_0f4a;
 
@@ -399,6 +401,37 @@ fn description() -> UnitDescription {
 
 fn kinds(descriptors: &[Descriptor]) -> Vec<DescriptorType> {
     descriptors.iter().filter_map(Descriptor::kind).collect()
+}
+
+#[test]
+fn bring_up_blocks_compatibility_format_left_on_by_firmware_and_then_isolates_msis() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    model.gsts.set(Global::COMPATIBILITY_FORMAT.bits());
+    let unit = rig.unit(&model);
+    let status = Global::from_bits_retain(model.gsts.get());
+    assert!(status.contains(Global::INTERRUPT_REMAPPING));
+    assert!(
+        !status.contains(Global::COMPATIBILITY_FORMAT),
+        "CFI left on"
+    );
+    assert!(unit.isolates_msi());
+    assert!(
+        model
+            .gcmd_writes
+            .borrow()
+            .last()
+            .is_some_and(|gcmd| gcmd & Global::COMPATIBILITY_FORMAT.bits() == 0)
+    );
+}
+
+#[test]
+fn without_interrupt_remapping_msis_are_not_isolated() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY & !ECAP_IR);
+    let unit = rig.unit(&model);
+    assert!(!unit.interrupt_remapping_enabled());
+    assert!(!unit.isolates_msi());
 }
 
 #[test]

@@ -454,9 +454,15 @@ impl<'a, R: Registers> Vtd<'a, R> {
         });
         self.global_command(Global::IRT_POINTER, true)?;
         self.submit(&[Descriptor::interrupt_entry_cache(None)])?;
-        // CFI stays clear: compatibility-format interrupts would bypass the
-        // table (§5.1.2.1); QEMU does not model CFI either way.
-        self.global_command(Global::INTERRUPT_REMAPPING, true)
+        self.global_command(Global::INTERRUPT_REMAPPING, true)?;
+        // Compatibility-format interrupts bypass the table (§5.1.2.1): they
+        // are blocked only while GSTS.CFIS is clear, which firmware may have
+        // left set (Linux `iommu_enable_irq_remapping` clears it too). QEMU
+        // does not model CFI: it reports CFIS clear and still lets them pass.
+        if self.status().contains(Global::COMPATIBILITY_FORMAT) {
+            self.global_command(Global::COMPATIBILITY_FORMAT, false)?;
+        }
+        Ok(())
     }
 
     // ---- registers --------------------------------------------------------
@@ -1448,6 +1454,16 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
             address: remappable_msi_address(index),
             data: 0,
         })
+    }
+
+    /// Remapping on and compatibility format blocked (GSTS.IRES set, CFIS
+    /// clear, §5.1.2.1): a device raises only its IRTEs, which verify its
+    /// source-id.
+    fn isolates_msi(&self) -> bool {
+        let status = self.status();
+        self.interrupts.is_some()
+            && status.contains(Global::INTERRUPT_REMAPPING)
+            && !status.contains(Global::COMPATIBILITY_FORMAT)
     }
 
     fn unroute_msi(&mut self, device: DeviceId) {

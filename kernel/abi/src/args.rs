@@ -384,6 +384,10 @@ bitflags! {
         /// Its isolation group holds other functions (a multi-function device
         /// without ACS), and groups are not handed out whole.
         const SHARED_GROUP = 1 << 8;
+        /// It signals MSIs and nothing isolates them (no interrupt
+        /// remapping, a GICv2m doorbell): refused unless the kernel command
+        /// line says `allow_unsafe_interrupts`.
+        const UNSAFE_INTERRUPTS = 1 << 9;
     }
 }
 

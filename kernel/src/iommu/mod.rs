@@ -198,4 +198,8 @@ impl IommuUnit for Shared {
     fn unroute_msi(&mut self, device: DeviceId) {
         self.call((), |unit| unit.unroute_msi(device))
     }
+
+    fn isolates_msi(&self) -> bool {
+        self.call(false, |unit| unit.isolates_msi())
+    }
 }

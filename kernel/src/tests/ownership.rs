@@ -33,6 +33,10 @@ pub static TESTS: &[Test] = &[
         name: "ownership::only_endpoints_a_task_can_own_alone_are_handed_out",
         run: only_endpoints_a_task_can_own_alone_are_handed_out,
     },
+    Test {
+        name: "ownership::msi_devices_are_refused_where_nothing_isolates_their_interrupts",
+        run: msi_devices_are_refused_where_nothing_isolates_their_interrupts,
+    },
 ];
 
 /// The attacks of the `hostile` program (its argument's top byte).
@@ -43,6 +47,7 @@ const CYCLES: u64 = 4;
 const INJECT_FROM_USER: u64 = 5;
 const INJECT_FROM_KERNEL: u64 = 6;
 const OPEN_EVERYTHING: u64 = 7;
+const OPEN_MSI_DEVICE: u64 = 8;
 /// The `hostile` messages the x86 entry path must drop each run: all of
 /// its ten but the spurious vector's (an ordinary interrupt).
 #[cfg(target_arch = "x86_64")]
@@ -210,6 +215,39 @@ fn only_endpoints_a_task_can_own_alone_are_handed_out(_: &Platform) -> TestResul
     ensure!(
         report.output.contains("| REFUSED | BRIDGE)"),
         "no bridge refused: {:?}",
+        report.output
+    );
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// Without the command line's opt-in, an MSI device is handed out only
+/// where its interrupts are isolated (VT-d with remapping and compatibility
+/// format blocked, AMD-Vi): behind SMMUv3 with a GICv2m it is refused, and
+/// `device_list` says why.
+fn msi_devices_are_refused_where_nothing_isolates_their_interrupts(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let baseline = Baseline::now();
+    let mut owners = alloc::vec::Vec::new();
+    let allowed = crate::iommufd_service::allow_unsafe_interrupts(false);
+    let report = run_alone(OPEN_MSI_DEVICE, &mut owners);
+    crate::iommufd_service::allow_unsafe_interrupts(allowed);
+    let Some(report) = report? else {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    };
+    ensure_eq!(
+        report.exit,
+        Exit::Code(0),
+        format!("the opening task: {:?}", report.output)
+    );
+    let expected = if crate::iommufd_service::msis_isolated() {
+        "opened with isolated interrupts"
+    } else {
+        "refused for unisolated interrupts"
+    };
+    ensure!(
+        report.output.contains(expected),
+        "expected {expected:?}: {:?}",
         report.output
     );
     baseline.check(&owners)?;

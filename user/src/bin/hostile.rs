@@ -25,6 +25,10 @@
 //!   (host bridges, the LPC bridge and its AHCI and SMBus siblings, the
 //!   AMD-Vi's own function): each open must fail, and `device_list` must
 //!   call each one refused (exit 40/41), while the edus stay openable.
+//! - OPEN_MSI_DEVICE: opens its edu (it signals MSIs) and reports whether
+//!   the kernel refused it for unisolated interrupts (EPERM, and the
+//!   UNSAFE_INTERRUPTS flag in `device_list`) or handed it out; the kernel
+//!   test knows which the platform must do.
 //!
 //! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
 //! otherwise the number of the failed step.
@@ -48,6 +52,7 @@ const CYCLES: u64 = 4;
 const INJECT_FROM_USER: u64 = 5;
 const INJECT_FROM_KERNEL: u64 = 6;
 const OPEN_EVERYTHING: u64 = 7;
+const OPEN_MSI_DEVICE: u64 = 8;
 const NO_DEVICE: i32 = 77;
 const PAGE: usize = 4096;
 /// What LEAVE_DMA leaves behind.
@@ -76,6 +81,7 @@ fn main() -> i32 {
         INJECT_FROM_USER => inject(address, false),
         INJECT_FROM_KERNEL => inject(address, true),
         OPEN_EVERYTHING => open_everything(),
+        OPEN_MSI_DEVICE => open_msi_device(address),
         _ => {
             println!("hostile: unknown attack {attack}");
             Err(99)
@@ -256,4 +262,33 @@ fn open_everything() -> Result<(), i32> {
     }
     println!("hostile: all {refused} functions that are not edus refused");
     Ok(())
+}
+
+fn open_msi_device(address: PciAddress) -> Result<(), i32> {
+    let mut entries = [DeviceListEntry::default(); 32];
+    let list = STEPS.check(1, "device_list", edu::device_list(&mut entries))?;
+    let flags = list
+        .iter()
+        .find(|entry| entry.pci_address == address.0)
+        .map(|entry| DeviceListFlags::from_bits_retain(entry.flags))
+        .ok_or(2)?;
+    let listed_unsafe =
+        flags.contains(DeviceListFlags::REFUSED | DeviceListFlags::UNSAFE_INTERRUPTS);
+    match Edu::open(address) {
+        Err(Errno::EPERM) if listed_unsafe => {
+            println!("hostile: {address}: refused for unisolated interrupts");
+            Ok(())
+        }
+        Ok(edu) if !listed_unsafe => {
+            println!("hostile: {address}: opened with isolated interrupts");
+            STEPS.check(3, "destroy", destroy(edu.id))
+        }
+        other => {
+            println!(
+                "hostile: {address}: open {:?} but listed {flags:?}",
+                other.map(|edu| edu.id)
+            );
+            Err(50)
+        }
+    }
 }

@@ -5,6 +5,7 @@ use core::ptr::NonNull;
 
 use edu::Edu;
 use os_services::mmio::Mmio;
+use pci::bridge::Topology;
 use pci::{Bar, BarAllocator, Command, ConfigSpace, Function, bar};
 
 use crate::platform::Platform;
@@ -17,17 +18,31 @@ pub struct PciDevice {
 }
 
 static DEVICES: spin::Once<Vec<PciDevice>> = spin::Once::new();
+static TOPOLOGY: spin::Once<Topology> = spin::Once::new();
 
 /// Enumerates PCI and, where no firmware did (aarch64 `virt` ELF boot),
-/// assigns memory BARs from the host bridge's 32-bit window.
+/// numbers the buses behind bridges, assigns memory BARs from the host
+/// bridge's 32-bit window (a fresh 1 MiB-aligned start for every bus, so that
+/// each bridge's window covers exactly its buses) and opens the bridges'
+/// windows. Bridges forward DMA only as bus masters: they all become one.
 pub fn init(platform: &Platform) {
     DEVICES.call_once(|| {
         let config = &platform.pci.ecam;
         let mut allocator = platform.pci.bar_window.map(BarAllocator::new);
+        if allocator.is_some() {
+            pci::bridge::number_buses(config, *config.buses().start());
+        }
+        let functions = pci::enumerate(config, config.buses());
+        let topology = Topology::discover(config, &functions);
         let mut devices = Vec::new();
-        for function in pci::enumerate(config, config.buses()) {
+        let mut last_bus = None;
+        for function in functions {
             let mut bars = bar::probe_all(config, function.bdf);
             if let Some(allocator) = allocator.as_mut() {
+                if last_bus.is_some_and(|bus| bus != function.bdf.bus) {
+                    allocator.align(pci::bridge::WINDOW_GRAIN);
+                }
+                last_bus = Some(function.bdf.bus);
                 for bar in bars
                     .iter_mut()
                     .filter(|bar| matches!(bar, Bar::Memory { .. }))
@@ -44,8 +59,57 @@ pub fn init(platform: &Platform) {
             }
             devices.push(PciDevice { function, bars });
         }
+        for bridge in &topology.bridges {
+            if allocator.is_some() {
+                let window = memory_below(&devices, bridge);
+                pci::bridge::open_memory_window(config, bridge.bdf, window);
+            } else {
+                config.set_command(
+                    bridge.bdf,
+                    config.command(bridge.bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,
+                );
+            }
+        }
+        TOPOLOGY.call_once(|| topology);
         devices
     });
+}
+
+/// The bus-address range the memory BARs below `bridge` took, widened to
+/// the bridges' 1 MiB grain; `None` if there are none.
+fn memory_below(devices: &[PciDevice], bridge: &pci::bridge::Bridge) -> Option<(u64, u64)> {
+    let grain = pci::bridge::WINDOW_GRAIN;
+    devices
+        .iter()
+        .filter(|device| (bridge.secondary..=bridge.subordinate).contains(&device.function.bdf.bus))
+        .flat_map(|device| device.bars.iter())
+        .filter_map(|bar| match *bar {
+            Bar::Memory { address, size, .. } if address != 0 => Some((address, address + size)),
+            _ => None,
+        })
+        .reduce(|(start, end), (a, b)| (start.min(a), end.max(b)))
+        .map(|(start, end)| (start & !(grain - 1), end.next_multiple_of(grain)))
+}
+
+/// The requester id `bdf`'s DMA carries at the root, after every bridge on
+/// its way (`pci::bridge::Topology::dma_alias`): what the IOMMU isolates.
+pub fn dma_alias(bdf: pci::Bdf) -> pci::Bdf {
+    TOPOLOGY
+        .get()
+        .map_or(bdf, |topology| topology.dma_alias(bdf))
+}
+
+/// The (secondary, subordinate) buses of the bridge at requester id
+/// `bridge`, if it is one (what a DMAR sub-hierarchy scope covers).
+#[cfg(target_arch = "x86_64")]
+pub fn buses_below(bridge: u16) -> Option<(u8, u8)> {
+    let bdf = pci::Bdf::from_requester_id(bridge);
+    TOPOLOGY
+        .get()?
+        .bridges
+        .iter()
+        .find(|b| b.bdf == bdf)
+        .map(|b| (b.secondary, b.subordinate))
 }
 
 pub fn all() -> &'static [PciDevice] {

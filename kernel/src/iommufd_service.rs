@@ -126,10 +126,14 @@ struct OpenDevice {
 fn note_device_interrupt() {}
 
 impl State {
-    /// The unit's name for PCI function `bdf`, if the unit translates it.
+    /// The unit's name for the requester id PCI function `bdf`'s DMA
+    /// carries (its own, or a bridge's alias for every function behind it:
+    /// those share one isolation group, claimed by whoever opens the first),
+    /// if the unit translates it.
     fn requester(&self, bdf: pci::Bdf) -> Option<iommu::DeviceId> {
+        let alias = crate::devices::dma_alias(bdf);
         self.device_id
-            .and_then(|id| id(crate::platform::get(), bdf))
+            .and_then(|id| id(crate::platform::get(), alias))
     }
 
     /// Why no task may own `device`, if so.

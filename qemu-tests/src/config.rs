@@ -162,6 +162,24 @@ pub const CONFIGS: &[Config] = &[
         kernel_args: &[],
     },
     Config {
+        name: "vtd-bridge",
+        arch: Arch::X86_64,
+        machine: &[
+            "-machine",
+            "q35",
+            "-device",
+            "intel-iommu,intremap=on",
+            "-device",
+            "pcie-pci-bridge,id=br0,bus=pcie.0,addr=06.0",
+            "-device",
+            "edu,bus=br0,addr=01.0,dma_mask=0xffffffffffffffff",
+            "-device",
+            "edu,bus=br0,addr=02.0,dma_mask=0xffffffffffffffff",
+        ],
+        about: "Intel VT-d, legacy mode, two more edus behind a PCIe-to-PCI bridge (one group)",
+        kernel_args: &[],
+    },
+    Config {
         // amd-iommu has no `addr` property in QEMU 10.0.2; with -nodefaults and the
         // edu devices pinned, its PCI function always lands at 00:01.0.
         name: "amdvi",
@@ -211,6 +229,26 @@ pub const CONFIGS: &[Config] = &[
         about: "ARM SMMUv3, both stages (nesting)",
         kernel_args: &["allow_unsafe_interrupts"],
     },
+    Config {
+        name: "smmuv3-bridge",
+        arch: Arch::Aarch64,
+        machine: &[
+            "-machine",
+            "virt-9.1,iommu=smmuv3,gic-version=2",
+            "-global",
+            "arm-smmuv3.stage=1",
+            "-device",
+            "pcie-root-port,id=rp0,bus=pcie.0,addr=03.0,chassis=1",
+            "-device",
+            "pcie-pci-bridge,id=br0,bus=rp0",
+            "-device",
+            "edu,bus=br0,addr=01.0,dma_mask=0xffffffffffffffff",
+            "-device",
+            "edu,bus=br0,addr=02.0,dma_mask=0xffffffffffffffff",
+        ],
+        about: "ARM SMMUv3, stage 1, two more edus behind a root port and a PCIe-to-PCI bridge (one group)",
+        kernel_args: &["allow_unsafe_interrupts"],
+    },
 ];
 
 /// The fewest tests each configuration must pass, so that a configuration that
@@ -222,6 +260,8 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-cm", 66),
     ("vtd-sm", 64),
     ("vtd-fs", 64),
+    ("vtd-bridge", 67),
+    ("smmuv3-bridge", 61),
     ("amdvi", 66),
     ("none-arm", 28),
     ("smmuv3", 60),

@@ -27,11 +27,13 @@ boot_tests! {
     vtd_cm => "vtd-cm",
     vtd_sm => "vtd-sm",
     vtd_fs => "vtd-fs",
+    vtd_bridge => "vtd-bridge",
     amdvi => "amdvi",
     none_arm => "none-arm",
     smmuv3 => "smmuv3",
     smmuv3_s2 => "smmuv3-s2",
     smmuv3_nested => "smmuv3-nested",
+    smmuv3_bridge => "smmuv3-bridge",
 }
 
 fn boot_and_check(name: &str) {

@@ -5,6 +5,9 @@ use crate::{Bdf, Command, ConfigSpace, offsets};
 
 /// Number of BARs in a type-0 header.
 pub const BAR_COUNT: u8 = 6;
+/// Number of BARs in a type-1 (bridge) header: the rest of its header holds
+/// bus numbers and forwarding windows (PCI-to-PCI Bridge 1.2 §3.2).
+pub const BRIDGE_BAR_COUNT: u8 = 2;
 
 const BAR_IO_SPACE: u32 = 1 << 0;
 const BAR_MEM_TYPE_MASK: u32 = 0b11 << 1;
@@ -127,8 +130,15 @@ pub fn probe(config: &dyn ConfigSpace, bdf: Bdf, index: u8) -> Result<Bar, BarEr
 /// Decodes every implemented BAR of a type-0 function (64-bit BARs take two slots).
 pub fn probe_all(config: &dyn ConfigSpace, bdf: Bdf) -> alloc::vec::Vec<Bar> {
     let mut bars = alloc::vec::Vec::new();
+    let header = crate::HeaderType::from_raw(config.read8(bdf, offsets::HEADER_TYPE));
+    let count = match header.layout {
+        crate::HeaderType::ENDPOINT => BAR_COUNT,
+        crate::HeaderType::PCI_BRIDGE => BRIDGE_BAR_COUNT,
+        // A CardBus bridge's "BAR" area is its socket registers: none to size.
+        _ => 0,
+    };
     let mut index = 0;
-    while index < BAR_COUNT {
+    while index < count {
         match probe(config, bdf, index) {
             Ok(bar) => {
                 index += if matches!(bar, Bar::Memory { is_64bit: true, .. }) {
@@ -168,6 +178,18 @@ impl BarAllocator {
             window,
             next: window.pci_base,
         }
+    }
+
+    /// Moves the next address up to a multiple of `alignment` (a power of
+    /// two), so that what follows can sit in a window of its own (bridge
+    /// memory windows have a 1 MiB grain).
+    pub fn align(&mut self, alignment: u64) {
+        self.next = self.next.next_multiple_of(alignment);
+    }
+
+    /// The bus address the next assignment starts from (before alignment).
+    pub fn next_address(&self) -> u64 {
+        self.next
     }
 
     /// Gives memory BAR `bar` an address in the window and writes it; returns

@@ -13,6 +13,7 @@ mod config;
 mod ecam;
 
 pub mod bar;
+pub mod bridge;
 
 pub use bar::{Bar, BarAllocator, BarError, MemoryWindow};
 pub use capability::{Capabilities, CapabilityId, Msi};

@@ -51,6 +51,21 @@ impl ModelFunction {
         self
     }
 
+    /// A PCI-to-PCI bridge (type-1 header, class 0604h); its bus numbers
+    /// start at zero, as after reset.
+    pub fn bridge(vendor: u16, device: u16) -> Self {
+        let mut function = ModelFunction::new(vendor, device, 0x060400);
+        function.space[offsets::HEADER_TYPE as usize] = 0x01;
+        function
+    }
+
+    /// A PCI Express capability at 0x40 with device/port type `port_type`.
+    pub fn with_pcie_port_type(mut self, port_type: u8) -> Self {
+        self = self.with_capabilities(&[(0x40, 0x10, 0)]);
+        self.space[0x42] = 0x02 | (port_type << 4);
+        self
+    }
+
     pub fn with_multi_function(mut self) -> Self {
         self.space[offsets::HEADER_TYPE as usize] |= 0x80;
         self
@@ -105,7 +120,12 @@ impl ConfigSpace for Model {
             return;
         };
         let offset = offset as usize;
-        if (0x10..0x28).contains(&offset) {
+        let bars_end = if function.space[offsets::HEADER_TYPE as usize] & 0x7F == 1 {
+            0x18
+        } else {
+            0x28
+        };
+        if (0x10..bars_end).contains(&offset) {
             let (writable, read_only) = function.bars[(offset - 0x10) / 4].unwrap_or((0, 0));
             function.set32(offset, (value & writable) | read_only);
         } else if offset + 4 <= function.space.len() {

@@ -17,6 +17,12 @@ pub struct UnitDescription {
     pub include_all: bool,
     /// Requester ids of the endpoints the scope lists (single-hop paths).
     pub devices: Vec<u16>,
+    /// Requester ids of the bridges whose sub-hierarchy the scope lists
+    /// (§8.3.1 scope type 02h): the bridge and every bus below it.
+    pub bridges: Vec<u16>,
+    /// The (secondary, subordinate) buses of those bridges, which only the
+    /// PCI topology knows ([`UnitDescription::resolve_bridges`]).
+    pub bridge_buses: Vec<(u8, u8)>,
     /// RMRRs (§8.4) for devices of this unit: identity-mapped for them and
     /// reported as reserved regions.
     pub reserved: Vec<DirectRegion>,
@@ -50,9 +56,13 @@ fn requester(bus: u8, device: u8, function: u8) -> u16 {
 }
 
 fn endpoint_requesters(scopes: &[DeviceScope]) -> Result<Vec<u16>, DmarError> {
+    scope_requesters(scopes, DeviceScopeType::PciEndpoint)
+}
+
+fn scope_requesters(scopes: &[DeviceScope], kind: DeviceScopeType) -> Result<Vec<u16>, DmarError> {
     scopes
         .iter()
-        .filter(|scope| scope.scope_type == DeviceScopeType::PciEndpoint)
+        .filter(|scope| scope.scope_type == kind)
         .map(|scope| {
             scope
                 .bdf()
@@ -107,6 +117,8 @@ pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
             register_size: drhd.register_size(),
             include_all: drhd.include_pci_all(),
             devices: endpoint_requesters(&drhd.scopes)?,
+            bridges: scope_requesters(&drhd.scopes, DeviceScopeType::PciSubHierarchy)?,
+            bridge_buses: Vec::new(),
             reserved: Vec::new(),
         });
     }
@@ -126,7 +138,7 @@ pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
 pub fn unit_for(units: &[UnitDescription], segment: u16, requester: u16) -> Option<usize> {
     units
         .iter()
-        .position(|unit| unit.segment == segment && unit.devices.contains(&requester))
+        .position(|unit| unit.segment == segment && unit.lists(requester))
         .or_else(|| {
             units
                 .iter()
@@ -137,7 +149,29 @@ pub fn unit_for(units: &[UnitDescription], segment: u16, requester: u16) -> Opti
 impl UnitDescription {
     /// Whether this unit translates `requester` (listed, or covered by INCLUDE_PCI_ALL).
     pub fn covers(&self, requester: u16) -> bool {
-        self.include_all || self.devices.contains(&requester)
+        self.include_all || self.lists(requester)
+    }
+
+    /// Whether the unit's device scope names `requester`: as an endpoint, as
+    /// a listed bridge, or on a bus below a listed bridge.
+    pub fn lists(&self, requester: u16) -> bool {
+        let bus = (requester >> 8) as u8;
+        self.devices.contains(&requester)
+            || self.bridges.contains(&requester)
+            || self
+                .bridge_buses
+                .iter()
+                .any(|&(secondary, subordinate)| (secondary..=subordinate).contains(&bus))
+    }
+
+    /// Fills in the buses below the listed bridges: `buses_below` gives a
+    /// bridge's (secondary, subordinate) bus numbers from the PCI topology.
+    pub fn resolve_bridges(&mut self, buses_below: impl Fn(u16) -> Option<(u8, u8)>) {
+        self.bridge_buses = self
+            .bridges
+            .iter()
+            .filter_map(|&bridge| buses_below(bridge))
+            .collect();
     }
 }
 
@@ -189,6 +223,36 @@ mod tests {
             register_base: base,
             scopes,
         }
+    }
+
+    fn bridge_scope(bus: u8, device: u8, function: u8) -> DeviceScope {
+        DeviceScope {
+            scope_type: DeviceScopeType::PciSubHierarchy,
+            ..endpoint(bus, device, function)
+        }
+    }
+
+    #[test]
+    fn a_bridge_scope_covers_the_bridge_and_the_buses_below_it() {
+        let table = dmar(
+            vec![drhd(
+                0xFED9_0000,
+                0,
+                vec![endpoint(0, 4, 0), bridge_scope(0, 6, 0)],
+            )],
+            vec![],
+        );
+        let mut units = units(&table).unwrap();
+        assert_eq!(units[0].bridges, vec![0x30]);
+        // Unresolved, the scope covers only the bridge itself.
+        assert_eq!(unit_for(&units, 0, 0x0100), None);
+        assert_eq!(unit_for(&units, 0, 0x30), Some(0));
+        // 00:06.0 forwards buses 1-2.
+        units[0].resolve_bridges(|bridge| (bridge == 0x30).then_some((1, 2)));
+        assert_eq!(unit_for(&units, 0, 0x0100), Some(0));
+        assert_eq!(unit_for(&units, 0, 0x0208), Some(0));
+        assert!(units[0].covers(0x0100));
+        assert_eq!(unit_for(&units, 0, 0x0300), None);
     }
 
     #[test]

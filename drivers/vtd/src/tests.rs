@@ -395,6 +395,8 @@ fn description() -> UnitDescription {
         register_size: 4096,
         include_all: false,
         devices: vec![EDU_A, EDU_B],
+        bridges: vec![],
+        bridge_buses: vec![],
         reserved: vec![],
     }
 }

@@ -69,7 +69,15 @@ pub fn descriptions(platform: &Platform) -> Result<alloc::vec::Vec<UnitDescripti
     let Firmware::Acpi(acpi) = &platform.firmware;
     match &acpi.dmar {
         None => Ok(alloc::vec::Vec::new()),
-        Some(dmar) => discovery::units(dmar).map_err(|err| format!("DMAR: {err:?}")),
+        Some(dmar) => {
+            let mut units = discovery::units(dmar).map_err(|err| format!("DMAR: {err:?}"))?;
+            // Sub-hierarchy scopes name bridges; the buses below them come
+            // from the PCI topology.
+            for unit in &mut units {
+                unit.resolve_bridges(crate::devices::buses_below);
+            }
+            Ok(units)
+        }
     }
 }
 

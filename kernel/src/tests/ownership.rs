@@ -37,6 +37,10 @@ pub static TESTS: &[Test] = &[
         name: "ownership::msi_devices_are_refused_where_nothing_isolates_their_interrupts",
         run: msi_devices_are_refused_where_nothing_isolates_their_interrupts,
     },
+    Test {
+        name: "ownership::functions_behind_one_pci_bridge_are_one_group",
+        run: functions_behind_one_pci_bridge_are_one_group,
+    },
 ];
 
 /// The attacks of the `hostile` program (its argument's top byte).
@@ -48,6 +52,9 @@ const INJECT_FROM_USER: u64 = 5;
 const INJECT_FROM_KERNEL: u64 = 6;
 const OPEN_EVERYTHING: u64 = 7;
 const OPEN_MSI_DEVICE: u64 = 8;
+const GROUP_HOLDER: u64 = 9;
+const GROUP_CONTENDER: u64 = 10;
+const GROUP_HEIR: u64 = 11;
 /// The `hostile` messages the x86 entry path must drop each run: all of
 /// its ten but the spurious vector's (an ordinary interrupt).
 #[cfg(target_arch = "x86_64")]
@@ -56,7 +63,12 @@ const MESSAGES_DROPPED_PER_RUN: usize = 9;
 const NO_DEVICE: i32 = 77;
 
 fn spawn(attack: u64) -> Result<Task, String> {
-    super::spawn_program("hostile", attack << 56)
+    spawn_on(attack, 0)
+}
+
+/// `hostile` with `attack` on the `index`-th translated edu.
+fn spawn_on(attack: u64, index: u64) -> Result<Task, String> {
+    super::spawn_program("hostile", attack << 56 | index << 48)
 }
 
 /// Runs one `hostile` task alone to its end; `None` where no IOMMU
@@ -251,5 +263,74 @@ fn msi_devices_are_refused_where_nothing_isolates_their_interrupts(_: &Platform)
         report.output
     );
     baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// Two edus behind one PCIe-to-PCI bridge carry the bridge's requester id
+/// (secondary bus, 00.0): one isolation group. Whoever opens one holds both;
+/// DMA works through the alias the unit programs; another task is refused
+/// either function (EBUSY) while the group is held; after release the group
+/// goes to the next owner, and once that one is gone, too, the function's
+/// DMA is blocked (not bypass).
+fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let behind: alloc::vec::Vec<_> = crate::devices::edus()
+        .filter(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
+        .collect();
+    if behind.len() < 2 {
+        return Ok(Outcome::NotApplicable(
+            "needs two edus behind a PCIe-to-PCI bridge",
+        ));
+    }
+    let baseline = Baseline::now();
+    // The translated edus are listed in BDF order: bus 0 first.
+    let first = (crate::devices::edus().count() - behind.len()) as u64;
+    let holder = spawn_on(GROUP_HOLDER, first)?;
+    let contender = spawn_on(GROUP_CONTENDER, first + 1)?;
+    let mut owners = alloc::vec![holder.owner, contender.owner];
+    let run = super::run_captured(alloc::vec![holder, contender]);
+    let (holder, contender) = (&run.reports[0], &run.reports[1]);
+    if holder.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates the edus here"));
+    }
+    ensure_eq!(
+        holder.exit,
+        Exit::Code(0),
+        format!("holder: {:?}", holder.output)
+    );
+    ensure_eq!(
+        contender.exit,
+        Exit::Code(0),
+        format!("contender: {:?}", contender.output)
+    );
+    let heir = spawn_on(GROUP_HEIR, first + 1)?;
+    owners.push(heir.owner);
+    let run = super::run_captured(alloc::vec![heir]);
+    ensure_eq!(
+        run.reports[0].exit,
+        Exit::Code(0),
+        format!("heir: {:?}", run.reports[0].output)
+    );
+    baseline.check(&owners)?;
+    // Released: the group's function is blocked, not in bypass. Its DMA to a
+    // kernel page (IOVA = the page's physical address) changes nothing.
+    let page = crate::memory::frames::alloc().ok_or("no frame")?;
+    let result = (|| -> Result<(), String> {
+        // SAFETY: a fresh frame owned by this test, identity-mapped.
+        unsafe { core::ptr::write_bytes(page.as_mut_ptr(), 0x3C, 4096) };
+        let edu = crate::devices::open_edu(platform, behind[1])
+            .map_err(|err| format!("open edu: {err:?}"))?;
+        edu.dma(edu::Direction::ToRam, page.phys, 0, 4096)
+            .map_err(|err| format!("edu DMA: {err:?}"))?;
+        // SAFETY: as above; the device may have written it.
+        let bytes = unsafe { core::slice::from_raw_parts(page.as_mut_ptr(), 4096) };
+        ensure!(
+            bytes.iter().all(|&b| b == 0x3C),
+            "the released group's function wrote kernel memory"
+        );
+        Ok(())
+    })();
+    crate::memory::frames::free(page);
+    result?;
     Ok(Outcome::Passed)
 }

@@ -95,9 +95,12 @@ pub(crate) fn not_here(platform: &Platform) -> Option<Outcome> {
         .then_some(Outcome::NotApplicable("no SMMUv3 in this machine"))
 }
 
-/// The two edu devices with their StreamIDs.
+/// The two edu devices on bus 0 with their StreamIDs (the driver tests
+/// leave the bridge configuration's edus behind a bridge to the group tests:
+/// their alias StreamID does not fit the 8-bit linear table tested here).
 pub(crate) fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>, String> {
     let list: Vec<_> = crate::devices::edus()
+        .filter(|device| device.function.bdf.bus == 0)
         .map(|device| {
             glue::stream_id(platform, device.function.bdf)
                 .map(|sid| (device, sid))

@@ -917,7 +917,8 @@ fn map_and_unmap_costs(platform: &Platform) -> TestResult {
 /// The kernel names a PCI function for the unit (so tasks can attach it) only
 /// when the DMAR's device scopes put it behind that unit. The expectation comes
 /// from the firmware crate's own scope lookup, not the driver's: QEMU lists
-/// every bus-0 function it creates (both edus), and nothing at 00:06.0.
+/// every bus-0 function it creates (both edus; a bridge as a sub-hierarchy,
+/// which covers the buses below it), and nothing at 00:07.0.
 fn only_functions_behind_the_unit_are_named_for_it(platform: &Platform) -> TestResult {
     let crate::platform::Firmware::Acpi(acpi) = &platform.firmware;
     let Some(dmar) = &acpi.dmar else {
@@ -926,19 +927,31 @@ fn only_functions_behind_the_unit_are_named_for_it(platform: &Platform) -> TestR
     let Some(first) = dmar.drhds.first() else {
         return Ok(Outcome::NotApplicable("no DRHD in the DMAR"));
     };
-    let absent = pci::Bdf::new(0, 6, 0);
+    let absent = pci::Bdf::new(0, 7, 0);
     let functions = devices::all().iter().map(|device| device.function.bdf);
+    // The buses below the first unit's sub-hierarchy (bridge) scopes.
+    let bridged = |bus: u8| {
+        first.scopes.iter().any(|scope| {
+            scope.scope_type == firmware::acpi::dmar::DeviceScopeType::PciSubHierarchy
+                && scope.bdf().is_some_and(|(b, d, f)| {
+                    devices::buses_below(pci::Bdf::new(b, d, f).requester_id()).is_some_and(
+                        |(secondary, subordinate)| (secondary..=subordinate).contains(&bus),
+                    )
+                })
+        })
+    };
     for bdf in functions.chain([absent]) {
         let behind_first = dmar
             .drhd_for(0, bdf.bus, bdf.device, bdf.function)
-            .is_some_and(|drhd| drhd.register_base == first.register_base);
+            .is_some_and(|drhd| drhd.register_base == first.register_base)
+            || bridged(bdf.bus);
         let named = crate::iommu::vtd::device_id(platform, bdf);
         let expected = behind_first.then_some(DeviceId(u32::from(bdf.requester_id())));
         ensure_eq!(named, expected, format!("name of {bdf:?}"));
     }
     ensure!(
         crate::iommu::vtd::device_id(platform, absent).is_none(),
-        "00:06.0 is outside every device scope"
+        "00:07.0 is outside every device scope"
     );
     for edu in devices::edus() {
         ensure!(

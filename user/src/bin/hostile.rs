@@ -29,6 +29,12 @@
 //!   the kernel refused it for unisolated interrupts (EPERM, and the
 //!   UNSAFE_INTERRUPTS flag in `device_list`) or handed it out; the kernel
 //!   test knows which the platform must do.
+//! - GROUP_HOLDER / GROUP_CONTENDER / GROUP_HEIR (the bridge
+//!   configurations: two edus behind one PCIe-to-PCI bridge share its
+//!   requester id, so they are one isolation group): the holder opens the
+//!   first and DMAs through the alias; the contender, running while the
+//!   holder waits for its DMA, must find both functions taken (EBUSY, exit
+//!   60/61); after both, the heir opens the second and DMAs through the alias.
 //!
 //! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
 //! otherwise the number of the failed step.
@@ -53,6 +59,10 @@ const INJECT_FROM_USER: u64 = 5;
 const INJECT_FROM_KERNEL: u64 = 6;
 const OPEN_EVERYTHING: u64 = 7;
 const OPEN_MSI_DEVICE: u64 = 8;
+const GROUP_HOLDER: u64 = 9;
+const GROUP_CONTENDER: u64 = 10;
+const GROUP_HEIR: u64 = 11;
+const PATTERN: u8 = 0xA7;
 const NO_DEVICE: i32 = 77;
 const PAGE: usize = 4096;
 /// What LEAVE_DMA leaves behind.
@@ -82,6 +92,8 @@ fn main() -> i32 {
         INJECT_FROM_KERNEL => inject(address, true),
         OPEN_EVERYTHING => open_everything(),
         OPEN_MSI_DEVICE => open_msi_device(address),
+        GROUP_HOLDER | GROUP_HEIR => round_trip(address),
+        GROUP_CONTENDER => contend(address, index),
         _ => {
             println!("hostile: unknown attack {attack}");
             Err(99)
@@ -291,4 +303,37 @@ fn open_msi_device(address: PciAddress) -> Result<(), i32> {
             Err(50)
         }
     }
+}
+
+/// Opens the edu at `address` and moves a page through it both ways.
+fn round_trip(address: PciAddress) -> Result<(), i32> {
+    let (edu, va) = attached(address, 1)?;
+    page(va).fill(PATTERN);
+    STEPS.check(6, "DMA to the device", edu.dma(IOVA, false))?;
+    page(va).fill(0);
+    STEPS.check(7, "DMA back", edu.dma(IOVA, true))?;
+    if !all_bytes_are(page(va), PATTERN) {
+        println!("hostile: the round trip through {address} lost data");
+        return Err(8);
+    }
+    println!("hostile: {address}: DMA through its group's requester id works");
+    Ok(())
+}
+
+/// Tries the edu at `address` and the one before it in the list (the other
+/// function of the same group): both must be taken.
+fn contend(address: PciAddress, index: usize) -> Result<(), i32> {
+    let Ok(Some(sibling)) = edu::find_translated(index - 1) else {
+        return Err(62);
+    };
+    for (number, function) in [(60, address), (61, sibling)] {
+        match Edu::open(function) {
+            Err(Errno::EBUSY) => println!("hostile: {function}: EBUSY, its group is held"),
+            other => {
+                println!("hostile: {function}: {:?}", other.map(|edu| edu.id));
+                return Err(number);
+            }
+        }
+    }
+    Ok(())
 }

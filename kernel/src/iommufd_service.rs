@@ -146,7 +146,8 @@ impl State {
                 .any(|region| region.kind == iommu::ReservedKind::Direct)
         });
         let msi = pci::Msi::find(&crate::platform::get().pci.ecam, device.function.bdf).is_some();
-        let isolated = unit.is_some_and(|unit| unit.isolates_msi());
+        let isolated =
+            unit.is_some_and(|unit| unit.isolates_msi()) || crate::irq::controller_isolates_msi();
         let facts = device_policy::Facts {
             translated: requester.is_some(),
             firmware_dma,
@@ -247,15 +248,17 @@ pub fn allow_unsafe_interrupts(allowed: bool) -> bool {
     UNSAFE_INTERRUPTS_ALLOWED.swap(allowed, core::sync::atomic::Ordering::SeqCst)
 }
 
-/// Whether the platform's unit isolates device MSIs (once the core exists).
+/// Whether device MSIs are isolated: by the platform's unit (interrupt
+/// remapping, once the core exists) or by the interrupt controller (an ITS).
 pub fn msis_isolated() -> bool {
-    CORE.lock().as_ref().is_some_and(|state| {
-        state
-            .core
-            .units()
-            .first()
-            .is_some_and(|unit| unit.isolates_msi())
-    })
+    crate::irq::controller_isolates_msi()
+        || CORE.lock().as_ref().is_some_and(|state| {
+            state
+                .core
+                .units()
+                .first()
+                .is_some_and(|unit| unit.isolates_msi())
+        })
 }
 
 /// The fault-interrupt count at the last drain.
@@ -564,8 +567,9 @@ fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(),
     let Some(msi) = pci::Msi::find(config, bdf) else {
         return Ok(());
     };
+    let alias = crate::devices::dma_alias(bdf).requester_id();
     let (irq, message) =
-        crate::irq::alloc_device_msi(note_device_interrupt).ok_or(Errno::ENOSPC)?;
+        crate::irq::alloc_device_msi(note_device_interrupt, alias).ok_or(Errno::ENOSPC)?;
     let routed = state
         .core
         .unit_mut(iommu::UnitId(0))

@@ -201,33 +201,31 @@ pub const CONFIGS: &[Config] = &[
         arch: Arch::Aarch64,
         machine: &[
             "-machine",
-            "virt-9.1,iommu=smmuv3,gic-version=2",
+            "virt-9.1,iommu=smmuv3,gic-version=3",
             "-global",
             "arm-smmuv3.stage=1",
         ],
         about: "ARM SMMUv3, stage 1 only",
-        // No unit or ITS isolates MSIs behind a GICv2m: the tasks' edus
-        // signal through its doorbell only with the opt-in.
-        kernel_args: &["allow_unsafe_interrupts"],
+        kernel_args: &[],
     },
     Config {
         name: "smmuv3-s2",
         arch: Arch::Aarch64,
         machine: &[
             "-machine",
-            "virt-9.1,iommu=smmuv3,gic-version=2",
+            "virt-9.1,iommu=smmuv3,gic-version=3",
             "-global",
             "arm-smmuv3.stage=2",
         ],
         about: "ARM SMMUv3, stage 2 only",
-        kernel_args: &["allow_unsafe_interrupts"],
+        kernel_args: &[],
     },
     Config {
         name: "smmuv3-nested",
         arch: Arch::Aarch64,
-        machine: &["-machine", "virt,iommu=smmuv3,gic-version=2"],
+        machine: &["-machine", "virt,iommu=smmuv3,gic-version=3"],
         about: "ARM SMMUv3, both stages (nesting)",
-        kernel_args: &["allow_unsafe_interrupts"],
+        kernel_args: &[],
     },
     Config {
         name: "smmuv3-bridge",
@@ -247,6 +245,8 @@ pub const CONFIGS: &[Config] = &[
             "edu,bus=br0,addr=02.0,dma_mask=0xffffffffffffffff",
         ],
         about: "ARM SMMUv3, stage 1, two more edus behind a root port and a PCIe-to-PCI bridge (one group)",
+        // The GICv2m configuration: no unit or ITS isolates MSIs behind a
+        // GICv2m frame, so the tasks' edus signal only with the opt-in.
         kernel_args: &["allow_unsafe_interrupts"],
     },
 ];
@@ -262,11 +262,11 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-fs", 64),
     ("vtd-bridge", 67),
     ("smmuv3-bridge", 61),
-    ("amdvi", 66),
+    ("amdvi", 67),
     ("none-arm", 28),
-    ("smmuv3", 60),
-    ("smmuv3-s2", 60),
-    ("smmuv3-nested", 62),
+    ("smmuv3", 61),
+    ("smmuv3-s2", 61),
+    ("smmuv3-nested", 63),
 ];
 
 /// The configuration called `name`.
@@ -387,7 +387,7 @@ mod tests {
             args[..4],
             [
                 "-machine",
-                "virt-9.1,iommu=smmuv3,gic-version=2",
+                "virt-9.1,iommu=smmuv3,gic-version=3",
                 "-global",
                 "arm-smmuv3.stage=2"
             ]

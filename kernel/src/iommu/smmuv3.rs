@@ -27,8 +27,11 @@ unsafe impl Send for Shared {}
 
 static UNIT: spin::Mutex<Option<Shared>> = spin::Mutex::new(None);
 
-/// The GICv2m frame's doorbell page (GICv2m MSI_SETSPI_NS at offset 0x40).
+/// The doorbell page: GICv2m MSI_SETSPI_NS at offset 0x40 of the frame, or
+/// the ITS's GITS_TRANSLATER.
 const MSI_FRAME_PAGE: u64 = 0x1000;
+/// GITS_TRANSLATER's offset from the ITS base (IHI 0069H §12.19).
+const ITS_TRANSLATER: u64 = 0x1_0040;
 
 /// The first SMMUv3 the device tree describes.
 pub fn description(platform: &Platform) -> Option<&SmmuV3> {
@@ -45,16 +48,18 @@ pub fn stream_id(platform: &Platform, bdf: pci::Bdf) -> Option<u32> {
     (smmu.phandle == Some(phandle)).then_some(sid)
 }
 
-/// The MSI doorbell page PCI devices write to: the GICv2m frame (or the ITS
-/// translation page on GICv3). MSI writes go through the SMMU.
+/// The MSI doorbell page PCI devices write to: the GICv2m frame, or the ITS
+/// page holding GITS_TRANSLATER (its second 64 KiB frame) on GICv3. MSI
+/// writes go through the SMMU, so every domain of a signalling device maps it.
 pub fn msi_doorbell(platform: &Platform) -> Option<IovaRange> {
     let Firmware::DeviceTree(tree) = &platform.firmware;
     let gic = tree.gic.as_ref()?;
-    let frame = gic.v2m_frames.first().or(gic.its.first())?;
-    IovaRange::from_len(
-        frame.base,
-        MSI_FRAME_PAGE.min(frame.size.max(MSI_FRAME_PAGE)),
-    )
+    let page = match (gic.v2m_frames.first(), gic.its.first()) {
+        (Some(frame), _) => frame.base,
+        (None, Some(its)) => its.base + (ITS_TRANSLATER & !(MSI_FRAME_PAGE - 1)),
+        (None, None) => return None,
+    };
+    IovaRange::from_len(page, MSI_FRAME_PAGE)
 }
 
 /// Brings the SMMU up (again) with a fresh stream table of `format`; any

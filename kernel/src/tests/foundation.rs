@@ -285,7 +285,8 @@ fn edu_refuses_transfers_larger_than_its_buffer(platform: &Platform) -> TestResu
 fn note_interrupt() {}
 
 /// An MSI from an edu device reaches the kernel's handler (no IOMMU in the
-/// interrupt path yet: compatibility format on x86, GICv2m on aarch64).
+/// interrupt path yet: compatibility format on x86, GICv2m or the ITS on
+/// aarch64).
 fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
     let device = crate::devices::edus().next().ok_or("no edu")?;
     let edu = crate::devices::open_edu(platform, device).map_err(|err| alloc::format!("{err}"))?;
@@ -299,12 +300,14 @@ fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
     };
     #[cfg(target_arch = "aarch64")]
     let (irq, (address, data)) = {
-        let Some((doorbell, data, intid)) = crate::irq::alloc_msi(note_interrupt) else {
+        let Some((intid, message)) =
+            crate::irq::alloc_device_msi(note_interrupt, device.function.bdf.requester_id())
+        else {
             return Ok(Outcome::NotApplicable(
-                "no GICv2m MSI frame (the kernel drives MSIs through GICv2m)",
+                "no GICv2m MSI frame or ITS to signal through",
             ));
         };
-        (intid, (doorbell, data))
+        (intid, (message.address, message.data))
     };
 
     let seen = crate::irq::count(irq);

@@ -41,6 +41,10 @@ pub static TESTS: &[Test] = &[
         name: "ownership::functions_behind_one_pci_bridge_are_one_group",
         run: functions_behind_one_pci_bridge_are_one_group,
     },
+    Test {
+        name: "ownership::a_device_cannot_raise_another_tasks_interrupt",
+        run: a_device_cannot_raise_another_tasks_interrupt,
+    },
 ];
 
 /// The attacks of the `hostile` program (its argument's top byte).
@@ -55,6 +59,8 @@ const OPEN_MSI_DEVICE: u64 = 8;
 const GROUP_HOLDER: u64 = 9;
 const GROUP_CONTENDER: u64 = 10;
 const GROUP_HEIR: u64 = 11;
+const IRQ_VICTIM: u64 = 12;
+const IRQ_SPOOFER: u64 = 13;
 /// The `hostile` messages the x86 entry path must drop each run: all of
 /// its ten but the spurious vector's (an ordinary interrupt).
 #[cfg(target_arch = "x86_64")]
@@ -332,5 +338,52 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
     })();
     crate::memory::frames::free(page);
     result?;
+    Ok(Outcome::Passed)
+}
+
+/// A task's device writes interrupt messages aimed at another task's
+/// interrupt (the likely vector, GICv2m SPI or ITS EventID): where the
+/// platform isolates MSIs (AMD-Vi remapping; a GICv3 ITS, which translates
+/// by the writer's DeviceID), the other task's wait times out.
+fn a_device_cannot_raise_another_tasks_interrupt(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    if crate::devices::edus().count() < 2 {
+        return Ok(Outcome::NotApplicable("needs two edu devices"));
+    }
+    if !crate::iommufd_service::msis_isolated() {
+        return Ok(Outcome::NotApplicable(
+            "MSIs are not isolated here (allow_unsafe_interrupts)",
+        ));
+    }
+    if matches!(
+        crate::iommufd_service::unit_hw_info(),
+        Some(iommu::HwInfo::IntelVtd { .. })
+    ) {
+        // On hardware GSTS.CFIS = 0 blocks compatibility-format messages;
+        // QEMU 10.0.2's VT-d reports it and still delivers them.
+        return Ok(Outcome::NotApplicable(
+            "QEMU's VT-d delivers compatibility-format MSIs despite CFIS = 0",
+        ));
+    }
+    let baseline = Baseline::now();
+    let victim = spawn_on(IRQ_VICTIM, 0)?;
+    let spoofer = spawn_on(IRQ_SPOOFER, 1)?;
+    let owners = [victim.owner, spoofer.owner];
+    let run = super::run_captured(alloc::vec![victim, spoofer]);
+    let (victim, spoofer) = (&run.reports[0], &run.reports[1]);
+    if victim.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
+    }
+    ensure_eq!(
+        spoofer.exit,
+        Exit::Code(0),
+        format!("spoofer: {:?}", spoofer.output)
+    );
+    ensure_eq!(
+        victim.exit,
+        Exit::Code(0),
+        format!("victim: {:?}; spoofer: {:?}", victim.output, spoofer.output)
+    );
+    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }

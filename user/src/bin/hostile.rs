@@ -35,6 +35,12 @@
 //!   first and DMAs through the alias; the contender, running while the
 //!   holder waits for its DMA, must find both functions taken (EBUSY, exit
 //!   60/61); after both, the heir opens the second and DMAs through the alias.
+//! - IRQ_VICTIM / IRQ_SPOOFER: the victim opens its edu and waits for its
+//!   interrupt without ever starting its device; the spoofer aims its own edu
+//!   at the interrupt doorbells with the numbers the victim's interrupt is
+//!   likely to have (x86: the first vectors the kernel hands out; aarch64:
+//!   the first GICv2m SPIs, and the first ITS EventIDs). Where interrupts
+//!   are isolated, the victim's wait must time out (exit 70 if it did not).
 //!
 //! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
 //! otherwise the number of the failed step.
@@ -63,6 +69,10 @@ const GROUP_HOLDER: u64 = 9;
 const GROUP_CONTENDER: u64 = 10;
 const GROUP_HEIR: u64 = 11;
 const PATTERN: u8 = 0xA7;
+const IRQ_VICTIM: u64 = 12;
+const IRQ_SPOOFER: u64 = 13;
+/// Longer than the spoofer needs for all its messages.
+const VICTIM_WAIT_NS: u64 = 3_000_000_000;
 const NO_DEVICE: i32 = 77;
 const PAGE: usize = 4096;
 /// What LEAVE_DMA leaves behind.
@@ -94,6 +104,8 @@ fn main() -> i32 {
         OPEN_MSI_DEVICE => open_msi_device(address),
         GROUP_HOLDER | GROUP_HEIR => round_trip(address),
         GROUP_CONTENDER => contend(address, index),
+        IRQ_VICTIM => victim(address),
+        IRQ_SPOOFER => spoof(address),
         _ => {
             println!("hostile: unknown attack {attack}");
             Err(99)
@@ -334,6 +346,58 @@ fn contend(address: PciAddress, index: usize) -> Result<(), i32> {
                 return Err(number);
             }
         }
+    }
+    Ok(())
+}
+
+fn victim(address: PciAddress) -> Result<(), i32> {
+    let edu = STEPS.check(1, "device_open", Edu::open(address))?;
+    match irq_wait(edu.id, VICTIM_WAIT_NS) {
+        Err(Errno::ETIMEDOUT) => {
+            println!("hostile: victim: no interrupt, as its device never ran");
+            Ok(())
+        }
+        other => {
+            println!("hostile: victim: interrupted although its device never ran: {other:?}");
+            Err(70)
+        }
+    }
+}
+
+/// The (doorbell, data) pairs the spoofer's device writes.
+#[cfg(target_arch = "x86_64")]
+const SPOOFS: &[(u64, u32)] = &[
+    (MSI_WINDOW, 0x30),
+    (MSI_WINDOW, 0x31),
+    (MSI_WINDOW, 0x32),
+    (MSI_WINDOW, 0x33),
+];
+/// QEMU virt: the GICv2m frame's MSI_SETSPI_NS (SPIs from 80) and the ITS's
+/// GITS_TRANSLATER (EventIDs).
+#[cfg(target_arch = "aarch64")]
+const SPOOFS: &[(u64, u32)] = &[
+    (0x0802_0040, 80),
+    (0x0802_0040, 81),
+    (0x0802_0040, 82),
+    (0x0802_0040, 83),
+    (0x0809_0040, 0),
+    (0x0809_0040, 1),
+    (0x0809_0040, 2),
+    (0x0809_0040, 3),
+];
+
+fn spoof(address: PciAddress) -> Result<(), i32> {
+    let (edu, va) = attached(address, 1)?;
+    let words = va as *mut u32;
+    for (index, (_, data)) in SPOOFS.iter().enumerate() {
+        // SAFETY: the page is this task's and holds every message.
+        unsafe { words.add(index).write_volatile(*data) };
+    }
+    STEPS.check(6, "DMA of the messages to the device", edu.dma(IOVA, false))?;
+    for (index, (doorbell, data)) in SPOOFS.iter().enumerate() {
+        let sent = edu.send_polled((index * 4) as u64, *doorbell, 4);
+        STEPS.check(7, "DMA of a message to a doorbell", sent)?;
+        println!("hostile: spoofer: wrote {data:#x} to {doorbell:#x}");
     }
     Ok(())
 }

@@ -3,9 +3,9 @@
 //! System Architecture, GICv2m appendix): an MSI is a write of the SPI number
 //! to the frame's MSI_SETSPI_NS register.
 
-use core::ptr::NonNull;
-
 use os_services::mmio::{Mmio, Reg32};
+
+use super::NoInterruptController;
 
 /// IHI 0048B §4.3 distributor registers.
 const GICD_CTLR: Reg32 = Reg32(0x000);
@@ -55,32 +55,16 @@ unsafe impl Send for Gic {}
 
 static GIC: spin::Once<Gic> = spin::Once::new();
 
-/// # Safety of the mappings
-/// The boot map covers 0-1 GiB as Device memory, where QEMU `virt` puts the
-/// GIC (0x0800_0000..) and the v2m frame.
-fn map(base: u64, size: usize) -> Mmio {
-    let base = NonNull::new(base as *mut u8).expect("GIC register block at 0");
-    // SAFETY: see the function comment.
-    unsafe { Mmio::new(base, size) }
-}
-
 pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
     let gic = GIC.call_once(|| Gic {
-        distributor: map(distributor, DISTRIBUTOR_SIZE),
-        cpu: map(cpu_interface, CPU_INTERFACE_SIZE),
-        v2m: v2m_frame.map(|base| (base, map(base, V2M_FRAME_SIZE))),
+        distributor: super::map(distributor, DISTRIBUTOR_SIZE),
+        cpu: super::map(cpu_interface, CPU_INTERFACE_SIZE),
+        v2m: v2m_frame.map(|base| (base, super::map(base, V2M_FRAME_SIZE))),
     });
     gic.distributor.write32(GICD_CTLR, GICD_CTLR_ENABLE);
     gic.cpu.write32(GICC_PMR, PRIORITY_MASK_ALL);
     gic.cpu.write32(GICC_CTLR, GICC_CTLR_ENABLE);
-    // SAFETY: unmasking IRQs: the vectors and the GIC are set up.
-    unsafe { core::arch::asm!("msr daifclr, #2") };
 }
-
-/// The interrupt controller is absent when the device tree described none
-/// this kernel drives (e.g. a GICv3): interrupt users then get an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct NoInterruptController;
 
 fn gic() -> Result<&'static Gic, NoInterruptController> {
     GIC.get().ok_or(NoInterruptController)

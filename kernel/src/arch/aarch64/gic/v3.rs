@@ -1,0 +1,269 @@
+//! The GICv3 distributor, this CPU's redistributor and the system register
+//! CPU interface (Arm GIC Architecture Specification v3/v4, IHI 0069H: §12.9
+//! GICD, §12.10-12.11 GICR, §12.2 ICC), with affinity routing on and every
+//! interrupt in Group 1 (signalled as IRQ: QEMU's `virt` GIC has a single
+//! security state, GICD_CTLR.DS = 1).
+//!
+//! LPIs (the ITS's interrupts) are configured in memory: one byte per LPI in
+//! the configuration table (GICR_PROPBASER, §5.1.1) and one bit per INTID in
+//! the pending table (GICR_PENDBASER).
+
+use core::time::Duration;
+
+use os_services::mmio::{Mmio, Reg32, Reg64};
+
+use super::NoInterruptController;
+use crate::memory::frames::{self, Frames};
+use crate::time::CLOCK;
+
+/// IHI 0069H §12.9 distributor registers.
+const GICD_CTLR: Reg32 = Reg32(0x0000);
+const GICD_IGROUPR: usize = 0x0080;
+const GICD_ISENABLER: usize = 0x0100;
+const GICD_ICENABLER: usize = 0x0180;
+const GICD_IPRIORITYR: usize = 0x0400;
+const GICD_ICFGR: usize = 0x0C00;
+const GICD_IROUTER: usize = 0x6000;
+/// GICD_CTLR: EnableGrp1 (bit 1, with DS = 1), ARE (bit 4), RWP (bit 31).
+const GICD_CTLR_ENABLE_GRP1: u32 = 1 << 1;
+const GICD_CTLR_ARE: u32 = 1 << 4;
+const GICD_CTLR_RWP: u32 = 1 << 31;
+const DISTRIBUTOR_SIZE: usize = 0x1_0000;
+
+/// IHI 0069H §12.10 redistributor registers: RD_base, then SGI_base 64 KiB on.
+const GICR_CTLR: Reg32 = Reg32(0x0000);
+const GICR_TYPER: Reg64 = Reg64(0x0008);
+const GICR_WAKER: Reg32 = Reg32(0x0014);
+const GICR_PROPBASER: Reg64 = Reg64(0x0070);
+const GICR_PENDBASER: Reg64 = Reg64(0x0078);
+const SGI_BASE: usize = 0x1_0000;
+const GICR_IGROUPR0: Reg32 = Reg32(SGI_BASE + 0x0080);
+const GICR_ISENABLER0: Reg32 = Reg32(SGI_BASE + 0x0100);
+const GICR_ICENABLER0: Reg32 = Reg32(SGI_BASE + 0x0180);
+const GICR_IPRIORITYR: usize = SGI_BASE + 0x0400;
+const GICR_ICFGR: usize = SGI_BASE + 0x0C00;
+const REDISTRIBUTOR_SIZE: usize = 0x2_0000;
+/// GICR_CTLR.EnableLPIs; GICR_WAKER ProcessorSleep and ChildrenAsleep;
+/// GICR_TYPER.Processor_Number (bits 23:8).
+const GICR_CTLR_ENABLE_LPIS: u32 = 1 << 0;
+const GICR_WAKER_PROCESSOR_SLEEP: u32 = 1 << 1;
+const GICR_WAKER_CHILDREN_ASLEEP: u32 = 1 << 2;
+const GICR_TYPER_PROCESSOR_SHIFT: u32 = 8;
+const GICR_TYPER_PROCESSOR_MASK: u64 = 0xFFFF;
+
+/// GICR_PROPBASER / PENDBASER fields (§12.11.26-27): physical address,
+/// IDbits (4:0, number of INTID bits - 1), inner cacheability 9:7 (0b111:
+/// write-back, read- and write-allocate) and shareability 11:10 (0b01: inner).
+const TABLE_CACHEABLE: u64 = 0b111 << 7 | 0b01 << 10;
+const PENDBASER_ADDRESS_ALIGN: usize = 1 << 16;
+/// LPIs this kernel uses: INTIDs 8192..16384 (14 INTID bits).
+const INTID_BITS: u32 = 14;
+const LPI_COUNT: usize = (1 << INTID_BITS) - super::FIRST_LPI as usize;
+/// LPI configuration byte: priority in bits 7:2, Enable in bit 0 (§5.1.1).
+const LPI_ENABLE: u8 = 1;
+
+const DEFAULT_PRIORITY: u32 = 0xA0;
+const FIRST_SPI: u32 = 32;
+/// INTIDs 1020-1023 are special (1023: no pending interrupt, §2.2.1).
+const FIRST_SPECIAL_INTID: u32 = 1020;
+const REGISTER_WAIT: Duration = Duration::from_millis(100);
+
+struct Gic {
+    distributor: Mmio,
+    redistributor: Mmio,
+    /// The LPI configuration table (one byte per LPI from INTID 8192).
+    lpi_config: Frames,
+}
+
+// SAFETY: one CPU; registers are accessed by single volatile operations and
+// the LPI table by single byte stores, from thread context (interrupt
+// handlers only read the CPU interface).
+unsafe impl Sync for Gic {}
+// SAFETY: as above.
+unsafe impl Send for Gic {}
+
+static GIC: spin::Once<Gic> = spin::Once::new();
+
+fn gic() -> Result<&'static Gic, NoInterruptController> {
+    GIC.get().ok_or(NoInterruptController)
+}
+
+/// The system registers of the CPU interface (§12.2), by encoding.
+mod icc {
+    macro_rules! write_sysreg {
+        ($name:literal, $value:expr) => {
+            // SAFETY: writing a GIC CPU interface register only changes how
+            // this CPU takes interrupts; the callers order it after the GIC
+            // is configured.
+            unsafe { core::arch::asm!(concat!("msr ", $name, ", {}"), in(reg) $value as u64, options(nostack)) }
+        };
+    }
+    /// ICC_SRE_EL1.SRE: the system register interface.
+    pub fn enable_system_registers() {
+        write_sysreg!("S3_0_C12_C12_5", 1u64);
+        // SAFETY: a context synchronisation barrier only.
+        unsafe { core::arch::asm!("isb", options(nostack)) };
+    }
+    /// ICC_PMR_EL1: let every priority through.
+    pub fn unmask_all_priorities() {
+        write_sysreg!("S3_0_C4_C6_0", 0xFFu64);
+    }
+    /// ICC_BPR1_EL1 = 0: no preemption grouping; ICC_IGRPEN1_EL1 = 1.
+    pub fn enable_group1() {
+        write_sysreg!("S3_0_C12_C12_3", 0u64);
+        write_sysreg!("S3_0_C12_C12_7", 1u64);
+        // SAFETY: a context synchronisation barrier only.
+        unsafe { core::arch::asm!("isb", options(nostack)) };
+    }
+    /// ICC_IAR1_EL1: acknowledges the highest-priority pending interrupt.
+    pub fn acknowledge() -> u32 {
+        let value: u64;
+        // SAFETY: reading the acknowledge register takes the interrupt; the
+        // caller ends it with `end`.
+        unsafe { core::arch::asm!("mrs {}, S3_0_C12_C12_0", out(reg) value, options(nostack)) };
+        value as u32
+    }
+    /// ICC_EOIR1_EL1: priority drop and deactivation (EOImode 0).
+    pub fn end(intid: u32) {
+        write_sysreg!("S3_0_C12_C12_1", intid);
+    }
+}
+
+fn wait(what: &'static str, done: impl FnMut() -> Option<()>) -> Result<(), &'static str> {
+    os_services::wait_until(&CLOCK, REGISTER_WAIT, done).map_err(|_| what)
+}
+
+fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
+    let reg = Reg32(array_base + (intid as usize & !3));
+    let shift = (intid % 4) * 8;
+    let old = regs.read32(reg);
+    regs.write32(reg, (old & !(0xFF << shift)) | (value << shift));
+}
+
+/// Sets or clears `intid`'s bit in the 32-bit-per-register array at `base`.
+fn set_bit(regs: &Mmio, base: usize, intid: u32, on: bool) {
+    let reg = Reg32(base + (intid as usize / 32) * 4);
+    let bit = 1 << (intid % 32);
+    let old = regs.read32(reg);
+    regs.write32(reg, if on { old | bit } else { old & !bit });
+}
+
+/// Brings the distributor and this CPU's redistributor up; returns the
+/// redistributor's processor number (the ITS's target, GITS_TYPER.PTA = 0).
+pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
+    let lpi_config = frames::alloc_contiguous(LPI_COUNT / frames::FRAME_SIZE, frames::FRAME_SIZE)
+        .ok_or("no memory for the LPI configuration table")?;
+    let pending = frames::alloc_contiguous(
+        PENDBASER_ADDRESS_ALIGN / frames::FRAME_SIZE,
+        PENDBASER_ADDRESS_ALIGN,
+    )
+    .ok_or("no memory for the LPI pending table")?;
+    let gic = GIC.call_once(|| Gic {
+        distributor: super::map(distributor, DISTRIBUTOR_SIZE),
+        redistributor: super::map(redistributor, REDISTRIBUTOR_SIZE),
+        lpi_config,
+    });
+    let gicd = &gic.distributor;
+    gicd.write32(GICD_CTLR, GICD_CTLR_ARE | GICD_CTLR_ENABLE_GRP1);
+    wait("GICD_CTLR.RWP", || {
+        (gicd.read32(GICD_CTLR) & GICD_CTLR_RWP == 0).then_some(())
+    })?;
+    let gicr = &gic.redistributor;
+    // Wake the redistributor (§12.11.38): it forwards nothing while asleep.
+    gicr.write32(
+        GICR_WAKER,
+        gicr.read32(GICR_WAKER) & !GICR_WAKER_PROCESSOR_SLEEP,
+    );
+    wait("GICR_WAKER.ChildrenAsleep", || {
+        (gicr.read32(GICR_WAKER) & GICR_WAKER_CHILDREN_ASLEEP == 0).then_some(())
+    })?;
+    // Every SGI and PPI in Group 1.
+    gicr.write32(GICR_IGROUPR0, u32::MAX);
+    // LPIs: the tables, then EnableLPIs (§5.1).
+    gicr.write64(
+        GICR_PROPBASER,
+        gic.lpi_config.phys | TABLE_CACHEABLE | u64::from(INTID_BITS - 1),
+    );
+    gicr.write64(GICR_PENDBASER, pending.phys | TABLE_CACHEABLE);
+    gicr.write32(GICR_CTLR, gicr.read32(GICR_CTLR) | GICR_CTLR_ENABLE_LPIS);
+    icc::enable_system_registers();
+    icc::unmask_all_priorities();
+    icc::enable_group1();
+    let typer = gicr.read64(GICR_TYPER);
+    Ok(((typer >> GICR_TYPER_PROCESSOR_SHIFT) & GICR_TYPER_PROCESSOR_MASK) as u32)
+}
+
+/// Configures a PPI (in this CPU's redistributor) or an SPI (in the
+/// distributor, routed to this CPU): Group 1, default priority, edge or
+/// level, enabled.
+pub fn enable(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
+    let gic = gic()?;
+    // ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.
+    let edge_config = |regs: &Mmio, base: usize| {
+        let reg = Reg32(base + (intid as usize / 16) * 4);
+        let bit = 1 << ((intid % 16) * 2 + 1);
+        let old = regs.read32(reg);
+        regs.write32(reg, if edge { old | bit } else { old & !bit });
+    };
+    if intid < FIRST_SPI {
+        let gicr = &gic.redistributor;
+        set_byte_field(gicr, GICR_IPRIORITYR, intid, DEFAULT_PRIORITY);
+        edge_config(gicr, GICR_ICFGR);
+        gicr.write32(GICR_ISENABLER0, 1 << intid);
+    } else {
+        let gicd = &gic.distributor;
+        set_bit(gicd, GICD_IGROUPR, intid, true);
+        set_byte_field(gicd, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
+        edge_config(gicd, GICD_ICFGR);
+        // Affinity 0.0.0.0: this CPU (IRM = 0).
+        gicd.write64(Reg64(GICD_IROUTER + intid as usize * 8), 0);
+        gicd.write32(
+            Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
+            1 << (intid % 32),
+        );
+    }
+    Ok(())
+}
+
+pub fn disable(intid: u32) {
+    let Ok(gic) = gic() else { return };
+    if intid < FIRST_SPI {
+        gic.redistributor.write32(GICR_ICENABLER0, 1 << intid);
+    } else if intid < super::FIRST_LPI {
+        gic.distributor.write32(
+            Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
+            1 << (intid % 32),
+        );
+    }
+}
+
+/// Enables or disables LPI `intid` in the configuration table; the ITS's INV
+/// makes the redistributor read it again.
+pub fn configure_lpi(intid: u32, enabled: bool) {
+    let Ok(gic) = gic() else { return };
+    let Some(index) = intid
+        .checked_sub(super::FIRST_LPI)
+        .map(|i| i as usize)
+        .filter(|&i| i < LPI_COUNT)
+    else {
+        return;
+    };
+    let value = DEFAULT_PRIORITY as u8 | if enabled { LPI_ENABLE } else { 0 };
+    // SAFETY: `index` is inside the table this driver owns (LPI_COUNT bytes,
+    // identity-mapped); a single byte store.
+    unsafe { core::ptr::write_volatile(gic.lpi_config.as_mut_ptr().add(index), value) };
+    // The redistributor reads the table from memory: the store must reach
+    // it before the ITS command that makes it look (`dma_wmb`, §5.1.1).
+    // SAFETY: a barrier only.
+    unsafe { core::arch::asm!("dsb oshst", options(nostack)) };
+}
+
+/// Handles one pending interrupt.
+pub fn handle_irq() {
+    let intid = icc::acknowledge() & 0xFF_FFFF;
+    if (FIRST_SPECIAL_INTID..super::FIRST_LPI).contains(&intid) {
+        return;
+    }
+    crate::irq::handle(intid);
+    icc::end(intid);
+}

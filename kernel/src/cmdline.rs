@@ -28,6 +28,10 @@ pub struct Cmdline<'a> {
     /// `allow_unsafe_interrupts`): such a device can raise other devices'
     /// interrupts.
     pub allow_unsafe_interrupts: bool,
+    /// `objects_per_task=N`, `areas_per_task=N`: the iommufd limits of every
+    /// task (`iommufd::Limits`; the defaults when absent).
+    pub objects_per_task: Option<usize>,
+    pub areas_per_task: Option<usize>,
 }
 
 /// A deliberate crash (`crash=panic|fault|user-read|user-exec`).
@@ -52,6 +56,8 @@ impl<'a> Cmdline<'a> {
             crash: None,
             tasks: None,
             allow_unsafe_interrupts: false,
+            objects_per_task: None,
+            areas_per_task: None,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -62,6 +68,8 @@ impl<'a> Cmdline<'a> {
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),
                 Some(("tasks", value)) => cmdline.tasks = Some(value),
+                Some(("objects_per_task", value)) => cmdline.objects_per_task = value.parse().ok(),
+                Some(("areas_per_task", value)) => cmdline.areas_per_task = value.parse().ok(),
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
                 Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
                 Some(("crash", "user-read")) => cmdline.crash = Some(Crash::UserRead),

@@ -165,8 +165,20 @@ unsafe impl Send for State {}
 
 static CORE: spin::Mutex<Option<State>> = spin::Mutex::new(None);
 
+/// What every task may make the core hold (the command line's, or the
+/// defaults).
+static LIMITS: spin::Mutex<iommufd::Limits> = spin::Mutex::new(iommufd::Limits::DEFAULT);
+
+/// Sets what every task may make the core hold; returns the old limits.
+pub fn set_limits(limits: iommufd::Limits) -> iommufd::Limits {
+    if let Some(state) = CORE.lock().as_mut() {
+        state.core.set_limits(limits);
+    }
+    core::mem::replace(&mut *LIMITS.lock(), limits)
+}
+
 fn new_state() -> State {
-    match crate::iommu::platform_unit(crate::platform::get()) {
+    let mut state = match crate::iommu::platform_unit(crate::platform::get()) {
         Some(platform_unit) => State {
             core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
             device_id: Some(platform_unit.device_id),
@@ -179,7 +191,9 @@ fn new_state() -> State {
             devices: Vec::new(),
             residue: Vec::new(),
         },
-    }
+    };
+    state.core.set_limits(*LIMITS.lock());
+    state
 }
 
 fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R {
@@ -314,17 +328,13 @@ pub fn pinned_bytes() -> u64 {
         .map_or(0, |state| state.core.pinned_bytes())
 }
 
-/// Largest argument struct these two calls read (bigger ones must have a zero tail).
-const MAX_ARGUMENT: u32 = 256;
-
 /// Copies in a size-versioned argument struct: its `size` first, then that many
-/// bytes (the size rule of `abi::copy_in`).
+/// bytes (the size rule of `abi::copy_in`, bounded by `abi::check_size` like
+/// every other call's).
 fn read_argument<T: abi::AbiStruct>(task: &Task, arg: u64) -> Result<(T, u32), Errno> {
     let head = crate::syscall::copy_from_user(task, arg, 4)?;
     let size = abi::read_size(&head)?;
-    if size > MAX_ARGUMENT {
-        return Err(Errno::E2BIG);
-    }
+    abi::check_size::<T>(size)?;
     let raw = crate::syscall::copy_from_user(task, arg, u64::from(size))?;
     Ok((abi::copy_in::<T>(&raw)?, size))
 }

@@ -47,6 +47,11 @@ fn kernel_main(boot: BootInfo) -> ! {
     irq::init(platform);
     devices::init(platform);
     iommufd_service::allow_unsafe_interrupts(cmdline.allow_unsafe_interrupts);
+    let defaults = iommufd::Limits::DEFAULT;
+    iommufd_service::set_limits(iommufd::Limits {
+        objects: cmdline.objects_per_task.unwrap_or(defaults.objects),
+        areas: cmdline.areas_per_task.unwrap_or(defaults.areas),
+    });
     if let Some(crash) = cmdline.crash {
         crash_on_purpose(crash);
     }

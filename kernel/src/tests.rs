@@ -18,6 +18,7 @@ mod robust_syscalls;
 mod robust_vtd;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
+mod survival;
 mod tasks;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
@@ -116,4 +117,5 @@ pub static ALL: &[&[Test]] = &[
     iommufd_devices::TESTS,
     isolation::TESTS,
     ownership::TESTS,
+    survival::TESTS,
 ];

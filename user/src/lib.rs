@@ -166,6 +166,11 @@ pub fn yield_now() {
     syscall(nr::YIELD, [0; 6]);
 }
 
+/// Nanoseconds since boot (`abi::syscall::CLOCK`).
+pub fn now_ns() -> u64 {
+    syscall(nr::CLOCK, [0; 6]) as u64
+}
+
 /// Waits for the interrupt of opened device `device` (see
 /// `abi::syscall::IRQ_WAIT`); returns how many arrived since the last call.
 pub fn irq_wait(device: u32, timeout_ns: u64) -> Result<u64, Errno> {

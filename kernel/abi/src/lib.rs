@@ -15,7 +15,10 @@ mod version;
 
 pub use args::*;
 pub use errno::Errno;
-pub use version::{AbiStruct, Pod, as_bytes, copy_in, copy_out, copy_out_bytes, decode, read_size};
+pub use version::{
+    AbiStruct, MAX_SIZE, Pod, as_bytes, check_size, copy_in, copy_out, copy_out_bytes, decode,
+    read_size,
+};
 
 /// The iommufd syscalls. Numbers are reserved here; the kernel's syscall layer
 /// assigns the dispatch.

@@ -41,6 +41,10 @@ pub const MEM_ALLOC: u64 = 4;
 /// `mem_free(address: usize, pages: usize) -> 0`: unmaps and frees exactly one
 /// earlier allocation (address and size as returned/requested).
 pub const MEM_FREE: u64 = 5;
+/// `clock() -> ns`: nanoseconds of a monotonic clock since boot, so that a
+/// task waits for an event with a time bound rather than a count of turns
+/// (which a loaded machine makes meaningless).
+pub const CLOCK: u64 = 6;
 
 /// The iommufd calls (`ioctl(IOMMU_*)` in Linux): argument 0 points to the
 /// call's struct. Numbers equal [`crate::Command`].

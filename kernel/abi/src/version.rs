@@ -5,7 +5,7 @@
 //! - shorter than the mandatory part → `EINVAL`;
 //! - longer than the kernel's struct with a non-zero byte in the unknown tail → `E2BIG`
 //!   (a zero tail is accepted, so old kernels run new programs that do not use the
-//!   new fields);
+//!   new fields), and longer than a page ([`MAX_SIZE`]) → `E2BIG` whatever the tail;
 //! - unknown flags or non-zero reserved fields → `EOPNOTSUPP` (checked by
 //!   [`AbiStruct::validate`]);
 //! - copy-out to a shorter buffer writes a prefix, to a longer one zeroes the tail.
@@ -60,6 +60,24 @@ pub fn decode<T: AbiStruct>(raw: &[u8]) -> Result<T, Errno> {
     };
     value.validate()?;
     Ok(value)
+}
+
+/// The most bytes any struct may claim in its `size`: a page (`E2BIG` past
+/// it, as Linux's `copy_struct_from_user` callers cap theirs: `sched_setattr`,
+/// `perf_event_open`, `clone3`). Without a cap a zero tail of any length must
+/// be read and checked, and one call could keep the CPU as long as it likes.
+pub const MAX_SIZE: u32 = 4096;
+
+/// The size rule's bounds for struct `T`: `EINVAL` below its mandatory part,
+/// `E2BIG` above [`MAX_SIZE`].
+pub fn check_size<T: AbiStruct>(size: u32) -> Result<(), Errno> {
+    if (size as usize) < T::MIN_SIZE {
+        Err(Errno::EINVAL)
+    } else if size > MAX_SIZE {
+        Err(Errno::E2BIG)
+    } else {
+        Ok(())
+    }
 }
 
 /// Decodes a struct whose first `u32` is its `size`; `raw` holds the bytes the

@@ -183,6 +183,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Creates an empty IOAS (no geometry: the attached units give it one).
     pub fn ioas_alloc(&mut self, owner: OwnerId) -> Result<ObjId, Errno> {
         self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
+        self.admit(owner, Resource::ObjectSlot)?;
         self.services.charge(Resource::ObjectSlot)?;
         self.services.charge(Resource::IovaNode)?;
         Ok(self
@@ -300,6 +301,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         prot: Prot,
     ) -> Result<u64, Errno> {
         check_prot(prot)?;
+        // Asked before the IOAS is borrowed, answered where the call charges.
+        let admitted = self.admit(owner, Resource::Area);
         // One lookup of the IOAS serves the whole call: the other fields of
         // the core (services, pages, units) are borrowed beside it.
         let ioas = self
@@ -314,6 +317,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if let Some(iova) = iova {
             ioas.check_fixed(iova, len)?;
         }
+        admitted?;
         self.services.charge(Resource::Area)?;
         self.services.charge(Resource::IovaNode)?;
         self.services.charge(Resource::PinnedPages)?;
@@ -510,6 +514,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             dst_ioas.check_fixed(iova, len)?;
         }
         let domains = self.ioas_domains(owner, dst)?;
+        self.admit(owner, Resource::Area)?;
         self.services.charge(Resource::Area)?;
         self.services.charge(Resource::IovaNode)?;
         let base = self

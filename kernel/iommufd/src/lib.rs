@@ -62,6 +62,31 @@ pub enum Resource {
     PinnedPages,
 }
 
+/// What one owner may make the core hold. Every object and every area costs
+/// kernel memory, so an owner past a limit gets `ENOSPC` and the others go on
+/// (Linux accounts the same memory to the caller's memory cgroup instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Objects in the owner's table (IOASes, HWPTs, devices).
+    pub objects: usize,
+    /// Areas over all of the owner's IOASes.
+    pub areas: usize,
+}
+
+impl Limits {
+    /// Far above what a program that does its work needs (the demo and the
+    /// tests hold tens), low enough that a few owners at their limits fit in
+    /// the kernel heap.
+    pub const DEFAULT: Limits = Limits {
+        objects: 1024,
+        areas: 8192,
+    };
+    pub const UNLIMITED: Limits = Limits {
+        objects: usize::MAX,
+        areas: usize::MAX,
+    };
+}
+
 /// What the kernel provides: pinning of task memory and an allocation gate.
 pub trait Services {
     /// Pins `[va, va + len)` of `owner`'s address space (page aligned) and appends
@@ -330,6 +355,16 @@ impl Owner {
         Some(object)
     }
 
+    fn area_count(&self) -> usize {
+        self.objects
+            .values()
+            .map(|object| match object {
+                Object::Ioas(ioas) => ioas.areas.len(),
+                _ => 0,
+            })
+            .sum()
+    }
+
     fn ioas(&self, id: ObjId) -> Result<&Ioas, Errno> {
         match self.objects.get(&id) {
             Some(Object::Ioas(i)) => Ok(&**i),
@@ -394,6 +429,7 @@ pub struct Iommufd<U: IommuUnit, S: Services> {
     quarantined: Vec<Pages>,
     unrouted_faults: u64,
     fault_scratch: Vec<iommu::FaultRecord>,
+    limits: Limits,
 }
 
 impl<U: IommuUnit, S: Services> Iommufd<U, S> {
@@ -409,7 +445,37 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             quarantined: Vec::new(),
             unrouted_faults: 0,
             fault_scratch: Vec::new(),
+            limits: Limits::DEFAULT,
         }
+    }
+
+    /// What each owner may hold from now on (holdings above a lowered limit
+    /// stay; only new ones are refused).
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Areas `owner` holds over all its IOASes.
+    pub fn area_count(&self, owner: OwnerId) -> usize {
+        self.owners.get(&owner).map_or(0, Owner::area_count)
+    }
+
+    /// `ENOSPC` when `owner` already holds as many of `resource` as its
+    /// [`Limits`] allow (objects and areas; the rest is bounded by those).
+    fn admit(&self, owner: OwnerId, resource: Resource) -> Result<(), Errno> {
+        let Some(o) = self.owners.get(&owner) else {
+            return Ok(());
+        };
+        let full = match resource {
+            Resource::ObjectSlot => o.objects.len() >= self.limits.objects,
+            Resource::Area => o.area_count() >= self.limits.areas,
+            _ => false,
+        };
+        if full { Err(Errno::ENOSPC) } else { Ok(()) }
     }
 
     pub fn units(&self) -> &[U] {
@@ -492,6 +558,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(Errno::EBUSY);
         }
         self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
+        self.admit(owner, Resource::ObjectSlot)?;
         self.services.charge(Resource::ObjectSlot)?;
         // A freshly bound device must not inherit anybody's translation.
         self.unit(unit).detach(requester);

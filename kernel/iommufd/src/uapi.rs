@@ -41,9 +41,7 @@ fn copy_in<T: AbiStruct, M: UserMemory>(
     let mut head = [0u8; 4];
     mem.read(owner, va, &mut head)?;
     let size = u32::from_ne_bytes(head);
-    if (size as usize) < T::MIN_SIZE {
-        return Err(Errno::EINVAL);
-    }
+    abi::check_size::<T>(size)?;
     let known = (size as usize).min(size_of::<T>());
     let mut raw = vec![0u8; known];
     mem.read(owner, va, &mut raw)?;

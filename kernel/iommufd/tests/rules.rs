@@ -55,6 +55,43 @@ fn attached() -> (SoftCore, u32, u32, u32) {
 // ---- object table ----
 
 #[test]
+fn an_owner_past_its_limits_gets_enospc_and_the_others_go_on() {
+    let (mut fd, ioas, _, _) = attached();
+    // O holds an IOAS, a device and an automatic HWPT: three objects.
+    fd.set_limits(iommufd::Limits {
+        objects: 4,
+        areas: 2,
+    });
+    let extra = fd.ioas_alloc(O).unwrap();
+    let before = fd.state_digest();
+    assert_eq!(fd.ioas_alloc(O), Err(Errno::ENOSPC));
+    assert_eq!(fd.bind_device(O, U0, DEV_B), Err(Errno::ENOSPC));
+    assert_eq!(fd.state_digest(), before, "a refused call changed nothing");
+    // Another owner is not affected.
+    assert_eq!(fd.ioas_alloc(OwnerId(2)).unwrap(), 1);
+    // Areas: two, then ENOSPC for maps and copies alike.
+    fd.ioas_map(O, ioas, 0x8000, K4, None, RW).unwrap();
+    let second = fd.ioas_map(O, ioas, 0x9000, K4, None, RW).unwrap();
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0xA000, K4, None, RW),
+        Err(Errno::ENOSPC)
+    );
+    assert_eq!(
+        fd.ioas_copy(O, ioas, second, K4, extra, None, RW),
+        Err(Errno::ENOSPC)
+    );
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.area_count(O), 2);
+    // What is given back can be taken again.
+    fd.ioas_unmap(O, ioas, second, K4).unwrap();
+    fd.ioas_map(O, ioas, 0xA000, K4, None, RW).unwrap();
+    fd.destroy(O, extra).unwrap();
+    fd.ioas_alloc(O).unwrap();
+    invariants(&fd);
+}
+
+#[test]
 fn object_ids_start_at_1_per_owner_and_reuse_the_lowest_free() {
     let mut fd = vtd();
     assert_eq!(fd.ioas_alloc(O).unwrap(), 1);

@@ -118,6 +118,25 @@ fn uapi_size_rule_applies_to_every_command() {
     task.put_bytes(ARG + 16, &[0]);
     assert_eq!(ioctl(&mut fd, &mut task, Command::IoasAlloc), Ok(()));
     assert_eq!(task.get::<abi::IoasAlloc>(ARG).out_ioas_id, 1);
+    // A page is the most a struct may claim, zero tail or not.
+    for (size, expected) in [
+        (4096, Ok(())),
+        (4097, Err(Errno::E2BIG)),
+        (u32::MAX, Err(Errno::E2BIG)),
+    ] {
+        task.put(
+            ARG,
+            &abi::IoasAlloc {
+                size,
+                ..Default::default()
+            },
+        );
+        assert_eq!(
+            ioctl(&mut fd, &mut task, Command::IoasAlloc),
+            expected,
+            "size {size}"
+        );
+    }
     // Unknown flags.
     task.put(
         ARG,
@@ -136,7 +155,7 @@ fn uapi_size_rule_applies_to_every_command() {
         fd.ioctl(&mut task, O, Command::IoasAlloc, 0x10),
         Some(Err(Errno::EFAULT))
     );
-    assert_eq!(fd.object_count(O), 1);
+    assert_eq!(fd.object_count(O), 2);
     // The kernel's own commands are not the core's.
     assert!(fd.ioctl(&mut task, O, Command::DeviceOpen, ARG).is_none());
 }

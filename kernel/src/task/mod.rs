@@ -56,6 +56,10 @@ pub const MAX_ALLOCATION_PAGES: u64 = 4096;
 pub const MAX_TASK_PAGES: u64 = 16384;
 /// System calls one task may make in one [`run`].
 pub const SYSCALL_BUDGET: u64 = 1_000_000;
+/// Most bytes of one task's output the kernel keeps (in its report and the
+/// transcript): past it, output is still printed in console mode but no
+/// longer kept, so a task that writes forever cannot fill the kernel heap.
+pub const MAX_KEPT_OUTPUT: usize = 256 * 1024;
 /// How long a task runs before the others get their turn (by default).
 pub const TIME_SLICE_MS: u64 = 10;
 /// Longest sleep while every task waits in `irq_wait` (the deadlines' grain).
@@ -486,12 +490,25 @@ pub struct Sink<'a> {
 }
 
 impl Sink<'_> {
-    /// Records (and in console mode prints) what task `index` wrote.
-    pub fn write(&mut self, index: usize, text: String) {
+    /// Records (and in console mode prints) what task `index` wrote. Only
+    /// the first [`MAX_KEPT_OUTPUT`] bytes of a task's output are kept.
+    pub fn write(&mut self, index: usize, mut text: String) {
         if self.mode == Output::Console {
             print!("{text}");
         }
-        self.run.reports[index].output.push_str(&text);
+        let output = &mut self.run.reports[index].output;
+        let room = MAX_KEPT_OUTPUT.saturating_sub(output.len());
+        if text.len() > room {
+            let mut end = room;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        if text.is_empty() {
+            return;
+        }
+        output.push_str(&text);
         self.run.transcript.push((index, text));
     }
 
@@ -582,18 +599,30 @@ pub fn run_tasks(
         };
         // SAFETY: the task's root copies the kernel entries of the boot tables.
         unsafe { arch::switch_root(task.space.root()) };
+        // The slice is the task's whole turn, the time the kernel spends on
+        // its system calls included: a call never grants a fresh slice, and
+        // that time counts against its CPU budget too.
+        let slice_ns = limits.slice_ms.saturating_mul(1_000_000);
+        let turn_started = crate::arch::now_ns();
+        let mut started = turn_started;
         let ended = loop {
-            arch::arm_preemption(limits.slice_ms);
-            let started = crate::arch::now_ns();
-            arch::run(&mut task.context);
-            task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
-            arch::disarm_preemption();
-            if task.cpu_ns > limits.cpu_ms * 1_000_000 {
+            let now = crate::arch::now_ns();
+            task.cpu_ns += now.saturating_sub(started);
+            started = now;
+            if task.cpu_ns > limits.cpu_ms.saturating_mul(1_000_000) {
                 break Some(Exit::Killed(format!(
                     "task {} killed: used more than {} ms of CPU time",
                     task.name, limits.cpu_ms
                 )));
             }
+            let spent = now.saturating_sub(turn_started);
+            if spent >= slice_ns {
+                queue.push_back(index);
+                break None;
+            }
+            arch::arm_preemption(slice_ns - spent);
+            arch::run(&mut task.context);
+            arch::disarm_preemption();
             match task.context.trap() {
                 Trap::Preempted => {
                     queue.push_back(index);
@@ -637,6 +666,7 @@ pub fn run_tasks(
                 }
             }
         };
+        task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
         // SAFETY: the boot tables map the kernel.
         unsafe { arch::switch_root(kernel_root) };
         if let Some(exit) = ended {

@@ -97,6 +97,28 @@ fn run() -> Result<(), i32> {
         syscall(nr::IRQ_WAIT, [1 << 40, 0, 0, 0, 0, 0]),
         Errno::EINVAL,
     )?;
+    // One size rule for every struct, the kernel's own calls included: up to
+    // a page with a zero tail is read (device_list then says it needs room
+    // for the list), past a page is E2BIG whatever the tail.
+    let page = user_programs::mem_alloc(2).map_err(|_| 13)?;
+    for (size, expected, what) in [
+        (
+            4096u32,
+            Errno::EMSGSIZE,
+            "device_list claiming a page, zero tail",
+        ),
+        (4097, Errno::E2BIG, "device_list claiming more than a page"),
+    ] {
+        // SAFETY: the two pages are this task's, fresh and zeroed; the size
+        // field is the struct's first word.
+        unsafe { (page as *mut u32).write_volatile(size) };
+        expect(
+            13,
+            what,
+            syscall(nr::DEVICE_LIST, [page as u64, 0, 0, 0, 0, 0]),
+            expected,
+        )?;
+    }
     // device_open whose struct the kernel can read but not write back: the
     // call fails and the device is not left claimed (the task never learnt
     // its id). Only where an IOMMU translates an edu.

@@ -41,6 +41,12 @@
 //!   likely to have (x86: the first vectors the kernel hands out; aarch64:
 //!   the first GICv2m SPIs, and the first ITS EventIDs). Where interrupts
 //!   are isolated, the victim's wait must time out (exit 70 if it did not).
+//! - HOG_LIMITS: allocates IOASes until the kernel refuses, then maps one
+//!   page at IOVAs 2 MiB apart until it refuses: both must end in ENOSPC
+//!   (exit 80/81 on any other answer), with the kernel and the other tasks
+//!   alive. Runs without a device (it needs none).
+//! - HOG_SYSCALLS: makes cheap system calls in a loop, never yielding; a
+//!   call must not grant a fresh time slice, so the other tasks still run.
 //!
 //! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
 //! otherwise the number of the failed step.
@@ -73,6 +79,10 @@ const IRQ_VICTIM: u64 = 12;
 const IRQ_SPOOFER: u64 = 13;
 /// Longer than the spoofer needs for all its messages.
 const VICTIM_WAIT_NS: u64 = 3_000_000_000;
+const HOG_LIMITS: u64 = 14;
+const HOG_SYSCALLS: u64 = 15;
+/// The syscall hog's calls: far more than one time slice's worth.
+const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
 const PAGE: usize = 4096;
 /// What LEAVE_DMA leaves behind.
@@ -89,6 +99,12 @@ const EDU_MAGIC: u32 = 0xED;
 fn main() -> i32 {
     let arg = argument();
     let (attack, index) = (arg >> 56, ((arg >> 48) & 0xFF) as usize);
+    // The hogs need no device.
+    match attack {
+        HOG_LIMITS => return hog_limits().map_or_else(|code| code, |()| 0),
+        HOG_SYSCALLS => return hog_syscalls(),
+        _ => {}
+    }
     let Ok(Some(address)) = edu::find_translated(index) else {
         println!("hostile: no edu behind an IOMMU here");
         return NO_DEVICE;
@@ -400,4 +416,49 @@ fn spoof(address: PciAddress) -> Result<(), i32> {
         println!("hostile: spoofer: wrote {data:#x} to {doorbell:#x}");
     }
     Ok(())
+}
+
+fn hog_limits() -> Result<(), i32> {
+    // The first IOAS takes the maps below.
+    let first = STEPS.check(83, "ioas_alloc", ioas_alloc())?;
+    let mut ioases = 1u32;
+    loop {
+        match ioas_alloc() {
+            Ok(_) => ioases += 1,
+            Err(Errno::ENOSPC) => break,
+            Err(other) => {
+                println!("hostile: hog: ioas_alloc {ioases}: {other:?}");
+                return Err(80);
+            }
+        }
+    }
+    println!("hostile: hog: ENOSPC after {ioases} IOASes");
+    let page = STEPS.check(82, "mem_alloc", mem_alloc(1))?;
+    let mut areas = 0u64;
+    loop {
+        match ioas_map(
+            first,
+            page as u64,
+            PAGE as u64,
+            Some(areas * (2 << 20) + (1 << 20)),
+        ) {
+            Ok(_) => areas += 1,
+            Err(Errno::ENOSPC) => break,
+            Err(other) => {
+                println!("hostile: hog: map {areas}: {other:?}");
+                return Err(81);
+            }
+        }
+    }
+    println!("hostile: hog: ENOSPC after {areas} areas");
+    Ok(())
+}
+
+fn hog_syscalls() -> i32 {
+    for _ in 0..HOG_CALLS {
+        // An irq_wait on a device id wider than 32 bits: EINVAL at once.
+        let _ = syscall(nr::IRQ_WAIT, [1 << 40, 0, 0, 0, 0, 0]);
+    }
+    println!("hostile: syscall hog done");
+    0
 }

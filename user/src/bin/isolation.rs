@@ -29,7 +29,7 @@ use user_programs::edu::{self, Edu, PciAddress};
 use user_programs::iommu::{
     all_bytes_are, arg_size, destroy, device_attach, fault_read, ioas_alloc, ioas_map,
 };
-use user_programs::{Steps, argument, entry, iommufd, mem_alloc, println, yield_now};
+use user_programs::{Steps, argument, entry, iommufd, mem_alloc, now_ns, println, yield_now};
 
 entry!(main);
 
@@ -48,8 +48,9 @@ const PATTERN: u8 = 0xA1;
 const EXTRA_IOASES: u32 = 4;
 /// Ids the PROBER names: all of the OWNER's and more.
 const PROBED_IDS: u32 = 12;
-/// Yields a waiting task makes before giving up on the other one.
-const WAIT_YIELDS: u32 = 200_000;
+/// How long a waiting task waits for the other one before giving up: far
+/// longer than the other needs, even on a loaded machine.
+const WAIT_NS: u64 = 60_000_000_000;
 /// A kernel address (the kernel image) the VICTIM touches to get killed.
 #[cfg(target_arch = "x86_64")]
 const KERNEL_ADDRESS: u64 = 0x20_0000;
@@ -96,11 +97,10 @@ fn buffer(va: *mut u8) -> &'static mut [u8] {
 /// Yields until the other task has held the edu at `address` and let it go
 /// (it exited or was torn down).
 fn wait_for_other_task(address: PciAddress) -> Result<(), i32> {
+    let deadline = now_ns().saturating_add(WAIT_NS);
     for wanted in ["claimed by another task", "free"] {
-        let mut yields = 0;
         while edu::holder(address) != wanted {
-            yields += 1;
-            if yields > WAIT_YIELDS {
+            if now_ns() > deadline {
                 println!("isolation: {address} never became {wanted}");
                 return Err(40);
             }

@@ -316,7 +316,7 @@ fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), M
         // A number no call has.
         3 => {
             let number = match rng.below(4) {
-                0 => 6 + rng.below(0x80 - 6),
+                0 => nr::CLOCK + 1 + rng.below(0x80 - nr::CLOCK - 1),
                 1 => 0x91 + rng.below(0x1_0000),
                 2 => 1 << (16 + rng.below(47)),
                 _ => u64::MAX - rng.below(8),
@@ -592,7 +592,12 @@ fn fuzz_irq_wait(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Res
 /// Struct-level defects every command shares, on `arg` (a valid struct).
 /// Returns the errno the defect must give, after making the call.
 fn struct_defect(rng: &mut Rng, arg: &mut RawArg, command: Command, size: u32) -> (Answer, Errno) {
-    match rng.below(4) {
+    match rng.below(5) {
+        // A size past the cap (a page): E2BIG before anything is read.
+        4 => {
+            arg.set_size(user_programs::abi::MAX_SIZE + 1 + rng.below(1 << 24) as u32);
+            (arg.call(command), Errno::E2BIG)
+        }
         // Shorter than the first version of the struct.
         0 => {
             arg.set_size(rng.below(u64::from(size.min(8))) as u32);

@@ -382,9 +382,9 @@ fn preemption_timer() -> bool {
     })
 }
 
-/// Arms a one-shot interrupt `slice_ms` from now that ends the task's run
+/// Arms a one-shot interrupt `slice_ns` from now that ends the task's run
 /// (a [`Trap::Preempted`]); false when there is no timer to do it with.
-pub fn arm_preemption(slice_ms: u64) -> bool {
+pub fn arm_preemption(slice_ns: u64) -> bool {
     PREEMPT.store(false, Ordering::SeqCst);
     if !preemption_timer() {
         return false;
@@ -393,7 +393,8 @@ pub fn arm_preemption(slice_ms: u64) -> bool {
     // SAFETY: reading CNTFRQ_EL0 has no side effects.
     unsafe { core::arch::asm!("mrs {}, cntfrq_el0", out(reg) frequency, options(nomem, nostack)) };
     // CNTV_TVAL_EL0 is a signed 32-bit down-counter.
-    let ticks = (frequency.saturating_mul(slice_ms) / 1000).clamp(1, i32::MAX as u64);
+    let ticks = (u128::from(frequency) * u128::from(slice_ns) / 1_000_000_000)
+        .clamp(1, i32::MAX as u128) as u64;
     // SAFETY: programming the EL1 virtual timer's countdown only.
     unsafe { core::arch::asm!("msr cntv_tval_el0, {}", in(reg) ticks, options(nostack)) };
     set_timer_control(CNTV_CTL_ENABLE);
@@ -412,7 +413,7 @@ pub fn idle(max_ms: u64) {
     // SAFETY: saving the interrupt masks and masking IRQs on this CPU only
     // defers them; no `nomem`, so memory accesses stay on their side.
     unsafe { core::arch::asm!("mrs {}, daif", "msr daifset, #2", out(reg) daif, options(nostack)) };
-    let armed = arm_preemption(max_ms);
+    let armed = arm_preemption(max_ms.saturating_mul(1_000_000));
     if armed {
         // SAFETY: WFI only waits; a pending interrupt (the timer at the
         // latest) ends it.

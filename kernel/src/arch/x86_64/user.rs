@@ -337,16 +337,13 @@ fn preemption_timer() -> Option<(u8, u64)> {
 }
 
 /// Ends the task's run (a [`Trap::Preempted`]) at the first tick after
-/// `slice_ms` from now; false when there is no timer to do it with.
-pub fn arm_preemption(slice_ms: u64) -> bool {
+/// `slice_ns` from now; false when there is no timer to do it with.
+pub fn arm_preemption(slice_ns: u64) -> bool {
     PREEMPT.store(false, Ordering::SeqCst);
     let Some((vector, per_ms)) = preemption_timer() else {
         return false;
     };
-    SLICE_END_NS.store(
-        super::now_ns().saturating_add(slice_ms.saturating_mul(1_000_000)),
-        Ordering::SeqCst,
-    );
+    SLICE_END_NS.store(super::now_ns().saturating_add(slice_ns), Ordering::SeqCst);
     let lapic = super::interrupts::lapic();
     let ticks = u32::try_from(per_ms.saturating_mul(TICK_MS)).unwrap_or(u32::MAX);
     lapic.write32(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
@@ -357,7 +354,7 @@ pub fn arm_preemption(slice_ms: u64) -> bool {
 /// Sleeps until the next interrupt: a device's, or the timer's within about
 /// `max_ms`. Without a timer it only pauses briefly, so the caller polls.
 pub fn idle(max_ms: u64) {
-    if arm_preemption(max_ms) {
+    if arm_preemption(max_ms.saturating_mul(1_000_000)) {
         // Interrupts are enabled in the kernel: the periodic tick ends the halt.
         x86_64::instructions::hlt();
         disarm_preemption();

@@ -1,0 +1,100 @@
+//! The kernel survives any task (the `hostile` hogs): a task that takes all
+//! it may gets ENOSPC and the other tasks go on; a task that makes system
+//! calls without end still gives the CPU away when its slice is over.
+
+use alloc::format;
+use alloc::string::String;
+
+use super::Baseline;
+use crate::platform::Platform;
+use crate::task::{Exit, Task};
+use crate::testing::{Outcome, Test, TestResult};
+
+pub static TESTS: &[Test] = &[
+    Test {
+        name: "survival::a_task_at_its_limits_gets_enospc_and_the_others_go_on",
+        run: a_task_at_its_limits_gets_enospc_and_the_others_go_on,
+    },
+    Test {
+        name: "survival::system_calls_never_grant_a_fresh_time_slice",
+        run: system_calls_never_grant_a_fresh_time_slice,
+    },
+];
+
+/// The hogs of the `hostile` program (its argument's top byte).
+const HOG_LIMITS: u64 = 14;
+const HOG_SYSCALLS: u64 = 15;
+
+fn spawn(attack: u64) -> Result<Task, String> {
+    super::spawn_program("hostile", attack << 56)
+}
+
+/// Where `text` first appears in the run's transcript.
+fn position(run: &crate::task::Run, text: &str) -> Option<usize> {
+    run.transcript
+        .iter()
+        .position(|(_, line)| line.contains(text))
+}
+
+fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let baseline = Baseline::now();
+    let limits = iommufd::Limits::DEFAULT;
+    let hog = spawn(HOG_LIMITS)?;
+    // The other task: the demo program, where an IOMMU translates an edu
+    // (it exits 0 without one).
+    let worker = super::spawn_program("edu-dma", 0)?;
+    let owners = [hog.owner, worker.owner];
+    let run = super::run_captured(alloc::vec![hog, worker]);
+    let (hog, worker) = (&run.reports[0], &run.reports[1]);
+    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
+    // edu-dma exits 77 where no IOMMU translates an edu.
+    let worker_done = if crate::iommufd_service::unit_hw_info().is_some() {
+        Exit::Code(0)
+    } else {
+        Exit::Code(77)
+    };
+    ensure_eq!(
+        worker.exit,
+        worker_done,
+        format!("edu-dma beside the hog: {:?}", worker.output)
+    );
+    for line in [
+        format!("ENOSPC after {} IOASes", limits.objects),
+        format!("ENOSPC after {} areas", limits.areas),
+    ] {
+        ensure!(
+            hog.output.contains(&line),
+            "no {line:?} in {:?}",
+            hog.output
+        );
+    }
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+fn system_calls_never_grant_a_fresh_time_slice(_: &Platform) -> TestResult {
+    if !crate::task::preemption_available() {
+        return Ok(Outcome::NotApplicable("no preemption timer"));
+    }
+    let baseline = Baseline::now();
+    let hog = spawn(HOG_SYSCALLS)?;
+    let other = super::spawn_program("hello", 0)?;
+    let owners = [hog.owner, other.owner];
+    let run = super::run_captured(alloc::vec![hog, other]);
+    ensure_eq!(
+        run.reports[0].exit,
+        Exit::Code(0),
+        format!("hog: {:?}", run.reports[0].output)
+    );
+    ensure_eq!(run.reports[1].exit, Exit::Code(0), "hello");
+    let hog_done = position(&run, "syscall hog done").ok_or("the hog never finished")?;
+    let hello = position(&run, "hello from user mode").ok_or("hello never ran")?;
+    ensure!(
+        hello < hog_done,
+        "the other task ran only after the hog's {} calls",
+        300_000
+    );
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}

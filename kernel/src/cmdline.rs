@@ -32,6 +32,10 @@ pub struct Cmdline<'a> {
     /// task (`iommufd::Limits`; the defaults when absent).
     pub objects_per_task: Option<usize>,
     pub areas_per_task: Option<usize>,
+    /// `dma_pages_per_task=N`: the pages of IO page tables and device
+    /// structures one task's mappings and devices may take
+    /// (`memory::dma`; the default when absent).
+    pub dma_pages_per_task: Option<usize>,
 }
 
 /// A deliberate crash (`crash=panic|fault|user-read|user-exec`).
@@ -58,6 +62,7 @@ impl<'a> Cmdline<'a> {
             allow_unsafe_interrupts: false,
             objects_per_task: None,
             areas_per_task: None,
+            dma_pages_per_task: None,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -70,6 +75,9 @@ impl<'a> Cmdline<'a> {
                 Some(("tasks", value)) => cmdline.tasks = Some(value),
                 Some(("objects_per_task", value)) => cmdline.objects_per_task = value.parse().ok(),
                 Some(("areas_per_task", value)) => cmdline.areas_per_task = value.parse().ok(),
+                Some(("dma_pages_per_task", value)) => {
+                    cmdline.dma_pages_per_task = value.parse().ok()
+                }
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
                 Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),
                 Some(("crash", "user-read")) => cmdline.crash = Some(Crash::UserRead),

@@ -201,7 +201,10 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
     let state = guard.get_or_insert_with(new_state);
     state.core.services_mut().task = Some(NonNull::from(&mut *task));
     let owner = OwnerId(task.owner);
+    // IO page tables and device structures allocated now are the task's.
+    let charged = crate::memory::dma::charge_to(Some(task.owner));
     let result = f(state, owner);
+    crate::memory::dma::charge_to(charged);
     state.core.services_mut().task = None;
     result
 }

@@ -52,6 +52,11 @@ fn kernel_main(boot: BootInfo) -> ! {
         objects: cmdline.objects_per_task.unwrap_or(defaults.objects),
         areas: cmdline.areas_per_task.unwrap_or(defaults.areas),
     });
+    memory::dma::set_limit(
+        cmdline
+            .dma_pages_per_task
+            .unwrap_or(memory::dma::DEFAULT_LIMIT_PAGES),
+    );
     if let Some(crash) = cmdline.crash {
         crash_on_purpose(crash);
     }

@@ -19,11 +19,18 @@ pub static TESTS: &[Test] = &[
         name: "survival::system_calls_never_grant_a_fresh_time_slice",
         run: system_calls_never_grant_a_fresh_time_slice,
     },
+    Test {
+        name: "survival::page_table_pages_are_charged_to_the_task_that_maps",
+        run: page_table_pages_are_charged_to_the_task_that_maps,
+    },
 ];
 
 /// The hogs of the `hostile` program (its argument's top byte).
 const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
+const HOG_TABLES: u64 = 16;
+/// The table hog's page limit in the test: small, so that it runs quickly.
+const TABLE_HOG_PAGES: usize = 96;
 
 fn spawn(attack: u64) -> Result<Task, String> {
     super::spawn_program("hostile", attack << 56)
@@ -95,6 +102,52 @@ fn system_calls_never_grant_a_fresh_time_slice(_: &Platform) -> TestResult {
         "the other task ran only after the hog's {} calls",
         300_000
     );
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// A task whose mappings need a page-table page each is refused (ENOMEM)
+/// once its pages reach its limit, well before the frames run out, and the
+/// other task's DMA still works; every page is uncharged at the end.
+fn page_table_pages_are_charged_to_the_task_that_maps(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    if crate::iommufd_service::unit_hw_info().is_none() {
+        return Ok(Outcome::NotApplicable("no IOMMU: no page tables to charge"));
+    }
+    let baseline = Baseline::now();
+    let hog = super::spawn_program("hostile", HOG_TABLES << 56)?;
+    let worker = super::spawn_program("edu-dma", 1)?;
+    let owners = [hog.owner, worker.owner];
+    let limit = crate::memory::dma::set_limit(TABLE_HOG_PAGES);
+    let run = super::run_captured(alloc::vec![hog, worker]);
+    crate::memory::dma::set_limit(limit);
+    let (hog, worker) = (&run.reports[0], &run.reports[1]);
+    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
+    ensure_eq!(
+        worker.exit,
+        Exit::Code(0),
+        format!("edu-dma beside the hog: {:?}", worker.output)
+    );
+    let maps: usize = hog
+        .output
+        .split("ENOMEM after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .ok_or_else(|| format!("hog: {:?}", hog.output))?;
+    // Each map 2 MiB from the last needs a leaf table of its own; the
+    // levels above and the device structures take a few more.
+    ensure!(
+        maps < TABLE_HOG_PAGES && maps + 8 >= TABLE_HOG_PAGES / 2,
+        "refused after {maps} maps with a limit of {TABLE_HOG_PAGES} pages"
+    );
+    for owner in owners {
+        ensure_eq!(
+            crate::memory::dma::charged_pages(owner),
+            0,
+            "pages still charged"
+        );
+    }
     baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }

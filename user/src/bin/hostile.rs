@@ -47,6 +47,9 @@
 //!   alive. Runs without a device (it needs none).
 //! - HOG_SYSCALLS: makes cheap system calls in a loop, never yielding; a
 //!   call must not grant a fresh time slice, so the other tasks still run.
+//! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
+//!   each needing a page-table page of its own, until refused: ENOMEM (exit
+//!   84 on any other answer) once its page-table pages reach its limit.
 //!
 //! Exit codes: 0 = the attack failed as it must, 77 = no edu behind an IOMMU,
 //! otherwise the number of the failed step.
@@ -81,6 +84,7 @@ const IRQ_SPOOFER: u64 = 13;
 const VICTIM_WAIT_NS: u64 = 3_000_000_000;
 const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
+const HOG_TABLES: u64 = 16;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -122,6 +126,7 @@ fn main() -> i32 {
         GROUP_CONTENDER => contend(address, index),
         IRQ_VICTIM => victim(address),
         IRQ_SPOOFER => spoof(address),
+        HOG_TABLES => hog_tables(address),
         _ => {
             println!("hostile: unknown attack {attack}");
             Err(99)
@@ -461,4 +466,29 @@ fn hog_syscalls() -> i32 {
     }
     println!("hostile: syscall hog done");
     0
+}
+
+fn hog_tables(address: PciAddress) -> Result<(), i32> {
+    let edu = STEPS.check(1, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(2, "ioas_alloc", ioas_alloc())?;
+    STEPS.check(3, "device_attach", device_attach(edu.id, ioas))?;
+    let page = STEPS.check(4, "mem_alloc", mem_alloc(1))?;
+    let mut maps = 0u64;
+    loop {
+        match ioas_map(
+            ioas,
+            page as u64,
+            PAGE as u64,
+            Some(maps * (2 << 20) + (1 << 30)),
+        ) {
+            Ok(_) => maps += 1,
+            Err(Errno::ENOMEM) => break,
+            Err(other) => {
+                println!("hostile: table hog: map {maps}: {other:?}");
+                return Err(84);
+            }
+        }
+    }
+    println!("hostile: table hog: ENOMEM after {maps} maps");
+    Ok(())
 }

@@ -14,7 +14,7 @@ mod v3;
 
 use core::ptr::NonNull;
 
-use os_services::mmio::Mmio;
+use os_services::mmio::{Mmio, Reg32};
 
 /// The interrupt controller is absent when the device tree described none
 /// this kernel drives: interrupt users then get an error.
@@ -36,6 +36,39 @@ fn map(base: u64, size: usize) -> Mmio {
     let base = NonNull::new(base as *mut u8).expect("GIC register block at 0");
     // SAFETY: see the function comment.
     unsafe { Mmio::new(base, size) }
+}
+
+/// The register arrays GICv2 and GICv3 share (IHI 0048B §4.3, IHI 0069H
+/// §12.9): one byte per interrupt (IPRIORITYR, ITARGETSR); two bits per
+/// interrupt in ICFGR, bit 1 of the pair meaning edge-triggered; one bit per
+/// interrupt in IGROUPR and in the write-1 ISENABLER/ICENABLER.
+fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
+    let reg = Reg32(array_base + (intid as usize & !3));
+    let shift = (intid % 4) * 8;
+    let old = regs.read32(reg);
+    regs.write32(reg, (old & !(0xFF << shift)) | (value << shift));
+}
+
+fn set_trigger(regs: &Mmio, array_base: usize, intid: u32, edge: bool) {
+    let reg = Reg32(array_base + (intid as usize / 16) * 4);
+    let bit = 1 << ((intid % 16) * 2 + 1);
+    let old = regs.read32(reg);
+    regs.write32(reg, if edge { old | bit } else { old & !bit });
+}
+
+fn set_bit(regs: &Mmio, array_base: usize, intid: u32, on: bool) {
+    let reg = Reg32(array_base + (intid as usize / 32) * 4);
+    let bit = 1 << (intid % 32);
+    let old = regs.read32(reg);
+    regs.write32(reg, if on { old | bit } else { old & !bit });
+}
+
+/// Writes `intid`'s bit alone to a write-1 array (ISENABLER, ICENABLER).
+fn write_one(regs: &Mmio, array_base: usize, intid: u32) {
+    regs.write32(
+        Reg32(array_base + (intid as usize / 32) * 4),
+        1 << (intid % 32),
+    );
 }
 
 fn unmask_irqs() {

@@ -5,7 +5,7 @@
 
 use os_services::mmio::{Mmio, Reg32};
 
-use super::NoInterruptController;
+use super::{NoInterruptController, set_byte_field, set_trigger, write_one};
 
 /// IHI 0048B §4.3 distributor registers.
 const GICD_CTLR: Reg32 = Reg32(0x000);
@@ -70,43 +70,19 @@ fn gic() -> Result<&'static Gic, NoInterruptController> {
     GIC.get().ok_or(NoInterruptController)
 }
 
-fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
-    let reg = Reg32(array_base + (intid as usize & !3));
-    let shift = (intid % 4) * 8;
-    let old = regs.read32(reg);
-    regs.write32(reg, (old & !(0xFF << shift)) | (value << shift));
-}
-
 /// Configures SPI `intid` (edge or level), routes it to CPU 0 and enables it.
 pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
     let distributor = &gic()?.distributor;
     set_byte_field(distributor, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
     set_byte_field(distributor, GICD_ITARGETSR, intid, CPU0_TARGET);
-    // GICD_ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.
-    let config = Reg32(GICD_ICFGR + (intid as usize / 16) * 4);
-    let edge_bit = 1 << ((intid % 16) * 2 + 1);
-    let old = distributor.read32(config);
-    distributor.write32(
-        config,
-        if edge {
-            old | edge_bit
-        } else {
-            old & !edge_bit
-        },
-    );
-    distributor.write32(
-        Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
-        1 << (intid % 32),
-    );
+    set_trigger(distributor, GICD_ICFGR, intid, edge);
+    write_one(distributor, GICD_ISENABLER, intid);
     Ok(())
 }
 
 pub fn disable(intid: u32) {
     let Ok(gic) = gic() else { return };
-    gic.distributor.write32(
-        Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
-        1 << (intid % 32),
-    );
+    write_one(&gic.distributor, GICD_ICENABLER, intid);
 }
 
 /// The v2m frame's MSI doorbell and the SPIs it can raise (GICv2m

@@ -12,7 +12,7 @@ use core::time::Duration;
 
 use os_services::mmio::{Mmio, Reg32, Reg64};
 
-use super::NoInterruptController;
+use super::{NoInterruptController, set_bit, set_byte_field, set_trigger, write_one};
 use crate::memory::frames::{self, Frames};
 use crate::time::CLOCK;
 
@@ -38,8 +38,8 @@ const GICR_PROPBASER: Reg64 = Reg64(0x0070);
 const GICR_PENDBASER: Reg64 = Reg64(0x0078);
 const SGI_BASE: usize = 0x1_0000;
 const GICR_IGROUPR0: Reg32 = Reg32(SGI_BASE + 0x0080);
-const GICR_ISENABLER0: Reg32 = Reg32(SGI_BASE + 0x0100);
-const GICR_ICENABLER0: Reg32 = Reg32(SGI_BASE + 0x0180);
+const GICR_ISENABLER0: usize = SGI_BASE + 0x0100;
+const GICR_ICENABLER0: usize = SGI_BASE + 0x0180;
 const GICR_IPRIORITYR: usize = SGI_BASE + 0x0400;
 const GICR_ICFGR: usize = SGI_BASE + 0x0C00;
 const REDISTRIBUTOR_SIZE: usize = 0x2_0000;
@@ -133,21 +133,6 @@ fn wait(what: &'static str, done: impl FnMut() -> Option<()>) -> Result<(), &'st
     os_services::wait_until(&CLOCK, REGISTER_WAIT, done).map_err(|_| what)
 }
 
-fn set_byte_field(regs: &Mmio, array_base: usize, intid: u32, value: u32) {
-    let reg = Reg32(array_base + (intid as usize & !3));
-    let shift = (intid % 4) * 8;
-    let old = regs.read32(reg);
-    regs.write32(reg, (old & !(0xFF << shift)) | (value << shift));
-}
-
-/// Sets or clears `intid`'s bit in the 32-bit-per-register array at `base`.
-fn set_bit(regs: &Mmio, base: usize, intid: u32, on: bool) {
-    let reg = Reg32(base + (intid as usize / 32) * 4);
-    let bit = 1 << (intid % 32);
-    let old = regs.read32(reg);
-    regs.write32(reg, if on { old | bit } else { old & !bit });
-}
-
 /// Brings the distributor and this CPU's redistributor up; returns the
 /// redistributor's processor number (the ITS's target, GITS_TYPER.PTA = 0).
 pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
@@ -198,29 +183,19 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
 /// level, enabled.
 pub fn enable(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
     let gic = gic()?;
-    // ICFGR: two bits per interrupt, bit 1 of the pair = edge-triggered.
-    let edge_config = |regs: &Mmio, base: usize| {
-        let reg = Reg32(base + (intid as usize / 16) * 4);
-        let bit = 1 << ((intid % 16) * 2 + 1);
-        let old = regs.read32(reg);
-        regs.write32(reg, if edge { old | bit } else { old & !bit });
-    };
     if intid < FIRST_SPI {
         let gicr = &gic.redistributor;
         set_byte_field(gicr, GICR_IPRIORITYR, intid, DEFAULT_PRIORITY);
-        edge_config(gicr, GICR_ICFGR);
-        gicr.write32(GICR_ISENABLER0, 1 << intid);
+        set_trigger(gicr, GICR_ICFGR, intid, edge);
+        write_one(gicr, GICR_ISENABLER0, intid);
     } else {
         let gicd = &gic.distributor;
         set_bit(gicd, GICD_IGROUPR, intid, true);
         set_byte_field(gicd, GICD_IPRIORITYR, intid, DEFAULT_PRIORITY);
-        edge_config(gicd, GICD_ICFGR);
+        set_trigger(gicd, GICD_ICFGR, intid, edge);
         // Affinity 0.0.0.0: this CPU (IRM = 0).
         gicd.write64(Reg64(GICD_IROUTER + intid as usize * 8), 0);
-        gicd.write32(
-            Reg32(GICD_ISENABLER + (intid as usize / 32) * 4),
-            1 << (intid % 32),
-        );
+        write_one(gicd, GICD_ISENABLER, intid);
     }
     Ok(())
 }
@@ -228,12 +203,9 @@ pub fn enable(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
 pub fn disable(intid: u32) {
     let Ok(gic) = gic() else { return };
     if intid < FIRST_SPI {
-        gic.redistributor.write32(GICR_ICENABLER0, 1 << intid);
+        write_one(&gic.redistributor, GICR_ICENABLER0, intid);
     } else if intid < super::FIRST_LPI {
-        gic.distributor.write32(
-            Reg32(GICD_ICENABLER + (intid as usize / 32) * 4),
-            1 << (intid % 32),
-        );
+        write_one(&gic.distributor, GICD_ICENABLER, intid);
     }
 }
 

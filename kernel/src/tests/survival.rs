@@ -23,12 +23,17 @@ pub static TESTS: &[Test] = &[
         name: "survival::page_table_pages_are_charged_to_the_task_that_maps",
         run: page_table_pages_are_charged_to_the_task_that_maps,
     },
+    Test {
+        name: "survival::the_cpu_budget_counts_the_time_of_system_calls",
+        run: the_cpu_budget_counts_the_time_of_system_calls,
+    },
 ];
 
 /// The hogs of the `hostile` program (its argument's top byte).
 const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
+const HOG_KERNEL_TIME: u64 = 17;
 /// The table hog's page limit in the test: small, so that it runs quickly.
 const TABLE_HOG_PAGES: usize = 96;
 
@@ -148,6 +153,40 @@ fn page_table_pages_are_charged_to_the_task_that_maps(_: &Platform) -> TestResul
             "pages still charged"
         );
     }
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// A task that spends its time in system calls is killed by its CPU budget
+/// as surely as one that spins in user mode: alone on the CPU, it dies after
+/// about its budget of wall time. (A guard, not a before-and-after proof:
+/// since every struct is capped at a page, no call keeps the kernel long
+/// enough for the old user-time-only charge to differ by the 10x margin.)
+fn the_cpu_budget_counts_the_time_of_system_calls(_: &Platform) -> TestResult {
+    const BUDGET_MS: u64 = 100;
+    crate::iommufd_service::prepare();
+    let baseline = Baseline::now();
+    let hog = spawn(HOG_KERNEL_TIME)?;
+    let owners = [hog.owner];
+    let started = crate::arch::now_ns();
+    let run = crate::task::run_tasks(
+        alloc::vec![Some(hog)],
+        crate::task::Output::Capture,
+        crate::task::kernel_root(),
+        crate::task::Limits {
+            cpu_ms: BUDGET_MS,
+            ..crate::task::Limits::DEFAULT
+        },
+    );
+    let ran_ms = (crate::arch::now_ns() - started) / 1_000_000;
+    let Exit::Killed(why) = &run.reports[0].exit else {
+        return Err(format!("the hog was not killed: {:?}", run.reports[0]));
+    };
+    ensure!(why.contains("CPU time"), "killed for another reason: {why}");
+    ensure!(
+        ran_ms < 10 * BUDGET_MS,
+        "a {BUDGET_MS} ms budget let the hog run {ran_ms} ms"
+    );
     baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }

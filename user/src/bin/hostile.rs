@@ -47,6 +47,10 @@
 //!   alive. Runs without a device (it needs none).
 //! - HOG_SYSCALLS: makes cheap system calls in a loop, never yielding; a
 //!   call must not grant a fresh time slice, so the other tasks still run.
+//! - HOG_KERNEL_TIME: calls `ioas_iova_ranges` forever with a struct that
+//!   claims a whole page of zero tail (the kernel reads and checks it all,
+//!   then finds no IOAS): nearly all its time is the kernel's, and its CPU
+//!   budget must still end it.
 //! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
 //!   each needing a page-table page of its own, until refused: ENOMEM (exit
 //!   84 on any other answer) once its page-table pages reach its limit.
@@ -85,6 +89,7 @@ const VICTIM_WAIT_NS: u64 = 3_000_000_000;
 const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
+const HOG_KERNEL_TIME: u64 = 17;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -107,6 +112,7 @@ fn main() -> i32 {
     match attack {
         HOG_LIMITS => return hog_limits().map_or_else(|code| code, |()| 0),
         HOG_SYSCALLS => return hog_syscalls(),
+        HOG_KERNEL_TIME => return hog_kernel_time(),
         _ => {}
     }
     let Ok(Some(address)) = edu::find_translated(index) else {
@@ -491,4 +497,16 @@ fn hog_tables(address: PciAddress) -> Result<(), i32> {
     }
     println!("hostile: table hog: ENOMEM after {maps} maps");
     Ok(())
+}
+
+fn hog_kernel_time() -> i32 {
+    let Ok(page) = mem_alloc(1) else {
+        return 85;
+    };
+    // SAFETY: the page is this task's, fresh and zeroed; the size field is
+    // the struct's first word.
+    unsafe { (page as *mut u32).write_volatile(user_programs::abi::MAX_SIZE) };
+    loop {
+        let _ = syscall(nr::IOAS_IOVA_RANGES, [page as u64, 0, 0, 0, 0, 0]);
+    }
 }

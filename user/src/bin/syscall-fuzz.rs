@@ -1,8 +1,9 @@
 //! A seeded stream of system calls with valid, boundary and garbage arguments,
 //! each checked against a reference model of what the kernel must answer.
 //! About half of them are iommufd calls on IOASes (alloc, destroy, map with a
-//! fixed or automatic IOVA, unmap, iova_ranges, irq_wait, truncated, oversized and
-//! misplaced argument structs, ids of no object or of the task's device),
+//! fixed or automatic IOVA, unmap, iova_ranges, irq_wait, truncated, oversized
+//! (up to and past the page cap) and misplaced argument structs, ids of no
+//! object or of the task's device, and its device destroyed and opened again),
 //! checked step by step against a model of the IOAS semantics written from
 //! the rules (object ids, areas, pins).
 //!
@@ -562,8 +563,46 @@ fn iommufd_step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Resu
         1 => fuzz_destroy(rng, model, counts),
         2 | 3 => fuzz_map(rng, model, counts),
         4 | 5 => fuzz_unmap(rng, model, counts),
+        6 if rng.below(8) == 0 => fuzz_reopen_device(model, counts),
         6 => fuzz_irq_wait(rng, model, counts),
         _ => fuzz_iova_ranges(rng, model, counts),
+    }
+}
+
+/// Destroys the task's edu and opens it again, so that the release path
+/// (interrupt, register window, quiescing) and the open path run over and
+/// over: the new device object takes the lowest free id.
+fn fuzz_reopen_device(model: &mut Model, counts: &mut [u32; 3]) -> Result<(), Mismatch> {
+    let Some(device) = model.device else {
+        return Ok(());
+    };
+    let Ok(Some(address)) = user_programs::edu::find_translated(0) else {
+        return Ok(());
+    };
+    let got = destroy(device);
+    if got != Ok(0) {
+        return Err(mismatch(
+            "destroy (device)",
+            [u64::from(device), 0],
+            "0",
+            got,
+        ));
+    }
+    model.device = None;
+    let expected = model.next_id();
+    let opened = user_programs::edu::Edu::open(address);
+    match opened {
+        Ok(edu) if edu.id == expected => {
+            model.device = Some(edu.id);
+            counts[0] += 2;
+            Ok(())
+        }
+        other => Err(mismatch(
+            "device_open (again)",
+            [u64::from(expected), u64::from(address.0)],
+            "the lowest free id",
+            other.map(|edu| u64::from(edu.id)),
+        )),
     }
 }
 

@@ -656,8 +656,11 @@ fn release_device(state: &mut State, entry: OpenDevice) {
     if let Err(stuck) = crate::devices::quiesce(platform, device) {
         println!("device release: {}: not quiesced: {}", entry.bdf, stuck.0);
     }
-    state.residue.retain(|&(bdf, _)| bdf != entry.bdf);
-    state.residue.push((entry.bdf, entry.owner));
+    // A record still there means the device was never scrubbed for this
+    // owner (its open failed first): what it may hold is the earlier owner's.
+    if !state.residue.iter().any(|&(bdf, _)| bdf == entry.bdf) {
+        state.residue.push((entry.bdf, entry.owner));
+    }
 }
 
 /// Releases the devices of `owner` that the core no longer holds (destroyed

@@ -94,6 +94,35 @@ impl Baseline {
     }
 }
 
+/// Checks that `device` is blocked, not in bypass: its DMA to a kernel page
+/// (IOVA = the page's physical address) changes nothing. The page is freed
+/// again whatever happens.
+fn dma_to_a_kernel_page_is_blocked(
+    platform: &crate::platform::Platform,
+    device: &crate::devices::PciDevice,
+) -> Result<(), String> {
+    const FILL: u8 = 0x3C;
+    let page = crate::memory::frames::alloc().ok_or("no frame")?;
+    let result = (|| -> Result<(), String> {
+        // SAFETY: a fresh frame owned by this check, identity-mapped.
+        unsafe { core::ptr::write_bytes(page.as_mut_ptr(), FILL, page.len()) };
+        let edu = crate::devices::open_edu(platform, device)
+            .map_err(|err| alloc::format!("open edu: {err:?}"))?;
+        edu.dma(edu::Direction::ToRam, page.phys, 0, page.len())
+            .map_err(|err| alloc::format!("edu DMA: {err:?}"))?;
+        // SAFETY: as above; the device may have written it.
+        let bytes = unsafe { core::slice::from_raw_parts(page.as_mut_ptr(), page.len()) };
+        ensure!(
+            bytes.iter().all(|&b| b == FILL),
+            "{}, which should be blocked, wrote kernel memory",
+            device.function.bdf
+        );
+        Ok(())
+    })();
+    crate::memory::frames::free(page);
+    result
+}
+
 /// Every test group, in the order they run.
 pub static ALL: &[&[Test]] = &[
     foundation::TESTS,

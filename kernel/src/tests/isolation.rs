@@ -156,26 +156,8 @@ fn a_task_killed_with_its_device_attached_leaves_the_other_working(
         worker.output
     );
     baseline.check(&owners)?;
-    // The dead task's device was left blocked, not in bypass: its DMA to a
-    // kernel page (IOVA = the page's physical address) changes nothing.
-    let page = frames::alloc().ok_or("no frame")?;
-    let result = (|| -> Result<(), String> {
-        // SAFETY: a fresh frame owned by this test, identity-mapped.
-        unsafe { core::ptr::write_bytes(page.as_mut_ptr(), 0x3C, 4096) };
-        let edu = crate::devices::open_edu(platform, victim_edu)
-            .map_err(|err| format!("open edu: {err:?}"))?;
-        edu.dma(edu::Direction::ToRam, page.phys, 0, 4096)
-            .map_err(|err| format!("edu DMA: {err:?}"))?;
-        // SAFETY: as above; the device may have written it.
-        let bytes = unsafe { core::slice::from_raw_parts(page.as_mut_ptr(), 4096) };
-        ensure!(
-            bytes.iter().all(|&b| b == 0x3C),
-            "the dead task's device wrote kernel memory"
-        );
-        Ok(())
-    })();
-    frames::free(page);
-    result?;
+    // The dead task's device was left blocked, not in bypass.
+    super::dma_to_a_kernel_page_is_blocked(platform, victim_edu)?;
     ensure_eq!(
         frames::free_count(),
         baseline.frames,

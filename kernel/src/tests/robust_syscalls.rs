@@ -44,5 +44,40 @@ fn fuzzer_agrees_with_its_model_and_leaks_nothing(_: &Platform) -> TestResult {
         println!("    {}", report.output[at..].trim_end());
     }
     super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
+    fuzz_at_the_limits(seed)
+}
+
+/// Limits the model reaches (it holds up to 4 IOASes of 8 areas each).
+const SMALL_LIMITS: iommufd::Limits = iommufd::Limits {
+    objects: 3,
+    areas: 10,
+};
+
+/// A second run, with limits the fuzzer runs into: it finds them by trying,
+/// then expects ENOSPC whenever its model is at one (and nothing else).
+fn fuzz_at_the_limits(seed: u64) -> TestResult {
+    let frames_before = frames::free_count();
+    let pinned_before = crate::iommufd_service::pinned_bytes();
+    let fuzzer = super::spawn_program("syscall-fuzz", seed ^ 0x5A5A)?;
+    let owner = fuzzer.owner;
+    let limits = crate::iommufd_service::set_limits(SMALL_LIMITS);
+    let run = super::run_captured(alloc::vec![fuzzer]);
+    crate::iommufd_service::set_limits(limits);
+    let report = run.reports.first().ok_or("no report")?;
+    ensure_eq!(
+        report.exit,
+        Exit::Code(0),
+        format!("fuzzer at small limits; it said {:?}", report.output)
+    );
+    let found = format!(
+        "limits: Some({}) objects, Some({}) areas",
+        SMALL_LIMITS.objects, SMALL_LIMITS.areas
+    );
+    ensure!(
+        report.output.contains(&found),
+        "the fuzzer did not find the limits: {:?}",
+        report.output
+    );
+    super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
     Ok(Outcome::Passed)
 }

@@ -75,6 +75,10 @@ struct Model {
     /// The id of an edu the task opened, if an IOMMU translates one: an
     /// object of another type, which the IOAS calls must not accept.
     device: Option<u32>,
+    /// The objects and areas the kernel lets this task hold, where the model
+    /// can reach them (found by [`probe_limits`]): past them, ENOSPC.
+    object_limit: Option<usize>,
+    area_limit: Option<usize>,
 }
 
 impl Model {
@@ -382,7 +386,10 @@ fn main() -> i32 {
                 .map(|edu| edu.id),
             _ => None,
         },
+        object_limit: None,
+        area_limit: None,
     };
+    (model.object_limit, model.area_limit) = probe_limits(model.device.is_some());
     // [calls answered with success, calls answered with the expected error,
     //  of all of them iommufd calls]
     let mut counts = [0u32; 3];
@@ -414,13 +421,60 @@ fn main() -> i32 {
         }
     }
     println!(
-        "syscall-fuzz: seed {seed:#x}: {CALLS} calls ({} iommufd), {} answered as success and {} with the expected error",
-        counts[2], counts[0], counts[1]
+        "syscall-fuzz: seed {seed:#x}: {CALLS} calls ({} iommufd), {} answered as success and {} with the expected error; limits: {:?} objects, {:?} areas",
+        counts[2], counts[0], counts[1], model.object_limit, model.area_limit
     );
     0
 }
 
 // ---- iommufd --------------------------------------------------------------
+
+/// Finds the objects and areas the kernel lets this task hold, up to more
+/// than the model ever holds, by allocating until refused, and gives all of
+/// it back. `device`: the task holds a device object already.
+fn probe_limits(device: bool) -> (Option<usize>, Option<usize>) {
+    use user_programs::iommu;
+    const PROBE: usize = IOASES * AREAS + 1;
+    let mut ids = [0u32; PROBE];
+    let mut held = 0;
+    let mut object_limit = None;
+    while held < PROBE {
+        match iommu::ioas_alloc() {
+            Ok(id) => {
+                ids[held] = id;
+                held += 1;
+            }
+            Err(Errno::ENOSPC) => {
+                object_limit = Some(held + usize::from(device));
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let mut area_limit = None;
+    if held > 0
+        && let Ok(page) = user_programs::mem_alloc(1)
+    {
+        let mut maps = 0;
+        while maps < PROBE {
+            let iova = FIXED_BASE + (maps as u64) * 2 * PAGE_SIZE;
+            match iommu::ioas_map(ids[0], page as u64, PAGE_SIZE, Some(iova)) {
+                Ok(_) => maps += 1,
+                Err(Errno::ENOSPC) => {
+                    area_limit = Some(maps);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let _ = iommu::ioas_unmap(ids[0], 0, u64::MAX);
+        let _ = raw(nr::MEM_FREE, page as u64, 1);
+    }
+    for &id in &ids[..held] {
+        let _ = iommu::destroy(id);
+    }
+    (object_limit, area_limit)
+}
 
 /// IOASes and areas per IOAS the model tracks at once.
 const IOASES: usize = 4;
@@ -689,6 +743,16 @@ fn fuzz_ioas_alloc(
     let Some(slot) = model.ioases.iter().position(Option::is_none) else {
         return Ok(());
     };
+    let held = model.ioases.iter().flatten().count() + usize::from(model.device.is_some());
+    if model.object_limit.is_some_and(|limit| held >= limit) {
+        counts[1] += 1;
+        return expect_err(
+            "ioas_alloc (at the object limit)",
+            [held as u64, 0],
+            arg.call(Command::IoasAlloc),
+            Errno::ENOSPC,
+        );
+    }
     let expected = model.next_id();
     let got = arg.call(Command::IoasAlloc);
     let id = arg.read::<IoasAlloc>().out_ioas_id;
@@ -852,6 +916,20 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
             None
         }
         _ => None,
+    };
+    let areas: usize = model
+        .ioases
+        .iter()
+        .flatten()
+        .map(|ioas| ioas.areas.iter().flatten().count())
+        .sum();
+    let at_limit = model.area_limit.is_some_and(|limit| areas >= limit);
+    // The limit is checked before the task's memory is pinned (a refused
+    // call pins nothing): memory it does not own is then ENOSPC too.
+    let defect = match defect {
+        Some((what, Errno::EFAULT)) if at_limit => Some((what, Errno::ENOSPC)),
+        None if at_limit => Some(("a map at the area limit", Errno::ENOSPC)),
+        other => other,
     };
     let mut arg = RawArg::of(&map);
     let got = arg.call(Command::IoasMap);

@@ -17,8 +17,10 @@
 //!   may run out (interrupt numbers, exit 30).
 //! - INJECT_FROM_USER / INJECT_FROM_KERNEL: aims its edu at the x86
 //!   interrupt window (0xFEE0_0000) with messages of its choosing: the
-//!   system-call vector, the spurious vector, exception vectors 16-31 and an
-//!   NMI, each landing while the task polls in user mode or while the kernel
+//!   system-call vector, the spurious vector, exception vectors 3, 8, 13 and
+//!   14 (the last three's stubs expect a CPU error code, which a message
+//!   never pushes) and 16-31, vector 2 with fixed delivery and an NMI, each
+//!   landing while the task polls in user mode or while the kernel
 //!   idles in its `irq_wait`. The task must live on, unharmed (exit 0), and
 //!   so must the kernel; the kernel counts what it dropped.
 //! - OPEN_EVERYTHING: tries to open every function that is not an edu
@@ -253,9 +255,27 @@ const MSI_WINDOW: u64 = 0xFEE0_0000;
 /// MSI data: the vector in bits 7:0, the delivery mode in bits 10:8
 /// (SDM Vol. 3A §11.11.2; 0b100 = NMI).
 const DELIVERY_NMI: u32 = 0b100 << 8;
-/// What the hostile device sends: the system-call gate, the spurious vector,
-/// exception vectors (with and without a CPU error code) and an NMI.
-const MESSAGES: [u32; 10] = [0xF0, 0xFF, 16, 17, 18, 21, 29, 30, 31, DELIVERY_NMI | 2];
+/// What the hostile device sends: exception vectors below 16 (whose stubs
+/// expect a CPU error code, for 8, 13 and 14, which a message never pushes;
+/// 2, the NMI vector, with fixed delivery), the system-call gate, the
+/// spurious vector, the reserved vectors 16-31 and an NMI.
+const MESSAGES: [u32; 15] = [
+    3,
+    8,
+    13,
+    14,
+    2,
+    0xF0,
+    0xFF,
+    16,
+    17,
+    18,
+    21,
+    29,
+    30,
+    31,
+    DELIVERY_NMI | 2,
+];
 
 fn inject(address: PciAddress, wait_in_kernel: bool) -> Result<(), i32> {
     let (edu, va) = attached(address, 1)?;

@@ -28,6 +28,16 @@ const VECTOR_NMI: u64 = 2;
 const VECTOR_BREAKPOINT: u64 = 3;
 const VECTOR_INVALID_OPCODE: u64 = 6;
 const VECTOR_PAGE_FAULT: u64 = 14;
+/// The vector the handler gives a frame whose error-code slot the CPU never
+/// filled (the stubs' return path checks for it).
+const WITHOUT_ERROR_CODE: u64 = u64::MAX;
+
+/// The exceptions whose stubs leave the CPU's error code (SDM Vol. 3A Table
+/// 6-1: #DF and #TS, #NP, #SS, #GP, #PF; the assembly says the same).
+fn pushes_error_code(vector: u64) -> bool {
+    vector == 8 || (10..=14).contains(&vector)
+}
+
 /// Length of `ud2`, skipped when a test provokes #UD on purpose.
 const UD2_LEN: u64 = 2;
 
@@ -67,7 +77,9 @@ const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
 // vectors whose exceptions push an error code (SDM Vol. 3A Table 6-1: 8 and
 // 10-14; 17, 21, 29 and 30 only under CR0.AM, CET or SEV-ES, none of which
 // this kernel turns on) leave it; every other stub pushes a dummy 0 in its
-// place.
+// place. The handler marks a frame whose "error code" the CPU never pushed
+// (an interrupt a device sent with such a vector) with vector `u64::MAX`:
+// the return then drops one slot, not two.
 global_asm!(
     r#"
     .section .text.isr, "ax"
@@ -106,7 +118,12 @@ isr_common:
     pop rcx
     pop rbx
     pop rax
+    cmp qword ptr [rsp], -1
+    je isr_return_without_error_code
     add rsp, 16
+    iretq
+isr_return_without_error_code:
+    add rsp, 8
     iretq
     .balign 16
 isr_stubs:
@@ -247,9 +264,13 @@ pub(super) fn exception_name(vector: u64) -> &'static str {
 #[unsafe(no_mangle)]
 extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
     // Nothing in this kernel sends NMIs: one is a device's message (delivery
-    // mode NMI) or the platform's. It is counted and whatever ran resumes.
+    // mode NMI, or fixed delivery with vector 2) or the platform's. It is
+    // counted and whatever ran resumes.
     if frame.vector == VECTOR_NMI {
         STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
+        if super::interrupts::in_service(VECTOR_NMI as u8) {
+            super::interrupts::end_of_interrupt();
+        }
         return;
     }
     let syscall = frame.vector == u64::from(super::user::SYSCALL_VECTOR);
@@ -260,6 +281,13 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
     {
         STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
         super::interrupts::end_of_interrupt();
+        if pushes_error_code(frame.vector) {
+            // The APIC pushed no error code: the CPU's frame starts one slot
+            // lower than the stub assumed, so nothing above `vector` is what
+            // `TrapFrame` says. Resume as it is; the return drops one slot.
+            frame.vector = WITHOUT_ERROR_CODE;
+            return;
+        }
         super::user::preempt_if_due(frame);
         return;
     }

@@ -256,17 +256,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 32),
-    ("vtd", 71),
-    ("vtd-cm", 71),
-    ("vtd-sm", 69),
-    ("vtd-fs", 69),
-    ("vtd-bridge", 72),
-    ("smmuv3-bridge", 66),
-    ("amdvi", 72),
+    ("vtd", 72),
+    ("vtd-cm", 72),
+    ("vtd-sm", 70),
+    ("vtd-fs", 70),
+    ("vtd-bridge", 73),
+    ("smmuv3-bridge", 67),
+    ("amdvi", 73),
     ("none-arm", 32),
-    ("smmuv3", 66),
-    ("smmuv3-s2", 66),
-    ("smmuv3-nested", 68),
+    ("smmuv3", 67),
+    ("smmuv3-s2", 67),
+    ("smmuv3-nested", 69),
 ];
 
 /// The configuration called `name`.

@@ -27,6 +27,10 @@ pub static TESTS: &[Test] = &[
         name: "survival::the_cpu_budget_counts_the_time_of_system_calls",
         run: the_cpu_budget_counts_the_time_of_system_calls,
     },
+    Test {
+        name: "survival::a_failed_page_allocation_at_any_step_leaves_nothing_behind",
+        run: a_failed_page_allocation_at_any_step_leaves_nothing_behind,
+    },
 ];
 
 /// The hogs of the `hostile` program (its argument's top byte).
@@ -34,6 +38,9 @@ const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
+const FAIL_NTH: u64 = 18;
+/// More pages than opening, attaching and four sparse maps take anywhere.
+const FAIL_NTH_MOST_PAGES: usize = 40;
 /// The table hog's page limit in the test: small, so that it runs quickly.
 const TABLE_HOG_PAGES: usize = 96;
 
@@ -189,4 +196,60 @@ fn the_cpu_budget_counts_the_time_of_system_calls(_: &Platform) -> TestResult {
     );
     baseline.check(&owners)?;
     Ok(Outcome::Passed)
+}
+
+/// Fail-nth over the kernel's own device structures and IO page tables: a
+/// task opens its edu, attaches it and maps four sparse pages with a page
+/// limit of 0, 1, 2, ... pages, so that the allocation that fails moves
+/// through every step (device-table, context-table or interrupt-table
+/// pages at open and attach, page-table pages at each map). Each run must
+/// end with ENOMEM or success and give back every frame, object, pin,
+/// handler and charged page.
+fn a_failed_page_allocation_at_any_step_leaves_nothing_behind(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    if crate::iommufd_service::unit_hw_info().is_none() {
+        return Ok(Outcome::NotApplicable("no IOMMU: nothing to allocate"));
+    }
+    let limit = crate::memory::dma::set_limit(0);
+    let result = (|| -> TestResult {
+        let mut stops: alloc::vec::Vec<String> = alloc::vec::Vec::new();
+        for pages in 0..=FAIL_NTH_MOST_PAGES {
+            crate::memory::dma::set_limit(pages);
+            let baseline = Baseline::now();
+            let task = spawn(FAIL_NTH)?;
+            let owner = task.owner;
+            let run = super::run_captured(alloc::vec![task]);
+            let report = &run.reports[0];
+            ensure_eq!(
+                report.exit,
+                Exit::Code(0),
+                format!("with {pages} pages: {:?}", report.output)
+            );
+            baseline.check(&[owner])?;
+            ensure_eq!(
+                crate::memory::dma::charged_pages(owner),
+                0,
+                format!("pages still charged after a run with {pages}")
+            );
+            if report.output.contains("every step done") {
+                // The failing allocation moved through the device's own
+                // structures (a scrub domain at open, the domain at attach)
+                // and the page tables of the maps.
+                for step in ["stopped at device_", "stopped at ioas_map"] {
+                    ensure!(
+                        stops.iter().any(|stop| stop.contains(step)),
+                        "no run {step}: {stops:?}"
+                    );
+                }
+                return Ok(Outcome::Passed);
+            }
+            stops.push(report.output.clone());
+        }
+        Err(format!(
+            "{FAIL_NTH_MOST_PAGES} pages were not enough: {:?}",
+            stops.last()
+        ))
+    })();
+    crate::memory::dma::set_limit(limit);
+    result
 }

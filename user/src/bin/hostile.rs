@@ -53,6 +53,10 @@
 //!   claims a whole page of zero tail (the kernel reads and checks it all,
 //!   then finds no IOAS): nearly all its time is the kernel's, and its CPU
 //!   budget must still end it.
+//! - FAIL_NTH: opens its edu, attaches it to an IOAS and maps four pages
+//!   2 MiB apart, while the kernel lets it take only a few pages of IO page
+//!   tables and device structures: every step either works or fails with
+//!   ENOMEM (exit 90 on any other answer), and it says how far it got.
 //! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
 //!   each needing a page-table page of its own, until refused: ENOMEM (exit
 //!   84 on any other answer) once its page-table pages reach its limit.
@@ -92,6 +96,7 @@ const HOG_LIMITS: u64 = 14;
 const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
+const FAIL_NTH: u64 = 18;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -135,6 +140,7 @@ fn main() -> i32 {
         IRQ_VICTIM => victim(address),
         IRQ_SPOOFER => spoof(address),
         HOG_TABLES => hog_tables(address),
+        FAIL_NTH => fail_nth(address),
         _ => {
             println!("hostile: unknown attack {attack}");
             Err(99)
@@ -529,4 +535,45 @@ fn hog_kernel_time() -> i32 {
     loop {
         let _ = syscall(nr::IOAS_IOVA_RANGES, [page as u64, 0, 0, 0, 0, 0]);
     }
+}
+
+/// What `fail_nth` makes of one step's answer: go on, stop (ENOMEM), or
+/// fail (anything else).
+fn step_or_enomem<T>(what: &str, result: Result<T, Errno>) -> Result<Option<T>, i32> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Errno::ENOMEM) => {
+            println!("hostile: fail-nth: stopped at {what}");
+            Ok(None)
+        }
+        Err(other) => {
+            println!("hostile: fail-nth: {what}: {other:?}");
+            Err(90)
+        }
+    }
+}
+
+fn fail_nth(address: PciAddress) -> Result<(), i32> {
+    let Some(edu) = step_or_enomem("device_open", Edu::open(address))? else {
+        return Ok(());
+    };
+    let ioas = STEPS.check(91, "ioas_alloc", ioas_alloc())?;
+    if step_or_enomem("device_attach", device_attach(edu.id, ioas))?.is_none() {
+        return Ok(());
+    }
+    let va = STEPS.check(92, "mem_alloc", mem_alloc(4))?;
+    for page in 0..4u64 {
+        let iova = (1 << 30) + page * (2 << 20);
+        let mapped = ioas_map(
+            ioas,
+            va as u64 + page * PAGE as u64,
+            PAGE as u64,
+            Some(iova),
+        );
+        if step_or_enomem("ioas_map", mapped)?.is_none() {
+            return Ok(());
+        }
+    }
+    println!("hostile: fail-nth: every step done");
+    Ok(())
 }

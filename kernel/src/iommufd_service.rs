@@ -146,16 +146,25 @@ impl State {
                 .any(|region| region.kind == iommu::ReservedKind::Direct)
         });
         let msi = pci::Msi::find(&crate::platform::get().pci.ecam, device.function.bdf).is_some();
-        let isolated =
-            unit.is_some_and(|unit| unit.isolates_msi()) || crate::irq::controller_isolates_msi();
         let facts = device_policy::Facts {
             translated: requester.is_some(),
             firmware_dma,
             unsafe_interrupts: msi
-                && !isolated
+                && !self.msis_isolated()
                 && !UNSAFE_INTERRUPTS_ALLOWED.load(core::sync::atomic::Ordering::SeqCst),
         };
         device_policy::refusal(device, crate::devices::all(), facts)
+    }
+
+    /// Whether device MSIs are isolated: by the unit's interrupt remapping
+    /// or by the interrupt controller (an ITS).
+    fn msis_isolated(&self) -> bool {
+        crate::irq::controller_isolates_msi()
+            || self
+                .core
+                .units()
+                .first()
+                .is_some_and(|unit| unit.isolates_msi())
     }
 }
 
@@ -265,17 +274,12 @@ pub fn allow_unsafe_interrupts(allowed: bool) -> bool {
     UNSAFE_INTERRUPTS_ALLOWED.swap(allowed, core::sync::atomic::Ordering::SeqCst)
 }
 
-/// Whether device MSIs are isolated: by the platform's unit (interrupt
-/// remapping, once the core exists) or by the interrupt controller (an ITS).
+/// Whether device MSIs are isolated (`State::msis_isolated`; before the
+/// core exists, only the interrupt controller can say so).
 pub fn msis_isolated() -> bool {
-    crate::irq::controller_isolates_msi()
-        || CORE.lock().as_ref().is_some_and(|state| {
-            state
-                .core
-                .units()
-                .first()
-                .is_some_and(|unit| unit.isolates_msi())
-        })
+    CORE.lock()
+        .as_ref()
+        .map_or_else(crate::irq::controller_isolates_msi, State::msis_isolated)
 }
 
 /// The fault-interrupt count at the last drain.
@@ -314,7 +318,7 @@ pub fn unit_hw_info() -> Option<iommu::HwInfo> {
 }
 
 /// Devices the task with owner id `owner` holds open (leak checks).
-pub fn device_interrupts(owner: u64) -> usize {
+pub fn open_devices(owner: u64) -> usize {
     CORE.lock().as_ref().map_or(0, |state| {
         state
             .devices

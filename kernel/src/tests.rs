@@ -74,9 +74,9 @@ impl Baseline {
                 "objects left"
             );
             ensure_eq!(
-                crate::iommufd_service::device_interrupts(owner),
+                crate::iommufd_service::open_devices(owner),
                 0,
-                "device interrupts left"
+                "open devices left"
             );
         }
         ensure_eq!(

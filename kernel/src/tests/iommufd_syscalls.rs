@@ -52,9 +52,9 @@ pub(super) fn released_everything(
         "pinned bytes after the task exited"
     );
     ensure_eq!(
-        iommufd_service::device_interrupts(owner),
+        iommufd_service::open_devices(owner),
         0,
-        "device interrupts still routed for the task"
+        "devices still open for the task (interrupt, window)"
     );
     ensure_eq!(
         frames::free_count(),

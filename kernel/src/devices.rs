@@ -64,10 +64,7 @@ pub fn init(platform: &Platform) {
                 let window = memory_below(&devices, bridge);
                 pci::bridge::open_memory_window(config, bridge.bdf, window);
             } else {
-                config.set_command(
-                    bridge.bdf,
-                    config.command(bridge.bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,
-                );
+                pci::bridge::enable_forwarding(config, bridge.bdf);
             }
         }
         TOPOLOGY.call_once(|| topology);

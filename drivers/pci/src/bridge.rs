@@ -113,9 +113,8 @@ fn number_below(config: &dyn ConfigSpace, bus: u8, last: &mut u8) {
 
 /// Makes bridge `bdf` forward memory accesses to `[start, end)` (bus
 /// addresses, [`WINDOW_GRAIN`] aligned) or, with `None`, none; the
-/// prefetchable window is closed, and memory decoding and bus mastering are
-/// turned on, so that the devices below can be reached and can reach memory
-/// (a bridge forwards its secondary side's DMA only as a bus master).
+/// prefetchable window is closed, and forwarding is turned on
+/// ([`enable_forwarding`]).
 pub fn open_memory_window(config: &dyn ConfigSpace, bdf: Bdf, window: Option<(u64, u64)>) {
     let (base, limit) = match window {
         Some((start, end)) if end > start => (start, end - 1),
@@ -133,6 +132,13 @@ pub fn open_memory_window(config: &dyn ConfigSpace, bdf: Bdf, window: Option<(u6
         offsets::PREFETCHABLE_BASE,
         register(0) << 16 | register(WINDOW_GRAIN),
     );
+    enable_forwarding(config, bdf);
+}
+
+/// Turns on bridge `bdf`'s memory decoding and bus mastering: it forwards
+/// accesses to its window down, and its secondary side's DMA up only as a
+/// bus master (PCI-to-PCI Bridge 1.2 §3.2.5.4).
+pub fn enable_forwarding(config: &dyn ConfigSpace, bdf: Bdf) {
     config.set_command(
         bdf,
         config.command(bdf) | Command::MEMORY_SPACE | Command::BUS_MASTER,

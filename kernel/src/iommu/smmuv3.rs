@@ -30,8 +30,6 @@ static UNIT: spin::Mutex<Option<Shared>> = spin::Mutex::new(None);
 /// The doorbell page: GICv2m MSI_SETSPI_NS at offset 0x40 of the frame, or
 /// the ITS's GITS_TRANSLATER.
 const MSI_FRAME_PAGE: u64 = 0x1000;
-/// GITS_TRANSLATER's offset from the ITS base (IHI 0069H §12.19).
-const ITS_TRANSLATER: u64 = 0x1_0040;
 
 /// The first SMMUv3 the device tree describes.
 pub fn description(platform: &Platform) -> Option<&SmmuV3> {
@@ -56,7 +54,7 @@ pub fn msi_doorbell(platform: &Platform) -> Option<IovaRange> {
     let gic = tree.gic.as_ref()?;
     let page = match (gic.v2m_frames.first(), gic.its.first()) {
         (Some(frame), _) => frame.base,
-        (None, Some(its)) => its.base + (ITS_TRANSLATER & !(MSI_FRAME_PAGE - 1)),
+        (None, Some(its)) => its.base + (crate::arch::gic::ITS_TRANSLATER & !(MSI_FRAME_PAGE - 1)),
         (None, None) => return None,
     };
     IovaRange::from_len(page, MSI_FRAME_PAGE)

@@ -215,7 +215,9 @@ impl Its {
             self.sync(),
         ]);
         if let Err(why) = submitted {
-            frames::free(itt);
+            // The ITS may have read the MAPD before it stalled: the ITT stays
+            // out of the allocator, as in `unmap`.
+            println!("its: device {device:#x} not mapped ({why}); its ITT is kept");
             return Err(why);
         }
         self.mapped.lock().insert(intid, (device, itt));

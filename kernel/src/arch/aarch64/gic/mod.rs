@@ -38,6 +38,13 @@ fn map(base: u64, size: usize) -> Mmio {
     unsafe { Mmio::new(base, size) }
 }
 
+/// The priority every interrupt the kernel enables gets (SPIs, PPIs, LPIs).
+const DEFAULT_PRIORITY: u32 = 0xA0;
+
+/// GITS_TRANSLATER's offset from the ITS base, where devices write their
+/// MSIs (IHI 0069H §12.19): the page the SMMU maps in every domain.
+pub const ITS_TRANSLATER: u64 = its::TRANSLATER;
+
 /// The register arrays GICv2 and GICv3 share (IHI 0048B §4.3, IHI 0069H
 /// §12.9): one byte per interrupt (IPRIORITYR, ITARGETSR); two bits per
 /// interrupt in ICFGR, bit 1 of the pair meaning edge-triggered; one bit per

@@ -5,7 +5,7 @@
 
 use os_services::mmio::{Mmio, Reg32};
 
-use super::{NoInterruptController, set_byte_field, set_trigger, write_one};
+use super::{DEFAULT_PRIORITY, NoInterruptController, set_byte_field, set_trigger, write_one};
 
 /// IHI 0048B §4.3 distributor registers.
 const GICD_CTLR: Reg32 = Reg32(0x000);
@@ -26,7 +26,6 @@ const GICC_CTLR_ENABLE: u32 = 1;
 const CPU_INTERFACE_SIZE: usize = 0x2000;
 /// Let every priority through.
 const PRIORITY_MASK_ALL: u32 = 0xFF;
-const DEFAULT_PRIORITY: u32 = 0xA0;
 const CPU0_TARGET: u32 = 0x01;
 /// GICC_IAR interrupt ID field and the "no pending interrupt" ID.
 const IAR_INTERRUPT_ID_MASK: u32 = 0x3FF;

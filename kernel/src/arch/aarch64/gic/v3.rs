@@ -12,7 +12,9 @@ use core::time::Duration;
 
 use os_services::mmio::{Mmio, Reg32, Reg64};
 
-use super::{NoInterruptController, set_bit, set_byte_field, set_trigger, write_one};
+use super::{
+    DEFAULT_PRIORITY, NoInterruptController, set_bit, set_byte_field, set_trigger, write_one,
+};
 use crate::memory::frames::{self, Frames};
 use crate::time::CLOCK;
 
@@ -62,7 +64,6 @@ const LPI_COUNT: usize = (1 << INTID_BITS) - super::FIRST_LPI as usize;
 /// LPI configuration byte: priority in bits 7:2, Enable in bit 0 (§5.1.1).
 const LPI_ENABLE: u8 = 1;
 
-const DEFAULT_PRIORITY: u32 = 0xA0;
 const FIRST_SPI: u32 = 32;
 /// INTIDs 1020-1023 are special (1023: no pending interrupt, §2.2.1).
 const FIRST_SPECIAL_INTID: u32 = 1020;

@@ -37,6 +37,12 @@ fn spawn_program(name: &str, argument: u64) -> Result<Task, String> {
     Ok(program)
 }
 
+/// Loads the `hostile` program with `attack` aimed at the `index`-th edu an
+/// IOMMU translates (its argument: attack in bits 63:56, index in 55:48).
+fn spawn_hostile(attack: u64, index: u64) -> Result<Task, String> {
+    spawn_program("hostile", attack << 56 | index << 48)
+}
+
 /// Runs spawned tasks together to the end with the default limits, their
 /// output captured for the test to check.
 fn run_captured(tasks: Vec<Task>) -> Run {

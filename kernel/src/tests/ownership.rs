@@ -9,7 +9,7 @@ use alloc::string::String;
 
 use super::Baseline;
 use crate::platform::Platform;
-use crate::task::{Exit, Report, Task};
+use crate::task::{Exit, Report};
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -72,19 +72,10 @@ const MESSAGES_DROPPED_PER_RUN: usize = 14;
 /// The program's exit code when no edu sits behind an IOMMU.
 const NO_DEVICE: i32 = 77;
 
-fn spawn(attack: u64) -> Result<Task, String> {
-    spawn_on(attack, 0)
-}
-
-/// `hostile` with `attack` on the `index`-th translated edu.
-fn spawn_on(attack: u64, index: u64) -> Result<Task, String> {
-    super::spawn_program("hostile", attack << 56 | index << 48)
-}
-
 /// Runs one `hostile` task alone to its end; `None` where no IOMMU
 /// translates an edu.
 fn run_alone(attack: u64, owners: &mut alloc::vec::Vec<u64>) -> Result<Option<Report>, String> {
-    let task = spawn(attack)?;
+    let task = super::spawn_hostile(attack, 0)?;
     owners.push(task.owner);
     let mut run = super::run_captured(alloc::vec![task]);
     let report = run.reports.remove(0);
@@ -295,8 +286,8 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
     let baseline = Baseline::now();
     // The translated edus are listed in BDF order: bus 0 first.
     let first = (crate::devices::edus().count() - behind.len()) as u64;
-    let holder = spawn_on(GROUP_HOLDER, first)?;
-    let contender = spawn_on(GROUP_CONTENDER, first + 1)?;
+    let holder = super::spawn_hostile(GROUP_HOLDER, first)?;
+    let contender = super::spawn_hostile(GROUP_CONTENDER, first + 1)?;
     let mut owners = alloc::vec![holder.owner, contender.owner];
     let run = super::run_captured(alloc::vec![holder, contender]);
     let (holder, contender) = (&run.reports[0], &run.reports[1]);
@@ -313,7 +304,7 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
         Exit::Code(0),
         format!("contender: {:?}", contender.output)
     );
-    let heir = spawn_on(GROUP_HEIR, first + 1)?;
+    let heir = super::spawn_hostile(GROUP_HEIR, first + 1)?;
     owners.push(heir.owner);
     let run = super::run_captured(alloc::vec![heir]);
     ensure_eq!(
@@ -352,8 +343,8 @@ fn a_device_cannot_raise_another_tasks_interrupt(_: &Platform) -> TestResult {
         ));
     }
     let baseline = Baseline::now();
-    let victim = spawn_on(IRQ_VICTIM, 0)?;
-    let spoofer = spawn_on(IRQ_SPOOFER, 1)?;
+    let victim = super::spawn_hostile(IRQ_VICTIM, 0)?;
+    let spoofer = super::spawn_hostile(IRQ_SPOOFER, 1)?;
     let owners = [victim.owner, spoofer.owner];
     let run = super::run_captured(alloc::vec![victim, spoofer]);
     let (victim, spoofer) = (&run.reports[0], &run.reports[1]);

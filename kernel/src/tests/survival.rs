@@ -7,7 +7,7 @@ use alloc::string::String;
 
 use super::Baseline;
 use crate::platform::Platform;
-use crate::task::{Exit, Task};
+use crate::task::Exit;
 use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
@@ -44,10 +44,6 @@ const FAIL_NTH_MOST_PAGES: usize = 40;
 /// The table hog's page limit in the test: small, so that it runs quickly.
 const TABLE_HOG_PAGES: usize = 96;
 
-fn spawn(attack: u64) -> Result<Task, String> {
-    super::spawn_program("hostile", attack << 56)
-}
-
 /// Where `text` first appears in the run's transcript.
 fn position(run: &crate::task::Run, text: &str) -> Option<usize> {
     run.transcript
@@ -59,7 +55,7 @@ fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestRe
     crate::iommufd_service::prepare();
     let baseline = Baseline::now();
     let limits = iommufd::Limits::DEFAULT;
-    let hog = spawn(HOG_LIMITS)?;
+    let hog = super::spawn_hostile(HOG_LIMITS, 0)?;
     // The other task: the demo program, where an IOMMU translates an edu
     // (it exits 0 without one).
     let worker = super::spawn_program("edu-dma", 0)?;
@@ -97,7 +93,7 @@ fn system_calls_never_grant_a_fresh_time_slice(_: &Platform) -> TestResult {
         return Ok(Outcome::NotApplicable("no preemption timer"));
     }
     let baseline = Baseline::now();
-    let hog = spawn(HOG_SYSCALLS)?;
+    let hog = super::spawn_hostile(HOG_SYSCALLS, 0)?;
     let other = super::spawn_program("hello", 0)?;
     let owners = [hog.owner, other.owner];
     let run = super::run_captured(alloc::vec![hog, other]);
@@ -127,7 +123,7 @@ fn page_table_pages_are_charged_to_the_task_that_maps(_: &Platform) -> TestResul
         return Ok(Outcome::NotApplicable("no IOMMU: no page tables to charge"));
     }
     let baseline = Baseline::now();
-    let hog = super::spawn_program("hostile", HOG_TABLES << 56)?;
+    let hog = super::spawn_hostile(HOG_TABLES, 0)?;
     let worker = super::spawn_program("edu-dma", 1)?;
     let owners = [hog.owner, worker.owner];
     let limit = crate::memory::dma::set_limit(TABLE_HOG_PAGES);
@@ -173,7 +169,7 @@ fn the_cpu_budget_counts_the_time_of_system_calls(_: &Platform) -> TestResult {
     const BUDGET_MS: u64 = 100;
     crate::iommufd_service::prepare();
     let baseline = Baseline::now();
-    let hog = spawn(HOG_KERNEL_TIME)?;
+    let hog = super::spawn_hostile(HOG_KERNEL_TIME, 0)?;
     let owners = [hog.owner];
     let started = crate::arch::now_ns();
     let run = crate::task::run_tasks(
@@ -216,7 +212,7 @@ fn a_failed_page_allocation_at_any_step_leaves_nothing_behind(_: &Platform) -> T
         for pages in 0..=FAIL_NTH_MOST_PAGES {
             crate::memory::dma::set_limit(pages);
             let baseline = Baseline::now();
-            let task = spawn(FAIL_NTH)?;
+            let task = super::spawn_hostile(FAIL_NTH, 0)?;
             let owner = task.owner;
             let run = super::run_captured(alloc::vec![task]);
             let report = &run.reports[0];

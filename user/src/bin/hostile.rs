@@ -455,6 +455,12 @@ fn spoof(address: PciAddress) -> Result<(), i32> {
     Ok(())
 }
 
+/// The `n`-th of the IOVAs the hogs map one page at: 2 MiB apart from 1 GiB
+/// up, so that each needs a last-level page table of its own.
+fn sparse_iova(n: u64) -> u64 {
+    (1 << 30) + n * (2 << 20)
+}
+
 fn hog_limits() -> Result<(), i32> {
     // The first IOAS takes the maps below.
     let first = STEPS.check(83, "ioas_alloc", ioas_alloc())?;
@@ -473,12 +479,7 @@ fn hog_limits() -> Result<(), i32> {
     let page = STEPS.check(82, "mem_alloc", mem_alloc(1))?;
     let mut areas = 0u64;
     loop {
-        match ioas_map(
-            first,
-            page as u64,
-            PAGE as u64,
-            Some(areas * (2 << 20) + (1 << 20)),
-        ) {
+        match ioas_map(first, page as u64, PAGE as u64, Some(sparse_iova(areas))) {
             Ok(_) => areas += 1,
             Err(Errno::ENOSPC) => break,
             Err(other) => {
@@ -507,12 +508,7 @@ fn hog_tables(address: PciAddress) -> Result<(), i32> {
     let page = STEPS.check(4, "mem_alloc", mem_alloc(1))?;
     let mut maps = 0u64;
     loop {
-        match ioas_map(
-            ioas,
-            page as u64,
-            PAGE as u64,
-            Some(maps * (2 << 20) + (1 << 30)),
-        ) {
+        match ioas_map(ioas, page as u64, PAGE as u64, Some(sparse_iova(maps))) {
             Ok(_) => maps += 1,
             Err(Errno::ENOMEM) => break,
             Err(other) => {
@@ -563,12 +559,11 @@ fn fail_nth(address: PciAddress) -> Result<(), i32> {
     }
     let va = STEPS.check(92, "mem_alloc", mem_alloc(4))?;
     for page in 0..4u64 {
-        let iova = (1 << 30) + page * (2 << 20);
         let mapped = ioas_map(
             ioas,
             va as u64 + page * PAGE as u64,
             PAGE as u64,
-            Some(iova),
+            Some(sparse_iova(page)),
         );
         if step_or_enomem("ioas_map", mapped)?.is_none() {
             return Ok(());

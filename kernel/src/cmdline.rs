@@ -36,6 +36,9 @@ pub struct Cmdline<'a> {
     /// structures one task's mappings and devices may take
     /// (`memory::dma`; the default when absent).
     pub dma_pages_per_task: Option<usize>,
+    /// `heap_bytes_per_task=N`: the kernel heap one task's calls may make
+    /// the kernel hold (`memory::heap_charges`; the default when absent).
+    pub heap_bytes_per_task: Option<usize>,
 }
 
 /// A deliberate crash (`crash=panic|fault|user-read|user-exec`).
@@ -63,6 +66,7 @@ impl<'a> Cmdline<'a> {
             objects_per_task: None,
             areas_per_task: None,
             dma_pages_per_task: None,
+            heap_bytes_per_task: None,
         };
         for word in text.split_ascii_whitespace() {
             match word.split_once('=') {
@@ -77,6 +81,9 @@ impl<'a> Cmdline<'a> {
                 Some(("areas_per_task", value)) => cmdline.areas_per_task = value.parse().ok(),
                 Some(("dma_pages_per_task", value)) => {
                     cmdline.dma_pages_per_task = value.parse().ok()
+                }
+                Some(("heap_bytes_per_task", value)) => {
+                    cmdline.heap_bytes_per_task = value.parse().ok()
                 }
                 Some(("crash", "panic")) => cmdline.crash = Some(Crash::Panic),
                 Some(("crash", "fault")) => cmdline.crash = Some(Crash::Fault),

@@ -210,10 +210,10 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
     let state = guard.get_or_insert_with(new_state);
     state.core.services_mut().task = Some(NonNull::from(&mut *task));
     let owner = OwnerId(task.owner);
-    // IO page tables and device structures allocated now are the task's.
-    let charged = crate::memory::dma::charge_to(Some(task.owner));
+    // Heap, IO page tables and device structures allocated now are the task's.
+    let charged = crate::memory::charge_to(Some(task.owner));
     let result = f(state, owner);
-    crate::memory::dma::charge_to(charged);
+    crate::memory::charge_to(charged);
     state.core.services_mut().task = None;
     result
 }
@@ -221,6 +221,11 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
 /// Runs iommufd command `number` with the argument struct at `arg`.
 pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
     let command = Command::from_number(number).ok_or(Errno::ENOSYS)?;
+    // A task holding its heap quota may only give things back: every other
+    // call may allocate, and Rust's collections cannot fail one by one.
+    if command != Command::Destroy && crate::memory::heap_charges::over_quota(task.owner) {
+        return Err(Errno::ENOMEM);
+    }
     match command {
         Command::DeviceList => return device_list(task, arg),
         Command::DeviceOpen => return device_open(task, arg),
@@ -262,6 +267,7 @@ pub fn release(task: &mut Task) {
         state.core.dispatch_faults();
         state.core.teardown(owner);
     });
+    crate::memory::heap_charges::reparent(task.owner);
 }
 
 /// The command line's `allow_unsafe_interrupts`.
@@ -300,6 +306,30 @@ pub fn dispatch_pending_faults() {
     if let Some(state) = CORE.lock().as_mut() {
         state.core.dispatch_faults();
     }
+}
+
+/// The objects and areas `owner` holds, against the limits of every task.
+pub fn holdings(owner: u64) -> (abi::Limit, abi::Limit) {
+    let guard = CORE.lock();
+    let limits = guard
+        .as_ref()
+        .map_or(*LIMITS.lock(), |state| state.core.limits());
+    let (objects, areas) = guard.as_ref().map_or((0, 0), |state| {
+        (
+            state.core.object_count(OwnerId(owner)),
+            state.core.area_count(OwnerId(owner)),
+        )
+    });
+    (
+        abi::Limit {
+            limit: limits.objects as u64,
+            used: objects as u64,
+        },
+        abi::Limit {
+            limit: limits.areas as u64,
+            used: areas as u64,
+        },
+    )
 }
 
 /// Objects the core holds for the task with owner id `owner` (leak checks).
@@ -433,14 +463,18 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         }
         let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
         let id = state.core.bind_device(owner, iommu::UnitId(0), requester)?;
-        state.devices.push(OpenDevice {
-            owner,
-            dev_id: id,
-            bdf,
-            requester,
-            window: None,
-            irq: None,
-            collected: 0,
+        // The list outlives the task (its room stays for the next opener):
+        // the kernel's, not the task's.
+        crate::memory::uncharged(|| {
+            state.devices.push(OpenDevice {
+                owner,
+                dev_id: id,
+                bdf,
+                requester,
+                window: None,
+                irq: None,
+                collected: 0,
+            })
         });
         Ok::<_, Errno>(id)
     })?;
@@ -663,7 +697,8 @@ fn release_device(state: &mut State, entry: OpenDevice) {
     // A record still there means the device was never scrubbed for this
     // owner (its open failed first): what it may hold is the earlier owner's.
     if !state.residue.iter().any(|&(bdf, _)| bdf == entry.bdf) {
-        state.residue.push((entry.bdf, entry.owner));
+        // The record is about the device, for its next owner: the kernel's.
+        crate::memory::uncharged(|| state.residue.push((entry.bdf, entry.owner)));
     }
 }
 

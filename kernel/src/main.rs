@@ -57,6 +57,11 @@ fn kernel_main(boot: BootInfo) -> ! {
             .dma_pages_per_task
             .unwrap_or(memory::dma::DEFAULT_LIMIT_PAGES),
     );
+    memory::heap_charges::set_quota(
+        cmdline
+            .heap_bytes_per_task
+            .unwrap_or(memory::heap_charges::DEFAULT_QUOTA),
+    );
     if let Some(crash) = cmdline.crash {
         crash_on_purpose(crash);
     }

@@ -171,6 +171,16 @@ pub fn now_ns() -> u64 {
     syscall(nr::CLOCK, [0; 6]) as u64
 }
 
+/// What the kernel lets this task hold and what it holds now
+/// (`abi::syscall::LIMITS`).
+pub fn limits() -> Result<abi::TaskLimits, Errno> {
+    let mut report = abi::TaskLimits::default();
+    let len = core::mem::size_of::<abi::TaskLimits>() as u64;
+    let address = &raw mut report as u64;
+    check(syscall(nr::LIMITS, [address, len, 0, 0, 0, 0]))?;
+    Ok(report)
+}
+
 /// Waits for the interrupt of opened device `device` (see
 /// `abi::syscall::IRQ_WAIT`); returns how many arrived since the last call.
 pub fn irq_wait(device: u32, timeout_ns: u64) -> Result<u64, Errno> {

@@ -422,6 +422,36 @@ pub struct DeviceListEntry {
     pub flags: u32,
 }
 
+/// One resource of [`TaskLimits`]: what the task may hold, and holds now.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct Limit {
+    pub limit: u64,
+    pub used: u64,
+}
+
+/// `limits`: the resources the kernel holds for the calling task, each
+/// limited per task (set on the kernel command line). Reaching one makes
+/// that task's calls fail (ENOSPC for objects and areas, ENOMEM for memory)
+/// and nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct TaskLimits {
+    /// iommufd objects (IOAS, HWPT, device, fault objects).
+    pub objects: Limit,
+    /// IOAS areas over all the task's IOASes.
+    pub areas: Limit,
+    /// Pages of IO page tables and device structures the task's mappings
+    /// and devices take.
+    pub dma_pages: Limit,
+    /// Kernel heap the task's iommufd calls make the kernel hold (bytes).
+    pub heap_bytes: Limit,
+    /// Pages of `mem_alloc` memory.
+    pub memory_pages: Limit,
+    /// CPU time, the kernel's time for the task's calls included (ns).
+    pub cpu_ns: Limit,
+}
+
 /// VT-d nested first stage (`HwptDataType::VtdS1`): VT-d 3.4 §9.6 PASID entry
 /// first-stage fields.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -531,6 +561,8 @@ pod! {
     DeviceList = 16,
     DeviceOpen = 32,
     DeviceListEntry = 16,
+    Limit = 16,
+    TaskLimits = 96,
     HwptVtdS1 = 24,
     HwptArmSmmuV3 = 16,
     HwptAmdViV2 = 32,

@@ -45,6 +45,12 @@ pub const MEM_FREE: u64 = 5;
 /// task waits for an event with a time bound rather than a count of turns
 /// (which a loaded machine makes meaningless).
 pub const CLOCK: u64 = 6;
+/// `limits(buf: *mut TaskLimits, len: usize) -> size`: what the kernel lets
+/// the task hold and what it holds now ([`crate::TaskLimits`], like Linux's
+/// `prlimit` and `getrusage` in one). Writes the first `min(len, size)`
+/// bytes of the struct and returns its full size, so an older program reads
+/// the fields it knows and a newer one learns how many there are.
+pub const LIMITS: u64 = 7;
 
 /// The iommufd calls (`ioctl(IOMMU_*)` in Linux): argument 0 points to the
 /// call's struct. Numbers equal [`crate::Command`].

@@ -158,41 +158,85 @@ fn merge_gather(into: &mut Gather, other: &Gather) {
     into.freed_tables |= other.freed_tables;
 }
 
-/// Pinned ranges by id, in reusable slots (no tree walk on the map/unmap path).
+/// Slots per chunk of [`PagesTable`].
+const PAGES_CHUNK: usize = 64;
+
+/// Pinned ranges by id, in reusable slots (no tree walk on the map/unmap
+/// path). The slots come in chunks that are freed when they empty, so the
+/// room one owner's ranges took does not outlive them because another
+/// owner's range sits at a higher id.
 #[derive(Default)]
 struct PagesTable {
-    slots: Vec<Option<Pages>>,
-    free: Vec<u64>,
+    chunks: Vec<Option<alloc::boxed::Box<PagesChunk>>>,
+    /// No chunk below this one has a free slot.
+    first_free_chunk: usize,
+    live: usize,
+}
+
+struct PagesChunk {
+    slots: [Option<Pages>; PAGES_CHUNK],
     live: usize,
 }
 
 impl PagesTable {
     fn insert(&mut self, pages: Pages) -> u64 {
         self.live += 1;
-        match self.free.pop() {
-            Some(id) => {
-                self.slots[id as usize] = Some(pages);
-                id
-            }
-            None => {
-                self.slots.push(Some(pages));
-                (self.slots.len() - 1) as u64
-            }
+        let mut index = self.first_free_chunk;
+        while self.chunks.get(index).is_some_and(|chunk| {
+            chunk
+                .as_ref()
+                .is_some_and(|chunk| chunk.live == PAGES_CHUNK)
+        }) {
+            index += 1;
         }
+        self.first_free_chunk = index;
+        if index == self.chunks.len() {
+            self.chunks.push(None);
+        }
+        let chunk = self.chunks[index].get_or_insert_with(|| {
+            alloc::boxed::Box::new(PagesChunk {
+                slots: [const { None }; PAGES_CHUNK],
+                live: 0,
+            })
+        });
+        let slot = chunk
+            .slots
+            .iter()
+            .position(Option::is_none)
+            .expect("a chunk below PAGES_CHUNK live entries has a free slot");
+        chunk.slots[slot] = Some(pages);
+        chunk.live += 1;
+        (index * PAGES_CHUNK + slot) as u64
+    }
+
+    fn slot(id: u64) -> (usize, usize) {
+        let id = id as usize;
+        (id / PAGES_CHUNK, id % PAGES_CHUNK)
     }
 
     fn get(&self, id: u64) -> Option<&Pages> {
-        self.slots.get(id as usize)?.as_ref()
+        let (chunk, slot) = Self::slot(id);
+        self.chunks.get(chunk)?.as_ref()?.slots[slot].as_ref()
     }
 
     fn get_mut(&mut self, id: u64) -> Option<&mut Pages> {
-        self.slots.get_mut(id as usize)?.as_mut()
+        let (chunk, slot) = Self::slot(id);
+        self.chunks.get_mut(chunk)?.as_mut()?.slots[slot].as_mut()
     }
 
     fn remove(&mut self, id: u64) -> Option<Pages> {
-        let pages = self.slots.get_mut(id as usize)?.take()?;
+        let (index, slot) = Self::slot(id);
+        let chunk = self.chunks.get_mut(index)?.as_mut()?;
+        let pages = chunk.slots[slot].take()?;
+        chunk.live -= 1;
         self.live -= 1;
-        self.free.push(id);
+        if chunk.live == 0 {
+            self.chunks[index] = None;
+            while self.chunks.last().is_some_and(Option::is_none) {
+                self.chunks.pop();
+            }
+        }
+        self.first_free_chunk = self.first_free_chunk.min(index);
         Some(pages)
     }
 
@@ -200,8 +244,16 @@ impl PagesTable {
         self.live
     }
 
+    /// Gives back the room of the chunk list itself once it has shrunk.
+    fn trim(&mut self) {
+        self.chunks.shrink_to_fit();
+    }
+
     fn values(&self) -> impl Iterator<Item = &Pages> {
-        self.slots.iter().flatten()
+        self.chunks
+            .iter()
+            .flatten()
+            .flat_map(|chunk| chunk.slots.iter().flatten())
     }
 }
 
@@ -655,6 +707,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             }
         }
         self.owners.remove(&owner);
+        self.trim();
+    }
+
+    /// Gives back what the core keeps for reuse (spare run buffers, the
+    /// fault scratch space, room for pinned ranges no longer held), so that
+    /// what an owner's calls made it allocate does not outlive the owner.
+    pub fn trim(&mut self) {
+        // An emptied BTreeMap keeps its root node until it is dropped.
+        if self.owners.is_empty() {
+            self.owners = BTreeMap::new();
+        }
+        if self.claimed.is_empty() {
+            self.claimed = BTreeMap::new();
+        }
+        self.spare_runs = Vec::new();
+        self.fault_scratch = Vec::new();
+        self.pages.trim();
     }
 
     /// Drops one reference to pinned pages, unpinning them at the last one. Only
@@ -745,5 +814,43 @@ fn map_pieces<U: IommuUnit>(
             }
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod pages_table_tests {
+    use super::*;
+
+    fn pages(va: u64) -> Pages {
+        Pages {
+            owner: OwnerId(1),
+            va,
+            len: 4096,
+            runs: Vec::new(),
+            refs: 1,
+        }
+    }
+
+    /// One owner's many ranges below another's: once they go, their
+    /// chunks go too, and freed ids are reused lowest first.
+    #[test]
+    fn emptied_chunks_are_freed_and_ids_reused_from_the_bottom() {
+        let mut table = PagesTable::default();
+        let hog: Vec<u64> = (0..3 * PAGES_CHUNK as u64)
+            .map(|n| table.insert(pages(n)))
+            .collect();
+        let other = table.insert(pages(u64::MAX));
+        assert_eq!(other, 3 * PAGES_CHUNK as u64);
+        for &id in &hog {
+            assert_eq!(table.remove(id).map(|p| p.va), Some(id));
+        }
+        assert_eq!(table.chunks.iter().flatten().count(), 1);
+        assert_eq!(table.len(), 1);
+        assert_eq!(table.get(other).map(|p| p.va), Some(u64::MAX));
+        assert_eq!(table.insert(pages(7)), 0);
+        table.remove(other);
+        table.remove(0);
+        assert!(table.chunks.is_empty());
+        assert_eq!(table.values().count(), 0);
     }
 }

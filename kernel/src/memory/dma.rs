@@ -4,7 +4,7 @@
 //! IO page tables and device structures (context tables, stream-table
 //! levels, interrupt tables) grow with what a task maps and opens, and they
 //! come out of the same frames every task needs. So while the iommufd
-//! service works for a task ([`charge_to`]), every region allocated here is
+//! service works for a task ([`super::charge_to`]), every region allocated here is
 //! charged to that task, up to its limit ([`set_limit`]): past it the
 //! allocation fails, the driver reports it (`IommuError::NoMemory`) and the
 //! task's call fails with ENOMEM, while the other tasks go on. A region is
@@ -26,8 +26,6 @@ pub static DMA: KernelDma = KernelDma;
 pub const DEFAULT_LIMIT_PAGES: usize = 4096;
 
 struct Charges {
-    /// The owner (task owner id) allocations are charged to now.
-    current: Option<u64>,
     limit: usize,
     per_owner: BTreeMap<u64, usize>,
     /// Every charged region: its owner and its pages.
@@ -35,21 +33,19 @@ struct Charges {
 }
 
 static CHARGES: spin::Mutex<Charges> = spin::Mutex::new(Charges {
-    current: None,
     limit: DEFAULT_LIMIT_PAGES,
     per_owner: BTreeMap::new(),
     regions: BTreeMap::new(),
 });
 
-/// Charges what is allocated from now on to `owner` (`None`: the kernel's
-/// own, uncharged); returns the previous setting, to put back.
-pub fn charge_to(owner: Option<u64>) -> Option<u64> {
-    core::mem::replace(&mut CHARGES.lock().current, owner)
-}
-
 /// Sets how many pages one task may hold; returns the old limit.
 pub fn set_limit(pages: usize) -> usize {
     core::mem::replace(&mut CHARGES.lock().limit, pages)
+}
+
+/// How many pages one task may hold.
+pub fn limit() -> usize {
+    CHARGES.lock().limit
 }
 
 /// Pages charged to `owner` now (leak checks and tests).
@@ -61,7 +57,7 @@ impl DmaMemory for KernelDma {
     fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
         let count = len.div_ceil(FRAME_SIZE).max(1);
         let mut charges = CHARGES.lock();
-        let owner = charges.current;
+        let owner = Some(super::current_owner()).filter(|&owner| owner != 0);
         if let Some(owner) = owner {
             let held = charges.per_owner.get(&owner).copied().unwrap_or(0);
             if held.saturating_add(count) > charges.limit {

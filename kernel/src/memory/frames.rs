@@ -59,13 +59,37 @@ pub fn init(ram: impl Iterator<Item = MemoryRegion>, reserved: impl Iterator<Ite
     }
 }
 
+/// Frames only the kernel heap may take (16 MiB): what tasks' memory, IO
+/// page tables and device structures use up, the heap can still grow into,
+/// so a task that exhausts RAM gets ENOMEM from its own calls while the
+/// kernel's allocations go on (see `heap`).
+pub const HEAP_RESERVE: usize = 4096;
+
 /// Allocates `count` contiguous zeroed frames whose start is aligned to
-/// `align` bytes (a power of two, at least [`FRAME_SIZE`]).
+/// `align` bytes (a power of two, at least [`FRAME_SIZE`]), leaving the
+/// heap's reserve alone.
 pub fn alloc_contiguous(count: usize, align: usize) -> Option<Frames> {
+    take(count, align, HEAP_RESERVE)
+}
+
+/// Allocates `count` contiguous zeroed frames from all free frames, the
+/// heap's reserve included: for heap arenas, and for tests that must reach
+/// every frame.
+pub fn alloc_from_reserve(count: usize) -> Option<Frames> {
+    take(count, FRAME_SIZE, 0)
+}
+
+fn take(count: usize, align: usize, keep_free: usize) -> Option<Frames> {
     if !align.is_power_of_two() {
         return None;
     }
-    let first = FRAMES.lock().alloc(count, (align / FRAME_SIZE).max(1))?;
+    let first = {
+        let mut bitmap = FRAMES.lock();
+        if bitmap.free_count() < count.checked_add(keep_free)? {
+            return None;
+        }
+        bitmap.alloc(count, (align / FRAME_SIZE).max(1))?
+    };
     let frames = Frames {
         phys: (first * FRAME_SIZE) as u64,
         count,

@@ -9,6 +9,8 @@ mod heap;
 
 pub use heap::used as heap_used;
 
+use core::sync::atomic::{AtomicU64, Ordering};
+
 use crate::boot_info::{BootInfo, MemoryRegion};
 
 /// Lowest physical address handed out: the first MiB holds firmware data
@@ -31,6 +33,39 @@ pub fn init(boot: &BootInfo) {
         boot.ram.iter().copied(),
         boot.reserved.iter().copied().chain([image, low]),
     );
+}
+
+/// The owner (task owner id; 0: the kernel) that heap and DMA allocations
+/// are charged to now.
+static CURRENT_OWNER: AtomicU64 = AtomicU64::new(0);
+
+/// Charges what the heap and [`dma`] allocate from now on to `owner`
+/// (`None`: the kernel's own, uncharged); returns the previous setting, to
+/// put back. The iommufd service sets it while it works for a task.
+pub fn charge_to(owner: Option<u64>) -> Option<u64> {
+    let previous = CURRENT_OWNER.swap(owner.unwrap_or(0), Ordering::SeqCst);
+    (previous != 0).then_some(previous)
+}
+
+/// Runs `f` with its allocations charged to the kernel: for records that
+/// outlive the task they were made for.
+pub fn uncharged<R>(f: impl FnOnce() -> R) -> R {
+    let owner = charge_to(None);
+    let result = f();
+    charge_to(owner);
+    result
+}
+
+fn current_owner() -> u64 {
+    CURRENT_OWNER.load(Ordering::Relaxed)
+}
+
+/// Heap accounting per task: the bytes charged, the quota, and whether a
+/// task is over it.
+pub mod heap_charges {
+    pub use super::heap::{
+        DEFAULT_QUOTA, charged, grown_frames, over_quota, quota, reparent, reparented, set_quota,
+    };
 }
 
 /// Makes the heap usable: called first thing by the architecture's entry,

@@ -71,6 +71,7 @@ pub static TABLE: &[(u64, &str, Handler)] = &[
     (nr::MEM_FREE, "mem_free", mem_free),
     (nr::IRQ_WAIT, "irq_wait", irq_wait),
     (nr::CLOCK, "clock", clock),
+    (nr::LIMITS, "limits", limits),
 ];
 
 /// Runs system call `number` for task `index`.
@@ -181,4 +182,29 @@ fn irq_wait(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno
 fn clock(_: &mut Call, _: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     // Nanoseconds since boot fit an i64 for 292 years.
     Ok(Action::Return(crate::arch::now_ns() as i64))
+}
+
+fn limits(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
+    let (address, len) = (args[0], args[1]);
+    let owner = call.task.owner;
+    let (objects, areas) = crate::iommufd_service::holdings(owner);
+    let (cpu_ns, memory_pages) = call.task.cpu_and_memory();
+    let report = abi::TaskLimits {
+        objects,
+        areas,
+        dma_pages: abi::Limit {
+            limit: crate::memory::dma::limit() as u64,
+            used: crate::memory::dma::charged_pages(owner) as u64,
+        },
+        heap_bytes: abi::Limit {
+            limit: crate::memory::heap_charges::quota() as u64,
+            used: crate::memory::heap_charges::charged(owner) as u64,
+        },
+        memory_pages,
+        cpu_ns,
+    };
+    let bytes = abi::as_bytes(&report);
+    let written = bytes.len().min(usize::try_from(len).unwrap_or(usize::MAX));
+    copy_to_user(call.task, address, &bytes[..written])?;
+    Ok(Action::Return(bytes.len() as i64))
 }

@@ -213,6 +213,8 @@ pub struct Task {
     pub memory: TaskMemory,
     syscalls: u64,
     cpu_ns: u64,
+    /// The CPU budget of the run the task is in (`Limits::cpu_ms`).
+    cpu_budget_ns: u64,
 }
 
 impl Task {
@@ -285,6 +287,7 @@ impl Task {
             },
             syscalls: 0,
             cpu_ns: 0,
+            cpu_budget_ns: Limits::DEFAULT.cpu_ms * 1_000_000,
         })
     }
 
@@ -347,6 +350,21 @@ impl Task {
     }
 
     /// `mem_alloc`: maps `pages` fresh pages, records them, returns the address.
+    /// The task's CPU time and budget, and its `mem_alloc` pages and
+    /// limit, as the `limits` call reports them.
+    pub fn cpu_and_memory(&self) -> (abi::Limit, abi::Limit) {
+        (
+            abi::Limit {
+                limit: self.cpu_budget_ns,
+                used: self.cpu_ns,
+            },
+            abi::Limit {
+                limit: MAX_TASK_PAGES,
+                used: self.memory.pages,
+            },
+        )
+    }
+
     pub fn allocate(&mut self, pages: u64) -> Result<u64, Errno> {
         if pages == 0 {
             return Err(Errno::EINVAL);
@@ -567,6 +585,9 @@ pub fn run_tasks(
             .collect(),
         transcript: Vec::new(),
     };
+    for task in tasks.iter_mut().flatten() {
+        task.cpu_budget_ns = limits.cpu_ms.saturating_mul(1_000_000);
+    }
     let mut queue: VecDeque<usize> = (0..tasks.len()).collect();
     let mut waiting: Vec<(usize, crate::syscall::InterruptWait)> = Vec::new();
     let mut sink = Sink {

@@ -486,7 +486,10 @@ fn reallocate(page: frames::Frames) -> Result<frames::Frames, String> {
     let mut chain: Option<frames::Frames> = None;
     let mut found = None;
     for _ in 0..=frames::free_count() {
-        let Some(frame) = frames::alloc() else { break };
+        // The heap's reserve too: the freed frame may come last.
+        let Some(frame) = frames::alloc_from_reserve(1) else {
+            break;
+        };
         if frame.phys == wanted {
             found = Some(frame);
             break;

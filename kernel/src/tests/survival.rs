@@ -16,6 +16,14 @@ pub static TESTS: &[Test] = &[
         run: a_task_at_its_limits_gets_enospc_and_the_others_go_on,
     },
     Test {
+        name: "survival::a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on",
+        run: a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on,
+    },
+    Test {
+        name: "survival::the_heap_grows_from_free_frames_and_into_its_reserve",
+        run: the_heap_grows_from_free_frames_and_into_its_reserve,
+    },
+    Test {
         name: "survival::system_calls_never_grant_a_fresh_time_slice",
         run: system_calls_never_grant_a_fresh_time_slice,
     },
@@ -39,6 +47,9 @@ const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
 const FAIL_NTH: u64 = 18;
+const HOG_HEAP: u64 = 19;
+/// The heap hog's quota in the test: reached long before the object limit.
+const HEAP_HOG_QUOTA: usize = 64 * 1024;
 /// More pages than opening, attaching and four sparse maps take anywhere.
 const FAIL_NTH_MOST_PAGES: usize = 40;
 /// The table hog's page limit in the test: small, so that it runs quickly.
@@ -86,6 +97,106 @@ fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestRe
     }
     baseline.check(&owners)?;
     Ok(Outcome::Passed)
+}
+
+/// The heap quota bounds what a task's calls make the kernel hold: the hog
+/// is refused with ENOMEM once it holds its quota, sees that in `limits`,
+/// gets an IOAS again after one `destroy`, and the other task's DMA works
+/// meanwhile; nothing stays charged.
+fn a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let baseline = Baseline::now();
+    let hog = super::spawn_hostile(HOG_HEAP, 0)?;
+    let worker = super::spawn_program("edu-dma", 0)?;
+    let owners = [hog.owner, worker.owner];
+    let quota = crate::memory::heap_charges::set_quota(HEAP_HOG_QUOTA);
+    let run = super::run_captured(alloc::vec![hog, worker]);
+    crate::memory::heap_charges::set_quota(quota);
+    let (hog, worker) = (&run.reports[0], &run.reports[1]);
+    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
+    let worker_done = if crate::iommufd_service::unit_hw_info().is_some() {
+        Exit::Code(0)
+    } else {
+        Exit::Code(77)
+    };
+    ensure_eq!(
+        worker.exit,
+        worker_done,
+        format!("edu-dma beside the hog: {:?}", worker.output)
+    );
+    let ioases: usize = hog
+        .output
+        .split("ENOMEM after ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .ok_or_else(|| format!("hog: {:?}", hog.output))?;
+    ensure!(
+        ioases > 0 && ioases < iommufd::Limits::DEFAULT.objects,
+        "refused after {ioases} IOASes with a quota of {HEAP_HOG_QUOTA} bytes"
+    );
+    ensure!(
+        hog.output.contains("an IOAS again after one destroy"),
+        "the hog did not recover: {:?}",
+        hog.output
+    );
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// Kernel allocations past the first arena take frames, even when the
+/// frames outside the heap's reserve are gone (as a task's memory can take
+/// them), and the frames come back when the allocations go.
+fn the_heap_grows_from_free_frames_and_into_its_reserve(_: &Platform) -> TestResult {
+    use crate::memory::frames;
+    const CHUNK: usize = 1 << 20;
+    let free_before = frames::free_count();
+    let used_before = crate::memory::heap_used();
+    // Everyone else's frames taken, one frame at a time (no run is needed).
+    let mut taken = alloc::vec::Vec::new();
+    taken
+        .try_reserve_exact(free_before)
+        .map_err(|_| "no room to list the frames")?;
+    while let Some(frame) = frames::alloc() {
+        taken.push(frame);
+    }
+    let left = frames::free_count();
+    let result = (|| -> TestResult {
+        ensure_eq!(left, frames::HEAP_RESERVE, "frames left to the heap");
+        // Chunks until the first arena is full and the heap has grown
+        // into the reserve, and one more.
+        let mut chunks = alloc::vec::Vec::new();
+        while crate::memory::heap_charges::grown_frames() == 0 {
+            ensure!(
+                chunks.len() < 64,
+                "64 MiB of chunks and the heap never grew"
+            );
+            chunks.push(alloc::vec![chunks.len() as u8; CHUNK]);
+        }
+        chunks.push(alloc::vec![chunks.len() as u8; CHUNK]);
+        ensure!(
+            chunks
+                .iter()
+                .enumerate()
+                .all(|(n, chunk)| chunk.iter().all(|&b| b == n as u8)),
+            "heap memory corrupted"
+        );
+        drop(chunks);
+        ensure_eq!(
+            crate::memory::heap_charges::grown_frames(),
+            0,
+            "grown arenas kept after their allocations went"
+        );
+        ensure_eq!(frames::free_count(), left, "frames after the heap shrank");
+        Ok(Outcome::Passed)
+    })();
+    for frame in taken.drain(..) {
+        frames::free(frame);
+    }
+    drop(taken);
+    ensure_eq!(crate::memory::heap_used(), used_before, "heap bytes in use");
+    ensure_eq!(frames::free_count(), free_before, "free frames");
+    result
 }
 
 fn system_calls_never_grant_a_fresh_time_slice(_: &Platform) -> TestResult {

@@ -57,6 +57,10 @@
 //!   2 MiB apart, while the kernel lets it take only a few pages of IO page
 //!   tables and device structures: every step either works or fails with
 //!   ENOMEM (exit 90 on any other answer), and it says how far it got.
+//! - HOG_HEAP: allocates IOASes until the kernel refuses, with a heap quota
+//!   small enough to be reached before the object limit: ENOMEM (exit 86 on
+//!   any other answer), the `limits` call must show the heap quota reached
+//!   (87), and after one `destroy` an `ioas_alloc` must work again (88).
 //! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
 //!   each needing a page-table page of its own, until refused: ENOMEM (exit
 //!   84 on any other answer) once its page-table pages reach its limit.
@@ -70,7 +74,7 @@ use user_programs::abi::syscall as nr;
 use user_programs::abi::{DeviceListEntry, DeviceListFlags, DeviceOpen, Errno};
 use user_programs::edu::{self, Edu, PciAddress};
 use user_programs::iommu::{all_bytes_are, destroy, device_attach, ioas_alloc, ioas_map};
-use user_programs::{Steps, argument, check, entry, irq_wait, mem_alloc, println, syscall};
+use user_programs::{Steps, argument, check, entry, irq_wait, limits, mem_alloc, println, syscall};
 
 entry!(main);
 
@@ -97,6 +101,7 @@ const HOG_SYSCALLS: u64 = 15;
 const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
 const FAIL_NTH: u64 = 18;
+const HOG_HEAP: u64 = 19;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -120,6 +125,7 @@ fn main() -> i32 {
         HOG_LIMITS => return hog_limits().map_or_else(|code| code, |()| 0),
         HOG_SYSCALLS => return hog_syscalls(),
         HOG_KERNEL_TIME => return hog_kernel_time(),
+        HOG_HEAP => return hog_heap().map_or_else(|code| code, |()| 0),
         _ => {}
     }
     let Ok(Some(address)) = edu::find_translated(index) else {
@@ -489,6 +495,37 @@ fn hog_limits() -> Result<(), i32> {
         }
     }
     println!("hostile: hog: ENOSPC after {areas} areas");
+    Ok(())
+}
+
+fn hog_heap() -> Result<(), i32> {
+    let mut last = None;
+    let mut ioases = 0u32;
+    loop {
+        match ioas_alloc() {
+            Ok(id) => {
+                ioases += 1;
+                last = Some(id);
+            }
+            Err(Errno::ENOMEM) => break,
+            Err(other) => {
+                println!("hostile: heap hog: ioas_alloc {ioases}: {other:?}");
+                return Err(86);
+            }
+        }
+    }
+    let report = STEPS.check(87, "limits", limits())?;
+    let heap = report.heap_bytes;
+    println!(
+        "hostile: heap hog: ENOMEM after {ioases} IOASes, heap {} of {} bytes, {} objects",
+        heap.used, heap.limit, report.objects.used
+    );
+    if heap.used < heap.limit || report.objects.used != u64::from(ioases) {
+        return Err(87);
+    }
+    STEPS.check(88, "destroy", destroy(last.ok_or(88)?))?;
+    STEPS.check(88, "ioas_alloc after a destroy", ioas_alloc())?;
+    println!("hostile: heap hog: an IOAS again after one destroy");
     Ok(())
 }
 

@@ -17,7 +17,7 @@
 use user_programs::abi::syscall::{self as nr, PAGE_SIZE, USER_BASE, USER_END};
 use user_programs::abi::{
     self, Command, Destroy, Errno, IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, IovaRangeEntry,
-    MapFlags,
+    MapFlags, TaskLimits,
 };
 use user_programs::iommu::arg_size;
 use user_programs::{argument, check, entry, println, syscall};
@@ -321,7 +321,7 @@ fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), M
         // A number no call has.
         3 => {
             let number = match rng.below(4) {
-                0 => nr::CLOCK + 1 + rng.below(0x80 - nr::CLOCK - 1),
+                0 => nr::LIMITS + 1 + rng.below(0x80 - nr::LIMITS - 1),
                 1 => 0x91 + rng.below(0x1_0000),
                 2 => 1 << (16 + rng.below(47)),
                 _ => u64::MAX - rng.below(8),
@@ -333,6 +333,39 @@ fn step(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(), M
                 raw(number, rng.next(), rng.next()),
                 Errno::ENOSYS,
             )
+        }
+        // limits, into a buffer of the right size, a short one, or kernel
+        // memory; what it reports of the task's memory matches the model.
+        4 if rng.below(2) == 0 => {
+            let mut report = TaskLimits::default();
+            let size = core::mem::size_of::<TaskLimits>() as u64;
+            let (address, len) = match rng.below(3) {
+                0 => (&raw mut report as u64, size),
+                1 => (&raw mut report as u64, rng.below(size)),
+                _ => (KERNEL_ADDRESS + rng.below(1 << 20), 1 + rng.below(size)),
+            };
+            let got = raw(nr::LIMITS, address, len);
+            let args = [address, len];
+            if address >= USER_BASE {
+                counts[0] += 1;
+                let pages = report.memory_pages;
+                let whole = len == size;
+                if got == Ok(size)
+                    && (!whole || (pages.used, pages.limit) == (model.pages, MAX_TASK_PAGES))
+                {
+                    Ok(())
+                } else {
+                    Err(Mismatch {
+                        call: "limits",
+                        args,
+                        expected: Expected::Success("the struct's size and the modelled memory"),
+                        got,
+                    })
+                }
+            } else {
+                counts[1] += 1;
+                expect_err("limits", args, got, Errno::EFAULT)
+            }
         }
         4 => {
             counts[0] += 1;

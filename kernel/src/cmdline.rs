@@ -36,8 +36,8 @@ pub struct Cmdline<'a> {
     /// structures one task's mappings and devices may take
     /// (`memory::dma`; the default when absent).
     pub dma_pages_per_task: Option<usize>,
-    /// `heap_bytes_per_task=N`: the kernel heap one task's calls may make
-    /// the kernel hold (`memory::heap_charges`; the default when absent).
+    /// `heap_bytes_per_task=N`: the kernel heap one task's system calls may
+    /// make the kernel hold (`memory::heap_charges`; the default when absent).
     pub heap_bytes_per_task: Option<usize>,
 }
 

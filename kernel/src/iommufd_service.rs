@@ -221,11 +221,6 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
 /// Runs iommufd command `number` with the argument struct at `arg`.
 pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
     let command = Command::from_number(number).ok_or(Errno::ENOSYS)?;
-    // A task holding its heap quota may only give things back: every other
-    // call may allocate, and Rust's collections cannot fail one by one.
-    if command != Command::Destroy && crate::memory::heap_charges::over_quota(task.owner) {
-        return Err(Errno::ENOMEM);
-    }
     match command {
         Command::DeviceList => return device_list(task, arg),
         Command::DeviceOpen => return device_open(task, arg),
@@ -267,7 +262,6 @@ pub fn release(task: &mut Task) {
         state.core.dispatch_faults();
         state.core.teardown(owner);
     });
-    crate::memory::heap_charges::reparent(task.owner);
 }
 
 /// The command line's `allow_unsafe_interrupts`.

@@ -444,7 +444,7 @@ pub struct TaskLimits {
     /// Pages of IO page tables and device structures the task's mappings
     /// and devices take.
     pub dma_pages: Limit,
-    /// Kernel heap the task's iommufd calls make the kernel hold (bytes).
+    /// Kernel heap the task's calls make the kernel hold (bytes).
     pub heap_bytes: Limit,
     /// Pages of `mem_alloc` memory.
     pub memory_pages: Limit,

@@ -11,7 +11,7 @@
 //!
 //! Rust's collections cannot report a failed allocation, so the heap does
 //! not refuse a task's allocation one by one. Instead every allocation made
-//! while the kernel works for a task ([`super::charge_to`]) is charged to it
+//! during a task's system call ([`super::charge_to`]) is charged to it
 //! (a small header records the owner), and the system-call layer refuses a
 //! task that already holds its quota ([`over_quota`]) with ENOMEM before the
 //! call allocates anything. One call allocates a bounded amount (its

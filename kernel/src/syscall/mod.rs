@@ -82,6 +82,34 @@ pub fn dispatch(
     number: u64,
     args: &[u64; nr::MAX_ARGS],
 ) -> Action {
+    // What the kernel allocates for the call is the task's (memory::heap).
+    let charged = crate::memory::charge_to(Some(task.owner));
+    let action = dispatch_charged(task, index, sink, number, args);
+    crate::memory::charge_to(charged);
+    action
+}
+
+/// Whether call `number` may leave the kernel holding more heap for the
+/// task: refused (ENOMEM) while the task holds its heap quota. `destroy`
+/// and `mem_free` give back; the rest keep nothing (`write` output is the
+/// kernel's, bounded by `task::MAX_KEPT_OUTPUT`).
+fn may_grow_the_heap(number: u64) -> bool {
+    number == nr::MEM_ALLOC
+        || abi::Command::from_number(number).is_some_and(|command| command != abi::Command::Destroy)
+}
+
+fn dispatch_charged(
+    task: &mut Task,
+    index: usize,
+    sink: &mut Sink,
+    number: u64,
+    args: &[u64; nr::MAX_ARGS],
+) -> Action {
+    // Rust's collections cannot fail one allocation at a time, so a task
+    // holding its quota is refused before the call allocates anything.
+    if may_grow_the_heap(number) && crate::memory::heap_charges::over_quota(task.owner) {
+        return Action::Return(Errno::ENOMEM.to_syscall_return());
+    }
     if abi::Command::from_number(number).is_some() {
         return match crate::iommufd_service::call(task, number, args[0]) {
             Ok(()) => Action::Return(0),
@@ -141,8 +169,9 @@ fn write(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
         return Err(Errno::EINVAL);
     }
     let bytes = copy_from_user(call.task, address, len)?;
-    call.sink
-        .write(call.index, String::from_utf8_lossy(&bytes).into_owned());
+    // The run keeps the text after the task is gone: the kernel's.
+    let text = crate::memory::uncharged(|| String::from_utf8_lossy(&bytes).into_owned());
+    call.sink.write(call.index, text);
     Ok(Action::Return(len as i64))
 }
 

@@ -526,15 +526,19 @@ impl Sink<'_> {
         if text.is_empty() {
             return;
         }
-        output.push_str(&text);
-        self.run.transcript.push((index, text));
+        // The output outlives the task (the run reports it): the kernel's,
+        // bounded by MAX_KEPT_OUTPUT rather than by the task's heap quota.
+        crate::memory::uncharged(|| {
+            output.push_str(&text);
+            self.run.transcript.push((index, text));
+        });
     }
 
     fn report(&mut self, index: usize, line: String) {
         if self.mode == Output::Console {
             println!("{line}");
         }
-        self.run.transcript.push((index, line));
+        crate::memory::uncharged(|| self.run.transcript.push((index, line)));
     }
 }
 
@@ -700,8 +704,11 @@ pub fn run_tasks(
             // its memory and tables.
             if let Some(task) = tasks[index].as_mut() {
                 crate::iommufd_service::release(task);
+                let owner = task.owner;
+                tasks[index] = None;
+                // What the kernel still holds for it is the kernel's now.
+                crate::memory::heap_charges::reparent(owner);
             }
-            tasks[index] = None;
         }
     }
     result

@@ -60,7 +60,8 @@
 //! - HOG_HEAP: allocates IOASes until the kernel refuses, with a heap quota
 //!   small enough to be reached before the object limit: ENOMEM (exit 86 on
 //!   any other answer), the `limits` call must show the heap quota reached
-//!   (87), and after one `destroy` an `ioas_alloc` must work again (88).
+//!   (87), `mem_alloc` must be refused as well (89), and after one
+//!   `destroy` an `ioas_alloc` must work again (88).
 //! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
 //!   each needing a page-table page of its own, until refused: ENOMEM (exit
 //!   84 on any other answer) once its page-table pages reach its limit.
@@ -522,6 +523,14 @@ fn hog_heap() -> Result<(), i32> {
     );
     if heap.used < heap.limit || report.objects.used != u64::from(ioases) {
         return Err(87);
+    }
+    // Every call that may leave the kernel holding more is refused.
+    match mem_alloc(1) {
+        Err(Errno::ENOMEM) => {}
+        other => {
+            println!("hostile: heap hog: mem_alloc at the quota: {other:?}");
+            return Err(89);
+        }
     }
     STEPS.check(88, "destroy", destroy(last.ok_or(88)?))?;
     STEPS.check(88, "ioas_alloc after a destroy", ioas_alloc())?;

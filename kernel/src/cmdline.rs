@@ -28,10 +28,12 @@ pub struct Cmdline<'a> {
     /// `allow_unsafe_interrupts`): such a device can raise other devices'
     /// interrupts.
     pub allow_unsafe_interrupts: bool,
-    /// `objects_per_task=N`, `areas_per_task=N`: the iommufd limits of every
-    /// task (`iommufd::Limits`; the defaults when absent).
+    /// `objects_per_task=N`, `areas_per_task=N`, `domains_per_task=N`: the
+    /// iommufd limits of every task (`iommufd::Limits`; the defaults when
+    /// absent).
     pub objects_per_task: Option<usize>,
     pub areas_per_task: Option<usize>,
+    pub domains_per_task: Option<usize>,
     /// `dma_pages_per_task=N`: the pages of IO page tables and device
     /// structures one task's mappings and devices may take
     /// (`memory::dma`; the default when absent).
@@ -65,6 +67,7 @@ impl<'a> Cmdline<'a> {
             allow_unsafe_interrupts: false,
             objects_per_task: None,
             areas_per_task: None,
+            domains_per_task: None,
             dma_pages_per_task: None,
             heap_bytes_per_task: None,
         };
@@ -79,6 +82,7 @@ impl<'a> Cmdline<'a> {
                 Some(("tasks", value)) => cmdline.tasks = Some(value),
                 Some(("objects_per_task", value)) => cmdline.objects_per_task = value.parse().ok(),
                 Some(("areas_per_task", value)) => cmdline.areas_per_task = value.parse().ok(),
+                Some(("domains_per_task", value)) => cmdline.domains_per_task = value.parse().ok(),
                 Some(("dma_pages_per_task", value)) => {
                     cmdline.dma_pages_per_task = value.parse().ok()
                 }

@@ -302,28 +302,26 @@ pub fn dispatch_pending_faults() {
     }
 }
 
-/// The objects and areas `owner` holds, against the limits of every task.
-pub fn holdings(owner: u64) -> (abi::Limit, abi::Limit) {
+/// The objects, areas and domains `owner` holds, against the limits of
+/// every task.
+pub fn holdings(owner: u64) -> [abi::Limit; 3] {
     let guard = CORE.lock();
     let limits = guard
         .as_ref()
         .map_or(*LIMITS.lock(), |state| state.core.limits());
-    let (objects, areas) = guard.as_ref().map_or((0, 0), |state| {
-        (
-            state.core.object_count(OwnerId(owner)),
-            state.core.area_count(OwnerId(owner)),
-        )
+    let owner = OwnerId(owner);
+    let used = guard.as_ref().map_or([0; 3], |state| {
+        [
+            state.core.object_count(owner),
+            state.core.area_count(owner),
+            state.core.domain_count(owner),
+        ]
     });
-    (
-        abi::Limit {
-            limit: limits.objects as u64,
-            used: objects as u64,
-        },
-        abi::Limit {
-            limit: limits.areas as u64,
-            used: areas as u64,
-        },
-    )
+    let limit = [limits.objects, limits.areas, limits.domains];
+    core::array::from_fn(|n| abi::Limit {
+        limit: limit[n] as u64,
+        used: used[n] as u64,
+    })
 }
 
 /// Objects the core holds for the task with owner id `owner` (leak checks).

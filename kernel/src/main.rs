@@ -51,6 +51,7 @@ fn kernel_main(boot: BootInfo) -> ! {
     iommufd_service::set_limits(iommufd::Limits {
         objects: cmdline.objects_per_task.unwrap_or(defaults.objects),
         areas: cmdline.areas_per_task.unwrap_or(defaults.areas),
+        domains: cmdline.domains_per_task.unwrap_or(defaults.domains),
     });
     memory::dma::set_limit(
         cmdline

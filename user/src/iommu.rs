@@ -4,8 +4,8 @@
 //! programs that test the kernel with odd structs.
 
 use abi::{
-    Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, IoasAlloc,
-    IoasMap, IoasUnmap, MapFlags,
+    Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
+    HwptAllocFlags, HwptDataType, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
 };
 
 use crate::iommufd;
@@ -66,6 +66,29 @@ pub fn ioas_unmap(ioas: u32, iova: u64, len: u64) -> Result<u64, Errno> {
     };
     iommufd(Command::IoasUnmap, &mut unmap)?;
     Ok(unmap.length)
+}
+
+/// A HWPT for device `dev_id` over IOAS or parent HWPT `pt_id`: a paging
+/// one without `vendor` data, a nested one with (its type and bytes).
+pub fn hwpt_alloc(
+    flags: HwptAllocFlags,
+    dev_id: u32,
+    pt_id: u32,
+    vendor: Option<(u32, &[u8])>,
+) -> Result<u32, Errno> {
+    let (data_type, data) = vendor.unwrap_or((HwptDataType::None as u32, &[]));
+    let mut alloc = HwptAlloc {
+        size: arg_size::<HwptAlloc>(),
+        flags: flags.bits(),
+        dev_id,
+        pt_id,
+        data_type,
+        data_len: data.len() as u32,
+        data_uptr: data.as_ptr() as u64,
+        ..Default::default()
+    };
+    iommufd(Command::HwptAlloc, &mut alloc)?;
+    Ok(alloc.out_hwpt_id)
 }
 
 /// Attaches device `dev_id` to IOAS or HWPT `pt_id`; returns the HWPT it

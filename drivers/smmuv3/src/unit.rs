@@ -1,6 +1,7 @@
 //! The SMMU behind the `iommu` driver contract: domains, attach/detach through
 //! STEs, fault routing to the owning domain.
 
+use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
@@ -126,7 +127,10 @@ pub struct SmmuUnit<'a> {
     pub smmu: Smmu<'a>,
     id: UnitId,
     dma: &'a dyn DmaMemory,
-    domains: Vec<Option<Domain<'a>>>,
+    /// By handle. Boxed, so that a free slot keeps a pointer's room rather
+    /// than a whole domain's (one owner's many domains below another's
+    /// would otherwise keep their room after they are freed).
+    domains: Vec<Option<Box<Domain<'a>>>>,
     next_asid: u16,
     next_vmid: u16,
     /// ASIDs and VMIDs of freed domains, whose TLB entries were invalidated
@@ -287,14 +291,14 @@ impl<'a> SmmuUnit<'a> {
     fn domain(&self, handle: DomainHandle) -> Result<&Domain<'a>, IommuError> {
         self.domains
             .get(handle.0 as usize)
-            .and_then(Option::as_ref)
+            .and_then(Option::as_deref)
             .ok_or(IommuError::Invalid)
     }
 
     fn domain_mut(&mut self, handle: DomainHandle) -> Result<&mut Domain<'a>, IommuError> {
         self.domains
             .get_mut(handle.0 as usize)
-            .and_then(Option::as_mut)
+            .and_then(Option::as_deref_mut)
             .ok_or(IommuError::Invalid)
     }
 
@@ -650,11 +654,11 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             } => self.alloc_nested(parent, ste)?,
             DomainKind::Nested { .. } => return Err(IommuError::Unsupported),
         };
-        let domain = Domain {
+        let domain = Box::new(Domain {
             state,
             streams: Vec::new(),
             faults: FaultQueue::new(self.fault_capacity),
-        };
+        });
         let index = match self.domains.iter().position(Option::is_none) {
             Some(free) => {
                 self.domains[free] = Some(domain);
@@ -673,7 +677,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             return Err(IommuError::Busy);
         }
         let is_parent_of = |d: &Domain<'a>| matches!(d.state, DomainState::Nested { parent, .. } if parent == handle);
-        if self.domains.iter().flatten().any(is_parent_of) {
+        if self.domains.iter().flatten().any(|d| is_parent_of(d)) {
             return Err(IommuError::Busy);
         }
         // Nothing is attached, but the TLB may still hold the domain's tags:

@@ -441,6 +441,8 @@ pub struct TaskLimits {
     pub objects: Limit,
     /// IOAS areas over all the task's IOASes.
     pub areas: Limit,
+    /// HWPTs: hardware domains, each holding a domain id / ASID / VMID.
+    pub domains: Limit,
     /// Pages of IO page tables and device structures the task's mappings
     /// and devices take.
     pub dma_pages: Limit,
@@ -562,7 +564,7 @@ pod! {
     DeviceOpen = 32,
     DeviceListEntry = 16,
     Limit = 16,
-    TaskLimits = 96,
+    TaskLimits = 112,
     HwptVtdS1 = 24,
     HwptArmSmmuV3 = 16,
     HwptAmdViV2 = 32,

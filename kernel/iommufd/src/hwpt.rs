@@ -278,6 +278,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 &[],
             )?;
             self.admit(owner, Resource::ObjectSlot)?;
+            self.admit(owner, Resource::Domain)?;
             self.services.charge(Resource::ObjectSlot)?;
             self.services.charge(Resource::Reservation)?;
             self.services.charge(Resource::IovaNode)?;
@@ -314,6 +315,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let min_page = parent.min_page;
         o.peek_id()?;
         self.admit(owner, Resource::ObjectSlot)?;
+        self.admit(owner, Resource::Domain)?;
         self.services.charge(Resource::ObjectSlot)?;
         let domain = self.units[unit.0 as usize]
             .alloc_domain(DomainKind::Nested {
@@ -507,6 +509,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         };
         if plan.is_some() {
             self.admit(owner, Resource::ObjectSlot)?;
+            self.admit(owner, Resource::Domain)?;
             self.services.charge(Resource::ObjectSlot)?;
         }
         if plan.is_some() || !device_resv.is_empty() {

@@ -60,6 +60,9 @@ pub enum Resource {
     Reservation,
     /// The record of a pinned range.
     PinnedPages,
+    /// A hardware domain (a HWPT): a domain id, ASID or VMID of the unit's
+    /// finite space, and its page tables.
+    Domain,
 }
 
 /// What one owner may make the core hold. Every object and every area costs
@@ -71,6 +74,10 @@ pub struct Limits {
     pub objects: usize,
     /// Areas over all of the owner's IOASes.
     pub areas: usize,
+    /// HWPTs (hardware domains, each with a domain id / ASID / VMID of the
+    /// unit's finite space: 256 on an SMMU with 8-bit ASIDs), automatic
+    /// ones included, so that one owner cannot take every id.
+    pub domains: usize,
 }
 
 impl Limits {
@@ -80,10 +87,12 @@ impl Limits {
     pub const DEFAULT: Limits = Limits {
         objects: 1024,
         areas: 8192,
+        domains: 64,
     };
     pub const UNLIMITED: Limits = Limits {
         objects: usize::MAX,
         areas: usize::MAX,
+        domains: usize::MAX,
     };
 }
 
@@ -417,6 +426,13 @@ impl Owner {
             .sum()
     }
 
+    fn domain_count(&self) -> usize {
+        self.objects
+            .values()
+            .filter(|object| matches!(object, Object::Hwpt(_)))
+            .count()
+    }
+
     fn ioas(&self, id: ObjId) -> Result<&Ioas, Errno> {
         match self.objects.get(&id) {
             Some(Object::Ioas(i)) => Ok(&**i),
@@ -516,6 +532,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.owners.get(&owner).map_or(0, Owner::area_count)
     }
 
+    /// HWPTs (hardware domains) `owner` holds.
+    pub fn domain_count(&self, owner: OwnerId) -> usize {
+        self.owners.get(&owner).map_or(0, Owner::domain_count)
+    }
+
     /// `ENOSPC` when `owner` already holds as many of `resource` as its
     /// [`Limits`] allow (objects and areas; the rest is bounded by those).
     fn admit(&self, owner: OwnerId, resource: Resource) -> Result<(), Errno> {
@@ -525,6 +546,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let full = match resource {
             Resource::ObjectSlot => o.objects.len() >= self.limits.objects,
             Resource::Area => o.area_count() >= self.limits.areas,
+            Resource::Domain => o.domain_count() >= self.limits.domains,
             _ => false,
         };
         if full { Err(Errno::ENOSPC) } else { Ok(()) }

@@ -14,6 +14,7 @@ const RW: Prot = Prot {
 };
 const DEV_A: DeviceId = DeviceId(0x10);
 const DEV_B: DeviceId = DeviceId(0x18);
+const DEV_C: DeviceId = DeviceId(0x20);
 const U0: UnitId = UnitId(0);
 const U1: UnitId = UnitId(1);
 const K4: u64 = 0x1000;
@@ -61,6 +62,7 @@ fn an_owner_past_its_limits_gets_enospc_and_the_others_go_on() {
     fd.set_limits(iommufd::Limits {
         objects: 4,
         areas: 2,
+        domains: usize::MAX,
     });
     let extra = fd.ioas_alloc(O).unwrap();
     let before = fd.state_digest();
@@ -88,6 +90,48 @@ fn an_owner_past_its_limits_gets_enospc_and_the_others_go_on() {
     fd.ioas_map(O, ioas, 0xA000, K4, None, RW).unwrap();
     fd.destroy(O, extra).unwrap();
     fd.ioas_alloc(O).unwrap();
+    invariants(&fd);
+}
+
+/// Each HWPT holds a hardware domain id of the unit's finite space: an
+/// owner at its domain limit is refused a new one, explicit, nested or
+/// automatic, while other objects and other owners go on.
+#[test]
+fn an_owner_at_its_domain_limit_gets_enospc_for_every_kind_of_hwpt() {
+    let (mut fd, ioas, dev, _) = attached();
+    fd.set_limits(iommufd::Limits {
+        domains: 2,
+        ..iommufd::Limits::DEFAULT
+    });
+    let parent = fd
+        .hwpt_alloc(O, dev, ioas, HwptAllocFlags::NEST_PARENT, None)
+        .unwrap();
+    assert_eq!(fd.domain_count(O), 2);
+    let before = fd.state_digest();
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, ioas, HwptAllocFlags::empty(), None),
+        Err(Errno::ENOSPC)
+    );
+    assert_eq!(
+        fd.hwpt_alloc(O, dev, parent, HwptAllocFlags::empty(), Some(vtd_s1())),
+        Err(Errno::ENOSPC)
+    );
+    let second_ioas = fd.ioas_alloc(O).unwrap();
+    let second_dev = fd.bind_device(O, U0, DEV_B).unwrap();
+    let digest = fd.state_digest();
+    assert_eq!(
+        fd.device_attach(O, second_dev, second_ioas),
+        Err(Errno::ENOSPC),
+        "an automatic HWPT is a domain too"
+    );
+    assert_eq!(fd.state_digest(), digest);
+    assert_ne!(fd.state_digest(), before);
+    // Another owner is not affected; a destroyed domain can be taken again.
+    let other = fd.ioas_alloc(OwnerId(2)).unwrap();
+    let other_dev = fd.bind_device(OwnerId(2), U0, DEV_C).unwrap();
+    fd.device_attach(OwnerId(2), other_dev, other).unwrap();
+    fd.destroy(O, parent).unwrap();
+    fd.device_attach(O, second_dev, second_ioas).unwrap();
     invariants(&fd);
 }
 

@@ -216,11 +216,12 @@ fn clock(_: &mut Call, _: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
 fn limits(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     let (address, len) = (args[0], args[1]);
     let owner = call.task.owner;
-    let (objects, areas) = crate::iommufd_service::holdings(owner);
+    let [objects, areas, domains] = crate::iommufd_service::holdings(owner);
     let (cpu_ns, memory_pages) = call.task.cpu_and_memory();
     let report = abi::TaskLimits {
         objects,
         areas,
+        domains,
         dma_pages: abi::Limit {
             limit: crate::memory::dma::limit() as u64,
             used: crate::memory::dma::charged_pages(owner) as u64,

@@ -51,6 +51,7 @@ fn fuzzer_agrees_with_its_model_and_leaks_nothing(_: &Platform) -> TestResult {
 const SMALL_LIMITS: iommufd::Limits = iommufd::Limits {
     objects: 3,
     areas: 10,
+    ..iommufd::Limits::DEFAULT
 };
 
 /// A second run, with limits the fuzzer runs into: it finds them by trying,

@@ -20,6 +20,10 @@ pub static TESTS: &[Test] = &[
         run: a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on,
     },
     Test {
+        name: "survival::a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on",
+        run: a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on,
+    },
+    Test {
         name: "survival::the_heap_grows_from_free_frames_and_into_its_reserve",
         run: the_heap_grows_from_free_frames_and_into_its_reserve,
     },
@@ -48,6 +52,7 @@ const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
 const FAIL_NTH: u64 = 18;
 const HOG_HEAP: u64 = 19;
+const HOG_DOMAINS: u64 = 20;
 /// The heap hog's quota in the test: reached long before the object limit.
 const HEAP_HOG_QUOTA: usize = 64 * 1024;
 /// More pages than opening, attaching and four sparse maps take anywhere.
@@ -138,6 +143,36 @@ fn a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on(_: &Platform) -> Te
     ensure!(
         hog.output.contains("an IOAS again after one destroy"),
         "the hog did not recover: {:?}",
+        hog.output
+    );
+    baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// Hardware domain ids are a finite space of the unit: a task that
+/// allocates HWPTs without end is refused (ENOSPC) at its domain limit, as
+/// `limits` reports, and the other task still gets a domain for its DMA.
+fn a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    if crate::iommufd_service::unit_hw_info().is_none() {
+        return Ok(Outcome::NotApplicable("no IOMMU: no domains"));
+    }
+    let baseline = Baseline::now();
+    let hog = super::spawn_hostile(HOG_DOMAINS, 0)?;
+    let worker = super::spawn_program("edu-dma", 1)?;
+    let owners = [hog.owner, worker.owner];
+    let run = super::run_captured(alloc::vec![hog, worker]);
+    let (hog, worker) = (&run.reports[0], &run.reports[1]);
+    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
+    ensure_eq!(
+        worker.exit,
+        Exit::Code(0),
+        format!("edu-dma beside the hog: {:?}", worker.output)
+    );
+    let line = format!("ENOSPC after {} HWPTs", iommufd::Limits::DEFAULT.domains);
+    ensure!(
+        hog.output.contains(&line),
+        "no {line:?} in {:?}",
         hog.output
     );
     baseline.check(&owners)?;

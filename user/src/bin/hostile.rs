@@ -62,6 +62,10 @@
 //!   any other answer), the `limits` call must show the heap quota reached
 //!   (87), `mem_alloc` must be refused as well (89), and after one
 //!   `destroy` an `ioas_alloc` must work again (88).
+//! - HOG_DOMAINS: opens its edu and allocates paging HWPTs over one IOAS
+//!   until refused: ENOSPC (exit 91 on any other answer) at its domain
+//!   limit, which `limits` must report reached (92), well before the unit's
+//!   domain ids run out for the other tasks.
 //! - HOG_TABLES: attaches its edu and maps one page at IOVAs 2 MiB apart,
 //!   each needing a page-table page of its own, until refused: ENOMEM (exit
 //!   84 on any other answer) once its page-table pages reach its limit.
@@ -72,9 +76,11 @@
 #![no_main]
 
 use user_programs::abi::syscall as nr;
-use user_programs::abi::{DeviceListEntry, DeviceListFlags, DeviceOpen, Errno};
+use user_programs::abi::{DeviceListEntry, DeviceListFlags, DeviceOpen, Errno, HwptAllocFlags};
 use user_programs::edu::{self, Edu, PciAddress};
-use user_programs::iommu::{all_bytes_are, destroy, device_attach, ioas_alloc, ioas_map};
+use user_programs::iommu::{
+    all_bytes_are, destroy, device_attach, hwpt_alloc, ioas_alloc, ioas_map,
+};
 use user_programs::{Steps, argument, check, entry, irq_wait, limits, mem_alloc, println, syscall};
 
 entry!(main);
@@ -103,6 +109,7 @@ const HOG_TABLES: u64 = 16;
 const HOG_KERNEL_TIME: u64 = 17;
 const FAIL_NTH: u64 = 18;
 const HOG_HEAP: u64 = 19;
+const HOG_DOMAINS: u64 = 20;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -147,6 +154,7 @@ fn main() -> i32 {
         IRQ_VICTIM => victim(address),
         IRQ_SPOOFER => spoof(address),
         HOG_TABLES => hog_tables(address),
+        HOG_DOMAINS => hog_domains(address),
         FAIL_NTH => fail_nth(address),
         _ => {
             println!("hostile: unknown attack {attack}");
@@ -535,6 +543,31 @@ fn hog_heap() -> Result<(), i32> {
     STEPS.check(88, "destroy", destroy(last.ok_or(88)?))?;
     STEPS.check(88, "ioas_alloc after a destroy", ioas_alloc())?;
     println!("hostile: heap hog: an IOAS again after one destroy");
+    Ok(())
+}
+
+fn hog_domains(address: PciAddress) -> Result<(), i32> {
+    let edu = STEPS.check(1, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(2, "ioas_alloc", ioas_alloc())?;
+    let mut domains = 0u32;
+    loop {
+        match hwpt_alloc(HwptAllocFlags::empty(), edu.id, ioas, None) {
+            Ok(_) => domains += 1,
+            Err(Errno::ENOSPC) => break,
+            Err(other) => {
+                println!("hostile: domain hog: hwpt_alloc {domains}: {other:?}");
+                return Err(91);
+            }
+        }
+    }
+    let report = STEPS.check(92, "limits", limits())?;
+    println!(
+        "hostile: domain hog: ENOSPC after {domains} HWPTs, {} of {} domains",
+        report.domains.used, report.domains.limit
+    );
+    if report.domains.used != u64::from(domains) || report.domains.used != report.domains.limit {
+        return Err(92);
+    }
     Ok(())
 }
 

@@ -23,13 +23,13 @@ use core::ptr::NonNull;
 
 use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
 use user_programs::abi::{
-    Command, Errno, FaultRecord, HwptAlloc, HwptAllocFlags, HwptArmSmmuV3, HwptDataType,
-    HwptInvalidate, InvalidateArmSmmuV3, InvalidateDataType,
+    Command, Errno, FaultRecord, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, HwptInvalidate,
+    InvalidateArmSmmuV3, InvalidateDataType,
 };
 use user_programs::edu::{self, Edu};
 use user_programs::iommu::{
     all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, fault_read,
-    ioas_alloc, ioas_map,
+    hwpt_alloc, ioas_alloc, ioas_map,
 };
 use user_programs::{Steps, argument, entry, iommufd, mem_alloc, println};
 
@@ -72,27 +72,6 @@ fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
     // SAFETY: `base` is a mem_alloc region of POOL_PAGES (or more) writable
     // pages owned by this task, and each index names a different page.
     unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
-}
-
-fn hwpt_alloc(
-    flags: HwptAllocFlags,
-    dev_id: u32,
-    pt_id: u32,
-    vendor: Option<(u32, &[u8])>,
-) -> Result<u32, Errno> {
-    let (data_type, data) = vendor.unwrap_or((HwptDataType::None as u32, &[]));
-    let mut alloc = HwptAlloc {
-        size: arg_size::<HwptAlloc>(),
-        flags: flags.bits(),
-        dev_id,
-        pt_id,
-        data_type,
-        data_len: data.len() as u32,
-        data_uptr: data.as_ptr() as u64,
-        ..Default::default()
-    };
-    iommufd(Command::HwptAlloc, &mut alloc)?;
-    Ok(alloc.out_hwpt_id)
 }
 
 fn main() -> i32 {

@@ -96,6 +96,17 @@ pub fn dma_alias(bdf: pci::Bdf) -> pci::Bdf {
         .map_or(bdf, |topology| topology.dma_alias(bdf))
 }
 
+/// Every requester id `bdf`'s DMA may carry on its way to the root, its
+/// own first and [`dma_alias`] last (`pci::bridge::Topology::for_each_dma_alias`).
+pub fn dma_aliases(bdf: pci::Bdf) -> Vec<pci::Bdf> {
+    let mut ids = Vec::new();
+    match TOPOLOGY.get() {
+        Some(topology) => topology.for_each_dma_alias(bdf, |id| ids.push(id)),
+        None => ids.push(bdf),
+    }
+    ids
+}
+
 /// The (secondary, subordinate) buses of the bridge at requester id
 /// `bridge`, if it is one (what a DMAR sub-hierarchy scope covers).
 #[cfg(target_arch = "x86_64")]

@@ -136,6 +136,19 @@ impl State {
             .and_then(|id| id(crate::platform::get(), alias))
     }
 
+    /// The unit's names for the other requester ids `bdf`'s DMA may carry
+    /// (its own behind a bridge, bridges on the way), which the core
+    /// programs and blocks together with [`Self::requester`]'s.
+    fn aliases(&self, bdf: pci::Bdf) -> Vec<iommu::DeviceId> {
+        let Some(id) = self.device_id else {
+            return Vec::new();
+        };
+        crate::devices::dma_aliases(bdf)
+            .into_iter()
+            .filter_map(|alias| id(crate::platform::get(), alias))
+            .collect()
+    }
+
     /// Why no task may own `device`, if so.
     fn refusal(&self, device: &PciDevice) -> Option<Refusal> {
         let requester = self.requester(device.function.bdf);
@@ -324,6 +337,26 @@ pub fn holdings(owner: u64) -> [abi::Limit; 3] {
     })
 }
 
+/// Every requester id `bdf`'s DMA may carry that the unit names, and the
+/// owner holding it, if any (what tests of aliases check).
+pub fn alias_holders(bdf: pci::Bdf) -> Vec<(pci::Bdf, Option<u64>)> {
+    let guard = CORE.lock();
+    let Some(state) = guard.as_ref() else {
+        return Vec::new();
+    };
+    let Some(device_id) = state.device_id else {
+        return Vec::new();
+    };
+    crate::devices::dma_aliases(bdf)
+        .into_iter()
+        .filter_map(|alias| {
+            let id = device_id(crate::platform::get(), alias)?;
+            let holder = state.core.device_holder(iommu::UnitId(0), id);
+            Some((alias, holder.map(|(owner, _)| owner.0)))
+        })
+        .collect()
+}
+
 /// Objects the core holds for the task with owner id `owner` (leak checks).
 pub fn object_count(owner: u64) -> usize {
     CORE.lock()
@@ -454,7 +487,11 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
             return Err(refusal.errno());
         }
         let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
-        let id = state.core.bind_device(owner, iommu::UnitId(0), requester)?;
+        let aliases = state.aliases(bdf);
+        let id =
+            state
+                .core
+                .bind_device_with_aliases(owner, iommu::UnitId(0), requester, &aliases)?;
         // The list outlives the task (its room stays for the next opener):
         // the kernel's, not the task's.
         crate::memory::uncharged(|| {

@@ -54,11 +54,11 @@ fn run_captured(tasks: Vec<Task>) -> Run {
     )
 }
 
-/// What every test checks after its tasks are gone.
 /// Most heap bytes a gone task's account may still hold (see
 /// `memory::heap_charges::reparent`).
 const MAX_HEAP_LEFT_PER_TASK: usize = 4096;
 
+/// What every test checks after its tasks are gone.
 struct Baseline {
     frames: usize,
     reparented: usize,

@@ -195,6 +195,18 @@ impl Topology {
     /// and switches pass the id on unchanged.
     pub fn dma_alias(&self, bdf: Bdf) -> Bdf {
         let mut alias = bdf;
+        self.for_each_dma_alias(bdf, |id| alias = id);
+        alias
+    }
+
+    /// Calls `f` with every requester id `bdf`'s DMA may carry on its way
+    /// to the root, in order (Linux `pci_for_each_dma_alias`): its own, then
+    /// each id a bridge on the way takes requests over with; the last is
+    /// [`Self::dma_alias`]. An IOMMU driver programs all of them: a bridge
+    /// may pass some requests on with the function's own id.
+    pub fn for_each_dma_alias(&self, bdf: Bdf, mut f: impl FnMut(Bdf)) {
+        let mut alias = bdf;
+        f(alias);
         let mut bus = bdf.bus;
         // Each step goes one bus up; a topology cannot be deeper than the
         // bus numbers (a loop in corrupt bus numbers ends here too).
@@ -202,14 +214,19 @@ impl Topology {
             let Some(bridge) = self.bridge_to(bus) else {
                 break;
             };
-            match bridge.port_type {
-                Some(PortType::PcieToPciBridge) => alias = Bdf::new(bridge.secondary, 0, 0),
-                None => alias = bridge.bdf,
-                Some(_) => {}
+            let taken_over = match bridge.port_type {
+                Some(PortType::PcieToPciBridge) => Some(Bdf::new(bridge.secondary, 0, 0)),
+                None => Some(bridge.bdf),
+                Some(_) => None,
+            };
+            if let Some(id) = taken_over
+                && id != alias
+            {
+                alias = id;
+                f(alias);
             }
             bus = bridge.bdf.bus;
         }
-        alias
     }
 
     /// Whether `bus` lies below bridge `bdf` (its secondary..=subordinate).
@@ -279,6 +296,13 @@ mod tests {
         assert_eq!(topology.dma_alias(Bdf::new(2, 2, 0)), Bdf::new(2, 0, 0));
         assert_eq!(topology.dma_alias(Bdf::new(1, 0, 0)), Bdf::new(1, 0, 0));
         assert_eq!(topology.dma_alias(Bdf::new(0, 2, 0)), Bdf::new(0, 2, 0));
+        // Every id on the way: the edu's own, then the bridge's take-over.
+        let mut seen = vec![];
+        topology.for_each_dma_alias(Bdf::new(2, 1, 0), |id| seen.push(id));
+        assert_eq!(seen, [Bdf::new(2, 1, 0), Bdf::new(2, 0, 0)]);
+        seen.clear();
+        topology.for_each_dma_alias(Bdf::new(0, 2, 0), |id| seen.push(id));
+        assert_eq!(seen, [Bdf::new(0, 2, 0)]);
         assert!(topology.is_below(Bdf::new(0, 1, 0), 2));
         assert!(!topology.is_below(Bdf::new(1, 0, 0), 1));
     }
@@ -300,6 +324,9 @@ mod tests {
         let functions = crate::enumerate(&model, 0..=1);
         let topology = Topology::discover(&model, &functions);
         assert_eq!(topology.dma_alias(Bdf::new(1, 3, 0)), Bdf::new(0, 6, 0));
+        let mut seen = vec![];
+        topology.for_each_dma_alias(Bdf::new(1, 3, 0), |id| seen.push(id));
+        assert_eq!(seen, [Bdf::new(1, 3, 0), Bdf::new(0, 6, 0)]);
     }
 
     #[test]

@@ -3,14 +3,14 @@
 
 use crate::ioas::Piece;
 use crate::{
-    Device, FaultQueue, Hwpt, HwptKind, Iommufd, ObjId, Object, OwnerId, Reservation, Resource,
-    ResvOwner, Services, errno,
+    FaultQueue, Hwpt, HwptKind, Iommufd, ObjId, Object, OwnerId, Reservation, Resource, ResvOwner,
+    Services, errno,
 };
 use abi::{Errno, HwCapabilities, HwInfoType, HwptAllocFlags, HwptDataType, InvalidateDataType};
 use alloc::vec::Vec;
 use iommu::{
-    DomainHandle, DomainKind, HwInfo, IommuUnit, IovaRange, NestedData, NestedInvalidation, Prot,
-    UnitId,
+    DeviceId, DomainHandle, DomainKind, HwInfo, IommuError, IommuUnit, IovaRange, NestedData,
+    NestedInvalidation, Prot, UnitId,
 };
 
 /// Decodes `hwpt_alloc` vendor data: `None` for a paging HWPT. Unknown type →
@@ -411,8 +411,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let Some(current) = dev.attached else {
             return Err(Errno::EINVAL);
         };
-        let (unit, requester) = (dev.unit, dev.requester);
-        self.units[unit.0 as usize].detach(requester);
+        let unit = dev.unit;
+        for requester in dev.ids() {
+            self.units[unit.0 as usize].detach(requester);
+        }
         self.owner_mut(owner)?.device_mut(dev_id)?.attached = None;
         self.release_attachment(owner, dev_id, current, true);
         Ok(())
@@ -431,11 +433,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         replace: bool,
     ) -> Result<ObjId, Errno> {
         let o = self.owner(owner)?;
-        let &Device {
-            unit,
-            requester,
-            attached: current,
-        } = o.device(dev_id)?;
+        let device = o.device(dev_id)?;
+        let (unit, requester, current) = (device.unit, device.requester, device.attached);
+        let ids = device.ids();
         match (replace, current) {
             // As Linux: attaching where the device already is (its HWPT, or an
             // IOAS that HWPT maps) is EBUSY; anywhere else it is EINVAL, and
@@ -523,7 +523,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             }
             (Target::NewAuto, None) => return Err(Errno::EINVAL),
         };
-        if let Err(e) = self.units[unit.0 as usize].attach(requester, domain) {
+        let previous = match current {
+            Some(c) => Some(self.owner(owner)?.hwpt(c)?.domain),
+            None => None,
+        };
+        if let Err(e) = attach_every_id(&mut self.units[unit.0 as usize], &ids, domain, previous) {
             if let Some(plan) = &plan {
                 let pieces: Vec<Piece> = plan.fill.iter().map(|(p, _)| *p).collect();
                 self.teardown_domain(unit, domain, pieces.into_iter());
@@ -655,4 +659,27 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             capabilities,
         })
     }
+}
+
+/// Puts every id of a device (`ids`, its requester first) into `domain`, all
+/// or nothing: on an error the ids already moved go back to `previous` (or
+/// are blocked, when the device had no domain or the way back fails too).
+fn attach_every_id<U: IommuUnit>(
+    unit: &mut U,
+    ids: &[DeviceId],
+    domain: DomainHandle,
+    previous: Option<DomainHandle>,
+) -> Result<(), IommuError> {
+    for (done, &id) in ids.iter().enumerate() {
+        if let Err(error) = unit.attach(id, domain) {
+            for &moved in &ids[..done] {
+                let back = previous.map_or(Err(IommuError::Invalid), |old| unit.attach(moved, old));
+                if back.is_err() {
+                    unit.detach(moved);
+                }
+            }
+            return Err(error);
+        }
+    }
+    Ok(())
 }

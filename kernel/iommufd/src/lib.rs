@@ -356,8 +356,22 @@ struct Hwpt {
 #[derive(Debug)]
 struct Device {
     unit: UnitId,
+    /// The id the unit sees the function's DMA with.
     requester: DeviceId,
+    /// Other ids its DMA may carry (Linux `pci_for_each_dma_alias`: its own
+    /// id behind a bridge that usually takes its requests over, bridges on
+    /// the way): claimed, programmed and blocked together with `requester`.
+    aliases: Vec<DeviceId>,
     attached: Option<ObjId>,
+}
+
+impl Device {
+    /// Every id the device's DMA may carry, `requester` first.
+    fn ids(&self) -> Vec<DeviceId> {
+        core::iter::once(self.requester)
+            .chain(self.aliases.iter().copied())
+            .collect()
+    }
 }
 
 #[derive(Debug)]
@@ -625,28 +639,56 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         unit: UnitId,
         requester: DeviceId,
     ) -> Result<ObjId, Errno> {
+        self.bind_device_with_aliases(owner, unit, requester, &[])
+    }
+
+    /// [`Self::bind_device`] for a device whose DMA may also carry the ids
+    /// `aliases`: they are claimed with it (`EBUSY` if any owner holds one),
+    /// and every attach, detach and release programs them as it programs
+    /// `requester`, so none of them is ever left translating for somebody
+    /// else (Linux programs every alias the same way).
+    pub fn bind_device_with_aliases(
+        &mut self,
+        owner: OwnerId,
+        unit: UnitId,
+        requester: DeviceId,
+        aliases: &[DeviceId],
+    ) -> Result<ObjId, Errno> {
         if unit.0 as usize >= self.units.len() {
             return Err(Errno::EINVAL);
         }
-        if self.claimed.contains_key(&(unit, requester)) {
+        let mut extra: Vec<DeviceId> = Vec::new();
+        for &alias in aliases {
+            if alias != requester && !extra.contains(&alias) {
+                extra.push(alias);
+            }
+        }
+        let device = Device {
+            unit,
+            requester,
+            aliases: extra,
+            attached: None,
+        };
+        let ids = device.ids();
+        if ids.iter().any(|&id| self.claimed.contains_key(&(unit, id))) {
             return Err(Errno::EBUSY);
         }
         self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
         self.admit(owner, Resource::ObjectSlot)?;
         self.services.charge(Resource::ObjectSlot)?;
         // A freshly bound device must not inherit anybody's translation.
-        self.unit(unit).detach(requester);
-        let id = self
+        for &id in &ids {
+            self.unit(unit).detach(id);
+        }
+        let obj = self
             .owners
             .entry(owner)
             .or_default()
-            .insert(Object::Device(Device {
-                unit,
-                requester,
-                attached: None,
-            }));
-        self.claimed.insert((unit, requester), (owner, id));
-        Ok(id)
+            .insert(Object::Device(device));
+        for id in ids {
+            self.claimed.insert((unit, id), (owner, obj));
+        }
+        Ok(obj)
     }
 
     /// Who holds `requester` of `unit` (the owner and its device object id),
@@ -677,8 +719,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 if device.attached.is_some() {
                     return Err(Errno::EBUSY);
                 }
-                let key = (device.unit, device.requester);
-                self.claimed.remove(&key);
+                let unit = device.unit;
+                for requester in device.ids() {
+                    self.claimed.remove(&(unit, requester));
+                }
                 self.owner_mut(owner)?.remove(id);
                 Ok(())
             }

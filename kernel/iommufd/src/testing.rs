@@ -266,6 +266,9 @@ pub struct SoftUnit {
     pub stats: Stats,
     /// Makes the next `attach` fail with `Invalid` (tests of rollback).
     pub fail_next_attach: bool,
+    /// Makes every `attach` of this device fail with `Invalid` (rollback
+    /// of a device's aliases).
+    pub fail_attach_of: Option<DeviceId>,
     /// Makes flushes fail with `Timeout` (tests of quarantine).
     pub fail_flush: bool,
     /// Whether the shadow IOTLB caches every new translation at once (the
@@ -290,6 +293,7 @@ impl SoftUnit {
             log: Vec::new(),
             stats: Stats::default(),
             fail_next_attach: false,
+            fail_attach_of: None,
             fail_flush: false,
             prefetch: true,
         }
@@ -664,7 +668,7 @@ impl IommuUnit for SoftUnit {
     }
 
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
-        if core::mem::take(&mut self.fail_next_attach) {
+        if core::mem::take(&mut self.fail_next_attach) || self.fail_attach_of == Some(device) {
             return Err(IommuError::Invalid);
         }
         if !self.domains.contains_key(&domain.0) {

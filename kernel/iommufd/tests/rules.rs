@@ -135,6 +135,67 @@ fn an_owner_at_its_domain_limit_gets_enospc_for_every_kind_of_hwpt() {
     invariants(&fd);
 }
 
+/// A device whose DMA may carry other ids (its own behind a bridge that
+/// usually takes its requests over): they are claimed with it, and every
+/// attach, replace and detach programs all of them, all or nothing.
+#[test]
+fn every_alias_of_a_device_is_claimed_and_programmed_with_it() {
+    const OWN_ID: DeviceId = DeviceId(0x211);
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd
+        .bind_device_with_aliases(O, U0, DEV_A, &[OWN_ID, DEV_A, OWN_ID])
+        .unwrap();
+    assert_eq!(fd.device_holder(U0, OWN_ID), Some((O, dev)));
+    assert_eq!(
+        fd.bind_device(OwnerId(2), U0, OWN_ID),
+        Err(Errno::EBUSY),
+        "an alias is claimed with its device"
+    );
+    let hwpt = fd.device_attach(O, dev, ioas).unwrap();
+    let unit = fd.unit_mut(U0).unwrap();
+    let domain = unit.device_domain(DEV_A);
+    assert!(domain.is_some());
+    assert_eq!(
+        unit.device_domain(OWN_ID),
+        domain,
+        "the alias is in the domain"
+    );
+
+    // A replace whose alias cannot move leaves every id where it was.
+    let other = fd.ioas_alloc(O).unwrap();
+    fd.unit_mut(U0).unwrap().fail_attach_of = Some(OWN_ID);
+    let before = fd.state_digest();
+    assert!(fd.device_replace(O, dev, other).is_err());
+    assert_eq!(fd.state_digest(), before);
+    let unit = fd.unit_mut(U0).unwrap();
+    assert_eq!(unit.device_domain(DEV_A), domain, "the requester went back");
+    assert_eq!(unit.device_domain(OWN_ID), domain);
+    unit.fail_attach_of = None;
+
+    let moved = fd.device_replace(O, dev, other).unwrap();
+    assert_ne!(moved, hwpt);
+    let unit = fd.unit_mut(U0).unwrap();
+    assert_eq!(unit.device_domain(OWN_ID), unit.device_domain(DEV_A));
+    assert_ne!(unit.device_domain(DEV_A), domain);
+
+    fd.device_detach(O, dev).unwrap();
+    let unit = fd.unit_mut(U0).unwrap();
+    assert_eq!(unit.device_domain(DEV_A), None);
+    assert_eq!(unit.device_domain(OWN_ID), None, "the alias is blocked too");
+
+    // An attach whose alias cannot be programmed blocks what it moved.
+    fd.unit_mut(U0).unwrap().fail_attach_of = Some(OWN_ID);
+    assert!(fd.device_attach(O, dev, ioas).is_err());
+    assert_eq!(fd.unit_mut(U0).unwrap().device_domain(DEV_A), None);
+    fd.unit_mut(U0).unwrap().fail_attach_of = None;
+
+    fd.destroy(O, dev).unwrap();
+    assert_eq!(fd.device_holder(U0, OWN_ID), None);
+    fd.bind_device(OwnerId(2), U0, OWN_ID).unwrap();
+    invariants(&fd);
+}
+
 #[test]
 fn object_ids_start_at_1_per_owner_and_reuse_the_lowest_free() {
     let mut fd = vtd();

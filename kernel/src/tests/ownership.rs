@@ -42,6 +42,10 @@ pub static TESTS: &[Test] = &[
         run: functions_behind_one_pci_bridge_are_one_group,
     },
     Test {
+        name: "ownership::every_dma_alias_of_an_opened_function_is_held_with_it",
+        run: every_dma_alias_of_an_opened_function_is_held_with_it,
+    },
+    Test {
         name: "ownership::a_device_cannot_raise_another_tasks_interrupt",
         run: a_device_cannot_raise_another_tasks_interrupt,
     },
@@ -315,6 +319,59 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
     baseline.check(&owners)?;
     // Released: the group's function is blocked, not in bypass.
     super::dma_to_a_kernel_page_is_blocked(platform, behind[1])?;
+    Ok(Outcome::Passed)
+}
+
+/// Every requester id a device's DMA may carry (its own behind the bridge
+/// as well as the bridge's alias) is claimed by the task that opens it, so
+/// the core programs all of them in its domain (host test
+/// `every_alias_of_a_device_is_claimed_and_programmed_with_it`), and all of
+/// them are free again once the task is gone. The open is made for the task
+/// by the kernel, as its system call would, so the test can look between
+/// open and release.
+fn every_dma_alias_of_an_opened_function_is_held_with_it(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let Some(edu) = crate::devices::edus()
+        .find(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
+    else {
+        return Ok(Outcome::NotApplicable(
+            "needs an edu behind a PCIe-to-PCI bridge",
+        ));
+    };
+    let bdf = edu.function.bdf;
+    let baseline = Baseline::now();
+    let mut task = super::spawn_program("hello", 0)?;
+    let owner = task.owner;
+    let page = task
+        .allocate(1)
+        .map_err(|errno| format!("mem_alloc: {errno:?}"))?;
+    let open = abi::DeviceOpen {
+        size: core::mem::size_of::<abi::DeviceOpen>() as u32,
+        pci_address: u32::from(bdf.requester_id()),
+        ..Default::default()
+    };
+    crate::syscall::copy_to_user(&task, page, abi::as_bytes(&open))
+        .map_err(|errno| format!("argument: {errno:?}"))?;
+    let opened = crate::iommufd_service::call(&mut task, abi::syscall::DEVICE_OPEN, page);
+    let held = crate::iommufd_service::alias_holders(bdf);
+    crate::iommufd_service::release(&mut task);
+    drop(task);
+    crate::memory::heap_charges::reparent(owner);
+    opened.map_err(|errno| format!("device_open of {bdf}: {errno:?}"))?;
+    ensure!(
+        held.len() >= 2,
+        "{bdf}: fewer than two requester ids the unit names: {held:?}"
+    );
+    ensure!(
+        held.iter().all(|&(_, holder)| holder == Some(owner)),
+        "{bdf}: not every id held by the task that opened it: {held:?}"
+    );
+    let after = crate::iommufd_service::alias_holders(bdf);
+    ensure!(
+        after.iter().all(|&(_, holder)| holder.is_none()),
+        "{bdf}: ids still held after release: {after:?}"
+    );
+    baseline.check(&[owner])?;
     Ok(Outcome::Passed)
 }
 

@@ -34,9 +34,11 @@ pub enum Refusal {
     /// BAR 0 is smaller than a page: the task would map its neighbours'
     /// registers too.
     SharedPage,
-    /// Another function shares its isolation group (the functions of a
-    /// multi-function device without ACS may reach each other
-    /// peer-to-peer); groups are not handed out whole yet.
+    /// Its isolation group holds an endpoint with another requester id (no
+    /// ACS between them: a multi-function device, peers below a switch
+    /// port or bridge), which the unit would let another owner have; such
+    /// groups are not handed out whole yet. (Functions that share one
+    /// requester id, behind a PCIe-to-PCI bridge, are claimed together.)
     SharedGroup,
     /// It signals MSIs and nothing isolates them (no interrupt remapping, a
     /// GICv2m doorbell that takes any SPI): its owner could raise other
@@ -81,10 +83,14 @@ pub struct Facts {
     /// It has an MSI capability and nothing isolates its messages, nor did
     /// the command line allow that.
     pub unsafe_interrupts: bool,
+    /// Its isolation group (`devices::isolation_group`: no ACS between it
+    /// and a peer) holds an endpoint whose DMA carries another requester
+    /// id, which the unit would let another owner have.
+    pub shared_group: bool,
 }
 
 /// Whether a task may own `device`, one of the machine's functions `all`.
-pub fn refusal(device: &PciDevice, all: &[PciDevice], facts: Facts) -> Option<Refusal> {
+pub fn refusal(device: &PciDevice, facts: Facts) -> Option<Refusal> {
     let function = &device.function;
     let (class, subclass) = (function.class >> 16, (function.class >> 8) & 0xFF);
     if !facts.translated {
@@ -104,12 +110,7 @@ pub fn refusal(device: &PciDevice, all: &[PciDevice], facts: Facts) -> Option<Re
     }) {
         return Some(Refusal::SharedPage);
     }
-    let bdf = function.bdf;
-    if all.iter().any(|other| {
-        other.function.bdf != bdf
-            && other.function.bdf.bus == bdf.bus
-            && other.function.bdf.device == bdf.device
-    }) {
+    if facts.shared_group {
         return Some(Refusal::SharedGroup);
     }
     if facts.unsafe_interrupts {

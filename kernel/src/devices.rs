@@ -59,6 +59,11 @@ pub fn init(platform: &Platform) {
             }
             devices.push(PciDevice { function, bars });
         }
+        // Peer-to-peer requests go up to the IOMMU wherever a port or a
+        // multi-function device can make them (Linux `pci_enable_acs`).
+        for device in &devices {
+            pci::acs::enable_isolation(config, device.function.bdf);
+        }
         for bridge in &topology.bridges {
             if allocator.is_some() {
                 let window = memory_below(&devices, bridge);
@@ -105,6 +110,19 @@ pub fn dma_aliases(bdf: pci::Bdf) -> Vec<pci::Bdf> {
         None => ids.push(bdf),
     }
     ids
+}
+
+/// The functions that share `bdf`'s isolation group: below the same bridge
+/// that lets peers reach each other, or functions of its device that ACS
+/// does not keep apart (`pci::acs::isolation_group`, Linux
+/// `pci_device_group`). `bdf` is among them.
+pub fn isolation_group(platform: &Platform, bdf: pci::Bdf) -> Vec<pci::Bdf> {
+    let functions: Vec<pci::Function> =
+        all().iter().map(|device| device.function.clone()).collect();
+    match TOPOLOGY.get() {
+        Some(topology) => pci::acs::isolation_group(&platform.pci.ecam, topology, &functions, bdf),
+        None => alloc::vec![bdf],
+    }
 }
 
 /// The (secondary, subordinate) buses of the bridge at requester id

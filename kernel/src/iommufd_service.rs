@@ -158,15 +158,30 @@ impl State {
                 .iter()
                 .any(|region| region.kind == iommu::ReservedKind::Direct)
         });
-        let msi = pci::Msi::find(&crate::platform::get().pci.ecam, device.function.bdf).is_some();
+        let platform = crate::platform::get();
+        let bdf = device.function.bdf;
+        let msi = pci::Msi::find(&platform.pci.ecam, bdf).is_some();
+        // Functions that share the requester id are claimed together; an
+        // endpoint with another id in the group could go to another owner.
+        let alias = crate::devices::dma_alias(bdf);
+        let shared_group = crate::devices::isolation_group(platform, bdf)
+            .into_iter()
+            .any(|member| {
+                crate::devices::all().iter().any(|other| {
+                    other.function.bdf == member
+                        && other.function.header_type.layout == pci::HeaderType::ENDPOINT
+                        && crate::devices::dma_alias(member) != alias
+                })
+            });
         let facts = device_policy::Facts {
+            shared_group,
             translated: requester.is_some(),
             firmware_dma,
             unsafe_interrupts: msi
                 && !self.msis_isolated()
                 && !UNSAFE_INTERRUPTS_ALLOWED.load(core::sync::atomic::Ordering::SeqCst),
         };
-        device_policy::refusal(device, crate::devices::all(), facts)
+        device_policy::refusal(device, facts)
     }
 
     /// Whether device MSIs are isolated: by the unit's interrupt remapping
@@ -355,6 +370,12 @@ pub fn alias_holders(bdf: pci::Bdf) -> Vec<(pci::Bdf, Option<u64>)> {
             Some((alias, holder.map(|(owner, _)| owner.0)))
         })
         .collect()
+}
+
+/// Why the kernel refuses `device` to every task, if it does (what
+/// `device_list` reports; for tests).
+pub fn refusal(device: &PciDevice) -> Option<Refusal> {
+    CORE.lock().as_ref().and_then(|state| state.refusal(device))
 }
 
 /// Objects the core holds for the task with owner id `owner` (leak checks).

@@ -12,6 +12,7 @@ mod capability;
 mod config;
 mod ecam;
 
+pub mod acs;
 pub mod bar;
 pub mod bridge;
 

@@ -11,7 +11,9 @@ use std::vec::Vec;
 use crate::{Bdf, ConfigSpace, offsets};
 
 pub struct ModelFunction {
-    pub space: [u8; 256],
+    /// The whole 4 KiB of PCIe configuration space, extended capabilities
+    /// included.
+    pub space: [u8; 4096],
     /// Per BAR slot: (writable address bits, read-only type bits), or None
     /// for an unimplemented slot.
     pub bars: [Option<(u32, u32)>; 6],
@@ -19,7 +21,7 @@ pub struct ModelFunction {
 
 impl ModelFunction {
     pub fn new(vendor: u16, device: u16, class: u32) -> Self {
-        let mut space = [0u8; 256];
+        let mut space = [0u8; 4096];
         space[0..2].copy_from_slice(&vendor.to_le_bytes());
         space[2..4].copy_from_slice(&device.to_le_bytes());
         space[9..12].copy_from_slice(&class.to_le_bytes()[..3]);
@@ -63,6 +65,15 @@ impl ModelFunction {
     pub fn with_pcie_port_type(mut self, port_type: u8) -> Self {
         self = self.with_capabilities(&[(0x40, 0x10, 0)]);
         self.space[0x42] = 0x02 | (port_type << 4);
+        self
+    }
+
+    /// An ACS Extended Capability at 0x100 (the first, and last, extended
+    /// capability) implementing `implemented`, with `enabled` on.
+    pub fn with_acs(mut self, implemented: u16, enabled: u16) -> Self {
+        self.set32(0x100, 0x000D | (1 << 16));
+        self.space[0x104..0x106].copy_from_slice(&implemented.to_le_bytes());
+        self.space[0x106..0x108].copy_from_slice(&enabled.to_le_bytes());
         self
     }
 

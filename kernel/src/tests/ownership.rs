@@ -42,6 +42,10 @@ pub static TESTS: &[Test] = &[
         run: functions_behind_one_pci_bridge_are_one_group,
     },
     Test {
+        name: "ownership::isolation_groups_follow_acs_and_the_bridges",
+        run: isolation_groups_follow_acs_and_the_bridges,
+    },
+    Test {
         name: "ownership::every_dma_alias_of_an_opened_function_is_held_with_it",
         run: every_dma_alias_of_an_opened_function_is_held_with_it,
     },
@@ -375,6 +379,55 @@ fn every_dma_alias_of_an_opened_function_is_held_with_it(_: &Platform) -> TestRe
     Ok(Outcome::Passed)
 }
 
+/// Isolation groups follow ACS and the bridges (`pci::acs`): the kernel
+/// turned on the isolation controls every function implements (QEMU's
+/// `pcie-root-port` has ACS), an edu on bus 0 is alone in its group, and the
+/// edus behind the PCIe-to-PCI bridge share one (the bridge with them), which
+/// the kernel hands out because they share its requester id.
+fn isolation_groups_follow_acs_and_the_bridges(platform: &Platform) -> TestResult {
+    let config = &platform.pci.ecam;
+    for device in crate::devices::all() {
+        let bdf = device.function.bdf;
+        let acs = pci::acs::read(config, bdf);
+        if pci::bridge::port_type(config, bdf) == Some(pci::bridge::PortType::RootPort) {
+            ensure!(acs.is_some(), "root port {bdf} without ACS");
+        }
+        if let Some((implemented, enabled)) = acs {
+            ensure!(
+                enabled.contains(implemented & pci::acs::ISOLATION),
+                "{bdf}: ACS {enabled:?} on of {implemented:?}"
+            );
+        }
+    }
+    for edu in crate::devices::edus() {
+        let bdf = edu.function.bdf;
+        let group = crate::devices::isolation_group(platform, bdf);
+        let behind = crate::devices::dma_alias(bdf) != bdf;
+        if behind {
+            let mates = crate::devices::edus()
+                .filter(|other| crate::devices::dma_alias(other.function.bdf) != other.function.bdf)
+                .count();
+            ensure!(
+                group.iter().filter(|&&member| member != bdf).count() >= mates - 1
+                    && group.iter().all(|&member| member.bus != 0),
+                "{bdf}: group {group:?}"
+            );
+        } else {
+            ensure_eq!(group, alloc::vec![bdf], format!("{bdf}: group"));
+        }
+    }
+    crate::iommufd_service::prepare();
+    for edu in crate::devices::edus() {
+        ensure!(
+            crate::iommufd_service::refusal(edu)
+                != Some(crate::device_policy::Refusal::SharedGroup),
+            "{}: refused as a shared group",
+            edu.function.bdf
+        );
+    }
+    Ok(Outcome::Passed)
+}
+
 /// A task's device writes interrupt messages aimed at another task's
 /// interrupt (the likely vector, GICv2m SPI or ITS EventID): where the
 /// platform isolates MSIs (AMD-Vi remapping; a GICv3 ITS, which translates
@@ -478,6 +531,7 @@ fn the_policy_refuses_each_kind_of_function_for_its_reason(_: &Platform) -> Test
         translated: true,
         firmware_dma: false,
         unsafe_interrupts: false,
+        shared_group: false,
     };
     let cases = [
         (0, fine, None),
@@ -508,7 +562,14 @@ fn the_policy_refuses_each_kind_of_function_for_its_reason(_: &Platform) -> Test
         (1, fine, Some(Refusal::Bridge)),
         (2, fine, Some(Refusal::IommuFunction)),
         (3, fine, Some(Refusal::SharedPage)),
-        (4, fine, Some(Refusal::SharedGroup)),
+        (
+            4,
+            Facts {
+                shared_group: true,
+                ..fine
+            },
+            Some(Refusal::SharedGroup),
+        ),
         // A bridge is refused as a bridge whatever else holds.
         (
             1,
@@ -522,7 +583,7 @@ fn the_policy_refuses_each_kind_of_function_for_its_reason(_: &Platform) -> Test
     ];
     for (index, facts, expected) in cases {
         ensure_eq!(
-            refusal(&all[index], &all, facts),
+            refusal(&all[index], facts),
             expected,
             format!("{} with {facts:?}", all[index].function.bdf)
         );

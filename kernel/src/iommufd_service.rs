@@ -97,6 +97,9 @@ type Core = Iommufd<Unit, TaskAccess>;
 struct State {
     core: Core,
     device_id: Option<fn(&'static Platform, pci::Bdf) -> Option<iommu::DeviceId>>,
+    /// The id firmware says a device's requests arrive with instead (AMD-Vi
+    /// IVHD aliases).
+    firmware_alias: fn(&'static Platform, iommu::DeviceId) -> Option<iommu::DeviceId>,
     /// The devices tasks opened.
     devices: Vec<OpenDevice>,
     /// Functions whose memory may still hold data of the owner that last let
@@ -131,22 +134,27 @@ impl State {
     /// those share one isolation group, claimed by whoever opens the first),
     /// if the unit translates it.
     fn requester(&self, bdf: pci::Bdf) -> Option<iommu::DeviceId> {
+        let platform = crate::platform::get();
         let alias = crate::devices::dma_alias(bdf);
-        self.device_id
-            .and_then(|id| id(crate::platform::get(), alias))
+        let id = self.device_id.and_then(|id| id(platform, alias))?;
+        Some((self.firmware_alias)(platform, id).unwrap_or(id))
     }
 
-    /// The unit's names for the other requester ids `bdf`'s DMA may carry
-    /// (its own behind a bridge, bridges on the way), which the core
-    /// programs and blocks together with [`Self::requester`]'s.
+    /// The unit's names for every requester id `bdf`'s DMA may carry: its
+    /// own behind a bridge, bridges on the way, the one firmware names, and
+    /// [`Self::requester`]'s; the core programs and blocks them together.
     fn aliases(&self, bdf: pci::Bdf) -> Vec<iommu::DeviceId> {
-        let Some(id) = self.device_id else {
+        let platform = crate::platform::get();
+        let Some(device_id) = self.device_id else {
             return Vec::new();
         };
-        crate::devices::dma_aliases(bdf)
+        let mut ids: Vec<iommu::DeviceId> = crate::devices::dma_aliases(bdf)
             .into_iter()
-            .filter_map(|alias| id(crate::platform::get(), alias))
-            .collect()
+            .filter_map(|alias| device_id(platform, alias))
+            .collect();
+        ids.extend(self.requester(bdf));
+        ids.dedup();
+        ids
     }
 
     /// Why no task may own `device`, if so.
@@ -219,12 +227,14 @@ fn new_state() -> State {
         Some(platform_unit) => State {
             core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
             device_id: Some(platform_unit.device_id),
+            firmware_alias: platform_unit.firmware_alias,
             devices: Vec::new(),
             residue: Vec::new(),
         },
         None => State {
             core: Iommufd::new(Vec::new(), TaskAccess::default()),
             device_id: None,
+            firmware_alias: |_, _| None,
             devices: Vec::new(),
             residue: Vec::new(),
         },
@@ -352,22 +362,19 @@ pub fn holdings(owner: u64) -> [abi::Limit; 3] {
     })
 }
 
-/// Every requester id `bdf`'s DMA may carry that the unit names, and the
+/// Every requester id `bdf`'s DMA may carry, as the unit names it, and the
 /// owner holding it, if any (what tests of aliases check).
-pub fn alias_holders(bdf: pci::Bdf) -> Vec<(pci::Bdf, Option<u64>)> {
+pub fn alias_holders(bdf: pci::Bdf) -> Vec<(iommu::DeviceId, Option<u64>)> {
     let guard = CORE.lock();
     let Some(state) = guard.as_ref() else {
         return Vec::new();
     };
-    let Some(device_id) = state.device_id else {
-        return Vec::new();
-    };
-    crate::devices::dma_aliases(bdf)
+    state
+        .aliases(bdf)
         .into_iter()
-        .filter_map(|alias| {
-            let id = device_id(crate::platform::get(), alias)?;
+        .map(|id| {
             let holder = state.core.device_holder(iommu::UnitId(0), id);
-            Some((alias, holder.map(|(owner, _)| owner.0)))
+            (id, holder.map(|(owner, _)| owner.0))
         })
         .collect()
 }

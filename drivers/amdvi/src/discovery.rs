@@ -54,6 +54,9 @@ pub struct UnitDescription {
     pub efr_image: Option<u64>,
     /// Every requester the IVHD names, in DeviceID order, without duplicates.
     pub requesters: Vec<Requester>,
+    /// (device, alias) for each device whose requests arrive with another
+    /// DeviceID (IVHD alias entries, §5.2.2.2), in device order.
+    pub aliases: Vec<(u16, u16)>,
     pub unity: Vec<UnityRange>,
 }
 
@@ -61,6 +64,15 @@ impl UnitDescription {
     /// The largest DeviceID the device table must cover.
     pub fn max_device_id(&self) -> u16 {
         self.requesters.last().map_or(0, |r| r.device_id)
+    }
+
+    /// The DeviceID `device_id`'s requests arrive with, when the IVHD says
+    /// it is another's (Linux keeps it in `amd_iommu_alias_table`).
+    pub fn alias_of(&self, device_id: u16) -> Option<u16> {
+        self.aliases
+            .binary_search_by_key(&device_id, |&(device, _)| device)
+            .ok()
+            .map(|at| self.aliases[at].1)
     }
 
     pub fn translates(&self, device_id: u16) -> bool {
@@ -99,6 +111,7 @@ pub fn describe(ivrs: &Ivrs) -> Result<Vec<UnitDescription>, DiscoveryError> {
             return Err(DiscoveryError::DuplicateBase(base));
         }
         let requesters = requesters(ivhd);
+        let aliases = aliases(ivhd);
         let unity = unity_ranges(&ivrs.ivmds, &requesters)?;
         units.push(UnitDescription {
             ivhd_type: ivhd.ivhd_type,
@@ -108,6 +121,7 @@ pub fn describe(ivrs: &Ivrs) -> Result<Vec<UnitDescription>, DiscoveryError> {
             mmio_base: base,
             efr_image: ivhd.efr.filter(|_| ivrs.iv_info.efr_supported()),
             requesters,
+            aliases,
             unity,
         });
     }
@@ -115,6 +129,27 @@ pub fn describe(ivrs: &Ivrs) -> Result<Vec<UnitDescription>, DiscoveryError> {
         return Err(DiscoveryError::NoIommu);
     }
     Ok(units)
+}
+
+fn aliases(ivhd: &Ivhd) -> Vec<(u16, u16)> {
+    let mut aliases: Vec<(u16, u16)> = Vec::new();
+    for entry in &ivhd.devices {
+        let Some(alias) = entry.alias else {
+            continue;
+        };
+        match entry.target {
+            DeviceTarget::Device(id) => aliases.push((id, alias)),
+            DeviceTarget::Range { start, end } => {
+                aliases.extend((start..=end).map(|id| (id, alias)))
+            }
+            _ => {}
+        }
+    }
+    // A later entry for the same device wins, as it does for settings.
+    aliases.reverse();
+    aliases.sort_by_key(|&(device, _)| device);
+    aliases.dedup_by_key(|&mut (device, _)| device);
+    aliases
 }
 
 fn requesters(ivhd: &Ivhd) -> Vec<Requester> {
@@ -270,6 +305,10 @@ mod tests {
         // The select entry refines the range for 0x09.
         assert_eq!(unit.requesters[1].setting, FirmwareSetting(0x01));
         assert_eq!(unit.max_device_id(), 0x100);
+        // 0x30's requests arrive as 0x100; the others as themselves.
+        assert_eq!(unit.alias_of(0x30), Some(0x100));
+        assert_eq!(unit.alias_of(0x09), None);
+        assert_eq!(unit.alias_of(0x100), None);
     }
 
     #[test]

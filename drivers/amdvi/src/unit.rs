@@ -1169,6 +1169,7 @@ mod tests {
                     setting: FirmwareSetting(if device_id == 0xA0 { 0x40 } else { 0 }),
                 })
                 .to_vec(),
+            aliases: vec![],
             unity: vec![],
         }
     }

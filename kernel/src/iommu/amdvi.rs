@@ -77,18 +77,32 @@ pub fn device_id_of(bdf: Bdf) -> DeviceId {
 /// describes translates it (its IVHD device entries name it, AMD IOMMU
 /// §5.2.2.2): a function the table leaves out is not behind this unit.
 pub fn device_id(platform: &Platform, bdf: Bdf) -> Option<DeviceId> {
-    // The IVRS does not change: describe it once, not for every function asked.
-    static DESCRIPTION: spin::Once<Option<amdvi::discovery::UnitDescription>> = spin::Once::new();
-    let description = DESCRIPTION.call_once(|| {
-        let Firmware::Acpi(info) = &platform.firmware;
-        let ivrs = info.ivrs.as_ref()?;
-        amdvi::discovery::describe(ivrs).ok()?.into_iter().next()
-    });
     let id = bdf.requester_id();
-    description
-        .as_ref()
+    description(platform)
         .is_some_and(|unit| unit.translates(id))
         .then(|| device_id_of(bdf))
+}
+
+/// The DeviceID `device`'s requests arrive with when an IVHD alias entry
+/// names another (AMD IOMMU §5.2.2.2): that one is programmed with it.
+pub fn firmware_alias(platform: &Platform, device: DeviceId) -> Option<DeviceId> {
+    let id = u16::try_from(device.0).ok()?;
+    description(platform)?
+        .alias_of(id)
+        .map(|alias| DeviceId(u32::from(alias)))
+}
+
+/// The unit the IVRS describes. The table does not change: it is described
+/// once, not for every function asked.
+fn description(platform: &Platform) -> Option<&'static amdvi::discovery::UnitDescription> {
+    static DESCRIPTION: spin::Once<Option<amdvi::discovery::UnitDescription>> = spin::Once::new();
+    DESCRIPTION
+        .call_once(|| {
+            let Firmware::Acpi(info) = &platform.firmware;
+            let ivrs = info.ivrs.as_ref()?;
+            amdvi::discovery::describe(ivrs).ok()?.into_iter().next()
+        })
+        .as_ref()
 }
 
 /// Prints what the unit is and what its operations cost in commands.

@@ -24,6 +24,14 @@ pub struct PlatformUnit {
     pub unit: Box<dyn IommuUnit>,
     /// The unit's name for a PCI function; `None` when it does not translate it.
     pub device_id: fn(&'static Platform, pci::Bdf) -> Option<DeviceId>,
+    /// The id a device's requests arrive with when firmware says it is
+    /// another's (AMD-Vi IVHD alias entries); `None` elsewhere.
+    pub firmware_alias: fn(&'static Platform, DeviceId) -> Option<DeviceId>,
+}
+
+/// [`PlatformUnit::firmware_alias`] of units whose firmware names no aliases.
+fn no_firmware_alias(_: &'static Platform, _: DeviceId) -> Option<DeviceId> {
+    None
 }
 
 /// Brings up (or takes over) the platform's IOMMU unit, if it has one.
@@ -36,6 +44,7 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
                 return Some(PlatformUnit {
                     unit: Box::new(unit),
                     device_id: vtd::device_id,
+                    firmware_alias: no_firmware_alias,
                 });
             }
             if info.ivrs.is_some() {
@@ -47,6 +56,7 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
                 return Some(PlatformUnit {
                     unit: Box::new(Shared::new(with_amdvi)?),
                     device_id: amdvi::device_id,
+                    firmware_alias: amdvi::firmware_alias,
                 });
             }
             None
@@ -62,6 +72,7 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
             Some(PlatformUnit {
                 unit: Box::new(Shared::new(with_smmu)?),
                 device_id: |platform, bdf| smmuv3::stream_id(platform, bdf).map(DeviceId),
+                firmware_alias: no_firmware_alias,
             })
         }
     }

@@ -120,7 +120,7 @@ struct OpenDevice {
     /// The MSI, routed through the unit's interrupt remapping to a kernel
     /// interrupt the task waits for with `irq_wait`. `None`: not routed (yet),
     /// or the device has no MSI capability.
-    irq: Option<u32>,
+    irq: Option<(u32, iommu::MsiRoute)>,
     /// `irq::count(irq)` when the task last collected its interrupts.
     collected: usize,
 }
@@ -683,7 +683,7 @@ fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(),
         .unit_mut(iommu::UnitId(0))
         .ok_or(Errno::EINVAL)
         .and_then(|unit| unit.route_msi(requester, message).map_err(iommufd::errno));
-    let routed = match routed {
+    let (route, routed) = match routed {
         Ok(routed) => routed,
         Err(errno) => {
             crate::irq::free(irq);
@@ -692,7 +692,7 @@ fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(),
     };
     msi.enable(config, routed.address, routed.data as u16);
     let entry = state.open_device(owner, dev_id);
-    entry.irq = Some(irq);
+    entry.irq = Some((irq, route));
     entry.collected = crate::irq::count(irq);
     Ok(())
 }
@@ -720,12 +720,12 @@ fn release_devices(state: &mut State, doomed: impl Fn(&Core, &OpenDevice) -> boo
 fn release_device(state: &mut State, entry: OpenDevice) {
     let platform = crate::platform::get();
     let config = &platform.pci.ecam;
-    if let Some(irq) = entry.irq {
+    if let Some((irq, route)) = entry.irq {
         if let Some(msi) = pci::Msi::find(config, entry.bdf) {
             msi.disable(config);
         }
         if let Some(unit) = state.core.unit_mut(iommu::UnitId(0)) {
-            unit.unroute_msi(entry.requester);
+            unit.unroute_msi(route);
         }
         crate::irq::free(irq);
     }
@@ -781,7 +781,7 @@ pub fn collect_interrupts(owner: u64, dev_id: u32) -> Result<u64, Errno> {
         .iter_mut()
         .find(|entry| entry.owner == owner && entry.dev_id == dev_id)
         .ok_or(Errno::ENOENT)?;
-    let irq = entry.irq.ok_or(Errno::ENODEV)?;
+    let (irq, _) = entry.irq.ok_or(Errno::ENODEV)?;
     let now = crate::irq::count(irq);
     let new = now.wrapping_sub(entry.collected);
     entry.collected = now;

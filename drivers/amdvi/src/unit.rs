@@ -13,8 +13,8 @@ use core::time::Duration;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    IovaRange, MsiMessage, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId,
-    UnitInfo, UnitKind,
+    IovaRange, MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedKind, ReservedRegion,
+    UnitId, UnitInfo, UnitKind,
 };
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
@@ -160,6 +160,8 @@ struct Domain {
 /// A device's interrupt remapping table.
 struct InterruptTable {
     region: DmaRegion,
+    /// The indexes device MSI routes hold ([`IommuUnit::route_msi`]).
+    routes: BTreeSet<u16>,
 }
 
 /// The live unit.
@@ -681,8 +683,13 @@ impl AmdVi {
         if !self.interrupt_tables.contains_key(&device_id) {
             let len = (1usize << IRT_LOG2) * core::mem::size_of::<Irte32>();
             let region = self.dma.alloc(len, PAGE_SIZE).ok_or(UnitError::NoMemory)?;
-            self.interrupt_tables
-                .insert(device_id, InterruptTable { region });
+            self.interrupt_tables.insert(
+                device_id,
+                InterruptTable {
+                    region,
+                    routes: BTreeSet::new(),
+                },
+            );
         }
         let table = self.interrupt_tables[&device_id].region;
         self.write_irte(&table, index, irte);
@@ -1101,20 +1108,29 @@ impl IommuUnit for AmdVi {
         (0, Err(IommuError::Unsupported))
     }
 
-    /// The device's MSI goes through IRTE [`MSI_ROUTE_INDEX`] of its own
+    /// The MSI goes through the lowest free IRTE of the device's own
     /// interrupt remapping table (§2.2.5), which names the vector and
     /// destination of `message`; the device sends the index as its data.
+    /// Functions that share the DeviceID (behind a PCIe-to-PCI bridge, an
+    /// IVHD alias) share the table and get one index each.
     fn route_msi(
         &mut self,
         device: DeviceId,
         message: MsiMessage,
-    ) -> Result<MsiMessage, IommuError> {
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         let device_id = self.device_id(device)?;
+        let held = self.interrupt_tables.get(&device_id).map(|t| &t.routes);
+        let index = (0..1u16 << IRT_LOG2)
+            .find(|index| held.is_none_or(|held| !held.contains(index)))
+            .ok_or(IommuError::NoMemory)?;
         let target = crate::irte::target_of_compat_msi(message.address, message.data);
-        let (address, data) =
-            crate::irte::remappable_msi(MSI_ROUTE_INDEX).ok_or(IommuError::Invalid)?;
-        self.remap_interrupt(device_id, MSI_ROUTE_INDEX, target)?;
-        Ok(MsiMessage { address, data })
+        let (address, data) = crate::irte::remappable_msi(index).ok_or(IommuError::Invalid)?;
+        self.remap_interrupt(device_id, index, target)?;
+        if let Some(table) = self.interrupt_tables.get_mut(&device_id) {
+            table.routes.insert(index);
+        }
+        let route = MsiRoute(u64::from(device_id) << 16 | u64::from(index));
+        Ok((route, MsiMessage { address, data }))
     }
 
     /// Every routed device has its own interrupt table and passes nothing
@@ -1124,18 +1140,30 @@ impl IommuUnit for AmdVi {
         true
     }
 
-    fn unroute_msi(&mut self, device: DeviceId) {
-        if let Ok(device_id) = self.device_id(device) {
-            // The DTE is back to IntCtl=abort in memory even if the
-            // invalidation fails; that shows up in the unit's counters.
+    /// The route's IRTE is disabled; the last route of a DeviceID blocks its
+    /// interrupts again (IntCtl=abort) and frees the table.
+    fn unroute_msi(&mut self, route: MsiRoute) {
+        let (Ok(device_id), Ok(index)) = (
+            u16::try_from(route.0 >> 16),
+            u16::try_from(route.0 & 0xFFFF),
+        ) else {
+            return;
+        };
+        let Some(table) = self.interrupt_tables.get_mut(&device_id) else {
+            return;
+        };
+        if !table.routes.remove(&index) {
+            return;
+        }
+        // The entry or DTE is back to aborting in memory even if the
+        // invalidation fails; that shows up in the unit's counters.
+        if table.routes.is_empty() {
             let _ = self.block_interrupts(device_id);
+        } else {
+            let _ = self.disable_interrupt(device_id, index);
         }
     }
 }
-
-/// The IRTE a routed device MSI uses (one MSI per device: the table is the
-/// device's own, so every device can use the same index).
-pub const MSI_ROUTE_INDEX: u16 = 0;
 
 #[cfg(test)]
 mod tests {
@@ -1283,7 +1311,7 @@ mod tests {
     }
 
     #[test]
-    fn route_msi_remaps_through_the_devices_own_table_and_unroute_blocks_again() {
+    fn routes_share_the_devices_own_table_and_the_last_unroute_blocks_again() {
         let (mut unit, model) = unit_with(true);
         let device = DeviceId(EDU_B.into());
         // Compatibility format: vector 0x45 to APIC 2.
@@ -1291,17 +1319,27 @@ mod tests {
             address: 0xFEE0_2000,
             data: 0x45,
         };
-        let routed = unit.route_msi(device, compat).unwrap();
-        let (address, data) = crate::irte::remappable_msi(MSI_ROUTE_INDEX).unwrap();
+        let irte_at = |unit: &AmdVi, index: u16| {
+            let table = unit.dte(EDU_B).unwrap().interrupt_table();
+            let offset = usize::from(index) * core::mem::size_of::<Irte32>();
+            // SAFETY: host memory of the unit's interrupt table, entry in bounds.
+            unsafe { core::ptr::read_volatile((table as usize + offset) as *const u32) }
+        };
+        let (first, routed) = unit.route_msi(device, compat).unwrap();
+        let (address, data) = crate::irte::remappable_msi(0).unwrap();
         assert_eq!(routed, MsiMessage { address, data });
-        let table = unit.dte(EDU_B).unwrap().interrupt_table();
-        let offset = usize::from(MSI_ROUTE_INDEX) * core::mem::size_of::<Irte32>();
-        // SAFETY: host memory of the unit's interrupt table, entry in bounds.
-        let irte = unsafe { core::ptr::read_volatile((table as usize + offset) as *const u32) };
         let target = crate::irte::target_of_compat_msi(compat.address, compat.data);
-        assert_eq!(irte, Irte32::remapped(target).unwrap().0);
+        assert_eq!(irte_at(&unit, 0), Irte32::remapped(target).unwrap().0);
+        // Another function with the same DeviceID: the next index.
+        let (second, routed) = unit.route_msi(device, compat).unwrap();
+        let (address, data) = crate::irte::remappable_msi(1).unwrap();
+        assert_eq!(routed, MsiMessage { address, data });
         assert!(model.stale_dtes().is_empty());
-        unit.unroute_msi(device);
+        unit.unroute_msi(first);
+        assert_eq!(irte_at(&unit, 0), Irte32::DISABLED.0, "entry 0 still live");
+        assert_eq!(irte_at(&unit, 1), Irte32::remapped(target).unwrap().0);
+        assert_ne!(unit.dte(EDU_B).unwrap().int_ctl(), 0, "blocked too early");
+        unit.unroute_msi(second);
         assert_eq!(
             unit.dte(EDU_B).unwrap().int_ctl(),
             0,

@@ -241,6 +241,12 @@ pub enum HwInfo {
     None,
 }
 
+/// A route of [`IommuUnit::route_msi`], for [`IommuUnit::unroute_msi`]: what
+/// it means is the unit's (VT-d: an IRTE index; AMD-Vi: a DeviceID and an
+/// index of its interrupt table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MsiRoute(pub u64);
+
 /// A message-signalled interrupt as a device writes it: `data` to `address`
 /// (PCI Local Bus 3.0 §6.8 MSI capability).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -335,25 +341,27 @@ pub trait IommuUnit {
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
 
-    /// Interrupt remapping: makes `device`'s MSI deliver the interrupt that
-    /// `message` (what the kernel would program without remapping) names, and
-    /// returns the message to program instead. One route per device; a new
-    /// route replaces the old. A unit that does not remap interrupts returns
-    /// `message` unchanged (SMMUv3: an MSI is a DMA write to the doorbell page,
-    /// which the driver maps in every domain).
+    /// Interrupt remapping: makes an MSI that `device` sends deliver the
+    /// interrupt that `message` (what the kernel would program without
+    /// remapping) names, and returns the route and the message to program
+    /// instead. A device may have several routes: functions that share a
+    /// requester id (behind a PCIe-to-PCI bridge) each get their own. A unit
+    /// that does not remap interrupts returns `message` unchanged (SMMUv3: an
+    /// MSI is a DMA write to the doorbell page, which the driver maps in
+    /// every domain).
     fn route_msi(
         &mut self,
         device: DeviceId,
         message: MsiMessage,
-    ) -> Result<MsiMessage, IommuError> {
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         let _ = device;
-        Ok(message)
+        Ok((MsiRoute(0), message))
     }
 
-    /// Ends `device`'s route: where the unit remaps interrupts, its MSIs are
-    /// blocked again and the remapping entry is freed.
-    fn unroute_msi(&mut self, device: DeviceId) {
-        let _ = device;
+    /// Ends a route [`Self::route_msi`] made: where the unit remaps
+    /// interrupts, the message is blocked again and its entry freed.
+    fn unroute_msi(&mut self, route: MsiRoute) {
+        let _ = route;
     }
 
     /// Whether the unit's interrupt remapping isolates the MSIs of the
@@ -433,12 +441,12 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         &mut self,
         device: DeviceId,
         message: MsiMessage,
-    ) -> Result<MsiMessage, IommuError> {
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         (**self).route_msi(device, message)
     }
 
-    fn unroute_msi(&mut self, device: DeviceId) {
-        (**self).unroute_msi(device)
+    fn unroute_msi(&mut self, route: MsiRoute) {
+        (**self).unroute_msi(route)
     }
 
     fn isolates_msi(&self) -> bool {

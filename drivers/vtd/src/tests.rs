@@ -691,7 +691,7 @@ fn irte_changes_invalidate_the_interrupt_entry_cache() {
 }
 
 #[test]
-fn route_msi_goes_through_a_fresh_irte_that_unroute_frees() {
+fn each_route_goes_through_a_fresh_irte_that_its_unroute_frees() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
     let mut unit = rig.unit(&model);
@@ -702,7 +702,7 @@ fn route_msi_goes_through_a_fresh_irte_that_unroute_frees() {
         data: 0x41,
     };
     model.take_descriptors();
-    let routed = unit.route_msi(device, compat).unwrap();
+    let (route, routed) = unit.route_msi(device, compat).unwrap();
     assert_eq!(
         routed,
         iommu::MsiMessage {
@@ -714,10 +714,26 @@ fn route_msi_goes_through_a_fresh_irte_that_unroute_frees() {
         kinds(&model.take_descriptors()),
         vec![DescriptorType::InterruptEntryCache, DescriptorType::Wait]
     );
-    // A new route replaces the old one (whose entry is freed first).
-    assert_eq!(unit.route_msi(device, compat), Ok(routed));
-    unit.unroute_msi(device);
-    assert_eq!(unit.alloc_interrupt(), Some(0), "the entry was not freed");
+    // A second route of the same requester (another function behind the
+    // same bridge) gets an entry of its own; each unroute frees its own.
+    let (second, message) = unit.route_msi(device, compat).unwrap();
+    assert_ne!(second, route);
+    assert_eq!(message.address, crate::interrupt::remappable_msi_address(1));
+    unit.unroute_msi(route);
+    assert_eq!(
+        unit.alloc_interrupt(),
+        Some(0),
+        "the first entry was not freed"
+    );
+    unit.unroute_msi(second);
+    assert_eq!(
+        unit.alloc_interrupt(),
+        Some(1),
+        "the second entry was not freed"
+    );
+    // A route the unit never made frees nothing.
+    unit.unroute_msi(iommu::MsiRoute(7));
+    assert_eq!(unit.alloc_interrupt(), Some(2));
 }
 
 #[test]
@@ -730,8 +746,9 @@ fn route_msi_without_interrupt_remapping_keeps_the_message() {
         address: 0xFEE0_0000,
         data: 0x30,
     };
-    assert_eq!(unit.route_msi(DeviceId(EDU_A.into()), compat), Ok(compat));
-    unit.unroute_msi(DeviceId(EDU_A.into()));
+    let (route, message) = unit.route_msi(DeviceId(EDU_A.into()), compat).unwrap();
+    assert_eq!(message, compat);
+    unit.unroute_msi(route);
 }
 
 #[test]

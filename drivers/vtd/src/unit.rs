@@ -7,15 +7,15 @@
 //! hardware by a timeout that turns into an error.
 
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 use core::sync::atomic::{Ordering, fence};
 use core::time::Duration;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    IovaRange, MsiMessage, NestedInvalidation, Prot, ReservedKind, ReservedRegion, UnitId,
-    UnitInfo, UnitKind,
+    IovaRange, MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedKind, ReservedRegion,
+    UnitId, UnitInfo, UnitKind,
 };
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
@@ -255,9 +255,13 @@ struct PasidTables {
 struct InterruptTable {
     page: Page,
     used: Vec<bool>,
-    /// The IRTE index each requester's MSI goes through ([`IommuUnit::route_msi`]).
-    routes: BTreeMap<u16, u16>,
+    /// The IRTE indexes of device MSI routes ([`IommuUnit::route_msi`]);
+    /// only these are freed by `unroute_msi`.
+    routes: BTreeSet<u16>,
 }
+
+/// The route of an MSI that goes through no IRTE (remapping off).
+const UNREMAPPED_ROUTE: MsiRoute = MsiRoute(u64::MAX);
 
 /// One VT-d remapping unit.
 pub struct Vtd<'a, R: Registers> {
@@ -450,7 +454,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
         self.interrupts = Some(InterruptTable {
             page,
             used: alloc::vec![false; entries],
-            routes: BTreeMap::new(),
+            routes: BTreeSet::new(),
         });
         self.global_command(Global::IRT_POINTER, true)?;
         self.submit(&[Descriptor::interrupt_entry_cache(None)])?;
@@ -1435,12 +1439,11 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         &mut self,
         device: DeviceId,
         message: MsiMessage,
-    ) -> Result<MsiMessage, IommuError> {
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         let requester = u16::try_from(device.0).map_err(|_| IommuError::Invalid)?;
         if self.interrupts.is_none() {
-            return Ok(message);
+            return Ok((UNREMAPPED_ROUTE, message));
         }
-        self.unroute_msi(device);
         let index = self.alloc_interrupt().ok_or(IommuError::NoMemory)?;
         let entry = Irte::remapped(message.x86_vector(), message.x86_destination(), requester);
         if let Err(error) = self.set_interrupt(index, entry) {
@@ -1448,12 +1451,13 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
             return Err(error.into());
         }
         if let Some(table) = self.interrupts.as_mut() {
-            table.routes.insert(requester, index);
+            table.routes.insert(index);
         }
-        Ok(MsiMessage {
+        let message = MsiMessage {
             address: remappable_msi_address(index),
             data: 0,
-        })
+        };
+        Ok((MsiRoute(u64::from(index)), message))
     }
 
     /// Remapping on and compatibility format blocked (GSTS.IRES set, CFIS
@@ -1466,15 +1470,15 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
             && !status.contains(Global::COMPATIBILITY_FORMAT)
     }
 
-    fn unroute_msi(&mut self, device: DeviceId) {
-        let Ok(requester) = u16::try_from(device.0) else {
+    fn unroute_msi(&mut self, route: MsiRoute) {
+        let Ok(index) = u16::try_from(route.0) else {
             return;
         };
-        let index = self
+        let routed = self
             .interrupts
             .as_mut()
-            .and_then(|table| table.routes.remove(&requester));
-        if let Some(index) = index {
+            .is_some_and(|table| table.routes.remove(&index));
+        if routed {
             // A failed invalidation leaves the entry non-present in memory.
             let _ = self.free_interrupt(index);
         }

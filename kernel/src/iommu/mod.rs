@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    MsiMessage, NestedInvalidation, Prot, ReservedRegion, UnitInfo,
+    MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedRegion, UnitInfo,
 };
 
 use crate::platform::Platform;
@@ -200,14 +200,14 @@ impl IommuUnit for Shared {
         &mut self,
         device: DeviceId,
         message: MsiMessage,
-    ) -> Result<MsiMessage, IommuError> {
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         self.call(Err(IommuError::Unsupported), |unit| {
             unit.route_msi(device, message)
         })
     }
 
-    fn unroute_msi(&mut self, device: DeviceId) {
-        self.call((), |unit| unit.unroute_msi(device))
+    fn unroute_msi(&mut self, route: MsiRoute) {
+        self.call((), |unit| unit.unroute_msi(route))
     }
 
     fn isolates_msi(&self) -> bool {

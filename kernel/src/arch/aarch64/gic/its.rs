@@ -66,11 +66,21 @@ const QUEUE_PAGES: usize = 1;
 const DEVICE_TABLE_PAGES: usize = 16;
 /// The one collection (this CPU).
 const COLLECTION: u64 = 0;
-/// The only event an edu (one MSI vector) has.
-const EVENT: u64 = 0;
-/// MAPD Size field: EventID bits - 1 (one bit: events 0 and 1).
-const ITT_EVENT_BITS: u64 = 1;
+/// EventID bits of each ITT (MAPD Size + 1): 32 events per DeviceID, one
+/// for each function that shares it (behind a PCIe-to-PCI bridge every
+/// function writes with the bridge's DeviceID; Linux `its_pci_msi_prepare`
+/// counts the aliased vectors the same way).
+const ITT_EVENT_BITS: u64 = 5;
 const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// The ITS's mappings, as the kernel made them.
+#[derive(Default)]
+struct Mapped {
+    /// Per DeviceID: its ITT and the events (EventID -> LPI) it has.
+    devices: BTreeMap<u32, (Frames, BTreeMap<u32, u32>)>,
+    /// Per LPI: the DeviceID and EventID it translates.
+    lpis: BTreeMap<u32, (u32, u32)>,
+}
 
 pub struct Its {
     regs: Mmio,
@@ -78,8 +88,8 @@ pub struct Its {
     queue: Frames,
     /// Next free command slot (byte offset into the queue).
     write: spin::Mutex<usize>,
-    /// Per LPI: the DeviceID it is mapped for, and that device's ITT.
-    mapped: spin::Mutex<BTreeMap<u32, (u32, Frames)>>,
+    /// What is mapped: per DeviceID its ITT and events, per LPI its event.
+    mapped: spin::Mutex<Mapped>,
     itt_bytes: usize,
     processor: u64,
 }
@@ -142,7 +152,7 @@ pub fn init(base: u64, processor: u32) -> Result<(), &'static str> {
         base,
         queue,
         write: spin::Mutex::new(0),
-        mapped: spin::Mutex::new(BTreeMap::new()),
+        mapped: spin::Mutex::new(Mapped::default()),
         itt_bytes: (itt_entry << ITT_EVENT_BITS).max(256),
         processor: u64::from(processor),
     });
@@ -191,51 +201,87 @@ impl Its {
         .map_err(|_| "ITS command queue stalled")
     }
 
-    /// Maps event 0 of DeviceID `device` to LPI `intid` on this CPU; returns
-    /// the doorbell address and the data (the EventID) the device writes.
+    /// Maps the lowest free event of DeviceID `device` to LPI `intid` on
+    /// this CPU, giving the device an ITT first if it has none; returns the
+    /// doorbell address and the data (the EventID) the device writes.
     pub fn map(&self, device: u32, intid: u32) -> Result<(u64, u32), &'static str> {
-        let itt_pages = self.itt_bytes.div_ceil(frames::FRAME_SIZE);
-        let itt = frames::alloc_contiguous(itt_pages, frames::FRAME_SIZE)
-            .ok_or("no memory for an ITT")?;
+        let mut mapped = self.mapped.lock();
         let device_word = u64::from(device) << 32;
-        let submitted = self.submit(&[
-            [
-                CMD_MAPD | device_word,
-                ITT_EVENT_BITS - 1,
-                VALID | itt.phys,
-                0,
-            ],
-            [
-                CMD_MAPTI | device_word,
-                EVENT | u64::from(intid) << 32,
-                COLLECTION,
-                0,
-            ],
-            [CMD_INV | device_word, EVENT, 0, 0],
-            self.sync(),
-        ]);
+        let (event, new_itt) = match mapped.devices.get(&device) {
+            Some((_, events)) => {
+                let event = (0..1u32 << ITT_EVENT_BITS)
+                    .find(|event| !events.contains_key(event))
+                    .ok_or("every event of the DeviceID is taken")?;
+                (event, None)
+            }
+            None => {
+                let itt_pages = self.itt_bytes.div_ceil(frames::FRAME_SIZE);
+                let itt = frames::alloc_contiguous(itt_pages, frames::FRAME_SIZE)
+                    .ok_or("no memory for an ITT")?;
+                (0, Some(itt))
+            }
+        };
+        let mapti = [
+            CMD_MAPTI | device_word,
+            u64::from(event) | u64::from(intid) << 32,
+            COLLECTION,
+            0,
+        ];
+        let inv = [CMD_INV | device_word, u64::from(event), 0, 0];
+        let submitted = match new_itt {
+            Some(itt) => self.submit(&[
+                [
+                    CMD_MAPD | device_word,
+                    ITT_EVENT_BITS - 1,
+                    VALID | itt.phys,
+                    0,
+                ],
+                mapti,
+                inv,
+                self.sync(),
+            ]),
+            None => self.submit(&[mapti, inv, self.sync()]),
+        };
         if let Err(why) = submitted {
             // The ITS may have read the MAPD before it stalled: the ITT stays
             // out of the allocator, as in `unmap`.
-            println!("its: device {device:#x} not mapped ({why}); its ITT is kept");
+            println!("its: device {device:#x} event {event} not mapped ({why}); an ITT is kept");
             return Err(why);
         }
-        self.mapped.lock().insert(intid, (device, itt));
-        Ok((self.base + TRANSLATER, EVENT as u32))
+        if let Some(itt) = new_itt {
+            mapped.devices.insert(device, (itt, BTreeMap::new()));
+        }
+        if let Some((_, events)) = mapped.devices.get_mut(&device) {
+            events.insert(event, intid);
+        }
+        mapped.lpis.insert(intid, (device, event));
+        Ok((self.base + TRANSLATER, event))
     }
 
-    /// Undoes [`Its::map`]: the event is discarded, the device unmapped, and
-    /// its ITT freed once the ITS has read the commands.
+    /// Undoes [`Its::map`]: the event is discarded; with the DeviceID's last
+    /// event the device is unmapped too, and its ITT freed once the ITS has
+    /// read the commands.
     pub fn unmap(&self, intid: u32) {
-        let Some((device, itt)) = self.mapped.lock().remove(&intid) else {
+        let mut mapped = self.mapped.lock();
+        let Some((device, event)) = mapped.lpis.remove(&intid) else {
             return;
         };
+        let last = mapped.devices.get_mut(&device).is_none_or(|(_, events)| {
+            events.remove(&event);
+            events.is_empty()
+        });
         let device_word = u64::from(device) << 32;
-        let done = self.submit(&[
-            [CMD_DISCARD | device_word, EVENT, 0, 0],
-            [CMD_MAPD | device_word, 0, 0, 0],
-            self.sync(),
-        ]);
+        let discard = [CMD_DISCARD | device_word, u64::from(event), 0, 0];
+        if !last {
+            if let Err(why) = self.submit(&[discard, self.sync()]) {
+                println!("its: device {device:#x} event {event} not discarded ({why})");
+            }
+            return;
+        }
+        let Some((itt, _)) = mapped.devices.remove(&device) else {
+            return;
+        };
+        let done = self.submit(&[discard, [CMD_MAPD | device_word, 0, 0, 0], self.sync()]);
         match done {
             Ok(()) => frames::free(itt),
             // The ITS may still read the ITT: keep it out of the allocator.

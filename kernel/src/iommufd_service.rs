@@ -514,6 +514,15 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         if let Some(refusal) = state.refusal(device) {
             return Err(refusal.errno());
         }
+        // The core lets an owner bind every function of a group it holds;
+        // one function is opened once.
+        if state
+            .devices
+            .iter()
+            .any(|entry| entry.owner == owner && entry.bdf == bdf)
+        {
+            return Err(Errno::EBUSY);
+        }
         let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
         let aliases = state.aliases(bdf);
         let id =
@@ -606,15 +615,51 @@ const SCRUB_IOVA: u64 = 1 << 20;
 /// domain that maps one zeroed page read-only at [`SCRUB_IOVA`], copies it,
 /// and goes back to blocked; the domain goes with the flush.
 fn scrub_residue(state: &mut State, owner: OwnerId, device: &PciDevice) -> Result<(), Errno> {
+    let requester = state.requester(device.function.bdf).ok_or(Errno::EINVAL)?;
+    // The functions of a group share the requester id, so one of them is
+    // scrubbed through the domain the others would be in: all of the group
+    // are scrubbed when its first function is opened, before the owner has
+    // anything attached.
+    let joins_a_held_group = state.devices.iter().any(|entry| {
+        entry.owner == owner && entry.requester == requester && entry.bdf != device.function.bdf
+    });
+    let group: Vec<&'static PciDevice> = crate::devices::all()
+        .iter()
+        .filter(|other| {
+            other.function.bdf == device.function.bdf
+                || state.requester(other.function.bdf) == Some(requester)
+        })
+        .collect();
+    for member in group {
+        let bdf = member.function.bdf;
+        let Some(position) = state.residue.iter().position(|&(at, _)| at == bdf) else {
+            continue;
+        };
+        if state.residue[position].1 == owner || !crate::devices::holds_residue(member) {
+            state.residue.swap_remove(position);
+            continue;
+        }
+        if joins_a_held_group {
+            // Cannot happen: the group was held since its first function
+            // was opened, and scrubbed then.
+            return Err(Errno::EBUSY);
+        }
+        scrub_function(state, member, requester)?;
+    }
+    Ok(())
+}
+
+/// Scrubs one function of a group whose requester id is `requester` (see
+/// [`scrub_residue`]) and drops its residue record.
+fn scrub_function(
+    state: &mut State,
+    device: &PciDevice,
+    requester: iommu::DeviceId,
+) -> Result<(), Errno> {
     let bdf = device.function.bdf;
     let Some(position) = state.residue.iter().position(|&(at, _)| at == bdf) else {
         return Ok(());
     };
-    if state.residue[position].1 == owner || !crate::devices::holds_residue(device) {
-        state.residue.swap_remove(position);
-        return Ok(());
-    }
-    let requester = state.requester(bdf).ok_or(Errno::EINVAL)?;
     let unit = state.core.unit_mut(iommu::UnitId(0)).ok_or(Errno::EINVAL)?;
     let info = unit.info();
     let len = info.min_page_size().max(abi::syscall::PAGE_SIZE);

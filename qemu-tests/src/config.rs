@@ -223,8 +223,19 @@ pub const CONFIGS: &[Config] = &[
     Config {
         name: "smmuv3-nested",
         arch: Arch::Aarch64,
-        machine: &["-machine", "virt,iommu=smmuv3,gic-version=3"],
-        about: "ARM SMMUv3, both stages (nesting)",
+        machine: &[
+            "-machine",
+            "virt,iommu=smmuv3,gic-version=3",
+            "-device",
+            "pcie-root-port,id=rp0,bus=pcie.0,addr=03.0,chassis=1",
+            "-device",
+            "pcie-pci-bridge,id=br0,bus=rp0",
+            "-device",
+            "edu,bus=br0,addr=01.0,dma_mask=0xffffffffffffffff",
+            "-device",
+            "edu,bus=br0,addr=02.0,dma_mask=0xffffffffffffffff",
+        ],
+        about: "ARM SMMUv3, both stages (nesting); two more edus behind a root port and a PCIe-to-PCI bridge, whose MSIs share one ITS DeviceID",
         kernel_args: &[],
     },
     Config {
@@ -260,13 +271,13 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-cm", 76),
     ("vtd-sm", 74),
     ("vtd-fs", 74),
-    ("vtd-bridge", 78),
-    ("smmuv3-bridge", 72),
+    ("vtd-bridge", 79),
+    ("smmuv3-bridge", 73),
     ("amdvi", 77),
     ("none-arm", 35),
     ("smmuv3", 71),
     ("smmuv3-s2", 71),
-    ("smmuv3-nested", 73),
+    ("smmuv3-nested", 76),
 ];
 
 /// The configuration called `name`.

@@ -407,12 +407,17 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Blocks the device's DMA (never bypass) and drops its HWPT reference (an
     /// automatic HWPT goes with its last device). `EINVAL` if not attached.
     pub fn device_detach(&mut self, owner: OwnerId, dev_id: ObjId) -> Result<(), Errno> {
-        let dev = self.owner(owner)?.device(dev_id)?;
+        let o = self.owner(owner)?;
+        let dev = o.device(dev_id)?;
         let Some(current) = dev.attached else {
             return Err(Errno::EINVAL);
         };
         let unit = dev.unit;
-        for requester in dev.ids() {
+        let ids = dev.ids();
+        // An id an attached function of its group holds stays in the group's
+        // domain.
+        let (_, held) = o.attached_mates(dev_id, unit, &ids);
+        for requester in ids.into_iter().filter(|id| !held.contains(id)) {
             self.units[unit.0 as usize].detach(requester);
         }
         self.owner_mut(owner)?.device_mut(dev_id)?.attached = None;
@@ -448,6 +453,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             (true, None) => return Err(Errno::EINVAL),
             _ => {}
         }
+        // The unit cannot tell the functions of one group apart: while one
+        // is attached, the others may only join its HWPT, and the group
+        // moves only as a whole (detach the others first).
+        let (group_hwpt, group_ids) = o.attached_mates(dev_id, unit, &ids);
+        if group_hwpt.is_some() && replace {
+            return Err(Errno::EINVAL);
+        }
         let (target, ioas_id) = match o.objects.get(&pt_id).ok_or(Errno::ENOENT)? {
             Object::Ioas(ioas) => {
                 let reuse = ioas.domains.iter().copied().find(|&h| {
@@ -469,6 +481,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             && *t == c
         {
             return Ok(c);
+        }
+        if let Some(group) = group_hwpt
+            && !matches!(target, Target::Existing(t) if t == group)
+        {
+            return Err(Errno::EINVAL);
         }
         let current_ioas = current.map(|c| o.hwpt_ioas(c)).transpose()?;
         let moves_ioas = current_ioas != Some(ioas_id);
@@ -527,6 +544,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Some(c) => Some(self.owner(owner)?.hwpt(c)?.domain),
             None => None,
         };
+        let ids: Vec<DeviceId> = ids
+            .into_iter()
+            .filter(|id| !group_ids.contains(id))
+            .collect();
         if let Err(e) = attach_every_id(&mut self.units[unit.0 as usize], &ids, domain, previous) {
             if let Some(plan) = &plan {
                 let pieces: Vec<Piece> = plan.fill.iter().map(|(p, _)| *p).collect();

@@ -482,6 +482,44 @@ impl Owner {
         }
     }
 
+    /// The other devices of this owner on `unit` that share one of `ids`
+    /// (one isolation group: the unit cannot tell their DMA apart): the
+    /// HWPT the attached ones are in, and every id those attached hold.
+    fn attached_mates(
+        &self,
+        except: ObjId,
+        unit: UnitId,
+        ids: &[DeviceId],
+    ) -> (Option<ObjId>, Vec<DeviceId>) {
+        let mut hwpt = None;
+        let mut held = Vec::new();
+        for (&id, object) in &self.objects {
+            let Object::Device(mate) = object else {
+                continue;
+            };
+            let Some(attached) = mate.attached else {
+                continue;
+            };
+            let mate_ids = mate.ids();
+            if id == except || mate.unit != unit || !mate_ids.iter().any(|i| ids.contains(i)) {
+                continue;
+            }
+            hwpt = Some(attached);
+            held.extend(mate_ids);
+        }
+        (hwpt, held)
+    }
+
+    /// Another device of this owner on `unit` that holds `requester`.
+    fn other_holder(&self, except: ObjId, unit: UnitId, requester: DeviceId) -> Option<ObjId> {
+        self.objects.iter().find_map(|(&id, object)| match object {
+            Object::Device(d) if id != except && d.unit == unit && d.ids().contains(&requester) => {
+                Some(id)
+            }
+            _ => None,
+        })
+    }
+
     fn device_mut(&mut self, id: ObjId) -> Result<&mut Device, Errno> {
         match self.objects.get_mut(&id) {
             Some(Object::Device(d)) => Ok(d),
@@ -632,7 +670,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     }
 
     /// Binds a device behind `unit` to `owner` (the kernel's `device_open`):
-    /// a device object in blocked state. `EBUSY` if any owner holds it already.
+    /// a device object in blocked state. `EBUSY` if another owner holds it;
+    /// a device whose requester id this owner holds already (a function of
+    /// the same group) joins that group (see [`Self::device_attach`]).
     pub fn bind_device(
         &mut self,
         owner: OwnerId,
@@ -670,14 +710,26 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             attached: None,
         };
         let ids = device.ids();
-        if ids.iter().any(|&id| self.claimed.contains_key(&(unit, id))) {
+        // An id another owner holds makes the device theirs to share; one
+        // this owner holds already puts the device in that group (Linux
+        // `iommufd_group`): the group is owned as a whole.
+        if ids.iter().any(|&id| {
+            self.claimed
+                .get(&(unit, id))
+                .is_some_and(|&(holder, _)| holder != owner)
+        }) {
             return Err(Errno::EBUSY);
         }
         self.owners.get(&owner).map_or(Ok(1), |o| o.peek_id())?;
         self.admit(owner, Resource::ObjectSlot)?;
         self.services.charge(Resource::ObjectSlot)?;
-        // A freshly bound device must not inherit anybody's translation.
-        for &id in &ids {
+        let fresh: Vec<DeviceId> = ids
+            .into_iter()
+            .filter(|&id| !self.claimed.contains_key(&(unit, id)))
+            .collect();
+        // A freshly bound device must not inherit anybody's translation; the
+        // ids its group already holds stay where the group is.
+        for &id in &fresh {
             self.unit(unit).detach(id);
         }
         let obj = self
@@ -685,7 +737,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .entry(owner)
             .or_default()
             .insert(Object::Device(device));
-        for id in ids {
+        for id in fresh {
             self.claimed.insert((unit, id), (owner, obj));
         }
         Ok(obj)
@@ -720,8 +772,19 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                     return Err(Errno::EBUSY);
                 }
                 let unit = device.unit;
-                for requester in device.ids() {
-                    self.claimed.remove(&(unit, requester));
+                // An id the rest of its group still holds stays claimed, by
+                // one of them.
+                let claims: Vec<(DeviceId, Option<ObjId>)> = device
+                    .ids()
+                    .into_iter()
+                    .filter(|&requester| self.claimed.get(&(unit, requester)) == Some(&(owner, id)))
+                    .map(|requester| (requester, o.other_holder(id, unit, requester)))
+                    .collect();
+                for (requester, mate) in claims {
+                    match mate {
+                        Some(mate) => self.claimed.insert((unit, requester), (owner, mate)),
+                        None => self.claimed.remove(&(unit, requester)),
+                    };
                 }
                 self.owner_mut(owner)?.remove(id);
                 Ok(())

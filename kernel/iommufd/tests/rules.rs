@@ -275,15 +275,82 @@ fn destroy_attached_device_is_ebusy_and_detached_device_is_released() {
     assert!(fd.bind_device(OwnerId(2), U0, DEV_A).is_ok());
 }
 
+/// A requester id another owner holds is EBUSY; one the same owner holds
+/// is a function of a group it owns already, which joins the group (the
+/// kernel keeps one function from being opened twice). Until this rule
+/// came, the same owner got EBUSY too, and could not use the second
+/// function of a group it held.
 #[test]
-fn bind_device_claimed_by_anyone_is_ebusy() {
+fn bind_device_claimed_by_another_owner_is_ebusy() {
     let mut fd = vtd();
     assert_eq!(fd.device_holder(U0, DEV_A), None);
     let dev = fd.bind_device(O, U0, DEV_A).unwrap();
     assert_eq!(fd.device_holder(U0, DEV_A), Some((O, dev)));
     assert_eq!(fd.bind_device(OwnerId(2), U0, DEV_A), Err(Errno::EBUSY));
-    assert_eq!(fd.bind_device(O, U0, DEV_A), Err(Errno::EBUSY));
+    let mate = fd.bind_device(O, U0, DEV_A).unwrap();
+    assert_ne!(mate, dev);
+    assert_eq!(fd.device_holder(U0, DEV_A), Some((O, dev)));
     assert_eq!(fd.bind_device(O, UnitId(5), DEV_B), Err(Errno::EINVAL));
+}
+
+/// The functions of one group (one requester id, as behind a PCIe-to-PCI
+/// bridge) held by one owner (Linux `iommufd_group`): while one is
+/// attached, another joins only its HWPT (EINVAL elsewhere), only the
+/// group's last attached function takes the shared id out of the domain,
+/// replace of a function with attached mates is EINVAL (the group moves as
+/// a whole), and the claim passes to the function that remains.
+#[test]
+fn functions_of_one_group_share_its_hwpt_and_leave_it_last_out() {
+    const OWN_A: DeviceId = DeviceId(0x209);
+    const OWN_B: DeviceId = DeviceId(0x211);
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let other_ioas = fd.ioas_alloc(O).unwrap();
+    let a = fd.bind_device_with_aliases(O, U0, DEV_A, &[OWN_A]).unwrap();
+    let hwpt = fd.device_attach(O, a, ioas).unwrap();
+    let domain = fd.unit_mut(U0).unwrap().device_domain(DEV_A);
+    assert!(domain.is_some());
+    // The second function joins without taking the shared id out.
+    let b = fd.bind_device_with_aliases(O, U0, DEV_A, &[OWN_B]).unwrap();
+    assert_eq!(fd.unit_mut(U0).unwrap().device_domain(DEV_A), domain);
+    assert_eq!(fd.unit_mut(U0).unwrap().device_domain(OWN_B), None);
+    assert_eq!(fd.device_holder(U0, OWN_B), Some((O, b)));
+    assert_eq!(
+        fd.bind_device(OwnerId(2), U0, OWN_B),
+        Err(Errno::EBUSY),
+        "another owner gets no function of the group"
+    );
+    let before = fd.state_digest();
+    assert_eq!(fd.device_attach(O, b, other_ioas), Err(Errno::EINVAL));
+    assert_eq!(fd.state_digest(), before);
+    assert_eq!(fd.device_attach(O, b, ioas), Ok(hwpt));
+    assert_eq!(fd.unit_mut(U0).unwrap().device_domain(OWN_B), domain);
+    assert_eq!(fd.device_replace(O, b, other_ioas), Err(Errno::EINVAL));
+    // Out one by one: the shared id stays until the last leaves.
+    fd.device_detach(O, a).unwrap();
+    let unit = fd.unit_mut(U0).unwrap();
+    assert_eq!(
+        unit.device_domain(DEV_A),
+        domain,
+        "b still needs the shared id"
+    );
+    assert_eq!(unit.device_domain(OWN_A), None);
+    fd.destroy(O, a).unwrap();
+    assert_eq!(
+        fd.device_holder(U0, DEV_A),
+        Some((O, b)),
+        "the claim passed to b"
+    );
+    // Alone now, b may move.
+    let moved = fd.device_replace(O, b, other_ioas).unwrap();
+    assert_ne!(moved, hwpt);
+    fd.device_detach(O, b).unwrap();
+    let unit = fd.unit_mut(U0).unwrap();
+    assert_eq!(unit.device_domain(DEV_A), None);
+    assert_eq!(unit.device_domain(OWN_B), None);
+    fd.destroy(O, b).unwrap();
+    assert_eq!(fd.device_holder(U0, DEV_A), None);
+    invariants(&fd);
 }
 
 #[test]

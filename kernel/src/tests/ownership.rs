@@ -42,6 +42,10 @@ pub static TESTS: &[Test] = &[
         run: functions_behind_one_pci_bridge_are_one_group,
     },
     Test {
+        name: "ownership::a_task_owns_a_whole_group",
+        run: a_task_owns_a_whole_group,
+    },
+    Test {
         name: "ownership::isolation_groups_follow_acs_and_the_bridges",
         run: isolation_groups_follow_acs_and_the_bridges,
     },
@@ -71,6 +75,7 @@ const OPEN_MSI_DEVICE: u64 = 8;
 const GROUP_HOLDER: u64 = 9;
 const GROUP_CONTENDER: u64 = 10;
 const GROUP_HEIR: u64 = 11;
+const GROUP_WHOLE: u64 = 21;
 const IRQ_VICTIM: u64 = 12;
 const IRQ_SPOOFER: u64 = 13;
 /// The `hostile` messages the x86 entry path must drop each run: all of
@@ -323,6 +328,38 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
     baseline.check(&owners)?;
     // Released: the group's function is blocked, not in bypass.
     super::dma_to_a_kernel_page_is_blocked(platform, behind[1])?;
+    Ok(Outcome::Passed)
+}
+
+/// A task owns a whole group: it opens both edus behind the bridge, the
+/// second may join only the first's HWPT, both DMA through the one
+/// requester id and each gets exactly its own completion interrupt (an
+/// IRTE, ITS event or SPI per function), a function cannot be opened twice;
+/// afterwards both are blocked and everything is given back.
+fn a_task_owns_a_whole_group(platform: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let behind: alloc::vec::Vec<_> = crate::devices::edus()
+        .filter(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
+        .collect();
+    if behind.len() < 2 {
+        return Ok(Outcome::NotApplicable(
+            "needs two edus behind a PCIe-to-PCI bridge",
+        ));
+    }
+    let baseline = Baseline::now();
+    let first = (crate::devices::edus().count() - behind.len()) as u64;
+    let owner_task = super::spawn_hostile(GROUP_WHOLE, first)?;
+    let owners = [owner_task.owner];
+    let run = super::run_captured(alloc::vec![owner_task]);
+    let report = &run.reports[0];
+    if report.exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable("no IOMMU translates the edus here"));
+    }
+    ensure_eq!(report.exit, Exit::Code(0), format!("{:?}", report.output));
+    baseline.check(&owners)?;
+    for edu in behind {
+        super::dma_to_a_kernel_page_is_blocked(platform, edu)?;
+    }
     Ok(Outcome::Passed)
 }
 

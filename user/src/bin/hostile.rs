@@ -37,6 +37,12 @@
 //!   first and DMAs through the alias; the contender, running while the
 //!   holder waits for its DMA, must find both functions taken (EBUSY, exit
 //!   60/61); after both, the heir opens the second and DMAs through the alias.
+//! - GROUP_WHOLE: one task owns a whole group: it opens both edus behind
+//!   the bridge (the second open must work: exit 62), attaches the first; the
+//!   second may join only the first's IOAS (EINVAL elsewhere: 63), then each
+//!   DMAs and must get exactly its own completion interrupt although both
+//!   signal with the bridge's requester id (64/65); opening a function twice
+//!   is EBUSY (66).
 //! - IRQ_VICTIM / IRQ_SPOOFER: the victim opens its edu and waits for its
 //!   interrupt without ever starting its device; the spoofer aims its own edu
 //!   at the interrupt doorbells with the numbers the victim's interrupt is
@@ -110,6 +116,7 @@ const HOG_KERNEL_TIME: u64 = 17;
 const FAIL_NTH: u64 = 18;
 const HOG_HEAP: u64 = 19;
 const HOG_DOMAINS: u64 = 20;
+const GROUP_WHOLE: u64 = 21;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
 const NO_DEVICE: i32 = 77;
@@ -151,6 +158,7 @@ fn main() -> i32 {
         OPEN_MSI_DEVICE => open_msi_device(address),
         GROUP_HOLDER | GROUP_HEIR => round_trip(address),
         GROUP_CONTENDER => contend(address, index),
+        GROUP_WHOLE => whole_group(address, index),
         IRQ_VICTIM => victim(address),
         IRQ_SPOOFER => spoof(address),
         HOG_TABLES => hog_tables(address),
@@ -568,6 +576,75 @@ fn hog_domains(address: PciAddress) -> Result<(), i32> {
     if report.domains.used != u64::from(domains) || report.domains.used != report.domains.limit {
         return Err(92);
     }
+    Ok(())
+}
+
+fn whole_group(address: PciAddress, index: usize) -> Result<(), i32> {
+    let first = STEPS.check(1, "device_open", Edu::open(address))?;
+    let ioas = STEPS.check(2, "ioas_alloc", ioas_alloc())?;
+    let va = STEPS.check(3, "mem_alloc", mem_alloc(1))?;
+    STEPS.check(
+        4,
+        "ioas_map",
+        ioas_map(ioas, va as u64, PAGE as u64, Some(IOVA)),
+    )?;
+    let first_hwpt = STEPS.check(5, "device_attach", device_attach(first.id, ioas))?;
+    let Ok(Some(mate_address)) = edu::find_translated(index + 1) else {
+        println!("hostile: whole group: no second edu");
+        return Err(62);
+    };
+    let mate = STEPS.check(
+        62,
+        "device_open of the group's second function",
+        Edu::open(mate_address),
+    )?;
+    let elsewhere = STEPS.check(63, "ioas_alloc", ioas_alloc())?;
+    match device_attach(mate.id, elsewhere) {
+        Err(Errno::EINVAL) => {}
+        other => {
+            println!(
+                "hostile: whole group: the second function attached apart from the first: {other:?}"
+            );
+            return Err(63);
+        }
+    }
+    let joined = STEPS.check(
+        63,
+        "device_attach to the first's IOAS",
+        device_attach(mate.id, ioas),
+    )?;
+    if joined != first_hwpt {
+        return Err(63);
+    }
+    page(va).fill(PATTERN);
+    STEPS.check(64, "DMA to the first", first.dma(IOVA, false))?;
+    STEPS.check(64, "DMA to the second", mate.dma(IOVA, false))?;
+    // Each completion interrupt reached its own function's waiter only.
+    match irq_wait(first.id, 0) {
+        Err(Errno::ETIMEDOUT) => {}
+        other => {
+            println!(
+                "hostile: whole group: the first function saw the second's interrupt: {other:?}"
+            );
+            return Err(65);
+        }
+    }
+    page(va).fill(0);
+    STEPS.check(64, "DMA back from the second", mate.dma(IOVA, true))?;
+    if !all_bytes_are(page(va), PATTERN) {
+        return Err(64);
+    }
+    match Edu::open(address) {
+        Err(Errno::EBUSY) => {}
+        other => {
+            println!(
+                "hostile: whole group: a function opened twice: {:?}",
+                other.map(|edu| edu.id)
+            );
+            return Err(66);
+        }
+    }
+    println!("hostile: whole group: both functions DMA and signal through one requester id");
     Ok(())
 }
 

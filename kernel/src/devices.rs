@@ -236,6 +236,57 @@ pub fn quiesce(platform: &Platform, device: &PciDevice) -> Result<(), StuckDevic
     drained
 }
 
+/// Resets made by [`reset_released`]: (function level, secondary bus).
+static RESETS: [core::sync::atomic::AtomicUsize; 2] =
+    [const { core::sync::atomic::AtomicUsize::new(0) }; 2];
+
+/// How many function-level and secondary-bus resets released functions got
+/// (tests).
+pub fn resets() -> (usize, usize) {
+    use core::sync::atomic::Ordering;
+    (
+        RESETS[0].load(Ordering::SeqCst),
+        RESETS[1].load(Ordering::SeqCst),
+    )
+}
+
+/// Resets a released, quiesced function where the hardware offers a reset
+/// (VFIO resets a device between owners; Linux `pci_reset_function`): a
+/// Function Level Reset if it has one; else, when the bridge above it leads
+/// to a bus where no function is `open` any more, that bridge's Secondary
+/// Bus Reset, which resets the group behind it at once. The configuration
+/// the kernel gave them (BARs, windows, bus numbers) is restored.
+pub fn reset_released(
+    platform: &Platform,
+    device: &PciDevice,
+    open: &[pci::Bdf],
+) -> Result<(), pci::reset::NotReady> {
+    use core::sync::atomic::Ordering;
+    let config = &platform.pci.ecam;
+    let bdf = device.function.bdf;
+    if pci::reset::supports_flr(config, bdf) {
+        RESETS[0].fetch_add(1, Ordering::SeqCst);
+        return pci::reset::function_level_reset(config, &crate::time::CLOCK, bdf);
+    }
+    let Some(bridge) = TOPOLOGY
+        .get()
+        .and_then(|topology| topology.bridge_to(bdf.bus))
+    else {
+        return Ok(());
+    };
+    let buses = bridge.secondary..=bridge.subordinate;
+    if open.iter().any(|other| buses.contains(&other.bus)) {
+        return Ok(());
+    }
+    let below: Vec<pci::Bdf> = all()
+        .iter()
+        .map(|device| device.function.bdf)
+        .filter(|other| buses.contains(&other.bus))
+        .collect();
+    RESETS[1].fetch_add(1, Ordering::SeqCst);
+    pci::reset::secondary_bus_reset(config, &crate::time::CLOCK, bridge.bdf, &below)
+}
+
 /// Whether `device` keeps data of its owner's that survives [`quiesce`] and
 /// that [`scrub`] knows how to overwrite (edu: its 4 KiB DMA buffer).
 pub fn holds_residue(device: &PciDevice) -> bool {

@@ -796,6 +796,12 @@ fn release_device(state: &mut State, entry: OpenDevice) {
     if let Err(stuck) = crate::devices::quiesce(platform, device) {
         println!("device release: {}: not quiesced: {}", entry.bdf, stuck.0);
     }
+    // Reset where the hardware offers one: the function alone, or the bus
+    // of its group once no function there is open any more.
+    let open: Vec<pci::Bdf> = state.devices.iter().map(|other| other.bdf).collect();
+    if let Err(not_ready) = crate::devices::reset_released(platform, device, &open) {
+        println!("device release: {}: not back from its reset", not_ready.0);
+    }
     // A record still there means the device was never scrubbed for this
     // owner (its open failed first): what it may hold is the earlier owner's.
     if !state.residue.iter().any(|&(bdf, _)| bdf == entry.bdf) {

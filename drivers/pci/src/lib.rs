@@ -15,6 +15,7 @@ mod ecam;
 pub mod acs;
 pub mod bar;
 pub mod bridge;
+pub mod reset;
 
 pub use bar::{Bar, BarAllocator, BarError, MemoryWindow};
 pub use capability::{Capabilities, CapabilityId, Msi};

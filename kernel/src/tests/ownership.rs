@@ -335,7 +335,8 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
 /// second may join only the first's HWPT, both DMA through the one
 /// requester id and each gets exactly its own completion interrupt (an
 /// IRTE, ITS event or SPI per function), a function cannot be opened twice;
-/// afterwards both are blocked and everything is given back.
+/// afterwards the bridge resets its bus once, both are blocked, and
+/// everything is given back.
 fn a_task_owns_a_whole_group(platform: &Platform) -> TestResult {
     crate::iommufd_service::prepare();
     let behind: alloc::vec::Vec<_> = crate::devices::edus()
@@ -347,6 +348,7 @@ fn a_task_owns_a_whole_group(platform: &Platform) -> TestResult {
         ));
     }
     let baseline = Baseline::now();
+    let (_, bus_resets) = crate::devices::resets();
     let first = (crate::devices::edus().count() - behind.len()) as u64;
     let owner_task = super::spawn_hostile(GROUP_WHOLE, first)?;
     let owners = [owner_task.owner];
@@ -357,6 +359,13 @@ fn a_task_owns_a_whole_group(platform: &Platform) -> TestResult {
     }
     ensure_eq!(report.exit, Exit::Code(0), format!("{:?}", report.output));
     baseline.check(&owners)?;
+    // Released whole, the group got its bridge's Secondary Bus Reset once,
+    // and its BARs back (the kernel reaches both edus below).
+    ensure_eq!(
+        crate::devices::resets().1,
+        bus_resets + 1,
+        "secondary bus resets"
+    );
     for edu in behind {
         super::dma_to_a_kernel_page_is_blocked(platform, edu)?;
     }

@@ -59,11 +59,12 @@ pub fn init(ram: impl Iterator<Item = MemoryRegion>, reserved: impl Iterator<Ite
     }
 }
 
-/// Frames only the kernel heap may take (16 MiB): what tasks' memory, IO
+/// Frames only the kernel heap may take (32 MiB): what tasks' memory, IO
 /// page tables and device structures use up, the heap can still grow into,
 /// so a task that exhausts RAM gets ENOMEM from its own calls while the
-/// kernel's allocations go on (see `heap`).
-pub const HEAP_RESERVE: usize = 4096;
+/// kernel's allocations go on; with half the first arena it backs the heap
+/// quotas of five tasks at the default (see `heap`).
+pub const HEAP_RESERVE: usize = 8192;
 
 /// Allocates `count` contiguous zeroed frames whose start is aligned to
 /// `align` bytes (a power of two, at least [`FRAME_SIZE`]), leaving the

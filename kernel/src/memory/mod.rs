@@ -64,7 +64,8 @@ fn current_owner() -> u64 {
 /// task is over it.
 pub mod heap_charges {
     pub use super::heap::{
-        DEFAULT_QUOTA, charged, grown_frames, over_quota, quota, reparent, reparented, set_quota,
+        DEFAULT_QUOTA, HeapCommitment, charged, grown_frames, over_quota, quota, reparent,
+        reparented, set_quota,
     };
 }
 

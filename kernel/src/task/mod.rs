@@ -215,6 +215,8 @@ pub struct Task {
     cpu_ns: u64,
     /// The CPU budget of the run the task is in (`Limits::cpu_ms`).
     cpu_budget_ns: u64,
+    /// Its heap quota, set aside while it lives.
+    _heap: crate::memory::heap_charges::HeapCommitment,
 }
 
 impl Task {
@@ -239,6 +241,9 @@ impl Task {
             region: USER_BASE..IMAGE_END,
         };
         let image = static_elf::parse(image, &target).map_err(SpawnError::Elf)?;
+        // Only as many tasks live at once as the heap can back the quotas of.
+        let heap =
+            crate::memory::heap_charges::HeapCommitment::take().ok_or(SpawnError::OutOfMemory)?;
         // On any error below, dropping `space` returns what was mapped so far.
         let mut space = AddressSpace::new(kernel_root)?;
         for segment in &image.segments {
@@ -288,6 +293,7 @@ impl Task {
             syscalls: 0,
             cpu_ns: 0,
             cpu_budget_ns: Limits::DEFAULT.cpu_ms * 1_000_000,
+            _heap: heap,
         })
     }
 

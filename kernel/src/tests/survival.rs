@@ -24,6 +24,10 @@ pub static TESTS: &[Test] = &[
         run: a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on,
     },
     Test {
+        name: "survival::tasks_start_only_while_the_heap_can_back_their_quotas",
+        run: tasks_start_only_while_the_heap_can_back_their_quotas,
+    },
+    Test {
         name: "survival::the_heap_grows_from_free_frames_and_into_its_reserve",
         run: the_heap_grows_from_free_frames_and_into_its_reserve,
     },
@@ -176,6 +180,43 @@ fn a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on(_: &Platform) -> 
         hog.output
     );
     baseline.check(&owners)?;
+    Ok(Outcome::Passed)
+}
+
+/// Every live task's heap quota is set aside: spawning stops (out of
+/// memory) once the quotas of the tasks alive fill what the heap can back,
+/// and starts again when a task is gone, so that no set of tasks, each
+/// within its quota, can run the heap out.
+fn tasks_start_only_while_the_heap_can_back_their_quotas(_: &Platform) -> TestResult {
+    let free_before = crate::memory::frames::free_count();
+    let mut alive = alloc::vec::Vec::new();
+    let refused = loop {
+        ensure!(alive.len() < 64, "64 tasks alive and no refusal");
+        match crate::task::Task::spawn("hello", crate::task::kernel_root()) {
+            Ok(task) => alive.push(task),
+            Err(err) => break err,
+        }
+    };
+    let count = alive.len();
+    ensure!(
+        matches!(refused, crate::task::SpawnError::OutOfMemory),
+        "refused for another reason: {refused:?}"
+    );
+    let quota = crate::memory::heap_charges::quota();
+    ensure!(
+        count >= 4 && count * quota <= 48 << 20,
+        "{count} tasks of {quota} bytes each before the refusal"
+    );
+    alive.pop();
+    let again = crate::task::Task::spawn("hello", crate::task::kernel_root())
+        .map_err(|err| format!("no task after one went: {err:?}"))?;
+    drop(again);
+    drop(alive);
+    ensure_eq!(
+        crate::memory::frames::free_count(),
+        free_before,
+        "free frames"
+    );
     Ok(Outcome::Passed)
 }
 

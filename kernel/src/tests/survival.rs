@@ -44,6 +44,10 @@ pub static TESTS: &[Test] = &[
         run: the_cpu_budget_counts_the_time_of_system_calls,
     },
     Test {
+        name: "survival::a_heap_quota_reached_at_any_step_leaves_nothing_behind",
+        run: a_heap_quota_reached_at_any_step_leaves_nothing_behind,
+    },
+    Test {
         name: "survival::a_failed_page_allocation_at_any_step_leaves_nothing_behind",
         run: a_failed_page_allocation_at_any_step_leaves_nothing_behind,
     },
@@ -435,4 +439,61 @@ fn a_failed_page_allocation_at_any_step_leaves_nothing_behind(_: &Platform) -> T
     })();
     crate::memory::dma::set_limit(limit);
     result
+}
+
+/// Heap quota steps of [`a_heap_quota_reached_at_any_step_leaves_nothing_behind`].
+const HEAP_STEP: usize = 512;
+const HEAP_MOST: usize = 256 * 1024;
+
+/// Fail-nth over the kernel heap: the `FAIL_NTH` program (open, attach,
+/// four maps) runs with a heap quota of 1 byte, then [`HEAP_STEP`] bytes
+/// more each time, so the call refused for the quota moves through every
+/// step: each run ends in ENOMEM or success, with every frame, object,
+/// pin, handler and heap byte given back.
+fn a_heap_quota_reached_at_any_step_leaves_nothing_behind(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    if crate::iommufd_service::unit_hw_info().is_none() {
+        return Ok(Outcome::NotApplicable("no IOMMU: no device to open"));
+    }
+    let mut stops: alloc::vec::Vec<String> = alloc::vec::Vec::new();
+    let mut quota = 1;
+    while quota <= HEAP_MOST {
+        let baseline = Baseline::now();
+        let task = super::spawn_hostile(FAIL_NTH, 0)?;
+        let owner = task.owner;
+        let old = crate::memory::heap_charges::set_quota(quota);
+        let run = super::run_captured(alloc::vec![task]);
+        crate::memory::heap_charges::set_quota(old);
+        let report = &run.reports[0];
+        ensure_eq!(
+            report.exit,
+            Exit::Code(0),
+            format!("with a quota of {quota} bytes: {:?}", report.output)
+        );
+        baseline.check(&[owner])?;
+        if report.output.contains("every step done") {
+            // device_open comes first, when the task holds nothing yet: a
+            // quota refuses only a task that already holds it.
+            for step in [
+                "stopped at ioas_alloc",
+                "stopped at device_attach",
+                "stopped at mem_alloc",
+                "stopped at ioas_map",
+            ] {
+                ensure!(
+                    stops.iter().any(|stop| stop.contains(step)),
+                    "no run {step}: {stops:?}"
+                );
+            }
+            return Ok(Outcome::Passed);
+        }
+        if stops.last() != Some(&report.output) {
+            stops.push(report.output.clone());
+        }
+        quota += HEAP_STEP;
+    }
+    Err(format!(
+        "{HEAP_MOST} bytes were not enough: {:?}",
+        stops.last()
+    ))
 }

@@ -239,7 +239,9 @@ impl PagesTable {
         let pages = chunk.slots[slot].take()?;
         chunk.live -= 1;
         self.live -= 1;
-        if chunk.live == 0 {
+        // The first chunk stays (until `trim`): a table that empties and
+        // fills again on every map and unmap must not allocate each time.
+        if chunk.live == 0 && index != 0 {
             self.chunks[index] = None;
             while self.chunks.last().is_some_and(Option::is_none) {
                 self.chunks.pop();
@@ -253,8 +255,19 @@ impl PagesTable {
         self.live
     }
 
-    /// Gives back the room of the chunk list itself once it has shrunk.
+    /// Gives back the first chunk when it is empty, and the room of the
+    /// chunk list itself once it has shrunk.
     fn trim(&mut self) {
+        if self
+            .chunks
+            .first()
+            .is_some_and(|chunk| chunk.as_ref().is_some_and(|c| c.live == 0))
+        {
+            self.chunks[0] = None;
+        }
+        while self.chunks.last().is_some_and(Option::is_none) {
+            self.chunks.pop();
+        }
         self.chunks.shrink_to_fit();
     }
 
@@ -973,13 +986,17 @@ mod pages_table_tests {
         for &id in &hog {
             assert_eq!(table.remove(id).map(|p| p.va), Some(id));
         }
-        assert_eq!(table.chunks.iter().flatten().count(), 1);
+        // The first chunk stays for reuse; the hog's others are gone.
+        assert_eq!(table.chunks.iter().flatten().count(), 2);
         assert_eq!(table.len(), 1);
         assert_eq!(table.get(other).map(|p| p.va), Some(u64::MAX));
         assert_eq!(table.insert(pages(7)), 0);
         table.remove(other);
         table.remove(0);
-        assert!(table.chunks.is_empty());
         assert_eq!(table.values().count(), 0);
+        // The first chunk stays for the next insert, until a trim.
+        assert_eq!(table.chunks.len(), 1);
+        table.trim();
+        assert!(table.chunks.is_empty());
     }
 }

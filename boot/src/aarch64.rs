@@ -1,7 +1,7 @@
 //! AArch64 entry for QEMU's bare-metal ELF boot on `-machine virt`.
 //!
 //! QEMU starts the image at EL1 (EL2 with `virtualization=on`) with the MMU
-//! and caches off and every register 0 (QEMU-NOTES §5). The code below drops
+//! and caches off and every register 0 (docs/QEMU.md §5). The code below drops
 //! to EL1 when entered at EL2, enables FP/SIMD (the Rust target uses NEON),
 //! turns the MMU on with a boot identity map of 1 GiB blocks and calls
 //! `kernel_entry(dtb)`. The MMU must be on before any Rust runs: with it off,

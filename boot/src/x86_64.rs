@@ -2,7 +2,7 @@
 //!
 //! QEMU's `-kernel` loads an ELF64 with a `XEN_ELFNOTE_PHYS32_ENTRY` note and
 //! jumps to that entry in 32-bit protected mode, paging off, with `ebx`
-//! holding the physical address of `hvm_start_info` (QEMU-NOTES §5). The code
+//! holding the physical address of `hvm_start_info` (docs/QEMU.md §5). The code
 //! below builds an identity map of the low 4 GiB with 2 MiB pages, enters long
 //! mode and calls `kernel_entry(start_info)` on the boot stack.
 //!

@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn qemu_efr_decodes_as_measured() {
-        // QEMU 10.0.2 default EFR (QEMU-NOTES §2): PreF, PPR, GT, IA, GA, HE, HATS=2.
+        // QEMU 10.0.2 default EFR (docs/QEMU.md §2): PreF, PPR, GT, IA, GA, HE, HATS=2.
         let efr = ExtendedFeatures(0x29d3);
         assert!(efr.prefetch() && efr.ppr() && efr.guest_translation());
         assert!(efr.invalidate_all() && efr.guest_apic() && efr.hardware_errors());

@@ -42,7 +42,7 @@ const MSI_WINDOW: IovaRange = IovaRange {
     last: 0xFEEF_FFFF,
 };
 /// DomainIDs this driver hands out. QEMU 10.0.2 treats DTE quad 1 bit 8 as reserved
-/// (QEMU-NOTES §2), so IDs stay below 256 and 0 is never used.
+/// (docs/QEMU.md §2), so IDs stay below 256 and 0 is never used.
 const DOMAIN_IDS: core::ops::RangeInclusive<u16> = 1..=255;
 /// Entries of a per-device interrupt remapping table (IntTabLen = 8).
 const IRT_LOG2: u8 = 8;
@@ -572,7 +572,7 @@ impl AmdVi {
     /// Finds out whether this IOMMU writes its event log: submits a reserved-opcode
     /// command, which must produce ILLEGAL_COMMAND_ERROR (§2.5.6), and looks for the
     /// event. The command buffer keeps working either way (recovered if it stopped).
-    /// QEMU 10.0.2 never logs (QEMU-NOTES §2): `Ok(false)` there.
+    /// QEMU 10.0.2 never logs (docs/QEMU.md §2): `Ok(false)` there.
     pub fn probe_event_log(&mut self) -> Result<bool, UnitError> {
         match self.run(&[Command::illegal()]) {
             Err(UnitError::IllegalCommand { .. }) => Ok(true),

@@ -5,7 +5,7 @@
 //! The device never reports a failed transfer (a blocked read delivers zeros,
 //! a blocked write vanishes), so callers judge blocking by memory contents and
 //! the IOMMU's own fault records. Out-of-range buffer offsets overflow QEMU's
-//! heap (QEMU-NOTES §4), which is why this driver refuses them before they
+//! heap (docs/QEMU.md §4), which is why this driver refuses them before they
 //! reach the device.
 #![no_std]
 

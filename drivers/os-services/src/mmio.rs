@@ -3,7 +3,7 @@
 //! A register block is described by a base address and typed register
 //! constants ([`Reg32`], [`Reg64`]) holding their offsets; the access width is
 //! part of the type, so a 32-bit register can never be touched with a 64-bit
-//! access (QEMU aborts on some of those, QEMU-NOTES §6.3).
+//! access (QEMU aborts on some of those, docs/QEMU.md §6.3).
 
 use core::marker::PhantomData;
 use core::ptr::NonNull;

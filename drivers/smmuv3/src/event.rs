@@ -177,7 +177,7 @@ pub struct Fault {
 
 /// Events closer than this, on the same page of the same stream with the same
 /// type, stage and direction, belong to one transfer (QEMU emits one event per
-/// 4-byte chunk of a faulting DMA, QEMU-NOTES §3).
+/// 4-byte chunk of a faulting DMA, docs/QEMU.md §3).
 const SAME_TRANSFER_PAGE: u64 = 4096;
 
 fn same_transfer(first: &Event, last: &Event, next: &Event) -> bool {
@@ -333,7 +333,7 @@ mod tests {
     use std::vec;
     use std::vec::Vec;
 
-    /// The record QEMU-NOTES §3 measured: F_TRANSLATION, SID 8, read, class IN.
+    /// The record docs/QEMU.md §3 measured: F_TRANSLATION, SID 8, read, class IN.
     const QEMU_TRANSLATION: RawEvent =
         RawEvent([0x0000_0008_0000_0010, 0x0000_0208_0000_0000, 0x1234_0000, 0]);
 

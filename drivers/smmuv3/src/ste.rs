@@ -60,7 +60,7 @@ const STE2_S2OR0_SHIFT: u32 = 42;
 const STE2_S2SH0_SHIFT: u32 = 44;
 const STE2_S2TG_SHIFT: u32 = 46;
 const STE2_S2PS_SHIFT: u32 = 48;
-/// STE word 2: S2AA64[51] (QEMU aborts on 0, QEMU-NOTES §6.3).
+/// STE word 2: S2AA64[51] (QEMU aborts on 0, docs/QEMU.md §6.3).
 const STE2_S2AA64: u64 = 1 << 51;
 /// STE word 2: S2R[58], record stage-2 faults.
 const STE2_S2R: u64 = 1 << 58;

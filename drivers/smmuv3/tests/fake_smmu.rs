@@ -18,7 +18,7 @@ use smmuv3::regs::{self, CommandError, Cr0, Gbpa, Gerror};
 use smmuv3::smmu::StreamTableFormat;
 use smmuv3::{Command, Error, RawCommand, Smmu, Ste};
 
-/// QEMU's stage-1+2 SMMU identification (QEMU-NOTES §3).
+/// QEMU's stage-1+2 SMMU identification (docs/QEMU.md §3).
 const IDR: [u32; 6] = [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74];
 
 /// Heap-backed "physical" memory: phys == virt.

@@ -116,7 +116,7 @@ pub fn interrupt_ids(platform: &Platform) -> Option<(u32, u32)> {
 }
 
 /// Routes the wired event queue and global error interrupts (QEMU's SMMU has
-/// no MSI, QEMU-NOTES §3) to the kernel and enables them in the SMMU.
+/// no MSI, docs/QEMU.md §3) to the kernel and enables them in the SMMU.
 pub fn enable_interrupts(platform: &Platform) -> Result<(u32, u32), String> {
     let description = description(platform).ok_or("no SMMUv3")?;
     let (eventq, gerror) = interrupt_ids(platform).ok_or("SMMU interrupts not described")?;

@@ -338,7 +338,7 @@ fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult 
         .map_err(|err| format!("probe: {err:?}"))?;
     if !works {
         return Ok(Outcome::NotApplicable(
-            "this IOMMU never writes its event log (QEMU 10.0.2, QEMU-NOTES §2)",
+            "this IOMMU never writes its event log (QEMU 10.0.2, docs/QEMU.md §2)",
         ));
     }
     with_scenario(platform, |s, platform| {

@@ -2,7 +2,7 @@
 //! device, a storm of blocked DMAs, a hung command buffer, table-page exhaustion and
 //! page reuse after unmap. Reuses the scenario helpers of `tests::amdvi`.
 //!
-//! QEMU 10.0.2's AMD-Vi never writes its event log (QEMU-NOTES §2), so on QEMU these
+//! QEMU 10.0.2's AMD-Vi never writes its event log (docs/QEMU.md §2), so on QEMU these
 //! tests prove "blocked, memory unchanged, the device read zeros" and cannot prove
 //! "reported"; where the event log does record (`probe_event_log`), the hostile
 //! tests also require a fault record with the right address and requester. Event-log

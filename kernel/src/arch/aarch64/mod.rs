@@ -23,7 +23,7 @@ pub const ARCH_NAME: &str = "aarch64";
 /// starts on it before the device tree is read, like Linux's earlycon, so that
 /// a failure to parse the device tree is still reported.
 const EARLY_UART_BASE: usize = 0x0900_0000;
-/// QEMU's ELF boot leaves x0 = 0 and the DTB at the RAM base (QEMU-NOTES §5).
+/// QEMU's ELF boot leaves x0 = 0 and the DTB at the RAM base (docs/QEMU.md §5).
 const DTB_AT_RAM_BASE: u64 = 0x4000_0000;
 
 /// Called by `boot`'s entry code at EL1 with the MMU on.

@@ -2,7 +2,7 @@
 //!
 //! Status 0 is only reachable through ACPI S5 (soft-off): writing SLP_TYP|SLP_EN
 //! to PM1a_CNT. isa-debug-exit turns a written value v into status (v << 1) | 1,
-//! which is always odd and non-zero: right for failures (QEMU-NOTES §5).
+//! which is always odd and non-zero: right for failures (docs/QEMU.md §5).
 
 use core::sync::atomic::Ordering;
 

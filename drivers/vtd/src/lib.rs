@@ -22,7 +22,5 @@ pub mod unit;
 #[cfg(test)]
 mod tests;
 
-pub use unit::{
-    Counters, DomainTable, Environment, Error, FaultStats, Mode, Options, Registers, TableFactory,
-    TableFormat, Vtd,
-};
+pub use paging::{DomainTable, TableFactory, TableFormat};
+pub use unit::{Counters, Environment, Error, FaultStats, Mode, Options, Registers, Vtd};

@@ -13,7 +13,32 @@ use iommu::{Gather, IommuError, Prot};
 use os_services::{DmaMemory, DmaRegion};
 
 use crate::regs::{Cap, Ecap};
-use crate::unit::{DomainTable, Environment, TableFormat};
+
+/// Which page-table format a paging domain needs on this unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableFormat {
+    /// VT-d 3.4 §9.8 second-stage format with `levels` levels (3 or 4,
+    /// from CAP.SAGAW).
+    SecondStage { levels: u8 },
+    /// VT-d 3.4 §9.7 first-stage (x86-64, 4-level) format; QEMU treats every
+    /// request as a user request, so every entry needs U/S = 1.
+    FirstStage,
+}
+
+/// A paging domain's I/O page table. The formats live in `io-page-table`;
+/// the unit only needs the root and the map/unmap gathers.
+pub trait DomainTable: Send {
+    /// Physical address of the top-level table.
+    fn root(&self) -> u64;
+    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
+    fn unmap(&mut self, iova: u64, len: u64) -> Gather;
+    /// Frees the table pages earlier unmaps unlinked; called once the
+    /// invalidation covering them has completed.
+    fn release_unlinked(&mut self) {}
+}
+
+/// Creates an empty table of a format (None: format not available).
+pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
 
 /// Output (physical) address bits the unit's tables may name; QEMU's q35
 /// reports a 48-bit host address width in the DMAR.
@@ -104,15 +129,17 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
 }
 
 /// A new, empty table of `format` for a unit with `cap`/`ecap`.
+/// `flush_cache` writes table lines back when walks do not snoop.
 pub fn new_table<'a>(
     format: TableFormat,
     cap: Cap,
     ecap: Ecap,
-    env: &Environment<'a>,
+    dma: &'a (dyn DmaMemory + Sync),
+    flush_cache: fn(*const u8, usize),
 ) -> Result<Box<dyn DomainTable + 'a>, IommuError> {
     let alloc = DmaTableAlloc {
-        dma: env.dma,
-        clean: env.flush_cache,
+        dma,
+        clean: flush_cache,
     };
     let coherence = if ecap.coherent() {
         Coherence::Coherent

@@ -24,6 +24,7 @@ use crate::discovery::UnitDescription;
 use crate::fault::{Fault, RECORD_VALID_TOP};
 use crate::interrupt::{Irte, TABLE_ENTRIES_LOG2, remappable_msi_address};
 use crate::invalidation::{Descriptor, PasidGranularity, Ring};
+use crate::paging::{DomainTable, TableFactory, TableFormat};
 use crate::regs::{self, Cap, Ecap, FaultControl, FaultStatus, Global, Granularity, TableMode};
 use crate::tables::{
     ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RID_PASID, RootEntry,
@@ -62,32 +63,6 @@ impl Registers for Mmio {
         Mmio::write64(self, reg, value)
     }
 }
-
-/// Which page-table format a paging domain needs on this unit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum TableFormat {
-    /// VT-d 3.4 §9.8 second-stage format with `levels` levels (3 or 4,
-    /// from CAP.SAGAW).
-    SecondStage { levels: u8 },
-    /// VT-d 3.4 §9.7 first-stage (x86-64, 4-level) format; QEMU treats every
-    /// request as a user request, so every entry needs U/S = 1.
-    FirstStage,
-}
-
-/// A paging domain's I/O page table. The formats live in `io-page-table`;
-/// the unit only needs the root and the map/unmap gathers.
-pub trait DomainTable: Send {
-    /// Physical address of the top-level table.
-    fn root(&self) -> u64;
-    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
-    fn unmap(&mut self, iova: u64, len: u64) -> Gather;
-    /// Frees the table pages earlier unmaps unlinked; called once the
-    /// invalidation covering them has completed.
-    fn release_unlinked(&mut self) {}
-}
-
-/// Creates an empty table of a format (None: format not available).
-pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
 
 /// The OS services a unit uses.
 #[derive(Clone, Copy)]
@@ -1176,7 +1151,8 @@ impl<'a, R: Registers> Vtd<'a, R> {
                         self.table_format(),
                         self.cap,
                         self.ecap,
-                        &self.env,
+                        self.env.dma,
+                        self.env.flush_cache,
                     )?,
                 };
                 (Translation::Paging(table.root()), Some(table))

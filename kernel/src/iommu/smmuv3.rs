@@ -304,27 +304,3 @@ pub fn demo(platform: &Platform) {
         Err(why) => println!("  unmap figures: {why}"),
     }
 }
-
-/// Bench hook: the unmap figures as `bench` lines (`cargo xtask bench`).
-pub fn bench(platform: &Platform) {
-    if description(platform).is_none() {
-        return;
-    }
-    let Ok(costs) = unmap_costs(platform, &[0, 4, 9]) else {
-        return;
-    };
-    for cost in costs {
-        let name = format!("smmuv3::unmap_{}_pages", cost.pages);
-        crate::bench::report(&format!("{name}_commands"), cost.commands as f64, "cmds");
-        crate::bench::report(
-            &format!("{name}_mmio_writes"),
-            cost.mmio_writes as f64,
-            "writes",
-        );
-        crate::bench::report(
-            &format!("{name}_tlbi_without_ril"),
-            cost.tlbi_without_ril as f64,
-            "cmds",
-        );
-    }
-}

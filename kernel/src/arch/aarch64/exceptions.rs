@@ -7,56 +7,13 @@ use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{VBAR_EL1, Writeable};
 
+use super::trap_frame::{TRAP_FRAME_SIZE, TrapFrame};
+
 /// ESR_EL1.EC values (ARM ARM D19.2.37).
 const EC_UNKNOWN: u64 = 0x00;
 const EC_BRK_AARCH64: u64 = 0x3C;
 const ESR_EC_SHIFT: u64 = 26;
 const INSTRUCTION_LEN: u64 = 4;
-
-/// The state the vectors save, lowest address first. It is also a task's
-/// saved user state (see `super::user`), so it holds everything EL0 can see:
-/// the general registers, SP_EL0 and the FP/SIMD registers.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct TrapFrame {
-    pub x: [u64; 31],
-    pub elr: u64,
-    pub spsr: u64,
-    pub esr: u64,
-    pub far: u64,
-    /// Which of the 16 vectors was taken (ARM ARM Table D1-5 order).
-    pub kind: u64,
-    pub sp_el0: u64,
-    _pad: u64,
-    /// V0-V31 (ARM ARM B1.2.1): the kernel's own code uses them too, so an
-    /// exception must not leak its values into the code it interrupted.
-    pub q: [u128; 32],
-    pub fpcr: u64,
-    pub fpsr: u64,
-}
-const TRAP_FRAME_SIZE: usize = 832;
-const _: () = assert!(core::mem::size_of::<TrapFrame>() == TRAP_FRAME_SIZE);
-const _: () = assert!(core::mem::offset_of!(TrapFrame, sp_el0) == 288);
-const _: () = assert!(core::mem::offset_of!(TrapFrame, q) == 304);
-const _: () = assert!(core::mem::offset_of!(TrapFrame, fpcr) == 816);
-
-impl TrapFrame {
-    pub const fn zeroed() -> Self {
-        TrapFrame {
-            x: [0; 31],
-            elr: 0,
-            spsr: 0,
-            esr: 0,
-            far: 0,
-            kind: 0,
-            sp_el0: 0,
-            _pad: 0,
-            q: [0; 32],
-            fpcr: 0,
-            fpsr: 0,
-        }
-    }
-}
 
 global_asm!(
     r#"

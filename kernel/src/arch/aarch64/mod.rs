@@ -5,6 +5,7 @@ mod exceptions;
 pub mod gic;
 mod hardening;
 mod pl011;
+mod trap_frame;
 pub mod user;
 
 use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};

@@ -12,7 +12,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
-use super::exceptions::TrapFrame;
+use super::trap_frame::TrapFrame;
 use crate::task::{Access, Trap};
 
 /// Vectors 8..16 are "from a lower EL" (ARM ARM D1.10.2, Table D1-5).

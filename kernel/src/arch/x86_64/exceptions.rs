@@ -19,10 +19,10 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use x86_64::VirtAddr;
+
+use super::trap_frame::{FIRST_INTERRUPT_VECTOR, TrapFrame, exception_name};
 use x86_64::structures::idt::{Entry, HandlerFunc, InterruptDescriptorTable};
 
-/// Vectors below this are exceptions; the rest are interrupts (SDM Vol. 3A §6.2).
-pub const FIRST_INTERRUPT_VECTOR: usize = 32;
 const VECTORS: usize = 256;
 const VECTOR_NMI: u64 = 2;
 const VECTOR_BREAKPOINT: u64 = 3;
@@ -40,36 +40,6 @@ fn pushes_error_code(vector: u64) -> bool {
 
 /// Length of `ud2`, skipped when a test provokes #UD on purpose.
 const UD2_LEN: u64 = 2;
-
-/// The state the stubs save, lowest address first.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct TrapFrame {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub vector: u64,
-    pub error_code: u64,
-    // Pushed by the CPU (SDM Vol. 3A §6.14.1, 64-bit mode stack frame).
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-const _: () = assert!(core::mem::size_of::<TrapFrame>() == 22 * 8);
 
 // The common path saves the general registers around the handler. Then one
 // stub per vector, each in its own 16-byte slot (at most 12 bytes: push imm8,
@@ -233,34 +203,6 @@ fn every_gate(idt: &mut InterruptDescriptorTable) -> &mut [Entry<HandlerFunc>; V
     unsafe { &mut *(idt as *mut InterruptDescriptorTable).cast::<[Entry<HandlerFunc>; VECTORS]>() }
 }
 
-pub(super) fn exception_name(vector: u64) -> &'static str {
-    const NAMES: [&str; 22] = [
-        "divide error",
-        "debug",
-        "NMI",
-        "breakpoint",
-        "overflow",
-        "bound range",
-        "invalid opcode",
-        "device not available",
-        "double fault",
-        "coprocessor overrun",
-        "invalid TSS",
-        "segment not present",
-        "stack fault",
-        "general protection",
-        "page fault",
-        "reserved",
-        "x87 FP",
-        "alignment check",
-        "machine check",
-        "SIMD FP",
-        "virtualization",
-        "control protection",
-    ];
-    NAMES.get(vector as usize).copied().unwrap_or("reserved")
-}
-
 #[unsafe(no_mangle)]
 extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
     // Nothing in this kernel sends NMIs: one is a device's message (delivery
@@ -293,7 +235,9 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
     }
     // A task's system call or fault goes back to the scheduler; its device
     // interrupts are handled below like any other and resume it.
-    if super::user::from_user(frame) && (syscall || frame.vector < FIRST_INTERRUPT_VECTOR as u64) {
+    if super::trap_frame::from_user(frame)
+        && (syscall || frame.vector < FIRST_INTERRUPT_VECTOR as u64)
+    {
         super::user::trap_from_user(frame);
     }
     match frame.vector {

@@ -7,6 +7,7 @@ mod gdt;
 mod hardening;
 pub mod interrupts;
 mod time;
+mod trap_frame;
 pub mod user;
 
 use core::sync::atomic::{AtomicU16, Ordering};

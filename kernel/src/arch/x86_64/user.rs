@@ -17,13 +17,13 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use os_services::mmio::Reg32;
 
-use super::exceptions::{TrapFrame, exception_name};
 use super::gdt;
+use super::trap_frame::{TrapFrame, exception_name, from_user};
 
 /// The syscall gate (an interrupt gate with DPL 3).
 pub const SYSCALL_VECTOR: u8 = abi::syscall::X86_SYSCALL_VECTOR;
 const VECTOR_PAGE_FAULT: u64 = 14;
-const FIRST_INTERRUPT_VECTOR: u64 = super::exceptions::FIRST_INTERRUPT_VECTOR as u64;
+const FIRST_INTERRUPT_VECTOR: u64 = super::trap_frame::FIRST_INTERRUPT_VECTOR as u64;
 /// RFLAGS.IF (SDM Vol. 1 §3.4.3): device interrupts stay on in ring 3.
 const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS bit 1 is reserved and always 1.
@@ -219,11 +219,6 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
         (*current).fault_address = x86_64::registers::control::Cr2::read_raw();
         leave_user(LEFT_FOR_TRAP)
     }
-}
-
-/// True when the frame was pushed by a trap from ring 3.
-pub fn from_user(frame: &TrapFrame) -> bool {
-    frame.cs & 3 == 3
 }
 
 /// An intermediate table entry: user-accessible so the leaf decides.

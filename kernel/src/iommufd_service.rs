@@ -80,14 +80,13 @@ impl Services for TaskAccess {
 
 impl UserMemory for TaskAccess {
     fn read(&mut self, _owner: OwnerId, va: u64, out: &mut [u8]) -> Result<(), Errno> {
-        let bytes =
-            self.with_task(|task| crate::syscall::copy_from_user(task, va, out.len() as u64))??;
+        let bytes = self.with_task(|task| task.copy_from_user(va, out.len() as u64))??;
         out.copy_from_slice(&bytes);
         Ok(())
     }
 
     fn write(&mut self, _owner: OwnerId, va: u64, data: &[u8]) -> Result<(), Errno> {
-        self.with_task(|task| crate::syscall::copy_to_user(task, va, data))?
+        self.with_task(|task| task.copy_to_user(va, data))?
     }
 }
 
@@ -422,10 +421,10 @@ pub fn pinned_bytes() -> u64 {
 /// bytes (the size rule of `abi::copy_in`, bounded by `abi::check_size` like
 /// every other call's).
 fn read_argument<T: abi::AbiStruct>(task: &Task, arg: u64) -> Result<(T, u32), Errno> {
-    let head = crate::syscall::copy_from_user(task, arg, 4)?;
+    let head = task.copy_from_user(arg, 4)?;
     let size = abi::read_size(&head)?;
     abi::check_size::<T>(size)?;
-    let raw = crate::syscall::copy_from_user(task, arg, u64::from(size))?;
+    let raw = task.copy_from_user(arg, u64::from(size))?;
     Ok((abi::copy_in::<T>(&raw)?, size))
 }
 
@@ -433,7 +432,7 @@ fn read_argument<T: abi::AbiStruct>(task: &Task, arg: u64) -> Result<(T, u32), E
 fn write_argument<T: abi::Pod>(task: &Task, arg: u64, value: &T, size: u32) -> Result<(), Errno> {
     let mut out = alloc::vec![0u8; size as usize];
     abi::copy_out(value, &mut out);
-    crate::syscall::copy_to_user(task, arg, &out)
+    task.copy_to_user(arg, &out)
 }
 
 /// The `device_list` address of a function: segment 0, bus, devfn.
@@ -484,7 +483,7 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
             flags: flags.bits(),
         };
         let at = list.entries_uptr + (index * core::mem::size_of::<abi::DeviceListEntry>()) as u64;
-        crate::syscall::copy_to_user(task, at, abi::as_bytes(&entry))?;
+        task.copy_to_user(at, abi::as_bytes(&entry))?;
     }
     write_argument(task, arg, &list, size)
 }

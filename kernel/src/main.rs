@@ -25,6 +25,7 @@ mod irq;
 mod memory;
 mod panic;
 mod platform;
+mod scheduler;
 mod syscall;
 mod task;
 #[macro_use]
@@ -69,7 +70,8 @@ fn kernel_main(boot: BootInfo) -> ! {
 
     let failed = match cmdline.mode {
         Mode::Demo => {
-            demo::run(platform) + task::demo(cmdline.tasks.unwrap_or(demo::default_tasks(platform)))
+            demo::run(platform)
+                + crate::scheduler::demo(cmdline.tasks.unwrap_or(demo::default_tasks(platform)))
         }
         Mode::Test => testing::run_all(tests::ALL, &cmdline, platform),
         Mode::Bench => bench::run_all(platform, cmdline.filter),

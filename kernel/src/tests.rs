@@ -46,11 +46,11 @@ fn spawn_hostile(attack: u64, index: u64) -> Result<Task, String> {
 /// Runs spawned tasks together to the end with the default limits, their
 /// output captured for the test to check.
 fn run_captured(tasks: Vec<Task>) -> Run {
-    task::run_tasks(
+    crate::scheduler::run_tasks(
         tasks.into_iter().map(Some).collect(),
         Output::Capture,
         task::kernel_root(),
-        task::Limits::DEFAULT,
+        crate::scheduler::Limits::DEFAULT,
     )
 }
 
@@ -69,7 +69,7 @@ struct Baseline {
 impl Baseline {
     fn now() -> Self {
         // The scheduler's timer takes its interrupt on first use, for good.
-        task::preemption_available();
+        crate::scheduler::preemption_available();
         Baseline {
             frames: free_frames(),
             reparented: crate::memory::heap_charges::reparented(),

@@ -28,7 +28,7 @@ pub enum ExitCode {
 
 /// Which supervisor-mode protections against user memory are on. The kernel
 /// never needs user addresses itself: it reaches task memory through the
-/// identity map of the task's frames (`syscall::copy_from_user`), so both can
+/// identity map of the task's frames (`Task::copy_from_user`), so both can
 /// be on from boot and a kernel bug that follows a user pointer faults.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UserMemoryProtection {

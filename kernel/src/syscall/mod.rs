@@ -9,7 +9,6 @@
 //! through the user address, so a bad argument cannot fault the kernel.
 
 use alloc::string::String;
-use alloc::vec::Vec;
 
 use abi::Errno;
 use abi::syscall as nr;
@@ -129,37 +128,6 @@ fn dispatch_charged(
 /// Largest single `write` (bytes): more is `EINVAL` rather than a long stall.
 pub const MAX_WRITE: u64 = 64 * 1024;
 
-/// Copies `[address, address + len)` of the task's memory into a new buffer.
-pub fn copy_from_user(task: &Task, address: u64, len: u64) -> Result<Vec<u8>, Errno> {
-    let pieces = task.space.user_range(address, len, Access::READ)?;
-    let mut bytes = Vec::with_capacity(len as usize);
-    for (phys, piece_len) in pieces {
-        // SAFETY: `user_range` returned pieces of frames this task owns,
-        // identity-mapped for the kernel; nothing else writes them now (the
-        // task is stopped in this call).
-        bytes.extend_from_slice(unsafe {
-            core::slice::from_raw_parts(phys as *const u8, piece_len)
-        });
-    }
-    Ok(bytes)
-}
-
-/// Copies `bytes` into the task's memory at `address` (which must be writable).
-pub fn copy_to_user(task: &Task, address: u64, bytes: &[u8]) -> Result<(), Errno> {
-    let pieces = task
-        .space
-        .user_range(address, bytes.len() as u64, Access::READ_WRITE)?;
-    let mut from = 0;
-    for (phys, piece_len) in pieces {
-        // SAFETY: as in `copy_from_user`, for writable pages of the task.
-        unsafe {
-            core::ptr::copy_nonoverlapping(bytes[from..].as_ptr(), phys as *mut u8, piece_len)
-        };
-        from += piece_len;
-    }
-    Ok(())
-}
-
 fn write(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     let (address, len) = (args[0], args[1]);
     // The range is checked before the size cap, so a bad pointer with a huge
@@ -168,7 +136,7 @@ fn write(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> {
     if len > MAX_WRITE {
         return Err(Errno::EINVAL);
     }
-    let bytes = copy_from_user(call.task, address, len)?;
+    let bytes = call.task.copy_from_user(address, len)?;
     // The run keeps the text after the task is gone: the kernel's.
     let text = crate::memory::uncharged(|| String::from_utf8_lossy(&bytes).into_owned());
     call.sink.write(call.index, text);
@@ -235,6 +203,6 @@ fn limits(call: &mut Call, args: &[u64; nr::MAX_ARGS]) -> Result<Action, Errno> 
     };
     let bytes = abi::as_bytes(&report);
     let written = bytes.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-    copy_to_user(call.task, address, &bytes[..written])?;
+    call.task.copy_to_user(address, &bytes[..written])?;
     Ok(Action::Return(bytes.len() as i64))
 }

@@ -22,8 +22,7 @@
 mod address_space;
 pub mod programs;
 
-use alloc::collections::{BTreeMap, VecDeque};
-use alloc::format;
+use alloc::collections::BTreeMap;
 use alloc::string::String;
 use alloc::vec::Vec;
 
@@ -54,37 +53,12 @@ pub const STACK_PAGES: u64 = 16;
 /// Largest single `mem_alloc` and most memory one task may hold (pages).
 pub const MAX_ALLOCATION_PAGES: u64 = 4096;
 pub const MAX_TASK_PAGES: u64 = 16384;
-/// System calls one task may make in one [`run`].
-pub const SYSCALL_BUDGET: u64 = 1_000_000;
 /// Most bytes of one task's output the kernel keeps (in its report and the
 /// transcript): past it, output is still printed in console mode but no
 /// longer kept, so a task that writes forever cannot fill the kernel heap.
 pub const MAX_KEPT_OUTPUT: usize = 256 * 1024;
-/// How long a task runs before the others get their turn (by default).
-pub const TIME_SLICE_MS: u64 = 10;
-/// Longest sleep while every task waits in `irq_wait` (the deadlines' grain).
-const IDLE_TICK_MS: u64 = 1;
-
-/// Resource limits of one [`run_limited`].
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    /// CPU time (in user mode, interrupts included) one task may use.
-    pub cpu_ms: u64,
-    /// How long a task runs before the next one gets its turn.
-    pub slice_ms: u64,
-}
-
-impl Limits {
-    pub const DEFAULT: Limits = Limits {
-        cpu_ms: 10_000,
-        slice_ms: TIME_SLICE_MS,
-    };
-}
-
-/// Whether running tasks can be preempted on this machine.
-pub fn preemption_available() -> bool {
-    arch::preemption_available()
-}
+/// CPU time one task may use by default (the scheduler's limits may differ).
+pub const DEFAULT_CPU_MS: u64 = 10_000;
 
 /// What a page allows the task to do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -211,10 +185,10 @@ pub struct Task {
     pub space: AddressSpace,
     pub context: UserContext,
     pub memory: TaskMemory,
-    syscalls: u64,
-    cpu_ns: u64,
-    /// The CPU budget of the run the task is in (`Limits::cpu_ms`).
-    cpu_budget_ns: u64,
+    pub(crate) syscalls: u64,
+    pub(crate) cpu_ns: u64,
+    /// The CPU budget of the run the task is in (`scheduler::Limits::cpu_ms`).
+    pub(crate) cpu_budget_ns: u64,
     /// Its heap quota, set aside while it lives.
     _heap: crate::memory::heap_charges::HeapCommitment,
 }
@@ -292,9 +266,45 @@ impl Task {
             },
             syscalls: 0,
             cpu_ns: 0,
-            cpu_budget_ns: Limits::DEFAULT.cpu_ms * 1_000_000,
+            cpu_budget_ns: DEFAULT_CPU_MS * 1_000_000,
             _heap: heap,
         })
+    }
+
+    /// Copies `[address, address + len)` of the task's memory into a new
+    /// buffer. The range is checked against the task's own pages first
+    /// (EFAULT otherwise), and the bytes are read through the kernel's
+    /// identity map of the frames behind it, never through the user
+    /// address, so a bad argument cannot fault the kernel.
+    pub fn copy_from_user(&self, address: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let pieces = self.space.user_range(address, len, Access::READ)?;
+        let mut bytes = Vec::with_capacity(len as usize);
+        for (phys, piece_len) in pieces {
+            // SAFETY: `user_range` returned pieces of frames this task owns,
+            // identity-mapped for the kernel; nothing else writes them now
+            // (the task is stopped in this call).
+            bytes.extend_from_slice(unsafe {
+                core::slice::from_raw_parts(phys as *const u8, piece_len)
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Copies `bytes` into the task's memory at `address` (which must be
+    /// writable), as [`Self::copy_from_user`] reads.
+    pub fn copy_to_user(&self, address: u64, bytes: &[u8]) -> Result<(), Errno> {
+        let pieces = self
+            .space
+            .user_range(address, bytes.len() as u64, Access::READ_WRITE)?;
+        let mut from = 0;
+        for (phys, piece_len) in pieces {
+            // SAFETY: as in `copy_from_user`, for writable pages of the task.
+            unsafe {
+                core::ptr::copy_nonoverlapping(bytes[from..].as_ptr(), phys as *mut u8, piece_len)
+            };
+            from += piece_len;
+        }
+        Ok(())
     }
 
     /// Maps `len` bytes of device registers at `phys` (page-aligned) into the
@@ -509,8 +519,8 @@ impl Task {
 
 /// The scheduler's view of the output while tasks run.
 pub struct Sink<'a> {
-    mode: Output,
-    run: &'a mut Run,
+    pub(crate) mode: Output,
+    pub(crate) run: &'a mut Run,
 }
 
 impl Sink<'_> {
@@ -540,7 +550,7 @@ impl Sink<'_> {
         });
     }
 
-    fn report(&mut self, index: usize, line: String) {
+    pub(crate) fn report(&mut self, index: usize, line: String) {
         if self.mode == Output::Console {
             println!("{line}");
         }
@@ -554,208 +564,7 @@ static NEXT_OWNER: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64
 /// The boot tables, which every task's tables copy for the kernel half.
 static KERNEL_ROOT: spin::Once<u64> = spin::Once::new();
 
-/// Starts the programs `names` (in that order) and runs them until every
-/// one has exited or been killed; every frame they used is free again when
-/// this returns.
-pub fn run(names: &[&str], output: Output) -> Result<Run, SpawnError> {
-    run_limited(names, output, Limits::DEFAULT)
-}
-
-/// [`run`] with explicit limits.
-pub fn run_limited(names: &[&str], output: Output, limits: Limits) -> Result<Run, SpawnError> {
-    let kernel_root = *KERNEL_ROOT.call_once(arch::current_root);
-    let mut tasks = Vec::new();
-    for name in names {
-        tasks.push(Some(Task::spawn(name, kernel_root)?));
-    }
-    Ok(run_tasks(tasks, output, kernel_root, limits))
-}
-
 /// The kernel's own tables, for callers that spawn from an image.
 pub fn kernel_root() -> u64 {
     *KERNEL_ROOT.call_once(arch::current_root)
-}
-
-/// Runs already-spawned tasks to completion.
-pub fn run_tasks(
-    mut tasks: Vec<Option<Task>>,
-    output: Output,
-    kernel_root: u64,
-    limits: Limits,
-) -> Run {
-    let mut result = Run {
-        reports: tasks
-            .iter()
-            .flatten()
-            .map(|task| Report {
-                name: task.name,
-                exit: Exit::Code(0),
-                output: String::new(),
-            })
-            .collect(),
-        transcript: Vec::new(),
-    };
-    for task in tasks.iter_mut().flatten() {
-        task.cpu_budget_ns = limits.cpu_ms.saturating_mul(1_000_000);
-    }
-    let mut queue: VecDeque<usize> = (0..tasks.len()).collect();
-    let mut waiting: Vec<(usize, crate::syscall::InterruptWait)> = Vec::new();
-    let mut sink = Sink {
-        mode: output,
-        run: &mut result,
-    };
-    loop {
-        crate::iommufd_service::dispatch_pending_faults();
-        waiting.retain(|&(index, wait)| {
-            let Some(task) = tasks[index].as_mut() else {
-                return false;
-            };
-            let Some(result) = wait.poll(task.owner) else {
-                return true;
-            };
-            task.context.set_syscall_result(result);
-            queue.push_back(index);
-            false
-        });
-        let Some(index) = queue.pop_front() else {
-            if waiting.is_empty() {
-                break;
-            }
-            // Everybody waits for a device: sleep until an interrupt.
-            arch::idle(IDLE_TICK_MS);
-            continue;
-        };
-        let Some(task) = tasks[index].as_mut() else {
-            continue;
-        };
-        // SAFETY: the task's root copies the kernel entries of the boot tables.
-        unsafe { arch::switch_root(task.space.root()) };
-        // The slice is the task's whole turn, the time the kernel spends on
-        // its system calls included: a call never grants a fresh slice, and
-        // that time counts against its CPU budget too.
-        let slice_ns = limits.slice_ms.saturating_mul(1_000_000);
-        let turn_started = crate::arch::now_ns();
-        let mut started = turn_started;
-        let ended = loop {
-            let now = crate::arch::now_ns();
-            task.cpu_ns += now.saturating_sub(started);
-            started = now;
-            if task.cpu_ns > limits.cpu_ms.saturating_mul(1_000_000) {
-                break Some(Exit::Killed(format!(
-                    "task {} killed: used more than {} ms of CPU time",
-                    task.name, limits.cpu_ms
-                )));
-            }
-            let spent = now.saturating_sub(turn_started);
-            if spent >= slice_ns {
-                queue.push_back(index);
-                break None;
-            }
-            arch::arm_preemption(slice_ns - spent);
-            arch::run(&mut task.context);
-            arch::disarm_preemption();
-            match task.context.trap() {
-                Trap::Preempted => {
-                    queue.push_back(index);
-                    break None;
-                }
-                Trap::Syscall { number, args } => {
-                    task.syscalls += 1;
-                    if task.syscalls > SYSCALL_BUDGET {
-                        break Some(Exit::Killed(format!(
-                            "task {} killed: more than {SYSCALL_BUDGET} system calls",
-                            task.name
-                        )));
-                    }
-                    match crate::syscall::dispatch(task, index, &mut sink, number, &args) {
-                        crate::syscall::Action::Return(value) => {
-                            task.context.set_syscall_result(value)
-                        }
-                        crate::syscall::Action::Yield => {
-                            task.context.set_syscall_result(0);
-                            queue.push_back(index);
-                            break None;
-                        }
-                        crate::syscall::Action::Exit(code) => break Some(Exit::Code(code)),
-                        crate::syscall::Action::WaitForInterrupt(wait) => {
-                            waiting.push((index, wait));
-                            break None;
-                        }
-                    }
-                }
-                Trap::Fault {
-                    what,
-                    address,
-                    code,
-                    pc,
-                } => {
-                    let address = address.map_or(String::new(), |a| format!(" at {a:#x}"));
-                    break Some(Exit::Killed(format!(
-                        "task {} killed: {what}{address} (pc {pc:#x}, code {code:#x})",
-                        task.name
-                    )));
-                }
-            }
-        };
-        task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
-        // SAFETY: the boot tables map the kernel.
-        unsafe { arch::switch_root(kernel_root) };
-        if let Some(exit) = ended {
-            if let Exit::Killed(line) = &exit {
-                sink.report(index, line.clone());
-            }
-            sink.run.reports[index].exit = exit;
-            // Its iommufd objects go first (devices blocked, pinned pages
-            // released after the IOTLB flush); dropping the task then returns
-            // its memory and tables.
-            if let Some(task) = tasks[index].as_mut() {
-                crate::iommufd_service::release(task);
-                let owner = task.owner;
-                tasks[index] = None;
-                // What the kernel still holds for it is the kernel's now.
-                crate::memory::heap_charges::reparent(owner);
-            }
-        }
-    }
-    result
-}
-
-/// The demo of `tasks=a,b` on the command line: runs the named programs
-/// together with their output on the console, then reports how each ended.
-/// Returns the number of problems (unknown program, leaked frames).
-pub fn demo(list: &str) -> usize {
-    let names: Vec<&str> = list.split(',').filter(|name| !name.is_empty()).collect();
-    if names.is_empty() {
-        return 0;
-    }
-    crate::iommufd_service::prepare();
-    let frames_before = crate::memory::frames::free_count();
-    println!("tasks: starting {}", names.join(", "));
-    let run = match run(&names, Output::Console) {
-        Ok(run) => run,
-        Err(err) => {
-            let known: Vec<&str> = programs::names().collect();
-            println!(
-                "tasks: cannot start: {err:?} (programs: {})",
-                known.join(", ")
-            );
-            return 1;
-        }
-    };
-    for report in &run.reports {
-        match &report.exit {
-            Exit::Code(code) => println!("tasks: {} exited with code {code}", report.name),
-            Exit::Killed(_) => println!("tasks: {} was killed", report.name),
-        }
-    }
-    let frames_after = crate::memory::frames::free_count();
-    if frames_after != frames_before {
-        println!(
-            "tasks: {} frames not returned",
-            frames_before.abs_diff(frames_after)
-        );
-        return 1;
-    }
-    println!("tasks: all frames returned ({frames_after} free)");
-    0
 }

@@ -400,7 +400,7 @@ fn every_dma_alias_of_an_opened_function_is_held_with_it(_: &Platform) -> TestRe
         pci_address: u32::from(bdf.requester_id()),
         ..Default::default()
     };
-    crate::syscall::copy_to_user(&task, page, abi::as_bytes(&open))
+    task.copy_to_user(page, abi::as_bytes(&open))
         .map_err(|errno| format!("argument: {errno:?}"))?;
     let opened = crate::iommufd_service::call(&mut task, abi::syscall::DEVICE_OPEN, page);
     let held = crate::iommufd_service::alias_holders(bdf);

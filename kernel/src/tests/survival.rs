@@ -280,7 +280,7 @@ fn the_heap_grows_from_free_frames_and_into_its_reserve(_: &Platform) -> TestRes
 }
 
 fn system_calls_never_grant_a_fresh_time_slice(_: &Platform) -> TestResult {
-    if !crate::task::preemption_available() {
+    if !crate::scheduler::preemption_available() {
         return Ok(Outcome::NotApplicable("no preemption timer"));
     }
     let baseline = Baseline::now();
@@ -363,13 +363,13 @@ fn the_cpu_budget_counts_the_time_of_system_calls(_: &Platform) -> TestResult {
     let hog = super::spawn_hostile(HOG_KERNEL_TIME, 0)?;
     let owners = [hog.owner];
     let started = crate::arch::now_ns();
-    let run = crate::task::run_tasks(
+    let run = crate::scheduler::run_tasks(
         alloc::vec![Some(hog)],
         crate::task::Output::Capture,
         crate::task::kernel_root(),
-        crate::task::Limits {
+        crate::scheduler::Limits {
             cpu_ms: BUDGET_MS,
-            ..crate::task::Limits::DEFAULT
+            ..crate::scheduler::Limits::DEFAULT
         },
     );
     let ran_ms = (crate::arch::now_ns() - started) / 1_000_000;

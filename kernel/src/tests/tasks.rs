@@ -82,7 +82,8 @@ const KERNEL_IMAGE: u64 = 0x4020_0000;
 /// Runs `names` with captured output and checks that every frame returns.
 fn run_checked(names: &[&str]) -> Result<Run, String> {
     let before = frames::free_count();
-    let run = task::run(names, Output::Capture).map_err(|err| format!("spawn: {err:?}"))?;
+    let run =
+        crate::scheduler::run(names, Output::Capture).map_err(|err| format!("spawn: {err:?}"))?;
     ensure_eq!(frames::free_count(), before, "free frames after the run");
     Ok(run)
 }
@@ -232,11 +233,11 @@ fn two_tasks_take_turns_through_yield(_: &Platform) -> TestResult {
     // Slices far longer than the programs run: only `yield` switches tasks,
     // so the order is exact.
     let before = frames::free_count();
-    let limits = task::Limits {
+    let limits = crate::scheduler::Limits {
         slice_ms: 60_000,
-        ..task::Limits::DEFAULT
+        ..crate::scheduler::Limits::DEFAULT
     };
-    let run = task::run_limited(&["ping", "pong"], Output::Capture, limits)
+    let run = crate::scheduler::run_limited(&["ping", "pong"], Output::Capture, limits)
         .map_err(|err| format!("spawn: {err:?}"))?;
     ensure_eq!(frames::free_count(), before, "free frames after the run");
     for report in &run.reports {
@@ -351,7 +352,7 @@ fn pinned_memory_cannot_be_freed(_: &Platform) -> TestResult {
 /// tick was handled (a one-shot tick handled before the wait used to leave the
 /// CPU waiting for good, seen as rare hangs of the two-task tests under load).
 fn idle_wakes_when_its_tick_fires_before_the_wait(_: &Platform) -> TestResult {
-    if !task::preemption_available() {
+    if !crate::scheduler::preemption_available() {
         return Ok(Outcome::NotApplicable(
             "no timer interrupt to wake the idle CPU",
         ));
@@ -363,19 +364,19 @@ fn idle_wakes_when_its_tick_fires_before_the_wait(_: &Platform) -> TestResult {
 }
 
 fn a_spinning_task_is_preempted_and_killed_at_its_budget(_: &Platform) -> TestResult {
-    if !task::preemption_available() {
+    if !crate::scheduler::preemption_available() {
         return Ok(Outcome::NotApplicable("no timer interrupt for preemption"));
     }
     const BUDGET_MS: u64 = 200;
     let before = frames::free_count();
     let started = crate::arch::now_ns();
     // The spinner goes first: `hello` only runs if the spinner is preempted.
-    let run = task::run_limited(
+    let run = crate::scheduler::run_limited(
         &["spin", "hello"],
         Output::Capture,
-        task::Limits {
+        crate::scheduler::Limits {
             cpu_ms: BUDGET_MS,
-            ..task::Limits::DEFAULT
+            ..crate::scheduler::Limits::DEFAULT
         },
     )
     .map_err(|err| format!("spawn: {err:?}"))?;
@@ -499,7 +500,7 @@ fn unknown_program_is_an_error(_: &Platform) -> TestResult {
     let before = frames::free_count();
     // The first program is spawned before the unknown name is found: its
     // memory must come back too.
-    match task::run(&["hello", "no-such-program"], Output::Capture) {
+    match crate::scheduler::run(&["hello", "no-such-program"], Output::Capture) {
         Err(SpawnError::UnknownProgram(name)) => {
             ensure_eq!(name.as_str(), "no-such-program", "name")
         }

@@ -95,6 +95,11 @@ impl Baseline {
                 0,
                 "heap bytes still charged"
             );
+            ensure_eq!(
+                crate::memory::dma::charged_pages(owner),
+                0,
+                "IO page-table and device-structure pages still charged"
+            );
         }
         // What a task's calls leave in kernel structures after its objects
         // went is a few nodes' room, not something per object.

@@ -280,6 +280,15 @@ fn msi_devices_are_refused_where_nothing_isolates_their_interrupts(_: &Platform)
     Ok(Outcome::Passed)
 }
 
+/// The edus behind a PCIe-to-PCI bridge (their DMA carries its requester
+/// id, not their own), when there are two.
+fn edus_behind_a_bridge() -> Option<alloc::vec::Vec<&'static crate::devices::PciDevice>> {
+    let behind: alloc::vec::Vec<_> = crate::devices::edus()
+        .filter(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
+        .collect();
+    (behind.len() >= 2).then_some(behind)
+}
+
 /// Two edus behind one PCIe-to-PCI bridge carry the bridge's requester id
 /// (secondary bus, 00.0): one isolation group. Whoever opens one holds both;
 /// DMA works through the alias the unit programs; another task is refused
@@ -288,14 +297,11 @@ fn msi_devices_are_refused_where_nothing_isolates_their_interrupts(_: &Platform)
 /// DMA is blocked (not bypass).
 fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestResult {
     crate::iommufd_service::prepare();
-    let behind: alloc::vec::Vec<_> = crate::devices::edus()
-        .filter(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
-        .collect();
-    if behind.len() < 2 {
+    let Some(behind) = edus_behind_a_bridge() else {
         return Ok(Outcome::NotApplicable(
             "needs two edus behind a PCIe-to-PCI bridge",
         ));
-    }
+    };
     let baseline = Baseline::now();
     // The translated edus are listed in BDF order: bus 0 first.
     let first = (crate::devices::edus().count() - behind.len()) as u64;
@@ -339,14 +345,11 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
 /// everything is given back.
 fn a_task_owns_a_whole_group(platform: &Platform) -> TestResult {
     crate::iommufd_service::prepare();
-    let behind: alloc::vec::Vec<_> = crate::devices::edus()
-        .filter(|edu| crate::devices::dma_alias(edu.function.bdf) != edu.function.bdf)
-        .collect();
-    if behind.len() < 2 {
+    let Some(behind) = edus_behind_a_bridge() else {
         return Ok(Outcome::NotApplicable(
             "needs two edus behind a PCIe-to-PCI bridge",
         ));
-    }
+    };
     let baseline = Baseline::now();
     let (_, bus_resets) = crate::devices::resets();
     let first = (crate::devices::edus().count() - behind.len()) as u64;

@@ -75,19 +75,25 @@ fn position(run: &crate::task::Run, text: &str) -> Option<usize> {
         .position(|(_, line)| line.contains(text))
 }
 
-fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestResult {
-    crate::iommufd_service::prepare();
+/// Runs hostile `attack` on edu 0 beside `edu-dma` on edu `worker_edu`,
+/// with `during` set up around the run (a limit lowered, say) and undone
+/// after; checks that the hog exits 0 and the worker finishes (0, or 77
+/// where no IOMMU translates an edu), then that everything is given back.
+/// Returns the hog's output for the caller's own checks.
+fn hog_beside_edu_dma(
+    attack: u64,
+    worker_edu: u64,
+    during: impl FnOnce() -> alloc::boxed::Box<dyn FnOnce()>,
+) -> Result<String, String> {
     let baseline = Baseline::now();
-    let limits = iommufd::Limits::DEFAULT;
-    let hog = super::spawn_hostile(HOG_LIMITS, 0)?;
-    // The other task: the demo program, where an IOMMU translates an edu
-    // (it exits 0 without one).
-    let worker = super::spawn_program("edu-dma", 0)?;
+    let hog = super::spawn_hostile(attack, 0)?;
+    let worker = super::spawn_program("edu-dma", worker_edu)?;
     let owners = [hog.owner, worker.owner];
+    let undo = during();
     let run = super::run_captured(alloc::vec![hog, worker]);
+    undo();
     let (hog, worker) = (&run.reports[0], &run.reports[1]);
     ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
-    // edu-dma exits 77 where no IOMMU translates an edu.
     let worker_done = if crate::iommufd_service::unit_hw_info().is_some() {
         Exit::Code(0)
     } else {
@@ -98,17 +104,35 @@ fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestRe
         worker_done,
         format!("edu-dma beside the hog: {:?}", worker.output)
     );
+    baseline.check(&owners)?;
+    Ok(hog.output.clone())
+}
+
+/// Nothing to set up around a hog's run.
+fn nothing() -> alloc::boxed::Box<dyn FnOnce()> {
+    alloc::boxed::Box::new(|| {})
+}
+
+/// The count after `marker` in `output` ("ENOMEM after 37 maps": 37).
+fn count_after(output: &str, marker: &str) -> Result<usize, String> {
+    output
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|count| count.parse().ok())
+        .ok_or_else(|| format!("no {marker:?} in {output:?}"))
+}
+
+fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestResult {
+    crate::iommufd_service::prepare();
+    let limits = iommufd::Limits::DEFAULT;
+    let output = hog_beside_edu_dma(HOG_LIMITS, 0, nothing)?;
     for line in [
         format!("ENOSPC after {} IOASes", limits.objects),
         format!("ENOSPC after {} areas", limits.areas),
     ] {
-        ensure!(
-            hog.output.contains(&line),
-            "no {line:?} in {:?}",
-            hog.output
-        );
+        ensure!(output.contains(&line), "no {line:?} in {output:?}");
     }
-    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }
 
@@ -118,42 +142,21 @@ fn a_task_at_its_limits_gets_enospc_and_the_others_go_on(_: &Platform) -> TestRe
 /// meanwhile; nothing stays charged.
 fn a_task_at_its_heap_quota_gets_enomem_and_the_others_go_on(_: &Platform) -> TestResult {
     crate::iommufd_service::prepare();
-    let baseline = Baseline::now();
-    let hog = super::spawn_hostile(HOG_HEAP, 0)?;
-    let worker = super::spawn_program("edu-dma", 0)?;
-    let owners = [hog.owner, worker.owner];
-    let quota = crate::memory::heap_charges::set_quota(HEAP_HOG_QUOTA);
-    let run = super::run_captured(alloc::vec![hog, worker]);
-    crate::memory::heap_charges::set_quota(quota);
-    let (hog, worker) = (&run.reports[0], &run.reports[1]);
-    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
-    let worker_done = if crate::iommufd_service::unit_hw_info().is_some() {
-        Exit::Code(0)
-    } else {
-        Exit::Code(77)
-    };
-    ensure_eq!(
-        worker.exit,
-        worker_done,
-        format!("edu-dma beside the hog: {:?}", worker.output)
-    );
-    let ioases: usize = hog
-        .output
-        .split("ENOMEM after ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|count| count.parse().ok())
-        .ok_or_else(|| format!("hog: {:?}", hog.output))?;
+    let output = hog_beside_edu_dma(HOG_HEAP, 0, || {
+        let quota = crate::memory::heap_charges::set_quota(HEAP_HOG_QUOTA);
+        alloc::boxed::Box::new(move || {
+            crate::memory::heap_charges::set_quota(quota);
+        })
+    })?;
+    let ioases = count_after(&output, "ENOMEM after ")?;
     ensure!(
         ioases > 0 && ioases < iommufd::Limits::DEFAULT.objects,
         "refused after {ioases} IOASes with a quota of {HEAP_HOG_QUOTA} bytes"
     );
     ensure!(
-        hog.output.contains("an IOAS again after one destroy"),
-        "the hog did not recover: {:?}",
-        hog.output
+        output.contains("an IOAS again after one destroy"),
+        "the hog did not recover: {output:?}"
     );
-    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }
 
@@ -165,25 +168,9 @@ fn a_task_at_its_domain_limit_gets_enospc_and_the_others_go_on(_: &Platform) -> 
     if crate::iommufd_service::unit_hw_info().is_none() {
         return Ok(Outcome::NotApplicable("no IOMMU: no domains"));
     }
-    let baseline = Baseline::now();
-    let hog = super::spawn_hostile(HOG_DOMAINS, 0)?;
-    let worker = super::spawn_program("edu-dma", 1)?;
-    let owners = [hog.owner, worker.owner];
-    let run = super::run_captured(alloc::vec![hog, worker]);
-    let (hog, worker) = (&run.reports[0], &run.reports[1]);
-    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
-    ensure_eq!(
-        worker.exit,
-        Exit::Code(0),
-        format!("edu-dma beside the hog: {:?}", worker.output)
-    );
+    let output = hog_beside_edu_dma(HOG_DOMAINS, 1, nothing)?;
     let line = format!("ENOSPC after {} HWPTs", iommufd::Limits::DEFAULT.domains);
-    ensure!(
-        hog.output.contains(&line),
-        "no {line:?} in {:?}",
-        hog.output
-    );
-    baseline.check(&owners)?;
+    ensure!(output.contains(&line), "no {line:?} in {output:?}");
     Ok(Outcome::Passed)
 }
 
@@ -313,41 +300,19 @@ fn page_table_pages_are_charged_to_the_task_that_maps(_: &Platform) -> TestResul
     if crate::iommufd_service::unit_hw_info().is_none() {
         return Ok(Outcome::NotApplicable("no IOMMU: no page tables to charge"));
     }
-    let baseline = Baseline::now();
-    let hog = super::spawn_hostile(HOG_TABLES, 0)?;
-    let worker = super::spawn_program("edu-dma", 1)?;
-    let owners = [hog.owner, worker.owner];
-    let limit = crate::memory::dma::set_limit(TABLE_HOG_PAGES);
-    let run = super::run_captured(alloc::vec![hog, worker]);
-    crate::memory::dma::set_limit(limit);
-    let (hog, worker) = (&run.reports[0], &run.reports[1]);
-    ensure_eq!(hog.exit, Exit::Code(0), format!("hog: {:?}", hog.output));
-    ensure_eq!(
-        worker.exit,
-        Exit::Code(0),
-        format!("edu-dma beside the hog: {:?}", worker.output)
-    );
-    let maps: usize = hog
-        .output
-        .split("ENOMEM after ")
-        .nth(1)
-        .and_then(|rest| rest.split(' ').next())
-        .and_then(|count| count.parse().ok())
-        .ok_or_else(|| format!("hog: {:?}", hog.output))?;
+    let output = hog_beside_edu_dma(HOG_TABLES, 1, || {
+        let limit = crate::memory::dma::set_limit(TABLE_HOG_PAGES);
+        alloc::boxed::Box::new(move || {
+            crate::memory::dma::set_limit(limit);
+        })
+    })?;
+    let maps = count_after(&output, "ENOMEM after ")?;
     // Each map 2 MiB from the last needs a leaf table of its own; the
     // levels above and the device structures take a few more.
     ensure!(
         maps < TABLE_HOG_PAGES && maps + 8 >= TABLE_HOG_PAGES / 2,
         "refused after {maps} maps with a limit of {TABLE_HOG_PAGES} pages"
     );
-    for owner in owners {
-        ensure_eq!(
-            crate::memory::dma::charged_pages(owner),
-            0,
-            "pages still charged"
-        );
-    }
-    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }
 
@@ -412,12 +377,8 @@ fn a_failed_page_allocation_at_any_step_leaves_nothing_behind(_: &Platform) -> T
                 Exit::Code(0),
                 format!("with {pages} pages: {:?}", report.output)
             );
+            // Charged pages included.
             baseline.check(&[owner])?;
-            ensure_eq!(
-                crate::memory::dma::charged_pages(owner),
-                0,
-                format!("pages still charged after a run with {pages}")
-            );
             if report.output.contains("every step done") {
                 // The failing allocation moved through the device's own
                 // structures (a scrub domain at open, the domain at attach)

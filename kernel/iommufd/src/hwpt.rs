@@ -394,7 +394,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     }
 
     /// Moves an attached device to another IOAS or HWPT in one step; on error it
-    /// stays where it was and nothing changes.
+    /// stays where it was and nothing changes. `EINVAL` while another function
+    /// of its group is attached: the unit cannot move one without the other
+    /// (Linux moves the whole group; here the others detach first).
     pub fn device_replace(
         &mut self,
         owner: OwnerId,

@@ -19,7 +19,7 @@ use os_services::{Clock, DmaMemory, DmaRegion};
 
 use crate::command::{Command, Opcode};
 use crate::dte::Dte;
-use crate::event::RawEvent;
+use crate::fault::RawEvent;
 use crate::regs::{self, Control, Status};
 use crate::ring::{ENTRY_SIZE, Ring};
 
@@ -206,7 +206,7 @@ impl Model {
                             5,
                             0,
                             0,
-                            crate::event::EventFlags::empty(),
+                            crate::fault::EventFlags::empty(),
                             at,
                         ));
                         if s.halt_on_illegal {

@@ -22,8 +22,8 @@ use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
 use crate::command::{Command, Opcode, PageRange};
 use crate::discovery::UnitDescription;
 use crate::dte::{Dte, Interrupts};
-use crate::event::{self, Event, RawEvent};
-use crate::irte::{Irte32, Target};
+use crate::fault::{self, Event, RawEvent};
+use crate::interrupt::{Irte32, Target};
 use crate::regs::{
     self, CapabilityHeader, Control, DeviceTableBase, ExtendedFeatures, RingBase, Status,
 };
@@ -498,7 +498,7 @@ impl AmdVi {
         let status = self.status();
         let tail = self.regs.read64(regs::EVENT_TAIL) & regs::RING_POINTER_MASK;
         let log = self.event_log;
-        let Ok((events, head)) = event::drain(self.event_ring, self.event_head, tail, |index| {
+        let Ok((events, head)) = fault::drain(self.event_ring, self.event_head, tail, |index| {
             let offset = index as usize * ENTRY_SIZE as usize;
             RawEvent([
                 read_volatile_u64(&log, offset),
@@ -1123,8 +1123,8 @@ impl IommuUnit for AmdVi {
         let index = (0..1u16 << IRT_LOG2)
             .find(|index| held.is_none_or(|held| !held.contains(index)))
             .ok_or(IommuError::NoMemory)?;
-        let target = crate::irte::target_of_compat_msi(message.address, message.data);
-        let (address, data) = crate::irte::remappable_msi(index).ok_or(IommuError::Invalid)?;
+        let target = crate::interrupt::target_of_compat_msi(message.address, message.data);
+        let (address, data) = crate::interrupt::remappable_msi(index).ok_or(IommuError::Invalid)?;
         self.remap_interrupt(device_id, index, target)?;
         if let Some(table) = self.interrupt_tables.get_mut(&device_id) {
             table.routes.insert(index);
@@ -1170,7 +1170,7 @@ mod tests {
     use super::*;
     use crate::discovery::Requester;
     use crate::dte::FirmwareSetting;
-    use crate::event::EventFlags;
+    use crate::fault::EventFlags;
     use crate::model::{HOST_DMA, Model};
     use firmware::acpi::ivrs::IvhdType;
     use iommu::FaultReason;
@@ -1285,10 +1285,10 @@ mod tests {
         unit.free_domain(b).unwrap();
 
         // Interrupt remapping changes are invalidated too.
-        let target = crate::irte::Target {
+        let target = crate::interrupt::Target {
             vector: 0x40,
             destination: 0,
-            int_type: crate::irte::IntType::Fixed,
+            int_type: crate::interrupt::IntType::Fixed,
         };
         model.take_executed();
         unit.remap_interrupt(EDU_B, 3, target).unwrap();
@@ -1326,13 +1326,13 @@ mod tests {
             unsafe { core::ptr::read_volatile((table as usize + offset) as *const u32) }
         };
         let (first, routed) = unit.route_msi(device, compat).unwrap();
-        let (address, data) = crate::irte::remappable_msi(0).unwrap();
+        let (address, data) = crate::interrupt::remappable_msi(0).unwrap();
         assert_eq!(routed, MsiMessage { address, data });
-        let target = crate::irte::target_of_compat_msi(compat.address, compat.data);
+        let target = crate::interrupt::target_of_compat_msi(compat.address, compat.data);
         assert_eq!(irte_at(&unit, 0), Irte32::remapped(target).unwrap().0);
         // Another function with the same DeviceID: the next index.
         let (second, routed) = unit.route_msi(device, compat).unwrap();
-        let (address, data) = crate::irte::remappable_msi(1).unwrap();
+        let (address, data) = crate::interrupt::remappable_msi(1).unwrap();
         assert_eq!(routed, MsiMessage { address, data });
         assert!(model.stale_dtes().is_empty());
         unit.unroute_msi(first);

@@ -12,7 +12,7 @@ extern crate std;
 
 pub mod cd;
 pub mod command;
-pub mod event;
+pub mod fault;
 pub mod invalidation;
 pub mod queue;
 pub mod regs;
@@ -22,7 +22,7 @@ pub mod unit;
 
 pub use cd::{Cd, Stage1Config};
 pub use command::{Command, RawCommand};
-pub use event::{Event, EventKind, Fault, Stage};
+pub use fault::{Event, EventKind, Fault, Stage};
 pub use regs::Granule;
 pub use smmu::{Counters, Error, Features, Smmu, StreamTableFormat};
 pub use ste::{Stage2Config, Ste, StreamConfig};

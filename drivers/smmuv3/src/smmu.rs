@@ -14,7 +14,7 @@ use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
 
 use crate::command::{Command, RawCommand};
-use crate::event::{Coalescer, Event, Fault, RawEvent};
+use crate::fault::{Coalescer, Event, Fault, RawEvent};
 use crate::queue::{self, QueueIndex};
 use crate::regs::{self, CommandError, Cr0, Cr2, Gbpa, Gerror, Idr0, Idr1, Idr3, Idr5, IrqCtrl};
 use crate::ste::{L1Std, Ste, StreamConfig};

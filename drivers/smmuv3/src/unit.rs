@@ -22,7 +22,7 @@ use os_services::{DmaMemory, DmaRegion};
 
 use crate::cd::{Cd, Stage1Config};
 use crate::command::{Command, RawCommand, opcode};
-use crate::event::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
+use crate::fault::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::regs::Granule;
 use crate::smmu::{Error, Smmu};

@@ -13,7 +13,7 @@ use std::rc::Rc;
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, DmaRegion};
 use smmuv3::command::opcode;
-use smmuv3::event::EventKind;
+use smmuv3::fault::EventKind;
 use smmuv3::regs::{self, CommandError, Cr0, Gbpa, Gerror};
 use smmuv3::smmu::StreamTableFormat;
 use smmuv3::{Command, Error, RawCommand, Smmu, Ste};

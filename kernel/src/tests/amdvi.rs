@@ -10,7 +10,7 @@ use ::iommu::{
 };
 use alloc::string::String;
 use amdvi::AmdVi;
-use amdvi::irte;
+use amdvi::interrupt;
 use amdvi::regs::{self};
 
 use crate::iommu::amdvi::{self as glue, Absent};
@@ -438,8 +438,8 @@ fn edu_msi_arrives_through_its_irte(platform: &Platform) -> TestResult {
 
     // Remapped: the device sends IRTE index 5; the IRTE names the vector.
     const INDEX: u16 = 5;
-    let (address, data) = irte::remappable_msi(INDEX).ok_or("index")?;
-    let target = irte::target_of_compat_msi(compat_address, compat_data);
+    let (address, data) = interrupt::remappable_msi(INDEX).ok_or("index")?;
+    let target = interrupt::target_of_compat_msi(compat_address, compat_data);
     let setup = {
         let mut unit = unit.lock();
         let before = unit.counters();

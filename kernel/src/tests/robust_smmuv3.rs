@@ -13,7 +13,7 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 
 use iommu::{DeviceId, DomainHandle, DomainKind, IommuError, IommuUnit};
 use os_services::{Clock, DmaMemory, DmaRegion};
-use smmuv3::event::EventKind;
+use smmuv3::fault::EventKind;
 use smmuv3::regs::CommandError;
 use smmuv3::{Command, Error, Fault, RawCommand};
 
@@ -323,12 +323,12 @@ fn task_stage1_aimed_at_kernel_memory_is_stopped(platform: &Platform) -> TestRes
             (
                 "task table root at kernel memory",
                 cd_page.phys,
-                smmuv3::event::FaultClass::TableWalk,
+                smmuv3::fault::FaultClass::TableWalk,
             ),
             (
                 "task CD at kernel memory",
                 kernel.phys,
-                smmuv3::event::FaultClass::ContextDescriptor,
+                smmuv3::fault::FaultClass::ContextDescriptor,
             ),
         ];
         let edu = open(platform, device)?;

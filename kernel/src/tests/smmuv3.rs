@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use iommu::{DeviceId, DomainKind, HwInfo, IommuUnit, ReservedKind};
-use smmuv3::event::EventKind;
+use smmuv3::fault::EventKind;
 use smmuv3::regs::CommandError;
 use smmuv3::{Command, Error, RawCommand, StreamTableFormat};
 

@@ -36,6 +36,7 @@ pub mod discovery;
 pub mod dte;
 pub mod fault;
 pub mod interrupt;
+pub mod invalidation;
 pub mod regs;
 pub mod ring;
 pub mod tables;

@@ -815,24 +815,6 @@ impl AmdVi {
             _ => None,
         }
     }
-
-    /// The INVALIDATE_IOMMU_PAGES command covering `gather` in `domain_id`.
-    pub fn invalidation_for(domain_id: u16, gather: &Gather) -> Option<Command> {
-        if gather.is_empty() {
-            return None;
-        }
-        let range = if gather.leaf_sizes == 0 {
-            // Only tables were freed: their span is not known leaf by leaf.
-            PageRange::ALL
-        } else {
-            PageRange::covering(gather.start, gather.last)
-        };
-        Some(Command::invalidate_iommu_pages(
-            domain_id,
-            range,
-            gather.freed_tables,
-        ))
-    }
 }
 
 fn page_prot(prot: Prot) -> Result<io_page_table::Prot, IommuError> {
@@ -1004,7 +986,7 @@ impl IommuUnit for AmdVi {
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
         let id = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?.id;
-        if let Some(command) = Self::invalidation_for(id, gather) {
+        if let Some(command) = crate::invalidation::plan(id, gather) {
             self.run(&[command]).map_err(IommuError::from)?;
         }
         // The IOMMU no longer walks tables unlinked before this flush.
@@ -1048,7 +1030,7 @@ impl IommuUnit for AmdVi {
                 true,
             ));
         }
-        if let Some(command) = Self::invalidation_for(new_id, &unity_gather) {
+        if let Some(command) = crate::invalidation::plan(new_id, &unity_gather) {
             extra.push(command);
         }
         let before = self.dte(device_id).ok_or(IommuError::Invalid)?;
@@ -1767,28 +1749,6 @@ mod tests {
         assert_eq!(budget.live.load(SeqCst), 0);
         let _ = unit.set_table_memory(previous);
         assert!(unit.alloc_domain(DomainKind::Paging).is_ok());
-    }
-
-    #[test]
-    fn gather_to_invalidation() {
-        let mut gather = Gather::default();
-        assert_eq!(AmdVi::invalidation_for(3, &gather), None);
-        // An aligned 2^k-page unmap is one command with S=1.
-        gather.add_leaf(0x10_0000, 4096);
-        gather.add_leaf(0x10_7000, 4096);
-        let cmd = AmdVi::invalidation_for(3, &gather).unwrap();
-        assert_eq!(cmd.0, [0x3000_0003_0000_0000, 0x10_3001]);
-        // Freed tables set PDE.
-        gather.freed_tables = true;
-        assert_eq!(AmdVi::invalidation_for(3, &gather).unwrap().0[1], 0x10_3003);
-        let tables_only = Gather {
-            freed_tables: true,
-            ..Gather::default()
-        };
-        assert_eq!(
-            AmdVi::invalidation_for(3, &tables_only).unwrap().0[1],
-            crate::command::ALL_PAGES_ADDRESS | 0x3
-        );
     }
 
     #[test]

@@ -1,294 +1,118 @@
-//! Queued-invalidation descriptors (VT-d 3.4 §6.5.2) and the queue's ring
-//! arithmetic (§6.5.2, §11.4.10).
-//!
-//! Descriptors are 128 bits in legacy mode and 256 bits when IQA.DW = 1
-//! (needed for the PASID-based descriptors in scalable mode); the upper half
-//! of a 256-bit descriptor is zero for every type issued here.
+//! Which IOTLB invalidation a page-table change needs (VT-d 3.4 §6.5.2.3
+//! IOTLB invalidate, §6.5.2.4 PASID-based IOTLB invalidate): a pure
+//! function from the `Gather` an unmap (or a caching-mode map) produced to
+//! the one invalidation that covers it, tested on its own as SMMUv3's and
+//! AMD-Vi's `plan` are. The unit turns the plan into a queued descriptor or
+//! register writes (`unit.rs`, `invalidate_range`).
 
-use core::mem::size_of;
+use iommu::Gather;
 
-use crate::regs::Granularity;
+const PAGE_SHIFT: u32 = 12;
 
-/// One invalidation descriptor, stored at its widest (§6.5.2: 256-bit format).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Descriptor(pub [u64; 4]);
-const _: () = assert!(size_of::<Descriptor>() == 32);
-
-/// §6.5.2 descriptor type codes (bits 3:0; 11:9 are zero for these).
+/// What the unit can invalidate: CAP.PSI and CAP.MAMV (§11.4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum DescriptorType {
-    ContextCache = 1,
-    Iotlb = 2,
-    InterruptEntryCache = 4,
-    Wait = 5,
-    PasidIotlb = 6,
-    PasidCache = 7,
+pub struct InvalidationCaps {
+    pub page_selective: bool,
+    pub max_address_mask: u32,
 }
 
-/// §6.5.2.4 PASID-based-IOTLB granularity (G, 5:4).
+/// The invalidation a gather needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PasidGranularity {
-    /// Every mapping of the PASID in the domain (non-globals).
-    Pasid = 2,
-    /// The pages named by address and mask.
-    Page = 3,
-}
-
-/// §6.5.2.3 IOTLB invalidate: DR (7) and DW (6) drain reads and writes.
-const IOTLB_DRAIN: u64 = (1 << 7) | (1 << 6);
-/// §6.5.2.8 wait: IF (4), SW (5), FN (6).
-const WAIT_STATUS_WRITE: u64 = 1 << 5;
-const WAIT_FENCE: u64 = 1 << 6;
-
-impl Descriptor {
-    pub fn kind(&self) -> Option<DescriptorType> {
-        Some(match self.0[0] & 0xF {
-            1 => DescriptorType::ContextCache,
-            2 => DescriptorType::Iotlb,
-            4 => DescriptorType::InterruptEntryCache,
-            5 => DescriptorType::Wait,
-            6 => DescriptorType::PasidIotlb,
-            7 => DescriptorType::PasidCache,
-            _ => return None,
-        })
-    }
-
-    /// §6.5.2.1 Context-cache invalidate: G (5:4), DID (31:16), SID (47:32), FM (49:48) = 0.
-    pub fn context_cache(granularity: Granularity, did: u16, sid: u16) -> Self {
-        Self([
-            DescriptorType::ContextCache as u64
-                | ((granularity as u64) << 4)
-                | (u64::from(did) << 16)
-                | (u64::from(sid) << 32),
-            0,
-            0,
-            0,
-        ])
-    }
-
-    /// §6.5.2.3 IOTLB invalidate: G (5:4), DR/DW, DID (31:16); ADDR (127:76),
-    /// IH (70), AM (69:64). `address`/`mask` only matter for page granularity.
-    pub fn iotlb(
-        granularity: Granularity,
-        did: u16,
+pub enum IotlbPlan {
+    /// Nothing changed.
+    Nothing,
+    /// The naturally aligned block of 2^`mask` pages at `address`; with
+    /// `leaf_only` (IH) when no table page was freed, so the unit may keep
+    /// its paging-structure caches.
+    PageSelective {
         address: u64,
         mask: u8,
         leaf_only: bool,
-    ) -> Self {
-        let second = if granularity == Granularity::Selective {
-            crate::regs::invalidate_address(address, mask, leaf_only)
-        } else {
-            0
-        };
-        Self([
-            DescriptorType::Iotlb as u64
-                | ((granularity as u64) << 4)
-                | IOTLB_DRAIN
-                | (u64::from(did) << 16),
-            second,
-            0,
-            0,
-        ])
-    }
-
-    /// §6.5.2.4 PASID-based-IOTLB invalidate: G (5:4), DID (31:16), PASID (51:32);
-    /// ADDR (127:76), IH (70), AM (69:64).
-    pub fn pasid_iotlb(
-        granularity: PasidGranularity,
-        did: u16,
-        pasid: u32,
-        address: u64,
-        mask: u8,
-        leaf_only: bool,
-    ) -> Self {
-        let second = if granularity == PasidGranularity::Page {
-            crate::regs::invalidate_address(address, mask, leaf_only)
-        } else {
-            0
-        };
-        Self([
-            DescriptorType::PasidIotlb as u64
-                | ((granularity as u64) << 4)
-                | (u64::from(did) << 16)
-                | (u64::from(pasid & 0xF_FFFF) << 32),
-            second,
-            0,
-            0,
-        ])
-    }
-
-    /// §6.5.2.2 PASID-cache invalidate, PASID-selective (G = 1): DID (31:16), PASID (51:32).
-    pub fn pasid_cache(did: u16, pasid: u32) -> Self {
-        Self([
-            DescriptorType::PasidCache as u64
-                | (1 << 4)
-                | (u64::from(did) << 16)
-                | (u64::from(pasid & 0xF_FFFF) << 32),
-            0,
-            0,
-            0,
-        ])
-    }
-
-    /// §6.5.2.7 Interrupt-entry-cache invalidate: G (4) = 1 index-selective,
-    /// IM (31:27) = 0, IIDX (47:32); `None` = global.
-    pub fn interrupt_entry_cache(index: Option<u16>) -> Self {
-        let low = match index {
-            Some(index) => (1 << 4) | (u64::from(index) << 32),
-            None => 0,
-        };
-        Self([DescriptorType::InterruptEntryCache as u64 | low, 0, 0, 0])
-    }
-
-    /// §6.5.2.8 Invalidation wait with status write (SW) and fence (FN), never
-    /// IF: QEMU aborts on SW|IF. Status data (63:32), status address (127:66).
-    pub fn wait(status_address: u64, data: u32) -> Self {
-        Self([
-            DescriptorType::Wait as u64 | WAIT_STATUS_WRITE | WAIT_FENCE | (u64::from(data) << 32),
-            status_address & !0x3,
-            0,
-            0,
-        ])
-    }
+    },
+    /// Every entry of the domain: the range needs a mask past CAP.MAMV, or
+    /// the unit has no page-selective invalidation.
+    Domain,
 }
 
-/// The invalidation queue's ring: a power-of-two number of slots, software
-/// owns the tail, hardware the head (§6.5.2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ring {
-    slots: usize,
-    tail: usize,
-    wide: bool,
-}
-
-impl Ring {
-    /// A ring of `bytes` (one or more 4 KiB pages) of 128- or 256-bit slots.
-    pub fn new(bytes: usize, wide: bool) -> Self {
-        Self {
-            slots: bytes / Self::slot_bytes_for(wide),
-            tail: 0,
-            wide,
+/// The invalidation covering `gather`.
+pub fn plan(gather: &Gather, caps: InvalidationCaps) -> IotlbPlan {
+    if gather.is_empty() {
+        return IotlbPlan::Nothing;
+    }
+    match page_selective_mask(gather.start, gather.last) {
+        Some((address, mask))
+            if caps.page_selective && u32::from(mask) <= caps.max_address_mask =>
+        {
+            IotlbPlan::PageSelective {
+                address,
+                mask,
+                leaf_only: !gather.freed_tables,
+            }
         }
+        _ => IotlbPlan::Domain,
     }
+}
 
-    fn slot_bytes_for(wide: bool) -> usize {
-        if wide { 32 } else { 16 }
+/// The (address, mask) of the smallest naturally aligned 2^mask-page block
+/// covering `[start, last]` (§6.5.2.3: ADDR aligned to 2^AM pages).
+pub fn page_selective_mask(start: u64, last: u64) -> Option<(u64, u8)> {
+    if last < start {
+        return None;
     }
-
-    pub fn slot_bytes(&self) -> usize {
-        Self::slot_bytes_for(self.wide)
-    }
-
-    pub fn slots(&self) -> usize {
-        self.slots
-    }
-
-    pub fn is_wide(&self) -> bool {
-        self.wide
-    }
-
-    /// The slot the next descriptor goes to.
-    pub fn tail(&self) -> usize {
-        self.tail
-    }
-
-    /// The IQT value for the current tail (§11.4.10.2: QT is a slot index
-    /// shifted by 4, or by 5 with 256-bit descriptors).
-    pub fn tail_register(&self) -> u64 {
-        (self.tail * self.slot_bytes()) as u64
-    }
-
-    /// The slot index named by an IQH value.
-    pub fn head_slot(&self, head_register: u64) -> usize {
-        (head_register as usize / self.slot_bytes()) % self.slots
-    }
-
-    /// Free slots, keeping one empty so that head == tail means empty.
-    pub fn free(&self, head: usize) -> usize {
-        (head + self.slots - self.tail - 1) % self.slots
-    }
-
-    /// Advances the tail past one written slot, wrapping at the end.
-    pub fn advance(&mut self) {
-        self.tail = (self.tail + 1) % self.slots;
-    }
+    let first_page = start >> PAGE_SHIFT;
+    let last_page = last >> PAGE_SHIFT;
+    let differing = first_page ^ last_page;
+    let mask = (u64::BITS - differing.leading_zeros()) as u8;
+    let base_page = if mask >= 64 {
+        0
+    } else {
+        (first_page >> mask) << mask
+    };
+    Some((base_page << PAGE_SHIFT, mask))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
+
+    const QEMU: InvalidationCaps = InvalidationCaps {
+        page_selective: true,
+        max_address_mask: 18,
+    };
 
     #[test]
-    fn descriptor_golden_encodings() {
+    fn a_gather_becomes_one_invalidation() {
+        let mut gather = Gather::default();
+        assert_eq!(plan(&gather, QEMU), IotlbPlan::Nothing);
+        // Two pages 28 KiB apart: the 8-page block around them, leaves only.
+        gather.add_leaf(0x10_0000, 4096);
+        gather.add_leaf(0x10_7000, 4096);
         assert_eq!(
-            Descriptor::context_cache(Granularity::Global, 0, 0).0,
-            [0x11, 0, 0, 0]
-        );
-        assert_eq!(
-            Descriptor::context_cache(Granularity::Selective, 5, 0x0020).0,
-            [0x0000_0020_0005_0031, 0, 0, 0]
-        );
-        assert_eq!(
-            Descriptor::iotlb(Granularity::Selective, 3, 0x1_2340_0000, 9, true).0,
-            [0x0003_00F2, 0x1_2340_0049, 0, 0]
-        );
-        assert_eq!(
-            Descriptor::iotlb(Granularity::Domain, 3, 0xdead_0000, 9, true).0,
-            [0x0003_00E2, 0, 0, 0]
-        );
-        assert_eq!(
-            Descriptor::pasid_iotlb(PasidGranularity::Page, 2, 0, 0x4000, 1, false).0,
-            [0x0002_0036, 0x4001, 0, 0]
-        );
-        assert_eq!(
-            Descriptor::pasid_iotlb(PasidGranularity::Pasid, 2, 5, 0x4000, 1, false).0,
-            [0x0000_0005_0002_0026, 0, 0, 0]
-        );
-        assert_eq!(Descriptor::pasid_cache(4, 0).0, [0x0004_0017, 0, 0, 0]);
-        assert_eq!(
-            Descriptor::interrupt_entry_cache(Some(0x12)).0,
-            [0x0000_0012_0000_0014, 0, 0, 0]
-        );
-        assert_eq!(Descriptor::interrupt_entry_cache(None).0, [0x4, 0, 0, 0]);
-        let wait = Descriptor::wait(0x8_0000, 0xCAFE);
-        assert_eq!(wait.0, [0x0000_CAFE_0000_0065, 0x8_0000, 0, 0]);
-        // Never SW together with IF (bit 4): QEMU aborts on it.
-        assert_eq!(wait.0[0] & 0x30, 0x20);
-        assert_eq!(wait.kind(), Some(DescriptorType::Wait));
-    }
-
-    #[test]
-    fn ring_registers_follow_descriptor_width() {
-        let mut narrow = Ring::new(4096, false);
-        assert_eq!(narrow.slots(), 256);
-        narrow.advance();
-        narrow.advance();
-        assert_eq!(narrow.tail_register(), 0x20);
-        let mut wide = Ring::new(4096, true);
-        assert_eq!(wide.slots(), 128);
-        wide.advance();
-        assert_eq!(wide.tail_register(), 0x20);
-        assert_eq!(wide.head_slot(0x40), 2);
-    }
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-
-        /// Against a plain counter model: the tail wraps modulo the slot
-        /// count, and the free count never lets the tail catch the head.
-        #[test]
-        fn ring_wraps_like_a_counter(wide in any::<bool>(), steps in 0usize..1000, head in 0usize..256) {
-            let mut ring = Ring::new(4096, wide);
-            let head = head % ring.slots();
-            for _ in 0..steps {
-                ring.advance();
+            plan(&gather, QEMU),
+            IotlbPlan::PageSelective {
+                address: 0x10_0000,
+                mask: 3,
+                leaf_only: true
             }
-            prop_assert_eq!(ring.tail(), steps % ring.slots());
-            prop_assert_eq!(ring.head_slot(ring.tail_register()), ring.tail());
-            let used = (ring.tail() + ring.slots() - head) % ring.slots();
-            prop_assert_eq!(ring.free(head), ring.slots() - 1 - used);
-        }
+        );
+        // A freed table page clears IH: the paging-structure caches go too.
+        gather.freed_tables = true;
+        assert!(matches!(
+            plan(&gather, QEMU),
+            IotlbPlan::PageSelective {
+                leaf_only: false,
+                ..
+            }
+        ));
+        // Without PSI, or past MAMV, the whole domain.
+        let no_psi = InvalidationCaps {
+            page_selective: false,
+            ..QEMU
+        };
+        assert_eq!(plan(&gather, no_psi), IotlbPlan::Domain);
+        let mut wide = Gather::default();
+        wide.add_leaf(0, 4096);
+        wide.add_leaf(1 << 40, 4096);
+        assert_eq!(plan(&wide, QEMU), IotlbPlan::Domain);
     }
 }

@@ -15,6 +15,7 @@ pub mod fault;
 pub mod interrupt;
 pub mod invalidation;
 pub mod paging;
+pub mod queue;
 pub mod regs;
 pub mod tables;
 pub mod unit;

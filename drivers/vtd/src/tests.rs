@@ -18,11 +18,12 @@ use proptest::prelude::*;
 
 use crate::discovery::UnitDescription;
 use crate::interrupt::Irte;
-use crate::invalidation::{Descriptor, DescriptorType, PasidGranularity};
+use crate::invalidation::page_selective_mask;
 use crate::paging::{DomainTable, TableFormat};
+use crate::queue::{Descriptor, DescriptorType, PasidGranularity};
 use crate::regs::{self, Cap, Ecap, Global, Granularity};
 use crate::tables::{ContextEntry, PasidEntry};
-use crate::unit::{Environment, Error, Mode, Options, Registers, Vtd, page_selective_mask};
+use crate::unit::{Environment, Error, Mode, Options, Registers, Vtd};
 
 const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
 const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;

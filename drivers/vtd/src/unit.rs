@@ -23,8 +23,9 @@ use os_services::{Clock, DmaMemory, wait_until};
 use crate::discovery::UnitDescription;
 use crate::fault::{Fault, RECORD_VALID_TOP};
 use crate::interrupt::{Irte, TABLE_ENTRIES_LOG2, remappable_msi_address};
-use crate::invalidation::{Descriptor, PasidGranularity, Ring};
+use crate::invalidation::{self, InvalidationCaps, IotlbPlan};
 use crate::paging::{DomainTable, TableFactory, TableFormat};
+use crate::queue::{Descriptor, PasidGranularity, Ring};
 use crate::regs::{self, Cap, Ecap, FaultControl, FaultStatus, Global, Granularity, TableMode};
 use crate::tables::{
     ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RID_PASID, RootEntry,
@@ -34,7 +35,6 @@ use crate::tables::{
 /// How long any one hardware handshake may take before it is an error.
 const HARDWARE_TIMEOUT: Duration = Duration::from_millis(100);
 const PAGE: usize = 4096;
-const PAGE_SHIFT: u32 = 12;
 /// The x86 interrupt-message window, never translated as DMA (VT-d 3.4 §3.15).
 const INTERRUPT_WINDOW: IovaRange = IovaRange {
     start: 0xFEE0_0000,
@@ -717,16 +717,20 @@ impl<'a, R: Registers> Vtd<'a, R> {
     /// invalidation with the smallest address mask that covers the range,
     /// domain-selective past CAP.MAMV or without CAP.PSI (§6.5.2.3).
     fn invalidate_range(&mut self, did: u16, gather: &Gather) -> Result<(), Error> {
-        if gather.is_empty() {
-            return Ok(());
-        }
-        let leaf_only = !gather.freed_tables;
-        let selective = page_selective_mask(gather.start, gather.last).filter(|(_, mask)| {
-            self.cap.page_selective_invalidation()
-                && u32::from(*mask) <= self.cap.max_address_mask()
-        });
-        match (&self.invalidator, selective) {
-            (Invalidator::Queue { .. }, Some((address, mask))) => {
+        let caps = InvalidationCaps {
+            page_selective: self.cap.page_selective_invalidation(),
+            max_address_mask: self.cap.max_address_mask(),
+        };
+        match (&self.invalidator, invalidation::plan(gather, caps)) {
+            (_, IotlbPlan::Nothing) => Ok(()),
+            (
+                Invalidator::Queue { .. },
+                IotlbPlan::PageSelective {
+                    address,
+                    mask,
+                    leaf_only,
+                },
+            ) => {
                 let descriptor = match self.mode {
                     Mode::ScalableFirstStage => Descriptor::pasid_iotlb(
                         PasidGranularity::Page,
@@ -740,18 +744,25 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 };
                 self.submit(&[descriptor])
             }
-            (Invalidator::Queue { .. }, None) => {
+            (Invalidator::Queue { .. }, IotlbPlan::Domain) => {
                 let descriptor = self.domain_iotlb_descriptor(did);
                 self.submit(&[descriptor])
             }
-            (Invalidator::Registers, Some((address, mask))) => self.register_iotlb_invalidation(
+            (
+                Invalidator::Registers,
+                IotlbPlan::PageSelective {
+                    address,
+                    mask,
+                    leaf_only,
+                },
+            ) => self.register_iotlb_invalidation(
                 Granularity::Selective,
                 did,
                 address,
                 mask,
                 leaf_only,
             ),
-            (Invalidator::Registers, None) => {
+            (Invalidator::Registers, IotlbPlan::Domain) => {
                 self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
             }
         }
@@ -1169,24 +1180,6 @@ impl<'a, R: Registers> Vtd<'a, R> {
             Err(Error::Invalid)
         }
     }
-}
-
-/// The (address, mask) of the smallest naturally aligned 2^mask-page block
-/// covering `[start, last]` (§6.5.2.3: ADDR aligned to 2^AM pages).
-pub fn page_selective_mask(start: u64, last: u64) -> Option<(u64, u8)> {
-    if last < start {
-        return None;
-    }
-    let first_page = start >> PAGE_SHIFT;
-    let last_page = last >> PAGE_SHIFT;
-    let differing = first_page ^ last_page;
-    let mask = (u64::BITS - differing.leading_zeros()) as u8;
-    let base_page = if mask >= 64 {
-        0
-    } else {
-        (first_page >> mask) << mask
-    };
-    Some((base_page << PAGE_SHIFT, mask))
 }
 
 impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {

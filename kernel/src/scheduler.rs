@@ -1,9 +1,20 @@
-//! The scheduler: runs spawned tasks round robin on the one CPU, each for a
-//! time slice that covers the kernel's time for its system calls, until each
-//! has exited or been killed (its CPU budget, its system-call budget, a
-//! fault); then gives back what it held, devices and iommufd objects first.
-//! It sits above the system calls and the iommufd service it drives; tasks
-//! themselves (`crate::task`) know nothing of it.
+//! The scheduler: runs spawned tasks on the one CPU, round-robin and
+//! run-to-trap, until each has exited or been killed; then gives back what
+//! it held, devices and iommufd objects first.
+//!
+//! [`run_tasks`] keeps a FIFO of runnable tasks; the task at its head runs
+//! until it makes a system call, faults or uses up its time slice
+//! ([`TIME_SLICE_MS`]; the slice covers the kernel's time for its calls; a
+//! one-shot timer: the local APIC timer on x86_64, the EL1 virtual timer on
+//! aarch64). Most calls return to the same task at once; `yield` and the end
+//! of a slice move it to the back of the queue; `exit` and a fault end it;
+//! `irq_wait` takes it off the queue until its device's interrupt arrives or
+//! the wait times out (when every task waits, the CPU sleeps until an
+//! interrupt). A task that runs longer than its CPU budget ([`Limits`]) or
+//! makes more than [`SYSCALL_BUDGET`] calls is killed, so a runaway program
+//! cannot hang the kernel or a test. Without a timer scheduling falls back to
+//! cooperative. It sits above the system calls and the iommufd service it
+//! drives; tasks themselves (`crate::task`) know nothing of it.
 
 use alloc::collections::VecDeque;
 use alloc::format;

@@ -1,18 +1,9 @@
 //! User tasks: programs embedded in the kernel image (see [`programs`]), each
 //! started by name in its own address space, run in ring 3 / EL0.
 //!
-//! Scheduling is round-robin and run-to-trap: [`run`] keeps a FIFO of
-//! runnable tasks; the task at its head runs until it makes a system call,
-//! faults or uses up its [`TIME_SLICE_MS`] time slice (a one-shot timer: the
-//! local APIC timer on x86_64, the EL1 virtual timer on aarch64). Most calls
-//! return to the same task at once; `yield` and the end of a slice move it to
-//! the back of the queue; `exit` and a fault end it; `irq_wait` takes it off
-//! the queue until its device's interrupt arrives or the wait times out (when
-//! every task waits, the CPU sleeps until an interrupt). Device interrupts
-//! are taken while a task runs and resume it. A task that runs longer than its
-//! CPU budget ([`Limits`]) or makes more than [`SYSCALL_BUDGET`] calls is
-//! killed, so a runaway program cannot hang the kernel or a test. Without a
-//! timer (aarch64 without a GICv2) scheduling falls back to cooperative.
+//! How tasks take turns is `crate::scheduler`'s; this module is what a task
+//! is: its address space and memory, the device windows it was given, the
+//! copies to and from its memory, and the output the scheduler keeps of it.
 //!
 //! User region layout (all in top-level slot 1, see `abi::syscall`):
 //! `USER_BASE..IMAGE_END` the program's segments, `HEAP_BASE..HEAP_END` memory
@@ -148,7 +139,7 @@ pub struct Report {
     pub output: String,
 }
 
-/// The result of [`run`].
+/// The result of `scheduler::run`.
 #[derive(Debug, Default)]
 pub struct Run {
     pub reports: Vec<Report>,

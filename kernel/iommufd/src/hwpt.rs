@@ -415,7 +415,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(Errno::EINVAL);
         };
         let unit = dev.unit;
-        let ids = dev.ids();
+        let ids: Vec<DeviceId> = dev.ids().collect();
         // An id an attached function of its group holds stays in the group's
         // domain.
         let (_, held) = o.attached_mates(dev_id, unit, &ids);
@@ -442,7 +442,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let o = self.owner(owner)?;
         let device = o.device(dev_id)?;
         let (unit, requester, current) = (device.unit, device.requester, device.attached);
-        let ids = device.ids();
+        let ids: Vec<DeviceId> = device.ids().collect();
         match (replace, current) {
             // As Linux: attaching where the device already is (its HWPT, or an
             // IOAS that HWPT maps) is EBUSY; anywhere else it is EINVAL, and

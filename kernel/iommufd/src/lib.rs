@@ -380,10 +380,8 @@ struct Device {
 
 impl Device {
     /// Every id the device's DMA may carry, `requester` first.
-    fn ids(&self) -> Vec<DeviceId> {
-        core::iter::once(self.requester)
-            .chain(self.aliases.iter().copied())
-            .collect()
+    fn ids(&self) -> impl Iterator<Item = DeviceId> + '_ {
+        core::iter::once(self.requester).chain(self.aliases.iter().copied())
     }
 }
 
@@ -513,12 +511,11 @@ impl Owner {
             let Some(attached) = mate.attached else {
                 continue;
             };
-            let mate_ids = mate.ids();
-            if id == except || mate.unit != unit || !mate_ids.iter().any(|i| ids.contains(i)) {
+            if id == except || mate.unit != unit || !mate.ids().any(|i| ids.contains(&i)) {
                 continue;
             }
             hwpt = Some(attached);
-            held.extend(mate_ids);
+            held.extend(mate.ids());
         }
         (hwpt, held)
     }
@@ -526,7 +523,9 @@ impl Owner {
     /// Another device of this owner on `unit` that holds `requester`.
     fn other_holder(&self, except: ObjId, unit: UnitId, requester: DeviceId) -> Option<ObjId> {
         self.objects.iter().find_map(|(&id, object)| match object {
-            Object::Device(d) if id != except && d.unit == unit && d.ids().contains(&requester) => {
+            Object::Device(d)
+                if id != except && d.unit == unit && d.ids().any(|i| i == requester) =>
+            {
                 Some(id)
             }
             _ => None,
@@ -722,7 +721,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             aliases: extra,
             attached: None,
         };
-        let ids = device.ids();
+        let ids: Vec<DeviceId> = device.ids().collect();
         // An id another owner holds makes the device theirs to share; one
         // this owner holds already puts the device in that group (Linux
         // `iommufd_group`): the group is owned as a whole.
@@ -789,7 +788,6 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 // one of them.
                 let claims: Vec<(DeviceId, Option<ObjId>)> = device
                     .ids()
-                    .into_iter()
                     .filter(|&requester| self.claimed.get(&(unit, requester)) == Some(&(owner, id)))
                     .map(|requester| (requester, o.other_holder(id, unit, requester)))
                     .collect();

@@ -233,7 +233,7 @@ fn new_state() -> State {
         None => State {
             core: Iommufd::new(Vec::new(), TaskAccess::default()),
             device_id: None,
-            firmware_alias: |_, _| None,
+            firmware_alias: crate::iommu::no_firmware_alias,
             devices: Vec::new(),
             residue: Vec::new(),
         },

@@ -191,14 +191,13 @@ pub fn isolation_group(
     functions: &[Function],
     bdf: Bdf,
 ) -> Vec<Bdf> {
-    let root = isolation_root(config, topology, functions, bdf);
-    let below = |other: Bdf| match root {
-        Some(root) => topology
-            .bridges
-            .iter()
-            .find(|b| b.bdf == root)
-            .is_some_and(|b| (b.secondary..=b.subordinate).contains(&other.bus)),
-        None => false,
+    let root_buses = isolation_root(config, topology, functions, bdf)
+        .and_then(|root| topology.bridges.iter().find(|b| b.bdf == root))
+        .map(|root| root.secondary..=root.subordinate);
+    let below = |other: Bdf| {
+        root_buses
+            .as_ref()
+            .is_some_and(|buses| buses.contains(&other.bus))
     };
     let own_device_shared = multi_function(functions, bdf) && !isolates(config, bdf, true);
     functions

@@ -10,7 +10,6 @@ use core::time::Duration;
 
 use os_services::{Clock, wait_until};
 
-use crate::bridge::port_type;
 use crate::{Bdf, Capabilities, CapabilityId, ConfigSpace, offsets};
 
 /// PCI Express capability registers, from the capability's start.
@@ -72,9 +71,8 @@ pub fn restore(config: &dyn ConfigSpace, saved: &SavedState) {
 
 /// Whether `bdf` has a Function Level Reset.
 pub fn supports_flr(config: &dyn ConfigSpace, bdf: Bdf) -> bool {
-    port_type(config, bdf).is_some()
-        && Capabilities::offset_of(config, bdf, CapabilityId::PCI_EXPRESS)
-            .is_some_and(|at| config.read32(bdf, at + DEVICE_CAPABILITIES) & FLR_CAPABLE != 0)
+    Capabilities::offset_of(config, bdf, CapabilityId::PCI_EXPRESS)
+        .is_some_and(|at| config.read32(bdf, at + DEVICE_CAPABILITIES) & FLR_CAPABLE != 0)
 }
 
 fn wait(clock: &dyn Clock, time: Duration) {

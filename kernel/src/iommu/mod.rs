@@ -30,7 +30,7 @@ pub struct PlatformUnit {
 }
 
 /// [`PlatformUnit::firmware_alias`] of units whose firmware names no aliases.
-fn no_firmware_alias(_: &'static Platform, _: DeviceId) -> Option<DeviceId> {
+pub fn no_firmware_alias(_: &'static Platform, _: DeviceId) -> Option<DeviceId> {
     None
 }
 

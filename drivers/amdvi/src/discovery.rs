@@ -9,7 +9,7 @@ use alloc::vec::Vec;
 
 use firmware::acpi::ivrs::{DeviceTarget, Ivhd, IvhdType, Ivmd, IvmdTarget, Ivrs};
 
-use crate::dte::FirmwareSetting;
+use crate::device_table::FirmwareSetting;
 use crate::regs::MMIO_SIZE;
 
 /// A requester the IOMMU translates and the DTE settings firmware gives it.

@@ -3,15 +3,17 @@
 //! References: AMD I/O Virtualization Technology (IOMMU) Specification, pub. 48882
 //! rev 3.10 ("AMD IOMMU" below). Every hardware structure cites its section.
 //!
-//! Layout of the crate, one hardware function per module:
+//! Layout of the crate, as in the other two drivers (docs/IOMMU.md, "Where each job
+//! lives"):
 //! - [`regs`]: the MMIO register block (§3.4) and the PCI capability header (§3.2.1).
-//! - [`dte`]: device table entries (§2.2.2).
+//! - [`device_table`]: device table entries (§2.2.2).
 //! - [`command`]: command-buffer entries (§2.4) and the INVALIDATE_IOMMU_PAGES range
 //!   encoding.
-//! - [`event`]: event-log entries (§2.5) and the ring reader.
-//! - [`irte`]: interrupt remapping table entries (§2.2.5).
+//! - [`invalidation`]: which commands a change needs (§2.4.3).
+//! - [`fault`]: event-log entries (§2.5) and the ring reader.
+//! - [`interrupt`]: interrupt remapping table entries (§2.2.5).
 //! - [`ring`]: head/tail arithmetic shared by the command buffer and the event log.
-//! - [`tables`]: table pages for the AMD v1 page tables of `io-page-table`.
+//! - [`paging`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
 //! - [`mod@unit`]: one live IOMMU: bring-up, command submission, faults, domains.
 //!
@@ -32,14 +34,14 @@ extern crate alloc;
 extern crate std;
 
 pub mod command;
+pub mod device_table;
 pub mod discovery;
-pub mod dte;
 pub mod fault;
 pub mod interrupt;
 pub mod invalidation;
+pub mod paging;
 pub mod regs;
 pub mod ring;
-pub mod tables;
 pub mod unit;
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::sync::Mutex;
 use os_services::{Clock, DmaMemory, DmaRegion};
 
 use crate::command::{Command, Opcode};
-use crate::dte::Dte;
+use crate::device_table::Dte;
 use crate::fault::RawEvent;
 use crate::regs::{self, Control, Status};
 use crate::ring::{ENTRY_SIZE, Ring};

@@ -1,6 +1,13 @@
-//! ARM SMMUv3 driver (SMMUv3 architecture specification, IHI 0070): typed
-//! registers, stream table entries, context descriptors, commands and event
-//! records, and one SMMU instance with its queues and stream table.
+//! ARM SMMUv3 driver (SMMUv3 architecture specification, IHI 0070).
+//!
+//! The modules are laid out as in the other two drivers (docs/IOMMU.md,
+//! "Where each job lives"): [`regs`] (registers, §6), [`device_table`]
+//! (stream table entries and context descriptors, §5), [`command`] (command
+//! queue entries, §4) over [`queue`] (PROD/CONS arithmetic, §3.5),
+//! [`invalidation`] (which commands a change needs, §4.4), [`fault`] (event
+//! records, §7), [`hardware`] (one SMMU instance: its queues and stream
+//! table) and [`unit`] (the `iommu::IommuUnit` contract over it). `model`
+//! (host tests only) is a register-level model of the SMMU.
 //!
 //! Policy (which device goes where) is the kernel's; this crate only knows the
 //! hardware.
@@ -10,20 +17,24 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
-pub mod cd;
 pub mod command;
+pub mod device_table;
 pub mod fault;
+pub mod hardware;
 pub mod invalidation;
 pub mod queue;
 pub mod regs;
-pub mod smmu;
-pub mod ste;
 pub mod unit;
 
-pub use cd::{Cd, Stage1Config};
 pub use command::{Command, RawCommand};
+pub use device_table::cd::{Cd, Stage1Config};
+pub use device_table::ste::{Stage2Config, Ste, StreamConfig};
 pub use fault::{Event, EventKind, Fault, Stage};
+pub use hardware::{Counters, Error, Features, Smmu, StreamTableFormat};
 pub use regs::Granule;
-pub use smmu::{Counters, Error, Features, Smmu, StreamTableFormat};
-pub use ste::{Stage2Config, Ste, StreamConfig};
 pub use unit::SmmuUnit;
+
+#[cfg(test)]
+mod model;
+#[cfg(test)]
+mod tests;

@@ -20,13 +20,13 @@ use iommu::{
 };
 use os_services::{DmaMemory, DmaRegion};
 
-use crate::cd::{Cd, Stage1Config};
 use crate::command::{Command, RawCommand, opcode};
+use crate::device_table::cd::{Cd, Stage1Config};
+use crate::device_table::ste::{Stage2Config, Ste};
 use crate::fault::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
+use crate::hardware::{Error, Smmu};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::regs::Granule;
-use crate::smmu::{Error, Smmu};
-use crate::ste::{Stage2Config, Ste};
 
 /// Table pages for `io-page-table`, from the OS's DMA memory.
 pub struct DmaTables<'a> {
@@ -588,8 +588,8 @@ fn write_cd(region: &DmaRegion, cd: &Cd) {
     fence(Ordering::SeqCst);
 }
 
-impl From<crate::ste::SteError> for IommuError {
-    fn from(_: crate::ste::SteError) -> Self {
+impl From<crate::device_table::ste::SteError> for IommuError {
+    fn from(_: crate::device_table::ste::SteError) -> Self {
         IommuError::Invalid
     }
 }

@@ -20,17 +20,17 @@ use iommu::{
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
+use crate::command::{Descriptor, PasidGranularity, Ring};
+use crate::device_table::{
+    ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RID_PASID, RootEntry,
+    ScalableContextEntry, ScalableRootEntry, TranslationType, scalable_context_slot,
+};
 use crate::discovery::UnitDescription;
 use crate::fault::{Fault, RECORD_VALID_TOP};
 use crate::interrupt::{Irte, TABLE_ENTRIES_LOG2, remappable_msi_address};
 use crate::invalidation::{self, InvalidationCaps, IotlbPlan};
 use crate::paging::{DomainTable, TableFactory, TableFormat};
-use crate::queue::{Descriptor, PasidGranularity, Ring};
 use crate::regs::{self, Cap, Ecap, FaultControl, FaultStatus, Global, Granularity, TableMode};
-use crate::tables::{
-    ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RID_PASID, RootEntry,
-    ScalableContextEntry, ScalableRootEntry, TranslationType, scalable_context_slot,
-};
 
 /// How long any one hardware handshake may take before it is an error.
 const HARDWARE_TIMEOUT: Duration = Duration::from_millis(100);

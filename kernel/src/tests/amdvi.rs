@@ -203,7 +203,7 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
         );
         ensure_eq!(
             dte.int_ctl(),
-            amdvi::dte::IntCtl::Abort as u8,
+            amdvi::device_table::IntCtl::Abort as u8,
             "IntCtl of an unattached edu"
         );
     }

@@ -18,7 +18,7 @@ use core::time::Duration;
 use ::iommu::{DeviceId, DomainHandle, DomainKind, IommuError, IommuUnit};
 use edu::Direction;
 use os_services::{Clock, DmaMemory, DmaRegion};
-use vtd::queue::Descriptor;
+use vtd::command::Descriptor;
 use vtd::regs::{self, FaultStatus, Global};
 
 use super::vtd::{

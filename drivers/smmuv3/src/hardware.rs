@@ -14,10 +14,10 @@ use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
 
 use crate::command::{Command, RawCommand};
+use crate::device_table::ste::{L1Std, Ste, StreamConfig};
 use crate::fault::{Coalescer, Event, Fault, RawEvent};
 use crate::queue::{self, QueueIndex};
 use crate::regs::{self, CommandError, Cr0, Cr2, Gbpa, Gerror, Idr0, Idr1, Idr3, Idr5, IrqCtrl};
-use crate::ste::{L1Std, Ste, StreamConfig};
 
 /// Bound on every register acknowledgement and command completion.
 const HW_TIMEOUT: Duration = Duration::from_millis(100);
@@ -888,8 +888,8 @@ impl Drop for Smmu<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_table::ste::Stage2Config;
     use crate::regs::Granule;
-    use crate::ste::Stage2Config;
 
     fn s2(vmid: u16) -> Ste {
         Ste::translate(

@@ -1,0 +1,193 @@
+//! The driver against a software model of an SMMUv3 register block: the
+//! model runs whenever the driver polls (through the clock's `relax`), mirrors
+//! CR0 into CR0ACK, applies GBPA updates, consumes the command queue (logging
+//! every command and rejecting unknown opcodes with CERROR_ILL, SMMUv3 §7.1)
+//! and lets the test inject event records.
+
+use std::alloc::Layout;
+use std::boxed::Box;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ptr::NonNull;
+use std::rc::Rc;
+use std::vec;
+use std::vec::Vec;
+
+use crate::Smmu;
+use crate::hardware::StreamTableFormat;
+use crate::regs::{self, Cr0, Gbpa, Gerror};
+use os_services::mmio::Mmio;
+use os_services::{Clock, DmaMemory, DmaRegion};
+
+/// QEMU's stage-1+2 SMMU identification (docs/QEMU.md §3).
+pub(crate) const IDR: [u32; 6] = [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74];
+
+/// Heap-backed "physical" memory: phys == virt.
+#[derive(Default)]
+pub(crate) struct HostDma {
+    pub(crate) live: RefCell<HashMap<u64, Layout>>,
+}
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let len = len.next_multiple_of(4096).max(4096);
+        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
+        // SAFETY: the layout has a non-zero size.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return None;
+        }
+        self.live.borrow_mut().insert(ptr as u64, layout);
+        Some(DmaRegion {
+            phys: ptr as u64,
+            virt: ptr,
+            len,
+        })
+    }
+
+    fn free(&self, region: DmaRegion) {
+        let layout = self
+            .live
+            .borrow_mut()
+            .remove(&region.phys)
+            .expect("double free");
+        // SAFETY: allocated above with this layout.
+        unsafe { std::alloc::dealloc(region.virt, layout) };
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+        phys as *mut u8
+    }
+}
+
+/// The register block and the model's state.
+pub(crate) struct Model {
+    pub(crate) regs: *mut u8,
+    pub(crate) log: RefCell<Vec<[u64; 2]>>,
+    /// Opcodes the model rejects with CERROR_ILL.
+    pub(crate) illegal: u8,
+}
+
+impl Model {
+    pub(crate) fn read(&self, offset: usize) -> u32 {
+        // SAFETY: offsets are inside the 128 KiB block the test owns.
+        unsafe { self.regs.add(offset).cast::<u32>().read_volatile() }
+    }
+    pub(crate) fn write(&self, offset: usize, value: u32) {
+        // SAFETY: as above.
+        unsafe { self.regs.add(offset).cast::<u32>().write_volatile(value) }
+    }
+    pub(crate) fn read64(&self, offset: usize) -> u64 {
+        // SAFETY: as above.
+        unsafe { self.regs.add(offset).cast::<u64>().read_volatile() }
+    }
+
+    pub(crate) fn step(&self) {
+        self.write(regs::CR0ACK.0, self.read(regs::CR0.0));
+        self.write(regs::IRQ_CTRLACK.0, self.read(regs::IRQ_CTRL.0));
+        self.write(regs::GBPA.0, self.read(regs::GBPA.0) & !Gbpa::UPDATE.bits());
+        let cr0 = Cr0::from_bits_retain(self.read(regs::CR0.0));
+        let pending = self.read(regs::GERROR.0) ^ self.read(regs::GERRORN.0);
+        if !cr0.contains(Cr0::CMDQEN) || pending & Gerror::CMDQ_ERR.bits() != 0 {
+            return;
+        }
+        let base = self.read64(regs::CMDQ_BASE.0);
+        let log2 = (base & 0x1F) as u32;
+        let entries = (base & regs::QUEUE_BASE_ADDR_MASK) as *const u64;
+        let wrap_mask = (2u32 << log2) - 1;
+        let prod = self.read(regs::CMDQ_PROD.0) & wrap_mask;
+        let mut cons = self.read(regs::CMDQ_CONS.0) & wrap_mask;
+        while cons != prod {
+            let slot = (cons & ((1 << log2) - 1)) as usize;
+            // SAFETY: the queue lies in memory the driver allocated from HostDma.
+            let command = unsafe { [*entries.add(slot * 2), *entries.add(slot * 2 + 1)] };
+            if (command[0] & 0xFF) as u8 == self.illegal {
+                // CERROR_ILL in CONS.ERR, CMDQ_ERR toggled, queue stopped.
+                self.write(regs::CMDQ_CONS.0, cons | (1 << 24));
+                self.write(
+                    regs::GERROR.0,
+                    self.read(regs::GERROR.0) ^ Gerror::CMDQ_ERR.bits(),
+                );
+                return;
+            }
+            self.log.borrow_mut().push(command);
+            cons = (cons + 1) & wrap_mask;
+        }
+        self.write(regs::CMDQ_CONS.0, cons);
+    }
+
+    /// Places an event record at EVENTQ_PROD and advances it.
+    pub(crate) fn inject_event(&self, record: [u64; 4]) {
+        let base = self.read64(regs::EVENTQ_BASE.0);
+        let log2 = (base & 0x1F) as u32;
+        let entries = (base & regs::QUEUE_BASE_ADDR_MASK) as *mut u64;
+        let prod = self.read(regs::EVENTQ_PROD.0);
+        let slot = (prod & ((1 << log2) - 1)) as usize;
+        for (i, word) in record.iter().enumerate() {
+            // SAFETY: the event queue lies in memory the driver allocated.
+            unsafe { *entries.add(slot * 4 + i) = *word };
+        }
+        let next = ((prod & ((2 << log2) - 1)) + 1) & ((2 << log2) - 1);
+        self.write(regs::EVENTQ_PROD.0, next | (prod & (1 << 31)));
+    }
+}
+
+/// A clock whose polls run the model.
+pub(crate) struct ModelClock {
+    pub(crate) now: Cell<u64>,
+    pub(crate) model: Rc<Model>,
+}
+
+impl Clock for ModelClock {
+    fn now_ns(&self) -> u64 {
+        let now = self.now.get() + 1_000;
+        self.now.set(now);
+        now
+    }
+    fn relax(&self) {
+        self.model.step();
+    }
+}
+
+pub(crate) struct Rig {
+    pub(crate) _regs: Vec<u64>,
+    pub(crate) model: Rc<Model>,
+    pub(crate) clock: &'static ModelClock,
+    pub(crate) dma: &'static HostDma,
+}
+
+pub(crate) fn rig() -> Rig {
+    let mut regs = vec![0u64; regs::REGISTER_SPAN / 8];
+    let base = regs.as_mut_ptr().cast::<u8>();
+    let model = Rc::new(Model {
+        regs: base,
+        log: RefCell::new(Vec::new()),
+        illegal: 0x7F,
+    });
+    for (i, value) in IDR.iter().enumerate() {
+        model.write(i * 4, *value);
+    }
+    model.write(regs::GBPA.0, 0x1000);
+    let clock = Box::leak(Box::new(ModelClock {
+        now: Cell::new(0),
+        model: model.clone(),
+    }));
+    let dma = Box::leak(Box::new(HostDma::default()));
+    Rig {
+        _regs: regs,
+        model,
+        clock,
+        dma,
+    }
+}
+
+pub(crate) fn smmu(rig: &Rig, format: StreamTableFormat) -> Smmu<'static> {
+    // SAFETY: the block is the rig's heap buffer, alive as long as the rig,
+    // and only the driver and the model touch it.
+    let mmio = unsafe { Mmio::new(NonNull::new(rig.model.regs).unwrap(), regs::REGISTER_SPAN) };
+    Smmu::new(mmio, rig.clock, rig.dma, format).expect("bring-up")
+}
+
+pub(crate) fn opcodes(log: &[[u64; 2]]) -> Vec<u8> {
+    log.iter().map(|c| (c[0] & 0xFF) as u8).collect()
+}

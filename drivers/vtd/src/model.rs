@@ -1,0 +1,675 @@
+//! A register-level model of a VT-d unit for the host tests (`tests.rs`):
+//! it records every GCMD write and every descriptor the driver queues, and a
+//! shadow of what a worst-case implementation may cache (context entries,
+//! RID_PASID entries, IOTLB entries, not-present entries under caching
+//! mode), so a missing invalidation shows as a stale entry.
+
+extern crate std;
+
+use alloc::vec;
+use alloc::vec::Vec;
+use core::cell::{Cell, RefCell};
+use std::alloc::{Layout, alloc_zeroed, dealloc};
+
+use iommu::{Gather, IommuError, Prot, UnitId};
+use os_services::mmio::{Reg32, Reg64};
+use os_services::{Clock, DmaMemory, DmaRegion};
+
+use crate::command::{Descriptor, DescriptorType};
+use crate::device_table::{ContextEntry, PasidEntry};
+use crate::discovery::UnitDescription;
+use crate::paging::{DomainTable, TableFormat};
+use crate::regs::{self, Cap, Ecap, Global};
+use crate::unit::{Environment, Options, Registers, Vtd};
+
+pub(crate) const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
+pub(crate) const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;
+pub(crate) const CAP_RWBF: u64 = CAP_DEFAULT | (1 << 4);
+pub(crate) const ECAP_LEGACY: u64 = 0x0000_0000_00f0_0f4a;
+pub(crate) const ECAP_NO_QI: u64 = ECAP_LEGACY & !(1 << 1) & !ECAP_IR;
+/// ECAP.IR (bit 3): interrupt remapping.
+pub(crate) const ECAP_IR: u64 = 1 << 3;
+pub(crate) const ECAP_SCALABLE_SL: u64 = 0x0000_4800_80f0_0f4a;
+pub(crate) const ECAP_SCALABLE_FL: u64 = 0x0000_8800_00f0_0f4a;
+
+pub(crate) const EDU_A: u16 = 0x20;
+pub(crate) const EDU_B: u16 = 0x28;
+
+/// Host DMA memory: phys == virt; counts live allocations for leak checks.
+pub(crate) struct HostDma {
+    pub(crate) live: Cell<isize>,
+}
+
+// SAFETY: the tests are single-threaded; the cell is never shared across threads.
+unsafe impl Sync for HostDma {}
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        let len = len.div_ceil(4096) * 4096;
+        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
+        // SAFETY: non-zero size layout.
+        let virt = unsafe { alloc_zeroed(layout) };
+        self.live.set(self.live.get() + 1);
+        Some(DmaRegion {
+            phys: virt as u64,
+            virt,
+            len,
+        })
+    }
+
+    fn free(&self, region: DmaRegion) {
+        self.live.set(self.live.get() - 1);
+        let layout = Layout::from_size_align(region.len, 4096).unwrap();
+        // SAFETY: allocated by `alloc` above with this size and alignment.
+        unsafe { dealloc(region.virt, layout) }
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
+        phys as *mut u8
+    }
+}
+
+/// Every read advances time by 1 µs, so a 100 ms bound is 100 000 polls.
+pub(crate) struct SteppingClock {
+    pub(crate) now: Cell<u64>,
+}
+
+// SAFETY: single-threaded tests.
+unsafe impl Sync for SteppingClock {}
+
+impl Clock for SteppingClock {
+    fn now_ns(&self) -> u64 {
+        let now = self.now.get();
+        self.now.set(now + 1_000);
+        now
+    }
+}
+
+pub(crate) fn no_flush(_: *const u8, _: usize) {}
+
+/// Root address the fake tables report (never walked: the model does no DMA).
+pub(crate) const FAKE_ROOT: u64 = 0x0123_4000;
+
+std::thread_local! {
+    /// Live model tables by root: page → phys. Shared with the shadow cache model.
+    pub(crate) static TABLES: RefCell<std::collections::BTreeMap<u64, std::collections::BTreeMap<u64, u64>>> =
+        const { RefCell::new(std::collections::BTreeMap::new()) };
+    /// The root the next model table gets.
+    pub(crate) static NEXT_ROOT: Cell<u64> = const { Cell::new(FAKE_ROOT) };
+}
+
+/// A reference model of a page table: page → phys in [`TABLES`]; gathers as
+/// a real table reports them. Stands in for io-page-table's formats.
+pub(crate) struct ModelTable {
+    pub(crate) root: u64,
+}
+
+impl Drop for ModelTable {
+    fn drop(&mut self) {
+        TABLES.with(|tables| tables.borrow_mut().remove(&self.root));
+    }
+}
+
+pub(crate) fn with_pages<T>(
+    root: u64,
+    f: impl FnOnce(&mut std::collections::BTreeMap<u64, u64>) -> T,
+) -> T {
+    TABLES.with(|tables| f(tables.borrow_mut().entry(root).or_default()))
+}
+
+std::thread_local! {
+    /// Every map call any model table saw: (iova, phys, len).
+    pub(crate) static MAPPED: RefCell<Vec<(u64, u64, u64)>> = const { RefCell::new(Vec::new()) };
+}
+
+impl DomainTable for ModelTable {
+    fn root(&self) -> u64 {
+        self.root
+    }
+
+    fn map(&mut self, iova: u64, phys: u64, len: u64, _prot: Prot) -> Result<Gather, IommuError> {
+        MAPPED.with(|mapped| mapped.borrow_mut().push((iova, phys, len)));
+        let mut gather = Gather::default();
+        for offset in (0..len).step_by(4096) {
+            if with_pages(self.root, |pages| {
+                pages.insert(iova + offset, phys + offset)
+            })
+            .is_some()
+            {
+                return Err(IommuError::Invalid);
+            }
+            gather.add_leaf(iova + offset, 4096);
+        }
+        Ok(gather)
+    }
+
+    fn unmap(&mut self, iova: u64, len: u64) -> Gather {
+        let mut gather = Gather::default();
+        for offset in (0..len).step_by(4096) {
+            if with_pages(self.root, |pages| pages.remove(&(iova + offset))).is_some() {
+                gather.add_leaf(iova + offset, 4096);
+            }
+        }
+        gather
+    }
+}
+
+pub(crate) fn model_table(format: TableFormat) -> Option<alloc::boxed::Box<dyn DomainTable>> {
+    // Only 4-level second stage and first stage exist on the modelled unit.
+    matches!(
+        format,
+        TableFormat::SecondStage { levels: 4 } | TableFormat::FirstStage
+    )
+    .then(|| {
+        let root = NEXT_ROOT.with(|next| next.replace(next.get() + 0x1000));
+        with_pages(root, |_| ());
+        alloc::boxed::Box::new(ModelTable { root }) as alloc::boxed::Box<dyn DomainTable>
+    })
+}
+
+/// A register-level model of a VT-d unit, close to QEMU 10.0.2's behaviour.
+pub(crate) struct Model {
+    pub(crate) cap: u64,
+    pub(crate) ecap: u64,
+    pub(crate) gsts: Cell<u32>,
+    pub(crate) gcmd_writes: RefCell<Vec<u32>>,
+    pub(crate) iqa: Cell<u64>,
+    pub(crate) iqh: Cell<u64>,
+    pub(crate) descriptors: RefCell<Vec<Descriptor>>,
+    pub(crate) register_invalidations: RefCell<Vec<(usize, u64)>>,
+    /// When set, wait descriptors never write their status (a hung unit).
+    pub(crate) stalled: Cell<bool>,
+    pub(crate) fault: Cell<(u64, u64)>,
+    pub(crate) other: RefCell<std::collections::BTreeMap<usize, u64>>,
+    /// What a worst-case implementation may hold in its caches.
+    pub(crate) shadow: RefCell<Shadow>,
+    /// FSTS PFO / IQE.
+    pub(crate) fsts_sticky: Cell<u32>,
+}
+
+impl Model {
+    pub(crate) fn new(cap: u64, ecap: u64) -> Self {
+        Self {
+            cap,
+            ecap,
+            gsts: Cell::new(0),
+            gcmd_writes: RefCell::new(Vec::new()),
+            iqa: Cell::new(0),
+            iqh: Cell::new(0),
+            descriptors: RefCell::new(Vec::new()),
+            register_invalidations: RefCell::new(Vec::new()),
+            stalled: Cell::new(false),
+            fault: Cell::new((0, 0)),
+            other: RefCell::new(Default::default()),
+            fsts_sticky: Cell::new(0),
+            shadow: RefCell::new(Shadow {
+                scalable: Ecap(ecap).scalable_mode(),
+                ..Shadow::default()
+            }),
+        }
+    }
+
+    pub(crate) fn wide(&self) -> bool {
+        self.iqa.get() & regs::IQA_WIDE != 0
+    }
+
+    pub(crate) fn process_queue(&self, tail: u64) {
+        let base = self.iqa.get() & !0xFFF;
+        let slot = if self.wide() { 32 } else { 16 };
+        let slots = 4096 / slot;
+        let mut head = self.iqh.get() / slot;
+        let tail = tail / slot;
+        // Like QEMU: nothing is fetched while IQE is set.
+        while head != tail && self.fsts_sticky.get() & 0x10 == 0 {
+            let address = base + head * slot;
+            let mut words = [0u64; 4];
+            for (index, word) in words.iter_mut().enumerate().take(slot as usize / 8) {
+                // SAFETY: the queue page is host memory the driver allocated (phys == virt).
+                *word =
+                    unsafe { core::ptr::read_volatile((address + index as u64 * 8) as *const u64) };
+            }
+            let descriptor = Descriptor(words);
+            if descriptor.kind().is_none() {
+                // Unknown type: IQE, and the head stays on the bad descriptor.
+                self.fsts_sticky.set(self.fsts_sticky.get() | 0x10);
+                break;
+            }
+            if descriptor.kind() == Some(DescriptorType::Wait) {
+                assert_ne!(words[0] & 0x30, 0x30, "QEMU aborts on a wait with SW|IF");
+                if words[0] & 0x30 == 0 {
+                    // Like QEMU 10.0.2: a wait with neither SW nor IF is invalid.
+                    self.fsts_sticky.set(self.fsts_sticky.get() | 0x10);
+                    break;
+                }
+                if words[0] & 0x20 != 0 && !self.stalled.get() {
+                    // SAFETY: the status word is host memory the driver allocated.
+                    unsafe {
+                        core::ptr::write_volatile(words[1] as *mut u32, (words[0] >> 32) as u32)
+                    };
+                }
+            }
+            self.shadow.borrow_mut().apply(&descriptor);
+            self.descriptors.borrow_mut().push(descriptor);
+            head = (head + 1) % slots;
+        }
+        self.iqh.set(head * slot);
+    }
+
+    pub(crate) fn queue_enabled(&self) -> bool {
+        self.gsts.get() & Global::QUEUED_INVALIDATION.bits() != 0
+    }
+
+    pub(crate) fn take_descriptors(&self) -> Vec<Descriptor> {
+        core::mem::take(&mut *self.descriptors.borrow_mut())
+    }
+}
+
+impl Registers for &Model {
+    fn read32(&self, reg: Reg32) -> u32 {
+        match reg {
+            regs::GSTS => self.gsts.get(),
+            regs::FSTS => {
+                let pending = if self.fault.get().1 & (1 << 63) != 0 {
+                    0x2
+                } else {
+                    0
+                };
+                pending | self.fsts_sticky.get()
+            }
+            Reg32(offset) => *self.other.borrow().get(&offset).unwrap_or(&0) as u32,
+        }
+    }
+
+    fn write32(&self, reg: Reg32, value: u32) {
+        match reg {
+            regs::GCMD => {
+                self.gcmd_writes.borrow_mut().push(value);
+                let command = Global::from_bits_retain(value);
+                let mut status = Global::from_bits_retain(value) & Global::PERSISTENT;
+                if command.contains(Global::ROOT_TABLE_POINTER)
+                    || Global::from_bits_retain(self.gsts.get())
+                        .contains(Global::ROOT_TABLE_POINTER)
+                {
+                    // QEMU keeps RTPS set once a root pointer was set.
+                    status |= Global::ROOT_TABLE_POINTER;
+                }
+                if command.contains(Global::IRT_POINTER)
+                    || Global::from_bits_retain(self.gsts.get()).contains(Global::IRT_POINTER)
+                {
+                    status |= Global::IRT_POINTER;
+                }
+                self.gsts.set(status.bits());
+            }
+            regs::FSTS => {
+                // PFO and IQE are write-1-to-clear.
+                self.fsts_sticky
+                    .set(self.fsts_sticky.get() & !(value & 0x71));
+            }
+            Reg32(0x22C) => {
+                if value & (1 << 31) != 0 {
+                    let (low, high) = self.fault.get();
+                    self.fault.set((low, high & !(1 << 63)));
+                }
+            }
+            Reg32(offset) => {
+                self.other.borrow_mut().insert(offset, u64::from(value));
+            }
+        }
+    }
+
+    fn read64(&self, reg: Reg64) -> u64 {
+        match reg {
+            regs::CAP => self.cap,
+            regs::ECAP => self.ecap,
+            regs::IQH => self.iqh.get(),
+            Reg64(0x220) => self.fault.get().0,
+            Reg64(0x228) => self.fault.get().1,
+            Reg64(offset) => *self.other.borrow().get(&offset).unwrap_or(&0),
+        }
+    }
+
+    fn write64(&self, reg: Reg64, value: u64) {
+        match reg {
+            regs::IQA => self.iqa.set(value),
+            regs::IQT => self.process_queue(value),
+            regs::CCMD | Reg64(0xF8) => {
+                self.register_invalidations
+                    .borrow_mut()
+                    .push((reg.0, value));
+                // QEMU ignores register-based invalidation while QI is on, and
+                // the busy bit then never clears.
+                let stored = if self.queue_enabled() {
+                    value
+                } else {
+                    value & !(1 << 63)
+                };
+                self.other.borrow_mut().insert(reg.0, stored);
+            }
+            Reg64(offset) => {
+                self.other.borrow_mut().insert(offset, value);
+            }
+        }
+    }
+}
+
+pub(crate) struct Rig {
+    pub(crate) dma: HostDma,
+    pub(crate) clock: SteppingClock,
+}
+
+impl Rig {
+    pub(crate) fn new() -> Self {
+        NEXT_ROOT.with(|next| next.set(FAKE_ROOT));
+        Self {
+            dma: HostDma { live: Cell::new(0) },
+            clock: SteppingClock { now: Cell::new(0) },
+        }
+    }
+
+    pub(crate) fn env(&self) -> Environment<'_> {
+        Environment {
+            dma: &self.dma,
+            clock: &self.clock,
+            flush_cache: no_flush,
+            new_table: Some(model_table),
+        }
+    }
+
+    pub(crate) fn unit<'a>(&'a self, model: &'a Model) -> Vtd<'a, &'a Model> {
+        Vtd::new(
+            UnitId(0),
+            model,
+            self.env(),
+            description(),
+            Options::default(),
+        )
+        .unwrap()
+    }
+}
+
+pub(crate) fn description() -> UnitDescription {
+    UnitDescription {
+        segment: 0,
+        register_base: 0xFED9_0000,
+        register_size: 4096,
+        include_all: false,
+        devices: vec![EDU_A, EDU_B],
+        bridges: vec![],
+        bridge_buses: vec![],
+        reserved: vec![],
+    }
+}
+
+pub(crate) fn kinds(descriptors: &[Descriptor]) -> Vec<DescriptorType> {
+    descriptors.iter().filter_map(Descriptor::kind).collect()
+}
+
+impl Model {
+    /// Reads the (legacy) context entry of `sid` through RTADDR → root → context.
+    pub(crate) fn context_entry(&self, sid: u16) -> ContextEntry {
+        let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
+        let [bus, devfn] = sid.to_be_bytes();
+        // SAFETY: host memory the driver allocated (phys == virt).
+        unsafe {
+            let root_low = core::ptr::read_volatile((root + u64::from(bus) * 16) as *const u64);
+            core::ptr::read_volatile(
+                ((root_low & !0xFFF) + u64::from(devfn) * 16) as *const ContextEntry,
+            )
+        }
+    }
+
+    /// Reads the RID_PASID entry of `sid` in scalable mode.
+    pub(crate) fn rid_pasid_entry(&self, sid: u16) -> PasidEntry {
+        let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
+        let [bus, devfn] = sid.to_be_bytes();
+        // SAFETY: host memory the driver allocated (phys == virt).
+        unsafe {
+            let root_entry = (root + u64::from(bus) * 16) as *const u64;
+            let (table, slot) = if devfn >= 128 {
+                (core::ptr::read_volatile(root_entry.add(1)), devfn - 128)
+            } else {
+                (core::ptr::read_volatile(root_entry), devfn)
+            };
+            let context = ((table & !0xFFF) + u64::from(slot) * 32) as *const u64;
+            let context_low = core::ptr::read_volatile(context);
+            if context_low & 1 == 0 {
+                // Context not present: the device is blocked before any PASID lookup.
+                return PasidEntry::default();
+            }
+            let directory = context_low & !0xFFF;
+            let pasid_table = core::ptr::read_volatile(directory as *const u64) & !0xFFF;
+            core::ptr::read_volatile(pasid_table as *const PasidEntry)
+        }
+    }
+}
+
+// ---- shadow model of the hardware caches ----------------------------------
+//
+// A worst-case VT-d keeps whatever it once walked: context entries by
+// requester, RID_PASID entries by (requester, DID), translations by (DID,
+// page), and under caching mode not-present entries too. Only invalidation
+// descriptors remove them, each exactly as far as its granularity reaches
+// (a type-2 IOTLB invalidation does not touch first-stage entries, §6.5.2.3).
+// After every driver operation each cached item must equal what the tables
+// in memory say: a stale item is a missing invalidation QEMU would not show.
+
+/// What a context (legacy) or RID_PASID entry (scalable) says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct View {
+    pub(crate) did: u16,
+    /// Table root, or `None` for pass-through.
+    pub(crate) root: Option<u64>,
+}
+
+#[derive(Default)]
+pub(crate) struct Shadow {
+    pub(crate) scalable: bool,
+    /// Legacy: requester → cached context (`None` = cached not-present).
+    /// Scalable: requester → cached context present bit, as a view with DID 0.
+    pub(crate) contexts: std::collections::BTreeMap<u16, Option<View>>,
+    /// Scalable: (requester, DID) → cached RID_PASID entry.
+    pub(crate) pasids: std::collections::BTreeMap<(u16, u16), View>,
+    /// (DID, page) → (root, phys or cached not-present, first-stage tag).
+    pub(crate) iotlb: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>, bool)>,
+}
+
+impl Shadow {
+    pub(crate) fn apply(&mut self, descriptor: &Descriptor) {
+        let low = descriptor.0[0];
+        let granularity = (low >> 4) & 3;
+        let did = (low >> 16) as u16;
+        let range = |high: u64| {
+            let mask = high & 0x3F;
+            let start = (high & !0xFFF) >> 12 << 12;
+            (start, start + (4096u64 << mask))
+        };
+        match descriptor.kind() {
+            Some(DescriptorType::ContextCache) => match granularity {
+                1 => self.contexts.clear(),
+                3 => {
+                    let sid = (low >> 32) as u16;
+                    let matches = match self.contexts.get(&sid) {
+                        // Scalable-mode context entries carry no DID (it is
+                        // in the PASID entry): the requester alone selects.
+                        Some(Some(view)) if self.scalable => true,
+                        Some(Some(view)) => view.did == did,
+                        // Not-present entries are tagged with DID 0 (§6.1).
+                        Some(None) => did == 0,
+                        None => false,
+                    };
+                    if matches {
+                        self.contexts.remove(&sid);
+                    }
+                }
+                _ => panic!("unexpected context-cache granularity {granularity}"),
+            },
+            Some(DescriptorType::Iotlb) => {
+                let high = descriptor.0[1];
+                self.iotlb
+                    .retain(|&(entry_did, page), &mut (_, _, first_stage)| {
+                        let hit = match granularity {
+                            1 => true,
+                            2 => entry_did == did && !first_stage,
+                            3 => {
+                                let (start, end) = range(high);
+                                entry_did == did && !first_stage && (start..end).contains(&page)
+                            }
+                            _ => false,
+                        };
+                        !hit
+                    });
+            }
+            Some(DescriptorType::PasidIotlb) => {
+                let high = descriptor.0[1];
+                self.iotlb.retain(|&(entry_did, page), _| {
+                    let hit = match granularity {
+                        2 => entry_did == did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did == did && (start..end).contains(&page)
+                        }
+                        _ => false,
+                    };
+                    !hit
+                });
+            }
+            Some(DescriptorType::PasidCache) => {
+                self.pasids.retain(|&(_, entry_did), _| entry_did != did);
+            }
+            _ => {}
+        }
+    }
+}
+
+pub(crate) const SHADOW_PAGES: [u64; 4] = [0x10_0000, 0x10_1000, 0x10_2000, 0x20_0000];
+
+impl Model {
+    pub(crate) fn scalable(&self) -> bool {
+        Ecap(self.ecap).scalable_mode()
+    }
+
+    pub(crate) fn caching(&self) -> bool {
+        Cap(self.cap).caching_mode()
+    }
+
+    /// The context-present bit of `sid` in memory (scalable mode).
+    pub(crate) fn scalable_context_present(&self, sid: u16) -> bool {
+        // A present context leads to a present RID_PASID entry in this driver
+        // (written first); a cleared context hides it.
+        self.rid_pasid_entry(sid) != PasidEntry::default()
+    }
+
+    /// What memory says about `sid` now.
+    pub(crate) fn truth(&self, sid: u16) -> Option<View> {
+        if self.scalable() {
+            let entry = self.rid_pasid_entry(sid);
+            if !entry.is_present() {
+                return None;
+            }
+            let root = match (entry.words[0] >> 6) & 7 {
+                1 => Some(entry.words[2] & !0xFFF),
+                2 => Some(entry.words[0] & !0xFFF),
+                _ => None,
+            };
+            Some(View {
+                did: entry.did(),
+                root,
+            })
+        } else {
+            let entry = self.context_entry(sid);
+            if !entry.is_present() {
+                return None;
+            }
+            let pass_through = (entry.low >> 2) & 3 == 2;
+            Some(View {
+                did: entry.did(),
+                root: (!pass_through).then_some(entry.low & !0xFFF),
+            })
+        }
+    }
+
+    /// The hardware walks everything reachable now and caches it.
+    pub(crate) fn fill(&self, devices: &[u16]) {
+        let first_stage = Ecap(self.ecap).first_stage();
+        let mut shadow = self.shadow.borrow_mut();
+        for &sid in devices {
+            let truth = self.truth(sid);
+            if self.scalable() {
+                let present = self.scalable_context_present(sid);
+                if present || self.caching() {
+                    shadow
+                        .contexts
+                        .insert(sid, present.then_some(View { did: 0, root: None }));
+                }
+                if let Some(view) = truth {
+                    shadow.pasids.insert((sid, view.did), view);
+                }
+            } else if truth.is_some() || self.caching() {
+                shadow.contexts.insert(sid, truth);
+            }
+            let Some(View {
+                did,
+                root: Some(root),
+            }) = truth
+            else {
+                continue;
+            };
+            for page in SHADOW_PAGES {
+                let phys = TABLES.with(|tables| {
+                    tables
+                        .borrow()
+                        .get(&root)
+                        .and_then(|pages| pages.get(&page).copied())
+                });
+                if phys.is_some() || self.caching() {
+                    shadow.iotlb.insert((did, page), (root, phys, first_stage));
+                }
+            }
+        }
+    }
+
+    /// Every cached item still agrees with memory.
+    pub(crate) fn check_no_stale_cache(&self, devices: &[u16]) -> Result<(), std::string::String> {
+        let shadow = self.shadow.borrow();
+        for &sid in devices {
+            if let Some(cached) = shadow.contexts.get(&sid) {
+                let memory = if self.scalable() {
+                    self.scalable_context_present(sid)
+                        .then_some(View { did: 0, root: None })
+                } else {
+                    self.truth(sid)
+                };
+                if *cached != memory {
+                    return Err(std::format!(
+                        "stale context of {sid:#x}: cached {cached:?}, memory {memory:?}"
+                    ));
+                }
+            }
+        }
+        for (&(sid, did), view) in &shadow.pasids {
+            if self.truth(sid) != Some(*view) {
+                return Err(std::format!(
+                    "stale PASID entry of {sid:#x} (DID {did}): cached {view:?}, memory {:?}",
+                    self.truth(sid)
+                ));
+            }
+        }
+        for (&(did, page), &(root, phys, _)) in &shadow.iotlb {
+            let memory = TABLES.with(|tables| {
+                tables
+                    .borrow()
+                    .get(&root)
+                    .map(|pages| pages.get(&page).copied())
+            });
+            // A freed table's DID is never reused: its entries are unreachable.
+            if let Some(memory) = memory
+                && memory != phys
+            {
+                return Err(std::format!(
+                    "stale IOTLB entry DID {did} page {page:#x}: cached {phys:x?}, memory {memory:x?}"
+                ));
+            }
+        }
+        Ok(())
+    }
+}

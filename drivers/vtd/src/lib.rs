@@ -8,7 +8,8 @@
 //! invalidation a change needs, §6.5), [`fault`] (fault records, §7.1.3),
 //! [`interrupt`] (interrupt remapping, chapter 5), [`discovery`] (ACPI DMAR,
 //! chapter 8), [`paging`] (the domains' I/O page tables, §9.7-9.8) and
-//! [`unit`], which drives one remapping unit with them. `model` (host tests
+//! [`hardware`] (one remapping unit's instance: bring-up, tables, the
+//! register file) and [`unit`] (domains and the contract over the instance). `model` (host tests
 //! only) is a register-level model that caches what the spec lets it cache.
 #![no_std]
 
@@ -18,6 +19,7 @@ pub mod command;
 pub mod device_table;
 pub mod discovery;
 pub mod fault;
+pub mod hardware;
 pub mod interrupt;
 pub mod invalidation;
 pub mod paging;
@@ -29,5 +31,6 @@ mod model;
 #[cfg(test)]
 mod tests;
 
+pub use hardware::{Counters, Environment, Error, FaultStats, Hardware, Mode, Options, Registers};
 pub use paging::{DomainTable, TableFactory, TableFormat};
-pub use unit::{Counters, Environment, Error, FaultStats, Mode, Options, Registers, Vtd};
+pub use unit::Vtd;

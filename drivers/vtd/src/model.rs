@@ -18,9 +18,10 @@ use os_services::{Clock, DmaMemory, DmaRegion};
 use crate::command::{Descriptor, DescriptorType};
 use crate::device_table::{ContextEntry, PasidEntry};
 use crate::discovery::UnitDescription;
+use crate::hardware::{Environment, Options, Registers};
 use crate::paging::{DomainTable, TableFormat};
 use crate::regs::{self, Cap, Ecap, Global};
-use crate::unit::{Environment, Options, Registers, Vtd};
+use crate::unit::Vtd;
 
 pub(crate) const CAP_DEFAULT: u64 = 0x00d2_008c_222f_0606;
 pub(crate) const CAP_CACHING_MODE: u64 = 0x00d2_008c_222f_0686;

@@ -14,11 +14,12 @@ use proptest::prelude::*;
 
 use crate::command::{Descriptor, DescriptorType, PasidGranularity};
 use crate::device_table::{ContextEntry, PasidEntry};
+use crate::hardware::{Error, Mode, Options};
 use crate::interrupt::Irte;
 use crate::invalidation::page_selective_mask;
 use crate::model::*;
 use crate::regs::{self, Cap, Ecap, Global, Granularity};
-use crate::unit::{Error, Mode, Options, Vtd};
+use crate::unit::Vtd;
 
 #[test]
 fn bring_up_blocks_compatibility_format_left_on_by_firmware_and_then_isolates_msis() {
@@ -47,7 +48,7 @@ fn without_interrupt_remapping_msis_are_not_isolated() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY & !ECAP_IR);
     let unit = rig.unit(&model);
-    assert!(!unit.interrupt_remapping_enabled());
+    assert!(!unit.hardware.interrupt_remapping_enabled());
     assert!(!unit.isolates_msi());
 }
 
@@ -56,8 +57,10 @@ fn bring_up_sets_root_then_queue_then_remapping_then_translation() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
     let unit = rig.unit(&model);
-    assert_eq!(unit.mode(), Mode::Legacy);
-    assert!(unit.uses_queued_invalidation() && unit.interrupt_remapping_enabled());
+    assert_eq!(unit.hardware.mode(), Mode::Legacy);
+    assert!(
+        unit.hardware.uses_queued_invalidation() && unit.hardware.interrupt_remapping_enabled()
+    );
     assert_eq!(
         *model.gcmd_writes.borrow(),
         vec![
@@ -176,7 +179,7 @@ fn scalable_detach_adds_pasid_cache_invalidation() {
         let rig = Rig::new();
         let model = Model::new(CAP_DEFAULT, ecap);
         let mut unit = rig.unit(&model);
-        assert!(unit.mode().is_scalable());
+        assert!(unit.hardware.mode().is_scalable());
         assert!(model.wide(), "PASID descriptors need 256-bit slots");
         let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
         let did = unit.domain_id(domain).unwrap();
@@ -219,9 +222,9 @@ fn aligned_unmap_costs_one_psi_one_wait_one_tail_write() {
         for page in 0..(1u64 << k) {
             gather.add_leaf(base + page * 4096, 4096);
         }
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         unit.flush(domain, &gather).unwrap();
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         assert_eq!(
             (cost.invalidations, cost.waits, cost.mmio_writes),
             (1, 1, 1)
@@ -282,11 +285,12 @@ fn irte_changes_invalidate_the_interrupt_entry_cache() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
     let mut unit = rig.unit(&model);
-    let index = unit.alloc_interrupt().unwrap();
+    let index = unit.hardware.alloc_interrupt().unwrap();
     model.take_descriptors();
-    unit.set_interrupt(index, Irte::remapped(0x40, 0, EDU_A))
+    unit.hardware
+        .set_interrupt(index, Irte::remapped(0x40, 0, EDU_A))
         .unwrap();
-    unit.clear_interrupt(index).unwrap();
+    unit.hardware.clear_interrupt(index).unwrap();
     let stream = model.take_descriptors();
     let iec = Descriptor::interrupt_entry_cache(Some(index));
     assert_eq!(
@@ -300,7 +304,7 @@ fn irte_changes_invalidate_the_interrupt_entry_cache() {
     );
     assert_eq!((stream[0], stream[2]), (iec, iec));
     assert_eq!(
-        unit.set_interrupt(200, Irte::default()),
+        unit.hardware.set_interrupt(200, Irte::default()),
         Err(Error::Invalid)
     );
 }
@@ -336,19 +340,19 @@ fn each_route_goes_through_a_fresh_irte_that_its_unroute_frees() {
     assert_eq!(message.address, crate::interrupt::remappable_msi_address(1));
     unit.unroute_msi(route);
     assert_eq!(
-        unit.alloc_interrupt(),
+        unit.hardware.alloc_interrupt(),
         Some(0),
         "the first entry was not freed"
     );
     unit.unroute_msi(second);
     assert_eq!(
-        unit.alloc_interrupt(),
+        unit.hardware.alloc_interrupt(),
         Some(1),
         "the second entry was not freed"
     );
     // A route the unit never made frees nothing.
     unit.unroute_msi(iommu::MsiRoute(7));
-    assert_eq!(unit.alloc_interrupt(), Some(2));
+    assert_eq!(unit.hardware.alloc_interrupt(), Some(2));
 }
 
 #[test]
@@ -356,7 +360,7 @@ fn route_msi_without_interrupt_remapping_keeps_the_message() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_NO_QI);
     let mut unit = rig.unit(&model);
-    assert!(!unit.interrupt_remapping_enabled());
+    assert!(!unit.hardware.interrupt_remapping_enabled());
     let compat = iommu::MsiMessage {
         address: 0xFEE0_0000,
         data: 0x30,
@@ -371,7 +375,9 @@ fn register_based_invalidation_without_qi() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_NO_QI);
     let mut unit = rig.unit(&model);
-    assert!(!unit.uses_queued_invalidation() && !unit.interrupt_remapping_enabled());
+    assert!(
+        !unit.hardware.uses_queued_invalidation() && !unit.hardware.interrupt_remapping_enabled()
+    );
     let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
     let did = unit.domain_id(domain).unwrap();
     model.register_invalidations.borrow_mut().clear();
@@ -458,7 +464,7 @@ fn fault_stats_count_records_and_overflows_across_a_storm() {
     let rig = Rig::new();
     let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
     let mut unit = rig.unit(&model);
-    assert_eq!(unit.fault_stats(), crate::FaultStats::default());
+    assert_eq!(unit.hardware.fault_stats(), crate::FaultStats::default());
     let (mut expected_records, mut expected_overflows) = (0u64, 0u64);
     let mut records = Vec::new();
     for window in 0..40u64 {
@@ -479,7 +485,7 @@ fn fault_stats_count_records_and_overflows_across_a_storm() {
         assert_eq!(drained, usize::from(faults > 0), "window {window}");
         assert_eq!(model.fsts_sticky.get() & 0x1, 0, "PFO left set");
         assert_eq!(
-            unit.fault_stats(),
+            unit.hardware.fault_stats(),
             crate::FaultStats {
                 records: expected_records,
                 overflows: expected_overflows,
@@ -554,7 +560,7 @@ fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
     let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
     model.take_descriptors();
     assert_eq!(
-        unit.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
+        unit.hardware.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
         Err(Error::QueueError)
     );
     assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE not cleared");
@@ -562,7 +568,7 @@ fn a_rejected_descriptor_is_an_error_and_the_queue_runs_again() {
     // error alone, and the ring never fills with stuck descriptors.
     for _ in 0..300 {
         assert_eq!(
-            unit.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
+            unit.hardware.submit_raw(&[Descriptor([0xF, 0, 0, 0])]),
             Err(Error::QueueError)
         );
         assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE not cleared");
@@ -654,12 +660,12 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
             read: true,
             write: true,
         };
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         let gather = unit
             .map(domain, 0x10_0000, 0x20_0000, 0x4000, prot)
             .unwrap();
         unit.flush(domain, &gather).unwrap();
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         if caching {
             assert_eq!(
                 (cost.invalidations, cost.waits, cost.mmio_writes),
@@ -672,10 +678,10 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
         } else {
             assert_eq!(cost, Default::default(), "a map owes no invalidation");
         }
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         let gather = unit.unmap(domain, 0x10_0000, 0x4000);
         unit.flush(domain, &gather).unwrap();
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         assert_eq!(
             (cost.invalidations, cost.waits, cost.mmio_writes),
             (1, 1, 1)

@@ -143,7 +143,7 @@ pub fn bring_up_in(
     .map_err(|err| format!("VT-d bring-up: {err:?}"))?;
     if let Some(vector) = *FAULT_VECTOR.call_once(|| crate::irq::alloc_vector(note_fault_event)) {
         let (address, data) = crate::irq::msi_message(vector);
-        unit.enable_fault_interrupt(address, data);
+        unit.hardware.enable_fault_interrupt(address, data);
     }
     Ok(Some(unit))
 }
@@ -163,9 +163,9 @@ pub fn demo(platform: &Platform) {
     };
     println!(
         "vtd: {:?} mode, CAP {cap:#018x} ECAP {ecap:#018x}, caching mode {}, {} invalidation",
-        unit.mode(),
-        unit.cap().caching_mode(),
-        if unit.uses_queued_invalidation() {
+        unit.hardware.mode(),
+        unit.hardware.cap().caching_mode(),
+        if unit.hardware.uses_queued_invalidation() {
             "queued"
         } else {
             "register"
@@ -184,17 +184,17 @@ pub fn demo(platform: &Platform) {
     for k in [0u32, 4, 9] {
         let pages = 1u64 << k;
         let iova = 0x4000_0000;
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         for page in 0..pages {
             if let Ok(gather) = unit.map(domain, iova + page * 4096, frame.phys, 4096, prot) {
                 let _ = unit.flush(domain, &gather);
             }
         }
-        let map = unit.counters().since(&before);
-        let before = unit.counters();
+        let map = unit.hardware.counters().since(&before);
+        let before = unit.hardware.counters();
         let gather = unit.unmap(domain, iova, pages * 4096);
         let flushed = unit.flush(domain, &gather);
-        let unmap = unit.counters().since(&before);
+        let unmap = unit.hardware.counters().since(&before);
         println!(
             "vtd: 2^{k:<2} pages: per map {}/{}/{} (invalidations/waits/MMIO writes), unmap {}/{}/{} {:?}",
             map.invalidations / pages,

@@ -166,7 +166,7 @@ fn hostile_dma_is_blocked_and_reported(platform: &Platform) -> TestResult {
                     ("kernel frame", kernel_frame.phys),
                     ("page mapped only in the other device's domain", other.phys),
                 ];
-                targets.extend(unit.structure_pages());
+                targets.extend(unit.hardware.structure_pages());
                 for (name, domain) in [
                     ("I/O page table of the device's own domain", domain_a),
                     ("I/O page table of the other domain", domain_b),
@@ -249,7 +249,7 @@ fn hostile_dma_is_blocked_and_reported(platform: &Platform) -> TestResult {
 /// mode); the other VT-d configurations run a shorter one to stay inside the
 /// CI budget.
 fn storm_rounds(unit: &Unit) -> usize {
-    if unit.mode() == vtd::Mode::Legacy && !unit.cap().caching_mode() {
+    if unit.hardware.mode() == vtd::Mode::Legacy && !unit.hardware.cap().caching_mode() {
         250
     } else {
         60
@@ -269,7 +269,7 @@ fn fault_storm(platform: &Platform) -> TestResult {
         let (a, b) = edu_pair()?;
         let (sid_a, sid_b) = (requester(a), requester(b));
         let rounds = storm_rounds(unit);
-        let stats_before = unit.fault_stats();
+        let stats_before = unit.hardware.fault_stats();
         let events_before = fault_events();
         let started = crate::time::CLOCK.now_ns();
         let mut windows = 0u64;
@@ -285,7 +285,7 @@ fn fault_storm(platform: &Platform) -> TestResult {
             edu_a.wait_dma().map_err(|err| format!("edu A: {err:?}"))?;
             edu_b.wait_dma().map_err(|err| format!("edu B: {err:?}"))?;
             if (round + 1) % STORM_WINDOW == 0 {
-                let overflows = unit.fault_stats().overflows;
+                let overflows = unit.hardware.fault_stats().overflows;
                 let faults = drain(unit);
                 windows += 1;
                 ensure_eq!(faults.len(), 1, format!("records in window {windows}"));
@@ -303,7 +303,7 @@ fn fault_storm(platform: &Platform) -> TestResult {
                     fault.address
                 );
                 ensure_eq!(
-                    unit.fault_stats().overflows,
+                    unit.hardware.fault_stats().overflows,
                     overflows + 1,
                     format!("PFO in window {windows}")
                 );
@@ -311,7 +311,7 @@ fn fault_storm(platform: &Platform) -> TestResult {
         }
         drain(unit);
         let elapsed_ms = (crate::time::CLOCK.now_ns() - started) / 1_000_000;
-        let stats = unit.fault_stats();
+        let stats = unit.hardware.fault_stats();
         let issued = 2 * rounds as u64;
         let recorded = stats.records - stats_before.records;
         let overflows = stats.overflows - stats_before.overflows;
@@ -396,7 +396,7 @@ const REJECTED_ROUNDS: usize = 300;
 /// all work.
 fn rejected_descriptors_are_reported_and_the_queue_recovers(platform: &Platform) -> TestResult {
     with_two_paging_domains(platform, |unit, [domain_a, _], [edu_a, _], check| {
-        if !unit.uses_queued_invalidation() {
+        if !unit.hardware.uses_queued_invalidation() {
             return Err("the unit runs without queued invalidation".into());
         }
         let sid = requester(edu_pair()?.0);
@@ -409,14 +409,17 @@ fn rejected_descriptors_are_reported_and_the_queue_recovers(platform: &Platform)
         for round in 0..REJECTED_ROUNDS {
             let bad = REJECTED[round % REJECTED.len()];
             let batch: &[Descriptor] = if round % 2 == 0 { &[bad] } else { &[good, bad] };
-            let result = unit.submit_raw(batch);
+            let result = unit.hardware.submit_raw(batch);
             ensure_eq!(
                 result,
                 Err(vtd::Error::QueueError),
                 format!("round {round}, descriptor {:#x}", bad.0[0])
             );
             ensure!(
-                !unit.fault_status().contains(FaultStatus::QUEUE_ERROR),
+                !unit
+                    .hardware
+                    .fault_status()
+                    .contains(FaultStatus::QUEUE_ERROR),
                 "round {round}: IQE left set"
             );
             errors += 1;
@@ -424,7 +427,8 @@ fn rejected_descriptors_are_reported_and_the_queue_recovers(platform: &Platform)
         ensure!(drain(unit).is_empty(), "DMA faults from queue errors");
         // The queue works: a good submission completes, and an unmap's
         // invalidation takes the cached translation away.
-        unit.submit_raw(&[good])
+        unit.hardware
+            .submit_raw(&[good])
             .map_err(|err| format!("good descriptor after the errors: {err:?}"))?;
         let gather = unit.unmap(domain_a, CHECK_IOVA, 4096);
         unit.flush(domain_a, &gather)
@@ -485,7 +489,7 @@ fn set_queue_enable(registers: &os_services::mmio::Mmio, on: bool) -> Fallible {
 fn hung_register_invalidation_times_out_and_recovers(platform: &Platform) -> TestResult {
     match bring_up_with(platform, vtd::Options::default())? {
         None => return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR")),
-        Some(unit) if unit.mode().is_scalable() => {
+        Some(unit) if unit.hardware.mode().is_scalable() => {
             return Ok(Outcome::NotApplicable(
                 "scalable mode has no register-based invalidation",
             ));
@@ -533,7 +537,7 @@ fn hung_register_invalidation_times_out_and_recovers(platform: &Platform) -> Tes
 /// tail), the same flush succeeds and the unmap is seen by the next DMA.
 fn hung_invalidation_queue_times_out_and_recovers(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
-        if !unit.uses_queued_invalidation() {
+        if !unit.hardware.uses_queued_invalidation() {
             return Ok(Outcome::NotApplicable("no queued invalidation"));
         }
         let registers = raw_registers(platform)?;
@@ -726,7 +730,10 @@ fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
         let attached = unit.attach(device(a), domain);
         RATIONED.unlimited();
         match attached {
-            Ok(()) => ensure!(!unit.mode().is_scalable(), "scalable attach without memory"),
+            Ok(()) => ensure!(
+                !unit.hardware.mode().is_scalable(),
+                "scalable attach without memory"
+            ),
             Err(IommuError::NoMemory) => {
                 ensure_eq!(
                     frames::free_count(),
@@ -794,7 +801,7 @@ fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
         );
         // Domain ids: more alloc/free cycles than CAP.ND has ids; each
         // freed id is invalidated before it is handed out again.
-        let ids = unit.cap().domain_count() as usize;
+        let ids = unit.hardware.cap().domain_count() as usize;
         let started = crate::time::CLOCK.now_ns();
         for cycle in 0..ids + 16 {
             let blocked = unit

@@ -94,7 +94,7 @@ pub(crate) fn open(
 
 pub(crate) fn drain(unit: &mut Unit) -> Vec<Fault> {
     let mut faults = Vec::new();
-    unit.drain_raw_faults(&mut faults);
+    unit.hardware.drain_raw_faults(&mut faults);
     faults
 }
 
@@ -159,33 +159,36 @@ pub(crate) fn with_unit_options(
 
 fn blocked_dma_is_dropped_and_faults_once(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
-        let status = unit.global_status();
+        let status = unit.hardware.global_status();
         ensure!(
             status.contains(Global::TRANSLATION | Global::ROOT_TABLE_POINTER),
             "GSTS {status:?}"
         );
         ensure_eq!(
             status.contains(Global::QUEUED_INVALIDATION),
-            unit.ecap().queued_invalidation(),
+            unit.hardware.ecap().queued_invalidation(),
             "QIES"
         );
         ensure_eq!(
             status.contains(Global::INTERRUPT_REMAPPING),
-            unit.ecap().interrupt_remapping(),
+            unit.hardware.ecap().interrupt_remapping(),
             "IRES"
         );
-        let (cap, ecap) = unit.read_capabilities();
+        let (cap, ecap) = unit.hardware.read_capabilities();
         ensure_eq!(
             unit.hw_info(),
             ::iommu::HwInfo::IntelVtd { cap, ecap },
             "hw_info"
         );
-        let expected_mode = match (unit.ecap().scalable_mode(), unit.ecap().second_stage()) {
+        let expected_mode = match (
+            unit.hardware.ecap().scalable_mode(),
+            unit.hardware.ecap().second_stage(),
+        ) {
             (false, _) => vtd::Mode::Legacy,
             (true, true) => vtd::Mode::ScalableSecondStage,
             (true, false) => vtd::Mode::ScalableFirstStage,
         };
-        ensure_eq!(unit.mode(), expected_mode, "mode");
+        ensure_eq!(unit.hardware.mode(), expected_mode, "mode");
 
         let (a, _) = edu_pair()?;
         let edu = open(platform, a)?;
@@ -227,7 +230,7 @@ fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> Test
     // Scalable mode has only queued invalidation (VT-d 3.4 §6.5).
     match bring_up_with(platform, vtd::Options::default())? {
         None => return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR")),
-        Some(unit) if unit.mode().is_scalable() => {
+        Some(unit) if unit.hardware.mode().is_scalable() => {
             return Ok(Outcome::NotApplicable(
                 "scalable mode has no register-based invalidation",
             ));
@@ -239,13 +242,20 @@ fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> Test
         interrupt_remapping: false,
     };
     with_unit_options(platform, options, |unit| {
-        ensure!(!unit.uses_queued_invalidation(), "the queue is in use");
-        let before = unit.counters();
+        ensure!(
+            !unit.hardware.uses_queued_invalidation(),
+            "the queue is in use"
+        );
+        let before = unit.hardware.counters();
         let outcome = attach_dma_detach_dma(platform, unit)?;
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         // Detach: one context-cache and one IOTLB invalidation, no waits;
         // under caching mode the attach (not present → present) owes the same.
-        let expected = if unit.cap().caching_mode() { 4 } else { 2 };
+        let expected = if unit.hardware.cap().caching_mode() {
+            4
+        } else {
+            2
+        };
         ensure_eq!(
             (cost.invalidations, cost.waits),
             (expected, 0),
@@ -257,7 +267,7 @@ fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> Test
 
 fn attach_dma_detach_dma(platform: &Platform, unit: &mut Unit) -> TestResult {
     {
-        if !unit.ecap().pass_through() {
+        if !unit.hardware.ecap().pass_through() {
             return Ok(Outcome::NotApplicable("no ECAP.PT"));
         }
         let (a, _) = edu_pair()?;
@@ -304,7 +314,7 @@ fn attach_dma_detach_dma(platform: &Platform, unit: &mut Unit) -> TestResult {
 
 fn devices_have_separate_contexts_and_domain_ids(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
-        if !unit.ecap().pass_through() {
+        if !unit.hardware.ecap().pass_through() {
             return Ok(Outcome::NotApplicable("no ECAP.PT"));
         }
         let (a, b) = edu_pair()?;
@@ -376,7 +386,7 @@ fn with_remapped_msi(
     let vector = crate::irq::alloc_vector(note_interrupt).ok_or("no free vector")?;
     let (compat_address, _) = crate::irq::msi_message(vector);
     let apic_id = ((compat_address >> 12) & 0xFF) as u8;
-    let Some(index) = unit.alloc_interrupt() else {
+    let Some(index) = unit.hardware.alloc_interrupt() else {
         crate::irq::free(u32::from(vector));
         return Err("no free IRTE".into());
     };
@@ -385,6 +395,7 @@ fn with_remapped_msi(
         index,
     };
     let run = unit
+        .hardware
         .set_interrupt(index, Irte::remapped(vector, apic_id, source))
         .map_err(|err| format!("IRTE: {err:?}"))
         .and_then(|()| {
@@ -393,7 +404,7 @@ fn with_remapped_msi(
         });
     msi.disable(config);
     crate::irq::free(interrupt.irq);
-    let freed = unit.free_interrupt(index);
+    let freed = unit.hardware.free_interrupt(index);
     run?;
     freed.map_err(|err| format!("free IRTE: {err:?}"))?;
     Ok(Outcome::Passed)
@@ -436,7 +447,7 @@ impl RemappedMsi {
 
 fn edu_msi_arrives_through_its_irte_and_stops_when_cleared(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
-        if !unit.interrupt_remapping_enabled() {
+        if !unit.hardware.interrupt_remapping_enabled() {
             return Ok(Outcome::NotApplicable("no interrupt remapping (ECAP.IR)"));
         }
         let (a, _) = edu_pair()?;
@@ -447,7 +458,8 @@ fn edu_msi_arrives_through_its_irte_and_stops_when_cleared(platform: &Platform) 
                 msi.index
             );
             ensure!(drain(unit).is_empty(), "faults from a good interrupt");
-            unit.clear_interrupt(msi.index)
+            unit.hardware
+                .clear_interrupt(msi.index)
                 .map_err(|err| format!("clear IRTE: {err:?}"))?;
             ensure!(
                 !msi.raise(edu, Duration::from_millis(100))?,
@@ -462,7 +474,7 @@ fn edu_msi_arrives_through_its_irte_and_stops_when_cleared(platform: &Platform) 
 /// entry made for edu B is blocked and reported as a source-id fault.
 fn msi_from_the_wrong_requester_is_blocked(platform: &Platform) -> TestResult {
     with_unit(platform, |unit| {
-        if !unit.interrupt_remapping_enabled() {
+        if !unit.hardware.interrupt_remapping_enabled() {
             return Ok(Outcome::NotApplicable("no interrupt remapping (ECAP.IR)"));
         }
         let (a, b) = edu_pair()?;
@@ -484,14 +496,14 @@ fn aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write(
             .alloc_domain(DomainKind::Identity)
             .or_else(|_| unit.alloc_domain(DomainKind::Blocked))
             .map_err(|err| format!("{err:?}"))?;
-        let queued = unit.uses_queued_invalidation();
+        let queued = unit.hardware.uses_queued_invalidation();
         for pages in [1u64, 2, 16, 512, 1 << 18, 1 << 19] {
             let mut gather = Gather::default();
             gather.add_leaf(0x1_0000_0000, pages * 4096);
-            let before = unit.counters();
+            let before = unit.hardware.counters();
             unit.flush(domain, &gather)
                 .map_err(|err| format!("flush: {err:?}"))?;
-            let cost = unit.counters().since(&before);
+            let cost = unit.hardware.counters().since(&before);
             // Queued: the descriptor(s) plus one wait, published by one IQT write.
             let expected = if queued { (1, 1, 1) } else { (1, 0, 2) };
             ensure_eq!(
@@ -500,10 +512,14 @@ fn aligned_range_flush_costs_one_invalidation_one_wait_one_tail_write(
                 format!("cost of flushing {pages} pages")
             );
         }
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         unit.flush(domain, &Gather::default())
             .map_err(|err| format!("{err:?}"))?;
-        ensure_eq!(unit.counters(), before, "an empty gather costs nothing");
+        ensure_eq!(
+            unit.hardware.counters(),
+            before,
+            "an empty gather costs nothing"
+        );
         unit.free_domain(domain).map_err(|err| format!("{err:?}"))?;
         Ok(Outcome::Passed)
     })
@@ -621,7 +637,7 @@ pub(crate) fn holds(frame: &Frames, value: u8) -> bool {
 /// Fault reason of a DMA that found no leaf: legacy and second stage report
 /// missing read/write permission (§7.1.3: R = W = 0), first stage its own code.
 pub(crate) fn no_leaf_reasons(unit: &Unit, is_read: bool) -> &'static [u8] {
-    match (unit.mode(), is_read) {
+    match (unit.hardware.mode(), is_read) {
         (vtd::Mode::ScalableFirstStage, _) => &[reason::FIRST_STAGE_NOT_PRESENT],
         (_, true) => &[reason::READ],
         (_, false) => &[reason::WRITE],
@@ -735,7 +751,7 @@ fn device_write_into_read_only_mapping_is_blocked(platform: &Platform) -> TestRe
         map(unit, domain, IOVA_IN, frames[0].phys, 4096, READ_ONLY)?;
         dma(edu, edu::Direction::ToRam, IOVA_IN)?;
         ensure!(holds(&frames[0], 0x10), "a device wrote a read-only page");
-        let reasons: &[u8] = match unit.mode() {
+        let reasons: &[u8] = match unit.hardware.mode() {
             vtd::Mode::ScalableFirstStage => &[reason::SCALABLE_WRITE],
             _ => &[reason::WRITE],
         };
@@ -883,10 +899,10 @@ fn an_iova_above_4gib_works(platform: &Platform) -> TestResult {
 
 fn map_and_unmap_costs(platform: &Platform) -> TestResult {
     with_paging(platform, 1, |unit, domain, _edu, frames| {
-        let caching = unit.cap().caching_mode();
+        let caching = unit.hardware.cap().caching_mode();
         for pages in [1u64, 8] {
             let iova = 0x80_0000;
-            let before = unit.counters();
+            let before = unit.hardware.counters();
             for page in 0..pages {
                 let gather = unit
                     .map(domain, iova + page * 4096, frames[0].phys, 4096, READ_ONLY)
@@ -894,16 +910,16 @@ fn map_and_unmap_costs(platform: &Platform) -> TestResult {
                 unit.flush(domain, &gather)
                     .map_err(|err| format!("{err:?}"))?;
             }
-            let cost = unit.counters().since(&before);
+            let cost = unit.hardware.counters().since(&before);
             let per_map = if caching { (1, 1, 1) } else { (0, 0, 0) };
             ensure_eq!(
                 (cost.invalidations, cost.waits, cost.mmio_writes),
                 (per_map.0 * pages, per_map.1 * pages, per_map.2 * pages),
                 format!("cost of {pages} maps")
             );
-            let before = unit.counters();
+            let before = unit.hardware.counters();
             unmap(unit, domain, iova, pages * 4096)?;
-            let cost = unit.counters().since(&before);
+            let cost = unit.hardware.counters().since(&before);
             ensure_eq!(
                 (cost.invalidations, cost.waits, cost.mmio_writes),
                 (1, 1, 1),

@@ -1,0 +1,686 @@
+//! The hardware instance of one VT-d remapping unit (VT-d 3.4): bring-up
+//! (§10.4.4 GCMD discipline), root and context tables (chapter 9), and the
+//! register file behind typed accessors. Queue submission lives with the
+//! descriptors in `command.rs`, fault draining in `fault.rs`, the
+//! interrupt-remapping table in `interrupt.rs`; the domains and the
+//! `IommuUnit` contract over this instance in `unit.rs`.
+//!
+//! Every wait on the hardware is bounded by a timeout that turns into an
+//! error.
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+use core::time::Duration;
+
+use iommu::{DeviceId, IommuError};
+use os_services::mmio::{Mmio, Reg32, Reg64};
+use os_services::{Clock, DmaMemory, wait_until};
+
+use crate::command::Ring;
+use crate::device_table::{
+    ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RootEntry,
+    ScalableContextEntry, ScalableRootEntry, TranslationType, scalable_context_slot,
+};
+use crate::discovery::UnitDescription;
+use crate::paging::{TableFactory, TableFormat};
+use crate::regs::{self, Cap, Ecap, Global, TableMode};
+
+/// How long any one hardware handshake may take before it is an error.
+pub(crate) const HARDWARE_TIMEOUT: Duration = Duration::from_millis(100);
+pub(crate) const PAGE: usize = 4096;
+
+/// Register access; [`Mmio`] in the kernel, a model of the hardware in tests.
+pub trait Registers {
+    fn read32(&self, reg: Reg32) -> u32;
+    fn write32(&self, reg: Reg32, value: u32);
+    fn read64(&self, reg: Reg64) -> u64;
+    fn write64(&self, reg: Reg64, value: u64);
+}
+
+impl Registers for Mmio {
+    fn read32(&self, reg: Reg32) -> u32 {
+        Mmio::read32(self, reg)
+    }
+    fn write32(&self, reg: Reg32, value: u32) {
+        Mmio::write32(self, reg, value)
+    }
+    fn read64(&self, reg: Reg64) -> u64 {
+        Mmio::read64(self, reg)
+    }
+    fn write64(&self, reg: Reg64, value: u64) {
+        Mmio::write64(self, reg, value)
+    }
+}
+
+/// The OS services a unit uses.
+#[derive(Clone, Copy)]
+pub struct Environment<'a> {
+    pub dma: &'a (dyn DmaMemory + Sync),
+    pub clock: &'a (dyn Clock + Sync),
+    /// Writes CPU cache lines covering `[virt, virt + len)` back to memory;
+    /// called after table updates when walks do not snoop (ECAP.C = 0).
+    pub flush_cache: fn(*const u8, usize),
+    /// Where paging domains get their tables: `None` = `io-page-table` in
+    /// pages from `dma` (a factory replaces it in tests).
+    pub new_table: Option<TableFactory>,
+}
+
+/// Why the unit refused or failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// A bounded hardware wait expired; names the handshake.
+    Timeout(&'static str),
+    /// FSTS.IQE: the hardware rejected a queued descriptor.
+    QueueError,
+    NoMemory,
+    /// The hardware lacks something the driver needs.
+    Unsupported(&'static str),
+    Invalid,
+}
+
+impl From<Error> for IommuError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Timeout(_) | Error::QueueError => IommuError::Timeout,
+            Error::NoMemory => IommuError::NoMemory,
+            Error::Unsupported(_) => IommuError::Unsupported,
+            Error::Invalid => IommuError::Invalid,
+        }
+    }
+}
+
+/// Which translation structures the unit runs with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Root → context → second-stage tables (VT-d 3.4 §3.4.2).
+    Legacy,
+    /// Scalable mode, RID_PASID entry with PGTT = second stage (§3.4.3).
+    ScalableSecondStage,
+    /// Scalable mode, RID_PASID entry with PGTT = first stage (x86-64 format).
+    ScalableFirstStage,
+}
+
+impl Mode {
+    pub fn is_scalable(self) -> bool {
+        self != Mode::Legacy
+    }
+}
+
+/// Work done by the unit, for the figures: invalidation descriptors (or
+/// register-based invalidations), wait descriptors and MMIO writes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub invalidations: u64,
+    pub waits: u64,
+    pub mmio_writes: u64,
+}
+
+/// What fault draining saw, for the robustness figures: records moved out
+/// of the recording registers, and how often FSTS.PFO said that faults
+/// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
+/// lost; the hardware does not say how many).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultStats {
+    pub records: u64,
+    pub overflows: u64,
+}
+
+impl Counters {
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            invalidations: self.invalidations - earlier.invalidations,
+            waits: self.waits - earlier.waits,
+            mmio_writes: self.mmio_writes - earlier.mmio_writes,
+        }
+    }
+}
+
+/// A zeroed, page-aligned DMA allocation, kept as plain numbers so that the
+/// unit stays `Send` (the kernel holds it behind a lock).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Page {
+    pub(crate) phys: u64,
+    pub(crate) virt: usize,
+    pub(crate) len: usize,
+}
+
+impl Page {
+    pub(crate) fn alloc(env: &Environment<'_>, len: usize) -> Result<Self, Error> {
+        let region = env.dma.alloc(len, PAGE).ok_or(Error::NoMemory)?;
+        Ok(Self {
+            phys: region.phys,
+            virt: region.virt as usize,
+            len: region.len,
+        })
+    }
+
+    pub(crate) fn free(self, env: &Environment<'_>) {
+        env.dma.free(os_services::DmaRegion {
+            phys: self.phys,
+            virt: self.virt as *mut u8,
+            len: self.len,
+        });
+    }
+
+    pub(crate) fn write<T: Copy>(&self, offset: usize, value: T) {
+        assert!(offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()));
+        // SAFETY: the allocation is ours, mapped and at least `len` bytes; the
+        // offset is checked above. Volatile: the hardware reads it.
+        unsafe { core::ptr::write_volatile((self.virt + offset) as *mut T, value) }
+    }
+
+    pub(crate) fn read<T: Copy>(&self, offset: usize) -> T {
+        assert!(offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()));
+        // SAFETY: as in `write`; the hardware may have written it.
+        unsafe { core::ptr::read_volatile((self.virt + offset) as *const T) }
+    }
+}
+
+/// How the unit invalidates its caches.
+pub(crate) enum Invalidator {
+    /// Queued invalidation (VT-d 3.4 §6.5.2): ring, a status word for wait
+    /// descriptors and the next status value.
+    Queue {
+        ring_page: Page,
+        ring: Ring,
+        status: Page,
+        sequence: u32,
+    },
+    /// Register-based invalidation (§6.5.1) when ECAP.QI is absent.
+    Registers,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Translation {
+    Blocked,
+    PassThrough,
+    /// Through the domain's table with this root.
+    Paging(u64),
+}
+
+/// Per-device scalable-mode structures: PASID directory and the table
+/// holding the RID_PASID entry.
+pub(crate) struct PasidTables {
+    pub(crate) directory: Page,
+    pub(crate) table: Page,
+}
+
+/// Interrupt-remapping table state.
+pub(crate) struct InterruptTable {
+    pub(crate) page: Page,
+    pub(crate) used: Vec<bool>,
+    /// The IRTE indexes of device MSI routes ([`IommuUnit::route_msi`]);
+    /// only these are freed by `unroute_msi`.
+    pub(crate) routes: BTreeSet<u16>,
+}
+
+/// What bring-up should enable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// Use queued invalidation when ECAP.QI offers it.
+    pub queued_invalidation: bool,
+    /// Enable interrupt remapping when ECAP.IR offers it.
+    pub interrupt_remapping: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            queued_invalidation: true,
+            interrupt_remapping: true,
+        }
+    }
+}
+
+/// The hardware instance of one VT-d remapping unit: its registers, root
+/// and context tables, PASID structures, invalidation queue, interrupt
+/// remapping table and fault recording registers. It does what it is told
+/// (install this translation for that requester, invalidate this range) and
+/// knows nothing of domains; [`crate::unit::Vtd`] decides.
+pub struct Hardware<'a, R: Registers> {
+    pub(crate) regs: R,
+    pub(crate) env: Environment<'a>,
+    pub(crate) cap: Cap,
+    pub(crate) ecap: Ecap,
+    pub(crate) mode: Mode,
+    pub(crate) description: UnitDescription,
+    /// AW code of second-stage tables (§9.3: 1 = 3-level, 2 = 4-level).
+    pub(crate) address_width: u8,
+    pub(crate) root: Page,
+    pub(crate) context_tables: BTreeMap<u8, Page>,
+    pub(crate) pasid_tables: BTreeMap<u16, PasidTables>,
+    pub(crate) invalidator: Invalidator,
+    pub(crate) interrupts: Option<InterruptTable>,
+    pub(crate) counters: Counters,
+    pub(crate) fault_stats: FaultStats,
+}
+
+impl<'a, R: Registers> Hardware<'a, R> {
+    /// Brings the unit up: root table, invalidation queue, global
+    /// invalidation, interrupt remapping, then translation with every device
+    /// blocked (no context entry is present).
+    pub fn new(
+        regs: R,
+        env: Environment<'a>,
+        description: UnitDescription,
+        options: Options,
+    ) -> Result<Self, Error> {
+        let cap = Cap(regs.read64(regs::CAP));
+        let ecap = Ecap(regs.read64(regs::ECAP));
+        let mode = if ecap.scalable_mode() && ecap.second_stage() {
+            Mode::ScalableSecondStage
+        } else if ecap.scalable_mode() && ecap.first_stage() {
+            Mode::ScalableFirstStage
+        } else {
+            Mode::Legacy
+        };
+        // Prefer 4-level (48-bit) tables, else 3-level (39-bit): SAGAW bit n ⇔ AW code n.
+        let address_width = if cap.sagaw() & 0b100 != 0 {
+            2
+        } else if cap.sagaw() & 0b010 != 0 {
+            1
+        } else if mode == Mode::ScalableFirstStage {
+            2
+        } else {
+            return Err(Error::Unsupported(
+                "no 3- or 4-level second stage in CAP.SAGAW",
+            ));
+        };
+        let root = Page::alloc(&env, PAGE)?;
+        let mut unit = Self {
+            regs,
+            env,
+            cap,
+            ecap,
+            mode,
+            description,
+            address_width,
+            root,
+            context_tables: BTreeMap::new(),
+            pasid_tables: BTreeMap::new(),
+            invalidator: Invalidator::Registers,
+            interrupts: None,
+            counters: Counters::default(),
+            fault_stats: FaultStats::default(),
+        };
+        unit.bring_up(options)?;
+        Ok(unit)
+    }
+
+    pub(crate) fn bring_up(&mut self, options: Options) -> Result<(), Error> {
+        // Start from a known state if firmware left anything on.
+        let status = self.status();
+        for enable in [
+            Global::TRANSLATION,
+            Global::INTERRUPT_REMAPPING,
+            Global::QUEUED_INVALIDATION,
+        ] {
+            if status.contains(enable) {
+                self.global_command(enable, false)?;
+            }
+        }
+        let table_mode = if self.mode.is_scalable() {
+            TableMode::Scalable
+        } else {
+            TableMode::Legacy
+        };
+        // Context tables (all entries non-present) for the buses of the listed
+        // devices, so that a blocked device reports "context not present".
+        let mut buses: Vec<u8> = self
+            .description
+            .devices
+            .iter()
+            .map(|sid| (sid >> 8) as u8)
+            .collect();
+        buses.sort_unstable();
+        buses.dedup();
+        for bus in buses {
+            self.context_table(bus)?;
+        }
+        self.flush_cache(self.root);
+        self.write64(
+            regs::RTADDR,
+            regs::root_table_address(self.root.phys, table_mode),
+        );
+        self.global_command(Global::ROOT_TABLE_POINTER, true)?;
+
+        if options.queued_invalidation && self.ecap.queued_invalidation() {
+            // 256-bit descriptors only where PASID-based ones are needed.
+            let wide = self.mode.is_scalable();
+            let ring_page = Page::alloc(&self.env, PAGE)?;
+            let status = Page::alloc(&self.env, PAGE)?;
+            self.write64(regs::IQT, 0);
+            self.write64(regs::IQA, regs::queue_address(ring_page.phys, wide, 0));
+            self.invalidator = Invalidator::Queue {
+                ring_page,
+                ring: Ring::new(PAGE, wide),
+                status,
+                sequence: 0,
+            };
+            self.global_command(Global::QUEUED_INVALIDATION, true)?;
+        } else if self.mode.is_scalable() {
+            // Scalable mode has no register-based invalidation (§6.5): the
+            // PASID-cache and PASID-based IOTLB exist only as descriptors.
+            return Err(Error::Unsupported(
+                "scalable mode without queued invalidation",
+            ));
+        }
+        self.invalidate_all()?;
+
+        if options.interrupt_remapping && self.ecap.interrupt_remapping() {
+            self.enable_interrupt_remapping()?;
+        }
+        // Stale records from before bring-up are not ours to report.
+        self.drain_raw_faults(&mut Vec::new());
+        self.global_command(Global::TRANSLATION, true)?;
+        Ok(())
+    }
+
+    pub(crate) fn write32(&mut self, reg: Reg32, value: u32) {
+        self.counters.mmio_writes += 1;
+        self.regs.write32(reg, value);
+    }
+
+    pub(crate) fn write64(&mut self, reg: Reg64, value: u64) {
+        self.counters.mmio_writes += 1;
+        self.regs.write64(reg, value);
+    }
+
+    pub(crate) fn status(&self) -> Global {
+        Global::from_bits_retain(self.regs.read32(regs::GSTS))
+    }
+
+    pub(crate) fn wait<T>(
+        &self,
+        what: &'static str,
+        done: impl FnMut() -> Option<T>,
+    ) -> Result<T, Error> {
+        wait_until(self.env.clock, HARDWARE_TIMEOUT, done).map_err(|_| Error::Timeout(what))
+    }
+
+    /// Writes GCMD the way §11.4.4 requires: the current enables preserved,
+    /// one-shot bits never copied back from GSTS, one change at a time, and
+    /// waits (bounded) for GSTS to confirm.
+    pub(crate) fn global_command(&mut self, command: Global, on: bool) -> Result<(), Error> {
+        let value = Global::command(self.status(), command, on);
+        self.write32(regs::GCMD, value.bits());
+        let regs = &self.regs;
+        let done = move || {
+            let status = Global::from_bits_retain(regs.read32(regs::GSTS));
+            let complete = if command == Global::WRITE_BUFFER_FLUSH {
+                !status.contains(Global::WRITE_BUFFER_FLUSH)
+            } else if on {
+                status.contains(command)
+            } else {
+                !status.intersects(command)
+            };
+            complete.then_some(())
+        };
+        wait_until(self.env.clock, HARDWARE_TIMEOUT, done).map_err(|_| {
+            Error::Timeout(match command {
+                Global::TRANSLATION => "GSTS.TES",
+                Global::ROOT_TABLE_POINTER => "GSTS.RTPS",
+                Global::QUEUED_INVALIDATION => "GSTS.QIES",
+                Global::INTERRUPT_REMAPPING => "GSTS.IRES",
+                Global::IRT_POINTER => "GSTS.IRTPS",
+                Global::WRITE_BUFFER_FLUSH => "GSTS.WBFS",
+                _ => "GSTS",
+            })
+        })
+    }
+
+    /// §6.8: flush the write buffer after table updates when CAP.RWBF asks for it.
+    pub(crate) fn flush_write_buffer(&mut self) -> Result<(), Error> {
+        if self.cap.required_write_buffer_flush() {
+            self.global_command(Global::WRITE_BUFFER_FLUSH, true)?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn flush_cache(&self, page: Page) {
+        if !self.ecap.coherent() {
+            (self.env.flush_cache)(page.virt as *const u8, page.len);
+        }
+    }
+
+    pub(crate) fn context_table(&mut self, bus: u8) -> Result<Page, Error> {
+        if let Some(page) = self.context_tables.get(&bus) {
+            return Ok(*page);
+        }
+        // Scalable mode: lower (devfn 0-127) and upper (128-255) tables.
+        let pages = if self.mode.is_scalable() { 2 } else { 1 };
+        let table = Page::alloc(&self.env, pages * PAGE)?;
+        self.flush_cache(table);
+        let offset = usize::from(bus) * size_of::<RootEntry>();
+        if self.mode.is_scalable() {
+            let entry = ScalableRootEntry::new(table.phys, table.phys + PAGE as u64);
+            self.root.write(offset + 8, entry.high);
+            self.root.write(offset, entry.low);
+        } else {
+            let entry = RootEntry::new(table.phys);
+            self.root.write(offset + 8, entry.high);
+            self.root.write(offset, entry.low);
+        }
+        self.flush_cache(self.root);
+        self.context_tables.insert(bus, table);
+        Ok(table)
+    }
+
+    /// Byte offset of `devfn`'s context entry in its bus's table allocation.
+    pub(crate) fn context_offset(&self, devfn: u8) -> usize {
+        if self.mode.is_scalable() {
+            let (upper, index) = scalable_context_slot(devfn);
+            usize::from(upper) * PAGE + index * size_of::<ScalableContextEntry>()
+        } else {
+            usize::from(devfn) * size_of::<ContextEntry>()
+        }
+    }
+
+    pub(crate) fn pasid_tables(&mut self, sid: u16) -> Result<(Page, Page), Error> {
+        if let Some(tables) = self.pasid_tables.get(&sid) {
+            return Ok((tables.directory, tables.table));
+        }
+        let directory = Page::alloc(&self.env, PAGE)?;
+        let table = match Page::alloc(&self.env, PASID_TABLE_ENTRIES * size_of::<PasidEntry>()) {
+            Ok(table) => table,
+            Err(error) => {
+                directory.free(&self.env);
+                return Err(error);
+            }
+        };
+        // RID_PASID (0) lives in directory slot 0.
+        directory.write(0, PasidDirectoryEntry::new(table.phys).0);
+        self.flush_cache(directory);
+        self.pasid_tables
+            .insert(sid, PasidTables { directory, table });
+        Ok((directory, table))
+    }
+
+    /// Makes `sid`'s context non-present (the blocked state) and invalidates
+    /// what the old domain `did` may have cached.
+    pub(crate) fn block(&mut self, sid: u16, did: u16) -> Result<(), Error> {
+        let [bus, devfn] = sid.to_be_bytes();
+        let table = self.context_table(bus)?;
+        let offset = self.context_offset(devfn);
+        // Clearing P (first word) alone is atomic for the hardware.
+        table.write::<u64>(offset, 0);
+        self.flush_cache(table);
+        self.invalidate_device(sid, did)?;
+        if let Some(tables) = self.pasid_tables.get(&sid) {
+            tables.table.write::<u64>(0, 0);
+            self.flush_cache(tables.table);
+        }
+        Ok(())
+    }
+
+    /// Points `sid`'s context at `translation` with domain id `did`; the
+    /// context must be non-present (blocked) now.
+    pub(crate) fn install(
+        &mut self,
+        sid: u16,
+        did: u16,
+        translation: Translation,
+    ) -> Result<(), Error> {
+        if translation == Translation::Blocked {
+            return Ok(());
+        }
+        if translation == Translation::PassThrough && !self.ecap.pass_through() {
+            return Err(Error::Unsupported("ECAP.PT"));
+        }
+        let [bus, devfn] = sid.to_be_bytes();
+        let table = self.context_table(bus)?;
+        let offset = self.context_offset(devfn);
+        if self.mode.is_scalable() {
+            let (directory, pasid_table) = self.pasid_tables(sid)?;
+            let entry = match (translation, self.mode) {
+                (Translation::Paging(root), Mode::ScalableFirstStage) => {
+                    PasidEntry::first_stage(root, self.address_width, did)
+                }
+                (Translation::Paging(root), _) => {
+                    PasidEntry::second_stage(root, self.address_width, did)
+                }
+                _ => PasidEntry::pass_through(self.address_width, did),
+            };
+            // Present bit (word 0) last.
+            for (index, word) in entry.words.iter().enumerate().rev() {
+                pasid_table.write(index * 8, *word);
+            }
+            self.flush_cache(pasid_table);
+            let context = ScalableContextEntry::new(directory.phys, 0);
+            for (index, word) in context.words.iter().enumerate().rev() {
+                table.write(offset + index * 8, *word);
+            }
+        } else {
+            let entry = match translation {
+                Translation::Paging(root) => {
+                    ContextEntry::new(TranslationType::Translated, root, self.address_width, did)
+                }
+                _ => ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did),
+            };
+            table.write(offset + 8, entry.high);
+            fence(Ordering::SeqCst);
+            table.write(offset, entry.low);
+        }
+        self.flush_cache(table);
+        self.invalidate_new_context(sid, did)
+    }
+
+    /// The table format paging domains of this unit use.
+    pub fn table_format(&self) -> TableFormat {
+        match self.mode {
+            Mode::ScalableFirstStage => TableFormat::FirstStage,
+            _ => TableFormat::SecondStage {
+                levels: self.address_width + 2,
+            },
+        }
+    }
+
+    /// GSTS as the hardware reports it now.
+    pub fn global_status(&self) -> Global {
+        self.status()
+    }
+
+    /// CAP and ECAP read from the registers again (to check what `hw_info` cached).
+    pub fn read_capabilities(&self) -> (u64, u64) {
+        (self.regs.read64(regs::CAP), self.regs.read64(regs::ECAP))
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Records drained and overflows seen since bring-up.
+    pub fn fault_stats(&self) -> FaultStats {
+        self.fault_stats
+    }
+
+    /// Physical addresses of the unit's own in-memory structures (root and
+    /// context tables, PASID structures, invalidation queue and its status
+    /// page, interrupt-remapping table), named, so that tests can aim a
+    /// device at them.
+    pub fn structure_pages(&self) -> Vec<(&'static str, u64)> {
+        let mut pages = alloc::vec![("root table", self.root.phys)];
+        pages.extend(
+            self.context_tables
+                .values()
+                .map(|table| ("context table", table.phys)),
+        );
+        for tables in self.pasid_tables.values() {
+            pages.push(("PASID directory", tables.directory.phys));
+            pages.push(("PASID table", tables.table.phys));
+        }
+        if let Invalidator::Queue {
+            ring_page, status, ..
+        } = &self.invalidator
+        {
+            pages.push(("invalidation queue", ring_page.phys));
+            pages.push(("invalidation wait status", status.phys));
+        }
+        if let Some(table) = &self.interrupts {
+            pages.push(("interrupt-remapping table", table.page.phys));
+        }
+        pages
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+
+    pub fn ecap(&self) -> Ecap {
+        self.ecap
+    }
+
+    pub fn uses_queued_invalidation(&self) -> bool {
+        matches!(self.invalidator, Invalidator::Queue { .. })
+    }
+
+    pub fn interrupt_remapping_enabled(&self) -> bool {
+        self.interrupts.is_some()
+    }
+
+    pub(crate) fn requester(&self, device: DeviceId) -> Result<u16, Error> {
+        let sid = u16::try_from(device.0).map_err(|_| Error::Invalid)?;
+        if self.description.covers(sid) {
+            Ok(sid)
+        } else {
+            Err(Error::Invalid)
+        }
+    }
+}
+
+impl<R: Registers> Drop for Hardware<'_, R> {
+    fn drop(&mut self) {
+        // Translation and remapping off first, so no walk touches freed tables.
+        let _ = self.global_command(Global::TRANSLATION, false);
+        if self.interrupts.is_some() {
+            let _ = self.global_command(Global::INTERRUPT_REMAPPING, false);
+        }
+        if self.uses_queued_invalidation() {
+            let _ = self.global_command(Global::QUEUED_INVALIDATION, false);
+        }
+        let env = self.env;
+        for (_, table) in core::mem::take(&mut self.context_tables) {
+            table.free(&env);
+        }
+        for (_, tables) in core::mem::take(&mut self.pasid_tables) {
+            tables.directory.free(&env);
+            tables.table.free(&env);
+        }
+        if let Some(table) = self.interrupts.take() {
+            table.page.free(&env);
+        }
+        if let Invalidator::Queue {
+            ring_page, status, ..
+        } = self.invalidator
+        {
+            ring_page.free(&env);
+            status.free(&env);
+        }
+        self.root.free(&env);
+    }
+}

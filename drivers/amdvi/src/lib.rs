@@ -15,7 +15,9 @@
 //! - [`ring`]: head/tail arithmetic shared by the command buffer and the event log.
 //! - [`paging`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
-//! - [`mod@unit`]: one live IOMMU: bring-up, command submission, faults, domains.
+//! - [`hardware`]: one IOMMU's instance: bring-up, device table, command buffer, event
+//!   log.
+//! - [`mod@unit`]: the contract over the instance: domains, attachments, fault queues.
 //!
 //! # What is proven where
 //! QEMU 10.0.2's `amd-iommu,pt=off` translates and caches translations, so DMA
@@ -37,6 +39,7 @@ pub mod command;
 pub mod device_table;
 pub mod discovery;
 pub mod fault;
+pub mod hardware;
 pub mod interrupt;
 pub mod invalidation;
 pub mod paging;
@@ -48,4 +51,5 @@ pub mod unit;
 mod model;
 
 pub use discovery::{DiscoveryError, UnitDescription};
-pub use unit::{AmdVi, Counters, UnitError};
+pub use hardware::{Counters, Hardware, UnitError};
+pub use unit::AmdVi;

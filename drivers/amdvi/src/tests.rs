@@ -4,12 +4,18 @@
 //! its `mod tests`), so the tests may look at the unit's private state.
 
 use super::*;
+use crate::command::Opcode;
 use crate::device_table::FirmwareSetting;
 use crate::discovery::Requester;
 use crate::fault::EventFlags;
+use crate::fault::RawEvent;
+use crate::hardware::Counters;
+use crate::interrupt::Irte32;
 use crate::model::{HOST_DMA, Model};
+use crate::regs::{self, Status};
 use firmware::acpi::ivrs::IvhdType;
 use iommu::FaultReason;
+use os_services::DmaRegion;
 use std::vec;
 
 const EDU_A: u16 = 0x20;
@@ -59,14 +65,14 @@ fn opcodes(commands: &[Command]) -> Vec<Option<Opcode>> {
 fn bring_up_blocks_every_requester_and_invalidates_everything() {
     let (unit, model) = unit_with(true);
     // DeviceIDs up to 0xA0 need 161 entries: two pages, 256 entries.
-    assert_eq!(unit.device_table_entries, 256);
+    assert_eq!(unit.hardware.device_table_entries, 256);
     for id in 0..256u16 {
-        let dte = unit.dte(id).unwrap();
+        let dte = unit.hardware.dte(id).unwrap();
         assert!(dte.blocks_dma(), "{id:#x}");
         assert_eq!(dte.int_ctl(), 0);
     }
     // Firmware's Lint0Pass (IVHD setting bit 6) is copied for the IOAPIC's entry.
-    assert_eq!(unit.dte(0xA0).unwrap().0[2], 1 | 1 << 62);
+    assert_eq!(unit.hardware.dte(0xA0).unwrap().0[2], 1 | 1 << 62);
     assert_eq!(
         opcodes(&model.take_executed()),
         [
@@ -74,7 +80,7 @@ fn bring_up_blocks_every_requester_and_invalidates_everything() {
             Some(Opcode::CompletionWait)
         ]
     );
-    assert_eq!(unit.counters().tail_writes, 1);
+    assert_eq!(unit.hardware.counters().tail_writes, 1);
 }
 
 #[test]
@@ -90,14 +96,14 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
     let a_id = unit.domains[&a.0].id;
     unit.attach(DeviceId(EDU_A.into()), a).unwrap();
     assert!(model.stale_dtes().is_empty(), "{:?}", model.stale_dtes());
-    let dte = unit.dte(EDU_A).unwrap();
+    let dte = unit.hardware.dte(EDU_A).unwrap();
     assert_eq!((dte.mode(), dte.domain()), (4, a_id));
     assert!(dte.readable() && dte.writable() && dte.int_ctl() == 0);
     assert_eq!(
         model.take_executed(),
         [
             Command::invalidate_devtab_entry(EDU_A),
-            Command::completion_wait(unit.completion.phys, unit.sequence)
+            Command::completion_wait(unit.hardware.completion.phys, unit.hardware.sequence)
         ]
     );
 
@@ -116,7 +122,7 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
 
     unit.detach(DeviceId(EDU_A.into()));
     assert!(model.stale_dtes().is_empty());
-    assert!(unit.dte(EDU_A).unwrap().blocks_dma());
+    assert!(unit.hardware.dte(EDU_A).unwrap().blocks_dma());
     unit.free_domain(a).unwrap();
     unit.free_domain(b).unwrap();
 
@@ -127,7 +133,7 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
         int_type: crate::interrupt::IntType::Fixed,
     };
     model.take_executed();
-    unit.remap_interrupt(EDU_B, 3, target).unwrap();
+    unit.hardware.remap_interrupt(EDU_B, 3, target).unwrap();
     assert!(model.stale_dtes().is_empty());
     assert_eq!(
         opcodes(&model.take_executed()),
@@ -137,13 +143,13 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
             Some(Opcode::CompletionWait)
         ]
     );
-    let table = unit.dte(EDU_B).unwrap().interrupt_table();
+    let table = unit.hardware.dte(EDU_B).unwrap().interrupt_table();
     // SAFETY: host memory of the unit's interrupt table.
     let irte = unsafe { core::ptr::read_volatile((table + 12) as *const u32) };
     assert_eq!(irte, Irte32::remapped(target).unwrap().0);
-    unit.block_interrupts(EDU_B).unwrap();
+    unit.hardware.block_interrupts(EDU_B).unwrap();
     assert!(model.stale_dtes().is_empty());
-    assert_eq!(unit.dte(EDU_B).unwrap().int_ctl(), 0);
+    assert_eq!(unit.hardware.dte(EDU_B).unwrap().int_ctl(), 0);
 }
 
 #[test]
@@ -156,7 +162,7 @@ fn routes_share_the_devices_own_table_and_the_last_unroute_blocks_again() {
         data: 0x45,
     };
     let irte_at = |unit: &AmdVi, index: u16| {
-        let table = unit.dte(EDU_B).unwrap().interrupt_table();
+        let table = unit.hardware.dte(EDU_B).unwrap().interrupt_table();
         let offset = usize::from(index) * core::mem::size_of::<Irte32>();
         // SAFETY: host memory of the unit's interrupt table, entry in bounds.
         unsafe { core::ptr::read_volatile((table as usize + offset) as *const u32) }
@@ -174,10 +180,14 @@ fn routes_share_the_devices_own_table_and_the_last_unroute_blocks_again() {
     unit.unroute_msi(first);
     assert_eq!(irte_at(&unit, 0), Irte32::DISABLED.0, "entry 0 still live");
     assert_eq!(irte_at(&unit, 1), Irte32::remapped(target).unwrap().0);
-    assert_ne!(unit.dte(EDU_B).unwrap().int_ctl(), 0, "blocked too early");
+    assert_ne!(
+        unit.hardware.dte(EDU_B).unwrap().int_ctl(),
+        0,
+        "blocked too early"
+    );
     unit.unroute_msi(second);
     assert_eq!(
-        unit.dte(EDU_B).unwrap().int_ctl(),
+        unit.hardware.dte(EDU_B).unwrap().int_ctl(),
         0,
         "interrupts not blocked"
     );
@@ -221,10 +231,10 @@ fn np_cache_decides_whether_a_new_mapping_is_invalidated() {
             "NpCache={np_cache}"
         );
         // Unmap is always invalidated: one command + one wait for 2^k pages.
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         let gather = unit.unmap(domain, 0x10_0000, 0x4000);
         unit.flush(domain, &gather).unwrap();
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         assert_eq!(
             (
                 cost.invalidate_iommu_pages,
@@ -305,7 +315,7 @@ fn identity_domain_passes_dma_untranslated_and_aperture_matches_the_tables() {
     let (mut unit, _model) = unit_with(true);
     let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
     unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
-    let dte = unit.dte(EDU_B).unwrap();
+    let dte = unit.hardware.dte(EDU_B).unwrap();
     assert_eq!(dte.0[0], 0x6000_0000_0000_0003);
     assert_eq!(unit.iova_to_phys(domain, 0x1234_5000), Some(0x1234_5000));
     assert_eq!(unit.info().aperture.last, (1 << 48) - 1);
@@ -349,8 +359,12 @@ fn unmap_that_frees_a_table_invalidates_with_pde() {
 fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
     let (mut unit, model) = unit_with(true);
     model.state.lock().unwrap().halt_on_illegal = true;
-    let slot = unit.command_buffer.phys + unit.command_ring.pointer(unit.command_tail);
-    let err = unit.run(&[Command::illegal()]).unwrap_err();
+    let slot = unit.hardware.command_buffer.phys
+        + unit
+            .hardware
+            .command_ring
+            .pointer(unit.hardware.command_tail);
+    let err = unit.hardware.run(&[Command::illegal()]).unwrap_err();
     assert_eq!(
         err,
         UnitError::CommandTimeout {
@@ -358,66 +372,73 @@ fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
             illegal_at: Some(slot)
         }
     );
-    assert_eq!(unit.counters().command_errors, 1);
+    assert_eq!(unit.hardware.counters().command_errors, 1);
     // The buffer runs again and the ILLEGAL_COMMAND event is in the unit's list.
-    unit.run(&[Command::invalidate_all()]).unwrap();
+    unit.hardware.run(&[Command::invalidate_all()]).unwrap();
     assert!(
         unit.take_unit_events()
             .contains(&Event::IllegalCommand { address: slot })
     );
-    assert!(unit.probe_event_log().unwrap());
+    assert!(unit.hardware.probe_event_log().unwrap());
 }
 
 #[test]
 fn illegal_command_on_a_buffer_that_keeps_going_is_still_an_error() {
     let (mut unit, _model) = unit_with(true);
-    let slot = unit.command_buffer.phys + unit.command_ring.pointer(unit.command_tail);
+    let slot = unit.hardware.command_buffer.phys
+        + unit
+            .hardware
+            .command_ring
+            .pointer(unit.hardware.command_tail);
     assert_eq!(
-        unit.run(&[Command::invalidate_all(), Command::illegal()]),
+        unit.hardware
+            .run(&[Command::invalidate_all(), Command::illegal()]),
         Err(UnitError::IllegalCommand { address: slot + 16 })
     );
-    unit.run(&[]).unwrap();
+    unit.hardware.run(&[]).unwrap();
 }
 
 #[test]
 fn a_failed_attach_leaves_the_device_where_it_was() {
     let (mut unit, model) = unit_with(true);
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
-    let before = unit.dte(EDU_A).unwrap();
+    let before = unit.hardware.dte(EDU_A).unwrap();
     model.state.lock().unwrap().stalled = true;
     assert_eq!(
         unit.attach(DeviceId(EDU_A.into()), domain),
         Err(IommuError::Timeout)
     );
-    assert_eq!(unit.dte(EDU_A), Some(before));
+    assert_eq!(unit.hardware.dte(EDU_A), Some(before));
     assert_eq!(unit.free_domain(domain), Ok(()), "the domain has no device");
     model.state.lock().unwrap().stalled = false;
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
-    assert!(!unit.dte(EDU_A).unwrap().blocks_dma());
+    assert!(!unit.hardware.dte(EDU_A).unwrap().blocks_dma());
 }
 
 #[test]
 fn an_old_illegal_command_event_does_not_fail_later_batches_in_its_slot() {
     let (mut unit, _model) = unit_with(true);
-    assert!(unit.run(&[Command::illegal()]).is_err());
+    assert!(unit.hardware.run(&[Command::illegal()]).is_err());
     // Well past one lap of the 256-entry ring: every slot is reused.
     for _ in 0..300 {
-        unit.run(&[Command::invalidate_devtab_entry(EDU_A)])
+        unit.hardware
+            .run(&[Command::invalidate_devtab_entry(EDU_A)])
             .unwrap();
     }
-    assert_eq!(unit.counters().command_errors, 1);
+    assert_eq!(unit.hardware.counters().command_errors, 1);
 }
 
 #[test]
 fn command_ring_wraps() {
     let (mut unit, model) = unit_with(true);
     for _ in 0..200 {
-        unit.run(&[Command::invalidate_devtab_entry(EDU_A)])
+        unit.hardware
+            .run(&[Command::invalidate_devtab_entry(EDU_A)])
             .unwrap();
     }
     assert_eq!(model.take_executed().len(), 2 + 400);
-    assert_eq!(unit.command_tail, (2 + 400) % 256);
+    assert_eq!(unit.hardware.command_tail, (2 + 400) % 256);
 }
 
 #[test]
@@ -440,7 +461,7 @@ fn faults_go_to_the_owning_domain_and_overflow_restarts_the_log() {
         out.iter()
             .all(|r| r.access == iommu::Access::Write && r.reason == FaultReason::NotPresent)
     );
-    assert_eq!(unit.counters().event_overflows, 1);
+    assert_eq!(unit.hardware.counters().event_overflows, 1);
     // Logging runs again after the restart.
     model.raise_event(RawEvent::encode(2, EDU_B, 0, EventFlags::empty(), 0xA000));
     model.step();
@@ -450,7 +471,7 @@ fn faults_go_to_the_owning_domain_and_overflow_restarts_the_log() {
         (out[0].requester, out[0].iova),
         (DeviceId(EDU_B.into()), 0xA000)
     );
-    assert!(unit.status().contains(Status::EVENT_LOG_RUN));
+    assert!(unit.hardware.status().contains(Status::EVENT_LOG_RUN));
 }
 
 /// Issue 9, fault storm (host half: QEMU 10.0.2 never writes its event log):
@@ -481,7 +502,7 @@ fn fault_storm_overflows_are_counted_and_the_log_keeps_recovering() {
             unit.poll_events();
         }
     }
-    let counters = unit.counters();
+    let counters = unit.hardware.counters();
     let dropped_by_hardware = model.state.lock().unwrap().dropped_events as u64;
     assert_eq!(counters.event_overflows, ROUNDS, "one overflow per round");
     assert_eq!(counters.events + dropped_by_hardware, ROUNDS * PER_ROUND);
@@ -497,12 +518,12 @@ fn fault_storm_overflows_are_counted_and_the_log_keeps_recovering() {
     // After the storm: logging runs again and a single fault arrives intact.
     model.raise_event(RawEvent::encode(2, EDU_A, 0, EventFlags::empty(), 0x5000));
     model.step();
-    assert!(unit.status().contains(Status::EVENT_LOG_RUN));
+    assert!(unit.hardware.status().contains(Status::EVENT_LOG_RUN));
     let mut out = Vec::new();
     assert_eq!(unit.drain_domain_faults(domain, &mut out), 1);
     assert_eq!(out[0].iova, 0x5000);
     // Commands still run.
-    unit.run(&[Command::invalidate_all()]).unwrap();
+    unit.hardware.run(&[Command::invalidate_all()]).unwrap();
 }
 
 /// Issue 9, misprogrammed hardware (host half: QEMU keeps going after an
@@ -517,7 +538,7 @@ fn illegal_command_storm_is_reported_and_recovered_every_time() {
     unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
     const ROUNDS: u64 = 100;
     for round in 0..ROUNDS {
-        let err = unit.run(&[Command::illegal()]).unwrap_err();
+        let err = unit.hardware.run(&[Command::illegal()]).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -534,8 +555,8 @@ fn illegal_command_storm_is_reported_and_recovered_every_time() {
         let gather = unit.unmap(domain, iova, 4096);
         unit.flush(domain, &gather).unwrap();
     }
-    assert_eq!(unit.counters().command_errors, ROUNDS);
-    assert!(unit.status().contains(Status::CMD_BUF_RUN));
+    assert_eq!(unit.hardware.counters().command_errors, ROUNDS);
+    assert!(unit.hardware.status().contains(Status::CMD_BUF_RUN));
     assert!(model.stale_dtes().is_empty());
 }
 

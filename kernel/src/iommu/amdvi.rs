@@ -128,11 +128,11 @@ pub fn command_figures(
     // Backed by nothing the device will touch: no DMA happens here.
     const PHYS: u64 = 0x100_0000;
     let mut figures = alloc::vec::Vec::new();
-    let before = unit.counters();
+    let before = unit.hardware.counters();
     unit.attach(device, domain)
         .map_err(|err| format!("attach: {err:?}"))?;
-    figures.push(("attach", unit.counters().since(&before)));
-    let before = unit.counters();
+    figures.push(("attach", unit.hardware.counters().since(&before)));
+    let before = unit.hardware.counters();
     let gather = unit
         .map(
             domain,
@@ -148,21 +148,24 @@ pub fn command_figures(
     unit.flush(domain, &gather)
         .map_err(|err| format!("flush: {err:?}"))?;
     figures.push((
-        if unit.np_cache() {
+        if unit.hardware.np_cache() {
             "map of 16 aligned pages (NpCache: flushed)"
         } else {
             "map of 16 aligned pages (no NpCache: nothing owed)"
         },
-        unit.counters().since(&before),
+        unit.hardware.counters().since(&before),
     ));
-    let before = unit.counters();
+    let before = unit.hardware.counters();
     let gather = unit.unmap(domain, IOVA, LEN);
     unit.flush(domain, &gather)
         .map_err(|err| format!("flush: {err:?}"))?;
-    figures.push(("unmap of 16 aligned pages", unit.counters().since(&before)));
-    let before = unit.counters();
+    figures.push((
+        "unmap of 16 aligned pages",
+        unit.hardware.counters().since(&before),
+    ));
+    let before = unit.hardware.counters();
     unit.detach(device);
-    figures.push(("detach", unit.counters().since(&before)));
+    figures.push(("detach", unit.hardware.counters().since(&before)));
     Ok(figures)
 }
 
@@ -171,16 +174,17 @@ pub fn demo_lines(platform: &Platform) -> Result<String, String> {
     let unit = unit(platform).map_err(|absent| format!("no unit: {absent:?}"))?;
     let mut unit = unit.lock();
     let mut out = String::new();
-    let description = unit.description().clone();
+    let description = unit.hardware.description().clone();
     out += &format!(
         "amd-vi: registers at {:#x}, IOMMU function {}, {} requesters, EFR {:#x}, NpCache {}\n",
         description.mmio_base,
         Bdf::from_requester_id(description.iommu_device_id),
         description.requesters.len(),
-        unit.extended_features().0,
-        unit.np_cache()
+        unit.hardware.extended_features().0,
+        unit.hardware.np_cache()
     );
     let event_log = unit
+        .hardware
         .probe_event_log()
         .map_err(|err| format!("event-log probe: {err:?}"))?;
     out += &format!(

@@ -144,7 +144,7 @@ pub(super) fn frame_holds(frame: &frames::Frames, byte: u8) -> bool {
 fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
     let unit = unit.lock();
-    let description = unit.description();
+    let description = unit.hardware.description();
     ensure_eq!(
         description.mmio_base,
         0xFED8_0000,
@@ -160,12 +160,14 @@ fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
     }
     // The live EFR matches the IVHD 11h image and is reported raw.
     ensure_eq!(
-        Some(unit.extended_features().0),
+        Some(unit.hardware.extended_features().0),
         description.efr_image,
         "EFR register vs IVHD image"
     );
     match unit.hw_info() {
-        HwInfo::AmdVi { efr, .. } => ensure_eq!(efr, unit.extended_features().0, "hw_info EFR"),
+        HwInfo::AmdVi { efr, .. } => {
+            ensure_eq!(efr, unit.hardware.extended_features().0, "hw_info EFR")
+        }
         other => return Err(format!("hw_info: {other:?}")),
     }
     let edu_id = glue::device_id_of(edus()[0].function.bdf);
@@ -184,7 +186,7 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
     let mut unit = unit.lock();
     // SAFETY: reading the status register the unit owns; reads have no side effects.
     let status = {
-        let base = unit.description().mmio_base as *const u8;
+        let base = unit.hardware.description().mmio_base as *const u8;
         unsafe { core::ptr::read_volatile(base.add(0x2020).cast::<u64>()) }
     };
     let status = regs::Status::from_bits_retain(status);
@@ -194,6 +196,7 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
     );
     for device in edus() {
         let dte = unit
+            .hardware
             .dte(device.function.bdf.requester_id())
             .ok_or("edu outside the device table")?;
         ensure!(
@@ -208,10 +211,11 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
         );
     }
     // An empty batch is exactly one COMPLETION_WAIT and one tail write, and completes.
-    let before = unit.counters();
-    unit.run(&[])
+    let before = unit.hardware.counters();
+    unit.hardware
+        .run(&[])
         .map_err(|err| format!("COMPLETION_WAIT: {err:?}"))?;
-    let cost = unit.counters().since(&before);
+    let cost = unit.hardware.counters().since(&before);
     ensure_eq!(
         (cost.commands, cost.completion_waits, cost.tail_writes),
         (1, 1, 1),
@@ -258,10 +262,10 @@ fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> Tes
         let domain = unit
             .alloc_domain(DomainKind::Blocked)
             .map_err(|err| format!("{err:?}"))?;
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         unit.attach(id, domain)
             .map_err(|err| format!("attach: {err:?}"))?;
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         ensure_eq!(
             (
                 cost.invalidate_devtab_entry,
@@ -272,7 +276,9 @@ fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> Tes
             "attach: INVALIDATE_DEVTAB_ENTRY, COMPLETION_WAIT, tail writes"
         );
         ensure!(
-            unit.dte(id.0 as u16).is_some_and(|dte| dte.blocks_dma()),
+            unit.hardware
+                .dte(id.0 as u16)
+                .is_some_and(|dte| dte.blocks_dma()),
             "DTE not blocked after attaching to a blocked domain"
         );
         ensure_eq!(
@@ -288,9 +294,9 @@ fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> Tes
     );
     {
         let mut unit = unit.lock();
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         unit.detach(id);
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         // The old domain's IOTLB entries go too (QEMU keys its IOTLB by requester).
         ensure_eq!(
             (
@@ -311,20 +317,22 @@ fn blocked_domain_attach_and_detach_keep_dma_blocked(platform: &Platform) -> Tes
 fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
     let mut unit = unit.lock();
-    let before = unit.counters();
+    let before = unit.hardware.counters();
     let logged = unit
+        .hardware
         .probe_event_log()
         .map_err(|err| format!("illegal command probe: {err:?}"))?;
     if logged {
         // The error was surfaced as IllegalCommand (or a recovered timeout) and counted.
         ensure!(
-            unit.counters().since(&before).command_errors >= 1,
+            unit.hardware.counters().since(&before).command_errors >= 1,
             "an illegal command the event log recorded was not counted as an error"
         );
     }
     // Whatever the IOMMU did with it, the next batch completes.
     for _ in 0..3 {
-        unit.run(&[amdvi::command::Command::invalidate_all()])
+        unit.hardware
+            .run(&[amdvi::command::Command::invalidate_all()])
             .map_err(|err| format!("command after the illegal one: {err:?}"))?;
     }
     Ok(Outcome::Passed)
@@ -334,6 +342,7 @@ fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult 
     let unit = unit_or_skip!(platform);
     let works = unit
         .lock()
+        .hardware
         .probe_event_log()
         .map_err(|err| format!("probe: {err:?}"))?;
     if !works {
@@ -442,19 +451,19 @@ fn edu_msi_arrives_through_its_irte(platform: &Platform) -> TestResult {
     let target = interrupt::target_of_compat_msi(compat_address, compat_data);
     let setup = {
         let mut unit = unit.lock();
-        let before = unit.counters();
-        let result = unit.remap_interrupt(id, INDEX, target);
-        (result, unit.counters().since(&before))
+        let before = unit.hardware.counters();
+        let result = unit.hardware.remap_interrupt(id, INDEX, target);
+        (result, unit.hardware.counters().since(&before))
     };
     msi.enable(config, address, data as u16);
     let remapped = setup.0.is_ok() && raise(&edu);
 
     // RemapEn=0 on that IRTE: aborted again.
-    let disabled = unit.lock().disable_interrupt(id, INDEX);
+    let disabled = unit.lock().hardware.disable_interrupt(id, INDEX);
     let after_disable = raise(&edu);
 
     msi.disable(config);
-    let blocked = unit.lock().block_interrupts(id);
+    let blocked = unit.lock().hardware.block_interrupts(id);
     crate::irq::free(irq);
 
     ensure!(!leaked, "an MSI got through a DTE with IntCtl=abort");
@@ -494,12 +503,12 @@ fn aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write(
         for page in 0..(1u64 << k) {
             gather.add_leaf(base + page * 4096, 4096);
         }
-        let before = unit.counters();
+        let before = unit.hardware.counters();
         if let Err(err) = unit.flush(domain, &gather) {
             result = Err(format!("flush 2^{k} pages: {err:?}"));
             break;
         }
-        let cost = unit.counters().since(&before);
+        let cost = unit.hardware.counters().since(&before);
         let got = (
             cost.invalidate_iommu_pages,
             cost.completion_waits,
@@ -803,9 +812,9 @@ fn unmap_then_dma_is_blocked_only_after_the_flush(platform: &Platform) -> TestRe
         let stale = holds_pattern(&target, 0, 0x44);
         // The flush: one INVALIDATE_IOMMU_PAGES + one COMPLETION_WAIT + one tail write.
         refill(&target, 0xA5);
-        let before = s.unit.lock().counters();
+        let before = s.unit.lock().hardware.counters();
         s.flush(domain, &gather)?;
-        let cost = s.unit.lock().counters().since(&before);
+        let cost = s.unit.lock().hardware.counters().since(&before);
         dma_to_ram(&edu, IOVA_TARGET)?;
         if !frame_holds(&target, 0xA5) {
             return Err("DMA landed after unmap + flush".into());
@@ -913,7 +922,13 @@ fn detach_blocks_dma(platform: &Platform) -> TestResult {
         refill(&target, 0xA5);
         s.detach(device);
         let id = device.function.bdf.requester_id();
-        if !s.unit.lock().dte(id).is_some_and(|dte| dte.blocks_dma()) {
+        if !s
+            .unit
+            .lock()
+            .hardware
+            .dte(id)
+            .is_some_and(|dte| dte.blocks_dma())
+        {
             return Err("DTE not blocked after detach".into());
         }
         dma_to_ram(&edu, IOVA_TARGET)?;

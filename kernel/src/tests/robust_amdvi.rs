@@ -95,6 +95,7 @@ fn hostile_dmas(
     let logs = s
         .unit
         .lock()
+        .hardware
         .probe_event_log()
         .map_err(|err| format!("event-log probe: {err:?}"))?;
     let requester = glue::device_id_of(device.function.bdf);
@@ -218,10 +219,10 @@ fn hostile_dma_into_the_iommus_own_tables_is_blocked(platform: &Platform) -> Tes
             let unit = s.unit.lock();
             let root = |d| unit.page_table_root(d).ok_or("no page-table root");
             [
-                ("the device table", unit.device_table_phys()),
-                ("the command buffer", unit.command_buffer_phys()),
-                ("the event log", unit.event_log_phys()),
-                ("the COMPLETION_WAIT page", unit.completion_phys()),
+                ("the device table", unit.hardware.device_table_phys()),
+                ("the command buffer", unit.hardware.command_buffer_phys()),
+                ("the event log", unit.hardware.event_log_phys()),
+                ("the COMPLETION_WAIT page", unit.hardware.completion_phys()),
                 ("its own domain's page-table root", root(domain_a)?),
                 ("the other domain's page-table root", root(domain_b)?),
             ]
@@ -233,7 +234,7 @@ fn hostile_dma_into_the_iommus_own_tables_is_blocked(platform: &Platform) -> Tes
             return Err("the other domain's mapping changed".into());
         }
         let id = a.function.bdf.requester_id();
-        if unit.dte(id).is_none_or(|dte| dte.blocks_dma()) {
+        if unit.hardware.dte(id).is_none_or(|dte| dte.blocks_dma()) {
             return Err("the hostile device's own DTE changed".into());
         }
         Ok(())
@@ -258,7 +259,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
         }
         // Both devices hammer unmapped IOVAs equal to these frames' addresses.
         let victims = [s.frame(0xA5)?, s.frame(0xA5)?];
-        let before = s.unit.lock().counters();
+        let before = s.unit.lock().hardware.counters();
         let started = crate::time::CLOCK.now_ns();
         let mut faults = 0usize;
         let mut slowest_command_ns = 0u64;
@@ -282,7 +283,8 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
             if round % 25 == 24 {
                 let t0 = crate::time::CLOCK.now_ns();
                 let mut unit = s.unit.lock();
-                unit.run(&[])
+                unit.hardware
+                    .run(&[])
                     .map_err(|err| format!("round {round}: COMPLETION_WAIT: {err:?}"))?;
                 let mut records = Vec::new();
                 unit.drain_faults(&mut records);
@@ -293,7 +295,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
         if !victims.iter().all(|v| frame_holds(v, 0xA5)) {
             return Err("a faulting DMA landed during the storm".into());
         }
-        let cost = s.unit.lock().counters().since(&before);
+        let cost = s.unit.lock().hardware.counters().since(&before);
         // Afterwards both devices work: a mapped DMA lands.
         for ((edu, domain), seed) in edus_open.iter().zip(&domains).zip([0x12u8, 0x34]) {
             let target = s.frame(0xA5)?;
@@ -319,7 +321,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
 /// Stops command processing behind the driver's back (Control.CmdBufEn=0, §3.4.3),
 /// as a wedged IOMMU would look: COMPLETION_WAIT never completes.
 fn stall_command_buffer(unit: &amdvi::AmdVi) {
-    let base = unit.description().mmio_base as *mut u8;
+    let base = unit.hardware.description().mmio_base as *mut u8;
     // SAFETY: the unit's register block (identity-mapped uncached, see the glue);
     // the caller holds the unit's lock, so no driver access races this one.
     unsafe {
@@ -347,10 +349,10 @@ fn hung_command_buffer_is_reported_and_recovered(platform: &Platform) -> TestRes
         // The flush's COMPLETION_WAIT never completes: a bounded wait expires.
         let (hung, cost) = {
             let mut unit = s.unit.lock();
-            let before = unit.counters();
+            let before = unit.hardware.counters();
             stall_command_buffer(&unit);
             let result = unit.flush(domain, &gather);
-            (result, unit.counters().since(&before))
+            (result, unit.hardware.counters().since(&before))
         };
         if hung != Err(IommuError::Timeout) {
             return Err(format!(
@@ -371,6 +373,7 @@ fn hung_command_buffer_is_reported_and_recovered(platform: &Platform) -> TestRes
         for _ in 0..8 {
             s.unit
                 .lock()
+                .hardware
                 .probe_event_log()
                 .map_err(|err| format!("illegal command: {err:?}"))?;
         }

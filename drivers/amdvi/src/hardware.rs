@@ -1,0 +1,407 @@
+//! The hardware instance of one AMD-Vi IOMMU: its register block, device table,
+//! command buffer, event log and interrupt remapping tables (AMD IOMMU §2, §3.4).
+//! Command submission lives with the commands in `command.rs`, the event-log
+//! reader in `fault.rs`, the interrupt remapping tables in `interrupt.rs`; the
+//! domains and the `IommuUnit` contract over this instance in `unit.rs`.
+//!
+//! Bring-up order (AMD IOMMU §2.1 and §3.4): with the IOMMU disabled, program the
+//! device table (every entry blocked), the command buffer and the event log, then set
+//! CmdBufEn + EventLogEn + IommuEn and invalidate everything the IOMMU might have
+//! cached. Every wait on the hardware is bounded (`os_services::wait_until`).
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::vec::Vec;
+use core::sync::atomic::{Ordering, fence};
+use core::time::Duration;
+
+use iommu::{DeviceId, IommuError};
+use os_services::mmio::Mmio;
+use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
+
+use crate::command::Command;
+use crate::device_table::Dte;
+use crate::discovery::UnitDescription;
+use crate::fault::Event;
+use crate::regs::{
+    self, CapabilityHeader, Control, DeviceTableBase, ExtendedFeatures, RingBase, Status,
+};
+use crate::ring::Ring;
+
+pub(crate) const PAGE_SIZE: usize = 4096;
+/// 256 entries = one 4 KiB page for both rings (the minimum, §3.4.2/§3.4.3).
+pub(crate) const RING_LOG2: u32 = 8;
+/// How long a COMPLETION_WAIT may take before the command buffer counts as stuck.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long a Control-register change may take to show in Status.
+pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_millis(10);
+/// Entries of a per-device interrupt remapping table (IntTabLen = 8).
+pub(crate) const IRT_LOG2: u8 = 8;
+/// Events read from the log that the unit has not taken yet, at most: the
+/// unit takes them whenever it looks for faults, so this bounds only a unit
+/// that never does.
+pub(crate) const EVENT_BACKLOG: usize = 2 * crate::unit::FAULT_QUEUE_CAPACITY;
+
+/// Why the unit failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnitError {
+    NoMemory,
+    /// The EFR says the IOMMU cannot do what the driver needs.
+    Unsupported,
+    /// The command buffer did not complete a COMPLETION_WAIT in time; the pending
+    /// commands were discarded and the buffer restarted. `stopped` is whether the
+    /// IOMMU had halted command processing (CmdBufRun=0), `illegal_at` the address of
+    /// the command the event log named as illegal, if it did.
+    CommandTimeout {
+        stopped: bool,
+        illegal_at: Option<u64>,
+    },
+    /// The event log reported an ILLEGAL_COMMAND_ERROR for the command at this
+    /// physical address (found after the batch completed).
+    IllegalCommand {
+        address: u64,
+    },
+    /// A Control-register change never showed in Status.
+    StatusTimeout {
+        expected: Status,
+    },
+    /// A pointer register held an impossible value.
+    BadRingPointer(u64),
+    /// A device or table field is out of range.
+    Invalid,
+}
+
+impl From<UnitError> for IommuError {
+    fn from(err: UnitError) -> Self {
+        match err {
+            UnitError::NoMemory => IommuError::NoMemory,
+            UnitError::Unsupported => IommuError::Unsupported,
+            UnitError::Invalid => IommuError::Invalid,
+            _ => IommuError::Timeout,
+        }
+    }
+}
+
+/// What the driver has done to the hardware, for the figures and for tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub commands: u64,
+    pub completion_waits: u64,
+    pub invalidate_devtab_entry: u64,
+    pub invalidate_iommu_pages: u64,
+    pub invalidate_interrupt_table: u64,
+    pub invalidate_all: u64,
+    /// Writes of COMMAND_TAIL (one per submitted batch).
+    pub tail_writes: u64,
+    /// Every MMIO register write.
+    pub mmio_writes: u64,
+    pub events: u64,
+    pub event_overflows: u64,
+    pub command_errors: u64,
+    /// Fault records discarded because their queue held `FAULT_QUEUE_CAPACITY`.
+    pub dropped_faults: u64,
+}
+
+impl Counters {
+    /// `self - earlier`, field by field.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            commands: self.commands - earlier.commands,
+            completion_waits: self.completion_waits - earlier.completion_waits,
+            invalidate_devtab_entry: self.invalidate_devtab_entry - earlier.invalidate_devtab_entry,
+            invalidate_iommu_pages: self.invalidate_iommu_pages - earlier.invalidate_iommu_pages,
+            invalidate_interrupt_table: self.invalidate_interrupt_table
+                - earlier.invalidate_interrupt_table,
+            invalidate_all: self.invalidate_all - earlier.invalidate_all,
+            tail_writes: self.tail_writes - earlier.tail_writes,
+            mmio_writes: self.mmio_writes - earlier.mmio_writes,
+            events: self.events - earlier.events,
+            event_overflows: self.event_overflows - earlier.event_overflows,
+            command_errors: self.command_errors - earlier.command_errors,
+            dropped_faults: self.dropped_faults - earlier.dropped_faults,
+        }
+    }
+}
+
+/// A device's interrupt remapping table.
+pub(crate) struct InterruptTable {
+    pub(crate) region: DmaRegion,
+    /// The indexes device MSI routes hold ([`iommu::IommuUnit::route_msi`]).
+    pub(crate) routes: BTreeSet<u16>,
+}
+
+/// The hardware instance of one AMD-Vi IOMMU. It does what it is told (write
+/// this DTE, run these commands, read the event log) and knows nothing of
+/// domains; [`crate::unit::AmdVi`] decides.
+pub struct Hardware {
+    pub(crate) regs: Mmio,
+    pub(crate) dma: &'static (dyn DmaMemory + Sync),
+    pub(crate) clock: &'static (dyn Clock + Sync),
+    pub(crate) description: UnitDescription,
+    pub(crate) capability: CapabilityHeader,
+    pub(crate) efr: ExtendedFeatures,
+    pub(crate) efr2: u64,
+    pub(crate) device_table: DmaRegion,
+    pub(crate) device_table_entries: u32,
+    pub(crate) command_buffer: DmaRegion,
+    pub(crate) command_ring: Ring,
+    pub(crate) command_tail: u32,
+    pub(crate) event_log: DmaRegion,
+    pub(crate) event_ring: Ring,
+    pub(crate) event_head: u64,
+    /// One page: the COMPLETION_WAIT store target at offset 0.
+    pub(crate) completion: DmaRegion,
+    pub(crate) sequence: u64,
+    pub(crate) control: Control,
+    pub(crate) counters: Counters,
+    pub(crate) interrupt_tables: BTreeMap<u16, InterruptTable>,
+    /// Events read from the log and not yet taken by the unit (which routes
+    /// device faults to their domains); at most [`EVENT_BACKLOG`].
+    pub(crate) events: Vec<Event>,
+}
+
+// SAFETY: the instance owns its register block and DMA regions exclusively; the
+// kernel keeps it behind a lock, so it is only ever used from one CPU at a time.
+unsafe impl Send for Hardware {}
+
+pub(crate) fn write_volatile_u64(region: &DmaRegion, offset: usize, value: u64) {
+    assert!(offset.is_multiple_of(8) && offset + 8 <= region.len);
+    // SAFETY: in bounds and aligned (checked); the region is device-visible memory
+    // owned by this unit, written with volatile stores so the IOMMU sees each store.
+    unsafe { core::ptr::write_volatile(region.virt.add(offset).cast::<u64>(), value) }
+}
+
+pub(crate) fn read_volatile_u64(region: &DmaRegion, offset: usize) -> u64 {
+    assert!(offset.is_multiple_of(8) && offset + 8 <= region.len);
+    // SAFETY: as for `write_volatile_u64`; the IOMMU may have written the word.
+    unsafe { core::ptr::read_volatile(region.virt.add(offset).cast::<u64>()) }
+}
+
+impl Hardware {
+    /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every
+    /// requester blocked. `capability` is the first dword of its PCI capability block
+    /// (NpCache lives there).
+    pub fn new(
+        description: UnitDescription,
+        regs: Mmio,
+        capability: CapabilityHeader,
+        dma: &'static (dyn DmaMemory + Sync),
+        clock: &'static (dyn Clock + Sync),
+    ) -> Result<Self, UnitError> {
+        let efr = ExtendedFeatures(regs.read64(regs::EXTENDED_FEATURE));
+        let efr2 = regs.read64(regs::EXTENDED_FEATURE_2);
+        let entries = (u32::from(description.max_device_id()) + 1).max(1);
+        let table_bytes =
+            (entries as usize * core::mem::size_of::<Dte>()).next_multiple_of(PAGE_SIZE);
+        let alloc = |len| dma.alloc(len, PAGE_SIZE).ok_or(UnitError::NoMemory);
+        let device_table = alloc(table_bytes)?;
+        let command_ring = Ring::new(RING_LOG2);
+        let event_ring = Ring::new(RING_LOG2);
+        let command_buffer = alloc(command_ring.bytes() as usize)?;
+        let event_log = alloc(event_ring.bytes() as usize)?;
+        let completion = alloc(PAGE_SIZE)?;
+        let mut unit = Hardware {
+            regs,
+            dma,
+            clock,
+            device_table_entries: (table_bytes / core::mem::size_of::<Dte>()) as u32,
+            description,
+            capability,
+            efr,
+            efr2,
+            device_table,
+            command_buffer,
+            command_ring,
+            command_tail: 0,
+            event_log,
+            event_ring,
+            event_head: 0,
+            completion,
+            sequence: 0,
+            control: Control::empty(),
+            counters: Counters::default(),
+            interrupt_tables: BTreeMap::new(),
+            events: Vec::new(),
+        };
+        unit.bring_up()?;
+        Ok(unit)
+    }
+
+    pub(crate) fn write_reg(&mut self, reg: os_services::mmio::Reg64, value: u64) {
+        self.counters.mmio_writes += 1;
+        self.regs.write64(reg, value);
+    }
+
+    pub(crate) fn status(&self) -> Status {
+        Status::from_bits_retain(self.regs.read64(regs::STATUS))
+    }
+
+    pub(crate) fn set_control(&mut self, control: Control) {
+        self.control = control;
+        self.write_reg(regs::CONTROL, control.bits());
+    }
+
+    pub(crate) fn wait_status(&self, expected: Status, set: bool) -> Result<(), UnitError> {
+        let regs = &self.regs;
+        wait_until(self.clock, STATUS_TIMEOUT, || {
+            let status = Status::from_bits_retain(regs.read64(regs::STATUS));
+            (status.contains(expected) == set).then_some(())
+        })
+        .map_err(|_| UnitError::StatusTimeout { expected })
+    }
+
+    pub(crate) fn bring_up(&mut self) -> Result<(), UnitError> {
+        // Whatever firmware left running stops first.
+        self.set_control(Control::empty());
+
+        for index in 0..self.device_table_entries {
+            self.store_dte(index as u16, self.blocked_dte(index as u16));
+        }
+        let pages = (self.device_table.len / PAGE_SIZE) as u64;
+        let base = DeviceTableBase::new(self.device_table.phys, pages).ok_or(UnitError::Invalid)?;
+        // 64-bit writes: QEMU latches a base only when its high dword is written.
+        self.write_reg(regs::DEVICE_TABLE_BASE, base.0);
+        let cmd = RingBase::new(self.command_buffer.phys, RING_LOG2).ok_or(UnitError::Invalid)?;
+        self.write_reg(regs::COMMAND_BUFFER_BASE, cmd.0);
+        self.write_reg(regs::COMMAND_HEAD, 0);
+        self.write_reg(regs::COMMAND_TAIL, 0);
+        self.command_tail = 0;
+        let evt = RingBase::new(self.event_log.phys, RING_LOG2).ok_or(UnitError::Invalid)?;
+        self.write_reg(regs::EVENT_LOG_BASE, evt.0);
+        self.write_reg(regs::EVENT_HEAD, 0);
+        self.write_reg(regs::EVENT_TAIL, 0);
+        self.event_head = 0;
+        self.write_reg(
+            regs::STATUS,
+            (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
+        );
+
+        self.set_control(Control::CMD_BUF_EN | Control::EVENT_LOG_EN | Control::IOMMU_EN);
+        self.wait_status(Status::CMD_BUF_RUN, true)?;
+
+        // Nothing cached from before this driver may survive.
+        if self.efr.invalidate_all() {
+            self.run(&[Command::invalidate_all()])
+        } else {
+            let commands: Vec<Command> = (0..self.device_table_entries as u16)
+                .flat_map(|d| {
+                    [
+                        Command::invalidate_devtab_entry(d),
+                        Command::invalidate_interrupt_table(d),
+                    ]
+                })
+                .collect();
+            self.run(&commands)
+        }
+    }
+
+    /// The DTE of a requester in no domain: blocked, with firmware's pass bits.
+    pub(crate) fn blocked_dte(&self, device_id: u16) -> Dte {
+        let setting = self
+            .description
+            .requesters
+            .binary_search_by_key(&device_id, |r| r.device_id)
+            .map(|i| self.description.requesters[i].setting)
+            .unwrap_or_default();
+        Dte::blocked().with_firmware_setting(setting)
+    }
+
+    /// Writes a DTE so that the IOMMU never sees a torn mix that grants more than
+    /// either the old or the new entry: quad 0 (V, TV, Mode, root, IR/IW) first
+    /// becomes "blocked", then quads 1-3 change, then quad 0 takes its final value.
+    pub(crate) fn store_dte(&mut self, device_id: u16, dte: Dte) {
+        let offset = usize::from(device_id) * core::mem::size_of::<Dte>();
+        let table = self.device_table;
+        write_volatile_u64(&table, offset, Dte::blocked().0[0]);
+        fence(Ordering::SeqCst);
+        for quad in [1, 2, 3] {
+            write_volatile_u64(&table, offset + quad * 8, dte.0[quad]);
+        }
+        fence(Ordering::SeqCst);
+        write_volatile_u64(&table, offset, dte.0[0]);
+        fence(Ordering::SeqCst);
+    }
+
+    /// The DTE currently in the table.
+    pub fn dte(&self, device_id: u16) -> Option<Dte> {
+        if u32::from(device_id) >= self.device_table_entries {
+            return None;
+        }
+        let offset = usize::from(device_id) * core::mem::size_of::<Dte>();
+        let mut dte = Dte::default();
+        for (quad, value) in dte.0.iter_mut().enumerate() {
+            *value = read_volatile_u64(&self.device_table, offset + quad * 8);
+        }
+        Some(dte)
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    pub fn description(&self) -> &UnitDescription {
+        &self.description
+    }
+
+    pub fn extended_features(&self) -> ExtendedFeatures {
+        self.efr
+    }
+
+    /// Capability header NpCache: not-present entries may be cached, so a new mapping
+    /// must be invalidated too (§3.2.1).
+    pub fn np_cache(&self) -> bool {
+        self.capability.np_cache()
+    }
+
+    /// Physical address of the COMPLETION_WAIT store word and the command buffer (for
+    /// tests that check where the IOMMU wrote).
+    /// Physical address of the device table (§2.2.2), e.g. as a DMA target a
+    /// hostile device must not reach.
+    pub fn device_table_phys(&self) -> u64 {
+        self.device_table.phys
+    }
+
+    /// Physical address of the event log (§2.5).
+    pub fn event_log_phys(&self) -> u64 {
+        self.event_log.phys
+    }
+
+    /// Physical address of the COMPLETION_WAIT store page.
+    pub fn completion_phys(&self) -> u64 {
+        self.completion.phys
+    }
+
+    pub fn command_buffer_phys(&self) -> u64 {
+        self.command_buffer.phys
+    }
+
+    pub(crate) fn requester(&self, device: DeviceId) -> Result<u16, IommuError> {
+        let id = u16::try_from(device.0).map_err(|_| IommuError::Invalid)?;
+        if u32::from(id) >= self.device_table_entries || !self.description.translates(id) {
+            return Err(IommuError::Invalid);
+        }
+        Ok(id)
+    }
+
+    /// Installs `dte` for `device_id`, preserving its interrupt fields, and
+    /// invalidates the cached copy (INVALIDATE_DEVTAB_ENTRY + COMPLETION_WAIT).
+    pub(crate) fn install_dma_config(
+        &mut self,
+        device_id: u16,
+        dte: Dte,
+        extra: &[Command],
+    ) -> Result<(), UnitError> {
+        let current = self.dte(device_id).ok_or(UnitError::Invalid)?;
+        let mut dte = dte;
+        dte.0[2] = current.0[2];
+        self.store_dte(device_id, dte);
+        let mut commands = Vec::with_capacity(1 + extra.len());
+        commands.push(Command::invalidate_devtab_entry(device_id));
+        commands.extend_from_slice(extra);
+        self.run(&commands)
+    }
+
+    /// Events read from the log since the last call, oldest first.
+    pub(crate) fn take_events(&mut self) -> Vec<Event> {
+        core::mem::take(&mut self.events)
+    }
+}

@@ -9,6 +9,7 @@ use core::mem::size_of;
 
 use crate::regs::Granularity;
 use core::sync::atomic::{Ordering, fence};
+use iommu_kit::SlotRing;
 
 use iommu::Gather;
 use os_services::wait_until;
@@ -162,65 +163,66 @@ impl Descriptor {
     }
 }
 
-/// The invalidation queue's ring: a power-of-two number of slots, software
-/// owns the tail, hardware the head (§6.5.2).
+/// The invalidation queue's ring (§6.5.2): the slot arithmetic is the kit's
+/// [`SlotRing`] (one slot kept empty, byte-offset registers); software owns
+/// the tail, hardware the head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ring {
-    slots: usize,
-    tail: usize,
-    wide: bool,
+    geometry: SlotRing,
+    tail: u32,
 }
 
 impl Ring {
-    /// A ring of `bytes` (one or more 4 KiB pages) of 128- or 256-bit slots.
+    /// A ring of `bytes` (one or more 4 KiB pages) of 128-bit slots, or of
+    /// 256-bit ones when `wide` (IQA.DW = 1).
     pub fn new(bytes: usize, wide: bool) -> Self {
+        let slot_bytes = if wide { 32 } else { 16 };
         Self {
-            slots: bytes / Self::slot_bytes_for(wide),
+            geometry: SlotRing::filling(bytes as u32, slot_bytes),
             tail: 0,
-            wide,
         }
     }
 
-    fn slot_bytes_for(wide: bool) -> usize {
-        if wide { 32 } else { 16 }
-    }
-
     pub fn slot_bytes(&self) -> usize {
-        Self::slot_bytes_for(self.wide)
+        self.geometry.slot_bytes() as usize
     }
 
     pub fn slots(&self) -> usize {
-        self.slots
+        self.geometry.slots() as usize
     }
 
     pub fn is_wide(&self) -> bool {
-        self.wide
+        self.geometry.slot_bytes() == 32
     }
 
     /// The slot the next descriptor goes to.
     pub fn tail(&self) -> usize {
-        self.tail
+        self.tail as usize
     }
 
     /// The IQT value for the current tail (§11.4.10.2: QT is a slot index
     /// shifted by 4, or by 5 with 256-bit descriptors).
     pub fn tail_register(&self) -> u64 {
-        (self.tail * self.slot_bytes()) as u64
+        self.geometry.pointer(self.tail)
     }
 
-    /// The slot index named by an IQH value.
-    pub fn head_slot(&self, head_register: u64) -> usize {
-        (head_register as usize / self.slot_bytes()) % self.slots
+    /// The slot an IQH value names (`None`: no slot boundary, §11.4.10.1).
+    pub fn head_slot(&self, head_register: u64) -> Option<usize> {
+        let head = self
+            .geometry
+            .index(head_register & regs::IQH_QH_MASK)
+            .ok()?;
+        Some(head as usize)
     }
 
     /// Free slots, keeping one empty so that head == tail means empty.
     pub fn free(&self, head: usize) -> usize {
-        (head + self.slots - self.tail - 1) % self.slots
+        self.geometry.free(head as u32, self.tail) as usize
     }
 
     /// Advances the tail past one written slot, wrapping at the end.
     pub fn advance(&mut self) {
-        self.tail = (self.tail + 1) % self.slots;
+        self.tail = self.geometry.next(self.tail);
     }
 }
 
@@ -238,13 +240,15 @@ impl<R: Registers> Hardware<'_, R> {
         else {
             return Err(Error::Unsupported("queued invalidation"));
         };
-        let head = ring.head_slot(self.regs.read64(regs::IQH));
+        let head = ring
+            .head_slot(self.regs.read64(regs::IQH))
+            .ok_or(Error::QueueError)?;
         if ring.free(head) < descriptors.len() + 1 {
             return Err(Error::Timeout("invalidation queue full"));
         }
         *sequence = sequence.wrapping_add(1);
         let token = *sequence;
-        let wait = Descriptor::wait(status.phys, token);
+        let wait = Descriptor::wait(status.phys(), token);
         for descriptor in descriptors.iter().chain(core::iter::once(&wait)) {
             let offset = ring.tail() * ring.slot_bytes();
             let words = if ring.is_wide() { 4 } else { 2 };
@@ -258,9 +262,7 @@ impl<R: Registers> Hardware<'_, R> {
         let ring_page = *ring_page;
         self.counters.invalidations += descriptors.len() as u64;
         self.counters.waits += 1;
-        if !self.ecap.coherent() {
-            (self.env.flush_cache)(ring_page.virt as *const u8, ring_page.len);
-        }
+        self.flush_cache(ring_page);
         fence(Ordering::SeqCst);
         self.write64(regs::IQT, tail);
         let regs = &self.regs;
@@ -298,9 +300,11 @@ impl<R: Registers> Hardware<'_, R> {
         else {
             return;
         };
-        let slot = ring.head_slot(self.regs.read64(regs::IQH));
+        let Some(slot) = ring.head_slot(self.regs.read64(regs::IQH)) else {
+            return;
+        };
         let offset = slot * ring.slot_bytes();
-        let harmless = Descriptor::wait(status.phys, *sequence);
+        let harmless = Descriptor::wait(status.phys(), *sequence);
         let words = if ring.is_wide() { 4 } else { 2 };
         for (index, word) in harmless.0[..words].iter().enumerate() {
             ring_page.write(offset + index * 8, *word);
@@ -553,7 +557,8 @@ mod tests {
         assert_eq!(wide.slots(), 128);
         wide.advance();
         assert_eq!(wide.tail_register(), 0x20);
-        assert_eq!(wide.head_slot(0x40), 2);
+        assert_eq!(wide.head_slot(0x40), Some(2));
+        assert_eq!(wide.head_slot(0x50), None);
     }
 
     proptest! {
@@ -569,7 +574,7 @@ mod tests {
                 ring.advance();
             }
             prop_assert_eq!(ring.tail(), steps % ring.slots());
-            prop_assert_eq!(ring.head_slot(ring.tail_register()), ring.tail());
+            prop_assert_eq!(ring.head_slot(ring.tail_register()), Some(ring.tail()));
             let used = (ring.tail() + ring.slots() - head) % ring.slots();
             prop_assert_eq!(ring.free(head), ring.slots() - 1 - used);
         }

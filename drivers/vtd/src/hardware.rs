@@ -10,10 +10,11 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
-use core::sync::atomic::{Ordering, fence};
+
 use core::time::Duration;
 
 use iommu::{DeviceId, IommuError};
+use iommu_kit::{CacheClean, DmaBuffer};
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -107,74 +108,33 @@ impl Mode {
     }
 }
 
-/// Work done by the unit, for the figures: invalidation descriptors (or
-/// register-based invalidations), wait descriptors and MMIO writes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub invalidations: u64,
-    pub waits: u64,
-    pub mmio_writes: u64,
-}
-
-/// What fault draining saw, for the robustness figures: records moved out
-/// of the recording registers, and how often FSTS.PFO said that faults
-/// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
-/// lost; the hardware does not say how many).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FaultStats {
-    pub records: u64,
-    pub overflows: u64,
-}
-
-impl Counters {
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters {
-            invalidations: self.invalidations - earlier.invalidations,
-            waits: self.waits - earlier.waits,
-            mmio_writes: self.mmio_writes - earlier.mmio_writes,
-        }
+iommu_kit::counters! {
+    /// Work done by the unit, for the figures: invalidation descriptors (or
+    /// register-based invalidations), wait descriptors and MMIO writes.
+    pub struct Counters {
+        pub invalidations,
+        pub waits,
+        pub mmio_writes,
     }
 }
 
-/// A zeroed, page-aligned DMA allocation, kept as plain numbers so that the
-/// unit stays `Send` (the kernel holds it behind a lock).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Page {
-    pub(crate) phys: u64,
-    pub(crate) virt: usize,
-    pub(crate) len: usize,
+iommu_kit::counters! {
+    /// What fault draining saw, for the robustness figures: records moved out
+    /// of the recording registers, and how often FSTS.PFO said that faults
+    /// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
+    /// lost; the hardware does not say how many).
+    pub struct FaultStats {
+        pub records,
+        pub overflows,
+    }
 }
 
-impl Page {
-    pub(crate) fn alloc(env: &Environment<'_>, len: usize) -> Result<Self, Error> {
-        let region = env.dma.alloc(len, PAGE).ok_or(Error::NoMemory)?;
-        Ok(Self {
-            phys: region.phys,
-            virt: region.virt as usize,
-            len: region.len,
-        })
-    }
+/// A zeroed, page-aligned DMA allocation the unit's structures live in.
+pub(crate) type Page = DmaBuffer;
 
-    pub(crate) fn free(self, env: &Environment<'_>) {
-        env.dma.free(os_services::DmaRegion {
-            phys: self.phys,
-            virt: self.virt as *mut u8,
-            len: self.len,
-        });
-    }
-
-    pub(crate) fn write<T: Copy>(&self, offset: usize, value: T) {
-        assert!(offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()));
-        // SAFETY: the allocation is ours, mapped and at least `len` bytes; the
-        // offset is checked above. Volatile: the hardware reads it.
-        unsafe { core::ptr::write_volatile((self.virt + offset) as *mut T, value) }
-    }
-
-    pub(crate) fn read<T: Copy>(&self, offset: usize) -> T {
-        assert!(offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()));
-        // SAFETY: as in `write`; the hardware may have written it.
-        unsafe { core::ptr::read_volatile((self.virt + offset) as *const T) }
-    }
+/// A page (or `len` bytes of pages) for a structure of the unit.
+pub(crate) fn alloc_page(env: &Environment<'_>, len: usize) -> Result<Page, Error> {
+    DmaBuffer::alloc(env.dma, len, PAGE).ok_or(Error::NoMemory)
 }
 
 /// How the unit invalidates its caches.
@@ -287,7 +247,7 @@ impl<'a, R: Registers> Hardware<'a, R> {
                 "no 3- or 4-level second stage in CAP.SAGAW",
             ));
         };
-        let root = Page::alloc(&env, PAGE)?;
+        let root = alloc_page(&env, PAGE)?;
         let mut unit = Self {
             regs,
             env,
@@ -341,17 +301,17 @@ impl<'a, R: Registers> Hardware<'a, R> {
         self.flush_cache(self.root);
         self.write64(
             regs::RTADDR,
-            regs::root_table_address(self.root.phys, table_mode),
+            regs::root_table_address(self.root.phys(), table_mode),
         );
         self.global_command(Global::ROOT_TABLE_POINTER, true)?;
 
         if options.queued_invalidation && self.ecap.queued_invalidation() {
             // 256-bit descriptors only where PASID-based ones are needed.
             let wide = self.mode.is_scalable();
-            let ring_page = Page::alloc(&self.env, PAGE)?;
-            let status = Page::alloc(&self.env, PAGE)?;
+            let ring_page = alloc_page(&self.env, PAGE)?;
+            let status = alloc_page(&self.env, PAGE)?;
             self.write64(regs::IQT, 0);
-            self.write64(regs::IQA, regs::queue_address(ring_page.phys, wide, 0));
+            self.write64(regs::IQA, regs::queue_address(ring_page.phys(), wide, 0));
             self.invalidator = Invalidator::Queue {
                 ring_page,
                 ring: Ring::new(PAGE, wide),
@@ -438,10 +398,13 @@ impl<'a, R: Registers> Hardware<'a, R> {
         Ok(())
     }
 
+    /// The cache maintenance table writes need: none when walks snoop (ECAP.C).
+    pub(crate) fn clean(&self) -> Option<CacheClean> {
+        (!self.ecap.coherent()).then_some(self.env.flush_cache)
+    }
+
     pub(crate) fn flush_cache(&self, page: Page) {
-        if !self.ecap.coherent() {
-            (self.env.flush_cache)(page.virt as *const u8, page.len);
-        }
+        page.clean(0, page.len(), self.clean());
     }
 
     pub(crate) fn context_table(&mut self, bus: u8) -> Result<Page, Error> {
@@ -450,19 +413,19 @@ impl<'a, R: Registers> Hardware<'a, R> {
         }
         // Scalable mode: lower (devfn 0-127) and upper (128-255) tables.
         let pages = if self.mode.is_scalable() { 2 } else { 1 };
-        let table = Page::alloc(&self.env, pages * PAGE)?;
+        let table = alloc_page(&self.env, pages * PAGE)?;
         self.flush_cache(table);
         let offset = usize::from(bus) * size_of::<RootEntry>();
-        if self.mode.is_scalable() {
-            let entry = ScalableRootEntry::new(table.phys, table.phys + PAGE as u64);
-            self.root.write(offset + 8, entry.high);
-            self.root.write(offset, entry.low);
+        let (low, high) = if self.mode.is_scalable() {
+            let entry = ScalableRootEntry::new(table.phys(), table.phys() + PAGE as u64);
+            (entry.low, entry.high)
         } else {
-            let entry = RootEntry::new(table.phys);
-            self.root.write(offset + 8, entry.high);
-            self.root.write(offset, entry.low);
-        }
-        self.flush_cache(self.root);
+            let entry = RootEntry::new(table.phys());
+            (entry.low, entry.high)
+        };
+        // Present bit (low word) last.
+        self.root
+            .publish(offset, &[low, high], 0, None, self.clean());
         self.context_tables.insert(bus, table);
         Ok(table)
     }
@@ -481,16 +444,16 @@ impl<'a, R: Registers> Hardware<'a, R> {
         if let Some(tables) = self.pasid_tables.get(&sid) {
             return Ok((tables.directory, tables.table));
         }
-        let directory = Page::alloc(&self.env, PAGE)?;
-        let table = match Page::alloc(&self.env, PASID_TABLE_ENTRIES * size_of::<PasidEntry>()) {
+        let directory = alloc_page(&self.env, PAGE)?;
+        let table = match alloc_page(&self.env, PASID_TABLE_ENTRIES * size_of::<PasidEntry>()) {
             Ok(table) => table,
             Err(error) => {
-                directory.free(&self.env);
+                directory.free(self.env.dma);
                 return Err(error);
             }
         };
         // RID_PASID (0) lives in directory slot 0.
-        directory.write(0, PasidDirectoryEntry::new(table.phys).0);
+        directory.write(0, PasidDirectoryEntry::new(table.phys()).0);
         self.flush_cache(directory);
         self.pasid_tables
             .insert(sid, PasidTables { directory, table });
@@ -542,15 +505,11 @@ impl<'a, R: Registers> Hardware<'a, R> {
                 }
                 _ => PasidEntry::pass_through(self.address_width, did),
             };
-            // Present bit (word 0) last.
-            for (index, word) in entry.words.iter().enumerate().rev() {
-                pasid_table.write(index * 8, *word);
-            }
-            self.flush_cache(pasid_table);
-            let context = ScalableContextEntry::new(directory.phys, 0);
-            for (index, word) in context.words.iter().enumerate().rev() {
-                table.write(offset + index * 8, *word);
-            }
+            // Present bits (word 0) last: the PASID entry before the context
+            // entry that leads to it.
+            pasid_table.publish(0, &entry.words, 0, None, self.clean());
+            let context = ScalableContextEntry::new(directory.phys(), 0);
+            table.publish(offset, &context.words, 0, None, self.clean());
         } else {
             let entry = match translation {
                 Translation::Paging(root) => {
@@ -558,11 +517,8 @@ impl<'a, R: Registers> Hardware<'a, R> {
                 }
                 _ => ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did),
             };
-            table.write(offset + 8, entry.high);
-            fence(Ordering::SeqCst);
-            table.write(offset, entry.low);
+            table.publish(offset, &[entry.low, entry.high], 0, None, self.clean());
         }
-        self.flush_cache(table);
         self.invalidate_new_context(sid, did)
     }
 
@@ -600,25 +556,25 @@ impl<'a, R: Registers> Hardware<'a, R> {
     /// page, interrupt-remapping table), named, so that tests can aim a
     /// device at them.
     pub fn structure_pages(&self) -> Vec<(&'static str, u64)> {
-        let mut pages = alloc::vec![("root table", self.root.phys)];
+        let mut pages = alloc::vec![("root table", self.root.phys())];
         pages.extend(
             self.context_tables
                 .values()
-                .map(|table| ("context table", table.phys)),
+                .map(|table| ("context table", table.phys())),
         );
         for tables in self.pasid_tables.values() {
-            pages.push(("PASID directory", tables.directory.phys));
-            pages.push(("PASID table", tables.table.phys));
+            pages.push(("PASID directory", tables.directory.phys()));
+            pages.push(("PASID table", tables.table.phys()));
         }
         if let Invalidator::Queue {
             ring_page, status, ..
         } = &self.invalidator
         {
-            pages.push(("invalidation queue", ring_page.phys));
-            pages.push(("invalidation wait status", status.phys));
+            pages.push(("invalidation queue", ring_page.phys()));
+            pages.push(("invalidation wait status", status.phys()));
         }
         if let Some(table) = &self.interrupts {
-            pages.push(("interrupt-remapping table", table.page.phys));
+            pages.push(("interrupt-remapping table", table.page.phys()));
         }
         pages
     }
@@ -665,22 +621,22 @@ impl<R: Registers> Drop for Hardware<'_, R> {
         }
         let env = self.env;
         for (_, table) in core::mem::take(&mut self.context_tables) {
-            table.free(&env);
+            table.free(env.dma);
         }
         for (_, tables) in core::mem::take(&mut self.pasid_tables) {
-            tables.directory.free(&env);
-            tables.table.free(&env);
+            tables.directory.free(env.dma);
+            tables.table.free(env.dma);
         }
         if let Some(table) = self.interrupts.take() {
-            table.page.free(&env);
+            table.page.free(env.dma);
         }
         if let Invalidator::Queue {
             ring_page, status, ..
         } = self.invalidator
         {
-            ring_page.free(&env);
-            status.free(&env);
+            ring_page.free(env.dma);
+            status.free(env.dma);
         }
-        self.root.free(&env);
+        self.root.free(env.dma);
     }
 }

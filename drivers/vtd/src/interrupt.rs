@@ -3,10 +3,9 @@
 
 use alloc::collections::BTreeSet;
 use core::mem::size_of;
-use core::sync::atomic::{Ordering, fence};
 
 use crate::command::Descriptor;
-use crate::hardware::{Error, Hardware, InterruptTable, Invalidator, Page, Registers};
+use crate::hardware::{Error, Hardware, InterruptTable, Invalidator, Registers};
 use crate::regs::{self, Global};
 
 /// VT-d 3.4 §9.10 Interrupt Remapping Table Entry, remapped format (IM = 0).
@@ -58,11 +57,11 @@ impl<R: Registers> Hardware<'_, R> {
             ));
         }
         let entries = 1usize << TABLE_ENTRIES_LOG2;
-        let page = Page::alloc(&self.env, entries * size_of::<Irte>())?;
+        let page = crate::hardware::alloc_page(&self.env, entries * size_of::<Irte>())?;
         self.flush_cache(page);
         self.write64(
             regs::IRTA,
-            regs::irt_address(page.phys, false, TABLE_ENTRIES_LOG2),
+            regs::irt_address(page.phys(), false, TABLE_ENTRIES_LOG2),
         );
         self.interrupts = Some(InterruptTable {
             page,
@@ -102,11 +101,7 @@ impl<R: Registers> Hardware<'_, R> {
         }
         let offset = usize::from(index) * size_of::<Irte>();
         // Not present while the entry is half written (§9.10).
-        page.write::<u64>(offset, 0);
-        page.write(offset + 8, entry.high);
-        fence(Ordering::SeqCst);
-        page.write(offset, entry.low);
-        self.flush_cache(page);
+        page.publish(offset, &[entry.low, entry.high], 0, Some(0), self.clean());
         self.submit(&[Descriptor::interrupt_entry_cache(Some(index))])
     }
 

@@ -9,11 +9,10 @@ extern crate std;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 
 use iommu::{Gather, IommuError, Prot, UnitId};
+use iommu_kit::fakes::{HostDma, SteppingClock};
 use os_services::mmio::{Reg32, Reg64};
-use os_services::{Clock, DmaMemory, DmaRegion};
 
 use crate::command::{Descriptor, DescriptorType};
 use crate::device_table::{ContextEntry, PasidEntry};
@@ -35,56 +34,6 @@ pub(crate) const ECAP_SCALABLE_FL: u64 = 0x0000_8800_00f0_0f4a;
 
 pub(crate) const EDU_A: u16 = 0x20;
 pub(crate) const EDU_B: u16 = 0x28;
-
-/// Host DMA memory: phys == virt; counts live allocations for leak checks.
-pub(crate) struct HostDma {
-    pub(crate) live: Cell<isize>,
-}
-
-// SAFETY: the tests are single-threaded; the cell is never shared across threads.
-unsafe impl Sync for HostDma {}
-
-impl DmaMemory for HostDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        let len = len.div_ceil(4096) * 4096;
-        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
-        // SAFETY: non-zero size layout.
-        let virt = unsafe { alloc_zeroed(layout) };
-        self.live.set(self.live.get() + 1);
-        Some(DmaRegion {
-            phys: virt as u64,
-            virt,
-            len,
-        })
-    }
-
-    fn free(&self, region: DmaRegion) {
-        self.live.set(self.live.get() - 1);
-        let layout = Layout::from_size_align(region.len, 4096).unwrap();
-        // SAFETY: allocated by `alloc` above with this size and alignment.
-        unsafe { dealloc(region.virt, layout) }
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        phys as *mut u8
-    }
-}
-
-/// Every read advances time by 1 µs, so a 100 ms bound is 100 000 polls.
-pub(crate) struct SteppingClock {
-    pub(crate) now: Cell<u64>,
-}
-
-// SAFETY: single-threaded tests.
-unsafe impl Sync for SteppingClock {}
-
-impl Clock for SteppingClock {
-    fn now_ns(&self) -> u64 {
-        let now = self.now.get();
-        self.now.set(now + 1_000);
-        now
-    }
-}
 
 pub(crate) fn no_flush(_: *const u8, _: usize) {}
 
@@ -362,8 +311,9 @@ impl Rig {
     pub(crate) fn new() -> Self {
         NEXT_ROOT.with(|next| next.set(FAKE_ROOT));
         Self {
-            dma: HostDma { live: Cell::new(0) },
-            clock: SteppingClock { now: Cell::new(0) },
+            dma: HostDma::default(),
+            // Every read advances time by 1 µs, so a 100 ms bound is 100 000 polls.
+            clock: SteppingClock::new(1_000),
         }
     }
 

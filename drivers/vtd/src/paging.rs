@@ -4,13 +4,13 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::ptr::NonNull;
 
 use io_page_table::format::vtd_ss::{VtdSecondStage, VtdSsConfig};
 use io_page_table::format::x86_64::{X86_64, X86Config};
-use io_page_table::{Coherence, FreedTables, IoPageTable, MapError, PageTable, TableAlloc};
+use io_page_table::{Coherence, FreedTables, IoPageTable, MapError, PageTable};
 use iommu::{Gather, IommuError, Prot};
-use os_services::{DmaMemory, DmaRegion};
+use iommu_kit::DmaTableAlloc;
+use os_services::DmaMemory;
 
 use crate::regs::{Cap, Ecap};
 
@@ -43,40 +43,6 @@ pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
 /// Output (physical) address bits the unit's tables may name; QEMU's q35
 /// reports a 48-bit host address width in the DMAR.
 const OUTPUT_BITS: u32 = 48;
-
-/// Table pages from the unit's [`DmaMemory`], cleaned through the unit's
-/// cache hook when walks do not snoop.
-pub struct DmaTableAlloc<'a> {
-    dma: &'a (dyn DmaMemory + Sync),
-    clean: fn(*const u8, usize),
-}
-
-// SAFETY: pages come zeroed, naturally aligned (the alignment asked for is
-// their size) and exclusively owned from `DmaMemory::alloc`; `phys_to_virt`
-// is the memory service's own translation; `clean_for_device` writes the
-// lines back through the kernel's hook.
-unsafe impl TableAlloc for DmaTableAlloc<'_> {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
-        self.dma.alloc(bytes, bytes).map(|region| region.phys)
-    }
-
-    unsafe fn free_table(&mut self, phys: u64, bytes: usize) {
-        self.dma.free(DmaRegion {
-            phys,
-            virt: self.dma.phys_to_virt(phys),
-            len: bytes,
-        });
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
-        // Table pages are mapped memory the service handed out: never null.
-        NonNull::new(self.dma.phys_to_virt(phys)).unwrap_or(NonNull::dangling())
-    }
-
-    fn clean_for_device(&self, virt: NonNull<u8>, bytes: usize) {
-        (self.clean)(virt.as_ptr(), bytes)
-    }
-}
 
 /// A domain's `io-page-table` table and the table pages its unmaps unlinked,
 /// held until the invalidation that covers them has completed.
@@ -137,15 +103,12 @@ pub fn new_table<'a>(
     dma: &'a (dyn DmaMemory + Sync),
     flush_cache: fn(*const u8, usize),
 ) -> Result<Box<dyn DomainTable + 'a>, IommuError> {
-    let alloc = DmaTableAlloc {
-        dma,
-        clean: flush_cache,
-    };
-    let coherence = if ecap.coherent() {
-        Coherence::Coherent
+    let (coherence, clean) = if ecap.coherent() {
+        (Coherence::Coherent, None)
     } else {
-        Coherence::NonCoherent
+        (Coherence::NonCoherent, Some(flush_cache))
     };
+    let alloc = DmaTableAlloc::new(dma, clean);
     Ok(match format {
         TableFormat::SecondStage { levels } => {
             let format = VtdSecondStage::new(VtdSsConfig {

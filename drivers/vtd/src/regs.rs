@@ -33,6 +33,9 @@ pub const FEADDR: Reg32 = Reg32(0x40);
 pub const FEUADDR: Reg32 = Reg32(0x44);
 /// VT-d 3.4 §11.4.10.1 Invalidation Queue Head Register.
 pub const IQH: Reg64 = Reg64(0x80);
+/// IQH.QH (bits 18:4): the byte offset of the next descriptor the hardware
+/// fetches; the bits around it are reserved.
+pub const IQH_QH_MASK: u64 = 0x7_FFF0;
 /// VT-d 3.4 §11.4.10.2 Invalidation Queue Tail Register.
 pub const IQT: Reg64 = Reg64(0x88);
 /// VT-d 3.4 §11.4.10.3 Invalidation Queue Address Register.

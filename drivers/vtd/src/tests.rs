@@ -89,7 +89,7 @@ fn bring_up_sets_root_then_queue_then_remapping_then_translation() {
     );
     assert!(model.register_invalidations.borrow().is_empty());
     drop(unit);
-    assert_eq!(rig.dma.live.get(), 0, "tables leaked");
+    assert_eq!(rig.dma.live(), 0, "tables leaked");
 }
 
 #[test]
@@ -204,7 +204,7 @@ fn scalable_detach_adds_pasid_cache_invalidation() {
             );
         }
         drop(unit);
-        assert_eq!(rig.dma.live.get(), 0);
+        assert_eq!(rig.dma.live(), 0);
     }
 }
 
@@ -408,7 +408,7 @@ fn scalable_mode_refuses_to_run_without_the_queue() {
     );
     assert!(matches!(result, Err(Error::Unsupported(_))));
     drop(result);
-    assert_eq!(rig.dma.live.get(), 0, "a failed bring-up leaked");
+    assert_eq!(rig.dma.live(), 0, "a failed bring-up leaked");
 }
 
 #[test]
@@ -642,7 +642,7 @@ fn scalable_paging_domains_fill_the_rid_pasid_entry() {
         assert!(!model.rid_pasid_entry(EDU_B).is_present());
         assert_eq!(unit.free_domain(domain), Ok(()));
         drop(unit);
-        assert_eq!(rig.dma.live.get(), 0);
+        assert_eq!(rig.dma.live(), 0);
     }
 }
 

@@ -16,6 +16,8 @@ use iommu::{
     UnitId, UnitInfo, UnitKind,
 };
 
+use iommu_kit::{IdAllocator, TakenId};
+
 use crate::discovery::UnitDescription;
 use crate::hardware::{Environment, Error, Hardware, Mode, Options, Registers, Translation};
 use crate::interrupt::{Irte, remappable_msi_address};
@@ -49,10 +51,9 @@ pub struct Vtd<'a, R: Registers> {
     domains: BTreeMap<u32, Domain<'a>>,
     attached: BTreeMap<u16, u32>,
     next_handle: u32,
-    /// The lowest domain id never handed out (u32: it may reach 2^16).
-    next_did: u32,
-    /// Ids of freed domains; each is invalidated before it is handed out again.
-    free_dids: Vec<u16>,
+    /// Domain ids (CAP.ND); a freed one is invalidated before it is handed
+    /// out again.
+    dids: IdAllocator,
 }
 
 impl<'a, R: Registers> Vtd<'a, R> {
@@ -65,15 +66,16 @@ impl<'a, R: Registers> Vtd<'a, R> {
         description: UnitDescription,
         options: Options,
     ) -> Result<Self, Error> {
+        let hardware = Hardware::new(regs, env, description, options)?;
+        // DID 0 is reserved under caching mode (§6.1); skip it always.
+        let dids = IdAllocator::new(1..=hardware.cap().domain_count().min(1 << 16) - 1);
         Ok(Self {
             id,
-            hardware: Hardware::new(regs, env, description, options)?,
+            hardware,
             domains: BTreeMap::new(),
             attached: BTreeMap::new(),
             next_handle: 1,
-            // DID 0 is reserved under caching mode (§6.1); skip it always.
-            next_did: 1,
-            free_dids: Vec::new(),
+            dids,
         })
     }
 
@@ -141,22 +143,15 @@ impl<'a, R: Registers> Vtd<'a, R> {
     /// one, after a domain-selective IOTLB invalidation removed whatever the
     /// hardware still caches under it (§6.5.2.3), or else the lowest id never
     /// handed out. `NoMemory` once CAP.ND's ids are all live.
-    fn take_domain_id(&mut self) -> Result<(u16, bool), IommuError> {
-        if let Some(did) = self.free_dids.pop() {
-            let invalidated = self.hardware.invalidate_domain(did);
-            if let Err(error) = invalidated {
-                self.free_dids.push(did);
-                return Err(error.into());
-            }
-            return Ok((did, true));
+    fn take_domain_id(&mut self) -> Result<TakenId, IommuError> {
+        let taken = self.dids.take().ok_or(IommuError::NoMemory)?;
+        if taken.recycled
+            && let Err(error) = self.hardware.invalidate_domain(taken.id as u16)
+        {
+            self.dids.untake(taken);
+            return Err(error.into());
         }
-        let limit = self.hardware.cap().domain_count().min(1 << 16);
-        let did = u16::try_from(self.next_did)
-            .ok()
-            .filter(|_| self.next_did < limit)
-            .ok_or(IommuError::NoMemory)?;
-        self.next_did += 1;
-        Ok((did, false))
+        Ok(taken)
     }
 
     /// The translation and table of a new domain of `kind` (checked by the caller).
@@ -256,19 +251,16 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
             DomainKind::Identity if self.hardware.ecap().pass_through() => {}
             _ => return Err(IommuError::Unsupported),
         }
-        let (did, recycled) = self.take_domain_id()?;
-        let built = self.build_domain(kind);
-        let (translation, table) = match built {
+        let taken = self.take_domain_id()?;
+        let (translation, table) = match self.build_domain(kind) {
             Ok(built) => built,
             Err(error) => {
-                if recycled {
-                    self.free_dids.push(did);
-                } else {
-                    self.next_did -= 1;
-                }
+                self.dids.untake(taken);
                 return Err(error);
             }
         };
+        // The allocator's range ends below 2^16.
+        let did = taken.id as u16;
         let handle = self.next_handle;
         self.next_handle += 1;
         self.domains.insert(
@@ -296,7 +288,7 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 // still use the unlinked pages.
                 table.release_unlinked();
             }
-            self.free_dids.push(removed.did);
+            self.dids.free(u32::from(removed.did));
         }
         Ok(())
     }

@@ -12,12 +12,13 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::vec::Vec;
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use ::iommu::{DeviceId, DomainHandle, DomainKind, IommuError, IommuUnit};
 use edu::Direction;
-use os_services::{Clock, DmaMemory, DmaRegion};
+use iommu_kit::Rationed;
+use os_services::Clock;
 use vtd::command::Descriptor;
 use vtd::regs::{self, FaultStatus, Global};
 
@@ -619,50 +620,8 @@ fn hang_flush_recover(
 
 // ---- 4. resource exhaustion -------------------------------------------------
 
-/// The kernel's DMA memory, rationed: after `left` more allocations it
-/// refuses until the ration is lifted.
-struct Rationed {
-    left: AtomicUsize,
-    refused: AtomicUsize,
-}
-
-static RATIONED: Rationed = Rationed {
-    left: AtomicUsize::new(usize::MAX),
-    refused: AtomicUsize::new(0),
-};
-
-impl Rationed {
-    fn allow(&self, allocations: usize) {
-        self.left.store(allocations, Ordering::SeqCst);
-    }
-    fn unlimited(&self) {
-        self.allow(usize::MAX);
-    }
-}
-
-impl DmaMemory for Rationed {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        let granted = self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        if !granted {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return None;
-        }
-        crate::memory::dma::DMA.alloc(len, align)
-    }
-
-    fn free(&self, region: DmaRegion) {
-        crate::memory::dma::DMA.free(region)
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        crate::memory::dma::DMA.phys_to_virt(phys)
-    }
-}
+/// The kernel's DMA memory, rationed on demand.
+static RATIONED: Rationed = Rationed::new(&crate::memory::dma::DMA);
 
 /// IOVAs in separate 512 GiB regions: a first map there needs three new
 /// table pages (levels 3, 2 and 1 of a 4-level table).
@@ -696,7 +655,7 @@ fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
 }
 
 fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
-    let refused_before = RATIONED.refused.load(Ordering::SeqCst);
+    let refused_before = RATIONED.refused();
     RATIONED.allow(0);
     let free = frames::free_count();
     match unit.alloc_domain(DomainKind::Paging) {
@@ -782,7 +741,7 @@ fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
             )?;
         }
         ensure!(
-            RATIONED.refused.load(Ordering::SeqCst) >= refused_before + 4,
+            RATIONED.refused() >= refused_before + 4,
             "the ration did not refuse"
         );
         // Resources back: the same map works and carries DMA.
@@ -797,7 +756,7 @@ fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {
         ensure!(drain(unit).is_empty(), "faults after recovery");
         println!(
             "robust::vtd: table-page exhaustion: {refused_maps} maps and 1 domain refused cleanly, {} allocations refused",
-            RATIONED.refused.load(Ordering::SeqCst) - refused_before
+            RATIONED.refused() - refused_before
         );
         // Domain ids: more alloc/free cycles than CAP.ND has ids; each
         // freed id is invalidated before it is handed out again.

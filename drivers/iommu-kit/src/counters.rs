@@ -1,0 +1,50 @@
+//! Counters of the work a driver did (commands, waits, MMIO writes), read by
+//! the benchmarks and by tests that check what an operation cost.
+
+/// Declares a counters struct: `u64` fields, `Default`, `since` (the work
+/// done between two readings) and `named` (every field with its name, for
+/// printing any driver's figures the same way).
+///
+/// ```
+/// iommu_kit::counters! {
+///     /// Work done by a unit.
+///     pub struct Counters {
+///         /// Commands queued.
+///         pub commands,
+///         pub waits,
+///     }
+/// }
+/// let before = Counters { commands: 3, waits: 1 };
+/// let after = Counters { commands: 5, waits: 2 };
+/// assert_eq!(after.since(&before), Counters { commands: 2, waits: 1 });
+/// assert_eq!(after.named(), [("commands", 5), ("waits", 2)]);
+/// ```
+#[macro_export]
+macro_rules! counters {
+    (
+        $(#[$meta:meta])*
+        $vis:vis struct $name:ident {
+            $( $(#[$field_meta:meta])* $field_vis:vis $field:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        $vis struct $name {
+            $( $(#[$field_meta])* $field_vis $field: u64 ),*
+        }
+
+        impl $name {
+            /// `self - earlier`, field by field: the work done in between.
+            pub fn since(&self, earlier: &Self) -> Self {
+                Self {
+                    $( $field: self.$field.wrapping_sub(earlier.$field) ),*
+                }
+            }
+
+            /// Every counter with its name, in declaration order.
+            pub fn named(&self) -> [(&'static str, u64); 0 $( + { let _ = stringify!($field); 1 } )*] {
+                [ $( (stringify!($field), self.$field) ),* ]
+            }
+        }
+    };
+}

@@ -1,0 +1,178 @@
+//! Memory the IOMMU reads and writes behind the CPU's back: tables, queues,
+//! completion words.
+//!
+//! Two rules hold for all of it, in every driver. Accesses are volatile (the
+//! compiler must not merge, reorder or drop them), and an entry the hardware
+//! may fetch at any moment is written so that no fetch sees a mix granting more
+//! than the old or the new entry: the word holding the valid bit last, after a
+//! fence (VT-d 3.4 §6.2.5 "entries are read atomically per 128 bits" and §9.10
+//! for IRTEs; AMD IOMMU §2.2.2 DTE and §2.2.5 IRTE; SMMUv3 §3.21.3 for STEs and
+//! CDs), and the written lines cleaned for a walker that does not snoop the CPU
+//! caches (VT-d ECAP.C = 0, SMMUv3 IDR0.COHACC = 0).
+
+use core::mem::{align_of, size_of};
+use core::sync::atomic::{Ordering, fence};
+
+use os_services::{DmaMemory, DmaRegion};
+
+/// Writes the CPU cache lines covering `[virt, virt + len)` back to memory
+/// (x86 `clflush`, Arm `dc cvac`), for hardware whose reads do not snoop.
+/// The kernel supplies it; `None` where the hardware snoops.
+pub type CacheClean = fn(*const u8, usize);
+
+/// A zeroed, physically contiguous allocation the hardware reads or writes,
+/// kept as plain numbers so that the structures holding it stay `Send` (the
+/// kernel keeps every unit behind a lock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaBuffer {
+    phys: u64,
+    virt: usize,
+    len: usize,
+}
+
+impl DmaBuffer {
+    /// `len` bytes (whole frames) aligned to `align`, zeroed; `None` when the
+    /// memory service has none.
+    pub fn alloc(dma: &dyn DmaMemory, len: usize, align: usize) -> Option<Self> {
+        dma.alloc(len, align).map(Self::from_region)
+    }
+
+    pub fn from_region(region: DmaRegion) -> Self {
+        Self {
+            phys: region.phys,
+            virt: region.virt as usize,
+            len: region.len,
+        }
+    }
+
+    pub fn region(&self) -> DmaRegion {
+        DmaRegion {
+            phys: self.phys,
+            virt: self.virt as *mut u8,
+            len: self.len,
+        }
+    }
+
+    /// Returns the memory to the service it came from.
+    pub fn free(self, dma: &dyn DmaMemory) {
+        dma.free(self.region());
+    }
+
+    /// Bus address of the first byte.
+    pub fn phys(&self) -> u64 {
+        self.phys
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn at<T>(&self, offset: usize) -> *mut T {
+        assert!(
+            offset + size_of::<T>() <= self.len && offset.is_multiple_of(align_of::<T>()),
+            "DMA buffer access at {offset:#x} (+{}) outside {} bytes or misaligned",
+            size_of::<T>(),
+            self.len
+        );
+        (self.virt + offset) as *mut T
+    }
+
+    /// Reads a value the hardware may have written.
+    pub fn read<T: Copy>(&self, offset: usize) -> T {
+        // SAFETY: `at` checked that the value lies inside the allocation, which
+        // this buffer owns and which stays mapped until `free`, and that it is
+        // aligned for `T`. Volatile: the hardware writes it behind our back.
+        unsafe { core::ptr::read_volatile(self.at::<T>(offset)) }
+    }
+
+    /// Writes a value the hardware may read at any time.
+    pub fn write<T: Copy>(&self, offset: usize, value: T) {
+        // SAFETY: as in `read`; volatile because the hardware reads it.
+        unsafe { core::ptr::write_volatile(self.at::<T>(offset), value) }
+    }
+
+    /// Writes the 64-bit words of an entry at `offset` that the hardware may
+    /// fetch while it changes: `hold` (if given) into the word carrying the
+    /// valid bit first, so the entry is inert while the others change; then
+    /// every other word; then, after a fence, the valid word's final value;
+    /// then the lines are cleaned (`clean`) for a walker that does not snoop.
+    /// The caller invalidates the hardware's cached copy afterwards.
+    pub fn publish(
+        &self,
+        offset: usize,
+        words: &[u64],
+        valid_word: usize,
+        hold: Option<u64>,
+        clean: Option<CacheClean>,
+    ) {
+        assert!(valid_word < words.len());
+        if let Some(hold) = hold {
+            self.write(offset + valid_word * 8, hold);
+            fence(Ordering::SeqCst);
+        }
+        for (index, word) in words.iter().enumerate() {
+            if index != valid_word {
+                self.write(offset + index * 8, *word);
+            }
+        }
+        fence(Ordering::SeqCst);
+        self.write(offset + valid_word * 8, words[valid_word]);
+        fence(Ordering::SeqCst);
+        self.clean(offset, words.len() * 8, clean);
+    }
+
+    /// Makes `len` bytes at `offset` visible to a walker that does not snoop;
+    /// nothing to do when `clean` is `None` (the hardware snoops).
+    pub fn clean(&self, offset: usize, len: usize, clean: Option<CacheClean>) {
+        if let Some(clean) = clean {
+            let start = self.at::<u8>(offset);
+            assert!(offset + len <= self.len);
+            clean(start, len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fakes::HostDma;
+    use std::sync::Mutex;
+    use std::vec::Vec;
+
+    #[test]
+    fn reads_back_what_it_wrote_and_refuses_out_of_bounds() {
+        let dma = HostDma::default();
+        let buffer = DmaBuffer::alloc(&dma, 4096, 4096).unwrap();
+        buffer.write::<u64>(8, 0xDEAD_BEEF);
+        buffer.write::<u32>(4092, 7);
+        assert_eq!(buffer.read::<u64>(8), 0xDEAD_BEEF);
+        assert_eq!(buffer.read::<u32>(4092), 7);
+        assert!(std::panic::catch_unwind(|| buffer.write::<u64>(4090, 0)).is_err());
+        assert!(std::panic::catch_unwind(|| buffer.read::<u64>(4)).is_err());
+        buffer.free(&dma);
+        assert_eq!(dma.live(), 0);
+    }
+
+    static CLEANED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+
+    fn record_clean(start: *const u8, len: usize) {
+        CLEANED.lock().unwrap().push((start as usize, len));
+    }
+
+    #[test]
+    fn publish_writes_the_valid_word_last_and_cleans_the_entry() {
+        let dma = HostDma::default();
+        let buffer = DmaBuffer::alloc(&dma, 4096, 4096).unwrap();
+        buffer.write::<u64>(64, 0xFFFF);
+        buffer.publish(64, &[1, 2, 3, 4], 0, Some(0), Some(record_clean));
+        let words: Vec<u64> = (0..4).map(|i| buffer.read::<u64>(64 + i * 8)).collect();
+        assert_eq!(words, [1, 2, 3, 4]);
+        let base = buffer.region().virt as usize;
+        assert!(CLEANED.lock().unwrap().contains(&(base + 64, 32)));
+        buffer.free(&dma);
+    }
+}

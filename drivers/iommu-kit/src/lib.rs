@@ -1,0 +1,41 @@
+//! The pieces every IOMMU driver in this project needs, written once.
+//!
+//! VT-d, AMD-Vi and SMMUv3 differ in their registers, entries and commands,
+//! but not in how they keep a structure the device reads, hand page-table
+//! pages to `io-page-table`, walk a command ring, hand out domain ids or count
+//! their work. Those live here, so that a reader learns them once and a fix
+//! lands in all three drivers:
+//!
+//! - [`dma`]: [`DmaBuffer`], device-visible memory with bounds-checked
+//!   volatile access, and [`DmaBuffer::publish`], the one writer of entries the
+//!   hardware may read at any time (ordering and cache maintenance in one place).
+//! - [`table_alloc`]: [`DmaTableAlloc`], `io-page-table`'s page allocator over a
+//!   driver's `DmaMemory`.
+//! - [`ring`]: the two ways hardware tells a full ring from an empty one:
+//!   a slot always left empty ([`SlotRing`], VT-d and AMD-Vi) or a wrap bit
+//!   ([`WrapIndex`], SMMUv3).
+//! - [`ids`]: [`IdAllocator`], domain ids (DID, DomainID, ASID, VMID) that are
+//!   recycled only after the driver has invalidated them.
+//! - [`counters!`]: a counters struct with `since` and named fields, for the figures.
+//! - [`rationed`]: [`Rationed`], DMA memory that refuses after a budget, to
+//!   exhaust table pages on demand in tests (host and kernel alike).
+//! - `fakes` (feature `host-fakes`): heap-backed DMA memory and a stepping
+//!   clock for host tests.
+#![cfg_attr(not(any(test, feature = "host-fakes")), no_std)]
+
+extern crate alloc;
+
+pub mod counters;
+pub mod dma;
+#[cfg(any(test, feature = "host-fakes"))]
+pub mod fakes;
+pub mod ids;
+pub mod rationed;
+pub mod ring;
+pub mod table_alloc;
+
+pub use dma::{CacheClean, DmaBuffer};
+pub use ids::{IdAllocator, TakenId};
+pub use rationed::Rationed;
+pub use ring::{BadPointer, SlotRing, WrapIndex};
+pub use table_alloc::DmaTableAlloc;

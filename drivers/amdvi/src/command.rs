@@ -7,11 +7,8 @@ use core::sync::atomic::{Ordering, fence};
 use os_services::wait_until;
 
 use crate::fault::Event;
-use crate::hardware::{
-    COMMAND_TIMEOUT, Hardware, UnitError, read_volatile_u64, write_volatile_u64,
-};
+use crate::hardware::{COMMAND_TIMEOUT, Hardware, UnitError};
 use crate::regs::{self, Control, Status};
-use crate::ring::ENTRY_SIZE;
 
 /// One 128-bit command as it sits in the command buffer.
 #[repr(C, align(16))]
@@ -228,9 +225,9 @@ impl Hardware {
     pub fn run(&mut self, commands: &[Command]) -> Result<(), UnitError> {
         self.sequence += 1;
         let sequence = self.sequence;
-        let wait = Command::completion_wait(self.completion.phys, sequence);
+        let wait = Command::completion_wait(self.completion.phys(), sequence);
         let total = commands.len() as u32 + 1;
-        if total > self.command_ring.entries() - 1 {
+        if total > self.command_ring.slots() - 1 {
             return Err(UnitError::Invalid);
         }
         // Room for the whole batch (the previous one has completed, so this only
@@ -248,11 +245,10 @@ impl Hardware {
             illegal_at: None,
         })?;
 
-        let first_slot = self.command_buffer.phys + self.command_ring.pointer(self.command_tail);
+        let first_slot = self.command_buffer.phys() + self.command_ring.pointer(self.command_tail);
         for command in commands.iter().chain(core::iter::once(&wait)) {
             let offset = self.command_ring.pointer(self.command_tail) as usize;
-            write_volatile_u64(&self.command_buffer, offset, command.0[0]);
-            write_volatile_u64(&self.command_buffer, offset + 8, command.0[1]);
+            self.command_buffer.write(offset, command.0);
             self.command_tail = self.command_ring.next(self.command_tail);
             self.count(command);
         }
@@ -264,9 +260,9 @@ impl Hardware {
 
         let completion = self.completion;
         let done = wait_until(self.clock, COMMAND_TIMEOUT, || {
-            (read_volatile_u64(&completion, 0) == sequence).then_some(())
+            (completion.read::<u64>(0) == sequence).then_some(())
         });
-        let batch = first_slot..first_slot + u64::from(total * ENTRY_SIZE);
+        let batch = first_slot..first_slot + u64::from(total * regs::ENTRY_SIZE);
         if done.is_err() {
             return Err(self.recover_command_buffer(batch));
         }

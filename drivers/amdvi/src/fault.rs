@@ -11,12 +11,11 @@ use core::mem::size_of;
 use bitflags::bitflags;
 use iommu::{Access, DeviceId, FaultReason, FaultRecord, UnitId};
 
-use crate::ring::{BadPointer, Ring};
+use iommu_kit::{BadPointer, SlotRing};
 
 use crate::command::Command;
-use crate::hardware::{EVENT_BACKLOG, Hardware, UnitError, read_volatile_u64};
+use crate::hardware::{EVENT_BACKLOG, Hardware, UnitError};
 use crate::regs::{self, Control, Status};
-use crate::ring::ENTRY_SIZE;
 
 /// One raw event-log entry.
 #[repr(C, align(16))]
@@ -322,7 +321,7 @@ impl Event {
 /// `tail` (event-log register values) through `read`, in order, wrapping at the end of
 /// the ring. Returns the events and the new head register value (= `tail`).
 pub fn drain(
-    ring: Ring,
+    ring: SlotRing,
     head: u64,
     tail: u64,
     mut read: impl FnMut(u32) -> RawEvent,
@@ -347,11 +346,7 @@ impl Hardware {
         let tail = self.regs.read64(regs::EVENT_TAIL) & regs::RING_POINTER_MASK;
         let log = self.event_log;
         let Ok((events, head)) = drain(self.event_ring, self.event_head, tail, |index| {
-            let offset = index as usize * ENTRY_SIZE as usize;
-            RawEvent([
-                read_volatile_u64(&log, offset),
-                read_volatile_u64(&log, offset + 8),
-            ])
+            RawEvent(log.read::<[u64; 2]>(index as usize * regs::ENTRY_SIZE as usize))
         }) else {
             return 0;
         };
@@ -564,7 +559,7 @@ mod tests {
     /// tail would equal the head the log is full: the event is dropped and
     /// EventOverflow is set.
     struct ModelLog {
-        ring: Ring,
+        ring: SlotRing,
         entries: std::vec::Vec<RawEvent>,
         head: u32,
         tail: u32,
@@ -573,10 +568,10 @@ mod tests {
 
     impl ModelLog {
         fn new(log2: u32) -> Self {
-            let ring = Ring::new(log2);
+            let ring = SlotRing::new(log2, crate::regs::ENTRY_SIZE);
             Self {
                 ring,
-                entries: vec![RawEvent::default(); ring.entries() as usize],
+                entries: vec![RawEvent::default(); ring.slots() as usize],
                 head: 0,
                 tail: 0,
                 overflow: false,
@@ -654,7 +649,7 @@ mod tests {
 
     #[test]
     fn reader_rejects_garbage_pointers() {
-        let ring = Ring::new(8);
+        let ring = SlotRing::new(8, crate::regs::ENTRY_SIZE);
         assert_eq!(
             drain(ring, 0x8, 0x20, |_| RawEvent::default()).unwrap_err(),
             BadPointer(0x8)

@@ -11,12 +11,12 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
-use core::sync::atomic::{Ordering, fence};
 use core::time::Duration;
 
 use iommu::{DeviceId, IommuError};
+use iommu_kit::{DmaBuffer, SlotRing};
 use os_services::mmio::Mmio;
-use os_services::{Clock, DmaMemory, DmaRegion, wait_until};
+use os_services::{Clock, DmaMemory, wait_until};
 
 use crate::command::Command;
 use crate::device_table::Dte;
@@ -25,7 +25,6 @@ use crate::fault::Event;
 use crate::regs::{
     self, CapabilityHeader, Control, DeviceTableBase, ExtendedFeatures, RingBase, Status,
 };
-use crate::ring::Ring;
 
 pub(crate) const PAGE_SIZE: usize = 4096;
 /// 256 entries = one 4 KiB page for both rings (the minimum, §3.4.2/§3.4.3).
@@ -81,50 +80,30 @@ impl From<UnitError> for IommuError {
     }
 }
 
-/// What the driver has done to the hardware, for the figures and for tests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub commands: u64,
-    pub completion_waits: u64,
-    pub invalidate_devtab_entry: u64,
-    pub invalidate_iommu_pages: u64,
-    pub invalidate_interrupt_table: u64,
-    pub invalidate_all: u64,
-    /// Writes of COMMAND_TAIL (one per submitted batch).
-    pub tail_writes: u64,
-    /// Every MMIO register write.
-    pub mmio_writes: u64,
-    pub events: u64,
-    pub event_overflows: u64,
-    pub command_errors: u64,
-    /// Fault records discarded because their queue held `FAULT_QUEUE_CAPACITY`.
-    pub dropped_faults: u64,
-}
-
-impl Counters {
-    /// `self - earlier`, field by field.
-    pub fn since(&self, earlier: &Counters) -> Counters {
-        Counters {
-            commands: self.commands - earlier.commands,
-            completion_waits: self.completion_waits - earlier.completion_waits,
-            invalidate_devtab_entry: self.invalidate_devtab_entry - earlier.invalidate_devtab_entry,
-            invalidate_iommu_pages: self.invalidate_iommu_pages - earlier.invalidate_iommu_pages,
-            invalidate_interrupt_table: self.invalidate_interrupt_table
-                - earlier.invalidate_interrupt_table,
-            invalidate_all: self.invalidate_all - earlier.invalidate_all,
-            tail_writes: self.tail_writes - earlier.tail_writes,
-            mmio_writes: self.mmio_writes - earlier.mmio_writes,
-            events: self.events - earlier.events,
-            event_overflows: self.event_overflows - earlier.event_overflows,
-            command_errors: self.command_errors - earlier.command_errors,
-            dropped_faults: self.dropped_faults - earlier.dropped_faults,
-        }
+iommu_kit::counters! {
+    /// What the driver has done to the hardware, for the figures and for tests.
+    pub struct Counters {
+        pub commands,
+        pub completion_waits,
+        pub invalidate_devtab_entry,
+        pub invalidate_iommu_pages,
+        pub invalidate_interrupt_table,
+        pub invalidate_all,
+        /// Writes of COMMAND_TAIL (one per submitted batch).
+        pub tail_writes,
+        /// Every MMIO register write.
+        pub mmio_writes,
+        pub events,
+        pub event_overflows,
+        pub command_errors,
+        /// Fault records discarded because their queue held `FAULT_QUEUE_CAPACITY`.
+        pub dropped_faults,
     }
 }
 
 /// A device's interrupt remapping table.
 pub(crate) struct InterruptTable {
-    pub(crate) region: DmaRegion,
+    pub(crate) region: DmaBuffer,
     /// The indexes device MSI routes hold ([`iommu::IommuUnit::route_msi`]).
     pub(crate) routes: BTreeSet<u16>,
 }
@@ -140,16 +119,16 @@ pub struct Hardware {
     pub(crate) capability: CapabilityHeader,
     pub(crate) efr: ExtendedFeatures,
     pub(crate) efr2: u64,
-    pub(crate) device_table: DmaRegion,
+    pub(crate) device_table: DmaBuffer,
     pub(crate) device_table_entries: u32,
-    pub(crate) command_buffer: DmaRegion,
-    pub(crate) command_ring: Ring,
+    pub(crate) command_buffer: DmaBuffer,
+    pub(crate) command_ring: SlotRing,
     pub(crate) command_tail: u32,
-    pub(crate) event_log: DmaRegion,
-    pub(crate) event_ring: Ring,
+    pub(crate) event_log: DmaBuffer,
+    pub(crate) event_ring: SlotRing,
     pub(crate) event_head: u64,
     /// One page: the COMPLETION_WAIT store target at offset 0.
-    pub(crate) completion: DmaRegion,
+    pub(crate) completion: DmaBuffer,
     pub(crate) sequence: u64,
     pub(crate) control: Control,
     pub(crate) counters: Counters,
@@ -162,19 +141,6 @@ pub struct Hardware {
 // SAFETY: the instance owns its register block and DMA regions exclusively; the
 // kernel keeps it behind a lock, so it is only ever used from one CPU at a time.
 unsafe impl Send for Hardware {}
-
-pub(crate) fn write_volatile_u64(region: &DmaRegion, offset: usize, value: u64) {
-    assert!(offset.is_multiple_of(8) && offset + 8 <= region.len);
-    // SAFETY: in bounds and aligned (checked); the region is device-visible memory
-    // owned by this unit, written with volatile stores so the IOMMU sees each store.
-    unsafe { core::ptr::write_volatile(region.virt.add(offset).cast::<u64>(), value) }
-}
-
-pub(crate) fn read_volatile_u64(region: &DmaRegion, offset: usize) -> u64 {
-    assert!(offset.is_multiple_of(8) && offset + 8 <= region.len);
-    // SAFETY: as for `write_volatile_u64`; the IOMMU may have written the word.
-    unsafe { core::ptr::read_volatile(region.virt.add(offset).cast::<u64>()) }
-}
 
 impl Hardware {
     /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every
@@ -192,10 +158,10 @@ impl Hardware {
         let entries = (u32::from(description.max_device_id()) + 1).max(1);
         let table_bytes =
             (entries as usize * core::mem::size_of::<Dte>()).next_multiple_of(PAGE_SIZE);
-        let alloc = |len| dma.alloc(len, PAGE_SIZE).ok_or(UnitError::NoMemory);
+        let alloc = |len| DmaBuffer::alloc(dma, len, PAGE_SIZE).ok_or(UnitError::NoMemory);
         let device_table = alloc(table_bytes)?;
-        let command_ring = Ring::new(RING_LOG2);
-        let event_ring = Ring::new(RING_LOG2);
+        let command_ring = SlotRing::new(RING_LOG2, regs::ENTRY_SIZE);
+        let event_ring = SlotRing::new(RING_LOG2, regs::ENTRY_SIZE);
         let command_buffer = alloc(command_ring.bytes() as usize)?;
         let event_log = alloc(event_ring.bytes() as usize)?;
         let completion = alloc(PAGE_SIZE)?;
@@ -256,16 +222,17 @@ impl Hardware {
         for index in 0..self.device_table_entries {
             self.store_dte(index as u16, self.blocked_dte(index as u16));
         }
-        let pages = (self.device_table.len / PAGE_SIZE) as u64;
-        let base = DeviceTableBase::new(self.device_table.phys, pages).ok_or(UnitError::Invalid)?;
+        let pages = (self.device_table.len() / PAGE_SIZE) as u64;
+        let base =
+            DeviceTableBase::new(self.device_table.phys(), pages).ok_or(UnitError::Invalid)?;
         // 64-bit writes: QEMU latches a base only when its high dword is written.
         self.write_reg(regs::DEVICE_TABLE_BASE, base.0);
-        let cmd = RingBase::new(self.command_buffer.phys, RING_LOG2).ok_or(UnitError::Invalid)?;
+        let cmd = RingBase::new(self.command_buffer.phys(), RING_LOG2).ok_or(UnitError::Invalid)?;
         self.write_reg(regs::COMMAND_BUFFER_BASE, cmd.0);
         self.write_reg(regs::COMMAND_HEAD, 0);
         self.write_reg(regs::COMMAND_TAIL, 0);
         self.command_tail = 0;
-        let evt = RingBase::new(self.event_log.phys, RING_LOG2).ok_or(UnitError::Invalid)?;
+        let evt = RingBase::new(self.event_log.phys(), RING_LOG2).ok_or(UnitError::Invalid)?;
         self.write_reg(regs::EVENT_LOG_BASE, evt.0);
         self.write_reg(regs::EVENT_HEAD, 0);
         self.write_reg(regs::EVENT_TAIL, 0);
@@ -310,15 +277,9 @@ impl Hardware {
     /// becomes "blocked", then quads 1-3 change, then quad 0 takes its final value.
     pub(crate) fn store_dte(&mut self, device_id: u16, dte: Dte) {
         let offset = usize::from(device_id) * core::mem::size_of::<Dte>();
-        let table = self.device_table;
-        write_volatile_u64(&table, offset, Dte::blocked().0[0]);
-        fence(Ordering::SeqCst);
-        for quad in [1, 2, 3] {
-            write_volatile_u64(&table, offset + quad * 8, dte.0[quad]);
-        }
-        fence(Ordering::SeqCst);
-        write_volatile_u64(&table, offset, dte.0[0]);
-        fence(Ordering::SeqCst);
+        // x86 IOMMUs snoop their table reads: nothing to clean.
+        self.device_table
+            .publish(offset, &dte.0, 0, Some(Dte::blocked().0[0]), None);
     }
 
     /// The DTE currently in the table.
@@ -329,7 +290,7 @@ impl Hardware {
         let offset = usize::from(device_id) * core::mem::size_of::<Dte>();
         let mut dte = Dte::default();
         for (quad, value) in dte.0.iter_mut().enumerate() {
-            *value = read_volatile_u64(&self.device_table, offset + quad * 8);
+            *value = self.device_table.read::<u64>(offset + quad * 8);
         }
         Some(dte)
     }
@@ -357,21 +318,21 @@ impl Hardware {
     /// Physical address of the device table (§2.2.2), e.g. as a DMA target a
     /// hostile device must not reach.
     pub fn device_table_phys(&self) -> u64 {
-        self.device_table.phys
+        self.device_table.phys()
     }
 
     /// Physical address of the event log (§2.5).
     pub fn event_log_phys(&self) -> u64 {
-        self.event_log.phys
+        self.event_log.phys()
     }
 
     /// Physical address of the COMPLETION_WAIT store page.
     pub fn completion_phys(&self) -> u64 {
-        self.completion.phys
+        self.completion.phys()
     }
 
     pub fn command_buffer_phys(&self) -> u64 {
-        self.command_buffer.phys
+        self.command_buffer.phys()
     }
 
     pub(crate) fn requester(&self, device: DeviceId) -> Result<u16, IommuError> {

@@ -9,7 +9,7 @@ use alloc::collections::BTreeSet;
 use core::mem::size_of;
 use core::sync::atomic::{Ordering, fence};
 
-use os_services::DmaRegion;
+use iommu_kit::DmaBuffer;
 
 use crate::command::Command;
 use crate::device_table::Interrupts;
@@ -149,7 +149,7 @@ impl Hardware {
         let irte = Irte32::remapped(target).ok_or(UnitError::Invalid)?;
         if !self.interrupt_tables.contains_key(&device_id) {
             let len = (1usize << IRT_LOG2) * core::mem::size_of::<Irte32>();
-            let region = self.dma.alloc(len, PAGE_SIZE).ok_or(UnitError::NoMemory)?;
+            let region = DmaBuffer::alloc(self.dma, len, PAGE_SIZE).ok_or(UnitError::NoMemory)?;
             self.interrupt_tables.insert(
                 device_id,
                 InterruptTable {
@@ -163,7 +163,7 @@ impl Hardware {
         let current = self.dte(device_id).ok_or(UnitError::Invalid)?;
         let dte = current
             .with_interrupts(Interrupts::Remapped {
-                table: table.phys,
+                table: table.phys(),
                 log2_len: IRT_LOG2,
             })
             .map_err(|_| UnitError::Invalid)?;
@@ -202,16 +202,14 @@ impl Hardware {
         if result.is_ok()
             && let Some(table) = self.interrupt_tables.remove(&device_id)
         {
-            self.dma.free(table.region);
+            table.region.free(self.dma);
         }
         result
     }
 
-    pub(crate) fn write_irte(&self, table: &DmaRegion, index: u16, irte: Irte32) {
-        let offset = usize::from(index) * core::mem::size_of::<Irte32>();
-        assert!(offset + 4 <= table.len);
-        // SAFETY: in bounds (checked), 4-byte aligned, in the unit's own table memory.
-        unsafe { core::ptr::write_volatile(table.virt.add(offset).cast::<u32>(), irte.0) };
+    /// A 32-bit IRTE is one store: the IOMMU sees the old or the new entry.
+    pub(crate) fn write_irte(&self, table: &DmaBuffer, index: u16, irte: Irte32) {
+        table.write(usize::from(index) * core::mem::size_of::<Irte32>(), irte.0);
         fence(Ordering::SeqCst);
     }
 }

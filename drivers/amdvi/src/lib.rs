@@ -12,7 +12,6 @@
 //! - [`invalidation`]: which commands a change needs (§2.4.3).
 //! - [`fault`]: event-log entries (§2.5) and the ring reader.
 //! - [`interrupt`]: interrupt remapping table entries (§2.2.5).
-//! - [`ring`]: head/tail arithmetic shared by the command buffer and the event log.
 //! - [`paging`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
 //! - [`hardware`]: one IOMMU's instance: bring-up, device table, command buffer, event
@@ -44,7 +43,6 @@ pub mod interrupt;
 pub mod invalidation;
 pub mod paging;
 pub mod regs;
-pub mod ring;
 pub mod unit;
 
 #[cfg(test)]

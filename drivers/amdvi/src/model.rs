@@ -11,49 +11,21 @@
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::boxed::Box;
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
 
-use os_services::{Clock, DmaMemory, DmaRegion};
+use iommu_kit::SlotRing;
+use iommu_kit::fakes::HostDma;
+use os_services::{Clock, DmaMemory};
 
 use crate::command::{Command, Opcode};
 use crate::device_table::Dte;
 use crate::fault::RawEvent;
 use crate::regs::{self, Control, Status};
-use crate::ring::{ENTRY_SIZE, Ring};
 
-/// Host memory standing in for physical memory: phys == virt.
-pub struct HostDma;
-
-impl DmaMemory for HostDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        let len = len.next_multiple_of(4096).max(4096);
-        if align > 4096 {
-            return None;
-        }
-        let layout = Layout::from_size_align(len, 4096).ok()?;
-        // SAFETY: non-zero size layout.
-        let virt = unsafe { alloc_zeroed(layout) };
-        (!virt.is_null()).then_some(DmaRegion {
-            phys: virt as u64,
-            virt,
-            len,
-        })
-    }
-
-    fn free(&self, region: DmaRegion) {
-        let layout = Layout::from_size_align(region.len, 4096).unwrap();
-        // SAFETY: allocated by `alloc` with exactly this size and alignment.
-        unsafe { dealloc(region.virt, layout) }
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        phys as *mut u8
-    }
-}
-
-pub static HOST_DMA: HostDma = HostDma;
+/// Host memory standing in for physical memory (phys == virt), shared by the
+/// model and the unit it serves.
+pub static HOST_DMA: LazyLock<HostDma> = LazyLock::new(HostDma::default);
 
 #[derive(Default)]
 pub struct State {
@@ -166,12 +138,14 @@ impl Model {
         let head_register = self.reg(regs::COMMAND_HEAD);
         if !cmd_on || (s.halted && head_register != s.head_written) {
             s.halted = false;
-            let ring = Ring::new(8);
+            let ring = SlotRing::new(8, regs::ENTRY_SIZE);
             s.head = ring.index(self.reg(regs::COMMAND_HEAD)).unwrap_or(0);
         }
         let evt_on = on && control.contains(Control::EVENT_LOG_EN);
         if evt_on && !previous.contains(Control::EVENT_LOG_EN) {
-            s.event_tail = Ring::new(8).index(self.reg(regs::EVENT_TAIL)).unwrap_or(0);
+            s.event_tail = SlotRing::new(8, regs::ENTRY_SIZE)
+                .index(self.reg(regs::EVENT_TAIL))
+                .unwrap_or(0);
         }
         let overflow = s.status & Status::EVENT_OVERFLOW.bits() != 0;
         let logging = evt_on && !(overflow && previous.contains(Control::EVENT_LOG_EN));
@@ -181,7 +155,7 @@ impl Model {
         s.status = status.bits();
 
         if cmd_on && !s.halted && !s.stalled {
-            let ring = Ring::new(8);
+            let ring = SlotRing::new(8, regs::ENTRY_SIZE);
             let base = self.reg(regs::COMMAND_BUFFER_BASE) & regs::BASE_ADDRESS_MASK;
             let tail = ring.index(self.reg(regs::COMMAND_TAIL)).unwrap_or(0);
             while s.head != tail {
@@ -226,7 +200,7 @@ impl Model {
 
         let pending = core::mem::take(&mut s.pending_events);
         for event in pending {
-            let ring = Ring::new(8);
+            let ring = SlotRing::new(8, regs::ENTRY_SIZE);
             let head = ring.index(self.reg(regs::EVENT_HEAD)).unwrap_or(0);
             let running = s.status & Status::EVENT_LOG_RUN.bits() != 0;
             if !running {
@@ -240,7 +214,7 @@ impl Model {
                 continue;
             }
             let base = self.reg(regs::EVENT_LOG_BASE) & regs::BASE_ADDRESS_MASK;
-            let at = base + u64::from(s.event_tail * ENTRY_SIZE);
+            let at = base + u64::from(s.event_tail * regs::ENTRY_SIZE);
             Self::write_phys(at, event.0[0]);
             Self::write_phys(at + 8, event.0[1]);
             s.event_tail = ring.next(s.event_tail);

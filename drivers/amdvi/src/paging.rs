@@ -1,62 +1,52 @@
-//! Table pages for AMD v1 I/O page tables (from `io-page-table`), taken from the
-//! driver's `DmaMemory`.
+//! The I/O page tables of AMD-Vi paging domains: the AMD v1 format of
+//! `io-page-table` (AMD IOMMU §2.2.3), in table pages from the unit's memory
+//! through the kit's allocator adapter.
 
-use alloc::collections::BTreeMap;
-use core::ptr::NonNull;
+use io_page_table::{AmdV1, AmdV1Config, Coherence, PageTable};
+use iommu::{IommuError, Prot};
+use iommu_kit::DmaTableAlloc;
+use os_services::DmaMemory;
 
-use io_page_table::TableAlloc;
-use os_services::{DmaMemory, DmaRegion};
+/// Levels of paging domains' tables: 4 levels translate 48-bit IOVAs (§2.2.3:
+/// 9 bits a level above the 12-bit page offset).
+pub const PAGING_LEVELS: u32 = 4;
+/// Output address bits of v1 leaves (§2.2.3: addresses in bits 51:12).
+pub const OUTPUT_BITS: u32 = 52;
 
-/// Hands `io-page-table` zeroed, naturally aligned pages of device-visible memory
-/// and returns them to the same `DmaMemory`.
-pub struct DmaTableAlloc {
-    dma: &'static (dyn DmaMemory + Sync),
-    live: BTreeMap<u64, DmaRegion>,
+/// A paging domain's table.
+pub type V1Table = PageTable<AmdV1, DmaTableAlloc<'static>>;
+
+/// A new, empty table whose pages come from `memory`.
+pub fn new_table(memory: &'static (dyn DmaMemory + Sync)) -> Result<V1Table, IommuError> {
+    let format = AmdV1::new(AmdV1Config {
+        levels: PAGING_LEVELS,
+        output_bits: OUTPUT_BITS,
+        // Pages between the native sizes, as Linux's v1 tables (QEMU decodes
+        // Next Level 7).
+        nl7_pages: true,
+    })
+    .map_err(|_| IommuError::Unsupported)?;
+    // x86 IOMMUs snoop their table walks: nothing to clean.
+    PageTable::new(
+        format,
+        DmaTableAlloc::new(memory, None),
+        Coherence::Coherent,
+    )
+    .map_err(|_| IommuError::NoMemory)
 }
 
-impl DmaTableAlloc {
-    pub fn new(dma: &'static (dyn DmaMemory + Sync)) -> Self {
-        Self {
-            dma,
-            live: BTreeMap::new(),
-        }
+/// The table's permission bits for a mapping; a mapping that allows nothing
+/// is refused (a not-present entry already does that).
+pub fn page_prot(prot: Prot) -> Result<io_page_table::Prot, IommuError> {
+    let mut out = io_page_table::Prot::empty();
+    if prot.read {
+        out |= io_page_table::Prot::READ;
     }
-
-    /// Table pages currently allocated.
-    pub fn live_pages(&self) -> usize {
-        self.live.len()
+    if prot.write {
+        out |= io_page_table::Prot::WRITE;
     }
-}
-
-// SAFETY: `DmaMemory::alloc(bytes, bytes)` returns zeroed, physically contiguous
-// memory aligned to `bytes` that nobody else owns until `free`; `phys_to_virt` of
-// the DmaMemory reaches every byte of it; x86 table walks snoop the caches, so
-// `clean_for_device` has nothing to do (tables are created `Coherence::Coherent`).
-unsafe impl TableAlloc for DmaTableAlloc {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
-        let region = self.dma.alloc(bytes, bytes)?;
-        self.live.insert(region.phys, region);
-        Some(region.phys)
+    if out.is_empty() {
+        return Err(IommuError::Invalid);
     }
-
-    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
-        if let Some(region) = self.live.remove(&phys) {
-            self.dma.free(region);
-        }
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
-        // A null here would mean the DmaMemory maps nothing at a page it handed out.
-        NonNull::new(self.dma.phys_to_virt(phys)).unwrap_or(NonNull::dangling())
-    }
-}
-
-impl Drop for DmaTableAlloc {
-    fn drop(&mut self) {
-        // The page table frees its pages first (its Drop runs before its fields');
-        // anything left is returned here.
-        for (_, region) in core::mem::take(&mut self.live) {
-            self.dma.free(region);
-        }
-    }
+    Ok(out)
 }

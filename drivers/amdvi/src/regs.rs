@@ -42,6 +42,8 @@ pub const STATUS: Reg64 = Reg64(0x2020);
 pub const BASE_ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 /// §3.4.9/§3.4.10: head and tail pointers are byte offsets in bits 18:4.
 pub const RING_POINTER_MASK: u64 = 0x0007_FFF0;
+/// Every command-buffer (§2.4) and event-log (§2.5) entry is 128 bits.
+pub const ENTRY_SIZE: u32 = 16;
 
 /// §3.4.1 Device Table Base Address Register: DevTabBase (51:12) and Size (8:0),
 /// the table length in 4 KiB units minus one.

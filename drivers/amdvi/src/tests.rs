@@ -15,7 +15,7 @@ use crate::model::{HOST_DMA, Model};
 use crate::regs::{self, Status};
 use firmware::acpi::ivrs::IvhdType;
 use iommu::FaultReason;
-use os_services::DmaRegion;
+use iommu_kit::Rationed;
 use std::vec;
 
 const EDU_A: u16 = 0x20;
@@ -53,7 +53,7 @@ fn unit_described(np_cache: bool, description: UnitDescription) -> (AmdVi, &'sta
     // SAFETY: the model's register block, owned by this unit from here on.
     let mmio = unsafe { Mmio::new(regs, regs::MMIO_SIZE) };
     let header = CapabilityHeader(if np_cache { 0x1f03_000f } else { 0x1b03_000f });
-    let unit = AmdVi::new(UnitId(0), description, mmio, header, &HOST_DMA, model).unwrap();
+    let unit = AmdVi::new(UnitId(0), description, mmio, header, &*HOST_DMA, model).unwrap();
     (unit, model)
 }
 
@@ -103,7 +103,7 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
         model.take_executed(),
         [
             Command::invalidate_devtab_entry(EDU_A),
-            Command::completion_wait(unit.hardware.completion.phys, unit.hardware.sequence)
+            Command::completion_wait(unit.hardware.completion.phys(), unit.hardware.sequence)
         ]
     );
 
@@ -359,7 +359,7 @@ fn unmap_that_frees_a_table_invalidates_with_pde() {
 fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
     let (mut unit, model) = unit_with(true);
     model.state.lock().unwrap().halt_on_illegal = true;
-    let slot = unit.hardware.command_buffer.phys
+    let slot = unit.hardware.command_buffer.phys()
         + unit
             .hardware
             .command_ring
@@ -385,7 +385,7 @@ fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
 #[test]
 fn illegal_command_on_a_buffer_that_keeps_going_is_still_an_error() {
     let (mut unit, _model) = unit_with(true);
-    let slot = unit.hardware.command_buffer.phys
+    let slot = unit.hardware.command_buffer.phys()
         + unit
             .hardware
             .command_ring
@@ -560,52 +560,24 @@ fn illegal_command_storm_is_reported_and_recovered_every_time() {
     assert!(model.stale_dtes().is_empty());
 }
 
-/// A `DmaMemory` that refuses once its budget of allocations is spent and
-/// counts what is still allocated.
-struct Budgeted {
-    remaining: core::sync::atomic::AtomicUsize,
-    live: core::sync::atomic::AtomicUsize,
-}
-
-impl DmaMemory for Budgeted {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        use core::sync::atomic::Ordering::SeqCst;
-        self.remaining
-            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
-            .ok()?;
-        let region = HOST_DMA.alloc(len, align)?;
-        self.live.fetch_add(1, SeqCst);
-        Some(region)
-    }
-    fn free(&self, region: DmaRegion) {
-        self.live.fetch_sub(1, core::sync::atomic::Ordering::SeqCst);
-        HOST_DMA.free(region)
-    }
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        HOST_DMA.phys_to_virt(phys)
-    }
-}
-
 /// Issue 9, resource exhaustion: with no pages for tables, alloc_domain and map
 /// fail with NoMemory, leave nothing allocated and nothing mapped, and work once
 /// pages are there again.
 #[test]
 fn table_page_exhaustion_fails_cleanly_and_recovers() {
-    use core::sync::atomic::Ordering::SeqCst;
     let (mut unit, _model) = unit_with(true);
-    let budget: &'static Budgeted = std::boxed::Box::leak(std::boxed::Box::new(Budgeted {
-        remaining: 0.into(),
-        live: 0.into(),
-    }));
+    let budget: &'static Rationed =
+        std::boxed::Box::leak(std::boxed::Box::new(Rationed::new(&*HOST_DMA)));
+    budget.allow(0);
     let previous = unit.set_table_memory(budget);
     assert_eq!(
         unit.alloc_domain(DomainKind::Paging),
         Err(IommuError::NoMemory)
     );
-    assert_eq!(budget.live.load(SeqCst), 0);
+    assert_eq!(budget.live(), 0);
     // Root only: the first map needs three more levels.
     for pages in 1..4 {
-        budget.remaining.store(pages, SeqCst);
+        budget.allow(pages);
         let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
         assert_eq!(
             unit.map(domain, 0x4000_0000, 0x20_0000, 4096, RW),
@@ -614,14 +586,14 @@ fn table_page_exhaustion_fails_cleanly_and_recovers() {
         );
         assert_eq!(unit.iova_to_phys(domain, 0x4000_0000), None);
         unit.free_domain(domain).unwrap();
-        assert_eq!(budget.live.load(SeqCst), 0, "{pages} page(s): leaked");
+        assert_eq!(budget.live(), 0, "{pages} page(s): leaked");
     }
-    budget.remaining.store(4, SeqCst);
+    budget.allow(4);
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.map(domain, 0x4000_0000, 0x20_0000, 4096, RW).unwrap();
     assert_eq!(unit.iova_to_phys(domain, 0x4000_0123), Some(0x20_0123));
     unit.free_domain(domain).unwrap();
-    assert_eq!(budget.live.load(SeqCst), 0);
+    assert_eq!(budget.live(), 0);
     let _ = unit.set_table_memory(previous);
     assert!(unit.alloc_domain(DomainKind::Paging).is_ok());
 }

@@ -11,6 +11,7 @@ use iommu::{
     IovaRange, MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedKind, ReservedRegion,
     UnitId, UnitInfo, UnitKind,
 };
+use iommu_kit::IdAllocator;
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory};
 
@@ -19,6 +20,7 @@ use crate::device_table::Dte;
 use crate::discovery::UnitDescription;
 use crate::fault::Event;
 use crate::hardware::{Hardware, UnitError};
+use crate::paging;
 
 use crate::regs::CapabilityHeader;
 
@@ -29,24 +31,18 @@ const MSI_WINDOW: IovaRange = IovaRange {
 };
 /// DomainIDs this driver hands out. QEMU 10.0.2 treats DTE quad 1 bit 8 as reserved
 /// (docs/QEMU.md §2), so IDs stay below 256 and 0 is never used.
-const DOMAIN_IDS: core::ops::RangeInclusive<u16> = 1..=255;
+const DOMAIN_IDS: core::ops::RangeInclusive<u32> = 1..=255;
 /// Fault records a domain's queue (and the unit's queue of unowned faults) holds
 /// until software drains it: a device faulting in a loop must not grow the heap
 /// without bound. Records beyond this are counted in `Counters::dropped_faults`.
 pub const FAULT_QUEUE_CAPACITY: usize = 1024;
-
-const PAGING_LEVELS: u32 = 4;
-/// Output address bits of v1 leaves (§2.2.3: addresses in bits 51:12).
-const OUTPUT_BITS: u32 = 52;
-
-type V1Table = io_page_table::PageTable<io_page_table::AmdV1, crate::paging::DmaTableAlloc>;
 
 enum DomainBacking {
     Blocked,
     /// IOVA = physical address (DTE Mode 0 with IR/IW), for the kernel only.
     Identity,
     Paging {
-        table: alloc::boxed::Box<V1Table>,
+        table: alloc::boxed::Box<paging::V1Table>,
         /// Table pages unlinked by `unmap`, released after the next `flush`.
         unlinked: Vec<io_page_table::FreedTables>,
     },
@@ -68,6 +64,7 @@ pub struct AmdVi {
     /// instance's own memory).
     table_dma: &'static (dyn DmaMemory + Sync),
     domains: BTreeMap<u32, Domain>,
+    domain_ids: IdAllocator,
     next_handle: u32,
     attached: BTreeMap<u16, u32>,
     /// Faults from requesters in no domain, and command-side events.
@@ -96,6 +93,7 @@ impl AmdVi {
             hardware: Hardware::new(description, regs, capability, dma, clock)?,
             table_dma: dma,
             domains: BTreeMap::new(),
+            domain_ids: IdAllocator::new(DOMAIN_IDS),
             next_handle: 1,
             attached: BTreeMap::new(),
             unowned_faults: Vec::new(),
@@ -253,32 +251,18 @@ impl AmdVi {
     }
 }
 
-fn page_prot(prot: Prot) -> Result<io_page_table::Prot, IommuError> {
-    let mut out = io_page_table::Prot::empty();
-    if prot.read {
-        out |= io_page_table::Prot::READ;
-    }
-    if prot.write {
-        out |= io_page_table::Prot::WRITE;
-    }
-    if out.is_empty() {
-        return Err(IommuError::Invalid);
-    }
-    Ok(out)
-}
-
 impl IommuUnit for AmdVi {
     fn info(&self) -> UnitInfo {
         UnitInfo {
             name: "amd-vi",
             kind: UnitKind::AmdVi,
-            // Paging domains use PAGING_LEVELS-level tables (§2.2.3: 9 bits a level
+            // Paging domains use paging::PAGING_LEVELS-level tables (§2.2.3: 9 bits a level
             // above the 12-bit page offset), within what EFR.HATS allows.
             aperture: IovaRange {
                 start: 0,
                 last: {
-                    let levels =
-                        PAGING_LEVELS.min(u32::from(self.hardware.efr.host_levels().unwrap_or(4)));
+                    let levels = paging::PAGING_LEVELS
+                        .min(u32::from(self.hardware.efr.host_levels().unwrap_or(4)));
                     (1u64 << (12 + 9 * levels)) - 1
                 },
             },
@@ -323,33 +307,15 @@ impl IommuUnit for AmdVi {
         let backing = match kind {
             DomainKind::Blocked => DomainBacking::Blocked,
             DomainKind::Identity => DomainBacking::Identity,
-            DomainKind::Paging => {
-                let format = io_page_table::AmdV1::new(io_page_table::AmdV1Config {
-                    levels: PAGING_LEVELS,
-                    output_bits: OUTPUT_BITS,
-                    // Pages between the native sizes, as Linux's v1 tables
-                    // (QEMU decodes Next Level 7).
-                    nl7_pages: true,
-                })
-                .map_err(|_| IommuError::Unsupported)?;
-                let table = io_page_table::PageTable::new(
-                    format,
-                    crate::paging::DmaTableAlloc::new(self.table_dma),
-                    io_page_table::Coherence::Coherent,
-                )
-                .map_err(|_| IommuError::NoMemory)?;
-                DomainBacking::Paging {
-                    table: alloc::boxed::Box::new(table),
-                    unlinked: Vec::new(),
-                }
-            }
+            DomainKind::Paging => DomainBacking::Paging {
+                table: alloc::boxed::Box::new(paging::new_table(self.table_dma)?),
+                unlinked: Vec::new(),
+            },
             _ => return Err(IommuError::Unsupported),
         };
-        let used: BTreeSet<u16> = self.domains.values().map(|d| d.id).collect();
-        let id = DOMAIN_IDS
-            .clone()
-            .find(|id| !used.contains(id))
-            .ok_or(IommuError::NoMemory)?;
+        // A freed id is clean: the last detach from its domain invalidated
+        // everything cached under it (`detach`), so recycling costs nothing.
+        let id = self.domain_ids.take().ok_or(IommuError::NoMemory)?.id as u16;
         let handle = self.next_handle;
         self.next_handle += 1;
         self.domains.insert(
@@ -371,14 +337,16 @@ impl IommuUnit for AmdVi {
         }
         // Dropping the table frees its pages: no device uses them any more, and the
         // last detach invalidated the domain's IOTLB entries (PDE included).
-        if let Some(removed) = self.domains.remove(&domain.0)
-            && let DomainBacking::Paging {
+        if let Some(removed) = self.domains.remove(&domain.0) {
+            self.domain_ids.free(u32::from(removed.id));
+            if let DomainBacking::Paging {
                 mut table,
                 unlinked,
             } = removed.backing
-        {
-            for freed in unlinked {
-                table.release(freed);
+            {
+                for freed in unlinked {
+                    table.release(freed);
+                }
             }
         }
         Ok(())
@@ -398,7 +366,7 @@ impl IommuUnit for AmdVi {
             return Err(IommuError::Invalid);
         };
         let gather = table
-            .map(iova, phys, len, page_prot(prot)?)
+            .map(iova, phys, len, paging::page_prot(prot)?)
             .map_err(|err| match err {
                 io_page_table::MapError::NoMemory => IommuError::NoMemory,
                 _ => IommuError::Invalid,

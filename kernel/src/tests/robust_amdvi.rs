@@ -13,11 +13,11 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use ::iommu::{Access, DomainHandle, DomainKind, FaultRecord, IommuError, IommuUnit};
 use amdvi::regs::{self, Control};
-use os_services::{Clock, DmaMemory, DmaRegion};
+use iommu_kit::Rationed;
+use os_services::Clock;
 
 use super::amdvi::{
     IOVA_SOURCE, IOVA_TARGET, PAGE, READ_ONLY, READ_WRITE, Scenario, dma_to_ram, edus,
@@ -387,31 +387,8 @@ fn hung_command_buffer_is_reported_and_recovered(platform: &Platform) -> TestRes
     })
 }
 
-/// The kernel's DMA memory with an allocation budget: refuses once it is spent.
-struct Budgeted {
-    remaining: AtomicUsize,
-}
-
-impl DmaMemory for Budgeted {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        self.remaining
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .ok()?;
-        crate::memory::dma::DMA.alloc(len, align)
-    }
-
-    fn free(&self, region: DmaRegion) {
-        crate::memory::dma::DMA.free(region)
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        crate::memory::dma::DMA.phys_to_virt(phys)
-    }
-}
-
-static BUDGETED: Budgeted = Budgeted {
-    remaining: AtomicUsize::new(0),
-};
+/// The kernel's DMA memory with an allocation budget (none until granted).
+static BUDGETED: Rationed = Rationed::new(&crate::memory::dma::DMA);
 
 fn table_page_exhaustion_fails_cleanly_and_recovers(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
@@ -441,14 +418,14 @@ fn table_page_exhaustion_fails_cleanly_and_recovers(platform: &Platform) -> Test
 fn exhaust(unit: &spin::Mutex<amdvi::AmdVi>) -> Result<(), String> {
     let mut unit = unit.lock();
     let free = frames::free_count();
-    BUDGETED.remaining.store(0, Ordering::SeqCst);
+    BUDGETED.allow(0);
     let refused = unit.alloc_domain(DomainKind::Paging);
     if refused != Err(IommuError::NoMemory) {
         return Err(format!("alloc_domain without memory: {refused:?}"));
     }
     // A fresh IOVA needs three table pages below the root: each shortfall fails.
     for pages in 1..4 {
-        BUDGETED.remaining.store(pages, Ordering::SeqCst);
+        BUDGETED.allow(pages);
         let domain = unit
             .alloc_domain(DomainKind::Paging)
             .map_err(|err| format!("alloc_domain with {pages} page(s): {err:?}"))?;
@@ -465,7 +442,7 @@ fn exhaust(unit: &spin::Mutex<amdvi::AmdVi>) -> Result<(), String> {
             return Err(format!("map with {pages} table page(s) leaked frames"));
         }
     }
-    BUDGETED.remaining.store(4, Ordering::SeqCst);
+    BUDGETED.allow(4);
     let domain = unit
         .alloc_domain(DomainKind::Paging)
         .map_err(|err| format!("alloc_domain: {err:?}"))?;

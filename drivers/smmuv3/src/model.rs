@@ -4,10 +4,8 @@
 //! every command and rejecting unknown opcodes with CERROR_ILL, SMMUv3 §7.1)
 //! and lets the test inject event records.
 
-use std::alloc::Layout;
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::vec;
@@ -16,49 +14,12 @@ use std::vec::Vec;
 use crate::Smmu;
 use crate::hardware::StreamTableFormat;
 use crate::regs::{self, Cr0, Gbpa, Gerror};
+use iommu_kit::fakes::HostDma;
+use os_services::Clock;
 use os_services::mmio::Mmio;
-use os_services::{Clock, DmaMemory, DmaRegion};
 
 /// QEMU's stage-1+2 SMMU identification (docs/QEMU.md §3).
 pub(crate) const IDR: [u32; 6] = [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74];
-
-/// Heap-backed "physical" memory: phys == virt.
-#[derive(Default)]
-pub(crate) struct HostDma {
-    pub(crate) live: RefCell<HashMap<u64, Layout>>,
-}
-
-impl DmaMemory for HostDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        let len = len.next_multiple_of(4096).max(4096);
-        let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
-        // SAFETY: the layout has a non-zero size.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        if ptr.is_null() {
-            return None;
-        }
-        self.live.borrow_mut().insert(ptr as u64, layout);
-        Some(DmaRegion {
-            phys: ptr as u64,
-            virt: ptr,
-            len,
-        })
-    }
-
-    fn free(&self, region: DmaRegion) {
-        let layout = self
-            .live
-            .borrow_mut()
-            .remove(&region.phys)
-            .expect("double free");
-        // SAFETY: allocated above with this layout.
-        unsafe { std::alloc::dealloc(region.virt, layout) };
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        phys as *mut u8
-    }
-}
 
 /// The register block and the model's state.
 pub(crate) struct Model {

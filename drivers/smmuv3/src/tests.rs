@@ -219,7 +219,7 @@ fn drop_disables_before_freeing() {
     let smmu = smmu(&rig, StreamTableFormat::TwoLevel);
     drop(smmu);
     assert_eq!(rig.model.read(regs::CR0.0), 0);
-    assert!(rig.dma.live.borrow().is_empty(), "every region returned");
+    assert_eq!(rig.dma.live(), 0, "every region returned");
 }
 
 mod unit {
@@ -255,7 +255,7 @@ mod unit {
         let mut unit = unit(&rig);
         let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
         unit.attach(DeviceId(8), domain).unwrap();
-        let ste = unit.smmu.read_ste(8).unwrap();
+        let ste = unit.hardware.read_ste(8).unwrap();
         assert_eq!(ste.config(), Some(StreamConfig::Stage1));
         // The CD the STE names is valid and carries ASID 1.
         let cd_ptr = (ste.0[0] & (((1 << 52) - 1) & !0x3F)) as *const u64;
@@ -291,7 +291,7 @@ mod unit {
         );
         assert_eq!(unit.free_domain(domain), Err(IommuError::Busy));
         unit.detach(DeviceId(8));
-        assert_eq!(unit.smmu.read_ste(8).unwrap(), Ste::abort());
+        assert_eq!(unit.hardware.read_ste(8).unwrap(), Ste::abort());
         assert_eq!(unit.free_domain(domain), Ok(()));
         assert_eq!(unit.free_domain(domain), Err(IommuError::Invalid));
     }
@@ -331,7 +331,7 @@ mod unit {
         );
         let nested = unit.alloc_domain(guest(cd_ipa | (0b101 << 1) | 1)).unwrap();
         unit.attach(DeviceId(0x10), nested).unwrap();
-        let ste = unit.smmu.read_ste(0x10).unwrap();
+        let ste = unit.hardware.read_ste(0x10).unwrap();
         assert_eq!(ste.config(), Some(StreamConfig::Nested));
         assert_eq!(ste.0[0] & !0xF, cd_ipa, "S1ContextPtr is the task's CD");
         let vmid = ste.vmid();
@@ -398,7 +398,7 @@ mod unit {
         );
         let unowned = unit.take_unowned_faults();
         assert_eq!(unowned.len(), 1);
-        let record = crate::unit::fault_record(UnitId(0), &mine[0]);
+        let record = crate::fault::fault_record(UnitId(0), &mine[0]);
         assert_eq!(record.reason, FaultReason::Permission);
         assert_eq!(record.iova, 0x2000);
         assert_eq!(record.requester, DeviceId(8));
@@ -425,7 +425,7 @@ mod unit {
 mod lost {
     use super::*;
     use crate::SmmuUnit;
-    use crate::unit::LOST_RECORD_CODE;
+    use crate::fault::LOST_RECORD_CODE;
     use iommu::{DeviceId, DomainKind, FaultReason, IommuUnit, IovaRange, UnitId};
 
     fn unit(rig: &Rig) -> SmmuUnit<'static> {
@@ -530,15 +530,15 @@ fn an_attach_on_a_hung_queue_fails_closed() {
     let a = unit.alloc_domain(DomainKind::Paging).unwrap();
     let b = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DeviceId(8), a).unwrap();
-    unit.smmu.shutdown().unwrap();
+    unit.hardware.shutdown().unwrap();
     assert_eq!(unit.attach(DeviceId(8), b), Err(IommuError::Timeout));
     assert_eq!(unit.domain_of(8), None, "attached to neither");
     // Abort reads only word 0; the others may hold the half-written target.
-    assert_eq!(unit.smmu.read_ste(8).unwrap().0[0], Ste::abort().0[0]);
+    assert_eq!(unit.hardware.read_ste(8).unwrap().0[0], Ste::abort().0[0]);
     // A cannot go while the queue is hung (its TLBI fails); after a restart
     // both can.
     assert_eq!(unit.free_domain(a), Err(IommuError::Timeout));
-    unit.smmu.restart().unwrap();
+    unit.hardware.restart().unwrap();
     assert_eq!(unit.free_domain(a), Ok(()));
     assert_eq!(unit.free_domain(b), Ok(()));
 }

@@ -6,74 +6,24 @@ use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
-
-use io_page_table::{
-    ArmConfig, ArmLpae, Coherence, FreedTables, Granule as PtGranule, MapError, PageTable,
-    Prot as PtProt, Stage as PtStage, TableAlloc,
-};
+use io_page_table::{FreedTables, MapError, Prot as PtProt};
 use iommu::{
-    Access, DeviceId, DomainHandle, DomainKind, FaultReason, FaultRecord, Gather, HwInfo,
-    IommuError, IommuUnit, IovaRange, NestedData, NestedFormat, NestedInvalidation, NestingInfo,
-    Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
+    DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
+    IovaRange, NestedData, NestedFormat, NestedInvalidation, NestingInfo, Prot, ReservedKind,
+    ReservedRegion, UnitId, UnitInfo, UnitKind,
 };
-use os_services::{DmaMemory, DmaRegion};
+use iommu_kit::{DmaBuffer, IdAllocator};
+use os_services::DmaMemory;
 
-use crate::command::{Command, RawCommand, opcode};
+use crate::command::Command;
 use crate::device_table::cd::{Cd, Stage1Config};
 use crate::device_table::ste::{Stage2Config, Ste};
-use crate::fault::{DEFAULT_FAULT_CAPACITY, EventKind, Fault, FaultQueue};
+use crate::fault::{DEFAULT_FAULT_CAPACITY, Fault, FaultQueue, fault_record};
 use crate::hardware::{Error, Smmu};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
-use crate::regs::Granule;
-
-/// Table pages for `io-page-table`, from the OS's DMA memory.
-pub struct DmaTables<'a> {
-    dma: &'a dyn DmaMemory,
-    regions: BTreeMap<u64, DmaRegion>,
-}
-
-impl<'a> DmaTables<'a> {
-    pub fn new(dma: &'a dyn DmaMemory) -> Self {
-        Self {
-            dma,
-            regions: BTreeMap::new(),
-        }
-    }
-}
-
-// SAFETY: `DmaMemory::alloc` returns zeroed, exclusively owned memory aligned as
-// asked (`bytes`), reachable through `phys_to_virt`; pages are returned only
-// through `free_table`. SMMUs driven here snoop (IDR0.COHACC), so cleaning is a
-// no-op.
-unsafe impl TableAlloc for DmaTables<'_> {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
-        let region = self.dma.alloc(bytes, bytes)?;
-        self.regions.insert(region.phys, region);
-        Some(region.phys)
-    }
-
-    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
-        if let Some(region) = self.regions.remove(&phys) {
-            self.dma.free(region);
-        }
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
-        NonNull::new(self.dma.phys_to_virt(phys)).unwrap_or(NonNull::dangling())
-    }
-}
-
-/// A kernel-owned LPAE table.
-type Table<'a> = PageTable<ArmLpae, DmaTables<'a>>;
-
-/// Which stage a paging domain's table is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PagingStage {
-    Stage1,
-    Stage2,
-}
+use crate::nesting;
+use crate::paging::{self, PagingStage, STAGE1_INPUT_BITS, Table, granule_of};
+use crate::regs::{Granule, Idr0};
 
 /// What a domain translates with.
 enum DomainState<'a> {
@@ -82,7 +32,7 @@ enum DomainState<'a> {
     /// Stage 1: a CD with `asid` pointing at `table`.
     Stage1 {
         asid: u16,
-        cd: DmaRegion,
+        cd: DmaBuffer,
         table: Table<'a>,
         pending: Vec<FreedTables>,
     },
@@ -108,35 +58,21 @@ struct Domain<'a> {
     faults: FaultQueue,
 }
 
-/// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
-/// tables (covers RAM and the MSI doorbell; QEMU caps the IPA at the OAS).
-const STAGE1_INPUT_BITS: u32 = 48;
-const STAGE2_INPUT_BITS: u32 = 40;
-
-/// SMMUv3 §5.2 STE word 0 of a guest: V[0], Config[3:1], S1Fmt[5:4],
-/// S1ContextPtr[51:6], S1CDMax[63:59].
-const GUEST_STE_V: u64 = 1;
-const GUEST_STE_CONFIG_MASK: u64 = 0b1110;
-const GUEST_STE_CONFIG_S1: u64 = 0b101 << 1;
-const GUEST_STE_S1FMT_MASK: u64 = 0b11 << 4;
-const GUEST_STE_CD_MASK: u64 = ((1 << 52) - 1) & !0x3F;
-const GUEST_STE_S1CDMAX_SHIFT: u32 = 59;
-
 /// One SMMUv3 as an [`IommuUnit`].
 pub struct SmmuUnit<'a> {
-    pub smmu: Smmu<'a>,
+    /// The instance (registers, queues, stream table).
+    pub hardware: Smmu<'a>,
     id: UnitId,
-    dma: &'a dyn DmaMemory,
+    dma: &'a (dyn DmaMemory + Sync),
     /// By handle. Boxed, so that a free slot keeps a pointer's room rather
     /// than a whole domain's (one owner's many domains below another's
     /// would otherwise keep their room after they are freed).
     domains: Vec<Option<Box<Domain<'a>>>>,
-    next_asid: u16,
-    next_vmid: u16,
-    /// ASIDs and VMIDs of freed domains, whose TLB entries were invalidated
-    /// when the domain was freed: reused before new ones are taken.
-    free_asids: Vec<u16>,
-    free_vmids: Vec<u16>,
+    /// ASIDs and VMIDs, as wide as IDR0.ASID16/VMID16 allow (0 stays
+    /// reserved). A freed domain's TLB entries are invalidated when it is
+    /// freed, so a recycled id is clean.
+    asids: IdAllocator,
+    vmids: IdAllocator,
     /// Granule of new paging domains.
     granule: Granule,
     attached: BTreeMap<u32, DomainHandle>,
@@ -147,10 +83,6 @@ pub struct SmmuUnit<'a> {
     /// Faults each domain keeps between two takes.
     fault_capacity: usize,
 }
-
-/// `FaultReason::Other` code of the driver's [`EventKind::Lost`] record:
-/// outside the 8-bit SMMU event types.
-pub const LOST_RECORD_CODE: u32 = 0x100;
 
 impl From<Error> for IommuError {
     fn from(err: Error) -> Self {
@@ -165,61 +97,14 @@ impl From<Error> for IommuError {
     }
 }
 
-/// The contract's view of one coalesced fault.
-pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
-    let event = &fault.event;
-    FaultRecord {
-        unit,
-        requester: DeviceId(event.sid),
-        iova: event.input_addr,
-        access: if event.read {
-            Access::Read
-        } else {
-            Access::Write
-        },
-        reason: match event.kind {
-            EventKind::Translation => FaultReason::NotPresent,
-            EventKind::Permission | EventKind::AccessFlag => FaultReason::Permission,
-            EventKind::AddressSize => FaultReason::AddressSize,
-            EventKind::BadSte | EventKind::BadStreamId | EventKind::StreamDisabled => {
-                FaultReason::Blocked
-            }
-            EventKind::Other(code) => FaultReason::Other(u32::from(code)),
-            EventKind::Lost { .. } => FaultReason::Other(LOST_RECORD_CODE),
-            other => FaultReason::Other(event_code(other)),
-        },
-    }
-}
-
-fn event_code(kind: EventKind) -> u32 {
-    match kind {
-        EventKind::UnsupportedTransaction => 0x01,
-        EventKind::BadStreamId => 0x02,
-        EventKind::SteFetch => 0x03,
-        EventKind::BadSte => 0x04,
-        EventKind::StreamDisabled => 0x06,
-        EventKind::BadSubstreamId => 0x08,
-        EventKind::CdFetch => 0x09,
-        EventKind::BadCd => 0x0A,
-        EventKind::WalkExternalAbort => 0x0B,
-        EventKind::Translation => 0x10,
-        EventKind::AddressSize => 0x11,
-        EventKind::AccessFlag => 0x12,
-        EventKind::Permission => 0x13,
-        EventKind::TlbConflict => 0x20,
-        EventKind::ConfigConflict => 0x21,
-        EventKind::Other(code) => u32::from(code),
-        EventKind::Lost { .. } => LOST_RECORD_CODE,
-    }
-}
-
 impl<'a> SmmuUnit<'a> {
     pub fn new(
         smmu: Smmu<'a>,
-        dma: &'a dyn DmaMemory,
+        dma: &'a (dyn DmaMemory + Sync),
         id: UnitId,
         msi_doorbell: Option<IovaRange>,
     ) -> Self {
+        let idr0 = smmu.features().idr0();
         let granule = smmu
             .features()
             .idr5()
@@ -227,14 +112,12 @@ impl<'a> SmmuUnit<'a> {
             .next()
             .unwrap_or(Granule::K4);
         Self {
-            smmu,
+            hardware: smmu,
             id,
             dma,
             domains: Vec::new(),
-            next_asid: 1,
-            next_vmid: 1,
-            free_asids: Vec::new(),
-            free_vmids: Vec::new(),
+            asids: IdAllocator::new(1..=id_limit(idr0.contains(Idr0::ASID16))),
+            vmids: IdAllocator::new(1..=id_limit(idr0.contains(Idr0::VMID16))),
             granule,
             attached: BTreeMap::new(),
             msi_doorbell,
@@ -259,7 +142,7 @@ impl<'a> SmmuUnit<'a> {
 
     /// Where new domains get their table pages and CDs from (existing
     /// domains keep theirs): lets a test inject allocation failures.
-    pub fn set_dma(&mut self, dma: &'a dyn DmaMemory) {
+    pub fn set_dma(&mut self, dma: &'a (dyn DmaMemory + Sync)) {
         self.dma = dma;
     }
 
@@ -267,7 +150,7 @@ impl<'a> SmmuUnit<'a> {
     /// its CD: memory no device may reach.
     pub fn table_phys(&self, handle: DomainHandle) -> Option<(u64, Option<u64>)> {
         match &self.domain(handle).ok()?.state {
-            DomainState::Stage1 { cd, table, .. } => Some((table.root_phys(), Some(cd.phys))),
+            DomainState::Stage1 { cd, table, .. } => Some((table.root_phys(), Some(cd.phys()))),
             DomainState::Stage2 { table, .. } => Some((table.root_phys(), None)),
             _ => None,
         }
@@ -310,7 +193,7 @@ impl<'a> SmmuUnit<'a> {
             granule: granule_of(config.config().granule),
             ias_bits: config.config().input_bits,
             start_level: config.start_level(),
-            ps_encoding: self.smmu.features().idr5().oas_encoding(),
+            ps_encoding: self.hardware.features().idr5().oas_encoding(),
         }
     }
 
@@ -318,7 +201,7 @@ impl<'a> SmmuUnit<'a> {
         let ste = match &self.domain(handle)?.state {
             DomainState::Blocked => Ste::abort(),
             DomainState::Identity => Ste::bypass(),
-            DomainState::Stage1 { cd, .. } => Ste::translate(Some(cd.phys), None)?,
+            DomainState::Stage1 { cd, .. } => Ste::translate(Some(cd.phys()), None)?,
             DomainState::Stage2 { vmid, table, .. } => {
                 Ste::translate(None, Some(&self.stage2_config(*vmid, table)))?
             }
@@ -334,7 +217,7 @@ impl<'a> SmmuUnit<'a> {
 
     /// Granule of paging domains allocated from now on (one IDR5 offers).
     pub fn set_granule(&mut self, granule: Granule) -> Result<(), IommuError> {
-        if !self.smmu.features().idr5().supports(granule) {
+        if !self.hardware.features().idr5().supports(granule) {
             return Err(IommuError::Unsupported);
         }
         self.granule = granule;
@@ -348,7 +231,7 @@ impl<'a> SmmuUnit<'a> {
     /// The stage plain paging domains use: stage 1 when implemented (like
     /// Linux), else stage 2.
     pub fn paging_stage(&self) -> PagingStage {
-        if self.smmu.features().stage1() {
+        if self.hardware.features().stage1() {
             PagingStage::Stage1
         } else {
             PagingStage::Stage2
@@ -356,53 +239,21 @@ impl<'a> SmmuUnit<'a> {
     }
 
     fn new_table(&self, stage: PagingStage) -> Result<Table<'a>, IommuError> {
-        let output_bits = self
-            .smmu
-            .features()
-            .idr5()
-            .output_bits()
-            .ok_or(IommuError::Unsupported)?
-            .min(48);
-        let format = ArmLpae::new(ArmConfig {
-            stage: match stage {
-                PagingStage::Stage1 => PtStage::Stage1,
-                PagingStage::Stage2 => PtStage::Stage2,
-            },
-            granule: pt_granule(self.granule),
-            input_bits: match stage {
-                PagingStage::Stage1 => STAGE1_INPUT_BITS,
-                PagingStage::Stage2 => STAGE2_INPUT_BITS,
-            },
-            output_bits,
-            // One TLB entry per aligned run on SMMUs that honour the hint.
-            contiguous: true,
-        })
-        .map_err(|_| IommuError::Unsupported)?;
-        let mut table = PageTable::new(format, DmaTables::new(self.dma), Coherence::Coherent)
-            .map_err(|_| IommuError::NoMemory)?;
-        // Every domain a device may signal from maps the MSI doorbell, IOVA =
-        // PA, as Device memory (its reserved region).
-        if let Some(doorbell) = self.msi_doorbell {
-            let page = self.granule.size();
-            let start = doorbell.start & !(page - 1);
-            table
-                .map(
-                    start,
-                    start,
-                    page,
-                    PtProt::WRITE | PtProt::MMIO | PtProt::NOEXEC,
-                )
-                .map_err(|_| IommuError::NoMemory)?;
-        }
-        Ok(table)
+        paging::new_table(
+            self.hardware.features(),
+            stage,
+            self.granule,
+            self.dma,
+            self.msi_doorbell,
+        )
     }
 
     fn alloc_stage1(&mut self) -> Result<DomainState<'a>, IommuError> {
-        if !self.smmu.features().stage1() {
+        if !self.hardware.features().stage1() {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage1)?;
-        let asid = take_id(&mut self.free_asids, &mut self.next_asid)?;
+        let asid = self.asids.take().ok_or(IommuError::NoMemory)?.id as u16;
         let fields = table.format().stage1_fields();
         let cd = Cd::stage1(&Stage1Config {
             asid,
@@ -413,19 +264,20 @@ impl<'a> SmmuUnit<'a> {
             mair: fields.mair,
         })
         .map_err(|_| IommuError::Invalid);
-        let region = self.dma.alloc(64, 64);
+        let region = DmaBuffer::alloc(self.dma, 64, 64);
         let (cd, region) = match (cd, region) {
             (Ok(cd), Some(region)) => (cd, region),
             (cd, region) => {
                 // Nothing was published: the ASID and the CD page go back.
-                self.free_asids.push(asid);
+                self.asids.free(u32::from(asid));
                 if let Some(region) = region {
-                    self.dma.free(region);
+                    region.free(self.dma);
                 }
                 return Err(cd.err().unwrap_or(IommuError::NoMemory));
             }
         };
-        write_cd(&region, &cd);
+        // V (word 0) last: the SMMU never sees a valid torn CD (§3.21.3).
+        region.publish(0, &cd.0, 0, None, None);
         Ok(DomainState::Stage1 {
             asid,
             cd: region,
@@ -435,11 +287,11 @@ impl<'a> SmmuUnit<'a> {
     }
 
     fn alloc_stage2(&mut self, nest_parent: bool) -> Result<DomainState<'a>, IommuError> {
-        if !self.smmu.features().stage2() {
+        if !self.hardware.features().stage2() {
             return Err(IommuError::Unsupported);
         }
         let table = self.new_table(PagingStage::Stage2)?;
-        let vmid = take_id(&mut self.free_vmids, &mut self.next_vmid)?;
+        let vmid = self.vmids.take().ok_or(IommuError::NoMemory)?.id as u16;
         Ok(DomainState::Stage2 {
             vmid,
             nest_parent,
@@ -461,18 +313,8 @@ impl<'a> SmmuUnit<'a> {
             } => {}
             _ => return Err(IommuError::Invalid),
         }
-        let word0 = ste[0];
-        let valid = word0 & GUEST_STE_V != 0
-            && word0 & GUEST_STE_CONFIG_MASK == GUEST_STE_CONFIG_S1
-            && word0 & GUEST_STE_S1FMT_MASK == 0
-            && word0 >> GUEST_STE_S1CDMAX_SHIFT == 0;
-        if !valid {
-            return Err(IommuError::Invalid);
-        }
-        Ok(DomainState::Nested {
-            parent,
-            cd_ipa: word0 & GUEST_STE_CD_MASK,
-        })
+        let cd_ipa = nesting::guest_cd_address(ste).ok_or(IommuError::Invalid)?;
+        Ok(DomainState::Nested { parent, cd_ipa })
     }
 
     /// Counts of commands the last `flush` issued are in [`Smmu::counters`].
@@ -509,11 +351,11 @@ impl<'a> SmmuUnit<'a> {
     /// Drains the event queue and files each fault with the domain that owns
     /// its stream.
     pub fn collect_faults(&mut self) {
-        let overflows_before = self.smmu.counters().event_overflows;
-        self.smmu.drain_events();
+        let overflows_before = self.hardware.counters().event_overflows;
+        self.hardware.drain_events();
         // Any other global error is acknowledged (and counted) here too.
-        self.smmu.handle_global_errors();
-        for fault in self.smmu.take_faults() {
+        self.hardware.handle_global_errors();
+        for fault in self.hardware.take_faults() {
             let owner = self.attached.get(&fault.event.sid).copied();
             match owner.and_then(|h| self.domains.get_mut(h.0 as usize)?.as_mut()) {
                 Some(domain) => domain.faults.push(fault),
@@ -522,7 +364,7 @@ impl<'a> SmmuUnit<'a> {
         }
         // The SMMU does not say whose records it discarded: every domain with
         // a stream attached may have lost some, so each owner is told.
-        let overflows = self.smmu.counters().event_overflows - overflows_before;
+        let overflows = self.hardware.counters().event_overflows - overflows_before;
         if overflows > 0 {
             let times = u32::try_from(overflows).unwrap_or(u32::MAX);
             for domain in self.domains.iter_mut().flatten() {
@@ -548,44 +390,13 @@ impl<'a> SmmuUnit<'a> {
     }
 }
 
-/// A recycled ASID/VMID, else the next never used one (0 stays reserved).
-fn take_id(free: &mut Vec<u16>, next: &mut u16) -> Result<u16, IommuError> {
-    if let Some(id) = free.pop() {
-        return Ok(id);
+/// The largest ASID or VMID: 16 bits where IDR0 says so, else 8 (§6.3.1).
+fn id_limit(sixteen_bits: bool) -> u32 {
+    if sixteen_bits {
+        u16::MAX.into()
+    } else {
+        u8::MAX.into()
     }
-    let id = *next;
-    *next = next.checked_add(1).ok_or(IommuError::NoMemory)?;
-    Ok(id)
-}
-
-fn granule_of(granule: PtGranule) -> Granule {
-    match granule {
-        PtGranule::K4 => Granule::K4,
-        PtGranule::K16 => Granule::K16,
-        PtGranule::K64 => Granule::K64,
-    }
-}
-
-fn pt_granule(granule: Granule) -> PtGranule {
-    match granule {
-        Granule::K4 => PtGranule::K4,
-        Granule::K16 => PtGranule::K16,
-        Granule::K64 => PtGranule::K64,
-    }
-}
-
-/// Writes a CD with V (word 0) last, so the SMMU never sees a valid torn CD.
-fn write_cd(region: &DmaRegion, cd: &Cd) {
-    let words = region.virt.cast::<u64>();
-    for i in (1..8).chain(core::iter::once(0)) {
-        if i == 0 {
-            fence(Ordering::SeqCst);
-        }
-        // SAFETY: the region is at least 64 bytes (one frame), owned by the
-        // domain and 8-byte aligned; volatile because the SMMU reads it.
-        unsafe { core::ptr::write_volatile(words.add(i), cd.0[i]) };
-    }
-    fence(Ordering::SeqCst);
 }
 
 impl From<crate::device_table::ste::SteError> for IommuError {
@@ -596,9 +407,9 @@ impl From<crate::device_table::ste::SteError> for IommuError {
 
 impl<'a> IommuUnit for SmmuUnit<'a> {
     fn info(&self) -> UnitInfo {
-        let ias = self.smmu.features().idr5().output_bits().unwrap_or(32);
+        let ias = self.hardware.features().idr5().output_bits().unwrap_or(32);
         let page_sizes = self
-            .smmu
+            .hardware
             .features()
             .idr5()
             .granules()
@@ -611,11 +422,10 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 last: (1u64 << ias.min(48)) - 1,
             },
             page_sizes: if page_sizes == 0 { 1 << 12 } else { page_sizes },
-            nesting: (self.smmu.features().stage1() && self.smmu.features().stage2()).then_some(
-                NestingInfo {
+            nesting: (self.hardware.features().stage1() && self.hardware.features().stage2())
+                .then_some(NestingInfo {
                     format: NestedFormat::ArmSmmuV3,
-                },
-            ),
+                }),
         }
     }
 
@@ -631,7 +441,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     }
 
     fn hw_info(&self) -> HwInfo {
-        let features = self.smmu.features();
+        let features = self.hardware.features();
         HwInfo::ArmSmmuV3 {
             idr: features.idr,
             iidr: features.iidr,
@@ -691,7 +501,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             _ => None,
         };
         if let Some(command) = wide {
-            self.smmu.execute(&[command])?;
+            self.hardware.execute(&[command])?;
         }
         if let Some(domain) = self.domains[handle.0 as usize].take() {
             match domain.state {
@@ -704,9 +514,9 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     for freed in pending {
                         table.release(freed);
                     }
-                    self.dma.free(cd);
+                    cd.free(self.dma);
                     // Its TLB entries went with the TLBI above.
-                    self.free_asids.push(asid);
+                    self.asids.free(u32::from(asid));
                 }
                 DomainState::Stage2 {
                     vmid,
@@ -717,7 +527,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     for freed in pending {
                         table.release(freed);
                     }
-                    self.free_vmids.push(vmid);
+                    self.vmids.free(u32::from(vmid));
                 }
                 _ => {}
             }
@@ -772,12 +582,12 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         }
         let (tag, granule) = self.tlb_tag(domain)?;
         let caps = InvalidationCaps {
-            range: self.smmu.features().range_invalidation(),
+            range: self.hardware.features().range_invalidation(),
             granule,
         };
         let commands = invalidation::plan(tag, caps, gather);
         if let Some((Command::Sync, invalidations)) = commands.split_last() {
-            self.smmu.execute(invalidations)?;
+            self.hardware.execute(invalidations)?;
         }
         // Table pages unlinked before this flush are unreachable now.
         if let Ok(domain) = self.domain_mut(domain)
@@ -794,7 +604,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         let sid = device.0;
         let ste = self.ste_for(domain)?;
-        if let Err(err) = self.smmu.write_ste(sid, &ste) {
+        if let Err(err) = self.hardware.write_ste(sid, &ste) {
             if matches!(err, Error::Timeout(_) | Error::CommandRejected { .. }) {
                 // The STE in memory may be the old, the new or the abort one,
                 // and the SMMU may not have seen the change: fail closed. The
@@ -802,7 +612,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 // after `Smmu::restart`) and belongs to no domain, so neither
                 // domain is handed to it by mistake; the old domain cannot be
                 // freed before the queue works again (its TLBI would fail).
-                self.smmu.abort_ste_unsynced(sid);
+                self.hardware.abort_ste_unsynced(sid);
                 if let Some(old) = self.attached.remove(&sid)
                     && let Ok(old) = self.domain_mut(old)
                 {
@@ -824,7 +634,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         let sid = device.0;
         // Abort (V = 1, Config = 0) is silent, unlike the V = 0 of a stream
         // never attached: a detached device is expected to be quiet.
-        if self.smmu.write_ste(sid, &Ste::abort()).is_err() {
+        if self.hardware.write_ste(sid, &Ste::abort()).is_err() {
             return;
         }
         if let Some(old) = self.attached.remove(&sid)
@@ -868,43 +678,19 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             let NestedInvalidation::ArmSmmuV3 { cmd } = request else {
                 return (done, Err(IommuError::Invalid));
             };
-            let commands = match confine_guest_command(*cmd, vmid, &streams) {
+            let commands = match nesting::confine_guest_command(*cmd, vmid, &streams) {
                 Some(commands) => commands,
                 None => return (done, Err(IommuError::Invalid)),
             };
             let result = self
-                .smmu
+                .hardware
                 .submit_raw(&commands)
-                .and_then(|()| self.smmu.sync());
+                .and_then(|()| self.hardware.sync());
             if let Err(err) = result {
                 return (done, Err(err.into()));
             }
             done += 1;
         }
         (done, Ok(()))
-    }
-}
-
-/// Rewrites a task's stage-1 invalidation so it can only touch its own
-/// context: TLBI_NH_* get the parent's VMID, CFGI_CD* get each of the
-/// domain's StreamIDs; anything else is refused (SMMUv3 §4.3, §4.4).
-fn confine_guest_command(cmd: [u64; 2], vmid: u16, streams: &[u32]) -> Option<Vec<RawCommand>> {
-    const VMID_FIELD: u64 = 0xFFFF << 32;
-    const SID_FIELD: u64 = 0xFFFF_FFFF << 32;
-    let op = (cmd[0] & 0xFF) as u8;
-    match op {
-        opcode::TLBI_NH_ALL | opcode::TLBI_NH_ASID | opcode::TLBI_NH_VA | opcode::TLBI_NH_VAA => {
-            Some(vec![RawCommand([
-                (cmd[0] & !VMID_FIELD) | (u64::from(vmid) << 32),
-                cmd[1],
-            ])])
-        }
-        opcode::CFGI_CD | opcode::CFGI_CD_ALL => Some(
-            streams
-                .iter()
-                .map(|&sid| RawCommand([(cmd[0] & !SID_FIELD) | (u64::from(sid) << 32), cmd[1]]))
-                .collect(),
-        ),
-        _ => None,
     }
 }

@@ -125,7 +125,7 @@ pub fn enable_interrupts(platform: &Platform) -> Result<(u32, u32), String> {
         .map_err(|err| format!("eventq SPI: {err:?}"))?;
     crate::irq::enable_spi(gerror, edge(description.gerror), on_gerror)
         .map_err(|err| format!("gerror SPI: {err:?}"))?;
-    with_unit(platform, |unit| unit.smmu.enable_interrupts(true, true))?
+    with_unit(platform, |unit| unit.hardware.enable_interrupts(true, true))?
         .map_err(|err| format!("IRQ_CTRL: {err:?}"))?;
     Ok((eventq, gerror))
 }
@@ -196,18 +196,18 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
                 failure = Some(format!("map 2^{k}: {err:?}"));
                 break;
             }
-            let before = unit.smmu.counters();
+            let before = unit.hardware.counters();
             let gather = unit.unmap(domain, iova, len);
             if let Err(err) = unit.flush(domain, &gather) {
                 failure = Some(format!("flush 2^{k}: {err:?}"));
                 break;
             }
-            let after = unit.smmu.counters();
+            let after = unit.hardware.counters();
             let tag = match unit.paging_stage() {
-                smmuv3::unit::PagingStage::Stage1 => {
+                smmuv3::paging::PagingStage::Stage1 => {
                     smmuv3::invalidation::TlbTag::Stage1 { asid: 1, vmid: 0 }
                 }
-                smmuv3::unit::PagingStage::Stage2 => smmuv3::invalidation::TlbTag::Stage2 {
+                smmuv3::paging::PagingStage::Stage2 => smmuv3::invalidation::TlbTag::Stage2 {
                     vmid: 1,
                     nest_parent: false,
                 },
@@ -257,7 +257,7 @@ pub fn demo(platform: &Platform) {
         description.gerror.and_then(|irq| irq.intid())
     );
     let result = with_unit(platform, |unit| {
-        let features = *unit.smmu.features();
+        let features = *unit.hardware.features();
         println!(
             "  IDR0-5 {:08x?} IIDR {:#x} AIDR {:#x}; stage 1 {}, stage 2 {}, RIL {}, {} stream table over {} SID bits",
             features.idr,
@@ -266,18 +266,18 @@ pub fn demo(platform: &Platform) {
             features.stage1(),
             features.stage2(),
             features.range_invalidation(),
-            if unit.smmu.is_two_level() {
+            if unit.hardware.is_two_level() {
                 "2-level"
             } else {
                 "linear"
             },
-            unit.smmu.sid_bits()
+            unit.hardware.sid_bits()
         );
         println!(
             "  reserved: {:?}",
             unit.reserved_regions(iommu::DeviceId(0))
         );
-        println!("  counters: {:?}", unit.smmu.counters());
+        println!("  counters: {:?}", unit.hardware.counters());
     });
     if let Err(why) = result {
         println!("  smmuv3: {why}");

@@ -9,10 +9,10 @@ use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicUsize, Ordering};
 
 use iommu::{DeviceId, DomainHandle, DomainKind, IommuError, IommuUnit};
-use os_services::{Clock, DmaMemory, DmaRegion};
+use iommu_kit::Rationed;
+use os_services::Clock;
 use smmuv3::fault::EventKind;
 use smmuv3::regs::CommandError;
 use smmuv3::{Command, Error, Fault, RawCommand};
@@ -170,8 +170,8 @@ fn hostile_dma_is_blocked_and_reported(platform: &Platform) -> TestResult {
 
         let (ste, cmdq, (root_a, cd_a), (root_b, _)) = unit(platform, |u| {
             (
-                u.smmu.ste_phys(sid),
-                u.smmu.command_queue_phys(),
+                u.hardware.ste_phys(sid),
+                u.hardware.command_queue_phys(),
                 u.table_phys(a).unwrap_or_default(),
                 u.table_phys(b).unwrap_or_default(),
             )
@@ -433,7 +433,7 @@ fn fault_storm_is_survived_and_counted(platform: &Platform) -> TestResult {
         unit(platform, |u| u.set_fault_capacity(STORM_FAULT_CAPACITY))?;
         let edu = open(platform, device)?;
         let other_edu = open(platform, other)?;
-        let before = unit(platform, |u| u.smmu.counters())?;
+        let before = unit(platform, |u| u.hardware.counters())?;
         let gerrors_seen = crate::irq::count(gerror_irq);
         let start = CLOCK.now_ns();
         for round in 0..STORM_ROUNDS {
@@ -450,7 +450,7 @@ fn fault_storm_is_survived_and_counted(platform: &Platform) -> TestResult {
             unit(platform, |u| u.collect_faults())?;
         }
         let storm_ms = (CLOCK.now_ns() - start) / 1_000_000;
-        let after = unit(platform, |u| u.smmu.counters())?;
+        let after = unit(platform, |u| u.hardware.counters())?;
         let gerrors = crate::irq::count(gerror_irq) - gerrors_seen;
         let faults_a = faults_of(platform, a)?;
         let faults_b = faults_of(platform, b)?;
@@ -577,7 +577,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
         // Each is skipped (CERROR_ILL), the valid ones around them run, and
         // the caller gets an error.
         let (synced, errors, next) = unit(platform, |u| {
-            let before = u.smmu.counters().command_errors;
+            let before = u.hardware.counters().command_errors;
             let batch = [
                 Command::CFGI_ALL.encode(),
                 RawCommand([UNALLOCATED_OPCODES[0], 0]),
@@ -585,9 +585,12 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
                 RawCommand([UNALLOCATED_OPCODES[1], 0]),
                 Command::CFGI_ALL.encode(),
             ];
-            let synced = u.smmu.submit_raw(&batch).and_then(|()| u.smmu.sync());
-            let errors = u.smmu.counters().command_errors - before;
-            let next = u.smmu.execute(&[Command::CFGI_ALL]);
+            let synced = u
+                .hardware
+                .submit_raw(&batch)
+                .and_then(|()| u.hardware.sync());
+            let errors = u.hardware.counters().command_errors - before;
+            let next = u.hardware.execute(&[Command::CFGI_ALL]);
             (synced, errors, next)
         })?;
         ensure!(
@@ -614,7 +617,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
         let gather = unit(platform, |u| u.unmap(a, IOVA_SCRATCH, 4096))?;
         ensure!(!gather.is_empty(), "unmap changed nothing");
         let free_after_unmap = frames::free_count();
-        unit(platform, |u| u.smmu.shutdown())?.map_err(|err| format!("shutdown: {err:?}"))?;
+        unit(platform, |u| u.hardware.shutdown())?.map_err(|err| format!("shutdown: {err:?}"))?;
         let start = CLOCK.now_ns();
         let flushed = unit(platform, |u| u.flush(a, &gather))?;
         let waited_ms = (CLOCK.now_ns() - start) / 1_000_000;
@@ -646,7 +649,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
         );
 
         // Recovery: restart over the same tables, retry the flush.
-        unit(platform, |u| u.smmu.restart())?.map_err(|err| format!("restart: {err:?}"))?;
+        unit(platform, |u| u.hardware.restart())?.map_err(|err| format!("restart: {err:?}"))?;
         unit(platform, |u| u.flush(a, &gather))?
             .map_err(|err| format!("flush after restart: {err:?}"))?;
         dma(&edu, edu::Direction::ToRam, IOVA_SCRATCH, SMALL_DMA)?;
@@ -686,39 +689,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
 
 /// DMA memory that refuses once its budget is spent: table-page and CD
 /// allocation failure on demand.
-struct RationedDma {
-    left: AtomicUsize,
-    refused: AtomicUsize,
-}
-
-static RATIONED: RationedDma = RationedDma {
-    left: AtomicUsize::new(usize::MAX),
-    refused: AtomicUsize::new(0),
-};
-
-impl DmaMemory for RationedDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
-        let granted = self
-            .left
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                left.checked_sub(1)
-            })
-            .is_ok();
-        if !granted {
-            self.refused.fetch_add(1, Ordering::SeqCst);
-            return None;
-        }
-        DMA.alloc(len, align)
-    }
-
-    fn free(&self, region: DmaRegion) {
-        DMA.free(region)
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> *mut u8 {
-        DMA.phys_to_virt(phys)
-    }
-}
+static RATIONED: Rationed = Rationed::new(&DMA);
 
 /// Budgets tried: enough for a domain and a map needing fresh tables.
 const MAX_BUDGET: usize = 12;
@@ -731,12 +702,12 @@ fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
     let free_before = settled_free_frames(platform)?;
     let page = frames::alloc().ok_or("no frame")?;
     unit(platform, |u| u.set_dma(&RATIONED))?;
-    RATIONED.refused.store(0, Ordering::SeqCst);
+    let refused_before = RATIONED.refused();
     let result = (|| -> Result<(usize, usize, usize), String> {
         let mut alloc_failures = 0;
         let mut map_failures = 0;
         for budget in 0..=MAX_BUDGET {
-            RATIONED.left.store(budget, Ordering::SeqCst);
+            RATIONED.allow(budget);
             let before = frames::free_count();
             let domain = match unit(platform, |u| u.alloc_domain(DomainKind::Paging))? {
                 Err(err) => {
@@ -761,7 +732,7 @@ fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
                     map_failures += 1;
                     // State unchanged: with memory back, the same map works
                     // (nothing half-mapped is in the way).
-                    RATIONED.left.store(usize::MAX, Ordering::SeqCst);
+                    RATIONED.unlimited();
                     unit(platform, |u| {
                         u.map(domain, IOVA_FAR, page.phys, 4096, rw())
                             .and_then(|gather| u.flush(domain, &gather))
@@ -798,14 +769,14 @@ fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
         }
         Err(format!("{MAX_BUDGET} table pages were not enough"))
     })();
-    RATIONED.left.store(usize::MAX, Ordering::SeqCst);
+    RATIONED.unlimited();
     unit(platform, |u| u.set_dma(&DMA))?;
     frames::free(page);
     let (alloc_failures, map_failures, budget) = result?;
     ensure!(alloc_failures >= 1, "no domain allocation failed");
     ensure!(map_failures >= 1, "no map failed half-way");
     ensure_eq!(
-        RATIONED.refused.load(Ordering::SeqCst),
+        RATIONED.refused() - refused_before,
         alloc_failures + map_failures,
         "refusals (one per failed operation: none retried behind the caller's back)"
     );

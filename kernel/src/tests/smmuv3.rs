@@ -119,7 +119,7 @@ pub(crate) fn edus(platform: &Platform) -> Result<Vec<(&'static PciDevice, u32)>
 /// StreamIDs exist (both are allocated once per bring-up, not per test).
 pub(crate) fn settled_free_frames(platform: &Platform) -> Result<usize, String> {
     for (_, sid) in edus(platform)? {
-        glue::with_unit(platform, |unit| unit.smmu.read_ste(sid))?
+        glue::with_unit(platform, |unit| unit.hardware.read_ste(sid))?
             .map_err(|err| format!("STE of {sid:#x}: {err:?}"))?;
     }
     Ok(frames::free_count())
@@ -202,11 +202,13 @@ fn linear_table_blocks_unattached_dma_and_reports_bad_ste(platform: &Platform) -
     }
     let (device, sid) = edus(platform)?[0];
     let (two_level, sid_bits) = glue::with_unit(platform, |unit| {
-        (unit.smmu.is_two_level(), unit.smmu.sid_bits())
+        (unit.hardware.is_two_level(), unit.hardware.sid_bits())
     })?;
     ensure!(!two_level, "asked for a linear table");
     ensure_eq!(sid_bits, 8, "linear table StreamID bits");
-    let (gbpa, cr0ack) = glue::with_unit(platform, |unit| (unit.smmu.gbpa(), unit.smmu.cr0ack()))?;
+    let (gbpa, cr0ack) = glue::with_unit(platform, |unit| {
+        (unit.hardware.gbpa(), unit.hardware.cr0ack())
+    })?;
     ensure!(
         gbpa.contains(smmuv3::regs::Gbpa::ABORT),
         "GBPA {gbpa:?}: unknown traffic would bypass while SMMUEN = 0"
@@ -237,10 +239,10 @@ fn identity_domain_moves_bytes_and_detach_aborts_silently(platform: &Platform) -
     let free_before = settled_free_frames(platform)?;
     let domain = glue::with_unit(platform, |unit| unit.alloc_domain(DomainKind::Identity))?
         .map_err(|err| format!("alloc identity: {err:?}"))?;
-    let before = glue::with_unit(platform, |unit| unit.smmu.counters())?;
+    let before = glue::with_unit(platform, |unit| unit.hardware.counters())?;
     glue::with_unit(platform, |unit| unit.attach(DeviceId(sid), domain))?
         .map_err(|err| format!("attach: {err:?}"))?;
-    let after = glue::with_unit(platform, |unit| unit.smmu.counters())?;
+    let after = glue::with_unit(platform, |unit| unit.hardware.counters())?;
     // From an invalid STE: one hitless switch, one CFGI_STE and one CMD_SYNC.
     ensure_eq!(after.cfgi - before.cfgi, 1, "CFGI_STE per first attach");
     ensure_eq!(after.syncs - before.syncs, 1, "CMD_SYNC per first attach");
@@ -284,20 +286,22 @@ fn illegal_command_is_skipped_and_acknowledged_through_gerrorn(platform: &Platfo
     /// An opcode SMMUv3 §4 leaves unallocated.
     const UNALLOCATED_OPCODE: u64 = 0x7F;
     let result = glue::with_unit(platform, |unit| {
-        let before = unit.smmu.counters();
-        let submitted = unit.smmu.submit_raw(&[RawCommand([UNALLOCATED_OPCODE, 0])]);
-        let synced = unit.smmu.sync();
-        let gerror_after = unit.smmu.active_gerror();
+        let before = unit.hardware.counters();
+        let submitted = unit
+            .hardware
+            .submit_raw(&[RawCommand([UNALLOCATED_OPCODE, 0])]);
+        let synced = unit.hardware.sync();
+        let gerror_after = unit.hardware.active_gerror();
         let next = unit
-            .smmu
+            .hardware
             .submit(&[Command::CFGI_ALL])
-            .and_then(|()| unit.smmu.sync());
+            .and_then(|()| unit.hardware.sync());
         (
             submitted,
             synced,
             gerror_after,
             next,
-            unit.smmu.counters().command_errors - before.command_errors,
+            unit.hardware.counters().command_errors - before.command_errors,
         )
     })?;
     let (submitted, synced, gerror_after, next, errors) = result;
@@ -324,14 +328,14 @@ fn event_queue_overflow_is_detected_and_recovered(platform: &Platform) -> TestRe
         return Ok(outcome);
     }
     let (device, sid) = edus(platform)?[1];
-    let before = glue::with_unit(platform, |unit| unit.smmu.counters())?;
+    let before = glue::with_unit(platform, |unit| unit.hardware.counters())?;
     // 4 KiB from a stream with an invalid STE: 1024 events for a 128-entry queue.
     ensure!(
         !to_ram_lands(platform, device, edu::BUFFER_SIZE)?,
         "DMA from unattached stream landed"
     );
     let faults = glue::with_unit(platform, |unit| unit.take_unowned_faults())?;
-    let after = glue::with_unit(platform, |unit| unit.smmu.counters())?;
+    let after = glue::with_unit(platform, |unit| unit.hardware.counters())?;
     ensure!(
         after.event_overflows > before.event_overflows,
         "no overflow detected ({} events read)",
@@ -364,7 +368,7 @@ fn two_level_table_carries_dma_and_blocks_the_other_stream(platform: &Platform) 
     let pair = edus(platform)?;
     let ((blocked, blocked_sid), (carried, carried_sid)) = (pair[0], pair[1]);
     let (two_level, sid_bits) = glue::with_unit(platform, |unit| {
-        (unit.smmu.is_two_level(), unit.smmu.sid_bits())
+        (unit.hardware.is_two_level(), unit.hardware.sid_bits())
     })?;
     ensure!(two_level, "asked for a two-level table");
     ensure_eq!(sid_bits, 16, "two-level table covers IDR1.SIDSIZE");
@@ -446,9 +450,9 @@ fn eventq_and_gerror_wired_interrupts_fire(platform: &Platform) -> TestResult {
 
     let seen = crate::irq::count(gerror);
     let rejected = glue::with_unit(platform, |unit| {
-        unit.smmu
+        unit.hardware
             .submit_raw(&[RawCommand([0x7F, 0])])
-            .and_then(|()| unit.smmu.sync())
+            .and_then(|()| unit.hardware.sync())
     })?;
     ensure!(rejected.is_err(), "illegal command accepted");
     ensure!(
@@ -778,8 +782,9 @@ fn with_each_granule(
         return Ok(outcome);
     }
     let (device, sid) = edus(platform)?[0];
-    let granules: Vec<smmuv3::Granule> =
-        unit(platform, |u| u.smmu.features().idr5().granules().collect())?;
+    let granules: Vec<smmuv3::Granule> = unit(platform, |u| {
+        u.hardware.features().idr5().granules().collect()
+    })?;
     ensure!(!granules.is_empty(), "IDR5 offers no granule");
     let free_before = settled_free_frames(platform)?;
     for granule in granules {
@@ -964,7 +969,7 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
     if let Some(outcome) = not_here(platform) {
         return Ok(outcome);
     }
-    let ril = unit(platform, |u| u.smmu.features().range_invalidation())?;
+    let ril = unit(platform, |u| u.hardware.features().range_invalidation())?;
     if !ril {
         return Ok(Outcome::NotApplicable(
             "no IDR3.RIL (per-leaf cost is host-tested)",
@@ -1011,13 +1016,13 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
         |u| -> Result<(u64, u64, u64), iommu::IommuError> {
             let a = u.alloc_domain(DomainKind::Paging)?;
             let b = u.alloc_domain(DomainKind::Paging)?;
-            let c0 = u.smmu.counters();
+            let c0 = u.hardware.counters();
             u.attach(DeviceId(sid), a)?;
-            let c1 = u.smmu.counters();
+            let c1 = u.hardware.counters();
             u.attach(DeviceId(sid), b)?;
-            let c2 = u.smmu.counters();
+            let c2 = u.hardware.counters();
             u.detach(DeviceId(sid));
-            let c3 = u.smmu.counters();
+            let c3 = u.hardware.counters();
             u.free_domain(a)?;
             u.free_domain(b)?;
             Ok((
@@ -1029,7 +1034,7 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
     )?
     .map_err(|err| format!("attach costs: {err:?}"))?;
     let stage1 = unit(platform, |u| {
-        u.paging_stage() == smmuv3::unit::PagingStage::Stage1
+        u.paging_stage() == smmuv3::paging::PagingStage::Stage1
     })?;
     // Stage 2 -> stage 2 changes the VMID (word 2) and S2TTB (word 3): through abort.
     let switch = if stage1 { 2 } else { 4 };
@@ -1049,7 +1054,10 @@ pub(crate) fn nesting_unavailable(platform: &Platform) -> Result<Option<Outcome>
         return Ok(Some(outcome));
     }
     let (stage1, stage2) = unit(platform, |u| {
-        (u.smmu.features().stage1(), u.smmu.features().stage2())
+        (
+            u.hardware.features().stage1(),
+            u.hardware.features().stage2(),
+        )
     })?;
     Ok((!(stage1 && stage2)).then_some(Outcome::NotApplicable(
         "the SMMU does not implement both stages",
@@ -1078,7 +1086,7 @@ fn nested_task_stage1_over_kernel_stage2(platform: &Platform) -> TestResult {
     .map_err(|err| format!("stage-1 format: {err:?}"))?;
     let mut task_table = io_page_table::PageTable::new(
         format,
-        smmuv3::unit::DmaTables::new(&crate::memory::dma::DMA),
+        iommu_kit::DmaTableAlloc::new(&crate::memory::dma::DMA, None),
         io_page_table::Coherence::Coherent,
     )
     .map_err(|_| "no memory for the task table")?;
@@ -1208,10 +1216,10 @@ fn command_queue_wraps_and_a_batch_larger_than_it_completes(platform: &Platform)
     // 300 commands in one batch must wait for room mid-batch, and three more
     // batches take the producer index around the ring again.
     let (results, issued) = unit(platform, |u| {
-        let before = u.smmu.counters().commands;
+        let before = u.hardware.counters().commands;
         let batch = alloc::vec![Command::CFGI_ALL; 300];
-        let results: Vec<_> = (0..4).map(|_| u.smmu.execute(&batch)).collect();
-        (results, u.smmu.counters().commands - before)
+        let results: Vec<_> = (0..4).map(|_| u.hardware.execute(&batch)).collect();
+        (results, u.hardware.counters().commands - before)
     })?;
     ensure!(
         results.iter().all(Result::is_ok),

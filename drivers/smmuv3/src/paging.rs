@@ -1,0 +1,93 @@
+//! The I/O page tables of SMMUv3 paging domains: the VMSAv8-64 (LPAE) format
+//! of `io-page-table` at stage 1 or stage 2 (SMMUv3 §3.4, Arm ARM D8), in
+//! table pages from the unit's memory through the kit's allocator adapter.
+
+use io_page_table::{
+    ArmConfig, ArmLpae, Coherence, Granule as PtGranule, PageTable, Prot as PtProt,
+    Stage as PtStage,
+};
+use iommu::{IommuError, IovaRange};
+use iommu_kit::DmaTableAlloc;
+use os_services::DmaMemory;
+
+use crate::hardware::Features;
+use crate::regs::Granule;
+
+/// A paging domain's table.
+pub type Table<'a> = PageTable<ArmLpae, DmaTableAlloc<'a>>;
+
+/// Which stage a paging domain's table is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PagingStage {
+    Stage1,
+    Stage2,
+}
+
+/// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
+/// tables (covers RAM and the MSI doorbell; QEMU caps the IPA at the OAS).
+pub const STAGE1_INPUT_BITS: u32 = 48;
+pub const STAGE2_INPUT_BITS: u32 = 40;
+
+/// A new table of `stage` with `granule`, output bits from IDR5.OAS. Every
+/// domain a device may signal from maps the MSI doorbell, IOVA = PA, as
+/// Device memory (its reserved region).
+pub fn new_table<'a>(
+    features: &Features,
+    stage: PagingStage,
+    granule: Granule,
+    dma: &'a (dyn DmaMemory + Sync),
+    msi_doorbell: Option<IovaRange>,
+) -> Result<Table<'a>, IommuError> {
+    let output_bits = features
+        .idr5()
+        .output_bits()
+        .ok_or(IommuError::Unsupported)?
+        .min(48);
+    let format = ArmLpae::new(ArmConfig {
+        stage: match stage {
+            PagingStage::Stage1 => PtStage::Stage1,
+            PagingStage::Stage2 => PtStage::Stage2,
+        },
+        granule: pt_granule(granule),
+        input_bits: match stage {
+            PagingStage::Stage1 => STAGE1_INPUT_BITS,
+            PagingStage::Stage2 => STAGE2_INPUT_BITS,
+        },
+        output_bits,
+        // One TLB entry per aligned run on SMMUs that honour the hint.
+        contiguous: true,
+    })
+    .map_err(|_| IommuError::Unsupported)?;
+    // The SMMUs driven here snoop their walks (IDR0.COHACC): nothing to clean.
+    let mut table = PageTable::new(format, DmaTableAlloc::new(dma, None), Coherence::Coherent)
+        .map_err(|_| IommuError::NoMemory)?;
+    if let Some(doorbell) = msi_doorbell {
+        let page = granule.size();
+        let start = doorbell.start & !(page - 1);
+        table
+            .map(
+                start,
+                start,
+                page,
+                PtProt::WRITE | PtProt::MMIO | PtProt::NOEXEC,
+            )
+            .map_err(|_| IommuError::NoMemory)?;
+    }
+    Ok(table)
+}
+
+pub fn granule_of(granule: PtGranule) -> Granule {
+    match granule {
+        PtGranule::K4 => Granule::K4,
+        PtGranule::K16 => Granule::K16,
+        PtGranule::K64 => Granule::K64,
+    }
+}
+
+pub fn pt_granule(granule: Granule) -> PtGranule {
+    match granule {
+        Granule::K4 => PtGranule::K4,
+        Granule::K16 => PtGranule::K16,
+        Granule::K64 => PtGranule::K64,
+    }
+}

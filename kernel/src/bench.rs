@@ -91,7 +91,8 @@ fn edu_dma_latency(platform: &Platform) {
 /// detach of 16 aligned pages.
 #[cfg(target_arch = "x86_64")]
 fn amdvi_command_counts(platform: &Platform) {
-    use crate::iommu::amdvi::{command_figures, device_id, unit};
+    use crate::figures::amdvi::command_figures;
+    use crate::iommu::amdvi::{device_id, unit};
     use iommu::{DomainKind, IommuUnit};
     let Ok(unit) = unit(platform) else {
         return;
@@ -135,7 +136,8 @@ fn amdvi_command_counts(platform: &Platform) {
 /// SMMUv3: commands and MMIO writes per unmap of 1, 16 and 512 pages.
 #[cfg(target_arch = "aarch64")]
 fn smmuv3_unmap_counts(platform: &Platform) {
-    use crate::iommu::smmuv3::{description, unmap_costs};
+    use crate::figures::smmuv3::unmap_costs;
+    use crate::iommu::smmuv3::description;
     if description(platform).is_none() {
         return;
     }

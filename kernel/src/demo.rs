@@ -95,18 +95,18 @@ fn iommu_demos(platform: &Platform) {
         crate::platform::Firmware::Acpi(info) => {
             if info.dmar.is_some() {
                 println!("-- Intel VT-d --");
-                crate::iommu::vtd::demo(platform);
+                crate::figures::vtd::demo(platform);
             }
             if info.ivrs.is_some() {
                 println!("-- AMD-Vi --");
-                crate::iommu::amdvi::demo(platform);
+                crate::figures::amdvi::demo(platform);
             }
         }
         #[cfg(target_arch = "aarch64")]
         crate::platform::Firmware::DeviceTree(tree) => {
             if !tree.smmus.is_empty() {
                 println!("-- ARM SMMUv3 --");
-                crate::iommu::smmuv3::demo(platform);
+                crate::figures::smmuv3::demo(platform);
             }
         }
     }

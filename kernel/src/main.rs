@@ -19,6 +19,7 @@ mod cmdline;
 mod demo;
 mod device_policy;
 mod devices;
+mod figures;
 mod iommu;
 mod iommufd_service;
 mod irq;

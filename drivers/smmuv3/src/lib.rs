@@ -1,7 +1,7 @@
 //! ARM SMMUv3 driver (SMMUv3 architecture specification, IHI 0070).
 //!
 //! The modules are laid out as in the other two drivers (docs/IOMMU.md,
-//! "Where each job lives"): [`regs`] (registers, §6), [`device_table`]
+//! "Where each job lives"): [`regs`] (registers, §6), [`discovery`] (the device tree's description), [`device_table`]
 //! (stream table entries and context descriptors, §5), [`command`] (command
 //! queue entries, §4; PROD/CONS arithmetic is the kit's `WrapIndex`, §3.5),
 //! [`invalidation`] (which commands a change needs, §4.4), [`fault`] (event
@@ -20,6 +20,7 @@ extern crate std;
 
 pub mod command;
 pub mod device_table;
+pub mod discovery;
 pub mod fault;
 pub mod hardware;
 pub mod invalidation;

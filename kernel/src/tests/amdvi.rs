@@ -389,7 +389,7 @@ fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
         let domain = unit
             .alloc_domain(DomainKind::Paging)
             .map_err(|err| format!("{err:?}"))?;
-        let figures = glue::command_figures(&mut unit, device, domain);
+        let figures = crate::figures::amdvi::command_figures(&mut unit, device, domain);
         let _ = unit.free_domain(domain);
         figures?
     };
@@ -411,7 +411,7 @@ fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
     ensure_eq!(cost("map"), Some((0, 1, 1, 1)), "map with NpCache");
     ensure_eq!(cost("unmap"), Some((0, 1, 1, 1)), "aligned 16-page unmap");
     ensure_eq!(cost("detach"), Some((1, 1, 1, 1)), "detach");
-    let lines = glue::demo_lines(platform)?;
+    let lines = crate::figures::amdvi::demo_lines(platform)?;
     ensure!(
         lines.contains("unmap of 16 aligned pages: 0 INVALIDATE_DEVTAB_ENTRY + 1 INVALIDATE_IOMMU_PAGES + 1 COMPLETION_WAIT = 2 commands, 1 tail write(s), 1 MMIO write(s)"),
         "demo output: {lines}"

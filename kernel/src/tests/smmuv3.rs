@@ -166,17 +166,17 @@ fn discovered_with_stream_ids_and_id_registers(platform: &Platform) -> TestResul
     }
     let description = glue::description(platform).ok_or("no SMMU")?;
     ensure_eq!(
-        description.base,
+        description.register_base,
         0x0905_0000,
         "SMMU base from the device tree"
     );
     ensure_eq!(
-        description.eventq.and_then(|irq| irq.intid()),
+        description.eventq.intid(),
         Some(74 + 32),
         "eventq interrupt"
     );
     ensure_eq!(
-        description.gerror.and_then(|irq| irq.intid()),
+        description.gerror.intid(),
         Some(77 + 32),
         "gerror interrupt"
     );
@@ -976,7 +976,7 @@ fn aligned_unmap_costs_one_range_tlbi_and_one_sync(platform: &Platform) -> TestR
         ));
     }
     let free_before = settled_free_frames(platform)?;
-    let costs = glue::unmap_costs(platform, &[0, 1, 2, 3, 4, 5, 9])?;
+    let costs = crate::figures::smmuv3::unmap_costs(platform, &[0, 1, 2, 3, 4, 5, 9])?;
     for cost in &costs {
         ensure_eq!(
             (cost.tlbi, cost.syncs, cost.commands, cost.mmio_writes),

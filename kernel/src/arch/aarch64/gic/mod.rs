@@ -41,9 +41,10 @@ fn map(base: u64, size: usize) -> Mmio {
 /// The priority every interrupt the kernel enables gets (SPIs, PPIs, LPIs).
 const DEFAULT_PRIORITY: u32 = 0xA0;
 
-/// GITS_TRANSLATER's offset from the ITS base, where devices write their
-/// MSIs (IHI 0069H §12.19): the page the SMMU maps in every domain.
-pub const ITS_TRANSLATER: u64 = its::TRANSLATER;
+// The SMMU driver maps the page of GITS_TRANSLATER in every domain
+// (`smmuv3::discovery::msi_doorbell`); it must be the register this ITS
+// driver programs devices to write.
+const _: () = assert!(its::TRANSLATER == smmuv3::discovery::ITS_TRANSLATER);
 
 /// The register arrays GICv2 and GICv3 share (IHI 0048B §4.3, IHI 0069H
 /// §12.9): one byte per interrupt (IPRIORITYR, ITARGETSR); two bits per

@@ -1,19 +1,20 @@
 //! VT-d: what map and unmap cost in invalidation descriptors, wait
 //! descriptors and MMIO writes.
 
-use crate::iommu::vtd::bring_up;
+use crate::iommu::vtd::{Unit, with_unit};
 use crate::platform::Platform;
 
 /// Prints what the driver costs per operation (the demo's VT-d figures):
 /// invalidation descriptors, wait descriptors and MMIO writes per map and
 /// per unmap of an aligned 2^k-page range in a paging domain.
 pub fn demo(platform: &Platform) {
+    if let Err(err) = with_unit(platform, demo_on) {
+        println!("vtd: {err}");
+    }
+}
+
+fn demo_on(unit: &mut Unit) {
     use ::iommu::IommuUnit;
-    let mut unit = match bring_up(platform) {
-        Ok(Some(unit)) => unit,
-        Ok(None) => return println!("vtd: no DMAR remapping unit"),
-        Err(err) => return println!("vtd: {err}"),
-    };
     let ::iommu::HwInfo::IntelVtd { cap, ecap } = unit.hw_info() else {
         return;
     };

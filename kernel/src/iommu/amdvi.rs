@@ -34,6 +34,16 @@ pub fn unit(platform: &Platform) -> Result<&'static spin::Mutex<AmdVi>, Absent> 
         .map_err(|absent| *absent)
 }
 
+/// Runs `f` on the unit (brought up on first use), as `vtd::with_unit` and
+/// `smmuv3::with_unit` do for theirs.
+pub fn with_unit<R>(
+    platform: &Platform,
+    f: impl FnOnce(&mut AmdVi) -> R,
+) -> Result<R, alloc::string::String> {
+    let unit = unit(platform).map_err(|absent| alloc::format!("no AMD-Vi unit: {absent:?}"))?;
+    Ok(f(&mut unit.lock()))
+}
+
 fn bring_up(platform: &Platform) -> Result<AmdVi, Absent> {
     let Firmware::Acpi(info) = &platform.firmware;
     let ivrs = info.ivrs.as_ref().ok_or(Absent::NoIvrs)?;

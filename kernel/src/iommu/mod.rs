@@ -40,18 +40,18 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
         #[cfg(target_arch = "x86_64")]
         crate::platform::Firmware::Acpi(info) => {
             if info.dmar.is_some() {
-                let unit = vtd::bring_up(platform).ok()??;
+                fn with_vtd(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                    let _ = vtd::with_unit(crate::platform::get(), |unit| f(unit));
+                }
                 return Some(PlatformUnit {
-                    unit: Box::new(unit),
+                    unit: Box::new(Shared::new(with_vtd)?),
                     device_id: vtd::device_id,
                     firmware_alias: no_firmware_alias,
                 });
             }
             if info.ivrs.is_some() {
                 fn with_amdvi(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
-                    if let Ok(unit) = amdvi::unit(crate::platform::get()) {
-                        f(&mut *unit.lock());
-                    }
+                    let _ = amdvi::with_unit(crate::platform::get(), |unit| f(unit));
                 }
                 return Some(PlatformUnit {
                     unit: Box::new(Shared::new(with_amdvi)?),
@@ -96,9 +96,12 @@ pub fn fault_signals() -> usize {
 /// Runs a closure on a unit that lives in its driver glue's static, if it is up.
 type WithUnit = fn(&mut dyn FnMut(&mut dyn IommuUnit));
 
-/// A unit that lives in its driver glue's static (shared with the driver's
-/// own tests) rather than in the iommufd core: every call reaches it through
-/// `with`, which runs the closure on the unit when it is up.
+/// The core's handle on a unit. Every vendor's unit lives in its driver
+/// glue's static, brought up on first use (`vtd::with_unit`,
+/// `amdvi::with_unit`, `smmuv3::with_unit`): the iommufd core and the tests
+/// that drive the hardware directly reach the same instance through the same
+/// lock. Every call goes through `with`, which runs the closure on the unit
+/// when it is up.
 struct Shared {
     with: WithUnit,
     /// Fixed at bring-up, so kept rather than asked again.

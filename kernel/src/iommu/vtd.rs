@@ -107,21 +107,47 @@ pub fn fault_events() -> usize {
 /// The vector the fault event is routed to (allocated once).
 static FAULT_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
 
-/// Brings up the first unit with translation on and every device blocked,
-/// queued invalidation and interrupt remapping when offered, and its fault
-/// event on a kernel vector. `None` when the machine has no VT-d.
-pub fn bring_up(platform: &Platform) -> Result<Option<Unit>, String> {
-    bring_up_with(platform, Options::default())
+/// The platform's unit (the first DRHD), owned here like every vendor's:
+/// brought up on first use, reached by the iommufd core and the tests alike
+/// through [`with_unit`].
+static UNIT: spin::Mutex<Option<Unit>> = spin::Mutex::new(None);
+
+/// Runs `f` on the unit, bringing it up first (translation on, every device
+/// blocked, queued invalidation and interrupt remapping when offered) if
+/// nothing did yet. `Err` when the machine has no VT-d or bring-up failed.
+pub fn with_unit<R>(platform: &Platform, f: impl FnOnce(&mut Unit) -> R) -> Result<R, String> {
+    let mut unit = UNIT.lock();
+    if unit.is_none() {
+        *unit = bring_up_in(platform, Options::default(), &crate::memory::dma::DMA)?;
+    }
+    let unit = unit.as_mut().ok_or("no VT-d unit in the DMAR")?;
+    Ok(f(unit))
 }
 
-/// [`bring_up`] with explicit options (e.g. register-based invalidation).
-pub fn bring_up_with(platform: &Platform, options: Options) -> Result<Option<Unit>, String> {
-    bring_up_in(platform, options, &crate::memory::dma::DMA)
+/// Replaces the unit with one brought up with `options`, its table pages
+/// from `dma` (tests: register-based invalidation, memory that runs dry).
+/// The old instance is shut down first. `false` when the machine has no
+/// VT-d. Only while the iommufd core holds nothing on the unit.
+pub fn bring_up_again(
+    platform: &Platform,
+    options: Options,
+    dma: &'static (dyn os_services::DmaMemory + Sync),
+) -> Result<bool, String> {
+    let mut unit = UNIT.lock();
+    drop(unit.take());
+    *unit = bring_up_in(platform, options, dma)?;
+    Ok(unit.is_some())
 }
 
-/// [`bring_up_with`] taking every table page from `dma` (the robustness
-/// tests hand it a memory service that runs dry on demand).
-pub fn bring_up_in(
+/// Shuts the unit down (translation off, every structure freed); the next
+/// [`with_unit`] brings the default one up again.
+pub fn shut_down() {
+    drop(UNIT.lock().take());
+}
+
+/// Brings up the first unit with `options`, its fault event on a kernel
+/// vector, every table page from `dma`. `None` when the machine has no VT-d.
+fn bring_up_in(
     platform: &Platform,
     options: Options,
     dma: &'static (dyn os_services::DmaMemory + Sync),

@@ -24,9 +24,10 @@ use vtd::regs::{self, FaultStatus, Global};
 
 use super::vtd::{
     DMA_LEN, Fallible, READ_ONLY, READ_WRITE, bytes, drain, edu_pair, expect_fault, filled_frame,
-    holds, map, no_leaf_reasons, open, paging_domain, requester, with_unit, with_unit_options,
+    holds, map, no_leaf_reasons, open, paging_domain, requester, scalable, with_unit, with_unit_in,
+    with_unit_options,
 };
-use crate::iommu::vtd::{Unit, bring_up_in, bring_up_with, descriptions, fault_events};
+use crate::iommu::vtd::{Unit, descriptions, fault_events};
 use crate::memory::frames::{self, Frames};
 use crate::platform::Platform;
 use crate::testing::{Outcome, Test, TestResult};
@@ -488,14 +489,14 @@ fn set_queue_enable(registers: &os_services::mmio::Mmio, on: bool) -> Fallible {
 /// hardware behaves again (QIE off) the same flush succeeds and the unmap
 /// is seen by the next DMA.
 fn hung_register_invalidation_times_out_and_recovers(platform: &Platform) -> TestResult {
-    match bring_up_with(platform, vtd::Options::default())? {
+    match scalable(platform) {
         None => return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR")),
-        Some(unit) if unit.hardware.mode().is_scalable() => {
+        Some(true) => {
             return Ok(Outcome::NotApplicable(
                 "scalable mode has no register-based invalidation",
             ));
         }
-        Some(_) => {}
+        Some(false) => {}
     }
     let options = vtd::Options {
         queued_invalidation: false,
@@ -637,21 +638,14 @@ fn far_iova(region: u64) -> u64 {
 /// and after teardown every frame is back. Domain ids are recycled: more
 /// alloc/free cycles than the unit has ids all succeed.
 fn table_page_exhaustion_fails_cleanly(platform: &Platform) -> TestResult {
-    let free_before = frames::free_count();
     RATIONED.unlimited();
-    let Some(mut unit) = bring_up_in(platform, vtd::Options::default(), &RATIONED)? else {
-        return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR"));
-    };
-    let outcome = exhaust(platform, &mut unit);
+    let outcome = with_unit_in(platform, vtd::Options::default(), &RATIONED, |unit| {
+        let outcome = exhaust(platform, unit);
+        RATIONED.unlimited();
+        outcome
+    });
     RATIONED.unlimited();
-    drop(unit);
-    let outcome = outcome?;
-    ensure_eq!(
-        frames::free_count(),
-        free_before,
-        "free frames after the test"
-    );
-    Ok(outcome)
+    outcome
 }
 
 fn exhaust(platform: &Platform, unit: &mut Unit) -> TestResult {

@@ -16,7 +16,7 @@ use vtd::interrupt::{Irte, remappable_msi_address};
 use vtd::regs::Global;
 
 use crate::devices::{self, PciDevice};
-use crate::iommu::vtd::{Unit, bring_up_with, fault_events};
+use crate::iommu::vtd::{self as glue, Unit, fault_events};
 use crate::memory::frames::{self, Frames};
 use crate::platform::Platform;
 use crate::testing::{Outcome, Test, TestResult};
@@ -135,26 +135,43 @@ pub(crate) fn with_unit(
     with_unit_options(platform, vtd::Options::default(), body)
 }
 
-/// Brings a unit up, runs `body`, tears the unit down and checks that every
-/// frame came back.
-pub(crate) fn with_unit_options(
+/// Brings the platform's unit up afresh with `options` and table pages from
+/// `dma`, runs `body` on it, shuts it down and checks that every frame came
+/// back. The next user of the unit brings the default one up again.
+pub(crate) fn with_unit_in(
     platform: &Platform,
     options: vtd::Options,
+    dma: &'static (dyn os_services::DmaMemory + Sync),
     body: impl FnOnce(&mut Unit) -> TestResult,
 ) -> TestResult {
+    glue::shut_down();
     let free_before = frames::free_count();
-    let Some(mut unit) = bring_up_with(platform, options)? else {
+    if !glue::bring_up_again(platform, options, dma)? {
         return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR"));
-    };
-    let outcome = body(&mut unit);
-    drop(unit);
-    let outcome = outcome?;
+    }
+    let outcome = glue::with_unit(platform, body);
+    glue::shut_down();
+    let outcome = outcome??;
     ensure_eq!(
         frames::free_count(),
         free_before,
         "free frames after the test"
     );
     Ok(outcome)
+}
+
+/// [`with_unit_in`] with the kernel's DMA memory.
+pub(crate) fn with_unit_options(
+    platform: &Platform,
+    options: vtd::Options,
+    body: impl FnOnce(&mut Unit) -> TestResult,
+) -> TestResult {
+    with_unit_in(platform, options, &crate::memory::dma::DMA, body)
+}
+
+/// Whether the platform's unit runs in scalable mode (`None`: no VT-d).
+pub(crate) fn scalable(platform: &Platform) -> Option<bool> {
+    glue::with_unit(platform, |unit| unit.hardware.mode().is_scalable()).ok()
 }
 
 fn blocked_dma_is_dropped_and_faults_once(platform: &Platform) -> TestResult {
@@ -228,14 +245,14 @@ fn identity_domain_carries_dma_and_detach_blocks_it(platform: &Platform) -> Test
 /// the IOTLB register, and the detach must still be seen by the next DMA.
 fn register_based_invalidation_makes_detach_visible(platform: &Platform) -> TestResult {
     // Scalable mode has only queued invalidation (VT-d 3.4 §6.5).
-    match bring_up_with(platform, vtd::Options::default())? {
+    match scalable(platform) {
         None => return Ok(Outcome::NotApplicable("no VT-d unit in the DMAR")),
-        Some(unit) if unit.hardware.mode().is_scalable() => {
+        Some(true) => {
             return Ok(Outcome::NotApplicable(
                 "scalable mode has no register-based invalidation",
             ));
         }
-        Some(_) => {}
+        Some(false) => {}
     }
     let options = vtd::Options {
         queued_invalidation: false,

@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
+mod dma_matrix;
 mod foundation;
 mod iommufd_devices;
 mod iommufd_syscalls;
@@ -16,10 +17,12 @@ mod robust_smmuv3;
 mod robust_syscalls;
 #[cfg(target_arch = "x86_64")]
 mod robust_vtd;
+mod robustness;
 #[cfg(target_arch = "aarch64")]
 mod smmuv3;
 mod survival;
 mod tasks;
+mod unit_probe;
 #[cfg(target_arch = "x86_64")]
 mod vtd;
 
@@ -173,6 +176,8 @@ pub static ALL: &[&[Test]] = &[
     amdvi::TESTS,
     #[cfg(target_arch = "x86_64")]
     robust_amdvi::TESTS,
+    dma_matrix::TESTS,
+    robustness::TESTS,
     tasks::TESTS,
     robust_syscalls::TESTS,
     iommufd_syscalls::TESTS,

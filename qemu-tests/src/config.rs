@@ -267,17 +267,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 36),
-    ("vtd", 78),
-    ("vtd-cm", 78),
-    ("vtd-sm", 76),
-    ("vtd-fs", 76),
-    ("vtd-bridge", 81),
-    ("smmuv3-bridge", 75),
+    ("vtd", 83),
+    ("vtd-cm", 83),
+    ("vtd-sm", 81),
+    ("vtd-fs", 81),
+    ("vtd-bridge", 86),
+    ("smmuv3-bridge", 88),
     ("amdvi", 79),
     ("none-arm", 36),
-    ("smmuv3", 73),
-    ("smmuv3-s2", 73),
-    ("smmuv3-nested", 78),
+    ("smmuv3", 86),
+    ("smmuv3-s2", 86),
+    ("smmuv3-nested", 91),
 ];
 
 /// The configuration called `name`.

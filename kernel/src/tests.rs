@@ -4,6 +4,7 @@
 
 #[cfg(target_arch = "x86_64")]
 mod amdvi;
+mod contract;
 mod dma_matrix;
 mod foundation;
 mod iommufd_devices;
@@ -176,6 +177,7 @@ pub static ALL: &[&[Test]] = &[
     amdvi::TESTS,
     #[cfg(target_arch = "x86_64")]
     robust_amdvi::TESTS,
+    contract::TESTS,
     dma_matrix::TESTS,
     robustness::TESTS,
     tasks::TESTS,

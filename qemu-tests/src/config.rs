@@ -267,17 +267,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 36),
-    ("vtd", 83),
-    ("vtd-cm", 83),
-    ("vtd-sm", 81),
-    ("vtd-fs", 81),
-    ("vtd-bridge", 86),
-    ("smmuv3-bridge", 88),
-    ("amdvi", 79),
+    ("vtd", 89),
+    ("vtd-cm", 89),
+    ("vtd-sm", 87),
+    ("vtd-fs", 87),
+    ("vtd-bridge", 92),
+    ("smmuv3-bridge", 94),
+    ("amdvi", 85),
     ("none-arm", 36),
-    ("smmuv3", 86),
-    ("smmuv3-s2", 86),
-    ("smmuv3-nested", 91),
+    ("smmuv3", 92),
+    ("smmuv3-s2", 92),
+    ("smmuv3-nested", 97),
 ];
 
 /// The configuration called `name`.

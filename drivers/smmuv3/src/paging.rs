@@ -3,7 +3,7 @@
 //! table pages from the unit's memory through the kit's allocator adapter.
 
 use io_page_table::{
-    ArmConfig, ArmLpae, Coherence, Granule as PtGranule, PageTable, Prot as PtProt,
+    ArmConfig, ArmLpae, Coherence, Format, Granule as PtGranule, PageTable, Prot as PtProt,
     Stage as PtStage,
 };
 use iommu::{IommuError, IovaRange};
@@ -28,6 +28,24 @@ pub enum PagingStage {
 pub const STAGE1_INPUT_BITS: u32 = 48;
 pub const STAGE2_INPUT_BITS: u32 = 40;
 
+/// The input (IOVA or IPA) bits of a table of `stage`.
+pub fn input_bits(stage: PagingStage) -> u32 {
+    match stage {
+        PagingStage::Stage1 => STAGE1_INPUT_BITS,
+        PagingStage::Stage2 => STAGE2_INPUT_BITS,
+    }
+}
+
+/// The leaf sizes a table of `stage` with `granule` uses (Linux's
+/// `pgsize_bitmap`): the granule and the block sizes above it.
+pub fn page_sizes(
+    features: &Features,
+    stage: PagingStage,
+    granule: Granule,
+) -> Result<u64, IommuError> {
+    Ok(format(features, stage, granule)?.geometry().page_sizes())
+}
+
 /// A new table of `stage` with `granule`, output bits from IDR5.OAS. Every
 /// domain a device may signal from maps the MSI doorbell, IOVA = PA, as
 /// Device memory (its reserved region).
@@ -38,26 +56,7 @@ pub fn new_table<'a>(
     dma: &'a (dyn DmaMemory + Sync),
     msi_doorbell: Option<IovaRange>,
 ) -> Result<Table<'a>, IommuError> {
-    let output_bits = features
-        .idr5()
-        .output_bits()
-        .ok_or(IommuError::Unsupported)?
-        .min(48);
-    let format = ArmLpae::new(ArmConfig {
-        stage: match stage {
-            PagingStage::Stage1 => PtStage::Stage1,
-            PagingStage::Stage2 => PtStage::Stage2,
-        },
-        granule: pt_granule(granule),
-        input_bits: match stage {
-            PagingStage::Stage1 => STAGE1_INPUT_BITS,
-            PagingStage::Stage2 => STAGE2_INPUT_BITS,
-        },
-        output_bits,
-        // One TLB entry per aligned run on SMMUs that honour the hint.
-        contiguous: true,
-    })
-    .map_err(|_| IommuError::Unsupported)?;
+    let format = format(features, stage, granule)?;
     // The SMMUs driven here snoop their walks (IDR0.COHACC): nothing to clean.
     let mut table = PageTable::new(format, DmaTableAlloc::new(dma, None), Coherence::Coherent)
         .map_err(|_| IommuError::NoMemory)?;
@@ -74,6 +73,31 @@ pub fn new_table<'a>(
             .map_err(|_| IommuError::NoMemory)?;
     }
     Ok(table)
+}
+
+/// The table format of `stage` with `granule`; output bits from IDR5.OAS.
+fn format(
+    features: &Features,
+    stage: PagingStage,
+    granule: Granule,
+) -> Result<ArmLpae, IommuError> {
+    let output_bits = features
+        .idr5()
+        .output_bits()
+        .ok_or(IommuError::Unsupported)?
+        .min(48);
+    ArmLpae::new(ArmConfig {
+        stage: match stage {
+            PagingStage::Stage1 => PtStage::Stage1,
+            PagingStage::Stage2 => PtStage::Stage2,
+        },
+        granule: pt_granule(granule),
+        input_bits: input_bits(stage),
+        output_bits,
+        // One TLB entry per aligned run on SMMUs that honour the hint.
+        contiguous: true,
+    })
+    .map_err(|_| IommuError::Unsupported)
 }
 
 pub fn granule_of(granule: PtGranule) -> Granule {

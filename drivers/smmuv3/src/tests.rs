@@ -249,6 +249,28 @@ mod unit {
         rig.model.log.borrow()[skip..].to_vec()
     }
 
+    /// The aperture is what paging domains' tables translate (stage 1: 48
+    /// bits, not IDR5.OAS), and a map just past it is refused; the page
+    /// sizes are the current granule's leaves, not every granule IDR5 offers.
+    #[test]
+    fn info_reports_what_paging_domains_accept() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let info = unit.info();
+        assert_eq!(info.aperture, IovaRange::from_len(0, 1 << 48).unwrap());
+        assert_eq!(info.page_sizes, (1 << 12) | (1 << 21) | (1 << 30));
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let beyond = info.aperture.last + 1;
+        assert_eq!(
+            unit.map(domain, beyond, 0x8000_0000, 4096, RW),
+            Err(IommuError::Invalid)
+        );
+        let last_page = info.aperture.last + 1 - 4096;
+        assert!(unit.map(domain, last_page, 0x8000_0000, 4096, RW).is_ok());
+        unit.set_granule(crate::Granule::K64).unwrap();
+        assert_eq!(unit.info().page_sizes, (1 << 16) | (1 << 29));
+    }
+
     #[test]
     fn paging_domain_attach_map_unmap_flush() {
         let rig = rig();

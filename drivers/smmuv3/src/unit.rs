@@ -406,22 +406,21 @@ impl From<crate::device_table::ste::SteError> for IommuError {
 }
 
 impl<'a> IommuUnit for SmmuUnit<'a> {
+    /// What paging domains allocated now take: the input range of the paging
+    /// stage's tables (a map beyond it is refused) and the leaf sizes of the
+    /// current granule.
     fn info(&self) -> UnitInfo {
-        let ias = self.hardware.features().idr5().output_bits().unwrap_or(32);
-        let page_sizes = self
-            .hardware
-            .features()
-            .idr5()
-            .granules()
-            .fold(0, |sizes, g| sizes | g.size());
+        let stage = self.paging_stage();
+        let features = self.hardware.features();
+        let page_sizes = paging::page_sizes(features, stage, self.granule).unwrap_or(1 << 12);
         UnitInfo {
             name: "arm-smmu-v3",
             kind: UnitKind::ArmSmmuV3,
             aperture: IovaRange {
                 start: 0,
-                last: (1u64 << ias.min(48)) - 1,
+                last: (1u64 << paging::input_bits(stage)) - 1,
             },
-            page_sizes: if page_sizes == 0 { 1 << 12 } else { page_sizes },
+            page_sizes,
             nesting: (self.hardware.features().stage1() && self.hardware.features().stage2())
                 .then_some(NestingInfo {
                     format: NestedFormat::ArmSmmuV3,

@@ -358,6 +358,14 @@ impl Scene<'_> {
             .map_err(|err| format!("attach {device:?}: {err:?}"))
     }
 
+    /// Frees a domain of the scene before its end.
+    pub(super) fn free_domain(&mut self, domain: DomainHandle) -> Fallible {
+        self.unit(|unit| unit.free_domain(domain))?
+            .map_err(|err| format!("free domain: {err:?}"))?;
+        self.domains.retain(|&held| held != domain);
+        Ok(())
+    }
+
     pub(super) fn detach(&self, device: DeviceId) -> Fallible {
         self.unit(|unit| unit.detach(device))
     }

@@ -13,10 +13,6 @@ use iommu::{Access, DeviceId, FaultReason, FaultRecord, UnitId};
 
 use iommu_kit::{BadPointer, SlotRing};
 
-use crate::command::Command;
-use crate::hardware::{EVENT_BACKLOG, Hardware, UnitError};
-use crate::regs::{self, Control, Status};
-
 /// One raw event-log entry.
 #[repr(C, align(16))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -334,58 +330,6 @@ pub fn drain(
         at = ring.next(at);
     }
     Ok((events, ring.pointer(end)))
-}
-
-/// The event log (§2.5) of the instance.
-impl Hardware {
-    /// Reads new event-log entries into the backlog the unit takes them from
-    /// ([`Hardware::take_events`]; beyond [`EVENT_BACKLOG`] they are counted as
-    /// dropped). Handles EventOverflow (§2.5: drain, clear, restart logging).
-    pub fn poll_events(&mut self) -> usize {
-        let status = self.status();
-        let tail = self.regs.read64(regs::EVENT_TAIL) & regs::RING_POINTER_MASK;
-        let log = self.event_log;
-        let Ok((events, head)) = drain(self.event_ring, self.event_head, tail, |index| {
-            RawEvent(log.read::<[u64; 2]>(index as usize * regs::ENTRY_SIZE as usize))
-        }) else {
-            return 0;
-        };
-        let count = events.len();
-        if head != self.event_head {
-            self.event_head = head;
-            self.write_reg(regs::EVENT_HEAD, head);
-        }
-        self.counters.events += count as u64;
-        for event in events {
-            if self.events.len() < EVENT_BACKLOG {
-                self.events.push(event);
-            } else {
-                self.counters.dropped_faults += 1;
-            }
-        }
-        if status.contains(Status::EVENT_OVERFLOW) {
-            self.counters.event_overflows += 1;
-            let running = self.control;
-            self.set_control(running - Control::EVENT_LOG_EN);
-            let _ = self.wait_status(Status::EVENT_LOG_RUN, false);
-            self.write_reg(regs::STATUS, Status::EVENT_OVERFLOW.bits());
-            self.set_control(running);
-        }
-        count
-    }
-
-    /// Finds out whether this IOMMU writes its event log: submits a reserved-opcode
-    /// command, which must produce ILLEGAL_COMMAND_ERROR (§2.5.6), and looks for the
-    /// event. The command buffer keeps working either way (recovered if it stopped).
-    /// QEMU 10.0.2 never logs (docs/QEMU.md §2): `Ok(false)` there.
-    pub fn probe_event_log(&mut self) -> Result<bool, UnitError> {
-        match self.run(&[Command::illegal()]) {
-            Err(UnitError::IllegalCommand { .. }) => Ok(true),
-            Err(UnitError::CommandTimeout { illegal_at, .. }) => Ok(illegal_at.is_some()),
-            Ok(()) => Ok(false),
-            Err(other) => Err(other),
-        }
-    }
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@
 //! - [`interrupt`]: interrupt remapping table entries (§2.2.5).
 //! - [`paging`]: table pages for the AMD v1 page tables of `io-page-table`.
 //! - [`discovery`]: what the IVRS (§5.2) says about each IOMMU.
-//! - [`hardware`]: one IOMMU's instance: bring-up, device table, command buffer, event
-//!   log.
+//! - [`hardware`]: one IOMMU's instance: bring-up, and in `hardware/` what it does for
+//!   each job (device table, command buffer, event log, interrupt tables).
 //! - [`mod@unit`]: the contract over the instance: domains, attachments, fault queues.
 //!
 //! # What is proven where

@@ -36,6 +36,8 @@ const DOMAIN_IDS: core::ops::RangeInclusive<u32> = 1..=255;
 /// until software drains it: a device faulting in a loop must not grow the heap
 /// without bound. Records beyond this are counted in `Counters::dropped_faults`.
 pub const FAULT_QUEUE_CAPACITY: usize = 1024;
+// What the instance reads between two routings fits two full queues.
+const _: () = assert!(crate::hardware::EVENT_BACKLOG >= 2 * FAULT_QUEUE_CAPACITY);
 
 enum DomainBacking {
     Blocked,

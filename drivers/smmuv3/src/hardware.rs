@@ -19,6 +19,10 @@ use crate::device_table::ste::L1Std;
 use crate::fault::{Coalescer, Fault};
 use crate::regs::{self, CommandError, Cr0, Cr2, Gbpa, Gerror, Idr0, Idr1, Idr3, Idr5, IrqCtrl};
 
+mod device_table;
+mod faults;
+mod queue;
+
 /// Bound on every register acknowledgement and command completion.
 pub(crate) const HW_TIMEOUT: Duration = Duration::from_millis(100);
 

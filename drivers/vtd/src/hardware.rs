@@ -19,13 +19,14 @@ use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
 use crate::command::Ring;
-use crate::device_table::{
-    ContextEntry, PASID_TABLE_ENTRIES, PasidDirectoryEntry, PasidEntry, RootEntry,
-    ScalableContextEntry, ScalableRootEntry, TranslationType, scalable_context_slot,
-};
 use crate::discovery::UnitDescription;
 use crate::paging::{TableFactory, TableFormat};
 use crate::regs::{self, Cap, Ecap, Global, TableMode};
+
+mod device_table;
+mod faults;
+mod interrupts;
+mod queue;
 
 /// How long any one hardware handshake may take before it is an error.
 pub(crate) const HARDWARE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -405,121 +406,6 @@ impl<'a, R: Registers> Hardware<'a, R> {
 
     pub(crate) fn flush_cache(&self, page: Page) {
         page.clean(0, page.len(), self.clean());
-    }
-
-    pub(crate) fn context_table(&mut self, bus: u8) -> Result<Page, Error> {
-        if let Some(page) = self.context_tables.get(&bus) {
-            return Ok(*page);
-        }
-        // Scalable mode: lower (devfn 0-127) and upper (128-255) tables.
-        let pages = if self.mode.is_scalable() { 2 } else { 1 };
-        let table = alloc_page(&self.env, pages * PAGE)?;
-        self.flush_cache(table);
-        let offset = usize::from(bus) * size_of::<RootEntry>();
-        let (low, high) = if self.mode.is_scalable() {
-            let entry = ScalableRootEntry::new(table.phys(), table.phys() + PAGE as u64);
-            (entry.low, entry.high)
-        } else {
-            let entry = RootEntry::new(table.phys());
-            (entry.low, entry.high)
-        };
-        // Present bit (low word) last.
-        self.root
-            .publish(offset, &[low, high], 0, None, self.clean());
-        self.context_tables.insert(bus, table);
-        Ok(table)
-    }
-
-    /// Byte offset of `devfn`'s context entry in its bus's table allocation.
-    pub(crate) fn context_offset(&self, devfn: u8) -> usize {
-        if self.mode.is_scalable() {
-            let (upper, index) = scalable_context_slot(devfn);
-            usize::from(upper) * PAGE + index * size_of::<ScalableContextEntry>()
-        } else {
-            usize::from(devfn) * size_of::<ContextEntry>()
-        }
-    }
-
-    pub(crate) fn pasid_tables(&mut self, sid: u16) -> Result<(Page, Page), Error> {
-        if let Some(tables) = self.pasid_tables.get(&sid) {
-            return Ok((tables.directory, tables.table));
-        }
-        let directory = alloc_page(&self.env, PAGE)?;
-        let table = match alloc_page(&self.env, PASID_TABLE_ENTRIES * size_of::<PasidEntry>()) {
-            Ok(table) => table,
-            Err(error) => {
-                directory.free(self.env.dma);
-                return Err(error);
-            }
-        };
-        // RID_PASID (0) lives in directory slot 0.
-        directory.write(0, PasidDirectoryEntry::new(table.phys()).0);
-        self.flush_cache(directory);
-        self.pasid_tables
-            .insert(sid, PasidTables { directory, table });
-        Ok((directory, table))
-    }
-
-    /// Makes `sid`'s context non-present (the blocked state) and invalidates
-    /// what the old domain `did` may have cached.
-    pub(crate) fn block(&mut self, sid: u16, did: u16) -> Result<(), Error> {
-        let [bus, devfn] = sid.to_be_bytes();
-        let table = self.context_table(bus)?;
-        let offset = self.context_offset(devfn);
-        // Clearing P (first word) alone is atomic for the hardware.
-        table.write::<u64>(offset, 0);
-        self.flush_cache(table);
-        self.invalidate_device(sid, did)?;
-        if let Some(tables) = self.pasid_tables.get(&sid) {
-            tables.table.write::<u64>(0, 0);
-            self.flush_cache(tables.table);
-        }
-        Ok(())
-    }
-
-    /// Points `sid`'s context at `translation` with domain id `did`; the
-    /// context must be non-present (blocked) now.
-    pub(crate) fn install(
-        &mut self,
-        sid: u16,
-        did: u16,
-        translation: Translation,
-    ) -> Result<(), Error> {
-        if translation == Translation::Blocked {
-            return Ok(());
-        }
-        if translation == Translation::PassThrough && !self.ecap.pass_through() {
-            return Err(Error::Unsupported("ECAP.PT"));
-        }
-        let [bus, devfn] = sid.to_be_bytes();
-        let table = self.context_table(bus)?;
-        let offset = self.context_offset(devfn);
-        if self.mode.is_scalable() {
-            let (directory, pasid_table) = self.pasid_tables(sid)?;
-            let entry = match (translation, self.mode) {
-                (Translation::Paging(root), Mode::ScalableFirstStage) => {
-                    PasidEntry::first_stage(root, self.address_width, did)
-                }
-                (Translation::Paging(root), _) => {
-                    PasidEntry::second_stage(root, self.address_width, did)
-                }
-                _ => PasidEntry::pass_through(self.address_width, did),
-            };
-            // Present bits (word 0) last: the PASID entry before the context
-            // entry that leads to it.
-            pasid_table.publish(0, &entry.words, 0, None, self.clean());
-            let context = ScalableContextEntry::new(directory.phys(), 0);
-            table.publish(offset, &context.words, 0, None, self.clean());
-        } else {
-            let entry = match translation {
-                Translation::Paging(root) => {
-                    ContextEntry::new(TranslationType::Translated, root, self.address_width, did)
-                }
-                _ => ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did),
-            };
-            table.publish(offset, &[entry.low, entry.high], 0, None, self.clean());
-        }
-        self.invalidate_new_context(sid, did)
     }
 
     /// The table format paging domains of this unit use.

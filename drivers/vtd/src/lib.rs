@@ -8,8 +8,8 @@
 //! invalidation a change needs, §6.5), [`fault`] (fault records, §7.1.3),
 //! [`interrupt`] (interrupt remapping, chapter 5), [`discovery`] (ACPI DMAR,
 //! chapter 8), [`paging`] (the domains' I/O page tables, §9.7-9.8) and
-//! [`hardware`] (one remapping unit's instance: bring-up, tables, the
-//! register file) and [`unit`] (domains and the contract over the instance). `model` (host tests
+//! [`hardware`] (one remapping unit's instance: bring-up, the register
+//! file, and in `hardware/` what it does for each job) and [`unit`] (domains and the contract over the instance). `model` (host tests
 //! only) is a register-level model that caches what the spec lets it cache.
 #![no_std]
 

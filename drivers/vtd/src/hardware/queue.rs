@@ -1,0 +1,291 @@
+//! The instance's invalidation (VT-d 3.4 §6.5): submitting descriptors to
+//! the queue (§6.5.2) and waiting for their completion, recovering from a
+//! rejected descriptor, or, without ECAP.QI, the invalidation registers
+//! (§6.5.1). The descriptors themselves are `crate::command`'s; which
+//! invalidation a change needs is `crate::invalidation::plan`'s.
+
+use super::*;
+use core::sync::atomic::{Ordering, fence};
+
+use iommu::Gather;
+
+use crate::command::{Descriptor, PasidGranularity};
+use crate::device_table::RID_PASID;
+use crate::invalidation::{self, InvalidationCaps, IotlbPlan};
+use crate::regs::{FaultStatus, Granularity};
+
+/// Submission: the queue (§6.5.2) or, without ECAP.QI, the invalidation registers (§6.5.1).
+impl<R: Registers> Hardware<'_, R> {
+    /// Queues `descriptors` plus one wait descriptor, moves the tail once and
+    /// waits (bounded) for the status write.
+    pub(crate) fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        let Invalidator::Queue {
+            ring_page,
+            ring,
+            status,
+            sequence,
+        } = &mut self.invalidator
+        else {
+            return Err(Error::Unsupported("queued invalidation"));
+        };
+        let head = ring
+            .head_slot(self.regs.read64(regs::IQH))
+            .ok_or(Error::QueueError)?;
+        if ring.free(head) < descriptors.len() + 1 {
+            return Err(Error::Timeout("invalidation queue full"));
+        }
+        *sequence = sequence.wrapping_add(1);
+        let token = *sequence;
+        let wait = Descriptor::wait(status.phys(), token);
+        for descriptor in descriptors.iter().chain(core::iter::once(&wait)) {
+            let offset = ring.tail() * ring.slot_bytes();
+            let words = if ring.is_wide() { 4 } else { 2 };
+            for (index, word) in descriptor.0[..words].iter().enumerate() {
+                ring_page.write(offset + index * 8, *word);
+            }
+            ring.advance();
+        }
+        let tail = ring.tail_register();
+        let status = *status;
+        let ring_page = *ring_page;
+        self.counters.invalidations += descriptors.len() as u64;
+        self.counters.waits += 1;
+        self.flush_cache(ring_page);
+        fence(Ordering::SeqCst);
+        self.write64(regs::IQT, tail);
+        let regs = &self.regs;
+        let result = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
+            if status.read::<u32>(0) == token {
+                return Some(Ok(()));
+            }
+            let faults = FaultStatus::from_bits_retain(regs.read32(regs::FSTS));
+            faults
+                .contains(FaultStatus::QUEUE_ERROR)
+                .then_some(Err(Error::QueueError))
+        });
+        match result {
+            Ok(Err(Error::QueueError)) => {
+                self.recover_queue();
+                Err(Error::QueueError)
+            }
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::Timeout("invalidation wait")),
+        }
+    }
+
+    /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
+    /// replace it with a harmless wait, then clear IQE so that the queue runs
+    /// again from there. The wait writes the failed submission's own token
+    /// (nobody waits for it any more): QEMU rejects a wait descriptor with
+    /// neither SW nor IF, which would stop the queue again at the same slot.
+    pub(crate) fn recover_queue(&mut self) {
+        let Invalidator::Queue {
+            ring_page,
+            ring,
+            status,
+            sequence,
+        } = &self.invalidator
+        else {
+            return;
+        };
+        let Some(slot) = ring.head_slot(self.regs.read64(regs::IQH)) else {
+            return;
+        };
+        let offset = slot * ring.slot_bytes();
+        let harmless = Descriptor::wait(status.phys(), *sequence);
+        let words = if ring.is_wide() { 4 } else { 2 };
+        for (index, word) in harmless.0[..words].iter().enumerate() {
+            ring_page.write(offset + index * 8, *word);
+        }
+        let ring_page = *ring_page;
+        self.flush_cache(ring_page);
+        fence(Ordering::SeqCst);
+        self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
+    }
+
+    /// Queues raw descriptors plus a wait, like every invalidation does;
+    /// tests inject malformed ones through this to provoke FSTS.IQE.
+    pub fn submit_raw(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        self.submit(descriptors)
+    }
+
+    /// Register-based context-cache invalidation (§6.5.1.1).
+    pub(crate) fn register_context_invalidation(
+        &mut self,
+        granularity: Granularity,
+        did: u16,
+        sid: u16,
+    ) -> Result<(), Error> {
+        self.counters.invalidations += 1;
+        self.write64(regs::CCMD, regs::context_command(granularity, did, sid));
+        let regs = &self.regs;
+        let done = || (regs.read64(regs::CCMD) & regs::CCMD_BUSY == 0).then_some(());
+        self.wait("CCMD", done)
+    }
+
+    /// Register-based IOTLB invalidation (§6.5.1.2).
+    pub(crate) fn register_iotlb_invalidation(
+        &mut self,
+        granularity: Granularity,
+        did: u16,
+        address: u64,
+        mask: u8,
+        leaf_only: bool,
+    ) -> Result<(), Error> {
+        self.counters.invalidations += 1;
+        if granularity == Granularity::Selective {
+            self.write64(
+                regs::iva(self.ecap),
+                regs::invalidate_address(address, mask, leaf_only),
+            );
+        }
+        self.write64(
+            regs::iotlb(self.ecap),
+            regs::iotlb_command(granularity, did),
+        );
+        let register = regs::iotlb(self.ecap);
+        let regs = &self.regs;
+        let done = || (regs.read64(register) & regs::IOTLB_BUSY == 0).then_some(());
+        self.wait("IOTLB invalidation register", done)
+    }
+
+    /// Removes whatever the hardware still caches under domain id `did`
+    /// (before the id is handed to another domain, §6.5.2.3).
+    pub(crate) fn invalidate_domain(&mut self, did: u16) -> Result<(), Error> {
+        match self.invalidator {
+            Invalidator::Queue { .. } => {
+                let descriptor = self.domain_iotlb_descriptor(did);
+                self.submit(&[descriptor])
+            }
+            Invalidator::Registers => {
+                self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+            }
+        }
+    }
+
+    pub(crate) fn invalidate_all(&mut self) -> Result<(), Error> {
+        match self.invalidator {
+            Invalidator::Queue { .. } => self.submit(&[
+                Descriptor::context_cache(Granularity::Global, 0, 0),
+                Descriptor::iotlb(Granularity::Global, 0, 0, 0, false),
+            ]),
+            Invalidator::Registers => {
+                self.register_context_invalidation(Granularity::Global, 0, 0)?;
+                self.register_iotlb_invalidation(Granularity::Global, 0, 0, 0, false)
+            }
+        }
+    }
+
+    /// After a device's context (and, in scalable mode, its RID_PASID entry)
+    /// changed from present with `did`: context cache, PASID cache, IOTLB
+    /// (§6.5.3.3 / §6.5.3.4 guidance).
+    pub(crate) fn invalidate_device(&mut self, sid: u16, did: u16) -> Result<(), Error> {
+        match self.invalidator {
+            Invalidator::Queue { .. } => {
+                let mut descriptors =
+                    alloc::vec![Descriptor::context_cache(Granularity::Selective, did, sid)];
+                match self.mode {
+                    Mode::Legacy => {}
+                    Mode::ScalableSecondStage | Mode::ScalableFirstStage => {
+                        descriptors.push(Descriptor::pasid_cache(did, RID_PASID))
+                    }
+                }
+                descriptors.push(self.domain_iotlb_descriptor(did));
+                self.submit(&descriptors)
+            }
+            Invalidator::Registers => {
+                self.register_context_invalidation(Granularity::Selective, did, sid)?;
+                self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+            }
+        }
+    }
+
+    /// Domain-wide IOTLB invalidation in the form the mode needs: first-stage
+    /// entries are tagged by PASID and need the PASID-based descriptor.
+    pub(crate) fn domain_iotlb_descriptor(&self, did: u16) -> Descriptor {
+        match self.mode {
+            Mode::ScalableFirstStage => {
+                Descriptor::pasid_iotlb(PasidGranularity::Pasid, did, RID_PASID, 0, 0, false)
+            }
+            _ => Descriptor::iotlb(Granularity::Domain, did, 0, 0, false),
+        }
+    }
+
+    /// Under caching mode a not-present → present context change must be
+    /// invalidated too, with DID 0 for the context cache (§6.1).
+    pub(crate) fn invalidate_new_context(&mut self, sid: u16, did: u16) -> Result<(), Error> {
+        if !self.cap.caching_mode() {
+            return self.flush_write_buffer();
+        }
+        match self.invalidator {
+            Invalidator::Queue { .. } => {
+                let mut descriptors =
+                    alloc::vec![Descriptor::context_cache(Granularity::Selective, 0, sid)];
+                if self.mode.is_scalable() {
+                    descriptors.push(Descriptor::pasid_cache(did, RID_PASID));
+                }
+                descriptors.push(self.domain_iotlb_descriptor(did));
+                self.submit(&descriptors)
+            }
+            Invalidator::Registers => {
+                self.register_context_invalidation(Granularity::Selective, 0, sid)?;
+                self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+            }
+        }
+    }
+
+    /// IOTLB invalidation covering `gather` in domain `did`: one page-selective
+    /// invalidation with the smallest address mask that covers the range,
+    /// domain-selective past CAP.MAMV or without CAP.PSI (§6.5.2.3).
+    pub(crate) fn invalidate_range(&mut self, did: u16, gather: &Gather) -> Result<(), Error> {
+        let caps = InvalidationCaps {
+            page_selective: self.cap.page_selective_invalidation(),
+            max_address_mask: self.cap.max_address_mask(),
+        };
+        match (&self.invalidator, invalidation::plan(gather, caps)) {
+            (_, IotlbPlan::Nothing) => Ok(()),
+            (
+                Invalidator::Queue { .. },
+                IotlbPlan::PageSelective {
+                    address,
+                    mask,
+                    leaf_only,
+                },
+            ) => {
+                let descriptor = match self.mode {
+                    Mode::ScalableFirstStage => Descriptor::pasid_iotlb(
+                        PasidGranularity::Page,
+                        did,
+                        RID_PASID,
+                        address,
+                        mask,
+                        leaf_only,
+                    ),
+                    _ => Descriptor::iotlb(Granularity::Selective, did, address, mask, leaf_only),
+                };
+                self.submit(&[descriptor])
+            }
+            (Invalidator::Queue { .. }, IotlbPlan::Domain) => {
+                let descriptor = self.domain_iotlb_descriptor(did);
+                self.submit(&[descriptor])
+            }
+            (
+                Invalidator::Registers,
+                IotlbPlan::PageSelective {
+                    address,
+                    mask,
+                    leaf_only,
+                },
+            ) => self.register_iotlb_invalidation(
+                Granularity::Selective,
+                did,
+                address,
+                mask,
+                leaf_only,
+            ),
+            (Invalidator::Registers, IotlbPlan::Domain) => {
+                self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
+            }
+        }
+    }
+}

@@ -108,7 +108,7 @@ iommu_kit::counters! {
 
 /// A device's interrupt remapping table.
 pub(crate) struct InterruptTable {
-    pub(crate) region: DmaBuffer,
+    region: DmaBuffer,
     /// The indexes device MSI routes hold ([`iommu::IommuUnit::route_msi`]).
     pub(crate) routes: BTreeSet<u16>,
 }
@@ -117,30 +117,30 @@ pub(crate) struct InterruptTable {
 /// this DTE, run these commands, read the event log) and knows nothing of
 /// domains; [`crate::unit::AmdVi`] decides.
 pub struct Hardware {
-    pub(crate) regs: Mmio,
-    pub(crate) dma: &'static (dyn DmaMemory + Sync),
-    pub(crate) clock: &'static (dyn Clock + Sync),
+    regs: Mmio,
+    dma: &'static (dyn DmaMemory + Sync),
+    clock: &'static (dyn Clock + Sync),
     pub(crate) description: UnitDescription,
-    pub(crate) capability: CapabilityHeader,
+    capability: CapabilityHeader,
     pub(crate) efr: ExtendedFeatures,
     pub(crate) efr2: u64,
-    pub(crate) device_table: DmaBuffer,
+    device_table: DmaBuffer,
     pub(crate) device_table_entries: u32,
     pub(crate) command_buffer: DmaBuffer,
     pub(crate) command_ring: SlotRing,
     pub(crate) command_tail: u32,
-    pub(crate) event_log: DmaBuffer,
-    pub(crate) event_ring: SlotRing,
-    pub(crate) event_head: u64,
+    event_log: DmaBuffer,
+    event_ring: SlotRing,
+    event_head: u64,
     /// One page: the COMPLETION_WAIT store target at offset 0.
     pub(crate) completion: DmaBuffer,
     pub(crate) sequence: u64,
-    pub(crate) control: Control,
+    control: Control,
     pub(crate) counters: Counters,
     pub(crate) interrupt_tables: BTreeMap<u16, InterruptTable>,
     /// Events read from the log and not yet taken by the unit (which routes
     /// device faults to their domains); at most [`EVENT_BACKLOG`].
-    pub(crate) events: Vec<Event>,
+    events: Vec<Event>,
 }
 
 // SAFETY: the instance owns its register block and DMA regions exclusively; the

@@ -129,10 +129,10 @@ pub(crate) fn alloc_region(dma: &dyn DmaMemory, len: usize) -> Result<DmaBuffer,
 }
 
 pub(crate) struct Queue {
-    pub(crate) region: DmaBuffer,
-    pub(crate) log2: u32,
-    pub(crate) prod: WrapIndex,
-    pub(crate) cons: WrapIndex,
+    region: DmaBuffer,
+    log2: u32,
+    prod: WrapIndex,
+    cons: WrapIndex,
 }
 
 pub(crate) enum StreamTable {
@@ -163,21 +163,21 @@ impl StreamTable {
 
 /// One SMMUv3 with its queues and stream table in memory.
 pub struct Smmu<'a> {
-    pub(crate) regs: Mmio,
-    pub(crate) clock: &'a dyn Clock,
-    pub(crate) dma: &'a (dyn DmaMemory + Sync),
-    pub(crate) features: Features,
-    pub(crate) cmdq: Queue,
-    pub(crate) eventq: Queue,
-    pub(crate) strtab: StreamTable,
-    pub(crate) counters: Counters,
-    pub(crate) coalescer: Coalescer,
+    regs: Mmio,
+    clock: &'a dyn Clock,
+    dma: &'a (dyn DmaMemory + Sync),
+    features: Features,
+    cmdq: Queue,
+    eventq: Queue,
+    strtab: StreamTable,
+    counters: Counters,
+    coalescer: Coalescer,
     /// Faults drained and not yet taken by the owner.
-    pub(crate) faults: Vec<Fault>,
-    pub(crate) last_command_error: Option<CommandError>,
-    pub(crate) enabled: bool,
+    faults: Vec<Fault>,
+    last_command_error: Option<CommandError>,
+    enabled: bool,
     /// Interrupts the owner enabled, restored by [`Smmu::restart`].
-    pub(crate) irq: IrqCtrl,
+    irq: IrqCtrl,
 }
 
 impl<'a> Smmu<'a> {

@@ -163,14 +163,14 @@ pub(crate) enum Translation {
 /// Per-device scalable-mode structures: PASID directory and the table
 /// holding the RID_PASID entry.
 pub(crate) struct PasidTables {
-    pub(crate) directory: Page,
-    pub(crate) table: Page,
+    directory: Page,
+    table: Page,
 }
 
 /// Interrupt-remapping table state.
 pub(crate) struct InterruptTable {
-    pub(crate) page: Page,
-    pub(crate) used: Vec<bool>,
+    page: Page,
+    used: Vec<bool>,
     /// The IRTE indexes of device MSI routes ([`IommuUnit::route_msi`]);
     /// only these are freed by `unroute_msi`.
     pub(crate) routes: BTreeSet<u16>,
@@ -200,21 +200,21 @@ impl Default for Options {
 /// (install this translation for that requester, invalidate this range) and
 /// knows nothing of domains; [`crate::unit::Vtd`] decides.
 pub struct Hardware<'a, R: Registers> {
-    pub(crate) regs: R,
+    regs: R,
     pub(crate) env: Environment<'a>,
-    pub(crate) cap: Cap,
-    pub(crate) ecap: Ecap,
-    pub(crate) mode: Mode,
+    cap: Cap,
+    ecap: Ecap,
+    mode: Mode,
     pub(crate) description: UnitDescription,
     /// AW code of second-stage tables (§9.3: 1 = 3-level, 2 = 4-level).
     pub(crate) address_width: u8,
-    pub(crate) root: Page,
-    pub(crate) context_tables: BTreeMap<u8, Page>,
-    pub(crate) pasid_tables: BTreeMap<u16, PasidTables>,
-    pub(crate) invalidator: Invalidator,
+    root: Page,
+    context_tables: BTreeMap<u8, Page>,
+    pasid_tables: BTreeMap<u16, PasidTables>,
+    invalidator: Invalidator,
     pub(crate) interrupts: Option<InterruptTable>,
-    pub(crate) counters: Counters,
-    pub(crate) fault_stats: FaultStats,
+    counters: Counters,
+    fault_stats: FaultStats,
 }
 
 impl<'a, R: Registers> Hardware<'a, R> {

@@ -613,3 +613,33 @@ fn counters_subtract() {
     let delta = after.since(&before);
     assert_eq!((delta.commands, delta.tail_writes), (3, 1));
 }
+
+/// Issue 16, ordering (AMD IOMMU §2.4: the IOMMU fetches commands up to
+/// COMMAND_TAIL as soon as it moves): every command is in memory, ordered by
+/// a device barrier, before the tail register moves (Linux
+/// `iommu_queue_command_sync` → `writel` of the tail, whose barrier does this).
+#[test]
+fn hw_commands_are_ordered_before_the_command_tail_moves() {
+    use iommu_kit::fakes::trace::{Recording, doorbell_after_barrier};
+    let (mut unit, _model) = unit_with(true);
+    let recording = Recording::start();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    unit.detach(DeviceId(EDU_A.into()));
+    doorbell_after_barrier(&recording.take(), regs::COMMAND_TAIL.0).unwrap();
+}
+
+/// Issue 16, ordering (AMD IOMMU §2.5: the IOMMU may overwrite an entry once
+/// EVENT_HEAD passed it): the entries are read before the head register
+/// hands their slots back, behind a full device barrier.
+#[test]
+fn hw_event_entries_are_read_before_the_head_moves() {
+    use iommu_kit::fakes::trace::{Recording, barrier_before};
+    use os_services::barrier::Barrier;
+    let (mut unit, model) = unit_with(true);
+    model.raise_event(RawEvent::encode(2, EDU_A, 0, EventFlags::empty(), 0x7000));
+    model.step();
+    let recording = Recording::start();
+    assert_eq!(unit.poll_events(), 1);
+    barrier_before(&recording.take(), regs::EVENT_HEAD.0, Barrier::IoMb).unwrap();
+}

@@ -11,8 +11,7 @@
 //! caches (VT-d ECAP.C = 0, SMMUv3 IDR0.COHACC = 0).
 
 use core::mem::{align_of, size_of};
-use core::sync::atomic::{Ordering, fence};
-
+use os_services::barrier::dma_wmb;
 use os_services::{DmaMemory, DmaRegion};
 
 /// Writes the CPU cache lines covering `[virt, virt + len)` back to memory
@@ -93,14 +92,18 @@ impl DmaBuffer {
     pub fn write<T: Copy>(&self, offset: usize, value: T) {
         // SAFETY: as in `read`; volatile because the hardware reads it.
         unsafe { core::ptr::write_volatile(self.at::<T>(offset), value) }
+        #[cfg(any(test, feature = "host-fakes"))]
+        crate::fakes::trace::write(self.phys + offset as u64, size_of::<T>());
     }
 
     /// Writes the 64-bit words of an entry at `offset` that the hardware may
     /// fetch while it changes: `hold` (if given) into the word carrying the
     /// valid bit first, so the entry is inert while the others change; then
-    /// every other word; then, after a fence, the valid word's final value;
-    /// then the lines are cleaned (`clean`) for a walker that does not snoop.
-    /// The caller invalidates the hardware's cached copy afterwards.
+    /// every other word; then, after a `dma_wmb`, the valid word's final
+    /// value, and another `dma_wmb` so the entry is in place before whatever
+    /// the caller does next (its invalidation command); then the lines are
+    /// cleaned (`clean`) for a walker that does not snoop. Linux orders its
+    /// STEs, CDs (`arm_smmu_write_entry`), DTEs and IRTEs the same way.
     pub fn publish(
         &self,
         offset: usize,
@@ -112,16 +115,16 @@ impl DmaBuffer {
         assert!(valid_word < words.len());
         if let Some(hold) = hold {
             self.write(offset + valid_word * 8, hold);
-            fence(Ordering::SeqCst);
+            dma_wmb();
         }
         for (index, word) in words.iter().enumerate() {
             if index != valid_word {
                 self.write(offset + index * 8, *word);
             }
         }
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.write(offset + valid_word * 8, words[valid_word]);
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.clean(offset, words.len() * 8, clean);
     }
 
@@ -161,6 +164,40 @@ mod tests {
 
     fn record_clean(start: *const u8, len: usize) {
         CLEANED.lock().unwrap().push((start as usize, len));
+    }
+
+    /// The order the hardware may see: with a hold value, the valid word is
+    /// made inert first; every other word is written before a `dma_wmb`
+    /// that precedes the valid word's final write, and another `dma_wmb`
+    /// follows it.
+    #[test]
+    fn publish_orders_the_valid_word_after_a_device_barrier() {
+        use crate::fakes::trace::{Recording, Step};
+        use os_services::barrier::Barrier;
+        let dma = HostDma::default();
+        let buffer = DmaBuffer::alloc(&dma, 4096, 4096).unwrap();
+        let recording = Recording::start();
+        buffer.publish(32, &[1, 2, 3, 4], 0, Some(0), None);
+        let base = buffer.phys() + 32;
+        let write = |word: u64| Step::Write {
+            phys: base + word * 8,
+            len: 8,
+        };
+        let wmb = Step::Barrier(Barrier::DmaWmb);
+        assert_eq!(
+            recording.take(),
+            [
+                write(0),
+                wmb,
+                write(1),
+                write(2),
+                write(3),
+                wmb,
+                write(0),
+                wmb
+            ]
+        );
+        buffer.free(&dma);
     }
 
     #[test]

@@ -88,3 +88,152 @@ impl Clock for SteppingClock {
         self.now.fetch_add(self.step_ns, Ordering::SeqCst)
     }
 }
+
+/// What a driver does to device-visible memory, in order: every write to a
+/// [`crate::DmaBuffer`], every barrier (`os_services::barrier`) and every
+/// register write (`os_services::mmio`), recorded
+/// on the thread that asks, so that a test or a model can check the order
+/// the spec requires (a valid bit written last, after a barrier; entries
+/// before the doorbell).
+pub mod trace {
+    use std::cell::RefCell;
+    use std::vec::Vec;
+
+    use os_services::barrier::Barrier;
+    use os_services::observe::{self, Observed};
+
+    /// One step of the trace.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Step {
+        /// `len` bytes written at bus address `phys`.
+        Write {
+            phys: u64,
+            len: usize,
+        },
+        Barrier(Barrier),
+        /// A register written (`offset` in its block); a model whose
+        /// registers are not `Mmio` records its own with [`mmio`].
+        Mmio {
+            offset: usize,
+        },
+    }
+
+    std::thread_local! {
+        static TRACE: RefCell<Option<Vec<Step>>> = const { RefCell::new(None) };
+    }
+
+    fn push(step: Step) {
+        TRACE.with(|trace| {
+            if let Some(steps) = trace.borrow_mut().as_mut() {
+                steps.push(step);
+            }
+        });
+    }
+
+    pub(crate) fn write(phys: u64, len: usize) {
+        push(Step::Write { phys, len });
+    }
+
+    /// Records a register write at `offset` (for models with their own
+    /// register file).
+    pub fn mmio(offset: usize) {
+        push(Step::Mmio { offset });
+    }
+
+    fn on_observed(observed: Observed) {
+        push(match observed {
+            Observed::Barrier(kind) => Step::Barrier(kind),
+            Observed::MmioWrite { offset, .. } => Step::Mmio { offset },
+        });
+    }
+
+    /// Checks that before every write of the register at `offset`, the last
+    /// memory write is followed by a barrier that orders it against the
+    /// device (`dma_wmb` or `io_mb`): what a doorbell needs (the device must
+    /// find in memory what the CPU wrote before it rang). Also that the
+    /// register was written at all.
+    pub fn doorbell_after_barrier(
+        steps: &[Step],
+        offset: usize,
+    ) -> Result<(), std::string::String> {
+        let mut rung = 0;
+        for (index, step) in steps.iter().enumerate() {
+            if *step != (Step::Mmio { offset }) {
+                continue;
+            }
+            rung += 1;
+            let Some(last_write) = steps[..index]
+                .iter()
+                .rposition(|step| matches!(step, Step::Write { .. }))
+            else {
+                continue;
+            };
+            let fenced = steps[last_write..index]
+                .iter()
+                .any(|step| matches!(step, Step::Barrier(Barrier::DmaWmb | Barrier::IoMb)));
+            if !fenced {
+                return Err(std::format!(
+                    "register {offset:#x} written at step {index} with the memory write of step \
+                     {last_write} not ordered before it: {:?}",
+                    &steps[last_write..=index]
+                ));
+            }
+        }
+        if rung == 0 {
+            return Err(std::format!("register {offset:#x} never written"));
+        }
+        Ok(())
+    }
+
+    /// Checks that `barrier` immediately precedes every write of the
+    /// register at `offset` (nothing but barriers in between).
+    pub fn barrier_before(
+        steps: &[Step],
+        offset: usize,
+        barrier: Barrier,
+    ) -> Result<(), std::string::String> {
+        let mut rung = 0;
+        for (index, step) in steps.iter().enumerate() {
+            if *step != (Step::Mmio { offset }) {
+                continue;
+            }
+            rung += 1;
+            let preceded = steps[..index]
+                .iter()
+                .rev()
+                .take_while(|step| matches!(step, Step::Barrier(_)))
+                .any(|step| *step == Step::Barrier(barrier));
+            if !preceded {
+                return Err(std::format!(
+                    "register {offset:#x} written at step {index} without a {barrier:?} right before"
+                ));
+            }
+        }
+        if rung == 0 {
+            return Err(std::format!("register {offset:#x} never written"));
+        }
+        Ok(())
+    }
+
+    /// Records this thread's steps until it is dropped.
+    pub struct Recording(());
+
+    impl Recording {
+        pub fn start() -> Self {
+            observe::observe(Some(on_observed));
+            TRACE.with(|trace| *trace.borrow_mut() = Some(Vec::new()));
+            Recording(())
+        }
+
+        /// The steps recorded so far (and a fresh start).
+        pub fn take(&self) -> Vec<Step> {
+            TRACE.with(|trace| trace.borrow_mut().replace(Vec::new()).unwrap_or_default())
+        }
+    }
+
+    impl Drop for Recording {
+        fn drop(&mut self) {
+            TRACE.with(|trace| *trace.borrow_mut() = None);
+        }
+    }
+}

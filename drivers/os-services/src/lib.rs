@@ -6,7 +6,9 @@
 //! the only way to wait is [`wait_until`], which takes a deadline.
 #![no_std]
 
+pub mod barrier;
 pub mod mmio;
+pub mod observe;
 
 use core::time::Duration;
 

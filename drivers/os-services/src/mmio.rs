@@ -10,6 +10,8 @@ use core::ptr::NonNull;
 
 use volatile::VolatilePtr;
 
+use crate::observe::{Observed, notify};
+
 /// A 32-bit register at a byte offset from its block's base.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reg32(pub usize);
@@ -60,7 +62,11 @@ impl Mmio {
     }
 
     pub fn write32(&self, reg: Reg32, value: u32) {
-        self.ptr::<u32>(reg.0).write(value)
+        self.ptr::<u32>(reg.0).write(value);
+        notify(Observed::MmioWrite {
+            offset: reg.0,
+            bytes: 4,
+        });
     }
 
     pub fn read64(&self, reg: Reg64) -> u64 {
@@ -68,6 +74,10 @@ impl Mmio {
     }
 
     pub fn write64(&self, reg: Reg64, value: u64) {
-        self.ptr::<u64>(reg.0).write(value)
+        self.ptr::<u64>(reg.0).write(value);
+        notify(Observed::MmioWrite {
+            offset: reg.0,
+            bytes: 8,
+        });
     }
 }

@@ -7,8 +7,8 @@
 //! CR0ACK within a bound.
 
 use alloc::vec::Vec;
-use core::sync::atomic::{Ordering, fence};
 use core::time::Duration;
+use os_services::barrier::dma_wmb;
 
 use iommu_kit::{DmaBuffer, WrapIndex};
 use os_services::mmio::Mmio;
@@ -386,7 +386,7 @@ impl<'a> Smmu<'a> {
                 ),
             ),
         };
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.write64(
             regs::STRTAB_BASE,
             (base & regs::STRTAB_BASE_ADDR_MASK) | regs::BASE_ALLOCATE_HINT,

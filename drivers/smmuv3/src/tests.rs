@@ -603,3 +603,33 @@ mod ids {
         unit.free_domain(held).unwrap();
     }
 }
+
+/// Issue 16, ordering (SMMUv3 §3.5: the SMMU consumes up to PROD as soon as
+/// it moves): every command is in memory, ordered by a device barrier
+/// (`dmb oshst`, not the CPU's `dmb ish`), before CMDQ_PROD moves (Linux
+/// `arm_smmu_cmdq_issue_cmdlist`: `dma_wmb()` before the PROD write).
+#[test]
+fn hw_commands_are_ordered_before_the_producer_index_moves() {
+    use iommu_kit::fakes::trace::{Recording, doorbell_after_barrier};
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let recording = Recording::start();
+    smmu.execute(&[Command::TlbiNsnhAll]).unwrap();
+    doorbell_after_barrier(&recording.take(), regs::CMDQ_PROD.0).unwrap();
+}
+
+/// Issue 16, ordering (SMMUv3 §3.5: the SMMU may overwrite a record once CONS
+/// passed it): the records are read before EVENTQ_CONS hands their slots back
+/// (Linux `queue_sync_cons_out`: `__iomb()`).
+#[test]
+fn hw_event_records_are_read_before_the_consumer_index_moves() {
+    use iommu_kit::fakes::trace::{Recording, barrier_before};
+    use os_services::barrier::Barrier;
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    rig.model
+        .inject_event([(8 << 32) | 0x10, 1 << 41, 0x9000, 0]);
+    let recording = Recording::start();
+    assert_eq!(smmu.drain_events(), 1);
+    barrier_before(&recording.take(), regs::EVENTQ_CONS.0, Barrier::IoMb).unwrap();
+}

@@ -231,6 +231,7 @@ impl Registers for &Model {
     }
 
     fn write32(&self, reg: Reg32, value: u32) {
+        iommu_kit::fakes::trace::mmio(reg.0);
         match reg {
             regs::GCMD => {
                 self.gcmd_writes.borrow_mut().push(value);
@@ -279,6 +280,7 @@ impl Registers for &Model {
     }
 
     fn write64(&self, reg: Reg64, value: u64) {
+        iommu_kit::fakes::trace::mmio(reg.0);
         match reg {
             regs::IQA => self.iqa.set(value),
             regs::IQT => self.process_queue(value),

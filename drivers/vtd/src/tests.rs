@@ -844,3 +844,20 @@ proptest! {
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }
+
+/// Issue 16, ordering (VT-d 3.4 §6.5.2: the hardware fetches from the queue
+/// up to IQT as soon as it moves): every descriptor is in memory, ordered by a
+/// device barrier, before the tail register moves. Linux `qi_submit_sync`
+/// writes the descriptors, then IQT with `writel`, whose barrier does this.
+#[test]
+fn hw_descriptors_are_ordered_before_the_queue_tail_moves() {
+    use iommu_kit::fakes::trace::{Recording, doorbell_after_barrier};
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let recording = Recording::start();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    unit.detach(DeviceId(EDU_A.into()));
+    doorbell_after_barrier(&recording.take(), regs::IQT.0).unwrap();
+}

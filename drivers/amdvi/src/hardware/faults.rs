@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::fault::{RawEvent, drain};
+use os_services::barrier::{dma_rmb, io_mb};
 
 /// The event log (§2.5) of the instance.
 impl Hardware {
@@ -13,6 +14,8 @@ impl Hardware {
     pub fn poll_events(&mut self) -> usize {
         let status = self.status();
         let tail = self.regs.read64(regs::EVENT_TAIL) & regs::RING_POINTER_MASK;
+        // The entries the tail vouches for are read only after it.
+        dma_rmb();
         let log = self.event_log;
         let Ok((events, head)) = drain(self.event_ring, self.event_head, tail, |index| {
             RawEvent(log.read::<[u64; 2]>(index as usize * regs::ENTRY_SIZE as usize))
@@ -22,6 +25,8 @@ impl Hardware {
         let count = events.len();
         if head != self.event_head {
             self.event_head = head;
+            // The entries are read before their slots are handed back.
+            io_mb();
             self.write_reg(regs::EVENT_HEAD, head);
         }
         self.counters.events += count as u64;

@@ -3,7 +3,7 @@
 //! `crate::interrupt`'s.
 
 use super::*;
-use core::sync::atomic::{Ordering, fence};
+use os_services::barrier::dma_wmb;
 
 use crate::device_table::Interrupts;
 use crate::interrupt::{Irte32, Target};
@@ -85,6 +85,6 @@ impl Hardware {
     /// A 32-bit IRTE is one store: the IOMMU sees the old or the new entry.
     pub(crate) fn write_irte(&self, table: &DmaBuffer, index: u16, irte: Irte32) {
         table.write(usize::from(index) * core::mem::size_of::<Irte32>(), irte.0);
-        fence(Ordering::SeqCst);
+        dma_wmb();
     }
 }

@@ -4,7 +4,7 @@
 //! `crate::command`'s; which a change needs is `crate::invalidation::plan`'s.
 
 use super::*;
-use core::sync::atomic::{Ordering, fence};
+use os_services::barrier::dma_wmb;
 
 use crate::command::Opcode;
 
@@ -56,7 +56,7 @@ impl Hardware {
             self.count(command);
         }
         // The commands must be in memory before the IOMMU learns of them.
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.counters.tail_writes += 1;
         let tail_pointer = self.command_ring.pointer(self.command_tail);
         self.write_reg(regs::COMMAND_TAIL, tail_pointer);

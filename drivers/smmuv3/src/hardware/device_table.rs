@@ -61,7 +61,7 @@ impl Smmu<'_> {
             // L1 descriptor only once complete.
             let table = alloc_region(self.dma, STE_BYTES << TWO_LEVEL_SPLIT)?;
             let desc = L1Std::new(table.phys(), TWO_LEVEL_SPLIT).ok_or(Error::Encoding)?;
-            fence(Ordering::SeqCst);
+            dma_wmb();
             if let StreamTable::TwoLevel { l1, l2, .. } = &mut self.strtab {
                 l1.write::<u64>(index * 8, desc.0);
                 l2[index] = Some(table);
@@ -108,7 +108,7 @@ impl Smmu<'_> {
                     for i in (0..8).filter(|i| used & (1 << i) == 0) {
                         slot.write_word(i, target.0[i]);
                     }
-                    fence(Ordering::SeqCst);
+                    dma_wmb();
                     if let Some(i) = switch_word {
                         slot.write_word(i, target.0[i]);
                     }
@@ -126,7 +126,7 @@ impl Smmu<'_> {
                     for i in 1..8 {
                         slot.write_word(i, target.0[i]);
                     }
-                    fence(Ordering::SeqCst);
+                    dma_wmb();
                     slot.write_word(0, target.0[0]);
                 }
                 self.execute(&[cfgi])
@@ -148,9 +148,9 @@ impl Smmu<'_> {
             };
             if let Some(region) = slot {
                 let word = ((phys - region.phys()) / 8) as usize;
-                fence(Ordering::SeqCst);
+                dma_wmb();
                 region.write::<u64>(word * 8, Ste::abort().0[0]);
-                fence(Ordering::SeqCst);
+                dma_wmb();
             }
         }
     }

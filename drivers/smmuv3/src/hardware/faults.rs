@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::fault::{Event, RawEvent};
+use os_services::barrier::{dma_rmb, io_mb};
 
 /// The event queue (§7) and global errors (§7.5) of the instance.
 impl Smmu<'_> {
@@ -31,6 +32,9 @@ impl Smmu<'_> {
     /// GERROR.EVENTQ_ABT_ERR). Returns the number of records read.
     pub fn drain_events(&mut self) -> usize {
         let prod_raw = self.regs.read32(regs::EVENTQ_PROD);
+        // The records PROD vouches for are read only after PROD (Linux
+        // `queue_sync_prod_in` + `dma_rmb`).
+        dma_rmb();
         let prod = WrapIndex::from_register(self.eventq.log2, prod_raw);
         let mut read = 0;
         while !prod.is_empty(self.eventq.cons) {
@@ -50,6 +54,9 @@ impl Smmu<'_> {
         }
         let value = self.eventq.cons.register() | (prod_raw & OVERFLOW);
         if read > 0 || (prod_raw ^ cons_raw) & OVERFLOW != 0 {
+            // The records are read before their slots are handed back
+            // (Linux `queue_sync_cons_out`: `__iomb`).
+            io_mb();
             self.write32(regs::EVENTQ_CONS, value);
         }
         if self.active_gerror().contains(Gerror::EVENTQ_ABT_ERR) {

@@ -54,7 +54,7 @@ impl Smmu<'_> {
 
     pub(crate) fn ring_cmdq(&mut self) {
         // The entries must be visible to the SMMU before the doorbell.
-        fence(Ordering::SeqCst);
+        dma_wmb();
         let prod = self.cmdq.prod.register();
         self.write32(regs::CMDQ_PROD, prod);
     }
@@ -109,7 +109,7 @@ impl Smmu<'_> {
         let opcode = (self.cmdq.region.read::<u64>(slot * CMD_BYTES) & 0xFF) as u8;
         let replacement = Command::Sync.encode();
         self.cmdq.region.write(slot * CMD_BYTES, replacement.0);
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.counters.command_errors += 1;
         self.counters.global_errors += 1;
         self.last_command_error = Some(error);

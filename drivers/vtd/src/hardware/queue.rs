@@ -5,7 +5,7 @@
 //! invalidation a change needs is `crate::invalidation::plan`'s.
 
 use super::*;
-use core::sync::atomic::{Ordering, fence};
+use os_services::barrier::dma_wmb;
 
 use iommu::Gather;
 
@@ -51,7 +51,7 @@ impl<R: Registers> Hardware<'_, R> {
         self.counters.invalidations += descriptors.len() as u64;
         self.counters.waits += 1;
         self.flush_cache(ring_page);
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.write64(regs::IQT, tail);
         let regs = &self.regs;
         let result = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
@@ -99,7 +99,7 @@ impl<R: Registers> Hardware<'_, R> {
         }
         let ring_page = *ring_page;
         self.flush_cache(ring_page);
-        fence(Ordering::SeqCst);
+        dma_wmb();
         self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
     }
 

@@ -171,7 +171,7 @@ mod tests {
     /// that precedes the valid word's final write, and another `dma_wmb`
     /// follows it.
     #[test]
-    fn publish_orders_the_valid_word_after_a_device_barrier() {
+    fn hw_publish_orders_the_valid_word_after_a_device_barrier() {
         use crate::fakes::trace::{Recording, Step};
         use os_services::barrier::Barrier;
         let dma = HostDma::default();

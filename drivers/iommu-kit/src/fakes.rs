@@ -147,21 +147,27 @@ pub mod trace {
         });
     }
 
+    /// The steps at which the register at `offset` was written; an error if
+    /// it never was (a check over no write proves nothing).
+    fn writes_of(steps: &[Step], offset: usize) -> Result<Vec<usize>, std::string::String> {
+        let writes: Vec<usize> = (0..steps.len())
+            .filter(|&index| steps[index] == Step::Mmio { offset })
+            .collect();
+        if writes.is_empty() {
+            return Err(std::format!("register {offset:#x} never written"));
+        }
+        Ok(writes)
+    }
+
     /// Checks that before every write of the register at `offset`, the last
     /// memory write is followed by a barrier that orders it against the
     /// device (`dma_wmb` or `io_mb`): what a doorbell needs (the device must
-    /// find in memory what the CPU wrote before it rang). Also that the
-    /// register was written at all.
+    /// find in memory what the CPU wrote before it rang).
     pub fn doorbell_after_barrier(
         steps: &[Step],
         offset: usize,
     ) -> Result<(), std::string::String> {
-        let mut rung = 0;
-        for (index, step) in steps.iter().enumerate() {
-            if *step != (Step::Mmio { offset }) {
-                continue;
-            }
-            rung += 1;
+        for index in writes_of(steps, offset)? {
             let Some(last_write) = steps[..index]
                 .iter()
                 .rposition(|step| matches!(step, Step::Write { .. }))
@@ -179,9 +185,6 @@ pub mod trace {
                 ));
             }
         }
-        if rung == 0 {
-            return Err(std::format!("register {offset:#x} never written"));
-        }
         Ok(())
     }
 
@@ -192,12 +195,7 @@ pub mod trace {
         offset: usize,
         barrier: Barrier,
     ) -> Result<(), std::string::String> {
-        let mut rung = 0;
-        for (index, step) in steps.iter().enumerate() {
-            if *step != (Step::Mmio { offset }) {
-                continue;
-            }
-            rung += 1;
+        for index in writes_of(steps, offset)? {
             let preceded = steps[..index]
                 .iter()
                 .rev()
@@ -208,9 +206,6 @@ pub mod trace {
                     "register {offset:#x} written at step {index} without a {barrier:?} right before"
                 ));
             }
-        }
-        if rung == 0 {
-            return Err(std::format!("register {offset:#x} never written"));
         }
         Ok(())
     }

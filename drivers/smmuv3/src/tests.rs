@@ -568,7 +568,38 @@ fn an_attach_on_a_hung_queue_fails_closed() {
 mod ids {
     use super::*;
     use crate::SmmuUnit;
-    use iommu::{DomainKind, IommuUnit, IovaRange, UnitId};
+    use iommu::{DomainKind, IommuError, IommuUnit, IovaRange, UnitId};
+
+    /// Issue 16: an SMMU without IDR0.ASID16 (and VMID16) compares 8-bit
+    /// ASIDs and VMIDs (§6.3.1, §5.4: the upper 8 bits are IGNORED): a driver
+    /// that hands out ASID 256 gives a second domain the TLB entries of ASID 0's
+    /// and the first's (Linux `arm_smmu_device_hw_probe` sets `asid_bits`
+    /// from ASID16). With 8 bits, 255 domains live at once and the next one
+    /// is refused; a freed id comes back.
+    #[test]
+    fn hw_eight_bit_asids_run_out_instead_of_aliasing() {
+        let rig = rig();
+        let eight_bit = IDR[0] & !(regs::Idr0::ASID16 | regs::Idr0::VMID16).bits();
+        rig.model.write(regs::IDR0.0, eight_bit);
+        let mut unit = SmmuUnit::new(
+            smmu(&rig, StreamTableFormat::TwoLevel),
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        );
+        let live: Vec<_> = (0..255)
+            .map(|n| {
+                unit.alloc_domain(DomainKind::Paging)
+                    .unwrap_or_else(|err| panic!("domain {n}: {err:?}"))
+            })
+            .collect();
+        assert_eq!(
+            unit.alloc_domain(DomainKind::Paging),
+            Err(IommuError::NoMemory)
+        );
+        unit.free_domain(live[7]).unwrap();
+        assert!(unit.alloc_domain(DomainKind::Paging).is_ok());
+    }
 
     /// More domains than there are 16-bit ASIDs, allocated and freed one
     /// after the other: freed ASIDs are reused, so the space never runs out.

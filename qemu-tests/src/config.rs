@@ -267,17 +267,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 36),
-    ("vtd", 89),
-    ("vtd-cm", 89),
-    ("vtd-sm", 87),
-    ("vtd-fs", 87),
-    ("vtd-bridge", 92),
-    ("smmuv3-bridge", 94),
-    ("amdvi", 85),
+    ("vtd", 90),
+    ("vtd-cm", 90),
+    ("vtd-sm", 88),
+    ("vtd-fs", 88),
+    ("vtd-bridge", 93),
+    ("smmuv3-bridge", 95),
+    ("amdvi", 86),
     ("none-arm", 36),
-    ("smmuv3", 92),
-    ("smmuv3-s2", 92),
-    ("smmuv3-nested", 97),
+    ("smmuv3", 93),
+    ("smmuv3-s2", 93),
+    ("smmuv3-nested", 98),
 ];
 
 /// The configuration called `name`.

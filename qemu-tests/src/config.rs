@@ -272,12 +272,12 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-sm", 88),
     ("vtd-fs", 88),
     ("vtd-bridge", 93),
-    ("smmuv3-bridge", 95),
+    ("smmuv3-bridge", 96),
     ("amdvi", 86),
     ("none-arm", 36),
-    ("smmuv3", 93),
-    ("smmuv3-s2", 93),
-    ("smmuv3-nested", 98),
+    ("smmuv3", 94),
+    ("smmuv3-s2", 94),
+    ("smmuv3-nested", 99),
 ];
 
 /// The configuration called `name`.

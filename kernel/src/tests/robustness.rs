@@ -42,6 +42,10 @@ pub static TESTS: &[Test] = &[
         run: a_reused_page_is_not_reached_once_flushed,
     },
     Test {
+        name: "iommu::robust::a_flush_on_hung_hardware_times_out_within_its_bound_and_the_retry_works",
+        run: a_flush_on_hung_hardware_times_out,
+    },
+    Test {
         name: "iommu::robust::a_storm_of_faulting_dma_from_both_devices_invents_no_fault_and_leaves_both_working",
         run: a_fault_storm_leaves_both_devices_working,
     },
@@ -485,6 +489,72 @@ fn a_fault_storm_leaves_both_devices_working(platform: &Platform) -> TestResult 
             "{}: {} faulting DMAs in a storm, {delivered} delivered, none invented; both devices work",
             s.probe.vendor,
             2 * STORM_ROUNDS
+        );
+        Ok(())
+    })
+}
+
+// ---- hung hardware --------------------------------------------------------------
+
+/// The hardware stops processing its queue behind the driver's back (the
+/// probe's `hang`). The unmap's flush must come back with
+/// `IommuError::Timeout` within its 100 ms bound, not hang the kernel, and keep
+/// what the unmap unlinked until an invalidation succeeds; once the hardware
+/// works again the caller's retry of the same flush succeeds, the unmap is
+/// seen by the next DMA, and the unit maps again. How each hardware rejects a
+/// command is its own test (`robust_*.rs`).
+fn a_flush_on_hung_hardware_times_out(platform: &Platform) -> TestResult {
+    use os_services::Clock;
+    scenario(platform, |s| {
+        let domain = s.paging_domain()?;
+        let source = s.frame(0x6B)?;
+        let page = s.frame(UNTOUCHED)?;
+        s.map(domain, IOVA_SOURCE, source.phys, 4096, READ_ONLY)?;
+        s.map(domain, IOVA_REUSE, page.phys, 4096, READ_WRITE)?;
+        s.attach(s.a.id, domain)?;
+        dma(&s.a, Direction::ToDevice, IOVA_SOURCE)?;
+        dma(&s.a, Direction::ToRam, IOVA_REUSE)?;
+        ensure!(holds(&page, 0x6B), "DMA before the hang did not land");
+        // The whole region of the last-level table: the unmap unlinks it.
+        let gather = s.unmap_unflushed(domain, IOVA_REUSE, LAST_LEVEL_SPAN)?;
+        let free_unmapped = frames::free_count();
+        (s.probe.hang)(platform)?;
+        let started = crate::time::CLOCK.now_ns();
+        let hung = s.unit(|unit| unit.flush(domain, &gather));
+        let waited_ms = (crate::time::CLOCK.now_ns() - started) / 1_000_000;
+        let unhung = (s.probe.unhang)(platform);
+        let hung = hung?;
+        unhung?;
+        ensure_eq!(hung, Err(IommuError::Timeout), "flush on hung hardware");
+        ensure!(
+            (100..1000).contains(&waited_ms),
+            "the bounded wait took {waited_ms} ms"
+        );
+        ensure_eq!(
+            frames::free_count(),
+            free_unmapped,
+            "table pages freed although their invalidation failed"
+        );
+        s.flush(domain, &gather)?;
+        ensure!(
+            frames::free_count() > free_unmapped,
+            "the retried flush released no table page"
+        );
+        s.faults()?;
+        refill(&page, UNTOUCHED);
+        dma(&s.a, Direction::ToRam, IOVA_REUSE)?;
+        ensure!(
+            holds(&page, UNTOUCHED),
+            "the unmap was not invalidated after recovery"
+        );
+        let reason = (s.probe.no_leaf_reason)(platform);
+        s.expect_fault("after recovery", s.a.id, IOVA_REUSE, Access::Write, reason)?;
+        s.map(domain, IOVA_REUSE, page.phys, 4096, READ_WRITE)?;
+        dma(&s.a, Direction::ToRam, IOVA_REUSE)?;
+        ensure!(holds(&page, 0x6B), "DMA after recovery did not land");
+        println!(
+            "{}: hung hardware: the flush gave up after {waited_ms} ms, the retry worked",
+            s.probe.vendor
         );
         Ok(())
     })

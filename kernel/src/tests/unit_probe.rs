@@ -57,6 +57,14 @@ pub(super) struct Probe {
     /// (VT-d takes every structure from it: the unit is brought up afresh).
     pub(super) use_table_memory:
         fn(&Platform, &'static (dyn os_services::DmaMemory + Sync)) -> Result<(), String>,
+    /// Plays hung hardware: the unit stops processing its command or
+    /// invalidation queue behind the driver's back (VT-d: QIE off; AMD-Vi:
+    /// CmdBufEn off; SMMUv3: the queues off).
+    pub(super) hang: fn(&Platform) -> Result<(), String>,
+    /// The hardware works again; where the driver cannot notice by itself,
+    /// its owner restarts it (SMMUv3 `Smmu::restart`; AMD-Vi's driver
+    /// restarts its buffer on the timeout itself).
+    pub(super) unhang: fn(&Platform) -> Result<(), String>,
 }
 
 /// The probe of the platform's IOMMU; `None` without one.
@@ -118,6 +126,18 @@ mod vendors {
             up.then_some(())
                 .ok_or_else(|| "no VT-d unit in the DMAR".into())
         },
+        hang: |platform| {
+            let queued = vtd::with_unit(platform, |unit| unit.hardware.uses_queued_invalidation())?;
+            if !queued {
+                return Err("the unit invalidates through registers".into());
+            }
+            let registers = super::super::robust_vtd::raw_registers(platform)?;
+            super::super::robust_vtd::set_queue_enable(&registers, false)
+        },
+        unhang: |platform| {
+            let registers = super::super::robust_vtd::raw_registers(platform)?;
+            super::super::robust_vtd::set_queue_enable(&registers, true)
+        },
     };
 
     pub static AMDVI: Probe = Probe {
@@ -153,6 +173,12 @@ mod vendors {
                 unit.set_table_memory(memory);
             })
         },
+        hang: |platform| {
+            amdvi::with_unit(platform, |unit| {
+                super::super::robust_amdvi::stall_command_buffer(unit)
+            })
+        },
+        unhang: |_| Ok(()),
     };
 }
 
@@ -191,6 +217,14 @@ mod vendors {
         },
         use_table_memory: |platform, memory| {
             smmuv3::with_unit(platform, |unit| unit.set_dma(memory))
+        },
+        hang: |platform| {
+            smmuv3::with_unit(platform, |unit| unit.hardware.shutdown())?
+                .map_err(|err| format!("queues off: {err:?}"))
+        },
+        unhang: |platform| {
+            smmuv3::with_unit(platform, |unit| unit.hardware.restart())?
+                .map_err(|err| format!("restart: {err:?}"))
         },
     };
 }

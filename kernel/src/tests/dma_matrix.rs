@@ -11,7 +11,7 @@
 use alloc::format;
 
 use edu::Direction;
-use iommu::{Access, DomainHandle, DomainKind, FaultReason};
+use iommu::{Access, DomainKind, FaultReason};
 
 use super::unit_probe::*;
 use crate::memory::frames::{self, Frames};
@@ -68,19 +68,6 @@ pub static TESTS: &[Test] = &[
         run: an_iova_above_4gib_works,
     },
 ];
-
-/// Device A attached to a fresh paging domain that maps a source page of
-/// `fill` bytes read-only at IOVA_IN and a target page (UNTOUCHED)
-/// read-write at IOVA_OUT: the domain and the target.
-fn copy_through(s: &mut Scene<'_>, fill: u8) -> Fallible<(DomainHandle, Frames)> {
-    let domain = s.paging_domain()?;
-    let source = s.frame(fill)?;
-    let target = s.frame(UNTOUCHED)?;
-    s.map(domain, IOVA_IN, source.phys, 4096, READ_ONLY)?;
-    s.map(domain, IOVA_OUT, target.phys, 4096, READ_WRITE)?;
-    s.attach(s.a.id, domain)?;
-    Ok((domain, target))
-}
 
 // ---- the scenarios ------------------------------------------------------------
 
@@ -144,7 +131,7 @@ fn an_identity_domain_passes_dma_until_detach(platform: &Platform) -> TestResult
 
 fn a_mapped_iova_carries_dma_both_ways(platform: &Platform) -> TestResult {
     scenario(platform, |s| {
-        let (_, target) = copy_through(s, 0x10)?;
+        let (_, target) = s.copy_through(0x10, IOVA_IN, IOVA_OUT)?;
         dma(&s.a, Direction::ToDevice, IOVA_IN)?;
         dma(&s.a, Direction::ToRam, IOVA_OUT)?;
         ensure!(
@@ -201,7 +188,7 @@ fn a_device_write_into_a_read_only_mapping_is_blocked(platform: &Platform) -> Te
 /// that must be blocked.
 fn an_unmap_blocks_dma_once_flushed(platform: &Platform) -> TestResult {
     scenario(platform, |s| {
-        let (domain, target) = copy_through(s, 0x44)?;
+        let (domain, target) = s.copy_through(0x44, IOVA_IN, IOVA_OUT)?;
         dma(&s.a, Direction::ToDevice, IOVA_IN)?;
         // This DMA puts the translation into the IOTLB.
         dma(&s.a, Direction::ToRam, IOVA_OUT)?;
@@ -226,13 +213,8 @@ fn an_unmap_blocks_dma_once_flushed(platform: &Platform) -> TestResult {
 
 fn remapping_an_iova_is_seen_by_the_next_dma(platform: &Platform) -> TestResult {
     scenario(platform, |s| {
-        let domain = s.paging_domain()?;
-        let old = s.frame(0x10)?;
+        let (domain, target) = s.copy_through(0x10, IOVA_IN, IOVA_OUT)?;
         let new = s.frame(0x32)?;
-        let target = s.frame(UNTOUCHED)?;
-        s.map(domain, IOVA_IN, old.phys, 4096, READ_ONLY)?;
-        s.map(domain, IOVA_OUT, target.phys, 4096, READ_WRITE)?;
-        s.attach(s.a.id, domain)?;
         dma(&s.a, Direction::ToDevice, IOVA_IN)?;
         s.unmap(domain, IOVA_IN, 4096)?;
         s.map(domain, IOVA_IN, new.phys, 4096, READ_ONLY)?;

@@ -506,12 +506,7 @@ fn a_fault_storm_leaves_both_devices_working(platform: &Platform) -> TestResult 
 fn a_flush_on_hung_hardware_times_out(platform: &Platform) -> TestResult {
     use os_services::Clock;
     scenario(platform, |s| {
-        let domain = s.paging_domain()?;
-        let source = s.frame(0x6B)?;
-        let page = s.frame(UNTOUCHED)?;
-        s.map(domain, IOVA_SOURCE, source.phys, 4096, READ_ONLY)?;
-        s.map(domain, IOVA_REUSE, page.phys, 4096, READ_WRITE)?;
-        s.attach(s.a.id, domain)?;
+        let (domain, page) = s.copy_through(0x6B, IOVA_SOURCE, IOVA_REUSE)?;
         dma(&s.a, Direction::ToDevice, IOVA_SOURCE)?;
         dma(&s.a, Direction::ToRam, IOVA_REUSE)?;
         ensure!(holds(&page, 0x6B), "DMA before the hang did not land");

@@ -445,6 +445,24 @@ impl Scene<'_> {
         self.flush(domain, &gather)
     }
 
+    /// Device A attached to a fresh paging domain that maps a source page of
+    /// `fill` bytes read-only at `source` and a target page (UNTOUCHED)
+    /// read-write at `target`: the domain and the target page.
+    pub(super) fn copy_through(
+        &mut self,
+        fill: u8,
+        source: u64,
+        target: u64,
+    ) -> Fallible<(DomainHandle, Frames)> {
+        let domain = self.paging_domain()?;
+        let source_page = self.frame(fill)?;
+        let target_page = self.frame(UNTOUCHED)?;
+        self.map(domain, source, source_page.phys, 4096, READ_ONLY)?;
+        self.map(domain, target, target_page.phys, 4096, READ_WRITE)?;
+        self.attach(self.a.id, domain)?;
+        Ok((domain, target_page))
+    }
+
     /// A frame of `fill` bytes, given back at the end of the scenario.
     pub(super) fn frame(&mut self, fill: u8) -> Fallible<Frames> {
         let frame = frames::alloc().ok_or("no frame")?;

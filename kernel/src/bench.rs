@@ -145,6 +145,11 @@ fn smmuv3_unmap_counts(platform: &Platform) {
         return;
     };
     for cost in costs {
+        report(
+            &format!("smmuv3::map_{}_pages_commands", cost.pages),
+            cost.map_commands as f64,
+            "cmds",
+        );
         let name = format!("smmuv3::unmap_{}_pages", cost.pages);
         report(&format!("{name}_commands"), cost.commands as f64, "cmds");
         report(

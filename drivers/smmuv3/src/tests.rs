@@ -249,6 +249,28 @@ mod unit {
         rig.model.log.borrow()[skip..].to_vec()
     }
 
+    /// Issue 16, wasted work: a map fills only invalid entries, which the
+    /// SMMU never caches, so it owes no TLBI and no CMD_SYNC (Linux
+    /// `arm_smmu_map_pages` issues none); an unmap still owes both.
+    #[test]
+    fn hw_a_map_owes_no_invalidation_and_an_unmap_does() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let before = unit.hardware.counters();
+        let gather = unit
+            .map(domain, 0x10_0000, 0x8000_0000, 0x20_0000, RW)
+            .unwrap();
+        assert!(gather.is_empty(), "a map's gather: {gather:?}");
+        unit.flush(domain, &gather).unwrap();
+        assert_eq!(unit.hardware.counters().since(&before).commands, 0);
+        let gather = unit.unmap(domain, 0x10_0000, 0x20_0000);
+        unit.flush(domain, &gather).unwrap();
+        let cost = unit.hardware.counters().since(&before);
+        assert!(cost.tlbi >= 1 && cost.syncs == 1, "unmap cost {cost:?}");
+    }
+
     /// The aperture is what paging domains' tables translate (stage 1: 48
     /// bits, not IDR5.OAS), and a map just past it is refused; the page
     /// sizes are the current granule's leaves, not every granule IDR5 offers.

@@ -549,9 +549,19 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             DomainState::Stage1 { table, .. } | DomainState::Stage2 { table, .. } => table,
             _ => return Err(IommuError::Invalid),
         };
-        table.map(iova, phys, len, flags).map_err(|err| match err {
+        let gather = table.map(iova, phys, len, flags).map_err(|err| match err {
             MapError::NoMemory => IommuError::NoMemory,
             _ => IommuError::Invalid,
+        })?;
+        // A map only fills entries that were invalid (it never replaces a
+        // table), and an SMMU caches no translation that faulted (SMMUv3
+        // §3.21.2: no TLB entry for a Translation fault), so nothing is owed:
+        // as Linux's `arm_smmu_map_pages`, which issues no TLBI. A map that
+        // freed table pages would owe a walk-cache invalidation.
+        Ok(if gather.freed_tables {
+            gather
+        } else {
+            Gather::default()
         })
     }
 

@@ -14,6 +14,9 @@ use crate::platform::Platform;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnmapCost {
     pub pages: u64,
+    /// Commands the map of the same range and its flush issued (none: a map
+    /// owes no invalidation on an SMMU).
+    pub map_commands: u64,
     pub tlbi: u64,
     pub syncs: u64,
     pub commands: u64,
@@ -46,6 +49,7 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
             // A fresh 4 MiB-aligned slot per size: no table left over from a
             // smaller size forces 4 KiB leaves on a block-sized range.
             let iova = FIGURES_IOVA + (u64::from(k) << 22);
+            let before_map = unit.hardware.counters();
             let mapped = unit
                 .map(
                     domain,
@@ -62,6 +66,7 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
                 failure = Some(format!("map 2^{k}: {err:?}"));
                 break;
             }
+            let map_commands = unit.hardware.counters().since(&before_map).commands;
             let before = unit.hardware.counters();
             let gather = unit.unmap(domain, iova, len);
             if let Err(err) = unit.flush(domain, &gather) {
@@ -88,6 +93,7 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
             );
             costs.push(UnmapCost {
                 pages: 1 << k,
+                map_commands,
                 tlbi: after.tlbi - before.tlbi,
                 syncs: after.syncs - before.syncs,
                 commands: after.commands - before.commands,

@@ -281,9 +281,9 @@ fn a_2mib_mapping_carries_dma_at_an_offset(platform: &Platform) -> TestResult {
         });
         s.map(domain, IOVA_IN, source.phys, 4096, READ_ONLY)?;
         let gather = s.map(domain, IOVA_BLOCK, block.phys, BLOCK, READ_WRITE)?;
-        // Where the map owes an invalidation (SMMUv3 always, VT-d under
-        // caching mode, AMD-Vi with NpCache), its gather names the leaf: a
-        // 2 MiB block wherever the unit offers 2 MiB pages.
+        // Where the map owes an invalidation (VT-d under caching mode,
+        // AMD-Vi with NpCache), its gather names the leaf: a 2 MiB block
+        // wherever the unit offers 2 MiB pages.
         let offers_block = s.unit(|unit| unit.info().page_sizes & BLOCK != 0)?;
         ensure!(
             gather.is_empty() || !offers_block || gather.leaf_sizes & BLOCK != 0,

@@ -31,6 +31,11 @@ pub static ALL: &[Bench] = &[
     },
     #[cfg(target_arch = "x86_64")]
     Bench {
+        name: "vtd",
+        run: vtd_costs,
+    },
+    #[cfg(target_arch = "x86_64")]
+    Bench {
         name: "amdvi",
         run: amdvi_command_counts,
     },
@@ -84,6 +89,41 @@ fn edu_dma_latency(platform: &Platform) {
     if done.is_ok() {
         // QEMU completes every edu transfer 100 ms of virtual time after it starts.
         report("edu::dma_4k_to_device", elapsed as f64 / 1e6, "ms");
+    }
+}
+
+/// VT-d: invalidation descriptors and cache lines of the unit's own
+/// structures written back (`vtd::Counters::cache_lines`) per map and per
+/// unmap of 1, 16 and 512 pages.
+#[cfg(target_arch = "x86_64")]
+fn vtd_costs(platform: &Platform) {
+    for k in [0u32, 4, 9] {
+        let Ok(Ok((map, unmap))) =
+            crate::iommu::vtd::with_unit(platform, |unit| crate::figures::vtd::costs(unit, k))
+        else {
+            return;
+        };
+        let pages = 1u64 << k;
+        report(
+            &format!("vtd::map_{pages}_pages_invalidations"),
+            map.invalidations as f64,
+            "descs",
+        );
+        report(
+            &format!("vtd::map_{pages}_pages_cache_lines"),
+            map.cache_lines as f64,
+            "lines",
+        );
+        report(
+            &format!("vtd::unmap_{pages}_pages_invalidations"),
+            unmap.invalidations as f64,
+            "descs",
+        );
+        report(
+            &format!("vtd::unmap_{pages}_pages_cache_lines"),
+            unmap.cache_lines as f64,
+            "lines",
+        );
     }
 }
 

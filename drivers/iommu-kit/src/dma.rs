@@ -19,6 +19,10 @@ use os_services::{DmaMemory, DmaRegion};
 /// The kernel supplies it; `None` where the hardware snoops.
 pub type CacheClean = fn(*const u8, usize);
 
+/// The cache-line size `clean` counts in (x86-64 and the Arm cores this
+/// kernel runs on; the kernel's clean hook itself steps by the line size).
+pub const CACHE_LINE: usize = 64;
+
 /// A zeroed, physically contiguous allocation the hardware reads or writes,
 /// kept as plain numbers so that the structures holding it stay `Send` (the
 /// kernel keeps every unit behind a lock).
@@ -111,7 +115,7 @@ impl DmaBuffer {
         valid_word: usize,
         hold: Option<u64>,
         clean: Option<CacheClean>,
-    ) {
+    ) -> usize {
         assert!(valid_word < words.len());
         if let Some(hold) = hold {
             self.write(offset + valid_word * 8, hold);
@@ -125,17 +129,25 @@ impl DmaBuffer {
         dma_wmb();
         self.write(offset + valid_word * 8, words[valid_word]);
         dma_wmb();
-        self.clean(offset, words.len() * 8, clean);
+        self.clean(offset, words.len() * 8, clean)
     }
 
     /// Makes `len` bytes at `offset` visible to a walker that does not snoop;
-    /// nothing to do when `clean` is `None` (the hardware snoops).
-    pub fn clean(&self, offset: usize, len: usize, clean: Option<CacheClean>) {
-        if let Some(clean) = clean {
-            let start = self.at::<u8>(offset);
-            assert!(offset + len <= self.len);
-            clean(start, len);
+    /// nothing to do when `clean` is `None` (the hardware snoops). Returns
+    /// how many cache lines that wrote back (what the figures count).
+    pub fn clean(&self, offset: usize, len: usize, clean: Option<CacheClean>) -> usize {
+        let Some(clean) = clean else {
+            return 0;
+        };
+        if len == 0 {
+            return 0;
         }
+        let start = self.at::<u8>(offset);
+        assert!(offset + len <= self.len);
+        clean(start, len);
+        let first = (self.virt + offset) / CACHE_LINE;
+        let last = (self.virt + offset + len - 1) / CACHE_LINE;
+        last - first + 1
     }
 }
 

@@ -116,6 +116,11 @@ iommu_kit::counters! {
         pub invalidations,
         pub waits,
         pub mmio_writes,
+        /// CPU cache lines of the unit's own structures (queue slots, root,
+        /// context, PASID entries, IRTEs) written back for a walker that
+        /// does not snoop (ECAP.C = 0): only the bytes the driver wrote. The
+        /// page tables' lines are `io-page-table`'s, cleaned per changed run.
+        pub cache_lines,
     }
 }
 
@@ -404,8 +409,21 @@ impl<'a, R: Registers> Hardware<'a, R> {
         (!self.ecap.coherent()).then_some(self.env.flush_cache)
     }
 
-    pub(crate) fn flush_cache(&self, page: Page) {
-        page.clean(0, page.len(), self.clean());
+    /// Writes back a whole new structure page (once, when it is linked).
+    pub(crate) fn flush_cache(&mut self, page: Page) {
+        self.clean_range(page, 0, page.len());
+    }
+
+    /// Writes back `len` bytes at `offset` of `page` that the driver wrote.
+    pub(crate) fn clean_range(&mut self, page: Page, offset: usize, len: usize) {
+        let lines = page.clean(offset, len, self.clean());
+        self.counters.cache_lines += lines as u64;
+    }
+
+    /// Publishes an entry (`DmaBuffer::publish`) and counts what it cleaned.
+    pub(crate) fn publish(&mut self, page: Page, offset: usize, words: &[u64], hold: Option<u64>) {
+        let lines = page.publish(offset, words, 0, hold, self.clean());
+        self.counters.cache_lines += lines as u64;
     }
 
     /// The table format paging domains of this unit use.

@@ -1,5 +1,7 @@
 //! VT-d: what map and unmap cost in invalidation descriptors, wait
-//! descriptors and MMIO writes.
+//! descriptors, MMIO writes and cache lines written back.
+
+use alloc::string::String;
 
 use crate::iommu::vtd::{Unit, with_unit};
 use crate::platform::Platform;
@@ -28,41 +30,60 @@ fn demo_on(unit: &mut Unit) {
             "register"
         }
     );
-    let Ok(domain) = unit.alloc_domain(::iommu::DomainKind::Paging) else {
-        return println!("vtd: no paging domain");
-    };
-    let Some(frame) = crate::memory::frames::alloc() else {
-        return println!("vtd: no frame");
-    };
+    for k in [0u32, 4, 9] {
+        match costs(unit, k) {
+            Ok((map, unmap)) => {
+                let pages = 1u64 << k;
+                println!(
+                    "vtd: 2^{k:<2} pages: per map {}/{}/{}/{} (invalidations/waits/MMIO writes/cache lines), unmap {}/{}/{}/{}",
+                    map.invalidations / pages,
+                    map.waits / pages,
+                    map.mmio_writes / pages,
+                    map.cache_lines / pages,
+                    unmap.invalidations,
+                    unmap.waits,
+                    unmap.mmio_writes,
+                    unmap.cache_lines
+                );
+            }
+            Err(why) => println!("vtd: 2^{k} pages: {why}"),
+        }
+    }
+}
+
+/// What mapping an aligned `2^k`-page range page by page (each map flushed)
+/// and unmapping it in one go cost, in a scratch paging domain.
+pub fn costs(unit: &mut Unit, k: u32) -> Result<(vtd::Counters, vtd::Counters), String> {
+    use ::iommu::IommuUnit;
+    let domain = unit
+        .alloc_domain(::iommu::DomainKind::Paging)
+        .map_err(|err| alloc::format!("paging domain: {err:?}"))?;
+    let frame = crate::memory::frames::alloc().ok_or("no frame")?;
     let prot = ::iommu::Prot {
         read: true,
         write: false,
     };
-    for k in [0u32, 4, 9] {
-        let pages = 1u64 << k;
-        let iova = 0x4000_0000;
-        let before = unit.hardware.counters();
-        for page in 0..pages {
-            if let Ok(gather) = unit.map(domain, iova + page * 4096, frame.phys, 4096, prot) {
-                let _ = unit.flush(domain, &gather);
-            }
+    let pages = 1u64 << k;
+    let iova = 0x4000_0000;
+    let before = unit.hardware.counters();
+    let mut mapped = Ok(());
+    for page in 0..pages {
+        mapped = unit
+            .map(domain, iova + page * 4096, frame.phys, 4096, prot)
+            .and_then(|gather| unit.flush(domain, &gather));
+        if mapped.is_err() {
+            break;
         }
-        let map = unit.hardware.counters().since(&before);
-        let before = unit.hardware.counters();
-        let gather = unit.unmap(domain, iova, pages * 4096);
-        let flushed = unit.flush(domain, &gather);
-        let unmap = unit.hardware.counters().since(&before);
-        println!(
-            "vtd: 2^{k:<2} pages: per map {}/{}/{} (invalidations/waits/MMIO writes), unmap {}/{}/{} {:?}",
-            map.invalidations / pages,
-            map.waits / pages,
-            map.mmio_writes / pages,
-            unmap.invalidations,
-            unmap.waits,
-            unmap.mmio_writes,
-            flushed
-        );
     }
-    let _ = unit.free_domain(domain);
+    let map = unit.hardware.counters().since(&before);
+    let before = unit.hardware.counters();
+    let gather = unit.unmap(domain, iova, pages * 4096);
+    let flushed = unit.flush(domain, &gather);
+    let unmap = unit.hardware.counters().since(&before);
+    let freed = unit.free_domain(domain);
     crate::memory::frames::free(frame);
+    mapped.map_err(|err| alloc::format!("map: {err:?}"))?;
+    flushed.map_err(|err| alloc::format!("flush: {err:?}"))?;
+    freed.map_err(|err| alloc::format!("free: {err:?}"))?;
+    Ok((map, unmap))
 }

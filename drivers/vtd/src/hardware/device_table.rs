@@ -27,8 +27,7 @@ impl<R: Registers> Hardware<'_, R> {
             (entry.low, entry.high)
         };
         // Present bit (low word) last.
-        self.root
-            .publish(offset, &[low, high], 0, None, self.clean());
+        self.publish(self.root, offset, &[low, high], None);
         self.context_tables.insert(bus, table);
         Ok(table)
     }
@@ -71,11 +70,11 @@ impl<R: Registers> Hardware<'_, R> {
         let offset = self.context_offset(devfn);
         // Clearing P (first word) alone is atomic for the hardware.
         table.write::<u64>(offset, 0);
-        self.flush_cache(table);
+        self.clean_range(table, offset, 8);
         self.invalidate_device(sid, did)?;
-        if let Some(tables) = self.pasid_tables.get(&sid) {
-            tables.table.write::<u64>(0, 0);
-            self.flush_cache(tables.table);
+        if let Some(pasid_table) = self.pasid_tables.get(&sid).map(|tables| tables.table) {
+            pasid_table.write::<u64>(0, 0);
+            self.clean_range(pasid_table, 0, 8);
         }
         Ok(())
     }
@@ -110,9 +109,9 @@ impl<R: Registers> Hardware<'_, R> {
             };
             // Present bits (word 0) last: the PASID entry before the context
             // entry that leads to it.
-            pasid_table.publish(0, &entry.words, 0, None, self.clean());
+            self.publish(pasid_table, 0, &entry.words, None);
             let context = ScalableContextEntry::new(directory.phys(), 0);
-            table.publish(offset, &context.words, 0, None, self.clean());
+            self.publish(table, offset, &context.words, None);
         } else {
             let entry = match translation {
                 Translation::Paging(root) => {
@@ -120,7 +119,7 @@ impl<R: Registers> Hardware<'_, R> {
                 }
                 _ => ContextEntry::new(TranslationType::PassThrough, 0, self.address_width, did),
             };
-            table.publish(offset, &[entry.low, entry.high], 0, None, self.clean());
+            self.publish(table, offset, &[entry.low, entry.high], None);
         }
         self.invalidate_new_context(sid, did)
     }

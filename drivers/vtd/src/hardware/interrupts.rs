@@ -60,7 +60,7 @@ impl<R: Registers> Hardware<'_, R> {
         }
         let offset = usize::from(index) * size_of::<Irte>();
         // Not present while the entry is half written (§9.10).
-        page.publish(offset, &[entry.low, entry.high], 0, Some(0), self.clean());
+        self.publish(page, offset, &[entry.low, entry.high], Some(0));
         self.submit(&[Descriptor::interrupt_entry_cache(Some(index))])
     }
 

@@ -37,6 +37,7 @@ impl<R: Registers> Hardware<'_, R> {
         *sequence = sequence.wrapping_add(1);
         let token = *sequence;
         let wait = Descriptor::wait(status.phys(), token);
+        let first_slot = ring.tail();
         for descriptor in descriptors.iter().chain(core::iter::once(&wait)) {
             let offset = ring.tail() * ring.slot_bytes();
             let words = if ring.is_wide() { 4 } else { 2 };
@@ -46,11 +47,15 @@ impl<R: Registers> Hardware<'_, R> {
             ring.advance();
         }
         let tail = ring.tail_register();
+        let (slot_bytes, slots, written) = (ring.slot_bytes(), ring.slots(), descriptors.len() + 1);
         let status = *status;
         let ring_page = *ring_page;
         self.counters.invalidations += descriptors.len() as u64;
         self.counters.waits += 1;
-        self.flush_cache(ring_page);
+        // Only the slots just written, in up to two runs where they wrap.
+        let first_run = written.min(slots - first_slot);
+        self.clean_range(ring_page, first_slot * slot_bytes, first_run * slot_bytes);
+        self.clean_range(ring_page, 0, (written - first_run) * slot_bytes);
         dma_wmb();
         self.write64(regs::IQT, tail);
         let regs = &self.regs;
@@ -97,8 +102,8 @@ impl<R: Registers> Hardware<'_, R> {
         for (index, word) in harmless.0[..words].iter().enumerate() {
             ring_page.write(offset + index * 8, *word);
         }
-        let ring_page = *ring_page;
-        self.flush_cache(ring_page);
+        let (ring_page, slot_bytes) = (*ring_page, ring.slot_bytes());
+        self.clean_range(ring_page, offset, slot_bytes);
         dma_wmb();
         self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
     }

@@ -16,13 +16,7 @@
 //! observer, if one is set (`crate::observe`), so that a model of the
 //! hardware can check that a driver orders its accesses as the spec requires.
 
-/// Which barrier was issued (what an observer sees).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Barrier {
-    DmaWmb,
-    DmaRmb,
-    IoMb,
-}
+pub use crate::observe::Barrier;
 
 /// CPU writes to memory a device reads are seen by the device in program
 /// order, and before any later MMIO write.

@@ -4,7 +4,13 @@
 //! entry written, then a `dma_wmb`, then the doorbell). On the bare-metal
 //! targets nothing is reported and this costs nothing.
 
-use crate::barrier::Barrier;
+/// Which barrier was issued (`crate::barrier`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Barrier {
+    DmaWmb,
+    DmaRmb,
+    IoMb,
+}
 
 /// One thing a driver did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

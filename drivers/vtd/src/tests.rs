@@ -900,3 +900,51 @@ fn hw_only_the_lines_written_are_written_back() {
     // The context entry (one line) and three descriptors (48 bytes).
     assert!(detach.cache_lines <= 3, "detach: {detach:?}");
 }
+
+/// Issue 16, freeing after a failed invalidation: a flush that timed out
+/// never confirmed its range, so the next flush of the domain, even for an
+/// unrelated range, invalidates the whole domain before the pages the first
+/// unmap unlinked may be freed (otherwise a walk could still use a cached
+/// translation into a freed table). Linux keeps freed tables on the gather's
+/// freelist until an `iotlb_sync` that covered them completed.
+#[test]
+fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    for iova in [0x10_0000, 0x20_0000] {
+        let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, rw).unwrap();
+        unit.flush(domain, &gather).unwrap();
+    }
+    let first = unit.unmap(domain, 0x10_0000, 0x1000);
+    model.stalled.set(true);
+    assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
+    model.stalled.set(false);
+    model.take_descriptors();
+    let second = unit.unmap(domain, 0x20_0000, 0x1000);
+    unit.flush(domain, &second).unwrap();
+    let domain_wide = |descriptor: &Descriptor| {
+        descriptor.kind() == Some(DescriptorType::Iotlb)
+            && (descriptor.0[0] >> 4) & 3 == 2
+            && (descriptor.0[0] >> 16) as u16 == did
+    };
+    assert!(
+        model.take_descriptors().iter().any(domain_wide),
+        "the flush after a failed one did not invalidate the whole domain"
+    );
+    // Made good: the next flush is page-selective again.
+    let gather = unit
+        .map(domain, 0x30_0000, 0x8000_0000, 0x1000, rw)
+        .unwrap();
+    unit.flush(domain, &gather).unwrap();
+    let third = unit.unmap(domain, 0x30_0000, 0x1000);
+    model.take_descriptors();
+    unit.flush(domain, &third).unwrap();
+    assert!(!model.take_descriptors().iter().any(domain_wide));
+}

@@ -37,6 +37,10 @@ struct Domain<'a> {
     table: Option<Box<dyn DomainTable + 'a>>,
     /// RMRR ranges already identity-mapped into `table`.
     direct: Vec<IovaRange>,
+    /// A flush of this domain failed: what it should have invalidated may
+    /// still be cached, so the next flush invalidates the whole domain before
+    /// any unlinked table page is freed.
+    owes_full_invalidation: bool,
 }
 
 /// The route of an MSI that goes through no IRTE (remapping off).
@@ -126,14 +130,25 @@ impl<'a, R: Registers> Vtd<'a, R> {
 
     /// Invalidates the IOTLB for `gather` in `domain` (the work `flush` does).
     /// Table pages that unmaps unlinked are freed only after it completed.
+    ///
+    /// A failed flush is made good by the next one, which invalidates the
+    /// whole domain: the range of the failed one was never confirmed, and the
+    /// pages its unmap unlinked are freed only after that.
     pub fn invalidate(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), Error> {
-        let did = self.domain_id(domain).ok_or(Error::Invalid)?;
-        self.hardware.invalidate_range(did, gather)?;
-        if let Some(table) = self
-            .domains
-            .get_mut(&domain.0)
-            .and_then(|entry| entry.table.as_mut())
-        {
+        let entry = self.domains.get(&domain.0).ok_or(Error::Invalid)?;
+        let (did, owed) = (entry.did, entry.owes_full_invalidation);
+        let result = if owed {
+            self.hardware.invalidate_domain(did)
+        } else {
+            self.hardware.invalidate_range(did, gather)
+        };
+        let entry = self.domains.get_mut(&domain.0).ok_or(Error::Invalid)?;
+        if let Err(error) = result {
+            entry.owes_full_invalidation |= !gather.is_empty();
+            return Err(error);
+        }
+        entry.owes_full_invalidation = false;
+        if let Some(table) = entry.table.as_mut() {
             table.release_unlinked();
         }
         Ok(())
@@ -271,6 +286,7 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 devices: 0,
                 table,
                 direct: Vec::new(),
+                owes_full_invalidation: false,
             },
         );
         Ok(DomainHandle(handle))

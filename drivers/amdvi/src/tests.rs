@@ -643,3 +643,36 @@ fn hw_event_entries_are_read_before_the_head_moves() {
     assert_eq!(unit.poll_events(), 1);
     barrier_before(&recording.take(), regs::EVENT_HEAD.0, Barrier::IoMb).unwrap();
 }
+
+/// Issue 16, freeing after a failed invalidation: a flush whose
+/// INVALIDATE_IOMMU_PAGES never completed did not confirm its range, so the
+/// next flush of the domain, even for an unrelated range, invalidates every
+/// page (with PDE) before the pages the first unmap unlinked may be freed.
+#[test]
+fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
+    let (mut unit, model) = unit_with(true);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let id = unit.domains[&domain.0].id;
+    for iova in [0x10_0000, 0x20_0000] {
+        let gather = unit.map(domain, iova, 0x20_0000, 4096, RW).unwrap();
+        unit.flush(domain, &gather).unwrap();
+    }
+    let first = unit.unmap(domain, 0x10_0000, 4096);
+    model.state.lock().unwrap().stalled = true;
+    assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
+    model.state.lock().unwrap().stalled = false;
+    let everything = Command::invalidate_iommu_pages(id, PageRange::ALL, true);
+    let seen = model.state.lock().unwrap().executed.len();
+    let second = unit.unmap(domain, 0x20_0000, 4096);
+    unit.flush(domain, &second).unwrap();
+    assert!(
+        model.state.lock().unwrap().executed[seen..].contains(&everything),
+        "the flush after a failed one did not invalidate the whole domain"
+    );
+    let gather = unit.map(domain, 0x30_0000, 0x20_0000, 4096, RW).unwrap();
+    unit.flush(domain, &gather).unwrap();
+    let seen = model.state.lock().unwrap().executed.len();
+    let third = unit.unmap(domain, 0x30_0000, 4096);
+    unit.flush(domain, &third).unwrap();
+    assert!(!model.state.lock().unwrap().executed[seen..].contains(&everything));
+}

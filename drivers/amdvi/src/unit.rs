@@ -55,6 +55,10 @@ struct Domain {
     backing: DomainBacking,
     devices: BTreeSet<u16>,
     faults: Vec<FaultRecord>,
+    /// A flush of this domain failed: what it should have invalidated may
+    /// still be cached, so the next flush invalidates every page (and PDE)
+    /// before any unlinked table page is freed.
+    owes_full_invalidation: bool,
 }
 
 /// One AMD-Vi IOMMU behind the contract.
@@ -327,6 +331,7 @@ impl IommuUnit for AmdVi {
                 backing,
                 devices: BTreeSet::new(),
                 faults: Vec::new(),
+                owes_full_invalidation: false,
             },
         );
         Ok(DomainHandle(handle))
@@ -392,17 +397,32 @@ impl IommuUnit for AmdVi {
         }
     }
 
+    /// A failed flush is made good by the next one, which invalidates every
+    /// page of the domain: the failed range was never confirmed, and the pages
+    /// its unmap unlinked are freed only after that.
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
-        let id = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?.id;
-        if let Some(command) = crate::invalidation::plan(id, gather) {
-            self.hardware.run(&[command]).map_err(IommuError::from)?;
+        let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
+        let command = if entry.owes_full_invalidation {
+            Some(Command::invalidate_iommu_pages(
+                entry.id,
+                PageRange::ALL,
+                true,
+            ))
+        } else {
+            crate::invalidation::plan(entry.id, gather)
+        };
+        let result = match command {
+            Some(command) => self.hardware.run(&[command]),
+            None => Ok(()),
+        };
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        if let Err(error) = result {
+            entry.owes_full_invalidation |= !gather.is_empty();
+            return Err(error.into());
         }
+        entry.owes_full_invalidation = false;
         // The IOMMU no longer walks tables unlinked before this flush.
-        if let Some(Domain {
-            backing: DomainBacking::Paging { table, unlinked },
-            ..
-        }) = self.domains.get_mut(&domain.0)
-        {
+        if let DomainBacking::Paging { table, unlinked } = &mut entry.backing {
             for freed in unlinked.drain(..) {
                 table.release(freed);
             }

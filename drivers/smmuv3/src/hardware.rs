@@ -500,3 +500,17 @@ impl Drop for Smmu<'_> {
         }
     }
 }
+
+/// What the contract's callers see of the instance's errors.
+impl From<Error> for iommu::IommuError {
+    fn from(err: Error) -> Self {
+        match err {
+            Error::NoMemory => iommu::IommuError::NoMemory,
+            Error::Timeout(_) => iommu::IommuError::Timeout,
+            Error::Unsupported(_) => iommu::IommuError::Unsupported,
+            Error::BadStreamId(_) | Error::Encoding | Error::CommandRejected { .. } => {
+                iommu::IommuError::Invalid
+            }
+        }
+    }
+}

@@ -37,6 +37,18 @@ pub struct InvalidationCaps {
     pub granule: Granule,
 }
 
+/// The commands (ending in CMD_SYNC) that make the TLB forget everything of
+/// the context `tag`: after a flush that failed, whose range was never
+/// confirmed.
+pub fn plan_everything(tag: TlbTag) -> Vec<Command> {
+    let mut commands = alloc::vec![match tag {
+        TlbTag::Stage1 { asid, vmid } => Command::TlbiNhAsid { vmid, asid },
+        TlbTag::Stage2 { vmid, .. } => Command::TlbiS12Vmall { vmid },
+    }];
+    commands.push(Command::Sync);
+    commands
+}
+
 /// The commands (ending in CMD_SYNC) that make the TLB forget `gather` in the
 /// context `tag`; empty when nothing changed.
 pub fn plan(tag: TlbTag, caps: InvalidationCaps, gather: &Gather) -> Vec<Command> {

@@ -249,6 +249,45 @@ mod unit {
         rig.model.log.borrow()[skip..].to_vec()
     }
 
+    /// Issue 16, freeing after a failed invalidation: a flush whose CMD_SYNC
+    /// never completed did not confirm its range, so the next flush of the
+    /// domain, even for an unrelated range, invalidates the whole ASID before
+    /// the table pages the first unmap unlinked may be freed.
+    #[test]
+    fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        for iova in [0x10_0000, 0x20_0000] {
+            let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, RW).unwrap();
+            unit.flush(domain, &gather).unwrap();
+        }
+        let first = unit.unmap(domain, 0x10_0000, 0x1000);
+        unit.hardware.shutdown().unwrap();
+        assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
+        unit.hardware.restart().unwrap();
+        let asid_wide = |log: &[[u64; 2]]| {
+            log.iter()
+                .any(|c| (c[0] & 0xFF) as u8 == crate::command::opcode::TLBI_NH_ASID)
+        };
+        let skip = rig.model.log.borrow().len();
+        let second = unit.unmap(domain, 0x20_0000, 0x1000);
+        unit.flush(domain, &second).unwrap();
+        assert!(
+            asid_wide(&since(&rig, skip)),
+            "the flush after a failed one did not invalidate the whole ASID"
+        );
+        let gather = unit
+            .map(domain, 0x30_0000, 0x8000_0000, 0x1000, RW)
+            .unwrap();
+        unit.flush(domain, &gather).unwrap();
+        let skip = rig.model.log.borrow().len();
+        let third = unit.unmap(domain, 0x30_0000, 0x1000);
+        unit.flush(domain, &third).unwrap();
+        assert!(!asid_wide(&since(&rig, skip)));
+    }
+
     /// Issue 16, wasted work: a map fills only invalid entries, which the
     /// SMMU never caches, so it owes no TLBI and no CMD_SYNC (Linux
     /// `arm_smmu_map_pages` issues none); an unmap still owes both.

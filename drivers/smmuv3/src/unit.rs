@@ -56,6 +56,9 @@ struct Domain<'a> {
     streams: Vec<u32>,
     /// Faults of this domain's streams, drained and not yet taken.
     faults: FaultQueue,
+    /// A flush of this domain failed: the next one invalidates the whole
+    /// context before any unlinked table page is freed.
+    owes_full_invalidation: bool,
 }
 
 /// One SMMUv3 as an [`IommuUnit`].
@@ -82,19 +85,6 @@ pub struct SmmuUnit<'a> {
     unowned: FaultQueue,
     /// Faults each domain keeps between two takes.
     fault_capacity: usize,
-}
-
-impl From<Error> for IommuError {
-    fn from(err: Error) -> Self {
-        match err {
-            Error::NoMemory => IommuError::NoMemory,
-            Error::Timeout(_) => IommuError::Timeout,
-            Error::Unsupported(_) => IommuError::Unsupported,
-            Error::BadStreamId(_) | Error::Encoding | Error::CommandRejected { .. } => {
-                IommuError::Invalid
-            }
-        }
-    }
 }
 
 impl<'a> SmmuUnit<'a> {
@@ -399,12 +389,6 @@ fn id_limit(sixteen_bits: bool) -> u32 {
     }
 }
 
-impl From<crate::device_table::ste::SteError> for IommuError {
-    fn from(_: crate::device_table::ste::SteError) -> Self {
-        IommuError::Invalid
-    }
-}
-
 impl<'a> IommuUnit for SmmuUnit<'a> {
     /// What paging domains allocated now take: the input range of the paging
     /// stage's tables (a map beyond it is refused) and the leaf sizes of the
@@ -467,6 +451,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             state,
             streams: Vec::new(),
             faults: FaultQueue::new(self.fault_capacity),
+            owes_full_invalidation: false,
         });
         let index = match self.domains.iter().position(Option::is_none) {
             Some(free) => {
@@ -594,11 +579,23 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             range: self.hardware.features().range_invalidation(),
             granule,
         };
-        let commands = invalidation::plan(tag, caps, gather);
-        if let Some((Command::Sync, invalidations)) = commands.split_last() {
-            self.hardware.execute(invalidations)?;
+        let owed = self.domain(domain)?.owes_full_invalidation;
+        let commands = if owed {
+            invalidation::plan_everything(tag)
+        } else {
+            invalidation::plan(tag, caps, gather)
+        };
+        if let Some((Command::Sync, invalidations)) = commands.split_last()
+            && let Err(error) = self.hardware.execute(invalidations)
+        {
+            // The range was never confirmed: the next flush covers everything.
+            self.domain_mut(domain)?.owes_full_invalidation = true;
+            return Err(error.into());
         }
         // Table pages unlinked before this flush are unreachable now.
+        if let Ok(domain) = self.domain_mut(domain) {
+            domain.owes_full_invalidation = false;
+        }
         if let Ok(domain) = self.domain_mut(domain)
             && let DomainState::Stage1 { table, pending, .. }
             | DomainState::Stage2 { table, pending, .. } = &mut domain.state

@@ -231,6 +231,13 @@ impl L1Std {
     }
 }
 
+/// A malformed STE request is the caller's error.
+impl From<SteError> for iommu::IommuError {
+    fn from(_: SteError) -> Self {
+        iommu::IommuError::Invalid
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

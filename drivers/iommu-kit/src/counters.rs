@@ -1,9 +1,8 @@
 //! Counters of the work a driver did (commands, waits, MMIO writes), read by
 //! the benchmarks and by tests that check what an operation cost.
 
-/// Declares a counters struct: `u64` fields, `Default`, `since` (the work
-/// done between two readings) and `named` (every field with its name, for
-/// printing any driver's figures the same way).
+/// Declares a counters struct: `u64` fields, `Default` and `since` (the work
+/// done between two readings).
 ///
 /// ```
 /// iommu_kit::counters! {
@@ -17,7 +16,6 @@
 /// let before = Counters { commands: 3, waits: 1 };
 /// let after = Counters { commands: 5, waits: 2 };
 /// assert_eq!(after.since(&before), Counters { commands: 2, waits: 1 });
-/// assert_eq!(after.named(), [("commands", 5), ("waits", 2)]);
 /// ```
 #[macro_export]
 macro_rules! counters {
@@ -41,10 +39,6 @@ macro_rules! counters {
                 }
             }
 
-            /// Every counter with its name, in declaration order.
-            pub fn named(&self) -> [(&'static str, u64); 0 $( + { let _ = stringify!($field); 1 } )*] {
-                [ $( (stringify!($field), self.$field) ),* ]
-            }
         }
     };
 }

@@ -71,11 +71,6 @@ impl IdAllocator {
             self.free.push(taken.id);
         }
     }
-
-    /// Ids handed out and not freed.
-    pub fn live(&self) -> usize {
-        (self.next - self.first) as usize - self.free.len()
-    }
 }
 
 #[cfg(test)]
@@ -91,9 +86,7 @@ mod tests {
             [(1, false), (2, false), (3, false)]
         );
         assert_eq!(ids.take(), None);
-        assert_eq!(ids.live(), 3);
         ids.free(2);
-        assert_eq!(ids.live(), 2);
         assert_eq!(
             ids.take(),
             Some(TakenId {

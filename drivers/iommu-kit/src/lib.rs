@@ -16,7 +16,7 @@
 //!   ([`WrapIndex`], SMMUv3).
 //! - [`ids`]: [`IdAllocator`], domain ids (DID, DomainID, ASID, VMID) that are
 //!   recycled only after the driver has invalidated them.
-//! - [`counters!`]: a counters struct with `since` and named fields, for the figures.
+//! - [`counters!`]: a counters struct with `since`, for the figures.
 //! - [`rationed`]: [`Rationed`], DMA memory that refuses after a budget, to
 //!   exhaust table pages on demand in tests (host and kernel alike).
 //! - `fakes` (feature `host-fakes`): heap-backed DMA memory and a stepping

@@ -47,10 +47,6 @@ impl SlotRing {
         self.slots() * self.slot_bytes
     }
 
-    pub const fn log2_slots(&self) -> u32 {
-        self.log2_slots
-    }
-
     /// The slot a pointer register value names. A value equal to the ring size
     /// is accepted as 0: QEMU 10.0.2's AMD-Vi writes COMMAND_HEAD before
     /// wrapping it (docs/QEMU.md §2).

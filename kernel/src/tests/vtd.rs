@@ -582,18 +582,6 @@ pub(crate) fn map(
         .map_err(|err| format!("flush after map: {err:?}"))
 }
 
-pub(crate) fn unmap(
-    unit: &mut Unit,
-    domain: ::iommu::DomainHandle,
-    iova: u64,
-    len: u64,
-) -> Fallible {
-    let gather = unit.unmap(domain, iova, len);
-    ensure!(!gather.is_empty(), "unmap of {iova:#x} changed nothing");
-    unit.flush(domain, &gather)
-        .map_err(|err| format!("flush after unmap: {err:?}"))
-}
-
 pub(crate) fn holds(frame: &Frames, value: u8) -> bool {
     bytes(frame).iter().all(|&b| b == value)
 }
@@ -634,66 +622,20 @@ pub(crate) fn expect_fault(
     Ok(())
 }
 
-/// Runs `body` with a unit, edu A attached to a fresh paging domain, and
-/// `frames` frames filled with their index × 0x11; frees everything after.
-fn with_paging(
-    platform: &Platform,
-    frame_count: usize,
-    body: impl FnOnce(&mut Unit, ::iommu::DomainHandle, &edu::Edu<'static>, &[Frames]) -> Fallible,
-) -> TestResult {
-    with_unit(platform, |unit| {
-        let Some(domain) = paging_domain(unit)? else {
-            return Ok(Outcome::NotApplicable(
-                "io-page-table has no table format for this VT-d mode yet",
-            ));
-        };
-        let (a, _) = edu_pair()?;
-        let edu = open(platform, a)?;
-        let device = DeviceId(requester(a).into());
-        let mut frames_used = Vec::new();
-        for index in 0..frame_count {
-            frames_used.push(filled_frame(0x11 * index as u8 + 0x10)?);
-        }
-        let result = unit
-            .attach(device, domain)
-            .map_err(|err| format!("attach: {err:?}"))
-            .and_then(|()| body(unit, domain, &edu, &frames_used));
-        unit.detach(device);
-        let freed = unit.free_domain(domain);
-        for frame in frames_used {
-            frames::free(frame);
-        }
-        result?;
-        freed.map_err(|err| format!("free domain: {err:?}"))?;
-        Ok(Outcome::Passed)
-    })
-}
-
 fn map_and_unmap_costs(platform: &Platform) -> TestResult {
-    with_paging(platform, 1, |unit, domain, _edu, frames| {
+    with_unit(platform, |unit| {
         let caching = unit.hardware.cap().caching_mode();
-        for pages in [1u64, 8] {
-            let iova = 0x80_0000;
-            let before = unit.hardware.counters();
-            for page in 0..pages {
-                let gather = unit
-                    .map(domain, iova + page * 4096, frames[0].phys, 4096, READ_ONLY)
-                    .map_err(|err| format!("map: {err:?}"))?;
-                unit.flush(domain, &gather)
-                    .map_err(|err| format!("{err:?}"))?;
-            }
-            let cost = unit.hardware.counters().since(&before);
+        for k in [0u32, 3] {
+            let pages = 1u64 << k;
+            let (map, unmap) = crate::figures::vtd::costs(unit, k)?;
             let per_map = if caching { (1, 1, 1) } else { (0, 0, 0) };
             ensure_eq!(
-                (cost.invalidations, cost.waits, cost.mmio_writes),
+                (map.invalidations, map.waits, map.mmio_writes),
                 (per_map.0 * pages, per_map.1 * pages, per_map.2 * pages),
                 format!("cost of {pages} maps")
             );
-            let before = unit.hardware.counters();
-            unmap(unit, domain, iova, pages * 4096)?;
-            let cost = unit.hardware.counters().since(&before);
             ensure_eq!(
-                (cost.invalidations, cost.waits, cost.mmio_writes),
+                (unmap.invalidations, unmap.waits, unmap.mmio_writes),
                 (1, 1, 1),
                 format!("cost of unmapping {pages} pages")
             );
@@ -705,12 +647,12 @@ fn map_and_unmap_costs(platform: &Platform) -> TestResult {
                 2
             };
             ensure!(
-                cost.cache_lines <= most_lines,
+                unmap.cache_lines <= most_lines,
                 "{} cache lines written back for unmapping {pages} pages",
-                cost.cache_lines
+                unmap.cache_lines
             );
         }
-        Ok(())
+        Ok(Outcome::Passed)
     })
 }
 

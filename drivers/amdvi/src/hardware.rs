@@ -36,6 +36,9 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 pub(crate) const RING_LOG2: u32 = 8;
 /// How long a COMPLETION_WAIT may take before the command buffer counts as stuck.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
+/// How long an event-log entry the tail already covers may read as zero
+/// (erratum 732, below).
+pub(crate) const EVENT_ENTRY_TIMEOUT: Duration = Duration::from_millis(1);
 /// How long a Control-register change may take to show in Status.
 pub(crate) const STATUS_TIMEOUT: Duration = Duration::from_millis(10);
 /// Entries of a per-device interrupt remapping table (IntTabLen = 8).
@@ -221,8 +224,11 @@ impl Hardware {
     }
 
     pub(crate) fn bring_up(&mut self) -> Result<(), UnitError> {
-        // Whatever firmware left running stops first.
+        // Whatever firmware left running stops first, and an exclusion range it
+        // left would let DMA to that range bypass every domain (§3.4.5).
         self.set_control(Control::empty());
+        self.write_reg(regs::EXCLUSION_BASE, 0);
+        self.write_reg(regs::EXCLUSION_LIMIT, 0);
 
         for index in 0..self.device_table_entries {
             self.store_dte(index as u16, self.blocked_dte(index as u16));
@@ -247,14 +253,26 @@ impl Hardware {
             (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
         );
 
-        self.set_control(Control::CMD_BUF_EN | Control::EVENT_LOG_EN | Control::IOMMU_EN);
+        // Coherent: the driver writes its tables with ordinary cached stores and
+        // never writes lines back, so the IOMMU must snoop (Linux
+        // `iommu_init_flags` sets it too).
+        self.set_control(
+            Control::CMD_BUF_EN
+                | Control::EVENT_LOG_EN
+                | Control::IOMMU_EN
+                | Control::COHERENT
+                | Control::INV_TIMEOUT_10MS,
+        );
         self.wait_status(Status::CMD_BUF_RUN, true)?;
 
-        // Nothing cached from before this driver may survive.
+        // Nothing cached from before this driver may survive. Without IASup that
+        // is two commands per device, far more than the ring holds: `run`
+        // submits them in ring-sized batches.
         if self.efr.invalidate_all() {
             self.run(&[Command::invalidate_all()])
         } else {
-            let commands: Vec<Command> = (0..self.device_table_entries as u16)
+            let commands: Vec<Command> = (0..self.device_table_entries)
+                .map(|d| d as u16)
                 .flat_map(|d| {
                     [
                         Command::invalidate_devtab_entry(d),

@@ -8,6 +8,12 @@
 //! halts the buffer with CmdBufRun=0; DTEs are cached until INVALIDATE_DEVTAB_ENTRY;
 //! the event log overflows with EventOverflow=1 and EventLogRun=0 until software
 //! restarts it.
+//!
+//! A [`Variant`] makes it the IOMMU a test needs: without IASup, with an exclusion
+//! range firmware left enabled, with event entries that reach memory after the tail
+//! (erratum 732). Device-table reads snoop only with Control.Coherent: without it
+//! the model reads what DRAM holds, and this driver never writes a line back, so
+//! that is the zeroed memory the allocator handed out.
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -21,11 +27,34 @@ use os_services::{Clock, DmaMemory};
 use crate::command::{Command, Opcode};
 use crate::device_table::Dte;
 use crate::fault::RawEvent;
-use crate::regs::{self, Control, Status};
+use crate::regs::{self, Control, ExclusionBase, Status};
 
 /// Host memory standing in for physical memory (phys == virt), shared by the
 /// model and the unit it serves.
 pub static HOST_DMA: LazyLock<HostDma> = LazyLock::new(HostDma::default);
+
+/// The features of the modelled IOMMU a test varies.
+#[derive(Clone, Copy, Debug)]
+pub struct Variant {
+    /// The Extended Feature Register.
+    pub efr: u64,
+    /// An exclusion range (base, limit) firmware left enabled for every device.
+    pub firmware_exclusion: Option<(u64, u64)>,
+    /// Event-log entries reach memory one step after EVENT_TAIL covered them
+    /// (AMD erratum 732).
+    pub late_event_entries: bool,
+}
+
+impl Default for Variant {
+    /// QEMU 10.0.2's AMD-Vi: IASup and the rest of its EFR, nothing left by firmware.
+    fn default() -> Self {
+        Self {
+            efr: 0x29d3,
+            firmware_exclusion: None,
+            late_event_entries: false,
+        }
+    }
+}
 
 #[derive(Default)]
 pub struct State {
@@ -47,6 +76,9 @@ pub struct State {
     pub pending_events: Vec<RawEvent>,
     pub dropped_events: usize,
     head_written: u64,
+    late_event_entries: bool,
+    /// Entries whose slot EVENT_TAIL already covers, written at the next step.
+    unwritten_events: Vec<(u64, RawEvent)>,
 }
 
 pub struct Model {
@@ -60,17 +92,37 @@ unsafe impl Sync for Model {}
 unsafe impl Send for Model {}
 
 impl Model {
-    /// A leaked model and the register block the driver maps.
-    pub fn new() -> (&'static Model, core::ptr::NonNull<u8>) {
+    /// A leaked model of `variant` and the register block the driver maps.
+    pub fn with(variant: Variant) -> (&'static Model, core::ptr::NonNull<u8>) {
         let regs = HOST_DMA.alloc(regs::MMIO_SIZE, 4096).unwrap();
-        // EFR like QEMU 10.0.2's (IASup set).
-        // SAFETY: inside the fresh, aligned register block.
-        unsafe { core::ptr::write(regs.virt.add(0x30).cast::<u64>(), 0x29d3) };
         let model = Box::leak(Box::new(Model {
             regs: regs.virt as usize,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                late_event_entries: variant.late_event_entries,
+                ..State::default()
+            }),
         }));
+        model.set_reg(regs::EXTENDED_FEATURE, variant.efr);
+        if let Some((base, limit)) = variant.firmware_exclusion {
+            let enabled = ExclusionBase::EX_EN | ExclusionBase::ALLOW;
+            model.set_reg(regs::EXCLUSION_BASE, base | enabled.bits());
+            model.set_reg(regs::EXCLUSION_LIMIT, limit);
+        }
         (model, core::ptr::NonNull::new(regs.virt).unwrap())
+    }
+
+    /// The Control register as the driver last wrote it.
+    pub fn control(&self) -> Control {
+        Control::from_bits_retain(self.reg(regs::CONTROL))
+    }
+
+    /// Whether a DMA to `address` bypasses translation through the exclusion
+    /// range (§3.4.5; every device here, as firmware sets Allow).
+    pub fn excluded(&self, address: u64) -> bool {
+        let base = ExclusionBase::from_bits_retain(self.reg(regs::EXCLUSION_BASE));
+        let limit = self.reg(regs::EXCLUSION_LIMIT) | 0xFFF;
+        let start = (base & ExclusionBase::BASE).bits();
+        base.contains(ExclusionBase::EX_EN) && (start..=limit).contains(&address)
     }
 
     fn reg(&self, reg: os_services::mmio::Reg64) -> u64 {
@@ -99,10 +151,18 @@ impl Model {
         Dte([0, 8, 16, 24].map(|o| Self::read_phys(at + o)))
     }
 
-    /// The IOMMU fetches a device's DTE (e.g. on a DMA) into its cache.
-    pub fn fetch_dte(&self, device_id: u16) {
-        let dte = self.dte_in_memory(device_id);
+    /// The IOMMU fetches a device's DTE (e.g. on a DMA) into its cache, and
+    /// says what it fetched. Without Control.Coherent the read does not snoop:
+    /// it sees DRAM, which never got the lines the CPU wrote (zeros).
+    pub fn fetch_dte(&self, device_id: u16) -> Dte {
+        let control = Control::from_bits_retain(self.reg(regs::CONTROL));
+        let dte = if control.contains(Control::COHERENT) {
+            self.dte_in_memory(device_id)
+        } else {
+            Dte([0; 4])
+        };
         self.state.lock().unwrap().dte_cache.insert(device_id, dte);
+        dte
     }
 
     /// Devices whose cached DTE differs from memory (a missing invalidation).
@@ -198,6 +258,10 @@ impl Model {
             self.set_reg(regs::COMMAND_HEAD, head);
         }
 
+        for (at, event) in core::mem::take(&mut s.unwritten_events) {
+            Self::write_phys(at, event.0[0]);
+            Self::write_phys(at + 8, event.0[1]);
+        }
         let pending = core::mem::take(&mut s.pending_events);
         for event in pending {
             let ring = SlotRing::new(8, regs::ENTRY_SIZE);
@@ -215,8 +279,12 @@ impl Model {
             }
             let base = self.reg(regs::EVENT_LOG_BASE) & regs::BASE_ADDRESS_MASK;
             let at = base + u64::from(s.event_tail * regs::ENTRY_SIZE);
-            Self::write_phys(at, event.0[0]);
-            Self::write_phys(at + 8, event.0[1]);
+            if s.late_event_entries {
+                s.unwritten_events.push((at, event));
+            } else {
+                Self::write_phys(at, event.0[0]);
+                Self::write_phys(at + 8, event.0[1]);
+            }
             s.event_tail = ring.next(s.event_tail);
             self.set_reg(regs::EVENT_TAIL, ring.pointer(s.event_tail));
         }

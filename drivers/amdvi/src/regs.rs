@@ -93,7 +93,16 @@ bitflags! {
         const EVENT_INT_EN = 1 << 3;
         /// ComWaitIntEn: COMPLETION_WAIT with I=1 raises an interrupt.
         const COM_WAIT_INT_EN = 1 << 4;
-        /// Coherent: table walks snoop the processor caches.
+        /// InvTimeOut (bits 7:5) = 2: a device-IOTLB invalidation the device
+        /// does not answer within 10 ms is logged as IOTLB_INV_TIMEOUT (§2.5.8)
+        /// instead of holding the command buffer forever; shorter than the
+        /// driver's own COMPLETION_WAIT bound, so the IOMMU gives up first.
+        const INV_TIMEOUT_10MS = 2 << 5;
+        /// The whole InvTimeOut field (bits 7:5; 0 = no timeout).
+        const INV_TIMEOUT = 7 << 5;
+        /// Coherent: the IOMMU's device-table reads snoop the processor
+        /// caches. Clear, it reads DRAM, where a DTE the CPU wrote may not be yet:
+        /// a stale zero entry (V=0) means *pass-through* on AMD (§2.2.2.1).
         const COHERENT = 1 << 10;
         /// CmdBufEn: the IOMMU fetches commands.
         const CMD_BUF_EN = 1 << 12;
@@ -105,6 +114,22 @@ bitflags! {
         const GA_EN = 1 << 17;
         /// XTEn: x2APIC interrupt destinations.
         const XT_EN = 1 << 49;
+    }
+}
+
+bitflags! {
+    /// §3.4.5 IOMMU Exclusion Base Register: with ExEn, DMA to the range
+    /// up to the Exclusion Range Limit bypasses translation (for every
+    /// device with Allow, or whose DTE has EX). Firmware may leave it set; this
+    /// driver never uses it and clears both registers at bring-up.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct ExclusionBase: u64 {
+        /// ExEn: the exclusion range is active.
+        const EX_EN = 1 << 0;
+        /// Allow: the range is excluded for every device.
+        const ALLOW = 1 << 1;
+        /// ExclBase (51:12).
+        const BASE = BASE_ADDRESS_MASK;
     }
 }
 

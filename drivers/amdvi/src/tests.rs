@@ -11,7 +11,7 @@ use crate::fault::EventFlags;
 use crate::fault::RawEvent;
 use crate::hardware::Counters;
 use crate::interrupt::Irte32;
-use crate::model::{HOST_DMA, Model};
+use crate::model::{HOST_DMA, Model, Variant};
 use crate::regs::{self, Status};
 use firmware::acpi::ivrs::IvhdType;
 use iommu::FaultReason;
@@ -49,7 +49,15 @@ fn unit_with(np_cache: bool) -> (AmdVi, &'static Model) {
 }
 
 fn unit_described(np_cache: bool, description: UnitDescription) -> (AmdVi, &'static Model) {
-    let (model, regs) = Model::new();
+    unit_of(Variant::default(), np_cache, description)
+}
+
+fn unit_of(
+    variant: Variant,
+    np_cache: bool,
+    description: UnitDescription,
+) -> (AmdVi, &'static Model) {
+    let (model, regs) = Model::with(variant);
     // SAFETY: the model's register block, owned by this unit from here on.
     let mmio = unsafe { Mmio::new(regs, regs::MMIO_SIZE) };
     let header = CapabilityHeader(if np_cache { 0x1f03_000f } else { 0x1b03_000f });
@@ -675,4 +683,93 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
     let third = unit.unmap(domain, 0x30_0000, 4096);
     unit.flush(domain, &third).unwrap();
     assert!(!model.state.lock().unwrap().executed[seen..].contains(&everything));
+}
+
+/// Issue 16, coherence (AMD IOMMU §3.4.4 Coherent, §2.2.2.1): the driver
+/// writes DTEs with cached stores and never writes a line back, so the IOMMU's
+/// device-table reads must snoop. Without Coherent the model reads DRAM, where
+/// a blocked entry may still be the allocator's zeros: V=0, pass-through (Linux
+/// `iommu_init_flags` sets Coherent).
+#[test]
+fn hw_device_table_reads_snoop_so_no_stale_entry_passes_dma_through() {
+    let (mut unit, model) = unit_with(true);
+    assert!(
+        model.fetch_dte(EDU_A).blocks_dma(),
+        "a blocked device's DMA passes"
+    );
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    assert_eq!(model.fetch_dte(EDU_A), unit.hardware.dte(EDU_A).unwrap());
+}
+
+/// Issue 16 (AMD IOMMU §3.4.4 InvTimeOut, §2.5.8 IOTLB_INV_TIMEOUT): a device
+/// that never answers an IOTLB invalidation is given up on by the IOMMU, which
+/// logs it, before the driver's own COMPLETION_WAIT bound declares the whole
+/// command buffer stuck (Linux `iommu_set_inv_tlb_timeout`).
+#[test]
+fn hw_device_iotlb_invalidations_time_out_before_the_command_buffer_does() {
+    let (_unit, model) = unit_with(true);
+    let field = (model.control() & regs::Control::INV_TIMEOUT).bits() >> 5;
+    // InvTimeOut encodings 1..=6: 1 ms times 10^(n-1).
+    assert!((1..=6).contains(&field), "InvTimeOut {field}");
+    let iommu_gives_up = core::time::Duration::from_millis(10u64.pow(field as u32 - 1));
+    assert!(iommu_gives_up < crate::hardware::COMMAND_TIMEOUT);
+}
+
+/// Issue 16 (AMD IOMMU §3.4.5): an exclusion range firmware left enabled lets
+/// DMA to it bypass every domain; bring-up clears it.
+#[test]
+fn hw_an_exclusion_range_left_by_firmware_is_cleared() {
+    let variant = Variant {
+        firmware_exclusion: Some((0x1000_0000, 0x1FFF_F000)),
+        ..Variant::default()
+    };
+    let (_unit, model) = unit_of(variant, true, description());
+    assert!(!model.excluded(0x1000_0000) && !model.excluded(0x1FFF_FFFF));
+}
+
+/// Issue 16 (AMD IOMMU §3.4.7 IASup): without INVALIDATE_IOMMU_ALL, bring-up
+/// invalidates every DTE and interrupt table one by one: 512 commands for 256
+/// entries, twice what the ring holds. They go in ring-sized batches, each
+/// completed before the next (Linux `amd_iommu_flush_all_devices`).
+#[test]
+fn hw_bring_up_without_invalidate_all_batches_its_invalidations() {
+    let variant = Variant {
+        efr: Variant::default().efr & !(1 << 6),
+        ..Variant::default()
+    };
+    let (unit, model) = unit_of(variant, true, description());
+    assert!(!unit.hardware.extended_features().invalidate_all());
+    let executed = model.take_executed();
+    for device_id in 0..256u16 {
+        for command in [
+            Command::invalidate_devtab_entry(device_id),
+            Command::invalidate_interrupt_table(device_id),
+        ] {
+            assert!(executed.contains(&command), "{command:?}");
+        }
+    }
+}
+
+/// Issue 16, AMD erratum 732 (Linux `iommu_print_event`): the IOMMU may move
+/// EVENT_TAIL before the entry is in memory. The reader waits for a zero
+/// entry to be written instead of losing the event, and zeroes what it
+/// consumed so that an unwritten slot is told from an old entry.
+#[test]
+fn hw_an_event_entry_written_after_the_tail_moved_is_not_lost() {
+    let variant = Variant {
+        late_event_entries: true,
+        ..Variant::default()
+    };
+    let (mut unit, model) = unit_of(variant, true, description());
+    let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    model.raise_event(RawEvent::encode(2, EDU_A, 1, EventFlags::RW, 0x7000));
+    model.step();
+    let mut out = Vec::new();
+    assert_eq!(unit.drain_domain_faults(domain, &mut out), 1);
+    assert_eq!((out[0].iova, out[0].access), (0x7000, iommu::Access::Write));
+    let slot = unit.hardware.event_log_phys() as *const [u64; 2];
+    // SAFETY: host "physical" addresses are pointers into the event log.
+    assert_eq!(unsafe { core::ptr::read_volatile(slot) }, [0, 0]);
 }

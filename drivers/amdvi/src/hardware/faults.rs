@@ -17,8 +17,21 @@ impl Hardware {
         // The entries the tail vouches for are read only after it.
         dma_rmb();
         let log = self.event_log;
+        let clock = self.clock;
         let Ok((events, head)) = drain(self.event_ring, self.event_head, tail, |index| {
-            RawEvent(log.read::<[u64; 2]>(index as usize * regs::ENTRY_SIZE as usize))
+            let offset = index as usize * regs::ENTRY_SIZE as usize;
+            // AMD erratum 732 (Linux `iommu_print_event`): the tail may move
+            // before the entry is in memory. A consumed entry is zeroed below, so
+            // a zero code means "not written yet": read again, bounded; one that
+            // stays zero decodes as an unknown event rather than a stale one.
+            let entry = wait_until(clock, EVENT_ENTRY_TIMEOUT, || {
+                dma_rmb();
+                let entry = RawEvent(log.read::<[u64; 2]>(offset));
+                (entry.code() != 0).then_some(entry)
+            })
+            .unwrap_or(RawEvent([0; 2]));
+            log.write(offset, [0u64; 2]);
+            entry
         }) else {
             return 0;
         };

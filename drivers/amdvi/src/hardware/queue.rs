@@ -22,17 +22,27 @@ impl Hardware {
         }
     }
 
-    /// Runs `commands` followed by a COMPLETION_WAIT, with one COMMAND_TAIL write, and
-    /// waits (bounded) for the store. Errors the event log reports for the batch are
-    /// surfaced; a stuck buffer is restarted and reported.
+    /// Runs `commands`, each batch that fits the ring followed by a
+    /// COMPLETION_WAIT behind one COMMAND_TAIL write, and waits (bounded) for
+    /// each store. Errors the event log reports are surfaced (the batches after
+    /// a failed one are not submitted); a stuck buffer is restarted and reported.
     pub fn run(&mut self, commands: &[Command]) -> Result<(), UnitError> {
+        // One slot always stays empty (head == tail means empty, §2.4), one is
+        // the batch's COMPLETION_WAIT.
+        let batch = (self.command_ring.slots() - 2) as usize;
+        if commands.is_empty() {
+            return self.run_batch(&[]);
+        }
+        commands
+            .chunks(batch)
+            .try_for_each(|chunk| self.run_batch(chunk))
+    }
+
+    fn run_batch(&mut self, commands: &[Command]) -> Result<(), UnitError> {
         self.sequence += 1;
         let sequence = self.sequence;
         let wait = Command::completion_wait(self.completion.phys(), sequence);
         let total = commands.len() as u32 + 1;
-        if total > self.command_ring.slots() - 1 {
-            return Err(UnitError::Invalid);
-        }
         // Room for the whole batch (the previous one has completed, so this only
         // waits when the hardware is slow to advance its head pointer).
         let ring = self.command_ring;

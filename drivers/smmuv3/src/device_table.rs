@@ -13,14 +13,18 @@ use ste::{Ste, StreamConfig};
 
 /// Which STE words the SMMU reads for a configuration (SMMUv3 §5.2 and the
 /// "used bits" rule of hitless updates, §3.21.3): a word it does not read may
-/// change at any time.
+/// change at any time. Stage 1 alone reads word 2 too: with StreamWorld
+/// NS-EL1 its TLB entries are tagged with S2VMID (§5.2 S2VMID; Linux
+/// `arm_smmu_get_ste_used`), so rewriting it under a live entry would retag
+/// them mid-flight.
 pub(crate) fn used_words(ste: &Ste) -> u8 {
     if !ste.is_valid() {
         return 0b1;
     }
     match ste.config() {
         Some(StreamConfig::Abort) | None => 0b1,
-        Some(StreamConfig::Bypass) | Some(StreamConfig::Stage1) => 0b11,
+        Some(StreamConfig::Bypass) => 0b11,
+        Some(StreamConfig::Stage1) => 0b111,
         Some(StreamConfig::Stage2) | Some(StreamConfig::Nested) => 0b1111,
     }
 }
@@ -120,5 +124,27 @@ mod tests {
             plan_ste_update(&a, &a),
             SteUpdate::Hitless { switch_word: None }
         );
+    }
+
+    /// Issue 16 (SMMUv3 §5.2 S2VMID, §3.21.3; Linux `arm_smmu_get_ste_used`):
+    /// a stage-1 STE is tagged with its S2VMID, so moving it to a nested one
+    /// with another VMID changes two used words (0 and 2): that goes through
+    /// abort, never by rewriting word 2 under the live entry first.
+    #[test]
+    fn hw_stage1_to_nested_never_rewrites_the_vmid_of_a_live_entry() {
+        let stage1 = Ste::translate(Some(0x4000_0040), None).unwrap();
+        let nested = Ste::translate(
+            Some(0x4000_0040),
+            Some(&Stage2Config {
+                vmid: 7,
+                root: 0x4000_0000,
+                granule: Granule::K4,
+                ias_bits: 40,
+                start_level: 1,
+                ps_encoding: 4,
+            }),
+        )
+        .unwrap();
+        assert_eq!(plan_ste_update(&stage1, &nested), SteUpdate::ThroughAbort);
     }
 }

@@ -119,6 +119,8 @@ iommu_kit::counters! {
         pub event_overflows,
         /// Global errors seen (any GERROR bit).
         pub global_errors,
+        /// Times the SMMU entered Service Failure Mode and was turned off.
+        pub service_failures,
     }
 }
 
@@ -175,6 +177,9 @@ pub struct Smmu<'a> {
     /// Faults drained and not yet taken by the owner.
     faults: Vec<Fault>,
     last_command_error: Option<CommandError>,
+    /// An STE was abandoned half-way and its CFGI_STE could not be queued:
+    /// the next submission starts with CFGI_ALL.
+    owes_cfgi_all: bool,
     enabled: bool,
     /// Interrupts the owner enabled, restored by [`Smmu::restart`].
     irq: IrqCtrl,
@@ -261,6 +266,7 @@ impl<'a> Smmu<'a> {
             coalescer: Coalescer::new(),
             faults: Vec::new(),
             last_command_error: None,
+            owes_cfgi_all: false,
             enabled: false,
             irq: IrqCtrl::empty(),
         };

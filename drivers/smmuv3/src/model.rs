@@ -3,15 +3,22 @@
 //! CR0 into CR0ACK, applies GBPA updates, consumes the command queue (logging
 //! every command and rejecting unknown opcodes with CERROR_ILL, SMMUv3 §7.1)
 //! and lets the test inject event records.
+//!
+//! Like the hardware it caches STEs (§16.2: any STE it has fetched, until a
+//! CFGI_STE or CFGI_STE_RANGE names it), and it can stop consuming commands
+//! after a given number, as a queue that hangs between a CFGI and its
+//! CMD_SYNC does.
 
 use std::boxed::Box;
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::ptr::NonNull;
 use std::rc::Rc;
 use std::vec;
 use std::vec::Vec;
 
 use crate::Smmu;
+use crate::command::opcode;
 use crate::hardware::StreamTableFormat;
 use crate::regs::{self, Cr0, Gbpa, Gerror};
 use iommu_kit::fakes::HostDma;
@@ -27,6 +34,11 @@ pub(crate) struct Model {
     pub(crate) log: RefCell<Vec<[u64; 2]>>,
     /// Opcodes the model rejects with CERROR_ILL.
     pub(crate) illegal: u8,
+    /// STEs as last fetched, by StreamID.
+    pub(crate) ste_cache: RefCell<BTreeMap<u32, [u64; 8]>>,
+    /// How many more commands the queue consumes before it hangs (`None`:
+    /// no limit).
+    pub(crate) commands_until_hang: Cell<Option<usize>>,
 }
 
 impl Model {
@@ -41,6 +53,65 @@ impl Model {
     pub(crate) fn read64(&self, offset: usize) -> u64 {
         // SAFETY: as above.
         unsafe { self.regs.add(offset).cast::<u64>().read_volatile() }
+    }
+
+    /// The STE of `sid` in memory, found through STRTAB_BASE(_CFG) as the
+    /// SMMU finds it (§3.3: linear, or an L1STD and its level-2 table).
+    pub(crate) fn ste_in_memory(&self, sid: u32) -> [u64; 8] {
+        let base = self.read64(regs::STRTAB_BASE.0) & regs::STRTAB_BASE_ADDR_MASK;
+        let cfg = self.read(regs::STRTAB_BASE_CFG.0);
+        let two_level = (cfg >> 16) & 0b11 == regs::StrtabBaseCfg::FMT_TWO_LEVEL;
+        let split = (cfg >> 6) & 0x1F;
+        let at = if two_level {
+            // SAFETY: the level-1 table lies in memory the driver allocated.
+            let l1 = unsafe { *((base + u64::from(sid >> split) * 8) as *const u64) };
+            if l1 & 0x1F == 0 {
+                return [0; 8];
+            }
+            (l1 & regs::STRTAB_BASE_ADDR_MASK) + u64::from(sid & ((1 << split) - 1)) * 64
+        } else {
+            base + u64::from(sid) * 64
+        };
+        // SAFETY: the STE lies in the stream table the driver allocated.
+        unsafe { *(at as *const [u64; 8]) }
+    }
+
+    /// The SMMU fetches the STE of `sid` (a transaction arrived) and keeps it.
+    pub(crate) fn fetch_ste(&self, sid: u32) -> [u64; 8] {
+        let ste = self.ste_in_memory(sid);
+        self.ste_cache.borrow_mut().insert(sid, ste);
+        ste
+    }
+
+    /// StreamIDs whose cached STE is not the one in memory.
+    pub(crate) fn stale_stes(&self) -> Vec<u32> {
+        let cache = self.ste_cache.borrow().clone();
+        cache
+            .into_iter()
+            .filter(|(sid, ste)| self.ste_in_memory(*sid) != *ste)
+            .map(|(sid, _)| sid)
+            .collect()
+    }
+
+    /// A CFGI drops the named STEs; a cached stream is live (a device keeps
+    /// issuing), so its STE is fetched again at once.
+    fn invalidate_stes(&self, command: [u64; 2]) {
+        let sid = (command[0] >> 32) as u32;
+        let span = match (command[0] & 0xFF) as u8 {
+            opcode::CFGI_STE => 1,
+            _ => 2u64 << (command[1] & 0x1F),
+        };
+        let first = u64::from(sid) & !(span - 1);
+        let named: Vec<u32> = self
+            .ste_cache
+            .borrow()
+            .keys()
+            .copied()
+            .filter(|&cached| (first..first + span).contains(&u64::from(cached)))
+            .collect();
+        for sid in named {
+            self.fetch_ste(sid);
+        }
     }
 
     pub(crate) fn step(&self) {
@@ -59,6 +130,11 @@ impl Model {
         let prod = self.read(regs::CMDQ_PROD.0) & wrap_mask;
         let mut cons = self.read(regs::CMDQ_CONS.0) & wrap_mask;
         while cons != prod {
+            match self.commands_until_hang.get() {
+                Some(0) => break,
+                Some(left) => self.commands_until_hang.set(Some(left - 1)),
+                None => {}
+            }
             let slot = (cons & ((1 << log2) - 1)) as usize;
             // SAFETY: the queue lies in memory the driver allocated from HostDma.
             let command = unsafe { [*entries.add(slot * 2), *entries.add(slot * 2 + 1)] };
@@ -70,6 +146,12 @@ impl Model {
                     self.read(regs::GERROR.0) ^ Gerror::CMDQ_ERR.bits(),
                 );
                 return;
+            }
+            if matches!(
+                (command[0] & 0xFF) as u8,
+                opcode::CFGI_STE | opcode::CFGI_STE_RANGE
+            ) {
+                self.invalidate_stes(command);
             }
             self.log.borrow_mut().push(command);
             cons = (cons + 1) & wrap_mask;
@@ -124,6 +206,8 @@ pub(crate) fn rig() -> Rig {
         regs: base,
         log: RefCell::new(Vec::new()),
         illegal: 0x7F,
+        ste_cache: RefCell::new(BTreeMap::new()),
+        commands_until_hang: Cell::new(None),
     });
     for (i, value) in IDR.iter().enumerate() {
         model.write(i * 4, *value);

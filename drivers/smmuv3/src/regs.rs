@@ -86,10 +86,31 @@ impl Idr0 {
         (self.bits() >> 2) & 0b10 != 0
     }
 
+    /// IDR0.STALL_MODEL[25:24]: whether faulting transactions may stall.
+    pub fn stall_model(self) -> StallModel {
+        match (self.bits() >> 24) & 0b11 {
+            0b00 => StallModel::StallOrTerminate,
+            0b10 => StallModel::StallForced,
+            _ => StallModel::TerminateOnly,
+        }
+    }
+
     /// IDR0.ST_LEVEL[28:27]: 0b01 = two-level stream tables supported.
     pub fn two_level_stream_table(self) -> bool {
         (self.bits() >> 27) & 0b11 == 0b01
     }
+}
+
+/// SMMUv3 §6.3.1 IDR0.STALL_MODEL: what a CD's S bit (stall on fault) may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StallModel {
+    /// 0b00: a CD chooses stall or terminate; an STE can forbid stalls
+    /// (S1STALLD).
+    StallOrTerminate,
+    /// 0b01 (and the reserved 0b11): faults terminate; S1STALLD is ILLEGAL.
+    TerminateOnly,
+    /// 0b10: faults always stall.
+    StallForced,
 }
 
 /// SMMUv3 §6.3.2 SMMU_IDR1 fields.

@@ -5,7 +5,7 @@
 use crate::command::opcode;
 use crate::fault::EventKind;
 use crate::hardware::StreamTableFormat;
-use crate::regs::{self, CommandError, Cr0, Gbpa};
+use crate::regs::{self, CommandError, Cr0, Gbpa, Gerror};
 use crate::{Command, Error, RawCommand, Ste};
 
 use std::vec;
@@ -379,6 +379,69 @@ mod unit {
         assert_eq!(unit.free_domain(domain), Err(IommuError::Invalid));
     }
 
+    /// Issue 16 (SMMUv3 §5.2 S1STALLD, §6.3.1 STALL_MODEL): a task that owns
+    /// its CD (nesting) could set CD.S and stall its device's faulting
+    /// transactions, which this kernel never resumes. Where stalls are optional
+    /// (STALL_MODEL 0b00) every stage-1 STE forbids them; where the SMMU cannot
+    /// stall (QEMU: 0b01) the bit is ILLEGAL and stays clear (Linux
+    /// `arm_smmu_make_cdtable_ste`).
+    #[test]
+    fn hw_stage1_stes_forbid_stalls_where_the_smmu_could_stall() {
+        for (stall_model, forbidden) in [(0b00, true), (0b01, false)] {
+            let rig = rig();
+            let idr0 = IDR[0] & !(0b11 << 24) | stall_model << 24;
+            rig.model.write(regs::IDR0.0, idr0);
+            let mut unit = unit(&rig);
+            let parent = unit.alloc_domain(DomainKind::NestParent).unwrap();
+            let nested = unit
+                .alloc_domain(DomainKind::Nested {
+                    parent,
+                    data: NestedData::ArmSmmuV3 {
+                        ste: [0x4123_4000 | (0b101 << 1) | 1, 0],
+                    },
+                })
+                .unwrap();
+            let own = unit.alloc_domain(DomainKind::Paging).unwrap();
+            unit.attach(DeviceId(0x10), nested).unwrap();
+            unit.attach(DeviceId(0x18), own).unwrap();
+            for sid in [0x10, 0x18] {
+                let ste = unit.hardware.read_ste(sid).unwrap();
+                assert_eq!(
+                    ste.stalls_disabled(),
+                    forbidden,
+                    "STALL_MODEL {stall_model}"
+                );
+            }
+        }
+    }
+
+    /// Issue 16 (SMMUv3 §3.21.3, §4.3.1): an attach whose queue hung after
+    /// the CFGI_STE but before the CMD_SYNC leaves the SMMU holding the new
+    /// STE, whatever the driver then writes to memory. The abort it writes is
+    /// followed by its own CFGI_STE, so once the queue moves again no
+    /// completed CMD_SYNC leaves a stale entry (a device translating through
+    /// a domain it is not attached to, whose tables may be freed).
+    #[test]
+    fn hw_a_failed_attach_leaves_no_stale_ste_cached() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        // A neighbour brings the level-2 table: the attach below is one
+        // CFGI_STE and its CMD_SYNC, and the queue hangs between the two.
+        let neighbour = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.attach(DeviceId(9), neighbour).unwrap();
+        rig.model.fetch_ste(8);
+        rig.model.commands_until_hang.set(Some(1));
+        assert_eq!(unit.attach(DeviceId(8), domain), Err(IommuError::Timeout));
+        assert_eq!(unit.domain_of(8), None);
+        rig.model.commands_until_hang.set(None);
+        unit.hardware.sync().unwrap();
+        assert_eq!(rig.model.stale_stes(), Vec::<u32>::new());
+        // Abort reads only word 0; the others may hold the half-written target.
+        assert_eq!(rig.model.fetch_ste(8)[0], Ste::abort().0[0]);
+        unit.free_domain(domain).unwrap();
+    }
+
     #[test]
     fn nested_domains_validate_the_guest_ste_and_confine_invalidations() {
         let rig = rig();
@@ -624,6 +687,28 @@ fn an_attach_on_a_hung_queue_fails_closed() {
     unit.hardware.restart().unwrap();
     assert_eq!(unit.free_domain(a), Ok(()));
     assert_eq!(unit.free_domain(b), Ok(()));
+}
+
+/// Issue 16 (SMMUv3 §7.5 SFM_ERR): in Service Failure Mode the SMMU no
+/// longer promises to translate as configured; the driver turns it off, so
+/// every stream aborts through GBPA until a restart (Linux
+/// `arm_smmu_gerror_handler` → `arm_smmu_device_disable`).
+#[test]
+fn hw_service_failure_mode_turns_the_smmu_off() {
+    let rig = rig();
+    let mut smmu = smmu(&rig, StreamTableFormat::TwoLevel);
+    let gerror = rig.model.read(regs::GERROR.0) ^ Gerror::SFM_ERR.bits();
+    rig.model.write(regs::GERROR.0, gerror);
+    assert!(smmu.handle_global_errors().contains(Gerror::SFM_ERR));
+    let cr0 = Cr0::from_bits_retain(rig.model.read(regs::CR0.0));
+    assert!(!cr0.contains(Cr0::SMMUEN), "still translating in SFM");
+    assert_eq!(
+        Gbpa::from_bits_retain(rig.model.read(regs::GBPA.0)) & Gbpa::ABORT,
+        Gbpa::ABORT
+    );
+    assert_eq!(smmu.counters().service_failures, 1);
+    smmu.restart().unwrap();
+    assert!(Cr0::from_bits_retain(rig.model.read(regs::CR0.0)).contains(Cr0::SMMUEN));
 }
 
 mod ids {

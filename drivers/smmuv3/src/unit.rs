@@ -23,7 +23,7 @@ use crate::hardware::{Error, Smmu};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::nesting;
 use crate::paging::{self, PagingStage, STAGE1_INPUT_BITS, Table, granule_of};
-use crate::regs::{Granule, Idr0};
+use crate::regs::{Granule, Idr0, StallModel};
 
 /// What a domain translates with.
 enum DomainState<'a> {
@@ -187,7 +187,17 @@ impl<'a> SmmuUnit<'a> {
         }
     }
 
+    /// The STE that puts a stream into `handle`, with stage-1 stalls forbidden
+    /// where the SMMU lets an STE do so.
     fn ste_for(&self, handle: DomainHandle) -> Result<Ste, IommuError> {
+        let ste = self.ste_without_stall_policy(handle)?;
+        Ok(match self.hardware.features().idr0().stall_model() {
+            StallModel::StallOrTerminate => ste.with_stalls_disabled(),
+            StallModel::TerminateOnly | StallModel::StallForced => ste,
+        })
+    }
+
+    fn ste_without_stall_policy(&self, handle: DomainHandle) -> Result<Ste, IommuError> {
         let ste = match &self.domain(handle)?.state {
             DomainState::Blocked => Ste::abort(),
             DomainState::Identity => Ste::bypass(),
@@ -613,12 +623,13 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         if let Err(err) = self.hardware.write_ste(sid, &ste) {
             if matches!(err, Error::Timeout(_) | Error::CommandRejected { .. }) {
                 // The STE in memory may be the old, the new or the abort one,
-                // and the SMMU may not have seen the change: fail closed. The
-                // stream aborts from its next STE fetch on (at the latest
-                // after `Smmu::restart`) and belongs to no domain, so neither
-                // domain is handed to it by mistake; the old domain cannot be
-                // freed before the queue works again (its TLBI would fail).
-                self.hardware.abort_ste_unsynced(sid);
+                // and the SMMU may have cached any of them: fail closed. The
+                // stream aborts, and the SMMU is told so before any later
+                // command completes (or at `Smmu::restart`); it belongs to no
+                // domain, so neither domain is handed to it by mistake, and
+                // neither can be freed before the queue works again (its TLBI
+                // would fail).
+                self.hardware.abort_ste_after_failure(sid);
                 if let Some(old) = self.attached.remove(&sid)
                     && let Ok(old) = self.domain_mut(old)
                 {

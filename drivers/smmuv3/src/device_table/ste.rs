@@ -47,6 +47,9 @@ const STE0_S1_CONTEXT_PTR_MASK: u64 = ((1 << 52) - 1) & !0x3F;
 const STE1_S1CIR_SHIFT: u32 = 2;
 const STE1_S1COR_SHIFT: u32 = 4;
 const STE1_S1CSH_SHIFT: u32 = 6;
+/// STE word 1: S1STALLD[27], stage-1 stalls disabled: a CD with S = 1
+/// terminates instead of stalling.
+const STE1_S1STALLD: u64 = 1 << 27;
 /// STE word 1: SHCFG[45:44] = 0b01, use the incoming shareability.
 const STE1_SHCFG_INCOMING: u64 = 1 << 44;
 /// STE word 2: S2VMID[15:0].
@@ -182,6 +185,26 @@ impl Ste {
             ste.0[3] = s2.root;
         }
         Ok(ste)
+    }
+
+    /// Forbids stage-1 stalls (S1STALLD; for an SMMU whose
+    /// IDR0.STALL_MODEL is 0b00, where it is legal): a stalled transaction
+    /// waits for a CMD_RESUME this kernel never sends, and a task-owned CD
+    /// (nesting) could ask for stalls. Linux `arm_smmu_make_cdtable_ste`
+    /// sets it whenever the master has not enabled stalls.
+    pub fn with_stalls_disabled(mut self) -> Ste {
+        if matches!(
+            self.config(),
+            Some(StreamConfig::Stage1 | StreamConfig::Nested)
+        ) {
+            self.0[1] |= STE1_S1STALLD;
+        }
+        self
+    }
+
+    /// Whether stage-1 stalls are forbidden (S1STALLD).
+    pub fn stalls_disabled(&self) -> bool {
+        self.0[1] & STE1_S1STALLD != 0
     }
 
     pub fn is_valid(&self) -> bool {

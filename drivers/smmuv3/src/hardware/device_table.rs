@@ -134,11 +134,25 @@ impl Smmu<'_> {
         }
     }
 
-    /// Writes the abort configuration into word 0 of the STE of `sid` without
-    /// telling the SMMU (no CFGI_STE): for when the command queue is hung
-    /// and an STE update may have stopped half-way. Abort reads only word 0
-    /// (§5.2), so the entry is whole whatever the other words hold.
-    pub fn abort_ste_unsynced(&mut self, sid: u32) {
+    /// Writes the abort configuration into word 0 of the STE of `sid` after
+    /// an update failed half-way (a hung or rejecting queue). Abort reads only
+    /// word 0 (§5.2), so the entry is whole whatever the other words hold. The
+    /// SMMU may have cached the new entry already (it consumed the CFGI_STE
+    /// but not the CMD_SYNC), so a CFGI_STE is queued behind everything else,
+    /// without waiting: no later CMD_SYNC completes before the SMMU dropped
+    /// what it cached. If even that cannot be queued, the next batch starts
+    /// with CFGI_ALL (§4.3.2; `restart` issues one too).
+    pub fn abort_ste_after_failure(&mut self, sid: u32) {
+        self.write_abort_word(sid);
+        if self
+            .submit(&[Command::CfgiSte { sid, leaf: true }])
+            .is_err()
+        {
+            self.owes_cfgi_all = true;
+        }
+    }
+
+    fn write_abort_word(&mut self, sid: u32) {
         if let Some(phys) = self.ste_phys(sid) {
             let slot = match &self.strtab {
                 StreamTable::Linear { region, .. } => Some(region),

@@ -14,7 +14,10 @@ impl Smmu<'_> {
     }
 
     /// Handles global errors other than CMDQ_ERR (which `sync` recovers):
-    /// acknowledges them and returns what was active.
+    /// acknowledges them and returns what was active. In Service Failure
+    /// Mode (SFM_ERR, §7.5) the SMMU no longer promises to translate as
+    /// configured: it is turned off, so that every stream aborts through
+    /// GBPA, until `restart` (Linux `arm_smmu_gerror_handler` disables it).
     pub fn handle_global_errors(&mut self) -> Gerror {
         let active = self.active_gerror() - Gerror::CMDQ_ERR;
         if !active.is_empty() {
@@ -23,6 +26,12 @@ impl Smmu<'_> {
                 self.counters.event_overflows += 1;
             }
             self.ack_gerror(active);
+        }
+        if active.contains(Gerror::SFM_ERR) {
+            self.counters.service_failures += 1;
+            // Not answering CR0ACK leaves it off anyway: every later command
+            // times out, which the owner sees.
+            let _ = self.shutdown();
         }
         active
     }

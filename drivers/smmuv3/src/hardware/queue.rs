@@ -17,8 +17,18 @@ impl Smmu<'_> {
     /// Writes commands into the queue and rings the doorbell once; waits
     /// (bounded) for room when the queue is full.
     pub fn submit(&mut self, commands: &[Command]) -> Result<(), Error> {
+        // An STE abandoned half-way (`abort_ste_after_failure`) whose CFGI_STE
+        // could not even be queued: the SMMU consumes in order, so with
+        // CFGI_ALL first no later CMD_SYNC completes before every cached
+        // configuration is dropped.
+        let owed = core::mem::take(&mut self.owes_cfgi_all);
+        let commands: Vec<Command> = owed
+            .then_some(Command::CFGI_ALL)
+            .into_iter()
+            .chain(commands.iter().copied())
+            .collect();
         let raw: Vec<RawCommand> = commands.iter().map(Command::encode).collect();
-        for command in commands {
+        for command in &commands {
             self.counters.commands += 1;
             match command {
                 Command::Sync => self.counters.syncs += 1,
@@ -29,7 +39,11 @@ impl Smmu<'_> {
                 _ => self.counters.tlbi += 1,
             }
         }
-        self.submit_raw(&raw)
+        let queued = self.submit_raw(&raw);
+        if queued.is_err() && owed {
+            self.owes_cfgi_all = true;
+        }
+        queued
     }
 
     /// Submits pre-encoded commands (also used for user-provided nested

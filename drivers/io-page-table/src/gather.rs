@@ -15,8 +15,9 @@ pub struct Gather {
     pub last: u64,
     /// Bitmap of leaf sizes seen, bit `n` = `1 << n` bytes.
     pub leaf_sizes: u64,
-    /// Whether table pages were unlinked (walk caches must be invalidated too,
-    /// e.g. AMD-Vi PDE=1, VT-d IH=0, SMMUv3 non-leaf TLBI).
+    /// Whether the walk caches must be invalidated too (e.g. AMD-Vi PDE=1,
+    /// VT-d IH=0, SMMUv3 non-leaf TLBI): table pages were unlinked, or (VT-d
+    /// caching mode) a map may have made directory entries present.
     pub freed_tables: bool,
 }
 

@@ -146,8 +146,8 @@ pub enum PasidTranslation {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PasidEntry {
     /// word 0: P (0), FPD (1), AW (4:2), PGTT (8:6), SLPTPTR (63:12);
-    /// word 1: DID (79:64), PGSNP (88); word 2: SRE (128), FLPM (131:130),
-    /// FLPTPTR (191:140).
+    /// word 1: DID (79:64), PWSNP (87), PGSNP (88); word 2: SRE (128), FLPM
+    /// (131:130), FLPTPTR (191:140).
     pub words: [u64; 8],
 }
 const _: () = assert!(size_of::<PasidEntry>() == 64);
@@ -192,7 +192,21 @@ impl PasidEntry {
     pub fn did(&self) -> u16 {
         self.words[1] as u16
     }
+
+    /// PWSNP (87): walks of this entry's page tables snoop the CPU caches.
+    /// Reserved(0) unless ECAP.SMPWC (§9.6); Linux `pasid_set_page_snoop`.
+    pub fn with_page_walk_snoop(mut self) -> Self {
+        self.words[1] |= PASID_PWSNP;
+        self
+    }
+
+    pub fn page_walk_snoop(&self) -> bool {
+        self.words[1] & PASID_PWSNP != 0
+    }
 }
+
+/// PASID entry word 1 bit 23 = bit 87: PWSNP.
+const PASID_PWSNP: u64 = 1 << 23;
 
 /// PASID-table entries per 4 KiB table (§9.5: PASID 5:0 indexes the table).
 pub const PASID_TABLE_ENTRIES: usize = 64;

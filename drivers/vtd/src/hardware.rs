@@ -404,7 +404,22 @@ impl<'a, R: Registers> Hardware<'a, R> {
         Ok(())
     }
 
-    /// The cache maintenance table writes need: none when walks snoop (ECAP.C).
+    /// Whether walks of the domains' page tables snoop the CPU caches: ECAP.C
+    /// in legacy mode; in scalable mode ECAP.SMPWC, with PWSNP set in every
+    /// PASID entry that points at a table (VT-d 3.4 §3.6, §9.6; Linux
+    /// `iommu_paging_structure_coherency`). Otherwise every table write is
+    /// cleaned to memory.
+    pub fn page_walks_snoop(&self) -> bool {
+        if self.mode.is_scalable() {
+            self.ecap.scalable_page_walk_coherent()
+        } else {
+            self.ecap.coherent()
+        }
+    }
+
+    /// The cache maintenance writes to the root, context, PASID and
+    /// interrupt tables and the queue need: none when those reads snoop
+    /// (ECAP.C, in both modes).
     pub(crate) fn clean(&self) -> Option<CacheClean> {
         (!self.ecap.coherent()).then_some(self.env.flush_cache)
     }

@@ -12,7 +12,7 @@ use iommu::{Gather, IommuError, Prot};
 use iommu_kit::DmaTableAlloc;
 use os_services::DmaMemory;
 
-use crate::regs::{Cap, Ecap};
+use crate::regs::Cap;
 
 /// Which page-table format a paging domain needs on this unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,16 +94,17 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
     }
 }
 
-/// A new, empty table of `format` for a unit with `cap`/`ecap`.
-/// `flush_cache` writes table lines back when walks do not snoop.
+/// A new, empty table of `format` for a unit with `cap`, whose walks snoop
+/// or not (`Hardware::page_walks_snoop`). `flush_cache` writes table lines
+/// back when walks do not snoop.
 pub fn new_table<'a>(
     format: TableFormat,
     cap: Cap,
-    ecap: Ecap,
+    walks_snoop: bool,
     dma: &'a (dyn DmaMemory + Sync),
     flush_cache: fn(*const u8, usize),
 ) -> Result<Box<dyn DomainTable + 'a>, IommuError> {
-    let (coherence, clean) = if ecap.coherent() {
+    let (coherence, clean) = if walks_snoop {
         (Coherence::Coherent, None)
     } else {
         (Coherence::NonCoherent, Some(flush_cache))

@@ -170,6 +170,11 @@ impl Ecap {
     pub fn first_stage(self) -> bool {
         field(self.0, 47, 1) == 1
     }
+    /// SMPWC (48): in scalable mode, page walks snoop when the PASID entry
+    /// asks (PWSNP); C says nothing about them there (§3.6, §9.6).
+    pub fn scalable_page_walk_coherent(self) -> bool {
+        field(self.0, 48, 1) == 1
+    }
 }
 
 bitflags! {

@@ -671,9 +671,11 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
                 (cost.invalidations, cost.waits, cost.mmio_writes),
                 (1, 1, 1)
             );
+            // IH = 0: the map may have linked directory entries
+            // (hw_caching_mode_maps_invalidate_the_walk_caches_too).
             assert_eq!(
                 model.take_descriptors()[0],
-                Descriptor::iotlb(Granularity::Selective, did, 0x10_0000, 2, true)
+                Descriptor::iotlb(Granularity::Selective, did, 0x10_0000, 2, false)
             );
         } else {
             assert_eq!(cost, Default::default(), "a map owes no invalidation");
@@ -947,4 +949,84 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
     model.take_descriptors();
     unit.flush(domain, &third).unwrap();
     assert!(!model.take_descriptors().iter().any(domain_wide));
+}
+
+/// Issue 16, caching mode (VT-d 3.4 §6.1, §6.5.2.3 IH): a map into an empty
+/// range links new directory entries, whose not-present form a caching-mode
+/// unit may hold in its paging-structure caches. IH = 1 would let it keep
+/// them, and the new mapping would fault; the map's invalidation has IH = 0
+/// (Linux `__mapping_notify_one` → `iommu_flush_iotlb_psi(..., ih = 0, ...)`).
+#[test]
+fn hw_caching_mode_maps_invalidate_the_walk_caches_too() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_CACHING_MODE, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    model.take_descriptors();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    let gather = unit
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x1000, rw)
+        .unwrap();
+    unit.flush(domain, &gather).unwrap();
+    assert_eq!(
+        model.take_descriptors()[0],
+        Descriptor::iotlb(Granularity::Selective, did, 0x4000_0000, 0, false)
+    );
+}
+
+std::thread_local! {
+    static CLEANED: core::cell::RefCell<Vec<(usize, usize)>> =
+        const { core::cell::RefCell::new(Vec::new()) };
+}
+
+fn record_clean(start: *const u8, len: usize) {
+    CLEANED.with(|cleaned| cleaned.borrow_mut().push((start as usize, len)));
+}
+
+/// Issue 16, coherence (VT-d 3.4 §3.6, §9.6 PWSNP; Linux
+/// `iommu_paging_structure_coherency`): in scalable mode ECAP.C covers the
+/// root, context and PASID tables only; page walks snoop when ECAP.SMPWC is
+/// set *and* the PASID entry sets PWSNP. With C = 1 and SMPWC = 0 every page
+/// table write must be cleaned (or the walk may find the old PTE in DRAM
+/// after an unmap); with SMPWC = 1 and C = 0, PWSNP is set and table writes
+/// need no cleaning. Real io-page-table tables, a recording cache clean.
+#[test]
+fn hw_scalable_page_walks_snoop_by_smpwc_and_pwsnp_not_by_c() {
+    const C: u64 = 1;
+    const SMPWC: u64 = 1 << 48;
+    for (ecap, walks_snoop) in [
+        (ECAP_SCALABLE_SL | C, false),
+        (ECAP_SCALABLE_SL | SMPWC, true),
+    ] {
+        let rig = Rig::new();
+        let model = Model::new(CAP_DEFAULT, ecap);
+        let env = crate::hardware::Environment {
+            flush_cache: record_clean,
+            new_table: None,
+            ..rig.env()
+        };
+        let mut unit = Vtd::new(UnitId(0), &model, env, description(), Options::default()).unwrap();
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+        let entry = model.rid_pasid_entry(EDU_A);
+        assert_eq!(
+            entry.page_walk_snoop(),
+            walks_snoop,
+            "PWSNP, ECAP {ecap:#x}"
+        );
+        CLEANED.with(|cleaned| cleaned.borrow_mut().clear());
+        let rw = Prot {
+            read: true,
+            write: true,
+        };
+        unit.map(domain, 0x10_0000, 0x8000_0000, 0x1000, rw)
+            .unwrap();
+        let cleaned = CLEANED.with(|cleaned| cleaned.borrow().len());
+        assert_eq!(cleaned > 0, !walks_snoop, "table cleans, ECAP {ecap:#x}");
+        unit.free_domain(domain).ok();
+    }
 }

@@ -187,7 +187,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
                     None => crate::paging::new_table(
                         self.hardware.table_format(),
                         self.hardware.cap(),
-                        self.hardware.ecap(),
+                        self.hardware.page_walks_snoop(),
                         self.hardware.env.dma,
                         self.hardware.env.flush_cache,
                     )?,
@@ -310,8 +310,11 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
     }
 
     /// Under caching mode the returned gather names the new range (a
-    /// not-present → present change must be invalidated, §6.1); otherwise it
-    /// is empty and the following `flush` costs nothing.
+    /// not-present → present change must be invalidated, §6.1), with IH = 0:
+    /// the map may have made directory entries present, whose not-present
+    /// form the paging-structure caches may hold (§6.5.2.3 IH; Linux
+    /// `__mapping_notify_one` passes ih = 0). Otherwise the gather is empty and
+    /// the following `flush` costs nothing.
     fn map(
         &mut self,
         domain: DomainHandle,
@@ -324,7 +327,10 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         let table = entry.table.as_mut().ok_or(IommuError::Invalid)?;
         let gather = table.map(iova, phys, len, prot)?;
         if self.hardware.cap().caching_mode() {
-            return Ok(gather);
+            return Ok(Gather {
+                freed_tables: !gather.is_empty(),
+                ..gather
+            });
         }
         self.hardware.flush_write_buffer()?;
         Ok(Gather::default())

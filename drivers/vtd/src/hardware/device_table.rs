@@ -98,7 +98,7 @@ impl<R: Registers> Hardware<'_, R> {
         let offset = self.context_offset(devfn);
         if self.mode.is_scalable() {
             let (directory, pasid_table) = self.pasid_tables(sid)?;
-            let entry = match (translation, self.mode) {
+            let mut entry = match (translation, self.mode) {
                 (Translation::Paging(root), Mode::ScalableFirstStage) => {
                     PasidEntry::first_stage(root, self.address_width, did)
                 }
@@ -107,6 +107,9 @@ impl<R: Registers> Hardware<'_, R> {
                 }
                 _ => PasidEntry::pass_through(self.address_width, did),
             };
+            if matches!(translation, Translation::Paging(_)) && self.page_walks_snoop() {
+                entry = entry.with_page_walk_snoop();
+            }
             // Present bits (word 0) last: the PASID entry before the context
             // entry that leads to it.
             self.publish(pasid_table, 0, &entry.words, None);

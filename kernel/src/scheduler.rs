@@ -205,6 +205,16 @@ pub fn run_tasks(
             // its memory and tables.
             if let Some(task) = tasks[index].as_mut() {
                 crate::iommufd_service::release(task);
+                let withheld = task.withhold_pinned();
+                if withheld > 0 {
+                    sink.report(
+                        index,
+                        format!(
+                            "kernel: {withheld} frames of {} kept for good: a device may still reach them",
+                            task.name
+                        ),
+                    );
+                }
                 let owner = task.owner;
                 tasks[index] = None;
                 // What the kernel still holds for it is the kernel's now.

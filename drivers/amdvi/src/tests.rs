@@ -417,8 +417,11 @@ fn a_failed_attach_leaves_the_device_where_it_was() {
         Err(IommuError::Timeout)
     );
     assert_eq!(unit.hardware.dte(EDU_A), Some(before));
-    assert_eq!(unit.free_domain(domain), Ok(()), "the domain has no device");
+    // The IOMMU may have fetched the new entry before the old one went
+    // back: the domain is reachable until that is invalidated.
+    assert_eq!(unit.free_domain(domain), Err(IommuError::Timeout));
     model.state.lock().unwrap().stalled = false;
+    assert_eq!(unit.free_domain(domain), Ok(()), "the domain has no device");
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
     assert!(!unit.hardware.dte(EDU_A).unwrap().blocks_dma());
@@ -772,4 +775,38 @@ fn hw_an_event_entry_written_after_the_tail_moved_is_not_lost() {
     let slot = unit.hardware.event_log_phys() as *const [u64; 2];
     // SAFETY: host "physical" addresses are pointers into the event log.
     assert_eq!(unsafe { core::ptr::read_volatile(slot) }, [0, 0]);
+}
+
+/// Issue 16, freeing after a failed invalidation: a detach whose
+/// INVALIDATE_DEVTAB_ENTRY never completed left the device blocked in memory,
+/// not in the DTE cache, which may still lead it to the old domain's tables.
+/// The domain is not freed until the entry and the domain's pages were
+/// invalidated again (Linux frees a domain only after the detach's
+/// `device_flush_dte` and `domain_flush_complete` returned).
+#[test]
+fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
+    let (mut unit, model) = unit_with(true);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let id = unit.domains[&domain.0].id;
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    model.fetch_dte(EDU_A);
+    model.state.lock().unwrap().stalled = true;
+    unit.detach(DeviceId(EDU_A.into()));
+    assert_eq!(unit.free_domain(domain), Err(IommuError::Timeout));
+    assert!(
+        unit.domains.contains_key(&domain.0),
+        "freed while the DTE may be cached"
+    );
+    // The queue comes back without having run what timed out (a restart).
+    {
+        let mut state = model.state.lock().unwrap();
+        state.stalled = false;
+    }
+    unit.hardware.recover_command_buffer(0..0);
+    model.take_executed();
+    unit.free_domain(domain).unwrap();
+    let executed = model.take_executed();
+    assert!(executed.contains(&Command::invalidate_devtab_entry(EDU_A)));
+    assert!(executed.contains(&Command::invalidate_iommu_pages(id, PageRange::ALL, true)));
+    assert_eq!(model.stale_dtes(), Vec::<u16>::new());
 }

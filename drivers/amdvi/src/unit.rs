@@ -76,6 +76,11 @@ pub struct AmdVi {
     /// Faults from requesters in no domain, and command-side events.
     unowned_faults: Vec<FaultRecord>,
     unit_events: Vec<Event>,
+    /// Devices (DeviceID, domain id) whose DTE change was never confirmed
+    /// (the command buffer failed): the IOMMU may still hold the entry and
+    /// the translations it led to. No device is attached, no domain freed and
+    /// no flush reported complete until they are invalidated ([`AmdVi::settle`]).
+    stale_devices: Vec<(u16, u16)>,
 }
 
 // SAFETY: the unit owns its instance and its domains' table pages exclusively;
@@ -84,6 +89,20 @@ pub struct AmdVi {
 unsafe impl Send for AmdVi {}
 
 impl AmdVi {
+    /// Repeats the invalidations of DTE changes that failed (the entry and
+    /// every page of the domain it named, with PDE, §2.4.2, §2.4.3) until
+    /// they complete.
+    fn settle(&mut self) -> Result<(), UnitError> {
+        while let Some(&(device_id, domain_id)) = self.stale_devices.last() {
+            self.hardware.run(&[
+                Command::invalidate_devtab_entry(device_id),
+                Command::invalidate_iommu_pages(domain_id, PageRange::ALL, true),
+            ])?;
+            self.stale_devices.pop();
+        }
+        Ok(())
+    }
+
     /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every
     /// requester blocked (see [`Hardware::new`]).
     pub fn new(
@@ -103,6 +122,7 @@ impl AmdVi {
             next_handle: 1,
             attached: BTreeMap::new(),
             unowned_faults: Vec::new(),
+            stale_devices: Vec::new(),
             unit_events: Vec::new(),
         })
     }
@@ -342,6 +362,8 @@ impl IommuUnit for AmdVi {
         if !entry.devices.is_empty() {
             return Err(IommuError::Busy);
         }
+        // A device whose detach was never confirmed may still walk it.
+        self.settle()?;
         // Dropping the table frees its pages: no device uses them any more, and the
         // last detach invalidated the domain's IOTLB entries (PDE included).
         if let Some(removed) = self.domains.remove(&domain.0) {
@@ -401,6 +423,7 @@ impl IommuUnit for AmdVi {
     /// page of the domain: the failed range was never confirmed, and the pages
     /// its unmap unlinked are freed only after that.
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.settle()?;
         let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
         let command = if entry.owes_full_invalidation {
             Some(Command::invalidate_iommu_pages(
@@ -432,6 +455,7 @@ impl IommuUnit for AmdVi {
 
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         let device_id = self.hardware.requester(device)?;
+        self.settle()?;
         let unity_gather = self.map_unity_ranges(device_id, domain)?;
         let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
         let new_id = entry.id;
@@ -465,10 +489,11 @@ impl IommuUnit for AmdVi {
         if let Err(err) = self.hardware.install_dma_config(device_id, dte, &extra) {
             // The device stays where it was: the old entry goes back (best effort:
             // the command buffer has just failed).
+            // The IOMMU may have fetched the new entry meanwhile: until that
+            // is invalidated, the new domain counts as reachable too.
             self.hardware.store_dte(device_id, before);
-            let _ = self
-                .hardware
-                .run(&[Command::invalidate_devtab_entry(device_id)]);
+            self.stale_devices.push((device_id, new_id));
+            let _ = self.settle();
             return Err(err.into());
         }
         if let Some(old) = previous.and_then(|h| self.domains.get_mut(&h)) {
@@ -487,8 +512,10 @@ impl IommuUnit for AmdVi {
         };
         let previous = self.attached.remove(&device_id);
         let mut extra = Vec::new();
+        let mut old_id = None;
         if let Some(old) = previous.and_then(|h| self.domains.get_mut(&h)) {
             old.devices.remove(&device_id);
+            old_id = Some(old.id);
             extra.push(Command::invalidate_iommu_pages(
                 old.id,
                 PageRange::ALL,
@@ -496,9 +523,18 @@ impl IommuUnit for AmdVi {
             ));
         }
         let blocked = self.hardware.blocked_dte(device_id);
-        // The DTE is blocked in memory whatever the command buffer does; a failed
-        // invalidation shows up in the counters and the unit's events.
-        let _ = self.hardware.install_dma_config(device_id, blocked, &extra);
+        // The DTE is blocked in memory whatever the command buffer does; if
+        // the invalidation failed, the IOMMU may still use the old entry until
+        // `settle` repeats it, which everything that could make that
+        // dangerous waits for.
+        if self
+            .hardware
+            .install_dma_config(device_id, blocked, &extra)
+            .is_err()
+            && let Some(old_id) = old_id
+        {
+            self.stale_devices.push((device_id, old_id));
+        }
     }
 
     fn drain_faults(&mut self, out: &mut Vec<FaultRecord>) -> usize {

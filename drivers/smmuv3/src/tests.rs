@@ -711,6 +711,31 @@ fn hw_service_failure_mode_turns_the_smmu_off() {
     assert!(Cr0::from_bits_retain(rig.model.read(regs::CR0.0)).contains(Cr0::SMMUEN));
 }
 
+/// Issue 16, freeing after a failed invalidation: a detach on a hung queue
+/// still leaves the stream aborting and belonging to no domain; the old
+/// domain cannot be freed before the queue works again (its TLBI, queued
+/// behind the detach's CFGI_STE, would fail), and can be after a restart.
+#[test]
+fn hw_a_detach_on_a_hung_queue_blocks_and_defers_the_free() {
+    use iommu::{DeviceId, DomainKind, IommuError, IommuUnit, IovaRange, UnitId};
+    let rig = rig();
+    let mut unit = crate::SmmuUnit::new(
+        smmu(&rig, StreamTableFormat::TwoLevel),
+        rig.dma,
+        UnitId(0),
+        IovaRange::from_len(0x0802_0000, 0x1000),
+    );
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(8), domain).unwrap();
+    unit.hardware.shutdown().unwrap();
+    unit.detach(DeviceId(8));
+    assert_eq!(unit.domain_of(8), None, "still attached after a detach");
+    assert_eq!(unit.hardware.read_ste(8).unwrap().0[0], Ste::abort().0[0]);
+    assert_eq!(unit.free_domain(domain), Err(IommuError::Timeout));
+    unit.hardware.restart().unwrap();
+    assert_eq!(unit.free_domain(domain), Ok(()));
+}
+
 mod ids {
     use super::*;
     use crate::SmmuUnit;

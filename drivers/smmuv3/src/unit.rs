@@ -650,9 +650,12 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
     fn detach(&mut self, device: DeviceId) {
         let sid = device.0;
         // Abort (V = 1, Config = 0) is silent, unlike the V = 0 of a stream
-        // never attached: a detached device is expected to be quiet.
+        // never attached: a detached device is expected to be quiet. If the
+        // update failed half-way, the stream aborts all the same, and the SMMU
+        // is told so before any later command completes, the TLBI that must
+        // precede freeing the old domain included.
         if self.hardware.write_ste(sid, &Ste::abort()).is_err() {
-            return;
+            self.hardware.abort_ste_after_failure(sid);
         }
         if let Some(old) = self.attached.remove(&sid)
             && let Ok(old) = self.domain_mut(old)

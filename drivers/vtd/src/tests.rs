@@ -1030,3 +1030,39 @@ fn hw_scalable_page_walks_snoop_by_smpwc_and_pwsnp_not_by_c() {
         unit.free_domain(domain).ok();
     }
 }
+
+/// Issue 16, freeing after a failed invalidation: a detach whose context
+/// and IOTLB invalidation timed out left the device blocked in memory, not in
+/// the caches, which may still walk the old domain's tables. The domain is
+/// not freed (its tables stay) until that invalidation has been repeated and
+/// completed (Linux frees a domain only after `domain_context_clear_one` and
+/// the IOTLB flush of the detach returned).
+#[test]
+fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let did = unit.domain_id(domain).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    model.stalled.set(true);
+    unit.detach(DeviceId(EDU_A.into()));
+    assert_eq!(unit.free_domain(domain), Err(IommuError::Timeout));
+    assert!(
+        unit.domain_id(domain).is_some(),
+        "freed before the caches were clean"
+    );
+    model.stalled.set(false);
+    model.take_descriptors();
+    unit.free_domain(domain).unwrap();
+    assert!(
+        model
+            .take_descriptors()
+            .contains(&Descriptor::context_cache(
+                Granularity::Selective,
+                did,
+                EDU_A
+            )),
+        "freed without repeating the detach's invalidation"
+    );
+}

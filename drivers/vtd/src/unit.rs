@@ -58,6 +58,11 @@ pub struct Vtd<'a, R: Registers> {
     /// Domain ids (CAP.ND); a freed one is invalidated before it is handed
     /// out again.
     dids: IdAllocator,
+    /// Devices (source id, old domain id) whose detach invalidation failed:
+    /// the context cache and IOTLB may still hold their old translation. No
+    /// device is attached, no domain freed and no flush reported complete
+    /// until these invalidations have been made good ([`Vtd::settle`]).
+    stale_devices: Vec<(u16, u16)>,
 }
 
 impl<'a, R: Registers> Vtd<'a, R> {
@@ -79,6 +84,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
             domains: BTreeMap::new(),
             attached: BTreeMap::new(),
             next_handle: 1,
+            stale_devices: Vec::new(),
             dids,
         })
     }
@@ -135,6 +141,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
     /// whole domain: the range of the failed one was never confirmed, and the
     /// pages its unmap unlinked are freed only after that.
     pub fn invalidate(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), Error> {
+        self.settle()?;
         let entry = self.domains.get(&domain.0).ok_or(Error::Invalid)?;
         let (did, owed) = (entry.did, entry.owes_full_invalidation);
         let result = if owed {
@@ -150,6 +157,16 @@ impl<'a, R: Registers> Vtd<'a, R> {
         entry.owes_full_invalidation = false;
         if let Some(table) = entry.table.as_mut() {
             table.release_unlinked();
+        }
+        Ok(())
+    }
+
+    /// Repeats the invalidations of failed detaches (context cache, PASID
+    /// cache, IOTLB of the old domain, §6.5.3.3) until they complete.
+    fn settle(&mut self) -> Result<(), Error> {
+        while let Some(&(sid, did)) = self.stale_devices.last() {
+            self.hardware.invalidate_device(sid, did)?;
+            self.stale_devices.pop();
         }
         Ok(())
     }
@@ -297,6 +314,8 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if entry.devices != 0 {
             return Err(IommuError::Busy);
         }
+        // A device whose detach was never confirmed may still walk it.
+        self.settle()?;
         if let Some(mut removed) = self.domains.remove(&domain.0) {
             if let Some(table) = removed.table.as_mut() {
                 // No device walks it any more, and its domain id is
@@ -359,6 +378,9 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if previous == Some(domain.0) {
             return Ok(());
         }
+        // Without it, a stale context entry of this very device could outlive
+        // the attach (a not-present → present change is not invalidated).
+        self.settle()?;
         // Everything that can fail for want of memory happens before the
         // switch, so that a failure leaves the device where it was; the RMRRs
         // are mapped first so that the device never runs without them.
@@ -369,8 +391,17 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         }
         if let Some(old) = previous.and_then(|handle| self.domains.get(&handle)) {
             let (old_did, old_translation) = (old.did, old.translation);
-            if old_translation != Translation::Blocked {
-                self.hardware.block(sid, old_did)?;
+            if old_translation != Translation::Blocked
+                && let Err(error) = self.hardware.block(sid, old_did)
+            {
+                // Blocked in memory, maybe not in the caches: detached, with
+                // the invalidation owed.
+                self.stale_devices.push((sid, old_did));
+                self.attached.remove(&sid);
+                if let Some(old) = previous.and_then(|handle| self.domains.get_mut(&handle)) {
+                    old.devices -= 1;
+                }
+                return Err(error.into());
             }
         }
         if let Err(error) = self.hardware.install(sid, did, translation) {
@@ -398,11 +429,12 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         if let Some(domain) = self.domains.get_mut(&handle) {
             domain.devices -= 1;
             let (did, translation) = (domain.did, domain.translation);
-            if translation != Translation::Blocked {
-                // The entry is non-present whatever the invalidation returns; a
-                // timeout here leaves at worst stale cached translations that
-                // the next global invalidation removes.
-                let _ = self.hardware.block(sid, did);
+            // The entry is non-present whatever the invalidation returns; if it
+            // failed, the caches may still hold the old translation until
+            // `settle` repeats it, which everything that could make that
+            // translation dangerous waits for.
+            if translation != Translation::Blocked && self.hardware.block(sid, did).is_err() {
+                self.stale_devices.push((sid, did));
             }
         }
     }

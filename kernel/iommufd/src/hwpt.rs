@@ -115,6 +115,7 @@ enum Target {
 
 /// A paging domain to create for an IOAS (automatic or explicit).
 struct NewPaging {
+    owner: OwnerId,
     unit: UnitId,
     ioas: ObjId,
     id: ObjId,
@@ -179,6 +180,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             })
             .collect();
         Ok(NewPaging {
+            owner,
             unit,
             ioas: ioas_id,
             id,
@@ -197,7 +199,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .map_err(errno)?;
         for (i, (piece, prot)) in plan.fill.iter().enumerate() {
             if let Err((e, _)) = self.map_all(&[(plan.unit, domain)], &[*piece], *prot) {
-                self.teardown_domain(plan.unit, domain, plan.fill[..i].iter().map(|(p, _)| *p));
+                self.teardown_domain(plan, domain, plan.fill[..i].iter().map(|(p, _)| *p));
                 return Err(e);
             }
         }
@@ -208,14 +210,33 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// areas behind the pieces stay, so their pages stay pinned either way.
     fn teardown_domain(
         &mut self,
-        unit: UnitId,
+        plan: &NewPaging,
         domain: DomainHandle,
         pieces: impl Iterator<Item = Piece>,
     ) {
         let pieces: Vec<Piece> = pieces.collect();
-        let _ = self.unmap_pieces(unit, domain, &pieces);
-        let freed = self.units[unit.0 as usize].free_domain(domain);
-        debug_assert!(freed.is_ok());
+        let _ = self.unmap_pieces(plan.unit, domain, &pieces);
+        self.free_or_lose_domain(plan.owner, plan.ioas, plan.unit, domain);
+    }
+
+    /// Frees a domain; when the unit cannot (the invalidation that must come
+    /// first failed), the domain may still translate to every page of `ioas`
+    /// (its tables are kept by the driver): the IOAS loses it, and from then
+    /// on quarantines the pages it lets go instead of unpinning them.
+    pub(crate) fn free_or_lose_domain(
+        &mut self,
+        owner: OwnerId,
+        ioas: ObjId,
+        unit: UnitId,
+        domain: DomainHandle,
+    ) {
+        if self.units[unit.0 as usize].free_domain(domain).is_ok() {
+            return;
+        }
+        self.lost_domains += 1;
+        if let Ok(ioas) = self.owner_mut(owner).and_then(|o| o.ioas_mut(ioas)) {
+            ioas.lost_domains += 1;
+        }
     }
 
     /// Records a built paging domain as a HWPT of its IOAS.
@@ -347,8 +368,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let Some(Object::Hwpt(hwpt)) = o.remove(id) else {
             return;
         };
+        // The IOAS whose pages the domain may reach: its own, or its parent's.
+        let mut reached = None;
         match hwpt.kind {
             HwptKind::Paging { ioas, .. } => {
+                reached = Some(ioas);
                 let Ok(i) = o.ioas(ioas) else { return };
                 let others: Vec<ObjId> = i.domains.iter().copied().filter(|&d| d != id).collect();
                 let alignment = others
@@ -371,11 +395,19 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             HwptKind::Nested { parent } => {
                 if let Ok(p) = o.hwpt_mut(parent) {
                     p.children -= 1;
+                    if let HwptKind::Paging { ioas, .. } = p.kind {
+                        reached = Some(ioas);
+                    }
                 }
             }
         }
-        let freed = self.units[hwpt.unit.0 as usize].free_domain(hwpt.domain);
-        debug_assert!(freed.is_ok());
+        match reached {
+            Some(ioas) => self.free_or_lose_domain(owner, ioas, hwpt.unit, hwpt.domain),
+            None => {
+                let freed = self.units[hwpt.unit.0 as usize].free_domain(hwpt.domain);
+                debug_assert!(freed.is_ok(), "a domain over no IOAS keeps nothing");
+            }
+        }
     }
 
     /// Attaches a detached device to an IOAS (reusing its compatible automatic HWPT
@@ -553,7 +585,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if let Err(e) = attach_every_id(&mut self.units[unit.0 as usize], &ids, domain, previous) {
             if let Some(plan) = &plan {
                 let pieces: Vec<Piece> = plan.fill.iter().map(|(p, _)| *p).collect();
-                self.teardown_domain(unit, domain, pieces.into_iter());
+                self.teardown_domain(plan, domain, pieces.into_iter());
             }
             return Err(errno(e));
         }

@@ -108,6 +108,7 @@ impl Ioas {
             domains: Vec::new(),
             handles: alloc::sync::Arc::from([]),
             alignment: PAGE_SIZE,
+            lost_domains: 0,
         }
     }
 
@@ -200,7 +201,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return Err(Errno::ENOENT);
         };
         for area in ioas.areas.values() {
-            self.put_pages(area.pages);
+            if ioas.lost_domains == 0 {
+                self.put_pages(area.pages);
+            } else {
+                self.quarantine_pages(area.pages);
+            }
         }
         Ok(())
     }
@@ -342,6 +347,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             len,
             runs,
             refs: 1,
+            doomed: false,
         });
         let piece = Piece {
             iova,
@@ -410,6 +416,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
             Some(_) => {}
         }
+        // A domain the unit could not free may still reach every area.
+        let releasable = ioas.lost_domains == 0;
         let mut flushed = true;
         for &(unit, domain) in ioas.handles.iter() {
             let u = &mut self.units[unit.0 as usize];
@@ -428,7 +436,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);
         loop {
             for &pages in &batch[..taken] {
-                if flushed {
+                if flushed && releasable {
                     self.put_pages(pages);
                 } else {
                     self.quarantine_pages(pages);

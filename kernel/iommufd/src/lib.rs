@@ -297,6 +297,10 @@ struct Pages {
     len: u64,
     runs: Vec<PhysRun>,
     refs: u32,
+    /// A device may still reach these pages through one of their users (a
+    /// failed flush, a lost domain): when the last reference goes they are
+    /// quarantined, whichever user lets go last.
+    doomed: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -334,6 +338,10 @@ struct Ioas {
     /// The same HWPTs' (unit, domain), shared so that a map takes no copy.
     handles: Arc<[(UnitId, DomainHandle)]>,
     alignment: u64,
+    /// Domains of this IOAS the unit could not free (the invalidation that
+    /// must precede it failed): they may still map every area, so the pages
+    /// this IOAS lets go are quarantined, never unpinned.
+    lost_domains: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -559,6 +567,8 @@ pub struct Iommufd<U: IommuUnit, S: Services> {
     claimed: BTreeMap<(UnitId, DeviceId), (OwnerId, ObjId)>,
     /// Pages whose IOTLB flush failed: never released (a device may still reach them).
     quarantined: Vec<Pages>,
+    /// Domains the units could not free (see `Ioas::lost_domains`).
+    lost_domains: u64,
     unrouted_faults: u64,
     fault_scratch: Vec<iommu::FaultRecord>,
     limits: Limits,
@@ -575,6 +585,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             spare_runs: Vec::new(),
             claimed: BTreeMap::new(),
             quarantined: Vec::new(),
+            lost_domains: 0,
             unrouted_faults: 0,
             fault_scratch: Vec::new(),
             limits: Limits::DEFAULT,
@@ -650,6 +661,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Pinned ranges kept forever because their IOTLB flush failed.
     pub fn quarantined_ranges(&self) -> usize {
         self.quarantined.len()
+    }
+
+    /// Domains a unit could not free because the invalidation that must come
+    /// first failed; their IOAS quarantines its pages from then on.
+    pub fn lost_domains(&self) -> u64 {
+        self.lost_domains
     }
 
     /// Faults that arrived for devices no task holds (or that are blocked).
@@ -874,7 +891,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             return;
         };
         p.refs -= 1;
-        if p.refs == 0
+        if p.refs == 0 && p.doomed {
+            if let Some(p) = self.pages.remove(pages) {
+                self.quarantined.push(p);
+            }
+        } else if p.refs == 0
             && let Some(mut p) = self.pages.remove(pages)
         {
             self.services.unpin(p.owner, p.va, p.len, &p.runs);
@@ -885,16 +906,14 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
     }
 
-    /// Keeps pages forever: their flush failed, so a device may still reach them.
+    /// Drops one reference to pages a device may still reach (their flush
+    /// failed, or a domain mapping them was lost): they are kept forever once
+    /// the last reference goes, even if another user's release is the last.
     fn quarantine_pages(&mut self, pages: u64) {
         if let Some(p) = self.pages.get_mut(pages) {
-            p.refs -= 1;
-            if p.refs == 0
-                && let Some(p) = self.pages.remove(pages)
-            {
-                self.quarantined.push(p);
-            }
+            p.doomed = true;
         }
+        self.put_pages(pages);
     }
 }
 
@@ -968,6 +987,7 @@ mod pages_table_tests {
             len: 4096,
             runs: Vec::new(),
             refs: 1,
+            doomed: false,
         }
     }
 

@@ -514,6 +514,12 @@ impl IommuUnit for SoftUnit {
         if d.devices != 0 || d.children != 0 {
             return Err(IommuError::Busy);
         }
+        // Freeing invalidates everything tagged with the domain (below): a
+        // unit whose invalidations fail cannot free it, and keeps it, tables
+        // and cached translations included.
+        if self.fail_flush {
+            return Err(IommuError::Timeout);
+        }
         let Some(d) = self.domains.remove(&domain.0) else {
             return Err(IommuError::Invalid);
         };

@@ -720,6 +720,40 @@ fn unmap_releases_pages_only_after_the_flush_completed() {
     invariants(&fd);
 }
 
+/// Issue 16, freeing after a failed invalidation: a domain the unit cannot
+/// free (the invalidation that must come first fails) keeps its tables and
+/// whatever the IOTLB caches, so every page it maps stays pinned for good,
+/// even when another IOAS shares the pages and lets go of them last.
+#[test]
+fn a_domain_the_unit_cannot_free_keeps_every_page_it_maps_pinned() {
+    let (mut fd, ioas, _, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    let other = fd.ioas_alloc(O).unwrap();
+    fd.ioas_copy(O, ioas, iova, K4, other, None, RW).unwrap();
+    fd.unit_mut(U0).unwrap().fail_flush = true;
+    fd.teardown(O);
+    assert_eq!(fd.lost_domains(), 1);
+    assert_eq!(fd.services().unpins, 0, "a lost domain's page was unpinned");
+    assert_eq!(fd.services().violations, 0);
+    assert_eq!(fd.quarantined_ranges(), 1);
+}
+
+/// Quarantined pages shared with another IOAS stay quarantined when the
+/// other IOAS lets go of them last.
+#[test]
+fn quarantined_pages_stay_quarantined_whoever_releases_them_last() {
+    let (mut fd, ioas, _, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    let other = fd.ioas_alloc(O).unwrap();
+    let copy = fd.ioas_copy(O, ioas, iova, K4, other, None, RW).unwrap();
+    fd.unit_mut(U0).unwrap().fail_flush = true;
+    assert_eq!(fd.ioas_unmap(O, ioas, iova, K4), Err(Errno::EIO));
+    fd.unit_mut(U0).unwrap().fail_flush = false;
+    assert_eq!(fd.ioas_unmap(O, other, copy, K4), Ok(K4));
+    assert_eq!(fd.services().unpins, 0, "unpinned by the other IOAS");
+    assert_eq!(fd.quarantined_ranges(), 1);
+}
+
 #[test]
 fn unmap_with_failed_flush_is_eio_and_quarantines_the_pages() {
     let (mut fd, ioas, _, _) = attached();

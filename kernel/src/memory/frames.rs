@@ -128,6 +128,21 @@ pub fn highest_free() -> Option<u64> {
         .map(|frame| (frame * FRAME_SIZE) as u64)
 }
 
+/// Frames withheld from the free pool for good because a device may still
+/// reach them (see `Task::withhold_pinned`).
+static WITHHELD: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// Keeps `count` frames out of the free pool forever: they are not freed,
+/// only counted, so that leak checks can tell them from a leak.
+pub fn withhold(count: usize) {
+    WITHHELD.fetch_add(count, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Frames withheld so far ([`withhold`]).
+pub fn withheld() -> usize {
+    WITHHELD.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Number of free frames: the leak check of every test that allocates.
 pub fn free_count() -> usize {
     FRAMES.lock().free_count()

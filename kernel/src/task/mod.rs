@@ -450,6 +450,32 @@ impl Task {
         Ok(frames)
     }
 
+    /// At exit, after the iommufd core released the task: memory still pinned
+    /// is memory the core quarantined (its IOTLB flush failed, or a domain
+    /// mapping it could not be freed), which a device may still reach. Its
+    /// frames leave the address space without going back to the free pool,
+    /// so they never become another task's or the kernel's. Returns how many.
+    pub fn withhold_pinned(&mut self) -> usize {
+        let pinned: Vec<(u64, u64)> = self
+            .memory
+            .allocations
+            .iter()
+            .filter(|(_, allocation)| allocation.pins > 0)
+            .map(|(&start, allocation)| (start, allocation.pages))
+            .collect();
+        let mut withheld = 0;
+        for (start, pages) in pinned {
+            self.memory.allocations.remove(&start);
+            self.memory.pages -= pages;
+            withheld += (0..pages)
+                .filter_map(|page| self.space.unmap(start + page * PAGE_SIZE))
+                .count();
+        }
+        arch::flush_tlb();
+        crate::memory::frames::withhold(withheld);
+        withheld
+    }
+
     /// Releases one [`Task::pin`] of exactly the same range.
     pub fn unpin(&mut self, address: u64, len: u64) -> Result<(), Errno> {
         let covering = self.allocations_covering(address, len)?;
@@ -505,6 +531,14 @@ impl Task {
             crate::memory::frames::free(crate::memory::frames::Frames { phys, count: 1 });
         }
         frames
+    }
+}
+
+impl Drop for Task {
+    /// Memory still pinned when a task goes never returns to the pool (see
+    /// [`Task::withhold_pinned`]; the scheduler calls it first, to report it).
+    fn drop(&mut self) {
+        self.withhold_pinned();
     }
 }
 

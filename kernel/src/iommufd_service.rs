@@ -691,8 +691,8 @@ fn scrub_function(
             copied.map_err(|_| Errno::EIO)
         });
     let unmapped = if mapped {
-        let gather = unit.unmap(domain, iova, len);
-        unit.flush(domain, &gather)
+        unit.unmap(domain, iova, len)
+            .and_then(|gather| unit.flush(domain, &gather))
     } else {
         Ok(())
     };

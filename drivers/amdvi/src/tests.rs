@@ -240,7 +240,7 @@ fn np_cache_decides_whether_a_new_mapping_is_invalidated() {
         );
         // Unmap is always invalidated: one command + one wait for 2^k pages.
         let before = unit.hardware.counters();
-        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000).unwrap();
         unit.flush(domain, &gather).unwrap();
         let cost = unit.hardware.counters().since(&before);
         assert_eq!(
@@ -306,7 +306,7 @@ fn paging_domain_tables_are_freed_after_the_flush_and_with_the_domain() {
         .unwrap();
     assert!(gather.is_empty(), "no NpCache: a new mapping owes nothing");
     assert_eq!(unit.iova_to_phys(domain, 0x4010_0000), Some(0x8010_0000));
-    let gather = unit.unmap(domain, 0x4000_0000, 0x20_0000);
+    let gather = unit.unmap(domain, 0x4000_0000, 0x20_0000).unwrap();
     assert_eq!(gather.leaf_sizes, 1 << 21, "one 2 MiB leaf");
     unit.flush(domain, &gather).unwrap();
     assert_eq!(unit.iova_to_phys(domain, 0x4010_0000), None);
@@ -345,7 +345,7 @@ fn unmap_that_frees_a_table_invalidates_with_pde() {
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     model.take_executed();
-    let gather = unit.unmap(domain, 0x20_0000, 0x20_0000);
+    let gather = unit.unmap(domain, 0x20_0000, 0x20_0000).unwrap();
     assert!(gather.freed_tables && gather.leaf_sizes == 4096);
     unit.flush(domain, &gather).unwrap();
     let executed = model.take_executed();
@@ -358,7 +358,7 @@ fn unmap_that_frees_a_table_invalidates_with_pde() {
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     model.take_executed();
-    let gather = unit.unmap(domain, 0x20_0000, 0x4000);
+    let gather = unit.unmap(domain, 0x20_0000, 0x4000).unwrap();
     unit.flush(domain, &gather).unwrap();
     assert_eq!(model.take_executed()[0].0[1], 0x20_1000 | 0b01);
 }
@@ -563,7 +563,7 @@ fn illegal_command_storm_is_reported_and_recovered_every_time() {
         let iova = 0x10_0000 + round * 4096;
         let gather = unit.map(domain, iova, 0x20_0000, 4096, RW).unwrap();
         unit.flush(domain, &gather).unwrap();
-        let gather = unit.unmap(domain, iova, 4096);
+        let gather = unit.unmap(domain, iova, 4096).unwrap();
         unit.flush(domain, &gather).unwrap();
     }
     assert_eq!(unit.hardware.counters().command_errors, ROUNDS);
@@ -668,13 +668,13 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
         let gather = unit.map(domain, iova, 0x20_0000, 4096, RW).unwrap();
         unit.flush(domain, &gather).unwrap();
     }
-    let first = unit.unmap(domain, 0x10_0000, 4096);
+    let first = unit.unmap(domain, 0x10_0000, 4096).unwrap();
     model.state.lock().unwrap().stalled = true;
     assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
     model.state.lock().unwrap().stalled = false;
     let everything = Command::invalidate_iommu_pages(id, PageRange::ALL, true);
     let seen = model.state.lock().unwrap().executed.len();
-    let second = unit.unmap(domain, 0x20_0000, 4096);
+    let second = unit.unmap(domain, 0x20_0000, 4096).unwrap();
     unit.flush(domain, &second).unwrap();
     assert!(
         model.state.lock().unwrap().executed[seen..].contains(&everything),
@@ -683,7 +683,7 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
     let gather = unit.map(domain, 0x30_0000, 0x20_0000, 4096, RW).unwrap();
     unit.flush(domain, &gather).unwrap();
     let seen = model.state.lock().unwrap().executed.len();
-    let third = unit.unmap(domain, 0x30_0000, 4096);
+    let third = unit.unmap(domain, 0x30_0000, 4096).unwrap();
     unit.flush(domain, &third).unwrap();
     assert!(!model.state.lock().unwrap().executed[seen..].contains(&everything));
 }

@@ -405,17 +405,18 @@ impl IommuUnit for AmdVi {
         Ok(if np_cache { gather } else { Gather::default() })
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
         match self.domains.get_mut(&domain.0).map(|d| &mut d.backing) {
-            Some(DomainBacking::Paging { table, unlinked }) => match table.unmap(iova, len) {
-                Ok(unmapped) => {
-                    unlinked.push(unmapped.freed);
-                    unmapped.gather
-                }
-                // A range no successful map created: nothing changed.
-                Err(_) => Gather::default(),
-            },
-            _ => Gather::default(),
+            Some(DomainBacking::Paging { table, unlinked }) => {
+                // A range no successful map created changes nothing; the
+                // caller must see it, or it would release what is still mapped.
+                let unmapped = table.unmap(iova, len).map_err(|_| IommuError::Invalid)?;
+                unlinked.push(unmapped.freed);
+                Ok(unmapped.gather)
+            }
+            // Blocking and identity domains map nothing.
+            Some(_) => Ok(Gather::default()),
+            None => Err(IommuError::Invalid),
         }
     }
 

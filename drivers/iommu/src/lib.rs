@@ -316,8 +316,10 @@ pub trait IommuUnit {
     ) -> Result<Gather, IommuError>;
 
     /// Unmaps `[iova, iova + len)`, which must consist of whole ranges earlier
-    /// mapped; returns what changed (for one `flush`).
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather;
+    /// mapped; returns what changed (for one `flush`). An error (a range that
+    /// would cut a larger page, a bad domain) means nothing was unmapped: what
+    /// was mapped there still is, and the caller must not release it.
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError>;
 
     /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
     /// Table pages that earlier unmaps unlinked may be released from here on.
@@ -409,7 +411,7 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         (**self).map(domain, iova, phys, len, prot)
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
         (**self).unmap(domain, iova, len)
     }
 

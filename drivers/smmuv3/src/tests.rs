@@ -263,7 +263,7 @@ mod unit {
             let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, RW).unwrap();
             unit.flush(domain, &gather).unwrap();
         }
-        let first = unit.unmap(domain, 0x10_0000, 0x1000);
+        let first = unit.unmap(domain, 0x10_0000, 0x1000).unwrap();
         unit.hardware.shutdown().unwrap();
         assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
         unit.hardware.restart().unwrap();
@@ -272,7 +272,7 @@ mod unit {
                 .any(|c| (c[0] & 0xFF) as u8 == crate::command::opcode::TLBI_NH_ASID)
         };
         let skip = rig.model.log.borrow().len();
-        let second = unit.unmap(domain, 0x20_0000, 0x1000);
+        let second = unit.unmap(domain, 0x20_0000, 0x1000).unwrap();
         unit.flush(domain, &second).unwrap();
         assert!(
             asid_wide(&since(&rig, skip)),
@@ -283,7 +283,7 @@ mod unit {
             .unwrap();
         unit.flush(domain, &gather).unwrap();
         let skip = rig.model.log.borrow().len();
-        let third = unit.unmap(domain, 0x30_0000, 0x1000);
+        let third = unit.unmap(domain, 0x30_0000, 0x1000).unwrap();
         unit.flush(domain, &third).unwrap();
         assert!(!asid_wide(&since(&rig, skip)));
     }
@@ -304,7 +304,7 @@ mod unit {
         assert!(gather.is_empty(), "a map's gather: {gather:?}");
         unit.flush(domain, &gather).unwrap();
         assert_eq!(unit.hardware.counters().since(&before).commands, 0);
-        let gather = unit.unmap(domain, 0x10_0000, 0x20_0000);
+        let gather = unit.unmap(domain, 0x10_0000, 0x20_0000).unwrap();
         unit.flush(domain, &gather).unwrap();
         let cost = unit.hardware.counters().since(&before);
         assert!(cost.tlbi >= 1 && cost.syncs == 1, "unmap cost {cost:?}");
@@ -351,7 +351,7 @@ mod unit {
             .unwrap();
         unit.flush(domain, &gather).unwrap();
         let skip = rig.model.log.borrow().len();
-        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000).unwrap();
         assert_eq!((gather.start, gather.last), (0x10_0000, 0x10_3FFF));
         unit.flush(domain, &gather).unwrap();
         let log = since(&rig, skip);

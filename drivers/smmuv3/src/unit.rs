@@ -560,22 +560,22 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         })
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
-        let Ok(domain) = self.domain_mut(domain) else {
-            return Gather::default();
-        };
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        let domain = self.domain_mut(domain)?;
         match &mut domain.state {
             DomainState::Stage1 { table, pending, .. }
-            | DomainState::Stage2 { table, pending, .. } => match table.unmap(iova, len) {
-                Ok(unmapped) => {
-                    if !unmapped.freed.is_empty() {
-                        pending.push(unmapped.freed);
-                    }
-                    unmapped.gather
+            | DomainState::Stage2 { table, pending, .. } => {
+                // A range that would cut a block or a contiguous run changes
+                // nothing; the caller must see it, or it would release what
+                // is still mapped.
+                let unmapped = table.unmap(iova, len).map_err(|_| IommuError::Invalid)?;
+                if !unmapped.freed.is_empty() {
+                    pending.push(unmapped.freed);
                 }
-                Err(_) => Gather::default(),
-            },
-            _ => Gather::default(),
+                Ok(unmapped.gather)
+            }
+            // Blocking, identity and nested domains map nothing themselves.
+            _ => Ok(Gather::default()),
         }
     }
 

@@ -93,14 +93,14 @@ impl DomainTable for ModelTable {
         Ok(gather)
     }
 
-    fn unmap(&mut self, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError> {
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
             if with_pages(self.root, |pages| pages.remove(&(iova + offset))).is_some() {
                 gather.add_leaf(iova + offset, 4096);
             }
         }
-        gather
+        Ok(gather)
     }
 }
 

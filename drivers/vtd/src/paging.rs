@@ -31,7 +31,8 @@ pub trait DomainTable: Send {
     /// Physical address of the top-level table.
     fn root(&self) -> u64;
     fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
-    fn unmap(&mut self, iova: u64, len: u64) -> Gather;
+    /// An error means nothing was unmapped.
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError>;
     /// Frees the table pages earlier unmaps unlinked; called once the
     /// invalidation covering them has completed.
     fn release_unlinked(&mut self) {}
@@ -76,15 +77,15 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
             })
     }
 
-    fn unmap(&mut self, iova: u64, len: u64) -> Gather {
-        match self.table.unmap(iova, len) {
-            Ok(unmapped) => {
-                self.unlinked.push(unmapped.freed);
-                unmapped.gather
-            }
-            // A range that splits a leaf or is malformed changes nothing.
-            Err(_) => Gather::default(),
-        }
+    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        // A range that splits a leaf or is malformed changes nothing: the
+        // caller must see it, or it would release pages still mapped.
+        let unmapped = self
+            .table
+            .unmap(iova, len)
+            .map_err(|_| IommuError::Invalid)?;
+        self.unlinked.push(unmapped.freed);
+        Ok(unmapped.gather)
     }
 
     fn release_unlinked(&mut self) {

@@ -681,7 +681,7 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
             assert_eq!(cost, Default::default(), "a map owes no invalidation");
         }
         let before = unit.hardware.counters();
-        let gather = unit.unmap(domain, 0x10_0000, 0x4000);
+        let gather = unit.unmap(domain, 0x10_0000, 0x4000).unwrap();
         unit.flush(domain, &gather).unwrap();
         let cost = unit.hardware.counters().since(&before);
         assert_eq!(
@@ -817,7 +817,9 @@ fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string
                 }
             }
             Op::Unmap(domain, page) => {
-                let gather = unit.unmap(domains[domain], SHADOW_PAGES[page], 4096);
+                let gather = unit
+                    .unmap(domains[domain], SHADOW_PAGES[page], 4096)
+                    .unwrap();
                 unit.flush(domains[domain], &gather)
                     .map_err(|err| std::format!("flush: {err:?}"))?;
             }
@@ -891,7 +893,7 @@ fn hw_only_the_lines_written_are_written_back() {
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     let before = unit.hardware.counters();
-    let gather = unit.unmap(domain, 0x10_0000, 0x1000);
+    let gather = unit.unmap(domain, 0x10_0000, 0x1000).unwrap();
     unit.flush(domain, &gather).unwrap();
     let unmap = unit.hardware.counters().since(&before);
     // A page-selective invalidation and its wait: 32 bytes of the ring.
@@ -924,12 +926,12 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
         let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, rw).unwrap();
         unit.flush(domain, &gather).unwrap();
     }
-    let first = unit.unmap(domain, 0x10_0000, 0x1000);
+    let first = unit.unmap(domain, 0x10_0000, 0x1000).unwrap();
     model.stalled.set(true);
     assert_eq!(unit.flush(domain, &first), Err(IommuError::Timeout));
     model.stalled.set(false);
     model.take_descriptors();
-    let second = unit.unmap(domain, 0x20_0000, 0x1000);
+    let second = unit.unmap(domain, 0x20_0000, 0x1000).unwrap();
     unit.flush(domain, &second).unwrap();
     let domain_wide = |descriptor: &Descriptor| {
         descriptor.kind() == Some(DescriptorType::Iotlb)
@@ -945,7 +947,7 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
         .map(domain, 0x30_0000, 0x8000_0000, 0x1000, rw)
         .unwrap();
     unit.flush(domain, &gather).unwrap();
-    let third = unit.unmap(domain, 0x30_0000, 0x1000);
+    let third = unit.unmap(domain, 0x30_0000, 0x1000).unwrap();
     model.take_descriptors();
     unit.flush(domain, &third).unwrap();
     assert!(!model.take_descriptors().iter().any(domain_wide));

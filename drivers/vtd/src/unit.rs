@@ -355,14 +355,12 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         Ok(Gather::default())
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
-        match self
-            .domains
-            .get_mut(&domain.0)
-            .and_then(|entry| entry.table.as_mut())
-        {
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        match entry.table.as_mut() {
             Some(table) => table.unmap(iova, len),
-            None => Gather::default(),
+            // Blocking and identity domains map nothing.
+            None => Ok(Gather::default()),
         }
     }
 

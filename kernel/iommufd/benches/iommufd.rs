@@ -299,10 +299,10 @@ impl IommuUnit for CountingUnit {
     ) -> Result<Gather, IommuError> {
         Ok(Gather::default())
     }
-    fn unmap(&mut self, _: DomainHandle, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, _: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
         let mut g = Gather::default();
         g.add_leaf(iova, len);
-        g
+        Ok(g)
     }
     fn flush(&mut self, _: DomainHandle, _: &Gather) -> Result<(), IommuError> {
         self.flushes += 1;
@@ -387,10 +387,10 @@ impl IommuUnit for VtdTableUnit {
                 _ => IommuError::Invalid,
             })
     }
-    fn unmap(&mut self, _: DomainHandle, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, _: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
         let unmapped = self.table.unmap(iova, len).expect("whole mapped range");
         self.freed.push(unmapped.freed);
-        unmapped.gather
+        Ok(unmapped.gather)
     }
     fn flush(&mut self, _: DomainHandle, _: &Gather) -> Result<(), IommuError> {
         self.flushes += 1;

@@ -423,7 +423,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             let u = &mut self.units[unit.0 as usize];
             let mut gather = Gather::default();
             for (&start, area) in ioas.areas.range(range.start..=range.last) {
-                merge_gather(&mut gather, &u.unmap(domain, start, area.last - start + 1));
+                // An area the unit could not unmap is still mapped: its pages
+                // must never be released.
+                match u.unmap(domain, start, area.last - start + 1) {
+                    Ok(g) => merge_gather(&mut gather, &g),
+                    Err(_) => flushed = false,
+                }
             }
             if !gather.is_empty() {
                 flushed &= u.flush(domain, &gather).is_ok();
@@ -614,13 +619,19 @@ fn map_into_domains<U: IommuUnit>(
     Ok(())
 }
 
-/// Unmaps whole pieces from one domain and flushes; false if the flush failed.
+/// Unmaps whole pieces from one domain and flushes; false if a piece stayed
+/// mapped or the flush failed.
 fn unmap_from_domain<U: IommuUnit>(unit: &mut U, domain: DomainHandle, pieces: &[Piece]) -> bool {
     let mut gather = Gather::default();
+    let mut unmapped = true;
     for p in pieces {
-        merge_gather(&mut gather, &unit.unmap(domain, p.iova, p.len));
+        match unit.unmap(domain, p.iova, p.len) {
+            Ok(g) => merge_gather(&mut gather, &g),
+            Err(_) => unmapped = false,
+        }
     }
-    gather.is_empty() || unit.flush(domain, &gather).is_ok()
+    let flushed = gather.is_empty() || unit.flush(domain, &gather).is_ok();
+    unmapped && flushed
 }
 
 /// Areas one step of an unmap removes before their pages are released.

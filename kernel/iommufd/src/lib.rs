@@ -964,8 +964,11 @@ fn map_pieces<U: IommuUnit>(
         Ok(()) => Ok(gather),
         Err(e) => {
             if done != 0 {
-                let g = unit.unmap(domain, iova, done);
-                merge_gather(&mut gather, &g);
+                match unit.unmap(domain, iova, done) {
+                    Ok(g) => merge_gather(&mut gather, &g),
+                    // Still mapped: the caller must not release these pages.
+                    Err(_) => return Err(IommuError::Timeout),
+                }
             }
             if !gather.is_empty() && unit.flush(domain, &gather).is_err() {
                 // The caller must not release these pages: report the flush failure.

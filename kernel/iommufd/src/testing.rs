@@ -271,6 +271,8 @@ pub struct SoftUnit {
     pub fail_attach_of: Option<DeviceId>,
     /// Makes flushes fail with `Timeout` (tests of quarantine).
     pub fail_flush: bool,
+    /// Makes the next `unmap` fail with `Invalid`, unmapping nothing.
+    pub fail_next_unmap: bool,
     /// Whether the shadow IOTLB caches every new translation at once (the
     /// hostile device; off only in benchmarks of the core's own cost).
     pub prefetch: bool,
@@ -295,6 +297,7 @@ impl SoftUnit {
             fail_next_attach: false,
             fail_attach_of: None,
             fail_flush: false,
+            fail_next_unmap: false,
             prefetch: true,
         }
     }
@@ -636,14 +639,17 @@ impl IommuUnit for SoftUnit {
         Ok(Gather::default())
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
         self.record(Event::Unmap { domain, iova, len });
         self.stats.unmaps += 1;
+        if core::mem::take(&mut self.fail_next_unmap) {
+            return Err(IommuError::Invalid);
+        }
         let mut gather = Gather::default();
         if len != 0 {
             self.remove_leaves(domain.0, iova, len, &mut gather);
         }
-        gather
+        Ok(gather)
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {

@@ -754,6 +754,20 @@ fn quarantined_pages_stay_quarantined_whoever_releases_them_last() {
     assert_eq!(fd.quarantined_ranges(), 1);
 }
 
+/// Issue 16: an unmap the unit refuses unmaps nothing (the contract), so the
+/// mapping is still there and its pages must never be released (they used to
+/// be unpinned after an empty gather's "flush").
+#[test]
+fn an_unmap_the_unit_refuses_keeps_the_pages_pinned() {
+    let (mut fd, ioas, _, _) = attached();
+    let iova = fd.ioas_map(O, ioas, 0, K4, None, RW).unwrap();
+    fd.unit_mut(U0).unwrap().fail_next_unmap = true;
+    assert_eq!(fd.ioas_unmap(O, ioas, iova, K4), Err(Errno::EIO));
+    assert_eq!(fd.services().unpins, 0, "unpinned while still mapped");
+    assert_eq!(fd.quarantined_ranges(), 1);
+    assert_eq!(fd.services().violations, 0);
+}
+
 #[test]
 fn unmap_with_failed_flush_is_eio_and_quarantines_the_pages() {
     let (mut fd, ioas, _, _) = attached();
@@ -1383,7 +1397,7 @@ fn shadow_iotlb_flags_a_translation_used_or_released_without_flush() {
     let d = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DEV_A, d).unwrap();
     unit.map(d, 0x5000, runs[0].phys, K4, RW).unwrap();
-    let g = unit.unmap(d, 0x5000, K4);
+    let g = unit.unmap(d, 0x5000, K4).unwrap();
     assert_eq!(unit.stale_entries(), 1);
     assert!(unit.dma(DEV_A, 0x5000, Access::Read).is_some());
     assert_eq!(unit.stale_uses(), 1);

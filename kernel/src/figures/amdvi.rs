@@ -62,7 +62,9 @@ pub fn command_figures(
         unit.hardware.counters().since(&before),
     ));
     let before = unit.hardware.counters();
-    let gather = unit.unmap(domain, IOVA, LEN);
+    let gather = unit
+        .unmap(domain, IOVA, LEN)
+        .map_err(|err| format!("unmap: {err:?}"))?;
     unit.flush(domain, &gather)
         .map_err(|err| format!("flush: {err:?}"))?;
     figures.push((

@@ -68,7 +68,13 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
             }
             let map_commands = unit.hardware.counters().since(&before_map).commands;
             let before = unit.hardware.counters();
-            let gather = unit.unmap(domain, iova, len);
+            let gather = match unit.unmap(domain, iova, len) {
+                Ok(gather) => gather,
+                Err(err) => {
+                    failure = Some(format!("unmap 2^{k}: {err:?}"));
+                    break;
+                }
+            };
             if let Err(err) = unit.flush(domain, &gather) {
                 failure = Some(format!("flush 2^{k}: {err:?}"));
                 break;

@@ -77,8 +77,9 @@ pub fn costs(unit: &mut Unit, k: u32) -> Result<(vtd::Counters, vtd::Counters), 
     }
     let map = unit.hardware.counters().since(&before);
     let before = unit.hardware.counters();
-    let gather = unit.unmap(domain, iova, pages * 4096);
-    let flushed = unit.flush(domain, &gather);
+    let flushed = unit
+        .unmap(domain, iova, pages * 4096)
+        .and_then(|gather| unit.flush(domain, &gather));
     let unmap = unit.hardware.counters().since(&before);
     let freed = unit.free_domain(domain);
     crate::memory::frames::free(frame);

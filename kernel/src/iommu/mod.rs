@@ -165,8 +165,10 @@ impl IommuUnit for Shared {
         })
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Gather {
-        self.call(Gather::default(), |unit| unit.unmap(domain, iova, len))
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.unmap(domain, iova, len)
+        })
     }
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {

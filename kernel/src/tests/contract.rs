@@ -155,7 +155,9 @@ fn unmapping_nothing_changes_nothing(platform: &Platform) -> TestResult {
         let domain = s.paging_domain()?;
         let page = s.frame(0x44)?;
         s.map(domain, IOVA, page.phys, 4096, READ_ONLY)?;
-        let gather = s.unit(|unit| unit.unmap(domain, IOVA + 0x10_0000, 4096))?;
+        let gather = s
+            .unit(|unit| unit.unmap(domain, IOVA + 0x10_0000, 4096))?
+            .map_err(|err| format!("unmap of nothing: {err:?}"))?;
         ensure!(gather.is_empty(), "an unmap of nothing changed {gather:x?}");
         s.attach(s.a.id, domain)?;
         dma(&s.a, Direction::ToDevice, IOVA)?;

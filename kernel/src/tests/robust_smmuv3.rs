@@ -420,7 +420,8 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
         // Hung: the SMMU stops consuming commands (queues off). The unmap's
         // flush must come back with a timeout within its bound, and keep the
         // unlinked table pages until an invalidation succeeds.
-        let gather = unit(platform, |u| u.unmap(a, IOVA_SCRATCH, 4096))?;
+        let gather = unit(platform, |u| u.unmap(a, IOVA_SCRATCH, 4096))?
+            .map_err(|err| format!("unmap: {err:?}"))?;
         ensure!(!gather.is_empty(), "unmap changed nothing");
         let free_after_unmap = frames::free_count();
         unit(platform, |u| u.hardware.shutdown())?.map_err(|err| format!("shutdown: {err:?}"))?;

@@ -299,7 +299,9 @@ fn rejected_descriptors_are_reported_and_the_queue_recovers(platform: &Platform)
         unit.hardware
             .submit_raw(&[good])
             .map_err(|err| format!("good descriptor after the errors: {err:?}"))?;
-        let gather = unit.unmap(domain_a, CHECK_IOVA, 4096);
+        let gather = unit
+            .unmap(domain_a, CHECK_IOVA, 4096)
+            .map_err(|err| format!("unmap after the errors: {err:?}"))?;
         unit.flush(domain_a, &gather)
             .map_err(|err| format!("flush after the errors: {err:?}"))?;
         // SAFETY: the check frame belongs to this test.
@@ -428,7 +430,9 @@ fn hang_flush_recover(
         ensure!(holds(&check, PATTERN), "DMA before the hang did not land");
 
         hang()?;
-        let gather = unit.unmap(domain, CHECK_IOVA, 4096);
+        let gather = unit
+            .unmap(domain, CHECK_IOVA, 4096)
+            .map_err(|err| format!("unmap: {err:?}"))?;
         let started = crate::time::CLOCK.now_ns();
         let hung = unit.flush(domain, &gather);
         let waited_ms = (crate::time::CLOCK.now_ns() - started) / 1_000_000;

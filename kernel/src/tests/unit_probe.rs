@@ -430,7 +430,9 @@ impl Scene<'_> {
         iova: u64,
         len: u64,
     ) -> Fallible<iommu::Gather> {
-        let gather = self.unit(|unit| unit.unmap(domain, iova, len))?;
+        let gather = self
+            .unit(|unit| unit.unmap(domain, iova, len))?
+            .map_err(|err| format!("unmap of {iova:#x}: {err:?}"))?;
         ensure!(!gather.is_empty(), "unmap of {iova:#x} changed nothing");
         Ok(gather)
     }

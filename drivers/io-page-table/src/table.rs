@@ -9,7 +9,7 @@
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
-use core::sync::atomic::{Ordering, fence};
+use os_services::barrier::dma_wmb;
 
 use crate::error::{AllocError, MapError, UnmapError};
 use crate::format::{Format, Geometry, MAX_LEVELS};
@@ -386,11 +386,14 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             // Handed out by `pop`: reversed so tables are linked in allocation order.
             stash.reverse();
-            // New tables must reach memory zeroed before any link to them does.
+            // New tables must reach memory zeroed before any link to them does,
+            // as the IOMMU sees memory: a device barrier, not a CPU fence
+            // (`dmb oshst` on aarch64: the SMMU is outside the CPUs' inner
+            // shareable domain; Linux `__arm_lpae_init_pte` → `dma_wmb`).
             for &page in &stash {
                 self.clean_table(page, 0);
             }
-            fence(Ordering::Release);
+            dma_wmb();
         }
 
         let mut gather = Gather {

@@ -26,6 +26,10 @@ pub struct UnitDescription {
     /// RMRRs (§8.4) for devices of this unit: identity-mapped for them and
     /// reported as reserved regions.
     pub reserved: Vec<DirectRegion>,
+    /// Physical address bits DMA can reach on this platform: the DMAR's Host
+    /// Address Width + 1 (§8.1). A page-table entry naming an address at or
+    /// above it sets reserved bits, which the unit faults on.
+    pub output_bits: u32,
 }
 
 /// A VT-d 3.4 §8.4 Reserved Memory Region for one device.
@@ -49,7 +53,14 @@ pub enum DmarError {
     UnresolvedScope,
     /// Two DRHDs of one segment both claim INCLUDE_PCI_ALL.
     DuplicateIncludeAll(u16),
+    /// A Host Address Width outside what page tables can name (§8.1; 32 to
+    /// 52 bits).
+    BadHostAddressWidth(u32),
 }
+
+/// The physical address widths a VT-d page table can name (§9.8: ADDR up to
+/// bit 51; no platform is narrower than 32 bits).
+const OUTPUT_BITS: core::ops::RangeInclusive<u32> = 32..=52;
 
 fn requester(bus: u8, device: u8, function: u8) -> u16 {
     (u16::from(bus) << 8) | (u16::from(device & 0x1F) << 3) | u16::from(function & 0x7)
@@ -99,6 +110,10 @@ pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
             ));
         }
     }
+    let output_bits = dmar.address_width();
+    if !OUTPUT_BITS.contains(&output_bits) {
+        return Err(DmarError::BadHostAddressWidth(output_bits));
+    }
     let mut units: Vec<UnitDescription> = Vec::new();
     for drhd in &dmar.drhds {
         if drhd.register_base == 0 || drhd.register_base % 4096 != 0 {
@@ -120,6 +135,7 @@ pub fn units(dmar: &Dmar) -> Result<Vec<UnitDescription>, DmarError> {
             bridges: scope_requesters(&drhd.scopes, DeviceScopeType::PciSubHierarchy)?,
             bridge_buses: Vec::new(),
             reserved: Vec::new(),
+            output_bits,
         });
     }
     // An RMRR belongs to the unit that translates its device.
@@ -213,6 +229,17 @@ mod tests {
         assert_eq!(units[0].devices, vec![0x00, 0x20, 0x28, 0xF8, 0xFA, 0xFB]);
         assert!(units[0].covers(0x20) && units[0].covers(0x28) && !units[0].covers(0x30));
         assert!(units[0].reserved.is_empty());
+        // QEMU's q35 reports HAW = 0x2f: 48-bit DMA addresses.
+        assert_eq!(units[0].output_bits, 48);
+    }
+
+    #[test]
+    fn a_host_address_width_no_page_table_can_name_is_refused() {
+        for (haw, accepted) in [(30, false), (31, true), (51, true), (52, false)] {
+            let mut table = dmar(vec![drhd(0xFED9_0000, 0, vec![endpoint(0, 4, 0)])], vec![]);
+            table.host_address_width = haw;
+            assert_eq!(units(&table).is_ok(), accepted, "HAW {haw}");
+        }
     }
 
     fn drhd(base: u64, flags: u8, scopes: Vec<DeviceScope>) -> Drhd {

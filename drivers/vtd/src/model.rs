@@ -350,6 +350,7 @@ pub(crate) fn description() -> UnitDescription {
         bridges: vec![],
         bridge_buses: vec![],
         reserved: vec![],
+        output_bits: 48,
     }
 }
 

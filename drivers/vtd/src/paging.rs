@@ -41,10 +41,6 @@ pub trait DomainTable: Send {
 /// Creates an empty table of a format (None: format not available).
 pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
 
-/// Output (physical) address bits the unit's tables may name; QEMU's q35
-/// reports a 48-bit host address width in the DMAR.
-const OUTPUT_BITS: u32 = 48;
-
 /// A domain's `io-page-table` table and the table pages its unmaps unlinked,
 /// held until the invalidation that covers them has completed.
 struct IoTable<T> {
@@ -96,12 +92,14 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
 }
 
 /// A new, empty table of `format` for a unit with `cap`, whose walks snoop
-/// or not (`Hardware::page_walks_snoop`). `flush_cache` writes table lines
-/// back when walks do not snoop.
+/// or not (`Hardware::page_walks_snoop`), naming physical addresses below
+/// 2^`output_bits` (the DMAR's host address width). `flush_cache` writes
+/// table lines back when walks do not snoop.
 pub fn new_table<'a>(
     format: TableFormat,
     cap: Cap,
     walks_snoop: bool,
+    output_bits: u32,
     dma: &'a (dyn DmaMemory + Sync),
     flush_cache: fn(*const u8, usize),
 ) -> Result<Box<dyn DomainTable + 'a>, IommuError> {
@@ -117,7 +115,7 @@ pub fn new_table<'a>(
                 levels: u32::from(levels),
                 sllps: cap.second_stage_large_pages(),
                 snoop: false,
-                output_bits: OUTPUT_BITS,
+                output_bits,
             })
             .map_err(|_| IommuError::Unsupported)?;
             let table =
@@ -134,7 +132,7 @@ pub fn new_table<'a>(
                 user: true,
                 nx: false,
                 leaf_1g: cap.first_stage_1g_pages(),
-                output_bits: OUTPUT_BITS,
+                output_bits,
             })
             .map_err(|_| IommuError::Unsupported)?;
             let table =

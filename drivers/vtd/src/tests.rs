@@ -1068,3 +1068,36 @@ fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
         "freed without repeating the detach's invalidation"
     );
 }
+
+/// Issue 16 (VT-d 3.4 §8.1 HAW, §9.8: address bits at or above the host
+/// address width are reserved and fault): the tables name physical addresses
+/// only below the DMAR's width, not below a constant 48 bits. Real tables.
+#[test]
+fn hw_tables_name_only_addresses_the_platform_can_reach() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let env = crate::hardware::Environment {
+        new_table: None,
+        ..rig.env()
+    };
+    let description = crate::discovery::UnitDescription {
+        output_bits: 39,
+        ..description()
+    };
+    let mut unit = Vtd::new(UnitId(0), &model, env, description, Options::default()).unwrap();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    assert!(
+        unit.map(domain, 0x10_0000, (1 << 39) - 0x1000, 0x1000, rw)
+            .is_ok()
+    );
+    assert_eq!(
+        unit.map(domain, 0x20_0000, 1 << 39, 0x1000, rw),
+        Err(IommuError::Invalid),
+        "a PTE with reserved address bits"
+    );
+    unit.free_domain(domain).unwrap();
+}

@@ -205,6 +205,7 @@ impl<'a, R: Registers> Vtd<'a, R> {
                         self.hardware.table_format(),
                         self.hardware.cap(),
                         self.hardware.page_walks_snoop(),
+                        self.hardware.description.output_bits,
                         self.hardware.env.dma,
                         self.hardware.env.flush_cache,
                     )?,

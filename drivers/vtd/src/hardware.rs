@@ -18,7 +18,7 @@ use iommu_kit::{CacheClean, DmaBuffer};
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
-use crate::command::Ring;
+use crate::command::{Descriptor, Ring};
 use crate::discovery::UnitDescription;
 use crate::paging::{TableFactory, TableFormat};
 use crate::regs::{self, Cap, Ecap, Global, TableMode};
@@ -66,6 +66,12 @@ pub struct Environment<'a> {
     /// Where paging domains get their tables: `None` = `io-page-table` in
     /// pages from `dma` (a factory replaces it in tests).
     pub new_table: Option<TableFactory>,
+    /// Physical address of a zeroed 4 KiB page that outlives every unit and
+    /// that nobody writes: where a dropped unit parks its root table and
+    /// interrupt remapping table pointers, so that translation stays on and
+    /// blocks everything (no entry is present) instead of letting DMA and
+    /// interrupts bypass. `None`: a dropped unit turns translation off.
+    pub parking_page: Option<u64>,
 }
 
 /// Why the unit refused or failed.
@@ -275,14 +281,16 @@ impl<'a, R: Registers> Hardware<'a, R> {
     }
 
     pub(crate) fn bring_up(&mut self, options: Options) -> Result<(), Error> {
-        // Start from a known state if firmware left anything on.
+        // Start from a known state if firmware (or a parked unit) left anything
+        // on. Translation stays on if it is: turning it off would let DMA
+        // bypass until the new root is in place (the root pointer may change
+        // under it, the global invalidation below drops what was cached).
+        // Interrupt remapping stays on too if it will be wanted again.
         let status = self.status();
-        for enable in [
-            Global::TRANSLATION,
-            Global::INTERRUPT_REMAPPING,
-            Global::QUEUED_INVALIDATION,
-        ] {
-            if status.contains(enable) {
+        let keep_remapping = options.interrupt_remapping && self.ecap.interrupt_remapping();
+        for enable in [Global::INTERRUPT_REMAPPING, Global::QUEUED_INVALIDATION] {
+            if status.contains(enable) && !(enable == Global::INTERRUPT_REMAPPING && keep_remapping)
+            {
                 self.global_command(enable, false)?;
             }
         }
@@ -339,7 +347,37 @@ impl<'a, R: Registers> Hardware<'a, R> {
         }
         // Stale records from before bring-up are not ours to report.
         self.drain_raw_faults(&mut Vec::new());
-        self.global_command(Global::TRANSLATION, true)?;
+        if !self.status().contains(Global::TRANSLATION) {
+            self.global_command(Global::TRANSLATION, true)?;
+        }
+        Ok(())
+    }
+
+    /// Points the root table and the interrupt remapping table at `parking`
+    /// (a zeroed page: no root, context or interrupt entry is present) and
+    /// drops everything cached, with translation and remapping left on: every
+    /// DMA and remappable interrupt is blocked, and none of this unit's
+    /// structures is reachable any more (VT-d 3.4 §6.5: SRTP / SIRTP, then
+    /// global context-cache, IOTLB and interrupt-entry-cache invalidation).
+    fn park(&mut self, parking: u64) -> Result<(), Error> {
+        let table_mode = if self.mode.is_scalable() {
+            TableMode::Scalable
+        } else {
+            TableMode::Legacy
+        };
+        self.write64(regs::RTADDR, regs::root_table_address(parking, table_mode));
+        self.global_command(Global::ROOT_TABLE_POINTER, true)?;
+        if self.interrupts.is_some() {
+            self.write64(
+                regs::IRTA,
+                regs::irt_address(parking, false, crate::interrupt::TABLE_ENTRIES_LOG2),
+            );
+            self.global_command(Global::IRT_POINTER, true)?;
+        }
+        self.invalidate_all()?;
+        if self.interrupts.is_some() {
+            self.submit(&[Descriptor::interrupt_entry_cache(None)])?;
+        }
         Ok(())
     }
 
@@ -530,10 +568,24 @@ impl<'a, R: Registers> Hardware<'a, R> {
 
 impl<R: Registers> Drop for Hardware<'_, R> {
     fn drop(&mut self) {
-        // Translation and remapping off first, so no walk touches freed tables.
-        let _ = self.global_command(Global::TRANSLATION, false);
-        if self.interrupts.is_some() {
-            let _ = self.global_command(Global::INTERRUPT_REMAPPING, false);
+        // No walk may touch the tables freed below: parked, the unit blocks
+        // everything with nothing of ours reachable; without a parking page,
+        // translation and remapping go off (DMA then bypasses).
+        let translating = self.status().contains(Global::TRANSLATION);
+        match self.env.parking_page {
+            Some(parking) if translating => {
+                if self.park(parking).is_err() {
+                    // The hardware may still walk our structures: they stay,
+                    // leaked, rather than freed under it.
+                    return;
+                }
+            }
+            _ => {
+                let _ = self.global_command(Global::TRANSLATION, false);
+                if self.interrupts.is_some() {
+                    let _ = self.global_command(Global::INTERRUPT_REMAPPING, false);
+                }
+            }
         }
         if self.uses_queued_invalidation() {
             let _ = self.global_command(Global::QUEUED_INVALIDATION, false);

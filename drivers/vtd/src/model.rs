@@ -249,6 +249,10 @@ impl Registers for &Model {
                 {
                     status |= Global::IRT_POINTER;
                 }
+                // §11.4.10.1: IQH reads zero while queued invalidation is off.
+                if !status.contains(Global::QUEUED_INVALIDATION) {
+                    self.iqh.set(0);
+                }
                 self.gsts.set(status.bits());
             }
             regs::FSTS => {
@@ -283,7 +287,8 @@ impl Registers for &Model {
         iommu_kit::fakes::trace::mmio(reg.0);
         match reg {
             regs::IQA => self.iqa.set(value),
-            regs::IQT => self.process_queue(value),
+            // Nothing is fetched while queued invalidation is off.
+            regs::IQT if self.queue_enabled() => self.process_queue(value),
             regs::CCMD | Reg64(0xF8) => {
                 self.register_invalidations
                     .borrow_mut()
@@ -307,12 +312,19 @@ impl Registers for &Model {
 pub(crate) struct Rig {
     pub(crate) dma: HostDma,
     pub(crate) clock: SteppingClock,
+    /// The zeroed page a dropped unit parks on (from its own allocator, so
+    /// that `dma.live()` counts only the unit's structures).
+    pub(crate) parking: iommu_kit::DmaBuffer,
+    _parking_dma: &'static HostDma,
 }
 
 impl Rig {
     pub(crate) fn new() -> Self {
         NEXT_ROOT.with(|next| next.set(FAKE_ROOT));
+        let parking_dma: &'static HostDma = std::boxed::Box::leak(std::boxed::Box::default());
         Self {
+            parking: iommu_kit::DmaBuffer::alloc(parking_dma, 4096, 4096).unwrap(),
+            _parking_dma: parking_dma,
             dma: HostDma::default(),
             // Every read advances time by 1 µs, so a 100 ms bound is 100 000 polls.
             clock: SteppingClock::new(1_000),
@@ -325,6 +337,7 @@ impl Rig {
             clock: &self.clock,
             flush_cache: no_flush,
             new_table: Some(model_table),
+            parking_page: Some(self.parking.phys()),
         }
     }
 

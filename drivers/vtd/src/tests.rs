@@ -1101,3 +1101,50 @@ fn hw_tables_name_only_addresses_the_platform_can_reach() {
     );
     unit.free_domain(domain).unwrap();
 }
+
+/// Issue 16 (VT-d 3.4 §10.4.4 GCMD.TE: with translation off, DMA is not
+/// remapped at all): a unit that goes away must not let DMA or interrupts
+/// bypass. It parks the root and interrupt-remapping table pointers on a
+/// zeroed page that outlives it (nothing present), invalidates everything
+/// cached, and leaves translation and remapping on; only then are its own
+/// structures freed, unreachable by any walk.
+#[test]
+fn hw_a_dropped_unit_blocks_instead_of_letting_dma_bypass() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    model.take_descriptors();
+    drop(unit);
+    let status = Global::from_bits_retain(model.gsts.get());
+    assert!(
+        status.contains(Global::TRANSLATION | Global::INTERRUPT_REMAPPING),
+        "DMA or interrupts bypass after the drop: {status:?}"
+    );
+    let registers = model.other.borrow();
+    assert_eq!(registers[&regs::RTADDR.0] & !0xFFF, rig.parking.phys());
+    assert_eq!(registers[&regs::IRTA.0] & !0xFFF, rig.parking.phys());
+    drop(registers);
+    assert_eq!(
+        kinds(&model.take_descriptors()),
+        vec![
+            DescriptorType::ContextCache,
+            DescriptorType::Iotlb,
+            DescriptorType::Wait,
+            DescriptorType::InterruptEntryCache,
+            DescriptorType::Wait,
+        ]
+    );
+    assert_eq!(rig.dma.live(), 0, "structures leaked");
+    // A unit brought up over the parked one keeps translation on throughout.
+    let gcmd_before = model.gcmd_writes.borrow().len();
+    let unit = rig.unit(&model);
+    assert!(
+        model.gcmd_writes.borrow()[gcmd_before..]
+            .iter()
+            .all(|gcmd| gcmd & Global::TRANSLATION.bits() != 0),
+        "translation turned off during the bring-up"
+    );
+    drop(unit);
+}

@@ -61,7 +61,19 @@ fn environment(dma: &'static (dyn os_services::DmaMemory + Sync)) -> Environment
         flush_cache,
         // Paging domains get io-page-table tables in DMA frames.
         new_table: None,
+        parking_page: parking_page(),
     }
+}
+
+/// The zeroed page a dropped unit parks on (`Environment::parking_page`):
+/// part of the kernel image, never written and never freed.
+fn parking_page() -> Option<u64> {
+    #[repr(C, align(4096))]
+    struct Page([u8; 4096]);
+    static PARKING: Page = Page([0; 4096]);
+    // The kernel image is identity-mapped (linker/x86_64.ld, the boot page
+    // tables): the address of a static is its physical address.
+    Some(core::ptr::addr_of!(PARKING) as u64)
 }
 
 /// The remapping units the DMAR describes (empty without a DMAR).

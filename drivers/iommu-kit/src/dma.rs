@@ -19,6 +19,16 @@ use os_services::{DmaMemory, DmaRegion};
 /// The kernel supplies it; `None` where the hardware snoops.
 pub type CacheClean = fn(*const u8, usize);
 
+/// What a driver needs to share memory with a device that does not snoop:
+/// `clean` writes CPU-cached lines back before the device reads them,
+/// `invalidate` drops the CPU's copies (writing back anything dirty) before
+/// the CPU reads what the device wrote.
+#[derive(Clone, Copy, Debug)]
+pub struct CacheMaintenance {
+    pub clean: CacheClean,
+    pub invalidate: CacheClean,
+}
+
 /// The cache-line size `clean` counts in (x86-64 and the Arm cores this
 /// kernel runs on; the kernel's clean hook itself steps by the line size).
 pub const CACHE_LINE: usize = 64;

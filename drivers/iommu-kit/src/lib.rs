@@ -34,7 +34,7 @@ pub mod rationed;
 pub mod ring;
 pub mod table_alloc;
 
-pub use dma::{CacheClean, DmaBuffer};
+pub use dma::{CacheClean, CacheMaintenance, DmaBuffer};
 pub use ids::{IdAllocator, TakenId};
 pub use rationed::Rationed;
 pub use ring::{BadPointer, SlotRing, WrapIndex};

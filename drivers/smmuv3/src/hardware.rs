@@ -10,14 +10,16 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use os_services::barrier::dma_wmb;
 
-use iommu_kit::{DmaBuffer, WrapIndex};
+use iommu_kit::{CacheClean, CacheMaintenance, DmaBuffer, WrapIndex};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, wait_until};
 
 use crate::command::Command;
 use crate::device_table::ste::L1Std;
 use crate::fault::{Coalescer, Fault};
-use crate::regs::{self, CommandError, Cr0, Cr2, Gbpa, Gerror, Idr0, Idr1, Idr3, Idr5, IrqCtrl};
+use crate::regs::{
+    self, CommandError, Cr0, Cr2, Gbpa, Gerror, Idr0, Idr1, Idr3, Idr5, IrqCtrl, Walk,
+};
 
 mod device_table;
 mod faults;
@@ -183,16 +185,23 @@ pub struct Smmu<'a> {
     enabled: bool,
     /// Interrupts the owner enabled, restored by [`Smmu::restart`].
     irq: IrqCtrl,
+    /// Whether the SMMU snoops (IDR0.COHACC), and if not, how the driver
+    /// makes what it writes visible and what the SMMU wrote readable.
+    walk: Walk,
+    maintenance: Option<CacheMaintenance>,
 }
 
 impl<'a> Smmu<'a> {
     /// Reads the ID registers and brings the SMMU up with every stream
-    /// invalid (aborting, reported as C_BAD_STE).
+    /// invalid (aborting, reported as C_BAD_STE). `maintenance` is the CPU
+    /// cache maintenance an SMMU that does not snoop (IDR0.COHACC = 0) needs;
+    /// without it such an SMMU is refused.
     pub fn new(
         regs: Mmio,
         clock: &'a dyn Clock,
         dma: &'a (dyn DmaMemory + Sync),
         format: StreamTableFormat,
+        maintenance: Option<CacheMaintenance>,
     ) -> Result<Self, Error> {
         let features = Features {
             idr: [
@@ -220,6 +229,16 @@ impl<'a> Smmu<'a> {
         }
         if idr1.tables_preset() || idr1.queues_preset() {
             return Err(Error::Unsupported("preset tables or queues (IDR1)"));
+        }
+        let walk = if idr0.contains(Idr0::COHACC) {
+            Walk::Coherent
+        } else {
+            Walk::NonCoherent
+        };
+        if walk == Walk::NonCoherent && maintenance.is_none() {
+            return Err(Error::Unsupported(
+                "a non-coherent SMMU (IDR0.COHACC = 0) without cache maintenance",
+            ));
         }
         let sid_bits_hw = idr1.sid_bits();
         let strtab = match format {
@@ -267,11 +286,29 @@ impl<'a> Smmu<'a> {
             faults: Vec::new(),
             last_command_error: None,
             owes_cfgi_all: false,
+            walk,
+            maintenance,
             enabled: false,
             irq: IrqCtrl::empty(),
         };
+        smmu.publish_new_structures();
         smmu.bring_up()?;
         Ok(smmu)
+    }
+
+    /// A non-coherent SMMU reads DRAM: the zeroed stream table (V = 0, or
+    /// Span = 0, everywhere) and command queue are written back before it may
+    /// look, and the event queue's lines are written back and dropped, so
+    /// that no dirty CPU line of it can later overwrite a record.
+    fn publish_new_structures(&self) {
+        let clean = self.clean();
+        let table = match &self.strtab {
+            StreamTable::Linear { region, .. } => region,
+            StreamTable::TwoLevel { l1, .. } => l1,
+        };
+        table.clean(0, table.len(), clean);
+        self.cmdq.region.clean(0, self.cmdq.region.len(), clean);
+        self.invalidate(&self.eventq.region, 0, self.eventq.region.len());
     }
 
     fn linear(dma: &dyn DmaMemory, sid_bits: u32) -> Result<StreamTable, Error> {
@@ -294,6 +331,28 @@ impl<'a> Smmu<'a> {
 
     pub fn features(&self) -> &Features {
         &self.features
+    }
+
+    /// How the SMMU's accesses meet the CPU caches (IDR0.COHACC).
+    pub fn walk(&self) -> Walk {
+        self.walk
+    }
+
+    /// The cache clean memory the SMMU reads needs after a CPU write: none
+    /// when it snoops.
+    pub fn clean(&self) -> Option<CacheClean> {
+        match self.walk {
+            Walk::Coherent => None,
+            Walk::NonCoherent => self.maintenance.map(|m| m.clean),
+        }
+    }
+
+    /// Drops the CPU's copies of `len` bytes at `offset` in `region` before
+    /// reading what the SMMU wrote there (nothing to do when it snoops).
+    pub(crate) fn invalidate(&self, region: &DmaBuffer, offset: usize, len: usize) {
+        if let (Walk::NonCoherent, Some(maintenance)) = (self.walk, self.maintenance) {
+            region.clean(offset, len, Some(maintenance.invalidate));
+        }
     }
 
     pub fn counters(&self) -> Counters {
@@ -354,7 +413,7 @@ impl<'a> Smmu<'a> {
         self.set_cr0(Cr0::empty())?;
         // Interrupts off until the owner installs handlers.
         self.write32(regs::IRQ_CTRL, 0);
-        self.write32(regs::CR1, regs::cr1::coherent());
+        self.write32(regs::CR1, regs::cr1::for_walk(self.walk));
         self.write32(regs::CR2, (Cr2::RECINVSID | Cr2::PTM).bits());
         // Whatever GERROR holds from before is stale: acknowledge it.
         let active = self.regs.read32(regs::GERROR) ^ self.regs.read32(regs::GERRORN);

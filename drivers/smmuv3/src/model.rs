@@ -227,10 +227,20 @@ pub(crate) fn rig() -> Rig {
 }
 
 pub(crate) fn smmu(rig: &Rig, format: StreamTableFormat) -> Smmu<'static> {
+    smmu_with(rig, format, None).expect("bring-up")
+}
+
+/// An SMMU over the rig's registers with `maintenance` (for a model whose
+/// IDR0 says it does not snoop).
+pub(crate) fn smmu_with(
+    rig: &Rig,
+    format: StreamTableFormat,
+    maintenance: Option<iommu_kit::CacheMaintenance>,
+) -> Result<Smmu<'static>, crate::Error> {
     // SAFETY: the block is the rig's heap buffer, alive as long as the rig,
     // and only the driver and the model touch it.
     let mmio = unsafe { Mmio::new(NonNull::new(rig.model.regs).unwrap(), regs::REGISTER_SPAN) };
-    Smmu::new(mmio, rig.clock, rig.dma, format).expect("bring-up")
+    Smmu::new(mmio, rig.clock, rig.dma, format, maintenance)
 }
 
 pub(crate) fn opcodes(log: &[[u64; 2]]) -> Vec<u8> {

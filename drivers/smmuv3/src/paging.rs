@@ -49,16 +49,22 @@ pub fn page_sizes(
 /// A new table of `stage` with `granule`, output bits from IDR5.OAS. Every
 /// domain a device may signal from maps the MSI doorbell, IOVA = PA, as
 /// Device memory (its reserved region).
+/// `clean` is the cache clean of an SMMU whose walks do not snoop
+/// (`Smmu::clean`): every table write is then written back.
 pub fn new_table<'a>(
     features: &Features,
     stage: PagingStage,
     granule: Granule,
     dma: &'a (dyn DmaMemory + Sync),
     msi_doorbell: Option<IovaRange>,
+    clean: Option<iommu_kit::CacheClean>,
 ) -> Result<Table<'a>, IommuError> {
     let format = format(features, stage, granule)?;
-    // The SMMUs driven here snoop their walks (IDR0.COHACC): nothing to clean.
-    let mut table = PageTable::new(format, DmaTableAlloc::new(dma, None), Coherence::Coherent)
+    let coherence = match clean {
+        None => Coherence::Coherent,
+        Some(_) => Coherence::NonCoherent,
+    };
+    let mut table = PageTable::new(format, DmaTableAlloc::new(dma, clean), coherence)
         .map_err(|_| IommuError::NoMemory)?;
     if let Some(doorbell) = msi_doorbell {
         let page = granule.size();

@@ -254,8 +254,34 @@ bitflags! {
 
 /// SMMUv3 §6.3.11 SMMU_CR1: cacheability and shareability of table and queue
 /// accesses. Normal write-back (1) and inner shareable (3) for a coherent SMMU.
+/// How the SMMU's own accesses (tables, queues, walks) meet the CPU caches,
+/// from IDR0.COHACC (§6.3.1): coherent, it snoops and memory is Normal
+/// write-back inner shareable; not, it reads DRAM, so the attributes say
+/// Normal non-cacheable outer shareable (no cache of its own holds a stale
+/// copy) and the driver cleans what it writes and invalidates what it reads
+/// (Linux: `ARM_SMMU_FEAT_COHERENCY`, io-pgtable `coherent_walk`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Walk {
+    Coherent,
+    NonCoherent,
+}
+
+impl Walk {
+    /// Inner/outer cacheability (0b01 write-back, 0b00 non-cacheable) and
+    /// shareability (0b11 inner, 0b10 outer) encodings, as CR1, STEs and CDs
+    /// spell them.
+    pub const fn attributes(self) -> (u32, u32) {
+        match self {
+            Walk::Coherent => (cr1::WRITE_BACK, cr1::INNER_SHAREABLE),
+            Walk::NonCoherent => (cr1::NON_CACHEABLE, cr1::OUTER_SHAREABLE),
+        }
+    }
+}
+
 pub mod cr1 {
+    pub const NON_CACHEABLE: u32 = 0;
     pub const WRITE_BACK: u32 = 1;
+    pub const OUTER_SHAREABLE: u32 = 2;
     pub const INNER_SHAREABLE: u32 = 3;
     pub const QUEUE_IC_SHIFT: u32 = 0;
     pub const QUEUE_OC_SHIFT: u32 = 2;
@@ -264,14 +290,15 @@ pub mod cr1 {
     pub const TABLE_OC_SHIFT: u32 = 8;
     pub const TABLE_SH_SHIFT: u32 = 10;
 
-    /// Write-back, inner-shareable for both tables and queues.
-    pub const fn coherent() -> u32 {
-        (WRITE_BACK << QUEUE_IC_SHIFT)
-            | (WRITE_BACK << QUEUE_OC_SHIFT)
-            | (INNER_SHAREABLE << QUEUE_SH_SHIFT)
-            | (WRITE_BACK << TABLE_IC_SHIFT)
-            | (WRITE_BACK << TABLE_OC_SHIFT)
-            | (INNER_SHAREABLE << TABLE_SH_SHIFT)
+    /// The same attributes for tables and queues (§6.3.11).
+    pub const fn for_walk(walk: super::Walk) -> u32 {
+        let (cache, share) = walk.attributes();
+        (cache << QUEUE_IC_SHIFT)
+            | (cache << QUEUE_OC_SHIFT)
+            | (share << QUEUE_SH_SHIFT)
+            | (cache << TABLE_IC_SHIFT)
+            | (cache << TABLE_OC_SHIFT)
+            | (share << TABLE_SH_SHIFT)
     }
 }
 
@@ -435,8 +462,10 @@ mod tests {
     }
 
     #[test]
-    fn cr1_coherent_value() {
+    fn cr1_values() {
         // QIC=1, QOC=1, QSH=3, TIC=1, TOC=1, TSH=3.
-        assert_eq!(cr1::coherent(), 0b11_01_01_11_01_01);
+        assert_eq!(cr1::for_walk(Walk::Coherent), 0b11_01_01_11_01_01);
+        // Non-cacheable, outer shareable.
+        assert_eq!(cr1::for_walk(Walk::NonCoherent), 0b10_00_00_10_00_00);
     }
 }

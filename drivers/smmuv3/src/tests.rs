@@ -442,6 +442,98 @@ mod unit {
         unit.free_domain(domain).unwrap();
     }
 
+    std::thread_local! {
+        static CLEANED: std::cell::RefCell<Vec<(u64, usize)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+        static INVALIDATED: std::cell::RefCell<Vec<(u64, usize)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+
+    fn record_clean(start: *const u8, len: usize) {
+        CLEANED.with(|c| c.borrow_mut().push((start as u64, len)));
+    }
+
+    fn record_invalidate(start: *const u8, len: usize) {
+        INVALIDATED.with(|c| c.borrow_mut().push((start as u64, len)));
+    }
+
+    fn covered(
+        ranges: &'static std::thread::LocalKey<std::cell::RefCell<Vec<(u64, usize)>>>,
+        at: u64,
+        len: u64,
+    ) -> bool {
+        ranges.with(|r| {
+            r.borrow()
+                .iter()
+                .any(|&(start, n)| start <= at && at + len <= start + n as u64)
+        })
+    }
+
+    /// Issue 16, coherence (SMMUv3 §6.3.1 COHACC, §6.3.11 CR1, §5.2/§5.4 walk
+    /// attributes; Linux `ARM_SMMU_FEAT_COHERENCY`, io-pgtable
+    /// `coherent_walk`): an SMMU that does not snoop reads DRAM. Without cache
+    /// maintenance it is refused; with it, every line it reads (stream table,
+    /// STE, CD, command slots, page-table entries) is written back before it
+    /// may look, every event record is read only after the CPU's copy was
+    /// dropped, and its own accesses are non-cacheable, outer shareable.
+    #[test]
+    fn hw_a_non_coherent_smmu_reads_only_what_was_written_back() {
+        let rig = rig();
+        rig.model
+            .write(regs::IDR0.0, IDR[0] & !regs::Idr0::COHACC.bits());
+        assert!(matches!(
+            smmu_with(&rig, StreamTableFormat::TwoLevel, None),
+            Err(Error::Unsupported(_))
+        ));
+        let maintenance = iommu_kit::CacheMaintenance {
+            clean: record_clean,
+            invalidate: record_invalidate,
+        };
+        let smmu = smmu_with(&rig, StreamTableFormat::TwoLevel, Some(maintenance)).unwrap();
+        assert_eq!(
+            rig.model.read(regs::CR1.0),
+            regs::cr1::for_walk(regs::Walk::NonCoherent)
+        );
+        let mut unit = SmmuUnit::new(
+            smmu,
+            rig.dma,
+            UnitId(0),
+            IovaRange::from_len(0x0802_0000, 0x1000),
+        );
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let ste = unit.hardware.read_ste(8).unwrap();
+        assert!(
+            covered(&CLEANED, unit.hardware.ste_phys(8).unwrap(), 64),
+            "STE"
+        );
+        // CD fetch attributes: non-cacheable (S1CIR/S1COR = 0), outer shareable.
+        assert_eq!((ste.0[1] >> 2) & 0x3F, 0b10_00_00);
+        let cd_phys = ste.0[0] & (((1 << 52) - 1) & !0x3F);
+        assert!(covered(&CLEANED, cd_phys, 64), "CD");
+        // SAFETY: the CD lies in memory the driver allocated (phys == virt).
+        let cd0 = unsafe { *(cd_phys as *const u64) };
+        assert_eq!((cd0 >> 8) & 0x3F, 0b10_00_00, "TTB0 walk attributes");
+        let cmdq = unit.hardware.command_queue_phys();
+        assert!(covered(&CLEANED, cmdq, 16), "command slots");
+        CLEANED.with(|c| c.borrow_mut().clear());
+        unit.map(domain, 0x4000_0000, 0x8000_0000, 0x1000, RW)
+            .unwrap();
+        assert!(
+            CLEANED.with(|c| c.borrow().len()) >= 2,
+            "new tables and the leaf written back"
+        );
+        let eventq = unit.hardware.event_queue_phys();
+        INVALIDATED.with(|c| c.borrow_mut().clear());
+        rig.model
+            .inject_event([0x10 | (8 << 32), 0, 0x4000_0000, 0]);
+        unit.hardware.drain_events();
+        assert!(
+            covered(&INVALIDATED, eventq, 32),
+            "event record read from the cache"
+        );
+    }
+
     #[test]
     fn nested_domains_validate_the_guest_ste_and_confine_invalidations() {
         let rig = rig();

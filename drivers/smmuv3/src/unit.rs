@@ -190,7 +190,9 @@ impl<'a> SmmuUnit<'a> {
     /// The STE that puts a stream into `handle`, with stage-1 stalls forbidden
     /// where the SMMU lets an STE do so.
     fn ste_for(&self, handle: DomainHandle) -> Result<Ste, IommuError> {
-        let ste = self.ste_without_stall_policy(handle)?;
+        let ste = self
+            .ste_without_stall_policy(handle)?
+            .with_walk(self.hardware.walk());
         Ok(match self.hardware.features().idr0().stall_model() {
             StallModel::StallOrTerminate => ste.with_stalls_disabled(),
             StallModel::TerminateOnly | StallModel::StallForced => ste,
@@ -245,6 +247,7 @@ impl<'a> SmmuUnit<'a> {
             self.granule,
             self.dma,
             self.msi_doorbell,
+            self.hardware.clean(),
         )
     }
 
@@ -263,6 +266,7 @@ impl<'a> SmmuUnit<'a> {
             ips_encoding: u32::from(fields.ips),
             mair: fields.mair,
         })
+        .map(|cd| cd.with_walk(self.hardware.walk()))
         .map_err(|_| IommuError::Invalid);
         let region = DmaBuffer::alloc(self.dma, 64, 64);
         let (cd, region) = match (cd, region) {
@@ -277,7 +281,7 @@ impl<'a> SmmuUnit<'a> {
             }
         };
         // V (word 0) last: the SMMU never sees a valid torn CD (§3.21.3).
-        region.publish(0, &cd.0, 0, None, None);
+        region.publish(0, &cd.0, 0, None, self.hardware.clean());
         Ok(DomainState::Stage1 {
             asid,
             cd: region,

@@ -60,7 +60,13 @@ pub fn bring_up(platform: &Platform, format: StreamTableFormat) -> Result<(), St
     // tables map as Device memory for the kernel's lifetime; only this unit
     // touches them.
     let regs = unsafe { Mmio::new(base, len) };
-    let smmu = Smmu::new(regs, &CLOCK, &DMA, format).map_err(|err| format!("bring-up: {err:?}"))?;
+    // Used only if the SMMU does not snoop (IDR0.COHACC = 0; QEMU's does).
+    let maintenance = iommu_kit::CacheMaintenance {
+        clean: crate::arch::cache::clean_to_poc,
+        invalidate: crate::arch::cache::clean_invalidate_to_poc,
+    };
+    let smmu = Smmu::new(regs, &CLOCK, &DMA, format, Some(maintenance))
+        .map_err(|err| format!("bring-up: {err:?}"))?;
     *unit = Some(Shared(SmmuUnit::new(
         smmu,
         &DMA,

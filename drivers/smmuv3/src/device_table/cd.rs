@@ -76,6 +76,16 @@ pub enum CdError {
 impl Cd {
     /// A valid stage-1 descriptor: TTB0 only (EPD1 set), AArch64, record and
     /// abort on faults, private ASID.
+    /// The walk attributes of TTB0 (IR0/OR0/SH0) for `walk`.
+    pub fn with_walk(mut self, walk: crate::regs::Walk) -> Cd {
+        let (cache, share) = walk.attributes();
+        self.0[0] &= !((3 << w0::IR0_SHIFT) | (3 << w0::OR0_SHIFT) | (3 << w0::SH0_SHIFT));
+        self.0[0] |= (u64::from(cache) << w0::IR0_SHIFT)
+            | (u64::from(cache) << w0::OR0_SHIFT)
+            | (u64::from(share) << w0::SH0_SHIFT);
+        self
+    }
+
     pub fn stage1(config: &Stage1Config) -> Result<Cd, CdError> {
         if !(25..=48).contains(&config.ias_bits) {
             return Err(CdError::AddressBits);

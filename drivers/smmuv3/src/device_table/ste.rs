@@ -202,6 +202,34 @@ impl Ste {
         self
     }
 
+    /// The CD-fetch (S1CIR/S1COR/S1CSH) and stage-2 walk (S2IR0/S2OR0/S2SH0)
+    /// attributes of `walk`, for the fields this STE's configuration uses.
+    pub fn with_walk(mut self, walk: crate::regs::Walk) -> Ste {
+        let (cache, share) = walk.attributes();
+        let (cache, share) = (u64::from(cache), u64::from(share));
+        if matches!(
+            self.config(),
+            Some(StreamConfig::Stage1 | StreamConfig::Nested)
+        ) {
+            self.0[1] &=
+                !((3 << STE1_S1CIR_SHIFT) | (3 << STE1_S1COR_SHIFT) | (3 << STE1_S1CSH_SHIFT));
+            self.0[1] |= (cache << STE1_S1CIR_SHIFT)
+                | (cache << STE1_S1COR_SHIFT)
+                | (share << STE1_S1CSH_SHIFT);
+        }
+        if matches!(
+            self.config(),
+            Some(StreamConfig::Stage2 | StreamConfig::Nested)
+        ) {
+            self.0[2] &=
+                !((3 << STE2_S2IR0_SHIFT) | (3 << STE2_S2OR0_SHIFT) | (3 << STE2_S2SH0_SHIFT));
+            self.0[2] |= (cache << STE2_S2IR0_SHIFT)
+                | (cache << STE2_S2OR0_SHIFT)
+                | (share << STE2_S2SH0_SHIFT);
+        }
+        self
+    }
+
     /// Whether stage-1 stalls are forbidden (S1STALLD).
     pub fn stalls_disabled(&self) -> bool {
         self.0[1] & STE1_S1STALLD != 0

@@ -24,6 +24,10 @@ impl SteSlot<'_> {
     fn write_word(&self, i: usize, value: u64) {
         self.region.write::<u64>((self.first_word + i) * 8, value)
     }
+    /// Writes the entry's lines back for an SMMU that does not snoop.
+    fn clean(&self, clean: Option<iommu_kit::CacheClean>) {
+        self.region.clean(self.first_word * 8, STE_BYTES, clean);
+    }
 }
 
 /// The stream table of the instance (§3.3): where each STE lives and how it
@@ -61,9 +65,12 @@ impl Smmu<'_> {
             // L1 descriptor only once complete.
             let table = alloc_region(self.dma, STE_BYTES << TWO_LEVEL_SPLIT)?;
             let desc = L1Std::new(table.phys(), TWO_LEVEL_SPLIT).ok_or(Error::Encoding)?;
+            let clean = self.clean();
+            table.clean(0, table.len(), clean);
             dma_wmb();
             if let StreamTable::TwoLevel { l1, l2, .. } = &mut self.strtab {
                 l1.write::<u64>(index * 8, desc.0);
+                l1.clean(index * 8, 8, clean);
                 l2[index] = Some(table);
             }
             // The L1 descriptor is configuration the SMMU may cache.
@@ -100,6 +107,7 @@ impl Smmu<'_> {
     pub fn write_ste(&mut self, sid: u32, target: &Ste) -> Result<(), Error> {
         let current = self.ste_slot(sid)?.read();
         let cfgi = Command::CfgiSte { sid, leaf: true };
+        let clean = self.clean();
         match plan_ste_update(&current, target) {
             SteUpdate::Hitless { switch_word } => {
                 let used = used_words(&current);
@@ -108,9 +116,11 @@ impl Smmu<'_> {
                     for i in (0..8).filter(|i| used & (1 << i) == 0) {
                         slot.write_word(i, target.0[i]);
                     }
+                    slot.clean(clean);
                     dma_wmb();
                     if let Some(i) = switch_word {
                         slot.write_word(i, target.0[i]);
+                        slot.clean(clean);
                     }
                 }
                 self.execute(&[cfgi])
@@ -119,6 +129,7 @@ impl Smmu<'_> {
                 {
                     let slot = self.ste_slot(sid)?;
                     slot.write_word(0, Ste::abort().0[0]);
+                    slot.clean(clean);
                 }
                 self.execute(&[cfgi])?;
                 {
@@ -126,8 +137,10 @@ impl Smmu<'_> {
                     for i in 1..8 {
                         slot.write_word(i, target.0[i]);
                     }
+                    slot.clean(clean);
                     dma_wmb();
                     slot.write_word(0, target.0[0]);
+                    slot.clean(clean);
                 }
                 self.execute(&[cfgi])
             }
@@ -164,6 +177,7 @@ impl Smmu<'_> {
                 let word = ((phys - region.phys()) / 8) as usize;
                 dma_wmb();
                 region.write::<u64>(word * 8, Ste::abort().0[0]);
+                region.clean(word * 8, 8, self.clean());
                 dma_wmb();
             }
         }

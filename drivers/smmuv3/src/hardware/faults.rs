@@ -48,6 +48,8 @@ impl Smmu<'_> {
         let mut read = 0;
         while !prod.is_empty(self.eventq.cons) {
             let slot = self.eventq.cons.slot();
+            // A non-coherent SMMU wrote the record to DRAM, not to our cache.
+            self.invalidate(&self.eventq.region, slot * EVENT_BYTES, EVENT_BYTES);
             let raw = RawEvent(self.eventq.region.read(slot * EVENT_BYTES));
             self.coalescer.push(Event::decode(&raw), &mut self.faults);
             self.eventq.cons = self.eventq.cons.next();

@@ -60,6 +60,9 @@ impl Smmu<'_> {
             }
             let slot = self.cmdq.prod.slot();
             self.cmdq.region.write(slot * CMD_BYTES, command.0);
+            self.cmdq
+                .region
+                .clean(slot * CMD_BYTES, CMD_BYTES, self.clean());
             self.cmdq.prod = self.cmdq.prod.next();
         }
         self.ring_cmdq();
@@ -123,6 +126,9 @@ impl Smmu<'_> {
         let opcode = (self.cmdq.region.read::<u64>(slot * CMD_BYTES) & 0xFF) as u8;
         let replacement = Command::Sync.encode();
         self.cmdq.region.write(slot * CMD_BYTES, replacement.0);
+        self.cmdq
+            .region
+            .clean(slot * CMD_BYTES, CMD_BYTES, self.clean());
         dma_wmb();
         self.counters.command_errors += 1;
         self.counters.global_errors += 1;

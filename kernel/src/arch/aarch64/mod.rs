@@ -1,6 +1,7 @@
 //! aarch64 (`virt`): device-tree hand-off, PL011 console, exception vectors,
 //! generic-timer clock, exit through semihosting.
 
+pub mod cache;
 mod exceptions;
 pub mod gic;
 mod hardening;

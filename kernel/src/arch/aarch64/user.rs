@@ -337,11 +337,7 @@ pub fn flush_tlb() {
 /// fetch at EL0 (ARM ARM B2.4.4): clean the data cache to the point of
 /// unification, then invalidate the instruction cache.
 pub fn sync_instruction_cache(phys: u64, len: usize) {
-    let ctr: u64;
-    // SAFETY: reading CTR_EL0 has no side effects.
-    unsafe { core::arch::asm!("mrs {}, ctr_el0", out(reg) ctr, options(nomem, nostack)) };
-    // CTR_EL0.DminLine (bits 19:16): log2 of the smallest data line in words.
-    let line = 4u64 << ((ctr >> 16) & 0xF);
+    let line = super::cache::data_line();
     let mut address = phys & !(line - 1);
     while address < phys + len as u64 {
         // SAFETY: cache maintenance on identity-mapped RAM the kernel owns.

@@ -151,8 +151,9 @@ pub fn bring_up_again(
     Ok(unit.is_some())
 }
 
-/// Shuts the unit down (translation off, every structure freed); the next
-/// [`with_unit`] brings the default one up again.
+/// Shuts the unit down (parked: translation stays on with nothing present,
+/// so DMA is blocked; every structure freed); the next [`with_unit`] brings
+/// the default one up again.
 pub fn shut_down() {
     drop(UNIT.lock().take());
 }

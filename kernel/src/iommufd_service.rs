@@ -470,11 +470,9 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     });
     let capacity = list.num as usize;
     list.num = devices.len() as u32;
-    if capacity < devices.len() {
-        write_argument(task, arg, &list, size)?;
-        return Err(Errno::EMSGSIZE);
-    }
-    for (index, (device, flags)) in devices.iter().zip(flags).enumerate() {
+    // As many entries as fit, then EMSGSIZE if that was not all (the rule of
+    // IOAS_IOVA_RANGES, after Linux).
+    for (index, (device, flags)) in devices.iter().zip(flags).take(capacity).enumerate() {
         let entry = abi::DeviceListEntry {
             pci_address: pci_address(device.function.bdf),
             vendor_id: device.function.vendor_id,
@@ -485,7 +483,11 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
         let at = list.entries_uptr + (index * core::mem::size_of::<abi::DeviceListEntry>()) as u64;
         task.copy_to_user(at, abi::as_bytes(&entry))?;
     }
-    write_argument(task, arg, &list, size)
+    write_argument(task, arg, &list, size)?;
+    if capacity < devices.len() {
+        return Err(Errno::EMSGSIZE);
+    }
+    Ok(())
 }
 
 /// `device_open`: claims a translated PCI function for the task (blocked until

@@ -18,18 +18,20 @@ pub struct IovaRanges {
 }
 
 impl IovaRanges {
-    /// Writes the ranges into the caller's array; `EMSGSIZE` when it is too small
-    /// (the caller reports `ranges.len()` back in either case).
+    /// Writes the ranges into the caller's array, as many as fit; `EMSGSIZE`
+    /// when that is not all of them (the caller reports `ranges.len()` back
+    /// in either case), as Linux's `iommufd_ioas_iova_ranges`, which fills the
+    /// first `num_iovas` entries before it says the array is too small.
     pub fn copy_to(&self, out: &mut [abi::IovaRangeEntry]) -> Result<u32, Errno> {
         let count = u32::try_from(self.ranges.len()).map_err(|_| Errno::EOVERFLOW)?;
-        if out.len() < self.ranges.len() {
-            return Err(Errno::EMSGSIZE);
-        }
         for (slot, r) in out.iter_mut().zip(&self.ranges) {
             *slot = abi::IovaRangeEntry {
                 start: r.start,
                 last: r.last,
             };
+        }
+        if out.len() < self.ranges.len() {
+            return Err(Errno::EMSGSIZE);
         }
         Ok(count)
     }
@@ -44,10 +46,22 @@ pub(crate) struct Piece {
     pub offset: u64,
 }
 
-/// The largest power of two not above `len`, at least `min`: automatic IOVAs are
-/// aligned to it so that the biggest leaf the mapping allows can be used.
-fn natural_alignment(len: u64, min: u64) -> u64 {
-    (1u64 << (63 - len.leading_zeros())).max(min)
+/// The alignment of an automatic IOVA for `len` bytes starting at address
+/// `addr` (the user address, or the source IOVA of a copy; 0 = any): `len`
+/// rounded up to a power of two, capped by `addr`'s own alignment, so that
+/// the IOVA lines up with the pages as far as they can form large leaves
+/// (Linux `iopt_alloc_iova`). `EINVAL` below `min`, the IOAS alignment, as
+/// Linux: such a mapping could not use the domains' smallest page.
+fn automatic_alignment(len: u64, addr: u64, min: u64) -> Result<u64, Errno> {
+    let rounded = len.checked_next_power_of_two().unwrap_or(1 << 63);
+    let alignment = match addr {
+        0 => rounded,
+        _ => rounded.min(1 << addr.trailing_zeros()),
+    };
+    if alignment < min {
+        return Err(Errno::EINVAL);
+    }
+    Ok(alignment)
 }
 
 /// Sorts and merges ranges (touching ranges merge).
@@ -157,8 +171,9 @@ impl Ioas {
         Ok(range)
     }
 
-    /// Claims the IOVA for a new mapping: checks a fixed one, or allocates.
-    fn claim_iova(&mut self, fixed: Option<u64>, len: u64) -> Result<u64, Errno> {
+    /// Claims the IOVA for a new mapping of `len` bytes from address `addr`:
+    /// checks a fixed one, or allocates ([`automatic_alignment`]).
+    fn claim_iova(&mut self, fixed: Option<u64>, len: u64, addr: u64) -> Result<u64, Errno> {
         match fixed {
             Some(iova) => {
                 let range = self.check_fixed(iova, len)?;
@@ -167,7 +182,7 @@ impl Ioas {
             }
             None => self
                 .space
-                .alloc(len, natural_alignment(len, self.alignment))
+                .alloc(len, automatic_alignment(len, addr, self.alignment)?)
                 .ok_or(Errno::ENOSPC),
         }
     }
@@ -212,10 +227,15 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
 
     /// The usable IOVA ranges (allowed, or everything, minus reserved) and the
     /// alignment every mapping must respect.
+    /// What a task may map at fixed IOVAs: everything but the reserved
+    /// ranges (devices' reserved regions, outside the units' apertures). The
+    /// allowed ranges are not subtracted: they bound only automatic allocation,
+    /// which stays inside what is reported (Linux `iommufd_ioas_iova_ranges`
+    /// reports the holes of `reserved_itree`).
     pub fn ioas_iova_ranges(&self, owner: OwnerId, id: ObjId) -> Result<IovaRanges, Errno> {
         let ioas = self.owner(owner)?.ioas(id)?;
         Ok(IovaRanges {
-            ranges: usable_ranges(&ioas.allowed, &ioas.reserved),
+            ranges: usable_ranges(&[], &ioas.reserved),
             alignment: ioas.alignment,
         })
     }
@@ -236,7 +256,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     }
 
     /// Replaces the ranges automatic allocation may use (empty = everything).
-    /// `EINVAL` for an empty (start > last) or overlapping range, `EADDRINUSE` when
+    /// `EINVAL` for a range of one byte or fewer (start >= last, as Linux's
+    /// `iommufd_ioas_load_iovas`) or overlapping ranges, `EADDRINUSE` when
     /// one intersects a reserved range; nothing changes on error.
     pub fn ioas_allow_iovas(
         &mut self,
@@ -245,7 +266,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         ranges: &[IovaRange],
     ) -> Result<(), Errno> {
         let ioas = self.owner(owner)?.ioas(id)?;
-        if ranges.iter().any(|r| r.start > r.last) {
+        if ranges.iter().any(|r| r.start >= r.last) {
             return Err(Errno::EINVAL);
         }
         let mut sorted = ranges.to_vec();
@@ -326,7 +347,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.services.charge(Resource::Area)?;
         self.services.charge(Resource::IovaNode)?;
         self.services.charge(Resource::PinnedPages)?;
-        let iova = ioas.claim_iova(iova, len)?;
+        let iova = ioas.claim_iova(iova, len, user_va)?;
         let range = IovaRange {
             start: iova,
             last: iova + (len - 1),
@@ -533,7 +554,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let base = self
             .owner_mut(owner)?
             .ioas_mut(dst)?
-            .claim_iova(dst_iova, len)?;
+            .claim_iova(dst_iova, len, src_iova)?;
         let dst_range = IovaRange {
             start: base,
             last: base + (len - 1),
@@ -689,10 +710,24 @@ mod tests {
     }
 
     #[test]
-    fn natural_alignment_is_largest_power_of_two_not_above() {
-        assert_eq!(natural_alignment(0x1000, 0x1000), 0x1000);
-        assert_eq!(natural_alignment(0x3000, 0x1000), 0x2000);
-        assert_eq!(natural_alignment(0x20_0000, 0x1000), 0x20_0000);
-        assert_eq!(natural_alignment(0x1000, 0x1_0000), 0x1_0000);
+    fn automatic_alignment_rounds_up_capped_by_the_address() {
+        // Linux `iopt_alloc_iova`: 3 pages from an unaligned-enough address
+        // are aligned to 4 pages, not 2.
+        assert_eq!(automatic_alignment(0x3000, 0, 0x1000), Ok(0x4000));
+        assert_eq!(automatic_alignment(0x1000, 0, 0x1000), Ok(0x1000));
+        assert_eq!(
+            automatic_alignment(0x20_0000, 0x4020_0000, 0x1000),
+            Ok(0x20_0000)
+        );
+        // The user address's own alignment caps it.
+        assert_eq!(
+            automatic_alignment(0x20_0000, 0x4000_3000, 0x1000),
+            Ok(0x1000)
+        );
+        // Below the IOAS alignment is refused, as Linux.
+        assert_eq!(
+            automatic_alignment(0x1_0000, 0x4000_3000, 0x1_0000),
+            Err(Errno::EINVAL)
+        );
     }
 }

@@ -181,11 +181,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let capacity = a.value.num_iovas as usize;
         a.value.num_iovas = u32::try_from(ranges.ranges.len()).map_err(|_| Errno::EOVERFLOW)?;
         a.value.out_iova_alignment = ranges.alignment;
-        if ranges.ranges.len() > capacity {
-            copy_back(mem, owner, &a)?;
-            return Err(Errno::EMSGSIZE);
-        }
-        for (i, r) in ranges.ranges.iter().enumerate() {
+        // As many as fit are written, then EMSGSIZE if that was not all (Linux).
+        for (i, r) in ranges.ranges.iter().take(capacity).enumerate() {
             let entry = abi::IovaRangeEntry {
                 start: r.start,
                 last: r.last,
@@ -193,7 +190,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             let va = a.value.allowed_iovas + (i * size_of::<abi::IovaRangeEntry>()) as u64;
             mem.write(owner, va, abi::as_bytes(&entry))?;
         }
-        copy_back(mem, owner, &a)
+        copy_back(mem, owner, &a)?;
+        if ranges.ranges.len() > capacity {
+            return Err(Errno::EMSGSIZE);
+        }
+        Ok(())
     }
 
     fn cmd_allow_iovas<M: UserMemory>(

@@ -411,12 +411,14 @@ fn ioas_iova_ranges_report_aperture_minus_reserved_and_alignment() {
 }
 
 #[test]
-fn ioas_iova_ranges_too_small_array_is_emsgsize() {
+fn ioas_iova_ranges_too_small_array_is_emsgsize_after_the_first_entries() {
     let (fd, ioas, _, _) = attached();
     let ranges = fd.ioas_iova_ranges(O, ioas).unwrap();
     let mut small = [abi::IovaRangeEntry::default(); 1];
     assert_eq!(ranges.copy_to(&mut small), Err(Errno::EMSGSIZE));
     assert_eq!(ranges.ranges.len(), 2);
+    // Linux's selftest checks that the entries that fit were written.
+    assert_eq!((small[0].start, small[0].last), (0, 0xfedf_ffff));
     let mut big = [abi::IovaRangeEntry::default(); 3];
     assert_eq!(ranges.copy_to(&mut big), Ok(2));
     assert_eq!(big[1].start, 0xfef0_0000);
@@ -465,14 +467,21 @@ fn allow_iovas_empty_or_overlapping_is_einval_atomically() {
         fd.ioas_allow_iovas(O, ioas, &[r(0x2000, 0x1000)]),
         Err(Errno::EINVAL)
     );
+    // One byte is no range either (Linux: start >= last).
+    assert_eq!(
+        fd.ioas_allow_iovas(O, ioas, &[r(0x2000, 0x2000)]),
+        Err(Errno::EINVAL)
+    );
     assert_eq!(
         fd.ioas_allow_iovas(O, ioas, &[r(0x1000, 0x2fff), r(0x2000, 0x3fff)]),
         Err(Errno::EINVAL)
     );
     assert_eq!(fd.state_digest(), before);
+    // The report is what fixed maps may use: the allowed ranges bound only
+    // automatic allocation (Linux reports the holes of the reserved ranges).
     assert_eq!(
         fd.ioas_iova_ranges(O, ioas).unwrap().ranges,
-        [r(0x10_0000, 0x1f_ffff)]
+        [IovaRange::FULL]
     );
 }
 
@@ -494,6 +503,24 @@ fn allow_iovas_bound_automatic_allocation() {
 }
 
 // ---- map ----
+
+/// Linux `iopt_alloc_iova`: an automatic IOVA is aligned to the length
+/// rounded up to a power of two (3 pages: 4-page alignment), capped by the
+/// user address's own alignment, so that large leaves stay possible.
+#[test]
+fn automatic_iovas_round_the_length_up_capped_by_the_user_address() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let three = fd.ioas_map(O, ioas, 0, 3 * K4, None, RW).unwrap();
+    assert_eq!(three % (4 * K4), 0, "{three:#x}");
+    let m2 = 0x20_0000;
+    let aligned = fd.ioas_map(O, ioas, m2, m2, None, RW).unwrap();
+    assert_eq!(aligned % m2, 0, "{aligned:#x}");
+    // In an empty IOAS the lowest 4 KiB-aligned IOVA is taken: 0x1000.
+    let other = fd.ioas_alloc(O).unwrap();
+    let capped = fd.ioas_map(O, other, m2 + K4, m2, None, RW).unwrap();
+    assert_eq!(capped, K4, "aligned past what the user address allows");
+}
 
 #[test]
 fn map_fixed_unaligned_iova_is_einval() {

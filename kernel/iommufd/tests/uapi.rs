@@ -201,7 +201,10 @@ fn uapi_map_unmap_and_iova_ranges_round_trip() {
             .is_some()
     );
 
-    // Too small an array: EMSGSIZE with the count written back.
+    // Too small an array: EMSGSIZE with the count written back, after the
+    // entries that fit (Linux's selftest checks them).
+    task.put(BUF, &abi::IovaRangeEntry::default());
+    task.put(BUF + 16, &abi::IovaRangeEntry::default());
     task.put(
         ARG,
         &abi::IoasIovaRanges {
@@ -217,6 +220,13 @@ fn uapi_map_unmap_and_iova_ranges_round_trip() {
         Err(Errno::EMSGSIZE)
     );
     assert_eq!(task.get::<abi::IoasIovaRanges>(ARG).num_iovas, 2);
+    let first = task.get::<abi::IovaRangeEntry>(BUF);
+    assert_eq!((first.start, first.last), (0, 0xfedf_ffff));
+    assert_eq!(
+        task.get::<abi::IovaRangeEntry>(BUF + 16),
+        abi::IovaRangeEntry::default(),
+        "an entry past num_iovas written"
+    );
     task.put(
         ARG,
         &abi::IoasIovaRanges {

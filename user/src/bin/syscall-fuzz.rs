@@ -975,9 +975,13 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
     }
     let iova = arg.read::<IoasMap>().iova;
     let fixed = map.flags & MapFlags::FIXED_IOVA.bits() != 0;
-    // Automatic IOVAs: never 0, aligned to the largest power of two that is
-    // not above the length, inside no other area.
-    let alignment = 1u64 << (63 - len.leading_zeros());
+    // Automatic IOVAs: never 0, inside no other area, aligned to the length
+    // rounded up to a power of two, capped by the user address's alignment
+    // (Linux `iopt_alloc_iova`).
+    let alignment = len
+        .checked_next_power_of_two()
+        .unwrap_or(1 << 63)
+        .min(1u64 << va.trailing_zeros());
     let overlaps = ioas
         .areas
         .iter()

@@ -143,6 +143,13 @@ bitflags! {
     pub struct HwptAllocFlags: u32 {
         /// The HWPT may be the parent (second stage) of nested HWPTs.
         const NEST_PARENT = 1 << 0;
+        /// Track DMA writes in the page tables' dirty bits (Linux
+        /// `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`); `EOPNOTSUPP` where the unit
+        /// does not report [`HwCapabilities::DIRTY_TRACKING`].
+        const DIRTY_TRACKING = 1 << 1;
+        /// `fault_id` names a fault queue object (Linux
+        /// `IOMMU_HWPT_FAULT_ID_VALID`); none exists here yet, so `ENOENT`.
+        const FAULT_ID_VALID = 1 << 2;
     }
 }
 
@@ -188,6 +195,9 @@ pub struct HwptAlloc {
     pub data_type: u32,
     pub data_len: u32,
     pub data_uptr: u64,
+    /// The fault queue object, with [`HwptAllocFlags::FAULT_ID_VALID`].
+    pub fault_id: u32,
+    pub reserved2: u32,
 }
 
 /// Invalidation entry type of `hwpt_invalidate` (Linux
@@ -247,8 +257,18 @@ bitflags! {
     /// Capabilities `get_hw_info` reports besides the raw registers.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct HwCapabilities: u64 {
-        /// The unit can nest (NEST_PARENT HWPTs and nested HWPTs are available).
-        const NESTING = 1 << 0;
+        /// The unit tracks DMA writes in its page tables (Linux
+        /// `IOMMU_HW_CAP_DIRTY_TRACKING`).
+        const DIRTY_TRACKING = 1 << 0;
+        /// The device may issue PASID-tagged instruction fetches (Linux
+        /// `IOMMU_HW_CAP_PCI_PASID_EXEC`).
+        const PCI_PASID_EXEC = 1 << 1;
+        /// The device may issue PASID-tagged privileged requests (Linux
+        /// `IOMMU_HW_CAP_PCI_PASID_PRIV`).
+        const PCI_PASID_PRIV = 1 << 2;
+        /// Not in Linux (which has a program try a NEST_PARENT HWPT): the unit
+        /// can nest. Above the 32 bits Linux may grow into.
+        const NESTING = 1 << 32;
     }
 }
 
@@ -264,7 +284,9 @@ pub struct GetHwInfo {
     pub data_uptr: u64,
     /// [`HwInfoType`].
     pub out_data_type: u32,
-    pub reserved: u32,
+    /// log2 of the PASIDs the device may use (0: none), as Linux.
+    pub out_max_pasid_log2: u8,
+    pub reserved: [u8; 3],
     /// [`HwCapabilities`].
     pub out_capabilities: u64,
 }
@@ -553,7 +575,7 @@ pod! {
     IoasMap = 40,
     IoasUnmap = 24,
     IoasCopy = 40,
-    HwptAlloc = 40,
+    HwptAlloc = 48,
     HwptInvalidate = 32,
     GetHwInfo = 40,
     FaultRecord = 40,
@@ -628,9 +650,12 @@ impl AbiStruct for IoasCopy {
 }
 
 impl AbiStruct for HwptAlloc {
+    /// The first version had no `fault_id` (Linux grew the struct the same way).
+    const MIN_SIZE: usize = 40;
+
     fn validate(&self) -> Result<(), Errno> {
         known_flags(self.flags, HwptAllocFlags::all().bits())?;
-        reserved_zero(&[self.reserved.into()])
+        reserved_zero(&[self.reserved.into(), self.reserved2.into()])
     }
 }
 
@@ -643,7 +668,7 @@ impl AbiStruct for HwptInvalidate {
 impl AbiStruct for GetHwInfo {
     fn validate(&self) -> Result<(), Errno> {
         known_flags(self.flags, 0)?;
-        reserved_zero(&[self.reserved.into()])
+        reserved_zero(&self.reserved.map(u64::from))
     }
 }
 

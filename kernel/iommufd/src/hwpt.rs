@@ -88,6 +88,9 @@ pub struct HwInfoReply {
     /// Length of the kernel's data (the caller's buffer got a prefix or a zeroed tail).
     pub data_len: u32,
     pub capabilities: HwCapabilities,
+    /// log2 of the PASIDs the device may use: 0, since no device is given
+    /// PASIDs here (Linux reports 0 for a device without the PASID capability).
+    pub max_pasid_log2: u8,
 }
 
 /// The IOVA outside a unit's aperture, reserved while a domain of it is in use.
@@ -279,6 +282,15 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let unit = o.device(dev_id)?.unit;
         let info = self.units[unit.0 as usize].info();
         let pt = o.objects.get(&pt_id).ok_or(Errno::ENOENT)?;
+        // No unit reports dirty tracking yet (Linux: EOPNOTSUPP unless the
+        // device's IOMMU has IOMMU_CAP_DIRTY_TRACKING), and no fault queue
+        // object exists to name (Linux `iommufd_get_fault`: ENOENT).
+        if flags.contains(HwptAllocFlags::DIRTY_TRACKING) {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if flags.contains(HwptAllocFlags::FAULT_ID_VALID) {
+            return Err(Errno::ENOENT);
+        }
         let Some(data) = data else {
             if !matches!(pt, Object::Ioas(_)) {
                 return Err(Errno::EINVAL);
@@ -712,6 +724,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             data_type,
             data_len: data_len as u32,
             capabilities,
+            max_pasid_log2: 0,
         })
     }
 }

@@ -330,6 +330,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         a.value.data_len = reply.data_len;
         a.value.out_data_type = reply.data_type as u32;
         a.value.out_capabilities = reply.capabilities.bits();
+        a.value.out_max_pasid_log2 = reply.max_pasid_log2;
         copy_back(mem, owner, &a)
     }
 

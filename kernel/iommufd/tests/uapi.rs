@@ -309,7 +309,15 @@ fn uapi_get_hw_info_prefix_and_zeroed_tail() {
     let out = task.get::<abi::GetHwInfo>(ARG);
     assert_eq!(out.out_data_type, abi::HwInfoType::IntelVtd as u32);
     assert_eq!(out.data_len, 24);
-    assert_eq!(out.out_capabilities, abi::HwCapabilities::NESTING.bits());
+    // Linux's bits: 0 dirty tracking, 1/2 PASID exec/priv; nesting is ours,
+    // above them. No PASIDs for the device.
+    assert_eq!(out.out_capabilities, 1 << 32);
+    assert_eq!(
+        out.out_capabilities & 0b111,
+        0,
+        "Linux's bits 0..=2 claimed"
+    );
+    assert_eq!(out.out_max_pasid_log2, 0);
     assert_eq!(task.bytes[0x1000 + 24..0x1000 + 32], [0; 8]);
     assert_eq!(
         task.bytes[0x1000 + 32..0x1000 + 40],
@@ -321,6 +329,53 @@ fn uapi_get_hw_info_prefix_and_zeroed_tail() {
         unreachable!()
     };
     assert_eq!(cap, want);
+}
+
+/// Issue 17: HWPT_ALLOC has Linux's 48-byte layout (`fault_id` and a
+/// reserved word after `data_uptr`) and still takes the 40-byte first
+/// version; DIRTY_TRACKING where no unit tracks is EOPNOTSUPP and a fault id
+/// ENOENT (no fault queue object exists), as Linux answers them.
+#[test]
+fn uapi_hwpt_alloc_has_linux_layout_and_refuses_what_it_lacks() {
+    assert_eq!(core::mem::size_of::<abi::HwptAlloc>(), 48);
+    let (mut fd, _) = soft_core(&[SoftConfig::vtd_like()]);
+    let mut task = Task::new();
+    let ioas = alloc_ioas(&mut fd, &mut task);
+    let dev = fd.bind_device(O, UnitId(0), DeviceId(3)).unwrap();
+    let alloc = |flags: abi::HwptAllocFlags, size: u32| abi::HwptAlloc {
+        size,
+        flags: flags.bits(),
+        dev_id: dev,
+        pt_id: ioas,
+        ..Default::default()
+    };
+    for (flags, errno) in [
+        (abi::HwptAllocFlags::DIRTY_TRACKING, Errno::EOPNOTSUPP),
+        (abi::HwptAllocFlags::FAULT_ID_VALID, Errno::ENOENT),
+    ] {
+        task.put(ARG, &alloc(flags, 48));
+        assert_eq!(ioctl(&mut fd, &mut task, Command::HwptAlloc), Err(errno));
+    }
+    task.put(
+        ARG,
+        &abi::HwptAlloc {
+            reserved2: 1,
+            ..alloc(abi::HwptAllocFlags::empty(), 48)
+        },
+    );
+    assert_eq!(
+        ioctl(&mut fd, &mut task, Command::HwptAlloc),
+        Err(Errno::EOPNOTSUPP)
+    );
+    for size in [40, 48] {
+        task.put(ARG, &alloc(abi::HwptAllocFlags::empty(), size));
+        ioctl(&mut fd, &mut task, Command::HwptAlloc).unwrap();
+        assert_ne!(
+            task.get::<abi::HwptAlloc>(ARG).out_hwpt_id,
+            0,
+            "size {size}"
+        );
+    }
 }
 
 #[test]

@@ -16,10 +16,10 @@
 
 use user_programs::abi::{
     self, Command, Errno, FaultRecord, GetHwInfo, HwInfoAmdVi, HwInfoArmSmmuV3, HwInfoType,
-    HwInfoVtd, IoasUnmap,
+    HwInfoVtd, HwptAllocFlags, IoasUnmap,
 };
 use user_programs::edu::{self, Edu};
-use user_programs::iommu::{arg_size, device_attach, fault_read, ioas_alloc, ioas_map};
+use user_programs::iommu::{arg_size, device_attach, fault_read, hwpt_alloc, ioas_alloc, ioas_map};
 use user_programs::{Steps, argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
@@ -61,7 +61,19 @@ fn run() -> Result<(), i32> {
         &raw[..(info.data_len as usize).min(raw.len())],
     );
 
+    // No unit here tracks dirty pages yet: the capability is absent and the
+    // flag refused with Linux's errno (issue 17).
+    if info.out_capabilities & abi::HwCapabilities::DIRTY_TRACKING.bits() != 0 {
+        println!("edu-dma: get_hw_info claims dirty tracking");
+        return Err(16);
+    }
+
     let ioas = STEPS.check(3, "ioas_alloc", ioas_alloc())?;
+    let dirty = hwpt_alloc(HwptAllocFlags::DIRTY_TRACKING, edu.id, ioas, None);
+    if dirty != Err(Errno::EOPNOTSUPP) {
+        println!("edu-dma: a dirty-tracking HWPT said {dirty:?}, not EOPNOTSUPP");
+        return Err(16);
+    }
     let hwpt = STEPS.check(4, "device_attach", device_attach(edu.id, ioas))?;
 
     // Nothing raised yet: a poll and a short wait both time out.

@@ -272,6 +272,41 @@ bitflags! {
     }
 }
 
+/// `option` (Linux `struct iommu_option`): reads or changes one option of the
+/// task's iommufd (`object_id` 0) or of one object.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IommuOption {
+    pub size: u32,
+    /// [`OptionId`].
+    pub option_id: u32,
+    /// [`OptionOp`].
+    pub op: u16,
+    pub reserved: u16,
+    pub object_id: u32,
+    /// In for [`OptionOp::Set`], out for [`OptionOp::Get`].
+    pub val64: u64,
+}
+
+/// Linux `enum iommufd_option`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum OptionId {
+    /// How pinned pages are accounted (0: per user). Object 0.
+    RlimitMode = 0,
+    /// Whether an IOAS's mappings may use pages above the base size (1, the
+    /// default) or only the base size (0). Object: the IOAS.
+    HugePages = 1,
+}
+
+/// Linux `enum iommufd_option_ops`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum OptionOp {
+    Set = 0,
+    Get = 1,
+}
+
 /// `get_hw_info`: the raw registers of the unit behind `dev_id`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[repr(C)]
@@ -578,6 +613,7 @@ pod! {
     HwptAlloc = 48,
     HwptInvalidate = 32,
     GetHwInfo = 40,
+    IommuOption = 24,
     FaultRecord = 40,
     FaultRead = 32,
     DeviceAttach = 24,
@@ -660,6 +696,12 @@ impl AbiStruct for HwptAlloc {
 }
 
 impl AbiStruct for HwptInvalidate {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for IommuOption {
     fn validate(&self) -> Result<(), Errno> {
         reserved_zero(&[self.reserved.into()])
     }

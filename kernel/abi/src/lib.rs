@@ -41,11 +41,13 @@ pub enum Command {
     DeviceAttach = 0x8d,
     DeviceReplace = 0x8e,
     DeviceDetach = 0x8f,
+    /// Linux `IOMMU_OPTION` ([`IommuOption`]); after `irq_wait`'s number.
+    Option = 0x91,
 }
 
 impl Command {
     /// Every command, in number order.
-    pub const ALL: [Command; 16] = [
+    pub const ALL: [Command; 17] = [
         Command::Destroy,
         Command::IoasAlloc,
         Command::IoasIovaRanges,
@@ -62,6 +64,7 @@ impl Command {
         Command::DeviceAttach,
         Command::DeviceReplace,
         Command::DeviceDetach,
+        Command::Option,
     ];
 
     /// The command whose syscall number is `number`.

@@ -77,6 +77,8 @@ pub const DEVICE_DETACH: u64 = 0x8f;
 /// kernel caps the wait at [`IRQ_WAIT_MAX_NS`]). `ENOENT`: not a device the
 /// task opened; `ENODEV`: the device has no MSI.
 pub const IRQ_WAIT: u64 = 0x90;
+/// `option(arg: *mut IommuOption)`: Linux's `IOMMU_OPTION`.
+pub const OPTION: u64 = 0x91;
 /// Longest single `irq_wait` (a longer timeout is cut to this).
 pub const IRQ_WAIT_MAX_NS: u64 = 10_000_000_000;
 
@@ -107,6 +109,7 @@ mod tests {
             (DEVICE_ATTACH, Command::DeviceAttach),
             (DEVICE_REPLACE, Command::DeviceReplace),
             (DEVICE_DETACH, Command::DeviceDetach),
+            (OPTION, Command::Option),
         ];
         for (number, command) in pairs {
             assert_eq!(number, command as u64);

@@ -200,8 +200,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let domain = self.units[plan.unit.0 as usize]
             .alloc_domain(kind)
             .map_err(errno)?;
+        let huge_pages = self
+            .owner(plan.owner)
+            .and_then(|o| o.ioas(plan.ioas))
+            .is_ok_and(|ioas| ioas.huge_pages);
         for (i, (piece, prot)) in plan.fill.iter().enumerate() {
-            if let Err((e, _)) = self.map_all(&[(plan.unit, domain)], &[*piece], *prot) {
+            if let Err((e, _)) = self.map_all(&[(plan.unit, domain)], &[*piece], *prot, huge_pages)
+            {
                 self.teardown_domain(plan, domain, plan.fill[..i].iter().map(|(p, _)| *p));
                 return Err(e);
             }

@@ -123,6 +123,7 @@ impl Ioas {
             handles: alloc::sync::Arc::from([]),
             alignment: PAGE_SIZE,
             lost_domains: 0,
+            huge_pages: true,
         }
     }
 
@@ -300,8 +301,39 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         domains: &[(UnitId, DomainHandle)],
         pieces: &[Piece],
         prot: Prot,
+        huge_pages: bool,
     ) -> Result<(), (Errno, bool)> {
-        map_into_domains(&mut self.units, &self.pages, domains, pieces, prot)
+        map_into_domains(
+            &mut self.units,
+            &self.pages,
+            domains,
+            pieces,
+            prot,
+            huge_pages,
+        )
+    }
+
+    /// `IOMMU_OPTION_HUGE_PAGES` of an IOAS: reads it (`set` = `None`) or
+    /// changes it. Turning huge pages off is `EINVAL` once a domain of the IOAS
+    /// maps an area (they may already use large pages), as Linux's
+    /// `iopt_disable_large_pages`; on again is always fine (new mappings only).
+    pub fn ioas_option_huge_pages(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        set: Option<bool>,
+    ) -> Result<bool, Errno> {
+        let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+        match set {
+            None => {}
+            Some(false)
+                if ioas.huge_pages && !ioas.handles.is_empty() && !ioas.areas.is_empty() =>
+            {
+                return Err(Errno::EINVAL);
+            }
+            Some(on) => ioas.huge_pages = on,
+        }
+        Ok(ioas.huge_pages)
     }
 
     /// Unmaps whole pieces from a domain and flushes; false if the flush failed.
@@ -376,9 +408,14 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             pages,
             offset: 0,
         };
-        if let Err((e, clean)) =
-            map_into_domains(&mut self.units, &self.pages, &ioas.handles, &[piece], prot)
-        {
+        if let Err((e, clean)) = map_into_domains(
+            &mut self.units,
+            &self.pages,
+            &ioas.handles,
+            &[piece],
+            prot,
+            ioas.huge_pages,
+        ) {
             ioas.space.release(range);
             if clean {
                 self.put_pages(pages);
@@ -562,7 +599,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         for p in &mut pieces {
             p.iova += base;
         }
-        if let Err((e, clean)) = self.map_all(&domains, &pieces, prot) {
+        let huge_pages = self.owner(owner)?.ioas(dst)?.huge_pages;
+        if let Err((e, clean)) = self.map_all(&domains, &pieces, prot, huge_pages) {
             self.owner_mut(owner)?
                 .ioas_mut(dst)?
                 .space
@@ -607,14 +645,21 @@ fn map_into_domains<U: IommuUnit>(
     domains: &[(UnitId, DomainHandle)],
     pieces: &[Piece],
     prot: Prot,
+    huge_pages: bool,
 ) -> Result<(), (Errno, bool)> {
     for (done_domains, &(unit, domain)) in domains.iter().enumerate() {
         let u = &mut units[unit.0 as usize];
+        let chunk = if huge_pages {
+            u64::MAX
+        } else {
+            // The domain's smallest page (Linux `batch_iommu_map_small`).
+            1 << u.info().page_sizes.trailing_zeros()
+        };
         let mut gather = Gather::default();
         let mut failed = None;
         for (i, p) in pieces.iter().enumerate() {
             let runs: &[PhysRun] = pages.get(p.pages).map_or(&[], |p| &p.runs);
-            match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot) {
+            match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot, chunk) {
                 Ok(g) => merge_gather(&mut gather, &g),
                 Err(e) => {
                     failed = Some((i, e));

@@ -342,6 +342,9 @@ struct Ioas {
     /// must precede it failed): they may still map every area, so the pages
     /// this IOAS lets go are quarantined, never unpinned.
     lost_domains: u32,
+    /// Whether mappings may use pages above each domain's smallest size
+    /// (`IOMMU_OPTION_HUGE_PAGES`, on by default).
+    huge_pages: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -941,8 +944,11 @@ fn for_each_piece(
 }
 
 /// Maps `len` bytes of `runs` from `offset` at `iova` in `domain`, all or nothing
-/// (a failure unmaps and flushes what this call mapped). Returns the gather of
-/// what must be flushed (non-empty only for units that cache non-present entries).
+/// (a failure unmaps and flushes what this call mapped), in calls of at most
+/// `chunk` bytes (a domain's smallest page when huge pages are off: the unit
+/// can then use nothing larger). Returns the gather of what must be flushed
+/// (non-empty only for units that cache non-present entries).
+#[allow(clippy::too_many_arguments)]
 fn map_pieces<U: IommuUnit>(
     unit: &mut U,
     domain: DomainHandle,
@@ -951,13 +957,19 @@ fn map_pieces<U: IommuUnit>(
     offset: u64,
     len: u64,
     prot: Prot,
+    chunk: u64,
 ) -> Result<Gather, IommuError> {
     let mut gather = Gather::default();
     let mut done = 0u64;
     let result = for_each_piece(runs, offset, len, |phys, piece| {
-        let g = unit.map(domain, iova + done, phys, piece, prot)?;
-        merge_gather(&mut gather, &g);
-        done += piece;
+        let mut at = 0;
+        while at < piece {
+            let step = chunk.min(piece - at);
+            let g = unit.map(domain, iova + done, phys + at, step, prot)?;
+            merge_gather(&mut gather, &g);
+            done += step;
+            at += step;
+        }
         Ok(())
     });
     match result {

@@ -130,6 +130,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Command::DeviceAttach => self.cmd_attach(mem, owner, arg, false),
             Command::DeviceReplace => self.cmd_attach(mem, owner, arg, true),
             Command::DeviceDetach => self.cmd_detach(mem, owner, arg),
+            Command::Option => self.cmd_option(mem, owner, arg),
             Command::DeviceList | Command::DeviceOpen => return None,
         })
     }
@@ -332,6 +333,51 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         a.value.out_capabilities = reply.capabilities.bits();
         a.value.out_max_pasid_log2 = reply.max_pasid_log2;
         copy_back(mem, owner, &a)
+    }
+
+    /// Linux `iommufd_option`: HUGE_PAGES of an IOAS (`iommufd_ioas_option`),
+    /// RLIMIT_MODE of the whole context (0, per user; setting it needs a
+    /// privilege no task has here: `EPERM`, as Linux without
+    /// `CAP_SYS_RESOURCE`). An unknown option or op is `EOPNOTSUPP`.
+    fn cmd_option<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::IommuOption> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let set = match v.op {
+            op if op == abi::OptionOp::Set as u16 => Some(v.val64),
+            op if op == abi::OptionOp::Get as u16 => None,
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        let value = match v.option_id {
+            id if id == abi::OptionId::RlimitMode as u32 => {
+                if v.object_id != 0 {
+                    return Err(Errno::EINVAL);
+                }
+                match set {
+                    None => 0,
+                    Some(_) => return Err(Errno::EPERM),
+                }
+            }
+            id if id == abi::OptionId::HugePages as u32 => {
+                let set = match set {
+                    None => None,
+                    Some(0) => Some(false),
+                    Some(1) => Some(true),
+                    Some(_) => return Err(Errno::EINVAL),
+                };
+                u64::from(self.ioas_option_huge_pages(owner, v.object_id, set)?)
+            }
+            _ => return Err(Errno::EOPNOTSUPP),
+        };
+        if set.is_none() {
+            a.value.val64 = value;
+            copy_back(mem, owner, &a)?;
+        }
+        Ok(())
     }
 
     fn cmd_fault_read<M: UserMemory>(

@@ -522,6 +522,53 @@ fn automatic_iovas_round_the_length_up_capped_by_the_user_address() {
     assert_eq!(capped, K4, "aligned past what the user address allows");
 }
 
+/// Linux `IOMMU_OPTION_HUGE_PAGES`: with huge pages off an IOAS's domains get
+/// only their smallest page (the unit is handed one page per map call, as
+/// Linux's `batch_iommu_map_small`); turning it off once a domain maps an area
+/// is `EINVAL` (`iopt_disable_large_pages`); on again is always fine.
+#[test]
+fn huge_pages_off_maps_only_base_pages() {
+    let (mut fd, ioas, _, _) = attached();
+    let m2 = 0x20_0000;
+    let map_lengths = |fd: &mut SoftCore| -> Vec<u64> {
+        let unit = fd.unit_mut(U0).unwrap();
+        let lengths = unit
+            .log
+            .iter()
+            .filter_map(|event| match event {
+                Event::Map { len, .. } => Some(*len),
+                _ => None,
+            })
+            .collect();
+        unit.log.clear();
+        lengths
+    };
+    assert_eq!(fd.ioas_option_huge_pages(O, ioas, None), Ok(true));
+    assert_eq!(fd.ioas_option_huge_pages(O, ioas, Some(false)), Ok(false));
+    map_lengths(&mut fd);
+    let small = fd.ioas_map(O, ioas, m2, m2, None, RW).unwrap();
+    let lengths = map_lengths(&mut fd);
+    assert_eq!(lengths.len(), 512);
+    assert!(
+        lengths.iter().all(|&len| len == K4),
+        "a large page with huge pages off"
+    );
+    assert_eq!(
+        fd.ioas_option_huge_pages(O, ioas, Some(false)),
+        Ok(false),
+        "setting the current value changes nothing"
+    );
+    assert_eq!(fd.ioas_option_huge_pages(O, ioas, Some(true)), Ok(true));
+    assert_eq!(
+        fd.ioas_option_huge_pages(O, ioas, Some(false)),
+        Err(Errno::EINVAL),
+        "off while a domain maps an area"
+    );
+    fd.ioas_map(O, ioas, 2 * m2, m2, None, RW).unwrap();
+    assert_eq!(map_lengths(&mut fd), [m2], "large pages again once on");
+    fd.ioas_unmap(O, ioas, small, m2).unwrap();
+}
+
 #[test]
 fn map_fixed_unaligned_iova_is_einval() {
     let (mut fd, ioas, _, _) = attached();

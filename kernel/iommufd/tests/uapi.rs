@@ -378,6 +378,93 @@ fn uapi_hwpt_alloc_has_linux_layout_and_refuses_what_it_lacks() {
     }
 }
 
+/// Issue 17: `IOMMU_OPTION` as Linux answers it: HUGE_PAGES of an IOAS read
+/// and written (values other than 0 and 1 `EINVAL`, a non-IOAS object
+/// `ENOENT`), RLIMIT_MODE read as 0 and not settable (`EPERM`), unknown
+/// options and ops `EOPNOTSUPP`, reserved bits `EOPNOTSUPP`.
+#[test]
+fn uapi_option_huge_pages_and_rlimit_mode() {
+    let (mut fd, _) = soft_core(&[SoftConfig::vtd_like()]);
+    let mut task = Task::new();
+    let ioas = alloc_ioas(&mut fd, &mut task);
+    let option = |option_id: u32, op: abi::OptionOp, object_id: u32, val64: u64| abi::IommuOption {
+        size: 24,
+        option_id,
+        op: op as u16,
+        object_id,
+        val64,
+        ..Default::default()
+    };
+    let huge = abi::OptionId::HugePages as u32;
+    let call = |fd: &mut SoftCore, task: &mut Task, arg: abi::IommuOption| {
+        task.put(ARG, &arg);
+        let result = ioctl(fd, task, Command::Option);
+        (result, task.get::<abi::IommuOption>(ARG).val64)
+    };
+    assert_eq!(
+        call(
+            &mut fd,
+            &mut task,
+            option(huge, abi::OptionOp::Get, ioas, 7)
+        ),
+        (Ok(()), 1)
+    );
+    assert_eq!(
+        call(
+            &mut fd,
+            &mut task,
+            option(huge, abi::OptionOp::Set, ioas, 0)
+        )
+        .0,
+        Ok(())
+    );
+    assert_eq!(
+        call(
+            &mut fd,
+            &mut task,
+            option(huge, abi::OptionOp::Get, ioas, 7)
+        ),
+        (Ok(()), 0)
+    );
+    assert_eq!(
+        call(
+            &mut fd,
+            &mut task,
+            option(huge, abi::OptionOp::Set, ioas, 2)
+        )
+        .0,
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        call(
+            &mut fd,
+            &mut task,
+            option(huge, abi::OptionOp::Get, ioas + 100, 0)
+        )
+        .0,
+        Err(Errno::ENOENT)
+    );
+    let rlimit = abi::OptionId::RlimitMode as u32;
+    assert_eq!(
+        call(&mut fd, &mut task, option(rlimit, abi::OptionOp::Get, 0, 7)),
+        (Ok(()), 0)
+    );
+    assert_eq!(
+        call(&mut fd, &mut task, option(rlimit, abi::OptionOp::Set, 0, 1)).0,
+        Err(Errno::EPERM)
+    );
+    assert_eq!(
+        call(&mut fd, &mut task, option(9, abi::OptionOp::Get, 0, 0)).0,
+        Err(Errno::EOPNOTSUPP)
+    );
+    let mut bad_op = option(huge, abi::OptionOp::Get, ioas, 0);
+    bad_op.op = 5;
+    assert_eq!(call(&mut fd, &mut task, bad_op).0, Err(Errno::EOPNOTSUPP));
+    let mut reserved = option(huge, abi::OptionOp::Get, ioas, 0);
+    reserved.reserved = 1;
+    assert_eq!(call(&mut fd, &mut task, reserved).0, Err(Errno::EOPNOTSUPP));
+}
+
 #[test]
 fn uapi_nested_hwpt_invalidate_and_fault_read() {
     let (mut fd, _) = soft_core(&[SoftConfig::vtd_like()]);

@@ -7,7 +7,8 @@
 #![no_main]
 
 use user_programs::abi::{
-    Command, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IovaRangeEntry, MapFlags,
+    Command, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IommuOption, IovaRangeEntry, MapFlags,
+    OptionId, OptionOp,
 };
 use user_programs::iommu::{arg_size, destroy, ioas_alloc, ioas_map, ioas_unmap};
 use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
@@ -213,9 +214,49 @@ fn run() -> Result<(), i32> {
         Err(Errno::EFAULT),
     )?;
 
+    // IOMMU_OPTION_HUGE_PAGES (Linux's struct iommu_option): on by default,
+    // off on an IOAS no domain maps, and a map still works with it off.
+    let option = |op: OptionOp, object_id: u32, val64: u64| IommuOption {
+        size: arg_size::<IommuOption>(),
+        option_id: OptionId::HugePages as u32,
+        op: op as u16,
+        object_id,
+        val64,
+        ..Default::default()
+    };
+    let third = ioas_alloc().map_err(|_| 31)?;
+    let mut get = option(OptionOp::Get, third, 7);
+    expect(
+        31,
+        "huge pages on by default",
+        iommufd(Command::Option, &mut get).map(|()| get.val64),
+        Ok(1),
+    )?;
+    let mut off = option(OptionOp::Set, third, 0);
+    expect(
+        32,
+        "huge pages off",
+        iommufd(Command::Option, &mut off),
+        Ok(()),
+    )?;
+    let mut bad = option(OptionOp::Set, third, 2);
+    expect(
+        33,
+        "huge pages = 2",
+        iommufd(Command::Option, &mut bad),
+        Err(Errno::EINVAL),
+    )?;
+    let fresh = mem_alloc(2).map_err(|_| 34)? as u64;
+    expect(
+        34,
+        "map with huge pages off",
+        ioas_map(third, fresh, 2 * PAGE, None).map(|iova| iova != 0),
+        Ok(true),
+    )?;
+
     // Leave `first` with its automatic mapping: the kernel tears it down at exit.
     println!(
-        "ioas-semantics: 30 checks held; exiting with an IOAS still mapping {} pages",
+        "ioas-semantics: 34 checks held; exiting with an IOAS still mapping {} pages",
         4
     );
     Ok(())

@@ -21,6 +21,11 @@ use crate::model::*;
 use crate::regs::{self, Cap, Ecap, Global, Granularity};
 use crate::unit::Vtd;
 
+const RW: Prot = Prot {
+    read: true,
+    write: true,
+};
+
 #[test]
 fn bring_up_blocks_compatibility_format_left_on_by_firmware_and_then_isolates_msis() {
     let rig = Rig::new();
@@ -656,14 +661,8 @@ fn map_costs_nothing_unless_caching_mode_and_unmap_costs_one_psi() {
         let did = unit.domain_id(domain).unwrap();
         unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
         model.take_descriptors();
-        let prot = Prot {
-            read: true,
-            write: true,
-        };
         let before = unit.hardware.counters();
-        let gather = unit
-            .map(domain, 0x10_0000, 0x20_0000, 0x4000, prot)
-            .unwrap();
+        let gather = unit.map(domain, 0x10_0000, 0x20_0000, 0x4000, RW).unwrap();
         unit.flush(domain, &gather).unwrap();
         let cost = unit.hardware.counters().since(&before);
         if caching {
@@ -795,10 +794,7 @@ fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string
         unit.alloc_domain(DomainKind::Paging).unwrap(),
         unit.alloc_domain(DomainKind::Identity).unwrap(),
     ];
-    let read_write = Prot {
-        read: true,
-        write: true,
-    };
+    let read_write = RW;
     model.fill(&devices);
     for (step, op) in ops.iter().enumerate() {
         match *op {
@@ -880,16 +876,7 @@ fn hw_only_the_lines_written_are_written_back() {
     let device = DeviceId(EDU_A.into());
     unit.attach(device, domain).unwrap();
     let gather = unit
-        .map(
-            domain,
-            0x10_0000,
-            0x8000_0000,
-            0x1000,
-            Prot {
-                read: true,
-                write: true,
-            },
-        )
+        .map(domain, 0x10_0000, 0x8000_0000, 0x1000, RW)
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     let before = unit.hardware.counters();
@@ -918,12 +905,8 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
     let mut unit = rig.unit(&model);
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     let did = unit.domain_id(domain).unwrap();
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
     for iova in [0x10_0000, 0x20_0000] {
-        let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, rw).unwrap();
+        let gather = unit.map(domain, iova, 0x8000_0000, 0x1000, RW).unwrap();
         unit.flush(domain, &gather).unwrap();
     }
     let first = unit.unmap(domain, 0x10_0000, 0x1000).unwrap();
@@ -944,7 +927,7 @@ fn hw_a_failed_flush_is_made_good_by_the_next_before_anything_is_freed() {
     );
     // Made good: the next flush is page-selective again.
     let gather = unit
-        .map(domain, 0x30_0000, 0x8000_0000, 0x1000, rw)
+        .map(domain, 0x30_0000, 0x8000_0000, 0x1000, RW)
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     let third = unit.unmap(domain, 0x30_0000, 0x1000).unwrap();
@@ -966,12 +949,8 @@ fn hw_caching_mode_maps_invalidate_the_walk_caches_too() {
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     let did = unit.domain_id(domain).unwrap();
     model.take_descriptors();
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
     let gather = unit
-        .map(domain, 0x4000_0000, 0x8000_0000, 0x1000, rw)
+        .map(domain, 0x4000_0000, 0x8000_0000, 0x1000, RW)
         .unwrap();
     unit.flush(domain, &gather).unwrap();
     assert_eq!(
@@ -1021,11 +1000,7 @@ fn hw_scalable_page_walks_snoop_by_smpwc_and_pwsnp_not_by_c() {
             "PWSNP, ECAP {ecap:#x}"
         );
         CLEANED.with(|cleaned| cleaned.borrow_mut().clear());
-        let rw = Prot {
-            read: true,
-            write: true,
-        };
-        unit.map(domain, 0x10_0000, 0x8000_0000, 0x1000, rw)
+        unit.map(domain, 0x10_0000, 0x8000_0000, 0x1000, RW)
             .unwrap();
         let cleaned = CLEANED.with(|cleaned| cleaned.borrow().len());
         assert_eq!(cleaned > 0, !walks_snoop, "table cleans, ECAP {ecap:#x}");
@@ -1086,16 +1061,12 @@ fn hw_tables_name_only_addresses_the_platform_can_reach() {
     };
     let mut unit = Vtd::new(UnitId(0), &model, env, description, Options::default()).unwrap();
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
     assert!(
-        unit.map(domain, 0x10_0000, (1 << 39) - 0x1000, 0x1000, rw)
+        unit.map(domain, 0x10_0000, (1 << 39) - 0x1000, 0x1000, RW)
             .is_ok()
     );
     assert_eq!(
-        unit.map(domain, 0x20_0000, 1 << 39, 0x1000, rw),
+        unit.map(domain, 0x20_0000, 1 << 39, 0x1000, RW),
         Err(IommuError::Invalid),
         "a PTE with reserved address bits"
     );

@@ -101,6 +101,12 @@ pub fn dma_alias(bdf: pci::Bdf) -> pci::Bdf {
         .map_or(bdf, |topology| topology.dma_alias(bdf))
 }
 
+/// The buses an MSI of `bdf` may carry a requester id from, when a
+/// PCIe-to-PCI bridge took its requests over (`pci::bridge::Topology::msi_buses`).
+pub fn msi_buses(bdf: pci::Bdf) -> Option<(u8, u8)> {
+    TOPOLOGY.get()?.msi_buses(bdf)
+}
+
 /// Every requester id `bdf`'s DMA may carry on its way to the root, its
 /// own first and [`dma_alias`] last (`pci::bridge::Topology::for_each_dma_alias`).
 pub fn dma_aliases(bdf: pci::Bdf) -> Vec<pci::Bdf> {

@@ -728,7 +728,13 @@ fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(),
         .core
         .unit_mut(iommu::UnitId(0))
         .ok_or(Errno::EINVAL)
-        .and_then(|unit| unit.route_msi(requester, message).map_err(iommufd::errno));
+        .and_then(|unit| {
+            match crate::devices::msi_buses(bdf) {
+                Some(buses) => unit.route_msi_from_buses(requester, buses, message),
+                None => unit.route_msi(requester, message),
+            }
+            .map_err(iommufd::errno)
+        });
     let (route, routed) = match routed {
         Ok(routed) => routed,
         Err(errno) => {

@@ -351,6 +351,21 @@ pub trait IommuUnit {
     /// that does not remap interrupts returns `message` unchanged (SMMUv3: an
     /// MSI is a DMA write to the doorbell page, which the driver maps in
     /// every domain).
+    /// [`Self::route_msi`] for a function whose MSIs may carry any requester
+    /// id on buses `first..=last` (behind a PCIe-to-PCI bridge, which may
+    /// forward its own id or the function's): the route accepts MSIs from
+    /// those buses. Units that do not check MSIs by requester id route as
+    /// `route_msi` does (the default).
+    fn route_msi_from_buses(
+        &mut self,
+        device: DeviceId,
+        buses: (u8, u8),
+        message: MsiMessage,
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
+        let _ = buses;
+        self.route_msi(device, message)
+    }
+
     fn route_msi(
         &mut self,
         device: DeviceId,
@@ -445,6 +460,15 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         message: MsiMessage,
     ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         (**self).route_msi(device, message)
+    }
+
+    fn route_msi_from_buses(
+        &mut self,
+        device: DeviceId,
+        buses: (u8, u8),
+        message: MsiMessage,
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
+        (**self).route_msi_from_buses(device, buses, message)
     }
 
     fn unroute_msi(&mut self, route: MsiRoute) {

@@ -229,6 +229,20 @@ impl Topology {
         }
     }
 
+    /// The buses whose requester ids an MSI of `bdf` may carry when a
+    /// PCIe-to-PCI bridge on the way took its requests over: from that
+    /// bridge's secondary bus (its alias, bus:00.0) to `bdf`'s own bus. Such a
+    /// bridge may forward a request with the function's own id or its alias,
+    /// so an interrupt check can only verify the bus (Linux `set_msi_sid`:
+    /// `set_irte_verify_bus`). `None`: the id the MSI carries is exact.
+    pub fn msi_buses(&self, bdf: Bdf) -> Option<(u8, u8)> {
+        let alias = self.dma_alias(bdf);
+        let bridge = self.bridges.iter().find(|b| {
+            b.port_type == Some(PortType::PcieToPciBridge) && Bdf::new(b.secondary, 0, 0) == alias
+        })?;
+        Some((bridge.secondary, bdf.bus))
+    }
+
     /// Whether `bus` lies below bridge `bdf` (its secondary..=subordinate).
     pub fn is_below(&self, bridge: Bdf, bus: u8) -> bool {
         self.bridges
@@ -305,6 +319,11 @@ mod tests {
         assert_eq!(seen, [Bdf::new(0, 2, 0)]);
         assert!(topology.is_below(Bdf::new(0, 1, 0), 2));
         assert!(!topology.is_below(Bdf::new(1, 0, 0), 1));
+        // MSIs behind the PCIe-to-PCI bridge may carry any id of bus 2 (its
+        // alias or the edu's own): only the bus can be checked.
+        assert_eq!(topology.msi_buses(Bdf::new(2, 1, 0)), Some((2, 2)));
+        assert_eq!(topology.msi_buses(Bdf::new(0, 2, 0)), None);
+        assert_eq!(topology.msi_buses(Bdf::new(1, 0, 0)), None);
     }
 
     #[test]
@@ -327,6 +346,8 @@ mod tests {
         let mut seen = vec![];
         topology.for_each_dma_alias(Bdf::new(1, 3, 0), |id| seen.push(id));
         assert_eq!(seen, [Bdf::new(1, 3, 0), Bdf::new(0, 6, 0)]);
+        // A conventional bridge's own id is exact: no bus range.
+        assert_eq!(topology.msi_buses(Bdf::new(1, 3, 0)), None);
     }
 
     #[test]

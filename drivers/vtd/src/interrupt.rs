@@ -17,14 +17,38 @@ const _: () = assert!(size_of::<Irte>() == 16);
 
 /// §9.10 SVT = 01: verify the full requester id (with SQ = 00).
 const VERIFY_REQUESTER: u64 = 0b01 << 18;
+/// §9.10 SVT = 10: verify that the requester's bus lies between SID[15:8]
+/// (start bus) and SID[7:0] (end bus).
+const VERIFY_BUS: u64 = 0b10 << 18;
+
+/// Which requesters an IRTE accepts (§9.10 SVT, SQ, SID).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceCheck {
+    /// Exactly this requester id.
+    Requester(u16),
+    /// Any requester on buses `first..=last` (a function behind a PCIe-to-PCI
+    /// bridge, whose MSIs may carry its own id or the bridge's alias).
+    Buses { first: u8, last: u8 },
+}
 
 impl Irte {
     /// A present, edge-triggered, fixed-delivery, physical-destination entry
     /// for `vector` on xAPIC `apic_id`, accepted only from `requester`.
     pub fn remapped(vector: u8, apic_id: u8, requester: u16) -> Self {
+        Self::remapped_from(vector, apic_id, SourceCheck::Requester(requester))
+    }
+
+    /// The same entry, accepted from the requesters `source` names.
+    pub fn remapped_from(vector: u8, apic_id: u8, source: SourceCheck) -> Self {
+        let high = match source {
+            SourceCheck::Requester(requester) => VERIFY_REQUESTER | u64::from(requester),
+            SourceCheck::Buses { first, last } => {
+                VERIFY_BUS | (u64::from(first) << 8) | u64::from(last)
+            }
+        };
         Self {
             low: 1 | (u64::from(vector) << 16) | (u64::from(apic_id) << 40),
-            high: VERIFY_REQUESTER | u64::from(requester),
+            high,
         }
     }
 
@@ -55,5 +79,8 @@ mod tests {
         assert_eq!(remappable_msi_address(0), 0xFEE0_0010);
         assert_eq!(remappable_msi_address(5), 0xFEE0_00B0);
         assert_eq!(remappable_msi_address(0x8001), 0xFEE0_0034);
+        // SVT = 10 (bits 83:82), SID = start bus 2, end bus 3.
+        let bus = Irte::remapped_from(0x31, 0, SourceCheck::Buses { first: 2, last: 3 });
+        assert_eq!(bus.high, 0x0008_0203);
     }
 }

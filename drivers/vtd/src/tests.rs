@@ -1119,3 +1119,31 @@ fn hw_a_dropped_unit_blocks_instead_of_letting_dma_bypass() {
     );
     drop(unit);
 }
+
+/// Issue 16 (VT-d 3.4 §9.10 SVT; Linux `set_msi_sid` → `set_irte_verify_bus`):
+/// behind a PCIe-to-PCI bridge an MSI may carry the function's own id or the
+/// bridge's alias, so its IRTE verifies the bus range (SVT = 10, SID = start
+/// bus : end bus), not one id that the bridge may not use.
+#[test]
+fn hw_msis_behind_a_pcie_to_pci_bridge_verify_the_bus() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let message = iommu::MsiMessage {
+        address: 0xFEE0_0000,
+        data: 0x41,
+    };
+    let (route, _) = unit
+        .route_msi_from_buses(DeviceId(EDU_A.into()), (2, 2), message)
+        .unwrap();
+    let table = model.other.borrow()[&regs::IRTA.0] & !0xFFF;
+    // SAFETY: the interrupt remapping table lies in host memory the driver
+    // allocated (phys == virt); `route` is an index into it.
+    let irte = unsafe { core::ptr::read_volatile((table + route.0 * 16) as *const Irte) };
+    assert_eq!((irte.high >> 18) & 0b11, 0b10, "SVT");
+    assert_eq!(irte.high & 0xFFFF, 0x0202, "SID = start bus : end bus");
+    assert_eq!(
+        unit.route_msi_from_buses(DeviceId(EDU_A.into()), (3, 2), message),
+        Err(IommuError::Invalid)
+    );
+}

@@ -20,7 +20,7 @@ use iommu_kit::{IdAllocator, TakenId};
 
 use crate::discovery::UnitDescription;
 use crate::hardware::{Environment, Error, Hardware, Mode, Options, Registers, Translation};
-use crate::interrupt::{Irte, remappable_msi_address};
+use crate::interrupt::{Irte, SourceCheck, remappable_msi_address};
 use crate::paging::DomainTable;
 use crate::regs::Global;
 
@@ -159,6 +159,35 @@ impl<'a, R: Registers> Vtd<'a, R> {
             table.release_unlinked();
         }
         Ok(())
+    }
+
+    /// With remapping on, the MSI goes through a fresh IRTE that accepts only
+    /// the requesters `source` names; without it the message is unchanged.
+    fn route_msi_checked(
+        &mut self,
+        source: SourceCheck,
+        message: MsiMessage,
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
+        if self.hardware.interrupts.is_none() {
+            return Ok((UNREMAPPED_ROUTE, message));
+        }
+        let index = self
+            .hardware
+            .alloc_interrupt()
+            .ok_or(IommuError::NoMemory)?;
+        let entry = Irte::remapped_from(message.x86_vector(), message.x86_destination(), source);
+        if let Err(error) = self.hardware.set_interrupt(index, entry) {
+            let _ = self.hardware.free_interrupt(index);
+            return Err(error.into());
+        }
+        if let Some(table) = self.hardware.interrupts.as_mut() {
+            table.routes.insert(index);
+        }
+        let message = MsiMessage {
+            address: remappable_msi_address(index),
+            data: 0,
+        };
+        Ok((MsiRoute(u64::from(index)), message))
     }
 
     /// Repeats the invalidations of failed detaches (context cache, PASID
@@ -463,26 +492,22 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         message: MsiMessage,
     ) -> Result<(MsiRoute, MsiMessage), IommuError> {
         let requester = u16::try_from(device.0).map_err(|_| IommuError::Invalid)?;
-        if self.hardware.interrupts.is_none() {
-            return Ok((UNREMAPPED_ROUTE, message));
+        self.route_msi_checked(SourceCheck::Requester(requester), message)
+    }
+
+    /// SVT "verify bus" (§9.10): behind a PCIe-to-PCI bridge the MSI may
+    /// carry the function's own id or the bridge's alias (Linux `set_msi_sid`).
+    fn route_msi_from_buses(
+        &mut self,
+        device: DeviceId,
+        (first, last): (u8, u8),
+        message: MsiMessage,
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
+        u16::try_from(device.0).map_err(|_| IommuError::Invalid)?;
+        if first > last {
+            return Err(IommuError::Invalid);
         }
-        let index = self
-            .hardware
-            .alloc_interrupt()
-            .ok_or(IommuError::NoMemory)?;
-        let entry = Irte::remapped(message.x86_vector(), message.x86_destination(), requester);
-        if let Err(error) = self.hardware.set_interrupt(index, entry) {
-            let _ = self.hardware.free_interrupt(index);
-            return Err(error.into());
-        }
-        if let Some(table) = self.hardware.interrupts.as_mut() {
-            table.routes.insert(index);
-        }
-        let message = MsiMessage {
-            address: remappable_msi_address(index),
-            data: 0,
-        };
-        Ok((MsiRoute(u64::from(index)), message))
+        self.route_msi_checked(SourceCheck::Buses { first, last }, message)
     }
 
     /// Remapping on and compatibility format blocked (GSTS.IRES set, CFIS

@@ -211,6 +211,17 @@ impl IommuUnit for Shared {
         })
     }
 
+    fn route_msi_from_buses(
+        &mut self,
+        device: DeviceId,
+        buses: (u8, u8),
+        message: MsiMessage,
+    ) -> Result<(MsiRoute, MsiMessage), IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.route_msi_from_buses(device, buses, message)
+        })
+    }
+
     fn unroute_msi(&mut self, route: MsiRoute) {
         self.call((), |unit| unit.unroute_msi(route))
     }

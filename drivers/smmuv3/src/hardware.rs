@@ -235,6 +235,13 @@ impl<'a> Smmu<'a> {
         } else {
             Walk::NonCoherent
         };
+        // Forced stalls (§6.3.1 STALL_MODEL = 0b10): every faulting
+        // transaction would wait for a CMD_RESUME that nothing here sends.
+        if idr0.stall_model() == crate::regs::StallModel::StallForced {
+            return Err(Error::Unsupported(
+                "forced stalls (IDR0.STALL_MODEL = 0b10): no stall is ever resumed here",
+            ));
+        }
         if walk == Walk::NonCoherent && maintenance.is_none() {
             return Err(Error::Unsupported(
                 "a non-coherent SMMU (IDR0.COHACC = 0) without cache maintenance",

@@ -523,6 +523,13 @@ mod unit {
             CLEANED.with(|c| c.borrow().len()) >= 2,
             "new tables and the leaf written back"
         );
+        // Nesting is off: the SMMU would read task-owned CDs and tables from
+        // DRAM, and a task cannot clean its own cache lines.
+        assert!(unit.info().nesting.is_none());
+        assert_eq!(
+            unit.alloc_domain(DomainKind::NestParent),
+            Err(IommuError::Unsupported)
+        );
         let eventq = unit.hardware.event_queue_phys();
         INVALIDATED.with(|c| c.borrow_mut().clear());
         rig.model
@@ -779,6 +786,20 @@ fn an_attach_on_a_hung_queue_fails_closed() {
     unit.hardware.restart().unwrap();
     assert_eq!(unit.free_domain(a), Ok(()));
     assert_eq!(unit.free_domain(b), Ok(()));
+}
+
+/// Issue 16 (SMMUv3 §6.3.1 STALL_MODEL = 0b10): with forced stalls every
+/// faulting transaction waits for a CMD_RESUME this kernel never sends, so a
+/// device that faults once would hang: such an SMMU is refused at bring-up.
+#[test]
+fn hw_an_smmu_with_forced_stalls_is_refused() {
+    let rig = rig();
+    rig.model
+        .write(regs::IDR0.0, IDR[0] & !(0b11 << 24) | (0b10 << 24));
+    assert!(matches!(
+        smmu_with(&rig, StreamTableFormat::TwoLevel, None),
+        Err(Error::Unsupported(_))
+    ));
 }
 
 /// Issue 16 (SMMUv3 §7.5 SFM_ERR): in Service Failure Mode the SMMU no

@@ -23,7 +23,7 @@ use crate::hardware::{Error, Smmu};
 use crate::invalidation::{self, InvalidationCaps, TlbTag};
 use crate::nesting;
 use crate::paging::{self, PagingStage, STAGE1_INPUT_BITS, Table, granule_of};
-use crate::regs::{Granule, Idr0, StallModel};
+use crate::regs::{Granule, Idr0, StallModel, Walk};
 
 /// What a domain translates with.
 enum DomainState<'a> {
@@ -306,6 +306,15 @@ impl<'a> SmmuUnit<'a> {
 
     /// Validates a guest STE (SMMUv3 §5.2): valid, Config = stage-1 translate,
     /// linear single CD (S1Fmt = 0, S1CDMax = 0: QEMU has no substreams).
+    /// Whether tasks may own stage 1 over a kernel stage 2: both stages, and
+    /// an SMMU that snoops. A non-coherent one would read a task's CD and
+    /// tables from DRAM, and a task cannot clean its own cache lines (EL0
+    /// cache maintenance is off), so it would walk whatever DRAM still held.
+    fn nests(&self) -> bool {
+        let features = self.hardware.features();
+        features.stage1() && features.stage2() && self.hardware.walk() == Walk::Coherent
+    }
+
     fn alloc_nested(
         &mut self,
         parent: DomainHandle,
@@ -419,10 +428,9 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 last: (1u64 << paging::input_bits(stage)) - 1,
             },
             page_sizes,
-            nesting: (self.hardware.features().stage1() && self.hardware.features().stage2())
-                .then_some(NestingInfo {
-                    format: NestedFormat::ArmSmmuV3,
-                }),
+            nesting: self.nests().then_some(NestingInfo {
+                format: NestedFormat::ArmSmmuV3,
+            }),
         }
     }
 
@@ -454,6 +462,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 PagingStage::Stage1 => self.alloc_stage1()?,
                 PagingStage::Stage2 => self.alloc_stage2(false)?,
             },
+            DomainKind::NestParent if !self.nests() => return Err(IommuError::Unsupported),
             DomainKind::NestParent => self.alloc_stage2(true)?,
             DomainKind::Nested {
                 parent,

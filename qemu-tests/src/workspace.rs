@@ -25,14 +25,22 @@ pub struct Package {
 }
 
 impl Workspace {
-    /// Asks `cargo metadata` about the workspace that contains this crate.
+    /// Asks `cargo metadata` about the workspace the caller is in: the one
+    /// whose package cargo runs us from, else the current directory's (see
+    /// [`start_dir`]).
     pub fn locate() -> Result<Workspace, String> {
+        let start = start_dir(
+            std::env::var_os("CARGO_MANIFEST_DIR"),
+            std::env::current_dir().ok(),
+        )
+        .ok_or("neither CARGO_MANIFEST_DIR nor a current directory: run this from the checkout")?;
         // Inside a member's directory cargo reports that member as the only default
         // member, so ask from the workspace root.
         let manifest = run_cargo(
             &["locate-project", "--workspace", "--message-format", "plain"],
-            Path::new(env!("CARGO_MANIFEST_DIR")),
-        )?;
+            &start,
+        )
+        .map_err(|err| format!("{err} (asked from {})", start.display()))?;
         let manifest = PathBuf::from(manifest.trim());
         let root = manifest
             .parent()
@@ -125,6 +133,18 @@ impl Workspace {
 }
 
 /// What `cargo ARGS` prints when run in `dir`.
+/// Where to ask cargo for the workspace: the package directory cargo names
+/// when it runs us (`cargo run`, `cargo xtask`, `cargo test` set
+/// `CARGO_MANIFEST_DIR` at run time), else the current directory. Never the
+/// directory the binary was built in: a copied or moved checkout would build
+/// and boot the other tree.
+fn start_dir(manifest_dir: Option<OsString>, current_dir: Option<PathBuf>) -> Option<PathBuf> {
+    manifest_dir
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or(current_dir)
+}
+
 fn run_cargo(args: &[&str], dir: &Path) -> Result<String, String> {
     let output = cargo()
         .args(args)
@@ -184,6 +204,20 @@ mod tests {
             ws.kernel_elf("aarch64-unknown-none"),
             Path::new("/elsewhere/target/aarch64-unknown-none/release/kernel")
         );
+    }
+
+    /// Issue 19: the workspace is found at run time, never from the path the
+    /// binary was built in.
+    #[test]
+    fn the_workspace_is_looked_for_where_cargo_runs_us_then_here() {
+        let here = Some(PathBuf::from("/copy/of/the/checkout"));
+        assert_eq!(
+            start_dir(Some("/moved/xtask".into()), here.clone()),
+            Some(PathBuf::from("/moved/xtask"))
+        );
+        assert_eq!(start_dir(None, here.clone()), here);
+        assert_eq!(start_dir(Some("".into()), here.clone()), here);
+        assert_eq!(start_dir(None, None), None);
     }
 
     #[test]

@@ -158,13 +158,13 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
             }
         }
     }
-    if args.filter.is_some() && passed == 0 && failed == 0 {
+    if let Some(filter) = args.filter.as_deref()
+        && passed == 0
+        && failed == 0
+    {
         failed = 1;
         broken.push("(filter)");
-        println!(
-            "  FAILED  the filter {:?} matched no test in any configuration",
-            args.filter
-        );
+        println!("  FAILED  the filter \"{filter}\" matched no test in any configuration");
     }
     if skipped == 0 {
         println!("qemu-tests: {passed} passed, {failed} failed");

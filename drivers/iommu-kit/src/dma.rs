@@ -164,8 +164,7 @@ impl DmaBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fakes::HostDma;
-    use std::sync::Mutex;
+    use crate::fakes::{HostDma, maintenance};
     use std::vec::Vec;
 
     #[test]
@@ -180,12 +179,6 @@ mod tests {
         assert!(std::panic::catch_unwind(|| buffer.read::<u64>(4)).is_err());
         buffer.free(&dma);
         assert_eq!(dma.live(), 0);
-    }
-
-    static CLEANED: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
-
-    fn record_clean(start: *const u8, len: usize) {
-        CLEANED.lock().unwrap().push((start as usize, len));
     }
 
     /// The order the hardware may see: with a hold value, the valid word is
@@ -227,11 +220,12 @@ mod tests {
         let dma = HostDma::default();
         let buffer = DmaBuffer::alloc(&dma, 4096, 4096).unwrap();
         buffer.write::<u64>(64, 0xFFFF);
-        buffer.publish(64, &[1, 2, 3, 4], 0, Some(0), Some(record_clean));
+        maintenance::take_cleaned();
+        buffer.publish(64, &[1, 2, 3, 4], 0, Some(0), Some(maintenance::clean));
         let words: Vec<u64> = (0..4).map(|i| buffer.read::<u64>(64 + i * 8)).collect();
         assert_eq!(words, [1, 2, 3, 4]);
-        let base = buffer.region().virt as usize;
-        assert!(CLEANED.lock().unwrap().contains(&(base + 64, 32)));
+        let base = buffer.region().virt as u64;
+        assert!(maintenance::take_cleaned().contains(&(base + 64, 32)));
         buffer.free(&dma);
     }
 }

@@ -89,6 +89,52 @@ impl Clock for SteppingClock {
     }
 }
 
+/// Cache maintenance that only records what it was asked to do, per thread:
+/// what a test hands a driver in place of the kernel's `clflush` or
+/// `dc cvac` / `dc civac`, to check that every line the device reads was
+/// written back and every line it wrote was dropped before the CPU read it.
+pub mod maintenance {
+    use std::cell::RefCell;
+    use std::vec::Vec;
+
+    use crate::CacheMaintenance;
+
+    std::thread_local! {
+        static CLEANED: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+        static INVALIDATED: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// Records a clean of `len` bytes at `start`.
+    pub fn clean(start: *const u8, len: usize) {
+        CLEANED.with(|ranges| ranges.borrow_mut().push((start as u64, len)));
+    }
+
+    /// Records an invalidation of `len` bytes at `start`.
+    pub fn invalidate(start: *const u8, len: usize) {
+        INVALIDATED.with(|ranges| ranges.borrow_mut().push((start as u64, len)));
+    }
+
+    /// Both, for a driver that takes a [`CacheMaintenance`].
+    pub const RECORDING: CacheMaintenance = CacheMaintenance { clean, invalidate };
+
+    /// The cleans recorded on this thread since the last call, oldest first.
+    pub fn take_cleaned() -> Vec<(u64, usize)> {
+        CLEANED.with(|ranges| ranges.take())
+    }
+
+    /// The invalidations recorded on this thread since the last call.
+    pub fn take_invalidated() -> Vec<(u64, usize)> {
+        INVALIDATED.with(|ranges| ranges.take())
+    }
+
+    /// Whether one of `ranges` covers `[at, at + len)` whole.
+    pub fn covers(ranges: &[(u64, usize)], at: u64, len: u64) -> bool {
+        ranges
+            .iter()
+            .any(|&(start, n)| start <= at && at + len <= start + n as u64)
+    }
+}
+
 /// What a driver does to device-visible memory, in order: every write to a
 /// [`crate::DmaBuffer`], every barrier (`os_services::barrier`) and every
 /// register write (`os_services::mmio`), recorded

@@ -442,33 +442,6 @@ mod unit {
         unit.free_domain(domain).unwrap();
     }
 
-    std::thread_local! {
-        static CLEANED: std::cell::RefCell<Vec<(u64, usize)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-        static INVALIDATED: std::cell::RefCell<Vec<(u64, usize)>> =
-            const { std::cell::RefCell::new(Vec::new()) };
-    }
-
-    fn record_clean(start: *const u8, len: usize) {
-        CLEANED.with(|c| c.borrow_mut().push((start as u64, len)));
-    }
-
-    fn record_invalidate(start: *const u8, len: usize) {
-        INVALIDATED.with(|c| c.borrow_mut().push((start as u64, len)));
-    }
-
-    fn covered(
-        ranges: &'static std::thread::LocalKey<std::cell::RefCell<Vec<(u64, usize)>>>,
-        at: u64,
-        len: u64,
-    ) -> bool {
-        ranges.with(|r| {
-            r.borrow()
-                .iter()
-                .any(|&(start, n)| start <= at && at + len <= start + n as u64)
-        })
-    }
-
     /// Issue 16, coherence (SMMUv3 §6.3.1 COHACC, §6.3.11 CR1, §5.2/§5.4 walk
     /// attributes; Linux `ARM_SMMU_FEAT_COHERENCY`, io-pgtable
     /// `coherent_walk`): an SMMU that does not snoop reads DRAM. Without cache
@@ -478,6 +451,7 @@ mod unit {
     /// dropped, and its own accesses are non-cacheable, outer shareable.
     #[test]
     fn hw_a_non_coherent_smmu_reads_only_what_was_written_back() {
+        use iommu_kit::fakes::maintenance::{self, covers};
         let rig = rig();
         rig.model
             .write(regs::IDR0.0, IDR[0] & !regs::Idr0::COHACC.bits());
@@ -485,11 +459,13 @@ mod unit {
             smmu_with(&rig, StreamTableFormat::TwoLevel, None),
             Err(Error::Unsupported(_))
         ));
-        let maintenance = iommu_kit::CacheMaintenance {
-            clean: record_clean,
-            invalidate: record_invalidate,
-        };
-        let smmu = smmu_with(&rig, StreamTableFormat::TwoLevel, Some(maintenance)).unwrap();
+        maintenance::take_cleaned();
+        let smmu = smmu_with(
+            &rig,
+            StreamTableFormat::TwoLevel,
+            Some(maintenance::RECORDING),
+        )
+        .unwrap();
         assert_eq!(
             rig.model.read(regs::CR1.0),
             regs::cr1::for_walk(regs::Walk::NonCoherent)
@@ -503,24 +479,24 @@ mod unit {
         let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
         unit.attach(DeviceId(8), domain).unwrap();
         let ste = unit.hardware.read_ste(8).unwrap();
+        let cleaned = maintenance::take_cleaned();
         assert!(
-            covered(&CLEANED, unit.hardware.ste_phys(8).unwrap(), 64),
+            covers(&cleaned, unit.hardware.ste_phys(8).unwrap(), 64),
             "STE"
         );
         // CD fetch attributes: non-cacheable (S1CIR/S1COR = 0), outer shareable.
         assert_eq!((ste.0[1] >> 2) & 0x3F, 0b10_00_00);
         let cd_phys = ste.0[0] & (((1 << 52) - 1) & !0x3F);
-        assert!(covered(&CLEANED, cd_phys, 64), "CD");
+        assert!(covers(&cleaned, cd_phys, 64), "CD");
         // SAFETY: the CD lies in memory the driver allocated (phys == virt).
         let cd0 = unsafe { *(cd_phys as *const u64) };
         assert_eq!((cd0 >> 8) & 0x3F, 0b10_00_00, "TTB0 walk attributes");
         let cmdq = unit.hardware.command_queue_phys();
-        assert!(covered(&CLEANED, cmdq, 16), "command slots");
-        CLEANED.with(|c| c.borrow_mut().clear());
+        assert!(covers(&cleaned, cmdq, 16), "command slots");
         unit.map(domain, 0x4000_0000, 0x8000_0000, 0x1000, RW)
             .unwrap();
         assert!(
-            CLEANED.with(|c| c.borrow().len()) >= 2,
+            maintenance::take_cleaned().len() >= 2,
             "new tables and the leaf written back"
         );
         // Nesting is off: the SMMU would read task-owned CDs and tables from
@@ -531,12 +507,12 @@ mod unit {
             Err(IommuError::Unsupported)
         );
         let eventq = unit.hardware.event_queue_phys();
-        INVALIDATED.with(|c| c.borrow_mut().clear());
+        maintenance::take_invalidated();
         rig.model
             .inject_event([0x10 | (8 << 32), 0, 0x4000_0000, 0]);
         unit.hardware.drain_events();
         assert!(
-            covered(&INVALIDATED, eventq, 32),
+            covers(&maintenance::take_invalidated(), eventq, 32),
             "event record read from the cache"
         );
     }

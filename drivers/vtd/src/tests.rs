@@ -20,6 +20,7 @@ use crate::invalidation::page_selective_mask;
 use crate::model::*;
 use crate::regs::{self, Cap, Ecap, Global, Granularity};
 use crate::unit::Vtd;
+use iommu_kit::fakes::maintenance;
 
 const RW: Prot = Prot {
     read: true,
@@ -959,15 +960,6 @@ fn hw_caching_mode_maps_invalidate_the_walk_caches_too() {
     );
 }
 
-std::thread_local! {
-    static CLEANED: core::cell::RefCell<Vec<(usize, usize)>> =
-        const { core::cell::RefCell::new(Vec::new()) };
-}
-
-fn record_clean(start: *const u8, len: usize) {
-    CLEANED.with(|cleaned| cleaned.borrow_mut().push((start as usize, len)));
-}
-
 /// Issue 16, coherence (VT-d 3.4 §3.6, §9.6 PWSNP; Linux
 /// `iommu_paging_structure_coherency`): in scalable mode ECAP.C covers the
 /// root, context and PASID tables only; page walks snoop when ECAP.SMPWC is
@@ -986,7 +978,7 @@ fn hw_scalable_page_walks_snoop_by_smpwc_and_pwsnp_not_by_c() {
         let rig = Rig::new();
         let model = Model::new(CAP_DEFAULT, ecap);
         let env = crate::hardware::Environment {
-            flush_cache: record_clean,
+            flush_cache: maintenance::clean,
             new_table: None,
             ..rig.env()
         };
@@ -999,10 +991,10 @@ fn hw_scalable_page_walks_snoop_by_smpwc_and_pwsnp_not_by_c() {
             walks_snoop,
             "PWSNP, ECAP {ecap:#x}"
         );
-        CLEANED.with(|cleaned| cleaned.borrow_mut().clear());
+        maintenance::take_cleaned();
         unit.map(domain, 0x10_0000, 0x8000_0000, 0x1000, RW)
             .unwrap();
-        let cleaned = CLEANED.with(|cleaned| cleaned.borrow().len());
+        let cleaned = maintenance::take_cleaned().len();
         assert_eq!(cleaned > 0, !walks_snoop, "table cleans, ECAP {ecap:#x}");
         unit.free_domain(domain).ok();
     }

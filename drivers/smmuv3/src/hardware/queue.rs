@@ -22,13 +22,10 @@ impl Smmu<'_> {
         // CFGI_ALL first no later CMD_SYNC completes before every cached
         // configuration is dropped.
         let owed = core::mem::take(&mut self.owes_cfgi_all);
-        let commands: Vec<Command> = owed
-            .then_some(Command::CFGI_ALL)
-            .into_iter()
-            .chain(commands.iter().copied())
-            .collect();
-        let raw: Vec<RawCommand> = commands.iter().map(Command::encode).collect();
-        for command in &commands {
+        let owed_first = owed.then_some(Command::CFGI_ALL);
+        let commands = owed_first.iter().chain(commands);
+        let raw: Vec<RawCommand> = commands.clone().map(Command::encode).collect();
+        for command in commands {
             self.counters.commands += 1;
             match command {
                 Command::Sync => self.counters.syncs += 1,

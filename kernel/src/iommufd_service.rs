@@ -92,13 +92,22 @@ impl UserMemory for TaskAccess {
 
 type Core = Iommufd<Unit, TaskAccess>;
 
-/// The core and how the platform's unit names PCI functions.
+/// A requester id as the unit that translates it names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Endpoint {
+    unit: iommu::UnitId,
+    id: iommu::DeviceId,
+}
+
+/// The core and how the platform's units name PCI functions.
 struct State {
     core: Core,
-    device_id: Option<fn(&'static Platform, pci::Bdf) -> Option<iommu::DeviceId>>,
+    /// The unit that translates a PCI function and its name there.
+    endpoint: Option<crate::iommu::EndpointOf>,
     /// The id firmware says a device's requests arrive with instead (AMD-Vi
     /// IVHD aliases).
-    firmware_alias: fn(&'static Platform, iommu::DeviceId) -> Option<iommu::DeviceId>,
+    firmware_alias:
+        fn(&'static Platform, iommu::UnitId, iommu::DeviceId) -> Option<iommu::DeviceId>,
     /// The devices tasks opened.
     devices: Vec<OpenDevice>,
     /// Functions whose memory may still hold data of the owner that last let
@@ -112,7 +121,7 @@ struct OpenDevice {
     owner: OwnerId,
     dev_id: u32,
     bdf: pci::Bdf,
-    requester: iommu::DeviceId,
+    requester: Endpoint,
     /// Where BAR 0 is mapped in the owner (the start `Task::map_device`
     /// returned), once it is.
     window: Option<u64>,
@@ -128,42 +137,63 @@ struct OpenDevice {
 fn note_device_interrupt() {}
 
 impl State {
-    /// The unit's name for the requester id PCI function `bdf`'s DMA
+    /// The unit that translates the requester id PCI function `bdf`'s DMA
     /// carries (its own, or a bridge's alias for every function behind it:
     /// those share one isolation group, claimed by whoever opens the first),
-    /// if the unit translates it.
-    fn requester(&self, bdf: pci::Bdf) -> Option<iommu::DeviceId> {
+    /// and that unit's name for it; `None` when no unit translates it.
+    fn requester(&self, bdf: pci::Bdf) -> Option<Endpoint> {
         let platform = crate::platform::get();
         let alias = crate::devices::dma_alias(bdf);
-        let id = self.device_id.and_then(|id| id(platform, alias))?;
-        Some((self.firmware_alias)(platform, id).unwrap_or(id))
+        let (unit, id) = self
+            .endpoint
+            .and_then(|endpoint| endpoint(platform, alias))?;
+        let id = (self.firmware_alias)(platform, unit, id).unwrap_or(id);
+        Some(Endpoint { unit, id })
     }
 
-    /// The unit's names for every requester id `bdf`'s DMA may carry: its
-    /// own behind a bridge, bridges on the way, the one firmware names, and
-    /// [`Self::requester`]'s; the core programs and blocks them together.
+    /// The names, on [`Self::requester`]'s unit, of every requester id
+    /// `bdf`'s DMA may carry: its own behind a bridge, bridges on the way,
+    /// the one firmware names, and the requester's; the core programs and
+    /// blocks them together. An id another unit translates is left to that
+    /// unit, which blocks it (nothing attaches it there).
     fn aliases(&self, bdf: pci::Bdf) -> Vec<iommu::DeviceId> {
         let platform = crate::platform::get();
-        let Some(device_id) = self.device_id else {
+        let (Some(endpoint), Some(requester)) = (self.endpoint, self.requester(bdf)) else {
             return Vec::new();
         };
         let mut ids: Vec<iommu::DeviceId> = crate::devices::dma_aliases(bdf)
             .into_iter()
-            .filter_map(|alias| device_id(platform, alias))
+            .filter_map(|alias| endpoint(platform, alias))
+            .filter(|&(unit, _)| unit == requester.unit)
+            .map(|(_, id)| id)
             .collect();
-        ids.extend(self.requester(bdf));
+        ids.push(requester.id);
         ids.dedup();
         ids
+    }
+
+    /// The unit that translates `endpoint`.
+    fn unit_of(&mut self, endpoint: Endpoint) -> Result<&mut Unit, Errno> {
+        self.core.unit_mut(endpoint.unit).ok_or(Errno::EINVAL)
+    }
+
+    /// Who holds `endpoint` in the core.
+    fn holder(&self, endpoint: Endpoint) -> Option<(OwnerId, u32)> {
+        self.core.device_holder(endpoint.unit, endpoint.id)
     }
 
     /// Why no task may own `device`, if so.
     fn refusal(&self, device: &PciDevice) -> Option<Refusal> {
         let requester = self.requester(device.function.bdf);
-        let unit = self.core.units().first();
-        let firmware_dma = requester.zip(unit).is_some_and(|(requester, unit)| {
-            unit.reserved_regions(requester)
-                .iter()
-                .any(|region| region.kind == iommu::ReservedKind::Direct)
+        let firmware_dma = requester.is_some_and(|requester| {
+            self.core
+                .units()
+                .get(requester.unit.0 as usize)
+                .is_some_and(|unit| {
+                    unit.reserved_regions(requester.id)
+                        .iter()
+                        .any(|region| region.kind == iommu::ReservedKind::Direct)
+                })
         });
         let platform = crate::platform::get();
         let bdf = device.function.bdf;
@@ -185,20 +215,20 @@ impl State {
             translated: requester.is_some(),
             firmware_dma,
             unsafe_interrupts: msi
-                && !self.msis_isolated()
+                && !requester.is_some_and(|requester| self.msis_isolated(requester.unit))
                 && !UNSAFE_INTERRUPTS_ALLOWED.load(core::sync::atomic::Ordering::SeqCst),
         };
         device_policy::refusal(device, facts)
     }
 
-    /// Whether device MSIs are isolated: by the unit's interrupt remapping
-    /// or by the interrupt controller (an ITS).
-    fn msis_isolated(&self) -> bool {
+    /// Whether the MSIs of devices behind `unit` are isolated: by that
+    /// unit's interrupt remapping or by the interrupt controller (an ITS).
+    fn msis_isolated(&self, unit: iommu::UnitId) -> bool {
         crate::irq::controller_isolates_msi()
             || self
                 .core
                 .units()
-                .first()
+                .get(unit.0 as usize)
                 .is_some_and(|unit| unit.isolates_msi())
     }
 }
@@ -222,17 +252,17 @@ pub fn set_limits(limits: iommufd::Limits) -> iommufd::Limits {
 }
 
 fn new_state() -> State {
-    let mut state = match crate::iommu::platform_unit(crate::platform::get()) {
-        Some(platform_unit) => State {
-            core: Iommufd::new(alloc::vec![platform_unit.unit], TaskAccess::default()),
-            device_id: Some(platform_unit.device_id),
-            firmware_alias: platform_unit.firmware_alias,
+    let mut state = match crate::iommu::platform_units(crate::platform::get()) {
+        Some(platform) => State {
+            core: Iommufd::new(platform.units, TaskAccess::default()),
+            endpoint: Some(platform.endpoint),
+            firmware_alias: platform.firmware_alias,
             devices: Vec::new(),
             residue: Vec::new(),
         },
         None => State {
             core: Iommufd::new(Vec::new(), TaskAccess::default()),
-            device_id: None,
+            endpoint: None,
             firmware_alias: crate::iommu::no_firmware_alias,
             devices: Vec::new(),
             residue: Vec::new(),
@@ -311,12 +341,16 @@ pub fn allow_unsafe_interrupts(allowed: bool) -> bool {
     UNSAFE_INTERRUPTS_ALLOWED.swap(allowed, core::sync::atomic::Ordering::SeqCst)
 }
 
-/// Whether device MSIs are isolated (`State::msis_isolated`; before the
-/// core exists, only the interrupt controller can say so).
+/// Whether the MSIs of every translated device are isolated
+/// (`State::msis_isolated` of every unit; before the core exists, only the
+/// interrupt controller can say so).
 pub fn msis_isolated() -> bool {
     CORE.lock()
         .as_ref()
-        .map_or_else(crate::irq::controller_isolates_msi, State::msis_isolated)
+        .map_or_else(crate::irq::controller_isolates_msi, |state| {
+            (0..state.core.units().len())
+                .all(|unit| state.msis_isolated(iommu::UnitId(unit as u32)))
+        })
 }
 
 /// The fault-interrupt count at the last drain.
@@ -368,11 +402,14 @@ pub fn alias_holders(bdf: pci::Bdf) -> Vec<(iommu::DeviceId, Option<u64>)> {
     let Some(state) = guard.as_ref() else {
         return Vec::new();
     };
+    let Some(requester) = state.requester(bdf) else {
+        return Vec::new();
+    };
     state
         .aliases(bdf)
         .into_iter()
         .map(|id| {
-            let holder = state.core.device_holder(iommu::UnitId(0), id);
+            let holder = state.core.device_holder(requester.unit, id);
             (id, holder.map(|(owner, _)| owner.0))
         })
         .collect()
@@ -391,12 +428,21 @@ pub fn object_count(owner: u64) -> usize {
         .map_or(0, |state| state.core.object_count(OwnerId(owner)))
 }
 
-/// The raw identification registers of the platform's unit as `get_hw_info`
+/// The raw identification registers of the platform's first unit as `get_hw_info`
 /// reports them, once the core exists (what tests compare a task's view with).
 pub fn unit_hw_info() -> Option<iommu::HwInfo> {
     CORE.lock()
         .as_ref()
         .and_then(|state| state.core.units().first().map(|unit| unit.hw_info()))
+}
+
+/// How many IOMMU units the core drives (0 before it exists; what the x86
+/// tests of bringing up every DRHD and IVHD check).
+#[cfg(target_arch = "x86_64")]
+pub fn unit_count() -> usize {
+    CORE.lock()
+        .as_ref()
+        .map_or(0, |state| state.core.units().len())
 }
 
 /// Devices the task with owner id `owner` holds open (leak checks).
@@ -447,7 +493,7 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     let (mut list, size) = read_argument::<abi::DeviceList>(task, arg)?;
     let devices = crate::devices::all();
     // Who holds what, read once under the lock (the list is a snapshot).
-    let flags: Vec<abi::DeviceListFlags> = with_state(task, |state, caller| {
+    let flags: Vec<(abi::DeviceListFlags, u32)> = with_state(task, |state, caller| {
         devices
             .iter()
             .map(|device| {
@@ -455,16 +501,16 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
                     .refusal(device)
                     .map_or(abi::DeviceListFlags::empty(), Refusal::flags);
                 let Some(requester) = state.requester(device.function.bdf) else {
-                    return refused;
+                    return (refused, 0);
                 };
-                let holder = state.core.device_holder(iommu::UnitId(0), requester);
+                let holder = state.holder(requester);
                 let mut flags = abi::DeviceListFlags::TRANSLATED | refused;
                 match holder {
                     Some((owner, _)) if owner == caller => flags |= abi::DeviceListFlags::OPENED,
                     Some(_) => flags |= abi::DeviceListFlags::CLAIMED,
                     None => {}
                 }
-                flags
+                (flags, requester.unit.0)
             })
             .collect()
     });
@@ -472,12 +518,12 @@ fn device_list(task: &mut Task, arg: u64) -> Result<(), Errno> {
     list.num = devices.len() as u32;
     // As many entries as fit, then EMSGSIZE if that was not all (the rule of
     // IOAS_IOVA_RANGES, after Linux).
-    for (index, (device, flags)) in devices.iter().zip(flags).take(capacity).enumerate() {
+    for (index, (device, (flags, unit))) in devices.iter().zip(flags).take(capacity).enumerate() {
         let entry = abi::DeviceListEntry {
             pci_address: pci_address(device.function.bdf),
             vendor_id: device.function.vendor_id,
             device_id: device.function.device_id,
-            unit: 0,
+            unit,
             flags: flags.bits(),
         };
         let at = list.entries_uptr + (index * core::mem::size_of::<abi::DeviceListEntry>()) as u64;
@@ -529,7 +575,7 @@ fn device_open(task: &mut Task, arg: u64) -> Result<(), Errno> {
         let id =
             state
                 .core
-                .bind_device_with_aliases(owner, iommu::UnitId(0), requester, &aliases)?;
+                .bind_device_with_aliases(owner, requester.unit, requester.id, &aliases)?;
         // The list outlives the task (its room stays for the next opener):
         // the kernel's, not the task's.
         crate::memory::uncharged(|| {
@@ -652,16 +698,12 @@ fn scrub_residue(state: &mut State, owner: OwnerId, device: &PciDevice) -> Resul
 
 /// Scrubs one function of a group whose requester id is `requester` (see
 /// [`scrub_residue`]) and drops its residue record.
-fn scrub_function(
-    state: &mut State,
-    device: &PciDevice,
-    requester: iommu::DeviceId,
-) -> Result<(), Errno> {
+fn scrub_function(state: &mut State, device: &PciDevice, requester: Endpoint) -> Result<(), Errno> {
     let bdf = device.function.bdf;
     let Some(position) = state.residue.iter().position(|&(at, _)| at == bdf) else {
         return Ok(());
     };
-    let unit = state.core.unit_mut(iommu::UnitId(0)).ok_or(Errno::EINVAL)?;
+    let unit = state.unit_of(requester)?;
     let info = unit.info();
     let len = info.min_page_size().max(abi::syscall::PAGE_SIZE);
     let iova = info.aperture.start.max(SCRUB_IOVA).next_multiple_of(len);
@@ -685,11 +727,11 @@ fn scrub_function(
             mapped = true;
             unit.flush(domain, &gather)
         })
-        .and_then(|()| unit.attach(requester, domain))
+        .and_then(|()| unit.attach(requester.id, domain))
         .map_err(iommufd::errno)
         .and_then(|()| {
             let copied = crate::devices::scrub(crate::platform::get(), device, iova);
-            unit.detach(requester);
+            unit.detach(requester.id);
             copied.map_err(|_| Errno::EIO)
         });
     let unmapped = if mapped {
@@ -724,17 +766,13 @@ fn route_interrupt(state: &mut State, owner: OwnerId, dev_id: u32) -> Result<(),
     let alias = crate::devices::dma_alias(bdf).requester_id();
     let (irq, message) =
         crate::irq::alloc_device_msi(note_device_interrupt, alias).ok_or(Errno::ENOSPC)?;
-    let routed = state
-        .core
-        .unit_mut(iommu::UnitId(0))
-        .ok_or(Errno::EINVAL)
-        .and_then(|unit| {
-            match crate::devices::msi_buses(bdf) {
-                Some(buses) => unit.route_msi_from_buses(requester, buses, message),
-                None => unit.route_msi(requester, message),
-            }
-            .map_err(iommufd::errno)
-        });
+    let routed = state.unit_of(requester).and_then(|unit| {
+        match crate::devices::msi_buses(bdf) {
+            Some(buses) => unit.route_msi_from_buses(requester.id, buses, message),
+            None => unit.route_msi(requester.id, message),
+        }
+        .map_err(iommufd::errno)
+    });
     let (route, routed) = match routed {
         Ok(routed) => routed,
         Err(errno) => {
@@ -776,7 +814,7 @@ fn release_device(state: &mut State, entry: OpenDevice) {
         if let Some(msi) = pci::Msi::find(config, entry.bdf) {
             msi.disable(config);
         }
-        if let Some(unit) = state.core.unit_mut(iommu::UnitId(0)) {
+        if let Ok(unit) = state.unit_of(entry.requester) {
             unit.unroute_msi(route);
         }
         crate::irq::free(irq);
@@ -822,7 +860,7 @@ fn release_device(state: &mut State, entry: OpenDevice) {
 fn release_destroyed_devices(state: &mut State, owner: OwnerId) {
     release_devices(state, |core, entry| {
         entry.owner == owner
-            && core.device_holder(iommu::UnitId(0), entry.requester)
+            && core.device_holder(entry.requester.unit, entry.requester.id)
                 != Some((entry.owner, entry.dev_id))
     });
 }
@@ -855,20 +893,16 @@ pub fn prepare() {
     let mut guard = CORE.lock();
     let state = guard.get_or_insert_with(new_state);
     // Devices a task holds are left alone.
-    let free: Vec<iommu::DeviceId> = crate::devices::all()
+    let free: Vec<Endpoint> = crate::devices::all()
         .iter()
         .filter_map(|device| state.requester(device.function.bdf))
-        .filter(|&requester| {
-            state
-                .core
-                .device_holder(iommu::UnitId(0), requester)
-                .is_none()
-        })
+        .filter(|&requester| state.holder(requester).is_none())
         .collect();
-    let Some(unit) = state.core.unit_mut(iommu::UnitId(0)) else {
-        return;
-    };
-    for requester in free {
+    for endpoint in free {
+        let Ok(unit) = state.unit_of(endpoint) else {
+            continue;
+        };
+        let requester = endpoint.id;
         if let Ok(domain) = unit.alloc_domain(iommu::DomainKind::Paging) {
             let _ = unit.attach(requester, domain);
             unit.detach(requester);

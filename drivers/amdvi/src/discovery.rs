@@ -131,6 +131,16 @@ pub fn describe(ivrs: &Ivrs) -> Result<Vec<UnitDescription>, DiscoveryError> {
     Ok(units)
 }
 
+/// The unit that translates `device_id` of `segment`: the last IVHD, in table
+/// order, whose device entries name it, as Linux's `set_iommu_for_device`
+/// leaves its per-segment `rlookup_table` (§5.2.2.2: each IVHD lists the
+/// requesters its IOMMU sees). `None`: no IOMMU translates it.
+pub fn unit_for(units: &[UnitDescription], segment: u16, device_id: u16) -> Option<usize> {
+    units
+        .iter()
+        .rposition(|unit| unit.segment == segment && unit.translates(device_id))
+}
+
 fn aliases(ivhd: &Ivhd) -> Vec<(u16, u16)> {
     let mut aliases: Vec<(u16, u16)> = Vec::new();
     for entry in &ivhd.devices {
@@ -275,6 +285,34 @@ mod tests {
             ivmds,
             unknown_types: vec![],
         }
+    }
+
+    #[test]
+    fn each_requester_belongs_to_the_last_ivhd_that_names_it() {
+        let ivrs = table(
+            vec![
+                ivhd(0xFED8_0000, vec![entry(DeviceTarget::All, 0)]),
+                ivhd(
+                    0xFED9_0000,
+                    vec![entry(
+                        DeviceTarget::Range {
+                            start: 0x100,
+                            end: 0x1FF,
+                        },
+                        0,
+                    )],
+                ),
+            ],
+            vec![],
+        );
+        let units = describe(&ivrs).unwrap();
+        assert_eq!(units.len(), 2);
+        assert_eq!(unit_for(&units, 0, 0x08), Some(0));
+        assert_eq!(unit_for(&units, 0, 0x100), Some(1));
+        assert_eq!(unit_for(&units, 0, 0x1FF), Some(1));
+        assert_eq!(unit_for(&units, 0, 0x200), Some(0));
+        assert_eq!(unit_for(&units, 1, 0x08), None, "another segment");
+        assert_eq!(unit_for(&units[1..], 0, 0x08), None, "named by no IVHD");
     }
 
     #[test]

@@ -292,6 +292,11 @@ impl Hardware {
         &self.description
     }
 
+    /// The IOMMU Control Register as the unit holds it now (§3.4.4).
+    pub fn control(&self) -> regs::Control {
+        regs::Control::from_bits_retain(self.regs.read64(regs::CONTROL))
+    }
+
     pub fn extended_features(&self) -> ExtendedFeatures {
         self.efr
     }

@@ -1,6 +1,7 @@
-//! AMD-Vi on this machine: finds the IOMMU in the ACPI IVRS, brings it up once (every
-//! requester blocked) and hands it out behind a lock. Policy only; the hardware
-//! access lives in the `amdvi` crate.
+//! AMD-Vi on this machine: finds the IOMMUs in the ACPI IVRS, brings every one of
+//! them up once (every requester blocked: an IOMMU left as firmware left it would
+//! let the DMA behind it go wherever firmware pointed it) and hands each out behind
+//! a lock. Policy only; the hardware access lives in the `amdvi` crate.
 
 use core::ptr::NonNull;
 
@@ -25,31 +26,67 @@ pub enum Absent {
     BringUp(UnitError),
 }
 
-static UNIT: spin::Once<Result<spin::Mutex<AmdVi>, Absent>> = spin::Once::new();
+/// Every IOMMU the IVRS describes, in table order (`UnitId` = index), each
+/// behind its own lock; brought up together on first use.
+type Units = alloc::vec::Vec<spin::Mutex<AmdVi>>;
 
-/// The machine's first AMD-Vi unit, brought up on first use.
-pub fn unit(platform: &Platform) -> Result<&'static spin::Mutex<AmdVi>, Absent> {
-    UNIT.call_once(|| bring_up(platform).map(spin::Mutex::new))
+static UNITS: spin::Once<Result<Units, Absent>> = spin::Once::new();
+
+/// The machine's AMD-Vi units, brought up on first use. All or nothing: a unit
+/// that fails leaves the machine without AMD-Vi (those already up are dropped,
+/// which blocks their DMA again), since the devices behind it could not be isolated.
+pub fn units(platform: &Platform) -> Result<&'static [spin::Mutex<AmdVi>], Absent> {
+    UNITS
+        .call_once(|| {
+            descriptions(platform)?
+                .iter()
+                .enumerate()
+                .map(|(index, description)| {
+                    bring_up(platform, UnitId(index as u32), description.clone())
+                        .map(spin::Mutex::new)
+                })
+                .collect()
+        })
         .as_ref()
+        .map(|units| units.as_slice())
         .map_err(|absent| *absent)
 }
 
-/// Runs `f` on the unit (brought up on first use), as `vtd::with_unit` and
+/// The machine's first AMD-Vi unit, which the unit-level tests drive.
+pub fn unit(platform: &Platform) -> Result<&'static spin::Mutex<AmdVi>, Absent> {
+    units(platform)?
+        .first()
+        .ok_or(Absent::Discovery(DiscoveryError::NoIommu))
+}
+
+/// Runs `f` on unit `index` (every unit brought up on first use), as
+/// `vtd::with_unit_at` does for its.
+pub fn with_unit_at<R>(
+    platform: &Platform,
+    index: usize,
+    f: impl FnOnce(&mut AmdVi) -> R,
+) -> Result<R, alloc::string::String> {
+    let units = units(platform).map_err(|absent| alloc::format!("no AMD-Vi unit: {absent:?}"))?;
+    let unit = units
+        .get(index)
+        .ok_or_else(|| alloc::format!("no AMD-Vi unit {index} in the IVRS"))?;
+    Ok(f(&mut unit.lock()))
+}
+
+/// [`with_unit_at`] the first unit, as `vtd::with_unit` and
 /// `smmuv3::with_unit` do for theirs.
 pub fn with_unit<R>(
     platform: &Platform,
     f: impl FnOnce(&mut AmdVi) -> R,
 ) -> Result<R, alloc::string::String> {
-    let unit = unit(platform).map_err(|absent| alloc::format!("no AMD-Vi unit: {absent:?}"))?;
-    Ok(f(&mut unit.lock()))
+    with_unit_at(platform, 0, f)
 }
 
-fn bring_up(platform: &Platform) -> Result<AmdVi, Absent> {
-    let Firmware::Acpi(info) = &platform.firmware;
-    let ivrs = info.ivrs.as_ref().ok_or(Absent::NoIvrs)?;
-    let description = amdvi::discovery::describe(ivrs)
-        .map_err(Absent::Discovery)?
-        .swap_remove(0);
+fn bring_up(
+    platform: &Platform,
+    id: UnitId,
+    description: amdvi::discovery::UnitDescription,
+) -> Result<AmdVi, Absent> {
     let config = &platform.pci.ecam;
     let bdf = Bdf::from_requester_id(description.iommu_device_id);
     let capability = CapabilityHeader(config.read32(bdf, description.capability_offset));
@@ -65,7 +102,7 @@ fn bring_up(platform: &Platform) -> Result<AmdVi, Absent> {
     // unit touches it.
     let regs = unsafe { Mmio::new(base, regs::MMIO_SIZE) };
     AmdVi::new(
-        UnitId(0),
+        id,
         description,
         regs,
         capability,
@@ -81,34 +118,50 @@ pub fn device_id_of(bdf: Bdf) -> DeviceId {
     DeviceId(u32::from(bdf.requester_id()))
 }
 
-/// The AMD-Vi DeviceID of a PCI function (segment 0), if the unit the IVRS
-/// describes translates it (its IVHD device entries name it, AMD IOMMU
-/// §5.2.2.2): a function the table leaves out is not behind this unit.
-pub fn device_id(platform: &Platform, bdf: Bdf) -> Option<DeviceId> {
-    let id = bdf.requester_id();
-    description(platform)
-        .is_some_and(|unit| unit.translates(id))
-        .then(|| device_id_of(bdf))
+/// The unit that translates a PCI function (segment 0) and its DeviceID there:
+/// the IVHD whose device entries name it (AMD IOMMU §5.2.2.2, see
+/// `amdvi::discovery::unit_for`). `None`: no IOMMU translates it.
+pub fn endpoint(platform: &Platform, bdf: Bdf) -> Option<(UnitId, DeviceId)> {
+    let units = descriptions(platform).ok()?;
+    let unit = amdvi::discovery::unit_for(units, 0, bdf.requester_id())?;
+    Some((UnitId(u32::try_from(unit).ok()?), device_id_of(bdf)))
 }
 
-/// The DeviceID `device`'s requests arrive with when an IVHD alias entry
-/// names another (AMD IOMMU §5.2.2.2): that one is programmed with it.
-pub fn firmware_alias(platform: &Platform, device: DeviceId) -> Option<DeviceId> {
+/// The DeviceID of a PCI function if the first unit translates it (the
+/// unit-level tests drive unit 0).
+pub fn device_id(platform: &Platform, bdf: Bdf) -> Option<DeviceId> {
+    endpoint(platform, bdf)
+        .filter(|&(unit, _)| unit == UnitId(0))
+        .map(|(_, id)| id)
+}
+
+/// The DeviceID `device`'s requests arrive with when an IVHD alias entry of
+/// the unit translating it names another (AMD IOMMU §5.2.2.2): that one is
+/// programmed with it.
+pub fn firmware_alias(platform: &Platform, unit: UnitId, device: DeviceId) -> Option<DeviceId> {
     let id = u16::try_from(device.0).ok()?;
-    description(platform)?
+    descriptions(platform)
+        .ok()?
+        .get(unit.0 as usize)?
         .alias_of(id)
         .map(|alias| DeviceId(u32::from(alias)))
 }
 
-/// The unit the IVRS describes. The table does not change: it is described
+/// The units the IVRS describes. The table does not change: it is described
 /// once, not for every function asked.
-fn description(platform: &Platform) -> Option<&'static amdvi::discovery::UnitDescription> {
-    static DESCRIPTION: spin::Once<Option<amdvi::discovery::UnitDescription>> = spin::Once::new();
-    DESCRIPTION
+fn descriptions(
+    platform: &Platform,
+) -> Result<&'static [amdvi::discovery::UnitDescription], Absent> {
+    static DESCRIPTIONS: spin::Once<
+        Result<alloc::vec::Vec<amdvi::discovery::UnitDescription>, Absent>,
+    > = spin::Once::new();
+    DESCRIPTIONS
         .call_once(|| {
             let Firmware::Acpi(info) = &platform.firmware;
-            let ivrs = info.ivrs.as_ref()?;
-            amdvi::discovery::describe(ivrs).ok()?.into_iter().next()
+            let ivrs = info.ivrs.as_ref().ok_or(Absent::NoIvrs)?;
+            amdvi::discovery::describe(ivrs).map_err(Absent::Discovery)
         })
         .as_ref()
+        .map(|units| units.as_slice())
+        .map_err(|absent| *absent)
 }

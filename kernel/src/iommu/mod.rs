@@ -14,48 +14,54 @@ use alloc::vec::Vec;
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
-    MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedRegion, UnitInfo,
+    MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedRegion, UnitId, UnitInfo,
 };
 
 use crate::platform::Platform;
 
-/// The platform's IOMMU unit behind the contract, for the iommufd core.
-pub struct PlatformUnit {
-    pub unit: Box<dyn IommuUnit>,
-    /// The unit's name for a PCI function; `None` when it does not translate it.
-    pub device_id: fn(&'static Platform, pci::Bdf) -> Option<DeviceId>,
+/// The platform's IOMMU units behind the contract, for the iommufd core.
+pub struct PlatformUnits {
+    /// Every unit, in firmware order: `UnitId(i)` is `units[i]`.
+    pub units: Vec<Box<dyn IommuUnit>>,
+    /// The unit that translates a PCI function and its name there; `None`
+    /// when no unit translates it.
+    pub endpoint: EndpointOf,
     /// The id a device's requests arrive with when firmware says it is
     /// another's (AMD-Vi IVHD alias entries); `None` elsewhere.
-    pub firmware_alias: fn(&'static Platform, DeviceId) -> Option<DeviceId>,
+    pub firmware_alias: fn(&'static Platform, UnitId, DeviceId) -> Option<DeviceId>,
 }
 
-/// [`PlatformUnit::firmware_alias`] of units whose firmware names no aliases.
-pub fn no_firmware_alias(_: &'static Platform, _: DeviceId) -> Option<DeviceId> {
+/// Which unit translates a PCI function, and its name there.
+pub type EndpointOf = fn(&'static Platform, pci::Bdf) -> Option<(UnitId, DeviceId)>;
+
+/// [`PlatformUnits::firmware_alias`] of units whose firmware names no aliases.
+pub fn no_firmware_alias(_: &'static Platform, _: UnitId, _: DeviceId) -> Option<DeviceId> {
     None
 }
 
-/// Brings up (or takes over) the platform's IOMMU unit, if it has one.
-pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
+/// Brings up (or takes over) every IOMMU unit of the platform; `None` when it
+/// has none.
+pub fn platform_units(platform: &'static Platform) -> Option<PlatformUnits> {
     match &platform.firmware {
         #[cfg(target_arch = "x86_64")]
         crate::platform::Firmware::Acpi(info) => {
             if info.dmar.is_some() {
-                fn with_vtd(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
-                    let _ = vtd::with_unit(crate::platform::get(), |unit| f(unit));
+                fn with_vtd(index: usize, f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                    let _ = vtd::with_unit_at(crate::platform::get(), index, |unit| f(unit));
                 }
-                return Some(PlatformUnit {
-                    unit: Box::new(Shared::new(with_vtd)?),
-                    device_id: vtd::device_id,
+                return Some(PlatformUnits {
+                    units: shared_units(with_vtd)?,
+                    endpoint: vtd::endpoint,
                     firmware_alias: no_firmware_alias,
                 });
             }
             if info.ivrs.is_some() {
-                fn with_amdvi(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
-                    let _ = amdvi::with_unit(crate::platform::get(), |unit| f(unit));
+                fn with_amdvi(index: usize, f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                    let _ = amdvi::with_unit_at(crate::platform::get(), index, |unit| f(unit));
                 }
-                return Some(PlatformUnit {
-                    unit: Box::new(Shared::new(with_amdvi)?),
-                    device_id: amdvi::device_id,
+                return Some(PlatformUnits {
+                    units: shared_units(with_amdvi)?,
+                    endpoint: amdvi::endpoint,
                     firmware_alias: amdvi::firmware_alias,
                 });
             }
@@ -66,16 +72,32 @@ pub fn platform_unit(platform: &'static Platform) -> Option<PlatformUnit> {
             if tree.smmus.is_empty() {
                 return None;
             }
-            fn with_smmu(f: &mut dyn FnMut(&mut dyn IommuUnit)) {
-                let _ = smmuv3::with_unit(crate::platform::get(), |unit| f(unit));
+            // The glue drives the device tree's first SMMU only (see
+            // `smmuv3::with_unit`).
+            fn with_smmu(index: usize, f: &mut dyn FnMut(&mut dyn IommuUnit)) {
+                if index == 0 {
+                    let _ = smmuv3::with_unit(crate::platform::get(), |unit| f(unit));
+                }
             }
-            Some(PlatformUnit {
-                unit: Box::new(Shared::new(with_smmu)?),
-                device_id: |platform, bdf| smmuv3::stream_id(platform, bdf).map(DeviceId),
+            Some(PlatformUnits {
+                units: shared_units(with_smmu)?,
+                endpoint: |platform, bdf| {
+                    smmuv3::stream_id(platform, bdf).map(|sid| (UnitId(0), DeviceId(sid)))
+                },
                 firmware_alias: no_firmware_alias,
             })
         }
     }
+}
+
+/// A [`Shared`] handle on each unit `with` reaches, from index 0 up to the
+/// first it does not; `None` when it reaches none.
+fn shared_units(with: WithUnit) -> Option<Vec<Box<dyn IommuUnit>>> {
+    let units: Vec<Box<dyn IommuUnit>> = (0..)
+        .map_while(|index| Shared::new(with, index))
+        .map(|shared| Box::new(shared) as Box<dyn IommuUnit>)
+        .collect();
+    (!units.is_empty()).then_some(units)
 }
 
 /// Fault interrupts the platform's IOMMU has raised since boot. Their
@@ -93,29 +115,34 @@ pub fn fault_signals() -> usize {
     }
 }
 
-/// Runs a closure on a unit that lives in its driver glue's static, if it is up.
-type WithUnit = fn(&mut dyn FnMut(&mut dyn IommuUnit));
+/// Runs a closure on unit `index` that lives in its driver glue's static, if
+/// it is up.
+type WithUnit = fn(usize, &mut dyn FnMut(&mut dyn IommuUnit));
 
-/// The core's handle on a unit. Every vendor's unit lives in its driver
-/// glue's static, brought up on first use (`vtd::with_unit`,
-/// `amdvi::with_unit`, `smmuv3::with_unit`): the iommufd core and the tests
+/// The core's handle on a unit. Every vendor's units live in their driver
+/// glue's static, brought up on first use (`vtd::with_unit_at`,
+/// `amdvi::with_unit_at`, `smmuv3::with_unit`): the iommufd core and the tests
 /// that drive the hardware directly reach the same instance through the same
 /// lock. Every call goes through `with`, which runs the closure on the unit
 /// when it is up.
 struct Shared {
     with: WithUnit,
+    index: usize,
     /// Fixed at bring-up, so kept rather than asked again.
     info: UnitInfo,
     hw_info: HwInfo,
 }
 
 impl Shared {
-    fn new(with: WithUnit) -> Option<Self> {
+    fn new(with: WithUnit, index: usize) -> Option<Self> {
         let mut found = None;
-        with(&mut |unit| found = Some((unit.info(), unit.hw_info())));
+        with(index, &mut |unit| {
+            found = Some((unit.info(), unit.hw_info()))
+        });
         let (info, hw_info) = found?;
         Some(Shared {
             with,
+            index,
             info,
             hw_info,
         })
@@ -124,7 +151,7 @@ impl Shared {
     /// Runs `f` on the unit; `absent` when it is not there.
     fn call<R>(&self, absent: R, mut f: impl FnMut(&mut dyn IommuUnit) -> R) -> R {
         let mut result = None;
-        (self.with)(&mut |unit| result = Some(f(unit)));
+        (self.with)(self.index, &mut |unit| result = Some(f(unit)));
         result.unwrap_or(absent)
     }
 }

@@ -1,6 +1,8 @@
 //! Kernel glue for Intel VT-d: finds the remapping units in the ACPI DMAR,
-//! brings one up with the kernel's services, and routes its fault event to
-//! a kernel vector. Policy (which device goes where) belongs to the callers.
+//! brings every one of them up with the kernel's services (a unit left as
+//! firmware left it would let the DMA of the devices behind it go wherever
+//! firmware pointed it), and routes their fault events to a kernel vector.
+//! Policy (which device goes where) belongs to the callers.
 
 use alloc::format;
 use alloc::string::String;
@@ -93,16 +95,31 @@ pub fn descriptions(platform: &Platform) -> Result<alloc::vec::Vec<UnitDescripti
     }
 }
 
-/// The name the brought-up unit (the first DRHD) gives `bdf`, or `None` when
-/// the DMAR puts the function behind another unit or behind none, so its DMA
-/// is not this unit's to translate.
-pub fn device_id(platform: &Platform, bdf: pci::Bdf) -> Option<::iommu::DeviceId> {
-    // The DMAR does not change: parse it once, not for every function asked.
-    static UNITS: spin::Once<alloc::vec::Vec<UnitDescription>> = spin::Once::new();
-    let units = UNITS.call_once(|| descriptions(platform).unwrap_or_default());
+/// The unit that translates `bdf` (the DRHD whose device scope names it, else
+/// the segment's INCLUDE_PCI_ALL unit, VT-d 3.4 §8.3) and the name that unit
+/// gives it; `None` when no unit's scope covers it, so its DMA is not
+/// translated at all.
+pub fn endpoint(platform: &Platform, bdf: pci::Bdf) -> Option<(UnitId, ::iommu::DeviceId)> {
     let requester = bdf.requester_id();
-    (discovery::unit_for(units, 0, requester) == Some(0))
-        .then_some(::iommu::DeviceId(u32::from(requester)))
+    let unit = discovery::unit_for(described(platform), 0, requester)?;
+    Some((
+        UnitId(u32::try_from(unit).ok()?),
+        ::iommu::DeviceId(u32::from(requester)),
+    ))
+}
+
+/// The name the first unit gives `bdf`, or `None` when the DMAR puts it
+/// behind another unit or behind none (the unit-level tests drive unit 0).
+pub fn device_id(platform: &Platform, bdf: pci::Bdf) -> Option<::iommu::DeviceId> {
+    endpoint(platform, bdf)
+        .filter(|&(unit, _)| unit == UnitId(0))
+        .map(|(_, id)| id)
+}
+
+/// The DMAR's units, parsed once: the table does not change.
+fn described(platform: &Platform) -> &'static [UnitDescription] {
+    static UNITS: spin::Once<alloc::vec::Vec<UnitDescription>> = spin::Once::new();
+    UNITS.call_once(|| descriptions(platform).unwrap_or_default())
 }
 
 /// Fault events delivered to the kernel since boot.
@@ -119,61 +136,95 @@ pub fn fault_events() -> usize {
 /// The vector the fault event is routed to (allocated once).
 static FAULT_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
 
-/// The platform's unit (the first DRHD), owned here like every vendor's:
-/// brought up on first use, reached by the iommufd core and the tests alike
-/// through [`with_unit`].
-static UNIT: spin::Mutex<Option<Unit>> = spin::Mutex::new(None);
+/// The platform's units, one per DRHD in DMAR order (`UnitId` = index),
+/// owned here like every vendor's: brought up on first use, reached by the
+/// iommufd core and the tests alike through [`with_unit_at`]. Empty: not up
+/// (yet), or no DRHD.
+static UNITS: spin::Mutex<alloc::vec::Vec<Unit>> = spin::Mutex::new(alloc::vec::Vec::new());
 
-/// Runs `f` on the unit, bringing it up first (translation on, every device
-/// blocked, queued invalidation and interrupt remapping when offered) if
-/// nothing did yet. `Err` when the machine has no VT-d or bring-up failed.
-pub fn with_unit<R>(platform: &Platform, f: impl FnOnce(&mut Unit) -> R) -> Result<R, String> {
-    let mut unit = UNIT.lock();
-    if unit.is_none() {
-        *unit = bring_up_in(platform, Options::default(), &crate::memory::dma::DMA)?;
+/// Runs `f` on unit `index`, bringing every unit up first (translation on,
+/// every device blocked, queued invalidation and interrupt remapping when
+/// offered) if nothing did yet. `Err` when the machine has no such unit or
+/// bring-up failed.
+pub fn with_unit_at<R>(
+    platform: &Platform,
+    index: usize,
+    f: impl FnOnce(&mut Unit) -> R,
+) -> Result<R, String> {
+    let mut units = UNITS.lock();
+    if units.is_empty() {
+        *units = bring_up_all(platform, Options::default(), &crate::memory::dma::DMA)?;
     }
-    let unit = unit.as_mut().ok_or("no VT-d unit in the DMAR")?;
+    let unit = units
+        .get_mut(index)
+        .ok_or_else(|| format!("no VT-d unit {index} in the DMAR"))?;
     Ok(f(unit))
 }
 
-/// Replaces the unit with one brought up with `options`, its table pages
+/// [`with_unit_at`] the first unit, which the unit-level tests drive.
+pub fn with_unit<R>(platform: &Platform, f: impl FnOnce(&mut Unit) -> R) -> Result<R, String> {
+    with_unit_at(platform, 0, f)
+}
+
+/// How many units are up (0 before the first use).
+pub fn units_up() -> usize {
+    UNITS.lock().len()
+}
+
+/// Replaces the units with ones brought up with `options`, their table pages
 /// from `dma` (tests: register-based invalidation, memory that runs dry).
-/// The old instance is shut down first. `false` when the machine has no
-/// VT-d. Only while the iommufd core holds nothing on the unit.
+/// The old instances are shut down first. `false` when the machine has no
+/// VT-d. Only while the iommufd core holds nothing on the units.
 pub fn bring_up_again(
     platform: &Platform,
     options: Options,
     dma: &'static (dyn os_services::DmaMemory + Sync),
 ) -> Result<bool, String> {
-    let mut unit = UNIT.lock();
-    drop(unit.take());
-    *unit = bring_up_in(platform, options, dma)?;
-    Ok(unit.is_some())
+    let mut units = UNITS.lock();
+    units.clear();
+    *units = bring_up_all(platform, options, dma)?;
+    Ok(!units.is_empty())
 }
 
-/// Shuts the unit down (parked: translation stays on with nothing present,
-/// so DMA is blocked; every structure freed); the next [`with_unit`] brings
-/// the default one up again.
+/// Shuts the units down (parked: translation stays on with nothing present,
+/// so DMA is blocked; every structure freed); the next [`with_unit_at`]
+/// brings the default ones up again.
 pub fn shut_down() {
-    drop(UNIT.lock().take());
+    UNITS.lock().clear();
 }
 
-/// Brings up the first unit with `options`, its fault event on a kernel
-/// vector, every table page from `dma`. `None` when the machine has no VT-d.
-fn bring_up_in(
+/// Brings up every DRHD with `options`, in DMAR order, their fault events on
+/// one kernel vector, every table page from `dma`. All or nothing: a unit that
+/// fails leaves the machine without VT-d (the units already up are dropped,
+/// which parks them blocking), since the devices behind it could not be
+/// isolated. Empty when the machine has no VT-d.
+fn bring_up_all(
     platform: &Platform,
     options: Options,
     dma: &'static (dyn os_services::DmaMemory + Sync),
-) -> Result<Option<Unit>, String> {
-    let Some(description) = descriptions(platform)?.into_iter().next() else {
-        return Ok(None);
-    };
+) -> Result<alloc::vec::Vec<Unit>, String> {
+    let mut units = alloc::vec::Vec::new();
+    for (index, description) in descriptions(platform)?.into_iter().enumerate() {
+        let unit = bring_up(UnitId(index as u32), description, options, dma)
+            .map_err(|err| format!("DRHD {index}: {err}"))?;
+        units.push(unit);
+    }
+    Ok(units)
+}
+
+/// Brings up the unit `description` names as `id`.
+fn bring_up(
+    id: UnitId,
+    description: UnitDescription,
+    options: Options,
+    dma: &'static (dyn os_services::DmaMemory + Sync),
+) -> Result<Unit, String> {
     let base = NonNull::new(description.register_base as *mut u8).ok_or("DRHD base 0")?;
     // SAFETY: the DRHD register page is identity-mapped uncached (the low
     // 4 GiB above 0xB000_0000 are) and this unit is its only user.
     let mmio = unsafe { Mmio::new(base, description.register_size as usize) };
     let mut unit = Vtd::new(
-        UnitId(0),
+        id,
         UnitRegisters(mmio),
         environment(dma),
         description,
@@ -184,5 +235,5 @@ fn bring_up_in(
         let (address, data) = crate::irq::msi_message(vector);
         unit.hardware.enable_fault_interrupt(address, data);
     }
-    Ok(Some(unit))
+    Ok(unit)
 }

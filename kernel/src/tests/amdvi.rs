@@ -55,6 +55,10 @@ pub static TESTS: &[Test] = &[
         name: "amdvi::next_level_7_page_carries_a_dma_and_goes_only_whole",
         run: next_level_7_page_carries_a_dma_and_goes_only_whole,
     },
+    Test {
+        name: "amdvi::every_ivhd_is_brought_up_blocking",
+        run: every_ivhd_is_brought_up_blocking,
+    },
 ];
 
 /// The unit, or the reason the test does not apply / failed to start.
@@ -654,4 +658,44 @@ fn next_level_7_page_carries_a_dma_and_goes_only_whole(platform: &Platform) -> T
         }
         Ok(())
     })
+}
+
+/// Every IOMMU the IVRS describes is brought up, not only the first: one left
+/// as firmware left it would let the DMA behind it go wherever firmware
+/// pointed it. Each translates (IommuEn) and the iommufd core holds one
+/// handle per unit; each function is named for the IVHD that lists it. (QEMU
+/// builds one IVHD; which unit a device belongs to with several is the
+/// host-tested `amdvi::discovery::unit_for`.)
+fn every_ivhd_is_brought_up_blocking(platform: &Platform) -> TestResult {
+    let crate::platform::Firmware::Acpi(info) = &platform.firmware;
+    let Some(ivrs) = &info.ivrs else {
+        return Ok(Outcome::NotApplicable("no AMD-Vi IVRS on this machine"));
+    };
+    let described = amdvi::discovery::describe(ivrs).map_err(|err| format!("{err:?}"))?;
+    let units = glue::units(platform).map_err(|absent| format!("{absent:?}"))?;
+    ensure_eq!(units.len(), described.len(), "units up");
+    for (index, unit) in units.iter().enumerate() {
+        let control = unit.lock().hardware.control();
+        ensure!(
+            control.contains(regs::Control::IOMMU_EN),
+            "unit {index} translates (Control {control:?})"
+        );
+    }
+    for device in crate::devices::all() {
+        let bdf = device.function.bdf;
+        let expected = amdvi::discovery::unit_for(&described, 0, bdf.requester_id())
+            .map(|unit| (::iommu::UnitId(unit as u32), glue::device_id_of(bdf)));
+        ensure_eq!(
+            glue::endpoint(platform, bdf),
+            expected,
+            format!("unit of {bdf}")
+        );
+    }
+    crate::iommufd_service::prepare();
+    ensure_eq!(
+        crate::iommufd_service::unit_count(),
+        described.len(),
+        "units the iommufd core holds"
+    );
+    Ok(Outcome::Passed)
 }

@@ -52,6 +52,10 @@ pub static TESTS: &[Test] = &[
         name: "vtd::only_functions_the_dmar_puts_behind_the_unit_are_named_for_it",
         run: only_functions_behind_the_unit_are_named_for_it,
     },
+    Test {
+        name: "vtd::every_drhd_is_brought_up_blocking",
+        run: every_drhd_is_brought_up_blocking,
+    },
 ];
 
 pub(crate) const DMA_LEN: usize = 256;
@@ -656,7 +660,7 @@ fn map_and_unmap_costs(platform: &Platform) -> TestResult {
     })
 }
 
-/// The kernel names a PCI function for the unit (so tasks can attach it) only
+/// The kernel names a PCI function for a unit (so tasks can attach it) only
 /// when the DMAR's device scopes put it behind that unit. The expectation comes
 /// from the firmware crate's own scope lookup, not the driver's: QEMU lists
 /// every bus-0 function it creates (both edus; a bridge as a sub-hierarchy,
@@ -666,14 +670,14 @@ fn only_functions_behind_the_unit_are_named_for_it(platform: &Platform) -> TestR
     let Some(dmar) = &acpi.dmar else {
         return Ok(Outcome::NotApplicable("no DMAR"));
     };
-    let Some(first) = dmar.drhds.first() else {
+    if dmar.drhds.is_empty() {
         return Ok(Outcome::NotApplicable("no DRHD in the DMAR"));
-    };
+    }
     let absent = pci::Bdf::new(0, 7, 0);
     let functions = devices::all().iter().map(|device| device.function.bdf);
-    // The buses below the first unit's sub-hierarchy (bridge) scopes.
-    let bridged = |bus: u8| {
-        first.scopes.iter().any(|scope| {
+    // Whether `drhd` lists a sub-hierarchy (bridge) whose buses hold `bus`.
+    let bridged = |drhd: &firmware::acpi::dmar::Drhd, bus: u8| {
+        drhd.scopes.iter().any(|scope| {
             scope.scope_type == firmware::acpi::dmar::DeviceScopeType::PciSubHierarchy
                 && scope.bdf().is_some_and(|(b, d, f)| {
                     devices::buses_below(pci::Bdf::new(b, d, f).requester_id()).is_some_and(
@@ -683,24 +687,73 @@ fn only_functions_behind_the_unit_are_named_for_it(platform: &Platform) -> TestR
         })
     };
     for bdf in functions.chain([absent]) {
-        let behind_first = dmar
-            .drhd_for(0, bdf.bus, bdf.device, bdf.function)
-            .is_some_and(|drhd| drhd.register_base == first.register_base)
-            || bridged(bdf.bus);
-        let named = crate::iommu::vtd::device_id(platform, bdf);
-        let expected = behind_first.then_some(DeviceId(u32::from(bdf.requester_id())));
-        ensure_eq!(named, expected, format!("name of {bdf:?}"));
+        let behind = dmar
+            .drhds
+            .iter()
+            .position(|drhd| bridged(drhd, bdf.bus))
+            .or_else(|| {
+                let drhd = dmar.drhd_for(0, bdf.bus, bdf.device, bdf.function)?;
+                dmar.drhds
+                    .iter()
+                    .position(|unit| unit.register_base == drhd.register_base)
+            });
+        let named = crate::iommu::vtd::endpoint(platform, bdf);
+        let expected = behind.map(|unit| {
+            (
+                ::iommu::UnitId(unit as u32),
+                DeviceId(u32::from(bdf.requester_id())),
+            )
+        });
+        ensure_eq!(named, expected, format!("unit and name of {bdf:?}"));
+        ensure_eq!(
+            crate::iommu::vtd::device_id(platform, bdf),
+            expected.filter(|&(unit, _)| unit.0 == 0).map(|(_, id)| id),
+            format!("name of {bdf:?} on the first unit")
+        );
     }
     ensure!(
-        crate::iommu::vtd::device_id(platform, absent).is_none(),
+        crate::iommu::vtd::endpoint(platform, absent).is_none(),
         "00:07.0 is outside every device scope"
     );
     for edu in devices::edus() {
         ensure!(
-            crate::iommu::vtd::device_id(platform, edu.function.bdf).is_some(),
-            "edu {:?} is behind the unit",
+            crate::iommu::vtd::endpoint(platform, edu.function.bdf).is_some(),
+            "edu {:?} is behind a unit",
             edu.function.bdf
         );
     }
+    Ok(Outcome::Passed)
+}
+
+/// Every DRHD is brought up, not only the first: a unit left as firmware left
+/// it would let the DMA of the devices behind it go wherever firmware pointed
+/// it. Each is translating (TE) with nothing attached, and the iommufd core
+/// holds one handle per unit. (QEMU builds one DRHD; which unit a device
+/// belongs to with several is the host-tested `vtd::discovery::unit_for`.)
+fn every_drhd_is_brought_up_blocking(platform: &Platform) -> TestResult {
+    let described = crate::iommu::vtd::descriptions(platform)?.len();
+    if described == 0 {
+        return Ok(Outcome::NotApplicable("no DRHD in the DMAR"));
+    }
+    crate::iommu::vtd::with_unit(platform, |_| ())?;
+    ensure_eq!(crate::iommu::vtd::units_up(), described, "units up");
+    for index in 0..described {
+        let status =
+            crate::iommu::vtd::with_unit_at(platform, index, |unit| unit.hardware.global_status())?;
+        ensure!(
+            status.contains(::vtd::regs::Global::TRANSLATION),
+            "unit {index} translates (GSTS {status:?})"
+        );
+    }
+    ensure!(
+        crate::iommu::vtd::with_unit_at(platform, described, |_| ()).is_err(),
+        "no unit beyond the DMAR's"
+    );
+    crate::iommufd_service::prepare();
+    ensure_eq!(
+        crate::iommufd_service::unit_count(),
+        described,
+        "units the iommufd core holds"
+    );
     Ok(Outcome::Passed)
 }

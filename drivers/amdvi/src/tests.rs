@@ -810,3 +810,75 @@ fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
     assert!(executed.contains(&Command::invalidate_iommu_pages(id, PageRange::ALL, true)));
     assert_eq!(model.stale_dtes(), Vec::<u16>::new());
 }
+
+/// Time for two models at once: every wait of either unit's driver moves both.
+struct BothModels([&'static Model; 2]);
+
+impl Clock for BothModels {
+    fn now_ns(&self) -> u64 {
+        self.0[1].now_ns();
+        self.0[0].now_ns()
+    }
+
+    fn relax(&self) {
+        self.0.iter().for_each(|model| model.relax());
+    }
+}
+
+/// Issue 16 (AMD IOMMU §5.2.2: one IVHD per IOMMU, each listing the requesters
+/// it sees): every IOMMU is brought up, not only the first. One left as
+/// firmware left it (here: IommuEn off) lets the DMA behind it bypass. Linux
+/// `init_iommu_all` brings up every IVHD.
+#[test]
+fn hw_every_ivhd_is_brought_up_blocking() {
+    let units_of = |dma: &'static (dyn os_services::DmaMemory + Sync)| {
+        let (first, first_regs) = Model::with(Variant::default());
+        let (second, second_regs) = Model::with(Variant::default());
+        let clock: &'static BothModels =
+            std::boxed::Box::leak(std::boxed::Box::new(BothModels([first, second])));
+        let behind_second = UnitDescription {
+            mmio_base: 0xFED9_0000,
+            requesters: vec![Requester {
+                device_id: EDU_B,
+                setting: FirmwareSetting(0),
+            }],
+            ..description()
+        };
+        let header = CapabilityHeader(0x1b03_000f);
+        // SAFETY: each model's register block, owned by its unit from here on.
+        let (first_mmio, second_mmio) = unsafe {
+            (
+                Mmio::new(first_regs, regs::MMIO_SIZE),
+                Mmio::new(second_regs, regs::MMIO_SIZE),
+            )
+        };
+        let units = AmdVi::bring_up_all(
+            [
+                (description(), first_mmio, header),
+                (behind_second, second_mmio, header),
+            ],
+            dma,
+            clock,
+        );
+        (units, [first, second])
+    };
+
+    let (units, models) = units_of(&*HOST_DMA);
+    let units = units.unwrap();
+    assert_eq!(units.len(), 2);
+    for (index, model) in models.iter().enumerate() {
+        assert!(
+            model.control().contains(regs::Control::IOMMU_EN),
+            "unit {index} translates"
+        );
+    }
+    assert!(models[1].fetch_dte(EDU_B).blocks_dma(), "nothing attached");
+
+    // Memory for the first unit only: the second fails, and the first is not
+    // handed out on its own.
+    let budget: &'static Rationed =
+        std::boxed::Box::leak(std::boxed::Box::new(Rationed::new(&*HOST_DMA)));
+    budget.allow(4);
+    let (units, _) = units_of(budget);
+    assert_eq!(units.err().map(|(index, _)| index), Some(1));
+}

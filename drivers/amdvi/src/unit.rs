@@ -103,6 +103,29 @@ impl AmdVi {
         Ok(())
     }
 
+    /// Brings up every IOMMU the IVRS describes, in order (`UnitId` = index),
+    /// each with every requester blocked: an IOMMU left as firmware left it
+    /// lets the DMA behind it go wherever firmware pointed it (Linux
+    /// `init_iommu_all` brings up every IVHD). All or nothing: when one fails,
+    /// those already up are dropped and the index of the one that failed comes
+    /// back with its error.
+    pub fn bring_up_all(
+        units: impl IntoIterator<Item = (UnitDescription, Mmio, CapabilityHeader)>,
+        dma: &'static (dyn DmaMemory + Sync),
+        clock: &'static (dyn Clock + Sync),
+    ) -> Result<Vec<Self>, (usize, UnitError)> {
+        units
+            .into_iter()
+            .enumerate()
+            .map(|(index, (description, regs, capability))| {
+                let id = u32::try_from(index)
+                    .map(UnitId)
+                    .map_err(|_| (index, UnitError::Unsupported))?;
+                Self::new(id, description, regs, capability, dma, clock).map_err(|err| (index, err))
+            })
+            .collect()
+    }
+
     /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every
     /// requester blocked (see [`Hardware::new`]).
     pub fn new(

@@ -1139,3 +1139,62 @@ fn hw_msis_behind_a_pcie_to_pci_bridge_verify_the_bus() {
         Err(IommuError::Invalid)
     );
 }
+
+/// Issue 16 (VT-d 3.4 §8.3: a platform has one DRHD per remapping unit, each
+/// with its own device scope): every unit is brought up, not only the first.
+/// A unit left as firmware left it (here: translation off) lets the DMA of the
+/// devices behind it bypass. Linux `init_dmars` brings up every DRHD.
+#[test]
+fn hw_every_drhd_is_brought_up_blocking() {
+    let rig = Rig::new();
+    let first = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let second = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let behind_second = crate::discovery::UnitDescription {
+        register_base: 0xFED9_1000,
+        devices: vec![EDU_B],
+        ..description()
+    };
+    let behind_first = crate::discovery::UnitDescription {
+        devices: vec![EDU_A],
+        ..description()
+    };
+    let units = Vtd::bring_up_all(
+        [
+            (&first, behind_first.clone()),
+            (&second, behind_second.clone()),
+        ],
+        rig.env(),
+        Options::default(),
+    )
+    .unwrap();
+    assert_eq!(units.len(), 2);
+    for (index, model) in [&first, &second].into_iter().enumerate() {
+        let status =
+            Global::from_bits_retain(crate::hardware::Registers::read32(&model, regs::GSTS));
+        assert!(
+            status.contains(Global::TRANSLATION),
+            "unit {index}: translation on, {status:?}"
+        );
+    }
+    // Nothing is attached: the device behind the second unit is blocked.
+    assert_eq!(second.truth(EDU_B), None);
+    drop(units);
+
+    // A unit that cannot come up (no page-table depth the driver builds) takes
+    // the others down with it: none is handed out half the machine isolated.
+    let broken = Model::new(CAP_DEFAULT & !(0x1F << 8), ECAP_LEGACY);
+    let first = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let failed = Vtd::bring_up_all(
+        [(&first, behind_first), (&broken, behind_second)],
+        rig.env(),
+        Options::default(),
+    )
+    .err()
+    .map(|(index, _)| index);
+    assert_eq!(failed, Some(1));
+    let status = Global::from_bits_retain(crate::hardware::Registers::read32(&&first, regs::GSTS));
+    assert!(
+        status.contains(Global::TRANSLATION),
+        "the unit that was up is parked translating, not bypassing: {status:?}"
+    );
+}

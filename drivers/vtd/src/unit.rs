@@ -66,6 +66,29 @@ pub struct Vtd<'a, R: Registers> {
 }
 
 impl<'a, R: Registers> Vtd<'a, R> {
+    /// Brings up every unit firmware describes, in order (`UnitId` = index),
+    /// each with no domain and every device blocked: a unit left as firmware
+    /// left it lets the DMA of the devices behind it go wherever firmware
+    /// pointed it (Linux `init_dmars` brings up every DRHD). All or nothing:
+    /// when one fails, those already up are dropped (parked, blocking) and the
+    /// index of the one that failed comes back with its error.
+    pub fn bring_up_all(
+        units: impl IntoIterator<Item = (R, UnitDescription)>,
+        env: Environment<'a>,
+        options: Options,
+    ) -> Result<Vec<Self>, (usize, Error)> {
+        units
+            .into_iter()
+            .enumerate()
+            .map(|(index, (regs, description))| {
+                let id = u32::try_from(index)
+                    .map(UnitId)
+                    .map_err(|_| (index, Error::Unsupported("more units than a UnitId names")))?;
+                Self::new(id, regs, env, description, options).map_err(|err| (index, err))
+            })
+            .collect()
+    }
+
     /// Brings the unit up (see [`Hardware::new`]) with no domain and every
     /// device blocked.
     pub fn new(

@@ -38,14 +38,13 @@ static UNITS: spin::Once<Result<Units, Absent>> = spin::Once::new();
 pub fn units(platform: &Platform) -> Result<&'static [spin::Mutex<AmdVi>], Absent> {
     UNITS
         .call_once(|| {
-            descriptions(platform)?
+            let units = descriptions(platform)?
                 .iter()
-                .enumerate()
-                .map(|(index, description)| {
-                    bring_up(platform, UnitId(index as u32), description.clone())
-                        .map(spin::Mutex::new)
-                })
-                .collect()
+                .map(|description| unit_parts(platform, description.clone()))
+                .collect::<Result<alloc::vec::Vec<_>, Absent>>()?;
+            let units = AmdVi::bring_up_all(units, &crate::memory::dma::DMA, &crate::time::CLOCK)
+                .map_err(|(_, err)| Absent::BringUp(err))?;
+            Ok(units.into_iter().map(spin::Mutex::new).collect())
         })
         .as_ref()
         .map(|units| units.as_slice())
@@ -82,11 +81,12 @@ pub fn with_unit<R>(
     with_unit_at(platform, 0, f)
 }
 
-fn bring_up(
+/// What bringing up the IOMMU `description` names takes: its description, its
+/// registers and its capability header, checked.
+fn unit_parts(
     platform: &Platform,
-    id: UnitId,
     description: amdvi::discovery::UnitDescription,
-) -> Result<AmdVi, Absent> {
+) -> Result<(amdvi::discovery::UnitDescription, Mmio, CapabilityHeader), Absent> {
     let config = &platform.pci.ecam;
     let bdf = Bdf::from_requester_id(description.iommu_device_id);
     let capability = CapabilityHeader(config.read32(bdf, description.capability_offset));
@@ -101,15 +101,7 @@ fn bring_up(
     // boot page tables map it uncached (identity, above 0xB000_0000), and only this
     // unit touches it.
     let regs = unsafe { Mmio::new(base, regs::MMIO_SIZE) };
-    AmdVi::new(
-        id,
-        description,
-        regs,
-        capability,
-        &crate::memory::dma::DMA,
-        &crate::time::CLOCK,
-    )
-    .map_err(Absent::BringUp)
+    Ok((description, regs, capability))
 }
 
 /// The AMD-Vi DeviceID of a PCI function of segment 0: its requester ID

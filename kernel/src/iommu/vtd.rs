@@ -193,47 +193,29 @@ pub fn shut_down() {
     UNITS.lock().clear();
 }
 
-/// Brings up every DRHD with `options`, in DMAR order, their fault events on
-/// one kernel vector, every table page from `dma`. All or nothing: a unit that
-/// fails leaves the machine without VT-d (the units already up are dropped,
-/// which parks them blocking), since the devices behind it could not be
-/// isolated. Empty when the machine has no VT-d.
+/// Brings up every DRHD with `options`, in DMAR order (`Vtd::bring_up_all`:
+/// all or nothing), their fault events on one kernel vector, every table page
+/// from `dma`. Empty when the machine has no VT-d.
 fn bring_up_all(
     platform: &Platform,
     options: Options,
     dma: &'static (dyn os_services::DmaMemory + Sync),
 ) -> Result<alloc::vec::Vec<Unit>, String> {
     let mut units = alloc::vec::Vec::new();
-    for (index, description) in descriptions(platform)?.into_iter().enumerate() {
-        let unit = bring_up(UnitId(index as u32), description, options, dma)
-            .map_err(|err| format!("DRHD {index}: {err}"))?;
-        units.push(unit);
+    for description in descriptions(platform)? {
+        let base = NonNull::new(description.register_base as *mut u8).ok_or("DRHD base 0")?;
+        // SAFETY: the DRHD register page is identity-mapped uncached (the low
+        // 4 GiB above 0xB000_0000 are) and this unit is its only user.
+        let mmio = unsafe { Mmio::new(base, description.register_size as usize) };
+        units.push((UnitRegisters(mmio), description));
     }
-    Ok(units)
-}
-
-/// Brings up the unit `description` names as `id`.
-fn bring_up(
-    id: UnitId,
-    description: UnitDescription,
-    options: Options,
-    dma: &'static (dyn os_services::DmaMemory + Sync),
-) -> Result<Unit, String> {
-    let base = NonNull::new(description.register_base as *mut u8).ok_or("DRHD base 0")?;
-    // SAFETY: the DRHD register page is identity-mapped uncached (the low
-    // 4 GiB above 0xB000_0000 are) and this unit is its only user.
-    let mmio = unsafe { Mmio::new(base, description.register_size as usize) };
-    let mut unit = Vtd::new(
-        id,
-        UnitRegisters(mmio),
-        environment(dma),
-        description,
-        options,
-    )
-    .map_err(|err| format!("VT-d bring-up: {err:?}"))?;
+    let mut units = Vtd::bring_up_all(units, environment(dma), options)
+        .map_err(|(index, err)| format!("VT-d bring-up of DRHD {index}: {err:?}"))?;
     if let Some(vector) = *FAULT_VECTOR.call_once(|| crate::irq::alloc_vector(note_fault_event)) {
         let (address, data) = crate::irq::msi_message(vector);
-        unit.hardware.enable_fault_interrupt(address, data);
+        for unit in &mut units {
+            unit.hardware.enable_fault_interrupt(address, data);
+        }
     }
-    Ok(unit)
+    Ok(units)
 }

@@ -272,12 +272,12 @@ pub const MIN_TESTS: &[(&str, u32)] = &[
     ("vtd-sm", 89),
     ("vtd-fs", 89),
     ("vtd-bridge", 94),
-    ("smmuv3-bridge", 96),
+    ("smmuv3-bridge", 97),
     ("amdvi", 87),
     ("none-arm", 36),
-    ("smmuv3", 94),
-    ("smmuv3-s2", 94),
-    ("smmuv3-nested", 99),
+    ("smmuv3", 95),
+    ("smmuv3-s2", 95),
+    ("smmuv3-nested", 100),
 ];
 
 /// The configuration called `name`.

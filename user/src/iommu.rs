@@ -5,7 +5,7 @@
 
 use abi::{
     Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
-    HwptAllocFlags, HwptDataType, IoasAlloc, IoasMap, IoasUnmap, MapFlags,
+    HwptAllocFlags, HwptDataType, IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, MapFlags,
 };
 
 use crate::iommufd;
@@ -53,6 +53,22 @@ pub fn ioas_map(ioas: u32, va: u64, len: u64, iova: Option<u64>) -> Result<u64, 
     };
     iommufd(Command::IoasMap, &mut map)?;
     Ok(map.iova)
+}
+
+/// The IOVA alignment `ioas` reports (`IOAS_IOVA_RANGES`'s
+/// `out_iova_alignment`): every map's IOVA and length are multiples of it,
+/// the largest smallest page of the domains attached.
+pub fn ioas_alignment(ioas: u32) -> Result<u64, Errno> {
+    let mut ranges = IoasIovaRanges {
+        size: arg_size::<IoasIovaRanges>(),
+        ioas_id: ioas,
+        ..Default::default()
+    };
+    // No room for the ranges: EMSGSIZE, with the alignment filled in.
+    match iommufd(Command::IoasIovaRanges, &mut ranges) {
+        Ok(()) | Err(Errno::EMSGSIZE) => Ok(ranges.out_iova_alignment),
+        Err(errno) => Err(errno),
+    }
 }
 
 /// Unmaps the whole areas inside `[iova, iova + len)` of `ioas`

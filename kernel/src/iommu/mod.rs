@@ -128,7 +128,7 @@ type WithUnit = fn(usize, &mut dyn FnMut(&mut dyn IommuUnit));
 struct Shared {
     with: WithUnit,
     index: usize,
-    /// Fixed at bring-up, so kept rather than asked again.
+    /// What the unit said at bring-up: the answer while it is not up.
     info: UnitInfo,
     hw_info: HwInfo,
 }
@@ -158,7 +158,9 @@ impl Shared {
 
 impl IommuUnit for Shared {
     fn info(&self) -> UnitInfo {
-        self.info.clone()
+        // Asked of the unit: its page sizes follow the granule of the domains
+        // it allocates from now on (SMMUv3 `set_granule`).
+        self.call(self.info.clone(), |unit| unit.info())
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion> {

@@ -89,6 +89,19 @@ impl AddressSpace {
     /// Maps a fresh zeroed frame at `va` (page-aligned, in the user region,
     /// not yet mapped) and returns its physical address.
     pub fn map_new(&mut self, va: u64, access: Access) -> Result<u64, Errno> {
+        self.map_frame(va, access, || frames::alloc().map(|frame| frame.phys))
+    }
+
+    /// Maps the zeroed frame `frame` gives at `va` (page-aligned, in the user
+    /// region, not yet mapped) and returns its physical address; the frame
+    /// is the space's from then on. `frame` is asked only once the page can
+    /// be mapped (its leaf table exists): on `Err` nothing was taken.
+    pub fn map_frame(
+        &mut self,
+        va: u64,
+        access: Access,
+        frame: impl FnOnce() -> Option<u64>,
+    ) -> Result<u64, Errno> {
         if !va.is_multiple_of(PAGE_SIZE)
             || !(USER_BASE..USER_END).contains(&va)
             || self.pages.contains_key(&va)
@@ -96,7 +109,7 @@ impl AddressSpace {
             return Err(Errno::EINVAL);
         }
         let leaf_table = self.leaf_table(va)?;
-        let phys = frames::alloc().ok_or(Errno::ENOMEM)?.phys;
+        let phys = frame().ok_or(Errno::ENOMEM)?;
         // SAFETY: `leaf_table` is a table of this space; the slot is free
         // (`pages` has no entry for `va`).
         unsafe { *table(leaf_table).add(index(va, LEVELS - 1)) = arch::page_entry(phys, access) };

@@ -44,6 +44,12 @@ pub const STACK_PAGES: u64 = 16;
 /// Largest single `mem_alloc` and most memory one task may hold (pages).
 pub const MAX_ALLOCATION_PAGES: u64 = 4096;
 pub const MAX_TASK_PAGES: u64 = 16384;
+/// Pages of a DMA chunk (64 KiB): the largest smallest page of an IOMMU here
+/// (an SMMUv3 with only the 64 KiB granule) and one ARM contiguous run of
+/// 4 KiB pages (D8.6.1). Allocations are backed by naturally aligned,
+/// physically contiguous chunks of up to this many pages (see
+/// `Task::allocate`).
+pub const DMA_CHUNK_PAGES: u64 = 16;
 /// Most bytes of one task's output the kernel keeps (in its report and the
 /// transcript): past it, output is still printed in console mode but no
 /// longer kept, so a task that writes forever cannot fill the kernel heap.
@@ -379,20 +385,62 @@ impl Task {
         if pages > MAX_ALLOCATION_PAGES || self.memory.pages + pages > MAX_TASK_PAGES {
             return Err(Errno::ENOMEM);
         }
-        let start = self.memory.next;
+        // An allocation starts on a chunk and is backed by whole chunks as
+        // far as they fit: naturally aligned, physically contiguous runs of
+        // the largest power of two of pages up to a DMA chunk. An IOMMU whose
+        // smallest page is larger than the CPU's (16 or 64 KiB) can then map
+        // it at all, and a 4K one can use contiguous runs and larger pages.
+        let chunk_pages = if pages >= DMA_CHUNK_PAGES {
+            DMA_CHUNK_PAGES
+        } else {
+            1 << pages.ilog2()
+        };
+        let start = self.memory.next.next_multiple_of(chunk_pages * PAGE_SIZE);
         // One unmapped guard page after the allocation.
         let next = start + (pages + 1) * PAGE_SIZE;
         if next > HEAP_END {
             return Err(Errno::ENOMEM);
         }
         let mut frames = Vec::with_capacity(pages as usize);
+        // The chunk being handed out page by page: (next frame, frames left).
+        let mut chunk: Option<(u64, u64)> = None;
         for page in 0..pages {
-            match self
+            let whole_chunk_left =
+                chunk_pages > 1 && page.is_multiple_of(chunk_pages) && pages - page >= chunk_pages;
+            let mapped = self
                 .space
-                .map_new(start + page * PAGE_SIZE, Access::READ_WRITE)
-            {
+                .map_frame(start + page * PAGE_SIZE, Access::READ_WRITE, || {
+                    if whole_chunk_left {
+                        // Short of contiguous memory, single frames do: a
+                        // map that needs the chunk then fails with EINVAL.
+                        chunk = crate::memory::frames::alloc_contiguous(
+                            chunk_pages as usize,
+                            (chunk_pages * PAGE_SIZE) as usize,
+                        )
+                        .map(|run| (run.phys, chunk_pages));
+                    }
+                    match &mut chunk {
+                        Some((next, left @ 1..)) => {
+                            let phys = *next;
+                            *next += PAGE_SIZE;
+                            *left -= 1;
+                            Some(phys)
+                        }
+                        _ => crate::memory::frames::alloc().map(|frame| frame.phys),
+                    }
+                });
+            match mapped {
                 Ok(phys) => frames.push(phys),
                 Err(err) => {
+                    // The rest of a chunk the failure left untaken.
+                    if let Some((next, left)) = chunk {
+                        for frame in 0..left {
+                            crate::memory::frames::free(crate::memory::frames::Frames {
+                                phys: next + frame * PAGE_SIZE,
+                                count: 1,
+                            });
+                        }
+                    }
                     self.unmap_and_free(start, page);
                     return Err(err);
                 }

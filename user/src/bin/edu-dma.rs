@@ -19,7 +19,9 @@ use user_programs::abi::{
     HwInfoVtd, HwptAllocFlags, IoasUnmap,
 };
 use user_programs::edu::{self, Edu};
-use user_programs::iommu::{arg_size, device_attach, fault_read, hwpt_alloc, ioas_alloc, ioas_map};
+use user_programs::iommu::{
+    arg_size, device_attach, fault_read, hwpt_alloc, ioas_alignment, ioas_alloc, ioas_map,
+};
 use user_programs::{Steps, argument, entry, iommufd, irq_wait, mem_alloc, println};
 
 entry!(main);
@@ -87,22 +89,33 @@ fn run() -> Result<(), i32> {
         QUIET_WAIT_NS / 1_000_000
     );
 
-    let buffer = STEPS.check(5, "mem_alloc", mem_alloc(2))?;
+    // Every map is a multiple of the IOAS alignment (the smallest page of
+    // the attached domain: 4 KiB, or e.g. 64 KiB on an SMMUv3 granule that
+    // size): two such spans, the source page at the start of the first,
+    // the destination at the start of the second.
+    let span = STEPS
+        .check(5, "ioas_iova_ranges", ioas_alignment(ioas))?
+        .max(PAGE as u64) as usize;
+    let buffer = STEPS.check(5, "mem_alloc", mem_alloc(2 * span / PAGE))?;
     let iova = STEPS.check(
         6,
         "ioas_map",
-        ioas_map(ioas, buffer as u64, 2 * PAGE as u64, None),
+        ioas_map(ioas, buffer as u64, 2 * span as u64, None),
     )?;
-    println!("edu-dma: 2 pages of task memory at IOVA {iova:#x}");
+    println!(
+        "edu-dma: {} pages of task memory at IOVA {iova:#x}",
+        2 * span / PAGE
+    );
 
-    // SAFETY: mem_alloc mapped two writable pages at `buffer`.
-    let memory = unsafe { core::slice::from_raw_parts_mut(buffer, 2 * PAGE) };
-    let (source, destination) = memory.split_at_mut(PAGE);
+    // SAFETY: mem_alloc mapped 2 * span writable bytes at `buffer`.
+    let memory = unsafe { core::slice::from_raw_parts_mut(buffer, 2 * span) };
+    let (source, destination) = memory.split_at_mut(span);
+    let (source, destination) = (&mut source[..PAGE], &mut destination[..PAGE]);
     for (index, byte) in source.iter_mut().enumerate() {
         *byte = (index % 253) as u8 ^ 0x5A;
     }
     STEPS.check(7, "DMA", edu.dma(iova, false))?;
-    STEPS.check(8, "DMA", edu.dma(iova + PAGE as u64, true))?;
+    STEPS.check(8, "DMA", edu.dma(iova + span as u64, true))?;
     // SAFETY: volatile reads: the device wrote this memory.
     let same = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == source[i]);
     if !same {
@@ -116,11 +129,11 @@ fn run() -> Result<(), i32> {
         size: arg_size::<IoasUnmap>(),
         ioas_id: ioas,
         iova,
-        length: 2 * PAGE as u64,
+        length: 2 * span as u64,
     };
     STEPS.check(10, "ioas_unmap", iommufd(Command::IoasUnmap, &mut unmap))?;
     destination.fill(0xEE);
-    STEPS.check(11, "DMA", edu.dma(iova + PAGE as u64, true))?;
+    STEPS.check(11, "DMA", edu.dma(iova + span as u64, true))?;
     // SAFETY: as above.
     let untouched = (0..PAGE).all(|i| unsafe { core::ptr::read_volatile(&destination[i]) } == 0xEE);
     if !untouched {
@@ -129,7 +142,7 @@ fn run() -> Result<(), i32> {
     }
     println!(
         "edu-dma: after unmap, a DMA to IOVA {:#x} was blocked (memory unchanged)",
-        iova + PAGE as u64
+        iova + span as u64
     );
 
     let mut records = [FaultRecord::default(); 4];

@@ -438,6 +438,43 @@ pub(crate) struct Shadow {
     pub(crate) pasids: std::collections::BTreeMap<(u16, u16), View>,
     /// (DID, page) → (root, phys or cached not-present, first-stage tag).
     pub(crate) iotlb: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>, bool)>,
+    /// Paging-structure caches (§6.2.4.2, the PDE cache): (DID, 2 MiB
+    /// region) → (root, the leaf table the walk found, or a cached
+    /// not-present directory entry under caching mode). Only for domains with
+    /// real (io-page-table) tables, which the model walks (§9.8, §9.9).
+    pub(crate) walks: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>)>,
+}
+
+/// The leaf table that maps the 2 MiB region of `iova` in the 4-level
+/// tables at `root`, as a walk finds it in memory now (VT-d 3.4 §9.7 first
+/// stage: present is bit 0; §9.8 second stage: R or W); `None` where an
+/// entry on the way is not present or maps a large page. `root` must be the
+/// root of tables in use (host memory, phys == virt).
+pub(crate) fn leaf_table_of(root: u64, iova: u64, first_stage: bool) -> Option<u64> {
+    const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+    const PAGE_SIZE_BIT: u64 = 1 << 7;
+    let mut table = root;
+    for shift in [39, 30, 21] {
+        let index = ((iova >> shift) & 0x1FF) as usize;
+        // SAFETY: a table page of a domain in use, in host memory.
+        let entry = unsafe { core::ptr::read_volatile((table as *const u64).add(index)) };
+        let present = if first_stage {
+            entry & 1 != 0
+        } else {
+            entry & 3 != 0
+        };
+        if !present || entry & PAGE_SIZE_BIT != 0 {
+            return None;
+        }
+        table = entry & ADDRESS;
+    }
+    Some(table)
+}
+
+/// IOTLB and PASID-based IOTLB descriptors: IH (bit 70, §6.5.2.3, §6.5.2.4),
+/// "only leaf entries changed": the paging-structure caches may stay.
+fn invalidation_hint(descriptor: &Descriptor) -> bool {
+    descriptor.0[1] & (1 << 6) != 0
 }
 
 impl Shadow {
@@ -472,6 +509,22 @@ impl Shadow {
             },
             Some(DescriptorType::Iotlb) => {
                 let high = descriptor.0[1];
+                let leaf_only = invalidation_hint(descriptor);
+                self.walks.retain(|&(entry_did, region), _| {
+                    let hit = match granularity {
+                        1 => true,
+                        2 => entry_did == did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did == did
+                                && !leaf_only
+                                && start < (region + 1) << 21
+                                && region << 21 < end
+                        }
+                        _ => false,
+                    };
+                    !hit
+                });
                 self.iotlb
                     .retain(|&(entry_did, page), &mut (_, _, first_stage)| {
                         let hit = match granularity {
@@ -488,6 +541,21 @@ impl Shadow {
             }
             Some(DescriptorType::PasidIotlb) => {
                 let high = descriptor.0[1];
+                let leaf_only = invalidation_hint(descriptor);
+                self.walks.retain(|&(entry_did, region), _| {
+                    let hit = match granularity {
+                        2 => entry_did == did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did == did
+                                && !leaf_only
+                                && start < (region + 1) << 21
+                                && region << 21 < end
+                        }
+                        _ => false,
+                    };
+                    !hit
+                });
                 self.iotlb.retain(|&(entry_did, page), _| {
                     let hit = match granularity {
                         2 => entry_did == did,
@@ -581,6 +649,15 @@ impl Model {
             else {
                 continue;
             };
+            let model_table = TABLES.with(|tables| tables.borrow().contains_key(&root));
+            if !model_table {
+                for page in SHADOW_PAGES {
+                    let leaf = leaf_table_of(root, page, first_stage);
+                    if leaf.is_some() || self.caching() {
+                        shadow.walks.insert((did, page >> 21), (root, leaf));
+                    }
+                }
+            }
             for page in SHADOW_PAGES {
                 let phys = TABLES.with(|tables| {
                     tables
@@ -618,6 +695,25 @@ impl Model {
                 return Err(std::format!(
                     "stale PASID entry of {sid:#x} (DID {did}): cached {view:?}, memory {:?}",
                     self.truth(sid)
+                ));
+            }
+        }
+        // A walk cached for tables no attached device uses any more is
+        // unreachable until its DID comes back, which is invalidated first.
+        let first_stage = Ecap(self.ecap).first_stage();
+        let roots_in_use: Vec<u64> = devices
+            .iter()
+            .filter_map(|&sid| self.truth(sid)?.root)
+            .collect();
+        for (&(did, region), &(root, leaf)) in &shadow.walks {
+            if !roots_in_use.contains(&root) {
+                continue;
+            }
+            let memory = leaf_table_of(root, region << 21, first_stage);
+            if memory != leaf {
+                return Err(std::format!(
+                    "stale paging-structure cache entry DID {did} region {:#x}: cached {leaf:x?}, memory {memory:x?}",
+                    region << 21
                 ));
             }
         }

@@ -1198,3 +1198,63 @@ fn hw_every_drhd_is_brought_up_blocking() {
         "the unit that was up is parked translating, not bypassing: {status:?}"
     );
 }
+
+/// Issue 16, paging-structure caches (VT-d 3.4 §6.2.4.2, §6.5.2.3): a unit may
+/// cache the directory entries of a walk (which leaf table maps a 2 MiB
+/// region; under caching mode also a not-present one) until an IOTLB
+/// invalidation with IH = 0 covers the region. With real tables: an unmap
+/// that frees a leaf table, and a map that links a new one where a walk
+/// cached none, each leave no cached walk that disagrees with memory (the
+/// freed table would otherwise still be walked: DMA into freed memory).
+/// Linux: `iommu_flush_iotlb_psi(..., ih = 0, ...)` when `freelist` is not
+/// empty; `__mapping_notify_one` with ih = 0.
+#[test]
+fn hw_paging_structure_caches_never_outlive_the_tables_they_name() {
+    const REGION: u64 = 0x20_0000;
+    for (cap, ecap) in [
+        (CAP_DEFAULT, ECAP_LEGACY),
+        (CAP_CACHING_MODE, ECAP_LEGACY),
+        (CAP_DEFAULT, ECAP_SCALABLE_SL),
+        (CAP_CACHING_MODE, ECAP_SCALABLE_FL),
+    ] {
+        let rig = Rig::new();
+        let model = Model::new(cap, ecap);
+        let env = crate::hardware::Environment {
+            new_table: None,
+            ..rig.env()
+        };
+        let mut unit = Vtd::new(UnitId(0), &model, env, description(), Options::default()).unwrap();
+        let device = DeviceId(EDU_A.into());
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(device, domain).unwrap();
+        let config = std::format!("CAP {cap:#x} ECAP {ecap:#x}");
+        // Under caching mode the walk of the empty region is cached as
+        // not-present: the map that links its leaf table must drop it.
+        model.fill(&[EDU_A]);
+        let gather = unit.map(domain, REGION, 0x8000_0000, 0x1000, RW).unwrap();
+        unit.flush(domain, &gather).unwrap();
+        model
+            .check_no_stale_cache(&[EDU_A])
+            .unwrap_or_else(|err| panic!("{config}, after the map: {err}"));
+        // The walk now caches the leaf table; the unmap of the whole region
+        // frees it.
+        model.fill(&[EDU_A]);
+        assert!(
+            model
+                .shadow
+                .borrow()
+                .walks
+                .values()
+                .any(|&(_, leaf)| leaf.is_some()),
+            "{config}: the walk was cached"
+        );
+        let gather = unit.unmap(domain, REGION, 0x20_0000).unwrap();
+        assert!(gather.freed_tables, "{config}: the leaf table was freed");
+        unit.flush(domain, &gather).unwrap();
+        model
+            .check_no_stale_cache(&[EDU_A])
+            .unwrap_or_else(|err| panic!("{config}, after the unmap: {err}"));
+        unit.detach(device);
+        unit.free_domain(domain).unwrap();
+    }
+}

@@ -146,7 +146,19 @@ impl DmaBuffer {
     /// nothing to do when `clean` is `None` (the hardware snoops). Returns
     /// how many cache lines that wrote back (what the figures count).
     pub fn clean(&self, offset: usize, len: usize, clean: Option<CacheClean>) -> usize {
-        let Some(clean) = clean else {
+        self.over_lines(offset, len, clean)
+    }
+
+    /// Drops the CPU's copies of `len` bytes at `offset` before reading what
+    /// a device that does not snoop wrote there; nothing to do when
+    /// `invalidate` is `None`. Returns how many cache lines that covered.
+    pub fn invalidate(&self, offset: usize, len: usize, invalidate: Option<CacheClean>) -> usize {
+        self.over_lines(offset, len, invalidate)
+    }
+
+    /// Runs the cache operation `op` over `len` bytes at `offset`.
+    fn over_lines(&self, offset: usize, len: usize, op: Option<CacheClean>) -> usize {
+        let Some(op) = op else {
             return 0;
         };
         if len == 0 {
@@ -154,7 +166,7 @@ impl DmaBuffer {
         }
         let start = self.at::<u8>(offset);
         assert!(offset + len <= self.len);
-        clean(start, len);
+        op(start, len);
         let first = (self.virt + offset) / CACHE_LINE;
         let last = (self.virt + offset + len - 1) / CACHE_LINE;
         last - first + 1

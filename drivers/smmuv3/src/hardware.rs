@@ -358,7 +358,7 @@ impl<'a> Smmu<'a> {
     /// reading what the SMMU wrote there (nothing to do when it snoops).
     pub(crate) fn invalidate(&self, region: &DmaBuffer, offset: usize, len: usize) {
         if let (Walk::NonCoherent, Some(maintenance)) = (self.walk, self.maintenance) {
-            region.clean(offset, len, Some(maintenance.invalidate));
+            region.invalidate(offset, len, Some(maintenance.invalidate));
         }
     }
 

@@ -442,6 +442,51 @@ mod unit {
         unit.free_domain(domain).unwrap();
     }
 
+    /// Issue 16 (SMMUv3 §4.3.2, §3.21.3): when the queue hung with no room,
+    /// even the abort's own CFGI_STE cannot be queued. The SMMU may have
+    /// fetched the entry half-way through the update (it may fetch an STE at
+    /// any time); the driver then owes a CFGI_ALL, which leads the next
+    /// submission, so the first CMD_SYNC to complete after the queue moves
+    /// again leaves no stale entry cached.
+    #[test]
+    fn hw_an_abort_whose_cfgi_cannot_be_queued_is_made_good_by_cfgi_all_first() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        let neighbour = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.attach(DeviceId(9), neighbour).unwrap();
+        // The queue stops and fills up: nothing more can be queued.
+        rig.model.commands_until_hang.set(Some(0));
+        let filler = std::vec![Command::Sync; (1 << 8) + 1];
+        assert!(matches!(
+            unit.hardware.submit(&filler),
+            Err(Error::Timeout(_))
+        ));
+        assert_eq!(unit.attach(DeviceId(8), domain), Err(IommuError::Timeout));
+        // What the SMMU fetched half-way through the update, before the abort.
+        let half_way = rig.model.ste_in_memory(9);
+        rig.model.ste_cache.borrow_mut().insert(8, half_way);
+        assert_eq!(rig.model.stale_stes(), std::vec![8]);
+        rig.model.log.borrow_mut().clear();
+        rig.model.commands_until_hang.set(None);
+        unit.hardware.sync().unwrap();
+        assert_eq!(rig.model.stale_stes(), Vec::<u32>::new());
+        let log = rig.model.log.borrow();
+        let first_cfgi_all = log
+            .iter()
+            .position(|command| *command == Command::CFGI_ALL.encode().0);
+        let last_sync = log
+            .iter()
+            .rposition(|command| (command[0] & 0xFF) as u8 == crate::command::opcode::CMD_SYNC);
+        assert!(
+            first_cfgi_all.is_some() && first_cfgi_all < last_sync,
+            "CFGI_ALL before the last CMD_SYNC: {:?}",
+            opcodes(&log)
+        );
+        drop(log);
+        unit.free_domain(domain).unwrap();
+    }
+
     /// Issue 16, coherence (SMMUv3 §6.3.1 COHACC, §6.3.11 CR1, §5.2/§5.4 walk
     /// attributes; Linux `ARM_SMMU_FEAT_COHERENCY`, io-pgtable
     /// `coherent_walk`): an SMMU that does not snoop reads DRAM. Without cache

@@ -95,18 +95,57 @@ impl Clock for SteppingClock {
 /// written back and every line it wrote was dropped before the CPU read it.
 pub mod maintenance {
     use std::cell::RefCell;
+    use std::collections::BTreeMap;
     use std::vec::Vec;
 
     use crate::CacheMaintenance;
 
+    /// Bytes of a cache line: the unit a clean writes back.
+    const LINE: u64 = 64;
+
     std::thread_local! {
         static CLEANED: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
         static INVALIDATED: RefCell<Vec<(u64, usize)>> = const { RefCell::new(Vec::new()) };
+        /// Memory as a device that does not snoop reads it: every line as it
+        /// was when last written back, by line address.
+        static WRITTEN_BACK: RefCell<BTreeMap<u64, [u64; 8]>> = const { RefCell::new(BTreeMap::new()) };
     }
 
-    /// Records a clean of `len` bytes at `start`.
+    /// Records a clean of `len` bytes at `start` and writes its lines back:
+    /// from now on a device that does not snoop reads them as they are now
+    /// ([`read_as_device`]).
     pub fn clean(start: *const u8, len: usize) {
         CLEANED.with(|ranges| ranges.borrow_mut().push((start as u64, len)));
+        if len == 0 {
+            return;
+        }
+        let first = start as u64 / LINE * LINE;
+        let end = start as u64 + len as u64;
+        WRITTEN_BACK.with(|memory| {
+            let mut memory = memory.borrow_mut();
+            for line in (first..end).step_by(LINE as usize) {
+                // SAFETY: the driver cleans only memory it owns, allocated in
+                // whole pages (whole lines) from the host.
+                let words = core::array::from_fn(|word| unsafe {
+                    core::ptr::read_volatile((line as *const u64).add(word))
+                });
+                memory.insert(line, words);
+            }
+        });
+    }
+
+    /// The 8 bytes at `address` (8-aligned) as a device that does not snoop
+    /// reads them: from the line as it was last written back; `None` when
+    /// it never was (memory then holds whatever it held before: the CPU's
+    /// writes are still in its cache).
+    pub fn read_as_device(address: u64) -> Option<u64> {
+        let line = address / LINE * LINE;
+        WRITTEN_BACK.with(|memory| {
+            memory
+                .borrow()
+                .get(&line)
+                .map(|words| words[((address - line) / 8) as usize])
+        })
     }
 
     /// Records an invalidation of `len` bytes at `start`.

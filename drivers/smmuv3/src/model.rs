@@ -21,7 +21,7 @@ use crate::Smmu;
 use crate::command::opcode;
 use crate::hardware::StreamTableFormat;
 use crate::regs::{self, Cr0, Gbpa, Gerror};
-use iommu_kit::fakes::HostDma;
+use iommu_kit::fakes::{HostDma, maintenance};
 use os_services::Clock;
 use os_services::mmio::Mmio;
 
@@ -39,7 +39,15 @@ pub(crate) struct Model {
     /// How many more commands the queue consumes before it hangs (`None`:
     /// no limit).
     pub(crate) commands_until_hang: Cell<Option<usize>>,
+    /// The SMMU does not snoop (IDR0.COHACC = 0): it reads the stream table
+    /// and the command queue from memory, which holds only what the driver
+    /// wrote back (`maintenance::read_as_device`), not from the CPU's caches.
+    pub(crate) reads_memory: Cell<bool>,
 }
+
+/// What an SMMU that reads memory finds in a line the driver never wrote
+/// back: whatever the memory held before, here every bit set.
+pub(crate) const NEVER_WRITTEN_BACK: u64 = u64::MAX;
 
 impl Model {
     pub(crate) fn read(&self, offset: usize) -> u32 {
@@ -55,6 +63,18 @@ impl Model {
         unsafe { self.regs.add(offset).cast::<u64>().read_volatile() }
     }
 
+    /// The 8 bytes at `address` as the SMMU reads them: the CPU's view, or
+    /// memory's when it does not snoop ([`Model::reads_memory`]).
+    pub(crate) fn fetch(&self, address: u64) -> u64 {
+        if self.reads_memory.get() {
+            maintenance::read_as_device(address).unwrap_or(NEVER_WRITTEN_BACK)
+        } else {
+            // SAFETY: memory the driver allocated (phys == virt), reached only
+            // through addresses it programmed.
+            unsafe { core::ptr::read_volatile(address as *const u64) }
+        }
+    }
+
     /// The STE of `sid` in memory, found through STRTAB_BASE(_CFG) as the
     /// SMMU finds it (§3.3: linear, or an L1STD and its level-2 table).
     pub(crate) fn ste_in_memory(&self, sid: u32) -> [u64; 8] {
@@ -63,8 +83,7 @@ impl Model {
         let two_level = (cfg >> 16) & 0b11 == regs::StrtabBaseCfg::FMT_TWO_LEVEL;
         let split = (cfg >> 6) & 0x1F;
         let at = if two_level {
-            // SAFETY: the level-1 table lies in memory the driver allocated.
-            let l1 = unsafe { *((base + u64::from(sid >> split) * 8) as *const u64) };
+            let l1 = self.fetch(base + u64::from(sid >> split) * 8);
             if l1 & 0x1F == 0 {
                 return [0; 8];
             }
@@ -72,8 +91,7 @@ impl Model {
         } else {
             base + u64::from(sid) * 64
         };
-        // SAFETY: the STE lies in the stream table the driver allocated.
-        unsafe { *(at as *const [u64; 8]) }
+        core::array::from_fn(|word| self.fetch(at + word as u64 * 8))
     }
 
     /// The SMMU fetches the STE of `sid` (a transaction arrived) and keeps it.
@@ -136,8 +154,10 @@ impl Model {
                 None => {}
             }
             let slot = (cons & ((1 << log2) - 1)) as usize;
-            // SAFETY: the queue lies in memory the driver allocated from HostDma.
-            let command = unsafe { [*entries.add(slot * 2), *entries.add(slot * 2 + 1)] };
+            let command = [
+                self.fetch(entries as u64 + slot as u64 * 16),
+                self.fetch(entries as u64 + slot as u64 * 16 + 8),
+            ];
             if (command[0] & 0xFF) as u8 == self.illegal {
                 // CERROR_ILL in CONS.ERR, CMDQ_ERR toggled, queue stopped.
                 self.write(regs::CMDQ_CONS.0, cons | (1 << 24));
@@ -208,6 +228,7 @@ pub(crate) fn rig() -> Rig {
         illegal: 0x7F,
         ste_cache: RefCell::new(BTreeMap::new()),
         commands_until_hang: Cell::new(None),
+        reads_memory: Cell::new(false),
     });
     for (i, value) in IDR.iter().enumerate() {
         model.write(i * 4, *value);

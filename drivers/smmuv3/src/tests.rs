@@ -505,6 +505,9 @@ mod unit {
             Err(Error::Unsupported(_))
         ));
         maintenance::take_cleaned();
+        // From here the model reads the stream table and the command queue
+        // from memory: only what the driver wrote back.
+        rig.model.reads_memory.set(true);
         let smmu = smmu_with(
             &rig,
             StreamTableFormat::TwoLevel,
@@ -524,6 +527,11 @@ mod unit {
         let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
         unit.attach(DeviceId(8), domain).unwrap();
         let ste = unit.hardware.read_ste(8).unwrap();
+        // The SMMU finds the STE the CPU wrote (its level-1 descriptor too),
+        // and every command it consumed was whole (a slot never written back
+        // reads as all ones: an illegal opcode, and the attach's CMD_SYNC
+        // would never have completed).
+        assert_eq!(rig.model.fetch_ste(8), ste.0);
         let cleaned = maintenance::take_cleaned();
         assert!(
             covers(&cleaned, unit.hardware.ste_phys(8).unwrap(), 64),

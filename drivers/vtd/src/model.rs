@@ -11,7 +11,7 @@ use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 
 use iommu::{Gather, IommuError, Prot, UnitId};
-use iommu_kit::fakes::{HostDma, SteppingClock};
+use iommu_kit::fakes::{HostDma, SteppingClock, maintenance};
 use os_services::mmio::{Reg32, Reg64};
 
 use crate::command::{Descriptor, DescriptorType};
@@ -135,7 +135,17 @@ pub(crate) struct Model {
     pub(crate) shadow: RefCell<Shadow>,
     /// FSTS PFO / IQE.
     pub(crate) fsts_sticky: Cell<u32>,
+    /// The unit does not snoop (ECAP.C = 0, and SMPWC = 0 in scalable mode):
+    /// it reads root, context and PASID entries and page tables from memory,
+    /// which holds only what the driver wrote back
+    /// (`maintenance::read_as_device`), not from the CPU's caches.
+    pub(crate) reads_memory: Cell<bool>,
 }
+
+/// What a unit that reads memory finds in a line the driver never wrote
+/// back: whatever the memory held before, here every bit set (present, with
+/// an address nobody gave it).
+pub(crate) const NEVER_WRITTEN_BACK: u64 = u64::MAX;
 
 impl Model {
     pub(crate) fn new(cap: u64, ecap: u64) -> Self {
@@ -152,6 +162,7 @@ impl Model {
             fault: Cell::new((0, 0)),
             other: RefCell::new(Default::default()),
             fsts_sticky: Cell::new(0),
+            reads_memory: Cell::new(false),
             shadow: RefCell::new(Shadow {
                 scalable: Ecap(ecap).scalable_mode(),
                 ..Shadow::default()
@@ -372,41 +383,88 @@ pub(crate) fn kinds(descriptors: &[Descriptor]) -> Vec<DescriptorType> {
 }
 
 impl Model {
-    /// Reads the (legacy) context entry of `sid` through RTADDR → root → context.
-    pub(crate) fn context_entry(&self, sid: u16) -> ContextEntry {
+    /// The 8 bytes at `address` as the unit reads them: the CPU's view,
+    /// or memory's when it does not snoop ([`Model::reads_memory`]).
+    pub(crate) fn fetch(&self, address: u64) -> u64 {
+        if self.reads_memory.get() {
+            maintenance::read_as_device(address).unwrap_or(NEVER_WRITTEN_BACK)
+        } else {
+            // SAFETY: host memory the driver allocated (phys == virt), reached
+            // only through entries the driver made present.
+            unsafe { core::ptr::read_volatile(address as *const u64) }
+        }
+    }
+
+    /// The root table entry word for `sid` (legacy: the low word; scalable:
+    /// the lower or upper context-table pointer by devfn), and the slot of
+    /// `sid` in the table it names.
+    fn root_entry(&self, sid: u16) -> (u64, u64) {
         let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
         let [bus, devfn] = sid.to_be_bytes();
-        // SAFETY: host memory the driver allocated (phys == virt).
-        unsafe {
-            let root_low = core::ptr::read_volatile((root + u64::from(bus) * 16) as *const u64);
-            core::ptr::read_volatile(
-                ((root_low & !0xFFF) + u64::from(devfn) * 16) as *const ContextEntry,
-            )
+        let entry = root + u64::from(bus) * 16;
+        if self.scalable() && devfn >= 128 {
+            (self.fetch(entry + 8), u64::from(devfn - 128))
+        } else {
+            (self.fetch(entry), u64::from(devfn))
+        }
+    }
+
+    /// Reads the (legacy) context entry of `sid` through RTADDR → root → context.
+    pub(crate) fn context_entry(&self, sid: u16) -> ContextEntry {
+        let (root_entry, slot) = self.root_entry(sid);
+        if root_entry & 1 == 0 {
+            return ContextEntry::default();
+        }
+        let context = (root_entry & !0xFFF) + slot * 16;
+        ContextEntry {
+            low: self.fetch(context),
+            high: self.fetch(context + 8),
         }
     }
 
     /// Reads the RID_PASID entry of `sid` in scalable mode.
     pub(crate) fn rid_pasid_entry(&self, sid: u16) -> PasidEntry {
-        let root = *self.other.borrow().get(&0x20).unwrap() & !0xFFF;
-        let [bus, devfn] = sid.to_be_bytes();
-        // SAFETY: host memory the driver allocated (phys == virt).
-        unsafe {
-            let root_entry = (root + u64::from(bus) * 16) as *const u64;
-            let (table, slot) = if devfn >= 128 {
-                (core::ptr::read_volatile(root_entry.add(1)), devfn - 128)
-            } else {
-                (core::ptr::read_volatile(root_entry), devfn)
-            };
-            let context = ((table & !0xFFF) + u64::from(slot) * 32) as *const u64;
-            let context_low = core::ptr::read_volatile(context);
-            if context_low & 1 == 0 {
-                // Context not present: the device is blocked before any PASID lookup.
-                return PasidEntry::default();
-            }
-            let directory = context_low & !0xFFF;
-            let pasid_table = core::ptr::read_volatile(directory as *const u64) & !0xFFF;
-            core::ptr::read_volatile(pasid_table as *const PasidEntry)
+        let (root_entry, slot) = self.root_entry(sid);
+        if root_entry & 1 == 0 {
+            return PasidEntry::default();
         }
+        let context_low = self.fetch((root_entry & !0xFFF) + slot * 32);
+        if context_low & 1 == 0 {
+            // Context not present: the device is blocked before any PASID lookup.
+            return PasidEntry::default();
+        }
+        let directory = self.fetch(context_low & !0xFFF);
+        if directory & 1 == 0 {
+            return PasidEntry::default();
+        }
+        let pasid_table = directory & !0xFFF;
+        PasidEntry {
+            words: core::array::from_fn(|word| self.fetch(pasid_table + word as u64 * 8)),
+        }
+    }
+
+    /// The leaf table that maps the 2 MiB region of `iova` in the 4-level
+    /// tables at `root`, as the unit's walk finds it now (VT-d 3.4 §9.7 first
+    /// stage: present is bit 0; §9.8 second stage: R or W); `None` where an
+    /// entry on the way is not present or maps a large page.
+    pub(crate) fn leaf_table_of(&self, root: u64, iova: u64) -> Option<u64> {
+        const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+        const PAGE_SIZE_BIT: u64 = 1 << 7;
+        let first_stage = Ecap(self.ecap).first_stage();
+        let mut table = root;
+        for shift in [39, 30, 21] {
+            let entry = self.fetch(table + ((iova >> shift) & 0x1FF) * 8);
+            let present = if first_stage {
+                entry & 1 != 0
+            } else {
+                entry & 3 != 0
+            };
+            if !present || entry & PAGE_SIZE_BIT != 0 {
+                return None;
+            }
+            table = entry & ADDRESS;
+        }
+        Some(table)
     }
 }
 
@@ -443,32 +501,6 @@ pub(crate) struct Shadow {
     /// not-present directory entry under caching mode). Only for domains with
     /// real (io-page-table) tables, which the model walks (§9.8, §9.9).
     pub(crate) walks: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>)>,
-}
-
-/// The leaf table that maps the 2 MiB region of `iova` in the 4-level
-/// tables at `root`, as a walk finds it in memory now (VT-d 3.4 §9.7 first
-/// stage: present is bit 0; §9.8 second stage: R or W); `None` where an
-/// entry on the way is not present or maps a large page. `root` must be the
-/// root of tables in use (host memory, phys == virt).
-pub(crate) fn leaf_table_of(root: u64, iova: u64, first_stage: bool) -> Option<u64> {
-    const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-    const PAGE_SIZE_BIT: u64 = 1 << 7;
-    let mut table = root;
-    for shift in [39, 30, 21] {
-        let index = ((iova >> shift) & 0x1FF) as usize;
-        // SAFETY: a table page of a domain in use, in host memory.
-        let entry = unsafe { core::ptr::read_volatile((table as *const u64).add(index)) };
-        let present = if first_stage {
-            entry & 1 != 0
-        } else {
-            entry & 3 != 0
-        };
-        if !present || entry & PAGE_SIZE_BIT != 0 {
-            return None;
-        }
-        table = entry & ADDRESS;
-    }
-    Some(table)
 }
 
 /// IOTLB and PASID-based IOTLB descriptors: IH (bit 70, §6.5.2.3, §6.5.2.4),
@@ -652,7 +684,7 @@ impl Model {
             let model_table = TABLES.with(|tables| tables.borrow().contains_key(&root));
             if !model_table {
                 for page in SHADOW_PAGES {
-                    let leaf = leaf_table_of(root, page, first_stage);
+                    let leaf = self.leaf_table_of(root, page);
                     if leaf.is_some() || self.caching() {
                         shadow.walks.insert((did, page >> 21), (root, leaf));
                     }
@@ -700,7 +732,6 @@ impl Model {
         }
         // A walk cached for tables no attached device uses any more is
         // unreachable until its DID comes back, which is invalidated first.
-        let first_stage = Ecap(self.ecap).first_stage();
         let roots_in_use: Vec<u64> = devices
             .iter()
             .filter_map(|&sid| self.truth(sid)?.root)
@@ -709,7 +740,7 @@ impl Model {
             if !roots_in_use.contains(&root) {
                 continue;
             }
-            let memory = leaf_table_of(root, region << 21, first_stage);
+            let memory = self.leaf_table_of(root, region << 21);
             if memory != leaf {
                 return Err(std::format!(
                     "stale paging-structure cache entry DID {did} region {:#x}: cached {leaf:x?}, memory {memory:x?}",

@@ -267,17 +267,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 36),
-    ("vtd", 91),
-    ("vtd-cm", 91),
-    ("vtd-sm", 89),
-    ("vtd-fs", 89),
-    ("vtd-bridge", 94),
-    ("smmuv3-bridge", 97),
-    ("amdvi", 87),
+    ("vtd", 92),
+    ("vtd-cm", 92),
+    ("vtd-sm", 90),
+    ("vtd-fs", 90),
+    ("vtd-bridge", 95),
+    ("smmuv3-bridge", 98),
+    ("amdvi", 88),
     ("none-arm", 36),
-    ("smmuv3", 95),
-    ("smmuv3-s2", 95),
-    ("smmuv3-nested", 100),
+    ("smmuv3", 96),
+    ("smmuv3-s2", 96),
+    ("smmuv3-nested", 101),
 ];
 
 /// The configuration called `name`.

@@ -5,7 +5,8 @@
 
 use abi::{
     Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
-    HwptAllocFlags, HwptDataType, IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, MapFlags,
+    HwptAllocFlags, HwptDataType, HwptInvalidate, InvalidateArmSmmuV3, InvalidateDataType,
+    IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, MapFlags, VdeviceAlloc, ViommuAlloc,
 };
 
 use crate::iommufd;
@@ -161,4 +162,52 @@ pub fn all_bytes_are(memory: &[u8], value: u8) -> bool {
     memory
         .iter()
         .all(|byte| unsafe { core::ptr::read_volatile(byte) } == value)
+}
+
+/// A vIOMMU of `viommu_type` ([`abi::ViommuType`]) over the NEST_PARENT HWPT
+/// `hwpt_id`, for device `dev_id`'s unit.
+pub fn viommu_alloc(dev_id: u32, hwpt_id: u32, viommu_type: u32) -> Result<u32, Errno> {
+    let mut alloc = ViommuAlloc {
+        size: arg_size::<ViommuAlloc>(),
+        viommu_type,
+        dev_id,
+        hwpt_id,
+        ..Default::default()
+    };
+    iommufd(Command::ViommuAlloc, &mut alloc)?;
+    Ok(alloc.out_viommu_id)
+}
+
+/// Binds device `dev_id` to `virt_id` in vIOMMU `viommu_id`.
+pub fn vdevice_alloc(viommu_id: u32, dev_id: u32, virt_id: u64) -> Result<u32, Errno> {
+    let mut alloc = VdeviceAlloc {
+        size: arg_size::<VdeviceAlloc>(),
+        viommu_id,
+        dev_id,
+        virt_id,
+        ..Default::default()
+    };
+    iommufd(Command::VdeviceAlloc, &mut alloc)?;
+    Ok(alloc.out_vdevice_id)
+}
+
+/// Hands SMMUv3 commands to HWPT or vIOMMU `id` (`hwpt_invalidate`);
+/// returns how many it carried out, and its error if it stopped early.
+pub fn invalidate_arm_smmuv3(id: u32, commands: &[[u64; 2]]) -> (u32, Result<(), Errno>) {
+    let mut entries = [InvalidateArmSmmuV3::default(); 8];
+    let count = commands.len().min(entries.len());
+    for (entry, command) in entries.iter_mut().zip(commands) {
+        entry.cmd = *command;
+    }
+    let mut invalidate = HwptInvalidate {
+        size: arg_size::<HwptInvalidate>(),
+        hwpt_id: id,
+        data_uptr: entries.as_ptr() as u64,
+        data_type: InvalidateDataType::ArmSmmuV3 as u32,
+        entry_len: arg_size::<InvalidateArmSmmuV3>(),
+        entry_num: count as u32,
+        ..Default::default()
+    };
+    let result = iommufd(Command::HwptInvalidate, &mut invalidate);
+    (invalidate.entry_num, result)
 }

@@ -282,6 +282,10 @@ pub enum IommuError {
     Busy,
     /// The hardware did not complete in time (invalidation or command timeout).
     Timeout,
+    /// A user command the unit will not carry out for this caller: a virtual
+    /// id it never bound (no vDEVICE of that id in its vIOMMU), or an opcode
+    /// a vIOMMU does not take.
+    Refused,
 }
 
 /// One IOMMU instance. The core calls it with `&mut self` under its own lock.
@@ -342,6 +346,23 @@ pub trait IommuUnit {
         domain: DomainHandle,
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
+
+    /// Carries out a vIOMMU's invalidation commands in order, stopping at the
+    /// first error; returns how many completed. `parent` is the vIOMMU's
+    /// NEST_PARENT domain (its stage 2: what confines the commands), and
+    /// `vdevices` maps each virtual id the task bound to the device it names
+    /// (SMMUv3: virtual StreamID → StreamID); a command naming any other
+    /// virtual id is refused with [`IommuError::Refused`] (Linux
+    /// `arm_vsmmu_cache_invalidate`). Units without a vIOMMU refuse all.
+    fn invalidate_viommu(
+        &mut self,
+        parent: DomainHandle,
+        vdevices: &[(u64, DeviceId)],
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        let _ = (parent, vdevices, requests);
+        (0, Err(IommuError::Unsupported))
+    }
 
     /// Interrupt remapping: makes an MSI that `device` sends deliver the
     /// interrupt that `message` (what the kernel would program without
@@ -452,6 +473,15 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>) {
         (**self).invalidate_nested(domain, requests)
+    }
+
+    fn invalidate_viommu(
+        &mut self,
+        parent: DomainHandle,
+        vdevices: &[(u64, DeviceId)],
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        (**self).invalidate_viommu(parent, vdevices, requests)
     }
 
     fn route_msi(

@@ -23,6 +23,7 @@ pub mod opcode {
     pub const TLBI_S12_VMALL: u8 = 0x28;
     pub const TLBI_S2_IPA: u8 = 0x2A;
     pub const TLBI_NSNH_ALL: u8 = 0x30;
+    pub const ATC_INV: u8 = 0x40;
     pub const CMD_SYNC: u8 = 0x46;
 }
 

@@ -6,6 +6,8 @@
 use alloc::vec;
 use alloc::vec::Vec;
 
+use iommu::{DeviceId, IommuError};
+
 use crate::command::{RawCommand, opcode};
 
 /// SMMUv3 §5.2 STE word 0 of a guest: V[0], Config[3:1], S1Fmt[5:4],
@@ -50,5 +52,45 @@ pub fn confine_guest_command(cmd: [u64; 2], vmid: u16, streams: &[u32]) -> Optio
                 .collect(),
         ),
         _ => None,
+    }
+}
+
+/// Rewrites one command a guest SMMUv3 driver issued to its vIOMMU into what
+/// the SMMU may execute (Linux `arm_vsmmu_convert_user_cmd`): TLBI_NH_* get
+/// the vIOMMU's VMID (TLBI_NSNH_ALL becomes TLBI_NH_ALL of that VMID, the
+/// guest's "everything"); CFGI_CD, CFGI_CD_ALL and ATC_INV name a virtual
+/// StreamID, replaced by the StreamID its vDEVICE binds. A virtual StreamID
+/// with no vDEVICE, and any other opcode, is refused (SMMUv3 §4.3, §4.4,
+/// §4.5).
+pub fn translate_viommu_command(
+    cmd: [u64; 2],
+    vmid: u16,
+    vdevices: &[(u64, DeviceId)],
+) -> Result<RawCommand, IommuError> {
+    const OPCODE: u64 = 0xFF;
+    const VMID_FIELD: u64 = 0xFFFF << 32;
+    const SID_FIELD: u64 = 0xFFFF_FFFF << 32;
+    let with_vmid = |word0: u64| (word0 & !VMID_FIELD) | (u64::from(vmid) << 32);
+    match (cmd[0] & OPCODE) as u8 {
+        opcode::TLBI_NH_ALL | opcode::TLBI_NH_ASID | opcode::TLBI_NH_VA | opcode::TLBI_NH_VAA => {
+            Ok(RawCommand([with_vmid(cmd[0]), cmd[1]]))
+        }
+        opcode::TLBI_NSNH_ALL => Ok(RawCommand([
+            with_vmid((cmd[0] & !OPCODE) | u64::from(opcode::TLBI_NH_ALL)),
+            cmd[1],
+        ])),
+        opcode::CFGI_CD | opcode::CFGI_CD_ALL | opcode::ATC_INV => {
+            let virtual_sid = cmd[0] >> 32;
+            let sid = vdevices
+                .iter()
+                .find(|&&(virt, _)| virt == virtual_sid)
+                .map(|&(_, device)| device.0)
+                .ok_or(IommuError::Refused)?;
+            Ok(RawCommand([
+                (cmd[0] & !SID_FIELD) | (u64::from(sid) << 32),
+                cmd[1],
+            ]))
+        }
+        _ => Err(IommuError::Refused),
     }
 }

@@ -570,6 +570,87 @@ mod unit {
         );
     }
 
+    /// Issue 17 (Linux `arm_vsmmu_convert_user_cmd`): a vIOMMU's commands
+    /// name virtual StreamIDs, which become the StreamIDs their vDEVICEs
+    /// bind; TLBI_NH_* and TLBI_NSNH_ALL carry the vIOMMU's VMID whatever the
+    /// guest wrote; a virtual StreamID nobody bound, or a stream-table
+    /// command, is refused after the commands before it took effect.
+    #[test]
+    fn viommu_commands_name_virtual_stream_ids_and_are_confined_to_the_vmid() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let parent = unit.alloc_domain(DomainKind::NestParent).unwrap();
+        // The VMID the parent's stage 2 is tagged with, as a nested STE says.
+        let nested = unit
+            .alloc_domain(DomainKind::Nested {
+                parent,
+                data: NestedData::ArmSmmuV3 {
+                    ste: [0x4123_4000 | (0b101 << 1) | 1, 0],
+                },
+            })
+            .unwrap();
+        unit.attach(DeviceId(0x10), nested).unwrap();
+        let vmid = unit.hardware.read_ste(0x10).unwrap().vmid();
+        let vdevices = [(0x100, DeviceId(0x10)), (0x200, DeviceId(0x18))];
+        let arm = |command: Command| NestedInvalidation::ArmSmmuV3 {
+            cmd: command.encode().0,
+        };
+        let skip = rig.model.log.borrow().len();
+        let (done, result) = unit.invalidate_viommu(
+            parent,
+            &vdevices,
+            &[
+                arm(Command::CfgiCd {
+                    sid: 0x200,
+                    ssid: 0,
+                    leaf: true,
+                }),
+                arm(Command::TlbiNhAsid {
+                    vmid: 0x7777,
+                    asid: 5,
+                }),
+                NestedInvalidation::ArmSmmuV3 {
+                    cmd: [u64::from(opcode::TLBI_NSNH_ALL), 0],
+                },
+                arm(Command::CfgiCdAll { sid: 0x300 }),
+                arm(Command::CfgiCdAll { sid: 0x100 }),
+            ],
+        );
+        assert_eq!((done, result), (3, Err(IommuError::Refused)));
+        let log = since(&rig, skip);
+        assert_eq!(
+            log[..3],
+            [
+                Command::CfgiCd {
+                    sid: 0x18,
+                    ssid: 0,
+                    leaf: true
+                }
+                .encode()
+                .0,
+                Command::TlbiNhAsid { vmid, asid: 5 }.encode().0,
+                [u64::from(opcode::TLBI_NH_ALL) | u64::from(vmid) << 32, 0],
+            ],
+            "virtual StreamID translated, VMID confined"
+        );
+        assert_eq!(
+            opcodes(&log[3..]),
+            [opcode::CMD_SYNC],
+            "one CMD_SYNC, nothing of the refused command"
+        );
+        let cfgi_ste = Command::CfgiSte {
+            sid: 0x100,
+            leaf: true,
+        };
+        assert_eq!(
+            unit.invalidate_viommu(parent, &vdevices, &[arm(cfgi_ste)]),
+            (0, Err(IommuError::Refused))
+        );
+        unit.detach(DeviceId(0x10));
+        unit.free_domain(nested).unwrap();
+        unit.free_domain(parent).unwrap();
+    }
+
     #[test]
     fn nested_domains_validate_the_guest_ste_and_confine_invalidations() {
         let rig = rig();

@@ -726,4 +726,46 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         }
         (done, Ok(()))
     }
+
+    /// The commands are translated up to the first one refused, those are
+    /// issued with one CMD_SYNC, and the count says how many took effect.
+    fn invalidate_viommu(
+        &mut self,
+        parent: DomainHandle,
+        vdevices: &[(u64, DeviceId)],
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        let vmid = match self.domain(parent).map(|d| &d.state) {
+            Ok(DomainState::Stage2 { vmid, .. }) => *vmid,
+            _ => return (0, Err(IommuError::Invalid)),
+        };
+        let mut commands = Vec::with_capacity(requests.len());
+        let mut refused = Ok(());
+        for request in requests {
+            let translated = match request {
+                NestedInvalidation::ArmSmmuV3 { cmd } => {
+                    nesting::translate_viommu_command(*cmd, vmid, vdevices)
+                }
+                _ => Err(IommuError::Invalid),
+            };
+            match translated {
+                Ok(command) => commands.push(command),
+                Err(err) => {
+                    refused = Err(err);
+                    break;
+                }
+            }
+        }
+        if commands.is_empty() {
+            return (0, refused);
+        }
+        match self
+            .hardware
+            .submit_raw(&commands)
+            .and_then(|()| self.hardware.sync())
+        {
+            Ok(()) => (commands.len(), refused),
+            Err(err) => (0, Err(err.into())),
+        }
+    }
 }

@@ -272,6 +272,46 @@ bitflags! {
     }
 }
 
+/// `viommu_alloc` (Linux `struct iommu_viommu_alloc`): a virtual IOMMU of
+/// `type` over the NEST_PARENT HWPT `hwpt_id` (its stage 2) for the unit of
+/// device `dev_id`. Nested HWPTs are allocated over it (`hwpt_alloc` with
+/// `pt_id` = the vIOMMU), devices are bound to virtual ids on it
+/// (`vdevice_alloc`), and `hwpt_invalidate` on it takes the vendor's own
+/// invalidation commands, naming virtual ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ViommuAlloc {
+    pub size: u32,
+    pub flags: u32,
+    /// [`ViommuType`].
+    pub viommu_type: u32,
+    pub dev_id: u32,
+    pub hwpt_id: u32,
+    pub out_viommu_id: u32,
+}
+
+/// Linux `enum iommu_viommu_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ViommuType {
+    /// An SMMUv3 as its guest driver sees it: commands name virtual
+    /// StreamIDs, invalidations are [`InvalidateArmSmmuV3`] entries.
+    ArmSmmuV3 = 1,
+}
+
+/// `vdevice_alloc` (Linux `struct iommu_vdevice_alloc`): binds device
+/// `dev_id` to `virt_id` in vIOMMU `viommu_id` (SMMUv3: the virtual
+/// StreamID the task's commands name it by).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VdeviceAlloc {
+    pub size: u32,
+    pub viommu_id: u32,
+    pub dev_id: u32,
+    pub out_vdevice_id: u32,
+    pub virt_id: u64,
+}
+
 /// `option` (Linux `struct iommu_option`): reads or changes one option of the
 /// task's iommufd (`object_id` 0) or of one object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -614,6 +654,8 @@ pod! {
     HwptInvalidate = 32,
     GetHwInfo = 40,
     IommuOption = 24,
+    ViommuAlloc = 24,
+    VdeviceAlloc = 24,
     FaultRecord = 40,
     FaultRead = 32,
     DeviceAttach = 24,
@@ -700,6 +742,14 @@ impl AbiStruct for HwptInvalidate {
         reserved_zero(&[self.reserved.into()])
     }
 }
+
+impl AbiStruct for ViommuAlloc {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)
+    }
+}
+
+impl AbiStruct for VdeviceAlloc {}
 
 impl AbiStruct for IommuOption {
     fn validate(&self) -> Result<(), Errno> {

@@ -43,11 +43,15 @@ pub enum Command {
     DeviceDetach = 0x8f,
     /// Linux `IOMMU_OPTION` ([`IommuOption`]); after `irq_wait`'s number.
     Option = 0x91,
+    /// Linux `IOMMU_VIOMMU_ALLOC` ([`ViommuAlloc`]).
+    ViommuAlloc = 0x92,
+    /// Linux `IOMMU_VDEVICE_ALLOC` ([`VdeviceAlloc`]).
+    VdeviceAlloc = 0x93,
 }
 
 impl Command {
     /// Every command, in number order.
-    pub const ALL: [Command; 17] = [
+    pub const ALL: [Command; 19] = [
         Command::Destroy,
         Command::IoasAlloc,
         Command::IoasIovaRanges,
@@ -65,6 +69,8 @@ impl Command {
         Command::DeviceReplace,
         Command::DeviceDetach,
         Command::Option,
+        Command::ViommuAlloc,
+        Command::VdeviceAlloc,
     ];
 
     /// The command whose syscall number is `number`.

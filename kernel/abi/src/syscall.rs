@@ -79,6 +79,10 @@ pub const DEVICE_DETACH: u64 = 0x8f;
 pub const IRQ_WAIT: u64 = 0x90;
 /// `option(arg: *mut IommuOption)`: Linux's `IOMMU_OPTION`.
 pub const OPTION: u64 = 0x91;
+/// `viommu_alloc(arg: *mut ViommuAlloc)`: Linux's `IOMMU_VIOMMU_ALLOC`.
+pub const VIOMMU_ALLOC: u64 = 0x92;
+/// `vdevice_alloc(arg: *mut VdeviceAlloc)`: Linux's `IOMMU_VDEVICE_ALLOC`.
+pub const VDEVICE_ALLOC: u64 = 0x93;
 /// Longest single `irq_wait` (a longer timeout is cut to this).
 pub const IRQ_WAIT_MAX_NS: u64 = 10_000_000_000;
 
@@ -110,6 +114,8 @@ mod tests {
             (DEVICE_REPLACE, Command::DeviceReplace),
             (DEVICE_DETACH, Command::DeviceDetach),
             (OPTION, Command::Option),
+            (VIOMMU_ALLOC, Command::ViommuAlloc),
+            (VDEVICE_ALLOC, Command::VdeviceAlloc),
         ];
         for (number, command) in pairs {
             assert_eq!(number, command as u64);

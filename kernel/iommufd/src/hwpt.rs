@@ -328,9 +328,14 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             let domain = self.build_paging(&plan, kind)?;
             return Ok(self.commit_paging(owner, plan, domain));
         };
-        let Object::Hwpt(parent) = pt else {
-            return Err(Errno::EINVAL);
+        // Over a vIOMMU: its parent is the stage 2, and it holds the
+        // reference the nested HWPT would otherwise hold on the parent.
+        let (parent_id, viommu) = match pt {
+            Object::Hwpt(_) => (pt_id, None),
+            Object::Viommu(v) if v.unit == unit => (v.parent, Some(pt_id)),
+            _ => return Err(Errno::EINVAL),
         };
+        let parent = o.hwpt(parent_id)?;
         if !matches!(
             parent.kind,
             HwptKind::Paging {
@@ -363,7 +368,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .map_err(errno)?;
         let o = self.owners.entry(owner).or_default();
         let id = o.insert(Object::Hwpt(Hwpt {
-            kind: HwptKind::Nested { parent: pt_id },
+            kind: HwptKind::Nested {
+                parent: parent_id,
+                viommu,
+            },
             unit,
             domain,
             min_page,
@@ -371,8 +379,17 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             children: 0,
             faults: FaultQueue::new(),
         }));
-        if let Ok(parent) = o.hwpt_mut(pt_id) {
-            parent.children += 1;
+        match viommu {
+            Some(viommu) => {
+                if let Ok(viommu) = o.viommu_mut(viommu) {
+                    viommu.nested += 1;
+                }
+            }
+            None => {
+                if let Ok(parent) = o.hwpt_mut(parent_id) {
+                    parent.children += 1;
+                }
+            }
         }
         Ok(id)
     }
@@ -409,12 +426,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                     i.rebuild();
                 }
             }
-            HwptKind::Nested { parent } => {
-                if let Ok(p) = o.hwpt_mut(parent) {
-                    p.children -= 1;
-                    if let HwptKind::Paging { ioas, .. } = p.kind {
-                        reached = Some(ioas);
+            HwptKind::Nested { parent, viommu } => {
+                match viommu {
+                    Some(viommu) => {
+                        if let Ok(v) = o.viommu_mut(viommu) {
+                            v.nested -= 1;
+                        }
                     }
+                    None => {
+                        if let Ok(p) = o.hwpt_mut(parent) {
+                            p.children -= 1;
+                        }
+                    }
+                }
+                if let Ok(p) = o.hwpt(parent)
+                    && let HwptKind::Paging { ioas, .. } = p.kind
+                {
+                    reached = Some(ioas);
                 }
             }
         }
@@ -526,7 +554,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 }
                 (Target::Existing(pt_id), o.hwpt_ioas(pt_id)?)
             }
-            Object::Device(_) => return Err(Errno::EINVAL),
+            Object::Device(_) | Object::Viommu(_) | Object::Vdevice(_) => {
+                return Err(Errno::EINVAL);
+            }
         };
         if let (Target::Existing(t), Some(c)) = (&target, current)
             && *t == c
@@ -656,6 +686,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         hwpt_id: ObjId,
         requests: &[NestedInvalidation],
     ) -> (u32, Result<(), Errno>) {
+        if self
+            .owner(owner)
+            .is_ok_and(|o| matches!(o.objects.get(&hwpt_id), Some(Object::Viommu(_))))
+        {
+            return self.viommu_invalidate(owner, hwpt_id, requests);
+        }
         let hwpt = match self.owner(owner).and_then(|o| o.hwpt(hwpt_id)) {
             Ok(h) => h,
             Err(e) => return (0, Err(e)),

@@ -19,6 +19,7 @@ mod ioas;
 pub mod iova;
 pub mod testing;
 pub mod uapi;
+mod viommu;
 
 use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -149,6 +150,8 @@ pub fn errno(e: IommuError) -> Errno {
         IommuError::Invalid => Errno::EINVAL,
         IommuError::Busy => Errno::EBUSY,
         IommuError::Timeout => Errno::EIO,
+        // Linux `arm_vsmmu_convert_user_cmd`: -EIO.
+        IommuError::Refused => Errno::EIO,
     }
 }
 
@@ -355,7 +358,11 @@ enum HwptKind {
         nest_parent: bool,
     },
     Nested {
+        /// The NEST_PARENT HWPT whose stage 2 it runs over.
         parent: ObjId,
+        /// The vIOMMU it was allocated over, if any (which then holds the
+        /// reference on `parent`).
+        viommu: Option<ObjId>,
     },
 }
 
@@ -387,6 +394,9 @@ struct Device {
     /// the way): claimed, programmed and blocked together with `requester`.
     aliases: Vec<DeviceId>,
     attached: Option<ObjId>,
+    /// vDEVICEs that bind it to a virtual id (each keeps it from being
+    /// destroyed, as in Linux).
+    vdevices: u32,
 }
 
 impl Device {
@@ -402,6 +412,8 @@ enum Object {
     Ioas(alloc::boxed::Box<Ioas>),
     Hwpt(Hwpt),
     Device(Device),
+    Viommu(viommu::Viommu),
+    Vdevice(viommu::Vdevice),
 }
 
 #[derive(Debug, Default)]
@@ -497,6 +509,27 @@ impl Owner {
         }
     }
 
+    fn viommu(&self, id: ObjId) -> Result<&viommu::Viommu, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Viommu(v)) => Ok(v),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn viommu_mut(&mut self, id: ObjId) -> Result<&mut viommu::Viommu, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Viommu(v)) => Ok(v),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn vdevice(&self, id: ObjId) -> Result<&viommu::Vdevice, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Vdevice(v)) => Ok(v),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
     fn device(&self, id: ObjId) -> Result<&Device, Errno> {
         match self.objects.get(&id) {
             Some(Object::Device(d)) => Ok(d),
@@ -554,7 +587,7 @@ impl Owner {
     fn hwpt_ioas(&self, id: ObjId) -> Result<ObjId, Errno> {
         match self.hwpt(id)?.kind {
             HwptKind::Paging { ioas, .. } => Ok(ioas),
-            HwptKind::Nested { parent } => self.hwpt_ioas(parent),
+            HwptKind::Nested { parent, .. } => self.hwpt_ioas(parent),
         }
     }
 }
@@ -740,6 +773,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             requester,
             aliases: extra,
             attached: None,
+            vdevices: 0,
         };
         let ids: Vec<DeviceId> = device.ids().collect();
         // An id another owner holds makes the device theirs to share; one
@@ -799,8 +833,19 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 self.destroy_hwpt(owner, id);
                 Ok(())
             }
+            Object::Viommu(viommu) => {
+                if !viommu.vdevices.is_empty() || viommu.nested != 0 {
+                    return Err(Errno::EBUSY);
+                }
+                self.destroy_viommu(owner, id);
+                Ok(())
+            }
+            Object::Vdevice(_) => {
+                self.destroy_vdevice(owner, id);
+                Ok(())
+            }
             Object::Device(device) => {
-                if device.attached.is_some() {
+                if device.attached.is_some() || device.vdevices != 0 {
                     return Err(Errno::EBUSY);
                 }
                 let unit = device.unit;
@@ -835,23 +880,25 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .iter()
             .map(|(&id, obj)| {
                 let rank = match obj {
-                    Object::Device(_) => 0,
+                    Object::Vdevice(_) => 0,
+                    Object::Device(_) => 1,
                     Object::Hwpt(Hwpt {
                         kind: HwptKind::Nested { .. },
                         ..
-                    }) => 1,
-                    Object::Hwpt(_) => 2,
-                    Object::Ioas(_) => 3,
+                    }) => 2,
+                    Object::Viommu(_) => 3,
+                    Object::Hwpt(_) => 4,
+                    Object::Ioas(_) => 5,
                 };
                 (id, rank)
             })
             .collect();
-        for rank in 0..4 {
+        for rank in 0..6 {
             for &(id, r) in &ids {
                 if r != rank {
                     continue;
                 }
-                if rank == 0 {
+                if rank == 1 {
                     // Detach cannot fail; an already detached device is fine.
                     let _ = self.device_detach(owner, id);
                 }

@@ -123,6 +123,12 @@ pub enum Event {
         domain: DomainHandle,
         count: usize,
     },
+    /// One vIOMMU command carried out: over `parent`, naming `device` (the
+    /// physical id its virtual one was translated to) or none.
+    InvalidateViommu {
+        parent: DomainHandle,
+        device: Option<DeviceId>,
+    },
 }
 
 /// Counters of the invalidation traffic.
@@ -741,6 +747,33 @@ impl IommuUnit for SoftUnit {
             count: done,
         });
         (done, result)
+    }
+
+    /// A soft vIOMMU command names a device by the virtual id in the upper
+    /// half of its first word (0: none), as SMMUv3's CFGI_CD does.
+    fn invalidate_viommu(
+        &mut self,
+        parent: DomainHandle,
+        vdevices: &[(u64, DeviceId)],
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        let mut done = 0;
+        for request in requests {
+            let NestedInvalidation::ArmSmmuV3 { cmd } = request else {
+                return (done, Err(IommuError::Invalid));
+            };
+            let virtual_id = cmd[0] >> 32;
+            let device = match virtual_id {
+                0 => None,
+                _ => match vdevices.iter().find(|&&(virt, _)| virt == virtual_id) {
+                    Some(&(_, device)) => Some(device),
+                    None => return (done, Err(IommuError::Refused)),
+                },
+            };
+            self.record(Event::InvalidateViommu { parent, device });
+            done += 1;
+        }
+        (done, Ok(()))
     }
 }
 

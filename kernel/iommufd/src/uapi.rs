@@ -131,6 +131,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Command::DeviceReplace => self.cmd_attach(mem, owner, arg, true),
             Command::DeviceDetach => self.cmd_detach(mem, owner, arg),
             Command::Option => self.cmd_option(mem, owner, arg),
+            Command::ViommuAlloc => self.cmd_viommu_alloc(mem, owner, arg),
+            Command::VdeviceAlloc => self.cmd_vdevice_alloc(mem, owner, arg),
             Command::DeviceList | Command::DeviceOpen => return None,
         })
     }
@@ -290,6 +292,32 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let flags = HwptAllocFlags::from_bits_retain(v.flags);
         let id = self.hwpt_alloc(owner, v.dev_id, v.pt_id, flags, nested)?;
         a.value.out_hwpt_id = id;
+        self.publish(mem, owner, &a, id)
+    }
+
+    fn cmd_viommu_alloc<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::ViommuAlloc> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let id = self.viommu_alloc(owner, v.dev_id, v.hwpt_id, v.viommu_type)?;
+        a.value.out_viommu_id = id;
+        self.publish(mem, owner, &a, id)
+    }
+
+    fn cmd_vdevice_alloc<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::VdeviceAlloc> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let id = self.vdevice_alloc(owner, v.viommu_id, v.dev_id, v.virt_id)?;
+        a.value.out_vdevice_id = id;
         self.publish(mem, owner, &a, id)
     }
 

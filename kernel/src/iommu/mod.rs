@@ -230,6 +230,17 @@ impl IommuUnit for Shared {
         })
     }
 
+    fn invalidate_viommu(
+        &mut self,
+        parent: DomainHandle,
+        vdevices: &[(u64, DeviceId)],
+        requests: &[NestedInvalidation],
+    ) -> (usize, Result<(), IommuError>) {
+        self.call((0, Err(IommuError::Unsupported)), |unit| {
+            unit.invalidate_viommu(parent, vdevices, requests)
+        })
+    }
+
     fn route_msi(
         &mut self,
         device: DeviceId,

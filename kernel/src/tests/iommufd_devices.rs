@@ -29,6 +29,10 @@ pub static TESTS: &[Test] = &[
         name: "iommufd::hwpt_alloc_attach_replace_detach_and_a_task_owned_nested_stage1",
         run: hwpt_calls_and_a_task_owned_nested_stage1,
     },
+    Test {
+        name: "iommufd::a_viommu_binds_virtual_stream_ids_and_invalidates_by_them",
+        run: a_viommu_binds_virtual_stream_ids_and_invalidates_by_them,
+    },
 ];
 
 /// The program's exit code when `device_open` failed (its step 2).
@@ -315,6 +319,45 @@ fn hwpt_calls_and_a_task_owned_nested_stage1(platform: &Platform) -> TestResult 
         handlers_before,
         "interrupt handlers after the task exited"
     );
+    super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
+    Ok(Outcome::Passed)
+}
+
+/// The `viommu` program's exit code when the unit offers no SMMUv3 vIOMMU.
+const NO_VIOMMU: i32 = 78;
+
+/// Issue 17: a task drives a virtual SMMUv3 (`viommu_alloc`, `vdevice_alloc`,
+/// nested HWPTs over the vIOMMU, `hwpt_invalidate` on it with commands naming
+/// virtual StreamIDs). By DMA: a CD change of edu A takes effect only with
+/// the task's CFGI_CD naming A's virtual StreamID (not B's), a command naming
+/// an unbound one is EIO, edu B keeps its translation; everything is given
+/// back at exit. Elsewhere the vIOMMU is refused with EOPNOTSUPP.
+fn a_viommu_binds_virtual_stream_ids_and_invalidates_by_them(platform: &Platform) -> TestResult {
+    iommufd_service::prepare();
+    let pinned_before = iommufd_service::pinned_bytes();
+    let frames_before = frames::free_count();
+    let (exit, output, owner) = run_program("viommu", 0)?;
+    if exit == Exit::Code(NO_DEVICE) {
+        return Ok(Outcome::NotApplicable(
+            "fewer than two edus behind an IOMMU",
+        ));
+    }
+    if nesting_offered(platform) {
+        ensure_eq!(exit, Exit::Code(0), format!("it said {output:?}"));
+        for line in [
+            "a second binding of 0x41: EEXIST",
+            "A's CD changed, not invalidated: the DMA landed in target 1",
+            "never bound: EIO",
+            "after CFGI_CD of B's virtual StreamID: the DMA landed in target 1",
+            "after CFGI_CD of A's virtual StreamID: the DMA landed in target 2",
+            "edu B, untouched: the DMA landed in target 1",
+        ] {
+            ensure!(output.contains(line), "no {line:?} in {output:?}");
+        }
+    } else {
+        ensure_eq!(exit, Exit::Code(NO_VIOMMU), format!("it said {output:?}"));
+        ensure!(output.contains("EOPNOTSUPP"), "{output:?}");
+    }
     super::iommufd_syscalls::released_everything(owner, pinned_before, frames_before)?;
     Ok(Outcome::Passed)
 }

@@ -1,0 +1,305 @@
+//! A task that drives a virtual SMMUv3 as a guest driver would (Linux
+//! `IOMMU_VIOMMU_ALLOC`, `IOMMU_VDEVICE_ALLOC`): a vIOMMU over its NEST_PARENT
+//! HWPT, both edus bound to virtual StreamIDs, a nested HWPT (stage 1 in its
+//! own memory) per edu over the vIOMMU, and invalidations through the vIOMMU
+//! with SMMUv3 commands that name virtual StreamIDs.
+//!
+//! What it shows by DMA: a change of edu A's Context Descriptor takes effect
+//! only when the task's own CFGI_CD names A's virtual StreamID (not with a
+//! CFGI_CD for B's, and a command naming a virtual StreamID it never bound is
+//! refused with EIO); edu B keeps its translation throughout.
+//!
+//! Exit codes: 0 = all held, 77 = fewer than two edus behind an IOMMU, 78 =
+//! the unit offers no SMMUv3 vIOMMU, otherwise the number of the failed step.
+#![no_std]
+#![no_main]
+
+use core::ptr::NonNull;
+
+use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
+use user_programs::abi::{Errno, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, ViommuType};
+use user_programs::edu::{self, Edu};
+use user_programs::iommu::{
+    all_bytes_are, destroy, device_attach, device_detach, hwpt_alloc, invalidate_arm_smmuv3,
+    ioas_alloc, ioas_map, vdevice_alloc, viommu_alloc,
+};
+use user_programs::{Steps, entry, mem_alloc, println};
+
+entry!(main);
+
+const STEPS: Steps = Steps("viommu");
+
+const NO_DEVICE: i32 = 77;
+const NO_VIOMMU: i32 = 78;
+const PAGE: u64 = 4096;
+/// The virtual StreamIDs the task gives its edus (its own numbering).
+const VSID_A: u64 = 0x41;
+const VSID_B: u64 = 0x42;
+/// A virtual StreamID the task never binds.
+const VSID_UNBOUND: u64 = 0x43;
+/// Stage-1 addresses: the page DMA reads from, the page it writes to.
+const S1_SOURCE: u64 = 0x7000_0000;
+const S1_TARGET: u64 = 0x7000_1000;
+/// Task memory: source, two targets, two CDs, then stage-1 table pages
+/// (the first table's pages, then the second's).
+const POOL_PAGES: usize = 16;
+const SOURCE: usize = 0;
+const TARGET_1: usize = 1;
+const TARGET_2: usize = 2;
+const CD_A: usize = 3;
+const CD_B: usize = 4;
+const FIRST_TABLES: core::ops::Range<usize> = 5..10;
+const SECOND_TABLES: core::ops::Range<usize> = 10..16;
+const PATTERN: u8 = 0x3C;
+const UNTOUCHED: u8 = 0xEE;
+
+fn main() -> i32 {
+    match run() {
+        Ok(()) => 0,
+        Err(code) => code,
+    }
+}
+
+/// A page of the task's pool.
+fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
+    // SAFETY: `base` is a mem_alloc region of POOL_PAGES writable pages owned
+    // by this task, and each index names a different page.
+    unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
+}
+
+/// Stage-1 table pages from one range of the pool, addressed by IPA (their
+/// IOVA in the parent IOAS).
+struct PoolTables {
+    va: *mut u8,
+    ipa: u64,
+    pages: core::ops::Range<usize>,
+    used: [bool; POOL_PAGES],
+}
+
+// SAFETY: every page handed out is a zeroed page of this task's pool, used by
+// nothing else until freed; phys_to_virt maps an IPA of the pool back to its
+// task address; the SMMU walks coherently (nesting is refused otherwise).
+unsafe impl TableAlloc for PoolTables {
+    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+        if bytes != PAGE as usize {
+            return None;
+        }
+        let index = self.pages.clone().find(|&i| !self.used[i])?;
+        self.used[index] = true;
+        page(self.va, index).fill(0);
+        Some(self.ipa + index as u64 * PAGE)
+    }
+
+    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
+        self.used[((phys - self.ipa) / PAGE) as usize] = false;
+    }
+
+    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
+        // SAFETY: `phys` lies in the pool, so the offset stays in its mapping.
+        let va = unsafe { self.va.add((phys - self.ipa) as usize) };
+        NonNull::new(va).unwrap_or(NonNull::dangling())
+    }
+}
+
+/// A stage-1 table that maps the source page and `target` at the stage-1
+/// addresses; returns it (its root is an IPA).
+fn stage1(
+    pool: *mut u8,
+    ipa: u64,
+    pages: core::ops::Range<usize>,
+    target: usize,
+) -> Result<PageTable<ArmLpae, PoolTables>, i32> {
+    let format = ArmLpae::new(ArmConfig {
+        stage: Stage::Stage1,
+        granule: Granule::K4,
+        input_bits: 48,
+        output_bits: 44,
+        contiguous: false,
+    })
+    .map_err(|_| 20)?;
+    let tables = PoolTables {
+        va: pool,
+        ipa,
+        pages,
+        used: [false; POOL_PAGES],
+    };
+    let mut table = PageTable::new(format, tables, Coherence::Coherent).map_err(|_| 20)?;
+    let rw = Prot::READ | Prot::WRITE | Prot::CACHE;
+    let ipa_of = |index: usize| ipa + index as u64 * PAGE;
+    table
+        .map(S1_SOURCE, ipa_of(SOURCE), PAGE, rw)
+        .map_err(|_| 20)?;
+    table
+        .map(S1_TARGET, ipa_of(target), PAGE, rw)
+        .map_err(|_| 20)?;
+    Ok(table)
+}
+
+/// Writes the CD of a stage-1 table with `asid` into pool page `at`.
+fn write_cd(
+    pool: *mut u8,
+    at: usize,
+    table: &PageTable<ArmLpae, PoolTables>,
+    asid: u16,
+) -> Result<(), i32> {
+    let fields = table.format().stage1_fields();
+    let cd = smmuv3::Cd::stage1(&smmuv3::Stage1Config {
+        asid,
+        root: table.root_phys(),
+        granule: smmuv3::Granule::K4,
+        ias_bits: 48,
+        ips_encoding: u32::from(fields.ips),
+        mair: fields.mair,
+    })
+    .map_err(|_| 21)?;
+    let words = page(pool, at).as_mut_ptr().cast::<u64>();
+    for (index, word) in cd.0.iter().enumerate() {
+        // SAFETY: the CD page is this task's, 8-byte aligned, 4 KiB long.
+        unsafe { words.add(index).write_volatile(*word) };
+    }
+    Ok(())
+}
+
+/// The device copies the source page to the target address; which target
+/// page got it (1 or 2), or 0 for neither.
+fn landed(edu: &Edu, pool: *mut u8, step: i32) -> Result<usize, i32> {
+    page(pool, TARGET_1).fill(UNTOUCHED);
+    page(pool, TARGET_2).fill(UNTOUCHED);
+    STEPS.check(step, "DMA", edu.dma_polled(S1_SOURCE, false))?;
+    STEPS.check(step, "DMA", edu.dma_polled(S1_TARGET, true))?;
+    Ok(
+        match (
+            all_bytes_are(page(pool, TARGET_1), PATTERN),
+            all_bytes_are(page(pool, TARGET_2), PATTERN),
+        ) {
+            (true, false) => 1,
+            (false, true) => 2,
+            _ => 0,
+        },
+    )
+}
+
+fn expect_landing(edu: &Edu, pool: *mut u8, step: i32, what: &str, want: usize) -> Result<(), i32> {
+    let got = landed(edu, pool, step)?;
+    if got != want {
+        println!("viommu: {what}: the DMA landed in target {got}, not {want}");
+        return Err(step);
+    }
+    println!("viommu: {what}: the DMA landed in target {want}");
+    Ok(())
+}
+
+fn run() -> Result<(), i32> {
+    let (Some(address_a), Some(address_b)) = (
+        STEPS.check(1, "device_list", edu::find_translated(0))?,
+        STEPS.check(1, "device_list", edu::find_translated(1))?,
+    ) else {
+        println!("viommu: fewer than two edus behind an IOMMU here");
+        return Err(NO_DEVICE);
+    };
+    let edu_a = STEPS.check(2, "device_open", Edu::open(address_a))?;
+    let edu_b = STEPS.check(2, "device_open", Edu::open(address_b))?;
+    let ioas = STEPS.check(3, "ioas_alloc", ioas_alloc())?;
+    let parent = match hwpt_alloc(HwptAllocFlags::NEST_PARENT, edu_a.id, ioas, None) {
+        Ok(parent) => parent,
+        Err(Errno::EOPNOTSUPP) => {
+            println!("viommu: the unit offers no nesting parent: EOPNOTSUPP");
+            return Err(NO_VIOMMU);
+        }
+        Err(errno) => return STEPS.check(4, "hwpt_alloc (NEST_PARENT)", Err(errno)),
+    };
+    let viommu = match viommu_alloc(edu_a.id, parent, ViommuType::ArmSmmuV3 as u32) {
+        Ok(viommu) => viommu,
+        Err(Errno::EOPNOTSUPP) => {
+            println!("viommu: the unit offers no SMMUv3 vIOMMU: EOPNOTSUPP");
+            return Err(NO_VIOMMU);
+        }
+        Err(errno) => return STEPS.check(5, "viommu_alloc", Err(errno)),
+    };
+    STEPS.check(6, "vdevice_alloc", vdevice_alloc(viommu, edu_a.id, VSID_A))?;
+    if vdevice_alloc(viommu, edu_b.id, VSID_A) != Err(Errno::EEXIST) {
+        println!("viommu: a second binding of one virtual StreamID was not EEXIST");
+        return Err(6);
+    }
+    STEPS.check(6, "vdevice_alloc", vdevice_alloc(viommu, edu_b.id, VSID_B))?;
+    println!(
+        "viommu: vIOMMU {viommu} over HWPT {parent}; edus bound to virtual StreamIDs {VSID_A:#x} and {VSID_B:#x}; a second binding of {VSID_A:#x}: EEXIST"
+    );
+
+    let pool = STEPS.check(7, "mem_alloc", mem_alloc(POOL_PAGES))?;
+    let ipa = STEPS.check(
+        8,
+        "ioas_map",
+        ioas_map(ioas, pool as u64, POOL_PAGES as u64 * PAGE, None),
+    )?;
+    page(pool, SOURCE).fill(PATTERN);
+    let first = stage1(pool, ipa, FIRST_TABLES, TARGET_1)?;
+    let second = stage1(pool, ipa, SECOND_TABLES, TARGET_2)?;
+    write_cd(pool, CD_A, &first, 1)?;
+    write_cd(pool, CD_B, &first, 2)?;
+    let arm = HwptDataType::ArmSmmuV3 as u32;
+    let mut nested = [0u32; 2];
+    for (slot, (edu, cd)) in nested.iter_mut().zip([(&edu_a, CD_A), (&edu_b, CD_B)]) {
+        let ste = smmuv3::Ste::guest_stage1(ipa + cd as u64 * PAGE).map_err(|_| 9)?;
+        let vendor = HwptArmSmmuV3 { ste };
+        *slot = STEPS.check(
+            9,
+            "hwpt_alloc (nested over the vIOMMU)",
+            hwpt_alloc(
+                HwptAllocFlags::empty(),
+                edu.id,
+                viommu,
+                Some((arm, user_programs::abi::as_bytes(&vendor))),
+            ),
+        )?;
+        STEPS.check(10, "device_attach", device_attach(edu.id, *slot))?;
+    }
+    expect_landing(&edu_a, pool, 11, "edu A through its stage 1", 1)?;
+    expect_landing(&edu_b, pool, 11, "edu B through its stage 1", 1)?;
+
+    // A's CD now names the second table (and a fresh ASID): nothing changes
+    // until the task invalidates A's CD through its vIOMMU.
+    write_cd(pool, CD_A, &second, 3)?;
+    expect_landing(&edu_a, pool, 12, "A's CD changed, not invalidated", 1)?;
+    let cfgi_cd = |vsid: u64| {
+        smmuv3::Command::CfgiCd {
+            sid: vsid as u32,
+            ssid: 0,
+            leaf: true,
+        }
+        .encode()
+        .0
+    };
+    let refused = invalidate_arm_smmuv3(viommu, &[cfgi_cd(VSID_UNBOUND)]);
+    if refused != (0, Err(Errno::EIO)) {
+        println!("viommu: CFGI_CD of an unbound virtual StreamID said {refused:?}");
+        return Err(13);
+    }
+    println!("viommu: CFGI_CD naming virtual StreamID {VSID_UNBOUND:#x}, never bound: EIO");
+    let other = invalidate_arm_smmuv3(viommu, &[cfgi_cd(VSID_B)]);
+    if other != (1, Ok(())) {
+        println!("viommu: CFGI_CD of B's virtual StreamID said {other:?}");
+        return Err(14);
+    }
+    expect_landing(&edu_a, pool, 14, "after CFGI_CD of B's virtual StreamID", 1)?;
+    let own = invalidate_arm_smmuv3(viommu, &[cfgi_cd(VSID_A)]);
+    if own != (1, Ok(())) {
+        println!("viommu: CFGI_CD of A's virtual StreamID said {own:?}");
+        return Err(15);
+    }
+    expect_landing(&edu_a, pool, 15, "after CFGI_CD of A's virtual StreamID", 2)?;
+    expect_landing(&edu_b, pool, 16, "edu B, untouched", 1)?;
+
+    // The objects hold each other: the vIOMMU goes after its HWPTs and
+    // vDEVICEs (the task's exit takes down the rest).
+    if destroy(viommu) != Err(Errno::EBUSY) {
+        println!("viommu: destroying a vIOMMU in use was not EBUSY");
+        return Err(17);
+    }
+    for (edu, hwpt) in [(&edu_a, nested[0]), (&edu_b, nested[1])] {
+        STEPS.check(18, "device_detach", device_detach(edu.id))?;
+        STEPS.check(18, "destroy (nested HWPT)", destroy(hwpt))?;
+    }
+    println!("viommu: done");
+    Ok(())
+}

@@ -295,7 +295,7 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
     }
     with_state(task, |state, owner| {
         let core = &mut state.core;
-        if command == Command::FaultRead {
+        if matches!(command, Command::FaultRead | Command::VeventqRead) {
             core.dispatch_faults();
         }
         // The core needs the task for memory and pinning through two traits;

@@ -6,7 +6,8 @@
 use abi::{
     Command, Destroy, DeviceAttach, DeviceDetach, Errno, FaultRead, FaultRecord, HwptAlloc,
     HwptAllocFlags, HwptDataType, HwptInvalidate, InvalidateArmSmmuV3, InvalidateDataType,
-    IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, MapFlags, VdeviceAlloc, ViommuAlloc,
+    IoasAlloc, IoasIovaRanges, IoasMap, IoasUnmap, MapFlags, VdeviceAlloc, VeventqAlloc,
+    VeventqRead, ViommuAlloc,
 };
 
 use crate::iommufd;
@@ -210,4 +211,32 @@ pub fn invalidate_arm_smmuv3(id: u32, commands: &[[u64; 2]]) -> (u32, Result<(),
     };
     let result = iommufd(Command::HwptInvalidate, &mut invalidate);
     (invalidate.entry_num, result)
+}
+
+/// A vEVENTQ of `veventq_type` ([`abi::VeventqType`]), `depth` events deep,
+/// for vIOMMU `viommu_id`.
+pub fn veventq_alloc(viommu_id: u32, veventq_type: u32, depth: u32) -> Result<u32, Errno> {
+    let mut alloc = VeventqAlloc {
+        size: arg_size::<VeventqAlloc>(),
+        viommu_id,
+        veventq_type,
+        veventq_depth: depth,
+        ..Default::default()
+    };
+    iommufd(Command::VeventqAlloc, &mut alloc)?;
+    Ok(alloc.out_veventq_id)
+}
+
+/// Reads whole events of vEVENTQ `id` into `buffer`; returns the bytes
+/// written (0: none pending).
+pub fn veventq_read(id: u32, buffer: &mut [u8]) -> Result<usize, Errno> {
+    let mut read = VeventqRead {
+        size: arg_size::<VeventqRead>(),
+        veventq_id: id,
+        data_uptr: buffer.as_mut_ptr() as u64,
+        data_len: buffer.len() as u32,
+        ..Default::default()
+    };
+    iommufd(Command::VeventqRead, &mut read)?;
+    Ok(read.data_len as usize)
 }

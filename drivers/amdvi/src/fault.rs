@@ -245,6 +245,7 @@ impl Event {
             iova: address,
             access: access(flags),
             reason,
+            guest_event: None,
         };
         Some(match *self {
             Event::IoPageFault {

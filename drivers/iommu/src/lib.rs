@@ -226,6 +226,33 @@ pub struct FaultRecord {
     pub iova: u64,
     pub access: Access,
     pub reason: FaultReason,
+    /// The record in the hardware's own format, when a guest driver of a
+    /// vIOMMU would see it (a fault of a task-owned stage 1): what a vEVENTQ
+    /// delivers. `None` for faults of the kernel's own tables.
+    pub guest_event: Option<GuestEvent>,
+}
+
+/// A fault record as a vIOMMU's guest driver reads it from its own event
+/// queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GuestEvent {
+    /// SMMUv3 §7.3 event record, four doublewords.
+    ArmSmmuV3 { evt: [u64; 4] },
+}
+
+impl GuestEvent {
+    /// The record with the device named by `virtual_id` (the id its vDEVICE
+    /// binds) instead of its physical one. SMMUv3 §7.3: StreamID[63:32] of
+    /// doubleword 0 (Linux `arm_vmaster_report_event`).
+    pub fn for_virtual_id(self, virtual_id: u64) -> Self {
+        const STREAM_ID: u64 = 0xFFFF_FFFF << 32;
+        match self {
+            GuestEvent::ArmSmmuV3 { mut evt } => {
+                evt[0] = (evt[0] & !STREAM_ID) | ((virtual_id << 32) & STREAM_ID);
+                GuestEvent::ArmSmmuV3 { evt }
+            }
+        }
+    }
 }
 
 /// Raw identification registers, as the hardware reports them, for `get_hw_info`.

@@ -2,7 +2,7 @@
 //! coalescing of the per-chunk events of one faulting transfer into one fault.
 
 use alloc::vec::Vec;
-use iommu::{Access, DeviceId, FaultReason, FaultRecord, UnitId};
+use iommu::{Access, DeviceId, FaultReason, FaultRecord, GuestEvent, UnitId};
 
 /// SMMUv3 §7.3 event record: four little-endian doublewords.
 #[repr(C)]
@@ -129,6 +129,8 @@ pub struct Event {
     pub input_addr: u64,
     /// dword3 IPA[51:12] of a stage-2 fault.
     pub ipa: u64,
+    /// The record as the SMMU wrote it.
+    pub raw: RawEvent,
 }
 
 const EVT0_TYPE_MASK: u64 = 0xFF;
@@ -164,6 +166,7 @@ impl Event {
             },
             input_addr: if addressed { d2 } else { 0 },
             ipa: if addressed { d3 & EVT3_IPA_MASK } else { 0 },
+            raw: *raw,
         }
     }
 }
@@ -281,6 +284,7 @@ impl FaultQueue {
                     class: FaultClass::Input,
                     input_addr: 0,
                     ipa: 0,
+                    raw: RawEvent::default(),
                 },
                 count: self.dropped_events,
             });
@@ -353,6 +357,14 @@ pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
             EventKind::Other(code) => FaultReason::Other(u32::from(code)),
             EventKind::Lost { .. } => FaultReason::Other(LOST_RECORD_CODE),
             other => FaultReason::Other(event_code(other)),
+        },
+        // What a guest's own SMMUv3 would have reported: every event not of
+        // stage 2 (Linux `arm_smmu_handle_event` hands those of a vmaster to
+        // `arm_vmaster_report_event`); the driver's own Lost record is not
+        // the hardware's.
+        guest_event: match (event.kind, event.stage) {
+            (EventKind::Lost { .. }, _) | (_, Stage::Stage2) => None,
+            _ => Some(GuestEvent::ArmSmmuV3 { evt: event.raw.0 }),
         },
     }
 }

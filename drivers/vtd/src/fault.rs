@@ -99,6 +99,7 @@ impl Fault {
                 Access::Write
             },
             reason,
+            guest_event: None,
         }
     }
 }

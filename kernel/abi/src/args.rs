@@ -312,6 +312,80 @@ pub struct VdeviceAlloc {
     pub virt_id: u64,
 }
 
+/// `veventq_alloc` (Linux `struct iommu_veventq_alloc`): a queue of
+/// `veventq_depth` events of `veventq_type` for vIOMMU `viommu_id`: the
+/// faults of the task's own stage 1 of every device bound to the vIOMMU, in
+/// the hardware's format, naming the devices by their virtual ids.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VeventqAlloc {
+    pub size: u32,
+    pub flags: u32,
+    pub viommu_id: u32,
+    /// [`VeventqType`].
+    pub veventq_type: u32,
+    /// Events the queue holds (1 to [`VEVENTQ_MAX_DEPTH`]).
+    pub veventq_depth: u32,
+    pub out_veventq_id: u32,
+    /// Linux's file descriptor to `read()`; here the id again, for
+    /// `veventq_read`.
+    pub out_veventq_fd: u32,
+    pub reserved: u32,
+}
+
+/// Deepest vEVENTQ a task may ask for.
+pub const VEVENTQ_MAX_DEPTH: u32 = 1024;
+
+/// Linux `enum iommu_veventq_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum VeventqType {
+    /// [`VeventArmSmmuV3`] records.
+    ArmSmmuV3 = 1,
+}
+
+/// `veventq_read`: copies whole events, oldest first, into `data_uptr`
+/// (`data_len` bytes; out: the bytes written, 0 when none is pending). Each
+/// is a [`VeventHeader`] and, unless it is a LOST_EVENTS header, the record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VeventqRead {
+    pub size: u32,
+    pub veventq_id: u32,
+    pub data_uptr: u64,
+    pub data_len: u32,
+    pub reserved: u32,
+}
+
+bitflags! {
+    /// Linux `IOMMU_VEVENTQ_FLAG_*`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct VeventFlags: u32 {
+        /// Events were lost here (the queue was full): the sequence numbers
+        /// skip them; no record follows this header.
+        const LOST_EVENTS = 1 << 0;
+    }
+}
+
+/// Linux `struct iommufd_vevent_header`: before every event read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VeventHeader {
+    /// [`VeventFlags`].
+    pub flags: u32,
+    /// Counts every event of the queue, delivered or lost (wraps at 2^31,
+    /// as Linux's).
+    pub sequence: u32,
+}
+
+/// Linux `struct iommu_vevent_arm_smmuv3`: an SMMUv3 §7.3 event record, its
+/// StreamID replaced by the virtual one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct VeventArmSmmuV3 {
+    pub evt: [u64; 4],
+}
+
 /// `option` (Linux `struct iommu_option`): reads or changes one option of the
 /// task's iommufd (`object_id` 0) or of one object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -656,6 +730,10 @@ pod! {
     IommuOption = 24,
     ViommuAlloc = 24,
     VdeviceAlloc = 24,
+    VeventqAlloc = 32,
+    VeventqRead = 24,
+    VeventHeader = 8,
+    VeventArmSmmuV3 = 32,
     FaultRecord = 40,
     FaultRead = 32,
     DeviceAttach = 24,
@@ -750,6 +828,22 @@ impl AbiStruct for ViommuAlloc {
 }
 
 impl AbiStruct for VdeviceAlloc {}
+
+impl AbiStruct for VeventqAlloc {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, 0)?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for VeventqRead {
+    fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for VeventHeader {}
+impl AbiStruct for VeventArmSmmuV3 {}
 
 impl AbiStruct for IommuOption {
     fn validate(&self) -> Result<(), Errno> {

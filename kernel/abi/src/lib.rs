@@ -47,11 +47,16 @@ pub enum Command {
     ViommuAlloc = 0x92,
     /// Linux `IOMMU_VDEVICE_ALLOC` ([`VdeviceAlloc`]).
     VdeviceAlloc = 0x93,
+    /// Linux `IOMMU_VEVENTQ_ALLOC` ([`VeventqAlloc`]).
+    VeventqAlloc = 0x94,
+    /// What Linux does with `read()` on the vEVENTQ's file ([`VeventqRead`]):
+    /// no file descriptors here.
+    VeventqRead = 0x95,
 }
 
 impl Command {
     /// Every command, in number order.
-    pub const ALL: [Command; 19] = [
+    pub const ALL: [Command; 21] = [
         Command::Destroy,
         Command::IoasAlloc,
         Command::IoasIovaRanges,
@@ -71,6 +76,8 @@ impl Command {
         Command::Option,
         Command::ViommuAlloc,
         Command::VdeviceAlloc,
+        Command::VeventqAlloc,
+        Command::VeventqRead,
     ];
 
     /// The command whose syscall number is `number`.

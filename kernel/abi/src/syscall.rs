@@ -83,6 +83,10 @@ pub const OPTION: u64 = 0x91;
 pub const VIOMMU_ALLOC: u64 = 0x92;
 /// `vdevice_alloc(arg: *mut VdeviceAlloc)`: Linux's `IOMMU_VDEVICE_ALLOC`.
 pub const VDEVICE_ALLOC: u64 = 0x93;
+/// `veventq_alloc(arg: *mut VeventqAlloc)`: Linux's `IOMMU_VEVENTQ_ALLOC`.
+pub const VEVENTQ_ALLOC: u64 = 0x94;
+/// `veventq_read(arg: *mut VeventqRead)`: `read()` of Linux's vEVENTQ file.
+pub const VEVENTQ_READ: u64 = 0x95;
 /// Longest single `irq_wait` (a longer timeout is cut to this).
 pub const IRQ_WAIT_MAX_NS: u64 = 10_000_000_000;
 
@@ -116,6 +120,8 @@ mod tests {
             (OPTION, Command::Option),
             (VIOMMU_ALLOC, Command::ViommuAlloc),
             (VDEVICE_ALLOC, Command::VdeviceAlloc),
+            (VEVENTQ_ALLOC, Command::VeventqAlloc),
+            (VEVENTQ_READ, Command::VeventqRead),
         ];
         for (number, command) in pairs {
             assert_eq!(number, command as u64);

@@ -71,14 +71,21 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             unit.drain_faults(&mut scratch);
             let unit_id = UnitId(index as u32);
             for r in &scratch {
-                let route = self
-                    .claimed
-                    .get(&(unit_id, r.requester))
-                    .and_then(|&(owner, dev)| {
-                        let o = self.owners.get_mut(&owner)?;
-                        let hwpt = o.device(dev).ok()?.attached?;
-                        Some((o.hwpt_mut(hwpt).ok()?, dev))
-                    });
+                // A fault of a task-owned stage 1 under a vIOMMU with a
+                // vEVENTQ goes there, as the task's own IOMMU would report it.
+                let claimed = self.claimed.get(&(unit_id, r.requester)).copied();
+                if let (Some((owner, dev)), Some(event)) = (claimed, r.guest_event)
+                    && let Some(o) = self.owners.get_mut(&owner)
+                    && crate::viommu::route_guest_event(o, dev, event)
+                {
+                    queued += 1;
+                    continue;
+                }
+                let route = claimed.and_then(|(owner, dev)| {
+                    let o = self.owners.get_mut(&owner)?;
+                    let hwpt = o.device(dev).ok()?.attached?;
+                    Some((o.hwpt_mut(hwpt).ok()?, dev))
+                });
                 match route {
                     Some((hwpt, dev)) => {
                         hwpt.faults.push(encode(r, dev));

@@ -554,7 +554,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 }
                 (Target::Existing(pt_id), o.hwpt_ioas(pt_id)?)
             }
-            Object::Device(_) | Object::Viommu(_) | Object::Vdevice(_) => {
+            Object::Device(_) | Object::Viommu(_) | Object::Vdevice(_) | Object::Veventq(_) => {
                 return Err(Errno::EINVAL);
             }
         };

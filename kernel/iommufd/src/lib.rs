@@ -414,6 +414,7 @@ enum Object {
     Device(Device),
     Viommu(viommu::Viommu),
     Vdevice(viommu::Vdevice),
+    Veventq(viommu::Veventq),
 }
 
 #[derive(Debug, Default)]
@@ -519,6 +520,20 @@ impl Owner {
     fn viommu_mut(&mut self, id: ObjId) -> Result<&mut viommu::Viommu, Errno> {
         match self.objects.get_mut(&id) {
             Some(Object::Viommu(v)) => Ok(v),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn veventq(&self, id: ObjId) -> Result<&viommu::Veventq, Errno> {
+        match self.objects.get(&id) {
+            Some(Object::Veventq(q)) => Ok(q),
+            _ => Err(Errno::ENOENT),
+        }
+    }
+
+    fn veventq_mut(&mut self, id: ObjId) -> Result<&mut viommu::Veventq, Errno> {
+        match self.objects.get_mut(&id) {
+            Some(Object::Veventq(q)) => Ok(q),
             _ => Err(Errno::ENOENT),
         }
     }
@@ -833,8 +848,12 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 self.destroy_hwpt(owner, id);
                 Ok(())
             }
+            Object::Veventq(_) => {
+                self.destroy_veventq(owner, id);
+                Ok(())
+            }
             Object::Viommu(viommu) => {
-                if !viommu.vdevices.is_empty() || viommu.nested != 0 {
+                if !viommu.vdevices.is_empty() || viommu.nested != 0 || viommu.veventq.is_some() {
                     return Err(Errno::EBUSY);
                 }
                 self.destroy_viommu(owner, id);
@@ -880,7 +899,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .iter()
             .map(|(&id, obj)| {
                 let rank = match obj {
-                    Object::Vdevice(_) => 0,
+                    Object::Vdevice(_) | Object::Veventq(_) => 0,
                     Object::Device(_) => 1,
                     Object::Hwpt(Hwpt {
                         kind: HwptKind::Nested { .. },

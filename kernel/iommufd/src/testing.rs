@@ -13,9 +13,9 @@ use alloc::rc::Rc;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
 use iommu::{
-    Access, DeviceId, DomainHandle, DomainKind, FaultReason, FaultRecord, Gather, HwInfo,
-    IommuError, IommuUnit, IovaRange, NestedData, NestedFormat, NestedInvalidation, NestingInfo,
-    Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
+    Access, DeviceId, DomainHandle, DomainKind, FaultReason, FaultRecord, Gather, GuestEvent,
+    HwInfo, IommuError, IommuUnit, IovaRange, NestedData, NestedFormat, NestedInvalidation,
+    NestingInfo, Prot, ReservedKind, ReservedRegion, UnitId, UnitInfo, UnitKind,
 };
 
 /// Fails exactly the Nth gated allocation after `arm(n)` (as Linux `fail_nth`).
@@ -372,6 +372,7 @@ impl SoftUnit {
             iova,
             access,
             reason,
+            guest_event: None,
         };
         let Some(domain) = self.attached.get(&device).copied() else {
             self.pending_faults.push(fault(FaultReason::Blocked));
@@ -426,6 +427,23 @@ impl SoftUnit {
             iova,
             access,
             reason: FaultReason::NotPresent,
+            guest_event: None,
+        });
+    }
+
+    /// Queues a fault of a task-owned stage 1, with the record a guest's
+    /// SMMUv3 would have written (F_TRANSLATION of `requester` at `iova`).
+    pub fn inject_guest_fault(&mut self, requester: DeviceId, iova: u64) {
+        const F_TRANSLATION: u64 = 0x10;
+        self.pending_faults.push(FaultRecord {
+            unit: self.id,
+            requester,
+            iova,
+            access: Access::Write,
+            reason: FaultReason::NotPresent,
+            guest_event: Some(GuestEvent::ArmSmmuV3 {
+                evt: [F_TRANSLATION | u64::from(requester.0) << 32, 0, iova, 0],
+            }),
         });
     }
 

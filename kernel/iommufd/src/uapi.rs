@@ -23,6 +23,9 @@ pub const MAX_ARRAY_ENTRIES: u32 = 4096;
 /// Largest element / vendor-data / hw-info buffer, in bytes.
 pub const MAX_ELEMENT_BYTES: u32 = 256;
 
+/// Most bytes one `veventq_read` copies (a bigger buffer takes this much).
+const MAX_VEVENTQ_READ: usize = 16 << 10;
+
 /// A copied-in argument and where it goes back.
 struct Arg<T> {
     va: u64,
@@ -133,6 +136,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Command::Option => self.cmd_option(mem, owner, arg),
             Command::ViommuAlloc => self.cmd_viommu_alloc(mem, owner, arg),
             Command::VdeviceAlloc => self.cmd_vdevice_alloc(mem, owner, arg),
+            Command::VeventqAlloc => self.cmd_veventq_alloc(mem, owner, arg),
+            Command::VeventqRead => self.cmd_veventq_read(mem, owner, arg),
             Command::DeviceList | Command::DeviceOpen => return None,
         })
     }
@@ -319,6 +324,41 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let id = self.vdevice_alloc(owner, v.viommu_id, v.dev_id, v.virt_id)?;
         a.value.out_vdevice_id = id;
         self.publish(mem, owner, &a, id)
+    }
+
+    fn cmd_veventq_alloc<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::VeventqAlloc> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let id = self.veventq_alloc(owner, v.viommu_id, v.veventq_type, v.veventq_depth)?;
+        a.value.out_veventq_id = id;
+        // No file descriptors here: the queue is read by its id.
+        a.value.out_veventq_fd = id;
+        self.publish(mem, owner, &a, id)
+    }
+
+    /// `read()` of Linux's vEVENTQ file: whole events only, consumed only
+    /// once they reached the task.
+    fn cmd_veventq_read<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let mut a: Arg<abi::VeventqRead> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let capacity = (v.data_len as usize).min(MAX_VEVENTQ_READ);
+        let (bytes, count) = self.veventq_peek(owner, v.veventq_id, capacity)?;
+        if !bytes.is_empty() {
+            mem.write(owner, v.data_uptr, &bytes)?;
+        }
+        a.value.data_len = bytes.len() as u32;
+        copy_back(mem, owner, &a)?;
+        self.veventq_consume(owner, v.veventq_id, count)
     }
 
     fn cmd_hwpt_invalidate<M: UserMemory>(

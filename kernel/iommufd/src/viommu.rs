@@ -4,15 +4,16 @@
 //! virtual StreamIDs), allocates nested HWPTs over the vIOMMU, and
 //! invalidates with the hardware's own commands naming virtual ids, which the
 //! unit translates to physical ones through the bindings here and refuses
-//! for any other id.
+//! for any other id. A vEVENTQ (Linux `iommufd/eventq.c`) hands the task the
+//! faults of its own stage 1 as its virtual IOMMU would have reported them.
 
-use alloc::collections::BTreeMap;
+use alloc::collections::{BTreeMap, VecDeque};
 use alloc::vec::Vec;
 
-use abi::{Errno, ViommuType};
-use iommu::{DeviceId, IommuUnit, NestedFormat, NestedInvalidation, UnitId};
+use abi::{Errno, VeventFlags, VeventqType, ViommuType};
+use iommu::{DeviceId, GuestEvent, IommuUnit, NestedFormat, NestedInvalidation, UnitId};
 
-use crate::{HwptKind, Iommufd, ObjId, Object, OwnerId, Resource, Services, errno};
+use crate::{HwptKind, Iommufd, ObjId, Object, Owner, OwnerId, Resource, Services, errno};
 
 #[derive(Debug)]
 pub(crate) struct Viommu {
@@ -23,6 +24,82 @@ pub(crate) struct Viommu {
     pub(crate) vdevices: BTreeMap<u64, ObjId>,
     /// Nested HWPTs allocated over it.
     pub(crate) nested: u32,
+    /// Its vEVENTQ, if the task made one (one per vIOMMU).
+    pub(crate) veventq: Option<ObjId>,
+}
+
+/// Sequence numbers wrap at 2^31, as Linux's (`iommufd_veventq`).
+const SEQUENCE_MASK: u32 = 0x7FFF_FFFF;
+
+#[derive(Debug)]
+pub(crate) struct Veventq {
+    pub(crate) viommu: ObjId,
+    depth: usize,
+    /// Oldest first: (sequence, the event, or `None` for a LOST_EVENTS mark
+    /// standing where events were dropped).
+    events: VecDeque<(u32, Option<GuestEvent>)>,
+    /// Events queued, not counting a LOST_EVENTS mark.
+    held: usize,
+    next_sequence: u32,
+}
+
+impl Veventq {
+    /// Queues `event`; when the queue is full, drops it and leaves one
+    /// LOST_EVENTS mark at the end, with the sequence of the first dropped:
+    /// the next event delivered shows by its sequence how many were lost.
+    fn push(&mut self, event: GuestEvent) {
+        let sequence = self.next_sequence;
+        self.next_sequence = (sequence + 1) & SEQUENCE_MASK;
+        if self.held < self.depth {
+            self.events.push_back((sequence, Some(event)));
+            self.held += 1;
+        } else if !matches!(self.events.back(), Some((_, None))) {
+            self.events.push_back((sequence, None));
+        }
+    }
+
+    /// The bytes of the oldest events that fit in `capacity` (a header each,
+    /// then the record unless it is a LOST_EVENTS mark) and how many they are.
+    fn peek(&self, capacity: usize) -> (Vec<u8>, usize) {
+        let mut bytes = Vec::new();
+        let mut count = 0;
+        for &(sequence, event) in &self.events {
+            let record = event.map(|GuestEvent::ArmSmmuV3 { evt }| abi::VeventArmSmmuV3 { evt });
+            let size = size_of::<abi::VeventHeader>()
+                + record.map_or(0, |_| size_of::<abi::VeventArmSmmuV3>());
+            if bytes.len() + size > capacity {
+                break;
+            }
+            let flags = match record {
+                Some(_) => VeventFlags::empty(),
+                None => VeventFlags::LOST_EVENTS,
+            };
+            let header = abi::VeventHeader {
+                flags: flags.bits(),
+                sequence,
+            };
+            bytes.extend_from_slice(abi::as_bytes(&header));
+            if let Some(record) = &record {
+                bytes.extend_from_slice(abi::as_bytes(record));
+            }
+            count += 1;
+        }
+        (bytes, count)
+    }
+
+    /// Whether anything is queued.
+    fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Drops the `count` oldest events (delivered).
+    fn consume(&mut self, count: usize) {
+        for (_, event) in self.events.drain(..count.min(self.events.len())) {
+            if event.is_some() {
+                self.held -= 1;
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -78,6 +155,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             parent: hwpt_id,
             vdevices: BTreeMap::new(),
             nested: 0,
+            veventq: None,
         }));
         if let Ok(parent) = o.hwpt_mut(hwpt_id) {
             parent.children += 1;
@@ -162,6 +240,99 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         )
     }
 
+    /// Linux `iommufd_veventq_alloc`: the vIOMMU's event queue, `depth`
+    /// events deep. `EINVAL` for a depth of 0 or above
+    /// [`abi::VEVENTQ_MAX_DEPTH`], `EOPNOTSUPP` for a type the vIOMMU does not
+    /// speak, `EEXIST` when it has one already.
+    pub fn veventq_alloc(
+        &mut self,
+        owner: OwnerId,
+        viommu_id: ObjId,
+        veventq_type: u32,
+        depth: u32,
+    ) -> Result<ObjId, Errno> {
+        let o = self.owner(owner)?;
+        let viommu = o.viommu(viommu_id)?;
+        if depth == 0 || depth > abi::VEVENTQ_MAX_DEPTH {
+            return Err(Errno::EINVAL);
+        }
+        if veventq_type != VeventqType::ArmSmmuV3 as u32 {
+            return Err(Errno::EOPNOTSUPP);
+        }
+        if viommu.veventq.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        o.peek_id()?;
+        self.admit(owner, Resource::ObjectSlot)?;
+        self.services.charge(Resource::ObjectSlot)?;
+        let o = self.owner_mut(owner)?;
+        let id = o.insert(Object::Veventq(Veventq {
+            viommu: viommu_id,
+            depth: depth as usize,
+            events: VecDeque::new(),
+            held: 0,
+            next_sequence: 0,
+        }));
+        if let Ok(viommu) = o.viommu_mut(viommu_id) {
+            viommu.veventq = Some(id);
+        }
+        Ok(id)
+    }
+
+    /// The bytes `veventq_read` copies out for a buffer of `capacity` bytes
+    /// and how many events they are; `EMSGSIZE` when events are queued but
+    /// the first does not fit. Nothing leaves the queue until
+    /// [`Self::veventq_consume`] (a reader whose buffer faults loses none).
+    pub(crate) fn veventq_peek(
+        &self,
+        owner: OwnerId,
+        id: ObjId,
+        capacity: usize,
+    ) -> Result<(Vec<u8>, usize), Errno> {
+        let queue = self.owner(owner)?.veventq(id)?;
+        let (bytes, count) = queue.peek(capacity);
+        if count == 0 && !queue.is_empty() {
+            return Err(Errno::EMSGSIZE);
+        }
+        Ok((bytes, count))
+    }
+
+    /// Takes the oldest events that fit in `capacity` bytes, as
+    /// `veventq_read` copies them out: the bytes and how many events.
+    pub fn veventq_read(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        capacity: usize,
+    ) -> Result<(Vec<u8>, usize), Errno> {
+        let (bytes, count) = self.veventq_peek(owner, id, capacity)?;
+        self.veventq_consume(owner, id, count)?;
+        Ok((bytes, count))
+    }
+
+    /// Drops the `count` oldest events of a vEVENTQ (delivered).
+    pub(crate) fn veventq_consume(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        count: usize,
+    ) -> Result<(), Errno> {
+        self.owner_mut(owner)?.veventq_mut(id)?.consume(count);
+        Ok(())
+    }
+
+    /// Removes a vEVENTQ: what it held is gone with it.
+    pub(crate) fn destroy_veventq(&mut self, owner: OwnerId, id: ObjId) {
+        let Some(o) = self.owners.get_mut(&owner) else {
+            return;
+        };
+        if let Some(Object::Veventq(queue)) = o.remove(id)
+            && let Ok(viommu) = o.viommu_mut(queue.viommu)
+        {
+            viommu.veventq = None;
+        }
+    }
+
     /// Removes a vIOMMU nothing references and lets go of its parent.
     pub(crate) fn destroy_viommu(&mut self, owner: OwnerId, id: ObjId) {
         let Some(o) = self.owners.get_mut(&owner) else {
@@ -188,5 +359,40 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if let Ok(device) = o.device_mut(vdevice.device) {
             device.vdevices -= 1;
         }
+    }
+}
+
+/// Hands a fault of device `dev` of `o` to its vIOMMU's vEVENTQ, naming the
+/// device by its virtual id, when the device is attached to a nested HWPT
+/// over a vIOMMU that has one and binds it; `false` when not (the fault goes
+/// to the HWPT's fault queue instead).
+pub(crate) fn route_guest_event(o: &mut Owner, dev: ObjId, event: GuestEvent) -> bool {
+    let target = (|| {
+        let hwpt = o.device(dev).ok()?.attached?;
+        let HwptKind::Nested {
+            viommu: Some(viommu_id),
+            ..
+        } = o.hwpt(hwpt).ok()?.kind
+        else {
+            return None;
+        };
+        let viommu = o.viommu(viommu_id).ok()?;
+        let queue = viommu.veventq?;
+        let virt_id = viommu
+            .vdevices
+            .iter()
+            .find(|&(_, &vdevice)| o.vdevice(vdevice).is_ok_and(|v| v.device == dev))
+            .map(|(&virt_id, _)| virt_id)?;
+        Some((queue, virt_id))
+    })();
+    let Some((queue, virt_id)) = target else {
+        return false;
+    };
+    match o.veventq_mut(queue) {
+        Ok(queue) => {
+            queue.push(event.for_virtual_id(virt_id));
+            true
+        }
+        Err(_) => false,
     }
 }

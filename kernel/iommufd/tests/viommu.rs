@@ -161,3 +161,86 @@ fn teardown_takes_viommus_and_vdevices_down_leaf_first() {
     assert_eq!(fd.object_count(O), 0);
     assert_eq!(fd.domain_count(O), 0);
 }
+
+/// A guest-format fault of `device` at `iova`, as the soft unit reports one.
+fn guest_fault(fd: &mut SoftCore, device: DeviceId, iova: u64) {
+    fd.unit_mut(U0).unwrap().inject_guest_fault(device, iova);
+    fd.dispatch_faults();
+}
+
+/// The events a read of `capacity` bytes returns: (flags, sequence, record).
+fn read_events(
+    fd: &mut SoftCore,
+    queue: u32,
+    capacity: usize,
+) -> Vec<(u32, u32, Option<[u64; 4]>)> {
+    let (bytes, count) = fd.veventq_read(O, queue, capacity).unwrap();
+    let mut events = Vec::new();
+    let mut at = 0;
+    for _ in 0..count {
+        let flags = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let sequence = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        at += 8;
+        let record = (flags & 1 == 0).then(|| {
+            let word = |i: usize| {
+                u64::from_le_bytes(bytes[at + 8 * i..at + 8 * i + 8].try_into().unwrap())
+            };
+            let evt = [word(0), word(1), word(2), word(3)];
+            at += 32;
+            evt
+        });
+        events.push((flags, sequence, record));
+    }
+    events
+}
+
+#[test]
+fn a_veventq_delivers_stage1_faults_with_the_virtual_id_in_order_and_marks_losses() {
+    let (mut fd, _, dev, parent) = setup();
+    let viommu = fd.viommu_alloc(O, dev, parent, SMMUV3).unwrap();
+    fd.vdevice_alloc(O, viommu, dev, 0x100).unwrap();
+    let nested = fd
+        .hwpt_alloc(O, dev, viommu, HwptAllocFlags::empty(), Some(GUEST_STE))
+        .unwrap();
+    fd.device_attach(O, dev, nested).unwrap();
+    let smmuv3 = abi::VeventqType::ArmSmmuV3 as u32;
+    assert_eq!(fd.veventq_alloc(O, viommu, smmuv3, 0), Err(Errno::EINVAL));
+    assert_eq!(fd.veventq_alloc(O, viommu, 9, 2), Err(Errno::EOPNOTSUPP));
+    let queue = fd.veventq_alloc(O, viommu, smmuv3, 2).unwrap();
+    assert_eq!(fd.veventq_alloc(O, viommu, smmuv3, 2), Err(Errno::EEXIST));
+    assert_eq!(fd.destroy(O, viommu), Err(Errno::EBUSY));
+    // Three faults into a queue of two: two records and a LOST_EVENTS mark.
+    for iova in [0x1000, 0x2000, 0x3000] {
+        guest_fault(&mut fd, DEV_A, iova);
+    }
+    // A buffer too small for the first event takes nothing.
+    assert_eq!(fd.veventq_read(O, queue, 8), Err(Errno::EMSGSIZE));
+    let events = read_events(&mut fd, queue, 4096);
+    assert_eq!(events.len(), 3);
+    for (index, iova) in [0x1000u64, 0x2000].into_iter().enumerate() {
+        let (flags, sequence, record) = events[index];
+        assert_eq!((flags, sequence), (0, index as u32));
+        let evt = record.unwrap();
+        assert_eq!(evt[0] >> 32, 0x100, "the virtual StreamID, not {DEV_A:?}");
+        assert_eq!(evt[2], iova);
+    }
+    assert_eq!(
+        events[2],
+        (1, 2, None),
+        "LOST_EVENTS with the first lost sequence"
+    );
+    // The next event's sequence shows the loss; the queue has room again.
+    guest_fault(&mut fd, DEV_A, 0x4000);
+    let events = read_events(&mut fd, queue, 4096);
+    assert_eq!(events.len(), 1);
+    assert_eq!((events[0].0, events[0].1), (0, 3));
+    assert!(read_events(&mut fd, queue, 4096).is_empty());
+    // Faults of the kernel's own tables (no guest record) stay in the HWPT's queue.
+    fd.unit_mut(U0)
+        .unwrap()
+        .inject_fault(DEV_A, 0x5000, iommu::Access::Read);
+    fd.dispatch_faults();
+    assert!(read_events(&mut fd, queue, 4096).is_empty());
+    fd.teardown(O);
+    assert_eq!(fd.object_count(O), 0);
+}

@@ -30,7 +30,7 @@ pub static TESTS: &[Test] = &[
         run: hwpt_calls_and_a_task_owned_nested_stage1,
     },
     Test {
-        name: "iommufd::a_viommu_binds_virtual_stream_ids_and_invalidates_by_them",
+        name: "iommufd::a_viommu_binds_virtual_stream_ids_invalidates_by_them_and_reports_faults",
         run: a_viommu_binds_virtual_stream_ids_and_invalidates_by_them,
     },
 ];
@@ -330,8 +330,10 @@ const NO_VIOMMU: i32 = 78;
 /// nested HWPTs over the vIOMMU, `hwpt_invalidate` on it with commands naming
 /// virtual StreamIDs). By DMA: a CD change of edu A takes effect only with
 /// the task's CFGI_CD naming A's virtual StreamID (not B's), a command naming
-/// an unbound one is EIO, edu B keeps its translation; everything is given
-/// back at exit. Elsewhere the vIOMMU is refused with EOPNOTSUPP.
+/// an unbound one is EIO, edu B keeps its translation; a vEVENTQ delivers A's
+/// stage-1 faults as SMMUv3 event records with A's virtual StreamID, in
+/// order, with a LOST_EVENTS mark when full; everything is given back at
+/// exit. Elsewhere the vIOMMU is refused with EOPNOTSUPP.
 fn a_viommu_binds_virtual_stream_ids_and_invalidates_by_them(platform: &Platform) -> TestResult {
     iommufd_service::prepare();
     let pinned_before = iommufd_service::pinned_bytes();
@@ -351,6 +353,8 @@ fn a_viommu_binds_virtual_stream_ids_and_invalidates_by_them(platform: &Platform
             "after CFGI_CD of B's virtual StreamID: the DMA landed in target 1",
             "after CFGI_CD of A's virtual StreamID: the DMA landed in target 2",
             "edu B, untouched: the DMA landed in target 1",
+            "with virtual StreamID 0x41, sequences 0 and 1, then LOST_EVENTS at sequence 2",
+            "the next fault arrived with sequence 3",
         ] {
             ensure!(output.contains(line), "no {line:?} in {output:?}");
         }

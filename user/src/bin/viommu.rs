@@ -7,7 +7,11 @@
 //! What it shows by DMA: a change of edu A's Context Descriptor takes effect
 //! only when the task's own CFGI_CD names A's virtual StreamID (not with a
 //! CFGI_CD for B's, and a command naming a virtual StreamID it never bound is
-//! refused with EIO); edu B keeps its translation throughout.
+//! refused with EIO); edu B keeps its translation throughout. Then a vEVENTQ
+//! (Linux `IOMMU_VEVENTQ_ALLOC`) two events deep: three stage-1 faults of
+//! edu A arrive as SMMUv3 event records naming A's virtual StreamID, in
+//! order, with sequence numbers, and a LOST_EVENTS mark where the third was
+//! dropped; the next one's sequence shows the loss.
 //!
 //! Exit codes: 0 = all held, 77 = fewer than two edus behind an IOMMU, 78 =
 //! the unit offers no SMMUv3 vIOMMU, otherwise the number of the failed step.
@@ -17,11 +21,13 @@
 use core::ptr::NonNull;
 
 use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
-use user_programs::abi::{Errno, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, ViommuType};
+use user_programs::abi::{
+    Errno, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, VeventFlags, VeventqType, ViommuType,
+};
 use user_programs::edu::{self, Edu};
 use user_programs::iommu::{
     all_bytes_are, destroy, device_attach, device_detach, hwpt_alloc, invalidate_arm_smmuv3,
-    ioas_alloc, ioas_map, vdevice_alloc, viommu_alloc,
+    ioas_alloc, ioas_map, vdevice_alloc, veventq_alloc, veventq_read, viommu_alloc,
 };
 use user_programs::{Steps, entry, mem_alloc, println};
 
@@ -50,6 +56,10 @@ const CD_A: usize = 3;
 const CD_B: usize = 4;
 const FIRST_TABLES: core::ops::Range<usize> = 5..10;
 const SECOND_TABLES: core::ops::Range<usize> = 10..16;
+/// Stage-1 addresses the task never maps: each DMA there faults once.
+const S1_UNMAPPED: u64 = 0x7100_0000;
+/// SMMUv3 §7.3.3 F_TRANSLATION.
+const F_TRANSLATION: u64 = 0x10;
 const PATTERN: u8 = 0x3C;
 const UNTOUCHED: u8 = 0xEE;
 
@@ -290,6 +300,8 @@ fn run() -> Result<(), i32> {
     expect_landing(&edu_a, pool, 15, "after CFGI_CD of A's virtual StreamID", 2)?;
     expect_landing(&edu_b, pool, 16, "edu B, untouched", 1)?;
 
+    event_queue(&edu_a, viommu)?;
+
     // The objects hold each other: the vIOMMU goes after its HWPTs and
     // vDEVICEs (the task's exit takes down the rest).
     if destroy(viommu) != Err(Errno::EBUSY) {
@@ -301,5 +313,93 @@ fn run() -> Result<(), i32> {
         STEPS.check(18, "destroy (nested HWPT)", destroy(hwpt))?;
     }
     println!("viommu: done");
+    Ok(())
+}
+
+/// One event as read: (flags, sequence, the record unless LOST_EVENTS).
+type Read = (u32, u32, Option<[u64; 4]>);
+
+/// Splits what `veventq_read` wrote into events.
+fn parse(bytes: &[u8], out: &mut [Read]) -> usize {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (mut at, mut count) = (0, 0);
+    while at + 8 <= bytes.len() && count < out.len() {
+        let header = word(at);
+        let (flags, sequence) = (header as u32, (header >> 32) as u32);
+        at += 8;
+        let record = if flags & VeventFlags::LOST_EVENTS.bits() == 0 && at + 32 <= bytes.len() {
+            let evt = [word(at), word(at + 8), word(at + 16), word(at + 24)];
+            at += 32;
+            Some(evt)
+        } else {
+            None
+        };
+        out[count] = (flags, sequence, record);
+        count += 1;
+    }
+    count
+}
+
+/// Faults of A's stage 1 through a vEVENTQ two events deep.
+fn event_queue(edu_a: &Edu, viommu: u32) -> Result<(), i32> {
+    let smmuv3 = VeventqType::ArmSmmuV3 as u32;
+    let queue = STEPS.check(19, "veventq_alloc", veventq_alloc(viommu, smmuv3, 2))?;
+    if veventq_alloc(viommu, smmuv3, 2) != Err(Errno::EEXIST) {
+        println!("viommu: a second vEVENTQ of the vIOMMU was not EEXIST");
+        return Err(19);
+    }
+    // Four bytes each: one event per DMA (QEMU reports every 4-byte chunk).
+    for page in 0..3 {
+        STEPS.check(
+            20,
+            "faulting DMA",
+            edu_a.send_polled(0, S1_UNMAPPED + page * PAGE, 4),
+        )?;
+    }
+    let mut buffer = [0u8; 256];
+    let written = STEPS.check(21, "veventq_read", veventq_read(queue, &mut buffer))?;
+    let mut events = [(0, 0, None); 4];
+    let count = parse(&buffer[..written], &mut events);
+    let expected_record = |evt: Option<[u64; 4]>, page: u64| {
+        evt.is_some_and(|evt| {
+            evt[0] & 0xFF == F_TRANSLATION
+                && evt[0] >> 32 == VSID_A
+                && evt[2] == S1_UNMAPPED + page * PAGE
+        })
+    };
+    let as_expected = count == 3
+        && events[0].0 == 0
+        && events[0].1 == 0
+        && expected_record(events[0].2, 0)
+        && events[1].0 == 0
+        && events[1].1 == 1
+        && expected_record(events[1].2, 1)
+        && events[2] == (VeventFlags::LOST_EVENTS.bits(), 2, None);
+    if !as_expected {
+        println!(
+            "viommu: vEVENTQ read {count} events: {:x?}",
+            &events[..count]
+        );
+        return Err(21);
+    }
+    println!(
+        "viommu: vEVENTQ: F_TRANSLATION at {S1_UNMAPPED:#x} and {:#x} with virtual StreamID {VSID_A:#x}, sequences 0 and 1, then LOST_EVENTS at sequence 2",
+        S1_UNMAPPED + PAGE
+    );
+    STEPS.check(
+        22,
+        "faulting DMA",
+        edu_a.send_polled(0, S1_UNMAPPED + 3 * PAGE, 4),
+    )?;
+    let written = STEPS.check(22, "veventq_read", veventq_read(queue, &mut buffer))?;
+    let count = parse(&buffer[..written], &mut events);
+    if count != 1 || events[0].1 != 3 || !expected_record(events[0].2, 3) {
+        println!(
+            "viommu: after the loss, vEVENTQ read {:x?}",
+            &events[..count]
+        );
+        return Err(22);
+    }
+    println!("viommu: the next fault arrived with sequence 3: one event lost, none silently");
     Ok(())
 }

@@ -1070,6 +1070,134 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         }
     }
 
+    // ---- dirty tracking --------------------------------------------------------
+
+    /// Reads the hardware dirty state of every leaf overlapping `[iova, iova +
+    /// len)` (VT-d second-stage D with SSADE, AMD-Vi v1 D with HD, x86-64 D,
+    /// ARM DBM with HTTU), calling `dirty(leaf_iova, leaf_size)` once for each
+    /// leaf written through since its state was cleared, and unless `keep`
+    /// clears that state. Each clear is a compare-exchange of the entry, since
+    /// the walker sets dirty bits at any time and a plain store could lose
+    /// one. Returns the gather of the cleared leaves: the IOTLB may hold a
+    /// leaf's dirty state, so it must be invalidated before the next write
+    /// through it is sure to be recorded (Linux `iommu_iotlb_sync` after
+    /// `read_and_clear_dirty`). A range error is the one `unmap` gives.
+    pub fn read_dirty(
+        &mut self,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        mut dirty: impl FnMut(u64, u64),
+    ) -> Result<Gather, UnmapError> {
+        let last = self.iova_last(iova, len).map_err(|e| match e {
+            RangeError::Zero => UnmapError::ZeroLength,
+            RangeError::Misaligned => UnmapError::Misaligned,
+            RangeError::OutOfRange => UnmapError::IovaOutOfRange,
+        })?;
+        let mut gather = Gather::default();
+        let mut reported = None;
+        self.dirty_table(
+            self.root,
+            self.geo.levels - 1,
+            0,
+            (iova, last),
+            keep,
+            &mut |leaf_iova, size| {
+                // The entries of a run are one leaf: reported once.
+                if reported != Some(leaf_iova) {
+                    reported = Some(leaf_iova);
+                    dirty(leaf_iova, size);
+                }
+            },
+            &mut gather,
+        );
+        Ok(gather)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dirty_table(
+        &self,
+        table: u64,
+        level: u32,
+        base: u64,
+        (first, last): (u64, u64),
+        keep: bool,
+        dirty: &mut impl FnMut(u64, u64),
+        gather: &mut Gather,
+    ) {
+        let t = self.entries(table);
+        let shift = self.geo.shift(level);
+        for idx in 0..1usize << self.geo.index_bits(level) {
+            let entry_iova = base + ((idx as u64) << shift);
+            let entry_last = entry_iova + (low(shift));
+            if entry_last < first || entry_iova > last {
+                continue;
+            }
+            let pte = Self::read(t, idx);
+            if pte == 0 {
+                continue;
+            }
+            if level > 0 && self.format.is_table(level, pte) {
+                let child = self.format.table_addr(pte);
+                self.dirty_table(
+                    child,
+                    level - 1,
+                    entry_iova,
+                    (first, last),
+                    keep,
+                    dirty,
+                    gather,
+                );
+                continue;
+            }
+            if !self.format.leaf_dirty(level, pte) {
+                continue;
+            }
+            let (leaf_shift, _) = self.leaf_extent(level, pte);
+            let leaf_iova = entry_iova & !low(leaf_shift);
+            dirty(leaf_iova, 1u64 << leaf_shift);
+            if keep {
+                continue;
+            }
+            // SAFETY: as in `read`: an aligned entry of a live table page;
+            // the walker updates entries only with atomic read-modify-writes.
+            let entry = unsafe { core::sync::atomic::AtomicU64::from_ptr(t.add(idx)) };
+            let _ = entry.fetch_update(
+                core::sync::atomic::Ordering::AcqRel,
+                core::sync::atomic::Ordering::Acquire,
+                |now| Some(self.format.clean_leaf(level, now)),
+            );
+            self.clean(t, idx, idx);
+            gather.add_leaf(leaf_iova, 1u64 << leaf_shift);
+        }
+    }
+
+    /// What the hardware does to the leaf entry translating `iova` when a
+    /// device writes through it with dirty tracking on (a model's job, for
+    /// tests; the driver never calls it). `false` when nothing maps `iova`.
+    pub fn mark_written(&mut self, iova: u64) -> bool {
+        if iova > self.geo.max_iova() {
+            return false;
+        }
+        let mut table = self.root;
+        let mut level = self.geo.levels - 1;
+        loop {
+            let t = self.entries(table);
+            let idx = self.index(iova, level);
+            let pte = Self::read(t, idx);
+            if pte == 0 {
+                return false;
+            }
+            if level > 0 && self.format.is_table(level, pte) {
+                table = self.format.table_addr(pte);
+                level -= 1;
+                continue;
+            }
+            Self::write(t, idx, self.format.written_leaf(level, pte));
+            return true;
+        }
+    }
+
     /// Writes the tree, one present entry a line, indented by depth.
     pub fn dump(&self, out: &mut dyn fmt::Write) -> fmt::Result {
         writeln!(

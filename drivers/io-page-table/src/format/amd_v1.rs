@@ -18,6 +18,11 @@ use crate::prot::Prot;
 
 /// §2.2.3 bit 0: PR, present.
 pub const AMD_PR: u64 = 1 << 0;
+/// A: accessed, set by the IOMMU when the DTE enables HA (EFR HASup).
+pub const AMD_A: u64 = 1 << 5;
+/// D: dirty, set by the IOMMU on a write when the DTE enables HD (EFR
+/// HDSup; AMD IOMMU §2.2.7.2; Linux `IOMMU_PTE_HD_BIT`).
+pub const AMD_D: u64 = 1 << 6;
 /// Bits 11:9: Next Level (0 = this entry is a PTE).
 pub const AMD_NEXT_LEVEL: u64 = bits(11, 9);
 /// Shift of the Next Level field.
@@ -141,6 +146,18 @@ impl Format for AmdV1 {
             12 + 9 * level
         };
         pte & AMD_ADDR & !super::low_mask(size_shift)
+    }
+
+    fn leaf_dirty(&self, _level: u32, pte: u64) -> bool {
+        pte & AMD_D != 0
+    }
+
+    fn clean_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte & !AMD_D
+    }
+
+    fn written_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte | AMD_A | AMD_D
     }
 
     fn leaf_runs(&self, level: u32) -> u32 {

@@ -52,6 +52,11 @@ pub const ARM_ADDR: u64 = bits(47, 12);
 /// Block and page descriptors bit 52: Contiguous, one of an aligned run of
 /// entries with the same attributes and adjacent output addresses (D8.6.1).
 pub const ARM_CONTIGUOUS: u64 = 1 << 52;
+/// DBM: dirty bit modifier (D8.4.6): with hardware dirty state management
+/// (SMMUv3 HTTU, CD.HD / STE.S2HD), a write through a writable-clean leaf
+/// (stage 1: AP[2] = 1; stage 2: S2AP[1] = 0) makes it writable-dirty
+/// instead of faulting.
+pub const ARM_DBM: u64 = 1 << 51;
 
 /// MAIR attribute index for Normal write-back read/write-allocate memory.
 pub const MAIR_IDX_CACHED: u64 = 0;
@@ -174,6 +179,8 @@ pub struct ArmLpae {
     config: ArmConfig,
     levels: u32,
     top_bits: u32,
+    /// Writable leaves carry DBM: the SMMU tracks their dirty state.
+    hardware_dirty: bool,
 }
 
 impl ArmLpae {
@@ -207,7 +214,17 @@ impl ArmLpae {
             config,
             levels,
             top_bits,
+            hardware_dirty: false,
         })
+    }
+
+    /// The format with DBM on every writable leaf, for an SMMU that manages
+    /// dirty state in hardware (IDR0.HTTU = 0b10 with CD.HD or STE.S2HD).
+    /// As Linux (`IO_PGTABLE_QUIRK_ARM_HD`), a new writable leaf starts
+    /// writable-dirty; clearing its dirty state makes it writable-clean.
+    pub fn with_hardware_dirty(mut self) -> Self {
+        self.hardware_dirty = true;
+        self
     }
 
     /// The configuration.
@@ -327,6 +344,8 @@ impl Format for ArmLpae {
                 pte |= ARM_S1_NG | ARM_S1_AP_EL0;
                 if !prot.contains(Prot::WRITE) {
                     pte |= ARM_S1_AP_RDONLY;
+                } else if self.hardware_dirty {
+                    pte |= ARM_DBM;
                 }
                 let idx = if prot.contains(Prot::MMIO) {
                     MAIR_IDX_DEVICE
@@ -346,6 +365,9 @@ impl Format for ArmLpae {
                 }
                 if prot.contains(Prot::WRITE) {
                     pte |= ARM_S2_AP_WRITE;
+                    if self.hardware_dirty {
+                        pte |= ARM_DBM;
+                    }
                 }
                 let attr = if prot.contains(Prot::MMIO) {
                     S2_MEMATTR_DEVICE
@@ -390,6 +412,38 @@ impl Format for ArmLpae {
     fn run_entry(&self, _level: u32, _k: u32, _run_phys: u64, entry_phys: u64, attrs: u64) -> u64 {
         // Each entry keeps its own output address; the bit says the run is one.
         entry_phys | attrs | ARM_CONTIGUOUS
+    }
+
+    /// Writable-dirty: DBM with the write permission the hardware gave back
+    /// (stage 1: AP[2] clear; stage 2: S2AP[1] set).
+    fn leaf_dirty(&self, _level: u32, pte: u64) -> bool {
+        pte & ARM_DBM != 0
+            && match self.config.stage {
+                Stage::Stage1 => pte & ARM_S1_AP_RDONLY == 0,
+                Stage::Stage2 => pte & ARM_S2_AP_WRITE != 0,
+            }
+    }
+
+    /// Writable-clean: the write permission withdrawn, DBM kept, so the next
+    /// write sets it again instead of faulting.
+    fn clean_leaf(&self, _level: u32, pte: u64) -> u64 {
+        if pte & ARM_DBM == 0 {
+            return pte;
+        }
+        match self.config.stage {
+            Stage::Stage1 => pte | ARM_S1_AP_RDONLY,
+            Stage::Stage2 => pte & !ARM_S2_AP_WRITE,
+        }
+    }
+
+    fn written_leaf(&self, _level: u32, pte: u64) -> u64 {
+        if pte & ARM_DBM == 0 {
+            return pte;
+        }
+        match self.config.stage {
+            Stage::Stage1 => pte & !ARM_S1_AP_RDONLY,
+            Stage::Stage2 => pte | ARM_S2_AP_WRITE,
+        }
     }
 
     fn leaf_run(&self, level: u32, pte: u64) -> u32 {

@@ -163,4 +163,27 @@ pub trait Format {
         let _ = (level, pte);
         0
     }
+
+    /// Hardware dirty tracking: whether the leaf `pte` at `level` was written
+    /// through since its dirty state was last cleared (VT-d second-stage D,
+    /// AMD-Vi v1 D, x86-64 D, ARM DBM with write permission). A format
+    /// without dirty state says no.
+    fn leaf_dirty(&self, level: u32, pte: u64) -> bool {
+        let _ = (level, pte);
+        false
+    }
+
+    /// The leaf `pte` with its dirty state cleared: what the hardware marks
+    /// dirty again on the next write through it.
+    fn clean_leaf(&self, level: u32, pte: u64) -> u64 {
+        let _ = level;
+        pte
+    }
+
+    /// The leaf `pte` as the hardware leaves it after a write through it
+    /// (what a model of the hardware does; the driver never writes this).
+    fn written_leaf(&self, level: u32, pte: u64) -> u64 {
+        let _ = level;
+        pte
+    }
 }

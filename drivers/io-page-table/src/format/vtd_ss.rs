@@ -17,6 +17,9 @@ pub const SS_W: u64 = 1 << 1;
 pub const SS_PS: u64 = 1 << 7;
 /// VT-d §9.8 bit 11: snoop behaviour for the leaf's accesses (needs ECAP.SC, else reserved).
 pub const SS_SNP: u64 = 1 << 11;
+/// D: dirty, set by the hardware on a write when the PASID entry enables
+/// second-stage A/D (SSADE, ECAP.SSADS; VT-d 3.4 §9.8).
+pub const SS_D: u64 = 1 << 9;
 /// VT-d §9.8 bits (HAW-1):12: address of the next table or page frame (52-bit max).
 pub const SS_ADDR: u64 = bits(51, 12);
 
@@ -127,5 +130,17 @@ impl Format for VtdSecondStage {
 
     fn leaf_addr(&self, level: u32, pte: u64) -> u64 {
         pte & SS_ADDR & !super::low_mask(12 + 9 * level)
+    }
+
+    fn leaf_dirty(&self, _level: u32, pte: u64) -> bool {
+        pte & SS_D != 0
+    }
+
+    fn clean_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte & !SS_D
+    }
+
+    fn written_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte | SS_D
     }
 }

@@ -50,6 +50,8 @@ pub struct X86Config {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct X86_64 {
     config: X86Config,
+    /// Writable leaves start clean (D = 0) for hardware that sets D.
+    hardware_dirty: bool,
 }
 
 impl X86_64 {
@@ -61,7 +63,19 @@ impl X86_64 {
         if !(12..=52).contains(&config.output_bits) {
             return Err(ConfigError::OutputSize);
         }
-        Ok(Self { config })
+        Ok(Self {
+            config,
+            hardware_dirty: false,
+        })
+    }
+
+    /// The format with writable leaves mapped clean (D = 0), for an IOMMU
+    /// that sets D on a write (SDM §4.8; VT-d first stage, AMD-Vi v2). Without
+    /// it, writable leaves are mapped dirty so that the walker never has to
+    /// write D itself, and their dirty state means nothing.
+    pub fn with_hardware_dirty(mut self) -> Self {
+        self.hardware_dirty = true;
+        self
     }
 
     /// The configuration.
@@ -96,7 +110,10 @@ impl Format for X86_64 {
     fn leaf_attrs(&self, level: u32, prot: Prot) -> Result<u64, MapError> {
         let mut pte = X86_P | X86_A;
         if prot.contains(Prot::WRITE) {
-            pte |= X86_RW | X86_D;
+            pte |= X86_RW;
+            if !self.hardware_dirty {
+                pte |= X86_D;
+            }
         }
         if self.config.user {
             pte |= X86_US;
@@ -131,5 +148,17 @@ impl Format for X86_64 {
 
     fn leaf_addr(&self, level: u32, pte: u64) -> u64 {
         pte & X86_ADDR & !super::low_mask(12 + 9 * level)
+    }
+
+    fn leaf_dirty(&self, _level: u32, pte: u64) -> bool {
+        self.hardware_dirty && pte & X86_D != 0
+    }
+
+    fn clean_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte & !X86_D
+    }
+
+    fn written_leaf(&self, _level: u32, pte: u64) -> u64 {
+        pte | X86_A | X86_D
     }
 }

@@ -374,6 +374,38 @@ pub trait IommuUnit {
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>);
 
+    /// Whether the unit tracks the pages its paging domains' devices write,
+    /// in hardware (Linux `IOMMU_CAP_DIRTY_TRACKING`): VT-d ECAP.SSADS, AMD-Vi
+    /// EFR HDSup, SMMUv3 IDR0.HTTU = 0b10, with the driver's support.
+    fn dirty_tracking(&self) -> bool {
+        false
+    }
+
+    /// Starts or stops hardware dirty tracking of paging `domain` (Linux
+    /// `iommu_dirty_ops::set_dirty_tracking`).
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        let _ = (domain, enable);
+        Err(IommuError::Unsupported)
+    }
+
+    /// Calls `dirty(leaf_iova, leaf_size)` for each leaf of `domain` in
+    /// `[iova, iova + len)` written through since its dirty state was last
+    /// cleared, and unless `keep` clears that state (Linux
+    /// `read_and_clear_dirty`). The returned gather must be flushed before a
+    /// later read can trust that every write since was recorded: the IOTLB
+    /// may remember a leaf as dirty already.
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        let _ = (domain, iova, len, keep, dirty);
+        Err(IommuError::Unsupported)
+    }
+
     /// Carries out a vIOMMU's invalidation commands in order, stopping at the
     /// first error; returns how many completed. `parent` is the vIOMMU's
     /// NEST_PARENT domain (its stage 2: what confines the commands), and
@@ -509,6 +541,25 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
         requests: &[NestedInvalidation],
     ) -> (usize, Result<(), IommuError>) {
         (**self).invalidate_viommu(parent, vdevices, requests)
+    }
+
+    fn dirty_tracking(&self) -> bool {
+        (**self).dirty_tracking()
+    }
+
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        (**self).set_dirty_tracking(domain, enable)
+    }
+
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        (**self).read_dirty(domain, iova, len, keep, dirty)
     }
 
     fn route_msi(

@@ -386,6 +386,61 @@ pub struct VeventArmSmmuV3 {
     pub evt: [u64; 4],
 }
 
+/// `hwpt_set_dirty_tracking` (Linux `struct iommu_hwpt_set_dirty_tracking`):
+/// starts or stops the hardware's dirty tracking of a paging HWPT allocated
+/// with [`HwptAllocFlags::DIRTY_TRACKING`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptSetDirtyTracking {
+    pub size: u32,
+    /// [`DirtyTrackingFlags`].
+    pub flags: u32,
+    pub hwpt_id: u32,
+    pub reserved: u32,
+}
+
+bitflags! {
+    /// Linux `enum iommufd_hwpt_set_dirty_tracking_flags`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DirtyTrackingFlags: u32 {
+        const ENABLE = 1 << 0;
+    }
+}
+
+/// `hwpt_get_dirty_bitmap` (Linux `struct iommu_hwpt_get_dirty_bitmap`): sets
+/// bit `n` of the bitmap at `data` for every page of `page_size` bytes at
+/// `iova + n * page_size` written through since the last read that cleared
+/// (bits already set stay set), and clears the state unless
+/// [`DirtyBitmapFlags::NO_CLEAR`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct HwptGetDirtyBitmap {
+    pub size: u32,
+    pub hwpt_id: u32,
+    /// [`DirtyBitmapFlags`].
+    pub flags: u32,
+    pub reserved: u32,
+    pub iova: u64,
+    pub length: u64,
+    /// A power of two, at least 4 KiB; `iova` and `length` are multiples.
+    pub page_size: u64,
+    /// User pointer to the bitmap: `length / page_size` bits, in 64-bit words.
+    pub data: u64,
+}
+
+/// Most bits one `hwpt_get_dirty_bitmap` covers (a wider range is
+/// `EINVAL`): 128 KiB of bitmap.
+pub const DIRTY_BITMAP_MAX_BITS: u64 = 1 << 20;
+
+bitflags! {
+    /// Linux `enum iommufd_hwpt_get_dirty_bitmap_flags`.
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct DirtyBitmapFlags: u32 {
+        /// Read without clearing.
+        const NO_CLEAR = 1 << 0;
+    }
+}
+
 /// `option` (Linux `struct iommu_option`): reads or changes one option of the
 /// task's iommufd (`object_id` 0) or of one object.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -734,6 +789,8 @@ pod! {
     VeventqRead = 24,
     VeventHeader = 8,
     VeventArmSmmuV3 = 32,
+    HwptSetDirtyTracking = 16,
+    HwptGetDirtyBitmap = 48,
     FaultRecord = 40,
     FaultRead = 32,
     DeviceAttach = 24,
@@ -838,6 +895,20 @@ impl AbiStruct for VeventqAlloc {
 
 impl AbiStruct for VeventqRead {
     fn validate(&self) -> Result<(), Errno> {
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for HwptSetDirtyTracking {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, DirtyTrackingFlags::all().bits())?;
+        reserved_zero(&[self.reserved.into()])
+    }
+}
+
+impl AbiStruct for HwptGetDirtyBitmap {
+    fn validate(&self) -> Result<(), Errno> {
+        known_flags(self.flags, DirtyBitmapFlags::all().bits())?;
         reserved_zero(&[self.reserved.into()])
     }
 }

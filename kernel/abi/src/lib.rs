@@ -52,11 +52,15 @@ pub enum Command {
     /// What Linux does with `read()` on the vEVENTQ's file ([`VeventqRead`]):
     /// no file descriptors here.
     VeventqRead = 0x95,
+    /// Linux `IOMMU_HWPT_SET_DIRTY_TRACKING` ([`HwptSetDirtyTracking`]).
+    HwptSetDirtyTracking = 0x96,
+    /// Linux `IOMMU_HWPT_GET_DIRTY_BITMAP` ([`HwptGetDirtyBitmap`]).
+    HwptGetDirtyBitmap = 0x97,
 }
 
 impl Command {
     /// Every command, in number order.
-    pub const ALL: [Command; 21] = [
+    pub const ALL: [Command; 23] = [
         Command::Destroy,
         Command::IoasAlloc,
         Command::IoasIovaRanges,
@@ -78,6 +82,8 @@ impl Command {
         Command::VdeviceAlloc,
         Command::VeventqAlloc,
         Command::VeventqRead,
+        Command::HwptSetDirtyTracking,
+        Command::HwptGetDirtyBitmap,
     ];
 
     /// The command whose syscall number is `number`.

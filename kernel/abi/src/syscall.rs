@@ -87,6 +87,12 @@ pub const VDEVICE_ALLOC: u64 = 0x93;
 pub const VEVENTQ_ALLOC: u64 = 0x94;
 /// `veventq_read(arg: *mut VeventqRead)`: `read()` of Linux's vEVENTQ file.
 pub const VEVENTQ_READ: u64 = 0x95;
+/// `hwpt_set_dirty_tracking(arg: *mut HwptSetDirtyTracking)`: Linux's
+/// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
+pub const HWPT_SET_DIRTY_TRACKING: u64 = 0x96;
+/// `hwpt_get_dirty_bitmap(arg: *mut HwptGetDirtyBitmap)`: Linux's
+/// `IOMMU_HWPT_GET_DIRTY_BITMAP`.
+pub const HWPT_GET_DIRTY_BITMAP: u64 = 0x97;
 /// Longest single `irq_wait` (a longer timeout is cut to this).
 pub const IRQ_WAIT_MAX_NS: u64 = 10_000_000_000;
 
@@ -122,6 +128,8 @@ mod tests {
             (VDEVICE_ALLOC, Command::VdeviceAlloc),
             (VEVENTQ_ALLOC, Command::VeventqAlloc),
             (VEVENTQ_READ, Command::VeventqRead),
+            (HWPT_SET_DIRTY_TRACKING, Command::HwptSetDirtyTracking),
+            (HWPT_GET_DIRTY_BITMAP, Command::HwptGetDirtyBitmap),
         ];
         for (number, command) in pairs {
             assert_eq!(number, command as u64);

@@ -258,6 +258,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             devices: 0,
             children: 0,
             faults: FaultQueue::new(),
+            dirty_tracking: false,
         }));
         debug_assert_eq!(id, plan.id);
         if let Ok(ioas) = o.ioas_mut(plan.ioas) {
@@ -287,10 +288,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let unit = o.device(dev_id)?.unit;
         let info = self.units[unit.0 as usize].info();
         let pt = o.objects.get(&pt_id).ok_or(Errno::ENOENT)?;
-        // No unit reports dirty tracking yet (Linux: EOPNOTSUPP unless the
-        // device's IOMMU has IOMMU_CAP_DIRTY_TRACKING), and no fault queue
-        // object exists to name (Linux `iommufd_get_fault`: ENOENT).
-        if flags.contains(HwptAllocFlags::DIRTY_TRACKING) {
+        // Dirty tracking needs the unit's (Linux: EOPNOTSUPP without
+        // IOMMU_CAP_DIRTY_TRACKING), and no fault queue object exists to
+        // name (Linux `iommufd_get_fault`: ENOENT).
+        let dirty_tracking = flags.contains(HwptAllocFlags::DIRTY_TRACKING);
+        if dirty_tracking && !self.units[unit.0 as usize].dirty_tracking() {
             return Err(Errno::EOPNOTSUPP);
         }
         if flags.contains(HwptAllocFlags::FAULT_ID_VALID) {
@@ -326,7 +328,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 DomainKind::Paging
             };
             let domain = self.build_paging(&plan, kind)?;
-            return Ok(self.commit_paging(owner, plan, domain));
+            let id = self.commit_paging(owner, plan, domain);
+            if let Ok(hwpt) = self.owner_mut(owner).and_then(|o| o.hwpt_mut(id)) {
+                hwpt.dirty_tracking = dirty_tracking;
+            }
+            return Ok(id);
         };
         // Over a vIOMMU: its parent is the stage 2, and it holds the
         // reference the nested HWPT would otherwise hold on the parent.
@@ -378,6 +384,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             devices: 0,
             children: 0,
             faults: FaultQueue::new(),
+            dirty_tracking: false,
         }));
         match viommu {
             Some(viommu) => {
@@ -717,11 +724,14 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     ) -> Result<HwInfoReply, Errno> {
         let unit = self.owner(owner)?.device(dev_id)?.unit;
         let u = &self.units[unit.0 as usize];
-        let capabilities = if u.info().nesting.is_some() {
-            HwCapabilities::NESTING
-        } else {
-            HwCapabilities::empty()
-        };
+        let mut capabilities = HwCapabilities::empty();
+        if u.info().nesting.is_some() {
+            capabilities |= HwCapabilities::NESTING;
+        }
+        // Only where the hardware reports it and the driver drives it.
+        if u.dirty_tracking() {
+            capabilities |= HwCapabilities::DIRTY_TRACKING;
+        }
         let (data_type, written) = match u.hw_info() {
             HwInfo::IntelVtd { cap, ecap } => (
                 HwInfoType::IntelVtd,

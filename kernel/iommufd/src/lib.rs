@@ -13,6 +13,7 @@
 
 extern crate alloc;
 
+mod dirty;
 mod fault;
 mod hwpt;
 mod ioas;
@@ -28,6 +29,7 @@ use alloc::vec::Vec;
 use iommu::{DeviceId, DomainHandle, Gather, IommuError, IommuUnit, IovaRange, Prot, UnitId};
 use iova::IovaSpace;
 
+pub use dirty::DirtyRange;
 pub use fault::FaultReadReply;
 pub use hwpt::{HwInfoReply, decode_hwpt_data, decode_invalidations};
 pub use ioas::IovaRanges;
@@ -382,6 +384,8 @@ struct Hwpt {
     devices: u32,
     children: u32,
     faults: FaultQueue,
+    /// Allocated with `DIRTY_TRACKING`: the unit may track its writes.
+    dirty_tracking: bool,
 }
 
 #[derive(Debug)]

@@ -148,6 +148,9 @@ pub struct SoftConfig {
     pub info: UnitInfo,
     pub reserved: Vec<ReservedRegion>,
     pub hw_info: HwInfo,
+    /// Its paging domains track the pages their devices write (a model of
+    /// VT-d SSADS, AMD-Vi HD, SMMUv3 HTTU).
+    pub dirty_tracking: bool,
 }
 
 impl SoftConfig {
@@ -178,6 +181,7 @@ impl SoftConfig {
                 cap: 0x00d2_0082_2004_0462,
                 ecap: 0xf0_0f5a,
             },
+            dirty_tracking: false,
         }
     }
 
@@ -209,6 +213,7 @@ impl SoftConfig {
                 iidr: 0x43b,
                 aidr: 0x2,
             },
+            dirty_tracking: false,
         }
     }
 
@@ -227,6 +232,7 @@ impl SoftConfig {
             },
             reserved: Vec::new(),
             hw_info: HwInfo::None,
+            dirty_tracking: false,
         }
     }
 }
@@ -239,6 +245,15 @@ struct Domain {
     tables: BTreeMap<(u8, u64), u32>,
     devices: u32,
     children: u32,
+    /// Dirty tracking on (`set_dirty_tracking`).
+    tracking: bool,
+    /// Leaves written through since their dirty state was cleared (the D
+    /// bits in memory), by leaf IOVA.
+    dirty: alloc::collections::BTreeSet<u64>,
+    /// Leaves whose IOTLB entry knows them dirty: a write through such an
+    /// entry sets nothing in memory (hardware updates D only when its cached
+    /// entry is clean), until a flush drops the entry.
+    dirty_cached: alloc::collections::BTreeSet<u64>,
 }
 
 /// Table levels (4 KiB granule, 9 bits per level) a leaf of `size` needs below the
@@ -416,6 +431,13 @@ impl SoftUnit {
             self.pending_faults.push(fault(FaultReason::Permission));
             return None;
         }
+        if access == Access::Write
+            && let Some(d) = self.domains.get_mut(&domain.0)
+            && d.tracking
+            && d.dirty_cached.insert(at)
+        {
+            d.dirty.insert(at);
+        }
         Some(leaf.phys + (iova - at))
     }
 
@@ -454,6 +476,8 @@ impl SoftUnit {
         let last = iova + (len - 1);
         while let Some((&at, &leaf)) = d.leaves.range(iova..=last).next() {
             d.leaves.remove(&at);
+            d.dirty.remove(&at);
+            d.dirty_cached.remove(&at);
             gather.add_leaf(at, leaf.size);
             // Emptied tables are freed at once, so that a rolled-back map leaves
             // exactly the table pages there were before.
@@ -530,6 +554,9 @@ impl IommuUnit for SoftUnit {
                 tables: BTreeMap::new(),
                 devices: 0,
                 children: 0,
+                tracking: false,
+                dirty: Default::default(),
+                dirty_cached: Default::default(),
             },
         );
         self.record(Event::AllocDomain(handle));
@@ -698,6 +725,9 @@ impl IommuUnit for SoftUnit {
             {
                 shadow.iotlb.remove(&key);
             }
+            if let Some(d) = self.domains.get_mut(&domain.0) {
+                d.dirty_cached.retain(|&at| at < start || at > last);
+            }
         }
         self.stats.syncs += 1;
         Ok(())
@@ -765,6 +795,50 @@ impl IommuUnit for SoftUnit {
             count: done,
         });
         (done, result)
+    }
+
+    fn dirty_tracking(&self) -> bool {
+        self.config.dirty_tracking
+    }
+
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        if !self.config.dirty_tracking {
+            return Err(IommuError::Unsupported);
+        }
+        let d = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        d.tracking = enable;
+        Ok(())
+    }
+
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        if !self.config.dirty_tracking {
+            return Err(IommuError::Unsupported);
+        }
+        let d = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        let last = iova + (len - 1);
+        let mut gather = Gather::default();
+        let written: Vec<u64> = d.dirty.iter().copied().collect();
+        for at in written {
+            let Some(leaf) = d.leaves.get(&at) else {
+                continue;
+            };
+            if at + (leaf.size - 1) < iova || at > last {
+                continue;
+            }
+            dirty(at, leaf.size);
+            if !keep {
+                d.dirty.remove(&at);
+                gather.add_leaf(at, leaf.size);
+            }
+        }
+        Ok(gather)
     }
 
     /// A soft vIOMMU command names a device by the virtual id in the upper

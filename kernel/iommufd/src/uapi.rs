@@ -138,6 +138,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             Command::VdeviceAlloc => self.cmd_vdevice_alloc(mem, owner, arg),
             Command::VeventqAlloc => self.cmd_veventq_alloc(mem, owner, arg),
             Command::VeventqRead => self.cmd_veventq_read(mem, owner, arg),
+            Command::HwptSetDirtyTracking => self.cmd_set_dirty_tracking(mem, owner, arg),
+            Command::HwptGetDirtyBitmap => self.cmd_get_dirty_bitmap(mem, owner, arg),
             Command::DeviceList | Command::DeviceOpen => return None,
         })
     }
@@ -359,6 +361,48 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         a.value.data_len = bytes.len() as u32;
         copy_back(mem, owner, &a)?;
         self.veventq_consume(owner, v.veventq_id, count)
+    }
+
+    fn cmd_set_dirty_tracking<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let a: Arg<abi::HwptSetDirtyTracking> = copy_in(mem, owner, arg)?;
+        let enable = abi::DirtyTrackingFlags::from_bits_retain(a.value.flags)
+            .contains(abi::DirtyTrackingFlags::ENABLE);
+        self.hwpt_set_dirty_tracking(owner, a.value.hwpt_id, enable)
+    }
+
+    /// The bits already set in the task's bitmap stay set (Linux's
+    /// `iova_bitmap` only sets bits). The state is read (and cleared) only
+    /// once the bitmap is known to be writable, so a bad pointer loses none.
+    fn cmd_get_dirty_bitmap<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        arg: u64,
+    ) -> Result<(), Errno> {
+        let a: Arg<abi::HwptGetDirtyBitmap> = copy_in(mem, owner, arg)?;
+        let v = a.value;
+        let range = crate::DirtyRange {
+            iova: v.iova,
+            length: v.length,
+            page_size: v.page_size,
+            keep: abi::DirtyBitmapFlags::from_bits_retain(v.flags)
+                .contains(abi::DirtyBitmapFlags::NO_CLEAR),
+        };
+        let words = range.bits()?.div_ceil(64) as usize;
+        let mut user = vec![0u8; words * 8];
+        mem.read(owner, v.data, &mut user)?;
+        mem.write(owner, v.data, &user)?;
+        let bitmap = self.hwpt_get_dirty_bitmap(owner, v.hwpt_id, range)?;
+        for (chunk, word) in user.chunks_exact_mut(8).zip(&bitmap) {
+            let merged = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8])) | word;
+            chunk.copy_from_slice(&merged.to_le_bytes());
+        }
+        mem.write(owner, v.data, &user)
     }
 
     fn cmd_hwpt_invalidate<M: UserMemory>(

@@ -230,6 +230,29 @@ impl IommuUnit for Shared {
         })
     }
 
+    fn dirty_tracking(&self) -> bool {
+        self.call(false, |unit| unit.dirty_tracking())
+    }
+
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.set_dirty_tracking(domain, enable)
+        })
+    }
+
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        self.call(Err(IommuError::Unsupported), |unit| {
+            unit.read_dirty(domain, iova, len, keep, &mut *dirty)
+        })
+    }
+
     fn invalidate_viommu(
         &mut self,
         parent: DomainHandle,

@@ -7,8 +7,8 @@
 #![no_main]
 
 use user_programs::abi::{
-    Command, Errno, IoasAlloc, IoasCopy, IoasIovaRanges, IommuOption, IovaRangeEntry, MapFlags,
-    OptionId, OptionOp,
+    Command, DirtyTrackingFlags, Errno, HwptGetDirtyBitmap, HwptSetDirtyTracking, IoasAlloc,
+    IoasCopy, IoasIovaRanges, IommuOption, IovaRangeEntry, MapFlags, OptionId, OptionOp,
 };
 use user_programs::iommu::{arg_size, destroy, ioas_alloc, ioas_map, ioas_unmap};
 use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
@@ -254,9 +254,40 @@ fn run() -> Result<(), i32> {
         Ok(true),
     )?;
 
+    // Dirty tracking names a HWPT (an IOAS is none), with whole pages of a
+    // power-of-two size (Linux `iommufd_check_iova_range`).
+    let mut tracking = HwptSetDirtyTracking {
+        size: arg_size::<HwptSetDirtyTracking>(),
+        flags: DirtyTrackingFlags::ENABLE.bits(),
+        hwpt_id: third,
+        ..Default::default()
+    };
+    expect(
+        35,
+        "dirty tracking of an IOAS",
+        iommufd(Command::HwptSetDirtyTracking, &mut tracking),
+        Err(Errno::ENOENT),
+    )?;
+    let mut bitmap = [0u64; 1];
+    let mut get = HwptGetDirtyBitmap {
+        size: arg_size::<HwptGetDirtyBitmap>(),
+        hwpt_id: third,
+        iova: 0,
+        length: PAGE,
+        page_size: PAGE + 1,
+        data: bitmap.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    expect(
+        36,
+        "dirty bitmap with a page size no power of two",
+        iommufd(Command::HwptGetDirtyBitmap, &mut get),
+        Err(Errno::EINVAL),
+    )?;
+
     // Leave `first` with its automatic mapping: the kernel tears it down at exit.
     println!(
-        "ioas-semantics: 34 checks held; exiting with an IOAS still mapping {} pages",
+        "ioas-semantics: 36 checks held; exiting with an IOAS still mapping {} pages",
         4
     );
     Ok(())

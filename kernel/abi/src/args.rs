@@ -4,18 +4,19 @@
 //! the attach calls that Linux leaves to VFIO are ours.
 
 use crate::Errno;
-use crate::version::{AbiStruct, Pod};
+use crate::version::AbiStruct;
 use bitflags::bitflags;
 use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Implements `Pod` for a struct and asserts its size (which proves no padding
 /// when the size equals the sum of its fields).
-macro_rules! pod {
+/// The size of each ABI struct, asserted at compile time: a change of layout
+/// is a change of the ABI. (That none has padding, and that every bit pattern
+/// is a valid value, the `zerocopy` derives prove.)
+macro_rules! sizes {
     ($($ty:ty = $size:expr),* $(,)?) => {$(
         const _: () = assert!(size_of::<$ty>() == $size);
-        // SAFETY: `#[repr(C)]`, only integer fields/arrays, and the size assert
-        // above equals the sum of the field sizes, so there is no padding.
-        unsafe impl Pod for $ty {}
     )*};
 }
 
@@ -34,7 +35,9 @@ fn known_flags(flags: u32, known: u32) -> Result<(), Errno> {
 }
 
 /// An inclusive IOVA range element (`iova_ranges`, `allow_iovas`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IovaRangeEntry {
     pub start: u64,
@@ -42,7 +45,9 @@ pub struct IovaRangeEntry {
 }
 
 /// `ioas_alloc`: creates an empty IOAS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasAlloc {
     pub size: u32,
@@ -52,7 +57,9 @@ pub struct IoasAlloc {
 }
 
 /// `destroy`: destroys any destroyable object by id.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Destroy {
     pub size: u32,
@@ -60,7 +67,9 @@ pub struct Destroy {
 }
 
 /// `ioas_iova_ranges`: reports the usable IOVA ranges and the alignment.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasIovaRanges {
     pub size: u32,
@@ -74,7 +83,9 @@ pub struct IoasIovaRanges {
 }
 
 /// `ioas_allow_iovas`: replaces the set of IOVA ranges automatic allocation may use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasAllowIovas {
     pub size: u32,
@@ -97,7 +108,9 @@ bitflags! {
 }
 
 /// `ioas_map`: pins `[user_va, user_va + length)` and maps it at `iova`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasMap {
     pub size: u32,
@@ -112,7 +125,9 @@ pub struct IoasMap {
 }
 
 /// `ioas_unmap`: removes whole areas in `[iova, iova + length)`; (0, u64::MAX) is all.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasUnmap {
     pub size: u32,
@@ -123,7 +138,9 @@ pub struct IoasUnmap {
 }
 
 /// `ioas_copy`: maps the pages behind a source range into another IOAS.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IoasCopy {
     pub size: u32,
@@ -181,7 +198,9 @@ impl HwptDataType {
 
 /// `hwpt_alloc`: a paging HWPT over the IOAS `pt_id`, or a nested HWPT over the
 /// NEST_PARENT HWPT `pt_id`, for device `dev_id`'s unit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptAlloc {
     pub size: u32,
@@ -225,7 +244,9 @@ impl InvalidateDataType {
 }
 
 /// `hwpt_invalidate`: an array of `entry_num` entries of `entry_len` bytes each.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptInvalidate {
     pub size: u32,
@@ -278,7 +299,9 @@ bitflags! {
 /// `pt_id` = the vIOMMU), devices are bound to virtual ids on it
 /// (`vdevice_alloc`), and `hwpt_invalidate` on it takes the vendor's own
 /// invalidation commands, naming virtual ids.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct ViommuAlloc {
     pub size: u32,
@@ -302,7 +325,9 @@ pub enum ViommuType {
 /// `vdevice_alloc` (Linux `struct iommu_vdevice_alloc`): binds device
 /// `dev_id` to `virt_id` in vIOMMU `viommu_id` (SMMUv3: the virtual
 /// StreamID the task's commands name it by).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VdeviceAlloc {
     pub size: u32,
@@ -316,7 +341,9 @@ pub struct VdeviceAlloc {
 /// `veventq_depth` events of `veventq_type` for vIOMMU `viommu_id`: the
 /// faults of the task's own stage 1 of every device bound to the vIOMMU, in
 /// the hardware's format, naming the devices by their virtual ids.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VeventqAlloc {
     pub size: u32,
@@ -347,7 +374,9 @@ pub enum VeventqType {
 /// `veventq_read`: copies whole events, oldest first, into `data_uptr`
 /// (`data_len` bytes; out: the bytes written, 0 when none is pending). Each
 /// is a [`VeventHeader`] and, unless it is a LOST_EVENTS header, the record.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VeventqRead {
     pub size: u32,
@@ -368,7 +397,9 @@ bitflags! {
 }
 
 /// Linux `struct iommufd_vevent_header`: before every event read.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VeventHeader {
     /// [`VeventFlags`].
@@ -380,7 +411,9 @@ pub struct VeventHeader {
 
 /// Linux `struct iommu_vevent_arm_smmuv3`: an SMMUv3 §7.3 event record, its
 /// StreamID replaced by the virtual one.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct VeventArmSmmuV3 {
     pub evt: [u64; 4],
@@ -389,7 +422,9 @@ pub struct VeventArmSmmuV3 {
 /// `hwpt_set_dirty_tracking` (Linux `struct iommu_hwpt_set_dirty_tracking`):
 /// starts or stops the hardware's dirty tracking of a paging HWPT allocated
 /// with [`HwptAllocFlags::DIRTY_TRACKING`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptSetDirtyTracking {
     pub size: u32,
@@ -412,7 +447,9 @@ bitflags! {
 /// `iova + n * page_size` written through since the last read that cleared
 /// (bits already set stay set), and clears the state unless
 /// [`DirtyBitmapFlags::NO_CLEAR`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptGetDirtyBitmap {
     pub size: u32,
@@ -443,7 +480,9 @@ bitflags! {
 
 /// `option` (Linux `struct iommu_option`): reads or changes one option of the
 /// task's iommufd (`object_id` 0) or of one object.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct IommuOption {
     pub size: u32,
@@ -477,7 +516,9 @@ pub enum OptionOp {
 }
 
 /// `get_hw_info`: the raw registers of the unit behind `dev_id`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct GetHwInfo {
     pub size: u32,
@@ -518,7 +559,9 @@ pub enum FaultReasonCode {
 }
 
 /// One element of the array `fault_read` fills.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct FaultRecord {
     pub iova: u64,
@@ -539,7 +582,9 @@ pub struct FaultRecord {
 }
 
 /// `fault_read`: moves up to `num` records of the HWPT's fault queue to the user.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct FaultRead {
     pub size: u32,
@@ -555,7 +600,9 @@ pub struct FaultRead {
 }
 
 /// `device_attach` and `device_replace`: put `dev_id` behind an IOAS or a HWPT.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DeviceAttach {
     pub size: u32,
@@ -569,7 +616,9 @@ pub struct DeviceAttach {
 }
 
 /// `device_detach`: blocks the device's DMA.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DeviceDetach {
     pub size: u32,
@@ -577,7 +626,9 @@ pub struct DeviceDetach {
 }
 
 /// `device_list`: the devices a task may open.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DeviceList {
     pub size: u32,
@@ -620,7 +671,9 @@ bitflags! {
 /// `device_open`: claims the PCI function at `pci_address` for the calling
 /// task (exclusively, in the blocked state) and maps its BAR 0 into the task,
 /// uncached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DeviceOpen {
     pub size: u32,
@@ -635,7 +688,9 @@ pub struct DeviceOpen {
 }
 
 /// One element of `device_list`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct DeviceListEntry {
     /// PCI segment << 16 | bus << 8 | devfn.
@@ -649,7 +704,9 @@ pub struct DeviceListEntry {
 }
 
 /// One resource of [`TaskLimits`]: what the task may hold, and holds now.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct Limit {
     pub limit: u64,
@@ -660,7 +717,9 @@ pub struct Limit {
 /// limited per task (set on the kernel command line). Reaching one makes
 /// that task's calls fail (ENOSPC for objects and areas, ENOMEM for memory)
 /// and nothing else.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct TaskLimits {
     /// iommufd objects (IOAS, HWPT, device, fault objects).
@@ -682,7 +741,9 @@ pub struct TaskLimits {
 
 /// VT-d nested first stage (`HwptDataType::VtdS1`): VT-d 3.4 §9.6 PASID entry
 /// first-stage fields.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptVtdS1 {
     /// Bit 0: SRE, bit 1: EAFE, bit 2: WPE (as Linux `IOMMU_VTD_S1_*`).
@@ -695,21 +756,27 @@ pub struct HwptVtdS1 {
 }
 
 /// SMMUv3 nested stage 1 (`HwptDataType::ArmSmmuV3`): STE words 0-1 (SMMUv3 §5.2).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptArmSmmuV3 {
     pub ste: [u64; 2],
 }
 
 /// AMD-Vi nested v2 table (`HwptDataType::AmdViV2`): guest DTE (AMD IOMMU §2.2.2.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwptAmdViV2 {
     pub dte: [u64; 4],
 }
 
 /// VT-d first-stage invalidation entry.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct InvalidateVtdS1 {
     pub addr: u64,
@@ -721,21 +788,27 @@ pub struct InvalidateVtdS1 {
 }
 
 /// SMMUv3 invalidation entry: one command (SMMUv3 §4.4).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct InvalidateArmSmmuV3 {
     pub cmd: [u64; 2],
 }
 
 /// AMD-Vi invalidation entry: one INVALIDATE_IOMMU_PAGES command (AMD IOMMU §2.4.3).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct InvalidateAmdViV2 {
     pub cmd: [u64; 2],
 }
 
 /// `get_hw_info` data for VT-d (`HwInfoType::IntelVtd`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwInfoVtd {
     pub flags: u32,
@@ -747,7 +820,9 @@ pub struct HwInfoVtd {
 }
 
 /// `get_hw_info` data for SMMUv3 (`HwInfoType::ArmSmmuV3`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwInfoArmSmmuV3 {
     pub flags: u32,
@@ -761,7 +836,9 @@ pub struct HwInfoArmSmmuV3 {
 }
 
 /// `get_hw_info` data for AMD-Vi (`HwInfoType::AmdVi`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, IntoBytes, FromBytes, Immutable, KnownLayout,
+)]
 #[repr(C)]
 pub struct HwInfoAmdVi {
     /// AMD IOMMU §3.4.12 Extended Feature Register.
@@ -770,7 +847,7 @@ pub struct HwInfoAmdVi {
     pub efr2: u64,
 }
 
-pod! {
+sizes! {
     IovaRangeEntry = 16,
     IoasAlloc = 12,
     Destroy = 8,

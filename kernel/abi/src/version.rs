@@ -11,22 +11,20 @@
 //! - copy-out to a shorter buffer writes a prefix, to a longer one zeroes the tail.
 
 use crate::Errno;
-use core::mem::{MaybeUninit, size_of};
+use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-/// Plain old data: a `#[repr(C)]` struct of integers (or arrays of them) with no
-/// padding, for which every bit pattern is a valid value.
-///
-/// # Safety
-/// Implementors must be `#[repr(C)]`, contain only integer fields or arrays of
-/// integers, and have no padding bytes (checked by a size assert next to each
-/// struct).
-pub unsafe trait Pod: Copy + 'static {}
+/// Plain old data: no padding (every byte of a value is initialised, so it can
+/// be copied out) and every bit pattern a valid value (so any bytes can be
+/// copied in). The `zerocopy` derives on each struct prove both at compile
+/// time; this names the combination.
+pub trait Pod: IntoBytes + FromBytes + Immutable + Copy + 'static {}
+
+impl<T: IntoBytes + FromBytes + Immutable + Copy + 'static> Pod for T {}
 
 /// Views a `Pod` value as its bytes.
 pub fn as_bytes<T: Pod>(value: &T) -> &[u8] {
-    // SAFETY: `T: Pod` has no padding, so all `size_of::<T>()` bytes are initialised,
-    // and the slice borrows `value` for its lifetime.
-    unsafe { core::slice::from_raw_parts((value as *const T).cast::<u8>(), size_of::<T>()) }
+    value.as_bytes()
 }
 
 /// An argument or element struct with its version rule.
@@ -50,14 +48,9 @@ pub fn decode<T: AbiStruct>(raw: &[u8]) -> Result<T, Errno> {
     if raw[known..].iter().any(|b| *b != 0) {
         return Err(Errno::E2BIG);
     }
-    let mut value = MaybeUninit::<T>::zeroed();
-    // SAFETY: `known <= size_of::<T>()` and `known <= raw.len()`, the regions do not
-    // overlap (`value` is a fresh local), and any byte pattern is a valid `T: Pod`,
-    // so the zero-filled, partially overwritten value is initialised.
-    let value = unsafe {
-        core::ptr::copy_nonoverlapping(raw.as_ptr(), value.as_mut_ptr().cast::<u8>(), known);
-        value.assume_init()
-    };
+    // Zeroes, then the bytes the caller passed: any bytes are a valid `T: Pod`.
+    let mut value = T::new_zeroed();
+    value.as_mut_bytes()[..known].copy_from_slice(&raw[..known]);
     value.validate()?;
     Ok(value)
 }
@@ -117,7 +110,18 @@ pub fn copy_out_bytes(data: &[u8], out: &mut [u8]) -> usize {
 mod tests {
     use super::*;
 
-    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    #[derive(
+        Clone,
+        Copy,
+        Debug,
+        PartialEq,
+        Eq,
+        Default,
+        IntoBytes,
+        FromBytes,
+        Immutable,
+        zerocopy::KnownLayout,
+    )]
     #[repr(C)]
     struct Probe {
         size: u32,
@@ -125,8 +129,6 @@ mod tests {
         value: u64,
     }
     const _: () = assert!(size_of::<Probe>() == 16);
-    // SAFETY: repr(C), integer fields, no padding (size assert above).
-    unsafe impl Pod for Probe {}
     impl AbiStruct for Probe {
         const MIN_SIZE: usize = 8;
         fn validate(&self) -> Result<(), Errno> {

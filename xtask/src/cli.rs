@@ -1,29 +1,95 @@
-//! The command line of `cargo xtask`, parsed by hand over `std::env::args_os`.
+//! The command line of `cargo xtask`, on `clap` (derive): help for every
+//! subcommand, `--version`, conflicting flags and value ranges refused,
+//! suggestions for mistyped commands, options and configuration names.
 
 use std::ffi::OsString;
 use std::time::Duration;
 
-use crate::error::Error;
+use clap::builder::PossibleValuesParser;
+use clap::{Parser, Subcommand};
 
-pub const USAGE: &str = "\
-usage: cargo xtask <command> [options]
+/// The names `--config` takes.
+fn config_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(qemu_tests::CONFIGS.iter().map(|config| config.name))
+}
 
-commands:
-  setup     install what is missing: rustup targets/components, QEMU >= 10.0
-  build     build the kernel            [--config NAME]...
-  run       build and boot one configuration in demo mode
-              [--config NAME] (default: vtd)  [--cmdline \"WORDS\"]  [-- QEMU_ARGS...]
-  test      host tests, then boot every configuration in test mode
-              [--config NAME]...  [--filter SUBSTR]  [--seed N]  [--timeout SECS]
-              [--host-only | --boot-only]
-  lint      cargo fmt --check and cargo clippy -D warnings (host and both kernel targets)
-  bench     criterion benches of the workspace, then in-kernel counters under QEMU
-              [--config NAME]...  [--timeout SECS]  [--host-only | --qemu-only]
-              [-- CRITERION_ARGS...]
-  configs   list the QEMU configurations
-  help      this text
+/// Build, boot and test the IOMMU unikernel under QEMU.
+///
+/// Everything after `--` goes to QEMU (run) or to the criterion benches
+/// (bench) unchanged.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
 
-Everything after `--` goes to QEMU (run) or to the criterion benches (bench) unchanged.";
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Install what is missing: rustup targets and components, QEMU >= 10.0.
+    Setup,
+    /// Build the kernel for the configurations' architectures.
+    Build {
+        /// A configuration whose kernel to build (repeatable; default: all).
+        #[arg(long = "config", value_parser = config_names())]
+        configs: Vec<String>,
+    },
+    /// Build and boot one configuration in demo mode.
+    Run {
+        /// The configuration to boot.
+        #[arg(long, value_parser = config_names(), default_value = qemu_tests::DEFAULT_RUN_CONFIG)]
+        config: String,
+        /// The kernel command line, e.g. "demo tasks=nested" or "test filter=dma".
+        #[arg(long)]
+        cmdline: Option<String>,
+        /// Arguments for QEMU, after `--`.
+        #[arg(last = true, allow_hyphen_values = true)]
+        qemu_args: Vec<OsString>,
+    },
+    /// Host tests, then boot every configuration in test mode.
+    Test {
+        /// A configuration to boot (repeatable; default: all).
+        #[arg(long = "config", value_parser = config_names())]
+        configs: Vec<String>,
+        /// Run only the in-kernel tests whose name contains this.
+        #[arg(long)]
+        filter: Option<String>,
+        /// Seed of the randomized in-kernel tests.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Seconds one boot may take (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
+        /// Only the host tests.
+        #[arg(long, conflicts_with = "boot_only")]
+        host_only: bool,
+        /// Only the QEMU boot tests.
+        #[arg(long)]
+        boot_only: bool,
+    },
+    /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
+    Lint,
+    /// Criterion benches of the workspace, then in-kernel counters under QEMU.
+    Bench {
+        /// A configuration to measure (repeatable; default: all).
+        #[arg(long = "config", value_parser = config_names())]
+        configs: Vec<String>,
+        /// Seconds one boot may take (at least 1).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        timeout: Option<u64>,
+        /// Only the criterion benches.
+        #[arg(long, conflicts_with = "qemu_only")]
+        host_only: bool,
+        /// Only the in-kernel counters.
+        #[arg(long)]
+        qemu_only: bool,
+        /// Arguments for the criterion benches, after `--`.
+        #[arg(last = true, allow_hyphen_values = true)]
+        criterion_args: Vec<OsString>,
+    },
+    /// List the QEMU configurations.
+    Configs,
+}
 
 #[derive(Debug, PartialEq)]
 pub enum Command {
@@ -34,7 +100,6 @@ pub enum Command {
     Lint,
     Bench(BenchArgs),
     Configs,
-    Help,
 }
 
 #[derive(Debug, PartialEq)]
@@ -63,202 +128,87 @@ pub struct BenchArgs {
     pub criterion_args: Vec<OsString>,
 }
 
-/// Parses the arguments after the program name.
-pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, Error> {
-    let mut args: Vec<OsString> = args.into_iter().collect();
-    // Everything after the first `--` is passed on untouched, even non-UTF-8.
-    let passthrough = match args.iter().position(|arg| arg == "--") {
-        Some(at) => {
-            let rest = args.split_off(at + 1);
-            args.pop();
-            Some(rest)
-        }
-        None => None,
-    };
-    let mut words = Vec::with_capacity(args.len());
-    for arg in args {
-        words.push(
-            arg.into_string()
-                .map_err(|arg| Error::Usage(format!("argument {arg:?} is not UTF-8")))?,
-        );
-    }
-    let Some((command, options)) = words.split_first() else {
-        return Ok(Command::Help);
-    };
-    let mut options = Options::new(command, options);
-    let passthrough_allowed = matches!(command.as_str(), "run" | "bench");
-    if passthrough.is_some() && !passthrough_allowed {
-        return Err(Error::Usage(format!(
-            "`{command}` takes no arguments after --"
-        )));
-    }
-    let passthrough = passthrough.unwrap_or_default();
-    let parsed = match command.as_str() {
-        "setup" => Command::Setup,
-        "lint" => Command::Lint,
-        "configs" => Command::Configs,
-        "help" | "--help" | "-h" => Command::Help,
-        "build" => {
-            let mut configs = Vec::new();
-            while let Some(option) = options.next()? {
-                match option.as_str() {
-                    "--config" => configs.push(options.value()?),
-                    _ => return Err(options.unknown()),
-                }
-            }
-            Command::Build { configs }
-        }
-        "run" => {
-            let mut run = RunArgs {
-                config: None,
-                cmdline: None,
-                qemu_args: passthrough,
-            };
-            while let Some(option) = options.next()? {
-                match option.as_str() {
-                    "--config" => run.config = Some(options.value()?),
-                    "--cmdline" => run.cmdline = Some(options.value()?),
-                    _ => return Err(options.unknown()),
-                }
-            }
-            Command::Run(run)
-        }
-        "test" => {
-            let mut test = TestArgs {
-                configs: Vec::new(),
-                filter: None,
-                seed: None,
-                timeout: None,
-                host: true,
-                boot: true,
-            };
-            while let Some(option) = options.next()? {
-                match option.as_str() {
-                    "--config" => test.configs.push(options.value()?),
-                    "--filter" => test.filter = Some(options.value()?),
-                    "--seed" => test.seed = Some(options.number()?),
-                    "--timeout" => test.timeout = Some(Duration::from_secs(options.number()?)),
-                    "--host-only" => test.boot = false,
-                    "--boot-only" => test.host = false,
-                    _ => return Err(options.unknown()),
-                }
-            }
-            if !test.host && !test.boot {
-                return Err(Error::Usage(
-                    "--host-only and --boot-only exclude each other".into(),
-                ));
-            }
-            Command::Test(test)
-        }
-        "bench" => {
-            let mut bench = BenchArgs {
-                configs: Vec::new(),
-                timeout: None,
-                host: true,
-                qemu: true,
-                criterion_args: passthrough,
-            };
-            while let Some(option) = options.next()? {
-                match option.as_str() {
-                    "--config" => bench.configs.push(options.value()?),
-                    "--timeout" => bench.timeout = Some(Duration::from_secs(options.number()?)),
-                    "--host-only" => bench.qemu = false,
-                    "--qemu-only" => bench.host = false,
-                    _ => return Err(options.unknown()),
-                }
-            }
-            if !bench.host && !bench.qemu {
-                return Err(Error::Usage(
-                    "--host-only and --qemu-only exclude each other".into(),
-                ));
-            }
-            Command::Bench(bench)
-        }
-        other => return Err(Error::Usage(format!("unknown command `{other}`"))),
-    };
-    if let Some(extra) = options.next()? {
-        return Err(Error::Usage(format!("`{command}` takes no option {extra}")));
-    }
-    Ok(parsed)
-}
-
-/// Walks `--name`, `--name VALUE` and `--name=VALUE`.
-struct Options<'a> {
-    command: &'a str,
-    words: std::slice::Iter<'a, String>,
-    current: String,
-    inline_value: Option<String>,
-}
-
-impl<'a> Options<'a> {
-    fn new(command: &'a str, words: &'a [String]) -> Self {
-        Options {
-            command,
-            words: words.iter(),
-            current: String::new(),
-            inline_value: None,
-        }
-    }
-
-    fn next(&mut self) -> Result<Option<String>, Error> {
-        if let Some(value) = self.inline_value.take() {
-            return Err(Error::Usage(format!(
-                "{} takes no value (got {value:?})",
-                self.current
-            )));
-        }
-        let Some(word) = self.words.next() else {
-            return Ok(None);
-        };
-        if !word.starts_with("--") {
-            return Err(Error::Usage(format!(
-                "unexpected argument {word:?} for `{}` (QEMU arguments go after --)",
-                self.command
-            )));
-        }
-        let (name, value) = match word.split_once('=') {
-            Some((name, value)) => (name, Some(value.to_string())),
-            None => (word.as_str(), None),
-        };
-        self.current = name.to_string();
-        self.inline_value = value;
-        Ok(Some(self.current.clone()))
-    }
-
-    fn value(&mut self) -> Result<String, Error> {
-        match self.inline_value.take() {
-            Some(value) => Ok(value),
-            None => self
-                .words
-                .next()
-                .cloned()
-                .ok_or_else(|| Error::Usage(format!("{} needs a value", self.current))),
-        }
-    }
-
-    fn number(&mut self) -> Result<u64, Error> {
-        let value = self.value()?;
-        value
-            .parse()
-            .map_err(|_| Error::Usage(format!("{} wants a number, not {value:?}", self.current)))
-    }
-
-    fn unknown(&self) -> Error {
-        Error::Usage(format!("`{}` has no option {}", self.command, self.current))
-    }
+/// Parses the arguments after the program name; clap's error (or the help
+/// or version text it was asked for) otherwise, which the caller prints with
+/// `clap::Error::exit`.
+pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::Error> {
+    let cli = Cli::try_parse_from(std::iter::once(OsString::from("cargo xtask")).chain(args))?;
+    Ok(match cli.command {
+        CliCommand::Setup => Command::Setup,
+        CliCommand::Build { configs } => Command::Build { configs },
+        CliCommand::Run {
+            config,
+            cmdline,
+            qemu_args,
+        } => Command::Run(RunArgs {
+            config: Some(config),
+            cmdline,
+            qemu_args,
+        }),
+        CliCommand::Test {
+            configs,
+            filter,
+            seed,
+            timeout,
+            host_only,
+            boot_only,
+        } => Command::Test(TestArgs {
+            configs,
+            filter,
+            seed,
+            timeout: timeout.map(Duration::from_secs),
+            host: !boot_only,
+            boot: !host_only,
+        }),
+        CliCommand::Lint => Command::Lint,
+        CliCommand::Bench {
+            configs,
+            timeout,
+            host_only,
+            qemu_only,
+            criterion_args,
+        } => Command::Bench(BenchArgs {
+            configs,
+            timeout: timeout.map(Duration::from_secs),
+            host: !qemu_only,
+            qemu: !host_only,
+            criterion_args,
+        }),
+        CliCommand::Configs => Command::Configs,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
 
-    fn parse_words(words: &[&str]) -> Result<Command, Error> {
+    fn parse_words(words: &[&str]) -> Result<Command, clap::Error> {
         parse(words.iter().map(OsString::from))
     }
 
     #[test]
-    fn no_command_is_help() {
-        assert_eq!(parse_words(&[]).unwrap(), Command::Help);
+    fn the_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn help_and_version_are_answers_not_errors() {
+        for words in [
+            &["--help"][..],
+            &["help"],
+            &["help", "run"],
+            &["run", "--help"],
+            &["bench", "--help"],
+        ] {
+            let kind = parse_words(words).unwrap_err().kind();
+            assert_eq!(kind, ErrorKind::DisplayHelp, "{words:?}");
+        }
+        assert_eq!(
+            parse_words(&["--version"]).unwrap_err().kind(),
+            ErrorKind::DisplayVersion
+        );
     }
 
     #[test]
@@ -278,12 +228,12 @@ mod tests {
     }
 
     #[test]
-    fn run_takes_an_inline_cmdline() {
+    fn run_takes_an_inline_cmdline_and_defaults_its_configuration() {
         let Command::Run(run) = parse_words(&["run", "--cmdline=test filter=dma"]).unwrap() else {
             panic!("not run");
         };
         assert_eq!(run.cmdline.as_deref(), Some("test filter=dma"));
-        assert_eq!(run.config, None);
+        assert_eq!(run.config.as_deref(), Some(qemu_tests::DEFAULT_RUN_CONFIG));
         assert!(run.qemu_args.is_empty());
     }
 
@@ -313,23 +263,43 @@ mod tests {
     }
 
     #[test]
-    fn mistakes_are_usage_errors() {
-        for words in [
-            &["frobnicate"][..],
-            &["test", "--seed", "many"],
-            &["test", "--seed"],
-            &["test", "--bogus"],
-            &["test", "--host-only", "--boot-only"],
-            &["test", "stray"],
-            &["lint", "--", "x"],
-            &["test", "--host-only=yes"],
-            &["bench", "--host-only", "--qemu-only"],
+    fn mistakes_are_refused_with_clap_s_reason() {
+        for (words, kind) in [
+            (&["frobnicate"][..], ErrorKind::InvalidSubcommand),
+            (&["tset"], ErrorKind::InvalidSubcommand),
+            (&["test", "--seed", "many"], ErrorKind::ValueValidation),
+            (&["test", "--seed"], ErrorKind::InvalidValue),
+            (&["test", "--bogus"], ErrorKind::UnknownArgument),
+            (
+                &["test", "--host-only", "--boot-only"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (&["test", "stray"], ErrorKind::UnknownArgument),
+            (&["lint", "--", "x"], ErrorKind::UnknownArgument),
+            (&["test", "--timeout", "0"], ErrorKind::ValueValidation),
+            (&["test", "--config", "vdt"], ErrorKind::InvalidValue),
+            (
+                &["run", "--config", "vtd", "--config", "amdvi"],
+                ErrorKind::ArgumentConflict,
+            ),
+            (
+                &["bench", "--host-only", "--qemu-only"],
+                ErrorKind::ArgumentConflict,
+            ),
         ] {
-            assert!(
-                matches!(parse_words(words), Err(Error::Usage(_))),
-                "{words:?}"
-            );
+            let error = parse_words(words).unwrap_err();
+            assert_eq!(error.kind(), kind, "{words:?}: {error}");
         }
+    }
+
+    #[test]
+    fn a_mistyped_command_or_configuration_gets_a_suggestion() {
+        let error = parse_words(&["tset"]).unwrap_err().to_string();
+        assert!(error.contains("test"), "{error}");
+        let error = parse_words(&["run", "--config", "vdt"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("vtd"), "{error}");
     }
 
     #[test]

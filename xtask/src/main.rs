@@ -14,18 +14,14 @@ use std::process::ExitCode;
 
 use qemu_tests::{Arch, CONFIGS, DEFAULT_RUN_CONFIG, KernelCmdline, Workspace};
 
-use crate::cli::{Command, RunArgs, USAGE};
+use crate::cli::{Command, RunArgs};
 use crate::error::Error;
 use crate::shell::step;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args_os().skip(1)) {
-        Ok(command) => command,
-        Err(error) => {
-            eprintln!("error: {error}\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    // clap prints its own answers: help and version on stdout (exit 0),
+    // a mistake with its suggestion on stderr (exit 2).
+    let command = cli::parse(std::env::args_os().skip(1)).unwrap_or_else(|error| error.exit());
     match dispatch(command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -41,10 +37,6 @@ fn main() -> ExitCode {
 }
 
 fn dispatch(command: Command) -> Result<(), Error> {
-    if let Command::Help = command {
-        println!("{USAGE}");
-        return Ok(());
-    }
     if let Command::Configs = command {
         print_configs();
         return Ok(());
@@ -74,7 +66,7 @@ fn dispatch(command: Command) -> Result<(), Error> {
             }
             bench::bench(ws, args)
         }
-        Command::Help | Command::Configs => Ok(()),
+        Command::Configs => Ok(()),
     }
 }
 

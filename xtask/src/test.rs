@@ -21,8 +21,15 @@ const BOOT_TEST_PACKAGE: &str = "qemu-tests";
 pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     let mut failures = Vec::new();
     if args.host {
-        step("host tests: every default workspace member (qemu-tests: its library only)");
-        for mut command in host_test_commands(ws) {
+        match &args.filter {
+            Some(filter) => step(format!(
+                "host tests whose name contains {filter:?}: every default workspace member (qemu-tests: its library only)"
+            )),
+            None => {
+                step("host tests: every default workspace member (qemu-tests: its library only)")
+            }
+        }
+        for mut command in host_test_commands(ws, args.filter.as_deref()) {
             if let Err(error) = shell::run(&mut command) {
                 failures.push(format!("host tests: {error}"));
             }
@@ -41,8 +48,9 @@ pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
 }
 
 /// `cargo test` over the default members, except that qemu-tests contributes only
-/// its library's unit tests (its integration tests boot QEMU).
-fn host_test_commands(ws: &Workspace) -> Vec<std::process::Command> {
+/// its library's unit tests (its integration tests boot QEMU); with `filter`,
+/// only the tests whose name contains it (libtest's own name filter).
+fn host_test_commands(ws: &Workspace, filter: Option<&str>) -> Vec<std::process::Command> {
     let mut all_but_boots = ws.cargo(["test", "--workspace"]);
     for package in &ws.packages {
         if !package.default_member || package.name == BOOT_TEST_PACKAGE {
@@ -50,7 +58,13 @@ fn host_test_commands(ws: &Workspace) -> Vec<std::process::Command> {
         }
     }
     let boot_library = ws.cargo(["test", "--package", BOOT_TEST_PACKAGE, "--lib"]);
-    vec![all_but_boots, boot_library]
+    let mut commands = vec![all_but_boots, boot_library];
+    if let Some(filter) = filter {
+        for command in &mut commands {
+            command.args(["--", filter]);
+        }
+    }
+    commands
 }
 
 /// qemu-tests' integration tests other than the per-configuration boots (crash

@@ -118,6 +118,16 @@ pub trait IoPageTable {
     fn page_sizes(&self) -> u64;
     /// See [`PageTable::dump`].
     fn dump(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result;
+    /// See [`PageTable::read_dirty`].
+    fn read_dirty(
+        &mut self,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, UnmapError>;
+    /// See [`PageTable::mark_written`] (models of the walker only).
+    fn mark_written(&mut self, iova: u64) -> bool;
 }
 
 impl<F: Format, A: TableAlloc> IoPageTable for PageTable<F, A> {
@@ -144,5 +154,17 @@ impl<F: Format, A: TableAlloc> IoPageTable for PageTable<F, A> {
     }
     fn dump(&self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
         PageTable::dump(self, out)
+    }
+    fn read_dirty(
+        &mut self,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, UnmapError> {
+        PageTable::read_dirty(self, iova, len, keep, dirty)
+    }
+    fn mark_written(&mut self, iova: u64) -> bool {
+        PageTable::mark_written(self, iova)
     }
 }

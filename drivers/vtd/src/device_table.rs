@@ -203,7 +203,26 @@ impl PasidEntry {
     pub fn page_walk_snoop(&self) -> bool {
         self.words[1] & PASID_PWSNP != 0
     }
+
+    /// SSADE (9): the hardware records accesses and writes in the A and D bits
+    /// of the second-stage leaves (only with ECAP.SLADS; Linux
+    /// `pasid_set_ssade`).
+    pub fn with_second_stage_dirty(mut self, enable: bool) -> Self {
+        if enable {
+            self.words[0] |= PASID_SSADE;
+        } else {
+            self.words[0] &= !PASID_SSADE;
+        }
+        self
+    }
+
+    pub fn second_stage_dirty(&self) -> bool {
+        self.words[0] & PASID_SSADE != 0
+    }
 }
+
+/// PASID entry word 0 bit 9: SSADE.
+const PASID_SSADE: u64 = 1 << 9;
 
 /// PASID entry word 1 bit 23 = bit 87: PWSNP.
 const PASID_PWSNP: u64 = 1 << 23;

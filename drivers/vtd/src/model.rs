@@ -443,6 +443,37 @@ impl Model {
         }
     }
 
+    /// A device writes through `sid`'s translation at `iova` (scalable second
+    /// stage, real tables): with SSADE in its PASID entry the walker sets the
+    /// leaf's D bit (§9.8), unless its IOTLB entry knows the leaf dirty
+    /// already. `false` when nothing translates `iova`.
+    pub(crate) fn dma_write(&self, sid: u16, iova: u64) -> bool {
+        const D: u64 = 1 << 9;
+        let entry = self.rid_pasid_entry(sid);
+        let Some(View {
+            did,
+            root: Some(root),
+        }) = self.truth(sid)
+        else {
+            return false;
+        };
+        let Some(leaf) = self.leaf_table_of(root, iova) else {
+            return false;
+        };
+        let slot = leaf + ((iova >> 12) & 0x1FF) * 8;
+        if self.fetch(slot) & 3 == 0 {
+            return false;
+        }
+        let page = iova & !0xFFF;
+        if entry.second_stage_dirty() && self.shadow.borrow_mut().dirty_cached.insert((did, page)) {
+            // SAFETY: a leaf entry of a table of a domain attached now
+            // (host memory, phys == virt); the walker's update is atomic.
+            let pte = unsafe { core::sync::atomic::AtomicU64::from_ptr(slot as *mut u64) };
+            pte.fetch_or(D, core::sync::atomic::Ordering::AcqRel);
+        }
+        true
+    }
+
     /// The leaf table that maps the 2 MiB region of `iova` in the 4-level
     /// tables at `root`, as the unit's walk finds it now (VT-d 3.4 §9.7 first
     /// stage: present is bit 0; §9.8 second stage: R or W); `None` where an
@@ -501,6 +532,10 @@ pub(crate) struct Shadow {
     /// not-present directory entry under caching mode). Only for domains with
     /// real (io-page-table) tables, which the model walks (§9.8, §9.9).
     pub(crate) walks: std::collections::BTreeMap<(u16, u64), (u64, Option<u64>)>,
+    /// IOTLB entries that know their leaf dirty (DID, page): a write through
+    /// one sets no D bit in memory (§9.8: D is set when the cached entry is
+    /// clean) until an IOTLB invalidation drops it.
+    pub(crate) dirty_cached: std::collections::BTreeSet<(u16, u64)>,
 }
 
 /// IOTLB and PASID-based IOTLB descriptors: IH (bit 70, §6.5.2.3, §6.5.2.4),
@@ -542,6 +577,16 @@ impl Shadow {
             Some(DescriptorType::Iotlb) => {
                 let high = descriptor.0[1];
                 let leaf_only = invalidation_hint(descriptor);
+                self.dirty_cached
+                    .retain(|&(entry_did, page)| match granularity {
+                        1 => false,
+                        2 => entry_did != did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did != did || !(start..end).contains(&page)
+                        }
+                        _ => true,
+                    });
                 self.walks.retain(|&(entry_did, region), _| {
                     let hit = match granularity {
                         1 => true,
@@ -574,6 +619,15 @@ impl Shadow {
             Some(DescriptorType::PasidIotlb) => {
                 let high = descriptor.0[1];
                 let leaf_only = invalidation_hint(descriptor);
+                self.dirty_cached
+                    .retain(|&(entry_did, page)| match granularity {
+                        2 => entry_did != did,
+                        3 => {
+                            let (start, end) = range(high);
+                            entry_did != did || !(start..end).contains(&page)
+                        }
+                        _ => true,
+                    });
                 self.walks.retain(|&(entry_did, region), _| {
                     let hit = match granularity {
                         2 => entry_did == did,

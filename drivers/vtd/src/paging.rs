@@ -36,6 +36,19 @@ pub trait DomainTable: Send {
     /// Frees the table pages earlier unmaps unlinked; called once the
     /// invalidation covering them has completed.
     fn release_unlinked(&mut self) {}
+    /// The leaves the hardware marked written (see
+    /// `io_page_table::PageTable::read_dirty`); tables without dirty state
+    /// refuse.
+    fn read_dirty(
+        &mut self,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        let _ = (iova, len, keep, dirty);
+        Err(IommuError::Unsupported)
+    }
 }
 
 /// Creates an empty table of a format (None: format not available).
@@ -88,6 +101,18 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
         for freed in self.unlinked.drain(..) {
             self.table.release(freed);
         }
+    }
+
+    fn read_dirty(
+        &mut self,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        self.table
+            .read_dirty(iova, len, keep, dirty)
+            .map_err(|_| IommuError::Invalid)
     }
 }
 

@@ -162,6 +162,12 @@ impl Ecap {
     pub fn scalable_mode(self) -> bool {
         field(self.0, 43, 1) == 1
     }
+    /// SLADS (45): the hardware sets the A and D bits of second-stage leaves
+    /// when the PASID entry asks (SSADE): dirty tracking (§9.6; Linux
+    /// `ecap_slads`).
+    pub fn second_stage_access_dirty(self) -> bool {
+        field(self.0, 45, 1) == 1
+    }
     /// SLTS (46): second-stage translation in scalable mode.
     pub fn second_stage(self) -> bool {
         field(self.0, 46, 1) == 1

@@ -1368,3 +1368,92 @@ proptest! {
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }
+
+/// ECAP.SLADS (bit 45): the hardware sets the A and D bits of second-stage
+/// leaves when the PASID entry asks.
+const ECAP_SLADS: u64 = 1 << 45;
+
+/// Issue 17, dirty tracking (VT-d 3.4 §9.6 SSADE, §9.8 D bit; Linux
+/// `intel_iommu_set_dirty_tracking`, `intel_iommu_read_and_clear_dirty`):
+/// only a scalable second-stage unit with ECAP.SLADS tracks; turning it on
+/// sets SSADE in the PASID entry of every attached device (and of one
+/// attached later) and invalidates the PASID cache and the domain's IOTLB;
+/// the model sets D on a write only then, and not through an IOTLB entry that
+/// knows the leaf dirty: after a clearing read, only the flush of the gather
+/// it returns makes the next write count.
+#[test]
+fn hw_dirty_tracking_sets_ssade_and_reads_the_d_bits() {
+    for (ecap, tracks) in [
+        (ECAP_LEGACY, false),
+        (ECAP_SCALABLE_SL, false),
+        (ECAP_SCALABLE_FL | ECAP_SLADS, false),
+        (ECAP_SCALABLE_SL | ECAP_SLADS, true),
+    ] {
+        let model = Model::new(CAP_DEFAULT, ecap);
+        let rig = Rig::new();
+        let env = crate::hardware::Environment {
+            new_table: None,
+            ..rig.env()
+        };
+        let unit = Vtd::new(UnitId(0), &model, env, description(), Options::default()).unwrap();
+        assert_eq!(unit.dirty_tracking(), tracks, "ECAP {ecap:#x}");
+    }
+    let model = Model::new(CAP_DEFAULT, ECAP_SCALABLE_SL | ECAP_SLADS);
+    let rig = Rig::new();
+    let env = crate::hardware::Environment {
+        new_table: None,
+        ..rig.env()
+    };
+    let mut unit = Vtd::new(UnitId(0), &model, env, description(), Options::default()).unwrap();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    let iova = 0x10_0000;
+    let gather = unit.map(domain, iova, 0x8000_0000, 0x4000, RW).unwrap();
+    unit.flush(domain, &gather).unwrap();
+    let dirty = |unit: &mut Vtd<'_, &Model>, keep: bool| {
+        let mut seen = Vec::new();
+        let gather = unit
+            .read_dirty(domain, iova, 0x4000, keep, &mut |at, size| {
+                seen.push((at, size))
+            })
+            .unwrap();
+        (seen, gather)
+    };
+    // Off: a write leaves no trace.
+    assert!(model.dma_write(EDU_A, iova));
+    assert_eq!(dirty(&mut unit, true).0, []);
+    model.take_descriptors();
+    unit.set_dirty_tracking(domain, true).unwrap();
+    assert!(model.rid_pasid_entry(EDU_A).second_stage_dirty(), "SSADE");
+    assert_eq!(
+        kinds(&model.take_descriptors()),
+        [
+            DescriptorType::PasidCache,
+            DescriptorType::Iotlb,
+            DescriptorType::Wait
+        ]
+    );
+    // A device attached later gets SSADE too.
+    unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+    assert!(
+        model.rid_pasid_entry(EDU_B).second_stage_dirty(),
+        "SSADE on attach"
+    );
+    // On: a write marks its page; kept, then cleared.
+    assert!(model.dma_write(EDU_A, iova + 0x2000));
+    assert_eq!(dirty(&mut unit, true).0, [(iova + 0x2000, 0x1000)]);
+    let (seen, gather) = dirty(&mut unit, false);
+    assert_eq!(seen, [(iova + 0x2000, 0x1000)]);
+    assert_eq!(dirty(&mut unit, true).0, [], "cleared");
+    // The IOTLB still knows the page dirty: without the flush a new write
+    // sets nothing in memory and would be lost.
+    assert!(model.dma_write(EDU_A, iova + 0x2000));
+    assert_eq!(dirty(&mut unit, true).0, [], "lost without the flush");
+    unit.flush(domain, &gather).unwrap();
+    assert!(model.dma_write(EDU_A, iova + 0x2000));
+    assert_eq!(dirty(&mut unit, true).0, [(iova + 0x2000, 0x1000)]);
+    // Off again: SSADE cleared.
+    unit.set_dirty_tracking(domain, false).unwrap();
+    assert!(!model.rid_pasid_entry(EDU_A).second_stage_dirty());
+    assert!(!model.rid_pasid_entry(EDU_B).second_stage_dirty());
+}

@@ -41,6 +41,8 @@ struct Domain<'a> {
     /// still be cached, so the next flush invalidates the whole domain before
     /// any unlinked table page is freed.
     owes_full_invalidation: bool,
+    /// Dirty tracking is on: every device attached gets SSADE.
+    dirty_tracking: bool,
 }
 
 /// The route of an MSI that goes through no IRTE (remapping off).
@@ -357,6 +359,7 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 table,
                 direct: Vec::new(),
                 owes_full_invalidation: false,
+                dirty_tracking: false,
             },
         );
         Ok(DomainHandle(handle))
@@ -455,7 +458,18 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 return Err(error.into());
             }
         }
-        if let Err(error) = self.hardware.install(sid, did, translation) {
+        let tracking = self
+            .domains
+            .get(&domain.0)
+            .is_some_and(|d| d.dirty_tracking);
+        let installed = self.hardware.install(sid, did, translation).and_then(|()| {
+            if tracking {
+                self.hardware.set_second_stage_dirty(sid, did, true)
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(error) = installed {
             // Stay blocked rather than half-attached.
             self.detach(device);
             return Err(error.into());
@@ -468,6 +482,52 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         }
         self.attached.insert(sid, domain.0);
         Ok(())
+    }
+
+    /// Scalable second stage with ECAP.SLADS, tables from io-page-table.
+    fn dirty_tracking(&self) -> bool {
+        self.hardware.mode() == Mode::ScalableSecondStage
+            && self.hardware.ecap().second_stage_access_dirty()
+    }
+
+    /// SSADE in the PASID entry of every device attached now, and of every
+    /// device attached later (Linux `intel_iommu_set_dirty_tracking`).
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        if !self.dirty_tracking() {
+            return Err(IommuError::Unsupported);
+        }
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        if !matches!(entry.translation, Translation::Paging(_)) {
+            return Err(IommuError::Invalid);
+        }
+        entry.dirty_tracking = enable;
+        let did = entry.did;
+        let devices: Vec<u16> = self
+            .attached
+            .iter()
+            .filter(|&(_, &handle)| handle == domain.0)
+            .map(|(&sid, _)| sid)
+            .collect();
+        for sid in devices {
+            self.hardware.set_second_stage_dirty(sid, did, enable)?;
+        }
+        Ok(())
+    }
+
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        if !self.dirty_tracking() {
+            return Err(IommuError::Unsupported);
+        }
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        let table = entry.table.as_mut().ok_or(IommuError::Invalid)?;
+        table.read_dirty(iova, len, keep, dirty)
     }
 
     fn detach(&mut self, device: DeviceId) {

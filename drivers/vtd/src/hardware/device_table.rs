@@ -126,4 +126,37 @@ impl<R: Registers> Hardware<'_, R> {
         }
         self.invalidate_new_context(sid, did)
     }
+
+    /// Turns second-stage A/D recording (SSADE) on or off in `sid`'s
+    /// RID_PASID entry, in place (word 0 is one 64-bit store, which the
+    /// hardware reads whole), then invalidates the PASID cache and the
+    /// domain's IOTLB, since both may hold the entry and leaves as they were
+    /// (Linux `intel_pasid_setup_dirty_tracking`). Scalable second stage
+    /// with ECAP.SLADS only.
+    pub(crate) fn set_second_stage_dirty(
+        &mut self,
+        sid: u16,
+        did: u16,
+        enable: bool,
+    ) -> Result<(), Error> {
+        if self.mode != Mode::ScalableSecondStage || !self.ecap.second_stage_access_dirty() {
+            return Err(Error::Unsupported(
+                "ECAP.SLADS in scalable second-stage mode",
+            ));
+        }
+        let table = self
+            .pasid_tables
+            .get(&sid)
+            .map(|tables| tables.table)
+            .ok_or(Error::Unsupported("a device without a PASID table"))?;
+        let mut entry = PasidEntry::default();
+        entry.words[0] = table.read::<u64>(0);
+        let entry = entry.with_second_stage_dirty(enable);
+        table.write::<u64>(0, entry.words[0]);
+        self.clean_range(table, 0, 8);
+        self.submit(&[
+            Descriptor::pasid_cache(did, crate::device_table::RID_PASID),
+            self.domain_iotlb_descriptor(did),
+        ])
+    }
 }

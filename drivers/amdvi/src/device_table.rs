@@ -25,6 +25,9 @@ mod field {
     pub const MODE_MASK: u64 = 0x7 << MODE_SHIFT;
     /// Quad 0 bits 51:12 Host Page Table Root Pointer.
     pub const ROOT_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+    /// Quad 0 bits 8:7 HAD: host access (A) and dirty (D) bits updated in
+    /// the v1 page table (EFR HASup/HDSup; Linux `DTE_FLAG_HAD`).
+    pub const HAD: u64 = 0b11 << 7;
     /// Quad 0 bit 61 IR: reads permitted; bit 62 IW: writes permitted.
     pub const IR: u64 = 1 << 61;
     pub const IW: u64 = 1 << 62;
@@ -130,6 +133,21 @@ impl Dte {
             q0 |= field::IW;
         }
         Ok(Self([q0, u64::from(domain), field::IV, 0]))
+    }
+
+    /// HAD on or off: the IOMMU records accesses and writes in the A and D
+    /// bits of the host page table's leaves (dirty tracking).
+    pub fn with_host_access_dirty(mut self, enable: bool) -> Self {
+        if enable {
+            self.0[0] |= field::HAD;
+        } else {
+            self.0[0] &= !field::HAD;
+        }
+        self
+    }
+
+    pub fn host_access_dirty(&self) -> bool {
+        self.0[0] & field::HAD == field::HAD
     }
 
     /// Replaces the interrupt fields (quad 2 IV, IntTabLen, root, IntCtl).

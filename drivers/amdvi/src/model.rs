@@ -151,6 +151,49 @@ impl Model {
         Dte([0, 8, 16, 24].map(|o| Self::read_phys(at + o)))
     }
 
+    /// A device writes at `iova`: the IOMMU translates through the DTE it has
+    /// cached (fetching it if it has none) and, when that DTE enables HAD,
+    /// sets the D bit of the v1 leaf it wrote through (§2.2.7.2). `false`
+    /// when nothing translates `iova`.
+    pub fn dma_write(&self, device_id: u16, iova: u64) -> bool {
+        const PR: u64 = 1;
+        const D: u64 = 1 << 6;
+        const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+        let cached = self
+            .state
+            .lock()
+            .unwrap()
+            .dte_cache
+            .get(&device_id)
+            .copied();
+        let dte = cached.unwrap_or_else(|| self.fetch_dte(device_id));
+        let levels = (dte.0[0] >> 9) & 7;
+        if dte.0[0] & 0b11 != 0b11 || !(1..=6).contains(&levels) {
+            return false;
+        }
+        let mut table = dte.0[0] & ADDRESS;
+        for level in (1..=levels).rev() {
+            let slot = table + ((iova >> (12 + 9 * (level - 1))) & 0x1FF) * 8;
+            let pte = Self::read_phys(slot);
+            if pte & PR == 0 {
+                return false;
+            }
+            let next_level = (pte >> 9) & 7;
+            if next_level == 0 || next_level == 7 || level == 1 {
+                if dte.host_access_dirty() {
+                    // SAFETY: a leaf of a table the driver allocated from
+                    // HostDma (phys == virt); the IOMMU's update is atomic.
+                    let entry =
+                        unsafe { core::sync::atomic::AtomicU64::from_ptr(slot as *mut u64) };
+                    entry.fetch_or(D, core::sync::atomic::Ordering::AcqRel);
+                }
+                return true;
+            }
+            table = pte & ADDRESS;
+        }
+        false
+    }
+
     /// The IOMMU fetches a device's DTE (e.g. on a DMA) into its cache, and
     /// says what it fetched. Without Control.Coherent the read does not snoop:
     /// it sees DRAM, which never got the lines the CPU wrote (zeros).

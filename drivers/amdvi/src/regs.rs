@@ -194,6 +194,11 @@ impl ExtendedFeatures {
             hats => Some(4 + hats as u8),
         }
     }
+    /// Bit 52 HDSup: the IOMMU sets the D bit of host (v1) page-table leaves
+    /// it writes through when the DTE enables HAD (Linux `FEATURE_HDSUP`).
+    pub fn host_dirty(self) -> bool {
+        self.0 & (1 << 52) != 0
+    }
 }
 
 /// §3.2.1 IOMMU Capability Header, the first dword of the IOMMU's PCI capability.

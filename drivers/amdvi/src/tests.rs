@@ -882,3 +882,76 @@ fn hw_every_ivhd_is_brought_up_blocking() {
     let (units, _) = units_of(budget);
     assert_eq!(units.err().map(|(index, _)| index), Some(1));
 }
+
+/// Issue 17, dirty tracking (AMD IOMMU §2.2.2.1 DTE HAD, §2.2.7.2 host D
+/// bit, EFR HDSup; Linux `amd_iommu_set_dirty_tracking`,
+/// `amd_iommu_read_and_clear_dirty`): only an IOMMU with HDSup tracks;
+/// turning it on sets HAD in the DTE of every attached device (and of one
+/// attached later), invalidates each DTE and every page of the domain; the
+/// model then sets D in the leaves a device writes through, which the unit
+/// reads (kept, or cleared with a gather to flush).
+#[test]
+fn hw_dirty_tracking_sets_had_and_reads_the_d_bits() {
+    let (mut plain, _) = unit_with(true);
+    assert!(!plain.dirty_tracking());
+    let domain = plain.alloc_domain(DomainKind::Paging).unwrap();
+    assert_eq!(
+        plain.set_dirty_tracking(domain, true),
+        Err(IommuError::Unsupported)
+    );
+    let variant = Variant {
+        efr: Variant::default().efr | 1 << 52,
+        ..Variant::default()
+    };
+    let (mut unit, model) = unit_of(variant, true, description());
+    assert!(unit.dirty_tracking());
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    let iova = 0x10_0000;
+    let gather = unit.map(domain, iova, 0x8000_0000, 0x4000, RW).unwrap();
+    unit.flush(domain, &gather).unwrap();
+    let dirty = |unit: &mut AmdVi, keep: bool| {
+        let mut seen = Vec::new();
+        let gather = unit
+            .read_dirty(domain, iova, 0x4000, keep, &mut |at, size| {
+                seen.push((at, size))
+            })
+            .unwrap();
+        (seen, gather)
+    };
+    // Off: a write leaves no trace.
+    assert!(model.dma_write(EDU_A, iova));
+    assert_eq!(dirty(&mut unit, true).0, []);
+    model.take_executed();
+    unit.set_dirty_tracking(domain, true).unwrap();
+    assert!(unit.hardware.dte(EDU_A).unwrap().host_access_dirty(), "HAD");
+    let executed = opcodes(&model.take_executed());
+    assert!(
+        executed.contains(&Some(Opcode::InvalidateDevtabEntry)),
+        "{executed:?}"
+    );
+    assert!(
+        executed.contains(&Some(Opcode::InvalidateIommuPages)),
+        "{executed:?}"
+    );
+    unit.attach(DeviceId(EDU_B.into()), domain).unwrap();
+    assert!(
+        unit.hardware.dte(EDU_B).unwrap().host_access_dirty(),
+        "HAD on attach"
+    );
+    // On: the write is recorded; kept, then cleared with a gather to flush.
+    // The 16 KiB map is one Next Level 7 page (§2.2.3): a write through any
+    // of its entries makes the whole page dirty.
+    assert!(model.dma_write(EDU_A, iova + 0x3000));
+    assert_eq!(dirty(&mut unit, true).0, [(iova, 0x4000)]);
+    let (seen, gather) = dirty(&mut unit, false);
+    assert_eq!(seen, [(iova, 0x4000)]);
+    assert!(!gather.is_empty());
+    unit.flush(domain, &gather).unwrap();
+    assert_eq!(dirty(&mut unit, true).0, [], "cleared");
+    // Off again: HAD cleared, writes leave no trace.
+    unit.set_dirty_tracking(domain, false).unwrap();
+    assert!(!unit.hardware.dte(EDU_A).unwrap().host_access_dirty());
+    assert!(model.dma_write(EDU_A, iova));
+    assert_eq!(dirty(&mut unit, true).0, []);
+}

@@ -59,6 +59,8 @@ struct Domain {
     /// still be cached, so the next flush invalidates every page (and PDE)
     /// before any unlinked table page is freed.
     owes_full_invalidation: bool,
+    /// Dirty tracking is on: every device attached gets HAD.
+    dirty_tracking: bool,
 }
 
 /// One AMD-Vi IOMMU behind the contract.
@@ -375,6 +377,7 @@ impl IommuUnit for AmdVi {
                 devices: BTreeSet::new(),
                 faults: Vec::new(),
                 owes_full_invalidation: false,
+                dirty_tracking: false,
             },
         );
         Ok(DomainHandle(handle))
@@ -493,7 +496,8 @@ impl IommuUnit for AmdVi {
                 true,
                 true,
             )
-            .map_err(|_| IommuError::Invalid)?,
+            .map_err(|_| IommuError::Invalid)?
+            .with_host_access_dirty(entry.dirty_tracking),
         };
         // The IOTLB of QEMU 10.0.2 is keyed by requester, not domain: the previous
         // domain's translations for this device must go too (harmless on hardware).
@@ -570,6 +574,62 @@ impl IommuUnit for AmdVi {
             out.append(&mut domain.faults);
         }
         n
+    }
+
+    /// EFR HDSup: the IOMMU sets D in the v1 leaves it writes through.
+    fn dirty_tracking(&self) -> bool {
+        self.hardware.extended_features().host_dirty()
+    }
+
+    /// HAD in the DTE of every device attached now (and of every device
+    /// attached later), each DTE invalidated, then every page of the domain,
+    /// so that no IOTLB entry cached before keeps a write from being
+    /// recorded (Linux `amd_iommu_set_dirty_tracking`).
+    fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
+        if !self.dirty_tracking() {
+            return Err(IommuError::Unsupported);
+        }
+        self.settle()?;
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        if !matches!(entry.backing, DomainBacking::Paging { .. }) {
+            return Err(IommuError::Invalid);
+        }
+        entry.dirty_tracking = enable;
+        let (domain_id, devices) = (entry.id, entry.devices.clone());
+        for device_id in devices {
+            let dte = self
+                .hardware
+                .dte(device_id)
+                .ok_or(IommuError::Invalid)?
+                .with_host_access_dirty(enable);
+            self.hardware.install_dma_config(device_id, dte, &[])?;
+        }
+        self.hardware.run(&[Command::invalidate_iommu_pages(
+            domain_id,
+            PageRange::ALL,
+            true,
+        )])?;
+        Ok(())
+    }
+
+    fn read_dirty(
+        &mut self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+        keep: bool,
+        dirty: &mut dyn FnMut(u64, u64),
+    ) -> Result<Gather, IommuError> {
+        if !self.dirty_tracking() {
+            return Err(IommuError::Unsupported);
+        }
+        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
+        let DomainBacking::Paging { table, .. } = &mut entry.backing else {
+            return Err(IommuError::Invalid);
+        };
+        table
+            .read_dirty(iova, len, keep, &mut *dirty)
+            .map_err(|_| IommuError::Invalid)
     }
 
     fn invalidate_nested(

@@ -76,6 +76,13 @@ impl Features {
     pub fn stage1(&self) -> bool {
         self.idr0().contains(Idr0::S1P)
     }
+    /// IDR0.HTTU[7:6] = 0b10 (or above): the SMMU updates the access flag and
+    /// the dirty state of stage-1 leaves (Linux `IDR0_HTTU_ACCESS_DIRTY`).
+    pub fn hardware_dirty(&self) -> bool {
+        const HTTU_SHIFT: u32 = 6;
+        const HTTU_ACCESS_DIRTY: u32 = 0b10;
+        (self.idr[0] >> HTTU_SHIFT) & 0b11 >= HTTU_ACCESS_DIRTY
+    }
     pub fn stage2(&self) -> bool {
         self.idr0().contains(Idr0::S2P)
     }

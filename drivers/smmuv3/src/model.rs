@@ -94,6 +94,45 @@ impl Model {
         core::array::from_fn(|word| self.fetch(at + word as u64 * 8))
     }
 
+    /// A device writes at `iova` through the stage-1 translation of `sid`
+    /// (4 KiB granule, 48-bit input): with CD.HD, a writable-clean leaf
+    /// (DBM with AP[2] set) becomes writable-dirty (AP[2] cleared, D8.4.6).
+    /// `false` when nothing translates `iova`.
+    pub(crate) fn dma_write(&self, sid: u32, iova: u64) -> bool {
+        const ADDRESS: u64 = ((1 << 48) - 1) & !0xFFF;
+        const CD_POINTER: u64 = ((1 << 52) - 1) & !0x3F;
+        const TTB0: u64 = ((1 << 52) - 1) & !0xF;
+        const HD: u64 = 1 << 42;
+        const DBM: u64 = 1 << 51;
+        const AP_RDONLY: u64 = 1 << 7;
+        let ste = self.ste_in_memory(sid);
+        let cd = ste[0] & CD_POINTER;
+        if ste[0] & 1 == 0 || cd == 0 {
+            return false;
+        }
+        let (cd0, cd1) = (self.fetch(cd), self.fetch(cd + 8));
+        let mut table = cd1 & TTB0 & !0xFFF;
+        for shift in [39u32, 30, 21, 12] {
+            let slot = table + ((iova >> shift) & 0x1FF) * 8;
+            let pte = self.fetch(slot);
+            if pte & 1 == 0 {
+                return false;
+            }
+            if shift > 12 && pte & 2 != 0 {
+                table = pte & ADDRESS;
+                continue;
+            }
+            if cd0 & HD != 0 && pte & DBM != 0 {
+                // SAFETY: a leaf of a table the driver allocated (host memory,
+                // phys == virt); the SMMU's update is an atomic one.
+                let entry = unsafe { core::sync::atomic::AtomicU64::from_ptr(slot as *mut u64) };
+                entry.fetch_and(!AP_RDONLY, core::sync::atomic::Ordering::AcqRel);
+            }
+            return true;
+        }
+        false
+    }
+
     /// The SMMU fetches the STE of `sid` (a transaction arrived) and keeps it.
     pub(crate) fn fetch_ste(&self, sid: u32) -> [u64; 8] {
         let ste = self.ste_in_memory(sid);

@@ -92,7 +92,7 @@ fn format(
         .output_bits()
         .ok_or(IommuError::Unsupported)?
         .min(48);
-    ArmLpae::new(ArmConfig {
+    let format = ArmLpae::new(ArmConfig {
         stage: match stage {
             PagingStage::Stage1 => PtStage::Stage1,
             PagingStage::Stage2 => PtStage::Stage2,
@@ -103,7 +103,13 @@ fn format(
         // One TLB entry per aligned run on SMMUs that honour the hint.
         contiguous: true,
     })
-    .map_err(|_| IommuError::Unsupported)
+    .map_err(|_| IommuError::Unsupported)?;
+    // With HTTU the stage-1 CD sets HD: writable leaves carry DBM, so that
+    // their dirty state can be read (Linux `IO_PGTABLE_QUIRK_ARM_HD`).
+    Ok(match stage {
+        PagingStage::Stage1 if features.hardware_dirty() => format.with_hardware_dirty(),
+        _ => format,
+    })
 }
 
 pub fn granule_of(granule: PtGranule) -> Granule {

@@ -570,6 +570,58 @@ mod unit {
         );
     }
 
+    /// Issue 17, dirty tracking (SMMUv3 §6.3.1 IDR0.HTTU, §5.4 CD.HA/HD,
+    /// ARM ARM D8.4.6 DBM; Linux `arm_smmu_read_and_clear_dirty`): only an
+    /// SMMU with HTTU = 0b10 tracks, for stage-1 domains, whose CD sets HA
+    /// and HD and whose writable leaves carry DBM. As Linux, a new writable
+    /// leaf starts dirty; once cleared (writable-clean) it is reported again
+    /// only after the model's device writes through it.
+    #[test]
+    fn hw_dirty_tracking_uses_httu_and_dbm() {
+        let plain = rig();
+        assert!(!unit(&plain).dirty_tracking());
+        let rig = rig();
+        rig.model.write(regs::IDR0.0, IDR[0] | 0b10 << 6);
+        let mut unit = unit(&rig);
+        assert!(unit.dirty_tracking());
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.set_dirty_tracking(domain, true).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let ste = unit.hardware.read_ste(8).unwrap();
+        let cd_phys = ste.0[0] & (((1 << 52) - 1) & !0x3F);
+        // SAFETY: the CD lies in memory the driver allocated (phys == virt).
+        let cd0 = unsafe { *(cd_phys as *const u64) };
+        assert_eq!(cd0 & (0b11 << 42), 0b11 << 42, "CD.HA and CD.HD");
+        let iova = 0x4000_0000;
+        let gather = unit.map(domain, iova, 0x8000_0000, 0x2000, RW).unwrap();
+        unit.flush(domain, &gather).unwrap();
+        let dirty = |unit: &mut SmmuUnit<'_>, keep: bool| {
+            let mut seen = Vec::new();
+            let gather = unit
+                .read_dirty(domain, iova, 0x2000, keep, &mut |at, size| {
+                    seen.push((at, size))
+                })
+                .unwrap();
+            (seen, gather)
+        };
+        // Writable-dirty from the map on (Linux): cleared once.
+        let (seen, gather) = dirty(&mut unit, false);
+        assert_eq!(seen, [(iova, 0x1000), (iova + 0x1000, 0x1000)]);
+        unit.flush(domain, &gather).unwrap();
+        assert_eq!(dirty(&mut unit, true).0, []);
+        // The device writes the second page: DBM makes it writable-dirty.
+        assert!(rig.model.dma_write(8, iova + 0x1800));
+        assert_eq!(dirty(&mut unit, true).0, [(iova + 0x1000, 0x1000)]);
+        assert_eq!(dirty(&mut unit, false).0, [(iova + 0x1000, 0x1000)]);
+        assert_eq!(dirty(&mut unit, true).0, [], "cleared");
+        // Stage 2 is not tracked here.
+        let parent = unit.alloc_domain(DomainKind::NestParent).unwrap();
+        assert_eq!(
+            unit.set_dirty_tracking(parent, true),
+            Err(IommuError::Invalid)
+        );
+    }
+
     /// Issue 17 (Linux `arm_vsmmu_convert_user_cmd`): a vIOMMU's commands
     /// name virtual StreamIDs, which become the StreamIDs their vDEVICEs
     /// bind; TLBI_NH_* and TLBI_NSNH_ALL carry the vIOMMU's VMID whatever the

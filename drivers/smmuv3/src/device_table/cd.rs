@@ -28,6 +28,11 @@ mod w0 {
     pub const IPS_SHIFT: u32 = 32;
     /// AA64[41]: AArch64 translation tables.
     pub const AA64: u64 = 1 << 41;
+    /// HD[42]: the SMMU updates the dirty state of leaves with DBM (HTTU;
+    /// Linux `CTXDESC_CD_0_TCR_HD`).
+    pub const HD: u64 = 1 << 42;
+    /// HA[43]: the SMMU sets the access flag (Linux `CTXDESC_CD_0_TCR_HA`).
+    pub const HA: u64 = 1 << 43;
     /// R[45]: record faults.
     pub const R: u64 = 1 << 45;
     /// A[46]: abort (rather than stall) on faults; QEMU requires 1.
@@ -118,6 +123,18 @@ impl Cd {
 
     pub fn asid(&self) -> u16 {
         (self.0[0] >> w0::ASID_SHIFT) as u16
+    }
+
+    /// HA and HD: the SMMU manages the access flag and the dirty state of
+    /// the leaves (only with IDR0.HTTU = 0b10, §6.3.1; the table's writable
+    /// leaves carry DBM).
+    pub fn with_hardware_dirty(mut self) -> Self {
+        self.0[0] |= w0::HA | w0::HD;
+        self
+    }
+
+    pub fn hardware_dirty(&self) -> bool {
+        self.0[0] & (w0::HA | w0::HD) == w0::HA | w0::HD
     }
 }
 

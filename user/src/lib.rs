@@ -10,6 +10,7 @@ extern crate alloc;
 pub mod edu;
 mod heap;
 pub mod iommu;
+pub mod stage1;
 
 use core::fmt;
 

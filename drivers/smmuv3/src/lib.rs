@@ -32,7 +32,7 @@ pub mod regs;
 pub mod unit;
 
 pub use command::{Command, RawCommand};
-pub use device_table::cd::{Cd, Stage1Config};
+pub use device_table::cd::{Cd, CdError, Stage1Config};
 pub use device_table::ste::{Stage2Config, Ste, StreamConfig};
 pub use fault::{Event, EventKind, Fault, Stage};
 pub use hardware::{Counters, Error, Features, Smmu, StreamTableFormat};

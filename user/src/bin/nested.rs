@@ -19,19 +19,15 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::NonNull;
-
-use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
-use user_programs::abi::{
-    Command, Errno, FaultRecord, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, HwptInvalidate,
-    InvalidateArmSmmuV3, InvalidateDataType,
-};
+use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage};
+use user_programs::abi::{Errno, FaultRecord, HwptAllocFlags, HwptArmSmmuV3, HwptDataType};
 use user_programs::edu::{self, Edu};
 use user_programs::iommu::{
-    all_bytes_are, arg_size, destroy, device_attach, device_detach, device_replace, fault_read,
-    hwpt_alloc, ioas_alloc, ioas_map,
+    all_bytes_are, destroy, device_attach, device_detach, device_replace, fault_read, hwpt_alloc,
+    invalidate_arm_smmuv3, ioas_alloc, ioas_map,
 };
-use user_programs::{Steps, argument, entry, iommufd, mem_alloc, println};
+use user_programs::stage1::{PAGE, Pool, PoolTables, write_cd};
+use user_programs::{Steps, argument, entry, println};
 
 entry!(main);
 
@@ -39,7 +35,6 @@ const STEPS: Steps = Steps("nested");
 
 const NO_DEVICE: i32 = 77;
 const NO_NESTING: i32 = 78;
-const PAGE: u64 = 4096;
 /// Stage-1 input addresses the task gives its device.
 const S1_IOVA: u64 = 0x7000_0000;
 const S1_UNMAPPED: u64 = 0x7100_0000;
@@ -67,13 +62,6 @@ fn expect(number: i32, what: &str, result: Result<(), Errno>, expected: Errno) -
     }
 }
 
-/// A page of task memory the device reads or writes.
-fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
-    // SAFETY: `base` is a mem_alloc region of POOL_PAGES (or more) writable
-    // pages owned by this task, and each index names a different page.
-    unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
-}
-
 fn main() -> i32 {
     match run() {
         Ok(()) => 0,
@@ -97,10 +85,10 @@ fn run() -> Result<(), i32> {
 /// while the device is attached, gives way to the IOAS's own HWPT through
 /// `device_replace`, and after `device_detach` the device is blocked.
 fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
-    let data = STEPS.check(4, "mem_alloc", mem_alloc(1))?;
-    let data_page = page(data, 0);
+    let data = STEPS.check(4, "mem_alloc", Pool::alloc(1))?;
+    let data_page = data.page(0);
     data_page.fill(PATTERN);
-    let iova = STEPS.check(5, "ioas_map", ioas_map(ioas, data as u64, PAGE, None))?;
+    let iova = STEPS.check(5, "ioas_map", ioas_map(ioas, data.address(), PAGE, None))?;
     let paging = STEPS.check(
         6,
         "hwpt_alloc (paging)",
@@ -134,41 +122,6 @@ fn paging_hwpt_lifecycle(edu: &Edu, ioas: u32) -> Result<(), i32> {
     Ok(())
 }
 
-/// Stage-1 table pages for io-page-table: pages of the task's pool, whose
-/// "physical" addresses are their IPAs (their IOVAs in the parent IOAS).
-struct PoolTables {
-    va: *mut u8,
-    ipa: u64,
-    used: [bool; POOL_PAGES],
-}
-
-// SAFETY: every page handed out is a zeroed (memset here) page of this
-// task's pool, used by nothing else until it is freed; phys_to_virt maps an
-// IPA inside the pool back to its task address; the SMMU walks coherently.
-unsafe impl TableAlloc for PoolTables {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
-        if bytes != PAGE as usize {
-            return None;
-        }
-        let index = (FIRST_TABLE_PAGE..POOL_PAGES).find(|&i| !self.used[i])?;
-        self.used[index] = true;
-        page(self.va, index).fill(0);
-        Some(self.ipa + index as u64 * PAGE)
-    }
-
-    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
-        let index = ((phys - self.ipa) / PAGE) as usize;
-        self.used[index] = false;
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
-        // SAFETY: `phys` lies in the pool (the table only asks about pages
-        // it was given), so the offset stays inside the pool's mapping.
-        let va = unsafe { self.va.add((phys - self.ipa) as usize) };
-        NonNull::new(va).unwrap_or(NonNull::dangling())
-    }
-}
-
 fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
     // The kernel's stage 2: a NEST_PARENT HWPT over the IOAS.
     let parent = match hwpt_alloc(HwptAllocFlags::NEST_PARENT, edu.id, ioas, None) {
@@ -179,14 +132,14 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         }
         Err(errno) => return STEPS.check(20, "hwpt_alloc (NEST_PARENT)", Err(errno)),
     };
-    let pool = STEPS.check(21, "mem_alloc (pool)", mem_alloc(POOL_PAGES))?;
+    let pool = STEPS.check(21, "mem_alloc (pool)", Pool::alloc(POOL_PAGES))?;
     let ipa = STEPS.check(
         22,
         "ioas_map (pool)",
-        ioas_map(ioas, pool as u64, POOL_PAGES as u64 * PAGE, None),
+        ioas_map(ioas, pool.address(), POOL_PAGES as u64 * PAGE, None),
     )?;
-    page(pool, DATA_A).fill(PATTERN);
-    page(pool, DATA_B).fill(UNTOUCHED);
+    pool.page(DATA_A).fill(PATTERN);
+    pool.page(DATA_B).fill(UNTOUCHED);
 
     // The task's stage 1, in its own memory, addressed by IPA.
     let format = ArmLpae::new(ArmConfig {
@@ -197,32 +150,14 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         contiguous: false,
     })
     .map_err(|_| 23)?;
-    let tables = PoolTables {
-        va: pool,
-        ipa,
-        used: [false; POOL_PAGES],
-    };
+    let tables = PoolTables::new(&pool, ipa, FIRST_TABLE_PAGE..POOL_PAGES);
     let mut table = PageTable::new(format, tables, Coherence::Coherent).map_err(|_| 23)?;
     let rw = Prot::READ | Prot::WRITE | Prot::CACHE;
     let ipa_of = |index: usize| ipa + index as u64 * PAGE;
     table
         .map(S1_IOVA, ipa_of(DATA_A), PAGE, rw)
         .map_err(|_| 24)?;
-    let fields = table.format().stage1_fields();
-    let cd = smmuv3::Cd::stage1(&smmuv3::Stage1Config {
-        asid: ASID,
-        root: table.root_phys(),
-        granule: smmuv3::Granule::K4,
-        ias_bits: 48,
-        ips_encoding: u32::from(fields.ips),
-        mair: fields.mair,
-    })
-    .map_err(|_| 25)?;
-    let cd_words = page(pool, CD_PAGE).as_mut_ptr().cast::<u64>();
-    for (index, word) in cd.0.iter().enumerate() {
-        // SAFETY: the CD page is this task's, 8-byte aligned, 4 KiB long.
-        unsafe { cd_words.add(index).write_volatile(*word) };
-    }
+    write_cd(&pool, CD_PAGE, &table, ASID).map_err(|_| 25)?;
     let ste = smmuv3::Ste::guest_stage1(ipa_of(CD_PAGE)).map_err(|_| 25)?;
     let vendor = HwptArmSmmuV3 { ste };
     let vendor_bytes = user_programs::abi::as_bytes(&vendor);
@@ -283,31 +218,15 @@ fn nested_stage1(edu: &Edu, ioas: u32) -> Result<(), i32> {
         range: None,
     }
     .encode();
-    let entries = [InvalidateArmSmmuV3 { cmd: command.0 }];
-    let mut invalidate = HwptInvalidate {
-        size: arg_size::<HwptInvalidate>(),
-        hwpt_id: nested,
-        data_uptr: entries.as_ptr() as u64,
-        data_type: InvalidateDataType::ArmSmmuV3 as u32,
-        entry_len: arg_size::<InvalidateArmSmmuV3>(),
-        entry_num: entries.len() as u32,
-        ..Default::default()
-    };
-    STEPS.check(
-        32,
-        "hwpt_invalidate",
-        iommufd(Command::HwptInvalidate, &mut invalidate),
-    )?;
-    if invalidate.entry_num != 1 {
-        println!(
-            "nested: hwpt_invalidate processed {} entries",
-            invalidate.entry_num
-        );
+    let (processed, result) = invalidate_arm_smmuv3(nested, &[command.0]);
+    STEPS.check(32, "hwpt_invalidate", result)?;
+    if processed != 1 {
+        println!("nested: hwpt_invalidate processed {processed} entries");
         return Err(32);
     }
     table.release(unmapped.freed);
     STEPS.check(33, "DMA", edu.dma_polled(S1_IOVA, true))?;
-    if !all_bytes_are(page(pool, DATA_B), PATTERN) || !all_bytes_are(page(pool, DATA_A), PATTERN) {
+    if !all_bytes_are(pool.page(DATA_B), PATTERN) || !all_bytes_are(pool.page(DATA_A), PATTERN) {
         println!("nested: after the stage-1 move the data did not land in page B only");
         return Err(33);
     }

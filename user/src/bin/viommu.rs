@@ -18,9 +18,7 @@
 #![no_std]
 #![no_main]
 
-use core::ptr::NonNull;
-
-use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage, TableAlloc};
+use io_page_table::{ArmConfig, ArmLpae, Coherence, Granule, PageTable, Prot, Stage};
 use user_programs::abi::{
     Errno, HwptAllocFlags, HwptArmSmmuV3, HwptDataType, VeventFlags, VeventqType, ViommuType,
 };
@@ -29,7 +27,8 @@ use user_programs::iommu::{
     all_bytes_are, destroy, device_attach, device_detach, hwpt_alloc, invalidate_arm_smmuv3,
     ioas_alloc, ioas_map, vdevice_alloc, veventq_alloc, veventq_read, viommu_alloc,
 };
-use user_programs::{Steps, entry, mem_alloc, println};
+use user_programs::stage1::{PAGE, Pool, PoolTables, write_cd};
+use user_programs::{Steps, entry, println};
 
 entry!(main);
 
@@ -37,7 +36,6 @@ const STEPS: Steps = Steps("viommu");
 
 const NO_DEVICE: i32 = 77;
 const NO_VIOMMU: i32 = 78;
-const PAGE: u64 = 4096;
 /// The virtual StreamIDs the task gives its edus (its own numbering).
 const VSID_A: u64 = 0x41;
 const VSID_B: u64 = 0x42;
@@ -70,51 +68,10 @@ fn main() -> i32 {
     }
 }
 
-/// A page of the task's pool.
-fn page(base: *mut u8, index: usize) -> &'static mut [u8] {
-    // SAFETY: `base` is a mem_alloc region of POOL_PAGES writable pages owned
-    // by this task, and each index names a different page.
-    unsafe { core::slice::from_raw_parts_mut(base.add(index * PAGE as usize), PAGE as usize) }
-}
-
-/// Stage-1 table pages from one range of the pool, addressed by IPA (their
-/// IOVA in the parent IOAS).
-struct PoolTables {
-    va: *mut u8,
-    ipa: u64,
-    pages: core::ops::Range<usize>,
-    used: [bool; POOL_PAGES],
-}
-
-// SAFETY: every page handed out is a zeroed page of this task's pool, used by
-// nothing else until freed; phys_to_virt maps an IPA of the pool back to its
-// task address; the SMMU walks coherently (nesting is refused otherwise).
-unsafe impl TableAlloc for PoolTables {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
-        if bytes != PAGE as usize {
-            return None;
-        }
-        let index = self.pages.clone().find(|&i| !self.used[i])?;
-        self.used[index] = true;
-        page(self.va, index).fill(0);
-        Some(self.ipa + index as u64 * PAGE)
-    }
-
-    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
-        self.used[((phys - self.ipa) / PAGE) as usize] = false;
-    }
-
-    fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {
-        // SAFETY: `phys` lies in the pool, so the offset stays in its mapping.
-        let va = unsafe { self.va.add((phys - self.ipa) as usize) };
-        NonNull::new(va).unwrap_or(NonNull::dangling())
-    }
-}
-
 /// A stage-1 table that maps the source page and `target` at the stage-1
 /// addresses; returns it (its root is an IPA).
 fn stage1(
-    pool: *mut u8,
+    pool: &Pool,
     ipa: u64,
     pages: core::ops::Range<usize>,
     target: usize,
@@ -127,12 +84,7 @@ fn stage1(
         contiguous: false,
     })
     .map_err(|_| 20)?;
-    let tables = PoolTables {
-        va: pool,
-        ipa,
-        pages,
-        used: [false; POOL_PAGES],
-    };
+    let tables = PoolTables::new(pool, ipa, pages);
     let mut table = PageTable::new(format, tables, Coherence::Coherent).map_err(|_| 20)?;
     let rw = Prot::READ | Prot::WRITE | Prot::CACHE;
     let ipa_of = |index: usize| ipa + index as u64 * PAGE;
@@ -145,42 +97,17 @@ fn stage1(
     Ok(table)
 }
 
-/// Writes the CD of a stage-1 table with `asid` into pool page `at`.
-fn write_cd(
-    pool: *mut u8,
-    at: usize,
-    table: &PageTable<ArmLpae, PoolTables>,
-    asid: u16,
-) -> Result<(), i32> {
-    let fields = table.format().stage1_fields();
-    let cd = smmuv3::Cd::stage1(&smmuv3::Stage1Config {
-        asid,
-        root: table.root_phys(),
-        granule: smmuv3::Granule::K4,
-        ias_bits: 48,
-        ips_encoding: u32::from(fields.ips),
-        mair: fields.mair,
-    })
-    .map_err(|_| 21)?;
-    let words = page(pool, at).as_mut_ptr().cast::<u64>();
-    for (index, word) in cd.0.iter().enumerate() {
-        // SAFETY: the CD page is this task's, 8-byte aligned, 4 KiB long.
-        unsafe { words.add(index).write_volatile(*word) };
-    }
-    Ok(())
-}
-
 /// The device copies the source page to the target address; which target
 /// page got it (1 or 2), or 0 for neither.
-fn landed(edu: &Edu, pool: *mut u8, step: i32) -> Result<usize, i32> {
-    page(pool, TARGET_1).fill(UNTOUCHED);
-    page(pool, TARGET_2).fill(UNTOUCHED);
+fn landed(edu: &Edu, pool: &Pool, step: i32) -> Result<usize, i32> {
+    pool.page(TARGET_1).fill(UNTOUCHED);
+    pool.page(TARGET_2).fill(UNTOUCHED);
     STEPS.check(step, "DMA", edu.dma_polled(S1_SOURCE, false))?;
     STEPS.check(step, "DMA", edu.dma_polled(S1_TARGET, true))?;
     Ok(
         match (
-            all_bytes_are(page(pool, TARGET_1), PATTERN),
-            all_bytes_are(page(pool, TARGET_2), PATTERN),
+            all_bytes_are(pool.page(TARGET_1), PATTERN),
+            all_bytes_are(pool.page(TARGET_2), PATTERN),
         ) {
             (true, false) => 1,
             (false, true) => 2,
@@ -189,7 +116,7 @@ fn landed(edu: &Edu, pool: *mut u8, step: i32) -> Result<usize, i32> {
     )
 }
 
-fn expect_landing(edu: &Edu, pool: *mut u8, step: i32, what: &str, want: usize) -> Result<(), i32> {
+fn expect_landing(edu: &Edu, pool: &Pool, step: i32, what: &str, want: usize) -> Result<(), i32> {
     let got = landed(edu, pool, step)?;
     if got != want {
         println!("viommu: {what}: the DMA landed in target {got}, not {want}");
@@ -236,17 +163,17 @@ fn run() -> Result<(), i32> {
         "viommu: vIOMMU {viommu} over HWPT {parent}; edus bound to virtual StreamIDs {VSID_A:#x} and {VSID_B:#x}; a second binding of {VSID_A:#x}: EEXIST"
     );
 
-    let pool = STEPS.check(7, "mem_alloc", mem_alloc(POOL_PAGES))?;
+    let pool = STEPS.check(7, "mem_alloc", Pool::alloc(POOL_PAGES))?;
     let ipa = STEPS.check(
         8,
         "ioas_map",
-        ioas_map(ioas, pool as u64, POOL_PAGES as u64 * PAGE, None),
+        ioas_map(ioas, pool.address(), POOL_PAGES as u64 * PAGE, None),
     )?;
-    page(pool, SOURCE).fill(PATTERN);
-    let first = stage1(pool, ipa, FIRST_TABLES, TARGET_1)?;
-    let second = stage1(pool, ipa, SECOND_TABLES, TARGET_2)?;
-    write_cd(pool, CD_A, &first, 1)?;
-    write_cd(pool, CD_B, &first, 2)?;
+    pool.page(SOURCE).fill(PATTERN);
+    let first = stage1(&pool, ipa, FIRST_TABLES, TARGET_1)?;
+    let second = stage1(&pool, ipa, SECOND_TABLES, TARGET_2)?;
+    write_cd(&pool, CD_A, &first, 1).map_err(|_| 21)?;
+    write_cd(&pool, CD_B, &first, 2).map_err(|_| 21)?;
     let arm = HwptDataType::ArmSmmuV3 as u32;
     let mut nested = [0u32; 2];
     for (slot, (edu, cd)) in nested.iter_mut().zip([(&edu_a, CD_A), (&edu_b, CD_B)]) {
@@ -264,13 +191,13 @@ fn run() -> Result<(), i32> {
         )?;
         STEPS.check(10, "device_attach", device_attach(edu.id, *slot))?;
     }
-    expect_landing(&edu_a, pool, 11, "edu A through its stage 1", 1)?;
-    expect_landing(&edu_b, pool, 11, "edu B through its stage 1", 1)?;
+    expect_landing(&edu_a, &pool, 11, "edu A through its stage 1", 1)?;
+    expect_landing(&edu_b, &pool, 11, "edu B through its stage 1", 1)?;
 
     // A's CD now names the second table (and a fresh ASID): nothing changes
     // until the task invalidates A's CD through its vIOMMU.
-    write_cd(pool, CD_A, &second, 3)?;
-    expect_landing(&edu_a, pool, 12, "A's CD changed, not invalidated", 1)?;
+    write_cd(&pool, CD_A, &second, 3).map_err(|_| 21)?;
+    expect_landing(&edu_a, &pool, 12, "A's CD changed, not invalidated", 1)?;
     let cfgi_cd = |vsid: u64| {
         smmuv3::Command::CfgiCd {
             sid: vsid as u32,
@@ -291,14 +218,26 @@ fn run() -> Result<(), i32> {
         println!("viommu: CFGI_CD of B's virtual StreamID said {other:?}");
         return Err(14);
     }
-    expect_landing(&edu_a, pool, 14, "after CFGI_CD of B's virtual StreamID", 1)?;
+    expect_landing(
+        &edu_a,
+        &pool,
+        14,
+        "after CFGI_CD of B's virtual StreamID",
+        1,
+    )?;
     let own = invalidate_arm_smmuv3(viommu, &[cfgi_cd(VSID_A)]);
     if own != (1, Ok(())) {
         println!("viommu: CFGI_CD of A's virtual StreamID said {own:?}");
         return Err(15);
     }
-    expect_landing(&edu_a, pool, 15, "after CFGI_CD of A's virtual StreamID", 2)?;
-    expect_landing(&edu_b, pool, 16, "edu B, untouched", 1)?;
+    expect_landing(
+        &edu_a,
+        &pool,
+        15,
+        "after CFGI_CD of A's virtual StreamID",
+        2,
+    )?;
+    expect_landing(&edu_b, &pool, 16, "edu B, untouched", 1)?;
 
     event_queue(&edu_a, viommu)?;
 

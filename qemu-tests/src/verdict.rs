@@ -152,8 +152,14 @@ fn tail(text: &str, count: usize) -> impl Iterator<Item = &str> {
 pub fn problems(outcome: &BootOutcome, min_tests: u32) -> Vec<String> {
     let report = &outcome.report;
     let mut problems = Vec::new();
+    // QEMU that fails (a bad option, a missing firmware file) exits before
+    // the kernel prints a byte: its own complaint is the news, not the kernel.
+    let kernel_silent = outcome.serial.trim().is_empty();
     match &outcome.exit {
         Exit::Code(0) => {}
+        Exit::Code(code) if kernel_silent => {
+            problems.push(qemu_failed_to_start(*code, &outcome.stderr))
+        }
         Exit::Code(code) => problems.push(describe_exit_code(outcome.config.arch, *code)),
         Exit::Killed(how) => problems.push(format!("QEMU ended without a status: {how}")),
         Exit::TimedOut(after) => problems.push(format!(
@@ -182,7 +188,7 @@ pub fn problems(outcome: &BootOutcome, min_tests: u32) -> Vec<String> {
     }
     match report.summary {
         None => {
-            if matches!(outcome.exit, Exit::Code(_)) {
+            if matches!(outcome.exit, Exit::Code(_)) && !kernel_silent {
                 problems
                     .push("the kernel never printed its closing `N passed, M failed` line".into());
             }
@@ -216,6 +222,17 @@ pub fn problems(outcome: &BootOutcome, min_tests: u32) -> Vec<String> {
         }
     }
     problems
+}
+
+/// QEMU exited with `code` before the kernel printed anything: what QEMU
+/// said about it (its first line on stderr).
+fn qemu_failed_to_start(code: i32, stderr: &str) -> String {
+    let said = stderr
+        .lines()
+        .map(str::trim)
+        .find(|line| !line.is_empty())
+        .unwrap_or("nothing on stderr");
+    format!("QEMU failed before the kernel printed anything (status {code}): {said}")
 }
 
 fn describe_exit_code(arch: Arch, code: i32) -> String {
@@ -333,6 +350,21 @@ mod tests {
                 "QEMU exited with status 3: the kernel reported failure (isa-debug-exit value 1)",
                 "test b FAILED: 3 != 4",
                 "the kernel reported 1 passed, 1 failed",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_qemu_that_fails_to_start_is_reported_with_its_own_message() {
+        let mut failed = outcome("vtd", Exit::Code(1), "");
+        failed.stderr =
+            "qemu-system-x86_64: -device frob: 'frob' is not a valid device model name\n".into();
+        let failure = judge(failed, 1).unwrap_err();
+        assert_eq!(
+            failure.problems,
+            [
+                "QEMU failed before the kernel printed anything (status 1): \
+              qemu-system-x86_64: -device frob: 'frob' is not a valid device model name"
             ]
         );
     }

@@ -538,10 +538,58 @@ pub(crate) struct Shadow {
     pub(crate) dirty_cached: std::collections::BTreeSet<(u16, u64)>,
 }
 
-/// IOTLB and PASID-based IOTLB descriptors: IH (bit 70, §6.5.2.3, §6.5.2.4),
-/// "only leaf entries changed": the paging-structure caches may stay.
-fn invalidation_hint(descriptor: &Descriptor) -> bool {
-    descriptor.0[1] & (1 << 6) != 0
+/// What an IOTLB (§6.5.2.3) or PASID-based IOTLB (§6.5.2.4) descriptor
+/// drops from the caches.
+struct IotlbScope {
+    /// `None`: every domain (global).
+    did: Option<u16>,
+    /// `None`: every page of the domain; else [start, end).
+    pages: Option<(u64, u64)>,
+    /// IH: only leaf entries changed, the paging-structure caches may stay.
+    leaf_only: bool,
+    /// A (second-stage) IOTLB descriptor below global granularity leaves the
+    /// first-stage entries, which only PASID-based ones reach.
+    spares_first_stage: bool,
+}
+
+impl IotlbScope {
+    fn of(descriptor: &Descriptor, granularity: u64, did: u16) -> Option<Self> {
+        let high = descriptor.0[1];
+        let pages = || {
+            let mask = high & 0x3F;
+            let start = high & !0xFFF;
+            (start, start + (4096u64 << mask))
+        };
+        let pasid_based = descriptor.kind() == Some(DescriptorType::PasidIotlb);
+        let (did, pages) = match (pasid_based, granularity) {
+            (false, 1) => (None, None),
+            (_, 2) => (Some(did), None),
+            (_, 3) => (Some(did), Some(pages())),
+            _ => return None,
+        };
+        Some(Self {
+            spares_first_stage: !pasid_based && did.is_some(),
+            did,
+            pages,
+            leaf_only: high & (1 << 6) != 0,
+        })
+    }
+
+    fn covers_page(&self, did: u16, page: u64) -> bool {
+        self.did.is_none_or(|scope| scope == did)
+            && self
+                .pages
+                .is_none_or(|(start, end)| (start..end).contains(&page))
+    }
+
+    /// The paging-structure cache entry of a 2 MiB region: dropped unless IH
+    /// says only leaves changed.
+    fn covers_region(&self, did: u16, region: u64) -> bool {
+        self.did.is_none_or(|scope| scope == did)
+            && self.pages.is_none_or(|(start, end)| {
+                !self.leaf_only && start < (region + 1) << 21 && region << 21 < end
+            })
+    }
 }
 
 impl Shadow {
@@ -549,11 +597,6 @@ impl Shadow {
         let low = descriptor.0[0];
         let granularity = (low >> 4) & 3;
         let did = (low >> 16) as u16;
-        let range = |high: u64| {
-            let mask = high & 0x3F;
-            let start = (high & !0xFFF) >> 12 << 12;
-            (start, start + (4096u64 << mask))
-        };
         match descriptor.kind() {
             Some(DescriptorType::ContextCache) => match granularity {
                 1 => self.contexts.clear(),
@@ -574,85 +617,19 @@ impl Shadow {
                 }
                 _ => panic!("unexpected context-cache granularity {granularity}"),
             },
-            Some(DescriptorType::Iotlb) => {
-                let high = descriptor.0[1];
-                let leaf_only = invalidation_hint(descriptor);
+            Some(DescriptorType::Iotlb | DescriptorType::PasidIotlb) => {
+                let Some(scope) = IotlbScope::of(descriptor, granularity, did) else {
+                    return;
+                };
                 self.dirty_cached
-                    .retain(|&(entry_did, page)| match granularity {
-                        1 => false,
-                        2 => entry_did != did,
-                        3 => {
-                            let (start, end) = range(high);
-                            entry_did != did || !(start..end).contains(&page)
-                        }
-                        _ => true,
-                    });
-                self.walks.retain(|&(entry_did, region), _| {
-                    let hit = match granularity {
-                        1 => true,
-                        2 => entry_did == did,
-                        3 => {
-                            let (start, end) = range(high);
-                            entry_did == did
-                                && !leaf_only
-                                && start < (region + 1) << 21
-                                && region << 21 < end
-                        }
-                        _ => false,
-                    };
-                    !hit
-                });
+                    .retain(|&(entry_did, page)| !scope.covers_page(entry_did, page));
+                self.walks
+                    .retain(|&(entry_did, region), _| !scope.covers_region(entry_did, region));
                 self.iotlb
                     .retain(|&(entry_did, page), &mut (_, _, first_stage)| {
-                        let hit = match granularity {
-                            1 => true,
-                            2 => entry_did == did && !first_stage,
-                            3 => {
-                                let (start, end) = range(high);
-                                entry_did == did && !first_stage && (start..end).contains(&page)
-                            }
-                            _ => false,
-                        };
-                        !hit
+                        !(scope.covers_page(entry_did, page)
+                            && !(scope.spares_first_stage && first_stage))
                     });
-            }
-            Some(DescriptorType::PasidIotlb) => {
-                let high = descriptor.0[1];
-                let leaf_only = invalidation_hint(descriptor);
-                self.dirty_cached
-                    .retain(|&(entry_did, page)| match granularity {
-                        2 => entry_did != did,
-                        3 => {
-                            let (start, end) = range(high);
-                            entry_did != did || !(start..end).contains(&page)
-                        }
-                        _ => true,
-                    });
-                self.walks.retain(|&(entry_did, region), _| {
-                    let hit = match granularity {
-                        2 => entry_did == did,
-                        3 => {
-                            let (start, end) = range(high);
-                            entry_did == did
-                                && !leaf_only
-                                && start < (region + 1) << 21
-                                && region << 21 < end
-                        }
-                        _ => false,
-                    };
-                    !hit
-                });
-                self.iotlb.retain(|&(entry_did, page), _| {
-                    let hit = match granularity {
-                        2 => entry_did == did,
-                        3 => {
-                            let (start, end) = range(high);
-                            entry_did == did && (start..end).contains(&page)
-                        }
-                        _ => false,
-                    };
-                    !hit
-                });
             }
             Some(DescriptorType::PasidCache) => {
                 self.pasids.retain(|&(_, entry_did), _| entry_did != did);

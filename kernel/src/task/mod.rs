@@ -433,13 +433,11 @@ impl Task {
                 Ok(phys) => frames.push(phys),
                 Err(err) => {
                     // The rest of a chunk the failure left untaken.
-                    if let Some((next, left)) = chunk {
-                        for frame in 0..left {
-                            crate::memory::frames::free(crate::memory::frames::Frames {
-                                phys: next + frame * PAGE_SIZE,
-                                count: 1,
-                            });
-                        }
+                    if let Some((next, left @ 1..)) = chunk {
+                        crate::memory::frames::free(crate::memory::frames::Frames {
+                            phys: next,
+                            count: left as usize,
+                        });
                     }
                     self.unmap_and_free(start, page);
                     return Err(err);

@@ -27,6 +27,21 @@ pub fn plan(domain_id: u16, gather: &Gather) -> Option<Command> {
     ))
 }
 
+/// What a map owes: nothing unless the IOMMU caches not-present entries
+/// (capability header NpCache, §3.2.1); with it, the range the map made
+/// present at every level, the directories included (PDE = 1), since a walk
+/// may have cached a not-present directory entry the map has now filled
+/// (Linux `domain_flush_np_cache`, whose `build_inv_address` always sets PDE).
+pub fn owed_by_map(np_cache: bool, gather: Gather) -> Gather {
+    if !np_cache || gather.is_empty() {
+        return Gather::default();
+    }
+    Gather {
+        freed_tables: true,
+        ..gather
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -51,5 +66,16 @@ mod tests {
             plan(3, &tables_only).unwrap().0[1],
             crate::command::ALL_PAGES_ADDRESS | 0x3
         );
+    }
+
+    #[test]
+    fn a_map_owes_directories_only_under_np_cache() {
+        let mut gather = Gather::default();
+        gather.add_leaf(0x20_0000, 4096);
+        assert_eq!(owed_by_map(false, gather), Gather::default());
+        let owed = owed_by_map(true, gather);
+        assert_eq!((owed.start, owed.last), (0x20_0000, 0x20_0FFF));
+        assert_eq!(plan(3, &owed).unwrap().0[1], 0x20_0002, "PDE");
+        assert_eq!(owed_by_map(true, Gather::default()), Gather::default());
     }
 }

@@ -5,9 +5,17 @@
 //! The step implements the spec's behaviour where QEMU 10.0.2 differs or shows
 //! nothing: commands are fetched from COMMAND_HEAD to COMMAND_TAIL; an illegal
 //! command is logged as ILLEGAL_COMMAND_ERROR and (optionally, as real hardware does)
-//! halts the buffer with CmdBufRun=0; DTEs are cached until INVALIDATE_DEVTAB_ENTRY;
-//! the event log overflows with EventOverflow=1 and EventLogRun=0 until software
-//! restarts it.
+//! halts the buffer with CmdBufRun=0; the event log overflows with EventOverflow=1 and
+//! EventLogRun=0 until software restarts it.
+//!
+//! It caches what the spec lets an IOMMU cache, each until the command that names it
+//! (§2.4): DTEs until INVALIDATE_DEVTAB_ENTRY; translations (the IOTLB) and the
+//! page-directory entries a walk passed (the PDE cache) until INVALIDATE_IOMMU_PAGES
+//! covers them, the PDE cache only with PDE = 1; not-present entries too when the
+//! capability header says NpCache (§3.2.1); IRTEs until INVALIDATE_INTERRUPT_TABLE; all
+//! of it until INVALIDATE_IOMMU_ALL. DMA and interrupts are answered from the caches,
+//! and [`Model::check_no_stale_cache`] says whether any cached item disagrees with
+//! memory: a missing invalidation that QEMU, which caches far less, would not show.
 //!
 //! A [`Variant`] makes it the IOMMU a test needs: without IASup, with an exclusion
 //! range firmware left enabled, with event entries that reach memory after the tail
@@ -69,6 +77,15 @@ pub struct State {
     pub executed: Vec<Command>,
     /// The DTE cache: DeviceID -> the entry as last fetched.
     pub dte_cache: BTreeMap<u16, Dte>,
+    /// Not-present entries are cached too (capability header NpCache).
+    pub np_cache: bool,
+    /// The IOTLB: (DomainID, 4 KiB page) -> what a walk found.
+    pub iotlb: BTreeMap<(u16, u64), Translation>,
+    /// The PDE cache: (DomainID, 2 MiB region) -> the level-1 table a walk
+    /// reached through the directories (`None`: a not-present directory).
+    pub pde_cache: BTreeMap<(u16, u64), Directory>,
+    /// The interrupt remapping cache: (DeviceID, index) -> the 32-bit IRTE.
+    pub irte_cache: BTreeMap<(u16, u16), u32>,
     status: u64,
     previous_control: u64,
     event_tail: u32,
@@ -80,6 +97,58 @@ pub struct State {
     /// Entries whose slot EVENT_TAIL already covers, written at the next step.
     unwritten_events: Vec<(u64, RawEvent)>,
 }
+
+/// An IOTLB entry: the table it was walked in, and the leaf it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Translation {
+    pub root: u64,
+    pub levels: u64,
+    pub leaf: Option<Leaf>,
+}
+
+/// A present leaf as the IOMMU cached it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    /// Where the entry sits (for the D bit).
+    pub slot: u64,
+    /// The physical page the 4 KiB page goes to.
+    pub phys: u64,
+    /// The IOMMU has set D through this entry and will not set it again
+    /// (§2.2.7.2) until the entry is invalidated.
+    pub dirty_known: bool,
+}
+
+/// A PDE-cache entry of a 2 MiB region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Directory {
+    pub root: u64,
+    pub levels: u64,
+    pub level1: Option<u64>,
+}
+
+/// What one walk found: the leaf, and (when it went through directories to a
+/// level-1 table or to a not-present directory) what the PDE cache may keep.
+struct Walk {
+    leaf: Option<Leaf>,
+    level1: Option<Option<u64>>,
+}
+
+/// §2.2.3 page-table entries.
+mod pte {
+    pub const PR: u64 = 1;
+    pub const D: u64 = 1 << 6;
+    pub const NEXT_LEVEL_SHIFT: u32 = 9;
+    pub const NEXT_LEVEL_MASK: u64 = 7;
+    /// Next Level 7: a leaf whose size the address field encodes (§2.2.3).
+    pub const NEXT_LEVEL_SIZED: u64 = 7;
+    pub const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+}
+
+const PAGE: u64 = 4096;
+const REGION_SHIFT: u32 = 21;
+
+/// §2.2.2.1 DTE IntCtl = 10b: interrupts are remapped through the table.
+const INT_CTL_REMAPPED: u8 = 0b10;
 
 pub struct Model {
     regs: usize,
@@ -151,14 +220,47 @@ impl Model {
         Dte([0, 8, 16, 24].map(|o| Self::read_phys(at + o)))
     }
 
-    /// A device writes at `iova`: the IOMMU translates through the DTE it has
-    /// cached (fetching it if it has none) and, when that DTE enables HAD,
-    /// sets the D bit of the v1 leaf it wrote through (§2.2.7.2). `false`
-    /// when nothing translates `iova`.
-    pub fn dma_write(&self, device_id: u16, iova: u64) -> bool {
-        const PR: u64 = 1;
-        const D: u64 = 1 << 6;
-        const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+    /// Walks from `table` at `level` down to the leaf of `iova` in memory.
+    fn walk_from(mut table: u64, level: u64, iova: u64) -> Walk {
+        let mut level1 = None;
+        for level in (1..=level).rev() {
+            if level == 1 {
+                level1 = Some(Some(table));
+            }
+            let shift = 12 + 9 * (level - 1);
+            let slot = table + ((iova >> shift) & 0x1FF) * 8;
+            let entry = Self::read_phys(slot);
+            if entry & pte::PR == 0 {
+                return Walk {
+                    leaf: None,
+                    level1: level1.or((level > 1).then_some(None)),
+                };
+            }
+            let next_level = (entry >> pte::NEXT_LEVEL_SHIFT) & pte::NEXT_LEVEL_MASK;
+            if next_level == 0 || next_level == pte::NEXT_LEVEL_SIZED || level == 1 {
+                let size = if next_level == pte::NEXT_LEVEL_SIZED {
+                    // The first zero address bit at or above 12 is bit n: 2^(n+1) bytes.
+                    2 << (entry & pte::ADDRESS | (PAGE - 1)).trailing_ones()
+                } else {
+                    1u64 << shift
+                };
+                let phys = (entry & pte::ADDRESS & !(size - 1)) | (iova & (size - 1) & !(PAGE - 1));
+                return Walk {
+                    leaf: Some(Leaf {
+                        slot,
+                        phys,
+                        dirty_known: false,
+                    }),
+                    level1,
+                };
+            }
+            table = entry & pte::ADDRESS;
+        }
+        Walk { leaf: None, level1 }
+    }
+
+    /// The DTE the IOMMU uses for `device_id`: cached, or fetched now.
+    fn dte_for(&self, device_id: u16) -> Dte {
         let cached = self
             .state
             .lock()
@@ -166,32 +268,183 @@ impl Model {
             .dte_cache
             .get(&device_id)
             .copied();
-        let dte = cached.unwrap_or_else(|| self.fetch_dte(device_id));
-        let levels = (dte.0[0] >> 9) & 7;
-        if dte.0[0] & 0b11 != 0b11 || !(1..=6).contains(&levels) {
+        cached.unwrap_or_else(|| self.fetch_dte(device_id))
+    }
+
+    /// Where a DMA of `device_id` to `iova` goes, answered as the IOMMU
+    /// answers it: from the IOTLB, else by a walk that starts at a cached
+    /// level-1 table when the PDE cache has one, whose results it caches.
+    /// `None`: the DTE translates nothing, or no present leaf maps `iova`.
+    pub fn translate(&self, device_id: u16, iova: u64) -> Option<Leaf> {
+        let dte = self.dte_for(device_id);
+        let levels = u64::from(dte.mode());
+        if !dte.valid() || !dte.translation_valid() || !(1..=6).contains(&levels) {
+            return None;
+        }
+        let (domain, root, page) = (dte.domain(), dte.root(), iova & !(PAGE - 1));
+        let mut s = self.state.lock().unwrap();
+        if let Some(cached) = s.iotlb.get(&(domain, page)) {
+            return cached.leaf;
+        }
+        let region = iova >> REGION_SHIFT;
+        let walk = match s.pde_cache.get(&(domain, region)) {
+            Some(directory) => match directory.level1 {
+                Some(table) => Self::walk_from(table, 1, iova),
+                None => Walk {
+                    leaf: None,
+                    level1: Some(None),
+                },
+            },
+            None => Self::walk_from(root, levels, iova),
+        };
+        let np_cache = s.np_cache;
+        if let Some(level1) = walk.level1
+            && (level1.is_some() || np_cache)
+        {
+            s.pde_cache.entry((domain, region)).or_insert(Directory {
+                root,
+                levels,
+                level1,
+            });
+        }
+        if walk.leaf.is_some() || np_cache {
+            s.iotlb.insert(
+                (domain, page),
+                Translation {
+                    root,
+                    levels,
+                    leaf: walk.leaf,
+                },
+            );
+        }
+        walk.leaf
+    }
+
+    /// A device writes at `iova`: translated as [`Model::translate`] does,
+    /// and when its DTE enables HAD the IOMMU sets the D bit of the v1 leaf
+    /// it wrote through (§2.2.7.2), unless its IOTLB entry already knows the
+    /// leaf dirty. `false` when nothing translates `iova`.
+    pub fn dma_write(&self, device_id: u16, iova: u64) -> bool {
+        let Some(leaf) = self.translate(device_id, iova) else {
             return false;
-        }
-        let mut table = dte.0[0] & ADDRESS;
-        for level in (1..=levels).rev() {
-            let slot = table + ((iova >> (12 + 9 * (level - 1))) & 0x1FF) * 8;
-            let pte = Self::read_phys(slot);
-            if pte & PR == 0 {
-                return false;
+        };
+        let dte = self.dte_for(device_id);
+        if dte.host_access_dirty() && !leaf.dirty_known {
+            // SAFETY: a leaf of a table the driver allocated from HostDma
+            // (phys == virt); the IOMMU's update is atomic.
+            let entry = unsafe { core::sync::atomic::AtomicU64::from_ptr(leaf.slot as *mut u64) };
+            entry.fetch_or(pte::D, core::sync::atomic::Ordering::AcqRel);
+            let key = (dte.domain(), iova & !(PAGE - 1));
+            if let Some(Translation {
+                leaf: Some(cached), ..
+            }) = self.state.lock().unwrap().iotlb.get_mut(&key)
+            {
+                cached.dirty_known = true;
             }
-            let next_level = (pte >> 9) & 7;
-            if next_level == 0 || next_level == 7 || level == 1 {
-                if dte.host_access_dirty() {
-                    // SAFETY: a leaf of a table the driver allocated from
-                    // HostDma (phys == virt); the IOMMU's update is atomic.
-                    let entry =
-                        unsafe { core::sync::atomic::AtomicU64::from_ptr(slot as *mut u64) };
-                    entry.fetch_or(D, core::sync::atomic::Ordering::AcqRel);
-                }
-                return true;
-            }
-            table = pte & ADDRESS;
         }
-        false
+        true
+    }
+
+    /// The 32-bit IRTE a device's MSI with `index` goes through (§2.2.5),
+    /// from the interrupt remapping cache or fetched into it; `None` when
+    /// the DTE does not remap its interrupts.
+    pub fn interrupt(&self, device_id: u16, index: u16) -> Option<u32> {
+        let dte = self.dte_for(device_id);
+        if !dte.valid() || dte.0[2] & 1 == 0 || dte.int_ctl() != INT_CTL_REMAPPED {
+            return None;
+        }
+        let mut s = self.state.lock().unwrap();
+        let irte = *s.irte_cache.entry((device_id, index)).or_insert_with(|| {
+            let at = dte.interrupt_table() + u64::from(index) * 4;
+            // SAFETY: the DTE's interrupt table, allocated by the driver from
+            // HostDma (phys == virt); 4-byte aligned.
+            unsafe { core::ptr::read_volatile(at as *const u32) }
+        });
+        Some(irte)
+    }
+
+    /// Every translated DTE in the device table now: DomainID -> (root, levels).
+    fn live_domains(&self) -> BTreeMap<u16, Vec<(u64, u64)>> {
+        let base = self.reg(regs::DEVICE_TABLE_BASE);
+        let entries = ((base & 0x1FF) + 1) * PAGE / 32;
+        let mut live: BTreeMap<u16, Vec<(u64, u64)>> = BTreeMap::new();
+        for device_id in 0..entries.min(1 << 16) {
+            let dte = self.dte_in_memory(device_id as u16);
+            let levels = u64::from(dte.mode());
+            if dte.valid() && dte.translation_valid() && (1..=6).contains(&levels) {
+                live.entry(dte.domain())
+                    .or_default()
+                    .push((dte.root(), levels));
+            }
+        }
+        live
+    }
+
+    /// Every cached translation, directory and IRTE still agrees with memory.
+    /// A cached item of a DomainID no DTE names is unreachable and may stay;
+    /// one whose DomainID a DTE now names with another table was never
+    /// invalidated before the id was reused.
+    pub fn check_no_stale_cache(&self) -> Result<(), std::string::String> {
+        let live = self.live_domains();
+        let s = self.state.lock().unwrap();
+        let reached = |domain: u16, root: u64, levels: u64| -> Result<bool, std::string::String> {
+            match live.get(&domain) {
+                None => Ok(false),
+                Some(tables) if tables.contains(&(root, levels)) => Ok(true),
+                Some(tables) => Err(std::format!(
+                    "DomainID {domain} reused for {tables:x?} while entries of table {root:#x} are cached"
+                )),
+            }
+        };
+        for (&(domain, page), cached) in &s.iotlb {
+            if !reached(domain, cached.root, cached.levels)? {
+                continue;
+            }
+            let memory = Self::walk_from(cached.root, cached.levels, page).leaf;
+            let cached_phys = cached.leaf.map(|leaf| leaf.phys);
+            if memory.map(|leaf| leaf.phys) != cached_phys {
+                return Err(std::format!(
+                    "stale IOTLB entry DomainID {domain} page {page:#x}: cached {cached_phys:x?}, memory {:x?}",
+                    memory.map(|leaf| leaf.phys)
+                ));
+            }
+            if let Some(leaf) = cached.leaf
+                && leaf.dirty_known
+                && Self::read_phys(leaf.slot) & pte::D == 0
+            {
+                return Err(std::format!(
+                    "IOTLB entry DomainID {domain} page {page:#x} still knows a cleared leaf dirty"
+                ));
+            }
+        }
+        for (&(domain, region), cached) in &s.pde_cache {
+            if !reached(domain, cached.root, cached.levels)? {
+                continue;
+            }
+            let memory = Self::walk_from(cached.root, cached.levels, region << REGION_SHIFT).level1;
+            if memory != Some(cached.level1) {
+                return Err(std::format!(
+                    "stale PDE-cache entry DomainID {domain} region {:#x}: cached {:x?}, memory {memory:x?}",
+                    region << REGION_SHIFT,
+                    cached.level1
+                ));
+            }
+        }
+        for (&(device_id, index), &irte) in &s.irte_cache {
+            let dte = self.dte_in_memory(device_id);
+            let memory = (dte.valid() && dte.0[2] & 1 != 0 && dte.int_ctl() == INT_CTL_REMAPPED)
+                .then(|| {
+                    let at = dte.interrupt_table() + u64::from(index) * 4;
+                    // SAFETY: as in `interrupt`.
+                    unsafe { core::ptr::read_volatile(at as *const u32) }
+                });
+            if memory != Some(irte) {
+                return Err(std::format!(
+                    "stale IRTE {index} of DeviceID {device_id:#x}: cached {irte:#x}, memory {memory:x?}"
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The IOMMU fetches a device's DTE (e.g. on a DMA) into its cache, and
@@ -276,7 +529,35 @@ impl Model {
                             s.dte_cache.insert(id, fresh);
                         }
                     }
-                    Some(Opcode::InvalidateIommuAll) => s.dte_cache.clear(),
+                    Some(Opcode::InvalidateIommuPages) => {
+                        let (domain, q1) = (command.domain(), command.0[1]);
+                        let (first, last) = crate::command::PageRange {
+                            address: q1 & !(PAGE - 1),
+                            s: q1 & 1 != 0,
+                        }
+                        .span();
+                        let with_directories = q1 & 2 != 0;
+                        s.iotlb.retain(|&(entry_domain, page), _| {
+                            entry_domain != domain || !(first..=last).contains(&page)
+                        });
+                        if with_directories {
+                            s.pde_cache.retain(|&(entry_domain, region), _| {
+                                let start = region << REGION_SHIFT;
+                                let end = start + (1 << REGION_SHIFT) - 1;
+                                entry_domain != domain || end < first || last < start
+                            });
+                        }
+                    }
+                    Some(Opcode::InvalidateInterruptTable) => {
+                        let id = command.device_id();
+                        s.irte_cache.retain(|&(device_id, _), _| device_id != id);
+                    }
+                    Some(Opcode::InvalidateIommuAll) => {
+                        s.dte_cache.clear();
+                        s.iotlb.clear();
+                        s.pde_cache.clear();
+                        s.irte_cache.clear();
+                    }
                     Some(_) => {}
                     None => {
                         s.pending_events.push(RawEvent::encode(

@@ -61,6 +61,7 @@ fn unit_of(
     // SAFETY: the model's register block, owned by this unit from here on.
     let mmio = unsafe { Mmio::new(regs, regs::MMIO_SIZE) };
     let header = CapabilityHeader(if np_cache { 0x1f03_000f } else { 0x1b03_000f });
+    model.state.lock().unwrap().np_cache = np_cache;
     let unit = AmdVi::new(UnitId(0), description, mmio, header, &*HOST_DMA, model).unwrap();
     (unit, model)
 }
@@ -954,4 +955,112 @@ fn hw_dirty_tracking_sets_had_and_reads_the_d_bits() {
     assert!(!unit.hardware.dte(EDU_A).unwrap().host_access_dirty());
     assert!(model.dma_write(EDU_A, iova));
     assert_eq!(dirty(&mut unit, true).0, []);
+}
+
+/// Issue 16, the strict model's caches (AMD IOMMU §2.4.3 INVALIDATE_IOMMU_PAGES
+/// and its PDE bit, §3.2.1 NpCache, §2.4.5 INVALIDATE_INTERRUPT_TABLE; Linux
+/// `build_inv_address` always sets PDE, `domain_flush_np_cache` flushes a new
+/// mapping under NpCache): before every operation the model walks and caches
+/// everything a device could reach (translations, the directories on the way,
+/// with NpCache the not-present ones too, and IRTEs); after it, no cached item
+/// may disagree with memory. Covers leaves removed one by one, a leaf table
+/// freed, a huge page replaced by a table, a domain switched and a DomainID
+/// reused, and interrupt routes made and taken down.
+#[test]
+fn hw_no_cached_translation_directory_or_irte_outlives_its_change() {
+    const PROBES: [u64; 7] = [
+        0x10_0000,
+        0x10_1000,
+        0x10_3000,
+        0x20_0000,
+        0x20_1000,
+        0x3F_F000,
+        0x4000_0000,
+    ];
+    for np_cache in [false, true] {
+        let (mut unit, model) = unit_with(np_cache);
+        let fill = |model: &Model| {
+            for device in [EDU_A, EDU_B] {
+                for iova in PROBES {
+                    model.translate(device, iova);
+                }
+                for index in 0..4 {
+                    model.interrupt(device, index);
+                }
+            }
+        };
+        let step = |unit: &mut AmdVi, what: &str, op: &mut dyn FnMut(&mut AmdVi)| {
+            fill(model);
+            op(unit);
+            if let Err(stale) = model.check_no_stale_cache() {
+                panic!("NpCache={np_cache}, after {what}: {stale}");
+            }
+        };
+        let map = |unit: &mut AmdVi, domain, iova, phys, len| {
+            let gather = unit.map(domain, iova, phys, len, RW).unwrap();
+            unit.flush(domain, &gather).unwrap();
+        };
+        let unmap = |unit: &mut AmdVi, domain, iova, len| {
+            let gather = unit.unmap(domain, iova, len).unwrap();
+            unit.flush(domain, &gather).unwrap();
+        };
+        let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+        step(&mut unit, "attach", &mut |unit| {
+            unit.attach(DeviceId(EDU_A.into()), a).unwrap()
+        });
+        step(&mut unit, "first maps", &mut |unit| {
+            map(unit, a, 0x10_0000, 0x8000_0000, 0x1000);
+            map(unit, a, 0x10_1000, 0x8000_5000, 0x1000);
+            map(unit, a, 0x10_3000, 0x8000_9000, 0x1000);
+        });
+        step(&mut unit, "a 2 MiB map", &mut |unit| {
+            map(unit, a, 0x20_0000, 0x4000_0000, 0x20_0000)
+        });
+        step(&mut unit, "one leaf unmapped", &mut |unit| {
+            unmap(unit, a, 0x10_1000, 0x1000)
+        });
+        step(&mut unit, "the leaf table emptied", &mut |unit| {
+            unmap(unit, a, 0x10_0000, 0x1000);
+            unmap(unit, a, 0x10_3000, 0x1000);
+        });
+        step(&mut unit, "the 2 MiB page unmapped", &mut |unit| {
+            unmap(unit, a, 0x20_0000, 0x20_0000)
+        });
+        step(&mut unit, "4 KiB pages where it was", &mut |unit| {
+            map(unit, a, 0x20_0000, 0x9000_0000, 0x1000);
+            map(unit, a, 0x20_1000, 0x9000_3000, 0x1000);
+        });
+        step(&mut unit, "an interrupt routed", &mut |unit| {
+            let message = MsiMessage {
+                address: 0xFEE0_0000,
+                data: 0x41,
+            };
+            unit.route_msi(DeviceId(EDU_A.into()), message).unwrap();
+            unit.route_msi(DeviceId(EDU_A.into()), message).unwrap();
+        });
+        step(&mut unit, "one route taken down", &mut |unit| {
+            unit.unroute_msi(MsiRoute(u64::from(EDU_A) << 16))
+        });
+        step(&mut unit, "the last route taken down", &mut |unit| {
+            unit.unroute_msi(MsiRoute(u64::from(EDU_A) << 16 | 1))
+        });
+        let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+        step(&mut unit, "a switch to another domain", &mut |unit| {
+            map(unit, b, 0x10_0000, 0xA000_0000, 0x1000);
+            unit.attach(DeviceId(EDU_A.into()), b).unwrap();
+        });
+        step(
+            &mut unit,
+            "the first domain freed, its id reused",
+            &mut |unit| {
+                unit.free_domain(a).unwrap();
+                let c = unit.alloc_domain(DomainKind::Paging).unwrap();
+                map(unit, c, 0x10_0000, 0xB000_0000, 0x1000);
+                unit.attach(DeviceId(EDU_B.into()), c).unwrap();
+            },
+        );
+        step(&mut unit, "a detach", &mut |unit| {
+            unit.detach(DeviceId(EDU_A.into()))
+        });
+    }
 }

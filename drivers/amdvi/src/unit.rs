@@ -265,11 +265,14 @@ impl AmdVi {
             }
             let len = unity.last - unity.start + 1;
             match table.map(unity.start, unity.start, len, prot) {
-                Ok(gather) if np_cache && !gather.is_empty() => {
-                    owed.add_leaf(gather.start, 4096);
-                    owed.add_leaf(gather.last & !0xFFF, 4096);
+                Ok(gather) => {
+                    let gather = crate::invalidation::owed_by_map(np_cache, gather);
+                    if !gather.is_empty() {
+                        owed.add_leaf(gather.start, 4096);
+                        owed.add_leaf(gather.last & !0xFFF, 4096);
+                        owed.freed_tables = true;
+                    }
                 }
-                Ok(_) => {}
                 // Another device of the domain already has it.
                 Err(io_page_table::MapError::AlreadyMapped { .. }) => {}
                 Err(io_page_table::MapError::NoMemory) => return Err(IommuError::NoMemory),
@@ -426,9 +429,7 @@ impl IommuUnit for AmdVi {
                 io_page_table::MapError::NoMemory => IommuError::NoMemory,
                 _ => IommuError::Invalid,
             })?;
-        // Without NpCache the IOMMU never caches a not-present entry, so a new mapping
-        // owes no invalidation (§3.2.1).
-        Ok(if np_cache { gather } else { Gather::default() })
+        Ok(crate::invalidation::owed_by_map(np_cache, gather))
     }
 
     fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {

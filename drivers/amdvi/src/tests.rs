@@ -968,7 +968,9 @@ fn hw_dirty_tracking_sets_had_and_reads_the_d_bits() {
 /// reused, and interrupt routes made and taken down.
 #[test]
 fn hw_no_cached_translation_directory_or_irte_outlives_its_change() {
-    const PROBES: [u64; 7] = [
+    const PROBES: [u64; 9] = [
+        0x60_0000,
+        0x7F_F000,
         0x10_0000,
         0x10_1000,
         0x10_3000,
@@ -1023,6 +1025,15 @@ fn hw_no_cached_translation_directory_or_irte_outlives_its_change() {
             unmap(unit, a, 0x10_0000, 0x1000);
             unmap(unit, a, 0x10_3000, 0x1000);
         });
+        step(&mut unit, "pages filling a leaf table", &mut |unit| {
+            // Not 2 MiB-aligned physically: 4 KiB pages only, in one table.
+            map(unit, a, 0x60_0000, 0x8000_1000, 0x20_0000)
+        });
+        step(
+            &mut unit,
+            "that whole table unmapped and freed",
+            &mut |unit| unmap(unit, a, 0x60_0000, 0x20_0000),
+        );
         step(&mut unit, "the 2 MiB page unmapped", &mut |unit| {
             unmap(unit, a, 0x20_0000, 0x20_0000)
         });

@@ -288,6 +288,139 @@ mod unit {
         assert!(!asid_wide(&since(&rig, skip)));
     }
 
+    /// Issue 16, the strict model's caches (SMMUv3 §4.3.1-§4.3.4, §4.4,
+    /// §16.2; Linux `arm_smmu_tlb_inv_range_domain`, `arm_smmu_sync_cd`):
+    /// before every operation the model translates everything the streams
+    /// could reach (STEs, CDs, TLB entries per leaf of both stages, the walk
+    /// caches); after it, no cached item may disagree with memory. Stage 1 in
+    /// every granule with and without range invalidation, and stage 2: leaves
+    /// removed one by one, a last-level table freed, a block replaced by a
+    /// table, a switch, a freed ASID or VMID reused, a detach.
+    #[test]
+    fn hw_no_cached_cd_tlb_entry_or_walk_outlives_its_change() {
+        use crate::Granule;
+        let variants = [
+            ("stage 1, 4K", IDR[0], IDR[3], Granule::K4),
+            ("stage 1, 4K, RIL", IDR[0], IDR[3] | 1 << 14, Granule::K4),
+            ("stage 1, 16K", IDR[0], IDR[3], Granule::K16),
+            ("stage 1, 64K, RIL", IDR[0], IDR[3] | 1 << 14, Granule::K64),
+            ("stage 2, 4K", IDR[0] & !0b10, IDR[3], Granule::K4),
+            (
+                "stage 2, 16K, RIL",
+                IDR[0] & !0b10,
+                IDR[3] | 1 << 14,
+                Granule::K16,
+            ),
+        ];
+        for (name, idr0, idr3, granule) in variants {
+            let rig = rig();
+            rig.model.write(regs::IDR0.0, idr0);
+            rig.model.write(regs::IDR3.0, idr3);
+            let mut unit = unit(&rig);
+            unit.set_granule(granule).unwrap();
+            let page = granule.size();
+            // What one last-level table covers: the block size one level up.
+            let block = page << (page.trailing_zeros() - 3);
+            // Both clear of the MSI doorbell the unit maps at 0x0802_0000.
+            let (small, big, whole) = (0x100_0000, 256 * block, 512 * block);
+            let probes = [
+                whole,
+                whole + block - page,
+                small,
+                small + page,
+                small + 3 * page,
+                big,
+                big + page,
+                big + block - page,
+            ];
+            const STREAMS: [u32; 2] = [8, 16];
+            let model = rig.model.clone();
+            let step = |unit: &mut SmmuUnit<'static>,
+                        what: &str,
+                        op: &mut dyn FnMut(&mut SmmuUnit<'static>)| {
+                for sid in STREAMS {
+                    for iova in probes {
+                        model.translate(sid, iova);
+                    }
+                }
+                op(unit);
+                if let Err(stale) = model.check_no_stale_cache(&STREAMS) {
+                    panic!("{name}, after {what}: {stale}");
+                }
+            };
+            let map = |unit: &mut SmmuUnit<'static>, domain, iova, phys, len| {
+                let gather = unit
+                    .map(domain, iova, phys, len, RW)
+                    .unwrap_or_else(|e| panic!("{name}: map {iova:#x}+{len:#x}: {e:?}"));
+                unit.flush(domain, &gather).unwrap();
+            };
+            let unmap = |unit: &mut SmmuUnit<'static>, domain, iova, len| {
+                let gather = unit.unmap(domain, iova, len).unwrap();
+                unit.flush(domain, &gather).unwrap();
+            };
+            let a = unit.alloc_domain(DomainKind::Paging).unwrap();
+            step(&mut unit, "attach", &mut |unit| {
+                unit.attach(DeviceId(8), a).unwrap()
+            });
+            assert!(
+                model.translate(8, small).is_none(),
+                "{name}: an empty table translated"
+            );
+            step(&mut unit, "first maps", &mut |unit| {
+                map(unit, a, small, 0x8000_0000, page);
+                map(unit, a, small + page, 0x8000_0000 + 5 * page, page);
+                map(unit, a, small + 3 * page, 0x8000_0000 + 9 * page, page);
+            });
+            assert!(
+                model.translate(8, small + page).is_some() && !model.walks.borrow().is_empty(),
+                "{name}: the model walked nothing"
+            );
+            step(&mut unit, "a block map", &mut |unit| {
+                map(unit, a, big, 4 * block, block)
+            });
+            step(&mut unit, "one leaf unmapped", &mut |unit| {
+                unmap(unit, a, small + page, page)
+            });
+            step(&mut unit, "the last-level table emptied", &mut |unit| {
+                unmap(unit, a, small, page);
+                unmap(unit, a, small + 3 * page, page);
+            });
+            step(&mut unit, "pages filling a last-level table", &mut |unit| {
+                // Not block-aligned physically: pages only, in one table.
+                map(unit, a, whole, 0x8000_0000 + page, block)
+            });
+            step(
+                &mut unit,
+                "that whole table unmapped and freed",
+                &mut |unit| unmap(unit, a, whole, block),
+            );
+            step(&mut unit, "the block unmapped", &mut |unit| {
+                unmap(unit, a, big, block)
+            });
+            step(&mut unit, "pages where it was", &mut |unit| {
+                map(unit, a, big, 0x9000_0000, page);
+                map(unit, a, big + page, 0x9000_0000 + 3 * page, page);
+            });
+            let b = unit.alloc_domain(DomainKind::Paging).unwrap();
+            step(&mut unit, "a switch to another domain", &mut |unit| {
+                map(unit, b, small, 0xA000_0000, page);
+                unit.attach(DeviceId(8), b).unwrap();
+            });
+            step(
+                &mut unit,
+                "the first domain freed, its tag reused",
+                &mut |unit| {
+                    unit.free_domain(a).unwrap();
+                    let c = unit.alloc_domain(DomainKind::Paging).unwrap();
+                    map(unit, c, small, 0xB000_0000, page);
+                    map(unit, c, big, 0xB000_0000 + 2 * page, page);
+                    unit.attach(DeviceId(16), c).unwrap();
+                },
+            );
+            step(&mut unit, "a detach", &mut |unit| unit.detach(DeviceId(8)));
+        }
+    }
+
     /// Issue 16, wasted work: a map fills only invalid entries, which the
     /// SMMU never caches, so it owes no TLBI and no CMD_SYNC (Linux
     /// `arm_smmu_map_pages` issues none); an unmap still owes both.

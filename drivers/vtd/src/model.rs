@@ -536,6 +536,9 @@ pub(crate) struct Shadow {
     /// one sets no D bit in memory (§9.8: D is set when the cached entry is
     /// clean) until an IOTLB invalidation drops it.
     pub(crate) dirty_cached: std::collections::BTreeSet<(u16, u64)>,
+    /// The interrupt-entry cache (§6.5.2.7): IRTE index -> the entry as
+    /// fetched (128 bits), until an IEC descriptor covers the index.
+    pub(crate) irtes: std::collections::BTreeMap<u16, [u64; 2]>,
 }
 
 /// What an IOTLB (§6.5.2.3) or PASID-based IOTLB (§6.5.2.4) descriptor
@@ -631,6 +634,19 @@ impl Shadow {
                             && !(scope.spares_first_stage && first_stage))
                     });
             }
+            Some(DescriptorType::InterruptEntryCache) => {
+                // §6.5.2.7: G (bit 4) index-selective over 2^IM entries
+                // from IIDX; else global.
+                if low & (1 << 4) == 0 {
+                    self.irtes.clear();
+                } else {
+                    let mask = (low >> 27) & 0x1F;
+                    let first = ((low >> 32) as u16 as u64) & !((1 << mask) - 1);
+                    let span = first..first + (1 << mask);
+                    self.irtes
+                        .retain(|&index, _| !span.contains(&u64::from(index)));
+                }
+            }
             Some(DescriptorType::PasidCache) => {
                 self.pasids.retain(|&(_, entry_did), _| entry_did != did);
             }
@@ -688,6 +704,9 @@ impl Model {
 
     /// The hardware walks everything reachable now and caches it.
     pub(crate) fn fill(&self, devices: &[u16]) {
+        for index in 0..8 {
+            self.interrupt(index);
+        }
         let first_stage = Ecap(self.ecap).first_stage();
         let mut shadow = self.shadow.borrow_mut();
         for &sid in devices {
@@ -735,9 +754,39 @@ impl Model {
         }
     }
 
+    /// IRTE `index` in the table IRTA names now; `None` past its end.
+    fn irte_in_memory(&self, index: u16) -> Option<[u64; 2]> {
+        let irta = Registers::read64(&self, regs::IRTA);
+        let entries = 2u64 << (irta & 0xF);
+        if irta & !0xFFF == 0 || u64::from(index) >= entries {
+            return None;
+        }
+        let at = (irta & !0xFFF) + u64::from(index) * 16;
+        Some([self.fetch(at), self.fetch(at + 8)])
+    }
+
+    /// The IRTE an MSI remapped through `index` uses: from the
+    /// interrupt-entry cache, or fetched into it (§9.10).
+    pub(crate) fn interrupt(&self, index: u16) -> Option<[u64; 2]> {
+        if let Some(irte) = self.shadow.borrow().irtes.get(&index) {
+            return Some(*irte);
+        }
+        let irte = self.irte_in_memory(index)?;
+        self.shadow.borrow_mut().irtes.insert(index, irte);
+        Some(irte)
+    }
+
     /// Every cached item still agrees with memory.
     pub(crate) fn check_no_stale_cache(&self, devices: &[u16]) -> Result<(), std::string::String> {
         let shadow = self.shadow.borrow();
+        for (&index, &cached) in &shadow.irtes {
+            let memory = self.irte_in_memory(index);
+            if memory != Some(cached) {
+                return Err(std::format!(
+                    "stale interrupt-entry cache entry {index}: cached {cached:x?}, memory {memory:x?}"
+                ));
+            }
+        }
         for &sid in devices {
             if let Some(cached) = shadow.contexts.get(&sid) {
                 let memory = if self.scalable() {

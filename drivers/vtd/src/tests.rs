@@ -774,6 +774,10 @@ enum Op {
     Detach(usize),
     Map(usize, usize),
     Unmap(usize, usize),
+    /// An MSI of the device routed through a fresh IRTE.
+    Route(usize),
+    /// The n-th live route (modulo their number) taken down.
+    Unroute(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -782,7 +786,58 @@ fn op() -> impl Strategy<Value = Op> {
         (0..2usize).prop_map(Op::Detach),
         (0..2usize, 0..SHADOW_PAGES.len()).prop_map(|(domain, page)| Op::Map(domain, page)),
         (0..2usize, 0..SHADOW_PAGES.len()).prop_map(|(domain, page)| Op::Unmap(domain, page)),
+        (0..2usize).prop_map(Op::Route),
+        (0..4usize).prop_map(Op::Unroute),
     ]
+}
+
+/// Runs one generated operation on `unit` (a map over a mapped page is
+/// skipped; every other failure is the test's).
+fn apply_op(
+    unit: &mut Vtd<'_, &Model>,
+    op: Op,
+    devices: &[u16],
+    domains: &[iommu::DomainHandle],
+    routes: &mut Vec<iommu::MsiRoute>,
+) -> Result<(), std::string::String> {
+    match op {
+        Op::Attach(device, domain) => {
+            unit.attach(DeviceId(devices[device].into()), domains[domain])
+                .map_err(|err| std::format!("attach: {err:?}"))?;
+        }
+        Op::Detach(device) => unit.detach(DeviceId(devices[device].into())),
+        Op::Map(domain, page) => {
+            let iova = SHADOW_PAGES[page];
+            if let Ok(gather) = unit.map(domains[domain], iova, 0x8000_0000 + iova, 4096, RW) {
+                unit.flush(domains[domain], &gather)
+                    .map_err(|err| std::format!("flush: {err:?}"))?;
+            }
+        }
+        Op::Unmap(domain, page) => {
+            let gather = unit
+                .unmap(domains[domain], SHADOW_PAGES[page], 4096)
+                .map_err(|err| std::format!("unmap: {err:?}"))?;
+            unit.flush(domains[domain], &gather)
+                .map_err(|err| std::format!("flush: {err:?}"))?;
+        }
+        Op::Route(device) => {
+            let message = iommu::MsiMessage {
+                address: 0xFEE0_1000,
+                data: 0x41 + routes.len() as u32,
+            };
+            let (route, _) = unit
+                .route_msi(DeviceId(devices[device].into()), message)
+                .map_err(|err| std::format!("route: {err:?}"))?;
+            routes.push(route);
+        }
+        Op::Unroute(n) => {
+            if !routes.is_empty() {
+                let route = routes.remove(n % routes.len());
+                unit.unroute_msi(route);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string::String> {
@@ -795,32 +850,10 @@ fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string
         unit.alloc_domain(DomainKind::Paging).unwrap(),
         unit.alloc_domain(DomainKind::Identity).unwrap(),
     ];
-    let read_write = RW;
+    let mut routes = Vec::new();
     model.fill(&devices);
     for (step, op) in ops.iter().enumerate() {
-        match *op {
-            Op::Attach(device, domain) => {
-                unit.attach(DeviceId(devices[device].into()), domains[domain])
-                    .map_err(|err| std::format!("attach: {err:?}"))?;
-            }
-            Op::Detach(device) => unit.detach(DeviceId(devices[device].into())),
-            Op::Map(domain, page) => {
-                let iova = SHADOW_PAGES[page];
-                if let Ok(gather) =
-                    unit.map(domains[domain], iova, 0x8000_0000 + iova, 4096, read_write)
-                {
-                    unit.flush(domains[domain], &gather)
-                        .map_err(|err| std::format!("flush: {err:?}"))?;
-                }
-            }
-            Op::Unmap(domain, page) => {
-                let gather = unit
-                    .unmap(domains[domain], SHADOW_PAGES[page], 4096)
-                    .unwrap();
-                unit.flush(domains[domain], &gather)
-                    .map_err(|err| std::format!("flush: {err:?}"))?;
-            }
-        }
+        apply_op(&mut unit, *op, &devices, &domains, &mut routes)?;
         model
             .check_no_stale_cache(&devices)
             .map_err(|err| std::format!("after step {step} {op:?} of {ops:?}: {err}"))?;
@@ -833,7 +866,9 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Legacy, caching mode, scalable second and first stage: no sequence
-    /// of attach/detach/map/unmap leaves a stale cached entry behind.
+    /// of attach/detach/map/unmap/route/unroute leaves a stale cached entry
+    /// behind (context, PASID, IOTLB, paging-structure and interrupt-entry
+    /// caches).
     #[test]
     fn no_operation_sequence_leaves_a_stale_cache_entry(
         config in 0..6usize,
@@ -1316,28 +1351,9 @@ fn run_reading_memory(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string
         }
     };
     compare(&model, &"bring-up")?;
+    let mut routes = Vec::new();
     for (step, op) in ops.iter().enumerate() {
-        match *op {
-            Op::Attach(device, domain) => {
-                unit.attach(DeviceId(devices[device].into()), domains[domain])
-                    .map_err(|err| std::format!("attach: {err:?}"))?;
-            }
-            Op::Detach(device) => unit.detach(DeviceId(devices[device].into())),
-            Op::Map(domain, page) => {
-                let iova = SHADOW_PAGES[page];
-                if let Ok(gather) = unit.map(domains[domain], iova, 0x8000_0000 + iova, 4096, RW) {
-                    unit.flush(domains[domain], &gather)
-                        .map_err(|err| std::format!("flush: {err:?}"))?;
-                }
-            }
-            Op::Unmap(domain, page) => {
-                let gather = unit
-                    .unmap(domains[domain], SHADOW_PAGES[page], 4096)
-                    .unwrap();
-                unit.flush(domains[domain], &gather)
-                    .map_err(|err| std::format!("flush: {err:?}"))?;
-            }
-        }
+        apply_op(&mut unit, *op, &devices, &domains, &mut routes)?;
         compare(&model, &(step, op))?;
     }
     Ok(())

@@ -702,56 +702,154 @@ impl Model {
         }
     }
 
-    /// The hardware walks everything reachable now and caches it.
+    /// The hardware walks everything reachable now and caches it: every
+    /// page of [`SHADOW_PAGES`] through every device, and the first IRTEs.
     pub(crate) fn fill(&self, devices: &[u16]) {
         for index in 0..8 {
             self.interrupt(index);
         }
-        let first_stage = Ecap(self.ecap).first_stage();
-        let mut shadow = self.shadow.borrow_mut();
         for &sid in devices {
-            let truth = self.truth(sid);
-            if self.scalable() {
-                let present = self.scalable_context_present(sid);
-                if present || self.caching() {
-                    shadow
-                        .contexts
-                        .insert(sid, present.then_some(View { did: 0, root: None }));
-                }
-                if let Some(view) = truth {
-                    shadow.pasids.insert((sid, view.did), view);
-                }
-            } else if truth.is_some() || self.caching() {
-                shadow.contexts.insert(sid, truth);
-            }
-            let Some(View {
-                did,
-                root: Some(root),
-            }) = truth
-            else {
-                continue;
-            };
-            let model_table = TABLES.with(|tables| tables.borrow().contains_key(&root));
-            if !model_table {
-                for page in SHADOW_PAGES {
-                    let leaf = self.leaf_table_of(root, page);
-                    if leaf.is_some() || self.caching() {
-                        shadow.walks.insert((did, page >> 21), (root, leaf));
-                    }
-                }
-            }
             for page in SHADOW_PAGES {
-                let phys = TABLES.with(|tables| {
-                    tables
-                        .borrow()
-                        .get(&root)
-                        .and_then(|pages| pages.get(&page).copied())
-                });
-                if phys.is_some() || self.caching() {
-                    shadow.iotlb.insert((did, page), (root, phys, first_stage));
-                }
+                self.translate(sid, page);
             }
         }
+    }
+
+    /// What the unit uses for requests of `sid`: the cached context (and,
+    /// in scalable mode, RID_PASID) entry, else memory's, which it caches
+    /// (a not-present one only under caching mode, §6.1). `None`: blocked.
+    fn view_of(&self, sid: u16) -> Option<View> {
+        let caching = self.caching();
+        if self.scalable() {
+            let cached = self.shadow.borrow().contexts.get(&sid).copied();
+            let present = cached.map_or_else(
+                || {
+                    let present = self.scalable_context_present(sid);
+                    if present || caching {
+                        let view = present.then_some(View { did: 0, root: None });
+                        self.shadow.borrow_mut().contexts.insert(sid, view);
+                    }
+                    present
+                },
+                |view| view.is_some(),
+            );
+            if !present {
+                return None;
+            }
+            let cached = self
+                .shadow
+                .borrow()
+                .pasids
+                .iter()
+                .find(|((requester, _), _)| *requester == sid)
+                .map(|(_, view)| *view);
+            cached.or_else(|| {
+                let view = self.truth(sid)?;
+                self.shadow
+                    .borrow_mut()
+                    .pasids
+                    .insert((sid, view.did), view);
+                Some(view)
+            })
+        } else {
+            let cached = self.shadow.borrow().contexts.get(&sid).copied();
+            cached.unwrap_or_else(|| {
+                let truth = self.truth(sid);
+                if truth.is_some() || caching {
+                    self.shadow.borrow_mut().contexts.insert(sid, truth);
+                }
+                truth
+            })
+        }
+    }
+
+    /// The physical page `page` goes to in the 4-level tables at `root` as
+    /// the unit's walk finds it now, large pages included (§9.7, §9.8).
+    fn page_in_tables(&self, root: u64, page: u64) -> Option<u64> {
+        const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+        const PAGE_SIZE_BIT: u64 = 1 << 7;
+        let present_bits = if Ecap(self.ecap).first_stage() { 1 } else { 3 };
+        let mut table = root;
+        for shift in [39, 30, 21, 12] {
+            let entry = self.fetch(table + ((page >> shift) & 0x1FF) * 8);
+            if entry & present_bits == 0 {
+                return None;
+            }
+            if shift == 12 || (shift < 39 && entry & PAGE_SIZE_BIT != 0) {
+                let size = 1u64 << shift;
+                return Some((entry & ADDRESS & !(size - 1)) | (page & (size - 1) & !0xFFF));
+            }
+            table = entry & ADDRESS;
+        }
+        None
+    }
+
+    /// The page `page` goes to in the domain at `root`: a model table's
+    /// record, or the real tables' walk.
+    fn page_in_memory(&self, root: u64, page: u64) -> Option<u64> {
+        let model = TABLES.with(|tables| {
+            tables
+                .borrow()
+                .get(&root)
+                .map(|pages| pages.get(&page).copied())
+        });
+        model.unwrap_or_else(|| self.page_in_tables(root, page))
+    }
+
+    /// Where a request of `sid` to `iova` goes, answered as the unit
+    /// answers it: context and PASID entries from their caches, the page
+    /// from the IOTLB, else by a walk that starts at the leaf table the
+    /// paging-structure cache names; each level's result is cached (a
+    /// not-present one only under caching mode). `None`: blocked or not
+    /// mapped; pass-through answers `iova`'s own page.
+    pub(crate) fn translate(&self, sid: u16, iova: u64) -> Option<u64> {
+        let caching = self.caching();
+        let view = self.view_of(sid)?;
+        let page = iova & !0xFFF;
+        let Some(root) = view.root else {
+            return Some(page);
+        };
+        if let Some(&(_, phys, _)) = self.shadow.borrow().iotlb.get(&(view.did, page)) {
+            return phys;
+        }
+        let model_table = TABLES.with(|tables| tables.borrow().contains_key(&root));
+        let phys = if model_table {
+            self.page_in_memory(root, page)
+        } else {
+            let region = (view.did, page >> 21);
+            let cached = self
+                .shadow
+                .borrow()
+                .walks
+                .get(&region)
+                .map(|&(_, leaf)| leaf);
+            let leaf = cached.unwrap_or_else(|| {
+                let leaf = self.leaf_table_of(root, page);
+                if leaf.is_some() || caching {
+                    self.shadow.borrow_mut().walks.insert(region, (root, leaf));
+                }
+                leaf
+            });
+            match (cached, leaf) {
+                // A cached not-present directory: the walk stops there.
+                (Some(None), _) => None,
+                (_, Some(leaf)) => {
+                    let entry = self.fetch(leaf + ((page >> 12) & 0x1FF) * 8);
+                    let present_bits = if Ecap(self.ecap).first_stage() { 1 } else { 3 };
+                    (entry & present_bits != 0).then_some(entry & 0x000F_FFFF_FFFF_F000)
+                }
+                // No leaf table: a large page, or nothing.
+                (_, None) => self.page_in_tables(root, page),
+            }
+        };
+        if phys.is_some() || caching {
+            let first_stage = Ecap(self.ecap).first_stage();
+            self.shadow
+                .borrow_mut()
+                .iotlb
+                .insert((view.did, page), (root, phys, first_stage));
+        }
+        phys
     }
 
     /// IRTE `index` in the table IRTA names now; `None` past its end.
@@ -829,16 +927,14 @@ impl Model {
             }
         }
         for (&(did, page), &(root, phys, _)) in &shadow.iotlb {
-            let memory = TABLES.with(|tables| {
-                tables
-                    .borrow()
-                    .get(&root)
-                    .map(|pages| pages.get(&page).copied())
-            });
-            // A freed table's DID is never reused: its entries are unreachable.
-            if let Some(memory) = memory
-                && memory != phys
-            {
+            let model_table = TABLES.with(|tables| tables.borrow().contains_key(&root));
+            // A freed table's DID is never reused without an invalidation:
+            // its entries are unreachable, and its memory may be gone.
+            if !model_table && !roots_in_use.contains(&root) {
+                continue;
+            }
+            let memory = self.page_in_memory(root, page);
+            if memory != phys {
                 return Err(std::format!(
                     "stale IOTLB entry DID {did} page {page:#x}: cached {phys:x?}, memory {memory:x?}"
                 ));

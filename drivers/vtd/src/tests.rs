@@ -840,10 +840,26 @@ fn apply_op(
     Ok(())
 }
 
-fn run_against_shadow(cap: u64, ecap: u64, ops: &[Op]) -> Result<(), std::string::String> {
+/// Runs `ops` against the shadow cache model, with the model's page tables
+/// or (`real_tables`) io-page-table's, which the model walks.
+fn run_against_shadow(
+    cap: u64,
+    ecap: u64,
+    real_tables: bool,
+    ops: &[Op],
+) -> Result<(), std::string::String> {
     let rig = Rig::new();
     let model = Model::new(cap, ecap);
-    let mut unit = rig.unit(&model);
+    let mut unit = if real_tables {
+        let env = crate::hardware::Environment {
+            new_table: None,
+            ..rig.env()
+        };
+        Vtd::new(UnitId(0), &model, env, description(), Options::default())
+            .map_err(|err| std::format!("bring-up: {err:?}"))?
+    } else {
+        rig.unit(&model)
+    };
     let devices = [EDU_A, EDU_B];
     let domains = [
         unit.alloc_domain(DomainKind::Paging).unwrap(),
@@ -872,11 +888,12 @@ proptest! {
     #[test]
     fn no_operation_sequence_leaves_a_stale_cache_entry(
         config in 0..6usize,
+        real_tables in proptest::bool::ANY,
         ops in proptest::collection::vec(op(), 1..24),
     ) {
         let cap = [CAP_DEFAULT, CAP_CACHING_MODE][config % 2];
         let ecap = [ECAP_LEGACY, ECAP_SCALABLE_SL, ECAP_SCALABLE_FL][config / 2];
-        let result = run_against_shadow(cap, ecap, &ops);
+        let result = run_against_shadow(cap, ecap, real_tables, &ops);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

@@ -58,8 +58,9 @@ pub fn ioas_map(ioas: u32, va: u64, len: u64, iova: Option<u64>) -> Result<u64, 
 }
 
 /// The IOVA alignment `ioas` reports (`IOAS_IOVA_RANGES`'s
-/// `out_iova_alignment`): every map's IOVA and length are multiples of it,
-/// the largest smallest page of the domains attached.
+/// `out_iova_alignment`): every map's IOVA, length and user page offset are
+/// multiples of it, the largest smallest page of the domains attached (1
+/// without domains: byte granular, as Linux).
 pub fn ioas_alignment(ioas: u32) -> Result<u64, Errno> {
     let mut ranges = IoasIovaRanges {
         size: arg_size::<IoasIovaRanges>(),

@@ -160,11 +160,20 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
         let min_page = info.min_page_size();
         let alignment = ioas.alignment.max(min_page);
-        if ioas
-            .areas
-            .iter()
-            .any(|(&s, a)| s % alignment != 0 || (a.last - s + 1) % alignment != 0)
-        {
+        // Every area must stay mappable: its IOVA, length and user page
+        // offset aligned to the new page size (Linux
+        // `iopt_check_iova_alignment`), so a byte-granular area made without
+        // domains keeps them out.
+        let page_offset = |a: &crate::Area| {
+            self.pages
+                .get(a.pages)
+                .map_or(0, |p| (p.va + a.offset) % crate::PAGE_SIZE)
+        };
+        if ioas.areas.iter().any(|(&s, a)| {
+            [s, a.last - s + 1, page_offset(a)]
+                .iter()
+                .any(|value| value % alignment != 0)
+        }) {
             return Err(Errno::EADDRINUSE);
         }
         let fill = ioas
@@ -419,7 +428,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 let alignment = others
                     .iter()
                     .filter_map(|&d| o.hwpt(d).ok().map(|h| h.min_page))
-                    .fold(crate::PAGE_SIZE, u64::max);
+                    .fold(1, u64::max);
                 if let Ok(i) = o.ioas_mut(ioas) {
                     i.domains = others;
                     i.handles = i

@@ -121,7 +121,9 @@ impl Ioas {
             space: IovaSpace::build(&[IovaRange::FULL], core::iter::empty()),
             domains: Vec::new(),
             handles: alloc::sync::Arc::from([]),
-            alignment: PAGE_SIZE,
+            // Byte granular until a domain is attached (Linux: an
+            // io_pagetable without domains has `iova_alignment` 1).
+            alignment: 1,
             lost_domains: 0,
             huge_pages: true,
         }
@@ -172,20 +174,42 @@ impl Ioas {
         Ok(range)
     }
 
-    /// Claims the IOVA for a new mapping of `len` bytes from address `addr`:
-    /// checks a fixed one, or allocates ([`automatic_alignment`]).
+    /// Claims the IOVA for a new mapping of `len` bytes from user address
+    /// `addr`: checks a fixed one, or allocates ([`automatic_alignment`]).
+    /// An automatic IOVA aligned to less than a page starts in a page of its
+    /// own at `addr`'s offset in its page, as Linux's `iopt_alloc_iova` ORs
+    /// `page_offset` into the aligned start (of a page-aligned hole); the
+    /// part of the page before the offset stays free.
     fn claim_iova(&mut self, fixed: Option<u64>, len: u64, addr: u64) -> Result<u64, Errno> {
-        match fixed {
-            Some(iova) => {
-                let range = self.check_fixed(iova, len)?;
-                self.space.take(range);
-                Ok(iova)
-            }
-            None => self
-                .space
-                .alloc(len, automatic_alignment(len, addr, self.alignment)?)
-                .ok_or(Errno::ENOSPC),
+        if let Some(iova) = fixed {
+            let range = self.check_fixed(iova, len)?;
+            self.space.take(range);
+            return Ok(iova);
         }
+        let alignment = automatic_alignment(len, addr, self.alignment)?;
+        if alignment >= PAGE_SIZE {
+            return self.space.alloc(len, alignment).ok_or(Errno::ENOSPC);
+        }
+        let offset = addr % PAGE_SIZE;
+        let padded = len.checked_add(offset).ok_or(Errno::EOVERFLOW)?;
+        let base = self.space.alloc(padded, PAGE_SIZE).ok_or(Errno::ENOSPC)?;
+        if offset != 0 {
+            self.space.release(IovaRange {
+                start: base,
+                last: base + (offset - 1),
+            });
+        }
+        Ok(base + offset)
+    }
+
+    /// Whether an area of `len` bytes at `iova` over user bytes that start
+    /// `page_offset` into their page can be mapped by every domain: all three
+    /// aligned to the IOAS alignment (Linux `iopt_check_iova`,
+    /// `iopt_alloc_area_pages`, `iopt_insert_area`).
+    fn fits_alignment(&self, iova: u64, len: u64, page_offset: u64) -> bool {
+        [iova, len, page_offset]
+            .iter()
+            .all(|value| value.is_multiple_of(self.alignment))
     }
 }
 
@@ -368,10 +392,11 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             .get_mut(&owner)
             .ok_or(Errno::ENOENT)?
             .ioas_mut(id)?;
-        if len == 0 || !len.is_multiple_of(ioas.alignment) || !user_va.is_multiple_of(PAGE_SIZE) {
+        if len == 0 || !ioas.fits_alignment(0, len, user_va % PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
         user_va.checked_add(len - 1).ok_or(Errno::EOVERFLOW)?;
+        let (pinned_va, pinned_len) = crate::page_span(user_va, len);
         if let Some(iova) = iova {
             ioas.check_fixed(iova, len)?;
         }
@@ -387,7 +412,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let mut runs = self.spare_runs.pop().unwrap_or_default();
         if let Err(e) = self
             .services
-            .pin(owner, user_va, len, prot.write, &mut runs)
+            .pin(owner, pinned_va, pinned_len, prot.write, &mut runs)
         {
             runs.clear();
             self.spare_runs.push(runs);
@@ -532,10 +557,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         prot: Prot,
     ) -> Result<u64, Errno> {
         check_prot(prot)?;
-        // The copy maps the source's pages from the offset `src_iova` names:
-        // the same rule as `ioas_map`'s user address (a page boundary), or
-        // the destination would hold an area no domain can map.
-        if len == 0 || !src_iova.is_multiple_of(PAGE_SIZE) {
+        if len == 0 {
             return Err(Errno::EINVAL);
         }
         let src_range = IovaRange::from_len(src_iova, len).ok_or(Errno::EOVERFLOW)?;
@@ -576,11 +598,25 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if !covered {
             return Err(Errno::ENOENT);
         }
-        if !len.is_multiple_of(dst_ioas.alignment)
-            || pieces.iter().any(|p| p.len % dst_ioas.alignment != 0)
+        // Each piece becomes an area of the destination, which its domains
+        // must be able to map: its user bytes' page offset and its length
+        // aligned as an `ioas_map`'s would be (Linux checks the total length
+        // and each area's page offset).
+        let user_address = |p: &Piece| {
+            self.pages
+                .get(p.pages)
+                .map_or(0, |pages| pages.va.wrapping_add(p.offset))
+        };
+        if !dst_ioas.fits_alignment(0, len, 0)
+            || pieces
+                .iter()
+                .any(|p| !dst_ioas.fits_alignment(0, p.len, user_address(p) % PAGE_SIZE))
         {
             return Err(Errno::EINVAL);
         }
+        // An automatic IOVA follows the first byte's user address, as
+        // Linux's `iopt_alloc_area_pages` does.
+        let first_user_address = user_address(&pieces[0]);
         if let Some(iova) = dst_iova {
             dst_ioas.check_fixed(iova, len)?;
         }
@@ -588,10 +624,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.admit(owner, Resource::Area)?;
         self.services.charge(Resource::Area)?;
         self.services.charge(Resource::IovaNode)?;
-        let base = self
-            .owner_mut(owner)?
-            .ioas_mut(dst)?
-            .claim_iova(dst_iova, len, src_iova)?;
+        let base =
+            self.owner_mut(owner)?
+                .ioas_mut(dst)?
+                .claim_iova(dst_iova, len, first_user_address)?;
         let dst_range = IovaRange {
             start: base,
             last: base + (len - 1),
@@ -658,8 +694,9 @@ fn map_into_domains<U: IommuUnit>(
         let mut gather = Gather::default();
         let mut failed = None;
         for (i, p) in pieces.iter().enumerate() {
-            let runs: &[PhysRun] = pages.get(p.pages).map_or(&[], |p| &p.runs);
-            match map_pieces(u, domain, p.iova, runs, p.offset, p.len, prot, chunk) {
+            let (runs, head): (&[PhysRun], u64) =
+                pages.get(p.pages).map_or((&[], 0), |p| (&p.runs, p.head()));
+            match map_pieces(u, domain, p.iova, runs, head + p.offset, p.len, prot, chunk) {
                 Ok(g) => merge_gather(&mut gather, &g),
                 Err(e) => {
                     failed = Some((i, e));

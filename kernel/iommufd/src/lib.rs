@@ -126,7 +126,9 @@ pub trait Services {
     }
 }
 
-/// The granule of pinning and the smallest IOVA alignment.
+/// The granule of pinning. Areas are byte granular (the IOVA alignment of an
+/// IOAS without domains is 1, as Linux's); the pages under them are pinned
+/// whole.
 pub const PAGE_SIZE: u64 = 4096;
 
 /// Records a HWPT's fault queue holds before it drops (and counts) new ones.
@@ -298,6 +300,7 @@ const SPARE_RUN_BUFFERS: usize = 64;
 #[derive(Debug)]
 struct Pages {
     owner: OwnerId,
+    /// The user's range, byte granular: `[va, va + len)`.
     va: u64,
     len: u64,
     runs: Vec<PhysRun>,
@@ -306,6 +309,27 @@ struct Pages {
     /// failed flush, a lost domain): when the last reference goes they are
     /// quarantined, whichever user lets go last.
     doomed: bool,
+}
+
+impl Pages {
+    /// The whole pages `[va, va + len)` lies in, which are what is pinned
+    /// (Linux pins whole pages under a byte-granular area too).
+    fn pinned(&self) -> (u64, u64) {
+        page_span(self.va, self.len)
+    }
+
+    /// Where byte 0 of the range lies in the pinned runs.
+    fn head(&self) -> u64 {
+        self.va % PAGE_SIZE
+    }
+}
+
+/// The whole pages `[va, va + len)` lies in, as (start, length); `len` > 0
+/// and `va + len - 1` must not overflow.
+pub(crate) fn page_span(va: u64, len: u64) -> (u64, u64) {
+    let start = va & !(PAGE_SIZE - 1);
+    let last = (va + (len - 1)) | (PAGE_SIZE - 1);
+    (start, last - start + 1)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -710,7 +734,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
 
     /// Bytes pinned in all owners.
     pub fn pinned_bytes(&self) -> u64 {
-        self.pages.values().map(|p| p.len).sum()
+        self.pages.values().map(|p| p.pinned().1).sum()
     }
 
     /// Pinned ranges kept forever because their IOTLB flush failed.
@@ -971,7 +995,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         } else if p.refs == 0
             && let Some(mut p) = self.pages.remove(pages)
         {
-            self.services.unpin(p.owner, p.va, p.len, &p.runs);
+            let (va, len) = p.pinned();
+            self.services.unpin(p.owner, va, len, &p.runs);
             if self.spare_runs.len() < SPARE_RUN_BUFFERS {
                 p.runs.clear();
                 self.spare_runs.push(p.runs);

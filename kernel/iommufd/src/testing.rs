@@ -935,6 +935,12 @@ impl Services for FakeMemory {
         _write: bool,
         runs: &mut Vec<PhysRun>,
     ) -> Result<(), Errno> {
+        // The `Services` contract: the core pins whole pages, even under a
+        // byte-granular area.
+        assert!(
+            va.is_multiple_of(PAGE_SIZE) && len.is_multiple_of(PAGE_SIZE) && len > 0,
+            "pin of a partial page: {va:#x}+{len:#x}"
+        );
         let end = va.checked_add(len).ok_or(Errno::EFAULT)?;
         if end > self.limit {
             return Err(Errno::EFAULT);

@@ -399,7 +399,8 @@ fn ioas_iova_ranges_report_aperture_minus_reserved_and_alignment() {
     let ioas = fd.ioas_alloc(O).unwrap();
     let empty = fd.ioas_iova_ranges(O, ioas).unwrap();
     assert_eq!(empty.ranges, [IovaRange::FULL]);
-    assert_eq!(empty.alignment, K4);
+    // Byte granular without domains, as Linux's `iova_alignment` 1.
+    assert_eq!(empty.alignment, 1);
     let dev = fd.bind_device(O, U0, DEV_A).unwrap();
     fd.device_attach(O, dev, ioas).unwrap();
     let ranges = fd.ioas_iova_ranges(O, ioas).unwrap();
@@ -939,21 +940,121 @@ fn copy_of_a_source_range_with_a_hole_is_enoent() {
     assert_eq!(fd.state_digest(), before);
 }
 
+/// Linux `iopt_insert_area`: a copy's areas keep the page offset of their
+/// user bytes, which must be aligned to the destination's alignment. A
+/// destination with a domain refuses a copy from off a page boundary; one
+/// without takes it, and then refuses the domain (`EADDRINUSE`) until the
+/// area goes.
 #[test]
-fn copy_from_an_iova_off_a_page_boundary_is_einval_as_a_map_from_such_an_address_is() {
+fn copy_from_an_iova_off_a_page_boundary_needs_a_byte_granular_destination() {
     let (mut fd, ioas, _, _) = attached();
-    let dst = fd.ioas_alloc(O).unwrap();
     fd.ioas_map(O, ioas, 0x8000, 2 * K4, Some(0x10_0000), RW)
         .unwrap();
+    let with_domain = fd.ioas_alloc(O).unwrap();
+    let b = fd.bind_device(O, U0, DEV_B).unwrap();
+    fd.device_attach(O, b, with_domain).unwrap();
     let before = fd.state_digest();
     assert_eq!(
-        fd.ioas_copy(O, ioas, 0x10_0001, K4, dst, None, RW),
+        fd.ioas_copy(O, ioas, 0x10_0001, K4, with_domain, None, RW),
         Err(Errno::EINVAL)
     );
     assert_eq!(fd.state_digest(), before);
-    // The destination can still take a device.
-    let b = fd.bind_device(O, U0, DEV_B).unwrap();
-    fd.device_attach(O, b, dst).unwrap();
+    fd.device_detach(O, b).unwrap();
+    let bare = fd.ioas_alloc(O).unwrap();
+    let iova = fd
+        .ioas_copy(O, ioas, 0x10_0001, K4, bare, None, RW)
+        .unwrap();
+    // The automatic IOVA keeps the user bytes' page offset (0x8001).
+    assert_eq!(iova % K4, 1);
+    let before = fd.state_digest();
+    assert_eq!(fd.device_attach(O, b, bare), Err(Errno::EADDRINUSE));
+    assert_eq!(fd.state_digest(), before);
+    fd.ioas_unmap(O, bare, iova, K4).unwrap();
+    fd.device_attach(O, b, bare).unwrap();
+    invariants(&fd);
+}
+
+/// Linux's io_pagetable without domains has `iova_alignment` 1: any
+/// length and user address maps (its selftest maps lengths 1 to
+/// 2 * PAGE - 1); the pages under an area are pinned whole, and an
+/// automatic IOVA keeps the user address's page offset (`iopt_alloc_iova`
+/// ORs `page_offset` in). Unmapping gives every page back.
+#[test]
+fn an_ioas_without_domains_maps_any_byte_range_and_pins_whole_pages() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    for len in [1, 2, K4 - 1, K4, K4 + 1, 2 * K4 - 1] {
+        for offset in [0, 1, K4 - 1] {
+            let va = 0x40_0000 + offset;
+            let iova = fd.ioas_map(O, ioas, va, len, None, RW).unwrap();
+            assert_eq!(iova % K4, offset, "len {len:#x} at {va:#x}");
+            let pages = (offset + len).div_ceil(K4);
+            assert_eq!(fd.pinned_bytes(), pages * K4, "len {len:#x} at {va:#x}");
+            assert_eq!(fd.ioas_areas(O, ioas).unwrap(), [(iova, len)]);
+            assert_eq!(fd.ioas_unmap(O, ioas, iova, len), Ok(len));
+            assert_eq!(fd.pinned_bytes(), 0);
+            assert_eq!(fd.services().pinned_ranges(), 0);
+        }
+    }
+    // Byte-adjacent fixed areas sharing an IOVA page are fine without a
+    // domain, and each is its own area.
+    fd.ioas_map(O, ioas, 0x8000, 1, Some(0x10_0000), RW)
+        .unwrap();
+    fd.ioas_map(O, ioas, 0x9001, K4 - 1, Some(0x10_0001), RW)
+        .unwrap();
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0x8000, 1, Some(0x10_0000), RW),
+        Err(Errno::EEXIST)
+    );
+    assert_eq!(
+        fd.ioas_areas(O, ioas).unwrap(),
+        [(0x10_0000, 1), (0x10_0001, K4 - 1)]
+    );
+    assert_eq!(fd.ioas_unmap(O, ioas, 0x10_0000, K4), Ok(K4));
+    invariants(&fd);
+}
+
+/// Linux `iopt_check_iova_alignment`: a domain joins an IOAS only if every
+/// area's IOVA, length and page offset suit its smallest page, so a
+/// byte-granular area keeps it out (`EADDRINUSE`, nothing changed); once
+/// the domain is in, the IOAS reports its page size as the alignment and a
+/// map that is not whole pages is `EINVAL`. When the last domain leaves,
+/// the IOAS is byte granular again.
+#[test]
+fn a_domain_cannot_join_an_ioas_holding_a_sub_page_area() {
+    let mut fd = vtd();
+    let ioas = fd.ioas_alloc(O).unwrap();
+    let dev = fd.bind_device(O, U0, DEV_A).unwrap();
+    let iova = fd.ioas_map(O, ioas, 0x8000, 1, None, RW).unwrap();
+    let before = fd.state_digest();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EADDRINUSE));
+    assert_eq!(fd.state_digest(), before);
+    fd.ioas_unmap(O, ioas, iova, 1).unwrap();
+    // A whole-page area from an address off a page boundary keeps it out too.
+    let iova = fd.ioas_map(O, ioas, 0x8001, K4, None, RW).unwrap();
+    assert_eq!(fd.device_attach(O, dev, ioas), Err(Errno::EADDRINUSE));
+    fd.ioas_unmap(O, ioas, iova, K4).unwrap();
+    fd.device_attach(O, dev, ioas).unwrap();
+    assert_eq!(fd.ioas_iova_ranges(O, ioas).unwrap().alignment, K4);
+    for (va, len) in [(0x8000, 1), (0x8000, K4 + 1), (0x8001, K4)] {
+        assert_eq!(
+            fd.ioas_map(O, ioas, va, len, None, RW),
+            Err(Errno::EINVAL),
+            "{va:#x}+{len:#x}"
+        );
+    }
+    assert_eq!(
+        fd.ioas_map(O, ioas, 0x8000, K4, Some(0x10_0001), RW),
+        Err(Errno::EINVAL)
+    );
+    let mapped = fd.ioas_map(O, ioas, 0x8000, K4, None, RW).unwrap();
+    assert_eq!(
+        fd.units()[0].lookup(fd.units()[0].device_domain(DEV_A).unwrap(), mapped),
+        Some((fd.services().phys_of(O, 0x8000), RW))
+    );
+    fd.ioas_unmap(O, ioas, mapped, K4).unwrap();
+    fd.device_detach(O, dev).unwrap();
+    assert_eq!(fd.ioas_iova_ranges(O, ioas).unwrap().alignment, 1);
     invariants(&fd);
 }
 

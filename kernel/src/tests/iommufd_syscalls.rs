@@ -26,7 +26,7 @@ fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -
         alloc::format!("exit (failed check); it said {:?}", report.output)
     );
     ensure!(
-        report.output.contains("36 checks held"),
+        report.output.contains("37 checks held"),
         "output: {:?}",
         report.output
     );

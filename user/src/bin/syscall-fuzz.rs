@@ -869,13 +869,15 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
         length: len,
         ..Default::default()
     };
-    let free_fixed = |rng: &mut Rng| -> u64 {
+    // A page-aligned IOVA whose next `span` bytes no area uses (0: none
+    // found this time).
+    let free_fixed = |rng: &mut Rng, span: u64| -> u64 {
         let iova = FIXED_BASE + rng.below(1 << 20) * PAGE_SIZE;
         let overlaps = ioas
             .areas
             .iter()
             .flatten()
-            .any(|a| iova <= a.last() && a.iova <= iova + (len - 1));
+            .any(|a| iova <= a.last() && a.iova <= iova + (span - 1));
         if overlaps { 0 } else { iova }
     };
     // One defect at a time (or none), so the answer is never a matter of
@@ -889,13 +891,18 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
             map.length = 0;
             Some(("zero length", Errno::EINVAL))
         }
+        // No device is ever attached here, so the IOAS is byte granular
+        // (Linux: `iova_alignment` 1 without domains): a length or a user
+        // address off a page boundary is a valid map, not a defect.
         2 => {
             map.length = len - 1 - rng.below(PAGE_SIZE - 1);
-            Some(("unaligned length", Errno::EINVAL))
+            None
         }
         3 => {
-            map.user_va = va + 1 + rng.below(PAGE_SIZE - 1);
-            Some(("unaligned address", Errno::EINVAL))
+            let offset = 1 + rng.below(PAGE_SIZE - 1);
+            map.user_va = va + offset;
+            map.length = len - offset;
+            None
         }
         4 => {
             map.user_va = [KERNEL_ADDRESS, USER_END - PAGE_SIZE, 0][rng.below(3) as usize];
@@ -917,15 +924,19 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
         8 => match ioas.areas.iter().flatten().next() {
             Some(area) => {
                 map.flags = rw | MapFlags::FIXED_IOVA.bits();
-                map.iova = area.iova + rng.below(area.len / PAGE_SIZE) * PAGE_SIZE;
+                map.iova = area.iova + rng.below(area.len.div_ceil(PAGE_SIZE)) * PAGE_SIZE;
                 Some(("a fixed IOVA over an area", Errno::EEXIST))
             }
             None => None,
         },
         9 => {
+            let iova = free_fixed(rng, len + PAGE_SIZE);
+            if iova == 0 {
+                return Ok(());
+            }
             map.flags = rw | MapFlags::FIXED_IOVA.bits();
-            map.iova = FIXED_BASE + 1 + rng.below(PAGE_SIZE - 1);
-            Some(("an unaligned fixed IOVA", Errno::EINVAL))
+            map.iova = iova + 1 + rng.below(PAGE_SIZE - 1);
+            None
         }
         10 if pages > 1 => {
             map.flags = rw | MapFlags::FIXED_IOVA.bits();
@@ -940,7 +951,7 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
             return expect_err("ioas_map (bad struct)", [va, len], got, errno);
         }
         12 => {
-            let iova = free_fixed(rng);
+            let iova = free_fixed(rng, len);
             if iova == 0 {
                 return Ok(());
             }
@@ -975,13 +986,15 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
     }
     let iova = arg.read::<IoasMap>().iova;
     let fixed = map.flags & MapFlags::FIXED_IOVA.bits() != 0;
+    let (va, len) = (map.user_va, map.length);
     // Automatic IOVAs: never 0, inside no other area, aligned to the length
     // rounded up to a power of two, capped by the user address's alignment
-    // (Linux `iopt_alloc_iova`).
+    // (Linux `iopt_alloc_iova`); below a page, at the address's page offset.
     let alignment = len
         .checked_next_power_of_two()
         .unwrap_or(1 << 63)
         .min(1u64 << va.trailing_zeros());
+    let page_offset_kept = alignment >= PAGE_SIZE || iova % PAGE_SIZE == va % PAGE_SIZE;
     let overlaps = ioas
         .areas
         .iter()
@@ -993,7 +1006,7 @@ fn fuzz_map(rng: &mut Rng, model: &mut Model, counts: &mut [u32; 3]) -> Result<(
         && if fixed {
             iova == map.iova
         } else {
-            iova != 0 && iova.is_multiple_of(alignment)
+            iova != 0 && iova.is_multiple_of(alignment) && page_offset_kept
         };
     if !good {
         return Err(mismatch(
@@ -1179,15 +1192,15 @@ fn fuzz_iova_ranges(
     }
     let n = out.num_iovas as usize;
     let listed = &entries[..n.min(entries.len())];
-    // Sorted, disjoint, non-empty ranges; a power-of-two alignment of at
-    // least a page (4 KiB while no device is attached).
+    // Sorted, disjoint, non-empty ranges; byte granular (alignment 1) while
+    // no device is attached, as Linux's io_pagetable without domains.
     let sorted = listed.windows(2).all(|w| w[0].last < w[1].start);
     let good = got == Ok(0)
         && n >= 1
         && n <= entries.len()
         && sorted
         && listed.iter().all(|r| r.start <= r.last)
-        && out.out_iova_alignment == PAGE_SIZE;
+        && out.out_iova_alignment == 1;
     counts[0] += 1;
     if good {
         Ok(())
@@ -1195,7 +1208,7 @@ fn fuzz_iova_ranges(
         Err(mismatch(
             "ioas_iova_ranges",
             [n as u64, out.out_iova_alignment],
-            "sorted disjoint ranges, 4 KiB alignment",
+            "sorted disjoint ranges, alignment 1",
             got,
         ))
     }

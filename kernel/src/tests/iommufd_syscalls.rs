@@ -25,9 +25,15 @@ fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -
         Exit::Code(0),
         alloc::format!("exit (failed check); it said {:?}", report.output)
     );
+    // Where an IOMMU translates an edu, the rows that need a device ran too.
+    let expected = if iommufd_service::unit_hw_info().is_some() {
+        "55 checks held (with a device)"
+    } else {
+        "45 checks held (no translated edu here"
+    };
     ensure!(
-        report.output.contains("37 checks held"),
-        "output: {:?}",
+        report.output.contains(expected),
+        "expected {expected:?} in {:?}",
         report.output
     );
     released_everything(owner, pinned_before, frames_before)?;

@@ -7,10 +7,15 @@
 #![no_main]
 
 use user_programs::abi::{
-    Command, DirtyTrackingFlags, Errno, HwptGetDirtyBitmap, HwptSetDirtyTracking, IoasAlloc,
-    IoasCopy, IoasIovaRanges, IommuOption, IovaRangeEntry, MapFlags, OptionId, OptionOp,
+    Command, DirtyTrackingFlags, Errno, GetHwInfo, HwCapabilities, HwptAlloc, HwptAllocFlags,
+    HwptGetDirtyBitmap, HwptSetDirtyTracking, IoasAlloc, IoasAllowIovas, IoasCopy, IoasIovaRanges,
+    IommuOption, IovaRangeEntry, MapFlags, OptionId, OptionOp, ViommuType,
 };
-use user_programs::iommu::{arg_size, destroy, ioas_alloc, ioas_map, ioas_unmap};
+use user_programs::edu::{self, Edu};
+use user_programs::iommu::{
+    arg_size, destroy, device_attach, device_detach, hwpt_alloc, ioas_alignment, ioas_alloc,
+    ioas_map, ioas_unmap, viommu_alloc,
+};
 use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
 
 entry!(main);
@@ -290,12 +295,224 @@ fn run() -> Result<(), i32> {
         Err(Errno::EINVAL),
     )?;
 
+    allowed_ranges(fresh)?;
+    let (held, device_checks) = match with_a_device(fresh)? {
+        true => (55, "with a device"),
+        false => (45, "no translated edu here: the device rows were skipped"),
+    };
+
     // Leave `first` with its automatic mapping: the kernel tears it down at exit.
     println!(
-        "ioas-semantics: 37 checks held; exiting with an IOAS still mapping {} pages",
+        "ioas-semantics: {held} checks held ({device_checks}); exiting with an IOAS still mapping {} pages",
         4
     );
     Ok(())
+}
+
+/// `IOAS_ALLOW_IOVAS` (Linux `iommufd_ioas_allow_iovas`): `start >= last` or
+/// overlapping ranges are EINVAL; allowed ranges bound automatic IOVAs only,
+/// so `IOAS_IOVA_RANGES` still reports everything and a fixed IOVA outside
+/// them maps; an empty list lifts them.
+fn allowed_ranges(buffer: u64) -> Result<(), i32> {
+    let ioas = ioas_alloc().map_err(|_| 38)?;
+    let allow = |ranges: &[IovaRangeEntry]| {
+        let mut arg = IoasAllowIovas {
+            size: arg_size::<IoasAllowIovas>(),
+            ioas_id: ioas,
+            num_iovas: ranges.len() as u32,
+            allowed_iovas: ranges.as_ptr() as u64,
+            ..Default::default()
+        };
+        iommufd(Command::IoasAllowIovas, &mut arg)
+    };
+    let range = |start: u64, last: u64| IovaRangeEntry { start, last };
+    expect(
+        38,
+        "allow_iovas with start == last",
+        allow(&[range(0x8000_0000, 0x8000_0000)]),
+        Err(Errno::EINVAL),
+    )?;
+    expect(
+        39,
+        "allow_iovas with overlapping ranges",
+        allow(&[
+            range(0x8000_0000, 0x8fff_ffff),
+            range(0x8fff_f000, 0x9fff_ffff),
+        ]),
+        Err(Errno::EINVAL),
+    )?;
+    let window = range(0x8000_0000, 0x8fff_ffff);
+    expect(40, "allow_iovas", allow(&[window]), Ok(()))?;
+    let auto = ioas_map(ioas, buffer, PAGE, None).map_err(|_| 41)?;
+    expect(
+        41,
+        "an automatic IOVA inside the allowed range",
+        (window.start..=window.last).contains(&auto),
+        true,
+    )?;
+    let mut entries = [IovaRangeEntry::default(); 2];
+    let mut ranges = IoasIovaRanges {
+        size: arg_size::<IoasIovaRanges>(),
+        ioas_id: ioas,
+        num_iovas: entries.len() as u32,
+        allowed_iovas: entries.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    expect(
+        42,
+        "iova_ranges still reports what is not reserved",
+        iommufd(Command::IoasIovaRanges, &mut ranges).map(|()| (ranges.num_iovas, entries[0])),
+        Ok((1, range(0, u64::MAX))),
+    )?;
+    expect(
+        43,
+        "a fixed IOVA outside the allowed range",
+        ioas_map(ioas, buffer, PAGE, Some(0x10_0000)),
+        Ok(0x10_0000),
+    )?;
+    expect(44, "allow_iovas with no range", allow(&[]), Ok(()))?;
+    expect(45, "destroy", destroy(ioas), Ok(()))
+}
+
+/// The rows that need a device (the first edu an IOMMU translates; none on
+/// the configurations without one): `GET_HW_INFO`'s Linux layout,
+/// `HWPT_ALLOC`'s two versions and refusals, a domain keeping a sub-page
+/// area out and raising the alignment, `IOAS_IOVA_RANGES` writing the first
+/// entries before EMSGSIZE, `VIOMMU_ALLOC` over a HWPT that is no
+/// NEST_PARENT. `false` when there is no such device.
+fn with_a_device(buffer: u64) -> Result<bool, i32> {
+    let Some(address) = edu::find_translated(0).map_err(|_| 46)? else {
+        return Ok(false);
+    };
+    let edu = Edu::open(address).map_err(|_| 46)?;
+    let mut info = GetHwInfo {
+        size: arg_size::<GetHwInfo>(),
+        dev_id: edu.id,
+        ..Default::default()
+    };
+    expect(
+        46,
+        "get_hw_info: no PASID, no dirty tracking under QEMU",
+        iommufd(Command::GetHwInfo, &mut info).map(|()| {
+            let linux_bits = HwCapabilities::DIRTY_TRACKING
+                | HwCapabilities::PCI_PASID_EXEC
+                | HwCapabilities::PCI_PASID_PRIV;
+            (
+                info.out_max_pasid_log2,
+                info.out_capabilities & linux_bits.bits(),
+            )
+        }),
+        Ok((0, 0)),
+    )?;
+    let ioas = ioas_alloc().map_err(|_| 47)?;
+    expect(
+        47,
+        "hwpt_alloc with DIRTY_TRACKING",
+        hwpt_alloc(HwptAllocFlags::DIRTY_TRACKING, edu.id, ioas, None),
+        Err(Errno::EOPNOTSUPP),
+    )?;
+    let mut faulting = HwptAlloc {
+        size: arg_size::<HwptAlloc>(),
+        flags: HwptAllocFlags::FAULT_ID_VALID.bits(),
+        dev_id: edu.id,
+        pt_id: ioas,
+        fault_id: 1,
+        ..Default::default()
+    };
+    expect(
+        48,
+        "hwpt_alloc with FAULT_ID_VALID (no fault objects)",
+        iommufd(Command::HwptAlloc, &mut faulting),
+        Err(Errno::ENOENT),
+    )?;
+    // Linux's first version of the struct ends before fault_id: 40 bytes.
+    let mut first_version = HwptAlloc {
+        size: 40,
+        dev_id: edu.id,
+        pt_id: ioas,
+        ..Default::default()
+    };
+    expect(
+        49,
+        "hwpt_alloc, 40-byte first version",
+        iommufd(Command::HwptAlloc, &mut first_version).map(|()| first_version.out_hwpt_id != 0),
+        Ok(true),
+    )?;
+    expect(
+        49,
+        "destroy that HWPT",
+        destroy(first_version.out_hwpt_id),
+        Ok(()),
+    )?;
+    let byte = ioas_map(ioas, buffer + 1, 1, None).map_err(|_| 50)?;
+    expect(
+        50,
+        "a device cannot join an IOAS holding a one-byte area",
+        device_attach(edu.id, ioas),
+        Err(Errno::EADDRINUSE),
+    )?;
+    expect(
+        50,
+        "unmap of the one-byte area",
+        ioas_unmap(ioas, byte, 1),
+        Ok(1),
+    )?;
+    let hwpt = device_attach(edu.id, ioas).map_err(|_| 51)?;
+    let alignment = ioas_alignment(ioas).map_err(|_| 51)?;
+    expect(
+        51,
+        "the domain's page is the alignment now",
+        alignment >= PAGE && alignment.is_power_of_two(),
+        true,
+    )?;
+    expect(
+        52,
+        "one-byte map with a domain",
+        ioas_map(ioas, buffer, 1, None),
+        Err(Errno::EINVAL),
+    )?;
+    // The reserved ranges (the MSI window, the unit's holes) leave at least
+    // two: a one-entry array gets the first before EMSGSIZE.
+    let mut all = [IovaRangeEntry::default(); 8];
+    let mut full = IoasIovaRanges {
+        size: arg_size::<IoasIovaRanges>(),
+        ioas_id: ioas,
+        num_iovas: all.len() as u32,
+        allowed_iovas: all.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    iommufd(Command::IoasIovaRanges, &mut full).map_err(|_| 53)?;
+    let mut one = [IovaRangeEntry::default(); 1];
+    let mut short = IoasIovaRanges {
+        num_iovas: 1,
+        allowed_iovas: one.as_mut_ptr() as u64,
+        ..full
+    };
+    expect(
+        53,
+        "iova_ranges into a one-entry array",
+        (
+            full.num_iovas >= 2,
+            iommufd(Command::IoasIovaRanges, &mut short),
+            short.num_iovas,
+            one[0],
+        ),
+        (true, Err(Errno::EMSGSIZE), full.num_iovas, all[0]),
+    )?;
+    expect(
+        54,
+        "viommu_alloc over a HWPT that is no NEST_PARENT",
+        viommu_alloc(edu.id, hwpt, ViommuType::ArmSmmuV3 as u32),
+        Err(Errno::EINVAL),
+    )?;
+    expect(55, "detach", device_detach(edu.id), Ok(()))?;
+    expect(
+        55,
+        "byte granular again without the domain",
+        ioas_alignment(ioas),
+        Ok(1),
+    )?;
+    Ok(true)
 }
 
 fn main() -> i32 {

@@ -27,9 +27,9 @@ fn ioas_rules_hold_through_syscalls_and_exit_releases_everything(_: &Platform) -
     );
     // Where an IOMMU translates an edu, the rows that need a device ran too.
     let expected = if iommufd_service::unit_hw_info().is_some() {
-        "55 checks held (with a device)"
+        "59 checks held (with a device)"
     } else {
-        "45 checks held (no translated edu here"
+        "49 checks held (no translated edu here"
     };
     ensure!(
         report.output.contains(expected),

@@ -9,12 +9,13 @@
 use user_programs::abi::{
     Command, DirtyTrackingFlags, Errno, GetHwInfo, HwCapabilities, HwptAlloc, HwptAllocFlags,
     HwptGetDirtyBitmap, HwptSetDirtyTracking, IoasAlloc, IoasAllowIovas, IoasCopy, IoasIovaRanges,
-    IommuOption, IovaRangeEntry, MapFlags, OptionId, OptionOp, ViommuType,
+    IommuOption, IovaRangeEntry, MapFlags, OptionId, OptionOp, VeventqType, ViommuType,
 };
 use user_programs::edu::{self, Edu};
 use user_programs::iommu::{
-    arg_size, destroy, device_attach, device_detach, hwpt_alloc, ioas_alignment, ioas_alloc,
-    ioas_map, ioas_unmap, viommu_alloc,
+    arg_size, destroy, device_attach, device_detach, hwpt_alloc, invalidate_arm_smmuv3,
+    ioas_alignment, ioas_alloc, ioas_map, ioas_unmap, vdevice_alloc, veventq_alloc, veventq_read,
+    viommu_alloc,
 };
 use user_programs::{entry, iommufd, mem_alloc, mem_free, println};
 
@@ -296,9 +297,10 @@ fn run() -> Result<(), i32> {
     )?;
 
     allowed_ranges(fresh)?;
+    virtual_objects_answer_only_to_their_own_ids(third)?;
     let (held, device_checks) = match with_a_device(fresh)? {
-        true => (55, "with a device"),
-        false => (45, "no translated edu here: the device rows were skipped"),
+        true => (59, "with a device"),
+        false => (49, "no translated edu here: the device rows were skipped"),
     };
 
     // Leave `first` with its automatic mapping: the kernel tears it down at exit.
@@ -372,6 +374,38 @@ fn allowed_ranges(buffer: u64) -> Result<(), i32> {
     )?;
     expect(44, "allow_iovas with no range", allow(&[]), Ok(()))?;
     expect(45, "destroy", destroy(ioas), Ok(()))
+}
+
+/// The vIOMMU rows on any configuration: an IOAS id is no vIOMMU, vEVENTQ
+/// or HWPT, so each call that names one is ENOENT (Linux
+/// `iommufd_get_object` with the wrong type), with nothing carried out.
+fn virtual_objects_answer_only_to_their_own_ids(ioas: u32) -> Result<(), i32> {
+    expect(
+        56,
+        "vdevice_alloc naming an IOAS as the vIOMMU",
+        vdevice_alloc(ioas, ioas, 1),
+        Err(Errno::ENOENT),
+    )?;
+    expect(
+        57,
+        "veventq_alloc naming an IOAS as the vIOMMU",
+        veventq_alloc(ioas, VeventqType::ArmSmmuV3 as u32, 4),
+        Err(Errno::ENOENT),
+    )?;
+    let mut buffer = [0u8; 64];
+    expect(
+        58,
+        "veventq_read of an IOAS",
+        veventq_read(ioas, &mut buffer),
+        Err(Errno::ENOENT),
+    )?;
+    const CMD_SYNC: [u64; 2] = [0x46, 0];
+    expect(
+        59,
+        "hwpt_invalidate of an IOAS",
+        invalidate_arm_smmuv3(ioas, &[CMD_SYNC]),
+        (0, Err(Errno::ENOENT)),
+    )
 }
 
 /// The rows that need a device (the first edu an IOMMU translates; none on

@@ -13,9 +13,25 @@ use crate::config::{Arch, Config};
 use crate::report::Report;
 use crate::workspace::Workspace;
 
-/// At most this many QEMUs run at once in one process. Boots mostly wait for edu's
-/// 100 ms DMAs, so two overlap well even on two cores.
-pub const MAX_PARALLEL_QEMUS: usize = 2;
+/// By default at most this many QEMUs run at once in one process (`cargo xtask
+/// test -j N` changes it). Boots mostly wait for edu's 100 ms DMAs, so two
+/// overlap well even on two cores.
+pub const DEFAULT_PARALLEL_QEMUS: usize = 2;
+
+/// How many QEMUs may run at once now.
+static PARALLEL_QEMUS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(DEFAULT_PARALLEL_QEMUS);
+
+/// Lets `jobs` QEMUs (at least one) run at once from now on.
+pub fn set_parallel_qemus(jobs: usize) {
+    PARALLEL_QEMUS.store(jobs.max(1), std::sync::atomic::Ordering::SeqCst);
+    TURN_FREED.notify_all();
+}
+
+/// How many QEMUs may run at once.
+pub fn parallel_qemus() -> usize {
+    PARALLEL_QEMUS.load(std::sync::atomic::Ordering::SeqCst)
+}
 
 /// The default time one boot may take before it counts as hung.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -128,7 +144,7 @@ pub struct BootOutcome {
 
 /// Boots `kernel` on `config`, capturing the serial console into
 /// `<log_dir>/<config>.log` (and QEMU's stderr, if any, into `<config>.stderr.log`).
-/// Blocks while [`MAX_PARALLEL_QEMUS`] others run.
+/// Blocks while [`parallel_qemus`] others run.
 pub fn boot(config: &'static Config, kernel: &Path, options: &BootOptions) -> BootOutcome {
     let log_path = options.log_dir.join(format!("{}.log", config.name));
     let stderr_path = options.log_dir.join(format!("{}.stderr.log", config.name));
@@ -244,7 +260,7 @@ fn tee(mut stream: impl Read + Send + 'static, mut file: File) -> JoinHandle<Str
     })
 }
 
-/// A place among the [`MAX_PARALLEL_QEMUS`] QEMUs allowed to run at once.
+/// A place among the [`parallel_qemus`] QEMUs allowed to run at once.
 struct Turn;
 
 static RUNNING: Mutex<usize> = Mutex::new(0);
@@ -255,7 +271,7 @@ impl Turn {
         let mut running = RUNNING
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        while *running >= MAX_PARALLEL_QEMUS {
+        while *running >= parallel_qemus() {
             running = TURN_FREED
                 .wait(running)
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -300,6 +316,6 @@ mod tests {
         for worker in workers {
             worker.join().unwrap();
         }
-        assert_eq!(peak.lock().unwrap().1, MAX_PARALLEL_QEMUS);
+        assert_eq!(peak.lock().unwrap().1, DEFAULT_PARALLEL_QEMUS);
     }
 }

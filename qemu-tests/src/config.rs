@@ -29,11 +29,35 @@ impl Arch {
         }
     }
 
-    pub fn qemu_binary(self) -> &'static str {
+    /// The QEMU this architecture boots in: the one the environment
+    /// variable [`Arch::qemu_override`] names, else the default on `PATH`.
+    pub fn qemu_binary(self) -> String {
+        self.qemu_override_value()
+            .unwrap_or_else(|| self.default_qemu_binary().to_string())
+    }
+
+    /// The QEMU on `PATH` for this architecture.
+    pub fn default_qemu_binary(self) -> &'static str {
         match self {
             Arch::X86_64 => "qemu-system-x86_64",
             Arch::Aarch64 => "qemu-system-aarch64",
         }
+    }
+
+    /// The environment variable that names another QEMU for this
+    /// architecture (a path or a command on `PATH`).
+    pub fn qemu_override(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "QEMU_X86",
+            Arch::Aarch64 => "QEMU_ARM",
+        }
+    }
+
+    /// The QEMU [`Arch::qemu_override`] names, if it is set and not empty.
+    pub fn qemu_override_value(self) -> Option<String> {
+        std::env::var(self.qemu_override())
+            .ok()
+            .filter(|value| !value.trim().is_empty())
     }
 
     /// Everything but the machine line, the IOMMU and the kernel: memory, a serial

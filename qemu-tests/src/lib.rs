@@ -16,8 +16,8 @@ mod verdict;
 mod workspace;
 
 pub use boot::{
-    BootOptions, BootOutcome, DEFAULT_TIMEOUT, Exit, MAX_PARALLEL_QEMUS, boot, build_kernel,
-    kernel_for, workspace,
+    BootOptions, BootOutcome, DEFAULT_PARALLEL_QEMUS, DEFAULT_TIMEOUT, Exit, boot, build_kernel,
+    kernel_for, parallel_qemus, set_parallel_qemus, workspace,
 };
 pub use config::{
     Arch, CONFIGS, Config, DEFAULT_RUN_CONFIG, MIN_TESTS, config, config_names, shell_quote,

@@ -171,6 +171,9 @@ fn read_criterion_result(
 /// Returns the counters and the configurations that failed to boot cleanly.
 fn qemu_benches(ws: &Workspace, args: &BenchArgs) -> Result<(Vec<QemuResult>, Vec<String>), Error> {
     let configs = boots::select(&args.configs)?;
+    if let Some(jobs) = args.jobs {
+        qemu_tests::set_parallel_qemus(jobs);
+    }
     let kernels = boots::build_kernels(ws, &configs);
     let cmdline = KernelCmdline::new("bench").to_string();
     let timeout = args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT);

@@ -1,4 +1,5 @@
-//! Booting several configurations, two at a time, with a line of progress each.
+//! Booting several configurations, `-j` at a time (two by default), with a line
+//! of progress each.
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -8,7 +9,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use qemu_tests::{Arch, BootOptions, BootOutcome, Config, MAX_PARALLEL_QEMUS, Workspace};
+use qemu_tests::{Arch, BootOptions, BootOutcome, Config, Workspace};
 
 use crate::error::Error;
 use crate::shell::step;
@@ -60,7 +61,7 @@ pub enum Booted {
     NotRun(String),
 }
 
-/// Boots each configuration with `cmdline`, at most [`MAX_PARALLEL_QEMUS`] at once,
+/// Boots each configuration with `cmdline`, at most [`qemu_tests::parallel_qemus`] at once,
 /// keeping the serial logs in `log_dir` and calling `finished` (on this thread, in
 /// completion order) as each one ends. Returns the results in `configs` order.
 pub fn boot_all(
@@ -81,7 +82,7 @@ pub fn boot_all(
     };
     let mut results: Vec<Option<Booted>> = configs.iter().map(|_| None).collect();
     thread::scope(|scope| {
-        for _ in 0..MAX_PARALLEL_QEMUS.min(configs.len()) {
+        for _ in 0..qemu_tests::parallel_qemus().min(configs.len()) {
             let report = report.clone();
             let (queue, options) = (&queue, &options);
             scope.spawn(move || {

@@ -66,6 +66,9 @@ enum CliCommand {
         /// Only the QEMU boot tests.
         #[arg(long)]
         boot_only: bool,
+        /// QEMUs booting at once (default 2).
+        #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: Option<u64>,
     },
     /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
     Lint,
@@ -83,6 +86,9 @@ enum CliCommand {
         /// Only the in-kernel counters.
         #[arg(long)]
         qemu_only: bool,
+        /// QEMUs booting at once (default 2; counters are steadier with 1).
+        #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u64).range(1..=64))]
+        jobs: Option<u64>,
         /// Arguments for the criterion benches, after `--`.
         #[arg(last = true, allow_hyphen_values = true)]
         criterion_args: Vec<OsString>,
@@ -112,6 +118,8 @@ pub struct RunArgs {
 #[derive(Debug, PartialEq)]
 pub struct TestArgs {
     pub configs: Vec<String>,
+    /// QEMUs booting at once (`None`: the default).
+    pub jobs: Option<usize>,
     pub filter: Option<String>,
     pub seed: Option<u64>,
     pub timeout: Option<Duration>,
@@ -122,6 +130,8 @@ pub struct TestArgs {
 #[derive(Debug, PartialEq)]
 pub struct BenchArgs {
     pub configs: Vec<String>,
+    /// QEMUs booting at once (`None`: the default).
+    pub jobs: Option<usize>,
     pub timeout: Option<Duration>,
     pub host: bool,
     pub qemu: bool,
@@ -152,8 +162,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             timeout,
             host_only,
             boot_only,
+            jobs,
         } => Command::Test(TestArgs {
             configs,
+            jobs: jobs.map(|jobs| jobs as usize),
             filter,
             seed,
             timeout: timeout.map(Duration::from_secs),
@@ -166,9 +178,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             timeout,
             host_only,
             qemu_only,
+            jobs,
             criterion_args,
         } => Command::Bench(BenchArgs {
             configs,
+            jobs: jobs.map(|jobs| jobs as usize),
             timeout: timeout.map(Duration::from_secs),
             host: !qemu_only,
             qemu: !host_only,
@@ -311,5 +325,24 @@ mod tests {
         };
         assert!(bench.host && !bench.qemu);
         assert_eq!(bench.criterion_args, [OsString::from("--quick")]);
+    }
+
+    #[test]
+    fn jobs_take_a_count_from_1() {
+        match parse_words(&["test", "-j", "4", "--boot-only"]).unwrap() {
+            Command::Test(args) => assert_eq!(args.jobs, Some(4)),
+            other => panic!("{other:?}"),
+        }
+        match parse_words(&["bench", "--jobs", "1"]).unwrap() {
+            Command::Bench(args) => assert_eq!(args.jobs, Some(1)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["0", "65", "two"] {
+            assert_eq!(
+                parse_words(&["test", "-j", bad]).unwrap_err().kind(),
+                ErrorKind::ValueValidation,
+                "{bad}"
+            );
+        }
     }
 }

@@ -336,9 +336,42 @@ fn is_root() -> bool {
     shell::output_of("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
 }
 
+/// A QEMU that `QEMU_X86` or `QEMU_ARM` names must be >= [`MIN_QEMU`]: it
+/// is the user's, checked but never installed over.
+fn check_overridden_qemus() -> Result<(), Error> {
+    for arch in Arch::ALL {
+        let Some(binary) = arch.qemu_override_value() else {
+            continue;
+        };
+        let state = probe(&binary);
+        step(format!(
+            "setup: {} (named by {})",
+            describe(&binary, &state),
+            arch.qemu_override()
+        ));
+        if !matches!(state, QemuState::Ready(_)) {
+            return Err(Error::Setup(format!(
+                "{}={binary}: {}; point it at QEMU >= {MIN_QEMU}, or unset it to use {}",
+                arch.qemu_override(),
+                describe(&binary, &state),
+                arch.default_qemu_binary()
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn ensure_qemu() -> Result<(), Error> {
-    let binaries = Arch::ALL.map(Arch::qemu_binary);
-    let states = binaries.map(probe);
+    check_overridden_qemus()?;
+    let binaries: Vec<&str> = Arch::ALL
+        .iter()
+        .filter(|arch| arch.qemu_override_value().is_none())
+        .map(|arch| arch.default_qemu_binary())
+        .collect();
+    if binaries.is_empty() {
+        return Ok(());
+    }
+    let states: Vec<QemuState> = binaries.iter().map(|binary| probe(binary)).collect();
     for (binary, state) in binaries.iter().zip(&states) {
         step(format!("setup: {}", describe(binary, state)));
     }
@@ -381,7 +414,7 @@ fn ensure_qemu() -> Result<(), Error> {
                     }
                 }
             }
-            let states = binaries.map(probe);
+            let states: Vec<QemuState> = binaries.iter().map(|binary| probe(binary)).collect();
             for (binary, state) in binaries.iter().zip(&states) {
                 step(format!("setup: {}", describe(binary, state)));
             }

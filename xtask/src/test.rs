@@ -78,6 +78,9 @@ fn other_qemu_tests(ws: &Workspace) -> Result<(), Error> {
 
 fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Result<(), Error> {
     let configs = boots::select(&args.configs)?;
+    if let Some(jobs) = args.jobs {
+        qemu_tests::set_parallel_qemus(jobs);
+    }
     let options = TestOptions {
         filter: args.filter.clone(),
         seed: args.seed,
@@ -95,7 +98,7 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
         "boot tests: {} configuration{}, {} at a time, timeout {} s, kernel command line {:?}, logs in {}",
         configs.len(),
         if configs.len() == 1 { "" } else { "s" },
-        qemu_tests::MAX_PARALLEL_QEMUS,
+        qemu_tests::parallel_qemus(),
         options.timeout.as_secs(),
         cmdline,
         ws.log_dir().display()

@@ -11,6 +11,7 @@
 
 mod boot;
 mod config;
+pub mod junit;
 mod report;
 mod verdict;
 mod workspace;

@@ -69,6 +69,9 @@ enum CliCommand {
         /// QEMUs booting at once (default 2).
         #[arg(short = 'j', long = "jobs", value_parser = clap::value_parser!(u64).range(1..=64))]
         jobs: Option<u64>,
+        /// Also write the boot tests' results as JUnit XML to this file.
+        #[arg(long, value_name = "PATH", conflicts_with = "host_only")]
+        junit: Option<std::path::PathBuf>,
     },
     /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
     Lint,
@@ -120,6 +123,8 @@ pub struct TestArgs {
     pub configs: Vec<String>,
     /// QEMUs booting at once (`None`: the default).
     pub jobs: Option<usize>,
+    /// Where to write the JUnit XML of the boot tests.
+    pub junit: Option<std::path::PathBuf>,
     pub filter: Option<String>,
     pub seed: Option<u64>,
     pub timeout: Option<Duration>,
@@ -163,9 +168,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             host_only,
             boot_only,
             jobs,
+            junit,
         } => Command::Test(TestArgs {
             configs,
             jobs: jobs.map(|jobs| jobs as usize),
+            junit,
             filter,
             seed,
             timeout: timeout.map(Duration::from_secs),

@@ -105,6 +105,13 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
     ));
     let total = configs.len();
     let mut verdicts: Vec<Option<Verdict>> = configs.iter().map(|_| None).collect();
+    let mut suites: Vec<qemu_tests::junit::Suite> = configs
+        .iter()
+        .map(|config| qemu_tests::junit::Suite {
+            name: config.name.to_string(),
+            ..Default::default()
+        })
+        .collect();
     boots::boot_all(
         ws.log_dir(),
         &configs,
@@ -129,6 +136,15 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
                 Booted::Ran(outcome) => outcome.elapsed,
                 Booted::NotRun(_) => Duration::ZERO,
             };
+            let suite = &mut suites[index];
+            suite.elapsed = elapsed;
+            if let Booted::Ran(outcome) = booted {
+                suite.tests = outcome.report.tests.clone();
+                suite.log = outcome.log_path.display().to_string();
+            }
+            if let Verdict::Failed(failure) = &verdict {
+                suite.problems = failure.problems.clone();
+            }
             println!(
                 "[{:>2}/{total}] {:<14} {}  ({:.1} s)",
                 index + 1,
@@ -141,6 +157,12 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
     );
 
     let verdicts: Vec<Verdict> = verdicts.into_iter().flatten().collect();
+    if let Some(path) = &args.junit {
+        std::fs::write(path, qemu_tests::junit::render(&suites)).map_err(|e| {
+            Error::Other(format!("cannot write the JUnit XML to {}: {e}", path.display()))
+        })?;
+        step(format!("JUnit XML of the boot tests: {}", path.display()));
+    }
     for verdict in &verdicts {
         if let Verdict::Failed(failure) = verdict {
             println!("\n{failure}");

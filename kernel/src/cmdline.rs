@@ -9,6 +9,9 @@ pub enum Mode {
     Test,
     /// Print `bench NAME VALUE UNIT` counters for `cargo xtask bench`.
     Bench,
+    /// Name every test (`listed NAME`) without running any, for `cargo
+    /// xtask test --list`.
+    List,
 }
 
 /// The parsed command line; borrowed strings point into the boot copy.
@@ -76,6 +79,7 @@ impl<'a> Cmdline<'a> {
                 None if word == "test" => cmdline.mode = Mode::Test,
                 None if word == "demo" => cmdline.mode = Mode::Demo,
                 None if word == "bench" => cmdline.mode = Mode::Bench,
+                None if word == "list" => cmdline.mode = Mode::List,
                 None if word == "allow_unsafe_interrupts" => cmdline.allow_unsafe_interrupts = true,
                 Some(("filter", value)) => cmdline.filter = Some(value),
                 Some(("seed", value)) => cmdline.seed = value.parse().ok(),

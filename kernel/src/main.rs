@@ -76,6 +76,7 @@ fn kernel_main(boot: BootInfo) -> ! {
         }
         Mode::Test => testing::run_all(tests::ALL, &cmdline, platform),
         Mode::Bench => bench::run_all(platform, cmdline.filter),
+        Mode::List => testing::list_all(tests::ALL, &cmdline),
     };
     arch::exit(if failed == 0 {
         arch::ExitCode::Success

@@ -70,6 +70,24 @@ pub fn running_test() -> Option<&'static str> {
     RUNNING.try_lock().and_then(|running| *running)
 }
 
+/// Names every test the filter selects, one `listed NAME` line each, then
+/// `N listed`; runs none (whether one applies is decided when it runs).
+/// Returns 0: nothing failed.
+pub fn list_all(groups: &[&[Test]], cmdline: &Cmdline) -> usize {
+    let mut listed = 0;
+    for test in groups.iter().flat_map(|group| group.iter()) {
+        if cmdline
+            .filter
+            .is_none_or(|filter| test.name.contains(filter))
+        {
+            println!("listed {}", test.name);
+            listed += 1;
+        }
+    }
+    println!("{listed} listed");
+    0
+}
+
 /// Runs every test the filter selects; returns the number that failed.
 pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> usize {
     SEED.call_once(|| cmdline.seed);

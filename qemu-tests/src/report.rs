@@ -4,7 +4,8 @@
 //! `test NAME ... ok`, `test NAME ... FAILED: why` or `test NAME ... ignored, why`
 //! (a test that does not apply to this machine), and closes with
 //! `N passed, M failed` (optionally followed by `, K skipped`). A panic prints a line with `KERNEL PANIC:`; in bench mode
-//! the kernel prints `bench NAME VALUE UNIT` lines. Everything else is ignored.
+//! the kernel prints `bench NAME VALUE UNIT` lines, in list mode `listed NAME`
+//! lines. Everything else is ignored.
 
 /// What one test run said about itself.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -20,6 +21,8 @@ pub struct Report {
     /// inside that test).
     pub unfinished: Option<String>,
     pub benches: Vec<BenchSample>,
+    /// In list mode: every `listed NAME` line's test name, in order.
+    pub listed: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -94,6 +97,8 @@ impl Report {
                 report.summary = Some(summary);
             } else if let Some(sample) = parse_bench(line) {
                 report.benches.push(sample);
+            } else if let Some(name) = line.strip_prefix("listed ") {
+                report.listed.push(name.to_string());
             } else if let Some((name, verdict)) = line
                 .strip_prefix("test ")
                 .and_then(|rest| rest.split_once(" ... "))
@@ -227,6 +232,13 @@ mod tests {
             failed,
             skipped,
         }
+    }
+
+    #[test]
+    fn list_mode_names_every_test_in_order() {
+        let report = Report::parse("boot noise\nlisted a::one\nlisted b::two\n2 listed\n");
+        assert_eq!(report.listed, ["a::one", "b::two"]);
+        assert!(report.tests.is_empty() && report.summary.is_none());
     }
 
     #[test]

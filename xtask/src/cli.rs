@@ -72,6 +72,10 @@ enum CliCommand {
         /// Also write the boot tests' results as JUnit XML to this file.
         #[arg(long, value_name = "PATH", conflicts_with = "host_only")]
         junit: Option<std::path::PathBuf>,
+        /// Name the tests instead of running them: host tests, and each
+        /// configuration's in-kernel tests (`CONFIG TEST` lines).
+        #[arg(long, conflicts_with_all = ["junit", "seed"])]
+        list: bool,
     },
     /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
     Lint,
@@ -125,6 +129,8 @@ pub struct TestArgs {
     pub jobs: Option<usize>,
     /// Where to write the JUnit XML of the boot tests.
     pub junit: Option<std::path::PathBuf>,
+    /// Only name the tests.
+    pub list: bool,
     pub filter: Option<String>,
     pub seed: Option<u64>,
     pub timeout: Option<Duration>,
@@ -169,10 +175,12 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             boot_only,
             jobs,
             junit,
+            list,
         } => Command::Test(TestArgs {
             configs,
             jobs: jobs.map(|jobs| jobs as usize),
             junit,
+            list,
             filter,
             seed,
             timeout: timeout.map(Duration::from_secs),
@@ -349,6 +357,22 @@ mod tests {
                 parse_words(&["test", "-j", bad]).unwrap_err().kind(),
                 ErrorKind::ValueValidation,
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn list_names_tests_and_excludes_what_only_a_run_means() {
+        match parse_words(&["test", "--list", "--config", "vtd"]).unwrap() {
+            Command::Test(args) => assert!(args.list && args.host && args.boot),
+            other => panic!("{other:?}"),
+        }
+        for conflicting in [&["--junit", "x.xml"][..], &["--seed", "3"]] {
+            let words = [&["test", "--list"][..], conflicting].concat();
+            assert_eq!(
+                parse_words(&words).unwrap_err().kind(),
+                ErrorKind::ArgumentConflict,
+                "{words:?}"
             );
         }
     }

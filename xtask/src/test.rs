@@ -19,6 +19,9 @@ enum Verdict {
 const BOOT_TEST_PACKAGE: &str = "qemu-tests";
 
 pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
+    if args.list {
+        return list(ws, &args);
+    }
     let mut failures = Vec::new();
     if args.host {
         match &args.filter {
@@ -65,6 +68,95 @@ fn host_test_commands(ws: &Workspace, filter: Option<&str>) -> Vec<std::process:
         }
     }
     commands
+}
+
+/// `--list`: the host tests (`host PACKAGE TEST`, from libtest's own
+/// `--list`), then every selected configuration's in-kernel tests (`CONFIG
+/// TEST`). The in-kernel set depends only on the architecture, so one boot
+/// per architecture in list mode (`-append list`, nothing run) names them;
+/// whether a test applies is decided when it runs.
+fn list(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
+    let mut host = 0;
+    if args.host {
+        step("host tests (libtest --list of every default workspace member)");
+        for package in ws.packages.iter().filter(|package| package.default_member) {
+            let mut command = ws.cargo(["test", "--quiet", "--package", &package.name]);
+            if package.name == BOOT_TEST_PACKAGE {
+                command.arg("--lib");
+            }
+            command.args(["--", "--list", "--format", "terse"]);
+            if let Some(filter) = &args.filter {
+                command.arg(filter);
+            }
+            let output = command
+                .output()
+                .map_err(|e| Error::Other(format!("cannot run cargo: {e}")))?;
+            if !output.status.success() {
+                return Err(Error::Failed(format!(
+                    "listing the tests of {} failed:\n{}",
+                    package.name,
+                    String::from_utf8_lossy(&output.stderr)
+                )));
+            }
+            for name in String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .filter_map(|line| line.strip_suffix(": test"))
+            {
+                println!("host {} {name}", package.name);
+                host += 1;
+            }
+        }
+    }
+    let mut in_kernel = 0;
+    let mut configurations = 0;
+    if args.boot {
+        let configs = boots::select(&args.configs)?;
+        let kernels = boots::build_kernels(ws, &configs);
+        let mut cmdline = qemu_tests::KernelCmdline::new("list");
+        if let Some(filter) = &args.filter {
+            cmdline = cmdline.option("filter", filter).map_err(Error::Usage)?;
+        }
+        for arch in qemu_tests::Arch::ALL {
+            let Some(first) = configs.iter().find(|config| config.arch == arch) else {
+                continue;
+            };
+            let kernel = kernels[&arch]
+                .as_ref()
+                .map_err(|why| Error::Failed(format!("the {arch} kernel did not build: {why}")))?;
+            step(format!(
+                "in-kernel tests of the {arch} kernel (named by booting {} with -append {cmdline:?})",
+                first.name
+            ));
+            let options = qemu_tests::BootOptions {
+                cmdline: cmdline.to_string(),
+                timeout: args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT),
+                extra_args: Vec::new(),
+                log_dir: ws.log_dir(),
+            };
+            let outcome = qemu_tests::boot(first, kernel, &options);
+            if outcome.exit != qemu_tests::Exit::Code(0) {
+                return Err(Error::Failed(format!(
+                    "the list boot of {} ended with {:?}; its log: {}",
+                    first.name,
+                    outcome.exit,
+                    outcome.log_path.display()
+                )));
+            }
+            for config in configs.iter().filter(|config| config.arch == arch) {
+                configurations += 1;
+                for name in &outcome.report.listed {
+                    println!("{} {name}", config.name);
+                    in_kernel += 1;
+                }
+            }
+        }
+    }
+    step(format!(
+        "{host} host tests; {in_kernel} in-kernel tests over {configurations} configurations \
+         (an in-kernel test decides when it runs whether the configuration has its hardware, \
+         and reports \"not applicable\" where it does not)"
+    ));
+    Ok(())
 }
 
 /// qemu-tests' integration tests other than the per-configuration boots (crash
@@ -159,7 +251,10 @@ fn boot_tests(ws: &Workspace, args: &TestArgs, failures: &mut Vec<String>) -> Re
     let verdicts: Vec<Verdict> = verdicts.into_iter().flatten().collect();
     if let Some(path) = &args.junit {
         std::fs::write(path, qemu_tests::junit::render(&suites)).map_err(|e| {
-            Error::Other(format!("cannot write the JUnit XML to {}: {e}", path.display()))
+            Error::Other(format!(
+                "cannot write the JUnit XML to {}: {e}",
+                path.display()
+            ))
         })?;
         step(format!("JUnit XML of the boot tests: {}", path.display()));
     }

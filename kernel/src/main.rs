@@ -13,6 +13,7 @@ extern crate alloc;
 #[macro_use]
 mod console;
 mod arch;
+mod backtrace;
 mod bench;
 mod boot_info;
 mod cmdline;

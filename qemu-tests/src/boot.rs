@@ -48,18 +48,45 @@ pub fn workspace() -> Result<&'static Workspace, String> {
         .map_err(Clone::clone)
 }
 
+/// A cargo profile the kernel is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Optimized, with debug info (`[profile.release] debug = true`): what
+    /// the tests boot.
+    Release,
+    /// Unoptimized (`dev`): every variable and line where the source has
+    /// it, for stepping through in gdb.
+    Debug,
+}
+
+impl Profile {
+    /// Its directory under `target/<triple>/`.
+    pub fn directory(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
+    }
+}
+
 /// Builds the kernel for `arch` (`cargo build -p kernel --release --target ...`) and
 /// returns its ELF. With `show_output` cargo's progress goes to the terminal;
 /// otherwise it is kept and returned in the error.
 pub fn build_kernel(ws: &Workspace, arch: Arch, show_output: bool) -> Result<PathBuf, String> {
-    let mut command = ws.cargo([
-        "build",
-        "--package",
-        "kernel",
-        "--release",
-        "--target",
-        arch.target(),
-    ]);
+    build_kernel_with(ws, arch, show_output, Profile::Release)
+}
+
+/// [`build_kernel`] with `profile`.
+pub fn build_kernel_with(
+    ws: &Workspace,
+    arch: Arch,
+    show_output: bool,
+    profile: Profile,
+) -> Result<PathBuf, String> {
+    let mut command = ws.cargo(["build", "--package", "kernel", "--target", arch.target()]);
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
     let failure = if show_output {
         let status = command
             .status()
@@ -80,7 +107,7 @@ pub fn build_kernel(ws: &Workspace, arch: Arch, show_output: bool) -> Result<Pat
     match failure {
         Some(message) => Err(message),
         None => {
-            let elf = ws.kernel_elf(arch.target());
+            let elf = ws.kernel_elf_of(arch.target(), profile);
             if elf.is_file() {
                 Ok(elf)
             } else {
@@ -139,6 +166,8 @@ pub struct BootOutcome {
     /// QEMU's own diagnostics.
     pub stderr: String,
     pub log_path: PathBuf,
+    /// The kernel ELF that booted (for symbolizing its backtraces).
+    pub kernel: PathBuf,
     pub report: Report,
 }
 
@@ -159,6 +188,7 @@ pub fn boot(config: &'static Config, kernel: &Path, options: &BootOptions) -> Bo
         serial,
         stderr,
         log_path: log_path.clone(),
+        kernel: kernel.to_path_buf(),
     };
     let files = fs::create_dir_all(&options.log_dir)
         .and_then(|()| Ok((File::create(&log_path)?, File::create(&stderr_path)?)));

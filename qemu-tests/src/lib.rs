@@ -13,12 +13,13 @@ mod boot;
 mod config;
 pub mod junit;
 mod report;
+pub mod symbolize;
 mod verdict;
 mod workspace;
 
 pub use boot::{
-    BootOptions, BootOutcome, DEFAULT_PARALLEL_QEMUS, DEFAULT_TIMEOUT, Exit, boot, build_kernel,
-    kernel_for, parallel_qemus, set_parallel_qemus, workspace,
+    BootOptions, BootOutcome, DEFAULT_PARALLEL_QEMUS, DEFAULT_TIMEOUT, Exit, Profile, boot,
+    build_kernel, build_kernel_with, kernel_for, parallel_qemus, set_parallel_qemus, workspace,
 };
 pub use config::{
     Arch, CONFIGS, Config, DEFAULT_RUN_CONFIG, MIN_TESTS, config, config_names, shell_quote,

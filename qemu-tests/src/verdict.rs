@@ -130,6 +130,10 @@ impl fmt::Display for Failure {
         for line in tail(&outcome.serial, LOG_TAIL_LINES) {
             writeln!(f, "{line}")?;
         }
+        if let Some(backtraces) = crate::symbolize::symbolized(&outcome.serial, &outcome.kernel) {
+            writeln!(f, "---")?;
+            write!(f, "{backtraces}")?;
+        }
         if !outcome.stderr.trim().is_empty() {
             writeln!(f, "--- QEMU stderr ---")?;
             for line in tail(&outcome.stderr, LOG_TAIL_LINES) {
@@ -312,6 +316,7 @@ mod tests {
             serial: serial.into(),
             stderr: String::new(),
             log_path: PathBuf::from("target/qemu-logs/x.log"),
+            kernel: PathBuf::from("target/x86_64-unknown-none/release/kernel"),
             report: Report::parse(serial),
         }
     }

@@ -115,7 +115,15 @@ impl Workspace {
 
     /// The kernel ELF that [`crate::build_kernel`] produces for `target`.
     pub fn kernel_elf(&self, target: &str) -> PathBuf {
-        self.target_dir.join(target).join("release").join("kernel")
+        self.kernel_elf_of(target, crate::boot::Profile::Release)
+    }
+
+    /// The kernel ELF of `profile` for `target`.
+    pub fn kernel_elf_of(&self, target: &str, profile: crate::boot::Profile) -> PathBuf {
+        self.target_dir
+            .join(target)
+            .join(profile.directory())
+            .join("kernel")
     }
 
     /// A cargo command that runs in the workspace root.

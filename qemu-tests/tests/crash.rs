@@ -11,6 +11,11 @@ use qemu_tests::{BootOptions, Exit};
 /// Boots `config` with `crash=<kind>` and returns the serial log; asserts QEMU
 /// exited on its own with a non-zero status.
 fn crash(config: &str, kind: &str) -> String {
+    crash_with_kernel(config, kind).0
+}
+
+/// [`crash`], and the backtraces of the log symbolized against the kernel.
+fn crash_with_kernel(config: &str, kind: &str) -> (String, String) {
     let config = qemu_tests::config(config).expect("a configuration from the table");
     let kernel = qemu_tests::kernel_for(config.arch).unwrap_or_else(|e| panic!("{e}"));
     let ws = qemu_tests::workspace().unwrap();
@@ -30,7 +35,32 @@ fn crash(config: &str, kind: &str) -> String {
             outcome.serial
         ),
     }
-    outcome.serial
+    let symbolized = qemu_tests::symbolize::symbolized(&outcome.serial, &kernel)
+        .unwrap_or_else(|| panic!("no backtrace in the log:\n{}", outcome.serial));
+    (outcome.serial, symbolized)
+}
+
+/// A panic's and a fault's backtrace name, symbolized on the host, the
+/// function that crashed on purpose and its file (`kernel/src/backtrace.rs`,
+/// `qemu_tests::symbolize`).
+#[test]
+fn crashes_print_a_backtrace_the_host_symbolizes() {
+    for (config, kind) in [
+        ("none-x86", "panic"),
+        ("none-x86", "fault"),
+        ("none-arm", "panic"),
+        ("none-arm", "fault"),
+    ] {
+        let (log, symbolized) = crash_with_kernel(config, kind);
+        assert!(
+            symbolized.contains("crash_on_purpose") && symbolized.contains("kernel/src/main.rs"),
+            "{config} {kind}:\n{symbolized}\n{log}"
+        );
+        assert!(
+            !symbolized.contains(" ??\n"),
+            "{config} {kind}: an address no symbol covers:\n{symbolized}"
+        );
+    }
 }
 
 #[test]

@@ -42,6 +42,13 @@ enum CliCommand {
         /// The kernel command line, e.g. "demo tasks=nested" or "test filter=dma".
         #[arg(long)]
         cmdline: Option<String>,
+        /// Start QEMU halted with a gdb stub on localhost:1234 and print the
+        /// gdb command that attaches to it.
+        #[arg(long)]
+        gdb: bool,
+        /// Boot an unoptimized (dev profile) kernel, for stepping in gdb.
+        #[arg(long)]
+        debug: bool,
         /// Arguments for QEMU, after `--`.
         #[arg(last = true, allow_hyphen_values = true)]
         qemu_args: Vec<OsString>,
@@ -76,6 +83,13 @@ enum CliCommand {
         /// configuration's in-kernel tests (`CONFIG TEST` lines).
         #[arg(long, conflicts_with_all = ["junit", "seed"])]
         list: bool,
+        /// Boot the one configuration's tests (narrowed by --filter) halted
+        /// under a gdb stub, as `run --gdb` does.
+        #[arg(long, conflicts_with_all = ["list", "junit", "host_only"])]
+        gdb: bool,
+        /// With --gdb: an unoptimized (dev profile) kernel.
+        #[arg(long, requires = "gdb")]
+        debug: bool,
     },
     /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
     Lint,
@@ -119,6 +133,10 @@ pub enum Command {
 pub struct RunArgs {
     pub config: Option<String>,
     pub cmdline: Option<String>,
+    /// Halted, with a gdb stub.
+    pub gdb: bool,
+    /// The dev-profile kernel.
+    pub debug: bool,
     pub qemu_args: Vec<OsString>,
 }
 
@@ -131,6 +149,10 @@ pub struct TestArgs {
     pub junit: Option<std::path::PathBuf>,
     /// Only name the tests.
     pub list: bool,
+    /// Boot the tests under a gdb stub instead.
+    pub gdb: bool,
+    /// With `gdb`: the dev-profile kernel.
+    pub debug: bool,
     pub filter: Option<String>,
     pub seed: Option<u64>,
     pub timeout: Option<Duration>,
@@ -160,10 +182,14 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
         CliCommand::Run {
             config,
             cmdline,
+            gdb,
+            debug,
             qemu_args,
         } => Command::Run(RunArgs {
             config: Some(config),
             cmdline,
+            gdb,
+            debug,
             qemu_args,
         }),
         CliCommand::Test {
@@ -176,7 +202,11 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             jobs,
             junit,
             list,
+            gdb,
+            debug,
         } => Command::Test(TestArgs {
+            gdb,
+            debug,
             configs,
             jobs: jobs.map(|jobs| jobs as usize),
             junit,
@@ -251,6 +281,8 @@ mod tests {
             Command::Run(RunArgs {
                 config: Some("none-arm".into()),
                 cmdline: None,
+                gdb: false,
+                debug: false,
                 qemu_args: ["-s", "-S", "--config", "x"].map(OsString::from).to_vec(),
             })
         );
@@ -375,5 +407,27 @@ mod tests {
                 "{words:?}"
             );
         }
+    }
+
+    #[test]
+    fn gdb_runs_one_thing_and_debug_needs_it_in_test() {
+        match parse_words(&["run", "--gdb", "--debug"]).unwrap() {
+            Command::Run(args) => assert!(args.gdb && args.debug),
+            other => panic!("{other:?}"),
+        }
+        match parse_words(&["test", "--gdb", "--config", "vtd", "--filter", "dma"]).unwrap() {
+            Command::Test(args) => assert!(args.gdb && !args.debug),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            parse_words(&["test", "--debug"]).unwrap_err().kind(),
+            ErrorKind::MissingRequiredArgument
+        );
+        assert_eq!(
+            parse_words(&["test", "--gdb", "--list"])
+                .unwrap_err()
+                .kind(),
+            ErrorKind::ArgumentConflict
+        );
     }
 }

@@ -46,6 +46,28 @@ fn dispatch(command: Command) -> Result<(), Error> {
         Command::Setup => setup::ensure(ws),
         Command::Build { configs } => build(ws, &configs),
         Command::Run(args) => run(ws, args),
+        Command::Test(args) if args.gdb => {
+            let [config] = &args.configs[..] else {
+                return Err(Error::Usage(
+                    "test --gdb boots one configuration: name it with --config".into(),
+                ));
+            };
+            let options = qemu_tests::TestOptions {
+                filter: args.filter.clone(),
+                seed: args.seed,
+                ..Default::default()
+            };
+            run(
+                ws,
+                RunArgs {
+                    config: Some(config.clone()),
+                    cmdline: Some(options.cmdline().map_err(Error::Usage)?.to_string()),
+                    gdb: true,
+                    debug: args.debug,
+                    qemu_args: Vec::new(),
+                },
+            )
+        }
         Command::Test(args) => {
             if args.boot {
                 setup::ensure(ws)?;
@@ -114,27 +136,67 @@ fn run(ws: &Workspace, args: RunArgs) -> Result<(), Error> {
         config.arch,
         config.arch.target()
     ));
-    let kernel = qemu_tests::build_kernel(ws, config.arch, true).map_err(Error::Failed)?;
+    let profile = if args.debug {
+        qemu_tests::Profile::Debug
+    } else {
+        qemu_tests::Profile::Release
+    };
+    let kernel =
+        qemu_tests::build_kernel_with(ws, config.arch, true, profile).map_err(Error::Failed)?;
     let cmdline = args
         .cmdline
         .unwrap_or_else(|| KernelCmdline::new("demo").to_string());
+    let mut qemu_args = args.qemu_args;
+    if args.gdb {
+        let gdb = setup::ensure_gdb(config.arch);
+        // -s: a gdb stub on tcp::1234; -S: the CPU waits for the debugger.
+        qemu_args.extend(["-s", "-S"].map(std::ffi::OsString::from));
+        step(
+            "QEMU starts halted with a gdb stub on localhost:1234; attach from another terminal with:",
+        );
+        println!(
+            "  {gdb} {} -ex 'target remote localhost:1234' -ex 'hbreak kernel::kernel_main' -ex continue",
+            kernel.display()
+        );
+    }
     step(format!(
         "boot {} ({}); Ctrl-C stops QEMU",
         config.name, config.about
     ));
-    let mut qemu = config.qemu_command(&kernel, &cmdline, &args.qemu_args);
+    let mut qemu = config.qemu_command(&kernel, &cmdline, &qemu_args);
     println!(
         "$ {}",
-        config.qemu_command_line(&kernel, &cmdline, &args.qemu_args)
+        config.qemu_command_line(&kernel, &cmdline, &qemu_args)
     );
-    let status = qemu
-        .status()
+    let status = run_symbolizing(&mut qemu, &kernel)
         .map_err(|e| Error::Other(format!("cannot start {}: {e}", config.arch.qemu_binary())))?;
     if status.success() {
         Ok(())
     } else {
         Err(Error::Failed(format!("QEMU exited with {status}")))
     }
+}
+
+/// Runs QEMU with its serial console passed through line by line; after a
+/// kernel backtrace line, the same backtrace symbolized from `kernel`.
+fn run_symbolizing(
+    qemu: &mut std::process::Command,
+    kernel: &std::path::Path,
+) -> std::io::Result<std::process::ExitStatus> {
+    use std::io::{BufRead, Write};
+    let mut child = qemu.stdout(std::process::Stdio::piped()).spawn()?;
+    if let Some(serial) = child.stdout.take() {
+        let mut out = std::io::stdout().lock();
+        for line in std::io::BufReader::new(serial).split(b'\n') {
+            let line = String::from_utf8_lossy(&line?).into_owned();
+            writeln!(out, "{line}")?;
+            if let Some(symbolized) = qemu_tests::symbolize::symbolized(&line, kernel) {
+                write!(out, "{symbolized}")?;
+            }
+            out.flush()?;
+        }
+    }
+    child.wait()
 }
 
 fn lint(ws: &Workspace) -> Result<(), Error> {

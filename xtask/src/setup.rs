@@ -433,6 +433,58 @@ fn ensure_qemu() -> Result<(), Error> {
     }
 }
 
+// ---------------------------------------------------------------- gdb
+
+/// The debuggers that can attach to `arch`'s kernel, preferred first: an
+/// AArch64 kernel needs `gdb-multiarch` (Debian's `gdb` knows only the host).
+pub fn gdb_candidates(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::X86_64 => &["gdb", "gdb-multiarch"],
+        Arch::Aarch64 => &["gdb-multiarch"],
+    }
+}
+
+/// The Debian package of the first of [`gdb_candidates`].
+fn gdb_package(arch: Arch) -> &'static str {
+    gdb_candidates(arch)[0]
+}
+
+/// A gdb for `arch`: one on `PATH`, or the one apt-get installs when this
+/// runs as root; otherwise says how to install it. Returns the command to
+/// print either way (QEMU waits for whichever debugger attaches).
+pub fn ensure_gdb(arch: Arch) -> &'static str {
+    let package = gdb_package(arch);
+    if let Some(found) = gdb_candidates(arch).iter().find(|gdb| shell::on_path(gdb)) {
+        step(format!(
+            "setup: {found} is ready to debug the {arch} kernel"
+        ));
+        return found;
+    }
+    if shell::on_path("apt-get") && is_root() {
+        step(format!(
+            "setup: installing {package} to debug the {arch} kernel"
+        ));
+        let install = |command: &mut Command| shell::run(command).is_ok();
+        let installed = install(
+            Command::new("apt-get")
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .args(["install", "-y", "--no-install-recommends", package]),
+        ) || (install(Command::new("apt-get").arg("update"))
+            && install(
+                Command::new("apt-get")
+                    .env("DEBIAN_FRONTEND", "noninteractive")
+                    .args(["install", "-y", "--no-install-recommends", package]),
+            ));
+        if installed {
+            return package;
+        }
+    }
+    step(format!(
+        "setup: no {package} found; to debug the {arch} kernel install it (sudo apt-get install {package})"
+    ));
+    package
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

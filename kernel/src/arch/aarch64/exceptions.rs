@@ -180,16 +180,20 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
             UNDEFINED_INSTRUCTIONS.fetch_add(1, Ordering::SeqCst);
             frame.elr += INSTRUCTION_LEN;
         }
-        _ => panic!(
-            "unhandled {} exception from {} (vector {}): ESR {:#x} (EC {:#x}), FAR {:#x}, ELR {:#x}",
-            vector_name(frame.kind).0,
-            vector_name(frame.kind).1,
-            frame.kind,
-            frame.esr,
-            class,
-            frame.far,
-            frame.elr
-        ),
+        _ => {
+            // x29 is the frame pointer (AAPCS64 frame record).
+            crate::backtrace::print_from(frame.elr, frame.x[29]);
+            panic!(
+                "unhandled {} exception from {} (vector {}): ESR {:#x} (EC {:#x}), FAR {:#x}, ELR {:#x}",
+                vector_name(frame.kind).0,
+                vector_name(frame.kind).1,
+                frame.kind,
+                frame.esr,
+                class,
+                frame.far,
+                frame.elr
+            )
+        }
     }
 }
 

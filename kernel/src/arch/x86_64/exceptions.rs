@@ -265,6 +265,7 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
             } else {
                 0
             };
+            crate::backtrace::print_from(frame.rip, frame.rbp);
             panic!(
                 "unhandled exception: {} (vector {}), error code {:#x}, rip {:#x}, faulting address {:#x}, rsp {:#x}",
                 exception_name(vector),

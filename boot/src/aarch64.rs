@@ -14,9 +14,9 @@ use crate::BOOT_STACK_SIZE;
 /// Stage-1 block descriptor bits (ARM ARM D8.3.1, VMSAv8-64 descriptor formats).
 const DESC_BLOCK: u64 = 0b01;
 const DESC_TABLE: u64 = 0b11;
-/// AttrIndx[4:2] selects a MAIR_EL1 attribute.
+/// `AttrIndx[4:2]` selects a MAIR_EL1 attribute.
 const ATTR_INDEX_SHIFT: u64 = 2;
-/// SH[9:8] = 0b11, inner shareable.
+/// `SH[9:8]` = 0b11, inner shareable.
 const SH_INNER: u64 = 0b11 << 8;
 /// AF, the access flag: set so that the first access does not fault.
 const AF: u64 = 1 << 10;
@@ -33,7 +33,7 @@ const MAIR_VALUE: u64 = (0x00 << (8 * MAIR_DEVICE_NGNRNE))
     | (0x44 << (8 * MAIR_NORMAL_NC));
 
 const DEVICE_BLOCK: u64 = DESC_BLOCK | (MAIR_DEVICE_NGNRNE << ATTR_INDEX_SHIFT) | AF | PXN | UXN;
-/// Kernel RAM: AP[2:1] = 00 gives EL0 no data access, and UXN keeps EL0 from
+/// Kernel RAM: `AP[2:1]` = 00 gives EL0 no data access, and UXN keeps EL0 from
 /// executing it (AP does not govern EL0 instruction fetch).
 const NORMAL_BLOCK: u64 = DESC_BLOCK | (MAIR_NORMAL_WB << ATTR_INDEX_SHIFT) | SH_INNER | AF | UXN;
 const GIB: u64 = 1 << 30;

@@ -27,7 +27,7 @@ pub struct Package {
 impl Workspace {
     /// Asks `cargo metadata` about the workspace the caller is in: the one
     /// whose package cargo runs us from, else the current directory's (see
-    /// [`start_dir`]).
+    /// `start_dir`).
     pub fn locate() -> Result<Workspace, String> {
         let start = start_dir(
             std::env::var_os("CARGO_MANIFEST_DIR"),

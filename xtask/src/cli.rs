@@ -91,8 +91,12 @@ enum CliCommand {
         #[arg(long, requires = "gdb")]
         debug: bool,
     },
-    /// cargo fmt --check and cargo clippy -D warnings (host and both kernel targets).
+    /// cargo fmt --check, cargo clippy -D warnings (host and both kernel
+    /// targets) and the docs with no warning.
     Lint,
+    /// Build the docs of every crate: the host crates for the host, the
+    /// kernel and boot crates for their targets; any rustdoc warning fails.
+    Doc,
     /// Criterion benches of the workspace, then in-kernel counters under QEMU.
     Bench {
         /// A configuration to measure (repeatable; default: all).
@@ -125,6 +129,7 @@ pub enum Command {
     Run(RunArgs),
     Test(TestArgs),
     Lint,
+    Doc,
     Bench(BenchArgs),
     Configs,
 }
@@ -218,6 +223,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, clap::
             boot: !host_only,
         }),
         CliCommand::Lint => Command::Lint,
+        CliCommand::Doc => Command::Doc,
         CliCommand::Bench {
             configs,
             timeout,

@@ -80,6 +80,10 @@ fn dispatch(command: Command) -> Result<(), Error> {
             setup::ensure_rust(ws)?;
             lint(ws)
         }
+        Command::Doc => {
+            setup::ensure_rust(ws)?;
+            doc(ws)
+        }
         Command::Bench(args) => {
             if args.qemu {
                 setup::ensure(ws)?;
@@ -199,11 +203,68 @@ fn run_symbolizing(
     child.wait()
 }
 
+/// `cargo doc --no-deps` with every rustdoc warning an error: the default
+/// members for the host, then the kernel and boot crates for each target
+/// (they cannot build for the host).
+fn doc_commands(ws: &Workspace) -> Vec<(String, std::process::Command)> {
+    let deny = |mut command: std::process::Command| {
+        command.env("RUSTDOCFLAGS", "-D warnings");
+        command
+    };
+    let mut commands = vec![(
+        "docs (host crates)".to_string(),
+        deny(ws.cargo(["doc", "--no-deps", "--quiet"])),
+    )];
+    for arch in Arch::ALL {
+        commands.push((
+            format!("docs (kernel, boot: {})", arch.target()),
+            deny(ws.cargo([
+                "doc",
+                "--no-deps",
+                "--quiet",
+                "--package",
+                "kernel",
+                "--package",
+                "boot",
+                "--target",
+                arch.target(),
+            ])),
+        ));
+    }
+    commands
+}
+
+fn doc(ws: &Workspace) -> Result<(), Error> {
+    let mut failed = Vec::new();
+    for (what, mut command) in doc_commands(ws) {
+        step(what.clone());
+        if shell::run(&mut command).is_err() {
+            failed.push(what);
+        }
+    }
+    if failed.is_empty() {
+        step(format!(
+            "docs: no warning; open {}",
+            ws.target_dir
+                .join("doc")
+                .join("iommu")
+                .join("index.html")
+                .display()
+        ));
+        Ok(())
+    } else {
+        Err(Error::Failed(format!("doc failed: {}", failed.join(", "))))
+    }
+}
+
 fn lint(ws: &Workspace) -> Result<(), Error> {
     let mut commands = vec![
-        ("rustfmt", ws.cargo(["fmt", "--all", "--", "--check"])),
         (
-            "clippy (host)",
+            "rustfmt".to_string(),
+            ws.cargo(["fmt", "--all", "--", "--check"]),
+        ),
+        (
+            "clippy (host)".to_string(),
             ws.cargo(["clippy", "--all-targets", "--", "-D", "warnings"]),
         ),
     ];
@@ -218,8 +279,9 @@ fn lint(ws: &Workspace) -> Result<(), Error> {
             "qemu-tests",
         ]);
         clippy.args(["--target", arch.target(), "--", "-D", "warnings"]);
-        commands.push((arch.target(), clippy));
+        commands.push((arch.target().to_string(), clippy));
     }
+    commands.extend(doc_commands(ws));
     let mut failed = Vec::new();
     for (what, mut command) in commands {
         step(format!("lint: {what}"));

@@ -46,11 +46,11 @@ mod field {
     /// Bits 4:2 IntType.
     pub const INT_TYPE_SHIFT: u32 = 2;
     /// Bit 6 DM: destination mode (0 = physical).
-    /// Bits 15:8 Destination (32-bit format) / 31:8 Destination[23:0] (128-bit).
+    /// Bits 15:8 Destination (32-bit format) / 31:8 `Destination[23:0]` (128-bit).
     pub const DEST_SHIFT: u32 = 8;
     /// Bits 23:16 Vector (32-bit format only).
     pub const VECTOR_SHIFT: u32 = 16;
-    /// 128-bit format, upper quadword: Vector in 7:0, Destination[31:24] in 63:56.
+    /// 128-bit format, upper quadword: Vector in 7:0, `Destination[31:24]` in 63:56.
     pub const HI_DEST_SHIFT: u32 = 56;
 }
 

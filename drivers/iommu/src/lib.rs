@@ -242,7 +242,7 @@ pub enum GuestEvent {
 
 impl GuestEvent {
     /// The record with the device named by `virtual_id` (the id its vDEVICE
-    /// binds) instead of its physical one. SMMUv3 §7.3: StreamID[63:32] of
+    /// binds) instead of its physical one. SMMUv3 §7.3: `StreamID[63:32]` of
     /// doubleword 0 (Linux `arm_vmaster_report_event`).
     pub fn for_virtual_id(self, virtual_id: u64) -> Self {
         const STREAM_ID: u64 = 0xFFFF_FFFF << 32;

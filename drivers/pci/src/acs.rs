@@ -17,8 +17,8 @@ const FIRST_EXTENDED: u16 = 0x100;
 /// The extended space holds at most this many 4-byte headers: walking more
 /// means a loop.
 const MAX_EXTENDED: usize = (4096 - 256) / 4;
-/// Extended capability header (§7.6.3): ID [15:0], version [19:16], next
-/// offset [31:20].
+/// Extended capability header (§7.6.3): ID `[15:0]`, version `[19:16]`, next
+/// offset `[31:20]`.
 const ID_MASK: u32 = 0xFFFF;
 const NEXT_SHIFT: u32 = 20;
 const NEXT_MASK: u32 = 0xFFC;

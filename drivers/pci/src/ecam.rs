@@ -5,7 +5,7 @@ use core::ptr::NonNull;
 
 use crate::{Bdf, ConfigSpace};
 
-/// ECAM address bits: bus[27:20], device[19:15], function[14:12], offset[11:0].
+/// ECAM address bits: `bus[27:20]`, `device[19:15]`, `function[14:12]`, `offset[11:0]`.
 const BUS_SHIFT: usize = 20;
 const DEVICE_SHIFT: usize = 15;
 const FUNCTION_SHIFT: usize = 12;

@@ -42,7 +42,7 @@ impl Bdf {
         }
     }
 
-    /// The 16-bit requester ID (PCIe Base 6.0 §2.2.6.2): bus[15:8], device[7:3], function[2:0].
+    /// The 16-bit requester ID (PCIe Base 6.0 §2.2.6.2): `bus[15:8]`, `device[7:3]`, `function[2:0]`.
     /// It is what IOMMUs index their tables with (VT-d source-id, AMD-Vi DeviceID,
     /// SMMUv3 StreamID through the `iommu-map`).
     pub const fn requester_id(self) -> u16 {

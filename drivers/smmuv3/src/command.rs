@@ -1,5 +1,5 @@
 //! Command queue entries (SMMUv3 §4 Commands): 16 bytes each, opcode in
-//! bits [7:0] of the first doubleword.
+//! bits `[7:0]` of the first doubleword.
 
 use crate::regs::Granule;
 
@@ -32,9 +32,9 @@ pub mod opcode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiRange {
     pub granule: Granule,
-    /// NUM[16:12] (0..=31).
+    /// `NUM[16:12]` (0..=31).
     pub num: u8,
-    /// SCALE[24:20] (0..=31).
+    /// `SCALE[24:20]` (0..=31).
     pub scale: u8,
 }
 
@@ -84,24 +84,24 @@ pub enum Command {
     Sync,
 }
 
-/// dword0 SID[63:32].
+/// dword0 `SID[63:32]`.
 const SID_SHIFT: u32 = 32;
-/// dword0 VMID[47:32] of TLBI commands.
+/// dword0 `VMID[47:32]` of TLBI commands.
 const VMID_SHIFT: u32 = 32;
-/// dword0 ASID[63:48] of TLBI commands.
+/// dword0 `ASID[63:48]` of TLBI commands.
 const ASID_SHIFT: u32 = 48;
-/// dword0 SSID[31:12] of CFGI_CD.
+/// dword0 `SSID[31:12]` of CFGI_CD.
 const SSID_SHIFT: u32 = 12;
-/// dword0 NUM[16:12] and SCALE[24:20] of ranged TLBIs.
+/// dword0 `NUM[16:12]` and `SCALE[24:20]` of ranged TLBIs.
 const NUM_SHIFT: u32 = 12;
 const SCALE_SHIFT: u32 = 20;
-/// dword1 Leaf[0], TG[11:10], Address[63:12].
+/// dword1 `Leaf[0]`, `TG[11:10]`, `Address[63:12]`.
 const LEAF: u64 = 1;
 const TG_SHIFT: u32 = 10;
 const ADDR_MASK: u64 = !0xFFF;
-/// dword1 Range[4:0] of CFGI_STE_RANGE.
+/// dword1 `Range[4:0]` of CFGI_STE_RANGE.
 const RANGE_MASK: u64 = 0x1F;
-/// IPA bits of TLBI_S2_IPA Address[51:12].
+/// IPA bits of TLBI_S2_IPA `Address[51:12]`.
 const IPA_MASK: u64 = ((1 << 52) - 1) & !0xFFF;
 
 impl Command {

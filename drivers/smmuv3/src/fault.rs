@@ -95,14 +95,14 @@ impl EventKind {
     }
 }
 
-/// Which stage produced a translation fault (§7.3 dword1 S2[39]).
+/// Which stage produced a translation fault (§7.3 dword1 `S2[39]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
     Stage1,
     Stage2,
 }
 
-/// §7.3 dword1 CLASS[41:40]: what the faulting access was for.
+/// §7.3 dword1 `CLASS[41:40]`: what the faulting access was for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FaultClass {
     /// 0b00: a CD fetch.
@@ -121,13 +121,13 @@ pub struct Event {
     pub sid: u32,
     /// SubstreamID when SSV (dword0 bit 11) is set.
     pub ssid: Option<u32>,
-    /// dword1 RnW[35]: 1 = read.
+    /// dword1 `RnW[35]`: 1 = read.
     pub read: bool,
     pub stage: Stage,
     pub class: FaultClass,
     /// dword2 InputAddr.
     pub input_addr: u64,
-    /// dword3 IPA[51:12] of a stage-2 fault.
+    /// dword3 `IPA[51:12]` of a stage-2 fault.
     pub ipa: u64,
     /// The record as the SMMU wrote it.
     pub raw: RawEvent,

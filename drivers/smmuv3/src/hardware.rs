@@ -76,7 +76,7 @@ impl Features {
     pub fn stage1(&self) -> bool {
         self.idr0().contains(Idr0::S1P)
     }
-    /// IDR0.HTTU[7:6] = 0b10 (or above): the SMMU updates the access flag and
+    /// `IDR0.HTTU[7:6]` = 0b10 (or above): the SMMU updates the access flag and
     /// the dirty state of stage-1 leaves (Linux `IDR0_HTTU_ACCESS_DIRTY`).
     pub fn hardware_dirty(&self) -> bool {
         const HTTU_SHIFT: u32 = 6;

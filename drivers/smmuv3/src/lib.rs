@@ -8,7 +8,7 @@
 //! commands a change needs, §4.4), [`fault`] (event records, §7), [`paging`]
 //! (the domains' I/O page tables), [`nesting`] (what a task may hand the SMMU
 //! for its own stage 1), [`hardware`] (one SMMU instance; in `hardware/` its
-//! stream table, command and event queues) and [`unit`] (the
+//! stream table, command and event queues) and [`unit`](mod@unit) (the
 //! `iommu::IommuUnit` contract over it). `model` (host tests only) is a
 //! register-level model of the SMMU.
 //!

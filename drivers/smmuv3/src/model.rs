@@ -132,7 +132,7 @@ mod descriptor {
     /// Table (levels 0-2) or page (level 3).
     pub const TABLE_OR_PAGE: u64 = 1 << 1;
     pub const OUTPUT: u64 = ((1 << 48) - 1) & !0xFFF;
-    /// Stage 1 AP[2]: read-only, or writable-clean with DBM.
+    /// Stage 1 `AP[2]`: read-only, or writable-clean with DBM.
     pub const AP_RDONLY: u64 = 1 << 7;
     pub const DBM: u64 = 1 << 51;
 }
@@ -362,8 +362,8 @@ impl Model {
     }
 
     /// A device writes at `iova` through the translation of `sid`: with
-    /// CD.HD, a writable-clean leaf (DBM with AP[2] set) becomes
-    /// writable-dirty (AP[2] cleared, ARM ARM D8.4.6), unless the TLB entry
+    /// CD.HD, a writable-clean leaf (DBM with `AP[2]` set) becomes
+    /// writable-dirty (`AP[2]` cleared, ARM ARM D8.4.6), unless the TLB entry
     /// used already knows it dirty. `false` when nothing translates `iova`.
     pub(crate) fn dma_write(&self, sid: u32, iova: u64) -> bool {
         let Some(entry) = self.translate(sid, iova) else {

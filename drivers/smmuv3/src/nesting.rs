@@ -10,8 +10,8 @@ use iommu::{DeviceId, IommuError};
 
 use crate::command::{RawCommand, opcode};
 
-/// SMMUv3 §5.2 STE word 0 of a guest: V[0], Config[3:1], S1Fmt[5:4],
-/// S1ContextPtr[51:6], S1CDMax[63:59].
+/// SMMUv3 §5.2 STE word 0 of a guest: `V[0]`, `Config[3:1]`, `S1Fmt[5:4]`,
+/// `S1ContextPtr[51:6]`, `S1CDMax[63:59]`.
 const GUEST_STE_V: u64 = 1;
 const GUEST_STE_CONFIG_MASK: u64 = 0b1110;
 const GUEST_STE_CONFIG_S1: u64 = 0b101 << 1;

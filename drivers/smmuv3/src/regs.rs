@@ -81,12 +81,12 @@ bitflags! {
 }
 
 impl Idr0 {
-    /// IDR0.TTF[3:2]: translation table formats; bit 1 of the field = AArch64.
+    /// `IDR0.TTF[3:2]`: translation table formats; bit 1 of the field = AArch64.
     pub fn aarch64_tables(self) -> bool {
         (self.bits() >> 2) & 0b10 != 0
     }
 
-    /// IDR0.STALL_MODEL[25:24]: whether faulting transactions may stall.
+    /// `IDR0.STALL_MODEL[25:24]`: whether faulting transactions may stall.
     pub fn stall_model(self) -> StallModel {
         match (self.bits() >> 24) & 0b11 {
             0b00 => StallModel::StallOrTerminate,
@@ -95,7 +95,7 @@ impl Idr0 {
         }
     }
 
-    /// IDR0.ST_LEVEL[28:27]: 0b01 = two-level stream tables supported.
+    /// `IDR0.ST_LEVEL[28:27]`: 0b01 = two-level stream tables supported.
     pub fn two_level_stream_table(self) -> bool {
         (self.bits() >> 27) & 0b11 == 0b01
     }
@@ -118,27 +118,27 @@ pub enum StallModel {
 pub struct Idr1(pub u32);
 
 impl Idr1 {
-    /// SIDSIZE[5:0]: StreamID bits.
+    /// `SIDSIZE[5:0]`: StreamID bits.
     pub fn sid_bits(self) -> u32 {
         self.0 & 0x3F
     }
-    /// SSIDSIZE[10:6]: SubstreamID bits (0 = no substreams).
+    /// `SSIDSIZE[10:6]`: SubstreamID bits (0 = no substreams).
     pub fn ssid_bits(self) -> u32 {
         (self.0 >> 6) & 0x1F
     }
-    /// EVENTQS[20:16]: log2 of the largest event queue.
+    /// `EVENTQS[20:16]`: log2 of the largest event queue.
     pub fn eventq_log2(self) -> u32 {
         (self.0 >> 16) & 0x1F
     }
-    /// CMDQS[25:21]: log2 of the largest command queue.
+    /// `CMDQS[25:21]`: log2 of the largest command queue.
     pub fn cmdq_log2(self) -> u32 {
         (self.0 >> 21) & 0x1F
     }
-    /// TABLES_PRESET[30]: the stream table base is fixed by the implementation.
+    /// `TABLES_PRESET[30]`: the stream table base is fixed by the implementation.
     pub fn tables_preset(self) -> bool {
         self.0 & (1 << 30) != 0
     }
-    /// QUEUES_PRESET[29]: the queue bases are fixed by the implementation.
+    /// `QUEUES_PRESET[29]`: the queue bases are fixed by the implementation.
     pub fn queues_preset(self) -> bool {
         self.0 & (1 << 29) != 0
     }
@@ -207,7 +207,7 @@ impl Granule {
 }
 
 impl Idr5 {
-    /// OAS[2:0] decoded to bits (SMMUv3 §6.3.6: 32, 36, 40, 42, 44, 48, 52).
+    /// `OAS[2:0]` decoded to bits (SMMUv3 §6.3.6: 32, 36, 40, 42, 44, 48, 52).
     pub fn output_bits(self) -> Option<u32> {
         match self.0 & 0b111 {
             0 => Some(32),
@@ -361,9 +361,9 @@ bitflags! {
 pub struct StrtabBaseCfg(pub u32);
 
 impl StrtabBaseCfg {
-    /// FMT[17:16] = 0b00: linear.
+    /// `FMT[17:16]` = 0b00: linear.
     pub const FMT_LINEAR: u32 = 0;
-    /// FMT[17:16] = 0b01: two-level.
+    /// `FMT[17:16]` = 0b01: two-level.
     pub const FMT_TWO_LEVEL: u32 = 1;
 
     /// `log2size` = StreamID bits covered; `split` = StreamID bits resolved by
@@ -376,12 +376,12 @@ impl StrtabBaseCfg {
 /// SMMUv3 §6.3.24 STRTAB_BASE / §6.3.26 CMDQ_BASE / §6.3.29 EVENTQ_BASE:
 /// RA/WA (read/write-allocate hint) at bit 62.
 pub const BASE_ALLOCATE_HINT: u64 = 1 << 62;
-/// ADDR[51:6] of STRTAB_BASE (64-byte aligned).
+/// `ADDR[51:6]` of STRTAB_BASE (64-byte aligned).
 pub const STRTAB_BASE_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x3F;
-/// ADDR[51:5] of the queue base registers; LOG2SIZE[4:0] below it.
+/// `ADDR[51:5]` of the queue base registers; `LOG2SIZE[4:0]` below it.
 pub const QUEUE_BASE_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x1F;
 
-/// SMMUv3 §6.3.28 SMMU_CMDQ_CONS.ERR[30:24]: why the command at CONS failed.
+/// SMMUv3 §6.3.28 `SMMU_CMDQ_CONS.ERR[30:24]`: why the command at CONS failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandError {
     None,

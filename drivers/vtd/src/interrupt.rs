@@ -17,8 +17,8 @@ const _: () = assert!(size_of::<Irte>() == 16);
 
 /// §9.10 SVT = 01: verify the full requester id (with SQ = 00).
 const VERIFY_REQUESTER: u64 = 0b01 << 18;
-/// §9.10 SVT = 10: verify that the requester's bus lies between SID[15:8]
-/// (start bus) and SID[7:0] (end bus).
+/// §9.10 SVT = 10: verify that the requester's bus lies between `SID[15:8]`
+/// (start bus) and `SID[7:0]` (end bus).
 const VERIFY_BUS: u64 = 0b10 << 18;
 
 /// Which requesters an IRTE accepts (§9.10 SVT, SQ, SID).
@@ -57,8 +57,8 @@ impl Irte {
     }
 }
 
-/// VT-d 3.4 §5.1.5.2 Remappable MSI address: 0xFEE (31:20), handle[14:0]
-/// (19:5), interrupt format (4) = 1, SHV (3) = 0, handle[15] (2).
+/// VT-d 3.4 §5.1.5.2 Remappable MSI address: 0xFEE (31:20), `handle[14:0]`
+/// (19:5), interrupt format (4) = 1, SHV (3) = 0, `handle[15]` (2).
 pub fn remappable_msi_address(handle: u16) -> u64 {
     0xFEE0_0000 | (u64::from(handle & 0x7FFF) << 5) | (1 << 4) | (u64::from(handle >> 15) << 2)
 }

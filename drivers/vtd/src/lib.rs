@@ -9,8 +9,9 @@
 //! [`interrupt`] (interrupt remapping, chapter 5), [`discovery`] (ACPI DMAR,
 //! chapter 8), [`paging`] (the domains' I/O page tables, §9.7-9.8) and
 //! [`hardware`] (one remapping unit's instance: bring-up, the register
-//! file, and in `hardware/` what it does for each job) and [`unit`] (domains and the contract over the instance). `model` (host tests
-//! only) is a register-level model that caches what the spec lets it cache.
+//! file, and in `hardware/` what it does for each job) and [`unit`](mod@unit)
+//! (domains and the contract over the instance). `model` (host tests only) is
+//! a register-level model that caches what the spec lets it cache.
 #![no_std]
 
 extern crate alloc;

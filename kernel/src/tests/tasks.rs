@@ -72,7 +72,7 @@ pub static TESTS: &[Test] = &[
     },
 ];
 
-/// The kernel image's first page (linker/<arch>.ld), where the programs that
+/// The kernel image's first page (`linker/<arch>.ld`), where the programs that
 /// attack the kernel aim.
 #[cfg(target_arch = "x86_64")]
 const KERNEL_IMAGE: u64 = 0x20_0000;

@@ -54,7 +54,7 @@ pub const ARM_ADDR: u64 = bits(47, 12);
 pub const ARM_CONTIGUOUS: u64 = 1 << 52;
 /// DBM: dirty bit modifier (D8.4.6): with hardware dirty state management
 /// (SMMUv3 HTTU, CD.HD / STE.S2HD), a write through a writable-clean leaf
-/// (stage 1: AP[2] = 1; stage 2: S2AP[1] = 0) makes it writable-dirty
+/// (stage 1: `AP[2]` = 1; stage 2: `S2AP[1]` = 0) makes it writable-dirty
 /// instead of faulting.
 pub const ARM_DBM: u64 = 1 << 51;
 
@@ -415,7 +415,7 @@ impl Format for ArmLpae {
     }
 
     /// Writable-dirty: DBM with the write permission the hardware gave back
-    /// (stage 1: AP[2] clear; stage 2: S2AP[1] set).
+    /// (stage 1: `AP[2]` clear; stage 2: `S2AP[1]` set).
     fn leaf_dirty(&self, _level: u32, pte: u64) -> bool {
         pte & ARM_DBM != 0
             && match self.config.stage {

@@ -12,38 +12,38 @@ const _: () = assert!(core::mem::size_of::<Cd>() == 64);
 
 /// CD word 0 fields (SMMUv3 §5.4).
 mod w0 {
-    /// T0SZ[5:0].
+    /// `T0SZ[5:0]`.
     pub const T0SZ_SHIFT: u32 = 0;
-    /// TG0[7:6].
+    /// `TG0[7:6]`.
     pub const TG0_SHIFT: u32 = 6;
-    /// IR0[9:8], OR0[11:10], SH0[13:12]: walk attributes of TTB0.
+    /// `IR0[9:8]`, `OR0[11:10]`, `SH0[13:12]`: walk attributes of TTB0.
     pub const IR0_SHIFT: u32 = 8;
     pub const OR0_SHIFT: u32 = 10;
     pub const SH0_SHIFT: u32 = 12;
-    /// EPD1[30]: no walks through TTB1 (the upper half faults).
+    /// `EPD1[30]`: no walks through TTB1 (the upper half faults).
     pub const EPD1: u64 = 1 << 30;
-    /// V[31].
+    /// `V[31]`.
     pub const V: u64 = 1 << 31;
-    /// IPS[34:32]: intermediate physical address size (IDR5.OAS encoding).
+    /// `IPS[34:32]`: intermediate physical address size (IDR5.OAS encoding).
     pub const IPS_SHIFT: u32 = 32;
-    /// AA64[41]: AArch64 translation tables.
+    /// `AA64[41]`: AArch64 translation tables.
     pub const AA64: u64 = 1 << 41;
-    /// HD[42]: the SMMU updates the dirty state of leaves with DBM (HTTU;
+    /// `HD[42]`: the SMMU updates the dirty state of leaves with DBM (HTTU;
     /// Linux `CTXDESC_CD_0_TCR_HD`).
     pub const HD: u64 = 1 << 42;
-    /// HA[43]: the SMMU sets the access flag (Linux `CTXDESC_CD_0_TCR_HA`).
+    /// `HA[43]`: the SMMU sets the access flag (Linux `CTXDESC_CD_0_TCR_HA`).
     pub const HA: u64 = 1 << 43;
-    /// R[45]: record faults.
+    /// `R[45]`: record faults.
     pub const R: u64 = 1 << 45;
-    /// A[46]: abort (rather than stall) on faults; QEMU requires 1.
+    /// `A[46]`: abort (rather than stall) on faults; QEMU requires 1.
     pub const A: u64 = 1 << 46;
-    /// ASET[47]: the ASID is not shared with PE broadcast TLB maintenance.
+    /// `ASET[47]`: the ASID is not shared with PE broadcast TLB maintenance.
     pub const ASET: u64 = 1 << 47;
-    /// ASID[63:48].
+    /// `ASID[63:48]`.
     pub const ASID_SHIFT: u32 = 48;
 }
 
-/// CD word 1: TTB0[51:4].
+/// CD word 1: `TTB0[51:4]`.
 const TTB0_MASK: u64 = ((1 << 52) - 1) & !0xF;
 
 /// Normal write-back (SMMUv3 §5.4 IR0/OR0 encoding 0b01).

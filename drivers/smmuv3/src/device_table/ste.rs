@@ -10,7 +10,7 @@ pub struct Ste(pub [u64; 8]);
 
 const _: () = assert!(core::mem::size_of::<Ste>() == 64);
 
-/// SMMUv3 §5.2 STE.Config[3:1]: which stages translate.
+/// SMMUv3 §5.2 `STE.Config[3:1]`: which stages translate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StreamConfig {
     /// 0b000: every transaction aborts, no event is recorded.
@@ -37,25 +37,25 @@ impl StreamConfig {
     }
 }
 
-/// STE word 0: V[0].
+/// STE word 0: `V[0]`.
 const STE0_V: u64 = 1 << 0;
-/// STE word 0: Config[3:1].
+/// STE word 0: `Config[3:1]`.
 const STE0_CONFIG_SHIFT: u32 = 1;
-/// STE word 0: S1ContextPtr[51:6] (64-byte aligned CD address).
+/// STE word 0: `S1ContextPtr[51:6]` (64-byte aligned CD address).
 const STE0_S1_CONTEXT_PTR_MASK: u64 = ((1 << 52) - 1) & !0x3F;
-/// STE word 1: S1CIR[3:2], S1COR[5:4], S1CSH[7:6]: CD fetch attributes.
+/// STE word 1: `S1CIR[3:2]`, `S1COR[5:4]`, `S1CSH[7:6]`: CD fetch attributes.
 const STE1_S1CIR_SHIFT: u32 = 2;
 const STE1_S1COR_SHIFT: u32 = 4;
 const STE1_S1CSH_SHIFT: u32 = 6;
-/// STE word 1: S1STALLD[27], stage-1 stalls disabled: a CD with S = 1
+/// STE word 1: `S1STALLD[27]`, stage-1 stalls disabled: a CD with S = 1
 /// terminates instead of stalling.
 const STE1_S1STALLD: u64 = 1 << 27;
-/// STE word 1: SHCFG[45:44] = 0b01, use the incoming shareability.
+/// STE word 1: `SHCFG[45:44]` = 0b01, use the incoming shareability.
 const STE1_SHCFG_INCOMING: u64 = 1 << 44;
-/// STE word 2: S2VMID[15:0].
+/// STE word 2: `S2VMID[15:0]`.
 const STE2_S2VMID_MASK: u64 = 0xFFFF;
-/// STE word 2: the VTCR fields S2T0SZ[37:32], S2SL0[39:38], S2IR0[41:40],
-/// S2OR0[43:42], S2SH0[45:44], S2TG[47:46], S2PS[50:48].
+/// STE word 2: the VTCR fields `S2T0SZ[37:32]`, `S2SL0[39:38]`, `S2IR0[41:40]`,
+/// `S2OR0[43:42]`, `S2SH0[45:44]`, `S2TG[47:46]`, `S2PS[50:48]`.
 const STE2_S2T0SZ_SHIFT: u32 = 32;
 const STE2_S2SL0_SHIFT: u32 = 38;
 const STE2_S2IR0_SHIFT: u32 = 40;
@@ -63,11 +63,11 @@ const STE2_S2OR0_SHIFT: u32 = 42;
 const STE2_S2SH0_SHIFT: u32 = 44;
 const STE2_S2TG_SHIFT: u32 = 46;
 const STE2_S2PS_SHIFT: u32 = 48;
-/// STE word 2: S2AA64[51] (QEMU aborts on 0, docs/QEMU.md §6.3).
+/// STE word 2: `S2AA64[51]` (QEMU aborts on 0, docs/QEMU.md §6.3).
 const STE2_S2AA64: u64 = 1 << 51;
-/// STE word 2: S2R[58], record stage-2 faults.
+/// STE word 2: `S2R[58]`, record stage-2 faults.
 const STE2_S2R: u64 = 1 << 58;
-/// STE word 3: S2TTB[51:4].
+/// STE word 3: `S2TTB[51:4]`.
 const STE3_S2TTB_MASK: u64 = ((1 << 52) - 1) & !0xF;
 
 /// Normal write-back cacheable (SMMUv3 §5.2 S1CIR/S2IR0 encoding 0b01).
@@ -256,7 +256,7 @@ impl Ste {
     }
 }
 
-/// SMMUv3 §5.1 Level-1 Stream Table Descriptor: L2Ptr[51:6], Span[4:0]
+/// SMMUv3 §5.1 Level-1 Stream Table Descriptor: `L2Ptr[51:6]`, `Span[4:0]`
 /// (Span = SPLIT + 1 for a full level-2 table, 0 = invalid).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

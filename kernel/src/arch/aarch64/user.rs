@@ -40,14 +40,14 @@ const EC_BRK_AARCH64: u64 = 0x3C;
 const DESC_VALID: u64 = 1 << 0;
 /// Bit 1 set: a table descriptor at levels 0-2, a page descriptor at level 3.
 const DESC_TABLE_OR_PAGE: u64 = 1 << 1;
-/// AttrIndx[4:2]: MAIR_EL1 index 1, Normal write-back (boot/src/aarch64.rs).
+/// `AttrIndx[4:2]`: MAIR_EL1 index 1, Normal write-back (boot/src/aarch64.rs).
 const ATTR_NORMAL_WB: u64 = 1 << 2;
 /// AttrIndx = 0: the boot MAIR's Device-nGnRnE attribute.
 const ATTR_DEVICE: u64 = 0;
-/// AP[2:1] (bits 7:6): 0b01 = read/write at EL1 and EL0, 0b11 = read-only at both.
+/// `AP[2:1]` (bits 7:6): 0b01 = read/write at EL1 and EL0, 0b11 = read-only at both.
 const AP_READ_WRITE_ANY_EL: u64 = 0b01 << 6;
 const AP_READ_ONLY_ANY_EL: u64 = 0b11 << 6;
-/// SH[9:8] = 0b11, inner shareable.
+/// `SH[9:8]` = 0b11, inner shareable.
 const SH_INNER: u64 = 0b11 << 8;
 /// AF: set, so that the first access does not fault.
 const AF: u64 = 1 << 10;

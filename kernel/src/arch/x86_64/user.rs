@@ -331,7 +331,7 @@ fn preemption_timer() -> Option<(u8, u64)> {
     })
 }
 
-/// Ends the task's run (a [`Trap::Preempted`]) at the first tick after
+/// Ends the task's run (a [`Trap::Preempted`](crate::task::Trap::Preempted)) at the first tick after
 /// `slice_ns` from now; false when there is no timer to do it with.
 pub fn arm_preemption(slice_ns: u64) -> bool {
     PREEMPT.store(false, Ordering::SeqCst);

@@ -34,7 +34,7 @@ const TYPER_DEVBITS_SHIFT: u32 = 13;
 const TYPER_FIELD5: u64 = 0x1F;
 const TYPER_FIELD4: u64 = 0xF;
 
-/// GITS_CBASER / GITS_BASER<n> (§12.19.2, §12.19.3): Valid (63), inner
+/// `GITS_CBASER` / `GITS_BASER<n>` (§12.19.2, §12.19.3): Valid (63), inner
 /// cacheability (61:59, 0b111 write-back allocating), Type (58:56), Entry_Size
 /// (52:48, bytes - 1), physical address (47:12), shareability (11:10, 0b01
 /// inner), Page_Size (9:8, 0 = 4 KiB), Size (7:0, pages - 1).

@@ -8,6 +8,7 @@
 //! heap (docs/QEMU.md §4), which is why this driver refuses them before they
 //! reach the device.
 #![no_std]
+#![warn(missing_docs)]
 
 use core::time::Duration;
 
@@ -16,6 +17,7 @@ use os_services::{Clock, TimedOut, wait_until};
 
 /// PCI identity of the device.
 pub const VENDOR_ID: u16 = 0x1234;
+/// QEMU's edu device id (`hw/misc/edu.c`).
 pub const DEVICE_ID: u16 = 0x11E8;
 
 /// BAR0 register map (edu.rst "MMIO area spec").
@@ -49,6 +51,7 @@ const IDENTIFICATION_MAGIC: u32 = 0xED;
 
 /// The device buffer: 4 KiB at device address 0x40000.
 pub const BUFFER_DEVICE_ADDRESS: u64 = 0x40000;
+/// Its size in bytes.
 pub const BUFFER_SIZE: usize = 4096;
 /// BAR0 is 1 MiB.
 pub const BAR0_SIZE: usize = 1 << 20;
@@ -57,12 +60,21 @@ pub const BAR0_SIZE: usize = 1 << 20;
 /// generous margin for a loaded host before calling the device hung.
 const DMA_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Why an edu operation failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EduError {
     /// The identification register does not read 0x??????ED.
-    NotAnEdu { identification: u32 },
+    NotAnEdu {
+        /// What the identification register read.
+        identification: u32,
+    },
     /// The transfer would run outside the 4 KiB device buffer.
-    OutsideBuffer { offset: usize, len: usize },
+    OutsideBuffer {
+        /// Where in the buffer the transfer would start.
+        offset: usize,
+        /// Its length.
+        len: usize,
+    },
     /// A zero-length transfer was requested.
     Empty,
     /// The previous transfer is still running.
@@ -97,6 +109,7 @@ impl<'a> Edu<'a> {
         Ok(Edu { regs, clock })
     }
 
+    /// The identification register: major.minor version and the 0xED magic.
     pub fn identification(&self) -> u32 {
         self.regs.read32(regs::IDENTIFICATION)
     }
@@ -158,6 +171,7 @@ impl<'a> Edu<'a> {
         Ok(())
     }
 
+    /// A DMA transfer is running.
     pub fn is_busy(&self) -> bool {
         self.regs.read64(regs::DMA_COMMAND) & DMA_RUN != 0
     }
@@ -168,6 +182,7 @@ impl<'a> Edu<'a> {
             .map_err(EduError::Timeout)
     }
 
+    /// The interrupt bits raised and not yet acknowledged.
     pub fn interrupt_status(&self) -> u32 {
         self.regs.read32(regs::INTERRUPT_STATUS)
     }
@@ -177,6 +192,7 @@ impl<'a> Edu<'a> {
         self.regs.write32(regs::INTERRUPT_RAISE, bits);
     }
 
+    /// Acknowledges interrupt `bits` (and lowers INTx once none is left).
     pub fn acknowledge_interrupt(&self, bits: u32) {
         self.regs.write32(regs::INTERRUPT_ACK, bits);
     }

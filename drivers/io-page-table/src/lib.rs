@@ -75,6 +75,7 @@
 //! - Table pages come only from the [`TableAlloc`] and are reached only through
 //!   its `phys_to_virt`: nothing assumes an identity map.
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

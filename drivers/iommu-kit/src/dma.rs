@@ -25,7 +25,9 @@ pub type CacheClean = fn(*const u8, usize);
 /// the CPU reads what the device wrote.
 #[derive(Clone, Copy, Debug)]
 pub struct CacheMaintenance {
+    /// Writes the lines of a range back to memory (`dc cvac`, `clflush`).
     pub clean: CacheClean,
+    /// Writes back and drops the lines of a range (`dc civac`, `clflush`).
     pub invalidate: CacheClean,
 }
 
@@ -50,6 +52,7 @@ impl DmaBuffer {
         dma.alloc(len, align).map(Self::from_region)
     }
 
+    /// Takes over `region` from the memory service.
     pub fn from_region(region: DmaRegion) -> Self {
         Self {
             phys: region.phys,
@@ -58,6 +61,7 @@ impl DmaBuffer {
         }
     }
 
+    /// The region, to give back to the memory service.
     pub fn region(&self) -> DmaRegion {
         DmaRegion {
             phys: self.phys,
@@ -76,10 +80,12 @@ impl DmaBuffer {
         self.phys
     }
 
+    /// Its length in bytes.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Zero bytes long.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

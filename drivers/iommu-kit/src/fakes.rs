@@ -75,6 +75,7 @@ pub struct SteppingClock {
 }
 
 impl SteppingClock {
+    /// A clock at 0 that advances `step_ns` each time it is read.
     pub const fn new(step_ns: u64) -> Self {
         Self {
             now: AtomicU64::new(0),
@@ -192,13 +193,17 @@ pub mod trace {
     pub enum Step {
         /// `len` bytes written at bus address `phys`.
         Write {
+            /// The bus address of the first byte.
             phys: u64,
+            /// The bytes written.
             len: usize,
         },
+        /// A barrier was issued.
         Barrier(Barrier),
         /// A register written (`offset` in its block); a model whose
         /// registers are not `Mmio` records its own with [`mmio`].
         Mmio {
+            /// Where the register lies in its block.
             offset: usize,
         },
     }
@@ -299,6 +304,7 @@ pub mod trace {
     pub struct Recording(());
 
     impl Recording {
+        /// Starts recording (a trace already running is restarted).
         pub fn start() -> Self {
             observe::observe(Some(on_observed));
             TRACE.with(|trace| *trace.borrow_mut() = Some(Vec::new()));

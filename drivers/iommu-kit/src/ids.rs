@@ -13,6 +13,7 @@ use core::ops::RangeInclusive;
 /// An id just taken, and whether it was used before.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TakenId {
+    /// The id.
     pub id: u32,
     /// The id tagged an earlier domain: invalidate under it before use,
     /// unless that was done when it was freed.
@@ -31,6 +32,7 @@ pub struct IdAllocator {
 }
 
 impl IdAllocator {
+    /// Hands out the ids of `range`.
     pub fn new(range: RangeInclusive<u32>) -> Self {
         Self {
             first: *range.start(),

@@ -22,6 +22,7 @@
 //! - `fakes` (feature `host-fakes`): heap-backed DMA memory and a stepping
 //!   clock for host tests.
 #![cfg_attr(not(any(test, feature = "host-fakes")), no_std)]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

@@ -31,6 +31,7 @@ impl<'a> Rationed<'a> {
         self.left.store(allocations, Ordering::SeqCst);
     }
 
+    /// Grants every allocation from now on.
     pub fn unlimited(&self) {
         self.allow(usize::MAX);
     }

@@ -23,6 +23,7 @@ pub struct SlotRing {
 }
 
 impl SlotRing {
+    /// A ring of `2^log2_slots` slots of `slot_bytes` bytes each.
     pub const fn new(log2_slots: u32, slot_bytes: u32) -> Self {
         Self {
             log2_slots,
@@ -35,14 +36,17 @@ impl SlotRing {
         Self::new((bytes / slot_bytes).trailing_zeros(), slot_bytes)
     }
 
+    /// How many slots it has.
     pub const fn slots(&self) -> u32 {
         1 << self.log2_slots
     }
 
+    /// The size of one slot.
     pub const fn slot_bytes(&self) -> u32 {
         self.slot_bytes
     }
 
+    /// The size of the whole ring.
     pub const fn bytes(&self) -> u32 {
         self.slots() * self.slot_bytes
     }
@@ -63,6 +67,7 @@ impl SlotRing {
         u64::from(index % self.slots()) * u64::from(self.slot_bytes)
     }
 
+    /// The slot after `index`, wrapping.
     pub fn next(&self, index: u32) -> u32 {
         (index + 1) % self.slots()
     }
@@ -88,6 +93,7 @@ pub struct WrapIndex {
 }
 
 impl WrapIndex {
+    /// Index 0, wrap bit clear, of a queue of `1 << log2size` entries.
     pub fn new(log2size: u32) -> Self {
         debug_assert!(log2size < 31);
         Self { log2size, value: 0 }
@@ -113,6 +119,7 @@ impl WrapIndex {
         (self.value & ((1 << self.log2size) - 1)) as usize
     }
 
+    /// The wrap bit.
     pub fn wrap(self) -> bool {
         self.value & (1 << self.log2size) != 0
     }
@@ -126,6 +133,7 @@ impl WrapIndex {
         }
     }
 
+    /// How many entries the queue holds.
     pub fn capacity(self) -> u32 {
         1 << self.log2size
     }
@@ -142,10 +150,12 @@ impl WrapIndex {
         }
     }
 
+    /// As the producer: nothing is waiting for `cons`.
     pub fn is_empty(self, cons: WrapIndex) -> bool {
         self == cons
     }
 
+    /// As the producer: every slot is waiting for `cons`.
     pub fn is_full(self, cons: WrapIndex) -> bool {
         self.slot() == cons.slot() && self.wrap() != cons.wrap()
     }

@@ -18,6 +18,7 @@ pub struct DmaTableAlloc<'a> {
 }
 
 impl<'a> DmaTableAlloc<'a> {
+    /// Tables from `dma`, each written back with `clean` before a walker that does not snoop may read it.
     pub fn new(dma: &'a (dyn DmaMemory + Sync), clean: Option<CacheClean>) -> Self {
         Self {
             dma,

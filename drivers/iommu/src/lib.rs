@@ -15,7 +15,84 @@
 //!   memory behind an unmapped range only after that flush.
 //! - `unmap` of a range that a successful `map` created never allocates, so it
 //!   cannot fail.
+//!
+//! # The caller's side, against a toy unit
+//!
+//! A unit that keeps its translations in a map stands in for the hardware
+//! here; the order of calls is the one every caller follows (the iommufd
+//! core, the kernel's tests): a domain, the device attached, a map, and
+//! after an unmap the flush *before* the memory is given back.
+//!
+//! ```
+//! use std::collections::BTreeMap;
+//! use iommu::*;
+//!
+//! /// Translations by (domain, page); a "hardware" that caches nothing.
+//! #[derive(Default)]
+//! struct Toy {
+//!     pages: BTreeMap<(u32, u64), u64>,
+//!     domains: u32,
+//!     attached: BTreeMap<DeviceId, DomainHandle>,
+//! }
+//!
+//! impl IommuUnit for Toy {
+//!     fn info(&self) -> UnitInfo {
+//!         UnitInfo { name: "toy", kind: UnitKind::Software, aperture: IovaRange::FULL,
+//!                    page_sizes: 0x1000, nesting: None }
+//!     }
+//!     fn reserved_regions(&self, _: DeviceId) -> Vec<ReservedRegion> { Vec::new() }
+//!     fn hw_info(&self) -> HwInfo { HwInfo::None }
+//!     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError> {
+//!         match kind {
+//!             DomainKind::Paging => { self.domains += 1; Ok(DomainHandle(self.domains)) }
+//!             _ => Err(IommuError::Unsupported),
+//!         }
+//!     }
+//!     fn free_domain(&mut self, _: DomainHandle) -> Result<(), IommuError> { Ok(()) }
+//!     fn map(&mut self, d: DomainHandle, iova: u64, phys: u64, len: u64, _: Prot)
+//!         -> Result<Gather, IommuError> {
+//!         for page in (0..len).step_by(0x1000) {
+//!             self.pages.insert((d.0, iova + page), phys + page);
+//!         }
+//!         Ok(Gather::default()) // nothing cached that a map could make stale
+//!     }
+//!     fn unmap(&mut self, d: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+//!         let mut gather = Gather::default();
+//!         for page in (0..len).step_by(0x1000) {
+//!             self.pages.remove(&(d.0, iova + page)).ok_or(IommuError::Invalid)?;
+//!             gather.add_leaf(iova + page, 0x1000);
+//!         }
+//!         Ok(gather)
+//!     }
+//!     fn flush(&mut self, _: DomainHandle, _: &Gather) -> Result<(), IommuError> { Ok(()) }
+//!     fn attach(&mut self, dev: DeviceId, d: DomainHandle) -> Result<(), IommuError> {
+//!         self.attached.insert(dev, d);
+//!         Ok(())
+//!     }
+//!     fn detach(&mut self, dev: DeviceId) { self.attached.remove(&dev); }
+//!     fn drain_faults(&mut self, _: &mut Vec<FaultRecord>) -> usize { 0 }
+//!     fn invalidate_nested(&mut self, _: DomainHandle, _: &[NestedInvalidation])
+//!         -> (usize, Result<(), IommuError>) { (0, Err(IommuError::Unsupported)) }
+//! }
+//!
+//! let mut unit = Toy::default();
+//! let device = DeviceId(0x20);
+//! let domain = unit.alloc_domain(DomainKind::Paging)?;
+//! unit.attach(device, domain)?;
+//! let rw = Prot { read: true, write: true };
+//! let iova = 0x10_0000;
+//! assert_eq!(iova % unit.info().min_page_size(), 0);
+//! let gather = unit.map(domain, iova, 0x8000_0000, 0x2000, rw)?;
+//! unit.flush(domain, &gather)?; // empty here; not on VT-d caching mode
+//! let gather = unit.unmap(domain, iova, 0x2000)?;
+//! assert_eq!((gather.start, gather.last), (iova, iova + 0x1fff));
+//! unit.flush(domain, &gather)?; // only now may the pages go back
+//! unit.detach(device); // blocked, never bypassed
+//! unit.free_domain(domain)?;
+//! # Ok::<(), IommuError>(())
+//! ```
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 
@@ -39,7 +116,9 @@ pub struct DomainHandle(pub u32);
 /// An inclusive IOVA range, so that a range ending at `u64::MAX` is expressible.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IovaRange {
+    /// The first IOVA.
     pub start: u64,
+    /// The last IOVA (inclusive).
     pub last: u64,
 }
 
@@ -56,10 +135,12 @@ impl IovaRange {
         last: u64::MAX,
     };
 
+    /// Some IOVA lies in both.
     pub fn intersects(&self, other: &Self) -> bool {
         self.start <= other.last && other.start <= self.last
     }
 
+    /// Every IOVA of `other` lies in this range.
     pub fn contains(&self, other: &Self) -> bool {
         self.start <= other.start && other.last <= self.last
     }
@@ -68,8 +149,11 @@ impl IovaRange {
 /// Which hardware architecture a unit implements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitKind {
+    /// Intel VT-d (a DRHD).
     IntelVtd,
+    /// ARM SMMUv3.
     ArmSmmuV3,
+    /// AMD-Vi (an IVHD).
     AmdVi,
     /// A unit implemented in software (test doubles).
     Software,
@@ -88,9 +172,12 @@ pub enum ReservedKind {
     Reserved,
 }
 
+/// An IOVA range no user mapping may use, and why.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReservedRegion {
+    /// The IOVAs.
     pub range: IovaRange,
+    /// Why they are reserved.
     pub kind: ReservedKind,
 }
 
@@ -108,18 +195,22 @@ pub enum NestedFormat {
 /// What a unit offers for nesting; `None` in [`UnitInfo::nesting`] when it cannot nest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NestingInfo {
+    /// The format of the stage-1 tables a task owns.
     pub format: NestedFormat,
 }
 
 /// What a unit reports at discovery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitInfo {
+    /// A short name for reports ("vtd", "smmuv3", ...).
     pub name: &'static str,
+    /// Which architecture.
     pub kind: UnitKind,
     /// Input addresses the unit translates; everything outside is reserved.
     pub aperture: IovaRange,
     /// Supported leaf sizes, bit `n` = `1 << n` bytes (never 0).
     pub page_sizes: u64,
+    /// What it offers for nesting, if it nests.
     pub nesting: Option<NestingInfo>,
 }
 
@@ -137,17 +228,28 @@ pub enum NestedData {
     /// VT-d scalable-mode first stage: root table address, address width, flags
     /// (VT-d 3.4 §9.6 PASID entry, first-stage fields).
     VtdS1 {
+        /// Linux's `IOMMU_VTD_S1_*` flags (SRE, EAFE, WPE).
         flags: u64,
+        /// The first-stage table's root (a guest physical address: an IOVA
+        /// of the parent).
         pgtbl_addr: u64,
+        /// 48 or 57 (4- or 5-level tables).
         addr_width: u32,
     },
     /// SMMUv3 guest STE words 0-1 (SMMUv3 §5.2 STE: Config, S1ContextPtr, S1CDMax).
-    ArmSmmuV3 { ste: [u64; 2] },
+    ArmSmmuV3 {
+        /// The two words, as the guest wrote them.
+        ste: [u64; 2],
+    },
     /// AMD-Vi guest DTE (AMD IOMMU §2.2.2.1 DTE: GV, GLX, GCR3 root pointer).
-    AmdViV2 { dte: [u64; 4] },
+    AmdViV2 {
+        /// The four words, as the guest wrote them.
+        dte: [u64; 4],
+    },
 }
 
 impl NestedData {
+    /// The format this data configures.
     pub fn format(&self) -> NestedFormat {
         match self {
             Self::VtdS1 { .. } => NestedFormat::VtdS1,
@@ -162,11 +264,24 @@ impl NestedData {
 pub enum NestedInvalidation {
     /// VT-d first-stage IOTLB invalidation of `npages` 4 KiB pages from `addr`
     /// (`npages == u64::MAX` means all); flags bit 0 = leaf only.
-    VtdS1 { addr: u64, npages: u64, flags: u32 },
+    VtdS1 {
+        /// The first IOVA (4 KiB aligned).
+        addr: u64,
+        /// How many pages.
+        npages: u64,
+        /// Bit 0: only leaf entries changed.
+        flags: u32,
+    },
     /// One SMMUv3 command (SMMUv3 §4.4 TLBI/CFGI commands), as the guest wrote it.
-    ArmSmmuV3 { cmd: [u64; 2] },
+    ArmSmmuV3 {
+        /// The command's two doublewords.
+        cmd: [u64; 2],
+    },
     /// One AMD-Vi INVALIDATE_IOMMU_PAGES command (AMD IOMMU §2.4.3).
-    AmdViV2 { cmd: [u64; 2] },
+    AmdViV2 {
+        /// The command's two quadwords.
+        cmd: [u64; 2],
+    },
 }
 
 /// What kind of domain to allocate.
@@ -178,7 +293,9 @@ pub enum DomainKind {
     NestParent,
     /// A task-owned first stage over `parent` (a `NestParent` domain of this unit).
     Nested {
+        /// The `NestParent` domain that is its second stage.
         parent: DomainHandle,
+        /// The task's stage-1 configuration.
         data: NestedData,
     },
     /// Translates nothing: every DMA faults.
@@ -190,15 +307,20 @@ pub enum DomainKind {
 /// Permission of a mapping; at least one of `read`/`write`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Prot {
+    /// The device may read.
     pub read: bool,
+    /// The device may write.
     pub write: bool,
 }
 
 /// The access that faulted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Access {
+    /// A DMA read.
     Read,
+    /// A DMA write.
     Write,
+    /// An instruction fetch (a device that executes from memory).
     Execute,
 }
 
@@ -221,10 +343,15 @@ pub enum FaultReason {
 /// One translation fault drained from a unit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FaultRecord {
+    /// The unit that reported it.
     pub unit: UnitId,
+    /// The device whose request faulted (its requester id or StreamID).
     pub requester: DeviceId,
+    /// The address the device used.
     pub iova: u64,
+    /// What it tried.
     pub access: Access,
+    /// Why it failed.
     pub reason: FaultReason,
     /// The record in the hardware's own format, when a guest driver of a
     /// vIOMMU would see it (a fault of a task-owned stage 1): what a vEVENTQ
@@ -237,7 +364,10 @@ pub struct FaultRecord {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GuestEvent {
     /// SMMUv3 §7.3 event record, four doublewords.
-    ArmSmmuV3 { evt: [u64; 4] },
+    ArmSmmuV3 {
+        /// The record's four doublewords.
+        evt: [u64; 4],
+    },
 }
 
 impl GuestEvent {
@@ -259,11 +389,28 @@ impl GuestEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HwInfo {
     /// VT-d 3.4 §11.4.2 CAP_REG and §11.4.3 ECAP_REG.
-    IntelVtd { cap: u64, ecap: u64 },
+    IntelVtd {
+        /// CAP_REG.
+        cap: u64,
+        /// ECAP_REG.
+        ecap: u64,
+    },
     /// SMMUv3 §6.3.1-6.3.6 SMMU_IDR0-5, §6.3.7 SMMU_IIDR, §6.3.8 SMMU_AIDR.
-    ArmSmmuV3 { idr: [u32; 6], iidr: u32, aidr: u32 },
+    ArmSmmuV3 {
+        /// SMMU_IDR0 to SMMU_IDR5.
+        idr: [u32; 6],
+        /// SMMU_IIDR.
+        iidr: u32,
+        /// SMMU_AIDR.
+        aidr: u32,
+    },
     /// AMD IOMMU §3.4.12 Extended Feature Register and EFR2.
-    AmdVi { efr: u64, efr2: u64 },
+    AmdVi {
+        /// The Extended Feature Register.
+        efr: u64,
+        /// Extended Feature Register 2.
+        efr2: u64,
+    },
     /// Nothing to report (software units).
     None,
 }
@@ -278,7 +425,9 @@ pub struct MsiRoute(pub u64);
 /// (PCI Local Bus 3.0 §6.8 MSI capability).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MsiMessage {
+    /// Where the device writes.
     pub address: u64,
+    /// What it writes.
     pub data: u32,
 }
 
@@ -317,14 +466,19 @@ pub enum IommuError {
 
 /// One IOMMU instance. The core calls it with `&mut self` under its own lock.
 pub trait IommuUnit {
+    /// What the unit is and what it translates (asked live: the page sizes
+    /// may change, e.g. with the SMMUv3 granule).
     fn info(&self) -> UnitInfo;
 
     /// Reserved regions that apply to `device` behind this unit (unit-wide ones
     /// such as the interrupt window included).
     fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion>;
 
+    /// The raw identification registers, for `get_hw_info`.
     fn hw_info(&self) -> HwInfo;
 
+    /// A new domain of `kind` with nothing attached; `Unsupported` for a
+    /// kind the unit cannot make, `NoMemory` when out of tables or ids.
     fn alloc_domain(&mut self, kind: DomainKind) -> Result<DomainHandle, IommuError>;
 
     /// Frees a domain no device is attached to and no nested domain uses. The
@@ -423,14 +577,6 @@ pub trait IommuUnit {
         (0, Err(IommuError::Unsupported))
     }
 
-    /// Interrupt remapping: makes an MSI that `device` sends deliver the
-    /// interrupt that `message` (what the kernel would program without
-    /// remapping) names, and returns the route and the message to program
-    /// instead. A device may have several routes: functions that share a
-    /// requester id (behind a PCIe-to-PCI bridge) each get their own. A unit
-    /// that does not remap interrupts returns `message` unchanged (SMMUv3: an
-    /// MSI is a DMA write to the doorbell page, which the driver maps in
-    /// every domain).
     /// [`Self::route_msi`] for a function whose MSIs may carry any requester
     /// id on buses `first..=last` (behind a PCIe-to-PCI bridge, which may
     /// forward its own id or the function's): the route accepts MSIs from
@@ -446,6 +592,14 @@ pub trait IommuUnit {
         self.route_msi(device, message)
     }
 
+    /// Interrupt remapping: makes an MSI that `device` sends deliver the
+    /// interrupt that `message` (what the kernel would program without
+    /// remapping) names, and returns the route and the message to program
+    /// instead. A device may have several routes: functions that share a
+    /// requester id (behind a PCIe-to-PCI bridge) each get their own. A unit
+    /// that does not remap interrupts returns `message` unchanged (SMMUv3: an
+    /// MSI is a DMA write to the doorbell page, which the driver maps in
+    /// every domain).
     fn route_msi(
         &mut self,
         device: DeviceId,

@@ -5,6 +5,7 @@
 //! "physical" memory) and makes every wait on hardware bounded by construction:
 //! the only way to wait is [`wait_until`], which takes a deadline.
 #![no_std]
+#![warn(missing_docs)]
 
 pub mod barrier;
 pub mod mmio;

@@ -57,10 +57,12 @@ impl Mmio {
         unsafe { VolatilePtr::new(self.base.byte_add(offset).cast::<T>()) }
     }
 
+    /// Reads the 32-bit register `reg` (one volatile load).
     pub fn read32(&self, reg: Reg32) -> u32 {
         self.ptr::<u32>(reg.0).read()
     }
 
+    /// Writes the 32-bit register `reg` (one volatile store).
     pub fn write32(&self, reg: Reg32, value: u32) {
         self.ptr::<u32>(reg.0).write(value);
         notify(Observed::MmioWrite {
@@ -69,10 +71,12 @@ impl Mmio {
         });
     }
 
+    /// Reads the 64-bit register `reg` (one volatile load).
     pub fn read64(&self, reg: Reg64) -> u64 {
         self.ptr::<u64>(reg.0).read()
     }
 
+    /// Writes the 64-bit register `reg` (one volatile store).
     pub fn write64(&self, reg: Reg64, value: u64) {
         self.ptr::<u64>(reg.0).write(value);
         notify(Observed::MmioWrite {

@@ -7,18 +7,24 @@
 /// Which barrier was issued (`crate::barrier`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Barrier {
+    /// `dma_wmb`: earlier memory writes before later ones, for a device.
     DmaWmb,
+    /// `dma_rmb`: earlier memory reads before later ones, for a device.
     DmaRmb,
+    /// `io_mb`: every earlier memory access before every later one and before register accesses.
     IoMb,
 }
 
 /// One thing a driver did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Observed {
+    /// A barrier was issued.
     Barrier(Barrier),
     /// A register write of `bytes` at `offset` in its block.
     MmioWrite {
+        /// Where the register lies in its block.
         offset: usize,
+        /// The width of the write.
         bytes: usize,
     },
 }

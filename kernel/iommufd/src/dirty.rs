@@ -14,7 +14,9 @@ use crate::{HwptKind, Iommufd, ObjId, OwnerId, PAGE_SIZE, Services, errno};
 /// What `hwpt_get_dirty_bitmap` asks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirtyRange {
+    /// The first IOVA (a multiple of `page_size`).
     pub iova: u64,
+    /// How many bytes (a multiple of `page_size`).
     pub length: u64,
     /// A power of two, at least [`PAGE_SIZE`]: one bit each.
     pub page_size: u64,

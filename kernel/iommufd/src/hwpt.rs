@@ -84,9 +84,11 @@ pub fn decode_invalidations(
 /// What `get_hw_info` reports besides the bytes it wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HwInfoReply {
+    /// Which vendor's registers the data holds.
     pub data_type: HwInfoType,
     /// Length of the kernel's data (the caller's buffer got a prefix or a zeroed tail).
     pub data_len: u32,
+    /// Linux's `out_capabilities` bits (and NESTING at bit 32).
     pub capabilities: HwCapabilities,
     /// log2 of the PASIDs the device may use: 0, since no device is given
     /// PASIDs here (Linux reports 0 for a device without the PASID capability).

@@ -13,7 +13,9 @@ use iommu::{DomainHandle, Gather, IommuUnit, IovaRange, Prot, UnitId};
 /// What `ioas_iova_ranges` reports: the usable ranges and the IOVA alignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IovaRanges {
+    /// Every IOVA range no reserved range touches, in order.
     pub ranges: Vec<IovaRange>,
+    /// What every area's IOVA, length and user page offset are multiples of.
     pub alignment: u64,
 }
 

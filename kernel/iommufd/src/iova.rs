@@ -29,6 +29,9 @@ struct Magazine {
     iovas: [u64; CACHE_DEPTH],
 }
 
+/// The free IOVA of an IOAS: its holes, indexed by end and by size for
+/// O(log n) allocation of an aligned run, and a small cache of recently
+/// freed naturally aligned runs.
 #[derive(Clone, Default)]
 pub struct IovaSpace {
     /// Usable ranges, keyed by `last`, value `start`; disjoint and non-adjacent.

@@ -10,6 +10,7 @@
 //! Objects live in a per-owner (per-task) table with `u32` ids from 1, the lowest
 //! free id first (as Linux's xarray allocation).
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 
@@ -45,7 +46,9 @@ pub struct OwnerId(pub u64);
 /// A physically contiguous piece of pinned memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PhysRun {
+    /// The bus address of the first byte.
     pub phys: u64,
+    /// Its length in bytes (whole pages).
     pub len: u64,
 }
 
@@ -92,6 +95,7 @@ impl Limits {
         areas: 8192,
         domains: 64,
     };
+    /// No limit at all (tests).
     pub const UNLIMITED: Limits = Limits {
         objects: usize::MAX,
         areas: usize::MAX,
@@ -677,6 +681,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.limits = limits;
     }
 
+    /// The limits every owner is held to.
     pub fn limits(&self) -> Limits {
         self.limits
     }
@@ -706,18 +711,22 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         if full { Err(Errno::ENOSPC) } else { Ok(()) }
     }
 
+    /// The units, by [`UnitId`].
     pub fn units(&self) -> &[U] {
         &self.units
     }
 
+    /// The unit `unit`, to drive directly (tests, the kernel's own use).
     pub fn unit_mut(&mut self, unit: UnitId) -> Option<&mut U> {
         self.units.get_mut(unit.0 as usize)
     }
 
+    /// The kernel services the core calls.
     pub fn services(&self) -> &S {
         &self.services
     }
 
+    /// The kernel services, mutably.
     pub fn services_mut(&mut self) -> &mut S {
         &mut self.services
     }

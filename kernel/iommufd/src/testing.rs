@@ -30,6 +30,7 @@ struct GateState {
 }
 
 impl FailGate {
+    /// A gate that fails nothing until armed.
     pub fn new() -> Self {
         Self::default()
     }
@@ -48,6 +49,7 @@ impl FailGate {
         self.0.tripped.set(false);
     }
 
+    /// Gated calls since the last `arm` or `count`.
     pub fn calls(&self) -> u64 {
         self.0.calls.get()
     }
@@ -95,38 +97,62 @@ impl Shadow {
 /// Everything the unit is asked to do, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
+    /// `alloc_domain` returned this domain.
     AllocDomain(DomainHandle),
+    /// `free_domain` of this domain.
     FreeDomain(DomainHandle),
+    /// `map` of `len` bytes at `iova` to `phys`.
     Map {
+        /// The domain.
         domain: DomainHandle,
+        /// The first IOVA.
         iova: u64,
+        /// Where it goes.
         phys: u64,
+        /// How many bytes.
         len: u64,
     },
+    /// `unmap` of `len` bytes at `iova`.
     Unmap {
+        /// The domain.
         domain: DomainHandle,
+        /// The first IOVA.
         iova: u64,
+        /// How many bytes.
         len: u64,
     },
+    /// `flush` of what `gather` covers.
     Flush {
+        /// The domain.
         domain: DomainHandle,
+        /// What the unmaps (or maps) before it changed.
         gather: Gather,
     },
+    /// `attach` of `device` to `domain`.
     Attach {
+        /// The device.
         device: DeviceId,
+        /// The domain.
         domain: DomainHandle,
     },
+    /// `detach` of `device`.
     Detach {
+        /// The device.
         device: DeviceId,
     },
+    /// `invalidate_nested` carried out `count` requests.
     InvalidateNested {
+        /// The nested domain.
         domain: DomainHandle,
+        /// Requests carried out.
         count: usize,
     },
     /// One vIOMMU command carried out: over `parent`, naming `device` (the
     /// physical id its virtual one was translated to) or none.
     InvalidateViommu {
+        /// The vIOMMU's parent domain.
         parent: DomainHandle,
+        /// The device the command named, if any.
         device: Option<DeviceId>,
     },
 }
@@ -134,7 +160,9 @@ pub enum Event {
 /// Counters of the invalidation traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// `map` calls.
     pub maps: u64,
+    /// `unmap` calls.
     pub unmaps: u64,
     /// IOTLB invalidations by range (one per non-empty flush).
     pub range_invalidations: u64,
@@ -145,8 +173,11 @@ pub struct Stats {
 /// How a software unit presents itself.
 #[derive(Clone, Debug)]
 pub struct SoftConfig {
+    /// What `info` reports.
     pub info: UnitInfo,
+    /// What `reserved_regions` reports for every device.
     pub reserved: Vec<ReservedRegion>,
+    /// What `hw_info` reports.
     pub hw_info: HwInfo,
     /// Its paging domains track the pages their devices write (a model of
     /// VT-d SSADS, AMD-Vi HD, SMMUv3 HTTU).
@@ -283,7 +314,9 @@ pub struct SoftUnit {
     pending_faults: Vec<FaultRecord>,
     /// Whether to append to `log` (off in benchmarks).
     pub logging: bool,
+    /// Every call, in order (while `logging`).
     pub log: Vec<Event>,
+    /// Counters of the calls.
     pub stats: Stats,
     /// Makes the next `attach` fail with `Invalid` (tests of rollback).
     pub fail_next_attach: bool,
@@ -300,6 +333,8 @@ pub struct SoftUnit {
 }
 
 impl SoftUnit {
+    /// A unit `id` as `config` describes it, whose table allocations go
+    /// through `gate`.
     pub fn new(id: UnitId, config: SoftConfig, gate: FailGate) -> Self {
         Self {
             id,
@@ -875,18 +910,23 @@ impl IommuUnit for SoftUnit {
 #[derive(Debug)]
 pub struct FakeMemory {
     gate: FailGate,
+    /// Every virtual address below it is backed; above, `pin` is `EFAULT`.
     pub limit: u64,
+    /// Adjacent pages swapped: a pinned range comes back as many runs.
     pub scattered: bool,
     /// (owner, va) → (length, times pinned).
     pinned: BTreeMap<(OwnerId, u64), (u64, u64)>,
     watched: Vec<Rc<RefCell<Shadow>>>,
     /// Unpins of pages an IOTLB still translated to: must stay 0.
     pub violations: u64,
+    /// `pin` calls that succeeded.
     pub pins: u64,
+    /// `unpin` calls.
     pub unpins: u64,
 }
 
 impl FakeMemory {
+    /// Memory below 2^39 for every owner, whose pins go through `gate`.
     pub fn new(gate: FailGate) -> Self {
         Self {
             gate,
@@ -920,6 +960,7 @@ impl FakeMemory {
             .any(|(&(_, start), &(len, _))| va - start < len)
     }
 
+    /// The physical address behind `owner`'s `va`.
     pub fn phys_of(&self, owner: OwnerId, va: u64) -> u64 {
         let va = if self.scattered { va ^ PAGE_SIZE } else { va };
         (owner.0 << 40) | va

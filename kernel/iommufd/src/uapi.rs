@@ -14,7 +14,9 @@ use iommu::{IommuUnit, IovaRange};
 /// Access to a task's memory by its virtual addresses; `EFAULT` when a byte is not
 /// mapped with the needed permission.
 pub trait UserMemory {
+    /// Copies `out.len()` bytes from `owner`'s address `va`.
     fn read(&mut self, owner: OwnerId, va: u64, out: &mut [u8]) -> Result<(), Errno>;
+    /// Copies `data` to `owner`'s address `va`.
     fn write(&mut self, owner: OwnerId, va: u64, data: &[u8]) -> Result<(), Errno>;
 }
 

@@ -40,7 +40,9 @@ fn known_flags(flags: u32, known: u32) -> Result<(), Errno> {
 )]
 #[repr(C)]
 pub struct IovaRangeEntry {
+    /// The first IOVA.
     pub start: u64,
+    /// The last IOVA (inclusive).
     pub last: u64,
 }
 
@@ -50,9 +52,11 @@ pub struct IovaRangeEntry {
 )]
 #[repr(C)]
 pub struct IoasAlloc {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// No flags are defined: must be 0.
     pub flags: u32,
+    /// Out: the new IOAS.
     pub out_ioas_id: u32,
 }
 
@@ -62,7 +66,9 @@ pub struct IoasAlloc {
 )]
 #[repr(C)]
 pub struct Destroy {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The object.
     pub id: u32,
 }
 
@@ -72,13 +78,17 @@ pub struct Destroy {
 )]
 #[repr(C)]
 pub struct IoasIovaRanges {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The IOAS.
     pub ioas_id: u32,
     /// In: capacity of `allowed_iovas`; out: the number of ranges (also on EMSGSIZE).
     pub num_iovas: u32,
+    /// Must be zero.
     pub reserved: u32,
     /// User pointer to an array of [`IovaRangeEntry`].
     pub allowed_iovas: u64,
+    /// Out: what every map's IOVA, length and user page offset must be a multiple of (1 with no domain attached).
     pub out_iova_alignment: u64,
 }
 
@@ -88,9 +98,13 @@ pub struct IoasIovaRanges {
 )]
 #[repr(C)]
 pub struct IoasAllowIovas {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The IOAS.
     pub ioas_id: u32,
+    /// Entries in the array.
     pub num_iovas: u32,
+    /// Must be zero.
     pub reserved: u32,
     /// User pointer to an array of [`IovaRangeEntry`].
     pub allowed_iovas: u64,
@@ -102,7 +116,9 @@ bitflags! {
     pub struct MapFlags: u32 {
         /// `iova` is an input; otherwise the kernel chooses and returns it.
         const FIXED_IOVA = 1 << 0;
+        /// The device may write.
         const WRITEABLE = 1 << 1;
+        /// The device may read.
         const READABLE = 1 << 2;
     }
 }
@@ -113,12 +129,17 @@ bitflags! {
 )]
 #[repr(C)]
 pub struct IoasMap {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// [`MapFlags`].
     pub flags: u32,
+    /// The IOAS.
     pub ioas_id: u32,
+    /// Must be zero.
     pub reserved: u32,
+    /// The task's address of the first byte (any byte, with no domain attached).
     pub user_va: u64,
+    /// Length in bytes.
     pub length: u64,
     /// In with `FIXED_IOVA`, out otherwise.
     pub iova: u64,
@@ -130,8 +151,11 @@ pub struct IoasMap {
 )]
 #[repr(C)]
 pub struct IoasUnmap {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The IOAS.
     pub ioas_id: u32,
+    /// The first IOVA (0 with `length` = `u64::MAX`: everything).
     pub iova: u64,
     /// In: bytes to unmap; out: bytes unmapped.
     pub length: u64,
@@ -143,14 +167,19 @@ pub struct IoasUnmap {
 )]
 #[repr(C)]
 pub struct IoasCopy {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// [`MapFlags`].
     pub flags: u32,
+    /// The IOAS to copy into.
     pub dst_ioas_id: u32,
+    /// The IOAS to copy from.
     pub src_ioas_id: u32,
+    /// Length in bytes.
     pub length: u64,
     /// In with `FIXED_IOVA`, out otherwise.
     pub dst_iova: u64,
+    /// The first IOVA in the source.
     pub src_iova: u64,
 }
 
@@ -185,6 +214,7 @@ pub enum HwptDataType {
 }
 
 impl HwptDataType {
+    /// The type `raw` names; `EOPNOTSUPP` for a value it does not know.
     pub fn from_raw(raw: u32) -> Result<Self, Errno> {
         Ok(match raw {
             0 => Self::None,
@@ -203,19 +233,27 @@ impl HwptDataType {
 )]
 #[repr(C)]
 pub struct HwptAlloc {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// [`HwptAllocFlags`].
     pub flags: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
+    /// The IOAS or HWPT to build on.
     pub pt_id: u32,
+    /// Out: the new HWPT.
     pub out_hwpt_id: u32,
+    /// Must be zero.
     pub reserved: u32,
     /// [`HwptDataType`].
     pub data_type: u32,
+    /// Length of the data in bytes.
     pub data_len: u32,
+    /// User address of the data.
     pub data_uptr: u64,
     /// The fault queue object, with [`HwptAllocFlags::FAULT_ID_VALID`].
     pub fault_id: u32,
+    /// Must be zero.
     pub reserved2: u32,
 }
 
@@ -233,6 +271,7 @@ pub enum InvalidateDataType {
 }
 
 impl InvalidateDataType {
+    /// The type `raw` names; `EOPNOTSUPP` for a value it does not know.
     pub fn from_raw(raw: u32) -> Result<Self, Errno> {
         Ok(match raw {
             0 => Self::VtdS1,
@@ -249,14 +288,19 @@ impl InvalidateDataType {
 )]
 #[repr(C)]
 pub struct HwptInvalidate {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The HWPT.
     pub hwpt_id: u32,
+    /// User address of the array of entries.
     pub data_uptr: u64,
     /// [`InvalidateDataType`].
     pub data_type: u32,
+    /// Size of one entry in bytes.
     pub entry_len: u32,
     /// In: entries passed; out: entries processed (also on error).
     pub entry_num: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -265,6 +309,7 @@ pub struct HwptInvalidate {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum HwInfoType {
+    /// No registers to report (no IOMMU, or a software unit).
     None = 0,
     /// [`HwInfoVtd`].
     IntelVtd = 1,
@@ -304,12 +349,17 @@ bitflags! {
 )]
 #[repr(C)]
 pub struct ViommuAlloc {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// Must be zero (none defined).
     pub flags: u32,
     /// [`ViommuType`].
     pub viommu_type: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
+    /// The HWPT.
     pub hwpt_id: u32,
+    /// Out: the new vIOMMU.
     pub out_viommu_id: u32,
 }
 
@@ -330,10 +380,15 @@ pub enum ViommuType {
 )]
 #[repr(C)]
 pub struct VdeviceAlloc {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The vIOMMU.
     pub viommu_id: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
+    /// Out: the new vDEVICE.
     pub out_vdevice_id: u32,
+    /// The device's id in the vIOMMU (for SMMUv3, its virtual StreamID).
     pub virt_id: u64,
 }
 
@@ -346,17 +401,22 @@ pub struct VdeviceAlloc {
 )]
 #[repr(C)]
 pub struct VeventqAlloc {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// Must be zero (none defined).
     pub flags: u32,
+    /// The vIOMMU.
     pub viommu_id: u32,
     /// [`VeventqType`].
     pub veventq_type: u32,
     /// Events the queue holds (1 to [`VEVENTQ_MAX_DEPTH`]).
     pub veventq_depth: u32,
+    /// Out: the new vEVENTQ (a file descriptor in Linux, an object id here).
     pub out_veventq_id: u32,
     /// Linux's file descriptor to `read()`; here the id again, for
     /// `veventq_read`.
     pub out_veventq_fd: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -379,10 +439,15 @@ pub enum VeventqType {
 )]
 #[repr(C)]
 pub struct VeventqRead {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The vEVENTQ.
     pub veventq_id: u32,
+    /// User address of the data.
     pub data_uptr: u64,
+    /// Length of the data in bytes.
     pub data_len: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -416,6 +481,7 @@ pub struct VeventHeader {
 )]
 #[repr(C)]
 pub struct VeventArmSmmuV3 {
+    /// The event record's four doublewords (SMMUv3 §7.3).
     pub evt: [u64; 4],
 }
 
@@ -427,10 +493,13 @@ pub struct VeventArmSmmuV3 {
 )]
 #[repr(C)]
 pub struct HwptSetDirtyTracking {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// [`DirtyTrackingFlags`].
     pub flags: u32,
+    /// The HWPT.
     pub hwpt_id: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -438,6 +507,7 @@ bitflags! {
     /// Linux `enum iommufd_hwpt_set_dirty_tracking_flags`.
     #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
     pub struct DirtyTrackingFlags: u32 {
+        /// On (clear: off).
         const ENABLE = 1 << 0;
     }
 }
@@ -452,12 +522,17 @@ bitflags! {
 )]
 #[repr(C)]
 pub struct HwptGetDirtyBitmap {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The HWPT.
     pub hwpt_id: u32,
     /// [`DirtyBitmapFlags`].
     pub flags: u32,
+    /// Must be zero.
     pub reserved: u32,
+    /// The first IOVA (a multiple of `page_size`).
     pub iova: u64,
+    /// How many bytes (a multiple of `page_size`).
     pub length: u64,
     /// A power of two, at least 4 KiB; `iova` and `length` are multiples.
     pub page_size: u64,
@@ -485,12 +560,15 @@ bitflags! {
 )]
 #[repr(C)]
 pub struct IommuOption {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// [`OptionId`].
     pub option_id: u32,
     /// [`OptionOp`].
     pub op: u16,
+    /// Must be zero.
     pub reserved: u16,
+    /// The object the option applies to (an IOAS; 0 for a global option).
     pub object_id: u32,
     /// In for [`OptionOp::Set`], out for [`OptionOp::Get`].
     pub val64: u64,
@@ -511,7 +589,9 @@ pub enum OptionId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u16)]
 pub enum OptionOp {
+    /// Sets the option to `val64`.
     Set = 0,
+    /// Reads the option into `val64`.
     Get = 1,
 }
 
@@ -521,16 +601,21 @@ pub enum OptionOp {
 )]
 #[repr(C)]
 pub struct GetHwInfo {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// Must be zero (none defined).
     pub flags: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
     /// In: length of the user buffer; out: length of the kernel's data.
     pub data_len: u32,
+    /// User address of the data.
     pub data_uptr: u64,
     /// [`HwInfoType`].
     pub out_data_type: u32,
     /// log2 of the PASIDs the device may use (0: none), as Linux.
     pub out_max_pasid_log2: u8,
+    /// Must be zero.
     pub reserved: [u8; 3],
     /// [`HwCapabilities`].
     pub out_capabilities: u64,
@@ -540,8 +625,11 @@ bitflags! {
     /// The access of a fault record.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct FaultAccess: u32 {
+        /// A DMA read.
         const READ = 1 << 0;
+        /// A DMA write.
         const WRITE = 1 << 1;
+        /// An instruction fetch.
         const EXEC = 1 << 2;
     }
 }
@@ -550,9 +638,13 @@ bitflags! {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum FaultReasonCode {
+    /// No valid leaf for the IOVA.
     NotPresent = 1,
+    /// The leaf forbids the access.
     Permission = 2,
+    /// The IOVA is outside the domain's address size.
     AddressSize = 3,
+    /// The device is blocked, or its context, STE or DTE is invalid.
     Blocked = 4,
     /// Vendor-specific: `FaultRecord::vendor_reason` holds the raw code.
     Other = 5,
@@ -564,6 +656,7 @@ pub enum FaultReasonCode {
 )]
 #[repr(C)]
 pub struct FaultRecord {
+    /// The address the device used.
     pub iova: u64,
     /// Requester id / StreamID as the unit saw it.
     pub requester: u32,
@@ -575,9 +668,11 @@ pub struct FaultRecord {
     pub access: u32,
     /// [`FaultReasonCode`].
     pub reason: u32,
+    /// The unit's own reason code (VT-d fault reason, SMMUv3 event type, AMD-Vi event code).
     pub vendor_reason: u32,
     /// Records dropped because the queue was full since the previous delivered record.
     pub dropped_before: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -587,15 +682,19 @@ pub struct FaultRecord {
 )]
 #[repr(C)]
 pub struct FaultRead {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The HWPT.
     pub hwpt_id: u32,
     /// In: capacity; out: records written.
     pub num: u32,
     /// Bytes per record in the user array (size-versioned like a struct).
     pub record_len: u32,
+    /// User address of the array of [`FaultRecord`]s.
     pub records_uptr: u64,
     /// Records dropped and not yet reported in a delivered record.
     pub out_dropped: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -605,13 +704,17 @@ pub struct FaultRead {
 )]
 #[repr(C)]
 pub struct DeviceAttach {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// Must be zero (none defined).
     pub flags: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
     /// IOAS or HWPT id.
     pub pt_id: u32,
     /// The HWPT the device ended up in (an automatic one for an IOAS).
     pub out_hwpt_id: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -621,7 +724,9 @@ pub struct DeviceAttach {
 )]
 #[repr(C)]
 pub struct DeviceDetach {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
+    /// The device: its id from `device_open`.
     pub dev_id: u32,
 }
 
@@ -631,6 +736,7 @@ pub struct DeviceDetach {
 )]
 #[repr(C)]
 pub struct DeviceList {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// In: capacity; out: number of devices (also on EMSGSIZE).
     pub num: u32,
@@ -639,6 +745,7 @@ pub struct DeviceList {
 }
 
 bitflags! {
+    /// What `device_list` says about a function.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct DeviceListFlags: u32 {
         /// Another task has opened it.
@@ -676,14 +783,17 @@ bitflags! {
 )]
 #[repr(C)]
 pub struct DeviceOpen {
+    /// Size of this struct in bytes, as the caller built it (the size rule of [`crate::copy_in`]).
     pub size: u32,
     /// No flags are defined: must be 0.
     pub flags: u32,
     /// PCI segment << 16 | bus << 8 | devfn, as `device_list` reports it.
     pub pci_address: u32,
+    /// Out: the device's id for the other calls.
     pub out_dev_id: u32,
     /// Where BAR 0 is mapped in the task (0 when the function has none).
     pub out_bar0_va: u64,
+    /// Out: the size of BAR 0, mapped into the task.
     pub out_bar0_len: u64,
 }
 
@@ -695,7 +805,9 @@ pub struct DeviceOpen {
 pub struct DeviceListEntry {
     /// PCI segment << 16 | bus << 8 | devfn.
     pub pci_address: u32,
+    /// PCI vendor id.
     pub vendor_id: u16,
+    /// PCI device id.
     pub device_id: u16,
     /// Index of the unit translating it.
     pub unit: u32,
@@ -709,7 +821,9 @@ pub struct DeviceListEntry {
 )]
 #[repr(C)]
 pub struct Limit {
+    /// How many the task may hold.
     pub limit: u64,
+    /// How many it holds now.
     pub used: u64,
 }
 
@@ -752,6 +866,7 @@ pub struct HwptVtdS1 {
     pub pgtbl_addr: u64,
     /// 48 or 57.
     pub addr_width: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -761,6 +876,7 @@ pub struct HwptVtdS1 {
 )]
 #[repr(C)]
 pub struct HwptArmSmmuV3 {
+    /// STE words 0 and 1 as the guest driver wrote them (SMMUv3 §5.2).
     pub ste: [u64; 2],
 }
 
@@ -770,6 +886,7 @@ pub struct HwptArmSmmuV3 {
 )]
 #[repr(C)]
 pub struct HwptAmdViV2 {
+    /// The guest DTE's four words (AMD IOMMU §2.2.2.1).
     pub dte: [u64; 4],
 }
 
@@ -779,11 +896,13 @@ pub struct HwptAmdViV2 {
 )]
 #[repr(C)]
 pub struct InvalidateVtdS1 {
+    /// The first IOVA (4 KiB aligned).
     pub addr: u64,
     /// Number of 4 KiB pages; `u64::MAX` for all.
     pub npages: u64,
     /// Bit 0: leaf only.
     pub flags: u32,
+    /// Must be zero.
     pub reserved: u32,
 }
 
@@ -793,6 +912,7 @@ pub struct InvalidateVtdS1 {
 )]
 #[repr(C)]
 pub struct InvalidateArmSmmuV3 {
+    /// The command as the guest driver wrote it.
     pub cmd: [u64; 2],
 }
 
@@ -802,6 +922,7 @@ pub struct InvalidateArmSmmuV3 {
 )]
 #[repr(C)]
 pub struct InvalidateAmdViV2 {
+    /// The command as the guest driver wrote it.
     pub cmd: [u64; 2],
 }
 
@@ -811,7 +932,9 @@ pub struct InvalidateAmdViV2 {
 )]
 #[repr(C)]
 pub struct HwInfoVtd {
+    /// Linux's `IOMMU_HW_INFO_VTD_*` flags: none reported here.
     pub flags: u32,
+    /// Must be zero.
     pub reserved: u32,
     /// VT-d 3.4 §11.4.2 CAP_REG.
     pub cap_reg: u64,
@@ -825,7 +948,9 @@ pub struct HwInfoVtd {
 )]
 #[repr(C)]
 pub struct HwInfoArmSmmuV3 {
+    /// Must be zero (none defined).
     pub flags: u32,
+    /// Must be zero.
     pub reserved: u32,
     /// SMMUv3 §6.3.1-6.3.6 SMMU_IDR0..5.
     pub idr: [u32; 6],

@@ -13,6 +13,7 @@ pub enum Errno {
     EIO = 5,
     /// The struct is longer than the kernel knows and its unknown tail is non-zero.
     E2BIG = 7,
+    /// Out of memory.
     ENOMEM = 12,
     /// A user pointer is not readable/writable.
     EFAULT = 14,

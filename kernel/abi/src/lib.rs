@@ -4,6 +4,7 @@
 //! Shared by the kernel (which validates every argument with [`copy_in`]) and by user
 //! programs (which build the structs). Nothing here allocates.
 #![no_std]
+#![warn(missing_docs)]
 
 #[cfg(test)]
 extern crate std;
@@ -25,21 +26,37 @@ pub use version::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
 pub enum Command {
+    /// Linux `IOMMU_DESTROY`: frees an object ([`Destroy`]).
     Destroy = 0x80,
+    /// Linux `IOMMU_IOAS_ALLOC`.
     IoasAlloc = 0x81,
+    /// Linux `IOMMU_IOAS_IOVA_RANGES`.
     IoasIovaRanges = 0x82,
+    /// Linux `IOMMU_IOAS_ALLOW_IOVAS`.
     IoasAllowIovas = 0x83,
+    /// Linux `IOMMU_IOAS_MAP`.
     IoasMap = 0x84,
+    /// Linux `IOMMU_IOAS_UNMAP`.
     IoasUnmap = 0x85,
+    /// Linux `IOMMU_IOAS_COPY`.
     IoasCopy = 0x86,
+    /// Linux `IOMMU_HWPT_ALLOC`.
     HwptAlloc = 0x87,
+    /// Linux `IOMMU_HWPT_INVALIDATE`.
     HwptInvalidate = 0x88,
+    /// Linux `IOMMU_GET_HW_INFO`.
     GetHwInfo = 0x89,
+    /// Reads a HWPT's fault records (Linux reads a fault queue's file).
     FaultRead = 0x8a,
+    /// Lists the PCI functions and whether a task may open them.
     DeviceList = 0x8b,
+    /// Opens a PCI function: binds it to the task (VFIO's `VFIO_DEVICE_BIND_IOMMUFD`), BAR 0 mapped.
     DeviceOpen = 0x8c,
+    /// Attaches a device to an IOAS or HWPT (VFIO's `VFIO_DEVICE_ATTACH_IOMMUFD_PT`).
     DeviceAttach = 0x8d,
+    /// Moves an attached device to another IOAS or HWPT in one step.
     DeviceReplace = 0x8e,
+    /// Detaches a device: it is blocked again (VFIO's `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
     DeviceDetach = 0x8f,
     /// Linux `IOMMU_OPTION` ([`IommuOption`]); after `irq_wait`'s number.
     Option = 0x91,

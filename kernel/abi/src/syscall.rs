@@ -55,20 +55,35 @@ pub const LIMITS: u64 = 7;
 /// The iommufd calls (`ioctl(IOMMU_*)` in Linux): argument 0 points to the
 /// call's struct. Numbers equal [`crate::Command`].
 pub const DESTROY: u64 = 0x80;
+/// System call number of [`Command::IoasAlloc`](crate::Command::IoasAlloc).
 pub const IOAS_ALLOC: u64 = 0x81;
+/// System call number of [`Command::IoasIovaRanges`](crate::Command::IoasIovaRanges).
 pub const IOAS_IOVA_RANGES: u64 = 0x82;
+/// System call number of [`Command::IoasAllowIovas`](crate::Command::IoasAllowIovas).
 pub const IOAS_ALLOW_IOVAS: u64 = 0x83;
+/// System call number of [`Command::IoasMap`](crate::Command::IoasMap).
 pub const IOAS_MAP: u64 = 0x84;
+/// System call number of [`Command::IoasUnmap`](crate::Command::IoasUnmap).
 pub const IOAS_UNMAP: u64 = 0x85;
+/// System call number of [`Command::IoasCopy`](crate::Command::IoasCopy).
 pub const IOAS_COPY: u64 = 0x86;
+/// System call number of [`Command::HwptAlloc`](crate::Command::HwptAlloc).
 pub const HWPT_ALLOC: u64 = 0x87;
+/// System call number of [`Command::HwptInvalidate`](crate::Command::HwptInvalidate).
 pub const HWPT_INVALIDATE: u64 = 0x88;
+/// System call number of [`Command::GetHwInfo`](crate::Command::GetHwInfo).
 pub const GET_HW_INFO: u64 = 0x89;
+/// System call number of [`Command::FaultRead`](crate::Command::FaultRead).
 pub const FAULT_READ: u64 = 0x8a;
+/// System call number of [`Command::DeviceList`](crate::Command::DeviceList).
 pub const DEVICE_LIST: u64 = 0x8b;
+/// System call number of [`Command::DeviceOpen`](crate::Command::DeviceOpen).
 pub const DEVICE_OPEN: u64 = 0x8c;
+/// System call number of [`Command::DeviceAttach`](crate::Command::DeviceAttach).
 pub const DEVICE_ATTACH: u64 = 0x8d;
+/// System call number of [`Command::DeviceReplace`](crate::Command::DeviceReplace).
 pub const DEVICE_REPLACE: u64 = 0x8e;
+/// System call number of [`Command::DeviceDetach`](crate::Command::DeviceDetach).
 pub const DEVICE_DETACH: u64 = 0x8f;
 /// `irq_wait(device_id: u32, timeout_ns: u64) -> interrupts`: the number of
 /// interrupts the task's opened device raised since the previous `irq_wait`

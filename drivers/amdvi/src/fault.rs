@@ -239,13 +239,16 @@ impl Event {
                 Access::Read
             }
         };
-        let record = |device_id: u16, address: u64, flags: EventFlags, reason| FaultRecord {
-            unit,
-            requester: DeviceId(u32::from(device_id)),
-            iova: address,
-            access: access(flags),
-            reason,
-            guest_event: None,
+        let record = |device_id: u16, address: u64, flags: EventFlags, reason, code: EventCode| {
+            FaultRecord {
+                unit,
+                vendor_code: code as u32,
+                requester: DeviceId(u32::from(device_id)),
+                iova: address,
+                access: access(flags),
+                reason,
+                guest_event: None,
+            }
         };
         Some(match *self {
             Event::IoPageFault {
@@ -261,13 +264,19 @@ impl Event {
                 } else {
                     FaultReason::Permission
                 };
-                record(device_id, address, flags, reason)
+                record(device_id, address, flags, reason, EventCode::IoPageFault)
             }
             Event::IllegalDevTableEntry {
                 device_id,
                 flags,
                 address,
-            } => record(device_id, address, flags, FaultReason::Blocked),
+            } => record(
+                device_id,
+                address,
+                flags,
+                FaultReason::Blocked,
+                EventCode::IllegalDevTableEntry,
+            ),
             Event::DevTabHardwareError {
                 device_id,
                 flags,
@@ -277,6 +286,7 @@ impl Event {
                 address,
                 flags,
                 FaultReason::Other(EventCode::DevTabHardwareError as u32),
+                EventCode::DevTabHardwareError,
             ),
             Event::PageTabHardwareError {
                 device_id,
@@ -288,6 +298,7 @@ impl Event {
                 address,
                 flags,
                 FaultReason::Other(EventCode::PageTabHardwareError as u32),
+                EventCode::PageTabHardwareError,
             ),
             Event::InvalidDeviceRequest {
                 device_id,
@@ -298,6 +309,7 @@ impl Event {
                 address,
                 flags,
                 FaultReason::Other(EventCode::InvalidDeviceRequest as u32),
+                EventCode::InvalidDeviceRequest,
             ),
             Event::RmpPageFault {
                 device_id,
@@ -308,6 +320,7 @@ impl Event {
                 address,
                 flags,
                 FaultReason::Other(EventCode::RmpPageFault as u32),
+                EventCode::RmpPageFault,
             ),
             _ => return None,
         })

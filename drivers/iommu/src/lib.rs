@@ -353,6 +353,10 @@ pub struct FaultRecord {
     pub access: Access,
     /// Why it failed.
     pub reason: FaultReason,
+    /// The unit's own code for it, whatever `reason` says: the VT-d fault
+    /// reason (§7.1.3), the SMMUv3 event type (§7.3), the AMD-Vi event code
+    /// (§2.5); 0 from a software unit. What a report names by the spec.
+    pub vendor_code: u32,
     /// The record in the hardware's own format, when a guest driver of a
     /// vIOMMU would see it (a fault of a task-owned stage 1): what a vEVENTQ
     /// delivers. `None` for faults of the kernel's own tables.

@@ -340,6 +340,7 @@ pub fn fault_record(unit: UnitId, fault: &Fault) -> FaultRecord {
     let event = &fault.event;
     FaultRecord {
         unit,
+        vendor_code: event_code(event.kind),
         requester: DeviceId(event.sid),
         iova: event.input_addr,
         access: if event.read {

@@ -91,6 +91,7 @@ impl Fault {
         };
         FaultRecord {
             unit,
+            vendor_code: u32::from(self.reason),
             requester: DeviceId(u32::from(self.source_id)),
             iova: self.address,
             access: if self.is_read {

@@ -11,6 +11,7 @@ extern crate std;
 
 mod args;
 mod errno;
+pub mod names;
 pub mod syscall;
 mod version;
 

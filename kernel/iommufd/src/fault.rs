@@ -40,12 +40,12 @@ fn encode(r: &iommu::FaultRecord, dev_id: ObjId) -> abi::FaultRecord {
         Access::Write => FaultAccess::WRITE,
         Access::Execute => FaultAccess::EXEC,
     };
-    let (reason, vendor_reason) = match r.reason {
-        FaultReason::NotPresent => (FaultReasonCode::NotPresent, 0),
-        FaultReason::Permission => (FaultReasonCode::Permission, 0),
-        FaultReason::AddressSize => (FaultReasonCode::AddressSize, 0),
-        FaultReason::Blocked => (FaultReasonCode::Blocked, 0),
-        FaultReason::Other(code) => (FaultReasonCode::Other, code),
+    let reason = match r.reason {
+        FaultReason::NotPresent => FaultReasonCode::NotPresent,
+        FaultReason::Permission => FaultReasonCode::Permission,
+        FaultReason::AddressSize => FaultReasonCode::AddressSize,
+        FaultReason::Blocked => FaultReasonCode::Blocked,
+        FaultReason::Other(_) => FaultReasonCode::Other,
     };
     abi::FaultRecord {
         iova: r.iova,
@@ -54,7 +54,7 @@ fn encode(r: &iommu::FaultRecord, dev_id: ObjId) -> abi::FaultRecord {
         dev_id,
         access: access.bits(),
         reason: reason as u32,
-        vendor_reason,
+        vendor_reason: r.vendor_code,
         dropped_before: 0,
         reserved: 0,
     }

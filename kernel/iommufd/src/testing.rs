@@ -422,6 +422,7 @@ impl SoftUnit {
             iova,
             access,
             reason,
+            vendor_code: 0,
             guest_event: None,
         };
         let Some(domain) = self.attached.get(&device).copied() else {
@@ -484,6 +485,7 @@ impl SoftUnit {
             iova,
             access,
             reason: FaultReason::NotPresent,
+            vendor_code: 0,
             guest_event: None,
         });
     }
@@ -498,6 +500,7 @@ impl SoftUnit {
             iova,
             access: Access::Write,
             reason: FaultReason::NotPresent,
+            vendor_code: F_TRANSLATION as u32,
             guest_event: Some(GuestEvent::ArmSmmuV3 {
                 evt: [F_TRANSLATION | u64::from(requester.0) << 32, 0, iova, 0],
             }),

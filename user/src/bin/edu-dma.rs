@@ -148,10 +148,20 @@ fn run() -> Result<(), i32> {
     let mut records = [FaultRecord::default(); 4];
     let read = STEPS.check(13, "fault_read", fault_read(hwpt, &mut records))?;
     match records[..read].first() {
-        Some(record) => println!(
-            "edu-dma: fault records: {}; first: IOVA {:#x}, requester {:#x}, access {}, reason {}",
-            read, record.iova, record.requester, record.access, record.reason
-        ),
+        Some(record) => {
+            // The unit's own code, by the name its spec gives it.
+            let unit_code = abi::names::vendor_reason(info.out_data_type, record.vendor_reason)
+                .unwrap_or("not in this program's table");
+            println!(
+                "edu-dma: fault records: {read}; first: IOVA {:#x}, a {} by requester {:#x}, refused: {} ({} {:#x}: {unit_code})",
+                record.iova,
+                abi::names::access(record.access),
+                record.requester,
+                abi::names::reason(record.reason),
+                abi::names::vendor_code_kind(info.out_data_type),
+                record.vendor_reason,
+            );
+        }
         None => println!("edu-dma: fault records: 0"),
     }
     println!("edu-dma: done");

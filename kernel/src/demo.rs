@@ -1,5 +1,7 @@
-//! The demo `cargo xtask run` shows: what the kernel found, and one DMA
-//! round trip through each edu device.
+//! The demo `cargo xtask run` shows, as a lesson in four steps: what the
+//! kernel found; a DMA without an IOMMU; the IOMMU itself (what it is, a
+//! mapping as its walk sees it, what map and unmap cost); then a user task
+//! driving an edu through the iommufd calls (the scheduler runs it).
 
 use crate::memory::frames;
 use crate::platform::Platform;
@@ -7,6 +9,7 @@ use crate::platform::Platform;
 /// Runs the demo; returns the number of steps that failed.
 pub fn run(platform: &Platform) -> usize {
     println!("== IOMMU unikernel on {} ==", crate::arch::ARCH_NAME);
+    println!("1. What the kernel found");
     println!("platform: {}", platform.summary());
     let protection = crate::arch::user_memory_protection();
     let on_off = |on: bool| if on { "on" } else { "OFF (CPU lacks it)" };
@@ -31,6 +34,9 @@ pub fn run(platform: &Platform) -> usize {
             device.bars.len()
         );
     }
+    println!(
+        "2. Without an IOMMU: each edu device copies 4 KiB from RAM into itself and back, at physical addresses"
+    );
     let mut failed = 0;
     for device in crate::devices::edus() {
         match edu_round_trip(platform, device) {
@@ -47,6 +53,11 @@ pub fn run(platform: &Platform) -> usize {
     // Last: bringing an IOMMU up blocks every device that is not attached,
     // so the physical-address round trips above must come first.
     iommu_demos(platform);
+    if !default_tasks(platform).is_empty() {
+        println!(
+            "4. A user task drives an edu through the iommufd calls: it opens the device, maps its own memory into an IOAS, DMAs through IOVAs, unmaps, and reads the fault a DMA to the old IOVA raised (its own lines follow, after the kernel's)"
+        );
+    }
     println!("== demo done ==");
     failed
 }
@@ -94,18 +105,18 @@ fn iommu_demos(platform: &Platform) {
         #[cfg(target_arch = "x86_64")]
         crate::platform::Firmware::Acpi(info) => {
             if info.dmar.is_some() {
-                println!("-- Intel VT-d --");
+                println!("3. The IOMMU: Intel VT-d");
                 crate::figures::vtd::demo(platform);
             }
             if info.ivrs.is_some() {
-                println!("-- AMD-Vi --");
+                println!("3. The IOMMU: AMD-Vi");
                 crate::figures::amdvi::demo(platform);
             }
         }
         #[cfg(target_arch = "aarch64")]
         crate::platform::Firmware::DeviceTree(tree) => {
             if !tree.smmus.is_empty() {
-                println!("-- ARM SMMUv3 --");
+                println!("3. The IOMMU: ARM SMMUv3");
                 crate::figures::smmuv3::demo(platform);
             }
         }

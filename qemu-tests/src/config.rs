@@ -291,17 +291,17 @@ pub const CONFIGS: &[Config] = &[
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
     ("none-x86", 36),
-    ("vtd", 92),
-    ("vtd-cm", 92),
-    ("vtd-sm", 90),
-    ("vtd-fs", 90),
-    ("vtd-bridge", 95),
-    ("smmuv3-bridge", 98),
-    ("amdvi", 88),
+    ("vtd", 93),
+    ("vtd-cm", 93),
+    ("vtd-sm", 91),
+    ("vtd-fs", 91),
+    ("vtd-bridge", 96),
+    ("smmuv3-bridge", 99),
+    ("amdvi", 89),
     ("none-arm", 36),
-    ("smmuv3", 96),
-    ("smmuv3-s2", 96),
-    ("smmuv3-nested", 101),
+    ("smmuv3", 97),
+    ("smmuv3-s2", 97),
+    ("smmuv3-nested", 102),
 ];
 
 /// The configuration called `name`.

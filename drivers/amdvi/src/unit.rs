@@ -291,6 +291,23 @@ impl AmdVi {
         }
     }
 
+    /// The hardware's walk of `domain`'s table for `iova`, level by level
+    /// (for the demo and debugging); `false` for a domain without a table.
+    pub fn walk_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        visit: &mut dyn FnMut(&io_page_table::WalkStep),
+    ) -> bool {
+        match self.domains.get(&domain.0).map(|d| &d.backing) {
+            Some(DomainBacking::Paging { table, .. }) => {
+                table.walk_to(iova, visit);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The leaf of `domain`'s page table that translates `iova`: its raw PTE,
     /// level and size (for tests and debugging).
     pub fn translation(

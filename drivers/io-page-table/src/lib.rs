@@ -97,7 +97,9 @@ pub use format::x86_64::{X86_64, X86Config};
 pub use format::{Format, Geometry};
 pub use gather::Gather;
 pub use prot::Prot;
-pub use table::{EntryKind, FreedTables, PageTable, Translation, Unmapped, WalkEntry};
+pub use table::{
+    EntryKind, FreedTables, PageTable, StepKind, Translation, Unmapped, WalkEntry, WalkStep,
+};
 pub use table_alloc::{Coherence, TableAlloc};
 
 /// The object-safe face of a [`PageTable`], for owners that hold tables of
@@ -129,6 +131,8 @@ pub trait IoPageTable {
     ) -> Result<Gather, UnmapError>;
     /// See [`PageTable::mark_written`] (models of the walker only).
     fn mark_written(&mut self, iova: u64) -> bool;
+    /// See [`PageTable::walk_to`].
+    fn walk_to(&self, iova: u64, visit: &mut dyn FnMut(&WalkStep));
 }
 
 impl<F: Format, A: TableAlloc> IoPageTable for PageTable<F, A> {
@@ -167,5 +171,8 @@ impl<F: Format, A: TableAlloc> IoPageTable for PageTable<F, A> {
     }
     fn mark_written(&mut self, iova: u64) -> bool {
         PageTable::mark_written(self, iova)
+    }
+    fn walk_to(&self, iova: u64, visit: &mut dyn FnMut(&WalkStep)) {
+        PageTable::walk_to(self, iova, visit)
     }
 }

@@ -111,6 +111,44 @@ pub struct Translation {
     pub pte: u64,
 }
 
+/// One level of a walk ([`PageTable::walk_to`]): which entry of which table
+/// the IOMMU reads there, and what it finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WalkStep {
+    /// The level (0 holds the smallest pages).
+    pub level: u32,
+    /// Physical address of the table read.
+    pub table: u64,
+    /// The entry's index in it.
+    pub index: usize,
+    /// The raw entry.
+    pub entry: u64,
+    /// What the entry is.
+    pub kind: StepKind,
+    /// The format's single-bit attributes of this entry, by name: (name,
+    /// mask); those whose mask is set in `entry` are set.
+    pub bits: &'static [(&'static str, u64)],
+}
+
+/// What one entry of a walk is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepKind {
+    /// It links the next level's table.
+    Table {
+        /// Physical address of that table.
+        next: u64,
+    },
+    /// A leaf: the walk ends here.
+    Leaf {
+        /// Output address of the leaf's first byte.
+        phys: u64,
+        /// The leaf's size (a whole run, for an entry of one).
+        size: u64,
+    },
+    /// Nothing is mapped: the walk ends in a fault.
+    Empty,
+}
+
 /// An IO page table of format `F` whose pages come from `A`.
 pub struct PageTable<F: Format, A: TableAlloc> {
     format: F,
@@ -1031,6 +1069,49 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// The physical address `iova` translates to, if mapped.
     pub fn iova_to_phys(&self, iova: u64) -> Option<u64> {
         self.lookup(iova).map(|t| t.phys)
+    }
+
+    /// The IOMMU's walk for `iova`, one [`WalkStep`] per level read, from
+    /// the root down to the leaf or the empty entry that ends it (nothing
+    /// for an IOVA beyond the table).
+    pub fn walk_to(&self, iova: u64, mut visit: impl FnMut(&WalkStep)) {
+        if iova > self.geo.max_iova() {
+            return;
+        }
+        let mut table = self.root;
+        let mut level = self.geo.levels - 1;
+        loop {
+            let index = self.index(iova, level);
+            let entry = Self::read(self.entries(table), index);
+            let kind = if entry == 0 {
+                StepKind::Empty
+            } else if level > 0 && self.format.is_table(level, entry) {
+                StepKind::Table {
+                    next: self.format.table_addr(entry),
+                }
+            } else {
+                let (shift, base) = self.leaf_extent(level, entry);
+                StepKind::Leaf {
+                    phys: base,
+                    size: 1u64 << shift,
+                }
+            };
+            visit(&WalkStep {
+                level,
+                table,
+                index,
+                entry,
+                kind,
+                bits: self.format.entry_bits(level, entry),
+            });
+            match kind {
+                StepKind::Table { next } => {
+                    table = next;
+                    level -= 1;
+                }
+                _ => return,
+            }
+        }
     }
 
     /// Calls `visit` for every present entry, depth first in IOVA order (a table

@@ -657,3 +657,64 @@ fn tables_can_move_between_threads() {
     let boxed: Box<dyn io_page_table::IoPageTable + Send> = Box::new(pt);
     assert_eq!(boxed.iova_to_phys(0x1000), Some(0x1000));
 }
+
+/// The hardware's walk, level by level: a 4 KiB leaf is reached through
+/// three tables, a 2 MiB leaf through two, and an IOVA nothing maps ends at
+/// the first empty entry; each step names the entry's bits that are set.
+#[test]
+fn walk_to_shows_each_level_the_iommu_reads() {
+    use io_page_table::{StepKind, WalkStep};
+    let mut pt = table(vtd(4, 0b01, false));
+    pt.map(0x4020_1000, 0x8000_3000, 0x1000, Prot::RW).unwrap();
+    pt.map(0x4060_0000, 0x9000_0000, 0x20_0000, Prot::READ)
+        .unwrap();
+    let steps = |iova| {
+        let mut v: Vec<WalkStep> = Vec::new();
+        pt.walk_to(iova, |step| v.push(*step));
+        v
+    };
+    let small = steps(0x4020_1234);
+    assert_eq!(
+        small.iter().map(|s| s.level).collect::<Vec<_>>(),
+        [3, 2, 1, 0]
+    );
+    assert!(matches!(small[0].kind, StepKind::Table { .. }));
+    assert_eq!(small[0].index, 0);
+    assert_eq!(small[1].index, 1, "bits 38:30 of 0x4020_1234");
+    assert_eq!(small[3].index, 1, "bits 20:12");
+    assert_eq!(
+        small[3].kind,
+        StepKind::Leaf {
+            phys: 0x8000_3000,
+            size: 0x1000
+        }
+    );
+    let set: Vec<&str> = small[3]
+        .bits
+        .iter()
+        .filter(|(_, mask)| small[3].entry & mask != 0)
+        .map(|(name, _)| *name)
+        .collect();
+    assert_eq!(set, ["R", "W"]);
+    // Each step reads the table the step before linked.
+    for pair in small.windows(2) {
+        assert_eq!(
+            pair[0].kind,
+            StepKind::Table {
+                next: pair[1].table
+            }
+        );
+    }
+    let large = steps(0x4060_0000);
+    assert_eq!(large.len(), 3);
+    assert_eq!(
+        large[2].kind,
+        StepKind::Leaf {
+            phys: 0x9000_0000,
+            size: 0x20_0000
+        }
+    );
+    let absent = steps(0x7000_0000);
+    assert_eq!(absent.last().unwrap().kind, StepKind::Empty);
+    assert!(steps(1 << 50).is_empty(), "beyond the table");
+}

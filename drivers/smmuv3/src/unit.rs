@@ -146,6 +146,23 @@ impl<'a> SmmuUnit<'a> {
         }
     }
 
+    /// The hardware's walk of a paging domain's table for `iova`, level by
+    /// level (for the demo and debugging); `false` for a domain without one.
+    pub fn walk_mapping(
+        &self,
+        handle: DomainHandle,
+        iova: u64,
+        visit: &mut dyn FnMut(&io_page_table::WalkStep),
+    ) -> bool {
+        match self.domain(handle).map(|d| &d.state) {
+            Ok(DomainState::Stage1 { table, .. } | DomainState::Stage2 { table, .. }) => {
+                table.walk_to(iova, visit);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// The leaf of a paging domain's table that translates `iova`: its raw
     /// descriptor, level and size (for tests and debugging).
     pub fn translation(

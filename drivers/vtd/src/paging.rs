@@ -36,6 +36,12 @@ pub trait DomainTable: Send {
     /// Frees the table pages earlier unmaps unlinked; called once the
     /// invalidation covering them has completed.
     fn release_unlinked(&mut self) {}
+    /// The hardware's walk for `iova`, level by level
+    /// (`io_page_table::PageTable::walk_to`); tables the unit cannot show
+    /// visit nothing.
+    fn walk_to(&self, iova: u64, visit: &mut dyn FnMut(&io_page_table::WalkStep)) {
+        let _ = (iova, visit);
+    }
     /// The leaves the hardware marked written (see
     /// `io_page_table::PageTable::read_dirty`); tables without dirty state
     /// refuse.
@@ -101,6 +107,10 @@ impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
         for freed in self.unlinked.drain(..) {
             self.table.release(freed);
         }
+    }
+
+    fn walk_to(&self, iova: u64, visit: &mut dyn FnMut(&io_page_table::WalkStep)) {
+        self.table.walk_to(iova, visit);
     }
 
     fn read_dirty(

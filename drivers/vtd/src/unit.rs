@@ -154,6 +154,23 @@ impl<'a, R: Registers> Vtd<'a, R> {
         Some(table.root())
     }
 
+    /// The hardware's walk of `domain`'s table for `iova`, level by level
+    /// (for the demo and debugging); `false` for a domain without a table.
+    pub fn walk_mapping(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        visit: &mut dyn FnMut(&io_page_table::WalkStep),
+    ) -> bool {
+        match self.domains.get(&domain.0).and_then(|d| d.table.as_ref()) {
+            Some(table) => {
+                table.walk_to(iova, visit);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// The domain id the hardware sees for `domain`.
     pub fn domain_id(&self, domain: DomainHandle) -> Option<u16> {
         self.domains.get(&domain.0).map(|domain| domain.did)

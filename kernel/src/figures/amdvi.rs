@@ -36,7 +36,7 @@ pub fn command_figures(
     let mut figures = alloc::vec::Vec::new();
     let before = unit.hardware.counters();
     unit.attach(device, domain)
-        .map_err(|err| format!("attach: {err:?}"))?;
+        .map_err(|err| format!("attach: {}", crate::figures::error_words(err)))?;
     figures.push(("attach", unit.hardware.counters().since(&before)));
     let before = unit.hardware.counters();
     let gather = unit
@@ -50,9 +50,9 @@ pub fn command_figures(
                 write: true,
             },
         )
-        .map_err(|err| format!("map: {err:?}"))?;
+        .map_err(|err| format!("map: {}", crate::figures::error_words(err)))?;
     unit.flush(domain, &gather)
-        .map_err(|err| format!("flush: {err:?}"))?;
+        .map_err(|err| format!("flush: {}", crate::figures::error_words(err)))?;
     figures.push((
         if unit.hardware.np_cache() {
             "map of 16 aligned pages (NpCache: flushed)"
@@ -64,9 +64,9 @@ pub fn command_figures(
     let before = unit.hardware.counters();
     let gather = unit
         .unmap(domain, IOVA, LEN)
-        .map_err(|err| format!("unmap: {err:?}"))?;
+        .map_err(|err| format!("unmap: {}", crate::figures::error_words(err)))?;
     unit.flush(domain, &gather)
-        .map_err(|err| format!("flush: {err:?}"))?;
+        .map_err(|err| format!("flush: {}", crate::figures::error_words(err)))?;
     figures.push((
         "unmap of 16 aligned pages",
         unit.hardware.counters().since(&before),
@@ -79,43 +79,51 @@ pub fn command_figures(
 
 /// The lines `demo` prints.
 pub fn demo_lines(platform: &Platform) -> Result<String, String> {
-    let unit = unit(platform).map_err(|absent| format!("no unit: {absent:?}"))?;
+    let unit = unit(platform).map_err(|_| String::from("no AMD-Vi unit was brought up"))?;
     let mut unit = unit.lock();
     let mut out = String::new();
     let description = unit.hardware.description().clone();
     out += &format!(
-        "amd-vi: registers at {:#x}, IOMMU function {}, {} requesters, EFR {:#x}, NpCache {}\n",
+        "  the unit: registers at {:#x}, its own PCI function {}, {} requesters in the IVHD, EFR {:#x}, NpCache {}\n",
         description.mmio_base,
         Bdf::from_requester_id(description.iommu_device_id),
         description.requesters.len(),
         unit.hardware.extended_features().0,
-        unit.hardware.np_cache()
+        if unit.hardware.np_cache() {
+            "on (not-present entries may be cached: maps are invalidated too)"
+        } else {
+            "off"
+        }
     );
     let event_log = unit
         .hardware
         .probe_event_log()
         .map_err(|err| format!("event-log probe: {err:?}"))?;
     out += &format!(
-        "amd-vi: event log {} (probed with an illegal command)\n",
+        "  the event log: {} (probed with an illegal command)\n",
         if event_log {
             "records events"
         } else {
             "never written (QEMU 10.0.2)"
         }
     );
+    out += &crate::figures::walk::lesson(&mut *unit, |unit, domain, iova, visit| {
+        unit.walk_mapping(domain, iova, visit)
+    })?;
+    out += "  what attach, map, unmap and detach cost in commands:\n";
     let edu = crate::devices::edus().next().ok_or("no edu")?;
     let device = device_id(platform, edu.function.bdf).ok_or("the IVRS leaves the edu out")?;
     let domain = unit
         .alloc_domain(DomainKind::Paging)
-        .map_err(|err| format!("{err:?}"))?;
+        .map_err(|err| String::from(crate::figures::error_words(err)))?;
     let figures = command_figures(&mut unit, device, domain);
     unit.detach(device);
     let freed = unit.free_domain(domain);
     let figures = figures?;
-    freed.map_err(|err| format!("free_domain: {err:?}"))?;
+    freed.map_err(|err| format!("free_domain: {}", crate::figures::error_words(err)))?;
     for (what, cost) in figures {
         out += &format!(
-            "amd-vi: {what}: {} INVALIDATE_DEVTAB_ENTRY + {} INVALIDATE_IOMMU_PAGES + {} COMPLETION_WAIT = {} commands, {} tail write(s), {} MMIO write(s)\n",
+            "    {what}: {} INVALIDATE_DEVTAB_ENTRY + {} INVALIDATE_IOMMU_PAGES + {} COMPLETION_WAIT = {} commands, {} tail write(s), {} MMIO write(s)\n",
             cost.invalidate_devtab_entry,
             cost.invalidate_iommu_pages,
             cost.completion_waits,

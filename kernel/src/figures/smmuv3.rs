@@ -38,10 +38,10 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
         .ok_or("no memory for the scratch range")?;
     let result = with_unit(platform, |unit| -> Result<Vec<UnmapCost>, String> {
         unit.set_granule(smmuv3::Granule::K4)
-            .map_err(|err| format!("4K: {err:?}"))?;
+            .map_err(|err| format!("4K: {}", crate::figures::error_words(err)))?;
         let domain = unit
             .alloc_domain(iommu::DomainKind::Paging)
-            .map_err(|err| format!("alloc: {err:?}"))?;
+            .map_err(|err| format!("alloc: {}", crate::figures::error_words(err)))?;
         let mut costs = Vec::new();
         let mut failure = None;
         for &k in ks {
@@ -63,7 +63,7 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
                 )
                 .and_then(|gather| unit.flush(domain, &gather));
             if let Err(err) = mapped {
-                failure = Some(format!("map 2^{k}: {err:?}"));
+                failure = Some(format!("map 2^{k}: {}", crate::figures::error_words(err)));
                 break;
             }
             let map_commands = unit.hardware.counters().since(&before_map).commands;
@@ -71,12 +71,12 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
             let gather = match unit.unmap(domain, iova, len) {
                 Ok(gather) => gather,
                 Err(err) => {
-                    failure = Some(format!("unmap 2^{k}: {err:?}"));
+                    failure = Some(format!("unmap 2^{k}: {}", crate::figures::error_words(err)));
                     break;
                 }
             };
             if let Err(err) = unit.flush(domain, &gather) {
-                failure = Some(format!("flush 2^{k}: {err:?}"));
+                failure = Some(format!("flush 2^{k}: {}", crate::figures::error_words(err)));
                 break;
             }
             let after = unit.hardware.counters();
@@ -115,7 +115,7 @@ pub fn unmap_costs(platform: &Platform, ks: &[u32]) -> Result<Vec<UnmapCost>, St
         if let Some(why) = failure {
             return Err(why);
         }
-        freed.map_err(|err| format!("free: {err:?}"))?;
+        freed.map_err(|err| format!("free: {}", crate::figures::error_words(err)))?;
         Ok(costs)
     });
     crate::memory::frames::free(run);
@@ -128,22 +128,25 @@ pub fn demo(platform: &Platform) {
         println!("smmuv3: none in this machine");
         return;
     };
+    let intid = |irq: Option<u32>| irq.map_or(String::from("none"), |id| format!("{id}"));
     println!(
-        "smmuv3 @ {:#x}: eventq SPI {:?}, gerror SPI {:?}",
+        "  the unit: registers at {:#x}, event queue interrupt {}, global error interrupt {}",
         description.register_base,
-        description.eventq.intid(),
-        description.gerror.intid()
+        intid(description.eventq.intid()),
+        intid(description.gerror.intid())
     );
     let result = with_unit(platform, |unit| {
         let features = *unit.hardware.features();
+        let idr: Vec<String> = features.idr.iter().map(|r| format!("{r:#010x}")).collect();
+        let yes_no = |b: bool| if b { "yes" } else { "no" };
         println!(
-            "  IDR0-5 {:08x?} IIDR {:#x} AIDR {:#x}; stage 1 {}, stage 2 {}, RIL {}, {} stream table over {} SID bits",
-            features.idr,
+            "  IDR0-5 {} IIDR {:#x} AIDR {:#x}; stage 1 {}, stage 2 {}, range invalidation {}, a {} stream table over {} StreamID bits",
+            idr.join(" "),
             features.iidr,
             features.aidr,
-            features.stage1(),
-            features.stage2(),
-            features.range_invalidation(),
+            yes_no(features.stage1()),
+            yes_no(features.stage2()),
+            yes_no(features.range_invalidation()),
             if unit.hardware.is_two_level() {
                 "2-level"
             } else {
@@ -151,11 +154,24 @@ pub fn demo(platform: &Platform) {
             },
             unit.hardware.sid_bits()
         );
-        println!(
-            "  reserved: {:?}",
-            unit.reserved_regions(iommu::DeviceId(0))
-        );
-        println!("  counters: {:?}", unit.hardware.counters());
+        for region in unit.reserved_regions(iommu::DeviceId(0)) {
+            println!(
+                "  reserved IOVA {:#x}-{:#x}: {}",
+                region.range.start,
+                region.range.last,
+                match region.kind {
+                    iommu::ReservedKind::Msi => "the MSI doorbell, mapped in every domain",
+                    iommu::ReservedKind::Direct => "memory firmware keeps DMA going to",
+                    iommu::ReservedKind::Reserved => "a hole the hardware cannot translate",
+                }
+            );
+        }
+        match crate::figures::walk::lesson(unit, |unit, domain, iova, visit| {
+            unit.walk_mapping(domain, iova, visit)
+        }) {
+            Ok(text) => print!("{text}"),
+            Err(why) => println!("  the mapping lesson failed: {why}"),
+        }
     });
     if let Err(why) = result {
         println!("  smmuv3: {why}");
@@ -163,9 +179,12 @@ pub fn demo(platform: &Platform) {
     }
     match unmap_costs(platform, &[0, 1, 4, 5, 9]) {
         Ok(costs) => {
+            println!(
+                "  what an unmap costs (a map costs nothing: an SMMU never caches an invalid entry):"
+            );
             for cost in costs {
                 println!(
-                    "  unmap {:>3} pages: {} TLBI + {} CMD_SYNC ({} MMIO writes); without RIL {} TLBI{}",
+                    "    {:>3} pages: {} TLBI + {} CMD_SYNC ({} MMIO writes); without range invalidation {} TLBI{}",
                     cost.pages,
                     cost.tlbi,
                     cost.syncs,

@@ -20,22 +20,42 @@ fn demo_on(unit: &mut Unit) {
     let ::iommu::HwInfo::IntelVtd { cap, ecap } = unit.hw_info() else {
         return;
     };
-    println!(
-        "vtd: {:?} mode, CAP {cap:#018x} ECAP {ecap:#018x}, caching mode {}, {} invalidation",
-        unit.hardware.mode(),
-        unit.hardware.cap().caching_mode(),
-        if unit.hardware.uses_queued_invalidation() {
-            "queued"
-        } else {
-            "register"
+    let mode = match unit.hardware.mode() {
+        vtd::Mode::Legacy => "legacy mode (root -> context -> second-stage tables)",
+        vtd::Mode::ScalableSecondStage => {
+            "scalable mode, second-stage tables (root -> context -> PASID entry -> tables)"
         }
+        vtd::Mode::ScalableFirstStage => "scalable mode, first-stage tables in the x86-64 format",
+    };
+    println!(
+        "  the unit: {mode}; CAP {cap:#018x} ECAP {ecap:#018x}; caching mode {}; invalidations through the {}",
+        if unit.hardware.cap().caching_mode() {
+            "on (not-present entries may be cached: maps are invalidated too)"
+        } else {
+            "off"
+        },
+        if unit.hardware.uses_queued_invalidation() {
+            "invalidation queue"
+        } else {
+            "registers"
+        }
+    );
+    match crate::figures::walk::lesson(unit, |unit, domain, iova, visit| {
+        unit.walk_mapping(domain, iova, visit)
+    }) {
+        Ok(text) => print!("{text}"),
+        Err(why) => println!("  the mapping lesson failed: {why}"),
+    }
+    println!(
+        "  what map and unmap cost, per page mapped and per unmap of the whole range (invalidation descriptors / wait descriptors / MMIO writes / cache lines written back):"
     );
     for k in [0u32, 4, 9] {
         match costs(unit, k) {
             Ok((map, unmap)) => {
                 let pages = 1u64 << k;
                 println!(
-                    "vtd: 2^{k:<2} pages: per map {}/{}/{}/{} (invalidations/waits/MMIO writes/cache lines), unmap {}/{}/{}/{}",
+                    "    {:>3} pages: per map {}/{}/{}/{}, unmap {}/{}/{}/{}",
+                    pages,
                     map.invalidations / pages,
                     map.waits / pages,
                     map.mmio_writes / pages,
@@ -46,7 +66,7 @@ fn demo_on(unit: &mut Unit) {
                     unmap.cache_lines
                 );
             }
-            Err(why) => println!("vtd: 2^{k} pages: {why}"),
+            Err(why) => println!("    {} pages: {why}", 1u64 << k),
         }
     }
 }
@@ -57,7 +77,7 @@ pub fn costs(unit: &mut Unit, k: u32) -> Result<(vtd::Counters, vtd::Counters), 
     use ::iommu::IommuUnit;
     let domain = unit
         .alloc_domain(::iommu::DomainKind::Paging)
-        .map_err(|err| alloc::format!("paging domain: {err:?}"))?;
+        .map_err(|err| alloc::format!("paging domain: {}", crate::figures::error_words(err)))?;
     let frame = crate::memory::frames::alloc().ok_or("no frame")?;
     let prot = ::iommu::Prot {
         read: true,
@@ -83,8 +103,8 @@ pub fn costs(unit: &mut Unit, k: u32) -> Result<(vtd::Counters, vtd::Counters), 
     let unmap = unit.hardware.counters().since(&before);
     let freed = unit.free_domain(domain);
     crate::memory::frames::free(frame);
-    mapped.map_err(|err| alloc::format!("map: {err:?}"))?;
-    flushed.map_err(|err| alloc::format!("flush: {err:?}"))?;
-    freed.map_err(|err| alloc::format!("free: {err:?}"))?;
+    mapped.map_err(|err| alloc::format!("map: {}", crate::figures::error_words(err)))?;
+    flushed.map_err(|err| alloc::format!("flush: {}", crate::figures::error_words(err)))?;
+    freed.map_err(|err| alloc::format!("free: {}", crate::figures::error_words(err)))?;
     Ok((map, unmap))
 }

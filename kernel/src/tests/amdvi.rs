@@ -24,6 +24,10 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
+        name: "amdvi::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
+    },
+    Test {
         name: "amdvi::unit_is_discovered_from_the_ivrs",
         run: unit_is_discovered_from_the_ivrs,
     },
@@ -697,5 +701,22 @@ fn every_ivhd_is_brought_up_blocking(platform: &Platform) -> TestResult {
         described.len(),
         "units the iommufd core holds"
     );
+    Ok(Outcome::Passed)
+}
+
+/// The demo's lesson (`figures::walk`): the hardware's walk to a mapped
+/// page, read back level by level from the unit's own tables, ends in that
+/// page at the byte asked about.
+fn the_demo_walk_reaches_the_page_it_mapped(platform: &Platform) -> TestResult {
+    let crate::platform::Firmware::Acpi(info) = &platform.firmware;
+    if info.ivrs.is_none() {
+        return Ok(Outcome::NotApplicable("no AMD-Vi IVRS on this machine"));
+    }
+    let unit = crate::iommu::amdvi::unit(platform)
+        .map_err(|_| alloc::string::String::from("no AMD-Vi unit"))?;
+    let text = crate::figures::walk::lesson(&mut *unit.lock(), |unit, domain, iova, visit| {
+        unit.walk_mapping(domain, iova, visit)
+    })?;
+    crate::figures::walk::check(&text)?;
     Ok(Outcome::Passed)
 }

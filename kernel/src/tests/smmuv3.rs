@@ -21,6 +21,10 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
+        name: "smmuv3::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
+    },
+    Test {
         name: "smmuv3::discovered_with_stream_ids_and_id_registers",
         run: discovered_with_stream_ids_and_id_registers,
     },
@@ -1069,5 +1073,18 @@ fn command_queue_wraps_and_a_batch_larger_than_it_completes(platform: &Platform)
         "batches failed: {results:?}"
     );
     ensure_eq!(issued, 4 * 301, "commands issued (with one CMD_SYNC each)");
+    Ok(Outcome::Passed)
+}
+
+/// The demo's lesson (`figures::walk`): the hardware's walk to a mapped
+/// page, read back level by level from the unit's own tables, ends in that
+/// page at the byte asked about.
+fn the_demo_walk_reaches_the_page_it_mapped(platform: &Platform) -> TestResult {
+    let text = glue::with_unit(platform, |unit| {
+        crate::figures::walk::lesson(unit, |unit, domain, iova, visit| {
+            unit.walk_mapping(domain, iova, visit)
+        })
+    })??;
+    crate::figures::walk::check(&text)?;
     Ok(Outcome::Passed)
 }

@@ -25,6 +25,10 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
+        name: "vtd::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
+    },
+    Test {
         name: "vtd::bring_up_translates_with_every_device_blocked_and_reports_one_fault_per_dma",
         run: blocked_dma_is_dropped_and_faults_once,
     },
@@ -756,4 +760,17 @@ fn every_drhd_is_brought_up_blocking(platform: &Platform) -> TestResult {
         "units the iommufd core holds"
     );
     Ok(Outcome::Passed)
+}
+
+/// The demo's lesson (`figures::walk`): the hardware's walk to a mapped
+/// page, read back level by level from the unit's own tables, ends in that
+/// page at the byte asked about.
+fn the_demo_walk_reaches_the_page_it_mapped(platform: &Platform) -> TestResult {
+    with_unit(platform, |unit| {
+        let text = crate::figures::walk::lesson(unit, |unit, domain, iova, visit| {
+            unit.walk_mapping(domain, iova, visit)
+        })?;
+        crate::figures::walk::check(&text)?;
+        Ok(Outcome::Passed)
+    })
 }

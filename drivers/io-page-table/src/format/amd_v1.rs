@@ -92,6 +92,18 @@ impl AmdV1 {
 }
 
 impl Format for AmdV1 {
+    /// AMD IOMMU §2.2.3: PR, A, D, FC, IR, IW (Next Level is a field).
+    fn entry_bits(&self, _level: u32, _pte: u64) -> &'static [(&'static str, u64)] {
+        &[
+            ("PR", AMD_PR),
+            ("A", AMD_A),
+            ("D", AMD_D),
+            ("FC", AMD_FC),
+            ("IR", AMD_IR),
+            ("IW", AMD_IW),
+        ]
+    }
+
     const NAME: &'static str = "amd-v1";
     const VALID: Option<u64> = Some(AMD_PR);
 

@@ -304,6 +304,36 @@ pub const fn ps_encoding(bits: u32) -> Option<u8> {
 }
 
 impl Format for ArmLpae {
+    /// ARM ARM D8.3: a table entry's type bit; a leaf's AP (stage 1) or
+    /// S2AP (stage 2), AF, nG, DBM, Contiguous, PXN and XN.
+    fn entry_bits(&self, level: u32, pte: u64) -> &'static [(&'static str, u64)] {
+        if level > 0 && self.is_table(level, pte) {
+            return &[("valid", ARM_VALID), ("table", ARM_TYPE_TABLE)];
+        }
+        match self.config.stage {
+            Stage::Stage1 => &[
+                ("valid", ARM_VALID),
+                ("AP[1] EL0", ARM_S1_AP_EL0),
+                ("AP[2] read-only", ARM_S1_AP_RDONLY),
+                ("AF", ARM_AF),
+                ("nG", ARM_S1_NG),
+                ("DBM", ARM_DBM),
+                ("Contiguous", ARM_CONTIGUOUS),
+                ("PXN", ARM_S1_PXN),
+                ("XN", ARM_XN),
+            ],
+            Stage::Stage2 => &[
+                ("valid", ARM_VALID),
+                ("S2AP read", ARM_S2_AP_READ),
+                ("S2AP write", ARM_S2_AP_WRITE),
+                ("AF", ARM_AF),
+                ("DBM", ARM_DBM),
+                ("Contiguous", ARM_CONTIGUOUS),
+                ("XN", ARM_XN),
+            ],
+        }
+    }
+
     const NAME: &'static str = "arm-lpae";
     const VALID: Option<u64> = Some(ARM_VALID);
 

@@ -164,6 +164,15 @@ pub trait Format {
         0
     }
 
+    /// The single-bit attributes of the entry `pte` at `level` a reader
+    /// wants named (a walk shown level by level): (name, mask) for each; the
+    /// caller prints those set. The address and multi-bit fields are not
+    /// listed.
+    fn entry_bits(&self, level: u32, pte: u64) -> &'static [(&'static str, u64)] {
+        let _ = (level, pte);
+        &[]
+    }
+
     /// Hardware dirty tracking: whether the leaf `pte` at `level` was written
     /// through since its dirty state was last cleared (VT-d second-stage D,
     /// AMD-Vi v1 D, x86-64 D, ARM DBM with write permission). A format

@@ -77,6 +77,17 @@ impl VtdSecondStage {
 }
 
 impl Format for VtdSecondStage {
+    /// VT-d 3.4 §9.8: R, W, PS, SNP, D (a leaf's), all one bit.
+    fn entry_bits(&self, _level: u32, _pte: u64) -> &'static [(&'static str, u64)] {
+        &[
+            ("R", SS_R),
+            ("W", SS_W),
+            ("PS", SS_PS),
+            ("D", SS_D),
+            ("SNP", SS_SNP),
+        ]
+    }
+
     const NAME: &'static str = "vtd-ss";
     // No single valid bit: an entry is live when R or W is set (§9.8).
 

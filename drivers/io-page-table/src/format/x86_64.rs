@@ -90,6 +90,22 @@ impl X86_64 {
 }
 
 impl Format for X86_64 {
+    /// Intel SDM Vol. 3A §4.5 (VT-d 3.4 §9.7 first stage): P, R/W, U/S, PWT,
+    /// PCD, A, D, PS, XD.
+    fn entry_bits(&self, _level: u32, _pte: u64) -> &'static [(&'static str, u64)] {
+        &[
+            ("P", X86_P),
+            ("R/W", X86_RW),
+            ("U/S", X86_US),
+            ("PWT", X86_PWT),
+            ("PCD", X86_PCD),
+            ("A", X86_A),
+            ("D", X86_D),
+            ("PS", X86_PS),
+            ("XD", X86_NX),
+        ]
+    }
+
     const NAME: &'static str = "x86-64";
     const VALID: Option<u64> = Some(X86_P);
 

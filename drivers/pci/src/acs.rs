@@ -36,6 +36,7 @@ bitflags! {
     pub struct AcsFlags: u16 {
         /// Source Validation: a downstream port checks the requester's bus.
         const SOURCE_VALIDATION = 1 << 0;
+        /// Translation Blocking: translated (ATS) requests are refused.
         const TRANSLATION_BLOCKING = 1 << 1;
         /// P2P Request Redirect: peer requests go up to the root (and the IOMMU).
         const REQUEST_REDIRECT = 1 << 2;
@@ -43,7 +44,9 @@ bitflags! {
         const COMPLETION_REDIRECT = 1 << 3;
         /// Upstream Forwarding: requests to the port's own window go up too.
         const UPSTREAM_FORWARDING = 1 << 4;
+        /// P2P Egress Control: a port may block peer requests by a vector.
         const EGRESS_CONTROL = 1 << 5;
+        /// Direct Translated P2P: translated peer requests go straight to the peer.
         const DIRECT_TRANSLATED_P2P = 1 << 6;
     }
 }

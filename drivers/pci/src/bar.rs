@@ -19,21 +19,32 @@ const BAR_IO_ADDRESS_MASK: u32 = !0x3;
 /// A decoded BAR.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Bar {
+    /// A memory BAR.
     Memory {
+        /// Which BAR (0-5; a 64-bit one takes this and the next).
         index: u8,
+        /// The bus address it decodes.
         address: u64,
+        /// Its size (a power of two).
         size: u64,
+        /// A 64-bit BAR.
         is_64bit: bool,
+        /// Prefetchable memory.
         prefetchable: bool,
     },
+    /// An I/O-space BAR.
     Io {
+        /// Which BAR.
         index: u8,
+        /// The port it decodes.
         address: u32,
+        /// Its size.
         size: u32,
     },
 }
 
 impl Bar {
+    /// Which BAR it is.
     pub fn index(&self) -> u8 {
         match *self {
             Bar::Memory { index, .. } | Bar::Io { index, .. } => index,
@@ -41,6 +52,7 @@ impl Bar {
     }
 }
 
+/// Why a BAR could not be read or placed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BarError {
     /// The index is past the last BAR, or names the upper half of a 64-bit BAR.
@@ -161,6 +173,7 @@ pub struct MemoryWindow {
     pub pci_base: u64,
     /// CPU physical address the window's start appears at.
     pub cpu_base: u64,
+    /// Its size in bytes.
     pub size: u64,
 }
 
@@ -173,6 +186,7 @@ pub struct BarAllocator {
 }
 
 impl BarAllocator {
+    /// Hands out `window` from its start.
     pub fn new(window: MemoryWindow) -> Self {
         BarAllocator {
             window,

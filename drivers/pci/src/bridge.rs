@@ -9,13 +9,21 @@ use crate::{Bdf, Capabilities, CapabilityId, Command, ConfigSpace, Function, Hea
 
 /// Type-1 header offsets (PCI-to-PCI Bridge 1.2 §3.2, Figure 3-2).
 pub mod offsets {
+    /// The bus the bridge sits on.
     pub const PRIMARY_BUS: u16 = 0x18;
+    /// The bus right below it.
     pub const SECONDARY_BUS: u16 = 0x19;
+    /// The highest bus below it.
     pub const SUBORDINATE_BUS: u16 = 0x1A;
+    /// I/O base and limit (one byte each).
     pub const IO_BASE: u16 = 0x1C;
+    /// Memory window base, bits 31:20.
     pub const MEMORY_BASE: u16 = 0x20;
+    /// Memory window limit, bits 31:20.
     pub const MEMORY_LIMIT: u16 = 0x22;
+    /// Prefetchable window base, bits 31:20.
     pub const PREFETCHABLE_BASE: u16 = 0x24;
+    /// Prefetchable window limit, bits 31:20.
     pub const PREFETCHABLE_LIMIT: u16 = 0x26;
 }
 
@@ -33,8 +41,11 @@ const PORT_TYPE_MASK: u16 = 0xF;
 /// PCIe device/port type (PCIe Base 6.0 §7.5.3.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PortType {
+    /// A root port.
     RootPort,
+    /// A switch's upstream port.
     SwitchUpstream,
+    /// A switch's downstream port.
     SwitchDownstream,
     /// A PCI Express to PCI/PCI-X bridge: the bus below it is conventional.
     PcieToPciBridge,
@@ -148,8 +159,11 @@ pub fn enable_forwarding(config: &dyn ConfigSpace, bdf: Bdf) {
 /// A bridge as the topology needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Bridge {
+    /// The bridge's own address.
     pub bdf: Bdf,
+    /// The bus right below it.
     pub secondary: u8,
+    /// The highest bus below it.
     pub subordinate: u8,
     /// `None`: a conventional PCI-to-PCI bridge.
     pub port_type: Option<PortType>,
@@ -158,6 +172,7 @@ pub struct Bridge {
 /// Which bridge leads to which bus.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Topology {
+    /// Every bridge, in BDF order.
     pub bridges: Vec<Bridge>,
 }
 

@@ -8,8 +8,11 @@ use crate::{Bdf, ConfigSpace, offsets};
 pub struct CapabilityId(pub u8);
 
 impl CapabilityId {
+    /// Message Signalled Interrupts.
     pub const MSI: CapabilityId = CapabilityId(0x05);
+    /// The PCI Express capability.
     pub const PCI_EXPRESS: CapabilityId = CapabilityId(0x10);
+    /// MSI-X.
     pub const MSI_X: CapabilityId = CapabilityId(0x11);
     /// AMD's secure device capability: the AMD-Vi IOMMU's own PCI function.
     pub const SECURE_DEVICE: CapabilityId = CapabilityId(0x0F);
@@ -32,6 +35,7 @@ pub struct Capabilities<'a> {
 }
 
 impl<'a> Capabilities<'a> {
+    /// The capabilities of `bdf`, in list order (none without the Status bit).
     pub fn new(config: &'a dyn ConfigSpace, bdf: Bdf) -> Self {
         let has_list = config.read16(bdf, offsets::STATUS) & STATUS_CAPABILITIES_LIST != 0;
         let next = if has_list {
@@ -47,6 +51,7 @@ impl<'a> Capabilities<'a> {
         }
     }
 
+    /// Where capability `id` of `bdf` starts, if it has one.
     pub fn offset_of(config: &'a dyn ConfigSpace, bdf: Bdf, id: CapabilityId) -> Option<u16> {
         Capabilities::new(config, bdf)
             .find(|&(found, _)| found == id)
@@ -88,6 +93,7 @@ pub struct Msi {
 }
 
 impl Msi {
+    /// The MSI capability of `bdf`, if it has one.
     pub fn find(config: &dyn ConfigSpace, bdf: Bdf) -> Option<Msi> {
         let offset = Capabilities::offset_of(config, bdf, CapabilityId::MSI)?;
         let control = config.read16(bdf, offset + MSI_CONTROL);
@@ -117,12 +123,14 @@ impl Msi {
         config.write16(self.bdf, control_offset, control);
     }
 
+    /// Clears MSI Enable: the function signals nothing by MSI.
     pub fn disable(&self, config: &dyn ConfigSpace) {
         let control_offset = self.offset + MSI_CONTROL;
         let control = config.read16(self.bdf, control_offset);
         config.write16(self.bdf, control_offset, control & !MSI_CONTROL_ENABLE);
     }
 
+    /// MSI Enable is set.
     pub fn is_enabled(&self, config: &dyn ConfigSpace) -> bool {
         config.read16(self.bdf, self.offset + MSI_CONTROL) & MSI_CONTROL_ENABLE != 0
     }

@@ -7,13 +7,17 @@ use crate::Bdf;
 /// Access to configuration space. Offsets are byte offsets into a function's
 /// 4 KiB space; accesses are naturally aligned.
 pub trait ConfigSpace {
+    /// Reads the dword at `offset`.
     fn read32(&self, bdf: Bdf, offset: u16) -> u32;
+    /// Writes the dword at `offset`.
     fn write32(&self, bdf: Bdf, offset: u16, value: u32);
 
+    /// Reads 16 bits (from the containing dword).
     fn read16(&self, bdf: Bdf, offset: u16) -> u16 {
         (self.read32(bdf, offset & !3) >> ((offset & 2) * 8)) as u16
     }
 
+    /// Reads 8 bits (from the containing dword).
     fn read8(&self, bdf: Bdf, offset: u16) -> u8 {
         (self.read32(bdf, offset & !3) >> ((offset & 3) * 8)) as u8
     }
@@ -30,6 +34,7 @@ pub trait ConfigSpace {
         self.write32(bdf, offset & !3, new);
     }
 
+    /// The Command register.
     fn command(&self, bdf: Bdf) -> Command {
         Command::from_bits_retain(self.read16(bdf, offsets::COMMAND))
     }
@@ -43,14 +48,23 @@ pub trait ConfigSpace {
 
 /// Type-0 configuration header offsets (PCI Local Bus 3.0 §6.1, Figure 6-1).
 pub mod offsets {
+    /// Vendor ID.
     pub const VENDOR_ID: u16 = 0x00;
+    /// Device ID.
     pub const DEVICE_ID: u16 = 0x02;
+    /// Command.
     pub const COMMAND: u16 = 0x04;
+    /// Status.
     pub const STATUS: u16 = 0x06;
+    /// Revision ID and class code.
     pub const REVISION_CLASS: u16 = 0x08;
+    /// Header Type.
     pub const HEADER_TYPE: u16 = 0x0E;
+    /// The first BAR.
     pub const BAR0: u16 = 0x10;
+    /// The first capability's offset.
     pub const CAPABILITIES_POINTER: u16 = 0x34;
+    /// Interrupt Line.
     pub const INTERRUPT_LINE: u16 = 0x3C;
 }
 
@@ -58,10 +72,13 @@ bitflags! {
     /// PCI Local Bus 3.0 §6.2.2 Command register.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Command: u16 {
+        /// Decodes its I/O BARs.
         const IO_SPACE = 1 << 0;
+        /// Decodes its memory BARs.
         const MEMORY_SPACE = 1 << 1;
         /// Lets the function issue DMA (and MSI writes).
         const BUS_MASTER = 1 << 2;
+        /// Raises no INTx.
         const INTX_DISABLE = 1 << 10;
     }
 }
@@ -74,13 +91,17 @@ pub const STATUS_CAPABILITIES_LIST: u16 = 1 << 4;
 pub struct HeaderType {
     /// 0 = endpoint, 1 = PCI-to-PCI bridge, 2 = CardBus bridge.
     pub layout: u8,
+    /// The device has more functions than 0.
     pub multi_function: bool,
 }
 
 impl HeaderType {
+    /// Layout 0: an endpoint.
     pub const ENDPOINT: u8 = 0;
+    /// Layout 1: a PCI-to-PCI bridge.
     pub const PCI_BRIDGE: u8 = 1;
 
+    /// Decodes the register's value.
     pub fn from_raw(raw: u8) -> Self {
         HeaderType {
             layout: raw & 0x7F,

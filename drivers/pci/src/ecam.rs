@@ -31,6 +31,7 @@ impl Ecam {
         Ecam { base, buses }
     }
 
+    /// The buses the window covers.
     pub fn buses(&self) -> RangeInclusive<u8> {
         self.buses.clone()
     }

@@ -5,6 +5,7 @@
 //! BAR logic are tested on the host against a model of devices; [`Ecam`] is
 //! the real, memory-mapped implementation (PCIe Base 6.0 §7.2.2).
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 
@@ -28,12 +29,16 @@ use core::fmt;
 /// A function's address: bus, device, function (the requester ID without segment).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Bdf {
+    /// Bus number.
     pub bus: u8,
+    /// Device number (0-31).
     pub device: u8,
+    /// Function number (0-7).
     pub function: u8,
 }
 
 impl Bdf {
+    /// The function at `bus:device.function`.
     pub const fn new(bus: u8, device: u8, function: u8) -> Self {
         Bdf {
             bus,
@@ -49,6 +54,7 @@ impl Bdf {
         (self.bus as u16) << 8 | (self.device as u16) << 3 | self.function as u16
     }
 
+    /// The function a requester ID names.
     pub const fn from_requester_id(rid: u16) -> Self {
         Bdf::new(
             (rid >> 8) as u8,
@@ -73,11 +79,15 @@ const NO_DEVICE: u16 = 0xFFFF;
 /// A function found by enumeration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Function {
+    /// Its address.
     pub bdf: Bdf,
+    /// Vendor ID.
     pub vendor_id: u16,
+    /// Device ID.
     pub device_id: u16,
     /// Class code, subclass, programming interface (offset 0x09..0x0B).
     pub class: u32,
+    /// Its Header Type.
     pub header_type: HeaderType,
 }
 

@@ -20,11 +20,17 @@ const _: () = assert!(size_of::<Descriptor>() == 32);
 /// §6.5.2 descriptor type codes (bits 3:0; 11:9 are zero for these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DescriptorType {
+    /// §6.5.2.1 context-cache invalidate.
     ContextCache = 1,
+    /// §6.5.2.3 IOTLB invalidate.
     Iotlb = 2,
+    /// §6.5.2.7 interrupt entry cache invalidate.
     InterruptEntryCache = 4,
+    /// §6.5.2.8 invalidation wait.
     Wait = 5,
+    /// §6.5.2.4 PASID-based IOTLB invalidate.
     PasidIotlb = 6,
+    /// §6.5.2.2 PASID-cache invalidate.
     PasidCache = 7,
 }
 
@@ -44,6 +50,7 @@ const WAIT_STATUS_WRITE: u64 = 1 << 5;
 const WAIT_FENCE: u64 = 1 << 6;
 
 impl Descriptor {
+    /// The descriptor's type (bits 3:0); `None` for one this driver never writes.
     pub fn kind(&self) -> Option<DescriptorType> {
         Some(match self.0[0] & 0xF {
             1 => DescriptorType::ContextCache,
@@ -175,14 +182,17 @@ impl Ring {
         }
     }
 
+    /// 16 bytes a slot, or 32 with 256-bit descriptors.
     pub fn slot_bytes(&self) -> usize {
         self.geometry.slot_bytes() as usize
     }
 
+    /// How many descriptors the queue holds.
     pub fn slots(&self) -> usize {
         self.geometry.slots() as usize
     }
 
+    /// 256-bit descriptors (IQA.DW, needed in scalable mode).
     pub fn is_wide(&self) -> bool {
         self.geometry.slot_bytes() == 32
     }

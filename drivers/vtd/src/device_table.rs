@@ -24,6 +24,7 @@ pub struct RootEntry {
 const _: () = assert!(size_of::<RootEntry>() == 16);
 
 impl RootEntry {
+    /// A present root entry naming `context_table`.
     pub fn new(context_table: u64) -> Self {
         Self {
             low: (context_table & ADDRESS_MASK) | PRESENT,
@@ -45,6 +46,7 @@ pub struct ScalableRootEntry {
 const _: () = assert!(size_of::<ScalableRootEntry>() == 16);
 
 impl ScalableRootEntry {
+    /// A present scalable-mode root entry: `lower` holds devfn 0-127, `upper` devfn 128-255 (0: not present).
     pub fn new(lower: u64, upper: u64) -> Self {
         Self {
             low: (lower & ADDRESS_MASK) | PRESENT,
@@ -83,6 +85,7 @@ impl ContextEntry {
         }
     }
 
+    /// The present bit (P, bit 0).
     pub fn is_present(&self) -> bool {
         self.low & PRESENT != 0
     }
@@ -116,6 +119,7 @@ impl ScalableContextEntry {
         }
     }
 
+    /// The present bit (P, bit 0).
     pub fn is_present(&self) -> bool {
         self.words[0] & PRESENT != 0
     }
@@ -128,6 +132,7 @@ pub struct PasidDirectoryEntry(pub u64);
 const _: () = assert!(size_of::<PasidDirectoryEntry>() == 8);
 
 impl PasidDirectoryEntry {
+    /// A present directory entry naming `pasid_table`.
     pub fn new(pasid_table: u64) -> Self {
         Self((pasid_table & ADDRESS_MASK) | PRESENT)
     }
@@ -136,8 +141,11 @@ impl PasidDirectoryEntry {
 /// VT-d 3.4 §9.6 PASID-entry PGTT (8:6): which stage translates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PasidTranslation {
+    /// First-stage tables only.
     FirstStage = 1,
+    /// Second-stage tables only.
     SecondStage = 2,
+    /// No translation.
     PassThrough = 4,
 }
 
@@ -184,6 +192,7 @@ impl PasidEntry {
         Self { words }
     }
 
+    /// The present bit (P, bit 0).
     pub fn is_present(&self) -> bool {
         self.words[0] & PRESENT != 0
     }
@@ -200,6 +209,7 @@ impl PasidEntry {
         self
     }
 
+    /// PWSNP is set.
     pub fn page_walk_snoop(&self) -> bool {
         self.words[1] & PASID_PWSNP != 0
     }
@@ -216,6 +226,7 @@ impl PasidEntry {
         self
     }
 
+    /// SSADE is set.
     pub fn second_stage_dirty(&self) -> bool {
         self.words[0] & PASID_SSADE != 0
     }

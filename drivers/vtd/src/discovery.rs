@@ -9,9 +9,11 @@ use iommu::IovaRange;
 /// One DRHD (VT-d 3.4 §8.3) as the driver needs it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitDescription {
+    /// The PCI segment the unit serves.
     pub segment: u16,
     /// Register base (4 KiB aligned).
     pub register_base: u64,
+    /// Size of the register block (the DRHD's Size field: 2^N pages).
     pub register_size: u64,
     /// INCLUDE_PCI_ALL: every device of the segment not listed elsewhere.
     pub include_all: bool,
@@ -35,7 +37,9 @@ pub struct UnitDescription {
 /// A VT-d 3.4 §8.4 Reserved Memory Region for one device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DirectRegion {
+    /// The device the region is for.
     pub requester: u16,
+    /// The region, identity-mapped for it.
     pub range: IovaRange,
 }
 
@@ -48,7 +52,12 @@ pub enum DmarError {
     BadRegisterBase(u64),
     /// An RMRR whose base/limit are unaligned or inverted (§8.4: base 4 KiB
     /// aligned, limit + 1 4 KiB aligned).
-    BadReservedRegion { base: u64, limit: u64 },
+    BadReservedRegion {
+        /// The RMRR's base.
+        base: u64,
+        /// Its limit (last byte).
+        limit: u64,
+    },
     /// A device scope whose path needs a bridge walk the driver does not do.
     UnresolvedScope,
     /// Two DRHDs of one segment both claim INCLUDE_PCI_ALL.

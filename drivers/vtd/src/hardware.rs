@@ -34,9 +34,13 @@ pub(crate) const PAGE: usize = 4096;
 
 /// Register access; [`Mmio`] in the kernel, a model of the hardware in tests.
 pub trait Registers {
+    /// Reads a 32-bit register.
     fn read32(&self, reg: Reg32) -> u32;
+    /// Writes a 32-bit register.
     fn write32(&self, reg: Reg32, value: u32);
+    /// Reads a 64-bit register.
     fn read64(&self, reg: Reg64) -> u64;
+    /// Writes a 64-bit register.
     fn write64(&self, reg: Reg64, value: u64);
 }
 
@@ -58,7 +62,9 @@ impl Registers for Mmio {
 /// The OS services a unit uses.
 #[derive(Clone, Copy)]
 pub struct Environment<'a> {
+    /// Where the unit's structures and tables come from.
     pub dma: &'a (dyn DmaMemory + Sync),
+    /// What bounds every hardware wait.
     pub clock: &'a (dyn Clock + Sync),
     /// Writes CPU cache lines covering `[virt, virt + len)` back to memory;
     /// called after table updates when walks do not snoop (ECAP.C = 0).
@@ -81,9 +87,11 @@ pub enum Error {
     Timeout(&'static str),
     /// FSTS.IQE: the hardware rejected a queued descriptor.
     QueueError,
+    /// Out of memory for a structure or table.
     NoMemory,
     /// The hardware lacks something the driver needs.
     Unsupported(&'static str),
+    /// The request does not fit the unit.
     Invalid,
 }
 
@@ -110,6 +118,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Root, context and PASID entries in the scalable-mode formats.
     pub fn is_scalable(self) -> bool {
         self != Mode::Legacy
     }
@@ -119,8 +128,11 @@ iommu_kit::counters! {
     /// Work done by the unit, for the figures: invalidation descriptors (or
     /// register-based invalidations), wait descriptors and MMIO writes.
     pub struct Counters {
+        /// Invalidation descriptors (or register-based invalidations).
         pub invalidations,
+        /// Wait descriptors.
         pub waits,
+        /// Register writes.
         pub mmio_writes,
         /// CPU cache lines of the unit's own structures (queue slots, root,
         /// context, PASID entries, IRTEs) written back for a walker that
@@ -136,7 +148,9 @@ iommu_kit::counters! {
     /// arrived while every record was full (VT-d 3.4 §7.1.3: those faults are
     /// lost; the hardware does not say how many).
     pub struct FaultStats {
+        /// Fault records moved out of the recording registers.
         pub records,
+        /// Times FSTS.PFO said faults were lost.
         pub overflows,
     }
 }
@@ -499,6 +513,7 @@ impl<'a, R: Registers> Hardware<'a, R> {
         (self.regs.read64(regs::CAP), self.regs.read64(regs::ECAP))
     }
 
+    /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
         self.counters
     }
@@ -536,22 +551,27 @@ impl<'a, R: Registers> Hardware<'a, R> {
         pages
     }
 
+    /// Which table formats the unit uses.
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
+    /// The capability register (§11.4.2).
     pub fn cap(&self) -> Cap {
         self.cap
     }
 
+    /// The extended capability register (§11.4.3).
     pub fn ecap(&self) -> Ecap {
         self.ecap
     }
 
+    /// Invalidations go through the queue (ECAP.QI), not the registers.
     pub fn uses_queued_invalidation(&self) -> bool {
         matches!(self.invalidator, Invalidator::Queue { .. })
     }
 
+    /// GSTS.IRES: interrupts are remapped.
     pub fn interrupt_remapping_enabled(&self) -> bool {
         self.interrupts.is_some()
     }

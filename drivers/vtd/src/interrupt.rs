@@ -28,7 +28,12 @@ pub enum SourceCheck {
     Requester(u16),
     /// Any requester on buses `first..=last` (a function behind a PCIe-to-PCI
     /// bridge, whose MSIs may carry its own id or the bridge's alias).
-    Buses { first: u8, last: u8 },
+    Buses {
+        /// The first bus.
+        first: u8,
+        /// The last bus.
+        last: u8,
+    },
 }
 
 impl Irte {
@@ -52,6 +57,7 @@ impl Irte {
         }
     }
 
+    /// The present bit (P, bit 0).
     pub fn is_present(&self) -> bool {
         self.low & 1 != 0
     }

@@ -12,7 +12,9 @@ const PAGE_SHIFT: u32 = 12;
 /// What the unit can invalidate: CAP.PSI and CAP.MAMV (§11.4.2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InvalidationCaps {
+    /// CAP.PSI: page-selective IOTLB invalidation.
     pub page_selective: bool,
+    /// CAP.MAMV: the largest address mask a page-selective invalidation takes.
     pub max_address_mask: u32,
 }
 
@@ -25,8 +27,11 @@ pub enum IotlbPlan {
     /// `leaf_only` (IH) when no table page was freed, so the unit may keep
     /// its paging-structure caches.
     PageSelective {
+        /// The block's first IOVA.
         address: u64,
+        /// log2 of its pages (AM).
         mask: u8,
+        /// IH: only leaf entries changed.
         leaf_only: bool,
     },
     /// Every entry of the domain: the range needs a mask past CAP.MAMV, or

@@ -13,6 +13,7 @@
 //! (domains and the contract over the instance). `model` (host tests only) is
 //! a register-level model that caches what the spec lets it cache.
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 

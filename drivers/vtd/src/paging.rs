@@ -19,7 +19,10 @@ use crate::regs::Cap;
 pub enum TableFormat {
     /// VT-d 3.4 §9.8 second-stage format with `levels` levels (3 or 4,
     /// from CAP.SAGAW).
-    SecondStage { levels: u8 },
+    SecondStage {
+        /// 3 or 4.
+        levels: u8,
+    },
     /// VT-d 3.4 §9.7 first-stage (x86-64, 4-level) format; QEMU treats every
     /// request as a user request, so every entry needs U/S = 1.
     FirstStage,
@@ -30,6 +33,7 @@ pub enum TableFormat {
 pub trait DomainTable: Send {
     /// Physical address of the top-level table.
     fn root(&self) -> u64;
+    /// Maps `len` bytes at `iova` to `phys` (`io_page_table::PageTable::map`).
     fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
     /// An error means nothing was unmapped.
     fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError>;

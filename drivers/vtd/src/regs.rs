@@ -266,7 +266,9 @@ bitflags! {
 /// VT-d 3.4 §11.4.6 RTADDR.TTM (11:10): legacy or scalable-mode root table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TableMode {
+    /// Root entries name context tables (§9.1).
     Legacy = 0b00,
+    /// Scalable-mode root entries (§9.2).
     Scalable = 0b01,
 }
 
@@ -293,7 +295,9 @@ pub fn irt_address(base: u64, extended: bool, entries_log2: u8) -> u64 {
 /// how much an invalidation covers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Granularity {
+    /// Everything.
     Global = 1,
+    /// One domain.
     Domain = 2,
     /// Device (context cache) or page (IOTLB) selective.
     Selective = 3,

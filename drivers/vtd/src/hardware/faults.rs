@@ -43,6 +43,7 @@ impl<R: Registers> Hardware<'_, R> {
         self.write32(regs::FECTL, 0);
     }
 
+    /// FECTL as the hardware reports it now (IM: the interrupt is masked).
     pub fn fault_control(&self) -> FaultControl {
         FaultControl::from_bits_retain(self.regs.read32(regs::FECTL))
     }

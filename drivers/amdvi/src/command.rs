@@ -13,17 +13,26 @@ const _: () = assert!(size_of::<Command>() == 16);
 /// §2.4 Table 44 command opcodes (bits 63:60 of quad 0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Opcode {
+    /// §2.4.1 COMPLETION_WAIT.
     CompletionWait = 0x1,
+    /// §2.4.2 INVALIDATE_DEVTAB_ENTRY.
     InvalidateDevtabEntry = 0x2,
+    /// §2.4.3 INVALIDATE_IOMMU_PAGES.
     InvalidateIommuPages = 0x3,
+    /// §2.4.4 INVALIDATE_IOTLB_PAGES.
     InvalidateIotlbPages = 0x4,
+    /// §2.4.5 INVALIDATE_INTERRUPT_TABLE.
     InvalidateInterruptTable = 0x5,
+    /// §2.4.6 PREFETCH_IOMMU_PAGES.
     PrefetchIommuPages = 0x6,
+    /// §2.4.7 COMPLETE_PPR_REQUEST.
     CompletePprRequest = 0x7,
+    /// §2.4.8 INVALIDATE_IOMMU_ALL.
     InvalidateIommuAll = 0x8,
 }
 
 impl Opcode {
+    /// The opcode `bits` names; `None` for a reserved one.
     pub fn from_bits(bits: u8) -> Option<Self> {
         Some(match bits {
             0x1 => Self::CompletionWait,
@@ -128,14 +137,17 @@ impl Command {
         Self([0, 0])
     }
 
+    /// The command's opcode.
     pub fn opcode(&self) -> Option<Opcode> {
         Opcode::from_bits((self.0[0] >> OPCODE_SHIFT) as u8)
     }
 
+    /// The DeviceID a per-device command names.
     pub fn device_id(&self) -> u16 {
         (self.0[0] & DEVICE_ID_MASK) as u16
     }
 
+    /// The DomainID an INVALIDATE_IOMMU_PAGES names.
     pub fn domain(&self) -> u16 {
         (self.0[0] >> iommu_pages::DOMAIN_SHIFT) as u16
     }
@@ -146,7 +158,9 @@ impl Command {
 /// zero bit of the address at or above bit 12 (zero at bit n => 2^(n+1) bytes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PageRange {
+    /// Address bits 63:12; with `s`, its lowest zero bit gives the size.
     pub address: u64,
+    /// S: more than one page.
     pub s: bool,
 }
 

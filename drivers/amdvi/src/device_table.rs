@@ -69,7 +69,12 @@ pub enum Interrupts {
     /// IV=1, IntCtl=Abort: no interrupt from the device reaches a CPU.
     Blocked,
     /// IV=1, IntCtl=Remap through a table of `1 << log2_len` IRTEs at `table`.
-    Remapped { table: u64, log2_len: u8 },
+    Remapped {
+        /// The interrupt remapping table.
+        table: u64,
+        /// log2 of its entries (IntTabLen).
+        log2_len: u8,
+    },
 }
 
 /// Largest IntTabLen (§2.2.2.1: 2048 entries).
@@ -146,6 +151,7 @@ impl Dte {
         self
     }
 
+    /// HAD: the IOMMU sets A and D in the host tables.
     pub fn host_access_dirty(&self) -> bool {
         self.0[0] & field::HAD == field::HAD
     }
@@ -197,24 +203,31 @@ impl Dte {
         self
     }
 
+    /// V: the entry is valid.
     pub fn valid(&self) -> bool {
         self.0[0] & field::V != 0
     }
+    /// TV: its translation fields are valid.
     pub fn translation_valid(&self) -> bool {
         self.0[0] & field::TV != 0
     }
+    /// Mode: the table's levels (0: no translation).
     pub fn mode(&self) -> u8 {
         ((self.0[0] & field::MODE_MASK) >> field::MODE_SHIFT) as u8
     }
+    /// Page Table Root Pointer.
     pub fn root(&self) -> u64 {
         self.0[0] & field::ROOT_MASK
     }
+    /// DomainID.
     pub fn domain(&self) -> u16 {
         (self.0[1] & field::DOMAIN_MASK) as u16
     }
+    /// IR: reads allowed.
     pub fn readable(&self) -> bool {
         self.0[0] & field::IR != 0
     }
+    /// IW: writes allowed.
     pub fn writable(&self) -> bool {
         self.0[0] & field::IW != 0
     }
@@ -223,9 +236,11 @@ impl Dte {
     pub fn blocks_dma(&self) -> bool {
         self.valid() && self.translation_valid() && (!self.readable() && !self.writable())
     }
+    /// IntCtl: 00b abort, 01b pass, 10b remap.
     pub fn int_ctl(&self) -> u8 {
         ((self.0[2] & field::INT_CTL_MASK) >> field::INT_CTL_SHIFT) as u8
     }
+    /// Interrupt Table Root Pointer.
     pub fn interrupt_table(&self) -> u64 {
         self.0[2] & field::INT_ROOT_MASK
     }

@@ -15,7 +15,9 @@ use crate::regs::MMIO_SIZE;
 /// A requester the IOMMU translates and the DTE settings firmware gives it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Requester {
+    /// Its DeviceID.
     pub device_id: u16,
+    /// The DTE settings the IVHD gives it (INITPass, SysMgt, ...).
     pub setting: FirmwareSetting,
 }
 
@@ -25,15 +27,20 @@ pub struct Requester {
 pub struct UnityRange {
     /// Inclusive DeviceID range the range applies to.
     pub first_device: u16,
+    /// Last DeviceID (inclusive).
     pub last_device: u16,
+    /// First byte.
     pub start: u64,
     /// Inclusive last byte.
     pub last: u64,
+    /// The devices may read it.
     pub read: bool,
+    /// The devices may write it.
     pub write: bool,
 }
 
 impl UnityRange {
+    /// The range is for `device_id`.
     pub fn applies_to(&self, device_id: u16) -> bool {
         (self.first_device..=self.last_device).contains(&device_id)
     }
@@ -42,7 +49,9 @@ impl UnityRange {
 /// One IOMMU as firmware describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitDescription {
+    /// Which IVHD type described it (10h, 11h, 40h).
     pub ivhd_type: IvhdType,
+    /// The PCI segment it serves.
     pub segment: u16,
     /// The IOMMU's own PCI function (bus << 8 | devfn).
     pub iommu_device_id: u16,
@@ -57,6 +66,7 @@ pub struct UnitDescription {
     /// (device, alias) for each device whose requests arrive with another
     /// DeviceID (IVHD alias entries, §5.2.2.2), in device order.
     pub aliases: Vec<(u16, u16)>,
+    /// Unity-mapped ranges (IVMD) of its requesters.
     pub unity: Vec<UnityRange>,
 }
 
@@ -75,6 +85,7 @@ impl UnitDescription {
             .map(|at| self.aliases[at].1)
     }
 
+    /// The IVHD names `device_id`.
     pub fn translates(&self, device_id: u16) -> bool {
         self.requesters
             .binary_search_by_key(&device_id, |r| r.device_id)
@@ -92,7 +103,12 @@ pub enum DiscoveryError {
     /// Two IVHDs of the same type describe the same register block.
     DuplicateBase(u64),
     /// An IVMD range is empty, unaligned to 4 KiB, or wraps.
-    BadIvmd { start: u64, length: u64 },
+    BadIvmd {
+        /// The range's start.
+        start: u64,
+        /// Its length.
+        length: u64,
+    },
 }
 
 /// Describes every IOMMU of the newest IVHD type the table offers (§5.2.2: firmware

@@ -23,17 +23,29 @@ const _: () = assert!(size_of::<RawEvent>() == 16);
 /// §2.5 Table 48 EventCode values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventCode {
+    /// §2.5.2 ILLEGAL_DEV_TABLE_ENTRY.
     IllegalDevTableEntry = 0x1,
+    /// §2.5.3 IO_PAGE_FAULT.
     IoPageFault = 0x2,
+    /// §2.5.4 DEV_TAB_HARDWARE_ERROR.
     DevTabHardwareError = 0x3,
+    /// §2.5.5 PAGE_TAB_HARDWARE_ERROR.
     PageTabHardwareError = 0x4,
+    /// §2.5.6 ILLEGAL_COMMAND_ERROR.
     IllegalCommandError = 0x5,
+    /// §2.5.7 COMMAND_HARDWARE_ERROR.
     CommandHardwareError = 0x6,
+    /// §2.5.8 IOTLB_INV_TIMEOUT.
     IotlbInvTimeout = 0x7,
+    /// §2.5.9 INVALID_DEVICE_REQUEST.
     InvalidDeviceRequest = 0x8,
+    /// §2.5.10 INVALID_PPR_REQUEST.
     InvalidPprRequest = 0x9,
+    /// §2.5.11 EVENT_COUNTER_ZERO.
     EventCounterZero = 0xA,
+    /// RMP_HW_ERROR (SNP).
     RmpHardwareError = 0xC,
+    /// RMP_PAGE_FAULT (SNP).
     RmpPageFault = 0xD,
 }
 
@@ -68,66 +80,113 @@ pub enum Event {
     /// §2.5.2 ILLEGAL_DEV_TABLE_ENTRY: a request hit a DTE with reserved or
     /// inconsistent fields.
     IllegalDevTableEntry {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.3 IO_PAGE_FAULT: a translation or permission failure. `domain` is the
     /// DomainID (or PASID bits 15:0 when GN).
     IoPageFault {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The DomainID (or PASID bits 15:0 with GN).
         domain: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.4 DEV_TAB_HARDWARE_ERROR: reading the DTE at `address` failed.
     DevTabHardwareError {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.5 PAGE_TAB_HARDWARE_ERROR: reading the table entry at `address` failed.
     PageTabHardwareError {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The DomainID (or PASID bits 15:0 with GN).
         domain: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.6 ILLEGAL_COMMAND_ERROR: the command at physical `address` is malformed;
     /// the IOMMU stopped fetching commands.
-    IllegalCommand { address: u64 },
+    IllegalCommand {
+        /// Where the command sits.
+        address: u64,
+    },
     /// §2.5.7 COMMAND_HARDWARE_ERROR: fetching the command at `address` failed.
-    CommandHardwareError { flags: EventFlags, address: u64 },
+    CommandHardwareError {
+        /// The event's flags.
+        flags: EventFlags,
+        /// Where the command sits.
+        address: u64,
+    },
     /// §2.5.8 IOTLB_INV_TIMEOUT: a device IOTLB did not answer the command at `address`.
-    IotlbInvTimeout { device_id: u16, address: u64 },
+    IotlbInvTimeout {
+        /// The device whose IOTLB did not answer.
+        device_id: u16,
+        /// Where the command sits.
+        address: u64,
+    },
     /// §2.5.9 INVALID_DEVICE_REQUEST: a request type the DTE does not allow.
     InvalidDeviceRequest {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.10 INVALID_PPR_REQUEST.
     InvalidPprRequest {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// §2.5.11 EVENT_COUNTER_ZERO (performance counters).
-    EventCounterZero { raw: [u64; 2] },
+    EventCounterZero {
+        /// The entry as logged.
+        raw: [u64; 2],
+    },
     /// RMP_HW_ERROR (SNP): reading the RMP entry at `address` failed.
     RmpHardwareError {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// RMP_PAGE_FAULT (SNP): the RMP denied the access.
     RmpPageFault {
+        /// The requester's DeviceID.
         device_id: u16,
+        /// The event's flags (GN, NX, US, I, PR, RW, PE, RZ, TR).
         flags: EventFlags,
+        /// The address the event names.
         address: u64,
     },
     /// A code this driver does not know; kept raw.
-    Unknown { code: u8, raw: [u64; 2] },
+    Unknown {
+        /// Its event code.
+        code: u8,
+        /// The entry as logged.
+        raw: [u64; 2],
+    },
 }
 
 const CODE_SHIFT: u32 = 60;
@@ -136,10 +195,12 @@ const FLAGS_MASK: u64 = 0xFFF;
 const DOMAIN_SHIFT: u32 = 32;
 
 impl RawEvent {
+    /// The event code (bits 63:60 of the second quadword).
     pub fn code(&self) -> u8 {
         (self.0[0] >> CODE_SHIFT) as u8
     }
 
+    /// The entry decoded by its code.
     pub fn decode(&self) -> Event {
         let q0 = self.0[0];
         let device_id = q0 as u16;

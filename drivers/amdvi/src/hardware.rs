@@ -51,6 +51,7 @@ pub(crate) const EVENT_BACKLOG: usize = 2048;
 /// Why the unit failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnitError {
+    /// Out of memory for a table or buffer.
     NoMemory,
     /// The EFR says the IOMMU cannot do what the driver needs.
     Unsupported,
@@ -59,16 +60,20 @@ pub enum UnitError {
     /// IOMMU had halted command processing (CmdBufRun=0), `illegal_at` the address of
     /// the command the event log named as illegal, if it did.
     CommandTimeout {
+        /// CmdBufRun was clear.
         stopped: bool,
+        /// The command the event log named as illegal.
         illegal_at: Option<u64>,
     },
     /// The event log reported an ILLEGAL_COMMAND_ERROR for the command at this
     /// physical address (found after the batch completed).
     IllegalCommand {
+        /// Where the command sat.
         address: u64,
     },
     /// A Control-register change never showed in Status.
     StatusTimeout {
+        /// The bits that never showed.
         expected: Status,
     },
     /// A pointer register held an impossible value.
@@ -91,18 +96,27 @@ impl From<UnitError> for IommuError {
 iommu_kit::counters! {
     /// What the driver has done to the hardware, for the figures and for tests.
     pub struct Counters {
+        /// Commands submitted.
         pub commands,
+        /// COMPLETION_WAIT commands.
         pub completion_waits,
+        /// INVALIDATE_DEVTAB_ENTRY commands.
         pub invalidate_devtab_entry,
+        /// INVALIDATE_IOMMU_PAGES commands.
         pub invalidate_iommu_pages,
+        /// INVALIDATE_INTERRUPT_TABLE commands.
         pub invalidate_interrupt_table,
+        /// INVALIDATE_IOMMU_ALL commands.
         pub invalidate_all,
         /// Writes of COMMAND_TAIL (one per submitted batch).
         pub tail_writes,
         /// Every MMIO register write.
         pub mmio_writes,
+        /// Event log entries read.
         pub events,
+        /// Times the event log overflowed (Status.EventOverflow).
         pub event_overflows,
+        /// Command batches that failed (timeout or illegal command).
         pub command_errors,
         /// Fault records discarded because their queue held `FAULT_QUEUE_CAPACITY`.
         pub dropped_faults,
@@ -284,10 +298,12 @@ impl Hardware {
         }
     }
 
+    /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
+    /// What firmware said about the unit.
     pub fn description(&self) -> &UnitDescription {
         &self.description
     }
@@ -297,6 +313,7 @@ impl Hardware {
         regs::Control::from_bits_retain(self.regs.read64(regs::CONTROL))
     }
 
+    /// The Extended Feature Register.
     pub fn extended_features(&self) -> ExtendedFeatures {
         self.efr
     }
@@ -325,6 +342,7 @@ impl Hardware {
         self.completion.phys()
     }
 
+    /// Physical address of the command buffer.
     pub fn command_buffer_phys(&self) -> u64 {
         self.command_buffer.phys()
     }

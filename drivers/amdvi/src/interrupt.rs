@@ -24,16 +24,20 @@ const _: () = assert!(size_of::<Irte128>() == 16);
 /// §2.2.5.1 IntType: the delivery mode the IOMMU sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IntType {
+    /// Fixed delivery.
     Fixed = 0,
+    /// Lowest-priority (arbitrated) delivery.
     Arbitrated = 1,
 }
 
 /// What an interrupt is remapped to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// The vector.
     pub vector: u8,
     /// Physical APIC ID (DM=0).
     pub destination: u32,
+    /// How it is delivered.
     pub int_type: IntType,
 }
 
@@ -95,26 +99,32 @@ impl Irte32 {
         ))
     }
 
+    /// RemapEn.
     pub fn enabled(&self) -> bool {
         self.0 & field::REMAP_EN != 0
     }
 
+    /// The vector.
     pub fn vector(&self) -> u8 {
         (self.0 >> field::VECTOR_SHIFT) as u8
     }
 
+    /// The destination APIC ID.
     pub fn destination(&self) -> u32 {
         (self.0 >> field::DEST_SHIFT) & 0xFF
     }
 
+    /// SupIOPF: faults through it are not logged.
     pub fn suppresses_faults(&self) -> bool {
         self.0 & field::SUP_IOPF != 0
     }
 }
 
 impl Irte128 {
+    /// RemapEn clear: interrupts through it abort.
     pub const DISABLED: Self = Self([0, 0]);
 
+    /// An enabled entry delivering `target`.
     pub fn remapped(target: Target) -> Self {
         let lo = field::REMAP_EN
             | (target.int_type as u32) << field::INT_TYPE_SHIFT

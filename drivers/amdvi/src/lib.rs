@@ -29,6 +29,7 @@
 //! producer, and the unit itself against a model IOMMU (`model`, test-only) that
 //! caches DTEs, halts on illegal commands and overflows its event log.
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(test)]

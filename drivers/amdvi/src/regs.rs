@@ -68,10 +68,14 @@ impl DeviceTableBase {
 pub struct RingBase(pub u64);
 
 impl RingBase {
+    /// Where the log2 of the entries goes (bits 59:56).
     pub const LENGTH_SHIFT: u32 = 56;
+    /// The smallest ring: 256 entries.
     pub const MIN_LOG2_ENTRIES: u32 = 8;
+    /// The largest ring: 32768 entries.
     pub const MAX_LOG2_ENTRIES: u32 = 15;
 
+    /// The base register value of a ring at `phys` of `2^log2_entries` entries; `None` when either is out of range.
     pub fn new(phys: u64, log2_entries: u32) -> Option<Self> {
         let aligned = phys & !BASE_ADDRESS_MASK == 0;
         let sized = (Self::MIN_LOG2_ENTRIES..=Self::MAX_LOG2_ENTRIES).contains(&log2_entries);
@@ -138,13 +142,21 @@ bitflags! {
     /// PprOverflow and PprInt are write-1-to-clear; the *Run bits are read-only.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Status: u64 {
+        /// EventOverflow: the event log was full; events were lost.
         const EVENT_OVERFLOW = 1 << 0;
+        /// EventLogInt: an event was logged.
         const EVENT_LOG_INT = 1 << 1;
+        /// ComWaitInt: a COMPLETION_WAIT with I completed.
         const COM_WAIT_INT = 1 << 2;
+        /// EventLogRun: the event log is running.
         const EVENT_LOG_RUN = 1 << 3;
+        /// CmdBufRun: the command buffer is running.
         const CMD_BUF_RUN = 1 << 4;
+        /// PprOverflow: the PPR log was full.
         const PPR_OVERFLOW = 1 << 5;
+        /// PprInt: a PPR request was logged.
         const PPR_INT = 1 << 6;
+        /// PprLogRun: the PPR log is running.
         const PPR_LOG_RUN = 1 << 7;
     }
 }
@@ -211,9 +223,11 @@ impl CapabilityHeader {
     /// Bits 18:16 CapType: 3 = IOMMU.
     pub const CAP_TYPE_IOMMU: u8 = 3;
 
+    /// CapId: 0Fh for the IOMMU.
     pub fn cap_id(self) -> u8 {
         self.0 as u8
     }
+    /// CapType: 3 for the IOMMU capability.
     pub fn cap_type(self) -> u8 {
         ((self.0 >> 16) & 0x7) as u8
     }

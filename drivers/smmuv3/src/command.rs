@@ -12,18 +12,31 @@ const _: () = assert!(core::mem::size_of::<RawCommand>() == 16);
 
 /// SMMUv3 §4.1 opcodes.
 pub mod opcode {
+    /// §4.3.1.
     pub const CFGI_STE: u8 = 0x03;
+    /// §4.3.2 (range 31: CFGI_ALL).
     pub const CFGI_STE_RANGE: u8 = 0x04;
+    /// §4.3.3.
     pub const CFGI_CD: u8 = 0x05;
+    /// §4.3.4.
     pub const CFGI_CD_ALL: u8 = 0x06;
+    /// §4.4.2.
     pub const TLBI_NH_ALL: u8 = 0x10;
+    /// §4.4.3.
     pub const TLBI_NH_ASID: u8 = 0x11;
+    /// §4.4.4.
     pub const TLBI_NH_VA: u8 = 0x12;
+    /// §4.4.5.
     pub const TLBI_NH_VAA: u8 = 0x13;
+    /// §4.4.9.
     pub const TLBI_S12_VMALL: u8 = 0x28;
+    /// §4.4.8.
     pub const TLBI_S2_IPA: u8 = 0x2A;
+    /// §4.4.10.
     pub const TLBI_NSNH_ALL: u8 = 0x30;
+    /// §4.5.1.
     pub const ATC_INV: u8 = 0x40;
+    /// §4.7.3.
     pub const CMD_SYNC: u8 = 0x46;
 }
 
@@ -31,6 +44,7 @@ pub mod opcode {
 /// `(NUM + 1) << SCALE` pages of granule TG from Address, when IDR3.RIL.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TlbiRange {
+    /// TG: the granule the pages are of.
     pub granule: Granule,
     /// `NUM[16:12]` (0..=31).
     pub num: u8,
@@ -49,34 +63,74 @@ impl TlbiRange {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Command {
     /// §4.3.1 CFGI_STE: the SMMU refetches the STE of `sid`.
-    CfgiSte { sid: u32, leaf: bool },
+    CfgiSte {
+        /// The StreamID.
+        sid: u32,
+        /// Leaf: not the level-1 descriptor.
+        leaf: bool,
+    },
     /// §4.3.2 CFGI_STE_RANGE: StreamIDs `sid & !(2^(range+1)-1)` .. (range 31 = all).
-    CfgiSteRange { sid: u32, range: u8 },
+    CfgiSteRange {
+        /// A StreamID in the range.
+        sid: u32,
+        /// log2 of the range's size, minus one.
+        range: u8,
+    },
     /// §4.3.3 CFGI_CD: descriptor `ssid` of stream `sid`.
-    CfgiCd { sid: u32, ssid: u32, leaf: bool },
+    CfgiCd {
+        /// The StreamID.
+        sid: u32,
+        /// The SubstreamID (the CD's index).
+        ssid: u32,
+        /// Leaf: not the level-1 CD descriptor.
+        leaf: bool,
+    },
     /// §4.3.4 CFGI_CD_ALL: every descriptor of stream `sid`.
-    CfgiCdAll { sid: u32 },
+    CfgiCdAll {
+        /// The StreamID.
+        sid: u32,
+    },
     /// §4.4.2 TLBI_NH_ALL: all stage-1 entries of `vmid`.
-    TlbiNhAll { vmid: u16 },
+    TlbiNhAll {
+        /// The VMID.
+        vmid: u16,
+    },
     /// §4.4.3 TLBI_NH_ASID.
-    TlbiNhAsid { vmid: u16, asid: u16 },
+    TlbiNhAsid {
+        /// The VMID.
+        vmid: u16,
+        /// The ASID.
+        asid: u16,
+    },
     /// §4.4.4 TLBI_NH_VA: stage-1 entries of `asid` at `addr` (or a range).
     TlbiNhVa {
+        /// The VMID.
         vmid: u16,
+        /// The ASID.
         asid: u16,
+        /// The first address.
         addr: u64,
+        /// Leaf: only last-level entries changed.
         leaf: bool,
+        /// The range (with IDR3.RIL); `None`: the entries holding `addr`.
         range: Option<TlbiRange>,
     },
     /// §4.4.8 TLBI_S2_IPA: stage-2 entries of `vmid` at IPA `addr` (or a range).
     TlbiS2Ipa {
+        /// The VMID.
         vmid: u16,
+        /// The first IPA.
         addr: u64,
+        /// Leaf: only last-level entries changed.
         leaf: bool,
+        /// The range (with IDR3.RIL); `None`: the entries holding `addr`.
         range: Option<TlbiRange>,
     },
     /// §4.4.9 TLBI_S12_VMALL: every entry of `vmid`, both stages.
-    TlbiS12Vmall { vmid: u16 },
+    TlbiS12Vmall {
+        /// The VMID.
+        vmid: u16,
+    },
     /// §4.4.10 TLBI_NSNH_ALL: every non-secure, non-hypervisor entry.
     TlbiNsnhAll,
     /// §4.7.3 CMD_SYNC without completion signal (CS = SIG_NONE): completion is
@@ -108,6 +162,7 @@ impl Command {
     /// CFGI_ALL is CFGI_STE_RANGE with Range = 31 (SMMUv3 §4.3.2).
     pub const CFGI_ALL: Command = Command::CfgiSteRange { sid: 0, range: 31 };
 
+    /// The command's opcode ([`opcode`]).
     pub fn opcode(&self) -> u8 {
         match self {
             Command::CfgiSte { .. } => opcode::CFGI_STE,
@@ -124,6 +179,7 @@ impl Command {
         }
     }
 
+    /// The two doublewords as the queue holds them.
     pub fn encode(&self) -> RawCommand {
         let op = u64::from(self.opcode());
         let range_bits = |range: &Option<TlbiRange>| -> (u64, u64) {

@@ -34,7 +34,10 @@ pub(crate) fn used_words(ste: &Ste) -> u8 {
 #[derive(Debug, PartialEq, Eq)]
 pub enum SteUpdate {
     /// Write the unused words, then this one word: one CFGI_STE + CMD_SYNC.
-    Hitless { switch_word: Option<usize> },
+    Hitless {
+        /// The one word whose write switches the entry (`None`: nothing changes).
+        switch_word: Option<usize>,
+    },
     /// Word 0 to "abort", sync, every other word, word 0, sync.
     ThroughAbort,
 }

@@ -31,12 +31,15 @@ pub enum DiscoveryError {
 /// One SMMU as the driver needs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UnitDescription {
+    /// Physical address of the register block.
     pub register_base: u64,
     /// Bytes of the register file the driver maps (page 0 and page 1).
     pub register_size: usize,
     /// How `iommu-map` entries name this SMMU.
     pub phandle: Option<u32>,
+    /// The event queue's wired interrupt.
     pub eventq: GicInterrupt,
+    /// The global error interrupt.
     pub gerror: GicInterrupt,
     /// Table walks and queue accesses snoop the CPU caches (`dma-coherent`).
     pub coherent: bool,

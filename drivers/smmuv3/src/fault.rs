@@ -44,6 +44,7 @@ pub enum EventKind {
     TlbConflict,
     /// 0x21 F_CFG_CONFLICT.
     ConfigConflict,
+    /// Another event type, by its code.
     Other(u8),
     /// Not an SMMU event: the driver's record that a domain's owner missed
     /// faults. `overflows` counts event-queue overflows while the domain had
@@ -52,12 +53,15 @@ pub enum EventKind {
     /// the domain's fault queue was full (the record's `count` is the events
     /// those faults covered).
     Lost {
+        /// Event-queue overflows while the domain had streams attached.
         overflows: u32,
+        /// Faults dropped because the domain's queue was full.
         dropped: u32,
     },
 }
 
 impl EventKind {
+    /// The kind event type `code` names.
     pub fn from_code(code: u8) -> Self {
         match code {
             0x01 => Self::UnsupportedTransaction,
@@ -98,7 +102,9 @@ impl EventKind {
 /// Which stage produced a translation fault (§7.3 dword1 `S2[39]`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Stage 1.
     Stage1,
+    /// Stage 2.
     Stage2,
 }
 
@@ -111,19 +117,24 @@ pub enum FaultClass {
     TableWalk,
     /// 0b10: the input transaction itself.
     Input,
+    /// 0b11: reserved.
     Reserved,
 }
 
 /// A decoded event record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Event {
+    /// The event type.
     pub kind: EventKind,
+    /// The StreamID.
     pub sid: u32,
     /// SubstreamID when SSV (dword0 bit 11) is set.
     pub ssid: Option<u32>,
     /// dword1 `RnW[35]`: 1 = read.
     pub read: bool,
+    /// S2: which stage faulted.
     pub stage: Stage,
+    /// CLASS: what access faulted.
     pub class: FaultClass,
     /// dword2 InputAddr.
     pub input_addr: u64,
@@ -144,6 +155,7 @@ const EVT1_CLASS_SHIFT: u32 = 40;
 const EVT3_IPA_MASK: u64 = ((1 << 52) - 1) & !0xFFF;
 
 impl Event {
+    /// The record decoded (§7.3).
     pub fn decode(raw: &RawEvent) -> Event {
         let [d0, d1, d2, d3] = raw.0;
         let kind = EventKind::from_code((d0 & EVT0_TYPE_MASK) as u8);
@@ -175,7 +187,9 @@ impl Event {
 /// ones and how many events the run had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fault {
+    /// The first event of the run.
     pub event: Event,
+    /// How many events it stands for.
     pub count: u32,
 }
 
@@ -214,6 +228,7 @@ pub struct FaultQueue {
 pub const DEFAULT_FAULT_CAPACITY: usize = 64;
 
 impl FaultQueue {
+    /// An empty queue that holds `capacity` faults.
     pub fn new(capacity: usize) -> Self {
         Self {
             faults: Vec::new(),
@@ -262,6 +277,7 @@ impl FaultQueue {
         self.faults.len()
     }
 
+    /// No fault is queued.
     pub fn is_empty(&self) -> bool {
         self.faults.is_empty() && self.overflows == 0 && self.dropped == 0
     }
@@ -303,6 +319,7 @@ pub struct Coalescer {
 }
 
 impl Coalescer {
+    /// Nothing seen yet.
     pub fn new() -> Self {
         Self::default()
     }

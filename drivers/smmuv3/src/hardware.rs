@@ -47,7 +47,10 @@ pub enum StreamTableFormat {
     /// Linear when IDR1.SIDSIZE fits [`LINEAR_MAX_SID_BITS`], else two-level.
     Auto,
     /// Linear over the first `sid_bits` StreamIDs.
-    Linear { sid_bits: u32 },
+    Linear {
+        /// StreamID bits the table covers.
+        sid_bits: u32,
+    },
     /// Two-level over every StreamID IDR1.SIDSIZE allows.
     TwoLevel,
 }
@@ -55,24 +58,32 @@ pub enum StreamTableFormat {
 /// What the ID registers say (SMMUv3 §6.3.1-§6.3.8), decoded once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Features {
+    /// SMMU_IDR0 to SMMU_IDR5.
     pub idr: [u32; 6],
+    /// SMMU_IIDR: implementer and revision.
     pub iidr: u32,
+    /// SMMU_AIDR: the architecture version.
     pub aidr: u32,
 }
 
 impl Features {
+    /// SMMU_IDR0 decoded.
     pub fn idr0(&self) -> Idr0 {
         Idr0::from_bits_retain(self.idr[0])
     }
+    /// SMMU_IDR1 decoded.
     pub fn idr1(&self) -> Idr1 {
         Idr1(self.idr[1])
     }
+    /// SMMU_IDR3 decoded.
     pub fn idr3(&self) -> Idr3 {
         Idr3::from_bits_retain(self.idr[3])
     }
+    /// SMMU_IDR5 decoded.
     pub fn idr5(&self) -> Idr5 {
         Idr5(self.idr[5])
     }
+    /// IDR0.S1P: stage-1 translation.
     pub fn stage1(&self) -> bool {
         self.idr0().contains(Idr0::S1P)
     }
@@ -83,9 +94,11 @@ impl Features {
         const HTTU_ACCESS_DIRTY: u32 = 0b10;
         (self.idr[0] >> HTTU_SHIFT) & 0b11 >= HTTU_ACCESS_DIRTY
     }
+    /// IDR0.S2P: stage-2 translation.
     pub fn stage2(&self) -> bool {
         self.idr0().contains(Idr0::S2P)
     }
+    /// IDR3.RIL: range invalidation.
     pub fn range_invalidation(&self) -> bool {
         self.idr3().contains(Idr3::RIL)
     }
@@ -96,12 +109,15 @@ impl Features {
 pub enum Error {
     /// The ID registers describe something the driver cannot drive.
     Unsupported(&'static str),
+    /// Out of memory for a table or queue.
     NoMemory,
     /// A register acknowledgement or command completion did not arrive.
     Timeout(&'static str),
     /// The SMMU rejected a command (CMDQ_CONS.ERR); the queue was recovered.
     CommandRejected {
+        /// CMDQ_CONS.ERR.
         error: CommandError,
+        /// The rejected command's opcode.
         opcode: u8,
     },
     /// The StreamID is outside the stream table.
@@ -115,8 +131,11 @@ iommu_kit::counters! {
     pub struct Counters {
         /// Every command written to the queue, CMD_SYNC included.
         pub commands,
+        /// CMD_SYNCs.
         pub syncs,
+        /// TLBI commands.
         pub tlbi,
+        /// CFGI commands.
         pub cfgi,
         /// MMIO register writes (PROD doorbells, CONS updates, control registers).
         pub mmio_writes,
@@ -343,6 +362,7 @@ impl<'a> Smmu<'a> {
         })
     }
 
+    /// The ID registers.
     pub fn features(&self) -> &Features {
         &self.features
     }
@@ -369,10 +389,12 @@ impl<'a> Smmu<'a> {
         }
     }
 
+    /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
+    /// The stream table has two levels.
     pub fn is_two_level(&self) -> bool {
         self.strtab.is_two_level()
     }
@@ -382,6 +404,7 @@ impl<'a> Smmu<'a> {
         self.strtab.sid_bits()
     }
 
+    /// The last command the SMMU rejected, and why.
     pub fn last_command_error(&self) -> Option<CommandError> {
         self.last_command_error
     }

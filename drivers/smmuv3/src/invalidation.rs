@@ -21,11 +21,21 @@ pub const PER_LEAF_LIMIT: u64 = 16;
 pub enum TlbTag {
     /// Stage-1 entries of `asid` (under `vmid`, which is 0 for stage-1-only
     /// streams; QEMU tags by VMID whenever stage 2 is implemented).
-    Stage1 { asid: u16, vmid: u16 },
+    Stage1 {
+        /// The ASID.
+        asid: u16,
+        /// The VMID.
+        vmid: u16,
+    },
     /// Stage-2 entries of `vmid`; `nest_parent` also drops the combined
     /// stage-1+2 entries of nested streams over it (their IOVA -> PA entries
     /// cannot be found by IPA).
-    Stage2 { vmid: u16, nest_parent: bool },
+    Stage2 {
+        /// The VMID.
+        vmid: u16,
+        /// Nested domains use this one as their stage 2.
+        nest_parent: bool,
+    },
 }
 
 /// What the hardware offers for invalidation.

@@ -15,6 +15,7 @@
 //! Policy (which device goes where) is the kernel's; this crate only knows the
 //! hardware.
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(test)]

@@ -19,13 +19,16 @@ pub type Table<'a> = PageTable<ArmLpae, DmaTableAlloc<'a>>;
 /// Which stage a paging domain's table is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PagingStage {
+    /// Stage-1 tables, CD-tagged by ASID.
     Stage1,
+    /// Stage-2 tables, STE-tagged by VMID.
     Stage2,
 }
 
 /// Input address bits of stage-1 tables (IDR5.VAX = 0: 48) and of stage-2
 /// tables (covers RAM and the MSI doorbell; QEMU caps the IPA at the OAS).
 pub const STAGE1_INPUT_BITS: u32 = 48;
+/// Input bits of the stage-2 tables this driver builds.
 pub const STAGE2_INPUT_BITS: u32 = 40;
 
 /// The input (IOVA or IPA) bits of a table of `stage`.
@@ -112,6 +115,7 @@ fn format(
     })
 }
 
+/// The register encoding's granule for io-page-table's.
 pub fn granule_of(granule: PtGranule) -> Granule {
     match granule {
         PtGranule::K4 => Granule::K4,
@@ -120,6 +124,7 @@ pub fn granule_of(granule: PtGranule) -> Granule {
     }
 }
 
+/// io-page-table's granule for the register encoding's.
 pub fn pt_granule(granule: Granule) -> PtGranule {
     match granule {
         Granule::K4 => PtGranule::K4,

@@ -165,14 +165,19 @@ pub struct Idr5(pub u32);
 /// A translation granule (SMMUv3 §6.3.6 IDR5.GRAN*; ARM ARM D8.1 granules).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Granule {
+    /// 4 KiB pages.
     K4,
+    /// 16 KiB pages.
     K16,
+    /// 64 KiB pages.
     K64,
 }
 
 impl Granule {
+    /// Every granule, smallest first.
     pub const ALL: [Granule; 3] = [Granule::K4, Granule::K16, Granule::K64];
 
+    /// log2 of the page size.
     pub fn shift(self) -> u32 {
         match self {
             Granule::K4 => 12,
@@ -181,6 +186,7 @@ impl Granule {
         }
     }
 
+    /// The page size.
     pub fn size(self) -> u64 {
         1 << self.shift()
     }
@@ -226,6 +232,7 @@ impl Idr5 {
         self.0 & 0b111
     }
 
+    /// IDR5.GRAN4K/16K/64K: the SMMU walks `granule`.
     pub fn supports(self, granule: Granule) -> bool {
         let bit = match granule {
             Granule::K4 => 4,
@@ -235,6 +242,7 @@ impl Idr5 {
         self.0 & (1 << bit) != 0
     }
 
+    /// Every granule the SMMU walks.
     pub fn granules(self) -> impl Iterator<Item = Granule> {
         Granule::ALL.into_iter().filter(move |g| self.supports(*g))
     }
@@ -244,10 +252,15 @@ bitflags! {
     /// SMMUv3 §6.3.9 SMMU_CR0 (and §6.3.10 CR0ACK, which mirrors it).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Cr0: u32 {
+        /// Translation on.
         const SMMUEN = 1 << 0;
+        /// The PRI queue runs.
         const PRIQEN = 1 << 1;
+        /// The event queue runs.
         const EVENTQEN = 1 << 2;
+        /// The command queue runs.
         const CMDQEN = 1 << 3;
+        /// ATS requests are checked against the STE.
         const ATSCHK = 1 << 4;
     }
 }
@@ -262,7 +275,9 @@ bitflags! {
 /// (Linux: `ARM_SMMU_FEAT_COHERENCY`, io-pgtable `coherent_walk`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Walk {
+    /// IDR0.COHACC: the SMMU snoops.
     Coherent,
+    /// It reads DRAM: the driver cleans and invalidates.
     NonCoherent,
 }
 
@@ -278,16 +293,27 @@ impl Walk {
     }
 }
 
+/// SMMUv3 §6.3.11 SMMU_CR1 fields and their encodings.
 pub mod cr1 {
+    /// Non-cacheable.
     pub const NON_CACHEABLE: u32 = 0;
+    /// Write-back cacheable.
     pub const WRITE_BACK: u32 = 1;
+    /// Outer shareable.
     pub const OUTER_SHAREABLE: u32 = 2;
+    /// Inner shareable.
     pub const INNER_SHAREABLE: u32 = 3;
+    /// QUEUE_IC: inner cacheability of queue accesses.
     pub const QUEUE_IC_SHIFT: u32 = 0;
+    /// QUEUE_OC: outer cacheability of queue accesses.
     pub const QUEUE_OC_SHIFT: u32 = 2;
+    /// QUEUE_SH: shareability of queue accesses.
     pub const QUEUE_SH_SHIFT: u32 = 4;
+    /// TABLE_IC: inner cacheability of table accesses.
     pub const TABLE_IC_SHIFT: u32 = 6;
+    /// TABLE_OC: outer cacheability of table accesses.
     pub const TABLE_OC_SHIFT: u32 = 8;
+    /// TABLE_SH: shareability of table accesses.
     pub const TABLE_SH_SHIFT: u32 = 10;
 
     /// The same attributes for tables and queues (§6.3.11).
@@ -329,8 +355,11 @@ bitflags! {
     /// SMMUv3 §6.3.16 SMMU_IRQ_CTRL (and §6.3.17 IRQ_CTRLACK).
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct IrqCtrl: u32 {
+        /// Global error interrupts.
         const GERROR_IRQEN = 1 << 0;
+        /// PRI queue interrupts.
         const PRIQ_IRQEN = 1 << 1;
+        /// Event queue interrupts.
         const EVENTQ_IRQEN = 1 << 2;
     }
 }
@@ -344,13 +373,19 @@ bitflags! {
         const CMDQ_ERR = 1 << 0;
         /// The event queue could not be written (full or abort).
         const EVENTQ_ABT_ERR = 1 << 2;
+        /// The PRI queue could not be written.
         const PRIQ_ABT_ERR = 1 << 3;
+        /// A CMD_SYNC's MSI aborted.
         const MSI_CMDQ_ABT_ERR = 1 << 4;
+        /// The event queue's MSI aborted.
         const MSI_EVENTQ_ABT_ERR = 1 << 5;
+        /// The PRI queue's MSI aborted.
         const MSI_PRIQ_ABT_ERR = 1 << 6;
+        /// The global error MSI aborted.
         const MSI_GERROR_ABT_ERR = 1 << 7;
         /// Service failure mode: the SMMU stopped translating.
         const SFM_ERR = 1 << 8;
+        /// A command queue control page error (ECMDQ).
         const CMDQP_ERR = 1 << 9;
         const _ = !0;
     }
@@ -384,6 +419,7 @@ pub const QUEUE_BASE_ADDR_MASK: u64 = ((1 << 52) - 1) & !0x1F;
 /// SMMUv3 §6.3.28 `SMMU_CMDQ_CONS.ERR[30:24]`: why the command at CONS failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CommandError {
+    /// No error.
     None,
     /// CERROR_ILL: illegal or unsupported command.
     Illegal,
@@ -391,10 +427,12 @@ pub enum CommandError {
     Abort,
     /// CERROR_ATC_INV_SYNC: an ATC invalidation timed out before a CMD_SYNC.
     AtcInvSync,
+    /// Another code.
     Other(u32),
 }
 
 impl CommandError {
+    /// The error CMDQ_CONS holds.
     pub fn from_cons(cons: u32) -> Self {
         match (cons >> 24) & 0x7F {
             0 => Self::None,

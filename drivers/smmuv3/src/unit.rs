@@ -88,6 +88,9 @@ pub struct SmmuUnit<'a> {
 }
 
 impl<'a> SmmuUnit<'a> {
+    /// The contract over `smmu`, its domains' tables from `dma`, reporting
+    /// as unit `id`; `msi_doorbell` (the ITS's GITS_TRANSLATER page) is
+    /// mapped in every domain and reported reserved.
     pub fn new(
         smmu: Smmu<'a>,
         dma: &'a (dyn DmaMemory + Sync),
@@ -126,6 +129,7 @@ impl<'a> SmmuUnit<'a> {
         self.unowned.set_capacity(capacity);
     }
 
+    /// Faults one domain's queue holds.
     pub fn fault_capacity(&self) -> usize {
         self.fault_capacity
     }
@@ -243,6 +247,7 @@ impl<'a> SmmuUnit<'a> {
         Ok(())
     }
 
+    /// The granule paging domains are made with.
     pub fn granule(&self) -> Granule {
         self.granule
     }

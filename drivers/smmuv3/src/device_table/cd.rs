@@ -59,14 +59,17 @@ pub const DEFAULT_MAIR: u64 = 0x44_04_FF;
 /// A stage-1 regime for one context descriptor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stage1Config {
+    /// The ASID the TLB tags the context's entries with.
     pub asid: u16,
     /// Physical address of the level-0/1 table (TTB0).
     pub root: u64,
+    /// TG0.
     pub granule: Granule,
     /// Input address bits: T0SZ = 64 - ias_bits (QEMU accepts 25..=48).
     pub ias_bits: u32,
     /// IPS encoding (IDR5.OAS encoding).
     pub ips_encoding: u32,
+    /// MAIR: the memory attributes AttrIndx selects.
     pub mair: u64,
 }
 
@@ -75,6 +78,7 @@ pub struct Stage1Config {
 pub enum CdError {
     /// T0SZ outside 16..=39 (SMMUv3 §5.4 T0SZ; VAX = 0 gives 48 bits).
     AddressBits,
+    /// A table address not aligned to the granule.
     Misaligned,
 }
 
@@ -91,6 +95,7 @@ impl Cd {
         self
     }
 
+    /// A valid CD for `config`'s table (§5.4).
     pub fn stage1(config: &Stage1Config) -> Result<Cd, CdError> {
         if !(25..=48).contains(&config.ias_bits) {
             return Err(CdError::AddressBits);
@@ -117,10 +122,12 @@ impl Cd {
         Ok(cd)
     }
 
+    /// V: the CD is valid.
     pub fn is_valid(&self) -> bool {
         self.0[0] & w0::V != 0
     }
 
+    /// Its ASID.
     pub fn asid(&self) -> u16 {
         (self.0[0] >> w0::ASID_SHIFT) as u16
     }
@@ -133,6 +140,7 @@ impl Cd {
         self
     }
 
+    /// HD (and HA): the SMMU updates the dirty state of DBM leaves.
     pub fn hardware_dirty(&self) -> bool {
         self.0[0] & (w0::HA | w0::HD) == w0::HA | w0::HD
     }

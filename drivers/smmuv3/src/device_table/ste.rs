@@ -79,9 +79,11 @@ const INNER_SHAREABLE: u64 = 3;
 /// S2TTB; ARM ARM D8.2 VTCR_EL2 semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stage2Config {
+    /// S2VMID.
     pub vmid: u16,
     /// Root table physical address (S2TTB).
     pub root: u64,
+    /// S2TG.
     pub granule: Granule,
     /// Input address bits: S2T0SZ = 64 - ias_bits.
     pub ias_bits: u32,
@@ -235,6 +237,7 @@ impl Ste {
         self.0[1] & STE1_S1STALLD != 0
     }
 
+    /// V: the STE is valid.
     pub fn is_valid(&self) -> bool {
         self.0[0] & STE0_V != 0
     }
@@ -251,6 +254,7 @@ impl Ste {
         }
     }
 
+    /// S2VMID.
     pub fn vmid(&self) -> u16 {
         (self.0[2] & STE2_S2VMID_MASK) as u16
     }
@@ -268,15 +272,18 @@ impl L1Std {
     const SPAN_MASK: u64 = 0x1F;
     const L2PTR_MASK: u64 = ((1 << 52) - 1) & !0x3F;
 
+    /// A descriptor for the level-2 table at `l2_table` of `2^(split)` STEs; `None` when they do not fit the encoding.
     pub fn new(l2_table: u64, split: u32) -> Option<Self> {
         (l2_table & !Self::L2PTR_MASK == 0)
             .then(|| Self(l2_table | (u64::from(split + 1) & Self::SPAN_MASK)))
     }
 
+    /// Span: log2 of the level-2 table's STEs, plus one.
     pub fn span(&self) -> u32 {
         (self.0 & Self::SPAN_MASK) as u32
     }
 
+    /// L2Ptr: the level-2 table.
     pub fn l2_table(&self) -> u64 {
         self.0 & Self::L2PTR_MASK
     }

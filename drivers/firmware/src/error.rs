@@ -7,31 +7,72 @@ use core::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FirmwareError {
     /// The input ends before a structure that must be there.
-    Truncated { what: &'static str, offset: usize },
+    Truncated {
+        /// The structure or field at fault.
+        what: &'static str,
+        /// Byte offset into the input.
+        offset: usize,
+    },
     /// A magic number or signature does not match (DTB magic, ACPI signature, RSDP).
-    BadSignature { what: &'static str },
+    BadSignature {
+        /// The structure or field at fault.
+        what: &'static str,
+    },
     /// The checksum of an ACPI structure does not sum to zero.
-    BadChecksum { what: &'static str },
+    BadChecksum {
+        /// The structure or field at fault.
+        what: &'static str,
+    },
     /// A length or count field is too small, too large, or not a multiple of the unit.
     BadLength {
+        /// The structure or field at fault.
         what: &'static str,
+        /// Byte offset into the input.
         offset: usize,
+        /// The length found.
         length: usize,
     },
     /// A structure is present but its content violates the spec.
-    Malformed { what: &'static str, offset: usize },
+    Malformed {
+        /// The structure or field at fault.
+        what: &'static str,
+        /// Byte offset into the input.
+        offset: usize,
+    },
     /// A format version this parser does not understand.
-    UnsupportedVersion { what: &'static str, version: u32 },
+    UnsupportedVersion {
+        /// The structure or field at fault.
+        what: &'static str,
+        /// The version found.
+        version: u32,
+    },
     /// An address plus a size, or a base plus a count, wraps around.
-    Overflow { what: &'static str },
+    Overflow {
+        /// The structure or field at fault.
+        what: &'static str,
+    },
     /// Two ranges that must be disjoint overlap.
-    Overlap { what: &'static str },
+    Overlap {
+        /// The structure or field at fault.
+        what: &'static str,
+    },
     /// A node nests deeper than the parser allows.
-    TooDeep { limit: usize },
+    TooDeep {
+        /// The parser's limit.
+        limit: usize,
+    },
     /// More items than the parser allows (keeps work on hostile input bounded).
-    TooMany { what: &'static str, limit: usize },
+    TooMany {
+        /// The structure or field at fault.
+        what: &'static str,
+        /// The parser's limit.
+        limit: usize,
+    },
     /// A table or node that the caller needs does not exist.
-    Missing { what: &'static str },
+    Missing {
+        /// The structure or field at fault.
+        what: &'static str,
+    },
 }
 
 impl fmt::Display for FirmwareError {

@@ -23,6 +23,7 @@
 //! The workspace's `acpi` (6.x) and `fdt` (0.1) crates are deliberately not used: acpi 6
 //! needs a nightly feature, and fdt 0.1 panics on malformed trees (see `Cargo.toml`).
 #![no_std]
+#![warn(missing_docs)]
 
 extern crate alloc;
 #[cfg(test)]

@@ -37,12 +37,15 @@ impl DmarFlags {
     /// Bit 2 DMA_CTRL_PLATFORM_OPT_IN_FLAG: firmware set up DMA protection the OS may keep.
     pub const DMA_CTRL_PLATFORM_OPT_IN: u8 = 1 << 2;
 
+    /// INTR_REMAP: the platform supports interrupt remapping.
     pub fn intr_remap(self) -> bool {
         self.0 & Self::INTR_REMAP != 0
     }
+    /// X2APIC_OPT_OUT: firmware asks the OS not to use x2APIC mode.
     pub fn x2apic_opt_out(self) -> bool {
         self.0 & Self::X2APIC_OPT_OUT != 0
     }
+    /// DMA_CTRL_PLATFORM_OPT_IN: firmware protected DMA before handing over (the OS should keep the IOMMU on).
     pub fn dma_ctrl_platform_opt_in(self) -> bool {
         self.0 & Self::DMA_CTRL_PLATFORM_OPT_IN != 0
     }
@@ -51,10 +54,15 @@ impl DmarFlags {
 /// VT-d §8.3.1 device scope entry types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceScopeType {
+    /// 01h: a PCI endpoint.
     PciEndpoint,
+    /// 02h: a bridge and everything below it.
     PciSubHierarchy,
+    /// 03h: an I/O APIC.
     IoApic,
+    /// 04h: an MSI-capable HPET.
     MsiCapableHpet,
+    /// 05h: an ACPI namespace device.
     AcpiNamespaceDevice,
     /// Reserved by the spec; kept so the scope list stays complete.
     Reserved(u8),
@@ -76,20 +84,25 @@ impl DeviceScopeType {
 /// One hop of a device-scope path (VT-d §8.3.1.1): device and function on the current bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PathEntry {
+    /// Device number.
     pub device: u8,
+    /// Function number.
     pub function: u8,
 }
 
 /// VT-d §8.3.1 Device Scope Structure.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceScope {
+    /// What kind of device.
     pub scope_type: DeviceScopeType,
     /// Byte 2 flags (VT-d 4.x: bit 0 REQ_WO_PASID_NESTED_NOTALLOWED, bit 1
     /// REQ_WO_PASID_PWSNP_NOTALLOWED, bit 2 REQ_WO_PASID_PGSNP_NOTALLOWED, bit 3 ATC_HARDENED, bit 4 ATC_REQUIRED).
     pub flags: u8,
     /// IOAPIC ID, HPET number or ACPI device number (ANDD) depending on the type.
     pub enumeration_id: u8,
+    /// The bus the path starts at.
     pub start_bus: u8,
+    /// (device, function) hops from `start_bus`.
     pub path: Vec<PathEntry>,
 }
 
@@ -135,16 +148,21 @@ pub struct Drhd {
     /// Byte 5 `Size` (VT-d 3.x+): register set size is 2^size 4 KiB pages; 0 on older
     /// firmware, which means one page.
     pub size: u8,
+    /// The PCI segment.
     pub segment: u16,
+    /// The unit's register base.
     pub register_base: u64,
+    /// The devices it covers.
     pub scopes: Vec<DeviceScope>,
 }
 
 impl Drhd {
+    /// Flags bit: every device of the segment not listed under another DRHD.
     pub const INCLUDE_PCI_ALL: u8 = 1 << 0;
     /// Bits 3:0 of `Size`.
     const SIZE_MASK: u8 = 0xf;
 
+    /// INCLUDE_PCI_ALL is set.
     pub fn include_pci_all(&self) -> bool {
         self.flags & Self::INCLUDE_PCI_ALL != 0
     }
@@ -158,10 +176,13 @@ impl Drhd {
 /// VT-d §8.4 Reserved Memory Region Reporting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rmrr {
+    /// The PCI segment.
     pub segment: u16,
+    /// First byte.
     pub base: u64,
     /// Last byte of the region (inclusive).
     pub limit: u64,
+    /// The devices it covers.
     pub scopes: Vec<DeviceScope>,
 }
 
@@ -170,25 +191,32 @@ pub struct Rmrr {
 pub struct Atsr {
     /// Bit 0 ALL_PORTS: every root port of the segment supports ATS.
     pub flags: u8,
+    /// The PCI segment.
     pub segment: u16,
+    /// The devices it covers.
     pub scopes: Vec<DeviceScope>,
 }
 
 impl Atsr {
+    /// Flags bit: every root port of the segment supports ATS.
     pub const ALL_PORTS: u8 = 1 << 0;
 }
 
 /// VT-d §8.6 Remapping Hardware Static Affinity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rhsa {
+    /// The register base of the unit it describes.
     pub register_base: u64,
+    /// The NUMA proximity domain of the unit.
     pub proximity_domain: u32,
 }
 
 /// VT-d §8.7 ACPI Name-space Device Declaration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Andd {
+    /// The number device scopes use for it.
     pub device_number: u8,
+    /// Its ACPI object name.
     pub object_name: String,
 }
 
@@ -197,22 +225,32 @@ pub struct Andd {
 pub struct Satc {
     /// Bit 0 ATC_REQUIRED.
     pub flags: u8,
+    /// The PCI segment.
     pub segment: u16,
+    /// The devices it covers.
     pub scopes: Vec<DeviceScope>,
 }
 
 /// A parsed DMAR table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dmar {
+    /// The table header.
     pub header: SdtHeader,
     /// Raw `Host Address Width` field: the DMA physical address width is this plus one.
     pub host_address_width: u8,
+    /// The table's flags.
     pub flags: DmarFlags,
+    /// Remapping units.
     pub drhds: Vec<Drhd>,
+    /// Reserved memory regions.
     pub rmrrs: Vec<Rmrr>,
+    /// ATS reporting structures.
     pub atsrs: Vec<Atsr>,
+    /// Remapping unit affinities.
     pub rhsas: Vec<Rhsa>,
+    /// ACPI namespace device declarations.
     pub andds: Vec<Andd>,
+    /// SoC integrated address translation caches.
     pub satcs: Vec<Satc>,
     /// Types of the structures this parser does not know (skipped by their length).
     pub unknown_types: Vec<u16>,

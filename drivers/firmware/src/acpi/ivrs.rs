@@ -76,14 +76,20 @@ const IVMD_SIZE: usize = 32;
 pub struct DteSetting(pub u8);
 
 impl DteSetting {
+    /// INITPass: INIT interrupts pass through.
     pub const INIT_PASS: u8 = 1 << 0;
+    /// EIntPass: ExtInt interrupts pass through.
     pub const EINT_PASS: u8 = 1 << 1;
+    /// NMIPass: NMIs pass through.
     pub const NMI_PASS: u8 = 1 << 2;
     /// Bits 5:4 SysMgt.
     pub const SYS_MGT_SHIFT: u8 = 4;
+    /// Lint0Pass: LINT0 passes through.
     pub const LINT0_PASS: u8 = 1 << 6;
+    /// Lint1Pass: LINT1 passes through.
     pub const LINT1_PASS: u8 = 1 << 7;
 
+    /// SysMgt (bits 5:4): how system management messages are treated.
     pub fn sys_mgt(self) -> u8 {
         (self.0 >> Self::SYS_MGT_SHIFT) & 0x3
     }
@@ -92,16 +98,22 @@ impl DteSetting {
 /// AMD IOMMU §5.2 IVHD device entry 48h `Variety`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialVariety {
+    /// An I/O APIC.
     IoApic,
+    /// An HPET.
     Hpet,
+    /// A variety the spec reserves.
     Reserved(u8),
 }
 
 /// AMD IOMMU §5.2 IVHD device entry F0h: the ACPI _UID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AcpiUid {
+    /// No _UID.
     None,
+    /// A numeric _UID.
     Integer(u64),
+    /// A string _UID.
     String(Vec<u8>),
 }
 
@@ -113,19 +125,31 @@ pub enum DeviceTarget {
     /// 02h, 42h, 46h: one DeviceID.
     Device(u16),
     /// 03h/43h/47h … 04h: an inclusive DeviceID range.
-    Range { start: u16, end: u16 },
+    Range {
+        /// First DeviceID.
+        start: u16,
+        /// Last DeviceID (inclusive).
+        end: u16,
+    },
     /// 48h: an IOAPIC or HPET identified by `handle` (its ID) that issues requests as
     /// `device_id`.
     Special {
+        /// IOAPIC or HPET.
         variety: SpecialVariety,
+        /// Its ID.
         handle: u8,
+        /// The DeviceID its requests carry.
         device_id: u16,
     },
     /// F0h (IVHD 40h only): an ACPI device identified by _HID/_CID/_UID.
     AcpiHid {
+        /// The DeviceID its requests carry.
         device_id: u16,
+        /// _HID.
         hid: [u8; 8],
+        /// _CID.
         cid: [u8; 8],
+        /// _UID.
         uid: AcpiUid,
     },
 }
@@ -133,7 +157,9 @@ pub enum DeviceTarget {
 /// One device entry after expansion: start/end-of-range pairs merged into a range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceEntry {
+    /// Which devices.
     pub target: DeviceTarget,
+    /// The DTE settings firmware gives them.
     pub setting: DteSetting,
     /// 42h/43h: the DeviceID the IOMMU sees for requests of the target.
     pub alias: Option<u16>,
@@ -144,6 +170,7 @@ pub struct DeviceEntry {
 /// One IVHD block (AMD IOMMU §5.2).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ivhd {
+    /// 10h, 11h or 40h.
     pub ivhd_type: IvhdType,
     /// Byte 1 flags (HtTunEn, PassPW, ResPassPW, Isoc, IotlbSup, Coherent, PreFSup, PPRSup).
     pub flags: u8,
@@ -151,7 +178,9 @@ pub struct Ivhd {
     pub iommu_device_id: u16,
     /// Offset of the IOMMU's capability block in its PCI config space.
     pub capability_offset: u16,
+    /// The IOMMU's register base.
     pub base_address: u64,
+    /// The PCI segment.
     pub segment: u16,
     /// Bits 4:0 MSI number, bits 12:8 UnitID.
     pub iommu_info: u16,
@@ -161,6 +190,7 @@ pub struct Ivhd {
     pub efr: Option<u64>,
     /// 11h/40h: image of the Extended Feature 2 Register.
     pub efr2: Option<u64>,
+    /// Its device entries, in order.
     pub devices: Vec<DeviceEntry>,
 }
 
@@ -185,32 +215,48 @@ pub enum IvmdTarget {
     /// 21h: one DeviceID.
     Device(u16),
     /// 22h: an inclusive DeviceID range.
-    Range { start: u16, end: u16 },
+    Range {
+        /// First DeviceID.
+        start: u16,
+        /// Last DeviceID (inclusive).
+        end: u16,
+    },
 }
 
 /// AMD IOMMU §5.2 IVMD block: memory that must stay mapped (unity) or excluded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ivmd {
+    /// Which devices.
     pub target: IvmdTarget,
     /// Bit 0 Unity, bit 1 IR, bit 2 IW, bit 3 ExclusionRange.
     pub flags: u8,
+    /// First byte.
     pub start: u64,
+    /// Length in bytes.
     pub length: u64,
 }
 
 impl Ivmd {
+    /// Unity: identity-map the range for the devices.
     pub const UNITY: u8 = 1 << 0;
+    /// IR: with read permission.
     pub const IR: u8 = 1 << 1;
+    /// IW: with write permission.
     pub const IW: u8 = 1 << 2;
+    /// ExclusionRange: the range bypasses translation.
     pub const EXCLUSION_RANGE: u8 = 1 << 3;
 }
 
 /// A parsed IVRS table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ivrs {
+    /// The table header.
     pub header: SdtHeader,
+    /// IVinfo: the platform's IOMMU features.
     pub iv_info: IvInfo,
+    /// IOMMU hardware definitions.
     pub ivhds: Vec<Ivhd>,
+    /// IOMMU memory definitions.
     pub ivmds: Vec<Ivmd>,
     /// Types of the blocks this parser does not know (skipped by their length).
     pub unknown_types: Vec<u8>,

@@ -32,7 +32,9 @@ const LOCAL_X2APIC_SIZE: usize = 16;
 /// A CPU: ACPI 6.5 §5.2.12.2 Processor Local APIC or §5.2.12.12 Processor Local x2APIC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LocalApic {
+    /// The processor's ACPI UID.
     pub processor_uid: u32,
+    /// Its (x2)APIC ID.
     pub apic_id: u32,
     /// Bit 0 Enabled, bit 1 Online Capable.
     pub flags: u32,
@@ -41,16 +43,22 @@ pub struct LocalApic {
 /// ACPI 6.5 §5.2.12.3 I/O APIC Structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoApic {
+    /// The I/O APIC's ID.
     pub id: u8,
+    /// Its register base.
     pub address: u32,
+    /// The first GSI it serves.
     pub gsi_base: u32,
 }
 
 /// ACPI 6.5 §5.2.12.5 Interrupt Source Override: ISA IRQ `source` is GSI `gsi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InterruptOverride {
+    /// 0: ISA.
     pub bus: u8,
+    /// The bus-relative IRQ.
     pub source: u8,
+    /// The GSI it is wired to.
     pub gsi: u32,
     /// MPS INTI flags (§5.2.12.5): bits 1:0 polarity, bits 3:2 trigger mode.
     pub flags: u16,
@@ -59,13 +67,17 @@ pub struct InterruptOverride {
 /// A parsed MADT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Madt {
+    /// The table header.
     pub header: SdtHeader,
     /// The 32-bit field, replaced by a Local APIC Address Override when present.
     pub local_apic_address: u64,
     /// Bit 0 PCAT_COMPAT: dual 8259s are present.
     pub flags: u32,
+    /// Enabled processors.
     pub local_apics: Vec<LocalApic>,
+    /// I/O APICs.
     pub io_apics: Vec<IoApic>,
+    /// ISA interrupt source overrides.
     pub overrides: Vec<InterruptOverride>,
     /// Types of structures not decoded here (NMI sources, GIC structures, ...).
     pub other_types: Vec<u8>,

@@ -26,8 +26,11 @@ const ECAM_FUNCTION_SHIFT: u32 = 12;
 pub struct EcamRegion {
     /// ECAM base for bus 0 of the segment (even when `bus_start` is not 0).
     pub base: u64,
+    /// The PCI segment.
     pub segment: u16,
+    /// First bus the window covers.
     pub bus_start: u8,
+    /// Last bus (inclusive).
     pub bus_end: u8,
 }
 

@@ -123,22 +123,32 @@ pub const MAX_TABLE_SIZE: usize = 1 << 20;
 /// A table listed by the RSDT/XSDT.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TableInfo {
+    /// The table's signature.
     pub signature: [u8; 4],
+    /// Where it is.
     pub phys: u64,
+    /// Its length.
     pub length: u32,
 }
 
 /// What [`discover`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AcpiInfo {
+    /// 0: ACPI 1.0 (RSDT); 2: XSDT.
     pub rsdp_revision: u8,
     /// Physical address of the root table walked (XSDT when present, else RSDT).
     pub root_table: u64,
+    /// Every table the RSDT/XSDT lists.
     pub tables: Vec<TableInfo>,
+    /// MCFG: PCI configuration windows.
     pub ecam: Vec<EcamRegion>,
+    /// DMAR: Intel VT-d.
     pub dmar: Option<Dmar>,
+    /// IVRS: AMD-Vi.
     pub ivrs: Option<Ivrs>,
+    /// FADT: power management (the S5 sleep type).
     pub fadt: Option<Fadt>,
+    /// MADT: the interrupt controllers.
     pub madt: Option<Madt>,
 }
 

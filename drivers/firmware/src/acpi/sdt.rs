@@ -19,15 +19,23 @@ const CREATOR_REVISION: usize = 32;
 /// ACPI 6.5 §5.2.6 System Description Table Header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SdtHeader {
+    /// Signature.
     pub signature: [u8; 4],
     /// Length of the whole table in bytes, header included.
     pub length: u32,
+    /// Revision of the table's format.
     pub revision: u8,
+    /// Makes the whole table sum to zero.
     pub checksum: u8,
+    /// OEM ID.
     pub oem_id: [u8; 6],
+    /// OEM table ID.
     pub oem_table_id: [u8; 8],
+    /// OEM revision.
     pub oem_revision: u32,
+    /// ID of the tool that made the table.
     pub creator_id: [u8; 4],
+    /// Its revision.
     pub creator_revision: u32,
 }
 

@@ -25,6 +25,7 @@ pub const MAX_DTB_SIZE: usize = 2 << 20;
 /// than a hundred properties per node; the limits keep every lookup on a hostile tree
 /// bounded (no quadratic blow-up on a 2 MiB blob).
 pub const MAX_NODES: usize = 32 * 1024;
+/// More properties in one node are refused (bounded work on hostile input).
 pub const MAX_PROPERTIES_PER_NODE: usize = 1024;
 /// Nodes nest at most this deep; real trees use fewer than 10 levels.
 pub const MAX_DEPTH: usize = 64;
@@ -77,7 +78,9 @@ pub fn total_size(header_bytes: &[u8]) -> Result<usize, FirmwareError> {
 /// One property: its name from the strings block and its raw big-endian value.
 #[derive(Debug, Clone, Copy)]
 pub struct Property<'a> {
+    /// The property's name.
     pub name: &'a str,
+    /// Its raw value (big-endian cells).
     pub value: &'a [u8],
 }
 
@@ -372,10 +375,12 @@ impl<'a> Fdt<'a> {
         self.nodes[node.0].name
     }
 
+    /// The node's parent (`None` for the root).
     pub fn parent(&self, node: NodeId) -> Option<NodeId> {
         self.nodes[node.0].parent.map(NodeId)
     }
 
+    /// The node's children, in order.
     pub fn children(&self, node: NodeId) -> impl Iterator<Item = NodeId> + '_ {
         core::iter::successors(self.nodes[node.0].first_child, |&c| {
             self.nodes[c].next_sibling
@@ -383,11 +388,13 @@ impl<'a> Fdt<'a> {
         .map(NodeId)
     }
 
+    /// The node's properties, in order.
     pub fn properties(&self, node: NodeId) -> &[Property<'a>] {
         let n = &self.nodes[node.0];
         &self.props[n.first_prop..n.first_prop + n.prop_count]
     }
 
+    /// The value of the node's property `name`.
     pub fn property(&self, node: NodeId, name: &str) -> Option<&'a [u8]> {
         self.properties(node)
             .iter()
@@ -448,6 +455,7 @@ impl<'a> Fdt<'a> {
             .filter_map(|s| core::str::from_utf8(s).ok())
     }
 
+    /// `compatible` is one of the node's `compatible` strings.
     pub fn is_compatible(&self, node: NodeId, compatible: &str) -> bool {
         self.string_list(node, "compatible")
             .any(|c| c == compatible)
@@ -479,6 +487,7 @@ impl<'a> Fdt<'a> {
         }
     }
 
+    /// The node whose `phandle` is `phandle`.
     pub fn by_phandle(&self, phandle: u32) -> Option<NodeId> {
         self.phandles.get(&phandle).copied().map(NodeId)
     }

@@ -55,7 +55,9 @@ pub fn dtb_size_of(header: &[u8]) -> Result<usize, FirmwareError> {
 /// A physical address range.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemRegion {
+    /// First byte.
     pub base: u64,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -78,35 +80,47 @@ pub enum ReservationSource {
     /// DTSpec §5.3 memory reservation block (`/memreserve/`).
     MemReserve,
     /// A child of `/reserved-memory` (DTSpec §3.5); `no_map` forbids mapping it at all.
-    ReservedMemory { no_map: bool },
+    ReservedMemory {
+        /// `no-map`: not even the kernel may map it.
+        no_map: bool,
+    },
 }
 
 /// RAM the kernel must not allocate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Reservation {
+    /// The memory.
     pub region: MemRegion,
+    /// Where the reservation came from.
     pub source: ReservationSource,
 }
 
 /// The ARM PrimeCell PL011 UART (binding `serial/arm,pl011`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pl011 {
+    /// Register base.
     pub base: u64,
+    /// Size of the register block.
     pub size: u64,
+    /// Its interrupt.
     pub interrupt: Option<GicInterrupt>,
 }
 
 /// PSCI conduit (binding `arm/psci`, property `method`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PsciMethod {
+    /// HVC.
     Hvc,
+    /// SMC.
     Smc,
 }
 
 /// GIC interrupt specifier, first cell (binding `arm,gic` / `arm,gic-v3`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GicInterruptKind {
+    /// A shared peripheral interrupt.
     Spi,
+    /// A private peripheral interrupt.
     Ppi,
     /// GICv3.1 extended SPI range.
     ExtendedSpi,
@@ -117,6 +131,7 @@ pub enum GicInterruptKind {
 /// A decoded three-cell GIC interrupt specifier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GicInterrupt {
+    /// SPI or PPI.
     pub kind: GicInterruptKind,
     /// The number within its kind (SPI 74 is INTID 106).
     pub number: u32,
@@ -127,7 +142,9 @@ pub struct GicInterrupt {
 
 /// Binding `arm,gic`: trigger-type field of the third cell.
 pub const GIC_TRIGGER_MASK: u32 = 0xf;
+/// Flags cell: rising edge.
 pub const GIC_EDGE_RISING: u32 = 1;
+/// Flags cell: active-high level.
 pub const GIC_LEVEL_HIGH: u32 = 4;
 
 impl GicInterrupt {
@@ -174,6 +191,7 @@ impl GicInterrupt {
         (self.number < count).then(|| first + self.number)
     }
 
+    /// Edge-triggered.
     pub fn is_edge(&self) -> bool {
         self.flags & GIC_TRIGGER_MASK == GIC_EDGE_RISING
     }
@@ -184,11 +202,17 @@ impl GicInterrupt {
 pub struct SmmuV3 {
     /// Referenced by `iommu-map` / `iommus`.
     pub phandle: Option<u32>,
+    /// Register base.
     pub base: u64,
+    /// Size of the register block.
     pub size: u64,
+    /// The event queue interrupt.
     pub eventq: Option<GicInterrupt>,
+    /// The PRI queue interrupt.
     pub priq: Option<GicInterrupt>,
+    /// The CMD_SYNC completion interrupt.
     pub cmdq_sync: Option<GicInterrupt>,
+    /// The global error interrupt.
     pub gerror: Option<GicInterrupt>,
     /// A single line for every source, used by some implementations instead of the four.
     pub combined: Option<GicInterrupt>,
@@ -200,9 +224,13 @@ pub struct SmmuV3 {
 /// (IEEE 1275 PCI binding §2.2.1.1 `phys.hi`: `npt000ss bbbbbbbb dddddfff rrrrrrrr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PciSpace {
+    /// Configuration space.
     Config,
+    /// I/O space.
     Io,
+    /// 32-bit memory space.
     Mem32,
+    /// 64-bit memory space.
     Mem64,
 }
 
@@ -218,10 +246,15 @@ const PCI_ADDRESS_CELLS: u32 = 3;
 /// One entry of a PCI host's `ranges`: a window of PCI space visible at `cpu_addr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciRange {
+    /// The address space.
     pub space: PciSpace,
+    /// Prefetchable memory.
     pub prefetchable: bool,
+    /// Bus address of the start.
     pub pci_addr: u64,
+    /// CPU address of the start.
     pub cpu_addr: u64,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -230,9 +263,13 @@ pub struct PciRange {
 /// IOMMU / MSI controller with phandle `target`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IdMapEntry {
+    /// First requester ID (after the mask).
     pub rid_base: u32,
+    /// The phandle of the IOMMU or MSI controller.
     pub target: u32,
+    /// The ID the first requester maps to.
     pub target_base: u32,
+    /// How many IDs.
     pub length: u32,
 }
 
@@ -260,11 +297,15 @@ pub fn map_rid(map: &[IdMapEntry], mask: u32, rid: u16) -> Option<(u32, u32)> {
 /// recommended practice: interrupt mapping").
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IntxRoute {
+    /// Bus number.
     pub bus: u8,
+    /// Device number.
     pub device: u8,
+    /// Function number.
     pub function: u8,
     /// 1 = INTA .. 4 = INTD.
     pub pin: u8,
+    /// The interrupt controller's phandle.
     pub parent: u32,
     /// The parent's interrupt specifier cells (after its unit address).
     pub parent_specifier: Vec<u32>,
@@ -278,18 +319,29 @@ pub struct IntxRoute {
 pub struct PcieHost {
     /// `linux,pci-domain` (0 when absent).
     pub segment: u16,
+    /// ECAM window base.
     pub ecam_base: u64,
+    /// Its size.
     pub ecam_size: u64,
+    /// First bus.
     pub bus_start: u8,
     /// Clamped to what the ECAM window covers (1 MiB per bus).
     pub bus_end: u8,
+    /// The host bridge's windows (`ranges`).
     pub ranges: Vec<PciRange>,
+    /// `iommu-map`: requester ID to StreamID.
     pub iommu_map: Vec<IdMapEntry>,
+    /// `iommu-map-mask`.
     pub iommu_map_mask: u32,
+    /// `msi-map`: requester ID to MSI controller DeviceID.
     pub msi_map: Vec<IdMapEntry>,
+    /// `msi-map-mask`.
     pub msi_map_mask: u32,
+    /// `interrupt-map-mask`.
     pub interrupt_map_mask: [u32; 4],
+    /// `interrupt-map`: INTx routing.
     pub interrupt_map: Vec<IntxRoute>,
+    /// `dma-coherent`: devices' DMA snoops.
     pub dma_coherent: bool,
 }
 
@@ -316,7 +368,9 @@ impl PcieHost {
 /// GIC architecture version of the interrupt controller node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GicVersion {
+    /// GICv2.
     V2,
+    /// GICv3.
     V3,
 }
 
@@ -324,22 +378,30 @@ pub enum GicVersion {
 /// (`arm,gic-v3-its`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsiFrame {
+    /// Its phandle.
     pub phandle: Option<u32>,
+    /// Register base.
     pub base: u64,
+    /// Size of the register block.
     pub size: u64,
 }
 
 /// The interrupt controller (bindings `arm,gic` and `arm,gic-v3`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Gic {
+    /// GICv2 or GICv3.
     pub version: GicVersion,
+    /// Its phandle.
     pub phandle: Option<u32>,
+    /// The distributor's registers.
     pub distributor: MemRegion,
     /// GICv2 CPU interface (GICC).
     pub cpu_interface: Option<MemRegion>,
     /// GICv3 redistributor regions.
     pub redistributors: Vec<MemRegion>,
+    /// GICv2m MSI frames.
     pub v2m_frames: Vec<MsiFrame>,
+    /// GICv3 ITSes.
     pub its: Vec<MsiFrame>,
 }
 
@@ -359,15 +421,23 @@ const GIC_V2_COMPATIBLES: &[&str] = &[
 /// Everything the kernel takes from the device tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
+    /// RAM (`/memory`).
     pub memory: Vec<MemRegion>,
+    /// Memory that must not be used.
     pub reserved: Vec<Reservation>,
+    /// `/chosen/bootargs`: the kernel command line.
     pub bootargs: Option<String>,
     /// `/chosen/stdout-path` as written (may carry `:options`).
     pub stdout_path: Option<String>,
+    /// The PL011 console.
     pub uart: Option<Pl011>,
+    /// How PSCI is called.
     pub psci: Option<PsciMethod>,
+    /// PCIe host bridges.
     pub pcie: Vec<PcieHost>,
+    /// SMMUv3s.
     pub smmus: Vec<SmmuV3>,
+    /// The interrupt controller.
     pub gic: Option<Gic>,
 }
 

@@ -66,8 +66,7 @@ fn edu_round_trip(
     platform: &Platform,
     device: &crate::devices::PciDevice,
 ) -> Result<(), alloc::string::String> {
-    let edu =
-        crate::devices::open_edu(platform, device).map_err(|err| alloc::format!("{err:?}"))?;
+    let edu = crate::devices::open_edu(platform, device).map_err(|err| alloc::format!("{err}"))?;
     let source = frames::alloc().ok_or("out of frames")?;
     let destination = frames::alloc().ok_or("out of frames")?;
     // SAFETY: both frames belong to this function and are identity-mapped.
@@ -83,7 +82,7 @@ fn edu_round_trip(
     let result = edu
         .dma(edu::Direction::ToDevice, source.phys, 0, edu::BUFFER_SIZE)
         .and_then(|()| edu.dma(edu::Direction::ToRam, destination.phys, 0, edu::BUFFER_SIZE))
-        .map_err(|err| alloc::format!("{err:?}"))
+        .map_err(|err| alloc::format!("{err}"))
         // SAFETY: volatile reads of memory the device wrote.
         .and_then(|()| {
             let same = (0..edu::BUFFER_SIZE)

@@ -166,7 +166,7 @@ impl core::fmt::Display for OpenError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             OpenError::NoBar0 => write!(f, "no memory BAR0"),
-            OpenError::Driver(err) => write!(f, "edu driver: {err:?}"),
+            OpenError::Driver(err) => write!(f, "edu driver: {err}"),
         }
     }
 }

@@ -83,6 +83,24 @@ pub enum EduError {
     Timeout(TimedOut),
 }
 
+impl core::fmt::Display for EduError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            EduError::NotAnEdu { identification } => write!(
+                f,
+                "not an edu: its identification register reads {identification:#010x}"
+            ),
+            EduError::OutsideBuffer { offset, len } => write!(
+                f,
+                "{len} bytes at {offset:#x} run outside the device's {BUFFER_SIZE}-byte buffer"
+            ),
+            EduError::Empty => write!(f, "a transfer of no bytes"),
+            EduError::Busy => write!(f, "the previous transfer is still running"),
+            EduError::Timeout(_) => write!(f, "the transfer did not complete in time"),
+        }
+    }
+}
+
 /// Which way a transfer goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {

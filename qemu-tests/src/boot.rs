@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::{Arch, Config};
 use crate::report::Report;
-use crate::workspace::Workspace;
+use crate::workspace::{Profile, Workspace};
 
 /// By default at most this many QEMUs run at once in one process (`cargo xtask
 /// test -j N` changes it). Boots mostly wait for edu's 100 ms DMAs, so two
@@ -46,27 +46,6 @@ pub fn workspace() -> Result<&'static Workspace, String> {
         .get_or_init(Workspace::locate)
         .as_ref()
         .map_err(Clone::clone)
-}
-
-/// A cargo profile the kernel is built with.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Profile {
-    /// Optimized, with debug info (`[profile.release] debug = true`): what
-    /// the tests boot.
-    Release,
-    /// Unoptimized (`dev`): every variable and line where the source has
-    /// it, for stepping through in gdb.
-    Debug,
-}
-
-impl Profile {
-    /// Its directory under `target/<triple>/`.
-    pub fn directory(self) -> &'static str {
-        match self {
-            Profile::Release => "release",
-            Profile::Debug => "debug",
-        }
-    }
 }
 
 /// Builds the kernel for `arch` (`cargo build -p kernel --release --target ...`) and

@@ -18,12 +18,12 @@ mod verdict;
 mod workspace;
 
 pub use boot::{
-    BootOptions, BootOutcome, DEFAULT_PARALLEL_QEMUS, DEFAULT_TIMEOUT, Exit, Profile, boot,
-    build_kernel, build_kernel_with, kernel_for, parallel_qemus, set_parallel_qemus, workspace,
+    BootOptions, BootOutcome, DEFAULT_PARALLEL_QEMUS, DEFAULT_TIMEOUT, Exit, boot, build_kernel,
+    build_kernel_with, kernel_for, parallel_qemus, set_parallel_qemus, workspace,
 };
 pub use config::{
     Arch, CONFIGS, Config, DEFAULT_RUN_CONFIG, MIN_TESTS, config, config_names, shell_quote,
 };
 pub use report::{BenchSample, Report, Summary, TestOutcome, TestResult};
 pub use verdict::{Failure, KernelCmdline, TestOptions, judge, problems, run_boot_test};
-pub use workspace::{Package, Workspace, cargo};
+pub use workspace::{Package, Profile, Workspace, cargo};

@@ -115,11 +115,11 @@ impl Workspace {
 
     /// The kernel ELF that [`crate::build_kernel`] produces for `target`.
     pub fn kernel_elf(&self, target: &str) -> PathBuf {
-        self.kernel_elf_of(target, crate::boot::Profile::Release)
+        self.kernel_elf_of(target, Profile::Release)
     }
 
     /// The kernel ELF of `profile` for `target`.
-    pub fn kernel_elf_of(&self, target: &str, profile: crate::boot::Profile) -> PathBuf {
+    pub fn kernel_elf_of(&self, target: &str, profile: Profile) -> PathBuf {
         self.target_dir
             .join(target)
             .join(profile.directory())
@@ -250,5 +250,26 @@ mod tests {
         assert!(!default("kernel"));
         assert!(!default("boot"));
         assert!(ws.root.join("Cargo.toml").is_file());
+    }
+}
+
+/// A cargo profile the kernel is built with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Optimized, with debug info (`[profile.release] debug = true`): what
+    /// the tests boot.
+    Release,
+    /// Unoptimized (`dev`): every variable and line where the source has
+    /// it, for stepping through in gdb.
+    Debug,
+}
+
+impl Profile {
+    /// Its directory under `target/<triple>/`.
+    pub fn directory(self) -> &'static str {
+        match self {
+            Profile::Release => "release",
+            Profile::Debug => "debug",
+        }
     }
 }

@@ -29,7 +29,10 @@ pub enum Outcome {
 /// A test's result: `Err` carries the failure reason.
 pub type TestResult = Result<Outcome, String>;
 
-/// A registered test.
+/// A registered test. `repr(C)`: the host reads the registry out of the
+/// kernel ELF to list the tests without booting (`qemu_tests::static_tests`),
+/// so the field order is fixed.
+#[repr(C)]
 pub struct Test {
     pub name: &'static str,
     pub run: fn(&Platform) -> TestResult,

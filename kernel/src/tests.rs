@@ -160,7 +160,11 @@ fn dma_to_a_kernel_page_is_blocked(
     result
 }
 
-/// Every test group, in the order they run.
+/// Every test group, in the order they run. `#[used]` keeps the registry
+/// (and its symbol) in the ELF even where the optimizer folds its uses, so
+/// that the host can list the tests without booting
+/// (`qemu_tests::static_tests`).
+#[used]
 pub static ALL: &[&[Test]] = &[
     foundation::TESTS,
     #[cfg(target_arch = "aarch64")]

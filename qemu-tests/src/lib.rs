@@ -13,6 +13,7 @@ mod boot;
 mod config;
 pub mod junit;
 mod report;
+pub mod static_tests;
 pub mod symbolize;
 mod verdict;
 mod workspace;

@@ -72,9 +72,11 @@ fn host_test_commands(ws: &Workspace, filter: Option<&str>) -> Vec<std::process:
 
 /// `--list`: the host tests (`host PACKAGE TEST`, from libtest's own
 /// `--list`), then every selected configuration's in-kernel tests (`CONFIG
-/// TEST`). The in-kernel set depends only on the architecture, so one boot
-/// per architecture in list mode (`-append list`, nothing run) names them;
-/// whether a test applies is decided when it runs.
+/// TEST`). The in-kernel set depends only on the architecture: it is read
+/// out of each kernel ELF's test registry (`qemu_tests::static_tests`), or,
+/// should that fail, named by one boot per architecture in list mode
+/// (`-append list`, nothing run); whether a test applies is decided when it
+/// runs.
 fn list(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
     let mut host = 0;
     if args.host {
@@ -123,28 +125,42 @@ fn list(ws: &Workspace, args: &TestArgs) -> Result<(), Error> {
             let kernel = kernels[&arch]
                 .as_ref()
                 .map_err(|why| Error::Failed(format!("the {arch} kernel did not build: {why}")))?;
-            step(format!(
-                "in-kernel tests of the {arch} kernel (named by booting {} with -append {cmdline:?})",
-                first.name
-            ));
-            let options = qemu_tests::BootOptions {
-                cmdline: cmdline.to_string(),
-                timeout: args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT),
-                extra_args: Vec::new(),
-                log_dir: ws.log_dir(),
+            let names = match qemu_tests::static_tests::in_kernel_tests(kernel) {
+                Some(names) => {
+                    step(format!(
+                        "in-kernel tests of the {arch} kernel (its registry read from the ELF, no boot)"
+                    ));
+                    names
+                        .into_iter()
+                        .filter(|name| args.filter.as_deref().is_none_or(|f| name.contains(f)))
+                        .collect()
+                }
+                None => {
+                    step(format!(
+                        "in-kernel tests of the {arch} kernel (the ELF's registry unreadable: booting {} with -append {cmdline:?})",
+                        first.name
+                    ));
+                    let options = qemu_tests::BootOptions {
+                        cmdline: cmdline.to_string(),
+                        timeout: args.timeout.unwrap_or(qemu_tests::DEFAULT_TIMEOUT),
+                        extra_args: Vec::new(),
+                        log_dir: ws.log_dir(),
+                    };
+                    let outcome = qemu_tests::boot(first, kernel, &options);
+                    if outcome.exit != qemu_tests::Exit::Code(0) {
+                        return Err(Error::Failed(format!(
+                            "the list boot of {} ended with {:?}; its log: {}",
+                            first.name,
+                            outcome.exit,
+                            outcome.log_path.display()
+                        )));
+                    }
+                    outcome.report.listed
+                }
             };
-            let outcome = qemu_tests::boot(first, kernel, &options);
-            if outcome.exit != qemu_tests::Exit::Code(0) {
-                return Err(Error::Failed(format!(
-                    "the list boot of {} ended with {:?}; its log: {}",
-                    first.name,
-                    outcome.exit,
-                    outcome.log_path.display()
-                )));
-            }
             for config in configs.iter().filter(|config| config.arch == arch) {
                 configurations += 1;
-                for name in &outcome.report.listed {
+                for name in &names {
                     println!("{} {name}", config.name);
                     in_kernel += 1;
                 }

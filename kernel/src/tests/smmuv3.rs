@@ -1080,6 +1080,9 @@ fn command_queue_wraps_and_a_batch_larger_than_it_completes(platform: &Platform)
 /// page, read back level by level from the unit's own tables, ends in that
 /// page at the byte asked about.
 fn the_demo_walk_reaches_the_page_it_mapped(platform: &Platform) -> TestResult {
+    if let Some(outcome) = not_here(platform) {
+        return Ok(outcome);
+    }
     let text = glue::with_unit(platform, |unit| {
         crate::figures::walk::lesson(unit, |unit, domain, iova, visit| {
             unit.walk_mapping(domain, iova, visit)

@@ -24,10 +24,6 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
-        name: "amdvi::the_demo_walk_reaches_the_page_it_mapped",
-        run: the_demo_walk_reaches_the_page_it_mapped,
-    },
-    Test {
         name: "amdvi::unit_is_discovered_from_the_ivrs",
         run: unit_is_discovered_from_the_ivrs,
     },
@@ -62,6 +58,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "amdvi::every_ivhd_is_brought_up_blocking",
         run: every_ivhd_is_brought_up_blocking,
+    },
+    Test {
+        name: "amdvi::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
     },
 ];
 

@@ -21,10 +21,6 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
-        name: "smmuv3::the_demo_walk_reaches_the_page_it_mapped",
-        run: the_demo_walk_reaches_the_page_it_mapped,
-    },
-    Test {
         name: "smmuv3::discovered_with_stream_ids_and_id_registers",
         run: discovered_with_stream_ids_and_id_registers,
     },
@@ -83,6 +79,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "smmuv3::nested_task_stage1_over_kernel_stage2",
         run: nested_task_stage1_over_kernel_stage2,
+    },
+    Test {
+        name: "smmuv3::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
     },
 ];
 

@@ -25,10 +25,6 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
-        name: "vtd::the_demo_walk_reaches_the_page_it_mapped",
-        run: the_demo_walk_reaches_the_page_it_mapped,
-    },
-    Test {
         name: "vtd::bring_up_translates_with_every_device_blocked_and_reports_one_fault_per_dma",
         run: blocked_dma_is_dropped_and_faults_once,
     },
@@ -59,6 +55,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "vtd::every_drhd_is_brought_up_blocking",
         run: every_drhd_is_brought_up_blocking,
+    },
+    Test {
+        name: "vtd::the_demo_walk_reaches_the_page_it_mapped",
+        run: the_demo_walk_reaches_the_page_it_mapped,
     },
 ];
 

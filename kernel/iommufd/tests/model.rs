@@ -45,6 +45,13 @@ enum Op {
         page: u64,
         pages: u64,
     },
+    /// A fixed map of any length at any IOVA from any user address:
+    /// byte granular with no domain attached, whole pages with one.
+    MapBytes {
+        iova: u64,
+        va_offset: u64,
+        len: u64,
+    },
     MapAuto {
         pages: u64,
     },
@@ -70,6 +77,18 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0u64..2200, 1u64..9).prop_map(|(page, pages)| Op::MapFixed { page, pages }),
+        // Each of the IOVA, the length and the user address on a page
+        // boundary or off it, half the time each, so that every mix occurs.
+        2 => (
+            (0u64..2200, proptest::option::of(1u64..PAGE)),
+            (1u64..3, proptest::option::of(1u64..PAGE)),
+            proptest::option::of(1u64..PAGE),
+        )
+            .prop_map(|((page, iova_off), (pages, len_cut), va_offset)| Op::MapBytes {
+                iova: page * PAGE + iova_off.unwrap_or(0),
+                va_offset: va_offset.unwrap_or(0),
+                len: pages * PAGE - len_cut.unwrap_or(0),
+            }),
         4 => (1u64..40).prop_map(|pages| Op::MapAuto { pages }),
         3 => (0u64..2200, 1u64..24).prop_map(|(page, pages)| Op::Unmap { page, pages }),
         1 => Just(Op::UnmapAll),
@@ -204,13 +223,17 @@ fn subtract(base: Vec<IovaRange>, cut: &[IovaRange]) -> Vec<IovaRange> {
 
 /// Linux `iopt_alloc_iova`: the length rounded up to a power of two, capped
 /// by the alignment of the address the mapping starts from.
-fn natural(len: u64, addr: u64) -> u64 {
+fn natural_raw(len: u64, addr: u64) -> u64 {
     let rounded = len.next_power_of_two();
     match addr {
         0 => rounded,
         _ => rounded.min(1 << addr.trailing_zeros()),
     }
-    .max(PAGE)
+}
+
+/// [`natural_raw`] for the page-multiple maps of the model (at least a page).
+fn natural(len: u64, addr: u64) -> u64 {
+    natural_raw(len, addr).max(PAGE)
 }
 
 fn step(fd: &mut SoftCore, model: &mut Model, (ioas, ioas2): (u32, u32), dev: u32, op: &Op) {
@@ -233,6 +256,30 @@ fn step(fd: &mut SoftCore, model: &mut Model, (ioas, ioas2): (u32, u32), dev: u3
                 model.areas.insert(iova, len);
                 model.va.insert(iova, page * PAGE);
                 model.new_pin(iova);
+            }
+        }
+        Op::MapBytes {
+            iova,
+            va_offset,
+            len,
+        } => {
+            let va = 0x200_0000 + va_offset;
+            let range = IovaRange::from_len(*iova, *len).unwrap();
+            let whole_pages = [*iova, *len, va].iter().all(|v| v % PAGE == 0);
+            let misaligned = model.attached && !whole_pages;
+            let reserved = model.reserved().iter().any(|r| r.intersects(&range));
+            let expect = if misaligned || reserved {
+                Err(Errno::EINVAL)
+            } else if model.overlaps_area(range) {
+                Err(Errno::EEXIST)
+            } else {
+                Ok(*iova)
+            };
+            assert_eq!(fd.ioas_map(O, ioas, va, *len, Some(*iova), RW), expect);
+            if expect.is_ok() {
+                model.areas.insert(*iova, *len);
+                model.va.insert(*iova, va);
+                model.new_pin(*iova);
             }
         }
         Op::MapAuto { pages } => {
@@ -325,7 +372,12 @@ fn step(fd: &mut SoftCore, model: &mut Model, (ioas, ioas2): (u32, u32), dev: u3
                 },
             ]
             .iter()
-            .any(|r| model.overlaps_area(*r) || model.allowed.iter().any(|a| a.intersects(r)));
+            .any(|r| model.overlaps_area(*r) || model.allowed.iter().any(|a| a.intersects(r)))
+                // An area the domain's 4 KiB pages cannot map keeps it out.
+                || model
+                    .areas
+                    .iter()
+                    .any(|(&s, &l)| [s, l, model.va[&s]].iter().any(|v| v % PAGE != 0));
             let result = fd.device_attach(O, dev, ioas);
             if model.attached {
                 assert_eq!(result, Err(Errno::EBUSY));
@@ -357,11 +409,23 @@ fn step(fd: &mut SoftCore, model: &mut Model, (ioas, ioas2): (u32, u32), dev: u3
                 }
             }
             let covered = cursor == range.last + 1;
+            // An automatic IOVA follows the first byte's user address.
+            let first_user = model
+                .areas
+                .range(..=range.start)
+                .next_back()
+                .map(|(&s, _)| model.va[&s] + (range.start - s));
             match fd.ioas_copy(O, ioas, range.start, pages * PAGE, ioas2, None, RW) {
                 Ok(dst) => {
                     assert!(covered, "copy of a range with a hole succeeded");
                     assert_ne!(dst, 0);
-                    assert_eq!(dst % natural(pages * PAGE, range.start), 0);
+                    let user = first_user.expect("a covered range has a first area");
+                    let align = natural_raw(pages * PAGE, user);
+                    if align >= PAGE {
+                        assert_eq!(dst % align, 0, "not naturally aligned");
+                    } else {
+                        assert_eq!(dst % PAGE, user % PAGE, "the user's page offset");
+                    }
                     for (offset, len, pin) in pieces {
                         let at = dst + offset;
                         assert!(

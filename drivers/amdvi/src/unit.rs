@@ -116,16 +116,13 @@ impl AmdVi {
         dma: &'static (dyn DmaMemory + Sync),
         clock: &'static (dyn Clock + Sync),
     ) -> Result<Vec<Self>, (usize, UnitError)> {
-        units
-            .into_iter()
-            .enumerate()
-            .map(|(index, (description, regs, capability))| {
-                let id = u32::try_from(index)
-                    .map(UnitId)
-                    .map_err(|_| (index, UnitError::Unsupported))?;
-                Self::new(id, description, regs, capability, dma, clock).map_err(|err| (index, err))
-            })
-            .collect()
+        iommu::bring_up_each(
+            units,
+            || UnitError::Unsupported,
+            |id, (description, regs, capability)| {
+                Self::new(id, description, regs, capability, dma, clock)
+            },
+        )
     }
 
     /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every

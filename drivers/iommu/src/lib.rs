@@ -104,6 +104,28 @@ pub use io_page_table::Gather;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnitId(pub u32);
 
+/// Brings up one unit per description, in firmware order, each named by its
+/// index ([`UnitId`]); all or nothing: the first failure comes back with the
+/// index of the description at fault, and the units already up are dropped
+/// (a driver's drop leaves its unit blocking). `too_many` is the error for an
+/// index a `UnitId` cannot name.
+pub fn bring_up_each<D, T, E>(
+    descriptions: impl IntoIterator<Item = D>,
+    too_many: impl Fn() -> E,
+    mut bring_up: impl FnMut(UnitId, D) -> Result<T, E>,
+) -> Result<Vec<T>, (usize, E)> {
+    descriptions
+        .into_iter()
+        .enumerate()
+        .map(|(index, description)| {
+            let id = u32::try_from(index)
+                .map(UnitId)
+                .map_err(|_| (index, too_many()))?;
+            bring_up(id, description).map_err(|err| (index, err))
+        })
+        .collect()
+}
+
 /// The requester a unit sees in DMA transactions: PCI requester id (segment, bus,
 /// devfn) on VT-d and AMD-Vi, StreamID on SMMUv3.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -749,6 +771,28 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn units_are_named_by_their_index_and_brought_up_all_or_nothing() {
+        let up = bring_up_each(
+            ["a", "b"],
+            || "too many",
+            |id, name| Ok::<_, &str>((id, name)),
+        );
+        assert_eq!(up, Ok(alloc::vec![(UnitId(0), "a"), (UnitId(1), "b")]));
+        let failed = bring_up_each(
+            ["a", "bad", "c"],
+            || "too many",
+            |id, name| {
+                if name == "bad" {
+                    Err("refused")
+                } else {
+                    Ok(id)
+                }
+            },
+        );
+        assert_eq!(failed, Err((1, "refused")));
+    }
 
     #[test]
     fn iova_range_from_len_rejects_empty_and_wrapping() {

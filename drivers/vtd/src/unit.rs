@@ -79,16 +79,11 @@ impl<'a, R: Registers> Vtd<'a, R> {
         env: Environment<'a>,
         options: Options,
     ) -> Result<Vec<Self>, (usize, Error)> {
-        units
-            .into_iter()
-            .enumerate()
-            .map(|(index, (regs, description))| {
-                let id = u32::try_from(index)
-                    .map(UnitId)
-                    .map_err(|_| (index, Error::Unsupported("more units than a UnitId names")))?;
-                Self::new(id, regs, env, description, options).map_err(|err| (index, err))
-            })
-            .collect()
+        iommu::bring_up_each(
+            units,
+            || Error::Unsupported("more units than a UnitId names"),
+            |id, (regs, description)| Self::new(id, regs, env, description, options),
+        )
     }
 
     /// Brings the unit up (see [`Hardware::new`]) with no domain and every

@@ -43,10 +43,12 @@ impl Platform {
             #[cfg(target_arch = "aarch64")]
             Firmware::DeviceTree(tree) => format!("device tree ({} SMMUv3)", tree.smmus.len()),
         };
+        let cpus = cpu_ids(self).len();
         format!(
-            "{tables}, PCI buses {:#04x}-{:#04x}",
+            "{tables}, PCI buses {:#04x}-{:#04x}, {cpus} CPU{} listed",
             buses.start(),
-            buses.end()
+            buses.end(),
+            if cpus == 1 { "" } else { "s" }
         )
     }
 }
@@ -150,4 +152,25 @@ fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
         },
         firmware: Firmware::Acpi(info),
     })
+}
+
+/// The CPUs the firmware lists, by the id the architecture starts them by:
+/// x86 the MADT's enabled local APIC IDs, aarch64 the device tree's MPIDR
+/// affinity values (`/cpus`). The kernel runs on one of them; the others
+/// are not started (issue 20).
+pub fn cpu_ids(platform: &Platform) -> alloc::vec::Vec<u64> {
+    match &platform.firmware {
+        #[cfg(target_arch = "x86_64")]
+        Firmware::Acpi(info) => info
+            .madt
+            .as_ref()
+            .map_or_else(alloc::vec::Vec::new, |madt| {
+                madt.local_apics
+                    .iter()
+                    .map(|apic| u64::from(apic.apic_id))
+                    .collect()
+            }),
+        #[cfg(target_arch = "aarch64")]
+        Firmware::DeviceTree(tree) => tree.cpus.iter().map(|cpu| cpu.mpidr).collect(),
+    }
 }

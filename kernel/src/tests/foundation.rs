@@ -10,6 +10,10 @@ use crate::testing::{Outcome, Test, TestResult};
 
 pub static TESTS: &[Test] = &[
     Test {
+        name: "platform::firmware_lists_the_cpu_we_boot_on",
+        run: firmware_lists_the_cpu_we_boot_on,
+    },
+    Test {
         name: "exceptions::breakpoint_is_caught_and_resumed",
         run: breakpoint_is_caught_and_resumed,
     },
@@ -322,5 +326,20 @@ fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
         "no MSI on irq {irq} (message {address:#x}/{data:#x})"
     );
     ensure_eq!(crate::irq::count(irq), seen + 1, "deliveries");
+    Ok(Outcome::Passed)
+}
+
+/// Issue 20's first step, finding the CPUs: the firmware's CPU list (x86:
+/// the MADT's enabled local APICs; aarch64: the device tree's `/cpus`) is not
+/// empty and holds the CPU the kernel runs on (x86: the initial APIC ID of
+/// CPUID leaf 1; aarch64: MPIDR_EL1's affinity fields).
+fn firmware_lists_the_cpu_we_boot_on(platform: &Platform) -> TestResult {
+    let listed = crate::platform::cpu_ids(platform);
+    ensure!(!listed.is_empty(), "the firmware lists no CPU");
+    let own = crate::arch::boot_cpu_id();
+    ensure!(
+        listed.contains(&own),
+        "the boot CPU {own:#x} is not among the firmware's {listed:x?}"
+    );
     Ok(Outcome::Passed)
 }

@@ -418,9 +418,26 @@ const GIC_V2_COMPATIBLES: &[&str] = &[
     "qcom,msm-qgic2",
 ];
 
+/// A CPU the device tree lists (DTSpec §3.8: a child of `/cpus` whose
+/// `device_type` is "cpu").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cpu {
+    /// `reg`: the CPU's MPIDR affinity fields (ARM binding `arm/cpus`), what
+    /// PSCI CPU_ON names it by.
+    pub mpidr: u64,
+    /// `enable-method` is "psci": it is started by PSCI CPU_ON.
+    pub psci: bool,
+}
+
+/// More CPUs than this are refused (bounded work on hostile input; far above
+/// any `virt` machine).
+pub const MAX_CPUS: usize = 512;
+
 /// Everything the kernel takes from the device tree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform {
+    /// The CPUs, in tree order (the boot CPU is one of them).
+    pub cpus: Vec<Cpu>,
     /// RAM (`/memory`).
     pub memory: Vec<MemRegion>,
     /// Memory that must not be used.
@@ -455,6 +472,7 @@ impl Platform {
             None => None,
         };
         Ok(Self {
+            cpus: cpus(&fdt)?,
             memory: memory(&fdt)?,
             reserved: reservations(&fdt)?,
             uart: uart(&fdt, stdout_path.as_deref())?,
@@ -591,6 +609,58 @@ fn uart(fdt: &Fdt<'_>, stdout_path: Option<&str>) -> Result<Option<Pl011>, Firmw
         size: region.size,
         interrupt,
     }))
+}
+
+/// DTSpec §3.7-3.8 and the `arm/cpus` binding: `/cpus` with `#address-cells`
+/// 1 or 2 and a `reg` of that many cells in every `cpu` child (none without
+/// `/cpus`).
+fn cpus(fdt: &Fdt<'_>) -> Result<Vec<Cpu>, FirmwareError> {
+    let Some(parent) = fdt.find_path("/cpus") else {
+        return Ok(Vec::new());
+    };
+    let cells = match fdt.u32_property(parent, "#address-cells")? {
+        Some(cells @ (1 | 2)) => cells as usize,
+        Some(_) => {
+            return Err(FirmwareError::Malformed {
+                what: "/cpus #address-cells",
+                offset: 0,
+            });
+        }
+        None => {
+            return Err(FirmwareError::Missing {
+                what: "/cpus #address-cells",
+            });
+        }
+    };
+    let mut cpus = Vec::new();
+    for node in fdt.children(parent) {
+        if fdt.str_property(node, "device_type")? != Some("cpu") {
+            continue;
+        }
+        if cpus.len() == MAX_CPUS {
+            return Err(FirmwareError::TooMany {
+                what: "cpus",
+                limit: MAX_CPUS,
+            });
+        }
+        let reg = fdt
+            .property(node, "reg")
+            .ok_or(FirmwareError::Missing { what: "cpu reg" })?;
+        let words = be32_cells(reg, "cpu reg")?;
+        if words.len() != cells {
+            return Err(FirmwareError::BadLength {
+                what: "cpu reg",
+                offset: 0,
+                length: reg.len(),
+            });
+        }
+        let mpidr = words
+            .iter()
+            .fold(0u64, |acc, &w| (acc << 32) | u64::from(w));
+        let psci = fdt.str_property(node, "enable-method")? == Some("psci");
+        cpus.push(Cpu { mpidr, psci });
+    }
+    Ok(cpus)
 }
 
 /// Binding `arm/psci`: any `arm,psci*` node; `method` selects the conduit.

@@ -51,6 +51,15 @@ fn check_common_virt(p: &Platform) {
         })
     );
     assert_eq!(p.psci, Some(PsciMethod::Hvc));
+    // QEMU's default -smp 1: one CPU, MPIDR affinity 0; QEMU writes an
+    // enable-method only when there are CPUs to start.
+    assert_eq!(
+        p.cpus,
+        vec![Cpu {
+            mpidr: 0,
+            psci: false
+        }]
+    );
     assert_eq!(p.pcie.len(), 1);
     let pci = p.pcie_host().unwrap();
     assert_eq!(pci.segment, 0);
@@ -1030,4 +1039,97 @@ proptest! {
             prop_assert_eq!(pci.iommu_for_rid(rid), expected);
         }
     }
+}
+
+/// A tree of just `/cpus` with `address_cells` and one `cpu` child per reg
+/// (each a list of cells), for the CPU parser.
+fn cpus_tree(address_cells: Option<u32>, regs: &[&[u32]]) -> Vec<u8> {
+    let mut b = Builder::default();
+    b.begin("")
+        .cells("#address-cells", &[2])
+        .cells("#size-cells", &[2]);
+    b.begin("cpus");
+    if let Some(cells) = address_cells {
+        b.cells("#address-cells", &[cells])
+            .cells("#size-cells", &[0]);
+    }
+    for (index, reg) in regs.iter().enumerate() {
+        b.begin(&alloc::format!("cpu@{index}"))
+            .string("device_type", "cpu")
+            .string("enable-method", "psci");
+        if !reg.is_empty() {
+            b.cells("reg", reg);
+        }
+        b.end();
+    }
+    // A child that is no CPU is skipped.
+    b.begin("cpu-map").end();
+    b.end();
+    b.end();
+    b.finish()
+}
+
+/// DTSpec §3.7-3.8: every `cpu` under `/cpus` with a `reg` of
+/// `#address-cells` cells (1 or 2); anything else is refused with its reason.
+#[test]
+fn cpus_are_read_from_slash_cpus_and_malformed_ones_refused() {
+    let cpus = |tree: Vec<u8>| Platform::parse(&tree).map(|p| p.cpus);
+    assert_eq!(
+        cpus(cpus_tree(Some(1), &[&[0], &[1], &[0x100]])),
+        Ok(vec![
+            Cpu {
+                mpidr: 0,
+                psci: true
+            },
+            Cpu {
+                mpidr: 1,
+                psci: true
+            },
+            Cpu {
+                mpidr: 0x100,
+                psci: true
+            },
+        ])
+    );
+    assert_eq!(
+        cpus(cpus_tree(Some(2), &[&[0x1, 0x0203]])),
+        Ok(vec![Cpu {
+            mpidr: 0x1_0000_0203,
+            psci: true
+        }])
+    );
+    assert_eq!(
+        cpus(cpus_tree(Some(3), &[&[0, 0, 0]])),
+        Err(FirmwareError::Malformed {
+            what: "/cpus #address-cells",
+            offset: 0
+        })
+    );
+    assert_eq!(
+        cpus(cpus_tree(None, &[&[0]])),
+        Err(FirmwareError::Missing {
+            what: "/cpus #address-cells"
+        })
+    );
+    assert_eq!(
+        cpus(cpus_tree(Some(1), &[&[0, 1]])),
+        Err(FirmwareError::BadLength {
+            what: "cpu reg",
+            offset: 0,
+            length: 8
+        })
+    );
+    assert_eq!(
+        cpus(cpus_tree(Some(1), &[&[]])),
+        Err(FirmwareError::Missing { what: "cpu reg" })
+    );
+    let many: Vec<[u32; 1]> = (0..=MAX_CPUS as u32).map(|i| [i]).collect();
+    let many: Vec<&[u32]> = many.iter().map(|r| &r[..]).collect();
+    assert_eq!(
+        cpus(cpus_tree(Some(1), &many)),
+        Err(FirmwareError::TooMany {
+            what: "cpus",
+            limit: MAX_CPUS
+        })
+    );
 }

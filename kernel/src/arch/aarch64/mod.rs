@@ -21,6 +21,15 @@ pub use pl011::Pl011 as Serial;
 
 pub const ARCH_NAME: &str = "aarch64";
 
+/// The running CPU's MPIDR_EL1 affinity fields (Aff3 in bits 39:32, Aff2-0
+/// in 23:0; ARM ARM D23.2.100), the value the device tree's `cpu` `reg`
+/// holds (binding `arm/cpus`).
+pub fn boot_cpu_id() -> u64 {
+    use aarch64_cpu::registers::{MPIDR_EL1, Readable};
+    const AFFINITY: u64 = 0xFF_00FF_FFFF;
+    MPIDR_EL1.get() & AFFINITY
+}
+
 /// QEMU `virt` puts UART0 here (hw/arm/virt.c `VIRT_UART`). The console
 /// starts on it before the device tree is read, like Linux's earlycon, so that
 /// a failure to parse the device tree is still reported.

@@ -31,6 +31,15 @@ const COM1: u16 = 0x3F8;
 /// Name printed in reports.
 pub const ARCH_NAME: &str = "x86_64";
 
+/// The running CPU's initial APIC ID (CPUID leaf 1, EBX bits 31:24), the id
+/// the MADT lists it by.
+pub fn boot_cpu_id() -> u64 {
+    // CPUID is unprivileged and side-effect free; leaf 1 exists on every
+    // x86-64 CPU.
+    let leaf = core::arch::x86_64::__cpuid(1);
+    u64::from(leaf.ebx >> 24)
+}
+
 /// ACPI fixed-hardware ports the FADT tells us (defaults: q35 with SeaBIOS,
 /// PM base 0x600). Set by platform discovery before they are needed.
 static PM1A_CONTROL_PORT: AtomicU16 = AtomicU16::new(0x604);

@@ -169,13 +169,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let page_offset = |a: &crate::Area| {
             self.pages
                 .get(a.pages)
-                .map_or(0, |p| (p.va + a.offset) % crate::PAGE_SIZE)
+                .map_or(0, |p| p.user_address(a.offset) % crate::PAGE_SIZE)
         };
-        if ioas.areas.iter().any(|(&s, a)| {
-            [s, a.last - s + 1, page_offset(a)]
-                .iter()
-                .any(|value| value % alignment != 0)
-        }) {
+        if ioas
+            .areas
+            .iter()
+            .any(|(&s, a)| !crate::ioas::area_fits(alignment, s, a.last - s + 1, page_offset(a)))
+        {
             return Err(Errno::EADDRINUSE);
         }
         let fill = ioas

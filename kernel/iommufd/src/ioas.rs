@@ -204,15 +204,21 @@ impl Ioas {
         Ok(base + offset)
     }
 
-    /// Whether an area of `len` bytes at `iova` over user bytes that start
-    /// `page_offset` into their page can be mapped by every domain: all three
-    /// aligned to the IOAS alignment (Linux `iopt_check_iova`,
-    /// `iopt_alloc_area_pages`, `iopt_insert_area`).
+    /// [`area_fits`] this IOAS's alignment.
     fn fits_alignment(&self, iova: u64, len: u64, page_offset: u64) -> bool {
-        [iova, len, page_offset]
-            .iter()
-            .all(|value| value.is_multiple_of(self.alignment))
+        area_fits(self.alignment, iova, len, page_offset)
     }
+}
+
+/// Whether an area of `len` bytes at `iova` over user bytes that start
+/// `page_offset` into their page can be mapped by domains whose smallest
+/// page is `alignment`: all three multiples of it (Linux `iopt_check_iova`,
+/// `iopt_alloc_area_pages`, `iopt_insert_area`, and at attach
+/// `iopt_check_iova_alignment`).
+pub(crate) fn area_fits(alignment: u64, iova: u64, len: u64, page_offset: u64) -> bool {
+    [iova, len, page_offset]
+        .iter()
+        .all(|value| value.is_multiple_of(alignment))
 }
 
 fn check_prot(prot: Prot) -> Result<(), Errno> {
@@ -607,7 +613,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         let user_address = |p: &Piece| {
             self.pages
                 .get(p.pages)
-                .map_or(0, |pages| pages.va.wrapping_add(p.offset))
+                .map_or(0, |pages| pages.user_address(p.offset))
         };
         if !dst_ioas.fits_alignment(0, len, 0)
             || pieces

@@ -326,6 +326,11 @@ impl Pages {
     fn head(&self) -> u64 {
         self.va % PAGE_SIZE
     }
+
+    /// The user address of byte `offset` of the range.
+    fn user_address(&self, offset: u64) -> u64 {
+        self.va.wrapping_add(offset)
+    }
 }
 
 /// The whole pages `[va, va + len)` lies in, as (start, length); `len` > 0

@@ -244,6 +244,11 @@ impl Dte {
     pub fn interrupt_table(&self) -> u64 {
         self.0[2] & field::INT_ROOT_MASK
     }
+    /// V, IV and IntCtl=Remap: the device's interrupts go through the
+    /// table at [`Self::interrupt_table`] (§2.2.5).
+    pub fn remaps_interrupts(&self) -> bool {
+        self.valid() && self.0[2] & field::IV != 0 && self.int_ctl() == IntCtl::Remap as u8
+    }
 }
 
 #[cfg(test)]

@@ -147,9 +147,6 @@ mod pte {
 const PAGE: u64 = 4096;
 const REGION_SHIFT: u32 = 21;
 
-/// §2.2.2.1 DTE IntCtl = 10b: interrupts are remapped through the table.
-const INT_CTL_REMAPPED: u8 = 0b10;
-
 pub struct Model {
     regs: usize,
     pub state: Mutex<State>,
@@ -350,17 +347,23 @@ impl Model {
     /// the DTE does not remap its interrupts.
     pub fn interrupt(&self, device_id: u16, index: u16) -> Option<u32> {
         let dte = self.dte_for(device_id);
-        if !dte.valid() || dte.0[2] & 1 == 0 || dte.int_ctl() != INT_CTL_REMAPPED {
+        if !dte.remaps_interrupts() {
             return None;
         }
         let mut s = self.state.lock().unwrap();
-        let irte = *s.irte_cache.entry((device_id, index)).or_insert_with(|| {
-            let at = dte.interrupt_table() + u64::from(index) * 4;
-            // SAFETY: the DTE's interrupt table, allocated by the driver from
-            // HostDma (phys == virt); 4-byte aligned.
-            unsafe { core::ptr::read_volatile(at as *const u32) }
-        });
+        let irte = *s
+            .irte_cache
+            .entry((device_id, index))
+            .or_insert_with(|| Self::irte_in_memory(&dte, index));
         Some(irte)
+    }
+
+    /// The 32-bit IRTE `index` of a remapping DTE's table as memory holds it.
+    fn irte_in_memory(dte: &Dte, index: u16) -> u32 {
+        let at = dte.interrupt_table() + u64::from(index) * 4;
+        // SAFETY: the DTE's interrupt table, allocated by the driver from
+        // HostDma (phys == virt); 4-byte aligned.
+        unsafe { core::ptr::read_volatile(at as *const u32) }
     }
 
     /// Every translated DTE in the device table now: DomainID -> (root, levels).
@@ -432,12 +435,9 @@ impl Model {
         }
         for (&(device_id, index), &irte) in &s.irte_cache {
             let dte = self.dte_in_memory(device_id);
-            let memory = (dte.valid() && dte.0[2] & 1 != 0 && dte.int_ctl() == INT_CTL_REMAPPED)
-                .then(|| {
-                    let at = dte.interrupt_table() + u64::from(index) * 4;
-                    // SAFETY: as in `interrupt`.
-                    unsafe { core::ptr::read_volatile(at as *const u32) }
-                });
+            let memory = dte
+                .remaps_interrupts()
+                .then(|| Self::irte_in_memory(&dte, index));
             if memory != Some(irte) {
                 return Err(std::format!(
                     "stale IRTE {index} of DeviceID {device_id:#x}: cached {irte:#x}, memory {memory:x?}"

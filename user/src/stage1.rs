@@ -3,6 +3,7 @@
 //! (their IOVA in the NEST_PARENT HWPT's IOAS, which the kernel's stage 2
 //! translates). What the `nested` and `viommu` programs share.
 
+use core::cell::Cell;
 use core::ops::Range;
 use core::ptr::NonNull;
 
@@ -57,7 +58,7 @@ pub struct PoolTables {
     va: *mut u8,
     ipa: u64,
     pages: Range<usize>,
-    used: [bool; MAX_POOL_PAGES],
+    used: [Cell<bool>; MAX_POOL_PAGES],
 }
 
 impl PoolTables {
@@ -69,7 +70,7 @@ impl PoolTables {
             va: pool.va,
             ipa,
             pages,
-            used: [false; MAX_POOL_PAGES],
+            used: [const { Cell::new(false) }; MAX_POOL_PAGES],
         }
     }
 }
@@ -79,12 +80,12 @@ impl PoolTables {
 // back to its task address; the SMMU walks coherently (the kernel refuses
 // nesting on an SMMU that does not snoop).
 unsafe impl TableAlloc for PoolTables {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+    fn alloc_table(&self, bytes: usize) -> Option<u64> {
         if bytes != PAGE as usize {
             return None;
         }
-        let index = self.pages.clone().find(|&i| !self.used[i])?;
-        self.used[index] = true;
+        let index = self.pages.clone().find(|&i| !self.used[i].get())?;
+        self.used[index].set(true);
         // SAFETY: `index` is a page of the pool `new` was given.
         unsafe {
             core::ptr::write_bytes(self.va.add(index * PAGE as usize), 0, PAGE as usize);
@@ -92,8 +93,8 @@ unsafe impl TableAlloc for PoolTables {
         Some(self.ipa + index as u64 * PAGE)
     }
 
-    unsafe fn free_table(&mut self, phys: u64, _bytes: usize) {
-        self.used[((phys - self.ipa) / PAGE) as usize] = false;
+    unsafe fn free_table(&self, phys: u64, _bytes: usize) {
+        self.used[((phys - self.ipa) / PAGE) as usize].set(false);
     }
 
     fn phys_to_virt(&self, phys: u64) -> NonNull<u8> {

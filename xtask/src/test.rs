@@ -17,6 +17,11 @@ enum Verdict {
 
 /// The package whose integration tests boot QEMU.
 const BOOT_TEST_PACKAGE: &str = "qemu-tests";
+/// Crates with `loom` models of their lock-free protocols: unit tests in a
+/// module named `loom_model`, built only with `--cfg loom`.
+const LOOM_PACKAGES: &[&str] = &["io-page-table"];
+/// The name every loom model's module has, the tests' filter.
+const LOOM_MODULE: &str = "loom_model";
 
 pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     if args.list {
@@ -26,11 +31,11 @@ pub fn test(ws: &Workspace, args: TestArgs) -> Result<(), Error> {
     if args.host {
         match &args.filter {
             Some(filter) => step(format!(
-                "host tests whose name contains {filter:?}: every default workspace member (qemu-tests: its library only)"
+                "host tests whose name contains {filter:?}: every default workspace member (qemu-tests: its library only), then the loom models"
             )),
-            None => {
-                step("host tests: every default workspace member (qemu-tests: its library only)")
-            }
+            None => step(
+                "host tests: every default workspace member (qemu-tests: its library only), then the loom models (--cfg loom)",
+            ),
         }
         for mut command in host_test_commands(ws, args.filter.as_deref()) {
             if let Err(error) = shell::run(&mut command) {
@@ -67,7 +72,27 @@ fn host_test_commands(ws: &Workspace, filter: Option<&str>) -> Vec<std::process:
             command.args(["--", filter]);
         }
     }
+    commands.extend(loom_commands(ws, filter));
     commands
+}
+
+/// The loom models: each package's library rebuilt with `--cfg loom` (in its
+/// own target directory, so the normal build is not thrown away) and
+/// optimised, since a model runs its closure once per interleaving.
+fn loom_commands(ws: &Workspace, filter: Option<&str>) -> Vec<std::process::Command> {
+    let target_dir = ws.target_dir.join("loom");
+    LOOM_PACKAGES
+        .iter()
+        .map(|package| {
+            let mut command = ws.cargo(["test", "--release", "--lib", "--package", package]);
+            command
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "--cfg loom")
+                .args(["--", filter.unwrap_or(LOOM_MODULE)]);
+            command
+        })
+        .collect()
 }
 
 /// `--list`: the host tests (`host PACKAGE TEST`, from libtest's own

@@ -411,11 +411,7 @@ impl IommuUnit for AmdVi {
         // last detach invalidated the domain's IOTLB entries (PDE included).
         if let Some(removed) = self.domains.remove(&domain.0) {
             self.domain_ids.free(u32::from(removed.id));
-            if let DomainBacking::Paging {
-                mut table,
-                unlinked,
-            } = removed.backing
-            {
+            if let DomainBacking::Paging { table, unlinked } = removed.backing {
                 for freed in unlinked {
                     table.release(freed);
                 }

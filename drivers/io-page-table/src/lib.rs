@@ -55,12 +55,17 @@
 //!   entries (and every new table, before it is linked) goes through
 //!   [`TableAlloc::clean_for_device`]. The driver's own barrier before its
 //!   invalidation command orders the cleaned lines with the IOMMU.
-//! - `map` and `unmap` inside one existing leaf table (the common small case) walk
-//!   once, starting at the deepest table the last such walk shares with them (a
-//!   software walk cache, emptied by any unmap that may unlink tables);
-//!   everything else plans from the root. Leaves are written with single aligned
-//!   64-bit stores (vectorised only for empty slots), so the IOMMU never sees
-//!   half an entry.
+//! - `map` and `unmap` inside one existing leaf table (the common small case)
+//!   walk once from the root; everything else plans from the root. Leaves are
+//!   written with single aligned 64-bit stores (vectorised only for empty
+//!   slots), so the IOMMU never sees half an entry.
+//! - Several CPUs at once: [`PageTable::map_shared`] and
+//!   [`PageTable::unmap_shared`] take `&self`, for callers that keep their
+//!   concurrent ranges disjoint (the `unsafe` contract; iommufd's area tree
+//!   does). No lock: a new table is linked by compare-exchange from empty,
+//!   the loser adopts the winner's table and frees its own unseen page
+//!   (Linux `generic_pt`); the protocol is model-checked with `loom`. The
+//!   [`TableAlloc`] is shared by those callers, so its methods take `&self`.
 //! - Contiguous runs: where the format offers them ([`ArmConfig::contiguous`],
 //!   [`AmdV1Config::nl7_pages`]), an aligned run of `2^k` entries holds one leaf
 //!   (ARM Contiguous bit: each entry keeps its own output address; AMD-Vi Next
@@ -83,11 +88,11 @@ pub mod error;
 pub mod format;
 pub mod gather;
 pub mod heap;
+mod link;
 pub mod prot;
 mod run_clear;
 pub mod table;
 pub mod table_alloc;
-mod walk_cache;
 
 pub use error::{AllocError, ConfigError, MapError, UnmapError};
 pub use format::amd_v1::{AmdV1, AmdV1Config};

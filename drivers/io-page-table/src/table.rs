@@ -5,19 +5,28 @@
 //! pages the install will need; all of them are then allocated up front (any
 //! failure frees them again, with the tables untouched); the *install* pass
 //! cannot fail. `unmap` checks its two boundary leaves first, then clears.
+//!
+//! Several CPUs may map and unmap disjoint ranges of one table at once
+//! ([`PageTable::map_shared`], [`PageTable::unmap_shared`]): each writes only
+//! the entries of its own range, and the entries that link tables shared by
+//! several ranges are only ever read with acquire loads and written from empty
+//! by compare-exchange (the `link` module). An unmap unlinks a table only when its
+//! whole span lies in the unmap's range, so no disjoint caller can be inside
+//! it; a table that merely becomes empty stays linked for the same reason.
 
 use alloc::vec::Vec;
 use core::fmt;
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
 use os_services::barrier::dma_wmb;
 
 use crate::error::{AllocError, MapError, UnmapError};
 use crate::format::{Format, Geometry, MAX_LEVELS};
 use crate::gather::Gather;
+use crate::link::{FOLLOW, Linked, link_or_adopt};
 use crate::prot::Prot;
 use crate::run_clear::{clear_counting, pair_stores_are_atomic};
 use crate::table_alloc::{Coherence, TableAlloc};
-use crate::walk_cache::WalkCache;
 
 impl Unmapped {
     /// An unmap that found nothing to remove.
@@ -156,8 +165,6 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     geo: Geometry,
     root: u64,
     coherence: Coherence,
-    /// Tables of the last fast-path walk. Emptied whenever an unmap may unlink tables.
-    walk_cache: WalkCache,
     /// What every call checks against, computed once from `geo`.
     limits: Limits,
 }
@@ -217,7 +224,7 @@ struct Clearing {
 
 impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// An empty table (a zeroed root) of `format`, with pages from `alloc`.
-    pub fn new(format: F, mut alloc: A, coherence: Coherence) -> Result<Self, AllocError> {
+    pub fn new(format: F, alloc: A, coherence: Coherence) -> Result<Self, AllocError> {
         let geo = format.geometry();
         let top = geo.levels - 1;
         let root = alloc.alloc_table(geo.table_bytes(top)).ok_or(AllocError)?;
@@ -228,7 +235,6 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             geo,
             root,
             coherence,
-            walk_cache: WalkCache::new(&geo, root),
             limits,
         };
         table.clean_table(root, top);
@@ -293,19 +299,30 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         self.alloc.phys_to_virt(table).as_ptr().cast::<u64>()
     }
 
+    /// Entry `idx` of table `t` as an atomic word.
     #[inline(always)]
-    fn read(t: *mut u64, idx: usize) -> u64 {
+    fn entry<'t>(t: *mut u64, idx: usize) -> &'t AtomicU64 {
         // SAFETY: `t` is a live table page from the allocator (it is the root or was
         // linked by this crate) and every caller bounds `idx` by the table's entry
-        // count; the page is 8-byte aligned, so the access does not tear.
-        unsafe { t.add(idx).read_volatile() }
+        // count; the page is 8-byte aligned. The page outlives every use: tables
+        // are freed only by `release` or the drop, after every walk through them
+        // (the `_shared` methods' contract), and every CPU access to an entry
+        // another caller may touch is atomic.
+        unsafe { AtomicU64::from_ptr(t.add(idx)) }
     }
 
+    /// Reads an entry; acquire, since the walk may go on through it.
+    #[inline(always)]
+    fn read(t: *mut u64, idx: usize) -> u64 {
+        Self::entry(t, idx).load(FOLLOW)
+    }
+
+    /// Writes an entry of the caller's own range (a leaf, or zero). One
+    /// aligned 64-bit store, as the IOMMU expects; the driver's barrier before
+    /// its invalidation orders it for the walker.
     #[inline(always)]
     fn write(t: *mut u64, idx: usize, pte: u64) {
-        // SAFETY: as in `read`; this crate is the only CPU writer of its tables
-        // (`&mut self`), and a single aligned 64-bit store is what the IOMMU expects.
-        unsafe { t.add(idx).write_volatile(pte) }
+        Self::entry(t, idx).store(pte, Ordering::Relaxed)
     }
 
     /// Cleans entries `lo..=hi` of table `t` for a non-snooping walker.
@@ -361,6 +378,31 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// cache non-present entries (VT-d caching mode) need it flushed.
     #[inline]
     pub fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
+        // SAFETY: `&mut self`: no other call runs on this table.
+        unsafe { self.map_shared(iova, phys, len, prot) }
+    }
+
+    /// [`Self::map`] through a shared reference, for several CPUs mapping and
+    /// unmapping one table at once without a lock. New tables are linked by
+    /// compare-exchange (the loser's page goes back to the allocator, never
+    /// seen); leaves are written by the one caller whose range holds them.
+    ///
+    /// # Safety
+    ///
+    /// While this call runs, no other call on this table may touch an IOVA of
+    /// `[iova, iova + len)`: no `map_shared` or `unmap_shared` of an
+    /// overlapping range, no [`Self::read_dirty`] of one. The caller keeps
+    /// concurrent ranges disjoint (iommufd's area tree does, as Linux's
+    /// `iopt` does for `iommu_map`): an unmap that unlinks a table while this
+    /// call walks it would have this call write into a freed page.
+    #[inline]
+    pub unsafe fn map_shared(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => MapError::ZeroLength,
             RangeError::Misaligned => MapError::Misaligned,
@@ -384,13 +426,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
 
     /// Plan, preallocate, install.
     #[inline(never)]
-    fn map_general(
-        &mut self,
-        iova: u64,
-        phys: u64,
-        last: u64,
-        prot: Prot,
-    ) -> Result<Gather, MapError> {
+    fn map_general(&self, iova: u64, phys: u64, last: u64, prot: Prot) -> Result<Gather, MapError> {
         let mut attrs = [0u64; MAX_LEVELS];
         for level in 0..self.geo.levels {
             if self.geo.leaf_allowed(level) {
@@ -450,7 +486,15 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             &mut stash,
             &mut gather,
         );
-        debug_assert!(stash.is_empty(), "plan and install disagree");
+        // Left over when another caller linked a table the plan counted: never
+        // linked, so no walker has seen them.
+        for page in stash {
+            // SAFETY: allocated above by `alloc_table(bytes)` and never linked.
+            unsafe {
+                self.alloc
+                    .free_table(page, 1usize << self.geo.granule_shift)
+            };
+        }
         Ok(gather)
     }
 
@@ -459,23 +503,21 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// walk there meets only table links. `Err(())` when the walk meets a hole or
     /// a leaf first.
     #[inline(always)]
-    fn leaf_table_of(&mut self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
+    fn leaf_table_of(&self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
         let span_shift = self.limits.leaf_table_shift;
         if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
         }
-        let (mut level, mut table) = self.walk_cache.start(iova);
+        let mut level = self.geo.levels - 1;
+        let mut table = self.root;
         while level > 0 {
             let pte = Self::read(self.entries(table), self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
-                self.walk_cache.record(iova, level);
                 return Some(Err(()));
             }
             table = self.format.table_addr(pte);
             level -= 1;
-            self.walk_cache.set(level, table);
         }
-        self.walk_cache.record(iova, 0);
         Some(Ok(table))
     }
 
@@ -483,7 +525,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// exists already. `None`: take the general path.
     #[inline(always)]
     fn map_within_leaf_table(
-        &mut self,
+        &self,
         iova: u64,
         phys: u64,
         last: u64,
@@ -706,7 +748,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// tables from `stash` where `plan` said they were needed.
     #[allow(clippy::too_many_arguments)]
     fn install(
-        &mut self,
+        &self,
         table: u64,
         level: u32,
         mut iova: u64,
@@ -788,16 +830,29 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             let chunk_last = (iova | mask).min(last);
             let pte = Self::read(t, idx);
-            let child = if pte == 0 {
-                let Some(child) = stash.pop() else {
+            let present = if pte == 0 {
+                let Some(fresh) = stash.pop() else {
                     debug_assert!(false, "plan undercounted tables");
                     break;
                 };
-                Self::write(t, idx, child | self.format.table_attrs(level));
-                child
+                let link = fresh | self.format.table_attrs(level);
+                match link_or_adopt(Self::entry(t, idx), link) {
+                    Linked::Ours => link,
+                    Linked::Theirs(theirs) => {
+                        stash.push(fresh);
+                        theirs
+                    }
+                }
             } else {
-                self.format.table_addr(pte)
+                pte
             };
+            if !self.format.is_table(level, present) {
+                // Only a caller mapping an overlapping range could have put a
+                // leaf here since the plan: the `_shared` contract forbids it.
+                debug_assert!(false, "a concurrent map overlapped this one");
+                break;
+            }
+            let child = self.format.table_addr(present);
             self.install(
                 child,
                 level - 1,
@@ -826,6 +881,19 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// and returned in [`Unmapped::freed`].
     #[inline]
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
+        // SAFETY: `&mut self`: no other call runs on this table.
+        unsafe { self.unmap_shared(iova, len) }
+    }
+
+    /// [`Self::unmap`] through a shared reference, beside other callers'
+    /// `map_shared` and `unmap_shared` of other ranges.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`]: while this call runs, no other call on this
+    /// table may touch an IOVA of `[iova, iova + len)`.
+    #[inline]
+    pub unsafe fn unmap_shared(&self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => UnmapError::ZeroLength,
             RangeError::Misaligned => UnmapError::Misaligned,
@@ -851,7 +919,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// and last leaf, then zero everything between with single 64-bit stores
     /// (a live entry must never be seen half cleared).
     #[inline(always)]
-    fn clear_leaf_run(&mut self, table: u64, iova: u64, last: u64) -> Unmapped {
+    fn clear_leaf_run(&self, table: u64, iova: u64, last: u64) -> Unmapped {
         let shift = self.geo.granule_shift;
         let t = self.entries(table);
         let first = self.index(iova, 0);
@@ -879,7 +947,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         };
         let hi = (lo..end).rfind(|&i| Self::read(t, i) != 0).unwrap_or(lo);
         // SAFETY: `t` is a live table page of this tree, `hi < end` is within it,
-        // and this crate alone writes it (`&mut self`).
+        // and the entries are the caller's own range, which no other call writes.
         let leaves = unsafe { clear_counting(t, lo, hi, self.limits.pair_stores, F::VALID) };
         self.clean(t, lo, hi);
         let base = iova - ((first as u64) << shift);
@@ -911,9 +979,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
 
     /// Boundary checks, then a clearing walk from the root.
     #[inline(never)]
-    fn unmap_general(&mut self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
-        // Tables may be unlinked below.
-        self.walk_cache.forget();
+    fn unmap_general(&self, iova: u64, last: u64) -> Result<Unmapped, UnmapError> {
         for at in [iova, last] {
             if let Some(leaf) = self.lookup(at) {
                 refuse_cut(leaf.leaf_iova, leaf.leaf_size, iova, last)?;
@@ -935,7 +1001,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// Clears `[iova, last]` under `table`. `doomed`: the table itself is being
     /// unlinked, so its entries need not be written.
     fn clear(
-        &mut self,
+        &self,
         table: u64,
         level: u32,
         mut iova: u64,
@@ -1019,7 +1085,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
 
     /// Returns table pages from an earlier `unmap`, once the caller has completed
     /// the IOTLB / walk-cache invalidation for its gather.
-    pub fn release(&mut self, freed: FreedTables) {
+    pub fn release(&self, freed: FreedTables) {
         let bytes = 1usize << self.geo.granule_shift;
         for page in freed.pages {
             // SAFETY: the page was a non-root table of this tree (granule-sized),
@@ -1164,7 +1230,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// through it is sure to be recorded (Linux `iommu_iotlb_sync` after
     /// `read_and_clear_dirty`). A range error is the one `unmap` gives.
     pub fn read_dirty(
-        &mut self,
+        &self,
         iova: u64,
         len: u64,
         keep: bool,
@@ -1240,14 +1306,10 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             if keep {
                 continue;
             }
-            // SAFETY: as in `read`: an aligned entry of a live table page;
-            // the walker updates entries only with atomic read-modify-writes.
-            let entry = unsafe { core::sync::atomic::AtomicU64::from_ptr(t.add(idx)) };
-            let _ = entry.fetch_update(
-                core::sync::atomic::Ordering::AcqRel,
-                core::sync::atomic::Ordering::Acquire,
-                |now| Some(self.format.clean_leaf(level, now)),
-            );
+            // The walker updates entries only with atomic read-modify-writes.
+            let _ = Self::entry(t, idx).fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(self.format.clean_leaf(level, now))
+            });
             self.clean(t, idx, idx);
             gather.add_leaf(leaf_iova, 1u64 << leaf_shift);
         }

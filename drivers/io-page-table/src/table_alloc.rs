@@ -5,6 +5,11 @@ use core::ptr::NonNull;
 /// Where table pages come from. Supplied by the caller (the kernel's frame allocator,
 /// or [`crate::heap::HeapTableAlloc`] on the host).
 ///
+/// Every method takes `&self`: a table mapped from several CPUs at once
+/// ([`crate::PageTable::map_shared`]) allocates from all of them, so an
+/// allocator that is `Sync` synchronises itself (a lock, per-CPU pools); one
+/// that is not keeps its table to one thread.
+///
 /// # Safety
 ///
 /// Implementers promise that:
@@ -18,7 +23,7 @@ use core::ptr::NonNull;
 pub unsafe trait TableAlloc {
     /// Allocates a zeroed table page of `bytes` (a power of two ≥ 4096), naturally
     /// aligned. `None` when out of memory.
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64>;
+    fn alloc_table(&self, bytes: usize) -> Option<u64>;
 
     /// Returns a page obtained from `alloc_table(bytes)`.
     ///
@@ -26,7 +31,7 @@ pub unsafe trait TableAlloc {
     ///
     /// `phys` came from `alloc_table(bytes)` and is no longer referenced by the
     /// hardware (the caller flushed the IOMMU's caches since unlinking it).
-    unsafe fn free_table(&mut self, phys: u64, bytes: usize);
+    unsafe fn free_table(&self, phys: u64, bytes: usize);
 
     /// The CPU address of physical address `phys` inside an allocated table page.
     fn phys_to_virt(&self, phys: u64) -> NonNull<u8>;

@@ -2,6 +2,7 @@
 //! adapter all three drivers give their domains' I/O page tables.
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use io_page_table::TableAlloc;
 use os_services::{DmaMemory, DmaRegion};
@@ -14,7 +15,7 @@ use crate::dma::CacheClean;
 pub struct DmaTableAlloc<'a> {
     dma: &'a (dyn DmaMemory + Sync),
     clean: Option<CacheClean>,
-    live: usize,
+    live: AtomicUsize,
 }
 
 impl<'a> DmaTableAlloc<'a> {
@@ -23,13 +24,13 @@ impl<'a> DmaTableAlloc<'a> {
         Self {
             dma,
             clean,
-            live: 0,
+            live: AtomicUsize::new(0),
         }
     }
 
     /// Table pages allocated and not yet freed.
     pub fn live_pages(&self) -> usize {
-        self.live
+        self.live.load(Ordering::Relaxed)
     }
 }
 
@@ -40,14 +41,14 @@ impl<'a> DmaTableAlloc<'a> {
 // (its phys, the service's virt for it, `bytes`); `clean_for_device` writes
 // the lines back through the kernel's hook.
 unsafe impl TableAlloc for DmaTableAlloc<'_> {
-    fn alloc_table(&mut self, bytes: usize) -> Option<u64> {
+    fn alloc_table(&self, bytes: usize) -> Option<u64> {
         let region = self.dma.alloc(bytes, bytes)?;
-        self.live += 1;
+        self.live.fetch_add(1, Ordering::Relaxed);
         Some(region.phys)
     }
 
-    unsafe fn free_table(&mut self, phys: u64, bytes: usize) {
-        self.live -= 1;
+    unsafe fn free_table(&self, phys: u64, bytes: usize) {
+        self.live.fetch_sub(1, Ordering::Relaxed);
         self.dma.free(DmaRegion {
             phys,
             virt: self.dma.phys_to_virt(phys),

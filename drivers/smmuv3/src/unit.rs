@@ -544,7 +544,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 DomainState::Stage1 {
                     asid,
                     cd,
-                    mut table,
+                    table,
                     pending,
                 } => {
                     for freed in pending {
@@ -556,7 +556,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 }
                 DomainState::Stage2 {
                     vmid,
-                    mut table,
+                    table,
                     pending,
                     ..
                 } => {

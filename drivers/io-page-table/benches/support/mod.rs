@@ -23,7 +23,7 @@ const LEAF: u64 = 0x67; // P | RW | US | A | D
 
 impl Naive {
     pub fn new() -> Self {
-        let mut alloc = HeapTableAlloc::new();
+        let alloc = HeapTableAlloc::new();
         let root = alloc.alloc_table(4096).expect("root");
         Naive { alloc, root }
     }

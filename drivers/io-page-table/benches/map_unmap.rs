@@ -602,6 +602,52 @@ fn map_random(c: &mut Criterion) {
     g.finish();
 }
 
+/// Map+unmap of one 4 KiB page, repeated by 1, 2 and 4 threads at once on
+/// disjoint ranges of one table (each thread its own 2 MiB block, whose leaf
+/// table exists, so no thread allocates). The time is per operation pair
+/// across all threads: with N cores free, N threads should take 1/N of it.
+fn threads_map_unmap_4k(c: &mut Criterion) {
+    let mut g = quick(c, "threads_map_unmap_4k");
+    for threads in [1u64, 2, 4] {
+        g.bench_function(format!("{threads}_threads"), |b| {
+            let pt = x86();
+            for t in 0..threads {
+                let block = BASE + t * M2;
+                // SAFETY: no other call runs yet.
+                unsafe { pt.map_shared(block, PHYS_4K, K4, Prot::RW) }.unwrap();
+                // SAFETY: as above.
+                let unmapped = unsafe { pt.unmap_shared(block, K4) }.unwrap();
+                pt.release(unmapped.freed);
+            }
+            b.iter_custom(|iters| {
+                let per_thread = iters.div_ceil(threads);
+                let start = Instant::now();
+                std::thread::scope(|s| {
+                    for t in 0..threads {
+                        let pt = &pt;
+                        s.spawn(move || {
+                            let block = BASE + t * M2;
+                            for k in 0..per_thread {
+                                let iova = block + (k % 512) * K4;
+                                // SAFETY: thread `t` alone uses block `t`.
+                                let mapped = unsafe { pt.map_shared(iova, PHYS_4K, K4, Prot::RW) };
+                                black_box(mapped).unwrap();
+                                // SAFETY: as above.
+                                let unmapped = unsafe { pt.unmap_shared(iova, K4) };
+                                black_box(unmapped).unwrap();
+                            }
+                        });
+                    }
+                });
+                start
+                    .elapsed()
+                    .mul_f64(iters as f64 / (per_thread * threads) as f64)
+            })
+        });
+    }
+    g.finish();
+}
+
 /// Not a timing: table memory for 1 GiB of contiguous 4 KiB pages.
 fn table_memory(_: &mut Criterion) {
     let mut pt = x86();
@@ -624,6 +670,7 @@ criterion_group!(
     unmap_256x4k,
     map_1g,
     map_random,
+    threads_map_unmap_4k,
     table_memory
 );
 criterion_main!(benches);

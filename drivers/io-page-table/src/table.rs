@@ -187,6 +187,11 @@ struct Limits {
     runs: [u32; MAX_LEVELS],
     /// Whether runs of entries may be cleared two to a store.
     pair_stores: bool,
+    /// The fast walk's shape: log2 of a root entry's span, the index bits
+    /// and mask of every table below the root.
+    top_shift: u32,
+    bits_per_level: u32,
+    level_mask: u64,
 }
 
 impl Limits {
@@ -211,6 +216,9 @@ impl Limits {
             index_mask,
             runs,
             pair_stores: pair_stores_are_atomic(),
+            top_shift: geo.shift(geo.levels - 1),
+            bits_per_level: geo.bits_per_level,
+            level_mask: low(geo.bits_per_level),
         }
     }
 }
@@ -508,15 +516,21 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
         }
-        let mut level = self.geo.levels - 1;
+        // The root's index needs no mask (`iova` is in range); every level
+        // below has the same width. Shifts only, no per-level lookups: this
+        // is the walk of every single-page call.
+        let limits = &self.limits;
+        let mut shift = limits.top_shift;
+        let mut index = (iova >> shift) as usize;
         let mut table = self.root;
-        while level > 0 {
-            let pte = Self::read(self.entries(table), self.index(iova, level));
+        for level in (1..self.geo.levels).rev() {
+            let pte = Self::read(self.entries(table), index);
             if pte == 0 || !self.format.is_table(level, pte) {
                 return Some(Err(()));
             }
             table = self.format.table_addr(pte);
-            level -= 1;
+            shift -= limits.bits_per_level;
+            index = ((iova >> shift) & limits.level_mask) as usize;
         }
         Some(Ok(table))
     }

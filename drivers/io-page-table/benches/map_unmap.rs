@@ -634,7 +634,8 @@ fn threads_map_unmap_4k(c: &mut Criterion) {
                                 black_box(mapped).unwrap();
                                 // SAFETY: as above.
                                 let unmapped = unsafe { pt.unmap_shared(iova, K4) };
-                                black_box(unmapped).unwrap();
+                                let unmapped = black_box(unmapped).unwrap();
+                                debug_assert!(unmapped.freed.is_empty());
                             }
                         });
                     }

@@ -14,6 +14,9 @@
 //! - [`ring`]: the two ways hardware tells a full ring from an empty one:
 //!   a slot always left empty ([`SlotRing`], VT-d and AMD-Vi) or a wrap bit
 //!   ([`WrapIndex`], SMMUv3).
+//! - [`shared_ring`]: [`SharedRing`], the claim / publish / observe protocol
+//!   by which several CPUs submit to one of those rings, each waiting only for
+//!   its own commands (model-checked with `loom`).
 //! - [`ids`]: [`IdAllocator`], domain ids (DID, DomainID, ASID, VMID) that are
 //!   recycled only after the driver has invalidated them.
 //! - [`counters!`]: a counters struct with `since`, for the figures.
@@ -33,10 +36,12 @@ pub mod fakes;
 pub mod ids;
 pub mod rationed;
 pub mod ring;
+pub mod shared_ring;
 pub mod table_alloc;
 
 pub use dma::{CacheClean, CacheMaintenance, DmaBuffer};
 pub use ids::{IdAllocator, TakenId};
 pub use rationed::Rationed;
 pub use ring::{BadPointer, SlotRing, WrapIndex};
+pub use shared_ring::{Claim, Full, SharedRing};
 pub use table_alloc::DmaTableAlloc;

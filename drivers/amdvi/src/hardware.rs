@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use iommu::{DeviceId, IommuError};
-use iommu_kit::{DmaBuffer, SlotRing};
+use iommu_kit::{DmaBuffer, SharedRing, SlotRing};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -145,13 +145,15 @@ pub struct Hardware {
     pub(crate) device_table_entries: u32,
     pub(crate) command_buffer: DmaBuffer,
     pub(crate) command_ring: SlotRing,
-    pub(crate) command_tail: u32,
+    /// Positions of the command buffer shared by its submitters (claims,
+    /// the tail published, the head observed).
+    pub(crate) command_queue: SharedRing,
     event_log: DmaBuffer,
     event_ring: SlotRing,
     event_head: u64,
-    /// One page: the COMPLETION_WAIT store target at offset 0.
+    /// One page of COMPLETION_WAIT store targets: a quadword per command
+    /// slot, so that each submitter's wait stores to a word of its own.
     pub(crate) completion: DmaBuffer,
-    pub(crate) sequence: u64,
     control: Control,
     pub(crate) counters: Counters,
     pub(crate) interrupt_tables: BTreeMap<u16, InterruptTable>,
@@ -199,12 +201,11 @@ impl Hardware {
             device_table,
             command_buffer,
             command_ring,
-            command_tail: 0,
+            command_queue: SharedRing::one_slot_free(command_ring.slots()),
             event_log,
             event_ring,
             event_head: 0,
             completion,
-            sequence: 0,
             control: Control::empty(),
             counters: Counters::default(),
             interrupt_tables: BTreeMap::new(),
@@ -256,7 +257,7 @@ impl Hardware {
         self.write_reg(regs::COMMAND_BUFFER_BASE, cmd.0);
         self.write_reg(regs::COMMAND_HEAD, 0);
         self.write_reg(regs::COMMAND_TAIL, 0);
-        self.command_tail = 0;
+        self.command_queue.restart();
         let evt = RingBase::new(self.event_log.phys(), RING_LOG2).ok_or(UnitError::Invalid)?;
         self.write_reg(regs::EVENT_LOG_BASE, evt.0);
         self.write_reg(regs::EVENT_HEAD, 0);

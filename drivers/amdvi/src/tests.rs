@@ -112,7 +112,7 @@ fn every_dte_change_reaches_the_iommu_before_the_operation_returns() {
         model.take_executed(),
         [
             Command::invalidate_devtab_entry(EDU_A),
-            Command::completion_wait(unit.hardware.completion.phys(), unit.hardware.sequence)
+            unit.hardware.last_completion_wait()
         ]
     );
 
@@ -372,7 +372,7 @@ fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
         + unit
             .hardware
             .command_ring
-            .pointer(unit.hardware.command_tail);
+            .pointer(unit.hardware.command_tail());
     let err = unit.hardware.run(&[Command::illegal()]).unwrap_err();
     assert_eq!(
         err,
@@ -398,7 +398,7 @@ fn illegal_command_on_a_buffer_that_keeps_going_is_still_an_error() {
         + unit
             .hardware
             .command_ring
-            .pointer(unit.hardware.command_tail);
+            .pointer(unit.hardware.command_tail());
     assert_eq!(
         unit.hardware
             .run(&[Command::invalidate_all(), Command::illegal()]),
@@ -450,7 +450,37 @@ fn command_ring_wraps() {
             .unwrap();
     }
     assert_eq!(model.take_executed().len(), 2 + 400);
-    assert_eq!(unit.hardware.command_tail, (2 + 400) % 256);
+    assert_eq!(unit.hardware.command_tail(), (2 + 400) % 256);
+}
+
+/// Each COMPLETION_WAIT stores to its own slot's quadword a token of its own
+/// position (the shared queue's per-caller completion): a lap later the
+/// quadword still holds the old token, which must not end the new wait.
+#[test]
+fn a_completion_wait_is_ended_only_by_its_own_store() {
+    let (mut unit, model) = unit_with(true);
+    for _ in 0..300 {
+        unit.hardware
+            .run(&[Command::invalidate_devtab_entry(EDU_A)])
+            .unwrap();
+    }
+    let stores: std::collections::BTreeSet<u64> = model
+        .take_executed()
+        .iter()
+        .filter(|c| c.opcode() == Some(crate::command::Opcode::CompletionWait))
+        .map(|c| c.0[0])
+        .collect();
+    assert_eq!(
+        stores.len(),
+        128,
+        "one store quadword per slot a wait lands in"
+    );
+    model.state.lock().unwrap().stalled = true;
+    assert!(matches!(
+        unit.hardware
+            .run(&[Command::invalidate_devtab_entry(EDU_A)]),
+        Err(UnitError::CommandTimeout { .. })
+    ));
 }
 
 #[test]
@@ -803,7 +833,7 @@ fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
         let mut state = model.state.lock().unwrap();
         state.stalled = false;
     }
-    unit.hardware.recover_command_buffer(0..0);
+    unit.hardware.recover_command_buffer(&[]);
     model.take_executed();
     unit.free_domain(domain).unwrap();
     let executed = model.take_executed();

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use os_services::barrier::dma_wmb;
 
-use iommu_kit::{CacheClean, CacheMaintenance, DmaBuffer, WrapIndex};
+use iommu_kit::{CacheClean, CacheMaintenance, DmaBuffer, SharedRing, WrapIndex};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -165,6 +165,25 @@ pub(crate) struct Queue {
     cons: WrapIndex,
 }
 
+/// The command queue (§3.5): its memory, and the positions its submitters
+/// share ([`SharedRing`] with the wrap-bit convention: PROD and CONS count
+/// modulo twice the entries).
+pub(crate) struct CommandQueue {
+    region: DmaBuffer,
+    log2: u32,
+    positions: SharedRing,
+}
+
+impl CommandQueue {
+    fn new(region: DmaBuffer, log2: u32) -> Self {
+        Self {
+            region,
+            log2,
+            positions: SharedRing::wrap_bit(1 << log2),
+        }
+    }
+}
+
 pub(crate) enum StreamTable {
     Linear {
         region: DmaBuffer,
@@ -197,7 +216,7 @@ pub struct Smmu<'a> {
     clock: &'a dyn Clock,
     dma: &'a (dyn DmaMemory + Sync),
     features: Features,
-    cmdq: Queue,
+    cmdq: CommandQueue,
     eventq: Queue,
     strtab: StreamTable,
     counters: Counters,
@@ -205,6 +224,9 @@ pub struct Smmu<'a> {
     /// Faults drained and not yet taken by the owner.
     faults: Vec<Fault>,
     last_command_error: Option<CommandError>,
+    /// A rejected command skipped (§7.1) and not yet reported: the next
+    /// caller whose CMD_SYNC completes gets it as its error.
+    pending_rejection: Option<Error>,
     /// An STE was abandoned half-way and its CFGI_STE could not be queued:
     /// the next submission starts with CFGI_ALL.
     owes_cfgi_all: bool,
@@ -294,12 +316,7 @@ impl<'a> Smmu<'a> {
         };
         let cmdq_log2 = idr1.cmdq_log2().min(CMDQ_LOG2_MAX);
         let eventq_log2 = idr1.eventq_log2().min(EVENTQ_LOG2_MAX);
-        let cmdq = Queue {
-            region: alloc_region(dma, CMD_BYTES << cmdq_log2)?,
-            log2: cmdq_log2,
-            prod: WrapIndex::new(cmdq_log2),
-            cons: WrapIndex::new(cmdq_log2),
-        };
+        let cmdq = CommandQueue::new(alloc_region(dma, CMD_BYTES << cmdq_log2)?, cmdq_log2);
         let eventq = Queue {
             region: alloc_region(dma, EVENT_BYTES << eventq_log2)?,
             log2: eventq_log2,
@@ -318,6 +335,7 @@ impl<'a> Smmu<'a> {
             coalescer: Coalescer::new(),
             faults: Vec::new(),
             last_command_error: None,
+            pending_rejection: None,
             owes_cfgi_all: false,
             walk,
             maintenance,
@@ -525,8 +543,8 @@ impl<'a> Smmu<'a> {
     pub fn restart(&mut self) -> Result<(), Error> {
         self.enabled = false;
         self.set_cr0(Cr0::empty())?;
-        self.cmdq.prod = WrapIndex::new(self.cmdq.log2);
-        self.cmdq.cons = WrapIndex::new(self.cmdq.log2);
+        self.cmdq.positions.restart();
+        self.pending_rejection = None;
         self.eventq.prod = WrapIndex::new(self.eventq.log2);
         self.eventq.cons = WrapIndex::new(self.eventq.log2);
         self.bring_up()?;

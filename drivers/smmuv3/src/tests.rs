@@ -575,6 +575,26 @@ mod unit {
         unit.free_domain(domain).unwrap();
     }
 
+    /// Issue 20: a caller waits for its own CMD_SYNC, not for the queue to
+    /// drain. A's batch and CMD_SYNC complete; B's, queued after it, never
+    /// do (the queue hangs behind A's): A's wait still ends, B's times out.
+    #[test]
+    fn each_caller_waits_for_its_own_cmd_sync_only() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        rig.model.commands_until_hang.set(Some(2));
+        let a = unit
+            .hardware
+            .queue(&[Command::TlbiNsnhAll, Command::Sync])
+            .unwrap();
+        let b = unit.hardware.queue(&[Command::Sync]).unwrap();
+        assert_eq!(unit.hardware.wait_cmdq_consumed(a), Ok(()));
+        assert_eq!(
+            unit.hardware.wait_cmdq_consumed(b),
+            Err(Error::Timeout("CMD_SYNC"))
+        );
+    }
+
     /// Issue 16 (SMMUv3 §4.3.2, §3.21.3): when the queue hung with no room,
     /// even the abort's own CFGI_STE cannot be queued. The SMMU may have
     /// fetched the entry half-way through the update (it may fetch an STE at

@@ -7,7 +7,7 @@
 
 use core::mem::size_of;
 
-use iommu_kit::SlotRing;
+use iommu_kit::{SharedRing, SlotRing};
 
 use crate::regs::{self, Granularity};
 
@@ -163,12 +163,17 @@ impl Descriptor {
 }
 
 /// The invalidation queue's ring (§6.5.2): the slot arithmetic is the kit's
-/// [`SlotRing`] (one slot kept empty, byte-offset registers); software owns
-/// the tail, hardware the head.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// [`SlotRing`] (one slot kept empty, byte-offset registers), the tail is a
+/// [`SharedRing`] of positions that several CPUs claim and publish; the
+/// hardware owns the head.
+///
+/// Every wait descriptor writes its own status word: the one of its slot in
+/// the status page, with [`Ring::status_token`] of its position, so each
+/// submitter polls only its own word and no later wait can overwrite it.
+#[derive(Debug)]
 pub struct Ring {
     geometry: SlotRing,
-    tail: u32,
+    shared: SharedRing,
 }
 
 impl Ring {
@@ -176,9 +181,10 @@ impl Ring {
     /// 256-bit ones when `wide` (IQA.DW = 1).
     pub fn new(bytes: usize, wide: bool) -> Self {
         let slot_bytes = if wide { 32 } else { 16 };
+        let geometry = SlotRing::filling(bytes as u32, slot_bytes);
         Self {
-            geometry: SlotRing::filling(bytes as u32, slot_bytes),
-            tail: 0,
+            geometry,
+            shared: SharedRing::one_slot_free(geometry.slots()),
         }
     }
 
@@ -197,15 +203,21 @@ impl Ring {
         self.geometry.slot_bytes() == 32
     }
 
-    /// The slot the next descriptor goes to.
-    pub fn tail(&self) -> usize {
-        self.tail as usize
+    /// The positions' shared state: claims, publication, the head as observed.
+    pub fn shared(&self) -> &SharedRing {
+        &self.shared
     }
 
-    /// The IQT value for the current tail (§11.4.10.2: QT is a slot index
-    /// shifted by 4, or by 5 with 256-bit descriptors).
-    pub fn tail_register(&self) -> u64 {
-        self.geometry.pointer(self.tail)
+    /// The slot of position `position`.
+    pub fn slot(&self, position: u64) -> usize {
+        self.shared.slot(position)
+    }
+
+    /// The IQT value that hands the hardware every position before `end`
+    /// (§11.4.10.2: QT is a slot index shifted by 4, or by 5 with 256-bit
+    /// descriptors).
+    pub fn tail_register(&self, end: u64) -> u64 {
+        self.geometry.pointer(self.shared.index(end) as u32)
     }
 
     /// The slot an IQH value names (`None`: no slot boundary, §11.4.10.1).
@@ -217,14 +229,16 @@ impl Ring {
         Some(head as usize)
     }
 
-    /// Free slots, keeping one empty so that head == tail means empty.
-    pub fn free(&self, head: usize) -> usize {
-        self.geometry.free(head as u32, self.tail) as usize
+    /// Byte offset in the status page of the status word of the wait
+    /// descriptor at `position`: one 32-bit word a slot.
+    pub fn status_offset(&self, position: u64) -> usize {
+        self.slot(position) * size_of::<u32>()
     }
 
-    /// Advances the tail past one written slot, wrapping at the end.
-    pub fn advance(&mut self) {
-        self.tail = self.geometry.next(self.tail);
+    /// The status data the wait descriptor at `position` writes: never the
+    /// zero a fresh page holds, nor what the slot's previous wait wrote.
+    pub fn status_token(position: u64) -> u32 {
+        (position as u32).wrapping_add(1)
     }
 }
 
@@ -274,35 +288,41 @@ mod tests {
 
     #[test]
     fn ring_registers_follow_descriptor_width() {
-        let mut narrow = Ring::new(4096, false);
+        let narrow = Ring::new(4096, false);
         assert_eq!(narrow.slots(), 256);
-        narrow.advance();
-        narrow.advance();
-        assert_eq!(narrow.tail_register(), 0x20);
-        let mut wide = Ring::new(4096, true);
+        assert_eq!(narrow.tail_register(2), 0x20);
+        assert_eq!(narrow.tail_register(258), 0x20);
+        let wide = Ring::new(4096, true);
         assert_eq!(wide.slots(), 128);
-        wide.advance();
-        assert_eq!(wide.tail_register(), 0x20);
+        assert_eq!(wide.tail_register(1), 0x20);
         assert_eq!(wide.head_slot(0x40), Some(2));
         assert_eq!(wide.head_slot(0x50), None);
+    }
+
+    #[test]
+    fn each_wait_has_its_own_status_word_and_token() {
+        let ring = Ring::new(4096, false);
+        assert_eq!(ring.status_offset(0), 0);
+        assert_eq!(ring.status_offset(5), 20);
+        // The same slot a lap later: the same word, another token.
+        assert_eq!(ring.status_offset(5 + 256), 20);
+        assert_ne!(Ring::status_token(5), Ring::status_token(5 + 256));
+        assert_ne!(Ring::status_token(0), 0);
+        // The page holds a word for every slot of the widest ring.
+        assert!(ring.status_offset(255) + 4 <= 4096);
     }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
-        /// Against a plain counter model: the tail wraps modulo the slot
-        /// count, and the free count never lets the tail catch the head.
+        /// Against a plain counter model: the tail register wraps modulo
+        /// the slot count and names the slot the head register would.
         #[test]
-        fn ring_wraps_like_a_counter(wide in any::<bool>(), steps in 0usize..1000, head in 0usize..256) {
-            let mut ring = Ring::new(4096, wide);
-            let head = head % ring.slots();
-            for _ in 0..steps {
-                ring.advance();
-            }
-            prop_assert_eq!(ring.tail(), steps % ring.slots());
-            prop_assert_eq!(ring.head_slot(ring.tail_register()), Some(ring.tail()));
-            let used = (ring.tail() + ring.slots() - head) % ring.slots();
-            prop_assert_eq!(ring.free(head), ring.slots() - 1 - used);
+        fn ring_wraps_like_a_counter(wide in any::<bool>(), end in 0u64..100_000) {
+            let ring = Ring::new(4096, wide);
+            let slot = (end % ring.slots() as u64) as usize;
+            prop_assert_eq!(ring.slot(end), slot);
+            prop_assert_eq!(ring.head_slot(ring.tail_register(end)), Some(slot));
         }
     }
 }

@@ -163,15 +163,19 @@ pub(crate) fn alloc_page(env: &Environment<'_>, len: usize) -> Result<Page, Erro
     DmaBuffer::alloc(env.dma, len, PAGE).ok_or(Error::NoMemory)
 }
 
+/// The status word of the harmless wait that replaces a rejected
+/// descriptor: the last of the status page, past every slot's own word.
+pub(crate) const UNPOLLED_STATUS_OFFSET: usize = PAGE - core::mem::size_of::<u32>();
+
 /// How the unit invalidates its caches.
 pub(crate) enum Invalidator {
-    /// Queued invalidation (VT-d 3.4 §6.5.2): ring, a status word for wait
-    /// descriptors and the next status value.
+    /// Queued invalidation (VT-d 3.4 §6.5.2): ring, and the page of wait
+    /// descriptors' status words (one a slot, [`Ring::status_offset`], and
+    /// one nobody polls, [`UNPOLLED_STATUS_OFFSET`]).
     Queue {
         ring_page: Page,
         ring: Ring,
         status: Page,
-        sequence: u32,
     },
     /// Register-based invalidation (§6.5.1) when ECAP.QI is absent.
     Registers,
@@ -344,7 +348,6 @@ impl<'a, R: Registers> Hardware<'a, R> {
                 ring_page,
                 ring: Ring::new(PAGE, wide),
                 status,
-                sequence: 0,
             };
             self.global_command(Global::QUEUED_INVALIDATION, true)?;
         } else if self.mode.is_scalable() {

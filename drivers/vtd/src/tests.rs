@@ -433,6 +433,38 @@ fn a_hung_unit_is_a_timeout_not_a_hang() {
     );
 }
 
+/// Each wait descriptor writes its own slot's status word with a token of
+/// its own position (the shared queue's per-caller completion): a lap later,
+/// the same slot's word still holds the old token, which must not satisfy
+/// the new wait.
+#[test]
+fn a_wait_is_satisfied_only_by_its_own_status_write() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let mut unit = rig.unit(&model);
+    let domain = unit.alloc_domain(DomainKind::Identity).unwrap();
+    let mut gather = Gather::default();
+    gather.add_leaf(0x1000, 4096);
+    // Several laps of the 256-slot ring, two slots a flush.
+    for _ in 0..300 {
+        unit.invalidate(domain, &gather).unwrap();
+    }
+    let waits: Vec<u64> = model
+        .descriptors
+        .borrow()
+        .iter()
+        .filter(|d| d.kind() == Some(crate::command::DescriptorType::Wait))
+        .map(|d| d.0[1])
+        .collect();
+    let words: std::collections::BTreeSet<u64> = waits.iter().copied().collect();
+    assert_eq!(words.len(), 128, "one status word per slot a wait lands in");
+    model.stalled.set(true);
+    assert_eq!(
+        unit.invalidate(domain, &gather),
+        Err(Error::Timeout("invalidation wait"))
+    );
+}
+
 #[test]
 fn faults_are_drained_cleared_and_decoded() {
     let rig = Rig::new();

@@ -38,46 +38,91 @@ impl Hardware {
             .try_for_each(|chunk| self.run_batch(chunk))
     }
 
+    /// Where the COMPLETION_WAIT at `position` stores, and what: the
+    /// quadword of its own slot, and a token of its position (never the zero
+    /// of a fresh page, nor what the slot's wait a lap earlier stored).
+    pub(crate) fn completion_store(&self, position: u64) -> (u64, u64) {
+        let slot = self.command_queue.slot(position) as u64;
+        (self.completion.phys() + slot * 8, position + 1)
+    }
+
+    /// The COMPLETION_WAIT that ended the last batch (for tests that check
+    /// the command stream).
+    pub fn last_completion_wait(&self) -> Command {
+        let (store, token) = self.completion_store(self.command_queue.published() - 1);
+        Command::completion_wait(store, token)
+    }
+
+    /// The slot the next published command goes to (for tests).
+    pub fn command_tail(&self) -> u32 {
+        self.command_queue.index(self.command_queue.published()) as u32
+    }
+
+    /// Claims room for the batch and its COMPLETION_WAIT, writes them, hands
+    /// them to the IOMMU in claim order and waits for that wait's own store:
+    /// the queue protocol of [`iommu_kit::SharedRing`], so that submitters
+    /// on several CPUs each wait only for their own batch.
     fn run_batch(&mut self, commands: &[Command]) -> Result<(), UnitError> {
-        self.sequence += 1;
-        let sequence = self.sequence;
-        let wait = Command::completion_wait(self.completion.phys(), sequence);
-        let total = commands.len() as u32 + 1;
-        // Room for the whole batch (the previous one has completed, so this only
-        // waits when the hardware is slow to advance its head pointer).
-        let ring = self.command_ring;
-        let tail = self.command_tail;
-        let regs = &self.regs;
-        wait_until(self.clock, COMMAND_TIMEOUT, || {
+        let total = commands.len() as u64 + 1;
+        let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
+        let timeout = |this: &Self| UnitError::CommandTimeout {
+            stopped: !this.status().contains(Status::CMD_BUF_RUN),
+            illegal_at: None,
+        };
+        // Room for the whole batch: observe the head until the IOMMU has
+        // consumed enough.
+        let claim = wait_until(self.clock, COMMAND_TIMEOUT, || {
+            if let Ok(claim) = queue.try_claim(total) {
+                return Some(claim);
+            }
             let head = regs.read64(regs::COMMAND_HEAD) & regs::RING_POINTER_MASK;
             let head = ring.index(head).ok()?;
-            (ring.free(head, tail) >= total).then_some(())
-        })
-        .map_err(|_| UnitError::CommandTimeout {
-            stopped: !self.status().contains(Status::CMD_BUF_RUN),
-            illegal_at: None,
-        })?;
-
-        let first_slot = self.command_buffer.phys() + self.command_ring.pointer(self.command_tail);
+            // A head beyond every claim is the IOMMU's error; the wait runs out.
+            let _ = queue.observe_consumed(|| u64::from(head));
+            None
+        });
+        let Ok(claim) = claim else {
+            return Err(timeout(self));
+        };
+        let last = claim.last();
+        let (store, token) = self.completion_store(last);
+        let wait = Command::completion_wait(store, token);
+        let buffer = self.command_buffer;
+        let slot_address =
+            |position: u64| buffer.phys() + ring.pointer(self.command_queue.slot(position) as u32);
+        let batch: Vec<u64> = claim.positions().map(slot_address).collect();
+        for (position, command) in claim
+            .positions()
+            .zip(commands.iter().chain(core::iter::once(&wait)))
+        {
+            let offset = ring.pointer(self.command_queue.slot(position) as u32) as usize;
+            buffer.write(offset, command.0);
+        }
+        let mut tail_writes = 0;
+        let queue = &self.command_queue;
+        queue.publish(
+            claim,
+            |end| {
+                // The commands must be in memory before the IOMMU learns of them.
+                dma_wmb();
+                regs.write64(regs::COMMAND_TAIL, ring.pointer(queue.index(end) as u32));
+                tail_writes += 1;
+            },
+            || self.clock.relax(),
+        );
+        self.counters.tail_writes += tail_writes;
+        self.counters.mmio_writes += tail_writes;
         for command in commands.iter().chain(core::iter::once(&wait)) {
-            let offset = self.command_ring.pointer(self.command_tail) as usize;
-            self.command_buffer.write(offset, command.0);
-            self.command_tail = self.command_ring.next(self.command_tail);
             self.count(command);
         }
-        // The commands must be in memory before the IOMMU learns of them.
-        dma_wmb();
-        self.counters.tail_writes += 1;
-        let tail_pointer = self.command_ring.pointer(self.command_tail);
-        self.write_reg(regs::COMMAND_TAIL, tail_pointer);
 
         let completion = self.completion;
+        let store_offset = (store - completion.phys()) as usize;
         let done = wait_until(self.clock, COMMAND_TIMEOUT, || {
-            (completion.read::<u64>(0) == sequence).then_some(())
+            (completion.read::<u64>(store_offset) == token).then_some(())
         });
-        let batch = first_slot..first_slot + u64::from(total * regs::ENTRY_SIZE);
         if done.is_err() {
-            return Err(self.recover_command_buffer(batch));
+            return Err(self.recover_command_buffer(&batch));
         }
         // An IOMMU that keeps going after an illegal command (QEMU does) still logs it.
         // Only events logged for this batch count: ring slots are reused.
@@ -100,7 +145,7 @@ impl Hardware {
     /// stops fetching commands (Status.CmdBufRun=0) with COMMAND_HEAD on the bad
     /// entry. Recovery: read the log, disable the buffer, drop every pending command
     /// (head = tail) and enable it again. The caller's batch did not complete.
-    pub(crate) fn recover_command_buffer(&mut self, batch: core::ops::Range<u64>) -> UnitError {
+    pub(crate) fn recover_command_buffer(&mut self, batch: &[u64]) -> UnitError {
         self.counters.command_errors += 1;
         let stopped = !self.status().contains(Status::CMD_BUF_RUN);
         let seen = self.events.len();
@@ -116,7 +161,11 @@ impl Hardware {
         let running = self.control;
         self.set_control(running - Control::CMD_BUF_EN);
         let _ = self.wait_status(Status::CMD_BUF_RUN, false);
-        let tail_pointer = self.command_ring.pointer(self.command_tail);
+        // Every published command counts as consumed from here on.
+        let published = self.command_queue.published();
+        let tail_pointer = self
+            .command_ring
+            .pointer(self.command_queue.index(published) as u32);
         self.write_reg(regs::COMMAND_HEAD, tail_pointer);
         self.set_control(running);
         let _ = self.wait_status(Status::CMD_BUF_RUN, true);

@@ -5,18 +5,34 @@
 
 use super::*;
 use crate::command::RawCommand;
+use iommu_kit::Claim;
 
-/// The command queue of the instance (§3.5, §4): submission, CMD_SYNC, CERROR recovery (§7.1).
+/// The command queue of the instance (§3.5, §4): submission through the
+/// shared positions of [`iommu_kit::SharedRing`] (claim, write, publish in
+/// claim order), CMD_SYNC, and CERROR recovery (§7.1). Each caller waits for
+/// its own CMD_SYNC alone: CONS passing it (§4.7.3: a CMD_SYNC is consumed
+/// only once every command before it has completed).
 impl Smmu<'_> {
-    pub(crate) fn refresh_cmdq_cons(&mut self) -> u32 {
+    /// CMDQ_CONS as read (index, wrap and ERR), and the consumer position it
+    /// means; `Err` when it names more than was ever claimed.
+    fn observe_cmdq_cons(&self) -> Result<(u32, u64), Error> {
         let raw = self.regs.read32(regs::CMDQ_CONS);
-        self.cmdq.cons = WrapIndex::from_register(self.cmdq.log2, raw);
-        raw
+        let index = WrapIndex::from_register(self.cmdq.log2, raw).register();
+        self.cmdq
+            .positions
+            .observe_consumed(|| u64::from(index))
+            .map(|position| (raw, position))
+            .map_err(|_| Error::Timeout("CMDQ_CONS beyond every command"))
     }
 
-    /// Writes commands into the queue and rings the doorbell once; waits
-    /// (bounded) for room when the queue is full.
+    /// Writes commands into the queue and rings the doorbell; waits
+    /// (bounded) for room when the queue is full. Does not wait for them.
     pub fn submit(&mut self, commands: &[Command]) -> Result<(), Error> {
+        self.queue(commands).map(|_| ())
+    }
+
+    /// [`Smmu::submit`], returning the position after the last command.
+    pub(crate) fn queue(&mut self, commands: &[Command]) -> Result<u64, Error> {
         // An STE abandoned half-way (`abort_ste_after_failure`) whose CFGI_STE
         // could not even be queued: the SMMU consumes in order, so with
         // CFGI_ALL first no later CMD_SYNC completes before every cached
@@ -36,7 +52,7 @@ impl Smmu<'_> {
                 _ => self.counters.tlbi += 1,
             }
         }
-        let queued = self.submit_raw(&raw);
+        let queued = self.queue_raw(&raw);
         if queued.is_err() && owed {
             self.owes_cfgi_all = true;
         }
@@ -46,62 +62,91 @@ impl Smmu<'_> {
     /// Submits pre-encoded commands (also used for user-provided nested
     /// invalidations and to provoke CERROR in tests).
     pub fn submit_raw(&mut self, commands: &[RawCommand]) -> Result<(), Error> {
-        for command in commands {
-            if self.cmdq.prod.is_full(self.cmdq.cons) {
-                self.refresh_cmdq_cons();
-                if self.cmdq.prod.is_full(self.cmdq.cons) {
-                    // Let the SMMU consume what is there before adding more.
-                    self.ring_cmdq();
-                    self.wait_cmdq_drained()?;
-                }
+        self.queue_raw(commands).map(|_| ())
+    }
+
+    /// Claims, writes and publishes `commands`, as many at a time as the
+    /// queue holds; returns the position after the last.
+    fn queue_raw(&mut self, commands: &[RawCommand]) -> Result<u64, Error> {
+        let mut end = self.cmdq.positions.published();
+        for chunk in commands.chunks(self.cmdq.positions.usable() as usize) {
+            let claim = self.claim_cmdq(chunk.len() as u64)?;
+            for (position, command) in claim.positions().zip(chunk) {
+                let offset = self.cmdq.positions.slot(position) * CMD_BYTES;
+                self.cmdq.region.write(offset, command.0);
+                self.cmdq.region.clean(offset, CMD_BYTES, self.clean());
             }
-            let slot = self.cmdq.prod.slot();
-            self.cmdq.region.write(slot * CMD_BYTES, command.0);
-            self.cmdq
-                .region
-                .clean(slot * CMD_BYTES, CMD_BYTES, self.clean());
-            self.cmdq.prod = self.cmdq.prod.next();
+            end = claim.positions().end;
+            let (regs, positions, clock) = (&self.regs, &self.cmdq.positions, self.clock);
+            let mut doorbells = 0;
+            positions.publish(
+                claim,
+                |end| {
+                    // The entries must be visible to the SMMU before the doorbell.
+                    dma_wmb();
+                    regs.write32(regs::CMDQ_PROD, positions.index(end) as u32);
+                    doorbells += 1;
+                },
+                || clock.relax(),
+            );
+            self.counters.mmio_writes += doorbells;
         }
-        self.ring_cmdq();
-        Ok(())
+        Ok(end)
     }
 
-    pub(crate) fn ring_cmdq(&mut self) {
-        // The entries must be visible to the SMMU before the doorbell.
-        dma_wmb();
-        let prod = self.cmdq.prod.register();
-        self.write32(regs::CMDQ_PROD, prod);
+    /// Room for `count` commands: observes CONS until the SMMU has consumed
+    /// enough, skipping a rejected command on the way (§7.1).
+    fn claim_cmdq(&mut self, count: u64) -> Result<Claim, Error> {
+        let start = self.clock.now_ns();
+        let bound = HW_TIMEOUT.as_nanos() as u64;
+        loop {
+            if let Ok(claim) = self.cmdq.positions.try_claim(count) {
+                return Ok(claim);
+            }
+            let (raw, _) = self.observe_cmdq_cons()?;
+            if self.active_gerror().contains(Gerror::CMDQ_ERR) {
+                // Reported to whoever waits for a CMD_SYNC behind it.
+                let rejected = self.recover_command_error(raw);
+                self.pending_rejection.get_or_insert(rejected);
+                continue;
+            }
+            if self.clock.now_ns().saturating_sub(start) > bound {
+                return Err(Error::Timeout("command queue full"));
+            }
+            self.clock.relax();
+        }
     }
 
-    /// Issues CMD_SYNC and waits (bounded) for the SMMU to consume everything
-    /// up to it. A rejected command is skipped (CERROR recovery, §7.1) and
-    /// reported after the queue has drained.
+    /// Issues CMD_SYNC and waits (bounded) for it to complete. A rejected
+    /// command is skipped (CERROR recovery, §7.1) and reported.
     pub fn sync(&mut self) -> Result<(), Error> {
-        self.submit(&[Command::Sync])?;
-        self.wait_cmdq_drained()
+        self.execute(&[])
     }
 
-    /// Submits `commands` and a CMD_SYNC behind one doorbell write, then waits
-    /// for completion as [`Smmu::sync`] does (command batching).
+    /// Submits `commands` and a CMD_SYNC of their own, then waits for that
+    /// CMD_SYNC alone (command batching: one doorbell for the lot).
     pub fn execute(&mut self, commands: &[Command]) -> Result<(), Error> {
         let mut batch = Vec::with_capacity(commands.len() + 1);
         batch.extend_from_slice(commands);
         batch.push(Command::Sync);
-        self.submit(&batch)?;
-        self.wait_cmdq_drained()
+        let end = self.queue(&batch)?;
+        self.wait_cmdq_consumed(end)
     }
 
-    pub(crate) fn wait_cmdq_drained(&mut self) -> Result<(), Error> {
-        let mut rejected = None;
+    /// Waits (bounded) until CONS has passed every position before `end`,
+    /// skipping rejected commands on the way; a rejection seen since the
+    /// last report is this caller's error.
+    pub(crate) fn wait_cmdq_consumed(&mut self, end: u64) -> Result<(), Error> {
         let start = self.clock.now_ns();
         let bound = HW_TIMEOUT.as_nanos() as u64;
         loop {
-            let raw = self.refresh_cmdq_cons();
-            if self.cmdq.prod.is_empty(self.cmdq.cons) {
+            let (raw, consumed) = self.observe_cmdq_cons()?;
+            if consumed >= end {
                 break;
             }
             if self.active_gerror().contains(Gerror::CMDQ_ERR) {
-                rejected = Some(self.recover_command_error(raw));
+                let rejected = self.recover_command_error(raw);
+                self.pending_rejection.get_or_insert(rejected);
                 continue;
             }
             if self.clock.now_ns().saturating_sub(start) > bound {
@@ -109,7 +154,7 @@ impl Smmu<'_> {
             }
             self.clock.relax();
         }
-        match rejected {
+        match self.pending_rejection.take() {
             Some(err) => Err(err),
             None => Ok(()),
         }
@@ -119,7 +164,7 @@ impl Smmu<'_> {
     /// cannot fail) and acknowledge, so that the queue resumes (§7.1).
     pub(crate) fn recover_command_error(&mut self, cons_raw: u32) -> Error {
         let error = CommandError::from_cons(cons_raw);
-        let slot = self.cmdq.cons.slot();
+        let slot = WrapIndex::from_register(self.cmdq.log2, cons_raw).slot();
         let opcode = (self.cmdq.region.read::<u64>(slot * CMD_BYTES) & 0xFF) as u8;
         let replacement = Command::Sync.encode();
         self.cmdq.region.write(slot * CMD_BYTES, replacement.0);

@@ -9,58 +9,92 @@ use os_services::barrier::dma_wmb;
 
 use iommu::Gather;
 
-use crate::command::{Descriptor, PasidGranularity};
+use crate::command::{Descriptor, PasidGranularity, Ring};
 use crate::device_table::RID_PASID;
 use crate::invalidation::{self, InvalidationCaps, IotlbPlan};
 use crate::regs::{FaultStatus, Granularity};
 
 /// Submission: the queue (§6.5.2) or, without ECAP.QI, the invalidation registers (§6.5.1).
 impl<R: Registers> Hardware<'_, R> {
-    /// Queues `descriptors` plus one wait descriptor, moves the tail once and
-    /// waits (bounded) for the status write.
+    /// Queues `descriptors` plus one wait descriptor of its own, hands them
+    /// to the hardware in claim order and waits (bounded) for that wait's
+    /// own status word: the queue protocol of [`iommu_kit::SharedRing`], so
+    /// that submitters on several CPUs each wait only for their own work.
     pub(crate) fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
         let Invalidator::Queue {
             ring_page,
             ring,
             status,
-            sequence,
-        } = &mut self.invalidator
+        } = &self.invalidator
         else {
             return Err(Error::Unsupported("queued invalidation"));
         };
-        let head = ring
-            .head_slot(self.regs.read64(regs::IQH))
-            .ok_or(Error::QueueError)?;
-        if ring.free(head) < descriptors.len() + 1 {
-            return Err(Error::Timeout("invalidation queue full"));
+        let (ring_page, status) = (*ring_page, *status);
+        let count = descriptors.len() as u64 + 1;
+        if count > ring.shared().usable() {
+            return Err(Error::Invalid);
         }
-        *sequence = sequence.wrapping_add(1);
-        let token = *sequence;
-        let wait = Descriptor::wait(status.phys(), token);
-        let first_slot = ring.tail();
-        for descriptor in descriptors.iter().chain(core::iter::once(&wait)) {
-            let offset = ring.tail() * ring.slot_bytes();
-            let words = if ring.is_wide() { 4 } else { 2 };
+        let regs = &self.regs;
+        let clock = self.env.clock;
+        // Room for the whole batch: observe the head until the hardware has
+        // consumed enough (a stopped queue says so through FSTS.IQE).
+        let claim = wait_until(clock, HARDWARE_TIMEOUT, || {
+            if let Ok(claim) = ring.shared().try_claim(count) {
+                return Some(Ok(claim));
+            }
+            let head = ring.head_slot(regs.read64(regs::IQH))?;
+            if ring.shared().observe_consumed(|| head as u64).is_err() {
+                return Some(Err(Error::QueueError));
+            }
+            let faults = FaultStatus::from_bits_retain(regs.read32(regs::FSTS));
+            faults
+                .contains(FaultStatus::QUEUE_ERROR)
+                .then_some(Err(Error::QueueError))
+        });
+        let claim = match claim {
+            Ok(Ok(claim)) => claim,
+            Ok(Err(error)) => return Err(error),
+            Err(_) => return Err(Error::Timeout("invalidation queue full")),
+        };
+        let last = claim.last();
+        let wait = Descriptor::wait(
+            status.phys() + ring.status_offset(last) as u64,
+            Ring::status_token(last),
+        );
+        let words = if ring.is_wide() { 4 } else { 2 };
+        for (position, descriptor) in claim
+            .positions()
+            .zip(descriptors.iter().chain(core::iter::once(&wait)))
+        {
+            let offset = ring.slot(position) * ring.slot_bytes();
             for (index, word) in descriptor.0[..words].iter().enumerate() {
                 ring_page.write(offset + index * 8, *word);
             }
-            ring.advance();
         }
-        let tail = ring.tail_register();
-        let (slot_bytes, slots, written) = (ring.slot_bytes(), ring.slots(), descriptors.len() + 1);
-        let status = *status;
-        let ring_page = *ring_page;
-        self.counters.invalidations += descriptors.len() as u64;
-        self.counters.waits += 1;
         // Only the slots just written, in up to two runs where they wrap.
+        let (slot_bytes, slots) = (ring.slot_bytes(), ring.slots());
+        let first_slot = ring.slot(claim.positions().start);
+        let written = count as usize;
         let first_run = written.min(slots - first_slot);
-        self.clean_range(ring_page, first_slot * slot_bytes, first_run * slot_bytes);
-        self.clean_range(ring_page, 0, (written - first_run) * slot_bytes);
-        dma_wmb();
-        self.write64(regs::IQT, tail);
-        let regs = &self.regs;
-        let result = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
-            if status.read::<u32>(0) == token {
+        let clean = self.clean();
+        let lines = ring_page.clean(first_slot * slot_bytes, first_run * slot_bytes, clean)
+            + ring_page.clean(0, (written - first_run) * slot_bytes, clean);
+        let mut doorbells = 0;
+        ring.shared().publish(
+            claim,
+            |end| {
+                // The descriptors must reach memory before the hardware
+                // learns of them.
+                dma_wmb();
+                regs.write64(regs::IQT, ring.tail_register(end));
+                doorbells += 1;
+            },
+            || clock.relax(),
+        );
+        let token = Ring::status_token(last);
+        let status_offset = ring.status_offset(last);
+        let result = wait_until(clock, HARDWARE_TIMEOUT, || {
+            if status.read::<u32>(status_offset) == token {
                 return Some(Ok(()));
             }
             let faults = FaultStatus::from_bits_retain(regs.read32(regs::FSTS));
@@ -68,6 +102,10 @@ impl<R: Registers> Hardware<'_, R> {
                 .contains(FaultStatus::QUEUE_ERROR)
                 .then_some(Err(Error::QueueError))
         });
+        self.counters.invalidations += descriptors.len() as u64;
+        self.counters.waits += 1;
+        self.counters.mmio_writes += doorbells;
+        self.counters.cache_lines += lines as u64;
         match result {
             Ok(Err(Error::QueueError)) => {
                 self.recover_queue();
@@ -80,15 +118,14 @@ impl<R: Registers> Hardware<'_, R> {
 
     /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
     /// replace it with a harmless wait, then clear IQE so that the queue runs
-    /// again from there. The wait writes the failed submission's own token
-    /// (nobody waits for it any more): QEMU rejects a wait descriptor with
-    /// neither SW nor IF, which would stop the queue again at the same slot.
+    /// again from there. The wait writes a status word nobody polls (QEMU
+    /// rejects a wait descriptor with neither SW nor IF, which would stop the
+    /// queue again at the same slot).
     pub(crate) fn recover_queue(&mut self) {
         let Invalidator::Queue {
             ring_page,
             ring,
             status,
-            sequence,
         } = &self.invalidator
         else {
             return;
@@ -97,7 +134,7 @@ impl<R: Registers> Hardware<'_, R> {
             return;
         };
         let offset = slot * ring.slot_bytes();
-        let harmless = Descriptor::wait(status.phys(), *sequence);
+        let harmless = Descriptor::wait(status.phys() + UNPOLLED_STATUS_OFFSET as u64, 0);
         let words = if ring.is_wide() { 4 } else { 2 };
         for (index, word) in harmless.0[..words].iter().enumerate() {
             ring_page.write(offset + index * 8, *word);

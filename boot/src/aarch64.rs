@@ -8,8 +8,40 @@
 //! every data access is Device memory and unaligned accesses fault.
 
 use core::arch::global_asm;
+use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
 
 use crate::BOOT_STACK_SIZE;
+
+/// What a secondary CPU needs to join the boot CPU, read by [`ap_start`]
+/// with its MMU still off: the boot CPU's translation registers, a stack,
+/// and a word the CPU sets once it runs Rust. Its address is PSCI CPU_ON's
+/// context id (PSCI 1.1 §5.6: it arrives in `x0`). The boot CPU cleans it
+/// to the point of coherency first: with the MMU off, the secondary CPU's
+/// loads go to memory, not to the boot CPU's caches.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ApStart {
+    /// MAIR_EL1, TCR_EL1, TTBR0_EL1 and SCTLR_EL1 as the boot CPU runs with them.
+    pub mair: u64,
+    pub tcr: u64,
+    pub ttbr0: u64,
+    pub sctlr: u64,
+    /// The top of this CPU's stack (16-byte aligned).
+    pub stack_top: u64,
+    /// The kernel's index of this CPU.
+    pub cpu_index: u64,
+    /// Set (to 1) by the CPU in Rust, with release ordering.
+    pub online: AtomicU64,
+}
+const _: () = assert!(core::mem::size_of::<ApStart>() == 56);
+
+unsafe extern "C" {
+    /// Where PSCI CPU_ON starts a secondary CPU: at EL1 (or EL2, dropped
+    /// from as `_start` does), MMU and caches off, `x0` = its [`ApStart`].
+    #[link_name = "_ap_start"]
+    pub fn ap_start();
+}
 
 /// Stage-1 block descriptor bits (ARM ARM D8.3.1, VMSAv8-64 descriptor formats).
 const DESC_BLOCK: u64 = 0b01;
@@ -62,14 +94,13 @@ const CPACR_FPEN: u64 = 0b11 << 20;
 
 global_asm!(
     r#"
-    .section .text.boot, "ax"
-    .global _start
-_start:
-    mov x19, x0
+    // Entered at EL2: make EL1 AArch64, give it the timer, and return to
+    // the label `at` at EL1 with every exception masked.
+    .macro drop_to_el1 at
     mrs x1, CurrentEL
     lsr x1, x1, #2
     cmp x1, #2
-    b.ne 1f
+    b.ne \at
     ldr x1, ={hcr_rw}
     msr hcr_el2, x1
     mov x1, #{cnthctl}
@@ -77,9 +108,16 @@ _start:
     msr cntvoff_el2, xzr
     ldr x1, ={spsr}
     msr spsr_el2, x1
-    adr x1, 1f
+    adr x1, \at
     msr elr_el2, x1
     eret
+    .endm
+
+    .section .text.boot, "ax"
+    .global _start
+_start:
+    mov x19, x0
+    drop_to_el1 1f
 1:
     ldr x1, ={cpacr}
     msr cpacr_el1, x1
@@ -137,6 +175,37 @@ _start:
     wfe
     b 3b
 
+    // A secondary CPU (PSCI CPU_ON): x0 = its ApStart, read with the MMU
+    // off. Same registers as the boot CPU, then its own stack.
+    .global _ap_start
+_ap_start:
+    mov x19, x0
+    drop_to_el1 4f
+4:
+    ldr x1, ={cpacr}
+    msr cpacr_el1, x1
+    isb
+    ldr x1, [x19, #{ap_mair}]
+    msr mair_el1, x1
+    ldr x1, [x19, #{ap_tcr}]
+    msr tcr_el1, x1
+    ldr x1, [x19, #{ap_ttbr0}]
+    msr ttbr0_el1, x1
+    isb
+    tlbi vmalle1
+    dsb ish
+    isb
+    ldr x1, [x19, #{ap_sctlr}]
+    msr sctlr_el1, x1
+    isb
+    ldr x1, [x19, #{ap_stack_top}]
+    mov sp, x1
+    mov x0, x19
+    bl secondary_entry
+5:
+    wfe
+    b 5b
+
     .section .bss.boot, "aw", @nobits
     .balign 4096
 boot_l0:
@@ -163,4 +232,9 @@ boot_stack_top:
     tcr = const TCR_VALUE,
     ips_shift = const TCR_IPS_SHIFT,
     stack_size = const BOOT_STACK_SIZE,
+    ap_mair = const offset_of!(ApStart, mair),
+    ap_tcr = const offset_of!(ApStart, tcr),
+    ap_ttbr0 = const offset_of!(ApStart, ttbr0),
+    ap_sctlr = const offset_of!(ApStart, sctlr),
+    ap_stack_top = const offset_of!(ApStart, stack_top),
 );

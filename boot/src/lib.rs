@@ -9,10 +9,12 @@
 //!   `hvm_start_info` (see [`pvh`]).
 //! * aarch64: `kernel_entry(dtb: u64)`, the device-tree blob's physical
 //!   address, or 0 when the loader did not pass one in `x0` (QEMU's ELF boot).
+//!   A secondary CPU started by PSCI CPU_ON enters at `_ap_start`
+//!   and calls `secondary_entry(start: &ApStart)` with the MMU on.
 #![no_std]
 
 #[cfg(target_arch = "aarch64")]
-mod aarch64;
+pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 

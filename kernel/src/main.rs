@@ -47,6 +47,11 @@ fn kernel_main(boot: BootInfo) -> ! {
         Ok(platform) => platform,
         Err(err) => panic!("platform discovery failed: {err}"),
     };
+    match arch::start_secondary_cpus(platform) {
+        Ok(online) if online > 1 => println!("{online} CPUs online"),
+        Ok(_) => {}
+        Err(why) => println!("secondary CPUs not started: {why}"),
+    }
     irq::init(platform);
     devices::init(platform);
     iommufd_service::allow_unsafe_interrupts(cmdline.allow_unsafe_interrupts);

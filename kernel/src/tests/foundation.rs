@@ -14,6 +14,10 @@ pub static TESTS: &[Test] = &[
         run: firmware_lists_the_cpu_we_boot_on,
     },
     Test {
+        name: "smp::every_listed_cpu_comes_online",
+        run: every_listed_cpu_comes_online,
+    },
+    Test {
         name: "exceptions::breakpoint_is_caught_and_resumed",
         run: breakpoint_is_caught_and_resumed,
     },
@@ -333,6 +337,29 @@ fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
 /// the MADT's enabled local APICs; aarch64: the device tree's `/cpus`) is not
 /// empty and holds the CPU the kernel runs on (x86: the initial APIC ID of
 /// CPUID leaf 1; aarch64: MPIDR_EL1's affinity fields).
+/// Every CPU the firmware lists was started at boot and runs kernel code
+/// (aarch64: PSCI CPU_ON, each CPU then online with its own stack, vectors
+/// and per-CPU index).
+fn every_listed_cpu_comes_online(platform: &Platform) -> TestResult {
+    let listed = crate::platform::cpu_ids(platform).len();
+    ensure!(
+        crate::arch::current_cpu_index() == 0,
+        "the tests run on CPU {}, not the boot CPU 0",
+        crate::arch::current_cpu_index()
+    );
+    if cfg!(target_arch = "x86_64") {
+        return Ok(Outcome::NotApplicable(
+            "x86 secondary CPUs are not started yet (INIT-SIPI-SIPI, issue 20)",
+        ));
+    }
+    let online = crate::arch::online_cpus();
+    ensure!(
+        online == listed,
+        "{online} of the {listed} listed CPUs are online"
+    );
+    Ok(Outcome::Passed)
+}
+
 fn firmware_lists_the_cpu_we_boot_on(platform: &Platform) -> TestResult {
     let listed = crate::platform::cpu_ids(platform);
     ensure!(!listed.is_empty(), "the firmware lists no CPU");

@@ -6,10 +6,11 @@ mod exceptions;
 pub mod gic;
 mod hardening;
 mod pl011;
+pub mod smp;
 mod trap_frame;
 pub mod user;
 
-use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable, Writeable};
 
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
@@ -44,6 +45,8 @@ extern "C" fn kernel_entry(dtb: u64) -> ! {
     // nothing else drives it.
     crate::console::init(unsafe { Serial::new(EARLY_UART_BASE) });
     exceptions::init();
+    // The per-CPU index: the boot CPU is CPU 0.
+    aarch64_cpu::registers::TPIDR_EL1.set(0);
     crate::memory::init_heap();
     let dtb_addr = if dtb != 0 { dtb } else { DTB_AT_RAM_BASE };
     let boot = boot_info_from_device_tree(dtb_addr);
@@ -119,4 +122,25 @@ pub fn exit(code: crate::arch::ExitCode) -> ! {
     loop {
         aarch64_cpu::asm::wfe();
     }
+}
+
+/// Starts the other CPUs the device tree lists (PSCI CPU_ON); returns how
+/// many CPUs now run kernel code, this one included.
+pub fn start_secondary_cpus(
+    platform: &crate::platform::Platform,
+) -> Result<usize, alloc::string::String> {
+    let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;
+    smp::start_secondary_cpus(tree)
+        .map(|_| smp::online_cpus())
+        .map_err(|why| alloc::format!("{why}"))
+}
+
+/// How many CPUs run kernel code.
+pub fn online_cpus() -> usize {
+    smp::online_cpus()
+}
+
+/// The kernel's index of the running CPU (TPIDR_EL1; 0 on the boot CPU).
+pub fn current_cpu_index() -> u64 {
+    smp::cpu_index()
 }

@@ -131,3 +131,22 @@ fn boot_info_from_pvh(start_info_phys: u64) -> BootInfo {
         },
     }
 }
+
+/// The other CPUs are not started on x86 yet (INIT-SIPI-SIPI through a
+/// real-mode trampoline is issue 20's next step): one CPU runs.
+pub fn start_secondary_cpus(
+    _platform: &crate::platform::Platform,
+) -> Result<usize, alloc::string::String> {
+    Ok(1)
+}
+
+/// How many CPUs run kernel code: the boot CPU only.
+pub fn online_cpus() -> usize {
+    1
+}
+
+/// The kernel's index of the running CPU: 0, the only one running (per-CPU
+/// data through GS comes with the secondary CPUs).
+pub fn current_cpu_index() -> u64 {
+    0
+}

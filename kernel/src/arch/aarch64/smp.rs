@@ -1,0 +1,171 @@
+//! Starting the secondary CPUs the device tree lists, through PSCI CPU_ON
+//! (Arm DEN 0022 PSCI 1.1 §5.6) over the conduit the tree names.
+//!
+//! Each CPU gets an [`ApStart`] (the boot CPU's MAIR, TCR, TTBR0 and SCTLR,
+//! a stack of its own) as CPU_ON's context id, enters at `boot`'s
+//! `_ap_start` with its MMU off, turns the MMU on with the boot CPU's tables,
+//! and reaches [`secondary_entry`], which installs the exception vectors,
+//! records the CPU's index in TPIDR_EL1 (the per-CPU pointer) and says it is
+//! online. It then halts until an interrupt (there is no work for it yet:
+//! the scheduler still runs on the boot CPU; issue 20).
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use aarch64_cpu::registers::{
+    MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TPIDR_EL1, TTBR0_EL1, Writeable,
+};
+use boot::aarch64::{ApStart, ap_start};
+use firmware::devicetree::{Platform as DeviceTreePlatform, PsciMethod};
+
+use super::cache;
+
+/// PSCI 1.1 §5.1.4: CPU_ON, SMC64 calling convention.
+const PSCI_CPU_ON_64: u64 = 0xC400_0003;
+/// PSCI 1.1 §5.2.2 return codes the kernel tells apart.
+const PSCI_SUCCESS: i64 = 0;
+const PSCI_ALREADY_ON: i64 = -4;
+/// Bytes of stack each secondary CPU gets.
+const STACK_BYTES: usize = 16 * 1024;
+/// How long a started CPU may take to say it is online.
+const START_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// CPUs running kernel code, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+
+/// How many CPUs run kernel code (the boot CPU and every started one).
+pub fn online_cpus() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// Why a CPU did not start.
+pub enum StartError {
+    /// The device tree names no PSCI conduit.
+    NoPsci,
+    /// CPU_ON returned this PSCI error code.
+    Refused { mpidr: u64, code: i64 },
+    /// The CPU was started but never said it was online.
+    Silent { mpidr: u64 },
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StartError::NoPsci => write!(f, "the device tree names no PSCI conduit"),
+            StartError::Refused { mpidr, code } => {
+                write!(f, "PSCI CPU_ON refused CPU {mpidr:#x} with {code}")
+            }
+            StartError::Silent { mpidr } => {
+                write!(f, "CPU {mpidr:#x} started but never came online")
+            }
+        }
+    }
+}
+
+/// A PSCI call through `$conduit` (`hvc` or `smc`): the firmware (QEMU's
+/// PSCI emulation, or EL2/EL3 firmware) reads x0-x3 and returns in x0;
+/// SMCCC 1.1 lets it clobber x0-x17, which are declared so.
+macro_rules! psci_asm {
+    ($conduit:literal, $function:expr, $a:expr, $b:expr, $c:expr) => {{
+        let result: u64;
+        // SAFETY: see the macro's comment: a firmware call that touches only
+        // the declared registers.
+        unsafe {
+            core::arch::asm!(
+                concat!($conduit, " #0"),
+                inlateout("x0") $function => result,
+                inlateout("x1") $a => _, inlateout("x2") $b => _, inlateout("x3") $c => _,
+                out("x4") _, out("x5") _, out("x6") _, out("x7") _, out("x8") _,
+                out("x9") _, out("x10") _, out("x11") _, out("x12") _, out("x13") _,
+                out("x14") _, out("x15") _, out("x16") _, out("x17") _,
+                options(nostack),
+            )
+        };
+        result as i64
+    }};
+}
+
+/// Calls PSCI function `function` with three arguments over `method`.
+fn psci_call(method: PsciMethod, function: u64, a: u64, b: u64, c: u64) -> i64 {
+    match method {
+        PsciMethod::Hvc => psci_asm!("hvc", function, a, b, c),
+        PsciMethod::Smc => psci_asm!("smc", function, a, b, c),
+    }
+}
+
+/// Starts every CPU of `tree` other than this one whose enable method is
+/// PSCI, one at a time, waiting (bounded) for each to come online. Returns
+/// how many started; stops at the first that does not.
+pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<usize, StartError> {
+    let own = super::boot_cpu_id();
+    let others: Vec<u64> = tree
+        .cpus
+        .iter()
+        .filter(|cpu| cpu.psci && cpu.mpidr != own)
+        .map(|cpu| cpu.mpidr)
+        .collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    let method = tree.psci.ok_or(StartError::NoPsci)?;
+    let mut started = 0;
+    for mpidr in others {
+        let index = online_cpus();
+        // The stack and the start block stay for the CPU's lifetime: leaked.
+        let stack: &'static mut [u128] =
+            Box::leak(alloc::vec![0u128; STACK_BYTES / 16].into_boxed_slice());
+        let stack_top = stack.as_ptr_range().end as u64;
+        let start: &'static ApStart = Box::leak(Box::new(ApStart {
+            mair: MAIR_EL1.get(),
+            tcr: TCR_EL1.get(),
+            ttbr0: TTBR0_EL1.get(),
+            sctlr: SCTLR_EL1.get(),
+            stack_top,
+            cpu_index: index as u64,
+            online: AtomicU64::new(0),
+        }));
+        // The CPU reads the block with its MMU (and caches) off.
+        cache::clean_to_poc(
+            core::ptr::from_ref(start).cast(),
+            core::mem::size_of::<ApStart>(),
+        );
+        // Identity-mapped kernel: these virtual addresses are the physical ones.
+        let entry = ap_start as *const () as u64;
+        let context = core::ptr::from_ref(start) as u64;
+        let code = psci_call(method, PSCI_CPU_ON_64, mpidr, entry, context);
+        if code != PSCI_SUCCESS && code != PSCI_ALREADY_ON {
+            return Err(StartError::Refused { mpidr, code });
+        }
+        let online = os_services::wait_until(&crate::time::CLOCK, START_TIMEOUT, || {
+            (start.online.load(Ordering::Acquire) != 0).then_some(())
+        });
+        if online.is_err() {
+            return Err(StartError::Silent { mpidr });
+        }
+        ONLINE.fetch_add(1, Ordering::AcqRel);
+        started += 1;
+    }
+    Ok(started)
+}
+
+/// The index the kernel gave the running CPU (0 on the boot CPU).
+pub fn cpu_index() -> u64 {
+    TPIDR_EL1.get()
+}
+
+/// Called by `boot`'s `_ap_start` with the MMU on and this CPU's stack.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_entry(start: &ApStart) -> ! {
+    super::exceptions::init();
+    TPIDR_EL1.set(start.cpu_index);
+    start.online.store(1, Ordering::Release);
+    // WFI, not WFE: QEMU's TCG treats WFE as a yield and keeps the vCPU's
+    // host thread spinning, while WFI halts it until an interrupt is
+    // pending (masked or not, ARM ARM D1.16.2), which the IPIs of a
+    // scheduler on every CPU will be.
+    loop {
+        aarch64_cpu::asm::wfi();
+    }
+}

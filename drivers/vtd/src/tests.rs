@@ -873,12 +873,14 @@ fn apply_op(
 }
 
 /// Runs `ops` against the shadow cache model, with the model's page tables
-/// or (`real_tables`) io-page-table's, which the model walks.
+/// or (`real_tables`) io-page-table's, which the model walks; `last` looks
+/// at the model after the last step's caches were filled again.
 fn run_against_shadow(
     cap: u64,
     ecap: u64,
     real_tables: bool,
     ops: &[Op],
+    last: impl FnOnce(&Model) -> Result<(), std::string::String>,
 ) -> Result<(), std::string::String> {
     let rig = Rig::new();
     let model = Model::new(cap, ecap);
@@ -907,7 +909,54 @@ fn run_against_shadow(
             .map_err(|err| std::format!("after step {step} {op:?} of {ops:?}: {err}"))?;
         model.fill(&devices);
     }
-    Ok(())
+    last(&model)
+}
+
+/// The stale-cache proptest below is only as strong as what the model
+/// caches: if `fill` cached nothing, nothing could be stale and every
+/// sequence would pass. After an attach, a map and a route, every cache the
+/// configuration has must hold a live entry: a context, the RID_PASID entry
+/// (scalable), a present IOTLB entry, a walk (io-page-table's tables), and
+/// the IRTE.
+#[test]
+fn the_shadow_caches_are_live_in_every_configuration() {
+    for config in 0..6usize {
+        for real_tables in [false, true] {
+            let cap = [CAP_DEFAULT, CAP_CACHING_MODE][config % 2];
+            let ecap = [ECAP_LEGACY, ECAP_SCALABLE_SL, ECAP_SCALABLE_FL][config / 2];
+            let ops = [Op::Attach(0, 0), Op::Map(0, 0), Op::Route(0)];
+            let result = run_against_shadow(cap, ecap, real_tables, &ops, |model| {
+                let shadow = model.shadow.borrow();
+                let present_contexts = shadow.contexts.values().flatten().count();
+                let present_iotlb = shadow.iotlb.values().filter(|e| e.1.is_some()).count();
+                let mut missing = Vec::new();
+                if present_contexts == 0 {
+                    missing.push("context");
+                }
+                if shadow.scalable && shadow.pasids.is_empty() {
+                    missing.push("RID_PASID entry");
+                }
+                if present_iotlb == 0 {
+                    missing.push("IOTLB entry");
+                }
+                if real_tables && shadow.walks.is_empty() {
+                    missing.push("walk");
+                }
+                if shadow.irtes.is_empty() {
+                    missing.push("IRTE");
+                }
+                match missing.is_empty() {
+                    true => Ok(()),
+                    false => Err(std::format!("nothing cached: {missing:?}")),
+                }
+            });
+            assert!(
+                result.is_ok(),
+                "config {config}, real tables {real_tables}: {}",
+                result.unwrap_err()
+            );
+        }
+    }
 }
 
 proptest! {
@@ -925,7 +974,7 @@ proptest! {
     ) {
         let cap = [CAP_DEFAULT, CAP_CACHING_MODE][config % 2];
         let ecap = [ECAP_LEGACY, ECAP_SCALABLE_SL, ECAP_SCALABLE_FL][config / 2];
-        let result = run_against_shadow(cap, ecap, real_tables, &ops);
+        let result = run_against_shadow(cap, ecap, real_tables, &ops, |_| Ok(()));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
 }

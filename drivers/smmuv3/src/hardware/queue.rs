@@ -95,23 +95,39 @@ impl Smmu<'_> {
     }
 
     /// Room for `count` commands: observes CONS until the SMMU has consumed
-    /// enough, skipping a rejected command on the way (§7.1).
+    /// enough.
     fn claim_cmdq(&mut self, count: u64) -> Result<Claim, Error> {
+        if let Ok(claim) = self.cmdq.positions.try_claim(count) {
+            return Ok(claim);
+        }
+        self.poll_cmdq("command queue full", |smmu, _| {
+            smmu.cmdq.positions.try_claim(count).ok()
+        })
+    }
+
+    /// Polls (bounded) until `ready`, given the consumer position, says so:
+    /// observes CONS each round and skips a rejected command on the way
+    /// (§7.1), keeping the rejection for the next caller whose CMD_SYNC
+    /// completes.
+    fn poll_cmdq<T>(
+        &mut self,
+        what: &'static str,
+        mut ready: impl FnMut(&Self, u64) -> Option<T>,
+    ) -> Result<T, Error> {
         let start = self.clock.now_ns();
         let bound = HW_TIMEOUT.as_nanos() as u64;
         loop {
-            if let Ok(claim) = self.cmdq.positions.try_claim(count) {
-                return Ok(claim);
+            let (raw, consumed) = self.observe_cmdq_cons()?;
+            if let Some(value) = ready(self, consumed) {
+                return Ok(value);
             }
-            let (raw, _) = self.observe_cmdq_cons()?;
             if self.active_gerror().contains(Gerror::CMDQ_ERR) {
-                // Reported to whoever waits for a CMD_SYNC behind it.
                 let rejected = self.recover_command_error(raw);
                 self.pending_rejection.get_or_insert(rejected);
                 continue;
             }
             if self.clock.now_ns().saturating_sub(start) > bound {
-                return Err(Error::Timeout("command queue full"));
+                return Err(Error::Timeout(what));
             }
             self.clock.relax();
         }
@@ -137,23 +153,7 @@ impl Smmu<'_> {
     /// skipping rejected commands on the way; a rejection seen since the
     /// last report is this caller's error.
     pub(crate) fn wait_cmdq_consumed(&mut self, end: u64) -> Result<(), Error> {
-        let start = self.clock.now_ns();
-        let bound = HW_TIMEOUT.as_nanos() as u64;
-        loop {
-            let (raw, consumed) = self.observe_cmdq_cons()?;
-            if consumed >= end {
-                break;
-            }
-            if self.active_gerror().contains(Gerror::CMDQ_ERR) {
-                let rejected = self.recover_command_error(raw);
-                self.pending_rejection.get_or_insert(rejected);
-                continue;
-            }
-            if self.clock.now_ns().saturating_sub(start) > bound {
-                return Err(Error::Timeout("CMD_SYNC"));
-            }
-            self.clock.relax();
-        }
+        self.poll_cmdq("CMD_SYNC", |_, consumed| (consumed >= end).then_some(()))?;
         match self.pending_rejection.take() {
             Some(err) => Err(err),
             None => Ok(()),

@@ -12,7 +12,7 @@ use criterion::{
 };
 use io_page_table::heap::HeapTableAlloc;
 use io_page_table::{
-    Coherence, Format, PageTable, Prot, VtdSecondStage, VtdSsConfig, X86_64, X86Config,
+    Coherence, Format, PageTable, Prot, VtdSecondStage, VtdSsConfig, WalkCursor, X86_64, X86Config,
 };
 use support::{Naive, X86Crate};
 
@@ -604,7 +604,8 @@ fn map_random(c: &mut Criterion) {
 
 /// Map+unmap of one 4 KiB page, repeated by 1, 2 and 4 threads at once on
 /// disjoint ranges of one table (each thread its own 2 MiB block, whose leaf
-/// table exists, so no thread allocates). The time is per operation pair
+/// table exists, so no thread allocates), each with its own walk cursor
+/// (`map_with`, as a CPU would). The time is per operation pair
 /// across all threads: with N cores free, N threads should take 1/N of it.
 fn threads_map_unmap_4k(c: &mut Criterion) {
     let mut g = quick(c, "threads_map_unmap_4k");
@@ -627,13 +628,17 @@ fn threads_map_unmap_4k(c: &mut Criterion) {
                         let pt = &pt;
                         s.spawn(move || {
                             let block = BASE + t * M2;
+                            // Each thread (CPU) walks with its own cursor.
+                            let mut cursor = WalkCursor::new();
                             for k in 0..per_thread {
                                 let iova = block + (k % 512) * K4;
                                 // SAFETY: thread `t` alone uses block `t`.
-                                let mapped = unsafe { pt.map_shared(iova, PHYS_4K, K4, Prot::RW) };
+                                let mapped = unsafe {
+                                    pt.map_with(&mut cursor, iova, PHYS_4K, K4, Prot::RW)
+                                };
                                 black_box(mapped).unwrap();
                                 // SAFETY: as above.
-                                let unmapped = unsafe { pt.unmap_shared(iova, K4) };
+                                let unmapped = unsafe { pt.unmap_with(&mut cursor, iova, K4) };
                                 let unmapped = black_box(unmapped).unwrap();
                                 debug_assert!(unmapped.freed.is_empty());
                             }

@@ -56,9 +56,13 @@
 //!   [`TableAlloc::clean_for_device`]. The driver's own barrier before its
 //!   invalidation command orders the cleaned lines with the IOMMU.
 //! - `map` and `unmap` inside one existing leaf table (the common small case)
-//!   walk once from the root; everything else plans from the root. Leaves are
-//!   written with single aligned 64-bit stores (vectorised only for empty
-//!   slots), so the IOMMU never sees half an entry.
+//!   walk once, starting at the deepest table the caller's last such walk
+//!   shares with them ([`WalkCursor`]: the table's own for the `&mut` methods,
+//!   the caller's for [`PageTable::map_with`]/[`PageTable::unmap_with`], none
+//!   for the `_shared` ones, which walk from the root); everything else plans
+//!   from the root. An unmap that unlinks tables bumps a generation that every
+//!   cursor checks. Leaves are written with single aligned 64-bit stores
+//!   (vectorised only for empty slots), so the IOMMU never sees half an entry.
 //! - Several CPUs at once: [`PageTable::map_shared`] and
 //!   [`PageTable::unmap_shared`] take `&self`, for callers that keep their
 //!   concurrent ranges disjoint (the `unsafe` contract; iommufd's area tree
@@ -84,6 +88,7 @@
 
 extern crate alloc;
 
+pub mod cursor;
 pub mod error;
 pub mod format;
 pub mod gather;
@@ -94,6 +99,7 @@ mod run_clear;
 pub mod table;
 pub mod table_alloc;
 
+pub use cursor::WalkCursor;
 pub use error::{AllocError, ConfigError, MapError, UnmapError};
 pub use format::amd_v1::{AmdV1, AmdV1Config};
 pub use format::arm::{ArmConfig, ArmLpae, Granule, Stage};

@@ -15,11 +15,13 @@
 //! it; a table that merely becomes empty stays linked for the same reason.
 
 use alloc::vec::Vec;
+use core::cell::UnsafeCell;
 use core::fmt;
 use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use os_services::barrier::dma_wmb;
 
+use crate::cursor::{WalkCursor, table_level_of_bit};
 use crate::error::{AllocError, MapError, UnmapError};
 use crate::format::{Format, Geometry, MAX_LEVELS};
 use crate::gather::Gather;
@@ -167,7 +169,18 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     coherence: Coherence,
     /// What every call checks against, computed once from `geo`.
     limits: Limits,
+    /// The cursor of the exclusive (`&mut self`) methods; nothing else
+    /// touches it.
+    own_cursor: UnsafeCell<WalkCursor>,
+    /// Bumped by every unmap that unlinks tables: cursors of another
+    /// generation start over from the root.
+    unlinks: AtomicU64,
 }
+
+// SAFETY: every field but `own_cursor` is `Sync` when `F` and `A` are, and
+// `own_cursor` is reached only from methods that take `&mut self`, so no two
+// threads ever touch it at once.
+unsafe impl<F: Format + Sync, A: TableAlloc + Sync> Sync for PageTable<F, A> {}
 
 /// The geometry's values on the hot paths, precomputed so that a single-page
 /// `map` or `unmap` spends its instructions on the tables, not on the shape.
@@ -192,6 +205,8 @@ struct Limits {
     top_shift: u32,
     bits_per_level: u32,
     level_mask: u64,
+    /// For cursors: the lowest level whose tables span each IOVA bit.
+    table_level_of_bit: [u8; 64],
 }
 
 impl Limits {
@@ -219,6 +234,7 @@ impl Limits {
             top_shift: geo.shift(geo.levels - 1),
             bits_per_level: geo.bits_per_level,
             level_mask: low(geo.bits_per_level),
+            table_level_of_bit: table_level_of_bit(geo),
         }
     }
 }
@@ -244,6 +260,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             root,
             coherence,
             limits,
+            own_cursor: UnsafeCell::new(WalkCursor::new()),
+            unlinks: AtomicU64::new(0),
         };
         table.clean_table(root, top);
         Ok(table)
@@ -386,8 +404,30 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// cache non-present entries (VT-d caching mode) need it flushed.
     #[inline]
     pub fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, MapError> {
-        // SAFETY: `&mut self`: no other call runs on this table.
-        unsafe { self.map_shared(iova, phys, len, prot) }
+        let cursor = self.own_cursor.get();
+        // SAFETY: `&mut self`: no other call runs on this table, and only
+        // `&mut self` methods reach `own_cursor`.
+        unsafe { self.map_inner(Some(&mut *cursor), iova, phys, len, prot) }
+    }
+
+    /// [`Self::map_shared`] with the caller's own [`WalkCursor`] (one per
+    /// CPU): a walk near the caller's last one starts at the deepest table
+    /// they share.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`].
+    #[inline]
+    pub unsafe fn map_with(
+        &self,
+        cursor: &mut WalkCursor,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
+        // SAFETY: forwarded.
+        unsafe { self.map_inner(Some(cursor), iova, phys, len, prot) }
     }
 
     /// [`Self::map`] through a shared reference, for several CPUs mapping and
@@ -411,6 +451,24 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         len: u64,
         prot: Prot,
     ) -> Result<Gather, MapError> {
+        // SAFETY: forwarded.
+        unsafe { self.map_inner(None, iova, phys, len, prot) }
+    }
+
+    /// The map of every face: the walk from `cursor`, or from the root.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`].
+    #[inline(always)]
+    unsafe fn map_inner(
+        &self,
+        cursor: Option<&mut WalkCursor>,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => MapError::ZeroLength,
             RangeError::Misaligned => MapError::Misaligned,
@@ -426,7 +484,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
             return Err(MapError::InvalidProt);
         }
-        if let Some(done) = self.map_within_leaf_table(iova, phys, last, prot) {
+        if let Some(done) = self.map_within_leaf_table(cursor, iova, phys, last, prot) {
             return done;
         }
         self.map_general(iova, phys, last, prot)
@@ -511,10 +569,18 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// walk there meets only table links. `Err(())` when the walk meets a hole or
     /// a leaf first.
     #[inline(always)]
-    fn leaf_table_of(&self, iova: u64, last: u64) -> Option<Result<u64, ()>> {
+    fn leaf_table_of(
+        &self,
+        cursor: Option<&mut WalkCursor>,
+        iova: u64,
+        last: u64,
+    ) -> Option<Result<u64, ()>> {
         let span_shift = self.limits.leaf_table_shift;
         if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
+        }
+        if let Some(cursor) = cursor {
+            return Some(self.leaf_table_from(cursor, iova));
         }
         // The root's index needs no mask (`iova` is in range); every level
         // below has the same width. Shifts only, no per-level lookups: this
@@ -535,17 +601,40 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         Some(Ok(table))
     }
 
+    /// [`Self::leaf_table_of`]'s walk from where `cursor` says the last one
+    /// went, recording this one.
+    #[inline(always)]
+    fn leaf_table_from(&self, cursor: &mut WalkCursor, iova: u64) -> Result<u64, ()> {
+        let top = self.geo.levels - 1;
+        let generation = self.unlinks.load(Ordering::Acquire);
+        let bits = &self.limits.table_level_of_bit;
+        let (mut level, mut table) = cursor.start(self.root, generation, top, bits, iova);
+        while level > 0 {
+            let pte = Self::read(self.entries(table), self.index(iova, level));
+            if pte == 0 || !self.format.is_table(level, pte) {
+                cursor.record(iova, level);
+                return Err(());
+            }
+            table = self.format.table_addr(pte);
+            level -= 1;
+            cursor.set(level, table);
+        }
+        cursor.record(iova, 0);
+        Ok(table)
+    }
+
     /// Single-walk `map` for the common case of smallest leaves in a table that
     /// exists already. `None`: take the general path.
     #[inline(always)]
     fn map_within_leaf_table(
         &self,
+        cursor: Option<&mut WalkCursor>,
         iova: u64,
         phys: u64,
         last: u64,
         prot: Prot,
     ) -> Option<Result<Gather, MapError>> {
-        let Some(Ok(table)) = self.leaf_table_of(iova, last) else {
+        let Some(Ok(table)) = self.leaf_table_of(cursor, iova, last) else {
             return None;
         };
         let shift = self.geo.granule_shift;
@@ -895,8 +984,25 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// and returned in [`Unmapped::freed`].
     #[inline]
     pub fn unmap(&mut self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
-        // SAFETY: `&mut self`: no other call runs on this table.
-        unsafe { self.unmap_shared(iova, len) }
+        let cursor = self.own_cursor.get();
+        // SAFETY: as in `map`.
+        unsafe { self.unmap_inner(Some(&mut *cursor), iova, len) }
+    }
+
+    /// [`Self::unmap_shared`] with the caller's own [`WalkCursor`].
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`].
+    #[inline]
+    pub unsafe fn unmap_with(
+        &self,
+        cursor: &mut WalkCursor,
+        iova: u64,
+        len: u64,
+    ) -> Result<Unmapped, UnmapError> {
+        // SAFETY: forwarded.
+        unsafe { self.unmap_inner(Some(cursor), iova, len) }
     }
 
     /// [`Self::unmap`] through a shared reference, beside other callers'
@@ -908,12 +1014,28 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// table may touch an IOVA of `[iova, iova + len)`.
     #[inline]
     pub unsafe fn unmap_shared(&self, iova: u64, len: u64) -> Result<Unmapped, UnmapError> {
+        // SAFETY: forwarded.
+        unsafe { self.unmap_inner(None, iova, len) }
+    }
+
+    /// The unmap of every face.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`].
+    #[inline(always)]
+    unsafe fn unmap_inner(
+        &self,
+        cursor: Option<&mut WalkCursor>,
+        iova: u64,
+        len: u64,
+    ) -> Result<Unmapped, UnmapError> {
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => UnmapError::ZeroLength,
             RangeError::Misaligned => UnmapError::Misaligned,
             RangeError::OutOfRange => UnmapError::IovaOutOfRange,
         })?;
-        match self.leaf_table_of(iova, last) {
+        match self.leaf_table_of(cursor, iova, last) {
             // Nothing mapped on the way: nothing to do.
             Some(Err(())) if self.lookup(iova).is_none() => return Ok(Unmapped::nothing()),
             Some(Ok(table)) => {
@@ -1005,6 +1127,11 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             freed: Vec::new(),
         };
         self.clear(self.root, self.geo.levels - 1, iova, last, false, &mut acc);
+        if !acc.freed.is_empty() {
+            // Release, after the unlinks: a cursor that reads the new
+            // generation forgets the tables they removed.
+            self.unlinks.fetch_add(1, Ordering::Release);
+        }
         Ok(Unmapped {
             bytes: acc.bytes,
             gather: acc.gather,

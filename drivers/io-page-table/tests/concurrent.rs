@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use io_page_table::heap::HeapTableAlloc;
-use io_page_table::{Coherence, PageTable, Prot, X86_64, X86Config};
+use io_page_table::{Coherence, PageTable, Prot, WalkCursor, X86_64, X86Config};
 
 const K4: u64 = 0x1000;
 const M2: u64 = 0x20_0000;
@@ -72,12 +72,14 @@ fn round(pt: &Table, thread: usize, region: u64, arrived: &AtomicUsize) -> (u64,
         // SAFETY: the pages of the shared block are split by thread.
         unsafe { pt.map_shared(iova, phys_of(thread, iova), K4, Prot::RW) }.unwrap();
     }
-    // Own blocks: a run of pages at the start of each.
+    // Own blocks: a run of pages at the start of each, through this
+    // thread's own walk cursor.
+    let mut cursor = WalkCursor::new();
     let blocks = (0..OWN_BLOCKS).map(|i| region + (thread as u64 + THREADS as u64 * i) * M2);
     for (i, block) in blocks.clone().enumerate() {
         let len = ((region / G1) % 7 + 1 + i as u64) * K4;
         // SAFETY: block `t + THREADS * i` belongs to thread `t` alone.
-        unsafe { pt.map_shared(block, phys_of(thread, block), len, Prot::RW) }.unwrap();
+        unsafe { pt.map_with(&mut cursor, block, phys_of(thread, block), len, Prot::RW) }.unwrap();
         for page in 0..len / K4 {
             let iova = block + page * K4;
             assert_eq!(pt.iova_to_phys(iova), Some(phys_of(thread, iova)));
@@ -86,11 +88,26 @@ fn round(pt: &Table, thread: usize, region: u64, arrived: &AtomicUsize) -> (u64,
     for &iova in &mine {
         assert_eq!(pt.iova_to_phys(iova), Some(phys_of(thread, iova)));
     }
-    // Unmap the own blocks whole: their leaf tables are unlinked and freed.
+    // Unmap the own blocks whole: their leaf tables are unlinked and freed
+    // (and may be handed to another thread at once). The cursor, which knew
+    // the last one, must not walk into it: map a page there again, see it,
+    // and free that table too.
     for block in blocks {
+        // The block's first page alone: the cursor now names its leaf table.
         // SAFETY: as above.
-        let unmapped = unsafe { pt.unmap_shared(block, M2) }.unwrap();
+        let first = unsafe { pt.unmap_with(&mut cursor, block, K4) }.unwrap();
+        assert_eq!((first.bytes, first.freed.len()), (K4, 0));
+        // SAFETY: as above.
+        let unmapped = unsafe { pt.unmap_with(&mut cursor, block, M2) }.unwrap();
         assert_eq!(unmapped.freed.len(), 1, "the block's leaf table");
+        pt.release(unmapped.freed);
+        let again = block + 5 * K4;
+        // SAFETY: as above.
+        unsafe { pt.map_with(&mut cursor, again, phys_of(thread, again), K4, Prot::RW) }.unwrap();
+        assert_eq!(pt.iova_to_phys(again), Some(phys_of(thread, again)));
+        // SAFETY: as above.
+        let unmapped = unsafe { pt.unmap_with(&mut cursor, block, M2) }.unwrap();
+        assert_eq!(unmapped.freed.len(), 1, "the new leaf table");
         pt.release(unmapped.freed);
     }
     // Keep one page of the shared block, unmap the rest one by one.

@@ -200,11 +200,6 @@ struct Limits {
     runs: [u32; MAX_LEVELS],
     /// Whether runs of entries may be cleared two to a store.
     pair_stores: bool,
-    /// The fast walk's shape: log2 of a root entry's span, the index bits
-    /// and mask of every table below the root.
-    top_shift: u32,
-    bits_per_level: u32,
-    level_mask: u64,
     /// For cursors: the lowest level whose tables span each IOVA bit.
     table_level_of_bit: [u8; 64],
 }
@@ -231,9 +226,6 @@ impl Limits {
             index_mask,
             runs,
             pair_stores: pair_stores_are_atomic(),
-            top_shift: geo.shift(geo.levels - 1),
-            bits_per_level: geo.bits_per_level,
-            level_mask: low(geo.bits_per_level),
             table_level_of_bit: table_level_of_bit(geo),
         }
     }
@@ -579,47 +571,45 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
         }
-        if let Some(cursor) = cursor {
-            return Some(self.leaf_table_from(cursor, iova));
-        }
-        // The root's index needs no mask (`iova` is in range); every level
-        // below has the same width. Shifts only, no per-level lookups: this
-        // is the walk of every single-page call.
-        let limits = &self.limits;
-        let mut shift = limits.top_shift;
-        let mut index = (iova >> shift) as usize;
-        let mut table = self.root;
-        for level in (1..self.geo.levels).rev() {
-            let pte = Self::read(self.entries(table), index);
-            if pte == 0 || !self.format.is_table(level, pte) {
-                return Some(Err(()));
+        let top = self.geo.levels - 1;
+        Some(match cursor {
+            Some(cursor) => {
+                let generation = self.unlinks.load(Ordering::Acquire);
+                let bits = &self.limits.table_level_of_bit;
+                let (level, table) = cursor.start(self.root, generation, top, bits, iova);
+                self.descend_to_leaf_table(level, table, iova, Some(cursor))
             }
-            table = self.format.table_addr(pte);
-            shift -= limits.bits_per_level;
-            index = ((iova >> shift) & limits.level_mask) as usize;
-        }
-        Some(Ok(table))
+            None => self.descend_to_leaf_table(top, self.root, iova, None),
+        })
     }
 
-    /// [`Self::leaf_table_of`]'s walk from where `cursor` says the last one
-    /// went, recording this one.
+    /// [`Self::leaf_table_of`]'s walk from the level-`level` `table` down to
+    /// the level-0 table of `iova`, recording it in `cursor` if there is one.
     #[inline(always)]
-    fn leaf_table_from(&self, cursor: &mut WalkCursor, iova: u64) -> Result<u64, ()> {
-        let top = self.geo.levels - 1;
-        let generation = self.unlinks.load(Ordering::Acquire);
-        let bits = &self.limits.table_level_of_bit;
-        let (mut level, mut table) = cursor.start(self.root, generation, top, bits, iova);
+    fn descend_to_leaf_table(
+        &self,
+        mut level: u32,
+        mut table: u64,
+        iova: u64,
+        mut cursor: Option<&mut WalkCursor>,
+    ) -> Result<u64, ()> {
         while level > 0 {
             let pte = Self::read(self.entries(table), self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
-                cursor.record(iova, level);
+                if let Some(cursor) = cursor {
+                    cursor.record(iova, level);
+                }
                 return Err(());
             }
             table = self.format.table_addr(pte);
             level -= 1;
-            cursor.set(level, table);
+            if let Some(cursor) = cursor.as_deref_mut() {
+                cursor.set(level, table);
+            }
         }
-        cursor.record(iova, 0);
+        if let Some(cursor) = cursor {
+            cursor.record(iova, 0);
+        }
         Ok(table)
     }
 

@@ -36,8 +36,13 @@ impl<R: Registers> Hardware<'_, R> {
         }
         let regs = &self.regs;
         let clock = self.env.clock;
+        // FSTS.IQE: the hardware stopped at a rejected descriptor.
+        let stopped = || {
+            FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
+                .contains(FaultStatus::QUEUE_ERROR)
+        };
         // Room for the whole batch: observe the head until the hardware has
-        // consumed enough (a stopped queue says so through FSTS.IQE).
+        // consumed enough.
         let claim = wait_until(clock, HARDWARE_TIMEOUT, || {
             if let Ok(claim) = ring.shared().try_claim(count) {
                 return Some(Ok(claim));
@@ -46,10 +51,7 @@ impl<R: Registers> Hardware<'_, R> {
             if ring.shared().observe_consumed(|| head as u64).is_err() {
                 return Some(Err(Error::QueueError));
             }
-            let faults = FaultStatus::from_bits_retain(regs.read32(regs::FSTS));
-            faults
-                .contains(FaultStatus::QUEUE_ERROR)
-                .then_some(Err(Error::QueueError))
+            stopped().then_some(Err(Error::QueueError))
         });
         let claim = match claim {
             Ok(Ok(claim)) => claim,
@@ -57,19 +59,13 @@ impl<R: Registers> Hardware<'_, R> {
             Err(_) => return Err(Error::Timeout("invalidation queue full")),
         };
         let last = claim.last();
-        let wait = Descriptor::wait(
-            status.phys() + ring.status_offset(last) as u64,
-            Ring::status_token(last),
-        );
-        let words = if ring.is_wide() { 4 } else { 2 };
+        let (status_offset, token) = (ring.status_offset(last), Ring::status_token(last));
+        let wait = Descriptor::wait(status.phys() + status_offset as u64, token);
         for (position, descriptor) in claim
             .positions()
             .zip(descriptors.iter().chain(core::iter::once(&wait)))
         {
-            let offset = ring.slot(position) * ring.slot_bytes();
-            for (index, word) in descriptor.0[..words].iter().enumerate() {
-                ring_page.write(offset + index * 8, *word);
-            }
+            write_descriptor(ring_page, ring, ring.slot(position), descriptor);
         }
         // Only the slots just written, in up to two runs where they wrap.
         let (slot_bytes, slots) = (ring.slot_bytes(), ring.slots());
@@ -91,16 +87,11 @@ impl<R: Registers> Hardware<'_, R> {
             },
             || clock.relax(),
         );
-        let token = Ring::status_token(last);
-        let status_offset = ring.status_offset(last);
         let result = wait_until(clock, HARDWARE_TIMEOUT, || {
             if status.read::<u32>(status_offset) == token {
                 return Some(Ok(()));
             }
-            let faults = FaultStatus::from_bits_retain(regs.read32(regs::FSTS));
-            faults
-                .contains(FaultStatus::QUEUE_ERROR)
-                .then_some(Err(Error::QueueError))
+            stopped().then_some(Err(Error::QueueError))
         });
         self.counters.invalidations += descriptors.len() as u64;
         self.counters.waits += 1;
@@ -135,10 +126,7 @@ impl<R: Registers> Hardware<'_, R> {
         };
         let offset = slot * ring.slot_bytes();
         let harmless = Descriptor::wait(status.phys() + UNPOLLED_STATUS_OFFSET as u64, 0);
-        let words = if ring.is_wide() { 4 } else { 2 };
-        for (index, word) in harmless.0[..words].iter().enumerate() {
-            ring_page.write(offset + index * 8, *word);
-        }
+        write_descriptor(*ring_page, ring, slot, &harmless);
         let (ring_page, slot_bytes) = (*ring_page, ring.slot_bytes());
         self.clean_range(ring_page, offset, slot_bytes);
         dma_wmb();
@@ -329,5 +317,15 @@ impl<R: Registers> Hardware<'_, R> {
                 self.register_iotlb_invalidation(Granularity::Domain, did, 0, 0, false)
             }
         }
+    }
+}
+
+/// Writes `descriptor` into `slot` of the queue page: its 128 bits, or all
+/// 256 when the queue holds wide descriptors (IQA.DW).
+fn write_descriptor(ring_page: Page, ring: &Ring, slot: usize, descriptor: &Descriptor) {
+    let words = if ring.is_wide() { 4 } else { 2 };
+    let offset = slot * ring.slot_bytes();
+    for (index, word) in descriptor.0[..words].iter().enumerate() {
+        ring_page.write(offset + index * 8, *word);
     }
 }

@@ -65,10 +65,6 @@ impl Hardware {
     fn run_batch(&mut self, commands: &[Command]) -> Result<(), UnitError> {
         let total = commands.len() as u64 + 1;
         let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
-        let timeout = |this: &Self| UnitError::CommandTimeout {
-            stopped: !this.status().contains(Status::CMD_BUF_RUN),
-            illegal_at: None,
-        };
         // Room for the whole batch: observe the head until the IOMMU has
         // consumed enough.
         let claim = wait_until(self.clock, COMMAND_TIMEOUT, || {
@@ -82,21 +78,24 @@ impl Hardware {
             None
         });
         let Ok(claim) = claim else {
-            return Err(timeout(self));
+            return Err(UnitError::CommandTimeout {
+                stopped: !self.status().contains(Status::CMD_BUF_RUN),
+                illegal_at: None,
+            });
         };
         let last = claim.last();
         let (store, token) = self.completion_store(last);
         let wait = Command::completion_wait(store, token);
+        // The batch's commands by address, to tell its events from older ones.
         let buffer = self.command_buffer;
-        let slot_address =
-            |position: u64| buffer.phys() + ring.pointer(self.command_queue.slot(position) as u32);
-        let batch: Vec<u64> = claim.positions().map(slot_address).collect();
+        let mut batch = Vec::with_capacity(total as usize);
         for (position, command) in claim
             .positions()
             .zip(commands.iter().chain(core::iter::once(&wait)))
         {
-            let offset = ring.pointer(self.command_queue.slot(position) as u32) as usize;
-            buffer.write(offset, command.0);
+            let offset = ring.pointer(self.command_queue.slot(position) as u32);
+            buffer.write(offset as usize, command.0);
+            batch.push(buffer.phys() + offset);
         }
         let mut tail_writes = 0;
         let queue = &self.command_queue;

@@ -131,7 +131,7 @@ pub fn start_secondary_cpus(
 ) -> Result<usize, alloc::string::String> {
     let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;
     smp::start_secondary_cpus(tree)
-        .map(|_| smp::online_cpus())
+        .map(|()| smp::online_cpus())
         .map_err(|why| alloc::format!("{why}"))
 }
 

@@ -96,9 +96,9 @@ fn psci_call(method: PsciMethod, function: u64, a: u64, b: u64, c: u64) -> i64 {
 }
 
 /// Starts every CPU of `tree` other than this one whose enable method is
-/// PSCI, one at a time, waiting (bounded) for each to come online. Returns
-/// how many started; stops at the first that does not.
-pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<usize, StartError> {
+/// PSCI, one at a time, waiting (bounded) for each to come online
+/// ([`online_cpus`] counts them); stops at the first that does not.
+pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError> {
     let own = super::boot_cpu_id();
     let others: Vec<u64> = tree
         .cpus
@@ -107,10 +107,9 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<usize, StartErr
         .map(|cpu| cpu.mpidr)
         .collect();
     if others.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
     let method = tree.psci.ok_or(StartError::NoPsci)?;
-    let mut started = 0;
     for mpidr in others {
         let index = online_cpus();
         // The stack and the start block stay for the CPU's lifetime: leaked.
@@ -145,9 +144,8 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<usize, StartErr
             return Err(StartError::Silent { mpidr });
         }
         ONLINE.fetch_add(1, Ordering::AcqRel);
-        started += 1;
     }
-    Ok(started)
+    Ok(())
 }
 
 /// The index the kernel gave the running CPU (0 on the boot CPU).

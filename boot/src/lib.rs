@@ -6,7 +6,9 @@
 //! `extern "C"` entry function with the firmware hand-off pointer:
 //!
 //! * x86_64: `kernel_entry(start_info: u64)`, the physical address of the PVH
-//!   `hvm_start_info` (see [`pvh`]).
+//!   `hvm_start_info` (see [`pvh`]). A secondary CPU started by INIT-SIPI-SIPI
+//!   runs the trampoline the kernel copied below 1 MiB and calls
+//!   `secondary_entry(start: &ApStart)` in long mode.
 //! * aarch64: `kernel_entry(dtb: u64)`, the device-tree blob's physical
 //!   address, or 0 when the loader did not pass one in `x0` (QEMU's ELF boot).
 //!   A secondary CPU started by PSCI CPU_ON enters at `_ap_start`
@@ -16,7 +18,7 @@
 #[cfg(target_arch = "aarch64")]
 pub mod aarch64;
 #[cfg(target_arch = "x86_64")]
-mod x86_64;
+pub mod x86_64;
 
 pub mod pvh;
 

@@ -10,6 +10,8 @@
 //! the descriptor using the segment's `p_align`.
 
 use core::arch::global_asm;
+use core::mem::offset_of;
+use core::sync::atomic::AtomicU64;
 
 use crate::BOOT_STACK_SIZE;
 use crate::pvh::ELFNOTE_PHYS32_ENTRY;
@@ -36,6 +38,66 @@ const EFER_LME: u32 = 1 << 8;
 const EFER_NXE: u32 = 1 << 11;
 const BOOT_CODE_SELECTOR: u32 = 0x08;
 const BOOT_DATA_SELECTOR: u32 = 0x10;
+
+/// Where the kernel copies the secondary CPUs' start code: a page below
+/// 1 MiB (a Startup IPI names the page a CPU starts at in real mode, Intel
+/// SDM Vol. 3A §8.4.4.1) that the kernel never hands out (it keeps the
+/// whole first MiB) and that holds no firmware data it still reads.
+pub const AP_TRAMPOLINE_BASE: u64 = 0x8000;
+/// The trampoline's own GDT: 32-bit code, flat data, 64-bit code. The data
+/// selector matches the kernel's, which the CPU keeps until it loads its
+/// own GDT in Rust.
+const AP_CODE32_SELECTOR: u32 = 0x08;
+const AP_DATA_SELECTOR: u32 = 0x10;
+const AP_CODE64_SELECTOR: u32 = 0x18;
+/// `jmp ptr16:32` (SDM Vol. 2A, JMP, opcode EA) written as bytes: the far
+/// jumps between the trampoline's modes, with an operand-size prefix in
+/// 16-bit code.
+const FAR_JUMP_OPCODE: u32 = 0xEA;
+const OPERAND_SIZE_PREFIX: u32 = 0x66;
+/// Fixed offsets in the trampoline (placed with `.org`, so the assembler
+/// refuses code that grows into them): its GDT, the GDT pointer, and the
+/// [`ApStart`] block. Constants, because a memory operand may not name the
+/// distance between two labels.
+const AP_GDT_OFFSET: usize = 0x100;
+const AP_GDT_POINTER_OFFSET: usize = 0x120;
+const AP_START_OFFSET: usize = 0x130;
+
+/// What a secondary CPU needs to join the boot CPU, in the trampoline page
+/// at `ap_trampoline_params`: the boot CPU's page-table root (below 4 GiB:
+/// loaded in 32-bit mode), a stack, and the kernel's index for the CPU.
+/// The CPU passes its address to `secondary_entry(start: &ApStart)`, which
+/// sets `online` once it runs Rust; the boot CPU starts one CPU at a time
+/// and rewrites the block only after that.
+#[repr(C)]
+#[derive(Debug)]
+pub struct ApStart {
+    pub cr3: u64,
+    /// The top of this CPU's stack (16-byte aligned).
+    pub stack_top: u64,
+    /// The kernel's index of this CPU.
+    pub cpu_index: u64,
+    /// Set (to 1) by the CPU in Rust, with release ordering.
+    pub online: AtomicU64,
+}
+const _: () = assert!(core::mem::size_of::<ApStart>() == 32);
+
+unsafe extern "C" {
+    static ap_trampoline_start: u8;
+    static ap_trampoline_end: u8;
+}
+
+/// The secondary CPUs' start code as linked into the image, to be copied
+/// to [`AP_TRAMPOLINE_BASE`], and the offset of its [`ApStart`] in it.
+pub fn ap_trampoline() -> (&'static [u8], usize) {
+    let start = &raw const ap_trampoline_start;
+    // SAFETY: the two symbols delimit the trampoline's bytes in `.rodata`,
+    // which is never written.
+    unsafe {
+        let len = (&raw const ap_trampoline_end).offset_from(start) as usize;
+        (core::slice::from_raw_parts(start, len), AP_START_OFFSET)
+    }
+}
 
 global_asm!(
     r#"
@@ -122,6 +184,78 @@ pvh_start64:
     hlt
     jmp 5b
 
+    // The secondary CPUs' trampoline: copied to {ap_base}, started there in
+    // real mode by a Startup IPI with CS = {ap_base} >> 4 and IP = 0. It
+    // goes through protected mode into long mode with the boot CPU's
+    // tables (the same steps as pvh_start32) and calls secondary_entry.
+    // Code here is position dependent: addresses are {ap_base} plus the
+    // label's offset from the start (the section's start: `.org` counts
+    // from there).
+    .section .rodata.ap_trampoline, "a"
+    .balign 16
+    .global ap_trampoline_start
+ap_trampoline_start:
+    .code16
+    cli
+    cld
+    mov ax, cs
+    mov ds, ax
+    lgdt [{gdt_pointer_at}]
+    mov eax, cr0
+    or eax, {cr0_pe}
+    mov cr0, eax
+    .byte {operand_size}, {far_jump}
+    .long {ap_base} + (ap_protected - ap_trampoline_start)
+    .word {ap_code32}
+
+    .code32
+ap_protected:
+    mov ax, {ap_data}
+    mov ds, ax
+    mov es, ax
+    mov ss, ax
+    mov eax, cr4
+    or eax, {cr4_pae}
+    mov cr4, eax
+    mov eax, dword ptr [{ap_base} + {start_at} + {cr3_at}]
+    mov cr3, eax
+    mov ecx, {msr_efer}
+    rdmsr
+    or eax, {efer_lme} | {efer_nxe}
+    wrmsr
+    mov eax, cr0
+    or eax, {cr0_pg} | {cr0_wp} | {cr0_pe}
+    mov cr0, eax
+    .byte {far_jump}
+    .long {ap_base} + (ap_long - ap_trampoline_start)
+    .word {ap_code64}
+
+    .code64
+ap_long:
+    mov edi, {ap_base} + {start_at}
+    mov rsp, qword ptr [rdi + {stack_at}]
+    xor ebp, ebp
+    movabs rax, offset secondary_entry
+    call rax
+6:
+    hlt
+    jmp 6b
+
+    .org {gdt_at}
+ap_gdt:
+    .quad 0
+    .quad 0x00CF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+    .quad 0x00AF9A000000FFFF
+ap_gdt_end:
+    .org {gdt_pointer_at}
+    .word ap_gdt_end - ap_gdt - 1
+    .long {ap_base} + {gdt_at}
+    .org {start_at}
+    .space {ap_start_size}
+    .global ap_trampoline_end
+ap_trampoline_end:
+
     .section .rodata.boot, "a"
     .balign 16
 boot_gdt:
@@ -165,4 +299,16 @@ boot_stack_top:
     code_sel = const BOOT_CODE_SELECTOR,
     data_sel = const BOOT_DATA_SELECTOR,
     stack_size = const BOOT_STACK_SIZE,
+    ap_base = const AP_TRAMPOLINE_BASE,
+    ap_code32 = const AP_CODE32_SELECTOR,
+    ap_data = const AP_DATA_SELECTOR,
+    ap_code64 = const AP_CODE64_SELECTOR,
+    far_jump = const FAR_JUMP_OPCODE,
+    operand_size = const OPERAND_SIZE_PREFIX,
+    cr3_at = const offset_of!(ApStart, cr3),
+    stack_at = const offset_of!(ApStart, stack_top),
+    ap_start_size = const core::mem::size_of::<ApStart>(),
+    gdt_at = const AP_GDT_OFFSET,
+    gdt_pointer_at = const AP_GDT_POINTER_OFFSET,
+    start_at = const AP_START_OFFSET,
 );

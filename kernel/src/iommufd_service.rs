@@ -35,8 +35,9 @@ pub struct TaskAccess {
     task: Option<NonNull<Task>>,
 }
 
-// SAFETY: the pointer is set only while the single CPU runs one call for that
-// task (with the core's lock held) and cleared before the lock is released.
+// SAFETY: the pointer is set only while a CPU runs one call for that task
+// with the core's lock held (so no other CPU's call sees it) and cleared
+// before the lock is released.
 unsafe impl Send for TaskAccess {}
 
 impl TaskAccess {
@@ -233,8 +234,9 @@ impl State {
     }
 }
 
-// SAFETY: one CPU; the state is only reached under CORE's lock, from thread
-// context (syscalls and task teardown), never from interrupt handlers.
+// SAFETY: the state is only reached under CORE's lock, one CPU at a time,
+// from thread context (syscalls and task teardown), never from interrupt
+// handlers.
 unsafe impl Send for State {}
 
 static CORE: spin::Mutex<Option<State>> = spin::Mutex::new(None);

@@ -47,12 +47,13 @@ fn kernel_main(boot: BootInfo) -> ! {
         Ok(platform) => platform,
         Err(err) => panic!("platform discovery failed: {err}"),
     };
+    irq::init(platform);
+    // After the interrupt controller: each CPU brings up its own part of it.
     match arch::start_secondary_cpus(platform) {
         Ok(online) if online > 1 => println!("{online} CPUs online"),
         Ok(_) => {}
         Err(why) => println!("secondary CPUs not started: {why}"),
     }
-    irq::init(platform);
     devices::init(platform);
     iommufd_service::allow_unsafe_interrupts(cmdline.allow_unsafe_interrupts);
     let defaults = iommufd::Limits::DEFAULT;

@@ -156,8 +156,8 @@ fn discover_acpi(rsdp: u64) -> Result<Platform, DiscoveryError> {
 
 /// The CPUs the firmware lists, by the id the architecture starts them by:
 /// x86 the MADT's enabled local APIC IDs, aarch64 the device tree's MPIDR
-/// affinity values (`/cpus`). The kernel runs on one of them; the others
-/// are not started (issue 20).
+/// affinity values (`/cpus`). The kernel runs on one of them and starts the
+/// others at boot (`arch::start_secondary_cpus`).
 pub fn cpu_ids(platform: &Platform) -> alloc::vec::Vec<u64> {
     match &platform.firmware {
         #[cfg(target_arch = "x86_64")]
@@ -167,6 +167,7 @@ pub fn cpu_ids(platform: &Platform) -> alloc::vec::Vec<u64> {
             .map_or_else(alloc::vec::Vec::new, |madt| {
                 madt.local_apics
                     .iter()
+                    .filter(|apic| apic.enabled())
                     .map(|apic| u64::from(apic.apic_id))
                     .collect()
             }),

@@ -1,16 +1,20 @@
-//! The scheduler: runs spawned tasks on the one CPU, round-robin and
-//! run-to-trap, until each has exited or been killed; then gives back what
-//! it held, devices and iommufd objects first.
+//! The scheduler: runs spawned tasks round-robin and run-to-trap, on the
+//! calling CPU and on as many others as [`Limits::cpus`] allows, until each
+//! has exited or been killed; then gives back what it held, devices and
+//! iommufd objects first.
 //!
-//! [`run_tasks`] keeps a FIFO of runnable tasks; the task at its head runs
+//! [`run_tasks`] keeps a FIFO of runnable tasks shared by the CPUs of the
+//! run: the secondary CPUs sleep in [`serve_secondary_cpu`] until a run is
+//! offered (a reschedule IPI wakes them), take a seat if one is left, and
+//! leave when no task is. Each CPU takes the task at the head, which runs
 //! until it makes a system call, faults or uses up its time slice
 //! ([`TIME_SLICE_MS`]; the slice covers the kernel's time for its calls; a
 //! one-shot timer: the local APIC timer on x86_64, the EL1 virtual timer on
 //! aarch64). Most calls return to the same task at once; `yield` and the end
 //! of a slice move it to the back of the queue; `exit` and a fault end it;
 //! `irq_wait` takes it off the queue until its device's interrupt arrives or
-//! the wait times out (when every task waits, the CPU sleeps until an
-//! interrupt). A task that runs longer than its CPU budget ([`Limits`]) or
+//! the wait times out (a CPU with nothing to run sleeps until an interrupt
+//! or its next tick). A task that runs longer than its CPU budget ([`Limits`]) or
 //! makes more than [`SYSCALL_BUDGET`] calls is killed, so a runaway program
 //! cannot hang the kernel or a test. Without a timer scheduling falls back to
 //! cooperative. It sits above the system calls and the iommufd service it
@@ -20,6 +24,7 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::user as arch;
 use crate::task::{
@@ -40,12 +45,16 @@ pub struct Limits {
     pub cpu_ms: u64,
     /// How long a task runs before the next one gets its turn.
     pub slice_ms: u64,
+    /// How many CPUs may run the tasks at once (at most the CPUs online):
+    /// the calling CPU and up to `cpus - 1` others.
+    pub cpus: usize,
 }
 
 impl Limits {
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,
+        cpus: 1,
     };
 }
 
@@ -71,14 +80,81 @@ pub fn run_limited(names: &[&str], output: Output, limits: Limits) -> Result<Run
     Ok(run_tasks(tasks, output, kernel_root, limits))
 }
 
-/// Runs already-spawned tasks to completion.
+/// One run's tasks, shared by the CPUs that work on it. A task is in
+/// exactly one place: its slot in `tasks` (queued or waiting) or on the CPU
+/// running it, which took it out of the slot.
+struct RunState {
+    tasks: Vec<Option<Task>>,
+    /// Runnable tasks, by index, in the order they get their turn.
+    queue: VecDeque<usize>,
+    /// Tasks in `irq_wait`, with what they wait for.
+    waiting: Vec<(usize, crate::syscall::InterruptWait)>,
+    /// Tasks that have not ended.
+    live: usize,
+    /// Tasks running on some CPU now, and the most there ever were at once.
+    running: usize,
+    most_running: usize,
+    /// The CPUs (by index, one bit each) that ran a turn of this run.
+    cpus_used: u64,
+}
+
+struct SharedRun {
+    limits: Limits,
+    kernel_root: u64,
+    mode: Output,
+    state: spin::Mutex<RunState>,
+    result: spin::Mutex<Run>,
+    /// Places left for CPUs other than the one that started the run.
+    seats: AtomicUsize,
+    /// Set once the CPUs are seated (or the wait for them ended): no CPU
+    /// takes a task before, so a short run still spreads over all of them
+    /// rather than finishing on the first CPU awake.
+    started: AtomicBool,
+}
+
+/// How long a run waits for the CPUs it offered seats to.
+const SEATING_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1);
+
+/// The run secondary CPUs may join (null: none), and how many are inside
+/// it. The CPU that started the run clears `ACTIVE`, then waits for
+/// `JOINED` to reach 0 before the run (on its stack) goes away; a joining
+/// CPU counts itself in before it looks at `ACTIVE` (both sequentially
+/// consistent, so one of the two sees the other).
+static ACTIVE: AtomicPtr<SharedRun> = AtomicPtr::new(core::ptr::null_mut());
+static JOINED: AtomicUsize = AtomicUsize::new(0);
+/// Bumped each time a run is offered: a CPU that saw a run (joined or
+/// turned away) sleeps until the next one.
+static OFFERS: AtomicU64 = AtomicU64::new(0);
+
+/// How a run went on several CPUs, for tests and the demo.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Parallelism {
+    /// The CPUs (one bit per index) that ran a turn.
+    pub cpus_used: u64,
+    /// The most tasks running at one moment.
+    pub most_running: usize,
+}
+
+/// What the last multi-CPU run recorded.
+static LAST_PARALLELISM: spin::Mutex<Parallelism> = spin::Mutex::new(Parallelism {
+    cpus_used: 0,
+    most_running: 0,
+});
+
+/// How the last run with [`Limits::cpus`] above 1 used the CPUs.
+pub fn last_parallelism() -> Parallelism {
+    *LAST_PARALLELISM.lock()
+}
+
+/// Runs already-spawned tasks to completion, on this CPU and on up to
+/// `limits.cpus - 1` others.
 pub fn run_tasks(
     mut tasks: Vec<Option<Task>>,
     output: Output,
     kernel_root: u64,
     limits: Limits,
 ) -> Run {
-    let mut result = Run {
+    let result = Run {
         reports: tasks
             .iter()
             .flatten()
@@ -93,136 +169,255 @@ pub fn run_tasks(
     for task in tasks.iter_mut().flatten() {
         task.cpu_budget_ns = limits.cpu_ms.saturating_mul(1_000_000);
     }
-    let mut queue: VecDeque<usize> = (0..tasks.len()).collect();
-    let mut waiting: Vec<(usize, crate::syscall::InterruptWait)> = Vec::new();
-    let mut sink = Sink {
+    let helpers = limits
+        .cpus
+        .min(crate::arch::online_cpus())
+        .saturating_sub(1);
+    let live = tasks.iter().flatten().count();
+    let run = SharedRun {
+        limits,
+        kernel_root,
         mode: output,
-        run: &mut result,
+        state: spin::Mutex::new(RunState {
+            queue: (0..tasks.len()).filter(|&i| tasks[i].is_some()).collect(),
+            tasks,
+            waiting: Vec::new(),
+            live,
+            running: 0,
+            most_running: 0,
+            cpus_used: 0,
+        }),
+        result: spin::Mutex::new(result),
+        seats: AtomicUsize::new(helpers),
+        started: AtomicBool::new(helpers == 0),
     };
+    if helpers > 0 {
+        ACTIVE.store(core::ptr::from_ref(&run).cast_mut(), Ordering::SeqCst);
+        OFFERS.fetch_add(1, Ordering::SeqCst);
+        for cpu in 1..crate::arch::online_cpus() {
+            crate::arch::wake_cpu(cpu);
+        }
+        let _ = os_services::wait_until(&crate::time::CLOCK, SEATING_TIMEOUT, || {
+            (run.seats.load(Ordering::SeqCst) == 0).then_some(())
+        });
+        run.started.store(true, Ordering::SeqCst);
+    }
+    work(&run);
+    if helpers > 0 {
+        ACTIVE.store(core::ptr::null_mut(), Ordering::SeqCst);
+        while JOINED.load(Ordering::SeqCst) != 0 {
+            core::hint::spin_loop();
+        }
+        let state = run.state.lock();
+        *LAST_PARALLELISM.lock() = Parallelism {
+            cpus_used: state.cpus_used,
+            most_running: state.most_running,
+        };
+    }
+    run.result.into_inner()
+}
+
+/// A secondary CPU's life once it is up: sleeps until a run is offered,
+/// joins it if there is a seat, works on it until its tasks are done.
+pub fn serve_secondary_cpu() -> ! {
+    let mut seen = 0;
+    loop {
+        crate::arch::sleep_unless(|| OFFERS.load(Ordering::SeqCst) != seen);
+        seen = OFFERS.load(Ordering::SeqCst);
+        JOINED.fetch_add(1, Ordering::SeqCst);
+        let run = ACTIVE.load(Ordering::SeqCst);
+        if !run.is_null() {
+            // SAFETY: the run stays alive while JOINED counts this CPU: its
+            // owner clears ACTIVE and then waits for JOINED to drop to 0
+            // before it returns.
+            let run = unsafe { &*run };
+            let seated = run
+                .seats
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if seated {
+                work(run);
+            }
+        }
+        JOINED.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How one turn of a task ended.
+enum TurnEnd {
+    /// It can run again: back to the queue.
+    Ready,
+    /// It waits for its device's interrupt.
+    Waits(crate::syscall::InterruptWait),
+    /// It exited or was killed.
+    Ended(Exit),
+}
+
+/// One CPU's part of a run: takes the next runnable task, runs its turn,
+/// puts it back, until no task is left.
+fn work(run: &SharedRun) {
+    let mut sink = Sink {
+        mode: run.mode,
+        run: &run.result,
+    };
+    let cpu_bit = 1u64 << crate::arch::current_cpu_index();
+    while !run.started.load(Ordering::SeqCst) {
+        core::hint::spin_loop();
+    }
     loop {
         crate::iommufd_service::dispatch_pending_faults();
-        waiting.retain(|&(index, wait)| {
-            let Some(task) = tasks[index].as_mut() else {
-                return false;
-            };
-            let Some(result) = wait.poll(task.owner) else {
-                return true;
-            };
-            task.context.set_syscall_result(result);
-            queue.push_back(index);
-            false
-        });
-        let Some(index) = queue.pop_front() else {
-            if waiting.is_empty() {
-                break;
+        let next = {
+            let mut state = run.state.lock();
+            if state.live == 0 {
+                return;
             }
-            // Everybody waits for a device: sleep until an interrupt.
+            let RunState {
+                tasks,
+                queue,
+                waiting,
+                ..
+            } = &mut *state;
+            waiting.retain(|&(index, wait)| {
+                let Some(task) = tasks[index].as_mut() else {
+                    return false;
+                };
+                let Some(result) = wait.poll(task.owner) else {
+                    return true;
+                };
+                task.context.set_syscall_result(result);
+                queue.push_back(index);
+                false
+            });
+            let next = state
+                .queue
+                .pop_front()
+                .and_then(|index| Some((index, state.tasks[index].take()?)));
+            if next.is_some() {
+                state.running += 1;
+                state.most_running = state.most_running.max(state.running);
+                state.cpus_used |= cpu_bit;
+            }
+            next
+        };
+        let Some((index, mut task)) = next else {
+            // Nothing to run here: every task waits for a device or runs
+            // on another CPU. Sleep until an interrupt (a tick at most).
             arch::idle(IDLE_TICK_MS);
             continue;
         };
-        let Some(task) = tasks[index].as_mut() else {
-            continue;
-        };
-        // SAFETY: the task's root copies the kernel entries of the boot tables.
-        unsafe { arch::switch_root(task.space.root()) };
-        // The slice is the task's whole turn, the time the kernel spends on
-        // its system calls included: a call never grants a fresh slice, and
-        // that time counts against its CPU budget too.
-        let slice_ns = limits.slice_ms.saturating_mul(1_000_000);
-        let turn_started = crate::arch::now_ns();
-        let mut started = turn_started;
-        let ended = loop {
-            let now = crate::arch::now_ns();
-            task.cpu_ns += now.saturating_sub(started);
-            started = now;
-            if task.cpu_ns > limits.cpu_ms.saturating_mul(1_000_000) {
-                break Some(Exit::Killed(format!(
-                    "task {} killed: used more than {} ms of CPU time",
-                    task.name, limits.cpu_ms
-                )));
-            }
-            let spent = now.saturating_sub(turn_started);
-            if spent >= slice_ns {
-                queue.push_back(index);
-                break None;
-            }
-            arch::arm_preemption(slice_ns - spent);
-            arch::run(&mut task.context);
-            arch::disarm_preemption();
-            match task.context.trap() {
-                Trap::Preempted => {
-                    queue.push_back(index);
-                    break None;
-                }
-                Trap::Syscall { number, args } => {
-                    task.syscalls += 1;
-                    if task.syscalls > SYSCALL_BUDGET {
-                        break Some(Exit::Killed(format!(
-                            "task {} killed: more than {SYSCALL_BUDGET} system calls",
-                            task.name
-                        )));
-                    }
-                    match crate::syscall::dispatch(task, index, &mut sink, number, &args) {
-                        crate::syscall::Action::Return(value) => {
-                            task.context.set_syscall_result(value)
-                        }
-                        crate::syscall::Action::Yield => {
-                            task.context.set_syscall_result(0);
-                            queue.push_back(index);
-                            break None;
-                        }
-                        crate::syscall::Action::Exit(code) => break Some(Exit::Code(code)),
-                        crate::syscall::Action::WaitForInterrupt(wait) => {
-                            waiting.push((index, wait));
-                            break None;
-                        }
-                    }
-                }
-                Trap::Fault {
-                    what,
-                    address,
-                    code,
-                    pc,
-                } => {
-                    let address = address.map_or(String::new(), |a| format!(" at {a:#x}"));
-                    break Some(Exit::Killed(format!(
-                        "task {} killed: {what}{address} (pc {pc:#x}, code {code:#x})",
-                        task.name
-                    )));
+        let end = run_turn(&mut task, index, &mut sink, run);
+        match end {
+            TurnEnd::Ready | TurnEnd::Waits(_) => {
+                let mut state = run.state.lock();
+                state.tasks[index] = Some(task);
+                state.running -= 1;
+                match end {
+                    TurnEnd::Waits(wait) => state.waiting.push((index, wait)),
+                    _ => state.queue.push_back(index),
                 }
             }
-        };
-        task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
-        // SAFETY: the boot tables map the kernel.
-        unsafe { arch::switch_root(kernel_root) };
-        if let Some(exit) = ended {
-            if let Exit::Killed(line) = &exit {
-                sink.report(index, line.clone());
-            }
-            sink.run.reports[index].exit = exit;
-            // Its iommufd objects go first (devices blocked, pinned pages
-            // released after the IOTLB flush); dropping the task then returns
-            // its memory and tables.
-            if let Some(task) = tasks[index].as_mut() {
-                crate::iommufd_service::release(task);
-                let withheld = task.withhold_pinned();
-                if withheld > 0 {
-                    sink.report(
-                        index,
-                        format!(
-                            "kernel: {withheld} frames of {} kept for good: a device may still reach them",
-                            task.name
-                        ),
-                    );
-                }
-                let owner = task.owner;
-                tasks[index] = None;
-                // What the kernel still holds for it is the kernel's now.
-                crate::memory::heap_charges::reparent(owner);
+            TurnEnd::Ended(exit) => {
+                finish(task, index, exit, &mut sink);
+                let mut state = run.state.lock();
+                state.running -= 1;
+                state.live -= 1;
             }
         }
     }
-    result
+}
+
+/// Runs `task` for one turn on this CPU: until its slice is used, it
+/// yields, waits, exits or is killed.
+fn run_turn(task: &mut Task, index: usize, sink: &mut Sink, run: &SharedRun) -> TurnEnd {
+    let limits = run.limits;
+    // SAFETY: the task's root copies the kernel entries of the boot tables.
+    unsafe { arch::switch_root(task.space.root()) };
+    // The slice is the task's whole turn, the time the kernel spends on
+    // its system calls included: a call never grants a fresh slice, and
+    // that time counts against its CPU budget too.
+    let slice_ns = limits.slice_ms.saturating_mul(1_000_000);
+    let turn_started = crate::arch::now_ns();
+    let mut started = turn_started;
+    let end = loop {
+        let now = crate::arch::now_ns();
+        task.cpu_ns += now.saturating_sub(started);
+        started = now;
+        if task.cpu_ns > limits.cpu_ms.saturating_mul(1_000_000) {
+            break TurnEnd::Ended(Exit::Killed(format!(
+                "task {} killed: used more than {} ms of CPU time",
+                task.name, limits.cpu_ms
+            )));
+        }
+        let spent = now.saturating_sub(turn_started);
+        if spent >= slice_ns {
+            break TurnEnd::Ready;
+        }
+        arch::arm_preemption(slice_ns - spent);
+        arch::run(&mut task.context);
+        arch::disarm_preemption();
+        match task.context.trap() {
+            Trap::Preempted => break TurnEnd::Ready,
+            Trap::Syscall { number, args } => {
+                task.syscalls += 1;
+                if task.syscalls > SYSCALL_BUDGET {
+                    break TurnEnd::Ended(Exit::Killed(format!(
+                        "task {} killed: more than {SYSCALL_BUDGET} system calls",
+                        task.name
+                    )));
+                }
+                match crate::syscall::dispatch(task, index, sink, number, &args) {
+                    crate::syscall::Action::Return(value) => task.context.set_syscall_result(value),
+                    crate::syscall::Action::Yield => {
+                        task.context.set_syscall_result(0);
+                        break TurnEnd::Ready;
+                    }
+                    crate::syscall::Action::Exit(code) => break TurnEnd::Ended(Exit::Code(code)),
+                    crate::syscall::Action::WaitForInterrupt(wait) => break TurnEnd::Waits(wait),
+                }
+            }
+            Trap::Fault {
+                what,
+                address,
+                code,
+                pc,
+            } => {
+                let address = address.map_or(String::new(), |a| format!(" at {a:#x}"));
+                break TurnEnd::Ended(Exit::Killed(format!(
+                    "task {} killed: {what}{address} (pc {pc:#x}, code {code:#x})",
+                    task.name
+                )));
+            }
+        }
+    };
+    task.cpu_ns += crate::arch::now_ns().saturating_sub(started);
+    // SAFETY: the boot tables map the kernel.
+    unsafe { arch::switch_root(run.kernel_root) };
+    end
+}
+
+/// Records how task `index` ended and gives back what it held: its iommufd
+/// objects first (devices blocked, pinned pages released after the IOTLB
+/// flush); dropping the task then returns its memory and tables.
+fn finish(mut task: Task, index: usize, exit: Exit, sink: &mut Sink) {
+    if let Exit::Killed(line) = &exit {
+        sink.report(index, line.clone());
+    }
+    sink.run.lock().reports[index].exit = exit;
+    crate::iommufd_service::release(&mut task);
+    let withheld = task.withhold_pinned();
+    if withheld > 0 {
+        sink.report(
+            index,
+            format!(
+                "kernel: {withheld} frames of {} kept for good: a device may still reach them",
+                task.name
+            ),
+        );
+    }
+    let owner = task.owner;
+    drop(task);
+    // What the kernel still holds for it is the kernel's now.
+    crate::memory::heap_charges::reparent(owner);
 }
 
 /// The demo of `tasks=a,b` on the command line: runs the named programs

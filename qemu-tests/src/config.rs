@@ -71,6 +71,10 @@ impl Arch {
                 // every current x86 CPU has, which the kernel turns on.
                 "-cpu",
                 "qemu64,+smep,+smap",
+                // Four CPUs: the kernel starts the others with INIT-SIPI-SIPI
+                // (issue 20), and a test checks every listed one comes online.
+                "-smp",
+                "4",
                 "-m",
                 "256M",
                 "-nodefaults",
@@ -294,18 +298,18 @@ pub const CONFIGS: &[Config] = &[
 /// silently runs nothing fails. These numbers grow with the kernel: raise them
 /// whenever a configuration gains tests.
 pub const MIN_TESTS: &[(&str, u32)] = &[
-    ("none-x86", 37),
-    ("vtd", 94),
-    ("vtd-cm", 94),
-    ("vtd-sm", 92),
-    ("vtd-fs", 92),
-    ("vtd-bridge", 97),
-    ("smmuv3-bridge", 101),
-    ("amdvi", 90),
-    ("none-arm", 38),
-    ("smmuv3", 99),
-    ("smmuv3-s2", 99),
-    ("smmuv3-nested", 104),
+    ("none-x86", 40),
+    ("vtd", 97),
+    ("vtd-cm", 97),
+    ("vtd-sm", 95),
+    ("vtd-fs", 95),
+    ("vtd-bridge", 100),
+    ("smmuv3-bridge", 102),
+    ("amdvi", 93),
+    ("none-arm", 39),
+    ("smmuv3", 100),
+    ("smmuv3-s2", 100),
+    ("smmuv3-nested", 105),
 ];
 
 /// The configuration called `name`.

@@ -15,6 +15,10 @@ pub use aarch64::*;
 #[cfg(target_arch = "x86_64")]
 pub use x86_64::*;
 
+/// The most CPUs the kernel runs on (per-CPU state is kept in arrays of
+/// this length); further CPUs the firmware lists are left off.
+pub const MAX_CPUS: usize = 8;
+
 /// How the kernel leaves QEMU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitCode {

@@ -20,8 +20,8 @@ use crate::time::CLOCK;
 /// The unit, once brought up.
 pub struct Shared(pub SmmuUnit<'static>);
 
-// SAFETY: the kernel runs on one CPU and touches the unit only from thread
-// context under `UNIT`'s lock; the register block (the only !Send part) is
+// SAFETY: the kernel touches the unit only from thread context under
+// `UNIT`'s lock, one CPU at a time; the register block (the only !Send part) is
 // identity-mapped device memory valid from any context.
 unsafe impl Send for Shared {}
 

@@ -36,14 +36,20 @@ pub fn init(boot: &BootInfo) {
 }
 
 /// The owner (task owner id; 0: the kernel) that heap and DMA allocations
-/// are charged to now.
-static CURRENT_OWNER: AtomicU64 = AtomicU64::new(0);
+/// are charged to now, per CPU: each CPU works for its own task.
+static CURRENT_OWNER: [AtomicU64; crate::arch::MAX_CPUS] =
+    [const { AtomicU64::new(0) }; crate::arch::MAX_CPUS];
 
-/// Charges what the heap and [`dma`] allocate from now on to `owner`
-/// (`None`: the kernel's own, uncharged); returns the previous setting, to
-/// put back. The iommufd service sets it while it works for a task.
+fn this_cpus_owner() -> &'static AtomicU64 {
+    &CURRENT_OWNER[crate::arch::current_cpu_index() as usize]
+}
+
+/// Charges what the heap and [`dma`] allocate from now on, on this CPU, to
+/// `owner` (`None`: the kernel's own, uncharged); returns the previous
+/// setting, to put back. The iommufd service sets it while it works for a
+/// task.
 pub fn charge_to(owner: Option<u64>) -> Option<u64> {
-    let previous = CURRENT_OWNER.swap(owner.unwrap_or(0), Ordering::SeqCst);
+    let previous = this_cpus_owner().swap(owner.unwrap_or(0), Ordering::SeqCst);
     (previous != 0).then_some(previous)
 }
 
@@ -57,7 +63,7 @@ pub fn uncharged<R>(f: impl FnOnce() -> R) -> R {
 }
 
 fn current_owner() -> u64 {
-    CURRENT_OWNER.load(Ordering::Relaxed)
+    this_cpus_owner().load(Ordering::Relaxed)
 }
 
 /// Heap accounting per task: the bytes charged, the quota, and whether a

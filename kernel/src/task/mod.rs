@@ -350,10 +350,15 @@ impl Task {
         for page in 0..pages {
             self.space.unmap_device(start + page * PAGE_SIZE);
         }
-        // The task's tables may be the active ones (a system call): its
-        // cached translations of the registers go before the device can
-        // change hands.
-        arch::flush_tlb();
+        // Its cached translations of the registers go, on every CPU,
+        // before the device can change hands. The task's tables may be the
+        // active ones here (a system call); the CPUs that ran it before
+        // dropped them when they switched back to the kernel's tables, but
+        // a revoked window is where a stale translation would let one task
+        // drive another's device, so it does not rest on that.
+        if let Err(cpu) = crate::arch::flush_tlb_all_cpus() {
+            println!("kernel: CPU {cpu} did not answer a TLB shootdown");
+        }
     }
 
     /// Passes `value` to the program's entry as its first argument
@@ -588,10 +593,11 @@ impl Drop for Task {
     }
 }
 
-/// The scheduler's view of the output while tasks run.
+/// The scheduler's view of the output while tasks run: shared by the CPUs
+/// running the tasks, each write taken whole under its lock.
 pub struct Sink<'a> {
     pub(crate) mode: Output,
-    pub(crate) run: &'a mut Run,
+    pub(crate) run: &'a spin::Mutex<Run>,
 }
 
 impl Sink<'_> {
@@ -601,7 +607,8 @@ impl Sink<'_> {
         if self.mode == Output::Console {
             print!("{text}");
         }
-        let output = &mut self.run.reports[index].output;
+        let mut run = self.run.lock();
+        let output = &mut run.reports[index].output;
         let room = MAX_KEPT_OUTPUT.saturating_sub(output.len());
         if text.len() > room {
             let mut end = room;
@@ -616,8 +623,8 @@ impl Sink<'_> {
         // The output outlives the task (the run reports it): the kernel's,
         // bounded by MAX_KEPT_OUTPUT rather than by the task's heap quota.
         crate::memory::uncharged(|| {
-            output.push_str(&text);
-            self.run.transcript.push((index, text));
+            run.reports[index].output.push_str(&text);
+            run.transcript.push((index, text));
         });
     }
 
@@ -625,7 +632,7 @@ impl Sink<'_> {
         if self.mode == Output::Console {
             println!("{line}");
         }
-        crate::memory::uncharged(|| self.run.transcript.push((index, line)));
+        crate::memory::uncharged(|| self.run.lock().transcript.push((index, line)));
     }
 }
 

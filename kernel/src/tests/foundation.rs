@@ -18,6 +18,10 @@ pub static TESTS: &[Test] = &[
         run: every_listed_cpu_comes_online,
     },
     Test {
+        name: "smp::a_tlb_shootdown_is_answered_by_every_other_cpu",
+        run: a_tlb_shootdown_is_answered_by_every_other_cpu,
+    },
+    Test {
         name: "exceptions::breakpoint_is_caught_and_resumed",
         run: breakpoint_is_caught_and_resumed,
     },
@@ -338,26 +342,64 @@ fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
 /// empty and holds the CPU the kernel runs on (x86: the initial APIC ID of
 /// CPUID leaf 1; aarch64: MPIDR_EL1's affinity fields).
 /// Every CPU the firmware lists was started at boot and runs kernel code
-/// (aarch64: PSCI CPU_ON, each CPU then online with its own stack, vectors
-/// and per-CPU index).
+/// (aarch64: PSCI CPU_ON; x86: INIT-SIPI-SIPI through the real-mode
+/// trampoline; each CPU then online with its own stack, vectors and
+/// per-CPU index).
 fn every_listed_cpu_comes_online(platform: &Platform) -> TestResult {
-    let listed = crate::platform::cpu_ids(platform).len();
+    let listed = crate::platform::cpu_ids(platform)
+        .len()
+        .min(crate::arch::MAX_CPUS);
     ensure!(
         crate::arch::current_cpu_index() == 0,
         "the tests run on CPU {}, not the boot CPU 0",
         crate::arch::current_cpu_index()
     );
-    if cfg!(target_arch = "x86_64") {
-        return Ok(Outcome::NotApplicable(
-            "x86 secondary CPUs are not started yet (INIT-SIPI-SIPI, issue 20)",
-        ));
-    }
     let online = crate::arch::online_cpus();
     ensure!(
         online == listed,
         "{online} of the {listed} listed CPUs are online"
     );
     Ok(Outcome::Passed)
+}
+
+/// x86 TLBs are per CPU: a shootdown interrupts every other CPU, each of
+/// which flushes and answers before `flush_tlb_all_cpus` returns (aarch64
+/// broadcasts the invalidation in hardware and the DSB waits for it: no
+/// answer to count there).
+fn a_tlb_shootdown_is_answered_by_every_other_cpu(_: &Platform) -> TestResult {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let online = arch::online_cpus();
+        if online < 2 {
+            return Ok(Outcome::NotApplicable("one CPU online"));
+        }
+        let before: Vec<u64> = (0..online).map(arch::shootdowns_done).collect();
+        if let Err(cpu) = arch::flush_tlb_all_cpus() {
+            return Err(alloc::format!("CPU {cpu} did not answer the shootdown"));
+        }
+        for (cpu, &done) in before.iter().enumerate().skip(1) {
+            ensure!(
+                arch::shootdowns_done(cpu) > done,
+                "CPU {cpu} did not flush (done {done} before and after)"
+            );
+        }
+        ensure_eq!(
+            arch::shootdowns_done(0),
+            before[0],
+            "the requesting CPU interrupted itself"
+        );
+        Ok(Outcome::Passed)
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        ensure!(
+            arch::flush_tlb_all_cpus().is_ok(),
+            "the broadcast TLBI reported a failure"
+        );
+        Ok(Outcome::NotApplicable(
+            "aarch64 broadcasts TLB invalidation in hardware (TLBI VMALLE1IS): no IPI to answer",
+        ))
+    }
 }
 
 fn firmware_lists_the_cpu_we_boot_on(platform: &Platform) -> TestResult {

@@ -19,6 +19,10 @@ pub static TESTS: &[Test] = &[
         run: hello_writes_and_exits_zero,
     },
     Test {
+        name: "smp::four_tasks_churn_their_ioas_on_four_cpus_at_once",
+        run: four_tasks_churn_their_ioas_on_four_cpus_at_once,
+    },
+    Test {
         name: "tasks::reading_kernel_memory_kills_the_task_and_the_kernel_goes_on",
         run: reading_kernel_memory_kills_the_task,
     },
@@ -514,5 +518,65 @@ fn unknown_program_is_an_error(_: &Platform) -> TestResult {
         Ok(_) => return Err(String::from("an unknown program was started")),
     }
     ensure_eq!(frames::free_count(), before, "free frames");
+    Ok(Outcome::Passed)
+}
+
+/// Rounds of map/unmap each `ioas-churn` task makes.
+const CHURN_ROUNDS: u64 = 400;
+/// Tasks (and CPUs) of the SMP run.
+const SMP_TASKS: usize = 4;
+
+/// Issue 20: four tasks on four CPUs at once, each mapping and unmapping in
+/// its own IOAS through the iommufd core and checking every answer against
+/// its model; the scheduler must have run them on several CPUs with several
+/// running at one moment, and afterwards everything is back (objects,
+/// charges, pinned pages, frames).
+fn four_tasks_churn_their_ioas_on_four_cpus_at_once(_: &Platform) -> TestResult {
+    let online = crate::arch::online_cpus();
+    if online < 2 {
+        return Ok(Outcome::NotApplicable("one CPU online"));
+    }
+    crate::iommufd_service::prepare();
+    let baseline = super::Baseline::now();
+    let mut tasks = Vec::new();
+    for _ in 0..SMP_TASKS {
+        tasks.push(super::spawn_program("ioas-churn", CHURN_ROUNDS)?);
+    }
+    let owners: Vec<u64> = tasks.iter().map(|task| task.owner).collect();
+    let run = crate::scheduler::run_tasks(
+        tasks.into_iter().map(Some).collect(),
+        Output::Capture,
+        task::kernel_root(),
+        crate::scheduler::Limits {
+            cpus: SMP_TASKS,
+            ..crate::scheduler::Limits::DEFAULT
+        },
+    );
+    for report in &run.reports {
+        ensure_eq!(
+            report.exit,
+            Exit::Code(0),
+            format!("{} exit; it said {:?}", report.name, report.output)
+        );
+        ensure!(
+            report
+                .output
+                .contains(&format!("{CHURN_ROUNDS} operations matched the model")),
+            "unexpected output {:?}",
+            report.output
+        );
+    }
+    let parallelism = crate::scheduler::last_parallelism();
+    let cpus = online.min(SMP_TASKS);
+    ensure_eq!(
+        parallelism.cpus_used.count_ones() as usize,
+        cpus,
+        format!("CPUs that ran a turn ({:#b})", parallelism.cpus_used)
+    );
+    ensure!(
+        parallelism.most_running >= 2,
+        "never two tasks running at once ({parallelism:?})"
+    );
+    baseline.check(&owners)?;
     Ok(Outcome::Passed)
 }

@@ -40,6 +40,17 @@ pub struct LocalApic {
     pub flags: u32,
 }
 
+/// ACPI 6.5 Table 5.23 Local APIC Flags: the processor is usable.
+const LOCAL_APIC_ENABLED: u32 = 1 << 0;
+
+impl LocalApic {
+    /// Whether the firmware says the CPU can be started (Enabled; an
+    /// Online Capable CPU needs hot-plug, which the kernel does not do).
+    pub fn enabled(&self) -> bool {
+        self.flags & LOCAL_APIC_ENABLED != 0
+    }
+}
+
 /// ACPI 6.5 §5.2.12.3 I/O APIC Structure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IoApic {

@@ -135,6 +135,8 @@ pub fn start_secondary_cpus(
         .map_err(|why| alloc::format!("{why}"))
 }
 
+pub use smp::{flush_tlb_all_cpus, sleep_unless, wake_cpu};
+
 /// How many CPUs run kernel code.
 pub fn online_cpus() -> usize {
     smp::online_cpus()

@@ -6,8 +6,8 @@
 //! `_ap_start` with its MMU off, turns the MMU on with the boot CPU's tables,
 //! and reaches [`secondary_entry`], which installs the exception vectors,
 //! records the CPU's index in TPIDR_EL1 (the per-CPU pointer) and says it is
-//! online. It then halts until an interrupt (there is no work for it yet:
-//! the scheduler still runs on the boot CPU; issue 20).
+//! online. It brings up its part of the GIC and then serves the scheduler
+//! ([`crate::scheduler::serve_secondary_cpu`]), halted until a run is offered.
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -110,7 +110,8 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
         return Ok(());
     }
     let method = tree.psci.ok_or(StartError::NoPsci)?;
-    for mpidr in others {
+    init_reschedule();
+    for mpidr in others.into_iter().take(crate::arch::MAX_CPUS - 1) {
         let index = online_cpus();
         // The stack and the start block stay for the CPU's lifetime: leaked.
         let stack: &'static mut [u128] =
@@ -156,14 +157,62 @@ pub fn cpu_index() -> u64 {
 /// Called by `boot`'s `_ap_start` with the MMU on and this CPU's stack.
 #[unsafe(no_mangle)]
 extern "C" fn secondary_entry(start: &ApStart) -> ! {
-    super::exceptions::init();
     TPIDR_EL1.set(start.cpu_index);
+    super::exceptions::init();
+    if let Err(why) = super::gic::init_this_cpu() {
+        println!("smp: CPU {} takes no interrupts: {why}", start.cpu_index);
+    }
+    // The reschedule SGI is enabled per CPU (banked in GICv2, in each
+    // CPU's redistributor in GICv3).
+    let _ = super::gic::enable_spi(RESCHEDULE_SGI, true);
     start.online.store(1, Ordering::Release);
-    // WFI, not WFE: QEMU's TCG treats WFE as a yield and keeps the vCPU's
-    // host thread spinning, while WFI halts it until an interrupt is
-    // pending (masked or not, ARM ARM D1.16.2), which the IPIs of a
-    // scheduler on every CPU will be.
-    loop {
+    crate::scheduler::serve_secondary_cpu()
+}
+
+/// The SGI that wakes a CPU to look for work.
+const RESCHEDULE_SGI: u32 = 0;
+
+/// Registers the reschedule SGI's handler and enables it on this (the boot)
+/// CPU: it only has to end a WFI, so the handler has nothing to do.
+fn init_reschedule() {
+    let _ = crate::irq::enable_spi(RESCHEDULE_SGI, true, || {});
+}
+
+/// Sends the reschedule SGI to the CPU with kernel index `cpu`.
+pub fn wake_cpu(cpu: usize) {
+    super::gic::send_sgi(cpu, RESCHEDULE_SGI);
+}
+
+/// Waits for an interrupt unless `ready` holds. IRQs are masked for the
+/// check and the WFI: an interrupt pending while masked still ends a WFI
+/// (ARM ARM D1.16.2), so a wake-up SGI sent after the check is not lost;
+/// unmasking then takes it. WFI, not WFE: QEMU's TCG treats WFE as a yield
+/// and keeps the vCPU's host thread spinning.
+pub fn sleep_unless(ready: impl Fn() -> bool) {
+    // SAFETY: masking IRQs on this CPU only defers them.
+    unsafe { core::arch::asm!("msr daifset, #2", options(nostack)) };
+    if !ready() {
         aarch64_cpu::asm::wfi();
     }
+    // SAFETY: unmasking IRQs: the vectors and this CPU's GIC are set up.
+    unsafe { core::arch::asm!("msr daifclr, #2", options(nostack)) };
+}
+
+/// Drops every CPU's cached translations: `TLBI VMALLE1IS` is broadcast to
+/// every PE in the Inner Shareable domain and the `DSB ISH` after it waits
+/// until all of them have done it (ARM ARM D8.13.4 "Broadcast TLB
+/// maintenance"), so no IPI is needed (Linux arm64 `flush_tlb_all` does the
+/// same). Never fails.
+pub fn flush_tlb_all_cpus() -> Result<(), usize> {
+    // SAFETY: TLB maintenance and barriers only.
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "tlbi vmalle1is",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        )
+    };
+    Ok(())
 }

@@ -13,6 +13,7 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use super::trap_frame::TrapFrame;
+use crate::arch::MAX_CPUS;
 use crate::task::{Access, Trap};
 
 /// Vectors 8..16 are "from a lower EL" (ARM ARM D1.10.2, Table D1-5).
@@ -73,13 +74,39 @@ const LEFT_FOR_TRAP: u64 = 1;
 /// Bytes `enter_user` keeps on the kernel stack: x19-x30, d8-d15, DAIF, padding.
 const KERNEL_SAVE_SIZE: usize = 176;
 
-static KERNEL_STACK_POINTER: AtomicU64 = AtomicU64::new(0);
-static CURRENT: AtomicPtr<UserContext> = AtomicPtr::new(core::ptr::null_mut());
+/// One CPU's part in running tasks: each CPU runs its own task.
+struct CpuUserState {
+    /// The kernel stack pointer saved by `enter_user`, restored by `leave_user`.
+    kernel_stack_pointer: AtomicU64,
+    /// The context of the task that is running, where its traps are recorded.
+    current: AtomicPtr<UserContext>,
+    /// Set by the timer interrupt; an IRQ from EL0 with it set ends the run.
+    preempt: AtomicBool,
+    /// Whether this CPU's GIC interface has the timer's PPI enabled (PPIs
+    /// are enabled per CPU: GICv2 banks them, GICv3 keeps them in each
+    /// CPU's redistributor).
+    timer_enabled: AtomicBool,
+}
+
+static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
+    CpuUserState {
+        kernel_stack_pointer: AtomicU64::new(0),
+        current: AtomicPtr::new(core::ptr::null_mut()),
+        preempt: AtomicBool::new(false),
+        timer_enabled: AtomicBool::new(false),
+    }
+}; MAX_CPUS];
+
+fn this_cpu() -> &'static CpuUserState {
+    &PER_CPU[super::smp::cpu_index() as usize]
+}
 
 global_asm!(
     r#"
     .section .text.user, "ax"
-    // enter_user(frame: *const TrapFrame): returns only through leave_user.
+    // enter_user(frame: *const TrapFrame, kernel_sp: *mut u64): saves the
+    // kernel stack pointer in this CPU's slot; returns only through
+    // leave_user.
     .global enter_user
 enter_user:
     sub sp, sp, #{save}
@@ -93,11 +120,9 @@ enter_user:
     stp d10, d11, [sp, #112]
     stp d12, d13, [sp, #128]
     stp d14, d15, [sp, #144]
-    mrs x1, daif
-    str x1, [sp, #160]
+    mrs x2, daif
+    str x2, [sp, #160]
     msr daifset, #0xf
-    adrp x1, {kernel_sp}
-    add x1, x1, :lo12:{kernel_sp}
     mov x2, sp
     str x2, [x1]
     sub sp, sp, #{frame}
@@ -112,11 +137,10 @@ enter_user:
     b.lo 1b
     b exception_return
 
-    // leave_user(reason: u64) -> !: back onto the stack enter_user saved.
+    // leave_user(reason: u64, kernel_sp: u64) -> !: back onto the stack
+    // enter_user saved.
     .global leave_user
 leave_user:
-    adrp x1, {kernel_sp}
-    ldr x1, [x1, :lo12:{kernel_sp}]
     mov sp, x1
     ldp x19, x20, [sp, #0]
     ldp x21, x22, [sp, #16]
@@ -135,12 +159,11 @@ leave_user:
 "#,
     save = const KERNEL_SAVE_SIZE,
     frame = const core::mem::size_of::<TrapFrame>(),
-    kernel_sp = sym KERNEL_STACK_POINTER,
 );
 
 unsafe extern "C" {
-    fn enter_user(frame: *const TrapFrame) -> u64;
-    fn leave_user(reason: u64) -> !;
+    fn enter_user(frame: *const TrapFrame, kernel_sp: *mut u64) -> u64;
+    fn leave_user(reason: u64, kernel_sp: u64) -> !;
 }
 
 impl UserContext {
@@ -217,27 +240,34 @@ impl UserContext {
 /// its registers and [`UserContext::trap`] says what happened. The task's
 /// address space must be the active one.
 pub fn run(context: &mut UserContext) {
-    CURRENT.store(context, Ordering::SeqCst);
+    let cpu = this_cpu();
+    cpu.current.store(context, Ordering::SeqCst);
     // SAFETY: the frame's SPSR is EL0t, so the eret can only reach EL0; the
-    // trap that ends the run comes back through leave_user onto this stack
-    // with the callee-saved registers and DAIF enter_user saved.
-    let reason = unsafe { enter_user(&context.frame) };
+    // trap that ends the run comes back (on this CPU: exceptions are taken
+    // where they happen) through leave_user onto this stack with the
+    // callee-saved registers and DAIF enter_user saved.
+    let reason = unsafe { enter_user(&context.frame, cpu.kernel_stack_pointer.as_ptr()) };
     debug_assert_eq!(reason, LEFT_FOR_TRAP);
-    CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
+    cpu.current.store(core::ptr::null_mut(), Ordering::SeqCst);
 }
 
 /// Called by the exception handler for a synchronous exception or SError from EL0.
 pub fn trap_from_user(frame: &TrapFrame) -> ! {
-    let current = CURRENT.load(Ordering::SeqCst);
+    let cpu = this_cpu();
+    let current = cpu.current.load(Ordering::SeqCst);
     assert!(
         !current.is_null(),
         "exception from EL0 with no task running"
     );
-    // SAFETY: `current` is the context `run` waits on; nothing else touches it
-    // until leave_user returns there.
+    // SAFETY: `current` is the context `run` waits on on this CPU; nothing
+    // else touches it until leave_user returns there, onto the stack this
+    // CPU's enter_user saved.
     unsafe {
         (*current).frame = *frame;
-        leave_user(LEFT_FOR_TRAP)
+        leave_user(
+            LEFT_FOR_TRAP,
+            cpu.kernel_stack_pointer.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -355,10 +385,8 @@ const VIRTUAL_TIMER_INTID: u32 = 27;
 const CNTV_CTL_ENABLE: u64 = 1 << 0;
 const CNTV_CTL_IMASK: u64 = 1 << 1;
 
-/// Whether the timer interrupt could be enabled (needs a GICv2).
+/// Whether the timer interrupt could be enabled (needs a GIC).
 static PREEMPTION_TIMER: spin::Once<bool> = spin::Once::new();
-/// Set by the timer interrupt; an IRQ from EL0 with it set ends the run.
-static PREEMPT: AtomicBool = AtomicBool::new(false);
 
 fn set_timer_control(value: u64) {
     // SAFETY: writing the EL1 virtual timer's control only (de)arms it.
@@ -368,20 +396,32 @@ fn set_timer_control(value: u64) {
 fn on_timer_tick() {
     // The interrupt is level-sensitive: silence the timer before the EOI.
     set_timer_control(CNTV_CTL_IMASK);
-    PREEMPT.store(true, Ordering::SeqCst);
+    this_cpu().preempt.store(true, Ordering::SeqCst);
 }
 
+/// Whether this CPU can take the timer's interrupt: the handler is
+/// registered once, the PPI enabled on each CPU the first time it asks.
 fn preemption_timer() -> bool {
-    *PREEMPTION_TIMER.call_once(|| {
+    let available = *PREEMPTION_TIMER.call_once(|| {
         set_timer_control(CNTV_CTL_IMASK);
-        crate::irq::enable_spi(VIRTUAL_TIMER_INTID, false, on_timer_tick).is_ok()
-    })
+        let enabled = crate::irq::enable_spi(VIRTUAL_TIMER_INTID, false, on_timer_tick).is_ok();
+        this_cpu().timer_enabled.store(enabled, Ordering::SeqCst);
+        enabled
+    });
+    let cpu = this_cpu();
+    if available && !cpu.timer_enabled.load(Ordering::SeqCst) {
+        set_timer_control(CNTV_CTL_IMASK);
+        let enabled = super::gic::enable_spi(VIRTUAL_TIMER_INTID, false).is_ok();
+        cpu.timer_enabled.store(enabled, Ordering::SeqCst);
+        return enabled;
+    }
+    available
 }
 
 /// Arms a one-shot interrupt `slice_ns` from now that ends the task's run
 /// (a [`Trap::Preempted`]); false when there is no timer to do it with.
 pub fn arm_preemption(slice_ns: u64) -> bool {
-    PREEMPT.store(false, Ordering::SeqCst);
+    this_cpu().preempt.store(false, Ordering::SeqCst);
     if !preemption_timer() {
         return false;
     }
@@ -439,7 +479,7 @@ pub fn disarm_preemption() {
 /// Called after an IRQ was handled: if it came from EL0 and was the
 /// preemption tick, the task's run ends here.
 pub fn preempt_if_due(frame: &TrapFrame) {
-    if frame.kind >= FIRST_LOWER_EL_VECTOR && PREEMPT.swap(false, Ordering::SeqCst) {
+    if frame.kind >= FIRST_LOWER_EL_VECTOR && this_cpu().preempt.swap(false, Ordering::SeqCst) {
         trap_from_user(frame);
     }
 }

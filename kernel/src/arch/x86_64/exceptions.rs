@@ -186,6 +186,11 @@ pub fn init() {
     idt.load();
 }
 
+/// Loads the IDT [`init`] built on a secondary CPU (one table serves all).
+pub fn load() {
+    IDT.get().expect("exceptions::init not called").load();
+}
+
 /// Exception vectors without a field of their own in the `x86_64` crate's
 /// table (coprocessor overrun, reserved, hypervisor injection): none of them
 /// is raised by the CPU this kernel runs on, and none pushes an error code.

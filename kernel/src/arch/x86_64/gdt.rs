@@ -27,45 +27,73 @@ const KERNEL_DATA: SegmentSelector = SegmentSelector(0x10);
 #[repr(C, align(16))]
 struct Stack(UnsafeCell<[u8; DOUBLE_FAULT_STACK_SIZE]>);
 
-// SAFETY: only the CPU uses this memory, as the double-fault stack.
-unsafe impl Sync for Stack {}
-
-static DOUBLE_FAULT_STACK: Stack = Stack(UnsafeCell::new([0; DOUBLE_FAULT_STACK_SIZE]));
-
 /// The TSS. The CPU reads RSP0 from memory on each trap from ring 3, and
 /// [`super::user`] rewrites RSP0 before each entry to user mode.
 #[repr(transparent)]
 pub struct Tss(UnsafeCell<TaskStateSegment>);
 
-// SAFETY: one CPU; RSP0 is written only with interrupts disabled just before
-// entering user mode, and otherwise only the CPU reads the TSS.
-unsafe impl Sync for Tss {}
+/// One CPU's descriptor tables: each CPU needs a TSS of its own (RSP0 is its
+/// own kernel stack, and `ltr` marks the descriptor busy, so two CPUs cannot
+/// load one), hence a GDT of its own too, with the same layout everywhere so
+/// that the selectors are the same on every CPU.
+pub struct CpuTables {
+    tss: Tss,
+    gdt: spin::Once<(GlobalDescriptorTable, Selectors)>,
+    double_fault_stack: Stack,
+}
 
-pub static TSS: Tss = Tss(UnsafeCell::new(TaskStateSegment::new()));
+// SAFETY: each CPU's tables are used by that CPU only: RSP0 is written by
+// its own CPU with interrupts disabled just before entering user mode, the
+// stack is its double-fault stack, and otherwise only the CPU reads them.
+unsafe impl Sync for CpuTables {}
 
+impl CpuTables {
+    pub const fn new() -> Self {
+        CpuTables {
+            tss: Tss(UnsafeCell::new(TaskStateSegment::new())),
+            gdt: spin::Once::new(),
+            double_fault_stack: Stack(UnsafeCell::new([0; DOUBLE_FAULT_STACK_SIZE])),
+        }
+    }
+
+    /// Where this CPU's TSS keeps RSP0.
+    pub fn rsp0_slot(&self) -> *mut u64 {
+        self.tss
+            .0
+            .get()
+            .cast::<u8>()
+            .wrapping_add(TSS_RSP0_OFFSET)
+            .cast()
+    }
+}
+
+/// The boot CPU's tables (a static: they are loaded before the heap exists).
+pub static BOOT_CPU_TABLES: CpuTables = CpuTables::new();
+
+#[derive(Clone, Copy)]
 struct Selectors {
     tss: SegmentSelector,
     user_code: SegmentSelector,
     user_data: SegmentSelector,
 }
 
-static GDT: spin::Once<(GlobalDescriptorTable, Selectors)> = spin::Once::new();
-
-/// Builds and loads the GDT and the TSS. Called once, early, before the IDT.
-pub fn init() {
-    let stack_top = DOUBLE_FAULT_STACK.0.get() as u64 + DOUBLE_FAULT_STACK_SIZE as u64;
+/// Builds and loads `tables` on the running CPU: called once per CPU, early,
+/// before its IDT.
+pub fn init(tables: &'static CpuTables) {
+    let stack_top = tables.double_fault_stack.0.get() as u64 + DOUBLE_FAULT_STACK_SIZE as u64;
     // SAFETY: the TSS is not loaded yet, nothing else refers to it.
     unsafe {
-        (*TSS.0.get()).interrupt_stack_table[usize::from(DOUBLE_FAULT_IST_INDEX)] =
+        (*tables.tss.0.get()).interrupt_stack_table[usize::from(DOUBLE_FAULT_IST_INDEX)] =
             VirtAddr::new(stack_top);
     }
-    let (gdt, selectors) = GDT.call_once(|| {
+    let (gdt, selectors) = tables.gdt.call_once(|| {
         let mut gdt = GlobalDescriptorTable::new();
         let kernel_code = gdt.append(Descriptor::kernel_code_segment());
         let kernel_data = gdt.append(Descriptor::kernel_data_segment());
-        // SAFETY: the TSS is a static; the descriptor only records its
-        // address and size, and later writes go through the UnsafeCell.
-        let tss = gdt.append(Descriptor::tss_segment(unsafe { &*TSS.0.get() }));
+        // SAFETY: the TSS lives as long as the tables (for good); the
+        // descriptor only records its address and size, and later writes go
+        // through the UnsafeCell.
+        let tss = gdt.append(Descriptor::tss_segment(unsafe { &*tables.tss.0.get() }));
         let user_data = gdt.append(Descriptor::user_data_segment());
         let user_code = gdt.append(Descriptor::user_code_segment());
         assert_eq!(kernel_code, KERNEL_CODE, "kernel code selector moved");
@@ -91,8 +119,9 @@ pub fn init() {
     }
 }
 
+/// The selectors, the same in every CPU's GDT.
 fn selectors() -> &'static Selectors {
-    &GDT.get().expect("gdt::init not called").1
+    &BOOT_CPU_TABLES.gdt.get().expect("gdt::init not called").1
 }
 
 /// The ring-3 code selector (RPL 3).

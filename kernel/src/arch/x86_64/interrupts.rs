@@ -16,6 +16,20 @@ const LAPIC_ID: Reg32 = Reg32(0x020);
 const LAPIC_TPR: Reg32 = Reg32(0x080);
 const LAPIC_EOI: Reg32 = Reg32(0x0B0);
 const LAPIC_SVR: Reg32 = Reg32(0x0F0);
+/// Interrupt Command Register (SDM Vol. 3A §11.6.1): writing the low half
+/// sends the IPI the two halves describe.
+const LAPIC_ICR_LOW: Reg32 = Reg32(0x300);
+const LAPIC_ICR_HIGH: Reg32 = Reg32(0x310);
+/// ICR high bits 31:24: the destination's APIC ID.
+const ICR_DESTINATION_SHIFT: u32 = 24;
+/// ICR low: delivery mode bits 10:8 (Fixed 000, INIT 101, Start Up 110),
+/// bit 12 delivery status (1 while the IPI is pending), bit 14 level
+/// (1 = assert; INIT and Start Up need it).
+const ICR_DELIVERY_FIXED: u32 = 0b000 << 8;
+const ICR_DELIVERY_INIT: u32 = 0b101 << 8;
+const ICR_DELIVERY_STARTUP: u32 = 0b110 << 8;
+const ICR_SEND_PENDING: u32 = 1 << 12;
+const ICR_LEVEL_ASSERT: u32 = 1 << 14;
 /// In-Service Register: eight 32-bit registers 16 bytes apart, bit `v % 32`
 /// of register `v / 32` set while vector `v` is being serviced.
 const LAPIC_ISR_BASE: usize = 0x100;
@@ -37,45 +51,101 @@ const PIC2_DATA: u16 = 0xA1;
 
 struct Lapic(Mmio);
 
-// SAFETY: the local APIC is per-CPU and the kernel runs on one CPU; its
-// registers are accessed with single 32-bit volatile operations.
+// SAFETY: every CPU sees its own local APIC at the same address; its
+// registers are accessed with single 32-bit volatile operations, and the
+// only shared state (ICR) is written by one CPU at a time through `send_ipi`'s
+// lock.
 unsafe impl Sync for Lapic {}
 // SAFETY: as above.
 unsafe impl Send for Lapic {}
 
 static LAPIC: spin::Once<Lapic> = spin::Once::new();
 
+/// The running CPU's local APIC (every CPU finds its own at the address
+/// IA32_APIC_BASE gives, the same on all of them).
 pub(super) fn lapic() -> &'static Mmio {
     &LAPIC
-        .get()
-        .expect("local APIC used before interrupts::init")
+        .call_once(|| {
+            // SAFETY: reading IA32_APIC_BASE has no side effects.
+            let base =
+                unsafe { x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read() }
+                    & APIC_BASE_ADDRESS_MASK;
+            // SAFETY: the APIC page (0xFEE0_0000 on q35) lies in the identity
+            // map's uncached part and is used only through this Mmio.
+            Lapic(unsafe {
+                Mmio::new(
+                    NonNull::new(base as *mut u8).expect("APIC base 0"),
+                    APIC_REGISTER_BLOCK,
+                )
+            })
+        })
         .0
 }
 
+/// Masks the legacy PICs, then readies this CPU's local APIC and enables
+/// interrupts: on the boot CPU once the interrupt handlers are in place.
 pub fn init() {
     // SAFETY: masking the legacy PICs only stops their (unused) interrupts.
     unsafe {
         Port::<u8>::new(PIC1_DATA).write(0xFF);
         Port::<u8>::new(PIC2_DATA).write(0xFF);
     }
-    // SAFETY: reading IA32_APIC_BASE has no side effects.
-    let base = unsafe { x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read() }
-        & APIC_BASE_ADDRESS_MASK;
-    let lapic = LAPIC.call_once(|| {
-        // SAFETY: the APIC page (0xFEE0_0000 on q35) lies in the identity map's
-        // uncached part and is used only through this Mmio.
-        Lapic(unsafe {
-            Mmio::new(
-                NonNull::new(base as *mut u8).expect("APIC base 0"),
-                APIC_REGISTER_BLOCK,
-            )
-        })
-    });
-    let lapic = &lapic.0;
+    init_this_cpu();
+}
+
+/// Enables the running CPU's local APIC, accepting every priority, and
+/// interrupts on it.
+pub fn init_this_cpu() {
+    let lapic = lapic();
     lapic.write32(LAPIC_TPR, 0);
     lapic.write32(LAPIC_SVR, SVR_APIC_ENABLE | u32::from(SPURIOUS_VECTOR));
     x86_64::instructions::interrupts::enable();
 }
+
+/// The running CPU's local APIC ID (SDM Vol. 3A §11.4.6): read from its
+/// own APIC, which ring 3 cannot change, so it tells the CPU apart safely.
+pub fn local_apic_id() -> u8 {
+    (lapic().read32(LAPIC_ID) >> LAPIC_ID_SHIFT) as u8
+}
+
+/// An inter-processor interrupt the kernel sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ipi {
+    /// INIT (SDM Vol. 3A §8.4.4.1: puts the CPU in wait-for-SIPI).
+    Init,
+    /// Start Up at real-mode page `page` (CS = page << 8, IP = 0).
+    Startup { page: u8 },
+    /// An ordinary interrupt with `vector`.
+    Fixed { vector: u8 },
+}
+
+/// Serialises ICR writes: the two halves must describe one IPI.
+static ICR_LOCK: spin::Mutex<()> = spin::Mutex::new(());
+
+/// Sends `ipi` to the CPU whose local APIC ID is `apic_id` and waits (bounded)
+/// until the local APIC has sent it; false if it stayed pending.
+pub fn send_ipi(apic_id: u8, ipi: Ipi) -> bool {
+    let command = match ipi {
+        Ipi::Init => ICR_DELIVERY_INIT | ICR_LEVEL_ASSERT,
+        Ipi::Startup { page } => ICR_DELIVERY_STARTUP | ICR_LEVEL_ASSERT | u32::from(page),
+        Ipi::Fixed { vector } => ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | u32::from(vector),
+    };
+    let lapic = lapic();
+    // Interrupts off while the lock is held: a handler on this CPU that sent
+    // an IPI would otherwise spin on it forever.
+    x86_64::instructions::interrupts::without_interrupts(|| {
+        let _icr = ICR_LOCK.lock();
+        lapic.write32(LAPIC_ICR_HIGH, u32::from(apic_id) << ICR_DESTINATION_SHIFT);
+        lapic.write32(LAPIC_ICR_LOW, command);
+        os_services::wait_until(&crate::time::CLOCK, ICR_SEND_TIMEOUT, || {
+            (lapic.read32(LAPIC_ICR_LOW) & ICR_SEND_PENDING == 0).then_some(())
+        })
+        .is_ok()
+    })
+}
+
+/// How long a local APIC may take to send an IPI.
+const ICR_SEND_TIMEOUT: core::time::Duration = core::time::Duration::from_millis(10);
 
 /// Called from the interrupt stubs for vectors 32..=255.
 pub fn dispatch(vector: u8) {
@@ -106,7 +176,7 @@ pub fn end_of_interrupt() {
 
 /// The MSI (address, data) that delivers `vector` to this CPU.
 pub fn msi_message(vector: u8) -> (u64, u32) {
-    let apic_id = u64::from(lapic().read32(LAPIC_ID) >> LAPIC_ID_SHIFT);
+    let apic_id = u64::from(local_apic_id());
     (
         MSI_ADDRESS_BASE | (apic_id << MSI_DESTINATION_SHIFT),
         u32::from(vector),

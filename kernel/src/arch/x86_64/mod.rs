@@ -6,6 +6,7 @@ mod exit;
 mod gdt;
 mod hardening;
 pub mod interrupts;
+mod smp;
 mod time;
 mod trap_frame;
 pub mod user;
@@ -67,7 +68,7 @@ extern "C" fn kernel_entry(start_info: u64) -> ! {
     if let Ok(serial) = serial {
         crate::console::init(serial);
     }
-    gdt::init();
+    gdt::init(&gdt::BOOT_CPU_TABLES);
     exceptions::init();
     crate::memory::init_heap();
     let boot = boot_info_from_pvh(start_info);
@@ -132,21 +133,25 @@ fn boot_info_from_pvh(start_info_phys: u64) -> BootInfo {
     }
 }
 
-/// The other CPUs are not started on x86 yet (INIT-SIPI-SIPI through a
-/// real-mode trampoline is issue 20's next step): one CPU runs.
+/// Starts the other CPUs the MADT lists (INIT-SIPI-SIPI); returns how many
+/// CPUs now run kernel code, this one included.
 pub fn start_secondary_cpus(
-    _platform: &crate::platform::Platform,
+    platform: &crate::platform::Platform,
 ) -> Result<usize, alloc::string::String> {
-    Ok(1)
+    smp::start_secondary_cpus(&crate::platform::cpu_ids(platform))
+        .map(|()| smp::online_cpus())
+        .map_err(|why| alloc::format!("{why}"))
 }
 
-/// How many CPUs run kernel code: the boot CPU only.
+/// How many CPUs run kernel code.
 pub fn online_cpus() -> usize {
-    1
+    smp::online_cpus()
 }
 
-/// The kernel's index of the running CPU: 0, the only one running (per-CPU
-/// data through GS comes with the secondary CPUs).
+pub use smp::{flush_tlb_all_cpus, shootdowns_done, sleep_unless, wake_cpu};
+
+/// The kernel's index of the running CPU (0 on the boot CPU), from its
+/// local APIC ID.
 pub fn current_cpu_index() -> u64 {
-    0
+    smp::cpu_index() as u64
 }

@@ -17,6 +17,8 @@ use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use os_services::mmio::Reg32;
 
+use crate::arch::MAX_CPUS;
+
 use super::gdt;
 use super::trap_frame::{TrapFrame, exception_name, from_user};
 
@@ -52,17 +54,41 @@ pub struct UserContext {
 /// Why [`run`] returned.
 const LEFT_FOR_TRAP: u64 = 1;
 
-/// The kernel stack pointer saved by `enter_user`, restored by `leave_user`.
-static KERNEL_STACK_POINTER: AtomicU64 = AtomicU64::new(0);
-/// The context of the task that is running, where its traps are recorded.
-static CURRENT: AtomicPtr<UserContext> = AtomicPtr::new(core::ptr::null_mut());
+/// One CPU's part in running tasks: each CPU runs its own task.
+struct CpuUserState {
+    /// The kernel stack pointer saved by `enter_user`, restored by `leave_user`.
+    kernel_stack_pointer: AtomicU64,
+    /// The context of the task that is running, where its traps are recorded.
+    current: AtomicPtr<UserContext>,
+    /// Set by the timer interrupt; a trap from ring 3 with it set ends the run.
+    preempt: AtomicBool,
+    /// When the running task's slice ends, in `now_ns` time. The tick
+    /// compares against it, so a badly calibrated timer only makes slices
+    /// coarser.
+    slice_end_ns: AtomicU64,
+}
+
+static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
+    CpuUserState {
+        kernel_stack_pointer: AtomicU64::new(0),
+        current: AtomicPtr::new(core::ptr::null_mut()),
+        preempt: AtomicBool::new(false),
+        slice_end_ns: AtomicU64::new(u64::MAX),
+    }
+}; MAX_CPUS];
+
+fn this_cpu() -> &'static CpuUserState {
+    &PER_CPU[super::smp::cpu_index()]
+}
 
 global_asm!(
     r#"
     .section .text.user, "ax"
     .code64
-    // enter_user(frame: *const TrapFrame): never returns by itself; the next
-    // trap from ring 3 returns from it through leave_user.
+    // enter_user(frame: *const TrapFrame, kernel_sp: *mut u64, rsp0: *mut u64):
+    // saves the kernel stack pointer in both (this CPU's slot and its TSS)
+    // and never returns by itself; the next trap from ring 3 returns from it
+    // through leave_user.
     .global enter_user
 enter_user:
     push rbx
@@ -73,9 +99,8 @@ enter_user:
     push r15
     pushfq
     cli
-    mov [rip + {kernel_sp}], rsp
-    lea rax, [rip + {tss}]
-    mov [rax + {rsp0}], rsp
+    mov [rsi], rsp
+    mov [rdx], rsp
     push qword ptr [rdi + 168]
     push qword ptr [rdi + 160]
     push qword ptr [rdi + 152]
@@ -98,11 +123,11 @@ enter_user:
     mov rdi, [rdi + 72]
     iretq
 
-    // leave_user(reason: u64) -> !: back onto the stack enter_user saved,
-    // returning `reason` from enter_user.
+    // leave_user(reason: u64, kernel_sp: u64) -> !: back onto the stack
+    // enter_user saved, returning `reason` from enter_user.
     .global leave_user
 leave_user:
-    mov rsp, [rip + {kernel_sp}]
+    mov rsp, rsi
     mov rax, rdi
     popfq
     pop r15
@@ -112,15 +137,12 @@ leave_user:
     pop rbp
     pop rbx
     ret
-"#,
-    kernel_sp = sym KERNEL_STACK_POINTER,
-    tss = sym gdt::TSS,
-    rsp0 = const gdt::TSS_RSP0_OFFSET,
+"#
 );
 
 unsafe extern "C" {
-    fn enter_user(frame: *const TrapFrame) -> u64;
-    fn leave_user(reason: u64) -> !;
+    fn enter_user(frame: *const TrapFrame, kernel_sp: *mut u64, rsp0: *mut u64) -> u64;
+    fn leave_user(reason: u64, kernel_sp: u64) -> !;
 }
 
 impl UserContext {
@@ -198,26 +220,40 @@ impl UserContext {
 /// its registers and [`UserContext::trap`] says what happened. The task's
 /// address space must be the active one.
 pub fn run(context: &mut UserContext) {
-    CURRENT.store(context, Ordering::SeqCst);
+    let cpu = this_cpu();
+    cpu.current.store(context, Ordering::SeqCst);
     // SAFETY: the frame holds user selectors (RPL 3) and RFLAGS with IF set
     // and IOPL 0, so iretq can only reach ring 3; the trap that ends the run
     // comes back through leave_user onto this stack with the callee-saved
-    // registers and flags enter_user saved.
-    let reason = unsafe { enter_user(&context.frame) };
+    // registers and flags enter_user saved. Both slots are this CPU's: the
+    // task runs here until the trap, and traps from ring 3 arrive on the
+    // CPU they happen on.
+    let reason = unsafe {
+        enter_user(
+            &context.frame,
+            cpu.kernel_stack_pointer.as_ptr(),
+            super::smp::this_cpu_tables().rsp0_slot(),
+        )
+    };
     debug_assert_eq!(reason, LEFT_FOR_TRAP);
-    CURRENT.store(core::ptr::null_mut(), Ordering::SeqCst);
+    cpu.current.store(core::ptr::null_mut(), Ordering::SeqCst);
 }
 
 /// Called by the exception handler for a system call or a fault from ring 3.
 pub fn trap_from_user(frame: &TrapFrame) -> ! {
-    let current = CURRENT.load(Ordering::SeqCst);
+    let cpu = this_cpu();
+    let current = cpu.current.load(Ordering::SeqCst);
     assert!(!current.is_null(), "trap from ring 3 with no task running");
-    // SAFETY: `current` is the context `run` is waiting on; nothing else
-    // touches it until leave_user returns there.
+    // SAFETY: `current` is the context `run` is waiting on on this CPU;
+    // nothing else touches it until leave_user returns there, onto the
+    // stack this CPU's enter_user saved.
     unsafe {
         (*current).frame = *frame;
         (*current).fault_address = x86_64::registers::control::Cr2::read_raw();
-        leave_user(LEFT_FOR_TRAP)
+        leave_user(
+            LEFT_FOR_TRAP,
+            cpu.kernel_stack_pointer.load(Ordering::SeqCst),
+        )
     }
 }
 
@@ -301,15 +337,11 @@ const TICK_MS: u64 = 1;
 
 /// The timer's vector and its ticks per millisecond, set up on first use.
 static PREEMPTION_TIMER: spin::Once<Option<(u8, u64)>> = spin::Once::new();
-/// Set by the timer interrupt; a trap from ring 3 with it set ends the run.
-static PREEMPT: AtomicBool = AtomicBool::new(false);
-/// When the running task's slice ends, in `now_ns` time. The tick compares
-/// against it, so a badly calibrated timer only makes slices coarser.
-static SLICE_END_NS: AtomicU64 = AtomicU64::new(u64::MAX);
 
 fn on_timer_tick() {
-    if super::now_ns() >= SLICE_END_NS.load(Ordering::SeqCst) {
-        PREEMPT.store(true, Ordering::SeqCst);
+    let cpu = this_cpu();
+    if super::now_ns() >= cpu.slice_end_ns.load(Ordering::SeqCst) {
+        cpu.preempt.store(true, Ordering::SeqCst);
     }
 }
 
@@ -334,11 +366,13 @@ fn preemption_timer() -> Option<(u8, u64)> {
 /// Ends the task's run (a [`Trap::Preempted`](crate::task::Trap::Preempted)) at the first tick after
 /// `slice_ns` from now; false when there is no timer to do it with.
 pub fn arm_preemption(slice_ns: u64) -> bool {
-    PREEMPT.store(false, Ordering::SeqCst);
+    let cpu = this_cpu();
+    cpu.preempt.store(false, Ordering::SeqCst);
     let Some((vector, per_ms)) = preemption_timer() else {
         return false;
     };
-    SLICE_END_NS.store(super::now_ns().saturating_add(slice_ns), Ordering::SeqCst);
+    cpu.slice_end_ns
+        .store(super::now_ns().saturating_add(slice_ns), Ordering::SeqCst);
     let lapic = super::interrupts::lapic();
     let ticks = u32::try_from(per_ms.saturating_mul(TICK_MS)).unwrap_or(u32::MAX);
     lapic.write32(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
@@ -375,7 +409,7 @@ pub fn disarm_preemption() {
 /// Called after an interrupt from ring 3 was handled: if it was the
 /// preemption tick, the task's run ends here.
 pub fn preempt_if_due(frame: &TrapFrame) {
-    if from_user(frame) && PREEMPT.swap(false, Ordering::SeqCst) {
+    if from_user(frame) && this_cpu().preempt.swap(false, Ordering::SeqCst) {
         trap_from_user(frame);
     }
 }

@@ -94,8 +94,8 @@ pub struct Its {
     processor: u64,
 }
 
-// SAFETY: one CPU; the command queue and the table of mappings are behind
-// their locks, taken from thread context only.
+// SAFETY: the command queue and the table of mappings are behind their
+// locks, taken from thread context only, one CPU at a time.
 unsafe impl Sync for Its {}
 // SAFETY: as above.
 unsafe impl Send for Its {}

@@ -107,9 +107,37 @@ fn version() -> Result<Version, NoInterruptController> {
     VERSION.get().copied().ok_or(NoInterruptController)
 }
 
+/// Brings up the running secondary CPU's part of the GIC (its CPU interface;
+/// a GICv3's redistributor) and unmasks IRQs on it.
+pub fn init_this_cpu() -> Result<(), &'static str> {
+    match version().map_err(|_| "no interrupt controller")? {
+        Version::V2 => v2::init_this_cpu(),
+        Version::V3 => v3::init_this_cpu()?,
+    }
+    unmask_irqs();
+    Ok(())
+}
+
+/// Raises software-generated interrupt `intid` (0-15) on the CPU with
+/// kernel index `cpu`.
+pub fn send_sgi(cpu: usize, intid: u32) {
+    match version() {
+        Ok(Version::V2) => v2::send_sgi(cpu, intid),
+        Ok(Version::V3) => v3::send_sgi(cpu, intid),
+        Err(_) => {}
+    }
+}
+
+/// Serialises the read-modify-write configuration of shared GIC registers
+/// (priority, target and trigger bytes are packed four or sixteen to a
+/// register): CPUs enabling interrupts at once would lose each other's
+/// fields. Thread context only; handlers never configure.
+static CONFIGURATION: spin::Mutex<()> = spin::Mutex::new(());
+
 /// Configures interrupt `intid` (a PPI or an SPI; edge or level), routes it to
 /// this CPU and enables it.
 pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
+    let _configuring = CONFIGURATION.lock();
     match version()? {
         Version::V2 => v2::enable_spi(intid, edge),
         Version::V3 => v3::enable(intid, edge),
@@ -117,6 +145,7 @@ pub fn enable_spi(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
 }
 
 pub fn disable(intid: u32) {
+    let _configuring = CONFIGURATION.lock();
     match version() {
         Ok(Version::V2) => v2::disable(intid),
         Ok(Version::V3) => v3::disable(intid),

@@ -3,7 +3,11 @@
 //! System Architecture, GICv2m appendix): an MSI is a write of the SPI number
 //! to the frame's MSI_SETSPI_NS register.
 
+use core::sync::atomic::{AtomicU8, Ordering};
+
 use os_services::mmio::{Mmio, Reg32};
+
+use crate::arch::MAX_CPUS;
 
 use super::{DEFAULT_PRIORITY, NoInterruptController, set_byte_field, set_trigger, write_one};
 
@@ -14,6 +18,11 @@ const GICD_ICENABLER: usize = 0x180;
 const GICD_IPRIORITYR: usize = 0x400;
 const GICD_ITARGETSR: usize = 0x800;
 const GICD_ICFGR: usize = 0xC00;
+/// GICD_SGIR (§4.3.15): CPUTargetList in bits 23:16 (TargetListFilter 0:
+/// the listed CPU interfaces), SGIINTID in bits 3:0.
+const GICD_SGIR: Reg32 = Reg32(0xF00);
+const SGIR_TARGET_LIST_SHIFT: u32 = 16;
+const SGIR_INTID_MASK: u32 = 0xF;
 const GICD_CTLR_ENABLE: u32 = 1;
 const DISTRIBUTOR_SIZE: usize = 0x1000;
 
@@ -44,15 +53,18 @@ struct Gic {
     v2m: Option<(u64, Mmio)>,
 }
 
-// SAFETY: one CPU; registers are accessed by single volatile operations, and
-// read-modify-write sequences run with interrupts masked by the callers
-// (kernel code runs with IRQs masked only inside handlers; configuration
-// happens from thread context before the interrupt is enabled).
+// SAFETY: registers are accessed by single volatile operations; the
+// read-modify-write sequences on the distributor run from thread context
+// under `super::CONFIGURATION`; the CPU interface is banked, each CPU
+// reaching its own at the same address.
 unsafe impl Sync for Gic {}
 // SAFETY: as above.
 unsafe impl Send for Gic {}
 
 static GIC: spin::Once<Gic> = spin::Once::new();
+/// Each CPU's interface bit for GICD_SGIR's target list, by the kernel's
+/// CPU index.
+static TARGETS: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 
 pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
     let gic = GIC.call_once(|| Gic {
@@ -61,8 +73,31 @@ pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
         v2m: v2m_frame.map(|base| (base, super::map(base, V2M_FRAME_SIZE))),
     });
     gic.distributor.write32(GICD_CTLR, GICD_CTLR_ENABLE);
+    init_this_cpu();
+}
+
+/// Enables the running CPU's (banked) CPU interface and learns its target
+/// bit: GICD_ITARGETSR0-7 read back, for each CPU, the bit of the CPU that
+/// reads them (§4.3.12), as Linux's `gic_get_cpumask` uses.
+pub fn init_this_cpu() {
+    let Ok(gic) = gic() else { return };
+    let own_target = gic.distributor.read32(Reg32(GICD_ITARGETSR)) as u8;
+    TARGETS[crate::arch::smp::cpu_index() as usize].store(own_target, Ordering::Relaxed);
     gic.cpu.write32(GICC_PMR, PRIORITY_MASK_ALL);
     gic.cpu.write32(GICC_CTLR, GICC_CTLR_ENABLE);
+}
+
+/// Raises SGI `intid` on the CPU with kernel index `cpu`.
+pub fn send_sgi(cpu: usize, intid: u32) {
+    let Ok(gic) = gic() else { return };
+    let target = u32::from(TARGETS[cpu].load(Ordering::Relaxed));
+    // The woken CPU reads what the caller stored before: order it first.
+    // SAFETY: a barrier only.
+    unsafe { core::arch::asm!("dsb ishst", options(nostack)) };
+    gic.distributor.write32(
+        GICD_SGIR,
+        target << SGIR_TARGET_LIST_SHIFT | (intid & SGIR_INTID_MASK),
+    );
 }
 
 fn gic() -> Result<&'static Gic, NoInterruptController> {

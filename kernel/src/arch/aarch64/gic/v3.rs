@@ -8,6 +8,7 @@
 //! the configuration table (GICR_PROPBASER, §5.1.1) and one bit per INTID in
 //! the pending table (GICR_PENDBASER).
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use os_services::mmio::{Mmio, Reg32, Reg64};
@@ -15,6 +16,7 @@ use os_services::mmio::{Mmio, Reg32, Reg64};
 use super::{
     DEFAULT_PRIORITY, NoInterruptController, set_bit, set_byte_field, set_trigger, write_one,
 };
+use crate::arch::MAX_CPUS;
 use crate::memory::frames::{self, Frames};
 use crate::time::CLOCK;
 
@@ -71,19 +73,89 @@ const REGISTER_WAIT: Duration = Duration::from_millis(100);
 
 struct Gic {
     distributor: Mmio,
-    redistributor: Mmio,
+    /// Where the redistributors' frames start (one frame per CPU).
+    redistributors_base: u64,
     /// The LPI configuration table (one byte per LPI from INTID 8192).
     lpi_config: Frames,
 }
 
-// SAFETY: one CPU; registers are accessed by single volatile operations and
-// the LPI table by single byte stores, from thread context (interrupt
-// handlers only read the CPU interface).
+// SAFETY: registers are accessed by single volatile operations and the LPI
+// table by single byte stores, from thread context (interrupt handlers only
+// use the CPU interface's system registers); the read-modify-write
+// sequences on shared registers run under `super::CONFIGURATION`.
 unsafe impl Sync for Gic {}
 // SAFETY: as above.
 unsafe impl Send for Gic {}
 
 static GIC: spin::Once<Gic> = spin::Once::new();
+/// A CPU's own redistributor frame.
+struct Redistributor(Mmio);
+
+// SAFETY: each frame is used by its own CPU (SGI/PPI configuration and the
+// wake-up) and, for the boot CPU's, by `init` before others start; single
+// volatile accesses.
+unsafe impl Sync for Redistributor {}
+// SAFETY: as above.
+unsafe impl Send for Redistributor {}
+
+/// Each CPU's own redistributor frame, by the kernel's CPU index.
+static REDISTRIBUTORS: [spin::Once<Redistributor>; MAX_CPUS] =
+    [const { spin::Once::new() }; MAX_CPUS];
+/// Each CPU's MPIDR affinity, by the kernel's CPU index, for SGIs.
+static AFFINITIES: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// GICR_TYPER (§12.11.35): Affinity_Value in bits 63:32, Last (bit 4: the
+/// region's last frame), VLPIS (bit 1: the frame has the two extra 64 KiB
+/// pages of GICv4 virtual LPIs).
+const GICR_TYPER_AFFINITY_SHIFT: u32 = 32;
+const GICR_TYPER_LAST: u64 = 1 << 4;
+const GICR_TYPER_VLPIS: u64 = 1 << 1;
+const GICV4_FRAME_SIZE: u64 = 0x4_0000;
+/// More frames than this in one region is a malformed GIC, not a big one.
+const MAX_FRAMES: usize = 256;
+/// ICC_SGI1R_EL1 (§12.2.22): Aff3 55:48, Aff2 39:32, INTID 27:24,
+/// Aff1 23:16, TargetList 15:0 (one bit per Aff0 value).
+const SGI1R_AFF3_SHIFT: u32 = 48;
+const SGI1R_AFF2_SHIFT: u32 = 32;
+const SGI1R_INTID_SHIFT: u32 = 24;
+const SGI1R_AFF1_SHIFT: u32 = 16;
+
+/// The running CPU's affinity as GICR_TYPER writes it: Aff3.Aff2.Aff1.Aff0.
+fn own_affinity() -> u32 {
+    let mpidr = crate::arch::boot_cpu_id();
+    (((mpidr >> 32) & 0xFF) << 24 | (mpidr & 0xFF_FFFF)) as u32
+}
+
+/// Finds the running CPU's redistributor frame by its affinity (§9.1: the
+/// frames of a region follow each other; the last one says so).
+fn find_redistributor(base: u64) -> Result<Mmio, &'static str> {
+    let wanted = own_affinity();
+    let mut frame = base;
+    for _ in 0..MAX_FRAMES {
+        let gicr = super::map(frame, REDISTRIBUTOR_SIZE);
+        let typer = gicr.read64(GICR_TYPER);
+        if (typer >> GICR_TYPER_AFFINITY_SHIFT) as u32 == wanted {
+            return Ok(gicr);
+        }
+        if typer & GICR_TYPER_LAST != 0 {
+            break;
+        }
+        frame += if typer & GICR_TYPER_VLPIS != 0 {
+            GICV4_FRAME_SIZE
+        } else {
+            REDISTRIBUTOR_SIZE as u64
+        };
+    }
+    Err("no redistributor frame has this CPU's affinity")
+}
+
+/// The running CPU's redistributor.
+fn this_redistributor() -> Result<&'static Mmio, NoInterruptController> {
+    REDISTRIBUTORS[crate::arch::smp::cpu_index() as usize]
+        .get()
+        .map(|frame| &frame.0)
+        .ok_or(NoInterruptController)
+}
 
 fn gic() -> Result<&'static Gic, NoInterruptController> {
     GIC.get().ok_or(NoInterruptController)
@@ -146,7 +218,7 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
     .ok_or("no memory for the LPI pending table")?;
     let gic = GIC.call_once(|| Gic {
         distributor: super::map(distributor, DISTRIBUTOR_SIZE),
-        redistributor: super::map(redistributor, REDISTRIBUTOR_SIZE),
+        redistributors_base: redistributor,
         lpi_config,
     });
     let gicd = &gic.distributor;
@@ -154,7 +226,34 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
     wait("GICD_CTLR.RWP", || {
         (gicd.read32(GICD_CTLR) & GICD_CTLR_RWP == 0).then_some(())
     })?;
-    let gicr = &gic.redistributor;
+    init_this_cpu()?;
+    let gicr = this_redistributor().map_err(|_| "no redistributor")?;
+    // LPIs, on the boot CPU's redistributor only (the ITS's collection
+    // targets it): the tables, then EnableLPIs (§5.1).
+    gicr.write64(
+        GICR_PROPBASER,
+        gic.lpi_config.phys | TABLE_CACHEABLE | u64::from(INTID_BITS - 1),
+    );
+    gicr.write64(GICR_PENDBASER, pending.phys | TABLE_CACHEABLE);
+    gicr.write32(GICR_CTLR, gicr.read32(GICR_CTLR) | GICR_CTLR_ENABLE_LPIS);
+    let typer = gicr.read64(GICR_TYPER);
+    Ok(((typer >> GICR_TYPER_PROCESSOR_SHIFT) & GICR_TYPER_PROCESSOR_MASK) as u32)
+}
+
+/// Brings up the running CPU's redistributor (found by affinity, woken,
+/// SGIs and PPIs in Group 1) and its system register interface. The boot
+/// CPU runs it from [`init`], every other CPU once at start.
+pub fn init_this_cpu() -> Result<(), &'static str> {
+    let gic = GIC.get().ok_or("the distributor is not up")?;
+    let index = crate::arch::smp::cpu_index() as usize;
+    AFFINITIES[index].store(crate::arch::boot_cpu_id(), Ordering::Relaxed);
+    let gicr = match REDISTRIBUTORS[index].get() {
+        Some(frame) => &frame.0,
+        None => {
+            let found = find_redistributor(gic.redistributors_base)?;
+            &REDISTRIBUTORS[index].call_once(|| Redistributor(found)).0
+        }
+    };
     // Wake the redistributor (§12.11.38): it forwards nothing while asleep.
     gicr.write32(
         GICR_WAKER,
@@ -165,18 +264,33 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
     })?;
     // Every SGI and PPI in Group 1.
     gicr.write32(GICR_IGROUPR0, u32::MAX);
-    // LPIs: the tables, then EnableLPIs (§5.1).
-    gicr.write64(
-        GICR_PROPBASER,
-        gic.lpi_config.phys | TABLE_CACHEABLE | u64::from(INTID_BITS - 1),
-    );
-    gicr.write64(GICR_PENDBASER, pending.phys | TABLE_CACHEABLE);
-    gicr.write32(GICR_CTLR, gicr.read32(GICR_CTLR) | GICR_CTLR_ENABLE_LPIS);
     icc::enable_system_registers();
     icc::unmask_all_priorities();
     icc::enable_group1();
-    let typer = gicr.read64(GICR_TYPER);
-    Ok(((typer >> GICR_TYPER_PROCESSOR_SHIFT) & GICR_TYPER_PROCESSOR_MASK) as u32)
+    Ok(())
+}
+
+/// Raises SGI `intid` on the CPU with kernel index `cpu` (§12.2.22: the
+/// target by its affinity, Aff0 as a bit of the target list).
+pub fn send_sgi(cpu: usize, intid: u32) {
+    let mpidr = AFFINITIES[cpu].load(Ordering::Relaxed);
+    let aff0 = mpidr & 0xF;
+    let value = ((mpidr >> 32) & 0xFF) << SGI1R_AFF3_SHIFT
+        | ((mpidr >> 16) & 0xFF) << SGI1R_AFF2_SHIFT
+        | u64::from(intid & 0xF) << SGI1R_INTID_SHIFT
+        | ((mpidr >> 8) & 0xFF) << SGI1R_AFF1_SHIFT
+        | 1 << aff0;
+    // SAFETY: ICC_SGI1R_EL1 only raises the SGI; the barrier orders the
+    // caller's earlier stores before it (the woken CPU reads them).
+    unsafe {
+        core::arch::asm!(
+            "dsb ishst",
+            "msr S3_0_C12_C11_5, {}",
+            "isb",
+            in(reg) value,
+            options(nostack)
+        )
+    };
 }
 
 /// Configures a PPI (in this CPU's redistributor) or an SPI (in the
@@ -185,7 +299,7 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
 pub fn enable(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
     let gic = gic()?;
     if intid < FIRST_SPI {
-        let gicr = &gic.redistributor;
+        let gicr = this_redistributor()?;
         set_byte_field(gicr, GICR_IPRIORITYR, intid, DEFAULT_PRIORITY);
         set_trigger(gicr, GICR_ICFGR, intid, edge);
         write_one(gicr, GICR_ISENABLER0, intid);
@@ -204,7 +318,9 @@ pub fn enable(intid: u32, edge: bool) -> Result<(), NoInterruptController> {
 pub fn disable(intid: u32) {
     let Ok(gic) = gic() else { return };
     if intid < FIRST_SPI {
-        write_one(&gic.redistributor, GICR_ICENABLER0, intid);
+        if let Ok(gicr) = this_redistributor() {
+            write_one(gicr, GICR_ICENABLER0, intid);
+        }
     } else if intid < super::FIRST_LPI {
         write_one(&gic.distributor, GICD_ICENABLER, intid);
     }

@@ -1,0 +1,284 @@
+//! Starting the application processors the MADT lists, with the INIT-SIPI-SIPI
+//! sequence (Intel SDM Vol. 3A §8.4.4.1, "Typical BSP Initialization
+//! Sequence"), and telling the CPUs apart afterwards.
+//!
+//! A Startup IPI starts a CPU in real mode at a page below 1 MiB, so `boot`'s
+//! trampoline is copied to [`AP_TRAMPOLINE_BASE`]; its [`ApStart`] block gives
+//! the CPU the boot CPU's page tables, a stack and its index. The CPU climbs to
+//! long mode there and reaches [`secondary_entry`], which loads its own GDT and
+//! TSS, the shared IDT, the same supervisor-mode protections as the boot CPU
+//! and enables its local APIC. It then serves the scheduler
+//! ([`crate::scheduler::serve_secondary_cpu`]), halted until a run is offered.
+//!
+//! The running CPU is known by its local APIC ID, read from its own APIC
+//! (ring 3 can rewrite the GS base with a segment load, not the APIC), and
+//! turned into the kernel's index through a table the CPU fills in at start.
+
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
+
+use boot::x86_64::{AP_TRAMPOLINE_BASE, ApStart, ap_trampoline};
+
+use super::gdt::{self, BOOT_CPU_TABLES, CpuTables};
+use super::interrupts::{self, Ipi};
+use crate::arch::MAX_CPUS;
+
+/// Bytes of stack each secondary CPU gets.
+const STACK_BYTES: usize = 16 * 1024;
+/// SDM §8.4.4.1: wait 10 ms after INIT, 200 µs after each Startup IPI.
+const AFTER_INIT: Duration = Duration::from_millis(10);
+const AFTER_STARTUP: Duration = Duration::from_micros(200);
+/// How long a started CPU may take to say it is online.
+const START_TIMEOUT: Duration = Duration::from_secs(1);
+/// A real-mode page number is the address's bits 19:12.
+const PAGE_SHIFT: u64 = 12;
+/// Local APIC IDs are 8 bits in xAPIC mode.
+const APIC_IDS: usize = 256;
+
+/// CPUs running kernel code, the boot CPU included.
+static ONLINE: AtomicUsize = AtomicUsize::new(1);
+/// The kernel's index of each local APIC ID that runs kernel code (the boot
+/// CPU's stays 0, the value every entry starts with).
+static INDEX_BY_APIC_ID: [AtomicU8; APIC_IDS] = [const { AtomicU8::new(0) }; APIC_IDS];
+/// Each CPU's local APIC ID, by the kernel's index, for IPIs.
+static APIC_ID_BY_INDEX: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
+/// The vector of the reschedule IPI, taken at boot.
+static RESCHEDULE_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
+/// The vector of the TLB shootdown IPI, taken at boot.
+static SHOOTDOWN_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
+/// Per CPU: shootdowns asked of it, and the latest one it has done. A
+/// requester takes a ticket and waits until `done` reaches it.
+static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+static FLUSH_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+/// How long a CPU may take to answer a shootdown.
+const SHOOTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
+/// Each secondary CPU's descriptor tables (index 0 is [`BOOT_CPU_TABLES`]).
+static TABLES: [AtomicPtr<CpuTables>; MAX_CPUS] =
+    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
+
+/// How many CPUs run kernel code (the boot CPU and every started one).
+pub fn online_cpus() -> usize {
+    ONLINE.load(Ordering::Acquire)
+}
+
+/// The kernel's index of the running CPU (0 on the boot CPU).
+pub fn cpu_index() -> usize {
+    usize::from(INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())].load(Ordering::Relaxed))
+}
+
+/// The running CPU's descriptor tables.
+pub fn this_cpu_tables() -> &'static CpuTables {
+    tables_of(cpu_index())
+}
+
+fn tables_of(index: usize) -> &'static CpuTables {
+    let tables = TABLES[index].load(Ordering::Acquire);
+    if tables.is_null() {
+        &BOOT_CPU_TABLES
+    } else {
+        // SAFETY: non-null entries point to leaked, never-freed tables.
+        unsafe { &*tables }
+    }
+}
+
+/// Why a CPU did not start.
+pub enum StartError {
+    /// The local APIC did not send an IPI to this APIC ID.
+    NotSent { apic_id: u8 },
+    /// The CPU was sent INIT-SIPI-SIPI but never said it was online.
+    Silent { apic_id: u8 },
+    /// The boot CPU's page tables are above 4 GiB, out of the trampoline's reach.
+    TablesTooHigh,
+}
+
+impl core::fmt::Display for StartError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StartError::NotSent { apic_id } => {
+                write!(f, "the local APIC did not send an IPI to APIC ID {apic_id}")
+            }
+            StartError::Silent { apic_id } => {
+                write!(f, "the CPU with APIC ID {apic_id} never came online")
+            }
+            StartError::TablesTooHigh => write!(f, "the page tables lie above 4 GiB"),
+        }
+    }
+}
+
+/// Starts every CPU in `apic_ids` other than this one, one at a time,
+/// waiting (bounded) for each; stops at the first that does not come
+/// online. At most [`MAX_CPUS`] CPUs run; the rest are reported and left.
+pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
+    let own = interrupts::local_apic_id();
+    APIC_ID_BY_INDEX[0].store(own, Ordering::Relaxed);
+    // The reschedule IPI only has to interrupt a halted CPU: its handler
+    // has nothing to do.
+    RESCHEDULE_VECTOR.call_once(|| crate::irq::alloc_vector(|| {}));
+    SHOOTDOWN_VECTOR.call_once(|| crate::irq::alloc_vector(on_shootdown));
+    let others: Vec<u8> = apic_ids
+        .iter()
+        .filter_map(|&id| u8::try_from(id).ok())
+        .filter(|&id| id != own)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    if others.len() >= MAX_CPUS {
+        println!(
+            "smp: {} CPUs listed; the kernel runs at most {MAX_CPUS}",
+            others.len() + 1
+        );
+    }
+    let cr3 = x86_64::registers::control::Cr3::read_raw()
+        .0
+        .start_address()
+        .as_u64();
+    if cr3 > u64::from(u32::MAX) {
+        return Err(StartError::TablesTooHigh);
+    }
+    let (code, params_offset) = ap_trampoline();
+    let page = AP_TRAMPOLINE_BASE as *mut u8;
+    // SAFETY: the trampoline page lies in the first MiB, which the frame
+    // allocator never hands out and the identity map covers writable; no
+    // CPU runs there now (the previous one left it before saying online).
+    unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), page, code.len()) };
+    let start = page.wrapping_add(params_offset).cast::<ApStart>();
+    for apic_id in others.into_iter().take(MAX_CPUS - 1) {
+        let index = online_cpus();
+        // The stack and the tables stay for the CPU's lifetime: leaked.
+        let stack: &'static mut [u128] =
+            Box::leak(alloc::vec![0u128; STACK_BYTES / 16].into_boxed_slice());
+        let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables::new()));
+        TABLES[index].store(tables, Ordering::Release);
+        APIC_ID_BY_INDEX[index].store(apic_id, Ordering::Relaxed);
+        // SAFETY: `start` is the trampoline's parameter block (aligned: the
+        // trampoline is 16-aligned and the block 8-aligned in it); no other
+        // CPU reads it until the IPIs below.
+        unsafe {
+            start.write(ApStart {
+                cr3,
+                stack_top: stack.as_ptr_range().end as u64,
+                cpu_index: index as u64,
+                online: AtomicU64::new(0),
+            });
+        }
+        // SAFETY: as above; the block was just written and stays put.
+        let start = unsafe { &*start };
+        wake(apic_id, start)?;
+        ONLINE.fetch_add(1, Ordering::AcqRel);
+    }
+    Ok(())
+}
+
+/// INIT, then up to two Startup IPIs (the second only if the first did not
+/// start the CPU, as SDM §8.4.4.1 and Linux's `wakeup_secondary_cpu_via_init`
+/// allow), then waits for `start.online`.
+fn wake(apic_id: u8, start: &ApStart) -> Result<(), StartError> {
+    let started = || (start.online.load(Ordering::Acquire) != 0).then_some(());
+    let pause = |how_long: Duration| {
+        let _ = os_services::wait_until(&crate::time::CLOCK, how_long, || None::<()>);
+    };
+    if !interrupts::send_ipi(apic_id, Ipi::Init) {
+        return Err(StartError::NotSent { apic_id });
+    }
+    pause(AFTER_INIT);
+    let page = (AP_TRAMPOLINE_BASE >> PAGE_SHIFT) as u8;
+    for _ in 0..2 {
+        if !interrupts::send_ipi(apic_id, Ipi::Startup { page }) {
+            return Err(StartError::NotSent { apic_id });
+        }
+        pause(AFTER_STARTUP);
+        if started().is_some() {
+            return Ok(());
+        }
+    }
+    os_services::wait_until(&crate::time::CLOCK, START_TIMEOUT, started)
+        .map_err(|_| StartError::Silent { apic_id })
+}
+
+/// Called by the trampoline in long mode with this CPU's stack, interrupts
+/// off and the boot CPU's page tables.
+#[unsafe(no_mangle)]
+extern "C" fn secondary_entry(start: &ApStart) -> ! {
+    let index = start.cpu_index as usize;
+    gdt::init(tables_of(index));
+    super::exceptions::load();
+    // The same protections as the boot CPU (CR4 is per CPU).
+    super::hardening::protect_user_memory();
+    INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())]
+        .store(index as u8, Ordering::Relaxed);
+    start.online.store(1, Ordering::Release);
+    interrupts::init_this_cpu();
+    crate::scheduler::serve_secondary_cpu()
+}
+
+/// Sends the reschedule IPI to the CPU with kernel index `cpu`: it wakes
+/// from `hlt` and looks for work.
+pub fn wake_cpu(cpu: usize) {
+    if let Some(Some(vector)) = RESCHEDULE_VECTOR.get() {
+        interrupts::send_ipi(
+            APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
+            Ipi::Fixed { vector: *vector },
+        );
+    }
+}
+
+/// The shootdown IPI's handler: notes which request it serves, flushes this
+/// CPU's TLB (a CR3 reload: every non-global entry, and the kernel maps
+/// nothing global), then says so. A request made after the note gets an IPI
+/// of its own.
+fn on_shootdown() {
+    let cpu = cpu_index();
+    let serving = FLUSH_REQUESTED[cpu].load(Ordering::Acquire);
+    x86_64::instructions::tlb::flush_all();
+    FLUSH_DONE[cpu].fetch_max(serving, Ordering::Release);
+}
+
+/// Drops every CPU's cached translations: this CPU's directly, the others'
+/// through the shootdown IPI, waiting (bounded) until each has flushed. x86
+/// TLBs are per CPU and not kept coherent with the page tables (SDM Vol. 3A
+/// §4.10.5: the initiating processor must have the others invalidate).
+/// Runs with interrupts enabled, so two CPUs shooting at each other both
+/// answer. Errs with the index of a CPU that did not answer.
+pub fn flush_tlb_all_cpus() -> Result<(), usize> {
+    x86_64::instructions::tlb::flush_all();
+    let Some(Some(vector)) = SHOOTDOWN_VECTOR.get() else {
+        return Ok(());
+    };
+    let own = cpu_index();
+    let mut tickets = [0; MAX_CPUS];
+    for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
+        tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
+        interrupts::send_ipi(
+            APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
+            Ipi::Fixed { vector: *vector },
+        );
+    }
+    for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
+        os_services::wait_until(&crate::time::CLOCK, SHOOTDOWN_TIMEOUT, || {
+            (FLUSH_DONE[cpu].load(Ordering::Acquire) >= tickets[cpu]).then_some(())
+        })
+        .map_err(|_| cpu)?;
+    }
+    Ok(())
+}
+
+/// How many shootdowns CPU `cpu` has done (tests).
+pub fn shootdowns_done(cpu: usize) -> u64 {
+    FLUSH_DONE[cpu].load(Ordering::Acquire)
+}
+
+/// Halts this CPU until an interrupt unless `ready` holds. The check runs
+/// with interrupts off and `sti; hlt` ends it: `sti` takes effect after the
+/// next instruction (SDM Vol. 2B, STI), so a wake-up IPI that arrives after
+/// the check still ends the `hlt` instead of being taken before it.
+pub fn sleep_unless(ready: impl Fn() -> bool) {
+    x86_64::instructions::interrupts::disable();
+    if ready() {
+        x86_64::instructions::interrupts::enable();
+    } else {
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}

@@ -101,6 +101,24 @@ pub fn ap_trampoline() -> (&'static [u8], usize) {
 
 global_asm!(
     r#"
+    // enter_long_mode: from 32-bit protected mode with EDX = the PML4's
+    // physical address: PAE, the tables, EFER.LME (and NXE), then paging
+    // with write protection (SDM Vol. 3A §9.8.5 "Initializing IA-32e
+    // Mode"). The caller's far jump into a 64-bit segment follows.
+    .macro enter_long_mode
+    mov eax, cr4
+    or eax, {cr4_pae}
+    mov cr4, eax
+    mov cr3, edx
+    mov ecx, {msr_efer}
+    rdmsr
+    or eax, {efer_lme} | {efer_nxe}
+    wrmsr
+    mov eax, cr0
+    or eax, {cr0_pg} | {cr0_wp} | {cr0_pe}
+    mov cr0, eax
+    .endm
+
     .section .note.Xen, "a"
     .balign 4
     .long 4
@@ -148,18 +166,8 @@ pvh_start32:
     cmp ecx, {identity_pages}
     jne 3b
 
-    mov eax, cr4
-    or eax, {cr4_pae}
-    mov cr4, eax
-    mov eax, offset boot_pml4
-    mov cr3, eax
-    mov ecx, {msr_efer}
-    rdmsr
-    or eax, {efer_lme} | {efer_nxe}
-    wrmsr
-    mov eax, cr0
-    or eax, {cr0_pg} | {cr0_wp} | {cr0_pe}
-    mov cr0, eax
+    mov edx, offset boot_pml4
+    enter_long_mode
 
     lgdt [boot_gdt_pointer]
     push {code_sel}
@@ -214,18 +222,8 @@ ap_protected:
     mov ds, ax
     mov es, ax
     mov ss, ax
-    mov eax, cr4
-    or eax, {cr4_pae}
-    mov cr4, eax
-    mov eax, dword ptr [{ap_base} + {start_at} + {cr3_at}]
-    mov cr3, eax
-    mov ecx, {msr_efer}
-    rdmsr
-    or eax, {efer_lme} | {efer_nxe}
-    wrmsr
-    mov eax, cr0
-    or eax, {cr0_pg} | {cr0_wp} | {cr0_pe}
-    mov cr0, eax
+    mov edx, dword ptr [{ap_base} + {start_at} + {cr3_at}]
+    enter_long_mode
     .byte {far_jump}
     .long {ap_base} + (ap_long - ap_trampoline_start)
     .word {ap_code64}

@@ -412,7 +412,7 @@ mod tests {
         let line = vtd.qemu_command_line(Path::new("k.elf"), "test filter=dma", &["-s".into()]);
         assert_eq!(
             line,
-            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap -m 256M \
+            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap -smp 4 -m 256M \
              -nodefaults -display none -no-reboot -serial stdio \
              -device isa-debug-exit,iobase=0xf4,iosize=4 \
              -device edu,addr=04.0,dma_mask=0xffffffffffffffff \

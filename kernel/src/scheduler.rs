@@ -24,7 +24,7 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 
 use crate::arch::user as arch;
 use crate::task::{
@@ -51,12 +51,16 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Every CPU online, the default budget and slice.
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,
-        cpus: 1,
+        cpus: ALL_CPUS,
     };
 }
+
+/// [`Limits::cpus`] for "every CPU online".
+pub const ALL_CPUS: usize = usize::MAX;
 
 /// Whether running tasks can be preempted on this machine.
 pub fn preemption_available() -> bool {
@@ -125,6 +129,31 @@ static JOINED: AtomicUsize = AtomicUsize::new(0);
 /// Bumped each time a run is offered: a CPU that saw a run (joined or
 /// turned away) sleeps until the next one.
 static OFFERS: AtomicU64 = AtomicU64::new(0);
+
+/// What each CPU is doing in the scheduler, for diagnostics (a CPU that
+/// does not answer an IPI is reported with it).
+static ACTIVITY: [AtomicU8; crate::arch::MAX_CPUS] =
+    [const { AtomicU8::new(0) }; crate::arch::MAX_CPUS];
+const ACTIVITIES: [&str; 6] = [
+    "outside the scheduler",
+    "asleep, waiting for a run",
+    "seated, waiting for the run to start",
+    "idle in a run",
+    "running a task's turn",
+    "giving back what a task held",
+];
+
+fn set_activity(activity: usize) {
+    ACTIVITY[crate::arch::current_cpu_index() as usize].store(activity as u8, Ordering::Relaxed);
+}
+
+/// What CPU `cpu` was last doing in the scheduler.
+pub fn activity(cpu: usize) -> &'static str {
+    ACTIVITIES
+        .get(usize::from(ACTIVITY[cpu].load(Ordering::Relaxed)))
+        .copied()
+        .unwrap_or("?")
+}
 
 /// How a run went on several CPUs, for tests and the demo.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -208,6 +237,9 @@ pub fn run_tasks(
         while JOINED.load(Ordering::SeqCst) != 0 {
             core::hint::spin_loop();
         }
+        if let Err(cpu) = crate::arch::cpu_stacks_intact() {
+            panic!("CPU {cpu} ran past the bottom of its stack");
+        }
         let state = run.state.lock();
         *LAST_PARALLELISM.lock() = Parallelism {
             cpus_used: state.cpus_used,
@@ -222,6 +254,7 @@ pub fn run_tasks(
 pub fn serve_secondary_cpu() -> ! {
     let mut seen = 0;
     loop {
+        set_activity(1);
         crate::arch::sleep_unless(|| OFFERS.load(Ordering::SeqCst) != seen);
         seen = OFFERS.load(Ordering::SeqCst);
         JOINED.fetch_add(1, Ordering::SeqCst);
@@ -261,6 +294,7 @@ fn work(run: &SharedRun) {
         run: &run.result,
     };
     let cpu_bit = 1u64 << crate::arch::current_cpu_index();
+    set_activity(2);
     while !run.started.load(Ordering::SeqCst) {
         core::hint::spin_loop();
     }
@@ -302,9 +336,11 @@ fn work(run: &SharedRun) {
         let Some((index, mut task)) = next else {
             // Nothing to run here: every task waits for a device or runs
             // on another CPU. Sleep until an interrupt (a tick at most).
+            set_activity(3);
             arch::idle(IDLE_TICK_MS);
             continue;
         };
+        set_activity(4);
         let end = run_turn(&mut task, index, &mut sink, run);
         match end {
             TurnEnd::Ready | TurnEnd::Waits(_) => {
@@ -317,6 +353,7 @@ fn work(run: &SharedRun) {
                 }
             }
             TurnEnd::Ended(exit) => {
+                set_activity(5);
                 finish(task, index, exit, &mut sink);
                 let mut state = run.state.lock();
                 state.running -= 1;

@@ -58,6 +58,21 @@ fn run_captured(tasks: Vec<Task>) -> Run {
     )
 }
 
+/// Runs spawned tasks together on this CPU alone, in spawn order: for tests
+/// whose tasks must take their first turns in that order (a holder before
+/// its contender), which several CPUs would not keep.
+fn run_captured_on_one_cpu(tasks: Vec<Task>) -> Run {
+    crate::scheduler::run_tasks(
+        tasks.into_iter().map(Some).collect(),
+        Output::Capture,
+        task::kernel_root(),
+        crate::scheduler::Limits {
+            cpus: 1,
+            ..crate::scheduler::Limits::DEFAULT
+        },
+    )
+}
+
 /// Most heap bytes a gone task's account may still hold (see
 /// `memory::heap_charges::reparent`).
 const MAX_HEAP_LEFT_PER_TASK: usize = 4096;

@@ -357,7 +357,10 @@ impl Task {
         // a revoked window is where a stale translation would let one task
         // drive another's device, so it does not rest on that.
         if let Err(cpu) = crate::arch::flush_tlb_all_cpus() {
-            println!("kernel: CPU {cpu} did not answer a TLB shootdown");
+            println!(
+                "kernel: CPU {cpu} did not answer a TLB shootdown (it was {})",
+                crate::scheduler::activity(cpu)
+            );
         }
     }
 

@@ -308,7 +308,10 @@ fn functions_behind_one_pci_bridge_are_one_group(platform: &Platform) -> TestRes
     let holder = super::spawn_hostile(GROUP_HOLDER, first)?;
     let contender = super::spawn_hostile(GROUP_CONTENDER, first + 1)?;
     let mut owners = alloc::vec![holder.owner, contender.owner];
-    let run = super::run_captured(alloc::vec![holder, contender]);
+    // The holder must open its function before the contender tries: one
+    // CPU runs them in that order (the holder's open comes before its
+    // first yield).
+    let run = super::run_captured_on_one_cpu(alloc::vec![holder, contender]);
     let (holder, contender) = (&run.reports[0], &run.reports[1]);
     if holder.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates the edus here"));

@@ -27,8 +27,6 @@ const PSCI_CPU_ON_64: u64 = 0xC400_0003;
 /// PSCI 1.1 §5.2.2 return codes the kernel tells apart.
 const PSCI_SUCCESS: i64 = 0;
 const PSCI_ALREADY_ON: i64 = -4;
-/// Bytes of stack each secondary CPU gets.
-const STACK_BYTES: usize = 16 * 1024;
 /// How long a started CPU may take to say it is online.
 const START_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -113,10 +111,8 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
     init_reschedule();
     for mpidr in others.into_iter().take(crate::arch::MAX_CPUS - 1) {
         let index = online_cpus();
-        // The stack and the start block stay for the CPU's lifetime: leaked.
-        let stack: &'static mut [u128] =
-            Box::leak(alloc::vec![0u128; STACK_BYTES / 16].into_boxed_slice());
-        let stack_top = stack.as_ptr_range().end as u64;
+        // The start block stays for the CPU's lifetime: leaked.
+        let stack_top = crate::arch::alloc_cpu_stack(index);
         let start: &'static ApStart = Box::leak(Box::new(ApStart {
             mair: MAIR_EL1.get(),
             tcr: TCR_EL1.get(),

@@ -25,8 +25,6 @@ use super::gdt::{self, BOOT_CPU_TABLES, CpuTables};
 use super::interrupts::{self, Ipi};
 use crate::arch::MAX_CPUS;
 
-/// Bytes of stack each secondary CPU gets.
-const STACK_BYTES: usize = 16 * 1024;
 /// SDM §8.4.4.1: wait 10 ms after INIT, 200 µs after each Startup IPI.
 const AFTER_INIT: Duration = Duration::from_millis(10);
 const AFTER_STARTUP: Duration = Duration::from_micros(200);
@@ -147,9 +145,8 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     let start = page.wrapping_add(params_offset).cast::<ApStart>();
     for apic_id in others.into_iter().take(MAX_CPUS - 1) {
         let index = online_cpus();
-        // The stack and the tables stay for the CPU's lifetime: leaked.
-        let stack: &'static mut [u128] =
-            Box::leak(alloc::vec![0u128; STACK_BYTES / 16].into_boxed_slice());
+        // The tables stays for the CPU's lifetime: leaked.
+        let stack_top = crate::arch::alloc_cpu_stack(index);
         let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables::new()));
         TABLES[index].store(tables, Ordering::Release);
         APIC_ID_BY_INDEX[index].store(apic_id, Ordering::Relaxed);
@@ -159,7 +156,7 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
         unsafe {
             start.write(ApStart {
                 cr3,
-                stack_top: stack.as_ptr_range().end as u64,
+                stack_top,
                 cpu_index: index as u64,
                 online: AtomicU64::new(0),
             });

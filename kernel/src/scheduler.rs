@@ -5,8 +5,8 @@
 //!
 //! [`run_tasks`] keeps a FIFO of runnable tasks shared by the CPUs of the
 //! run: the secondary CPUs sleep in [`serve_secondary_cpu`] until a run is
-//! offered (a reschedule IPI wakes them), take a seat if one is left, and
-//! leave when no task is. Each CPU takes the task at the head, which runs
+//! offered (`work_sharing::Offer`; a reschedule IPI wakes them), take a
+//! seat if one is left, and leave when no task is. Each CPU takes the task at the head, which runs
 //! until it makes a system call, faults or uses up its time slice
 //! ([`TIME_SLICE_MS`]; the slice covers the kernel's time for its calls; a
 //! one-shot timer: the local APIC timer on x86_64, the EL1 virtual timer on
@@ -24,7 +24,9 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use work_sharing::Offer;
 
 use crate::arch::user as arch;
 use crate::task::{
@@ -51,11 +53,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Every CPU online, the default budget and slice.
+    /// One CPU, the default budget and slice. Runs that want the other
+    /// CPUs ask for them ([`ALL_CPUS`]): with every run on every CPU the
+    /// suite still fails now and then (a secondary CPU stops taking IPIs;
+    /// once, a trap from ring 3 found no task on its CPU), which issue 20's
+    /// next step has to run down first.
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,
-        cpus: ALL_CPUS,
+        cpus: 1,
     };
 }
 
@@ -108,8 +114,6 @@ struct SharedRun {
     mode: Output,
     state: spin::Mutex<RunState>,
     result: spin::Mutex<Run>,
-    /// Places left for CPUs other than the one that started the run.
-    seats: AtomicUsize,
     /// Set once the CPUs are seated (or the wait for them ended): no CPU
     /// takes a task before, so a short run still spreads over all of them
     /// rather than finishing on the first CPU awake.
@@ -119,16 +123,10 @@ struct SharedRun {
 /// How long a run waits for the CPUs it offered seats to.
 const SEATING_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1);
 
-/// The run secondary CPUs may join (null: none), and how many are inside
-/// it. The CPU that started the run clears `ACTIVE`, then waits for
-/// `JOINED` to reach 0 before the run (on its stack) goes away; a joining
-/// CPU counts itself in before it looks at `ACTIVE` (both sequentially
-/// consistent, so one of the two sees the other).
-static ACTIVE: AtomicPtr<SharedRun> = AtomicPtr::new(core::ptr::null_mut());
-static JOINED: AtomicUsize = AtomicUsize::new(0);
-/// Bumped each time a run is offered: a CPU that saw a run (joined or
-/// turned away) sleeps until the next one.
-static OFFERS: AtomicU64 = AtomicU64::new(0);
+/// Where the CPU that starts a run lends it to the others: the run lives on
+/// its stack, and `work_sharing::Offer` makes sure no helper is still inside
+/// it when it returns (see that crate for the protocol and its model).
+static OFFER: Offer<SharedRun> = Offer::new();
 
 /// What each CPU is doing in the scheduler, for diagnostics (a CPU that
 /// does not answer an IPI is reported with it).
@@ -217,26 +215,26 @@ pub fn run_tasks(
             cpus_used: 0,
         }),
         result: spin::Mutex::new(result),
-        seats: AtomicUsize::new(helpers),
         started: AtomicBool::new(helpers == 0),
     };
-    if helpers > 0 {
-        ACTIVE.store(core::ptr::from_ref(&run).cast_mut(), Ordering::SeqCst);
-        OFFERS.fetch_add(1, Ordering::SeqCst);
-        for cpu in 1..crate::arch::online_cpus() {
-            crate::arch::wake_cpu(cpu);
-        }
-        let _ = os_services::wait_until(&crate::time::CLOCK, SEATING_TIMEOUT, || {
-            (run.seats.load(Ordering::SeqCst) == 0).then_some(())
-        });
-        run.started.store(true, Ordering::SeqCst);
-    }
-    work(&run);
-    if helpers > 0 {
-        ACTIVE.store(core::ptr::null_mut(), Ordering::SeqCst);
-        while JOINED.load(Ordering::SeqCst) != 0 {
-            core::hint::spin_loop();
-        }
+    if helpers == 0 {
+        work(&run);
+    } else {
+        OFFER.lend(
+            &run,
+            helpers as u32,
+            |run| {
+                for cpu in 1..crate::arch::online_cpus() {
+                    crate::arch::wake_cpu(cpu);
+                }
+                let _ = os_services::wait_until(&crate::time::CLOCK, SEATING_TIMEOUT, || {
+                    (OFFER.seats_left() == 0).then_some(())
+                });
+                run.started.store(true, Ordering::SeqCst);
+                work(run);
+            },
+            core::hint::spin_loop,
+        );
         if let Err(cpu) = crate::arch::cpu_stacks_intact() {
             panic!("CPU {cpu} ran past the bottom of its stack");
         }
@@ -255,24 +253,9 @@ pub fn serve_secondary_cpu() -> ! {
     let mut seen = 0;
     loop {
         set_activity(1);
-        crate::arch::sleep_unless(|| OFFERS.load(Ordering::SeqCst) != seen);
-        seen = OFFERS.load(Ordering::SeqCst);
-        JOINED.fetch_add(1, Ordering::SeqCst);
-        let run = ACTIVE.load(Ordering::SeqCst);
-        if !run.is_null() {
-            // SAFETY: the run stays alive while JOINED counts this CPU: its
-            // owner clears ACTIVE and then waits for JOINED to drop to 0
-            // before it returns.
-            let run = unsafe { &*run };
-            let seated = run
-                .seats
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok();
-            if seated {
-                work(run);
-            }
-        }
-        JOINED.fetch_sub(1, Ordering::SeqCst);
+        crate::arch::sleep_unless(|| OFFER.generation() != seen);
+        seen = OFFER.generation();
+        OFFER.join(work);
     }
 }
 

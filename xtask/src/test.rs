@@ -19,7 +19,7 @@ enum Verdict {
 const BOOT_TEST_PACKAGE: &str = "qemu-tests";
 /// Crates with `loom` models of their lock-free protocols: unit tests in a
 /// module named `loom_model`, built only with `--cfg loom`.
-const LOOM_PACKAGES: &[&str] = &["io-page-table", "iommu-kit"];
+const LOOM_PACKAGES: &[&str] = &["io-page-table", "iommu-kit", "work-sharing"];
 /// The name every loom model's module has, the tests' filter.
 const LOOM_MODULE: &str = "loom_model";
 

@@ -358,8 +358,9 @@ impl Task {
         // drive another's device, so it does not rest on that.
         if let Err(cpu) = crate::arch::flush_tlb_all_cpus() {
             println!(
-                "kernel: CPU {cpu} did not answer a TLB shootdown (it was {})",
-                crate::scheduler::activity(cpu)
+                "kernel: CPU {cpu} did not answer a TLB shootdown (it was {}; {})",
+                crate::scheduler::activity(cpu),
+                crate::arch::halt_diagnostics(cpu)
             );
         }
     }

@@ -76,7 +76,9 @@ fn a_task_cannot_reach_another_tasks_memory_device_or_objects(platform: &Platfor
     owner.set_argument(argument(OWNER, 0, va));
     let prober = spawn(PROBER, 1, phys)?;
     let owners = [owner.owner, prober.owner];
-    let run = super::run_captured(alloc::vec![owner, prober]);
+    // The prober must find the owner holding its device: one CPU runs them
+    // in that order.
+    let run = super::run_captured_on_one_cpu(alloc::vec![owner, prober]);
     let (owner, prober) = (&run.reports[0], &run.reports[1]);
     if owner.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
@@ -127,7 +129,9 @@ fn a_task_killed_with_its_device_attached_leaves_the_other_working(
     let victim = spawn(VICTIM, 0, 0)?;
     let worker = spawn(WORKER, 1, 0)?;
     let owners = [victim.owner, worker.owner];
-    let run = super::run_captured(alloc::vec![victim, worker]);
+    // The victim attaches its device before the worker starts: one CPU runs
+    // them in that order.
+    let run = super::run_captured_on_one_cpu(alloc::vec![victim, worker]);
     let (victim, worker) = (&run.reports[0], &run.reports[1]);
     if victim.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));
@@ -184,7 +188,9 @@ fn faults_a_task_leaves_unread_do_not_hide_another_tasks_faults(platform: &Platf
     let faulter = spawn(FAULTER, 0, 0)?;
     let reader = super::spawn_program("edu-dma", 1)?;
     let owners = [faulter.owner, reader.owner];
-    let run = super::run_captured(alloc::vec![faulter, reader]);
+    // The faulter's device faults before the reader's: one CPU runs them in
+    // that order.
+    let run = super::run_captured_on_one_cpu(alloc::vec![faulter, reader]);
     let (faulter, reader) = (&run.reports[0], &run.reports[1]);
     if faulter.exit == Exit::Code(NO_DEVICE) {
         return Ok(Outcome::NotApplicable("no IOMMU translates an edu here"));

@@ -575,7 +575,7 @@ fn four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once(_: &Platform) -> Tes
         Output::Capture,
         task::kernel_root(),
         crate::scheduler::Limits {
-            cpus: SMP_TASKS,
+            cpus: crate::scheduler::ALL_CPUS,
             ..crate::scheduler::Limits::DEFAULT
         },
     );

@@ -135,6 +135,12 @@ pub fn start_secondary_cpus(
         .map_err(|why| alloc::format!("{why}"))
 }
 
+/// How CPU `cpu` last halted: nothing is noted on aarch64 (its shootdown
+/// needs no answer).
+pub fn halt_diagnostics(_cpu: usize) -> alloc::string::String {
+    alloc::string::String::from("no halt state noted")
+}
+
 pub use smp::{flush_tlb_all_cpus, sleep_unless, wake_cpu};
 
 /// How many CPUs run kernel code.

@@ -169,6 +169,21 @@ pub fn in_service(vector: u8) -> bool {
         .is_some_and(|lapic| lapic.0.read32(register) & (1 << (vector % 32)) != 0)
 }
 
+/// The highest vector in service on this CPU's local APIC (0: none), for
+/// diagnostics: one left in service blocks every vector of its priority
+/// class and below (SDM §11.8.3.1).
+pub fn highest_in_service() -> u8 {
+    (0..8u8)
+        .rev()
+        .find_map(|register| {
+            let bits = lapic().read32(Reg32(
+                LAPIC_ISR_BASE + usize::from(register) * LAPIC_ISR_STRIDE,
+            ));
+            (bits != 0).then(|| register * 32 + (31 - bits.leading_zeros()) as u8)
+        })
+        .unwrap_or(0)
+}
+
 /// Ends the highest-priority interrupt in service (SDM §11.8.5).
 pub fn end_of_interrupt() {
     lapic().write32(LAPIC_EOI, 0);

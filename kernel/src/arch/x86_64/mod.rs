@@ -148,6 +148,15 @@ pub fn online_cpus() -> usize {
     smp::online_cpus()
 }
 
+/// How CPU `cpu` last halted, for a report about a CPU that does not answer.
+pub fn halt_diagnostics(cpu: usize) -> alloc::string::String {
+    let (enabled, in_service) = user::halted_with(cpu);
+    alloc::format!(
+        "last halted with interrupts {}, highest vector in service {in_service:#x}",
+        if enabled { "on" } else { "off" }
+    )
+}
+
 pub use smp::{flush_tlb_all_cpus, shootdowns_done, sleep_unless, wake_cpu};
 
 /// The kernel's index of the running CPU (0 on the boot CPU), from its

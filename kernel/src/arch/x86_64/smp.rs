@@ -276,6 +276,8 @@ pub fn sleep_unless(ready: impl Fn() -> bool) {
     if ready() {
         x86_64::instructions::interrupts::enable();
     } else {
+        // `sti; hlt` below: halted with interrupts on.
+        super::user::note_halt(true);
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }

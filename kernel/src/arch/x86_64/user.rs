@@ -66,6 +66,9 @@ struct CpuUserState {
     /// compares against it, so a badly calibrated timer only makes slices
     /// coarser.
     slice_end_ns: AtomicU64,
+    /// What the CPU looked like when it last halted (diagnostics): bit 63
+    /// interrupts enabled, bits 7:0 the highest vector in service.
+    halted_with: AtomicU64,
 }
 
 static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
@@ -74,8 +77,23 @@ static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
         current: AtomicPtr::new(core::ptr::null_mut()),
         preempt: AtomicBool::new(false),
         slice_end_ns: AtomicU64::new(u64::MAX),
+        halted_with: AtomicU64::new(0),
     }
 }; MAX_CPUS];
+
+/// How CPU `cpu` last halted: whether interrupts were enabled and the
+/// highest vector its local APIC had in service.
+pub fn halted_with(cpu: usize) -> (bool, u8) {
+    let value = PER_CPU[cpu].halted_with.load(Ordering::Relaxed);
+    (value >> 63 != 0, value as u8)
+}
+
+/// Notes this CPU's interrupt state just before a `hlt` (`enabled`: whether
+/// interrupts will be on during it).
+pub(super) fn note_halt(enabled: bool) {
+    let value = (u64::from(enabled) << 63) | u64::from(super::interrupts::highest_in_service());
+    this_cpu().halted_with.store(value, Ordering::Relaxed);
+}
 
 fn this_cpu() -> &'static CpuUserState {
     &PER_CPU[super::smp::cpu_index()]
@@ -243,7 +261,15 @@ pub fn run(context: &mut UserContext) {
 pub fn trap_from_user(frame: &TrapFrame) -> ! {
     let cpu = this_cpu();
     let current = cpu.current.load(Ordering::SeqCst);
-    assert!(!current.is_null(), "trap from ring 3 with no task running");
+    assert!(
+        !current.is_null(),
+        "trap from ring 3 with no task running (CPU {}, APIC ID {}, vector {:#x}, rip {:#x}, cs {:#x})",
+        super::smp::cpu_index(),
+        super::interrupts::local_apic_id(),
+        frame.vector,
+        frame.rip,
+        frame.cs
+    );
     // SAFETY: `current` is the context `run` is waiting on on this CPU;
     // nothing else touches it until leave_user returns there, onto the
     // stack this CPU's enter_user saved.
@@ -375,6 +401,10 @@ pub fn arm_preemption(slice_ns: u64) -> bool {
         .store(super::now_ns().saturating_add(slice_ns), Ordering::SeqCst);
     let lapic = super::interrupts::lapic();
     let ticks = u32::try_from(per_ms.saturating_mul(TICK_MS)).unwrap_or(u32::MAX);
+    // Each CPU has its own timer: the divider the calibration ran with is
+    // set on whichever CPU arms it (a secondary CPU's is still at its
+    // reset value, divide by 2).
+    lapic.write32(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
     lapic.write32(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
     lapic.write32(LAPIC_TIMER_INITIAL_COUNT, ticks.max(1));
     true
@@ -385,6 +415,7 @@ pub fn arm_preemption(slice_ns: u64) -> bool {
 pub fn idle(max_ms: u64) {
     if arm_preemption(max_ms.saturating_mul(1_000_000)) {
         // Interrupts are enabled in the kernel: the periodic tick ends the halt.
+        note_halt(x86_64::instructions::interrupts::are_enabled());
         x86_64::instructions::hlt();
         disarm_preemption();
     } else {

@@ -123,6 +123,14 @@ pub fn alloc_vector(handler: Handler) -> Option<u8> {
     Some(vector as u8)
 }
 
+/// x86_64: installs `handler` for a vector outside the allocatable range
+/// (the inter-processor interrupts'), for good.
+#[cfg(target_arch = "x86_64")]
+pub fn install_system_vector(vector: u8, handler: Handler) {
+    debug_assert!(!crate::arch::interrupts::ALLOCATABLE.contains(&u32::from(vector)));
+    register(u32::from(vector), Some(handler));
+}
+
 /// x86_64: the compatibility-format MSI (address, data) for `vector`.
 #[cfg(target_arch = "x86_64")]
 pub fn msi_message(vector: u8) -> (u64, u32) {

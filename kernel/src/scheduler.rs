@@ -55,9 +55,10 @@ pub struct Limits {
 impl Limits {
     /// One CPU, the default budget and slice. Runs that want the other
     /// CPUs ask for them ([`ALL_CPUS`]): with every run on every CPU the
-    /// suite still fails now and then (a secondary CPU stops taking IPIs;
-    /// once, a trap from ring 3 found no task on its CPU), which issue 20's
-    /// next step has to run down first.
+    /// suite still fails now and then in the VT-d configurations (a
+    /// secondary CPU stops answering IPIs; the whole machine hangs; once, a
+    /// trap from ring 3 found no task on its CPU), which issue 20's next step
+    /// has to run down first.
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,

@@ -37,6 +37,14 @@ const LAPIC_ISR_STRIDE: usize = 0x10;
 /// SVR bit 8: APIC software enable.
 const SVR_APIC_ENABLE: u32 = 1 << 8;
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
+/// The inter-processor interrupts' vectors: in the top priority class
+/// (0xF0-0xFF; SDM §11.8.3.1: a vector's class is its upper four bits, and a
+/// local APIC delivers nothing of a class at or below the one in service),
+/// above every device vector, so a storm of device interrupts cannot starve
+/// a TLB shootdown. Linux puts its system vectors there too
+/// (`arch/x86/include/asm/irq_vectors.h`).
+pub const SHOOTDOWN_VECTOR: u8 = 0xFC;
+pub const RESCHEDULE_VECTOR: u8 = 0xFD;
 const LAPIC_ID_SHIFT: u32 = 24;
 
 /// MSI address format (SDM Vol. 3A §11.11.1): 0xFEEx_xxxx with the

@@ -16,7 +16,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use boot::x86_64::{AP_TRAMPOLINE_BASE, ApStart, ap_trampoline};
@@ -42,10 +42,9 @@ static ONLINE: AtomicUsize = AtomicUsize::new(1);
 static INDEX_BY_APIC_ID: [AtomicU8; APIC_IDS] = [const { AtomicU8::new(0) }; APIC_IDS];
 /// Each CPU's local APIC ID, by the kernel's index, for IPIs.
 static APIC_ID_BY_INDEX: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
-/// The vector of the reschedule IPI, taken at boot.
-static RESCHEDULE_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
-/// The vector of the TLB shootdown IPI, taken at boot.
-static SHOOTDOWN_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
+/// Whether the IPIs' handlers are installed (before the first secondary CPU
+/// starts).
+static IPIS_READY: AtomicBool = AtomicBool::new(false);
 /// Per CPU: shootdowns asked of it, and the latest one it has done. A
 /// requester takes a ticket and waits until `done` reaches it.
 static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
@@ -113,8 +112,9 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     APIC_ID_BY_INDEX[0].store(own, Ordering::Relaxed);
     // The reschedule IPI only has to interrupt a halted CPU: its handler
     // has nothing to do.
-    RESCHEDULE_VECTOR.call_once(|| crate::irq::alloc_vector(|| {}));
-    SHOOTDOWN_VECTOR.call_once(|| crate::irq::alloc_vector(on_shootdown));
+    crate::irq::install_system_vector(interrupts::RESCHEDULE_VECTOR, || {});
+    crate::irq::install_system_vector(interrupts::SHOOTDOWN_VECTOR, on_shootdown);
+    IPIS_READY.store(true, Ordering::Release);
     let others: Vec<u8> = apic_ids
         .iter()
         .filter_map(|&id| u8::try_from(id).ok())
@@ -214,12 +214,12 @@ extern "C" fn secondary_entry(start: &ApStart) -> ! {
 /// Sends the reschedule IPI to the CPU with kernel index `cpu`: it wakes
 /// from `hlt` and looks for work.
 pub fn wake_cpu(cpu: usize) {
-    if let Some(Some(vector)) = RESCHEDULE_VECTOR.get() {
-        interrupts::send_ipi(
-            APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
-            Ipi::Fixed { vector: *vector },
-        );
-    }
+    interrupts::send_ipi(
+        APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
+        Ipi::Fixed {
+            vector: interrupts::RESCHEDULE_VECTOR,
+        },
+    );
 }
 
 /// The shootdown IPI's handler: notes which request it serves, flushes this
@@ -241,16 +241,18 @@ fn on_shootdown() {
 /// answer. Errs with the index of a CPU that did not answer.
 pub fn flush_tlb_all_cpus() -> Result<(), usize> {
     x86_64::instructions::tlb::flush_all();
-    let Some(Some(vector)) = SHOOTDOWN_VECTOR.get() else {
+    if !IPIS_READY.load(Ordering::Acquire) {
         return Ok(());
-    };
+    }
     let own = cpu_index();
     let mut tickets = [0; MAX_CPUS];
     for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
         tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
         interrupts::send_ipi(
             APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
-            Ipi::Fixed { vector: *vector },
+            Ipi::Fixed {
+                vector: interrupts::SHOOTDOWN_VECTOR,
+            },
         );
     }
     for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {

@@ -17,6 +17,7 @@ mod backtrace;
 mod bench;
 mod boot_info;
 mod cmdline;
+mod cpu_activity;
 mod demo;
 mod device_policy;
 mod devices;

@@ -24,9 +24,11 @@ use alloc::collections::VecDeque;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use work_sharing::Offer;
+
+use crate::cpu_activity::{self, Activity};
 
 use crate::arch::user as arch;
 use crate::task::{
@@ -129,31 +131,6 @@ const SEATING_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1)
 /// it when it returns (see that crate for the protocol and its model).
 static OFFER: Offer<SharedRun> = Offer::new();
 
-/// What each CPU is doing in the scheduler, for diagnostics (a CPU that
-/// does not answer an IPI is reported with it).
-static ACTIVITY: [AtomicU8; crate::arch::MAX_CPUS] =
-    [const { AtomicU8::new(0) }; crate::arch::MAX_CPUS];
-const ACTIVITIES: [&str; 6] = [
-    "outside the scheduler",
-    "asleep, waiting for a run",
-    "seated, waiting for the run to start",
-    "idle in a run",
-    "running a task's turn",
-    "giving back what a task held",
-];
-
-fn set_activity(activity: usize) {
-    ACTIVITY[crate::arch::current_cpu_index() as usize].store(activity as u8, Ordering::Relaxed);
-}
-
-/// What CPU `cpu` was last doing in the scheduler.
-pub fn activity(cpu: usize) -> &'static str {
-    ACTIVITIES
-        .get(usize::from(ACTIVITY[cpu].load(Ordering::Relaxed)))
-        .copied()
-        .unwrap_or("?")
-}
-
 /// How a run went on several CPUs, for tests and the demo.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parallelism {
@@ -253,7 +230,7 @@ pub fn run_tasks(
 pub fn serve_secondary_cpu() -> ! {
     let mut seen = 0;
     loop {
-        set_activity(1);
+        cpu_activity::set(Activity::Asleep);
         crate::arch::sleep_unless(|| OFFER.generation() != seen);
         seen = OFFER.generation();
         OFFER.join(work);
@@ -278,7 +255,7 @@ fn work(run: &SharedRun) {
         run: &run.result,
     };
     let cpu_bit = 1u64 << crate::arch::current_cpu_index();
-    set_activity(2);
+    cpu_activity::set(Activity::Seated);
     while !run.started.load(Ordering::SeqCst) {
         core::hint::spin_loop();
     }
@@ -320,11 +297,11 @@ fn work(run: &SharedRun) {
         let Some((index, mut task)) = next else {
             // Nothing to run here: every task waits for a device or runs
             // on another CPU. Sleep until an interrupt (a tick at most).
-            set_activity(3);
+            cpu_activity::set(Activity::Idle);
             arch::idle(IDLE_TICK_MS);
             continue;
         };
-        set_activity(4);
+        cpu_activity::set(Activity::RunningTask);
         let end = run_turn(&mut task, index, &mut sink, run);
         match end {
             TurnEnd::Ready | TurnEnd::Waits(_) => {
@@ -337,7 +314,7 @@ fn work(run: &SharedRun) {
                 }
             }
             TurnEnd::Ended(exit) => {
-                set_activity(5);
+                cpu_activity::set(Activity::Finishing);
                 finish(task, index, exit, &mut sink);
                 let mut state = run.state.lock();
                 state.running -= 1;

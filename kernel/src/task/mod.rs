@@ -359,7 +359,7 @@ impl Task {
         if let Err(cpu) = crate::arch::flush_tlb_all_cpus() {
             println!(
                 "kernel: CPU {cpu} did not answer a TLB shootdown (it was {}; {})",
-                crate::scheduler::activity(cpu),
+                crate::cpu_activity::describe(cpu),
                 crate::arch::halt_diagnostics(cpu)
             );
         }

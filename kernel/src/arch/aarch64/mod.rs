@@ -2,6 +2,7 @@
 //! generic-timer clock, exit through semihosting.
 
 pub mod cache;
+pub mod cpu;
 mod exceptions;
 pub mod gic;
 mod hardening;
@@ -10,7 +11,7 @@ pub mod smp;
 mod trap_frame;
 pub mod user;
 
-use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable, Writeable};
+use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
@@ -46,7 +47,7 @@ extern "C" fn kernel_entry(dtb: u64) -> ! {
     crate::console::init(unsafe { Serial::new(EARLY_UART_BASE) });
     exceptions::init();
     // The per-CPU index: the boot CPU is CPU 0.
-    aarch64_cpu::registers::TPIDR_EL1.set(0);
+    cpu::set_cpu_index(0);
     crate::memory::init_heap();
     let dtb_addr = if dtb != 0 { dtb } else { DTB_AT_RAM_BASE };
     let boot = boot_info_from_device_tree(dtb_addr);
@@ -150,5 +151,5 @@ pub fn online_cpus() -> usize {
 
 /// The kernel's index of the running CPU (TPIDR_EL1; 0 on the boot CPU).
 pub fn current_cpu_index() -> u64 {
-    smp::cpu_index()
+    cpu::cpu_index()
 }

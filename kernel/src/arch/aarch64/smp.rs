@@ -14,9 +14,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
-use aarch64_cpu::registers::{
-    MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TPIDR_EL1, TTBR0_EL1, Writeable,
-};
+use aarch64_cpu::registers::{MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TTBR0_EL1};
 use boot::aarch64::{ApStart, ap_start};
 use firmware::devicetree::{Platform as DeviceTreePlatform, PsciMethod};
 
@@ -145,15 +143,10 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
     Ok(())
 }
 
-/// The index the kernel gave the running CPU (0 on the boot CPU).
-pub fn cpu_index() -> u64 {
-    TPIDR_EL1.get()
-}
-
 /// Called by `boot`'s `_ap_start` with the MMU on and this CPU's stack.
 #[unsafe(no_mangle)]
 extern "C" fn secondary_entry(start: &ApStart) -> ! {
-    TPIDR_EL1.set(start.cpu_index);
+    super::cpu::set_cpu_index(start.cpu_index);
     super::exceptions::init();
     if let Err(why) = super::gic::init_this_cpu() {
         println!("smp: CPU {} takes no interrupts: {why}", start.cpu_index);

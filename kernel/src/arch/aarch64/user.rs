@@ -98,7 +98,7 @@ static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
 }; MAX_CPUS];
 
 fn this_cpu() -> &'static CpuUserState {
-    &PER_CPU[super::smp::cpu_index() as usize]
+    &PER_CPU[super::cpu::cpu_index() as usize]
 }
 
 global_asm!(

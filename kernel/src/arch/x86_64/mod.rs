@@ -1,6 +1,7 @@
 //! x86_64 (q35): PVH hand-off, COM1 console, IDT, TSC clock, exit through
 //! ACPI S5 (status 0) or isa-debug-exit (non-zero).
 
+mod cpu;
 mod exceptions;
 mod exit;
 mod gdt;
@@ -150,7 +151,7 @@ pub fn online_cpus() -> usize {
 
 /// How CPU `cpu` last halted, for a report about a CPU that does not answer.
 pub fn halt_diagnostics(cpu: usize) -> alloc::string::String {
-    let (enabled, in_service) = user::halted_with(cpu);
+    let (enabled, in_service) = cpu::halted_with(cpu);
     alloc::format!(
         "last halted with interrupts {}, highest vector in service {in_service:#x}",
         if enabled { "on" } else { "off" }
@@ -162,5 +163,5 @@ pub use smp::{flush_tlb_all_cpus, shootdowns_done, sleep_unless, wake_cpu};
 /// The kernel's index of the running CPU (0 on the boot CPU), from its
 /// local APIC ID.
 pub fn current_cpu_index() -> u64 {
-    smp::cpu_index() as u64
+    cpu::cpu_index() as u64
 }

@@ -16,12 +16,13 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use boot::x86_64::{AP_TRAMPOLINE_BASE, ApStart, ap_trampoline};
 
-use super::gdt::{self, BOOT_CPU_TABLES, CpuTables};
+use super::cpu::{self, cpu_index};
+use super::gdt::{self, CpuTables};
 use super::interrupts::{self, Ipi};
 use crate::arch::MAX_CPUS;
 
@@ -32,16 +33,9 @@ const AFTER_STARTUP: Duration = Duration::from_micros(200);
 const START_TIMEOUT: Duration = Duration::from_secs(1);
 /// A real-mode page number is the address's bits 19:12.
 const PAGE_SHIFT: u64 = 12;
-/// Local APIC IDs are 8 bits in xAPIC mode.
-const APIC_IDS: usize = 256;
 
 /// CPUs running kernel code, the boot CPU included.
 static ONLINE: AtomicUsize = AtomicUsize::new(1);
-/// The kernel's index of each local APIC ID that runs kernel code (the boot
-/// CPU's stays 0, the value every entry starts with).
-static INDEX_BY_APIC_ID: [AtomicU8; APIC_IDS] = [const { AtomicU8::new(0) }; APIC_IDS];
-/// Each CPU's local APIC ID, by the kernel's index, for IPIs.
-static APIC_ID_BY_INDEX: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 /// Whether the IPIs' handlers are installed (before the first secondary CPU
 /// starts).
 static IPIS_READY: AtomicBool = AtomicBool::new(false);
@@ -51,33 +45,10 @@ static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MA
 static FLUSH_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// How long a CPU may take to answer a shootdown.
 const SHOOTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
-/// Each secondary CPU's descriptor tables (index 0 is [`BOOT_CPU_TABLES`]).
-static TABLES: [AtomicPtr<CpuTables>; MAX_CPUS] =
-    [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
 
 /// How many CPUs run kernel code (the boot CPU and every started one).
 pub fn online_cpus() -> usize {
     ONLINE.load(Ordering::Acquire)
-}
-
-/// The kernel's index of the running CPU (0 on the boot CPU).
-pub fn cpu_index() -> usize {
-    usize::from(INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())].load(Ordering::Relaxed))
-}
-
-/// The running CPU's descriptor tables.
-pub fn this_cpu_tables() -> &'static CpuTables {
-    tables_of(cpu_index())
-}
-
-fn tables_of(index: usize) -> &'static CpuTables {
-    let tables = TABLES[index].load(Ordering::Acquire);
-    if tables.is_null() {
-        &BOOT_CPU_TABLES
-    } else {
-        // SAFETY: non-null entries point to leaked, never-freed tables.
-        unsafe { &*tables }
-    }
 }
 
 /// Why a CPU did not start.
@@ -109,7 +80,7 @@ impl core::fmt::Display for StartError {
 /// online. At most [`MAX_CPUS`] CPUs run; the rest are reported and left.
 pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     let own = interrupts::local_apic_id();
-    APIC_ID_BY_INDEX[0].store(own, Ordering::Relaxed);
+    cpu::set_apic_id(0, own);
     // The reschedule IPI only has to interrupt a halted CPU: its handler
     // has nothing to do.
     crate::irq::install_system_vector(interrupts::RESCHEDULE_VECTOR, || {});
@@ -148,8 +119,8 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
         // The tables stays for the CPU's lifetime: leaked.
         let stack_top = crate::arch::alloc_cpu_stack(index);
         let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables::new()));
-        TABLES[index].store(tables, Ordering::Release);
-        APIC_ID_BY_INDEX[index].store(apic_id, Ordering::Relaxed);
+        cpu::set_tables(index, tables);
+        cpu::set_apic_id(index, apic_id);
         // SAFETY: `start` is the trampoline's parameter block (aligned: the
         // trampoline is 16-aligned and the block 8-aligned in it); no other
         // CPU reads it until the IPIs below.
@@ -200,12 +171,11 @@ fn wake(apic_id: u8, start: &ApStart) -> Result<(), StartError> {
 #[unsafe(no_mangle)]
 extern "C" fn secondary_entry(start: &ApStart) -> ! {
     let index = start.cpu_index as usize;
-    gdt::init(tables_of(index));
+    gdt::init(cpu::tables_of(index));
     super::exceptions::load();
     // The same protections as the boot CPU (CR4 is per CPU).
     super::hardening::protect_user_memory();
-    INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())]
-        .store(index as u8, Ordering::Relaxed);
+    cpu::set_index_of_this_apic(index);
     start.online.store(1, Ordering::Release);
     interrupts::init_this_cpu();
     crate::scheduler::serve_secondary_cpu()
@@ -215,7 +185,7 @@ extern "C" fn secondary_entry(start: &ApStart) -> ! {
 /// from `hlt` and looks for work.
 pub fn wake_cpu(cpu: usize) {
     interrupts::send_ipi(
-        APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
+        cpu::apic_id_of(cpu),
         Ipi::Fixed {
             vector: interrupts::RESCHEDULE_VECTOR,
         },
@@ -249,7 +219,7 @@ pub fn flush_tlb_all_cpus() -> Result<(), usize> {
     for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
         tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
         interrupts::send_ipi(
-            APIC_ID_BY_INDEX[cpu].load(Ordering::Relaxed),
+            cpu::apic_id_of(cpu),
             Ipi::Fixed {
                 vector: interrupts::SHOOTDOWN_VECTOR,
             },
@@ -279,7 +249,7 @@ pub fn sleep_unless(ready: impl Fn() -> bool) {
         x86_64::instructions::interrupts::enable();
     } else {
         // `sti; hlt` below: halted with interrupts on.
-        super::user::note_halt(true);
+        cpu::note_halt(true);
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }

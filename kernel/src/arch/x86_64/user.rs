@@ -66,9 +66,6 @@ struct CpuUserState {
     /// compares against it, so a badly calibrated timer only makes slices
     /// coarser.
     slice_end_ns: AtomicU64,
-    /// What the CPU looked like when it last halted (diagnostics): bit 63
-    /// interrupts enabled, bits 7:0 the highest vector in service.
-    halted_with: AtomicU64,
 }
 
 static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
@@ -77,26 +74,11 @@ static PER_CPU: [CpuUserState; MAX_CPUS] = [const {
         current: AtomicPtr::new(core::ptr::null_mut()),
         preempt: AtomicBool::new(false),
         slice_end_ns: AtomicU64::new(u64::MAX),
-        halted_with: AtomicU64::new(0),
     }
 }; MAX_CPUS];
 
-/// How CPU `cpu` last halted: whether interrupts were enabled and the
-/// highest vector its local APIC had in service.
-pub fn halted_with(cpu: usize) -> (bool, u8) {
-    let value = PER_CPU[cpu].halted_with.load(Ordering::Relaxed);
-    (value >> 63 != 0, value as u8)
-}
-
-/// Notes this CPU's interrupt state just before a `hlt` (`enabled`: whether
-/// interrupts will be on during it).
-pub(super) fn note_halt(enabled: bool) {
-    let value = (u64::from(enabled) << 63) | u64::from(super::interrupts::highest_in_service());
-    this_cpu().halted_with.store(value, Ordering::Relaxed);
-}
-
 fn this_cpu() -> &'static CpuUserState {
-    &PER_CPU[super::smp::cpu_index()]
+    &PER_CPU[super::cpu::cpu_index()]
 }
 
 global_asm!(
@@ -250,7 +232,7 @@ pub fn run(context: &mut UserContext) {
         enter_user(
             &context.frame,
             cpu.kernel_stack_pointer.as_ptr(),
-            super::smp::this_cpu_tables().rsp0_slot(),
+            super::cpu::this_cpu_tables().rsp0_slot(),
         )
     };
     debug_assert_eq!(reason, LEFT_FOR_TRAP);
@@ -264,7 +246,7 @@ pub fn trap_from_user(frame: &TrapFrame) -> ! {
     assert!(
         !current.is_null(),
         "trap from ring 3 with no task running (CPU {}, APIC ID {}, vector {:#x}, rip {:#x}, cs {:#x})",
-        super::smp::cpu_index(),
+        super::cpu::cpu_index(),
         super::interrupts::local_apic_id(),
         frame.vector,
         frame.rip,
@@ -415,7 +397,7 @@ pub fn arm_preemption(slice_ns: u64) -> bool {
 pub fn idle(max_ms: u64) {
     if arm_preemption(max_ms.saturating_mul(1_000_000)) {
         // Interrupts are enabled in the kernel: the periodic tick ends the halt.
-        note_halt(x86_64::instructions::interrupts::are_enabled());
+        super::cpu::note_halt(x86_64::instructions::interrupts::are_enabled());
         x86_64::instructions::hlt();
         disarm_preemption();
     } else {

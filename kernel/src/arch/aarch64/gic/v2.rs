@@ -82,7 +82,7 @@ pub fn init(distributor: u64, cpu_interface: u64, v2m_frame: Option<u64>) {
 pub fn init_this_cpu() {
     let Ok(gic) = gic() else { return };
     let own_target = gic.distributor.read32(Reg32(GICD_ITARGETSR)) as u8;
-    TARGETS[crate::arch::smp::cpu_index() as usize].store(own_target, Ordering::Relaxed);
+    TARGETS[crate::arch::cpu::cpu_index() as usize].store(own_target, Ordering::Relaxed);
     gic.cpu.write32(GICC_PMR, PRIORITY_MASK_ALL);
     gic.cpu.write32(GICC_CTLR, GICC_CTLR_ENABLE);
 }

@@ -151,7 +151,7 @@ fn find_redistributor(base: u64) -> Result<Mmio, &'static str> {
 
 /// The running CPU's redistributor.
 fn this_redistributor() -> Result<&'static Mmio, NoInterruptController> {
-    REDISTRIBUTORS[crate::arch::smp::cpu_index() as usize]
+    REDISTRIBUTORS[crate::arch::cpu::cpu_index() as usize]
         .get()
         .map(|frame| &frame.0)
         .ok_or(NoInterruptController)
@@ -245,7 +245,7 @@ pub fn init(distributor: u64, redistributor: u64) -> Result<u32, &'static str> {
 /// CPU runs it from [`init`], every other CPU once at start.
 pub fn init_this_cpu() -> Result<(), &'static str> {
     let gic = GIC.get().ok_or("the distributor is not up")?;
-    let index = crate::arch::smp::cpu_index() as usize;
+    let index = crate::arch::cpu::cpu_index() as usize;
     AFFINITIES[index].store(crate::arch::boot_cpu_id(), Ordering::Relaxed);
     let gicr = match REDISTRIBUTORS[index].get() {
         Some(frame) => &frame.0,

@@ -50,28 +50,36 @@ fn spawn_hostile(attack: u64, index: u64) -> Result<Task, String> {
 /// Runs spawned tasks together to the end with the default limits, their
 /// output captured for the test to check.
 fn run_captured(tasks: Vec<Task>) -> Run {
-    crate::scheduler::run_tasks(
-        tasks.into_iter().map(Some).collect(),
-        Output::Capture,
-        task::kernel_root(),
-        crate::scheduler::Limits::DEFAULT,
-    )
+    run_captured_with(tasks, crate::scheduler::Limits::DEFAULT)
 }
 
 /// Runs spawned tasks together on this CPU alone, in spawn order: for tests
 /// whose tasks must take their first turns in that order (a holder before
 /// its contender), which several CPUs would not keep.
 fn run_captured_on_one_cpu(tasks: Vec<Task>) -> Run {
-    crate::scheduler::run_tasks(
-        tasks.into_iter().map(Some).collect(),
-        Output::Capture,
-        task::kernel_root(),
+    run_captured_with(
+        tasks,
         crate::scheduler::Limits {
             cpus: 1,
             ..crate::scheduler::Limits::DEFAULT
         },
     )
 }
+
+/// Runs spawned tasks together to the end with `limits`, their output
+/// captured for the test to check.
+fn run_captured_with(tasks: Vec<Task>, limits: crate::scheduler::Limits) -> Run {
+    crate::scheduler::run_tasks(
+        tasks.into_iter().map(Some).collect(),
+        Output::Capture,
+        task::kernel_root(),
+        limits,
+    )
+}
+
+/// The exit code of the user programs that drive an edu (`edu-dma`,
+/// `hostile`, `isolation`) when no edu sits behind an IOMMU.
+const NO_DEVICE: i32 = 77;
 
 /// Most heap bytes a gone task's account may still hold (see
 /// `memory::heap_charges::reparent`).

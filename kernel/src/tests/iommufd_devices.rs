@@ -6,6 +6,7 @@
 use alloc::format;
 use alloc::string::String;
 
+use super::NO_DEVICE;
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
@@ -38,8 +39,6 @@ pub static TESTS: &[Test] = &[
 /// The program's exit code when `device_open` failed (its step 2).
 const OPEN_FAILED: i32 = 2;
 
-/// The edu-dma program's exit code when no edu sits behind an IOMMU.
-const NO_DEVICE: i32 = 77;
 /// The page the program unmaps and then aims a DMA at (second of two pages
 /// at the first automatic IOVA).
 const BLOCKED_IOVA_LINE: &str = "was blocked (memory unchanged)";

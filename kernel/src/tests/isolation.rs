@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::String;
 
 use super::Baseline;
+use super::NO_DEVICE;
 use crate::iommufd_service;
 use crate::memory::frames;
 use crate::platform::Platform;
@@ -35,8 +36,6 @@ const PROBER: u64 = 2;
 const VICTIM: u64 = 3;
 const WORKER: u64 = 4;
 const FAULTER: u64 = 5;
-/// The program's exit code when no edu sits behind an IOMMU.
-const NO_DEVICE: i32 = 77;
 
 fn argument(role: u64, edu: u64, address: u64) -> u64 {
     (role << 56) | (edu << 48) | address

@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::String;
 
 use super::Baseline;
+use super::NO_DEVICE;
 use crate::platform::Platform;
 use crate::task::{Exit, Report};
 use crate::testing::{Outcome, Test, TestResult};
@@ -82,8 +83,6 @@ const IRQ_SPOOFER: u64 = 13;
 /// its fifteen but the spurious vector's (an ordinary interrupt).
 #[cfg(target_arch = "x86_64")]
 const MESSAGES_DROPPED_PER_RUN: usize = 14;
-/// The program's exit code when no edu sits behind an IOMMU.
-const NO_DEVICE: i32 = 77;
 
 /// Runs one `hostile` task alone to its end; `None` where no IOMMU
 /// translates an edu.

@@ -330,10 +330,8 @@ fn the_cpu_budget_counts_the_time_of_system_calls(_: &Platform) -> TestResult {
     let hog = super::spawn_hostile(HOG_KERNEL_TIME, 0)?;
     let owners = [hog.owner];
     let started = crate::arch::now_ns();
-    let run = crate::scheduler::run_tasks(
-        alloc::vec![Some(hog)],
-        crate::task::Output::Capture,
-        crate::task::kernel_root(),
+    let run = super::run_captured_with(
+        alloc::vec![hog],
         crate::scheduler::Limits {
             cpu_ms: BUDGET_MS,
             ..crate::scheduler::Limits::DEFAULT

@@ -528,8 +528,6 @@ fn unknown_program_is_an_error(_: &Platform) -> TestResult {
 const CHURN_ROUNDS: u64 = 400;
 /// Tasks (and CPUs) of the SMP run.
 const SMP_TASKS: usize = 4;
-/// `edu-dma`'s exit code when no edu sits behind an IOMMU.
-const NO_TRANSLATED_EDU: i32 = 77;
 
 /// Issue 20: four tasks on four CPUs at once. Where IOMMUs translate the
 /// edus, one `edu-dma` task per edu (map, DMA both ways, unmap, DMA blocked,
@@ -552,7 +550,7 @@ fn four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once(_: &Platform) -> Tes
         let run = super::run_captured(alloc::vec![warm_up]);
         match &run.reports[0].exit {
             Exit::Code(0) => edus += 1,
-            Exit::Code(NO_TRANSLATED_EDU) => break,
+            Exit::Code(super::NO_DEVICE) => break,
             other => {
                 return Err(format!(
                     "edu-dma {index} warm-up: {other:?}; it said {:?}",
@@ -570,10 +568,8 @@ fn four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once(_: &Platform) -> Tes
         tasks.push(super::spawn_program("ioas-churn", CHURN_ROUNDS)?);
     }
     let owners: Vec<u64> = tasks.iter().map(|task| task.owner).collect();
-    let run = crate::scheduler::run_tasks(
-        tasks.into_iter().map(Some).collect(),
-        Output::Capture,
-        task::kernel_root(),
+    let run = super::run_captured_with(
+        tasks,
         crate::scheduler::Limits {
             cpus: crate::scheduler::ALL_CPUS,
             ..crate::scheduler::Limits::DEFAULT

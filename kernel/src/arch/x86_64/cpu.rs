@@ -46,11 +46,6 @@ pub fn set_apic_id(index: usize, apic_id: u8) {
     APIC_ID_BY_INDEX[index].store(apic_id, Ordering::Relaxed);
 }
 
-/// The running CPU's descriptor tables.
-pub fn this_cpu_tables() -> &'static CpuTables {
-    tables_of(cpu_index())
-}
-
 /// CPU `index`'s descriptor tables.
 pub fn tables_of(index: usize) -> &'static CpuTables {
     let tables = TABLES[index].load(Ordering::Acquire);

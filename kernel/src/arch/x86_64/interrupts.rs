@@ -60,9 +60,9 @@ const PIC2_DATA: u16 = 0xA1;
 struct Lapic(Mmio);
 
 // SAFETY: every CPU sees its own local APIC at the same address; its
-// registers are accessed with single 32-bit volatile operations, and the
-// only shared state (ICR) is written by one CPU at a time through `send_ipi`'s
-// lock.
+// registers are accessed with single 32-bit volatile operations, and the one
+// two-register sequence (the ICR's halves in `send_ipi`) runs with this
+// CPU's interrupts off, on this CPU's own ICR.
 unsafe impl Sync for Lapic {}
 // SAFETY: as above.
 unsafe impl Send for Lapic {}
@@ -127,9 +127,6 @@ pub enum Ipi {
     Fixed { vector: u8 },
 }
 
-/// Serialises ICR writes: the two halves must describe one IPI.
-static ICR_LOCK: spin::Mutex<()> = spin::Mutex::new(());
-
 /// Sends `ipi` to the CPU whose local APIC ID is `apic_id` and waits (bounded)
 /// until the local APIC has sent it; false if it stayed pending.
 pub fn send_ipi(apic_id: u8, ipi: Ipi) -> bool {
@@ -139,10 +136,10 @@ pub fn send_ipi(apic_id: u8, ipi: Ipi) -> bool {
         Ipi::Fixed { vector } => ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | u32::from(vector),
     };
     let lapic = lapic();
-    // Interrupts off while the lock is held: a handler on this CPU that sent
-    // an IPI would otherwise spin on it forever.
+    // The two halves must describe one IPI. Each CPU writes only its own
+    // ICR, so keeping a handler on this CPU from sending in between is all
+    // it takes: interrupts off, no lock.
     x86_64::instructions::interrupts::without_interrupts(|| {
-        let _icr = ICR_LOCK.lock();
         lapic.write32(LAPIC_ICR_HIGH, u32::from(apic_id) << ICR_DESTINATION_SHIFT);
         lapic.write32(LAPIC_ICR_LOW, command);
         os_services::wait_until(&crate::time::CLOCK, ICR_SEND_TIMEOUT, || {
@@ -171,10 +168,14 @@ pub fn dispatch(vector: u8) {
 /// set for an interrupt it delivered, never for an exception or an `int n`.
 /// Before the APIC is set up nothing is in service.
 pub fn in_service(vector: u8) -> bool {
-    let register = Reg32(LAPIC_ISR_BASE + usize::from(vector / 32) * LAPIC_ISR_STRIDE);
     LAPIC
         .get()
-        .is_some_and(|lapic| lapic.0.read32(register) & (1 << (vector % 32)) != 0)
+        .is_some_and(|lapic| lapic.0.read32(isr_register(vector / 32)) & (1 << (vector % 32)) != 0)
+}
+
+/// In-Service Register `index` (0-7): vectors `32 * index` to `32 * index + 31`.
+fn isr_register(index: u8) -> Reg32 {
+    Reg32(LAPIC_ISR_BASE + usize::from(index) * LAPIC_ISR_STRIDE)
 }
 
 /// The highest vector in service on this CPU's local APIC (0: none), for
@@ -184,9 +185,7 @@ pub fn highest_in_service() -> u8 {
     (0..8u8)
         .rev()
         .find_map(|register| {
-            let bits = lapic().read32(Reg32(
-                LAPIC_ISR_BASE + usize::from(register) * LAPIC_ISR_STRIDE,
-            ));
+            let bits = lapic().read32(isr_register(register));
             (bits != 0).then(|| register * 32 + (31 - bits.leading_zeros()) as u8)
         })
         .unwrap_or(0)

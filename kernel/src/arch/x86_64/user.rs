@@ -220,7 +220,9 @@ impl UserContext {
 /// its registers and [`UserContext::trap`] says what happened. The task's
 /// address space must be the active one.
 pub fn run(context: &mut UserContext) {
-    let cpu = this_cpu();
+    // One local APIC read names the CPU for both of its slots.
+    let index = super::cpu::cpu_index();
+    let cpu = &PER_CPU[index];
     cpu.current.store(context, Ordering::SeqCst);
     // SAFETY: the frame holds user selectors (RPL 3) and RFLAGS with IF set
     // and IOPL 0, so iretq can only reach ring 3; the trap that ends the run
@@ -232,7 +234,7 @@ pub fn run(context: &mut UserContext) {
         enter_user(
             &context.frame,
             cpu.kernel_stack_pointer.as_ptr(),
-            super::cpu::this_cpu_tables().rsp0_slot(),
+            super::cpu::tables_of(index).rsp0_slot(),
         )
     };
     debug_assert_eq!(reason, LEFT_FOR_TRAP);

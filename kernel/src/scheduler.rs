@@ -6,19 +6,20 @@
 //! [`run_tasks`] keeps a FIFO of runnable tasks shared by the CPUs of the
 //! run: the secondary CPUs sleep in [`serve_secondary_cpu`] until a run is
 //! offered (`work_sharing::Offer`; a reschedule IPI wakes them), take a
-//! seat if one is left, and leave when no task is. Each CPU takes the task at the head, which runs
-//! until it makes a system call, faults or uses up its time slice
-//! ([`TIME_SLICE_MS`]; the slice covers the kernel's time for its calls; a
-//! one-shot timer: the local APIC timer on x86_64, the EL1 virtual timer on
-//! aarch64). Most calls return to the same task at once; `yield` and the end
-//! of a slice move it to the back of the queue; `exit` and a fault end it;
-//! `irq_wait` takes it off the queue until its device's interrupt arrives or
-//! the wait times out (a CPU with nothing to run sleeps until an interrupt
-//! or its next tick). A task that runs longer than its CPU budget ([`Limits`]) or
-//! makes more than [`SYSCALL_BUDGET`] calls is killed, so a runaway program
-//! cannot hang the kernel or a test. Without a timer scheduling falls back to
-//! cooperative. It sits above the system calls and the iommufd service it
-//! drives; tasks themselves (`crate::task`) know nothing of it.
+//! seat if one is left, and leave when no task is. Each CPU takes the task
+//! at the head, which runs until it makes a system call, faults or uses up
+//! its time slice ([`TIME_SLICE_MS`]; the slice covers the kernel's time for
+//! its calls; a one-shot timer: the local APIC timer on x86_64, the EL1
+//! virtual timer on aarch64). Most calls return to the same task at once;
+//! `yield` and the end of a slice move it to the back of the queue; `exit`
+//! and a fault end it; `irq_wait` takes it off the queue until its device's
+//! interrupt arrives or the wait times out (a CPU with nothing to run
+//! sleeps until an interrupt or its next tick). A task that runs longer
+//! than its CPU budget ([`Limits`]) or makes more than [`SYSCALL_BUDGET`]
+//! calls is killed, so a runaway program cannot hang the kernel or a test.
+//! Without a timer scheduling falls back to cooperative. It sits above the
+//! system calls and the iommufd service it drives; tasks themselves
+//! (`crate::task`) know nothing of it.
 
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -131,7 +132,7 @@ const SEATING_TIMEOUT: core::time::Duration = core::time::Duration::from_secs(1)
 /// it when it returns (see that crate for the protocol and its model).
 static OFFER: Offer<SharedRun> = Offer::new();
 
-/// How a run went on several CPUs, for tests and the demo.
+/// How a run went on several CPUs, for tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Parallelism {
     /// The CPUs (one bit per index) that ran a turn.

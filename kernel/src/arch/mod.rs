@@ -19,6 +19,20 @@ pub use x86_64::*;
 /// this length); further CPUs the firmware lists are left off.
 pub const MAX_CPUS: usize = 8;
 
+/// CPUs running kernel code, the boot CPU included (each architecture's
+/// `smp` counts in the CPUs it starts).
+static ONLINE: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(1);
+
+/// How many CPUs run kernel code (the boot CPU and every started one).
+pub fn online_cpus() -> usize {
+    ONLINE.load(core::sync::atomic::Ordering::Acquire)
+}
+
+/// Counts in a secondary CPU that said it runs kernel code.
+fn count_online_cpu() {
+    ONLINE.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+}
+
 /// Bytes of stack each secondary CPU gets: as many as the boot CPU's, since
 /// it runs the same scheduler, system calls and drivers.
 const CPU_STACK_BYTES: usize = boot::BOOT_STACK_SIZE;

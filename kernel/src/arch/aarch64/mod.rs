@@ -132,7 +132,7 @@ pub fn start_secondary_cpus(
 ) -> Result<usize, alloc::string::String> {
     let crate::platform::Firmware::DeviceTree(tree) = &platform.firmware;
     smp::start_secondary_cpus(tree)
-        .map(|()| smp::online_cpus())
+        .map(|()| crate::arch::online_cpus())
         .map_err(|why| alloc::format!("{why}"))
 }
 
@@ -143,11 +143,6 @@ pub fn halt_diagnostics(_cpu: usize) -> alloc::string::String {
 }
 
 pub use smp::{flush_tlb_all_cpus, sleep_unless, wake_cpu};
-
-/// How many CPUs run kernel code.
-pub fn online_cpus() -> usize {
-    smp::online_cpus()
-}
 
 /// The kernel's index of the running CPU (TPIDR_EL1; 0 on the boot CPU).
 pub fn current_cpu_index() -> u64 {

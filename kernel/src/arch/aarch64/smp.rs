@@ -11,7 +11,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
 use aarch64_cpu::registers::{MAIR_EL1, Readable, SCTLR_EL1, TCR_EL1, TTBR0_EL1};
@@ -27,14 +27,6 @@ const PSCI_SUCCESS: i64 = 0;
 const PSCI_ALREADY_ON: i64 = -4;
 /// How long a started CPU may take to say it is online.
 const START_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// CPUs running kernel code, the boot CPU included.
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
-
-/// How many CPUs run kernel code (the boot CPU and every started one).
-pub fn online_cpus() -> usize {
-    ONLINE.load(Ordering::Acquire)
-}
 
 /// Why a CPU did not start.
 pub enum StartError {
@@ -93,7 +85,7 @@ fn psci_call(method: PsciMethod, function: u64, a: u64, b: u64, c: u64) -> i64 {
 
 /// Starts every CPU of `tree` other than this one whose enable method is
 /// PSCI, one at a time, waiting (bounded) for each to come online
-/// ([`online_cpus`] counts them); stops at the first that does not.
+/// ([`crate::arch::online_cpus`] counts them); stops at the first that does not.
 pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError> {
     let own = super::boot_cpu_id();
     let others: Vec<u64> = tree
@@ -108,7 +100,7 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
     let method = tree.psci.ok_or(StartError::NoPsci)?;
     init_reschedule();
     for mpidr in others.into_iter().take(crate::arch::MAX_CPUS - 1) {
-        let index = online_cpus();
+        let index = crate::arch::online_cpus();
         // The start block stays for the CPU's lifetime: leaked.
         let stack_top = crate::arch::alloc_cpu_stack(index);
         let start: &'static ApStart = Box::leak(Box::new(ApStart {
@@ -138,7 +130,7 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
         if online.is_err() {
             return Err(StartError::Silent { mpidr });
         }
-        ONLINE.fetch_add(1, Ordering::AcqRel);
+        crate::arch::count_online_cpu();
     }
     Ok(())
 }

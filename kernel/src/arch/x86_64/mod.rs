@@ -140,13 +140,8 @@ pub fn start_secondary_cpus(
     platform: &crate::platform::Platform,
 ) -> Result<usize, alloc::string::String> {
     smp::start_secondary_cpus(&crate::platform::cpu_ids(platform))
-        .map(|()| smp::online_cpus())
+        .map(|()| crate::arch::online_cpus())
         .map_err(|why| alloc::format!("{why}"))
-}
-
-/// How many CPUs run kernel code.
-pub fn online_cpus() -> usize {
-    smp::online_cpus()
 }
 
 /// How CPU `cpu` last halted, for a report about a CPU that does not answer.

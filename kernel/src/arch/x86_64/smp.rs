@@ -16,7 +16,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use core::time::Duration;
 
 use boot::x86_64::{AP_TRAMPOLINE_BASE, ApStart, ap_trampoline};
@@ -34,8 +34,6 @@ const START_TIMEOUT: Duration = Duration::from_secs(1);
 /// A real-mode page number is the address's bits 19:12.
 const PAGE_SHIFT: u64 = 12;
 
-/// CPUs running kernel code, the boot CPU included.
-static ONLINE: AtomicUsize = AtomicUsize::new(1);
 /// Whether the IPIs' handlers are installed (before the first secondary CPU
 /// starts).
 static IPIS_READY: AtomicBool = AtomicBool::new(false);
@@ -45,11 +43,6 @@ static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MA
 static FLUSH_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 /// How long a CPU may take to answer a shootdown.
 const SHOOTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
-
-/// How many CPUs run kernel code (the boot CPU and every started one).
-pub fn online_cpus() -> usize {
-    ONLINE.load(Ordering::Acquire)
-}
 
 /// Why a CPU did not start.
 pub enum StartError {
@@ -115,8 +108,8 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     unsafe { core::ptr::copy_nonoverlapping(code.as_ptr(), page, code.len()) };
     let start = page.wrapping_add(params_offset).cast::<ApStart>();
     for apic_id in others.into_iter().take(MAX_CPUS - 1) {
-        let index = online_cpus();
-        // The tables stays for the CPU's lifetime: leaked.
+        let index = crate::arch::online_cpus();
+        // The tables stay for the CPU's lifetime: leaked.
         let stack_top = crate::arch::alloc_cpu_stack(index);
         let tables: &'static mut CpuTables = Box::leak(Box::new(CpuTables::new()));
         cpu::set_tables(index, tables);
@@ -135,7 +128,7 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
         // SAFETY: as above; the block was just written and stays put.
         let start = unsafe { &*start };
         wake(apic_id, start)?;
-        ONLINE.fetch_add(1, Ordering::AcqRel);
+        crate::arch::count_online_cpu();
     }
     Ok(())
 }
@@ -216,7 +209,7 @@ pub fn flush_tlb_all_cpus() -> Result<(), usize> {
     }
     let own = cpu_index();
     let mut tickets = [0; MAX_CPUS];
-    for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
+    for cpu in (0..crate::arch::online_cpus()).filter(|&cpu| cpu != own) {
         tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
         interrupts::send_ipi(
             cpu::apic_id_of(cpu),
@@ -225,7 +218,7 @@ pub fn flush_tlb_all_cpus() -> Result<(), usize> {
             },
         );
     }
-    for cpu in (0..online_cpus()).filter(|&cpu| cpu != own) {
+    for cpu in (0..crate::arch::online_cpus()).filter(|&cpu| cpu != own) {
         os_services::wait_until(&crate::time::CLOCK, SHOOTDOWN_TIMEOUT, || {
             (FLUSH_DONE[cpu].load(Ordering::Acquire) >= tickets[cpu]).then_some(())
         })

@@ -103,6 +103,15 @@ pub fn get() -> &'static Platform {
         .expect("the platform is discovered before anything asks for it")
 }
 
+/// Whether `address` lies in the PCI configuration window; false before
+/// the platform is known (exception handlers ask this).
+#[cfg(target_arch = "aarch64")]
+pub fn is_config_address(address: usize) -> bool {
+    PLATFORM
+        .get()
+        .is_some_and(|platform| platform.pci.ecam.contains(address))
+}
+
 pub fn discover(boot: &BootInfo) -> Result<Platform, DiscoveryError> {
     match boot.firmware {
         #[cfg(target_arch = "x86_64")]

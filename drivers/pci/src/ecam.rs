@@ -36,6 +36,16 @@ impl Ecam {
         self.buses.clone()
     }
 
+    /// Whether `address` lies in the window (an exception handler asking
+    /// whether a faulting access was a configuration access).
+    pub fn contains(&self, address: usize) -> bool {
+        let start = self.base.as_ptr() as usize;
+        let size = (usize::from(self.buses.end() - self.buses.start()) + 1) << BUS_SHIFT;
+        address
+            .checked_sub(start)
+            .is_some_and(|offset| offset < size)
+    }
+
     fn address(&self, bdf: Bdf, offset: u16) -> Option<*mut u32> {
         if !self.buses.contains(&bdf.bus)
             || offset >= FUNCTION_CONFIG_SIZE
@@ -67,5 +77,21 @@ impl ConfigSpace for Ecam {
             // SAFETY: a valid, aligned address inside the ECAM window.
             unsafe { address.write_volatile(value) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_window_spans_one_mebibyte_per_bus_and_nothing_beyond() {
+        let base = 0x40_1000_0000usize;
+        // SAFETY: never accessed: only the address arithmetic is tested.
+        let ecam = unsafe { Ecam::new(NonNull::new(base as *mut u8).unwrap(), 2..=3) };
+        assert!(!ecam.contains(base - 1));
+        assert!(ecam.contains(base));
+        assert!(ecam.contains(base + (2 << 20) - 1));
+        assert!(!ecam.contains(base + (2 << 20)));
     }
 }

@@ -3,7 +3,7 @@
 //! [`aarch64_exception_handler`]; the handler may change ELR to resume elsewhere.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use aarch64_cpu::registers::{VBAR_EL1, Writeable};
 
@@ -13,6 +13,20 @@ use super::trap_frame::{TRAP_FRAME_SIZE, TrapFrame};
 const EC_UNKNOWN: u64 = 0x00;
 const EC_BRK_AARCH64: u64 = 0x3C;
 const ESR_EC_SHIFT: u64 = 26;
+/// A Data Abort taken without a change of Exception level (Arm ARM
+/// D24.2.40, ESR_EL1.EC 0b100101).
+const EC_DATA_ABORT_SAME_EL: u64 = 0x25;
+/// ISS of a Data Abort (Arm ARM D24.2.40): the fault status code and
+/// whether the access was a write.
+const ISS_DFSC_MASK: u64 = 0x3F;
+const ISS_WNR: u64 = 1 << 6;
+/// DFSC 0b010000: a synchronous External abort, not on a table walk.
+const DFSC_SYNCHRONOUS_EXTERNAL_ABORT: u64 = 0x10;
+/// How often one configuration read that aborts runs again before the
+/// abort is fatal: aborts of one instruction less than
+/// [`CONFIG_READ_RETRY_WINDOW_NS`] apart count as one read's retries.
+const CONFIG_READ_RETRIES: u64 = 3;
+const CONFIG_READ_RETRY_WINDOW_NS: u64 = 1_000_000;
 const INSTRUCTION_LEN: u64 = 4;
 
 global_asm!(
@@ -136,6 +150,22 @@ unsafe extern "C" {
 static BREAKPOINTS: AtomicUsize = AtomicUsize::new(0);
 static UNDEFINED_INSTRUCTIONS: AtomicUsize = AtomicUsize::new(0);
 static EXPECT_UNDEFINED_INSTRUCTION: AtomicBool = AtomicBool::new(false);
+static CONFIG_READS_RETRIED: AtomicUsize = AtomicUsize::new(0);
+/// Per CPU: the configuration read that last aborted, when, and how often
+/// in a row.
+static ABORTED_CONFIG_READ: [AbortedRead; crate::arch::MAX_CPUS] = [const {
+    AbortedRead {
+        pc: AtomicU64::new(0),
+        at_ns: AtomicU64::new(0),
+        in_a_row: AtomicU64::new(0),
+    }
+}; crate::arch::MAX_CPUS];
+
+struct AbortedRead {
+    pc: AtomicU64,
+    at_ns: AtomicU64,
+    in_a_row: AtomicU64,
+}
 
 pub fn init() {
     VBAR_EL1.set(&raw const exception_vectors as u64);
@@ -180,6 +210,9 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
             UNDEFINED_INSTRUCTIONS.fetch_add(1, Ordering::SeqCst);
             frame.elr += INSTRUCTION_LEN;
         }
+        // ELR names the load itself (a synchronous abort is precise): the
+        // return runs it again.
+        (0, EC_DATA_ABORT_SAME_EL) if may_retry_config_read(frame) => {}
         _ => {
             // x29 is the frame pointer (AAPCS64 frame record).
             crate::backtrace::print_from(frame.elr, frame.x[29]);
@@ -195,6 +228,47 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
             )
         }
     }
+}
+
+/// Whether the abort in `frame` is a configuration read to run again.
+///
+/// QEMU 10.0.2 under multi-threaded TCG now and then ends a read of a
+/// present function's configuration space in an External abort while other
+/// vCPUs change the memory map (QEMU.md, "Multi-threaded TCG"); a
+/// configuration read has no side effect, so running it again is sound. A
+/// read that aborts [`CONFIG_READ_RETRIES`] times in a row stays fatal, as
+/// every other External abort is.
+fn may_retry_config_read(frame: &TrapFrame) -> bool {
+    let iss = frame.esr;
+    if iss & ISS_DFSC_MASK != DFSC_SYNCHRONOUS_EXTERNAL_ABORT
+        || iss & ISS_WNR != 0
+        || !crate::platform::is_config_address(frame.far as usize)
+    {
+        return false;
+    }
+    // Only this CPU's handler touches its entry, with interrupts masked.
+    let last = &ABORTED_CONFIG_READ[super::cpu::cpu_index() as usize];
+    let now = crate::arch::now_ns();
+    let previous_pc = last.pc.swap(frame.elr, Ordering::Relaxed);
+    let previous_ns = last.at_ns.swap(now, Ordering::Relaxed);
+    let same_read =
+        previous_pc == frame.elr && now.saturating_sub(previous_ns) < CONFIG_READ_RETRY_WINDOW_NS;
+    let count = if same_read {
+        last.in_a_row.fetch_add(1, Ordering::Relaxed) + 1
+    } else {
+        last.in_a_row.store(1, Ordering::Relaxed);
+        1
+    };
+    if count > CONFIG_READ_RETRIES {
+        return false;
+    }
+    CONFIG_READS_RETRIED.fetch_add(1, Ordering::Relaxed);
+    true
+}
+
+/// Configuration reads run again after an External abort since boot.
+pub fn config_reads_retried() -> usize {
+    CONFIG_READS_RETRIED.load(Ordering::Relaxed)
 }
 
 /// Executes `brk #0`; the handler counts it and resumes after it.

@@ -16,7 +16,8 @@ use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
 pub use exceptions::{
-    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
+    breakpoint, breakpoints_seen, config_reads_retried, undefined_instruction,
+    undefined_instructions_seen,
 };
 pub use hardening::protect_user_memory;
 pub use pl011::Pl011 as Serial;

@@ -184,10 +184,23 @@ pub fn boot(config: &'static Config, kernel: &Path, options: &BootOptions) -> Bo
         }
     };
 
+    // The monitor answers where each CPU is if the boot hangs (crate::monitor);
+    // a socket path too long for the system just goes without.
+    let monitor_socket = options.log_dir.join(format!("{}.monitor", config.name));
+    let _ = fs::remove_file(&monitor_socket);
+    let mut args = options.extra_args.clone();
+    if monitor_socket.as_os_str().len() < MAX_SOCKET_PATH {
+        args.push("-monitor".into());
+        let mut spec = OsString::from("unix:");
+        spec.push(&monitor_socket);
+        spec.push(",server=on,wait=off");
+        args.push(spec);
+    }
+
     let _turn = Turn::wait();
     let started = Instant::now();
     let spawned = config
-        .qemu_command(kernel, &options.cmdline, &options.extra_args)
+        .qemu_command(kernel, &options.cmdline, &args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -206,14 +219,29 @@ pub fn boot(config: &'static Config, kernel: &Path, options: &BootOptions) -> Bo
     };
     let serial = child.stdout.take().map(|out| tee(out, log_file));
     let stderr = child.stderr.take().map(|err| tee(err, stderr_file));
-    let exit = wait_with_deadline(&mut child, options.timeout);
+    let mut hung_cpus = None;
+    let exit = wait_with_deadline(&mut child, options.timeout, || {
+        hung_cpus = crate::monitor::hung_cpus(&monitor_socket, config.arch);
+    });
     let elapsed = started.elapsed();
+    let _ = fs::remove_file(&monitor_socket);
     let collect = |reader: Option<JoinHandle<String>>| {
         reader
             .and_then(|reader| reader.join().ok())
             .unwrap_or_default()
     };
-    let (serial, stderr) = (collect(serial), collect(stderr));
+    let (mut serial, stderr) = (collect(serial), collect(stderr));
+    if let Some(text) = hung_cpus {
+        // After the console's last line, in the log too.
+        if !serial.ends_with('\n') {
+            serial.push('\n');
+        }
+        serial.push_str(&text);
+        let _ = fs::OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .and_then(|mut log| log.write_all(format!("\n{text}").as_bytes()));
+    }
     if stderr.is_empty() {
         // Only keep the file when QEMU had something to say.
         let _ = fs::remove_file(&stderr_path);
@@ -221,7 +249,12 @@ pub fn boot(config: &'static Config, kernel: &Path, options: &BootOptions) -> Bo
     outcome(exit, elapsed, serial, stderr)
 }
 
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Exit {
+/// Longest Unix socket path (`sun_path` holds 108 bytes with the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
+/// Waits for `child` until `timeout`; at the deadline `before_kill` runs
+/// (QEMU still up), then the child is killed.
+fn wait_with_deadline(child: &mut Child, timeout: Duration, before_kill: impl FnOnce()) -> Exit {
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -232,6 +265,7 @@ fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Exit {
                 };
             }
             Ok(None) if Instant::now() >= deadline => {
+                before_kill();
                 let _ = child.kill();
                 let _ = child.wait();
                 return Exit::TimedOut(timeout);

@@ -11,6 +11,7 @@
 
 mod boot;
 mod config;
+pub mod monitor;
 pub mod junit;
 mod report;
 pub mod static_tests;

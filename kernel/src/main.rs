@@ -51,7 +51,10 @@ fn kernel_main(boot: BootInfo) -> ! {
     irq::init(platform);
     // After the interrupt controller: each CPU brings up its own part of it.
     match arch::start_secondary_cpus(platform) {
-        Ok(online) if online > 1 => println!("{online} CPUs online"),
+        Ok(online) if online > 1 => println!(
+            "{online} CPUs online, each knows its index by {}",
+            arch::cpu_identity_source()
+        ),
         Ok(_) => {}
         Err(why) => println!("secondary CPUs not started: {why}"),
     }

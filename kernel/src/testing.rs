@@ -128,12 +128,9 @@ pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> us
             }
         }
     }
-    #[cfg(target_arch = "aarch64")]
-    if crate::arch::config_reads_retried() > 0 {
-        println!(
-            "note: {} configuration reads ran again after an External abort (QEMU.md)",
-            crate::arch::config_reads_retried()
-        );
+    let (repairs, what) = crate::arch::emulator_repairs();
+    if repairs > 0 {
+        println!("note: {repairs} {what} (QEMU.md §6)");
     }
     println!("{passed} passed, {failed} failed, {skipped} skipped");
     failed

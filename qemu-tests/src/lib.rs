@@ -11,8 +11,8 @@
 
 mod boot;
 mod config;
-pub mod monitor;
 pub mod junit;
+pub mod monitor;
 mod report;
 pub mod static_tests;
 pub mod symbolize;

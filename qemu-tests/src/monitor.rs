@@ -293,6 +293,9 @@ mod tests {
         assert_eq!(walk_frames(0, read), Vec::<u64>::new());
         assert_eq!(walk_frames(0x1001, read), Vec::<u64>::new());
         // A return address in the first page is a stray word, not code.
-        assert_eq!(walk_frames(0x2000, |_| Some((0x2040, 0x1))), Vec::<u64>::new());
+        assert_eq!(
+            walk_frames(0x2000, |_| Some((0x2040, 0x1))),
+            Vec::<u64>::new()
+        );
     }
 }

@@ -234,7 +234,7 @@ extern "C" fn aarch64_exception_handler(frame: &mut TrapFrame) {
 ///
 /// QEMU 10.0.2 under multi-threaded TCG now and then ends a read of a
 /// present function's configuration space in an External abort while other
-/// vCPUs change the memory map (QEMU.md, "Multi-threaded TCG"); a
+/// vCPUs change the memory map (QEMU.md §6); a
 /// configuration read has no side effect, so running it again is sound. A
 /// read that aborts [`CONFIG_READ_RETRIES`] times in a row stays fatal, as
 /// every other External abort is.

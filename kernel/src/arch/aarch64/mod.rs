@@ -16,9 +16,17 @@ use aarch64_cpu::registers::{CNTFRQ_EL0, CNTPCT_EL0, Readable};
 use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 
 pub use exceptions::{
-    breakpoint, breakpoints_seen, config_reads_retried, undefined_instruction,
-    undefined_instructions_seen,
+    breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
 };
+
+/// What the kernel repaired after the emulator misbehaved, and how often
+/// (the test run's closing lines report it).
+pub fn emulator_repairs() -> (usize, &'static str) {
+    (
+        exceptions::config_reads_retried(),
+        "configuration reads ran again after an External abort",
+    )
+}
 pub use hardening::protect_user_memory;
 pub use pl011::Pl011 as Serial;
 
@@ -144,6 +152,11 @@ pub fn halt_diagnostics(_cpu: usize) -> alloc::string::String {
 }
 
 pub use smp::{flush_tlb_all_cpus, sleep_unless, wake_cpu};
+
+/// How each CPU learns its index (the boot log says).
+pub fn cpu_identity_source() -> &'static str {
+    "TPIDR_EL1"
+}
 
 /// The kernel's index of the running CPU (TPIDR_EL1; 0 on the boot CPU).
 pub fn current_cpu_index() -> u64 {

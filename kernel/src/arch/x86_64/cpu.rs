@@ -2,10 +2,19 @@
 //! index of each local APIC ID, each CPU's APIC ID (for IPIs) and
 //! descriptor tables, and how each last halted (diagnostics).
 //!
-//! The running CPU is known by its local APIC ID, read from its own APIC:
-//! ring 3 can rewrite the GS base with a segment load, not the APIC.
+//! The running CPU is known by IA32_TSC_AUX, which each CPU sets to its
+//! index when it starts and reads back with RDPID (or RDMSR): ring 3 can
+//! read it but not write it, and can rewrite the GS base with a segment
+//! load, so the kernel does not trust GS. A CPU with neither RDPID nor
+//! RDTSCP (whose MSR TSC_AUX is) falls back to its initial APIC ID (CPUID).
+//! Not the APIC first: under QEMU's multi-threaded TCG an MMIO access now
+//! and then fails silently, and a local APIC ID read as 0 made a secondary
+//! CPU take the boot CPU's slots (QEMU.md §6).
 
+use core::arch::x86_64::{__cpuid, __cpuid_count};
 use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering};
+
+use x86_64::registers::model_specific::Msr;
 
 use super::gdt::{BOOT_CPU_TABLES, CpuTables};
 use super::interrupts;
@@ -26,15 +35,100 @@ static TABLES: [AtomicPtr<CpuTables>; MAX_CPUS] =
 /// highest vector in service.
 static HALTED_WITH: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
-/// The kernel's index of the running CPU (0 on the boot CPU).
-pub fn cpu_index() -> usize {
-    usize::from(INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())].load(Ordering::Relaxed))
+/// IA32_TSC_AUX (SDM Vol. 4 Table 2-2, MSR C000_0103H): what RDPID and
+/// RDTSCP return; only ring 0 writes it. Zero after reset.
+const IA32_TSC_AUX: u32 = 0xC000_0103;
+/// CPUID.(EAX=07H, ECX=0):ECX bit 22: RDPID (SDM Vol. 2A, CPUID).
+const CPUID_STRUCTURED_FEATURES: u32 = 7;
+const CPUID_ECX_RDPID: u32 = 1 << 22;
+/// CPUID.80000001H:EDX bit 27: RDTSCP, and with it IA32_TSC_AUX.
+const CPUID_EXTENDED_FEATURES: u32 = 0x8000_0001;
+const CPUID_EDX_RDTSCP: u32 = 1 << 27;
+
+/// How [`cpu_index`] asks: by local APIC ID until [`choose_identity`] ran.
+static IDENTITY: AtomicU8 = AtomicU8::new(Identity::ApicId as u8);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum Identity {
+    ApicId,
+    Rdpid,
+    TscAuxMsr,
 }
 
-/// Records that the running CPU is the kernel's CPU `index` (once, at start).
-pub fn set_index_of_this_apic(index: usize) {
-    INDEX_BY_APIC_ID[usize::from(interrupts::local_apic_id())]
-        .store(index as u8, Ordering::Relaxed);
+/// The kernel's index of the running CPU (0 on the boot CPU).
+pub fn cpu_index() -> usize {
+    let identity = IDENTITY.load(Ordering::Relaxed);
+    if identity == Identity::Rdpid as u8 {
+        let index: u64;
+        // SAFETY: RDPID only reads IA32_TSC_AUX; CPUID said it exists.
+        unsafe {
+            core::arch::asm!("rdpid {}", out(reg) index, options(nomem, nostack, preserves_flags))
+        };
+        index as usize
+    } else if identity == Identity::TscAuxMsr as u8 {
+        // SAFETY: reading IA32_TSC_AUX, which CPUID said exists, has no side effect.
+        unsafe { Msr::new(IA32_TSC_AUX).read() as usize }
+    } else {
+        INDEX_BY_APIC_ID[initial_apic_id()].load(Ordering::Relaxed) as usize
+    }
+}
+
+/// Picks how CPUs tell themselves apart, on the boot CPU before any other
+/// starts: IA32_TSC_AUX where the CPU has it (its value 0, the boot CPU's
+/// index, is written first).
+pub fn choose_identity() {
+    let structured = if __cpuid(0).eax >= CPUID_STRUCTURED_FEATURES {
+        __cpuid_count(CPUID_STRUCTURED_FEATURES, 0).ecx
+    } else {
+        0
+    };
+    let extended = if __cpuid(0x8000_0000).eax >= CPUID_EXTENDED_FEATURES {
+        __cpuid(CPUID_EXTENDED_FEATURES).edx
+    } else {
+        0
+    };
+    let identity = if structured & CPUID_ECX_RDPID != 0 {
+        Identity::Rdpid
+    } else if extended & CPUID_EDX_RDTSCP != 0 {
+        Identity::TscAuxMsr
+    } else {
+        Identity::ApicId
+    };
+    if identity != Identity::ApicId {
+        write_tsc_aux(0);
+    }
+    IDENTITY.store(identity as u8, Ordering::Relaxed);
+}
+
+/// How CPUs tell themselves apart, for the boot log and tests.
+pub fn identity_source() -> &'static str {
+    match IDENTITY.load(Ordering::Relaxed) {
+        value if value == Identity::Rdpid as u8 => "RDPID",
+        value if value == Identity::TscAuxMsr as u8 => "IA32_TSC_AUX",
+        _ => "initial APIC ID",
+    }
+}
+
+/// Records that the running CPU is the kernel's CPU `index`: called first
+/// thing on a secondary CPU, before anything asks [`cpu_index`].
+pub fn set_index_of_this_cpu(index: usize) {
+    if IDENTITY.load(Ordering::Relaxed) != Identity::ApicId as u8 {
+        write_tsc_aux(index as u64);
+    }
+    INDEX_BY_APIC_ID[initial_apic_id()].store(index as u8, Ordering::Relaxed);
+}
+
+/// The running CPU's initial APIC ID, from CPUID rather than its APIC's
+/// registers (see the module comment); the kernel never changes APIC IDs.
+fn initial_apic_id() -> usize {
+    super::boot_cpu_id() as usize
+}
+
+fn write_tsc_aux(value: u64) {
+    // SAFETY: IA32_TSC_AUX exists (CPUID, checked by the caller) and holds
+    // only the value RDPID/RDTSCP return; nothing else depends on it.
+    unsafe { Msr::new(IA32_TSC_AUX).write(value) };
 }
 
 /// The local APIC ID of the kernel's CPU `index`.

@@ -216,7 +216,7 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
     if frame.vector == VECTOR_NMI {
         STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
         if super::interrupts::in_service(VECTOR_NMI as u8) {
-            super::interrupts::end_of_interrupt();
+            super::interrupts::end_of_interrupt(VECTOR_NMI as u8);
         }
         return;
     }
@@ -227,7 +227,7 @@ extern "C" fn x86_exception_handler(frame: &mut TrapFrame) {
         && super::interrupts::in_service(frame.vector as u8)
     {
         STRAY_INTERRUPTS.fetch_add(1, Ordering::SeqCst);
-        super::interrupts::end_of_interrupt();
+        super::interrupts::end_of_interrupt(frame.vector as u8);
         if pushes_error_code(frame.vector) {
             // The APIC pushed no error code: the CPU's frame starts one slot
             // lower than the stub assumed, so nothing above `vector` is what

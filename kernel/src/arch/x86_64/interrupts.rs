@@ -161,7 +161,7 @@ pub fn dispatch(vector: u8) {
         return;
     }
     crate::irq::handle(u32::from(vector));
-    end_of_interrupt();
+    end_of_interrupt(vector);
 }
 
 /// Whether the local APIC is servicing `vector` (its ISR bit, SDM §11.8.4):
@@ -191,14 +191,40 @@ pub fn highest_in_service() -> u8 {
         .unwrap_or(0)
 }
 
-/// Ends the highest-priority interrupt in service (SDM §11.8.5).
-pub fn end_of_interrupt() {
-    lapic().write32(LAPIC_EOI, 0);
+/// Ends `vector`, the interrupt just served (SDM §11.8.5: an EOI ends the
+/// highest-priority one in service, which it is once every interrupt that
+/// nested in it has ended), and makes sure it did.
+///
+/// A vector left in service blocks its whole priority class for good
+/// (SDM §11.8.3.1): on QEMU's multi-threaded TCG an EOI write was now and
+/// then lost (QEMU.md §6), the CPU then stopped taking the timer and IPIs.
+/// The in-service bit is read back and the EOI repeated while it stays set
+/// (a lost read returns 0, which never repeats an EOI that took effect).
+pub fn end_of_interrupt(vector: u8) {
+    let lapic = lapic();
+    lapic.write32(LAPIC_EOI, 0);
+    for _ in 0..EOI_REPEATS {
+        if !in_service(vector) {
+            return;
+        }
+        EOIS_REPEATED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        lapic.write32(LAPIC_EOI, 0);
+    }
 }
 
-/// The MSI (address, data) that delivers `vector` to this CPU.
+/// How often an EOI is repeated while its vector stays in service.
+const EOI_REPEATS: usize = 3;
+static EOIS_REPEATED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+/// EOI writes repeated since boot because the first did not take effect.
+pub fn eois_repeated() -> usize {
+    EOIS_REPEATED.load(core::sync::atomic::Ordering::Relaxed)
+}
+
+/// The MSI (address, data) that delivers `vector` to the boot CPU, where
+/// device interrupts go whichever CPU sets the device up.
 pub fn msi_message(vector: u8) -> (u64, u32) {
-    let apic_id = u64::from(local_apic_id());
+    let apic_id = u64::from(super::cpu::apic_id_of(0));
     (
         MSI_ADDRESS_BASE | (apic_id << MSI_DESTINATION_SHIFT),
         u32::from(vector),

@@ -155,8 +155,22 @@ pub fn halt_diagnostics(cpu: usize) -> alloc::string::String {
 
 pub use smp::{flush_tlb_all_cpus, shootdowns_done, sleep_unless, wake_cpu};
 
-/// The kernel's index of the running CPU (0 on the boot CPU), from its
-/// local APIC ID.
+/// What the kernel repaired after the emulator misbehaved, and how often
+/// (the test run's closing lines report it).
+pub fn emulator_repairs() -> (usize, &'static str) {
+    (
+        interrupts::eois_repeated(),
+        "EOIs written again after the first left the interrupt in service",
+    )
+}
+
+/// How each CPU learns its index (the boot log says).
+pub fn cpu_identity_source() -> &'static str {
+    cpu::identity_source()
+}
+
+/// The kernel's index of the running CPU (0 on the boot CPU), from
+/// IA32_TSC_AUX (see `cpu`).
 pub fn current_cpu_index() -> u64 {
     cpu::cpu_index() as u64
 }

@@ -74,6 +74,7 @@ impl core::fmt::Display for StartError {
 pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     let own = interrupts::local_apic_id();
     cpu::set_apic_id(0, own);
+    cpu::choose_identity();
     // The reschedule IPI only has to interrupt a halted CPU: its handler
     // has nothing to do.
     crate::irq::install_system_vector(interrupts::RESCHEDULE_VECTOR, || {});
@@ -164,11 +165,11 @@ fn wake(apic_id: u8, start: &ApStart) -> Result<(), StartError> {
 #[unsafe(no_mangle)]
 extern "C" fn secondary_entry(start: &ApStart) -> ! {
     let index = start.cpu_index as usize;
+    cpu::set_index_of_this_cpu(index);
     gdt::init(cpu::tables_of(index));
     super::exceptions::load();
     // The same protections as the boot CPU (CR4 is per CPU).
     super::hardening::protect_user_memory();
-    cpu::set_index_of_this_apic(index);
     start.online.store(1, Ordering::Release);
     interrupts::init_this_cpu();
     crate::scheduler::serve_secondary_cpu()

@@ -56,16 +56,12 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// One CPU, the default budget and slice. Runs that want the other
-    /// CPUs ask for them ([`ALL_CPUS`]): with every run on every CPU the
-    /// suite still fails now and then in the VT-d configurations (a
-    /// secondary CPU stops answering IPIs; the whole machine hangs; once, a
-    /// trap from ring 3 found no task on its CPU), which issue 20's next step
-    /// has to run down first.
+    /// Every CPU, the default budget and slice. Runs whose tasks must
+    /// start in a given order ask for one CPU.
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,
-        cpus: 1,
+        cpus: ALL_CPUS,
     };
 }
 
@@ -203,7 +199,9 @@ pub fn run_tasks(
             &run,
             helpers as u32,
             |run| {
-                for cpu in 1..crate::arch::online_cpus() {
+                // Every secondary CPU is asleep between runs: waking as many
+                // as there are seats fills them.
+                for cpu in 1..=helpers {
                     crate::arch::wake_cpu(cpu);
                 }
                 let _ = os_services::wait_until(&crate::time::CLOCK, SEATING_TIMEOUT, || {

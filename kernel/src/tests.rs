@@ -79,7 +79,7 @@ fn run_captured_with(tasks: Vec<Task>, limits: crate::scheduler::Limits) -> Run 
 
 /// The exit code of the user programs that drive an edu (`edu-dma`,
 /// `hostile`, `isolation`) when no edu sits behind an IOMMU.
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = abi::NO_DEVICE_EXIT_CODE;
 
 /// Most heap bytes a gone task's account may still hold (see
 /// `memory::heap_charges::reparent`).

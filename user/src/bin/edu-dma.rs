@@ -29,7 +29,7 @@ entry!(main);
 const STEPS: Steps = Steps("edu-dma");
 
 const PAGE: usize = 4096;
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = user_programs::abi::NO_DEVICE_EXIT_CODE;
 /// The wait that shows `irq_wait` times out when nothing is pending.
 const QUIET_WAIT_NS: u64 = 20_000_000;
 

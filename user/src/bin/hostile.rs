@@ -120,7 +120,7 @@ const HOG_DOMAINS: u64 = 20;
 const GROUP_WHOLE: u64 = 21;
 /// The syscall hog's calls: far more than one time slice's worth.
 const HOG_CALLS: u32 = 300_000;
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = user_programs::abi::NO_DEVICE_EXIT_CODE;
 const PAGE: usize = 4096;
 /// What LEAVE_DMA leaves behind.
 const SECRET: u8 = 0x5E;

@@ -40,7 +40,7 @@ const PROBER: u64 = 2;
 const VICTIM: u64 = 3;
 const WORKER: u64 = 4;
 const FAULTER: u64 = 5;
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = user_programs::abi::NO_DEVICE_EXIT_CODE;
 const PAGE: usize = 4096;
 const PATTERN: u8 = 0xA1;
 /// IOASes the OWNER makes beyond the one it uses, so that its object table

@@ -33,7 +33,7 @@ entry!(main);
 
 const STEPS: Steps = Steps("nested");
 
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = user_programs::abi::NO_DEVICE_EXIT_CODE;
 const NO_NESTING: i32 = 78;
 /// Stage-1 input addresses the task gives its device.
 const S1_IOVA: u64 = 0x7000_0000;

@@ -34,7 +34,7 @@ entry!(main);
 
 const STEPS: Steps = Steps("viommu");
 
-const NO_DEVICE: i32 = 77;
+const NO_DEVICE: i32 = user_programs::abi::NO_DEVICE_EXIT_CODE;
 const NO_VIOMMU: i32 = 78;
 /// The virtual StreamIDs the task gives its edus (its own numbering).
 const VSID_A: u64 = 0x41;

@@ -113,9 +113,13 @@ const GICR_TYPER_VLPIS: u64 = 1 << 1;
 const GICV4_FRAME_SIZE: u64 = 0x4_0000;
 /// More frames than this in one region is a malformed GIC, not a big one.
 const MAX_FRAMES: usize = 256;
-/// ICC_SGI1R_EL1 (§12.2.22): Aff3 55:48, Aff2 39:32, INTID 27:24,
-/// Aff1 23:16, TargetList 15:0 (one bit per Aff0 value).
+/// ICC_SGI1R_EL1 (§12.2.22): Aff3 55:48, RS 47:44, Aff2 39:32, INTID
+/// 27:24, Aff1 23:16, TargetList 15:0 (one bit per Aff0 value in the range
+/// RS selects: RS * 16 to RS * 16 + 15).
 const SGI1R_AFF3_SHIFT: u32 = 48;
+const SGI1R_RS_SHIFT: u32 = 44;
+/// Aff0 values one TargetList covers.
+const SGI_TARGETS_PER_RANGE: u64 = 16;
 const SGI1R_AFF2_SHIFT: u32 = 32;
 const SGI1R_INTID_SHIFT: u32 = 24;
 const SGI1R_AFF1_SHIFT: u32 = 16;
@@ -271,15 +275,19 @@ pub fn init_this_cpu() -> Result<(), &'static str> {
 }
 
 /// Raises SGI `intid` on the CPU with kernel index `cpu` (§12.2.22: the
-/// target by its affinity, Aff0 as a bit of the target list).
+/// target by its affinity, Aff0 as a bit of the target list in the range
+/// RS selects). An Aff0 of 16 or more needs range selection, which a GIC
+/// has when ICC_CTLR_EL1.RSS is set; QEMU's virt numbers at most 16 CPUs a
+/// cluster, and the kernel starts at most 8.
 pub fn send_sgi(cpu: usize, intid: u32) {
     let mpidr = AFFINITIES[cpu].load(Ordering::Relaxed);
-    let aff0 = mpidr & 0xF;
+    let aff0 = mpidr & 0xFF;
     let value = ((mpidr >> 32) & 0xFF) << SGI1R_AFF3_SHIFT
+        | (aff0 / SGI_TARGETS_PER_RANGE) << SGI1R_RS_SHIFT
         | ((mpidr >> 16) & 0xFF) << SGI1R_AFF2_SHIFT
         | u64::from(intid & 0xF) << SGI1R_INTID_SHIFT
         | ((mpidr >> 8) & 0xFF) << SGI1R_AFF1_SHIFT
-        | 1 << aff0;
+        | 1 << (aff0 % SGI_TARGETS_PER_RANGE);
     // SAFETY: ICC_SGI1R_EL1 only raises the SGI; the barrier orders the
     // caller's earlier stores before it (the woken CPU reads them).
     unsafe {

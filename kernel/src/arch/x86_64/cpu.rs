@@ -1,6 +1,6 @@
 //! Which CPU is running, and what is kept per CPU to say so: the kernel's
 //! index of each local APIC ID, each CPU's APIC ID (for IPIs) and
-//! descriptor tables, and how each last halted (diagnostics).
+//! descriptor tables.
 //!
 //! The running CPU is known by IA32_TSC_AUX, which each CPU sets to its
 //! index when it starts and reads back with RDPID (or RDMSR): ring 3 can
@@ -12,12 +12,11 @@
 //! CPU take the boot CPU's slots (QEMU.md §6).
 
 use core::arch::x86_64::{__cpuid, __cpuid_count};
-use core::sync::atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use x86_64::registers::model_specific::Msr;
 
 use super::gdt::{BOOT_CPU_TABLES, CpuTables};
-use super::interrupts;
 use crate::arch::MAX_CPUS;
 
 /// Local APIC IDs are 8 bits in xAPIC mode.
@@ -31,9 +30,6 @@ static APIC_ID_BY_INDEX: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX
 /// Each secondary CPU's descriptor tables (index 0 is [`BOOT_CPU_TABLES`]).
 static TABLES: [AtomicPtr<CpuTables>; MAX_CPUS] =
     [const { AtomicPtr::new(core::ptr::null_mut()) }; MAX_CPUS];
-/// How each CPU last halted: bit 63 interrupts enabled, bits 7:0 the
-/// highest vector in service.
-static HALTED_WITH: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
 /// IA32_TSC_AUX (SDM Vol. 4 Table 2-2, MSR C000_0103H): what RDPID and
 /// RDTSCP return; only ring 0 writes it. Zero after reset.
@@ -153,18 +149,4 @@ pub fn tables_of(index: usize) -> &'static CpuTables {
 
 pub fn set_tables(index: usize, tables: &'static mut CpuTables) {
     TABLES[index].store(tables, Ordering::Release);
-}
-
-/// Notes the running CPU's interrupt state just before a `hlt` (`enabled`:
-/// whether interrupts will be on during it).
-pub fn note_halt(enabled: bool) {
-    let value = (u64::from(enabled) << 63) | u64::from(interrupts::highest_in_service());
-    HALTED_WITH[cpu_index()].store(value, Ordering::Relaxed);
-}
-
-/// How CPU `cpu` last halted: whether interrupts were enabled and the
-/// highest vector its local APIC had in service.
-pub fn halted_with(cpu: usize) -> (bool, u8) {
-    let value = HALTED_WITH[cpu].load(Ordering::Relaxed);
-    (value >> 63 != 0, value as u8)
 }

@@ -3,9 +3,12 @@
 //! (edu, the VT-d fault event, AMD-Vi's own MSI).
 
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use os_services::mmio::{Mmio, Reg32};
 use x86_64::instructions::port::Port;
+
+use crate::arch::MAX_CPUS;
 
 /// IA32_APIC_BASE MSR (SDM Vol. 3A §11.4.4): base address in bits 12..51.
 const IA32_APIC_BASE: u32 = 0x1B;
@@ -207,18 +210,18 @@ pub fn end_of_interrupt(vector: u8) {
         if !in_service(vector) {
             return;
         }
-        EOIS_REPEATED.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        EOIS_REPEATED.fetch_add(1, Ordering::Relaxed);
         lapic.write32(LAPIC_EOI, 0);
     }
 }
 
 /// How often an EOI is repeated while its vector stays in service.
 const EOI_REPEATS: usize = 3;
-static EOIS_REPEATED: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+static EOIS_REPEATED: AtomicUsize = AtomicUsize::new(0);
 
 /// EOI writes repeated since boot because the first did not take effect.
 pub fn eois_repeated() -> usize {
-    EOIS_REPEATED.load(core::sync::atomic::Ordering::Relaxed)
+    EOIS_REPEATED.load(Ordering::Relaxed)
 }
 
 /// The MSI (address, data) that delivers `vector` to the boot CPU, where
@@ -234,3 +237,21 @@ pub fn msi_message(vector: u8) -> (u64, u32) {
 /// Interrupt numbers the kernel may hand out: above the exceptions, below
 /// the spurious vector.
 pub const ALLOCATABLE: core::ops::Range<u32> = 0x30..0xF0;
+
+/// How each CPU last halted: bit 63 interrupts enabled, bits 7:0 the
+/// highest vector in service.
+static HALTED_WITH: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
+
+/// Notes the running CPU's interrupt state just before a `hlt` (`enabled`:
+/// whether interrupts will be on during it).
+pub fn note_halt(enabled: bool) {
+    let value = (u64::from(enabled) << 63) | u64::from(highest_in_service());
+    HALTED_WITH[super::cpu::cpu_index()].store(value, Ordering::Relaxed);
+}
+
+/// How CPU `cpu` last halted: whether interrupts were enabled and the
+/// highest vector its local APIC had in service.
+pub fn halted_with(cpu: usize) -> (bool, u8) {
+    let value = HALTED_WITH[cpu].load(Ordering::Relaxed);
+    (value >> 63 != 0, value as u8)
+}

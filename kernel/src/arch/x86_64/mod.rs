@@ -146,7 +146,7 @@ pub fn start_secondary_cpus(
 
 /// How CPU `cpu` last halted, for a report about a CPU that does not answer.
 pub fn halt_diagnostics(cpu: usize) -> alloc::string::String {
-    let (enabled, in_service) = cpu::halted_with(cpu);
+    let (enabled, in_service) = interrupts::halted_with(cpu);
     alloc::format!(
         "last halted with interrupts {}, highest vector in service {in_service:#x}",
         if enabled { "on" } else { "off" }

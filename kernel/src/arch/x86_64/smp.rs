@@ -243,7 +243,7 @@ pub fn sleep_unless(ready: impl Fn() -> bool) {
         x86_64::instructions::interrupts::enable();
     } else {
         // `sti; hlt` below: halted with interrupts on.
-        cpu::note_halt(true);
+        interrupts::note_halt(true);
         x86_64::instructions::interrupts::enable_and_hlt();
     }
 }

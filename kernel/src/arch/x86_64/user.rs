@@ -399,7 +399,7 @@ pub fn arm_preemption(slice_ns: u64) -> bool {
 pub fn idle(max_ms: u64) {
     if arm_preemption(max_ms.saturating_mul(1_000_000)) {
         // Interrupts are enabled in the kernel: the periodic tick ends the halt.
-        super::cpu::note_halt(x86_64::instructions::interrupts::are_enabled());
+        super::interrupts::note_halt(x86_64::instructions::interrupts::are_enabled());
         x86_64::instructions::hlt();
         disarm_preemption();
     } else {

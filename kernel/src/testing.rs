@@ -128,9 +128,10 @@ pub fn run_all(groups: &[&[Test]], cmdline: &Cmdline, platform: &Platform) -> us
             }
         }
     }
-    let (repairs, what) = crate::arch::emulator_repairs();
-    if repairs > 0 {
-        println!("note: {repairs} {what} (QEMU.md §6)");
+    for (repairs, what) in crate::arch::emulator_repairs() {
+        if repairs > 0 {
+            println!("note: {repairs} {what} (QEMU.md §6)");
+        }
     }
     println!("{passed} passed, {failed} failed, {skipped} skipped");
     failed

@@ -21,11 +21,11 @@ pub use exceptions::{
 
 /// What the kernel repaired after the emulator misbehaved, and how often
 /// (the test run's closing lines report it).
-pub fn emulator_repairs() -> (usize, &'static str) {
-    (
+pub fn emulator_repairs() -> [(usize, &'static str); 1] {
+    [(
         exceptions::config_reads_retried(),
         "configuration reads ran again after an External abort",
-    )
+    )]
 }
 pub use hardening::protect_user_memory;
 pub use pl011::Pl011 as Serial;

@@ -157,11 +157,17 @@ pub use smp::{flush_tlb_all_cpus, shootdowns_done, sleep_unless, wake_cpu};
 
 /// What the kernel repaired after the emulator misbehaved, and how often
 /// (the test run's closing lines report it).
-pub fn emulator_repairs() -> (usize, &'static str) {
-    (
-        interrupts::eois_repeated(),
-        "EOIs written again after the first left the interrupt in service",
-    )
+pub fn emulator_repairs() -> [(usize, &'static str); 2] {
+    [
+        (
+            interrupts::eois_repeated(),
+            "EOIs written again after the first left the interrupt in service",
+        ),
+        (
+            smp::shootdowns_resent(),
+            "shootdown IPIs sent again after the first got no answer",
+        ),
+    ]
 }
 
 /// How each CPU learns its index (the boot log says).

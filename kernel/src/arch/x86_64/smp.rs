@@ -16,7 +16,7 @@
 
 use alloc::boxed::Box;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 
 use boot::x86_64::{AP_TRAMPOLINE_BASE, ApStart, ap_trampoline};
@@ -41,8 +41,11 @@ static IPIS_READY: AtomicBool = AtomicBool::new(false);
 /// requester takes a ticket and waits until `done` reaches it.
 static FLUSH_REQUESTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 static FLUSH_DONE: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
-/// How long a CPU may take to answer a shootdown.
+/// How long a CPU may take to answer a shootdown, and when it is sent
+/// the IPI again.
 const SHOOTDOWN_TIMEOUT: Duration = Duration::from_millis(100);
+const RESEND_SHOOTDOWN_AFTER: Duration = Duration::from_millis(10);
+static SHOOTDOWNS_RESENT: AtomicUsize = AtomicUsize::new(0);
 
 /// Why a CPU did not start.
 pub enum StartError {
@@ -209,23 +212,43 @@ pub fn flush_tlb_all_cpus() -> Result<(), usize> {
         return Ok(());
     }
     let own = cpu_index();
-    let mut tickets = [0; MAX_CPUS];
-    for cpu in (0..crate::arch::online_cpus()).filter(|&cpu| cpu != own) {
-        tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
+    let shoot = |cpu: usize| {
         interrupts::send_ipi(
             cpu::apic_id_of(cpu),
             Ipi::Fixed {
                 vector: interrupts::SHOOTDOWN_VECTOR,
             },
-        );
+        )
+    };
+    let mut tickets = [0; MAX_CPUS];
+    for cpu in (0..crate::arch::online_cpus()).filter(|&cpu| cpu != own) {
+        tickets[cpu] = FLUSH_REQUESTED[cpu].fetch_add(1, Ordering::AcqRel) + 1;
+        shoot(cpu);
     }
     for cpu in (0..crate::arch::online_cpus()).filter(|&cpu| cpu != own) {
-        os_services::wait_until(&crate::time::CLOCK, SHOOTDOWN_TIMEOUT, || {
-            (FLUSH_DONE[cpu].load(Ordering::Acquire) >= tickets[cpu]).then_some(())
-        })
+        let answered = || (FLUSH_DONE[cpu].load(Ordering::Acquire) >= tickets[cpu]).then_some(());
+        if os_services::wait_until(&crate::time::CLOCK, RESEND_SHOOTDOWN_AFTER, answered).is_ok() {
+            continue;
+        }
+        // An IPI cannot get lost on hardware, but an ICR write could under
+        // QEMU's multi-threaded TCG (QEMU.md §6); a second one is harmless:
+        // the answer is a ticket, and a flush more costs a refill.
+        SHOOTDOWNS_RESENT.fetch_add(1, Ordering::Relaxed);
+        shoot(cpu);
+        os_services::wait_until(
+            &crate::time::CLOCK,
+            SHOOTDOWN_TIMEOUT - RESEND_SHOOTDOWN_AFTER,
+            answered,
+        )
         .map_err(|_| cpu)?;
     }
     Ok(())
+}
+
+/// Shootdown IPIs sent a second time since boot (the first got no answer
+/// within [`RESEND_SHOOTDOWN_AFTER`]).
+pub fn shootdowns_resent() -> usize {
+    SHOOTDOWNS_RESENT.load(Ordering::Relaxed)
 }
 
 /// How many shootdowns CPU `cpu` has done (tests).

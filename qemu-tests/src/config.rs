@@ -76,11 +76,6 @@ impl Arch {
                 // (issue 20), and a test checks every listed one comes online.
                 "-smp",
                 "4",
-                // One host thread runs the four in turn: QEMU 10.0.2's
-                // multi-threaded TCG now and then loses a local APIC access
-                // under load (an EOI, an APIC ID read as 0: QEMU.md §6).
-                "-accel",
-                "tcg,thread=single",
                 "-m",
                 "256M",
                 "-nodefaults",
@@ -418,7 +413,7 @@ mod tests {
         let line = vtd.qemu_command_line(Path::new("k.elf"), "test filter=dma", &["-s".into()]);
         assert_eq!(
             line,
-            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap,+rdpid -smp 4 -accel tcg,thread=single -m 256M \
+            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap,+rdpid -smp 4 -m 256M \
              -nodefaults -display none -no-reboot -serial stdio \
              -device isa-debug-exit,iobase=0xf4,iosize=4 \
              -device edu,addr=04.0,dma_mask=0xffffffffffffffff \

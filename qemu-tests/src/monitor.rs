@@ -115,29 +115,30 @@ pub fn parse_registers(answer: &str, arch: Arch) -> Vec<CpuState> {
         else {
             continue;
         };
-        let state = match arch {
-            Arch::X86_64 => (|| {
-                Some(CpuState {
-                    index,
-                    pc: register(section, "RIP=")?,
-                    frame_pointer: register(section, "RBP=")?,
-                    halted: register(section, "HLT=") == Some(1),
-                    in_user_mode: register(section, "CPL=") == Some(3),
-                })
-            })(),
-            Arch::Aarch64 => (|| {
-                Some(CpuState {
-                    index,
-                    pc: register(section, "PC=")?,
-                    frame_pointer: register(section, "X29=")?,
-                    halted: false,
-                    in_user_mode: section.contains("EL0"),
-                })
-            })(),
-        };
-        cpus.extend(state);
+        cpus.extend(cpu_state(index, section, arch));
     }
     cpus
+}
+
+/// CPU `index`'s state from its `section` of the answer; `None` when its
+/// program counter or frame pointer is missing.
+fn cpu_state(index: usize, section: &str, arch: Arch) -> Option<CpuState> {
+    Some(match arch {
+        Arch::X86_64 => CpuState {
+            index,
+            pc: register(section, "RIP=")?,
+            frame_pointer: register(section, "RBP=")?,
+            halted: register(section, "HLT=") == Some(1),
+            in_user_mode: register(section, "CPL=") == Some(3),
+        },
+        Arch::Aarch64 => CpuState {
+            index,
+            pc: register(section, "PC=")?,
+            frame_pointer: register(section, "X29=")?,
+            halted: false,
+            in_user_mode: section.contains("EL0"),
+        },
+    })
 }
 
 /// The hexadecimal value after `name` in `text` (`RIP=00000000002b8f8d`).

@@ -17,15 +17,15 @@ mod version;
 
 pub use args::*;
 pub use errno::Errno;
+pub use version::{
+    AbiStruct, MAX_SIZE, Pod, as_bytes, check_size, copy_in, copy_out, copy_out_bytes, decode,
+    read_size,
+};
 
 /// Exit code of a bundled test program that found no device of the kind it
 /// needs (no edu behind an IOMMU, say): the kernel's tests read it as "not
 /// applicable here", not as a failure.
 pub const NO_DEVICE_EXIT_CODE: i32 = 77;
-pub use version::{
-    AbiStruct, MAX_SIZE, Pod, as_bytes, check_size, copy_in, copy_out, copy_out_bytes, decode,
-    read_size,
-};
 
 /// The iommufd syscalls. Numbers are reserved here; the kernel's syscall layer
 /// assigns the dispatch.

@@ -18,15 +18,6 @@ use crate::boot_info::{BootInfo, FirmwareTables, MemoryRegion};
 pub use exceptions::{
     breakpoint, breakpoints_seen, undefined_instruction, undefined_instructions_seen,
 };
-
-/// What the kernel repaired after the emulator misbehaved, and how often
-/// (the test run's closing lines report it).
-pub fn emulator_repairs() -> [(usize, &'static str); 1] {
-    [(
-        exceptions::config_reads_retried(),
-        "configuration reads ran again after an External abort",
-    )]
-}
 pub use hardening::protect_user_memory;
 pub use pl011::Pl011 as Serial;
 
@@ -152,6 +143,15 @@ pub fn halt_diagnostics(_cpu: usize) -> alloc::string::String {
 }
 
 pub use smp::{flush_tlb_all_cpus, sleep_unless, wake_cpu};
+
+/// What the kernel repaired after the emulator misbehaved, and how often
+/// (the test run's closing lines report it).
+pub fn emulator_repairs() -> [(usize, &'static str); 1] {
+    [(
+        exceptions::config_reads_retried(),
+        "configuration reads ran again after an External abort",
+    )]
+}
 
 /// How each CPU learns its index (the boot log says).
 pub fn cpu_identity_source() -> &'static str {

@@ -11,7 +11,6 @@
 //! and then fails silently, and a local APIC ID read as 0 made a secondary
 //! CPU take the boot CPU's slots (QEMU.md §6).
 
-use core::arch::x86_64::{__cpuid, __cpuid_count};
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use x86_64::registers::model_specific::Msr;
@@ -35,7 +34,6 @@ static TABLES: [AtomicPtr<CpuTables>; MAX_CPUS] =
 /// RDTSCP return; only ring 0 writes it. Zero after reset.
 const IA32_TSC_AUX: u32 = 0xC000_0103;
 /// CPUID.(EAX=07H, ECX=0):ECX bit 22: RDPID (SDM Vol. 2A, CPUID).
-const CPUID_STRUCTURED_FEATURES: u32 = 7;
 const CPUID_ECX_RDPID: u32 = 1 << 22;
 /// CPUID.80000001H:EDX bit 27: RDTSCP, and with it IA32_TSC_AUX.
 const CPUID_EXTENDED_FEATURES: u32 = 0x8000_0001;
@@ -52,21 +50,31 @@ enum Identity {
     TscAuxMsr,
 }
 
+impl Identity {
+    /// The one [`choose_identity`] picked (the APIC ID before it ran).
+    fn chosen() -> Identity {
+        match IDENTITY.load(Ordering::Relaxed) {
+            value if value == Identity::Rdpid as u8 => Identity::Rdpid,
+            value if value == Identity::TscAuxMsr as u8 => Identity::TscAuxMsr,
+            _ => Identity::ApicId,
+        }
+    }
+}
+
 /// The kernel's index of the running CPU (0 on the boot CPU).
 pub fn cpu_index() -> usize {
-    let identity = IDENTITY.load(Ordering::Relaxed);
-    if identity == Identity::Rdpid as u8 {
-        let index: u64;
-        // SAFETY: RDPID only reads IA32_TSC_AUX; CPUID said it exists.
-        unsafe {
-            core::arch::asm!("rdpid {}", out(reg) index, options(nomem, nostack, preserves_flags))
-        };
-        index as usize
-    } else if identity == Identity::TscAuxMsr as u8 {
+    match Identity::chosen() {
+        Identity::Rdpid => {
+            let index: u64;
+            // SAFETY: RDPID only reads IA32_TSC_AUX; CPUID said it exists.
+            unsafe {
+                core::arch::asm!("rdpid {}", out(reg) index, options(nomem, nostack, preserves_flags))
+            };
+            index as usize
+        }
         // SAFETY: reading IA32_TSC_AUX, which CPUID said exists, has no side effect.
-        unsafe { Msr::new(IA32_TSC_AUX).read() as usize }
-    } else {
-        INDEX_BY_APIC_ID[initial_apic_id()].load(Ordering::Relaxed) as usize
+        Identity::TscAuxMsr => unsafe { Msr::new(IA32_TSC_AUX).read() as usize },
+        Identity::ApicId => INDEX_BY_APIC_ID[initial_apic_id()].load(Ordering::Relaxed) as usize,
     }
 }
 
@@ -74,16 +82,8 @@ pub fn cpu_index() -> usize {
 /// starts: IA32_TSC_AUX where the CPU has it (its value 0, the boot CPU's
 /// index, is written first).
 pub fn choose_identity() {
-    let structured = if __cpuid(0).eax >= CPUID_STRUCTURED_FEATURES {
-        __cpuid_count(CPUID_STRUCTURED_FEATURES, 0).ecx
-    } else {
-        0
-    };
-    let extended = if __cpuid(0x8000_0000).eax >= CPUID_EXTENDED_FEATURES {
-        __cpuid(CPUID_EXTENDED_FEATURES).edx
-    } else {
-        0
-    };
+    let structured = super::cpuid(super::CPUID_STRUCTURED_FEATURES, 0).map_or(0, |leaf| leaf.ecx);
+    let extended = super::cpuid(CPUID_EXTENDED_FEATURES, 0).map_or(0, |leaf| leaf.edx);
     let identity = if structured & CPUID_ECX_RDPID != 0 {
         Identity::Rdpid
     } else if extended & CPUID_EDX_RDTSCP != 0 {
@@ -99,17 +99,17 @@ pub fn choose_identity() {
 
 /// How CPUs tell themselves apart, for the boot log and tests.
 pub fn identity_source() -> &'static str {
-    match IDENTITY.load(Ordering::Relaxed) {
-        value if value == Identity::Rdpid as u8 => "RDPID",
-        value if value == Identity::TscAuxMsr as u8 => "IA32_TSC_AUX",
-        _ => "initial APIC ID",
+    match Identity::chosen() {
+        Identity::Rdpid => "RDPID",
+        Identity::TscAuxMsr => "IA32_TSC_AUX",
+        Identity::ApicId => "initial APIC ID",
     }
 }
 
 /// Records that the running CPU is the kernel's CPU `index`: called first
 /// thing on a secondary CPU, before anything asks [`cpu_index`].
 pub fn set_index_of_this_cpu(index: usize) {
-    if IDENTITY.load(Ordering::Relaxed) != Identity::ApicId as u8 {
+    if Identity::chosen() != Identity::ApicId {
         write_tsc_aux(index as u64);
     }
     INDEX_BY_APIC_ID[initial_apic_id()].store(index as u8, Ordering::Relaxed);

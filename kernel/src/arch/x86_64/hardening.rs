@@ -3,25 +3,17 @@
 //! in ring 0, SMAP (CR4 bit 21) a data access to one while EFLAGS.AC is clear
 //! (the kernel never sets it: it has no user-access window).
 
-use core::arch::x86_64::__cpuid_count;
-
 use x86_64::registers::control::{Cr4, Cr4Flags};
 
 use crate::arch::UserMemoryProtection;
 
 /// CPUID.(EAX=07H, ECX=0):EBX feature bits (SDM Vol. 2A, CPUID).
-const CPUID_STRUCTURED_FEATURES: u32 = 7;
 const CPUID_EBX_SMEP: u32 = 1 << 7;
 const CPUID_EBX_SMAP: u32 = 1 << 20;
 
 /// Turns on SMEP and SMAP where the CPU has them.
 pub fn protect_user_memory() -> UserMemoryProtection {
-    let max_leaf = __cpuid_count(0, 0).eax;
-    let features = if max_leaf >= CPUID_STRUCTURED_FEATURES {
-        __cpuid_count(CPUID_STRUCTURED_FEATURES, 0).ebx
-    } else {
-        0
-    };
+    let features = super::cpuid(super::CPUID_STRUCTURED_FEATURES, 0).map_or(0, |leaf| leaf.ebx);
     let mut wanted = Cr4Flags::empty();
     if features & CPUID_EBX_SMEP != 0 {
         wanted |= Cr4Flags::SUPERVISOR_MODE_EXECUTION_PROTECTION;

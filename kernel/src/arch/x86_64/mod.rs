@@ -42,6 +42,22 @@ pub fn boot_cpu_id() -> u64 {
     u64::from(leaf.ebx >> 24)
 }
 
+/// CPUID.(EAX=07H, ECX=0): the structured extended feature flags.
+const CPUID_STRUCTURED_FEATURES: u32 = 7;
+/// The first extended CPUID leaf: its EAX is the highest extended leaf.
+const CPUID_EXTENDED_BASE: u32 = 0x8000_0000;
+
+/// CPUID leaf `leaf`, sub-leaf `subleaf`, if the CPU has that leaf: a leaf
+/// above the highest of its range (basic, from leaf 0's EAX; extended, from
+/// leaf 8000_0000H's) answers with another leaf's data, not zeros (SDM
+/// Vol. 2A, CPUID).
+fn cpuid(leaf: u32, subleaf: u32) -> Option<core::arch::x86_64::CpuidResult> {
+    let range_base = leaf & CPUID_EXTENDED_BASE;
+    // CPUID is unprivileged and side-effect free.
+    let highest = core::arch::x86_64::__cpuid(range_base).eax;
+    (leaf <= highest).then(|| core::arch::x86_64::__cpuid_count(leaf, subleaf))
+}
+
 /// ACPI fixed-hardware ports the FADT tells us (defaults: q35 with SeaBIOS,
 /// PM base 0x600). Set by platform discovery before they are needed.
 static PM1A_CONTROL_PORT: AtomicU16 = AtomicU16::new(0x604);

@@ -220,7 +220,7 @@ impl UserContext {
 /// its registers and [`UserContext::trap`] says what happened. The task's
 /// address space must be the active one.
 pub fn run(context: &mut UserContext) {
-    // One local APIC read names the CPU for both of its slots.
+    // One index names the CPU for both of its slots.
     let index = super::cpu::cpu_index();
     let cpu = &PER_CPU[index];
     cpu.current.store(context, Ordering::SeqCst);

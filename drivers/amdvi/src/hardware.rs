@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use iommu::{DeviceId, IommuError};
-use iommu_kit::{DmaBuffer, SharedRing, SlotRing};
+use iommu_kit::{DmaBuffer, SharedRing, SlotRing, Tally};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -150,21 +150,41 @@ pub struct Hardware {
     pub(crate) command_queue: SharedRing,
     event_log: DmaBuffer,
     event_ring: SlotRing,
-    event_head: u64,
     /// One page of COMPLETION_WAIT store targets: a quadword per command
     /// slot, so that each submitter's wait stores to a word of its own.
     pub(crate) completion: DmaBuffer,
-    control: Control,
-    pub(crate) counters: Counters,
+    /// CONTROL as last written; held across a sequence that turns a part
+    /// off and on again (recovering the command buffer or the event log),
+    /// so that CPUs doing so at once do not undo each other.
+    control: spin::Mutex<Control>,
+    pub(crate) counters: Tally<Counters>,
     pub(crate) interrupt_tables: BTreeMap<u16, InterruptTable>,
-    /// Events read from the log and not yet taken by the unit (which routes
-    /// device faults to their domains); at most [`EVENT_BACKLOG`].
-    events: Vec<Event>,
+    /// The event log's head and the events read from it: several CPUs
+    /// read the log (each after its own batch), one at a time.
+    event_log_state: spin::Mutex<EventLogState>,
 }
 
-// SAFETY: the instance owns its register block and DMA regions exclusively; the
-// kernel keeps it behind a lock, so it is only ever used from one CPU at a time.
+/// What the driver knows of the event log.
+#[derive(Default)]
+struct EventLogState {
+    /// The log's head as last written.
+    head: u64,
+    /// Events read from the log and not yet taken by the unit (which routes
+    /// device faults to their domains); at most [`EVENT_BACKLOG`].
+    backlog: Vec<Event>,
+    /// Events ever put in the backlog: the first of `backlog` is number
+    /// `added - backlog.len()`, which lets a submitter find the events
+    /// read since it published its batch, whoever read them.
+    added: u64,
+}
+
+// SAFETY: the instance owns its register block and DMA regions exclusively.
+// What several CPUs reach through `&self` (the command buffer's positions,
+// counters, CONTROL and the event log) is behind atomics or locks; the DMA
+// regions are only written at slots a caller claimed.
 unsafe impl Send for Hardware {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Hardware {}
 
 impl Hardware {
     /// Brings up the IOMMU `description` names, whose registers `regs` maps, with every
@@ -204,19 +224,18 @@ impl Hardware {
             command_queue: SharedRing::one_slot_free(command_ring.slots()),
             event_log,
             event_ring,
-            event_head: 0,
             completion,
-            control: Control::empty(),
-            counters: Counters::default(),
+            control: spin::Mutex::new(Control::empty()),
+            counters: Tally::default(),
             interrupt_tables: BTreeMap::new(),
-            events: Vec::new(),
+            event_log_state: spin::Mutex::new(EventLogState::default()),
         };
         unit.bring_up()?;
         Ok(unit)
     }
 
-    pub(crate) fn write_reg(&mut self, reg: os_services::mmio::Reg64, value: u64) {
-        self.counters.mmio_writes += 1;
+    pub(crate) fn write_reg(&self, reg: os_services::mmio::Reg64, value: u64) {
+        self.counters.add(|c| c.mmio_writes += 1);
         self.regs.write64(reg, value);
     }
 
@@ -225,8 +244,28 @@ impl Hardware {
     }
 
     pub(crate) fn set_control(&mut self, control: Control) {
-        self.control = control;
+        *self.control.get_mut() = control;
         self.write_reg(regs::CONTROL, control.bits());
+    }
+
+    /// Turns `part` of CONTROL off, waits for `running` to clear, runs
+    /// `stopped`, and turns it on again (waiting for `running` when `rerun`):
+    /// one such sequence at a time.
+    pub(crate) fn pause(
+        &self,
+        part: Control,
+        running: Status,
+        rerun: bool,
+        stopped: impl FnOnce(),
+    ) {
+        let control = self.control.lock();
+        self.write_reg(regs::CONTROL, (*control - part).bits());
+        let _ = self.wait_status(running, false);
+        stopped();
+        self.write_reg(regs::CONTROL, control.bits());
+        if rerun {
+            let _ = self.wait_status(running, true);
+        }
     }
 
     pub(crate) fn wait_status(&self, expected: Status, set: bool) -> Result<(), UnitError> {
@@ -262,7 +301,7 @@ impl Hardware {
         self.write_reg(regs::EVENT_LOG_BASE, evt.0);
         self.write_reg(regs::EVENT_HEAD, 0);
         self.write_reg(regs::EVENT_TAIL, 0);
-        self.event_head = 0;
+        self.event_log_state.get_mut().head = 0;
         self.write_reg(
             regs::STATUS,
             (Status::EVENT_OVERFLOW | Status::EVENT_LOG_INT | Status::COM_WAIT_INT).bits(),
@@ -301,7 +340,7 @@ impl Hardware {
 
     /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
-        self.counters
+        self.counters.read()
     }
 
     /// What firmware said about the unit.
@@ -358,6 +397,24 @@ impl Hardware {
 
     /// Events read from the log since the last call, oldest first.
     pub(crate) fn take_events(&mut self) -> Vec<Event> {
-        core::mem::take(&mut self.events)
+        core::mem::take(&mut self.event_log_state.get_mut().backlog)
+    }
+
+    /// The number the next event put in the backlog will have.
+    pub(crate) fn events_added(&self) -> u64 {
+        self.event_log_state.lock().added
+    }
+
+    /// Whether the backlog holds, from event number `since` on, one that
+    /// `found` picks; the first it picks.
+    pub(crate) fn find_event_since<T>(
+        &self,
+        since: u64,
+        found: impl FnMut(&Event) -> Option<T>,
+    ) -> Option<T> {
+        let state = self.event_log_state.lock();
+        let first = state.added - state.backlog.len() as u64;
+        let skip = since.saturating_sub(first) as usize;
+        state.backlog.iter().skip(skip).find_map(found)
     }
 }

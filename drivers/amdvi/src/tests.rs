@@ -393,7 +393,7 @@ fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
 
 #[test]
 fn illegal_command_on_a_buffer_that_keeps_going_is_still_an_error() {
-    let (mut unit, _model) = unit_with(true);
+    let (unit, _model) = unit_with(true);
     let slot = unit.hardware.command_buffer.phys()
         + unit
             .hardware
@@ -430,7 +430,7 @@ fn a_failed_attach_leaves_the_device_where_it_was() {
 
 #[test]
 fn an_old_illegal_command_event_does_not_fail_later_batches_in_its_slot() {
-    let (mut unit, _model) = unit_with(true);
+    let (unit, _model) = unit_with(true);
     assert!(unit.hardware.run(&[Command::illegal()]).is_err());
     // Well past one lap of the 256-entry ring: every slot is reused.
     for _ in 0..300 {
@@ -443,7 +443,7 @@ fn an_old_illegal_command_event_does_not_fail_later_batches_in_its_slot() {
 
 #[test]
 fn command_ring_wraps() {
-    let (mut unit, model) = unit_with(true);
+    let (unit, model) = unit_with(true);
     for _ in 0..200 {
         unit.hardware
             .run(&[Command::invalidate_devtab_entry(EDU_A)])
@@ -458,7 +458,7 @@ fn command_ring_wraps() {
 /// quadword still holds the old token, which must not end the new wait.
 #[test]
 fn a_completion_wait_is_ended_only_by_its_own_store() {
-    let (mut unit, model) = unit_with(true);
+    let (unit, model) = unit_with(true);
     for _ in 0..300 {
         unit.hardware
             .run(&[Command::invalidate_devtab_entry(EDU_A)])
@@ -833,7 +833,7 @@ fn hw_a_failed_detach_is_made_good_before_its_domain_is_freed() {
         let mut state = model.state.lock().unwrap();
         state.stalled = false;
     }
-    unit.hardware.recover_command_buffer(&[]);
+    unit.hardware.recover_command_buffer(&[], 0);
     model.take_executed();
     unit.free_domain(domain).unwrap();
     let executed = model.take_executed();

@@ -5,13 +5,14 @@
 
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
     IovaRange, MsiMessage, MsiRoute, NestedInvalidation, Prot, ReservedKind, ReservedRegion,
     UnitId, UnitInfo, UnitKind,
 };
-use iommu_kit::IdAllocator;
+use iommu_kit::{IdAllocator, Unlinked};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory};
 
@@ -45,8 +46,9 @@ enum DomainBacking {
     Identity,
     Paging {
         table: alloc::boxed::Box<paging::V1Table>,
-        /// Table pages unlinked by `unmap`, released after the next `flush`.
-        unlinked: Vec<io_page_table::FreedTables>,
+        /// Table pages unlinked by `unmap`, released by the flush that
+        /// covers them.
+        unlinked: Unlinked,
     },
 }
 
@@ -58,7 +60,7 @@ struct Domain {
     /// A flush of this domain failed: what it should have invalidated may
     /// still be cached, so the next flush invalidates every page (and PDE)
     /// before any unlinked table page is freed.
-    owes_full_invalidation: bool,
+    owes_full_invalidation: AtomicBool,
     /// Dirty tracking is on: every device attached gets HAD.
     dirty_tracking: bool,
 }
@@ -85,10 +87,14 @@ pub struct AmdVi {
     stale_devices: Vec<(u16, u16)>,
 }
 
-// SAFETY: the unit owns its instance and its domains' table pages exclusively;
-// the kernel keeps it behind a lock, so it is only ever used from one CPU at a
-// time (the same argument as for `Hardware`).
+// SAFETY: the unit owns its instance and its domains' table pages exclusively.
+// Through `&self` several CPUs only map, unmap and flush: the tables take
+// disjoint ranges concurrently (`io_page_table::PageTable::map_shared`), the
+// unlinked pages and the owed invalidations are behind a lock and an atomic,
+// and the instance is `Sync` (see `Hardware`).
 unsafe impl Send for AmdVi {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for AmdVi {}
 
 impl AmdVi {
     /// Repeats the invalidations of DTE changes that failed (the entry and
@@ -182,7 +188,7 @@ impl AmdVi {
         if queue.len() < FAULT_QUEUE_CAPACITY {
             queue.push(record);
         } else {
-            self.hardware.counters.dropped_faults += 1;
+            self.hardware.counters.add(|c| c.dropped_faults += 1);
         }
     }
 
@@ -377,7 +383,7 @@ impl IommuUnit for AmdVi {
             DomainKind::Identity => DomainBacking::Identity,
             DomainKind::Paging => DomainBacking::Paging {
                 table: alloc::boxed::Box::new(paging::new_table(self.table_dma)?),
-                unlinked: Vec::new(),
+                unlinked: Unlinked::default(),
             },
             _ => return Err(IommuError::Unsupported),
         };
@@ -393,7 +399,7 @@ impl IommuUnit for AmdVi {
                 backing,
                 devices: BTreeSet::new(),
                 faults: Vec::new(),
-                owes_full_invalidation: false,
+                owes_full_invalidation: AtomicBool::new(false),
                 dirty_tracking: false,
             },
         );
@@ -412,9 +418,7 @@ impl IommuUnit for AmdVi {
         if let Some(removed) = self.domains.remove(&domain.0) {
             self.domain_ids.free(u32::from(removed.id));
             if let DomainBacking::Paging { table, unlinked } = removed.backing {
-                for freed in unlinked {
-                    table.release(freed);
-                }
+                unlinked.take_all().release(|freed| table.release(freed));
             }
         }
         Ok(())
@@ -428,13 +432,39 @@ impl IommuUnit for AmdVi {
         len: u64,
         prot: Prot,
     ) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.map_shared(domain, iova, phys, len, prot) }
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.unmap_shared(domain, iova, len) }
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.settle()?;
+        self.flush_shared(domain, gather)
+    }
+
+    fn shares_mapping(&self) -> bool {
+        true
+    }
+
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
         let np_cache = self.hardware.np_cache();
-        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
-        let DomainBacking::Paging { table, .. } = &mut entry.backing else {
+        let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
+        let DomainBacking::Paging { table, .. } = &entry.backing else {
             return Err(IommuError::Invalid);
         };
-        let gather = table
-            .map(iova, phys, len, paging::page_prot(prot)?)
+        // SAFETY: the caller keeps concurrent ranges disjoint.
+        let gather = unsafe { table.map_shared(iova, phys, len, paging::page_prot(prot)?) }
             .map_err(|err| match err {
                 io_page_table::MapError::NoMemory => IommuError::NoMemory,
                 _ => IommuError::Invalid,
@@ -442,13 +472,20 @@ impl IommuUnit for AmdVi {
         Ok(crate::invalidation::owed_by_map(np_cache, gather))
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
-        match self.domains.get_mut(&domain.0).map(|d| &mut d.backing) {
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        match self.domains.get(&domain.0).map(|d| &d.backing) {
             Some(DomainBacking::Paging { table, unlinked }) => {
                 // A range no successful map created changes nothing; the
                 // caller must see it, or it would release what is still mapped.
-                let unmapped = table.unmap(iova, len).map_err(|_| IommuError::Invalid)?;
-                unlinked.push(unmapped.freed);
+                // SAFETY: the caller keeps concurrent ranges disjoint.
+                let unmapped =
+                    unsafe { table.unmap_shared(iova, len) }.map_err(|_| IommuError::Invalid)?;
+                unlinked.push(&unmapped.gather, unmapped.freed);
                 Ok(unmapped.gather)
             }
             // Blocking and identity domains map nothing.
@@ -459,11 +496,25 @@ impl IommuUnit for AmdVi {
 
     /// A failed flush is made good by the next one, which invalidates every
     /// page of the domain: the failed range was never confirmed, and the pages
-    /// its unmap unlinked are freed only after that.
-    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
-        self.settle()?;
+    /// its unmap unlinked are freed only after that. A DTE change whose
+    /// invalidation is still owed (only `&mut self` repeats it) fails it.
+    fn flush_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        if !self.stale_devices.is_empty() {
+            return Err(IommuError::Timeout);
+        }
         let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
-        let command = if entry.owes_full_invalidation {
+        let owed = entry.owes_full_invalidation.swap(false, Ordering::AcqRel);
+        let unlinked = match &entry.backing {
+            DomainBacking::Paging { table, unlinked } => Some((table, unlinked)),
+            _ => None,
+        };
+        // Taken before the command is queued: a batch unlinked later waits
+        // for a flush issued after it.
+        let taken = unlinked.map(|(_, batches)| match owed {
+            true => batches.take_all(),
+            false => batches.take_covered(gather),
+        });
+        let command = if owed {
             Some(Command::invalidate_iommu_pages(
                 entry.id,
                 PageRange::ALL,
@@ -476,17 +527,18 @@ impl IommuUnit for AmdVi {
             Some(command) => self.hardware.run(&[command]),
             None => Ok(()),
         };
-        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
         if let Err(error) = result {
-            entry.owes_full_invalidation |= !gather.is_empty();
+            if owed || !gather.is_empty() {
+                entry.owes_full_invalidation.store(true, Ordering::Release);
+            }
+            if let (Some((_, batches)), Some(taken)) = (unlinked, taken) {
+                batches.restore(taken);
+            }
             return Err(error.into());
         }
-        entry.owes_full_invalidation = false;
-        // The IOMMU no longer walks tables unlinked before this flush.
-        if let DomainBacking::Paging { table, unlinked } = &mut entry.backing {
-            for freed in unlinked.drain(..) {
-                table.release(freed);
-            }
+        // The IOMMU no longer walks the tables taken above.
+        if let (Some((table, _)), Some(taken)) = (unlinked, taken) {
+            taken.release(|freed| table.release(freed));
         }
         Ok(())
     }

@@ -42,3 +42,30 @@ macro_rules! counters {
         }
     };
 }
+
+/// A counters struct several CPUs add to through a shared reference: the
+/// additions of one operation are made together, under a lock held only for
+/// them (never across a wait on the hardware).
+#[derive(Debug, Default)]
+pub struct Tally<C> {
+    counts: spin::Mutex<C>,
+}
+
+impl<C: Copy> Tally<C> {
+    /// A tally starting at `counts`.
+    pub const fn new(counts: C) -> Self {
+        Self {
+            counts: spin::Mutex::new(counts),
+        }
+    }
+
+    /// Adds an operation's work.
+    pub fn add(&self, f: impl FnOnce(&mut C)) {
+        f(&mut self.counts.lock());
+    }
+
+    /// The counts so far.
+    pub fn read(&self) -> C {
+        *self.counts.lock()
+    }
+}

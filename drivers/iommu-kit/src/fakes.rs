@@ -323,3 +323,48 @@ pub mod trace {
         }
     }
 }
+
+/// `Cell` for a hardware model several test threads drive at once (as CPUs
+/// drive the real unit): the same `get`/`set`, over a lock.
+#[derive(Debug, Default)]
+pub struct SyncCell<T>(Mutex<T>);
+
+impl<T: Copy> SyncCell<T> {
+    /// A cell holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self(Mutex::new(value))
+    }
+
+    /// The value.
+    pub fn get(&self) -> T {
+        *self.0.lock().unwrap()
+    }
+
+    /// Replaces the value.
+    pub fn set(&self, value: T) {
+        *self.0.lock().unwrap() = value;
+    }
+}
+
+/// `RefCell` for such a model: `borrow` and `borrow_mut` take a read or
+/// write lock (a nested `borrow_mut` on one thread blocks where `RefCell`
+/// would panic).
+#[derive(Debug, Default)]
+pub struct SyncRefCell<T>(std::sync::RwLock<T>);
+
+impl<T> SyncRefCell<T> {
+    /// A cell holding `value`.
+    pub const fn new(value: T) -> Self {
+        Self(std::sync::RwLock::new(value))
+    }
+
+    /// Reads the value.
+    pub fn borrow(&self) -> std::sync::RwLockReadGuard<'_, T> {
+        self.0.read().unwrap()
+    }
+
+    /// Changes the value.
+    pub fn borrow_mut(&self) -> std::sync::RwLockWriteGuard<'_, T> {
+        self.0.write().unwrap()
+    }
+}

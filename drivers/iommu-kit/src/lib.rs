@@ -19,7 +19,11 @@
 //!   its own commands (model-checked with `loom`).
 //! - [`ids`]: [`IdAllocator`], domain ids (DID, DomainID, ASID, VMID) that are
 //!   recycled only after the driver has invalidated them.
-//! - [`counters!`]: a counters struct with `since`, for the figures.
+//! - [`unlinked`]: [`Unlinked`], the table pages unmaps unlinked, each batch
+//!   freed by the flush whose range covers it, so that CPUs unmapping from one
+//!   domain at once never free each other's.
+//! - [`counters!`]: a counters struct with `since`, for the figures, and
+//!   [`Tally`], one that several CPUs add to.
 //! - [`rationed`]: [`Rationed`], DMA memory that refuses after a budget, to
 //!   exhaust table pages on demand in tests (host and kernel alike).
 //! - `fakes` (feature `host-fakes`): heap-backed DMA memory and a stepping
@@ -38,10 +42,13 @@ pub mod rationed;
 pub mod ring;
 pub mod shared_ring;
 pub mod table_alloc;
+pub mod unlinked;
 
+pub use counters::Tally;
 pub use dma::{CacheClean, CacheMaintenance, DmaBuffer};
 pub use ids::{IdAllocator, TakenId};
 pub use rationed::Rationed;
 pub use ring::{BadPointer, SlotRing, WrapIndex};
 pub use shared_ring::{Claim, Full, SharedRing};
 pub use table_alloc::DmaTableAlloc;
+pub use unlinked::{Taken, Unlinked};

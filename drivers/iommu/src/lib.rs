@@ -490,7 +490,9 @@ pub enum IommuError {
     Refused,
 }
 
-/// One IOMMU instance. The core calls it with `&mut self` under its own lock.
+/// One IOMMU instance. The core calls it with `&mut self` under its own lock,
+/// and (where [`IommuUnit::shares_mapping`]) maps, unmaps and flushes through
+/// `&self` from several CPUs at once outside it.
 pub trait IommuUnit {
     /// What the unit is and what it translates (asked live: the page sizes
     /// may change, e.g. with the SMMUv3 granule).
@@ -535,6 +537,63 @@ pub trait IommuUnit {
     /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
     /// Table pages that earlier unmaps unlinked may be released from here on.
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError>;
+
+    /// Whether [`Self::map_shared`], [`Self::unmap_shared`] and
+    /// [`Self::flush_shared`] work on this unit: several CPUs may then map,
+    /// unmap and flush at once through `&self`. A unit without them (the
+    /// default) is only used through `&mut self`.
+    fn shares_mapping(&self) -> bool {
+        false
+    }
+
+    /// [`Self::map`] through a shared reference, beside other CPUs' shared
+    /// calls (never beside a `&mut self` one: the borrow says so).
+    ///
+    /// # Safety
+    ///
+    /// While it runs, no other shared call on `domain` may touch an IOVA of
+    /// `[iova, iova + len)`: concurrent ranges of one domain are disjoint
+    /// (iommufd's areas keep them so, as Linux's `iopt` does for
+    /// `iommu_map`). The page tables underneath rely on it
+    /// (`io_page_table::PageTable::map_shared`).
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        let _ = (domain, iova, phys, len, prot);
+        Err(IommuError::Unsupported)
+    }
+
+    /// [`Self::unmap`] through a shared reference. The table pages it
+    /// unlinks are freed by the shared or exclusive flush whose gather
+    /// covers the one returned here, after its invalidation completed.
+    ///
+    /// # Safety
+    ///
+    /// As [`Self::map_shared`]: no concurrent shared call on `domain`
+    /// touches `[iova, iova + len)`.
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        let _ = (domain, iova, len);
+        Err(IommuError::Unsupported)
+    }
+
+    /// [`Self::flush`] through a shared reference: invalidates `gather` in
+    /// `domain` and waits for that invalidation alone (other CPUs' commands
+    /// on the same queue complete on their own), then frees the table pages
+    /// that unmaps inside `gather` unlinked before it.
+    fn flush_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        let _ = (domain, gather);
+        Err(IommuError::Unsupported)
+    }
 
     /// Puts `device` into `domain`, replacing its current domain without passing
     /// through bypass. On error the device stays where it was.
@@ -692,6 +751,36 @@ impl<T: IommuUnit + ?Sized> IommuUnit for alloc::boxed::Box<T> {
 
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
         (**self).flush(domain, gather)
+    }
+
+    fn shares_mapping(&self) -> bool {
+        (**self).shares_mapping()
+    }
+
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        // SAFETY: the caller keeps the contract; forwarded.
+        unsafe { (**self).map_shared(domain, iova, phys, len, prot) }
+    }
+
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        // SAFETY: the caller keeps the contract; forwarded.
+        unsafe { (**self).unmap_shared(domain, iova, len) }
+    }
+
+    fn flush_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        (**self).flush_shared(domain, gather)
     }
 
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {

@@ -5,7 +5,6 @@
 //! part of the type, so a 32-bit register can never be touched with a 64-bit
 //! access (QEMU aborts on some of those, docs/QEMU.md §6.3).
 
-use core::marker::PhantomData;
 use core::ptr::NonNull;
 
 use volatile::VolatilePtr;
@@ -25,8 +24,15 @@ pub struct Reg64(pub usize);
 pub struct Mmio {
     base: NonNull<u8>,
     len: usize,
-    _not_sync: PhantomData<*mut u8>,
 }
+
+// SAFETY: every access is one volatile load or store of a register, which
+// the device sees whole from whichever CPU makes it; a driver whose sequence
+// of accesses must not interleave with another CPU's (a command register and
+// its busy bit) serialises it itself, as its `&self` methods document.
+unsafe impl Send for Mmio {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mmio {}
 
 impl Mmio {
     /// # Safety
@@ -34,11 +40,7 @@ impl Mmio {
     /// stays valid for the lifetime of the value, and no other code may treat
     /// that range as ordinary memory.
     pub unsafe fn new(base: NonNull<u8>, len: usize) -> Self {
-        Mmio {
-            base,
-            len,
-            _not_sync: PhantomData,
-        }
+        Mmio { base, len }
     }
 
     /// Base address of the block.

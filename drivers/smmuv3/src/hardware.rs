@@ -10,7 +10,8 @@ use alloc::vec::Vec;
 use core::time::Duration;
 use os_services::barrier::dma_wmb;
 
-use iommu_kit::{CacheClean, CacheMaintenance, DmaBuffer, SharedRing, WrapIndex};
+use core::sync::atomic::{AtomicBool, Ordering};
+use iommu_kit::{CacheClean, CacheMaintenance, DmaBuffer, SharedRing, Tally, WrapIndex};
 use os_services::mmio::Mmio;
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -213,23 +214,26 @@ impl StreamTable {
 /// One SMMUv3 with its queues and stream table in memory.
 pub struct Smmu<'a> {
     regs: Mmio,
-    clock: &'a dyn Clock,
+    clock: &'a (dyn Clock + Sync),
     dma: &'a (dyn DmaMemory + Sync),
     features: Features,
     cmdq: CommandQueue,
     eventq: Queue,
     strtab: StreamTable,
-    counters: Counters,
+    counters: Tally<Counters>,
     coalescer: Coalescer,
     /// Faults drained and not yet taken by the owner.
     faults: Vec<Fault>,
-    last_command_error: Option<CommandError>,
+    last_command_error: spin::Mutex<Option<CommandError>>,
     /// A rejected command skipped (§7.1) and not yet reported: the next
     /// caller whose CMD_SYNC completes gets it as its error.
-    pending_rejection: Option<Error>,
+    pending_rejection: spin::Mutex<Option<Error>>,
     /// An STE was abandoned half-way and its CFGI_STE could not be queued:
     /// the next submission starts with CFGI_ALL.
-    owes_cfgi_all: bool,
+    owes_cfgi_all: AtomicBool,
+    /// Held while a rejected command is replaced (CERROR, §7.1), so that
+    /// CPUs that saw the same GERROR.CMDQ_ERR repair it once.
+    cmdq_recovery: spin::Mutex<()>,
     enabled: bool,
     /// Interrupts the owner enabled, restored by [`Smmu::restart`].
     irq: IrqCtrl,
@@ -246,7 +250,7 @@ impl<'a> Smmu<'a> {
     /// without it such an SMMU is refused.
     pub fn new(
         regs: Mmio,
-        clock: &'a dyn Clock,
+        clock: &'a (dyn Clock + Sync),
         dma: &'a (dyn DmaMemory + Sync),
         format: StreamTableFormat,
         maintenance: Option<CacheMaintenance>,
@@ -331,12 +335,13 @@ impl<'a> Smmu<'a> {
             cmdq,
             eventq,
             strtab,
-            counters: Counters::default(),
+            counters: Tally::default(),
             coalescer: Coalescer::new(),
             faults: Vec::new(),
-            last_command_error: None,
-            pending_rejection: None,
-            owes_cfgi_all: false,
+            last_command_error: spin::Mutex::new(None),
+            pending_rejection: spin::Mutex::new(None),
+            owes_cfgi_all: AtomicBool::new(false),
+            cmdq_recovery: spin::Mutex::new(()),
             walk,
             maintenance,
             enabled: false,
@@ -409,7 +414,7 @@ impl<'a> Smmu<'a> {
 
     /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
-        self.counters
+        self.counters.read()
     }
 
     /// The stream table has two levels.
@@ -424,16 +429,16 @@ impl<'a> Smmu<'a> {
 
     /// The last command the SMMU rejected, and why.
     pub fn last_command_error(&self) -> Option<CommandError> {
-        self.last_command_error
+        *self.last_command_error.lock()
     }
 
-    pub(crate) fn write32(&mut self, reg: os_services::mmio::Reg32, value: u32) {
-        self.counters.mmio_writes += 1;
+    pub(crate) fn write32(&self, reg: os_services::mmio::Reg32, value: u32) {
+        self.counters.add(|c| c.mmio_writes += 1);
         self.regs.write32(reg, value);
     }
 
-    pub(crate) fn write64(&mut self, reg: os_services::mmio::Reg64, value: u64) {
-        self.counters.mmio_writes += 1;
+    pub(crate) fn write64(&self, reg: os_services::mmio::Reg64, value: u64) {
+        self.counters.add(|c| c.mmio_writes += 1);
         self.regs.write64(reg, value);
     }
 
@@ -544,7 +549,7 @@ impl<'a> Smmu<'a> {
         self.enabled = false;
         self.set_cr0(Cr0::empty())?;
         self.cmdq.positions.restart();
-        self.pending_rejection = None;
+        *self.pending_rejection.lock() = None;
         self.eventq.prod = WrapIndex::new(self.eventq.log2);
         self.eventq.cons = WrapIndex::new(self.eventq.log2);
         self.bring_up()?;
@@ -592,7 +597,7 @@ impl<'a> Smmu<'a> {
         Cr0::from_bits_retain(self.regs.read32(regs::CR0ACK))
     }
 
-    pub(crate) fn ack_gerror(&mut self, bits: Gerror) {
+    pub(crate) fn ack_gerror(&self, bits: Gerror) {
         let gerrorn = self.regs.read32(regs::GERRORN) ^ bits.bits();
         self.write32(regs::GERRORN, gerrorn);
     }

@@ -16,11 +16,11 @@
 //! cached item disagrees with memory. It can stop consuming commands after a
 //! given number, as a queue that hangs between a CFGI and its CMD_SYNC does.
 
+use iommu_kit::fakes::{SyncCell, SyncRefCell};
 use std::boxed::Box;
-use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
-use std::rc::Rc;
+use std::sync::Arc;
 use std::vec;
 use std::vec::Vec;
 
@@ -38,26 +38,36 @@ pub(crate) const IDR: [u32; 6] = [0x0d44_101b, 0x0273_0010, 0, 0x1414, 0, 0x74];
 /// The register block and the model's state.
 pub(crate) struct Model {
     pub(crate) regs: *mut u8,
-    pub(crate) log: RefCell<Vec<[u64; 2]>>,
+    pub(crate) log: SyncRefCell<Vec<[u64; 2]>>,
     /// Opcodes the model rejects with CERROR_ILL.
     pub(crate) illegal: u8,
     /// STEs as last fetched, by StreamID.
-    pub(crate) ste_cache: RefCell<BTreeMap<u32, [u64; 8]>>,
+    pub(crate) ste_cache: SyncRefCell<BTreeMap<u32, [u64; 8]>>,
     /// CDs (SubstreamID 0) as last fetched, by the StreamID that located them.
-    pub(crate) cd_cache: RefCell<BTreeMap<u32, [u64; 8]>>,
+    pub(crate) cd_cache: SyncRefCell<BTreeMap<u32, [u64; 8]>>,
     /// The TLB: one entry per cached leaf, by (context, leaf base address).
-    pub(crate) tlb: RefCell<BTreeMap<(Context, u64), TlbEntry>>,
+    pub(crate) tlb: SyncRefCell<BTreeMap<(Context, u64), TlbEntry>>,
     /// The walk caches: (context, region) -> the last-level table that maps
     /// the region (one table's reach).
-    pub(crate) walks: RefCell<BTreeMap<(Context, u64), WalkEntry>>,
+    pub(crate) walks: SyncRefCell<BTreeMap<(Context, u64), WalkEntry>>,
     /// How many more commands the queue consumes before it hangs (`None`:
     /// no limit).
-    pub(crate) commands_until_hang: Cell<Option<usize>>,
+    pub(crate) commands_until_hang: SyncCell<Option<usize>>,
     /// The SMMU does not snoop (IDR0.COHACC = 0): it reads the stream table
     /// and the command queue from memory, which holds only what the driver
     /// wrote back (`maintenance::read_as_device`), not from the CPU's caches.
-    pub(crate) reads_memory: Cell<bool>,
+    pub(crate) reads_memory: SyncCell<bool>,
+    /// Held while the model takes a step: threads that poll at once (as
+    /// CPUs waiting for their own CMD_SYNC do) step it one at a time.
+    pub(crate) stepping: std::sync::Mutex<()>,
 }
+
+// SAFETY: the register block is the test's, reached with single volatile
+// word accesses; every other field is behind a lock, and `step` (which reads
+// and writes registers in sequence) runs one thread at a time.
+unsafe impl Send for Model {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Model {}
 
 /// A TLB tag (§4.4): the VMID, and the ASID for stage-1 entries (`None`
 /// for stage-2 entries, which stage-1 TLBIs do not reach).
@@ -555,6 +565,10 @@ impl Model {
     }
 
     pub(crate) fn step(&self) {
+        let _stepping = self
+            .stepping
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         self.write(regs::CR0ACK.0, self.read(regs::CR0.0));
         self.write(regs::IRQ_CTRLACK.0, self.read(regs::IRQ_CTRL.0));
         self.write(regs::GBPA.0, self.read(regs::GBPA.0) & !Gbpa::UPDATE.bits());
@@ -633,8 +647,8 @@ impl Model {
 
 /// A clock whose polls run the model.
 pub(crate) struct ModelClock {
-    pub(crate) now: Cell<u64>,
-    pub(crate) model: Rc<Model>,
+    pub(crate) now: SyncCell<u64>,
+    pub(crate) model: Arc<Model>,
 }
 
 impl Clock for ModelClock {
@@ -650,7 +664,7 @@ impl Clock for ModelClock {
 
 pub(crate) struct Rig {
     pub(crate) _regs: Vec<u64>,
-    pub(crate) model: Rc<Model>,
+    pub(crate) model: Arc<Model>,
     pub(crate) clock: &'static ModelClock,
     pub(crate) dma: &'static HostDma,
 }
@@ -658,23 +672,24 @@ pub(crate) struct Rig {
 pub(crate) fn rig() -> Rig {
     let mut regs = vec![0u64; regs::REGISTER_SPAN / 8];
     let base = regs.as_mut_ptr().cast::<u8>();
-    let model = Rc::new(Model {
+    let model = Arc::new(Model {
         regs: base,
-        log: RefCell::new(Vec::new()),
+        log: SyncRefCell::new(Vec::new()),
         illegal: 0x7F,
-        ste_cache: RefCell::new(BTreeMap::new()),
-        cd_cache: RefCell::new(BTreeMap::new()),
-        tlb: RefCell::new(BTreeMap::new()),
-        walks: RefCell::new(BTreeMap::new()),
-        commands_until_hang: Cell::new(None),
-        reads_memory: Cell::new(false),
+        ste_cache: SyncRefCell::new(BTreeMap::new()),
+        cd_cache: SyncRefCell::new(BTreeMap::new()),
+        tlb: SyncRefCell::new(BTreeMap::new()),
+        walks: SyncRefCell::new(BTreeMap::new()),
+        commands_until_hang: SyncCell::new(None),
+        reads_memory: SyncCell::new(false),
+        stepping: std::sync::Mutex::new(()),
     });
     for (i, value) in IDR.iter().enumerate() {
         model.write(i * 4, *value);
     }
     model.write(regs::GBPA.0, 0x1000);
     let clock = Box::leak(Box::new(ModelClock {
-        now: Cell::new(0),
+        now: SyncCell::new(0),
         model: model.clone(),
     }));
     let dma = Box::leak(Box::new(HostDma::default()));

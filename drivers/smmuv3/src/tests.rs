@@ -98,7 +98,7 @@ fn ste_switch_between_domains_goes_through_abort_with_two_syncs() {
 #[test]
 fn illegal_command_is_replaced_and_the_queue_resumes() {
     let rig = rig();
-    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
     smmu.submit_raw(&[RawCommand([0x7F, 0])]).unwrap();
     assert_eq!(
         smmu.sync(),
@@ -164,7 +164,7 @@ fn a_hung_queue_times_out_and_restart_keeps_the_tables() {
 #[test]
 fn command_queue_wraps_under_large_batches() {
     let rig = rig();
-    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
     let skip = rig.model.log.borrow().len();
     let batch = vec![Command::CfgiSte { sid: 3, leaf: true }; 700];
     smmu.execute(&batch).unwrap();
@@ -247,6 +247,93 @@ mod unit {
 
     fn since(rig: &Rig, skip: usize) -> Vec<[u64; 2]> {
         rig.model.log.borrow()[skip..].to_vec()
+    }
+
+    /// Issue 20, several CPUs at once: four threads map, translate, unmap
+    /// and flush their own range of one domain through `&self` (each range
+    /// in a last-level table of its own, so that each unmap frees that table
+    /// and owes a walk-cache invalidation), sharing one command queue. After
+    /// its own flush no thread's range translates any more, nothing cached
+    /// outlives its change, and every table page comes back with the domain:
+    /// no flush freed another thread's unlinked table before its TLBI.
+    #[test]
+    fn hw_cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        // The stream's level-2 stream table exists from here on.
+        let blocked = unit.alloc_domain(DomainKind::Blocked).unwrap();
+        unit.attach(DeviceId(8), blocked).unwrap();
+        let before = rig.dma.live();
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        assert!(unit.shares_mapping());
+        let (shared, model) = (&unit, &rig.model);
+        let start = &std::sync::Barrier::new(4);
+        std::thread::scope(|threads| {
+            for thread in 0..4u64 {
+                threads.spawn(move || {
+                    start.wait();
+                    // A whole last-level table's reach, in pages (the
+                    // physical side is not block-aligned), so that the
+                    // unmap unlinks the table.
+                    let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
+                    for round in 0..200u64 {
+                        let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
+                        // SAFETY: each thread keeps to its own range.
+                        let gather = unsafe { shared.map_shared(domain, iova, phys, len, RW) };
+                        shared.flush_shared(domain, &gather.unwrap()).unwrap();
+                        let seen = model.translate(8, iova + 0x1000).map(|e| e.leaf.output);
+                        assert_eq!(seen, Some(phys + 0x1000), "thread {thread}");
+                        // SAFETY: as above.
+                        let gather = unsafe { shared.unmap_shared(domain, iova, len) };
+                        let gather = gather.unwrap();
+                        assert!(gather.freed_tables, "the last-level table was not freed");
+                        // Before the TLBI the SMMU may still use the old
+                        // walk (the old translation), but never a table page
+                        // another thread's flush freed and its map reused.
+                        let seen = model.translate(8, iova + 0x1000).map(|e| e.leaf.output);
+                        assert!(
+                            seen.is_none() || seen == Some(phys + 0x1000),
+                            "thread {thread}: a freed table was reused under a cached walk"
+                        );
+                        shared.flush_shared(domain, &gather).unwrap();
+                        assert!(
+                            model.translate(8, iova + 0x1000).is_none(),
+                            "thread {thread}, round {round}: stale translation"
+                        );
+                    }
+                });
+            }
+        });
+        if let Err(stale) = rig.model.check_no_stale_cache(&[8]) {
+            panic!("after the threads: {stale}");
+        }
+        unit.attach(DeviceId(8), blocked).unwrap();
+        unit.free_domain(domain).unwrap();
+        assert_eq!(rig.dma.live(), before, "a table page was lost or kept");
+    }
+
+    /// Issue 20: with two unmaps' tables unlinked, the flush of one frees
+    /// that one's table pages alone; the other's wait for its own TLBI (the
+    /// SMMU may still walk them through its walk cache, §3.21.2).
+    #[test]
+    fn hw_a_flush_frees_only_the_table_pages_inside_its_range() {
+        let rig = rig();
+        let mut unit = unit(&rig);
+        let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+        unit.attach(DeviceId(8), domain).unwrap();
+        let (a, b, len) = (0x4000_0000u64, 0x4040_0000u64, 0x20_0000u64);
+        for iova in [a, b] {
+            let gather = unit.map(domain, iova, 0x8000_1000, len, RW).unwrap();
+            unit.flush(domain, &gather).unwrap();
+        }
+        let unmapped_a = unit.unmap(domain, a, len).unwrap();
+        let unmapped_b = unit.unmap(domain, b, len).unwrap();
+        let live = rig.dma.live();
+        unit.flush(domain, &unmapped_b).unwrap();
+        assert_eq!(rig.dma.live(), live - 1, "b's table alone is freed");
+        unit.flush(domain, &unmapped_a).unwrap();
+        assert_eq!(rig.dma.live(), live - 2, "then a's");
     }
 
     /// Issue 16, freeing after a failed invalidation: a flush whose CMD_SYNC
@@ -581,7 +668,7 @@ mod unit {
     #[test]
     fn each_caller_waits_for_its_own_cmd_sync_only() {
         let rig = rig();
-        let mut unit = unit(&rig);
+        let unit = unit(&rig);
         rig.model.commands_until_hang.set(Some(2));
         let a = unit
             .hardware
@@ -1242,7 +1329,7 @@ mod ids {
 fn hw_commands_are_ordered_before_the_producer_index_moves() {
     use iommu_kit::fakes::trace::{Recording, doorbell_after_barrier};
     let rig = rig();
-    let mut smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
     let recording = Recording::start();
     smmu.execute(&[Command::TlbiNsnhAll]).unwrap();
     doorbell_after_barrier(&recording.take(), regs::CMDQ_PROD.0).unwrap();

@@ -5,14 +5,15 @@ use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use io_page_table::{FreedTables, MapError, Prot as PtProt};
+use io_page_table::{MapError, Prot as PtProt};
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
     IovaRange, NestedData, NestedFormat, NestedInvalidation, NestingInfo, Prot, ReservedKind,
     ReservedRegion, UnitId, UnitInfo, UnitKind,
 };
-use iommu_kit::{DmaBuffer, IdAllocator};
+use iommu_kit::{DmaBuffer, IdAllocator, Unlinked};
 use os_services::DmaMemory;
 
 use crate::command::Command;
@@ -34,14 +35,14 @@ enum DomainState<'a> {
         asid: u16,
         cd: DmaBuffer,
         table: Table<'a>,
-        pending: Vec<FreedTables>,
+        pending: Unlinked,
     },
     /// Stage 2 under `vmid`; `nest_parent` when nested domains may use it.
     Stage2 {
         vmid: u16,
         nest_parent: bool,
         table: Table<'a>,
-        pending: Vec<FreedTables>,
+        pending: Unlinked,
     },
     /// A task-owned stage 1 (CD at IPA `cd_ipa`) over `parent`'s stage 2.
     Nested {
@@ -58,7 +59,7 @@ struct Domain<'a> {
     faults: FaultQueue,
     /// A flush of this domain failed: the next one invalidates the whole
     /// context before any unlinked table page is freed.
-    owes_full_invalidation: bool,
+    owes_full_invalidation: AtomicBool,
 }
 
 /// One SMMUv3 as an [`IommuUnit`].
@@ -315,7 +316,7 @@ impl<'a> SmmuUnit<'a> {
             asid,
             cd: region,
             table,
-            pending: Vec::new(),
+            pending: Unlinked::default(),
         })
     }
 
@@ -329,7 +330,7 @@ impl<'a> SmmuUnit<'a> {
             vmid,
             nest_parent,
             table,
-            pending: Vec::new(),
+            pending: Unlinked::default(),
         })
     }
 
@@ -503,7 +504,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             state,
             streams: Vec::new(),
             faults: FaultQueue::new(self.fault_capacity),
-            owes_full_invalidation: false,
+            owes_full_invalidation: AtomicBool::new(false),
         });
         let index = match self.domains.iter().position(Option::is_none) {
             Some(free) => {
@@ -547,9 +548,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     table,
                     pending,
                 } => {
-                    for freed in pending {
-                        table.release(freed);
-                    }
+                    pending.take_all().release(|freed| table.release(freed));
                     cd.free(self.dma);
                     // Its TLB entries went with the TLBI above.
                     self.asids.free(u32::from(asid));
@@ -560,9 +559,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                     pending,
                     ..
                 } => {
-                    for freed in pending {
-                        table.release(freed);
-                    }
+                    pending.take_all().release(|freed| table.release(freed));
                     self.vmids.free(u32::from(vmid));
                 }
                 _ => {}
@@ -579,17 +576,44 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         len: u64,
         prot: Prot,
     ) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.map_shared(domain, iova, phys, len, prot) }
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.unmap_shared(domain, iova, len) }
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.flush_shared(domain, gather)
+    }
+
+    fn shares_mapping(&self) -> bool {
+        true
+    }
+
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
         let mut flags = PtProt::CACHE | PtProt::NOEXEC;
         flags.set(PtProt::READ, prot.read);
         flags.set(PtProt::WRITE, prot.write);
-        let table = match &mut self.domain_mut(domain)?.state {
+        let table = match &self.domain(domain)?.state {
             DomainState::Stage1 { table, .. } | DomainState::Stage2 { table, .. } => table,
             _ => return Err(IommuError::Invalid),
         };
-        let gather = table.map(iova, phys, len, flags).map_err(|err| match err {
-            MapError::NoMemory => IommuError::NoMemory,
-            _ => IommuError::Invalid,
-        })?;
+        // SAFETY: the caller keeps concurrent ranges disjoint.
+        let gather =
+            unsafe { table.map_shared(iova, phys, len, flags) }.map_err(|err| match err {
+                MapError::NoMemory => IommuError::NoMemory,
+                _ => IommuError::Invalid,
+            })?;
         // A map only fills entries that were invalid (it never replaces a
         // table), and an SMMU caches no translation that faulted (SMMUv3
         // §3.21.2: no TLB entry for a Translation fault), so nothing is owed:
@@ -602,18 +626,22 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         })
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
-        let domain = self.domain_mut(domain)?;
-        match &mut domain.state {
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        match &self.domain(domain)?.state {
             DomainState::Stage1 { table, pending, .. }
             | DomainState::Stage2 { table, pending, .. } => {
                 // A range that would cut a block or a contiguous run changes
                 // nothing; the caller must see it, or it would release what
                 // is still mapped.
-                let unmapped = table.unmap(iova, len).map_err(|_| IommuError::Invalid)?;
-                if !unmapped.freed.is_empty() {
-                    pending.push(unmapped.freed);
-                }
+                // SAFETY: the caller keeps concurrent ranges disjoint.
+                let unmapped =
+                    unsafe { table.unmap_shared(iova, len) }.map_err(|_| IommuError::Invalid)?;
+                pending.push(&unmapped.gather, unmapped.freed);
                 Ok(unmapped.gather)
             }
             // Blocking, identity and nested domains map nothing themselves.
@@ -621,17 +649,31 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         }
     }
 
-    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
-        self.domain(domain)?;
-        if gather.is_empty() {
+    /// Each caller's TLBIs carry their own CMD_SYNC and it waits for that
+    /// one alone (`Smmu::execute`); the table pages freed are those unmaps
+    /// inside `gather` unlinked before the TLBIs were queued.
+    fn flush_shared(&self, handle: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        let domain = self.domain(handle)?;
+        if gather.is_empty() && !domain.owes_full_invalidation.load(Ordering::Acquire) {
             return Ok(());
         }
-        let (tag, granule) = self.tlb_tag(domain)?;
+        let (tag, granule) = self.tlb_tag(handle)?;
         let caps = InvalidationCaps {
             range: self.hardware.features().range_invalidation(),
             granule,
         };
-        let owed = self.domain(domain)?.owes_full_invalidation;
+        let owed = domain.owes_full_invalidation.swap(false, Ordering::AcqRel);
+        let (table, pending) = match &domain.state {
+            DomainState::Stage1 { table, pending, .. }
+            | DomainState::Stage2 { table, pending, .. } => (Some(table), Some(pending)),
+            _ => (None, None),
+        };
+        // Taken before the TLBIs are queued: a batch unlinked later waits for
+        // a flush issued after it.
+        let taken = pending.map(|pending| match owed {
+            true => pending.take_all(),
+            false => pending.take_covered(gather),
+        });
         let commands = if owed {
             invalidation::plan_everything(tag)
         } else {
@@ -641,20 +683,14 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
             && let Err(error) = self.hardware.execute(invalidations)
         {
             // The range was never confirmed: the next flush covers everything.
-            self.domain_mut(domain)?.owes_full_invalidation = true;
+            domain.owes_full_invalidation.store(true, Ordering::Release);
+            if let (Some(pending), Some(taken)) = (pending, taken) {
+                pending.restore(taken);
+            }
             return Err(error.into());
         }
-        // Table pages unlinked before this flush are unreachable now.
-        if let Ok(domain) = self.domain_mut(domain) {
-            domain.owes_full_invalidation = false;
-        }
-        if let Ok(domain) = self.domain_mut(domain)
-            && let DomainState::Stage1 { table, pending, .. }
-            | DomainState::Stage2 { table, pending, .. } = &mut domain.state
-        {
-            for freed in pending.drain(..) {
-                table.release(freed);
-            }
+        if let (Some(table), Some(taken)) = (table, taken) {
+            taken.release(|freed| table.release(freed));
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use alloc::vec::Vec;
 use core::time::Duration;
 
 use iommu::{DeviceId, IommuError};
-use iommu_kit::{CacheClean, DmaBuffer};
+use iommu_kit::{CacheClean, DmaBuffer, Tally};
 use os_services::mmio::{Mmio, Reg32, Reg64};
 use os_services::{Clock, DmaMemory, wait_until};
 
@@ -242,8 +242,15 @@ pub struct Hardware<'a, R: Registers> {
     pasid_tables: BTreeMap<u16, PasidTables>,
     invalidator: Invalidator,
     pub(crate) interrupts: Option<InterruptTable>,
-    counters: Counters,
+    counters: Tally<Counters>,
     fault_stats: FaultStats,
+    /// Held across one register-based command (CCMD, IOTLB registers, a GCMD
+    /// write and its GSTS wait): those registers take one command at a time,
+    /// and several CPUs may flush at once.
+    register_sequence: spin::Mutex<()>,
+    /// Held while a rejected descriptor is replaced (FSTS.IQE), so that
+    /// CPUs that saw the same stop repair it once.
+    queue_recovery: spin::Mutex<()>,
 }
 
 impl<'a, R: Registers> Hardware<'a, R> {
@@ -291,8 +298,10 @@ impl<'a, R: Registers> Hardware<'a, R> {
             pasid_tables: BTreeMap::new(),
             invalidator: Invalidator::Registers,
             interrupts: None,
-            counters: Counters::default(),
+            counters: Tally::default(),
             fault_stats: FaultStats::default(),
+            register_sequence: spin::Mutex::new(()),
+            queue_recovery: spin::Mutex::new(()),
         };
         unit.bring_up(options)?;
         Ok(unit)
@@ -398,13 +407,13 @@ impl<'a, R: Registers> Hardware<'a, R> {
         Ok(())
     }
 
-    pub(crate) fn write32(&mut self, reg: Reg32, value: u32) {
-        self.counters.mmio_writes += 1;
+    pub(crate) fn write32(&self, reg: Reg32, value: u32) {
+        self.counters.add(|c| c.mmio_writes += 1);
         self.regs.write32(reg, value);
     }
 
-    pub(crate) fn write64(&mut self, reg: Reg64, value: u64) {
-        self.counters.mmio_writes += 1;
+    pub(crate) fn write64(&self, reg: Reg64, value: u64) {
+        self.counters.add(|c| c.mmio_writes += 1);
         self.regs.write64(reg, value);
     }
 
@@ -423,7 +432,8 @@ impl<'a, R: Registers> Hardware<'a, R> {
     /// Writes GCMD the way §11.4.4 requires: the current enables preserved,
     /// one-shot bits never copied back from GSTS, one change at a time, and
     /// waits (bounded) for GSTS to confirm.
-    pub(crate) fn global_command(&mut self, command: Global, on: bool) -> Result<(), Error> {
+    pub(crate) fn global_command(&self, command: Global, on: bool) -> Result<(), Error> {
+        let _sequence = self.register_sequence.lock();
         let value = Global::command(self.status(), command, on);
         self.write32(regs::GCMD, value.bits());
         let regs = &self.regs;
@@ -452,7 +462,7 @@ impl<'a, R: Registers> Hardware<'a, R> {
     }
 
     /// §6.8: flush the write buffer after table updates when CAP.RWBF asks for it.
-    pub(crate) fn flush_write_buffer(&mut self) -> Result<(), Error> {
+    pub(crate) fn flush_write_buffer(&self) -> Result<(), Error> {
         if self.cap.required_write_buffer_flush() {
             self.global_command(Global::WRITE_BUFFER_FLUSH, true)?;
         }
@@ -485,15 +495,15 @@ impl<'a, R: Registers> Hardware<'a, R> {
     }
 
     /// Writes back `len` bytes at `offset` of `page` that the driver wrote.
-    pub(crate) fn clean_range(&mut self, page: Page, offset: usize, len: usize) {
+    pub(crate) fn clean_range(&self, page: Page, offset: usize, len: usize) {
         let lines = page.clean(offset, len, self.clean());
-        self.counters.cache_lines += lines as u64;
+        self.counters.add(|c| c.cache_lines += lines as u64);
     }
 
     /// Publishes an entry (`DmaBuffer::publish`) and counts what it cleaned.
     pub(crate) fn publish(&mut self, page: Page, offset: usize, words: &[u64], hold: Option<u64>) {
         let lines = page.publish(offset, words, 0, hold, self.clean());
-        self.counters.cache_lines += lines as u64;
+        self.counters.add(|c| c.cache_lines += lines as u64);
     }
 
     /// The table format paging domains of this unit use.
@@ -518,7 +528,7 @@ impl<'a, R: Registers> Hardware<'a, R> {
 
     /// The work done since bring-up.
     pub fn counters(&self) -> Counters {
-        self.counters
+        self.counters.read()
     }
 
     /// Records drained and overflows seen since bring-up.

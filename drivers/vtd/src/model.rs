@@ -77,7 +77,13 @@ impl DomainTable for ModelTable {
         self.root
     }
 
-    fn map(&mut self, iova: u64, phys: u64, len: u64, _prot: Prot) -> Result<Gather, IommuError> {
+    unsafe fn map(
+        &self,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        _prot: Prot,
+    ) -> Result<Gather, IommuError> {
         MAPPED.with(|mapped| mapped.borrow_mut().push((iova, phys, len)));
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
@@ -93,7 +99,7 @@ impl DomainTable for ModelTable {
         Ok(gather)
     }
 
-    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError> {
+    unsafe fn unmap(&self, iova: u64, len: u64) -> Result<Gather, IommuError> {
         let mut gather = Gather::default();
         for offset in (0..len).step_by(4096) {
             if with_pages(self.root, |pages| pages.remove(&(iova + offset))).is_some() {

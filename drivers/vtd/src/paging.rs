@@ -3,13 +3,12 @@
 //! from the unit's DMA memory.
 
 use alloc::boxed::Box;
-use alloc::vec::Vec;
 
 use io_page_table::format::vtd_ss::{VtdSecondStage, VtdSsConfig};
 use io_page_table::format::x86_64::{X86_64, X86Config};
-use io_page_table::{Coherence, FreedTables, IoPageTable, MapError, PageTable};
+use io_page_table::{Coherence, Format, FreedTables, MapError, PageTable, TableAlloc};
 use iommu::{Gather, IommuError, Prot};
-use iommu_kit::DmaTableAlloc;
+use iommu_kit::{DmaTableAlloc, Unlinked};
 use os_services::DmaMemory;
 
 use crate::regs::Cap;
@@ -30,16 +29,32 @@ pub enum TableFormat {
 
 /// A paging domain's I/O page table. The formats live in `io-page-table`;
 /// the unit only needs the root and the map/unmap gathers.
-pub trait DomainTable: Send {
+pub trait DomainTable: Send + Sync {
     /// Physical address of the top-level table.
     fn root(&self) -> u64;
-    /// Maps `len` bytes at `iova` to `phys` (`io_page_table::PageTable::map`).
-    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
-    /// An error means nothing was unmapped.
-    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError>;
-    /// Frees the table pages earlier unmaps unlinked; called once the
-    /// invalidation covering them has completed.
-    fn release_unlinked(&mut self) {}
+    /// Maps `len` bytes at `iova` to `phys`
+    /// (`io_page_table::PageTable::map_shared`).
+    ///
+    /// # Safety
+    ///
+    /// No concurrent call touches `[iova, iova + len)`.
+    unsafe fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError>;
+    /// An error means nothing was unmapped. The table pages it unlinks wait
+    /// in [`Self::unlinked`] for the flush that covers them.
+    ///
+    /// # Safety
+    ///
+    /// No concurrent call touches `[iova, iova + len)`.
+    unsafe fn unmap(&self, iova: u64, len: u64) -> Result<Gather, IommuError>;
+    /// The table pages unmaps unlinked, by range; `None` for tables that
+    /// unlink none.
+    fn unlinked(&self) -> Option<&Unlinked> {
+        None
+    }
+    /// Returns pages of [`Self::unlinked`] once their invalidation completed.
+    fn release(&self, freed: FreedTables) {
+        let _ = freed;
+    }
     /// The hardware's walk for `iova`, level by level
     /// (`io_page_table::PageTable::walk_to`); tables the unit cannot show
     /// visit nothing.
@@ -68,7 +83,7 @@ pub type TableFactory = fn(TableFormat) -> Option<Box<dyn DomainTable>>;
 /// held until the invalidation that covers them has completed.
 struct IoTable<T> {
     table: T,
-    unlinked: Vec<FreedTables>,
+    unlinked: Unlinked,
 }
 
 fn table_prot(prot: Prot) -> io_page_table::Prot {
@@ -82,35 +97,40 @@ fn table_prot(prot: Prot) -> io_page_table::Prot {
     out
 }
 
-impl<T: IoPageTable + Send> DomainTable for IoTable<T> {
+impl<F, A> DomainTable for IoTable<PageTable<F, A>>
+where
+    F: Format + Send + Sync,
+    A: TableAlloc + Send + Sync,
+{
     fn root(&self) -> u64 {
         self.table.root_phys()
     }
 
-    fn map(&mut self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError> {
-        self.table
-            .map(iova, phys, len, table_prot(prot))
-            .map_err(|err| match err {
-                MapError::NoMemory => IommuError::NoMemory,
-                _ => IommuError::Invalid,
-            })
+    unsafe fn map(&self, iova: u64, phys: u64, len: u64, prot: Prot) -> Result<Gather, IommuError> {
+        // SAFETY: the caller keeps concurrent ranges disjoint.
+        unsafe { self.table.map_shared(iova, phys, len, table_prot(prot)) }.map_err(|err| match err
+        {
+            MapError::NoMemory => IommuError::NoMemory,
+            _ => IommuError::Invalid,
+        })
     }
 
-    fn unmap(&mut self, iova: u64, len: u64) -> Result<Gather, IommuError> {
+    unsafe fn unmap(&self, iova: u64, len: u64) -> Result<Gather, IommuError> {
         // A range that splits a leaf or is malformed changes nothing: the
         // caller must see it, or it would release pages still mapped.
-        let unmapped = self
-            .table
-            .unmap(iova, len)
-            .map_err(|_| IommuError::Invalid)?;
-        self.unlinked.push(unmapped.freed);
+        // SAFETY: the caller keeps concurrent ranges disjoint.
+        let unmapped =
+            unsafe { self.table.unmap_shared(iova, len) }.map_err(|_| IommuError::Invalid)?;
+        self.unlinked.push(&unmapped.gather, unmapped.freed);
         Ok(unmapped.gather)
     }
 
-    fn release_unlinked(&mut self) {
-        for freed in self.unlinked.drain(..) {
-            self.table.release(freed);
-        }
+    fn unlinked(&self) -> Option<&Unlinked> {
+        Some(&self.unlinked)
+    }
+
+    fn release(&self, freed: FreedTables) {
+        self.table.release(freed);
     }
 
     fn walk_to(&self, iova: u64, visit: &mut dyn FnMut(&io_page_table::WalkStep)) {
@@ -161,7 +181,7 @@ pub fn new_table<'a>(
                 PageTable::new(format, alloc, coherence).map_err(|_| IommuError::NoMemory)?;
             Box::new(IoTable {
                 table,
-                unlinked: Vec::new(),
+                unlinked: Unlinked::default(),
             })
         }
         TableFormat::FirstStage => {
@@ -178,7 +198,7 @@ pub fn new_table<'a>(
                 PageTable::new(format, alloc, coherence).map_err(|_| IommuError::NoMemory)?;
             Box::new(IoTable {
                 table,
-                unlinked: Vec::new(),
+                unlinked: Unlinked::default(),
             })
         }
     })

@@ -9,6 +9,7 @@
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use iommu::{
     DeviceId, DomainHandle, DomainKind, FaultRecord, Gather, HwInfo, IommuError, IommuUnit,
@@ -40,7 +41,7 @@ struct Domain<'a> {
     /// A flush of this domain failed: what it should have invalidated may
     /// still be cached, so the next flush invalidates the whole domain before
     /// any unlinked table page is freed.
-    owes_full_invalidation: bool,
+    owes_full_invalidation: AtomicBool,
     /// Dirty tracking is on: every device attached gets SSADE.
     dirty_tracking: bool,
 }
@@ -132,12 +133,15 @@ impl<'a, R: Registers> Vtd<'a, R> {
                 read: true,
                 write: true,
             };
-            table.map(
-                range.start,
-                range.start,
-                range.last - range.start + 1,
-                read_write,
-            )?;
+            // SAFETY: `&mut self`: no other call runs on the table.
+            unsafe {
+                table.map(
+                    range.start,
+                    range.start,
+                    range.last - range.start + 1,
+                    read_write,
+                )
+            }?;
             domain.direct.push(range);
         }
         Ok(())
@@ -179,21 +183,42 @@ impl<'a, R: Registers> Vtd<'a, R> {
     /// pages its unmap unlinked are freed only after that.
     pub fn invalidate(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), Error> {
         self.settle()?;
+        self.invalidate_shared(domain, gather)
+    }
+
+    /// [`Vtd::invalidate`] through a shared reference, beside other CPUs'
+    /// flushes: it frees only the table pages unmaps inside `gather`
+    /// unlinked ([`iommu_kit::Unlinked`]). A detach whose invalidation is
+    /// still owed (only `&mut self` can repeat it) fails it.
+    pub fn invalidate_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), Error> {
+        if !self.stale_devices.is_empty() {
+            return Err(Error::Timeout("a detach's invalidation is still owed"));
+        }
         let entry = self.domains.get(&domain.0).ok_or(Error::Invalid)?;
-        let (did, owed) = (entry.did, entry.owes_full_invalidation);
+        let owed = entry.owes_full_invalidation.swap(false, Ordering::AcqRel);
+        let unlinked = entry.table.as_ref().and_then(|table| table.unlinked());
+        // Taken before the invalidation is queued: a batch unlinked later
+        // waits for a flush issued after it.
+        let taken = unlinked.map(|batches| match owed {
+            true => batches.take_all(),
+            false => batches.take_covered(gather),
+        });
         let result = if owed {
-            self.hardware.invalidate_domain(did)
+            self.hardware.invalidate_domain(entry.did)
         } else {
-            self.hardware.invalidate_range(did, gather)
+            self.hardware.invalidate_range(entry.did, gather)
         };
-        let entry = self.domains.get_mut(&domain.0).ok_or(Error::Invalid)?;
         if let Err(error) = result {
-            entry.owes_full_invalidation |= !gather.is_empty();
+            if owed || !gather.is_empty() {
+                entry.owes_full_invalidation.store(true, Ordering::Release);
+            }
+            if let (Some(batches), Some(taken)) = (unlinked, taken) {
+                batches.restore(taken);
+            }
             return Err(error);
         }
-        entry.owes_full_invalidation = false;
-        if let Some(table) = entry.table.as_mut() {
-            table.release_unlinked();
+        if let (Some(table), Some(taken)) = (entry.table.as_ref(), taken) {
+            taken.release(|freed| table.release(freed));
         }
         Ok(())
     }
@@ -370,7 +395,7 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
                 devices: 0,
                 table,
                 direct: Vec::new(),
-                owes_full_invalidation: false,
+                owes_full_invalidation: AtomicBool::new(false),
                 dirty_tracking: false,
             },
         );
@@ -384,24 +409,21 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         }
         // A device whose detach was never confirmed may still walk it.
         self.settle()?;
-        if let Some(mut removed) = self.domains.remove(&domain.0) {
-            if let Some(table) = removed.table.as_mut() {
+        if let Some(removed) = self.domains.remove(&domain.0) {
+            if let Some(table) = removed.table.as_ref()
+                && let Some(unlinked) = table.unlinked()
+            {
                 // No device walks it any more, and its domain id is
                 // invalidated before another domain gets it, so nothing can
                 // still use the unlinked pages.
-                table.release_unlinked();
+                unlinked.take_all().release(|freed| table.release(freed));
             }
             self.dids.free(u32::from(removed.did));
         }
         Ok(())
     }
 
-    /// Under caching mode the returned gather names the new range (a
-    /// not-present → present change must be invalidated, §6.1), with IH = 0:
-    /// the map may have made directory entries present, whose not-present
-    /// form the paging-structure caches may hold (§6.5.2.3 IH; Linux
-    /// `__mapping_notify_one` passes ih = 0). Otherwise the gather is empty and
-    /// the following `flush` costs nothing.
+    /// See [`IommuUnit::map_shared`].
     fn map(
         &mut self,
         domain: DomainHandle,
@@ -410,9 +432,41 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         len: u64,
         prot: Prot,
     ) -> Result<Gather, IommuError> {
-        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
-        let table = entry.table.as_mut().ok_or(IommuError::Invalid)?;
-        let gather = table.map(iova, phys, len, prot)?;
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.map_shared(domain, iova, phys, len, prot) }
+    }
+
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.unmap_shared(domain, iova, len) }
+    }
+
+    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        Ok(self.invalidate(domain, gather)?)
+    }
+
+    fn shares_mapping(&self) -> bool {
+        true
+    }
+
+    /// Under caching mode the returned gather names the new range (a
+    /// not-present → present change must be invalidated, §6.1), with IH = 0:
+    /// the map may have made directory entries present, whose not-present
+    /// form the paging-structure caches may hold (§6.5.2.3 IH; Linux
+    /// `__mapping_notify_one` passes ih = 0). Otherwise the gather is empty and
+    /// the following `flush` costs nothing.
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
+        let table = entry.table.as_ref().ok_or(IommuError::Invalid)?;
+        // SAFETY: the caller keeps concurrent ranges disjoint.
+        let gather = unsafe { table.map(iova, phys, len, prot) }?;
         if self.hardware.cap().caching_mode() {
             return Ok(Gather {
                 freed_tables: !gather.is_empty(),
@@ -423,17 +477,23 @@ impl<'a, R: Registers> IommuUnit for Vtd<'a, R> {
         Ok(Gather::default())
     }
 
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
-        let entry = self.domains.get_mut(&domain.0).ok_or(IommuError::Invalid)?;
-        match entry.table.as_mut() {
-            Some(table) => table.unmap(iova, len),
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        let entry = self.domains.get(&domain.0).ok_or(IommuError::Invalid)?;
+        match entry.table.as_ref() {
+            // SAFETY: the caller keeps concurrent ranges disjoint.
+            Some(table) => unsafe { table.unmap(iova, len) },
             // Blocking and identity domains map nothing.
             None => Ok(Gather::default()),
         }
     }
 
-    fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
-        Ok(self.invalidate(domain, gather)?)
+    fn flush_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        Ok(self.invalidate_shared(domain, gather)?)
     }
 
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {

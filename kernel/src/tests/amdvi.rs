@@ -146,7 +146,7 @@ fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
 
 fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let mut unit = unit.lock();
+    let unit = unit.lock();
     // SAFETY: reading the status register the unit owns; reads have no side effects.
     let status = {
         let base = unit.hardware.description().mmio_base as *const u8;
@@ -189,7 +189,7 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
 
 fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let mut unit = unit.lock();
+    let unit = unit.lock();
     let before = unit.hardware.counters();
     let logged = unit
         .hardware

@@ -11,14 +11,15 @@ impl Hardware {
     /// Reads new event-log entries into the backlog the unit takes them from
     /// (`take_events`; beyond `EVENT_BACKLOG` they are counted as
     /// dropped). Handles EventOverflow (§2.5: drain, clear, restart logging).
-    pub fn poll_events(&mut self) -> usize {
+    pub fn poll_events(&self) -> usize {
+        let mut state = self.event_log_state.lock();
         let status = self.status();
         let tail = self.regs.read64(regs::EVENT_TAIL) & regs::RING_POINTER_MASK;
         // The entries the tail vouches for are read only after it.
         dma_rmb();
         let log = self.event_log;
         let clock = self.clock;
-        let Ok((events, head)) = drain(self.event_ring, self.event_head, tail, |index| {
+        let Ok((events, head)) = drain(self.event_ring, state.head, tail, |index| {
             let offset = index as usize * regs::ENTRY_SIZE as usize;
             // AMD erratum 732 (Linux `iommu_print_event`): the tail may move
             // before the entry is in memory. A consumed entry is zeroed below, so
@@ -36,27 +37,26 @@ impl Hardware {
             return 0;
         };
         let count = events.len();
-        if head != self.event_head {
-            self.event_head = head;
+        if head != state.head {
+            state.head = head;
             // The entries are read before their slots are handed back.
             io_mb();
             self.write_reg(regs::EVENT_HEAD, head);
         }
-        self.counters.events += count as u64;
+        self.counters.add(|c| c.events += count as u64);
         for event in events {
-            if self.events.len() < EVENT_BACKLOG {
-                self.events.push(event);
+            if state.backlog.len() < EVENT_BACKLOG {
+                state.backlog.push(event);
+                state.added += 1;
             } else {
-                self.counters.dropped_faults += 1;
+                self.counters.add(|c| c.dropped_faults += 1);
             }
         }
         if status.contains(Status::EVENT_OVERFLOW) {
-            self.counters.event_overflows += 1;
-            let running = self.control;
-            self.set_control(running - Control::EVENT_LOG_EN);
-            let _ = self.wait_status(Status::EVENT_LOG_RUN, false);
-            self.write_reg(regs::STATUS, Status::EVENT_OVERFLOW.bits());
-            self.set_control(running);
+            self.counters.add(|c| c.event_overflows += 1);
+            self.pause(Control::EVENT_LOG_EN, Status::EVENT_LOG_RUN, false, || {
+                self.write_reg(regs::STATUS, Status::EVENT_OVERFLOW.bits());
+            });
         }
         count
     }
@@ -65,7 +65,7 @@ impl Hardware {
     /// command, which must produce ILLEGAL_COMMAND_ERROR (§2.5.6), and looks for the
     /// event. The command buffer keeps working either way (recovered if it stopped).
     /// QEMU 10.0.2 never logs (docs/QEMU.md §2): `Ok(false)` there.
-    pub fn probe_event_log(&mut self) -> Result<bool, UnitError> {
+    pub fn probe_event_log(&self) -> Result<bool, UnitError> {
         match self.run(&[Command::illegal()]) {
             Err(UnitError::IllegalCommand { .. }) => Ok(true),
             Err(UnitError::CommandTimeout { illegal_at, .. }) => Ok(illegal_at.is_some()),

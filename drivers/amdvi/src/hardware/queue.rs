@@ -10,14 +10,15 @@ use crate::command::Opcode;
 
 /// Submission (§2.4): a batch, its COMPLETION_WAIT and one COMMAND_TAIL write.
 impl Hardware {
-    pub(crate) fn count(&mut self, command: &Command) {
-        self.counters.commands += 1;
+    /// Counts what `command` is.
+    pub(crate) fn count(counters: &mut Counters, command: &Command) {
+        counters.commands += 1;
         match command.opcode() {
-            Some(Opcode::CompletionWait) => self.counters.completion_waits += 1,
-            Some(Opcode::InvalidateDevtabEntry) => self.counters.invalidate_devtab_entry += 1,
-            Some(Opcode::InvalidateIommuPages) => self.counters.invalidate_iommu_pages += 1,
-            Some(Opcode::InvalidateInterruptTable) => self.counters.invalidate_interrupt_table += 1,
-            Some(Opcode::InvalidateIommuAll) => self.counters.invalidate_all += 1,
+            Some(Opcode::CompletionWait) => counters.completion_waits += 1,
+            Some(Opcode::InvalidateDevtabEntry) => counters.invalidate_devtab_entry += 1,
+            Some(Opcode::InvalidateIommuPages) => counters.invalidate_iommu_pages += 1,
+            Some(Opcode::InvalidateInterruptTable) => counters.invalidate_interrupt_table += 1,
+            Some(Opcode::InvalidateIommuAll) => counters.invalidate_all += 1,
             _ => {}
         }
     }
@@ -25,8 +26,8 @@ impl Hardware {
     /// Runs `commands`, each batch that fits the ring followed by a
     /// COMPLETION_WAIT behind one COMMAND_TAIL write, and waits (bounded) for
     /// each store. Errors the event log reports are surfaced (the batches after
-    /// a failed one are not submitted); a stuck buffer is restarted and reported.
-    pub fn run(&mut self, commands: &[Command]) -> Result<(), UnitError> {
+    /// a failed one are not submitted)); a stuck buffer is restarted and reported.
+    pub fn run(&self, commands: &[Command]) -> Result<(), UnitError> {
         // One slot always stays empty (head == tail means empty, §2.4), one is
         // the batch's COMPLETION_WAIT.
         let batch = (self.command_ring.slots() - 2) as usize;
@@ -62,7 +63,9 @@ impl Hardware {
     /// them to the IOMMU in claim order and waits for that wait's own store:
     /// the queue protocol of [`iommu_kit::SharedRing`], so that submitters
     /// on several CPUs each wait only for their own batch.
-    fn run_batch(&mut self, commands: &[Command]) -> Result<(), UnitError> {
+    fn run_batch(&self, commands: &[Command]) -> Result<(), UnitError> {
+        // Events read from here on may be this batch's.
+        let events_before = self.events_added();
         let total = commands.len() as u64 + 1;
         let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
         // Room for the whole batch: observe the head until the IOMMU has
@@ -109,11 +112,13 @@ impl Hardware {
             },
             || self.clock.relax(),
         );
-        self.counters.tail_writes += tail_writes;
-        self.counters.mmio_writes += tail_writes;
-        for command in commands.iter().chain(core::iter::once(&wait)) {
-            self.count(command);
-        }
+        self.counters.add(|c| {
+            c.tail_writes += tail_writes;
+            c.mmio_writes += tail_writes;
+            for command in commands.iter().chain(core::iter::once(&wait)) {
+                Self::count(c, command);
+            }
+        });
 
         let completion = self.completion;
         let store_offset = (store - completion.phys()) as usize;
@@ -121,19 +126,18 @@ impl Hardware {
             (completion.read::<u64>(store_offset) == token).then_some(())
         });
         if done.is_err() {
-            return Err(self.recover_command_buffer(&batch));
+            return Err(self.recover_command_buffer(&batch, events_before));
         }
         // An IOMMU that keeps going after an illegal command (QEMU does) still logs it.
         // Only events logged for this batch count: ring slots are reused.
-        let seen = self.events.len();
         self.poll_events();
-        let illegal = self.events[seen..].iter().find_map(|event| match *event {
+        let illegal = self.find_event_since(events_before, |event| match *event {
             Event::IllegalCommand { address } if batch.contains(&address) => Some(address),
             _ => None,
         });
         match illegal {
             Some(address) => {
-                self.counters.command_errors += 1;
+                self.counters.add(|c| c.command_errors += 1);
                 Err(UnitError::IllegalCommand { address })
             }
             None => Ok(()),
@@ -144,12 +148,12 @@ impl Hardware {
     /// stops fetching commands (Status.CmdBufRun=0) with COMMAND_HEAD on the bad
     /// entry. Recovery: read the log, disable the buffer, drop every pending command
     /// (head = tail) and enable it again. The caller's batch did not complete.
-    pub(crate) fn recover_command_buffer(&mut self, batch: &[u64]) -> UnitError {
-        self.counters.command_errors += 1;
+    /// Another CPU's batch pending then is dropped too, and fails the same way.
+    pub(crate) fn recover_command_buffer(&self, batch: &[u64], events_before: u64) -> UnitError {
+        self.counters.add(|c| c.command_errors += 1);
         let stopped = !self.status().contains(Status::CMD_BUF_RUN);
-        let seen = self.events.len();
         self.poll_events();
-        let illegal_at = self.events[seen..].iter().find_map(|event| match *event {
+        let illegal_at = self.find_event_since(events_before, |event| match *event {
             Event::IllegalCommand { address } | Event::CommandHardwareError { address, .. }
                 if batch.contains(&address) =>
             {
@@ -157,17 +161,14 @@ impl Hardware {
             }
             _ => None,
         });
-        let running = self.control;
-        self.set_control(running - Control::CMD_BUF_EN);
-        let _ = self.wait_status(Status::CMD_BUF_RUN, false);
-        // Every published command counts as consumed from here on.
-        let published = self.command_queue.published();
-        let tail_pointer = self
-            .command_ring
-            .pointer(self.command_queue.index(published) as u32);
-        self.write_reg(regs::COMMAND_HEAD, tail_pointer);
-        self.set_control(running);
-        let _ = self.wait_status(Status::CMD_BUF_RUN, true);
+        self.pause(Control::CMD_BUF_EN, Status::CMD_BUF_RUN, true, || {
+            // Every published command counts as consumed from here on.
+            let published = self.command_queue.published();
+            let tail_pointer = self
+                .command_ring
+                .pointer(self.command_queue.index(published) as u32);
+            self.write_reg(regs::COMMAND_HEAD, tail_pointer);
+        });
         UnitError::CommandTimeout {
             stopped,
             illegal_at,

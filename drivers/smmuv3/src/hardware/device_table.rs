@@ -161,7 +161,7 @@ impl Smmu<'_> {
             .submit(&[Command::CfgiSte { sid, leaf: true }])
             .is_err()
         {
-            self.owes_cfgi_all = true;
+            self.owes_cfgi_all.store(true, Ordering::Release);
         }
     }
 

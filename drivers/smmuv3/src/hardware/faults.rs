@@ -21,14 +21,14 @@ impl Smmu<'_> {
     pub fn handle_global_errors(&mut self) -> Gerror {
         let active = self.active_gerror() - Gerror::CMDQ_ERR;
         if !active.is_empty() {
-            self.counters.global_errors += 1;
+            self.counters.add(|c| c.global_errors += 1);
             if active.contains(Gerror::EVENTQ_ABT_ERR) {
-                self.counters.event_overflows += 1;
+                self.counters.add(|c| c.event_overflows += 1);
             }
             self.ack_gerror(active);
         }
         if active.contains(Gerror::SFM_ERR) {
-            self.counters.service_failures += 1;
+            self.counters.add(|c| c.service_failures += 1);
             // Not answering CR0ACK leaves it off anyway: every later command
             // times out, which the owner sees.
             let _ = self.shutdown();
@@ -56,12 +56,12 @@ impl Smmu<'_> {
             read += 1;
         }
         self.coalescer.finish(&mut self.faults);
-        self.counters.events += read as u64;
+        self.counters.add(|c| c.events += read as u64);
         // Acknowledge an overflow by copying OVFLG into OVACKFLG.
         const OVERFLOW: u32 = 1 << 31;
         let cons_raw = self.regs.read32(regs::EVENTQ_CONS);
         if (prod_raw ^ cons_raw) & OVERFLOW != 0 {
-            self.counters.event_overflows += 1;
+            self.counters.add(|c| c.event_overflows += 1);
         }
         let value = self.eventq.cons.register() | (prod_raw & OVERFLOW);
         if read > 0 || (prod_raw ^ cons_raw) & OVERFLOW != 0 {

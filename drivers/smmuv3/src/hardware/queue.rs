@@ -13,61 +13,62 @@ use iommu_kit::Claim;
 /// its own CMD_SYNC alone: CONS passing it (§4.7.3: a CMD_SYNC is consumed
 /// only once every command before it has completed).
 impl Smmu<'_> {
-    /// CMDQ_CONS as read (index, wrap and ERR), and the consumer position it
-    /// means; `Err` when it names more than was ever claimed.
-    fn observe_cmdq_cons(&self) -> Result<(u32, u64), Error> {
+    /// The consumer position CMDQ_CONS (index and wrap) means; `Err` when it
+    /// names more than was ever claimed.
+    fn observe_cmdq_cons(&self) -> Result<u64, Error> {
         let raw = self.regs.read32(regs::CMDQ_CONS);
         let index = WrapIndex::from_register(self.cmdq.log2, raw).register();
         self.cmdq
             .positions
             .observe_consumed(|| u64::from(index))
-            .map(|position| (raw, position))
             .map_err(|_| Error::Timeout("CMDQ_CONS beyond every command"))
     }
 
     /// Writes commands into the queue and rings the doorbell; waits
     /// (bounded) for room when the queue is full. Does not wait for them.
-    pub fn submit(&mut self, commands: &[Command]) -> Result<(), Error> {
+    pub fn submit(&self, commands: &[Command]) -> Result<(), Error> {
         self.queue(commands).map(|_| ())
     }
 
     /// [`Smmu::submit`], returning the position after the last command.
-    pub(crate) fn queue(&mut self, commands: &[Command]) -> Result<u64, Error> {
+    pub(crate) fn queue(&self, commands: &[Command]) -> Result<u64, Error> {
         // An STE abandoned half-way (`abort_ste_after_failure`) whose CFGI_STE
         // could not even be queued: the SMMU consumes in order, so with
         // CFGI_ALL first no later CMD_SYNC completes before every cached
         // configuration is dropped.
-        let owed = core::mem::take(&mut self.owes_cfgi_all);
+        let owed = self.owes_cfgi_all.swap(false, Ordering::AcqRel);
         let owed_first = owed.then_some(Command::CFGI_ALL);
         let commands = owed_first.iter().chain(commands);
         let raw: Vec<RawCommand> = commands.clone().map(Command::encode).collect();
-        for command in commands {
-            self.counters.commands += 1;
-            match command {
-                Command::Sync => self.counters.syncs += 1,
-                Command::CfgiSte { .. }
-                | Command::CfgiSteRange { .. }
-                | Command::CfgiCd { .. }
-                | Command::CfgiCdAll { .. } => self.counters.cfgi += 1,
-                _ => self.counters.tlbi += 1,
+        self.counters.add(|c| {
+            for command in commands {
+                c.commands += 1;
+                match command {
+                    Command::Sync => c.syncs += 1,
+                    Command::CfgiSte { .. }
+                    | Command::CfgiSteRange { .. }
+                    | Command::CfgiCd { .. }
+                    | Command::CfgiCdAll { .. } => c.cfgi += 1,
+                    _ => c.tlbi += 1,
+                }
             }
-        }
+        });
         let queued = self.queue_raw(&raw);
         if queued.is_err() && owed {
-            self.owes_cfgi_all = true;
+            self.owes_cfgi_all.store(true, Ordering::Release);
         }
         queued
     }
 
     /// Submits pre-encoded commands (also used for user-provided nested
     /// invalidations and to provoke CERROR in tests).
-    pub fn submit_raw(&mut self, commands: &[RawCommand]) -> Result<(), Error> {
+    pub fn submit_raw(&self, commands: &[RawCommand]) -> Result<(), Error> {
         self.queue_raw(commands).map(|_| ())
     }
 
     /// Claims, writes and publishes `commands`, as many at a time as the
     /// queue holds; returns the position after the last.
-    fn queue_raw(&mut self, commands: &[RawCommand]) -> Result<u64, Error> {
+    fn queue_raw(&self, commands: &[RawCommand]) -> Result<u64, Error> {
         let mut end = self.cmdq.positions.published();
         for chunk in commands.chunks(self.cmdq.positions.usable() as usize) {
             let claim = self.claim_cmdq(chunk.len() as u64)?;
@@ -89,14 +90,14 @@ impl Smmu<'_> {
                 },
                 || clock.relax(),
             );
-            self.counters.mmio_writes += doorbells;
+            self.counters.add(|c| c.mmio_writes += doorbells);
         }
         Ok(end)
     }
 
     /// Room for `count` commands: observes CONS until the SMMU has consumed
     /// enough.
-    fn claim_cmdq(&mut self, count: u64) -> Result<Claim, Error> {
+    fn claim_cmdq(&self, count: u64) -> Result<Claim, Error> {
         if let Ok(claim) = self.cmdq.positions.try_claim(count) {
             return Ok(claim);
         }
@@ -110,20 +111,21 @@ impl Smmu<'_> {
     /// (§7.1), keeping the rejection for the next caller whose CMD_SYNC
     /// completes.
     fn poll_cmdq<T>(
-        &mut self,
+        &self,
         what: &'static str,
         mut ready: impl FnMut(&Self, u64) -> Option<T>,
     ) -> Result<T, Error> {
         let start = self.clock.now_ns();
         let bound = HW_TIMEOUT.as_nanos() as u64;
         loop {
-            let (raw, consumed) = self.observe_cmdq_cons()?;
+            let consumed = self.observe_cmdq_cons()?;
             if let Some(value) = ready(self, consumed) {
                 return Ok(value);
             }
             if self.active_gerror().contains(Gerror::CMDQ_ERR) {
-                let rejected = self.recover_command_error(raw);
-                self.pending_rejection.get_or_insert(rejected);
+                if let Some(rejected) = self.recover_command_error() {
+                    self.pending_rejection.lock().get_or_insert(rejected);
+                }
                 continue;
             }
             if self.clock.now_ns().saturating_sub(start) > bound {
@@ -135,13 +137,13 @@ impl Smmu<'_> {
 
     /// Issues CMD_SYNC and waits (bounded) for it to complete. A rejected
     /// command is skipped (CERROR recovery, §7.1) and reported.
-    pub fn sync(&mut self) -> Result<(), Error> {
+    pub fn sync(&self) -> Result<(), Error> {
         self.execute(&[])
     }
 
     /// Submits `commands` and a CMD_SYNC of their own, then waits for that
     /// CMD_SYNC alone (command batching: one doorbell for the lot).
-    pub fn execute(&mut self, commands: &[Command]) -> Result<(), Error> {
+    pub fn execute(&self, commands: &[Command]) -> Result<(), Error> {
         let mut batch = Vec::with_capacity(commands.len() + 1);
         batch.extend_from_slice(commands);
         batch.push(Command::Sync);
@@ -152,9 +154,9 @@ impl Smmu<'_> {
     /// Waits (bounded) until CONS has passed every position before `end`,
     /// skipping rejected commands on the way; a rejection seen since the
     /// last report is this caller's error.
-    pub(crate) fn wait_cmdq_consumed(&mut self, end: u64) -> Result<(), Error> {
+    pub(crate) fn wait_cmdq_consumed(&self, end: u64) -> Result<(), Error> {
         self.poll_cmdq("CMD_SYNC", |_, consumed| (consumed >= end).then_some(()))?;
-        match self.pending_rejection.take() {
+        match self.pending_rejection.lock().take() {
             Some(err) => Err(err),
             None => Ok(()),
         }
@@ -162,7 +164,14 @@ impl Smmu<'_> {
 
     /// The command at CONS was rejected: overwrite it with a CMD_SYNC (which
     /// cannot fail) and acknowledge, so that the queue resumes (§7.1).
-    pub(crate) fn recover_command_error(&mut self, cons_raw: u32) -> Error {
+    /// `None` when another CPU repaired it first (CMDQ_ERR no longer active).
+    pub(crate) fn recover_command_error(&self) -> Option<Error> {
+        let _recovery = self.cmdq_recovery.lock();
+        if !self.active_gerror().contains(Gerror::CMDQ_ERR) {
+            return None;
+        }
+        // Read under the lock: CONS names the command the queue stopped at.
+        let cons_raw = self.regs.read32(regs::CMDQ_CONS);
         let error = CommandError::from_cons(cons_raw);
         let slot = WrapIndex::from_register(self.cmdq.log2, cons_raw).slot();
         let opcode = (self.cmdq.region.read::<u64>(slot * CMD_BYTES) & 0xFF) as u8;
@@ -172,10 +181,10 @@ impl Smmu<'_> {
             .region
             .clean(slot * CMD_BYTES, CMD_BYTES, self.clean());
         dma_wmb();
-        self.counters.command_errors += 1;
-        self.counters.global_errors += 1;
-        self.last_command_error = Some(error);
+        self.counters.add(|c| c.command_errors += 1);
+        self.counters.add(|c| c.global_errors += 1);
+        *self.last_command_error.lock() = Some(error);
         self.ack_gerror(Gerror::CMDQ_ERR);
-        Error::CommandRejected { error, opcode }
+        Some(Error::CommandRejected { error, opcode })
     }
 }

@@ -20,7 +20,7 @@ impl<R: Registers> Hardware<'_, R> {
     /// to the hardware in claim order and waits (bounded) for that wait's
     /// own status word: the queue protocol of [`iommu_kit::SharedRing`], so
     /// that submitters on several CPUs each wait only for their own work.
-    pub(crate) fn submit(&mut self, descriptors: &[Descriptor]) -> Result<(), Error> {
+    pub(crate) fn submit(&self, descriptors: &[Descriptor]) -> Result<(), Error> {
         let Invalidator::Queue {
             ring_page,
             ring,
@@ -93,10 +93,12 @@ impl<R: Registers> Hardware<'_, R> {
             }
             stopped().then_some(Err(Error::QueueError))
         });
-        self.counters.invalidations += descriptors.len() as u64;
-        self.counters.waits += 1;
-        self.counters.mmio_writes += doorbells;
-        self.counters.cache_lines += lines as u64;
+        self.counters.add(|c| {
+            c.invalidations += descriptors.len() as u64;
+            c.waits += 1;
+            c.mmio_writes += doorbells;
+            c.cache_lines += lines as u64;
+        });
         match result {
             Ok(Err(Error::QueueError)) => {
                 self.recover_queue();
@@ -112,7 +114,15 @@ impl<R: Registers> Hardware<'_, R> {
     /// again from there. The wait writes a status word nobody polls (QEMU
     /// rejects a wait descriptor with neither SW nor IF, which would stop the
     /// queue again at the same slot).
-    pub(crate) fn recover_queue(&mut self) {
+    pub(crate) fn recover_queue(&self) {
+        // CPUs that met the same stop repair it once: whoever comes second
+        // finds IQE clear (the queue runs again) and leaves it.
+        let _recovery = self.queue_recovery.lock();
+        if !FaultStatus::from_bits_retain(self.regs.read32(regs::FSTS))
+            .contains(FaultStatus::QUEUE_ERROR)
+        {
+            return;
+        }
         let Invalidator::Queue {
             ring_page,
             ring,
@@ -141,12 +151,13 @@ impl<R: Registers> Hardware<'_, R> {
 
     /// Register-based context-cache invalidation (§6.5.1.1).
     pub(crate) fn register_context_invalidation(
-        &mut self,
+        &self,
         granularity: Granularity,
         did: u16,
         sid: u16,
     ) -> Result<(), Error> {
-        self.counters.invalidations += 1;
+        let _sequence = self.register_sequence.lock();
+        self.counters.add(|c| c.invalidations += 1);
         self.write64(regs::CCMD, regs::context_command(granularity, did, sid));
         let regs = &self.regs;
         let done = || (regs.read64(regs::CCMD) & regs::CCMD_BUSY == 0).then_some(());
@@ -155,14 +166,15 @@ impl<R: Registers> Hardware<'_, R> {
 
     /// Register-based IOTLB invalidation (§6.5.1.2).
     pub(crate) fn register_iotlb_invalidation(
-        &mut self,
+        &self,
         granularity: Granularity,
         did: u16,
         address: u64,
         mask: u8,
         leaf_only: bool,
     ) -> Result<(), Error> {
-        self.counters.invalidations += 1;
+        let _sequence = self.register_sequence.lock();
+        self.counters.add(|c| c.invalidations += 1);
         if granularity == Granularity::Selective {
             self.write64(
                 regs::iva(self.ecap),
@@ -181,7 +193,7 @@ impl<R: Registers> Hardware<'_, R> {
 
     /// Removes whatever the hardware still caches under domain id `did`
     /// (before the id is handed to another domain, §6.5.2.3).
-    pub(crate) fn invalidate_domain(&mut self, did: u16) -> Result<(), Error> {
+    pub(crate) fn invalidate_domain(&self, did: u16) -> Result<(), Error> {
         match self.invalidator {
             Invalidator::Queue { .. } => {
                 let descriptor = self.domain_iotlb_descriptor(did);
@@ -193,7 +205,7 @@ impl<R: Registers> Hardware<'_, R> {
         }
     }
 
-    pub(crate) fn invalidate_all(&mut self) -> Result<(), Error> {
+    pub(crate) fn invalidate_all(&self) -> Result<(), Error> {
         match self.invalidator {
             Invalidator::Queue { .. } => self.submit(&[
                 Descriptor::context_cache(Granularity::Global, 0, 0),
@@ -209,7 +221,7 @@ impl<R: Registers> Hardware<'_, R> {
     /// After a device's context (and, in scalable mode, its RID_PASID entry)
     /// changed from present with `did`: context cache, PASID cache, IOTLB
     /// (§6.5.3.3 / §6.5.3.4 guidance).
-    pub(crate) fn invalidate_device(&mut self, sid: u16, did: u16) -> Result<(), Error> {
+    pub(crate) fn invalidate_device(&self, sid: u16, did: u16) -> Result<(), Error> {
         match self.invalidator {
             Invalidator::Queue { .. } => {
                 let mut descriptors =
@@ -243,7 +255,7 @@ impl<R: Registers> Hardware<'_, R> {
 
     /// Under caching mode a not-present → present context change must be
     /// invalidated too, with DID 0 for the context cache (§6.1).
-    pub(crate) fn invalidate_new_context(&mut self, sid: u16, did: u16) -> Result<(), Error> {
+    pub(crate) fn invalidate_new_context(&self, sid: u16, did: u16) -> Result<(), Error> {
         if !self.cap.caching_mode() {
             return self.flush_write_buffer();
         }
@@ -267,7 +279,7 @@ impl<R: Registers> Hardware<'_, R> {
     /// IOTLB invalidation covering `gather` in domain `did`: one page-selective
     /// invalidation with the smallest address mask that covers the range,
     /// domain-selective past CAP.MAMV or without CAP.PSI (§6.5.2.3).
-    pub(crate) fn invalidate_range(&mut self, did: u16, gather: &Gather) -> Result<(), Error> {
+    pub(crate) fn invalidate_range(&self, did: u16, gather: &Gather) -> Result<(), Error> {
         let caps = InvalidationCaps {
             page_selective: self.cap.page_selective_invalidation(),
             max_address_mask: self.cap.max_address_mask(),

@@ -143,7 +143,7 @@ fn amdvi_command_counts(platform: &Platform) {
     else {
         return;
     };
-    let mut unit = unit.lock();
+    let mut unit = unit.write();
     let Ok(domain) = unit.alloc_domain(DomainKind::Paging) else {
         return;
     };

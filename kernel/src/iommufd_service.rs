@@ -18,7 +18,7 @@ use core::ptr::NonNull;
 
 use abi::{Command, Errno};
 use iommufd::uapi::UserMemory;
-use iommufd::{Iommufd, OwnerId, PhysRun, Services};
+use iommufd::{Begun, Iommufd, OwnerId, PhysRun, Services};
 
 use crate::device_policy::{self, Refusal};
 use crate::devices::PciDevice;
@@ -26,8 +26,10 @@ use crate::memory::frames;
 use crate::platform::Platform;
 use crate::task::Task;
 
-/// The unit type the core holds: any driver behind the contract.
-type Unit = Box<dyn iommu::IommuUnit>;
+/// The unit type the core holds: any driver behind the contract, usable
+/// from several CPUs at once (their map, unmap and flush calls run beside
+/// each other, outside the core's lock).
+type Unit = Box<dyn iommu::IommuUnit + Send + Sync>;
 
 /// The task a call (or a teardown) is working for, set for its duration.
 #[derive(Default)]
@@ -234,11 +236,6 @@ impl State {
     }
 }
 
-// SAFETY: the state is only reached under CORE's lock, one CPU at a time,
-// from thread context (syscalls and task teardown), never from interrupt
-// handlers.
-unsafe impl Send for State {}
-
 static CORE: spin::Mutex<Option<State>> = spin::Mutex::new(None);
 
 /// What every task may make the core hold (the command line's, or the
@@ -288,6 +285,11 @@ fn with_state<R>(task: &mut Task, f: impl FnOnce(&mut State, OwnerId) -> R) -> R
 }
 
 /// Runs iommufd command `number` with the argument struct at `arg`.
+///
+/// `IOAS_MAP` and `IOAS_UNMAP` run in three steps: checks and bookkeeping
+/// under the core's lock, the page-table writes and IOTLB flushes without it
+/// (beside other CPUs' calls, on their units' shared paths), the results
+/// under it again. Every other command runs whole under the lock.
 pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
     let command = Command::from_number(number).ok_or(Errno::ENOSYS)?;
     match command {
@@ -295,7 +297,7 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         Command::DeviceOpen => return device_open(task, arg),
         _ => {}
     }
-    with_state(task, |state, owner| {
+    let begun = with_state(task, |state, owner| {
         let core = &mut state.core;
         if matches!(command, Command::FaultRead | Command::VeventqRead) {
             core.dispatch_faults();
@@ -305,13 +307,39 @@ pub fn call(task: &mut Task, number: u64, arg: u64) -> Result<(), Errno> {
         let mut memory = TaskAccess {
             task: core.services_mut().task,
         };
-        let result = core.ioctl(&mut memory, owner, command, arg);
-        if command == Command::Destroy && result == Some(Ok(())) {
+        let begun = core.ioctl_begin(&mut memory, owner, command, arg);
+        if command == Command::Destroy && matches!(begun, Some(Begun::Done(Ok(())))) {
             release_destroyed_devices(state, owner);
         }
-        result
+        begun
+    });
+    let mut pending = match begun {
+        None => return Err(Errno::ENOSYS),
+        Some(Begun::Done(result)) => return result,
+        Some(Begun::Pending(pending)) => pending,
+    };
+    // Table pages allocated now are the task's too.
+    let charged = crate::memory::charge_to(Some(task.owner));
+    pending.run();
+    crate::memory::charge_to(charged);
+    with_state(task, |state, owner| {
+        let core = &mut state.core;
+        let mut memory = TaskAccess {
+            task: core.services_mut().task,
+        };
+        core.ioctl_finish(&mut memory, owner, pending)
     })
-    .unwrap_or(Err(Errno::ENOSYS))
+}
+
+/// The most map and unmap fills one unit had running at once (CPUs writing
+/// its tables side by side) since the last call, which starts the count
+/// again.
+pub fn take_most_fills() -> usize {
+    CORE.lock().as_ref().map_or(0, |state| {
+        let most = state.core.units().most_fills();
+        state.core.units().reset_most_fills();
+        most
+    })
 }
 
 /// Tears down everything `task` owns in the core (before its memory goes).

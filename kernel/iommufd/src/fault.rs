@@ -66,9 +66,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     pub fn dispatch_faults(&mut self) -> usize {
         let mut scratch = core::mem::take(&mut self.fault_scratch);
         let mut queued = 0;
-        for (index, unit) in self.units.iter_mut().enumerate() {
+        for index in 0..self.units.len() {
             scratch.clear();
-            unit.drain_faults(&mut scratch);
+            self.units[index].drain_faults(&mut scratch);
             let unit_id = UnitId(index as u32);
             for r in &scratch {
                 // A fault of a task-owned stage 1 under a vIOMMU with a

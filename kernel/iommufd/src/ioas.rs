@@ -1,14 +1,14 @@
 //! IOAS operations: allocation, ranges, allowed IOVAs, map, unmap, copy.
 
+use crate::fill::{self, MapFill, PendingMap, PendingUnmap, Tickets};
 use crate::iova::IovaSpace;
 use crate::{
-    Area, Ioas, Iommufd, ObjId, Object, OwnerId, PAGE_SIZE, Pages, PhysRun, Reservation, Resource,
-    Services, errno, map_pieces, merge_gather,
+    Area, Ioas, Iommufd, ObjId, Object, OwnerId, PAGE_SIZE, Pages, Reservation, Resource, Services,
 };
 use abi::Errno;
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
-use iommu::{DomainHandle, Gather, IommuUnit, IovaRange, Prot, UnitId};
+use iommu::{DomainHandle, IommuUnit, IovaRange, Prot, UnitId};
 
 /// What `ioas_iova_ranges` reports: the usable ranges and the IOVA alignment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -245,6 +245,16 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Removes an IOAS no HWPT uses; its areas are in no domain, so their pages
     /// can be unpinned at once.
     pub(crate) fn destroy_ioas(&mut self, owner: OwnerId, id: ObjId) -> Result<(), Errno> {
+        // A map still filling it finishes first.
+        if self
+            .owner(owner)?
+            .ioas(id)?
+            .areas
+            .values()
+            .any(|area| area.filling)
+        {
+            return Err(Errno::EBUSY);
+        }
         let Some(Object::Ioas(ioas)) = self.owner_mut(owner)?.remove(id) else {
             return Err(Errno::ENOENT);
         };
@@ -335,9 +345,10 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         prot: Prot,
         huge_pages: bool,
     ) -> Result<(), (Errno, bool)> {
-        map_into_domains(
+        let pages = &self.pages;
+        fill::map_into_domains(
             &mut self.units,
-            &self.pages,
+            |p| pages.get(p.pages).map_or((&[], 0), |p| (&p.runs, p.head())),
             domains,
             pieces,
             prot,
@@ -375,7 +386,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         domain: DomainHandle,
         pieces: &[Piece],
     ) -> bool {
-        unmap_from_domain(&mut self.units[unit.0 as usize], domain, pieces)
+        fill::unmap_from_domain(&mut self.units, unit, domain, pieces)
     }
 
     /// Pins `[user_va, user_va + len)` and maps it at `iova` (or at an automatic
@@ -390,6 +401,25 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64, Errno> {
+        let mut pending = self.ioas_map_begin(owner, id, user_va, len, iova, prot)?;
+        pending.run();
+        self.ioas_map_finish(pending)
+    }
+
+    /// [`Self::ioas_map`] up to the domains' page tables: checks, pins, sets
+    /// the IOVA range aside (an area marked as filling) and takes tickets on
+    /// the units, whose page-table writes and flushes [`PendingMap::run`]
+    /// makes without the caller's lock. Units that cannot share their
+    /// mapping calls are filled here, under it.
+    pub fn ioas_map_begin(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        user_va: u64,
+        len: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<PendingMap<U>, Errno> {
         check_prot(prot)?;
         // Asked before the IOAS is borrowed, answered where the call charges.
         let admitted = self.admit(owner, Resource::Area);
@@ -427,6 +457,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             ioas.space.release(range);
             return Err(e);
         }
+        let huge_pages = ioas.huge_pages;
+        let fill = Tickets::take(&mut self.units, &ioas.handles).map(|tickets| MapFill {
+            tickets,
+            runs: runs.clone(),
+            head: user_va % PAGE_SIZE,
+            huge_pages,
+        });
         let pages = self.pages.insert(Pages {
             owner,
             va: user_va,
@@ -435,28 +472,6 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             refs: 1,
             doomed: false,
         });
-        let piece = Piece {
-            iova,
-            len,
-            pages,
-            offset: 0,
-        };
-        if let Err((e, clean)) = map_into_domains(
-            &mut self.units,
-            &self.pages,
-            &ioas.handles,
-            &[piece],
-            prot,
-            ioas.huge_pages,
-        ) {
-            ioas.space.release(range);
-            if clean {
-                self.put_pages(pages);
-            } else {
-                self.quarantine_pages(pages);
-            }
-            return Err(e);
-        }
         ioas.areas.insert(
             iova,
             Area {
@@ -464,15 +479,93 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 pages,
                 offset: 0,
                 prot,
+                filling: true,
             },
         );
-        Ok(iova)
+        let mut pending = PendingMap {
+            owner,
+            ioas: id,
+            iova,
+            len,
+            pages,
+            prot,
+            domains: ioas.handles.clone(),
+            fill,
+            outcome: Ok(()),
+        };
+        if pending.fill.is_none() {
+            let piece = Piece {
+                iova,
+                len,
+                pages,
+                offset: 0,
+            };
+            pending.outcome = self.map_all(&pending.domains, &[piece], prot, huge_pages);
+        }
+        Ok(pending)
+    }
+
+    /// Completes a map [`Self::ioas_map_begin`] set up and its fill ran: the
+    /// area becomes an ordinary one, or, when the fill failed, goes again
+    /// with its IOVAs and pages (quarantined when a rollback flush failed).
+    /// `ENOENT` when the owner was torn down meanwhile (which released it).
+    pub fn ioas_map_finish(&mut self, mut pending: PendingMap<U>) -> Result<u64, Errno> {
+        // A fill that never ran is run now, under the lock.
+        pending.run();
+        let PendingMap {
+            owner,
+            ioas: id,
+            iova,
+            pages,
+            domains,
+            outcome,
+            ..
+        } = pending;
+        let ioas = self
+            .owners
+            .get_mut(&owner)
+            .and_then(|o| o.ioas_mut(id).ok())
+            .filter(|ioas| {
+                ioas.areas
+                    .get(&iova)
+                    .is_some_and(|area| area.filling && area.pages == pages)
+            })
+            .ok_or(Errno::ENOENT)?;
+        let Err((e, mut clean)) = outcome else {
+            if let Some(area) = ioas.areas.get_mut(&iova) {
+                area.filling = false;
+            }
+            return Ok(iova);
+        };
+        let area = ioas.areas.remove(&iova).expect("checked above");
+        let piece = Piece {
+            iova,
+            len: area.last - iova + 1,
+            pages,
+            offset: 0,
+        };
+        // Domains attached while it filled got the area by replay.
+        for &(unit, domain) in ioas.handles.iter() {
+            if !domains.contains(&(unit, domain)) {
+                clean &= fill::unmap_from_domain(&mut self.units, unit, domain, &[piece]);
+            }
+        }
+        ioas.space.release(IovaRange {
+            start: iova,
+            last: area.last,
+        });
+        if clean {
+            self.put_pages(pages);
+        } else {
+            self.quarantine_pages(pages);
+        }
+        Err(e)
     }
 
     /// Unmaps the whole areas inside `[iova, iova + len)`; `(0, u64::MAX)` unmaps
     /// everything (and succeeds on an empty IOAS). `ENOENT` when nothing is mapped
-    /// there or the range cuts an area. Pages are released after the flush.
-    /// Returns the bytes unmapped.
+    /// there or the range cuts an area; `EBUSY` when a map into it is still
+    /// filling. Pages are released after the flush. Returns the bytes unmapped.
     pub fn ioas_unmap(
         &mut self,
         owner: OwnerId,
@@ -480,9 +573,24 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: u64,
         len: u64,
     ) -> Result<u64, Errno> {
+        let mut pending = self.ioas_unmap_begin(owner, id, iova, len)?;
+        pending.run();
+        self.ioas_unmap_finish(pending)
+    }
+
+    /// [`Self::ioas_unmap`] up to the domains: checks the range, takes its
+    /// areas out of the tree (their IOVAs stay claimed, so nothing maps
+    /// there meanwhile) and takes tickets on the units, whose unmaps and
+    /// flushes [`PendingUnmap::run`] makes without the caller's lock.
+    pub fn ioas_unmap_begin(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        iova: u64,
+        len: u64,
+    ) -> Result<PendingUnmap<U>, Errno> {
         // The IOAS first, as Linux's iommufd_ioas_unmap looks it up before it
-        // checks the range; the one lookup serves the flushes and the first
-        // batch of areas (the other fields of the core are borrowed beside it).
+        // checks the range.
         let ioas = self
             .owners
             .get_mut(&owner)
@@ -501,50 +609,77 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         {
             return Err(Errno::ENOENT);
         }
-        match ioas.areas.range(range.start..=range.last).next_back() {
-            None if all => return Ok(0),
+        let empty = match ioas.areas.range(range.start..=range.last).next_back() {
+            None if all => true,
             None => return Err(Errno::ENOENT),
             Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
-            Some(_) => {}
+            Some(_) => false,
+        };
+        if ioas
+            .areas
+            .range(range.start..=range.last)
+            .any(|(_, area)| area.filling)
+        {
+            return Err(Errno::EBUSY);
         }
-        // A domain the unit could not free may still reach every area.
-        let releasable = ioas.lost_domains == 0;
-        let mut flushed = true;
-        for &(unit, domain) in ioas.handles.iter() {
-            let u = &mut self.units[unit.0 as usize];
-            let mut gather = Gather::default();
-            for (&start, area) in ioas.areas.range(range.start..=range.last) {
-                // An area the unit could not unmap is still mapped: its pages
-                // must never be released.
-                match u.unmap(domain, start, area.last - start + 1) {
-                    Ok(g) => merge_gather(&mut gather, &g),
-                    Err(_) => flushed = false,
-                }
-            }
-            if !gather.is_empty() {
-                flushed &= u.flush(domain, &gather).is_ok();
+        let areas: Vec<(u64, Area)> = ioas
+            .areas
+            .range(range.start..=range.last)
+            .map(|(&start, &area)| (start, area))
+            .collect();
+        for (start, _) in &areas {
+            ioas.areas.remove(start);
+        }
+        let mut pending = PendingUnmap {
+            owner,
+            ioas: id,
+            areas,
+            domains: ioas.handles.clone(),
+            tickets: None,
+            flushed: true,
+            // A domain the unit could not free may still reach every area.
+            releasable: ioas.lost_domains == 0,
+        };
+        if !empty {
+            pending.tickets = Tickets::take(&mut self.units, &pending.domains);
+            if pending.tickets.is_none() {
+                pending.flushed =
+                    fill::unmap_areas(&mut self.units, &pending.domains, &pending.areas);
             }
         }
-        // Every IOTLB is clean now: drop the areas and release their pages,
-        // a batch of areas at a time (usually the only batch).
+        Ok(pending)
+    }
+
+    /// Completes an unmap [`Self::ioas_unmap_begin`] set up and whose unmaps
+    /// ran: gives the IOVAs back and releases the pages (quarantines them
+    /// when a domain may still reach them). Returns the bytes unmapped, or
+    /// `EIO` when a flush failed.
+    pub fn ioas_unmap_finish(&mut self, mut pending: PendingUnmap<U>) -> Result<u64, Errno> {
+        pending.run();
         let mut bytes = 0u64;
-        let mut batch = [0u64; UNMAP_BATCH];
-        let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);
-        loop {
-            for &pages in &batch[..taken] {
-                if flushed && releasable {
-                    self.put_pages(pages);
-                } else {
-                    self.quarantine_pages(pages);
-                }
+        // The IOAS may be gone (its owner torn down meanwhile); the areas
+        // were out of its tree, so their pages are still this call's.
+        let mut ioas = self
+            .owners
+            .get_mut(&pending.owner)
+            .and_then(|o| o.ioas_mut(pending.ioas).ok());
+        for (start, area) in &pending.areas {
+            if let Some(ioas) = ioas.as_deref_mut() {
+                ioas.space.release(IovaRange {
+                    start: *start,
+                    last: area.last,
+                });
             }
-            if taken < UNMAP_BATCH {
-                break;
-            }
-            let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
-            taken = take_areas(ioas, range, &mut batch, &mut bytes);
+            bytes = bytes.wrapping_add(area.last - start + 1);
         }
-        if !flushed {
+        for (_, area) in &pending.areas {
+            if pending.flushed && pending.releasable {
+                self.put_pages(area.pages);
+            } else {
+                self.quarantine_pages(area.pages);
+            }
+        }
+        if !pending.flushed {
             return Err(Errno::EIO);
         }
         Ok(bytes)
@@ -589,6 +724,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         ) {
             if start > cursor {
                 return Err(Errno::ENOENT);
+            }
+            if area.filling {
+                return Err(Errno::EBUSY);
             }
             let last = area.last.min(src_range.last);
             pieces.push(Piece {
@@ -670,6 +808,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             ioas.areas.insert(
                 p.iova,
                 Area {
+                    filling: false,
                     last: p.iova + (p.len - 1),
                     pages: p.pages,
                     offset: p.offset,
@@ -679,99 +818,6 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
         Ok(base)
     }
-}
-
-/// [`Iommufd::map_all`] on the fields it needs, so that a caller can hold an
-/// IOAS of `owners` across it.
-fn map_into_domains<U: IommuUnit>(
-    units: &mut [U],
-    pages: &crate::PagesTable,
-    domains: &[(UnitId, DomainHandle)],
-    pieces: &[Piece],
-    prot: Prot,
-    huge_pages: bool,
-) -> Result<(), (Errno, bool)> {
-    for (done_domains, &(unit, domain)) in domains.iter().enumerate() {
-        let u = &mut units[unit.0 as usize];
-        let chunk = if huge_pages {
-            u64::MAX
-        } else {
-            // The domain's smallest page (Linux `batch_iommu_map_small`).
-            1 << u.info().page_sizes.trailing_zeros()
-        };
-        let mut gather = Gather::default();
-        let mut failed = None;
-        for (i, p) in pieces.iter().enumerate() {
-            let (runs, head): (&[PhysRun], u64) =
-                pages.get(p.pages).map_or((&[], 0), |p| (&p.runs, p.head()));
-            match map_pieces(u, domain, p.iova, runs, head + p.offset, p.len, prot, chunk) {
-                Ok(g) => merge_gather(&mut gather, &g),
-                Err(e) => {
-                    failed = Some((i, e));
-                    break;
-                }
-            }
-        }
-        if failed.is_none()
-            && !gather.is_empty()
-            && let Err(e) = u.flush(domain, &gather)
-        {
-            failed = Some((pieces.len(), e));
-        }
-        if let Some((mapped, e)) = failed {
-            let mut clean = e != iommu::IommuError::Timeout;
-            clean &= unmap_from_domain(u, domain, &pieces[..mapped]);
-            for &(unit, domain) in &domains[..done_domains] {
-                clean &= unmap_from_domain(&mut units[unit.0 as usize], domain, pieces);
-            }
-            return Err((errno(e), clean));
-        }
-    }
-    Ok(())
-}
-
-/// Unmaps whole pieces from one domain and flushes; false if a piece stayed
-/// mapped or the flush failed.
-fn unmap_from_domain<U: IommuUnit>(unit: &mut U, domain: DomainHandle, pieces: &[Piece]) -> bool {
-    let mut gather = Gather::default();
-    let mut unmapped = true;
-    for p in pieces {
-        match unit.unmap(domain, p.iova, p.len) {
-            Ok(g) => merge_gather(&mut gather, &g),
-            Err(_) => unmapped = false,
-        }
-    }
-    let flushed = gather.is_empty() || unit.flush(domain, &gather).is_ok();
-    unmapped && flushed
-}
-
-/// Areas one step of an unmap removes before their pages are released.
-const UNMAP_BATCH: usize = 8;
-
-/// Removes up to [`UNMAP_BATCH`] areas of `ioas` inside `range` (their IOVAs
-/// go back to the free space), adds their bytes to `bytes` and their pages
-/// to `batch`; returns how many it took.
-fn take_areas(
-    ioas: &mut Ioas,
-    range: IovaRange,
-    batch: &mut [u64; UNMAP_BATCH],
-    bytes: &mut u64,
-) -> usize {
-    let mut taken = 0;
-    while taken < UNMAP_BATCH {
-        let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
-            break;
-        };
-        ioas.areas.remove(&start);
-        ioas.space.release(IovaRange {
-            start,
-            last: area.last,
-        });
-        *bytes = bytes.wrapping_add(area.last - start + 1);
-        batch[taken] = area.pages;
-        taken += 1;
-    }
-    taken
 }
 
 #[cfg(test)]

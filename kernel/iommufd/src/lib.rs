@@ -16,11 +16,13 @@ extern crate alloc;
 
 mod dirty;
 mod fault;
+mod fill;
 mod hwpt;
 mod ioas;
 pub mod iova;
 pub mod testing;
 pub mod uapi;
+mod units;
 mod viommu;
 
 use abi::Errno;
@@ -32,9 +34,11 @@ use iova::IovaSpace;
 
 pub use dirty::DirtyRange;
 pub use fault::FaultReadReply;
+pub use fill::{PendingMap, PendingUnmap};
 pub use hwpt::{HwInfoReply, decode_hwpt_data, decode_invalidations};
 pub use ioas::IovaRanges;
-pub use uapi::UserMemory;
+pub use uapi::{Begun, Pending, UserMemory};
+pub use units::{FillTicket, Units};
 
 /// An object id in an owner's table.
 pub type ObjId = u32;
@@ -348,6 +352,9 @@ struct Area {
     /// Byte offset of the area's first IOVA in its pages.
     offset: u64,
     prot: Prot,
+    /// A map is still filling the domains (`PendingMap`): the area may not
+    /// be unmapped, copied from or destroyed with its IOAS yet (`EBUSY`).
+    filling: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -646,7 +653,7 @@ impl Owner {
 
 /// The iommufd core: every owner's objects over the kernel's IOMMU units.
 pub struct Iommufd<U: IommuUnit, S: Services> {
-    units: Vec<U>,
+    units: Units<U>,
     services: S,
     owners: BTreeMap<OwnerId, Owner>,
     pages: PagesTable,
@@ -666,7 +673,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// A core over `units` (indexed by `UnitId`).
     pub fn new(units: Vec<U>, services: S) -> Self {
         Self {
-            units,
+            units: Units::new(units),
             services,
             owners: BTreeMap::new(),
             pages: PagesTable::default(),
@@ -717,7 +724,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     }
 
     /// The units, by [`UnitId`].
-    pub fn units(&self) -> &[U] {
+    pub fn units(&self) -> &Units<U> {
         &self.units
     }
 
@@ -1050,54 +1057,6 @@ fn for_each_piece(
         offset = 0;
     }
     Ok(())
-}
-
-/// Maps `len` bytes of `runs` from `offset` at `iova` in `domain`, all or nothing
-/// (a failure unmaps and flushes what this call mapped), in calls of at most
-/// `chunk` bytes (a domain's smallest page when huge pages are off: the unit
-/// can then use nothing larger). Returns the gather of what must be flushed
-/// (non-empty only for units that cache non-present entries).
-#[allow(clippy::too_many_arguments)]
-fn map_pieces<U: IommuUnit>(
-    unit: &mut U,
-    domain: DomainHandle,
-    iova: u64,
-    runs: &[PhysRun],
-    offset: u64,
-    len: u64,
-    prot: Prot,
-    chunk: u64,
-) -> Result<Gather, IommuError> {
-    let mut gather = Gather::default();
-    let mut done = 0u64;
-    let result = for_each_piece(runs, offset, len, |phys, piece| {
-        let mut at = 0;
-        while at < piece {
-            let step = chunk.min(piece - at);
-            let g = unit.map(domain, iova + done, phys + at, step, prot)?;
-            merge_gather(&mut gather, &g);
-            done += step;
-            at += step;
-        }
-        Ok(())
-    });
-    match result {
-        Ok(()) => Ok(gather),
-        Err(e) => {
-            if done != 0 {
-                match unit.unmap(domain, iova, done) {
-                    Ok(g) => merge_gather(&mut gather, &g),
-                    // Still mapped: the caller must not release these pages.
-                    Err(_) => return Err(IommuError::Timeout),
-                }
-            }
-            if !gather.is_empty() && unit.flush(domain, &gather).is_err() {
-                // The caller must not release these pages: report the flush failure.
-                return Err(IommuError::Timeout);
-            }
-            Err(e)
-        }
-    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! only [`UserMemory`] (and handles `device_list` / `device_open`, which need its
 //! PCI view).
 
+use crate::fill::{PendingMap, PendingUnmap};
 use crate::{Iommufd, ObjId, OwnerId, Services, decode_hwpt_data, decode_invalidations, map_flags};
 use abi::{AbiStruct, Command, Errno, HwptAllocFlags, Pod};
 use alloc::vec;
@@ -109,6 +110,41 @@ fn read_array<M: UserMemory>(
     Ok(raw)
 }
 
+/// A command begun under the caller's lock ([`Iommufd::ioctl_begin`]).
+pub enum Begun<U> {
+    /// It ran to the end.
+    Done(Result<(), Errno>),
+    /// Its page-table writes and flushes are to run without the lock
+    /// ([`Pending::run`]), then [`Iommufd::ioctl_finish`] under it.
+    Pending(Pending<U>),
+}
+
+/// An `IOAS_MAP` or `IOAS_UNMAP` between its two halves under the lock.
+pub struct Pending<U> {
+    step: Step<U>,
+}
+
+enum Step<U> {
+    Map {
+        arg: Arg<abi::IoasMap>,
+        map: PendingMap<U>,
+    },
+    Unmap {
+        arg: Arg<abi::IoasUnmap>,
+        unmap: PendingUnmap<U>,
+    },
+}
+
+impl<U: IommuUnit> Pending<U> {
+    /// The page-table writes and flushes; needs no lock.
+    pub fn run(&mut self) {
+        match &mut self.step {
+            Step::Map { map, .. } => map.run(),
+            Step::Unmap { unmap, .. } => unmap.run(),
+        }
+    }
+}
+
 impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// Runs one iommufd command whose argument struct is at task address `arg`.
     /// Returns `None` for the commands the kernel handles itself (`DeviceList`,
@@ -120,13 +156,75 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         command: Command,
         arg: u64,
     ) -> Option<Result<(), Errno>> {
+        Some(match self.ioctl_begin(mem, owner, command, arg)? {
+            Begun::Done(result) => result,
+            Begun::Pending(mut pending) => {
+                pending.run();
+                self.ioctl_finish(mem, owner, pending)
+            }
+        })
+    }
+
+    /// [`Self::ioctl`] in two halves around the page-table work of
+    /// `IOAS_MAP` and `IOAS_UNMAP`, so that the caller can drop its lock
+    /// while [`Pending::run`] writes tables and waits for flushes (several
+    /// CPUs then map and unmap at once). Every other command runs whole.
+    pub fn ioctl_begin<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        command: Command,
+        arg: u64,
+    ) -> Option<Begun<U>> {
+        let begun = match command {
+            Command::IoasMap => self.begin_map(mem, owner, arg),
+            Command::IoasUnmap => self.begin_unmap(mem, owner, arg),
+            _ => return Some(Begun::Done(self.ioctl_whole(mem, owner, command, arg)?)),
+        };
+        Some(match begun {
+            Ok(pending) => Begun::Pending(pending),
+            Err(e) => Begun::Done(Err(e)),
+        })
+    }
+
+    /// The second half of a command [`Self::ioctl_begin`] left pending,
+    /// after [`Pending::run`] (run here if it was not): the bookkeeping and
+    /// the results copied out.
+    pub fn ioctl_finish<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        pending: Pending<U>,
+    ) -> Result<(), Errno> {
+        match pending.step {
+            Step::Map { mut arg, map } => {
+                let (ioas, length) = (arg.value.ioas_id, arg.value.length);
+                arg.value.iova = self.ioas_map_finish(map)?;
+                let iova = arg.value.iova;
+                copy_back(mem, owner, &arg).inspect_err(|_| {
+                    let _ = self.ioas_unmap(owner, ioas, iova, length);
+                })
+            }
+            Step::Unmap { mut arg, unmap } => {
+                arg.value.length = self.ioas_unmap_finish(unmap)?;
+                copy_back(mem, owner, &arg)
+            }
+        }
+    }
+
+    fn ioctl_whole<M: UserMemory>(
+        &mut self,
+        mem: &mut M,
+        owner: OwnerId,
+        command: Command,
+        arg: u64,
+    ) -> Option<Result<(), Errno>> {
         Some(match command {
             Command::Destroy => self.cmd_destroy(mem, owner, arg),
             Command::IoasAlloc => self.cmd_ioas_alloc(mem, owner, arg),
             Command::IoasIovaRanges => self.cmd_iova_ranges(mem, owner, arg),
             Command::IoasAllowIovas => self.cmd_allow_iovas(mem, owner, arg),
-            Command::IoasMap => self.cmd_map(mem, owner, arg),
-            Command::IoasUnmap => self.cmd_unmap(mem, owner, arg),
+            Command::IoasMap | Command::IoasUnmap => unreachable!("begun in two halves"),
             Command::IoasCopy => self.cmd_copy(mem, owner, arg),
             Command::HwptAlloc => self.cmd_hwpt_alloc(mem, owner, arg),
             Command::HwptInvalidate => self.cmd_hwpt_invalidate(mem, owner, arg),
@@ -230,16 +328,16 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.ioas_allow_iovas(owner, a.value.ioas_id, &ranges)
     }
 
-    fn cmd_map<M: UserMemory>(
+    fn begin_map<M: UserMemory>(
         &mut self,
         mem: &mut M,
         owner: OwnerId,
         arg: u64,
-    ) -> Result<(), Errno> {
-        let mut a: Arg<abi::IoasMap> = copy_in(mem, owner, arg)?;
-        let (prot, fixed) = map_flags(abi::MapFlags::from_bits_retain(a.value.flags));
-        let v = a.value;
-        let iova = self.ioas_map(
+    ) -> Result<Pending<U>, Errno> {
+        let arg: Arg<abi::IoasMap> = copy_in(mem, owner, arg)?;
+        let (prot, fixed) = map_flags(abi::MapFlags::from_bits_retain(arg.value.flags));
+        let v = arg.value;
+        let map = self.ioas_map_begin(
             owner,
             v.ioas_id,
             v.user_va,
@@ -247,21 +345,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             fixed.then_some(v.iova),
             prot,
         )?;
-        a.value.iova = iova;
-        copy_back(mem, owner, &a).inspect_err(|_| {
-            let _ = self.ioas_unmap(owner, v.ioas_id, iova, v.length);
+        Ok(Pending {
+            step: Step::Map { arg, map },
         })
     }
 
-    fn cmd_unmap<M: UserMemory>(
+    fn begin_unmap<M: UserMemory>(
         &mut self,
         mem: &mut M,
         owner: OwnerId,
         arg: u64,
-    ) -> Result<(), Errno> {
-        let mut a: Arg<abi::IoasUnmap> = copy_in(mem, owner, arg)?;
-        a.value.length = self.ioas_unmap(owner, a.value.ioas_id, a.value.iova, a.value.length)?;
-        copy_back(mem, owner, &a)
+    ) -> Result<Pending<U>, Errno> {
+        let arg: Arg<abi::IoasUnmap> = copy_in(mem, owner, arg)?;
+        let v = arg.value;
+        let unmap = self.ioas_unmap_begin(owner, v.ioas_id, v.iova, v.length)?;
+        Ok(Pending {
+            step: Step::Unmap { arg, unmap },
+        })
     }
 
     fn cmd_copy<M: UserMemory>(

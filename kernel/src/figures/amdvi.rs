@@ -80,7 +80,7 @@ pub fn command_figures(
 /// The lines `demo` prints.
 pub fn demo_lines(platform: &Platform) -> Result<String, String> {
     let unit = unit(platform).map_err(|_| String::from("no AMD-Vi unit was brought up"))?;
-    let mut unit = unit.lock();
+    let mut unit = unit.write();
     let mut out = String::new();
     let description = unit.hardware.description().clone();
     out += &format!(

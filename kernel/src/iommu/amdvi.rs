@@ -27,15 +27,16 @@ pub enum Absent {
 }
 
 /// Every IOMMU the IVRS describes, in table order (`UnitId` = index), each
-/// behind its own lock; brought up together on first use.
-type Units = alloc::vec::Vec<spin::Mutex<AmdVi>>;
+/// behind its own lock (written to change the unit, read by the CPUs that
+/// map, unmap and flush at once); brought up together on first use.
+type Units = alloc::vec::Vec<spin::RwLock<AmdVi>>;
 
 static UNITS: spin::Once<Result<Units, Absent>> = spin::Once::new();
 
 /// The machine's AMD-Vi units, brought up on first use. All or nothing: a unit
 /// that fails leaves the machine without AMD-Vi (those already up are dropped,
 /// which blocks their DMA again), since the devices behind it could not be isolated.
-pub fn units(platform: &Platform) -> Result<&'static [spin::Mutex<AmdVi>], Absent> {
+pub fn units(platform: &Platform) -> Result<&'static [spin::RwLock<AmdVi>], Absent> {
     UNITS
         .call_once(|| {
             let units = descriptions(platform)?
@@ -44,7 +45,7 @@ pub fn units(platform: &Platform) -> Result<&'static [spin::Mutex<AmdVi>], Absen
                 .collect::<Result<alloc::vec::Vec<_>, Absent>>()?;
             let units = AmdVi::bring_up_all(units, &crate::memory::dma::DMA, &crate::time::CLOCK)
                 .map_err(|(_, err)| Absent::BringUp(err))?;
-            Ok(units.into_iter().map(spin::Mutex::new).collect())
+            Ok(units.into_iter().map(spin::RwLock::new).collect())
         })
         .as_ref()
         .map(|units| units.as_slice())
@@ -52,7 +53,7 @@ pub fn units(platform: &Platform) -> Result<&'static [spin::Mutex<AmdVi>], Absen
 }
 
 /// The machine's first AMD-Vi unit, which the unit-level tests drive.
-pub fn unit(platform: &Platform) -> Result<&'static spin::Mutex<AmdVi>, Absent> {
+pub fn unit(platform: &Platform) -> Result<&'static spin::RwLock<AmdVi>, Absent> {
     units(platform)?
         .first()
         .ok_or(Absent::Discovery(DiscoveryError::NoIommu))
@@ -69,7 +70,14 @@ pub fn with_unit_at<R>(
     let unit = units
         .get(index)
         .ok_or_else(|| alloc::format!("no AMD-Vi unit {index} in the IVRS"))?;
-    Ok(f(&mut unit.lock()))
+    Ok(f(&mut unit.write()))
+}
+
+/// Runs `f` on unit `index` through a shared reference, beside other CPUs'
+/// shared calls; `None` when the units are not up (or there is no such).
+pub fn with_unit_shared_at<R>(index: usize, f: impl FnOnce(&AmdVi) -> R) -> Option<R> {
+    let units = UNITS.get()?.as_ref().ok()?;
+    Some(f(&units.get(index)?.read()))
 }
 
 /// [`with_unit_at`] the first unit, as `vtd::with_unit` and

@@ -22,7 +22,7 @@ use crate::platform::Platform;
 /// The platform's IOMMU units behind the contract, for the iommufd core.
 pub struct PlatformUnits {
     /// Every unit, in firmware order: `UnitId(i)` is `units[i]`.
-    pub units: Vec<Box<dyn IommuUnit>>,
+    pub units: Vec<Box<dyn IommuUnit + Send + Sync>>,
     /// The unit that translates a PCI function and its name there; `None`
     /// when no unit translates it.
     pub endpoint: EndpointOf,
@@ -49,8 +49,11 @@ pub fn platform_units(platform: &'static Platform) -> Option<PlatformUnits> {
                 fn with_vtd(index: usize, f: &mut dyn FnMut(&mut dyn IommuUnit)) {
                     let _ = vtd::with_unit_at(crate::platform::get(), index, |unit| f(unit));
                 }
+                fn with_vtd_shared(index: usize, f: &mut dyn FnMut(&dyn IommuUnit)) {
+                    let _ = vtd::with_unit_shared_at(index, |unit| f(unit));
+                }
                 return Some(PlatformUnits {
-                    units: shared_units(with_vtd)?,
+                    units: shared_units(with_vtd, with_vtd_shared)?,
                     endpoint: vtd::endpoint,
                     firmware_alias: no_firmware_alias,
                 });
@@ -59,8 +62,11 @@ pub fn platform_units(platform: &'static Platform) -> Option<PlatformUnits> {
                 fn with_amdvi(index: usize, f: &mut dyn FnMut(&mut dyn IommuUnit)) {
                     let _ = amdvi::with_unit_at(crate::platform::get(), index, |unit| f(unit));
                 }
+                fn with_amdvi_shared(index: usize, f: &mut dyn FnMut(&dyn IommuUnit)) {
+                    let _ = amdvi::with_unit_shared_at(index, |unit| f(unit));
+                }
                 return Some(PlatformUnits {
-                    units: shared_units(with_amdvi)?,
+                    units: shared_units(with_amdvi, with_amdvi_shared)?,
                     endpoint: amdvi::endpoint,
                     firmware_alias: amdvi::firmware_alias,
                 });
@@ -79,8 +85,13 @@ pub fn platform_units(platform: &'static Platform) -> Option<PlatformUnits> {
                     let _ = smmuv3::with_unit(crate::platform::get(), |unit| f(unit));
                 }
             }
+            fn with_smmu_shared(index: usize, f: &mut dyn FnMut(&dyn IommuUnit)) {
+                if index == 0 {
+                    let _ = smmuv3::with_unit_shared(|unit| f(unit));
+                }
+            }
             Some(PlatformUnits {
-                units: shared_units(with_smmu)?,
+                units: shared_units(with_smmu, with_smmu_shared)?,
                 endpoint: |platform, bdf| {
                     smmuv3::stream_id(platform, bdf).map(|sid| (UnitId(0), DeviceId(sid)))
                 },
@@ -92,10 +103,13 @@ pub fn platform_units(platform: &'static Platform) -> Option<PlatformUnits> {
 
 /// A [`Shared`] handle on each unit `with` reaches, from index 0 up to the
 /// first it does not; `None` when it reaches none.
-fn shared_units(with: WithUnit) -> Option<Vec<Box<dyn IommuUnit>>> {
-    let units: Vec<Box<dyn IommuUnit>> = (0..)
-        .map_while(|index| Shared::new(with, index))
-        .map(|shared| Box::new(shared) as Box<dyn IommuUnit>)
+fn shared_units(
+    with: WithUnit,
+    with_shared: WithUnitShared,
+) -> Option<Vec<Box<dyn IommuUnit + Send + Sync>>> {
+    let units: Vec<Box<dyn IommuUnit + Send + Sync>> = (0..)
+        .map_while(|index| Shared::new(with, with_shared, index))
+        .map(|shared| Box::new(shared) as Box<dyn IommuUnit + Send + Sync>)
         .collect();
     (!units.is_empty()).then_some(units)
 }
@@ -119,14 +133,19 @@ pub fn fault_signals() -> usize {
 /// it is up.
 type WithUnit = fn(usize, &mut dyn FnMut(&mut dyn IommuUnit));
 
+/// [`WithUnit`] through a shared reference (the glue's lock taken for
+/// reading), for the calls several CPUs make at once.
+type WithUnitShared = fn(usize, &mut dyn FnMut(&dyn IommuUnit));
+
 /// The core's handle on a unit. Every vendor's units live in their driver
 /// glue's static, brought up on first use (`vtd::with_unit_at`,
 /// `amdvi::with_unit_at`, `smmuv3::with_unit`): the iommufd core and the tests
 /// that drive the hardware directly reach the same instance through the same
-/// lock. Every call goes through `with`, which runs the closure on the unit
-/// when it is up.
+/// lock. Every call goes through `with` (exclusive) or `with_shared` (the
+/// `&self` ones), which run the closure on the unit when it is up.
 struct Shared {
     with: WithUnit,
+    with_shared: WithUnitShared,
     index: usize,
     /// What the unit said at bring-up: the answer while it is not up.
     info: UnitInfo,
@@ -134,7 +153,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(with: WithUnit, index: usize) -> Option<Self> {
+    fn new(with: WithUnit, with_shared: WithUnitShared, index: usize) -> Option<Self> {
         let mut found = None;
         with(index, &mut |unit| {
             found = Some((unit.info(), unit.hw_info()))
@@ -142,6 +161,7 @@ impl Shared {
         let (info, hw_info) = found?;
         Some(Shared {
             with,
+            with_shared,
             index,
             info,
             hw_info,
@@ -154,17 +174,25 @@ impl Shared {
         (self.with)(self.index, &mut |unit| result = Some(f(unit)));
         result.unwrap_or(absent)
     }
+
+    /// Runs `f` on the unit through a shared reference; `absent` when it
+    /// is not up.
+    fn call_shared<R>(&self, absent: R, mut f: impl FnMut(&dyn IommuUnit) -> R) -> R {
+        let mut result = None;
+        (self.with_shared)(self.index, &mut |unit| result = Some(f(unit)));
+        result.unwrap_or(absent)
+    }
 }
 
 impl IommuUnit for Shared {
     fn info(&self) -> UnitInfo {
         // Asked of the unit: its page sizes follow the granule of the domains
         // it allocates from now on (SMMUv3 `set_granule`).
-        self.call(self.info.clone(), |unit| unit.info())
+        self.call_shared(self.info.clone(), |unit| unit.info())
     }
 
     fn reserved_regions(&self, device: DeviceId) -> Vec<ReservedRegion> {
-        self.call(Vec::new(), |unit| unit.reserved_regions(device))
+        self.call_shared(Vec::new(), |unit| unit.reserved_regions(device))
     }
 
     fn hw_info(&self) -> HwInfo {
@@ -206,6 +234,42 @@ impl IommuUnit for Shared {
         })
     }
 
+    fn shares_mapping(&self) -> bool {
+        self.call_shared(false, |unit| unit.shares_mapping())
+    }
+
+    unsafe fn map_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        phys: u64,
+        len: u64,
+        prot: Prot,
+    ) -> Result<Gather, IommuError> {
+        self.call_shared(Err(IommuError::Unsupported), |unit| {
+            // SAFETY: the caller keeps the contract; forwarded.
+            unsafe { unit.map_shared(domain, iova, phys, len, prot) }
+        })
+    }
+
+    unsafe fn unmap_shared(
+        &self,
+        domain: DomainHandle,
+        iova: u64,
+        len: u64,
+    ) -> Result<Gather, IommuError> {
+        self.call_shared(Err(IommuError::Unsupported), |unit| {
+            // SAFETY: the caller keeps the contract; forwarded.
+            unsafe { unit.unmap_shared(domain, iova, len) }
+        })
+    }
+
+    fn flush_shared(&self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
+        self.call_shared(Err(IommuError::Unsupported), |unit| {
+            unit.flush_shared(domain, gather)
+        })
+    }
+
     fn attach(&mut self, device: DeviceId, domain: DomainHandle) -> Result<(), IommuError> {
         self.call(Err(IommuError::Unsupported), |unit| {
             unit.attach(device, domain)
@@ -231,7 +295,7 @@ impl IommuUnit for Shared {
     }
 
     fn dirty_tracking(&self) -> bool {
-        self.call(false, |unit| unit.dirty_tracking())
+        self.call_shared(false, |unit| unit.dirty_tracking())
     }
 
     fn set_dirty_tracking(&mut self, domain: DomainHandle, enable: bool) -> Result<(), IommuError> {
@@ -290,6 +354,6 @@ impl IommuUnit for Shared {
     }
 
     fn isolates_msi(&self) -> bool {
-        self.call(false, |unit| unit.isolates_msi())
+        self.call_shared(false, |unit| unit.isolates_msi())
     }
 }

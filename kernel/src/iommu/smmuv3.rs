@@ -20,12 +20,15 @@ use crate::time::CLOCK;
 /// The unit, once brought up.
 pub struct Shared(pub SmmuUnit<'static>);
 
-// SAFETY: the kernel touches the unit only from thread context under
-// `UNIT`'s lock, one CPU at a time; the register block (the only !Send part) is
-// identity-mapped device memory valid from any context.
-unsafe impl Send for Shared {}
+/// Written to change the unit (or bring it up), read by the CPUs that map,
+/// unmap and flush at once.
+static UNIT: spin::RwLock<Option<Shared>> = spin::RwLock::new(None);
 
-static UNIT: spin::Mutex<Option<Shared>> = spin::Mutex::new(None);
+/// Runs `f` on the unit through a shared reference, beside other CPUs'
+/// shared calls; `None` when it is not up.
+pub fn with_unit_shared<R>(f: impl FnOnce(&SmmuUnit<'static>) -> R) -> Option<R> {
+    UNIT.read().as_ref().map(|shared| f(&shared.0))
+}
 
 /// The first SMMUv3 the device tree describes, as its driver checked it
 /// (`smmuv3::discovery`); `None` without one or when the driver refuses it.
@@ -51,7 +54,7 @@ pub fn msi_doorbell(platform: &Platform) -> Option<IovaRange> {
 /// previous instance is shut down and its memory returned first.
 pub fn bring_up(platform: &Platform, format: StreamTableFormat) -> Result<(), String> {
     let description = description(platform).ok_or("no SMMUv3 in the device tree")?;
-    let mut unit = UNIT.lock();
+    let mut unit = UNIT.write();
     // Dropping the old instance disables it before freeing its tables.
     drop(unit.take());
     let base = NonNull::new(description.register_base as *mut u8).ok_or("SMMU at address 0")?;
@@ -126,10 +129,10 @@ pub fn with_unit<R>(
     platform: &Platform,
     f: impl FnOnce(&mut SmmuUnit<'static>) -> R,
 ) -> Result<R, String> {
-    if UNIT.lock().is_none() {
+    if UNIT.read().is_none() {
         bring_up(platform, StreamTableFormat::Auto)?;
     }
-    let mut unit = UNIT.lock();
+    let mut unit = UNIT.write();
     let shared = unit.as_mut().ok_or("SMMU not up")?;
     Ok(f(&mut shared.0))
 }

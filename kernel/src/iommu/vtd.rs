@@ -140,7 +140,9 @@ static FAULT_VECTOR: spin::Once<Option<u8>> = spin::Once::new();
 /// owned here like every vendor's: brought up on first use, reached by the
 /// iommufd core and the tests alike through [`with_unit_at`]. Empty: not up
 /// (yet), or no DRHD.
-static UNITS: spin::Mutex<alloc::vec::Vec<Unit>> = spin::Mutex::new(alloc::vec::Vec::new());
+/// Written to change a unit (or bring them up), read by the CPUs that map,
+/// unmap and flush at once.
+static UNITS: spin::RwLock<alloc::vec::Vec<Unit>> = spin::RwLock::new(alloc::vec::Vec::new());
 
 /// Runs `f` on unit `index`, bringing every unit up first (translation on,
 /// every device blocked, queued invalidation and interrupt remapping when
@@ -151,7 +153,7 @@ pub fn with_unit_at<R>(
     index: usize,
     f: impl FnOnce(&mut Unit) -> R,
 ) -> Result<R, String> {
-    let mut units = UNITS.lock();
+    let mut units = UNITS.write();
     if units.is_empty() {
         *units = bring_up_all(platform, Options::default(), &crate::memory::dma::DMA)?;
     }
@@ -161,6 +163,12 @@ pub fn with_unit_at<R>(
     Ok(f(unit))
 }
 
+/// Runs `f` on unit `index` through a shared reference, beside other CPUs'
+/// shared calls; `None` when the units are not up (or there is no such).
+pub fn with_unit_shared_at<R>(index: usize, f: impl FnOnce(&Unit) -> R) -> Option<R> {
+    Some(f(UNITS.read().get(index)?))
+}
+
 /// [`with_unit_at`] the first unit, which the unit-level tests drive.
 pub fn with_unit<R>(platform: &Platform, f: impl FnOnce(&mut Unit) -> R) -> Result<R, String> {
     with_unit_at(platform, 0, f)
@@ -168,7 +176,7 @@ pub fn with_unit<R>(platform: &Platform, f: impl FnOnce(&mut Unit) -> R) -> Resu
 
 /// How many units are up (0 before the first use).
 pub fn units_up() -> usize {
-    UNITS.lock().len()
+    UNITS.read().len()
 }
 
 /// Replaces the units with ones brought up with `options`, their table pages
@@ -180,7 +188,7 @@ pub fn bring_up_again(
     options: Options,
     dma: &'static (dyn os_services::DmaMemory + Sync),
 ) -> Result<bool, String> {
-    let mut units = UNITS.lock();
+    let mut units = UNITS.write();
     units.clear();
     *units = bring_up_all(platform, options, dma)?;
     Ok(!units.is_empty())
@@ -190,7 +198,7 @@ pub fn bring_up_again(
 /// so DMA is blocked; every structure freed); the next [`with_unit_at`]
 /// brings the default ones up again.
 pub fn shut_down() {
-    UNITS.lock().clear();
+    UNITS.write().clear();
 }
 
 /// Brings up every DRHD with `options`, in DMAR order (`Vtd::bring_up_all`:

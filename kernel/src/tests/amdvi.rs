@@ -106,7 +106,7 @@ pub(super) fn frame_holds(frame: &frames::Frames, byte: u8) -> bool {
 
 fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let unit = unit.lock();
+    let unit = unit.write();
     let description = unit.hardware.description();
     ensure_eq!(
         description.mmio_base,
@@ -146,7 +146,7 @@ fn unit_is_discovered_from_the_ivrs(platform: &Platform) -> TestResult {
 
 fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let unit = unit.lock();
+    let unit = unit.write();
     // SAFETY: reading the status register the unit owns; reads have no side effects.
     let status = {
         let base = unit.hardware.description().mmio_base as *const u8;
@@ -189,7 +189,7 @@ fn bring_up_runs_the_command_buffer_and_event_log(platform: &Platform) -> TestRe
 
 fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let unit = unit.lock();
+    let unit = unit.write();
     let before = unit.hardware.counters();
     let logged = unit
         .hardware
@@ -214,7 +214,7 @@ fn illegal_command_does_not_wedge_the_command_buffer(platform: &Platform) -> Tes
 fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
     let works = unit
-        .lock()
+        .write()
         .hardware
         .probe_event_log()
         .map_err(|err| format!("probe: {err:?}"))?;
@@ -230,14 +230,14 @@ fn unmapped_dma_is_recorded_as_io_page_fault(platform: &Platform) -> TestResult 
         let domain = s.domain()?;
         s.attach(device, domain)?;
         let mut records: Vec<FaultRecord> = Vec::new();
-        s.unit.lock().drain_faults(&mut records);
+        s.unit.write().drain_faults(&mut records);
         records.clear();
         let victim = s.frame(0xA5)?;
         dma_to_ram(&edu, victim.phys)?;
         if !frame_holds(&victim, 0xA5) {
             return Err("DMA to an unmapped IOVA landed".into());
         }
-        s.unit.lock().drain_domain_faults(domain, &mut records);
+        s.unit.write().drain_domain_faults(domain, &mut records);
         let expected = records.iter().any(|r| {
             r.requester == id
                 && r.access == Access::Write
@@ -258,7 +258,7 @@ fn demo_reports_the_command_costs(platform: &Platform) -> TestResult {
     let unit = unit_or_skip!(platform);
     let device = glue::device_id_of(edus()[0].function.bdf);
     let figures = {
-        let mut unit = unit.lock();
+        let mut unit = unit.write();
         let domain = unit
             .alloc_domain(DomainKind::Paging)
             .map_err(|err| format!("{err:?}"))?;
@@ -323,7 +323,7 @@ fn edu_msi_arrives_through_its_irte(platform: &Platform) -> TestResult {
     let (address, data) = interrupt::remappable_msi(INDEX).ok_or("index")?;
     let target = interrupt::target_of_compat_msi(compat_address, compat_data);
     let setup = {
-        let mut unit = unit.lock();
+        let mut unit = unit.write();
         let before = unit.hardware.counters();
         let result = unit.hardware.remap_interrupt(id, INDEX, target);
         (result, unit.hardware.counters().since(&before))
@@ -332,11 +332,11 @@ fn edu_msi_arrives_through_its_irte(platform: &Platform) -> TestResult {
     let remapped = setup.0.is_ok() && raise(&edu);
 
     // RemapEn=0 on that IRTE: aborted again.
-    let disabled = unit.lock().hardware.disable_interrupt(id, INDEX);
+    let disabled = unit.write().hardware.disable_interrupt(id, INDEX);
     let after_disable = raise(&edu);
 
     msi.disable(config);
-    let blocked = unit.lock().hardware.block_interrupts(id);
+    let blocked = unit.write().hardware.block_interrupts(id);
     crate::irq::free(irq);
 
     ensure!(!leaked, "an MSI got through a DTE with IntCtl=abort");
@@ -365,7 +365,7 @@ fn aligned_unmap_flush_costs_one_invalidation_one_wait_one_tail_write(
     platform: &Platform,
 ) -> TestResult {
     let unit = unit_or_skip!(platform);
-    let mut unit = unit.lock();
+    let mut unit = unit.write();
     let domain = unit
         .alloc_domain(DomainKind::Blocked)
         .map_err(|err| format!("{err:?}"))?;
@@ -442,7 +442,7 @@ pub(super) fn refill(frame: &frames::Frames, byte: u8) {
 /// Domains, attachments, mappings and frames of one test, undone on drop (also when
 /// the test fails half-way), so that later tests start from blocked devices.
 pub(super) struct Scenario {
-    pub(super) unit: &'static spin::Mutex<AmdVi>,
+    pub(super) unit: &'static spin::RwLock<AmdVi>,
     domains: Vec<DomainHandle>,
     attached: Vec<::iommu::DeviceId>,
     mappings: Vec<(DomainHandle, u64, u64)>,
@@ -450,7 +450,7 @@ pub(super) struct Scenario {
 }
 
 impl Scenario {
-    fn new(unit: &'static spin::Mutex<AmdVi>) -> Self {
+    fn new(unit: &'static spin::RwLock<AmdVi>) -> Self {
         Self {
             unit,
             domains: Vec::new(),
@@ -463,7 +463,7 @@ impl Scenario {
     pub(super) fn domain(&mut self) -> Result<DomainHandle, String> {
         let domain = self
             .unit
-            .lock()
+            .write()
             .alloc_domain(DomainKind::Paging)
             .map_err(|err| format!("alloc_domain: {err:?}"))?;
         self.domains.push(domain);
@@ -477,7 +477,7 @@ impl Scenario {
     ) -> Result<(), String> {
         let id = glue::device_id_of(device.function.bdf);
         self.unit
-            .lock()
+            .write()
             .attach(id, domain)
             .map_err(|err| format!("attach {}: {err:?}", device.function.bdf))?;
         if !self.attached.contains(&id) {
@@ -495,7 +495,7 @@ impl Scenario {
         len: u64,
         prot: Prot,
     ) -> Result<(), String> {
-        let mut unit = self.unit.lock();
+        let mut unit = self.unit.write();
         let gather = unit
             .map(domain, iova, phys, len, prot)
             .map_err(|err| format!("map {iova:#x}: {err:?}"))?;
@@ -514,14 +514,14 @@ impl Scenario {
         self.mappings
             .retain(|m| !(m.0 == domain && m.1 == iova && m.2 == len));
         self.unit
-            .lock()
+            .write()
             .unmap(domain, iova, len)
             .map_err(|err| format!("unmap of {iova:#x}: {err:?}"))
     }
 
     pub(super) fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), String> {
         self.unit
-            .lock()
+            .write()
             .flush(domain, gather)
             .map_err(|err| format!("flush: {err:?}"))
     }
@@ -560,7 +560,7 @@ impl Scenario {
 
 impl Drop for Scenario {
     fn drop(&mut self) {
-        let mut unit = self.unit.lock();
+        let mut unit = self.unit.write();
         for id in self.attached.drain(..) {
             unit.detach(id);
         }
@@ -622,7 +622,7 @@ fn next_level_7_page_carries_a_dma_and_goes_only_whole(platform: &Platform) -> T
         for part in 0..SIZE / PAGE {
             let leaf = s
                 .unit
-                .lock()
+                .write()
                 .translation(domain, IOVA + part * PAGE)
                 .ok_or("no leaf")?;
             let next_level = (leaf.pte >> 9) & 7;
@@ -637,7 +637,7 @@ fn next_level_7_page_carries_a_dma_and_goes_only_whole(platform: &Platform) -> T
         if !holds_pattern(&block, offset as usize, 0x77) {
             return Err("DMA into the Next Level 7 page did not land at its offset".into());
         }
-        let cut = s.unit.lock().unmap(domain, IOVA + SIZE - PAGE, PAGE);
+        let cut = s.unit.write().unmap(domain, IOVA + SIZE - PAGE, PAGE);
         ensure_eq!(
             cut,
             Err(IommuError::Invalid),
@@ -679,7 +679,7 @@ fn every_ivhd_is_brought_up_blocking(platform: &Platform) -> TestResult {
     let units = glue::units(platform).map_err(|absent| format!("{absent:?}"))?;
     ensure_eq!(units.len(), described.len(), "units up");
     for (index, unit) in units.iter().enumerate() {
-        let control = unit.lock().hardware.control();
+        let control = unit.write().hardware.control();
         ensure!(
             control.contains(regs::Control::IOMMU_EN),
             "unit {index} translates (Control {control:?})"
@@ -714,7 +714,7 @@ fn the_demo_walk_reaches_the_page_it_mapped(platform: &Platform) -> TestResult {
     }
     let unit = crate::iommu::amdvi::unit(platform)
         .map_err(|_| alloc::string::String::from("no AMD-Vi unit"))?;
-    let text = crate::figures::walk::lesson(&mut *unit.lock(), |unit, domain, iova, visit| {
+    let text = crate::figures::walk::lesson(&mut *unit.write(), |unit, domain, iova, visit| {
         unit.walk_mapping(domain, iova, visit)
     })?;
     crate::figures::walk::check(&text)?;

@@ -46,7 +46,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
         }
         // Both devices hammer unmapped IOVAs equal to these frames' addresses.
         let victims = [s.frame(0xA5)?, s.frame(0xA5)?];
-        let before = s.unit.lock().hardware.counters();
+        let before = s.unit.write().hardware.counters();
         let started = crate::time::CLOCK.now_ns();
         let mut faults = 0usize;
         let mut slowest_command_ns = 0u64;
@@ -69,7 +69,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
             // The kernel stays responsive: a command round trip completes in time.
             if round % 25 == 24 {
                 let t0 = crate::time::CLOCK.now_ns();
-                let mut unit = s.unit.lock();
+                let mut unit = s.unit.write();
                 unit.hardware
                     .run(&[])
                     .map_err(|err| format!("round {round}: COMPLETION_WAIT: {err:?}"))?;
@@ -82,7 +82,7 @@ fn storm_of_blocked_dmas_leaves_kernel_and_devices_working(platform: &Platform) 
         if !victims.iter().all(|v| frame_holds(v, 0xA5)) {
             return Err("a faulting DMA landed during the storm".into());
         }
-        let cost = s.unit.lock().hardware.counters().since(&before);
+        let cost = s.unit.write().hardware.counters().since(&before);
         // Afterwards both devices work: a mapped DMA lands.
         for ((edu, domain), seed) in edus_open.iter().zip(&domains).zip([0x12u8, 0x34]) {
             let target = s.frame(0xA5)?;

@@ -162,6 +162,13 @@ pub struct Hardware {
     /// The event log's head and the events read from it: several CPUs
     /// read the log (each after its own batch), one at a time.
     event_log_state: spin::Mutex<EventLogState>,
+    /// Held while the command buffer is repaired (a bad command skipped, or
+    /// everything pending dropped), one CPU at a time; holds the number of
+    /// the first event a later skip may rely on.
+    command_recovery: spin::Mutex<u64>,
+    /// Addresses of bad commands skipped, until the caller whose batch
+    /// holds one collects it as its error.
+    skipped_commands: spin::Mutex<Vec<u64>>,
 }
 
 /// What the driver knows of the event log.
@@ -229,6 +236,8 @@ impl Hardware {
             counters: Tally::default(),
             interrupt_tables: BTreeMap::new(),
             event_log_state: spin::Mutex::new(EventLogState::default()),
+            command_recovery: spin::Mutex::new(0),
+            skipped_commands: spin::Mutex::new(Vec::new()),
         };
         unit.bring_up()?;
         Ok(unit)
@@ -403,6 +412,25 @@ impl Hardware {
     /// The number the next event put in the backlog will have.
     pub(crate) fn events_added(&self) -> u64 {
         self.event_log_state.lock().added
+    }
+
+    /// The number of the first event in the backlog, from number `since` on,
+    /// that `matches`.
+    pub(crate) fn event_number_since(
+        &self,
+        since: u64,
+        mut matches: impl FnMut(&Event) -> bool,
+    ) -> Option<u64> {
+        let state = self.event_log_state.lock();
+        let first = state.added - state.backlog.len() as u64;
+        let skip = since.saturating_sub(first) as usize;
+        state
+            .backlog
+            .iter()
+            .enumerate()
+            .skip(skip)
+            .find(|(_, event)| matches(event))
+            .map(|(index, _)| first + index as u64)
     }
 
     /// Whether the backlog holds, from event number `since` on, one that

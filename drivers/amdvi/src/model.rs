@@ -152,8 +152,9 @@ pub struct Model {
     pub state: Mutex<State>,
 }
 
-// SAFETY: the register memory is only touched by the test thread (the driver and the
-// model's step both run inside the driver's calls).
+// SAFETY: the register memory is reached with single volatile word accesses
+// (the driver's, from whichever test thread calls it) and by `step`, which
+// runs under the state's lock, one thread at a time.
 unsafe impl Sync for Model {}
 unsafe impl Send for Model {}
 

@@ -364,6 +364,63 @@ fn unmap_that_frees_a_table_invalidates_with_pde() {
     assert_eq!(model.take_executed()[0].0[1], 0x20_1000 | 0b01);
 }
 
+/// Issue 20, several CPUs at once: four threads map, translate, unmap and
+/// flush their own 2 MiB of one domain through `&self` (each unmap unlinks
+/// a level-1 table and owes PDE = 1), sharing one command buffer and each
+/// waiting for its own COMPLETION_WAIT. Before its own flush a thread's
+/// device sees its old translation or none, never a table another thread's
+/// flush freed and its map reused; after it, none; nothing cached
+/// outlives its change.
+#[test]
+fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
+    let (mut unit, model) = unit_with(false);
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
+    assert!(unit.shares_mapping());
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    let shared = &unit;
+    let start = &std::sync::Barrier::new(4);
+    std::thread::scope(|threads| {
+        for thread in 0..4u64 {
+            threads.spawn(move || {
+                start.wait();
+                let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
+                for round in 0..100u64 {
+                    // Not 2 MiB aligned physically: 512 leaves in one table.
+                    let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
+                    // SAFETY: each thread keeps to its own range.
+                    let gather = unsafe { shared.map_shared(domain, iova, phys, len, rw) };
+                    shared.flush_shared(domain, &gather.unwrap()).unwrap();
+                    let seen = model.translate(EDU_A, iova + 0x1000).map(|leaf| leaf.phys);
+                    assert_eq!(seen, Some(phys + 0x1000), "thread {thread}");
+                    // SAFETY: as above.
+                    let gather = unsafe { shared.unmap_shared(domain, iova, len) }.unwrap();
+                    assert!(gather.freed_tables, "the level-1 table was not freed");
+                    let seen = model.translate(EDU_A, iova + 0x1000).map(|leaf| leaf.phys);
+                    assert!(
+                        seen.is_none() || seen == Some(phys + 0x1000),
+                        "thread {thread}: a freed table was reused under a cached walk"
+                    );
+                    shared.flush_shared(domain, &gather).unwrap();
+                    assert_eq!(
+                        model.translate(EDU_A, iova + 0x1000),
+                        None,
+                        "thread {thread}, round {round}: stale translation"
+                    );
+                }
+            });
+        }
+    });
+    if let Err(stale) = model.check_no_stale_cache() {
+        panic!("after the threads: {stale}");
+    }
+    unit.detach(DeviceId(EDU_A.into()));
+    unit.free_domain(domain).unwrap();
+}
+
 #[test]
 fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
     let (mut unit, model) = unit_with(true);
@@ -373,14 +430,10 @@ fn illegal_command_that_halts_the_buffer_is_reported_and_recovered() {
             .hardware
             .command_ring
             .pointer(unit.hardware.command_tail());
+    // The IOMMU stops at it; the driver moves the head past it, and the
+    // batch's own COMPLETION_WAIT ends the wait: the error is the batch's.
     let err = unit.hardware.run(&[Command::illegal()]).unwrap_err();
-    assert_eq!(
-        err,
-        UnitError::CommandTimeout {
-            stopped: true,
-            illegal_at: Some(slot)
-        }
-    );
+    assert_eq!(err, UnitError::IllegalCommand { address: slot });
     assert_eq!(unit.hardware.counters().command_errors, 1);
     // The buffer runs again and the ILLEGAL_COMMAND event is in the unit's list.
     unit.hardware.run(&[Command::invalidate_all()]).unwrap();
@@ -568,6 +621,41 @@ fn fault_storm_overflows_are_counted_and_the_log_keeps_recovering() {
     unit.hardware.run(&[Command::invalidate_all()]).unwrap();
 }
 
+/// Issue 20: on an IOMMU that halts at a bad command, the batch that holds
+/// it fails and every other CPU's batch, queued before or behind it, still
+/// completes: the driver moves the head past the bad command only (§2.4),
+/// whichever caller's wait met the halt.
+#[test]
+fn a_halt_fails_only_the_batch_that_holds_the_bad_command() {
+    let (unit, model) = unit_with(true);
+    model.state.lock().unwrap().halt_on_illegal = true;
+    let hardware = &unit.hardware;
+    for round in 0..50 {
+        let start = std::sync::Barrier::new(2);
+        std::thread::scope(|threads| {
+            let bad = threads.spawn(|| {
+                start.wait();
+                hardware.run(&[Command::illegal()])
+            });
+            let good = threads.spawn(|| {
+                start.wait();
+                hardware.run(&[Command::invalidate_all()])
+            });
+            assert_eq!(
+                good.join().unwrap(),
+                Ok(()),
+                "round {round}: the good batch"
+            );
+            assert!(
+                matches!(bad.join().unwrap(), Err(UnitError::IllegalCommand { .. })),
+                "round {round}: the bad batch"
+            );
+        });
+    }
+    assert_eq!(hardware.counters().command_errors, 50);
+    assert!(hardware.status().contains(Status::CMD_BUF_RUN));
+}
+
 /// Issue 9, misprogrammed hardware (host half: QEMU keeps going after an
 /// illegal command): many illegal commands on an IOMMU that halts on each.
 /// Every one is an error to the caller, every halt is recovered, and the
@@ -582,13 +670,7 @@ fn illegal_command_storm_is_reported_and_recovered_every_time() {
     for round in 0..ROUNDS {
         let err = unit.hardware.run(&[Command::illegal()]).unwrap_err();
         assert!(
-            matches!(
-                err,
-                UnitError::CommandTimeout {
-                    stopped: true,
-                    illegal_at: Some(_)
-                }
-            ),
+            matches!(err, UnitError::IllegalCommand { .. }),
             "round {round}: {err:?}"
         );
         let iova = 0x10_0000 + round * 4096;

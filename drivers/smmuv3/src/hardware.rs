@@ -225,9 +225,9 @@ pub struct Smmu<'a> {
     /// Faults drained and not yet taken by the owner.
     faults: Vec<Fault>,
     last_command_error: spin::Mutex<Option<CommandError>>,
-    /// A rejected command skipped (§7.1) and not yet reported: the next
-    /// caller whose CMD_SYNC completes gets it as its error.
-    pending_rejection: spin::Mutex<Option<Error>>,
+    /// Rejected commands skipped (§7.1), by position, until the caller
+    /// whose commands they were collects them as its error.
+    rejections: spin::Mutex<Vec<(u64, Error)>>,
     /// An STE was abandoned half-way and its CFGI_STE could not be queued:
     /// the next submission starts with CFGI_ALL.
     owes_cfgi_all: AtomicBool,
@@ -339,7 +339,7 @@ impl<'a> Smmu<'a> {
             coalescer: Coalescer::new(),
             faults: Vec::new(),
             last_command_error: spin::Mutex::new(None),
-            pending_rejection: spin::Mutex::new(None),
+            rejections: spin::Mutex::new(Vec::new()),
             owes_cfgi_all: AtomicBool::new(false),
             cmdq_recovery: spin::Mutex::new(()),
             walk,
@@ -549,7 +549,7 @@ impl<'a> Smmu<'a> {
         self.enabled = false;
         self.set_cr0(Cr0::empty())?;
         self.cmdq.positions.restart();
-        *self.pending_rejection.lock() = None;
+        self.rejections.get_mut().clear();
         self.eventq.prod = WrapIndex::new(self.eventq.log2);
         self.eventq.cons = WrapIndex::new(self.eventq.log2);
         self.bring_up()?;

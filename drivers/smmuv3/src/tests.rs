@@ -95,13 +95,34 @@ fn ste_switch_between_domains_goes_through_abort_with_two_syncs() {
     assert_eq!(cfgi[0] >> 32, 8, "CFGI_STE names the StreamID");
 }
 
+/// Issue 20: a rejected command is the error of the caller whose command it
+/// was, whichever caller's wait met the stop and repaired the queue (§7.1):
+/// B, queued behind A's bad command, completes; A's wait reports it.
+#[test]
+fn a_rejection_goes_to_the_caller_whose_command_it_was() {
+    let rig = rig();
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let a = smmu
+        .queue_raw(&[RawCommand([0x7F, 0]), Command::Sync.encode()])
+        .unwrap();
+    assert_eq!(smmu.execute(&[Command::TlbiNsnhAll]), Ok(()), "B");
+    assert_eq!(
+        smmu.wait_cmdq_consumed(a),
+        Err(Error::CommandRejected {
+            error: CommandError::Illegal,
+            opcode: 0x7F
+        }),
+        "A"
+    );
+    assert_eq!(smmu.sync(), Ok(()), "reported once");
+}
+
 #[test]
 fn illegal_command_is_replaced_and_the_queue_resumes() {
     let rig = rig();
     let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
-    smmu.submit_raw(&[RawCommand([0x7F, 0])]).unwrap();
     assert_eq!(
-        smmu.sync(),
+        smmu.execute_raw(&[RawCommand([0x7F, 0])]),
         Err(Error::CommandRejected {
             error: CommandError::Illegal,
             opcode: 0x7F

@@ -780,10 +780,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
                 Some(commands) => commands,
                 None => return (done, Err(IommuError::Invalid)),
             };
-            let result = self
-                .hardware
-                .submit_raw(&commands)
-                .and_then(|()| self.hardware.sync());
+            let result = self.hardware.execute_raw(&commands);
             if let Err(err) = result {
                 return (done, Err(err.into()));
             }
@@ -864,11 +861,7 @@ impl<'a> IommuUnit for SmmuUnit<'a> {
         if commands.is_empty() {
             return (0, refused);
         }
-        match self
-            .hardware
-            .submit_raw(&commands)
-            .and_then(|()| self.hardware.sync())
-        {
+        match self.hardware.execute_raw(&commands) {
             Ok(()) => (commands.len(), refused),
             Err(err) => (0, Err(err.into())),
         }

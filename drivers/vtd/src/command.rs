@@ -240,6 +240,14 @@ impl Ring {
     pub fn status_token(position: u64) -> u32 {
         (position as u32).wrapping_add(1)
     }
+
+    /// Whether the status word `status` of the wait at `position`'s slot
+    /// says that wait completed: it holds its token, or a later lap's (a
+    /// waiter that looked late finds its slot already reused; the tokens
+    /// grow with the position, compared across their wrap).
+    pub fn status_says_done(status: u32, position: u64) -> bool {
+        (status.wrapping_sub(Self::status_token(position)) as i32) >= 0
+    }
 }
 
 #[cfg(test)]
@@ -308,6 +316,18 @@ mod tests {
         assert_eq!(ring.status_offset(5 + 256), 20);
         assert_ne!(Ring::status_token(5), Ring::status_token(5 + 256));
         assert_ne!(Ring::status_token(0), 0);
+        // Its own token, or a later lap's, but never the earlier lap's nor
+        // the zero of a fresh page.
+        assert!(Ring::status_says_done(Ring::status_token(5), 5));
+        assert!(Ring::status_says_done(Ring::status_token(5 + 256), 5));
+        assert!(!Ring::status_says_done(Ring::status_token(5), 5 + 256));
+        assert!(!Ring::status_says_done(0, 5));
+        let late = u64::from(u32::MAX) - 1;
+        assert!(Ring::status_says_done(Ring::status_token(late + 256), late));
+        assert!(!Ring::status_says_done(
+            Ring::status_token(late - 256),
+            late
+        ));
         // The page holds a word for every slot of the widest ring.
         assert!(ring.status_offset(255) + 4 <= 4096);
     }

@@ -251,6 +251,9 @@ pub struct Hardware<'a, R: Registers> {
     /// Held while a rejected descriptor is replaced (FSTS.IQE), so that
     /// CPUs that saw the same stop repair it once.
     queue_recovery: spin::Mutex<()>,
+    /// Positions of rejected descriptors, until the caller whose claim
+    /// holds one collects it as its error.
+    rejected: spin::Mutex<Vec<u64>>,
 }
 
 impl<'a, R: Registers> Hardware<'a, R> {
@@ -302,6 +305,7 @@ impl<'a, R: Registers> Hardware<'a, R> {
             fault_stats: FaultStats::default(),
             register_sequence: spin::Mutex::new(()),
             queue_recovery: spin::Mutex::new(()),
+            rejected: spin::Mutex::new(Vec::new()),
         };
         unit.bring_up(options)?;
         Ok(unit)

@@ -9,6 +9,7 @@ extern crate std;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::cell::{Cell, RefCell};
+use iommu_kit::fakes::{SyncCell, SyncRefCell};
 
 use iommu::{Gather, IommuError, Prot, UnitId};
 use iommu_kit::fakes::{HostDma, SteppingClock, maintenance};
@@ -127,25 +128,28 @@ pub(crate) fn model_table(format: TableFormat) -> Option<alloc::boxed::Box<dyn D
 pub(crate) struct Model {
     pub(crate) cap: u64,
     pub(crate) ecap: u64,
-    pub(crate) gsts: Cell<u32>,
-    pub(crate) gcmd_writes: RefCell<Vec<u32>>,
-    pub(crate) iqa: Cell<u64>,
-    pub(crate) iqh: Cell<u64>,
-    pub(crate) descriptors: RefCell<Vec<Descriptor>>,
-    pub(crate) register_invalidations: RefCell<Vec<(usize, u64)>>,
+    pub(crate) gsts: SyncCell<u32>,
+    pub(crate) gcmd_writes: SyncRefCell<Vec<u32>>,
+    pub(crate) iqa: SyncCell<u64>,
+    pub(crate) iqh: SyncCell<u64>,
+    pub(crate) descriptors: SyncRefCell<Vec<Descriptor>>,
+    pub(crate) register_invalidations: SyncRefCell<Vec<(usize, u64)>>,
     /// When set, wait descriptors never write their status (a hung unit).
-    pub(crate) stalled: Cell<bool>,
-    pub(crate) fault: Cell<(u64, u64)>,
-    pub(crate) other: RefCell<std::collections::BTreeMap<usize, u64>>,
+    pub(crate) stalled: SyncCell<bool>,
+    pub(crate) fault: SyncCell<(u64, u64)>,
+    pub(crate) other: SyncRefCell<std::collections::BTreeMap<usize, u64>>,
     /// What a worst-case implementation may hold in its caches.
-    pub(crate) shadow: RefCell<Shadow>,
+    pub(crate) shadow: SyncRefCell<Shadow>,
     /// FSTS PFO / IQE.
-    pub(crate) fsts_sticky: Cell<u32>,
+    pub(crate) fsts_sticky: SyncCell<u32>,
     /// The unit does not snoop (ECAP.C = 0, and SMPWC = 0 in scalable mode):
     /// it reads root, context and PASID entries and page tables from memory,
     /// which holds only what the driver wrote back
     /// (`maintenance::read_as_device`), not from the CPU's caches.
-    pub(crate) reads_memory: Cell<bool>,
+    pub(crate) reads_memory: SyncCell<bool>,
+    /// Held while the queue is processed: threads whose doorbells come one
+    /// after the other (as CPUs publish in claim order) are served in turn.
+    pub(crate) processing: std::sync::Mutex<()>,
 }
 
 /// What a unit that reads memory finds in a line the driver never wrote
@@ -158,18 +162,19 @@ impl Model {
         Self {
             cap,
             ecap,
-            gsts: Cell::new(0),
-            gcmd_writes: RefCell::new(Vec::new()),
-            iqa: Cell::new(0),
-            iqh: Cell::new(0),
-            descriptors: RefCell::new(Vec::new()),
-            register_invalidations: RefCell::new(Vec::new()),
-            stalled: Cell::new(false),
-            fault: Cell::new((0, 0)),
-            other: RefCell::new(Default::default()),
-            fsts_sticky: Cell::new(0),
-            reads_memory: Cell::new(false),
-            shadow: RefCell::new(Shadow {
+            gsts: SyncCell::new(0),
+            gcmd_writes: SyncRefCell::new(Vec::new()),
+            iqa: SyncCell::new(0),
+            iqh: SyncCell::new(0),
+            descriptors: SyncRefCell::new(Vec::new()),
+            register_invalidations: SyncRefCell::new(Vec::new()),
+            stalled: SyncCell::new(false),
+            fault: SyncCell::new((0, 0)),
+            other: SyncRefCell::new(Default::default()),
+            fsts_sticky: SyncCell::new(0),
+            reads_memory: SyncCell::new(false),
+            processing: std::sync::Mutex::new(()),
+            shadow: SyncRefCell::new(Shadow {
                 scalable: Ecap(ecap).scalable_mode(),
                 ..Shadow::default()
             }),
@@ -181,6 +186,10 @@ impl Model {
     }
 
     pub(crate) fn process_queue(&self, tail: u64) {
+        let _processing = self
+            .processing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let base = self.iqa.get() & !0xFFF;
         let slot = if self.wide() { 32 } else { 16 };
         let slots = 4096 / slot;

@@ -244,6 +244,69 @@ fn aligned_unmap_costs_one_psi_one_wait_one_tail_write() {
     }
 }
 
+/// Issue 20, several CPUs at once: four threads map, walk, unmap and flush
+/// their own 2 MiB of one caching-mode domain through `&self` (real tables;
+/// each unmap unlinks a leaf table, owed an IH = 0 invalidation), sharing
+/// the invalidation queue and each waiting for its own wait descriptor's
+/// status. Every flush completes, each thread's walk finds its own pages,
+/// and every table page comes back with the domain.
+#[test]
+fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_CACHING_MODE, ECAP_LEGACY);
+    let env = crate::hardware::Environment {
+        new_table: None,
+        ..rig.env()
+    };
+    let mut unit = Vtd::new(UnitId(0), &model, env, description(), Options::default()).unwrap();
+    let before = rig.dma.live();
+    let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
+    assert!(unit.shares_mapping());
+    model.take_descriptors();
+    let rw = Prot {
+        read: true,
+        write: true,
+    };
+    const ROUNDS: u64 = 50;
+    let shared = &unit;
+    let start = &std::sync::Barrier::new(4);
+    std::thread::scope(|threads| {
+        for thread in 0..4u64 {
+            threads.spawn(move || {
+                start.wait();
+                let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
+                for round in 0..ROUNDS {
+                    // Not 2 MiB aligned physically: 512 leaves in one table.
+                    let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
+                    // SAFETY: each thread keeps to its own range.
+                    let gather = unsafe { shared.map_shared(domain, iova, phys, len, rw) };
+                    shared.flush_shared(domain, &gather.unwrap()).unwrap();
+                    let mut leaf = None;
+                    shared.walk_mapping(domain, iova + 0x1000, &mut |step| {
+                        if let io_page_table::StepKind::Leaf { phys, .. } = step.kind {
+                            leaf = Some(phys);
+                        }
+                    });
+                    assert_eq!(leaf, Some(phys + 0x1000), "thread {thread}");
+                    // SAFETY: as above.
+                    let gather = unsafe { shared.unmap_shared(domain, iova, len) }.unwrap();
+                    assert!(gather.freed_tables, "the leaf table was not freed");
+                    shared.flush_shared(domain, &gather).unwrap();
+                }
+            });
+        }
+    });
+    // Two flushes a round, each one invalidation and its own wait.
+    let waits = model
+        .take_descriptors()
+        .iter()
+        .filter(|d| d.kind() == Some(DescriptorType::Wait))
+        .count();
+    assert_eq!(waits as u64, 4 * ROUNDS * 2);
+    unit.free_domain(domain).unwrap();
+    assert_eq!(rig.dma.live(), before, "a table page was lost or kept");
+}
+
 #[test]
 fn invalidation_falls_back_to_domain_past_mamv() {
     let rig = Rig::new();
@@ -588,6 +651,27 @@ fn domain_ids_run_out_cleanly_and_come_back_invalidated() {
         let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
         unit.free_domain(domain).unwrap();
     }
+}
+
+/// Issue 20: a rejected descriptor is the error of the caller whose claim
+/// holds it, whichever caller's wait met the stop and repaired it
+/// (§6.5.2.10): B, queued behind A's bad descriptor, completes; A's wait
+/// reports it; the queue runs on (QEMU fetches again only on an IQT write,
+/// which the repair makes).
+#[test]
+fn a_rejection_goes_to_the_caller_whose_descriptor_it_was() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let unit = rig.unit(&model);
+    let a = unit
+        .hardware
+        .queue_descriptors(&[Descriptor([0xF, 0, 0, 0])])
+        .unwrap();
+    let b = Descriptor::iotlb(Granularity::Global, 0, 0, 0, false);
+    assert_eq!(unit.hardware.submit(&[b]), Ok(()), "B");
+    assert_eq!(unit.hardware.wait_for(a), Err(Error::QueueError), "A");
+    assert_eq!(model.fsts_sticky.get() & 0x10, 0, "IQE cleared");
+    assert_eq!(unit.hardware.submit(&[b]), Ok(()), "reported once");
 }
 
 #[test]

@@ -391,10 +391,7 @@ fn hung_and_misprogrammed_queue_recovers(platform: &Platform) -> TestResult {
                 RawCommand([UNALLOCATED_OPCODES[1], 0]),
                 Command::CFGI_ALL.encode(),
             ];
-            let synced = u
-                .hardware
-                .submit_raw(&batch)
-                .and_then(|()| u.hardware.sync());
+            let synced = u.hardware.execute_raw(&batch);
             let errors = u.hardware.counters().command_errors - before;
             let next = u.hardware.execute(&[Command::CFGI_ALL]);
             (synced, errors, next)

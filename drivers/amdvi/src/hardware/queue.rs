@@ -8,6 +8,10 @@ use os_services::barrier::dma_wmb;
 
 use crate::command::Opcode;
 
+/// Skipped commands kept for their submitters at most (each collects its
+/// own when its wait ends).
+const MAX_UNCLAIMED_SKIPS: usize = 32;
+
 /// Submission (§2.4): a batch, its COMPLETION_WAIT and one COMMAND_TAIL write.
 impl Hardware {
     /// Counts what `command` is.
@@ -123,10 +127,28 @@ impl Hardware {
         let completion = self.completion;
         let store_offset = (store - completion.phys()) as usize;
         let done = wait_until(self.clock, COMMAND_TIMEOUT, || {
-            (completion.read::<u64>(store_offset) == token).then_some(())
+            // Its own token or a later lap's (the slot reused before this
+            // waiter looked): the tokens grow with the position.
+            if completion.read::<u64>(store_offset) >= token {
+                return Some(());
+            }
+            // Stopped at a bad command (whoever's): skip it and go on.
+            if !self.status().contains(Status::CMD_BUF_RUN) {
+                self.skip_halted_command();
+            }
+            None
         });
         if done.is_err() {
             return Err(self.recover_command_buffer(&batch, events_before));
+        }
+        // A command of this batch the IOMMU stopped at and the driver skipped
+        // (counted then), whichever caller skipped it.
+        {
+            let mut skipped = self.skipped_commands.lock();
+            if let Some(index) = skipped.iter().position(|address| batch.contains(address)) {
+                let address = skipped.remove(index);
+                return Err(UnitError::IllegalCommand { address });
+            }
         }
         // An IOMMU that keeps going after an illegal command (QEMU does) still logs it.
         // Only events logged for this batch count: ring slots are reused.
@@ -144,12 +166,56 @@ impl Hardware {
         }
     }
 
+    /// §2.4 / §2.5.6: the IOMMU stopped at a bad command (Status.CmdBufRun
+    /// = 0, COMMAND_HEAD on it): moves the head past it and runs the buffer
+    /// again, so that the commands behind it, other CPUs' included, still
+    /// run; the command's address waits for the caller whose batch holds
+    /// it. Whoever comes second finds the buffer running and leaves it.
+    ///
+    /// Only a halt the event log confirms (an ILLEGAL_COMMAND_ERROR or
+    /// COMMAND_HARDWARE_ERROR event at the head's address, logged since the
+    /// last skip, §2.5.6) is acted on: a status read that came back wrong
+    /// must never skip a command that was fine.
+    pub(crate) fn skip_halted_command(&self) {
+        let mut last_used = self.command_recovery.lock();
+        if self.status().contains(Status::CMD_BUF_RUN) {
+            return;
+        }
+        let head = self.regs.read64(regs::COMMAND_HEAD) & regs::RING_POINTER_MASK;
+        let Ok(slot) = self.command_ring.index(head) else {
+            return;
+        };
+        let address = self.command_buffer.phys() + head;
+        self.poll_events();
+        let Some(number) = self.event_number_since(*last_used, |event| match *event {
+            Event::IllegalCommand { address: at }
+            | Event::CommandHardwareError { address: at, .. } => at == address,
+            _ => false,
+        }) else {
+            return;
+        };
+        *last_used = number + 1;
+        let next = self.command_ring.pointer(self.command_ring.next(slot));
+        self.counters.add(|c| c.command_errors += 1);
+        {
+            let mut skipped = self.skipped_commands.lock();
+            if skipped.len() == MAX_UNCLAIMED_SKIPS {
+                skipped.remove(0);
+            }
+            skipped.push(address);
+        }
+        self.pause(Control::CMD_BUF_EN, Status::CMD_BUF_RUN, true, || {
+            self.write_reg(regs::COMMAND_HEAD, next);
+        });
+    }
+
     /// §2.4 / §2.5.6: after ILLEGAL_COMMAND_ERROR or COMMAND_HARDWARE_ERROR the IOMMU
     /// stops fetching commands (Status.CmdBufRun=0) with COMMAND_HEAD on the bad
     /// entry. Recovery: read the log, disable the buffer, drop every pending command
     /// (head = tail) and enable it again. The caller's batch did not complete.
     /// Another CPU's batch pending then is dropped too, and fails the same way.
     pub(crate) fn recover_command_buffer(&self, batch: &[u64], events_before: u64) -> UnitError {
+        let _recovery = self.command_recovery.lock();
         self.counters.add(|c| c.command_errors += 1);
         let stopped = !self.status().contains(Status::CMD_BUF_RUN);
         self.poll_events();

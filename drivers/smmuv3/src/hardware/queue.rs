@@ -5,7 +5,12 @@
 
 use super::*;
 use crate::command::RawCommand;
+use core::ops::Range;
 use iommu_kit::Claim;
+
+/// Rejections kept for their submitters at most: one that never waits (a
+/// bare `submit`) leaves its own behind.
+const MAX_UNCLAIMED_REJECTIONS: usize = 32;
 
 /// The command queue of the instance (§3.5, §4): submission through the
 /// shared positions of [`iommu_kit::SharedRing`] (claim, write, publish in
@@ -30,8 +35,8 @@ impl Smmu<'_> {
         self.queue(commands).map(|_| ())
     }
 
-    /// [`Smmu::submit`], returning the position after the last command.
-    pub(crate) fn queue(&self, commands: &[Command]) -> Result<u64, Error> {
+    /// [`Smmu::submit`], returning the positions the commands took.
+    pub(crate) fn queue(&self, commands: &[Command]) -> Result<Range<u64>, Error> {
         // An STE abandoned half-way (`abort_ste_after_failure`) whose CFGI_STE
         // could not even be queued: the SMMU consumes in order, so with
         // CFGI_ALL first no later CMD_SYNC completes before every cached
@@ -67,17 +72,20 @@ impl Smmu<'_> {
     }
 
     /// Claims, writes and publishes `commands`, as many at a time as the
-    /// queue holds; returns the position after the last.
-    fn queue_raw(&self, commands: &[RawCommand]) -> Result<u64, Error> {
-        let mut end = self.cmdq.positions.published();
+    /// queue holds; returns the positions they took (from the first of the
+    /// first claim to the end of the last).
+    pub(crate) fn queue_raw(&self, commands: &[RawCommand]) -> Result<Range<u64>, Error> {
+        let mut taken: Option<Range<u64>> = None;
         for chunk in commands.chunks(self.cmdq.positions.usable() as usize) {
             let claim = self.claim_cmdq(chunk.len() as u64)?;
+            let positions = claim.positions();
+            let first = taken.map_or(positions.start, |taken| taken.start);
+            taken = Some(first..positions.end);
             for (position, command) in claim.positions().zip(chunk) {
                 let offset = self.cmdq.positions.slot(position) * CMD_BYTES;
                 self.cmdq.region.write(offset, command.0);
                 self.cmdq.region.clean(offset, CMD_BYTES, self.clean());
             }
-            end = claim.positions().end;
             let (regs, positions, clock) = (&self.regs, &self.cmdq.positions, self.clock);
             let mut doorbells = 0;
             positions.publish(
@@ -92,7 +100,8 @@ impl Smmu<'_> {
             );
             self.counters.add(|c| c.mmio_writes += doorbells);
         }
-        Ok(end)
+        let published = self.cmdq.positions.published();
+        Ok(taken.unwrap_or(published..published))
     }
 
     /// Room for `count` commands: observes CONS until the SMMU has consumed
@@ -124,7 +133,12 @@ impl Smmu<'_> {
             }
             if self.active_gerror().contains(Gerror::CMDQ_ERR) {
                 if let Some(rejected) = self.recover_command_error() {
-                    self.pending_rejection.lock().get_or_insert(rejected);
+                    let mut rejections = self.rejections.lock();
+                    if rejections.len() == MAX_UNCLAIMED_REJECTIONS {
+                        // A submitter that never waits leaves its own.
+                        rejections.remove(0);
+                    }
+                    rejections.push(rejected);
                 }
                 continue;
             }
@@ -147,31 +161,51 @@ impl Smmu<'_> {
         let mut batch = Vec::with_capacity(commands.len() + 1);
         batch.extend_from_slice(commands);
         batch.push(Command::Sync);
-        let end = self.queue(&batch)?;
-        self.wait_cmdq_consumed(end)
+        let taken = self.queue(&batch)?;
+        self.wait_cmdq_consumed(taken)
     }
 
-    /// Waits (bounded) until CONS has passed every position before `end`,
-    /// skipping rejected commands on the way; a rejection seen since the
-    /// last report is this caller's error.
-    pub(crate) fn wait_cmdq_consumed(&self, end: u64) -> Result<(), Error> {
+    /// [`Smmu::execute`] of pre-encoded commands (a task's, for its nested
+    /// domain): a rejected one is this call's error.
+    pub fn execute_raw(&self, commands: &[RawCommand]) -> Result<(), Error> {
+        let mut batch = Vec::with_capacity(commands.len() + 1);
+        batch.extend_from_slice(commands);
+        batch.push(Command::Sync.encode());
+        let taken = self.queue_raw(&batch)?;
+        self.wait_cmdq_consumed(taken)
+    }
+
+    /// Waits (bounded) until CONS has passed every position of `taken` (a
+    /// caller's commands and its CMD_SYNC), skipping rejected commands on
+    /// the way; the rejection of one of `taken` is this caller's error,
+    /// whichever CPU repaired the queue (another caller's is theirs).
+    pub(crate) fn wait_cmdq_consumed(&self, taken: Range<u64>) -> Result<(), Error> {
+        let end = taken.end;
         self.poll_cmdq("CMD_SYNC", |_, consumed| (consumed >= end).then_some(()))?;
-        match self.pending_rejection.lock().take() {
-            Some(err) => Err(err),
-            None => Ok(()),
-        }
+        let mut rejections = self.rejections.lock();
+        let mut first = None;
+        rejections.retain(|(at, error)| {
+            let ours = taken.contains(at);
+            if ours && first.is_none() {
+                first = Some(*error);
+            }
+            !ours
+        });
+        first.map_or(Ok(()), Err)
     }
 
     /// The command at CONS was rejected: overwrite it with a CMD_SYNC (which
     /// cannot fail) and acknowledge, so that the queue resumes (§7.1).
-    /// `None` when another CPU repaired it first (CMDQ_ERR no longer active).
-    pub(crate) fn recover_command_error(&self) -> Option<Error> {
+    /// Returns its position and the error; `None` when another CPU repaired
+    /// it first (CMDQ_ERR no longer active).
+    pub(crate) fn recover_command_error(&self) -> Option<(u64, Error)> {
         let _recovery = self.cmdq_recovery.lock();
         if !self.active_gerror().contains(Gerror::CMDQ_ERR) {
             return None;
         }
         // Read under the lock: CONS names the command the queue stopped at.
         let cons_raw = self.regs.read32(regs::CMDQ_CONS);
+        let position = self.observe_cmdq_cons().ok()?;
         let error = CommandError::from_cons(cons_raw);
         let slot = WrapIndex::from_register(self.cmdq.log2, cons_raw).slot();
         let opcode = (self.cmdq.region.read::<u64>(slot * CMD_BYTES) & 0xFF) as u8;
@@ -185,6 +219,6 @@ impl Smmu<'_> {
         self.counters.add(|c| c.global_errors += 1);
         *self.last_command_error.lock() = Some(error);
         self.ack_gerror(Gerror::CMDQ_ERR);
-        Some(Error::CommandRejected { error, opcode })
+        Some((position, Error::CommandRejected { error, opcode }))
     }
 }

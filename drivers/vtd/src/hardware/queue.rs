@@ -14,6 +14,16 @@ use crate::device_table::RID_PASID;
 use crate::invalidation::{self, InvalidationCaps, IotlbPlan};
 use crate::regs::{FaultStatus, Granularity};
 
+/// A caller's descriptors and wait, queued: the positions they took.
+#[must_use = "wait for it"]
+pub(crate) struct Queued {
+    positions: core::ops::Range<u64>,
+}
+
+/// Rejected descriptors kept for their submitters at most (each submitter
+/// collects its own when its wait ends).
+const MAX_UNCLAIMED_REJECTIONS: usize = 32;
+
 /// Submission: the queue (§6.5.2) or, without ECAP.QI, the invalidation registers (§6.5.1).
 impl<R: Registers> Hardware<'_, R> {
     /// Queues `descriptors` plus one wait descriptor of its own, hands them
@@ -21,6 +31,13 @@ impl<R: Registers> Hardware<'_, R> {
     /// own status word: the queue protocol of [`iommu_kit::SharedRing`], so
     /// that submitters on several CPUs each wait only for their own work.
     pub(crate) fn submit(&self, descriptors: &[Descriptor]) -> Result<(), Error> {
+        let queued = self.queue_descriptors(descriptors)?;
+        self.wait_for(queued)
+    }
+
+    /// [`Hardware::submit`] up to the doorbell: claims, writes and
+    /// publishes `descriptors` and their wait; [`Hardware::wait_for`] waits.
+    pub(crate) fn queue_descriptors(&self, descriptors: &[Descriptor]) -> Result<Queued, Error> {
         let Invalidator::Queue {
             ring_page,
             ring,
@@ -42,7 +59,7 @@ impl<R: Registers> Hardware<'_, R> {
                 .contains(FaultStatus::QUEUE_ERROR)
         };
         // Room for the whole batch: observe the head until the hardware has
-        // consumed enough.
+        // consumed enough (repairing a stop on the way: the queue must move).
         let claim = wait_until(clock, HARDWARE_TIMEOUT, || {
             if let Ok(claim) = ring.shared().try_claim(count) {
                 return Some(Ok(claim));
@@ -51,7 +68,10 @@ impl<R: Registers> Hardware<'_, R> {
             if ring.shared().observe_consumed(|| head as u64).is_err() {
                 return Some(Err(Error::QueueError));
             }
-            stopped().then_some(Err(Error::QueueError))
+            if stopped() {
+                self.recover_queue();
+            }
+            None
         });
         let claim = match claim {
             Ok(Ok(claim)) => claim,
@@ -59,6 +79,7 @@ impl<R: Registers> Hardware<'_, R> {
             Err(_) => return Err(Error::Timeout("invalidation queue full")),
         };
         let last = claim.last();
+        let claim_range = claim.positions();
         let (status_offset, token) = (ring.status_offset(last), Ring::status_token(last));
         let wait = Descriptor::wait(status.phys() + status_offset as u64, token);
         for (position, descriptor) in claim
@@ -87,33 +108,62 @@ impl<R: Registers> Hardware<'_, R> {
             },
             || clock.relax(),
         );
-        let result = wait_until(clock, HARDWARE_TIMEOUT, || {
-            if status.read::<u32>(status_offset) == token {
-                return Some(Ok(()));
-            }
-            stopped().then_some(Err(Error::QueueError))
-        });
         self.counters.add(|c| {
             c.invalidations += descriptors.len() as u64;
-            c.waits += 1;
             c.mmio_writes += doorbells;
             c.cache_lines += lines as u64;
         });
-        match result {
-            Ok(Err(Error::QueueError)) => {
+        Ok(Queued {
+            positions: claim_range,
+        })
+    }
+
+    /// Waits (bounded) for the wait descriptor that ends `queued`. A stop
+    /// on the way is repaired (by whoever sees it first) and the wait goes
+    /// on: a rejected descriptor is the error of the caller whose claim
+    /// holds it (§6.5.2.10), whichever CPU repaired it.
+    pub(crate) fn wait_for(&self, queued: Queued) -> Result<(), Error> {
+        let Invalidator::Queue { ring, status, .. } = &self.invalidator else {
+            return Err(Error::Unsupported("queued invalidation"));
+        };
+        let last = queued.positions.end - 1;
+        let status_offset = ring.status_offset(last);
+        let regs = &self.regs;
+        let stopped = || {
+            FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
+                .contains(FaultStatus::QUEUE_ERROR)
+        };
+        let result = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
+            if Ring::status_says_done(status.read::<u32>(status_offset), last) {
+                return Some(());
+            }
+            if stopped() {
                 self.recover_queue();
+            }
+            None
+        });
+        self.counters.add(|c| c.waits += 1);
+        if result.is_err() {
+            return Err(Error::Timeout("invalidation wait"));
+        }
+        let mut rejected = self.rejected.lock();
+        match rejected.iter().position(|at| queued.positions.contains(at)) {
+            Some(index) => {
+                rejected.remove(index);
                 Err(Error::QueueError)
             }
-            Ok(outcome) => outcome,
-            Err(_) => Err(Error::Timeout("invalidation wait")),
+            None => Ok(()),
         }
     }
 
     /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
-    /// replace it with a harmless wait, then clear IQE so that the queue runs
-    /// again from there. The wait writes a status word nobody polls (QEMU
-    /// rejects a wait descriptor with neither SW nor IF, which would stop the
-    /// queue again at the same slot).
+    /// replace it with a harmless wait, clear IQE so that the queue runs
+    /// again from there, and write IQT again through the publish protocol
+    /// (QEMU 10.0.2 fetches only on an IQT write, not when IQE clears; the
+    /// protocol keeps IQT from going back). The wait writes a status word
+    /// nobody polls (QEMU rejects a wait descriptor with neither SW nor IF,
+    /// which would stop the queue again at the same slot). The rejected
+    /// descriptor's position is kept for the caller whose claim holds it.
     pub(crate) fn recover_queue(&self) {
         // CPUs that met the same stop repair it once: whoever comes second
         // finds IQE clear (the queue runs again) and leaves it.
@@ -139,8 +189,32 @@ impl<R: Registers> Hardware<'_, R> {
         write_descriptor(*ring_page, ring, slot, &harmless);
         let (ring_page, slot_bytes) = (*ring_page, ring.slot_bytes());
         self.clean_range(ring_page, offset, slot_bytes);
+        if let Ok(position) = ring.shared().observe_consumed(|| slot as u64) {
+            let mut rejected = self.rejected.lock();
+            if rejected.len() == MAX_UNCLAIMED_REJECTIONS {
+                rejected.remove(0);
+            }
+            rejected.push(position);
+        }
         dma_wmb();
         self.write32(regs::FSTS, FaultStatus::QUEUE_ERROR.bits());
+        // A harmless wait of its own makes the IQT write: a claim, so it is
+        // published after every earlier claim and the tail never goes back.
+        // With the ring full there is none to make; the next submitter's
+        // IQT write restarts the fetch.
+        if let Ok(kick) = ring.shared().try_claim(1) {
+            write_descriptor(ring_page, ring, ring.slot(kick.last()), &harmless);
+            self.clean_range(ring_page, ring.slot(kick.last()) * slot_bytes, slot_bytes);
+            let (regs, clock) = (&self.regs, self.env.clock);
+            ring.shared().publish(
+                kick,
+                |end| {
+                    dma_wmb();
+                    regs.write64(regs::IQT, ring.tail_register(end))
+                },
+                || clock.relax(),
+            );
+        }
     }
 
     /// Queues raw descriptors plus a wait, like every invalidation does;

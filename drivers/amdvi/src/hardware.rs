@@ -100,6 +100,9 @@ iommu_kit::counters! {
         pub commands,
         /// COMPLETION_WAIT commands.
         pub completion_waits,
+        /// Batches whose wait was another submitter's COMPLETION_WAIT,
+        /// queued after them (several CPUs' commands, one wait).
+        pub shared_waits,
         /// INVALIDATE_DEVTAB_ENTRY commands.
         pub invalidate_devtab_entry,
         /// INVALIDATE_IOMMU_PAGES commands.

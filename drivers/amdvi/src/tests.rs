@@ -621,6 +621,39 @@ fn fault_storm_overflows_are_counted_and_the_log_keeps_recovering() {
     unit.hardware.run(&[Command::invalidate_all()]).unwrap();
 }
 
+/// Issue 20, several CPUs' commands, one COMPLETION_WAIT (§2.4.1: it
+/// completes only once every command before it has): A's and B's commands
+/// are queued beside each other; B queues the wait, and A, finding it after
+/// its own commands, waits for it instead of queueing another.
+#[test]
+fn two_submitters_commands_share_one_completion_wait() {
+    let (unit, model) = unit_with(true);
+    let hardware = &unit.hardware;
+    model.take_executed();
+    let queue = |command: Command| {
+        let claim = hardware.claim_commands(1).unwrap();
+        let end = claim.positions().end;
+        hardware.write_and_publish(claim, &[command], false);
+        end
+    };
+    let a = queue(Command::invalidate_all());
+    let b = queue(Command::invalidate_devtab_entry(EDU_A));
+    let b_wait = hardware.completion_wait_after(b).unwrap();
+    let a_wait = hardware.completion_wait_after(a).unwrap();
+    assert_eq!(a_wait, b_wait, "A rides B's wait");
+    hardware.run(&[]).unwrap();
+    assert_eq!(
+        opcodes(&model.take_executed()),
+        [
+            Some(Opcode::InvalidateIommuAll),
+            Some(Opcode::InvalidateDevtabEntry),
+            Some(Opcode::CompletionWait),
+            Some(Opcode::CompletionWait),
+        ]
+    );
+    assert_eq!(hardware.counters().shared_waits, 1);
+}
+
 /// Issue 20: on an IOMMU that halts at a bad command, the batch that holds
 /// it fails and every other CPU's batch, queued before or behind it, still
 /// completes: the driver moves the head past the bad command only (§2.4),

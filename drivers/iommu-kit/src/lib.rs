@@ -16,7 +16,8 @@
 //!   ([`WrapIndex`], SMMUv3).
 //! - [`shared_ring`]: [`SharedRing`], the claim / publish / observe protocol
 //!   by which several CPUs submit to one of those rings, each waiting only for
-//!   its own commands (model-checked with `loom`).
+//!   its own commands, or for a sync another CPU queued after them
+//!   (model-checked with `loom`).
 //! - [`ids`]: [`IdAllocator`], domain ids (DID, DomainID, ASID, VMID) that are
 //!   recycled only after the driver has invalidated them.
 //! - [`unlinked`]: [`Unlinked`], the table pages unmaps unlinked, each batch

@@ -56,6 +56,9 @@ pub struct SharedRing {
     published: AtomicU64,
     /// The hardware's consumer position, as last observed by anyone.
     consumed: AtomicU64,
+    /// One past the position of the latest completion command (CMD_SYNC,
+    /// wait descriptor, COMPLETION_WAIT) claimed; 0 before the first.
+    latest_sync: AtomicU64,
 }
 
 /// Consecutive positions claimed by one caller. They must be written and
@@ -98,6 +101,7 @@ impl SharedRing {
             claimed: AtomicU64::new(0),
             published: AtomicU64::new(0),
             consumed: AtomicU64::new(0),
+            latest_sync: AtomicU64::new(0),
         }
     }
 
@@ -206,6 +210,28 @@ impl SharedRing {
         }
     }
 
+    /// Whether no other submitter is between its claim and its publish:
+    /// then a caller queues its commands and its completion command in one
+    /// claim (one doorbell). A hint only: the answer may be stale at once.
+    pub fn is_quiet(&self) -> bool {
+        self.claimed.load(Ordering::Acquire) == self.published.load(Ordering::Acquire)
+    }
+
+    /// Records that position `position` holds a completion command (which
+    /// the hardware completes only once every command before it has).
+    pub fn note_sync(&self, position: u64) {
+        self.latest_sync.fetch_max(position + 1, Ordering::AcqRel);
+    }
+
+    /// A completion command claimed at or after `end`, if one is: commands
+    /// published before `end` complete no later than it, so a caller whose
+    /// commands end at `end` may wait for it instead of queueing its own
+    /// (several CPUs' commands, one sync).
+    pub fn sync_at_or_after(&self, end: u64) -> Option<u64> {
+        let latest = self.latest_sync.load(Ordering::Acquire);
+        (latest > end).then(|| latest - 1)
+    }
+
     /// The consumer position as last observed.
     pub fn consumed(&self) -> u64 {
         self.consumed.load(Ordering::Acquire)
@@ -248,6 +274,25 @@ mod tests {
             [3, 0]
         );
         ring.publish(c, |_| {}, || {});
+    }
+
+    #[test]
+    fn a_sync_claimed_after_a_callers_commands_serves_it() {
+        let ring = SharedRing::one_slot_free(8);
+        assert!(ring.is_quiet());
+        let a = ring.try_claim(2).unwrap();
+        assert!(!ring.is_quiet(), "a claim in flight");
+        ring.publish(a, |_| {}, || {});
+        assert!(ring.is_quiet());
+        // A sync at 1 serves commands ending at 1, not those ending at 2.
+        ring.note_sync(1);
+        assert_eq!(ring.sync_at_or_after(1), Some(1));
+        assert_eq!(ring.sync_at_or_after(2), None);
+        // The latest one counts; an older note never moves it back.
+        ring.note_sync(5);
+        ring.note_sync(3);
+        assert_eq!(ring.sync_at_or_after(2), Some(5));
+        assert_eq!(ring.sync_at_or_after(6), None);
     }
 
     #[test]

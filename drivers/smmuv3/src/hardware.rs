@@ -134,6 +134,9 @@ iommu_kit::counters! {
         pub commands,
         /// CMD_SYNCs.
         pub syncs,
+        /// Batches whose wait was another submitter's CMD_SYNC, queued after
+        /// them (several CPUs' commands, one sync).
+        pub shared_syncs,
         /// TLBI commands.
         pub tlbi,
         /// CFGI commands.

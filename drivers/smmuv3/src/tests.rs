@@ -95,6 +95,35 @@ fn ste_switch_between_domains_goes_through_abort_with_two_syncs() {
     assert_eq!(cfgi[0] >> 32, 8, "CFGI_STE names the StreamID");
 }
 
+/// Issue 20, several CPUs' commands, one CMD_SYNC (§4.7.3): A's and B's
+/// TLBIs are queued beside each other; B queues the CMD_SYNC, and A, finding
+/// it after its own commands, waits for it instead of queueing another.
+#[test]
+fn two_submitters_commands_share_one_cmd_sync() {
+    let rig = rig();
+    let smmu = smmu(&rig, StreamTableFormat::Linear { sid_bits: 8 });
+    let skip = rig.model.log.borrow().len();
+    let before = smmu.counters();
+    let a = smmu
+        .queue(&[Command::TlbiNhAsid { vmid: 0, asid: 1 }])
+        .unwrap();
+    let b = smmu
+        .queue(&[Command::TlbiNhAsid { vmid: 0, asid: 2 }])
+        .unwrap();
+    let b_sync = smmu.sync_for(&b).unwrap();
+    let a_sync = smmu.sync_for(&a).unwrap();
+    assert_eq!(a_sync, b_sync, "A rides B's CMD_SYNC");
+    assert_eq!(smmu.wait_cmdq_through(b, b_sync + 1), Ok(()));
+    assert_eq!(smmu.wait_cmdq_through(a, a_sync + 1), Ok(()));
+    let cost = smmu.counters().since(&before);
+    assert_eq!((cost.syncs, cost.shared_syncs), (1, 1));
+    let log = rig.model.log.borrow();
+    assert_eq!(
+        opcodes(&log[skip..]),
+        [opcode::TLBI_NH_ASID, opcode::TLBI_NH_ASID, opcode::CMD_SYNC]
+    );
+}
+
 /// Issue 20: a rejected command is the error of the caller whose command it
 /// was, whichever caller's wait met the stop and repaired the queue (§7.1):
 /// B, queued behind A's bad command, completes; A's wait reports it.

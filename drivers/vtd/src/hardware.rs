@@ -27,6 +27,8 @@ mod device_table;
 mod faults;
 mod interrupts;
 mod queue;
+#[cfg(test)]
+pub(crate) use queue::Queued;
 
 /// How long any one hardware handshake may take before it is an error.
 pub(crate) const HARDWARE_TIMEOUT: Duration = Duration::from_millis(100);
@@ -132,6 +134,9 @@ iommu_kit::counters! {
         pub invalidations,
         /// Wait descriptors.
         pub waits,
+        /// Submissions whose wait was another submitter's wait descriptor,
+        /// queued after them (several CPUs' invalidations, one wait).
+        pub shared_waits,
         /// Register writes.
         pub mmio_writes,
         /// CPU cache lines of the unit's own structures (queue slots, root,

@@ -263,6 +263,7 @@ fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     assert!(unit.shares_mapping());
     model.take_descriptors();
+    assert_eq!(unit.hardware.counters().shared_waits, 0);
     let rw = Prot {
         read: true,
         write: true,
@@ -296,13 +297,15 @@ fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
             });
         }
     });
-    // Two flushes a round, each one invalidation and its own wait.
+    // Two flushes a round, each one invalidation and a wait: its own, or
+    // another CPU's queued after it.
     let waits = model
         .take_descriptors()
         .iter()
         .filter(|d| d.kind() == Some(DescriptorType::Wait))
         .count();
-    assert_eq!(waits as u64, 4 * ROUNDS * 2);
+    let shared = unit.hardware.counters().shared_waits;
+    assert_eq!(waits as u64 + shared, 4 * ROUNDS * 2);
     unit.free_domain(domain).unwrap();
     assert_eq!(rig.dma.live(), before, "a table page was lost or kept");
 }
@@ -651,6 +654,37 @@ fn domain_ids_run_out_cleanly_and_come_back_invalidated() {
         let domain = unit.alloc_domain(DomainKind::Blocked).unwrap();
         unit.free_domain(domain).unwrap();
     }
+}
+
+/// Issue 20, several CPUs' invalidations, one wait (§6.5.2.8: a wait
+/// descriptor completes only once every descriptor before it has): A's and
+/// B's invalidations are queued beside each other; B queues the wait, and A,
+/// finding it after its own descriptors, waits for it instead.
+#[test]
+fn two_submitters_invalidations_share_one_wait() {
+    let rig = Rig::new();
+    let model = Model::new(CAP_DEFAULT, ECAP_LEGACY);
+    let unit = rig.unit(&model);
+    model.take_descriptors();
+    let a = Descriptor::iotlb(Granularity::Domain, 1, 0, 0, false);
+    let b = Descriptor::iotlb(Granularity::Domain, 2, 0, 0, false);
+    let a = unit.hardware.queue_without_wait(&[a]).unwrap();
+    let b = unit.hardware.queue_without_wait(&[b]).unwrap();
+    let b_wait = unit.hardware.wait_after(&b).unwrap();
+    let a_wait = unit.hardware.wait_after(&a).unwrap();
+    assert_eq!(a_wait, b_wait, "A rides B's wait");
+    let queued = |positions, wait_at| crate::hardware::Queued { positions, wait_at };
+    assert_eq!(unit.hardware.wait_for(queued(b, b_wait)), Ok(()));
+    assert_eq!(unit.hardware.wait_for(queued(a, a_wait)), Ok(()));
+    assert_eq!(
+        kinds(&model.take_descriptors()),
+        [
+            DescriptorType::Iotlb,
+            DescriptorType::Iotlb,
+            DescriptorType::Wait
+        ]
+    );
+    assert_eq!(unit.hardware.counters().shared_waits, 1);
 }
 
 /// Issue 20: a rejected descriptor is the error of the caller whose claim

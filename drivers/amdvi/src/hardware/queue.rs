@@ -4,6 +4,7 @@
 //! `crate::command`'s; which a change needs is `crate::invalidation::plan`'s.
 
 use super::*;
+use iommu_kit::Claim;
 use os_services::barrier::dma_wmb;
 
 use crate::command::Opcode;
@@ -70,60 +71,26 @@ impl Hardware {
     fn run_batch(&self, commands: &[Command]) -> Result<(), UnitError> {
         // Events read from here on may be this batch's.
         let events_before = self.events_added();
-        let total = commands.len() as u64 + 1;
-        let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
-        // Room for the whole batch: observe the head until the IOMMU has
-        // consumed enough.
-        let claim = wait_until(self.clock, COMMAND_TIMEOUT, || {
-            if let Ok(claim) = queue.try_claim(total) {
-                return Some(claim);
-            }
-            let head = regs.read64(regs::COMMAND_HEAD) & regs::RING_POINTER_MASK;
-            let head = ring.index(head).ok()?;
-            // A head beyond every claim is the IOMMU's error; the wait runs out.
-            let _ = queue.observe_consumed(|| u64::from(head));
-            None
-        });
-        let Ok(claim) = claim else {
-            return Err(UnitError::CommandTimeout {
-                stopped: !self.status().contains(Status::CMD_BUF_RUN),
-                illegal_at: None,
-            });
-        };
-        let last = claim.last();
-        let (store, token) = self.completion_store(last);
-        let wait = Command::completion_wait(store, token);
-        // The batch's commands by address, to tell its events from older ones.
-        let buffer = self.command_buffer;
-        let mut batch = Vec::with_capacity(total as usize);
-        for (position, command) in claim
-            .positions()
-            .zip(commands.iter().chain(core::iter::once(&wait)))
-        {
-            let offset = ring.pointer(self.command_queue.slot(position) as u32);
-            buffer.write(offset as usize, command.0);
-            batch.push(buffer.phys() + offset);
-        }
-        let mut tail_writes = 0;
         let queue = &self.command_queue;
-        queue.publish(
-            claim,
-            |end| {
-                // The commands must be in memory before the IOMMU learns of them.
-                dma_wmb();
-                regs.write64(regs::COMMAND_TAIL, ring.pointer(queue.index(end) as u32));
-                tail_writes += 1;
-            },
-            || self.clock.relax(),
-        );
-        self.counters.add(|c| {
-            c.tail_writes += tail_writes;
-            c.mmio_writes += tail_writes;
-            for command in commands.iter().chain(core::iter::once(&wait)) {
-                Self::count(c, command);
-            }
-        });
-
+        let (batch, wait_at) = if commands.is_empty() || queue.is_quiet() {
+            // Alone on the buffer: the commands and a COMPLETION_WAIT of
+            // their own in one claim (one COMMAND_TAIL write).
+            let claim = self.claim_commands(commands.len() as u64 + 1)?;
+            let wait_at = claim.last();
+            let batch = self.write_and_publish(claim, commands, true);
+            queue.note_sync(wait_at);
+            (batch, wait_at)
+        } else {
+            // Beside other submitters: the commands first; a COMPLETION_WAIT
+            // another CPU claimed after them serves them too (it completes
+            // only once every command before it has, §2.4.1), else one of
+            // their own: several CPUs' commands, one wait.
+            let claim = self.claim_commands(commands.len() as u64)?;
+            let end = claim.positions().end;
+            let batch = self.write_and_publish(claim, commands, false);
+            (batch, self.completion_wait_after(end)?)
+        };
+        let (store, token) = self.completion_store(wait_at);
         let completion = self.completion;
         let store_offset = (store - completion.phys()) as usize;
         let done = wait_until(self.clock, COMMAND_TIMEOUT, || {
@@ -164,6 +131,85 @@ impl Hardware {
             }
             None => Ok(()),
         }
+    }
+
+    /// Room for `count` commands: observes the head until the IOMMU has
+    /// consumed enough.
+    pub(crate) fn claim_commands(&self, count: u64) -> Result<Claim, UnitError> {
+        let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
+        let claim = wait_until(self.clock, COMMAND_TIMEOUT, || {
+            if let Ok(claim) = queue.try_claim(count) {
+                return Some(claim);
+            }
+            let head = regs.read64(regs::COMMAND_HEAD) & regs::RING_POINTER_MASK;
+            let head = ring.index(head).ok()?;
+            // A head beyond every claim is the IOMMU's error; the wait runs out.
+            let _ = queue.observe_consumed(|| u64::from(head));
+            None
+        });
+        claim.map_err(|_| UnitError::CommandTimeout {
+            stopped: !self.status().contains(Status::CMD_BUF_RUN),
+            illegal_at: None,
+        })
+    }
+
+    /// Writes `commands` (and, with `wait`, a COMPLETION_WAIT storing to its
+    /// own slot's quadword, in the claim's last position) into the claimed
+    /// slots and hands them to the IOMMU in claim order; returns their
+    /// addresses (to tell the batch's events from older ones).
+    pub(crate) fn write_and_publish(
+        &self,
+        claim: Claim,
+        commands: &[Command],
+        wait: bool,
+    ) -> Vec<u64> {
+        let (ring, queue, regs) = (self.command_ring, &self.command_queue, &self.regs);
+        let own_wait = wait.then(|| {
+            let (store, token) = self.completion_store(claim.last());
+            Command::completion_wait(store, token)
+        });
+        let buffer = self.command_buffer;
+        let mut batch = Vec::with_capacity(commands.len() + 1);
+        for (position, command) in claim.positions().zip(commands.iter().chain(&own_wait)) {
+            let offset = ring.pointer(queue.slot(position) as u32);
+            buffer.write(offset as usize, command.0);
+            batch.push(buffer.phys() + offset);
+        }
+        let mut tail_writes = 0;
+        queue.publish(
+            claim,
+            |end| {
+                // The commands must be in memory before the IOMMU learns of them.
+                dma_wmb();
+                regs.write64(regs::COMMAND_TAIL, ring.pointer(queue.index(end) as u32));
+                tail_writes += 1;
+            },
+            || self.clock.relax(),
+        );
+        self.counters.add(|c| {
+            c.tail_writes += tail_writes;
+            c.mmio_writes += tail_writes;
+            for command in commands.iter().chain(&own_wait) {
+                Self::count(c, command);
+            }
+        });
+        batch
+    }
+
+    /// The position of a COMPLETION_WAIT after the commands ending at
+    /// `end`: one another submitter already claimed after them, or one
+    /// queued now.
+    pub(crate) fn completion_wait_after(&self, end: u64) -> Result<u64, UnitError> {
+        let queue = &self.command_queue;
+        if let Some(wait_at) = queue.sync_at_or_after(end) {
+            self.counters.add(|c| c.shared_waits += 1);
+            return Ok(wait_at);
+        }
+        let claim = self.claim_commands(1)?;
+        let wait_at = claim.last();
+        self.write_and_publish(claim, &[], true);
+        queue.note_sync(wait_at);
+        Ok(wait_at)
     }
 
     /// §2.4 / §2.5.6: the IOMMU stopped at a bad command (Status.CmdBufRun

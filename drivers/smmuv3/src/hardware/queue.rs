@@ -155,14 +155,39 @@ impl Smmu<'_> {
         self.execute(&[])
     }
 
-    /// Submits `commands` and a CMD_SYNC of their own, then waits for that
-    /// CMD_SYNC alone (command batching: one doorbell for the lot).
+    /// Submits `commands` and waits until a CMD_SYNC after them has
+    /// completed. Alone on the queue, the commands and a CMD_SYNC of their
+    /// own go in one claim (one doorbell). Beside other submitters, the
+    /// commands go first, and a CMD_SYNC another CPU claimed after them
+    /// serves them too (§4.7.3: a CMD_SYNC is consumed only once every
+    /// command before it has completed), else one of their own: several
+    /// CPUs' commands, one sync.
     pub fn execute(&self, commands: &[Command]) -> Result<(), Error> {
-        let mut batch = Vec::with_capacity(commands.len() + 1);
-        batch.extend_from_slice(commands);
-        batch.push(Command::Sync);
-        let taken = self.queue(&batch)?;
-        self.wait_cmdq_consumed(taken)
+        let positions = &self.cmdq.positions;
+        if commands.is_empty() || positions.is_quiet() {
+            let mut batch = Vec::with_capacity(commands.len() + 1);
+            batch.extend_from_slice(commands);
+            batch.push(Command::Sync);
+            let taken = self.queue(&batch)?;
+            positions.note_sync(taken.end - 1);
+            return self.wait_cmdq_consumed(taken);
+        }
+        let taken = self.queue(commands)?;
+        let sync = self.sync_for(&taken)?;
+        self.wait_cmdq_through(taken, sync + 1)
+    }
+
+    /// The position of a CMD_SYNC after the commands at `taken`: one
+    /// another submitter already claimed after them, or one queued now.
+    pub(crate) fn sync_for(&self, taken: &Range<u64>) -> Result<u64, Error> {
+        let positions = &self.cmdq.positions;
+        if let Some(sync) = positions.sync_at_or_after(taken.end) {
+            self.counters.add(|c| c.shared_syncs += 1);
+            return Ok(sync);
+        }
+        let own = self.queue(&[Command::Sync])?;
+        positions.note_sync(own.end - 1);
+        Ok(own.end - 1)
     }
 
     /// [`Smmu::execute`] of pre-encoded commands (a task's, for its nested
@@ -172,6 +197,7 @@ impl Smmu<'_> {
         batch.extend_from_slice(commands);
         batch.push(Command::Sync.encode());
         let taken = self.queue_raw(&batch)?;
+        self.cmdq.positions.note_sync(taken.end - 1);
         self.wait_cmdq_consumed(taken)
     }
 
@@ -181,7 +207,15 @@ impl Smmu<'_> {
     /// whichever CPU repaired the queue (another caller's is theirs).
     pub(crate) fn wait_cmdq_consumed(&self, taken: Range<u64>) -> Result<(), Error> {
         let end = taken.end;
-        self.poll_cmdq("CMD_SYNC", |_, consumed| (consumed >= end).then_some(()))?;
+        self.wait_cmdq_through(taken, end)
+    }
+
+    /// [`Smmu::wait_cmdq_consumed`] until CONS reaches `through` (past the
+    /// CMD_SYNC that serves `taken`, maybe another submitter's).
+    pub(crate) fn wait_cmdq_through(&self, taken: Range<u64>, through: u64) -> Result<(), Error> {
+        self.poll_cmdq("CMD_SYNC", |_, consumed| {
+            (consumed >= through).then_some(())
+        })?;
         let mut rejections = self.rejections.lock();
         let mut first = None;
         rejections.retain(|(at, error)| {

@@ -5,6 +5,7 @@
 //! invalidation a change needs is `crate::invalidation::plan`'s.
 
 use super::*;
+use iommu_kit::Claim;
 use os_services::barrier::dma_wmb;
 
 use iommu::Gather;
@@ -17,7 +18,10 @@ use crate::regs::{FaultStatus, Granularity};
 /// A caller's descriptors and wait, queued: the positions they took.
 #[must_use = "wait for it"]
 pub(crate) struct Queued {
-    positions: core::ops::Range<u64>,
+    /// The caller's own descriptors (and wait, when it queued one).
+    pub(crate) positions: core::ops::Range<u64>,
+    /// The wait descriptor that serves them (maybe another submitter's).
+    pub(crate) wait_at: u64,
 }
 
 /// Rejected descriptors kept for their submitters at most (each submitter
@@ -36,31 +40,70 @@ impl<R: Registers> Hardware<'_, R> {
     }
 
     /// [`Hardware::submit`] up to the doorbell: claims, writes and
-    /// publishes `descriptors` and their wait; [`Hardware::wait_for`] waits.
+    /// publishes `descriptors` and finds the wait that serves them;
+    /// [`Hardware::wait_for`] waits. Alone on the queue, the descriptors and
+    /// a wait of their own go in one claim (one IQT write). Beside other
+    /// submitters, the descriptors go first, and a wait another CPU claimed
+    /// after them serves them too (a wait descriptor completes only once
+    /// every descriptor before it has, §6.5.2.8), else one of their own:
+    /// several CPUs' invalidations, one wait.
     pub(crate) fn queue_descriptors(&self, descriptors: &[Descriptor]) -> Result<Queued, Error> {
-        let Invalidator::Queue {
-            ring_page,
-            ring,
-            status,
-        } = &self.invalidator
-        else {
+        let Invalidator::Queue { ring, .. } = &self.invalidator else {
             return Err(Error::Unsupported("queued invalidation"));
         };
-        let (ring_page, status) = (*ring_page, *status);
-        let count = descriptors.len() as u64 + 1;
-        if count > ring.shared().usable() {
+        let shared = ring.shared();
+        if descriptors.len() as u64 + 1 > shared.usable() {
             return Err(Error::Invalid);
         }
-        let regs = &self.regs;
-        let clock = self.env.clock;
-        // FSTS.IQE: the hardware stopped at a rejected descriptor.
-        let stopped = || {
-            FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
-                .contains(FaultStatus::QUEUE_ERROR)
+        if descriptors.is_empty() || shared.is_quiet() {
+            let claim = self.claim_room(descriptors.len() as u64 + 1)?;
+            let (positions, wait_at) = (claim.positions(), claim.last());
+            self.write_and_publish(claim, descriptors, true);
+            shared.note_sync(wait_at);
+            return Ok(Queued { positions, wait_at });
+        }
+        let positions = self.queue_without_wait(descriptors)?;
+        let wait_at = self.wait_after(&positions)?;
+        Ok(Queued { positions, wait_at })
+    }
+
+    /// Claims, writes and publishes `descriptors` alone; returns their
+    /// positions.
+    pub(crate) fn queue_without_wait(
+        &self,
+        descriptors: &[Descriptor],
+    ) -> Result<core::ops::Range<u64>, Error> {
+        let claim = self.claim_room(descriptors.len() as u64)?;
+        let positions = claim.positions();
+        self.write_and_publish(claim, descriptors, false);
+        Ok(positions)
+    }
+
+    /// The position of a wait descriptor after `positions`: one another
+    /// submitter already claimed after them, or one queued now.
+    pub(crate) fn wait_after(&self, positions: &core::ops::Range<u64>) -> Result<u64, Error> {
+        let Invalidator::Queue { ring, .. } = &self.invalidator else {
+            return Err(Error::Unsupported("queued invalidation"));
         };
-        // Room for the whole batch: observe the head until the hardware has
-        // consumed enough (repairing a stop on the way: the queue must move).
-        let claim = wait_until(clock, HARDWARE_TIMEOUT, || {
+        if let Some(wait_at) = ring.shared().sync_at_or_after(positions.end) {
+            self.counters.add(|c| c.shared_waits += 1);
+            return Ok(wait_at);
+        }
+        let claim = self.claim_room(1)?;
+        let wait_at = claim.last();
+        self.write_and_publish(claim, &[], true);
+        ring.shared().note_sync(wait_at);
+        Ok(wait_at)
+    }
+
+    /// Room for `count` descriptors: observes the head until the hardware
+    /// has consumed enough (repairing a stop on the way: the queue must move).
+    fn claim_room(&self, count: u64) -> Result<Claim, Error> {
+        let Invalidator::Queue { ring, .. } = &self.invalidator else {
+            return Err(Error::Unsupported("queued invalidation"));
+        };
+        let regs = &self.regs;
+        let claim = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
             if let Ok(claim) = ring.shared().try_claim(count) {
                 return Some(Ok(claim));
             }
@@ -68,34 +111,49 @@ impl<R: Registers> Hardware<'_, R> {
             if ring.shared().observe_consumed(|| head as u64).is_err() {
                 return Some(Err(Error::QueueError));
             }
-            if stopped() {
+            // FSTS.IQE: the hardware stopped at a rejected descriptor.
+            if FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
+                .contains(FaultStatus::QUEUE_ERROR)
+            {
                 self.recover_queue();
             }
             None
         });
-        let claim = match claim {
-            Ok(Ok(claim)) => claim,
-            Ok(Err(error)) => return Err(error),
-            Err(_) => return Err(Error::Timeout("invalidation queue full")),
+        match claim {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout("invalidation queue full")),
+        }
+    }
+
+    /// Writes `descriptors` (and, with `wait`, a wait descriptor writing its
+    /// own status word, in the claim's last position) into the claimed
+    /// slots and hands them to the hardware in claim order.
+    fn write_and_publish(&self, claim: Claim, descriptors: &[Descriptor], wait: bool) {
+        let Invalidator::Queue {
+            ring_page,
+            ring,
+            status,
+        } = &self.invalidator
+        else {
+            return;
         };
-        let last = claim.last();
-        let claim_range = claim.positions();
-        let (status_offset, token) = (ring.status_offset(last), Ring::status_token(last));
-        let wait = Descriptor::wait(status.phys() + status_offset as u64, token);
-        for (position, descriptor) in claim
-            .positions()
-            .zip(descriptors.iter().chain(core::iter::once(&wait)))
-        {
+        let (ring_page, last) = (*ring_page, claim.last());
+        let own_wait = wait.then(|| {
+            let offset = ring.status_offset(last) as u64;
+            Descriptor::wait(status.phys() + offset, Ring::status_token(last))
+        });
+        for (position, descriptor) in claim.positions().zip(descriptors.iter().chain(&own_wait)) {
             write_descriptor(ring_page, ring, ring.slot(position), descriptor);
         }
         // Only the slots just written, in up to two runs where they wrap.
         let (slot_bytes, slots) = (ring.slot_bytes(), ring.slots());
         let first_slot = ring.slot(claim.positions().start);
-        let written = count as usize;
+        let written = claim.positions().count();
         let first_run = written.min(slots - first_slot);
         let clean = self.clean();
         let lines = ring_page.clean(first_slot * slot_bytes, first_run * slot_bytes, clean)
             + ring_page.clean(0, (written - first_run) * slot_bytes, clean);
+        let (regs, clock) = (&self.regs, self.env.clock);
         let mut doorbells = 0;
         ring.shared().publish(
             claim,
@@ -113,9 +171,6 @@ impl<R: Registers> Hardware<'_, R> {
             c.mmio_writes += doorbells;
             c.cache_lines += lines as u64;
         });
-        Ok(Queued {
-            positions: claim_range,
-        })
     }
 
     /// Waits (bounded) for the wait descriptor that ends `queued`. A stop
@@ -126,7 +181,7 @@ impl<R: Registers> Hardware<'_, R> {
         let Invalidator::Queue { ring, status, .. } = &self.invalidator else {
             return Err(Error::Unsupported("queued invalidation"));
         };
-        let last = queued.positions.end - 1;
+        let last = queued.wait_at;
         let status_offset = ring.status_offset(last);
         let regs = &self.regs;
         let stopped = || {

@@ -519,6 +519,10 @@ pub trait IommuUnit {
     /// and `len` are multiples of the smallest page size. The returned gather is
     /// what must be flushed before the mapping is reliably seen: empty unless the
     /// hardware may cache non-present entries (VT-d caching mode).
+    ///
+    /// The default is [`Self::map_shared`] (through `&mut self` no other call
+    /// runs, so its contract holds): units that share their mapping calls
+    /// write them once.
     fn map(
         &mut self,
         domain: DomainHandle,
@@ -526,13 +530,21 @@ pub trait IommuUnit {
         phys: u64,
         len: u64,
         prot: Prot,
-    ) -> Result<Gather, IommuError>;
+    ) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.map_shared(domain, iova, phys, len, prot) }
+    }
 
     /// Unmaps `[iova, iova + len)`, which must consist of whole ranges earlier
     /// mapped; returns what changed (for one `flush`). An error (a range that
     /// would cut a larger page, a bad domain) means nothing was unmapped: what
     /// was mapped there still is, and the caller must not release it.
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError>;
+    ///
+    /// The default is [`Self::unmap_shared`], as for [`Self::map`].
+    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
+        // SAFETY: `&mut self`: no other call runs on the unit.
+        unsafe { self.unmap_shared(domain, iova, len) }
+    }
 
     /// Invalidates the IOTLB for `gather` in `domain` and waits for completion.
     /// Table pages that earlier unmaps unlinked may be released from here on.

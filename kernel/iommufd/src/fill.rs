@@ -17,9 +17,17 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use iommu::{DomainHandle, Gather, IommuError, IommuUnit, Prot, UnitId};
 
-use crate::ioas::Piece;
 use crate::units::{FillTicket, Units};
 use crate::{Area, ObjId, OwnerId, PhysRun, errno, for_each_piece, merge_gather};
+
+/// A run of an area: `len` bytes at `iova` backed by `pages` from `offset`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Piece {
+    pub iova: u64,
+    pub len: u64,
+    pub pages: u64,
+    pub offset: u64,
+}
 
 /// How a fill reaches the units.
 pub(crate) trait Reach {

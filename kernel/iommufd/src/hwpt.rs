@@ -1,7 +1,7 @@
 //! HWPTs and devices: allocation, attach/replace/detach, nested invalidation,
 //! hardware info.
 
-use crate::ioas::Piece;
+use crate::fill::Piece;
 use crate::{
     FaultQueue, Hwpt, HwptKind, Iommufd, ObjId, Object, OwnerId, Reservation, Resource, ResvOwner,
     Services, errno,

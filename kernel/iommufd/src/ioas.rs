@@ -1,5 +1,6 @@
 //! IOAS operations: allocation, ranges, allowed IOVAs, map, unmap, copy.
 
+use crate::fill::Piece;
 use crate::fill::{self, MapFill, PendingMap, PendingUnmap, Tickets};
 use crate::iova::IovaSpace;
 use crate::{
@@ -37,15 +38,6 @@ impl IovaRanges {
         }
         Ok(count)
     }
-}
-
-/// A run of an area: `len` bytes at `iova` backed by `pages` from `offset`.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Piece {
-    pub iova: u64,
-    pub len: u64,
-    pub pages: u64,
-    pub offset: u64,
 }
 
 /// The alignment of an automatic IOVA for `len` bytes starting at address

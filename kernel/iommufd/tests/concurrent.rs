@@ -99,23 +99,6 @@ impl IommuUnit for SharedUnit {
         }
     }
 
-    fn map(
-        &mut self,
-        domain: DomainHandle,
-        iova: u64,
-        phys: u64,
-        len: u64,
-        prot: Prot,
-    ) -> Result<Gather, IommuError> {
-        // SAFETY: `&mut self`: nothing runs beside it.
-        unsafe { self.map_shared(domain, iova, phys, len, prot) }
-    }
-
-    fn unmap(&mut self, domain: DomainHandle, iova: u64, len: u64) -> Result<Gather, IommuError> {
-        // SAFETY: as for `map`.
-        unsafe { self.unmap_shared(domain, iova, len) }
-    }
-
     fn flush(&mut self, domain: DomainHandle, gather: &Gather) -> Result<(), IommuError> {
         self.flush_shared(domain, gather)
     }

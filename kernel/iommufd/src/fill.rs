@@ -336,11 +336,14 @@ pub struct PendingMap<U> {
     pub(crate) pages: u64,
     pub(crate) prot: Prot,
     /// The domains the fill maps into (others, attached meanwhile, get the
-    /// area by replay).
-    pub(crate) domains: Arc<[(UnitId, DomainHandle)]>,
+    /// area by replay); `None` when the map completed under the lock.
+    pub(crate) domains: Option<Arc<[(UnitId, DomainHandle)]>>,
     /// What still has to run; `None` once it ran (or ran under the lock).
     pub(crate) fill: Option<MapFill<U>>,
     pub(crate) outcome: Result<(), (Errno, bool)>,
+    /// The map completed under the lock already (units that do not share
+    /// their mapping calls): its IOVA.
+    pub(crate) finished: Option<u64>,
 }
 
 /// What a pending map's fill needs without the core.
@@ -369,7 +372,7 @@ impl<U: IommuUnit> PendingMap<U> {
         self.outcome = map_into_domains(
             &mut fill.tickets,
             |_| (runs, head),
-            &self.domains,
+            self.domains.as_deref().unwrap_or(&[]),
             &[piece],
             self.prot,
             fill.huge_pages,
@@ -384,20 +387,25 @@ pub struct PendingUnmap<U> {
     pub(crate) owner: OwnerId,
     pub(crate) ioas: ObjId,
     pub(crate) areas: Vec<(u64, Area)>,
-    pub(crate) domains: Arc<[(UnitId, DomainHandle)]>,
+    /// The domains to unmap from, while that still has to run.
+    pub(crate) domains: Option<Arc<[(UnitId, DomainHandle)]>>,
     /// Tickets while the unmap still has to run.
     pub(crate) tickets: Option<Tickets<U>>,
     /// Every domain unmapped every area and flushed.
     pub(crate) flushed: bool,
     /// No domain of the IOAS was lost: the pages may be released.
     pub(crate) releasable: bool,
+    /// The unmap completed under the lock already (units that do not share
+    /// their mapping calls): its result.
+    pub(crate) finished: Option<Result<u64, Errno>>,
 }
 
 impl<U: IommuUnit> PendingUnmap<U> {
     /// Unmaps and flushes; needs no lock. Gives the tickets back.
     pub fn run(&mut self) {
         if let Some(mut tickets) = self.tickets.take() {
-            self.flushed = unmap_areas(&mut tickets, &self.domains, &self.areas);
+            let domains = self.domains.as_deref().unwrap_or(&[]);
+            self.flushed = unmap_areas(&mut tickets, domains, &self.areas);
         }
     }
 }

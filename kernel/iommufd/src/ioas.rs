@@ -464,6 +464,36 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             refs: 1,
             doomed: false,
         });
+        let piece = Piece {
+            iova,
+            len,
+            pages,
+            offset: 0,
+        };
+        let finished = if fill.is_some() {
+            None
+        } else {
+            // Units that do not share their mapping calls are filled now,
+            // under the lock, and the map completes in one step.
+            let table = &self.pages;
+            if let Err((e, clean)) = fill::map_into_domains(
+                &mut self.units,
+                |p| table.get(p.pages).map_or((&[], 0), |p| (&p.runs, p.head())),
+                &ioas.handles,
+                &[piece],
+                prot,
+                huge_pages,
+            ) {
+                ioas.space.release(range);
+                if clean {
+                    self.put_pages(pages);
+                } else {
+                    self.quarantine_pages(pages);
+                }
+                return Err(e);
+            }
+            Some(iova)
+        };
         ioas.areas.insert(
             iova,
             Area {
@@ -471,30 +501,21 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 pages,
                 offset: 0,
                 prot,
-                filling: true,
+                filling: finished.is_none(),
             },
         );
-        let mut pending = PendingMap {
+        Ok(PendingMap {
             owner,
             ioas: id,
             iova,
             len,
             pages,
             prot,
-            domains: ioas.handles.clone(),
+            domains: fill.as_ref().map(|_| ioas.handles.clone()),
             fill,
             outcome: Ok(()),
-        };
-        if pending.fill.is_none() {
-            let piece = Piece {
-                iova,
-                len,
-                pages,
-                offset: 0,
-            };
-            pending.outcome = self.map_all(&pending.domains, &[piece], prot, huge_pages);
-        }
-        Ok(pending)
+            finished,
+        })
     }
 
     /// Completes a map [`Self::ioas_map_begin`] set up and its fill ran: the
@@ -502,6 +523,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// with its IOVAs and pages (quarantined when a rollback flush failed).
     /// `ENOENT` when the owner was torn down meanwhile (which released it).
     pub fn ioas_map_finish(&mut self, mut pending: PendingMap<U>) -> Result<u64, Errno> {
+        if let Some(iova) = pending.finished {
+            return Ok(iova);
+        }
         // A fill that never ran is run now, under the lock.
         pending.run();
         let PendingMap {
@@ -538,7 +562,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         };
         // Domains attached while it filled got the area by replay.
         for &(unit, domain) in ioas.handles.iter() {
-            if !domains.contains(&(unit, domain)) {
+            if !domains.as_deref().unwrap_or(&[]).contains(&(unit, domain)) {
                 clean &= fill::unmap_from_domain(&mut self.units, unit, domain, &[piece]);
             }
         }
@@ -614,6 +638,59 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         {
             return Err(Errno::EBUSY);
         }
+        let tickets = match empty {
+            true => None,
+            false => Tickets::take(&mut self.units, &ioas.handles),
+        };
+        if tickets.is_none() && !empty {
+            // Units that do not share their mapping calls: the unmap runs
+            // here, under the lock, in one step (one IOAS lookup).
+            let releasable = ioas.lost_domains == 0;
+            let mut flushed = true;
+            for &(unit, domain) in ioas.handles.iter() {
+                let u = &mut self.units[unit.0 as usize];
+                let mut gather = iommu::Gather::default();
+                for (&start, area) in ioas.areas.range(range.start..=range.last) {
+                    // An area the unit could not unmap is still mapped: its
+                    // pages must never be released.
+                    match u.unmap(domain, start, area.last - start + 1) {
+                        Ok(g) => crate::merge_gather(&mut gather, &g),
+                        Err(_) => flushed = false,
+                    }
+                }
+                if !gather.is_empty() {
+                    flushed &= u.flush(domain, &gather).is_ok();
+                }
+            }
+            let mut bytes = 0u64;
+            let mut batch = [0u64; UNMAP_BATCH];
+            let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);
+            loop {
+                for &pages in &batch[..taken] {
+                    if flushed && releasable {
+                        self.put_pages(pages);
+                    } else {
+                        self.quarantine_pages(pages);
+                    }
+                }
+                if taken < UNMAP_BATCH {
+                    break;
+                }
+                let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
+                taken = take_areas(ioas, range, &mut batch, &mut bytes);
+            }
+            let finished = if flushed { Ok(bytes) } else { Err(Errno::EIO) };
+            return Ok(PendingUnmap {
+                owner,
+                ioas: id,
+                areas: Vec::new(),
+                domains: None,
+                tickets: None,
+                flushed: true,
+                releasable: true,
+                finished: Some(finished),
+            });
+        }
         let areas: Vec<(u64, Area)> = ioas
             .areas
             .range(range.start..=range.last)
@@ -622,24 +699,17 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         for (start, _) in &areas {
             ioas.areas.remove(start);
         }
-        let mut pending = PendingUnmap {
+        Ok(PendingUnmap {
             owner,
             ioas: id,
             areas,
-            domains: ioas.handles.clone(),
-            tickets: None,
+            domains: Some(ioas.handles.clone()),
+            tickets,
             flushed: true,
             // A domain the unit could not free may still reach every area.
             releasable: ioas.lost_domains == 0,
-        };
-        if !empty {
-            pending.tickets = Tickets::take(&mut self.units, &pending.domains);
-            if pending.tickets.is_none() {
-                pending.flushed =
-                    fill::unmap_areas(&mut self.units, &pending.domains, &pending.areas);
-            }
-        }
-        Ok(pending)
+            finished: None,
+        })
     }
 
     /// Completes an unmap [`Self::ioas_unmap_begin`] set up and whose unmaps
@@ -647,6 +717,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     /// when a domain may still reach them). Returns the bytes unmapped, or
     /// `EIO` when a flush failed.
     pub fn ioas_unmap_finish(&mut self, mut pending: PendingUnmap<U>) -> Result<u64, Errno> {
+        if let Some(finished) = pending.finished {
+            return finished;
+        }
         pending.run();
         let mut bytes = 0u64;
         // The IOAS may be gone (its owner torn down meanwhile); the areas
@@ -810,6 +883,36 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         }
         Ok(base)
     }
+}
+
+/// Areas one step of an unmap under the lock removes before their pages
+/// are released.
+const UNMAP_BATCH: usize = 8;
+
+/// Removes up to [`UNMAP_BATCH`] areas of `ioas` inside `range` (their IOVAs
+/// go back to the free space), adds their bytes to `bytes` and their pages
+/// to `batch`; returns how many it took.
+fn take_areas(
+    ioas: &mut Ioas,
+    range: IovaRange,
+    batch: &mut [u64; UNMAP_BATCH],
+    bytes: &mut u64,
+) -> usize {
+    let mut taken = 0;
+    while taken < UNMAP_BATCH {
+        let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
+            break;
+        };
+        ioas.areas.remove(&start);
+        ioas.space.release(IovaRange {
+            start,
+            last: area.last,
+        });
+        *bytes = bytes.wrapping_add(area.last - start + 1);
+        batch[taken] = area.pages;
+        taken += 1;
+    }
+    taken
 }
 
 #[cfg(test)]

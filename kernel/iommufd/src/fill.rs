@@ -302,18 +302,18 @@ pub(crate) fn unmap_from_domain(
 /// Unmaps whole areas from every domain, one flush per domain; false if
 /// an area stayed mapped or a flush failed (then no page behind them may
 /// be released).
-pub(crate) fn unmap_areas(
+pub(crate) fn unmap_areas<'a>(
     reach: &mut impl Reach,
     domains: &[(UnitId, DomainHandle)],
-    areas: &[(u64, Area)],
+    areas: impl Iterator<Item = (u64, &'a Area)> + Clone,
 ) -> bool {
     let mut flushed = true;
     for &(unit, domain) in domains {
         let mut gather = Gather::default();
-        for (start, area) in areas {
+        for (start, area) in areas.clone() {
             // An area the unit could not unmap is still mapped: its pages
             // must never be released.
-            match reach.unmap(unit, domain, *start, area.last - start + 1) {
+            match reach.unmap(unit, domain, start, area.last - start + 1) {
                 Ok(g) => merge_gather(&mut gather, &g),
                 Err(_) => flushed = false,
             }
@@ -405,7 +405,8 @@ impl<U: IommuUnit> PendingUnmap<U> {
     pub fn run(&mut self) {
         if let Some(mut tickets) = self.tickets.take() {
             let domains = self.domains.as_deref().unwrap_or(&[]);
-            self.flushed = unmap_areas(&mut tickets, domains, &self.areas);
+            let areas = self.areas.iter().map(|(start, area)| (*start, area));
+            self.flushed = unmap_areas(&mut tickets, domains, areas);
         }
     }
 }

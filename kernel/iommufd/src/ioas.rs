@@ -646,22 +646,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             // Units that do not share their mapping calls: the unmap runs
             // here, under the lock, in one step (one IOAS lookup).
             let releasable = ioas.lost_domains == 0;
-            let mut flushed = true;
-            for &(unit, domain) in ioas.handles.iter() {
-                let u = &mut self.units[unit.0 as usize];
-                let mut gather = iommu::Gather::default();
-                for (&start, area) in ioas.areas.range(range.start..=range.last) {
-                    // An area the unit could not unmap is still mapped: its
-                    // pages must never be released.
-                    match u.unmap(domain, start, area.last - start + 1) {
-                        Ok(g) => crate::merge_gather(&mut gather, &g),
-                        Err(_) => flushed = false,
-                    }
-                }
-                if !gather.is_empty() {
-                    flushed &= u.flush(domain, &gather).is_ok();
-                }
-            }
+            let areas = ioas.areas.range(range.start..=range.last);
+            let areas = areas.map(|(&start, area)| (start, area));
+            let flushed = fill::unmap_areas(&mut self.units, &ioas.handles, areas);
             let mut bytes = 0u64;
             let mut batch = [0u64; UNMAP_BATCH];
             let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);

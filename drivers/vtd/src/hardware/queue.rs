@@ -111,10 +111,7 @@ impl<R: Registers> Hardware<'_, R> {
             if ring.shared().observe_consumed(|| head as u64).is_err() {
                 return Some(Err(Error::QueueError));
             }
-            // FSTS.IQE: the hardware stopped at a rejected descriptor.
-            if FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
-                .contains(FaultStatus::QUEUE_ERROR)
-            {
+            if self.queue_stopped() {
                 self.recover_queue();
             }
             None
@@ -183,16 +180,11 @@ impl<R: Registers> Hardware<'_, R> {
         };
         let last = queued.wait_at;
         let status_offset = ring.status_offset(last);
-        let regs = &self.regs;
-        let stopped = || {
-            FaultStatus::from_bits_retain(regs.read32(regs::FSTS))
-                .contains(FaultStatus::QUEUE_ERROR)
-        };
         let result = wait_until(self.env.clock, HARDWARE_TIMEOUT, || {
             if Ring::status_says_done(status.read::<u32>(status_offset), last) {
                 return Some(());
             }
-            if stopped() {
+            if self.queue_stopped() {
                 self.recover_queue();
             }
             None
@@ -211,6 +203,12 @@ impl<R: Registers> Hardware<'_, R> {
         }
     }
 
+    /// FSTS.IQE: the hardware stopped at a rejected descriptor.
+    fn queue_stopped(&self) -> bool {
+        FaultStatus::from_bits_retain(self.regs.read32(regs::FSTS))
+            .contains(FaultStatus::QUEUE_ERROR)
+    }
+
     /// After FSTS.IQE the hardware stops at the rejected descriptor (§6.5.2.10):
     /// replace it with a harmless wait, clear IQE so that the queue runs
     /// again from there, and write IQT again through the publish protocol
@@ -223,9 +221,7 @@ impl<R: Registers> Hardware<'_, R> {
         // CPUs that met the same stop repair it once: whoever comes second
         // finds IQE clear (the queue runs again) and leaves it.
         let _recovery = self.queue_recovery.lock();
-        if !FaultStatus::from_bits_retain(self.regs.read32(regs::FSTS))
-            .contains(FaultStatus::QUEUE_ERROR)
-        {
+        if !self.queue_stopped() {
             return;
         }
         let Invalidator::Queue {

@@ -18,13 +18,18 @@ use crate::format::{Geometry, MAX_LEVELS};
 /// [`crate::PageTable::map_with`] and [`crate::PageTable::unmap_with`].
 #[derive(Clone, Debug)]
 pub struct WalkCursor {
-    /// The root and unlink generation the cached tables belong to.
+    /// The root (physical) and unlink generation the cached tables belong to.
     root: u64,
     generation: u64,
     iova: u64,
-    /// `tables[l]`: the level-`l` table holding `iova`'s entry, for every
-    /// level from `deepest` up to the root.
-    tables: [u64; MAX_LEVELS],
+    /// `tables[l]`: the CPU address of the entries of the level-`l` table
+    /// holding `iova`'s entry, for every level from `deepest` up to the
+    /// root. CPU addresses, not physical ones, so that a walk resumed here
+    /// reads the entry at once instead of translating the table's address
+    /// again (the allocator's `phys_to_virt` may be a lookup). Plain
+    /// integers, never dereferenced by the cursor: the table does, under the
+    /// generation check that proves them live.
+    tables: [usize; MAX_LEVELS],
     deepest: u32,
 }
 
@@ -46,9 +51,10 @@ impl WalkCursor {
         }
     }
 
-    /// The deepest cached table holding `iova`'s entry, `(level, table)`,
+    /// The deepest cached table holding `iova`'s entry, `(level, entries)`,
     /// once the cursor is known to describe table `root` at `generation`
-    /// (else it starts over from the root, level `top`).
+    /// (else it starts over from the root, level `top`, whose entries
+    /// `root_entries` gives).
     #[inline(always)]
     pub(crate) fn start(
         &mut self,
@@ -57,11 +63,12 @@ impl WalkCursor {
         top: u32,
         table_level_of_bit: &[u8; 64],
         iova: u64,
-    ) -> (u32, u64) {
+        root_entries: impl FnOnce() -> usize,
+    ) -> (u32, usize) {
         if self.root != root || self.generation != generation {
             self.root = root;
             self.generation = generation;
-            self.tables[top as usize] = root;
+            self.tables[top as usize] = root_entries();
             self.deepest = top;
         }
         // The highest bit in which `iova` and the cached walk differ decides
@@ -73,9 +80,28 @@ impl WalkCursor {
         (level, self.tables[level as usize])
     }
 
-    /// Sets the table at `level` on the current walk.
+    /// The entries of the leaf table of the last walk, if that walk reached
+    /// one in table `root` at `generation` and `iova` lies in its span (the
+    /// IOVA bits from `leaf_table_shift` up equal): the whole walk of a
+    /// single-page call next to the last one, with nothing to record.
     #[inline(always)]
-    pub(crate) fn set(&mut self, level: u32, table: u64) {
+    pub(crate) fn same_leaf_table(
+        &self,
+        root: u64,
+        generation: u64,
+        leaf_table_shift: u32,
+        iova: u64,
+    ) -> Option<usize> {
+        let same = self.root == root
+            && self.generation == generation
+            && self.deepest == 0
+            && (iova ^ self.iova) >> leaf_table_shift == 0;
+        same.then_some(self.tables[0])
+    }
+
+    /// Sets the table (its entries' CPU address) at `level` on the current walk.
+    #[inline(always)]
+    pub(crate) fn set(&mut self, level: u32, table: usize) {
         self.tables[level as usize] = table;
     }
 
@@ -123,10 +149,11 @@ mod tests {
     fn a_new_cursor_starts_at_the_root() {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
-        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0), (3, 0x1000));
+        // The root's entries, at the CPU address the table gives for them.
+        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0, || 0xa000), (3, 0xa000));
         assert_eq!(
-            cursor.start(0x1000, 0, 3, &bits, 0x7fff_ffff_f000),
-            (3, 0x1000)
+            cursor.start(0x1000, 0, 3, &bits, 0x7fff_ffff_f000, || 0xa000),
+            (3, 0xa000)
         );
     }
 
@@ -135,12 +162,12 @@ mod tests {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
         let iova = 0x40_1234_5000;
-        cursor.start(0x1000, 0, 3, &bits, iova);
+        cursor.start(0x1000, 0, 3, &bits, iova, || 0x1000);
         cursor.set(2, 0x2000);
         cursor.set(1, 0x3000);
         cursor.set(0, 0x4000);
         cursor.record(iova, 0);
-        let mut start = |at| cursor.start(0x1000, 0, 3, &bits, at);
+        let mut start = |at| cursor.start(0x1000, 0, 3, &bits, at, || 0x1000);
         // Same 2 MiB: the leaf table. Same 1 GiB: the page directory. Same
         // 512 GiB: the PDPT. Elsewhere: the root.
         assert_eq!(start(iova), (0, 0x4000));
@@ -151,18 +178,44 @@ mod tests {
     }
 
     #[test]
+    fn only_a_walk_that_reached_the_leaf_table_of_the_same_span_is_reused_whole() {
+        let bits = table_level_of_bit(&x86_4level());
+        let mut cursor = WalkCursor::new();
+        let iova = 0x40_1234_5000;
+        assert_eq!(cursor.same_leaf_table(0x1000, 0, 21, iova), None);
+        cursor.start(0x1000, 0, 3, &bits, iova, || 0x1000);
+        cursor.set(2, 0x2000);
+        cursor.record(iova, 2);
+        // The walk stopped above the leaf table (a hole on the way).
+        assert_eq!(cursor.same_leaf_table(0x1000, 0, 21, iova), None);
+        cursor.set(1, 0x3000);
+        cursor.set(0, 0x4000);
+        cursor.record(iova, 0);
+        assert_eq!(
+            cursor.same_leaf_table(0x1000, 0, 21, iova ^ 0x1f_f000),
+            Some(0x4000)
+        );
+        assert_eq!(
+            cursor.same_leaf_table(0x1000, 0, 21, iova ^ 0x20_0000),
+            None
+        );
+        assert_eq!(cursor.same_leaf_table(0x1000, 1, 21, iova), None);
+        assert_eq!(cursor.same_leaf_table(0x9000, 0, 21, iova), None);
+    }
+
+    #[test]
     fn another_generation_or_table_starts_over_at_the_root() {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
-        cursor.start(0x1000, 0, 3, &bits, 0);
+        cursor.start(0x1000, 0, 3, &bits, 0, || 0x1000);
         cursor.set(2, 0x2000);
         cursor.record(0, 2);
-        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0), (2, 0x2000));
+        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0, || 0x1000), (2, 0x2000));
         // An unmap unlinked tables since: nothing cached holds.
-        assert_eq!(cursor.start(0x1000, 1, 3, &bits, 0), (3, 0x1000));
+        assert_eq!(cursor.start(0x1000, 1, 3, &bits, 0, || 0x1000), (3, 0x1000));
         cursor.set(2, 0x2000);
         cursor.record(0, 2);
         // Another table's walk.
-        assert_eq!(cursor.start(0x9000, 1, 3, &bits, 0), (3, 0x9000));
+        assert_eq!(cursor.start(0x9000, 1, 3, &bits, 0, || 0x9000), (3, 0x9000));
     }
 }

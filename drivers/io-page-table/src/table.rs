@@ -14,6 +14,7 @@
 //! whole span lies in the unmap's range, so no disjoint caller can be inside
 //! it; a table that merely becomes empty stays linked for the same reason.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
 use core::fmt;
@@ -47,23 +48,40 @@ impl Unmapped {
 #[must_use = "freed table pages must be released after the IOTLB flush, or they leak"]
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FreedTables {
-    pages: Vec<u64>,
+    /// `None` for the common unmap that unlinks nothing: one word instead of a
+    /// `Vec`'s three, since every `unmap` returns one and a single-page unmap
+    /// spends a good part of its time moving its result. The second
+    /// allocation this costs is made only by the rare unmap that unlinks.
+    #[expect(
+        clippy::box_collection,
+        reason = "one word in every unmap's result, against an extra allocation in a rare one"
+    )]
+    pages: Option<Box<Vec<u64>>>,
 }
 
 impl FreedTables {
+    fn from_pages(pages: Vec<u64>) -> Self {
+        Self {
+            pages: (!pages.is_empty()).then(|| Box::new(pages)),
+        }
+    }
+
     /// Number of table pages waiting for release.
+    #[inline]
     pub fn len(&self) -> usize {
-        self.pages.len()
+        self.pages().len()
     }
 
     /// True when nothing waits for release.
+    #[inline]
     pub fn is_empty(&self) -> bool {
-        self.pages.is_empty()
+        self.pages.is_none()
     }
 
     /// Physical addresses of the pages.
+    #[inline]
     pub fn pages(&self) -> &[u64] {
-        &self.pages
+        self.pages.as_deref().map_or(&[], Vec::as_slice)
     }
 }
 
@@ -461,6 +479,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         len: u64,
         prot: Prot,
     ) -> Result<Gather, MapError> {
+        if len == self.limits.granule_mask + 1 {
+            return self.map_page(cursor, iova, phys, prot);
+        }
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => MapError::ZeroLength,
             RangeError::Misaligned => MapError::Misaligned,
@@ -482,8 +503,63 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         self.map_general(iova, phys, last, prot)
     }
 
+    /// `map` of one page, the most common call of all: the general path's
+    /// checks in its order, but only those a page needs (both limits are the
+    /// last byte of a whole page, so an aligned page starting at or below them
+    /// fits, and a page never leaves its leaf table).
+    #[inline(always)]
+    fn map_page(
+        &self,
+        cursor: Option<&mut WalkCursor>,
+        iova: u64,
+        phys: u64,
+        prot: Prot,
+    ) -> Result<Gather, MapError> {
+        let limits = &self.limits;
+        if iova & limits.granule_mask != 0 {
+            return Err(MapError::Misaligned);
+        }
+        if iova > limits.max_iova {
+            return Err(MapError::IovaOutOfRange);
+        }
+        if phys & limits.granule_mask != 0 {
+            return Err(MapError::Misaligned);
+        }
+        if phys > limits.max_phys {
+            return Err(MapError::PhysOutOfRange);
+        }
+        if !prot.intersects(Prot::RW) || prot.contains(Prot::CACHE | Prot::MMIO) {
+            return Err(MapError::InvalidProt);
+        }
+        match self.leaf_table_at(cursor, iova) {
+            Ok(t) => {
+                let bits = self.format.leaf_attrs(0, prot)?;
+                self.map_one_leaf(t, iova, phys | bits)
+            }
+            Err(()) => self.map_general(iova, phys, iova + limits.granule_mask, prot),
+        }
+    }
+
+    /// Writes the smallest leaf `pte` for `iova` into its empty entry of the
+    /// leaf table whose entries are `t`.
+    #[inline(always)]
+    fn map_one_leaf(&self, t: *mut u64, iova: u64, pte: u64) -> Result<Gather, MapError> {
+        let idx = self.index(iova, 0);
+        if Self::read(t, idx) != 0 {
+            return Err(MapError::AlreadyMapped { iova });
+        }
+        Self::write(t, idx, pte);
+        self.clean(t, idx, idx);
+        let page = self.limits.granule_mask + 1;
+        Ok(Gather {
+            start: iova,
+            last: iova + (page - 1),
+            leaf_sizes: page,
+            freed_tables: false,
+        })
+    }
+
     /// Plan, preallocate, install.
-    #[inline(never)]
     fn map_general(&self, iova: u64, phys: u64, last: u64, prot: Prot) -> Result<Gather, MapError> {
         let mut attrs = [0u64; MAX_LEVELS];
         for level in 0..self.geo.levels {
@@ -556,61 +632,87 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         Ok(gather)
     }
 
-    /// The level-0 table holding `[iova, last]`, when the range lies inside one
-    /// level-1 slot smaller than it (so only smallest leaves can be used) and the
-    /// walk there meets only table links. `Err(())` when the walk meets a hole or
-    /// a leaf first.
+    /// The entries of the level-0 table holding `[iova, last]`, when the range
+    /// lies inside one level-1 slot smaller than it (so only smallest leaves can
+    /// be used) and the walk there meets only table links. `Err(())` when the
+    /// walk meets a hole or a leaf first.
     #[inline(always)]
     fn leaf_table_of(
         &self,
         cursor: Option<&mut WalkCursor>,
         iova: u64,
         last: u64,
-    ) -> Option<Result<u64, ()>> {
+    ) -> Option<Result<*mut u64, ()>> {
         let span_shift = self.limits.leaf_table_shift;
         if iova >> span_shift != last >> span_shift || last - iova >= self.limits.leaf_table_mask {
             return None;
         }
-        let top = self.geo.levels - 1;
-        Some(match cursor {
-            Some(cursor) => {
-                let generation = self.unlinks.load(Ordering::Acquire);
-                let bits = &self.limits.table_level_of_bit;
-                let (level, table) = cursor.start(self.root, generation, top, bits, iova);
-                self.descend_to_leaf_table(level, table, iova, Some(cursor))
-            }
-            None => self.descend_to_leaf_table(top, self.root, iova, None),
-        })
+        Some(self.leaf_table_at(cursor, iova))
     }
 
-    /// [`Self::leaf_table_of`]'s walk from the level-`level` `table` down to
-    /// the level-0 table of `iova`, recording it in `cursor` if there is one.
+    /// The entries of the level-0 table holding `iova`, reached through table
+    /// links only (`Err(())` at a hole or a leaf on the way): from `cursor`'s
+    /// last leaf table when `iova` lies in it, else from the deepest table
+    /// the cursor shares with `iova`, else from the root.
+    #[inline(always)]
+    fn leaf_table_at(&self, cursor: Option<&mut WalkCursor>, iova: u64) -> Result<*mut u64, ()> {
+        let Some(cursor) = cursor else {
+            let top = self.geo.levels - 1;
+            return self.descend_to_leaf_table(top, self.entries(self.root), iova, None);
+        };
+        let generation = self.unlinks.load(Ordering::Acquire);
+        let span_shift = self.limits.leaf_table_shift;
+        if let Some(t) = cursor.same_leaf_table(self.root, generation, span_shift, iova) {
+            return Ok(t as *mut u64);
+        }
+        self.walk_from_cursor(cursor, generation, iova)
+    }
+
+    /// [`Self::leaf_table_at`] past the cursor's leaf table: apart, so that
+    /// the check before it compiles to a few compares and one branch.
+    #[inline(never)]
+    fn walk_from_cursor(
+        &self,
+        cursor: &mut WalkCursor,
+        generation: u64,
+        iova: u64,
+    ) -> Result<*mut u64, ()> {
+        let top = self.geo.levels - 1;
+        let bits = &self.limits.table_level_of_bit;
+        let root_entries = || self.entries(self.root) as usize;
+        let (level, t) = cursor.start(self.root, generation, top, bits, iova, root_entries);
+        self.descend_to_leaf_table(level, t as *mut u64, iova, Some(cursor))
+    }
+
+    /// [`Self::leaf_table_of`]'s walk from the entries `t` of a level-`level`
+    /// table down to the level-0 table of `iova`, recording it in `cursor` if
+    /// there is one.
     #[inline(always)]
     fn descend_to_leaf_table(
         &self,
         mut level: u32,
-        mut table: u64,
+        mut t: *mut u64,
         iova: u64,
         mut cursor: Option<&mut WalkCursor>,
-    ) -> Result<u64, ()> {
+    ) -> Result<*mut u64, ()> {
         while level > 0 {
-            let pte = Self::read(self.entries(table), self.index(iova, level));
+            let pte = Self::read(t, self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
                 if let Some(cursor) = cursor {
                     cursor.record(iova, level);
                 }
                 return Err(());
             }
-            table = self.format.table_addr(pte);
+            t = self.entries(self.format.table_addr(pte));
             level -= 1;
             if let Some(cursor) = cursor.as_deref_mut() {
-                cursor.set(level, table);
+                cursor.set(level, t as usize);
             }
         }
         if let Some(cursor) = cursor {
             cursor.record(iova, 0);
         }
-        Ok(table)
+        Ok(t)
     }
 
     /// Single-walk `map` for the common case of smallest leaves in a table that
@@ -624,11 +726,10 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         last: u64,
         prot: Prot,
     ) -> Option<Result<Gather, MapError>> {
-        let Some(Ok(table)) = self.leaf_table_of(cursor, iova, last) else {
+        let Some(Ok(t)) = self.leaf_table_of(cursor, iova, last) else {
             return None;
         };
         let shift = self.geo.granule_shift;
-        let t = self.entries(table);
         let first = self.index(iova, 0);
         let count = ((last - iova) >> shift) as usize + 1;
         let bits = match self.format.leaf_attrs(0, prot) {
@@ -636,19 +737,14 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             Err(e) => return Some(Err(e)),
         };
         if count == 1 {
-            // The most common call of all: one page, one entry, no loops.
-            if Self::read(t, first) != 0 {
-                return Some(Err(MapError::AlreadyMapped { iova }));
-            }
-            Self::write(t, first, phys | bits);
-        } else {
-            if !Self::all_empty(t, first, count) {
-                let taken = (first..first + count).find(|&i| Self::read(t, i) != 0)?;
-                let at = iova + (((taken - first) as u64) << shift);
-                return Some(Err(MapError::AlreadyMapped { iova: at }));
-            }
-            self.write_leaves(t, 0, first, count, iova, phys, bits);
+            return Some(self.map_one_leaf(t, iova, phys | bits));
         }
+        if !Self::all_empty(t, first, count) {
+            let taken = (first..first + count).find(|&i| Self::read(t, i) != 0)?;
+            let at = iova + (((taken - first) as u64) << shift);
+            return Some(Err(MapError::AlreadyMapped { iova: at }));
+        }
+        self.write_leaves(t, 0, first, count, iova, phys, bits);
         self.clean(t, first, first + count - 1);
         Some(Ok(Gather {
             start: iova,
@@ -1020,6 +1116,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         iova: u64,
         len: u64,
     ) -> Result<Unmapped, UnmapError> {
+        if len == self.limits.granule_mask + 1 {
+            return self.unmap_page(cursor, iova);
+        }
         let last = self.iova_last(iova, len).map_err(|e| match e {
             RangeError::Zero => UnmapError::ZeroLength,
             RangeError::Misaligned => UnmapError::Misaligned,
@@ -1028,45 +1127,81 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         match self.leaf_table_of(cursor, iova, last) {
             // Nothing mapped on the way: nothing to do.
             Some(Err(())) if self.lookup(iova).is_none() => return Ok(Unmapped::nothing()),
-            Some(Ok(table)) => {
+            Some(Ok(t)) => {
                 // Only smallest leaves here, no table covered; only runs of
                 // them can be cut.
                 if self.limits.runs[0] != 0 {
-                    self.refuse_cut_runs(table, iova, last)?;
+                    self.refuse_cut_runs(t, iova, last)?;
                 }
-                return Ok(self.clear_leaf_run(table, iova, last));
+                return Ok(self.clear_leaf_run(t, iova, last));
             }
             _ => {}
         }
         self.unmap_general(iova, last)
     }
 
-    /// Clears the level-0 entries for `[iova, last]` in `table`: find the first
-    /// and last leaf, then zero everything between with single 64-bit stores
-    /// (a live entry must never be seen half cleared).
+    /// `unmap` of one page: [`Self::map_page`]'s shortcut.
     #[inline(always)]
-    fn clear_leaf_run(&self, table: u64, iova: u64, last: u64) -> Unmapped {
+    fn unmap_page(
+        &self,
+        cursor: Option<&mut WalkCursor>,
+        iova: u64,
+    ) -> Result<Unmapped, UnmapError> {
+        let limits = &self.limits;
+        if iova & limits.granule_mask != 0 {
+            return Err(UnmapError::Misaligned);
+        }
+        if iova > limits.max_iova {
+            return Err(UnmapError::IovaOutOfRange);
+        }
+        let last = iova + limits.granule_mask;
+        match self.leaf_table_at(cursor, iova) {
+            Ok(t) => {
+                // A page of a run would cut it.
+                if limits.runs[0] != 0 {
+                    self.refuse_cut_runs(t, iova, last)?;
+                }
+                Ok(self.clear_one_leaf(t, iova))
+            }
+            // Nothing mapped on the way: nothing to do.
+            Err(()) if self.lookup(iova).is_none() => Ok(Unmapped::nothing()),
+            Err(()) => self.unmap_general(iova, last),
+        }
+    }
+
+    /// Clears `iova`'s smallest leaf, if there is one, in the leaf table whose
+    /// entries are `t`.
+    #[inline(always)]
+    fn clear_one_leaf(&self, t: *mut u64, iova: u64) -> Unmapped {
+        let idx = self.index(iova, 0);
+        if Self::read(t, idx) == 0 {
+            return Unmapped::nothing();
+        }
+        Self::write(t, idx, 0);
+        self.clean(t, idx, idx);
+        let page = self.limits.granule_mask + 1;
+        Unmapped {
+            bytes: page,
+            gather: Gather {
+                start: iova,
+                last: iova + (page - 1),
+                leaf_sizes: page,
+                freed_tables: false,
+            },
+            freed: FreedTables::default(),
+        }
+    }
+
+    /// Clears the level-0 entries for `[iova, last]` in the table whose entries
+    /// are `t`: find the first and last leaf, then zero everything between with
+    /// single 64-bit stores (a live entry must never be seen half cleared).
+    #[inline(always)]
+    fn clear_leaf_run(&self, t: *mut u64, iova: u64, last: u64) -> Unmapped {
         let shift = self.geo.granule_shift;
-        let t = self.entries(table);
         let first = self.index(iova, 0);
         let end = first + ((last - iova) >> shift) as usize + 1;
         if end - first == 1 {
-            // The most common call of all: one page, one entry, no loops.
-            if Self::read(t, first) == 0 {
-                return Unmapped::nothing();
-            }
-            Self::write(t, first, 0);
-            self.clean(t, first, first);
-            return Unmapped {
-                bytes: 1 << shift,
-                gather: Gather {
-                    start: iova,
-                    last,
-                    leaf_sizes: 1 << shift,
-                    freed_tables: false,
-                },
-                freed: FreedTables::default(),
-            };
+            return self.clear_one_leaf(t, iova);
         }
         let Some(lo) = (first..end).find(|&i| Self::read(t, i) != 0) else {
             return Unmapped::nothing();
@@ -1089,10 +1224,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         }
     }
 
-    /// The level-0 runs of `table` holding either end of `[iova, last]` must lie
-    /// inside it.
-    fn refuse_cut_runs(&self, table: u64, iova: u64, last: u64) -> Result<(), UnmapError> {
-        let t = self.entries(table);
+    /// The level-0 runs of the table whose entries are `t` holding either end
+    /// of `[iova, last]` must lie inside it.
+    fn refuse_cut_runs(&self, t: *mut u64, iova: u64, last: u64) -> Result<(), UnmapError> {
         for at in [iova, last] {
             let pte = Self::read(t, self.index(at, 0));
             if pte != 0 {
@@ -1125,7 +1259,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         Ok(Unmapped {
             bytes: acc.bytes,
             gather: acc.gather,
-            freed: FreedTables { pages: acc.freed },
+            freed: FreedTables::from_pages(acc.freed),
         })
     }
 
@@ -1218,7 +1352,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// the IOTLB / walk-cache invalidation for its gather.
     pub fn release(&self, freed: FreedTables) {
         let bytes = 1usize << self.geo.granule_shift;
-        for page in freed.pages {
+        for &page in freed.pages() {
             // SAFETY: the page was a non-root table of this tree (granule-sized),
             // unlinked by `unmap`, and the caller has flushed the IOMMU since.
             unsafe { self.alloc.free_table(page, bytes) };

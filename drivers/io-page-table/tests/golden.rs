@@ -575,6 +575,25 @@ fn argument_errors() {
     );
     assert_eq!(pt.unmap(0, 0), Err(UnmapError::ZeroLength));
     assert_eq!(pt.unmap(1 << 39, 0x1000), Err(UnmapError::IovaOutOfRange));
+    // A single page takes its own shortcut; its errors come in the order any
+    // range's do (the IOVA's before the output address's).
+    assert_eq!(
+        pt.map(1 << 39, 0x800, 0x1000, Prot::RW),
+        Err(MapError::IovaOutOfRange)
+    );
+    assert_eq!(
+        pt.map(0x800, 1 << 48, 0x1000, Prot::RW),
+        Err(MapError::Misaligned)
+    );
+    assert_eq!(
+        pt.map(0x1000, 1 << 48, 0x1000, Prot::NOEXEC),
+        Err(MapError::PhysOutOfRange)
+    );
+    assert_eq!(pt.unmap(0x800, 0x1000), Err(UnmapError::Misaligned));
+    assert_eq!(
+        pt.unmap(u64::MAX - 0xfff, 0x1000),
+        Err(UnmapError::IovaOutOfRange)
+    );
     assert_eq!(pt.allocator().live_pages(), 1);
 }
 

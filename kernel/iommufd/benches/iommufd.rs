@@ -168,15 +168,24 @@ fn cpu_per_op(name: &str, n: u64, mut op: impl FnMut()) {
 }
 
 fn cpu_report() {
-    // `CPU_REPORT=iova|core` runs one half only (for profiling).
+    // `CPU_REPORT=iova|core` runs one half only, `CPU_REPORT=counting` only
+    // the counting unit's row, and `CPU_REPORT_OPS=n` sets the operations
+    // per row (for profiling, e.g. under callgrind).
     let only = std::env::var("CPU_REPORT").unwrap_or_default();
-    let n = 2_000_000;
-    if only != "core" {
+    let n = std::env::var("CPU_REPORT_OPS")
+        .ok()
+        .and_then(|ops| ops.parse().ok())
+        .unwrap_or(2_000_000);
+    if only.is_empty() || only == "iova" {
         iova_cpu_report(n);
     }
-    if only != "iova" {
+    if only.is_empty() || only == "core" {
         core_cpu_report(n);
+    }
+    if only.is_empty() || only == "core" || only == "counting" {
         core_only_cpu_report(n);
+    }
+    if only.is_empty() || only == "core" {
         vtd_table_cpu_report(n);
     }
 }

@@ -357,6 +357,22 @@ pub(crate) struct MapFill<U> {
 }
 
 impl<U: IommuUnit> PendingMap<U> {
+    /// A map that completed under the lock at `iova`.
+    pub(crate) fn done(owner: OwnerId, ioas: ObjId, iova: u64, len: u64, prot: Prot) -> Self {
+        Self {
+            owner,
+            ioas,
+            iova,
+            len,
+            pages: 0,
+            prot,
+            domains: None,
+            fill: None,
+            outcome: Ok(()),
+            finished: Some(iova),
+        }
+    }
+
     /// Fills the domains; needs no lock. Gives the tickets back.
     pub fn run(&mut self) {
         let Some(mut fill) = self.fill.take() else {
@@ -401,6 +417,20 @@ pub struct PendingUnmap<U> {
 }
 
 impl<U: IommuUnit> PendingUnmap<U> {
+    /// An unmap that completed under the lock with `result`.
+    pub(crate) fn done(owner: OwnerId, ioas: ObjId, result: Result<u64, Errno>) -> Self {
+        Self {
+            owner,
+            ioas,
+            areas: Vec::new(),
+            domains: None,
+            tickets: None,
+            flushed: true,
+            releasable: true,
+            finished: Some(result),
+        }
+    }
+
     /// Unmaps and flushes; needs no lock. Gives the tickets back.
     pub fn run(&mut self) {
         if let Some(mut tickets) = self.tickets.take() {

@@ -4,11 +4,13 @@ use crate::fill::Piece;
 use crate::fill::{self, MapFill, PendingMap, PendingUnmap, Tickets};
 use crate::iova::IovaSpace;
 use crate::{
-    Area, Ioas, Iommufd, ObjId, Object, OwnerId, PAGE_SIZE, Pages, Reservation, Resource, Services,
+    Area, AreaTree, Ioas, Iommufd, ObjId, Object, OwnerId, PAGE_SIZE, Pages, Reservation, Resource,
+    Services,
 };
 use abi::Errno;
-use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::AtomicUsize;
 use iommu::{DomainHandle, IommuUnit, IovaRange, Prot, UnitId};
 
 /// What `ioas_iova_ranges` reports: the usable ranges and the IOVA alignment.
@@ -107,9 +109,10 @@ pub(crate) fn usable_ranges(allowed: &[IovaRange], reserved: &[Reservation]) -> 
 }
 
 impl Ioas {
-    pub(crate) fn new() -> Self {
+    /// An empty IOAS whose areas count into `owner_areas`.
+    pub(crate) fn new(owner_areas: Arc<AtomicUsize>) -> Self {
         Self {
-            areas: BTreeMap::new(),
+            areas: AreaTree::new(owner_areas),
             allowed: Vec::new(),
             reserved: Vec::new(),
             space: IovaSpace::build(&[IovaRange::FULL], core::iter::empty()),
@@ -227,11 +230,9 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         self.admit(owner, Resource::ObjectSlot)?;
         self.services.charge(Resource::ObjectSlot)?;
         self.services.charge(Resource::IovaNode)?;
-        Ok(self
-            .owners
-            .entry(owner)
-            .or_default()
-            .insert(Object::Ioas(alloc::boxed::Box::new(Ioas::new()))))
+        let o = self.owners.entry(owner).or_default();
+        let ioas = Ioas::new(Arc::clone(&o.areas));
+        Ok(o.insert(Object::Ioas(alloc::boxed::Box::new(ioas))))
     }
 
     /// Removes an IOAS no HWPT uses; its areas are in no domain, so their pages
@@ -393,9 +394,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64, Errno> {
-        let mut pending = self.ioas_map_begin(owner, id, user_va, len, iova, prot)?;
-        pending.run();
-        self.ioas_map_finish(pending)
+        match self.map_step(owner, id, user_va, len, iova, prot)? {
+            Step::Done(iova) => Ok(iova),
+            Step::Pending(mut pending) => {
+                pending.run();
+                self.ioas_map_finish(pending)
+            }
+        }
     }
 
     /// [`Self::ioas_map`] up to the domains' page tables: checks, pins, sets
@@ -412,6 +417,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<PendingMap<U>, Errno> {
+        Ok(match self.map_step(owner, id, user_va, len, iova, prot)? {
+            Step::Done(iova) => PendingMap::done(owner, id, iova, len, prot),
+            Step::Pending(pending) => pending,
+        })
+    }
+
+    /// [`Self::ioas_map_begin`], whose one-step maps [`Self::ioas_map`]
+    /// completes without building a pending map.
+    fn map_step(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        user_va: u64,
+        len: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<Step<u64, PendingMap<U>>, Errno> {
         check_prot(prot)?;
         // Asked before the IOAS is borrowed, answered where the call charges.
         let admitted = self.admit(owner, Resource::Area);
@@ -470,9 +492,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             pages,
             offset: 0,
         };
-        let finished = if fill.is_some() {
-            None
-        } else {
+        if fill.is_none() {
             // Units that do not share their mapping calls are filled now,
             // under the lock, and the map completes in one step.
             let table = &self.pages;
@@ -492,8 +512,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 }
                 return Err(e);
             }
-            Some(iova)
-        };
+        }
         ioas.areas.insert(
             iova,
             Area {
@@ -501,21 +520,24 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                 pages,
                 offset: 0,
                 prot,
-                filling: finished.is_none(),
+                filling: fill.is_some(),
             },
         );
-        Ok(PendingMap {
+        let Some(fill) = fill else {
+            return Ok(Step::Done(iova));
+        };
+        Ok(Step::Pending(PendingMap {
             owner,
             ioas: id,
             iova,
             len,
             pages,
             prot,
-            domains: fill.as_ref().map(|_| ioas.handles.clone()),
-            fill,
+            domains: Some(ioas.handles.clone()),
+            fill: Some(fill),
             outcome: Ok(()),
-            finished,
-        })
+            finished: None,
+        }))
     }
 
     /// Completes a map [`Self::ioas_map_begin`] set up and its fill ran: the
@@ -589,9 +611,13 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: u64,
         len: u64,
     ) -> Result<u64, Errno> {
-        let mut pending = self.ioas_unmap_begin(owner, id, iova, len)?;
-        pending.run();
-        self.ioas_unmap_finish(pending)
+        match self.unmap_step(owner, id, iova, len)? {
+            Step::Done(result) => result,
+            Step::Pending(mut pending) => {
+                pending.run();
+                self.ioas_unmap_finish(pending)
+            }
+        }
     }
 
     /// [`Self::ioas_unmap`] up to the domains: checks the range, takes its
@@ -605,6 +631,21 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         iova: u64,
         len: u64,
     ) -> Result<PendingUnmap<U>, Errno> {
+        Ok(match self.unmap_step(owner, id, iova, len)? {
+            Step::Done(result) => PendingUnmap::done(owner, id, result),
+            Step::Pending(pending) => pending,
+        })
+    }
+
+    /// [`Self::ioas_unmap_begin`], whose one-step unmaps
+    /// [`Self::ioas_unmap`] completes without building a pending unmap.
+    fn unmap_step(
+        &mut self,
+        owner: OwnerId,
+        id: ObjId,
+        iova: u64,
+        len: u64,
+    ) -> Result<Step<Result<u64, Errno>, PendingUnmap<U>>, Errno> {
         // The IOAS first, as Linux's iommufd_ioas_unmap looks it up before it
         // checks the range.
         let ioas = self
@@ -620,24 +661,8 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
         } else {
             IovaRange::from_len(iova, len).ok_or(Errno::EOVERFLOW)?
         };
-        if let Some((_, before)) = ioas.areas.range(..range.start).next_back()
-            && before.last >= range.start
-        {
-            return Err(Errno::ENOENT);
-        }
-        let empty = match ioas.areas.range(range.start..=range.last).next_back() {
-            None if all => true,
-            None => return Err(Errno::ENOENT),
-            Some((_, a)) if a.last > range.last => return Err(Errno::ENOENT),
-            Some(_) => false,
-        };
-        if ioas
-            .areas
-            .range(range.start..=range.last)
-            .any(|(_, area)| area.filling)
-        {
-            return Err(Errno::EBUSY);
-        }
+        let scan = scan_unmap(ioas, range, all)?;
+        let empty = scan.count == 0;
         let tickets = match empty {
             true => None,
             false => Tickets::take(&mut self.units, &ioas.handles),
@@ -646,12 +671,16 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             // Units that do not share their mapping calls: the unmap runs
             // here, under the lock, in one step (one IOAS lookup).
             let releasable = ioas.lost_domains == 0;
-            let areas = ioas.areas.range(range.start..=range.last);
+            let areas = ioas.areas.range(scan.first..=range.last);
             let areas = areas.map(|(&start, area)| (start, area));
             let flushed = fill::unmap_areas(&mut self.units, &ioas.handles, areas);
             let mut bytes = 0u64;
             let mut batch = [0u64; UNMAP_BATCH];
-            let mut taken = take_areas(ioas, range, &mut batch, &mut bytes);
+            let mut left = Left {
+                count: scan.count,
+                next: Some(scan.first),
+            };
+            let mut taken = take_areas(ioas, range, &mut left, &mut batch, &mut bytes);
             loop {
                 for &pages in &batch[..taken] {
                     if flushed && releasable {
@@ -664,29 +693,23 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
                     break;
                 }
                 let ioas = self.owner_mut(owner)?.ioas_mut(id)?;
-                taken = take_areas(ioas, range, &mut batch, &mut bytes);
+                taken = take_areas(ioas, range, &mut left, &mut batch, &mut bytes);
             }
-            let finished = if flushed { Ok(bytes) } else { Err(Errno::EIO) };
-            return Ok(PendingUnmap {
-                owner,
-                ioas: id,
-                areas: Vec::new(),
-                domains: None,
-                tickets: None,
-                flushed: true,
-                releasable: true,
-                finished: Some(finished),
-            });
+            return Ok(Step::Done(if flushed {
+                Ok(bytes)
+            } else {
+                Err(Errno::EIO)
+            }));
         }
         let areas: Vec<(u64, Area)> = ioas
             .areas
-            .range(range.start..=range.last)
+            .range(scan.first..=range.last)
             .map(|(&start, &area)| (start, area))
             .collect();
         for (start, _) in &areas {
             ioas.areas.remove(start);
         }
-        Ok(PendingUnmap {
+        Ok(Step::Pending(PendingUnmap {
             owner,
             ioas: id,
             areas,
@@ -696,7 +719,7 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
             // A domain the unit could not free may still reach every area.
             releasable: ioas.lost_domains == 0,
             finished: None,
-        })
+        }))
     }
 
     /// Completes an unmap [`Self::ioas_unmap_begin`] set up and whose unmaps
@@ -872,25 +895,88 @@ impl<U: IommuUnit, S: Services> Iommufd<U, S> {
     }
 }
 
+/// How the first step of a map or unmap ended: the whole call, for units
+/// that do not share their mapping calls, or the part to run without the
+/// lock.
+enum Step<T, P> {
+    Done(T),
+    Pending(P),
+}
+
 /// Areas one step of an unmap under the lock removes before their pages
 /// are released.
 const UNMAP_BATCH: usize = 8;
 
-/// Removes up to [`UNMAP_BATCH`] areas of `ioas` inside `range` (their IOVAs
-/// go back to the free space), adds their bytes to `bytes` and their pages
-/// to `batch`; returns how many it took.
+/// What [`scan_unmap`] found in an unmap's range: how many areas, and the
+/// first one's start.
+struct UnmapScan {
+    count: usize,
+    first: u64,
+}
+
+/// The unmap's checks in one pass over the tree, from the last area that
+/// starts in `range` back to the first one before it: an area cut by either
+/// end of the range, or no area at all (unless the whole space was asked
+/// for), is `ENOENT` (Linux `iopt_unmap_iova_range`); an area still being
+/// filled by a map without the lock is `EBUSY`, reported after those.
+fn scan_unmap(ioas: &Ioas, range: IovaRange, all: bool) -> Result<UnmapScan, Errno> {
+    let mut scan = UnmapScan {
+        count: 0,
+        first: range.start,
+    };
+    let mut busy = false;
+    for (&start, area) in ioas.areas.range(..=range.last).rev() {
+        if start < range.start {
+            if area.last >= range.start {
+                return Err(Errno::ENOENT);
+            }
+            break;
+        }
+        if scan.count == 0 && area.last > range.last {
+            return Err(Errno::ENOENT);
+        }
+        busy |= area.filling;
+        scan.count += 1;
+        scan.first = start;
+    }
+    if scan.count == 0 && !all {
+        return Err(Errno::ENOENT);
+    }
+    if busy {
+        return Err(Errno::EBUSY);
+    }
+    Ok(scan)
+}
+
+/// The areas of an unmap not yet taken out of the tree: how many, and the
+/// next one's start when it is known without a search.
+struct Left {
+    count: usize,
+    next: Option<u64>,
+}
+
+/// Removes up to [`UNMAP_BATCH`] of the areas `left` counts from `ioas`
+/// (their IOVAs go back to the free space), adds their bytes to `bytes` and
+/// their pages to `batch`; returns how many it took.
 fn take_areas(
     ioas: &mut Ioas,
     range: IovaRange,
+    left: &mut Left,
     batch: &mut [u64; UNMAP_BATCH],
     bytes: &mut u64,
 ) -> usize {
     let mut taken = 0;
-    while taken < UNMAP_BATCH {
-        let Some((&start, &area)) = ioas.areas.range(range.start..=range.last).next() else {
+    while taken < UNMAP_BATCH && left.count > 0 {
+        let start = match left.next.take() {
+            Some(start) => start,
+            None => match ioas.areas.range(range.start..=range.last).next() {
+                Some((&start, _)) => start,
+                None => break,
+            },
+        };
+        let Some(area) = ioas.areas.remove(&start) else {
             break;
         };
-        ioas.areas.remove(&start);
         ioas.space.release(IovaRange {
             start,
             last: area.last,
@@ -898,6 +984,7 @@ fn take_areas(
         *bytes = bytes.wrapping_add(area.last - start + 1);
         batch[taken] = area.pages;
         taken += 1;
+        left.count -= 1;
     }
     taken
 }
@@ -909,6 +996,45 @@ mod tests {
 
     fn r(start: u64, last: u64) -> IovaRange {
         IovaRange { start, last }
+    }
+
+    fn ioas_with(areas: &[(u64, u64, bool)]) -> Ioas {
+        let mut ioas = Ioas::new(Default::default());
+        for &(start, last, filling) in areas {
+            let area = Area {
+                last,
+                pages: 0,
+                offset: 0,
+                prot: Prot {
+                    read: true,
+                    write: true,
+                },
+                filling,
+            };
+            ioas.areas.insert(start, area);
+        }
+        ioas
+    }
+
+    #[test]
+    fn an_unmap_is_checked_in_one_pass_with_cuts_before_a_fill() {
+        let ioas = ioas_with(&[(0x1000, 0x2fff, false), (0x3000, 0x3fff, true)]);
+        let scan = |start, last, all| {
+            scan_unmap(&ioas, r(start, last), all).map(|scan| (scan.count, scan.first))
+        };
+        assert_eq!(scan(0x1000, 0x2fff, false), Ok((1, 0x1000)));
+        // Either end inside an area, or nothing there: ENOENT (Linux
+        // iopt_unmap_iova_range), even where a filling area is in range.
+        assert_eq!(scan(0x2000, 0x3fff, false), Err(Errno::ENOENT));
+        assert_eq!(scan(0x1000, 0x1fff, false), Err(Errno::ENOENT));
+        assert_eq!(scan(0x5000, 0x5fff, false), Err(Errno::ENOENT));
+        assert_eq!(scan(0x5000, 0x5fff, true).map(|s| s.0), Ok(0));
+        // Whole areas, one of them filling: EBUSY.
+        assert_eq!(scan(0x1000, 0x3fff, false), Err(Errno::EBUSY));
+        assert_eq!(scan(0, u64::MAX, true), Err(Errno::EBUSY));
+        let ioas = ioas_with(&[(0x1000, 0x2fff, false), (0x8000, 0x8fff, false)]);
+        let all = scan_unmap(&ioas, IovaRange::FULL, true).map(|s| (s.count, s.first));
+        assert_eq!(all, Ok((2, 0x1000)));
     }
 
     #[test]

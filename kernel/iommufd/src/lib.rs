@@ -29,6 +29,7 @@ use abi::Errno;
 use alloc::collections::{BTreeMap, BTreeSet, VecDeque};
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use iommu::{DeviceId, DomainHandle, Gather, IommuError, IommuUnit, IovaRange, Prot, UnitId};
 use iova::IovaSpace;
 
@@ -357,6 +358,65 @@ struct Area {
     filling: bool,
 }
 
+/// An IOAS's areas by first IOVA, counted into its owner's total as they
+/// come and go: every map checks the owner's area limit
+/// ([`Limits::areas`]), and summing every IOAS there cost more than the rest
+/// of a one-page map's bookkeeping.
+#[derive(Debug, Default)]
+struct AreaTree {
+    tree: BTreeMap<u64, Area>,
+    /// The owner's areas over all its IOASes. It changes only through `&mut`
+    /// of one of them, which only the core's exclusive borrow reaches, so a
+    /// load and a store suffice (no locked read-modify-write); atomic only
+    /// because several IOASes hold it.
+    owner_total: Arc<AtomicUsize>,
+}
+
+impl AreaTree {
+    fn new(owner_total: Arc<AtomicUsize>) -> Self {
+        Self {
+            tree: BTreeMap::new(),
+            owner_total,
+        }
+    }
+
+    fn add_to_total(&self, delta: isize) {
+        let total = self.owner_total.load(Ordering::Relaxed);
+        self.owner_total
+            .store(total.wrapping_add_signed(delta), Ordering::Relaxed);
+    }
+
+    fn insert(&mut self, start: u64, area: Area) {
+        if self.tree.insert(start, area).is_none() {
+            self.add_to_total(1);
+        }
+    }
+
+    fn remove(&mut self, start: &u64) -> Option<Area> {
+        let area = self.tree.remove(start)?;
+        self.add_to_total(-1);
+        Some(area)
+    }
+
+    fn get_mut(&mut self, start: &u64) -> Option<&mut Area> {
+        self.tree.get_mut(start)
+    }
+}
+
+impl core::ops::Deref for AreaTree {
+    type Target = BTreeMap<u64, Area>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.tree
+    }
+}
+
+impl Drop for AreaTree {
+    fn drop(&mut self) {
+        self.add_to_total(-(self.tree.len() as isize));
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ResvOwner {
     /// The outside of a HWPT's unit aperture.
@@ -373,7 +433,7 @@ struct Reservation {
 
 #[derive(Debug)]
 struct Ioas {
-    areas: BTreeMap<u64, Area>,
+    areas: AreaTree,
     /// Sorted, disjoint; empty means everything.
     allowed: Vec<IovaRange>,
     reserved: Vec<Reservation>,
@@ -466,6 +526,8 @@ struct Owner {
     objects: BTreeMap<ObjId, Object>,
     free_ids: BTreeSet<ObjId>,
     next_id: ObjId,
+    /// Areas over all its IOASes (their [`AreaTree`]s keep it).
+    areas: Arc<AtomicUsize>,
 }
 
 impl Owner {
@@ -510,13 +572,7 @@ impl Owner {
     }
 
     fn area_count(&self) -> usize {
-        self.objects
-            .values()
-            .map(|object| match object {
-                Object::Ioas(ioas) => ioas.areas.len(),
-                _ => 0,
-            })
-            .sum()
+        self.areas.load(Ordering::Relaxed)
     }
 
     fn domain_count(&self) -> usize {

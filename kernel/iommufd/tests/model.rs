@@ -467,6 +467,8 @@ fn check(fd: &mut SoftCore, model: &Model, (ioas, ioas2): (u32, u32)) {
     assert_eq!(fd.ioas_areas(O, ioas2).unwrap(), copies);
     let areas: Vec<(u64, u64)> = model.areas.iter().map(|(&s, &l)| (s, l)).collect();
     assert_eq!(fd.ioas_areas(O, ioas).unwrap(), areas);
+    // The owner's total, kept as areas come and go, is what the trees hold.
+    assert_eq!(fd.area_count(O), areas.len() + copies.len());
     assert_eq!(fd.ioas_holes(O, ioas).unwrap(), model.holes());
     assert_eq!(
         fd.ioas_iova_ranges(O, ioas).unwrap().ranges,

@@ -72,7 +72,7 @@ fn an_owner_past_its_limits_gets_enospc_and_the_others_go_on() {
     // Another owner is not affected.
     assert_eq!(fd.ioas_alloc(OwnerId(2)).unwrap(), 1);
     // Areas: two, then ENOSPC for maps and copies alike.
-    fd.ioas_map(O, ioas, 0x8000, K4, None, RW).unwrap();
+    let first = fd.ioas_map(O, ioas, 0x8000, K4, None, RW).unwrap();
     let second = fd.ioas_map(O, ioas, 0x9000, K4, None, RW).unwrap();
     let before = fd.state_digest();
     assert_eq!(
@@ -87,8 +87,13 @@ fn an_owner_past_its_limits_gets_enospc_and_the_others_go_on() {
     assert_eq!(fd.area_count(O), 2);
     // What is given back can be taken again.
     fd.ioas_unmap(O, ioas, second, K4).unwrap();
-    fd.ioas_map(O, ioas, 0xA000, K4, None, RW).unwrap();
+    let third = fd.ioas_map(O, ioas, 0xA000, K4, None, RW).unwrap();
+    // An IOAS destroyed with its areas gives them back too.
+    fd.ioas_unmap(O, ioas, third, K4).unwrap();
+    fd.ioas_copy(O, ioas, first, K4, extra, None, RW).unwrap();
+    assert_eq!(fd.area_count(O), 2);
     fd.destroy(O, extra).unwrap();
+    assert_eq!(fd.area_count(O), 1);
     fd.ioas_alloc(O).unwrap();
     invariants(&fd);
 }

@@ -5,12 +5,13 @@
 //!
 //! A cursor belongs to one caller (one CPU), never to the table, so callers
 //! on several CPUs never share or contend for it. Tables a cursor names can
-//! only disappear through an unmap that unlinks them; every such unmap bumps
-//! the table's unlink generation, and a cursor that saw another generation
-//! (or another table) starts again from the root. The generation is read
-//! with acquire ordering and bumped with release after the unlink, so a
-//! walk ordered after the unmap (as the `_shared` contract requires for an
-//! overlapping range) sees the bump.
+//! only disappear through an unmap that unlinks them, or with their table;
+//! every such unmap gives the table a new stamp, stamps are unique over all
+//! tables (a new table may reuse a dropped one's root page), and a cursor
+//! that saw another stamp starts again from the root. The stamp is read with
+//! acquire ordering and replaced with release after the unlink, so a walk
+//! ordered after the unmap (as the `_shared` contract requires for an
+//! overlapping range) sees the new one.
 
 use crate::format::{Geometry, MAX_LEVELS};
 
@@ -18,9 +19,8 @@ use crate::format::{Geometry, MAX_LEVELS};
 /// [`crate::PageTable::map_with`] and [`crate::PageTable::unmap_with`].
 #[derive(Clone, Debug)]
 pub struct WalkCursor {
-    /// The root (physical) and unlink generation the cached tables belong to.
-    root: u64,
-    generation: u64,
+    /// The stamp (table and unlink generation) the cached tables belong to.
+    stamp: u64,
     iova: u64,
     /// `tables[l]`: the CPU address of the entries of the level-`l` table
     /// holding `iova`'s entry, for every level from `deepest` up to the
@@ -43,8 +43,7 @@ impl WalkCursor {
     /// A cursor that knows nothing yet: its first walk starts at the root.
     pub const fn new() -> Self {
         Self {
-            root: 0,
-            generation: 0,
+            stamp: 0,
             iova: 0,
             tables: [0; MAX_LEVELS],
             deepest: 0,
@@ -52,22 +51,20 @@ impl WalkCursor {
     }
 
     /// The deepest cached table holding `iova`'s entry, `(level, entries)`,
-    /// once the cursor is known to describe table `root` at `generation`
-    /// (else it starts over from the root, level `top`, whose entries
+    /// once the cursor is known to describe the table now at `stamp` (else
+    /// it starts over from the root, level `top`, whose entries
     /// `root_entries` gives).
     #[inline(always)]
     pub(crate) fn start(
         &mut self,
-        root: u64,
-        generation: u64,
+        stamp: u64,
         top: u32,
         table_level_of_bit: &[u8; 64],
         iova: u64,
         root_entries: impl FnOnce() -> usize,
     ) -> (u32, usize) {
-        if self.root != root || self.generation != generation {
-            self.root = root;
-            self.generation = generation;
+        if self.stamp != stamp {
+            self.stamp = stamp;
             self.tables[top as usize] = root_entries();
             self.deepest = top;
         }
@@ -81,21 +78,18 @@ impl WalkCursor {
     }
 
     /// The entries of the leaf table of the last walk, if that walk reached
-    /// one in table `root` at `generation` and `iova` lies in its span (the
-    /// IOVA bits from `leaf_table_shift` up equal): the whole walk of a
+    /// one in the table now at `stamp` and `iova` lies in its span (the IOVA
+    /// bits from `leaf_table_shift` up equal): the whole walk of a
     /// single-page call next to the last one, with nothing to record.
     #[inline(always)]
     pub(crate) fn same_leaf_table(
         &self,
-        root: u64,
-        generation: u64,
+        stamp: u64,
         leaf_table_shift: u32,
         iova: u64,
     ) -> Option<usize> {
-        let same = self.root == root
-            && self.generation == generation
-            && self.deepest == 0
-            && (iova ^ self.iova) >> leaf_table_shift == 0;
+        let same =
+            self.stamp == stamp && self.deepest == 0 && (iova ^ self.iova) >> leaf_table_shift == 0;
         same.then_some(self.tables[0])
     }
 
@@ -150,9 +144,9 @@ mod tests {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
         // The root's entries, at the CPU address the table gives for them.
-        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0, || 0xa000), (3, 0xa000));
+        assert_eq!(cursor.start(0x1000, 3, &bits, 0, || 0xa000), (3, 0xa000));
         assert_eq!(
-            cursor.start(0x1000, 0, 3, &bits, 0x7fff_ffff_f000, || 0xa000),
+            cursor.start(0x1000, 3, &bits, 0x7fff_ffff_f000, || 0xa000),
             (3, 0xa000)
         );
     }
@@ -162,12 +156,12 @@ mod tests {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
         let iova = 0x40_1234_5000;
-        cursor.start(0x1000, 0, 3, &bits, iova, || 0x1000);
+        cursor.start(0x1000, 3, &bits, iova, || 0x1000);
         cursor.set(2, 0x2000);
         cursor.set(1, 0x3000);
         cursor.set(0, 0x4000);
         cursor.record(iova, 0);
-        let mut start = |at| cursor.start(0x1000, 0, 3, &bits, at, || 0x1000);
+        let mut start = |at| cursor.start(0x1000, 3, &bits, at, || 0x1000);
         // Same 2 MiB: the leaf table. Same 1 GiB: the page directory. Same
         // 512 GiB: the PDPT. Elsewhere: the root.
         assert_eq!(start(iova), (0, 0x4000));
@@ -182,40 +176,37 @@ mod tests {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
         let iova = 0x40_1234_5000;
-        assert_eq!(cursor.same_leaf_table(0x1000, 0, 21, iova), None);
-        cursor.start(0x1000, 0, 3, &bits, iova, || 0x1000);
+        assert_eq!(cursor.same_leaf_table(0x1000, 21, iova), None);
+        cursor.start(0x1000, 3, &bits, iova, || 0x1000);
         cursor.set(2, 0x2000);
         cursor.record(iova, 2);
         // The walk stopped above the leaf table (a hole on the way).
-        assert_eq!(cursor.same_leaf_table(0x1000, 0, 21, iova), None);
+        assert_eq!(cursor.same_leaf_table(0x1000, 21, iova), None);
         cursor.set(1, 0x3000);
         cursor.set(0, 0x4000);
         cursor.record(iova, 0);
         assert_eq!(
-            cursor.same_leaf_table(0x1000, 0, 21, iova ^ 0x1f_f000),
+            cursor.same_leaf_table(0x1000, 21, iova ^ 0x1f_f000),
             Some(0x4000)
         );
-        assert_eq!(
-            cursor.same_leaf_table(0x1000, 0, 21, iova ^ 0x20_0000),
-            None
-        );
-        assert_eq!(cursor.same_leaf_table(0x1000, 1, 21, iova), None);
-        assert_eq!(cursor.same_leaf_table(0x9000, 0, 21, iova), None);
+        assert_eq!(cursor.same_leaf_table(0x1000, 21, iova ^ 0x20_0000), None);
+        assert_eq!(cursor.same_leaf_table(0x1001, 21, iova), None);
+        assert_eq!(cursor.same_leaf_table(0x9000, 21, iova), None);
     }
 
     #[test]
     fn another_generation_or_table_starts_over_at_the_root() {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
-        cursor.start(0x1000, 0, 3, &bits, 0, || 0x1000);
+        cursor.start(0x1000, 3, &bits, 0, || 0x1000);
         cursor.set(2, 0x2000);
         cursor.record(0, 2);
-        assert_eq!(cursor.start(0x1000, 0, 3, &bits, 0, || 0x1000), (2, 0x2000));
+        assert_eq!(cursor.start(0x1000, 3, &bits, 0, || 0x1000), (2, 0x2000));
         // An unmap unlinked tables since: nothing cached holds.
-        assert_eq!(cursor.start(0x1000, 1, 3, &bits, 0, || 0x1000), (3, 0x1000));
+        assert_eq!(cursor.start(0x1001, 3, &bits, 0, || 0x1000), (3, 0x1000));
         cursor.set(2, 0x2000);
         cursor.record(0, 2);
         // Another table's walk.
-        assert_eq!(cursor.start(0x9000, 1, 3, &bits, 0, || 0x9000), (3, 0x9000));
+        assert_eq!(cursor.start(0x9001, 3, &bits, 0, || 0x9000), (3, 0x9000));
     }
 }

@@ -190,15 +190,26 @@ pub struct PageTable<F: Format, A: TableAlloc> {
     /// The cursor of the exclusive (`&mut self`) methods; nothing else
     /// touches it.
     own_cursor: UnsafeCell<WalkCursor>,
-    /// Bumped by every unmap that unlinks tables: cursors of another
-    /// generation start over from the root.
-    unlinks: AtomicU64,
+    /// This table at this unlink generation, as cursors know it: a fresh
+    /// [`new_stamp`] at construction and after every unmap that unlinks
+    /// tables, so a cursor that saw another one starts over from the root.
+    stamp: AtomicU64,
 }
 
 // SAFETY: every field but `own_cursor` is `Sync` when `F` and `A` are, and
 // `own_cursor` is reached only from methods that take `&mut self`, so no two
 // threads ever touch it at once.
 unsafe impl<F: Format + Sync, A: TableAlloc + Sync> Sync for PageTable<F, A> {}
+
+/// Where table stamps come from: unique over every table of the program, so
+/// that a cursor never takes a table created where a dropped one was (same
+/// root page) for the one it walked, nor one generation for another.
+static STAMPS: AtomicU64 = AtomicU64::new(1);
+
+/// A stamp never handed out before (0, a new cursor's, never is).
+fn new_stamp() -> u64 {
+    STAMPS.fetch_add(1, Ordering::Relaxed)
+}
 
 /// The geometry's values on the hot paths, precomputed so that a single-page
 /// `map` or `unmap` spends its instructions on the tables, not on the shape.
@@ -271,7 +282,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             coherence,
             limits,
             own_cursor: UnsafeCell::new(WalkCursor::new()),
-            unlinks: AtomicU64::new(0),
+            stamp: AtomicU64::new(new_stamp()),
         };
         table.clean_table(root, top);
         Ok(table)
@@ -660,12 +671,12 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             let top = self.geo.levels - 1;
             return self.descend_to_leaf_table(top, self.entries(self.root), iova, None);
         };
-        let generation = self.unlinks.load(Ordering::Acquire);
+        let stamp = self.stamp.load(Ordering::Acquire);
         let span_shift = self.limits.leaf_table_shift;
-        if let Some(t) = cursor.same_leaf_table(self.root, generation, span_shift, iova) {
+        if let Some(t) = cursor.same_leaf_table(stamp, span_shift, iova) {
             return Ok(t as *mut u64);
         }
-        self.walk_from_cursor(cursor, generation, iova)
+        self.walk_from_cursor(cursor, stamp, iova)
     }
 
     /// [`Self::leaf_table_at`] past the cursor's leaf table: apart, so that
@@ -674,13 +685,13 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     fn walk_from_cursor(
         &self,
         cursor: &mut WalkCursor,
-        generation: u64,
+        stamp: u64,
         iova: u64,
     ) -> Result<*mut u64, ()> {
         let top = self.geo.levels - 1;
         let bits = &self.limits.table_level_of_bit;
         let root_entries = || self.entries(self.root) as usize;
-        let (level, t) = cursor.start(self.root, generation, top, bits, iova, root_entries);
+        let (level, t) = cursor.start(stamp, top, bits, iova, root_entries);
         self.descend_to_leaf_table(level, t as *mut u64, iova, Some(cursor))
     }
 
@@ -1253,8 +1264,8 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         self.clear(self.root, self.geo.levels - 1, iova, last, false, &mut acc);
         if !acc.freed.is_empty() {
             // Release, after the unlinks: a cursor that reads the new
-            // generation forgets the tables they removed.
-            self.unlinks.fetch_add(1, Ordering::Release);
+            // stamp forgets the tables they removed.
+            self.stamp.store(new_stamp(), Ordering::Release);
         }
         Ok(Unmapped {
             bytes: acc.bytes,

@@ -737,3 +737,27 @@ fn walk_to_shows_each_level_the_iommu_reads() {
     assert_eq!(absent.last().unwrap().kind, StepKind::Empty);
     assert!(steps(1 << 50).is_empty(), "beyond the table");
 }
+
+#[test]
+fn a_cursor_never_takes_a_new_table_for_a_dropped_one_at_the_same_root() {
+    let mut cursor = io_page_table::WalkCursor::new();
+    let first = table(vtd(4, 0, false));
+    // The first map builds the tables; the second walks them, so the
+    // cursor ends holding the leaf table.
+    for (iova, phys) in [(0x20_0000, 0x1000), (0x20_1000, 0x2000)] {
+        // SAFETY: one caller, so no other call touches the range.
+        unsafe { first.map_with(&mut cursor, iova, phys, 0x1000, Prot::RW) }.unwrap();
+    }
+    let root = first.root_phys();
+    drop(first);
+    // Each heap allocator hands out the same first page: the new table's root
+    // is where the dropped one's was, at the same number of unlinks (none).
+    let second = table(vtd(4, 0, false));
+    assert_eq!(second.root_phys(), root);
+    // The cursor's leaf table was the dropped table's: the new table must get
+    // tables of its own, not an entry in freed memory.
+    // SAFETY: as above.
+    unsafe { second.map_with(&mut cursor, 0x20_2000, 0x3000, 0x1000, Prot::RW) }.unwrap();
+    assert_eq!(second.iova_to_phys(0x20_2000), Some(0x3000));
+    assert_eq!(second.allocator().live_pages(), 4);
+}

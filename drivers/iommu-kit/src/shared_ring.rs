@@ -30,7 +30,9 @@
 //!    wrapping consumer index into a position, race-free.
 //!
 //! The `loom` model at the end checks the protocol with two producers and
-//! the hardware as a third thread, under every interleaving
+//! the hardware as a third thread, and the sharing of one completion
+//! command by several callers ([`SharedRing::note_sync`]), under every
+//! interleaving
 //! (`cargo xtask test` runs it with `--cfg loom`); `tests` below run it with
 //! real threads.
 
@@ -524,6 +526,68 @@ mod loom_model {
                 ring.publish(claim, |_| {}, || {});
             }
             hardware.join().unwrap();
+        });
+    }
+
+    const COMMAND: u64 = 1;
+    const SYNC: u64 = 2;
+
+    /// Claims, writes and publishes `kinds` (a driver's `queue`): their positions.
+    fn queue(ring: &SharedRing, entries: &[AtomicU64], kinds: &[u64]) -> Range<u64> {
+        let claim = ring.try_claim(kinds.len() as u64).unwrap();
+        let positions = claim.positions();
+        for (position, &kind) in positions.clone().zip(kinds) {
+            entries[ring.slot(position)].store(kind, Ordering::Relaxed);
+        }
+        ring.publish(claim, |_| {}, thread::yield_now);
+        positions
+    }
+
+    /// Two callers each submit a command and pick the completion command
+    /// they will wait for, as the drivers' `execute` does: alone on the
+    /// ring, one claim with a sync of their own; beside another, a sync
+    /// someone claimed at or after their command, else one of their own.
+    /// Whatever the interleaving, the sync a caller picks is a published
+    /// sync behind its command (so the hardware completes it only after
+    /// that command, SMMUv3 §4.7.3, VT-d §6.5.2.8, AMD IOMMU §2.4.1), and
+    /// the latest sync recorded never goes back.
+    #[test]
+    fn a_shared_sync_always_comes_after_the_commands_that_wait_for_it() {
+        loom::model(|| {
+            let ring = Arc::new(SharedRing::one_slot_free(SLOTS as u32 * 2));
+            let entries: Arc<[AtomicU64; 2 * SLOTS]> =
+                Arc::new(core::array::from_fn(|_| AtomicU64::new(0)));
+            let callers: [_; 2] = core::array::from_fn(|_| {
+                let (ring, entries) = (ring.clone(), entries.clone());
+                thread::spawn(move || {
+                    if ring.is_quiet() {
+                        let taken = queue(&ring, &entries[..], &[COMMAND, SYNC]);
+                        ring.note_sync(taken.end - 1);
+                        return (taken.start, taken.end - 1);
+                    }
+                    let taken = queue(&ring, &entries[..], &[COMMAND]);
+                    if let Some(sync) = ring.sync_at_or_after(taken.end) {
+                        return (taken.start, sync);
+                    }
+                    let own = queue(&ring, &entries[..], &[SYNC]);
+                    ring.note_sync(own.start);
+                    (taken.start, own.start)
+                })
+            });
+            let mut latest = 0;
+            for caller in callers {
+                let (command, sync) = caller.join().unwrap();
+                assert!(sync > command, "a sync before the command it serves");
+                let kind = entries[ring.slot(sync)].load(Ordering::Relaxed);
+                assert_eq!(kind, SYNC, "waiting for something that is no sync");
+                assert!(ring.published() > sync, "waiting for an unpublished sync");
+                latest = latest.max(sync + 1);
+            }
+            assert_eq!(
+                ring.sync_at_or_after(0),
+                Some(latest - 1),
+                "latest sync went back"
+            );
         });
     }
 }

@@ -417,35 +417,17 @@ impl Hardware {
         self.event_log_state.lock().added
     }
 
-    /// The number of the first event in the backlog, from number `since` on,
-    /// that `matches`.
-    pub(crate) fn event_number_since(
-        &self,
-        since: u64,
-        mut matches: impl FnMut(&Event) -> bool,
-    ) -> Option<u64> {
-        let state = self.event_log_state.lock();
-        let first = state.added - state.backlog.len() as u64;
-        let skip = since.saturating_sub(first) as usize;
-        state
-            .backlog
-            .iter()
-            .enumerate()
-            .skip(skip)
-            .find(|(_, event)| matches(event))
-            .map(|(index, _)| first + index as u64)
-    }
-
-    /// Whether the backlog holds, from event number `since` on, one that
-    /// `found` picks; the first it picks.
+    /// The first event of the backlog, from event number `since` on, that
+    /// `found` picks (it gets each event with its number): what it made of it.
     pub(crate) fn find_event_since<T>(
         &self,
         since: u64,
-        found: impl FnMut(&Event) -> Option<T>,
+        mut found: impl FnMut(u64, &Event) -> Option<T>,
     ) -> Option<T> {
         let state = self.event_log_state.lock();
         let first = state.added - state.backlog.len() as u64;
         let skip = since.saturating_sub(first) as usize;
-        state.backlog.iter().skip(skip).find_map(found)
+        let mut numbered = state.backlog.iter().enumerate().skip(skip);
+        numbered.find_map(|(index, event)| found(first + index as u64, event))
     }
 }

@@ -120,7 +120,7 @@ impl Hardware {
         // An IOMMU that keeps going after an illegal command (QEMU does) still logs it.
         // Only events logged for this batch count: ring slots are reused.
         self.poll_events();
-        let illegal = self.find_event_since(events_before, |event| match *event {
+        let illegal = self.find_event_since(events_before, |_, event| match *event {
             Event::IllegalCommand { address } if batch.contains(&address) => Some(address),
             _ => None,
         });
@@ -233,10 +233,14 @@ impl Hardware {
         };
         let address = self.command_buffer.phys() + head;
         self.poll_events();
-        let Some(number) = self.event_number_since(*last_used, |event| match *event {
+        let Some(number) = self.find_event_since(*last_used, |number, event| match *event {
             Event::IllegalCommand { address: at }
-            | Event::CommandHardwareError { address: at, .. } => at == address,
-            _ => false,
+            | Event::CommandHardwareError { address: at, .. }
+                if at == address =>
+            {
+                Some(number)
+            }
+            _ => None,
         }) else {
             return;
         };
@@ -265,7 +269,7 @@ impl Hardware {
         self.counters.add(|c| c.command_errors += 1);
         let stopped = !self.status().contains(Status::CMD_BUF_RUN);
         self.poll_events();
-        let illegal_at = self.find_event_since(events_before, |event| match *event {
+        let illegal_at = self.find_event_since(events_before, |_, event| match *event {
             Event::IllegalCommand { address } | Event::CommandHardwareError { address, .. }
                 if batch.contains(&address) =>
             {

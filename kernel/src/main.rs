@@ -52,8 +52,9 @@ fn kernel_main(boot: BootInfo) -> ! {
     // After the interrupt controller: each CPU brings up its own part of it.
     match arch::start_secondary_cpus(platform) {
         Ok(online) if online > 1 => println!(
-            "{online} CPUs online, each knows its index by {}",
-            arch::cpu_identity_source()
+            "{online} CPUs online, each knows its index by {}, interrupts through the {}",
+            arch::cpu_identity_source(),
+            arch::interrupt_controller()
         ),
         Ok(_) => {}
         Err(why) => println!("secondary CPUs not started: {why}"),

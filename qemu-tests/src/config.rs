@@ -68,10 +68,11 @@ impl Arch {
         match self {
             Arch::X86_64 => &[
                 // QEMU's default model plus the supervisor-mode protections
-                // every current x86 CPU has, which the kernel turns on, and
-                // RDPID, by which each CPU knows its index.
+                // every current x86 CPU has, which the kernel turns on, RDPID,
+                // by which each CPU knows its index, and x2APIC, whose
+                // registers are MSRs (QEMU.md §6).
                 "-cpu",
-                "qemu64,+smep,+smap,+rdpid",
+                "qemu64,+smep,+smap,+rdpid,+x2apic",
                 // Four CPUs: the kernel starts the others with INIT-SIPI-SIPI
                 // (issue 20), and a test checks every listed one comes online.
                 "-smp",
@@ -413,7 +414,7 @@ mod tests {
         let line = vtd.qemu_command_line(Path::new("k.elf"), "test filter=dma", &["-s".into()]);
         assert_eq!(
             line,
-            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap,+rdpid -smp 4 -m 256M \
+            "qemu-system-x86_64 -machine q35 -device intel-iommu,intremap=on -cpu qemu64,+smep,+smap,+rdpid,+x2apic -smp 4 -m 256M \
              -nodefaults -display none -no-reboot -serial stdio \
              -device isa-debug-exit,iobase=0xf4,iosize=4 \
              -device edu,addr=04.0,dma_mask=0xffffffffffffffff \

@@ -158,6 +158,11 @@ pub fn cpu_identity_source() -> &'static str {
     "TPIDR_EL1"
 }
 
+/// How each CPU takes its interrupts (the boot log says).
+pub fn interrupt_controller() -> &'static str {
+    gic::name()
+}
+
 /// The kernel's index of the running CPU (TPIDR_EL1; 0 on the boot CPU).
 pub fn current_cpu_index() -> u64 {
     cpu::cpu_index()

@@ -1,18 +1,40 @@
-//! The local APIC (xAPIC, Intel SDM Vol. 3A §11) and MSI message composition.
+//! The local APIC (Intel SDM Vol. 3A §11) and MSI message composition.
 //! The legacy 8259 PICs are masked: every interrupt the kernel uses is an MSI
 //! (edu, the VT-d fault event, AMD-Vi's own MSI).
+//!
+//! Where the CPU has it, the APIC runs in x2APIC mode (SDM §11.12): its
+//! registers are MSRs, read and written by RDMSR/WRMSR, the IPI command is
+//! one 64-bit write. Linux prefers it too; here it also takes the APIC off
+//! QEMU's multi-threaded TCG MMIO path, which now and then lost an access
+//! (QEMU.md §6): QEMU serves these MSRs in the vCPU's own thread. Otherwise
+//! the xAPIC page is used through MMIO.
 
 use core::ptr::NonNull;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use os_services::mmio::{Mmio, Reg32};
 use x86_64::instructions::port::Port;
+use x86_64::registers::model_specific::Msr;
 
 use crate::arch::MAX_CPUS;
 
-/// IA32_APIC_BASE MSR (SDM Vol. 3A §11.4.4): base address in bits 12..51.
+/// IA32_APIC_BASE MSR (SDM Vol. 3A §11.4.4): base address in bits 12..51,
+/// bit 10 EXTD (x2APIC mode, §11.12.1), bit 11 EN (the APIC is enabled).
 const IA32_APIC_BASE: u32 = 0x1B;
 const APIC_BASE_ADDRESS_MASK: u64 = 0x000F_FFFF_FFFF_F000;
+const APIC_BASE_X2APIC_MODE: u64 = 1 << 10;
+const APIC_BASE_ENABLE: u64 = 1 << 11;
+/// CPUID.01H:ECX bit 21: the CPU has x2APIC mode.
+const CPUID_X2APIC: u32 = 1 << 21;
+/// x2APIC registers (SDM §11.12.1.2, Table 11-6): MSR 0x800 plus the xAPIC
+/// register's offset divided by 16.
+const X2APIC_MSR_BASE: u32 = 0x800;
+const X2APIC_REGISTER_STRIDE: usize = 0x10;
+/// The x2APIC ICR (§11.12.9): one 64-bit MSR, the destination's x2APIC ID
+/// in bits 63:32, no delivery-status bit (an IPI is sent when WRMSR
+/// retires).
+const X2APIC_ICR: u32 = 0x830;
+const X2APIC_ICR_DESTINATION_SHIFT: u32 = 32;
 const APIC_REGISTER_BLOCK: usize = 0x1000;
 /// Local APIC registers (SDM Vol. 3A Table 11-1).
 const LAPIC_ID: Reg32 = Reg32(0x020);
@@ -72,15 +94,50 @@ unsafe impl Send for Lapic {}
 
 static LAPIC: spin::Once<Lapic> = spin::Once::new();
 
-/// The running CPU's local APIC (every CPU finds its own at the address
-/// IA32_APIC_BASE gives, the same on all of them).
-pub(super) fn lapic() -> &'static Mmio {
+/// Every CPU runs its APIC in x2APIC mode (set by the boot CPU before it
+/// switches its own; each CPU switches first thing when it sets its APIC up).
+static X2APIC: AtomicBool = AtomicBool::new(false);
+/// The boot CPU's APIC is set up: interrupts can be in service.
+static APIC_READY: AtomicBool = AtomicBool::new(false);
+
+/// Whether the APICs run in x2APIC mode.
+pub fn x2apic() -> bool {
+    X2APIC.load(Ordering::Relaxed)
+}
+
+/// Reads the running CPU's APIC register `reg` (its xAPIC offset).
+pub(super) fn apic_read(reg: Reg32) -> u32 {
+    if x2apic() {
+        // SAFETY: in x2APIC mode every register of Table 11-6 that the
+        // kernel reads is an MSR; reading one has no side effect.
+        unsafe { Msr::new(x2apic_msr(reg)).read() as u32 }
+    } else {
+        lapic().read32(reg)
+    }
+}
+
+/// Writes `value` to the running CPU's APIC register `reg`.
+pub(super) fn apic_write(reg: Reg32, value: u32) {
+    if x2apic() {
+        // SAFETY: as in `apic_read`; the registers written (TPR, SVR, EOI
+        // with 0, the timer's) take a 32-bit value in the MSR's low half.
+        unsafe { Msr::new(x2apic_msr(reg)).write(u64::from(value)) }
+    } else {
+        lapic().write32(reg, value);
+    }
+}
+
+fn x2apic_msr(reg: Reg32) -> u32 {
+    X2APIC_MSR_BASE + (reg.0 / X2APIC_REGISTER_STRIDE) as u32
+}
+
+/// The running CPU's local APIC page (xAPIC mode; every CPU finds its own at
+/// the address IA32_APIC_BASE gives, the same on all of them).
+fn lapic() -> &'static Mmio {
     &LAPIC
         .call_once(|| {
             // SAFETY: reading IA32_APIC_BASE has no side effects.
-            let base =
-                unsafe { x86_64::registers::model_specific::Msr::new(IA32_APIC_BASE).read() }
-                    & APIC_BASE_ADDRESS_MASK;
+            let base = unsafe { Msr::new(IA32_APIC_BASE).read() } & APIC_BASE_ADDRESS_MASK;
             // SAFETY: the APIC page (0xFEE0_0000 on q35) lies in the identity
             // map's uncached part and is used only through this Mmio.
             Lapic(unsafe {
@@ -101,22 +158,42 @@ pub fn init() {
         Port::<u8>::new(PIC1_DATA).write(0xFF);
         Port::<u8>::new(PIC2_DATA).write(0xFF);
     }
+    // Every CPU of a machine has the same features; the boot CPU decides.
+    let leaf = core::arch::x86_64::__cpuid(1);
+    X2APIC.store(leaf.ecx & CPUID_X2APIC != 0, Ordering::Relaxed);
     init_this_cpu();
+    APIC_READY.store(true, Ordering::Release);
 }
 
-/// Enables the running CPU's local APIC, accepting every priority, and
-/// interrupts on it.
+/// Enables the running CPU's local APIC (in x2APIC mode where the CPUs
+/// have it), accepting every priority, and interrupts on it.
 pub fn init_this_cpu() {
-    let lapic = lapic();
-    lapic.write32(LAPIC_TPR, 0);
-    lapic.write32(LAPIC_SVR, SVR_APIC_ENABLE | u32::from(SPURIOUS_VECTOR));
+    if x2apic() {
+        let mut base = Msr::new(IA32_APIC_BASE);
+        // SAFETY: SDM §11.12.5: xAPIC (EN = 1, EXTD = 0) to x2APIC (both 1)
+        // is a valid transition; the address bits are kept. Nothing on this
+        // CPU has used the APIC yet, and nothing reaches it through the
+        // xAPIC page from here on.
+        unsafe {
+            let value = base.read();
+            base.write(value | APIC_BASE_ENABLE | APIC_BASE_X2APIC_MODE);
+        }
+    }
+    apic_write(LAPIC_TPR, 0);
+    apic_write(LAPIC_SVR, SVR_APIC_ENABLE | u32::from(SPURIOUS_VECTOR));
     x86_64::instructions::interrupts::enable();
 }
 
-/// The running CPU's local APIC ID (SDM Vol. 3A §11.4.6): read from its
-/// own APIC, which ring 3 cannot change, so it tells the CPU apart safely.
+/// The running CPU's local APIC ID (SDM Vol. 3A §11.4.6; in x2APIC mode
+/// the whole register, §11.12.5.1): read from its own APIC, which ring 3
+/// cannot change, so it tells the CPU apart safely.
 pub fn local_apic_id() -> u8 {
-    (lapic().read32(LAPIC_ID) >> LAPIC_ID_SHIFT) as u8
+    let id = apic_read(LAPIC_ID);
+    if x2apic() {
+        id as u8
+    } else {
+        (id >> LAPIC_ID_SHIFT) as u8
+    }
 }
 
 /// An inter-processor interrupt the kernel sends.
@@ -138,6 +215,13 @@ pub fn send_ipi(apic_id: u8, ipi: Ipi) -> bool {
         Ipi::Startup { page } => ICR_DELIVERY_STARTUP | ICR_LEVEL_ASSERT | u32::from(page),
         Ipi::Fixed { vector } => ICR_DELIVERY_FIXED | ICR_LEVEL_ASSERT | u32::from(vector),
     };
+    if x2apic() {
+        let icr = (u64::from(apic_id) << X2APIC_ICR_DESTINATION_SHIFT) | u64::from(command);
+        // SAFETY: one write of the running CPU's ICR sends the IPI it
+        // describes (§11.12.9); the kernel chooses what it sends.
+        unsafe { Msr::new(X2APIC_ICR).write(icr) };
+        return true;
+    }
     let lapic = lapic();
     // The two halves must describe one IPI. Each CPU writes only its own
     // ICR, so keeping a handler on this CPU from sending in between is all
@@ -171,9 +255,8 @@ pub fn dispatch(vector: u8) {
 /// set for an interrupt it delivered, never for an exception or an `int n`.
 /// Before the APIC is set up nothing is in service.
 pub fn in_service(vector: u8) -> bool {
-    LAPIC
-        .get()
-        .is_some_and(|lapic| lapic.0.read32(isr_register(vector / 32)) & (1 << (vector % 32)) != 0)
+    APIC_READY.load(Ordering::Acquire)
+        && apic_read(isr_register(vector / 32)) & (1 << (vector % 32)) != 0
 }
 
 /// In-Service Register `index` (0-7): vectors `32 * index` to `32 * index + 31`.
@@ -188,7 +271,7 @@ pub fn highest_in_service() -> u8 {
     (0..8u8)
         .rev()
         .find_map(|register| {
-            let bits = lapic().read32(isr_register(register));
+            let bits = apic_read(isr_register(register));
             (bits != 0).then(|| register * 32 + (31 - bits.leading_zeros()) as u8)
         })
         .unwrap_or(0)
@@ -204,14 +287,13 @@ pub fn highest_in_service() -> u8 {
 /// The in-service bit is read back and the EOI repeated while it stays set
 /// (a lost read returns 0, which never repeats an EOI that took effect).
 pub fn end_of_interrupt(vector: u8) {
-    let lapic = lapic();
-    lapic.write32(LAPIC_EOI, 0);
+    apic_write(LAPIC_EOI, 0);
     for _ in 0..EOI_REPEATS {
         if !in_service(vector) {
             return;
         }
         EOIS_REPEATED.fetch_add(1, Ordering::Relaxed);
-        lapic.write32(LAPIC_EOI, 0);
+        apic_write(LAPIC_EOI, 0);
     }
 }
 

@@ -191,6 +191,15 @@ pub fn cpu_identity_source() -> &'static str {
     cpu::identity_source()
 }
 
+/// How each CPU takes its interrupts (the boot log says).
+pub fn interrupt_controller() -> &'static str {
+    if interrupts::x2apic() {
+        "local APIC in x2APIC mode (registers as MSRs)"
+    } else {
+        "local APIC in xAPIC mode (registers through MMIO)"
+    }
+}
+
 /// The kernel's index of the running CPU (0 on the boot CPU), from
 /// IA32_TSC_AUX (see `cpu`).
 pub fn current_cpu_index() -> u64 {

@@ -20,6 +20,7 @@ use os_services::mmio::Reg32;
 use crate::arch::MAX_CPUS;
 
 use super::gdt;
+use super::interrupts::{apic_read, apic_write};
 use super::trap_frame::{TrapFrame, exception_name, from_user};
 
 /// The syscall gate (an interrupt gate with DPL 3).
@@ -358,16 +359,15 @@ fn on_timer_tick() {
 fn preemption_timer() -> Option<(u8, u64)> {
     *PREEMPTION_TIMER.call_once(|| {
         let vector = crate::irq::alloc_vector(on_timer_tick)?;
-        let lapic = super::interrupts::lapic();
-        lapic.write32(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
-        lapic.write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
-        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, u32::MAX);
+        apic_write(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+        apic_write(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
+        apic_write(LAPIC_TIMER_INITIAL_COUNT, u32::MAX);
         let start = super::now_ns();
         while super::now_ns() - start < CALIBRATION_NS {
             core::hint::spin_loop();
         }
-        let elapsed = u32::MAX - lapic.read32(LAPIC_TIMER_CURRENT_COUNT);
-        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, 0);
+        let elapsed = u32::MAX - apic_read(LAPIC_TIMER_CURRENT_COUNT);
+        apic_write(LAPIC_TIMER_INITIAL_COUNT, 0);
         let per_ms = u64::from(elapsed) * 1_000_000 / CALIBRATION_NS;
         (per_ms > 0).then_some((vector, per_ms))
     })
@@ -383,14 +383,13 @@ pub fn arm_preemption(slice_ns: u64) -> bool {
     };
     cpu.slice_end_ns
         .store(super::now_ns().saturating_add(slice_ns), Ordering::SeqCst);
-    let lapic = super::interrupts::lapic();
     let ticks = u32::try_from(per_ms.saturating_mul(TICK_MS)).unwrap_or(u32::MAX);
     // Each CPU has its own timer: the divider the calibration ran with is
     // set on whichever CPU arms it (a secondary CPU's is still at its
     // reset value, divide by 2).
-    lapic.write32(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
-    lapic.write32(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
-    lapic.write32(LAPIC_TIMER_INITIAL_COUNT, ticks.max(1));
+    apic_write(LAPIC_TIMER_DIVIDE, TIMER_DIVIDE_BY_1);
+    apic_write(LAPIC_LVT_TIMER, LVT_PERIODIC | u32::from(vector));
+    apic_write(LAPIC_TIMER_INITIAL_COUNT, ticks.max(1));
     true
 }
 
@@ -415,9 +414,8 @@ pub fn preemption_available() -> bool {
 /// Stops the preemption timer.
 pub fn disarm_preemption() {
     if let Some((vector, _)) = preemption_timer() {
-        let lapic = super::interrupts::lapic();
-        lapic.write32(LAPIC_TIMER_INITIAL_COUNT, 0);
-        lapic.write32(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
+        apic_write(LAPIC_TIMER_INITIAL_COUNT, 0);
+        apic_write(LAPIC_LVT_TIMER, LVT_MASKED | u32::from(vector));
     }
 }
 

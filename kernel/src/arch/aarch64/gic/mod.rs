@@ -109,6 +109,15 @@ fn version() -> Result<Version, NoInterruptController> {
 
 /// Brings up the running secondary CPU's part of the GIC (its CPU interface;
 /// a GICv3's redistributor) and unmasks IRQs on it.
+/// The interrupt controller, for the boot log.
+pub fn name() -> &'static str {
+    match VERSION.get() {
+        Some(Version::V2) => "GICv2",
+        Some(Version::V3) => "GICv3 (CPU interface as system registers)",
+        None => "no GIC",
+    }
+}
+
 pub fn init_this_cpu() -> Result<(), &'static str> {
     match version().map_err(|_| "no interrupt controller")? {
         Version::V2 => v2::init_this_cpu(),

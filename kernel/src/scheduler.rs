@@ -56,16 +56,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// One CPU, the default budget and slice. Runs that want the others
-    /// ask for them ([`ALL_CPUS`]). Every run on every CPU works, but on
-    /// x86 it meets a QEMU race often enough to fail CI now and then
-    /// (QEMU.md §6 item 5: multi-threaded TCG loses local APIC accesses;
-    /// single-threaded TCG gives a run's later CPUs no turn before short
-    /// tasks end).
+    /// Every CPU online, the default budget and slice. Runs whose tasks
+    /// must take their first turns in spawn order ask for one CPU. (Until
+    /// the x86 local APIC ran in x2APIC mode, runs used one CPU by default:
+    /// QEMU's multi-threaded TCG lost xAPIC MMIO accesses, QEMU.md §6
+    /// item 5.)
     pub const DEFAULT: Limits = Limits {
         cpu_ms: DEFAULT_CPU_MS,
         slice_ms: TIME_SLICE_MS,
-        cpus: 1,
+        cpus: ALL_CPUS,
     };
 }
 

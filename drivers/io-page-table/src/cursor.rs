@@ -28,7 +28,7 @@ pub struct WalkCursor {
     /// reads the entry at once instead of translating the table's address
     /// again (the allocator's `phys_to_virt` may be a lookup). Plain
     /// integers, never dereferenced by the cursor: the table does, under the
-    /// generation check that proves them live.
+    /// stamp check that proves them live.
     tables: [usize; MAX_LEVELS],
     deepest: u32,
 }
@@ -195,7 +195,7 @@ mod tests {
     }
 
     #[test]
-    fn another_generation_or_table_starts_over_at_the_root() {
+    fn another_stamp_starts_over_at_the_root() {
         let bits = table_level_of_bit(&x86_4level());
         let mut cursor = WalkCursor::new();
         cursor.start(0x1000, 3, &bits, 0, || 0x1000);

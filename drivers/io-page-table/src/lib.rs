@@ -59,9 +59,11 @@
 //!   walk once, starting at the deepest table the caller's last such walk
 //!   shares with them ([`WalkCursor`]: the table's own for the `&mut` methods,
 //!   the caller's for [`PageTable::map_with`]/[`PageTable::unmap_with`], none
-//!   for the `_shared` ones, which walk from the root); everything else plans
-//!   from the root. An unmap that unlinks tables bumps a generation that every
-//!   cursor checks. Leaves are written with single aligned 64-bit stores
+//!   for the `_shared` ones, which walk from the root); a single page in the
+//!   leaf table of that last walk needs no walk at all; everything else plans
+//!   from the root. An unmap that unlinks tables gives the table a new stamp
+//!   (unique over all tables) that every cursor checks. Leaves are written
+//!   with single aligned 64-bit stores
 //!   (vectorised only for empty slots), so the IOMMU never sees half an entry.
 //! - Several CPUs at once: [`PageTable::map_shared`] and
 //!   [`PageTable::unmap_shared`] take `&self`, for callers that keep their

@@ -377,42 +377,8 @@ fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
     let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
     unit.attach(DeviceId(EDU_A.into()), domain).unwrap();
     assert!(unit.shares_mapping());
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
-    let shared = &unit;
-    let start = &std::sync::Barrier::new(4);
-    std::thread::scope(|threads| {
-        for thread in 0..4u64 {
-            threads.spawn(move || {
-                start.wait();
-                let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
-                for round in 0..100u64 {
-                    // Not 2 MiB aligned physically: 512 leaves in one table.
-                    let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
-                    // SAFETY: each thread keeps to its own range.
-                    let gather = unsafe { shared.map_shared(domain, iova, phys, len, rw) };
-                    shared.flush_shared(domain, &gather.unwrap()).unwrap();
-                    let seen = model.translate(EDU_A, iova + 0x1000).map(|leaf| leaf.phys);
-                    assert_eq!(seen, Some(phys + 0x1000), "thread {thread}");
-                    // SAFETY: as above.
-                    let gather = unsafe { shared.unmap_shared(domain, iova, len) }.unwrap();
-                    assert!(gather.freed_tables, "the level-1 table was not freed");
-                    let seen = model.translate(EDU_A, iova + 0x1000).map(|leaf| leaf.phys);
-                    assert!(
-                        seen.is_none() || seen == Some(phys + 0x1000),
-                        "thread {thread}: a freed table was reused under a cached walk"
-                    );
-                    shared.flush_shared(domain, &gather).unwrap();
-                    assert_eq!(
-                        model.translate(EDU_A, iova + 0x1000),
-                        None,
-                        "thread {thread}, round {round}: stale translation"
-                    );
-                }
-            });
-        }
+    iommu_kit::fakes::map_and_unmap_from_four_threads(&unit, domain, 100, |iova| {
+        model.translate(EDU_A, iova).map(|leaf| leaf.phys)
     });
     if let Err(stale) = model.check_no_stale_cache() {
         panic!("after the threads: {stale}");

@@ -368,3 +368,59 @@ impl<T> SyncRefCell<T> {
         self.0.write().unwrap()
     }
 }
+
+/// Four threads (as four CPUs) map, flush, unmap and flush a range of their
+/// own in `domain` through `unit`'s shared calls, `rounds` times: each its
+/// own 2 MiB, 512 pages whose physical side is not 2 MiB-aligned, so every
+/// map fills one leaf table and every unmap unlinks it. `translate(iova)` is
+/// the output address a DMA to `iova` would reach now, as the unit's model
+/// sees it (its caches included), or `None` for a fault.
+///
+/// After each map, the page translates; after each unmap, before its flush,
+/// the old translation may still be in use but never another one (which
+/// would mean a table page another thread's flush freed and its map reused
+/// under a cached walk); after the flush, nothing translates.
+#[cfg(feature = "host-fakes")]
+pub fn map_and_unmap_from_four_threads<U: iommu::IommuUnit + Sync>(
+    unit: &U,
+    domain: iommu::DomainHandle,
+    rounds: u64,
+    translate: impl Fn(u64) -> Option<u64> + Sync,
+) {
+    const THREADS: u64 = 4;
+    let rw = iommu::Prot {
+        read: true,
+        write: true,
+    };
+    let (start, translate) = (&std::sync::Barrier::new(THREADS as usize), &translate);
+    std::thread::scope(|threads| {
+        for thread in 0..THREADS {
+            threads.spawn(move || {
+                start.wait();
+                let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
+                let probe = iova + 0x1000;
+                for round in 0..rounds {
+                    let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
+                    // SAFETY: each thread keeps to its own range.
+                    let gather = unsafe { unit.map_shared(domain, iova, phys, len, rw) };
+                    unit.flush_shared(domain, &gather.unwrap()).unwrap();
+                    assert_eq!(translate(probe), Some(phys + 0x1000), "thread {thread}");
+                    // SAFETY: as above.
+                    let gather = unsafe { unit.unmap_shared(domain, iova, len) }.unwrap();
+                    assert!(gather.freed_tables, "the leaf table was not freed");
+                    let seen = translate(probe);
+                    assert!(
+                        seen.is_none() || seen == Some(phys + 0x1000),
+                        "thread {thread}: a freed table was reused under a cached walk"
+                    );
+                    unit.flush_shared(domain, &gather).unwrap();
+                    assert_eq!(
+                        translate(probe),
+                        None,
+                        "thread {thread}, round {round}: stale translation"
+                    );
+                }
+            });
+        }
+    });
+}

@@ -317,43 +317,8 @@ mod unit {
         let domain = unit.alloc_domain(DomainKind::Paging).unwrap();
         unit.attach(DeviceId(8), domain).unwrap();
         assert!(unit.shares_mapping());
-        let (shared, model) = (&unit, &rig.model);
-        let start = &std::sync::Barrier::new(4);
-        std::thread::scope(|threads| {
-            for thread in 0..4u64 {
-                threads.spawn(move || {
-                    start.wait();
-                    // A whole last-level table's reach, in pages (the
-                    // physical side is not block-aligned), so that the
-                    // unmap unlinks the table.
-                    let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
-                    for round in 0..200u64 {
-                        let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
-                        // SAFETY: each thread keeps to its own range.
-                        let gather = unsafe { shared.map_shared(domain, iova, phys, len, RW) };
-                        shared.flush_shared(domain, &gather.unwrap()).unwrap();
-                        let seen = model.translate(8, iova + 0x1000).map(|e| e.leaf.output);
-                        assert_eq!(seen, Some(phys + 0x1000), "thread {thread}");
-                        // SAFETY: as above.
-                        let gather = unsafe { shared.unmap_shared(domain, iova, len) };
-                        let gather = gather.unwrap();
-                        assert!(gather.freed_tables, "the last-level table was not freed");
-                        // Before the TLBI the SMMU may still use the old
-                        // walk (the old translation), but never a table page
-                        // another thread's flush freed and its map reused.
-                        let seen = model.translate(8, iova + 0x1000).map(|e| e.leaf.output);
-                        assert!(
-                            seen.is_none() || seen == Some(phys + 0x1000),
-                            "thread {thread}: a freed table was reused under a cached walk"
-                        );
-                        shared.flush_shared(domain, &gather).unwrap();
-                        assert!(
-                            model.translate(8, iova + 0x1000).is_none(),
-                            "thread {thread}, round {round}: stale translation"
-                        );
-                    }
-                });
-            }
+        iommu_kit::fakes::map_and_unmap_from_four_threads(&unit, domain, 200, |iova| {
+            rig.model.translate(8, iova).map(|e| e.leaf.output)
         });
         if let Err(stale) = rig.model.check_no_stale_cache(&[8]) {
             panic!("after the threads: {stale}");

@@ -248,8 +248,10 @@ fn aligned_unmap_costs_one_psi_one_wait_one_tail_write() {
 /// their own 2 MiB of one caching-mode domain through `&self` (real tables;
 /// each unmap unlinks a leaf table, owed an IH = 0 invalidation), sharing
 /// the invalidation queue and each waiting for its own wait descriptor's
-/// status. Every flush completes, each thread's walk finds its own pages,
-/// and every table page comes back with the domain.
+/// status (the loop is `iommu_kit::fakes::map_and_unmap_from_four_threads`,
+/// the probe a walk of the tables). Every flush completes, each thread's
+/// walk finds its own pages and none after its unmap, and every table page
+/// comes back with the domain.
 #[test]
 fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
     let rig = Rig::new();
@@ -264,39 +266,19 @@ fn cpus_map_and_unmap_disjoint_ranges_of_one_domain_at_once() {
     assert!(unit.shares_mapping());
     model.take_descriptors();
     assert_eq!(unit.hardware.counters().shared_waits, 0);
-    let rw = Prot {
-        read: true,
-        write: true,
-    };
     const ROUNDS: u64 = 50;
-    let shared = &unit;
-    let start = &std::sync::Barrier::new(4);
-    std::thread::scope(|threads| {
-        for thread in 0..4u64 {
-            threads.spawn(move || {
-                start.wait();
-                let (iova, len) = (0x4000_0000 + thread * 0x40_0000, 0x20_0000);
-                for round in 0..ROUNDS {
-                    // Not 2 MiB aligned physically: 512 leaves in one table.
-                    let phys = 0x8000_1000 + thread * 0x100_0000 + round * 0x2000;
-                    // SAFETY: each thread keeps to its own range.
-                    let gather = unsafe { shared.map_shared(domain, iova, phys, len, rw) };
-                    shared.flush_shared(domain, &gather.unwrap()).unwrap();
-                    let mut leaf = None;
-                    shared.walk_mapping(domain, iova + 0x1000, &mut |step| {
-                        if let io_page_table::StepKind::Leaf { phys, .. } = step.kind {
-                            leaf = Some(phys);
-                        }
-                    });
-                    assert_eq!(leaf, Some(phys + 0x1000), "thread {thread}");
-                    // SAFETY: as above.
-                    let gather = unsafe { shared.unmap_shared(domain, iova, len) }.unwrap();
-                    assert!(gather.freed_tables, "the leaf table was not freed");
-                    shared.flush_shared(domain, &gather).unwrap();
-                }
-            });
-        }
-    });
+    // The leaf a walk of the real tables finds (caching mode: no IOTLB of
+    // mapped pages to consult).
+    let walked = |iova| {
+        let mut leaf = None;
+        unit.walk_mapping(domain, iova, &mut |step| {
+            if let io_page_table::StepKind::Leaf { phys, .. } = step.kind {
+                leaf = Some(phys);
+            }
+        });
+        leaf
+    };
+    iommu_kit::fakes::map_and_unmap_from_four_threads(&unit, domain, ROUNDS, walked);
     // Two flushes a round, each one invalidation and a wait: its own, or
     // another CPU's queued after it.
     let waits = model

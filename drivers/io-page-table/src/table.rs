@@ -727,8 +727,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         Ok(t)
     }
 
-    /// Single-walk `map` for the common case of smallest leaves in a table that
-    /// exists already. `None`: take the general path.
+    /// Single-walk `map` of several smallest leaves in a table that exists
+    /// already (one page takes [`Self::map_page`]). `None`: take the general
+    /// path.
     #[inline(always)]
     fn map_within_leaf_table(
         &self,
@@ -748,9 +749,6 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             Ok(bits) => bits,
             Err(e) => return Some(Err(e)),
         };
-        if count == 1 {
-            return Some(self.map_one_leaf(t, iova, phys | bits));
-        }
         if !Self::all_empty(t, first, count) {
             let taken = (first..first + count).find(|&i| Self::read(t, i) != 0)?;
             let at = iova + (((taken - first) as u64) << shift);
@@ -1204,17 +1202,15 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         }
     }
 
-    /// Clears the level-0 entries for `[iova, last]` in the table whose entries
-    /// are `t`: find the first and last leaf, then zero everything between with
-    /// single 64-bit stores (a live entry must never be seen half cleared).
+    /// Clears the level-0 entries for `[iova, last]` (several pages; one takes
+    /// [`Self::unmap_page`]) in the table whose entries are `t`: find the
+    /// first and last leaf, then zero everything between with single 64-bit
+    /// stores (a live entry must never be seen half cleared).
     #[inline(always)]
     fn clear_leaf_run(&self, t: *mut u64, iova: u64, last: u64) -> Unmapped {
         let shift = self.geo.granule_shift;
         let first = self.index(iova, 0);
         let end = first + ((last - iova) >> shift) as usize + 1;
-        if end - first == 1 {
-            return self.clear_one_leaf(t, iova);
-        }
         let Some(lo) = (first..end).find(|&i| Self::read(t, i) != 0) else {
             return Unmapped::nothing();
         };

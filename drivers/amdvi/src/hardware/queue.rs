@@ -75,11 +75,7 @@ impl Hardware {
         let (batch, wait_at) = if commands.is_empty() || queue.is_quiet() {
             // Alone on the buffer: the commands and a COMPLETION_WAIT of
             // their own in one claim (one COMMAND_TAIL write).
-            let claim = self.claim_commands(commands.len() as u64 + 1)?;
-            let wait_at = claim.last();
-            let batch = self.write_and_publish(claim, commands, true);
-            queue.note_sync(wait_at);
-            (batch, wait_at)
+            self.queue_with_wait(commands)?
         } else {
             // Beside other submitters: the commands first; a COMPLETION_WAIT
             // another CPU claimed after them serves them too (it completes
@@ -205,11 +201,18 @@ impl Hardware {
             self.counters.add(|c| c.shared_waits += 1);
             return Ok(wait_at);
         }
-        let claim = self.claim_commands(1)?;
+        Ok(self.queue_with_wait(&[])?.1)
+    }
+
+    /// Claims, writes and publishes `commands` and a COMPLETION_WAIT of
+    /// their own behind them, which later submitters may share; returns the
+    /// commands' addresses and the wait's position.
+    fn queue_with_wait(&self, commands: &[Command]) -> Result<(Vec<u64>, u64), UnitError> {
+        let claim = self.claim_commands(commands.len() as u64 + 1)?;
         let wait_at = claim.last();
-        self.write_and_publish(claim, &[], true);
-        queue.note_sync(wait_at);
-        Ok(wait_at)
+        let batch = self.write_and_publish(claim, commands, true);
+        self.command_queue.note_sync(wait_at);
+        Ok((batch, wait_at))
     }
 
     /// §2.4 / §2.5.6: the IOMMU stopped at a bad command (Status.CmdBufRun

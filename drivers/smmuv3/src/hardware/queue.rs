@@ -163,13 +163,8 @@ impl Smmu<'_> {
     /// command before it has completed), else one of their own: several
     /// CPUs' commands, one sync.
     pub fn execute(&self, commands: &[Command]) -> Result<(), Error> {
-        let positions = &self.cmdq.positions;
-        if commands.is_empty() || positions.is_quiet() {
-            let mut batch = Vec::with_capacity(commands.len() + 1);
-            batch.extend_from_slice(commands);
-            batch.push(Command::Sync);
-            let taken = self.queue(&batch)?;
-            positions.note_sync(taken.end - 1);
+        if commands.is_empty() || self.cmdq.positions.is_quiet() {
+            let taken = self.queue_with_sync(commands)?;
             return self.wait_cmdq_consumed(taken);
         }
         let taken = self.queue(commands)?;
@@ -185,9 +180,19 @@ impl Smmu<'_> {
             self.counters.add(|c| c.shared_syncs += 1);
             return Ok(sync);
         }
-        let own = self.queue(&[Command::Sync])?;
-        positions.note_sync(own.end - 1);
-        Ok(own.end - 1)
+        Ok(self.queue_with_sync(&[])?.end - 1)
+    }
+
+    /// Queues `commands` and a CMD_SYNC of their own behind them, which
+    /// later submitters may share; returns the positions taken (the
+    /// CMD_SYNC last).
+    fn queue_with_sync(&self, commands: &[Command]) -> Result<Range<u64>, Error> {
+        let mut batch = Vec::with_capacity(commands.len() + 1);
+        batch.extend_from_slice(commands);
+        batch.push(Command::Sync);
+        let taken = self.queue(&batch)?;
+        self.cmdq.positions.note_sync(taken.end - 1);
+        Ok(taken)
     }
 
     /// [`Smmu::execute`] of pre-encoded commands (a task's, for its nested

@@ -56,15 +56,29 @@ impl<R: Registers> Hardware<'_, R> {
             return Err(Error::Invalid);
         }
         if descriptors.is_empty() || shared.is_quiet() {
-            let claim = self.claim_room(descriptors.len() as u64 + 1)?;
-            let (positions, wait_at) = (claim.positions(), claim.last());
-            self.write_and_publish(claim, descriptors, true);
-            shared.note_sync(wait_at);
+            let (positions, wait_at) = self.queue_with_wait(descriptors)?;
             return Ok(Queued { positions, wait_at });
         }
         let positions = self.queue_without_wait(descriptors)?;
         let wait_at = self.wait_after(&positions)?;
         Ok(Queued { positions, wait_at })
+    }
+
+    /// Claims, writes and publishes `descriptors` and a wait descriptor of
+    /// their own behind them, which later submitters may share; returns
+    /// their positions and the wait's.
+    fn queue_with_wait(
+        &self,
+        descriptors: &[Descriptor],
+    ) -> Result<(core::ops::Range<u64>, u64), Error> {
+        let Invalidator::Queue { ring, .. } = &self.invalidator else {
+            return Err(Error::Unsupported("queued invalidation"));
+        };
+        let claim = self.claim_room(descriptors.len() as u64 + 1)?;
+        let (positions, wait_at) = (claim.positions(), claim.last());
+        self.write_and_publish(claim, descriptors, true);
+        ring.shared().note_sync(wait_at);
+        Ok((positions, wait_at))
     }
 
     /// Claims, writes and publishes `descriptors` alone; returns their
@@ -89,11 +103,7 @@ impl<R: Registers> Hardware<'_, R> {
             self.counters.add(|c| c.shared_waits += 1);
             return Ok(wait_at);
         }
-        let claim = self.claim_room(1)?;
-        let wait_at = claim.last();
-        self.write_and_publish(claim, &[], true);
-        ring.shared().note_sync(wait_at);
-        Ok(wait_at)
+        Ok(self.queue_with_wait(&[])?.1)
     }
 
     /// Room for `count` descriptors: observes the head until the hardware

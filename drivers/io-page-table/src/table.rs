@@ -22,7 +22,7 @@ use core::ptr::NonNull;
 use core::sync::atomic::{AtomicU64, Ordering};
 use os_services::barrier::dma_wmb;
 
-use crate::cursor::{WalkCursor, table_level_of_bit};
+use crate::cursor::{CursorShape, WalkCursor};
 use crate::error::{AllocError, MapError, UnmapError};
 use crate::format::{Format, Geometry, MAX_LEVELS};
 use crate::gather::Gather;
@@ -229,8 +229,8 @@ struct Limits {
     runs: [u32; MAX_LEVELS],
     /// Whether runs of entries may be cleared two to a store.
     pair_stores: bool,
-    /// For cursors: the lowest level whose tables span each IOVA bit.
-    table_level_of_bit: [u8; 64],
+    /// What walk cursors need of the geometry.
+    cursor_shape: CursorShape,
 }
 
 impl Limits {
@@ -255,7 +255,7 @@ impl Limits {
             index_mask,
             runs,
             pair_stores: pair_stores_are_atomic(),
-            table_level_of_bit: table_level_of_bit(geo),
+            cursor_shape: CursorShape::new(geo),
         }
     }
 }
@@ -390,6 +390,16 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             self.alloc
                 .clean_for_device(self.alloc.phys_to_virt(table), bytes);
         }
+    }
+
+    /// [`Limits::runs`] at `level`, known to be none without a load for a
+    /// format whose [`Format::leaf_runs`] is constantly none (x86-64, VT-d).
+    #[inline(always)]
+    fn runs(&self, level: u32) -> u32 {
+        if self.format.leaf_runs(level) == 0 {
+            return 0;
+        }
+        self.limits.runs[level as usize]
     }
 
     #[inline(always)]
@@ -672,8 +682,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             return self.descend_to_leaf_table(top, self.entries(self.root), iova, None);
         };
         let stamp = self.stamp.load(Ordering::Acquire);
-        let span_shift = self.limits.leaf_table_shift;
-        if let Some(t) = cursor.same_leaf_table(stamp, span_shift, iova) {
+        if let Some(t) = cursor.same_leaf_table(stamp, &self.limits.cursor_shape, iova) {
             return Ok(t as *mut u64);
         }
         self.walk_from_cursor(cursor, stamp, iova)
@@ -690,9 +699,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         iova: u64,
     ) -> Result<*mut u64, ()> {
         let top = self.geo.levels - 1;
-        let bits = &self.limits.table_level_of_bit;
+        let shape = &self.limits.cursor_shape;
         let root_entries = || self.entries(self.root) as usize;
-        let (level, t) = cursor.start(stamp, top, bits, iova, root_entries);
+        let (level, t) = cursor.start(stamp, top, shape, iova, root_entries);
         self.descend_to_leaf_table(level, t as *mut u64, iova, Some(cursor))
     }
 
@@ -711,7 +720,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             let pte = Self::read(t, self.index(iova, level));
             if pte == 0 || !self.format.is_table(level, pte) {
                 if let Some(cursor) = cursor {
-                    cursor.record(iova, level);
+                    cursor.record(&self.limits.cursor_shape, iova, level);
                 }
                 return Err(());
             }
@@ -722,7 +731,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
         }
         if let Some(cursor) = cursor {
-            cursor.record(iova, 0);
+            cursor.record(&self.limits.cursor_shape, iova, 0);
         }
         Ok(t)
     }
@@ -792,7 +801,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         attrs: u64,
     ) {
         let shift = self.limits.index_shift[level as usize];
-        let runs = self.limits.runs[level as usize];
+        let runs = self.runs(level);
         if runs == 0 {
             let mut pte = phys | attrs;
             for i in idx..idx + count {
@@ -1140,7 +1149,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             Some(Ok(t)) => {
                 // Only smallest leaves here, no table covered; only runs of
                 // them can be cut.
-                if self.limits.runs[0] != 0 {
+                if self.runs(0) != 0 {
                     self.refuse_cut_runs(t, iova, last)?;
                 }
                 return Ok(self.clear_leaf_run(t, iova, last));
@@ -1168,7 +1177,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         match self.leaf_table_at(cursor, iova) {
             Ok(t) => {
                 // A page of a run would cut it.
-                if limits.runs[0] != 0 {
+                if self.runs(0) != 0 {
                     self.refuse_cut_runs(t, iova, last)?;
                 }
                 Ok(self.clear_one_leaf(t, iova))

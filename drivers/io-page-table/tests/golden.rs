@@ -761,3 +761,53 @@ fn a_cursor_never_takes_a_new_table_for_a_dropped_one_at_the_same_root() {
     assert_eq!(second.iova_to_phys(0x20_2000), Some(0x3000));
     assert_eq!(second.allocator().live_pages(), 4);
 }
+
+/// The physical address of the level-`level` table `pt`'s walk to `iova` reads.
+fn table_on_walk<F: io_page_table::Format>(
+    pt: &PageTable<F, HeapTableAlloc>,
+    iova: u64,
+    level: u32,
+) -> u64 {
+    let mut table = None;
+    pt.walk_to(iova, |step| {
+        if step.level == level {
+            table = Some(step.table);
+        }
+    });
+    table.expect("the walk reads that level")
+}
+
+#[test]
+fn a_cursor_forgets_the_level_1_tables_it_remembered_once_an_unmap_unlinks_them() {
+    let mut cursor = io_page_table::WalkCursor::new();
+    let pt = table(vtd(4, 0, false));
+    const GIB: u64 = 1 << 30;
+    // Two pages in the first GiB (the second map walks the tables the
+    // first built), then one in the second GiB: the cursor remembers the
+    // first GiB's level-1 table beside its last walk.
+    for (iova, phys) in [(0x20_0000, 0x1000), (0x20_1000, 0x1000), (GIB, 0x2000)] {
+        // SAFETY: one caller, so no other call touches the range.
+        unsafe { pt.map_with(&mut cursor, iova, phys, 0x1000, Prot::RW) }.unwrap();
+    }
+    let first_level_1 = table_on_walk(&pt, 0x20_0000, 1);
+    // The first GiB goes whole: its level-1 table is unlinked and freed.
+    // SAFETY: as above.
+    let unmapped = unsafe { pt.unmap_shared(0, GIB) }.unwrap();
+    assert_eq!(unmapped.freed.len(), 2);
+    pt.release(unmapped.freed);
+    // The third GiB's new tables reuse the freed pages, its level-1 table
+    // the first GiB's: a walk for the first GiB through the remembered
+    // table would now land in the third GiB.
+    for (iova, phys) in [(2 * GIB + 0x40_1000, 0x3000), (GIB + 0x1000, 0x4000)] {
+        // SAFETY: as above.
+        unsafe { pt.map_with(&mut cursor, iova, phys, 0x1000, Prot::RW) }.unwrap();
+    }
+    assert_eq!(table_on_walk(&pt, 2 * GIB, 1), first_level_1);
+    // From the second GiB's walk, the first GiB's would start at the
+    // remembered level-1 table: it must not.
+    // SAFETY: as above.
+    unsafe { pt.map_with(&mut cursor, 0x40_0000, 0x5000, 0x1000, Prot::RW) }.unwrap();
+    assert_eq!(pt.iova_to_phys(0x40_0000), Some(0x5000));
+    assert_eq!(pt.iova_to_phys(2 * GIB + 0x40_0000), None);
+    assert_eq!(pt.allocator().live_pages(), 8);
+}

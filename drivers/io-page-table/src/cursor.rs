@@ -34,11 +34,13 @@ pub(crate) struct CursorShape {
     /// `table_level_of_bit[b]`: the lowest level whose tables span IOVA bit
     /// `b` (the root for bits above every non-root table's span).
     table_level_of_bit: [u8; 64],
-    /// The offset mask of a leaf table's span (a level-1 entry's span).
-    leaf_table_mask: u64,
-    /// log2 of a level-1 table's span (a level-2 entry's), and its offset mask.
+    /// The IOVA bits that name a leaf table's span (a level-1 entry's): an
+    /// IOVA masked with them is where its leaf table's span starts.
+    leaf_table_bits: u64,
+    /// log2 of a level-1 table's span (a level-2 entry's), and the IOVA bits
+    /// that name it.
     parent_shift: u32,
-    parent_mask: u64,
+    parent_bits: u64,
 }
 
 impl CursorShape {
@@ -54,9 +56,9 @@ impl CursorShape {
         let parent_shift = geo.shift(2).min(63);
         Self {
             table_level_of_bit,
-            leaf_table_mask: (1u64 << geo.shift(1).min(63)) - 1,
+            leaf_table_bits: !((1u64 << geo.shift(1).min(63)) - 1),
             parent_shift,
-            parent_mask: (1u64 << parent_shift) - 1,
+            parent_bits: !((1u64 << parent_shift) - 1),
         }
     }
 }
@@ -152,7 +154,7 @@ impl WalkCursor {
         // above the walk's start true for it.
         if level == 2 {
             let slot = self.parents[Self::parent_slot(shape, iova)];
-            if slot.iova == iova & !shape.parent_mask {
+            if slot.iova == iova & shape.parent_bits {
                 self.tables[1] = slot.entries;
                 return (1, slot.entries);
             }
@@ -179,14 +181,21 @@ impl WalkCursor {
         // One test of everything that must hold, not three branches: this
         // runs before every one-page map and unmap.
         let differs =
-            (self.stamp ^ stamp) | ((iova & !shape.leaf_table_mask) ^ self.leaf_table_iova);
+            (self.stamp ^ stamp) | ((iova & shape.leaf_table_bits) ^ self.leaf_table_iova);
         (differs == 0).then_some(self.tables[0])
     }
 
-    /// Sets the table (its entries' CPU address) at `level` on the current walk.
+    /// Sets the table (its entries' CPU address) at `level` on the current
+    /// walk for `iova`; a level-1 table is remembered for its span too.
     #[inline(always)]
-    pub(crate) fn set(&mut self, level: u32, table: usize) {
+    pub(crate) fn set(&mut self, shape: &CursorShape, iova: u64, level: u32, table: usize) {
         self.tables[level as usize] = table;
+        if level == 1 {
+            self.parents[Self::parent_slot(shape, iova)] = ParentSlot {
+                iova: iova & shape.parent_bits,
+                entries: table,
+            };
+        }
     }
 
     /// Ends a walk for `iova` that reached `tables[level..]`: the tables
@@ -196,16 +205,11 @@ impl WalkCursor {
     pub(crate) fn record(&mut self, shape: &CursorShape, iova: u64, level: u32) {
         self.iova = iova;
         self.deepest = level;
-        self.leaf_table_iova = NO_TABLE;
-        if level <= 1 {
-            self.parents[Self::parent_slot(shape, iova)] = ParentSlot {
-                iova: iova & !shape.parent_mask,
-                entries: self.tables[1],
-            };
-            if level == 0 {
-                self.leaf_table_iova = iova & !shape.leaf_table_mask;
-            }
-        }
+        self.leaf_table_iova = if level == 0 {
+            iova & shape.leaf_table_bits
+        } else {
+            NO_TABLE
+        };
     }
 }
 
@@ -243,9 +247,9 @@ mod tests {
         let mut cursor = WalkCursor::new();
         let iova = 0x40_1234_5000;
         cursor.start(0x1000, 3, &shape, iova, || 0x1000);
-        cursor.set(2, 0x2000);
-        cursor.set(1, 0x3000);
-        cursor.set(0, 0x4000);
+        cursor.set(&shape, iova, 2, 0x2000);
+        cursor.set(&shape, iova, 1, 0x3000);
+        cursor.set(&shape, iova, 0, 0x4000);
         cursor.record(&shape, iova, 0);
         let mut start = |at| cursor.start(0x1000, 3, &shape, at, || 0x1000);
         // Same 2 MiB: the leaf table. Same 1 GiB: the page directory. Same
@@ -264,12 +268,12 @@ mod tests {
         let iova = 0x40_1234_5000;
         assert_eq!(cursor.same_leaf_table(0x1000, &shape, iova), None);
         cursor.start(0x1000, 3, &shape, iova, || 0x1000);
-        cursor.set(2, 0x2000);
+        cursor.set(&shape, iova, 2, 0x2000);
         cursor.record(&shape, iova, 2);
         // The walk stopped above the leaf table (a hole on the way).
         assert_eq!(cursor.same_leaf_table(0x1000, &shape, iova), None);
-        cursor.set(1, 0x3000);
-        cursor.set(0, 0x4000);
+        cursor.set(&shape, iova, 1, 0x3000);
+        cursor.set(&shape, iova, 0, 0x4000);
         cursor.record(&shape, iova, 0);
         assert_eq!(
             cursor.same_leaf_table(0x1000, &shape, iova ^ 0x1f_f000),
@@ -288,12 +292,12 @@ mod tests {
         let shape = CursorShape::new(&x86_4level());
         let mut cursor = WalkCursor::new();
         cursor.start(0x1000, 3, &shape, 0, || 0x1000);
-        cursor.set(2, 0x2000);
+        cursor.set(&shape, 0, 2, 0x2000);
         cursor.record(&shape, 0, 2);
         assert_eq!(cursor.start(0x1000, 3, &shape, 0, || 0x1000), (2, 0x2000));
         // An unmap unlinked tables since: nothing cached holds.
         assert_eq!(cursor.start(0x1001, 3, &shape, 0, || 0x1000), (3, 0x1000));
-        cursor.set(2, 0x2000);
+        cursor.set(&shape, 0, 2, 0x2000);
         cursor.record(&shape, 0, 2);
         // Another table's walk.
         assert_eq!(cursor.start(0x9001, 3, &shape, 0, || 0x9000), (3, 0x9000));
@@ -304,9 +308,9 @@ mod tests {
     fn walked_to_leaf(shape: &CursorShape, iova: u64) -> WalkCursor {
         let mut cursor = WalkCursor::new();
         cursor.start(0x1000, 3, shape, iova, || 0x1000);
-        cursor.set(2, 0x2000);
-        cursor.set(1, 0x3000);
-        cursor.set(0, 0x4000);
+        cursor.set(shape, iova, 2, 0x2000);
+        cursor.set(shape, iova, 1, 0x3000);
+        cursor.set(shape, iova, 0, 0x4000);
         cursor.record(shape, iova, 0);
         cursor
     }
@@ -322,8 +326,8 @@ mod tests {
             cursor.start(0x1000, 3, &shape, other, || 0x1000),
             (2, 0x2000)
         );
-        cursor.set(1, 0x5000);
-        cursor.set(0, 0x6000);
+        cursor.set(&shape, other, 1, 0x5000);
+        cursor.set(&shape, other, 0, 0x6000);
         cursor.record(&shape, other, 0);
         // Back in the first GiB, in another leaf table: its level-1 table
         // is remembered, and becomes the cursor's level-1 table for the walk.
@@ -332,7 +336,7 @@ mod tests {
             cursor.start(0x1000, 3, &shape, back, || 0x1000),
             (1, 0x3000)
         );
-        cursor.set(0, 0x7000);
+        cursor.set(&shape, back, 0, 0x7000);
         cursor.record(&shape, back, 0);
         assert_eq!(cursor.same_leaf_table(0x1000, &shape, back), Some(0x7000));
         // And the other GiB's is remembered too.
@@ -351,7 +355,7 @@ mod tests {
         // Another level-2 table's walk, stopped at a hole in it.
         let far = first + 0x80_0000_0000;
         assert_eq!(cursor.start(0x1000, 3, &shape, far, || 0x1000), (3, 0x1000));
-        cursor.set(2, 0x8000);
+        cursor.set(&shape, far, 2, 0x8000);
         cursor.record(&shape, far, 2);
         // From `far`, the first span differs above level 2: levels 2 up
         // would not hold for it, so the walk starts at the root.
@@ -367,7 +371,7 @@ mod tests {
             cursor.start(0x1001, 3, &shape, other, || 0x1000),
             (3, 0x1000)
         );
-        cursor.set(2, 0x2000);
+        cursor.set(&shape, other, 2, 0x2000);
         cursor.record(&shape, other, 2);
         assert_eq!(
             cursor.start(0x1001, 3, &shape, near_first, || 0x1000),

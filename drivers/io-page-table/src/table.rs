@@ -727,7 +727,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             t = self.entries(self.format.table_addr(pte));
             level -= 1;
             if let Some(cursor) = cursor.as_deref_mut() {
-                cursor.set(level, t as usize);
+                cursor.set(&self.limits.cursor_shape, iova, level, t as usize);
             }
         }
         if let Some(cursor) = cursor {

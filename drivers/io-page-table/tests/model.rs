@@ -233,7 +233,10 @@ impl<F: Format> Subject<F> {
                     "map {iova:#x}+{len:#x} -> {phys:#x} failed: {e:?}"
                 );
                 if let MapError::AlreadyMapped { iova: at } = e {
-                    assert!(self.overlaps(at, at + (u64::from(1u32) << g.granule_shift) - 1));
+                    let page = u64::from(1u32) << g.granule_shift;
+                    assert!(self.overlaps(at, at + (page - 1)));
+                    // The first conflict: nothing mapped before it in the range.
+                    assert!(at == iova || !self.overlaps(iova, at - 1), "{e:?}");
                 }
                 assert_eq!(
                     snapshot(&self.pt),

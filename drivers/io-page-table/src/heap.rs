@@ -148,6 +148,46 @@ impl HeapTableAlloc {
         unsafe { NonNull::new_unchecked(base.add(offset)) }
     }
 
+    /// A page of `bytes`, recycled or fresh: zeroed when `zeroed`, else as
+    /// freed (poisoned) or poisoned.
+    fn alloc_page(&self, bytes: usize, zeroed: bool) -> Option<u64> {
+        let call = self.allocs.fetch_add(1, Ordering::Relaxed);
+        if self.fail_at.load(Ordering::Relaxed) == call
+            || !bytes.is_power_of_two()
+            || bytes > CHUNK_BYTES / 2
+        {
+            return None;
+        }
+        let mut free = self.free.lock();
+        if let Some(phys) = free.pages.get_mut(&bytes).and_then(Vec::pop) {
+            drop(free);
+            if zeroed {
+                let virt = self.locate(phys);
+                // SAFETY: the page is ours now (it was freed to us) and `bytes` long.
+                unsafe { virt.as_ptr().write_bytes(0, bytes) };
+            }
+            self.live_pages.fetch_add(1, Ordering::Relaxed);
+            return Some(phys);
+        }
+        let mut offset = free.bump.next_multiple_of(bytes);
+        if offset + bytes > CHUNK_BYTES {
+            self.new_chunk(&mut free)?;
+            offset = 0;
+        }
+        free.bump = offset + bytes;
+        self.live_pages.fetch_add(1, Ordering::Relaxed);
+        let chunk = (free.chunks - 1) as u64;
+        let phys = PHYS_BASE + (chunk << CHUNK_SHIFT) + offset as u64;
+        drop(free);
+        if !zeroed {
+            // Fresh pages are zero; one asked for as it comes gets poison,
+            // so that a table that relies on zeroes there shows it.
+            // SAFETY: the page is ours now and `bytes` long.
+            unsafe { self.locate(phys).as_ptr().write_bytes(POISON, bytes) };
+        }
+        Some(phys)
+    }
+
     fn chunk_layout() -> Layout {
         // A 2 MiB, 64 KiB-aligned block: every table size up to 1 MiB fits aligned.
         match Layout::from_size_align(CHUNK_BYTES, 1 << 16) {
@@ -193,8 +233,9 @@ fn split(phys: u64) -> (usize, usize) {
     (offset >> CHUNK_SHIFT, offset & (CHUNK_BYTES - 1))
 }
 
-// SAFETY: pages are zeroed (fresh chunks come from `alloc_zeroed`, recycled
-// pages are cleared in `alloc_table`); aligned to their size (chunks are 64 KiB
+// SAFETY: `alloc_table`'s pages are zeroed (fresh chunks come from
+// `alloc_zeroed`, recycled pages are cleared in `alloc_page`), and only
+// `alloc_table_uninit`'s are not; aligned to their size (chunks are 64 KiB
 // aligned in memory and 2 MiB aligned in the fake physical space, and the bump
 // offset is rounded up to the size, so both views are aligned for every size up
 // to 64 KiB, and the physical view for sizes up to 1 MiB); exclusive until freed
@@ -203,31 +244,13 @@ fn split(phys: u64) -> (usize, usize) {
 // allocator is dropped.
 unsafe impl TableAlloc for HeapTableAlloc {
     fn alloc_table(&self, bytes: usize) -> Option<u64> {
-        let call = self.allocs.fetch_add(1, Ordering::Relaxed);
-        if self.fail_at.load(Ordering::Relaxed) == call
-            || !bytes.is_power_of_two()
-            || bytes > CHUNK_BYTES / 2
-        {
-            return None;
-        }
-        let mut free = self.free.lock();
-        if let Some(phys) = free.pages.get_mut(&bytes).and_then(Vec::pop) {
-            drop(free);
-            let virt = self.locate(phys);
-            // SAFETY: the page is ours now (it was freed to us) and `bytes` long.
-            unsafe { virt.as_ptr().write_bytes(0, bytes) };
-            self.live_pages.fetch_add(1, Ordering::Relaxed);
-            return Some(phys);
-        }
-        let mut offset = free.bump.next_multiple_of(bytes);
-        if offset + bytes > CHUNK_BYTES {
-            self.new_chunk(&mut free)?;
-            offset = 0;
-        }
-        free.bump = offset + bytes;
-        self.live_pages.fetch_add(1, Ordering::Relaxed);
-        let chunk = (free.chunks - 1) as u64;
-        Some(PHYS_BASE + (chunk << CHUNK_SHIFT) + offset as u64)
+        self.alloc_page(bytes, true)
+    }
+
+    /// A recycled page as it was freed (poisoned), or a fresh one: a table
+    /// that links a page before writing every entry of it walks into poison.
+    fn alloc_table_uninit(&self, bytes: usize) -> Option<u64> {
+        self.alloc_page(bytes, false)
     }
 
     unsafe fn free_table(&self, phys: u64, bytes: usize) {

@@ -2,8 +2,9 @@
 //! same moment.
 //!
 //! Two callers mapping disjoint ranges both find an entry empty when their
-//! ranges share the table it would link. Each prepares a zeroed table of its
-//! own and tries to link it with a compare-exchange from empty; one wins, the
+//! ranges share the table it would link. Each prepares a table of its own
+//! (zeroed, or a leaf table already holding its leaves) and tries to link it
+//! with a compare-exchange from empty; one wins, the
 //! other adopts the winner's table and gives its own page back, which no one
 //! has seen (Linux `generic_pt` `pt_table_install64`, io-pgtable-arm
 //! `arm_lpae_install_table`). No lock is taken, and the tables above are
@@ -11,11 +12,11 @@
 //!
 //! Orderings, for the CPUs: the winning exchange is a release and every read
 //! that may follow a link ([`FOLLOW`]) an acquire, so a CPU that reaches a
-//! table through its link sees it zeroed (or as its writers left it), never
-//! the bytes the page held before it was allocated. The loser's failed
+//! table through its link sees it as prepared (or as its writers left it),
+//! never the bytes the page held before it was allocated. The loser's failed
 //! exchange is an acquire too: it goes on into the winner's table. The IOMMU
 //! is outside this model: the `dma_wmb` before the exchange orders the
-//! zeroes for it.
+//! prepared entries for it.
 //!
 //! The `loom` model at the end of this file checks the protocol under every
 //! interleaving the memory model allows:
@@ -63,7 +64,7 @@ pub(crate) enum Linked {
     Theirs(u64),
 }
 
-/// Links `link` (a table entry pointing at a new, zeroed, device-visible
+/// Links `link` (a table entry pointing at a new, prepared, device-visible
 /// table) into the empty `entry`, unless another caller got there first.
 #[inline(always)]
 pub(crate) fn link_or_adopt(entry: &impl EntryWord, link: u64) -> Linked {

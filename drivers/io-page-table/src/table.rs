@@ -4,7 +4,10 @@
 //! *plan* pass checks that nothing in the range is mapped and counts the table
 //! pages the install will need; all of them are then allocated up front (any
 //! failure frees them again, with the tables untouched); the *install* pass
-//! cannot fail. `unmap` checks its two boundary leaves first, then clears.
+//! cannot fail. A new leaf table is written whole (its leaves, zero around
+//! them) before it is linked, so its page need not be zeroed first and no
+//! walker ever sees it half filled; a new table above it is linked zeroed and
+//! filled entry by entry. `unmap` checks its two boundary leaves first, then clears.
 //!
 //! Several CPUs may map and unmap disjoint ranges of one table at once
 //! ([`PageTable::map_shared`], [`PageTable::unmap_shared`]): each writes only
@@ -258,6 +261,48 @@ impl Limits {
             cursor_shape: CursorShape::new(geo),
         }
     }
+}
+
+/// The new tables a map needs, by kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct NewTables {
+    /// Tables above level 0: allocated zeroed, linked, then filled.
+    upper: usize,
+    /// Level-0 tables: filled whole, then linked.
+    leaf: usize,
+}
+
+impl NewTables {
+    const NONE: Self = Self { upper: 0, leaf: 0 };
+
+    /// One new table at `level`.
+    fn one_at(level: u32) -> Self {
+        if level == 0 {
+            Self { upper: 0, leaf: 1 }
+        } else {
+            Self { upper: 1, leaf: 0 }
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            upper: self.upper.saturating_add(other.upper),
+            leaf: self.leaf.saturating_add(other.leaf),
+        }
+    }
+
+    fn times(self, n: usize) -> Self {
+        Self {
+            upper: self.upper.saturating_mul(n),
+            leaf: self.leaf.saturating_mul(n),
+        }
+    }
+}
+
+/// The pages [`NewTables`] asked for, allocated before the install.
+struct Stash {
+    upper: Vec<u64>,
+    leaf: Vec<u64>,
 }
 
 /// Bytes/leaf accounting of one `unmap`.
@@ -594,36 +639,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             .plan(self.root, top, iova, phys, last)
             .map_err(|conflict| MapError::AlreadyMapped { iova: conflict })?;
 
-        let mut stash = Vec::new();
-        if needed > 0 {
-            stash
-                .try_reserve_exact(needed)
-                .map_err(|_| MapError::NoMemory)?;
-            let bytes = 1usize << self.geo.granule_shift;
-            for _ in 0..needed {
-                match self.alloc.alloc_table(bytes) {
-                    Some(page) => stash.push(page),
-                    None => {
-                        for page in stash.drain(..) {
-                            // SAFETY: the page came from `alloc_table(bytes)` just
-                            // now and was never linked, so no walker can see it.
-                            unsafe { self.alloc.free_table(page, bytes) };
-                        }
-                        return Err(MapError::NoMemory);
-                    }
-                }
-            }
-            // Handed out by `pop`: reversed so tables are linked in allocation order.
-            stash.reverse();
-            // New tables must reach memory zeroed before any link to them does,
-            // as the IOMMU sees memory: a device barrier, not a CPU fence
-            // (`dmb oshst` on aarch64: the SMMU is outside the CPUs' inner
-            // shareable domain; Linux `__arm_lpae_init_pte` → `dma_wmb`).
-            for &page in &stash {
-                self.clean_table(page, 0);
-            }
-            dma_wmb();
-        }
+        let mut stash = self.allocate(needed)?;
 
         let mut gather = Gather {
             start: iova,
@@ -643,14 +659,89 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         );
         // Left over when another caller linked a table the plan counted: never
         // linked, so no walker has seen them.
-        for page in stash {
-            // SAFETY: allocated above by `alloc_table(bytes)` and never linked.
-            unsafe {
-                self.alloc
-                    .free_table(page, 1usize << self.geo.granule_shift)
-            };
-        }
+        self.free_unlinked(stash);
         Ok(gather)
+    }
+
+    /// Every table page a map will link, allocated up front: upper tables
+    /// zeroed (their entries are filled one by one after the link), leaf
+    /// tables as they come ([`Self::fill_new_leaf_table`] writes each whole
+    /// before linking it). Nothing is kept when one allocation fails.
+    fn allocate(&self, needed: NewTables) -> Result<Stash, MapError> {
+        let mut stash = Stash {
+            upper: Vec::new(),
+            leaf: Vec::new(),
+        };
+        if needed == NewTables::NONE {
+            return Ok(stash);
+        }
+        let bytes = 1usize << self.geo.granule_shift;
+        let reserved = stash.upper.try_reserve_exact(needed.upper).is_ok()
+            && stash.leaf.try_reserve_exact(needed.leaf).is_ok();
+        if !reserved {
+            return Err(MapError::NoMemory);
+        }
+        for _ in 0..needed.upper {
+            match self.alloc.alloc_table(bytes) {
+                Some(page) => stash.upper.push(page),
+                None => {
+                    self.free_unlinked(stash);
+                    return Err(MapError::NoMemory);
+                }
+            }
+        }
+        for _ in 0..needed.leaf {
+            match self.alloc.alloc_table_uninit(bytes) {
+                Some(page) => stash.leaf.push(page),
+                None => {
+                    self.free_unlinked(stash);
+                    return Err(MapError::NoMemory);
+                }
+            }
+        }
+        // Handed out by `pop`: reversed so tables are linked in allocation order.
+        stash.upper.reverse();
+        stash.leaf.reverse();
+        // New upper tables must reach memory zeroed before any link to them
+        // does, as the IOMMU sees memory: a device barrier, not a CPU fence
+        // (`dmb oshst` on aarch64: the SMMU is outside the CPUs' inner
+        // shareable domain; Linux `__arm_lpae_init_pte` → `dma_wmb`).
+        if !stash.upper.is_empty() {
+            for &page in &stash.upper {
+                self.clean_table(page, 0);
+            }
+            dma_wmb();
+        }
+        Ok(stash)
+    }
+
+    /// Gives back table pages no walker has seen (never linked).
+    fn free_unlinked(&self, stash: Stash) {
+        let bytes = 1usize << self.geo.granule_shift;
+        for page in stash.upper.into_iter().chain(stash.leaf) {
+            // SAFETY: the page came from `alloc_table(bytes)` or
+            // `alloc_table_uninit(bytes)` in `allocate` and was never linked.
+            unsafe { self.alloc.free_table(page, bytes) };
+        }
+    }
+
+    /// Writes every entry of the new leaf table `table` for the level-1
+    /// slot holding `[iova, last]`: the leaves of the range, zero around
+    /// them. Before its link, no walker can see the table, so plain stores;
+    /// after this, it is cleaned for a non-snooping walker and may be linked.
+    #[allow(clippy::too_many_arguments)]
+    fn fill_new_leaf_table(&self, table: u64, iova: u64, phys: u64, last: u64, attrs: u64) {
+        let t = self.entries(table);
+        let shift = self.geo.granule_shift;
+        let first = self.index(iova, 0);
+        let count = ((last - iova) >> shift) as usize + 1;
+        let entries = 1usize << self.geo.index_bits(0);
+        for i in (0..first).chain(first + count..entries) {
+            // SAFETY: `i` is inside the table page, which only this call can reach.
+            unsafe { t.add(i).write(0) };
+        }
+        self.write_leaves(t, 0, first, count, iova, phys, attrs);
+        self.clean_table(table, 0);
     }
 
     /// The entries of the level-0 table holding `[iova, last]`, when the range
@@ -855,7 +946,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         mut iova: u64,
         mut phys: u64,
         last: u64,
-    ) -> Result<usize, u64> {
+    ) -> Result<NewTables, u64> {
         let t = self.entries(table);
         let shift = self.geo.shift(level);
         let mask = low(shift);
@@ -870,9 +961,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                     }
                 }
             }
-            return Ok(0);
+            return Ok(NewTables::NONE);
         }
-        let mut needed = 0usize;
+        let mut needed = NewTables::NONE;
         let entries = 1usize << self.geo.index_bits(level);
         loop {
             let remaining = last - iova;
@@ -895,15 +986,15 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             let chunk_last = slot_last.min(last);
             let pte = Self::read(t, idx);
             if pte == 0 {
-                needed += self.slot_cost(level, iova, phys, chunk_last);
+                needed = needed.plus(self.slot_cost(level, iova, phys, chunk_last));
             } else if self.format.is_table(level, pte) {
-                needed += self.plan(
+                needed = needed.plus(self.plan(
                     self.format.table_addr(pte),
                     level - 1,
                     iova,
                     phys,
                     chunk_last,
-                )?;
+                )?);
             } else {
                 return Err(iova);
             }
@@ -917,22 +1008,22 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     }
 
     /// Tables `install` allocates for `[iova, last]` inside one empty slot at `level`.
-    fn slot_cost(&self, level: u32, iova: u64, phys: u64, last: u64) -> usize {
+    fn slot_cost(&self, level: u32, iova: u64, phys: u64, last: u64) -> NewTables {
         let full =
             iova & low(self.geo.shift(level)) == 0 && last == iova | low(self.geo.shift(level));
         if full && self.leafable(level, iova, phys) {
-            0
+            NewTables::NONE
         } else {
-            1 + self.new_tables(level - 1, iova, phys, last)
+            NewTables::one_at(level - 1).plus(self.new_tables(level - 1, iova, phys, last))
         }
     }
 
     /// Tables needed below a new, empty table at `level` to map `[iova, last]`.
     /// Closed form: every interior slot of a level costs the same, because
     /// leafability only depends on `phys - iova` there.
-    fn new_tables(&self, level: u32, iova: u64, phys: u64, last: u64) -> usize {
+    fn new_tables(&self, level: u32, iova: u64, phys: u64, last: u64) -> NewTables {
         if level == 0 {
-            return 0;
+            return NewTables::NONE;
         }
         let shift = self.geo.shift(level);
         let mask = low(shift);
@@ -941,12 +1032,12 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         let mut needed = self.slot_cost(level, iova, phys, (iova | mask).min(last));
         if last_slot > first_slot {
             let tail = last_slot << shift;
-            needed += self.slot_cost(level, tail, phys + (tail - iova), last);
+            needed = needed.plus(self.slot_cost(level, tail, phys + (tail - iova), last));
             let interior = last_slot - first_slot - 1;
             if interior > 0 {
                 let start = (first_slot + 1) << shift;
                 let each = self.slot_cost(level, start, phys + (start - iova), start | mask);
-                needed = needed.saturating_add((interior as usize).saturating_mul(each));
+                needed = needed.plus(each.times(interior as usize));
             }
         }
         needed
@@ -963,7 +1054,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
         mut phys: u64,
         last: u64,
         attrs: &[u64; MAX_LEVELS],
-        stash: &mut Vec<u64>,
+        stash: &mut Stash,
         gather: &mut Gather,
     ) {
         let t = self.entries(table);
@@ -1038,8 +1129,36 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             let chunk_last = (iova | mask).min(last);
             let pte = Self::read(t, idx);
-            let present = if pte == 0 {
-                let Some(fresh) = stash.pop() else {
+            let present = if pte == 0 && level == 1 {
+                let Some(fresh) = stash.leaf.pop() else {
+                    debug_assert!(false, "plan undercounted leaf tables");
+                    break;
+                };
+                self.fill_new_leaf_table(fresh, iova, phys, chunk_last, attrs[0]);
+                // Whole before its link: the release exchange shows it so to
+                // the CPUs, this barrier to the IOMMU.
+                dma_wmb();
+                let link = fresh | self.format.table_attrs(level);
+                match link_or_adopt(Self::entry(t, idx), link) {
+                    Linked::Ours => {
+                        gather.leaf_sizes |= 1 << self.geo.granule_shift;
+                        idx += 1;
+                        if chunk_last == last {
+                            break;
+                        }
+                        phys += chunk_last - iova + 1;
+                        iova = chunk_last + 1;
+                        continue;
+                    }
+                    Linked::Theirs(theirs) => {
+                        // Another caller's range shares the slot: ours goes
+                        // into its table, entry by entry.
+                        stash.leaf.push(fresh);
+                        theirs
+                    }
+                }
+            } else if pte == 0 {
+                let Some(fresh) = stash.upper.pop() else {
                     debug_assert!(false, "plan undercounted tables");
                     break;
                 };
@@ -1047,7 +1166,7 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 match link_or_adopt(Self::entry(t, idx), link) {
                     Linked::Ours => link,
                     Linked::Theirs(theirs) => {
-                        stash.push(fresh);
+                        stash.upper.push(fresh);
                         theirs
                     }
                 }

@@ -15,7 +15,8 @@ use core::ptr::NonNull;
 /// Implementers promise that:
 /// - `alloc_table(bytes)` returns the physical address, a multiple of `bytes`, of
 ///   `bytes` of zeroed memory owned exclusively by the page table until `free_table`
-///   (its CPU mapping need only be 8-byte aligned);
+///   (its CPU mapping need only be 8-byte aligned); `alloc_table_uninit(bytes)`
+///   the same but of any content;
 /// - `phys_to_virt(phys)` returns a CPU pointer through which every byte of every
 ///   page currently allocated can be read and written, for any `phys` inside it;
 /// - `clean_for_device` makes the CPU's writes to the given bytes visible to a
@@ -24,6 +25,14 @@ pub unsafe trait TableAlloc {
     /// Allocates a zeroed table page of `bytes` (a power of two ≥ 4096), naturally
     /// aligned. `None` when out of memory.
     fn alloc_table(&self, bytes: usize) -> Option<u64>;
+
+    /// [`Self::alloc_table`] without the zeroing, for a table the page table
+    /// writes whole before it links it (a new leaf table: its leaves, and
+    /// zero around them), so that the zeroes are not written twice. The
+    /// default zeroes anyway.
+    fn alloc_table_uninit(&self, bytes: usize) -> Option<u64> {
+        self.alloc_table(bytes)
+    }
 
     /// Returns a page obtained from `alloc_table(bytes)`.
     ///

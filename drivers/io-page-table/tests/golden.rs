@@ -811,3 +811,43 @@ fn a_cursor_forgets_the_level_1_tables_it_remembered_once_an_unmap_unlinks_them(
     assert_eq!(pt.iova_to_phys(2 * GIB + 0x40_0000), None);
     assert_eq!(pt.allocator().live_pages(), 8);
 }
+
+#[test]
+fn a_new_leaf_table_is_written_whole_before_it_is_linked() {
+    let mut pt = PageTable::new(
+        vtd(4, 0, false),
+        HeapTableAlloc::with_device_view(),
+        Coherence::NonCoherent,
+    )
+    .unwrap();
+    // A leaf table made and unlinked again: its page goes back poisoned.
+    pt.map(0x20_0000, 0x1000, 0x1000, Prot::RW).unwrap();
+    let unmapped = pt.unmap(0x20_0000, 0x20_0000).unwrap();
+    assert_eq!(unmapped.freed.len(), 1);
+    pt.release(unmapped.freed);
+    let pages = pt.allocator().live_pages();
+    // The next leaf table comes from that page, not zeroed: every entry must
+    // be written, the two leaves and zero around them, as the CPU and a
+    // walker that does not snoop see it.
+    pt.map(0x30_0000, 0x7000_0000, 0x2000, Prot::RW).unwrap();
+    assert_eq!(pt.allocator().live_pages(), pages + 1);
+    let mut leaf_table = None;
+    pt.walk(|e| {
+        if let (1, EntryKind::Table(t)) = (e.level, e.kind) {
+            leaf_table = Some(t);
+        }
+    });
+    let leaf_table = leaf_table.unwrap();
+    let alloc = pt.allocator();
+    for i in 0..512u64 {
+        let (cpu, device) = (
+            alloc.cpu_read(leaf_table + 8 * i),
+            alloc.device_read(leaf_table + 8 * i),
+        );
+        assert_eq!(cpu, device, "entry {i} not cleaned");
+        match i {
+            0x100 | 0x101 => assert_eq!(cpu & !0xFFF, 0x7000_0000 + (i - 0x100) * 0x1000),
+            _ => assert_eq!(cpu, 0, "entry {i}"),
+        }
+    }
+}

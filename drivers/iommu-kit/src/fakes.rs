@@ -23,8 +23,13 @@ impl HostDma {
     }
 }
 
-impl DmaMemory for HostDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+/// What [`HostDma::alloc_uninit`] fills its memory with: a structure read
+/// before it is written shows it (entries that are not zero, a table walk
+/// into an address no allocation has).
+const UNINIT_FILL: u8 = 0xA5;
+
+impl HostDma {
+    fn allocate(&self, len: usize, align: usize, zeroed: bool) -> Option<DmaRegion> {
         let len = len.next_multiple_of(4096).max(4096);
         let layout = Layout::from_size_align(len, align.max(4096)).ok()?;
         // SAFETY: the layout has a non-zero size.
@@ -32,12 +37,27 @@ impl DmaMemory for HostDma {
         if virt.is_null() {
             return None;
         }
+        if !zeroed {
+            // SAFETY: `len` bytes just allocated, ours alone.
+            unsafe { virt.write_bytes(UNINIT_FILL, len) };
+        }
         self.live.lock().unwrap().insert(virt as u64, layout);
         Some(DmaRegion {
             phys: virt as u64,
             virt,
             len,
         })
+    }
+}
+
+impl DmaMemory for HostDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.allocate(len, align, true)
+    }
+
+    /// Memory as a kernel's recycled frames may come: not zero.
+    fn alloc_uninit(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.allocate(len, align, false)
     }
 
     fn free(&self, region: DmaRegion) {
@@ -48,7 +68,7 @@ impl DmaMemory for HostDma {
             .remove(&region.phys)
             .expect("free of memory HostDma did not hand out (or freed twice)");
         assert_eq!(layout.size(), region.len, "free with another length");
-        // SAFETY: allocated by `alloc` with exactly this layout, freed once.
+        // SAFETY: allocated by `allocate` with exactly this layout, freed once.
         unsafe { dealloc(region.phys as *mut u8, layout) }
     }
 

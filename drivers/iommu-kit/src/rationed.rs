@@ -47,8 +47,9 @@ impl<'a> Rationed<'a> {
     }
 }
 
-impl DmaMemory for Rationed<'_> {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+impl Rationed<'_> {
+    /// One allocation from the ration, made by `alloc` if one is left.
+    fn ration(&self, alloc: impl FnOnce() -> Option<DmaRegion>) -> Option<DmaRegion> {
         let granted = self
             .left
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
@@ -59,9 +60,19 @@ impl DmaMemory for Rationed<'_> {
             self.refused.fetch_add(1, Ordering::SeqCst);
             return None;
         }
-        let region = self.inner.alloc(len, align)?;
+        let region = alloc()?;
         self.live.fetch_add(1, Ordering::SeqCst);
         Some(region)
+    }
+}
+
+impl DmaMemory for Rationed<'_> {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.ration(|| self.inner.alloc(len, align))
+    }
+
+    fn alloc_uninit(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.ration(|| self.inner.alloc_uninit(len, align))
     }
 
     fn free(&self, region: DmaRegion) {

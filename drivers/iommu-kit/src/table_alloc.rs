@@ -9,8 +9,9 @@ use os_services::{DmaMemory, DmaRegion};
 
 use crate::dma::CacheClean;
 
-/// Hands `io-page-table` zeroed, naturally aligned pages of device-visible
-/// memory and takes them back; cleans written lines through `clean` when the
+/// Hands `io-page-table` naturally aligned pages of device-visible memory,
+/// zeroed (or as they come, for the leaf tables it writes whole before
+/// linking them), and takes them back; cleans written lines through `clean` when the
 /// walker does not snoop.
 pub struct DmaTableAlloc<'a> {
     dma: &'a (dyn DmaMemory + Sync),
@@ -35,7 +36,8 @@ impl<'a> DmaTableAlloc<'a> {
 }
 
 // SAFETY: `DmaMemory::alloc(bytes, bytes)` returns zeroed, physically contiguous
-// memory aligned to `bytes` that nobody else owns until it is freed;
+// memory aligned to `bytes` that nobody else owns until it is freed
+// (`alloc_uninit` the same but of any content, as `alloc_table_uninit` may);
 // `phys_to_virt` is the memory service's own translation and reaches every
 // byte of it; `free_table` rebuilds exactly the region `alloc_table` got
 // (its phys, the service's virt for it, `bytes`); `clean_for_device` writes
@@ -43,6 +45,12 @@ impl<'a> DmaTableAlloc<'a> {
 unsafe impl TableAlloc for DmaTableAlloc<'_> {
     fn alloc_table(&self, bytes: usize) -> Option<u64> {
         let region = self.dma.alloc(bytes, bytes)?;
+        self.live.fetch_add(1, Ordering::Relaxed);
+        Some(region.phys)
+    }
+
+    fn alloc_table_uninit(&self, bytes: usize) -> Option<u64> {
+        let region = self.dma.alloc_uninit(bytes, bytes)?;
         self.live.fetch_add(1, Ordering::Relaxed);
         Some(region.phys)
     }

@@ -59,7 +59,8 @@ pub fn wait_until<T>(
     }
 }
 
-/// A physically contiguous, zeroed block of memory a device may access.
+/// A physically contiguous block of memory a device may access, zeroed
+/// unless it came from [`DmaMemory::alloc_uninit`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DmaRegion {
     /// Physical (bus) address of the first byte.
@@ -76,7 +77,16 @@ pub trait DmaMemory {
     /// aligned to `align` (a power of two, at least 4 KiB).
     fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion>;
 
-    /// Returns a region obtained from [`DmaMemory::alloc`].
+    /// [`DmaMemory::alloc`] without the zeroing: the memory holds whatever
+    /// it held (another user's data, in a kernel), so only for a structure
+    /// the caller writes whole before any device may reach it. The default
+    /// zeroes anyway.
+    fn alloc_uninit(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.alloc(len, align)
+    }
+
+    /// Returns a region obtained from [`DmaMemory::alloc`] or
+    /// [`DmaMemory::alloc_uninit`].
     fn free(&self, region: DmaRegion);
 
     /// The CPU address through which physical address `phys` is reached.

@@ -53,8 +53,15 @@ pub fn charged_pages(owner: u64) -> usize {
     CHARGES.lock().per_owner.get(&owner).copied().unwrap_or(0)
 }
 
-impl DmaMemory for KernelDma {
-    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+impl KernelDma {
+    /// Frames for `len` bytes, charged to the task the service works for:
+    /// `take` gets them (zeroed or not) once the charge fits.
+    fn charged(
+        &self,
+        len: usize,
+        align: usize,
+        take: fn(usize, usize) -> Option<Frames>,
+    ) -> Option<DmaRegion> {
         let count = len.div_ceil(FRAME_SIZE).max(1);
         let mut charges = CHARGES.lock();
         let owner = Some(super::current_owner()).filter(|&owner| owner != 0);
@@ -64,7 +71,7 @@ impl DmaMemory for KernelDma {
                 return None;
             }
         }
-        let frames = frames::alloc_contiguous(count, align.max(FRAME_SIZE))?;
+        let frames = take(count, align.max(FRAME_SIZE))?;
         if let Some(owner) = owner {
             *charges.per_owner.entry(owner).or_default() += count;
             charges.regions.insert(frames.phys, (owner, count));
@@ -74,6 +81,18 @@ impl DmaMemory for KernelDma {
             virt: frames.as_mut_ptr(),
             len: frames.len(),
         })
+    }
+}
+
+impl DmaMemory for KernelDma {
+    fn alloc(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.charged(len, align, frames::alloc_contiguous)
+    }
+
+    /// Frames as another task or the kernel left them: only for IO page
+    /// tables that `io-page-table` writes whole before linking.
+    fn alloc_uninit(&self, len: usize, align: usize) -> Option<DmaRegion> {
+        self.charged(len, align, frames::alloc_contiguous_uninit)
     }
 
     fn free(&self, region: DmaRegion) {

@@ -70,17 +70,30 @@ pub const HEAP_RESERVE: usize = 8192;
 /// `align` bytes (a power of two, at least [`FRAME_SIZE`]), leaving the
 /// heap's reserve alone.
 pub fn alloc_contiguous(count: usize, align: usize) -> Option<Frames> {
-    take(count, align, HEAP_RESERVE)
+    take(count, align, HEAP_RESERVE, Zeroed::Yes)
+}
+
+/// [`alloc_contiguous`] without the zeroing, for memory its user writes
+/// whole before anything reads it: the frames hold what they last held.
+pub fn alloc_contiguous_uninit(count: usize, align: usize) -> Option<Frames> {
+    take(count, align, HEAP_RESERVE, Zeroed::No)
+}
+
+/// Whether [`take`] zeroes what it hands out.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Zeroed {
+    Yes,
+    No,
 }
 
 /// Allocates `count` contiguous zeroed frames from all free frames, the
 /// heap's reserve included: for heap arenas, and for tests that must reach
 /// every frame.
 pub fn alloc_from_reserve(count: usize) -> Option<Frames> {
-    take(count, FRAME_SIZE, 0)
+    take(count, FRAME_SIZE, 0, Zeroed::Yes)
 }
 
-fn take(count: usize, align: usize, keep_free: usize) -> Option<Frames> {
+fn take(count: usize, align: usize, keep_free: usize, zeroed: Zeroed) -> Option<Frames> {
     if !align.is_power_of_two() {
         return None;
     }
@@ -95,9 +108,11 @@ fn take(count: usize, align: usize, keep_free: usize) -> Option<Frames> {
         phys: (first * FRAME_SIZE) as u64,
         count,
     };
-    // SAFETY: the frames were free RAM and are now owned by this allocation;
-    // memory is identity-mapped, so the range is valid writable memory.
-    unsafe { core::ptr::write_bytes(frames.as_mut_ptr(), 0, frames.len()) };
+    if zeroed == Zeroed::Yes {
+        // SAFETY: the frames were free RAM and are now owned by this allocation;
+        // memory is identity-mapped, so the range is valid writable memory.
+        unsafe { core::ptr::write_bytes(frames.as_mut_ptr(), 0, frames.len()) };
+    }
     Some(frames)
 }
 

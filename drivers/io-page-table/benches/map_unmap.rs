@@ -864,6 +864,33 @@ fn issue_20_ratios(_: &mut Criterion) {
         },
     );
 
+    // The same map into fresh IOVA space: every table made in the call.
+    let mut pt = x86();
+    paired_ratio(
+        "map 1 GiB of 4K, new tables / store floor",
+        "<= 2x",
+        || {
+            batched(
+                &mut pt,
+                1,
+                1,
+                |pt, _| {
+                    observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
+                },
+                |pt, _| unmap_release(pt, BASE, G1),
+            )
+        },
+        || {
+            batched(
+                &mut leaves,
+                1,
+                1,
+                |leaves, _| store_floor(leaves),
+                |leaves, _| leaves.fill(0),
+            )
+        },
+    );
+
     // Map+unmap pairs from 1 and from 2 threads: the ratio of the times per
     // pair is the 2 threads' throughput over the 1 thread's. Each timing
     // runs for some 20 ms, so that the second thread's start (it may wait

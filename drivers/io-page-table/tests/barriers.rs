@@ -1,6 +1,6 @@
 //! Issue 16, ordering: what a walker outside the CPU sees. A new table's
-//! zeroes reach memory before the entry that links it, behind a device write
-//! barrier (`os_services::barrier::dma_wmb`), not a CPU fence that orders
+//! contents (an upper table's zeroes, a leaf table's leaves and zeroes) reach
+//! memory before the entry that links it, behind a device write barrier (`os_services::barrier::dma_wmb`), not a CPU fence that orders
 //! only for other CPUs (`dmb ish` on aarch64).
 
 use std::cell::Cell;
@@ -41,6 +41,71 @@ fn hw_new_tables_are_linked_behind_a_device_write_barrier() {
     observe::observe(None);
     assert!(linked >= 1, "new tables linked without a device barrier");
     assert_eq!(again, 0, "a barrier for a map that linked nothing");
+}
+
+std::thread_local! {
+    /// The allocator of the table under test, for [`leaf_before_link`].
+    static WATCHED: Cell<*const HeapTableAlloc> = const { Cell::new(std::ptr::null()) };
+    /// At each device write barrier: (the new leaf table holds the leaf,
+    /// the level-1 entry links it).
+    static SEEN: std::cell::RefCell<Vec<(bool, bool)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+// The heap allocator hands out pages from PHYS_BASE in order: the root, then
+// this map's level-2 and level-1 tables (allocated first, zeroed), then its
+// leaf table.
+const LEVEL_1_TABLE: u64 = io_page_table::heap::PHYS_BASE + 0x2000;
+const LEAF_TABLE: u64 = io_page_table::heap::PHYS_BASE + 0x3000;
+/// The page this test maps (entry 0 of the leaf table, entry 0 of level 1)
+/// and where to.
+const IOVA: u64 = 0x80_0000_0000;
+const PHYS: u64 = 0x8000_0000;
+
+fn leaf_before_link(observed: Observed) {
+    if observed != Observed::Barrier(Barrier::DmaWmb) {
+        return;
+    }
+    let alloc = WATCHED.with(Cell::get);
+    // SAFETY: set below to an allocator that outlives the map, which holds
+    // the table only through a shared reference while this runs.
+    let alloc = unsafe { &*alloc };
+    // The leaf's output address (bits 47:12), not just any bits: the page
+    // comes poisoned.
+    let leaf = alloc.cpu_read(LEAF_TABLE) & 0xFFFF_FFFF_F000 == PHYS;
+    let link = alloc.cpu_read(LEVEL_1_TABLE) & !0xFFF == LEAF_TABLE;
+    SEEN.with(|seen| seen.borrow_mut().push((leaf, link)));
+}
+
+/// A new leaf table is written whole, then a device write barrier, then its
+/// link (`PageTable` fills a new leaf table before linking it): an IOMMU
+/// that follows the link finds the leaf, never the page's old bytes.
+#[test]
+fn hw_a_new_leaf_table_is_filled_behind_a_device_write_barrier_before_its_link() {
+    let format = ArmLpae::new(ArmConfig {
+        stage: Stage::Stage1,
+        granule: Granule::K4,
+        input_bits: 48,
+        output_bits: 48,
+        contiguous: false,
+    })
+    .unwrap();
+    let pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).unwrap();
+    WATCHED.with(|w| w.set(pt.allocator()));
+    SEEN.with(|seen| seen.borrow_mut().clear());
+    observe::observe(Some(leaf_before_link));
+    // SAFETY: one caller.
+    unsafe { pt.map_shared(IOVA, PHYS, 0x1000, Prot::RW) }.unwrap();
+    observe::observe(None);
+    let seen = SEEN.with(|seen| seen.borrow().clone());
+    // The barrier for the zeroed upper tables comes before anything is
+    // written; the leaf table's comes after its leaf and before its link.
+    assert!(seen.contains(&(true, false)), "barriers saw {seen:?}");
+    assert!(
+        !seen.contains(&(false, true)),
+        "linked before filled: {seen:?}"
+    );
+    assert_eq!(pt.lookup(IOVA).map(|t| t.leaf_size), Some(0x1000));
+    assert_eq!(pt.allocator().cpu_read(LEVEL_1_TABLE) & !0xFFF, LEAF_TABLE);
 }
 
 /// Issue 16, ARM contiguous runs (ARM ARM D8.6.1): the 16 entries of a run

@@ -112,6 +112,88 @@ fn batched<S>(
     total
 }
 
+/// `ops` one-page unmaps at `BASE`, 256 at a time (the 2 MiB there mapped);
+/// the maps that undo them are untimed.
+fn time_unmaps(pt: &mut Table<X86_64>, ops: u64) -> Duration {
+    batched(
+        pt,
+        ops,
+        256,
+        |pt, k| {
+            let un = observed(pt.unmap(BASE + k * K4, K4)).unwrap();
+            debug_assert!(un.freed.is_empty());
+        },
+        |pt, k| {
+            pt.map(BASE + k * K4, PHYS_4K + k * K4, K4, Prot::RW)
+                .unwrap();
+        },
+    )
+}
+
+/// [`time_unmaps`] for the naive walk (pages 1 to 256 after `BASE` mapped).
+fn time_naive_unmaps(n: &mut Naive, ops: u64) -> Duration {
+    batched(
+        n,
+        ops,
+        256,
+        |n, k| assert!(observed(n.unmap_4k(BASE + (k + 1) * K4))),
+        |n, k| {
+            n.map_4k(BASE + (k + 1) * K4, k * K4);
+        },
+    )
+}
+
+/// `ops` one-page maps at the scattered `pages`, a pass over them at a time
+/// (their tables made); the unmaps that undo them are untimed.
+fn time_scattered_maps(pt: &mut Table<X86_64>, pages: &[u64], ops: u64) -> Duration {
+    batched(
+        pt,
+        ops,
+        pages.len() as u64,
+        |pt, k| {
+            observed(pt.map(BASE + pages[k as usize] * K4, PHYS_4K, K4, Prot::RW)).unwrap();
+        },
+        |pt, k| unmap_release(pt, BASE + pages[k as usize] * K4, K4),
+    )
+}
+
+/// [`time_scattered_maps`] for the naive walk.
+fn time_naive_scattered_maps(n: &mut Naive, pages: &[u64], ops: u64) -> Duration {
+    batched(
+        n,
+        ops,
+        pages.len() as u64,
+        |n, k| assert!(observed(n.map_4k(BASE + pages[k as usize] * K4, 0))),
+        |n, k| {
+            n.unmap_4k(BASE + pages[k as usize] * K4);
+        },
+    )
+}
+
+/// `times` maps of 1 GiB of 4 KiB pages at `BASE`; `undo` (untimed) takes
+/// each back: keeping the tables (warm) or releasing them (new tables).
+fn time_maps_1g(pt: &mut Table<X86_64>, times: u64, undo: fn(&mut Table<X86_64>)) -> Duration {
+    batched(
+        pt,
+        times,
+        1,
+        |pt, _| {
+            observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
+        },
+        |pt, _| undo(pt),
+    )
+}
+
+/// [`time_maps_1g`]'s undo for warm tables.
+fn keep_tables_1g(pt: &mut Table<X86_64>) {
+    unmap_keep_tables(pt, BASE, G1);
+}
+
+/// [`time_maps_1g`]'s undo for new tables.
+fn release_tables_1g(pt: &mut Table<X86_64>) {
+    unmap_release(pt, BASE, G1);
+}
+
 /// A group with short warm-up and measurement, so the whole run takes minutes.
 fn quick<'a>(c: &'a mut Criterion, name: &str) -> BenchmarkGroup<'a, WallTime> {
     let mut g = c.benchmark_group(name);
@@ -175,38 +257,14 @@ fn unmap_1x4k(c: &mut Criterion) {
     g.bench_function("crate", |b| {
         let mut pt = x86();
         pt.map(BASE, PHYS_4K, M2, Prot::RW).unwrap();
-        b.iter_custom(|iters| {
-            batched(
-                &mut pt,
-                iters,
-                256,
-                |pt, k| {
-                    let un = observed(pt.unmap(BASE + k * K4, K4)).unwrap();
-                    debug_assert!(un.freed.is_empty());
-                },
-                |pt, k| {
-                    pt.map(BASE + k * K4, PHYS_4K + k * K4, K4, Prot::RW)
-                        .unwrap();
-                },
-            )
-        })
+        b.iter_custom(|iters| time_unmaps(&mut pt, iters))
     });
     g.bench_function("naive", |b| {
         let mut n = Naive::new();
         for k in 0..257 {
             n.map_4k(BASE + k * K4, k * K4);
         }
-        b.iter_custom(|iters| {
-            batched(
-                &mut n,
-                iters,
-                256,
-                |n, k| assert!(observed(n.unmap_4k(BASE + (k + 1) * K4))),
-                |n, k| {
-                    n.map_4k(BASE + (k + 1) * K4, k * K4);
-                },
-            )
-        })
+        b.iter_custom(|iters| time_naive_unmaps(&mut n, iters))
     });
     g.bench_function("x86_64_crate", |b| {
         let mut x = X86Crate::new(64);
@@ -397,31 +455,11 @@ fn map_1g(c: &mut Criterion) {
         let mut pt = x86();
         pt.map(BASE, PHYS_4K, G1, Prot::RW).unwrap();
         unmap_keep_tables(&mut pt, BASE, G1);
-        b.iter_custom(|iters| {
-            batched(
-                &mut pt,
-                iters,
-                1,
-                |pt, _| {
-                    observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
-                },
-                |pt, _| unmap_keep_tables(pt, BASE, G1),
-            )
-        })
+        b.iter_custom(|iters| time_maps_1g(&mut pt, iters, keep_tables_1g))
     });
     g.bench_function("crate_4k_cold", |b| {
         let mut pt = x86();
-        b.iter_custom(|iters| {
-            batched(
-                &mut pt,
-                iters,
-                1,
-                |pt, _| {
-                    observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
-                },
-                |pt, _| unmap_release(pt, BASE, G1),
-            )
-        })
+        b.iter_custom(|iters| time_maps_1g(&mut pt, iters, release_tables_1g))
     });
     g.bench_function("naive_4k_warm", |b| {
         let mut n = Naive::new();
@@ -568,18 +606,7 @@ fn map_random(c: &mut Criterion) {
         for &p in &pages {
             unmap_release(&mut pt, BASE + p * K4, K4);
         }
-        let mut state = (pt, pages.clone());
-        b.iter_custom(|iters| {
-            batched(
-                &mut state,
-                iters,
-                4096,
-                |(pt, pages), k| {
-                    observed(pt.map(BASE + pages[k as usize] * K4, PHYS_4K, K4, Prot::RW)).unwrap();
-                },
-                |(pt, pages), k| unmap_release(pt, BASE + pages[k as usize] * K4, K4),
-            )
-        })
+        b.iter_custom(|iters| time_scattered_maps(&mut pt, &pages, iters))
     });
     g.bench_function("naive", |b| {
         let mut n = Naive::new();
@@ -587,20 +614,7 @@ fn map_random(c: &mut Criterion) {
             n.map_4k(BASE + p * K4, 0);
             n.unmap_4k(BASE + p * K4);
         }
-        let mut state = (n, pages.clone());
-        b.iter_custom(|iters| {
-            batched(
-                &mut state,
-                iters,
-                4096,
-                |(n, pages), k| {
-                    assert!(observed(n.map_4k(BASE + pages[k as usize] * K4, 0)));
-                },
-                |(n, pages), k| {
-                    n.unmap_4k(BASE + pages[k as usize] * K4);
-                },
-            )
-        })
+        b.iter_custom(|iters| time_naive_scattered_maps(&mut n, &pages, iters))
     });
     g.finish();
 }
@@ -737,43 +751,18 @@ fn paired_ratio(
 /// Issue 20's four ratios, each from pairs of back-to-back timings
 /// ([`paired_ratio`]) of the same operations as the criterion rows.
 fn issue_20_ratios(_: &mut Criterion) {
-    const OPS: u64 = 256;
-    // Unmap of one 4 KiB page, 256 at a time, against the naive walk.
+    // Unmap of one 4 KiB page, 16 batches of 256, against the naive walk.
     let mut pt = x86();
     pt.map(BASE, PHYS_4K, M2, Prot::RW).unwrap();
     let mut naive = Naive::new();
-    for k in 0..=OPS {
+    for k in 0..257 {
         naive.map_4k(BASE + k * K4, k * K4);
     }
     paired_ratio(
         "unmap 1x4K / naive",
         "<= 1.0x",
-        || {
-            batched(
-                &mut pt,
-                16 * OPS,
-                OPS,
-                |pt, k| {
-                    let un = observed(pt.unmap(BASE + k * K4, K4)).unwrap();
-                    debug_assert!(un.freed.is_empty());
-                },
-                |pt, k| {
-                    pt.map(BASE + k * K4, PHYS_4K + k * K4, K4, Prot::RW)
-                        .unwrap();
-                },
-            )
-        },
-        || {
-            batched(
-                &mut naive,
-                16 * OPS,
-                OPS,
-                |n, k| assert!(observed(n.unmap_4k(BASE + (k + 1) * K4))),
-                |n, k| {
-                    n.map_4k(BASE + (k + 1) * K4, k * K4);
-                },
-            )
-        },
+        || time_unmaps(&mut pt, 4096),
+        || time_naive_unmaps(&mut naive, 4096),
     );
 
     // Map of 4096 pages scattered over 4 GiB, against the naive walk.
@@ -790,46 +779,16 @@ fn issue_20_ratios(_: &mut Criterion) {
     paired_ratio(
         "scattered 4K map / naive",
         "<= 1.0x",
-        || {
-            batched(
-                &mut pt,
-                count,
-                count,
-                |pt, k| {
-                    observed(pt.map(BASE + pages[k as usize] * K4, PHYS_4K, K4, Prot::RW)).unwrap();
-                },
-                |pt, k| unmap_release(pt, BASE + pages[k as usize] * K4, K4),
-            )
-        },
-        || {
-            batched(
-                &mut naive,
-                count,
-                count,
-                |n, k| assert!(observed(n.map_4k(BASE + pages[k as usize] * K4, 0))),
-                |n, k| {
-                    n.unmap_4k(BASE + pages[k as usize] * K4);
-                },
-            )
-        },
+        || time_scattered_maps(&mut pt, &pages, count),
+        || time_naive_scattered_maps(&mut naive, &pages, count),
     );
 
-    // Map of 1 GiB of 4 KiB pages over warm tables, against the store floor.
+    // Map of 1 GiB of 4 KiB pages over warm tables, against the floors.
     let mut pt = x86();
     pt.map(BASE, PHYS_4K, G1, Prot::RW).unwrap();
     unmap_keep_tables(&mut pt, BASE, G1);
     let mut leaves = vec![0u64; (G1 / K4) as usize].into_boxed_slice();
-    let mut map_1g = || {
-        batched(
-            &mut pt,
-            1,
-            1,
-            |pt, _| {
-                observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
-            },
-            |pt, _| unmap_keep_tables(pt, BASE, G1),
-        )
-    };
+    let mut map_1g = || time_maps_1g(&mut pt, 1, keep_tables_1g);
     paired_ratio(
         "map 1 GiB of 4K / store floor",
         "<= 2x",
@@ -848,17 +807,7 @@ fn issue_20_ratios(_: &mut Criterion) {
     paired_ratio(
         "map 1 GiB of 4K, new tables / store floor",
         "<= 2x",
-        || {
-            batched(
-                &mut pt,
-                1,
-                1,
-                |pt, _| {
-                    observed(pt.map(BASE, PHYS_4K, G1, Prot::RW)).unwrap();
-                },
-                |pt, _| unmap_release(pt, BASE, G1),
-            )
-        },
+        || time_maps_1g(&mut pt, 1, release_tables_1g),
         || time_floor(&mut leaves, store_floor),
     );
 

@@ -19,16 +19,21 @@ fn count(observed: Observed) {
     }
 }
 
-#[test]
-fn hw_new_tables_are_linked_behind_a_device_write_barrier() {
-    let format = ArmLpae::new(ArmConfig {
+/// The SMMU's stage-1 format, 4 KiB granule, 48-bit input and output.
+fn arm_stage1_4k() -> ArmLpae {
+    ArmLpae::new(ArmConfig {
         stage: Stage::Stage1,
         granule: Granule::K4,
         input_bits: 48,
         output_bits: 48,
         contiguous: false,
     })
-    .unwrap();
+    .unwrap()
+}
+
+#[test]
+fn hw_new_tables_are_linked_behind_a_device_write_barrier() {
+    let format = arm_stage1_4k();
     let mut pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).unwrap();
     observe::observe(Some(count));
     WRITE_BARRIERS.with(|n| n.set(0));
@@ -81,14 +86,7 @@ fn leaf_before_link(observed: Observed) {
 /// that follows the link finds the leaf, never the page's old bytes.
 #[test]
 fn hw_a_new_leaf_table_is_filled_behind_a_device_write_barrier_before_its_link() {
-    let format = ArmLpae::new(ArmConfig {
-        stage: Stage::Stage1,
-        granule: Granule::K4,
-        input_bits: 48,
-        output_bits: 48,
-        contiguous: false,
-    })
-    .unwrap();
+    let format = arm_stage1_4k();
     let pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).unwrap();
     WATCHED.with(|w| w.set(pt.allocator()));
     SEEN.with(|seen| seen.borrow_mut().clear());

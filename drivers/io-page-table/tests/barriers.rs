@@ -13,10 +13,15 @@ std::thread_local! {
     static WRITE_BARRIERS: Cell<usize> = const { Cell::new(0) };
 }
 
-fn count(observed: Observed) {
-    if observed == Observed::Barrier(Barrier::DmaWmb) {
-        WRITE_BARRIERS.with(|n| n.set(n.get() + 1));
+/// The one observer of this test binary (the hook is the process's, and
+/// the tests run on several threads at once): it records per thread and is
+/// never taken away, so no test's removal cuts another's recording short.
+fn on_observed(observed: Observed) {
+    if observed != Observed::Barrier(Barrier::DmaWmb) {
+        return;
     }
+    WRITE_BARRIERS.with(|n| n.set(n.get() + 1));
+    leaf_before_link();
 }
 
 /// The SMMU's stage-1 format, 4 KiB granule, 48-bit input and output.
@@ -35,7 +40,7 @@ fn arm_stage1_4k() -> ArmLpae {
 fn hw_new_tables_are_linked_behind_a_device_write_barrier() {
     let format = arm_stage1_4k();
     let mut pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).unwrap();
-    observe::observe(Some(count));
+    observe::observe(Some(on_observed));
     WRITE_BARRIERS.with(|n| n.set(0));
     // An empty table: levels 2, 1 and 0 are new.
     pt.map(0x4000_0000, 0x8000_0000, 0x1000, Prot::RW).unwrap();
@@ -43,7 +48,6 @@ fn hw_new_tables_are_linked_behind_a_device_write_barrier() {
     // The same table again: nothing new is linked.
     pt.map(0x4000_1000, 0x8000_1000, 0x1000, Prot::RW).unwrap();
     let again = WRITE_BARRIERS.with(Cell::get) - linked;
-    observe::observe(None);
     assert!(linked >= 1, "new tables linked without a device barrier");
     assert_eq!(again, 0, "a barrier for a map that linked nothing");
 }
@@ -66,13 +70,16 @@ const LEAF_TABLE: u64 = io_page_table::heap::PHYS_BASE + 0x3000;
 const IOVA: u64 = 0x80_0000_0000;
 const PHYS: u64 = 0x8000_0000;
 
-fn leaf_before_link(observed: Observed) {
-    if observed != Observed::Barrier(Barrier::DmaWmb) {
+/// At a device write barrier on a thread that watches a table: records
+/// whether its new leaf table holds the leaf and whether it is linked.
+fn leaf_before_link() {
+    let alloc = WATCHED.with(Cell::get);
+    if alloc.is_null() {
         return;
     }
-    let alloc = WATCHED.with(Cell::get);
-    // SAFETY: set below to an allocator that outlives the map, which holds
-    // the table only through a shared reference while this runs.
+    // SAFETY: the test below sets it, on its own thread, to an allocator
+    // that outlives the map, which holds the table only through a shared
+    // reference while this runs, and clears it after.
     let alloc = unsafe { &*alloc };
     // The leaf's output address (bits 47:12), not just any bits: the page
     // comes poisoned.
@@ -90,10 +97,10 @@ fn hw_a_new_leaf_table_is_filled_behind_a_device_write_barrier_before_its_link()
     let pt = PageTable::new(format, HeapTableAlloc::new(), Coherence::Coherent).unwrap();
     WATCHED.with(|w| w.set(pt.allocator()));
     SEEN.with(|seen| seen.borrow_mut().clear());
-    observe::observe(Some(leaf_before_link));
+    observe::observe(Some(on_observed));
     // SAFETY: one caller.
     unsafe { pt.map_shared(IOVA, PHYS, 0x1000, Prot::RW) }.unwrap();
-    observe::observe(None);
+    WATCHED.with(|w| w.set(std::ptr::null()));
     let seen = SEEN.with(|seen| seen.borrow().clone());
     // The barrier for the zeroed upper tables comes before anything is
     // written; the leaf table's comes after its leaf and before its link.

@@ -672,32 +672,25 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             upper: Vec::new(),
             leaf: Vec::new(),
         };
-        if needed == NewTables::NONE {
-            return Ok(stash);
-        }
         let bytes = 1usize << self.geo.granule_shift;
-        let reserved = stash.upper.try_reserve_exact(needed.upper).is_ok()
-            && stash.leaf.try_reserve_exact(needed.leaf).is_ok();
-        if !reserved {
+        // `count` pages from `alloc` into `pages`; false at the first refusal.
+        let fill = |pages: &mut Vec<u64>, count: usize, alloc: fn(&A, usize) -> Option<u64>| {
+            if pages.try_reserve_exact(count).is_err() {
+                return false;
+            }
+            for _ in 0..count {
+                match alloc(&self.alloc, bytes) {
+                    Some(page) => pages.push(page),
+                    None => return false,
+                }
+            }
+            true
+        };
+        if !fill(&mut stash.upper, needed.upper, A::alloc_table)
+            || !fill(&mut stash.leaf, needed.leaf, A::alloc_table_uninit)
+        {
+            self.free_unlinked(stash);
             return Err(MapError::NoMemory);
-        }
-        for _ in 0..needed.upper {
-            match self.alloc.alloc_table(bytes) {
-                Some(page) => stash.upper.push(page),
-                None => {
-                    self.free_unlinked(stash);
-                    return Err(MapError::NoMemory);
-                }
-            }
-        }
-        for _ in 0..needed.leaf {
-            match self.alloc.alloc_table_uninit(bytes) {
-                Some(page) => stash.leaf.push(page),
-                None => {
-                    self.free_unlinked(stash);
-                    return Err(MapError::NoMemory);
-                }
-            }
         }
         // Handed out by `pop`: reversed so tables are linked in allocation order.
         stash.upper.reverse();
@@ -729,7 +722,6 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
     /// slot holding `[iova, last]`: the leaves of the range, zero around
     /// them. Before its link, no walker can see the table, so plain stores;
     /// after this, it is cleaned for a non-snooping walker and may be linked.
-    #[allow(clippy::too_many_arguments)]
     fn fill_new_leaf_table(&self, table: u64, iova: u64, phys: u64, last: u64, attrs: u64) {
         let t = self.entries(table);
         let shift = self.geo.granule_shift;
@@ -1129,7 +1121,9 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
             }
             let chunk_last = (iova | mask).min(last);
             let pte = Self::read(t, idx);
-            let present = if pte == 0 && level == 1 {
+            // The table to install into, `None` when a new leaf table
+            // already holds the range's part.
+            let below = if pte == 0 && level == 1 {
                 let Some(fresh) = stash.leaf.pop() else {
                     debug_assert!(false, "plan undercounted leaf tables");
                     break;
@@ -1142,19 +1136,13 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 match link_or_adopt(Self::entry(t, idx), link) {
                     Linked::Ours => {
                         gather.leaf_sizes |= 1 << self.geo.granule_shift;
-                        idx += 1;
-                        if chunk_last == last {
-                            break;
-                        }
-                        phys += chunk_last - iova + 1;
-                        iova = chunk_last + 1;
-                        continue;
+                        None
                     }
                     Linked::Theirs(theirs) => {
                         // Another caller's range shares the slot: ours goes
                         // into its table, entry by entry.
                         stash.leaf.push(fresh);
-                        theirs
+                        Some(theirs)
                     }
                 }
             } else if pte == 0 {
@@ -1164,32 +1152,35 @@ impl<F: Format, A: TableAlloc> PageTable<F, A> {
                 };
                 let link = fresh | self.format.table_attrs(level);
                 match link_or_adopt(Self::entry(t, idx), link) {
-                    Linked::Ours => link,
+                    Linked::Ours => Some(link),
                     Linked::Theirs(theirs) => {
                         stash.upper.push(fresh);
-                        theirs
+                        Some(theirs)
                     }
                 }
             } else {
-                pte
+                Some(pte)
             };
-            if !self.format.is_table(level, present) {
-                // Only a caller mapping an overlapping range could have put a
-                // leaf here since the plan: the `_shared` contract forbids it.
-                debug_assert!(false, "a concurrent map overlapped this one");
-                break;
+            if let Some(present) = below {
+                if !self.format.is_table(level, present) {
+                    // Only a caller mapping an overlapping range could have
+                    // put a leaf here since the plan: the `_shared` contract
+                    // forbids it.
+                    debug_assert!(false, "a concurrent map overlapped this one");
+                    break;
+                }
+                let child = self.format.table_addr(present);
+                self.install(
+                    child,
+                    level - 1,
+                    iova,
+                    phys,
+                    chunk_last,
+                    attrs,
+                    stash,
+                    gather,
+                );
             }
-            let child = self.format.table_addr(present);
-            self.install(
-                child,
-                level - 1,
-                iova,
-                phys,
-                chunk_last,
-                attrs,
-                stash,
-                gather,
-            );
             idx += 1;
             if chunk_last == last {
                 break;

@@ -27,6 +27,8 @@
 //!   [`Tally`], one that several CPUs add to.
 //! - [`rationed`]: [`Rationed`], DMA memory that refuses after a budget, to
 //!   exhaust table pages on demand in tests (host and kernel alike).
+//! - [`recycled`]: [`Recycled`], DMA memory whose unzeroed allocations hold a
+//!   chosen word everywhere, as a hostile previous owner may leave a frame.
 //! - `fakes` (feature `host-fakes`): heap-backed DMA memory and a stepping
 //!   clock for host tests.
 #![cfg_attr(not(any(test, feature = "host-fakes")), no_std)]
@@ -40,6 +42,7 @@ pub mod dma;
 pub mod fakes;
 pub mod ids;
 pub mod rationed;
+pub mod recycled;
 pub mod ring;
 pub mod shared_ring;
 pub mod table_alloc;
@@ -49,6 +52,7 @@ pub use counters::Tally;
 pub use dma::{CacheClean, CacheMaintenance, DmaBuffer};
 pub use ids::{IdAllocator, TakenId};
 pub use rationed::Rationed;
+pub use recycled::Recycled;
 pub use ring::{BadPointer, SlotRing, WrapIndex};
 pub use shared_ring::{Claim, Full, SharedRing};
 pub use table_alloc::DmaTableAlloc;

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use edu::Direction;
 use iommu::{Access, DomainHandle, DomainKind, IommuError};
-use iommu_kit::Rationed;
+use iommu_kit::{Rationed, Recycled};
 
 use super::unit_probe::*;
 use crate::memory::frames;
@@ -36,6 +36,10 @@ pub static TESTS: &[Test] = &[
     Test {
         name: "iommu::robust::table_pages_running_out_at_every_step_fail_cleanly_leak_nothing_and_recover",
         run: table_pages_running_out_fail_cleanly,
+    },
+    Test {
+        name: "iommu::robust::a_new_leaf_table_on_a_page_filled_with_leaves_by_a_hostile_owner_maps_only_what_was_asked",
+        run: a_new_leaf_table_on_a_hostile_page_maps_only_what_was_asked,
     },
     Test {
         name: "iommu::robust::a_page_handed_to_a_new_owner_is_not_reached_once_its_unmap_is_flushed",
@@ -292,6 +296,79 @@ fn table_pages_running_out_fail_cleanly(platform: &Platform) -> TestResult {
         Err("still failing after 32 allocations".into())
     });
     RATIONED.unlimited();
+    let restored = (probe.use_table_memory)(platform, &crate::memory::dma::DMA);
+    let outcome = outcome?;
+    restored?;
+    Ok(outcome)
+}
+
+// ---- a table page recycled from a hostile owner ----------------------------------
+
+/// The kernel's DMA memory, its unzeroed pages filled on demand.
+static RECYCLED: Recycled = Recycled::new(&crate::memory::dma::DMA);
+
+/// A new leaf table takes a page nobody zeroed: `io-page-table` writes every
+/// entry of it before the link (`PageTable::fill_new_leaf_table`), so its
+/// page may hold anything. Here it holds, in every entry, the unit's own
+/// read-write leaf to a victim page, as a frame a hostile owner filled and
+/// freed may. A map of one page into fresh IOVA space must leave the table's
+/// other entries empty: DMA to them finds no leaf, the victim stays
+/// untouched, and the mapped page still carries DMA.
+fn a_new_leaf_table_on_a_hostile_page_maps_only_what_was_asked(platform: &Platform) -> TestResult {
+    let Some(probe) = probe(platform) else {
+        return Ok(Outcome::NotApplicable("no IOMMU in this machine"));
+    };
+    RECYCLED.fill_with(None);
+    (probe.use_table_memory)(platform, &RECYCLED)?;
+    let outcome = scenario(platform, |s| {
+        let source = s.frame(0x42)?;
+        let target = s.frame(UNTOUCHED)?;
+        let victim = s.frame(UNTOUCHED)?;
+        let domain = s.paging_domain()?;
+        s.map(domain, IOVA_IN, source.phys, 4096, READ_ONLY)?;
+        // The unit's own encoding of a read-write leaf to the victim, which
+        // then is mapped nowhere.
+        s.map(domain, IOVA_OUT, victim.phys, 4096, READ_WRITE)?;
+        let hostile_leaf = s.leaf_entry(domain, IOVA_OUT)?;
+        s.unmap(domain, IOVA_OUT, 4096)?;
+
+        RECYCLED.fill_with(Some(hostile_leaf));
+        let filled = RECYCLED.filled();
+        let mapped = s.map(domain, IOVA_FAR, target.phys, 4096, READ_WRITE);
+        RECYCLED.fill_with(None);
+        mapped?;
+        ensure!(
+            RECYCLED.filled() > filled,
+            "the map took no unzeroed table page: this run proves nothing"
+        );
+
+        s.attach(s.a.id, domain)?;
+        dma(&s.a, Direction::ToDevice, IOVA_IN)?;
+        let reason = (s.probe.no_leaf_reason)(platform);
+        // The entries beside the mapped one, and the table's last.
+        let last_in_table = IOVA_FAR + (BLOCK - 4096);
+        for neighbour in [IOVA_FAR + 4096, last_in_table] {
+            dma(&s.a, Direction::ToRam, neighbour)?;
+            ensure!(
+                holds(&victim, UNTOUCHED),
+                "DMA to {neighbour:#x} reached the page the recycled table page named"
+            );
+            s.expect_fault(
+                "DMA beside the mapped page",
+                s.a.id,
+                neighbour,
+                Access::Write,
+                reason,
+            )?;
+        }
+        dma(&s.a, Direction::ToRam, IOVA_FAR)?;
+        ensure!(
+            holds(&target, 0x42),
+            "control: DMA to the mapped page did not land: {:x?}",
+            &bytes_at(&target, 0)[..8]
+        );
+        s.expect_no_fault("DMA to the mapped page")
+    });
     let restored = (probe.use_table_memory)(platform, &crate::memory::dma::DMA);
     let outcome = outcome?;
     restored?;

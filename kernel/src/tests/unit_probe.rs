@@ -30,6 +30,11 @@ pub(super) type WithUnit = fn(&Platform, &mut dyn FnMut(&mut dyn IommuUnit)) -> 
 pub(super) type Structures =
     fn(&Platform, &[DeviceId], &[DomainHandle]) -> Result<Vec<(&'static str, u64)>, String>;
 
+/// The unit's walk of a domain's table for an IOVA, level by level (the
+/// driver's `walk_mapping`).
+pub(super) type Walk =
+    fn(&Platform, DomainHandle, u64, &mut dyn FnMut(&io_page_table::WalkStep)) -> Fallible;
+
 /// What a scenario needs to know about a vendor that the contract does not say.
 pub(super) struct Probe {
     pub vendor: &'static str,
@@ -57,6 +62,8 @@ pub(super) struct Probe {
     /// (VT-d takes every structure from it: the unit is brought up afresh).
     pub(super) use_table_memory:
         fn(&Platform, &'static (dyn os_services::DmaMemory + Sync)) -> Result<(), String>,
+    /// The walk the unit's hardware makes through a paging domain's table.
+    pub(super) walk: Walk,
     /// Plays hung hardware: the unit stops processing its command or
     /// invalidation queue behind the driver's back (VT-d: QIE off; AMD-Vi:
     /// CmdBufEn off; SMMUv3: the queues off).
@@ -126,6 +133,12 @@ mod vendors {
             up.then_some(())
                 .ok_or_else(|| "no VT-d unit in the DMAR".into())
         },
+        walk: |platform, domain, iova, visit| {
+            let walked = vtd::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
+            walked
+                .then_some(())
+                .ok_or_else(|| "no table to walk".into())
+        },
         hang: |platform| {
             let queued = vtd::with_unit(platform, |unit| unit.hardware.uses_queued_invalidation())?;
             if !queued {
@@ -173,6 +186,12 @@ mod vendors {
                 unit.set_table_memory(memory);
             })
         },
+        walk: |platform, domain, iova, visit| {
+            let walked = amdvi::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
+            walked
+                .then_some(())
+                .ok_or_else(|| "no table to walk".into())
+        },
         hang: |platform| {
             amdvi::with_unit(platform, |unit| {
                 super::super::robust_amdvi::stall_command_buffer(unit)
@@ -217,6 +236,13 @@ mod vendors {
         },
         use_table_memory: |platform, memory| {
             smmuv3::with_unit(platform, |unit| unit.set_dma(memory))
+        },
+        walk: |platform, domain, iova, visit| {
+            let walked =
+                smmuv3::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
+            walked
+                .then_some(())
+                .ok_or_else(|| "no table to walk".into())
         },
         hang: |platform| {
             smmuv3::with_unit(platform, |unit| unit.hardware.shutdown())?
@@ -463,6 +489,17 @@ impl Scene<'_> {
         self.map(domain, target, target_page.phys, 4096, READ_WRITE)?;
         self.attach(self.a.id, domain)?;
         Ok((domain, target_page))
+    }
+
+    /// The raw smallest-page leaf the unit holds for `iova` in `domain`.
+    pub(super) fn leaf_entry(&self, domain: DomainHandle, iova: u64) -> Fallible<u64> {
+        let mut leaf = None;
+        (self.probe.walk)(self.platform, domain, iova, &mut |step| {
+            if step.level == 0 && matches!(step.kind, io_page_table::StepKind::Leaf { .. }) {
+                leaf = Some(step.entry);
+            }
+        })?;
+        leaf.ok_or_else(|| format!("no 4 KiB leaf for {iova:#x}"))
     }
 
     /// A frame of `fill` bytes, given back at the end of the scenario.

@@ -35,6 +35,12 @@ pub(super) type Structures =
 pub(super) type Walk =
     fn(&Platform, DomainHandle, u64, &mut dyn FnMut(&io_page_table::WalkStep)) -> Fallible;
 
+/// A driver's `walk_mapping` answer (whether the domain has a table) as a
+/// [`Walk`]'s.
+fn walked(found: bool) -> Fallible {
+    found.then_some(()).ok_or_else(|| "no table to walk".into())
+}
+
 /// What a scenario needs to know about a vendor that the contract does not say.
 pub(super) struct Probe {
     pub vendor: &'static str,
@@ -134,10 +140,9 @@ mod vendors {
                 .ok_or_else(|| "no VT-d unit in the DMAR".into())
         },
         walk: |platform, domain, iova, visit| {
-            let walked = vtd::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
-            walked
-                .then_some(())
-                .ok_or_else(|| "no table to walk".into())
+            walked(vtd::with_unit(platform, |unit| {
+                unit.walk_mapping(domain, iova, visit)
+            })?)
         },
         hang: |platform| {
             let queued = vtd::with_unit(platform, |unit| unit.hardware.uses_queued_invalidation())?;
@@ -187,10 +192,9 @@ mod vendors {
             })
         },
         walk: |platform, domain, iova, visit| {
-            let walked = amdvi::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
-            walked
-                .then_some(())
-                .ok_or_else(|| "no table to walk".into())
+            walked(amdvi::with_unit(platform, |unit| {
+                unit.walk_mapping(domain, iova, visit)
+            })?)
         },
         hang: |platform| {
             amdvi::with_unit(platform, |unit| {
@@ -238,11 +242,9 @@ mod vendors {
             smmuv3::with_unit(platform, |unit| unit.set_dma(memory))
         },
         walk: |platform, domain, iova, visit| {
-            let walked =
-                smmuv3::with_unit(platform, |unit| unit.walk_mapping(domain, iova, visit))?;
-            walked
-                .then_some(())
-                .ok_or_else(|| "no table to walk".into())
+            walked(smmuv3::with_unit(platform, |unit| {
+                unit.walk_mapping(domain, iova, visit)
+            })?)
         },
         hang: |platform| {
             smmuv3::with_unit(platform, |unit| unit.hardware.shutdown())?

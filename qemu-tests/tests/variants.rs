@@ -1,7 +1,8 @@
 //! The foundation suite on machine variants the configurations do not cover:
 //! entry at EL2 (aarch64 drops to EL1 itself), RAM beyond the 4 GiB the
 //! kernel identity-maps (x86_64 must not hand out frames it cannot reach),
-//! and an x86 CPU without x2APIC (the local APIC through its MMIO page).
+//! an x86 CPU without x2APIC (the local APIC through its MMIO page), one
+//! CPU, and more CPUs than the kernel runs.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -68,4 +69,52 @@ fn variant_x86_64_without_x2apic_uses_the_xapic_page() {
     ] {
         assert!(log.contains(test), "{test}: {log}");
     }
+}
+
+/// One CPU (`-smp 1`; the later `-smp` wins): the path every configuration
+/// took before the kernel started the others. The tests that need tasks
+/// (the scheduler, the task, survival and ownership suites) run on the boot
+/// CPU alone, and the four-CPU test says what it cannot show.
+fn one_cpu(config: &str, label: &str) {
+    let log = boot_variant_filtered(config, label, "task", &["-smp", "1"]);
+    assert!(
+        log.contains(
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ignored, not applicable: one CPU online"
+        ),
+        "{log}"
+    );
+    assert!(
+        log.contains("tasks::two_tasks_take_turns_through_yield ... ok"),
+        "{log}"
+    );
+}
+
+#[test]
+fn variant_x86_64_with_one_cpu() {
+    one_cpu("vtd", "smp1-x86");
+}
+
+#[test]
+fn variant_aarch64_with_one_cpu() {
+    one_cpu("smmuv3", "smp1-arm");
+}
+
+/// More CPUs than the kernel runs (`arch::MAX_CPUS`, 8): it starts eight and
+/// leaves the rest, and they take no part.
+fn more_cpus_than_the_kernel_runs(config: &str, label: &str) {
+    let log = boot_variant_filtered(config, label, "smp", &["-smp", "10"]);
+    assert!(
+        log.contains("smp::every_listed_cpu_comes_online ... ok"),
+        "{log}"
+    );
+}
+
+#[test]
+fn variant_x86_64_with_more_cpus_than_the_kernel_runs() {
+    more_cpus_than_the_kernel_runs("vtd", "smp10-x86");
+}
+
+#[test]
+fn variant_aarch64_with_more_cpus_than_the_kernel_runs() {
+    more_cpus_than_the_kernel_runs("smmuv3", "smp10-arm");
 }

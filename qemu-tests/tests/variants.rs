@@ -118,3 +118,24 @@ fn variant_x86_64_with_more_cpus_than_the_kernel_runs() {
 fn variant_aarch64_with_more_cpus_than_the_kernel_runs() {
     more_cpus_than_the_kernel_runs("smmuv3", "smp10-arm");
 }
+
+/// APIC IDs with gaps (two sockets of three cores: 0-2 and 4-6, each socket's
+/// core field two bits wide): the kernel knows CPUs by the MADT's IDs, not
+/// by their count.
+#[test]
+fn variant_x86_64_with_gaps_between_apic_ids() {
+    let log = boot_variant_filtered(
+        "vtd",
+        "apic-gaps",
+        "smp",
+        &["-smp", "6,sockets=2,cores=3,threads=1"],
+    );
+    for line in [
+        "smp: the firmware lists CPUs [0, 1, 2, 4, 5, 6]",
+        "smp::every_listed_cpu_comes_online ... ok",
+        "smp::a_tlb_shootdown_is_answered_by_every_other_cpu ... ok",
+        "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+    ] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+}

@@ -346,9 +346,9 @@ fn edu_msi_is_delivered(platform: &Platform) -> TestResult {
 /// trampoline; each CPU then online with its own stack, vectors and
 /// per-CPU index).
 fn every_listed_cpu_comes_online(platform: &Platform) -> TestResult {
-    let listed = crate::platform::cpu_ids(platform)
-        .len()
-        .min(crate::arch::MAX_CPUS);
+    let ids = crate::platform::cpu_ids(platform);
+    println!("    smp: the firmware lists CPUs {ids:?}");
+    let listed = ids.len().min(crate::arch::MAX_CPUS);
     ensure!(
         crate::arch::current_cpu_index() == 0,
         "the tests run on CPU {}, not the boot CPU 0",

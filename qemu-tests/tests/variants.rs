@@ -139,3 +139,27 @@ fn variant_x86_64_with_gaps_between_apic_ids() {
         assert!(log.contains(line), "{line}: {log}");
     }
 }
+
+/// Room for four CPUs, two present (`-smp 2,maxcpus=4`): the firmware names
+/// slots for CPUs that are not there (x86: MADT entries without the enabled
+/// flag), and the kernel starts only the present ones.
+fn cpus_not_present(config: &str, label: &str) {
+    let log = boot_variant_filtered(config, label, "smp", &["-smp", "2,maxcpus=4"]);
+    for line in [
+        "smp: the firmware lists CPUs [0, 1]",
+        "smp::every_listed_cpu_comes_online ... ok",
+        "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+    ] {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+}
+
+#[test]
+fn variant_x86_64_with_cpus_not_present() {
+    cpus_not_present("vtd", "maxcpus-x86");
+}
+
+#[test]
+fn variant_aarch64_with_cpus_not_present() {
+    cpus_not_present("smmuv3", "maxcpus-arm");
+}

@@ -29,7 +29,7 @@ use std::boxed::Box;
 use std::sync::{LazyLock, Mutex};
 
 use iommu_kit::SlotRing;
-use iommu_kit::fakes::HostDma;
+use iommu_kit::fakes::{HostDma, SteppingClock};
 use os_services::{Clock, DmaMemory};
 
 use crate::command::{Command, Opcode};
@@ -66,7 +66,6 @@ impl Default for Variant {
 
 #[derive(Default)]
 pub struct State {
-    pub now: u64,
     /// Index of the next command to fetch.
     pub head: u32,
     pub halt_on_illegal: bool,
@@ -150,6 +149,8 @@ const REGION_SHIFT: u32 = 21;
 pub struct Model {
     regs: usize,
     pub state: Mutex<State>,
+    /// The driver's time: one microsecond a poll, each thread its own.
+    time: SteppingClock,
 }
 
 // SAFETY: the register memory is reached with single volatile word accesses
@@ -168,6 +169,7 @@ impl Model {
                 late_event_entries: variant.late_event_entries,
                 ..State::default()
             }),
+            time: SteppingClock::new(1_000),
         }));
         model.set_reg(regs::EXTENDED_FEATURE, variant.efr);
         if let Some((base, limit)) = variant.firmware_exclusion {
@@ -625,12 +627,11 @@ impl Model {
 
 impl Clock for Model {
     fn now_ns(&self) -> u64 {
-        let mut s = self.state.lock().unwrap();
-        s.now += 1_000;
-        s.now
+        self.time.now_ns()
     }
 
     fn relax(&self) {
         self.step();
+        self.time.relax();
     }
 }

@@ -89,16 +89,34 @@ impl Drop for HostDma {
 
 /// A clock that advances `step_ns` on every reading, so a bounded wait on a
 /// condition that never holds ends after a known number of polls.
+///
+/// Each thread's readings advance that thread's time only, as each CPU's
+/// bounded wait counts its own polls: with one count for all, the waiters
+/// polling for a thread that is not running (a host with fewer cores than
+/// threads) used up its waiter's bound between them, and a flush that only
+/// waited for another CPU's publish timed out now and then under load. For
+/// the same reason [`Clock::relax`] hands the core on.
 pub struct SteppingClock {
-    now: AtomicU64,
+    /// Names this clock among the per-thread times.
+    id: u64,
     step_ns: u64,
 }
 
+/// Where clock ids come from.
+static CLOCK_IDS: AtomicU64 = AtomicU64::new(0);
+
+std::thread_local! {
+    /// This thread's time on each [`SteppingClock`] it has read, by id.
+    static THREAD_TIMES: std::cell::RefCell<HashMap<u64, u64>> =
+        std::cell::RefCell::new(HashMap::new());
+}
+
 impl SteppingClock {
-    /// A clock at 0 that advances `step_ns` each time it is read.
-    pub const fn new(step_ns: u64) -> Self {
+    /// A clock at 0 (for every thread) that advances `step_ns` each time
+    /// a thread reads it.
+    pub fn new(step_ns: u64) -> Self {
         Self {
-            now: AtomicU64::new(0),
+            id: CLOCK_IDS.fetch_add(1, Ordering::Relaxed),
             step_ns,
         }
     }
@@ -106,7 +124,17 @@ impl SteppingClock {
 
 impl Clock for SteppingClock {
     fn now_ns(&self) -> u64 {
-        self.now.fetch_add(self.step_ns, Ordering::SeqCst)
+        THREAD_TIMES.with(|times| {
+            let mut times = times.borrow_mut();
+            let now = times.entry(self.id).or_insert(0);
+            let read = *now;
+            *now += self.step_ns;
+            read
+        })
+    }
+
+    fn relax(&self) {
+        std::thread::yield_now();
     }
 }
 

@@ -16,7 +16,7 @@
 //! cached item disagrees with memory. It can stop consuming commands after a
 //! given number, as a queue that hangs between a CFGI and its CMD_SYNC does.
 
-use iommu_kit::fakes::{SyncCell, SyncRefCell};
+use iommu_kit::fakes::{SteppingClock, SyncCell, SyncRefCell};
 use std::boxed::Box;
 use std::collections::BTreeMap;
 use std::ptr::NonNull;
@@ -645,20 +645,20 @@ impl Model {
     }
 }
 
-/// A clock whose polls run the model.
+/// A clock whose polls run the model: one microsecond a poll, each thread
+/// its own.
 pub(crate) struct ModelClock {
-    pub(crate) now: SyncCell<u64>,
+    pub(crate) time: SteppingClock,
     pub(crate) model: Arc<Model>,
 }
 
 impl Clock for ModelClock {
     fn now_ns(&self) -> u64 {
-        let now = self.now.get() + 1_000;
-        self.now.set(now);
-        now
+        self.time.now_ns()
     }
     fn relax(&self) {
         self.model.step();
+        self.time.relax();
     }
 }
 
@@ -689,7 +689,7 @@ pub(crate) fn rig() -> Rig {
     }
     model.write(regs::GBPA.0, 0x1000);
     let clock = Box::leak(Box::new(ModelClock {
-        now: SyncCell::new(0),
+        time: SteppingClock::new(1_000),
         model: model.clone(),
     }));
     let dma = Box::leak(Box::new(HostDma::default()));

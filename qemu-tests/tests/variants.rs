@@ -33,6 +33,13 @@ fn boot_variant_filtered(config: &str, label: &str, filter: &str, extra: &[&str]
     outcome.serial
 }
 
+/// Panics, showing the log, unless it holds every one of `lines`.
+fn assert_lines(log: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(log.contains(line), "{line}: {log}");
+    }
+}
+
 #[test]
 fn variant_aarch64_entered_at_el2_drops_to_el1() {
     let log = boot_variant("none-arm", "el2", &["-machine", "virtualization=on"]);
@@ -62,13 +69,14 @@ fn variant_x86_64_without_x2apic_uses_the_xapic_page() {
         "smp",
         &["-cpu", "qemu64,+smep,+smap,+rdpid"],
     );
-    assert!(log.contains("local APIC in xAPIC mode"), "{log}");
-    for test in [
-        "smp::a_tlb_shootdown_is_answered_by_every_other_cpu ... ok",
-        "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
-    ] {
-        assert!(log.contains(test), "{test}: {log}");
-    }
+    assert_lines(
+        &log,
+        &[
+            "local APIC in xAPIC mode",
+            "smp::a_tlb_shootdown_is_answered_by_every_other_cpu ... ok",
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+        ],
+    );
 }
 
 /// One CPU (`-smp 1`; the later `-smp` wins): the path every configuration
@@ -77,15 +85,12 @@ fn variant_x86_64_without_x2apic_uses_the_xapic_page() {
 /// CPU alone, and the four-CPU test says what it cannot show.
 fn one_cpu(config: &str, label: &str) {
     let log = boot_variant_filtered(config, label, "task", &["-smp", "1"]);
-    assert!(
-        log.contains(
-            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ignored, not applicable: one CPU online"
-        ),
-        "{log}"
-    );
-    assert!(
-        log.contains("tasks::two_tasks_take_turns_through_yield ... ok"),
-        "{log}"
+    assert_lines(
+        &log,
+        &[
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ignored, not applicable: one CPU online",
+            "tasks::two_tasks_take_turns_through_yield ... ok",
+        ],
     );
 }
 
@@ -103,9 +108,13 @@ fn variant_aarch64_with_one_cpu() {
 /// leaves the rest, and they take no part.
 fn more_cpus_than_the_kernel_runs(config: &str, label: &str) {
     let log = boot_variant_filtered(config, label, "smp", &["-smp", "10"]);
-    assert!(
-        log.contains("smp::every_listed_cpu_comes_online ... ok"),
-        "{log}"
+    assert_lines(
+        &log,
+        &[
+            "smp: 10 CPUs listed; the kernel runs at most 8",
+            "smp::every_listed_cpu_comes_online ... ok",
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+        ],
     );
 }
 
@@ -130,14 +139,15 @@ fn variant_x86_64_with_gaps_between_apic_ids() {
         "smp",
         &["-smp", "6,sockets=2,cores=3,threads=1"],
     );
-    for line in [
-        "smp: the firmware lists CPUs [0, 1, 2, 4, 5, 6]",
-        "smp::every_listed_cpu_comes_online ... ok",
-        "smp::a_tlb_shootdown_is_answered_by_every_other_cpu ... ok",
-        "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
-    ] {
-        assert!(log.contains(line), "{line}: {log}");
-    }
+    assert_lines(
+        &log,
+        &[
+            "smp: the firmware lists CPUs [0, 1, 2, 4, 5, 6]",
+            "smp::every_listed_cpu_comes_online ... ok",
+            "smp::a_tlb_shootdown_is_answered_by_every_other_cpu ... ok",
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+        ],
+    );
 }
 
 /// Room for four CPUs, two present (`-smp 2,maxcpus=4`): the firmware names
@@ -145,13 +155,14 @@ fn variant_x86_64_with_gaps_between_apic_ids() {
 /// flag), and the kernel starts only the present ones.
 fn cpus_not_present(config: &str, label: &str) {
     let log = boot_variant_filtered(config, label, "smp", &["-smp", "2,maxcpus=4"]);
-    for line in [
-        "smp: the firmware lists CPUs [0, 1]",
-        "smp::every_listed_cpu_comes_online ... ok",
-        "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
-    ] {
-        assert!(log.contains(line), "{line}: {log}");
-    }
+    assert_lines(
+        &log,
+        &[
+            "smp: the firmware lists CPUs [0, 1]",
+            "smp::every_listed_cpu_comes_online ... ok",
+            "smp::four_tasks_dma_and_churn_their_ioas_on_four_cpus_at_once ... ok",
+        ],
+    );
 }
 
 #[test]

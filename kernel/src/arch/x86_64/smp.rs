@@ -73,7 +73,8 @@ impl core::fmt::Display for StartError {
 
 /// Starts every CPU in `apic_ids` other than this one, one at a time,
 /// waiting (bounded) for each; stops at the first that does not come
-/// online. At most [`MAX_CPUS`] CPUs run; the rest are reported and left.
+/// online. At most [`MAX_CPUS`] CPUs run, each with an APIC ID below 256;
+/// the rest are reported and left.
 pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     let own = interrupts::local_apic_id();
     cpu::set_apic_id(0, own);
@@ -83,6 +84,15 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     crate::irq::install_system_vector(interrupts::RESCHEDULE_VECTOR, || {});
     crate::irq::install_system_vector(interrupts::SHOOTDOWN_VECTOR, on_shootdown);
     IPIS_READY.store(true, Ordering::Release);
+    // APIC IDs are 8 bits wide in the kernel (and in the MSI and IRTE
+    // destinations it writes): a CPU above them is left, and said so.
+    let beyond = apic_ids
+        .iter()
+        .filter(|&&id| u8::try_from(id).is_err())
+        .count();
+    if beyond > 0 {
+        println!("smp: {beyond} CPUs have APIC IDs above 255; the kernel leaves them");
+    }
     let others: Vec<u8> = apic_ids
         .iter()
         .filter_map(|&id| u8::try_from(id).ok())

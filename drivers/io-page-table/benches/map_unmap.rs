@@ -748,8 +748,9 @@ fn paired_ratio(
     );
 }
 
-/// Issue 20's four ratios, each from pairs of back-to-back timings
-/// ([`paired_ratio`]) of the same operations as the criterion rows.
+/// Issue 20's ratios (and the check-and-store floor's), each from pairs of
+/// back-to-back timings ([`paired_ratio`]) of the same operations as the
+/// criterion rows.
 fn issue_20_ratios(_: &mut Criterion) {
     // Unmap of one 4 KiB page, 16 batches of 256, against the naive walk.
     let mut pt = x86();

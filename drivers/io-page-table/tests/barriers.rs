@@ -1,7 +1,8 @@
 //! Issue 16, ordering: what a walker outside the CPU sees. A new table's
 //! contents (an upper table's zeroes, a leaf table's leaves and zeroes) reach
-//! memory before the entry that links it, behind a device write barrier (`os_services::barrier::dma_wmb`), not a CPU fence that orders
-//! only for other CPUs (`dmb ish` on aarch64).
+//! memory before the entry that links it, behind a device write barrier
+//! (`os_services::barrier::dma_wmb`), not a CPU fence that orders only for
+//! other CPUs (`dmb ish` on aarch64).
 
 use std::cell::Cell;
 

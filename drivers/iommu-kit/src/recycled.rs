@@ -5,17 +5,17 @@
 //! must not reach, any entry the driver forgot becomes a mapping a test can
 //! catch with DMA.
 
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 use os_services::{DmaMemory, DmaRegion};
+use spin::Mutex;
 
 /// Another `DmaMemory` whose `alloc_uninit` fills what it hands out with a
 /// chosen 64-bit word, when one is set; zeroed allocations stay zeroed.
 pub struct Recycled<'a> {
     inner: &'a (dyn DmaMemory + Sync),
-    /// The word, valid when `armed` is set.
-    word: AtomicU64,
-    armed: AtomicUsize,
+    /// The word unzeroed allocations are filled with, if any.
+    word: Mutex<Option<u64>>,
     filled: AtomicUsize,
 }
 
@@ -24,8 +24,7 @@ impl<'a> Recycled<'a> {
     pub const fn new(inner: &'a (dyn DmaMemory + Sync)) -> Self {
         Self {
             inner,
-            word: AtomicU64::new(0),
-            armed: AtomicUsize::new(0),
+            word: Mutex::new(None),
             filled: AtomicUsize::new(0),
         }
     }
@@ -33,9 +32,7 @@ impl<'a> Recycled<'a> {
     /// From now on, unzeroed allocations hold `word` in every 8 bytes
     /// (`None`: as `inner` hands them out).
     pub fn fill_with(&self, word: Option<u64>) {
-        self.word.store(word.unwrap_or(0), Ordering::SeqCst);
-        self.armed
-            .store(usize::from(word.is_some()), Ordering::SeqCst);
+        *self.word.lock() = word;
     }
 
     /// Allocations handed out filled so far.
@@ -51,8 +48,8 @@ impl DmaMemory for Recycled<'_> {
 
     fn alloc_uninit(&self, len: usize, align: usize) -> Option<DmaRegion> {
         let region = self.inner.alloc_uninit(len, align)?;
-        if self.armed.load(Ordering::SeqCst) != 0 {
-            let word = self.word.load(Ordering::SeqCst);
+        let word = *self.word.lock();
+        if let Some(word) = word {
             let words = region.virt.cast::<u64>();
             for i in 0..region.len / 8 {
                 // SAFETY: the region is `len` bytes of memory just allocated

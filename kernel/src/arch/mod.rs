@@ -28,6 +28,18 @@ pub fn online_cpus() -> usize {
     ONLINE.load(core::sync::atomic::Ordering::Acquire)
 }
 
+/// Says so when the firmware lists more CPUs than the kernel runs
+/// (`others`: the listed CPUs besides this one); each architecture's `smp`
+/// starts [`MAX_CPUS`] at most.
+fn report_cpus_left(others: usize) {
+    if others >= MAX_CPUS {
+        println!(
+            "smp: {} CPUs listed; the kernel runs at most {MAX_CPUS}",
+            others + 1
+        );
+    }
+}
+
 /// Counts in a secondary CPU that said it runs kernel code.
 fn count_online_cpu() {
     ONLINE.fetch_add(1, core::sync::atomic::Ordering::AcqRel);

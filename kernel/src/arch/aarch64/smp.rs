@@ -97,13 +97,7 @@ pub fn start_secondary_cpus(tree: &DeviceTreePlatform) -> Result<(), StartError>
     if others.is_empty() {
         return Ok(());
     }
-    if others.len() >= crate::arch::MAX_CPUS {
-        println!(
-            "smp: {} CPUs listed; the kernel runs at most {}",
-            others.len() + 1,
-            crate::arch::MAX_CPUS
-        );
-    }
+    crate::arch::report_cpus_left(others.len());
     let method = tree.psci.ok_or(StartError::NoPsci)?;
     init_reschedule();
     for mpidr in others.into_iter().take(crate::arch::MAX_CPUS - 1) {

@@ -101,12 +101,7 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     if others.is_empty() {
         return Ok(());
     }
-    if others.len() >= MAX_CPUS {
-        println!(
-            "smp: {} CPUs listed; the kernel runs at most {MAX_CPUS}",
-            others.len() + 1
-        );
-    }
+    crate::arch::report_cpus_left(others.len());
     let cr3 = x86_64::registers::control::Cr3::read_raw()
         .0
         .start_address()

@@ -86,18 +86,15 @@ pub fn start_secondary_cpus(apic_ids: &[u64]) -> Result<(), StartError> {
     IPIS_READY.store(true, Ordering::Release);
     // APIC IDs are 8 bits wide in the kernel (and in the MSI and IRTE
     // destinations it writes): a CPU above them is left, and said so.
-    let beyond = apic_ids
+    let mut others: Vec<u8> = apic_ids
         .iter()
-        .filter(|&&id| u8::try_from(id).is_err())
-        .count();
+        .filter_map(|&id| u8::try_from(id).ok())
+        .collect();
+    let beyond = apic_ids.len() - others.len();
     if beyond > 0 {
         println!("smp: {beyond} CPUs have APIC IDs above 255; the kernel leaves them");
     }
-    let others: Vec<u8> = apic_ids
-        .iter()
-        .filter_map(|&id| u8::try_from(id).ok())
-        .filter(|&id| id != own)
-        .collect();
+    others.retain(|&id| id != own);
     if others.is_empty() {
         return Ok(());
     }
